@@ -1,0 +1,1 @@
+//! msbvm's virtual machine monitor.
