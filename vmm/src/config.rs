@@ -1,0 +1,172 @@
+//! What a VM is asked to boot, and with which resources.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Kernel command line used when the caller gives none.
+///
+/// - `console=ttyS0`: the 16550 at COM1 is the console.
+/// - `reboot=k,panic_w`: restarts go through the i8042 reset line (which the VMM
+///   traps); a restart after a panic is flagged "warm", which the kernel records
+///   at guest-physical 0x472 before pulling the line, so the VMM can tell a panic
+///   from an ordinary reboot.
+/// - `panic=-1`: restart at once on panic instead of hanging.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k,panic_w panic=-1";
+
+/// What the VM starts executing.
+#[derive(Clone, Debug)]
+pub enum BootSource {
+    /// A Linux kernel image: an uncompressed ELF `vmlinux` with a PVH entry note
+    /// (preferred), or a `bzImage` booted through the 64-bit boot protocol.
+    Linux {
+        /// Path of the image.
+        kernel: PathBuf,
+        /// Optional initial ramdisk (cpio archive, possibly compressed).
+        initrd: Option<PathBuf>,
+        /// Kernel command line.
+        cmdline: String,
+    },
+    /// Raw machine code copied to `load_addr` and entered in 64-bit long mode at
+    /// CPL0 with identity-mapped paging (first 1 GiB), flat segments and a stack
+    /// at [`crate::layout::BOOT_STACK_POINTER`]. Used by tests with hand-made guests.
+    RawLongMode {
+        /// The code.
+        code: Vec<u8>,
+        /// Guest-physical (= virtual) address to load and enter it at.
+        load_addr: u64,
+    },
+}
+
+/// Where the guest's serial console goes.
+#[derive(Clone)]
+pub enum ConsoleOutput {
+    /// The VMM's standard output.
+    Stdout,
+    /// Appended to a file (created if missing).
+    File(PathBuf),
+    /// Any writer shared with the caller (tests capture the console this way).
+    Writer(Arc<std::sync::Mutex<dyn Write + Send>>),
+    /// Discarded.
+    Sink,
+}
+
+impl std::fmt::Debug for ConsoleOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConsoleOutput::Stdout => write!(f, "Stdout"),
+            ConsoleOutput::File(p) => write!(f, "File({})", p.display()),
+            ConsoleOutput::Writer(_) => write!(f, "Writer"),
+            ConsoleOutput::Sink => write!(f, "Sink"),
+        }
+    }
+}
+
+/// Everything needed to boot one VM.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    /// What to boot.
+    pub boot: BootSource,
+    /// Number of vCPUs (1..=[`VmConfig::MAX_VCPUS`]).
+    pub vcpus: u8,
+    /// Guest RAM in MiB.
+    pub memory_mib: u64,
+    /// Serial console destination.
+    pub console: ConsoleOutput,
+    /// The instant the VMM's work started (its process start, as near as the
+    /// caller can tell); boot-timer readings are relative to it.
+    pub start_time: Instant,
+}
+
+impl VmConfig {
+    /// Largest vCPU count accepted (bounded by the MP table's 8-bit APIC IDs,
+    /// one of which the IO-APIC takes).
+    pub const MAX_VCPUS: u8 = 254;
+    /// Smallest guest memory accepted, in MiB.
+    pub const MIN_MEMORY_MIB: u64 = 16;
+    /// Largest guest memory accepted, in MiB (1 TiB).
+    pub const MAX_MEMORY_MIB: u64 = 1 << 20;
+
+    /// A configuration with one vCPU, 256 MiB and the console on stdout.
+    pub fn new(boot: BootSource) -> Self {
+        VmConfig {
+            boot,
+            vcpus: 1,
+            memory_mib: 256,
+            console: ConsoleOutput::Stdout,
+            start_time: Instant::now(),
+        }
+    }
+
+    /// Checks the numbers a user can get wrong, with a message naming the limit.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.vcpus == 0 || self.vcpus > Self::MAX_VCPUS {
+            return Err(format!(
+                "vCPU count {} is out of range: use 1 to {}",
+                self.vcpus,
+                Self::MAX_VCPUS
+            ));
+        }
+        if self.memory_mib < Self::MIN_MEMORY_MIB || self.memory_mib > Self::MAX_MEMORY_MIB {
+            return Err(format!(
+                "memory size {} MiB is out of range: use {} to {} MiB",
+                self.memory_mib,
+                Self::MIN_MEMORY_MIB,
+                Self::MAX_MEMORY_MIB
+            ));
+        }
+        if let BootSource::Linux { cmdline, .. } = &self.boot {
+            if cmdline.len() >= crate::layout::CMDLINE_MAX_SIZE {
+                return Err(format!(
+                    "kernel command line is {} bytes; the limit is {}",
+                    cmdline.len(),
+                    crate::layout::CMDLINE_MAX_SIZE - 1
+                ));
+            }
+            if cmdline.bytes().any(|b| b == 0) {
+                return Err("kernel command line contains a NUL byte".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn linux() -> VmConfig {
+        VmConfig::new(BootSource::Linux {
+            kernel: "/k".into(),
+            initrd: None,
+            cmdline: DEFAULT_CMDLINE.into(),
+        })
+    }
+
+    #[test]
+    fn default_config_is_valid() {
+        assert_eq!(linux().validate(), Ok(()));
+    }
+
+    #[test]
+    fn rejects_zero_vcpus_and_tiny_memory() {
+        let mut c = linux();
+        c.vcpus = 0;
+        assert!(c.validate().unwrap_err().contains("vCPU count 0"));
+        let mut c = linux();
+        c.memory_mib = 1;
+        assert!(c.validate().unwrap_err().contains("1 MiB"));
+    }
+
+    #[test]
+    fn rejects_overlong_cmdline() {
+        let mut c = linux();
+        c.boot = BootSource::Linux {
+            kernel: "/k".into(),
+            initrd: None,
+            cmdline: "x".repeat(5000),
+        };
+        assert!(c.validate().unwrap_err().contains("5000 bytes"));
+    }
+}

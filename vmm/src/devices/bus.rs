@@ -1,0 +1,176 @@
+//! An address space (port I/O or MMIO) of non-overlapping device ranges.
+//!
+//! A vCPU exit names an address; the bus finds the device whose range holds it
+//! and hands the device the offset into its range. Accesses nobody claims read
+//! as all ones and are otherwise ignored, as on a PC.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use crate::exit::VmExit;
+
+/// What a device access asks the VMM to do beyond answering it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BusEvent {
+    /// Stop the VM with this exit.
+    Stop(VmExit),
+    /// The guest wrote the boot-complete marker to the boot timer.
+    BootComplete,
+}
+
+/// A device on a bus.
+pub trait BusDevice: Send {
+    /// Reads `data.len()` bytes at `offset` into `data`.
+    fn read(&mut self, offset: u64, data: &mut [u8]);
+    /// Writes `data` at `offset`; may ask the VMM for something.
+    fn write(&mut self, offset: u64, data: &[u8]) -> Option<BusEvent>;
+}
+
+/// Errors while populating a bus.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BusError {
+    /// The new range overlaps one already inserted.
+    #[error("device range {base:#x}+{len:#x} overlaps an existing device")]
+    Overlap {
+        /// Base of the new range.
+        base: u64,
+        /// Length of the new range.
+        len: u64,
+    },
+    /// Zero-length or wrapping range.
+    #[error("invalid device range {base:#x}+{len:#x}")]
+    InvalidRange {
+        /// Base of the new range.
+        base: u64,
+        /// Length of the new range.
+        len: u64,
+    },
+}
+
+/// Shared handle to a device; one device may sit on several buses.
+pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
+
+/// A set of devices keyed by base address.
+#[derive(Clone, Default)]
+pub struct Bus {
+    ranges: BTreeMap<u64, (u64, SharedDevice)>,
+}
+
+impl Bus {
+    /// An empty bus.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Puts `device` at `[base, base + len)`.
+    pub fn insert(&mut self, device: SharedDevice, base: u64, len: u64) -> Result<(), BusError> {
+        let end = base
+            .checked_add(len)
+            .filter(|_| len > 0)
+            .ok_or(BusError::InvalidRange { base, len })?;
+        let before = self.ranges.range(..end).next_back();
+        if let Some((&b, &(l, _))) = before {
+            if b + l > base {
+                return Err(BusError::Overlap { base, len });
+            }
+        }
+        self.ranges.insert(base, (len, device));
+        Ok(())
+    }
+
+    fn find(&self, addr: u64, size: usize) -> Option<(u64, &SharedDevice)> {
+        let (&base, (len, dev)) = self.ranges.range(..=addr).next_back()?;
+        let offset = addr - base;
+        (offset.checked_add(size as u64)? <= *len).then_some((offset, dev))
+    }
+
+    /// Reads at `addr`; returns false (and fills `data` with 0xff) if no device
+    /// claims the whole access.
+    pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
+        match self.find(addr, data.len()) {
+            Some((offset, dev)) => {
+                lock(dev).read(offset, data);
+                true
+            }
+            None => {
+                data.fill(0xff);
+                false
+            }
+        }
+    }
+
+    /// Writes at `addr`; unclaimed writes are dropped.
+    pub fn write(&self, addr: u64, data: &[u8]) -> Option<BusEvent> {
+        let (offset, dev) = self.find(addr, data.len())?;
+        lock(dev).write(offset, data)
+    }
+}
+
+/// Locks a device even if a previous holder panicked: a device's state is
+/// plain data, and one broken access must not wedge every vCPU.
+fn lock(dev: &SharedDevice) -> std::sync::MutexGuard<'_, dyn BusDevice + 'static> {
+    dev.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Recorder(Vec<(u64, Vec<u8>)>);
+    impl BusDevice for Recorder {
+        fn read(&mut self, offset: u64, data: &mut [u8]) {
+            data.fill(offset as u8);
+        }
+        fn write(&mut self, offset: u64, data: &[u8]) -> Option<BusEvent> {
+            self.0.push((offset, data.to_vec()));
+            None
+        }
+    }
+
+    #[test]
+    fn routes_by_range_with_offsets() {
+        let a = Arc::new(Mutex::new(Recorder(vec![])));
+        let mut bus = Bus::new();
+        bus.insert(a.clone(), 0x3f8, 8).unwrap();
+        let mut b = [0u8; 1];
+        assert!(bus.read(0x3fa, &mut b));
+        assert_eq!(b, [2]);
+        bus.write(0x3ff, &[9]);
+        assert_eq!(a.lock().unwrap().0, vec![(7, vec![9])]);
+    }
+
+    #[test]
+    fn unclaimed_reads_are_all_ones() {
+        let bus = Bus::new();
+        let mut b = [0u8; 4];
+        assert!(!bus.read(0x80, &mut b));
+        assert_eq!(b, [0xff; 4]);
+        assert_eq!(bus.write(0x80, &[1]), None);
+    }
+
+    #[test]
+    fn access_straddling_the_end_is_unclaimed() {
+        let mut bus = Bus::new();
+        bus.insert(Arc::new(Mutex::new(Recorder(vec![]))), 0x10, 4)
+            .unwrap();
+        let mut b = [0u8; 4];
+        assert!(!bus.read(0x12, &mut b));
+        assert!(!bus.read(u64::MAX, &mut b));
+    }
+
+    #[test]
+    fn overlapping_and_empty_ranges_are_refused() {
+        let mut bus = Bus::new();
+        let d = || -> SharedDevice { Arc::new(Mutex::new(Recorder(vec![]))) };
+        bus.insert(d(), 0x100, 0x10).unwrap();
+        assert!(matches!(bus.insert(d(), 0x10f, 1), Err(BusError::Overlap { .. })));
+        assert!(matches!(bus.insert(d(), 0xf8, 9), Err(BusError::Overlap { .. })));
+        bus.insert(d(), 0x110, 1).unwrap();
+        bus.insert(d(), 0xf0, 0x10).unwrap();
+        assert!(matches!(bus.insert(d(), 0, 0), Err(BusError::InvalidRange { .. })));
+        assert!(matches!(
+            bus.insert(d(), u64::MAX, 2),
+            Err(BusError::InvalidRange { .. })
+        ));
+    }
+}

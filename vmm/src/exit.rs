@@ -1,0 +1,164 @@
+//! How a VM ended.
+
+use std::fmt;
+
+/// The way a VM stopped running.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest asked to power off through msbvm's platform port, with an exit code.
+    PowerOff {
+        /// The code the guest wrote (0 means success).
+        code: u32,
+    },
+    /// The guest restarted itself (i8042 reset line). msbvm does not reboot guests.
+    Reboot,
+    /// The guest kernel panicked (and restarted itself, flagged as a panic).
+    Panic,
+    /// Every vCPU halted with interrupts disabled: the guest stopped for good
+    /// without a power-off method (for example `poweroff` on a kernel without
+    /// ACPI when no msbvm-aware init is running).
+    Halted,
+    /// A vCPU hit a condition the hypervisor could not handle.
+    Fault(VcpuFault),
+}
+
+impl VmExit {
+    /// A short word for the exit, used in machine-readable reports.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            VmExit::PowerOff { .. } => "poweroff",
+            VmExit::Reboot => "reboot",
+            VmExit::Panic => "panic",
+            VmExit::Halted => "halted",
+            VmExit::Fault(_) => "fault",
+        }
+    }
+}
+
+impl fmt::Display for VmExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VmExit::PowerOff { code: 0 } => write!(f, "the guest powered off"),
+            VmExit::PowerOff { code } => write!(f, "the guest powered off with code {code}"),
+            VmExit::Reboot => write!(f, "the guest rebooted (msbvm stops a guest that reboots)"),
+            VmExit::Panic => write!(f, "the guest kernel panicked (see the console output above)"),
+            VmExit::Halted => write!(
+                f,
+                "the guest halted all vCPUs with interrupts off (a poweroff without a power-off method)"
+            ),
+            VmExit::Fault(fault) => write!(f, "{fault}"),
+        }
+    }
+}
+
+/// What kind of failure stopped a vCPU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// KVM_EXIT_INTERNAL_ERROR with suberror 1: KVM's instruction emulator
+    /// could not handle the instruction at RIP.
+    EmulationFailure,
+    /// KVM_EXIT_INTERNAL_ERROR with another suberror.
+    InternalError {
+        /// The KVM_INTERNAL_ERROR_* suberror.
+        suberror: u32,
+        /// The extra words KVM supplied.
+        data: Vec<u64>,
+    },
+    /// KVM_EXIT_FAIL_ENTRY: the CPU refused to enter the guest.
+    FailEntry {
+        /// The hardware's entry failure reason.
+        reason: u64,
+    },
+    /// KVM_EXIT_SHUTDOWN: the guest triple-faulted.
+    TripleFault,
+    /// An exit msbvm does not handle.
+    Unexpected(String),
+    /// A host-side error while running the vCPU.
+    Host(String),
+}
+
+/// A vCPU failure with the state needed to understand it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VcpuFault {
+    /// Index of the vCPU that failed.
+    pub vcpu: u8,
+    /// What went wrong.
+    pub kind: FaultKind,
+    /// The guest instruction pointer at the failure (0 if it could not be read).
+    pub rip: u64,
+    /// Up to 15 bytes of guest code at RIP (empty if they could not be read).
+    pub insn_bytes: Vec<u8>,
+}
+
+impl FaultKind {
+    /// The KVM exit name, as in the KVM API documentation.
+    pub fn exit_name(&self) -> &'static str {
+        match self {
+            FaultKind::EmulationFailure | FaultKind::InternalError { .. } => {
+                "KVM_EXIT_INTERNAL_ERROR"
+            }
+            FaultKind::FailEntry { .. } => "KVM_EXIT_FAIL_ENTRY",
+            FaultKind::TripleFault => "KVM_EXIT_SHUTDOWN",
+            FaultKind::Unexpected(_) => "unexpected exit",
+            FaultKind::Host(_) => "host error",
+        }
+    }
+}
+
+impl fmt::Display for VcpuFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "vCPU {} stopped: {} (", self.vcpu, self.kind.exit_name())?;
+        match &self.kind {
+            FaultKind::EmulationFailure => write!(
+                f,
+                "emulation failure: the hypervisor cannot emulate this instruction"
+            )?,
+            FaultKind::InternalError { suberror, data } => {
+                write!(f, "internal error, suberror {suberror}, data {data:x?}")?
+            }
+            FaultKind::FailEntry { reason } => {
+                write!(f, "VM entry failed, hardware reason {reason:#x}")?
+            }
+            FaultKind::TripleFault => write!(f, "triple fault")?,
+            FaultKind::Unexpected(what) => write!(f, "{what}")?,
+            FaultKind::Host(what) => write!(f, "{what}")?,
+        }
+        write!(f, ") at RIP {:#x}", self.rip)?;
+        if self.insn_bytes.is_empty() {
+            write!(f, ", instruction bytes unavailable")
+        } else {
+            write!(f, ", instruction bytes")?;
+            for b in &self.insn_bytes {
+                write!(f, " {b:02x}")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_message_names_exit_vcpu_rip_and_bytes() {
+        let fault = VcpuFault {
+            vcpu: 1,
+            kind: FaultKind::EmulationFailure,
+            rip: 0x10_0010,
+            insn_bytes: vec![0x66, 0x0f, 0x74, 0xc0],
+        };
+        let text = fault.to_string();
+        assert!(text.contains("vCPU 1"), "{text}");
+        assert!(text.contains("KVM_EXIT_INTERNAL_ERROR"), "{text}");
+        assert!(text.contains("0x100010"), "{text}");
+        assert!(text.contains("66 0f 74 c0"), "{text}");
+    }
+
+    #[test]
+    fn reasons_are_stable_words() {
+        assert_eq!(VmExit::PowerOff { code: 0 }.reason(), "poweroff");
+        assert_eq!(VmExit::Panic.reason(), "panic");
+        assert_eq!(VmExit::Halted.reason(), "halted");
+    }
+}

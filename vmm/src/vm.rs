@@ -1,0 +1,286 @@
+//! The boot path: from a [`VmConfig`] to a running VM, and back to a
+//! [`VmOutcome`] once it stops.
+//!
+//! The calling thread becomes the VM's supervisor: it creates the memory, the
+//! KVM VM, the devices and one thread per vCPU, then waits for a vCPU to report
+//! the end. Whatever the end, every vCPU thread is stopped and joined before
+//! `run` returns, so nothing of the VM outlives the call.
+
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::boot::{self, EntryMode};
+use crate::config::VmConfig;
+use crate::devices::console::{Console, SharedConsole};
+use crate::devices::{i8042, platform, serial, Bus};
+use crate::exit::{FaultKind, VcpuFault, VmExit};
+use crate::kvm::vcpu::{self, Report, Shared, Vcpu};
+use crate::kvm::{self, cpuid, regs, KvmVm};
+use crate::layout::{PLATFORM_MMIO_START, SERIAL_IRQ};
+use crate::memory;
+use crate::stats::{self, MemoryStats};
+
+/// How often the supervisor wakes to flush the console and look for halted vCPUs.
+const TICK: Duration = Duration::from_millis(100);
+/// A vCPU inside KVM_RUN for this long without an exit is checked for a
+/// permanent halt.
+const HALT_CHECK_AFTER: Duration = Duration::from_millis(400);
+/// Interval between kicks while waiting for vCPU threads to stop.
+const KICK_INTERVAL: Duration = Duration::from_millis(5);
+
+/// Errors that keep a VM from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is unusable.
+    #[error("invalid VM configuration: {0}")]
+    Config(String),
+    /// KVM could not be opened or set up.
+    #[error(transparent)]
+    Kvm(#[from] kvm::Error),
+    /// Guest memory could not be allocated.
+    #[error("cannot allocate {mib} MiB of guest memory: {detail}")]
+    Memory {
+        /// Requested size.
+        mib: u64,
+        /// Why.
+        detail: String,
+    },
+    /// Loading the kernel or writing boot structures failed.
+    #[error(transparent)]
+    Boot(#[from] boot::Error),
+    /// The console destination could not be opened.
+    #[error("cannot open the console output: {0}")]
+    Console(std::io::Error),
+    /// A host resource (eventfd, thread) could not be created.
+    #[error("cannot create {what}: {source}")]
+    Host {
+        /// What.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A device could not be placed on a bus.
+    #[error("device layout: {0}")]
+    Bus(#[from] crate::devices::BusError),
+}
+
+/// Something that happened while the VM ran, delivered as it happens.
+#[derive(Clone, Debug, PartialEq)]
+pub enum VmEvent {
+    /// The guest wrote the boot-complete marker, this long after the VMM started.
+    BootComplete(Duration),
+}
+
+/// How a VM run ended, with what was measured.
+#[derive(Clone, Debug)]
+pub struct VmOutcome {
+    /// Why it stopped.
+    pub exit: VmExit,
+    /// When the guest signalled boot completion, relative to `start_time`.
+    pub boot_complete: Option<Duration>,
+    /// From `start_time` to the moment the stop was decided.
+    pub stopped_after: Duration,
+    /// The VMM's memory figures just before the guest memory was released.
+    pub memory: MemoryStats,
+}
+
+/// Boots the VM described by `config` and runs it to the end. `on_event` is
+/// called on this thread as events happen.
+pub fn run(config: &VmConfig, mut on_event: impl FnMut(&VmEvent)) -> Result<VmOutcome, Error> {
+    config.validate().map_err(Error::Config)?;
+    let kvm_handle = kvm::open()?;
+
+    let mem = memory::create(config.memory_mib << 20).map_err(|e| Error::Memory {
+        mib: config.memory_mib,
+        detail: e.to_string(),
+    })?;
+    let entry = boot::load(&mem, &config.boot, config.vcpus)?;
+    let vm = kvm::create_vm(kvm_handle, &mem)?;
+
+    let console = SharedConsole(Arc::new(Mutex::new(
+        Console::open(&config.console).map_err(Error::Console)?,
+    )));
+    let (pio, mmio) = build_buses(&vm, &mem, console.clone())?;
+
+    let shared = Arc::new(Shared::new(config.vcpus));
+    let (tx, rx) = mpsc::channel();
+    vcpu::install_kick_handler();
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    let mut setup_error = None;
+    for index in 0..config.vcpus {
+        let result = create_vcpu(&vm, index, config.vcpus, entry).and_then(|fd| {
+            let vcpu = Vcpu {
+                index,
+                fd,
+                pio: pio.clone(),
+                mmio: mmio.clone(),
+                mem: mem.clone(),
+                shared: shared.clone(),
+                reports: tx.clone(),
+            };
+            std::thread::Builder::new()
+                .name(format!("msbvm-vcpu{index}"))
+                .spawn(move || vcpu.run())
+                .map_err(|source| Error::Host {
+                    what: "vCPU thread",
+                    source,
+                })
+        });
+        match result {
+            Ok(handle) => threads.push(handle),
+            Err(e) => {
+                setup_error = Some(e);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    if let Some(e) = setup_error {
+        stop_vcpus(&shared, threads);
+        return Err(e);
+    }
+
+    let mut boot_complete = None;
+    let mut halted = vec![false; config.vcpus as usize];
+    let exit = loop {
+        match rx.recv_timeout(TICK) {
+            Ok(Report::Stop(exit)) => break exit,
+            Ok(Report::BootComplete(at)) => {
+                let since = at.saturating_duration_since(config.start_time);
+                boot_complete = Some(since);
+                on_event(&VmEvent::BootComplete(since));
+            }
+            Ok(Report::Halted(index, state)) => {
+                halted[index as usize] = state;
+                if halted.iter().all(|h| *h) {
+                    break VmExit::Halted;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                console.flush_pending();
+                for (index, handle) in threads.iter().enumerate() {
+                    let quiet = shared
+                        .in_guest_for(index)
+                        .is_some_and(|d| d >= HALT_CHECK_AFTER);
+                    if quiet && !halted[index] {
+                        kick(handle);
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                break VmExit::Fault(VcpuFault {
+                    vcpu: 0,
+                    kind: FaultKind::Host("every vCPU thread ended without a report".into()),
+                    rip: 0,
+                    insn_bytes: Vec::new(),
+                })
+            }
+        }
+    };
+    let stopped_after = config.start_time.elapsed();
+    stop_vcpus(&shared, threads);
+    console.flush_pending();
+
+    let guest_starts: Vec<usize> = mem
+        .iter()
+        .filter_map(|r| mem.get_host_address(r.start_addr()).ok())
+        .map(|p| p as usize)
+        .collect();
+    let memory = stats::read(&guest_starts);
+    Ok(VmOutcome {
+        exit,
+        boot_complete,
+        stopped_after,
+        memory,
+    })
+}
+
+/// Port-I/O and MMIO buses with the console UART, the i8042 and the platform device.
+fn build_buses(
+    vm: &KvmVm,
+    mem: &memory::GuestMemory,
+    console: SharedConsole,
+) -> Result<(Bus, Bus), Error> {
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Host {
+        what: "serial interrupt eventfd",
+        source,
+    })?;
+    vm.fd
+        .register_irqfd(&irq, SERIAL_IRQ)
+        .map_err(kvm::ioctl("KVM_IRQFD"))?;
+    let serial = Arc::new(Mutex::new(serial::SerialDevice::new(irq, console)));
+    let i8042 = Arc::new(Mutex::new(i8042::I8042::new(mem.clone())));
+    let platform = Arc::new(Mutex::new(platform::Platform::default()));
+
+    let mut pio = Bus::new();
+    pio.insert(serial, serial::COM1_BASE, serial::COM1_LEN)?;
+    pio.insert(
+        i8042,
+        i8042::DATA_PORT,
+        i8042::COMMAND_PORT - i8042::DATA_PORT + 1,
+    )?;
+    pio.insert(platform.clone(), platform::PORT_BASE, platform::LEN)?;
+    let mut mmio = Bus::new();
+    mmio.insert(platform, PLATFORM_MMIO_START, platform::LEN)?;
+    Ok((pio, mmio))
+}
+
+fn create_vcpu(
+    vm: &KvmVm,
+    index: u8,
+    count: u8,
+    entry: EntryMode,
+) -> Result<kvm_ioctls::VcpuFd, Error> {
+    let fd = vm
+        .fd
+        .create_vcpu(index as u64)
+        .map_err(kvm::ioctl("KVM_CREATE_VCPU"))?;
+    fd.set_cpuid2(&cpuid::for_vcpu(&vm.supported_cpuid, index, count))
+        .map_err(kvm::ioctl("KVM_SET_CPUID2"))?;
+    let (set, wanted) = regs::setup_msrs(&fd).map_err(kvm::ioctl("KVM_SET_MSRS"))?;
+    if set != wanted {
+        tracing::warn!(vcpu = index, set, wanted, "KVM accepted only some boot MSRs");
+    }
+    regs::setup_fpu(&fd).map_err(kvm::ioctl("KVM_SET_FPU"))?;
+    regs::setup_lint(&fd).map_err(kvm::ioctl("KVM_SET_LAPIC"))?;
+    // Application processors wait for the boot CPU's INIT/SIPI in the
+    // in-kernel local APIC; only the boot CPU gets an entry state.
+    if index == 0 {
+        regs::setup_boot_vcpu(&fd, entry).map_err(kvm::ioctl("KVM_SET_REGS"))?;
+    }
+    Ok(fd)
+}
+
+fn kick(handle: &JoinHandle<()>) {
+    // SAFETY: the thread is alive (not joined) while we hold its handle, and the
+    // kick signal has a handler installed, so delivery only interrupts KVM_RUN.
+    unsafe {
+        libc::pthread_kill(handle.as_pthread_t() as _, vcpu::kick_signal());
+    }
+}
+
+/// Raises the stop flag and kicks every vCPU thread until it has left its loop.
+fn stop_vcpus(shared: &Shared, threads: Vec<JoinHandle<()>>) {
+    shared.stop.store(true, Ordering::Release);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for handle in threads {
+        // The kick can land just before the thread re-enters KVM_RUN, so keep
+        // kicking until it is out.
+        while !handle.is_finished() && Instant::now() < deadline {
+            kick(&handle);
+            std::thread::sleep(KICK_INTERVAL);
+        }
+        if handle.is_finished() {
+            let _ = handle.join();
+        } else {
+            tracing::error!("a vCPU thread did not stop within 10 s; leaving it detached");
+        }
+    }
+}
