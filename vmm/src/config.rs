@@ -29,7 +29,7 @@ pub enum BootSource {
         cmdline: String,
     },
     /// Raw machine code copied to `load_addr` and entered in 64-bit long mode at
-    /// CPL0 with identity-mapped paging (first 1 GiB), flat segments and a stack
+    /// CPL0 with identity-mapped paging (first 4 GiB), flat segments and a stack
     /// at [`crate::layout::BOOT_STACK_POINTER`]. Used by tests with hand-made guests.
     RawLongMode {
         /// The code.

@@ -17,11 +17,11 @@ pub const PVH_MODLIST_START: u64 = 0x6040;
 pub const PVH_MEMMAP_START: u64 = 0x7000;
 /// Linux `boot_params` ("zero page") for the 64-bit boot protocol.
 pub const ZERO_PAGE_START: u64 = 0x7000;
-/// Identity-mapping page tables for the long-mode entry (PML4, PDPT, PD).
+/// Identity-mapping page tables for the long-mode entry (PML4, PDPT, PDs).
 pub const PML4_START: u64 = 0x9000;
 /// Page-directory-pointer table.
 pub const PDPTE_START: u64 = 0xa000;
-/// Page directory (2 MiB pages).
+/// Page directories (2 MiB pages), one 4 KiB page per GiB mapped: 0xb000..0xf000.
 pub const PDE_START: u64 = 0xb000;
 /// Stack top for hand-made test guests.
 pub const BOOT_STACK_POINTER: u64 = 0x8ff0;

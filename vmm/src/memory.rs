@@ -31,10 +31,7 @@ mod tests {
 
     #[test]
     fn small_memory_is_one_range() {
-        assert_eq!(
-            ram_ranges(256 << 20),
-            vec![(GuestAddress(0), 256 << 20)]
-        );
+        assert_eq!(ram_ranges(256 << 20), vec![(GuestAddress(0), 256 << 20)]);
     }
 
     #[test]

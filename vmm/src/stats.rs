@@ -69,7 +69,8 @@ mod tests {
 
     #[test]
     fn parses_smaps_and_status() {
-        let smaps = "7f0000000000-7f0010000000 rw-p 00000000 00:00 0\nSize: 262144 kB\nRss: 1024 kB\n\
+        let smaps =
+            "7f0000000000-7f0010000000 rw-p 00000000 00:00 0\nSize: 262144 kB\nRss: 1024 kB\n\
                      7f0020000000-7f0020001000 r-xp 00000000 00:00 0 /bin/x\nRss: 8 kB\n";
         assert_eq!(resident_of(smaps, &[0x7f00_0000_0000]), 1024);
         assert_eq!(resident_of(smaps, &[]), 0);

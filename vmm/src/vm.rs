@@ -246,7 +246,12 @@ fn create_vcpu(
         .map_err(kvm::ioctl("KVM_SET_CPUID2"))?;
     let (set, wanted) = regs::setup_msrs(&fd).map_err(kvm::ioctl("KVM_SET_MSRS"))?;
     if set != wanted {
-        tracing::warn!(vcpu = index, set, wanted, "KVM accepted only some boot MSRs");
+        tracing::warn!(
+            vcpu = index,
+            set,
+            wanted,
+            "KVM accepted only some boot MSRs"
+        );
     }
     regs::setup_fpu(&fd).map_err(kvm::ioctl("KVM_SET_FPU"))?;
     regs::setup_lint(&fd).map_err(kvm::ioctl("KVM_SET_LAPIC"))?;

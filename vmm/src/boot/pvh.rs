@@ -77,9 +77,7 @@ mod tests {
         assert_eq!(info.memmap_entries, 2);
         let m: hvm_modlist_entry = mem.read_obj(GuestAddress(PVH_MODLIST_START)).unwrap();
         assert_eq!((m.paddr, m.size), (0x300_0000, 1234));
-        let e: hvm_memmap_table_entry = mem
-            .read_obj(GuestAddress(PVH_MEMMAP_START + 24))
-            .unwrap();
+        let e: hvm_memmap_table_entry = mem.read_obj(GuestAddress(PVH_MEMMAP_START + 24)).unwrap();
         assert_eq!((e.addr, e.type_), (0x10_0000, E820_RAM));
     }
 }

@@ -163,11 +163,20 @@ mod tests {
         let mut bus = Bus::new();
         let d = || -> SharedDevice { Arc::new(Mutex::new(Recorder(vec![]))) };
         bus.insert(d(), 0x100, 0x10).unwrap();
-        assert!(matches!(bus.insert(d(), 0x10f, 1), Err(BusError::Overlap { .. })));
-        assert!(matches!(bus.insert(d(), 0xf8, 9), Err(BusError::Overlap { .. })));
+        assert!(matches!(
+            bus.insert(d(), 0x10f, 1),
+            Err(BusError::Overlap { .. })
+        ));
+        assert!(matches!(
+            bus.insert(d(), 0xf8, 9),
+            Err(BusError::Overlap { .. })
+        ));
         bus.insert(d(), 0x110, 1).unwrap();
         bus.insert(d(), 0xf0, 0x10).unwrap();
-        assert!(matches!(bus.insert(d(), 0, 0), Err(BusError::InvalidRange { .. })));
+        assert!(matches!(
+            bus.insert(d(), 0, 0),
+            Err(BusError::InvalidRange { .. })
+        ));
         assert!(matches!(
             bus.insert(d(), u64::MAX, 2),
             Err(BusError::InvalidRange { .. })

@@ -134,9 +134,6 @@ mod tests {
 
     #[test]
     fn ceil_log2_values() {
-        assert_eq!(
-            [1, 2, 3, 4, 5, 254].map(ceil_log2),
-            [0, 1, 2, 2, 3, 8]
-        );
+        assert_eq!([1, 2, 3, 4, 5, 254].map(ceil_log2), [0, 1, 2, 2, 3, 8]);
     }
 }

@@ -11,7 +11,10 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Once};
 use std::time::Instant;
 
-use kvm_bindings::{KVM_INTERNAL_ERROR_EMULATION, KVM_MP_STATE_HALTED, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_bindings::{
+    KVM_INTERNAL_ERROR_EMULATION, KVM_MP_STATE_HALTED, KVM_SYSTEM_EVENT_CRASH,
+    KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
@@ -77,8 +80,7 @@ impl Shared {
     /// How long vCPU `index` has been inside KVM_RUN without an exit, if it is.
     pub fn in_guest_for(&self, index: usize) -> Option<std::time::Duration> {
         let since = self.in_guest_since[index].load(Ordering::Acquire);
-        (since != 0)
-            .then(|| std::time::Duration::from_nanos(self.now_ns().saturating_sub(since)))
+        (since != 0).then(|| std::time::Duration::from_nanos(self.now_ns().saturating_sub(since)))
     }
 }
 

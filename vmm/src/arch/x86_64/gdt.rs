@@ -74,11 +74,11 @@ pub fn decode(raw: u64, selector: u16) -> Segment {
 
 /// The boot GDT, indexed by selector / 8.
 pub const TABLE: [u64; 5] = [
-    0,                            // null
-    entry(0xa09b, 0, 0xfffff),    // 64-bit code: L, present, exec/read, accessed
-    entry(0xc09b, 0, 0xfffff),    // 32-bit code: G, DB, present, exec/read, accessed
-    entry(0xc093, 0, 0xfffff),    // data: G, DB, present, read/write, accessed
-    entry(0x808b, 0, 0xfffff),    // busy 64-bit TSS
+    0,                         // null
+    entry(0xa09b, 0, 0xfffff), // 64-bit code: L, present, exec/read, accessed
+    entry(0xc09b, 0, 0xfffff), // 32-bit code: G, DB, present, exec/read, accessed
+    entry(0xc093, 0, 0xfffff), // data: G, DB, present, read/write, accessed
+    entry(0x808b, 0, 0xfffff), // busy 64-bit TSS
 ];
 
 /// The decoded segment for `selector` in [`TABLE`].

@@ -42,7 +42,10 @@ pub enum Error {
 }
 
 fn checksum(bytes: &[u8]) -> u8 {
-    bytes.iter().fold(0u8, |sum, b| sum.wrapping_add(*b)).wrapping_neg()
+    bytes
+        .iter()
+        .fold(0u8, |sum, b| sum.wrapping_add(*b))
+        .wrapping_neg()
 }
 
 /// Builds the MP table for `cpus` CPUs, to be placed at guest-physical `base`.
@@ -168,7 +171,10 @@ mod tests {
             .take(3)
             .collect();
         assert!(procs.iter().all(|e| e[0] == ENTRY_PROCESSOR));
-        assert_eq!(procs.iter().filter(|e| e[3] & CPU_BOOTSTRAP != 0).count(), 1);
+        assert_eq!(
+            procs.iter().filter(|e| e[3] & CPU_BOOTSTRAP != 0).count(),
+            1
+        );
         assert_eq!(procs[2][1], 2);
         let count = u16::from_le_bytes(t[16 + 34..16 + 36].try_into().unwrap());
         assert_eq!(count as usize, 3 + 2 + IOAPIC_PINS as usize + 2);

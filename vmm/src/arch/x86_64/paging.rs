@@ -10,16 +10,25 @@ const WRITABLE: u64 = 1 << 1;
 const HUGE: u64 = 1 << 7;
 const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 
-/// Writes page tables that identity-map the first 1 GiB with 2 MiB pages and
-/// returns the value for CR3.
-pub fn write_identity_tables<M: GuestMemoryBackend>(mem: &M) -> Result<u64, vm_memory::GuestMemoryError> {
+/// Gibibytes covered by the identity map: all of the 32-bit space, so that the
+/// device hole (MMIO) is reachable as well as low RAM.
+pub const IDENTITY_MAPPED_GIB: u64 = 4;
+
+/// Writes page tables that identity-map the first 4 GiB with 2 MiB pages (one
+/// page directory per GiB, from [`PDE_START`]) and returns the value for CR3.
+pub fn write_identity_tables<M: GuestMemoryBackend>(
+    mem: &M,
+) -> Result<u64, vm_memory::GuestMemoryError> {
     mem.write_obj(PDPTE_START | PRESENT | WRITABLE, GuestAddress(PML4_START))?;
-    mem.write_obj(PDE_START | PRESENT | WRITABLE, GuestAddress(PDPTE_START))?;
-    for i in 0..512u64 {
-        mem.write_obj(
-            (i << 21) | PRESENT | WRITABLE | HUGE,
-            GuestAddress(PDE_START + i * 8),
-        )?;
+    for gib in 0..IDENTITY_MAPPED_GIB {
+        let pd = PDE_START + gib * 0x1000;
+        mem.write_obj(pd | PRESENT | WRITABLE, GuestAddress(PDPTE_START + gib * 8))?;
+        for i in 0..512u64 {
+            mem.write_obj(
+                (gib << 30) | (i << 21) | PRESENT | WRITABLE | HUGE,
+                GuestAddress(pd + i * 8),
+            )?;
+        }
     }
     Ok(PML4_START)
 }
@@ -76,9 +85,8 @@ pub fn translate<M: GuestMemoryBackend>(mem: &M, mode: PagingMode, addr: u64) ->
         let pte = read((pde & ADDR_MASK) + ((addr >> 12) & 0x1ff) * 8)?;
         (pte & PRESENT != 0).then_some((pte & ADDR_MASK) | (addr & 0xfff))
     } else {
-        let read32 = |a: u64| -> Option<u64> {
-            mem.read_obj::<u32>(GuestAddress(a)).ok().map(u64::from)
-        };
+        let read32 =
+            |a: u64| -> Option<u64> { mem.read_obj::<u32>(GuestAddress(a)).ok().map(u64::from) };
         let pde = read32((mode.cr3 & 0xffff_f000) + ((addr >> 22) & 0x3ff) * 4)?;
         if pde & PRESENT == 0 {
             return None;
@@ -93,7 +101,12 @@ pub fn translate<M: GuestMemoryBackend>(mem: &M, mode: PagingMode, addr: u64) ->
 
 /// Reads up to `len` bytes of guest code at virtual `addr`, stopping at the
 /// first unmapped byte.
-pub fn read_code<M: GuestMemoryBackend>(mem: &M, mode: PagingMode, addr: u64, len: usize) -> Vec<u8> {
+pub fn read_code<M: GuestMemoryBackend>(
+    mem: &M,
+    mode: PagingMode,
+    addr: u64,
+    len: usize,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(len);
     for i in 0..len as u64 {
         let Some(phys) = addr.checked_add(i).and_then(|a| translate(mem, mode, a)) else {
@@ -122,10 +135,17 @@ mod tests {
             pae: true,
             cr3,
         };
-        for addr in [0u64, 0x1234, 0x20_0000 + 17, 0x3fff_ffff] {
+        for addr in [
+            0u64,
+            0x1234,
+            0x20_0000 + 17,
+            0x3fff_ffff,
+            0xd000_0004,
+            0xffff_ffff,
+        ] {
             assert_eq!(translate(&mem, mode, addr), Some(addr));
         }
-        assert_eq!(translate(&mem, mode, 0x4000_0000), None);
+        assert_eq!(translate(&mem, mode, 0x1_0000_0000), None);
     }
 
     #[test]
