@@ -31,6 +31,10 @@ pub struct BootArgs {
     /// Kernel command line (replaces the default).
     #[arg(long, default_value = DEFAULT_CMDLINE)]
     cmdline: String,
+    /// Words appended to the command line (for example `loglevel=7` to see the
+    /// whole boot log).
+    #[arg(long)]
+    append: Option<String>,
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1)]
     cpus: u8,
@@ -109,7 +113,10 @@ pub fn run(args: BootArgs, start: Instant) -> ExitCode {
         boot: BootSource::Linux {
             kernel,
             initrd: Some(initrd),
-            cmdline: args.cmdline,
+            cmdline: match args.append {
+                Some(extra) => format!("{} {extra}", args.cmdline),
+                None => args.cmdline,
+            },
         },
         vcpus: args.cpus,
         memory_mib: args.memory,

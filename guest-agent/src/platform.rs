@@ -18,20 +18,26 @@ fn inb(port: u16) -> u8 {
     let value: u8;
     // SAFETY: the port range was granted by ioperm; an in from an unclaimed
     // port just returns all ones.
-    unsafe { std::arch::asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack)) };
+    unsafe {
+        std::arch::asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack))
+    };
     value
 }
 
 #[cfg(target_arch = "x86_64")]
 fn outb(port: u16, value: u8) {
     // SAFETY: as for `inb`.
-    unsafe { std::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack)) };
+    unsafe {
+        std::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack))
+    };
 }
 
 #[cfg(target_arch = "x86_64")]
 fn outl(port: u16, value: u32) {
     // SAFETY: as for `inb`.
-    unsafe { std::arch::asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack)) };
+    unsafe {
+        std::arch::asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack))
+    };
 }
 
 /// True if the platform device answers with its magic.

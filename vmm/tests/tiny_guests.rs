@@ -273,7 +273,8 @@ fn project_kernel_reaches_banner_then_clear_error_on_pvm() {
     let mut config = VmConfig::new(BootSource::Linux {
         kernel,
         initrd: None,
-        cmdline: msbvm_vmm::DEFAULT_CMDLINE.into(),
+        // The banner is a notice, which the default `quiet` hides.
+        cmdline: format!("{} loglevel=7", msbvm_vmm::DEFAULT_CMDLINE),
     });
     config.console = ConsoleOutput::Writer(console.clone());
     let outcome = msbvm_vmm::run(&config, |_| {}).expect("VM starts");
