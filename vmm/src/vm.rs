@@ -242,7 +242,10 @@ fn create_vcpu(
         .fd
         .create_vcpu(index as u64)
         .map_err(kvm::ioctl("KVM_CREATE_VCPU"))?;
-    fd.set_cpuid2(&cpuid::for_vcpu(&vm.supported_cpuid, index, count))
+    let host = cpuid::HostFeatures {
+        tsc_deadline_timer: vm.kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
+    };
+    fd.set_cpuid2(&cpuid::for_vcpu(&vm.supported_cpuid, index, count, host))
         .map_err(kvm::ioctl("KVM_SET_CPUID2"))?;
     let (set, wanted) = regs::setup_msrs(&fd).map_err(kvm::ioctl("KVM_SET_MSRS"))?;
     if set != wanted {
