@@ -207,7 +207,7 @@ impl FrameDecoder {
     /// `Err(FrameTooLarge)` is fatal for the connection (the stream cannot be
     /// resynchronised); `Err(Malformed)` consumed the bad frame, and decoding
     /// can go on with the next one.
-    pub fn next<T: for<'de> Deserialize<'de>>(&mut self) -> Result<Option<T>, Error> {
+    pub fn next_message<T: for<'de> Deserialize<'de>>(&mut self) -> Result<Option<T>, Error> {
         if self.buf.len() < 4 {
             return Ok(None);
         }
@@ -247,7 +247,7 @@ mod tests {
         // Byte by byte: a message is returned only once it is complete.
         for (i, b) in frame.iter().enumerate() {
             d.push(&[*b]);
-            let got: Option<T> = d.next().unwrap();
+            let got: Option<T> = d.next_message().unwrap();
             assert_eq!(got.is_some(), i == frame.len() - 1);
             if let Some(got) = got {
                 assert_eq!(got, m);
@@ -289,7 +289,7 @@ mod tests {
         let mut d = FrameDecoder::new();
         d.push(&(MAX_FRAME_LEN as u32 + 1).to_le_bytes());
         assert_eq!(
-            d.next::<HostMessage>(),
+            d.next_message::<HostMessage>(),
             Err(Error::FrameTooLarge(MAX_FRAME_LEN + 1))
         );
     }
@@ -299,8 +299,11 @@ mod tests {
         let mut d = FrameDecoder::new();
         d.push(&[3, 0, 0, 0, 0xff, 0xff, 0xff]);
         d.push(&encode(&HostMessage::Ping).unwrap());
-        assert!(matches!(d.next::<HostMessage>(), Err(Error::Malformed(_))));
-        assert_eq!(d.next::<HostMessage>(), Ok(Some(HostMessage::Ping)));
+        assert!(matches!(
+            d.next_message::<HostMessage>(),
+            Err(Error::Malformed(_))
+        ));
+        assert_eq!(d.next_message::<HostMessage>(), Ok(Some(HostMessage::Ping)));
     }
 
     #[test]
@@ -318,10 +321,10 @@ mod tests {
                 frame.push((x >> (i % 8 * 8)) as u8 ^ i as u8);
             }
             d.push(&frame);
-            let _ = d.next::<HostMessage>();
+            let _ = d.next_message::<HostMessage>();
             let mut d = FrameDecoder::new();
             d.push(&frame);
-            let _ = d.next::<GuestMessage>();
+            let _ = d.next_message::<GuestMessage>();
         }
     }
 
@@ -329,6 +332,9 @@ mod tests {
     fn version_check_names_both_sides() {
         assert_eq!(check_version(PROTOCOL_VERSION), Ok(()));
         let e = check_version(99).unwrap_err().to_string();
-        assert!(e.contains("99") && e.contains(&PROTOCOL_VERSION.to_string()), "{e}");
+        assert!(
+            e.contains("99") && e.contains(&PROTOCOL_VERSION.to_string()),
+            "{e}"
+        );
     }
 }
