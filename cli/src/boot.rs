@@ -4,7 +4,7 @@
 //! Exit status: 0 clean power-off; 1 the VM could not start; 3 the guest
 //! rebooted; 4 the guest kernel panicked; 5 the guest halted without powering
 //! off; 6 a vCPU failed (hypervisor error); 7 the guest powered off with a
-//! non-zero code (printed).
+//! non-zero code (printed); 8 stopped by the host.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -125,6 +125,8 @@ pub fn run(args: BootArgs, start: Instant) -> ExitCode {
             None => ConsoleOutput::Stdout,
         },
         start_time: start,
+        vsock: None,
+        stop: msbvm_vmm::StopHandle::new(),
     };
     let outcome = match msbvm_vmm::run(&config, |event| match event {
         VmEvent::BootComplete(d) => {
@@ -165,6 +167,7 @@ pub fn run(args: BootArgs, start: Instant) -> ExitCode {
         VmExit::Panic => 4,
         VmExit::Halted => 5,
         VmExit::Fault(_) => 6,
+        VmExit::Stopped => 8,
     })
 }
 

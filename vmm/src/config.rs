@@ -67,6 +67,40 @@ impl std::fmt::Debug for ConsoleOutput {
     }
 }
 
+/// A virtio-vsock device whose host side is a Unix socket (see
+/// `msbvm_virtio::vsock`): host processes connect to `uds_path` and write
+/// `CONNECT <port>\n`; guest connections to host port P reach a listener at
+/// `<uds_path>_<P>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's context id (3 or more).
+    pub guest_cid: u32,
+    /// The Unix socket host processes connect to.
+    pub uds_path: PathBuf,
+}
+
+/// Lets another thread ask a running VM to stop; the VM then ends with
+/// [`crate::VmExit::Stopped`] within about 100 ms.
+#[derive(Clone, Debug, Default)]
+pub struct StopHandle(Arc<std::sync::atomic::AtomicBool>);
+
+impl StopHandle {
+    /// A handle nobody has triggered.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks the VM to stop (idempotent).
+    pub fn stop(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether a stop was asked for.
+    pub fn is_stopped(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 /// Everything needed to boot one VM.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
@@ -81,6 +115,10 @@ pub struct VmConfig {
     /// The instant the VMM's work started (its process start, as near as the
     /// caller can tell); boot-timer readings are relative to it.
     pub start_time: Instant,
+    /// Optional virtio-vsock device.
+    pub vsock: Option<VsockConfig>,
+    /// Stops the VM from another thread.
+    pub stop: StopHandle,
 }
 
 impl VmConfig {
@@ -100,6 +138,8 @@ impl VmConfig {
             memory_mib: 256,
             console: ConsoleOutput::Stdout,
             start_time: Instant::now(),
+            vsock: None,
+            stop: StopHandle::new(),
         }
     }
 
@@ -119,6 +159,14 @@ impl VmConfig {
                 Self::MIN_MEMORY_MIB,
                 Self::MAX_MEMORY_MIB
             ));
+        }
+        if let Some(v) = &self.vsock {
+            if v.guest_cid < 3 {
+                return Err(format!(
+                    "vsock guest CID {} is reserved: use 3 or more",
+                    v.guest_cid
+                ));
+            }
         }
         if let BootSource::Linux { cmdline, .. } = &self.boot {
             if cmdline.len() >= crate::layout::CMDLINE_MAX_SIZE {

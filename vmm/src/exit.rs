@@ -18,6 +18,8 @@ pub enum VmExit {
     /// without a power-off method (for example `poweroff` on a kernel without
     /// ACPI when no msbvm-aware init is running).
     Halted,
+    /// The host asked the VM to stop (its [`crate::config::StopHandle`]).
+    Stopped,
     /// A vCPU hit a condition the hypervisor could not handle.
     Fault(VcpuFault),
 }
@@ -30,6 +32,7 @@ impl VmExit {
             VmExit::Reboot => "reboot",
             VmExit::Panic => "panic",
             VmExit::Halted => "halted",
+            VmExit::Stopped => "stopped",
             VmExit::Fault(_) => "fault",
         }
     }
@@ -46,6 +49,7 @@ impl fmt::Display for VmExit {
                 f,
                 "the guest halted all vCPUs with interrupts off (a poweroff without a power-off method)"
             ),
+            VmExit::Stopped => write!(f, "the VM was stopped by the host"),
             VmExit::Fault(fault) => write!(f, "{fault}"),
         }
     }

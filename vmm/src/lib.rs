@@ -28,6 +28,6 @@ pub mod memory;
 pub mod stats;
 pub mod vm;
 
-pub use config::{BootSource, ConsoleOutput, VmConfig, DEFAULT_CMDLINE};
+pub use config::{BootSource, ConsoleOutput, StopHandle, VmConfig, VsockConfig, DEFAULT_CMDLINE};
 pub use exit::{FaultKind, VcpuFault, VmExit};
 pub use vm::{run, Error, VmEvent, VmOutcome};

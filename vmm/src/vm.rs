@@ -150,6 +150,9 @@ pub fn run(config: &VmConfig, mut on_event: impl FnMut(&VmEvent)) -> Result<VmOu
     let mut boot_complete = None;
     let mut halted = vec![false; config.vcpus as usize];
     let exit = loop {
+        if config.stop.is_stopped() {
+            break VmExit::Stopped;
+        }
         match rx.recv_timeout(TICK) {
             Ok(Report::Stop(exit)) => break exit,
             Ok(Report::BootComplete(at)) => {

@@ -287,3 +287,24 @@ fn project_kernel_reaches_banner_then_clear_error_on_pvm() {
     assert!(!fault.insn_bytes.is_empty(), "{fault}");
     assert!(fault.rip >= 0xffff_ffff_8000_0000, "{fault}");
 }
+
+#[test]
+fn stop_handle_ends_a_spinning_guest() {
+    if !kvm_available("stop_handle_ends_a_spinning_guest") {
+        return;
+    }
+    let mut config = VmConfig::new(BootSource::RawLongMode {
+        code: vec![0xeb, 0xfe], // jmp $
+        load_addr: LOAD,
+    });
+    config.memory_mib = 32;
+    config.console = ConsoleOutput::Sink;
+    let stop = config.stop.clone();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        stop.stop();
+    });
+    let outcome = msbvm_vmm::run(&config, |_| {}).expect("VM starts");
+    stopper.join().unwrap();
+    assert_eq!(outcome.exit, VmExit::Stopped);
+}
