@@ -1,1 +1,389 @@
-//! placeholder
+//! Shared code of the msbvm benchmarks: the result line of the `msbvm-boot-timing` helper,
+//! medians, the comparison table and the JSON record.
+//!
+//! The helper runs inside the L1 machine and can only talk through the console, so each
+//! measured run becomes one `msbvm-boot-timing: result key=value ...` line that the benchmark
+//! parses back on the host.
+
+use std::fmt::Write as _;
+
+pub use msbvm_tests::report::Stats;
+
+/// Prefix of the helper's result line.
+pub const RESULT_PREFIX: &str = "msbvm-boot-timing: result";
+
+/// One measured run of one VMM.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Which VMM (msbvm, qemu, firecracker).
+    pub vmm: String,
+    /// 1-based run number.
+    pub run: u32,
+    /// Exit status of the VMM process (128 + signal when killed).
+    pub status: i32,
+    /// Milliseconds from spawning the VMM to the first console line with `MSBVM-INIT-OK`.
+    pub init_ms: Option<f64>,
+    /// Milliseconds from spawning the VMM to its exit.
+    pub exit_ms: f64,
+    /// msbvm's own `boot-timer ms=` (from its process start), when it printed one.
+    pub boot_timer_ms: Option<f64>,
+    /// msbvm's `--stats` line, when it printed one.
+    pub stats: Option<Stats>,
+}
+
+/// Formats an optional number as the value of a result-line field (`-` for none).
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+impl Sample {
+    /// Whether the run booted to the init marker and the VMM exited with status 0.
+    pub fn ok(&self) -> bool {
+        self.status == 0 && self.init_ms.is_some()
+    }
+
+    /// The result line the helper prints.
+    pub fn to_line(&self) -> String {
+        format!(
+            "{RESULT_PREFIX} vmm={} run={} status={} init_ms={} exit_ms={:.3} boot_timer_ms={} vmm_rss_kib={} guest_resident_kib={} overhead_kib={}",
+            self.vmm,
+            self.run,
+            self.status,
+            opt(self.init_ms.map(|v| format!("{v:.3}"))),
+            self.exit_ms,
+            opt(self.boot_timer_ms),
+            opt(self.stats.map(|s| s.vmm_rss_kib)),
+            opt(self.stats.map(|s| s.guest_resident_kib)),
+            opt(self.stats.map(|s| s.overhead_kib)),
+        )
+    }
+
+    /// Parses a result line (the prefix may be preceded by console noise).
+    pub fn parse(line: &str) -> Option<Sample> {
+        let get = |key: &str| msbvm_tests::report::field(line, RESULT_PREFIX, key);
+        let num = |key: &str| get(key).and_then(|v| v.parse::<f64>().ok());
+        let int = |key: &str| get(key).and_then(|v| v.parse::<u64>().ok());
+        let stats = match (
+            int("vmm_rss_kib"),
+            int("guest_resident_kib"),
+            int("overhead_kib"),
+        ) {
+            (Some(vmm_rss_kib), Some(guest_resident_kib), Some(overhead_kib)) => Some(Stats {
+                vmm_rss_kib,
+                guest_resident_kib,
+                overhead_kib,
+            }),
+            _ => None,
+        };
+        Some(Sample {
+            vmm: get("vmm")?.to_string(),
+            run: get("run")?.parse().ok()?,
+            status: get("status")?.parse().ok()?,
+            init_ms: num("init_ms"),
+            exit_ms: num("exit_ms")?,
+            boot_timer_ms: num("boot_timer_ms"),
+            stats,
+        })
+    }
+}
+
+/// All result lines in a console transcript.
+pub fn parse_samples(console: &str) -> Vec<Sample> {
+    console.lines().filter_map(Sample::parse).collect()
+}
+
+/// The median of `values` (mean of the middle two for an even count); `None` when empty.
+pub fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    Some(if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    })
+}
+
+/// Medians over the runs of one VMM.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// The VMM.
+    pub vmm: String,
+    /// Runs made.
+    pub runs: usize,
+    /// Runs that booted and exited cleanly.
+    pub ok_runs: usize,
+    /// Median of msbvm's boot-timer, over runs that reached the init marker.
+    pub boot_timer_ms: Option<f64>,
+    /// Median time to the init marker, over runs that reached it.
+    pub init_ms: Option<f64>,
+    /// Median time to exit, over clean runs.
+    pub exit_ms: Option<f64>,
+    /// Median memory overhead in KiB (msbvm's --stats), over clean runs.
+    pub overhead_kib: Option<f64>,
+}
+
+/// One summary per VMM, in order of first appearance.
+pub fn summarize(samples: &[Sample]) -> Vec<Summary> {
+    let mut vmms: Vec<&str> = Vec::new();
+    for s in samples {
+        if !vmms.contains(&s.vmm.as_str()) {
+            vmms.push(&s.vmm);
+        }
+    }
+    vmms.into_iter()
+        .map(|vmm| {
+            let all: Vec<&Sample> = samples.iter().filter(|s| s.vmm == vmm).collect();
+            let ok: Vec<&Sample> = all.iter().copied().filter(|s| s.ok()).collect();
+            let med = |runs: &[&Sample], f: &dyn Fn(&Sample) -> Option<f64>| {
+                median(runs.iter().filter_map(|s| f(s)).collect())
+            };
+            // Times up to the init marker are valid for every run that got there, even one
+            // that then ended badly; the exit time and memory only for clean runs.
+            Summary {
+                vmm: vmm.to_string(),
+                runs: all.len(),
+                ok_runs: ok.len(),
+                boot_timer_ms: med(&all, &|s| s.init_ms.and(s.boot_timer_ms)),
+                init_ms: med(&all, &|s| s.init_ms),
+                exit_ms: med(&ok, &|s| Some(s.exit_ms)),
+                overhead_kib: med(&ok, &|s| s.stats.map(|st| st.overhead_kib as f64)),
+            }
+        })
+        .collect()
+}
+
+/// `a / b` of two medians, when both exist and `b` is not zero.
+pub fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+/// A cell of the table: the value with `digits` decimals, or `-`.
+fn cell(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".to_string(), |v| format!("{v:.digits$}"))
+}
+
+/// The comparison table, with msbvm's ratios to each peer below it.
+pub fn table(summaries: &[Summary]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "{:<12} {:>7} {:>18} {:>16} {:>16} {:>14}",
+        "vmm", "ok/runs", "start->timer ms", "start->init ms", "start->exit ms", "overhead KiB"
+    );
+    for s in summaries {
+        let _ = writeln!(
+            t,
+            "{:<12} {:>7} {:>18} {:>16} {:>16} {:>14}",
+            s.vmm,
+            format!("{}/{}", s.ok_runs, s.runs),
+            cell(s.boot_timer_ms, 1),
+            cell(s.init_ms, 1),
+            cell(s.exit_ms, 1),
+            cell(s.overhead_kib, 0),
+        );
+    }
+    if let Some(ours) = summaries.iter().find(|s| s.vmm == "msbvm") {
+        for peer in summaries.iter().filter(|s| s.vmm != "msbvm") {
+            let _ = writeln!(
+                t,
+                "msbvm/{}: start->init x{}, start->exit x{}",
+                peer.vmm,
+                cell(ratio(ours.init_ms, peer.init_ms), 3),
+                cell(ratio(ours.exit_ms, peer.exit_ms), 3),
+            );
+        }
+    }
+    t
+}
+
+/// Escapes a string for JSON.
+pub fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A JSON number, or `null`.
+fn json_num(v: Option<f64>) -> String {
+    v.filter(|v| v.is_finite())
+        .map_or_else(|| "null".to_string(), |v| format!("{v:.3}"))
+}
+
+/// A JSON integer, or `null`.
+fn json_int(v: Option<u64>) -> String {
+    v.map_or_else(|| "null".to_string(), |v| v.to_string())
+}
+
+/// The settings a boot benchmark ran with, recorded next to its results.
+#[derive(Debug, Clone)]
+pub struct BootSetup {
+    /// The guest command line every VMM got.
+    pub cmdline: String,
+    /// vCPUs of the guest.
+    pub cpus: u32,
+    /// Memory of the guest in MiB.
+    pub memory_mib: u32,
+    /// Peers that were not measured, with the reason.
+    pub skipped: Vec<(String, String)>,
+}
+
+/// The results as a JSON document.
+pub fn to_json(setup: &BootSetup, samples: &[Sample], summaries: &[Summary]) -> String {
+    let mut j = String::from("{\n");
+    let _ = writeln!(j, "  \"benchmark\": \"boot\",");
+    let _ = writeln!(j, "  \"cmdline\": {},", json_string(&setup.cmdline));
+    let _ = writeln!(j, "  \"cpus\": {},", setup.cpus);
+    let _ = writeln!(j, "  \"memory_mib\": {},", setup.memory_mib);
+    let skipped: Vec<String> = setup
+        .skipped
+        .iter()
+        .map(|(vmm, why)| {
+            format!(
+                "{{\"vmm\": {}, \"reason\": {}}}",
+                json_string(vmm),
+                json_string(why)
+            )
+        })
+        .collect();
+    let _ = writeln!(j, "  \"skipped\": [{}],", skipped.join(", "));
+    let rows: Vec<String> = summaries
+        .iter()
+        .map(|s| {
+            format!(
+                "    {{\"vmm\": {}, \"runs\": {}, \"ok_runs\": {}, \"median_boot_timer_ms\": {}, \"median_init_ms\": {}, \"median_exit_ms\": {}, \"median_overhead_kib\": {}}}",
+                json_string(&s.vmm),
+                s.runs,
+                s.ok_runs,
+                json_num(s.boot_timer_ms),
+                json_num(s.init_ms),
+                json_num(s.exit_ms),
+                json_num(s.overhead_kib),
+            )
+        })
+        .collect();
+    let _ = writeln!(j, "  \"summary\": [\n{}\n  ],", rows.join(",\n"));
+    let ours = summaries.iter().find(|s| s.vmm == "msbvm");
+    let ratios: Vec<String> = summaries
+        .iter()
+        .filter(|s| s.vmm != "msbvm")
+        .map(|peer| {
+            format!(
+                "    {{\"peer\": {}, \"init\": {}, \"exit\": {}}}",
+                json_string(&peer.vmm),
+                json_num(ratio(ours.and_then(|o| o.init_ms), peer.init_ms)),
+                json_num(ratio(ours.and_then(|o| o.exit_ms), peer.exit_ms)),
+            )
+        })
+        .collect();
+    let _ = writeln!(j, "  \"msbvm_ratios\": [\n{}\n  ],", ratios.join(",\n"));
+    let rows: Vec<String> = samples
+        .iter()
+        .map(|s| {
+            format!(
+                "    {{\"vmm\": {}, \"run\": {}, \"status\": {}, \"ok\": {}, \"init_ms\": {}, \"exit_ms\": {}, \"boot_timer_ms\": {}, \"overhead_kib\": {}, \"vmm_rss_kib\": {}, \"guest_resident_kib\": {}}}",
+                json_string(&s.vmm),
+                s.run,
+                s.status,
+                s.ok(),
+                json_num(s.init_ms),
+                json_num(Some(s.exit_ms)),
+                json_num(s.boot_timer_ms),
+                json_int(s.stats.map(|st| st.overhead_kib)),
+                json_int(s.stats.map(|st| st.vmm_rss_kib)),
+                json_int(s.stats.map(|st| st.guest_resident_kib)),
+            )
+        })
+        .collect();
+    let _ = writeln!(j, "  \"samples\": [\n{}\n  ]", rows.join(",\n"));
+    j.push_str("}\n");
+    j
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(vmm: &str, run: u32, init: Option<f64>, exit: f64) -> Sample {
+        Sample {
+            vmm: vmm.into(),
+            run,
+            status: 0,
+            init_ms: init,
+            exit_ms: exit,
+            boot_timer_ms: None,
+            stats: None,
+        }
+    }
+
+    #[test]
+    fn result_line_round_trips() {
+        let mut s = sample("msbvm", 2, Some(120.5), 300.25);
+        s.boot_timer_ms = Some(99.5);
+        s.stats = Some(Stats {
+            vmm_rss_kib: 1,
+            guest_resident_kib: 2,
+            overhead_kib: 3,
+        });
+        let line = format!("noise {}", s.to_line());
+        assert_eq!(Sample::parse(&line), Some(s));
+        let q = sample("qemu", 1, None, 5.0);
+        assert_eq!(Sample::parse(&q.to_line()), Some(q));
+        assert_eq!(Sample::parse("msbvm-boot-timing: result vmm=x"), None);
+    }
+
+    #[test]
+    fn medians_and_ratios() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        let samples = [
+            sample("msbvm", 1, Some(100.0), 200.0),
+            sample("msbvm", 2, Some(300.0), 400.0),
+            sample("msbvm", 3, None, 1.0), // failed: no init marker, left out of medians
+            Sample {
+                status: 3, // reached init, then ended badly: counts for init only
+                ..sample("msbvm", 4, Some(200.0), 9999.0)
+            },
+            sample("qemu", 1, Some(1000.0), 2000.0),
+        ];
+        let sums = summarize(&samples);
+        assert_eq!(sums.len(), 2);
+        assert_eq!((sums[0].runs, sums[0].ok_runs), (4, 2));
+        assert_eq!(sums[0].init_ms, Some(200.0));
+        assert_eq!(ratio(sums[0].init_ms, sums[1].init_ms), Some(0.2));
+        let t = table(&sums);
+        assert!(
+            t.contains("msbvm/qemu: start->init x0.200, start->exit x0.150"),
+            "{t}"
+        );
+        let setup = BootSetup {
+            cmdline: "console=ttyS0 \"q\"".into(),
+            cpus: 1,
+            memory_mib: 256,
+            skipped: vec![("firecracker".into(), "not set".into())],
+        };
+        let j = to_json(&setup, &samples, &sums);
+        assert!(
+            j.contains("\"cmdline\": \"console=ttyS0 \\\"q\\\"\""),
+            "{j}"
+        );
+        assert!(j.contains("\"init_ms\": null"), "{j}");
+    }
+}

@@ -1,1 +1,25 @@
-//! placeholder
+//! Integration and end-to-end test support for msbvm, built around the nested-virtualization
+//! harness.
+//!
+//! The development hosts' /dev/kvm cannot run a stock Linux guest (PLATFORM.md), so end-to-end
+//! tests run `msbvm` inside an L1 machine: QEMU in software emulation with AMD SVM, booting the
+//! distribution's kernel with kvm-amd loaded. The pieces:
+//!
+//! - [`nested`]: the L1 machine (`NestedVm::builder()...run(&[...])`),
+//! - [`distro`]: the L1 kernel and its modules, fetched once into the cache,
+//! - [`artifacts`]: static `msbvm`/`msbvm-init`, the guest kernel, the guest's initramfs,
+//! - [`report`]: parsing what `msbvm boot` and `msbvm-init` print, batching runs in one L1,
+//! - [`console`]: cleaning the serial console,
+//! - [`skip`]: failing (or, on request, skipping) when the host cannot run L1.
+
+pub mod artifacts;
+pub mod console;
+pub mod distro;
+pub mod error;
+pub mod nested;
+pub mod report;
+pub mod skip;
+
+pub use error::{Error, Result};
+pub use nested::{NestedOutput, NestedVm, NestedVmBuilder, Stream};
+pub use skip::or_skip;

@@ -1,0 +1,156 @@
+//! End-to-end boots of the project's guest (kernel + `msbvm-init`) by `msbvm boot`, inside an
+//! L1 machine with nested KVM (see `msbvm_tests::nested`).
+//!
+//! Each L1 boot costs seconds of emulation, so one test batches several `msbvm boot` runs in
+//! one L1 machine. Timeouts are generous: they only turn hangs into failures.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use msbvm_tests::artifacts::{l2_initramfs, GuestArtifacts, Progress, StaticBuild, L1_KERNEL};
+use msbvm_tests::report::{self, batch_script, shell_command, BatchRun, RunSection};
+use msbvm_tests::{nested, or_skip, NestedVm, Stream};
+
+/// Kills L1 after this long: far above a healthy run, only a guard against hangs.
+const L1_TIMEOUT: Duration = Duration::from_secs(600);
+/// Per `msbvm boot` run inside L1, so that one hanging run is reported as such.
+const RUN_TIMEOUT_SECS: u64 = 240;
+/// `msbvm boot`'s exit status for a guest panic (contract of the CLI).
+const STATUS_PANIC: i32 = 4;
+
+/// The artifacts, built once per test binary (the tests run in parallel threads).
+fn artifacts() -> &'static GuestArtifacts {
+    static ARTIFACTS: OnceLock<Result<GuestArtifacts, String>> = OnceLock::new();
+    ARTIFACTS
+        .get_or_init(|| {
+            GuestArtifacts::prepare(&StaticBuild::new(), Progress::Lines).map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs `runs` in one L1 machine with the artifacts (plus `extra` files) and returns the
+/// sections of the console, one per run, or `None` when the test is skipped.
+fn run_batch(runs: &[BatchRun], extra: &[(&str, Vec<u8>)]) -> Option<Vec<RunSection>> {
+    // Check the host before spending minutes on builds that could not be used.
+    or_skip(nested::preflight())?;
+    let mut vm = artifacts()
+        .add_to(NestedVm::builder())
+        .timeout(L1_TIMEOUT)
+        .stream(Stream::Stderr);
+    for (path, data) in extra {
+        vm = vm.add_bytes(path, data.clone(), 0o644);
+    }
+    let out = or_skip(vm.run_script(&batch_script(runs, RUN_TIMEOUT_SECS)))?;
+    eprintln!("L1 run took {:.1} s", out.elapsed.as_secs_f64());
+    assert_eq!(
+        out.exit_code, 0,
+        "L1 script failed; console:\n{}",
+        out.console
+    );
+    let sections = report::split_runs(&out.console);
+    let labels: Vec<&str> = sections.iter().map(|s| s.label.as_str()).collect();
+    let wanted: Vec<&str> = runs.iter().map(|r| r.label.as_str()).collect();
+    assert_eq!(labels, wanted, "console:\n{}", out.console);
+    Some(sections)
+}
+
+/// Where the test puts the guest kernel's bzImage in L1.
+const L1_BZIMAGE: &str = "/msbvm/bzImage";
+
+/// The guest boots to `msbvm-init` with 1 vCPU/256 MiB and with 2 vCPUs/512 MiB from the
+/// uncompressed vmlinux (PVH entry), and with 1 vCPU/256 MiB from the bzImage of the same
+/// kernel (64-bit boot protocol); each sees exactly its CPUs and memory and powers off cleanly.
+#[test]
+fn boots_with_one_and_two_vcpus() {
+    let configs: [(u32, u64, bool); 3] = [(1, 256, false), (2, 512, false), (1, 256, true)];
+    // The vmlinux is built (or found) by the artifacts; its bzImage lies beside it.
+    let _ = artifacts();
+    let bzimage = msbvm_kernel::find_built_bzimage()
+        .expect("looking up the guest kernel")
+        .expect("the guest kernel build keeps a bzImage next to vmlinux");
+    let runs: Vec<BatchRun> = configs
+        .iter()
+        .map(|(cpus, mem, bz)| {
+            let (c, m) = (cpus.to_string(), mem.to_string());
+            let mut argv = artifacts().boot_argv(&["--cpus", &c, "--memory", &m, "--stats"]);
+            if *bz {
+                let at = argv.iter().position(|a| a == "--kernel").unwrap() + 1;
+                argv[at] = L1_BZIMAGE.to_string();
+            }
+            let kind = if *bz { "bzimage" } else { "pvh" };
+            BatchRun {
+                label: format!("{kind}-cpus{cpus}-mem{mem}"),
+                command: shell_command(&argv),
+            }
+        })
+        .collect();
+    let bz_bytes = std::fs::read(&bzimage).expect("reading the bzImage");
+    let Some(sections) = run_batch(&runs, &[(L1_BZIMAGE, bz_bytes)]) else {
+        return;
+    };
+    for ((cpus, mem, _), s) in configs.iter().zip(&sections) {
+        let text = &s.text;
+        let ctx = format!("run {} console:\n{text}", s.label);
+        let init =
+            report::init_ok(text).unwrap_or_else(|| panic!("no {} line; {ctx}", report::INIT_OK));
+        assert_eq!(init.cpus, *cpus, "{ctx}");
+        let max_kib = mem * 1024;
+        assert!(
+            init.mem_total_kib * 100 >= max_kib * 80 && init.mem_total_kib <= max_kib,
+            "MemTotal {} KiB not within 80..100% of {max_kib} KiB; {ctx}",
+            init.mem_total_kib
+        );
+        let exit = report::exit_line(text).unwrap_or_else(|| panic!("no exit line; {ctx}"));
+        assert_eq!((exit.reason.as_str(), exit.code), ("poweroff", 0), "{ctx}");
+        assert_eq!(s.status, Some(0), "msbvm exit status; {ctx}");
+        let timer =
+            report::boot_timer_ms(text).unwrap_or_else(|| panic!("no boot-timer line; {ctx}"));
+        assert!(
+            timer > 0.0 && timer <= exit.ms,
+            "boot-timer {timer} ms vs exit {} ms; {ctx}",
+            exit.ms
+        );
+        assert!(report::stats(text).is_some(), "no stats line; {ctx}");
+        eprintln!(
+            "{}: boot-timer {timer:.1} ms, exit {:.1} ms, MemTotal {} KiB",
+            s.label, exit.ms, init.mem_total_kib
+        );
+    }
+}
+
+/// A guest whose kernel finds no init panics, and `msbvm boot` reports that as a panic
+/// (reason=panic, status 4) instead of hanging or calling it a clean exit.
+#[test]
+fn guest_panic_is_reported() {
+    // An initramfs without /init: the kernel then looks for a root device, finds none and
+    // panics, with the VMM's default command line left as it is.
+    const NO_INIT: &str = "/msbvm/noinit.cpio";
+    let Some(initrd) = or_skip(l2_initramfs(None)) else {
+        return;
+    };
+    let run = BatchRun {
+        label: "panic".into(),
+        command: shell_command(&[
+            msbvm_tests::artifacts::L1_MSBVM,
+            "boot",
+            "--kernel",
+            L1_KERNEL,
+            "--initrd",
+            NO_INIT,
+        ]),
+    };
+    let Some(sections) = run_batch(&[run], &[(NO_INIT, initrd)]) else {
+        return;
+    };
+    let s = &sections[0];
+    let ctx = format!("console:\n{}", s.text);
+    assert!(
+        s.text.contains("Kernel panic"),
+        "the guest did not panic; {ctx}"
+    );
+    assert!(!s.text.contains(report::INIT_OK), "{ctx}");
+    let exit = report::exit_line(&s.text).unwrap_or_else(|| panic!("no exit line; {ctx}"));
+    assert_eq!(exit.reason, "panic", "{ctx}");
+    assert_eq!(s.status, Some(STATUS_PANIC), "msbvm exit status; {ctx}");
+}
