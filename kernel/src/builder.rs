@@ -4,8 +4,9 @@
 //! 1. extract the tarball into `src/`;
 //! 2. `make tinyconfig`, merge the fragments with `merge_config.sh -m`, `make olddefconfig`,
 //!    then check that every requested option kept its value;
-//! 3. `make -j<nproc> vmlinux` with a fixed build timestamp, user, host and version;
-//! 4. keep `vmlinux`, `config` and `build.log`, delete the source tree.
+//! 3. `make -j<nproc> vmlinux bzImage` with a fixed build timestamp, user, host and version;
+//! 4. keep `vmlinux`, `bzImage` (the same kernel for the 64-bit boot protocol), `config` and
+//!    `build.log`, delete the source tree.
 //!
 //! Changing any of this changes the image for the same inputs: bump
 //! [`crate::spec::BUILD_RECIPE_VERSION`] with it.
@@ -179,14 +180,18 @@ fn run_recipe(
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     let jobs = format!("-j{jobs}");
     let mut steps = 0u64;
-    run_step(log, &src, "make", &[&jobs, "vmlinux"], &mut |line| {
+    run_step(log, &src, "make", &[&jobs, "vmlinux", "bzImage"], &mut |line| {
         if is_build_step(line) {
             steps += 1;
             reporter.set(steps);
         }
     })?;
 
-    for (from, to) in [("vmlinux", "vmlinux"), (".config", "config")] {
+    for (from, to) in [
+        ("vmlinux", "vmlinux"),
+        ("arch/x86/boot/bzImage", "bzImage"),
+        (".config", "config"),
+    ] {
         let (from, to) = (src.join(from), dir.join(to));
         fs::copy(&from, &to)
             .context(|| format!("copying {} to {}", from.display(), to.display()))?;

@@ -81,6 +81,17 @@ pub fn build(progress: Progress) -> Result<PathBuf, Error> {
     builder::build_cached(&spec, &cache, &key, progress)
 }
 
+/// The compressed `bzImage` of the cached build (the same kernel as [`find_built`]'s `vmlinux`,
+/// for the Linux 64-bit boot protocol), if built. Not available through `MSBVM_KERNEL`.
+pub fn find_built_bzimage() -> Result<Option<PathBuf>, Error> {
+    if kernel_override()?.is_some() {
+        return Ok(None);
+    }
+    Ok(find_built()?
+        .map(|vmlinux| vmlinux.with_file_name("bzImage"))
+        .filter(|p| p.is_file()))
+}
+
 /// Checks that this host can build the kernel: an x86_64 host with the programs, headers and
 /// kernel source the build needs. One error lists everything missing and the install command.
 pub fn check_toolchain() -> Result<(), Error> {

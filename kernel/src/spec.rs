@@ -13,7 +13,7 @@ use crate::Error;
 /// Version of the build recipe (the steps in `builder.rs`: make targets, environment, what is
 /// kept). Bump it whenever the recipe changes so that cached images built by the old recipe
 /// are not reused.
-pub const BUILD_RECIPE_VERSION: u32 = 1;
+pub const BUILD_RECIPE_VERSION: u32 = 2;
 
 /// Number of hex digits of the SHA-256 used in the cache key: short enough for readable
 /// paths, long enough (64 bits) that two configurations never collide in practice.
