@@ -10,7 +10,7 @@
 //! Under another VMM (QEMU, Firecracker) that write goes nowhere and the init
 //! falls back to a reboot, which those VMMs treat as the end of the VM.
 
-mod platform;
+use msbvm_guest_agent::platform;
 
 use std::ffi::CString;
 use std::io::Write;
@@ -74,6 +74,10 @@ fn main() {
     );
     let _ = out.flush();
     drop(out);
+    // The console's tty sends bytes to the UART from its interrupt handler,
+    // possibly on another CPU; wait until the line is out before the VM ends.
+    // SAFETY: tcdrain on our own stdout descriptor.
+    unsafe { libc::tcdrain(libc::STDOUT_FILENO) };
 
     // SAFETY: sync has no preconditions.
     unsafe { libc::sync() };

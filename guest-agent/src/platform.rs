@@ -8,6 +8,7 @@ const POWER: u16 = PORT_BASE + 4;
 const BOOT_COMPLETE: u8 = 0x4d;
 const MAGIC: [u8; 4] = *b"MSBV";
 
+#[cfg(target_arch = "x86_64")]
 fn ioperm() -> bool {
     // SAFETY: ioperm only changes this process's I/O permission bitmap.
     unsafe { libc::ioperm(PORT_BASE as libc::c_ulong, 8, 1) == 0 }
@@ -58,11 +59,14 @@ pub fn power_off(code: u32) {
     outl(POWER, code);
 }
 
+/// True if the platform device answers with its magic (never, off x86_64).
 #[cfg(not(target_arch = "x86_64"))]
 pub fn detect() -> bool {
     false
 }
+/// Records boot completion (nothing to do off x86_64).
 #[cfg(not(target_arch = "x86_64"))]
 pub fn signal_boot_complete() {}
+/// Ends the VM with `code` (nothing to do off x86_64).
 #[cfg(not(target_arch = "x86_64"))]
 pub fn power_off(_code: u32) {}

@@ -103,7 +103,8 @@ pub enum HostMessage {
     Stdin(Vec<u8>),
     /// Close the process's stdin (EOF).
     CloseStdin,
-    /// Send a signal to the process (its process group for a PTY session).
+    /// Send a signal to the process's whole process group (the agent starts
+    /// every process as a session and group leader).
     Signal(i32),
     /// Resize the process's PTY.
     Resize(TtySize),

@@ -1,0 +1,148 @@
+//! The guest agent: PID 1 of a sandbox VM.
+//!
+//! Start-up ([`run`]): when it really is PID 1 it mounts the kernel
+//! filesystems ([`mounts`]), sets the hostname from the kernel command line
+//! ([`cmdline`]) and brings up `lo` ([`system`]). It then listens on vsock
+//! port [`msbvm_protocol::AGENT_PORT`] ([`vsock`]), marks boot completion on
+//! the platform boot timer, announces itself on the host's events port
+//! ([`events`]) and serves every connection on its own thread ([`server`]).
+//!
+//! Processes: [`exec`] forks and execs requested programs (pipes or a PTY from
+//! [`pty`]), [`session`] streams their I/O, and [`reaper`] is the only place
+//! that waits for children, so exit statuses reach their sessions and orphans
+//! re-parented to PID 1 are reaped silently.
+//!
+//! PID 1 must never exit (the kernel would panic): a fatal failure syncs and
+//! powers the VM off with [`FATAL_EXIT_CODE`] through [`shutdown`].
+
+use std::io::Write;
+use std::sync::Arc;
+
+use msbvm_protocol::AGENT_PORT;
+
+/// Writes one diagnostic line to the console (stderr), ignoring failures:
+/// PID 1 must not die because the console went away.
+macro_rules! agent_log {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "msbvm-agent: {}", format_args!($($arg)*));
+    }};
+}
+
+pub mod cmdline;
+pub mod events;
+pub mod exec;
+pub mod frame;
+pub mod mounts;
+pub mod pty;
+pub mod reaper;
+pub mod server;
+pub mod session;
+pub mod shutdown;
+pub mod system;
+pub mod users;
+pub mod vsock;
+
+#[cfg(test)]
+mod tests;
+
+/// The VM exit code when the agent itself fails (EX_SOFTWARE).
+pub const FATAL_EXIT_CODE: u32 = 70;
+
+/// Errors that stop the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The vsock listener could not be set up.
+    #[error("cannot listen on vsock port {port}: {source}")]
+    Listen {
+        /// The port.
+        port: u32,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Accepting connections failed for good.
+    #[error("accepting vsock connections failed: {0}")]
+    Accept(std::io::Error),
+}
+
+/// Runs the agent; never returns.
+pub fn run() -> ! {
+    let agent_start_ns = system::boottime_ns();
+    let pid1 = std::process::id() == 1;
+    if pid1 {
+        init_system();
+    }
+    let on_msbvm = crate::platform::detect();
+    // A panic on the main thread must not end PID 1: catch it and power off.
+    let result = std::panic::catch_unwind(|| serve(agent_start_ns, on_msbvm));
+    match result {
+        Ok(Err(e)) => agent_log!("fatal: {e}"),
+        Err(_) => agent_log!("fatal: the main loop panicked"),
+    }
+    let _ = std::io::stderr().flush();
+    shutdown::power_off(FATAL_EXIT_CODE)
+}
+
+/// PID 1 duties before serving: standard fds, filesystems, hostname, `lo`.
+fn init_system() {
+    system::ensure_std_fds();
+    for e in mounts::mount_all() {
+        agent_log!("{e}");
+    }
+    mounts::link_dev_nodes();
+    let cmdline = cmdline::read();
+    let hostname = cmdline::hostname(&cmdline);
+    if let Err(e) = system::set_hostname(&hostname) {
+        agent_log!("cannot set hostname {hostname:?}: {e}");
+    }
+    if let Err(e) = system::bring_up_loopback() {
+        agent_log!("cannot bring up lo: {e}");
+    }
+}
+
+/// Listens and serves connections; returns only on a fatal error.
+fn serve(agent_start_ns: u64, on_msbvm: bool) -> Result<std::convert::Infallible, AgentError> {
+    let reaper = reaper::Reaper::global();
+    let listener = vsock::VsockListener::bind(AGENT_PORT).map_err(|source| AgentError::Listen {
+        port: AGENT_PORT,
+        source,
+    })?;
+    if on_msbvm {
+        crate::platform::signal_boot_complete();
+    }
+    let ready_ns = system::boottime_ns();
+    events::start(agent_start_ns, ready_ns);
+
+    let server = Arc::new(server::Server::new(reaper, Arc::new(power_off_handler)));
+    loop {
+        match listener.accept() {
+            Ok(stream) => {
+                let server = Arc::clone(&server);
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("connection".into())
+                        .spawn(move || {
+                            if let Err(e) = server.serve(stream) {
+                                agent_log!("connection: {e}");
+                            }
+                        });
+                if let Err(e) = spawned {
+                    // Out of threads: the stream is dropped (closed) and the
+                    // host sees the refusal; the agent carries on.
+                    agent_log!("cannot start a connection thread: {e}");
+                }
+            }
+            Err(e) if vsock::is_transient_accept_error(&e) => {
+                // EMFILE and friends pass when connections end: back off
+                // instead of spinning, and keep serving.
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => return Err(AgentError::Accept(e)),
+        }
+    }
+}
+
+/// What a host's `Shutdown{code}` does in the real agent.
+fn power_off_handler(code: u32) {
+    shutdown::power_off(code)
+}

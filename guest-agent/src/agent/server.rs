@@ -1,0 +1,249 @@
+//! One host connection: hello, then control requests or one exec.
+//!
+//! The handler is generic over [`Stream`] so tests drive it over Unix socket
+//! pairs with real processes, exactly as the agent runs it over vsock.
+//!
+//! Flow: the first message must be `Hello` with our protocol version
+//! (otherwise `Error` and close). After it: `Ping` → `Pong`;
+//! `Shutdown{code}` → the shutdown handler; `Exec` → `Started`, output,
+//! `Exited`, then the connection closes (one exec per connection). A frame
+//! that does not decode gets `Error` and the connection goes on; a frame
+//! over the size limit gets `Error` and the connection closes (the stream
+//! cannot be resynchronised). If the host goes away mid-exec, the process
+//! group is killed.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use msbvm_protocol::{check_version, ExecRequest, GuestMessage, HostMessage, PROTOCOL_VERSION};
+
+use super::exec;
+use super::frame::{FrameError, FrameReader, FrameWriter, Incoming};
+use super::reaper::Reaper;
+use super::session::Session;
+
+/// A bidirectional byte stream the agent can serve.
+pub trait Stream: Read + Write + Send + Sized + 'static {
+    /// Another handle on the same connection (for the writer side).
+    fn try_clone(&self) -> io::Result<Self>;
+    /// Shuts both directions down, waking a reader blocked on another handle.
+    fn shutdown(&self) -> io::Result<()>;
+}
+
+impl Stream for UnixStream {
+    fn try_clone(&self) -> io::Result<Self> {
+        UnixStream::try_clone(self)
+    }
+
+    fn shutdown(&self) -> io::Result<()> {
+        UnixStream::shutdown(self, std::net::Shutdown::Both)
+    }
+}
+
+/// What a host's `Shutdown{code}` does (power off, in the real agent).
+pub type ShutdownHandler = Arc<dyn Fn(u32) + Send + Sync>;
+
+/// Errors that end a connection early (logged by the caller).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    /// Socket I/O failed.
+    #[error("connection i/o: {0}")]
+    Io(#[from] io::Error),
+    /// The host broke the framing.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The host speaks another protocol version.
+    #[error(transparent)]
+    Protocol(#[from] msbvm_protocol::Error),
+    /// The first message was not `Hello`.
+    #[error("the host's first message was not Hello")]
+    NoHello,
+}
+
+/// Serves connections; shared by all connection threads.
+pub struct Server {
+    reaper: &'static Reaper,
+    on_shutdown: ShutdownHandler,
+}
+
+fn error(message: impl Into<String>) -> GuestMessage {
+    GuestMessage::Error {
+        message: message.into(),
+    }
+}
+
+/// The next frame; a frame over the size limit is answered with `Error`
+/// before the connection closes.
+fn next<S: Stream>(
+    input: &mut FrameReader<S>,
+    out: &FrameWriter<S>,
+) -> Result<Option<Incoming<HostMessage>>, ConnectionError> {
+    let result = input.read_message::<HostMessage>();
+    if let Err(FrameError::TooLarge(e)) = &result {
+        let _ = out.send(&error(format!("{e}; closing the connection")));
+    }
+    Ok(result?)
+}
+
+/// Sends `Error` for a frame the handler could not use.
+fn malformed(out: &FrameWriter<impl Write>, why: &str) -> io::Result<()> {
+    out.send(&error(format!("cannot decode the message: {why}")))
+}
+
+impl Server {
+    /// A server whose children `reaper` reaps and whose `Shutdown` requests
+    /// go to `on_shutdown`.
+    pub fn new(reaper: &'static Reaper, on_shutdown: ShutdownHandler) -> Self {
+        Self {
+            reaper,
+            on_shutdown,
+        }
+    }
+
+    /// Serves one connection until it ends.
+    pub fn serve<S: Stream>(&self, stream: S) -> Result<(), ConnectionError> {
+        let out = Arc::new(FrameWriter::new(stream.try_clone()?));
+        let closer = stream.try_clone()?;
+        let mut input = FrameReader::new(stream);
+        self.converse(&mut input, &out, closer)
+    }
+
+    fn converse<S: Stream>(
+        &self,
+        input: &mut FrameReader<S>,
+        out: &Arc<FrameWriter<S>>,
+        closer: S,
+    ) -> Result<(), ConnectionError> {
+        // Hello first.
+        loop {
+            match next(input, out)? {
+                None => return Ok(()),
+                Some(Incoming::Malformed(why)) => malformed(out, &why)?,
+                Some(Incoming::Message(HostMessage::Hello { version })) => {
+                    if let Err(e) = check_version(version) {
+                        out.send(&error(e.to_string()))?;
+                        return Err(e.into());
+                    }
+                    out.send(&GuestMessage::Hello {
+                        version: PROTOCOL_VERSION,
+                        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+                    })?;
+                    break;
+                }
+                Some(Incoming::Message(_)) => {
+                    out.send(&error("the first message must be Hello"))?;
+                    return Err(ConnectionError::NoHello);
+                }
+            }
+        }
+        loop {
+            let message = match next(input, out)? {
+                None => return Ok(()),
+                Some(Incoming::Malformed(why)) => {
+                    malformed(out, &why)?;
+                    continue;
+                }
+                Some(Incoming::Message(m)) => m,
+            };
+            match message {
+                HostMessage::Ping => out.send(&GuestMessage::Pong)?,
+                HostMessage::Shutdown { code } => (self.on_shutdown)(code),
+                HostMessage::Exec(req) => match self.start(&req, out, &closer) {
+                    Ok(session) => return self.run_session(session, input, out),
+                    Err(message) => out.send(&error(message))?,
+                },
+                HostMessage::Hello { .. } => out.send(&error("Hello was already received"))?,
+                HostMessage::Stdin(_)
+                | HostMessage::CloseStdin
+                | HostMessage::Signal(_)
+                | HostMessage::Resize(_) => {
+                    out.send(&error("no process is running on this connection"))?
+                }
+            }
+        }
+    }
+
+    /// Starts the process; the error is a message for the host.
+    fn start<S: Stream>(
+        &self,
+        req: &ExecRequest,
+        out: &Arc<FrameWriter<S>>,
+        closer: &S,
+    ) -> Result<Session, String> {
+        let process = exec::spawn(req, self.reaper).map_err(|e| e.to_string())?;
+        let closer = closer.try_clone().map_err(|e| {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(-process.pid, libc::SIGKILL) };
+            format!("cannot start the session: {e}")
+        })?;
+        let timeout = req.timeout_ms.map(Duration::from_millis);
+        Session::start(process, Arc::clone(out), timeout, move || {
+            // Exited was the last message: close, which also wakes the
+            // connection thread blocked reading.
+            let _ = closer.shutdown();
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    /// Relays the host's messages to a running session until it ends.
+    fn run_session<S: Stream>(
+        &self,
+        session: Session,
+        input: &mut FrameReader<S>,
+        out: &Arc<FrameWriter<S>>,
+    ) -> Result<(), ConnectionError> {
+        let result = loop {
+            let message = match next(input, out) {
+                Ok(Some(Incoming::Message(m))) => m,
+                Ok(Some(Incoming::Malformed(why))) => match malformed(out, &why) {
+                    Ok(()) => continue,
+                    Err(e) => break Err(e.into()),
+                },
+                // EOF: the session closed the connection after Exited, or
+                // the host went away.
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            };
+            let reply = match message {
+                HostMessage::Stdin(data) => {
+                    session.write_stdin(data);
+                    None
+                }
+                HostMessage::CloseStdin => {
+                    session.close_stdin();
+                    None
+                }
+                HostMessage::Signal(n) => session.signal(n).err().map(|e| error(e.to_string())),
+                HostMessage::Resize(size) => {
+                    session.resize(size).err().map(|e| error(e.to_string()))
+                }
+                HostMessage::Ping => Some(GuestMessage::Pong),
+                HostMessage::Shutdown { code } => {
+                    (self.on_shutdown)(code);
+                    None
+                }
+                HostMessage::Exec(_) => Some(error(format!(
+                    "process {} is already running on this connection; open another connection",
+                    session.pid()
+                ))),
+                HostMessage::Hello { .. } => Some(error("Hello was already received")),
+            };
+            if let Some(reply) = reply {
+                if let Err(e) = out.send(&reply) {
+                    break Err(e.into());
+                }
+            }
+        };
+        if session.is_finished() {
+            // Whatever failed, failed because the session closed the
+            // connection after Exited: not an error.
+            session.wait();
+            return Ok(());
+        }
+        session.abandon();
+        session.wait();
+        result
+    }
+}
