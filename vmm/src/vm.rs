@@ -17,8 +17,9 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{self, EntryMode};
-use crate::config::VmConfig;
+use crate::config::{BootSource, VmConfig};
 use crate::devices::console::{Console, SharedConsole};
+use crate::devices::virtio::{self, VirtioSlots};
 use crate::devices::{i8042, platform, serial, Bus};
 use crate::exit::{FaultKind, VcpuFault, VmExit};
 use crate::kvm::vcpu::{self, Report, Shared, Vcpu};
@@ -29,9 +30,9 @@ use crate::stats::{self, MemoryStats};
 
 /// How often the supervisor wakes to flush the console and look for halted vCPUs.
 const TICK: Duration = Duration::from_millis(100);
-/// A vCPU inside KVM_RUN for this long without an exit is checked for a
-/// permanent halt.
-const HALT_CHECK_AFTER: Duration = Duration::from_millis(400);
+/// Once the guest said it is halting, a vCPU inside KVM_RUN for this long
+/// without an exit is checked for a permanent halt.
+const HALT_CHECK_AFTER: Duration = Duration::from_millis(100);
 /// Interval between kicks while waiting for vCPU threads to stop.
 const KICK_INTERVAL: Duration = Duration::from_millis(5);
 
@@ -69,6 +70,14 @@ pub enum Error {
     /// A device could not be placed on a bus.
     #[error("device layout: {0}")]
     Bus(#[from] crate::devices::BusError),
+    /// A device could not be created.
+    #[error("cannot create the {what} device: {detail}")]
+    Device {
+        /// Which device.
+        what: &'static str,
+        /// Why.
+        detail: String,
+    },
 }
 
 /// Something that happened while the VM ran, delivered as it happens.
@@ -101,13 +110,34 @@ pub fn run(config: &VmConfig, mut on_event: impl FnMut(&VmEvent)) -> Result<VmOu
         mib: config.memory_mib,
         detail: e.to_string(),
     })?;
-    let entry = boot::load(&mem, &config.boot, config.vcpus)?;
     let vm = kvm::create_vm(kvm_handle, &mem)?;
 
-    let console = SharedConsole(Arc::new(Mutex::new(
-        Console::open(&config.console).map_err(Error::Console)?,
-    )));
-    let (pio, mmio) = build_buses(&vm, &mem, console.clone())?;
+    let console = Console::open(&config.console).map_err(Error::Console)?;
+    let halt_hint = console.halt_hint();
+    let console = SharedConsole(Arc::new(Mutex::new(console)));
+    let (pio, mut mmio) = build_buses(&vm, &mem, console.clone())?;
+    let mut announce = Vec::new();
+    let mut slots = VirtioSlots::default();
+    if let Some(vsock) = &config.vsock {
+        let device =
+            msbvm_virtio::vsock::Vsock::new(vsock.guest_cid.into(), vsock.uds_path.clone())
+                .map_err(|e| Error::Device {
+                    what: "virtio-vsock",
+                    detail: e.to_string(),
+                })?;
+        announce.push(virtio::attach(
+            &vm,
+            &mem,
+            &mut mmio,
+            &mut slots,
+            Box::new(device),
+        )?);
+    }
+    let entry = boot::load(
+        &mem,
+        &with_devices_announced(&config.boot, &announce),
+        config.vcpus,
+    )?;
 
     let shared = Arc::new(Shared::new(config.vcpus));
     let (tx, rx) = mpsc::channel();
@@ -168,6 +198,9 @@ pub fn run(config: &VmConfig, mut on_event: impl FnMut(&VmEvent)) -> Result<VmOu
             }
             Err(RecvTimeoutError::Timeout) => {
                 console.flush_pending();
+                if !halt_hint.load(Ordering::Acquire) {
+                    continue;
+                }
                 for (index, handle) in threads.iter().enumerate() {
                     let quiet = shared
                         .in_guest_for(index)
@@ -203,6 +236,23 @@ pub fn run(config: &VmConfig, mut on_event: impl FnMut(&VmEvent)) -> Result<VmOu
         stopped_after,
         memory,
     })
+}
+
+/// The boot source with the virtio devices' command-line entries appended
+/// (raw guests have no command line and are returned unchanged).
+fn with_devices_announced(boot: &BootSource, entries: &[String]) -> BootSource {
+    match boot {
+        BootSource::Linux {
+            kernel,
+            initrd,
+            cmdline,
+        } if !entries.is_empty() => BootSource::Linux {
+            kernel: kernel.clone(),
+            initrd: initrd.clone(),
+            cmdline: format!("{cmdline} {}", entries.join(" ")),
+        },
+        other => other.clone(),
+    }
 }
 
 /// Port-I/O and MMIO buses with the console UART, the i8042 and the platform device.

@@ -194,7 +194,11 @@ fn halt_with_interrupts_off_is_detected() {
     if !kvm_available("halt_with_interrupts_off_is_detected") {
         return;
     }
-    let r = run(vec![0xfa, 0xf4], 1); // cli; hlt
+    // What Linux does in kernel_halt(): say so on the console, then cli; hlt.
+    let r = run(
+        code(&[&print(b"reboot: System halted\n"), &[0xfa, 0xf4]]),
+        1,
+    );
     assert_eq!(r.exit, VmExit::Halted);
     assert!(r.took < Duration::from_secs(30), "took {:?}", r.took);
 }

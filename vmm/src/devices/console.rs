@@ -7,11 +7,16 @@
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::config::ConsoleOutput;
 
 const FLUSH_AT: usize = 4096;
+
+/// What Linux prints (at emergency level, so even with `quiet`) right before
+/// it halts the CPUs for good: `kernel_halt()` and `kernel_power_off()`.
+const HALT_LINES: [&[u8]; 2] = [b"reboot: System halted", b"reboot: Power down"];
 
 /// Where console bytes end up.
 enum Sink {
@@ -25,6 +30,7 @@ enum Sink {
 pub struct Console {
     sink: Sink,
     pending: Vec<u8>,
+    halt_hint: Arc<AtomicBool>,
 }
 
 impl Console {
@@ -47,7 +53,17 @@ impl Console {
         Ok(Console {
             sink,
             pending: Vec::with_capacity(FLUSH_AT),
+            halt_hint: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Raised once the guest printed one of the lines Linux prints before
+    /// halting. The VMM only then looks for halted vCPUs: looking means
+    /// interrupting them with a signal, which is not free and (seen under
+    /// nested virtualization) not always harmless, so it is not done blindly.
+    /// A guest that prints the line without halting costs one check.
+    pub fn halt_hint(&self) -> Arc<AtomicBool> {
+        self.halt_hint.clone()
     }
 
     /// Writes out everything pending.
@@ -77,6 +93,13 @@ impl Console {
 impl Write for Console {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.pending.extend_from_slice(buf);
+        if buf.contains(&b'\n')
+            && HALT_LINES
+                .iter()
+                .any(|l| self.pending.windows(l.len()).any(|w| w == *l))
+        {
+            self.halt_hint.store(true, Ordering::Release);
+        }
         Ok(buf.len())
     }
 
@@ -131,5 +154,17 @@ mod tests {
         c.write_all(b"prompt$ ").unwrap();
         c.flush_pending().unwrap();
         assert_eq!(&*buf.lock().unwrap(), b"hello\nprompt$ ");
+    }
+
+    #[test]
+    fn halt_line_raises_the_hint_once_complete() {
+        let mut c = Console::open(&ConsoleOutput::Sink).unwrap();
+        let hint = c.halt_hint();
+        for b in b"[  1.0] reboot: System hal" {
+            c.write_all(&[*b]).unwrap();
+        }
+        assert!(!hint.load(Ordering::Acquire));
+        c.write_all(b"ted\n").unwrap();
+        assert!(hint.load(Ordering::Acquire));
     }
 }

@@ -1,0 +1,487 @@
+//! The virtio-mmio transport (virtio 1.2, section 4.2, register layout version 2).
+//!
+//! One [`MmioTransport`] sits in front of each device. It implements the part
+//! of the protocol every device shares: the register file, the device status
+//! state machine, feature negotiation, and queue configuration. At DRIVER_OK it
+//! hands the configured queues to the device ([`VirtioDevice::activate`]); a
+//! status write of 0 takes them back ([`VirtioDevice::reset`]).
+//!
+//! The guest controls every value written here, so nothing in this file may
+//! panic on them: accesses of the wrong width or at unknown offsets are logged
+//! at debug level and ignored, and out-of-order status or queue writes are
+//! refused the way the spec lets a device refuse them (the driver reads the
+//! register back and sees its write did not take).
+
+use std::sync::Arc;
+
+use tracing::{debug, error, warn};
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+    VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
+    VIRTIO_F_VERSION_1,
+};
+use virtio_bindings::virtio_mmio::*;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::device::{GuestMemoryMmap, QueueWithEvent, VirtioDevice};
+use crate::interrupt::Interrupt;
+
+/// "virt" in little endian: the value of the MagicValue register.
+const MMIO_MAGIC: u32 = 0x7472_6976;
+/// Register layout version 2 is the virtio 1.x ("modern") layout.
+const MMIO_VERSION: u32 = 2;
+/// Vendor ID reported to the guest ("MSBV"); Linux does not look at it.
+pub const MMIO_VENDOR_ID: u32 = 0x5642_534d;
+
+/// The driver-owned status bits, in the order the driver must set them
+/// (virtio 1.2, 3.1.1). Each entry is the cumulative status after that step.
+const INIT_STEPS: [u32; 5] = [
+    0,
+    VIRTIO_CONFIG_S_ACKNOWLEDGE,
+    VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER,
+    VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK,
+    VIRTIO_CONFIG_S_ACKNOWLEDGE
+        | VIRTIO_CONFIG_S_DRIVER
+        | VIRTIO_CONFIG_S_FEATURES_OK
+        | VIRTIO_CONFIG_S_DRIVER_OK,
+];
+
+/// The virtio-mmio register file in front of one device.
+pub struct MmioTransport {
+    mem: GuestMemoryMmap,
+    device: Box<dyn VirtioDevice>,
+    interrupt: Arc<Interrupt>,
+    queues: Vec<Queue>,
+    queue_evts: Vec<EventFd>,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    acked_features: u64,
+    /// The driver accepted a feature bit above 63, which no device offers.
+    acked_unknown_features: bool,
+    queue_sel: u32,
+    status: u32,
+    config_generation: u32,
+    /// The device holds our queues and is serving (between DRIVER_OK and reset).
+    activated: bool,
+}
+
+impl MmioTransport {
+    /// Puts `device` behind a transport. `irq` is the eventfd the VMM
+    /// registers as this device's irqfd.
+    ///
+    /// Fails if the device declares an invalid queue size or if the queue
+    /// eventfds cannot be created.
+    pub fn new(
+        mem: GuestMemoryMmap,
+        device: Box<dyn VirtioDevice>,
+        irq: EventFd,
+    ) -> std::io::Result<Self> {
+        let mut queues = Vec::new();
+        let mut queue_evts = Vec::new();
+        for &max in device.queue_max_sizes() {
+            queues.push(new_queue(max)?);
+            queue_evts.push(EventFd::new(EFD_NONBLOCK)?);
+        }
+        Ok(Self {
+            mem,
+            device,
+            interrupt: Arc::new(Interrupt::new(irq)),
+            queues,
+            queue_evts,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            acked_features: 0,
+            acked_unknown_features: false,
+            queue_sel: 0,
+            status: 0,
+            config_generation: 0,
+            activated: false,
+        })
+    }
+
+    /// One eventfd per queue; the VMM registers each as an ioeventfd on
+    /// (base + 0x50, datamatch = queue index).
+    pub fn queue_events(&self) -> Vec<EventFd> {
+        self.queue_evts
+            .iter()
+            .filter_map(|evt| match evt.try_clone() {
+                Ok(evt) => Some(evt),
+                Err(e) => {
+                    error!("cannot clone a virtio queue eventfd: {e}");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// The device's interrupt (status bits plus irqfd), e.g. for the VMM to
+    /// re-raise a level-triggered line.
+    pub fn interrupt(&self) -> &Arc<Interrupt> {
+        &self.interrupt
+    }
+
+    /// The device status register, as the driver would read it.
+    pub fn status(&self) -> u32 {
+        self.status
+    }
+
+    /// Handles a guest read of `data.len()` bytes at `offset` from the base.
+    pub fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
+            if !matches!(data.len(), 1 | 2 | 4 | 8) {
+                debug!("virtio-mmio: config read of {} bytes ignored", data.len());
+                data.fill(0);
+                return;
+            }
+            self.device
+                .read_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
+            return;
+        }
+        let Some(reg) = register(offset, data.len()) else {
+            debug!(
+                "virtio-mmio: read of {} bytes at {offset:#x} ignored",
+                data.len()
+            );
+            data.fill(0);
+            return;
+        };
+        let value = match reg {
+            VIRTIO_MMIO_MAGIC_VALUE => MMIO_MAGIC,
+            VIRTIO_MMIO_VERSION => MMIO_VERSION,
+            VIRTIO_MMIO_DEVICE_ID => self.device.device_type(),
+            VIRTIO_MMIO_VENDOR_ID => MMIO_VENDOR_ID,
+            VIRTIO_MMIO_DEVICE_FEATURES => {
+                let features = self.device.avail_features();
+                match self.device_features_sel {
+                    0 => features as u32,
+                    1 => (features >> 32) as u32,
+                    _ => 0,
+                }
+            }
+            VIRTIO_MMIO_QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| q.max_size().into()),
+            VIRTIO_MMIO_QUEUE_READY => self.selected_queue().map_or(0, |q| q.ready().into()),
+            VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt.status(),
+            VIRTIO_MMIO_STATUS => self.status,
+            VIRTIO_MMIO_CONFIG_GENERATION => self.config_generation,
+            // No shared memory regions: a length of all ones says "absent".
+            VIRTIO_MMIO_SHM_LEN_LOW | VIRTIO_MMIO_SHM_LEN_HIGH => u32::MAX,
+            _ => {
+                debug!("virtio-mmio: read of unknown register {offset:#x}");
+                0
+            }
+        };
+        data.copy_from_slice(&value.to_le_bytes());
+    }
+
+    /// Handles a guest write of `data` at `offset` from the base.
+    pub fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
+            // The driver may only write config once it knows the features.
+            if self.status & VIRTIO_CONFIG_S_DRIVER == 0 || !matches!(data.len(), 1 | 2 | 4 | 8) {
+                debug!("virtio-mmio: config write at {offset:#x} ignored");
+                return;
+            }
+            self.device
+                .write_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
+            return;
+        }
+        let Some(reg) = register(offset, data.len()) else {
+            debug!(
+                "virtio-mmio: write of {} bytes at {offset:#x} ignored",
+                data.len()
+            );
+            return;
+        };
+        let mut bytes = [0u8; 4];
+        bytes.copy_from_slice(data);
+        let value = u32::from_le_bytes(bytes);
+        match reg {
+            VIRTIO_MMIO_DEVICE_FEATURES_SEL => self.device_features_sel = value,
+            VIRTIO_MMIO_DRIVER_FEATURES_SEL => self.driver_features_sel = value,
+            VIRTIO_MMIO_DRIVER_FEATURES => self.write_driver_features(value),
+            VIRTIO_MMIO_QUEUE_SEL => self.queue_sel = value,
+            VIRTIO_MMIO_QUEUE_NUM => {
+                self.update_queue(|q| value <= 0xffff && q.try_set_size(value as u16).is_ok())
+            }
+            VIRTIO_MMIO_QUEUE_READY => self.write_queue_ready(value),
+            VIRTIO_MMIO_QUEUE_DESC_LOW => self.update_queue(|q| {
+                q.set_desc_table_address(Some(value), None);
+                q.desc_table() as u32 == value
+            }),
+            VIRTIO_MMIO_QUEUE_DESC_HIGH => self.update_queue(|q| {
+                q.set_desc_table_address(None, Some(value));
+                true
+            }),
+            VIRTIO_MMIO_QUEUE_AVAIL_LOW => self.update_queue(|q| {
+                q.set_avail_ring_address(Some(value), None);
+                q.avail_ring() as u32 == value
+            }),
+            VIRTIO_MMIO_QUEUE_AVAIL_HIGH => self.update_queue(|q| {
+                q.set_avail_ring_address(None, Some(value));
+                true
+            }),
+            VIRTIO_MMIO_QUEUE_USED_LOW => self.update_queue(|q| {
+                q.set_used_ring_address(Some(value), None);
+                q.used_ring() as u32 == value
+            }),
+            VIRTIO_MMIO_QUEUE_USED_HIGH => self.update_queue(|q| {
+                q.set_used_ring_address(None, Some(value));
+                true
+            }),
+            VIRTIO_MMIO_QUEUE_NOTIFY => self.notify(value),
+            VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt.ack(value),
+            VIRTIO_MMIO_STATUS => self.write_status(value),
+            _ => {
+                debug!("virtio-mmio: write {value:#x} to read-only or unknown register {offset:#x}")
+            }
+        }
+    }
+
+    fn selected_queue(&self) -> Option<&Queue> {
+        self.queues.get(self.queue_sel as usize)
+    }
+
+    fn write_driver_features(&mut self, value: u32) {
+        // Features are only negotiable between DRIVER and FEATURES_OK.
+        if self.status & (VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK)
+            != VIRTIO_CONFIG_S_DRIVER
+        {
+            debug!(
+                "virtio-mmio: driver features written in status {:#x}",
+                self.status
+            );
+            return;
+        }
+        match self.driver_features_sel {
+            0 => self.acked_features = (self.acked_features & !0xffff_ffff) | u64::from(value),
+            1 => {
+                self.acked_features = (self.acked_features & 0xffff_ffff) | (u64::from(value) << 32)
+            }
+            // Bits beyond 63 are never offered; accepting one makes the
+            // negotiation fail at FEATURES_OK.
+            sel => {
+                if value != 0 {
+                    debug!("virtio-mmio: driver accepted feature bits in bank {sel}");
+                    self.acked_unknown_features = true;
+                }
+            }
+        }
+    }
+
+    /// Queue configuration is only writable while the driver sets up queues:
+    /// after FEATURES_OK, before DRIVER_OK, and while the queue is not ready.
+    /// `f` applies the write and says whether the value was acceptable.
+    fn update_queue(&mut self, f: impl FnOnce(&mut Queue) -> bool) {
+        let setup = self.status & (VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK)
+            == VIRTIO_CONFIG_S_FEATURES_OK;
+        let sel = self.queue_sel;
+        match self.queues.get_mut(sel as usize) {
+            Some(q) if setup && !q.ready() => {
+                if !f(q) {
+                    debug!("virtio-mmio: invalid configuration value for queue {sel} ignored");
+                }
+            }
+            Some(_) => debug!("virtio-mmio: queue {sel} configuration locked"),
+            None => debug!("virtio-mmio: queue {sel} does not exist"),
+        }
+    }
+
+    fn write_queue_ready(&mut self, value: u32) {
+        let setup = self.status & (VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK)
+            == VIRTIO_CONFIG_S_FEATURES_OK;
+        let sel = self.queue_sel;
+        let Some(q) = self.queues.get_mut(sel as usize) else {
+            debug!("virtio-mmio: ready written for missing queue {sel}");
+            return;
+        };
+        if !setup {
+            debug!("virtio-mmio: queue {sel} ready written outside queue setup");
+            return;
+        }
+        match value {
+            0 => q.set_ready(false),
+            1 => {
+                // is_valid() only accepts ready queues: mark it, check, undo.
+                q.set_ready(true);
+                if !q.is_valid(&self.mem) {
+                    warn!("virtio-mmio: queue {sel} rings are outside guest memory; not ready");
+                    q.set_ready(false);
+                }
+            }
+            _ => debug!("virtio-mmio: queue ready value {value} ignored"),
+        }
+    }
+
+    fn notify(&self, queue: u32) {
+        // Without an ioeventfd the write traps here; signal the same eventfd
+        // so the device sees one kind of notification either way.
+        match self.queue_evts.get(queue as usize) {
+            Some(evt) => {
+                if let Err(e) = evt.write(1) {
+                    warn!("virtio-mmio: cannot signal queue {queue}: {e}");
+                }
+            }
+            None => debug!("virtio-mmio: notify for missing queue {queue}"),
+        }
+    }
+
+    fn write_status(&mut self, value: u32) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        if value & VIRTIO_CONFIG_S_FAILED != 0 {
+            // The driver gave up on the device; it will reset it next.
+            self.status |= VIRTIO_CONFIG_S_FAILED;
+            return;
+        }
+        // NEEDS_RESET belongs to the device; the driver echoes it back.
+        let device_bits = self.status & (VIRTIO_CONFIG_S_NEEDS_RESET | VIRTIO_CONFIG_S_FAILED);
+        let old = self.status & !device_bits;
+        let new = value & !(VIRTIO_CONFIG_S_NEEDS_RESET | VIRTIO_CONFIG_S_FAILED);
+        let (Some(old_step), Some(new_step)) = (
+            INIT_STEPS.iter().position(|&s| s == old),
+            INIT_STEPS.iter().position(|&s| s == new),
+        ) else {
+            debug!("virtio-mmio: status {value:#x} is not an initialization step (now {old:#x})");
+            return;
+        };
+        if new_step <= old_step || device_bits != 0 {
+            debug!(
+                "virtio-mmio: status {value:#x} does not advance from {:#x}",
+                self.status
+            );
+            return;
+        }
+        if old_step < 3 && new_step >= 3 && !self.features_acceptable() {
+            // Leaving FEATURES_OK clear is how the device refuses; the driver
+            // reads the status back and gives up.
+            warn!(
+                "virtio-mmio: refusing driver features {:#x} (offered {:#x})",
+                self.acked_features,
+                self.device.avail_features()
+            );
+            self.status = INIT_STEPS[2];
+            return;
+        }
+        if old_step < 3 && new_step >= 3 {
+            self.device.set_acked_features(self.acked_features);
+        }
+        self.status = INIT_STEPS[new_step];
+        if new_step == 4 {
+            self.activate();
+        }
+    }
+
+    fn features_acceptable(&self) -> bool {
+        let offered = self.device.avail_features();
+        !self.acked_unknown_features
+            && self.acked_features & (1 << VIRTIO_F_VERSION_1) != 0
+            && self.acked_features & !offered == 0
+    }
+
+    fn activate(&mut self) {
+        if self.activated {
+            self.fail("device already active");
+            return;
+        }
+        let event_idx = self.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        let mut queues = Vec::with_capacity(self.queues.len());
+        for (q, evt) in self.queues.iter().zip(&self.queue_evts) {
+            // The device gets its own copy so that the registers keep
+            // reading back what the driver configured.
+            let mut copy = match new_queue(q.max_size()) {
+                Ok(copy) => copy,
+                Err(e) => return self.fail(&e.to_string()),
+            };
+            copy.set_size(q.size());
+            copy.set_desc_table_address(
+                Some(q.desc_table() as u32),
+                Some((q.desc_table() >> 32) as u32),
+            );
+            copy.set_avail_ring_address(
+                Some(q.avail_ring() as u32),
+                Some((q.avail_ring() >> 32) as u32),
+            );
+            copy.set_used_ring_address(
+                Some(q.used_ring() as u32),
+                Some((q.used_ring() >> 32) as u32),
+            );
+            copy.set_event_idx(event_idx);
+            copy.set_ready(q.ready());
+            let event = match evt.try_clone() {
+                Ok(event) => event,
+                Err(e) => return self.fail(&format!("cannot clone queue eventfd: {e}")),
+            };
+            queues.push(QueueWithEvent { queue: copy, event });
+        }
+        match self
+            .device
+            .activate(self.mem.clone(), self.interrupt.clone(), queues)
+        {
+            Ok(()) => self.activated = true,
+            Err(e) => self.fail(&e.to_string()),
+        }
+    }
+
+    /// The device cannot go on: tell the driver (DEVICE_NEEDS_RESET plus a
+    /// config-change interrupt, virtio 1.2, 2.1.2).
+    fn fail(&mut self, why: &str) {
+        error!(
+            "virtio-mmio: device type {} failed: {why}",
+            self.device.device_type()
+        );
+        self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
+        self.interrupt.signal_config_change();
+    }
+
+    fn reset(&mut self) {
+        if self.activated {
+            if !self.device.reset() {
+                // The device keeps running with the old queues; it cannot be
+                // brought back, so keep telling the driver it needs a reset.
+                error!(
+                    "virtio-mmio: device type {} cannot be reset",
+                    self.device.device_type()
+                );
+                self.status = VIRTIO_CONFIG_S_NEEDS_RESET;
+                return;
+            }
+            self.activated = false;
+        }
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.acked_features = 0;
+        self.acked_unknown_features = false;
+        self.queue_sel = 0;
+        self.status = 0;
+        self.interrupt.ack(u32::MAX);
+    }
+}
+
+/// Maps an access to a register offset, if it is a whole aligned 32-bit
+/// register access (the only kind virtio-mmio defines below the config space).
+fn register(offset: u64, len: usize) -> Option<u32> {
+    if len != 4 || offset & 3 != 0 || offset >= u64::from(VIRTIO_MMIO_CONFIG) {
+        return None;
+    }
+    Some(offset as u32)
+}
+
+fn new_queue(max_size: u16) -> std::io::Result<Queue> {
+    Queue::new(max_size).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("invalid virtio queue size {max_size}: {e}"),
+        )
+    })
+}
+
+#[cfg(test)]
+#[path = "mmio_tests.rs"]
+mod tests;

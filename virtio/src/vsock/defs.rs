@@ -1,0 +1,75 @@
+//! Constants of the virtio-vsock protocol (virtio 1.2, section 5.10) and the
+//! limits this implementation chooses.
+
+use std::time::Duration;
+
+/// The CID that addresses the host.
+pub const HOST_CID: u64 = 2;
+
+/// Queue indices, in the order the driver sets them up.
+pub const RXQ_INDEX: usize = 0;
+/// Guest-to-host packets.
+pub const TXQ_INDEX: usize = 1;
+/// Device events (transport reset); we never send any.
+pub const EVQ_INDEX: usize = 2;
+/// Size offered for each of the three queues.
+pub const QUEUE_SIZE: u16 = 256;
+
+/// Size of the packet header on the wire.
+pub const PKT_HEADER_SIZE: usize = 44;
+/// Largest payload we accept in, or put in, one packet (Linux's
+/// VIRTIO_VSOCK_MAX_PKT_BUF_SIZE); a bigger `len` is malformed.
+pub const MAX_PKT_DATA: u32 = 64 * 1024;
+
+/// The only socket type supported (no SEQPACKET feature).
+pub const TYPE_STREAM: u16 = 1;
+
+/// Packet operations.
+pub const OP_REQUEST: u16 = 1;
+/// Accepts a REQUEST.
+pub const OP_RESPONSE: u16 = 2;
+/// Refuses or aborts a connection.
+pub const OP_RST: u16 = 3;
+/// Half- or full-close, with the SHUTDOWN_* flags.
+pub const OP_SHUTDOWN: u16 = 4;
+/// Carries stream data.
+pub const OP_RW: u16 = 5;
+/// Announces the sender's buf_alloc/fwd_cnt.
+pub const OP_CREDIT_UPDATE: u16 = 6;
+/// Asks the peer for a CREDIT_UPDATE.
+pub const OP_CREDIT_REQUEST: u16 = 7;
+
+/// SHUTDOWN flag: the sender will receive no more data.
+pub const SHUTDOWN_RCV: u32 = 1;
+/// SHUTDOWN flag: the sender will send no more data.
+pub const SHUTDOWN_SEND: u32 = 2;
+/// Both directions.
+pub const SHUTDOWN_BOTH: u32 = SHUTDOWN_RCV | SHUTDOWN_SEND;
+
+/// Bytes each connection buffers toward its host socket when the host peer
+/// reads slower than the guest writes; also the buf_alloc we advertise, so a
+/// guest that honours credit never overflows it.
+pub const TX_BUF_SIZE: u32 = 256 * 1024;
+/// Send a credit update once the guest believes it has less than this much
+/// credit left but we have freed more.
+pub const CREDIT_UPDATE_THRESHOLD: u32 = TX_BUF_SIZE / 2;
+
+/// Most connections (plus host connections still sending their CONNECT line)
+/// at once; beyond it new ones are refused.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Most queued RST replies for packets that match no connection; more are
+/// dropped (the guest times out instead).
+pub const MAX_PENDING_RST: usize = 1024;
+
+/// Longest accepted `CONNECT <port>\n` line, newline included.
+pub const MAX_CONNECT_LINE: usize = 32;
+/// How long a host client may take to send its CONNECT line.
+pub const CONNECT_LINE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the guest may take to answer a host-initiated REQUEST.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a connection the guest closed may take to flush its buffered
+/// data to a slow host reader before we drop it.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// First local port handed to host-initiated connections; ports above it are
+/// unlikely to collide with what guest programs connect to.
+pub const FIRST_EPHEMERAL_PORT: u32 = 1 << 30;

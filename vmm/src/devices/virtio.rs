@@ -1,0 +1,135 @@
+//! Virtio devices on the MMIO bus.
+//!
+//! Each device sits behind a virtio-mmio transport (from `msbvm-virtio`) in
+//! its own page of the device hole, with its own legacy interrupt line. The
+//! guest learns about it from a `virtio_mmio.device=` command-line entry.
+//! Queue notifications do not stop at the VMM: each queue's notify register
+//! is an ioeventfd, so the kernel wakes the device's thread directly, and the
+//! device raises its interrupt through an irqfd.
+
+use std::sync::{Arc, Mutex};
+
+use kvm_ioctls::IoEventAddress;
+use msbvm_virtio::{MmioTransport, VirtioDevice};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::bus::{Bus, BusDevice, BusEvent};
+use crate::kvm::{self, KvmVm};
+use crate::layout::{IOAPIC_PINS, VIRTIO_MMIO_START};
+use crate::memory::GuestMemory;
+use crate::vm::Error;
+
+/// Size of each device's MMIO window.
+pub const MMIO_WINDOW: u64 = 0x1000;
+/// Offset of the QueueNotify register in the virtio-mmio layout.
+const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
+/// First interrupt line given to virtio devices (COM1 has 4).
+pub const FIRST_GSI: u32 = 5;
+
+/// A transport as a bus device.
+pub struct VirtioMmio(pub MmioTransport);
+
+impl BusDevice for VirtioMmio {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.0.read(offset, data);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> Option<BusEvent> {
+        self.0.write(offset, data);
+        None
+    }
+}
+
+/// Hands out MMIO windows and interrupt lines to devices in order.
+pub struct VirtioSlots {
+    next: u32,
+}
+
+impl Default for VirtioSlots {
+    fn default() -> Self {
+        VirtioSlots { next: 0 }
+    }
+}
+
+impl VirtioSlots {
+    /// The next (MMIO base, GSI), or `None` when interrupt lines ran out.
+    pub fn next(&mut self) -> Option<(u64, u32)> {
+        let gsi = FIRST_GSI + self.next;
+        if gsi >= IOAPIC_PINS as u32 {
+            return None;
+        }
+        let base = VIRTIO_MMIO_START + self.next as u64 * MMIO_WINDOW;
+        self.next += 1;
+        Some((base, gsi))
+    }
+}
+
+/// The kernel command-line entry announcing a device.
+pub fn cmdline_entry(base: u64, gsi: u32) -> String {
+    format!("virtio_mmio.device=4K@{base:#x}:{gsi}")
+}
+
+/// Puts `device` on `mmio` at the next slot, wires its notifications and
+/// interrupt through KVM, and returns its command-line entry.
+pub fn attach(
+    vm: &KvmVm,
+    mem: &GuestMemory,
+    mmio: &mut Bus,
+    slots: &mut VirtioSlots,
+    device: Box<dyn VirtioDevice>,
+) -> Result<String, Error> {
+    let (base, gsi) = slots
+        .next()
+        .ok_or_else(|| Error::Config("too many virtio devices for the interrupt lines".into()))?;
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Host {
+        what: "virtio interrupt eventfd",
+        source,
+    })?;
+    vm.fd
+        .register_irqfd(&irq, gsi)
+        .map_err(kvm::ioctl("KVM_IRQFD"))?;
+    let transport = MmioTransport::new(mem.clone(), device, irq).map_err(|source| Error::Host {
+        what: "virtio-mmio transport",
+        source,
+    })?;
+    for (index, event) in transport.queue_events().iter().enumerate() {
+        vm.fd
+            .register_ioevent(
+                event,
+                &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
+                index as u32,
+            )
+            .map_err(kvm::ioctl("KVM_IOEVENTFD"))?;
+    }
+    mmio.insert(
+        Arc::new(Mutex::new(VirtioMmio(transport))),
+        base,
+        MMIO_WINDOW,
+    )?;
+    Ok(cmdline_entry(base, gsi))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_pages_with_their_own_lines() {
+        let mut s = VirtioSlots::default();
+        assert_eq!(s.next(), Some((VIRTIO_MMIO_START, 5)));
+        assert_eq!(s.next(), Some((VIRTIO_MMIO_START + 0x1000, 6)));
+        let mut n = 2;
+        while s.next().is_some() {
+            n += 1;
+        }
+        assert_eq!(n, IOAPIC_PINS as u32 - FIRST_GSI);
+    }
+
+    #[test]
+    fn cmdline_entry_format() {
+        assert_eq!(
+            cmdline_entry(0xd000_1000, 5),
+            "virtio_mmio.device=4K@0xd0001000:5"
+        );
+    }
+}
