@@ -41,19 +41,14 @@ impl BusDevice for VirtioMmio {
 }
 
 /// Hands out MMIO windows and interrupt lines to devices in order.
+#[derive(Default)]
 pub struct VirtioSlots {
     next: u32,
 }
 
-impl Default for VirtioSlots {
-    fn default() -> Self {
-        VirtioSlots { next: 0 }
-    }
-}
-
 impl VirtioSlots {
     /// The next (MMIO base, GSI), or `None` when interrupt lines ran out.
-    pub fn next(&mut self) -> Option<(u64, u32)> {
+    pub fn take(&mut self) -> Option<(u64, u32)> {
         let gsi = FIRST_GSI + self.next;
         if gsi >= IOAPIC_PINS as u32 {
             return None;
@@ -79,7 +74,7 @@ pub fn attach(
     device: Box<dyn VirtioDevice>,
 ) -> Result<String, Error> {
     let (base, gsi) = slots
-        .next()
+        .take()
         .ok_or_else(|| Error::Config("too many virtio devices for the interrupt lines".into()))?;
     let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Host {
         what: "virtio interrupt eventfd",
@@ -116,10 +111,10 @@ mod tests {
     #[test]
     fn slots_are_pages_with_their_own_lines() {
         let mut s = VirtioSlots::default();
-        assert_eq!(s.next(), Some((VIRTIO_MMIO_START, 5)));
-        assert_eq!(s.next(), Some((VIRTIO_MMIO_START + 0x1000, 6)));
+        assert_eq!(s.take(), Some((VIRTIO_MMIO_START, 5)));
+        assert_eq!(s.take(), Some((VIRTIO_MMIO_START + 0x1000, 6)));
         let mut n = 2;
-        while s.next().is_some() {
+        while s.take().is_some() {
             n += 1;
         }
         assert_eq!(n, IOAPIC_PINS as u32 - FIRST_GSI);
