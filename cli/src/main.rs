@@ -1,15 +1,30 @@
-//! `msbvm`: run Linux microVMs from the command line.
+//! `msbvm`: disposable Linux microVM sandboxes from the command line.
 //!
-//! Today it boots a kernel (`msbvm boot`) and manages the shared guest kernel
-//! (`msbvm kernel build|path`); sandboxes, exec and images build on this.
+//! Sandboxes: `run`, `exec`, `ls`, `stop`, `rm`, `logs` (on top of `msbvm-sdk`). Low level:
+//! `boot` boots a kernel with the console on stdout, `kernel` manages the shared guest kernel.
+//! The hidden `__runtime` subcommand is the per-sandbox runtime process the SDK starts.
+//!
+//! Exit status of the sandbox commands: the guest command's own (`run`, `exec`); 128 + N for
+//! a signal N; 124 for a timeout; 125 when msbvm itself failed, with the message on stderr.
 
 mod boot;
 mod kernel;
+mod manage;
+mod run;
+mod session;
+mod tty;
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+
+/// Exit status when msbvm itself fails (as `docker run` does).
+const MSBVM_ERROR: u8 = 125;
+
+/// The subcommands whose errors exit with [`MSBVM_ERROR`].
+const SANDBOX_COMMANDS: [&str; 6] = ["run", "exec", "ls", "stop", "rm", "logs"];
 
 #[derive(Parser)]
 #[command(name = "msbvm", version, about = "Disposable Linux microVM sandboxes")]
@@ -20,16 +35,49 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Create a sandbox and run a command in it (removed afterwards unless -d).
+    Run(run::RunArgs),
+    /// Run a command in a running sandbox.
+    Exec(run::ExecArgs),
+    /// List sandboxes.
+    Ls(manage::LsArgs),
+    /// Stop sandboxes (the guest shuts down; forced off after a timeout).
+    Stop(manage::StopArgs),
+    /// Remove sandboxes, stopping them first.
+    Rm(manage::RmArgs),
+    /// Show a sandbox's guest console and runtime log.
+    Logs(manage::LogsArgs),
     /// Boot a kernel in a microVM with the console on stdout.
     Boot(boot::BootArgs),
     /// Manage the shared guest kernel.
     #[command(subcommand)]
     Kernel(kernel::KernelCommand),
+    /// The per-sandbox runtime process (started by the SDK, not by people).
+    #[command(name = "__runtime", hide = true, disable_help_flag = true)]
+    Runtime {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
 }
 
-fn main() -> ExitCode {
-    // Boot times are measured from here, the earliest point the VMM controls.
-    let start = Instant::now();
+/// Checks clap cannot express: a mistyped option before the command would otherwise be taken
+/// as the command itself (the command may begin without `--`).
+fn check(cli: Cli) -> Result<Cli, clap::Error> {
+    let command = match &cli.command {
+        Command::Run(r) => &r.process.command,
+        Command::Exec(e) => &e.process.command,
+        _ => return Ok(cli),
+    };
+    match command.first() {
+        Some(first) if first.starts_with('-') => Err(Cli::command().error(
+            clap::error::ErrorKind::UnknownArgument,
+            format!("unknown option '{first}'; put the command after `--`"),
+        )),
+        _ => Ok(cli),
+    }
+}
+
+fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MSBVM_LOG")
@@ -37,9 +85,71 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+}
+
+fn main() -> ExitCode {
+    // Boot times are measured from here, the earliest point the VMM controls.
+    let start = Instant::now();
+    let cli = match Cli::try_parse().and_then(check) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            let sandbox_command = std::env::args()
+                .nth(1)
+                .is_some_and(|a| SANDBOX_COMMANDS.contains(&a.as_str()));
+            return ExitCode::from(match (e.use_stderr(), sandbox_command) {
+                (false, _) => 0,
+                (true, true) => MSBVM_ERROR,
+                (true, false) => e.exit_code().clamp(0, 255) as u8,
+            });
+        }
+    };
+    if let Command::Runtime { args } = cli.command {
+        // The runtime sets up its own logging, into the sandbox's runtime.log.
+        return msbvm_sdk::runtime::main(args);
+    }
+    init_tracing();
     match cli.command {
         Command::Boot(args) => boot::run(args, start),
         Command::Kernel(cmd) => kernel::run(cmd),
+        Command::Runtime { .. } => unreachable!("handled above"),
+        sandbox_command => ExitCode::from(run_sandbox_command(sandbox_command)),
     }
 }
+
+/// Runs a sandbox command on a tokio runtime; errors print and become [`MSBVM_ERROR`].
+fn run_sandbox_command(command: Command) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("msbvm: error: cannot start the async runtime: {e}");
+            return MSBVM_ERROR;
+        }
+    };
+    let result = runtime.block_on(async {
+        match command {
+            Command::Run(args) => run::run(args).await,
+            Command::Exec(args) => run::exec(args).await,
+            Command::Ls(args) => manage::ls(args),
+            Command::Stop(args) => manage::stop(args).await,
+            Command::Rm(args) => manage::rm(args).await,
+            Command::Logs(args) => manage::logs(args),
+            Command::Boot(_) | Command::Kernel(_) | Command::Runtime { .. } => Ok(0),
+        }
+    });
+    // Do not wait for tasks still blocked on I/O (stdin forwarding) at exit.
+    runtime.shutdown_background();
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("msbvm: error: {e}");
+            MSBVM_ERROR
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,5 +1,56 @@
-//! The Rust SDK users embed to create and drive sandboxes.
+//! The Rust SDK for msbvm sandboxes: disposable Linux microVMs started from the caller's
+//! code, with no daemon.
 //!
-//! It will start one runtime child process per sandbox (no daemon) and talk to
-//! the guest agent through it. Nothing is implemented yet; today the `msbvm`
-//! command line drives `msbvm-vmm` directly.
+//! ```no_run
+//! # async fn demo() -> Result<(), msbvm_sdk::Error> {
+//! use msbvm_sdk::Sandbox;
+//! let sandbox = Sandbox::builder("demo").cpus(1).memory_mib(256).create().await?;
+//! let out = sandbox.exec("echo", ["hello"]).await?;
+//! assert_eq!(out.stdout_str(), "hello\n");
+//! sandbox.stop().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Each sandbox is owned by a runtime process (`msbvm __runtime`, see [`runtime`]) that the
+//! SDK starts; other processes reach it by name through its state directory
+//! (`$MSBVM_HOME/sandboxes/<name>/`). Processes in the guest run over one vsock connection
+//! each, straight to the guest agent ([`exec`]); lifecycle requests go to the runtime's control
+//! socket ([`control`]).
+//!
+//! Environment overrides, for tests and unusual installs: `MSBVM_HOME` (data directory),
+//! `MSBVM_BIN` (the `msbvm` binary), `MSBVM_AGENT` (the guest agent), `MSBVM_BUSYBOX` (the
+//! guest's busybox), `MSBVM_KERNEL` (the guest kernel image), `MSBVM_READY_TIMEOUT_SECS` (the
+//! default boot timeout), `MSBVM_LOG` (the runtime's log filter).
+
+#![warn(missing_docs)]
+
+mod agent;
+pub mod control;
+mod error;
+pub mod exec;
+pub mod framing;
+mod launch;
+pub mod names;
+pub mod paths;
+pub mod report;
+pub mod runtime;
+mod sandbox;
+pub mod state;
+pub mod vsock;
+
+#[cfg(test)]
+mod test_support;
+
+pub use error::{Error, Result};
+pub use exec::{
+    shell_exit_code, ExecControl, ExecEvent, ExecOptions, ExecOutput, ExecStream, ExitStatus,
+};
+pub use launch::{runtime_binary, BIN_ENV};
+pub use msbvm_protocol::{BootTimes, TtySize};
+pub use paths::{msbvm_home, validate_name, SandboxDir};
+pub use report::ReadyInfo;
+pub use sandbox::{
+    Sandbox, SandboxBuilder, SandboxInfo, DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_READY_TIMEOUT,
+    DEFAULT_STOP_TIMEOUT,
+};
+pub use state::Status;

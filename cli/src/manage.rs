@@ -1,0 +1,201 @@
+//! `msbvm ls`, `stop`, `rm` and `logs`: managing sandboxes by name.
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::Args;
+use msbvm_sdk::{Error, Sandbox, SandboxDir, SandboxInfo};
+
+/// Arguments of `msbvm ls`.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct LsArgs {
+    /// Print a JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `msbvm stop`.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct StopArgs {
+    /// The sandboxes.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+    /// Seconds to let the guest shut down before it is forced off.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = crate::run::parse_secs)]
+    pub timeout: Duration,
+}
+
+/// Arguments of `msbvm rm`.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct RmArgs {
+    /// The sandboxes (running ones are stopped first).
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
+/// Arguments of `msbvm logs`.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct LogsArgs {
+    /// The sandbox.
+    pub name: String,
+}
+
+/// Runs `msbvm ls`.
+pub fn ls(args: LsArgs) -> Result<u8, Error> {
+    let list = Sandbox::list()?;
+    let mut out = std::io::stdout().lock();
+    let text = if args.json {
+        serde_json::to_string_pretty(&list).unwrap_or_else(|_| "[]".into()) + "\n"
+    } else {
+        table(&list, unix_now())
+    };
+    let _ = out.write_all(text.as_bytes());
+    Ok(0)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The `ls` table.
+pub fn table(list: &[SandboxInfo], now: u64) -> String {
+    let mut rows = vec![[
+        "NAME".to_string(),
+        "STATUS".into(),
+        "CPUS".into(),
+        "MEMORY".into(),
+        "CREATED".into(),
+        "MODE".into(),
+    ]];
+    for s in list {
+        rows.push([
+            s.name.clone(),
+            s.status.to_string(),
+            s.cpus.to_string(),
+            format!("{} MiB", s.memory_mib),
+            age(now.saturating_sub(s.created)),
+            if s.detached { "detached" } else { "attached" }.into(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut text = String::new();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        text.push_str(cells.join("  ").trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+/// "5s ago", "3m ago", "2h ago", "4d ago".
+pub fn age(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s ago"),
+        s if s < 3600 => format!("{}m ago", s / 60),
+        s if s < 86400 => format!("{}h ago", s / 3600),
+        s => format!("{}d ago", s / 86400),
+    }
+}
+
+/// Runs `msbvm stop`: stops each sandbox (a stopped one is fine) and prints its name.
+pub async fn stop(args: StopArgs) -> Result<u8, Error> {
+    for name in &args.names {
+        Sandbox::stop_named(name, args.timeout).await?;
+        println!("{name}");
+    }
+    Ok(0)
+}
+
+/// Runs `msbvm rm`.
+pub async fn rm(args: RmArgs) -> Result<u8, Error> {
+    for name in &args.names {
+        Sandbox::remove_named(name).await?;
+        println!("{name}");
+    }
+    Ok(0)
+}
+
+/// Runs `msbvm logs`: the guest console, then the runtime log.
+pub fn logs(args: LogsArgs) -> Result<u8, Error> {
+    let dir = SandboxDir::for_name(&args.name)?;
+    if !dir.path().exists() {
+        return Err(Error::NotFound { name: args.name });
+    }
+    let mut out = std::io::stdout().lock();
+    for (title, path) in [
+        ("guest console", dir.console_log()),
+        ("runtime log", dir.runtime_log()),
+    ] {
+        let _ = writeln!(out, "==> {title} ({}) <==", path.display());
+        match std::fs::read(&path) {
+            Ok(bytes) if bytes.is_empty() => {
+                let _ = writeln!(out, "(empty)");
+            }
+            Ok(bytes) => {
+                // The serial console ends lines with CR LF.
+                let text = String::from_utf8_lossy(&bytes).replace("\r\n", "\n");
+                let _ = out.write_all(text.as_bytes());
+                if !text.is_empty() && !text.ends_with('\n') {
+                    let _ = writeln!(out);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let _ = writeln!(out, "(none)");
+            }
+            Err(e) => {
+                return Err(Error::Io {
+                    context: format!("reading {}", path.display()),
+                    source: e,
+                })
+            }
+        }
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use msbvm_sdk::Status;
+
+    #[test]
+    fn ages_are_short() {
+        assert_eq!(age(5), "5s ago");
+        assert_eq!(age(125), "2m ago");
+        assert_eq!(age(7300), "2h ago");
+        assert_eq!(age(3 * 86400), "3d ago");
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let info = SandboxInfo {
+            name: "brave-otter".into(),
+            status: Status::Running,
+            pid: 1,
+            created: 100,
+            cpus: 2,
+            memory_mib: 512,
+            detached: true,
+            exit: None,
+            dir: "/x".into(),
+        };
+        let t = table(&[info], 130);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("NAME         STATUS"), "{t}");
+        assert!(lines[1].starts_with("brave-otter  running"), "{t}");
+        assert!(
+            lines[1].contains("512 MiB") && lines[1].contains("30s ago"),
+            "{t}"
+        );
+        assert_eq!(table(&[], 0), "NAME  STATUS  CPUS  MEMORY  CREATED  MODE\n");
+    }
+}

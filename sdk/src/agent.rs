@@ -1,0 +1,79 @@
+//! Opening a connection to the guest agent: the vsock handshake to [`AGENT_PORT`], then the
+//! hello exchange that checks both sides speak the same protocol version.
+
+use std::path::Path;
+
+use msbvm_protocol::{GuestMessage, HostMessage, AGENT_PORT, PROTOCOL_VERSION};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::error::{Error, Result};
+use crate::framing::{write_async, AsyncFrameReader, FrameError};
+use crate::vsock;
+
+/// A connection to the agent after a successful hello.
+#[derive(Debug)]
+pub(crate) struct AgentConnection {
+    pub(crate) reader: AsyncFrameReader<OwnedReadHalf>,
+    pub(crate) writer: OwnedWriteHalf,
+}
+
+/// Maps a frame error on an agent connection to the SDK error.
+pub(crate) fn frame_error(e: FrameError) -> Error {
+    match e {
+        FrameError::Io(e) if is_disconnect(&e) => Error::ConnectionLost,
+        FrameError::Io(e) => Error::io("talking to the guest agent")(e),
+        FrameError::Truncated => Error::ConnectionLost,
+        FrameError::Codec(e) => Error::Protocol {
+            peer: "the guest agent",
+            detail: e.to_string(),
+        },
+    }
+}
+
+/// Whether an I/O error means the peer went away.
+pub(crate) fn is_disconnect(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof
+    )
+}
+
+/// Connects to the agent through the vsock device socket `uds` and exchanges hellos.
+pub(crate) async fn connect(uds: &Path) -> Result<AgentConnection> {
+    let stream = vsock::connect(uds, AGENT_PORT).await?;
+    let (read, mut writer) = stream.into_split();
+    let mut reader = AsyncFrameReader::new(read);
+    write_async(
+        &mut writer,
+        &HostMessage::Hello {
+            version: PROTOCOL_VERSION,
+        },
+    )
+    .await
+    .map_err(frame_error)?;
+    let reply = tokio::time::timeout(
+        vsock::HANDSHAKE_TIMEOUT,
+        reader.read_message::<GuestMessage>(),
+    )
+    .await
+    .map_err(|_| Error::Protocol {
+        peer: "the guest agent",
+        detail: "no hello within the handshake timeout".into(),
+    })?;
+    match reply.map_err(frame_error)? {
+        Some(GuestMessage::Hello { version, .. }) if version == PROTOCOL_VERSION => {
+            Ok(AgentConnection { reader, writer })
+        }
+        Some(GuestMessage::Hello { version, .. }) => Err(Error::ProtocolMismatch {
+            ours: PROTOCOL_VERSION,
+            theirs: version,
+        }),
+        Some(GuestMessage::Error { message }) => Err(Error::Agent(message)),
+        Some(other) => Err(Error::Protocol {
+            peer: "the guest agent",
+            detail: format!("expected a hello, got {}", crate::exec::describe(&other)),
+        }),
+        None => Err(Error::ConnectionLost),
+    }
+}

@@ -1,0 +1,291 @@
+//! The runtime control protocol: how other processes ask a sandbox's runtime for its status,
+//! a graceful stop or a kill, over `<state>/control.sock`.
+//!
+//! Framing is `msbvm_protocol`'s (length-prefixed postcard). A connection opens with a hello
+//! in each direction carrying [`CONTROL_VERSION`]; then each [`ControlRequest`] gets exactly one
+//! [`ControlResponse`]. `Stop` and `Kill` are answered once the VM has ended.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+
+use crate::error::{Error, Result};
+use crate::framing::{write_async, AsyncFrameReader, FrameError};
+use crate::state::Status;
+use crate::vsock::SocketPath;
+
+/// Version of the control protocol; the SDK and the runtime come from one `msbvm`, but a
+/// user can upgrade the binary while a detached sandbox runs.
+pub const CONTROL_VERSION: u32 = 1;
+
+/// A request to the runtime.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlRequest {
+    /// First message on a connection.
+    Hello {
+        /// [`CONTROL_VERSION`].
+        version: u32,
+    },
+    /// Report the sandbox's state.
+    Status,
+    /// Ask the guest to shut down; force the VM off after `timeout_ms`.
+    Stop {
+        /// Grace period in milliseconds.
+        timeout_ms: u64,
+    },
+    /// Force the VM off now.
+    Kill,
+}
+
+/// The runtime's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlResponse {
+    /// Answer to the hello.
+    Hello {
+        /// The runtime's [`CONTROL_VERSION`].
+        version: u32,
+    },
+    /// Answer to `Status`.
+    Status(RuntimeStatus),
+    /// Answer to `Stop` and `Kill`: the VM has ended, this way.
+    Stopped {
+        /// How the VM ended, in words.
+        exit: String,
+    },
+    /// The request could not be served.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+/// What the runtime reports about its sandbox.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeStatus {
+    /// Lifecycle state.
+    pub status: Status,
+    /// The runtime's pid.
+    pub pid: u32,
+    /// Milliseconds since the runtime started.
+    pub uptime_ms: u64,
+}
+
+/// A connection to a runtime's control socket.
+#[derive(Debug)]
+pub struct ControlClient {
+    reader: AsyncFrameReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+}
+
+fn frame_error(e: FrameError) -> Error {
+    match e {
+        FrameError::Io(e) if crate::agent::is_disconnect(&e) => Error::Runtime {
+            message: "the runtime closed the control connection".into(),
+            log_tail: String::new(),
+        },
+        FrameError::Truncated => Error::Runtime {
+            message: "the runtime closed the control connection".into(),
+            log_tail: String::new(),
+        },
+        FrameError::Io(e) => Error::io("talking to the sandbox runtime")(e),
+        FrameError::Codec(e) => Error::Protocol {
+            peer: "the sandbox runtime",
+            detail: e.to_string(),
+        },
+    }
+}
+
+impl ControlClient {
+    /// Connects to the control socket at `path` and exchanges hellos.
+    pub async fn connect(path: &Path) -> Result<ControlClient> {
+        let addr = SocketPath::new(path).map_err(Error::io(format!(
+            "connecting to the sandbox runtime at {}",
+            path.display()
+        )))?;
+        let stream = UnixStream::connect(addr.path())
+            .await
+            .map_err(Error::io(format!(
+                "connecting to the sandbox runtime at {}",
+                path.display()
+            )))?;
+        let (read, writer) = stream.into_split();
+        let mut client = ControlClient {
+            reader: AsyncFrameReader::new(read),
+            writer,
+        };
+        match client
+            .call_with_timeout(
+                &ControlRequest::Hello {
+                    version: CONTROL_VERSION,
+                },
+                Duration::from_secs(10),
+            )
+            .await?
+        {
+            ControlResponse::Hello { version } if version == CONTROL_VERSION => Ok(client),
+            ControlResponse::Hello { version } => Err(Error::ProtocolMismatch {
+                ours: CONTROL_VERSION,
+                theirs: version,
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sends `request` and waits for its answer (however long that takes).
+    pub async fn call(&mut self, request: &ControlRequest) -> Result<ControlResponse> {
+        write_async(&mut self.writer, request)
+            .await
+            .map_err(frame_error)?;
+        match self.reader.read_message().await.map_err(frame_error)? {
+            Some(ControlResponse::Error { message }) => Err(Error::Runtime {
+                message,
+                log_tail: String::new(),
+            }),
+            Some(response) => Ok(response),
+            None => Err(frame_error(FrameError::Truncated)),
+        }
+    }
+
+    /// [`ControlClient::call`] that gives up after `timeout`.
+    pub async fn call_with_timeout(
+        &mut self,
+        request: &ControlRequest,
+        timeout: Duration,
+    ) -> Result<ControlResponse> {
+        tokio::time::timeout(timeout, self.call(request))
+            .await
+            .map_err(|_| Error::Runtime {
+                message: format!(
+                    "the sandbox runtime did not answer within {}s",
+                    timeout.as_secs_f64()
+                ),
+                log_tail: String::new(),
+            })?
+    }
+
+    /// The runtime's status.
+    pub async fn status(&mut self) -> Result<RuntimeStatus> {
+        match self
+            .call_with_timeout(&ControlRequest::Status, Duration::from_secs(10))
+            .await?
+        {
+            ControlResponse::Status(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Asks for a graceful stop with `timeout` before the VM is forced off; returns how the
+    /// VM ended.
+    pub async fn stop(&mut self, timeout: Duration) -> Result<String> {
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        // The runtime forces the VM off at the deadline; allow for that plus the teardown.
+        let wait = timeout + Duration::from_secs(15);
+        match self
+            .call_with_timeout(&ControlRequest::Stop { timeout_ms }, wait)
+            .await?
+        {
+            ControlResponse::Stopped { exit } => Ok(exit),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Forces the VM off; returns how it ended.
+    pub async fn kill(&mut self) -> Result<String> {
+        match self
+            .call_with_timeout(&ControlRequest::Kill, Duration::from_secs(15))
+            .await?
+        {
+            ControlResponse::Stopped { exit } => Ok(exit),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+fn unexpected(response: ControlResponse) -> Error {
+    Error::Protocol {
+        peer: "the sandbox runtime",
+        detail: format!("unexpected answer {response:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::framing::{write_blocking, FrameReader};
+    use crate::test_support::TempDir;
+
+    /// A fake runtime answering with blocking I/O, as the real one does.
+    fn fake_runtime(path: &Path, version: u32) -> std::thread::JoinHandle<Vec<ControlRequest>> {
+        let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = FrameReader::new(stream.try_clone().unwrap());
+            let mut writer = stream;
+            let mut seen = Vec::new();
+            while let Some(request) = reader.read_message::<ControlRequest>().unwrap() {
+                let response = match &request {
+                    ControlRequest::Hello { .. } => ControlResponse::Hello { version },
+                    ControlRequest::Status => ControlResponse::Status(RuntimeStatus {
+                        status: Status::Running,
+                        pid: 9,
+                        uptime_ms: 5,
+                    }),
+                    ControlRequest::Stop { .. } => ControlResponse::Stopped {
+                        exit: "poweroff".into(),
+                    },
+                    ControlRequest::Kill => ControlResponse::Error {
+                        message: "busy".into(),
+                    },
+                };
+                seen.push(request);
+                write_blocking(&mut writer, &response).unwrap();
+            }
+            seen
+        })
+    }
+
+    #[tokio::test]
+    async fn requests_and_answers_roundtrip() {
+        let tmp = TempDir::new();
+        let path = tmp.path().join("control.sock");
+        let fake = fake_runtime(&path, CONTROL_VERSION);
+        let mut client = ControlClient::connect(&path).await.unwrap();
+        let status = client.status().await.unwrap();
+        assert_eq!(status.status, Status::Running);
+        assert_eq!(status.pid, 9);
+        assert_eq!(
+            client.stop(Duration::from_millis(1500)).await.unwrap(),
+            "poweroff"
+        );
+        let e = client.kill().await.unwrap_err();
+        assert!(e.to_string().contains("busy"), "{e}");
+        drop(client);
+        assert_eq!(
+            fake.join().unwrap(),
+            [
+                ControlRequest::Hello {
+                    version: CONTROL_VERSION
+                },
+                ControlRequest::Status,
+                ControlRequest::Stop { timeout_ms: 1500 },
+                ControlRequest::Kill,
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn version_mismatch_is_typed() {
+        let tmp = TempDir::new();
+        let path = tmp.path().join("control.sock");
+        let fake = fake_runtime(&path, 77);
+        let e = ControlClient::connect(&path).await.unwrap_err();
+        assert!(
+            matches!(e, Error::ProtocolMismatch { theirs: 77, .. }),
+            "{e}"
+        );
+        fake.join().unwrap();
+    }
+}

@@ -1,0 +1,189 @@
+//! The SDK's one error type.
+//!
+//! Every variant names the cause and, where there is one, the fix: these messages reach users
+//! of the CLI unchanged. Failures that happen inside the runtime process travel to the SDK as a
+//! [`crate::report::Failure`] and become the matching variant here.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything that can go wrong creating or driving a sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The sandbox name does not follow the naming rule.
+    #[error("invalid sandbox name {name:?}: {reason}")]
+    InvalidName {
+        /// The name given.
+        name: String,
+        /// Which rule it breaks.
+        reason: String,
+    },
+    /// A live sandbox already has this name.
+    #[error("a sandbox named {name:?} is already running; pick another name or stop it with `msbvm stop {name}`")]
+    NameInUse {
+        /// The name.
+        name: String,
+    },
+    /// No sandbox of this name exists.
+    #[error("no sandbox named {name:?}; `msbvm ls` lists the sandboxes")]
+    NotFound {
+        /// The name.
+        name: String,
+    },
+    /// The sandbox exists but is not running (it stopped or its runtime died).
+    #[error("sandbox {name:?} is not running (status: {status}); see `msbvm logs {name}`, remove it with `msbvm rm {name}`")]
+    NotRunning {
+        /// The name.
+        name: String,
+        /// Its recorded status.
+        status: String,
+    },
+    /// A resource request is out of range.
+    #[error("invalid sandbox configuration: {0}")]
+    InvalidConfig(String),
+    /// This host cannot run VMs for this user (no /dev/kvm, no permission).
+    #[error("{0}")]
+    NoKvm(String),
+    /// The guest kernel is missing and cannot be built.
+    #[error("the guest kernel is unavailable: {0}")]
+    Kernel(String),
+    /// The guest agent binary was not found.
+    #[error("{0}")]
+    AgentMissing(String),
+    /// The busybox binary for the guest was not found or is unusable.
+    #[error("{0}")]
+    BusyboxMissing(String),
+    /// The `msbvm` binary that runs sandboxes was not found.
+    #[error("cannot find the `msbvm` binary that runs sandboxes ({0}); set MSBVM_BIN to its path")]
+    RuntimeMissing(String),
+    /// The guest stopped before its agent reported ready.
+    #[error("the sandbox's guest died during boot: {reason}{}", console_section(.console_tail))]
+    GuestDied {
+        /// How the VM ended.
+        reason: String,
+        /// The last lines of the guest console.
+        console_tail: String,
+    },
+    /// The VM could not be started.
+    #[error("cannot start the sandbox's VM: {0}")]
+    Vm(String),
+    /// The guest agent speaks another protocol version.
+    #[error("the guest agent speaks protocol version {theirs}, this msbvm speaks {ours}: use an msbvm-agent built from the same msbvm version")]
+    ProtocolMismatch {
+        /// The SDK's version.
+        ours: u32,
+        /// The agent's (or runtime's) version.
+        theirs: u32,
+    },
+    /// The peer sent something that does not follow the protocol.
+    #[error("protocol error talking to {peer}: {detail}")]
+    Protocol {
+        /// Who: "the guest agent", "the sandbox runtime", "the vsock device".
+        peer: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The guest agent refused a request.
+    #[error("the guest agent refused the request: {0}")]
+    Agent(String),
+    /// The connection to the guest ended before the process's exit was reported.
+    #[error(
+        "the connection to the sandbox ended before the process exited (the sandbox stopped?)"
+    )]
+    ConnectionLost,
+    /// The agent did not report ready in time.
+    #[error("the sandbox did not become ready within {}s{}", .after.as_secs_f64(), console_section(.console_tail))]
+    ReadyTimeout {
+        /// How long the SDK waited.
+        after: Duration,
+        /// The last lines of the guest console.
+        console_tail: String,
+    },
+    /// The runtime process ended or failed without a more specific reason.
+    #[error("the sandbox runtime failed: {message}{}", log_section(.log_tail))]
+    Runtime {
+        /// What happened.
+        message: String,
+        /// The last lines of the runtime log.
+        log_tail: String,
+    },
+    /// An operating-system call failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The sandbox state directory holds something unreadable.
+    #[error("corrupt sandbox state at {}: {detail}; remove the directory", .path.display())]
+    CorruptState {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+fn console_section(tail: &str) -> String {
+    if tail.trim().is_empty() {
+        "\n(the guest console was empty)".into()
+    } else {
+        format!("\nlast lines of the guest console:\n{}", indent(tail))
+    }
+}
+
+fn log_section(tail: &str) -> String {
+    if tail.trim().is_empty() {
+        String::new()
+    } else {
+        format!("\nlast lines of the runtime log:\n{}", indent(tail))
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Error {
+    /// An I/O error with what was being done.
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Io { context, source }
+    }
+}
+
+/// Result with the SDK's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_died_shows_console_tail_indented() {
+        let e = Error::GuestDied {
+            reason: "the guest kernel panicked".into(),
+            console_tail: "Kernel panic - not syncing\nend".into(),
+        };
+        let text = e.to_string();
+        assert!(text.contains("panicked"), "{text}");
+        assert!(
+            text.contains("\n    Kernel panic - not syncing\n    end"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn empty_console_is_said() {
+        let e = Error::ReadyTimeout {
+            after: Duration::from_secs(3),
+            console_tail: String::new(),
+        };
+        assert!(e.to_string().contains("console was empty"), "{e}");
+    }
+}

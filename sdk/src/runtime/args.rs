@@ -1,0 +1,175 @@
+//! The runtime's command line (`msbvm __runtime ...`), written by the SDK and parsed by the
+//! runtime. It is an internal interface between one msbvm build and itself, so it is plain
+//! `--flag value` pairs without a parser dependency.
+
+use std::ffi::OsString;
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+
+/// Everything the runtime needs to start a sandbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuntimeArgs {
+    /// Sandbox name.
+    pub name: String,
+    /// The msbvm data directory (the parent's, resolved, so both agree).
+    pub home: PathBuf,
+    /// vCPUs.
+    pub cpus: u8,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    /// Environment for every exec.
+    pub env: Vec<(String, String)>,
+    /// Outlive the creator.
+    pub detached: bool,
+    /// Inherited pipe for [`crate::report::Report`] lines.
+    pub ready_fd: Option<RawFd>,
+    /// Inherited pipe whose end-of-file means the creator is gone (attached sandboxes).
+    pub lifeline_fd: Option<RawFd>,
+    /// The creator's pid, to tell its death from other signals (attached sandboxes).
+    pub parent_pid: Option<u32>,
+}
+
+impl RuntimeArgs {
+    /// The arguments after `__runtime`.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut out: Vec<OsString> = vec![
+            "--name".into(),
+            self.name.clone().into(),
+            "--home".into(),
+            self.home.clone().into(),
+            "--cpus".into(),
+            self.cpus.to_string().into(),
+            "--memory".into(),
+            self.memory_mib.to_string().into(),
+        ];
+        for (k, v) in &self.env {
+            out.push("--env".into());
+            out.push(format!("{k}={v}").into());
+        }
+        if self.detached {
+            out.push("--detached".into());
+        }
+        let mut num = |flag: &str, v: Option<String>| {
+            if let Some(v) = v {
+                out.push(flag.into());
+                out.push(v.into());
+            }
+        };
+        num("--ready-fd", self.ready_fd.map(|f| f.to_string()));
+        num("--lifeline-fd", self.lifeline_fd.map(|f| f.to_string()));
+        num("--parent-pid", self.parent_pid.map(|p| p.to_string()));
+        out
+    }
+
+    /// Parses the arguments after `__runtime`.
+    pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<RuntimeArgs, String> {
+        let mut name = None;
+        let mut home = None;
+        let mut parsed = RuntimeArgs {
+            name: String::new(),
+            home: PathBuf::new(),
+            cpus: 1,
+            memory_mib: 256,
+            env: Vec::new(),
+            detached: false,
+            ready_fd: None,
+            lifeline_fd: None,
+            parent_pid: None,
+        };
+        let mut args = args.into_iter();
+        while let Some(flag) = args.next() {
+            let flag = flag
+                .into_string()
+                .map_err(|f| format!("bad argument {f:?}"))?;
+            if flag == "--detached" {
+                parsed.detached = true;
+                continue;
+            }
+            let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+            if flag == "--home" {
+                home = Some(PathBuf::from(value));
+                continue;
+            }
+            let value = value
+                .into_string()
+                .map_err(|v| format!("{flag}: value {v:?} is not UTF-8"))?;
+            let number = |v: &str| {
+                v.parse::<u64>()
+                    .map_err(|_| format!("{flag}: {v:?} is not a number"))
+            };
+            match flag.as_str() {
+                "--name" => name = Some(value),
+                "--cpus" => {
+                    parsed.cpus = u8::try_from(number(&value)?)
+                        .map_err(|_| format!("--cpus {value} is too large"))?
+                }
+                "--memory" => parsed.memory_mib = number(&value)?,
+                "--env" => {
+                    let (k, v) = value
+                        .split_once('=')
+                        .ok_or_else(|| format!("--env {value:?} is not KEY=VALUE"))?;
+                    parsed.env.push((k.to_string(), v.to_string()));
+                }
+                "--ready-fd" => parsed.ready_fd = Some(fd(&flag, number(&value)?)?),
+                "--lifeline-fd" => parsed.lifeline_fd = Some(fd(&flag, number(&value)?)?),
+                "--parent-pid" => {
+                    parsed.parent_pid =
+                        Some(u32::try_from(number(&value)?).map_err(|_| format!("bad {flag}"))?)
+                }
+                _ => return Err(format!("unknown runtime argument {flag}")),
+            }
+        }
+        parsed.name = name.ok_or("--name is required")?;
+        parsed.home = home.ok_or("--home is required")?;
+        Ok(parsed)
+    }
+}
+
+fn fd(flag: &str, n: u64) -> Result<RawFd, String> {
+    RawFd::try_from(n).map_err(|_| format!("bad {flag}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> RuntimeArgs {
+        RuntimeArgs {
+            name: "box".into(),
+            home: "/h o m e".into(),
+            cpus: 2,
+            memory_mib: 512,
+            env: vec![("A".into(), "b=c d".into()), ("E".into(), String::new())],
+            detached: false,
+            ready_fd: Some(7),
+            lifeline_fd: Some(8),
+            parent_pid: Some(99),
+        }
+    }
+
+    #[test]
+    fn roundtrips() {
+        let a = sample();
+        assert_eq!(RuntimeArgs::parse(a.to_args()).unwrap(), a);
+        let d = RuntimeArgs {
+            detached: true,
+            lifeline_fd: None,
+            parent_pid: None,
+            ..sample()
+        };
+        assert_eq!(RuntimeArgs::parse(d.to_args()).unwrap(), d);
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        let parse = |v: &[&str]| RuntimeArgs::parse(v.iter().map(OsString::from));
+        assert!(parse(&["--home", "/h"]).unwrap_err().contains("--name"));
+        assert!(parse(&["--name", "a"]).unwrap_err().contains("--home"));
+        assert!(parse(&["--cpus", "300"]).unwrap_err().contains("--cpus"));
+        assert!(parse(&["--env", "novalue"])
+            .unwrap_err()
+            .contains("KEY=VALUE"));
+        assert!(parse(&["--bogus", "1"]).unwrap_err().contains("--bogus"));
+        assert!(parse(&["--name"]).unwrap_err().contains("needs a value"));
+    }
+}

@@ -1,0 +1,160 @@
+//! The runtime's end of the control socket: one thread per connection, each request handed
+//! to the supervisor loop as an [`Event::Control`] with a channel for the answer.
+
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::mpsc::{self, Sender};
+
+use crate::control::{ControlRequest, ControlResponse, CONTROL_VERSION};
+use crate::framing::{write_blocking, FrameReader};
+
+use super::Event;
+
+/// Serves `listener` until the process ends.
+pub fn spawn(listener: UnixListener, events: Sender<Event>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("msbvm-control".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let events = events.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("msbvm-control-conn".into())
+                    .spawn(move || {
+                        if let Err(e) = serve(stream, events) {
+                            tracing::debug!("control connection ended: {e}");
+                        }
+                    });
+                if let Err(e) = spawned {
+                    tracing::warn!("cannot serve a control connection: {e}");
+                }
+            }
+        })
+        .map(|_| ())
+}
+
+/// Serves one connection: hello, then request/answer pairs.
+pub fn serve(stream: UnixStream, events: Sender<Event>) -> Result<(), String> {
+    let mut reader = FrameReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+    let mut writer = stream;
+    let mut greeted = false;
+    loop {
+        let request = match reader.read_message::<ControlRequest>() {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(()),
+            Err(e) if e.is_recoverable() => {
+                let answer = ControlResponse::Error {
+                    message: format!("malformed request: {e}"),
+                };
+                write_blocking(&mut writer, &answer).map_err(|e| e.to_string())?;
+                continue;
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        let answer = match request {
+            ControlRequest::Hello { .. } => {
+                // Answer with our version whatever theirs is: the client decides.
+                greeted = true;
+                ControlResponse::Hello {
+                    version: CONTROL_VERSION,
+                }
+            }
+            _ if !greeted => ControlResponse::Error {
+                message: "the first request must be a hello".into(),
+            },
+            request => {
+                let (tx, rx) = mpsc::channel();
+                if events.send(Event::Control(request, tx)).is_err() {
+                    return Err("the runtime is shutting down".into());
+                }
+                match rx.recv() {
+                    Ok(answer) => answer,
+                    Err(_) => ControlResponse::Error {
+                        message: "the runtime ended without answering".into(),
+                    },
+                }
+            }
+        };
+        write_blocking(&mut writer, &answer).map_err(|e| e.to_string())?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::ControlClient;
+    use crate::control::RuntimeStatus;
+    use crate::state::Status;
+    use crate::test_support::TempDir;
+
+    /// The real server against the real client, with a stand-in supervisor.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn server_forwards_requests_to_the_supervisor() {
+        let tmp = TempDir::new();
+        let path = tmp.path().join("control.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let (tx, rx) = mpsc::channel();
+        spawn(listener, tx).unwrap();
+        let supervisor = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while let Ok(Event::Control(request, reply)) = rx.recv() {
+                let answer = match &request {
+                    ControlRequest::Status => ControlResponse::Status(RuntimeStatus {
+                        status: Status::Running,
+                        pid: 1,
+                        uptime_ms: 2,
+                    }),
+                    _ => ControlResponse::Stopped {
+                        exit: "the guest powered off".into(),
+                    },
+                };
+                seen.push(request.clone());
+                reply.send(answer).unwrap();
+                if matches!(request, ControlRequest::Kill) {
+                    return seen;
+                }
+            }
+            seen
+        });
+        let mut client = ControlClient::connect(&path).await.unwrap();
+        assert_eq!(client.status().await.unwrap().status, Status::Running);
+        assert_eq!(
+            client
+                .stop(std::time::Duration::from_secs(1))
+                .await
+                .unwrap(),
+            "the guest powered off"
+        );
+        client.kill().await.unwrap();
+        assert_eq!(
+            supervisor.join().unwrap(),
+            [
+                ControlRequest::Status,
+                ControlRequest::Stop { timeout_ms: 1000 },
+                ControlRequest::Kill
+            ]
+        );
+    }
+
+    #[test]
+    fn requests_before_hello_and_malformed_frames_get_errors() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (tx, _rx) = mpsc::channel();
+        let server = std::thread::spawn(move || serve(b, tx));
+        let mut writer = a.try_clone().unwrap();
+        let mut reader = FrameReader::new(a);
+        write_blocking(&mut writer, &ControlRequest::Status).unwrap();
+        assert!(matches!(
+            reader.read_message::<ControlResponse>().unwrap(),
+            Some(ControlResponse::Error { .. })
+        ));
+        use std::io::Write;
+        writer.write_all(&[1, 0, 0, 0, 0xff]).unwrap();
+        assert!(matches!(
+            reader.read_message::<ControlResponse>().unwrap(),
+            Some(ControlResponse::Error { .. })
+        ));
+        drop(writer);
+        drop(reader);
+        assert!(server.join().unwrap().is_ok());
+    }
+}

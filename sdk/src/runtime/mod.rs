@@ -1,0 +1,537 @@
+//! The sandbox runtime: the process that owns one sandbox's VM (`msbvm __runtime ...`,
+//! started by the SDK; see [`main`]).
+//!
+//! Its life:
+//! 1. claim the name (the state directory and its lock; stale state of a dead runtime is
+//!    cleared), move stderr to `runtime.log`;
+//! 2. build the guest's initramfs, get the kernel (building it if needed);
+//! 3. listen for the agent (`vsock.sock_1025`) and for control requests (`control.sock`), then
+//!    run the VM on its own thread;
+//! 4. report ready (or the failure, with the console's last lines) on the readiness pipe;
+//! 5. supervise: control requests, signals, the creator's death, the VM's end;
+//! 6. clean up: sockets and initramfs always; an attached sandbox's whole directory, or a
+//!    detached one's final record.
+//!
+//! Stops are graceful first (the agent's `Shutdown`), forced (the VM's [`StopHandle`]) after
+//! a timeout. All threads report to one supervisor loop through one channel of events.
+
+mod agent_link;
+mod args;
+mod control_server;
+pub mod image;
+mod signals;
+mod vm;
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::process::ExitCode;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use msbvm_protocol::{BootTimes, HOST_EVENTS_PORT};
+use msbvm_vmm::{StopHandle, VmOutcome};
+
+pub use args::RuntimeArgs;
+
+use crate::control::{ControlRequest, ControlResponse, RuntimeStatus, CONTROL_VERSION};
+use crate::error::{Error, Result};
+use crate::paths::SandboxDir;
+use crate::report::{Failure, ReadyInfo, Report};
+use crate::state::{self, StateRecord, Status};
+use crate::vsock::SocketPath;
+
+/// Grace period of the stops the runtime starts itself (signal, creator gone).
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Lines of the guest console put into boot-failure errors.
+pub const CONSOLE_TAIL_LINES: usize = 30;
+
+/// What the supervisor loop hears about.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// The VM thread ended (or the VM never started).
+    VmEnded(Result<VmOutcome>),
+    /// The agent said hello and ready.
+    AgentReady(BootTimes),
+    /// The agent cannot be used (protocol mismatch).
+    AgentFailed(Error),
+    /// A control request and where to answer it.
+    Control(ControlRequest, Sender<ControlResponse>),
+    /// A handled signal arrived.
+    Signal(i32),
+    /// The creator is gone (lifeline end-of-file).
+    LifelineClosed,
+    /// Asking the agent to shut down failed.
+    ShutdownFailed(Error),
+}
+
+/// Runs a sandbox as described by `args` (the arguments after `__runtime`) until it stops.
+/// Exit status: 0 when the sandbox ran and stopped, 1 when it failed, 2 for bad arguments.
+pub fn main(args: Vec<OsString>) -> ExitCode {
+    let started = Instant::now();
+    let args = match RuntimeArgs::parse(args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("msbvm runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut reporter = Reporter::new(args.ready_fd);
+    match run(&args, &mut reporter, started) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            if reporter.pipe.is_none() {
+                // Nobody to tell through the pipe (after ready, or none given): say it on
+                // stderr, which is the runtime log once that is set up.
+                eprintln!("msbvm runtime: {e}");
+            }
+            reporter.send(&Report::Failed(Failure::from(&e)));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The write end of the readiness pipe; closed after the final report.
+struct Reporter {
+    pipe: Option<File>,
+}
+
+impl Reporter {
+    fn new(fd: Option<RawFd>) -> Self {
+        // SAFETY: F_GETFD only inspects the descriptor; it tells whether it is open.
+        let pipe = fd.filter(|fd| unsafe { libc::fcntl(*fd, libc::F_GETFD) } >= 0);
+        // SAFETY: the creator handed this descriptor to us alone; nothing else owns it.
+        Reporter {
+            pipe: pipe.map(|fd| unsafe { File::from_raw_fd(fd) }),
+        }
+    }
+
+    fn send(&mut self, report: &Report) {
+        if let Some(pipe) = &mut self.pipe {
+            if let Err(e) = pipe.write_all(report.to_line().as_bytes()) {
+                // The creator stopped listening; it will notice the sandbox otherwise.
+                tracing::debug!("readiness pipe: {e}");
+                self.pipe = None;
+            }
+        }
+        if matches!(report, Report::Ready(_) | Report::Failed(_)) {
+            self.pipe = None;
+        }
+    }
+}
+
+fn run(args: &RuntimeArgs, reporter: &mut Reporter, started: Instant) -> Result<()> {
+    signals::block().map_err(Error::io("blocking signals"))?;
+    for fd in [args.ready_fd, args.lifeline_fd].into_iter().flatten() {
+        signals::set_cloexec(fd).map_err(Error::io("preparing inherited descriptors"))?;
+    }
+    if !args.detached {
+        if let Some(parent) = args.parent_pid {
+            let alive = signals::watch_parent(parent).map_err(Error::io("watching the creator"))?;
+            if !alive {
+                return Err(Error::Runtime {
+                    message: "the creating process exited before the sandbox started".into(),
+                    log_tail: String::new(),
+                });
+            }
+        }
+    }
+    let dir = SandboxDir::in_home(&args.home, &args.name)?;
+    let _claim = state::claim(&dir)?;
+    redirect_logs(&dir);
+    tracing::info!(
+        name = args.name,
+        detached = args.detached,
+        "runtime starting"
+    );
+    // Relative socket paths (used when absolute ones are too long) resolve from here.
+    std::env::set_current_dir(dir.path())
+        .map_err(Error::io(format!("entering {}", dir.path().display())))?;
+    let record = StateRecord {
+        name: args.name.clone(),
+        pid: std::process::id(),
+        created: state::unix_now(),
+        cpus: args.cpus,
+        memory_mib: args.memory_mib,
+        env: args.env.clone(),
+        status: Status::Starting,
+        detached: args.detached,
+        exit: None,
+        boot: None,
+    };
+    record.write(&dir)?;
+
+    let (tx, rx) = mpsc::channel();
+    let mut sup = Supervisor {
+        args,
+        dir: &dir,
+        record,
+        started,
+        events: tx,
+        stop: StopHandle::new(),
+        ready: false,
+        stopping: false,
+        force_at: None,
+        waiters: Vec::new(),
+        kernel: None,
+        vm_start: Duration::ZERO,
+    };
+    let result = sup.start(reporter).and_then(|vm| {
+        let ended = sup.supervise(&rx, reporter);
+        let _ = vm.join();
+        ended
+    });
+    let failure = match result {
+        Ok(outcome) => {
+            let exit = outcome.exit.to_string();
+            tracing::info!(exit, "the VM ended");
+            sup.record.exit = Some(exit);
+            sup.boot_failure(&outcome)
+        }
+        Err(e) => {
+            sup.record.exit = Some(e.to_string());
+            Some(e)
+        }
+    };
+    sup.clean_up(failure.is_none());
+    match failure {
+        None => Ok(()),
+        Some(e) => Err(e),
+    }
+}
+
+/// Sends stderr (panics, kernel-build lines) and tracing to `runtime.log`.
+fn redirect_logs(dir: &SandboxDir) {
+    match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.runtime_log())
+    {
+        Ok(log) => {
+            // SAFETY: dup2 onto stderr; `log` stays valid for the call.
+            unsafe { libc::dup2(log.as_raw_fd(), libc::STDERR_FILENO) };
+        }
+        Err(e) => eprintln!("msbvm runtime: cannot open the runtime log: {e}"),
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MSBVM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+}
+
+struct Supervisor<'a> {
+    args: &'a RuntimeArgs,
+    dir: &'a SandboxDir,
+    record: StateRecord,
+    started: Instant,
+    events: Sender<Event>,
+    stop: StopHandle,
+    ready: bool,
+    stopping: bool,
+    /// When a graceful stop turns into a forced one.
+    force_at: Option<Instant>,
+    /// Control clients waiting for the VM's end.
+    waiters: Vec<Sender<ControlResponse>>,
+    /// The guest kernel, once known.
+    kernel: Option<std::path::PathBuf>,
+    /// When the VM thread was started, relative to `started`.
+    vm_start: Duration,
+}
+
+impl Supervisor<'_> {
+    /// Everything up to the VM running: image, kernel, listeners, the VM thread.
+    fn start(&mut self, reporter: &mut Reporter) -> Result<std::thread::JoinHandle<()>> {
+        signals::spawn_waiter(self.events.clone()).map_err(Error::io("starting a thread"))?;
+        if let Some(fd) = self.args.lifeline_fd {
+            signals::spawn_lifeline_watch(fd, self.events.clone())
+                .map_err(Error::io("starting a thread"))?;
+        }
+        let agent = image::find_agent()?;
+        let busybox = image::find_busybox()?;
+        let initrd = image::build(&self.args.name, &agent, &busybox)?;
+        let initrd_path = self.dir.initrd();
+        std::fs::write(&initrd_path, initrd.to_bytes())
+            .map_err(Error::io(format!("writing {}", initrd_path.display())))?;
+        let kernel = get_kernel(reporter)?;
+        self.kernel = Some(kernel.clone());
+
+        let events_listener = bind(&self.dir.vsock_port_socket(HOST_EVENTS_PORT))?;
+        let control_listener = bind(&self.dir.control_socket())?;
+        agent_link::spawn_events_listener(events_listener, self.events.clone())
+            .map_err(Error::io("starting a thread"))?;
+        control_server::spawn(control_listener, self.events.clone())
+            .map_err(Error::io("starting a thread"))?;
+
+        let config = vm::config(&vm::VmRequest {
+            dir: self.dir,
+            kernel,
+            cpus: self.args.cpus,
+            memory_mib: self.args.memory_mib,
+            started: self.started,
+        });
+        self.stop = config.stop.clone();
+        reporter.send(&Report::Booting);
+        self.vm_start = self.started.elapsed();
+        tracing::info!(ms = self.vm_start.as_secs_f64() * 1e3, "starting the VM");
+        vm::spawn(config, self.events.clone()).map_err(Error::io("starting the VM thread"))
+    }
+
+    /// The loop: handles events until the VM ends.
+    fn supervise(&mut self, rx: &Receiver<Event>, reporter: &mut Reporter) -> Result<VmOutcome> {
+        loop {
+            let wait = self.force_at.map_or(Duration::from_secs(3600), |t| {
+                t.saturating_duration_since(Instant::now())
+            });
+            let event = match rx.recv_timeout(wait) {
+                Ok(event) => event,
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.force_at.is_some() {
+                        tracing::warn!("the guest did not stop in time; forcing the VM off");
+                        self.force();
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    // Unreachable while `self.events` lives; stop rather than spin.
+                    self.force();
+                    return Err(Error::Runtime {
+                        message: "the supervisor lost its event channel".into(),
+                        log_tail: String::new(),
+                    });
+                }
+            };
+            match event {
+                Event::VmEnded(result) => return result,
+                Event::AgentReady(boot) => self.on_ready(boot, reporter),
+                Event::AgentFailed(e) => {
+                    tracing::error!("{e}");
+                    if !self.ready {
+                        self.force();
+                        return self.wait_vm_end(rx).and(Err(e));
+                    }
+                }
+                Event::Control(request, reply) => self.on_control(request, reply),
+                Event::Signal(s) if s == signals::PARENT_DEATH_SIGNAL => {
+                    if self
+                        .args
+                        .parent_pid
+                        .is_some_and(|p| !signals::parent_alive(p))
+                    {
+                        tracing::info!("the creator died; stopping");
+                        self.begin_stop(DEFAULT_STOP_TIMEOUT);
+                    }
+                }
+                Event::Signal(s) => {
+                    tracing::info!(signal = s, "signal received; stopping");
+                    self.begin_stop(DEFAULT_STOP_TIMEOUT);
+                }
+                Event::LifelineClosed => {
+                    tracing::info!("the creator is gone; stopping");
+                    self.begin_stop(DEFAULT_STOP_TIMEOUT);
+                }
+                Event::ShutdownFailed(e) => {
+                    tracing::warn!("graceful shutdown failed ({e}); forcing the VM off");
+                    self.force();
+                }
+            }
+        }
+    }
+
+    /// Drains events until the VM thread reports its end (after a forced stop).
+    fn wait_vm_end(&mut self, rx: &Receiver<Event>) -> Result<VmOutcome> {
+        loop {
+            match rx.recv() {
+                Ok(Event::VmEnded(result)) => return result,
+                Ok(Event::Control(request, reply)) => self.on_control(request, reply),
+                Ok(_) => {}
+                Err(_) => {
+                    return Err(Error::Runtime {
+                        message: "the VM thread vanished".into(),
+                        log_tail: String::new(),
+                    })
+                }
+            }
+        }
+    }
+
+    fn on_ready(&mut self, boot: BootTimes, reporter: &mut Reporter) {
+        if self.ready {
+            return; // An agent reconnecting; nothing new.
+        }
+        self.ready = true;
+        let ready_after = self.started.elapsed();
+        tracing::info!(
+            ms = ready_after.as_secs_f64() * 1e3,
+            agent_start_ns = boot.agent_start_ns,
+            ready_ns = boot.ready_ns,
+            "the agent is ready"
+        );
+        self.record.boot = Some(boot);
+        if !self.stopping {
+            self.set_status(Status::Running);
+        }
+        reporter.send(&Report::Ready(ReadyInfo {
+            pid: std::process::id(),
+            boot,
+            ready_after_ms: ready_after.as_secs_f64() * 1e3,
+            vm_start_ms: self.vm_start.as_secs_f64() * 1e3,
+        }));
+    }
+
+    fn on_control(&mut self, request: ControlRequest, reply: Sender<ControlResponse>) {
+        match request {
+            ControlRequest::Hello { .. } => {
+                let _ = reply.send(ControlResponse::Hello {
+                    version: CONTROL_VERSION,
+                });
+            }
+            ControlRequest::Status => {
+                let _ = reply.send(ControlResponse::Status(RuntimeStatus {
+                    status: self.record.status,
+                    pid: std::process::id(),
+                    uptime_ms: u64::try_from(self.started.elapsed().as_millis())
+                        .unwrap_or(u64::MAX),
+                }));
+            }
+            ControlRequest::Stop { timeout_ms } => {
+                tracing::info!(timeout_ms, "stop requested");
+                self.waiters.push(reply);
+                self.begin_stop(Duration::from_millis(timeout_ms));
+            }
+            ControlRequest::Kill => {
+                tracing::info!("kill requested");
+                self.waiters.push(reply);
+                self.force();
+            }
+        }
+    }
+
+    fn set_status(&mut self, status: Status) {
+        self.record.status = status;
+        if let Err(e) = self.record.write(self.dir) {
+            tracing::warn!("{e}");
+        }
+    }
+
+    /// Asks the agent to shut the guest down; the VM is forced off after `timeout`.
+    fn begin_stop(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        self.force_at = Some(self.force_at.map_or(deadline, |t| t.min(deadline)));
+        if self.stopping {
+            return;
+        }
+        self.stopping = true;
+        self.set_status(Status::Stopping);
+        if !self.ready {
+            // No agent to ask yet.
+            self.force();
+            return;
+        }
+        let uds = self.dir.vsock_socket();
+        let events = self.events.clone();
+        let io_timeout = timeout.clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let spawned = std::thread::Builder::new()
+            .name("msbvm-shutdown".into())
+            .spawn(move || {
+                if let Err(e) = agent_link::request_shutdown(&uds, 0, io_timeout) {
+                    let _ = events.send(Event::ShutdownFailed(e));
+                }
+            });
+        if spawned.is_err() {
+            self.force();
+        }
+    }
+
+    /// Stops the VM now.
+    fn force(&mut self) {
+        self.stop.stop();
+        self.force_at = None;
+        if !self.stopping {
+            self.stopping = true;
+            self.set_status(Status::Stopping);
+        }
+    }
+
+    /// The error for a VM that ended before its agent was ready (`None` if it was ready).
+    fn boot_failure(&self, outcome: &VmOutcome) -> Option<Error> {
+        if self.ready {
+            return None;
+        }
+        if self.stopping {
+            return Some(Error::Runtime {
+                message: "the sandbox was stopped before it became ready".into(),
+                log_tail: String::new(),
+            });
+        }
+        let mut reason = outcome.exit.to_string();
+        if let Some(hint) = self.kernel.as_deref().and_then(vm::host_hint) {
+            reason = format!("{reason}; {hint}");
+        }
+        Some(Error::GuestDied {
+            reason,
+            console_tail: state::tail_lines(&self.dir.console_log(), CONSOLE_TAIL_LINES),
+        })
+    }
+
+    /// Removes what the VM needed and leaves the record (detached) or nothing (attached);
+    /// then answers the clients waiting for the stop.
+    fn clean_up(&mut self, ran: bool) {
+        if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with(crate::paths::VSOCK_SOCKET)
+                    || name == crate::paths::CONTROL_SOCKET
+                    || name == "initrd.cpio"
+                {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        if self.args.detached {
+            self.record.status = if ran { Status::Stopped } else { Status::Failed };
+            if let Err(e) = self.record.write(self.dir) {
+                tracing::warn!("{e}");
+            }
+        } else if let Err(e) = std::fs::remove_dir_all(self.dir.path()) {
+            tracing::warn!("removing {}: {e}", self.dir.path().display());
+        }
+        let exit = self.record.exit.clone().unwrap_or_default();
+        for waiter in self.waiters.drain(..) {
+            let _ = waiter.send(ControlResponse::Stopped { exit: exit.clone() });
+        }
+    }
+}
+
+/// Binds a Unix listener, replacing a leftover socket file.
+fn bind(path: &std::path::Path) -> Result<std::os::unix::net::UnixListener> {
+    let _ = std::fs::remove_file(path);
+    let addr = SocketPath::new(path).map_err(Error::io(format!("binding {}", path.display())))?;
+    std::os::unix::net::UnixListener::bind(addr.path())
+        .map_err(Error::io(format!("binding {}", path.display())))
+}
+
+/// The guest kernel, built first (reported as such) when it is not cached.
+fn get_kernel(reporter: &mut Reporter) -> Result<std::path::PathBuf> {
+    let kernel_error = |e: msbvm_kernel::Error| Error::Kernel(e.to_string());
+    if let Some(kernel) = msbvm_kernel::find_built().map_err(kernel_error)? {
+        return Ok(kernel);
+    }
+    reporter.send(&Report::BuildingKernel);
+    tracing::info!("building the guest kernel (first use)");
+    msbvm_kernel::build(msbvm_kernel::Progress::Lines).map_err(kernel_error)
+}
+
+/// The control server on `listener`, reporting to `events` (for tests of the SDK's side).
+#[cfg(test)]
+pub(crate) fn spawn_control_server_for_tests(
+    listener: std::os::unix::net::UnixListener,
+    events: Sender<Event>,
+) {
+    control_server::spawn(listener, events).expect("starting the control server");
+}

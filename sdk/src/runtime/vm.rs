@@ -1,0 +1,152 @@
+//! The VM on its own thread: configuration from the sandbox request, the blocking
+//! `msbvm_vmm::run` call, and its result turned into an [`Event::VmEnded`].
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Sender;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use msbvm_vmm::kvm::{probe_host, HostKvm};
+use msbvm_vmm::{BootSource, ConsoleOutput, StopHandle, VmConfig, VmEvent, VsockConfig};
+
+use crate::error::Error;
+use crate::paths::SandboxDir;
+
+use super::Event;
+
+/// Longest vsock socket path handed to the device as is: it appends `_<port>` (up to 11
+/// bytes) and a Unix socket address holds 107.
+const MAX_UDS_PATH: usize = 107 - 11;
+
+/// What the sandbox asked for.
+pub struct VmRequest<'a> {
+    /// State directory.
+    pub dir: &'a SandboxDir,
+    /// Guest kernel image.
+    pub kernel: PathBuf,
+    /// vCPUs.
+    pub cpus: u8,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    /// When the runtime started (boot timings are relative to it).
+    pub started: Instant,
+}
+
+/// The kernel command line of sandbox `name`.
+pub fn cmdline(name: &str) -> String {
+    format!("{} msbvm.hostname={name}", msbvm_vmm::DEFAULT_CMDLINE)
+}
+
+/// The vsock device's socket path: absolute when it fits a socket address, else relative to
+/// the state directory, which is the runtime's working directory.
+pub fn device_socket_path(dir: &SandboxDir) -> PathBuf {
+    let absolute = dir.vsock_socket();
+    if absolute.as_os_str().len() <= MAX_UDS_PATH {
+        absolute
+    } else {
+        PathBuf::from(crate::paths::VSOCK_SOCKET)
+    }
+}
+
+/// The VM configuration for `request`.
+pub fn config(request: &VmRequest<'_>) -> VmConfig {
+    VmConfig {
+        boot: BootSource::Linux {
+            kernel: request.kernel.clone(),
+            initrd: Some(request.dir.initrd()),
+            cmdline: cmdline(request.dir.name()),
+        },
+        vcpus: request.cpus,
+        memory_mib: request.memory_mib,
+        console: ConsoleOutput::File(request.dir.console_log()),
+        start_time: request.started,
+        vsock: Some(VsockConfig {
+            guest_cid: msbvm_protocol::GUEST_CID,
+            uds_path: device_socket_path(request.dir),
+        }),
+        stop: StopHandle::new(),
+    }
+}
+
+/// Runs `config` on a new thread; its end arrives as [`Event::VmEnded`].
+pub fn spawn(config: VmConfig, events: Sender<Event>) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("msbvm-vm".into())
+        .spawn(move || {
+            let result = msbvm_vmm::run(&config, |event| match event {
+                VmEvent::BootComplete(d) => {
+                    tracing::info!(ms = d.as_secs_f64() * 1e3, "guest boot complete")
+                }
+            });
+            let _ = events.send(Event::VmEnded(result.map_err(|e| vm_error(&e))));
+        })
+}
+
+/// The SDK error for a VM that could not start.
+pub fn vm_error(e: &msbvm_vmm::Error) -> Error {
+    use msbvm_vmm::kvm::Error as Kvm;
+    match e {
+        msbvm_vmm::Error::Kvm(Kvm::NoKvmDevice | Kvm::KvmPermission) => Error::NoKvm(e.to_string()),
+        msbvm_vmm::Error::Kvm(Kvm::OpenKvm(_)) => Error::NoKvm(e.to_string()),
+        other => Error::Vm(other.to_string()),
+    }
+}
+
+/// A hint to add when the guest died on a host known not to run stock guests.
+pub fn host_hint(kernel: &Path) -> Option<String> {
+    match probe_host() {
+        HostKvm::Pvm => Some(format!(
+            "this host's /dev/kvm is PVM, which runs only PVM-enabled guest kernels, so {} \
+             cannot boot here; run sandboxes under nested virtualization instead",
+            kernel.display()
+        )),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_names_the_host() {
+        let c = cmdline("box-1");
+        assert!(c.starts_with(msbvm_vmm::DEFAULT_CMDLINE));
+        assert!(c.ends_with(" msbvm.hostname=box-1"));
+    }
+
+    #[test]
+    fn config_carries_the_request() {
+        let dir = SandboxDir::in_home(Path::new("/h"), "b").unwrap();
+        let c = config(&VmRequest {
+            dir: &dir,
+            kernel: "/k".into(),
+            cpus: 2,
+            memory_mib: 300,
+            started: Instant::now(),
+        });
+        assert_eq!(c.vcpus, 2);
+        assert_eq!(c.memory_mib, 300);
+        assert_eq!(
+            c.vsock,
+            Some(VsockConfig {
+                guest_cid: 3,
+                uds_path: "/h/sandboxes/b/vsock.sock".into()
+            })
+        );
+        assert!(c.validate().is_ok());
+        let long = SandboxDir::in_home(&Path::new("/").join("h".repeat(80)), "b").unwrap();
+        assert_eq!(device_socket_path(&long), Path::new("vsock.sock"));
+    }
+
+    #[test]
+    fn kvm_errors_become_no_kvm() {
+        let e = vm_error(&msbvm_vmm::Error::Kvm(msbvm_vmm::kvm::Error::KvmPermission));
+        assert!(
+            matches!(e, Error::NoKvm(ref m) if m.contains("usermod")),
+            "{e}"
+        );
+        let e = vm_error(&msbvm_vmm::Error::Config("bad".into()));
+        assert!(matches!(e, Error::Vm(_)), "{e}");
+    }
+}

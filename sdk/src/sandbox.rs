@@ -1,0 +1,515 @@
+//! [`Sandbox`]: create, find, list, run processes in, stop and remove sandboxes.
+//!
+//! A sandbox is created by [`SandboxBuilder::create`], which starts its runtime process and
+//! returns once the guest agent is ready. Any process can reach a running sandbox by name
+//! ([`Sandbox::get`]) through its state directory.
+//!
+//! Lifetime: an *attached* sandbox (the default) stops when its creator exits or drops the
+//! last clone of the handle `create` returned, and leaves nothing behind. A *detached* one
+//! ([`SandboxBuilder::detached`]) runs until stopped and keeps its record and logs until
+//! removed.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use msbvm_protocol::BootTimes;
+use serde::Serialize;
+
+use crate::control::ControlClient;
+use crate::error::{Error, Result};
+use crate::exec::{ExecOptions, ExecOutput, ExecStream};
+use crate::launch::{launch, runtime_binary};
+use crate::paths::{msbvm_home, sandboxes_dir, validate_name, SandboxDir};
+use crate::report::ReadyInfo;
+use crate::runtime::RuntimeArgs;
+use crate::state::{self, StateRecord, Status};
+
+/// Default vCPU count.
+pub const DEFAULT_CPUS: u8 = 1;
+/// Default guest memory in MiB.
+pub const DEFAULT_MEMORY_MIB: u64 = 512;
+/// Default boot timeout (from VM start to the agent's ready message); generous, because
+/// under nested emulation a boot takes seconds.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default grace period of [`Sandbox::stop`] before the VM is forced off.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long stop and kill wait for the runtime process to end.
+const EXIT_WAIT: Duration = Duration::from_secs(15);
+
+/// Configures a new sandbox; see [`Sandbox::builder`].
+#[derive(Clone, Debug)]
+pub struct SandboxBuilder {
+    name: String,
+    cpus: u8,
+    memory_mib: u64,
+    env: Vec<(String, String)>,
+    detached: bool,
+    ready_timeout: Duration,
+}
+
+impl SandboxBuilder {
+    /// Number of vCPUs (default 1).
+    pub fn cpus(mut self, cpus: u8) -> Self {
+        self.cpus = cpus;
+        self
+    }
+    /// Guest memory in MiB (default 512).
+    pub fn memory_mib(mut self, mib: u64) -> Self {
+        self.memory_mib = mib;
+        self
+    }
+    /// An environment variable every process in the sandbox gets.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+    /// Whether the sandbox outlives its creator (default false).
+    pub fn detached(mut self, detached: bool) -> Self {
+        self.detached = detached;
+        self
+    }
+    /// How long the boot may take once the VM starts (default 60 s).
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    fn check(&self) -> Result<()> {
+        validate_name(&self.name)?;
+        let max_cpus = msbvm_vmm::VmConfig::MAX_VCPUS;
+        if self.cpus == 0 || self.cpus > max_cpus {
+            return Err(Error::InvalidConfig(format!(
+                "{} vCPUs is out of range: use 1 to {max_cpus}",
+                self.cpus
+            )));
+        }
+        let (min, max) = (
+            msbvm_vmm::VmConfig::MIN_MEMORY_MIB,
+            msbvm_vmm::VmConfig::MAX_MEMORY_MIB,
+        );
+        if self.memory_mib < min || self.memory_mib > max {
+            return Err(Error::InvalidConfig(format!(
+                "{} MiB of memory is out of range: use {min} to {max}",
+                self.memory_mib
+            )));
+        }
+        if let Some((k, _)) = self
+            .env
+            .iter()
+            .find(|(k, _)| k.is_empty() || k.contains('=') || k.contains('\0'))
+        {
+            return Err(Error::InvalidConfig(format!(
+                "environment variable name {k:?} is invalid"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Starts the sandbox and waits until its guest agent is ready.
+    pub async fn create(self) -> Result<Sandbox> {
+        let began = std::time::Instant::now();
+        self.check()?;
+        let home = msbvm_home()?;
+        let dir = SandboxDir::in_home(&home, &self.name)?;
+        if state::is_live(&dir) {
+            return Err(Error::NameInUse { name: self.name });
+        }
+        let bin = runtime_binary()?;
+        let args = RuntimeArgs {
+            name: self.name.clone(),
+            home,
+            cpus: self.cpus,
+            memory_mib: self.memory_mib,
+            env: self.env.clone(),
+            detached: self.detached,
+            ready_fd: None,
+            lifeline_fd: None,
+            parent_pid: None,
+        };
+        let launched = launch(&bin, args, &dir, self.ready_timeout).await?;
+        Ok(Sandbox {
+            inner: Arc::new(Inner {
+                dir,
+                env: self.env,
+                detached: self.detached,
+                pid: launched.ready.pid,
+                boot: Some(launched.ready.boot),
+                ready: Some(launched.ready),
+                create_duration: Some(began.elapsed()),
+                _lifeline: launched.lifeline,
+            }),
+        })
+    }
+}
+
+/// A running sandbox. Cheap to clone; see the module docs for its lifetime.
+#[derive(Clone, Debug)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    dir: SandboxDir,
+    env: Vec<(String, String)>,
+    detached: bool,
+    pid: u32,
+    boot: Option<BootTimes>,
+    ready: Option<ReadyInfo>,
+    create_duration: Option<Duration>,
+    /// Held, never used: closing it tells an attached sandbox's runtime to stop.
+    _lifeline: Option<OwnedFd>,
+}
+
+/// A sandbox as listed by [`Sandbox::list`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SandboxInfo {
+    /// Name.
+    pub name: String,
+    /// Current state (`crashed` when the record says active but the runtime is gone).
+    pub status: Status,
+    /// The runtime's pid.
+    pub pid: u32,
+    /// Creation time, seconds since the Unix epoch.
+    pub created: u64,
+    /// vCPUs.
+    pub cpus: u8,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    /// Whether it outlives its creator.
+    pub detached: bool,
+    /// How the VM ended, if it has.
+    pub exit: Option<String>,
+    /// The state directory.
+    pub dir: PathBuf,
+}
+
+impl SandboxInfo {
+    fn new(dir: &SandboxDir, record: StateRecord, live: bool) -> Self {
+        let status = match (live, record.status) {
+            (true, s) => s,
+            (false, s) if s.is_active() => Status::Crashed,
+            (false, s) => s,
+        };
+        SandboxInfo {
+            name: record.name,
+            status,
+            pid: record.pid,
+            created: record.created,
+            cpus: record.cpus,
+            memory_mib: record.memory_mib,
+            detached: record.detached,
+            exit: record.exit,
+            dir: dir.path().to_path_buf(),
+        }
+    }
+}
+
+impl Sandbox {
+    /// Starts configuring a sandbox named `name` (`[a-z0-9][a-z0-9_.-]{0,62}`).
+    pub fn builder(name: impl Into<String>) -> SandboxBuilder {
+        SandboxBuilder {
+            name: name.into(),
+            cpus: DEFAULT_CPUS,
+            memory_mib: DEFAULT_MEMORY_MIB,
+            env: Vec::new(),
+            detached: false,
+            ready_timeout: std::env::var("MSBVM_READY_TIMEOUT_SECS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map_or(DEFAULT_READY_TIMEOUT, Duration::from_secs),
+        }
+    }
+
+    /// Reaches the running sandbox `name`, created by any process.
+    pub async fn get(name: &str) -> Result<Sandbox> {
+        Self::get_in(&msbvm_home()?, name)
+    }
+
+    fn get_in(home: &Path, name: &str) -> Result<Sandbox> {
+        let dir = SandboxDir::in_home(home, name)?;
+        let live = state::is_live(&dir);
+        let record = StateRecord::read(&dir)?;
+        let Some(record) = record else {
+            return if live {
+                Err(Error::NotRunning {
+                    name: name.into(),
+                    status: Status::Starting.to_string(),
+                })
+            } else {
+                Err(Error::NotFound { name: name.into() })
+            };
+        };
+        let info = SandboxInfo::new(&dir, record.clone(), live);
+        if info.status != Status::Running {
+            return Err(Error::NotRunning {
+                name: name.into(),
+                status: info.status.to_string(),
+            });
+        }
+        Ok(Sandbox {
+            inner: Arc::new(Inner {
+                dir,
+                env: record.env,
+                detached: record.detached,
+                pid: record.pid,
+                boot: record.boot,
+                ready: None,
+                create_duration: None,
+                _lifeline: None,
+            }),
+        })
+    }
+
+    /// Every sandbox with a record, by name. Records of attached sandboxes whose runtime died
+    /// without cleaning up are removed on the way.
+    pub fn list() -> Result<Vec<SandboxInfo>> {
+        Self::list_in(&msbvm_home()?)
+    }
+
+    fn list_in(home: &Path) -> Result<Vec<SandboxInfo>> {
+        let root = sandboxes_dir(home);
+        let entries = match std::fs::read_dir(&root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(format!("reading {}", root.display()))(e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let Ok(dir) = SandboxDir::in_home(home, &name) else {
+                continue;
+            };
+            let live = state::is_live(&dir);
+            let record = match StateRecord::read(&dir) {
+                Ok(Some(r)) => r,
+                // No record yet (being created) or an unreadable one: nothing to show.
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    continue;
+                }
+            };
+            if !live && !record.detached {
+                // An attached sandbox never outlives its runtime: this is debris.
+                let _ = state::remove_if_dead(&dir);
+                continue;
+            }
+            out.push(SandboxInfo::new(&dir, record, live));
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Stops the sandbox `name` if its runtime is alive (booting or running), with `timeout`
+    /// before the VM is forced off. A sandbox that is already stopped is fine.
+    pub async fn stop_named(name: &str, timeout: Duration) -> Result<()> {
+        let dir = SandboxDir::for_name(name)?;
+        if !dir.path().exists() {
+            return Err(Error::NotFound { name: name.into() });
+        }
+        let pid = StateRecord::read(&dir).ok().flatten().map(|r| r.pid);
+        stop_dir(&dir, pid, timeout).await
+    }
+
+    /// Stops (if running) and removes the sandbox `name` with its record and logs.
+    pub async fn remove_named(name: &str) -> Result<()> {
+        Self::remove_in(&msbvm_home()?, name).await
+    }
+
+    async fn remove_in(home: &Path, name: &str) -> Result<()> {
+        let dir = SandboxDir::in_home(home, name)?;
+        if !dir.path().exists() {
+            return Err(Error::NotFound { name: name.into() });
+        }
+        if state::is_live(&dir) {
+            let pid = StateRecord::read(&dir).ok().flatten().map(|r| r.pid);
+            stop_dir(&dir, pid, DEFAULT_STOP_TIMEOUT).await?;
+        }
+        if state::remove_if_dead(&dir)? {
+            Ok(())
+        } else {
+            Err(Error::Runtime {
+                message: format!("sandbox {name:?} is still running after a stop"),
+                log_tail: String::new(),
+            })
+        }
+    }
+
+    /// The sandbox's name.
+    pub fn name(&self) -> &str {
+        self.inner.dir.name()
+    }
+    /// The state directory (logs: `console.log`, `runtime.log`).
+    pub fn dir(&self) -> &SandboxDir {
+        &self.inner.dir
+    }
+    /// The runtime's pid.
+    pub fn pid(&self) -> u32 {
+        self.inner.pid
+    }
+    /// Whether it outlives its creator.
+    pub fn is_detached(&self) -> bool {
+        self.inner.detached
+    }
+    /// The guest agent's boot timestamps.
+    pub fn boot_times(&self) -> Option<BootTimes> {
+        self.inner.boot
+    }
+    /// The runtime's readiness report (only on the handle `create` returned).
+    pub fn ready_info(&self) -> Option<&ReadyInfo> {
+        self.inner.ready.as_ref()
+    }
+    /// Wall-clock time `create` took (only on the handle `create` returned).
+    pub fn create_duration(&self) -> Option<Duration> {
+        self.inner.create_duration
+    }
+    /// The environment every exec starts with.
+    pub fn env(&self) -> &[(String, String)] {
+        &self.inner.env
+    }
+
+    /// Runs `cmd` with `args` to completion (stdin closed) and returns its output.
+    pub async fn exec<I, S>(&self, cmd: &str, args: I) -> Result<ExecOutput>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let argv = std::iter::once(cmd.to_string()).chain(args.into_iter().map(Into::into));
+        self.exec_with(ExecOptions::new(argv)).await
+    }
+
+    /// Runs a process described by `opts` to completion (stdin closed).
+    pub async fn exec_with(&self, opts: ExecOptions) -> Result<ExecOutput> {
+        let stream = self.exec_stream(opts).await?;
+        // A quick process may be gone, and the agent's end closed, before this arrives; a
+        // real failure of the connection shows in `collect`.
+        let _ = stream.close_stdin().await;
+        stream.collect().await
+    }
+
+    /// Starts a process and returns its event stream, with stdin, signals and resizing.
+    pub async fn exec_stream(&self, opts: ExecOptions) -> Result<ExecStream> {
+        let request = opts.to_request(&self.inner.env)?;
+        ExecStream::start(&self.inner.dir.vsock_socket(), request).await
+    }
+
+    /// Stops the sandbox: the guest shuts down, or is forced off after 5 s.
+    pub async fn stop(&self) -> Result<()> {
+        self.stop_with_timeout(DEFAULT_STOP_TIMEOUT).await
+    }
+
+    /// Stops the sandbox with `timeout` before the VM is forced off.
+    pub async fn stop_with_timeout(&self, timeout: Duration) -> Result<()> {
+        stop_dir(&self.inner.dir, Some(self.inner.pid), timeout).await
+    }
+
+    /// Forces the VM off now.
+    pub async fn kill(&self) -> Result<()> {
+        kill_dir(&self.inner.dir, Some(self.inner.pid)).await
+    }
+
+    /// Stops the sandbox if running and removes everything it left.
+    pub async fn remove(self) -> Result<()> {
+        let home = self
+            .inner
+            .dir
+            .path()
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf);
+        let Some(home) = home else {
+            return Ok(());
+        };
+        match Self::remove_in(&home, self.name()).await {
+            Err(Error::NotFound { .. }) => Ok(()),
+            other => other,
+        }
+    }
+}
+
+/// Graceful stop through the control socket; a kill if the runtime cannot be reached.
+async fn stop_dir(dir: &SandboxDir, pid: Option<u32>, timeout: Duration) -> Result<()> {
+    if !state::is_live(dir) {
+        return Ok(());
+    }
+    let asked = async {
+        let mut client = ControlClient::connect(&dir.control_socket()).await?;
+        client.stop(timeout).await
+    };
+    match asked.await {
+        Ok(exit) => tracing::info!(name = dir.name(), exit, "sandbox stopped"),
+        Err(e) => {
+            tracing::warn!("graceful stop of {} failed: {e}; killing it", dir.name());
+            return kill_dir(dir, pid).await;
+        }
+    }
+    wait_dead(dir).await
+}
+
+/// Kill through the control socket, else SIGKILL to the runtime.
+async fn kill_dir(dir: &SandboxDir, pid: Option<u32>) -> Result<()> {
+    if !state::is_live(dir) {
+        return Ok(());
+    }
+    let asked = async {
+        let mut client = ControlClient::connect(&dir.control_socket()).await?;
+        client.kill().await
+    };
+    if let Err(e) = asked.await {
+        tracing::warn!(
+            "cannot ask {}'s runtime to kill it ({e}); killing the runtime",
+            dir.name()
+        );
+        let Some(pid) = pid else {
+            return Err(e);
+        };
+        // The runtime holds the lock, so this pid is still that runtime.
+        // SAFETY: kill(2) with integer arguments.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        wait_dead(dir).await?;
+        mark_killed(dir);
+        return Ok(());
+    }
+    wait_dead(dir).await
+}
+
+/// After SIGKILL nobody cleaned up: drop an attached sandbox's debris, mark a detached one.
+fn mark_killed(dir: &SandboxDir) {
+    match StateRecord::read(dir) {
+        Ok(Some(mut record)) if record.detached => {
+            record.status = Status::Stopped;
+            record.exit = Some("the runtime was killed".into());
+            let _ = record.write(dir);
+        }
+        _ => {
+            let _ = state::remove_if_dead(dir);
+        }
+    }
+}
+
+/// Waits for the runtime to release the sandbox (exit).
+async fn wait_dead(dir: &SandboxDir) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + EXIT_WAIT;
+    while state::is_live(dir) {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::Runtime {
+                message: format!(
+                    "the runtime of {:?} did not exit within {}s",
+                    dir.name(),
+                    EXIT_WAIT.as_secs()
+                ),
+                log_tail: state::tail_lines(&dir.runtime_log(), 20),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,402 @@
+//! A sandbox's record on disk and who owns its name.
+//!
+//! Ownership is a `flock` on `<dir>/lock`: the runtime takes it exclusively when it claims the
+//! name and holds it until it exits, so the kernel releases it however the runtime dies. That
+//! makes liveness exact (no PID reuse races): a sandbox is live exactly when its lock is held.
+//! Readers probe with a brief shared lock. `state.json` is written only by the runtime
+//! (atomically, by rename) and describes the sandbox for `ls` and for other processes.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+use msbvm_protocol::BootTimes;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::paths::SandboxDir;
+
+/// Lifecycle of a sandbox as recorded in `state.json`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// The runtime is preparing or booting the VM.
+    Starting,
+    /// The guest agent reported ready.
+    Running,
+    /// A stop is under way.
+    Stopping,
+    /// The VM ended normally; the record stays until `rm`.
+    Stopped,
+    /// The sandbox failed to boot.
+    Failed,
+    /// The record says active, but its runtime is gone (killed or crashed). Never written to
+    /// disk: computed when a record is read.
+    Crashed,
+}
+
+impl Status {
+    /// Whether the runtime should be alive in this state.
+    pub fn is_active(self) -> bool {
+        matches!(self, Status::Starting | Status::Running | Status::Stopping)
+    }
+
+    /// The word used in listings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Starting => "starting",
+            Status::Running => "running",
+            Status::Stopping => "stopping",
+            Status::Stopped => "stopped",
+            Status::Failed => "failed",
+            Status::Crashed => "crashed",
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The contents of `state.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateRecord {
+    /// The sandbox's name.
+    pub name: String,
+    /// The runtime's process id.
+    pub pid: u32,
+    /// When it was created, in seconds since the Unix epoch.
+    pub created: u64,
+    /// vCPUs.
+    pub cpus: u8,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    /// Environment every exec in the sandbox starts with.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// Lifecycle state (as the runtime last wrote it).
+    pub status: Status,
+    /// Whether the sandbox outlives its creator.
+    pub detached: bool,
+    /// How the VM ended, once it has.
+    #[serde(default)]
+    pub exit: Option<String>,
+    /// The guest's boot timestamps, once ready.
+    #[serde(default)]
+    pub boot: Option<BootTimes>,
+}
+
+impl StateRecord {
+    /// Reads `dir`'s record; `Ok(None)` when there is none (yet).
+    pub fn read(dir: &SandboxDir) -> Result<Option<StateRecord>> {
+        let path = dir.state_file();
+        let text = match fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(format!("reading {}", path.display()))(e)),
+        };
+        serde_json::from_slice(&text)
+            .map(Some)
+            .map_err(|e| Error::CorruptState {
+                path,
+                detail: e.to_string(),
+            })
+    }
+
+    /// Writes the record atomically (a reader sees the old or the new one, never half).
+    pub fn write(&self, dir: &SandboxDir) -> Result<()> {
+        let path = dir.state_file();
+        let tmp = dir.path().join("state.json.tmp");
+        let text = serde_json::to_vec_pretty(self).map_err(|e| Error::CorruptState {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        fs::write(&tmp, text)
+            .and_then(|()| fs::rename(&tmp, &path))
+            .map_err(Error::io(format!("writing {}", path.display())))
+    }
+}
+
+/// Seconds since the Unix epoch, now.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The runtime's hold on a sandbox name; dropping it (or the process ending) releases it.
+#[derive(Debug)]
+pub struct Claim {
+    _lock: File,
+}
+
+/// How often and how long `claim` retries a lock held for a moment by a reader's probe.
+const CLAIM_RETRIES: u32 = 25;
+const CLAIM_RETRY_DELAY: Duration = Duration::from_millis(2);
+
+/// Claims `dir`'s name for a new sandbox: creates the directory, takes the lock, and clears
+/// whatever a dead previous owner left. Fails with [`Error::NameInUse`] when a live sandbox
+/// has the name.
+pub fn claim(dir: &SandboxDir) -> Result<Claim> {
+    let parent = dir.path().parent().unwrap_or(Path::new("/"));
+    fs::create_dir_all(parent).map_err(Error::io(format!("creating {}", parent.display())))?;
+    // A remover can delete the directory between our open and our lock; then try again.
+    for _ in 0..3 {
+        let fresh = match fs::create_dir(dir.path()) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(Error::io(format!("creating {}", dir.path().display()))(e)),
+        };
+        let lock_path = dir.lock_file();
+        let lock = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(format!("opening {}", lock_path.display()))(e)),
+        };
+        if !lock_with_retries(&lock, libc::LOCK_EX)? {
+            return Err(Error::NameInUse {
+                name: dir.name().to_string(),
+            });
+        }
+        if !same_file(&lock, &lock_path) {
+            continue;
+        }
+        if !fresh {
+            clear_except_lock(dir)?;
+        }
+        return Ok(Claim { _lock: lock });
+    }
+    Err(Error::NameInUse {
+        name: dir.name().to_string(),
+    })
+}
+
+/// Whether a runtime holds `dir`'s lock (the sandbox is alive).
+pub fn is_live(dir: &SandboxDir) -> bool {
+    let Ok(lock) = File::open(dir.lock_file()) else {
+        return false;
+    };
+    match try_flock(&lock, libc::LOCK_SH) {
+        Ok(true) => {
+            // SAFETY: unlocking our own descriptor.
+            unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_UN) };
+            false
+        }
+        Ok(false) => true,
+        // A lock we cannot even probe: assume alive rather than delete someone's sandbox.
+        Err(_) => true,
+    }
+}
+
+/// Removes `dir` entirely unless a live runtime holds it. Returns `Ok(false)` when it is live
+/// (nothing removed), `Ok(true)` when removed or already gone.
+pub fn remove_if_dead(dir: &SandboxDir) -> Result<bool> {
+    let lock_path = dir.lock_file();
+    let lock = match OpenOptions::new().read(true).write(true).open(&lock_path) {
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::io(format!("opening {}", lock_path.display()))(e)),
+    };
+    if let Some(lock) = &lock {
+        if !lock_with_retries(lock, libc::LOCK_EX)? {
+            return Ok(false);
+        }
+    }
+    // Holding the lock (or there being none), nobody owns the name: removing is safe. A
+    // runtime that opened the old lock file meanwhile finds it unlinked and starts over.
+    match fs::remove_dir_all(dir.path()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(Error::io(format!("removing {}", dir.path().display()))(e)),
+    }
+}
+
+fn lock_with_retries(file: &File, op: libc::c_int) -> Result<bool> {
+    for attempt in 0..CLAIM_RETRIES {
+        match try_flock(file, op) {
+            Ok(true) => return Ok(true),
+            Ok(false) if attempt + 1 < CLAIM_RETRIES => std::thread::sleep(CLAIM_RETRY_DELAY),
+            Ok(false) => return Ok(false),
+            Err(e) => return Err(Error::io("locking a sandbox directory")(e)),
+        }
+    }
+    Ok(false)
+}
+
+/// `flock(op | LOCK_NB)`: `Ok(false)` when someone else holds a conflicting lock.
+fn try_flock(file: &File, op: libc::c_int) -> io::Result<bool> {
+    loop {
+        // SAFETY: flock on a descriptor we own; no memory is passed.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            Some(libc::EINTR) => continue,
+            _ => return Err(err),
+        }
+    }
+}
+
+fn same_file(file: &File, path: &Path) -> bool {
+    match (file.metadata(), fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+fn clear_except_lock(dir: &SandboxDir) -> Result<()> {
+    let entries =
+        fs::read_dir(dir.path()).map_err(Error::io(format!("reading {}", dir.path().display())))?;
+    for entry in entries.flatten() {
+        if entry.file_name() == "lock" {
+            continue;
+        }
+        let path = entry.path();
+        let result = if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        if let Err(e) = result {
+            if e.kind() != io::ErrorKind::NotFound {
+                return Err(Error::io(format!("removing stale {}", path.display()))(e));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The last `max_lines` lines of a text file (lossy UTF-8), reading at most its last 64 KiB.
+pub fn tail_lines(path: &Path, max_lines: usize) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    const MAX_READ: u64 = 64 * 1024;
+    let Ok(mut f) = File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(MAX_READ);
+    let mut buf = Vec::new();
+    if f.seek(SeekFrom::Start(start)).is_err() || f.read_to_end(&mut buf).is_err() {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&buf);
+    // Serial consoles end lines with "\r\n"; drop the carriage returns.
+    let lines: Vec<&str> = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(max_lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::TempDir;
+
+    fn record(name: &str) -> StateRecord {
+        StateRecord {
+            name: name.into(),
+            pid: 42,
+            created: 1,
+            cpus: 1,
+            memory_mib: 256,
+            env: vec![("A".into(), "b".into())],
+            status: Status::Running,
+            detached: false,
+            exit: None,
+            boot: Some(BootTimes {
+                agent_start_ns: 1,
+                ready_ns: 2,
+            }),
+        }
+    }
+
+    #[test]
+    fn record_roundtrips_and_missing_is_none() {
+        let tmp = TempDir::new();
+        let dir = SandboxDir::in_home(tmp.path(), "box").unwrap();
+        assert_eq!(StateRecord::read(&dir).unwrap(), None);
+        let _claim = claim(&dir).unwrap();
+        record("box").write(&dir).unwrap();
+        assert_eq!(StateRecord::read(&dir).unwrap(), Some(record("box")));
+        fs::write(dir.state_file(), b"{nope").unwrap();
+        let e = StateRecord::read(&dir).unwrap_err();
+        assert!(matches!(e, Error::CorruptState { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_held_name_is_in_use_and_live() {
+        let tmp = TempDir::new();
+        let dir = SandboxDir::in_home(tmp.path(), "box").unwrap();
+        assert!(!is_live(&dir));
+        let held = claim(&dir).unwrap();
+        assert!(is_live(&dir));
+        let e = claim(&dir).unwrap_err();
+        assert!(matches!(e, Error::NameInUse { .. }), "{e}");
+        assert!(!remove_if_dead(&dir).unwrap());
+        assert!(dir.path().exists());
+        drop(held);
+        assert!(!is_live(&dir));
+    }
+
+    #[test]
+    fn stale_state_is_cleared_on_claim() {
+        let tmp = TempDir::new();
+        let dir = SandboxDir::in_home(tmp.path(), "box").unwrap();
+        drop(claim(&dir).unwrap());
+        record("box").write(&dir).unwrap();
+        fs::write(dir.console_log(), b"old").unwrap();
+        fs::create_dir(dir.path().join("sub")).unwrap();
+        let _again = claim(&dir).unwrap();
+        assert!(!dir.console_log().exists());
+        assert!(!dir.path().join("sub").exists());
+        assert_eq!(StateRecord::read(&dir).unwrap(), None);
+    }
+
+    #[test]
+    fn dead_sandbox_is_removed() {
+        let tmp = TempDir::new();
+        let dir = SandboxDir::in_home(tmp.path(), "box").unwrap();
+        drop(claim(&dir).unwrap());
+        assert!(remove_if_dead(&dir).unwrap());
+        assert!(!dir.path().exists());
+        // Idempotent.
+        assert!(remove_if_dead(&dir).unwrap());
+    }
+
+    #[test]
+    fn status_words() {
+        assert!(Status::Running.is_active());
+        assert!(!Status::Crashed.is_active());
+        assert_eq!(
+            serde_json::to_string(&Status::Stopped).unwrap(),
+            "\"stopped\""
+        );
+    }
+
+    #[test]
+    fn tail_keeps_last_nonblank_lines_without_cr() {
+        let tmp = TempDir::new();
+        let p = tmp.path().join("log");
+        fs::write(&p, "a\r\nb\r\n\r\nc\r\nd\r\n").unwrap();
+        assert_eq!(tail_lines(&p, 2), "c\nd");
+        assert_eq!(tail_lines(&p, 10), "a\nb\nc\nd");
+        assert_eq!(tail_lines(&tmp.path().join("none"), 3), "");
+    }
+}
