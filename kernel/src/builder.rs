@@ -180,12 +180,18 @@ fn run_recipe(
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     let jobs = format!("-j{jobs}");
     let mut steps = 0u64;
-    run_step(log, &src, "make", &[&jobs, "vmlinux", "bzImage"], &mut |line| {
-        if is_build_step(line) {
-            steps += 1;
-            reporter.set(steps);
-        }
-    })?;
+    run_step(
+        log,
+        &src,
+        "make",
+        &[&jobs, "vmlinux", "bzImage"],
+        &mut |line| {
+            if is_build_step(line) {
+                steps += 1;
+                reporter.set(steps);
+            }
+        },
+    )?;
 
     for (from, to) in [
         ("vmlinux", "vmlinux"),
