@@ -443,7 +443,14 @@ async fn stop_dir(dir: &SandboxDir, pid: Option<u32>, timeout: Duration) -> Resu
     };
     match asked.await {
         Ok(exit) => tracing::info!(name = dir.name(), exit, "sandbox stopped"),
+        // The runtime may exit as soon as the VM is down, before its control
+        // thread has written the answer: a closed connection followed by the
+        // runtime's end is a successful stop.
         Err(e) => {
+            if wait_dead(dir).await.is_ok() {
+                tracing::info!(name = dir.name(), "sandbox stopped ({e})");
+                return Ok(());
+            }
             tracing::warn!("graceful stop of {} failed: {e}; killing it", dir.name());
             return kill_dir(dir, pid).await;
         }

@@ -1,0 +1,161 @@
+//! End-to-end sandboxes: the `msbvm` CLI (SDK, runtime process, VMM with
+//! virtio-vsock, guest kernel, `msbvm-agent`) inside an L1 machine with nested
+//! KVM (see `msbvm_tests::nested`).
+//!
+//! One L1 run executes a shell script of scenarios; each prints `CHECK <name>
+//! <value>` lines that the test then asserts on, so one failure still shows
+//! every other result. Timeouts only turn hangs into failures.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use msbvm_tests::artifacts::{GuestArtifacts, Progress, StaticBuild, L1_KERNEL, L1_MSBVM};
+use msbvm_tests::{nested, or_skip, NestedVm, Stream};
+
+const L1_TIMEOUT: Duration = Duration::from_secs(900);
+const L1_AGENT: &str = "/bin/msbvm-agent";
+
+fn artifacts() -> &'static GuestArtifacts {
+    static ARTIFACTS: OnceLock<Result<GuestArtifacts, String>> = OnceLock::new();
+    ARTIFACTS
+        .get_or_init(|| {
+            GuestArtifacts::prepare(
+                &StaticBuild::new().bin("msbvm-guest-agent", "msbvm-agent"),
+                Progress::Lines,
+            )
+            .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The scenarios. `msbvm` finds `msbvm-agent` beside itself and busybox at
+/// /bin/busybox (the L1 harness's own static busybox).
+fn script() -> String {
+    format!(
+        r#"
+export MSBVM_HOME=/tmp/msbvm MSBVM_KERNEL={L1_KERNEL} HOME=/root
+mkdir -p /root
+M={L1_MSBVM}
+check() {{ echo "CHECK $1 $2"; }}
+
+out=$($M run -- echo hello); check echo_rc $?; check echo_out "$out"
+$M run -- sh -c 'exit 3'; check exit3_rc $?
+
+$M run -d --name box; check detach_rc $?
+check ls_sees_box $($M ls --json | grep -c '"box"')
+out=$($M exec box -- cat /proc/sys/kernel/hostname); check hostname "$out"
+
+head -c 1048576 /dev/urandom > /tmp/in
+want=$(md5sum < /tmp/in | cut -d' ' -f1)
+got=$($M exec box -- cat < /tmp/in | md5sum | cut -d' ' -f1)
+check stdin_roundtrip $([ "$want" = "$got" ] && echo same || echo "differs:$want:$got")
+
+want=$(yes 0123456789abcdef | head -c 10485760 | md5sum | cut -d' ' -f1)
+got=$($M exec box -- sh -c 'yes 0123456789abcdef | head -c 10485760' | md5sum | cut -d' ' -f1)
+check output_10mib $([ "$want" = "$got" ] && echo same || echo "differs:$want:$got")
+
+out=$($M exec box -- sh -c 'echo to-err >&2' 2>/dev/null); check stderr_not_in_stdout "[$out]"
+out=$($M exec box -- sh -c 'echo to-err >&2' 2>&1 >/dev/null); check stderr_out "$out"
+
+i=1; while [ $i -le 20 ]; do ($M exec box -- sh -c "echo out-$i" > /tmp/c$i 2>&1) & i=$((i+1)); done; wait
+check concurrent_20 $(cat /tmp/c* | grep -c '^out-')
+
+start=$(date +%s); $M exec --timeout 2 box -- sleep 100; rc=$?; took=$(( $(date +%s) - start ))
+check timeout_rc $rc; check timeout_fast $([ $took -lt 30 ] && echo yes || echo "no:$took")
+
+out=$(printf 'tty\nstty size\nexit 7\n' | $M exec -t box -- sh 2>&1); rc=$?
+check pty_rc $rc; check pty_dev $(echo "$out" | grep -c '^/dev/pts/')
+
+out=$($M exec -e FOO=bar -w /tmp box -- sh -c 'echo $FOO $(pwd)'); check env_cwd "$out"
+
+$M stop box; check stop_rc $?
+$M rm box; check rm_rc $?
+check rm_gone $([ -e /tmp/msbvm/sandboxes/box ] && echo no || echo yes)
+
+# The creator dies: the sandbox must stop and leave nothing behind.
+$M run --name orphan -- sleep 1000 > /dev/null 2>&1 &
+creator=$!
+n=0; while [ $n -lt 600 ] && ! $M ls --json 2>/dev/null | grep -q '"orphan"'; do sleep 0.1; n=$((n+1)); done
+n=0; while [ $n -lt 600 ] && [ "$($M ls --json | grep -c running)" = 0 ]; do sleep 0.1; n=$((n+1)); done
+check orphan_seen $($M ls --json | grep -c '"orphan"')
+kill -9 $creator
+n=0; while [ $n -lt 300 ] && [ -e /tmp/msbvm/sandboxes/orphan ]; do sleep 0.1; n=$((n+1)); done
+check orphan_state_gone $([ -e /tmp/msbvm/sandboxes/orphan ] && echo no || echo yes)
+check orphan_runtime_gone $(ps | grep -v grep | grep -c __runtime)
+check orphan_ls_empty $($M ls --json | grep -c '"orphan"')
+echo "CHECK done yes"
+"#
+    )
+}
+
+fn checks(console: &str) -> BTreeMap<String, String> {
+    console
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("CHECK "))
+        .filter_map(|l| l.split_once(' ').or(Some((l, ""))))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+#[test]
+fn sandboxes_run_commands_end_to_end() {
+    let Some(_) = or_skip(nested::preflight()) else {
+        return;
+    };
+    let agent = artifacts()
+        .binaries
+        .extra
+        .get("msbvm-agent")
+        .expect("msbvm-agent was built")
+        .clone();
+    let vm = artifacts()
+        .add_to(NestedVm::builder())
+        .add_file(&agent, L1_AGENT)
+        .timeout(L1_TIMEOUT)
+        .stream(Stream::Stderr);
+    let Some(out) = or_skip(vm.run_script(&script())) else {
+        return;
+    };
+    eprintln!("L1 run took {:.1} s", out.elapsed.as_secs_f64());
+    let c = checks(&out.console);
+    let ctx = format!("console:\n{}", out.console);
+    let get = |k: &str| {
+        c.get(k)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("no CHECK {k}; {ctx}"))
+    };
+    assert_eq!(get("done"), "yes", "{ctx}");
+    let expected = [
+        ("echo_rc", "0"),
+        ("echo_out", "hello"),
+        ("exit3_rc", "3"),
+        ("detach_rc", "0"),
+        ("ls_sees_box", "1"),
+        ("hostname", "box"),
+        ("stdin_roundtrip", "same"),
+        ("output_10mib", "same"),
+        ("stderr_not_in_stdout", "[]"),
+        ("stderr_out", "to-err"),
+        ("concurrent_20", "20"),
+        ("timeout_rc", "124"),
+        ("timeout_fast", "yes"),
+        ("pty_rc", "7"),
+        ("pty_dev", "1"),
+        ("env_cwd", "bar /tmp"),
+        ("stop_rc", "0"),
+        ("rm_rc", "0"),
+        ("rm_gone", "yes"),
+        ("orphan_seen", "1"),
+        ("orphan_state_gone", "yes"),
+        ("orphan_runtime_gone", "0"),
+        ("orphan_ls_empty", "0"),
+    ];
+    let failures: Vec<String> = expected
+        .iter()
+        .filter(|(k, v)| c.get(*k).map(String::as_str) != Some(*v))
+        .map(|(k, v)| format!("{k}: expected {v:?}, got {:?}", c.get(*k)))
+        .collect();
+    assert!(failures.is_empty(), "{}\n{ctx}", failures.join("\n"));
+}
