@@ -144,8 +144,21 @@ async fn create(args: &RunArgs) -> Result<Sandbox, Error> {
     }
 }
 
+/// The command that runs a sandbox under nested emulation on hosts like ours.
+pub const NESTED_RUN_COMMAND: &str =
+    "cargo run --release -p msbvm-tests --bin msbvm-nested -- run -- echo hello";
+
 /// Runs `msbvm run`.
 pub async fn run(args: RunArgs) -> Result<u8, Error> {
+    if msbvm_vmm::kvm::probe_host() == msbvm_vmm::kvm::HostKvm::Pvm {
+        // The guest would die at its first system call, after seconds of
+        // emulated boot: say why at once instead.
+        return Err(Error::NoKvm(format!(
+            "this host's /dev/kvm is PVM, a paravirtual KVM that runs only PVM-enabled guest \
+             kernels, so it cannot run msbvm's guest. Run sandboxes under nested emulation \
+             instead, from the msbvm source tree: {NESTED_RUN_COMMAND}"
+        )));
+    }
     ensure_kernel().await?;
     let sandbox = create(&args).await?;
     if args.detach {

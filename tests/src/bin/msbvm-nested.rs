@@ -5,12 +5,14 @@
 //!
 //! ```text
 //! cargo run -p msbvm-tests --bin msbvm-nested -- boot [msbvm boot args...]
+//! cargo run -p msbvm-tests --bin msbvm-nested -- run [msbvm run args...] -- echo hello
 //! cargo run -p msbvm-tests --bin msbvm-nested -- [--add HOST:L1]... -- <L1 command...>
 //! ```
 //!
-//! Both forms build the static `msbvm` and `msbvm-init`, the guest kernel and the guest
-//! initramfs and put them into L1 at /bin/msbvm, /msbvm/vmlinux and /msbvm/initrd.cpio (unless
-//! `--bare`). The console streams to stdout; the exit status is the inner command's, 124 when
+//! Every form builds the static `msbvm`, `msbvm-init` and `msbvm-agent`, the guest kernel and
+//! the guest initramfs and puts them into L1 at /bin/msbvm, /bin/msbvm-agent, /msbvm/vmlinux
+//! and /msbvm/initrd.cpio (unless `--bare`). `run` runs `msbvm run` there with its state in
+//! L1's /tmp. The console streams to stdout; the exit status is the inner command's, 124 when
 //! L1 timed out and 125 when the harness itself failed.
 
 use std::process::ExitCode;
@@ -21,10 +23,12 @@ use msbvm_tests::{Error, NestedVm, Stream};
 
 const USAGE: &str = "\
 usage: msbvm-nested [OPTIONS] boot [MSBVM-BOOT-ARGS...]
+       msbvm-nested [OPTIONS] run [MSBVM-RUN-ARGS...] -- COMMAND [ARGS...]
        msbvm-nested [OPTIONS] -- COMMAND [ARGS...]
 
-Runs `msbvm boot` with the project's guest kernel and initramfs, or any command, inside an L1
-machine (QEMU software emulation with AMD SVM) where /dev/kvm works like hardware.
+Runs `msbvm boot` with the project's guest kernel and initramfs, `msbvm run` (a command in a
+sandbox), or any command, inside an L1 machine (QEMU software emulation with AMD SVM) where
+/dev/kvm works like hardware.
 
 options:
   --add HOST:L1      copy a host file or directory into L1 (programs must be static)
@@ -51,6 +55,8 @@ struct Args {
     bare: bool,
     /// `Some(args)` for `boot ARGS`, `None` for `-- COMMAND`.
     boot: Option<Vec<String>>,
+    /// `Some(args)` for `run ARGS`.
+    run: Option<Vec<String>>,
     command: Vec<String>,
 }
 
@@ -63,6 +69,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
         timeout: Duration::from_secs(900),
         bare: false,
         boot: None,
+        run: None,
         command: Vec::new(),
     };
     fn value(argv: &mut impl Iterator<Item = String>, opt: &str) -> Result<String, String> {
@@ -90,6 +97,10 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
                 args.boot = Some(argv.collect());
                 break;
             }
+            "run" => {
+                args.run = Some(argv.collect());
+                break;
+            }
             "--" => {
                 args.command = argv.collect();
                 if args.command.is_empty() {
@@ -100,11 +111,11 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
             other => return Err(format!("unknown argument {other}\n\n{USAGE}")),
         }
     }
-    if args.boot.is_none() && args.command.is_empty() {
+    if args.boot.is_none() && args.run.is_none() && args.command.is_empty() {
         return Err(USAGE.to_string());
     }
-    if args.boot.is_some() && args.bare {
-        return Err("boot needs msbvm and the guest kernel; drop --bare".to_string());
+    if (args.boot.is_some() || args.run.is_some()) && args.bare {
+        return Err("boot and run need msbvm and the guest kernel; drop --bare".to_string());
     }
     Ok(args)
 }
@@ -124,8 +135,23 @@ fn run(args: Args) -> Result<i32, Error> {
         .stream(Stream::Stdout);
     let mut command = args.command;
     if !args.bare {
-        let artifacts = GuestArtifacts::prepare(&StaticBuild::new(), Progress::auto())?;
+        let build = StaticBuild::new().bin("msbvm-guest-agent", "msbvm-agent");
+        let artifacts = GuestArtifacts::prepare(&build, Progress::auto())?;
         vm = artifacts.add_to(vm);
+        if let Some(agent) = artifacts.binaries.extra.get("msbvm-agent") {
+            vm = vm.add_file(agent, "/bin/msbvm-agent");
+        }
+        if let Some(user) = args.run {
+            // State in L1's tmpfs; the kernel where GuestArtifacts put it.
+            let mut argv = vec![msbvm_tests::artifacts::L1_MSBVM.to_string(), "run".into()];
+            argv.extend(user);
+            let script = format!(
+                "export MSBVM_HOME=/tmp/msbvm MSBVM_KERNEL={} HOME=/root; mkdir -p /root; exec {}",
+                msbvm_tests::artifacts::L1_KERNEL,
+                msbvm_tests::report::shell_command(&argv)
+            );
+            command = vec!["/bin/sh".into(), "-c".into(), script];
+        }
         if let Some(user) = args.boot {
             // The user may point msbvm at another kernel or initramfs they --add'ed.
             let mut extra = Vec::new();
