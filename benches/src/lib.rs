@@ -4,8 +4,14 @@
 //! The helper runs inside the L1 machine and can only talk through the console, so each
 //! measured run becomes one `msbvm-boot-timing: result key=value ...` line that the benchmark
 //! parses back on the host.
+//!
+//! [`boot_runs`] sets up the boot runs of msbvm and its peers in L1 (used by both benchmarks);
+//! [`sandbox`] holds the sandbox benchmark's result lines, table and JSON.
 
 use std::fmt::Write as _;
+
+pub mod boot_runs;
+pub mod sandbox;
 
 pub use msbvm_tests::report::Stats;
 
@@ -221,13 +227,13 @@ pub fn json_string(s: &str) -> String {
 }
 
 /// A JSON number, or `null`.
-fn json_num(v: Option<f64>) -> String {
+pub(crate) fn json_num(v: Option<f64>) -> String {
     v.filter(|v| v.is_finite())
         .map_or_else(|| "null".to_string(), |v| format!("{v:.3}"))
 }
 
 /// A JSON integer, or `null`.
-fn json_int(v: Option<u64>) -> String {
+pub(crate) fn json_int(v: Option<u64>) -> String {
     v.map_or_else(|| "null".to_string(), |v| v.to_string())
 }
 

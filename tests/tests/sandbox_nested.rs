@@ -70,6 +70,13 @@ check pty_rc $rc; check pty_dev $(echo "$out" | grep -c '^/dev/pts/')
 
 out=$($M exec -e FOO=bar -w /tmp box -- sh -c 'echo $FOO $(pwd)'); check env_cwd "$out"
 
+# Ctrl-C typed into a PTY session interrupts the foreground process, not the session.
+start=$(date +%s)
+out=$( (printf 'sleep 100\n'; sleep 3; printf '\003'; sleep 2; printf 'echo after-int\nexit 5\n') | $M exec -t box -- sh 2>&1); rc=$?
+took=$(( $(date +%s) - start ))
+check ctrl_c_rc $rc; check ctrl_c_fast $([ $took -lt 60 ] && echo yes || echo "no:$took")
+check ctrl_c_after $(echo "$out" | grep -c '^after-int')
+
 $M stop box; check stop_rc $?
 $M rm box; check rm_rc $?
 check rm_gone $([ -e /tmp/msbvm/sandboxes/box ] && echo no || echo yes)
@@ -144,6 +151,9 @@ fn sandboxes_run_commands_end_to_end() {
         ("pty_rc", "7"),
         ("pty_dev", "1"),
         ("env_cwd", "bar /tmp"),
+        ("ctrl_c_rc", "5"),
+        ("ctrl_c_fast", "yes"),
+        ("ctrl_c_after", "1"),
         ("stop_rc", "0"),
         ("rm_rc", "0"),
         ("rm_gone", "yes"),

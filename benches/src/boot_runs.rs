@@ -1,0 +1,285 @@
+//! The boot runs both benchmarks make in L1: msbvm (`msbvm boot` with `msbvm-init`), QEMU
+//! (`-M microvm`) and, when available, Firecracker, on the same guest kernel, initramfs and
+//! command line, each timed from outside by the static `msbvm-boot-timing` helper.
+//!
+//! [`plan`] adds what the runs need to the L1 machine (the helper, QEMU with its libraries and
+//! firmware, Firecracker and its config) and returns the L1 script lines; the helper's result
+//! lines are parsed back with [`crate::parse_samples`].
+
+use std::path::{Path, PathBuf};
+
+use msbvm_tests::artifacts::{check_static, L1_INITRD, L1_KERNEL, L1_MSBVM};
+use msbvm_tests::report::shell_command;
+use msbvm_tests::{nested, NestedVmBuilder};
+
+/// Guest vCPUs for every VMM.
+pub const CPUS: u32 = 1;
+/// Guest memory in MiB for every VMM.
+pub const MEMORY_MIB: u32 = 256;
+/// The guest command line for every VMM unless `MSBVM_BENCH_CMDLINE` is set: serial console,
+/// quiet so that the serial port's speed does not dominate, reboot on panic, and reboot by
+/// triple fault, which ends every VMM at once (QEMU through `-no-reboot`, Firecracker on the
+/// shutdown exit; msbvm-init powers msbvm off through its own port before that). Not
+/// `reboot=k`: QEMU's microvm has no keyboard controller, and the kernel's polling of the
+/// missing one costs about 100 s of VM exits under nested emulation before it falls back.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 quiet";
+/// Per-run limit inside L1; a hang shows up as a failed run rather than a stuck benchmark.
+pub const RUN_TIMEOUT_SECS: u64 = 240;
+/// The timing helper's binary name (package msbvm-benches).
+pub const TIMING_BIN: &str = "msbvm-boot-timing";
+/// Where the timing helper lives in L1.
+pub const L1_TIMING: &str = "/bin/msbvm-boot-timing";
+/// Where QEMU lives in L1: the same path as on the host, because QEMU finds its firmware
+/// relative to its own location (`<bin>/../share/qemu`).
+const L1_QEMU: &str = "/usr/bin/qemu-system-x86_64";
+/// Firmware QEMU's microvm may load: its BIOS (qboot, behind the bios-microvm.bin link) and
+/// the option ROMs for direct kernel boot (PVH for an ELF kernel, linuxboot for a bzImage).
+const QEMU_FIRMWARE: [&str; 7] = [
+    "bios-microvm.bin",
+    "qboot.rom",
+    "pvh.bin",
+    "linuxboot_dma.bin",
+    "linuxboot.bin",
+    "multiboot_dma.bin",
+    "kvmvapic.bin",
+];
+/// Where Firecracker and its config live in L1.
+const L1_FIRECRACKER: &str = "/bin/firecracker";
+const L1_FIRECRACKER_CONFIG: &str = "/bench/firecracker.json";
+/// Environment variable naming a Firecracker binary to include.
+pub const FIRECRACKER_ENV: &str = "MSBVM_BENCH_FIRECRACKER";
+
+/// A count from the environment, or the default.
+pub fn env_count(name: &str, default: u32) -> u32 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(default)
+}
+
+/// The guest command line: `MSBVM_BENCH_CMDLINE` or [`DEFAULT_CMDLINE`].
+pub fn cmdline() -> String {
+    std::env::var("MSBVM_BENCH_CMDLINE").unwrap_or_else(|_| DEFAULT_CMDLINE.into())
+}
+
+/// How many runs of each VMM.
+#[derive(Debug, Clone, Copy)]
+pub struct RunCounts {
+    /// msbvm and Firecracker runs.
+    pub runs: u32,
+    /// QEMU runs (its own start-up takes tens of seconds under the emulated L1).
+    pub qemu_runs: u32,
+}
+
+impl RunCounts {
+    /// `MSBVM_BENCH_RUNS` (default 5) and `MSBVM_BENCH_QEMU_RUNS` (default 2).
+    pub fn from_env() -> Self {
+        Self {
+            runs: env_count("MSBVM_BENCH_RUNS", 5),
+            qemu_runs: env_count("MSBVM_BENCH_QEMU_RUNS", 2),
+        }
+    }
+}
+
+/// The L1 side of the boot runs.
+#[derive(Debug, Clone, Default)]
+pub struct BootPlan {
+    /// L1 script lines that make every run (no `exit`).
+    pub script: String,
+    /// Runs the script makes in all.
+    pub total_runs: u32,
+    /// Peers that are not measured, with the reason.
+    pub skipped: Vec<(String, String)>,
+}
+
+/// The L1 script lines that time `runs` runs of one VMM.
+pub fn timed_runs(vmm: &str, runs: u32, command: &[String]) -> String {
+    let mut s = String::new();
+    for run in 1..=runs {
+        s.push_str(&format!("echo 'bench: {vmm} run {run}/{runs}'\n"));
+        let mut argv = vec![
+            L1_TIMING.to_string(),
+            "--vmm".into(),
+            vmm.into(),
+            "--run".into(),
+            run.to_string(),
+            "--timeout".into(),
+            RUN_TIMEOUT_SECS.to_string(),
+            "--".into(),
+        ];
+        argv.extend(command.iter().cloned());
+        s.push_str(&shell_command(&argv));
+        s.push('\n');
+    }
+    s
+}
+
+/// Firecracker's `--config-file` for the same guest.
+pub fn firecracker_config(cmdline: &str) -> String {
+    format!(
+        r#"{{
+  "boot-source": {{
+    "kernel_image_path": "{L1_KERNEL}",
+    "initrd_path": "{L1_INITRD}",
+    "boot_args": {}
+  }},
+  "drives": [],
+  "machine-config": {{ "vcpu_count": {CPUS}, "mem_size_mib": {MEMORY_MIB}, "smt": false }}
+}}
+"#,
+        crate::json_string(cmdline)
+    )
+}
+
+/// Where QEMU is on the host.
+fn host_qemu() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(nested::QEMU))
+        .find(|p| p.is_file())
+}
+
+/// Adds QEMU, its libraries and firmware to L1.
+fn add_qemu(mut vm: NestedVmBuilder, qemu: &Path) -> NestedVmBuilder {
+    vm = vm.add_program(qemu, L1_QEMU);
+    let firmware = qemu
+        .parent()
+        .and_then(Path::parent)
+        .map(|prefix| prefix.join("share/qemu"))
+        .unwrap_or_else(|| PathBuf::from("/usr/share/qemu"));
+    for name in QEMU_FIRMWARE {
+        let host = firmware.join(name);
+        if host.exists() {
+            vm = vm.add_file(host, &format!("/usr/share/qemu/{name}"));
+        }
+    }
+    vm
+}
+
+/// Words to argument vector.
+fn argv(words: &[&str]) -> Vec<String> {
+    words.iter().map(|s| s.to_string()).collect()
+}
+
+/// Adds the timing helper (`timing`, a host path), QEMU and Firecracker (as available) to
+/// `vm`, which must already hold the guest artifacts (`GuestArtifacts::add_to`), and returns
+/// the script lines of msbvm, QEMU and Firecracker boot runs of `cmdline`.
+pub fn plan(
+    mut vm: NestedVmBuilder,
+    timing: &Path,
+    cmdline: &str,
+    counts: RunCounts,
+) -> (NestedVmBuilder, BootPlan) {
+    vm = vm.add_file(timing, L1_TIMING);
+    let (c, m) = (CPUS.to_string(), MEMORY_MIB.to_string());
+    let mut plan = BootPlan::default();
+
+    let msbvm = argv(&[
+        L1_MSBVM,
+        "boot",
+        "--kernel",
+        L1_KERNEL,
+        "--initrd",
+        L1_INITRD,
+        "--cpus",
+        &c,
+        "--memory",
+        &m,
+        "--cmdline",
+        cmdline,
+        "--stats",
+    ]);
+    plan.script
+        .push_str(&timed_runs("msbvm", counts.runs, &msbvm));
+    plan.total_runs += counts.runs;
+
+    match host_qemu() {
+        Some(qemu) => {
+            vm = add_qemu(vm, &qemu);
+            let qemu = argv(&[
+                L1_QEMU,
+                "-M",
+                "microvm",
+                "-enable-kvm",
+                "-cpu",
+                "host",
+                "-m",
+                &m,
+                "-smp",
+                &c,
+                "-nodefaults",
+                "-no-user-config",
+                "-nographic",
+                "-no-reboot",
+                "-serial",
+                "stdio",
+                "-kernel",
+                L1_KERNEL,
+                "-initrd",
+                L1_INITRD,
+                "-append",
+                cmdline,
+            ]);
+            plan.script
+                .push_str(&timed_runs("qemu", counts.qemu_runs, &qemu));
+            plan.total_runs += counts.qemu_runs;
+        }
+        // preflight() found QEMU for L1, so this only happens with an odd PATH.
+        None => plan
+            .skipped
+            .push(("qemu".into(), format!("{} not found in PATH", nested::QEMU))),
+    }
+
+    match std::env::var_os(FIRECRACKER_ENV).map(PathBuf::from) {
+        Some(fc) if fc.is_file() => {
+            // Release builds of Firecracker are static; a dynamic one brings its libraries.
+            vm = if check_static(&fc).is_ok() {
+                vm.add_file(&fc, L1_FIRECRACKER)
+            } else {
+                vm.add_program(&fc, L1_FIRECRACKER)
+            };
+            vm = vm.add_bytes(L1_FIRECRACKER_CONFIG, firecracker_config(cmdline), 0o644);
+            let fc = argv(&[
+                L1_FIRECRACKER,
+                "--no-api",
+                "--config-file",
+                L1_FIRECRACKER_CONFIG,
+            ]);
+            plan.script
+                .push_str(&timed_runs("firecracker", counts.runs, &fc));
+            plan.total_runs += counts.runs;
+        }
+        Some(fc) => plan.skipped.push((
+            "firecracker".into(),
+            format!("{FIRECRACKER_ENV}={} is not a file", fc.display()),
+        )),
+        None => plan.skipped.push((
+            "firecracker".into(),
+            format!("set {FIRECRACKER_ENV} to a firecracker binary to include it"),
+        )),
+    }
+    (vm, plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timed_runs_number_each_run() {
+        let s = timed_runs("qemu", 2, &argv(&["/usr/bin/qemu", "-append", "a b"]));
+        assert!(s.contains("echo 'bench: qemu run 2/2'"), "{s}");
+        assert!(
+            s.contains("/bin/msbvm-boot-timing --vmm qemu --run 1 --timeout 240 -- /usr/bin/qemu -append 'a b'"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn firecracker_config_quotes_the_cmdline() {
+        let c = firecracker_config("console=ttyS0 \"x\"");
+        assert!(c.contains(r#""boot_args": "console=ttyS0 \"x\"""#), "{c}");
+        assert!(c.contains("\"mem_size_mib\": 256"), "{c}");
+    }
+}
