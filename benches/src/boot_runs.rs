@@ -243,6 +243,9 @@ pub fn plan(
             let fc = argv(&[
                 L1_FIRECRACKER,
                 "--no-api",
+                // A Firecracker built for the gnu target has no seccomp filter of its own;
+                // say so rather than rely on what it does with an empty one.
+                "--no-seccomp",
                 "--config-file",
                 L1_FIRECRACKER_CONFIG,
             ]);

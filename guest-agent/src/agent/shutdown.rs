@@ -18,11 +18,43 @@ const TERM_GRACE: Duration = Duration::from_secs(2);
 /// How long to wait for SIGKILL-ed processes to disappear.
 const KILL_GRACE: Duration = Duration::from_secs(1);
 
-/// True when no process but the caller (PID 1) is left.
+/// True when no user process but the caller (PID 1) is left.
+///
+/// `kill(-1, 0)` cannot tell: kernel threads count as signalable processes, so
+/// it never fails and every shutdown would wait out both graces. /proc can:
+/// kernel threads are kthreadd (PID 2) and its children, and zombies are
+/// already dead (the reaper collects them).
 fn all_gone() -> bool {
-    // SAFETY: signal 0 only checks for existence.
-    let rc = unsafe { libc::kill(-1, 0) };
-    rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    !entries.flatten().any(|entry| {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            return false;
+        };
+        if pid <= 2 {
+            return false;
+        }
+        std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|stat| stat_state_and_ppid(&stat))
+            .is_some_and(|(state, ppid)| state != 'Z' && ppid != 2)
+    })
+}
+
+/// The state letter and parent pid from a /proc/PID/stat line. The command
+/// name (in parentheses) may itself contain spaces and parentheses, so the
+/// fields are read after its last ')'.
+fn stat_state_and_ppid(stat: &str) -> Option<(char, u32)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
 }
 
 fn signal_all_and_wait(signal: i32, grace: Duration) {
@@ -58,5 +90,23 @@ pub fn power_off(code: u32) -> ! {
     loop {
         // SAFETY: pause has no preconditions.
         unsafe { libc::pause() };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_state_and_parent_even_with_odd_names() {
+        assert_eq!(
+            stat_state_and_ppid("42 (sleep) S 1 42 42 0 -1"),
+            Some(('S', 1))
+        );
+        assert_eq!(
+            stat_state_and_ppid("7 (a) b) (c) Z 2 0 0"),
+            Some(('Z', 2))
+        );
+        assert_eq!(stat_state_and_ppid("garbage"), None);
     }
 }
