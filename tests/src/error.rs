@@ -59,6 +59,13 @@ pub enum Error {
         console_tail: String,
     },
 
+    /// The L1 kernel reported a soft lockup: the emulated machine is wedged.
+    #[error("the nested machine's kernel locked up (a fault of the emulated machine, not of the command under test) and was killed; last console lines:\n{console_tail}")]
+    L1Lockup {
+        /// The last lines of the console.
+        console_tail: String,
+    },
+
     /// The L1 machine did not finish in time and was killed.
     #[error("the nested machine did not finish within {secs} s and was killed; last console lines:\n{console_tail}")]
     Timeout {

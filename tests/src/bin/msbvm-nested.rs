@@ -33,7 +33,7 @@ sandbox), or any command, inside an L1 machine (QEMU software emulation with AMD
 options:
   --add HOST:L1      copy a host file or directory into L1 (programs must be static)
   --l1-memory MIB    memory of the L1 machine (default 2048)
-  --l1-cpus N        vCPUs of the L1 machine (default 2)
+  --l1-cpus N        vCPUs of the L1 machine (default 1)
   --timeout SECS     kill L1 after this long (default 900)
   --bare             do not build or add msbvm, the guest kernel and initramfs
   -h, --help         this text
@@ -65,7 +65,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut args = Args {
         adds: Vec::new(),
         memory_mib: 2048,
-        cpus: 2,
+        cpus: 1,
         timeout: Duration::from_secs(900),
         bare: false,
         boot: None,
