@@ -103,10 +103,7 @@ mod tests {
             stat_state_and_ppid("42 (sleep) S 1 42 42 0 -1"),
             Some(('S', 1))
         );
-        assert_eq!(
-            stat_state_and_ppid("7 (a) b) (c) Z 2 0 0"),
-            Some(('Z', 2))
-        );
+        assert_eq!(stat_state_and_ppid("7 (a) b) (c) Z 2 0 0"), Some(('Z', 2)));
         assert_eq!(stat_state_and_ppid("garbage"), None);
     }
 }
