@@ -408,7 +408,7 @@ fn tail_lines(path: &Path, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::TempDir;
+    use tempfile::TempDir;
 
     #[test]
     fn recognises_kbuild_step_lines() {
@@ -437,7 +437,7 @@ mod tests {
 
     #[test]
     fn tail_shows_last_lines_indented() {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new().unwrap();
         let log = tmp.path().join("build.log");
         let text: String = (1..=30).map(|i| format!("line {i}\n")).collect();
         fs::write(&log, text).unwrap();
@@ -449,7 +449,7 @@ mod tests {
 
     #[test]
     fn run_step_logs_both_streams_and_reports_failure() {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new().unwrap();
         let log_path = tmp.path().join("log");
         let mut log = File::create(&log_path).unwrap();
         let mut lines = Vec::new();
@@ -488,7 +488,7 @@ mod tests {
     fn failed_recipe_keeps_log_and_names_it() {
         // A spec whose "tarball" is not an archive: tar fails, which exercises the whole
         // failure path (log kept, tail shown) without a kernel source.
-        let tmp = TempDir::new();
+        let tmp = TempDir::new().unwrap();
         let tarball = tmp.path().join("broken.tar.xz");
         fs::write(&tarball, b"this is not xz").unwrap();
         let spec = KernelSpec::default().with_source_tarball(&tarball);

@@ -240,10 +240,10 @@ fn flock(file: &File, op: libc::c_int) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::TempDir;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Barrier};
     use std::time::Duration;
+    use tempfile::TempDir;
 
     fn fake_build(dir: &Path) -> Result<(), Error> {
         fs::write(dir.join("vmlinux"), b"\x7fELF fake").unwrap();
@@ -274,7 +274,7 @@ mod tests {
 
     #[test]
     fn publishes_complete_build_atomically() {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new().unwrap();
         let cache = KernelCache::new(tmp.path());
         assert_eq!(cache.find("k1"), None);
         let image = cache.get_or_build("k1", |_| {}, fake_build).unwrap();
@@ -299,7 +299,7 @@ mod tests {
 
     #[test]
     fn failed_build_leaves_nothing_published() {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new().unwrap();
         let cache = KernelCache::new(tmp.path());
         let err = cache
             .get_or_build(
@@ -329,7 +329,7 @@ mod tests {
 
     #[test]
     fn build_without_image_is_an_error() {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new().unwrap();
         let cache = KernelCache::new(tmp.path());
         let err = cache.get_or_build("k", |_| {}, |_| Ok(())).unwrap_err();
         assert!(err.to_string().contains("did not produce"), "{err}");
@@ -338,7 +338,7 @@ mod tests {
 
     #[test]
     fn interrupted_build_leftovers_are_cleaned() {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new().unwrap();
         let cache = KernelCache::new(tmp.path());
         let stale = tmp.path().join("kernel/k.tmp-999999");
         fs::create_dir_all(stale.join("src")).unwrap();
@@ -358,7 +358,7 @@ mod tests {
 
     #[test]
     fn concurrent_builders_build_once() {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new().unwrap();
         let builds = Arc::new(AtomicUsize::new(0));
         let waits = Arc::new(AtomicUsize::new(0));
         let start = Arc::new(Barrier::new(4));
@@ -398,7 +398,7 @@ mod tests {
 
     #[test]
     fn build_steps_round_trip() {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new().unwrap();
         let cache = KernelCache::new(tmp.path());
         assert_eq!(cache.last_build_steps(), None);
         fs::create_dir_all(tmp.path().join("kernel")).unwrap();

@@ -375,11 +375,11 @@ fn file_kind(kind: &fs::FileType) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::TempDir;
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::PermissionsExt;
     use std::process::{Command, Stdio};
+    use tempfile::TempDir;
 
     /// One entry of a parsed archive.
     #[derive(Debug, Clone, PartialEq, Eq)]
@@ -553,7 +553,7 @@ mod tests {
     }
 
     fn host_fixture() -> TempDir {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new().unwrap();
         let root = tmp.path().join("tree");
         fs::create_dir_all(root.join("sub/deeper")).unwrap();
         fs::write(root.join("run.sh"), "#!/bin/sh\n").unwrap();
@@ -614,7 +614,7 @@ mod tests {
             eprintln!("skipped: `cpio` is not installed, extraction by a real cpio not checked");
             return;
         }
-        let tmp = TempDir::new();
+        let tmp = TempDir::new().unwrap();
         let mut fs = sample();
         // Creating device nodes needs privileges a test runner may lack; leave them out.
         fs.entries.remove("dev/console");

@@ -119,8 +119,9 @@ fn kernel_override() -> Result<Option<PathBuf>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::{TempDir, ENV_LOCK};
+    use crate::test_support::ENV_LOCK;
     use std::env;
+    use tempfile::TempDir;
 
     /// Sets the environment for one test and restores it afterwards.
     struct EnvGuard {
@@ -155,7 +156,7 @@ mod tests {
 
     #[test]
     fn find_built_and_build_use_the_cache() {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new().unwrap();
         let _env = EnvGuard::set(&[
             ("MSBVM_CACHE_DIR", Some(tmp.path())),
             (KERNEL_OVERRIDE_ENV, None),
@@ -181,7 +182,7 @@ mod tests {
 
     #[test]
     fn kernel_override_wins_and_must_exist() {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new().unwrap();
         let image = tmp.path().join("my-vmlinux");
         std::fs::write(&image, b"x").unwrap();
         {

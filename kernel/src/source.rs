@@ -63,7 +63,7 @@ fn dpkg_version() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::TempDir;
+    use tempfile::TempDir;
 
     #[test]
     fn dpkg_version_wins() {
@@ -73,7 +73,7 @@ mod tests {
 
     #[test]
     fn falls_back_to_tarball_size_and_mtime() {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new().unwrap();
         let tarball = tmp.path().join("src.tar.xz");
         std::fs::write(&tarball, b"12345").unwrap();
         let v = version_from(None, &tarball).unwrap();

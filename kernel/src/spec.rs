@@ -148,7 +148,7 @@ mod tests {
 
     #[test]
     fn key_with_fallback_version_uses_tarball() {
-        let tmp = crate::test_support::TempDir::new();
+        let tmp = tempfile::TempDir::new().unwrap();
         let tarball = tmp.path().join("linux.tar.xz");
         let spec = KernelSpec::default().with_source_tarball(&tarball);
         assert!(matches!(spec.cache_key(), Err(Error::SourceMissing { .. })));

@@ -109,16 +109,16 @@ fn is_executable(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::TempDir;
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
+    use tempfile::TempDir;
 
     fn fake_host(
         programs: &[&str],
         headers: &[&str],
         with_tarball: bool,
     ) -> (TempDir, ToolchainProbe) {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new().unwrap();
         let bin = tmp.path().join("bin");
         let include = tmp.path().join("include");
         fs::create_dir_all(&bin).unwrap();

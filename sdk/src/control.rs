@@ -215,7 +215,7 @@ fn unexpected(response: ControlResponse) -> Error {
 mod tests {
     use super::*;
     use crate::framing::{write_blocking, FrameReader};
-    use crate::test_support::TempDir;
+    use tempfile::TempDir;
 
     /// A fake runtime answering with blocking I/O, as the real one does.
     fn fake_runtime(path: &Path, version: u32) -> std::thread::JoinHandle<Vec<ControlRequest>> {
@@ -249,7 +249,7 @@ mod tests {
 
     #[tokio::test]
     async fn requests_and_answers_roundtrip() {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new().unwrap();
         let path = tmp.path().join("control.sock");
         let fake = fake_runtime(&path, CONTROL_VERSION);
         let mut client = ControlClient::connect(&path).await.unwrap();
@@ -278,7 +278,7 @@ mod tests {
 
     #[tokio::test]
     async fn version_mismatch_is_typed() {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new().unwrap();
         let path = tmp.path().join("control.sock");
         let fake = fake_runtime(&path, 77);
         let e = ControlClient::connect(&path).await.unwrap_err();

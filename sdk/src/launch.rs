@@ -228,11 +228,12 @@ async fn timed_out(child: &mut Child, dir: &SandboxDir, after: Duration) -> Erro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::{EnvGuard, TempDir};
+    use crate::test_support::EnvGuard;
+    use tempfile::TempDir;
 
     #[test]
     fn msbvm_bin_override_must_exist() {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new().unwrap();
         let bin = tmp.path().join("msbvm");
         std::fs::write(&bin, b"").unwrap();
         {
@@ -247,7 +248,7 @@ mod tests {
     /// A stand-in runtime (a shell script) drives the readiness protocol.
     async fn launch_script(body: &str, timeout: Duration) -> (Result<Launched>, TempDir) {
         use std::os::unix::fs::PermissionsExt;
-        let tmp = TempDir::new();
+        let tmp = TempDir::new().unwrap();
         let bin = tmp.path().join("msbvm");
         // The ready pipe's fd follows --ready-fd; find it among the arguments.
         let script = format!(

@@ -64,7 +64,7 @@ pub fn unused_name(home: &Path) -> String {
 mod tests {
     use super::*;
     use crate::paths::validate_name;
-    use crate::test_support::TempDir;
+    use tempfile::TempDir;
 
     #[test]
     fn generated_names_are_valid() {
@@ -81,7 +81,7 @@ mod tests {
 
     #[test]
     fn unused_name_avoids_existing_dirs() {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new().unwrap();
         for _ in 0..20 {
             let n = unused_name(tmp.path());
             let dir = SandboxDir::in_home(tmp.path(), &n).unwrap();

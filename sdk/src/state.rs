@@ -307,7 +307,7 @@ pub fn tail_lines(path: &Path, max_lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::TempDir;
+    use tempfile::TempDir;
 
     fn record(name: &str) -> StateRecord {
         StateRecord {
@@ -329,7 +329,7 @@ mod tests {
 
     #[test]
     fn record_roundtrips_and_missing_is_none() {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new().unwrap();
         let dir = SandboxDir::in_home(tmp.path(), "box").unwrap();
         assert_eq!(StateRecord::read(&dir).unwrap(), None);
         let _claim = claim(&dir).unwrap();
@@ -342,7 +342,7 @@ mod tests {
 
     #[test]
     fn a_held_name_is_in_use_and_live() {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new().unwrap();
         let dir = SandboxDir::in_home(tmp.path(), "box").unwrap();
         assert!(!is_live(&dir));
         let held = claim(&dir).unwrap();
@@ -357,7 +357,7 @@ mod tests {
 
     #[test]
     fn stale_state_is_cleared_on_claim() {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new().unwrap();
         let dir = SandboxDir::in_home(tmp.path(), "box").unwrap();
         drop(claim(&dir).unwrap());
         record("box").write(&dir).unwrap();
@@ -371,7 +371,7 @@ mod tests {
 
     #[test]
     fn dead_sandbox_is_removed() {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new().unwrap();
         let dir = SandboxDir::in_home(tmp.path(), "box").unwrap();
         drop(claim(&dir).unwrap());
         assert!(remove_if_dead(&dir).unwrap());
@@ -392,7 +392,7 @@ mod tests {
 
     #[test]
     fn tail_keeps_last_nonblank_lines_without_cr() {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new().unwrap();
         let p = tmp.path().join("log");
         fs::write(&p, "a\r\nb\r\n\r\nc\r\nd\r\n").unwrap();
         assert_eq!(tail_lines(&p, 2), "c\nd");

@@ -176,7 +176,7 @@ pub fn connect_blocking(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::TempDir;
+    use tempfile::TempDir;
 
     #[test]
     fn reply_parsing() {
@@ -189,7 +189,7 @@ mod tests {
 
     #[tokio::test]
     async fn handshake_against_a_fake_device() {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new().unwrap();
         let path = tmp.path().join("v.sock");
         let listener = tokio::net::UnixListener::bind(&path).unwrap();
         let device = tokio::spawn(async move {
@@ -215,7 +215,7 @@ mod tests {
 
     #[test]
     fn long_paths_go_through_proc_fd() {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new().unwrap();
         let deep = tmp.path().join("d".repeat(90));
         std::fs::create_dir_all(&deep).unwrap();
         let path = deep.join("control.sock");
@@ -230,7 +230,7 @@ mod tests {
 
     #[test]
     fn blocking_handshake() {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new().unwrap();
         let path = tmp.path().join("v.sock");
         let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
         let t = std::thread::spawn(move || {

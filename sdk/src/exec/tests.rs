@@ -1,8 +1,9 @@
 //! The exec client against a fake agent over a Unix socket.
 
 use super::*;
-use crate::test_support::{FakeAgent, TempDir};
+use crate::test_support::FakeAgent;
 use msbvm_protocol::{ExecRequest, GuestMessage as G, HostMessage as H};
+use tempfile::TempDir;
 
 fn base_env() -> Vec<(String, String)> {
     vec![("SANDBOX".into(), "1".into()), ("PATH".into(), "/p".into())]
@@ -15,7 +16,7 @@ async fn start(tmp: &TempDir, opts: ExecOptions) -> Result<ExecStream> {
 
 #[tokio::test]
 async fn collects_output_and_exit_code_with_merged_env() {
-    let tmp = TempDir::new();
+    let tmp = TempDir::new().unwrap();
     let fake = FakeAgent::spawn(&tmp.path().join("vsock.sock"), 1, |s| {
         s.hello();
         let r = s.expect_exec();
@@ -59,7 +60,7 @@ async fn collects_output_and_exit_code_with_merged_env() {
 
 #[tokio::test]
 async fn events_come_in_order_starting_with_started() {
-    let tmp = TempDir::new();
+    let tmp = TempDir::new().unwrap();
     let fake = FakeAgent::spawn(&tmp.path().join("vsock.sock"), 1, |s| {
         s.hello();
         s.expect_exec();
@@ -88,7 +89,7 @@ async fn events_come_in_order_starting_with_started() {
 
 #[tokio::test]
 async fn start_failure_is_an_agent_error() {
-    let tmp = TempDir::new();
+    let tmp = TempDir::new().unwrap();
     let fake = FakeAgent::spawn(&tmp.path().join("vsock.sock"), 1, |s| {
         s.hello();
         s.expect_exec();
@@ -106,14 +107,14 @@ async fn start_failure_is_an_agent_error() {
 
 #[tokio::test]
 async fn empty_argv_is_refused_before_connecting() {
-    let tmp = TempDir::new();
+    let tmp = TempDir::new().unwrap();
     let e = start(&tmp, ExecOptions::default()).await.unwrap_err();
     assert!(e.to_string().contains("no command"), "{e}");
 }
 
 #[tokio::test]
 async fn stdin_is_chunked_and_closed() {
-    let tmp = TempDir::new();
+    let tmp = TempDir::new().unwrap();
     let fake = FakeAgent::spawn(&tmp.path().join("vsock.sock"), 1, |s| {
         s.hello();
         s.expect_exec();
@@ -153,7 +154,7 @@ async fn stdin_is_chunked_and_closed() {
 
 #[tokio::test]
 async fn signal_and_resize_reach_the_agent() {
-    let tmp = TempDir::new();
+    let tmp = TempDir::new().unwrap();
     let fake = FakeAgent::spawn(&tmp.path().join("vsock.sock"), 1, |s| {
         s.hello();
         let r = s.expect_exec();
@@ -194,7 +195,7 @@ async fn signal_and_resize_reach_the_agent() {
 
 #[tokio::test]
 async fn agent_timeout_is_reported_as_timed_out() {
-    let tmp = TempDir::new();
+    let tmp = TempDir::new().unwrap();
     let fake = FakeAgent::spawn(&tmp.path().join("vsock.sock"), 1, |s| {
         s.hello();
         let r = s.expect_exec();
@@ -211,7 +212,7 @@ async fn agent_timeout_is_reported_as_timed_out() {
 
 #[tokio::test]
 async fn silent_agent_after_timeout_hits_the_backstop() {
-    let tmp = TempDir::new();
+    let tmp = TempDir::new().unwrap();
     let fake = FakeAgent::spawn(&tmp.path().join("vsock.sock"), 1, |s| {
         s.hello();
         s.expect_exec();
@@ -233,7 +234,7 @@ async fn silent_agent_after_timeout_hits_the_backstop() {
 
 #[tokio::test]
 async fn connection_lost_before_exit_is_an_error() {
-    let tmp = TempDir::new();
+    let tmp = TempDir::new().unwrap();
     let fake = FakeAgent::spawn(&tmp.path().join("vsock.sock"), 1, |s| {
         s.hello();
         s.expect_exec();
@@ -252,7 +253,7 @@ async fn connection_lost_before_exit_is_an_error() {
 
 #[tokio::test]
 async fn version_mismatch_is_typed() {
-    let tmp = TempDir::new();
+    let tmp = TempDir::new().unwrap();
     let fake = FakeAgent::spawn(&tmp.path().join("vsock.sock"), 1, |s| s.hello_with(99));
     let e = start(&tmp, ExecOptions::new(["x"])).await.unwrap_err();
     assert!(
@@ -265,7 +266,7 @@ async fn version_mismatch_is_typed() {
 
 #[tokio::test]
 async fn no_sandbox_socket_says_so() {
-    let tmp = TempDir::new();
+    let tmp = TempDir::new().unwrap();
     let e = start(&tmp, ExecOptions::new(["x"])).await.unwrap_err();
     assert!(e.to_string().contains("is the sandbox running"), "{e}");
 }

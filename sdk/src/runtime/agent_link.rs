@@ -143,9 +143,10 @@ pub fn request_shutdown(uds: &Path, code: u32, timeout: Duration) -> Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::{FakeAgent, TempDir};
+    use crate::test_support::FakeAgent;
     use msbvm_protocol::BootTimes;
     use std::sync::mpsc;
+    use tempfile::TempDir;
 
     #[test]
     fn hello_then_ready_becomes_agent_ready() {
@@ -202,7 +203,7 @@ mod tests {
 
     #[test]
     fn shutdown_is_sent_after_hello() {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new().unwrap();
         let uds = tmp.path().join("vsock.sock");
         let fake = FakeAgent::spawn(&uds, 1, |s| {
             s.hello();

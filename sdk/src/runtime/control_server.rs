@@ -84,12 +84,12 @@ mod tests {
     use crate::control::ControlClient;
     use crate::control::RuntimeStatus;
     use crate::state::Status;
-    use crate::test_support::TempDir;
+    use tempfile::TempDir;
 
     /// The real server against the real client, with a stand-in supervisor.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn server_forwards_requests_to_the_supervisor() {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new().unwrap();
         let path = tmp.path().join("control.sock");
         let listener = UnixListener::bind(&path).unwrap();
         let (tx, rx) = mpsc::channel();

@@ -178,8 +178,8 @@ pub fn build(hostname: &str, agent: &Path, busybox: &Path) -> Result<Initramfs> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::TempDir;
     use std::os::unix::fs::PermissionsExt;
+    use tempfile::TempDir;
 
     fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
         let p = dir.join(name);
@@ -190,7 +190,7 @@ mod tests {
 
     #[test]
     fn initramfs_has_agent_busybox_applets_and_etc() {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new().unwrap();
         let agent = script(tmp.path(), "agent", "exit 0");
         let busybox = script(
             tmp.path(),

@@ -4,8 +4,9 @@
 use super::*;
 use crate::control::ControlResponse;
 use crate::runtime::Event;
-use crate::test_support::{FakeAgent, TempDir};
+use crate::test_support::FakeAgent;
 use msbvm_protocol::{ExitStatus, GuestMessage as G};
+use tempfile::TempDir;
 
 fn record(name: &str, status: Status, detached: bool) -> StateRecord {
     StateRecord {
@@ -42,7 +43,7 @@ fn dead(home: &Path, name: &str, status: Status, detached: bool) -> SandboxDir {
 
 #[tokio::test]
 async fn get_reaches_a_running_sandbox_and_execs_with_its_env() {
-    let tmp = TempDir::new();
+    let tmp = TempDir::new().unwrap();
     let (dir, _claim) = live(tmp.path(), "box", Status::Running, false);
     let fake = FakeAgent::spawn(&dir.vsock_socket(), 1, |s| {
         s.hello();
@@ -65,7 +66,7 @@ async fn get_reaches_a_running_sandbox_and_execs_with_its_env() {
 
 #[test]
 fn get_explains_what_is_wrong() {
-    let tmp = TempDir::new();
+    let tmp = TempDir::new().unwrap();
     let e = Sandbox::get_in(tmp.path(), "nobox").unwrap_err();
     assert!(matches!(e, Error::NotFound { .. }), "{e}");
     dead(tmp.path(), "gone", Status::Running, true);
@@ -83,7 +84,7 @@ fn get_explains_what_is_wrong() {
 
 #[test]
 fn list_shows_live_and_detached_and_drops_dead_attached_debris() {
-    let tmp = TempDir::new();
+    let tmp = TempDir::new().unwrap();
     assert!(Sandbox::list_in(tmp.path()).unwrap().is_empty());
     let (_d, _claim) = live(tmp.path(), "a-live", Status::Running, false);
     let debris = dead(tmp.path(), "b-debris", Status::Running, false);
@@ -126,7 +127,7 @@ fn fake_runtime(dir: &SandboxDir, claim: state::Claim) -> std::thread::JoinHandl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_asks_the_runtime_and_waits_for_it_to_exit() {
-    let tmp = TempDir::new();
+    let tmp = TempDir::new().unwrap();
     let (dir, claim) = live(tmp.path(), "box", Status::Running, true);
     let runtime = fake_runtime(&dir, claim);
     let sandbox = Sandbox::get_in(tmp.path(), "box").unwrap();
@@ -145,7 +146,7 @@ async fn stop_asks_the_runtime_and_waits_for_it_to_exit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remove_stops_then_deletes() {
-    let tmp = TempDir::new();
+    let tmp = TempDir::new().unwrap();
     let (dir, claim) = live(tmp.path(), "box", Status::Running, true);
     let runtime = fake_runtime(&dir, claim);
     Sandbox::remove_in(tmp.path(), "box").await.unwrap();
@@ -157,7 +158,7 @@ async fn remove_stops_then_deletes() {
 
 #[tokio::test]
 async fn kill_without_a_control_socket_kills_the_runtime_process() {
-    let tmp = TempDir::new();
+    let tmp = TempDir::new().unwrap();
     let dir = dead(tmp.path(), "box", Status::Running, true);
     // A stand-in runtime process holding the lock: flock(1) without forking.
     let child = std::process::Command::new("flock")
