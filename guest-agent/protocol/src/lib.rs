@@ -20,6 +20,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod boot;
+
 /// Version of this protocol; bumped on any incompatible change.
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Largest frame payload accepted, in bytes.

@@ -1,0 +1,98 @@
+//! The guest's boot configuration, decided by the host.
+//!
+//! The runtime writes a [`BootConfig`] (postcard) to [`BOOT_CONFIG_PATH`] in
+//! the initramfs it builds for each sandbox; the agent reads it before
+//! anything else. A file rather than kernel command-line words because it
+//! carries lists (mounts, DNS servers, host names) and must not be limited
+//! by the command line's length.
+
+use serde::{Deserialize, Serialize};
+
+/// Where the agent finds its boot configuration in the initramfs.
+pub const BOOT_CONFIG_PATH: &str = "/msbvm/boot.bin";
+
+/// Everything the agent sets up before serving.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootConfig {
+    /// virtiofs tag of the root filesystem; the agent mounts it, mounts
+    /// `/proc`, `/sys`, `/dev` and the [`BootConfig::mounts`] under it and
+    /// makes it `/`. `None` keeps the initramfs as root.
+    pub root_tag: Option<String>,
+    /// Mount the root read-only.
+    pub root_read_only: bool,
+    /// Extra mounts, in order (parents before children).
+    pub mounts: Vec<GuestMount>,
+    /// The network interface's set-up; `None` when the sandbox has no network.
+    pub network: Option<NetworkSetup>,
+}
+
+/// A filesystem to mount in the guest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestMount {
+    /// What to mount.
+    pub source: MountSource,
+    /// Absolute path in the guest (created if missing).
+    pub target: String,
+    /// Mount read-only.
+    pub read_only: bool,
+}
+
+/// The kinds of guest mounts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MountSource {
+    /// A virtiofs share with this tag (a volume).
+    Virtiofs {
+        /// The device's tag.
+        tag: String,
+    },
+    /// A tmpfs, limited to this many bytes (`None`: the kernel's default, half of RAM).
+    Tmpfs {
+        /// Size limit in bytes.
+        size_bytes: Option<u64>,
+    },
+}
+
+/// Static IPv4 set-up of the guest's one network interface (`eth0`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSetup {
+    /// The guest's address.
+    pub address: [u8; 4],
+    /// Prefix length of the guest's subnet.
+    pub prefix_len: u8,
+    /// Default gateway (the host-side netstack).
+    pub gateway: [u8; 4],
+    /// DNS servers for `/etc/resolv.conf`.
+    pub dns: Vec<[u8; 4]>,
+    /// Interface MTU.
+    pub mtu: u16,
+    /// Extra `/etc/hosts` lines: (address, names).
+    pub hosts: Vec<([u8; 4], String)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_config_round_trips() {
+        let config = BootConfig {
+            root_tag: Some("root".into()),
+            root_read_only: false,
+            mounts: vec![GuestMount {
+                source: MountSource::Tmpfs { size_bytes: Some(1 << 20) },
+                target: "/scratch".into(),
+                read_only: false,
+            }],
+            network: Some(NetworkSetup {
+                address: [10, 0, 2, 15],
+                prefix_len: 24,
+                gateway: [10, 0, 2, 2],
+                dns: vec![[10, 0, 2, 2]],
+                mtu: 1500,
+                hosts: vec![([10, 0, 2, 254], "host.msbvm.internal".into())],
+            }),
+        };
+        let bytes = postcard::to_stdvec(&config).unwrap();
+        assert_eq!(postcard::from_bytes::<BootConfig>(&bytes).unwrap(), config);
+    }
+}

@@ -1,0 +1,1 @@
+//! msbvm's OCI image store.

@@ -1,0 +1,16 @@
+//! msbvm's in-process FUSE server.
+//!
+//! The guest kernel's virtiofs driver sends FUSE requests over a virtqueue;
+//! [`server`] decodes them (bounds-checked: the bytes come from the guest),
+//! calls a [`FileSystem`] backend and encodes the reply. Backends:
+//! a confined passthrough of a host directory, OCI image layers under a
+//! copy-on-write upper directory, and an in-memory tree. [`hooks`] wrap any
+//! backend to observe, deny, rewrite or answer operations.
+
+pub mod filesystem;
+pub mod layer_meta;
+
+pub use filesystem::{
+    Attr, Context, DirEntry, Entry, FileSystem, Handle, Inode, OpenReply, SetAttr, StatFs,
+    TimeSet, ROOT_INODE,
+};
