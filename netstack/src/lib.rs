@@ -1,5 +1,8 @@
 //! The host-side network stack of a sandbox.
 //!
-//! It will terminate the guest's virtio-net traffic in a smoltcp stack, enforce
-//! IP, DNS and HTTP policy, and proxy allowed flows to host sockets. Nothing is
-//! implemented yet.
+//! It terminates the guest's virtio-net traffic in a smoltcp stack, enforces
+//! IP, DNS and HTTP policy, and proxies allowed flows to host sockets.
+
+pub mod dns;
+pub mod http;
+pub mod policy;

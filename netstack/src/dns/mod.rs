@@ -1,0 +1,1 @@
+//! The DNS server the guest talks to at the gateway address.

@@ -1,0 +1,1 @@
+//! HTTP request-head parsing for HTTP policy.

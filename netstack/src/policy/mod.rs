@@ -1,0 +1,1 @@
+//! Network policy: which flows, DNS names and HTTP requests a sandbox may use.
