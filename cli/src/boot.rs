@@ -126,6 +126,7 @@ pub fn run(args: BootArgs, start: Instant) -> ExitCode {
         },
         start_time: start,
         vsock: None,
+        devices: Vec::new(),
         stop: msbvm_vmm::StopHandle::new(),
     };
     let outcome = match msbvm_vmm::run(&config, |event| match event {

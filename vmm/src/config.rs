@@ -79,6 +79,44 @@ pub struct VsockConfig {
     pub uds_path: PathBuf,
 }
 
+/// Builds a virtio device when the VM starts (filesystem shares, network).
+///
+/// The VMM stays ignorant of what each device serves: the caller (the sandbox
+/// runtime) decides, and the VMM only places the device on the MMIO bus, wires
+/// its notifications and interrupt and announces it on the command line. A
+/// factory rather than a device because [`VmConfig`] is `Clone` and `run`
+/// borrows it.
+#[derive(Clone)]
+pub struct DeviceSpec {
+    /// What the device is, for error messages ("virtio-fs root").
+    pub name: String,
+    /// Creates the device; called once per `run`.
+    pub make: Arc<DeviceFactory>,
+}
+
+/// The function behind a [`DeviceSpec`].
+pub type DeviceFactory =
+    dyn Fn() -> std::io::Result<Box<dyn msbvm_virtio::VirtioDevice>> + Send + Sync;
+
+impl DeviceSpec {
+    /// A device named `name` built by `make`.
+    pub fn new(
+        name: impl Into<String>,
+        make: impl Fn() -> std::io::Result<Box<dyn msbvm_virtio::VirtioDevice>> + Send + Sync + 'static,
+    ) -> Self {
+        DeviceSpec {
+            name: name.into(),
+            make: Arc::new(make),
+        }
+    }
+}
+
+impl std::fmt::Debug for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeviceSpec({})", self.name)
+    }
+}
+
 /// Lets another thread ask a running VM to stop; the VM then ends with
 /// [`crate::VmExit::Stopped`] within about 100 ms.
 #[derive(Clone, Debug, Default)]
@@ -117,6 +155,8 @@ pub struct VmConfig {
     pub start_time: Instant,
     /// Optional virtio-vsock device.
     pub vsock: Option<VsockConfig>,
+    /// Further virtio devices, attached after vsock in this order.
+    pub devices: Vec<DeviceSpec>,
     /// Stops the VM from another thread.
     pub stop: StopHandle,
 }
@@ -139,6 +179,7 @@ impl VmConfig {
             console: ConsoleOutput::Stdout,
             start_time: Instant::now(),
             vsock: None,
+            devices: Vec::new(),
             stop: StopHandle::new(),
         }
     }

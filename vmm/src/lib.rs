@@ -28,6 +28,9 @@ pub mod memory;
 pub mod stats;
 pub mod vm;
 
-pub use config::{BootSource, ConsoleOutput, StopHandle, VmConfig, VsockConfig, DEFAULT_CMDLINE};
+pub use config::{
+    BootSource, ConsoleOutput, DeviceFactory, DeviceSpec, StopHandle, VmConfig, VsockConfig,
+    DEFAULT_CMDLINE,
+};
 pub use exit::{FaultKind, VcpuFault, VmExit};
 pub use vm::{run, Error, VmEvent, VmOutcome};

@@ -133,6 +133,13 @@ pub fn run(config: &VmConfig, mut on_event: impl FnMut(&VmEvent)) -> Result<VmOu
             Box::new(device),
         )?);
     }
+    for spec in &config.devices {
+        let device = (spec.make)().map_err(|e| Error::Device {
+            what: "virtio device",
+            detail: format!("{}: {e}", spec.name),
+        })?;
+        announce.push(virtio::attach(&vm, &mem, &mut mmio, &mut slots, device)?);
+    }
     let entry = boot::load(
         &mem,
         &with_devices_announced(&config.boot, &announce),

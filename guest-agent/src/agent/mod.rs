@@ -36,6 +36,7 @@ pub mod frame;
 pub mod mounts;
 pub mod pty;
 pub mod reaper;
+pub mod rootfs;
 pub mod server;
 pub mod session;
 pub mod shutdown;
@@ -86,10 +87,23 @@ pub fn run() -> ! {
 /// PID 1 duties before serving: standard fds, filesystems, hostname, `lo`.
 fn init_system() {
     system::ensure_std_fds();
+    let boot = rootfs::read_boot_config();
+    if let Some(tag) = &boot.root_tag {
+        // Serving from the initramfs instead of the sandbox's image would
+        // run the user's commands in the wrong filesystem: stop instead, and
+        // the host reports this line with the console's tail.
+        if let Err(e) = rootfs::switch_to_virtiofs(tag, boot.root_read_only) {
+            agent_log!("fatal: cannot switch to the root filesystem: {e}");
+            shutdown::power_off(FATAL_EXIT_CODE);
+        }
+    }
     for e in mounts::mount_all() {
         agent_log!("{e}");
     }
     mounts::link_dev_nodes();
+    for e in rootfs::mount_requested(&boot.mounts) {
+        agent_log!("{e}");
+    }
     let cmdline = cmdline::read();
     let hostname = cmdline::hostname(&cmdline);
     if let Err(e) = system::set_hostname(&hostname) {

@@ -64,6 +64,7 @@ pub fn config(request: &VmRequest<'_>) -> VmConfig {
             guest_cid: msbvm_protocol::GUEST_CID,
             uds_path: device_socket_path(request.dir),
         }),
+        devices: Vec::new(),
         stop: StopHandle::new(),
     }
 }
