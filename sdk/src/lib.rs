@@ -35,7 +35,9 @@ pub mod paths;
 pub mod report;
 pub mod runtime;
 mod sandbox;
+pub mod spec;
 pub mod state;
+pub mod volumes;
 pub mod vsock;
 
 #[cfg(test)]
