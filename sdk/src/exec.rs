@@ -418,6 +418,13 @@ pub(crate) fn describe(m: &GuestMessage) -> &'static str {
         GuestMessage::Exited(_) => "Exited",
         GuestMessage::Error { .. } => "Error",
         GuestMessage::Pong => "Pong",
+        GuestMessage::FileMeta(_) => "FileMeta",
+        GuestMessage::FileChunk(_) => "FileChunk",
+        GuestMessage::FileEnd => "FileEnd",
+        GuestMessage::FileReady => "FileReady",
+        GuestMessage::FileDone => "FileDone",
+        GuestMessage::DirEntries(_) => "DirEntries",
+        GuestMessage::FileError(_) => "FileError",
     }
 }
 

@@ -267,6 +267,7 @@ mod tests {
             ready_fd: None,
             lifeline_fd: None,
             parent_pid: None,
+            spec: Default::default(),
         };
         (launch(&bin, args, &dir, timeout).await, tmp)
     }

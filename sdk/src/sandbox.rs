@@ -24,6 +24,7 @@ use crate::launch::{launch, runtime_binary};
 use crate::paths::{msbvm_home, sandboxes_dir, validate_name, SandboxDir};
 use crate::report::ReadyInfo;
 use crate::runtime::RuntimeArgs;
+use crate::spec::{NetRule, PortSpec, RootSpec, SandboxSpec, TmpfsSpec, VolumeSpec};
 use crate::state::{self, StateRecord, Status};
 
 /// Default vCPU count.
@@ -47,6 +48,7 @@ pub struct SandboxBuilder {
     env: Vec<(String, String)>,
     detached: bool,
     ready_timeout: Duration,
+    spec: SandboxSpec,
 }
 
 impl SandboxBuilder {
@@ -73,6 +75,95 @@ impl SandboxBuilder {
     /// How long the boot may take once the VM starts (default 60 s).
     pub fn ready_timeout(mut self, timeout: Duration) -> Self {
         self.ready_timeout = timeout;
+        self
+    }
+    /// The OCI image the root filesystem comes from (default
+    /// [`crate::spec::DEFAULT_IMAGE`]); it must be in the local store
+    /// (`msbvm pull`, or [`msbvm_image`] from code).
+    pub fn image(mut self, reference: impl Into<String>) -> Self {
+        self.spec.root = RootSpec::Image {
+            reference: reference.into(),
+        };
+        self
+    }
+    /// Serves a host directory as the root filesystem instead of an image.
+    pub fn root_dir(mut self, path: impl Into<PathBuf>, read_only: bool) -> Self {
+        self.spec.root = RootSpec::HostDir {
+            path: path.into(),
+            read_only,
+        };
+        self
+    }
+    /// Sets where the root filesystem comes from.
+    pub fn root(mut self, root: RootSpec) -> Self {
+        self.spec.root = root;
+        self
+    }
+    /// Mounts a host directory or a named volume.
+    pub fn volume(mut self, volume: VolumeSpec) -> Self {
+        self.spec.volumes.push(volume);
+        self
+    }
+    /// Mounts a tmpfs.
+    pub fn tmpfs(mut self, tmpfs: TmpfsSpec) -> Self {
+        self.spec.tmpfs.push(tmpfs);
+        self
+    }
+    /// Gives the guest a network interface (default true).
+    pub fn network(mut self, enabled: bool) -> Self {
+        self.spec.network.enabled = enabled;
+        self
+    }
+    /// Allows what `rule` matches (rules are checked in the order added; first match wins).
+    pub fn net_allow(mut self, rule: impl Into<String>) -> Self {
+        self.spec.network.rules.push(NetRule {
+            allow: true,
+            rule: rule.into(),
+        });
+        self
+    }
+    /// Denies what `rule` matches.
+    pub fn net_deny(mut self, rule: impl Into<String>) -> Self {
+        self.spec.network.rules.push(NetRule {
+            allow: false,
+            rule: rule.into(),
+        });
+        self
+    }
+    /// What happens to traffic no rule matches (default: allowed, after the built-in
+    /// denials of private, loopback, link-local and metadata addresses and the host).
+    pub fn net_default_allow(mut self, allow: bool) -> Self {
+        self.spec.network.default_allow = allow;
+        self
+    }
+    /// Publishes a guest TCP port on the host.
+    pub fn publish(mut self, port: PortSpec) -> Self {
+        self.spec.network.ports.push(port);
+        self
+    }
+    /// Sets the guest interface's MTU (default 1500, at most 65520).
+    pub fn mtu(mut self, mtu: u16) -> Self {
+        self.spec.network.mtu = mtu;
+        self
+    }
+    /// Forwards the guest's allowed DNS queries to these servers instead of the host's.
+    pub fn dns_servers(mut self, servers: Vec<std::net::SocketAddr>) -> Self {
+        self.spec.network.dns_servers = servers;
+        self
+    }
+    /// Default working directory of every exec.
+    pub fn workdir(mut self, dir: impl Into<String>) -> Self {
+        self.spec.workdir = Some(dir.into());
+        self
+    }
+    /// Default user of every exec: `UID[:GID]` or a user name of the image.
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.spec.user = Some(user.into());
+        self
+    }
+    /// The whole filesystem and network description at once.
+    pub fn spec(mut self, spec: SandboxSpec) -> Self {
+        self.spec = spec;
         self
     }
 
@@ -127,12 +218,23 @@ impl SandboxBuilder {
             ready_fd: None,
             lifeline_fd: None,
             parent_pid: None,
+            spec: self.spec.clone(),
         };
         let launched = launch(&bin, args, &dir, self.ready_timeout).await?;
+        // The runtime resolved the image's defaults (environment, working
+        // directory, user) into the record before it reported ready.
+        let record = StateRecord::read(&dir).ok().flatten();
+        let (env, workdir, uid, gid) = match record {
+            Some(r) => (r.env, r.workdir, r.uid, r.gid),
+            None => (self.env, self.spec.workdir.clone(), None, None),
+        };
         Ok(Sandbox {
             inner: Arc::new(Inner {
                 dir,
-                env: self.env,
+                env,
+                workdir,
+                uid,
+                gid,
                 detached: self.detached,
                 pid: launched.ready.pid,
                 boot: Some(launched.ready.boot),
@@ -154,6 +256,9 @@ pub struct Sandbox {
 struct Inner {
     dir: SandboxDir,
     env: Vec<(String, String)>,
+    workdir: Option<String>,
+    uid: Option<u32>,
+    gid: Option<u32>,
     detached: bool,
     pid: u32,
     boot: Option<BootTimes>,
@@ -216,6 +321,7 @@ impl Sandbox {
             memory_mib: DEFAULT_MEMORY_MIB,
             env: Vec::new(),
             detached: false,
+            spec: SandboxSpec::default(),
             ready_timeout: std::env::var("MSBVM_READY_TIMEOUT_SECS")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -253,6 +359,9 @@ impl Sandbox {
             inner: Arc::new(Inner {
                 dir,
                 env: record.env,
+                workdir: record.workdir,
+                uid: record.uid,
+                gid: record.gid,
                 detached: record.detached,
                 pid: record.pid,
                 boot: record.boot,
@@ -394,6 +503,16 @@ impl Sandbox {
 
     /// Starts a process and returns its event stream, with stdin, signals and resizing.
     pub async fn exec_stream(&self, opts: ExecOptions) -> Result<ExecStream> {
+        let mut opts = opts;
+        if opts.cwd.is_none() {
+            opts.cwd = self.inner.workdir.clone();
+        }
+        if opts.uid.is_none() {
+            opts.uid = self.inner.uid;
+            if opts.gid.is_none() {
+                opts.gid = self.inner.gid;
+            }
+        }
         let request = opts.to_request(&self.inner.env)?;
         ExecStream::start(&self.inner.dir.vsock_socket(), request).await
     }

@@ -89,6 +89,18 @@ pub struct StateRecord {
     /// The guest's boot timestamps, once ready.
     #[serde(default)]
     pub boot: Option<BootTimes>,
+    /// Default working directory of execs (from the image or the user).
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// Default user id of execs (from the image or the user).
+    #[serde(default)]
+    pub uid: Option<u32>,
+    /// Default group id of execs.
+    #[serde(default)]
+    pub gid: Option<u32>,
+    /// The image the root filesystem comes from, if any.
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 impl StateRecord {
@@ -324,6 +336,10 @@ mod tests {
                 agent_start_ns: 1,
                 ready_ns: 2,
             }),
+            workdir: None,
+            uid: None,
+            gid: None,
+            image: None,
         }
     }
 

@@ -6,6 +6,8 @@ use std::ffi::OsString;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 
+use crate::spec::SandboxSpec;
+
 /// Everything the runtime needs to start a sandbox.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuntimeArgs {
@@ -27,6 +29,8 @@ pub struct RuntimeArgs {
     pub lifeline_fd: Option<RawFd>,
     /// The creator's pid, to tell its death from other signals (attached sandboxes).
     pub parent_pid: Option<u32>,
+    /// Filesystems and network.
+    pub spec: SandboxSpec,
 }
 
 impl RuntimeArgs {
@@ -58,6 +62,11 @@ impl RuntimeArgs {
         num("--ready-fd", self.ready_fd.map(|f| f.to_string()));
         num("--lifeline-fd", self.lifeline_fd.map(|f| f.to_string()));
         num("--parent-pid", self.parent_pid.map(|p| p.to_string()));
+        if self.spec != SandboxSpec::default() {
+            // The spec is plain data of this same build: JSON cannot fail on it.
+            let json = serde_json::to_string(&self.spec).unwrap_or_default();
+            num("--spec", Some(json));
+        }
         out
     }
 
@@ -75,6 +84,7 @@ impl RuntimeArgs {
             ready_fd: None,
             lifeline_fd: None,
             parent_pid: None,
+            spec: SandboxSpec::default(),
         };
         let mut args = args.into_iter();
         while let Some(flag) = args.next() {
@@ -116,6 +126,10 @@ impl RuntimeArgs {
                     parsed.parent_pid =
                         Some(u32::try_from(number(&value)?).map_err(|_| format!("bad {flag}"))?)
                 }
+                "--spec" => {
+                    parsed.spec = serde_json::from_str(&value)
+                        .map_err(|e| format!("--spec is not a sandbox spec: {e}"))?
+                }
                 _ => return Err(format!("unknown runtime argument {flag}")),
             }
         }
@@ -144,6 +158,10 @@ mod tests {
             ready_fd: Some(7),
             lifeline_fd: Some(8),
             parent_pid: Some(99),
+            spec: SandboxSpec {
+                volumes: vec![crate::spec::VolumeSpec::parse("data:/data:ro").unwrap()],
+                ..SandboxSpec::default()
+            },
         }
     }
 

@@ -160,6 +160,10 @@ fn run(args: &RuntimeArgs, reporter: &mut Reporter, started: Instant) -> Result<
         detached: args.detached,
         exit: None,
         boot: None,
+        workdir: args.spec.workdir.clone(),
+        uid: None,
+        gid: None,
+        image: None,
     };
     record.write(&dir)?;
 

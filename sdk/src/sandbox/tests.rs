@@ -23,6 +23,10 @@ fn record(name: &str, status: Status, detached: bool) -> StateRecord {
             agent_start_ns: 1,
             ready_ns: 2,
         }),
+        workdir: None,
+        uid: None,
+        gid: None,
+        image: None,
     }
 }
 
