@@ -11,8 +11,10 @@ mod boot;
 mod kernel;
 mod manage;
 mod run;
+mod sandbox_opts;
 mod session;
 mod tty;
+mod volume;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -24,7 +26,9 @@ use clap::{CommandFactory, Parser, Subcommand};
 const MSBVM_ERROR: u8 = 125;
 
 /// The subcommands whose errors exit with [`MSBVM_ERROR`].
-const SANDBOX_COMMANDS: [&str; 6] = ["run", "exec", "ls", "stop", "rm", "logs"];
+const SANDBOX_COMMANDS: [&str; 11] = [
+    "run", "exec", "ls", "stop", "rm", "logs", "cp", "pull", "images", "rmi", "volume",
+];
 
 #[derive(Parser)]
 #[command(name = "msbvm", version, about = "Disposable Linux microVM sandboxes")]
@@ -47,6 +51,9 @@ enum Command {
     Rm(manage::RmArgs),
     /// Show a sandbox's guest console and runtime log.
     Logs(manage::LogsArgs),
+    /// Manage named volumes.
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
     /// Boot a kernel in a microVM with the console on stdout.
     Boot(boot::BootArgs),
     /// Manage the shared guest kernel.
@@ -137,6 +144,7 @@ fn run_sandbox_command(command: Command) -> u8 {
             Command::Stop(args) => manage::stop(args).await,
             Command::Rm(args) => manage::rm(args).await,
             Command::Logs(args) => manage::logs(args),
+            Command::Volume(cmd) => volume::run(cmd),
             Command::Boot(_) | Command::Kernel(_) | Command::Runtime { .. } => Ok(0),
         }
     });

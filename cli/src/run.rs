@@ -55,6 +55,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "MiB", default_value_t = DEFAULT_MEMORY_MIB)]
     pub memory: u64,
     #[command(flatten)]
+    pub sandbox: crate::sandbox_opts::SandboxArgs,
+    #[command(flatten)]
     pub process: ProcessArgs,
 }
 
@@ -130,10 +132,12 @@ async fn create(args: &RunArgs) -> Result<Sandbox, Error> {
             Some(n) => n.clone(),
             None => names::unused_name(&home),
         };
+        let raw: Vec<String> = std::env::args().collect();
         let mut builder = Sandbox::builder(name)
             .cpus(args.cpus)
             .memory_mib(args.memory)
-            .detached(args.detach);
+            .detached(args.detach)
+            .spec(args.sandbox.spec(&raw)?);
         for (k, v) in &args.process.env {
             builder = builder.env(k, v);
         }

@@ -120,21 +120,23 @@ impl VolumeSpec {
             return Err(bad("the source is empty"));
         }
         check_guest_path(guest).map_err(|why| bad(&why))?;
-        let source = if source.starts_with('/') || source.starts_with('.') || source.starts_with('~') {
-            let expanded = match source.strip_prefix('~') {
-                Some(rest) => {
-                    let home = std::env::var_os("HOME").ok_or_else(|| bad("HOME is not set"))?;
-                    PathBuf::from(home).join(rest.trim_start_matches('/'))
-                }
-                None => PathBuf::from(source),
+        let source =
+            if source.starts_with('/') || source.starts_with('.') || source.starts_with('~') {
+                let expanded = match source.strip_prefix('~') {
+                    Some(rest) => {
+                        let home =
+                            std::env::var_os("HOME").ok_or_else(|| bad("HOME is not set"))?;
+                        PathBuf::from(home).join(rest.trim_start_matches('/'))
+                    }
+                    None => PathBuf::from(source),
+                };
+                let absolute = std::path::absolute(&expanded)
+                    .map_err(|e| bad(&format!("cannot make the path absolute: {e}")))?;
+                VolumeSource::Host(absolute)
+            } else {
+                crate::volumes::validate_volume_name(source)?;
+                VolumeSource::Named(source.to_string())
             };
-            let absolute = std::path::absolute(&expanded)
-                .map_err(|e| bad(&format!("cannot make the path absolute: {e}")))?;
-            VolumeSource::Host(absolute)
-        } else {
-            crate::volumes::validate_volume_name(source)?;
-            VolumeSource::Named(source.to_string())
-        };
         Ok(VolumeSpec {
             source,
             guest_path: guest.to_string(),
@@ -156,7 +158,9 @@ impl TmpfsSpec {
     /// Parses `GUEST_PATH[:SIZE]` with SIZE in bytes or with a `k`, `m` or `g` suffix.
     pub fn parse(text: &str) -> Result<TmpfsSpec> {
         let bad = |why: String| {
-            Error::InvalidConfig(format!("tmpfs {text:?}: {why}; expected GUEST_PATH[:SIZE], e.g. /scratch:64m"))
+            Error::InvalidConfig(format!(
+                "tmpfs {text:?}: {why}; expected GUEST_PATH[:SIZE], e.g. /scratch:64m"
+            ))
         };
         let (path, size) = match text.split_once(':') {
             Some((p, s)) => (p, Some(s)),
@@ -298,7 +302,15 @@ mod tests {
         assert!(!v.read_only);
         let v = VolumeSpec::parse("./rel:/x:rw").unwrap();
         assert!(matches!(v.source, VolumeSource::Host(p) if p.is_absolute()));
-        for bad in ["/a", "/a:rel", "/a:/", ":/x", "/a:/b/../c", "/a:/b:ro:x", "bad name:/x"] {
+        for bad in [
+            "/a",
+            "/a:rel",
+            "/a:/",
+            ":/x",
+            "/a:/b/../c",
+            "/a:/b:ro:x",
+            "bad name:/x",
+        ] {
             assert!(VolumeSpec::parse(bad).is_err(), "{bad}");
         }
     }
@@ -306,7 +318,10 @@ mod tests {
     #[test]
     fn tmpfs_parses_sizes() {
         assert_eq!(TmpfsSpec::parse("/s").unwrap().size_bytes, None);
-        assert_eq!(TmpfsSpec::parse("/s:64m").unwrap().size_bytes, Some(64 << 20));
+        assert_eq!(
+            TmpfsSpec::parse("/s:64m").unwrap().size_bytes,
+            Some(64 << 20)
+        );
         assert_eq!(TmpfsSpec::parse("/s:4096").unwrap().size_bytes, Some(4096));
         for bad in ["s", "/s:0", "/s:12x", "/s:"] {
             assert!(TmpfsSpec::parse(bad).is_err(), "{bad}");

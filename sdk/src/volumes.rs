@@ -20,7 +20,10 @@ pub const MAX_VOLUME_NAME_LEN: usize = 63;
 pub fn validate_volume_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= MAX_VOLUME_NAME_LEN
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
@@ -134,7 +137,9 @@ pub fn acquire(home: &Path, name: &str) -> Result<(PathBuf, File)> {
     }
     if !volume.data.is_dir() {
         // Removed between create and lock.
-        return Err(Error::InvalidConfig(format!("volume {name:?} was removed while starting")));
+        return Err(Error::InvalidConfig(format!(
+            "volume {name:?} was removed while starting"
+        )));
     }
     Ok((volume.data, lock))
 }
@@ -168,7 +173,11 @@ mod tests {
         let v = create(home.path(), "cache").unwrap();
         fs::write(v.data.join("f"), b"x").unwrap();
         create(home.path(), "a-1").unwrap();
-        let names: Vec<_> = list(home.path()).unwrap().into_iter().map(|v| v.name).collect();
+        let names: Vec<_> = list(home.path())
+            .unwrap()
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
         assert_eq!(names, ["a-1", "cache"]);
         remove(home.path(), "cache").unwrap();
         assert!(!volumes_dir(home.path()).join("cache").exists());

@@ -1,0 +1,239 @@
+//! `msbvm run`'s options for the sandbox's filesystems and network, turned
+//! into the SDK's [`SandboxSpec`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+use msbvm_sdk::spec::{
+    NetRule, PortSpec, RootSpec, SandboxSpec, TmpfsSpec, VolumeSpec, DEFAULT_IMAGE,
+};
+use msbvm_sdk::Error;
+
+/// Filesystem and network options of `msbvm run`.
+#[derive(Args, Debug, Clone, PartialEq, Default)]
+pub struct SandboxArgs {
+    /// Root filesystem image from the local store (`msbvm pull`); default: the embedded
+    /// `msbvm-default` image (busybox).
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// Serve this host directory as the root filesystem instead of an image.
+    #[arg(long, value_name = "DIR", conflicts_with = "image")]
+    pub rootfs: Option<PathBuf>,
+    /// Mount a host directory (HOST_DIR:GUEST_PATH[:ro]) or a named volume
+    /// (NAME:GUEST_PATH[:ro]); repeatable.
+    #[arg(short = 'v', long = "volume", value_name = "SRC:PATH[:ro]")]
+    pub volumes: Vec<String>,
+    /// Mount a tmpfs (PATH[:SIZE], e.g. /scratch:64m); repeatable.
+    #[arg(long = "tmpfs", value_name = "PATH[:SIZE]")]
+    pub tmpfs: Vec<String>,
+    /// Default user of commands: UID[:GID].
+    #[arg(short = 'u', long = "user", value_name = "UID[:GID]")]
+    pub user: Option<String>,
+    /// Publish a guest TCP port on the host: [ADDR:]HOST_PORT:GUEST_PORT (ADDR defaults to
+    /// 127.0.0.1); repeatable.
+    #[arg(short = 'p', long = "publish", value_name = "[ADDR:]HOST:GUEST")]
+    pub publish: Vec<String>,
+    /// Allow traffic matching RULE (see `msbvm help-net`); rules apply in command-line
+    /// order with --net-deny, first match wins; repeatable.
+    #[arg(long = "net-allow", value_name = "RULE")]
+    pub net_allow: Vec<String>,
+    /// Deny traffic matching RULE; repeatable.
+    #[arg(long = "net-deny", value_name = "RULE")]
+    pub net_deny: Vec<String>,
+    /// What happens to traffic no rule matches (after the built-in denials of private,
+    /// loopback, link-local and metadata addresses and of the host).
+    #[arg(long = "net-default", value_name = "allow|deny", value_parser = ["allow", "deny"])]
+    pub net_default: Option<String>,
+    /// No network interface at all.
+    #[arg(long = "no-network", conflicts_with_all = ["publish", "net_allow", "net_deny", "net_default"])]
+    pub no_network: bool,
+    /// MTU of the guest's interface (default 1500, at most 65520).
+    #[arg(long, value_name = "BYTES")]
+    pub mtu: Option<u16>,
+    /// DNS server the sandbox's allowed queries go to instead of the host's (ADDR[:PORT]);
+    /// repeatable.
+    #[arg(long = "dns", value_name = "ADDR[:PORT]")]
+    pub dns: Vec<String>,
+}
+
+impl SandboxArgs {
+    /// The spec these options describe. `raw_args` are the process's arguments, needed
+    /// because clap keeps --net-allow and --net-deny in two lists and their relative order
+    /// decides which rule matches first.
+    pub fn spec(&self, raw_args: &[String]) -> Result<SandboxSpec, Error> {
+        let mut spec = SandboxSpec::default();
+        if let Some(dir) = &self.rootfs {
+            let path = std::path::absolute(dir)
+                .map_err(|e| Error::InvalidConfig(format!("--rootfs {}: {e}", dir.display())))?;
+            spec.root = RootSpec::HostDir {
+                path,
+                read_only: false,
+            };
+        } else {
+            spec.root = RootSpec::Image {
+                reference: self.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.into()),
+            };
+        }
+        spec.volumes = self
+            .volumes
+            .iter()
+            .map(|v| VolumeSpec::parse(v))
+            .collect::<Result<_, _>>()?;
+        spec.tmpfs = self
+            .tmpfs
+            .iter()
+            .map(|t| TmpfsSpec::parse(t))
+            .collect::<Result<_, _>>()?;
+        spec.user = self.user.clone();
+        let net = &mut spec.network;
+        net.enabled = !self.no_network;
+        net.ports = self
+            .publish
+            .iter()
+            .map(|p| PortSpec::parse(p))
+            .collect::<Result<_, _>>()?;
+        net.rules = ordered_rules(raw_args);
+        if net.rules.len() != self.net_allow.len() + self.net_deny.len() {
+            // Arguments this scan did not recognise (e.g. through an alias): keep clap's view.
+            net.rules = self
+                .net_allow
+                .iter()
+                .map(|r| NetRule {
+                    allow: true,
+                    rule: r.clone(),
+                })
+                .chain(self.net_deny.iter().map(|r| NetRule {
+                    allow: false,
+                    rule: r.clone(),
+                }))
+                .collect();
+        }
+        if let Some(default) = &self.net_default {
+            net.default_allow = default == "allow";
+        }
+        if let Some(mtu) = self.mtu {
+            if !(576..=65520).contains(&mtu) {
+                return Err(Error::InvalidConfig(format!(
+                    "--mtu {mtu} is out of range: use 576 to 65520"
+                )));
+            }
+            net.mtu = mtu;
+        }
+        net.dns_servers = self
+            .dns
+            .iter()
+            .map(|d| parse_dns_server(d))
+            .collect::<Result<_, _>>()?;
+        Ok(spec)
+    }
+}
+
+/// `--net-allow`/`--net-deny` values in the order given, up to a `--`.
+pub fn ordered_rules(raw_args: &[String]) -> Vec<NetRule> {
+    let mut out = Vec::new();
+    let mut args = raw_args.iter();
+    while let Some(arg) = args.next() {
+        if arg == "--" {
+            break;
+        }
+        for (flag, allow) in [("--net-allow", true), ("--net-deny", false)] {
+            if arg == flag {
+                if let Some(v) = args.next() {
+                    out.push(NetRule {
+                        allow,
+                        rule: v.clone(),
+                    });
+                }
+            } else if let Some(v) = arg.strip_prefix(flag).and_then(|r| r.strip_prefix('=')) {
+                out.push(NetRule {
+                    allow,
+                    rule: v.to_string(),
+                });
+            }
+        }
+    }
+    out
+}
+
+fn parse_dns_server(text: &str) -> Result<SocketAddr, Error> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    text.parse::<std::net::IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| Error::InvalidConfig(format!("--dns {text:?} is not ADDR or ADDR:PORT")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn rules_keep_command_line_order() {
+        let raw = strings(&[
+            "msbvm",
+            "run",
+            "--net-deny",
+            "10.0.0.0/8",
+            "--net-allow=host",
+            "--net-allow",
+            "example.com",
+            "--",
+            "--net-deny",
+            "x",
+        ]);
+        let rules = ordered_rules(&raw);
+        assert_eq!(
+            rules,
+            [
+                NetRule {
+                    allow: false,
+                    rule: "10.0.0.0/8".into()
+                },
+                NetRule {
+                    allow: true,
+                    rule: "host".into()
+                },
+                NetRule {
+                    allow: true,
+                    rule: "example.com".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn spec_from_options() {
+        let args = SandboxArgs {
+            image: Some("reg:5000/alpine:3".into()),
+            volumes: vec!["/srv:/srv:ro".into()],
+            tmpfs: vec!["/scratch:1m".into()],
+            publish: vec!["8080:80".into()],
+            net_default: Some("deny".into()),
+            dns: vec!["127.0.0.1:5353".into(), "10.1.1.1".into()],
+            ..SandboxArgs::default()
+        };
+        let spec = args.spec(&[]).unwrap();
+        assert_eq!(
+            spec.root,
+            RootSpec::Image {
+                reference: "reg:5000/alpine:3".into()
+            }
+        );
+        assert!(spec.volumes[0].read_only);
+        assert_eq!(spec.tmpfs[0].size_bytes, Some(1 << 20));
+        assert_eq!(spec.network.ports[0].guest_port, 80);
+        assert!(!spec.network.default_allow);
+        assert_eq!(spec.network.dns_servers[1], "10.1.1.1:53".parse().unwrap());
+        let bad = SandboxArgs {
+            mtu: Some(100),
+            ..SandboxArgs::default()
+        };
+        assert!(bad.spec(&[]).is_err());
+    }
+}
