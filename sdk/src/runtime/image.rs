@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use msbvm_kernel::Initramfs;
+use msbvm_protocol::boot::{BootConfig, BOOT_CONFIG_PATH};
 
 use crate::error::{Error, Result};
 
@@ -139,12 +140,18 @@ fn elf_has_interpreter(elf: &[u8]) -> Option<bool> {
     Some(false)
 }
 
-/// The initramfs of sandbox `hostname`.
-pub fn build(hostname: &str, agent: &Path, busybox: &Path) -> Result<Initramfs> {
-    let applets = busybox_applets(busybox)?;
+/// The initramfs of sandbox `hostname`: the agent as `/init` and its boot configuration;
+/// with `busybox`, also a busybox userland (for sandboxes whose root stays the initramfs —
+/// with a virtio-fs root the agent frees these files right after switching).
+pub fn build(
+    hostname: &str,
+    agent: &Path,
+    busybox: Option<&Path>,
+    boot: &BootConfig,
+) -> Result<Initramfs> {
     let mut image = Initramfs::new();
     for dir in [
-        "/dev", "/proc", "/sys", "/tmp", "/run", "/root", "/etc", "/bin",
+        "/dev", "/proc", "/sys", "/tmp", "/run", "/root", "/etc", "/bin", "/msbvm",
     ] {
         image.dir(dir, 0o755);
     }
@@ -154,11 +161,17 @@ pub fn build(hostname: &str, agent: &Path, busybox: &Path) -> Result<Initramfs> 
     image
         .host_file("/init", agent)
         .map_err(|e| Error::AgentMissing(format!("cannot add the agent: {e}")))?;
-    image
-        .host_file("/bin/busybox", busybox)
-        .map_err(|e| Error::BusyboxMissing(format!("cannot add busybox: {e}")))?;
-    for applet in &applets {
-        image.symlink(&format!("/bin/{applet}"), "busybox");
+    let boot_bytes = postcard::to_stdvec(boot)
+        .map_err(|e| Error::InvalidConfig(format!("cannot encode the boot configuration: {e}")))?;
+    image.file(BOOT_CONFIG_PATH, 0o600, boot_bytes);
+    if let Some(busybox) = busybox {
+        let applets = busybox_applets(busybox)?;
+        image
+            .host_file("/bin/busybox", busybox)
+            .map_err(|e| Error::BusyboxMissing(format!("cannot add busybox: {e}")))?;
+        for applet in &applets {
+            image.symlink(&format!("/bin/{applet}"), "busybox");
+        }
     }
     image.file(
         "/etc/passwd",
@@ -197,7 +210,13 @@ mod tests {
             "bb",
             "printf 'sh\\nls\\n[\\nbusybox\\n../evil\\n'",
         );
-        let bytes = build("my-box", &agent, &busybox).unwrap().to_bytes();
+        let boot = BootConfig {
+            root_tag: Some("root".into()),
+            ..BootConfig::default()
+        };
+        let bytes = build("my-box", &agent, Some(&busybox), &boot)
+            .unwrap()
+            .to_bytes();
         let text = String::from_utf8_lossy(&bytes);
         for needle in [
             "init\0",
@@ -209,6 +228,7 @@ mod tests {
             "etc/hosts\0",
             "127.0.1.1\tmy-box",
             "dev/console\0",
+            "msbvm/boot.bin\0",
         ] {
             assert!(text.contains(needle), "missing {needle:?}");
         }

@@ -257,7 +257,8 @@ impl Supervisor<'_> {
         }
         let agent = image::find_agent()?;
         let busybox = image::find_busybox()?;
-        let initrd = image::build(&self.args.name, &agent, &busybox)?;
+        let boot = msbvm_protocol::boot::BootConfig::default();
+        let initrd = image::build(&self.args.name, &agent, Some(&busybox), &boot)?;
         let initrd_path = self.dir.initrd();
         std::fs::write(&initrd_path, initrd.to_bytes())
             .map_err(Error::io(format!("writing {}", initrd_path.display())))?;
