@@ -21,6 +21,7 @@
 use serde::{Deserialize, Serialize};
 
 pub mod boot;
+pub mod files;
 
 /// Version of this protocol; bumped on any incompatible change.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -117,6 +118,12 @@ pub enum HostMessage {
     },
     /// Liveness probe; answered [`GuestMessage::Pong`].
     Ping,
+    /// A file operation; at most one per connection ([`files`]).
+    File(files::FileRequest),
+    /// Data of a file or archive the host uploads.
+    FileChunk(Vec<u8>),
+    /// The end of an upload.
+    FileEnd,
 }
 
 /// Messages from the agent to the host.
@@ -150,6 +157,20 @@ pub enum GuestMessage {
     },
     /// Answer to [`HostMessage::Ping`].
     Pong,
+    /// What a read file or a stat'ed path is.
+    FileMeta(files::FileStat),
+    /// Data of a file or archive the agent sends.
+    FileChunk(Vec<u8>),
+    /// The end of a download or listing.
+    FileEnd,
+    /// The agent is ready for the host's upload.
+    FileReady,
+    /// The file operation succeeded.
+    FileDone,
+    /// Some entries of a directory listing.
+    DirEntries(Vec<files::DirEntry>),
+    /// The file operation failed; the last message of the connection.
+    FileError(files::FileError),
 }
 
 /// Errors of the codec.

@@ -32,6 +32,7 @@ macro_rules! agent_log {
 pub mod cmdline;
 pub mod events;
 pub mod exec;
+pub mod files;
 pub mod frame;
 pub mod mounts;
 pub mod pty;

@@ -20,6 +20,7 @@ use std::time::Duration;
 use msbvm_protocol::{check_version, ExecRequest, GuestMessage, HostMessage, PROTOCOL_VERSION};
 
 use super::exec;
+use super::files;
 use super::frame::{FrameError, FrameReader, FrameWriter, Incoming};
 use super::reaper::Reaper;
 use super::session::Session;
@@ -155,6 +156,10 @@ impl Server {
                     Err(message) => out.send(&error(message))?,
                 },
                 HostMessage::Hello { .. } => out.send(&error("Hello was already received"))?,
+                HostMessage::File(request) => return files::serve(request, input, out),
+                HostMessage::FileChunk(_) | HostMessage::FileEnd => {
+                    out.send(&error("no file upload is under way on this connection"))?
+                }
                 HostMessage::Stdin(_)
                 | HostMessage::CloseStdin
                 | HostMessage::Signal(_)
@@ -229,6 +234,9 @@ impl Server {
                     session.pid()
                 ))),
                 HostMessage::Hello { .. } => Some(error("Hello was already received")),
+                HostMessage::File(_) | HostMessage::FileChunk(_) | HostMessage::FileEnd => Some(
+                    error("a process runs on this connection; open another for file operations"),
+                ),
             };
             if let Some(reply) = reply {
                 if let Err(e) = out.send(&reply) {
