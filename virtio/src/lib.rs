@@ -19,6 +19,7 @@
 mod device;
 mod interrupt;
 mod mmio;
+pub mod net;
 pub mod vsock;
 
 #[cfg(any(test, feature = "test-utils"))]

@@ -1,0 +1,36 @@
+//! virtio-net (device ID 1): the guest's Ethernet interface, carried over a
+//! host datagram socket to the host-side network stack.
+//!
+//! Backend: an `AF_UNIX`/`SOCK_DGRAM` socket given to [`Net::new`]; one
+//! datagram is one Ethernet frame, with no virtio header, in both
+//! directions. Flow control is the socket's own: a full send queue stalls
+//! the guest's TX ring, and a guest without RX buffers leaves frames queued
+//! in the socket.
+//!
+//! Features: VERSION_1, MAC, MTU, STATUS (link always up), MRG_RXBUF (a
+//! frame may span several RX chains), and with
+//! [`NetDeviceConfig::checksum_offload`] CSUM (the device completes partial
+//! checksums before a frame reaches the socket, so the stack only ever sees
+//! whole checksums) and GUEST_CSUM (received frames are marked DATA_VALID).
+//! No TSO/UFO: the stack expects frames of at most the MTU, and segmenting
+//! 64 KiB super-frames on the device side is a job of its own; without
+//! these features the guest segments in its kernel. No control queue, no
+//! multiqueue, no EVENT_IDX (see `worker.rs` for why).
+//!
+//! Layout, as in every device folder: `device.rs` (the
+//! [`crate::VirtioDevice`] impl), `worker.rs` (the epoll thread), [`frame`]
+//! (the header and checksum completion), [`defs`] (constants), `tests/`
+//! (device tests).
+
+pub mod defs;
+mod device;
+pub mod frame;
+mod worker;
+
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_utils;
+
+#[cfg(test)]
+mod tests;
+
+pub use device::{Net, NetDeviceConfig, NetMetrics};

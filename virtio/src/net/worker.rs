@@ -1,0 +1,580 @@
+//! The net device thread: one epoll loop over the two queue eventfds, the
+//! stop eventfd and the backend socket.
+//!
+//! **TX.** Each chain is copied into one reusable buffer (header + frame),
+//! checked, its partial checksum completed, and sent as one datagram. When
+//! the socket's send queue is full the frame stays pending with its chain
+//! not yet returned, the worker waits for EPOLLOUT and takes no more TX
+//! chains: the guest's TX ring fills and its stack backs off; nothing is
+//! dropped.
+//!
+//! **RX.** A frame is received into a reusable buffer only when none is
+//! pending, then written, header first, into as many RX chains as it needs
+//! (one without MRG_RXBUF). Chains popped for a frame that does not fit yet
+//! are held, not given back, until the guest posts more; meanwhile the
+//! socket is not read, so frames wait in the socket (back-pressure on the
+//! stack) instead of being dropped. A frame that can never fit (bigger than
+//! every buffer the guest can post) is dropped and counted.
+//!
+//! Chains are walked descriptor by descriptor with plain guest-memory
+//! copies rather than virtio-queue's `Reader`/`Writer`, which allocate a
+//! deque per chain; the hot path allocates nothing.
+//!
+//! No EVENT_IDX: holding RX chains means the device's avail position lags
+//! what it has seen, and with EVENT_IDX the driver would then never kick
+//! again for new buffers. Kick suppression on TX uses the plain
+//! NO_NOTIFY flag instead.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+
+use thiserror::Error;
+use tracing::{debug, error, warn};
+use virtio_bindings::virtio_net::{VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MRG_RXBUF};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::defs::{MAX_FRAME_LEN, MIN_FRAME_LEN, NET_HDR_LEN};
+use super::device::NetMetrics;
+use super::frame::{
+    complete_checksum, FrameError, NetHeader, HDR_F_DATA_VALID, HDR_F_NEEDS_CSUM, HDR_GSO_NONE,
+};
+use crate::{GuestMemoryMmap, Interrupt};
+
+const STOP_TOKEN: u64 = 0;
+const RXQ_TOKEN: u64 = 1;
+const TXQ_TOKEN: u64 = 2;
+const SOCKET_TOKEN: u64 = 3;
+
+/// Why a TX chain was dropped.
+#[derive(Debug, Error)]
+enum TxError {
+    #[error("TX chain has a device-writable descriptor")]
+    WritableInTx,
+    #[error("descriptor points outside guest memory")]
+    BadAddress,
+    #[error("frame is longer than {MAX_FRAME_LEN} bytes")]
+    TooLong,
+    #[error("chain holds {0} bytes, less than a header and an Ethernet header")]
+    TooShort(usize),
+    #[error("segmentation offload (gso_type {0}) was not negotiated")]
+    Gso(u8),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+/// An RX chain held for the next frame: its head, how many of the
+/// following entries of `held_segs` are its descriptors, its capacity.
+#[derive(Debug)]
+struct HeldChain {
+    head: u16,
+    segs: usize,
+    cap: usize,
+}
+
+/// What became of the pending RX frame.
+enum Delivery {
+    Done,
+    Dropped,
+    NoBuffers,
+}
+
+/// Everything the device thread owns.
+pub struct Worker {
+    mem: GuestMemoryMmap,
+    interrupt: Arc<Interrupt>,
+    rxq: Queue,
+    txq: Queue,
+    rx_evt: EventFd,
+    tx_evt: EventFd,
+    /// Kept open because it is registered in the epoll set.
+    _stop: EventFd,
+    socket: OwnedFd,
+    epoll: Epoll,
+    mergeable: bool,
+    guest_csum: bool,
+    metrics: Arc<NetMetrics>,
+    /// Header + frame of the TX chain being sent.
+    tx_buf: Vec<u8>,
+    /// (head, frame length) of a frame the socket had no room for.
+    tx_pending: Option<(u16, usize)>,
+    /// Header space + the frame received from the socket.
+    rx_buf: Vec<u8>,
+    /// Header + frame length in `rx_buf` of a frame not yet delivered.
+    rx_pending: Option<usize>,
+    held: VecDeque<HeldChain>,
+    held_segs: VecDeque<(GuestAddress, u32)>,
+    held_cap: usize,
+    /// Whether RX chains were returned since the last interrupt.
+    rx_returned: bool,
+    /// Events the socket is registered for.
+    interest: EventSet,
+    /// False once the backend hung up; the socket is out of the epoll set.
+    socket_open: bool,
+}
+
+impl Worker {
+    /// Prepares the thread's state and epoll set. `queues` are (queue,
+    /// eventfd) for RX and TX; `features` are the ones the driver accepted.
+    pub fn new(
+        mem: GuestMemoryMmap,
+        interrupt: Arc<Interrupt>,
+        queues: [(Queue, EventFd); 2],
+        stop: EventFd,
+        socket: OwnedFd,
+        features: u64,
+        metrics: Arc<NetMetrics>,
+    ) -> io::Result<Self> {
+        let [(rxq, rx_evt), (txq, tx_evt)] = queues;
+        let epoll = Epoll::new()?;
+        for (fd, token) in [
+            (stop.as_raw_fd(), STOP_TOKEN),
+            (rx_evt.as_raw_fd(), RXQ_TOKEN),
+            (tx_evt.as_raw_fd(), TXQ_TOKEN),
+            (socket.as_raw_fd(), SOCKET_TOKEN),
+        ] {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )?;
+        }
+        let held_capacity = usize::from(rxq.size());
+        Ok(Self {
+            mem,
+            interrupt,
+            rxq,
+            txq,
+            rx_evt,
+            tx_evt,
+            _stop: stop,
+            socket,
+            epoll,
+            mergeable: features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0,
+            guest_csum: features & (1 << VIRTIO_NET_F_GUEST_CSUM) != 0,
+            metrics,
+            tx_buf: vec![0; NET_HDR_LEN + MAX_FRAME_LEN],
+            tx_pending: None,
+            rx_buf: vec![0; NET_HDR_LEN + MAX_FRAME_LEN],
+            rx_pending: None,
+            held: VecDeque::with_capacity(held_capacity),
+            held_segs: VecDeque::with_capacity(held_capacity),
+            held_cap: 0,
+            rx_returned: false,
+            interest: EventSet::IN,
+            socket_open: true,
+        })
+    }
+
+    /// Runs until the stop eventfd fires (or epoll itself fails).
+    pub fn run(mut self) {
+        let mut events = vec![EpollEvent::default(); 8];
+        // Kicks from before we started are in the eventfd counters, but
+        // buffers may also be queued already: look at both queues once.
+        self.process_tx();
+        self.process_rx();
+        loop {
+            let n = match self.epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    error!("net: epoll_wait failed, device stops: {e}");
+                    return;
+                }
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    STOP_TOKEN => return,
+                    RXQ_TOKEN => {
+                        let _ = self.rx_evt.read();
+                        self.process_rx();
+                    }
+                    TXQ_TOKEN => {
+                        let _ = self.tx_evt.read();
+                        self.process_tx();
+                    }
+                    _ => self.handle_socket(ev.event_set()),
+                }
+            }
+        }
+    }
+
+    fn handle_socket(&mut self, set: EventSet) {
+        if set.contains(EventSet::ERROR) {
+            if let Some(e) = take_socket_error(&self.socket) {
+                warn!("net: backend socket error: {e}");
+            }
+        }
+        if set.contains(EventSet::HANG_UP) {
+            warn!("net: backend socket hung up; the guest's network is down");
+            let _ = self.epoll.ctl(
+                ControlOperation::Delete,
+                self.socket.as_raw_fd(),
+                EpollEvent::default(),
+            );
+            self.socket_open = false;
+        }
+        if set.contains(EventSet::OUT) {
+            self.process_tx();
+        }
+        if set.contains(EventSet::IN) {
+            self.process_rx();
+        }
+    }
+
+    /// Sends TX chains until the queue is empty or the socket is full.
+    fn process_tx(&mut self) {
+        let mut returned = false;
+        'queue: {
+            if let Some((head, len)) = self.tx_pending {
+                if self.send_tx(len) == Sent::Blocked {
+                    break 'queue;
+                }
+                self.tx_pending = None;
+                self.return_tx(head);
+                returned = true;
+            }
+            loop {
+                // No kicks while we drain the ring anyway.
+                let _ = self.txq.disable_notification(&self.mem);
+                while let Some(chain) = self.txq.pop_descriptor_chain(&self.mem) {
+                    let head = chain.head_index();
+                    match read_tx_frame(&self.mem, chain, &mut self.tx_buf) {
+                        Ok(len) => {
+                            if self.send_tx(len) == Sent::Blocked {
+                                self.tx_pending = Some((head, len));
+                                break 'queue;
+                            }
+                        }
+                        Err(e) => {
+                            debug!("net: dropping TX chain {head}: {e}");
+                            NetMetrics::add(&self.metrics.tx_dropped, 1);
+                        }
+                    }
+                    self.return_tx(head);
+                    returned = true;
+                }
+                match self.txq.enable_notification(&self.mem) {
+                    Ok(true) => continue,
+                    Ok(false) => break,
+                    Err(e) => {
+                        debug!("net: cannot re-enable TX notifications: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        if returned {
+            notify(&mut self.txq, &self.mem, &self.interrupt);
+        }
+        self.update_interest();
+    }
+
+    fn return_tx(&mut self, head: u16) {
+        if let Err(e) = self.txq.add_used(&self.mem, head, 0) {
+            // Only a bogus head index or used ring gets here: the guest's doing.
+            debug!("net: cannot return TX chain {head}: {e}");
+        }
+    }
+
+    /// Sends the frame of `len` bytes after the header in `tx_buf`.
+    fn send_tx(&mut self, len: usize) -> Sent {
+        let frame = &self.tx_buf[NET_HDR_LEN..NET_HDR_LEN + len];
+        loop {
+            // SAFETY: `frame` is valid for `frame.len()` bytes for the call.
+            let rc = unsafe {
+                libc::send(
+                    self.socket.as_raw_fd(),
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if rc >= 0 {
+                NetMetrics::add(&self.metrics.tx_frames, 1);
+                NetMetrics::add(&self.metrics.tx_bytes, len as u64);
+                return Sent::Done;
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) | Some(libc::ENOBUFS) if self.socket_open => {
+                    return Sent::Blocked
+                }
+                _ => {
+                    debug!("net: dropping a {len}-byte TX frame: {e}");
+                    NetMetrics::add(&self.metrics.tx_dropped, 1);
+                    return Sent::Done;
+                }
+            }
+        }
+    }
+
+    /// Moves frames from the socket to RX chains while both are there.
+    fn process_rx(&mut self) {
+        loop {
+            let total = match self.rx_pending {
+                Some(total) => total,
+                None => match self.recv_frame() {
+                    Some(total) => total,
+                    None => break,
+                },
+            };
+            self.rx_pending = Some(total);
+            match self.deliver(total) {
+                Delivery::Done | Delivery::Dropped => self.rx_pending = None,
+                Delivery::NoBuffers => break,
+            }
+        }
+        if std::mem::take(&mut self.rx_returned) {
+            notify(&mut self.rxq, &self.mem, &self.interrupt);
+        }
+        self.update_interest();
+    }
+
+    /// Receives one frame after the header space of `rx_buf`; returns the
+    /// header + frame length, or None when the socket has nothing.
+    fn recv_frame(&mut self) -> Option<usize> {
+        while self.socket_open {
+            let buf = &mut self.rx_buf[NET_HDR_LEN..];
+            // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+            // MSG_TRUNC makes recv report a datagram's real length, so a
+            // frame too big for us is seen and counted, not cut.
+            let rc = unsafe {
+                libc::recv(
+                    self.socket.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+                )
+            };
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    Some(libc::EAGAIN) => return None,
+                    _ => {
+                        warn!("net: receiving from the backend failed: {e}");
+                        return None;
+                    }
+                }
+            }
+            let len = rc as usize;
+            if len == 0 || len > buf.len() {
+                debug!("net: dropping a {len}-byte frame from the backend");
+                NetMetrics::add(&self.metrics.rx_dropped, 1);
+                continue;
+            }
+            return Some(NET_HDR_LEN + len);
+        }
+        None
+    }
+
+    /// Writes the pending frame (`total` bytes with its header) into held
+    /// and newly popped RX chains.
+    fn deliver(&mut self, total: usize) -> Delivery {
+        while self.held_cap < total && (self.mergeable || self.held.is_empty()) {
+            let Some(chain) = self.rxq.pop_descriptor_chain(&self.mem) else {
+                break;
+            };
+            // Hold the chain for this frame, or return it unused at once
+            // if the device cannot write it; its used entry then never
+            // lands between those of a frame, which are added together.
+            let head = chain.head_index();
+            let first = self.held_segs.len();
+            let mut cap = 0usize;
+            let mut usable = true;
+            for desc in chain {
+                let len = desc.len() as usize;
+                if !desc.is_write_only()
+                    || !self.mem.check_range(desc.addr(), len, Permissions::Write)
+                {
+                    usable = false;
+                    break;
+                }
+                self.held_segs.push_back((desc.addr(), desc.len()));
+                cap = cap.saturating_add(len);
+            }
+            if !usable || cap < NET_HDR_LEN {
+                self.held_segs.truncate(first);
+                debug!("net: returning unusable RX chain {head}");
+                self.return_rx(head, 0);
+                continue;
+            }
+            self.held.push_back(HeldChain {
+                head,
+                segs: self.held_segs.len() - first,
+                cap,
+            });
+            self.held_cap += cap;
+        }
+        if self.held_cap < total {
+            let may_get_more =
+                self.mergeable && self.held_segs.len() < usize::from(self.rxq.size());
+            if self.held.is_empty() || may_get_more {
+                return Delivery::NoBuffers;
+            }
+            // Even the whole ring could not hold it: drop the frame, keep
+            // the buffers for the next one.
+            debug!(
+                "net: dropping a {}-byte frame: larger than the guest's RX buffers",
+                total - NET_HDR_LEN
+            );
+            NetMetrics::add(&self.metrics.rx_dropped, 1);
+            return Delivery::Dropped;
+        }
+
+        // The fewest held chains that hold the frame.
+        let mut chains = 0usize;
+        let mut cap = 0usize;
+        for c in &self.held {
+            chains += 1;
+            cap += c.cap;
+            if cap >= total {
+                break;
+            }
+        }
+        let header = NetHeader {
+            flags: if self.guest_csum { HDR_F_DATA_VALID } else { 0 },
+            gso_type: HDR_GSO_NONE,
+            csum_start: 0,
+            csum_offset: 0,
+            num_buffers: u16::try_from(chains).unwrap_or(u16::MAX),
+        };
+        self.rx_buf[..NET_HDR_LEN].copy_from_slice(&header.to_bytes());
+        let mut off = 0usize;
+        for _ in 0..chains {
+            let Some(chain) = self.held.pop_front() else {
+                break;
+            };
+            self.held_cap -= chain.cap;
+            let mut written = 0usize;
+            for _ in 0..chain.segs {
+                let Some((addr, len)) = self.held_segs.pop_front() else {
+                    break;
+                };
+                let n = (len as usize).min(total - off);
+                if n > 0 {
+                    if let Err(e) = self.mem.write_slice(&self.rx_buf[off..off + n], addr) {
+                        // Ranges were checked when the chain was popped.
+                        debug!("net: cannot write RX chain {}: {e}", chain.head);
+                    }
+                }
+                off += n;
+                written += n;
+            }
+            self.return_rx(chain.head, written as u32);
+        }
+        NetMetrics::add(&self.metrics.rx_frames, 1);
+        NetMetrics::add(&self.metrics.rx_bytes, (total - NET_HDR_LEN) as u64);
+        Delivery::Done
+    }
+
+    fn return_rx(&mut self, head: u16, len: u32) {
+        if let Err(e) = self.rxq.add_used(&self.mem, head, len) {
+            debug!("net: cannot return RX chain {head}: {e}");
+        }
+        self.rx_returned = true;
+    }
+
+    /// Reads the socket only while no frame waits for RX buffers, and waits
+    /// for room to send only while a TX frame is pending.
+    fn update_interest(&mut self) {
+        if !self.socket_open {
+            return;
+        }
+        let mut want = EventSet::empty();
+        if self.rx_pending.is_none() {
+            want |= EventSet::IN;
+        }
+        if self.tx_pending.is_some() {
+            want |= EventSet::OUT;
+        }
+        if want == self.interest {
+            return;
+        }
+        match self.epoll.ctl(
+            ControlOperation::Modify,
+            self.socket.as_raw_fd(),
+            EpollEvent::new(want, SOCKET_TOKEN),
+        ) {
+            Ok(()) => self.interest = want,
+            Err(e) => error!("net: cannot change backend socket events: {e}"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sent {
+    Done,
+    Blocked,
+}
+
+/// Copies a TX chain (header + frame) into `buf`, checks it and completes a
+/// partial checksum. Returns the frame length (after the header).
+fn read_tx_frame(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    buf: &mut [u8],
+) -> Result<usize, TxError> {
+    let mut len = 0usize;
+    for desc in chain {
+        // A device-writable buffer in a TX chain means a confused or hostile
+        // driver: refuse the chain rather than guess.
+        if desc.is_write_only() {
+            return Err(TxError::WritableInTx);
+        }
+        let n = desc.len() as usize;
+        if n > buf.len() - len {
+            return Err(TxError::TooLong);
+        }
+        mem.read_slice(&mut buf[len..len + n], desc.addr())
+            .map_err(|_| TxError::BadAddress)?;
+        len += n;
+    }
+    if len < NET_HDR_LEN + MIN_FRAME_LEN {
+        return Err(TxError::TooShort(len));
+    }
+    let mut raw = [0u8; NET_HDR_LEN];
+    raw.copy_from_slice(&buf[..NET_HDR_LEN]);
+    let hdr = NetHeader::from_bytes(&raw);
+    // ECN bit (0x80) aside, any GSO type means a segment larger than the
+    // MTU that we would have to split; none was offered.
+    if hdr.gso_type & 0x7f != HDR_GSO_NONE {
+        return Err(TxError::Gso(hdr.gso_type));
+    }
+    if hdr.flags & HDR_F_NEEDS_CSUM != 0 {
+        complete_checksum(&mut buf[NET_HDR_LEN..len], hdr.csum_start, hdr.csum_offset)?;
+    }
+    Ok(len - NET_HDR_LEN)
+}
+
+/// Interrupts the guest for `q` unless it asked not to be.
+fn notify(q: &mut Queue, mem: &GuestMemoryMmap, interrupt: &Interrupt) {
+    match q.needs_notification(mem) {
+        Ok(false) => {}
+        // When in doubt, interrupt: a spurious one is harmless.
+        Ok(true) | Err(_) => interrupt.signal_used_queue(),
+    }
+}
+
+/// Reads and clears the socket's pending error (SO_ERROR).
+fn take_socket_error(socket: &OwnedFd) -> Option<io::Error> {
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: SO_ERROR writes one c_int into `err`, whose size `len` gives.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && err != 0).then(|| io::Error::from_raw_os_error(err))
+}
