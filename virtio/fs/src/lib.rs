@@ -8,9 +8,14 @@
 //! backend to observe, deny, rewrite or answer operations.
 
 pub mod filesystem;
+mod handle_table;
+mod host_util;
+pub mod passthrough;
+mod path_table;
 pub mod layer_meta;
 
 pub use filesystem::{
     Attr, Context, DirEntry, Entry, FileSystem, Handle, Inode, OpenReply, SetAttr, StatFs,
     TimeSet, ROOT_INODE,
 };
+pub use passthrough::{IdMap, IdRange, PassthroughConfig, PassthroughFs};

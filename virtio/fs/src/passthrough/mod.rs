@@ -1,0 +1,883 @@
+//! A host directory served to the guest, confined to that directory.
+//!
+//! Confinement: every host path is resolved with `openat2(2)` beneath an
+//! `O_PATH` fd of the root with no symlinks allowed anywhere in the walk
+//! (see [`crate::host_util`]); names from the guest are single components
+//! used with `*at` calls that never follow a final symlink. A symlink
+//! planted or swapped in by anyone (guest, host, a racing rename) is
+//! therefore either returned as a symlink for the guest kernel to resolve
+//! in the guest's own namespace, or refused with `ELOOP`/`ESTALE`; the host
+//! never follows it.
+//!
+//! Descriptors: an inode keeps its parent and name (see
+//! [`crate::path_table`]), not a descriptor. At most
+//! [`PassthroughConfig::max_open_fds`] `O_PATH` fds are cached (least
+//! recently used evicted); an evicted inode is opened again from the root
+//! and must still be the same host `(dev, ino)`, else `ESTALE`. Open files
+//! are a separate budget, [`PassthroughConfig::max_open_handles`] (each
+//! holds one host fd; directory handles hold a snapshot of the listing and
+//! no fd, but count too); past it the guest gets `EMFILE`.
+//!
+//! Permissions are the guest kernel's job: mount with `default_permissions`
+//! so it checks the ids and modes this backend reports. The host process
+//! only ever acts with its own credentials; as root it additionally gives
+//! new files the mapped host owner of the guest caller.
+//!
+//! Limits: an inode whose last name is removed while its fd is not cached
+//! can only be reached through open handles (`ESTALE` otherwise); guest
+//! xattrs are limited to the `user.` namespace, because `security.` and
+//! `trusted.` ones would act on the host.
+
+mod fd_cache;
+mod id_map;
+#[cfg(test)]
+mod tests;
+
+pub use id_map::{IdMap, IdRange, OVERFLOW_ID};
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use std::collections::HashMap;
+
+use crate::handle_table::HandleTable;
+use crate::host_util::{self as host, cvt, err, CONFINED};
+use crate::path_table::PathTable;
+use crate::{
+    Attr, Context, DirEntry, Entry, FileSystem, Handle, Inode, OpenReply, SetAttr, StatFs,
+    ROOT_INODE,
+};
+
+use fd_cache::FdCache;
+
+/// How a [`PassthroughFs`] serves its directory.
+#[derive(Clone, Debug)]
+pub struct PassthroughConfig {
+    /// Refuse every change with `EROFS`.
+    pub read_only: bool,
+    /// Host <-> guest owner translation.
+    pub id_map: IdMap,
+    /// Most `O_PATH` descriptors kept for inodes (least recently used evicted).
+    pub max_open_fds: usize,
+    /// Most open file and directory handles; past it opens fail with `EMFILE`.
+    pub max_open_handles: usize,
+    /// How long the guest may cache attributes.
+    pub attr_timeout: Duration,
+    /// How long the guest may cache names.
+    pub entry_timeout: Duration,
+    /// The guest mounts with writeback caching: the kernel may read through
+    /// a write-only handle and does `O_APPEND` itself, so files are opened
+    /// read-write and without `O_APPEND`.
+    pub writeback: bool,
+}
+
+impl Default for PassthroughConfig {
+    fn default() -> Self {
+        PassthroughConfig {
+            read_only: false,
+            id_map: IdMap::identity(),
+            max_open_fds: 1024,
+            max_open_handles: 4096,
+            attr_timeout: Duration::from_secs(1),
+            entry_timeout: Duration::from_secs(1),
+            writeback: false,
+        }
+    }
+}
+
+/// What the table keeps per inode: the host identity it must still have.
+struct HostId {
+    dev: u64,
+    ino: u64,
+    kind: u32,
+}
+
+struct State {
+    table: PathTable<HostId>,
+    by_host: HashMap<(u64, u64), Inode>,
+    fds: FdCache,
+}
+
+enum OpenObject {
+    File(OwnedFd),
+    Dir(Vec<(u64, u8, Vec<u8>)>),
+}
+
+/// A confined passthrough of a host directory. See the module docs.
+pub struct PassthroughFs {
+    root: Arc<OwnedFd>,
+    config: PassthroughConfig,
+    state: Mutex<State>,
+    handles: HandleTable<OpenObject>,
+    host_is_root: bool,
+}
+
+impl PassthroughFs {
+    /// Serves the directory `root`.
+    pub fn new(root: &Path, config: PassthroughConfig) -> io::Result<Self> {
+        let fd = host::open_root(root)?;
+        let st = host::fstat(fd.as_raw_fd())?;
+        let mut by_host = HashMap::new();
+        by_host.insert((st.st_dev, st.st_ino), ROOT_INODE);
+        let root_id = HostId {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            kind: libc::S_IFDIR,
+        };
+        Ok(PassthroughFs {
+            root: Arc::new(fd),
+            state: Mutex::new(State {
+                table: PathTable::new(root_id),
+                by_host,
+                fds: FdCache::new(config.max_open_fds),
+            }),
+            handles: HandleTable::new(config.max_open_handles),
+            // SAFETY: geteuid has no preconditions.
+            host_is_root: unsafe { libc::geteuid() } == 0,
+            config,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("passthrough state lock")
+    }
+
+    /// The `O_PATH` fd of `ino`, from the cache or opened again from the
+    /// root and checked to still be the same host object.
+    fn inode_fd(&self, ino: Inode) -> io::Result<(Arc<OwnedFd>, u32)> {
+        if ino == ROOT_INODE {
+            return Ok((self.root.clone(), libc::S_IFDIR));
+        }
+        let (path, dev, hino, kind) = {
+            let mut st = self.lock();
+            let node = st.table.get(ino)?;
+            let (dev, hino, kind) = (node.data.dev, node.data.ino, node.data.kind);
+            if let Some(fd) = st.fds.get(ino) {
+                return Ok((fd, kind));
+            }
+            (st.table.path(ino)?, dev, hino, kind)
+        };
+        let fd = host::open_beneath(self.root.as_raw_fd(), &path).map_err(|e| {
+            match e.raw_os_error() {
+                Some(libc::ENOENT) | Some(libc::ELOOP) | Some(libc::ENOTDIR)
+                | Some(libc::EXDEV) => err(libc::ESTALE),
+                _ => e,
+            }
+        })?;
+        let st = host::fstat(fd.as_raw_fd())?;
+        if (st.st_dev, st.st_ino) != (dev, hino) {
+            return Err(err(libc::ESTALE));
+        }
+        let fd = Arc::new(fd);
+        let mut state = self.lock();
+        if state.table.get(ino).is_ok() {
+            state.fds.put(ino, fd.clone());
+        }
+        Ok((fd, kind))
+    }
+
+    fn guest_attr(&self, st: &libc::stat64) -> Attr {
+        let mut a = host::attr_from_stat(st);
+        a.uid = self.config.id_map.guest_uid(st.st_uid);
+        a.gid = self.config.id_map.guest_gid(st.st_gid);
+        a
+    }
+
+    fn entry(&self, ino: Inode, generation: u64, st: &libc::stat64) -> Entry {
+        Entry {
+            inode: ino,
+            generation,
+            attr: self.guest_attr(st),
+            attr_timeout: self.config.attr_timeout,
+            entry_timeout: self.config.entry_timeout,
+        }
+    }
+
+    fn check_writable(&self) -> io::Result<()> {
+        if self.config.read_only {
+            Err(err(libc::EROFS))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Registers `name` in `parent` (just looked up or created) and returns
+    /// its entry, one lookup counted.
+    fn register(&self, parent: Inode, name: &CStr, fd: OwnedFd) -> io::Result<Entry> {
+        let st = host::fstat(fd.as_raw_fd())?;
+        let key = (st.st_dev, st.st_ino);
+        let mut state = self.lock();
+        let state = &mut *state;
+        let ino = match state.by_host.get(&key).copied() {
+            Some(ino) => {
+                state.table.add_lookup(ino)?;
+                let node = state.table.get(ino)?;
+                if ino != ROOT_INODE
+                    && (node.parent != parent || node.name.as_c_str() != name || !node.attached)
+                {
+                    // Another name of the same object (hard link, host-side
+                    // rename): that is the path to reopen it by from now on.
+                    let moved = state.table.move_to(ino, parent, name);
+                    let freed = match moved {
+                        Ok(freed) => freed,
+                        Err(e) => {
+                            let freed = state.table.forget(ino, 1);
+                            Self::drop_freed(state, freed);
+                            return Err(e);
+                        }
+                    };
+                    Self::drop_freed(state, freed);
+                }
+                ino
+            }
+            None => {
+                let id = HostId {
+                    dev: st.st_dev,
+                    ino: st.st_ino,
+                    kind: st.st_mode & libc::S_IFMT,
+                };
+                let ino = state.table.insert(parent, name, id)?;
+                state.by_host.insert(key, ino);
+                ino
+            }
+        };
+        if ino != ROOT_INODE {
+            state.fds.put(ino, Arc::new(fd));
+        }
+        let generation = state.table.get(ino)?.generation;
+        Ok(self.entry(ino, generation, &st))
+    }
+
+    fn drop_freed(state: &mut State, freed: Vec<(Inode, HostId)>) {
+        for (ino, id) in freed {
+            state.fds.remove(ino);
+            if state.by_host.get(&(id.dev, id.ino)) == Some(&ino) {
+                state.by_host.remove(&(id.dev, id.ino));
+            }
+        }
+    }
+
+    fn open_child(dirfd: RawFd, name: &CStr) -> io::Result<OwnedFd> {
+        host::openat2(dirfd, name, libc::O_PATH | libc::O_NOFOLLOW, 0, CONFINED)
+    }
+
+    /// As root, gives a new name the mapped host owner of the guest caller;
+    /// unprivileged, new files stay the process's own.
+    fn set_creator(&self, ctx: &Context, dirfd: RawFd, name: &CStr) -> io::Result<()> {
+        if !self.host_is_root {
+            return Ok(());
+        }
+        let uid = self
+            .config
+            .id_map
+            .host_uid(ctx.uid)
+            .ok_or_else(|| err(libc::EINVAL))?;
+        let gid = self
+            .config
+            .id_map
+            .host_gid(ctx.gid)
+            .ok_or_else(|| err(libc::EINVAL))?;
+        // SAFETY: NUL-terminated name; does not follow a final symlink.
+        cvt(unsafe { libc::fchownat(dirfd, name.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) })?;
+        Ok(())
+    }
+
+    /// Creates something at `name` in `parent` with `make`, gives it the
+    /// owner of `ctx` (none for hard links, which keep theirs), removing it
+    /// again if that fails, and returns its entry.
+    fn create_with(
+        &self,
+        ctx: Option<&Context>,
+        parent: Inode,
+        name: &CStr,
+        is_dir: bool,
+        make: impl FnOnce(RawFd) -> io::Result<()>,
+    ) -> io::Result<Entry> {
+        self.check_writable()?;
+        host::check_name(name)?;
+        let (pfd, _) = self.inode_fd(parent)?;
+        make(pfd.as_raw_fd())?;
+        if let Err(e) = ctx.map_or(Ok(()), |ctx| self.set_creator(ctx, pfd.as_raw_fd(), name)) {
+            let flag = if is_dir { libc::AT_REMOVEDIR } else { 0 };
+            // SAFETY: NUL-terminated name relative to our dir fd.
+            unsafe { libc::unlinkat(pfd.as_raw_fd(), name.as_ptr(), flag) };
+            return Err(e);
+        }
+        self.register(parent, name, Self::open_child(pfd.as_raw_fd(), name)?)
+    }
+
+    fn file_fd(&self, handle: Handle) -> io::Result<Arc<OpenObject>> {
+        let obj = self.handles.get(handle)?;
+        match *obj {
+            OpenObject::File(_) => Ok(obj),
+            OpenObject::Dir(_) => Err(err(libc::EISDIR)),
+        }
+    }
+
+    fn handle_raw(obj: &OpenObject) -> RawFd {
+        match obj {
+            OpenObject::File(fd) => fd.as_raw_fd(),
+            OpenObject::Dir(_) => -1,
+        }
+    }
+}
+
+impl FileSystem for PassthroughFs {
+    fn destroy(&self) {
+        self.handles.clear();
+        self.lock().fds.clear();
+    }
+
+    fn lookup(&self, _ctx: &Context, parent: Inode, name: &CStr) -> io::Result<Entry> {
+        host::check_name(name).map_err(|_| err(libc::ENOENT))?;
+        let (pfd, _) = self.inode_fd(parent)?;
+        let fd = Self::open_child(pfd.as_raw_fd(), name)?;
+        self.register(parent, name, fd)
+    }
+
+    fn forget(&self, inode: Inode, count: u64) {
+        let mut state = self.lock();
+        let freed = state.table.forget(inode, count);
+        Self::drop_freed(&mut state, freed);
+    }
+
+    fn getattr(
+        &self,
+        _ctx: &Context,
+        inode: Inode,
+        handle: Option<Handle>,
+    ) -> io::Result<(Attr, Duration)> {
+        if let Some(obj) = handle.and_then(|h| self.handles.get(h).ok()) {
+            if let OpenObject::File(fd) = &*obj {
+                return Ok((
+                    self.guest_attr(&host::fstat(fd.as_raw_fd())?),
+                    self.config.attr_timeout,
+                ));
+            }
+        }
+        let (fd, _) = self.inode_fd(inode)?;
+        Ok((
+            self.guest_attr(&host::fstat(fd.as_raw_fd())?),
+            self.config.attr_timeout,
+        ))
+    }
+
+    fn setattr(&self, ctx: &Context, inode: Inode, attr: SetAttr) -> io::Result<(Attr, Duration)> {
+        self.check_writable()?;
+        let (fd, kind) = self.inode_fd(inode)?;
+        let raw = fd.as_raw_fd();
+        let is_link = kind == libc::S_IFLNK;
+        if attr.uid.is_some() || attr.gid.is_some() {
+            let map = &self.config.id_map;
+            let uid = match attr.uid {
+                Some(u) => map.host_uid(u).ok_or_else(|| err(libc::EINVAL))?,
+                None => u32::MAX,
+            };
+            let gid = match attr.gid {
+                Some(g) => map.host_gid(g).ok_or_else(|| err(libc::EINVAL))?,
+                None => u32::MAX,
+            };
+            // SAFETY: empty path with AT_EMPTY_PATH acts on the fd itself.
+            cvt(unsafe {
+                libc::fchownat(
+                    raw,
+                    c"".as_ptr(),
+                    uid,
+                    gid,
+                    libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+                )
+            })?;
+        }
+        if let Some(mode) = attr.mode {
+            if is_link {
+                return Err(err(libc::EOPNOTSUPP));
+            }
+            let path = host::proc_path(raw);
+            // SAFETY: NUL-terminated path to the magic link of our own fd.
+            cvt(unsafe { libc::chmod(path.as_ptr(), mode & 0o7777) })?;
+        }
+        if let Some(size) = attr.size {
+            let size = i64::try_from(size).map_err(|_| err(libc::EFBIG))?;
+            let via_handle = attr.handle.and_then(|h| self.file_fd(h).ok());
+            let owned;
+            let tfd = match &via_handle {
+                Some(obj) => Self::handle_raw(obj),
+                None => {
+                    if kind != libc::S_IFREG {
+                        return Err(err(libc::EINVAL));
+                    }
+                    owned = host::reopen(raw, libc::O_WRONLY)?;
+                    owned.as_raw_fd()
+                }
+            };
+            // SAFETY: plain syscall on an fd we hold.
+            cvt(unsafe { libc::ftruncate64(tfd, size) })?;
+        }
+        if attr.atime.is_some() || attr.mtime.is_some() {
+            if is_link {
+                let times = [host::timespec(attr.atime), host::timespec(attr.mtime)];
+                // SAFETY: empty path with AT_EMPTY_PATH acts on the link fd itself.
+                cvt(unsafe {
+                    libc::utimensat(raw, c"".as_ptr(), times.as_ptr(), libc::AT_EMPTY_PATH)
+                })?;
+            } else {
+                host::set_times(raw, attr.atime, attr.mtime)?;
+            }
+        }
+        self.getattr(ctx, inode, attr.handle)
+    }
+
+    fn readlink(&self, _ctx: &Context, inode: Inode) -> io::Result<Vec<u8>> {
+        let (fd, kind) = self.inode_fd(inode)?;
+        if kind != libc::S_IFLNK {
+            return Err(err(libc::EINVAL));
+        }
+        host::readlink_fd(fd.as_raw_fd())
+    }
+
+    fn symlink(
+        &self,
+        ctx: &Context,
+        target: &CStr,
+        parent: Inode,
+        name: &CStr,
+    ) -> io::Result<Entry> {
+        self.create_with(Some(ctx), parent, name, false, |dirfd| {
+            // SAFETY: NUL-terminated strings; the target is stored, never followed here.
+            cvt(unsafe { libc::symlinkat(target.as_ptr(), dirfd, name.as_ptr()) }).map(drop)
+        })
+    }
+
+    fn mknod(
+        &self,
+        ctx: &Context,
+        parent: Inode,
+        name: &CStr,
+        mode: u32,
+        rdev: u32,
+        umask: u32,
+    ) -> io::Result<Entry> {
+        let kind = mode & libc::S_IFMT;
+        if ![
+            libc::S_IFREG,
+            libc::S_IFIFO,
+            libc::S_IFSOCK,
+            libc::S_IFCHR,
+            libc::S_IFBLK,
+        ]
+        .contains(&kind)
+        {
+            return Err(err(libc::EINVAL));
+        }
+        let mode = kind | (mode & 0o7777 & !umask);
+        self.create_with(Some(ctx), parent, name, false, |dirfd| {
+            // SAFETY: NUL-terminated name; device nodes need host privilege (EPERM otherwise).
+            cvt(unsafe { libc::mknodat(dirfd, name.as_ptr(), mode, u64::from(rdev)) }).map(drop)
+        })
+    }
+
+    fn mkdir(
+        &self,
+        ctx: &Context,
+        parent: Inode,
+        name: &CStr,
+        mode: u32,
+        umask: u32,
+    ) -> io::Result<Entry> {
+        self.create_with(Some(ctx), parent, name, true, |dirfd| {
+            // SAFETY: NUL-terminated name.
+            cvt(unsafe { libc::mkdirat(dirfd, name.as_ptr(), mode & 0o7777 & !umask) }).map(drop)
+        })
+    }
+
+    fn unlink(&self, _ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
+        self.check_writable()?;
+        host::check_name(name)?;
+        let (pfd, _) = self.inode_fd(parent)?;
+        // SAFETY: NUL-terminated single-component name.
+        cvt(unsafe { libc::unlinkat(pfd.as_raw_fd(), name.as_ptr(), 0) })?;
+        self.lock().table.detach(parent, name);
+        Ok(())
+    }
+
+    fn rmdir(&self, _ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
+        self.check_writable()?;
+        host::check_name(name)?;
+        let (pfd, _) = self.inode_fd(parent)?;
+        // SAFETY: NUL-terminated single-component name.
+        cvt(unsafe { libc::unlinkat(pfd.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) })?;
+        self.lock().table.detach(parent, name);
+        Ok(())
+    }
+
+    fn rename(
+        &self,
+        _ctx: &Context,
+        olddir: Inode,
+        oldname: &CStr,
+        newdir: Inode,
+        newname: &CStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        self.check_writable()?;
+        host::check_name(oldname)?;
+        host::check_name(newname)?;
+        let (ofd, _) = self.inode_fd(olddir)?;
+        let (nfd, _) = self.inode_fd(newdir)?;
+        // SAFETY: NUL-terminated single-component names relative to our dir fds.
+        cvt(unsafe {
+            libc::renameat2(
+                ofd.as_raw_fd(),
+                oldname.as_ptr(),
+                nfd.as_raw_fd(),
+                newname.as_ptr(),
+                flags,
+            )
+        })?;
+        let mut state = self.lock();
+        let state = &mut *state;
+        let moved = state.table.child(olddir, oldname);
+        let replaced = state.table.child(newdir, newname);
+        if let Some(a) = moved {
+            let freed = state.table.move_to(a, newdir, newname).unwrap_or_default();
+            Self::drop_freed(state, freed);
+        } else {
+            state.table.detach(newdir, newname);
+        }
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            if let Some(b) = replaced {
+                let freed = state.table.move_to(b, olddir, oldname).unwrap_or_default();
+                Self::drop_freed(state, freed);
+            }
+        } else if flags & libc::RENAME_WHITEOUT == 0 {
+            state.table.detach(olddir, oldname);
+        }
+        Ok(())
+    }
+
+    fn link(
+        &self,
+        _ctx: &Context,
+        inode: Inode,
+        newparent: Inode,
+        newname: &CStr,
+    ) -> io::Result<Entry> {
+        let (fd, kind) = self.inode_fd(inode)?;
+        if kind == libc::S_IFDIR {
+            return Err(err(libc::EPERM));
+        }
+        let src = host::proc_path(fd.as_raw_fd());
+        self.create_with(None, newparent, newname, false, |dirfd| {
+            // SAFETY: NUL-terminated strings; following the magic link yields
+            // exactly the object behind our fd, even a symlink itself.
+            cvt(unsafe {
+                libc::linkat(
+                    libc::AT_FDCWD,
+                    src.as_ptr(),
+                    dirfd,
+                    newname.as_ptr(),
+                    libc::AT_SYMLINK_FOLLOW,
+                )
+            })
+            .map(drop)
+        })
+    }
+
+    fn open(&self, _ctx: &Context, inode: Inode, flags: u32) -> io::Result<OpenReply> {
+        if host::wants_write(flags) {
+            self.check_writable()?;
+        }
+        let (fd, kind) = self.inode_fd(inode)?;
+        match kind {
+            libc::S_IFREG => {}
+            libc::S_IFDIR => return Err(err(libc::EISDIR)),
+            libc::S_IFLNK => return Err(err(libc::ELOOP)),
+            _ => return Err(err(libc::ENXIO)),
+        }
+        let mut f = host::host_open_flags(flags);
+        if self.config.writeback {
+            if f & libc::O_ACCMODE == libc::O_WRONLY {
+                f = (f & !libc::O_ACCMODE) | libc::O_RDWR;
+            }
+            f &= !libc::O_APPEND;
+        }
+        let file = host::reopen(fd.as_raw_fd(), f)?;
+        Ok(OpenReply {
+            handle: self.handles.insert(OpenObject::File(file))?,
+            open_flags: 0,
+        })
+    }
+
+    fn create(
+        &self,
+        ctx: &Context,
+        parent: Inode,
+        name: &CStr,
+        mode: u32,
+        flags: u32,
+        umask: u32,
+    ) -> io::Result<(Entry, OpenReply)> {
+        self.check_writable()?;
+        host::check_name(name)?;
+        let (pfd, _) = self.inode_fd(parent)?;
+        let mut f = host::host_open_flags(flags) | libc::O_CREAT | libc::O_NOFOLLOW;
+        f |= (flags as i32) & libc::O_EXCL;
+        if self.config.writeback {
+            if f & libc::O_ACCMODE == libc::O_WRONLY {
+                f = (f & !libc::O_ACCMODE) | libc::O_RDWR;
+            }
+            f &= !libc::O_APPEND;
+        }
+        let file = host::openat2(pfd.as_raw_fd(), name, f, mode & 0o7777 & !umask, CONFINED)?;
+        self.set_creator(ctx, pfd.as_raw_fd(), name)?;
+        let handle = self.handles.insert(OpenObject::File(file))?;
+        let entry = match Self::open_child(pfd.as_raw_fd(), name)
+            .and_then(|fd| self.register(parent, name, fd))
+        {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = self.handles.remove(handle);
+                return Err(e);
+            }
+        };
+        Ok((
+            entry,
+            OpenReply {
+                handle,
+                open_flags: 0,
+            },
+        ))
+    }
+
+    fn read(
+        &self,
+        _ctx: &Context,
+        _inode: Inode,
+        handle: Handle,
+        offset: u64,
+        size: u32,
+    ) -> io::Result<Vec<u8>> {
+        let obj = self.file_fd(handle)?;
+        host::pread_full(Self::handle_raw(&obj), offset, size)
+    }
+
+    fn write(
+        &self,
+        _ctx: &Context,
+        _inode: Inode,
+        handle: Handle,
+        offset: u64,
+        data: &[u8],
+        _flags: u32,
+    ) -> io::Result<u32> {
+        self.check_writable()?;
+        let obj = self.file_fd(handle)?;
+        host::pwrite(Self::handle_raw(&obj), offset, data)
+    }
+
+    fn fsync(
+        &self,
+        _ctx: &Context,
+        _inode: Inode,
+        datasync: bool,
+        handle: Handle,
+    ) -> io::Result<()> {
+        let obj = self.file_fd(handle)?;
+        let fd = Self::handle_raw(&obj);
+        // SAFETY: plain syscalls on an fd we hold.
+        cvt(unsafe {
+            if datasync {
+                libc::fdatasync(fd)
+            } else {
+                libc::fsync(fd)
+            }
+        })?;
+        Ok(())
+    }
+
+    fn release(
+        &self,
+        _ctx: &Context,
+        _inode: Inode,
+        _flags: u32,
+        handle: Handle,
+    ) -> io::Result<()> {
+        self.handles.remove(handle)
+    }
+
+    fn statfs(&self, _ctx: &Context, inode: Inode) -> io::Result<StatFs> {
+        let (fd, _) = self.inode_fd(inode)?;
+        host::statfs(fd.as_raw_fd())
+    }
+
+    fn setxattr(
+        &self,
+        _ctx: &Context,
+        inode: Inode,
+        name: &CStr,
+        value: &[u8],
+        flags: u32,
+    ) -> io::Result<()> {
+        self.check_writable()?;
+        let (fd, kind) = self.inode_fd(inode)?;
+        if !name.to_bytes().starts_with(b"user.") || kind == libc::S_IFLNK {
+            return Err(err(libc::EPERM));
+        }
+        host::setxattr(fd.as_raw_fd(), name, value, flags as i32)
+    }
+
+    fn getxattr(&self, _ctx: &Context, inode: Inode, name: &CStr) -> io::Result<Vec<u8>> {
+        let (fd, kind) = self.inode_fd(inode)?;
+        if !name.to_bytes().starts_with(b"user.") || kind == libc::S_IFLNK {
+            return Err(err(libc::ENODATA));
+        }
+        host::getxattr(fd.as_raw_fd(), name)
+    }
+
+    fn listxattr(&self, _ctx: &Context, inode: Inode) -> io::Result<Vec<u8>> {
+        let (fd, kind) = self.inode_fd(inode)?;
+        if kind == libc::S_IFLNK {
+            return Ok(Vec::new());
+        }
+        let all = host::listxattr(fd.as_raw_fd())?;
+        let mut out = Vec::new();
+        for name in all.split(|&b| b == 0).filter(|n| n.starts_with(b"user.")) {
+            out.extend_from_slice(name);
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    fn removexattr(&self, _ctx: &Context, inode: Inode, name: &CStr) -> io::Result<()> {
+        self.check_writable()?;
+        let (fd, kind) = self.inode_fd(inode)?;
+        if !name.to_bytes().starts_with(b"user.") || kind == libc::S_IFLNK {
+            return Err(err(libc::EPERM));
+        }
+        host::removexattr(fd.as_raw_fd(), name)
+    }
+
+    fn opendir(&self, _ctx: &Context, inode: Inode, _flags: u32) -> io::Result<OpenReply> {
+        let (fd, kind) = self.inode_fd(inode)?;
+        if kind != libc::S_IFDIR {
+            return Err(err(libc::ENOTDIR));
+        }
+        let entries = host::list_dir(fd.as_raw_fd())?;
+        Ok(OpenReply {
+            handle: self.handles.insert(OpenObject::Dir(entries))?,
+            open_flags: 0,
+        })
+    }
+
+    fn readdir(
+        &self,
+        _ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        offset: u64,
+        add: &mut dyn FnMut(DirEntry<'_>) -> bool,
+    ) -> io::Result<()> {
+        let obj = self.handles.get(handle)?;
+        let OpenObject::Dir(entries) = &*obj else {
+            return Err(err(libc::ENOTDIR));
+        };
+        // Offsets index the snapshot taken at opendir: 1 after ".", 2 after
+        // "..", 2 + i after the i-th entry, so they stay valid for its life.
+        let dots = [
+            (inode, libc::DT_DIR, &b"."[..]),
+            (inode, libc::DT_DIR, &b".."[..]),
+        ];
+        let all = dots
+            .into_iter()
+            .chain(entries.iter().map(|(i, k, n)| (*i, *k, n.as_slice())));
+        for (idx, (ino, kind, name)) in all.enumerate().skip(offset.min(usize::MAX as u64) as usize)
+        {
+            if !add(DirEntry {
+                ino,
+                offset: idx as u64 + 1,
+                kind: u32::from(kind),
+                name,
+            }) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn releasedir(
+        &self,
+        _ctx: &Context,
+        _inode: Inode,
+        _flags: u32,
+        handle: Handle,
+    ) -> io::Result<()> {
+        self.handles.remove(handle)
+    }
+
+    fn access(&self, ctx: &Context, inode: Inode, mask: u32) -> io::Result<()> {
+        let (attr, _) = self.getattr(ctx, inode, None)?;
+        if mask & libc::W_OK as u32 != 0 && self.config.read_only {
+            return Err(err(libc::EROFS));
+        }
+        check_access(&attr, ctx, mask)
+    }
+
+    fn fallocate(
+        &self,
+        _ctx: &Context,
+        _inode: Inode,
+        handle: Handle,
+        mode: u32,
+        offset: u64,
+        length: u64,
+    ) -> io::Result<()> {
+        self.check_writable()?;
+        let obj = self.file_fd(handle)?;
+        host::fallocate(Self::handle_raw(&obj), mode, offset, length)
+    }
+
+    fn lseek(
+        &self,
+        _ctx: &Context,
+        _inode: Inode,
+        handle: Handle,
+        offset: u64,
+        whence: u32,
+    ) -> io::Result<u64> {
+        let obj = self.file_fd(handle)?;
+        host::lseek(Self::handle_raw(&obj), offset, whence)
+    }
+}
+
+/// access(2) against guest-visible attributes: root passes read/write and
+/// passes execute if anyone may execute (or it is a directory).
+pub(crate) fn check_access(attr: &Attr, ctx: &Context, mask: u32) -> io::Result<()> {
+    let mask = mask & 7;
+    if mask == 0 {
+        return Ok(());
+    }
+    if ctx.uid == 0 {
+        let any_x = attr.mode & 0o111 != 0 || attr.mode & libc::S_IFMT == libc::S_IFDIR;
+        return if mask & 1 == 0 || any_x {
+            Ok(())
+        } else {
+            Err(err(libc::EACCES))
+        };
+    }
+    let bits = if ctx.uid == attr.uid {
+        (attr.mode >> 6) & 7
+    } else if ctx.gid == attr.gid {
+        (attr.mode >> 3) & 7
+    } else {
+        attr.mode & 7
+    };
+    if bits & mask == mask {
+        Ok(())
+    } else {
+        Err(err(libc::EACCES))
+    }
+}
