@@ -86,6 +86,9 @@ pub enum Error {
     /// The guest agent refused a request.
     #[error("the guest agent refused the request: {0}")]
     Agent(String),
+    /// A file operation in the guest failed; [`Error::file_error_kind`] says how.
+    #[error("in the sandbox: {0}")]
+    GuestFile(msbvm_protocol::files::FileError),
     /// The connection to the guest ended before the process's exit was reported.
     #[error(
         "the connection to the sandbox ended before the process exited (the sandbox stopped?)"

@@ -28,6 +28,7 @@ mod agent;
 pub mod control;
 mod error;
 pub mod exec;
+pub mod files;
 pub mod framing;
 mod launch;
 pub mod names;
@@ -47,6 +48,7 @@ pub use error::{Error, Result};
 pub use exec::{
     shell_exit_code, ExecControl, ExecEvent, ExecOptions, ExecOutput, ExecStream, ExitStatus,
 };
+pub use files::{DirEntry, FileErrorKind, FileKind, FileReader, FileStat, WriteOptions};
 pub use launch::{runtime_binary, BIN_ENV};
 pub use msbvm_protocol::{BootTimes, TtySize};
 pub use paths::{msbvm_home, validate_name, SandboxDir};
