@@ -1,8 +1,36 @@
 //! The host-side network stack of a sandbox.
 //!
-//! It terminates the guest's virtio-net traffic in a smoltcp stack, enforces
-//! IP, DNS and HTTP policy, and proxies allowed flows to host sockets.
+//! The guest's virtio-net device exchanges raw Ethernet frames with this stack over an
+//! `AF_UNIX` `SOCK_DGRAM` socketpair ([`frame_socketpair`]; one datagram is one frame). The stack
+//! terminates every guest flow in smoltcp or by hand, asks [`policy`] about each new one, and
+//! opens the real host socket itself, so the guest reaches nothing the stack does not open.
+//!
+//! - Addresses ([`config`]): subnet 10.0.2.0/24, gateway and DNS server 10.0.2.2, guest
+//!   10.0.2.15 (static), host alias 10.0.2.254 = the host's 127.0.0.1 when policy allows it.
+//! - TCP: a guest SYN is decided before smoltcp sees it; when allowed, the host connect runs
+//!   first and the guest handshake completes only once it succeeded, so refusals and denials
+//!   reach the guest as an immediate RST. Data is spliced in place with window back-pressure.
+//! - UDP: one connected host socket per (guest port, destination), idle-expired; denied
+//!   datagrams get an ICMP port unreachable. Port 53 at the gateway goes to [`dns::DnsServer`].
+//! - HTTP policy: on ports policy wants inspected, the first request head of a connection is
+//!   checked, and a denied request gets a `403 Forbidden` from the stack.
+//! - Published ports: host listeners spliced to a guest port ([`NetStackHandle::publish`]).
+//! - Every decision is a [`NetEvent`] handed to an [`EventSink`].
+//!
+//! Not implemented: IPv6 (frames are dropped), ICMP beyond echo replies from the gateway (no ping
+//! to the outside), DHCP (the guest configures itself), IP fragments of UDP datagrams (dropped
+//! either way), UDP published ports, HTTP inspection of keep-alive requests after the first.
 
+pub mod config;
 pub mod dns;
+pub mod events;
 pub mod http;
 pub mod policy;
+pub mod ports;
+mod proxy;
+mod stack;
+
+pub use config::NetConfig;
+pub use events::{discard_events, EventSink, NetEvent, Transport};
+pub use ports::{PortProtocol, PublishedPort};
+pub use stack::{frame_socketpair, NetStack, NetStackHandle, NetStats};

@@ -1,0 +1,6 @@
+//! Flows between the guest and the host: TCP splicing, UDP relaying, and the DNS server at the
+//! gateway.
+
+pub(crate) mod guest_stream;
+pub(crate) mod tcp;
+pub(crate) mod udp;

@@ -1,0 +1,196 @@
+//! Guest UDP flows: one connected host UDP socket per (guest port, destination), policy-checked
+//! on its first datagram and closed after `udp_idle_timeout` without traffic. Datagrams to the
+//! gateway's port 53 go to the DNS server instead.
+//!
+//! UDP never enters smoltcp: datagrams are relayed as they come and replies are framed by hand.
+
+use std::cell::Cell;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::rc::Rc;
+use std::time::Instant;
+
+use tokio::net::UdpSocket;
+
+use crate::config::DNS_PORT;
+use crate::events::{NetEvent, Transport};
+use crate::stack::stats::StatsCounters;
+use crate::stack::{Shared, Stack};
+
+/// DNS queries being answered at once; more are dropped (the guest retries).
+const DNS_IN_FLIGHT: usize = 64;
+/// Largest datagram read from a host socket.
+const MAX_DATAGRAM: usize = 65535;
+
+/// A UDP flow as the guest sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct UdpKey {
+    /// The guest's source port.
+    pub guest_port: u16,
+    /// The destination the guest addressed.
+    pub remote: SocketAddrV4,
+}
+
+/// An open UDP flow.
+pub(crate) struct UdpFlow {
+    socket: Rc<UdpSocket>,
+    last_active: Rc<Cell<Instant>>,
+    bytes_up: Rc<Cell<u64>>,
+}
+
+/// Handles one datagram from the guest. `frame` is the whole frame (quoted in ICMP errors).
+pub(crate) fn datagram(
+    shared: &Rc<Shared>,
+    st: &mut Stack,
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    payload: &[u8],
+    frame: &[u8],
+) {
+    let config = &shared.config;
+    if *dst.ip() == config.gateway_ip {
+        if dst.port() == DNS_PORT {
+            dns_query(shared, src, payload);
+        } else {
+            st.send_port_unreachable(config.gateway_ip, frame);
+        }
+        return;
+    }
+    let key = UdpKey {
+        guest_port: src.port(),
+        remote: dst,
+    };
+    if let Some(flow) = st.udp.get(&key) {
+        send_up(shared, flow, payload);
+        return;
+    }
+    if st.udp.len() >= config.max_udp_flows {
+        StatsCounters::add(&shared.stats.flows_denied, 1);
+        shared.emit(NetEvent::ConnectionCapReached {
+            transport: Transport::Udp,
+            limit: config.max_udp_flows,
+            dst: SocketAddr::V4(dst),
+        });
+        st.send_port_unreachable(*dst.ip(), frame);
+        return;
+    }
+    let Some(flow) = shared.check_flow(Transport::Udp, dst) else {
+        st.send_port_unreachable(*dst.ip(), frame);
+        return;
+    };
+    let socket = match open_socket(flow.dst) {
+        Ok(socket) => Rc::new(socket),
+        Err(e) => {
+            shared.emit(NetEvent::FlowFailed {
+                transport: Transport::Udp,
+                dst: SocketAddr::V4(dst),
+                error: e.to_string(),
+            });
+            st.send_port_unreachable(*dst.ip(), frame);
+            return;
+        }
+    };
+    let flow = UdpFlow {
+        socket: socket.clone(),
+        last_active: Rc::new(Cell::new(Instant::now())),
+        bytes_up: Rc::new(Cell::new(0)),
+    };
+    send_up(shared, &flow, payload);
+    let (last_active, bytes_up) = (flow.last_active.clone(), flow.bytes_up.clone());
+    st.udp.insert(key, flow);
+    shared.sync_flow_stats(st);
+    tokio::task::spawn_local(relay_down(
+        shared.clone(),
+        key,
+        src,
+        socket,
+        last_active,
+        bytes_up,
+    ));
+}
+
+fn open_socket(dst: SocketAddr) -> std::io::Result<UdpSocket> {
+    let socket = std::net::UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0)))?;
+    socket.connect(dst)?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket)
+}
+
+fn send_up(shared: &Shared, flow: &UdpFlow, payload: &[u8]) {
+    flow.last_active.set(Instant::now());
+    // UDP may drop: a full host socket buffer or an ICMP error costs this datagram only.
+    if flow.socket.try_send(payload).is_ok() {
+        flow.bytes_up
+            .set(flow.bytes_up.get() + payload.len() as u64);
+        StatsCounters::add(&shared.stats.bytes_up, payload.len() as u64);
+    }
+}
+
+/// Relays host datagrams to the guest until the flow has been idle long enough.
+async fn relay_down(
+    shared: Rc<Shared>,
+    key: UdpKey,
+    guest: SocketAddrV4,
+    socket: Rc<UdpSocket>,
+    last_active: Rc<Cell<Instant>>,
+    bytes_up: Rc<Cell<u64>>,
+) {
+    let idle = shared.config.udp_idle_timeout;
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut bytes_down = 0u64;
+    loop {
+        let deadline = last_active.get() + idle;
+        tokio::select! {
+            received = socket.recv(&mut buf) => {
+                // Errors are ICMP errors from the destination reported on the connected socket.
+                let Ok(n) = received else { continue };
+                last_active.set(Instant::now());
+                let mut st = shared.stack.borrow_mut();
+                if st.send_udp(key.remote, guest, &buf[..n], shared.config.mtu) {
+                    bytes_down += n as u64;
+                    StatsCounters::add(&shared.stats.bytes_down, n as u64);
+                } else {
+                    StatsCounters::add(&shared.stats.tx_dropped, 1);
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                if last_active.get() + idle <= Instant::now() {
+                    break;
+                }
+            }
+        }
+    }
+    let mut st = shared.stack.borrow_mut();
+    st.udp.remove(&key);
+    shared.sync_flow_stats(&st);
+    drop(st);
+    shared.emit(NetEvent::FlowClosed {
+        transport: Transport::Udp,
+        dst: SocketAddr::V4(key.remote),
+        bytes_up: bytes_up.get(),
+        bytes_down,
+    });
+}
+
+/// Answers a DNS query from the guest through the DNS server, off the stack loop.
+fn dns_query(shared: &Rc<Shared>, guest: SocketAddrV4, query: &[u8]) {
+    if shared.dns_in_flight.get() >= DNS_IN_FLIGHT {
+        StatsCounters::add(&shared.stats.rx_dropped, 1);
+        return;
+    }
+    shared.dns_in_flight.set(shared.dns_in_flight.get() + 1);
+    let shared = shared.clone();
+    let query = query.to_vec();
+    tokio::task::spawn_local(async move {
+        let policy = shared.policy.load_full();
+        let emit = |event| shared.emit(event);
+        let answer = shared.dns.handle(&query, &policy, &emit).await;
+        shared.dns_in_flight.set(shared.dns_in_flight.get() - 1);
+        if let Some(answer) = answer {
+            let from = SocketAddrV4::new(shared.config.gateway_ip, DNS_PORT);
+            let mut st = shared.stack.borrow_mut();
+            if !st.send_udp(from, guest, &answer, shared.config.mtu) {
+                StatsCounters::add(&shared.stats.tx_dropped, 1);
+            }
+        }
+    });
+}

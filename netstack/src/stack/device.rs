@@ -1,0 +1,185 @@
+//! The smoltcp device over the frame socket: one datagram is one Ethernet frame.
+//!
+//! Received frames are queued by the stack loop after it has looked at them (new flows are
+//! decided before smoltcp sees them); transmitted frames go straight to the socket, and to a
+//! bounded backlog when the socket is full, so that a slow reader costs drops, never memory.
+
+use std::collections::VecDeque;
+use std::io;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
+use smoltcp::time::Instant;
+use tokio::net::UnixDatagram;
+
+use super::stats::StatsCounters;
+
+/// Frames kept for a full frame socket before new ones are dropped.
+const TX_BACKLOG_FRAMES: usize = 1024;
+/// Received frames queued for smoltcp before new ones are dropped.
+const RX_QUEUE_FRAMES: usize = 4096;
+
+/// The sending half shared by smoltcp and the stack's own hand-made frames.
+pub(crate) struct FrameTx {
+    socket: Rc<UnixDatagram>,
+    backlog: VecDeque<Vec<u8>>,
+    scratch: Vec<u8>,
+    stats: Arc<StatsCounters>,
+}
+
+impl FrameTx {
+    pub(crate) fn new(socket: Rc<UnixDatagram>, stats: Arc<StatsCounters>) -> Self {
+        FrameTx {
+            socket,
+            backlog: VecDeque::new(),
+            scratch: Vec::new(),
+            stats,
+        }
+    }
+
+    /// Sends one frame, keeping order with what is already waiting.
+    pub(crate) fn send(&mut self, frame: &[u8]) {
+        if self.backlog.is_empty() {
+            match self.socket.try_send(frame) {
+                Ok(_) => {
+                    self.count_sent(frame.len());
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    // The device end is gone or the frame is too large for it: nothing to retry.
+                    tracing::debug!(error = %e, "netstack: frame send failed");
+                    self.stats.tx_dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+        if self.backlog.len() >= TX_BACKLOG_FRAMES {
+            self.stats.tx_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.backlog.push_back(frame.to_vec());
+    }
+
+    /// Sends what waited for room; true when the backlog is empty.
+    pub(crate) fn flush(&mut self) -> bool {
+        while let Some(frame) = self.backlog.front() {
+            match self.socket.try_send(frame) {
+                Ok(_) => {
+                    let len = frame.len();
+                    self.backlog.pop_front();
+                    self.count_sent(len);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(_) => {
+                    self.backlog.pop_front();
+                    self.stats.tx_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        true
+    }
+
+    fn count_sent(&self, len: usize) {
+        self.stats.tx_frames.fetch_add(1, Ordering::Relaxed);
+        self.stats.tx_bytes.fetch_add(len as u64, Ordering::Relaxed);
+    }
+}
+
+/// The smoltcp device: a queue of received frames and the sending half.
+pub(crate) struct FrameDevice {
+    rx: VecDeque<Vec<u8>>,
+    pool: Vec<Vec<u8>>,
+    pub(crate) tx: FrameTx,
+    caps: DeviceCapabilities,
+}
+
+impl FrameDevice {
+    pub(crate) fn new(tx: FrameTx, max_frame_len: usize, checksum_offload: bool) -> Self {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = max_frame_len;
+        caps.checksum = if checksum_offload {
+            ChecksumCapabilities::ignored()
+        } else {
+            ChecksumCapabilities::default()
+        };
+        FrameDevice {
+            rx: VecDeque::new(),
+            pool: Vec::new(),
+            tx,
+            caps,
+        }
+    }
+
+    /// Queues a received frame for smoltcp; false when the queue is full and it was dropped.
+    pub(crate) fn enqueue_rx(&mut self, frame: &[u8]) -> bool {
+        if self.rx.len() >= RX_QUEUE_FRAMES {
+            return false;
+        }
+        let mut buf = self.pool.pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(frame);
+        self.rx.push_back(buf);
+        true
+    }
+}
+
+impl phy::Device for FrameDevice {
+    type RxToken<'a> = RxToken<'a>;
+    type TxToken<'a> = TxToken<'a>;
+
+    fn receive(&mut self, _now: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
+        let frame = self.rx.pop_front()?;
+        Some((
+            RxToken {
+                frame,
+                pool: &mut self.pool,
+            },
+            TxToken { tx: &mut self.tx },
+        ))
+    }
+
+    fn transmit(&mut self, _now: Instant) -> Option<TxToken<'_>> {
+        Some(TxToken { tx: &mut self.tx })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        self.caps.clone()
+    }
+}
+
+/// A queued received frame; its buffer goes back to the pool once smoltcp has read it.
+pub(crate) struct RxToken<'a> {
+    frame: Vec<u8>,
+    pool: &'a mut Vec<Vec<u8>>,
+}
+
+impl phy::RxToken for RxToken<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        let result = f(&self.frame);
+        if self.pool.len() < 256 {
+            self.pool.push(self.frame);
+        }
+        result
+    }
+}
+
+/// Builds a frame in a reused buffer and sends it.
+pub(crate) struct TxToken<'a> {
+    tx: &'a mut FrameTx,
+}
+
+impl phy::TxToken for TxToken<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut scratch = std::mem::take(&mut self.tx.scratch);
+        scratch.clear();
+        scratch.resize(len, 0);
+        let result = f(&mut scratch);
+        self.tx.send(&scratch);
+        self.tx.scratch = scratch;
+        result
+    }
+}
