@@ -7,15 +7,21 @@
 //! copy-on-write upper directory, and an in-memory tree. [`hooks`] wrap any
 //! backend to observe, deny, rewrite or answer operations.
 
+pub mod abi;
 pub mod filesystem;
 mod handle_table;
+pub mod hooks;
 mod host_util;
+pub mod layer_meta;
+pub mod memory;
 pub mod passthrough;
 mod path_table;
-pub mod layer_meta;
+pub mod server;
 
 pub use filesystem::{
-    Attr, Context, DirEntry, Entry, FileSystem, Handle, Inode, OpenReply, SetAttr, StatFs,
-    TimeSet, ROOT_INODE,
+    Attr, Context, DirEntry, Entry, FileSystem, Handle, Inode, OpenReply, SetAttr, StatFs, TimeSet,
+    ROOT_INODE,
 };
+pub use memory::MemoryFs;
 pub use passthrough::{IdMap, IdRange, PassthroughConfig, PassthroughFs};
+pub use server::{Server, ServerOptions};

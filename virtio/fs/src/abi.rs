@@ -1,0 +1,459 @@
+//! The FUSE wire format: opcodes, flags and the little-endian structs of the
+//! protocol Linux 6.12 speaks (7.41), with bounds-checked decoding.
+//!
+//! Written by hand rather than taken from `fuse-backend-rs`: its 0.14 release
+//! is pinned to vm-memory 0.17 while this workspace uses 0.18, so its virtiofs
+//! `Reader`/`Writer` cannot take our guest memory, and its `Server` is tied to
+//! its own `FileSystem` trait. The format itself is small and stable; every
+//! field is decoded from a byte slice with an explicit length check
+//! ([`ArgReader`]) and encoded with `to_le_bytes`, so no struct layout
+//! (`repr(C)`, padding, alignment) is ever trusted with guest bytes.
+
+use std::ffi::CStr;
+use std::time::Duration;
+
+use crate::filesystem::{Attr, Entry, StatFs};
+
+/// The major protocol version we speak.
+pub const KERNEL_VERSION: u32 = 7;
+/// The highest minor version we speak (Linux 6.12).
+pub const KERNEL_MINOR_VERSION: u32 = 41;
+/// The oldest minor version we accept; older kernels get EPROTO.
+pub const MIN_MINOR_VERSION: u32 = 27;
+
+/// Size of `fuse_in_header`.
+pub const IN_HEADER_SIZE: usize = 40;
+/// Size of `fuse_out_header`.
+pub const OUT_HEADER_SIZE: usize = 16;
+/// Size of `fuse_attr`.
+pub const ATTR_SIZE: usize = 88;
+/// Size of `fuse_entry_out`.
+pub const ENTRY_OUT_SIZE: usize = 40 + ATTR_SIZE;
+/// Size of `fuse_dirent` without its name.
+pub const DIRENT_SIZE: usize = 24;
+/// Size of `fuse_init_out` since 7.23.
+pub const INIT_OUT_SIZE: usize = 64;
+
+/// The FUSE opcodes we know by name (`fuse_opcode`).
+#[allow(missing_docs)]
+pub mod opcode {
+    pub const LOOKUP: u32 = 1;
+    pub const FORGET: u32 = 2;
+    pub const GETATTR: u32 = 3;
+    pub const SETATTR: u32 = 4;
+    pub const READLINK: u32 = 5;
+    pub const SYMLINK: u32 = 6;
+    pub const MKNOD: u32 = 8;
+    pub const MKDIR: u32 = 9;
+    pub const UNLINK: u32 = 10;
+    pub const RMDIR: u32 = 11;
+    pub const RENAME: u32 = 12;
+    pub const LINK: u32 = 13;
+    pub const OPEN: u32 = 14;
+    pub const READ: u32 = 15;
+    pub const WRITE: u32 = 16;
+    pub const STATFS: u32 = 17;
+    pub const RELEASE: u32 = 18;
+    pub const FSYNC: u32 = 20;
+    pub const SETXATTR: u32 = 21;
+    pub const GETXATTR: u32 = 22;
+    pub const LISTXATTR: u32 = 23;
+    pub const REMOVEXATTR: u32 = 24;
+    pub const FLUSH: u32 = 25;
+    pub const INIT: u32 = 26;
+    pub const OPENDIR: u32 = 27;
+    pub const READDIR: u32 = 28;
+    pub const RELEASEDIR: u32 = 29;
+    pub const FSYNCDIR: u32 = 30;
+    pub const ACCESS: u32 = 34;
+    pub const CREATE: u32 = 35;
+    pub const INTERRUPT: u32 = 36;
+    pub const DESTROY: u32 = 38;
+    pub const BATCH_FORGET: u32 = 42;
+    pub const FALLOCATE: u32 = 43;
+    pub const READDIRPLUS: u32 = 44;
+    pub const RENAME2: u32 = 45;
+    pub const LSEEK: u32 = 46;
+}
+
+/// FUSE_INIT flags (`flags`, and bits 32.. in `flags2`).
+#[allow(missing_docs)]
+pub mod init_flags {
+    pub const ASYNC_READ: u64 = 1 << 0;
+    pub const ATOMIC_O_TRUNC: u64 = 1 << 3;
+    pub const BIG_WRITES: u64 = 1 << 5;
+    pub const DO_READDIRPLUS: u64 = 1 << 13;
+    pub const READDIRPLUS_AUTO: u64 = 1 << 14;
+    pub const PARALLEL_DIROPS: u64 = 1 << 18;
+    pub const MAX_PAGES: u64 = 1 << 22;
+    pub const CACHE_SYMLINKS: u64 = 1 << 23;
+    pub const INIT_EXT: u64 = 1 << 30;
+}
+
+/// SETATTR `valid` bits.
+#[allow(missing_docs)]
+pub mod fattr {
+    pub const MODE: u32 = 1 << 0;
+    pub const UID: u32 = 1 << 1;
+    pub const GID: u32 = 1 << 2;
+    pub const SIZE: u32 = 1 << 3;
+    pub const ATIME: u32 = 1 << 4;
+    pub const MTIME: u32 = 1 << 5;
+    pub const FH: u32 = 1 << 6;
+    pub const ATIME_NOW: u32 = 1 << 7;
+    pub const MTIME_NOW: u32 = 1 << 8;
+}
+
+/// GETATTR flag: `fh` is valid.
+pub const GETATTR_FH: u32 = 1;
+/// FSYNC flag: fdatasync.
+pub const FSYNC_FDATASYNC: u32 = 1;
+
+/// The request header (`fuse_in_header`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InHeader {
+    /// Total request length, header included.
+    pub len: u32,
+    /// Operation.
+    pub opcode: u32,
+    /// Request id the reply must carry.
+    pub unique: u64,
+    /// Inode the operation applies to.
+    pub nodeid: u64,
+    /// Caller's uid.
+    pub uid: u32,
+    /// Caller's gid.
+    pub gid: u32,
+    /// Caller's pid.
+    pub pid: u32,
+    /// Length of request extensions at the end, in 8-byte units.
+    pub total_extlen: u16,
+}
+
+impl InHeader {
+    /// Decodes the first [`IN_HEADER_SIZE`] bytes; None if there are fewer.
+    pub fn parse(buf: &[u8]) -> Option<Self> {
+        let mut r = ArgReader::new(buf);
+        let len = r.u32().ok()?;
+        let opcode = r.u32().ok()?;
+        let unique = r.u64().ok()?;
+        let nodeid = r.u64().ok()?;
+        let uid = r.u32().ok()?;
+        let gid = r.u32().ok()?;
+        let pid = r.u32().ok()?;
+        let total_extlen = r.u16().ok()?;
+        r.u16().ok()?;
+        Some(Self {
+            len,
+            opcode,
+            unique,
+            nodeid,
+            uid,
+            gid,
+            pid,
+            total_extlen,
+        })
+    }
+
+    /// Encodes the header (for tests and fuzzers that build requests).
+    pub fn to_bytes(&self) -> [u8; IN_HEADER_SIZE] {
+        let mut b = Vec::with_capacity(IN_HEADER_SIZE);
+        b.extend_from_slice(&self.len.to_le_bytes());
+        b.extend_from_slice(&self.opcode.to_le_bytes());
+        b.extend_from_slice(&self.unique.to_le_bytes());
+        b.extend_from_slice(&self.nodeid.to_le_bytes());
+        b.extend_from_slice(&self.uid.to_le_bytes());
+        b.extend_from_slice(&self.gid.to_le_bytes());
+        b.extend_from_slice(&self.pid.to_le_bytes());
+        b.extend_from_slice(&self.total_extlen.to_le_bytes());
+        b.extend_from_slice(&[0, 0]);
+        let mut out = [0u8; IN_HEADER_SIZE];
+        out.copy_from_slice(&b);
+        out
+    }
+}
+
+/// Builds a whole request as the kernel would (uid, gid and pid 0): for
+/// tests, fuzzers and host-side tools that speak FUSE to a [`Server`].
+///
+/// [`Server`]: crate::server::Server
+pub fn request(opcode: u32, unique: u64, nodeid: u64, args: &[u8]) -> Vec<u8> {
+    let h = InHeader {
+        len: (IN_HEADER_SIZE + args.len()) as u32,
+        opcode,
+        unique,
+        nodeid,
+        ..InHeader::default()
+    };
+    let mut v = h.to_bytes().to_vec();
+    v.extend_from_slice(args);
+    v
+}
+
+/// A request argument was shorter than its struct, or a string lacked its NUL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Truncated;
+
+/// Reads little-endian fields off the front of a byte slice, never past its end.
+#[derive(Clone, Copy, Debug)]
+pub struct ArgReader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> ArgReader<'a> {
+    /// Starts at the beginning of `buf`.
+    pub fn new(buf: &'a [u8]) -> Self {
+        Self { buf }
+    }
+
+    /// Takes the next `n` bytes.
+    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], Truncated> {
+        if n > self.buf.len() {
+            return Err(Truncated);
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], Truncated> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.bytes(N)?);
+        Ok(a)
+    }
+
+    /// The next little-endian u16.
+    pub fn u16(&mut self) -> Result<u16, Truncated> {
+        self.array().map(u16::from_le_bytes)
+    }
+
+    /// The next little-endian u32.
+    pub fn u32(&mut self) -> Result<u32, Truncated> {
+        self.array().map(u32::from_le_bytes)
+    }
+
+    /// The next little-endian u64.
+    pub fn u64(&mut self) -> Result<u64, Truncated> {
+        self.array().map(u64::from_le_bytes)
+    }
+
+    /// The next NUL-terminated string, without its NUL.
+    pub fn cstr(&mut self) -> Result<&'a [u8], Truncated> {
+        let nul = self.buf.iter().position(|&b| b == 0).ok_or(Truncated)?;
+        let s = self.bytes(nul)?;
+        self.bytes(1)?;
+        Ok(s)
+    }
+
+    /// The next NUL-terminated string as a `CStr` (NUL kept).
+    pub fn c_str(&mut self) -> Result<&'a CStr, Truncated> {
+        let nul = self.buf.iter().position(|&b| b == 0).ok_or(Truncated)?;
+        let s = self.bytes(nul + 1)?;
+        CStr::from_bytes_with_nul(s).map_err(|_| Truncated)
+    }
+
+    /// Everything not read yet.
+    pub fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.buf)
+    }
+}
+
+/// Appends little-endian fields to a reply.
+pub trait PutLe {
+    /// Appends a u16.
+    fn put_u16(&mut self, v: u16);
+    /// Appends a u32.
+    fn put_u32(&mut self, v: u32);
+    /// Appends a u64.
+    fn put_u64(&mut self, v: u64);
+}
+
+impl PutLe for Vec<u8> {
+    fn put_u16(&mut self, v: u16) {
+        self.extend_from_slice(&v.to_le_bytes());
+    }
+    fn put_u32(&mut self, v: u32) {
+        self.extend_from_slice(&v.to_le_bytes());
+    }
+    fn put_u64(&mut self, v: u64) {
+        self.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// Appends `fuse_attr`.
+pub fn put_attr(out: &mut Vec<u8>, a: &Attr) {
+    out.put_u64(a.ino);
+    out.put_u64(a.size);
+    out.put_u64(a.blocks);
+    // Times are signed on the wire's consumer side; the kernel casts back.
+    out.put_u64(a.atime as u64);
+    out.put_u64(a.mtime as u64);
+    out.put_u64(a.ctime as u64);
+    out.put_u32(a.atime_nsec);
+    out.put_u32(a.mtime_nsec);
+    out.put_u32(a.ctime_nsec);
+    out.put_u32(a.mode);
+    out.put_u32(a.nlink);
+    out.put_u32(a.uid);
+    out.put_u32(a.gid);
+    out.put_u32(a.rdev);
+    out.put_u32(a.blksize);
+    out.put_u32(0); // flags
+}
+
+/// Appends `fuse_entry_out`.
+pub fn put_entry(out: &mut Vec<u8>, e: &Entry) {
+    out.put_u64(e.inode);
+    out.put_u64(e.generation);
+    out.put_u64(e.entry_timeout.as_secs());
+    out.put_u64(e.attr_timeout.as_secs());
+    out.put_u32(e.entry_timeout.subsec_nanos());
+    out.put_u32(e.attr_timeout.subsec_nanos());
+    put_attr(out, &e.attr);
+}
+
+/// Appends an all-zero `fuse_entry_out`: READDIRPLUS's "no entry" marker,
+/// which makes the kernel take no lookup reference.
+pub fn put_empty_entry(out: &mut Vec<u8>) {
+    out.resize(out.len() + ENTRY_OUT_SIZE, 0);
+}
+
+/// Appends `fuse_attr_out`.
+pub fn put_attr_out(out: &mut Vec<u8>, a: &Attr, timeout: Duration) {
+    out.put_u64(timeout.as_secs());
+    out.put_u32(timeout.subsec_nanos());
+    out.put_u32(0);
+    put_attr(out, a);
+}
+
+/// Appends `fuse_open_out`.
+pub fn put_open_out(out: &mut Vec<u8>, handle: u64, open_flags: u32) {
+    out.put_u64(handle);
+    out.put_u32(open_flags);
+    out.put_u32(0); // backing_id
+}
+
+/// Appends `fuse_kstatfs` (the body of `fuse_statfs_out`).
+pub fn put_statfs(out: &mut Vec<u8>, s: &StatFs) {
+    out.put_u64(s.blocks);
+    out.put_u64(s.bfree);
+    out.put_u64(s.bavail);
+    out.put_u64(s.files);
+    out.put_u64(s.ffree);
+    out.put_u32(s.bsize);
+    out.put_u32(s.namelen);
+    out.put_u32(s.frsize);
+    out.resize(out.len() + 4 + 6 * 4, 0); // padding, spare[6]
+}
+
+/// Bytes a `fuse_dirent` with a `name_len`-byte name takes (8-byte aligned).
+pub fn dirent_size(name_len: usize) -> usize {
+    (DIRENT_SIZE + name_len + 7) & !7
+}
+
+/// Appends a `fuse_dirent`, padded to 8 bytes.
+pub fn put_dirent(out: &mut Vec<u8>, ino: u64, off: u64, kind: u32, name: &[u8]) {
+    let start = out.len();
+    out.put_u64(ino);
+    out.put_u64(off);
+    out.put_u32(name.len() as u32);
+    out.put_u32(kind);
+    out.extend_from_slice(name);
+    out.resize(start + dirent_size(name.len()), 0);
+}
+
+/// Builds a whole reply: header (with the final length) plus `body`.
+pub fn reply(out: &mut Vec<u8>, unique: u64, error: i32, body: &[u8]) {
+    out.clear();
+    out.put_u32((OUT_HEADER_SIZE + body.len()) as u32);
+    out.put_u32(error as u32);
+    out.put_u64(unique);
+    out.extend_from_slice(body);
+}
+
+/// The 16-byte error reply for request `unique`: `errno` is positive.
+pub fn error_reply(unique: u64, errno: i32) -> [u8; OUT_HEADER_SIZE] {
+    let mut b = [0u8; OUT_HEADER_SIZE];
+    b[0..4].copy_from_slice(&(OUT_HEADER_SIZE as u32).to_le_bytes());
+    b[4..8].copy_from_slice(&(-errno).to_le_bytes());
+    b[8..16].copy_from_slice(&unique.to_le_bytes());
+    b
+}
+
+/// A decoded reply header, for tests and for the device's logging.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutHeader {
+    /// Reply length, header included.
+    pub len: u32,
+    /// 0 or a negative errno.
+    pub error: i32,
+    /// The request id answered.
+    pub unique: u64,
+}
+
+impl OutHeader {
+    /// Decodes the first [`OUT_HEADER_SIZE`] bytes; None if there are fewer.
+    pub fn parse(buf: &[u8]) -> Option<Self> {
+        let mut r = ArgReader::new(buf);
+        Some(Self {
+            len: r.u32().ok()?,
+            error: r.u32().ok()? as i32,
+            unique: r.u64().ok()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reader_refuses_to_read_past_the_end() {
+        let mut r = ArgReader::new(&[1, 0, 0, 0, 2]);
+        assert_eq!(r.u32(), Ok(1));
+        assert_eq!(r.u32(), Err(Truncated));
+        assert_eq!(r.bytes(1), Ok(&[2u8][..]));
+        assert_eq!(r.u16(), Err(Truncated));
+    }
+
+    #[test]
+    fn cstr_needs_its_nul() {
+        assert_eq!(ArgReader::new(b"abc").cstr(), Err(Truncated));
+        let mut r = ArgReader::new(b"ab\0cd\0");
+        assert_eq!(r.cstr(), Ok(&b"ab"[..]));
+        assert_eq!(r.cstr(), Ok(&b"cd"[..]));
+        assert_eq!(r.rest(), b"");
+    }
+
+    #[test]
+    fn header_round_trips_and_short_header_is_none() {
+        let h = InHeader {
+            len: 40,
+            opcode: 26,
+            unique: 7,
+            nodeid: 1,
+            uid: 2,
+            gid: 3,
+            pid: 4,
+            total_extlen: 0,
+        };
+        assert_eq!(InHeader::parse(&h.to_bytes()), Some(h));
+        assert_eq!(InHeader::parse(&h.to_bytes()[..39]), None);
+    }
+
+    #[test]
+    fn struct_sizes_match_the_kernel_headers() {
+        let mut v = Vec::new();
+        put_attr(&mut v, &Attr::default());
+        assert_eq!(v.len(), ATTR_SIZE);
+        v.clear();
+        put_statfs(&mut v, &StatFs::default());
+        assert_eq!(v.len(), 80);
+        v.clear();
+        put_dirent(&mut v, 1, 2, 4, b"abc");
+        assert_eq!(v.len(), 32);
+        assert_eq!(dirent_size(8), 32);
+        assert_eq!(dirent_size(9), 40);
+        assert_eq!(OutHeader::parse(&error_reply(9, 2)).unwrap().error, -2);
+    }
+}

@@ -1,0 +1,720 @@
+//! Hooks: host code that sees every filesystem operation the guest makes,
+//! and may deny it, rewrite its data, or answer it itself.
+//!
+//! [`Hooked`] wraps any backend with an ordered list of [`Hook`]s and is
+//! itself a [`FileSystem`], so hooks stack under the FUSE server without
+//! either side knowing. For each operation:
+//!
+//! 1. every hook's [`Hook::before`] runs in list order; the first error
+//!    denies the operation with that error (later hooks are not asked);
+//! 2. for WRITE, every hook's [`Hook::rewrite_write`] may change the
+//!    payload, in list order; for READ, the first hook whose
+//!    [`Hook::answer_read`] answers replaces the backend;
+//! 3. the backend runs;
+//! 4. for READ, GETXATTR, LISTXATTR and READLINK, every hook's
+//!    [`Hook::rewrite_reply`] may change the returned bytes, in reverse
+//!    order (so the hook nearest the backend undoes its transformation
+//!    first);
+//! 5. every hook whose `before` ran sees [`Hook::after`] with the outcome,
+//!    in reverse order.
+//!
+//! Hooks get the guest path of what an operation touches ([`Op::path`]):
+//! FUSE speaks inode numbers, so [`Hooked`] keeps an inode -> (parent, name)
+//! map ([`paths::PathMap`]) from the replies that hand out inodes.
+//!
+//! Shipped hooks: [`AuditLog`] (a record of reads, writes and namespace
+//! changes), [`EncryptAtRest`] (file contents encrypted in the backing store)
+//! and [`DenyPaths`] (paths the guest may not touch).
+
+use std::ffi::CStr;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::filesystem::{
+    Attr, Context, DirEntry, Entry, FileSystem, Handle, Inode, OpenReply, SetAttr, StatFs,
+};
+
+mod audit;
+mod deny;
+mod encrypt;
+pub mod paths;
+
+#[cfg(test)]
+mod tests;
+
+pub use audit::{AuditLog, AuditRecord};
+pub use deny::DenyPaths;
+pub use encrypt::EncryptAtRest;
+
+/// Which operation a hook is looking at.
+#[allow(missing_docs)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OpKind {
+    Lookup,
+    Getattr,
+    Setattr,
+    Readlink,
+    Symlink,
+    Mknod,
+    Mkdir,
+    Unlink,
+    Rmdir,
+    Rename,
+    Link,
+    Open,
+    Create,
+    Read,
+    Write,
+    Flush,
+    Fsync,
+    Release,
+    Statfs,
+    Setxattr,
+    Getxattr,
+    Listxattr,
+    Removexattr,
+    Opendir,
+    Readdir,
+    Releasedir,
+    Fsyncdir,
+    Access,
+    Fallocate,
+    Lseek,
+}
+
+impl OpKind {
+    /// The operation's name in lower case (`"read"`, `"rename"`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            OpKind::Lookup => "lookup",
+            OpKind::Getattr => "getattr",
+            OpKind::Setattr => "setattr",
+            OpKind::Readlink => "readlink",
+            OpKind::Symlink => "symlink",
+            OpKind::Mknod => "mknod",
+            OpKind::Mkdir => "mkdir",
+            OpKind::Unlink => "unlink",
+            OpKind::Rmdir => "rmdir",
+            OpKind::Rename => "rename",
+            OpKind::Link => "link",
+            OpKind::Open => "open",
+            OpKind::Create => "create",
+            OpKind::Read => "read",
+            OpKind::Write => "write",
+            OpKind::Flush => "flush",
+            OpKind::Fsync => "fsync",
+            OpKind::Release => "release",
+            OpKind::Statfs => "statfs",
+            OpKind::Setxattr => "setxattr",
+            OpKind::Getxattr => "getxattr",
+            OpKind::Listxattr => "listxattr",
+            OpKind::Removexattr => "removexattr",
+            OpKind::Opendir => "opendir",
+            OpKind::Readdir => "readdir",
+            OpKind::Releasedir => "releasedir",
+            OpKind::Fsyncdir => "fsyncdir",
+            OpKind::Access => "access",
+            OpKind::Fallocate => "fallocate",
+            OpKind::Lseek => "lseek",
+        }
+    }
+}
+
+/// One operation as hooks see it.
+#[derive(Clone, Debug)]
+pub struct Op<'a> {
+    /// What is being done.
+    pub kind: OpKind,
+    /// Who in the guest asked.
+    pub ctx: Context,
+    /// The inode operated on; for operations on a name (lookup, create,
+    /// unlink, rename, ...) the directory holding it.
+    pub inode: Inode,
+    /// The open handle, for operations through one.
+    pub handle: Option<Handle>,
+    /// Guest path of the object (for name operations: of the named entry;
+    /// for rename: the old name). None if the inode's path is not known.
+    pub path: Option<PathBuf>,
+    /// Rename's new name, link's new name.
+    pub new_path: Option<PathBuf>,
+    /// Byte offset (read, write, fallocate).
+    pub offset: u64,
+    /// Bytes asked for (read), given (write), allocated (fallocate).
+    pub size: u64,
+    /// The xattr name (setxattr, getxattr, removexattr).
+    pub xattr: Option<&'a CStr>,
+    /// Attribute changes (setattr).
+    pub setattr: Option<SetAttr>,
+    /// Rename flags.
+    pub flags: u32,
+}
+
+/// Host code that sees operations; see the module docs for the order.
+/// Every method has a pass-through default. `backend` is the filesystem
+/// under all hooks, for hooks that keep state there (xattrs) or answer.
+#[allow(unused_variables)]
+pub trait Hook: Send + Sync {
+    /// Runs before the operation; an error denies it with that error.
+    fn before(&self, backend: &dyn FileSystem, op: &Op<'_>) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// May rewrite a WRITE's payload before it reaches the backend. The
+    /// guest is told the length it sent was written if the backend took the
+    /// whole rewritten payload.
+    fn rewrite_write(
+        &self,
+        backend: &dyn FileSystem,
+        op: &Op<'_>,
+        data: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// May answer a READ itself (`Some`), skipping the backend and the hooks
+    /// after this one.
+    fn answer_read(&self, backend: &dyn FileSystem, op: &Op<'_>) -> Option<io::Result<Vec<u8>>> {
+        None
+    }
+
+    /// May rewrite what READ, GETXATTR, LISTXATTR or READLINK returns.
+    fn rewrite_reply(
+        &self,
+        backend: &dyn FileSystem,
+        op: &Op<'_>,
+        data: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Sees the outcome: bytes moved (read, write) or 0, or the errno.
+    fn after(&self, op: &Op<'_>, result: Result<u64, i32>) {}
+}
+
+fn errno(e: &io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// A backend wrapped with hooks. See the module docs.
+pub struct Hooked<F: FileSystem> {
+    inner: F,
+    hooks: Vec<Arc<dyn Hook>>,
+    paths: paths::PathMap,
+}
+
+impl<F: FileSystem> Hooked<F> {
+    /// Wraps `inner`; `hooks` run in this order before, in reverse after.
+    pub fn new(inner: F, hooks: Vec<Arc<dyn Hook>>) -> Self {
+        Self {
+            inner,
+            hooks,
+            paths: paths::PathMap::default(),
+        }
+    }
+
+    /// The wrapped backend.
+    pub fn inner(&self) -> &F {
+        &self.inner
+    }
+
+    /// The guest path of `inode`, as far as the guest has looked it up.
+    pub fn path_of(&self, inode: Inode) -> Option<PathBuf> {
+        self.paths.path(inode)
+    }
+
+    fn op(&self, kind: OpKind, ctx: &Context, inode: Inode) -> Op<'static> {
+        Op {
+            kind,
+            ctx: *ctx,
+            inode,
+            handle: None,
+            path: self.paths.path(inode),
+            new_path: None,
+            offset: 0,
+            size: 0,
+            xattr: None,
+            setattr: None,
+            flags: 0,
+        }
+    }
+
+    fn named(&self, kind: OpKind, ctx: &Context, parent: Inode, name: &CStr) -> Op<'static> {
+        Op {
+            path: self.paths.child(parent, name.to_bytes()),
+            ..self.op(kind, ctx, parent)
+        }
+    }
+
+    /// Steps 1, 3 and 5 of the module docs around `f`; `size` says how
+    /// many bytes a successful result moved.
+    fn run<T>(
+        &self,
+        op: &Op<'_>,
+        f: impl FnOnce() -> io::Result<T>,
+        size: impl Fn(&T) -> u64,
+    ) -> io::Result<T> {
+        let mut ran = 0;
+        let mut result = Ok(());
+        for h in &self.hooks {
+            ran += 1;
+            if let Err(e) = h.before(&self.inner, op) {
+                result = Err(e);
+                break;
+            }
+        }
+        let result = result.and_then(|()| f());
+        let outcome = match &result {
+            Ok(t) => Ok(size(t)),
+            Err(e) => Err(errno(e)),
+        };
+        for h in self.hooks[..ran].iter().rev() {
+            h.after(op, outcome);
+        }
+        result
+    }
+
+    fn simple<T>(&self, op: &Op<'_>, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        self.run(op, f, |_| 0)
+    }
+
+    fn rewrite_reply(&self, op: &Op<'_>, mut data: Vec<u8>) -> io::Result<Vec<u8>> {
+        for h in self.hooks.iter().rev() {
+            h.rewrite_reply(&self.inner, op, &mut data)?;
+        }
+        Ok(data)
+    }
+
+    fn entry(&self, parent: Inode, name: &CStr, e: io::Result<Entry>) -> io::Result<Entry> {
+        if let Ok(e) = &e {
+            self.paths.record(parent, name.to_bytes(), e.inode);
+        }
+        e
+    }
+}
+
+impl<F: FileSystem> FileSystem for Hooked<F> {
+    fn init(&self) -> io::Result<()> {
+        self.inner.init()
+    }
+
+    fn destroy(&self) {
+        self.inner.destroy()
+    }
+
+    fn lookup(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<Entry> {
+        let op = self.named(OpKind::Lookup, ctx, parent, name);
+        let e = self.simple(&op, || self.inner.lookup(ctx, parent, name));
+        self.entry(parent, name, e)
+    }
+
+    fn forget(&self, inode: Inode, count: u64) {
+        self.paths.forget(inode, count);
+        self.inner.forget(inode, count)
+    }
+
+    fn getattr(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Option<Handle>,
+    ) -> io::Result<(Attr, Duration)> {
+        let op = Op {
+            handle,
+            ..self.op(OpKind::Getattr, ctx, inode)
+        };
+        self.simple(&op, || self.inner.getattr(ctx, inode, handle))
+    }
+
+    fn setattr(&self, ctx: &Context, inode: Inode, attr: SetAttr) -> io::Result<(Attr, Duration)> {
+        let op = Op {
+            handle: attr.handle,
+            setattr: Some(attr),
+            size: attr.size.unwrap_or(0),
+            ..self.op(OpKind::Setattr, ctx, inode)
+        };
+        self.simple(&op, || self.inner.setattr(ctx, inode, attr))
+    }
+
+    fn readlink(&self, ctx: &Context, inode: Inode) -> io::Result<Vec<u8>> {
+        let op = self.op(OpKind::Readlink, ctx, inode);
+        self.simple(&op, || {
+            let t = self.inner.readlink(ctx, inode)?;
+            self.rewrite_reply(&op, t)
+        })
+    }
+
+    fn symlink(
+        &self,
+        ctx: &Context,
+        target: &CStr,
+        parent: Inode,
+        name: &CStr,
+    ) -> io::Result<Entry> {
+        let op = self.named(OpKind::Symlink, ctx, parent, name);
+        let e = self.simple(&op, || self.inner.symlink(ctx, target, parent, name));
+        self.entry(parent, name, e)
+    }
+
+    fn mknod(
+        &self,
+        ctx: &Context,
+        parent: Inode,
+        name: &CStr,
+        mode: u32,
+        rdev: u32,
+        umask: u32,
+    ) -> io::Result<Entry> {
+        let op = self.named(OpKind::Mknod, ctx, parent, name);
+        let e = self.simple(&op, || {
+            self.inner.mknod(ctx, parent, name, mode, rdev, umask)
+        });
+        self.entry(parent, name, e)
+    }
+
+    fn mkdir(
+        &self,
+        ctx: &Context,
+        parent: Inode,
+        name: &CStr,
+        mode: u32,
+        umask: u32,
+    ) -> io::Result<Entry> {
+        let op = self.named(OpKind::Mkdir, ctx, parent, name);
+        let e = self.simple(&op, || self.inner.mkdir(ctx, parent, name, mode, umask));
+        self.entry(parent, name, e)
+    }
+
+    fn unlink(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
+        let op = self.named(OpKind::Unlink, ctx, parent, name);
+        self.simple(&op, || self.inner.unlink(ctx, parent, name))
+    }
+
+    fn rmdir(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
+        let op = self.named(OpKind::Rmdir, ctx, parent, name);
+        self.simple(&op, || self.inner.rmdir(ctx, parent, name))
+    }
+
+    fn rename(
+        &self,
+        ctx: &Context,
+        olddir: Inode,
+        oldname: &CStr,
+        newdir: Inode,
+        newname: &CStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        let op = Op {
+            new_path: self.paths.child(newdir, newname.to_bytes()),
+            flags,
+            ..self.named(OpKind::Rename, ctx, olddir, oldname)
+        };
+        self.simple(&op, || {
+            self.inner
+                .rename(ctx, olddir, oldname, newdir, newname, flags)
+        })?;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        self.paths.rename(
+            olddir,
+            oldname.to_bytes(),
+            newdir,
+            newname.to_bytes(),
+            exchange,
+        );
+        Ok(())
+    }
+
+    fn link(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        newparent: Inode,
+        newname: &CStr,
+    ) -> io::Result<Entry> {
+        let op = Op {
+            new_path: self.paths.child(newparent, newname.to_bytes()),
+            ..self.op(OpKind::Link, ctx, inode)
+        };
+        let e = self.simple(&op, || self.inner.link(ctx, inode, newparent, newname));
+        self.entry(newparent, newname, e)
+    }
+
+    fn open(&self, ctx: &Context, inode: Inode, flags: u32) -> io::Result<OpenReply> {
+        let op = Op {
+            flags,
+            ..self.op(OpKind::Open, ctx, inode)
+        };
+        self.simple(&op, || self.inner.open(ctx, inode, flags))
+    }
+
+    fn create(
+        &self,
+        ctx: &Context,
+        parent: Inode,
+        name: &CStr,
+        mode: u32,
+        flags: u32,
+        umask: u32,
+    ) -> io::Result<(Entry, OpenReply)> {
+        let op = Op {
+            flags,
+            ..self.named(OpKind::Create, ctx, parent, name)
+        };
+        let r = self.simple(&op, || {
+            self.inner.create(ctx, parent, name, mode, flags, umask)
+        });
+        if let Ok((e, _)) = &r {
+            self.paths.record(parent, name.to_bytes(), e.inode);
+        }
+        r
+    }
+
+    fn read(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        offset: u64,
+        size: u32,
+    ) -> io::Result<Vec<u8>> {
+        let op = Op {
+            handle: Some(handle),
+            offset,
+            size: u64::from(size),
+            ..self.op(OpKind::Read, ctx, inode)
+        };
+        self.run(
+            &op,
+            || {
+                let mut first_hook = self.hooks.len();
+                let mut answer = None;
+                for (i, h) in self.hooks.iter().enumerate() {
+                    if let Some(a) = h.answer_read(&self.inner, &op) {
+                        (first_hook, answer) = (i, Some(a));
+                        break;
+                    }
+                }
+                let mut data = match answer {
+                    Some(a) => a?,
+                    None => self.inner.read(ctx, inode, handle, offset, size)?,
+                };
+                // Only the hooks above the one that answered undo their
+                // transformation.
+                for h in self.hooks[..first_hook].iter().rev() {
+                    h.rewrite_reply(&self.inner, &op, &mut data)?;
+                }
+                Ok(data)
+            },
+            |d| d.len() as u64,
+        )
+    }
+
+    fn write(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        offset: u64,
+        data: &[u8],
+        flags: u32,
+    ) -> io::Result<u32> {
+        let op = Op {
+            handle: Some(handle),
+            offset,
+            size: data.len() as u64,
+            flags,
+            ..self.op(OpKind::Write, ctx, inode)
+        };
+        self.run(
+            &op,
+            || {
+                let mut buf = data.to_vec();
+                for h in &self.hooks {
+                    h.rewrite_write(&self.inner, &op, &mut buf)?;
+                }
+                let n = self.inner.write(ctx, inode, handle, offset, &buf, flags)?;
+                Ok(if n as usize >= buf.len() {
+                    data.len() as u32
+                } else {
+                    n.min(data.len() as u32)
+                })
+            },
+            |n| u64::from(*n),
+        )
+    }
+
+    fn flush(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        lock_owner: u64,
+    ) -> io::Result<()> {
+        let op = Op {
+            handle: Some(handle),
+            ..self.op(OpKind::Flush, ctx, inode)
+        };
+        self.simple(&op, || self.inner.flush(ctx, inode, handle, lock_owner))
+    }
+
+    fn fsync(&self, ctx: &Context, inode: Inode, datasync: bool, handle: Handle) -> io::Result<()> {
+        let op = Op {
+            handle: Some(handle),
+            ..self.op(OpKind::Fsync, ctx, inode)
+        };
+        self.simple(&op, || self.inner.fsync(ctx, inode, datasync, handle))
+    }
+
+    fn release(&self, ctx: &Context, inode: Inode, flags: u32, handle: Handle) -> io::Result<()> {
+        let op = Op {
+            handle: Some(handle),
+            ..self.op(OpKind::Release, ctx, inode)
+        };
+        self.simple(&op, || self.inner.release(ctx, inode, flags, handle))
+    }
+
+    fn statfs(&self, ctx: &Context, inode: Inode) -> io::Result<StatFs> {
+        let op = self.op(OpKind::Statfs, ctx, inode);
+        self.simple(&op, || self.inner.statfs(ctx, inode))
+    }
+
+    fn setxattr(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        name: &CStr,
+        value: &[u8],
+        flags: u32,
+    ) -> io::Result<()> {
+        let op = Op {
+            xattr: Some(name),
+            size: value.len() as u64,
+            flags,
+            ..self.op(OpKind::Setxattr, ctx, inode)
+        };
+        self.simple(&op, || self.inner.setxattr(ctx, inode, name, value, flags))
+    }
+
+    fn getxattr(&self, ctx: &Context, inode: Inode, name: &CStr) -> io::Result<Vec<u8>> {
+        let op = Op {
+            xattr: Some(name),
+            ..self.op(OpKind::Getxattr, ctx, inode)
+        };
+        self.simple(&op, || {
+            let v = self.inner.getxattr(ctx, inode, name)?;
+            self.rewrite_reply(&op, v)
+        })
+    }
+
+    fn listxattr(&self, ctx: &Context, inode: Inode) -> io::Result<Vec<u8>> {
+        let op = self.op(OpKind::Listxattr, ctx, inode);
+        self.simple(&op, || {
+            let v = self.inner.listxattr(ctx, inode)?;
+            self.rewrite_reply(&op, v)
+        })
+    }
+
+    fn removexattr(&self, ctx: &Context, inode: Inode, name: &CStr) -> io::Result<()> {
+        let op = Op {
+            xattr: Some(name),
+            ..self.op(OpKind::Removexattr, ctx, inode)
+        };
+        self.simple(&op, || self.inner.removexattr(ctx, inode, name))
+    }
+
+    fn opendir(&self, ctx: &Context, inode: Inode, flags: u32) -> io::Result<OpenReply> {
+        let op = self.op(OpKind::Opendir, ctx, inode);
+        self.simple(&op, || self.inner.opendir(ctx, inode, flags))
+    }
+
+    fn readdir(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        offset: u64,
+        add: &mut dyn FnMut(DirEntry<'_>) -> bool,
+    ) -> io::Result<()> {
+        let op = Op {
+            handle: Some(handle),
+            offset,
+            ..self.op(OpKind::Readdir, ctx, inode)
+        };
+        self.simple(&op, || self.inner.readdir(ctx, inode, handle, offset, add))
+    }
+
+    fn releasedir(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        flags: u32,
+        handle: Handle,
+    ) -> io::Result<()> {
+        let op = Op {
+            handle: Some(handle),
+            ..self.op(OpKind::Releasedir, ctx, inode)
+        };
+        self.simple(&op, || self.inner.releasedir(ctx, inode, flags, handle))
+    }
+
+    fn fsyncdir(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        datasync: bool,
+        handle: Handle,
+    ) -> io::Result<()> {
+        let op = Op {
+            handle: Some(handle),
+            ..self.op(OpKind::Fsyncdir, ctx, inode)
+        };
+        self.simple(&op, || self.inner.fsyncdir(ctx, inode, datasync, handle))
+    }
+
+    fn access(&self, ctx: &Context, inode: Inode, mask: u32) -> io::Result<()> {
+        let op = Op {
+            flags: mask,
+            ..self.op(OpKind::Access, ctx, inode)
+        };
+        self.simple(&op, || self.inner.access(ctx, inode, mask))
+    }
+
+    fn fallocate(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        mode: u32,
+        offset: u64,
+        length: u64,
+    ) -> io::Result<()> {
+        let op = Op {
+            handle: Some(handle),
+            offset,
+            size: length,
+            flags: mode,
+            ..self.op(OpKind::Fallocate, ctx, inode)
+        };
+        self.simple(&op, || {
+            self.inner
+                .fallocate(ctx, inode, handle, mode, offset, length)
+        })
+    }
+
+    fn lseek(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        offset: u64,
+        whence: u32,
+    ) -> io::Result<u64> {
+        let op = Op {
+            handle: Some(handle),
+            offset,
+            ..self.op(OpKind::Lseek, ctx, inode)
+        };
+        self.simple(&op, || self.inner.lseek(ctx, inode, handle, offset, whence))
+    }
+}

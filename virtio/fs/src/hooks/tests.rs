@@ -1,0 +1,316 @@
+//! Hooks over the in-memory backend, driven through the FileSystem trait as
+//! the server drives them.
+
+use std::ffi::CString;
+use std::sync::Mutex;
+
+use super::encrypt::NONCE_XATTR;
+use super::*;
+use crate::memory::MemoryFs;
+use crate::ROOT_INODE;
+
+fn c(s: &str) -> CString {
+    CString::new(s).unwrap()
+}
+
+const CTX: Context = Context {
+    uid: 1000,
+    gid: 1000,
+    pid: 42,
+};
+
+/// Records the order in which hooks run, optionally denying one op kind.
+struct Tracer {
+    name: &'static str,
+    log: Arc<Mutex<Vec<String>>>,
+    deny: Option<OpKind>,
+}
+
+impl Hook for Tracer {
+    fn before(&self, _b: &dyn FileSystem, op: &Op<'_>) -> io::Result<()> {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("{} before {}", self.name, op.kind.name()));
+        if self.deny == Some(op.kind) {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
+        Ok(())
+    }
+    fn rewrite_write(
+        &self,
+        _b: &dyn FileSystem,
+        _op: &Op<'_>,
+        data: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        data.extend_from_slice(self.name.as_bytes());
+        Ok(())
+    }
+    fn after(&self, op: &Op<'_>, result: Result<u64, i32>) {
+        self.log.lock().unwrap().push(format!(
+            "{} after {} {:?}",
+            self.name,
+            op.kind.name(),
+            result
+        ));
+    }
+}
+
+fn tracer(
+    name: &'static str,
+    log: &Arc<Mutex<Vec<String>>>,
+    deny: Option<OpKind>,
+) -> Arc<dyn Hook> {
+    Arc::new(Tracer {
+        name,
+        log: log.clone(),
+        deny,
+    })
+}
+
+#[test]
+fn hooks_run_before_in_order_after_in_reverse_and_deny_stops_the_chain() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let fs = Hooked::new(
+        MemoryFs::new(),
+        vec![
+            tracer("a", &log, None),
+            tracer("b", &log, Some(OpKind::Mkdir)),
+            tracer("c", &log, None),
+        ],
+    );
+    let (e, open) = fs.create(&CTX, ROOT_INODE, &c("f"), 0o644, 2, 0).unwrap();
+    assert_eq!(fs.write(&CTX, e.inode, open.handle, 0, b"x", 0).unwrap(), 1);
+    // Each hook appended its name, in order; the guest is told 1 byte.
+    assert_eq!(fs.inner().read_file("f").unwrap(), b"xabc");
+    log.lock().unwrap().clear();
+
+    let err = fs.mkdir(&CTX, ROOT_INODE, &c("d"), 0o755, 0).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+    assert_eq!(
+        *log.lock().unwrap(),
+        [
+            "a before mkdir",
+            "b before mkdir",
+            "b after mkdir Err(1)",
+            "a after mkdir Err(1)"
+        ]
+    );
+    assert!(
+        fs.inner().lookup(&CTX, ROOT_INODE, &c("d")).is_err(),
+        "denied op reached the backend"
+    );
+}
+
+#[test]
+fn audit_log_records_reads_writes_and_namespace_changes_with_paths() {
+    let records = Arc::new(Mutex::new(Vec::new()));
+    let sink = records.clone();
+    let audit = AuditLog::with_callback(move |r| sink.lock().unwrap().push(r.clone()));
+    let fs = Hooked::new(MemoryFs::new(), vec![Arc::new(audit)]);
+    let d = fs.mkdir(&CTX, ROOT_INODE, &c("work"), 0o755, 0).unwrap();
+    let (e, open) = fs.create(&CTX, d.inode, &c("a.txt"), 0o644, 2, 0).unwrap();
+    fs.write(&CTX, e.inode, open.handle, 3, b"hello", 0)
+        .unwrap();
+    fs.read(&CTX, e.inode, open.handle, 0, 100).unwrap();
+    fs.rename(&CTX, d.inode, &c("a.txt"), ROOT_INODE, &c("b.txt"), 0)
+        .unwrap();
+    fs.read(&CTX, e.inode, open.handle, 4, 2).unwrap();
+    fs.getattr(&CTX, e.inode, None).unwrap(); // not audited
+    fs.unlink(&CTX, ROOT_INODE, &c("b.txt")).unwrap();
+
+    let got: Vec<(&str, String, Option<String>, u64, u64)> = records
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| (r.op, r.path.clone(), r.new_path.clone(), r.offset, r.length))
+        .collect();
+    let s = |x: &str| x.to_string();
+    assert_eq!(
+        got,
+        [
+            ("mkdir", s("/work"), None, 0, 0),
+            ("create", s("/work/a.txt"), None, 0, 0),
+            ("write", s("/work/a.txt"), None, 3, 5),
+            ("read", s("/work/a.txt"), None, 0, 8),
+            ("rename", s("/work/a.txt"), Some(s("/b.txt")), 0, 0),
+            ("read", s("/b.txt"), None, 4, 2),
+            ("unlink", s("/b.txt"), None, 0, 0),
+        ]
+    );
+    assert_eq!(records.lock().unwrap()[0].uid, 1000);
+}
+
+#[test]
+fn audit_log_writes_json_lines() {
+    let out = Arc::new(Mutex::new(Vec::new()));
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Shared {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let fs = Hooked::new(
+        MemoryFs::new(),
+        vec![Arc::new(AuditLog::to_writer(Shared(out.clone())))],
+    );
+    fs.mkdir(&CTX, ROOT_INODE, &c("d"), 0o755, 0).unwrap();
+    assert!(fs.mkdir(&CTX, ROOT_INODE, &c("d"), 0o755, 0).is_err());
+    let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["path"], "/d");
+    assert_eq!(lines[1]["errno"], libc::EEXIST);
+}
+
+#[test]
+fn deny_paths_blocks_lookups_creates_and_renames_into_the_subtree() {
+    let backend = MemoryFs::new();
+    backend.add_file("secret/key", b"k", 0o600).unwrap();
+    backend.add_file("open.txt", b"o", 0o644).unwrap();
+    let fs = Hooked::new(backend, vec![Arc::new(DenyPaths::new(["/secret"]))]);
+    let eacces = Some(libc::EACCES);
+    assert_eq!(
+        fs.lookup(&CTX, ROOT_INODE, &c("secret"))
+            .unwrap_err()
+            .raw_os_error(),
+        eacces
+    );
+    let open = fs.lookup(&CTX, ROOT_INODE, &c("open.txt")).unwrap();
+    assert_eq!(open.attr.size, 1);
+    let err = fs.rename(
+        &CTX,
+        ROOT_INODE,
+        &c("open.txt"),
+        ROOT_INODE,
+        &c("secret"),
+        0,
+    );
+    assert_eq!(err.unwrap_err().raw_os_error(), eacces);
+    // "/secretive" is not under "/secret".
+    fs.mkdir(&CTX, ROOT_INODE, &c("secretive"), 0o755, 0)
+        .unwrap();
+}
+
+fn encrypted() -> Hooked<MemoryFs> {
+    Hooked::new(
+        MemoryFs::new(),
+        vec![Arc::new(EncryptAtRest::new([7; 32], "/vault"))],
+    )
+}
+
+#[test]
+fn encrypt_at_rest_stores_ciphertext_and_returns_plaintext() {
+    let fs = encrypted();
+    let v = fs.mkdir(&CTX, ROOT_INODE, &c("vault"), 0o755, 0).unwrap();
+    let (e, open) = fs.create(&CTX, v.inode, &c("doc"), 0o644, 2, 0).unwrap();
+    let plain = b"the quick brown fox jumps over the lazy dog".repeat(100);
+    assert_eq!(
+        fs.write(&CTX, e.inode, open.handle, 0, &plain, 0).unwrap() as usize,
+        plain.len()
+    );
+    let stored = fs.inner().read_file("vault/doc").unwrap();
+    assert_eq!(stored.len(), plain.len(), "length-preserving");
+    assert_ne!(stored, plain);
+    assert!(!stored.windows(9).any(|w| w == b"quick bro"));
+    assert_eq!(
+        fs.read(&CTX, e.inode, open.handle, 0, 1 << 20).unwrap(),
+        plain
+    );
+    // Unaligned reads and overwrites decrypt at the right keystream offset.
+    assert_eq!(
+        fs.read(&CTX, e.inode, open.handle, 77, 13).unwrap(),
+        &plain[77..90]
+    );
+    fs.write(&CTX, e.inode, open.handle, 101, b"XYZ", 0)
+        .unwrap();
+    let mut expect = plain.clone();
+    expect[101..104].copy_from_slice(b"XYZ");
+    assert_eq!(
+        fs.read(&CTX, e.inode, open.handle, 0, 1 << 20).unwrap(),
+        expect
+    );
+
+    // A write past the end and a truncate up both read back as zeros.
+    let end = expect.len() as u64;
+    fs.write(&CTX, e.inode, open.handle, end + 10, b"tail", 0)
+        .unwrap();
+    let grow = SetAttr {
+        size: Some(end + 100),
+        ..SetAttr::default()
+    };
+    fs.setattr(&CTX, e.inode, grow).unwrap();
+    let back = fs.read(&CTX, e.inode, open.handle, end, 200).unwrap();
+    assert_eq!(back.len(), 100);
+    assert_eq!(&back[..10], &[0; 10]);
+    assert_eq!(&back[10..14], b"tail");
+    assert!(back[14..].iter().all(|&b| b == 0));
+
+    // Renamed out of the prefix, it stays encrypted and readable.
+    fs.rename(&CTX, v.inode, &c("doc"), ROOT_INODE, &c("moved"), 0)
+        .unwrap();
+    assert_ne!(fs.inner().read_file("moved").unwrap()[..20], expect[..20]);
+    assert_eq!(
+        fs.read(&CTX, e.inode, open.handle, 0, 20).unwrap(),
+        &expect[..20]
+    );
+
+    // The nonce is invisible and untouchable from the guest.
+    let ns = fs.listxattr(&CTX, e.inode).unwrap();
+    assert!(ns.is_empty(), "{ns:?}");
+    assert_eq!(
+        fs.getxattr(&CTX, e.inode, NONCE_XATTR)
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::ENODATA)
+    );
+    let rm = fs.removexattr(&CTX, e.inode, NONCE_XATTR);
+    assert_eq!(rm.unwrap_err().raw_os_error(), Some(libc::EPERM));
+    assert_eq!(
+        fs.inner()
+            .getxattr(&CTX, e.inode, NONCE_XATTR)
+            .unwrap()
+            .len(),
+        24
+    );
+}
+
+#[test]
+fn encrypt_at_rest_leaves_files_outside_the_prefix_alone_and_rekeys_on_truncate() {
+    let fs = encrypted();
+    let (e, open) = fs
+        .create(&CTX, ROOT_INODE, &c("plain"), 0o644, 2, 0)
+        .unwrap();
+    fs.write(&CTX, e.inode, open.handle, 0, b"visible", 0)
+        .unwrap();
+    assert_eq!(fs.inner().read_file("plain").unwrap(), b"visible");
+
+    let v = fs.mkdir(&CTX, ROOT_INODE, &c("vault"), 0o755, 0).unwrap();
+    let (e, open) = fs.create(&CTX, v.inode, &c("f"), 0o644, 2, 0).unwrap();
+    fs.write(&CTX, e.inode, open.handle, 0, b"first", 0)
+        .unwrap();
+    let first_nonce = fs.inner().getxattr(&CTX, e.inode, NONCE_XATTR).unwrap();
+    let zero = SetAttr {
+        size: Some(0),
+        ..SetAttr::default()
+    };
+    fs.setattr(&CTX, e.inode, zero).unwrap();
+    fs.write(&CTX, e.inode, open.handle, 0, b"second", 0)
+        .unwrap();
+    let second_nonce = fs.inner().getxattr(&CTX, e.inode, NONCE_XATTR).unwrap();
+    assert_ne!(
+        first_nonce, second_nonce,
+        "a rewritten file gets a fresh keystream"
+    );
+    assert_eq!(
+        fs.read(&CTX, e.inode, open.handle, 0, 100).unwrap(),
+        b"second"
+    );
+}
