@@ -35,6 +35,7 @@ pub mod exec;
 pub mod files;
 pub mod frame;
 pub mod mounts;
+pub mod net;
 pub mod pty;
 pub mod reaper;
 pub mod rootfs;

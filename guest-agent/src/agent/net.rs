@@ -1,0 +1,466 @@
+//! Network set-up of the guest's one Ethernet interface, from the host's
+//! [`NetworkSetup`].
+//!
+//! The guest has no `ip` or `ifconfig`, so [`configure`] talks to the kernel
+//! directly with the classic interface ioctls on an `AF_INET` datagram
+//! socket: MTU, address, netmask, link up, then the default route through
+//! the gateway (`SIOCADDRT`). That is all a static IPv4 set-up needs, and
+//! far less code than rtnetlink messages built by hand.
+//!
+//! [`write_resolver_files`] writes `/etc/resolv.conf` and merges the host's
+//! names into `/etc/hosts`, keeping the image's own lines: everything the
+//! agent adds sits between two marker lines, so a later boot on the same
+//! root replaces its own block and nothing else.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+use msbvm_protocol::boot::NetworkSetup;
+
+/// Where the kernel lists network interfaces.
+const SYS_CLASS_NET: &str = "/sys/class/net";
+/// ARPHRD_ETHER, as `/sys/class/net/<if>/type` shows it.
+const ARPHRD_ETHER: &str = "1";
+/// First line of the block the agent owns in `/etc/hosts`.
+pub const HOSTS_BEGIN: &str = "# BEGIN msbvm (written at boot; edits here are replaced)";
+/// Last line of that block.
+pub const HOSTS_END: &str = "# END msbvm";
+
+/// Why the network could not be set up; each names the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// `/sys/class/net` could not be read.
+    #[error("cannot list network interfaces in {SYS_CLASS_NET}: {0}")]
+    ListInterfaces(io::Error),
+    /// Only loopback (or nothing Ethernet-like) exists.
+    #[error("no Ethernet interface in {SYS_CLASS_NET}; is the virtio-net device attached?")]
+    NoInterface,
+    /// The interface name does not fit `IFNAMSIZ`.
+    #[error("interface name {0:?} is too long")]
+    BadName(String),
+    /// The prefix length is over 32.
+    #[error("invalid IPv4 prefix length /{0}")]
+    BadPrefix(u8),
+    /// The socket the ioctls go through could not be opened.
+    #[error("cannot open a socket to configure the network: {0}")]
+    Socket(io::Error),
+    /// One configuration ioctl failed.
+    #[error("cannot {step} of {interface}: {source}")]
+    Ioctl {
+        /// What was being done ("set the MTU", ...).
+        step: &'static str,
+        /// The interface.
+        interface: String,
+        /// The kernel's answer.
+        source: io::Error,
+    },
+}
+
+/// Configures the first Ethernet interface (normally `eth0`) as `setup`
+/// says: MTU, address/prefix, up, default route via the gateway.
+pub fn configure(setup: &NetworkSetup) -> Result<(), NetError> {
+    let name = first_interface(Path::new(SYS_CLASS_NET))?;
+    configure_interface(&name, setup)
+}
+
+/// The first (by name) non-loopback Ethernet interface under `sys_class_net`.
+pub fn first_interface(sys_class_net: &Path) -> Result<String, NetError> {
+    let mut names: Vec<String> = std::fs::read_dir(sys_class_net)
+        .map_err(NetError::ListInterfaces)?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name != "lo")
+        .filter(|name| {
+            std::fs::read_to_string(sys_class_net.join(name).join("type"))
+                .is_ok_and(|t| t.trim() == ARPHRD_ETHER)
+        })
+        .collect();
+    names.sort();
+    names.into_iter().next().ok_or(NetError::NoInterface)
+}
+
+/// The IPv4 netmask for a prefix length, or None past 32.
+pub fn netmask(prefix_len: u8) -> Option<[u8; 4]> {
+    let bits = match prefix_len {
+        0 => 0,
+        1..=32 => u32::MAX << (32 - u32::from(prefix_len)),
+        _ => return None,
+    };
+    Some(bits.to_be_bytes())
+}
+
+/// Configures interface `name` as `setup` says (see [`configure`]). A zero
+/// gateway means no default route; an existing one is left as is.
+pub fn configure_interface(name: &str, setup: &NetworkSetup) -> Result<(), NetError> {
+    let mask = netmask(setup.prefix_len).ok_or(NetError::BadPrefix(setup.prefix_len))?;
+    let ifname = ifname(name)?;
+    // SAFETY: plain socket creation; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(NetError::Socket(io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let failed = |step: &'static str| {
+        let source = io::Error::last_os_error();
+        NetError::Ioctl {
+            step,
+            interface: name.to_owned(),
+            source,
+        }
+    };
+
+    let mut req = new_ifreq(&ifname);
+    req.ifr_ifru.ifru_mtu = libc::c_int::from(setup.mtu);
+    // SAFETY: SIOCSIFMTU reads the ifreq we own.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFMTU as _, &req) } < 0 {
+        return Err(failed("set the MTU"));
+    }
+
+    let mut req = new_ifreq(&ifname);
+    req.ifr_ifru.ifru_addr = sockaddr(setup.address);
+    // SAFETY: SIOCSIFADDR reads the ifreq we own.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFADDR as _, &req) } < 0 {
+        return Err(failed("set the address"));
+    }
+
+    let mut req = new_ifreq(&ifname);
+    req.ifr_ifru.ifru_netmask = sockaddr(mask);
+    // SAFETY: SIOCSIFNETMASK reads the ifreq we own.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFNETMASK as _, &req) } < 0 {
+        return Err(failed("set the netmask"));
+    }
+
+    let mut req = new_ifreq(&ifname);
+    // SAFETY: SIOCGIFFLAGS writes into the ifreq we own.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) } < 0 {
+        return Err(failed("read the flags"));
+    }
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    req.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    // SAFETY: SIOCSIFFLAGS reads the ifreq we own.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) } < 0 {
+        return Err(failed("bring up"));
+    }
+
+    if setup.gateway != [0; 4] {
+        // SAFETY: rtentry is plain old data (a null rt_dev is valid).
+        let mut route: libc::rtentry = unsafe { std::mem::zeroed() };
+        route.rt_dst = sockaddr([0; 4]);
+        route.rt_genmask = sockaddr([0; 4]);
+        route.rt_gateway = sockaddr(setup.gateway);
+        route.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
+        // The kernel only reads the name; `ifname` outlives the call.
+        route.rt_dev = ifname.as_ptr().cast_mut();
+        // SAFETY: SIOCADDRT reads the rtentry and the name it points to.
+        let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT as _, &route) };
+        if rc < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST) {
+            return Err(failed("add the default route"));
+        }
+    }
+    Ok(())
+}
+
+fn ifname(name: &str) -> Result<CString, NetError> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(NetError::BadName(name.to_owned()));
+    }
+    CString::new(name).map_err(|_| NetError::BadName(name.to_owned()))
+}
+
+fn new_ifreq(name: &CString) -> libc::ifreq {
+    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    // `name` is shorter than IFNAMSIZ, so the zeroed tail terminates it.
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
+        *dst = *src as libc::c_char;
+    }
+    req
+}
+
+/// An `AF_INET` address in the generic `sockaddr` the ioctls take.
+fn sockaddr(addr: [u8; 4]) -> libc::sockaddr {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(addr),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr have the same size (16 bytes) and
+    // both are plain old data.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+/// Writes `<root>/etc/resolv.conf` and merges the host's names into
+/// `<root>/etc/hosts` (see the module docs). Creates `<root>/etc`.
+pub fn write_resolver_files(root: &Path, setup: &NetworkSetup, hostname: &str) -> io::Result<()> {
+    let etc = root.join("etc");
+    std::fs::create_dir_all(&etc)?;
+    replace_file(&etc.join("resolv.conf"), &resolv_conf(&setup.dns))?;
+    let hosts_path = etc.join("hosts");
+    // Missing, a dangling symlink or not text: start from nothing rather
+    // than leave the guest without localhost.
+    let existing = std::fs::read_to_string(&hosts_path).unwrap_or_default();
+    replace_file(&hosts_path, &hosts(&existing, setup, hostname))
+}
+
+/// Replaces `path` by a new file with `content`, through a rename so that
+/// readers never see half a file. A symlink at `path` (images often point
+/// resolv.conf at a resolver daemon's runtime file) is replaced, not followed.
+fn replace_file(path: &Path, content: &str) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".msbvm-tmp");
+    std::fs::write(&tmp, content)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The content of `resolv.conf` for `dns`.
+pub fn resolv_conf(dns: &[[u8; 4]]) -> String {
+    let mut out = String::from("# written by msbvm at boot\n");
+    for [a, b, c, d] in dns {
+        out.push_str(&format!("nameserver {a}.{b}.{c}.{d}\n"));
+    }
+    out
+}
+
+/// The new content of `/etc/hosts`: the agent's block first (so its names
+/// win the first-match lookup), then the image's lines without any earlier
+/// block of ours.
+pub fn hosts(existing: &str, setup: &NetworkSetup, hostname: &str) -> String {
+    let mut kept = Vec::new();
+    let mut in_block = false;
+    for line in existing.lines() {
+        match line.trim() {
+            HOSTS_BEGIN => in_block = true,
+            HOSTS_END if in_block => in_block = false,
+            _ if in_block => {}
+            _ => kept.push(line),
+        }
+    }
+    let has_localhost = kept.iter().any(|line| {
+        let mut fields = line.split('#').next().unwrap_or("").split_whitespace();
+        fields.next() == Some("127.0.0.1") && fields.any(|n| n == "localhost")
+    });
+
+    let mut out = String::new();
+    out.push_str(HOSTS_BEGIN);
+    out.push('\n');
+    if !has_localhost {
+        out.push_str("127.0.0.1\tlocalhost\n");
+    }
+    let hostname = valid_names(hostname);
+    if !hostname.is_empty() && hostname != "localhost" {
+        out.push_str(&format!("{}\t{hostname}\n", dotted(setup.address)));
+    }
+    for (addr, names) in &setup.hosts {
+        let names = valid_names(names);
+        if !names.is_empty() {
+            out.push_str(&format!("{}\t{names}\n", dotted(*addr)));
+        }
+    }
+    out.push_str(HOSTS_END);
+    out.push('\n');
+    for line in kept {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// The whitespace-separated names in `names` that are safe on a hosts line
+/// (no comment sign, no control characters), joined by single spaces.
+fn valid_names(names: &str) -> String {
+    names
+        .split_whitespace()
+        .filter(|n| n.chars().all(|c| c.is_ascii_graphic() && c != '#'))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn dotted([a, b, c, d]: [u8; 4]) -> String {
+    format!("{a}.{b}.{c}.{d}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> NetworkSetup {
+        NetworkSetup {
+            address: [10, 0, 2, 15],
+            prefix_len: 24,
+            gateway: [10, 0, 2, 2],
+            dns: vec![[10, 0, 2, 3], [1, 1, 1, 1]],
+            mtu: 1400,
+            hosts: vec![
+                ([10, 0, 2, 2], "host.msbvm.internal gateway".into()),
+                ([10, 0, 2, 9], "bad#name\nx  good-name".into()),
+            ],
+        }
+    }
+
+    #[test]
+    fn netmask_from_prefix() {
+        assert_eq!(netmask(0), Some([0, 0, 0, 0]));
+        assert_eq!(netmask(1), Some([128, 0, 0, 0]));
+        assert_eq!(netmask(24), Some([255, 255, 255, 0]));
+        assert_eq!(netmask(30), Some([255, 255, 255, 252]));
+        assert_eq!(netmask(32), Some([255, 255, 255, 255]));
+        assert_eq!(netmask(33), None);
+    }
+
+    #[test]
+    fn resolv_conf_lists_every_server() {
+        assert_eq!(
+            resolv_conf(&setup().dns),
+            "# written by msbvm at boot\nnameserver 10.0.2.3\nnameserver 1.1.1.1\n"
+        );
+    }
+
+    #[test]
+    fn hosts_block_comes_first_and_keeps_the_image_lines() {
+        let image = "127.0.0.1 localhost\n::1 localhost ip6-localhost\n# image comment\n";
+        let out = hosts(image, &setup(), "sandbox-1");
+        assert_eq!(
+            out,
+            format!(
+                "{HOSTS_BEGIN}\n10.0.2.15\tsandbox-1\n10.0.2.2\thost.msbvm.internal gateway\n\
+                 10.0.2.9\tx good-name\n{HOSTS_END}\n{image}"
+            )
+        );
+        // A second boot replaces its block and nothing else.
+        let mut changed = setup();
+        changed.hosts.clear();
+        let again = hosts(&out, &changed, "renamed");
+        assert_eq!(
+            again,
+            format!("{HOSTS_BEGIN}\n10.0.2.15\trenamed\n{HOSTS_END}\n{image}")
+        );
+    }
+
+    #[test]
+    fn hosts_adds_localhost_when_the_image_lacks_it() {
+        let out = hosts("", &setup(), "");
+        assert!(out.starts_with(&format!("{HOSTS_BEGIN}\n127.0.0.1\tlocalhost\n10.0.2.2")));
+        // A commented-out localhost line does not count.
+        let out = hosts("# 127.0.0.1 localhost\n", &setup(), "h");
+        assert!(out.contains("\n127.0.0.1\tlocalhost\n"));
+    }
+
+    #[test]
+    fn resolver_files_are_written_under_root_replacing_a_symlink() {
+        let dir = std::env::temp_dir().join(format!("msbvm-net-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("etc")).unwrap();
+        std::os::unix::fs::symlink(
+            "../run/systemd/resolve/stub-resolv.conf",
+            dir.join("etc/resolv.conf"),
+        )
+        .unwrap();
+        std::fs::write(dir.join("etc/hosts"), "192.168.1.1 router\n").unwrap();
+        write_resolver_files(&dir, &setup(), "box").unwrap();
+        let resolv = std::fs::read_to_string(dir.join("etc/resolv.conf")).unwrap();
+        assert!(resolv.contains("nameserver 10.0.2.3\n"));
+        assert!(!std::fs::symlink_metadata(dir.join("etc/resolv.conf"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        let hosts = std::fs::read_to_string(dir.join("etc/hosts")).unwrap();
+        assert!(hosts.contains("127.0.0.1\tlocalhost\n10.0.2.15\tbox\n"));
+        assert!(hosts.ends_with("192.168.1.1 router\n"));
+
+        // A root without /etc gets one.
+        let bare = dir.join("bare");
+        write_resolver_files(&bare, &setup(), "box").unwrap();
+        assert!(bare.join("etc/hosts").is_file());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn first_interface_skips_loopback_and_non_ethernet() {
+        let dir = std::env::temp_dir().join(format!("msbvm-sysnet-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (name, ty) in [("lo", "772"), ("sit0", "776"), ("eth1", "1"), ("eth0", "1")] {
+            std::fs::create_dir_all(dir.join(name)).unwrap();
+            std::fs::write(dir.join(name).join("type"), format!("{ty}\n")).unwrap();
+        }
+        assert_eq!(first_interface(&dir).unwrap(), "eth0");
+        std::fs::remove_dir_all(dir.join("eth0")).unwrap();
+        std::fs::remove_dir_all(dir.join("eth1")).unwrap();
+        assert!(matches!(first_interface(&dir), Err(NetError::NoInterface)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_prefix_and_name_are_refused_before_any_ioctl() {
+        let mut s = setup();
+        s.prefix_len = 40;
+        assert!(matches!(
+            configure_interface("eth0", &s),
+            Err(NetError::BadPrefix(40))
+        ));
+        assert!(matches!(
+            configure_interface("a-very-long-interface-name", &setup()),
+            Err(NetError::BadName(_))
+        ));
+    }
+
+    /// Runs `configure_interface` for real in a fresh network namespace (on
+    /// a thread of its own: unshare affects only the calling thread) with a
+    /// veth pair made by `ip`, then reads the result back with `ip`.
+    #[test]
+    fn configure_sets_mtu_address_link_and_default_route_in_a_netns() {
+        if std::process::Command::new("ip").arg("-V").output().is_err() {
+            eprintln!("skipped: the ip tool (iproute2) is not installed");
+            return;
+        }
+        let result = std::thread::spawn(|| {
+            // SAFETY: affects only this thread, which runs nothing else.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return Err(format!(
+                    "skipped: cannot create a network namespace: {}",
+                    io::Error::last_os_error()
+                ));
+            }
+            let ip = |args: &str| {
+                let out = std::process::Command::new("ip")
+                    .args(args.split_whitespace())
+                    .output()
+                    .expect("run ip");
+                (
+                    out.status.success(),
+                    String::from_utf8_lossy(&out.stdout).into_owned()
+                        + &String::from_utf8_lossy(&out.stderr),
+                )
+            };
+            let (ok, why) = ip("link add eth0 type veth peer name peer0");
+            if !ok {
+                return Err(format!("skipped: cannot create a veth pair: {why}"));
+            }
+            configure_interface("eth0", &setup()).map_err(|e| format!("configure: {e}"))?;
+            Ok((
+                ip("-o link show eth0").1,
+                ip("-o -4 addr show eth0").1,
+                ip("-4 route").1,
+            ))
+        })
+        .join()
+        .unwrap();
+        let (link, addr, route) = match result {
+            Ok(v) => v,
+            Err(msg) if msg.starts_with("skipped") => {
+                eprintln!("{msg}");
+                return;
+            }
+            Err(msg) => panic!("{msg}"),
+        };
+        assert!(link.contains("mtu 1400"), "{link}");
+        assert!(link.contains(",UP"), "{link}");
+        assert!(addr.contains("inet 10.0.2.15/24"), "{addr}");
+        assert!(route.contains("default via 10.0.2.2 dev eth0"), "{route}");
+    }
+}
