@@ -1,0 +1,267 @@
+//! Builds the layer and config of the embedded default image (`msbvm-default:latest`) from
+//! the distribution's static busybox: `/bin/busybox`, symlinks for common applets, a minimal
+//! `/etc` and the usual empty directories. Entries are sorted and stamped with fixed owners
+//! and mtimes so the layer's digest only changes when busybox does.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+const BUSYBOX: &str = "/bin/busybox";
+
+/// Applets linked into `/bin` (those this busybox lacks are left out).
+const APPLETS: &[&str] = &[
+    "[",
+    "ash",
+    "awk",
+    "base64",
+    "basename",
+    "cat",
+    "chgrp",
+    "chmod",
+    "chown",
+    "clear",
+    "cmp",
+    "cp",
+    "cut",
+    "date",
+    "dd",
+    "df",
+    "diff",
+    "dirname",
+    "dmesg",
+    "du",
+    "echo",
+    "egrep",
+    "env",
+    "expr",
+    "false",
+    "fgrep",
+    "find",
+    "free",
+    "grep",
+    "gunzip",
+    "gzip",
+    "head",
+    "hexdump",
+    "hostname",
+    "id",
+    "ip",
+    "kill",
+    "less",
+    "ln",
+    "ls",
+    "md5sum",
+    "mkdir",
+    "mknod",
+    "mktemp",
+    "more",
+    "mount",
+    "mv",
+    "nc",
+    "nohup",
+    "nproc",
+    "od",
+    "ping",
+    "printf",
+    "ps",
+    "pwd",
+    "readlink",
+    "realpath",
+    "rev",
+    "rm",
+    "rmdir",
+    "sed",
+    "seq",
+    "sh",
+    "sha1sum",
+    "sha256sum",
+    "sha512sum",
+    "sleep",
+    "sort",
+    "stat",
+    "sync",
+    "tac",
+    "tail",
+    "tar",
+    "tee",
+    "test",
+    "timeout",
+    "top",
+    "touch",
+    "tr",
+    "true",
+    "umount",
+    "uname",
+    "uniq",
+    "uptime",
+    "vi",
+    "watch",
+    "wc",
+    "wget",
+    "which",
+    "whoami",
+    "xargs",
+    "yes",
+    "zcat",
+];
+
+enum Node {
+    Dir(u32),
+    File(u32, Vec<u8>),
+    Link(&'static str),
+}
+
+fn main() {
+    println!("cargo:rerun-if-changed={BUSYBOX}");
+    println!("cargo:rerun-if-changed=build.rs");
+    let busybox = match std::fs::read(BUSYBOX) {
+        Ok(b) => b,
+        Err(e) => fail(&format!("cannot read {BUSYBOX} ({e})")),
+    };
+    if !is_static_elf(&busybox) {
+        fail(&format!(
+            "{BUSYBOX} is not a statically linked ELF executable"
+        ));
+    }
+    let available = Command::new(BUSYBOX)
+        .arg("--list")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        });
+
+    let mut tree: BTreeMap<String, Node> = BTreeMap::new();
+    for dir in ["bin", "dev", "etc", "proc", "sys", "usr", "usr/bin", "var"] {
+        tree.insert(format!("{dir}/"), Node::Dir(0o755));
+    }
+    tree.insert("root/".into(), Node::Dir(0o700));
+    tree.insert("tmp/".into(), Node::Dir(0o1777));
+    tree.insert("bin/busybox".into(), Node::File(0o755, busybox));
+    for applet in APPLETS {
+        if available
+            .as_ref()
+            .is_none_or(|a| a.iter().any(|x| x == applet))
+        {
+            tree.insert(format!("bin/{applet}"), Node::Link("busybox"));
+        }
+    }
+    tree.insert("usr/bin/env".into(), Node::Link("../../bin/busybox"));
+    let files: [(&str, &str); 4] = [
+        (
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        ),
+        ("etc/group", "root:x:0:\nnobody:x:65534:\n"),
+        ("etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost\n"),
+        (
+            "etc/os-release",
+            "NAME=\"msbvm default\"\nID=msbvm\nPRETTY_NAME=\"msbvm default image (busybox)\"\n",
+        ),
+    ];
+    for (path, text) in files {
+        tree.insert(path.into(), Node::File(0o644, text.as_bytes().to_vec()));
+    }
+
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, node) in &tree {
+        let mut h = tar::Header::new_ustar();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        let result = match node {
+            Node::Dir(mode) => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(*mode);
+                h.set_size(0);
+                builder.append_data(&mut h, path, std::io::empty())
+            }
+            Node::File(mode, data) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(*mode);
+                h.set_size(data.len() as u64);
+                builder.append_data(&mut h, path, data.as_slice())
+            }
+            Node::Link(target) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_mode(0o777);
+                h.set_size(0);
+                builder.append_link(&mut h, path, target)
+            }
+        };
+        result.unwrap_or_else(|e| fail(&format!("building the default layer: {e}")));
+    }
+    let layer = builder
+        .into_inner()
+        .unwrap_or_else(|e| fail(&format!("building the default layer: {e}")));
+    let diff_id = format!("sha256:{:x}", Sha256::digest(&layer));
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&layer)
+        .unwrap_or_else(|e| fail(&format!("compressing the default layer: {e}")));
+    let compressed = gz
+        .finish()
+        .unwrap_or_else(|e| fail(&format!("compressing the default layer: {e}")));
+
+    let arch = match std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() {
+        Ok("x86_64") => "amd64",
+        Ok("aarch64") => "arm64",
+        Ok(other) => other.to_string().leak(),
+        Err(_) => "amd64",
+    };
+    let config = format!(
+        concat!(
+            "{{\"architecture\":\"{}\",\"os\":\"linux\",",
+            "\"config\":{{\"Env\":[\"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\"],",
+            "\"Cmd\":[\"/bin/sh\"],\"WorkingDir\":\"/\"}},",
+            "\"rootfs\":{{\"type\":\"layers\",\"diff_ids\":[\"{}\"]}}}}"
+        ),
+        arch, diff_id
+    );
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    write(&out.join("default-layer.tar.gz"), &compressed);
+    write(&out.join("default-config.json"), config.as_bytes());
+}
+
+fn write(path: &Path, bytes: &[u8]) {
+    std::fs::write(path, bytes)
+        .unwrap_or_else(|e| fail(&format!("writing {}: {e}", path.display())));
+}
+
+/// A 64-bit little-endian ELF without a `PT_INTERP` program header (no dynamic loader).
+fn is_static_elf(b: &[u8]) -> bool {
+    let u16_at = |o: usize| {
+        b.get(o..o + 2)
+            .map(|s| u16::from_le_bytes([s[0], s[1]]) as usize)
+    };
+    let u64_at = |o: usize| {
+        b.get(o..o + 8)
+            .map(|s| u64::from_le_bytes(s.try_into().unwrap_or_default()) as usize)
+    };
+    if !b.starts_with(b"\x7fELF\x02\x01") {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return false;
+    };
+    (0..phnum).all(|i| {
+        let o = phoff + i * phentsize;
+        b.get(o..o + 4)
+            .is_some_and(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]) != 3)
+    })
+}
+
+fn fail(reason: &str) -> ! {
+    panic!(
+        "msbvm-image embeds a default image built from the distribution's static busybox, but {reason}. \
+         Install it with `apt-get install busybox-static`."
+    );
+}

@@ -1,0 +1,78 @@
+//! The embedded default image, `msbvm-default:latest`: busybox and a minimal `/etc`, built
+//! by `build.rs` from the distribution's static busybox, so a sandbox can start without any
+//! registry.
+
+use crate::digest::sha256_of;
+use crate::error::Result;
+use crate::import::descriptor;
+use crate::progress::NoProgress;
+use crate::reference::ImageName;
+use crate::spec::{Manifest, OCI_CONFIG, OCI_LAYER_GZIP};
+use crate::store::{ImageInfo, ImageStore};
+
+/// Reference of the embedded default image.
+pub const DEFAULT_IMAGE: &str = "msbvm-default:latest";
+
+static LAYER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-layer.tar.gz"));
+static CONFIG: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-config.json"));
+
+/// Imports [`DEFAULT_IMAGE`] into `store` unless it is already there (and current).
+pub fn ensure_default_image(store: &ImageStore) -> Result<ImageInfo> {
+    let layer_digest = sha256_of(LAYER);
+    let config_digest = sha256_of(CONFIG);
+    let manifest = Manifest::oci_image(
+        descriptor(OCI_CONFIG, config_digest.clone(), CONFIG.len() as u64),
+        vec![descriptor(
+            OCI_LAYER_GZIP,
+            layer_digest.clone(),
+            LAYER.len() as u64,
+        )],
+    );
+    let name = ImageName::parse(DEFAULT_IMAGE)?;
+    let _gc = store.gc_guard()?;
+    if let Some(info) = store
+        .list()?
+        .into_iter()
+        .find(|i| i.reference == DEFAULT_IMAGE)
+    {
+        if info.config_digest == config_digest && store.resolve(DEFAULT_IMAGE).is_ok() {
+            return Ok(info);
+        }
+    }
+    store.put_blob(Some(&layer_digest), LAYER, LAYER.len() as u64)?;
+    store.put_blob(Some(&config_digest), CONFIG, CONFIG.len() as u64)?;
+    let manifest_digest = store.put_manifest(&manifest)?;
+    store.install(&name, &manifest_digest, None, &NoProgress)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use msbvm_fs::layer_meta::LayerMeta;
+
+    #[test]
+    fn default_image_has_busybox_a_shell_and_os_release_and_imports_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
+        let first = ensure_default_image(&store).unwrap();
+        let second = ensure_default_image(&store).unwrap();
+        assert_eq!(first, second);
+        let image = store.resolve("msbvm-default").unwrap();
+        assert_eq!(image.config.cmd, ["/bin/sh"]);
+        assert!(image.config.env.iter().any(|e| e.starts_with("PATH=")));
+        let [layer] = image.lower_dirs.as_slice() else {
+            panic!("one layer expected")
+        };
+        let rootfs = layer.join("rootfs");
+        assert!(rootfs.join("bin/busybox").is_file());
+        assert_eq!(
+            std::fs::read_link(rootfs.join("bin/sh")).unwrap().to_str(),
+            Some("busybox")
+        );
+        let os = std::fs::read_to_string(rootfs.join("etc/os-release")).unwrap();
+        assert!(os.contains("ID=msbvm"));
+        let meta = LayerMeta::load(layer).unwrap();
+        assert_eq!(meta.entries["tmp"].mode, libc::S_IFDIR | 0o1777);
+        assert_eq!(meta.entries["bin/busybox"].uid, 0);
+    }
+}
