@@ -1,1 +1,353 @@
-//! The DNS server the guest talks to at the gateway address.
+//! The DNS server the guest talks to at the gateway address (10.0.2.2:53).
+//!
+//! For each guest query [`DnsServer::handle`]:
+//!
+//! 1. parses it (malformed: FORMERR if the header is readable, else no
+//!    answer; responses and multi-question messages are not forwarded);
+//! 2. answers `host.msbvm.internal` itself, with 10.0.2.254, when policy
+//!    allows the `host` group, else NXDOMAIN;
+//! 3. asks [`Policy::check_dns_name`]; a denied name gets NXDOMAIN;
+//! 4. sends the question (not the guest's bytes) upstream with a fresh
+//!    random id, over UDP, over TCP when truncated (SERVFAIL if no upstream
+//!    answers, or when [`MAX_IN_FLIGHT`] queries are already waiting);
+//! 5. rebinding protection: drops answer addresses outside `public` that no
+//!    rule explicitly allows ([`Policy::allows_dns_answer`]). If that leaves
+//!    no address although upstream sent some, the guest gets NXDOMAIN:
+//!    programs then fail with "name not known", which says what happened,
+//!    where REFUSED would make resolvers retry or report a server failure;
+//! 6. pins every address it passes on to the queried name in the
+//!    [`PinTable`], for DNS-name rules;
+//! 7. reports one [`NetEvent::DnsQuery`].
+//!
+//! Only the question, the answer records and the SOA of a negative answer
+//! reach the guest; other authority and additional records are dropped, as
+//! they could carry addresses that skipped the filter.
+
+mod pins;
+mod upstream;
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
+use tokio::sync::Semaphore;
+
+pub use pins::{PinTable, MAX_NAMES_PER_ADDRESS, MAX_PINNED_ADDRESSES, MAX_PIN_TTL, MIN_PIN_TTL};
+
+use crate::events::NetEvent;
+use crate::policy::{Policy, HOST_ALIAS_IP, HOST_ALIAS_NAME};
+
+/// Most upstream queries waiting at once; more get SERVFAIL at once, so a
+/// guest cannot make us hold unbounded sockets and memory.
+pub const MAX_IN_FLIGHT: usize = 64;
+
+/// TTL of our own `host.msbvm.internal` answer.
+const HOST_ALIAS_TTL: u32 = 60;
+
+/// The largest UDP answer for a query without EDNS (RFC 1035).
+const PLAIN_UDP_LIMIT: usize = 512;
+
+/// Where the server forwards allowed queries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Upstream {
+    /// The host's resolvers, from `/etc/resolv.conf`.
+    System,
+    /// These servers, tried in order.
+    Servers(Vec<SocketAddr>),
+}
+
+/// The guest's DNS server; share one per sandbox.
+#[derive(Debug)]
+pub struct DnsServer {
+    servers: Vec<SocketAddr>,
+    pins: PinTable,
+    in_flight: Semaphore,
+}
+
+/// What became of one query, for the event.
+struct Outcome {
+    response: Message,
+    allowed: bool,
+    reason: Option<String>,
+}
+
+impl DnsServer {
+    /// A server forwarding to `upstream` and pinning answers in `pins`.
+    /// Fails when `/etc/resolv.conf` cannot be read or names no server, or
+    /// when `Servers` is empty.
+    pub fn new(upstream: Upstream, pins: PinTable) -> io::Result<DnsServer> {
+        let servers = match upstream {
+            Upstream::System => upstream::system_servers()?,
+            Upstream::Servers(servers) if servers.is_empty() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "no upstream DNS server given",
+                ))
+            }
+            Upstream::Servers(servers) => servers,
+        };
+        Ok(DnsServer {
+            servers,
+            pins,
+            in_flight: Semaphore::new(MAX_IN_FLIGHT),
+        })
+    }
+
+    /// The upstream servers in use.
+    pub fn servers(&self) -> &[SocketAddr] {
+        &self.servers
+    }
+
+    /// Answers one query that came over UDP; `None` means send nothing.
+    /// Answers too big for the guest's UDP size come back truncated (TC
+    /// set), and the guest retries over TCP ([`handle_tcp`](Self::handle_tcp)).
+    pub async fn handle(
+        &self,
+        query: &[u8],
+        policy: &Policy,
+        events: &dyn Fn(NetEvent),
+    ) -> Option<Vec<u8>> {
+        self.answer(query, policy, events, true).await
+    }
+
+    /// Answers one query that came over TCP (without the length prefix).
+    pub async fn handle_tcp(
+        &self,
+        query: &[u8],
+        policy: &Policy,
+        events: &dyn Fn(NetEvent),
+    ) -> Option<Vec<u8>> {
+        self.answer(query, policy, events, false).await
+    }
+
+    async fn answer(
+        &self,
+        bytes: &[u8],
+        policy: &Policy,
+        events: &dyn Fn(NetEvent),
+        udp: bool,
+    ) -> Option<Vec<u8>> {
+        let query = match Message::from_vec(bytes) {
+            Ok(query) => query,
+            Err(_) => return format_error(bytes),
+        };
+        // Never answer answers: two servers could bounce them forever.
+        if query.metadata.message_type != MessageType::Query {
+            return None;
+        }
+        let mut response = Message::response(query.metadata.id, query.metadata.op_code);
+        response.metadata.recursion_desired = query.metadata.recursion_desired;
+        response.metadata.recursion_available = true;
+        if query.edns.is_some() {
+            let mut edns = Edns::new();
+            edns.set_max_payload(upstream::EDNS_PAYLOAD);
+            response.set_edns(edns);
+        }
+        if query.metadata.op_code != OpCode::Query {
+            response.metadata.response_code = ResponseCode::NotImp;
+            return encode(response, None);
+        }
+        let [question] = query.queries.as_slice() else {
+            response.metadata.response_code = ResponseCode::FormErr;
+            return encode(response, None);
+        };
+        response.add_query(question.clone());
+
+        let name = question
+            .name()
+            .to_ascii()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        let qtype = question.query_type().to_string();
+        let outcome = self.resolve(question, &name, policy, response).await;
+
+        let answers: Vec<IpAddr> = outcome
+            .response
+            .answers
+            .iter()
+            .filter_map(address)
+            .collect();
+        events(NetEvent::DnsQuery {
+            name,
+            qtype,
+            allowed: outcome.allowed,
+            answers,
+            reason: outcome.reason,
+        });
+        let limit = udp.then(|| {
+            let offered = query
+                .edns
+                .as_ref()
+                .map_or(0, |e| usize::from(e.max_payload()));
+            offered.clamp(PLAIN_UDP_LIMIT, usize::from(upstream::EDNS_PAYLOAD))
+        });
+        encode(outcome.response, limit)
+    }
+
+    async fn resolve(
+        &self,
+        question: &Query,
+        name: &str,
+        policy: &Policy,
+        mut response: Message,
+    ) -> Outcome {
+        let denied = |mut response: Message, reason: String| {
+            response.metadata.response_code = ResponseCode::NXDomain;
+            Outcome {
+                response,
+                allowed: false,
+                reason: Some(reason),
+            }
+        };
+        if question.query_class() != DNSClass::IN {
+            response.metadata.response_code = ResponseCode::Refused;
+            return Outcome {
+                response,
+                allowed: false,
+                reason: Some(format!("class {} not served", question.query_class())),
+            };
+        }
+        if let crate::policy::Verdict::Deny { reason, .. } = policy.check_dns_name(name) {
+            return denied(response, reason);
+        }
+        if name == HOST_ALIAS_NAME {
+            response.metadata.authoritative = true;
+            if question.query_type() == RecordType::A {
+                let record = Record::from_rdata(
+                    question.name().clone(),
+                    HOST_ALIAS_TTL,
+                    RData::A(A(HOST_ALIAS_IP)),
+                );
+                response.add_answer(record);
+            }
+            return Outcome {
+                response,
+                allowed: true,
+                reason: None,
+            };
+        }
+
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            response.metadata.response_code = ResponseCode::ServFail;
+            return Outcome {
+                response,
+                allowed: true,
+                reason: Some(format!("more than {MAX_IN_FLIGHT} DNS queries in flight")),
+            };
+        };
+        let upstream_answer = match upstream::resolve(&self.servers, question).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                response.metadata.response_code = ResponseCode::ServFail;
+                return Outcome {
+                    response,
+                    allowed: true,
+                    reason: Some(format!("upstream DNS failed: {e}")),
+                };
+            }
+        };
+
+        response.metadata.response_code = upstream_answer.metadata.response_code;
+        let mut blocked = Vec::new();
+        let mut kept_addresses = 0;
+        for record in upstream_answer.answers {
+            if let Some(ip) = address(&record) {
+                if !policy.allows_dns_answer(name, ip) {
+                    blocked.push(ip);
+                    continue;
+                }
+                kept_addresses += 1;
+            }
+            response.add_answer(record);
+        }
+        // Negative answers keep their SOA so the guest caches them properly.
+        let soa = upstream_answer
+            .authorities
+            .into_iter()
+            .filter(|r| r.record_type() == RecordType::SOA);
+        response.add_authorities(soa);
+
+        if blocked.is_empty() {
+            for record in &response.answers {
+                if let Some(ip) = address(record) {
+                    self.pins
+                        .pin(ip, name, Duration::from_secs(u64::from(record.ttl)));
+                }
+            }
+            return Outcome {
+                response,
+                allowed: true,
+                reason: None,
+            };
+        }
+        let reason = format!(
+            "rebinding protection dropped {} (not public and no rule allows it)",
+            blocked
+                .iter()
+                .map(IpAddr::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if kept_addresses == 0 {
+            response.answers.clear();
+            response.authorities.clear();
+            return denied(response, reason);
+        }
+        for record in &response.answers {
+            if let Some(ip) = address(record) {
+                self.pins
+                    .pin(ip, name, Duration::from_secs(u64::from(record.ttl)));
+            }
+        }
+        Outcome {
+            response,
+            allowed: true,
+            reason: Some(reason),
+        }
+    }
+}
+
+/// The address an A or AAAA record carries.
+fn address(record: &Record) -> Option<IpAddr> {
+    match &record.data {
+        RData::A(a) => Some(IpAddr::V4(a.0)),
+        RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
+        _ => None,
+    }
+}
+
+/// FORMERR for a message we cannot parse, if its header is there to take
+/// the id from; otherwise nothing (there is no one to answer).
+fn format_error(bytes: &[u8]) -> Option<Vec<u8>> {
+    let header = bytes.get(..12)?;
+    // QR set means it is a response; answering it could start a loop.
+    if header[2] & 0x80 != 0 {
+        return None;
+    }
+    let id = u16::from_be_bytes([header[0], header[1]]);
+    Message::error_msg(id, OpCode::Query, ResponseCode::FormErr)
+        .to_vec()
+        .ok()
+}
+
+/// Encodes `response`; over `limit` bytes it drops the records and sets TC
+/// so the guest asks again over TCP.
+fn encode(mut response: Message, limit: Option<usize>) -> Option<Vec<u8>> {
+    let bytes = response.to_vec().ok()?;
+    match limit {
+        Some(limit) if bytes.len() > limit => {
+            response.metadata.truncation = true;
+            response.answers.clear();
+            response.authorities.clear();
+            response.additionals.clear();
+            response.to_vec().ok()
+        }
+        _ => Some(bytes),
+    }
+}
+
+#[cfg(test)]
+mod tests;
