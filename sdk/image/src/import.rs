@@ -263,5 +263,3 @@ fn extract_flat(tar_path: &Path, dir: &Path) -> Result<HashMap<String, PathBuf>>
     Ok(files)
 }
 
-#[cfg(test)]
-mod tests;

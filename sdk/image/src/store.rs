@@ -291,6 +291,8 @@ impl ImageStore {
         if dir.is_dir() {
             return Ok(false);
         }
+        // The gc guard keeps open() and gc() from cleaning the work directory away.
+        let _gc = self.gc_guard()?;
         let _lock = lock::exclusive(&self.layer_lock(diff_id)?)?;
         if dir.is_dir() {
             return Ok(false);
