@@ -1,6 +1,6 @@
 //! `msbvm`: disposable Linux microVM sandboxes from the command line.
 //!
-//! Sandboxes: `run`, `exec`, `ls`, `stop`, `rm`, `logs` (on top of `msbvm-sdk`). Low level:
+//! Sandboxes: `run`, `exec`, `ls`, `stop`, `rm`, `logs`, `cp` (on top of `msbvm-sdk`). Low level:
 //! `boot` boots a kernel with the console on stdout, `kernel` manages the shared guest kernel.
 //! The hidden `__runtime` subcommand is the per-sandbox runtime process the SDK starts.
 //!
@@ -8,6 +8,7 @@
 //! a signal N; 124 for a timeout; 125 when msbvm itself failed, with the message on stderr.
 
 mod boot;
+mod cp;
 mod kernel;
 mod manage;
 mod run;
@@ -51,6 +52,8 @@ enum Command {
     Rm(manage::RmArgs),
     /// Show a sandbox's guest console and runtime log.
     Logs(manage::LogsArgs),
+    /// Copy files or directories between the host and a sandbox (SANDBOX:PATH).
+    Cp(cp::CpArgs),
     /// Manage named volumes.
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
@@ -144,6 +147,7 @@ fn run_sandbox_command(command: Command) -> u8 {
             Command::Stop(args) => manage::stop(args).await,
             Command::Rm(args) => manage::rm(args).await,
             Command::Logs(args) => manage::logs(args),
+            Command::Cp(args) => cp::cp(args).await,
             Command::Volume(cmd) => volume::run(cmd),
             Command::Boot(_) | Command::Kernel(_) | Command::Runtime { .. } => Ok(0),
         }
