@@ -44,6 +44,9 @@ use crate::policy::{Policy, HOST_ALIAS_IP, HOST_ALIAS_NAME};
 /// guest cannot make us hold unbounded sockets and memory.
 pub const MAX_IN_FLIGHT: usize = 64;
 
+/// [`MAX_PIN_TTL`] in the unit of DNS TTLs.
+const MAX_PIN_TTL_SECS: u32 = MAX_PIN_TTL.as_secs() as u32;
+
 /// TTL of our own `host.msbvm.internal` answer.
 const HOST_ALIAS_TTL: u32 = 60;
 
@@ -253,7 +256,9 @@ impl DnsServer {
         response.metadata.response_code = upstream_answer.metadata.response_code;
         let mut blocked = Vec::new();
         let mut kept_addresses = 0;
-        for record in upstream_answer.answers {
+        for mut record in upstream_answer.answers {
+            // Beyond the pin's life a guest cache would outlive our pin.
+            record.ttl = record.ttl.min(MAX_PIN_TTL_SECS);
             if let Some(ip) = address(&record) {
                 if !policy.allows_dns_answer(name, ip) {
                     blocked.push(ip);

@@ -28,6 +28,7 @@ impl Dnsmasq {
             .ok()?
             .port();
         let spawned = Command::new("dnsmasq")
+            .args(big_txt_records())
             .args([
                 "--no-daemon",
                 "--no-resolv",
@@ -42,6 +43,7 @@ impl Dnsmasq {
                 "--txt-record=public.test,hello",
                 "--address=/rebind.test/192.168.1.10",
                 "--address=/private.example/10.0.0.5",
+                "--host-record=ttl.test,93.184.216.35,4000000000",
                 "--cache-size=0",
             ])
             .stdout(Stdio::null())
@@ -89,6 +91,14 @@ impl Drop for Dnsmasq {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Six 250-byte TXT records for `big.test`: about 1.5 KB, more than fits
+/// our 1232-byte EDNS size, so dnsmasq truncates over UDP.
+fn big_txt_records() -> Vec<String> {
+    (0..6)
+        .map(|n| format!("--txt-record=big.test,{n}{}", "x".repeat(249)))
+        .collect()
 }
 
 fn query_bytes(id: u16, name: &str, qtype: RecordType) -> Vec<u8> {
@@ -373,4 +383,58 @@ fn oversized_udp_answers_are_truncated() {
     assert!(reply.answers.is_empty());
     let whole = Message::from_vec(&encode(response, None).unwrap()).unwrap();
     assert_eq!(whole.answers.len(), 100);
+}
+
+#[tokio::test]
+async fn truncated_upstream_answers_are_fetched_over_tcp() {
+    let Some(dnsmasq) = Dnsmasq::start() else {
+        return;
+    };
+    let server = dnsmasq.server();
+    let policy = Policy::default();
+    let sink = |_| {};
+    let query = query_bytes(3, "big.test.", RecordType::TXT);
+    let reply = server.handle_tcp(&query, &policy, &sink).await.unwrap();
+    let reply = Message::from_vec(&reply).unwrap();
+    assert!(!reply.metadata.truncation);
+    assert_eq!(reply.answers.len(), 6);
+    // Over UDP the guest (no EDNS: 512 bytes) is told to retry over TCP.
+    let reply = server.handle(&query, &policy, &sink).await.unwrap();
+    let reply = Message::from_vec(&reply).unwrap();
+    assert!(reply.metadata.truncation);
+    assert!(reply.answers.is_empty());
+}
+
+#[tokio::test]
+async fn queries_beyond_the_in_flight_cap_get_servfail_at_once() {
+    let server = DnsServer::new(
+        Upstream::Servers(vec!["127.0.0.1:9".parse().unwrap()]),
+        PinTable::new(),
+    )
+    .unwrap();
+    let _all = server
+        .in_flight
+        .try_acquire_many(MAX_IN_FLIGHT as u32)
+        .unwrap();
+    let (reply, events) = ask(&server, &Policy::default(), "public.test.", RecordType::A).await;
+    assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+    let [NetEvent::DnsQuery {
+        reason: Some(reason),
+        ..
+    }] = &events[..]
+    else {
+        panic!("{events:?}");
+    };
+    assert!(reason.contains("in flight"), "{reason}");
+}
+
+#[tokio::test]
+async fn answer_ttls_are_capped_to_the_pin_lifetime() {
+    let Some(dnsmasq) = Dnsmasq::start() else {
+        return;
+    };
+    let server = dnsmasq.server();
+    let (reply, _) = ask(&server, &Policy::default(), "ttl.test.", RecordType::A).await;
+    assert_eq!(addresses(&reply), vec![ip("93.184.216.35")]);
+    assert_eq!(reply.answers[0].ttl, MAX_PIN_TTL.as_secs() as u32);
 }

@@ -221,8 +221,10 @@ impl Rule {
         self.ports(port, port)
     }
 
-    /// Restricts the rule to the ports `first..=last` (swapped if reversed).
+    /// Restricts the rule to the ports `first..=last` (swapped if
+    /// reversed; port 0, which no flow uses, counts as 1).
     pub fn ports(mut self, first: u16, last: u16) -> Rule {
+        let (first, last) = (first.max(1), last.max(1));
         self.ports = Some(PortRange {
             first: first.min(last),
             last: first.max(last),
@@ -709,7 +711,7 @@ mod tests {
                 Protocol::Udp,
                 Protocol::Icmp,
             ])),
-            proptest::option::of((1u16.., 1u16..)),
+            proptest::option::of((any::<u16>(), any::<u16>())),
         )
             .prop_map(|(target, protocol, ports)| {
                 let mut rule = Rule::with_target(target).protocol_opt(protocol);
