@@ -17,6 +17,7 @@
 //! memory, the way the guest kernel would.
 
 mod device;
+pub mod fs;
 mod interrupt;
 mod mmio;
 pub mod net;
