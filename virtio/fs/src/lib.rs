@@ -12,6 +12,7 @@ pub mod filesystem;
 mod handle_table;
 pub mod hooks;
 mod host_util;
+pub mod layered;
 pub mod layer_meta;
 pub mod memory;
 pub mod passthrough;
@@ -23,5 +24,6 @@ pub use filesystem::{
     ROOT_INODE,
 };
 pub use memory::MemoryFs;
+pub use layered::{LayeredConfig, LayeredFs};
 pub use passthrough::{IdMap, IdRange, PassthroughConfig, PassthroughFs};
 pub use server::{Server, ServerOptions};

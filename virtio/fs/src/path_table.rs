@@ -82,14 +82,6 @@ impl<T> PathTable<T> {
         self.names.get(&(parent, name.to_owned())).copied()
     }
 
-    /// Every attached child of `parent` the table knows, with its name.
-    pub fn children_of(&self, parent: Inode) -> impl Iterator<Item = (&CString, Inode)> {
-        self.names
-            .iter()
-            .filter(move |((p, _), _)| *p == parent)
-            .map(|((_, n), i)| (n, *i))
-    }
-
     /// Adds a new inode at `(parent, name)` with one lookup, detaching any
     /// inode that had that name.
     pub fn insert(&mut self, parent: Inode, name: &CStr, data: T) -> io::Result<Inode> {

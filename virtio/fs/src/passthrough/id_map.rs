@@ -17,12 +17,12 @@ pub struct IdRange {
 }
 
 impl IdRange {
-    fn to_guest(&self, host: u32) -> Option<u32> {
+    fn to_guest(self, host: u32) -> Option<u32> {
         let d = host.checked_sub(self.host)?;
         (d < self.count).then(|| self.guest.wrapping_add(d))
     }
 
-    fn to_host(&self, guest: u32) -> Option<u32> {
+    fn to_host(self, guest: u32) -> Option<u32> {
         let d = guest.checked_sub(self.guest)?;
         (d < self.count).then(|| self.host.wrapping_add(d))
     }

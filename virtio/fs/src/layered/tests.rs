@@ -1,0 +1,468 @@
+//! Tests of the layered backend over hand-built layer directories.
+
+use super::*;
+use crate::layer_meta::{EntryMeta, LayerMeta};
+use crate::ROOT_INODE;
+use std::collections::BTreeMap;
+use std::os::unix::fs::{symlink, MetadataExt};
+
+const CTX: Context = Context {
+    uid: 0,
+    gid: 0,
+    pid: 1,
+};
+
+fn c(s: &str) -> CString {
+    CString::new(s).unwrap()
+}
+
+fn errno<T: std::fmt::Debug>(r: io::Result<T>) -> i32 {
+    r.unwrap_err().raw_os_error().unwrap()
+}
+
+/// What a test layer holds at one path.
+enum Item<'a> {
+    File(&'a [u8]),
+    Link(&'a str),
+}
+
+/// Builds a layer directory: `rootfs/` with the items and `meta.json` with
+/// the given metadata (paths without metadata get root:root and the host mode).
+fn layer(items: &[(&str, Item<'_>)], meta: &[(&str, EntryMeta)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join(ROOTFS_DIR);
+    std::fs::create_dir(&root).unwrap();
+    for (path, item) in items {
+        let p = root.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        match item {
+            Item::File(data) => std::fs::write(&p, data).unwrap(),
+            Item::Link(target) => symlink(target, &p).unwrap(),
+        }
+    }
+    let entries: BTreeMap<String, EntryMeta> = meta
+        .iter()
+        .map(|(p, m)| (p.to_string(), m.clone()))
+        .collect();
+    LayerMeta { entries }.store(dir.path()).unwrap();
+    dir
+}
+
+fn meta(mode: u32, uid: u32, gid: u32) -> EntryMeta {
+    EntryMeta {
+        uid,
+        gid,
+        mode,
+        ..Default::default()
+    }
+}
+
+/// Every name, type, mode and content byte under `dir`, for before/after comparison.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, u32, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let content = if m.is_file() {
+                std::fs::read(&p).unwrap()
+            } else if m.is_symlink() {
+                std::fs::read_link(&p)
+                    .unwrap()
+                    .into_os_string()
+                    .into_encoded_bytes()
+            } else {
+                stack.push(p.clone());
+                Vec::new()
+            };
+            out.push((p, m.mode(), content));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn fs_over(layers: &[&tempfile::TempDir], upper: &Path) -> LayeredFs {
+    LayeredFs::new(
+        layers.iter().map(|l| l.path().to_owned()).collect(),
+        upper,
+        LayeredConfig::default(),
+    )
+    .unwrap()
+}
+
+fn walk(fs: &LayeredFs, path: &str) -> io::Result<Entry> {
+    let mut e = None;
+    let mut ino = ROOT_INODE;
+    for part in path.split('/') {
+        let found = fs.lookup(&CTX, ino, &c(part))?;
+        ino = found.inode;
+        e = Some(found);
+    }
+    Ok(e.expect("non-empty path"))
+}
+
+fn names(fs: &LayeredFs, ino: Inode) -> Vec<String> {
+    let h = fs.opendir(&CTX, ino, 0).unwrap().handle;
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let mut batch = Vec::new();
+        fs.readdir(&CTX, ino, h, offset, &mut |e| {
+            if batch.len() == 2 {
+                return false;
+            }
+            batch.push((String::from_utf8(e.name.to_vec()).unwrap(), e.offset, e.ino));
+            true
+        })
+        .unwrap();
+        let Some(last) = batch.last() else { break };
+        offset = last.1;
+        assert!(
+            batch.iter().all(|(_, _, ino)| *ino != 0),
+            "glibc hides d_ino 0"
+        );
+        out.extend(batch.into_iter().map(|(n, _, _)| n));
+    }
+    fs.releasedir(&CTX, ino, 0, h).unwrap();
+    out.retain(|n| n != "." && n != "..");
+    out.sort();
+    out
+}
+
+fn read_all(fs: &LayeredFs, path: &str) -> Vec<u8> {
+    let e = walk(fs, path).unwrap();
+    let h = fs
+        .open(&CTX, e.inode, libc::O_RDONLY as u32)
+        .unwrap()
+        .handle;
+    let data = fs.read(&CTX, e.inode, h, 0, 1 << 16).unwrap();
+    fs.release(&CTX, e.inode, 0, h).unwrap();
+    data
+}
+
+fn write_at(fs: &LayeredFs, path: &str, data: &[u8], flags: i32) {
+    let e = walk(fs, path).unwrap();
+    let h = fs.open(&CTX, e.inode, flags as u32).unwrap().handle;
+    fs.write(&CTX, e.inode, h, 0, data, 0).unwrap();
+    fs.release(&CTX, e.inode, 0, h).unwrap();
+}
+
+fn base_and_top() -> (tempfile::TempDir, tempfile::TempDir) {
+    let base = layer(
+        &[
+            ("a", Item::File(b"base a")),
+            ("b", Item::File(b"base b")),
+            ("d/x", Item::File(b"x")),
+            ("d/y", Item::File(b"y")),
+            ("keep/k", Item::File(b"k")),
+            ("bin/su", Item::File(b"ELF")),
+            ("dev/null", Item::File(b"")),
+            ("etc/link", Item::Link("/etc/passwd")),
+            ("escape", Item::Link("/")),
+        ],
+        &[
+            ("", meta(libc::S_IFDIR | 0o755, 0, 0)),
+            (
+                "bin/su",
+                EntryMeta {
+                    xattrs: vec![("security.capability".into(), vec![1, 2])],
+                    ..meta(libc::S_IFREG | 0o4755, 0, 0)
+                },
+            ),
+            (
+                "dev/null",
+                EntryMeta {
+                    rdev: libc::makedev(1, 3),
+                    ..meta(libc::S_IFCHR | 0o666, 0, 0)
+                },
+            ),
+            ("keep/k", meta(libc::S_IFREG | 0o640, 1000, 100)),
+        ],
+    );
+    let top = layer(
+        &[
+            ("a", Item::File(b"top a")),
+            (".wh.b", Item::File(b"")),
+            ("d/.wh..wh..opq", Item::File(b"")),
+            ("d/z", Item::File(b"z")),
+        ],
+        &[],
+    );
+    (base, top)
+}
+
+#[test]
+fn upper_layers_shadow_whiteouts_hide_and_opaque_dirs_hide_lower_content() {
+    let (base, top) = base_and_top();
+    let upper = tempfile::tempdir().unwrap();
+    let fs = fs_over(&[&base, &top], upper.path());
+    assert_eq!(read_all(&fs, "a"), b"top a");
+    assert_eq!(errno(walk(&fs, "b")), libc::ENOENT);
+    assert_eq!(errno(walk(&fs, ".wh.b")), libc::ENOENT);
+    assert_eq!(
+        names(&fs, ROOT_INODE),
+        ["a", "bin", "d", "dev", "escape", "etc", "keep"]
+    );
+    let d = walk(&fs, "d").unwrap();
+    assert_eq!(names(&fs, d.inode), ["z"]);
+    assert_eq!(errno(walk(&fs, "d/x")), libc::ENOENT);
+}
+
+#[test]
+fn meta_json_owners_setuid_bits_devices_and_xattrs_are_shown() {
+    let (base, top) = base_and_top();
+    let upper = tempfile::tempdir().unwrap();
+    let fs = fs_over(&[&base, &top], upper.path());
+    let su = walk(&fs, "bin/su").unwrap().attr;
+    assert_eq!(
+        (su.mode, su.uid, su.gid, su.size),
+        (libc::S_IFREG | 0o4755, 0, 0, 3)
+    );
+    let null = walk(&fs, "dev/null").unwrap();
+    assert_eq!(
+        (null.attr.mode, null.attr.rdev as u64),
+        (libc::S_IFCHR | 0o666, libc::makedev(1, 3))
+    );
+    assert_eq!(
+        errno(fs.open(&CTX, null.inode, libc::O_RDONLY as u32)),
+        libc::ENXIO
+    );
+    let k = walk(&fs, "keep/k").unwrap().attr;
+    assert_eq!((k.mode, k.uid, k.gid), (libc::S_IFREG | 0o640, 1000, 100));
+    let link = walk(&fs, "etc/link").unwrap();
+    assert_eq!(link.attr.mode & libc::S_IFMT, libc::S_IFLNK);
+    assert_eq!(fs.readlink(&CTX, link.inode).unwrap(), b"/etc/passwd");
+    let su_ino = walk(&fs, "bin/su").unwrap().inode;
+    assert_eq!(
+        fs.getxattr(&CTX, su_ino, &c("security.capability"))
+            .unwrap(),
+        [1, 2]
+    );
+    assert_eq!(
+        fs.listxattr(&CTX, su_ino).unwrap(),
+        b"security.capability\0"
+    );
+    // The backend never follows a layer's symlink on the host.
+    let esc = walk(&fs, "escape").unwrap();
+    assert_eq!(errno(fs.lookup(&CTX, esc.inode, &c("etc"))), libc::ENOTDIR);
+    assert_eq!(errno(fs.opendir(&CTX, esc.inode, 0)), libc::ENOTDIR);
+}
+
+#[test]
+fn writes_copy_up_with_metadata_and_never_touch_the_layers() {
+    let (base, top) = base_and_top();
+    let (before_base, before_top) = (snapshot(base.path()), snapshot(top.path()));
+    let upper = tempfile::tempdir().unwrap();
+    let fs = fs_over(&[&base, &top], upper.path());
+
+    write_at(&fs, "bin/su", b"NEW", libc::O_WRONLY);
+    assert_eq!(read_all(&fs, "bin/su"), b"NEW");
+    let su = walk(&fs, "bin/su").unwrap();
+    assert_eq!(
+        (su.attr.mode, su.attr.uid),
+        (libc::S_IFREG | 0o4755, 0),
+        "copy-up keeps guest metadata"
+    );
+    assert_eq!(
+        fs.getxattr(&CTX, su.inode, &c("security.capability"))
+            .unwrap(),
+        [1, 2]
+    );
+    assert_eq!(
+        std::fs::read(upper.path().join("rootfs/bin/su")).unwrap(),
+        b"NEW"
+    );
+
+    let k = walk(&fs, "keep/k").unwrap();
+    let (a, _) = fs
+        .setattr(
+            &CTX,
+            k.inode,
+            SetAttr {
+                uid: Some(7),
+                mode: Some(0o600),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!((a.mode, a.uid, a.gid), (libc::S_IFREG | 0o600, 7, 100));
+    let null = walk(&fs, "dev/null").unwrap();
+    fs.setattr(
+        &CTX,
+        null.inode,
+        SetAttr {
+            mode: Some(0o600),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let null = walk(&fs, "dev/null").unwrap().attr;
+    assert_eq!(
+        (null.mode, null.rdev as u64),
+        (libc::S_IFCHR | 0o600, libc::makedev(1, 3))
+    );
+    fs.setxattr(&CTX, k.inode, &c("trusted.x"), b"v", 0)
+        .unwrap();
+    assert_eq!(fs.getxattr(&CTX, k.inode, &c("trusted.x")).unwrap(), b"v");
+    fs.removexattr(&CTX, k.inode, &c("trusted.x")).unwrap();
+
+    let user = Context {
+        uid: 1000,
+        gid: 1000,
+        pid: 1,
+    };
+    let (f, h) = fs
+        .create(
+            &user,
+            ROOT_INODE,
+            &c("new"),
+            0o666,
+            libc::O_RDWR as u32,
+            0o022,
+        )
+        .unwrap();
+    assert_eq!(
+        (f.attr.mode, f.attr.uid, f.attr.gid),
+        (libc::S_IFREG | 0o644, 1000, 1000)
+    );
+    fs.write(&user, f.inode, h.handle, 0, b"hello", 0).unwrap();
+    assert_eq!(fs.read(&user, f.inode, h.handle, 0, 10).unwrap(), b"hello");
+    fs.fallocate(&user, f.inode, h.handle, 0, 0, 8192).unwrap();
+    assert_eq!(
+        fs.lseek(&user, f.inode, h.handle, 0, libc::SEEK_DATA as u32)
+            .unwrap(),
+        0
+    );
+    fs.release(&user, f.inode, 0, h.handle).unwrap();
+    let s = fs.symlink(&CTX, &c("../a"), ROOT_INODE, &c("sl")).unwrap();
+    assert_eq!(s.attr.mode & libc::S_IFMT, libc::S_IFLNK);
+    assert_eq!(fs.readlink(&CTX, s.inode).unwrap(), b"../a");
+    let dev = fs
+        .mknod(
+            &CTX,
+            ROOT_INODE,
+            &c("tty"),
+            libc::S_IFCHR | 0o620,
+            libc::makedev(5, 0) as u32,
+            0,
+        )
+        .unwrap();
+    assert_eq!(
+        (dev.attr.mode, dev.attr.rdev as u64),
+        (libc::S_IFCHR | 0o620, libc::makedev(5, 0))
+    );
+    let l = fs.link(&CTX, f.inode, ROOT_INODE, &c("new2")).unwrap();
+    assert_eq!(l.attr.nlink, 2);
+    assert_eq!(
+        errno(fs.create(&CTX, ROOT_INODE, &c(".wh.a"), 0o644, 0, 0)),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno(fs.mkdir(&CTX, ROOT_INODE, &c(".wh..wh..opq"), 0o755, 0)),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno(fs.mkdir(&CTX, ROOT_INODE, &c("a"), 0o755, 0)),
+        libc::EEXIST
+    );
+
+    // Renames: a lower file moves (its old name whited out), a lower
+    // directory refuses, an upper directory moves.
+    fs.rename(&CTX, ROOT_INODE, &c("a"), ROOT_INODE, &c("a2"), 0)
+        .unwrap();
+    assert_eq!(read_all(&fs, "a2"), b"top a");
+    assert_eq!(errno(walk(&fs, "a")), libc::ENOENT);
+    assert_eq!(
+        errno(fs.rename(&CTX, ROOT_INODE, &c("keep"), ROOT_INODE, &c("keep2"), 0)),
+        libc::EXDEV
+    );
+    let nd = fs.mkdir(&CTX, ROOT_INODE, &c("nd"), 0o755, 0).unwrap();
+    fs.create(&CTX, nd.inode, &c("f"), 0o644, libc::O_WRONLY as u32, 0)
+        .unwrap();
+    fs.rename(&CTX, ROOT_INODE, &c("nd"), ROOT_INODE, &c("nd2"), 0)
+        .unwrap();
+    assert_eq!(names(&fs, nd.inode), ["f"]);
+    assert_eq!(
+        errno(fs.rename(
+            &CTX,
+            ROOT_INODE,
+            &c("new"),
+            ROOT_INODE,
+            &c("a2"),
+            libc::RENAME_NOREPLACE
+        )),
+        libc::EEXIST
+    );
+    assert_eq!(
+        names(&fs, ROOT_INODE),
+        ["a2", "bin", "d", "dev", "escape", "etc", "keep", "nd2", "new", "new2", "sl", "tty"]
+    );
+
+    assert_eq!(snapshot(base.path()), before_base, "the base layer changed");
+    assert_eq!(snapshot(top.path()), before_top, "the top layer changed");
+}
+
+#[test]
+fn deleted_lower_entries_stay_deleted_and_can_be_recreated() {
+    let (base, top) = base_and_top();
+    let before = snapshot(base.path());
+    let upper = tempfile::tempdir().unwrap();
+    let fs = fs_over(&[&base, &top], upper.path());
+
+    fs.unlink(&CTX, ROOT_INODE, &c("a")).unwrap();
+    assert_eq!(errno(walk(&fs, "a")), libc::ENOENT);
+    assert!(!names(&fs, ROOT_INODE).contains(&"a".to_string()));
+    assert!(upper.path().join("rootfs/.wh.a").exists());
+    let (e, h) = fs
+        .create(&CTX, ROOT_INODE, &c("a"), 0o600, libc::O_RDWR as u32, 0)
+        .unwrap();
+    assert_eq!(
+        fs.read(&CTX, e.inode, h.handle, 0, 10).unwrap(),
+        b"",
+        "recreated file is new, not the lower one"
+    );
+    fs.release(&CTX, e.inode, 0, h.handle).unwrap();
+    assert!(!upper.path().join("rootfs/.wh.a").exists());
+
+    let keep = walk(&fs, "keep").unwrap();
+    assert_eq!(
+        errno(fs.rmdir(&CTX, ROOT_INODE, &c("keep"))),
+        libc::ENOTEMPTY
+    );
+    assert_eq!(errno(fs.unlink(&CTX, ROOT_INODE, &c("keep"))), libc::EISDIR);
+    fs.unlink(&CTX, keep.inode, &c("k")).unwrap();
+    assert_eq!(names(&fs, keep.inode), Vec::<String>::new());
+    fs.rmdir(&CTX, ROOT_INODE, &c("keep")).unwrap();
+    assert_eq!(errno(walk(&fs, "keep")), libc::ENOENT);
+    let again = fs.mkdir(&CTX, ROOT_INODE, &c("keep"), 0o700, 0).unwrap();
+    assert_eq!(
+        names(&fs, again.inode),
+        Vec::<String>::new(),
+        "lower content must stay hidden"
+    );
+    assert_eq!(errno(walk(&fs, "keep/k")), libc::ENOENT);
+    assert_eq!(snapshot(base.path()), before);
+}
+
+#[test]
+fn sandboxes_sharing_layers_do_not_see_each_others_writes() {
+    let (base, top) = base_and_top();
+    let (u1, u2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let fs1 = fs_over(&[&base, &top], u1.path());
+    let fs2 = fs_over(&[&base, &top], u2.path());
+    write_at(&fs1, "a", b"one", libc::O_WRONLY | libc::O_TRUNC);
+    fs1.unlink(&CTX, walk(&fs1, "keep").unwrap().inode, &c("k"))
+        .unwrap();
+    fs1.mkdir(&CTX, ROOT_INODE, &c("only1"), 0o755, 0).unwrap();
+    assert_eq!(read_all(&fs1, "a"), b"one");
+    assert_eq!(read_all(&fs2, "a"), b"top a");
+    assert_eq!(read_all(&fs2, "keep/k"), b"k");
+    assert_eq!(errno(walk(&fs2, "only1")), libc::ENOENT);
+    // A fresh instance over the same upper sees what the first one left.
+    let again = fs_over(&[&base, &top], u1.path());
+    assert_eq!(read_all(&again, "a"), b"one");
+    assert_eq!(errno(walk(&again, "keep/k")), libc::ENOENT);
+    assert!(walk(&again, "only1").is_ok());
+}
