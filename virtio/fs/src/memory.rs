@@ -1052,3 +1052,67 @@ impl FileSystem for MemoryFs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(s: &str) -> std::ffi::CString {
+        std::ffi::CString::new(s).unwrap()
+    }
+
+    const CTX: Context = Context {
+        uid: 0,
+        gid: 0,
+        pid: 1,
+    };
+
+    #[test]
+    fn seeding_creates_parents_and_replaces_contents() {
+        let fs = MemoryFs::new();
+        fs.add_file("a/b/c.txt", b"one", 0o600).unwrap();
+        fs.add_file("/a/b/c.txt", b"second", 0o600).unwrap();
+        assert_eq!(fs.read_file("a/b/c.txt").unwrap(), b"second");
+        assert_eq!(fs.used_bytes(), 6);
+        assert_eq!(
+            fs.add_dir("a/b/c.txt/d", 0o755).unwrap_err().raw_os_error(),
+            Some(libc::ENOTDIR)
+        );
+        assert_eq!(
+            fs.add_file("../x", b"", 0o644).unwrap_err().raw_os_error(),
+            Some(libc::EINVAL)
+        );
+        fs.add_symlink("a/link", "b/c.txt").unwrap();
+        let a = fs.lookup(&CTX, ROOT_INODE, &c("a")).unwrap();
+        assert_eq!(a.attr.nlink, 3, "a holds one subdirectory");
+        let l = fs.lookup(&CTX, a.inode, &c("link")).unwrap();
+        assert_eq!(fs.readlink(&CTX, l.inode).unwrap(), b"b/c.txt");
+    }
+
+    #[test]
+    fn exchanging_a_directory_with_a_file_across_parents_moves_nlink() {
+        let fs = MemoryFs::new();
+        fs.add_dir("p/sub", 0o755).unwrap();
+        fs.add_file("q/file", b"", 0o644).unwrap();
+        let p = fs.lookup(&CTX, ROOT_INODE, &c("p")).unwrap().inode;
+        let q = fs.lookup(&CTX, ROOT_INODE, &c("q")).unwrap().inode;
+        fs.rename(&CTX, p, &c("sub"), q, &c("file"), libc::RENAME_EXCHANGE)
+            .unwrap();
+        assert_eq!(fs.getattr(&CTX, p, None).unwrap().0.nlink, 2);
+        assert_eq!(fs.getattr(&CTX, q, None).unwrap().0.nlink, 3);
+        assert!(fs.read_file("p/sub").is_ok());
+        assert_eq!(
+            fs.read_file("q/file").unwrap_err().raw_os_error(),
+            Some(libc::EISDIR)
+        );
+        let bad = fs.rename(
+            &CTX,
+            p,
+            &c("sub"),
+            q,
+            &c("x"),
+            libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE,
+        );
+        assert_eq!(bad.unwrap_err().raw_os_error(), Some(libc::EINVAL));
+    }
+}
