@@ -262,4 +262,3 @@ fn extract_flat(tar_path: &Path, dir: &Path) -> Result<HashMap<String, PathBuf>>
     }
     Ok(files)
 }
-

@@ -321,7 +321,7 @@ impl Puller<'_> {
             .map_err(io_err(&context))?;
         if offset == total {
             if finish(hasher.clone()) == desc.digest {
-                return self.commit_partial(desc, report, total).await;
+                return self.commit_partial(desc, report).await;
             }
             offset = 0;
         }
@@ -390,10 +390,10 @@ impl Puller<'_> {
                 actual,
             });
         }
-        self.commit_partial(desc, report, total).await
+        self.commit_partial(desc, report).await
     }
 
-    async fn commit_partial(&self, desc: &Descriptor, report: bool, _total: u64) -> Result<()> {
+    async fn commit_partial(&self, desc: &Descriptor, report: bool) -> Result<()> {
         let partial = self.store.partial_path(&desc.digest)?;
         let path = self.store.blob_path(&desc.digest)?;
         tokio::fs::rename(&partial, &path)

@@ -54,11 +54,16 @@ fn threads_unpacking_the_same_layer_unpack_it_once() {
     let (digest, _) = store.put_blob(None, &blob[..], u64::MAX).unwrap();
     let diff_id = sha256(&tar);
     let fresh: Vec<bool> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..4).map(|_| s.spawn(|| store.ensure_layer(&diff_id, &digest).unwrap())).collect();
+        let handles: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| store.ensure_layer(&diff_id, &digest).unwrap()))
+            .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert_eq!(fresh.iter().filter(|f| **f).count(), 1, "{fresh:?}");
-    assert_eq!(count(&store.layer_dir(&diff_id).unwrap().join("rootfs")), 300);
+    assert_eq!(
+        count(&store.layer_dir(&diff_id).unwrap().join("rootfs")),
+        300
+    );
     assert_eq!(count(&store.tmp_dir()), 0);
 }
 
@@ -68,7 +73,9 @@ const CHILD_ENV: &str = "MSBVM_IMAGE_TEST_UNPACK_CHILD";
 #[test]
 #[ignore = "helper of processes_unpacking_the_same_layer_unpack_it_once"]
 fn unpack_child() {
-    let Ok(args) = std::env::var(CHILD_ENV) else { return };
+    let Ok(args) = std::env::var(CHILD_ENV) else {
+        return;
+    };
     let [root, diff_id, digest] = args.split(' ').collect::<Vec<_>>()[..] else {
         panic!("bad {CHILD_ENV}")
     };
@@ -88,7 +95,12 @@ fn processes_unpacking_the_same_layer_unpack_it_once() {
     let children: Vec<_> = (0..2)
         .map(|_| {
             Command::new(std::env::current_exe().unwrap())
-                .args(["store::tests::unpack_child", "--exact", "--ignored", "--nocapture"])
+                .args([
+                    "store::tests::unpack_child",
+                    "--exact",
+                    "--ignored",
+                    "--nocapture",
+                ])
                 .env(CHILD_ENV, &arg)
                 .stdout(std::process::Stdio::piped())
                 .spawn()
@@ -106,7 +118,10 @@ fn processes_unpacking_the_same_layer_unpack_it_once() {
     let fresh = outputs.iter().filter(|o| o.contains("fresh=true")).count();
     let reused = outputs.iter().filter(|o| o.contains("fresh=false")).count();
     assert_eq!((fresh, reused), (1, 1), "{outputs:?}");
-    assert_eq!(count(&store.layer_dir(&diff_id).unwrap().join("rootfs")), 2000);
+    assert_eq!(
+        count(&store.layer_dir(&diff_id).unwrap().join("rootfs")),
+        2000
+    );
 }
 
 #[test]
@@ -122,20 +137,35 @@ fn open_removes_interrupted_unpacks_but_keeps_partial_downloads() {
 #[test]
 fn imported_layout_resolves_and_removal_collects_only_unshared_unleased_content() {
     let (dir, store) = store();
-    let base = layer(&[Entry::Dir("etc", 0o755), Entry::File("etc/motd", 0o644, b"hi")]);
-    let top = layer(&[Entry::File("etc/.wh.motd", 0o644, b""), Entry::File("app", 0o755, b"#!")]);
+    let base = layer(&[
+        Entry::Dir("etc", 0o755),
+        Entry::File("etc/motd", 0o644, b"hi"),
+    ]);
+    let top = layer(&[
+        Entry::File("etc/.wh.motd", 0o644, b""),
+        Entry::File("app", 0o755, b"#!"),
+    ]);
     let other = layer(&[Entry::File("other", 0o644, b"o")]);
     let layout_a = dir.path().join("a");
     let layout_b = dir.path().join("b");
     let manifest_a = write_oci_layout(&layout_a, &[base.clone(), top.clone()], "/app", "v1");
     write_oci_layout(&layout_b, &[base.clone(), other.clone()], "/other", "v2");
 
-    let info = store.import_oci_layout(&layout_a, Some("localhost:5000/app:v1")).unwrap();
+    let info = store
+        .import_oci_layout(&layout_a, Some("localhost:5000/app:v1"))
+        .unwrap();
     assert_eq!(info.manifest_digest, manifest_a);
     assert_eq!(info.layers, [sha256(&base.1), sha256(&top.1)]);
     assert_eq!(info.created.as_deref(), Some("2024-01-02T03:04:05Z"));
-    store.import_oci_layout(&layout_b, Some("local/other")).unwrap();
-    let refs: Vec<String> = store.list().unwrap().into_iter().map(|i| i.reference).collect();
+    store
+        .import_oci_layout(&layout_b, Some("local/other"))
+        .unwrap();
+    let refs: Vec<String> = store
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|i| i.reference)
+        .collect();
     assert_eq!(refs, ["local/other:latest", "localhost:5000/app:v1"]);
 
     let app = store.resolve("localhost:5000/app:v1").unwrap();
@@ -152,7 +182,10 @@ fn imported_layout_resolves_and_removal_collects_only_unshared_unleased_content(
     // A running sandbox holds the top layer: removal keeps it, the shared base stays anyway.
     let lease = store.lease(&app).unwrap();
     store.remove("localhost:5000/app:v1").unwrap();
-    assert!(matches!(store.resolve("localhost:5000/app:v1"), Err(Error::NotFound(_))));
+    assert!(matches!(
+        store.resolve("localhost:5000/app:v1"),
+        Err(Error::NotFound(_))
+    ));
     assert!(app.lower_dirs[0].is_dir() && app.lower_dirs[1].is_dir());
     drop(lease);
     store.gc().unwrap();
@@ -161,7 +194,10 @@ fn imported_layout_resolves_and_removal_collects_only_unshared_unleased_content(
     assert!(!store.has_blob(&manifest_a).unwrap());
     assert!(store.resolve("local/other").is_ok());
     assert!(store.lease(&app).is_err(), "lease on a removed layer");
-    assert!(matches!(store.remove("localhost:5000/app:v1"), Err(Error::NotFound(_))));
+    assert!(matches!(
+        store.remove("localhost:5000/app:v1"),
+        Err(Error::NotFound(_))
+    ));
 }
 
 #[test]
@@ -195,6 +231,8 @@ fn docker_archive_import_records_the_tag_and_unpacks_plain_tar_layers() {
     assert_eq!(info.reference, "example.test/hello:1");
     let image = store.resolve("example.test/hello:1").unwrap();
     assert_eq!(image.config.entrypoint, ["/hello"]);
-    assert_eq!(fs::read(image.lower_dirs[0].join("rootfs/hello")).unwrap(), b"world");
+    assert_eq!(
+        fs::read(image.lower_dirs[0].join("rootfs/hello")).unwrap(),
+        b"world"
+    );
 }
-
