@@ -79,7 +79,9 @@ mod tests {
             root_tag: Some("root".into()),
             root_read_only: false,
             mounts: vec![GuestMount {
-                source: MountSource::Tmpfs { size_bytes: Some(1 << 20) },
+                source: MountSource::Tmpfs {
+                    size_bytes: Some(1 << 20),
+                },
                 target: "/scratch".into(),
                 read_only: false,
             }],

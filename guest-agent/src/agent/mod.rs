@@ -114,6 +114,15 @@ fn init_system() {
     if let Err(e) = system::bring_up_loopback() {
         agent_log!("cannot bring up lo: {e}");
     }
+    if let Some(setup) = &boot.network {
+        // A sandbox without its network is still useful; say why and go on.
+        if let Err(e) = net::configure(setup) {
+            agent_log!("cannot configure the network: {e}");
+        }
+        if let Err(e) = net::write_resolver_files(std::path::Path::new("/"), setup, &hostname) {
+            agent_log!("cannot write /etc/resolv.conf and /etc/hosts: {e}");
+        }
+    }
 }
 
 /// Listens and serves connections; returns only on a fatal error.

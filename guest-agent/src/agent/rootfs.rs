@@ -16,6 +16,10 @@ use std::path::Path;
 
 use msbvm_protocol::boot::{BootConfig, GuestMount, MountSource, BOOT_CONFIG_PATH};
 
+/// Mount options of every virtiofs share: the host's backends report owners
+/// and modes but leave permission checks to the guest kernel.
+const VIRTIOFS_OPTIONS: &str = "default_permissions";
+
 /// Where the new root is mounted before it becomes `/`.
 const NEW_ROOT: &str = "/newroot";
 
@@ -57,7 +61,7 @@ fn step(step: impl Into<String>) -> impl FnOnce(io::Error) -> RootError {
 pub fn switch_to_virtiofs(tag: &str, read_only: bool) -> Result<(), RootError> {
     std::fs::create_dir_all(NEW_ROOT).map_err(step(format!("create {NEW_ROOT}")))?;
     let flags = if read_only { libc::MS_RDONLY } else { 0 };
-    mount(tag, NEW_ROOT, "virtiofs", flags, "")
+    mount(tag, NEW_ROOT, "virtiofs", flags, VIRTIOFS_OPTIONS)
         .map_err(step(format!("mount virtiofs {tag:?} on {NEW_ROOT}")))?;
     free_initramfs();
     std::env::set_current_dir(NEW_ROOT).map_err(step("chdir to the new root"))?;
@@ -74,10 +78,7 @@ pub fn switch_to_virtiofs(tag: &str, read_only: bool) -> Result<(), RootError> {
 /// Mounts the host-requested filesystems in order; failures are returned so
 /// the agent can report them, the rest still get mounted.
 pub fn mount_requested(mounts: &[GuestMount]) -> Vec<RootError> {
-    mounts
-        .iter()
-        .filter_map(|m| mount_one(m).err())
-        .collect()
+    mounts.iter().filter_map(|m| mount_one(m).err()).collect()
 }
 
 fn mount_one(m: &GuestMount) -> Result<(), RootError> {
@@ -93,7 +94,7 @@ fn mount_one(m: &GuestMount) -> Result<(), RootError> {
         flags |= libc::MS_RDONLY;
     }
     match &m.source {
-        MountSource::Virtiofs { tag } => mount(tag, &m.target, "virtiofs", flags, "")
+        MountSource::Virtiofs { tag } => mount(tag, &m.target, "virtiofs", flags, VIRTIOFS_OPTIONS)
             .map_err(step(format!("mount virtiofs {tag:?} on {}", m.target))),
         MountSource::Tmpfs { size_bytes } => {
             let data = match size_bytes {
@@ -106,7 +107,13 @@ fn mount_one(m: &GuestMount) -> Result<(), RootError> {
     }
 }
 
-fn mount(source: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) -> io::Result<()> {
+fn mount(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> io::Result<()> {
     let cstr = |s: &str| CString::new(s).map_err(io::Error::other);
     let (source, target, fstype, data) = (cstr(source)?, cstr(target)?, cstr(fstype)?, cstr(data)?);
     let fstype_ptr = if fstype.as_bytes().is_empty() {
