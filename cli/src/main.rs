@@ -9,6 +9,7 @@
 
 mod boot;
 mod cp;
+mod images;
 mod kernel;
 mod manage;
 mod run;
@@ -27,8 +28,8 @@ use clap::{CommandFactory, Parser, Subcommand};
 const MSBVM_ERROR: u8 = 125;
 
 /// The subcommands whose errors exit with [`MSBVM_ERROR`].
-const SANDBOX_COMMANDS: [&str; 11] = [
-    "run", "exec", "ls", "stop", "rm", "logs", "cp", "pull", "images", "rmi", "volume",
+const SANDBOX_COMMANDS: [&str; 12] = [
+    "run", "exec", "ls", "stop", "rm", "logs", "cp", "pull", "images", "rmi", "volume", "import",
 ];
 
 #[derive(Parser)]
@@ -54,6 +55,14 @@ enum Command {
     Logs(manage::LogsArgs),
     /// Copy files or directories between the host and a sandbox (SANDBOX:PATH).
     Cp(cp::CpArgs),
+    /// Pull an image from an OCI or Docker registry into the local store.
+    Pull(images::PullArgs),
+    /// Import an OCI image layout directory or a `docker save` tarball.
+    Import(images::ImportArgs),
+    /// List the images in the local store.
+    Images(images::ImagesArgs),
+    /// Remove images (their layers go once no other image or sandbox uses them).
+    Rmi(images::RmiArgs),
     /// Manage named volumes.
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
@@ -149,6 +158,10 @@ fn run_sandbox_command(command: Command) -> u8 {
             Command::Logs(args) => manage::logs(args),
             Command::Cp(args) => cp::cp(args).await,
             Command::Volume(cmd) => volume::run(cmd),
+            Command::Pull(args) => images::pull(args).await,
+            Command::Import(args) => images::import(args),
+            Command::Images(args) => images::list(args),
+            Command::Rmi(args) => images::remove(args),
             Command::Boot(_) | Command::Kernel(_) | Command::Runtime { .. } => Ok(0),
         }
     });

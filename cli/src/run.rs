@@ -164,6 +164,9 @@ pub async fn run(args: RunArgs) -> Result<u8, Error> {
         )));
     }
     ensure_kernel().await?;
+    if let Some(reference) = &args.sandbox.image {
+        crate::images::ensure_for_run(reference).await?;
+    }
     let sandbox = create(&args).await?;
     if args.detach {
         if !args.process.command.is_empty() {
@@ -176,7 +179,11 @@ pub async fn run(args: RunArgs) -> Result<u8, Error> {
         println!("{}", sandbox.name());
         return Ok(0);
     }
-    let result = session::attach(&sandbox, args.process.options(false), args.process.tty).await;
+    let mut opts = args.process.options(false);
+    if args.process.command.is_empty() && !sandbox.default_command().is_empty() {
+        opts.argv = sandbox.default_command().to_vec();
+    }
+    let result = session::attach(&sandbox, opts, args.process.tty).await;
     // Attached: the runtime removes the sandbox once stopped (or once we exit, regardless).
     if let Err(e) = sandbox.stop_with_timeout(Duration::from_secs(2)).await {
         tracing::warn!("stopping {}: {e}", sandbox.name());

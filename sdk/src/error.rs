@@ -10,6 +10,9 @@ use std::time::Duration;
 /// Everything that can go wrong creating or driving a sandbox.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The image store or an image failed (pull, resolve, unpack).
+    #[error("image: {0}")]
+    Image(String),
     /// The sandbox name does not follow the naming rule.
     #[error("invalid sandbox name {name:?}: {reason}")]
     InvalidName {

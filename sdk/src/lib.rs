@@ -30,6 +30,7 @@ mod error;
 pub mod exec;
 pub mod files;
 pub mod framing;
+pub mod images;
 mod launch;
 pub mod names;
 pub mod paths;

@@ -79,7 +79,7 @@ impl SandboxBuilder {
     }
     /// The OCI image the root filesystem comes from (default
     /// [`crate::spec::DEFAULT_IMAGE`]); it must be in the local store
-    /// (`msbvm pull`, or [`msbvm_image`] from code).
+    /// (pulled when missing; see [`crate::images`]).
     pub fn image(mut self, reference: impl Into<String>) -> Self {
         self.spec.root = RootSpec::Image {
             reference: reference.into(),
@@ -208,6 +208,14 @@ impl SandboxBuilder {
             return Err(Error::NameInUse { name: self.name });
         }
         let bin = runtime_binary()?;
+        if let RootSpec::Image { reference } = &self.spec.root {
+            crate::images::ensure(
+                reference,
+                &crate::images::options_from_env(),
+                &crate::images::NoProgress,
+            )
+            .await?;
+        }
         let args = RuntimeArgs {
             name: self.name.clone(),
             home,
@@ -224,9 +232,9 @@ impl SandboxBuilder {
         // The runtime resolved the image's defaults (environment, working
         // directory, user) into the record before it reported ready.
         let record = StateRecord::read(&dir).ok().flatten();
-        let (env, workdir, uid, gid) = match record {
-            Some(r) => (r.env, r.workdir, r.uid, r.gid),
-            None => (self.env, self.spec.workdir.clone(), None, None),
+        let (env, workdir, uid, gid, command) = match record {
+            Some(r) => (r.env, r.workdir, r.uid, r.gid, r.command),
+            None => (self.env, self.spec.workdir.clone(), None, None, Vec::new()),
         };
         Ok(Sandbox {
             inner: Arc::new(Inner {
@@ -235,6 +243,7 @@ impl SandboxBuilder {
                 workdir,
                 uid,
                 gid,
+                command,
                 detached: self.detached,
                 pid: launched.ready.pid,
                 boot: Some(launched.ready.boot),
@@ -259,6 +268,7 @@ struct Inner {
     workdir: Option<String>,
     uid: Option<u32>,
     gid: Option<u32>,
+    command: Vec<String>,
     detached: bool,
     pid: u32,
     boot: Option<BootTimes>,
@@ -362,6 +372,7 @@ impl Sandbox {
                 workdir: record.workdir,
                 uid: record.uid,
                 gid: record.gid,
+                command: record.command,
                 detached: record.detached,
                 pid: record.pid,
                 boot: record.boot,
@@ -477,6 +488,11 @@ impl Sandbox {
     pub fn create_duration(&self) -> Option<Duration> {
         self.inner.create_duration
     }
+    /// The image's default command (entrypoint and command); empty when it has none.
+    pub fn default_command(&self) -> &[String] {
+        &self.inner.command
+    }
+
     /// The environment every exec starts with.
     pub fn env(&self) -> &[(String, String)] {
         &self.inner.env

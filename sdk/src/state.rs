@@ -101,6 +101,9 @@ pub struct StateRecord {
     /// The image the root filesystem comes from, if any.
     #[serde(default)]
     pub image: Option<String>,
+    /// The image's default command (entrypoint and command).
+    #[serde(default)]
+    pub command: Vec<String>,
 }
 
 impl StateRecord {
@@ -340,6 +343,7 @@ mod tests {
             uid: None,
             gid: None,
             image: None,
+            command: Vec::new(),
         }
     }
 

@@ -18,8 +18,10 @@
 mod agent_link;
 mod args;
 mod control_server;
+pub mod devices;
 pub mod image;
 mod signals;
+mod users;
 mod vm;
 
 use std::ffi::OsString;
@@ -164,6 +166,7 @@ fn run(args: &RuntimeArgs, reporter: &mut Reporter, started: Instant) -> Result<
         uid: None,
         gid: None,
         image: None,
+        command: Vec::new(),
     };
     record.write(&dir)?;
 
@@ -181,6 +184,7 @@ fn run(args: &RuntimeArgs, reporter: &mut Reporter, started: Instant) -> Result<
         waiters: Vec::new(),
         kernel: None,
         vm_start: Duration::ZERO,
+        devices: None,
     };
     let result = sup.start(reporter).and_then(|vm| {
         let ended = sup.supervise(&rx, reporter);
@@ -245,6 +249,8 @@ struct Supervisor<'a> {
     kernel: Option<std::path::PathBuf>,
     /// When the VM thread was started, relative to `started`.
     vm_start: Duration,
+    /// The virtio devices' host side (FUSE backends, netstack, volume locks).
+    devices: Option<devices::Devices>,
 }
 
 impl Supervisor<'_> {
@@ -256,9 +262,14 @@ impl Supervisor<'_> {
                 .map_err(Error::io("starting a thread"))?;
         }
         let agent = image::find_agent()?;
-        let busybox = image::find_busybox()?;
-        let boot = msbvm_protocol::boot::BootConfig::default();
-        let initrd = image::build(&self.args.name, &agent, Some(&busybox), &boot)?;
+        let devices = devices::build(&self.args.spec, self.dir, &self.args.home)?;
+        let busybox = if devices.initramfs_root {
+            Some(image::find_busybox()?)
+        } else {
+            None
+        };
+        let initrd = image::build(&self.args.name, &agent, busybox.as_deref(), &devices.boot)?;
+        self.apply_exec_defaults(&devices)?;
         let initrd_path = self.dir.initrd();
         std::fs::write(&initrd_path, initrd.to_bytes())
             .map_err(Error::io(format!("writing {}", initrd_path.display())))?;
@@ -279,11 +290,42 @@ impl Supervisor<'_> {
             memory_mib: self.args.memory_mib,
             started: self.started,
         });
+        let mut config = config;
+        config.devices = devices.specs.clone();
+        self.devices = Some(devices);
         self.stop = config.stop.clone();
         reporter.send(&Report::Booting);
         self.vm_start = self.started.elapsed();
         tracing::info!(ms = self.vm_start.as_secs_f64() * 1e3, "starting the VM");
         vm::spawn(config, self.events.clone()).map_err(Error::io("starting the VM thread"))
+    }
+
+    /// Records the image's exec defaults (environment under the user's, working directory,
+    /// user) so every client of this sandbox applies them.
+    fn apply_exec_defaults(&mut self, devices: &devices::Devices) -> Result<()> {
+        let mut env = devices.exec.env.clone();
+        crate::exec::merge_env(&mut env, &self.args.env);
+        self.record.env = env;
+        self.record.image = devices.image.clone();
+        self.record.command = devices.exec.command.clone();
+        self.record.workdir = self
+            .args
+            .spec
+            .workdir
+            .clone()
+            .or_else(|| devices.exec.workdir.clone());
+        let user = self
+            .args
+            .spec
+            .user
+            .clone()
+            .or_else(|| devices.exec.user.clone());
+        if let Some(user) = user {
+            let (uid, gid) = users::resolve(&user, devices.root_fs.as_deref())?;
+            self.record.uid = Some(uid);
+            self.record.gid = gid;
+        }
+        self.record.write(self.dir)
     }
 
     /// The loop: handles events until the VM ends.

@@ -27,6 +27,7 @@ fn record(name: &str, status: Status, detached: bool) -> StateRecord {
         uid: None,
         gid: None,
         image: None,
+        command: Vec::new(),
     }
 }
 

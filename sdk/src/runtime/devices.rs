@@ -1,0 +1,381 @@
+//! Turns a [`SandboxSpec`] into the VM's virtio devices (virtio-fs shares,
+//! virtio-net), the host-side servers behind them (FUSE backends, the
+//! netstack) and the guest's [`BootConfig`].
+//!
+//! Everything that must live as long as the sandbox (volume locks, the
+//! image's layer lease, the netstack) is kept in [`Devices`]; dropping it
+//! releases them.
+
+use std::fs::File;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use msbvm_fs::hooks::{AuditLog, Hook, Hooked};
+use msbvm_fs::{FileSystem, LayeredConfig, LayeredFs, PassthroughConfig, PassthroughFs};
+use msbvm_fs::{IdMap, Server, ServerOptions};
+use msbvm_image::{ImageConfig, ImageStore, LayerLease};
+use msbvm_netstack::dns::Upstream;
+use msbvm_netstack::policy::{Action, Policy, Rule};
+use msbvm_netstack::{
+    frame_socketpair, EventSink, NetConfig, NetEvent, NetStack, NetStackHandle, PublishedPort,
+};
+use msbvm_protocol::boot::{BootConfig, GuestMount, MountSource, NetworkSetup};
+use msbvm_virtio::fs::{Fs, FsServer};
+use msbvm_virtio::net::{Net, NetDeviceConfig};
+use msbvm_vmm::DeviceSpec;
+
+use crate::error::{Error, Result};
+use crate::paths::SandboxDir;
+use crate::spec::{NetworkSpec, RootSpec, SandboxSpec, VolumeSource, DEFAULT_IMAGE};
+
+/// virtiofs tag of the root filesystem.
+pub const ROOT_TAG: &str = "root";
+/// MAC address of the guest's interface (locally administered).
+pub const GUEST_MAC: [u8; 6] = [0x02, 0x6d, 0x73, 0x62, 0x00, 0x0f];
+/// Name of the copy-on-write directory of an image root, in the state directory.
+pub const UPPER_DIR: &str = "upper";
+/// Network events, one JSON object per line, in the state directory.
+pub const NET_EVENTS_FILE: &str = "net-events.jsonl";
+/// File accesses of the guest (the audit hook), one JSON object per line.
+pub const FS_AUDIT_FILE: &str = "fs-audit.jsonl";
+
+/// The image's defaults for execs, resolved by the runtime.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecDefaults {
+    /// Environment from the image (`KEY`, `VALUE`).
+    pub env: Vec<(String, String)>,
+    /// Working directory.
+    pub workdir: Option<String>,
+    /// User, as the image or the user wrote it.
+    pub user: Option<String>,
+    /// Entrypoint followed by command.
+    pub command: Vec<String>,
+}
+
+/// The devices and what keeps their host side alive.
+pub struct Devices {
+    /// Devices for the VMM, in attach order.
+    pub specs: Vec<DeviceSpec>,
+    /// The guest's boot configuration.
+    pub boot: BootConfig,
+    /// The root stays in the initramfs, which then needs a userland.
+    pub initramfs_root: bool,
+    /// Defaults from the image.
+    pub exec: ExecDefaults,
+    /// The image reference, when the root is an image.
+    pub image: Option<String>,
+    /// The running network stack.
+    pub net: Option<NetStackHandle>,
+    /// The root backend (for reading the image's `/etc/passwd`).
+    pub root_fs: Option<Arc<dyn FileSystem>>,
+    _leases: Vec<Box<dyn std::any::Any + Send>>,
+}
+
+impl Drop for Devices {
+    fn drop(&mut self) {
+        if let Some(net) = self.net.take() {
+            net.shutdown();
+        }
+    }
+}
+
+/// Builds everything `spec` asks for. `home` is the msbvm data directory.
+pub fn build(spec: &SandboxSpec, dir: &SandboxDir, home: &Path) -> Result<Devices> {
+    let mut devices = Devices {
+        specs: Vec::new(),
+        boot: BootConfig::default(),
+        initramfs_root: false,
+        exec: ExecDefaults::default(),
+        image: None,
+        net: None,
+        root_fs: None,
+        _leases: Vec::new(),
+    };
+    let audit = open_audit_log(dir)?;
+    match &spec.root {
+        RootSpec::Initramfs => devices.initramfs_root = true,
+        RootSpec::Image { reference } => {
+            let (fs, defaults, lease) = image_root(home, reference, dir)?;
+            devices.exec = defaults;
+            devices.image = Some(reference.clone());
+            devices._leases.push(Box::new(lease));
+            let fs: Arc<dyn FileSystem> = Arc::new(fs);
+            devices.root_fs = Some(fs.clone());
+            devices
+                .specs
+                .push(fs_device(ROOT_TAG, fs, false, audit.clone())?);
+            devices.boot.root_tag = Some(ROOT_TAG.into());
+        }
+        RootSpec::HostDir { path, read_only } => {
+            let fs: Arc<dyn FileSystem> = Arc::new(passthrough(path, *read_only)?);
+            devices.root_fs = Some(fs.clone());
+            devices
+                .specs
+                .push(fs_device(ROOT_TAG, fs, *read_only, audit.clone())?);
+            devices.boot.root_tag = Some(ROOT_TAG.into());
+            devices.boot.root_read_only = *read_only;
+        }
+    }
+    for (i, volume) in spec.volumes.iter().enumerate() {
+        let tag = format!("vol{i}");
+        let path = match &volume.source {
+            VolumeSource::Host(p) => {
+                if !p.is_dir() {
+                    return Err(Error::InvalidConfig(format!(
+                        "volume source {} is not a directory",
+                        p.display()
+                    )));
+                }
+                p.clone()
+            }
+            VolumeSource::Named(name) => {
+                let (data, lock) = crate::volumes::acquire(home, name)?;
+                devices._leases.push(Box::new(lock));
+                data
+            }
+        };
+        let fs: Arc<dyn FileSystem> = Arc::new(passthrough(&path, volume.read_only)?);
+        devices
+            .specs
+            .push(fs_device(&tag, fs, volume.read_only, audit.clone())?);
+        devices.boot.mounts.push(GuestMount {
+            source: MountSource::Virtiofs { tag },
+            target: volume.guest_path.clone(),
+            read_only: volume.read_only,
+        });
+    }
+    for tmpfs in &spec.tmpfs {
+        devices.boot.mounts.push(GuestMount {
+            source: MountSource::Tmpfs {
+                size_bytes: tmpfs.size_bytes,
+            },
+            target: tmpfs.guest_path.clone(),
+            read_only: false,
+        });
+    }
+    if spec.network.enabled {
+        let (handle, device, setup) = network(&spec.network, dir)?;
+        devices.net = Some(handle);
+        devices.specs.push(device);
+        devices.boot.network = Some(setup);
+    }
+    Ok(devices)
+}
+
+/// The audit log of guest file accesses, when `MSBVM_FS_AUDIT=1` asks for it.
+fn open_audit_log(dir: &SandboxDir) -> Result<Option<Arc<dyn Hook>>> {
+    if std::env::var("MSBVM_FS_AUDIT").as_deref() != Ok("1") {
+        return Ok(None);
+    }
+    let path = dir.path().join(FS_AUDIT_FILE);
+    let file = File::options()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(Error::io(format!("opening {}", path.display())))?;
+    Ok(Some(Arc::new(AuditLog::to_writer(
+        std::io::BufWriter::new(file),
+    ))))
+}
+
+fn fs_device(
+    tag: &str,
+    fs: Arc<dyn FileSystem>,
+    read_only: bool,
+    audit: Option<Arc<dyn Hook>>,
+) -> Result<DeviceSpec> {
+    let backend: Box<dyn FileSystem> = match audit {
+        Some(hook) => Box::new(Hooked::new(fs, vec![hook])),
+        None => Box::new(fs),
+    };
+    let server: Arc<dyn FsServer> = Arc::new(Server::new(
+        backend,
+        ServerOptions {
+            read_only,
+            ..ServerOptions::default()
+        },
+    ));
+    let owned_tag = tag.to_string();
+    // Validate the tag now so a bad one is a configuration error, not a boot failure.
+    Fs::new(tag, 1, server.clone())
+        .map_err(|e| Error::InvalidConfig(format!("virtio-fs {tag}: {e}")))?;
+    Ok(DeviceSpec::new(format!("virtio-fs {tag}"), move || {
+        let device = Fs::new(&owned_tag, 1, server.clone()).map_err(std::io::Error::other)?;
+        Ok(Box::new(device) as Box<dyn msbvm_virtio::VirtioDevice>)
+    }))
+}
+
+/// A passthrough share; an unprivileged host user's files appear as root's.
+fn passthrough(path: &Path, read_only: bool) -> Result<PassthroughFs> {
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let id_map = if uid == 0 {
+        IdMap::identity()
+    } else {
+        IdMap::host_user_as_root(uid, gid)
+    };
+    PassthroughFs::new(
+        path,
+        PassthroughConfig {
+            read_only,
+            id_map,
+            ..PassthroughConfig::default()
+        },
+    )
+    .map_err(Error::io(format!("sharing {}", path.display())))
+}
+
+/// The image store under `home`.
+pub fn image_store(home: &Path) -> Result<ImageStore> {
+    ImageStore::open(&home.join("images")).map_err(crate::images::image_error)
+}
+
+fn image_root(
+    home: &Path,
+    reference: &str,
+    dir: &SandboxDir,
+) -> Result<(LayeredFs, ExecDefaults, LayerLease)> {
+    let store = image_store(home)?;
+    if reference == DEFAULT_IMAGE {
+        msbvm_image::ensure_default_image(&store).map_err(|e| Error::Image(e.to_string()))?;
+    }
+    let resolved = store
+        .resolve(reference)
+        .map_err(|e| Error::Image(e.to_string()))?;
+    let lease = store
+        .lease(&resolved)
+        .map_err(|e| Error::Image(e.to_string()))?;
+    let upper = dir.path().join(UPPER_DIR);
+    let fs = LayeredFs::new(
+        resolved.lower_dirs.clone(),
+        &upper,
+        LayeredConfig::default(),
+    )
+    .map_err(Error::io(format!("opening the layers of {reference}")))?;
+    Ok((fs, exec_defaults(&resolved.config), lease))
+}
+
+fn exec_defaults(config: &ImageConfig) -> ExecDefaults {
+    ExecDefaults {
+        env: config
+            .env
+            .iter()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        workdir: config.working_dir.clone().filter(|w| !w.is_empty()),
+        user: config.user.clone().filter(|u| !u.is_empty()),
+        command: config
+            .entrypoint
+            .iter()
+            .chain(config.cmd.iter())
+            .cloned()
+            .collect(),
+    }
+}
+
+/// The netstack's policy for `net`.
+pub fn policy(net: &NetworkSpec) -> Result<Policy> {
+    let default = if net.default_allow {
+        Action::Allow
+    } else {
+        Action::Deny
+    };
+    let mut policy = Policy::new(default);
+    for rule in &net.rules {
+        let parsed = Rule::parse(&rule.rule)
+            .map_err(|e| Error::InvalidConfig(format!("network rule {:?}: {e}", rule.rule)))?;
+        let action = if rule.allow {
+            Action::Allow
+        } else {
+            Action::Deny
+        };
+        policy.push(action, parsed);
+    }
+    Ok(policy)
+}
+
+fn network(
+    net: &NetworkSpec,
+    dir: &SandboxDir,
+) -> Result<(NetStackHandle, DeviceSpec, NetworkSetup)> {
+    let policy = policy(net)?;
+    let config = NetConfig {
+        mtu: usize::from(net.mtu),
+        checksum_offload: true,
+        published_ports: net
+            .ports
+            .iter()
+            .map(|p| published(p.host, p.guest_port))
+            .collect(),
+        dns_upstream: if net.dns_servers.is_empty() {
+            Upstream::System
+        } else {
+            Upstream::Servers(net.dns_servers.clone())
+        },
+        ..NetConfig::default()
+    };
+    let setup = NetworkSetup {
+        address: config.guest_ip.octets(),
+        prefix_len: config.prefix_len,
+        gateway: config.gateway_ip.octets(),
+        dns: vec![config.gateway_ip.octets()],
+        mtu: net.mtu,
+        hosts: vec![(
+            config.host_alias_ip.octets(),
+            msbvm_netstack::policy::HOST_ALIAS_NAME.to_string(),
+        )],
+    };
+    let (device_fd, stack_fd) =
+        frame_socketpair().map_err(Error::io("creating the network socket pair"))?;
+    let events = event_sink(dir)?;
+    let handle = NetStack::start(config, stack_fd, policy, events).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            Error::InvalidConfig(format!("cannot publish a port: {e}"))
+        } else {
+            Error::io("starting the network stack")(e)
+        }
+    })?;
+    let mtu = net.mtu;
+    let device_fd = Arc::new(device_fd);
+    let spec = DeviceSpec::new("virtio-net", move || {
+        let backend = device_fd.try_clone()?;
+        let device = Net::new(NetDeviceConfig {
+            mac: GUEST_MAC,
+            mtu,
+            backend,
+            checksum_offload: true,
+        })?;
+        Ok(Box::new(device) as Box<dyn msbvm_virtio::VirtioDevice>)
+    });
+    Ok((handle, spec, setup))
+}
+
+fn published(host: SocketAddr, guest_port: u16) -> PublishedPort {
+    let mut port = PublishedPort::tcp(host.port(), guest_port);
+    port.host_addr = host;
+    port
+}
+
+/// Network events go to the runtime log (the netstack logs them) and, as
+/// JSON lines, to [`NET_EVENTS_FILE`], which the SDK tails.
+fn event_sink(dir: &SandboxDir) -> Result<EventSink> {
+    let path: PathBuf = dir.path().join(NET_EVENTS_FILE);
+    let file = File::options()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(Error::io(format!("opening {}", path.display())))?;
+    let file = Mutex::new(file);
+    Ok(Arc::new(move |event: NetEvent| {
+        if let Ok(mut line) = serde_json::to_vec(&event) {
+            line.push(b'\n');
+            if let Ok(mut f) = file.lock() {
+                // One write per line, so a reader never sees half an event.
+                let _ = f.write_all(&line);
+            }
+        }
+    }))
+}
