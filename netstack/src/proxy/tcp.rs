@@ -85,27 +85,33 @@ async fn connect(shared: &Shared, addr: SocketAddr) -> io::Result<TcpStream> {
 
 async fn connect_then_accept(shared: Rc<Shared>, key: TcpKey, flow: FlowInfo) {
     let result = connect(&shared, flow.dst).await;
-    let mut st = shared.stack.borrow_mut();
-    let Some(TcpEntry::Connecting { syn }) = st.tcp.remove(&key) else {
-        return;
+    let accepted = {
+        let mut st = shared.stack.borrow_mut();
+        let Some(TcpEntry::Connecting { syn }) = st.tcp.remove(&key) else {
+            return;
+        };
+        match result {
+            Ok(stream) => {
+                let handle = st.accept_syn(key, &syn, shared.config.tcp_buffer_size);
+                st.poll();
+                Ok((handle, stream))
+            }
+            Err(e) => {
+                st.send_rst(key, &syn);
+                shared.sync_flow_stats(&st);
+                Err(e)
+            }
+        }
     };
-    match result {
-        Ok(stream) => {
-            let handle = st.accept_syn(key, &syn, shared.config.tcp_buffer_size);
-            st.poll();
-            drop(st);
-            splice(shared, key, handle, stream, SocketAddr::V4(key.remote)).await;
+    match accepted {
+        Ok((handle, stream)) => {
+            splice(shared, key, handle, stream, SocketAddr::V4(key.remote)).await
         }
-        Err(e) => {
-            st.send_rst(key, &syn);
-            shared.sync_flow_stats(&st);
-            drop(st);
-            shared.emit(NetEvent::FlowFailed {
-                transport: Transport::Tcp,
-                dst: SocketAddr::V4(key.remote),
-                error: e.to_string(),
-            });
-        }
+        Err(e) => shared.emit(NetEvent::FlowFailed {
+            transport: Transport::Tcp,
+            dst: SocketAddr::V4(key.remote),
+            error: e.to_string(),
+        }),
     }
 }
 

@@ -117,8 +117,9 @@ fn open_socket(dst: SocketAddr) -> std::io::Result<UdpSocket> {
 
 fn send_up(shared: &Shared, flow: &UdpFlow, payload: &[u8]) {
     flow.last_active.set(Instant::now());
-    // UDP may drop: a full host socket buffer or an ICMP error costs this datagram only.
-    if flow.socket.try_send(payload).is_ok() {
+    // UDP may drop: a full host socket buffer or an ICMP error costs this datagram only. A
+    // plain send(2), since tokio's try_send gives up on a socket the reactor has not polled yet.
+    if socket2::SockRef::from(&*flow.socket).send(payload).is_ok() {
         flow.bytes_up
             .set(flow.bytes_up.get() + payload.len() as u64);
         StatsCounters::add(&shared.stats.bytes_up, payload.len() as u64);

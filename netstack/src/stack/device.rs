@@ -39,10 +39,24 @@ impl FrameTx {
         }
     }
 
+    /// One send(2) on the socket. Not through tokio's `try_send`: that refuses to try before
+    /// the reactor has seen the socket writable once, which would drop a fresh stack's first
+    /// frames.
+    fn send_now(&self, frame: &[u8]) -> io::Result<usize> {
+        let result = socket2::SockRef::from(&*self.socket).send(frame);
+        if matches!(&result, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+            // Clear tokio's writable readiness so the loop's `writable()` really waits.
+            let _ = self.socket.try_io(tokio::io::Interest::WRITABLE, || {
+                Err::<(), _>(io::ErrorKind::WouldBlock.into())
+            });
+        }
+        result
+    }
+
     /// Sends one frame, keeping order with what is already waiting.
     pub(crate) fn send(&mut self, frame: &[u8]) {
         if self.backlog.is_empty() {
-            match self.socket.try_send(frame) {
+            match self.send_now(frame) {
                 Ok(_) => {
                     self.count_sent(frame.len());
                     return;
@@ -66,7 +80,7 @@ impl FrameTx {
     /// Sends what waited for room; true when the backlog is empty.
     pub(crate) fn flush(&mut self) -> bool {
         while let Some(frame) = self.backlog.front() {
-            match self.socket.try_send(frame) {
+            match self.send_now(frame) {
                 Ok(_) => {
                     let len = frame.len();
                     self.backlog.pop_front();

@@ -170,14 +170,14 @@ impl FrameBuilder {
         }
     }
 
-    fn ipv4<'b>(
-        &'b mut self,
+    fn ipv4(
+        &mut self,
         guest_mac: EthernetAddress,
         src: Ipv4Addr,
         dst: Ipv4Addr,
         proto: IpProtocol,
         payload_len: usize,
-    ) -> (&'b mut [u8], Ipv4Repr) {
+    ) -> (&mut [u8], Ipv4Repr) {
         let ip = Ipv4Repr {
             src_addr: src,
             dst_addr: dst,

@@ -1,0 +1,277 @@
+//! A fake guest for the stack's tests: a second smoltcp interface on the device end of the
+//! frame socketpair, so tests talk to the stack through a real TCP/IP peer. The test thread
+//! pumps it; an optional filter drops frames to simulate loss.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixDatagram;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant as StdInstant};
+
+use msbvm_netstack::dns::Upstream;
+use msbvm_netstack::policy::Policy;
+use msbvm_netstack::{EventSink, NetConfig, NetEvent, NetStack, NetStackHandle};
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{self, DeviceCapabilities, Medium};
+use smoltcp::socket::{tcp, udp};
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
+
+pub const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+pub const HOST_ALIAS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 254);
+
+/// Decides per frame whether it is lost (true = drop).
+pub type LossFilter = Box<dyn FnMut(&[u8]) -> bool + Send>;
+
+pub struct GuestDevice {
+    socket: UnixDatagram,
+    rx: VecDeque<Vec<u8>>,
+    pub loss_out: Option<LossFilter>,
+    pub mtu: usize,
+}
+
+impl GuestDevice {
+    /// Sends a hand-made frame to the stack.
+    pub fn send_raw(&self, frame: &[u8]) {
+        self.socket.send(frame).expect("send frame");
+    }
+
+    fn fill(&mut self, loss_in: &mut Option<LossFilter>) {
+        let mut buf = vec![0u8; 70000];
+        loop {
+            match self.socket.recv(&mut buf) {
+                Ok(n) => {
+                    if loss_in.as_mut().is_some_and(|f| f(&buf[..n])) {
+                        continue;
+                    }
+                    self.rx.push_back(buf[..n].to_vec())
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("recv: {e}"),
+            }
+        }
+    }
+}
+
+pub struct Rx(Vec<u8>);
+pub struct Tx<'a>(&'a mut GuestDevice);
+
+impl phy::RxToken for Rx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl phy::TxToken for Tx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut buf = vec![0u8; len];
+        let r = f(&mut buf);
+        let lost = self.0.loss_out.as_mut().is_some_and(|f| f(&buf));
+        if !lost {
+            let _ = self.0.socket.send(&buf);
+        }
+        r
+    }
+}
+
+impl phy::Device for GuestDevice {
+    type RxToken<'a> = Rx;
+    type TxToken<'a> = Tx<'a>;
+    fn receive(&mut self, _: Instant) -> Option<(Rx, Tx<'_>)> {
+        let frame = self.rx.pop_front()?;
+        Some((Rx(frame), Tx(self)))
+    }
+    fn transmit(&mut self, _: Instant) -> Option<Tx<'_>> {
+        Some(Tx(self))
+    }
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = self.mtu + 14;
+        caps
+    }
+}
+
+pub struct Guest {
+    pub iface: Interface,
+    pub sockets: SocketSet<'static>,
+    pub dev: GuestDevice,
+    pub loss_in: Option<LossFilter>,
+    /// Raw frames received while `capture` is on (they are not given to smoltcp).
+    pub captured: Vec<Vec<u8>>,
+    pub capture: bool,
+}
+
+impl Guest {
+    pub fn new(fd: OwnedFd, mtu: usize) -> Guest {
+        let socket = UnixDatagram::from(fd);
+        socket.set_nonblocking(true).unwrap();
+        let mut dev = GuestDevice {
+            socket,
+            rx: VecDeque::new(),
+            loss_out: None,
+            mtu,
+        };
+        let mut iface = Interface::new(
+            Config::new(HardwareAddress::Ethernet(EthernetAddress(GUEST_MAC))),
+            &mut dev,
+            Instant::now(),
+        );
+        iface.update_ip_addrs(|a| {
+            a.push(IpCidr::new(IpAddress::v4(10, 0, 2, 15), 24))
+                .unwrap();
+        });
+        iface
+            .routes_mut()
+            .add_default_ipv4_route(Ipv4Address::new(10, 0, 2, 2))
+            .unwrap();
+        Guest {
+            iface,
+            sockets: SocketSet::new(vec![]),
+            dev,
+            loss_in: None,
+            captured: vec![],
+            capture: false,
+        }
+    }
+
+    /// Moves frames once both ways.
+    pub fn pump(&mut self) {
+        self.dev.fill(&mut self.loss_in);
+        if self.capture {
+            self.captured.extend(self.dev.rx.drain(..));
+        }
+        self.iface
+            .poll(Instant::now(), &mut self.dev, &mut self.sockets);
+    }
+
+    /// Pumps until `f` returns Some, or panics after `secs` seconds.
+    pub fn run_until<T>(
+        &mut self,
+        secs: u64,
+        what: &str,
+        mut f: impl FnMut(&mut Guest) -> Option<T>,
+    ) -> T {
+        let deadline = StdInstant::now() + Duration::from_secs(secs);
+        loop {
+            self.pump();
+            if let Some(v) = f(self) {
+                return v;
+            }
+            assert!(StdInstant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_micros(300));
+        }
+    }
+
+    /// Pumps for a while.
+    pub fn run_for(&mut self, dur: Duration) {
+        let deadline = StdInstant::now() + dur;
+        while StdInstant::now() < deadline {
+            self.pump();
+            std::thread::sleep(Duration::from_micros(300));
+        }
+    }
+
+    pub fn tcp_connect(&mut self, dst: SocketAddrV4, local_port: u16) -> SocketHandle {
+        let mut s = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 256 * 1024]),
+            tcp::SocketBuffer::new(vec![0; 256 * 1024]),
+        );
+        s.connect(
+            self.iface.context(),
+            (IpAddress::Ipv4(*dst.ip()), dst.port()),
+            local_port,
+        )
+        .unwrap();
+        self.sockets.add(s)
+    }
+
+    pub fn tcp(&mut self, h: SocketHandle) -> &mut tcp::Socket<'static> {
+        self.sockets.get_mut::<tcp::Socket>(h)
+    }
+
+    pub fn udp_bind(&mut self, port: u16) -> SocketHandle {
+        let mut s = udp::Socket::new(
+            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 16], vec![0; 65536]),
+            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 16], vec![0; 65536]),
+        );
+        s.bind(port).unwrap();
+        self.sockets.add(s)
+    }
+
+    pub fn udp(&mut self, h: SocketHandle) -> &mut udp::Socket<'static> {
+        self.sockets.get_mut::<udp::Socket>(h)
+    }
+
+    /// Sends all of `data` on a TCP socket, pumping as needed.
+    pub fn tcp_send_all(&mut self, h: SocketHandle, data: &[u8]) {
+        let mut sent = 0;
+        self.run_until(30, "tcp send", |g| {
+            if g.tcp(h).can_send() {
+                sent += g.tcp(h).send_slice(&data[sent..]).unwrap();
+            }
+            (sent == data.len()).then_some(())
+        });
+    }
+
+    /// Receives exactly `n` bytes on a TCP socket.
+    pub fn tcp_recv_exact(&mut self, h: SocketHandle, n: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(n);
+        let mut buf = vec![0u8; 65536];
+        self.run_until(30, "tcp receive", |g| {
+            if g.tcp(h).can_recv() {
+                let k = g.tcp(h).recv_slice(&mut buf).unwrap();
+                out.extend_from_slice(&buf[..k]);
+            }
+            (out.len() >= n).then_some(())
+        });
+        out
+    }
+}
+
+/// A started stack with its fake guest and the events it reported.
+pub struct Harness {
+    pub guest: Guest,
+    pub handle: NetStackHandle,
+    pub events: Arc<Mutex<Vec<NetEvent>>>,
+}
+
+impl Harness {
+    pub fn start(config: NetConfig, policy: Policy) -> Harness {
+        let (device, stack) = msbvm_netstack::frame_socketpair().unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink: EventSink = {
+            let events = events.clone();
+            Arc::new(move |e| events.lock().unwrap().push(e))
+        };
+        let mtu = config.mtu;
+        let handle = NetStack::start(config, stack, policy, sink).unwrap();
+        Harness {
+            guest: Guest::new(device, mtu),
+            handle,
+            events,
+        }
+    }
+
+    pub fn events(&self) -> Vec<NetEvent> {
+        self.events.lock().unwrap().clone()
+    }
+}
+
+/// A config that needs no host resolver (DNS is not what most tests look at).
+pub fn test_config() -> NetConfig {
+    NetConfig {
+        dns_upstream: Upstream::Servers(vec!["127.0.0.1:9".parse().unwrap()]),
+        ..NetConfig::default()
+    }
+}
+
+/// A policy that opens the host alias (tests run their servers on the host's loopback).
+pub fn host_allowed() -> Policy {
+    Policy::builder().allow("host".parse().unwrap())
+}

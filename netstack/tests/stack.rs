@@ -1,0 +1,407 @@
+//! The stack end to end: a smoltcp fake guest on one end of the frame socketpair, real host
+//! sockets on loopback on the other.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{host_allowed, test_config, Harness, GATEWAY, GUEST_MAC, HOST_ALIAS};
+use msbvm_netstack::policy::Policy;
+use msbvm_netstack::{NetConfig, NetEvent, PublishedPort, Transport};
+use smoltcp::socket::tcp::State;
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    EthernetRepr, IpProtocol, Ipv4Packet,
+};
+
+/// An echo server on the host's loopback; returns its port.
+fn echo_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16384];
+                loop {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if stream.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    port
+}
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+#[test]
+fn arp_request_for_the_gateway_is_answered() {
+    let mut h = Harness::start(test_config(), Policy::default());
+    let repr = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Request,
+        source_hardware_addr: EthernetAddress(GUEST_MAC),
+        source_protocol_addr: Ipv4Addr::new(10, 0, 2, 15),
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: GATEWAY,
+    };
+    let mut frame = vec![0u8; 14 + repr.buffer_len()];
+    let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
+    EthernetRepr {
+        src_addr: EthernetAddress(GUEST_MAC),
+        dst_addr: EthernetAddress::BROADCAST,
+        ethertype: EthernetProtocol::Arp,
+    }
+    .emit(&mut eth);
+    repr.emit(&mut ArpPacket::new_unchecked(eth.payload_mut()));
+    h.guest.capture = true;
+    h.guest.dev.send_raw(&frame);
+    let reply = h.guest.run_until(5, "arp reply", |g| g.captured.pop());
+    let eth = EthernetFrame::new_checked(&reply[..]).unwrap();
+    assert_eq!(eth.ethertype(), EthernetProtocol::Arp);
+    match ArpRepr::parse(&ArpPacket::new_checked(eth.payload()).unwrap()).unwrap() {
+        ArpRepr::EthernetIpv4 {
+            operation,
+            source_hardware_addr,
+            source_protocol_addr,
+            ..
+        } => {
+            assert_eq!(operation, ArpOperation::Reply);
+            assert_eq!(
+                source_hardware_addr,
+                EthernetAddress(msbvm_netstack::config::GATEWAY_MAC)
+            );
+            assert_eq!(source_protocol_addr, GATEWAY);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn tcp_echo_both_ways_then_fin_closes_and_reports_bytes() {
+    let port = echo_server();
+    let mut h = Harness::start(test_config(), host_allowed());
+    let s = h
+        .guest
+        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, port), 40001);
+    h.guest
+        .run_until(5, "established", |g| g.tcp(s).may_send().then_some(()));
+    let data = pattern(300_000);
+    h.guest.tcp_send_all(s, &data);
+    let back = h.guest.tcp_recv_exact(s, data.len());
+    assert!(back == data, "echoed bytes differ");
+    h.guest.tcp(s).close();
+    // The echo server sees EOF, closes its side; our FIN comes back.
+    h.guest.run_until(10, "closed", |g| {
+        matches!(g.tcp(s).state(), State::TimeWait | State::Closed).then_some(())
+    });
+    let log = h.events.clone();
+    let events = h.guest.run_until(5, "flow closed event", |_| {
+        let ev = log.lock().unwrap().clone();
+        ev.iter()
+            .any(|e| matches!(e, NetEvent::FlowClosed { .. }))
+            .then_some(ev)
+    });
+    assert!(events.iter().any(|e| matches!(
+        e,
+        NetEvent::FlowAllowed {
+            transport: Transport::Tcp,
+            ..
+        }
+    )));
+    let closed = events.iter().find_map(|e| match e {
+        NetEvent::FlowClosed {
+            bytes_up,
+            bytes_down,
+            ..
+        } => Some((*bytes_up, *bytes_down)),
+        _ => None,
+    });
+    assert_eq!(closed, Some((300_000, 300_000)));
+    assert_eq!(h.handle.stats().tcp_flows_open, 0);
+}
+
+#[test]
+fn denied_destination_gets_an_immediate_rst() {
+    let port = echo_server();
+    // The default policy denies the host alias.
+    let mut h = Harness::start(test_config(), Policy::default());
+    let s = h
+        .guest
+        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, port), 40002);
+    h.guest.run_until(5, "reset", |g| {
+        (g.tcp(s).state() == State::Closed).then_some(())
+    });
+    assert!(h.events().iter().any(|e| matches!(
+        e,
+        NetEvent::FlowDenied {
+            transport: Transport::Tcp,
+            ..
+        }
+    )));
+    assert_eq!(h.handle.stats().flows_denied, 1);
+}
+
+#[test]
+fn refused_host_connect_gets_an_rst() {
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut h = Harness::start(test_config(), host_allowed());
+    let s = h
+        .guest
+        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, port), 40003);
+    h.guest.run_until(5, "reset", |g| {
+        (g.tcp(s).state() == State::Closed).then_some(())
+    });
+    let log = h.events.clone();
+    h.guest.run_until(5, "failure event", |_| {
+        log.lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, NetEvent::FlowFailed { .. }))
+            .then_some(())
+    });
+}
+
+#[test]
+fn data_survives_frame_loss_both_ways() {
+    let port = echo_server();
+    let mut h = Harness::start(test_config(), host_allowed());
+    let s = h
+        .guest
+        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, port), 40004);
+    h.guest
+        .run_until(5, "established", |g| g.tcp(s).may_send().then_some(()));
+    let out = Arc::new(AtomicUsize::new(0));
+    let inn = Arc::new(AtomicUsize::new(0));
+    let (o, i) = (out.clone(), inn.clone());
+    h.guest.dev.loss_out = Some(Box::new(move |_| {
+        o.fetch_add(1, Ordering::Relaxed) % 23 == 3
+    }));
+    h.guest.loss_in = Some(Box::new(move |_| {
+        i.fetch_add(1, Ordering::Relaxed) % 19 == 2
+    }));
+    let data = pattern(120_000);
+    h.guest.tcp_send_all(s, &data);
+    let back = h.guest.tcp_recv_exact(s, data.len());
+    assert!(back == data, "echoed bytes differ after loss");
+    assert!(
+        out.load(Ordering::Relaxed) > 46 && inn.load(Ordering::Relaxed) > 38,
+        "too few frames to have lost any"
+    );
+}
+
+#[test]
+fn a_guest_that_stops_reading_blocks_the_host_writer() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let written = Arc::new(AtomicUsize::new(0));
+    let w = written.clone();
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let chunk = vec![0x5a; 65536];
+        while stream.write_all(&chunk).is_ok() {
+            w.fetch_add(chunk.len(), Ordering::Relaxed);
+            if w.load(Ordering::Relaxed) >= 64 << 20 {
+                break;
+            }
+        }
+    });
+    let mut h = Harness::start(test_config(), host_allowed());
+    let s = h
+        .guest
+        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, port), 40005);
+    h.guest
+        .run_until(5, "established", |g| g.tcp(s).may_send().then_some(()));
+    h.guest.run_for(Duration::from_secs(2));
+    let stalled = written.load(Ordering::Relaxed);
+    // Guest window (256 KiB) + stack buffer (256 KiB) + kernel socket buffers: a few MiB at most.
+    assert!(
+        stalled < 16 << 20,
+        "host wrote {stalled} bytes into a guest that does not read"
+    );
+    h.guest.run_for(Duration::from_millis(500));
+    assert!(
+        written.load(Ordering::Relaxed) - stalled < 1 << 20,
+        "writer kept going"
+    );
+    // Reading resumes the flow.
+    let got = h.guest.tcp_recv_exact(s, stalled + (1 << 20));
+    assert!(got.iter().all(|&b| b == 0x5a));
+}
+
+#[test]
+fn malformed_frames_are_ignored_without_harm() {
+    let port = echo_server();
+    let mut h = Harness::start(test_config(), host_allowed());
+    let mut junk: Vec<Vec<u8>> = vec![vec![], vec![0; 5], vec![0xff; 14], vec![0xab; 1514]];
+    // IPv4 frames with a bad IHL, a total length past the frame, and a truncated TCP header.
+    for (ihl_byte, total, cut) in [
+        (0x41u8, 40u16, 0usize),
+        (0x45, 9000, 0),
+        (0x45, 40, 30),
+        (0x4f, 40, 0),
+    ] {
+        let mut f = vec![0u8; 14 + 40];
+        f[..6].copy_from_slice(&msbvm_netstack::config::GATEWAY_MAC);
+        f[6..12].copy_from_slice(&GUEST_MAC);
+        f[12] = 0x08;
+        let mut ip = Ipv4Packet::new_unchecked(&mut f[14..]);
+        ip.set_version(4);
+        ip.set_header_len(20);
+        ip.set_total_len(total);
+        ip.set_next_header(IpProtocol::Tcp);
+        ip.set_src_addr(Ipv4Addr::new(10, 0, 2, 15));
+        ip.set_dst_addr(HOST_ALIAS);
+        ip.fill_checksum();
+        f[14] = ihl_byte;
+        f.truncate(f.len() - cut);
+        junk.push(f);
+    }
+    for f in &junk {
+        if !f.is_empty() {
+            h.guest.dev.send_raw(f);
+        }
+    }
+    h.guest.run_for(Duration::from_millis(200));
+    assert!(h.handle.stats().rx_dropped >= 6, "{:?}", h.handle.stats());
+    // Still serving.
+    let s = h
+        .guest
+        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, port), 40006);
+    h.guest
+        .run_until(5, "established", |g| g.tcp(s).may_send().then_some(()));
+    h.guest.tcp_send_all(s, b"ping");
+    assert_eq!(h.guest.tcp_recv_exact(s, 4), b"ping");
+}
+
+#[test]
+fn udp_echo_through_the_stack() {
+    let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = server.recv_from(&mut buf) {
+            let _ = server.send_to(&buf[..n], from);
+        }
+    });
+    let mut h = Harness::start(test_config(), host_allowed());
+    let u = h.guest.udp_bind(5555);
+    let dst = smoltcp::wire::IpEndpoint::new(HOST_ALIAS.into(), port);
+    h.guest.udp(u).send_slice(b"hello udp", dst).unwrap();
+    let got = h.guest.run_until(5, "udp reply", |g| {
+        g.udp(u)
+            .recv()
+            .ok()
+            .map(|(d, meta)| (d.to_vec(), meta.endpoint))
+    });
+    assert_eq!(got.0, b"hello udp");
+    assert_eq!(got.1, dst);
+    assert_eq!(h.handle.stats().udp_flows_open, 1);
+}
+
+#[test]
+fn denied_udp_gets_icmp_port_unreachable() {
+    let mut h = Harness::start(test_config(), Policy::default());
+    let u = h.guest.udp_bind(5556);
+    h.guest
+        .udp(u)
+        .send_slice(
+            b"x",
+            smoltcp::wire::IpEndpoint::new(HOST_ALIAS.into(), 9999),
+        )
+        .unwrap();
+    h.guest.run_until(5, "udp sent", |g| {
+        g.udp(u).send_queue().eq(&0).then_some(())
+    });
+    h.guest.capture = true;
+    let frame = h.guest.run_until(5, "icmp", |g| g.captured.pop());
+    let eth = EthernetFrame::new_checked(&frame[..]).unwrap();
+    let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+    assert_eq!(ip.next_header(), IpProtocol::Icmp);
+    assert_eq!(ip.payload()[0], 3, "destination unreachable");
+    assert_eq!(ip.payload()[1], 3, "port unreachable");
+}
+
+#[test]
+fn connections_over_the_cap_are_reset_and_reported() {
+    let port = echo_server();
+    let config = NetConfig {
+        max_tcp_flows: 2,
+        ..test_config()
+    };
+    let mut h = Harness::start(config, host_allowed());
+    let a = h
+        .guest
+        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, port), 40010);
+    let b = h
+        .guest
+        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, port), 40011);
+    h.guest.run_until(5, "two established", |g| {
+        (g.tcp(a).may_send() && g.tcp(b).may_send()).then_some(())
+    });
+    let c = h
+        .guest
+        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, port), 40012);
+    h.guest.run_until(5, "third reset", |g| {
+        (g.tcp(c).state() == State::Closed).then_some(())
+    });
+    assert!(h
+        .events()
+        .iter()
+        .any(|e| matches!(e, NetEvent::ConnectionCapReached { limit: 2, .. })));
+    // The others keep working.
+    h.guest.tcp_send_all(a, b"still here");
+    assert_eq!(h.guest.tcp_recv_exact(a, 10), b"still here");
+}
+
+#[test]
+fn published_port_reaches_a_guest_listener() {
+    let mut h = Harness::start(test_config(), Policy::default());
+    let mut listen = smoltcp::socket::tcp::Socket::new(
+        smoltcp::socket::tcp::SocketBuffer::new(vec![0; 65536]),
+        smoltcp::socket::tcp::SocketBuffer::new(vec![0; 65536]),
+    );
+    listen.listen(8080).unwrap();
+    let s = h.guest.sockets.add(listen);
+    let addr = h.handle.publish(PublishedPort::tcp(0, 8080)).unwrap();
+    let client = std::thread::spawn(move || {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(b"from host").unwrap();
+        let mut buf = [0u8; 10];
+        c.read_exact(&mut buf).unwrap();
+        buf
+    });
+    let got = h.guest.tcp_recv_exact(s, 9);
+    assert_eq!(got, b"from host");
+    assert_eq!(
+        h.guest.tcp(s).remote_endpoint().unwrap().addr,
+        smoltcp::wire::IpAddress::Ipv4(GATEWAY)
+    );
+    h.guest.tcp_send_all(s, b"from guest");
+    h.guest
+        .run_until(5, "client done", |_| client.is_finished().then_some(()));
+    assert_eq!(&client.join().unwrap(), b"from guest");
+    assert!(h.events().iter().any(|e| matches!(
+        e,
+        NetEvent::IngressAccepted {
+            guest_port: 8080,
+            ..
+        }
+    )));
+}
