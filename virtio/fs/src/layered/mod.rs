@@ -53,7 +53,7 @@ use crate::{
     Attr, Context, DirEntry, Entry, FileSystem, Handle, Inode, OpenReply, SetAttr, StatFs,
 };
 
-use upper_meta::{host_xattr_name, GuestMeta, GUEST_XATTR_PREFIX};
+use upper_meta::{guest_xattr_prefix, host_xattr_name, GuestMeta};
 
 /// Name of the tree inside the upper directory.
 pub const UPPER_TREE: &str = "rootfs";
@@ -170,17 +170,15 @@ impl LayeredFs {
         let upper_fd = host::open_root(&upper.join(UPPER_TREE))?;
         let work = host::open_root(&upper.join(UPPER_WORK))?;
         // Fail now, with a clear message, rather than at the first write.
-        let probe = c"user.msbvm.probe";
-        host::setxattr(work.as_raw_fd(), probe, b"", 0).map_err(|e| {
+        upper_meta::select_namespace(work.as_raw_fd()).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!(
-                    "the upper directory {} needs user xattrs: {e}",
+                    "the upper directory {} needs user xattrs (or trusted ones, as root): {e}",
                     upper.display()
                 ),
             )
         })?;
-        let _ = host::removexattr(work.as_raw_fd(), probe);
         let mut root_lowers = Vec::new();
         for (i, l) in layers.iter().enumerate() {
             root_lowers.push(i);
@@ -1218,9 +1216,9 @@ impl FileSystem for LayeredFs {
             let all = host::listxattr(self.upper_fd(&path)?.as_raw_fd())?;
             for n in all
                 .split(|&b| b == 0)
-                .filter(|n| n.starts_with(GUEST_XATTR_PREFIX))
+                .filter(|n| n.starts_with(guest_xattr_prefix()))
             {
-                out.extend_from_slice(&n[GUEST_XATTR_PREFIX.len()..]);
+                out.extend_from_slice(&n[guest_xattr_prefix().len()..]);
                 out.push(0);
             }
         } else if let Some(m) = self.lower_meta(node.lowers[0], &path) {

@@ -9,10 +9,17 @@
 //! file on rename and is shared by hard links. Guest xattrs live beside it
 //! as `user.msbvm.x.<guest name>`, so `security.*` or `trusted.*` names set
 //! by the guest never act on the host.
+//!
+//! Filesystems without `user.*` xattrs (tmpfs before Linux 6.6) still take
+//! `trusted.*` ones from a privileged process; [`select_namespace`] probes
+//! once and the whole process then uses `trusted.msbvm.*`. The choice is
+//! process-wide, so uppers of one process must not mix filesystems of both
+//! kinds (the runtime has one upper per process).
 
 use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::host_util::{self as host, err};
 
@@ -20,6 +27,48 @@ use crate::host_util::{self as host, err};
 pub(crate) const META_XATTR: &CStr = c"user.msbvm.meta";
 /// Prefix of host xattrs that hold guest xattrs.
 pub(crate) const GUEST_XATTR_PREFIX: &[u8] = b"user.msbvm.x.";
+const TRUSTED_META_XATTR: &CStr = c"trusted.msbvm.meta";
+const TRUSTED_GUEST_XATTR_PREFIX: &[u8] = b"trusted.msbvm.x.";
+
+/// Whether this process keeps upper metadata in `trusted.*` xattrs.
+static TRUSTED: AtomicBool = AtomicBool::new(false);
+
+/// The xattr holding guest metadata, in the namespace this process uses.
+pub(crate) fn meta_xattr() -> &'static CStr {
+    if TRUSTED.load(Ordering::Relaxed) {
+        TRUSTED_META_XATTR
+    } else {
+        META_XATTR
+    }
+}
+
+/// The prefix of host xattrs holding guest xattrs, in this process's namespace.
+pub(crate) fn guest_xattr_prefix() -> &'static [u8] {
+    if TRUSTED.load(Ordering::Relaxed) {
+        TRUSTED_GUEST_XATTR_PREFIX
+    } else {
+        GUEST_XATTR_PREFIX
+    }
+}
+
+/// Picks the xattr namespace the upper directory behind `fd` supports:
+/// `user.*`, else `trusted.*` (privileged processes only).
+pub(crate) fn select_namespace(fd: RawFd) -> io::Result<()> {
+    let user = host::setxattr(fd, c"user.msbvm.probe", b"", 0);
+    if user.is_ok() {
+        let _ = host::removexattr(fd, c"user.msbvm.probe");
+        TRUSTED.store(false, Ordering::Relaxed);
+        return Ok(());
+    }
+    match host::setxattr(fd, c"trusted.msbvm.probe", b"", 0) {
+        Ok(()) => {
+            let _ = host::removexattr(fd, c"trusted.msbvm.probe");
+            TRUSTED.store(true, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(_) => user,
+    }
+}
 
 const VERSION: u8 = 1;
 const LEN: usize = 24;
@@ -64,7 +113,7 @@ impl GuestMeta {
     /// Reads the metadata of the upper entry behind `fd`; `None` when it has
     /// none (the upper root before the guest changed it) or it is damaged.
     pub fn load(fd: RawFd) -> io::Result<Option<Self>> {
-        match host::getxattr(fd, META_XATTR) {
+        match host::getxattr(fd, meta_xattr()) {
             Ok(v) => Ok(Self::decode(&v)),
             Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(None),
             Err(e) => Err(e),
@@ -73,13 +122,13 @@ impl GuestMeta {
 
     /// Stores the metadata on the upper entry behind `fd`.
     pub fn store(&self, fd: RawFd) -> io::Result<()> {
-        host::setxattr(fd, META_XATTR, &self.encode(), 0)
+        host::setxattr(fd, meta_xattr(), &self.encode(), 0)
     }
 }
 
 /// The host xattr name holding guest xattr `name`.
 pub(crate) fn host_xattr_name(name: &CStr) -> io::Result<CString> {
-    let mut v = GUEST_XATTR_PREFIX.to_vec();
+    let mut v = guest_xattr_prefix().to_vec();
     v.extend_from_slice(name.to_bytes());
     if v.len() > 255 {
         return Err(err(libc::ERANGE));
