@@ -405,3 +405,44 @@ fn published_port_reaches_a_guest_listener() {
         }
     )));
 }
+
+#[test]
+fn http_policy_answers_403_to_a_denied_request_and_passes_an_allowed_one() {
+    let port = echo_server();
+    // First match decides: the HTTP deny goes before the rule opening the host.
+    let policy = Policy::builder()
+        .deny(
+            format!("http://host.msbvm.internal:{port}/secret")
+                .parse()
+                .unwrap(),
+        )
+        .allow("host".parse().unwrap());
+    let mut h = Harness::start(test_config(), policy);
+    let denied = b"GET /secret/x HTTP/1.1\r\nHost: host.msbvm.internal\r\n\r\n";
+    let s = h
+        .guest
+        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, port), 40020);
+    h.guest.tcp_send_all(s, denied);
+    let mut answer = Vec::new();
+    h.guest.run_until(5, "403 and close", |g| {
+        let mut buf = [0u8; 4096];
+        if g.tcp(s).can_recv() {
+            let n = g.tcp(s).recv_slice(&mut buf).unwrap();
+            answer.extend_from_slice(&buf[..n]);
+        }
+        (!g.tcp(s).may_recv()).then_some(())
+    });
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 403 Forbidden"), "{text}");
+    assert!(h
+        .events()
+        .iter()
+        .any(|e| matches!(e, NetEvent::HttpRequest { allowed: false, .. })));
+
+    let allowed = b"GET /public HTTP/1.1\r\nHost: host.msbvm.internal\r\n\r\n";
+    let s = h
+        .guest
+        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, port), 40021);
+    h.guest.tcp_send_all(s, allowed);
+    assert_eq!(h.guest.tcp_recv_exact(s, allowed.len()), allowed);
+}
