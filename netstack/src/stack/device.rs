@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
+use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use tokio::net::UnixDatagram;
 
@@ -115,11 +115,7 @@ impl FrameDevice {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
         caps.max_transmission_unit = max_frame_len;
-        caps.checksum = if checksum_offload {
-            ChecksumCapabilities::ignored()
-        } else {
-            ChecksumCapabilities::default()
-        };
+        caps.checksum = super::frames::offload_checksums(checksum_offload);
         FrameDevice {
             rx: VecDeque::new(),
             pool: Vec::new(),
