@@ -79,11 +79,15 @@ struct Outcome {
 
 impl DnsServer {
     /// A server forwarding to `upstream` and pinning answers in `pins`.
-    /// Fails when `/etc/resolv.conf` cannot be read or names no server, or
-    /// when `Servers` is empty.
+    /// Fails when `Servers` is empty. A host without usable
+    /// `/etc/resolv.conf` is not an error: the sandbox still starts, and each
+    /// allowed query then gets SERVFAIL with the reason in its event.
     pub fn new(upstream: Upstream, pins: PinTable) -> io::Result<DnsServer> {
         let servers = match upstream {
-            Upstream::System => upstream::system_servers()?,
+            Upstream::System => upstream::system_servers().unwrap_or_else(|e| {
+                tracing::warn!("no upstream DNS server for sandboxes: {e}");
+                Vec::new()
+            }),
             Upstream::Servers(servers) if servers.is_empty() => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
@@ -241,6 +245,16 @@ impl DnsServer {
                 reason: Some(format!("more than {MAX_IN_FLIGHT} DNS queries in flight")),
             };
         };
+        if self.servers.is_empty() {
+            response.metadata.response_code = ResponseCode::ServFail;
+            return Outcome {
+                response,
+                allowed: true,
+                reason: Some(
+                    "no upstream DNS server: the host's /etc/resolv.conf names none".into(),
+                ),
+            };
+        }
         let upstream_answer = match upstream::resolve(&self.servers, question).await {
             Ok(answer) => answer,
             Err(e) => {
