@@ -16,9 +16,11 @@ use std::path::Path;
 
 use msbvm_protocol::boot::{BootConfig, GuestMount, MountSource, BOOT_CONFIG_PATH};
 
-/// Mount options of every virtiofs share: the host's backends report owners
-/// and modes but leave permission checks to the guest kernel.
-const VIRTIOFS_OPTIONS: &str = "default_permissions";
+/// Mount options of every virtiofs share. None: Linux's virtiofs always
+/// checks permissions in the guest kernel (`default_permissions` is implied
+/// and refused as an option), which the host backends rely on — they report
+/// owners and modes and leave the checks to the guest.
+const VIRTIOFS_OPTIONS: &str = "";
 
 /// Where the new root is mounted before it becomes `/`.
 const NEW_ROOT: &str = "/newroot";
