@@ -12,6 +12,12 @@
 //! `allow 192.168.1.0/24` can open what the built-ins close. With no rules
 //! at all, the public internet is reachable and nothing else is.
 //!
+//! DNS has one path: the sandbox's resolver at the gateway (answered by
+//! [`crate::dns`], never asked here). Every other DNS transport — UDP and
+//! TCP port 53 and DNS over TLS (TCP 853) to any address — is denied, and
+//! only an allow rule that names the port (`udp:53`, `tcp:1.1.1.1:853`)
+//! opens it; `allow any` does not.
+//!
 //! # Rule grammar
 //!
 //! ```text
@@ -278,8 +284,17 @@ impl Policy {
     /// the guest resolved to the destination address.
     pub fn check_flow(&self, flow: &FlowInfo, dns: &PinTable) -> Verdict {
         let mut names = None;
+        let dns_transport = is_dns_transport(flow);
         for entry in &self.rules {
             let rule = &entry.rule;
+            // Other DNS transports are closed unless an allow rule names
+            // their port: a broad `allow any` must not reopen them.
+            if dns_transport
+                && entry.action == Action::Allow
+                && !rule.ports.is_some_and(|p| p.contains(flow.dst.port()))
+            {
+                continue;
+            }
             // An HTTP deny rule refuses requests, never whole connections.
             if rule.http.is_some() && entry.action == Action::Deny {
                 continue;
@@ -293,6 +308,17 @@ impl Policy {
                     format!("{} to {} denied by rule", flow.protocol, flow.dst)
                 });
             }
+        }
+        if dns_transport {
+            return Verdict::Deny {
+                rule: None,
+                reason: format!(
+                    "DNS to {} is blocked: the sandbox resolves names through its own resolver \
+                     (allow the port explicitly, e.g. `udp:{}`, to open it)",
+                    flow.dst,
+                    flow.dst.port()
+                ),
+            };
         }
         self.fallback(flow)
     }
@@ -428,6 +454,17 @@ impl Policy {
                 reason: reason(),
             },
         }
+    }
+}
+
+/// DNS over UDP/TCP 53 and DNS over TLS (TCP 853) to anywhere: the guest's
+/// own resolver at the gateway is the one DNS path (the stack routes it to
+/// the DNS server before policy is asked).
+fn is_dns_transport(flow: &FlowInfo) -> bool {
+    match flow.protocol {
+        Protocol::Udp => flow.dst.port() == 53,
+        Protocol::Tcp => matches!(flow.dst.port(), 53 | 853),
+        Protocol::Icmp => false,
     }
 }
 

@@ -56,7 +56,7 @@ fn http(method: &str, host: &str, path: &str) -> HttpInfo {
 fn builtin_policy_allows_public_and_denies_protected_groups() {
     let p = Policy::default();
     assert!(allowed(&p, &tcp("93.184.216.34:443")));
-    assert!(allowed(&p, &flow(Protocol::Udp, "[2606:4700::1111]:53")));
+    assert!(allowed(&p, &flow(Protocol::Udp, "[2606:4700::1111]:443")));
     for dst in [
         "10.0.0.5:80",
         "192.168.1.1:22",
@@ -380,4 +380,20 @@ proptest! {
     fn canonical_path_never_panics(path in "/\\PC{0,30}") {
         let _ = canonical_path(&path);
     }
+}
+
+#[test]
+fn other_dns_transports_are_blocked_unless_their_port_is_allowed() {
+    let p = policy(Action::Allow, &[("allow", "any")]);
+    for f in [
+        flow(Protocol::Udp, "8.8.8.8:53"),
+        tcp("8.8.8.8:53"),
+        tcp("1.1.1.1:853"),
+    ] {
+        assert!(!allowed(&p, &f), "{f:?}");
+    }
+    assert!(allowed(&p, &tcp("8.8.8.8:443")));
+    let opened = policy(Action::Deny, &[("allow", "udp:53")]);
+    assert!(allowed(&opened, &flow(Protocol::Udp, "8.8.8.8:53")));
+    assert!(!allowed(&opened, &tcp("8.8.8.8:853")));
 }
