@@ -12,6 +12,7 @@ mod cp;
 mod images;
 mod kernel;
 mod manage;
+mod net;
 mod run;
 mod sandbox_opts;
 mod session;
@@ -28,8 +29,9 @@ use clap::{CommandFactory, Parser, Subcommand};
 const MSBVM_ERROR: u8 = 125;
 
 /// The subcommands whose errors exit with [`MSBVM_ERROR`].
-const SANDBOX_COMMANDS: [&str; 12] = [
+const SANDBOX_COMMANDS: [&str; 13] = [
     "run", "exec", "ls", "stop", "rm", "logs", "cp", "pull", "images", "rmi", "volume", "import",
+    "net",
 ];
 
 #[derive(Parser)]
@@ -63,6 +65,9 @@ enum Command {
     Images(images::ImagesArgs),
     /// Remove images (their layers go once no other image or sandbox uses them).
     Rmi(images::RmiArgs),
+    /// The network of a running sandbox: policy, published ports, events, counters.
+    #[command(subcommand)]
+    Net(net::NetCommand),
     /// Manage named volumes.
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
@@ -158,6 +163,7 @@ fn run_sandbox_command(command: Command) -> u8 {
             Command::Logs(args) => manage::logs(args),
             Command::Cp(args) => cp::cp(args).await,
             Command::Volume(cmd) => volume::run(cmd),
+            Command::Net(cmd) => net::run(cmd).await,
             Command::Pull(args) => images::pull(args).await,
             Command::Import(args) => images::import(args),
             Command::Images(args) => images::list(args),

@@ -38,6 +38,17 @@ pub enum ControlRequest {
     },
     /// Force the VM off now.
     Kill,
+    /// Replace the network policy; new flows use it at once.
+    SetNetPolicy {
+        /// Allow what no rule matches.
+        default_allow: bool,
+        /// Rules in order.
+        rules: Vec<crate::spec::NetRule>,
+    },
+    /// Publish a guest TCP port on the host now.
+    Publish(crate::spec::PortSpec),
+    /// The network stack's counters, as JSON.
+    NetStats,
 }
 
 /// The runtime's answer.
@@ -54,6 +65,18 @@ pub enum ControlResponse {
     Stopped {
         /// How the VM ended, in words.
         exit: String,
+    },
+    /// The request was carried out.
+    Done,
+    /// Answer to `Publish`: where the host listens.
+    Published {
+        /// The bound host address.
+        host: std::net::SocketAddr,
+    },
+    /// Answer to `NetStats`.
+    NetStats {
+        /// The counters, as JSON.
+        json: String,
     },
     /// The request could not be served.
     Error {
@@ -204,6 +227,52 @@ impl ControlClient {
     }
 }
 
+impl ControlClient {
+    /// Replaces the sandbox's network policy.
+    pub async fn set_net_policy(
+        &mut self,
+        default_allow: bool,
+        rules: Vec<crate::spec::NetRule>,
+    ) -> Result<()> {
+        let request = ControlRequest::SetNetPolicy {
+            default_allow,
+            rules,
+        };
+        match self
+            .call_with_timeout(&request, Duration::from_secs(10))
+            .await?
+        {
+            ControlResponse::Done => Ok(()),
+            ControlResponse::Error { message } => Err(Error::InvalidConfig(message)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Publishes a guest port on the host; returns the bound address.
+    pub async fn publish(&mut self, port: crate::spec::PortSpec) -> Result<std::net::SocketAddr> {
+        match self
+            .call_with_timeout(&ControlRequest::Publish(port), Duration::from_secs(10))
+            .await?
+        {
+            ControlResponse::Published { host } => Ok(host),
+            ControlResponse::Error { message } => Err(Error::InvalidConfig(message)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The network stack's counters, as JSON.
+    pub async fn net_stats(&mut self) -> Result<String> {
+        match self
+            .call_with_timeout(&ControlRequest::NetStats, Duration::from_secs(10))
+            .await?
+        {
+            ControlResponse::NetStats { json } => Ok(json),
+            ControlResponse::Error { message } => Err(Error::InvalidConfig(message)),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
 fn unexpected(response: ControlResponse) -> Error {
     Error::Protocol {
         peer: "the sandbox runtime",
@@ -239,6 +308,11 @@ mod tests {
                     ControlRequest::Kill => ControlResponse::Error {
                         message: "busy".into(),
                     },
+                    ControlRequest::SetNetPolicy { .. } => ControlResponse::Done,
+                    ControlRequest::Publish(_) => ControlResponse::Published {
+                        host: "127.0.0.1:1".parse().unwrap(),
+                    },
+                    ControlRequest::NetStats => ControlResponse::NetStats { json: "{}".into() },
                 };
                 seen.push(request);
                 write_blocking(&mut writer, &response).unwrap();

@@ -533,6 +533,49 @@ impl Sandbox {
         ExecStream::start(&self.inner.dir.vsock_socket(), request).await
     }
 
+    /// Replaces the network policy of the running sandbox (rules in order, first match
+    /// wins; see [`SandboxBuilder::net_allow`]); new connections follow it at once.
+    pub async fn set_network_policy(
+        &self,
+        default_allow: bool,
+        rules: Vec<crate::spec::NetRule>,
+    ) -> Result<()> {
+        let mut client = ControlClient::connect(&self.inner.dir.control_socket()).await?;
+        client.set_net_policy(default_allow, rules).await
+    }
+
+    /// Publishes a guest TCP port on the host while the sandbox runs; returns where the
+    /// host listens (useful with port 0).
+    pub async fn publish(&self, port: PortSpec) -> Result<std::net::SocketAddr> {
+        let mut client = ControlClient::connect(&self.inner.dir.control_socket()).await?;
+        client.publish(port).await
+    }
+
+    /// The network stack's counters (bytes, packets, flows, drops) as JSON.
+    pub async fn network_stats(&self) -> Result<String> {
+        let mut client = ControlClient::connect(&self.inner.dir.control_socket()).await?;
+        client.net_stats().await
+    }
+
+    /// Every network decision so far (flows allowed and denied, DNS queries, HTTP
+    /// requests), oldest first, as the runtime recorded them; call again to poll for more.
+    pub fn network_events(&self) -> Result<Vec<serde_json::Value>> {
+        let path = self
+            .inner
+            .dir
+            .path()
+            .join(crate::runtime::devices::NET_EVENTS_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(format!("reading {}", path.display()))(e)),
+        };
+        Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
+    }
+
     /// Stops the sandbox: the guest shuts down, or is forced off after 5 s.
     pub async fn stop(&self) -> Result<()> {
         self.stop_with_timeout(DEFAULT_STOP_TIMEOUT).await

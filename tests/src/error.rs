@@ -105,6 +105,9 @@ pub enum Error {
     /// The guest kernel could not be located or built.
     #[error("cannot get the msbvm guest kernel: {0}")]
     GuestKernel(String),
+    /// A test fixture (registry, image) could not be prepared.
+    #[error("cannot prepare a test fixture: {0}")]
+    Harness(String),
 }
 
 impl Error {

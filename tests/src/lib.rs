@@ -10,13 +10,16 @@
 //! - [`artifacts`]: static `msbvm`/`msbvm-init`, the guest kernel, the guest's initramfs,
 //! - [`report`]: parsing what `msbvm boot` and `msbvm-init` print, batching runs in one L1,
 //! - [`console`]: cleaning the serial console,
+//! - [`registry`]: a real OCI registry holding a test image, for `msbvm pull` in L1,
 //! - [`skip`]: failing (or, on request, skipping) when the host cannot run L1.
 
 pub mod artifacts;
 pub mod console;
 pub mod distro;
+pub mod e2e;
 pub mod error;
 pub mod nested;
+pub mod registry;
 pub mod report;
 pub mod skip;
 

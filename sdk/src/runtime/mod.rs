@@ -455,6 +455,55 @@ impl Supervisor<'_> {
                 self.waiters.push(reply);
                 self.force();
             }
+            ControlRequest::SetNetPolicy {
+                default_allow,
+                rules,
+            } => {
+                let answer = self.with_net(|net| {
+                    let spec = crate::spec::NetworkSpec {
+                        default_allow,
+                        rules,
+                        ..crate::spec::NetworkSpec::default()
+                    };
+                    let policy = devices::policy(&spec).map_err(|e| e.to_string())?;
+                    tracing::info!(?policy, "network policy replaced");
+                    net.set_policy(policy);
+                    Ok(ControlResponse::Done)
+                });
+                let _ = reply.send(answer);
+            }
+            ControlRequest::Publish(port) => {
+                let answer = self.with_net(|net| {
+                    let mut published =
+                        msbvm_netstack::PublishedPort::tcp(port.host.port(), port.guest_port);
+                    published.host_addr = port.host;
+                    net.publish(published)
+                        .map(|host| ControlResponse::Published { host })
+                        .map_err(|e| format!("cannot publish {}: {e}", port.host))
+                });
+                let _ = reply.send(answer);
+            }
+            ControlRequest::NetStats => {
+                let answer = self.with_net(|net| {
+                    serde_json::to_string(&net.stats())
+                        .map(|json| ControlResponse::NetStats { json })
+                        .map_err(|e| e.to_string())
+                });
+                let _ = reply.send(answer);
+            }
+        }
+    }
+
+    /// Runs `f` on the network stack, or answers that the sandbox has none.
+    fn with_net(
+        &self,
+        f: impl FnOnce(&msbvm_netstack::NetStackHandle) -> std::result::Result<ControlResponse, String>,
+    ) -> ControlResponse {
+        match self.devices.as_ref().and_then(|d| d.net.as_ref()) {
+            Some(net) => f(net).unwrap_or_else(|message| ControlResponse::Error { message }),
+            None => ControlResponse::Error {
+                message: "the sandbox has no network".into(),
+            },
         }
     }
 

@@ -1,0 +1,112 @@
+//! `msbvm net`: the network of a running sandbox — replace its policy, publish a port,
+//! show its decisions (events) and counters.
+
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use msbvm_sdk::spec::{NetRule, PortSpec};
+use msbvm_sdk::{Error, Sandbox};
+
+use crate::sandbox_opts::ordered_rules;
+
+/// The `net` subcommands.
+#[derive(Subcommand, Debug, Clone, PartialEq)]
+pub enum NetCommand {
+    /// Replace the network policy of a running sandbox (rules in command-line order).
+    Policy(PolicyArgs),
+    /// Publish a guest TCP port on the host: [ADDR:]HOST_PORT:GUEST_PORT.
+    Publish {
+        /// The sandbox.
+        name: String,
+        /// What to publish.
+        port: String,
+    },
+    /// Print the sandbox's network decisions (flows, DNS queries, HTTP requests) as JSON lines.
+    Events {
+        /// The sandbox.
+        name: String,
+        /// Keep printing new events until interrupted.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Print the network stack's counters as JSON.
+    Stats {
+        /// The sandbox.
+        name: String,
+    },
+}
+
+/// Arguments of `msbvm net policy`.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct PolicyArgs {
+    /// The sandbox.
+    pub name: String,
+    /// Allow traffic matching RULE; repeatable.
+    #[arg(long = "net-allow", value_name = "RULE")]
+    pub net_allow: Vec<String>,
+    /// Deny traffic matching RULE; repeatable.
+    #[arg(long = "net-deny", value_name = "RULE")]
+    pub net_deny: Vec<String>,
+    /// What happens to traffic no rule matches.
+    #[arg(long = "net-default", value_name = "allow|deny", value_parser = ["allow", "deny"], default_value = "allow")]
+    pub net_default: String,
+}
+
+/// Runs a `net` subcommand.
+pub async fn run(command: NetCommand) -> Result<u8, Error> {
+    match command {
+        NetCommand::Policy(args) => {
+            let sandbox = Sandbox::get(&args.name).await?;
+            let raw: Vec<String> = std::env::args().collect();
+            let mut rules = ordered_rules(&raw);
+            if rules.len() != args.net_allow.len() + args.net_deny.len() {
+                rules = args
+                    .net_allow
+                    .iter()
+                    .map(|r| NetRule {
+                        allow: true,
+                        rule: r.clone(),
+                    })
+                    .chain(args.net_deny.iter().map(|r| NetRule {
+                        allow: false,
+                        rule: r.clone(),
+                    }))
+                    .collect();
+            }
+            sandbox
+                .set_network_policy(args.net_default == "allow", rules)
+                .await?;
+            Ok(0)
+        }
+        NetCommand::Publish { name, port } => {
+            let sandbox = Sandbox::get(&name).await?;
+            let spec = PortSpec::parse(&port)?;
+            let bound = sandbox.publish(spec).await?;
+            println!("{bound}");
+            Ok(0)
+        }
+        NetCommand::Events { name, follow } => {
+            let sandbox = Sandbox::get(&name).await?;
+            let mut printed = 0;
+            loop {
+                let events = sandbox.network_events()?;
+                for e in events.iter().skip(printed) {
+                    println!("{e}");
+                }
+                printed = printed.max(events.len());
+                if !follow {
+                    return Ok(0);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if Sandbox::get(&name).await.is_err() {
+                    return Ok(0);
+                }
+            }
+        }
+        NetCommand::Stats { name } => {
+            let sandbox = Sandbox::get(&name).await?;
+            println!("{}", sandbox.network_stats().await?);
+            Ok(0)
+        }
+    }
+}

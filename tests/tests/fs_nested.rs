@@ -1,0 +1,152 @@
+//! End-to-end filesystems and images: the embedded default image, `msbvm pull` from a real
+//! registry, image roots over virtio-fs (layers shared, writes copy-on-write per sandbox),
+//! volumes (read-write, read-only, named), tmpfs, `msbvm cp`, and a workload of thousands
+//! of small files — all through the real guest kernel's virtiofs driver, inside L1.
+
+use std::time::Duration;
+
+use msbvm_tests::e2e::{assert_checks, prelude, with_msbvm};
+use msbvm_tests::registry::{self, L1_REGISTRY, TEST_IMAGE};
+use msbvm_tests::{nested, or_skip, NestedVm, Stream};
+
+const L1_TIMEOUT: Duration = Duration::from_secs(1200);
+
+fn script() -> String {
+    let image = format!("{L1_REGISTRY}/{TEST_IMAGE}");
+    let registry_config =
+        registry::config_yaml(&registry::l1_storage_dir().join("data"), L1_REGISTRY);
+    format!(
+        r#"{prelude}
+nz() {{ [ "$1" -ne 0 ] && echo failed || echo succeeded; }}
+# The embedded default image, offline.
+out=$($M run -- cat /etc/os-release | grep -c 'msbvm default'); check default_image "$out"
+out=$($M run -- stat -c %u:%g /etc/passwd); check default_owner "$out"
+
+# A real registry in L1 serving the test image pushed on the host.
+cat > /tmp/registry.yml <<'EOF'
+{registry_config}EOF
+/usr/bin/docker-registry serve /tmp/registry.yml >/tmp/registry.log 2>&1 &
+n=0; while [ $n -lt 200 ] && ! wget -q -O /dev/null http://{L1_REGISTRY}/v2/ 2>/dev/null; do sleep 0.1; n=$((n+1)); done
+$M pull --plain-http {image} >/tmp/pull.out 2>&1; check pull_rc $?
+check images_lists $($M images --json | grep -c '"{image}"')
+export MSBVM_PLAIN_HTTP_REGISTRIES={L1_REGISTRY}
+
+layers_sum() {{ find /tmp/msbvm/images/layers -type f -exec md5sum {{}} + | sort | md5sum | cut -d' ' -f1; }}
+before=$(layers_sum)
+
+out=$($M run --image {image} -- cat /etc/os-release | grep -c '^ID=msbvm-test'); check image_os_release "$out"
+out=$($M run --image {image}); check image_default_cmd "$out"
+out=$($M run --image {image} -- sh -c 'echo $FROM_IMAGE $(pwd)'); check image_env_cwd "$out"
+$M run --image {image} -- cat /etc/motd >/dev/null 2>&1; check whiteout_hides $(nz $?)
+out=$($M run --image {image} -- stat -c %u:%a /srv/hello); check layer_meta "$out"
+
+# Copy-on-write: two sandboxes of one image do not see each other's writes.
+$M run -d --name a --image {image}; check a_rc $?
+$M run -d --name b --image {image}; check b_rc $?
+$M exec a -- sh -c 'echo A > /etc/marker && rm /srv/hello'; check a_write $?
+$M exec b -- cat /etc/marker >/dev/null 2>&1; check b_isolated $(nz $?)
+out=$($M exec b -- cat /srv/hello); check b_keeps_file "$out"
+out=$($M exec a -- cat /etc/marker); check a_reads_own "$out"
+
+# Thousands of small files: create, archive, unpack, count, remove.
+out=$($M exec a -- sh -c 'mkdir -p /w/src && cd /w/src && i=0; while [ $i -lt 3000 ]; do echo $i > f$i; i=$((i+1)); done; cd /w && tar czf /w/t.tgz src && mkdir x && cd x && tar xzf /w/t.tgz && ls src | wc -l && cat src/f2999'); check small_files "$(echo $out)"
+out=$($M exec a -- sh -c 'rm -rf /w && ls / | grep -c "^w$"'); check small_files_removed "$out"
+
+# msbvm cp both ways, byte for byte.
+head -c 3000000 /dev/urandom > /tmp/blob
+$M cp /tmp/blob a:/root/blob; check cp_in_rc $?
+$M cp a:/root/blob /tmp/blob.back; check cp_out_rc $?
+check cp_same $([ "$(md5sum < /tmp/blob)" = "$(md5sum < /tmp/blob.back)" ] && echo yes || echo no)
+$M stop a; $M rm a; $M stop b; $M rm b
+check upper_removed $([ -e /tmp/msbvm/sandboxes/a ] && echo no || echo yes)
+after=$(layers_sum)
+check layers_unchanged $([ "$before" = "$after" ] && echo yes || echo "no:$before:$after")
+
+# Volumes: read-write lands on the host, read-only refuses writes.
+mkdir -p /tmp/rw /tmp/ro; echo host-file > /tmp/ro/f
+$M run -v /tmp/rw:/mnt/rw -v /tmp/ro:/mnt/ro:ro -- sh -c 'echo from-guest > /mnt/rw/new; cat /mnt/ro/f'; check volumes_rc $?
+check rw_landed "$(cat /tmp/rw/new)"
+$M run -v /tmp/ro:/mnt/ro:ro -- sh -c 'echo x > /mnt/ro/y' 2>/dev/null; check ro_refused $(nz $?)
+check ro_untouched $([ -e /tmp/ro/y ] && echo no || echo yes)
+$M volume create data1 >/dev/null; check volume_create $?
+$M run -v data1:/d -- sh -c 'echo kept > /d/f'; check named_write $?
+out=$($M run -v data1:/d -- cat /d/f); check named_persists "$out"
+$M volume rm data1 >/dev/null; check volume_rm $?
+
+# tmpfs with a size limit.
+$M run --tmpfs /scratch:1m -- sh -c 'dd if=/dev/zero of=/scratch/big bs=1024 count=2048' >/dev/null 2>&1; check tmpfs_limit $(nz $?)
+out=$($M run --tmpfs /scratch -- sh -c 'echo t > /scratch/x && cat /scratch/x'); check tmpfs_rw "$out"
+
+# Host directory as the root, read-write.
+mkdir -p /tmp/rootdir/bin /tmp/rootdir/etc; cp /bin/busybox /tmp/rootdir/bin/busybox; ln -s busybox /tmp/rootdir/bin/sh
+$M run --rootfs /tmp/rootdir -- /bin/sh -c 'echo made > /etc/made'; check rootfs_rc $?
+check rootfs_write "$(cat /tmp/rootdir/etc/made)"
+echo "CHECK done yes"
+"#,
+        prelude = prelude(),
+    )
+}
+
+#[test]
+fn images_volumes_and_files_end_to_end() {
+    let Some(_) = or_skip(nested::preflight()) else {
+        return;
+    };
+    if !registry::available() {
+        eprintln!("skipped: docker-registry not installed (apt-get install docker-registry)");
+        return;
+    }
+    let storage = tempfile::tempdir().expect("tempdir");
+    registry::fill_storage(storage.path(), std::path::Path::new("/bin/busybox"))
+        .expect("pushing the test image to a local registry");
+    let vm = with_msbvm(NestedVm::builder())
+        .memory_mib(3072)
+        .add_program(registry::REGISTRY_BIN, registry::REGISTRY_BIN)
+        .add_file(storage.path().join("data"), "/registry/data")
+        .timeout(L1_TIMEOUT)
+        .stream(Stream::Stderr);
+    let Some(out) = or_skip(vm.run_script(&script())) else {
+        return;
+    };
+    eprintln!("L1 run took {:.1} s", out.elapsed.as_secs_f64());
+    assert_checks(
+        &out.console,
+        &[
+            ("done", "yes"),
+            ("default_image", "1"),
+            ("default_owner", "0:0"),
+            ("pull_rc", "0"),
+            ("images_lists", "1"),
+            ("image_os_release", "1"),
+            ("image_default_cmd", "hello from a layer"),
+            ("image_env_cwd", "yes /srv"),
+            ("whiteout_hides", "failed"),
+            ("layer_meta", "1000:640"),
+            ("a_rc", "0"),
+            ("b_rc", "0"),
+            ("a_write", "0"),
+            ("b_isolated", "failed"),
+            ("b_keeps_file", "hello from a layer"),
+            ("a_reads_own", "A"),
+            ("small_files", "3000 2999"),
+            ("small_files_removed", "0"),
+            ("cp_in_rc", "0"),
+            ("cp_out_rc", "0"),
+            ("cp_same", "yes"),
+            ("upper_removed", "yes"),
+            ("layers_unchanged", "yes"),
+            ("volumes_rc", "0"),
+            ("rw_landed", "from-guest"),
+            ("ro_refused", "failed"),
+            ("ro_untouched", "yes"),
+            ("volume_create", "0"),
+            ("named_write", "0"),
+            ("named_persists", "kept"),
+            ("volume_rm", "0"),
+            ("tmpfs_limit", "failed"),
+            ("tmpfs_rw", "t"),
+            ("rootfs_rc", "0"),
+            ("rootfs_write", "made"),
+        ],
+    );
+}
