@@ -141,26 +141,24 @@ impl ImageStore {
                 reason: format!("{e}"),
             })?;
         install_crypto_provider();
-        let plain_http = name
-            .registry
-            .as_ref()
-            .is_some_and(|r| options.insecure_plain_http_registries.contains(r));
-        let config = |accept_invalid_certificates| ClientConfig {
+        let config = ClientConfig {
             protocol: ClientProtocol::HttpsExcept(options.insecure_plain_http_registries.clone()),
             platform_resolver: None,
-            accept_invalid_certificates,
             ..Default::default()
         };
-        let client = match Client::try_from(config(false)) {
-            Ok(client) => client,
-            // A machine without CA certificates (a minimal container or VM) can still pull
-            // from a registry the user declared plain HTTP: nothing of it is verified
-            // anyway, so do without the system roots.
-            Err(_) if plain_http => {
-                Client::try_from(config(true)).map_err(|e| registry_error(&name, e))?
-            }
-            Err(e) => return Err(registry_error(&name, e)),
-        };
+        // oci-client 0.18 builds a default client inside `try_from` and panics when the
+        // system has no CA certificates (even for plain-HTTP registries): turn that into an
+        // error that names the fix instead of taking the process down.
+        let client = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            Client::try_from(config)
+        }))
+        .map_err(|_| Error::Registry {
+            reference: name.to_string(),
+            detail: "cannot set up TLS: no CA certificates were found on this system \
+                         (install the ca-certificates package)"
+                .into(),
+        })?
+        .map_err(|e| registry_error(&name, e))?;
         let auth = match &options.auth {
             Auth::Anonymous => RegistryAuth::Anonymous,
             Auth::Basic { username, password } => {
