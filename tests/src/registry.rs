@@ -111,6 +111,8 @@ fn tar_of(items: &[Item]) -> Result<Vec<u8>> {
     for item in items {
         let mut h = tar::Header::new_ustar();
         h.set_mtime(1_700_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
         let r = match item {
             Item::Dir(path, mode) => {
                 h.set_entry_type(tar::EntryType::Directory);

@@ -10,6 +10,7 @@ use msbvm_tests::registry::{self, L1_REGISTRY, TEST_IMAGE};
 use msbvm_tests::{nested, or_skip, NestedVm, Stream};
 
 const L1_TIMEOUT: Duration = Duration::from_secs(1200);
+const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 fn script() -> String {
     let image = format!("{L1_REGISTRY}/{TEST_IMAGE}");
@@ -19,7 +20,7 @@ fn script() -> String {
         r#"{prelude}
 nz() {{ [ "$1" -ne 0 ] && echo failed || echo succeeded; }}
 # The embedded default image, offline.
-out=$($M run -- cat /etc/os-release | grep -c 'msbvm default'); check default_image "$out"
+out=$($M run -- cat /etc/os-release | grep -c '^NAME="msbvm default"'); check default_image "$out"
 out=$($M run -- stat -c %u:%g /etc/passwd); check default_owner "$out"
 
 # A real registry in L1 serving the test image pushed on the host.
@@ -99,7 +100,14 @@ fn images_volumes_and_files_end_to_end() {
     let storage = tempfile::tempdir().expect("tempdir");
     registry::fill_storage(storage.path(), std::path::Path::new("/bin/busybox"))
         .expect("pushing the test image to a local registry");
-    let vm = with_msbvm(NestedVm::builder())
+    // Like any machine msbvm runs on, L1 has the system's CA certificates (the registry
+    // client sets up TLS even for plain-HTTP registries).
+    let mut builder = NestedVm::builder();
+    let ca = std::path::Path::new(CA_BUNDLE);
+    if ca.exists() {
+        builder = builder.add_file(ca, CA_BUNDLE);
+    }
+    let vm = with_msbvm(builder)
         .memory_mib(3072)
         .add_program(registry::REGISTRY_BIN, registry::REGISTRY_BIN)
         .add_file(storage.path().join("data"), "/registry/data")

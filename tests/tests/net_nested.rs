@@ -1,0 +1,154 @@
+//! End-to-end networking: the guest's virtio-net interface into the host-side netstack,
+//! with policy at IP, DNS and HTTP level, inside L1. A web server on L1's loopback stands
+//! for "the host"; dnsmasq on L1's loopback is the upstream resolver (answering a public
+//! name, a name that rebinds to a private address, and a name policy denies).
+
+use std::time::Duration;
+
+use msbvm_tests::e2e::{assert_checks, prelude, with_msbvm};
+use msbvm_tests::{nested, or_skip, NestedVm, Stream};
+
+const L1_TIMEOUT: Duration = Duration::from_secs(1200);
+const DNSMASQ: &str = "/usr/sbin/dnsmasq";
+
+fn script() -> String {
+    format!(
+        r#"{prelude}
+nz() {{ [ "$1" -ne 0 ] && echo failed || echo succeeded; }}
+fast() {{ [ "$1" -lt 8 ] && echo yes || echo "no:$1"; }}
+some() {{ [ "$1" -ge 1 ] && echo yes || echo "no:$1"; }}
+[ -e /etc/passwd ] || echo 'root:x:0:0:root:/root:/bin/sh' > /etc/passwd
+[ -e /etc/group ] || echo 'root:x:0:' > /etc/group
+mkdir -p /www/secret && echo host-page > /www/index.html && echo secret > /www/secret/x
+httpd -f -p 127.0.0.1:8000 -h /www &
+{DNSMASQ} --no-daemon --no-resolv --no-hosts --port=5353 --listen-address=127.0.0.1 \
+  --bind-interfaces -C /dev/null --user=root --group=root --pid-file= \
+  --address=/public.test/93.184.216.34 --address=/rebind.test/192.168.1.10 \
+  --address=/blocked.test/93.184.216.35 >/tmp/dnsmasq.log 2>&1 &
+sleep 1
+events() {{ $M net events $1; }}
+
+# The host is reachable only when a rule allows it.
+out=$($M run --net-allow host -- wget -q -T 10 -O - http://host.msbvm.internal:8000/); check host_allowed "$out"
+s=$(date +%s); $M run -- wget -q -T 10 -O - http://host.msbvm.internal:8000/ >/dev/null 2>&1; rc=$?
+check host_denied $(nz $rc); check host_denied_fast $(fast $(( $(date +%s) - s )))
+
+$M run -d --name n --dns 127.0.0.1:5353 --net-deny 10.0.0.0/8 --net-deny blocked.test --net-allow host \
+  --net-deny 'http://host.msbvm.internal:8000/secret/'; check n_rc $?
+# A denied CIDR and the cloud metadata address fail fast, and say why in the events.
+s=$(date +%s); $M exec n -- wget -q -T 10 -O - http://10.1.2.3/ >/dev/null 2>&1; rc=$?
+check cidr_denied $(nz $rc); check cidr_fast $(fast $(( $(date +%s) - s )))
+check cidr_event $(some $(events n | grep flow_denied | grep -c '10.1.2.3:80'))
+s=$(date +%s); $M exec n -- wget -q -T 10 -O - http://169.254.169.254/latest/ >/dev/null 2>&1; rc=$?
+check metadata_denied $(nz $rc); check metadata_fast $(fast $(( $(date +%s) - s )))
+check metadata_event $(some $(events n | grep flow_denied | grep -c '169.254.169.254:80'))
+
+# DNS through the sandbox's resolver: allowed, denied (NXDOMAIN), rebinding refused.
+check dns_allowed $(some $($M exec n -- nslookup public.test 2>&1 | grep -c 93.184.216.34))
+$M exec n -- nslookup blocked.test >/tmp/blocked.out 2>&1; rc=$?
+check dns_denied $(nz $rc); check dns_denied_no_addr $(grep -c 93.184.216.35 /tmp/blocked.out)
+check dns_rebind_refused $($M exec n -- nslookup rebind.test 2>&1 | grep -c 192.168.1.10)
+check dns_events $(some $(events n | grep dns_query | grep -c blocked.test))
+$M exec n -- nslookup public.test 1.1.1.1 >/dev/null 2>&1; check other_dns_blocked $(nz $?)
+check other_dns_event $(some $(events n | grep flow_denied | grep -c '1.1.1.1:53'))
+out=$(some $($M run --dns 127.0.0.1:5353 --net-allow rebind.test -- nslookup rebind.test 2>&1 | grep -c 192.168.1.10))
+check dns_rebind_allowed_by_rule "$out"
+
+# HTTP policy on plain HTTP: a denied path gets 403 from the netstack, others pass.
+check http_allowed "$($M exec n -- wget -q -T 10 -O - http://host.msbvm.internal:8000/index.html)"
+check http_denied $(some $($M exec n -- wget -S -T 10 -O - http://host.msbvm.internal:8000/secret/x 2>&1 | grep -c '403'))
+check http_event $(some $(events n | grep http_request | grep -c '/secret/x'))
+
+# 100 concurrent connections to the host.
+out=$($M exec n -- sh -c 'i=0; while [ $i -lt 100 ]; do (wget -q -T 60 -O - http://host.msbvm.internal:8000/ > /tmp/o$i 2>&1) & i=$((i+1)); done; wait; cat /tmp/o* | grep -c host-page')
+check concurrent_100 "$out"
+
+# The policy changes on the running sandbox.
+$M net policy n --net-deny host; check policy_set $?
+$M exec n -- wget -q -T 10 -O - http://host.msbvm.internal:8000/ >/dev/null 2>&1; check policy_now_denies $(nz $?)
+$M net policy n --net-allow host; check policy_reset $?
+check policy_allows_again "$($M exec n -- wget -q -T 10 -O - http://host.msbvm.internal:8000/)"
+
+# A guest flooding connections hits its cap; the host side keeps serving.
+$M exec n -- sh -c 'i=0; while [ $i -lt 300 ]; do (sleep 40 | nc host.msbvm.internal 8000 >/dev/null 2>&1 &) ; i=$((i+1)); done; sleep 15' >/dev/null 2>&1
+check cap_event $(some $(events n | grep -c connection_cap_reached))
+check host_still_serves "$(wget -q -T 10 -O - http://127.0.0.1:8000/)"
+check exec_still_works "$($M exec n -- echo alive)"
+$M exec n -- sh -c 'killall nc sleep' >/dev/null 2>&1; sleep 3
+check after_flood "$($M exec n -- wget -q -T 20 -O - http://host.msbvm.internal:8000/)"
+$M stop n >/dev/null; $M rm n >/dev/null
+
+# Published ports reach a server in the guest.
+$M run -d --name web -p 8080:80; check web_rc $?
+$M exec web -- sh -c 'mkdir -p /w && echo guest-page > /w/index.html && httpd -p 80 -h /w'
+check published "$(wget -q -T 20 -O - http://127.0.0.1:8080/)"
+$M net publish web 127.0.0.1:8081:80 >/dev/null; check publish_live_rc $?
+check published_live "$(wget -q -T 20 -O - http://127.0.0.1:8081/)"
+$M stop web >/dev/null; $M rm web >/dev/null
+wget -q -T 5 -O - http://127.0.0.1:8080/ >/dev/null 2>&1; check port_closed_after_rm $(nz $?)
+echo "CHECK done yes"
+"#,
+        prelude = prelude(),
+    )
+}
+
+#[test]
+fn network_policy_dns_and_ports_end_to_end() {
+    let Some(_) = or_skip(nested::preflight()) else {
+        return;
+    };
+    if !std::path::Path::new(DNSMASQ).exists() {
+        eprintln!("skipped: dnsmasq not installed (apt-get install dnsmasq-base)");
+        return;
+    }
+    let vm = with_msbvm(NestedVm::builder())
+        .memory_mib(3072)
+        .add_program(DNSMASQ, DNSMASQ)
+        .timeout(L1_TIMEOUT)
+        .stream(Stream::Stderr);
+    let Some(out) = or_skip(vm.run_script(&script())) else {
+        return;
+    };
+    eprintln!("L1 run took {:.1} s", out.elapsed.as_secs_f64());
+    assert_checks(
+        &out.console,
+        &[
+            ("done", "yes"),
+            ("host_allowed", "host-page"),
+            ("host_denied", "failed"),
+            ("host_denied_fast", "yes"),
+            ("n_rc", "0"),
+            ("cidr_denied", "failed"),
+            ("cidr_fast", "yes"),
+            ("cidr_event", "yes"),
+            ("metadata_denied", "failed"),
+            ("metadata_fast", "yes"),
+            ("metadata_event", "yes"),
+            ("dns_allowed", "yes"),
+            ("dns_denied", "failed"),
+            ("dns_denied_no_addr", "0"),
+            ("dns_rebind_refused", "0"),
+            ("dns_events", "yes"),
+            ("other_dns_blocked", "failed"),
+            ("other_dns_event", "yes"),
+            ("dns_rebind_allowed_by_rule", "yes"),
+            ("http_allowed", "host-page"),
+            ("http_denied", "yes"),
+            ("http_event", "yes"),
+            ("concurrent_100", "100"),
+            ("policy_set", "0"),
+            ("policy_now_denies", "failed"),
+            ("policy_reset", "0"),
+            ("policy_allows_again", "host-page"),
+            ("cap_event", "yes"),
+            ("host_still_serves", "host-page"),
+            ("exec_still_works", "alive"),
+            ("after_flood", "host-page"),
+            ("web_rc", "0"),
+            ("published", "guest-page"),
+            ("publish_live_rc", "0"),
+            ("published_live", "guest-page"),
+            ("port_closed_after_rm", "failed"),
+        ],
+    );
+}
