@@ -6,11 +6,15 @@
 //! parses back on the host.
 //!
 //! [`boot_runs`] sets up the boot runs of msbvm and its peers in L1 (used by both benchmarks);
-//! [`sandbox`] holds the sandbox benchmark's result lines, table and JSON.
+//! [`sandbox`] holds the sandbox benchmark's result lines, table and JSON; [`image_bench`] and
+//! [`net_bench`] are the host-side image (pull + unpack vs skopeo + umoci) and network (netstack
+//! vs slirp4netns and pasta) benchmarks.
 
 use std::fmt::Write as _;
 
 pub mod boot_runs;
+pub mod image_bench;
+pub mod net_bench;
 pub mod sandbox;
 
 pub use msbvm_tests::report::Stats;

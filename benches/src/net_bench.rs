@@ -1,0 +1,627 @@
+//! The network benchmark's parts: a fresh network namespace with a TAP device standing in for
+//! the guest, msbvm's netstack pumped to that TAP, slirp4netns and pasta attached to their own
+//! namespaces the same way, and the measurements (iperf3 throughput, connection rate, CPU).
+//!
+//! No VM is involved: the namespace's kernel plays the guest, so every stack sees the same
+//! frames from the same TCP implementation and differs only in what it does with them. For
+//! msbvm, two pump threads move frames between the TAP and the device end of
+//! [`msbvm_netstack::frame_socketpair`], as the virtio-net device does with guest buffers.
+
+use std::fs::File;
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use msbvm_netstack::policy::{Action, Policy, Rule};
+use msbvm_netstack::{discard_events, frame_socketpair, NetConfig, NetStack, NetStackHandle};
+
+pub use crate::image_bench::{on_path, BenchResult};
+
+/// Name of the TAP device in every namespace.
+pub const TAP: &str = "tap0";
+
+/// A named network namespace (`ip netns add`), deleted on drop.
+pub struct Netns {
+    /// Its name under /run/netns.
+    pub name: String,
+}
+
+/// Runs `ip` with `args`; its stderr goes into the error.
+fn ip(args: &[&str]) -> BenchResult<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("running ip: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+impl Netns {
+    /// Creates `msbvm-bench-<pid>-<tag>` with its loopback up.
+    pub fn create(tag: &str) -> BenchResult<Netns> {
+        let name = format!("msbvm-bench-{}-{tag}", std::process::id());
+        ip(&["netns", "add", &name])?;
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Its bind-mounted namespace file.
+    pub fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    /// `ip -n NAME args`.
+    pub fn ip(&self, args: &[&str]) -> BenchResult<()> {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+
+    /// A command that runs `program` inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, program]);
+        cmd
+    }
+
+    /// Whether `TAP` in the namespace has the address `addr` yet.
+    pub fn has_address(&self, addr: &str) -> bool {
+        Command::new("ip")
+            .args(["-n", &self.name, "-4", "-o", "addr", "show"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("inet {addr}/")))
+    }
+
+    /// Waits until a peer configured the namespace's interface with `addr`.
+    pub fn wait_for_address(&self, addr: &str, peer: &mut Child) -> BenchResult<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.has_address(addr) {
+            if let Ok(Some(status)) = peer.try_wait() {
+                return Err(format!("exited ({status}) before configuring {addr}"));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("did not configure {addr} within 10 s"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// `TUNSETIFF`: `_IOW('T', 202, int)` (not in the libc crate for every target).
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+
+/// `struct ifreq` as TUNSETIFF reads it: the name and the flags at the start of the union.
+#[repr(C)]
+struct IfReq {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// Opens a TAP device `TAP` (Ethernet frames, no packet-info header, nonblocking) inside
+/// `ns`, from a helper thread that enters it; the device lives as long as the returned fd.
+pub fn open_tap(ns: &Netns) -> BenchResult<OwnedFd> {
+    let path = ns.path();
+    std::thread::spawn(move || -> BenchResult<OwnedFd> {
+        enter_netns(&path)?;
+        let tun = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags_nonblock()
+            .open("/dev/net/tun")
+            .map_err(|e| format!("opening /dev/net/tun: {e}"))?;
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short,
+            _pad: [0; 22],
+        };
+        req.name[..TAP.len()].copy_from_slice(TAP.as_bytes());
+        // SAFETY: TUNSETIFF reads an ifreq, which `req` is laid out as, and writes it back.
+        if unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETIFF as _, &mut req) } != 0 {
+            return Err(format!("TUNSETIFF: {}", std::io::Error::last_os_error()));
+        }
+        Ok(OwnedFd::from(tun))
+    })
+    .join()
+    .map_err(|_| "the TAP helper thread panicked".to_string())?
+}
+
+/// Moves the calling thread into the network namespace at `path`, for good: call it on a
+/// thread of its own.
+fn enter_netns(path: &Path) -> BenchResult<()> {
+    let file = File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+    // SAFETY: setns on a namespace file we hold open; it changes only this thread.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(format!(
+            "setns {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// `O_NONBLOCK` on open, spelled for readability at the call site.
+trait NonblockOpen {
+    fn custom_flags_nonblock(&mut self) -> &mut Self;
+}
+
+impl NonblockOpen for std::fs::OpenOptions {
+    fn custom_flags_nonblock(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(libc::O_NONBLOCK)
+    }
+}
+
+/// Thread-name prefix of the pump threads (so their CPU time can be told apart).
+pub const PUMP_THREAD: &str = "bench-pump";
+
+/// Waits up to 100 ms for `events` on `fd`.
+fn wait_fd(fd: RawFd, events: libc::c_short) {
+    let mut p = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut p, 1, 100) };
+}
+
+/// Copies frames from `from` to `to` until `stop`; reads and writes are nonblocking, and the
+/// thread polls only when a side is not ready, so a busy link costs one read and one write
+/// per frame (what a virtio-net device's queue handler costs at best).
+fn pump(from: RawFd, to: RawFd, frame_max: usize, stop: Arc<AtomicBool>) {
+    let mut buf = vec![0u8; frame_max + 64];
+    while !stop.load(Ordering::Relaxed) {
+        // SAFETY: reads into our buffer of its length.
+        let n = unsafe { libc::read(from, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::WouldBlock {
+                wait_fd(from, libc::POLLIN);
+                continue;
+            }
+            return;
+        }
+        loop {
+            // SAFETY: writes the `n` bytes just read.
+            let w = unsafe { libc::write(to, buf.as_ptr().cast(), n as usize) };
+            if w >= 0 {
+                break;
+            }
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::WouldBlock || stop.load(Ordering::Relaxed) {
+                break;
+            }
+            wait_fd(to, libc::POLLOUT);
+        }
+    }
+}
+
+/// msbvm's netstack serving a TAP in its own namespace.
+pub struct MsbvmLink {
+    /// The namespace playing the guest.
+    pub ns: Netns,
+    stack: Option<NetStackHandle>,
+    stop: Arc<AtomicBool>,
+    pumps: Vec<JoinHandle<()>>,
+    _fds: (OwnedFd, OwnedFd),
+}
+
+impl MsbvmLink {
+    /// Creates the namespace and TAP, configures it as the guest agent would (10.0.2.15/24,
+    /// gateway 10.0.2.2, `mtu`), starts the stack (policy: default allow plus `allow host`)
+    /// and the pumps.
+    pub fn start(mtu: usize) -> BenchResult<MsbvmLink> {
+        let ns = Netns::create(&format!("msbvm{mtu}"))?;
+        let tap = open_tap(&ns)?;
+        let mtu_text = mtu.to_string();
+        ns.ip(&["link", "set", TAP, "mtu", &mtu_text, "up"])?;
+        ns.ip(&["addr", "add", "10.0.2.15/24", "dev", TAP])?;
+        ns.ip(&["route", "add", "default", "via", "10.0.2.2"])?;
+        let (device, stack_fd) = frame_socketpair().map_err(|e| format!("socketpair: {e}"))?;
+        let rule = Rule::parse("host").map_err(|e| format!("rule host: {e}"))?;
+        let policy = Policy::new(Action::Allow).allow(rule);
+        let config = NetConfig {
+            mtu,
+            ..NetConfig::default()
+        };
+        let frame_max = config.max_frame_len();
+        let stack = NetStack::start(config, stack_fd, policy, discard_events())
+            .map_err(|e| format!("starting the netstack: {e}"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut pumps = Vec::new();
+        for (dir, from, to) in [
+            ("up", tap.as_raw_fd(), device.as_raw_fd()),
+            ("down", device.as_raw_fd(), tap.as_raw_fd()),
+        ] {
+            let stop = stop.clone();
+            pumps.push(
+                std::thread::Builder::new()
+                    .name(format!("{PUMP_THREAD}-{dir}"))
+                    .spawn(move || pump(from, to, frame_max, stop))
+                    .map_err(|e| format!("spawning a pump: {e}"))?,
+            );
+        }
+        Ok(MsbvmLink {
+            ns,
+            stack: Some(stack),
+            stop,
+            pumps,
+            _fds: (tap, device),
+        })
+    }
+}
+
+impl Drop for MsbvmLink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for p in self.pumps.drain(..) {
+            let _ = p.join();
+        }
+        if let Some(stack) = self.stack.take() {
+            stack.shutdown();
+        }
+    }
+}
+
+/// A peer stack process (slirp4netns or pasta) serving its own namespace.
+pub struct PeerLink {
+    /// The namespace playing the guest.
+    pub ns: Netns,
+    /// The peer process (its CPU time is read from /proc).
+    pub child: Child,
+}
+
+impl Drop for PeerLink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl PeerLink {
+    /// `slirp4netns --configure --mtu=MTU` on a fresh namespace; the guest is 10.0.2.100 and
+    /// 10.0.2.2 reaches the host's loopback.
+    pub fn slirp4netns(mtu: usize) -> BenchResult<PeerLink> {
+        let ns = Netns::create(&format!("slirp{mtu}"))?;
+        let child = Command::new("slirp4netns")
+            .args(["--configure", &format!("--mtu={mtu}"), "--netns-type=path"])
+            .arg(ns.path())
+            .arg(TAP)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting slirp4netns: {e}"))?;
+        let mut link = PeerLink { ns, child };
+        link.ns
+            .wait_for_address("10.0.2.100", &mut link.child)
+            .map_err(|e| format!("slirp4netns {e}"))?;
+        Ok(link)
+    }
+
+    /// `pasta` in the foreground on a fresh namespace, configured like msbvm's guest
+    /// (10.0.2.15/24, gateway 10.0.2.2, which pasta maps to the host's loopback).
+    pub fn pasta(mtu: usize) -> BenchResult<PeerLink> {
+        let ns = Netns::create(&format!("pasta{mtu}"))?;
+        let child = Command::new("pasta")
+            .args(["-f", "-q", "--runas", "0", "--config-net"])
+            .args(["-a", "10.0.2.15", "-n", "24", "-g", "10.0.2.2"])
+            .args(["-m", &mtu.to_string(), "--netns", &ns.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting pasta: {e}"))?;
+        let mut link = PeerLink { ns, child };
+        link.ns
+            .wait_for_address("10.0.2.15", &mut link.child)
+            .map_err(|e| format!("pasta {e}"))?;
+        Ok(link)
+    }
+
+    /// CPU seconds the peer process used so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        proc_cpu_seconds(&format!("/proc/{}/stat", self.child.id()))
+    }
+}
+
+/// The stacks measured.
+pub const STACKS: [&str; 3] = ["msbvm", "slirp4netns", "pasta"];
+
+/// One stack serving one namespace.
+pub enum Link {
+    /// msbvm's netstack.
+    Msbvm(MsbvmLink),
+    /// slirp4netns or pasta.
+    Peer(PeerLink),
+}
+
+impl Link {
+    /// Starts `stack` (one of [`STACKS`]) at `mtu`.
+    pub fn start(stack: &str, mtu: usize) -> BenchResult<Link> {
+        match stack {
+            "msbvm" => MsbvmLink::start(mtu).map(Link::Msbvm),
+            "slirp4netns" => PeerLink::slirp4netns(mtu).map(Link::Peer),
+            "pasta" => PeerLink::pasta(mtu).map(Link::Peer),
+            other => Err(format!("unknown stack {other}")),
+        }
+    }
+
+    /// The namespace playing the guest.
+    pub fn ns(&self) -> &Netns {
+        match self {
+            Link::Msbvm(l) => &l.ns,
+            Link::Peer(l) => &l.ns,
+        }
+    }
+
+    /// The address that reaches the host's 127.0.0.1 from the namespace.
+    pub fn host_address(&self) -> Ipv4Addr {
+        match self {
+            Link::Msbvm(_) => msbvm_netstack::config::HOST_ALIAS_IP,
+            Link::Peer(_) => Ipv4Addr::new(10, 0, 2, 2),
+        }
+    }
+
+    /// CPU seconds the stack used so far: (all of it, the stack thread alone). For msbvm
+    /// "all" adds the pump threads, which stand in for the virtio-net device; for a peer both
+    /// are its process.
+    pub fn cpu_seconds(&self) -> (f64, f64) {
+        match self {
+            Link::Msbvm(_) => {
+                let stack = threads_cpu_seconds("msbvm-netstack");
+                (stack + threads_cpu_seconds(PUMP_THREAD), stack)
+            }
+            Link::Peer(l) => {
+                let cpu = l.cpu_seconds();
+                (cpu, cpu)
+            }
+        }
+    }
+}
+
+/// Why `stack` cannot be measured here, if it cannot.
+pub fn missing_stack(stack: &str) -> Option<String> {
+    match stack {
+        "slirp4netns" | "pasta" if !on_path(stack) => Some(format!(
+            "{stack} not installed (apt-get install -y {})",
+            if stack == "pasta" { "passt" } else { stack }
+        )),
+        _ => None,
+    }
+}
+
+/// utime + stime of a /proc `stat` file, in seconds (0 when unreadable).
+pub fn proc_cpu_seconds(stat_path: &str) -> f64 {
+    let Ok(text) = std::fs::read_to_string(stat_path) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let Some(rest) = text.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// CPU seconds of this process's threads whose name starts with `prefix`.
+pub fn threads_cpu_seconds(prefix: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.trim_end().starts_with(prefix))
+        })
+        .map(|t| proc_cpu_seconds(&t.path().join("stat").to_string_lossy()))
+        .sum()
+}
+
+/// An `iperf3 -s` on the host's 127.0.0.1, stopped on drop.
+pub struct IperfServer {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+}
+
+impl IperfServer {
+    /// Starts the server on a free port and waits until it accepts.
+    pub fn start() -> BenchResult<IperfServer> {
+        let port = free_port()?;
+        let child = Command::new("iperf3")
+            .args(["-s", "-B", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting iperf3 -s: {e}"))?;
+        let server = IperfServer { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // A bare connect makes the server log a failed test; it only has to answer once.
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err("iperf3 -s did not start listening".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        Ok(server)
+    }
+}
+
+impl Drop for IperfServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> BenchResult<u16> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("picking a port: {e}"))
+}
+
+/// One iperf3 test as the receiver saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct Transfer {
+    /// Bytes received.
+    pub bytes: f64,
+    /// Receiver's rate in bits per second.
+    pub bits_per_second: f64,
+}
+
+/// Runs `iperf3 -c target -t secs -J` inside `ns` (`-R`: host to namespace).
+pub fn iperf(
+    ns: &Netns,
+    target: Ipv4Addr,
+    port: u16,
+    secs: u32,
+    reverse: bool,
+) -> BenchResult<Transfer> {
+    let mut cmd = ns.command("iperf3");
+    cmd.args(["-c", &target.to_string(), "-p", &port.to_string()])
+        .args(["-t", &secs.to_string(), "-J"]);
+    if reverse {
+        cmd.arg("-R");
+    }
+    let out = cmd
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("running iperf3: {e}"))?;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        format!(
+            "iperf3 printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    if let Some(err) = json.get("error").and_then(|e| e.as_str()) {
+        return Err(format!("iperf3: {err}"));
+    }
+    let sum = &json["end"]["sum_received"];
+    match (sum["bytes"].as_f64(), sum["bits_per_second"].as_f64()) {
+        (Some(bytes), Some(bits_per_second)) => Ok(Transfer {
+            bytes,
+            bits_per_second,
+        }),
+        _ => Err("iperf3 JSON has no end.sum_received".into()),
+    }
+}
+
+/// Connections per second: `count` sequential connect + wait-for-FIN from inside `ns` to
+/// `target` (which reaches `listener` on the host).
+pub fn connection_rate(
+    ns: &Netns,
+    target: Ipv4Addr,
+    listener: &TcpListener,
+    count: u32,
+) -> BenchResult<f64> {
+    let port = listener
+        .local_addr()
+        .map_err(|e| format!("listener address: {e}"))?
+        .port();
+    let acceptor = listener
+        .try_clone()
+        .map_err(|e| format!("cloning the listener: {e}"))?;
+    // The host side closes each connection at once; the client waits for that FIN, so a
+    // sample covers set-up and tear-down through the stack.
+    let server = std::thread::spawn(move || {
+        for _ in 0..count {
+            match acceptor.accept() {
+                Ok((s, _)) => drop(s),
+                Err(_) => return,
+            }
+        }
+    });
+    let path = ns.path();
+    let client = std::thread::spawn(move || -> BenchResult<Duration> {
+        enter_netns(&path)?;
+        let addr = SocketAddr::from((target, port));
+        let start = Instant::now();
+        for i in 0..count {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                .map_err(|e| format!("connection {i} to {addr}: {e}"))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .map_err(|e| e.to_string())?;
+            let mut byte = [0u8; 1];
+            let _ = s.read(&mut byte);
+        }
+        Ok(start.elapsed())
+    });
+    let elapsed = client
+        .join()
+        .map_err(|_| "the connecting thread panicked".to_string())?;
+    let elapsed = match elapsed {
+        Ok(elapsed) => elapsed,
+        Err(e) => {
+            // Unblock the acceptor so it can be joined.
+            let _ = TcpStream::connect(("127.0.0.1", port));
+            return Err(e);
+        }
+    };
+    let _ = server.join();
+    Ok(f64::from(count) / elapsed.as_secs_f64())
+}
+
+/// Why this host cannot run the benchmark at all, if it cannot.
+pub fn missing_privilege() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root (network namespaces and a TAP device)".into());
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        return Some("no /dev/net/tun".into());
+    }
+    if !on_path("iperf3") || !on_path("ip") {
+        return Some("iperf3 or ip not installed (apt-get install -y iperf3 iproute2)".into());
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_stat_of_this_process_parses() {
+        // Burn a little CPU so the counters are non-zero at clock-tick resolution.
+        let start = Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(50) {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        assert!(x > 0);
+        assert!(proc_cpu_seconds("/proc/self/stat") > 0.0);
+        assert_eq!(proc_cpu_seconds("/proc/self/no-such-file"), 0.0);
+    }
+}
