@@ -27,7 +27,7 @@ out=$($M run -- stat -c %u:%g /etc/passwd); check default_owner "$out"
 cat > /tmp/registry.yml <<'EOF'
 {registry_config}EOF
 /usr/bin/docker-registry serve /tmp/registry.yml >/tmp/registry.log 2>&1 &
-n=0; while [ $n -lt 200 ] && ! wget -q -O /dev/null http://{L1_REGISTRY}/v2/ 2>/dev/null; do sleep 0.1; n=$((n+1)); done
+n=0; while [ $n -lt 200 ] && ! printf 'GET /v2/ HTTP/1.0\r\n\r\n' | nc 127.0.0.1 5000 2>/dev/null | grep -q ' 200'; do sleep 0.1; n=$((n+1)); done
 $M pull --plain-http {image} >/tmp/pull.out 2>&1; check pull_rc $?
 check images_lists $($M images --json | grep -c '"{image}"')
 export MSBVM_PLAIN_HTTP_REGISTRIES={L1_REGISTRY}
