@@ -46,11 +46,14 @@ pub struct SandboxArgs {
     #[arg(long = "net-default", value_name = "allow|deny", value_parser = ["allow", "deny"])]
     pub net_default: Option<String>,
     /// No network interface at all.
-    #[arg(long = "no-network", conflicts_with_all = ["publish", "net_allow", "net_deny", "net_default"])]
+    #[arg(long = "no-network", conflicts_with_all = ["publish", "net_allow", "net_deny", "net_default", "max_connections"])]
     pub no_network: bool,
     /// MTU of the guest's interface (default 1500, at most 65520).
     #[arg(long, value_name = "BYTES")]
     pub mtu: Option<u16>,
+    /// Most TCP connections (and, separately, UDP flows) the guest may keep open (default 256).
+    #[arg(long = "net-max-connections", value_name = "N")]
+    pub max_connections: Option<u32>,
     /// DNS server the sandbox's allowed queries go to instead of the host's (ADDR[:PORT]);
     /// repeatable.
     #[arg(long = "dns", value_name = "ADDR[:PORT]")]
@@ -119,6 +122,14 @@ impl SandboxArgs {
                 )));
             }
             net.mtu = mtu;
+        }
+        if let Some(n) = self.max_connections {
+            if n == 0 {
+                return Err(Error::InvalidConfig(
+                    "--net-max-connections must be at least 1".into(),
+                ));
+            }
+            net.max_connections = Some(n);
         }
         net.dns_servers = self
             .dns

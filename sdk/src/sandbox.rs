@@ -151,6 +151,11 @@ impl SandboxBuilder {
         self.spec.network.dns_servers = servers;
         self
     }
+    /// Caps the guest's open TCP connections (and, separately, UDP flows); default 256.
+    pub fn max_connections(mut self, n: u32) -> Self {
+        self.spec.network.max_connections = Some(n);
+        self
+    }
     /// Default working directory of every exec.
     pub fn workdir(mut self, dir: impl Into<String>) -> Self {
         self.spec.workdir = Some(dir.into());

@@ -224,6 +224,10 @@ pub struct NetworkSpec {
     pub mtu: u16,
     /// DNS servers the netstack forwards to, instead of the host's resolvers.
     pub dns_servers: Vec<SocketAddr>,
+    /// Most TCP connections (and, separately, UDP flows) the guest may have open at once;
+    /// beyond it new ones are refused (default 256 each).
+    #[serde(default)]
+    pub max_connections: Option<u32>,
 }
 
 impl Default for NetworkSpec {
@@ -235,6 +239,7 @@ impl Default for NetworkSpec {
             ports: Vec::new(),
             mtu: 1500,
             dns_servers: Vec::new(),
+            max_connections: None,
         }
     }
 }

@@ -302,8 +302,12 @@ fn network(
     dir: &SandboxDir,
 ) -> Result<(NetStackHandle, DeviceSpec, NetworkSetup)> {
     let policy = policy(net)?;
+    let defaults = NetConfig::default();
+    let cap = |default: usize| net.max_connections.map_or(default, |n| n as usize);
     let config = NetConfig {
         mtu: usize::from(net.mtu),
+        max_tcp_flows: cap(defaults.max_tcp_flows),
+        max_udp_flows: cap(defaults.max_udp_flows),
         checksum_offload: true,
         published_ports: net
             .ports
