@@ -44,7 +44,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Create a sandbox and run a command in it (removed afterwards unless -d).
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Run a command in a running sandbox.
     Exec(run::ExecArgs),
     /// List sandboxes.
@@ -155,7 +155,7 @@ fn run_sandbox_command(command: Command) -> u8 {
     };
     let result = runtime.block_on(async {
         match command {
-            Command::Run(args) => run::run(args).await,
+            Command::Run(args) => run::run(*args).await,
             Command::Exec(args) => run::exec(args).await,
             Command::Ls(args) => manage::ls(args),
             Command::Stop(args) => manage::stop(args).await,
