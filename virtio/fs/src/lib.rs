@@ -12,8 +12,8 @@ pub mod filesystem;
 mod handle_table;
 pub mod hooks;
 mod host_util;
-pub mod layered;
 pub mod layer_meta;
+pub mod layered;
 pub mod memory;
 pub mod passthrough;
 mod path_table;
@@ -23,7 +23,7 @@ pub use filesystem::{
     Attr, Context, DirEntry, Entry, FileSystem, Handle, Inode, OpenReply, SetAttr, StatFs, TimeSet,
     ROOT_INODE,
 };
-pub use memory::MemoryFs;
 pub use layered::{LayeredConfig, LayeredFs};
+pub use memory::MemoryFs;
 pub use passthrough::{IdMap, IdRange, PassthroughConfig, PassthroughFs};
 pub use server::{Server, ServerOptions};
