@@ -16,7 +16,8 @@
 //!
 //! Environment: `MSBVM_BENCH_RUNS` (runs per stack and MTU, default 3), `MSBVM_BENCH_SECS`
 //! (iperf3 seconds, default 5), `MSBVM_BENCH_CONNS` (connections per rate sample, default
-//! 300), `MSBVM_BENCH_MTUS` (comma-separated, default `1500,65520`). Needs root, /dev/net/tun,
+//! 300), `MSBVM_BENCH_MTUS` (comma-separated, default `1500,65520`), `MSBVM_BENCH_STACKS`
+//! (comma-separated subset of msbvm, slirp4netns, pasta; default all). Needs root, /dev/net/tun,
 //! iproute2 and iperf3; slirp4netns and pasta (package passt) are peers, each skipped with one
 //! line when missing or failing.
 
@@ -96,8 +97,12 @@ fn bench() -> BenchResult<()> {
         .split(',')
         .filter_map(|m| m.trim().parse().ok())
         .collect();
+    let wanted = std::env::var("MSBVM_BENCH_STACKS").unwrap_or_default();
     let mut stacks: Vec<&str> = Vec::new();
     for stack in STACKS {
+        if !wanted.is_empty() && !wanted.split(',').any(|w| w.trim() == stack) {
+            continue;
+        }
         match missing_stack(stack) {
             Some(why) => println!("{stack}: skipped: {why}"),
             None => stacks.push(stack),
