@@ -81,8 +81,29 @@ impl Drop for Devices {
     }
 }
 
+/// What a program embedding the runtime adds to every sandbox it runs (see
+/// [`crate::runtime::main_with`]): filesystem hooks are Rust objects, so they live in the
+/// runtime process, not in the SDK user's.
+#[derive(Clone, Default)]
+pub struct Extensions {
+    /// Hooks on every virtio-fs share (root and volumes), outermost first; the built-in
+    /// audit log (`MSBVM_FS_AUDIT=1`) comes after them.
+    pub fs_hooks: Vec<Arc<dyn Hook>>,
+}
+
+impl std::fmt::Debug for Extensions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Extensions {{ fs_hooks: {} }}", self.fs_hooks.len())
+    }
+}
+
 /// Builds everything `spec` asks for. `home` is the msbvm data directory.
-pub fn build(spec: &SandboxSpec, dir: &SandboxDir, home: &Path) -> Result<Devices> {
+pub fn build(
+    spec: &SandboxSpec,
+    dir: &SandboxDir,
+    home: &Path,
+    extensions: &Extensions,
+) -> Result<Devices> {
     let mut devices = Devices {
         specs: Vec::new(),
         boot: BootConfig::default(),
@@ -93,7 +114,8 @@ pub fn build(spec: &SandboxSpec, dir: &SandboxDir, home: &Path) -> Result<Device
         root_fs: None,
         _leases: Vec::new(),
     };
-    let audit = open_audit_log(dir)?;
+    let mut hooks = extensions.fs_hooks.clone();
+    hooks.extend(open_audit_log(dir)?);
     match &spec.root {
         RootSpec::Initramfs => devices.initramfs_root = true,
         RootSpec::Image { reference } => {
@@ -103,9 +125,7 @@ pub fn build(spec: &SandboxSpec, dir: &SandboxDir, home: &Path) -> Result<Device
             devices._leases.push(Box::new(lease));
             let fs: Arc<dyn FileSystem> = Arc::new(fs);
             devices.root_fs = Some(fs.clone());
-            devices
-                .specs
-                .push(fs_device(ROOT_TAG, fs, false, audit.clone())?);
+            devices.specs.push(fs_device(ROOT_TAG, fs, false, &hooks)?);
             devices.boot.root_tag = Some(ROOT_TAG.into());
         }
         RootSpec::HostDir { path, read_only } => {
@@ -113,7 +133,7 @@ pub fn build(spec: &SandboxSpec, dir: &SandboxDir, home: &Path) -> Result<Device
             devices.root_fs = Some(fs.clone());
             devices
                 .specs
-                .push(fs_device(ROOT_TAG, fs, *read_only, audit.clone())?);
+                .push(fs_device(ROOT_TAG, fs, *read_only, &hooks)?);
             devices.boot.root_tag = Some(ROOT_TAG.into());
             devices.boot.root_read_only = *read_only;
         }
@@ -139,7 +159,7 @@ pub fn build(spec: &SandboxSpec, dir: &SandboxDir, home: &Path) -> Result<Device
         let fs: Arc<dyn FileSystem> = Arc::new(passthrough(&path, volume.read_only)?);
         devices
             .specs
-            .push(fs_device(&tag, fs, volume.read_only, audit.clone())?);
+            .push(fs_device(&tag, fs, volume.read_only, &hooks)?);
         devices.boot.mounts.push(GuestMount {
             source: MountSource::Virtiofs { tag },
             target: volume.guest_path.clone(),
@@ -180,23 +200,33 @@ fn open_audit_log(dir: &SandboxDir) -> Result<Option<Arc<dyn Hook>>> {
     ))))
 }
 
-fn fs_device(
-    tag: &str,
+/// The FUSE server of one share: `fs` behind `hooks` (if any).
+fn fs_server(
     fs: Arc<dyn FileSystem>,
     read_only: bool,
-    audit: Option<Arc<dyn Hook>>,
-) -> Result<DeviceSpec> {
-    let backend: Box<dyn FileSystem> = match audit {
-        Some(hook) => Box::new(Hooked::new(fs, vec![hook])),
-        None => Box::new(fs),
+    hooks: &[Arc<dyn Hook>],
+) -> Arc<Server<Box<dyn FileSystem>>> {
+    let backend: Box<dyn FileSystem> = if hooks.is_empty() {
+        Box::new(fs)
+    } else {
+        Box::new(Hooked::new(fs, hooks.to_vec()))
     };
-    let server: Arc<dyn FsServer> = Arc::new(Server::new(
+    Arc::new(Server::new(
         backend,
         ServerOptions {
             read_only,
             ..ServerOptions::default()
         },
-    ));
+    ))
+}
+
+fn fs_device(
+    tag: &str,
+    fs: Arc<dyn FileSystem>,
+    read_only: bool,
+    hooks: &[Arc<dyn Hook>],
+) -> Result<DeviceSpec> {
+    let server: Arc<dyn FsServer> = fs_server(fs, read_only, hooks);
     let owned_tag = tag.to_string();
     // Validate the tag now so a bad one is a configuration error, not a boot failure.
     Fs::new(tag, 1, server.clone())
@@ -382,4 +412,41 @@ fn event_sink(dir: &SandboxDir) -> Result<EventSink> {
             }
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use msbvm_fs::abi::{self, opcode, request};
+    use msbvm_fs::hooks::DenyPaths;
+    use msbvm_fs::{MemoryFs, ROOT_INODE};
+
+    fn errno_of(server: &Server<Box<dyn FileSystem>>, op: u32, unique: u64, args: &[u8]) -> i32 {
+        let mut reply = Vec::new();
+        server
+            .handle(&request(op, unique, ROOT_INODE, args), &mut reply)
+            .unwrap();
+        let header = abi::OutHeader::parse(&reply).expect("a reply header");
+        -header.error
+    }
+
+    #[test]
+    fn extension_hooks_see_guest_requests() {
+        let fs = MemoryFs::new();
+        fs.add_file("secret", b"s", 0o644).unwrap();
+        fs.add_file("public", b"p", 0o644).unwrap();
+        let hooks: Vec<Arc<dyn Hook>> = vec![Arc::new(DenyPaths::new(["/secret"]))];
+        let server = fs_server(Arc::new(fs), false, &hooks);
+        let mut init = Vec::new();
+        for word in [7u32, 41, 128 << 10, 0] {
+            init.extend_from_slice(&word.to_le_bytes());
+        }
+        init.extend_from_slice(&[0; 48]);
+        assert_eq!(errno_of(&server, opcode::INIT, 1, &init), 0);
+        assert_eq!(errno_of(&server, opcode::LOOKUP, 2, b"public\0"), 0);
+        assert_eq!(
+            errno_of(&server, opcode::LOOKUP, 3, b"secret\0"),
+            libc::EACCES
+        );
+    }
 }

@@ -71,6 +71,25 @@ pub(crate) enum Event {
 /// Runs a sandbox as described by `args` (the arguments after `__runtime`) until it stops.
 /// Exit status: 0 when the sandbox ran and stopped, 1 when it failed, 2 for bad arguments.
 pub fn main(args: Vec<OsString>) -> ExitCode {
+    main_with(args, devices::Extensions::default())
+}
+
+/// If this process was started as a sandbox runtime (`PROGRAM __runtime ...`), runs it with
+/// `extensions` and returns its exit status; otherwise `None`.
+///
+/// This is how a program adds its own filesystem hooks (or other Rust-side behaviour) to
+/// its sandboxes: call this first thing in `main`, and point the SDK at the program with
+/// `MSBVM_BIN` so it starts the program itself as each sandbox's runtime.
+pub fn run_if_runtime(extensions: devices::Extensions) -> Option<ExitCode> {
+    let mut args = std::env::args_os().skip(1);
+    if args.next().as_deref() != Some(std::ffi::OsStr::new("__runtime")) {
+        return None;
+    }
+    Some(main_with(args.collect(), extensions))
+}
+
+/// [`main`] with extensions (see [`run_if_runtime`]).
+pub fn main_with(args: Vec<OsString>, extensions: devices::Extensions) -> ExitCode {
     let started = Instant::now();
     let args = match RuntimeArgs::parse(args) {
         Ok(a) => a,
@@ -80,7 +99,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         }
     };
     let mut reporter = Reporter::new(args.ready_fd);
-    match run(&args, &mut reporter, started) {
+    match run(&args, &mut reporter, started, extensions) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -124,7 +143,12 @@ impl Reporter {
     }
 }
 
-fn run(args: &RuntimeArgs, reporter: &mut Reporter, started: Instant) -> Result<()> {
+fn run(
+    args: &RuntimeArgs,
+    reporter: &mut Reporter,
+    started: Instant,
+    extensions: devices::Extensions,
+) -> Result<()> {
     signals::block().map_err(Error::io("blocking signals"))?;
     for fd in [args.ready_fd, args.lifeline_fd].into_iter().flatten() {
         signals::set_cloexec(fd).map_err(Error::io("preparing inherited descriptors"))?;
@@ -185,6 +209,7 @@ fn run(args: &RuntimeArgs, reporter: &mut Reporter, started: Instant) -> Result<
         kernel: None,
         vm_start: Duration::ZERO,
         devices: None,
+        extensions,
     };
     let result = sup.start(reporter).and_then(|vm| {
         let ended = sup.supervise(&rx, reporter);
@@ -251,6 +276,8 @@ struct Supervisor<'a> {
     vm_start: Duration,
     /// The virtio devices' host side (FUSE backends, netstack, volume locks).
     devices: Option<devices::Devices>,
+    /// What the embedding program adds.
+    extensions: devices::Extensions,
 }
 
 impl Supervisor<'_> {
@@ -262,7 +289,7 @@ impl Supervisor<'_> {
                 .map_err(Error::io("starting a thread"))?;
         }
         let agent = image::find_agent()?;
-        let devices = devices::build(&self.args.spec, self.dir, &self.args.home)?;
+        let devices = devices::build(&self.args.spec, self.dir, &self.args.home, &self.extensions)?;
         let busybox = if devices.initramfs_root {
             Some(image::find_busybox()?)
         } else {
