@@ -237,6 +237,49 @@ fn fs_device(
     }))
 }
 
+/// Raises this process's soft open-file limit to its hard limit and returns it. Every
+/// virtio-fs share keeps file descriptors for the guest's open files and a cache of looked-up
+/// inodes; the usual soft limit of 1024 would run out long before the kernel's real limit
+/// (what Go and systemd services do as well).
+pub fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write to and read from a valid rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    limit.rlim_cur
+}
+
+/// The descriptor budgets of one passthrough share, from the process's open-file limit:
+/// a quarter for open guest files, an eighth for the inode cache, never above the
+/// backend's defaults.
+fn fd_budgets(fd_limit: u64) -> (usize, usize) {
+    let defaults = PassthroughConfig::default();
+    let share = |divisor: u64, default: usize| {
+        usize::try_from(fd_limit / divisor)
+            .unwrap_or(usize::MAX)
+            .clamp(16, default)
+    };
+    (
+        share(8, defaults.max_open_fds),
+        share(4, defaults.max_open_handles),
+    )
+}
+
 /// A passthrough share; an unprivileged host user's files appear as root's.
 fn passthrough(path: &Path, read_only: bool) -> Result<PassthroughFs> {
     // SAFETY: getuid/getgid cannot fail.
@@ -246,11 +289,14 @@ fn passthrough(path: &Path, read_only: bool) -> Result<PassthroughFs> {
     } else {
         IdMap::host_user_as_root(uid, gid)
     };
+    let (max_open_fds, max_open_handles) = fd_budgets(raise_fd_limit());
     PassthroughFs::new(
         path,
         PassthroughConfig {
             read_only,
             id_map,
+            max_open_fds,
+            max_open_handles,
             ..PassthroughConfig::default()
         },
     )
@@ -428,6 +474,19 @@ mod tests {
             .unwrap();
         let header = abi::OutHeader::parse(&reply).expect("a reply header");
         -header.error
+    }
+
+    #[test]
+    fn fd_budgets_stay_under_the_limit() {
+        let (cache, handles) = fd_budgets(1024);
+        assert!(cache + handles <= 1024 / 2, "{cache} + {handles}");
+        let (cache, handles) = fd_budgets(1 << 20);
+        let defaults = PassthroughConfig::default();
+        assert_eq!(
+            (cache, handles),
+            (defaults.max_open_fds, defaults.max_open_handles)
+        );
+        assert!(raise_fd_limit() >= 1024);
     }
 
     #[test]
