@@ -324,12 +324,13 @@ fn image_root(
         .lease(&resolved)
         .map_err(|e| Error::Image(e.to_string()))?;
     let upper = dir.path().join(UPPER_DIR);
-    let fs = LayeredFs::new(
-        resolved.lower_dirs.clone(),
-        &upper,
-        LayeredConfig::default(),
-    )
-    .map_err(Error::io(format!("opening the layers of {reference}")))?;
+    let (_, max_open_handles) = fd_budgets(raise_fd_limit());
+    let config = LayeredConfig {
+        max_open_handles,
+        ..LayeredConfig::default()
+    };
+    let fs = LayeredFs::new(resolved.lower_dirs.clone(), &upper, config)
+        .map_err(Error::io(format!("opening the layers of {reference}")))?;
     Ok((fs, exec_defaults(&resolved.config), lease))
 }
 
