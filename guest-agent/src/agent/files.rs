@@ -155,6 +155,15 @@ fn file_stat(path: &Path, meta: &fs::Metadata) -> FileStat {
 /// Sends a file's metadata, its contents in chunks, then `FileEnd`.
 fn read_file<W: Write>(path: &Path, out: &FrameWriter<W>) -> Result<Reply, FileError> {
     let fail = |e: io::Error| FileError::from_io(path.display(), &e);
+    // Checked before opening: opening a FIFO would block until a writer comes, and a
+    // device such as /dev/zero never ends.
+    let meta = fs::metadata(path).map_err(fail)?;
+    if !meta.is_file() && !meta.is_dir() {
+        return Err(FileError::new(
+            FileErrorKind::InvalidInput,
+            format!("{}: not a regular file", path.display()),
+        ));
+    }
     let mut file = File::open(path).map_err(fail)?;
     let meta = file.metadata().map_err(fail)?;
     if meta.is_dir() {

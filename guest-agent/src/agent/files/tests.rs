@@ -126,6 +126,13 @@ fn read_file_errors_are_typed() {
         &[],
     );
     assert_eq!(file_error(&m).kind, FileErrorKind::IsADirectory);
+    // A FIFO is refused instead of blocking the connection for a writer.
+    let fifo = tmp.path().join("fifo");
+    let c = std::ffi::CString::new(p(&fifo)).unwrap();
+    // SAFETY: mkfifo reads a NUL-terminated path we own.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let (m, _) = run(FileRequest::ReadFile { path: p(&fifo) }, &[]);
+    assert_eq!(file_error(&m).kind, FileErrorKind::InvalidInput);
 }
 
 #[test]
