@@ -58,6 +58,14 @@ head -c 3000000 /dev/urandom > /tmp/blob
 $M cp /tmp/blob a:/root/blob; check cp_in_rc $?
 $M cp a:/root/blob /tmp/blob.back; check cp_out_rc $?
 check cp_same $([ "$(md5sum < /tmp/blob)" = "$(md5sum < /tmp/blob.back)" ] && echo yes || echo no)
+mkdir -p /tmp/t/sub && echo a > /tmp/t/sub/a && ln -s sub/a /tmp/t/l
+$M cp /tmp/t a:/opt/; check cp_tree_rc $?
+check cp_tree_link "$($M exec a -- readlink /opt/t/l) $($M exec a -- cat /opt/t/l)"
+mkdir -p /tmp/out && $M cp a:/opt/t /tmp/out; check cp_tree_out "$(cat /tmp/out/t/sub/a) $(readlink /tmp/out/t/l)"
+$M exec a -- mkdir /srv2 && tar -C /tmp -cf - t | $M cp - a:/srv2; check cp_tar_in "$($M exec a -- cat /srv2/t/sub/a)"
+$M cp - a:/srv2 < /evil.tar 2>/dev/null; check cp_hostile_tar $?
+$M exec a -- test -e /evil; check cp_hostile_nothing $(nz $?)
+$M cp a:/nonexistent /tmp/x 2>/dev/null; check cp_missing $?
 $M stop a; $M rm a; $M stop b; $M rm b
 check upper_removed $([ -e /tmp/msbvm/sandboxes/a ] && echo no || echo yes)
 after=$(layers_sum)
@@ -88,6 +96,26 @@ echo "CHECK done yes"
     )
 }
 
+/// A tar whose one entry climbs out of the destination (`../../evil`).
+fn hostile_tar() -> Vec<u8> {
+    let mut header = tar::Header::new_gnu();
+    let name = b"../../evil";
+    header.as_gnu_mut().expect("gnu header").name[..name.len()].copy_from_slice(name);
+    header.set_size(2);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    let mut out = header.as_bytes().to_vec();
+    let mut data = b"x\n".to_vec();
+    data.resize(512, 0);
+    out.extend_from_slice(&data);
+    out.extend_from_slice(&[0; 1024]);
+    out
+}
+
 #[test]
 fn images_volumes_and_files_end_to_end() {
     let Some(_) = or_skip(nested::preflight()) else {
@@ -111,6 +139,7 @@ fn images_volumes_and_files_end_to_end() {
         .memory_mib(3072)
         .add_program(registry::REGISTRY_BIN, registry::REGISTRY_BIN)
         .add_file(storage.path().join("data"), "/registry/data")
+        .add_bytes("/evil.tar", hostile_tar(), 0o644)
         .timeout(L1_TIMEOUT)
         .stream(Stream::Stderr);
     let Some(out) = or_skip(vm.run_script(&script())) else {
@@ -141,6 +170,13 @@ fn images_volumes_and_files_end_to_end() {
             ("cp_in_rc", "0"),
             ("cp_out_rc", "0"),
             ("cp_same", "yes"),
+            ("cp_tree_rc", "0"),
+            ("cp_tree_link", "sub/a a"),
+            ("cp_tree_out", "a sub/a"),
+            ("cp_tar_in", "a"),
+            ("cp_hostile_tar", "125"),
+            ("cp_hostile_nothing", "failed"),
+            ("cp_missing", "125"),
             ("upper_removed", "yes"),
             ("layers_unchanged", "yes"),
             ("volumes_rc", "0"),
