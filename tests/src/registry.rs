@@ -151,10 +151,10 @@ fn gzip(bytes: &[u8]) -> Result<Vec<u8>> {
 }
 
 async fn push(host: &str, busybox: &[u8]) -> Result<()> {
-    const APPLETS: [&str; 24] = [
+    const APPLETS: [&str; 27] = [
         "sh", "ls", "cat", "echo", "mkdir", "rm", "tar", "gzip", "wc", "md5sum", "stat", "id",
-        "pwd", "touch", "dd", "sleep", "grep", "sed", "head", "df", "find", "wget", "nslookup",
-        "httpd",
+        "pwd", "touch", "dd", "sleep", "grep", "sed", "head", "df", "find", "nc", "nslookup",
+        "httpd", "readlink", "test", "sha256sum",
     ];
     let mut base = vec![
         Item::Dir("bin", 0o755),

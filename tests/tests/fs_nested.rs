@@ -59,7 +59,7 @@ $M cp /tmp/blob a:/root/blob; check cp_in_rc $?
 $M cp a:/root/blob /tmp/blob.back; check cp_out_rc $?
 check cp_same $([ "$(md5sum < /tmp/blob)" = "$(md5sum < /tmp/blob.back)" ] && echo yes || echo no)
 mkdir -p /tmp/t/sub && echo a > /tmp/t/sub/a && ln -s sub/a /tmp/t/l
-$M cp /tmp/t a:/opt/; check cp_tree_rc $?
+$M exec a -- mkdir -p /opt; $M cp /tmp/t a:/opt/; check cp_tree_rc $?
 check cp_tree_link "$($M exec a -- readlink /opt/t/l) $($M exec a -- cat /opt/t/l)"
 mkdir -p /tmp/out && $M cp a:/opt/t /tmp/out; check cp_tree_out "$(cat /tmp/out/t/sub/a) $(readlink /tmp/out/t/l)"
 $M exec a -- mkdir /srv2 && tar -C /tmp -cf - t | $M cp - a:/srv2; check cp_tar_in "$($M exec a -- cat /srv2/t/sub/a)"
