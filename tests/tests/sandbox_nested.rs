@@ -6,39 +6,17 @@
 //! <value>` lines that the test then asserts on, so one failure still shows
 //! every other result. Timeouts only turn hangs into failures.
 
-use std::collections::BTreeMap;
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use msbvm_tests::artifacts::{GuestArtifacts, Progress, StaticBuild, L1_KERNEL, L1_MSBVM};
+use msbvm_tests::e2e::{assert_checks, prelude, with_msbvm};
 use msbvm_tests::{nested, or_skip, NestedVm, Stream};
 
 const L1_TIMEOUT: Duration = Duration::from_secs(900);
-const L1_AGENT: &str = "/bin/msbvm-agent";
 
-fn artifacts() -> &'static GuestArtifacts {
-    static ARTIFACTS: OnceLock<Result<GuestArtifacts, String>> = OnceLock::new();
-    ARTIFACTS
-        .get_or_init(|| {
-            GuestArtifacts::prepare(
-                &StaticBuild::new().bin("msbvm-guest-agent", "msbvm-agent"),
-                Progress::Lines,
-            )
-            .map_err(|e| e.to_string())
-        })
-        .as_ref()
-        .unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// The scenarios. `msbvm` finds `msbvm-agent` beside itself and busybox at
-/// /bin/busybox (the L1 harness's own static busybox).
+/// The scenarios, on the embedded default image.
 fn script() -> String {
     format!(
-        r#"
-export MSBVM_HOME=/tmp/msbvm MSBVM_KERNEL={L1_KERNEL} HOME=/root
-mkdir -p /root
-M={L1_MSBVM}
-check() {{ echo "CHECK $1 $2"; }}
+        r#"{prelude}
 
 out=$($M run -- echo hello); check echo_rc $?; check echo_out "$out"
 $M run -- sh -c 'exit 3'; check exit3_rc $?
@@ -93,17 +71,9 @@ check orphan_state_gone $([ -e /tmp/msbvm/sandboxes/orphan ] && echo no || echo 
 check orphan_runtime_gone $(ps | grep -v grep | grep -c __runtime)
 check orphan_ls_empty $($M ls --json | grep -c '"orphan"')
 echo "CHECK done yes"
-"#
+"#,
+        prelude = prelude(),
     )
-}
-
-fn checks(console: &str) -> BTreeMap<String, String> {
-    console
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("CHECK "))
-        .filter_map(|l| l.split_once(' ').or(Some((l, ""))))
-        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
-        .collect()
 }
 
 #[test]
@@ -111,30 +81,15 @@ fn sandboxes_run_commands_end_to_end() {
     let Some(_) = or_skip(nested::preflight()) else {
         return;
     };
-    let agent = artifacts()
-        .binaries
-        .extra
-        .get("msbvm-agent")
-        .expect("msbvm-agent was built")
-        .clone();
-    let vm = artifacts()
-        .add_to(NestedVm::builder())
-        .add_file(&agent, L1_AGENT)
+    let vm = with_msbvm(NestedVm::builder())
         .timeout(L1_TIMEOUT)
         .stream(Stream::Stderr);
     let Some(out) = or_skip(vm.run_script(&script())) else {
         return;
     };
     eprintln!("L1 run took {:.1} s", out.elapsed.as_secs_f64());
-    let c = checks(&out.console);
-    let ctx = format!("console:\n{}", out.console);
-    let get = |k: &str| {
-        c.get(k)
-            .map(String::as_str)
-            .unwrap_or_else(|| panic!("no CHECK {k}; {ctx}"))
-    };
-    assert_eq!(get("done"), "yes", "{ctx}");
     let expected = [
+        ("done", "yes"),
         ("echo_rc", "0"),
         ("echo_out", "hello"),
         ("exit3_rc", "3"),
@@ -162,10 +117,5 @@ fn sandboxes_run_commands_end_to_end() {
         ("orphan_runtime_gone", "0"),
         ("orphan_ls_empty", "0"),
     ];
-    let failures: Vec<String> = expected
-        .iter()
-        .filter(|(k, v)| c.get(*k).map(String::as_str) != Some(*v))
-        .map(|(k, v)| format!("{k}: expected {v:?}, got {:?}", c.get(*k)))
-        .collect();
-    assert!(failures.is_empty(), "{}\n{ctx}", failures.join("\n"));
+    assert_checks(&out.console, &expected);
 }
