@@ -426,16 +426,35 @@ mod tests {
                     io::Error::last_os_error()
                 ));
             }
+            // Through the agent's reaper: once another test in this binary started it, it
+            // reaps every child (waitpid(-1)), so std's own wait would find none (ECHILD).
             let ip = |args: &str| {
-                let out = std::process::Command::new("ip")
-                    .args(args.split_whitespace())
-                    .output()
+                use std::io::Read;
+                let mut spawned = None;
+                let (_, status) = super::super::reaper::Reaper::global()
+                    .spawn(|| {
+                        let child = std::process::Command::new("ip")
+                            .args(args.split_whitespace())
+                            .stdout(std::process::Stdio::piped())
+                            .stderr(std::process::Stdio::piped())
+                            .spawn()?;
+                        let pid = child.id() as libc::pid_t;
+                        spawned = Some(child);
+                        Ok(pid)
+                    })
                     .expect("run ip");
-                (
-                    out.status.success(),
-                    String::from_utf8_lossy(&out.stdout).into_owned()
-                        + &String::from_utf8_lossy(&out.stderr),
-                )
+                let mut child = spawned.expect("spawned");
+                let mut text = String::new();
+                if let Some(mut out) = child.stdout.take() {
+                    let _ = out.read_to_string(&mut text);
+                }
+                if let Some(mut err) = child.stderr.take() {
+                    let _ = err.read_to_string(&mut text);
+                }
+                let ok = status
+                    .recv()
+                    .is_ok_and(|s| libc::WIFEXITED(s.0) && libc::WEXITSTATUS(s.0) == 0);
+                (ok, text)
             };
             let (ok, why) = ip("link add eth0 type veth peer name peer0");
             if !ok {

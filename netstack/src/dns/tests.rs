@@ -20,8 +20,23 @@ struct Dnsmasq {
 }
 
 impl Dnsmasq {
-    /// Starts dnsmasq, or prints why not and returns `None`.
+    /// Starts dnsmasq, or prints why not and returns `None`. A free UDP port may be taken
+    /// for TCP (dnsmasq binds both) or grabbed by another test before dnsmasq binds it, so
+    /// a dnsmasq that exits or stays silent is replaced on another port a few times.
     fn start() -> Option<Dnsmasq> {
+        for _ in 0..5 {
+            match Self::start_once()? {
+                Ok(server) => return Some(server),
+                Err(mut failed) => {
+                    let _ = failed.child.kill();
+                    let _ = failed.child.wait();
+                }
+            }
+        }
+        panic!("dnsmasq did not start on any of 5 local ports");
+    }
+
+    fn start_once() -> Option<Result<Dnsmasq, Dnsmasq>> {
         let port = UdpSocket::bind("127.0.0.1:0")
             .ok()?
             .local_addr()
@@ -57,28 +72,36 @@ impl Dnsmasq {
             }
             Err(e) => panic!("starting dnsmasq: {e}"),
         };
-        let server = Dnsmasq {
+        let mut server = Dnsmasq {
             child,
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
         };
-        server.wait_ready();
-        Some(server)
+        Some(if server.wait_ready() {
+            Ok(server)
+        } else {
+            Err(server)
+        })
     }
 
-    fn wait_ready(&self) {
+    /// Whether dnsmasq answers within 20 s (false at once if it exited).
+    fn wait_ready(&mut self) -> bool {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         socket
             .set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
         let probe = query_bytes(7, "public.test.", RecordType::A);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return false;
+            }
             socket.send_to(&probe, self.addr).unwrap();
             if socket.recv(&mut [0; 512]).is_ok() {
-                return;
+                return true;
             }
         }
-        panic!("dnsmasq on {} did not answer within 10 s", self.addr);
+        eprintln!("dnsmasq on {} did not answer within 20 s", self.addr);
+        false
     }
 
     fn server(&self) -> DnsServer {
