@@ -443,6 +443,8 @@ mod tests {
                         Ok(pid)
                     })
                     .expect("run ip");
+                // The reaper waits for it (its status arrives on `status`).
+                #[allow(clippy::zombie_processes)]
                 let mut child = spawned.expect("spawned");
                 let mut text = String::new();
                 if let Some(mut out) = child.stdout.take() {
