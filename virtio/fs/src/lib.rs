@@ -8,6 +8,7 @@
 //! backend to observe, deny, rewrite or answer operations.
 
 pub mod abi;
+mod backend_common;
 pub mod filesystem;
 mod handle_table;
 pub mod hooks;

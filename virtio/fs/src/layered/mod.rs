@@ -889,19 +889,7 @@ impl FileSystem for LayeredFs {
         rdev: u32,
         umask: u32,
     ) -> io::Result<Entry> {
-        let kind = mode & libc::S_IFMT;
-        if ![
-            libc::S_IFREG,
-            libc::S_IFIFO,
-            libc::S_IFSOCK,
-            libc::S_IFCHR,
-            libc::S_IFBLK,
-        ]
-        .contains(&kind)
-        {
-            return Err(err(libc::EINVAL));
-        }
-        let mode = kind | (mode & 0o7777 & !umask);
+        let mode = crate::backend_common::mknod_mode(mode, umask)?;
         Ok(self
             .create_node(ctx, parent, name, mode, u64::from(rdev), None, None)?
             .0)
@@ -1265,25 +1253,7 @@ impl FileSystem for LayeredFs {
         let OpenObject::Dir(entries) = &*obj else {
             return Err(err(libc::ENOTDIR));
         };
-        // Offsets index the snapshot taken at opendir, as in passthrough.
-        let dots = [
-            (inode, libc::DT_DIR as u32, &b"."[..]),
-            (inode, libc::DT_DIR as u32, &b".."[..]),
-        ];
-        let all = dots
-            .into_iter()
-            .chain(entries.iter().map(|(i, k, n)| (*i, *k, n.as_slice())));
-        for (idx, (ino, kind, name)) in all.enumerate().skip(offset.min(usize::MAX as u64) as usize)
-        {
-            if !add(DirEntry {
-                ino,
-                offset: idx as u64 + 1,
-                kind,
-                name,
-            }) {
-                break;
-            }
-        }
+        crate::backend_common::list_snapshot(inode, entries.iter(), offset, add);
         Ok(())
     }
 

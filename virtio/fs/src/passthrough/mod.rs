@@ -461,19 +461,7 @@ impl FileSystem for PassthroughFs {
         rdev: u32,
         umask: u32,
     ) -> io::Result<Entry> {
-        let kind = mode & libc::S_IFMT;
-        if ![
-            libc::S_IFREG,
-            libc::S_IFIFO,
-            libc::S_IFSOCK,
-            libc::S_IFCHR,
-            libc::S_IFBLK,
-        ]
-        .contains(&kind)
-        {
-            return Err(err(libc::EINVAL));
-        }
-        let mode = kind | (mode & 0o7777 & !umask);
+        let mode = crate::backend_common::mknod_mode(mode, umask)?;
         self.create_with(Some(ctx), parent, name, false, |dirfd| {
             // SAFETY: NUL-terminated name; device nodes need host privilege (EPERM otherwise).
             cvt(unsafe { libc::mknodat(dirfd, name.as_ptr(), mode, u64::from(rdev)) }).map(drop)
@@ -785,26 +773,7 @@ impl FileSystem for PassthroughFs {
         let OpenObject::Dir(entries) = &*obj else {
             return Err(err(libc::ENOTDIR));
         };
-        // Offsets index the snapshot taken at opendir: 1 after ".", 2 after
-        // "..", 2 + i after the i-th entry, so they stay valid for its life.
-        let dots = [
-            (inode, libc::DT_DIR, &b"."[..]),
-            (inode, libc::DT_DIR, &b".."[..]),
-        ];
-        let all = dots
-            .into_iter()
-            .chain(entries.iter().map(|(i, k, n)| (*i, *k, n.as_slice())));
-        for (idx, (ino, kind, name)) in all.enumerate().skip(offset.min(usize::MAX as u64) as usize)
-        {
-            if !add(DirEntry {
-                ino,
-                offset: idx as u64 + 1,
-                kind: u32::from(kind),
-                name,
-            }) {
-                break;
-            }
-        }
+        crate::backend_common::list_snapshot(inode, entries.iter(), offset, add);
         Ok(())
     }
 
