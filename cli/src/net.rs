@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use msbvm_sdk::spec::{NetRule, PortSpec};
+use msbvm_sdk::spec::PortSpec;
 use msbvm_sdk::{Error, Sandbox};
 
-use crate::sandbox_opts::ordered_rules;
+use crate::sandbox_opts::rules_in_order;
 
 /// The `net` subcommands.
 #[derive(Subcommand, Debug, Clone, PartialEq)]
@@ -58,21 +58,7 @@ pub async fn run(command: NetCommand) -> Result<u8, Error> {
         NetCommand::Policy(args) => {
             let sandbox = Sandbox::get(&args.name).await?;
             let raw: Vec<String> = std::env::args().collect();
-            let mut rules = ordered_rules(&raw);
-            if rules.len() != args.net_allow.len() + args.net_deny.len() {
-                rules = args
-                    .net_allow
-                    .iter()
-                    .map(|r| NetRule {
-                        allow: true,
-                        rule: r.clone(),
-                    })
-                    .chain(args.net_deny.iter().map(|r| NetRule {
-                        allow: false,
-                        rule: r.clone(),
-                    }))
-                    .collect();
-            }
+            let rules = rules_in_order(&raw, &args.net_allow, &args.net_deny);
             sandbox
                 .set_network_policy(args.net_default == "allow", rules)
                 .await?;

@@ -96,22 +96,7 @@ impl SandboxArgs {
             .iter()
             .map(|p| PortSpec::parse(p))
             .collect::<Result<_, _>>()?;
-        net.rules = ordered_rules(raw_args);
-        if net.rules.len() != self.net_allow.len() + self.net_deny.len() {
-            // Arguments this scan did not recognise (e.g. through an alias): keep clap's view.
-            net.rules = self
-                .net_allow
-                .iter()
-                .map(|r| NetRule {
-                    allow: true,
-                    rule: r.clone(),
-                })
-                .chain(self.net_deny.iter().map(|r| NetRule {
-                    allow: false,
-                    rule: r.clone(),
-                }))
-                .collect();
-        }
+        net.rules = rules_in_order(raw_args, &self.net_allow, &self.net_deny);
         if let Some(default) = &self.net_default {
             net.default_allow = default == "allow";
         }
@@ -138,6 +123,27 @@ impl SandboxArgs {
             .collect::<Result<_, _>>()?;
         Ok(spec)
     }
+}
+
+/// The rules of `--net-allow` (`allow`) and `--net-deny` (`deny`) in command-line order,
+/// read from the raw arguments; when that scan does not account for every value clap saw
+/// (e.g. an option spelled another way), the allow rules first, then the deny rules.
+pub fn rules_in_order(raw_args: &[String], allow: &[String], deny: &[String]) -> Vec<NetRule> {
+    let scanned = ordered_rules(raw_args);
+    if scanned.len() == allow.len() + deny.len() {
+        return scanned;
+    }
+    let rule = |allow: bool| {
+        move |r: &String| NetRule {
+            allow,
+            rule: r.clone(),
+        }
+    };
+    allow
+        .iter()
+        .map(rule(true))
+        .chain(deny.iter().map(rule(false)))
+        .collect()
 }
 
 /// `--net-allow`/`--net-deny` values in the order given, up to a `--`.

@@ -434,7 +434,8 @@ fn network(
     Ok((handle, spec, setup))
 }
 
-fn published(host: SocketAddr, guest_port: u16) -> PublishedPort {
+/// The netstack's view of a published port.
+pub(crate) fn published(host: SocketAddr, guest_port: u16) -> PublishedPort {
     let mut port = PublishedPort::tcp(host.port(), guest_port);
     port.host_addr = host;
     port

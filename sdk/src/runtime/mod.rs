@@ -501,10 +501,7 @@ impl Supervisor<'_> {
             }
             ControlRequest::Publish(port) => {
                 let answer = self.with_net(|net| {
-                    let mut published =
-                        msbvm_netstack::PublishedPort::tcp(port.host.port(), port.guest_port);
-                    published.host_addr = port.host;
-                    net.publish(published)
+                    net.publish(devices::published(port.host, port.guest_port))
                         .map(|host| ControlResponse::Published { host })
                         .map_err(|e| format!("cannot publish {}: {e}", port.host))
                 });
