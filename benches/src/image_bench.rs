@@ -6,15 +6,11 @@
 //! "binaries", and a top layer with whiteouts (single files and an opaque directory). A second
 //! image shares the first two layers and has its own top layer, to show layer reuse.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
 use sha2::{Digest, Sha256};
 
 /// Errors of the benchmark: a sentence saying what failed (a benchmark reports and stops).
@@ -285,19 +281,13 @@ pub fn build_images() -> BenchResult<(BenchImage, BenchImage)> {
     Ok((first, second))
 }
 
-/// A `docker-registry` on a free local port, stopped on drop.
+/// A `docker-registry` on a free local port with its storage in a temporary directory,
+/// stopped on drop (the tests crate's registry fixture).
 pub struct Registry {
-    child: Child,
+    inner: msbvm_tests::registry::LocalRegistry,
     /// `127.0.0.1:PORT`.
     pub host: String,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Registry {
@@ -305,85 +295,23 @@ impl Registry {
     /// until `/v2/` answers.
     pub fn start(parent: &Path) -> BenchResult<Registry> {
         let dir = tempfile::tempdir_in(parent).map_err(|e| format!("temp dir: {e}"))?;
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("picking a port: {e}"))?
-            .port();
-        let host = format!("127.0.0.1:{port}");
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            msbvm_tests::registry::config_yaml(&dir.path().join("data"), &host),
-        )
-        .map_err(|e| format!("writing the registry config: {e}"))?;
-        let child = Command::new(msbvm_tests::registry::REGISTRY_BIN)
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("starting docker-registry: {e}"))?;
-        let registry = Registry {
-            child,
-            host,
+        let inner =
+            msbvm_tests::registry::LocalRegistry::start(dir.path()).map_err(|e| e.to_string())?;
+        Ok(Registry {
+            host: inner.host.clone(),
+            inner,
             _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !v2_answers(&registry.host) {
-            if Instant::now() > deadline {
-                return Err(format!("registry did not come up on {}", registry.host));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(registry)
+        })
     }
 
     /// Pushes `image` as `repository:tag`.
     pub async fn push(&self, reference: &str, image: &BenchImage) -> BenchResult<()> {
-        // The store installs this itself on its first pull; the pushes come first.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = Client::new(ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(vec![self.host.clone()]),
-            ..Default::default()
-        });
-        let r: Reference = format!("{}/{reference}", self.host)
-            .parse()
-            .map_err(|e| format!("reference {reference}: {e}"))?;
-        let layers: Vec<ImageLayer> = image
-            .layers
-            .iter()
-            .map(|l| {
-                ImageLayer::new(
-                    l.blob.clone(),
-                    "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-                    None,
-                )
-            })
-            .collect();
-        let config = Config::new(
-            image.config.clone(),
-            "application/vnd.oci.image.config.v1+json".into(),
-            None,
-        );
-        client
-            .push(&r, &layers, config, &RegistryAuth::Anonymous, None)
+        let blobs: Vec<Vec<u8>> = image.layers.iter().map(|l| l.blob.clone()).collect();
+        self.inner
+            .push(reference, &blobs, image.config.clone())
             .await
-            .map_err(|e| format!("pushing {reference}: {e}"))?;
-        Ok(())
+            .map_err(|e| e.to_string())
     }
-}
-
-fn v2_answers(host: &str) -> bool {
-    let Ok(mut s) = TcpStream::connect(host) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let request = format!("GET /v2/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    if s.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 ")
 }
 
 /// Pulls `host/reference` into the msbvm store at `store` (opened, created if needed);

@@ -33,16 +33,89 @@ pub fn config_yaml(storage: &Path, addr: &str) -> String {
     )
 }
 
-struct Running(Child);
+/// A `docker-registry` serving a storage directory on a free loopback port; stopped on drop.
+pub struct LocalRegistry {
+    child: Child,
+    /// `127.0.0.1:PORT`.
+    pub host: String,
+}
 
-impl Drop for Running {
+impl Drop for LocalRegistry {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
-/// Whether the registry binary is installed.
+impl LocalRegistry {
+    /// Starts the registry with its blobs under `storage/data` and waits until `/v2/` answers.
+    pub fn start(storage: &Path) -> Result<LocalRegistry> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(Error::io("picking a port"))?
+            .port();
+        let host = format!("127.0.0.1:{port}");
+        let config = storage.join("config.yml");
+        let data = storage.join("data");
+        std::fs::create_dir_all(&data).map_err(Error::io("creating the registry storage"))?;
+        std::fs::write(&config, config_yaml(&data, &host))
+            .map_err(Error::io("writing the registry config"))?;
+        let child = Command::new(REGISTRY_BIN)
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(Error::io("starting docker-registry"))?;
+        let registry = LocalRegistry { child, host };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !v2_answers(&registry.host) {
+            if Instant::now() > deadline {
+                return Err(Error::Harness(format!(
+                    "docker-registry did not come up on {}",
+                    registry.host
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(registry)
+    }
+
+    /// Pushes an image of gzip'd OCI layer blobs and a config as `repository:tag`.
+    pub async fn push(&self, reference: &str, layers: &[Vec<u8>], config: Vec<u8>) -> Result<()> {
+        let layers: Vec<ImageLayer> = layers
+            .iter()
+            .map(|blob| {
+                ImageLayer::new(
+                    blob.clone(),
+                    "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+                    None,
+                )
+            })
+            .collect();
+        let config = Config::new(
+            config,
+            "application/vnd.oci.image.config.v1+json".into(),
+            None,
+        );
+        // msbvm's image store installs this itself on its first pull; pushes come first.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = Client::new(ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(vec![self.host.clone()]),
+            ..Default::default()
+        });
+        let target: Reference = format!("{}/{reference}", self.host)
+            .parse()
+            .map_err(|e| Error::Harness(format!("bad reference {reference}: {e}")))?;
+        client
+            .push(&target, &layers, config, &RegistryAuth::Anonymous, None)
+            .await
+            .map_err(|e| Error::Harness(format!("pushing {reference}: {e}")))?;
+        Ok(())
+    }
+}
+
+/// Whether the distribution's registry binary is installed.
 pub fn available() -> bool {
     Path::new(REGISTRY_BIN).exists()
 }
@@ -52,39 +125,13 @@ pub fn available() -> bool {
 /// `app`), and a top layer that deletes `/etc/motd` (whiteout) and adds `/srv/hello`.
 /// Its config sets `Env`, `WorkingDir` and `Cmd`.
 pub fn fill_storage(storage: &Path, busybox: &Path) -> Result<()> {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(Error::io("picking a port"))?
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let config = storage.join("config.yml");
-    let data = storage.join("data");
-    std::fs::create_dir_all(&data).map_err(Error::io("creating the registry storage"))?;
-    std::fs::write(&config, config_yaml(&data, &addr))
-        .map_err(Error::io("writing the registry config"))?;
-    let child = Command::new(REGISTRY_BIN)
-        .arg("serve")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(Error::io("starting docker-registry"))?;
-    let _running = Running(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !v2_answers(&addr) {
-        if Instant::now() > deadline {
-            return Err(Error::Harness(format!(
-                "docker-registry did not come up on {addr}"
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let registry = LocalRegistry::start(storage)?;
     let busybox = std::fs::read(busybox).map_err(Error::io("reading busybox"))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(Error::io("starting tokio"))?;
-    runtime.block_on(push(&addr, &busybox))
+    runtime.block_on(push_test_image(&registry, &busybox))
 }
 
 fn v2_answers(host: &str) -> bool {
@@ -150,7 +197,7 @@ fn gzip(bytes: &[u8]) -> Result<Vec<u8>> {
     gz.finish().map_err(Error::io("compressing a layer"))
 }
 
-async fn push(host: &str, busybox: &[u8]) -> Result<()> {
+async fn push_test_image(registry: &LocalRegistry, busybox: &[u8]) -> Result<()> {
     const APPLETS: [&str; 27] = [
         "sh",
         "ls",
@@ -223,34 +270,9 @@ async fn push(host: &str, busybox: &[u8]) -> Result<()> {
         },
         "rootfs": {"type": "layers", "diff_ids": [sha256(&base), sha256(&top)]},
     });
-    let layers = [base, top]
-        .iter()
-        .map(|t| {
-            Ok(ImageLayer::new(
-                gzip(t)?,
-                "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-                None,
-            ))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let config = Config::new(
-        serde_json::to_vec(&config).map_err(|e| Error::Harness(e.to_string()))?,
-        "application/vnd.oci.image.config.v1+json".into(),
-        None,
-    );
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = Client::new(ClientConfig {
-        protocol: ClientProtocol::HttpsExcept(vec![host.to_string()]),
-        ..Default::default()
-    });
-    let reference: Reference = format!("{host}/{TEST_IMAGE}")
-        .parse()
-        .map_err(|e| Error::Harness(format!("bad reference: {e}")))?;
-    client
-        .push(&reference, &layers, config, &RegistryAuth::Anonymous, None)
-        .await
-        .map_err(|e| Error::Harness(format!("pushing the test image: {e}")))?;
-    Ok(())
+    let layers = [gzip(&base)?, gzip(&top)?];
+    let config = serde_json::to_vec(&config).map_err(|e| Error::Harness(e.to_string()))?;
+    registry.push(TEST_IMAGE, &layers, config).await
 }
 
 /// Where the storage lives inside L1.
