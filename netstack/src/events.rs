@@ -116,13 +116,8 @@ pub fn discard_events() -> EventSink {
 
 /// Logs `event` and hands it to `sink`.
 pub(crate) fn emit(sink: &EventSink, event: NetEvent) {
-    match &event {
-        NetEvent::FlowDenied { .. } | NetEvent::ConnectionCapReached { .. } => {
-            tracing::info!(?event, "netstack")
-        }
-        NetEvent::FlowFailed { .. } => tracing::debug!(?event, "netstack"),
-        _ => tracing::trace!(?event, "netstack"),
-    }
+    // Every decision belongs in the sandbox's log (the runtime logs at info by default).
+    tracing::info!(?event, "netstack");
     sink(event);
 }
 

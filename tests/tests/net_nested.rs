@@ -53,6 +53,7 @@ $M exec n -- nslookup blocked.test >/tmp/blocked.out 2>&1; rc=$?
 check dns_denied $(nz $rc); check dns_denied_no_addr $(grep -c 93.184.216.35 /tmp/blocked.out)
 check dns_rebind_refused $($M exec n -- nslookup rebind.test 2>&1 | grep -c 192.168.1.10)
 check dns_events $(some $(events n | grep dns_query | grep -c blocked.test))
+check log_has_decisions $(some $(grep -c 'DnsQuery.*blocked.test' /tmp/msbvm/sandboxes/n/runtime.log))
 $M exec n -- nslookup public.test 1.1.1.1 >/dev/null 2>&1; check other_dns_blocked $(nz $?)
 check other_dns_event $(some $(events n | grep flow_denied | grep -c '1.1.1.1:53'))
 out=$(some $($M run --dns 127.0.0.1:5353 --net-allow rebind.test -- nslookup rebind.test 2>&1 | grep -c 192.168.1.10))
@@ -135,6 +136,7 @@ fn network_policy_dns_and_ports_end_to_end() {
             ("dns_denied_no_addr", "0"),
             ("dns_rebind_refused", "0"),
             ("dns_events", "yes"),
+            ("log_has_decisions", "yes"),
             ("other_dns_blocked", "failed"),
             ("other_dns_event", "yes"),
             ("dns_rebind_allowed_by_rule", "yes"),
