@@ -27,15 +27,17 @@ pub struct SandboxArgs {
     /// Mount a tmpfs (PATH[:SIZE], e.g. /scratch:64m); repeatable.
     #[arg(long = "tmpfs", value_name = "PATH[:SIZE]")]
     pub tmpfs: Vec<String>,
-    /// Default user of commands: UID[:GID].
-    #[arg(short = 'u', long = "user", value_name = "UID[:GID]")]
+    /// Default user of commands: UID[:GID], or a user (and group) of the image by name.
+    #[arg(short = 'u', long = "user", value_name = "USER[:GROUP]")]
     pub user: Option<String>,
     /// Publish a guest TCP port on the host: [ADDR:]HOST_PORT:GUEST_PORT (ADDR defaults to
     /// 127.0.0.1); repeatable.
     #[arg(short = 'p', long = "publish", value_name = "[ADDR:]HOST:GUEST")]
     pub publish: Vec<String>,
-    /// Allow traffic matching RULE (see `msbvm help-net`); rules apply in command-line
-    /// order with --net-deny, first match wins; repeatable.
+    /// Allow traffic matching RULE; rules apply in command-line order with --net-deny, first
+    /// match wins; repeatable. RULE: `[tcp|udp|icmp:]TARGET[:PORT[-PORT]]` with TARGET an
+    /// address, CIDR, DNS name, `*.suffix`, `any` or a group (public, private, loopback,
+    /// link-local, metadata, multicast, host), or `[METHOD ]http://HOST[:PORT][/PATH]`.
     #[arg(long = "net-allow", value_name = "RULE")]
     pub net_allow: Vec<String>,
     /// Deny traffic matching RULE; repeatable.
