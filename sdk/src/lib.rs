@@ -32,6 +32,7 @@ pub mod files;
 pub mod framing;
 pub mod images;
 mod launch;
+pub mod limits;
 pub mod names;
 pub mod paths;
 pub mod report;
@@ -51,6 +52,7 @@ pub use exec::{
 };
 pub use files::{DirEntry, FileErrorKind, FileKind, FileReader, FileStat, WriteOptions};
 pub use launch::{runtime_binary, BIN_ENV};
+pub use limits::AgentLimits;
 pub use msbvm_protocol::{BootTimes, TtySize};
 pub use paths::{msbvm_home, validate_name, SandboxDir};
 pub use report::ReadyInfo;

@@ -21,6 +21,7 @@ use crate::control::ControlClient;
 use crate::error::{Error, Result};
 use crate::exec::{ExecOptions, ExecOutput, ExecStream};
 use crate::launch::{launch, runtime_binary};
+use crate::limits::AgentLimits;
 use crate::paths::{msbvm_home, sandboxes_dir, validate_name, SandboxDir};
 use crate::report::ReadyInfo;
 use crate::runtime::RuntimeArgs;
@@ -49,12 +50,19 @@ pub struct SandboxBuilder {
     detached: bool,
     ready_timeout: Duration,
     spec: SandboxSpec,
+    limits: AgentLimits,
 }
 
 impl SandboxBuilder {
     /// Number of vCPUs (default 1).
     pub fn cpus(mut self, cpus: u8) -> Self {
         self.cpus = cpus;
+        self
+    }
+    /// Bounds on what the handle `create` returns accepts from the guest agent (default
+    /// [`AgentLimits::default`]).
+    pub fn agent_limits(mut self, limits: AgentLimits) -> Self {
+        self.limits = limits;
         self
     }
     /// Guest memory in MiB (default 512).
@@ -242,6 +250,7 @@ impl SandboxBuilder {
             None => (self.env, self.spec.workdir.clone(), None, None, Vec::new()),
         };
         Ok(Sandbox {
+            limits: self.limits,
             inner: Arc::new(Inner {
                 dir,
                 env,
@@ -264,6 +273,7 @@ impl SandboxBuilder {
 #[derive(Clone, Debug)]
 pub struct Sandbox {
     inner: Arc<Inner>,
+    limits: AgentLimits,
 }
 
 #[derive(Debug)]
@@ -337,6 +347,7 @@ impl Sandbox {
             env: Vec::new(),
             detached: false,
             spec: SandboxSpec::default(),
+            limits: AgentLimits::default(),
             ready_timeout: std::env::var("MSBVM_READY_TIMEOUT_SECS")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -371,6 +382,7 @@ impl Sandbox {
             });
         }
         Ok(Sandbox {
+            limits: AgentLimits::default(),
             inner: Arc::new(Inner {
                 dir,
                 env: record.env,
@@ -498,6 +510,18 @@ impl Sandbox {
         &self.inner.command
     }
 
+    /// The bounds this handle puts on what it accepts from the guest agent.
+    pub fn agent_limits(&self) -> &AgentLimits {
+        &self.limits
+    }
+
+    /// This handle with other bounds on what it accepts from the guest agent (other clones
+    /// keep theirs).
+    pub fn with_agent_limits(mut self, limits: AgentLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// The environment every exec starts with.
     pub fn env(&self) -> &[(String, String)] {
         &self.inner.env
@@ -535,7 +559,7 @@ impl Sandbox {
             }
         }
         let request = opts.to_request(&self.inner.env)?;
-        ExecStream::start(&self.inner.dir.vsock_socket(), request).await
+        ExecStream::start(&self.inner.dir.vsock_socket(), request, &self.limits).await
     }
 
     /// Replaces the network policy of the running sandbox (rules in order, first match
