@@ -33,6 +33,7 @@ pub mod framing;
 pub mod images;
 mod launch;
 pub mod limits;
+pub mod logfile;
 pub mod names;
 pub mod paths;
 pub mod report;
@@ -57,7 +58,7 @@ pub use msbvm_protocol::{BootTimes, TtySize};
 pub use paths::{msbvm_home, validate_name, SandboxDir};
 pub use report::ReadyInfo;
 pub use sandbox::{
-    Sandbox, SandboxBuilder, SandboxInfo, DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_READY_TIMEOUT,
-    DEFAULT_STOP_TIMEOUT,
+    NetEventStream, Sandbox, SandboxBuilder, SandboxInfo, DEFAULT_CPUS, DEFAULT_MEMORY_MIB,
+    DEFAULT_READY_TIMEOUT, DEFAULT_STOP_TIMEOUT,
 };
 pub use state::Status;

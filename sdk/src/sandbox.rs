@@ -586,23 +586,29 @@ impl Sandbox {
         client.net_stats().await
     }
 
-    /// Every network decision so far (flows allowed and denied, DNS queries, HTTP
+    /// The network decisions still on record (flows allowed and denied, DNS queries, HTTP
     /// requests), oldest first, as the runtime recorded them; call again to poll for more.
+    /// The record is capped ([`crate::logfile`]: the oldest events go first), so this is
+    /// bounded; [`Sandbox::network_event_stream`] reads it incrementally.
     pub fn network_events(&self) -> Result<Vec<serde_json::Value>> {
+        let mut events = Vec::new();
+        self.network_event_stream().poll(&mut |e| events.push(e))?;
+        Ok(events)
+    }
+
+    /// A reader of the network decisions: each [`NetEventStream::poll`] passes on the
+    /// events recorded since the last one, in bounded memory.
+    pub fn network_event_stream(&self) -> NetEventStream {
         let path = self
             .inner
             .dir
             .path()
             .join(crate::runtime::devices::NET_EVENTS_FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io(format!("reading {}", path.display()))(e)),
-        };
-        Ok(text
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect())
+        NetEventStream {
+            tail: crate::logfile::LogTail::open(&path),
+            partial: Vec::new(),
+            path,
+        }
     }
 
     /// Stops the sandbox: the guest shuts down, or is forced off after 5 s.
@@ -636,6 +642,31 @@ impl Sandbox {
             Err(Error::NotFound { .. }) => Ok(()),
             other => other,
         }
+    }
+}
+
+/// Longest network event line read; longer ones (none the runtime writes) are skipped.
+const MAX_EVENT_LINE: usize = 64 * 1024;
+
+/// Reads a sandbox's network events as they are recorded; see
+/// [`Sandbox::network_event_stream`].
+#[derive(Debug)]
+pub struct NetEventStream {
+    tail: crate::logfile::LogTail,
+    partial: Vec<u8>,
+    path: PathBuf,
+}
+
+impl NetEventStream {
+    /// Passes each event recorded since the last call to `out`, oldest first.
+    pub fn poll(&mut self, out: &mut dyn FnMut(serde_json::Value)) -> Result<()> {
+        self.tail
+            .read_lines(&mut self.partial, MAX_EVENT_LINE, &mut |line| {
+                if let Ok(event) = serde_json::from_slice(line) {
+                    out(event);
+                }
+            })
+            .map_err(Error::io(format!("reading {}", self.path.display())))
     }
 }
 

@@ -372,18 +372,32 @@ fn clear_except_lock(dir: &SandboxDir) -> Result<()> {
     Ok(())
 }
 
-/// The last `max_lines` lines of a text file (lossy UTF-8), reading at most its last 64 KiB.
+/// The last `max_lines` lines of a text file (lossy UTF-8), reading at most its last 64 KiB
+/// and that of its rotated part ([`crate::logfile`]).
 pub fn tail_lines(path: &Path, max_lines: usize) -> String {
+    let mut lines = last_lines(path, max_lines);
+    if lines.len() < max_lines {
+        // Just after a rotation the live log is short: the rest is in its rotated part.
+        let rotated = crate::logfile::rotated_path(path);
+        let mut older = last_lines(&rotated, max_lines - lines.len());
+        older.append(&mut lines);
+        lines = older;
+    }
+    lines.join("\n")
+}
+
+/// The last `max_lines` non-blank lines of the last 64 KiB of `path`.
+fn last_lines(path: &Path, max_lines: usize) -> Vec<String> {
     use std::io::{Read, Seek, SeekFrom};
     const MAX_READ: u64 = 64 * 1024;
     let Ok(mut f) = File::open(path) else {
-        return String::new();
+        return Vec::new();
     };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let start = len.saturating_sub(MAX_READ);
     let mut buf = Vec::new();
     if f.seek(SeekFrom::Start(start)).is_err() || f.read_to_end(&mut buf).is_err() {
-        return String::new();
+        return Vec::new();
     }
     let text = String::from_utf8_lossy(&buf);
     // Serial consoles end lines with "\r\n"; drop the carriage returns.
@@ -392,7 +406,10 @@ pub fn tail_lines(path: &Path, max_lines: usize) -> String {
         .map(|l| l.trim_end_matches('\r'))
         .filter(|l| !l.trim().is_empty())
         .collect();
-    lines[lines.len().saturating_sub(max_lines)..].join("\n")
+    lines[lines.len().saturating_sub(max_lines)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
 }
 
 #[cfg(test)]
@@ -545,6 +562,15 @@ mod tests {
             serde_json::to_string(&Status::Stopped).unwrap(),
             "\"stopped\""
         );
+    }
+
+    #[test]
+    fn tail_reaches_into_the_rotated_part() {
+        let tmp = TempDir::new().unwrap();
+        let p = tmp.path().join("console.log");
+        fs::write(crate::logfile::rotated_path(&p), "a\nb\nc\n").unwrap();
+        fs::write(&p, "d\n").unwrap();
+        assert_eq!(tail_lines(&p, 3), "b\nc\nd");
     }
 
     #[test]
