@@ -212,6 +212,10 @@ impl ExecControl {
     }
 
     /// Writes `data` to the process's stdin (split into protocol-sized chunks).
+    ///
+    /// This waits while the guest does not take the data (a process that does not read its
+    /// stdin holds it back, which a hostile agent can imitate), so no reply timeout applies;
+    /// bound it with the exec's [`ExecOptions::timeout`] or the caller's own timeout.
     pub async fn write(&self, data: &[u8]) -> Result<()> {
         let mut state = self.writer.lock().await;
         if state.stdin_closed {
