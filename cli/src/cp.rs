@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use msbvm_sdk::{validate_name, Error, FileErrorKind, FileKind, Sandbox};
+use msbvm_sdk::{validate_name, AgentLimits, Error, FileErrorKind, FileKind, Sandbox};
 
 /// Arguments of `msbvm cp`.
 #[derive(Args, Debug, Clone, PartialEq)]
@@ -18,6 +18,10 @@ pub struct CpArgs {
     pub src: String,
     /// Where to: a host path, SANDBOX:PATH, or `-` for a tar archive on stdout.
     pub dst: String,
+    /// Copying out of a sandbox: the most bytes of file data to write on the host (the
+    /// sandbox is not trusted to send a sane amount).
+    #[arg(long, value_name = "BYTES", default_value_t = msbvm_sdk::AgentLimits::default().max_copy_bytes)]
+    pub max_bytes: u64,
 }
 
 /// One side of a copy.
@@ -96,7 +100,11 @@ pub async fn cp(args: CpArgs) -> Result<u8, Error> {
             sandbox.upload_archive(&path, tokio::io::stdin()).await?;
         }
         (Location::Sandbox { name, path }, Location::Host(dst)) => {
-            let sandbox = Sandbox::get(&name).await?;
+            let limits = AgentLimits {
+                max_copy_bytes: args.max_bytes,
+                ..AgentLimits::default()
+            };
+            let sandbox = Sandbox::get(&name).await?.with_agent_limits(limits);
             let target = host_target(&dst, &path)?;
             sandbox.copy_out(&path, &target).await?;
         }
@@ -183,6 +191,7 @@ mod tests {
             let e = cp(CpArgs {
                 src: src.into(),
                 dst: dst.into(),
+                max_bytes: 1,
             })
             .await
             .unwrap_err();

@@ -4,6 +4,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use clap::Args;
+use msbvm_sdk::logfile::LogTail;
 use msbvm_sdk::{Error, Sandbox, SandboxDir, SandboxInfo};
 
 /// Arguments of `msbvm ls`.
@@ -38,6 +39,10 @@ pub struct RmArgs {
 pub struct LogsArgs {
     /// The sandbox.
     pub name: String,
+    /// Keep printing what the guest console and the runtime log gain until the sandbox
+    /// stops.
+    #[arg(short, long)]
+    pub follow: bool,
 }
 
 /// Runs `msbvm ls`.
@@ -123,48 +128,101 @@ pub async fn rm(args: RmArgs) -> Result<u8, Error> {
     Ok(0)
 }
 
-/// Runs `msbvm logs`: the guest console, then the runtime log.
+/// Runs `msbvm logs`: the guest console, then the runtime log, each from its rotated part
+/// on, streamed (never read whole); with `-f`, then what both gain until the sandbox stops.
 pub fn logs(args: LogsArgs) -> Result<u8, Error> {
     let dir = SandboxDir::for_name(&args.name)?;
     if !dir.path().exists() {
         return Err(Error::NotFound { name: args.name });
     }
     let mut out = std::io::stdout().lock();
+    let mut tails = Vec::new();
     for (title, path) in [
         ("guest console", dir.console_log()),
         ("runtime log", dir.runtime_log()),
     ] {
         let _ = writeln!(out, "==> {title} ({}) <==", path.display());
-        match std::fs::read(&path) {
-            Ok(bytes) if bytes.is_empty() => {
-                let _ = writeln!(out, "(empty)");
-            }
-            Ok(bytes) => {
-                // The serial console ends lines with CR LF.
-                let text = String::from_utf8_lossy(&bytes).replace("\r\n", "\n");
-                let _ = out.write_all(text.as_bytes());
-                if !text.is_empty() && !text.ends_with('\n') {
-                    let _ = writeln!(out);
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let _ = writeln!(out, "(none)");
-            }
-            Err(e) => {
-                return Err(Error::Io {
-                    context: format!("reading {}", path.display()),
-                    source: e,
-                })
-            }
+        let mut tail = LogTail::open(&path);
+        let mut text = CrLf::default();
+        let wrote = stream(&mut tail, &mut text, &mut out, &path)?;
+        if !wrote {
+            let exists = path.exists() || msbvm_sdk::logfile::rotated_path(&path).exists();
+            let _ = writeln!(out, "{}", if exists { "(empty)" } else { "(none)" });
+        } else if !text.at_line_start {
+            let _ = writeln!(out);
+        }
+        tails.push((tail, text, path));
+    }
+    while args.follow && msbvm_sdk::state::is_live(&dir) {
+        let _ = out.flush();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        for (tail, text, path) in &mut tails {
+            stream(tail, text, &mut out, path)?;
         }
     }
     Ok(0)
+}
+
+/// Copies what `tail` has now to `out`; whether anything was written.
+fn stream(
+    tail: &mut LogTail,
+    text: &mut CrLf,
+    out: &mut impl Write,
+    path: &std::path::Path,
+) -> Result<bool, Error> {
+    let mut wrote = false;
+    tail.read_new(&mut |chunk| {
+        wrote = true;
+        // A closed stdout (`| head`) ends the copy quietly.
+        let _ = out.write_all(&text.convert(chunk));
+        Ok(())
+    })
+    .map_err(|e| Error::Io {
+        context: format!("reading {}", path.display()),
+        source: e,
+    })?;
+    Ok(wrote)
+}
+
+/// Turns the serial console's CR LF line ends into LF across chunk boundaries.
+#[derive(Default)]
+struct CrLf {
+    held_cr: bool,
+    at_line_start: bool,
+}
+
+impl CrLf {
+    fn convert(&mut self, chunk: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(chunk.len() + 1);
+        for &b in chunk {
+            if self.held_cr && b != b'\n' {
+                out.push(b'\r');
+            }
+            self.held_cr = b == b'\r';
+            if !self.held_cr {
+                out.push(b);
+            }
+        }
+        if let Some(&last) = out.last() {
+            self.at_line_start = last == b'\n';
+        }
+        out
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use msbvm_sdk::Status;
+
+    #[test]
+    fn crlf_becomes_lf_across_chunks() {
+        let mut c = CrLf::default();
+        let mut out = c.convert(b"a\r");
+        out.extend(c.convert(b"\nb\rc\r\n"));
+        assert_eq!(out, b"a\nb\rc\n");
+        assert!(c.at_line_start);
+    }
 
     #[test]
     fn ages_are_short() {

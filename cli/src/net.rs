@@ -73,13 +73,10 @@ pub async fn run(command: NetCommand) -> Result<u8, Error> {
         }
         NetCommand::Events { name, follow } => {
             let sandbox = Sandbox::get(&name).await?;
-            let mut printed = 0;
+            // A stream: each event is read and printed once, in bounded memory.
+            let mut events = sandbox.network_event_stream();
             loop {
-                let events = sandbox.network_events()?;
-                for e in events.iter().skip(printed) {
-                    println!("{e}");
-                }
-                printed = printed.max(events.len());
+                events.poll(&mut |e| println!("{e}"))?;
                 if !follow {
                     return Ok(0);
                 }

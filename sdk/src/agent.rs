@@ -8,6 +8,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::error::{Error, Result};
 use crate::framing::{write_async, AsyncFrameReader, FrameError};
+use crate::limits::{bounded, AgentLimits};
 use crate::vsock;
 
 /// A connection to the agent after a successful hello.
@@ -39,29 +40,25 @@ pub(crate) fn is_disconnect(e: &std::io::Error) -> bool {
     )
 }
 
-/// Connects to the agent through the vsock device socket `uds` and exchanges hellos.
-pub(crate) async fn connect(uds: &Path) -> Result<AgentConnection> {
-    let stream = vsock::connect(uds, AGENT_PORT).await?;
+/// Connects to the agent through the vsock device socket `uds` and exchanges hellos, each
+/// step within `limits`' reply timeout.
+pub(crate) async fn connect(uds: &Path, limits: &AgentLimits) -> Result<AgentConnection> {
+    let idle = limits.reply_timeout;
+    let stream = vsock::connect_within(uds, AGENT_PORT, idle).await?;
     let (read, mut writer) = stream.into_split();
     let mut reader = AsyncFrameReader::new(read);
-    write_async(
-        &mut writer,
-        &HostMessage::Hello {
-            version: PROTOCOL_VERSION,
-        },
-    )
-    .await
-    .map_err(frame_error)?;
-    let reply = tokio::time::timeout(
-        vsock::HANDSHAKE_TIMEOUT,
-        reader.read_message::<GuestMessage>(),
-    )
-    .await
-    .map_err(|_| Error::Protocol {
-        peer: "the guest agent",
-        detail: "no hello within the handshake timeout".into(),
-    })?;
-    match reply.map_err(frame_error)? {
+    let hello = HostMessage::Hello {
+        version: PROTOCOL_VERSION,
+    };
+    let sent = async { write_async(&mut writer, &hello).await.map_err(frame_error) };
+    bounded(idle, None, "the agent to take the hello", sent).await?;
+    let reply = async {
+        reader
+            .read_message::<GuestMessage>()
+            .await
+            .map_err(frame_error)
+    };
+    match bounded(idle, None, "the agent's hello", reply).await? {
         Some(GuestMessage::Hello { version, .. }) if version == PROTOCOL_VERSION => {
             Ok(AgentConnection { reader, writer })
         }

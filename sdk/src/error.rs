@@ -92,6 +92,24 @@ pub enum Error {
     /// A file operation in the guest failed; [`Error::file_error_kind`] says how.
     #[error("in the sandbox: {0}")]
     GuestFile(msbvm_protocol::files::FileError),
+    /// The guest agent did not answer within an [`crate::AgentLimits`] timeout.
+    #[error("the guest agent did not answer in time: waiting for {waiting_for}, {limit} passed (see AgentLimits)")]
+    AgentTimeout {
+        /// What the SDK was waiting for.
+        waiting_for: String,
+        /// Which bound passed: the reply timeout or the operation's deadline.
+        limit: &'static str,
+    },
+    /// The guest sent more than an [`crate::AgentLimits`] bound allows.
+    #[error("the sandbox sent too much: {what} (the limit is {limit}; raise AgentLimits::{setting} to allow more)")]
+    LimitExceeded {
+        /// What was too large.
+        what: String,
+        /// The limit.
+        limit: u64,
+        /// The [`crate::AgentLimits`] field that sets it.
+        setting: &'static str,
+    },
     /// The connection to the guest ended before the process's exit was reported.
     #[error(
         "the connection to the sandbox ended before the process exited (the sandbox stopped?)"

@@ -23,6 +23,12 @@ pub use msbvm_protocol::ExitStatus;
 use crate::agent::{self, frame_error};
 use crate::error::{Error, Result};
 use crate::framing::{write_async, AsyncFrameReader};
+use crate::limits::{bounded, AgentLimits};
+
+/// Most messages that do not belong on an exec connection (or do not decode) the SDK
+/// skips before it gives up on the agent: a hostile agent cannot keep a caller busy with
+/// garbage.
+pub const MAX_IGNORED_MESSAGES: u32 = 16;
 
 /// How long after its timeout the SDK gives up on hearing the agent report the kill.
 pub const TIMEOUT_GRACE: Duration = Duration::from_secs(2);
@@ -206,6 +212,10 @@ impl ExecControl {
     }
 
     /// Writes `data` to the process's stdin (split into protocol-sized chunks).
+    ///
+    /// This waits while the guest does not take the data (a process that does not read its
+    /// stdin holds it back, which a hostile agent can imitate), so no reply timeout applies;
+    /// bound it with the exec's [`ExecOptions::timeout`] or the caller's own timeout.
     pub async fn write(&self, data: &[u8]) -> Result<()> {
         let mut state = self.writer.lock().await;
         if state.stdin_closed {
@@ -255,40 +265,76 @@ pub struct ExecStream {
     started_pending: bool,
     finished: bool,
     deadline: Option<Instant>,
+    ignored: u32,
+    max_output: u64,
+}
+
+/// Counts a skipped message; too many is a protocol error.
+fn skip(ignored: &mut u32, what: &str) -> Result<()> {
+    *ignored += 1;
+    tracing::debug!("skipped on an exec connection: {what}");
+    if *ignored > MAX_IGNORED_MESSAGES {
+        return Err(Error::Protocol {
+            peer: "the guest agent",
+            detail: format!(
+                "more than {MAX_IGNORED_MESSAGES} messages that do not belong on an exec \
+                 connection (the last: {what})"
+            ),
+        });
+    }
+    Ok(())
 }
 
 impl ExecStream {
     /// Starts `request` through the vsock device socket `uds`; returns once the agent reports
-    /// the process started (so a program that cannot be run fails here).
-    pub(crate) async fn start(uds: &Path, request: ExecRequest) -> Result<ExecStream> {
+    /// the process started (so a program that cannot be run fails here). Connecting and the
+    /// start together take at most `limits`' reply timeout after each message sent, and never
+    /// past its operation deadline, however many other messages the agent sends meanwhile.
+    pub(crate) async fn start(
+        uds: &Path,
+        request: ExecRequest,
+        limits: &AgentLimits,
+    ) -> Result<ExecStream> {
         let deadline = request
             .timeout_ms
             .map(|ms| Instant::now() + Duration::from_millis(ms) + TIMEOUT_GRACE);
-        let mut conn = agent::connect(uds).await?;
-        write_async(&mut conn.writer, &HostMessage::Exec(request))
-            .await
-            .map_err(frame_error)?;
-        let pid = loop {
-            let next = tokio::time::timeout(
-                crate::vsock::HANDSHAKE_TIMEOUT,
-                conn.reader.read_message::<GuestMessage>(),
-            )
-            .await
-            .map_err(|_| Error::Protocol {
-                peer: "the guest agent",
-                detail: "the agent did not confirm the process start".into(),
-            })?;
-            match next {
-                Ok(Some(GuestMessage::Started { pid })) => break pid,
-                Ok(Some(GuestMessage::Error { message })) => return Err(Error::Agent(message)),
-                Ok(Some(other)) => {
-                    tracing::debug!(message = describe(&other), "ignored before Started")
+        let start_deadline = limits.deadline();
+        let mut conn = bounded(
+            limits.reply_timeout,
+            start_deadline,
+            "the agent's hello",
+            agent::connect(uds, limits),
+        )
+        .await?;
+        let sent = async {
+            write_async(&mut conn.writer, &HostMessage::Exec(request))
+                .await
+                .map_err(frame_error)
+        };
+        bounded(
+            limits.reply_timeout,
+            start_deadline,
+            "the agent to take the exec",
+            sent,
+        )
+        .await?;
+        let mut ignored = 0;
+        let reader = &mut conn.reader;
+        let started = async {
+            loop {
+                match reader.read_message::<GuestMessage>().await {
+                    Ok(Some(GuestMessage::Started { pid })) => return Ok(pid),
+                    Ok(Some(GuestMessage::Error { message })) => return Err(Error::Agent(message)),
+                    Ok(Some(other)) => skip(&mut ignored, describe(&other))?,
+                    Ok(None) => return Err(Error::ConnectionLost),
+                    Err(e) if e.is_recoverable() => skip(&mut ignored, &e.to_string())?,
+                    Err(e) => return Err(frame_error(e)),
                 }
-                Ok(None) => return Err(Error::ConnectionLost),
-                Err(e) if e.is_recoverable() => tracing::warn!("agent sent a bad frame: {e}"),
-                Err(e) => return Err(frame_error(e)),
             }
         };
+        // One bound for the whole wait: skipped messages do not extend it.
+        let what = "the agent to confirm the process start";
+        let pid = bounded(limits.reply_timeout, start_deadline, what, started).await?;
         Ok(ExecStream {
             pid,
             reader: conn.reader,
@@ -301,6 +347,8 @@ impl ExecStream {
             started_pending: true,
             finished: false,
             deadline,
+            ignored,
+            max_output: limits.max_exec_output,
         })
     }
 
@@ -370,13 +418,21 @@ impl ExecStream {
                 }
                 Ok(Some(GuestMessage::Error { message })) => return Err(Error::Agent(message)),
                 Ok(Some(other)) => {
-                    tracing::debug!(message = describe(&other), "ignored on an exec connection")
+                    if let Err(e) = skip(&mut self.ignored, describe(&other)) {
+                        self.finished = true;
+                        return Err(e);
+                    }
                 }
                 Ok(None) => {
                     self.finished = true;
                     return Err(Error::ConnectionLost);
                 }
-                Err(e) if e.is_recoverable() => tracing::warn!("agent sent a bad frame: {e}"),
+                Err(e) if e.is_recoverable() => {
+                    if let Err(e) = skip(&mut self.ignored, &e.to_string()) {
+                        self.finished = true;
+                        return Err(e);
+                    }
+                }
                 Err(e) => {
                     self.finished = true;
                     return Err(frame_error(e));
@@ -386,10 +442,25 @@ impl ExecStream {
     }
 
     /// Reads every remaining event and returns the output and exit status.
+    ///
+    /// More than [`AgentLimits::max_exec_output`] bytes of output (stdout and stderr
+    /// together) kills the process and fails with [`Error::LimitExceeded`]; use
+    /// [`ExecStream::next_event`] to consume more. Without a timeout
+    /// ([`ExecOptions::timeout`]) this waits as long as the process runs.
     pub async fn collect(mut self) -> Result<ExecOutput> {
         let mut stdout = Vec::new();
         let mut stderr = Vec::new();
         while let Some(event) = self.next_event().await? {
+            if let ExecEvent::Stdout(d) | ExecEvent::Stderr(d) = &event {
+                if (stdout.len() + stderr.len() + d.len()) as u64 > self.max_output {
+                    let _ = self.control.signal(libc::SIGKILL).await;
+                    return Err(Error::LimitExceeded {
+                        what: format!("the output of process {} (killed)", self.pid),
+                        limit: self.max_output,
+                        setting: "max_exec_output",
+                    });
+                }
+            }
             match event {
                 ExecEvent::Started { .. } => {}
                 ExecEvent::Stdout(d) => stdout.extend_from_slice(&d),

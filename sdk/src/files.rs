@@ -16,6 +16,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use msbvm_protocol::files::{archive, FileError, FileRequest};
 use msbvm_protocol::{GuestMessage, HostMessage, MAX_CHUNK_LEN};
@@ -26,6 +27,7 @@ use crate::agent::{self, frame_error, AgentConnection};
 use crate::error::{Error, Result};
 use crate::exec::describe;
 use crate::framing::write_async;
+use crate::limits::{bounded, wait_end, AgentLimits};
 use crate::Sandbox;
 
 pub use msbvm_protocol::files::{DirEntry, FileErrorKind, FileKind, FileStat};
@@ -33,6 +35,8 @@ pub use msbvm_protocol::files::{DirEntry, FileErrorKind, FileKind, FileStat};
 /// Chunks in flight between a connection and a blocking packer or a reader; bounded so a
 /// slow consumer holds the producer back instead of filling memory.
 const CHANNEL_CHUNKS: usize = 4;
+/// A wait with no bound, as an instant tokio can hold.
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// How [`Sandbox::write_file_with`] writes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -55,9 +59,12 @@ impl Error {
     }
 }
 
-/// One file operation's connection.
+/// One file operation's connection; every wait on the agent is bounded by the reply
+/// timeout and the operation's deadline.
 struct FileConnection {
     conn: AgentConnection,
+    idle: std::time::Duration,
+    deadline: Option<tokio::time::Instant>,
 }
 
 fn unexpected(m: &GuestMessage, wanted: &str) -> Error {
@@ -72,22 +79,49 @@ fn invalid(message: String) -> Error {
 }
 
 impl FileConnection {
-    async fn open(uds: &Path, request: FileRequest) -> Result<FileConnection> {
-        let mut conn = agent::connect(uds).await?;
-        write_async(&mut conn.writer, &HostMessage::File(request))
-            .await
-            .map_err(frame_error)?;
-        Ok(FileConnection { conn })
+    async fn open(
+        uds: &Path,
+        request: FileRequest,
+        limits: &AgentLimits,
+    ) -> Result<FileConnection> {
+        let deadline = limits.deadline();
+        let conn = agent::connect(uds, limits).await?;
+        let mut c = FileConnection {
+            conn,
+            idle: limits.reply_timeout,
+            deadline,
+        };
+        c.send(&HostMessage::File(request)).await?;
+        Ok(c)
+    }
+
+    /// Sends `message`, bounded like every wait on the agent.
+    async fn send(&mut self, message: &HostMessage) -> Result<()> {
+        let writer = &mut self.conn.writer;
+        let sent = async { write_async(writer, message).await.map_err(frame_error) };
+        bounded(
+            self.idle,
+            self.deadline,
+            "the agent to take a message",
+            sent,
+        )
+        .await
     }
 
     /// The agent's next message; its errors become `Err`.
     async fn recv(&mut self) -> Result<GuestMessage> {
-        match self.conn.reader.read_message::<GuestMessage>().await {
-            Ok(Some(GuestMessage::FileError(e))) => Err(Error::GuestFile(e)),
-            Ok(Some(GuestMessage::Error { message })) => Err(Error::Agent(message)),
-            Ok(Some(m)) => Ok(m),
-            Ok(None) => Err(Error::ConnectionLost),
-            Err(e) => Err(frame_error(e)),
+        let reader = &mut self.conn.reader;
+        let read = async {
+            reader
+                .read_message::<GuestMessage>()
+                .await
+                .map_err(frame_error)
+        };
+        match bounded(self.idle, self.deadline, "the agent's answer", read).await? {
+            Some(GuestMessage::FileError(e)) => Err(Error::GuestFile(e)),
+            Some(GuestMessage::Error { message }) => Err(Error::Agent(message)),
+            Some(m) => Ok(m),
+            None => Err(Error::ConnectionLost),
         }
     }
 
@@ -116,16 +150,23 @@ impl FileConnection {
         }
         let mut buf = vec![0u8; MAX_CHUNK_LEN];
         loop {
-            let n = source
-                .read(&mut buf)
-                .await
-                .map_err(Error::io("reading the data to upload"))?;
+            let read = async {
+                source
+                    .read(&mut buf)
+                    .await
+                    .map_err(Error::io("reading the data to upload"))
+            };
+            // The caller's source is not the agent: only the deadline bounds it.
+            let n = bounded(Duration::MAX, self.deadline, "the data to upload", read).await?;
             let message = if n == 0 {
                 HostMessage::FileEnd
             } else {
                 HostMessage::FileChunk(buf[..n].to_vec())
             };
             let conn = &mut self.conn;
+            let write = async { write_async(&mut conn.writer, &message).await };
+            let (end, limit) = wait_end(self.idle, self.deadline)
+                .unwrap_or((tokio::time::Instant::now() + FAR_FUTURE, "no limit"));
             tokio::select! {
                 biased;
                 // Reading is cancel-safe: a frame read in part stays buffered.
@@ -138,7 +179,13 @@ impl FileConnection {
                         Err(e) => frame_error(e),
                     });
                 }
-                written = write_async(&mut conn.writer, &message) => {
+                () = tokio::time::sleep_until(end) => {
+                    return Err(Error::AgentTimeout {
+                        waiting_for: "the agent to take the upload".into(),
+                        limit,
+                    });
+                }
+                written = write => {
                     if let Err(e) = written {
                         // The agent may have refused and closed: its answer says why.
                         return Err(self.recv().await.err().unwrap_or_else(|| frame_error(e)));
@@ -292,8 +339,9 @@ impl AsyncRead for FileReader {
     }
 }
 
-async fn read_stream(uds: &Path, path: &str) -> Result<FileReader> {
-    let mut c = FileConnection::open(uds, FileRequest::ReadFile { path: path.into() }).await?;
+async fn read_stream(uds: &Path, path: &str, limits: &AgentLimits) -> Result<FileReader> {
+    let request = FileRequest::ReadFile { path: path.into() };
+    let mut c = FileConnection::open(uds, request, limits).await?;
     let stat = match c.recv().await? {
         GuestMessage::FileMeta(stat) => stat,
         m => return Err(unexpected(&m, "FileMeta")),
@@ -323,14 +371,27 @@ async fn read_stream(uds: &Path, path: &str) -> Result<FileReader> {
     })
 }
 
-async fn read_all(uds: &Path, path: &str) -> Result<Vec<u8>> {
-    let mut c = FileConnection::open(uds, FileRequest::ReadFile { path: path.into() }).await?;
+async fn read_all(uds: &Path, path: &str, limits: &AgentLimits) -> Result<Vec<u8>> {
+    let request = FileRequest::ReadFile { path: path.into() };
+    let mut c = FileConnection::open(uds, request, limits).await?;
+    let max = limits.max_read_file;
+    let too_large = |what: String| Error::LimitExceeded {
+        what: format!("{path:?} {what}"),
+        limit: max,
+        setting: "max_read_file",
+    };
     let mut data = match c.recv().await? {
+        GuestMessage::FileMeta(stat) if stat.size > max => {
+            return Err(too_large(format!("is {} bytes", stat.size)))
+        }
         // The size is a hint from the guest: never trust it for an allocation.
         GuestMessage::FileMeta(stat) => Vec::with_capacity(stat.size.min(1 << 20) as usize),
         m => return Err(unexpected(&m, "FileMeta")),
     };
     while let Some(chunk) = c.next_chunk().await? {
+        if (data.len() + chunk.len()) as u64 > max {
+            return Err(too_large(format!("has more than {max} bytes")));
+        }
         data.extend_from_slice(&chunk);
     }
     Ok(data)
@@ -341,6 +402,7 @@ async fn write_from(
     path: &str,
     source: impl AsyncRead + Unpin,
     options: WriteOptions,
+    limits: &AgentLimits,
 ) -> Result<()> {
     let request = FileRequest::WriteFile {
         path: path.into(),
@@ -348,18 +410,28 @@ async fn write_from(
         create_parents: options.create_parents,
         append: options.append,
     };
-    FileConnection::open(uds, request)
+    FileConnection::open(uds, request, limits)
         .await?
         .upload(source)
         .await
 }
 
-async fn list(uds: &Path, path: &str) -> Result<Vec<DirEntry>> {
-    let mut c = FileConnection::open(uds, FileRequest::ListDir { path: path.into() }).await?;
+async fn list(uds: &Path, path: &str, limits: &AgentLimits) -> Result<Vec<DirEntry>> {
+    let request = FileRequest::ListDir { path: path.into() };
+    let mut c = FileConnection::open(uds, request, limits).await?;
     let mut entries = Vec::new();
     loop {
         match c.recv().await? {
-            GuestMessage::DirEntries(batch) => entries.extend(batch),
+            GuestMessage::DirEntries(batch) => {
+                if entries.len() + batch.len() > limits.max_list_entries {
+                    return Err(Error::LimitExceeded {
+                        what: format!("the directory {path:?} has too many entries"),
+                        limit: limits.max_list_entries as u64,
+                        setting: "max_list_entries",
+                    });
+                }
+                entries.extend(batch)
+            }
             GuestMessage::FileEnd => break,
             m => return Err(unexpected(&m, "directory entries")),
         }
@@ -368,29 +440,43 @@ async fn list(uds: &Path, path: &str) -> Result<Vec<DirEntry>> {
     Ok(entries)
 }
 
-async fn stat_path(uds: &Path, path: &str, follow_symlinks: bool) -> Result<FileStat> {
+async fn stat_path(
+    uds: &Path,
+    path: &str,
+    follow_symlinks: bool,
+    limits: &AgentLimits,
+) -> Result<FileStat> {
     let request = FileRequest::Stat {
         path: path.into(),
         follow_symlinks,
     };
-    match FileConnection::open(uds, request).await?.recv().await? {
+    match FileConnection::open(uds, request, limits)
+        .await?
+        .recv()
+        .await?
+    {
         GuestMessage::FileMeta(stat) => Ok(stat),
         m => Err(unexpected(&m, "FileMeta")),
     }
 }
 
-async fn simple(uds: &Path, request: FileRequest) -> Result<()> {
-    FileConnection::open(uds, request)
+async fn simple(uds: &Path, request: FileRequest, limits: &AgentLimits) -> Result<()> {
+    FileConnection::open(uds, request, limits)
         .await?
         .expect_done()
         .await
 }
 
-async fn upload_tar(uds: &Path, guest_dir: &str, source: impl AsyncRead + Unpin) -> Result<()> {
+async fn upload_tar(
+    uds: &Path,
+    guest_dir: &str,
+    source: impl AsyncRead + Unpin,
+    limits: &AgentLimits,
+) -> Result<()> {
     let request = FileRequest::ArchiveIn {
         dest: guest_dir.into(),
     };
-    FileConnection::open(uds, request)
+    FileConnection::open(uds, request, limits)
         .await?
         .upload(source)
         .await
@@ -400,20 +486,31 @@ async fn download_tar(
     uds: &Path,
     guest_path: &str,
     mut sink: impl AsyncWrite + Unpin,
+    limits: &AgentLimits,
 ) -> Result<()> {
     let request = FileRequest::ArchiveOut {
         path: guest_path.into(),
     };
-    let mut c = FileConnection::open(uds, request).await?;
+    let mut c = FileConnection::open(uds, request, limits).await?;
+    let deadline = c.deadline;
     while let Some(chunk) = c.next_chunk().await? {
-        sink.write_all(&chunk)
-            .await
-            .map_err(Error::io("writing the archive"))?;
+        // The caller's sink is not the agent: only the deadline bounds it.
+        let written = async {
+            sink.write_all(&chunk)
+                .await
+                .map_err(Error::io("writing the archive"))
+        };
+        bounded(FAR_FUTURE, deadline, "the archive's writer", written).await?;
     }
     sink.flush().await.map_err(Error::io("writing the archive"))
 }
 
-async fn copy_in(uds: &Path, host_path: &Path, guest_path: &str) -> Result<()> {
+async fn copy_in(
+    uds: &Path,
+    host_path: &Path,
+    guest_path: &str,
+    limits: &AgentLimits,
+) -> Result<()> {
     let (guest_dir, name) = split_guest_path(guest_path)?;
     // Fail before connecting when the source is not there.
     std::fs::symlink_metadata(host_path)
@@ -438,7 +535,7 @@ async fn copy_in(uds: &Path, host_path: &Path, guest_path: &str) -> Result<()> {
         chunk: Vec::new(),
         pos: 0,
     };
-    let uploaded = upload_tar(uds, &guest_dir, reader).await;
+    let uploaded = upload_tar(uds, &guest_dir, reader, limits).await;
     let packed = packer.await;
     // A packing failure also fails the upload (its reader returns the error), so the
     // upload's error is the one to report.
@@ -453,7 +550,12 @@ async fn copy_in(uds: &Path, host_path: &Path, guest_path: &str) -> Result<()> {
     }
 }
 
-async fn copy_out(uds: &Path, guest_path: &str, host_path: &Path) -> Result<()> {
+async fn copy_out(
+    uds: &Path,
+    guest_path: &str,
+    host_path: &Path,
+    limits: &AgentLimits,
+) -> Result<()> {
     let name = host_path
         .file_name()
         .ok_or_else(|| {
@@ -470,15 +572,19 @@ async fn copy_out(uds: &Path, guest_path: &str, host_path: &Path) -> Result<()> 
     let request = FileRequest::ArchiveOut {
         path: guest_path.into(),
     };
-    let mut c = FileConnection::open(uds, request).await?;
+    let mut c = FileConnection::open(uds, request, limits).await?;
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+    let unpack_limits = archive::UnpackLimits {
+        max_entries: limits.max_copy_entries,
+        max_bytes: limits.max_copy_bytes,
+    };
     let unpacker = tokio::task::spawn_blocking(move || {
         let reader = ChannelBlockingReader {
             rx,
             chunk: Vec::new(),
             pos: 0,
         };
-        archive::unpack(reader, &parent, Some(&name))
+        archive::unpack_with(reader, &parent, Some(&name), &unpack_limits)
     });
     let downloaded = async {
         while let Some(chunk) = c.next_chunk().await? {
@@ -499,28 +605,62 @@ async fn copy_out(uds: &Path, guest_path: &str, host_path: &Path) -> Result<()> 
     let unpacked = unpacker
         .await
         .map_err(|e| Error::io("unpacking")(std::io::Error::other(e)))?;
+    // A failed download also fails the unpack (its reader returns an error), so the
+    // download's error is the one to report; an unpacker that stops ends the download
+    // without one.
     downloaded?;
-    unpacked.map_err(|e| Error::Io {
+    unpacked.map_err(|e| unpack_error(e, host_path, limits))
+}
+
+/// The SDK error for a failed unpack on the host: a limit of [`AgentLimits`] is typed.
+fn unpack_error(e: FileError, host_path: &Path, limits: &AgentLimits) -> Error {
+    // The unpacker's messages name the limit; a fixed one (an extension header's size)
+    // is not the caller's to raise and stays an I/O error naming the refusal.
+    let setting = if e.kind != FileErrorKind::LimitExceeded {
+        None
+    } else if e.message.contains("entries") {
+        Some((limits.max_copy_entries, "max_copy_entries"))
+    } else if e.message.contains("for the whole copy") {
+        Some((limits.max_copy_bytes, "max_copy_bytes"))
+    } else {
+        None
+    };
+    if let Some((limit, setting)) = setting {
+        return Error::LimitExceeded {
+            what: format!("copying into {}: {}", host_path.display(), e.message),
+            limit,
+            setting,
+        };
+    }
+    Error::Io {
         context: format!("copying into {}", host_path.display()),
         source: std::io::Error::other(e),
-    })
+    }
 }
 
 impl Sandbox {
-    /// The contents of the guest file `path` (symlinks followed).
+    /// The contents of the guest file `path` (symlinks followed); a file larger than
+    /// [`AgentLimits::max_read_file`] is [`Error::LimitExceeded`].
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>> {
-        read_all(&self.dir().vsock_socket(), path).await
+        read_all(&self.dir().vsock_socket(), path, self.agent_limits()).await
     }
 
     /// The guest file `path` as a stream, for files too large to hold in memory.
     pub async fn read_file_stream(&self, path: &str) -> Result<FileReader> {
-        read_stream(&self.dir().vsock_socket(), path).await
+        read_stream(&self.dir().vsock_socket(), path, self.agent_limits()).await
     }
 
     /// Replaces (or creates) the guest file `path` with `data`, atomically.
     pub async fn write_file(&self, path: &str, data: impl AsRef<[u8]>) -> Result<()> {
         let options = WriteOptions::default();
-        write_from(&self.dir().vsock_socket(), path, data.as_ref(), options).await
+        write_from(
+            &self.dir().vsock_socket(),
+            path,
+            data.as_ref(),
+            options,
+            self.agent_limits(),
+        )
+        .await
     }
 
     /// Replaces (or creates) the guest file `path` with what `source` yields, atomically;
@@ -535,7 +675,14 @@ impl Sandbox {
             mode,
             ..WriteOptions::default()
         };
-        write_from(&self.dir().vsock_socket(), path, source, options).await
+        write_from(
+            &self.dir().vsock_socket(),
+            path,
+            source,
+            options,
+            self.agent_limits(),
+        )
+        .await
     }
 
     /// Writes the guest file `path` from `source` as `options` say.
@@ -545,22 +692,30 @@ impl Sandbox {
         source: impl AsyncRead + Unpin,
         options: WriteOptions,
     ) -> Result<()> {
-        write_from(&self.dir().vsock_socket(), path, source, options).await
+        write_from(
+            &self.dir().vsock_socket(),
+            path,
+            source,
+            options,
+            self.agent_limits(),
+        )
+        .await
     }
 
-    /// The entries of the guest directory `path`, sorted by name.
+    /// The entries of the guest directory `path`, sorted by name; more than
+    /// [`AgentLimits::max_list_entries`] is [`Error::LimitExceeded`].
     pub async fn list_dir(&self, path: &str) -> Result<Vec<DirEntry>> {
-        list(&self.dir().vsock_socket(), path).await
+        list(&self.dir().vsock_socket(), path, self.agent_limits()).await
     }
 
     /// What the guest path `path` is, symlinks followed.
     pub async fn stat(&self, path: &str) -> Result<FileStat> {
-        stat_path(&self.dir().vsock_socket(), path, true).await
+        stat_path(&self.dir().vsock_socket(), path, true, self.agent_limits()).await
     }
 
     /// What the guest path `path` is, a symlink itself described.
     pub async fn lstat(&self, path: &str) -> Result<FileStat> {
-        stat_path(&self.dir().vsock_socket(), path, false).await
+        stat_path(&self.dir().vsock_socket(), path, false, self.agent_limits()).await
     }
 
     /// Creates the guest directory `path` (mode 0755); with `parents`, missing parents too,
@@ -571,7 +726,7 @@ impl Sandbox {
             parents,
             mode: None,
         };
-        simple(&self.dir().vsock_socket(), request).await
+        simple(&self.dir().vsock_socket(), request, self.agent_limits()).await
     }
 
     /// Removes the guest file, symlink or empty directory `path`; with `recursive`, a
@@ -582,7 +737,7 @@ impl Sandbox {
             path: path.into(),
             recursive,
         };
-        simple(&self.dir().vsock_socket(), request).await
+        simple(&self.dir().vsock_socket(), request, self.agent_limits()).await
     }
 
     /// Renames the guest path `from` to `to`.
@@ -591,21 +746,42 @@ impl Sandbox {
             from: from.into(),
             to: to.into(),
         };
-        simple(&self.dir().vsock_socket(), request).await
+        simple(&self.dir().vsock_socket(), request, self.agent_limits()).await
     }
 
     /// Copies the host file or directory tree `host_path` to `guest_path` (which it
     /// becomes; an existing directory there is merged into, files in it replaced). Symlinks
     /// are copied as links.
     pub async fn copy_in(&self, host_path: impl AsRef<Path>, guest_path: &str) -> Result<()> {
-        copy_in(&self.dir().vsock_socket(), host_path.as_ref(), guest_path).await
+        copy_in(
+            &self.dir().vsock_socket(),
+            host_path.as_ref(),
+            guest_path,
+            self.agent_limits(),
+        )
+        .await
     }
 
     /// Copies the guest file or directory tree `guest_path` to `host_path` (which it
-    /// becomes; its parent must exist). Symlinks are copied as links; entries that would
-    /// land outside `host_path` are refused.
+    /// becomes; its parent must exist).
+    ///
+    /// The guest is treated as hostile, even when `host_path` is in a directory it shares
+    /// (a volume) and changes meanwhile: everything is created relative to the parent's
+    /// directory fd, never through a symlink, only beneath `host_path`
+    /// ([`msbvm_protocol::files::archive`]). Symlinks are copied as links and never
+    /// followed; an existing file or symlink is replaced (a new file renamed over it), an
+    /// existing directory is merged into. Modes keep only the permission bits, less the
+    /// umask (no set-id bits, no devices or FIFOs). At most
+    /// [`AgentLimits::max_copy_entries`] entries and [`AgentLimits::max_copy_bytes`] bytes
+    /// are written, else [`Error::LimitExceeded`].
     pub async fn copy_out(&self, guest_path: &str, host_path: impl AsRef<Path>) -> Result<()> {
-        copy_out(&self.dir().vsock_socket(), guest_path, host_path.as_ref()).await
+        copy_out(
+            &self.dir().vsock_socket(),
+            guest_path,
+            host_path.as_ref(),
+            self.agent_limits(),
+        )
+        .await
     }
 
     /// Writes a tar archive of the guest path `guest_path` (its root entry named like it)
@@ -615,7 +791,13 @@ impl Sandbox {
         guest_path: &str,
         sink: impl AsyncWrite + Unpin,
     ) -> Result<()> {
-        download_tar(&self.dir().vsock_socket(), guest_path, sink).await
+        download_tar(
+            &self.dir().vsock_socket(),
+            guest_path,
+            sink,
+            self.agent_limits(),
+        )
+        .await
     }
 
     /// Unpacks the tar archive read from `source` into the existing guest directory
@@ -625,9 +807,17 @@ impl Sandbox {
         guest_dir: &str,
         source: impl AsyncRead + Unpin,
     ) -> Result<()> {
-        upload_tar(&self.dir().vsock_socket(), guest_dir, source).await
+        upload_tar(
+            &self.dir().vsock_socket(),
+            guest_dir,
+            source,
+            self.agent_limits(),
+        )
+        .await
     }
 }
 
+#[cfg(test)]
+mod hostile_tests;
 #[cfg(test)]
 mod tests;

@@ -32,6 +32,8 @@ pub mod files;
 pub mod framing;
 pub mod images;
 mod launch;
+pub mod limits;
+pub mod logfile;
 pub mod names;
 pub mod paths;
 pub mod report;
@@ -51,11 +53,12 @@ pub use exec::{
 };
 pub use files::{DirEntry, FileErrorKind, FileKind, FileReader, FileStat, WriteOptions};
 pub use launch::{runtime_binary, BIN_ENV};
+pub use limits::AgentLimits;
 pub use msbvm_protocol::{BootTimes, TtySize};
 pub use paths::{msbvm_home, validate_name, SandboxDir};
 pub use report::ReadyInfo;
 pub use sandbox::{
-    Sandbox, SandboxBuilder, SandboxInfo, DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_READY_TIMEOUT,
-    DEFAULT_STOP_TIMEOUT,
+    NetEventStream, Sandbox, SandboxBuilder, SandboxInfo, DEFAULT_CPUS, DEFAULT_MEMORY_MIB,
+    DEFAULT_READY_TIMEOUT, DEFAULT_STOP_TIMEOUT,
 };
 pub use state::Status;

@@ -27,6 +27,17 @@ pub fn msbvm_home() -> Result<PathBuf> {
     if let Some(home) = var(HOME_ENV) {
         return Ok(home);
     }
+    default_home()
+}
+
+/// Where the data directory is when `MSBVM_HOME` does not say: a directory that is msbvm's
+/// alone (one named by `MSBVM_HOME` may be shared, and its mode is the user's business).
+pub(crate) fn default_home() -> Result<PathBuf> {
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(xdg) = var("XDG_DATA_HOME") {
         return Ok(xdg.join("msbvm"));
     }

@@ -21,6 +21,7 @@ use crate::control::ControlClient;
 use crate::error::{Error, Result};
 use crate::exec::{ExecOptions, ExecOutput, ExecStream};
 use crate::launch::{launch, runtime_binary};
+use crate::limits::AgentLimits;
 use crate::paths::{msbvm_home, sandboxes_dir, validate_name, SandboxDir};
 use crate::report::ReadyInfo;
 use crate::runtime::RuntimeArgs;
@@ -49,12 +50,19 @@ pub struct SandboxBuilder {
     detached: bool,
     ready_timeout: Duration,
     spec: SandboxSpec,
+    limits: AgentLimits,
 }
 
 impl SandboxBuilder {
     /// Number of vCPUs (default 1).
     pub fn cpus(mut self, cpus: u8) -> Self {
         self.cpus = cpus;
+        self
+    }
+    /// Bounds on what the handle `create` returns accepts from the guest agent (default
+    /// [`AgentLimits::default`]).
+    pub fn agent_limits(mut self, limits: AgentLimits) -> Self {
+        self.limits = limits;
         self
     }
     /// Guest memory in MiB (default 512).
@@ -242,6 +250,7 @@ impl SandboxBuilder {
             None => (self.env, self.spec.workdir.clone(), None, None, Vec::new()),
         };
         Ok(Sandbox {
+            limits: self.limits,
             inner: Arc::new(Inner {
                 dir,
                 env,
@@ -264,6 +273,7 @@ impl SandboxBuilder {
 #[derive(Clone, Debug)]
 pub struct Sandbox {
     inner: Arc<Inner>,
+    limits: AgentLimits,
 }
 
 #[derive(Debug)]
@@ -337,6 +347,7 @@ impl Sandbox {
             env: Vec::new(),
             detached: false,
             spec: SandboxSpec::default(),
+            limits: AgentLimits::default(),
             ready_timeout: std::env::var("MSBVM_READY_TIMEOUT_SECS")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -371,6 +382,7 @@ impl Sandbox {
             });
         }
         Ok(Sandbox {
+            limits: AgentLimits::default(),
             inner: Arc::new(Inner {
                 dir,
                 env: record.env,
@@ -498,6 +510,18 @@ impl Sandbox {
         &self.inner.command
     }
 
+    /// The bounds this handle puts on what it accepts from the guest agent.
+    pub fn agent_limits(&self) -> &AgentLimits {
+        &self.limits
+    }
+
+    /// This handle with other bounds on what it accepts from the guest agent (other clones
+    /// keep theirs).
+    pub fn with_agent_limits(mut self, limits: AgentLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// The environment every exec starts with.
     pub fn env(&self) -> &[(String, String)] {
         &self.inner.env
@@ -535,7 +559,7 @@ impl Sandbox {
             }
         }
         let request = opts.to_request(&self.inner.env)?;
-        ExecStream::start(&self.inner.dir.vsock_socket(), request).await
+        ExecStream::start(&self.inner.dir.vsock_socket(), request, &self.limits).await
     }
 
     /// Replaces the network policy of the running sandbox (rules in order, first match
@@ -562,23 +586,29 @@ impl Sandbox {
         client.net_stats().await
     }
 
-    /// Every network decision so far (flows allowed and denied, DNS queries, HTTP
+    /// The network decisions still on record (flows allowed and denied, DNS queries, HTTP
     /// requests), oldest first, as the runtime recorded them; call again to poll for more.
+    /// The record is capped ([`crate::logfile`]: the oldest events go first), so this is
+    /// bounded; [`Sandbox::network_event_stream`] reads it incrementally.
     pub fn network_events(&self) -> Result<Vec<serde_json::Value>> {
+        let mut events = Vec::new();
+        self.network_event_stream().poll(&mut |e| events.push(e))?;
+        Ok(events)
+    }
+
+    /// A reader of the network decisions: each [`NetEventStream::poll`] passes on the
+    /// events recorded since the last one, in bounded memory.
+    pub fn network_event_stream(&self) -> NetEventStream {
         let path = self
             .inner
             .dir
             .path()
             .join(crate::runtime::devices::NET_EVENTS_FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io(format!("reading {}", path.display()))(e)),
-        };
-        Ok(text
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect())
+        NetEventStream {
+            tail: crate::logfile::LogTail::open(&path),
+            partial: Vec::new(),
+            path,
+        }
     }
 
     /// Stops the sandbox: the guest shuts down, or is forced off after 5 s.
@@ -612,6 +642,31 @@ impl Sandbox {
             Err(Error::NotFound { .. }) => Ok(()),
             other => other,
         }
+    }
+}
+
+/// Longest network event line read; longer ones (none the runtime writes) are skipped.
+const MAX_EVENT_LINE: usize = 64 * 1024;
+
+/// Reads a sandbox's network events as they are recorded; see
+/// [`Sandbox::network_event_stream`].
+#[derive(Debug)]
+pub struct NetEventStream {
+    tail: crate::logfile::LogTail,
+    partial: Vec<u8>,
+    path: PathBuf,
+}
+
+impl NetEventStream {
+    /// Passes each event recorded since the last call to `out`, oldest first.
+    pub fn poll(&mut self, out: &mut dyn FnMut(serde_json::Value)) -> Result<()> {
+        self.tail
+            .read_lines(&mut self.partial, MAX_EVENT_LINE, &mut |line| {
+                if let Ok(event) = serde_json::from_slice(line) {
+                    out(event);
+                }
+            })
+            .map_err(Error::io(format!("reading {}", self.path.display())))
     }
 }
 

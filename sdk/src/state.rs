@@ -5,11 +5,16 @@
 //! makes liveness exact (no PID reuse races): a sandbox is live exactly when its lock is held.
 //! Readers probe with a brief shared lock. `state.json` is written only by the runtime
 //! (atomically, by rename) and describes the sandbox for `ls` and for other processes.
+//!
+//! Privacy: the record holds the sandbox's environment (`-e` values, often secrets), so the
+//! data directory, `sandboxes/` and every sandbox directory are 0700 and `state.json` is 0600,
+//! created with that mode (never readable by others, not even for a moment). Installs made
+//! before this rule are tightened when a sandbox is claimed or its record read.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
@@ -109,12 +114,19 @@ pub struct StateRecord {
 impl StateRecord {
     /// Reads `dir`'s record; `Ok(None)` when there is none (yet).
     pub fn read(dir: &SandboxDir) -> Result<Option<StateRecord>> {
+        use std::io::Read;
         let path = dir.state_file();
-        let text = match fs::read(&path) {
-            Ok(t) => t,
+        let mut text = Vec::new();
+        let read = File::open(&path).and_then(|mut f| {
+            // An install from before the privacy rule: tighten what we own.
+            tighten(&f, PRIVATE_FILE);
+            f.read_to_end(&mut text)
+        });
+        match read {
+            Ok(_) => tighten_path(dir.path(), PRIVATE_DIR),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(format!("reading {}", path.display()))(e)),
-        };
+        }
         serde_json::from_slice(&text)
             .map(Some)
             .map_err(|e| Error::CorruptState {
@@ -131,10 +143,71 @@ impl StateRecord {
             path: path.clone(),
             detail: e.to_string(),
         })?;
-        fs::write(&tmp, text)
+        let written = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(PRIVATE_FILE)
+            .open(&tmp)
+            .and_then(|mut f| {
+                // A leftover temporary file keeps its old mode on open: set it.
+                f.set_permissions(fs::Permissions::from_mode(PRIVATE_FILE))?;
+                io::Write::write_all(&mut f, &text)
+            });
+        written
             .and_then(|()| fs::rename(&tmp, &path))
             .map_err(Error::io(format!("writing {}", path.display())))
     }
+}
+
+/// Mode of the data directory, `sandboxes/` and each sandbox directory.
+pub const PRIVATE_DIR: u32 = 0o700;
+/// Mode of `state.json`.
+pub const PRIVATE_FILE: u32 = 0o600;
+
+/// Narrows an open file or directory we own to `mode` when others may read it.
+fn tighten(f: &File, mode: u32) {
+    let Ok(meta) = f.metadata() else { return };
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() == me && meta.mode() & 0o077 != 0 {
+        if let Err(e) = f.set_permissions(fs::Permissions::from_mode(mode)) {
+            tracing::warn!("cannot make a private msbvm file private: {e}");
+        }
+    }
+}
+
+fn tighten_path(path: &Path, mode: u32) {
+    if let Ok(f) = File::open(path) {
+        tighten(&f, mode);
+    }
+}
+
+/// Creates `dir` and missing parents as private directories; an existing one is tightened
+/// when `tighten_existing` (only for directories that are msbvm's alone).
+fn private_dir(dir: &Path, tighten_existing: bool) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR)
+        .create(dir)
+        .map_err(Error::io(format!("creating {}", dir.display())))?;
+    if tighten_existing {
+        tighten_path(dir, PRIVATE_DIR);
+    }
+    Ok(())
+}
+
+/// Makes the data directory holding `sandboxes` and `sandboxes` itself private. A missing
+/// data directory is created 0700; an existing one is tightened only at the default location
+/// ([`crate::paths::default_home`]), since one named by `MSBVM_HOME` may be a shared
+/// directory. `sandboxes/` is always msbvm's and always made 0700, which keeps every record
+/// private whatever the data directory's mode.
+fn private_home(sandboxes: &Path) -> Result<()> {
+    if let Some(home) = sandboxes.parent().filter(|h| !h.as_os_str().is_empty()) {
+        let default = crate::paths::default_home().ok();
+        private_dir(home, default.as_deref() == Some(home))?;
+    }
+    private_dir(sandboxes, true)
 }
 
 /// Seconds since the Unix epoch, now.
@@ -160,12 +233,15 @@ const CLAIM_RETRY_DELAY: Duration = Duration::from_millis(2);
 /// has the name.
 pub fn claim(dir: &SandboxDir) -> Result<Claim> {
     let parent = dir.path().parent().unwrap_or(Path::new("/"));
-    fs::create_dir_all(parent).map_err(Error::io(format!("creating {}", parent.display())))?;
+    private_home(parent)?;
     // A remover can delete the directory between our open and our lock; then try again.
     for _ in 0..3 {
-        let fresh = match fs::create_dir(dir.path()) {
+        let fresh = match fs::DirBuilder::new().mode(PRIVATE_DIR).create(dir.path()) {
             Ok(()) => true,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                tighten_path(dir.path(), PRIVATE_DIR);
+                false
+            }
             Err(e) => return Err(Error::io(format!("creating {}", dir.path().display()))(e)),
         };
         let lock_path = dir.lock_file();
@@ -296,18 +372,32 @@ fn clear_except_lock(dir: &SandboxDir) -> Result<()> {
     Ok(())
 }
 
-/// The last `max_lines` lines of a text file (lossy UTF-8), reading at most its last 64 KiB.
+/// The last `max_lines` lines of a text file (lossy UTF-8), reading at most its last 64 KiB
+/// and that of its rotated part ([`crate::logfile`]).
 pub fn tail_lines(path: &Path, max_lines: usize) -> String {
+    let mut lines = last_lines(path, max_lines);
+    if lines.len() < max_lines {
+        // Just after a rotation the live log is short: the rest is in its rotated part.
+        let rotated = crate::logfile::rotated_path(path);
+        let mut older = last_lines(&rotated, max_lines - lines.len());
+        older.append(&mut lines);
+        lines = older;
+    }
+    lines.join("\n")
+}
+
+/// The last `max_lines` non-blank lines of the last 64 KiB of `path`.
+fn last_lines(path: &Path, max_lines: usize) -> Vec<String> {
     use std::io::{Read, Seek, SeekFrom};
     const MAX_READ: u64 = 64 * 1024;
     let Ok(mut f) = File::open(path) else {
-        return String::new();
+        return Vec::new();
     };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let start = len.saturating_sub(MAX_READ);
     let mut buf = Vec::new();
     if f.seek(SeekFrom::Start(start)).is_err() || f.read_to_end(&mut buf).is_err() {
-        return String::new();
+        return Vec::new();
     }
     let text = String::from_utf8_lossy(&buf);
     // Serial consoles end lines with "\r\n"; drop the carriage returns.
@@ -316,13 +406,77 @@ pub fn tail_lines(path: &Path, max_lines: usize) -> String {
         .map(|l| l.trim_end_matches('\r'))
         .filter(|l| !l.trim().is_empty())
         .collect();
-    lines[lines.len().saturating_sub(max_lines)..].join("\n")
+    lines[lines.len().saturating_sub(max_lines)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use tempfile::TempDir;
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    /// Before: the directories took the umask's 0755 and `state.json` 0644, so every local
+    /// user could read a sandbox's `-e` secrets.
+    #[test]
+    fn state_is_private_from_creation_and_old_installs_are_tightened() {
+        let tmp = TempDir::new().unwrap();
+        let home = tmp.path().join("home");
+        let dir = SandboxDir::in_home(&home, "p").unwrap();
+        let claim = claim(&dir).unwrap();
+        assert_eq!(mode(&home), 0o700);
+        assert_eq!(mode(&home.join("sandboxes")), 0o700);
+        assert_eq!(mode(dir.path()), 0o700);
+        // A leftover temporary file with a wide mode does not widen the record.
+        let tmp_file = dir.path().join("state.json.tmp");
+        fs::write(&tmp_file, b"").unwrap();
+        fs::set_permissions(&tmp_file, fs::Permissions::from_mode(0o666)).unwrap();
+        record("p").write(&dir).unwrap();
+        assert_eq!(mode(&dir.state_file()), 0o600);
+        drop(claim);
+
+        // An install from before: everything world-readable.
+        for p in [&home, &home.join("sandboxes"), &dir.path().to_path_buf()] {
+            fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        fs::set_permissions(dir.state_file(), fs::Permissions::from_mode(0o644)).unwrap();
+        StateRecord::read(&dir).unwrap().unwrap();
+        assert_eq!(mode(&dir.state_file()), 0o600);
+        assert_eq!(mode(dir.path()), 0o700);
+        let _claim = super::claim(&dir).unwrap();
+        assert_eq!(mode(&home.join("sandboxes")), 0o700);
+    }
+
+    #[test]
+    fn the_default_home_is_tightened() {
+        let tmp = TempDir::new().unwrap();
+        let _env = crate::test_support::EnvGuard::set(&[
+            ("MSBVM_HOME", None),
+            ("XDG_DATA_HOME", Some(tmp.path())),
+        ]);
+        let home = crate::paths::msbvm_home().unwrap();
+        fs::create_dir(&home).unwrap();
+        fs::set_permissions(&home, fs::Permissions::from_mode(0o755)).unwrap();
+        let _claim = claim(&SandboxDir::in_home(&home, "p").unwrap()).unwrap();
+        assert_eq!(mode(&home), 0o700);
+    }
+
+    #[test]
+    fn a_shared_home_that_is_not_msbvm_s_is_left_alone() {
+        let tmp = TempDir::new().unwrap();
+        let shared = tmp.path().join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = SandboxDir::in_home(&shared, "p").unwrap();
+        let _claim = claim(&dir).unwrap();
+        assert_eq!(mode(&shared), 0o755);
+        assert_eq!(mode(&shared.join("sandboxes")), 0o700);
+    }
 
     fn record(name: &str) -> StateRecord {
         StateRecord {
@@ -408,6 +562,15 @@ mod tests {
             serde_json::to_string(&Status::Stopped).unwrap(),
             "\"stopped\""
         );
+    }
+
+    #[test]
+    fn tail_reaches_into_the_rotated_part() {
+        let tmp = TempDir::new().unwrap();
+        let p = tmp.path().join("console.log");
+        fs::write(crate::logfile::rotated_path(&p), "a\nb\nc\n").unwrap();
+        fs::write(&p, "d\n").unwrap();
+        assert_eq!(tail_lines(&p, 3), "b\nc\nd");
     }
 
     #[test]

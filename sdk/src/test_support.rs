@@ -30,6 +30,18 @@ impl Session {
         crate::framing::write_blocking(&mut self.writer, m).expect("writing to the host");
     }
 
+    /// Sends a message; `Err` once the host has gone (for hostile scripts that stream until
+    /// the SDK gives up).
+    pub(crate) fn try_send(&mut self, m: &msbvm_protocol::GuestMessage) -> std::io::Result<()> {
+        crate::framing::write_blocking(&mut self.writer, m).map_err(std::io::Error::other)
+    }
+
+    /// Sends raw bytes; `Err` once the host has gone.
+    pub(crate) fn try_send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        self.writer.write_all(bytes)
+    }
+
     /// Sends raw bytes to the host.
     pub(crate) fn send_raw(&mut self, bytes: &[u8]) {
         use std::io::Write;

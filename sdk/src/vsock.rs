@@ -94,6 +94,11 @@ fn connect_error(path: &Path, e: io::Error) -> Error {
 
 /// Connects to guest port `port` through the device socket at `uds`.
 pub async fn connect(uds: &Path, port: u32) -> Result<UnixStream> {
+    connect_within(uds, port, HANDSHAKE_TIMEOUT).await
+}
+
+/// [`connect`], waiting at most `timeout` for the device's answer.
+pub async fn connect_within(uds: &Path, port: u32, timeout: Duration) -> Result<UnixStream> {
     let addr = SocketPath::new(uds).map_err(|e| connect_error(uds, e))?;
     let mut stream = UnixStream::connect(addr.path())
         .await
@@ -116,13 +121,13 @@ pub async fn connect(uds: &Path, port: u32) -> Result<UnixStream> {
         }
         Ok::<_, io::Error>(line)
     };
-    let line = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+    let line = match tokio::time::timeout(timeout, handshake).await {
         Err(_) => {
             return Err(Error::Protocol {
                 peer: "the vsock device",
                 detail: format!(
-                    "no answer to CONNECT {port} within {}s",
-                    HANDSHAKE_TIMEOUT.as_secs()
+                    "no answer to CONNECT {port} within {:.1}s",
+                    timeout.as_secs_f64()
                 ),
             })
         }

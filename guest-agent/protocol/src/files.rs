@@ -188,6 +188,9 @@ pub enum FileErrorKind {
     InvalidInput,
     /// Anything else (see the message and errno).
     Other,
+    /// A limit on what one operation may read or create was reached (an
+    /// archive's entries or bytes, an extension header's size).
+    LimitExceeded,
 }
 
 /// A failed file operation.

@@ -11,7 +11,12 @@ fn base_env() -> Vec<(String, String)> {
 
 async fn start(tmp: &TempDir, opts: ExecOptions) -> Result<ExecStream> {
     let request = opts.to_request(&base_env())?;
-    ExecStream::start(&tmp.path().join("vsock.sock"), request).await
+    ExecStream::start(
+        &tmp.path().join("vsock.sock"),
+        request,
+        &AgentLimits::default(),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -281,4 +286,140 @@ fn timeout_becomes_milliseconds() {
     assert_eq!(r.timeout_ms, Some(2000));
     assert_eq!(r.gid, Some(3));
     assert_eq!(r.env[0], ("PATH".into(), DEFAULT_PATH.into()));
+}
+
+async fn start_with(tmp: &TempDir, limits: AgentLimits) -> Result<ExecStream> {
+    let request = ExecOptions::new(["x"]).to_request(&base_env())?;
+    ExecStream::start(&tmp.path().join("vsock.sock"), request, &limits).await
+}
+
+/// Before the fix, each skipped message restarted the wait for `Started`: an agent that
+/// never stops sending the wrong thing hung the caller for ever.
+#[tokio::test]
+async fn messages_that_never_start_the_process_end_the_start() {
+    for garbage in [true, false] {
+        let tmp = TempDir::new().unwrap();
+        let fake = FakeAgent::spawn(&tmp.path().join("vsock.sock"), 1, move |s| {
+            s.hello();
+            s.expect_exec();
+            loop {
+                let sent = if garbage {
+                    // A frame that does not decode.
+                    s.try_send_raw(&[3, 0, 0, 0, 0xff, 0xff, 0xff])
+                } else {
+                    s.try_send(&G::Pong)
+                };
+                if sent.is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        let began = std::time::Instant::now();
+        let e = tokio::time::timeout(
+            Duration::from_secs(20),
+            start_with(&tmp, AgentLimits::default()),
+        )
+        .await
+        .expect("the start hung")
+        .unwrap_err();
+        assert!(matches!(e, Error::Protocol { .. }), "{e}");
+        assert!(e.to_string().contains("do not belong"), "{e}");
+        assert!(began.elapsed() < Duration::from_secs(5));
+        fake.join();
+    }
+}
+
+#[tokio::test]
+async fn a_slow_trickle_before_started_hits_one_reply_timeout() {
+    let tmp = TempDir::new().unwrap();
+    let fake = FakeAgent::spawn(&tmp.path().join("vsock.sock"), 1, |s| {
+        s.hello();
+        s.expect_exec();
+        // Fewer messages than the skip limit, each inside the reply timeout.
+        for _ in 0..10 {
+            if s.try_send(&G::Pong).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let limits = AgentLimits {
+        reply_timeout: Duration::from_millis(300),
+        ..AgentLimits::default()
+    };
+    let began = std::time::Instant::now();
+    let e = start_with(&tmp, limits).await.unwrap_err();
+    assert!(matches!(e, Error::AgentTimeout { .. }), "{e}");
+    assert!(
+        began.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        began.elapsed()
+    );
+    fake.join();
+}
+
+#[tokio::test]
+async fn collected_output_is_capped_and_the_process_killed() {
+    let tmp = TempDir::new().unwrap();
+    let fake = FakeAgent::spawn(&tmp.path().join("vsock.sock"), 1, |s| {
+        s.hello();
+        s.expect_exec();
+        s.send(&G::Started { pid: 7 });
+        let chunk = vec![b'y'; MAX_CHUNK_LEN];
+        let mut sent = 0u64;
+        while sent < 256 << 20 && s.try_send(&G::Stdout(chunk.clone())).is_ok() {
+            sent += chunk.len() as u64;
+        }
+        assert!(sent < 16 << 20, "the SDK took {sent} bytes");
+    });
+    let limits = AgentLimits {
+        max_exec_output: 1 << 20,
+        ..AgentLimits::default()
+    };
+    let e = start_with(&tmp, limits)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::LimitExceeded {
+                setting: "max_exec_output",
+                limit: 1048576,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    fake.join();
+}
+
+/// The reply timeout is for the protocol, not for the process: a command that prints
+/// nothing for longer than it still runs to its end.
+#[tokio::test]
+async fn a_quiet_process_outlives_the_reply_timeout() {
+    let tmp = TempDir::new().unwrap();
+    let fake = FakeAgent::spawn(&tmp.path().join("vsock.sock"), 1, |s| {
+        s.hello();
+        s.expect_exec();
+        s.send(&G::Started { pid: 7 });
+        std::thread::sleep(Duration::from_millis(600));
+        s.send(&G::Exited(ExitStatus::Code(0)));
+    });
+    let limits = AgentLimits {
+        reply_timeout: Duration::from_millis(100),
+        operation_timeout: Some(Duration::from_millis(200)),
+        ..AgentLimits::default()
+    };
+    let out = start_with(&tmp, limits)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert!(out.success());
+    fake.join();
 }

@@ -65,12 +65,25 @@ async fn files_roundtrip_through_write_read_and_stream() {
     let data: Vec<u8> = (0..5 * MAX_CHUNK_LEN + 3)
         .map(|i| (i % 251) as u8)
         .collect();
-    write_from(&uds, &s(&f), &data[..], WriteOptions::default())
+    write_from(
+        &uds,
+        &s(&f),
+        &data[..],
+        WriteOptions::default(),
+        &AgentLimits::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        read_all(&uds, &s(&f), &AgentLimits::default())
+            .await
+            .unwrap(),
+        data
+    );
+
+    let mut reader = read_stream(&uds, &s(&f), &AgentLimits::default())
         .await
         .unwrap();
-    assert_eq!(read_all(&uds, &s(&f)).await.unwrap(), data);
-
-    let mut reader = read_stream(&uds, &s(&f)).await.unwrap();
     assert_eq!(reader.stat().size, data.len() as u64);
     let mut got = Vec::new();
     reader.read_to_end(&mut got).await.unwrap();
@@ -82,16 +95,18 @@ async fn files_roundtrip_through_write_read_and_stream() {
         append: false,
     };
     let deep = tmp.path().join("a/b/c");
-    write_from(&uds, &s(&deep), &b"x"[..], options)
+    write_from(&uds, &s(&deep), &b"x"[..], options, &AgentLimits::default())
         .await
         .unwrap();
-    let st = stat_path(&uds, &s(&deep), true).await.unwrap();
+    let st = stat_path(&uds, &s(&deep), true, &AgentLimits::default())
+        .await
+        .unwrap();
     assert_eq!((st.kind, st.mode, st.size), (FileKind::File, 0o600, 1));
     let append = WriteOptions {
         append: true,
         ..WriteOptions::default()
     };
-    write_from(&uds, &s(&deep), &b"yz"[..], append)
+    write_from(&uds, &s(&deep), &b"yz"[..], append, &AgentLimits::default())
         .await
         .unwrap();
     assert_eq!(std::fs::read(&deep).unwrap(), b"xyz");
@@ -101,27 +116,41 @@ async fn files_roundtrip_through_write_read_and_stream() {
 async fn guest_failures_are_typed_errors() {
     let tmp = TempDir::new().unwrap();
     let uds = agent(tmp.path());
-    let e = read_all(&uds, &s(&tmp.path().join("missing")))
-        .await
-        .unwrap_err();
+    let e = read_all(
+        &uds,
+        &s(&tmp.path().join("missing")),
+        &AgentLimits::default(),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.file_error_kind(), Some(FileErrorKind::NotFound), "{e}");
     assert!(e.to_string().contains("missing"), "{e}");
-    let e = read_stream(&uds, &s(tmp.path())).await.unwrap_err();
+    let e = read_stream(&uds, &s(tmp.path()), &AgentLimits::default())
+        .await
+        .unwrap_err();
     assert_eq!(
         e.file_error_kind(),
         Some(FileErrorKind::IsADirectory),
         "{e}"
     );
     // Refused before any data is sent.
-    let e = write_from(&uds, &s(tmp.path()), &b"x"[..], WriteOptions::default())
-        .await
-        .unwrap_err();
+    let e = write_from(
+        &uds,
+        &s(tmp.path()),
+        &b"x"[..],
+        WriteOptions::default(),
+        &AgentLimits::default(),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(
         e.file_error_kind(),
         Some(FileErrorKind::IsADirectory),
         "{e}"
     );
-    let e = list(&uds, "/definitely/not/here").await.unwrap_err();
+    let e = list(&uds, "/definitely/not/here", &AgentLimits::default())
+        .await
+        .unwrap_err();
     assert_eq!(e.file_error_kind(), Some(FileErrorKind::NotFound), "{e}");
 }
 
@@ -151,9 +180,15 @@ async fn a_failed_upload_leaves_the_old_file() {
     let uds = agent(tmp.path());
     let f = dir.join("f");
     std::fs::write(&f, b"old").unwrap();
-    let e = write_from(&uds, &s(&f), Failing(3), WriteOptions::default())
-        .await
-        .unwrap_err();
+    let e = write_from(
+        &uds,
+        &s(&f),
+        Failing(3),
+        WriteOptions::default(),
+        &AgentLimits::default(),
+    )
+    .await
+    .unwrap_err();
     assert!(e.to_string().contains("source broke"), "{e}");
     // The agent sees the connection end and removes its temporary file.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -174,36 +209,50 @@ async fn directories_list_stat_create_rename_remove() {
         parents,
         mode: None,
     };
-    let e = simple(&uds, make(false)).await.unwrap_err();
+    let e = simple(&uds, make(false), &AgentLimits::default())
+        .await
+        .unwrap_err();
     assert_eq!(e.file_error_kind(), Some(FileErrorKind::NotFound));
-    simple(&uds, make(true)).await.unwrap();
+    simple(&uds, make(true), &AgentLimits::default())
+        .await
+        .unwrap();
     std::fs::write(d.join("b"), b"bb").unwrap();
     symlink("b", d.join("a")).unwrap();
-    let entries = list(&uds, &s(&d)).await.unwrap();
+    let entries = list(&uds, &s(&d), &AgentLimits::default()).await.unwrap();
     let names: Vec<_> = entries.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(names, ["a", "b"]);
     assert_eq!(entries[0].stat.symlink_target.as_deref(), Some("b"));
     assert_eq!(
-        stat_path(&uds, &s(&d.join("a")), false).await.unwrap().kind,
+        stat_path(&uds, &s(&d.join("a")), false, &AgentLimits::default())
+            .await
+            .unwrap()
+            .kind,
         FileKind::Symlink
     );
     assert_eq!(
-        stat_path(&uds, &s(&d.join("a")), true).await.unwrap().size,
+        stat_path(&uds, &s(&d.join("a")), true, &AgentLimits::default())
+            .await
+            .unwrap()
+            .size,
         2
     );
     let rename = FileRequest::Rename {
         from: s(&d.join("b")),
         to: s(&d.join("c")),
     };
-    simple(&uds, rename).await.unwrap();
+    simple(&uds, rename, &AgentLimits::default()).await.unwrap();
     assert_eq!(std::fs::read(d.join("c")).unwrap(), b"bb");
     let remove = |recursive| FileRequest::Remove {
         path: s(&tmp.path().join("x")),
         recursive,
     };
-    let e = simple(&uds, remove(false)).await.unwrap_err();
+    let e = simple(&uds, remove(false), &AgentLimits::default())
+        .await
+        .unwrap_err();
     assert_eq!(e.file_error_kind(), Some(FileErrorKind::DirectoryNotEmpty));
-    simple(&uds, remove(true)).await.unwrap();
+    simple(&uds, remove(true), &AgentLimits::default())
+        .await
+        .unwrap();
     assert!(!tmp.path().join("x").exists());
 }
 
@@ -218,7 +267,9 @@ async fn trees_and_files_copy_in_and_out() {
     symlink("sub/big", tree.join("ln")).unwrap();
 
     let in_guest = guest.path().join("copied");
-    copy_in(&uds, &tree, &s(&in_guest)).await.unwrap();
+    copy_in(&uds, &tree, &s(&in_guest), &AgentLimits::default())
+        .await
+        .unwrap();
     assert_eq!(
         std::fs::read(in_guest.join("sub/big")).unwrap().len(),
         3 * MAX_CHUNK_LEN
@@ -229,7 +280,9 @@ async fn trees_and_files_copy_in_and_out() {
     );
 
     let back = host.path().join("back");
-    copy_out(&uds, &s(&in_guest), &back).await.unwrap();
+    copy_out(&uds, &s(&in_guest), &back, &AgentLimits::default())
+        .await
+        .unwrap();
     assert_eq!(
         std::fs::read(back.join("sub/big")).unwrap(),
         vec![3u8; 3 * MAX_CHUNK_LEN]
@@ -244,6 +297,7 @@ async fn trees_and_files_copy_in_and_out() {
         &uds,
         &s(&in_guest.join("sub/big")),
         &host.path().join("one"),
+        &AgentLimits::default(),
     )
     .await
     .unwrap();
@@ -252,13 +306,23 @@ async fn trees_and_files_copy_in_and_out() {
         3 * MAX_CHUNK_LEN as u64
     );
 
-    let e = copy_out(&uds, &s(&guest.path().join("none")), &host.path().join("x"))
-        .await
-        .unwrap_err();
+    let e = copy_out(
+        &uds,
+        &s(&guest.path().join("none")),
+        &host.path().join("x"),
+        &AgentLimits::default(),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.file_error_kind(), Some(FileErrorKind::NotFound), "{e}");
-    let e = copy_in(&uds, &host.path().join("none"), &s(&in_guest))
-        .await
-        .unwrap_err();
+    let e = copy_in(
+        &uds,
+        &host.path().join("none"),
+        &s(&in_guest),
+        &AgentLimits::default(),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(e, Error::Io { .. }), "{e}");
     assert!(split_guest_path("/").is_err());
     assert_eq!(
@@ -291,9 +355,14 @@ async fn a_hostile_archive_from_the_guest_is_refused() {
         session.send(&GuestMessage::FileChunk(tar.clone()));
         session.send(&GuestMessage::FileEnd);
     });
-    let e = copy_out(&tmp.path().join("vsock.sock"), "/root", &host.join("out"))
-        .await
-        .unwrap_err();
+    let e = copy_out(
+        &tmp.path().join("vsock.sock"),
+        "/root",
+        &host.join("out"),
+        &AgentLimits::default(),
+    )
+    .await
+    .unwrap_err();
     assert!(e.to_string().contains(".."), "{e}");
     assert!(!tmp.path().join("escaped").exists());
     assert!(!host.join("escaped").exists());

@@ -6,7 +6,6 @@
 //! image's layer lease, the netstack) is kept in [`Devices`]; dropping it
 //! releases them.
 
-use std::fs::File;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,6 +26,7 @@ use msbvm_virtio::net::{Net, NetDeviceConfig};
 use msbvm_vmm::DeviceSpec;
 
 use crate::error::{Error, Result};
+use crate::logfile::{max_bytes_from_env, CappedLog};
 use crate::paths::SandboxDir;
 use crate::spec::{NetworkSpec, RootSpec, SandboxSpec, VolumeSource, DEFAULT_IMAGE};
 
@@ -190,13 +190,11 @@ fn open_audit_log(dir: &SandboxDir) -> Result<Option<Arc<dyn Hook>>> {
         return Ok(None);
     }
     let path = dir.path().join(FS_AUDIT_FILE);
-    let file = File::options()
-        .create(true)
-        .append(true)
-        .open(&path)
+    let log = CappedLog::open(&path, max_bytes_from_env())
         .map_err(Error::io(format!("opening {}", path.display())))?;
+    // Line-buffered, so the cap's rotation never splits a record.
     Ok(Some(Arc::new(AuditLog::to_writer(
-        std::io::BufWriter::new(file),
+        std::io::LineWriter::new(log),
     ))))
 }
 
@@ -442,13 +440,11 @@ pub(crate) fn published(host: SocketAddr, guest_port: u16) -> PublishedPort {
 }
 
 /// Network events go to the runtime log (the netstack logs them) and, as
-/// JSON lines, to [`NET_EVENTS_FILE`], which the SDK tails.
+/// JSON lines, to [`NET_EVENTS_FILE`] (capped and rotated,
+/// [`crate::logfile`]), which the SDK tails.
 fn event_sink(dir: &SandboxDir) -> Result<EventSink> {
     let path: PathBuf = dir.path().join(NET_EVENTS_FILE);
-    let file = File::options()
-        .create(true)
-        .append(true)
-        .open(&path)
+    let file = CappedLog::open(&path, max_bytes_from_env())
         .map_err(Error::io(format!("opening {}", path.display())))?;
     let file = Mutex::new(file);
     Ok(Arc::new(move |event: NetEvent| {

@@ -235,26 +235,34 @@ fn run(
     }
 }
 
-/// Sends stderr (panics, kernel-build lines) and tracing to `runtime.log`.
+/// Sends stderr (panics, kernel-build lines) and tracing to `runtime.log`, a capped log
+/// ([`crate::logfile`]): tracing writes through the cap, and stderr is pointed at each new
+/// file after a rotation.
 fn redirect_logs(dir: &SandboxDir) {
-    match std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.runtime_log())
-    {
-        Ok(log) => {
-            // SAFETY: dup2 onto stderr; `log` stays valid for the call.
-            unsafe { libc::dup2(log.as_raw_fd(), libc::STDERR_FILENO) };
-        }
-        Err(e) => eprintln!("msbvm runtime: cannot open the runtime log: {e}"),
+    fn point_stderr_at(log: &std::fs::File) {
+        // SAFETY: dup2 onto stderr; `log` stays valid for the call.
+        unsafe { libc::dup2(log.as_raw_fd(), libc::STDERR_FILENO) };
     }
+    let max = crate::logfile::max_bytes_from_env();
+    let log = match crate::logfile::CappedLog::open(&dir.runtime_log(), max) {
+        Ok(log) => {
+            point_stderr_at(log.file());
+            Some(log.on_reopen(Box::new(point_stderr_at)).shared())
+        }
+        Err(e) => {
+            eprintln!("msbvm runtime: cannot open the runtime log: {e}");
+            None
+        }
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("MSBVM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
+        .with_ansi(false);
+    let _ = match log {
+        Some(log) => builder.with_writer(move || log.clone()).try_init(),
+        None => builder.with_writer(std::io::stderr).try_init(),
+    };
 }
 
 struct Supervisor<'a> {

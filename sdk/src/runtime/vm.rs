@@ -48,6 +48,19 @@ pub fn device_socket_path(dir: &SandboxDir) -> PathBuf {
     }
 }
 
+/// The guest console: a capped, rotated log ([`crate::logfile`]), since the guest decides
+/// how much it prints; an uncapped file only if that cannot be opened.
+fn console_output(dir: &SandboxDir) -> ConsoleOutput {
+    let path = dir.console_log();
+    match crate::logfile::CappedLog::open(&path, crate::logfile::max_bytes_from_env()) {
+        Ok(log) => ConsoleOutput::Writer(std::sync::Arc::new(std::sync::Mutex::new(log))),
+        Err(e) => {
+            tracing::warn!("cannot open {} as a capped log: {e}", path.display());
+            ConsoleOutput::File(path)
+        }
+    }
+}
+
 /// The VM configuration for `request`.
 pub fn config(request: &VmRequest<'_>) -> VmConfig {
     VmConfig {
@@ -58,7 +71,7 @@ pub fn config(request: &VmRequest<'_>) -> VmConfig {
         },
         vcpus: request.cpus,
         memory_mib: request.memory_mib,
-        console: ConsoleOutput::File(request.dir.console_log()),
+        console: console_output(request.dir),
         start_time: request.started,
         vsock: Some(VsockConfig {
             guest_cid: msbvm_protocol::GUEST_CID,
