@@ -446,3 +446,93 @@ fn http_policy_answers_403_to_a_denied_request_and_passes_an_allowed_one() {
     h.guest.tcp_send_all(s, allowed);
     assert_eq!(h.guest.tcp_recv_exact(s, allowed.len()), allowed);
 }
+
+/// Everything the guest socket `s` receives until the stack closes it.
+fn read_until_closed(h: &mut Harness, s: smoltcp::iface::SocketHandle, secs: u64) -> Vec<u8> {
+    let mut answer = Vec::new();
+    h.guest
+        .run_until(secs, "the stack to close the connection", |g| {
+            let mut buf = [0u8; 4096];
+            while g.tcp(s).can_recv() {
+                let n = g.tcp(s).recv_slice(&mut buf).unwrap();
+                answer.extend_from_slice(&buf[..n]);
+            }
+            (!g.tcp(s).may_recv()).then_some(())
+        });
+    answer
+}
+
+fn secret_denied_host_allowed(port: u16) -> Policy {
+    Policy::builder()
+        .deny(
+            format!("http://host.msbvm.internal:{port}/secret/")
+                .parse()
+                .unwrap(),
+        )
+        .allow("host".parse().unwrap())
+}
+
+/// Before, only the first request head of a connection was inspected: a second request on a
+/// keep-alive connection reached any path.
+#[test]
+fn every_request_on_a_keep_alive_connection_is_checked() {
+    let port = echo_server();
+    let mut h = Harness::start(test_config(), secret_denied_host_allowed(port));
+    let allowed = b"GET /public HTTP/1.1\r\nHost: host.msbvm.internal\r\n\r\n";
+    let body = b"POST /upload HTTP/1.1\r\nHost: host.msbvm.internal\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let denied = b"GET /secret;x/../secret/key HTTP/1.1\r\nHost: host.msbvm.internal\r\n\r\n";
+    let s = h
+        .guest
+        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, port), 40030);
+    h.guest.tcp_send_all(s, allowed);
+    assert_eq!(h.guest.tcp_recv_exact(s, allowed.len()), allowed);
+    h.guest.tcp_send_all(s, body);
+    assert_eq!(h.guest.tcp_recv_exact(s, body.len()), body);
+    h.guest.tcp_send_all(s, denied);
+    let answer = read_until_closed(&mut h, s, 10);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 403 Forbidden"), "{text}");
+    assert!(
+        !text.contains("GET /secret"),
+        "the denied request reached the host: {text}"
+    );
+    let paths: Vec<(String, bool)> = h
+        .events()
+        .iter()
+        .filter_map(|e| match e {
+            NetEvent::HttpRequest { path, allowed, .. } => Some((path.clone(), *allowed)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            ("/public".to_string(), true),
+            ("/upload".to_string(), true),
+            ("/secret;x/../secret/key".to_string(), false)
+        ]
+    );
+}
+
+/// Pipelined: the allowed request is answered, then the 403 follows; the denied one never
+/// reaches the host.
+#[test]
+fn a_denied_pipelined_request_is_answered_after_the_allowed_one() {
+    let port = echo_server();
+    let mut h = Harness::start(test_config(), secret_denied_host_allowed(port));
+    let allowed = b"GET /a HTTP/1.1\r\nHost: host.msbvm.internal\r\nContent-Length: 3\r\n\r\nabc";
+    let denied = b"get //secret/ HTTP/1.1\r\nHost: host.msbvm.internal\r\n\r\n";
+    let s = h
+        .guest
+        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, port), 40031);
+    h.guest
+        .tcp_send_all(s, &[&allowed[..], &denied[..]].concat());
+    let answer = read_until_closed(&mut h, s, 10);
+    assert!(
+        answer.starts_with(allowed),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let rest = String::from_utf8_lossy(&answer[allowed.len()..]);
+    assert!(rest.starts_with("HTTP/1.1 403 Forbidden"), "{rest}");
+}
