@@ -302,6 +302,17 @@ impl Policy {
     /// Decides whether the guest may open `flow`. `dns` tells which names
     /// the guest resolved to the destination address.
     pub fn check_flow(&self, flow: &FlowInfo, dns: &PinTable) -> Verdict {
+        self.check_flow_named(flow, || dns.names(flow.dst.ip()))
+    }
+
+    /// [`check_flow`](Self::check_flow) with the DNS names of the
+    /// destination given by `names` (asked only when a rule needs them).
+    pub fn check_flow_named(
+        &self,
+        flow: &FlowInfo,
+        names: impl FnOnce() -> Vec<String>,
+    ) -> Verdict {
+        let mut names_of = Some(names);
         let mut names = None;
         let dns_transport = is_dns_transport(flow);
         for entry in &self.rules {
@@ -321,7 +332,8 @@ impl Policy {
             if !flow_qualifiers_match(rule, flow) {
                 continue;
             }
-            let names = names.get_or_insert_with(|| dns.names(flow.dst.ip()));
+            let names =
+                names.get_or_insert_with(|| names_of.take().map(|f| f()).unwrap_or_default());
             if target_matches(entry, flow, names) {
                 return verdict(entry, || {
                     format!("{} to {} denied by rule", flow.protocol, flow.dst)

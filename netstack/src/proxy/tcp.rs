@@ -27,7 +27,7 @@ use crate::http;
 use crate::policy::{FlowInfo, Verdict};
 use crate::stack::frames::TcpKey;
 use crate::stack::stats::StatsCounters;
-use crate::stack::{Shared, Stack, TcpEntry};
+use crate::stack::{PolicedFlow, Shared, Stack, TcpEntry};
 
 /// Buffers of a DNS-over-TCP connection (messages are at most 64 KiB).
 const DNS_TCP_BUFFER: usize = 64 * 1024;
@@ -63,7 +63,10 @@ pub(crate) fn new_flow(shared: &Rc<Shared>, st: &mut Stack, key: TcpKey, syn: &[
         st.send_rst(key, syn);
         return;
     };
-    if shared.policy.load().wants_http_inspection(dst.port()) {
+    let inspected = shared.policy.load().wants_http_inspection(dst.port());
+    let names = shared.pins.names(flow.dst.ip());
+    st.policed.insert(key, PolicedFlow { names, inspected });
+    if inspected {
         // The request head decides, so the guest's handshake has to complete before connecting.
         let handle = st.accept_syn(key, syn, config.tcp_buffer_size);
         tokio::task::spawn_local(http_flow(shared.clone(), key, handle, flow));
@@ -98,6 +101,7 @@ async fn connect_then_accept(shared: Rc<Shared>, key: TcpKey, flow: FlowInfo) {
             }
             Err(e) => {
                 st.send_rst(key, &syn);
+                st.policed.remove(&key);
                 shared.sync_flow_stats(&st);
                 Err(e)
             }
