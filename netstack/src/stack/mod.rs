@@ -34,7 +34,9 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::config::NetConfig;
 use crate::dns::{DnsServer, PinTable};
-use crate::events::{emit, EventSink, NetEvent, Transport};
+use crate::events::{
+    emit, Admission, EventLimiter, EventSink, NetEvent, Transport, SUMMARY_INTERVAL,
+};
 use crate::policy::{FlowInfo, Policy, Protocol, Verdict};
 use crate::ports::PublishedPort;
 use crate::proxy;
@@ -215,14 +217,31 @@ pub(crate) struct Shared {
     /// Wakes the loop to poll smoltcp after a flow task moved data.
     pub wake: Notify,
     pub dns_in_flight: Cell<usize>,
+    /// Rate limit of the events.
+    pub limiter: RefCell<EventLimiter>,
+    /// Wakes the task reporting suppressed events once the first one of a kind was dropped.
+    pub summary_due: Notify,
     /// The stack end of the frame socketpair (also inside the device, for sending).
     pub frame_socket: Rc<UnixDatagram>,
     pub stack: RefCell<Stack>,
 }
 
 impl Shared {
+    /// Reports `event` unless its kind is over the rate limit (then it is only counted).
     pub(crate) fn emit(&self, event: NetEvent) {
-        emit(&self.events, event);
+        match self
+            .limiter
+            .borrow_mut()
+            .admit(event.kind(), std::time::Instant::now())
+        {
+            Admission::Report => emit(&self.events, event),
+            Admission::Suppress { first } => {
+                StatsCounters::add(&self.stats.events_suppressed, 1);
+                if first {
+                    self.summary_due.notify_one();
+                }
+            }
+        }
     }
 
     pub(crate) fn sync_flow_stats(&self, st: &Stack) {
@@ -416,6 +435,8 @@ impl NetStack {
             dns,
             wake: Notify::new(),
             dns_in_flight: Cell::new(0),
+            limiter: RefCell::new(EventLimiter::default()),
+            summary_due: Notify::new(),
             stack: RefCell::new(stack),
         }))
     }
@@ -429,6 +450,7 @@ fn bind_published(port: &PublishedPort) -> io::Result<std::net::TcpListener> {
 
 /// The loop: read a batch of frames, decide and queue them, poll smoltcp, sleep.
 async fn run(shared: Rc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>) {
+    tokio::task::spawn_local(report_suppressed(shared.clone()));
     let socket = shared.frame_socket.clone();
     let mut buf = vec![0u8; shared.config.max_frame_len() + 1];
     loop {
@@ -478,6 +500,22 @@ async fn run(shared: Rc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>)
             }
             _ = socket.writable(), if backlog => {}
             _ = tokio::time::sleep(sleep.unwrap_or_default()), if sleep.is_some() => {}
+        }
+    }
+}
+
+/// Reports, once per [`SUMMARY_INTERVAL`] at most, how many events of each kind the rate limit
+/// dropped.
+async fn report_suppressed(shared: Rc<Shared>) {
+    loop {
+        shared.summary_due.notified().await;
+        tokio::time::sleep(SUMMARY_INTERVAL).await;
+        let summaries = shared
+            .limiter
+            .borrow_mut()
+            .take_summaries(std::time::Instant::now());
+        for summary in summaries {
+            emit(&shared.events, summary);
         }
     }
 }
