@@ -27,6 +27,9 @@
 pub mod config;
 pub mod dns;
 pub mod events;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod policy;
 pub mod ports;
