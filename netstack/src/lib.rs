@@ -17,7 +17,10 @@
 //!   seen too), and a denied request gets a `403 Forbidden` from the stack, after which the
 //!   connection ends.
 //! - Published ports: host listeners spliced to a guest port ([`NetStackHandle::publish`]).
-//! - Every decision is a [`NetEvent`] handed to an [`EventSink`].
+//! - Every decision is a [`NetEvent`] handed to an [`EventSink`], rate-limited per kind with
+//!   `events_suppressed` summaries ([`events::EventLimiter`]), so a guest flooding denied SYNs
+//!   or DNS queries cannot flood the host's logs; the counters ([`NetStats`]) count everything.
+//! - A policy change ([`NetStackHandle::set_policy`]) ends the open flows the new policy denies.
 //!
 //! Not implemented: IPv6 (frames are dropped), ICMP beyond echo replies from the gateway (no ping
 //! to the outside), DHCP (the guest configures itself), IP fragments of UDP datagrams (dropped
