@@ -13,6 +13,12 @@ use crate::sandbox_opts::rules_in_order;
 #[derive(Subcommand, Debug, Clone, PartialEq)]
 pub enum NetCommand {
     /// Replace the network policy of a running sandbox (rules in command-line order).
+    ///
+    /// The new policy applies at once: new connections, DNS queries and HTTP requests follow
+    /// it, and open TCP connections and UDP flows that it denies are ended (the guest gets a
+    /// TCP reset, the host socket is closed, and `msbvm net events` shows a `flow_denied` event
+    /// "ended by a policy change"). An open connection on a port that new HTTP rules cover is
+    /// ended as well, so that the guest's next connection is inspected.
     Policy(PolicyArgs),
     /// Publish a guest TCP port on the host: [ADDR:]HOST_PORT:GUEST_PORT.
     Publish {

@@ -2,9 +2,17 @@
 //! step, delivered to an [`EventSink`] and logged with `tracing`.
 //!
 //! The lead forwards these to the SDK and the sandbox log as JSON, so every variant is plain data.
+//!
+//! Events are rate-limited per kind ([`EventLimiter`]): a guest flooding denied SYNs or DNS
+//! queries must not turn into unbounded log and event volume on the host. Each kind may burst
+//! [`EVENT_BURST`] events, then [`EVENT_RATE`] per second; what is dropped is counted, and one
+//! [`NetEvent::EventsSuppressed`] per kind and [`SUMMARY_INTERVAL`] says how many. The stack's
+//! counters ([`crate::NetStats`]) still count every flow, drop and query.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -104,6 +112,131 @@ pub enum NetEvent {
         /// The guest port it reaches.
         guest_port: u16,
     },
+    /// Events of one kind went over the rate limit and were not reported (they were counted).
+    EventsSuppressed {
+        /// The `event` name of the suppressed events, e.g. `flow_denied`.
+        kind: String,
+        /// How many were suppressed.
+        count: u64,
+        /// Over how many seconds (rounded up), from the first one suppressed.
+        seconds: u64,
+    },
+}
+
+impl NetEvent {
+    /// The event's name, as its `event` field in JSON.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NetEvent::FlowAllowed { .. } => "flow_allowed",
+            NetEvent::FlowDenied { .. } => "flow_denied",
+            NetEvent::FlowFailed { .. } => "flow_failed",
+            NetEvent::FlowClosed { .. } => "flow_closed",
+            NetEvent::DnsQuery { .. } => "dns_query",
+            NetEvent::HttpRequest { .. } => "http_request",
+            NetEvent::ConnectionCapReached { .. } => "connection_cap_reached",
+            NetEvent::IngressAccepted { .. } => "ingress_accepted",
+            NetEvent::EventsSuppressed { .. } => "events_suppressed",
+        }
+    }
+}
+
+/// Events of one kind reported in a burst before the rate limit applies.
+pub const EVENT_BURST: u32 = 100;
+/// Events of one kind reported per second, on average, once the burst is spent.
+pub const EVENT_RATE: u32 = 20;
+/// How often (at most) one [`NetEvent::EventsSuppressed`] per kind is reported.
+pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A token bucket per event kind, and the count of what each dropped.
+#[derive(Debug)]
+pub struct EventLimiter {
+    burst: f64,
+    rate: f64,
+    kinds: HashMap<&'static str, Bucket>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    refilled: Instant,
+    suppressed: u64,
+    first_suppressed: Instant,
+}
+
+/// What the limiter says about one event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Report it.
+    Report,
+    /// Drop it; `first` when it is the first of its kind dropped since the last summary
+    /// (a summary is then due after [`SUMMARY_INTERVAL`]).
+    Suppress {
+        /// First suppressed of its kind since the last summary.
+        first: bool,
+    },
+}
+
+impl EventLimiter {
+    /// A limiter allowing `burst` events of a kind at once and `rate` per second after.
+    pub fn new(burst: u32, rate: u32) -> EventLimiter {
+        EventLimiter {
+            burst: f64::from(burst.max(1)),
+            rate: f64::from(rate),
+            kinds: HashMap::new(),
+        }
+    }
+
+    /// Decides about one event of `kind` at `now`.
+    pub fn admit(&mut self, kind: &'static str, now: Instant) -> Admission {
+        let burst = self.burst;
+        let bucket = self.kinds.entry(kind).or_insert(Bucket {
+            tokens: burst,
+            refilled: now,
+            suppressed: 0,
+            first_suppressed: now,
+        });
+        let elapsed = now.saturating_duration_since(bucket.refilled).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * self.rate).min(burst);
+        bucket.refilled = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            return Admission::Report;
+        }
+        bucket.suppressed += 1;
+        if bucket.suppressed == 1 {
+            bucket.first_suppressed = now;
+        }
+        Admission::Suppress {
+            first: bucket.suppressed == 1,
+        }
+    }
+
+    /// The summaries of everything suppressed since the last call, and resets the counts.
+    pub fn take_summaries(&mut self, now: Instant) -> Vec<NetEvent> {
+        let mut out: Vec<NetEvent> = self
+            .kinds
+            .iter_mut()
+            .filter(|(_, b)| b.suppressed > 0)
+            .map(|(kind, b)| {
+                let span = now.saturating_duration_since(b.first_suppressed);
+                let event = NetEvent::EventsSuppressed {
+                    kind: (*kind).to_owned(),
+                    count: b.suppressed,
+                    seconds: span.as_secs() + u64::from(span.subsec_nanos() > 0),
+                };
+                b.suppressed = 0;
+                event
+            })
+            .collect();
+        out.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+        out
+    }
+}
+
+impl Default for EventLimiter {
+    fn default() -> EventLimiter {
+        EventLimiter::new(EVENT_BURST, EVENT_RATE)
+    }
 }
 
 /// Where events go. Called on the network stack's thread; it must not block for long.
@@ -124,6 +257,53 @@ pub(crate) fn emit(sink: &EventSink, event: NetEvent) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flood_is_cut_to_the_burst_plus_the_rate_and_summarized() {
+        let mut limiter = EventLimiter::new(10, 5);
+        let start = Instant::now();
+        let mut reported = 0;
+        let mut firsts = 0;
+        // 10 000 events over 2 seconds.
+        for i in 0..10_000u32 {
+            let now = start + Duration::from_micros(u64::from(i) * 200);
+            match limiter.admit("flow_denied", now) {
+                Admission::Report => reported += 1,
+                Admission::Suppress { first } => firsts += u32::from(first),
+            }
+        }
+        assert!((10..=21).contains(&reported), "{reported}");
+        assert_eq!(firsts, 1);
+        // Another kind has its own bucket.
+        assert_eq!(limiter.admit("dns_query", start), Admission::Report);
+        let summaries = limiter.take_summaries(start + Duration::from_secs(2));
+        assert_eq!(
+            summaries,
+            [NetEvent::EventsSuppressed {
+                kind: "flow_denied".into(),
+                count: 10_000 - reported,
+                seconds: 2,
+            }]
+        );
+        assert!(limiter.take_summaries(start).is_empty());
+        // After a quiet while, the bucket is full again.
+        let later = start + Duration::from_secs(60);
+        assert!((0..10).all(|_| limiter.admit("flow_denied", later) == Admission::Report));
+    }
+
+    #[test]
+    fn kind_names_match_the_json_tag() {
+        let event = NetEvent::EventsSuppressed {
+            kind: "dns_query".into(),
+            count: 3,
+            seconds: 1,
+        };
+        let json = serde_json::to_string(&event).unwrap();
+        assert!(
+            json.contains(&format!("\"event\":\"{}\"", event.kind())),
+            "{json}"
+        );
+    }
 
     #[test]
     fn dns_event_round_trips_through_json() {

@@ -12,18 +12,27 @@
 //!   reach the guest as an immediate RST. Data is spliced in place with window back-pressure.
 //! - UDP: one connected host socket per (guest port, destination), idle-expired; denied
 //!   datagrams get an ICMP port unreachable. Port 53 at the gateway goes to [`dns::DnsServer`].
-//! - HTTP policy: on ports policy wants inspected, the first request head of a connection is
-//!   checked, and a denied request gets a `403 Forbidden` from the stack.
+//! - HTTP policy: on ports policy wants inspected, every request head of a connection is
+//!   checked (bodies are followed by their framing, so keep-alive and pipelined requests are
+//!   seen too), and a denied request gets a `403 Forbidden` from the stack, after which the
+//!   connection ends.
 //! - Published ports: host listeners spliced to a guest port ([`NetStackHandle::publish`]).
-//! - Every decision is a [`NetEvent`] handed to an [`EventSink`].
+//! - Every decision is a [`NetEvent`] handed to an [`EventSink`], rate-limited per kind with
+//!   `events_suppressed` summaries ([`events::EventLimiter`]), so a guest flooding denied SYNs
+//!   or DNS queries cannot flood the host's logs; the counters ([`NetStats`]) count everything.
+//! - A policy change ([`NetStackHandle::set_policy`]) ends the open flows the new policy denies.
 //!
 //! Not implemented: IPv6 (frames are dropped), ICMP beyond echo replies from the gateway (no ping
 //! to the outside), DHCP (the guest configures itself), IP fragments of UDP datagrams (dropped
-//! either way), UDP published ports, HTTP inspection of keep-alive requests after the first.
+//! either way), UDP published ports, HTTP inspection across protocol upgrades (`CONNECT` and
+//! `Upgrade` requests on inspected connections are refused).
 
 pub mod config;
 pub mod dns;
 pub mod events;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod policy;
 pub mod ports;

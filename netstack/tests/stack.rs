@@ -446,3 +446,210 @@ fn http_policy_answers_403_to_a_denied_request_and_passes_an_allowed_one() {
     h.guest.tcp_send_all(s, allowed);
     assert_eq!(h.guest.tcp_recv_exact(s, allowed.len()), allowed);
 }
+
+/// Everything the guest socket `s` receives until the stack closes it.
+fn read_until_closed(h: &mut Harness, s: smoltcp::iface::SocketHandle, secs: u64) -> Vec<u8> {
+    let mut answer = Vec::new();
+    h.guest
+        .run_until(secs, "the stack to close the connection", |g| {
+            let mut buf = [0u8; 4096];
+            while g.tcp(s).can_recv() {
+                let n = g.tcp(s).recv_slice(&mut buf).unwrap();
+                answer.extend_from_slice(&buf[..n]);
+            }
+            (!g.tcp(s).may_recv()).then_some(())
+        });
+    answer
+}
+
+fn secret_denied_host_allowed(port: u16) -> Policy {
+    Policy::builder()
+        .deny(
+            format!("http://host.msbvm.internal:{port}/secret/")
+                .parse()
+                .unwrap(),
+        )
+        .allow("host".parse().unwrap())
+}
+
+/// Before, only the first request head of a connection was inspected: a second request on a
+/// keep-alive connection reached any path.
+#[test]
+fn every_request_on_a_keep_alive_connection_is_checked() {
+    let port = echo_server();
+    let mut h = Harness::start(test_config(), secret_denied_host_allowed(port));
+    let allowed = b"GET /public HTTP/1.1\r\nHost: host.msbvm.internal\r\n\r\n";
+    let body = b"POST /upload HTTP/1.1\r\nHost: host.msbvm.internal\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let denied = b"GET /secret;x/../secret/key HTTP/1.1\r\nHost: host.msbvm.internal\r\n\r\n";
+    let s = h
+        .guest
+        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, port), 40030);
+    h.guest.tcp_send_all(s, allowed);
+    assert_eq!(h.guest.tcp_recv_exact(s, allowed.len()), allowed);
+    h.guest.tcp_send_all(s, body);
+    assert_eq!(h.guest.tcp_recv_exact(s, body.len()), body);
+    h.guest.tcp_send_all(s, denied);
+    let answer = read_until_closed(&mut h, s, 10);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 403 Forbidden"), "{text}");
+    assert!(
+        !text.contains("GET /secret"),
+        "the denied request reached the host: {text}"
+    );
+    let paths: Vec<(String, bool)> = h
+        .events()
+        .iter()
+        .filter_map(|e| match e {
+            NetEvent::HttpRequest { path, allowed, .. } => Some((path.clone(), *allowed)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            ("/public".to_string(), true),
+            ("/upload".to_string(), true),
+            ("/secret;x/../secret/key".to_string(), false)
+        ]
+    );
+}
+
+/// Pipelined: the allowed request is answered, then the 403 follows; the denied one never
+/// reaches the host.
+#[test]
+fn a_denied_pipelined_request_is_answered_after_the_allowed_one() {
+    let port = echo_server();
+    let mut h = Harness::start(test_config(), secret_denied_host_allowed(port));
+    let allowed = b"GET /a HTTP/1.1\r\nHost: host.msbvm.internal\r\nContent-Length: 3\r\n\r\nabc";
+    let denied = b"get //secret/ HTTP/1.1\r\nHost: host.msbvm.internal\r\n\r\n";
+    let s = h
+        .guest
+        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, port), 40031);
+    h.guest
+        .tcp_send_all(s, &[&allowed[..], &denied[..]].concat());
+    let answer = read_until_closed(&mut h, s, 10);
+    assert!(
+        answer.starts_with(allowed),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let rest = String::from_utf8_lossy(&answer[allowed.len()..]);
+    assert!(rest.starts_with("HTTP/1.1 403 Forbidden"), "{rest}");
+}
+
+/// A server that tells, per accepted connection, when the host socket saw its end (EOF or reset).
+fn closing_server() -> (u16, std::sync::mpsc::Receiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = stream.read(&mut buf) {
+                    let _ = stream.write_all(&buf[..n]);
+                }
+                let _ = tx.send(());
+            });
+        }
+    });
+    (port, rx)
+}
+
+fn echo_once(h: &mut Harness, s: smoltcp::iface::SocketHandle, data: &[u8]) {
+    h.guest.tcp_send_all(s, data);
+    assert_eq!(h.guest.tcp_recv_exact(s, data.len()), data);
+}
+
+/// Before, a new policy applied only to new flows: an open connection to a destination the
+/// new policy denies kept going.
+#[test]
+fn tightening_the_policy_ends_the_flows_it_denies() {
+    let (kept_port, _) = closing_server();
+    let (ended_port, host_saw_end) = closing_server();
+    let mut h = Harness::start(test_config(), host_allowed());
+    let kept = h
+        .guest
+        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, kept_port), 40040);
+    let ended = h
+        .guest
+        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, ended_port), 40041);
+    echo_once(&mut h, kept, b"one");
+    echo_once(&mut h, ended, b"two");
+
+    h.handle
+        .set_policy(Policy::builder().allow(format!("host:{kept_port}").parse().unwrap()));
+    h.guest.run_until(5, "RST on the denied flow", |g| {
+        (g.tcp(ended).state() == State::Closed).then_some(())
+    });
+    host_saw_end
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the host socket of the ended flow was closed");
+    echo_once(&mut h, kept, b"still here");
+    let log = h.events.clone();
+    h.guest.run_until(5, "the policy event", |_| {
+        log.lock()
+            .unwrap()
+            .iter()
+            .any(|e| {
+                matches!(e,
+                    NetEvent::FlowDenied { transport: Transport::Tcp, dst, reason, .. }
+                        if dst.port() == ended_port && reason.contains("policy change")
+                )
+            })
+            .then_some(())
+    });
+    h.guest.run_until(5, "one flow left", |_| {
+        (h.handle.stats().tcp_flows_open == 1).then_some(())
+    });
+}
+
+#[test]
+fn tightening_the_policy_ends_udp_flows_and_uninspected_http() {
+    let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let udp_port = server.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = server.recv_from(&mut buf) {
+            let _ = server.send_to(&buf[..n], from);
+        }
+    });
+    let (http_port, host_saw_end) = closing_server();
+    let mut h = Harness::start(test_config(), host_allowed());
+    let u = h.guest.udp_bind(5557);
+    let dst = smoltcp::wire::IpEndpoint::new(HOST_ALIAS.into(), udp_port);
+    h.guest.udp(u).send_slice(b"ping", dst).unwrap();
+    h.guest
+        .run_until(5, "udp reply", |g| g.udp(u).recv().ok().map(|_| ()));
+    let s = h
+        .guest
+        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, http_port), 40042);
+    echo_once(
+        &mut h,
+        s,
+        b"GET / HTTP/1.1\r\nHost: host.msbvm.internal\r\n\r\n",
+    );
+    assert_eq!(h.handle.stats().udp_flows_open, 1);
+
+    // UDP to the host is no longer allowed, and HTTP rules now cover the TCP port.
+    let policy = Policy::builder()
+        .deny(
+            format!("http://host.msbvm.internal:{http_port}/admin/")
+                .parse()
+                .unwrap(),
+        )
+        .allow("tcp:host".parse().unwrap());
+    h.handle.set_policy(policy);
+    h.guest.run_until(5, "udp flow ended", |_| {
+        (h.handle.stats().udp_flows_open == 0).then_some(())
+    });
+    h.guest.run_until(5, "uninspected connection reset", |g| {
+        (g.tcp(s).state() == State::Closed).then_some(())
+    });
+    host_saw_end.recv_timeout(Duration::from_secs(5)).unwrap();
+    let events = h.events();
+    assert!(events.iter().any(|e| matches!(e,
+        NetEvent::FlowDenied { transport: Transport::Udp, reason, .. } if reason.contains("policy change"))));
+}

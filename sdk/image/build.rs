@@ -132,6 +132,7 @@ fn main() {
         Ok(b) => b,
         Err(e) => fail(&format!("cannot read {BUSYBOX} ({e})")),
     };
+    let busybox = without_wget_timeout_crash(busybox);
     if !is_static_elf(&busybox) {
         fail(&format!(
             "{BUSYBOX} is not a statically linked ELF executable"
@@ -238,6 +239,82 @@ fn main() {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     write(&out.join("default-layer.tar.gz"), &compressed);
     write(&out.join("default-config.json"), config.as_bytes());
+}
+
+/// The option string of busybox's `wget` (1.30 to 1.36): `-T` takes an
+/// integer (`T:+`), and the string after the NUL is getopt32's
+/// "complementary" rules.
+const WGET_OPTIONS: &[u8] = b"^cqSO:o:P:Y:U:T:+";
+
+/// Debian builds busybox before 1.36.1-5 without `FEATURE_WGET_TIMEOUT`, yet
+/// `wget` still parses `-T SEC` as an integer and stores it through a NULL
+/// pointer: `wget -T 10 URL` dies with SIGSEGV before doing anything (busybox
+/// issue 124; this, not name lookup, is why `wget` "crashed"). When this
+/// busybox has that bug, patch the option string to `T:` (a string option,
+/// which getopt32 drops when it has no destination, as the upstream fix
+/// does), so `-T` is accepted and ignored. The `+` is removed by shifting
+/// the rest of the option string and its complementary rules left by one;
+/// nothing points into them but the start. The patched binary is run once
+/// to prove it.
+fn without_wget_timeout_crash(busybox: Vec<u8>) -> Vec<u8> {
+    let dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("bb");
+    if !wget_timeout_crashes(Path::new(BUSYBOX)) {
+        return busybox;
+    }
+    let starts: Vec<usize> = busybox
+        .windows(WGET_OPTIONS.len())
+        .enumerate()
+        .filter(|(_, w)| *w == WGET_OPTIONS)
+        .map(|(i, _)| i)
+        .collect();
+    let [start] = starts[..] else {
+        println!("cargo:warning=busybox wget crashes on -T and its option string was not found once; left as is");
+        return busybox;
+    };
+    let plus = start + WGET_OPTIONS.len() - 1;
+    let Some(end) = busybox[plus..]
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == 0)
+        .nth(1)
+        .map(|(i, _)| plus + i)
+    else {
+        return busybox;
+    };
+    let mut patched = busybox.clone();
+    patched.copy_within(plus + 1..=end, plus);
+    patched[end] = 0;
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| fail(&format!("creating {}: {e}", dir.display())));
+    let copy = dir.join("busybox");
+    write(&copy, &patched);
+    std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap_or_else(|e| fail(&format!("chmod {}: {e}", copy.display())));
+    if wget_timeout_crashes(&copy) {
+        println!("cargo:warning=patching busybox wget's -T crash did not help; left as is");
+        return busybox;
+    }
+    patched
+}
+
+/// Whether `busybox wget -T 1` to a closed local port dies of a signal.
+fn wget_timeout_crashes(busybox: &Path) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    Command::new(busybox)
+        .args([
+            "wget",
+            "-q",
+            "-T",
+            "1",
+            "-O",
+            "/dev/null",
+            "http://127.0.0.1:9/",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.signal().is_some())
 }
 
 fn write(path: &Path, bytes: &[u8]) {

@@ -38,7 +38,7 @@ pub enum ControlRequest {
     },
     /// Force the VM off now.
     Kill,
-    /// Replace the network policy; new flows use it at once.
+    /// Replace the network policy; new flows use it at once and open flows it denies end.
     SetNetPolicy {
         /// Allow what no rule matches.
         default_allow: bool,

@@ -563,7 +563,11 @@ impl Sandbox {
     }
 
     /// Replaces the network policy of the running sandbox (rules in order, first match
-    /// wins; see [`SandboxBuilder::net_allow`]); new connections follow it at once.
+    /// wins; see [`SandboxBuilder::net_allow`]). New connections, DNS queries and HTTP
+    /// requests follow it at once, and open TCP connections and UDP flows that it denies are
+    /// ended: the guest gets a TCP reset, the host socket is closed, and a `FlowDenied` network
+    /// event says "ended by a policy change". An open connection on a port that new HTTP rules
+    /// cover is ended too, so the guest's next connection is inspected.
     pub async fn set_network_policy(
         &self,
         default_allow: bool,

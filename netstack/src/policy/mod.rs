@@ -58,14 +58,28 @@
 //!   for that name (the [`PinTable`]); the guest cannot claim a name for an
 //!   address by itself. `*.example.com` matches `a.example.com` and
 //!   `a.b.example.com`, not `example.com`.
+//! - A DNS-name allow rule (plain, wildcard, with ports, or an HTTP rule's
+//!   host) opens **public** addresses only. Whoever runs a name's DNS decides
+//!   where it points, so a name that resolves to a metadata, link-local,
+//!   loopback, private or multicast address stays denied by the built-in
+//!   denials unless an address, block or group rule allows that address
+//!   (`--net-allow example.internal --net-allow 10.1.2.0/24`). The host alias
+//!   is opened only by `host` or by the exact name `host.msbvm.internal`,
+//!   never by a wildcard. A DNS-name *deny* rule covers every address of the
+//!   name.
 //! - HTTP rules apply to plain-HTTP requests on port 80, or on the ports
 //!   they name. At flow level an HTTP allow rule lets the TCP connection
-//!   open (the stack then inspects each request head, see
+//!   open (the stack then inspects every request head on it, see
 //!   [`Policy::wants_http_inspection`]); an HTTP deny rule never refuses a
-//!   connection, only matching requests. Request paths are compared after
-//!   removing dot segments and decoding unreserved `%XX` escapes; a path that
-//!   still holds an encoded `/` or `\` or a backslash matches no allow rule
-//!   and every deny rule whose host and method match.
+//!   connection, only matching requests. Methods compare without case.
+//!   Paths are compared as servers may read them ([`path_views`]: escapes
+//!   of unreserved characters decoded, dot segments removed, and encoded
+//!   `/` `\` `;`, backslashes, `;parameters` and repeated slashes read every
+//!   way servers read them): an allow rule must cover every reading, a deny
+//!   rule any one, ignoring case, so `/admin;x/`, `/%61dmin/`, `//admin/`
+//!   and `/x/../admin/` all hit a deny rule for `/admin/`. A path with a
+//!   broken `%` escape matches no allow rule and every deny rule whose host
+//!   and method match.
 //!
 //! # DNS
 //!
@@ -80,9 +94,13 @@
 //! Rebinding protection: an answer address outside `public` is kept only
 //! when a rule explicitly allows it (an allow rule naming its address,
 //! block, group, or the queried name, before any unqualified deny of it); see
-//! [`crate::dns`] for what the guest receives otherwise.
+//! [`crate::dns`] for what the guest receives otherwise. A name rule lets
+//! such an answer reach the guest (so `nslookup` shows what the name is),
+//! but, as above, the guest can connect to that address only when an
+//! address, block or group rule allows it.
 
 mod group;
+mod path;
 mod rule;
 
 use std::fmt;
@@ -92,6 +110,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub use group::Group;
+pub use path::{allow_covers, deny_covers, path_views};
 pub use rule::{DomainPattern, HttpMatch, PortRange, Rule, RuleError, Target};
 
 use crate::dns::PinTable;
@@ -283,6 +302,17 @@ impl Policy {
     /// Decides whether the guest may open `flow`. `dns` tells which names
     /// the guest resolved to the destination address.
     pub fn check_flow(&self, flow: &FlowInfo, dns: &PinTable) -> Verdict {
+        self.check_flow_named(flow, || dns.names(flow.dst.ip()))
+    }
+
+    /// [`check_flow`](Self::check_flow) with the DNS names of the
+    /// destination given by `names` (asked only when a rule needs them).
+    pub fn check_flow_named(
+        &self,
+        flow: &FlowInfo,
+        names: impl FnOnce() -> Vec<String>,
+    ) -> Verdict {
+        let mut names_of = Some(names);
         let mut names = None;
         let dns_transport = is_dns_transport(flow);
         for entry in &self.rules {
@@ -302,7 +332,8 @@ impl Policy {
             if !flow_qualifiers_match(rule, flow) {
                 continue;
             }
-            let names = names.get_or_insert_with(|| dns.names(flow.dst.ip()));
+            let names =
+                names.get_or_insert_with(|| names_of.take().map(|f| f()).unwrap_or_default());
             if target_matches(entry, flow, names) {
                 return verdict(entry, || {
                     format!("{} to {} denied by rule", flow.protocol, flow.dst)
@@ -341,23 +372,27 @@ impl Policy {
     /// checked against the names our DNS answered).
     pub fn check_http(&self, req: &HttpInfo, flow: &FlowInfo) -> Verdict {
         let names = [req.host.clone()];
-        let path = canonical_path(&req.path);
+        let views = path_views(&req.path);
         for entry in &self.rules {
             let rule = &entry.rule;
             if !flow_qualifiers_match(rule, flow) || !target_matches(entry, flow, &names) {
                 continue;
             }
             if let Some(http) = &rule.http {
-                if http.method.as_ref().is_some_and(|m| *m != req.method) {
+                // Methods are case-sensitive in HTTP, but servers differ: a
+                // deny rule for GET must also catch `get`.
+                if http
+                    .method
+                    .as_ref()
+                    .is_some_and(|m| !m.eq_ignore_ascii_case(&req.method))
+                {
                     continue;
                 }
-                let path_matches = match &path {
-                    Some(path) => path.starts_with(&http.path_prefix),
-                    // An ambiguous path may mean anything to the server:
-                    // no allow rule vouches for it, every deny rule covers it.
-                    None => entry.action == Action::Deny,
+                let covered = match entry.action {
+                    Action::Allow => allow_covers(views.as_deref(), &http.path_prefix),
+                    Action::Deny => deny_covers(views.as_deref(), &http.path_prefix),
                 };
-                if !path_matches {
+                if !covered {
                     continue;
                 }
             }
@@ -377,6 +412,7 @@ impl Policy {
         let is_host = name.eq_ignore_ascii_case(HOST_ALIAS_NAME);
         for entry in &self.rules {
             let about_name = match &entry.rule.target {
+                Target::Domain(pattern) if is_host => pattern.is_exactly(HOST_ALIAS_NAME),
                 Target::Domain(pattern) => pattern.matches(name),
                 Target::Group(Group::Host) => is_host,
                 Target::Any | Target::Group(Group::Public) => !is_host,
@@ -502,13 +538,22 @@ fn target_matches(entry: &PolicyRule, flow: &FlowInfo, names: &[String]) -> bool
     match &entry.rule.target {
         _ if flow.to_host_alias => match &entry.rule.target {
             Target::Group(group) => *group == Group::Host,
-            Target::Domain(pattern) => pattern.matches(HOST_ALIAS_NAME),
+            // The host's own name stands for the `host` group; a wildcard
+            // (`*.internal`) is not a rule about the host.
+            Target::Domain(pattern) => pattern.is_exactly(HOST_ALIAS_NAME),
             _ => false,
         },
         Target::Any => entry.action == Action::Deny || Group::of(ip) == Group::Public,
         Target::Net(net) => net_contains(net, ip),
         Target::Group(group) => *group == Group::of(ip),
-        Target::Domain(pattern) => names.iter().any(|n| pattern.matches(n)),
+        // A name rule allows public addresses only: what a name resolves to
+        // is up to whoever runs its DNS, so `allow example.com` must not open
+        // 169.254.169.254 or the LAN when the name points there. Deny rules
+        // cover every address of the name.
+        Target::Domain(pattern) => {
+            (entry.action == Action::Deny || Group::of(ip) == Group::Public)
+                && names.iter().any(|n| pattern.matches(n))
+        }
     }
 }
 
@@ -520,55 +565,6 @@ fn net_contains(net: &ipnet::IpNet, ip: IpAddr) -> bool {
         IpAddr::V4(_) => None,
     };
     net.contains(&ip) || unmapped.is_some_and(|v4| net.contains(&v4))
-}
-
-/// The path as a server would resolve it: unreserved `%XX` decoded, dot
-/// segments removed. `None` when it stays ambiguous (encoded `/` or `\`,
-/// a backslash, a broken escape), because servers disagree on those.
-fn canonical_path(path: &str) -> Option<String> {
-    let bytes = path.as_bytes();
-    let mut decoded = String::with_capacity(path.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' => return None,
-            b'%' => {
-                let hex = path.get(i + 1..i + 3)?;
-                let byte = u8::from_str_radix(hex, 16).ok()?;
-                if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-                    decoded.push(char::from(byte));
-                } else if matches!(byte, b'/' | b'\\') {
-                    return None;
-                } else {
-                    decoded.push('%');
-                    decoded.push_str(&hex.to_ascii_uppercase());
-                }
-                i += 3;
-            }
-            _ => {
-                // Copy the whole char; multi-byte chars never contain '%'.
-                let ch = path[i..].chars().next()?;
-                decoded.push(ch);
-                i += ch.len_utf8();
-            }
-        }
-    }
-    let mut segments: Vec<&str> = Vec::new();
-    let parts: Vec<&str> = decoded.split('/').skip(1).collect();
-    for (n, seg) in parts.iter().enumerate() {
-        match *seg {
-            "." => {}
-            ".." => {
-                segments.pop();
-            }
-            seg => segments.push(seg),
-        }
-        // A trailing dot segment still names a directory.
-        if n + 1 == parts.len() && matches!(*seg, "." | "..") {
-            segments.push("");
-        }
-    }
-    Some(format!("/{}", segments.join("/")))
 }
 
 #[cfg(test)]

@@ -85,6 +85,11 @@ impl DomainPattern {
         Ok(DomainPattern { name, wildcard })
     }
 
+    /// Whether this is exactly `name` (no wildcard).
+    pub fn is_exactly(&self, name: &str) -> bool {
+        !self.wildcard && self.matches(name)
+    }
+
     /// Whether `name` (any case, trailing dot or not) matches.
     pub fn matches(&self, name: &str) -> bool {
         let name = name.trim_end_matches('.');

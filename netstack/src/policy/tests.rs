@@ -343,19 +343,6 @@ fn policy_travels_through_serde() {
     assert!(json.contains("\"GET http://a.com/x/\""), "{json}");
 }
 
-#[test]
-fn canonical_path_resolves_dots_and_unreserved_escapes() {
-    assert_eq!(canonical_path("/a/./b/../c").as_deref(), Some("/a/c"));
-    assert_eq!(canonical_path("/a/..").as_deref(), Some("/"));
-    assert_eq!(canonical_path("/../../x").as_deref(), Some("/x"));
-    assert_eq!(canonical_path("/%7euser/%41").as_deref(), Some("/~user/A"));
-    assert_eq!(canonical_path("/a%20b").as_deref(), Some("/a%20b"));
-    assert_eq!(canonical_path("/a%2Fb"), None);
-    assert_eq!(canonical_path("/a\\b"), None);
-    assert_eq!(canonical_path("/a%zz"), None);
-    assert_eq!(canonical_path("/a%"), None);
-}
-
 proptest! {
     #[test]
     fn cidr_rules_match_exactly_their_block(addr in any::<u32>(), len in 0u8..=32, probe in any::<u32>()) {
@@ -377,8 +364,26 @@ proptest! {
     }
 
     #[test]
-    fn canonical_path_never_panics(path in "/\\PC{0,30}") {
-        let _ = canonical_path(&path);
+    fn name_rules_never_open_protected_addresses(
+        rules in proptest::collection::vec(name_or_public_rule(), 1..5),
+        protected in protected_ip(),
+        port in 1u16..,
+        udp in any::<bool>(),
+    ) {
+        let pins = PinTable::new();
+        for name in ["rebind.test", "a.rebind.test", "api.example.com"] {
+            pins.pin(protected, name, Duration::from_secs(60));
+        }
+        let mut p = Policy::new(Action::Allow);
+        for text in &rules {
+            p.push(Action::Allow, rule(text));
+        }
+        let f = FlowInfo {
+            protocol: if udp { Protocol::Udp } else { Protocol::Tcp },
+            dst: SocketAddr::new(protected, port),
+            to_host_alias: false,
+        };
+        prop_assert!(!p.check_flow(&f, &pins).is_allowed(), "{:?} opened {}", rules, f.dst);
     }
 }
 
@@ -396,4 +401,195 @@ fn other_dns_transports_are_blocked_unless_their_port_is_allowed() {
     let opened = policy(Action::Deny, &[("allow", "udp:53")]);
     assert!(allowed(&opened, &flow(Protocol::Udp, "8.8.8.8:53")));
     assert!(!allowed(&opened, &tcp("8.8.8.8:853")));
+}
+
+/// Allow rules that name no protected address or group: DNS names (plain,
+/// wildcard, with qualifiers, HTTP) and the broad public ones.
+fn name_or_public_rule() -> impl Strategy<Value = String> {
+    let names = proptest::sample::select(vec![
+        "rebind.test",
+        "*.rebind.test",
+        "*.test",
+        "api.example.com",
+        "*.example.com",
+        "host.msbvm.internal",
+        "*.msbvm.internal",
+    ]);
+    let forms = proptest::sample::select(vec![
+        "{}",
+        "{}:80",
+        "{}:1-65535",
+        "tcp:{}",
+        "udp:{}:53",
+        "http://{}/",
+        "GET http://{}/x/",
+    ]);
+    prop_oneof![
+        (names, forms).prop_map(|(n, f)| f.replace("{}", n)),
+        proptest::sample::select(vec![
+            "any",
+            "public",
+            "tcp:443",
+            "udp:1-65535",
+            "any:1-65535"
+        ])
+        .prop_map(str::to_owned),
+    ]
+}
+
+/// Addresses of every protected group (the host alias is tested apart).
+fn protected_ip() -> impl Strategy<Value = IpAddr> {
+    proptest::sample::select(vec![
+        "169.254.169.254",
+        "169.254.170.2",
+        "fd00:ec2::254",
+        "127.0.0.1",
+        "0.0.0.0",
+        "::1",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.10",
+        "100.64.0.1",
+        "fd00::1",
+        "fe80::1",
+        "169.254.1.1",
+        "224.0.0.1",
+        "::ffff:10.0.0.1",
+        "::ffff:127.0.0.1",
+    ])
+    .prop_map(|ip| ip.parse().unwrap())
+}
+
+#[test]
+fn a_name_pinned_to_a_protected_address_stays_denied() {
+    let pins = PinTable::new();
+    let targets = [
+        "169.254.169.254",
+        "127.0.0.1",
+        "10.1.2.3",
+        "fd00::1",
+        "192.168.1.10",
+    ];
+    for ip in targets {
+        pins.pin(ip.parse().unwrap(), "rebind.test", Duration::from_secs(60));
+    }
+    for text in [
+        "rebind.test",
+        "*.test",
+        "rebind.test:80",
+        "tcp:rebind.test:80",
+        "http://rebind.test/",
+    ] {
+        let p = Policy::new(Action::Deny).allow(rule(text));
+        for ip in targets {
+            let f = FlowInfo {
+                protocol: Protocol::Tcp,
+                dst: SocketAddr::new(ip.parse().unwrap(), 80),
+                to_host_alias: false,
+            };
+            let verdict = p.check_flow(&f, &pins);
+            assert!(!verdict.is_allowed(), "{text} opened {ip}: {verdict:?}");
+            // The same name rule still lets the DNS answer through (see the module doc).
+            assert!(
+                p.allows_dns_answer("rebind.test", ip.parse().unwrap()),
+                "{text} {ip}"
+            );
+        }
+    }
+    // An address, block or group rule opens it; a name deny still closes it.
+    let f = tcp("10.1.2.3:80");
+    for text in ["10.1.2.3", "10.0.0.0/8", "private"] {
+        let p = Policy::new(Action::Deny)
+            .allow(rule("rebind.test"))
+            .allow(rule(text));
+        assert!(p.check_flow(&f, &pins).is_allowed(), "{text}");
+    }
+    let p = Policy::default()
+        .deny(rule("rebind.test"))
+        .allow(rule("private"));
+    assert!(!p.check_flow(&f, &pins).is_allowed());
+    // Public answers of the same name are opened by the name rule.
+    pins.pin(
+        "93.184.216.34".parse().unwrap(),
+        "rebind.test",
+        Duration::from_secs(60),
+    );
+    let p = Policy::new(Action::Deny).allow(rule("rebind.test"));
+    assert!(p.check_flow(&tcp("93.184.216.34:80"), &pins).is_allowed());
+}
+
+#[test]
+fn an_http_allow_rule_for_a_name_does_not_open_a_private_address() {
+    let f = tcp("10.1.2.3:80");
+    let p = Policy::new(Action::Deny).allow(rule("http://intranet.example/"));
+    assert!(!p
+        .check_http(&http("GET", "intranet.example", "/"), &f)
+        .is_allowed());
+    let p = Policy::new(Action::Deny).allow(rule("http://10.1.2.3/"));
+    assert!(p
+        .check_http(&http("GET", "intranet.example", "/"), &f)
+        .is_allowed());
+}
+
+#[test]
+fn only_the_exact_host_name_opens_the_host() {
+    for text in ["*.msbvm.internal", "*.internal"] {
+        let p = Policy::default().allow(rule(text));
+        assert!(!allowed(&p, &host_alias(80)), "{text}");
+        assert!(!p.check_dns_name(HOST_ALIAS_NAME).is_allowed(), "{text}");
+    }
+    let p = Policy::default().allow(rule("host.msbvm.internal"));
+    assert!(allowed(&p, &host_alias(80)));
+    assert!(p.check_dns_name(HOST_ALIAS_NAME).is_allowed());
+}
+
+#[test]
+fn http_methods_compare_without_case() {
+    let f = tcp("93.184.216.34:80");
+    let p = Policy::default().deny(rule("POST http://example.com/"));
+    for method in ["POST", "post", "PoSt"] {
+        assert!(
+            !p.check_http(&http(method, "example.com", "/x"), &f)
+                .is_allowed(),
+            "{method}"
+        );
+    }
+    let p = Policy::new(Action::Deny).allow(rule("GET http://example.com/"));
+    assert!(p
+        .check_http(&http("get", "example.com", "/x"), &f)
+        .is_allowed());
+    assert!(!p
+        .check_http(&http("PUT", "example.com", "/x"), &f)
+        .is_allowed());
+}
+
+#[test]
+fn disguised_paths_hit_a_deny_rule() {
+    let f = tcp("93.184.216.34:80");
+    let p = Policy::default().deny(rule("http://example.com/admin/"));
+    for path in [
+        "/admin/",
+        "/admin;x/",
+        "/%61dmin/",
+        "//admin/",
+        "/x/../admin/",
+        "/./admin/x",
+        "/admin;jsessionid=1/users",
+        "/%2e/admin/",
+        "/ADMIN/",
+        "/pub%2f..%2fadmin/",
+        "/admin%zz",
+    ] {
+        assert!(
+            !p.check_http(&http("GET", "example.com", path), &f)
+                .is_allowed(),
+            "{path}"
+        );
+    }
+    assert!(p
+        .check_http(&http("GET", "example.com", "/administrator"), &f)
+        .is_allowed());
+    assert!(p
+        .check_http(&http("GET", "example.com", "/pub/admin/"), &f)
+        .is_allowed());
 }

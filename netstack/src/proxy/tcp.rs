@@ -23,11 +23,11 @@ use tokio::net::TcpStream;
 use super::guest_stream::{handshaking, GuestStream};
 use crate::config::DNS_PORT;
 use crate::events::{NetEvent, Transport};
-use crate::http::{self, ParseOutcome};
+use crate::http;
 use crate::policy::{FlowInfo, Verdict};
 use crate::stack::frames::TcpKey;
 use crate::stack::stats::StatsCounters;
-use crate::stack::{Shared, Stack, TcpEntry};
+use crate::stack::{PolicedFlow, Shared, Stack, TcpEntry};
 
 /// Buffers of a DNS-over-TCP connection (messages are at most 64 KiB).
 const DNS_TCP_BUFFER: usize = 64 * 1024;
@@ -63,7 +63,10 @@ pub(crate) fn new_flow(shared: &Rc<Shared>, st: &mut Stack, key: TcpKey, syn: &[
         st.send_rst(key, syn);
         return;
     };
-    if shared.policy.load().wants_http_inspection(dst.port()) {
+    let inspected = shared.policy.load().wants_http_inspection(dst.port());
+    let names = shared.pins.names(flow.dst.ip());
+    st.policed.insert(key, PolicedFlow { names, inspected });
+    if inspected {
         // The request head decides, so the guest's handshake has to complete before connecting.
         let handle = st.accept_syn(key, syn, config.tcp_buffer_size);
         tokio::task::spawn_local(http_flow(shared.clone(), key, handle, flow));
@@ -98,6 +101,7 @@ async fn connect_then_accept(shared: Rc<Shared>, key: TcpKey, flow: FlowInfo) {
             }
             Err(e) => {
                 st.send_rst(key, &syn);
+                st.policed.remove(&key);
                 shared.sync_flow_stats(&st);
                 Err(e)
             }
@@ -241,97 +245,283 @@ fn finish(shared: &Shared, key: TcpKey, handle: SocketHandle) {
     shared.sync_flow_stats(&st);
 }
 
-/// An HTTP flow under HTTP policy: read the request head, ask policy, then connect or answer 403.
-///
-/// Only the first request of a connection is inspected: later keep-alive requests would need the
-/// body framing of every request followed, which this does not do.
+/// How long a guest may wait before its first request head on an inspected connection.
+const FIRST_HEAD_WAIT: Duration = Duration::from_secs(30);
+/// How long a refused request waits for the responses to earlier requests before its 403.
+const RESPONSE_DRAIN_WAIT: Duration = Duration::from_secs(30);
+/// Read size of an inspected connection, each way.
+const INSPECT_CHUNK: usize = 16 * 1024;
+
+/// An HTTP flow under HTTP policy: every request head on the connection is checked before it
+/// is forwarded (see [`http::RequestStream`]); the host connection opens with the first allowed
+/// request. A refused request gets a `403` from the stack after the responses to the requests
+/// before it, and the connection ends there.
 async fn http_flow(shared: Rc<Shared>, key: TcpKey, handle: SocketHandle, flow: FlowInfo) {
-    let mut guest = GuestStream {
-        shared: shared.clone(),
+    let mut conn = Inspected {
+        shared,
+        key,
         handle,
+        flow,
+        host: None,
+        down: None,
+        up: 0,
     };
-    let max = shared.config.max_http_head;
-    let mut head = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
-    let parsed = loop {
-        match tokio::time::timeout(Duration::from_secs(30), guest.read(&mut chunk)).await {
-            Ok(Ok(n)) if n > 0 => head.extend_from_slice(&chunk[..n]),
-            _ => {
-                guest.close_gracefully().await;
-                finish(&shared, key, handle);
-                return;
-            }
-        }
-        match http::parse_request_head(&head) {
-            ParseOutcome::Complete { info, .. } => break Ok(info),
-            ParseOutcome::Incomplete if head.len() < max => continue,
-            ParseOutcome::Incomplete => break Err(format!("request head over {max} bytes")),
-            ParseOutcome::Invalid(e) => break Err(format!("not an HTTP request: {e}")),
-        }
-    };
-    let verdict = match &parsed {
-        Ok(info) => shared.policy.load().check_http(info, &flow),
-        Err(reason) => Verdict::Deny {
-            rule: None,
-            reason: reason.clone(),
-        },
-    };
-    let (method, host, path) = match &parsed {
-        Ok(info) => (info.method.clone(), info.host.clone(), info.path.clone()),
-        Err(_) => (String::new(), String::new(), String::new()),
-    };
-    match verdict {
-        Verdict::Allow { rule } => {
-            shared.emit(NetEvent::HttpRequest {
-                method,
-                host,
-                path,
-                allowed: true,
-                rule,
-            });
-            match connect(&shared, flow.dst).await {
-                Ok(mut stream) => {
-                    if stream.write_all(&head).await.is_ok() {
-                        let n = head.len() as u64;
-                        StatsCounters::add(&shared.stats.bytes_up, n);
-                        splice(shared, key, handle, stream, SocketAddr::V4(key.remote)).await;
-                        return;
-                    }
-                    guest.abort();
-                }
-                Err(e) => {
-                    guest.abort();
-                    shared.emit(NetEvent::FlowFailed {
-                        transport: Transport::Tcp,
-                        dst: SocketAddr::V4(key.remote),
-                        error: e.to_string(),
-                    });
-                }
-            }
-        }
-        Verdict::Deny { rule, reason } => {
-            shared.emit(NetEvent::HttpRequest {
-                method,
-                host,
-                path,
-                allowed: false,
-                rule: rule.clone(),
-            });
-            let body = match &rule {
-                Some(rule) => {
-                    format!("Blocked by the sandbox network policy (rule {rule}): {reason}\n")
-                }
-                None => format!("Blocked by the sandbox network policy: {reason}\n"),
-            };
-            let response = format!(
-                "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = guest.write_all(response.as_bytes()).await;
-            guest.close_gracefully().await;
+    let end = conn.forward_requests().await;
+    conn.finish(end).await;
+}
+
+/// How the guest-to-host direction of an inspected connection ended.
+enum GuestEnd {
+    /// The guest closed its sending half (or never sent a request in time).
+    Eof,
+    /// A request was refused.
+    Refused {
+        rule: Option<String>,
+        reason: String,
+    },
+    /// The guest reset, or the host side failed.
+    Abort,
+    /// The host finished sending first; `clean` unless it reset.
+    HostDone { clean: bool },
+}
+
+/// What one read from the guest gave.
+enum Read {
+    Data(usize),
+    End(GuestEnd),
+}
+
+/// The state of one inspected connection.
+struct Inspected {
+    shared: Rc<Shared>,
+    key: TcpKey,
+    handle: SocketHandle,
+    flow: FlowInfo,
+    /// The host connection's sending half, once the first request was allowed.
+    host: Option<tokio::net::tcp::OwnedWriteHalf>,
+    /// The task copying the host's responses to the guest: (bytes, ended cleanly).
+    down: Option<tokio::task::JoinHandle<(u64, bool)>>,
+    up: u64,
+}
+
+impl Inspected {
+    fn guest(&self) -> GuestStream {
+        GuestStream {
+            shared: self.shared.clone(),
+            handle: self.handle,
         }
     }
-    finish(&shared, key, handle);
+
+    /// Reads the guest's stream, checks each request head and forwards what is allowed.
+    async fn forward_requests(&mut self) -> GuestEnd {
+        let mut guest = self.guest();
+        let mut requests = http::RequestStream::new(self.shared.config.max_http_head);
+        let mut chunk = vec![0u8; INSPECT_CHUNK];
+        loop {
+            let n = match self.read_guest(&mut guest, &mut chunk).await {
+                Read::Data(n) => n,
+                Read::End(end) => return end,
+            };
+            for piece in requests.feed(&chunk[..n]) {
+                let end = match piece {
+                    http::Piece::Head { info, bytes } => self.request(info, &bytes).await,
+                    http::Piece::Body(bytes) => {
+                        (!self.send_up(&bytes).await).then_some(GuestEnd::Abort)
+                    }
+                    http::Piece::Invalid(reason) => Some(GuestEnd::Refused {
+                        rule: None,
+                        reason: format!("not an HTTP request: {reason}"),
+                    }),
+                };
+                if let Some(end) = end {
+                    return end;
+                }
+            }
+        }
+    }
+
+    /// The next bytes from the guest, or why there are none.
+    async fn read_guest(&mut self, guest: &mut GuestStream, chunk: &mut [u8]) -> Read {
+        let first = self.host.is_none();
+        let read = async {
+            if first {
+                tokio::time::timeout(FIRST_HEAD_WAIT, guest.read(chunk))
+                    .await
+                    .unwrap_or(Ok(0))
+            } else {
+                guest.read(chunk).await
+            }
+        };
+        let down = async {
+            match self.down.as_mut() {
+                Some(task) => task.await.unwrap_or((0, false)),
+                None => std::future::pending().await,
+            }
+        };
+        let host_done = tokio::select! {
+            read = read => return match read {
+                Ok(0) => Read::End(GuestEnd::Eof),
+                Ok(n) => Read::Data(n),
+                Err(_) => Read::End(GuestEnd::Abort),
+            },
+            done = down => done,
+        };
+        self.down = None;
+        Read::End(GuestEnd::HostDone { clean: host_done.1 })
+    }
+
+    /// Checks one request head; forwards it when allowed. `Some` ends the connection.
+    async fn request(&mut self, info: http::HttpInfo, head: &[u8]) -> Option<GuestEnd> {
+        let verdict = self.shared.policy.load().check_http(&info, &self.flow);
+        let (rule, refusal) = match verdict {
+            Verdict::Allow { rule } => (rule, None),
+            Verdict::Deny { rule, reason } => (rule, Some(reason)),
+        };
+        self.shared.emit(NetEvent::HttpRequest {
+            method: info.method,
+            host: info.host,
+            path: info.path,
+            allowed: refusal.is_none(),
+            rule: rule.clone(),
+        });
+        if let Some(reason) = refusal {
+            return Some(GuestEnd::Refused { rule, reason });
+        }
+        if self.host.is_none() && !self.connect().await {
+            return Some(GuestEnd::Abort);
+        }
+        (!self.send_up(head).await).then_some(GuestEnd::Abort)
+    }
+
+    /// Opens the host connection and starts copying its responses to the guest.
+    async fn connect(&mut self) -> bool {
+        match connect(&self.shared, self.flow.dst).await {
+            Ok(stream) => {
+                let (read, write) = stream.into_split();
+                self.host = Some(write);
+                let copy = copy_down(self.guest(), read);
+                self.down = Some(tokio::task::spawn_local(copy));
+                true
+            }
+            Err(e) => {
+                self.shared.emit(NetEvent::FlowFailed {
+                    transport: Transport::Tcp,
+                    dst: SocketAddr::V4(self.key.remote),
+                    error: e.to_string(),
+                });
+                false
+            }
+        }
+    }
+
+    async fn send_up(&mut self, bytes: &[u8]) -> bool {
+        let Some(host) = self.host.as_mut() else {
+            return false;
+        };
+        if host.write_all(bytes).await.is_err() {
+            return false;
+        }
+        self.up += bytes.len() as u64;
+        StatsCounters::add(&self.shared.stats.bytes_up, bytes.len() as u64);
+        true
+    }
+
+    /// Ends the connection the way `end` says, then forgets the flow.
+    async fn finish(mut self, end: GuestEnd) {
+        let guest = self.guest();
+        let mut down_bytes = 0;
+        match end {
+            GuestEnd::Eof => {
+                down_bytes = self.drain_down(None).await;
+                guest.close_gracefully().await;
+            }
+            GuestEnd::Refused { rule, reason } => {
+                down_bytes = self.drain_down(Some(RESPONSE_DRAIN_WAIT)).await;
+                let mut writer = self.guest();
+                let _ = writer.write_all(forbidden(&rule, &reason).as_bytes()).await;
+                guest.close_gracefully().await;
+            }
+            GuestEnd::Abort => {
+                if let Some(host) = &self.host {
+                    // Reset the host side rather than let it see a clean EOF.
+                    let _ = host.as_ref().set_zero_linger();
+                }
+                if let Some(task) = self.down.take() {
+                    task.abort();
+                }
+                guest.abort();
+            }
+            GuestEnd::HostDone { clean: true } => guest.close_gracefully().await,
+            GuestEnd::HostDone { clean: false } => guest.abort(),
+        }
+        let connected = self.host.take().is_some();
+        finish(&self.shared, self.key, self.handle);
+        if connected {
+            self.shared.emit(NetEvent::FlowClosed {
+                transport: Transport::Tcp,
+                dst: SocketAddr::V4(self.key.remote),
+                bytes_up: self.up,
+                bytes_down: down_bytes,
+            });
+        }
+    }
+
+    /// Closes the host's receiving side of our requests and waits (bounded by `wait`) until the
+    /// responses already under way reached the guest. Returns the bytes copied down.
+    async fn drain_down(&mut self, wait: Option<Duration>) -> u64 {
+        if let Some(host) = self.host.as_mut() {
+            let _ = host.shutdown().await;
+        }
+        let Some(mut task) = self.down.take() else {
+            return 0;
+        };
+        let done = match wait {
+            Some(wait) => tokio::time::timeout(wait, &mut task).await.ok(),
+            None => Some((&mut task).await),
+        };
+        match done {
+            Some(Ok((bytes, _))) => bytes,
+            _ => {
+                task.abort();
+                0
+            }
+        }
+    }
+}
+
+/// Copies the host's responses to the guest until the host closes; returns the bytes copied
+/// and whether the host ended cleanly. Leaves the guest connection open (the caller closes it,
+/// perhaps after a 403).
+async fn copy_down(
+    mut guest: GuestStream,
+    mut host: tokio::net::tcp::OwnedReadHalf,
+) -> (u64, bool) {
+    let mut buf = vec![0u8; INSPECT_CHUNK];
+    let mut total = 0u64;
+    loop {
+        let n = match host.read(&mut buf).await {
+            Ok(0) => return (total, true),
+            Ok(n) => n,
+            Err(_) => return (total, false),
+        };
+        if guest.write_all(&buf[..n]).await.is_err() {
+            return (total, false);
+        }
+        total += n as u64;
+        StatsCounters::add(&guest.shared.stats.bytes_down, n as u64);
+    }
+}
+
+/// The stack's answer to a refused request.
+fn forbidden(rule: &Option<String>, reason: &str) -> String {
+    let body = match rule {
+        Some(rule) => format!("Blocked by the sandbox network policy (rule {rule}): {reason}\n"),
+        None => format!("Blocked by the sandbox network policy: {reason}\n"),
+    };
+    format!(
+        "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
 }
 
 /// DNS over TCP to the gateway: length-prefixed messages to the DNS server, answers back.

@@ -10,6 +10,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use tokio::net::UdpSocket;
+use tokio::sync::Notify;
 
 use crate::config::DNS_PORT;
 use crate::events::{NetEvent, Transport};
@@ -35,6 +36,17 @@ pub(crate) struct UdpFlow {
     socket: Rc<UdpSocket>,
     last_active: Rc<Cell<Instant>>,
     bytes_up: Rc<Cell<u64>>,
+    /// The DNS names pinned to the destination when policy allowed the flow.
+    pub names: Vec<String>,
+    /// Tells the relay task to stop (the flow was ended by a policy change).
+    ended: Rc<Notify>,
+}
+
+impl UdpFlow {
+    /// Stops the flow's relay task, which then closes the host socket.
+    pub(crate) fn end(&self) {
+        self.ended.notify_one();
+    }
 }
 
 /// Handles one datagram from the guest. `frame` is the whole frame (quoted in ICMP errors).
@@ -93,19 +105,31 @@ pub(crate) fn datagram(
         socket: socket.clone(),
         last_active: Rc::new(Cell::new(Instant::now())),
         bytes_up: Rc::new(Cell::new(0)),
+        names: shared.pins.names(flow.dst.ip()),
+        ended: Rc::new(Notify::new()),
     };
     send_up(shared, &flow, payload);
-    let (last_active, bytes_up) = (flow.last_active.clone(), flow.bytes_up.clone());
+    let relay = Relay {
+        key,
+        guest: src,
+        socket,
+        last_active: flow.last_active.clone(),
+        bytes_up: flow.bytes_up.clone(),
+        ended: flow.ended.clone(),
+    };
     st.udp.insert(key, flow);
     shared.sync_flow_stats(st);
-    tokio::task::spawn_local(relay_down(
-        shared.clone(),
-        key,
-        src,
-        socket,
-        last_active,
-        bytes_up,
-    ));
+    tokio::task::spawn_local(relay_down(shared.clone(), relay));
+}
+
+/// What the relay task of one UDP flow holds.
+struct Relay {
+    key: UdpKey,
+    guest: SocketAddrV4,
+    socket: Rc<UdpSocket>,
+    last_active: Rc<Cell<Instant>>,
+    bytes_up: Rc<Cell<u64>>,
+    ended: Rc<Notify>,
 }
 
 fn open_socket(dst: SocketAddr) -> std::io::Result<UdpSocket> {
@@ -126,15 +150,16 @@ fn send_up(shared: &Shared, flow: &UdpFlow, payload: &[u8]) {
     }
 }
 
-/// Relays host datagrams to the guest until the flow has been idle long enough.
-async fn relay_down(
-    shared: Rc<Shared>,
-    key: UdpKey,
-    guest: SocketAddrV4,
-    socket: Rc<UdpSocket>,
-    last_active: Rc<Cell<Instant>>,
-    bytes_up: Rc<Cell<u64>>,
-) {
+/// Relays host datagrams to the guest until the flow has been idle long enough or is ended.
+async fn relay_down(shared: Rc<Shared>, relay: Relay) {
+    let Relay {
+        key,
+        guest,
+        socket,
+        last_active,
+        bytes_up,
+        ended,
+    } = relay;
     let idle = shared.config.udp_idle_timeout;
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut bytes_down = 0u64;
@@ -158,10 +183,18 @@ async fn relay_down(
                     break;
                 }
             }
+            _ = ended.notified() => break,
         }
     }
     let mut st = shared.stack.borrow_mut();
-    st.udp.remove(&key);
+    // A flow ended by policy is gone already, and a new one may use the same key.
+    if st
+        .udp
+        .get(&key)
+        .is_some_and(|f| Rc::ptr_eq(&f.socket, &socket))
+    {
+        st.udp.remove(&key);
+    }
     shared.sync_flow_stats(&st);
     drop(st);
     shared.emit(NetEvent::FlowClosed {

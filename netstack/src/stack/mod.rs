@@ -8,6 +8,7 @@
 //! between smoltcp's buffers and host sockets without intermediate copies.
 
 pub(crate) mod device;
+mod enforce;
 pub(crate) mod frames;
 pub(crate) mod stats;
 
@@ -33,7 +34,9 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::config::NetConfig;
 use crate::dns::{DnsServer, PinTable};
-use crate::events::{emit, EventSink, NetEvent, Transport};
+use crate::events::{
+    emit, Admission, EventLimiter, EventSink, NetEvent, Transport, SUMMARY_INTERVAL,
+};
 use crate::policy::{FlowInfo, Policy, Protocol, Verdict};
 use crate::ports::PublishedPort;
 use crate::proxy;
@@ -70,6 +73,15 @@ pub(crate) enum TcpEntry {
     Active(SocketHandle),
 }
 
+/// What a policy change needs to know about an open guest flow.
+pub(crate) struct PolicedFlow {
+    /// The DNS names pinned to its destination when it was allowed (a pin that expired since
+    /// must not end a connection a name rule opened).
+    pub names: Vec<String>,
+    /// Whether its requests are inspected under HTTP policy.
+    pub inspected: bool,
+}
+
 /// The mutable state of the stack, borrowed briefly by the loop and the flow tasks.
 pub(crate) struct Stack {
     pub iface: Interface,
@@ -78,6 +90,8 @@ pub(crate) struct Stack {
     pub builder: FrameBuilder,
     pub tcp: HashMap<TcpKey, TcpEntry>,
     pub udp: HashMap<proxy::udp::UdpKey, proxy::udp::UdpFlow>,
+    /// Guest-initiated TCP flows that policy allowed, for re-checking when the policy changes.
+    pub policed: HashMap<TcpKey, PolicedFlow>,
     /// The guest's MAC, learned from its frames (used for hand-made frames).
     pub guest_mac: EthernetAddress,
     /// A listening socket was created since the last poll (two for one address must not meet a
@@ -186,6 +200,7 @@ impl Stack {
     pub(crate) fn remove_tcp(&mut self, key: &TcpKey, handle: SocketHandle) {
         if matches!(self.tcp.get(key), Some(TcpEntry::Active(h)) if *h == handle) {
             self.tcp.remove(key);
+            self.policed.remove(key);
         }
         self.sockets.remove(handle);
     }
@@ -202,14 +217,31 @@ pub(crate) struct Shared {
     /// Wakes the loop to poll smoltcp after a flow task moved data.
     pub wake: Notify,
     pub dns_in_flight: Cell<usize>,
+    /// Rate limit of the events.
+    pub limiter: RefCell<EventLimiter>,
+    /// Wakes the task reporting suppressed events once the first one of a kind was dropped.
+    pub summary_due: Notify,
     /// The stack end of the frame socketpair (also inside the device, for sending).
     pub frame_socket: Rc<UnixDatagram>,
     pub stack: RefCell<Stack>,
 }
 
 impl Shared {
+    /// Reports `event` unless its kind is over the rate limit (then it is only counted).
     pub(crate) fn emit(&self, event: NetEvent) {
-        emit(&self.events, event);
+        match self
+            .limiter
+            .borrow_mut()
+            .admit(event.kind(), std::time::Instant::now())
+        {
+            Admission::Report => emit(&self.events, event),
+            Admission::Suppress { first } => {
+                StatsCounters::add(&self.stats.events_suppressed, 1);
+                if first {
+                    self.summary_due.notify_one();
+                }
+            }
+        }
     }
 
     pub(crate) fn sync_flow_stats(&self, st: &Stack) {
@@ -230,18 +262,23 @@ impl Shared {
         }
     }
 
-    /// Asks policy about a new flow, and reports the verdict.
-    pub(crate) fn check_flow(&self, transport: Transport, dst: SocketAddrV4) -> Option<FlowInfo> {
+    /// What policy sees of a flow of the guest to `dst`.
+    pub(crate) fn flow_info(&self, transport: Transport, dst: SocketAddrV4) -> FlowInfo {
         let (real, to_host_alias) = self.real_destination(dst);
         let protocol = match transport {
             Transport::Tcp => Protocol::Tcp,
             Transport::Udp => Protocol::Udp,
         };
-        let flow = FlowInfo {
+        FlowInfo {
             protocol,
             dst: real,
             to_host_alias,
-        };
+        }
+    }
+
+    /// Asks policy about a new flow, and reports the verdict.
+    pub(crate) fn check_flow(&self, transport: Transport, dst: SocketAddrV4) -> Option<FlowInfo> {
+        let flow = self.flow_info(transport, dst);
         let ip = *dst.ip();
         if ip.is_broadcast() || ip.is_multicast() || ip.is_unspecified() {
             self.deny(transport, dst, None, "not a unicast destination".into());
@@ -284,6 +321,8 @@ impl Shared {
 /// Control messages from the handle to the stack thread.
 enum Command {
     Publish(std::net::TcpListener, PublishedPort),
+    /// The policy was replaced: end the open flows it denies.
+    PolicyChanged,
     Shutdown,
 }
 
@@ -381,6 +420,7 @@ impl NetStack {
             builder: FrameBuilder::new(gateway_mac, config.checksum_offload),
             tcp: HashMap::new(),
             udp: HashMap::new(),
+            policed: HashMap::new(),
             guest_mac: EthernetAddress::BROADCAST,
             listener_unpolled: false,
             next_port: *EPHEMERAL_PORTS.start(),
@@ -395,6 +435,8 @@ impl NetStack {
             dns,
             wake: Notify::new(),
             dns_in_flight: Cell::new(0),
+            limiter: RefCell::new(EventLimiter::default()),
+            summary_due: Notify::new(),
             stack: RefCell::new(stack),
         }))
     }
@@ -408,6 +450,7 @@ fn bind_published(port: &PublishedPort) -> io::Result<std::net::TcpListener> {
 
 /// The loop: read a batch of frames, decide and queue them, poll smoltcp, sleep.
 async fn run(shared: Rc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>) {
+    tokio::task::spawn_local(report_suppressed(shared.clone()));
     let socket = shared.frame_socket.clone();
     let mut buf = vec![0u8; shared.config.max_frame_len() + 1];
     loop {
@@ -445,6 +488,7 @@ async fn run(shared: Rc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>)
             biased;
             command = commands.recv() => match command {
                 Some(Command::Publish(listener, port)) => crate::ports::serve(shared.clone(), listener, port),
+                Some(Command::PolicyChanged) => enforce::end_denied_flows(&shared),
                 Some(Command::Shutdown) | None => return,
             },
             _ = shared.wake.notified() => {}
@@ -456,6 +500,22 @@ async fn run(shared: Rc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>)
             }
             _ = socket.writable(), if backlog => {}
             _ = tokio::time::sleep(sleep.unwrap_or_default()), if sleep.is_some() => {}
+        }
+    }
+}
+
+/// Reports, once per [`SUMMARY_INTERVAL`] at most, how many events of each kind the rate limit
+/// dropped.
+async fn report_suppressed(shared: Rc<Shared>) {
+    loop {
+        shared.summary_due.notified().await;
+        tokio::time::sleep(SUMMARY_INTERVAL).await;
+        let summaries = shared
+            .limiter
+            .borrow_mut()
+            .take_summaries(std::time::Instant::now());
+        for summary in summaries {
+            emit(&shared.events, summary);
         }
     }
 }
@@ -524,9 +584,14 @@ impl NetStackHandle {
         Ok(addr)
     }
 
-    /// Replaces the policy; flows opened from now on use it, open flows keep going.
+    /// Replaces the policy. New flows, DNS queries and HTTP requests use it at once; open
+    /// flows that it denies are ended soon after (TCP: RST to the guest and the host socket
+    /// closed; UDP: the host socket closed), each with a [`NetEvent::FlowDenied`] saying so.
+    /// An open TCP flow the new policy would inspect under HTTP rules but that was opened
+    /// uninspected is ended too (the guest's next connection is inspected).
     pub fn set_policy(&self, policy: Policy) {
         self.policy.store(Arc::new(policy));
+        let _ = self.cmd.send(Command::PolicyChanged);
     }
 
     /// The policy in force.

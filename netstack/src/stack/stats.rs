@@ -31,6 +31,9 @@ pub struct NetStats {
     pub bytes_up: u64,
     /// Bytes the host sent to the guest through TCP and UDP flows.
     pub bytes_down: u64,
+    /// Events not reported because their kind was over the rate limit.
+    #[serde(default)]
+    pub events_suppressed: u64,
 }
 
 /// The live counters behind [`NetStats`].
@@ -48,6 +51,7 @@ pub(crate) struct StatsCounters {
     pub flows_denied: AtomicU64,
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
+    pub events_suppressed: AtomicU64,
 }
 
 impl StatsCounters {
@@ -66,6 +70,7 @@ impl StatsCounters {
             flows_denied: get(&self.flows_denied),
             bytes_up: get(&self.bytes_up),
             bytes_down: get(&self.bytes_down),
+            events_suppressed: get(&self.events_suppressed),
         }
     }
 

@@ -75,4 +75,39 @@ mod tests {
         assert_eq!(meta.entries["tmp"].mode, libc::S_IFDIR | 0o1777);
         assert_eq!(meta.entries["bin/busybox"].uid, 0);
     }
+
+    /// Debian's busybox 1.35 `wget -T SEC` wrote through a NULL pointer and died of SIGSEGV
+    /// (see build.rs); the image's busybox accepts it and fetches by name.
+    #[test]
+    fn default_busybox_wget_takes_a_timeout_and_a_name() {
+        use std::io::{Read, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
+        ensure_default_image(&store).unwrap();
+        let image = store.resolve("msbvm-default").unwrap();
+        let busybox = dir.path().join("busybox");
+        std::fs::copy(image.lower_dirs[0].join("rootfs/bin/busybox"), &busybox).unwrap();
+        std::fs::set_permissions(
+            &busybox,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf).unwrap();
+            conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+                .unwrap();
+        });
+        let out = std::process::Command::new(&busybox)
+            .args(["wget", "-q", "-T", "5", "-O", "-"])
+            .arg(format!("http://localhost:{port}/"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(out.stdout, b"hello");
+        server.join().unwrap();
+    }
 }

@@ -34,3 +34,46 @@ pub use pull::{Auth, PullOptions};
 pub use reference::REGISTRY_ENV;
 pub use spec::Platform;
 pub use store::{ImageConfig, ImageInfo, ImageStore, LayerLease, ResolvedImage};
+
+/// Entry points for the fuzz targets in `sdk/image/fuzz`; not a stable API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::path::Path;
+
+    use crate::spec::{
+        is_layer_media_type, ConfigFile, DockerArchiveImage, Manifest, Platform, MAX_JSON_BYTES,
+    };
+
+    /// Parses `bytes` as the pull and import code do: a manifest or index (and what is read
+    /// from it), an image config, and a `docker save` manifest.
+    pub fn parse_image_json(bytes: &[u8]) {
+        if let Ok(manifest) = Manifest::parse(bytes) {
+            if manifest.is_index() {
+                let entries = manifest.manifests.as_deref().unwrap_or_default();
+                let _ = Platform::host().select(entries);
+            } else if let Ok((config, layers)) = manifest.image_parts() {
+                let _ = config.size().map(|s| s > MAX_JSON_BYTES);
+                for layer in layers {
+                    let _ = (layer.size(), is_layer_media_type(&layer.media_type));
+                }
+            }
+        }
+        if let Ok(config) = ConfigFile::parse(bytes) {
+            let _ = config.diff_ids().len();
+            let c = config.config.unwrap_or_default();
+            let _ = (c.entrypoint, c.cmd, c.env, c.working_dir, c.user);
+        }
+        let _ = serde_json::from_slice::<Vec<DockerArchiveImage>>(bytes);
+    }
+
+    /// Unpacks a layer blob (gzip, zstd or plain tar) into the empty directory `dest`, with
+    /// small limits; returns the diff_id.
+    pub fn unpack_layer(blob: &Path, dest: &Path) -> crate::Result<String> {
+        let limits = crate::unpack::Limits {
+            max_bytes: 64 << 20,
+            max_entries: 4096,
+        };
+        crate::unpack::unpack_layer(blob, dest, limits)
+    }
+}

@@ -1,0 +1,173 @@
+//! Entry points for the fuzz targets in `netstack/fuzz` (feature `fuzzing`); not a stable API.
+//!
+//! [`FrameHarness`] does with each guest frame what the stack loop does, minus host sockets:
+//! classify it, ask policy about new flows, build the stack's hand-made answers (RST, ICMP port
+//! unreachable, UDP reply) and hand everything else to a smoltcp interface that accepts SYNs
+//! the way the stack does, so ARP, ICMP and the TCP state machine see the frames too.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+use smoltcp::iface::{Config, Interface, SocketSet};
+use smoltcp::phy::{self, DeviceCapabilities, Medium};
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpListenEndpoint};
+
+use crate::config::{GATEWAY_IP, GATEWAY_MAC, GUEST_IP, HOST_ALIAS_IP};
+use crate::dns::PinTable;
+use crate::policy::{FlowInfo, Policy, Protocol};
+use crate::stack::frames::{
+    classify, ipv4_packet, offload_checksums, tcp_seq, FrameBuilder, Inbound,
+};
+use crate::stack::Stack;
+
+/// TCP sockets one harness accepts at most (each costs two buffers).
+const MAX_SOCKETS: usize = 8;
+/// Buffer size of those sockets.
+const SOCKET_BUFFER: usize = 4096;
+
+/// A frame queue standing in for the frame socket.
+#[derive(Default)]
+struct Loopback {
+    rx: VecDeque<Vec<u8>>,
+    tx: usize,
+}
+
+struct Rx(Vec<u8>);
+struct Tx<'a>(&'a mut Loopback);
+
+impl phy::RxToken for Rx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl phy::TxToken for Tx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut buf = vec![0u8; len];
+        self.0.tx += 1;
+        f(&mut buf)
+    }
+}
+
+impl phy::Device for Loopback {
+    type RxToken<'a> = Rx;
+    type TxToken<'a> = Tx<'a>;
+    fn receive(&mut self, _: Instant) -> Option<(Rx, Tx<'_>)> {
+        let frame = self.rx.pop_front()?;
+        Some((Rx(frame), Tx(self)))
+    }
+    fn transmit(&mut self, _: Instant) -> Option<Tx<'_>> {
+        Some(Tx(self))
+    }
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = 1514;
+        caps
+    }
+}
+
+/// One guest's frames through the stack's frame handling, without host sockets.
+pub struct FrameHarness {
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    dev: Loopback,
+    builder: FrameBuilder,
+    policy: Policy,
+    pins: PinTable,
+    now: i64,
+}
+
+impl Default for FrameHarness {
+    fn default() -> Self {
+        FrameHarness::new()
+    }
+}
+
+impl FrameHarness {
+    /// A harness with the built-in policy plus `allow host`.
+    pub fn new() -> FrameHarness {
+        let mut dev = Loopback::default();
+        let config = Config::new(HardwareAddress::Ethernet(EthernetAddress(GATEWAY_MAC)));
+        let mut iface = Interface::new(config, &mut dev, Instant::from_millis(0));
+        iface.update_ip_addrs(|addrs| {
+            let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(GATEWAY_IP), 24));
+        });
+        iface.set_any_ip(true);
+        FrameHarness {
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            dev,
+            builder: FrameBuilder::new(EthernetAddress(GATEWAY_MAC), false),
+            policy: Policy::builder().allow("host".parse().expect("a valid rule")),
+            pins: PinTable::new(),
+            now: 0,
+        }
+    }
+
+    /// Handles one frame from the guest; returns how many frames went back to the guest.
+    pub fn frame(&mut self, frame: &[u8]) -> usize {
+        for offload in [false, true] {
+            match classify(frame, GUEST_IP, GATEWAY_IP, &offload_checksums(offload)) {
+                Inbound::ToStack => self.dev.rx.push_back(frame.to_vec()),
+                Inbound::Drop(_) => {}
+                Inbound::TcpSyn { key, src_mac } => {
+                    self.check(Protocol::Tcp, key.remote.into());
+                    let _ = self
+                        .builder
+                        .tcp_rst(src_mac, key, tcp_seq(frame).unwrap_or(0))
+                        .len();
+                    if !offload && self.sockets.iter().count() < MAX_SOCKETS {
+                        self.accept(key.remote, frame);
+                    }
+                }
+                Inbound::Udp {
+                    src,
+                    dst,
+                    payload,
+                    src_mac,
+                } => {
+                    self.check(Protocol::Udp, dst.into());
+                    if let Some(packet) = ipv4_packet(frame) {
+                        let _ = self
+                            .builder
+                            .icmp_port_unreachable(src_mac, *dst.ip(), packet);
+                    }
+                    let _ = self.builder.udp(src_mac, dst, src, payload).len();
+                }
+            }
+        }
+        self.now += 10;
+        let before = self.dev.tx;
+        self.iface.poll(
+            Instant::from_millis(self.now),
+            &mut self.dev,
+            &mut self.sockets,
+        );
+        self.dev.tx - before
+    }
+
+    fn check(&self, protocol: Protocol, dst: SocketAddr) {
+        let flow = FlowInfo {
+            protocol,
+            dst,
+            to_host_alias: dst.ip() == std::net::IpAddr::V4(HOST_ALIAS_IP),
+        };
+        let _ = self.policy.check_flow(&flow, &self.pins);
+        let _ = self.policy.wants_http_inspection(dst.port());
+    }
+
+    /// Accepts a SYN the way the stack does: a socket listening on exactly its destination.
+    fn accept(&mut self, remote: std::net::SocketAddrV4, syn: &[u8]) {
+        let mut socket = Stack::new_tcp_socket(SOCKET_BUFFER);
+        let endpoint = IpListenEndpoint {
+            addr: Some(IpAddress::Ipv4(*remote.ip())),
+            port: remote.port(),
+        };
+        if socket.listen(endpoint).is_ok() {
+            self.sockets.add(socket);
+            self.dev.rx.push_back(syn.to_vec());
+        }
+    }
+}

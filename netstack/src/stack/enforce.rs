@@ -1,0 +1,122 @@
+//! A policy change reaches open flows: every guest-initiated TCP and UDP flow is checked again
+//! under the new policy, and the ones it denies end at once.
+
+use std::net::SocketAddr;
+
+use smoltcp::socket::tcp;
+
+use super::{Shared, TcpEntry};
+use crate::events::{NetEvent, Transport};
+use crate::policy::{Policy, Verdict};
+use crate::stack::stats::StatsCounters;
+
+/// Why an open flow must end under `policy`, with the deciding rule; `None` keeps it.
+fn must_end(
+    shared: &Shared,
+    policy: &Policy,
+    transport: Transport,
+    dst: std::net::SocketAddrV4,
+    names: &[String],
+    inspected: bool,
+) -> Option<(Option<String>, String)> {
+    let flow = shared.flow_info(transport, dst);
+    let names = || {
+        let mut all = names.to_vec();
+        all.extend(shared.pins.names(flow.dst.ip()));
+        all
+    };
+    match policy.check_flow_named(&flow, names) {
+        Verdict::Deny { rule, reason } => {
+            Some((rule, format!("ended by a policy change: {reason}")))
+        }
+        Verdict::Allow { .. }
+            if transport == Transport::Tcp
+                && !inspected
+                && policy.wants_http_inspection(dst.port()) =>
+        {
+            Some((
+                None,
+                format!(
+                    "ended by a policy change: HTTP rules now apply to port {}, and this \
+                     connection was opened uninspected",
+                    dst.port()
+                ),
+            ))
+        }
+        Verdict::Allow { .. } => None,
+    }
+}
+
+/// Ends every open flow the policy now in force denies.
+pub(crate) fn end_denied_flows(shared: &Shared) {
+    let policy = shared.policy.load_full();
+    let mut ended = Vec::new();
+    {
+        let mut st = shared.stack.borrow_mut();
+        let st = &mut *st;
+        let tcp_ends: Vec<_> = st
+            .policed
+            .iter()
+            .filter_map(|(key, flow)| {
+                must_end(
+                    shared,
+                    &policy,
+                    Transport::Tcp,
+                    key.remote,
+                    &flow.names,
+                    flow.inspected,
+                )
+                .map(|why| (*key, why))
+            })
+            .collect();
+        for (key, why) in tcp_ends {
+            st.policed.remove(&key);
+            match st.tcp.get(&key) {
+                // The flow's task sees the reset socket, resets the host side and cleans up.
+                Some(TcpEntry::Active(handle)) => {
+                    st.sockets.get_mut::<tcp::Socket>(*handle).abort()
+                }
+                Some(TcpEntry::Connecting { .. }) => {
+                    if let Some(TcpEntry::Connecting { syn }) = st.tcp.remove(&key) {
+                        st.send_rst(key, &syn);
+                    }
+                }
+                None => continue,
+            }
+            ended.push((Transport::Tcp, key.remote, why));
+        }
+        let udp_ends: Vec<_> = st
+            .udp
+            .iter()
+            .filter_map(|(key, flow)| {
+                must_end(
+                    shared,
+                    &policy,
+                    Transport::Udp,
+                    key.remote,
+                    &flow.names,
+                    true,
+                )
+                .map(|why| (*key, why))
+            })
+            .collect();
+        for (key, why) in udp_ends {
+            if let Some(flow) = st.udp.remove(&key) {
+                flow.end();
+                ended.push((Transport::Udp, key.remote, why));
+            }
+        }
+        st.poll();
+        shared.sync_flow_stats(st);
+    }
+    for (transport, dst, (rule, reason)) in ended {
+        StatsCounters::add(&shared.stats.flows_denied, 1);
+        shared.emit(NetEvent::FlowDenied {
+            transport,
+            dst: SocketAddr::V4(dst),
+            rule,
+            reason,
+        });
+    }
+    shared.wake.notify_one();
+}
