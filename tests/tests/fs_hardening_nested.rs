@@ -42,9 +42,9 @@ check vol_host "$(host_view /tmp/hv)"
 out=$($M run -v /tmp/hv:/mnt/v -- sh -c 'busybox stat -c %a:%t:%T /mnt/v/blk /mnt/v/chr'); check vol_guest_again "$(echo $out)"
 
 # A --rootfs host directory.
-mkdir -p /tmp/hr/bin /tmp/hr/etc /tmp/hr/tmp; cp /bin/busybox /tmp/hr/bin/busybox; ln -s busybox /tmp/hr/bin/sh
-out=$($M run --rootfs /tmp/hr -- /bin/sh -c "D=/tmp; $GUEST"); check rootfs_guest "$(echo $out)"
-check rootfs_host "$(host_view /tmp/hr/tmp)"
+mkdir -p /tmp/hr/bin /tmp/hr/etc /tmp/hr/data; cp /bin/busybox /tmp/hr/bin/busybox; ln -s busybox /tmp/hr/bin/sh
+out=$($M run --rootfs /tmp/hr -- /bin/sh -c "D=/data; $GUEST"); check rootfs_guest "$(echo $out)"
+check rootfs_host "$(host_view /tmp/hr/data)"
 
 # --disk 64M on the image root's writable layer.
 $M run -d --name dk --disk 64M; check disk_rc $?
@@ -56,7 +56,7 @@ used=$(df_col 3)
 check disk_df_used_near_full $([ "$used" -gt 60000 ] && [ "$used" -le 65536 ] && echo yes || echo "no:$used")
 # Leave about 8 MiB (2000 names at 4 KiB each) for the flood of empty files.
 $M exec dk -- sh -c 'rm /big && dd if=/dev/zero of=/big bs=1M count=56 2>/dev/null'; check disk_rm $?
-out=$($M exec dk -- sh -c 'mkdir /fl; i=0; while : > /fl/f$i; do i=$((i+1)); done 2>/dev/null; echo $i; : > /fl/last 2>&1')
+out=$($M exec dk -- sh -c 'mkdir /fl; i=0; while echo -n > /fl/f$i; do i=$((i+1)); done 2>/dev/null; echo $i; (echo -n > /fl/last) 2>&1')
 check flood_count $([ "$(echo "$out" | head -1)" -gt 1000 ] && echo yes || echo "no:$out")
 check flood_enospc $(echo "$out" | grep -c 'No space left')
 out=$($M exec dk -- sh -c 'cat /etc/os-release | grep -c ^NAME=; ls /fl | wc -l' | head -1); check disk_exec_after "$out"

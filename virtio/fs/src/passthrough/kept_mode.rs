@@ -12,8 +12,10 @@
 //! except through chmod/mknod themselves.
 //!
 //! A host filesystem without `user.*` xattrs (tmpfs before Linux 6.6)
-//! cannot keep it: asking for a set-id bit or a device there fails with
-//! `EPERM`, and nothing is created.
+//! keeps it in `trusted.msbvm.mode` when the process is privileged (only
+//! privileged host processes can read or change `trusted.*`); otherwise
+//! asking for a set-id bit or a device there fails with `EPERM`, and
+//! nothing is created.
 
 use std::ffi::CStr;
 use std::io;
@@ -24,6 +26,8 @@ use crate::Attr;
 
 /// Host xattr holding the kept guest mode bits and device number.
 pub(crate) const KEPT_XATTR: &CStr = c"user.msbvm.mode";
+/// Where it goes on a host filesystem without `user.*` xattrs.
+const TRUSTED_KEPT_XATTR: &CStr = c"trusted.msbvm.mode";
 /// Prefix of the host xattrs this backend owns; hidden from the guest.
 pub(crate) const RESERVED_PREFIX: &[u8] = b"user.msbvm.";
 /// The mode bits a host object never gets from the guest.
@@ -93,28 +97,42 @@ impl KeptMode {
         if host_kind != libc::S_IFREG && host_kind != libc::S_IFDIR {
             return None;
         }
-        host::getxattr(fd, KEPT_XATTR)
-            .ok()
-            .and_then(|v| Self::decode(&v))
+        let value = match host::getxattr(fd, KEPT_XATTR) {
+            Err(e) if no_user_xattrs(&e) => host::getxattr(fd, TRUSTED_KEPT_XATTR),
+            other => other,
+        };
+        value.ok().and_then(|v| Self::decode(&v))
     }
 
     /// Stores `kept` on the host object behind `fd`, or removes the xattr
     /// for `None`. A host that cannot keep it answers `EPERM`.
     pub fn store(fd: RawFd, kept: Option<Self>) -> io::Result<()> {
         match kept {
-            Some(k) => host::setxattr(fd, KEPT_XATTR, &k.encode(), 0).map_err(|e| {
-                tracing::warn!("cannot keep a set-id bit or device node as an xattr: {e}");
-                err(libc::EPERM)
-            }),
-            None => match host::removexattr(fd, KEPT_XATTR) {
-                Err(e)
-                    if e.raw_os_error() != Some(libc::ENODATA)
-                        && e.raw_os_error() != Some(libc::EOPNOTSUPP) =>
-                {
-                    Err(e)
+            Some(k) => {
+                let stored = match host::setxattr(fd, KEPT_XATTR, &k.encode(), 0) {
+                    Err(e) if no_user_xattrs(&e) => {
+                        host::setxattr(fd, TRUSTED_KEPT_XATTR, &k.encode(), 0)
+                    }
+                    other => other,
+                };
+                stored.map_err(|e| {
+                    tracing::warn!("cannot keep a set-id bit or device node as an xattr: {e}");
+                    err(libc::EPERM)
+                })
+            }
+            None => {
+                for name in [KEPT_XATTR, TRUSTED_KEPT_XATTR] {
+                    match host::removexattr(fd, name) {
+                        Err(e)
+                            if e.raw_os_error() != Some(libc::ENODATA) && !no_user_xattrs(&e) =>
+                        {
+                            return Err(e)
+                        }
+                        _ => {}
+                    }
                 }
-                _ => Ok(()),
-            },
+                Ok(())
+            }
         }
     }
 
@@ -128,6 +146,12 @@ impl KeptMode {
             attr.size = 0;
         }
     }
+}
+
+/// Whether an xattr call failed because the filesystem has no `user.*`
+/// xattrs (or refuses them to this process).
+fn no_user_xattrs(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::EPERM))
 }
 
 /// Whether the guest names an xattr this backend reserves for itself.

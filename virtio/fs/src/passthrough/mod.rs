@@ -29,7 +29,7 @@
 //! set-group-ID bits and its block and character devices never reach the
 //! host; they are kept in an xattr and shown to the guest (see
 //! [`kept_mode`]), or refused with `EPERM` where the host filesystem has no
-//! `user.*` xattrs.
+//! `user.*` xattrs and the process is unprivileged.
 //!
 //! Limits: an inode whose last name is removed while its fd is not cached
 //! can only be reached through open handles (`ESTALE` otherwise); guest
