@@ -44,7 +44,9 @@ fuzz_target!(|data: &[u8]| {
     let _ = fs.add_symlink("link", "dir/file");
     let server = Server::new(fs, ServerOptions::default());
     let mut reply = Vec::new();
-    server.handle(&init_request(), &mut reply).expect("INIT has a header");
+    server
+        .handle(&init_request(), &mut reply)
+        .expect("INIT has a header");
     let mut data = data;
     let mut unique = 2u64;
     for _ in 0..64 {
@@ -59,7 +61,9 @@ fuzz_target!(|data: &[u8]| {
             };
             raw.to_vec()
         } else {
-            let Some(head) = take(&mut data, 2) else { break };
+            let Some(head) = take(&mut data, 2) else {
+                break;
+            };
             let Some(len) = u16_at(&mut data) else { break };
             let n = len.min(data.len());
             let args = take(&mut data, n).unwrap_or(&[]);
