@@ -24,6 +24,10 @@ pub struct SandboxArgs {
     /// (NAME:GUEST_PATH[:ro]); repeatable.
     #[arg(short = 'v', long = "volume", value_name = "SRC:PATH[:ro]")]
     pub volumes: Vec<String>,
+    /// Size limit of the sandbox's writable layer over its image (e.g. 512M, 10G; default
+    /// 10G); writes past it fail with "No space left on device" and `df /` shows it.
+    #[arg(long = "disk", value_name = "SIZE")]
+    pub disk: Option<String>,
     /// Mount a tmpfs (PATH[:SIZE], e.g. /scratch:64m); repeatable.
     #[arg(long = "tmpfs", value_name = "PATH[:SIZE]")]
     pub tmpfs: Vec<String>,
@@ -91,6 +95,11 @@ impl SandboxArgs {
             .map(|t| TmpfsSpec::parse(t))
             .collect::<Result<_, _>>()?;
         spec.user = self.user.clone();
+        spec.disk_size_bytes = self
+            .disk
+            .as_deref()
+            .map(msbvm_sdk::spec::parse_disk_size)
+            .transpose()?;
         let net = &mut spec.network;
         net.enabled = !self.no_network;
         net.ports = self
@@ -232,6 +241,7 @@ mod tests {
             image: Some("reg:5000/alpine:3".into()),
             volumes: vec!["/srv:/srv:ro".into()],
             tmpfs: vec!["/scratch:1m".into()],
+            disk: Some("64M".into()),
             publish: vec!["8080:80".into()],
             net_default: Some("deny".into()),
             dns: vec!["127.0.0.1:5353".into(), "10.1.1.1".into()],
@@ -246,6 +256,7 @@ mod tests {
         );
         assert!(spec.volumes[0].read_only);
         assert_eq!(spec.tmpfs[0].size_bytes, Some(1 << 20));
+        assert_eq!(spec.disk_size_bytes, Some(64 << 20));
         assert_eq!(spec.network.ports[0].guest_port, 80);
         assert!(!spec.network.default_allow);
         assert_eq!(spec.network.dns_servers[1], "10.1.1.1:53".parse().unwrap());

@@ -117,6 +117,12 @@ impl SandboxBuilder {
         self.spec.tmpfs.push(tmpfs);
         self
     }
+    /// Limits the writable layer of an image root to `bytes` (default
+    /// [`crate::spec::DEFAULT_DISK_SIZE`]); the guest gets `ENOSPC` past it.
+    pub fn disk_size(mut self, bytes: u64) -> Self {
+        self.spec.disk_size_bytes = Some(bytes);
+        self
+    }
     /// Gives the guest a network interface (default true).
     pub fn network(mut self, enabled: bool) -> Self {
         self.spec.network.enabled = enabled;

@@ -34,6 +34,27 @@ pub struct SandboxSpec {
     pub workdir: Option<String>,
     /// Default user of every exec, `UID[:GID]` (the image's `User` when unset).
     pub user: Option<String>,
+    /// Size limit in bytes of the writable layer of an image root (`None`:
+    /// [`DEFAULT_DISK_SIZE`]); writes past it get `ENOSPC` in the guest.
+    #[serde(default)]
+    pub disk_size_bytes: Option<u64>,
+}
+
+/// Size limit of an image root's writable layer when none is given (10 GiB).
+pub const DEFAULT_DISK_SIZE: u64 = msbvm_fs::layered::DEFAULT_MAX_UPPER_BYTES;
+
+/// Parses a disk size: bytes, or a number with a `k`, `m` or `g` suffix
+/// (`512M`, `10G`); at least 1 MiB.
+pub fn parse_disk_size(text: &str) -> Result<u64> {
+    let bytes = parse_size(text.trim_end_matches(['b', 'B'])).ok_or_else(|| {
+        Error::InvalidConfig(format!("disk size {text:?}: expected e.g. 512M or 10G"))
+    })?;
+    if bytes < 1 << 20 {
+        return Err(Error::InvalidConfig(format!(
+            "disk size {text:?} is below the minimum of 1M"
+        )));
+    }
+    Ok(bytes)
 }
 
 impl Default for SandboxSpec {
@@ -47,6 +68,7 @@ impl Default for SandboxSpec {
             network: NetworkSpec::default(),
             workdir: None,
             user: None,
+            disk_size_bytes: None,
         }
     }
 }
@@ -344,6 +366,17 @@ mod tests {
         assert_eq!(p.host, "[::1]:9000".parse().unwrap());
         for bad in ["80", "x:80", "8080:0", "1.2.3:8080:80", "8080:99999"] {
             assert!(PortSpec::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn disk_sizes_parse() {
+        assert_eq!(parse_disk_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_disk_size("10G").unwrap(), 10 << 30);
+        assert_eq!(parse_disk_size("64m").unwrap(), 64 << 20);
+        assert_eq!(parse_disk_size("2097152").unwrap(), 2 << 20);
+        for bad in ["", "x", "0", "10k", "-1G"] {
+            assert!(parse_disk_size(bad).is_err(), "{bad}");
         }
     }
 

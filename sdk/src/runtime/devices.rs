@@ -119,7 +119,10 @@ pub fn build(
     match &spec.root {
         RootSpec::Initramfs => devices.initramfs_root = true,
         RootSpec::Image { reference } => {
-            let (fs, defaults, lease) = image_root(home, reference, dir)?;
+            let disk = spec
+                .disk_size_bytes
+                .unwrap_or(crate::spec::DEFAULT_DISK_SIZE);
+            let (fs, defaults, lease) = image_root(home, reference, dir, disk)?;
             devices.exec = defaults;
             devices.image = Some(reference.clone());
             devices._leases.push(Box::new(lease));
@@ -310,6 +313,7 @@ fn image_root(
     home: &Path,
     reference: &str,
     dir: &SandboxDir,
+    disk_bytes: u64,
 ) -> Result<(LayeredFs, ExecDefaults, LayerLease)> {
     let store = image_store(home)?;
     if reference == DEFAULT_IMAGE {
@@ -325,6 +329,7 @@ fn image_root(
     let (_, max_open_handles) = fd_budgets(raise_fd_limit());
     let config = LayeredConfig {
         max_open_handles,
+        max_upper_bytes: disk_bytes,
         ..LayeredConfig::default()
     };
     let fs = LayeredFs::new(resolved.lower_dirs.clone(), &upper, config)

@@ -1,11 +1,127 @@
 //! Pieces the host-backed backends (passthrough and layered) share: the
 //! node types MKNOD accepts, and listing a directory snapshot taken at
 //! OPENDIR with offsets that stay valid for the handle's life.
+//!
+//! Snapshots are shared: every handle open on the same directory in the
+//! same state (a key the backend chooses: the directory and a counter of
+//! changes) holds the one [`Snapshot`] in a [`SnapshotRegistry`], which
+//! drops it when the last handle closes. One snapshot may hold at most
+//! [`MAX_SNAPSHOT_BYTES`] (about a million names) and all of them together
+//! [`MAX_TOTAL_SNAPSHOT_BYTES`]; past either, OPENDIR fails with `ENOMEM`
+//! and nothing is kept. So a guest that opens one huge directory thousands
+//! of times costs one listing, and `ls` keeps working on any directory up
+//! to that size.
 
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::filesystem::{DirEntry, Inode};
 use crate::host_util::err;
+
+/// Most bytes one directory snapshot may hold.
+pub(crate) const MAX_SNAPSHOT_BYTES: usize = 64 << 20;
+/// Most bytes all snapshots of one backend may hold together.
+pub(crate) const MAX_TOTAL_SNAPSHOT_BYTES: usize = 256 << 20;
+
+/// One listed entry: inode (or 0), `DT_*` kind, name.
+pub(crate) type ListEntry = (u64, u32, Vec<u8>);
+
+/// Host memory one listed entry takes: the tuple and its name's allocation.
+pub(crate) fn entry_bytes(name_len: usize) -> usize {
+    std::mem::size_of::<ListEntry>() + name_len.next_multiple_of(8)
+}
+
+/// A directory listing shared by the handles open on it; gives its bytes
+/// back to the registry's total when the last handle drops it.
+pub(crate) struct Snapshot {
+    /// The entries, `.` and `..` excluded.
+    pub entries: Vec<ListEntry>,
+    bytes: usize,
+    total: Arc<AtomicUsize>,
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// The live snapshots of one backend, by key. See the module docs.
+pub(crate) struct SnapshotRegistry<K> {
+    live: Mutex<HashMap<K, Weak<Snapshot>>>,
+    total: Arc<AtomicUsize>,
+    max_one: usize,
+    max_total: usize,
+}
+
+impl<K: Eq + Hash + Clone> SnapshotRegistry<K> {
+    /// A registry with the default caps.
+    pub fn new() -> Self {
+        Self::with_caps(MAX_SNAPSHOT_BYTES, MAX_TOTAL_SNAPSHOT_BYTES)
+    }
+
+    /// A registry with explicit caps (tests use small ones).
+    pub fn with_caps(max_one: usize, max_total: usize) -> Self {
+        SnapshotRegistry {
+            live: Mutex::new(HashMap::new()),
+            total: Arc::new(AtomicUsize::new(0)),
+            max_one,
+            max_total,
+        }
+    }
+
+    /// Most bytes one snapshot may hold: the budget to give `list`.
+    pub fn max_one(&self) -> usize {
+        self.max_one
+    }
+
+    /// Bytes all live snapshots hold.
+    pub fn held_bytes(&self) -> usize {
+        self.total.load(Ordering::Acquire)
+    }
+
+    /// The snapshot for `key`: the live one, or a new one from `list`
+    /// (which must fail with `ENOMEM` past [`Self::max_one`] bytes).
+    pub fn open(
+        &self,
+        key: K,
+        list: impl FnOnce() -> io::Result<Vec<ListEntry>>,
+    ) -> io::Result<Arc<Snapshot>> {
+        if let Some(s) = self.live_one(&key) {
+            return Ok(s);
+        }
+        let entries = list()?;
+        let bytes: usize = entries.iter().map(|(_, _, n)| entry_bytes(n.len())).sum();
+        if bytes > self.max_one {
+            return Err(err(libc::ENOMEM));
+        }
+        let mut live = self.live.lock().expect("snapshot registry lock");
+        if let Some(s) = live.get(&key).and_then(Weak::upgrade) {
+            return Ok(s);
+        }
+        live.retain(|_, w| w.strong_count() > 0);
+        let total = self.total.load(Ordering::Acquire);
+        if total.saturating_add(bytes) > self.max_total {
+            return Err(err(libc::ENOMEM));
+        }
+        self.total.fetch_add(bytes, Ordering::AcqRel);
+        let snap = Arc::new(Snapshot {
+            entries,
+            bytes,
+            total: self.total.clone(),
+        });
+        live.insert(key, Arc::downgrade(&snap));
+        Ok(snap)
+    }
+
+    fn live_one(&self, key: &K) -> Option<Arc<Snapshot>> {
+        let live = self.live.lock().expect("snapshot registry lock");
+        live.get(key).and_then(Weak::upgrade)
+    }
+}
 
 /// The full mode of a MKNOD request: its type (regular file, FIFO, socket,
 /// character or block device; anything else is EINVAL) with the permission
@@ -70,6 +186,28 @@ mod tests {
                 Some(libc::EINVAL)
             );
         }
+    }
+
+    #[test]
+    fn snapshots_are_shared_by_key_capped_and_dropped_with_the_last_holder() {
+        let reg = SnapshotRegistry::with_caps(1000, 1500);
+        let list = |n: usize| move || Ok(vec![(1, 8, vec![b'x'; n])]);
+        let a = reg.open(1, list(100)).unwrap();
+        let held = reg.held_bytes();
+        assert_eq!(held, entry_bytes(100));
+        let a2 = reg.open(1, || panic!("a live snapshot is shared")).unwrap();
+        assert!(Arc::ptr_eq(&a, &a2));
+        assert_eq!(reg.held_bytes(), held);
+        let too_big = reg.open(2, list(2000)).err().expect("over one cap");
+        assert_eq!(too_big.raw_os_error(), Some(libc::ENOMEM));
+        let b = reg.open(3, list(900)).unwrap();
+        let over_total = reg.open(4, list(900)).err().expect("over the total");
+        assert_eq!(over_total.raw_os_error(), Some(libc::ENOMEM));
+        drop((a, a2));
+        assert_eq!(reg.held_bytes(), entry_bytes(900));
+        drop(b);
+        assert_eq!(reg.held_bytes(), 0);
+        reg.open(4, list(900)).unwrap();
     }
 
     #[test]

@@ -185,48 +185,81 @@ pub(crate) fn readlink_fd(fd: RawFd) -> io::Result<Vec<u8>> {
 /// `DT_*` type and name. Opens its own read fd from the `O_PATH` `dirfd`
 /// and closes it before returning, so a listing holds no descriptor.
 pub(crate) fn list_dir(dirfd: RawFd) -> io::Result<Vec<(u64, u8, Vec<u8>)>> {
+    list_dir_capped(dirfd, usize::MAX)
+}
+
+/// [`list_dir`], failing with `ENOMEM` once the entries would take more
+/// than `max_bytes` of memory (as counted by
+/// [`crate::backend_common::entry_bytes`]).
+pub(crate) fn list_dir_capped(
+    dirfd: RawFd,
+    max_bytes: usize,
+) -> io::Result<Vec<(u64, u8, Vec<u8>)>> {
     let fd = openat2(dirfd, c".", libc::O_RDONLY | libc::O_DIRECTORY, 0, CONFINED)?;
     let mut out = Vec::new();
+    let mut used = 0usize;
     let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        // SAFETY: the buffer is valid for its length.
-        let n = unsafe {
-            libc::syscall(
-                libc::SYS_getdents64,
-                fd.as_raw_fd(),
-                buf.as_mut_ptr(),
-                buf.len(),
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if n == 0 {
-            return Ok(out);
-        }
-        let data = &buf[..n as usize];
-        let mut pos = 0usize;
-        // linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, name NUL-terminated.
-        while pos + 19 <= data.len() {
-            let ino = u64::from_ne_bytes(data[pos..pos + 8].try_into().expect("8 bytes"));
-            let reclen =
-                u16::from_ne_bytes(data[pos + 16..pos + 18].try_into().expect("2 bytes")) as usize;
-            let kind = data[pos + 18];
-            if reclen < 19 || pos + reclen > data.len() {
-                return Err(err(libc::EIO));
+    let mut over = false;
+    while read_dirents(fd.as_raw_fd(), &mut buf, &mut |ino, _, kind, name| {
+        if name != b"." && name != b".." {
+            used = used.saturating_add(crate::backend_common::entry_bytes(name.len()));
+            if used > max_bytes {
+                over = true;
+                return false;
             }
-            let name_area = &data[pos + 19..pos + reclen];
-            let len = name_area
-                .iter()
-                .position(|&b| b == 0)
-                .unwrap_or(name_area.len());
-            let name = &name_area[..len];
-            if name != b"." && name != b".." {
-                out.push((ino, kind, name.to_vec()));
-            }
-            pos += reclen;
+            out.push((ino, kind, name.to_vec()));
+        }
+        true
+    })? > 0
+    {
+        if over {
+            return Err(err(libc::ENOMEM));
         }
     }
+    Ok(out)
+}
+
+/// What [`read_dirents`] hands each entry to: host inode, offset after
+/// it, `DT_*` type, name; false stops.
+pub(crate) type DirentFn<'a> = dyn FnMut(u64, i64, u8, &[u8]) -> bool + 'a;
+
+/// Reads one batch of entries from the directory fd `fd` at its current
+/// position into `buf` and hands each to `each` (host inode, the offset
+/// after it, `DT_*` type, name) until `each` says stop. Returns the bytes
+/// the kernel returned, 0 at the end.
+pub(crate) fn read_dirents(
+    fd: RawFd,
+    buf: &mut [u8],
+    each: &mut DirentFn<'_>,
+) -> io::Result<usize> {
+    // SAFETY: the buffer is valid for its length.
+    let n = unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let data = &buf[..n as usize];
+    let mut pos = 0usize;
+    // linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, name NUL-terminated.
+    while pos + 19 <= data.len() {
+        let ino = u64::from_ne_bytes(data[pos..pos + 8].try_into().expect("8 bytes"));
+        let off = i64::from_ne_bytes(data[pos + 8..pos + 16].try_into().expect("8 bytes"));
+        let reclen =
+            u16::from_ne_bytes(data[pos + 16..pos + 18].try_into().expect("2 bytes")) as usize;
+        let kind = data[pos + 18];
+        if reclen < 19 || pos + reclen > data.len() {
+            return Err(err(libc::EIO));
+        }
+        let name_area = &data[pos + 19..pos + reclen];
+        let len = name_area
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(name_area.len());
+        if !each(ino, off, kind, &name_area[..len]) {
+            break;
+        }
+        pos += reclen;
+    }
+    Ok(n as usize)
 }
 
 /// `DT_*` value for an `S_IF*` mode.

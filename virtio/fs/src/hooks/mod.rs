@@ -139,6 +139,9 @@ pub struct Op<'a> {
     pub path: Option<PathBuf>,
     /// Rename's new name, link's new name.
     pub new_path: Option<PathBuf>,
+    /// The inode is held by the guest but lost its name to a rename (so
+    /// `path` is None although the inode is known).
+    pub detached: bool,
     /// Byte offset (read, write, fallocate).
     pub offset: u64,
     /// Bytes asked for (read), given (write), allocated (fallocate).
@@ -191,6 +194,13 @@ pub trait Hook: Send + Sync {
 
     /// Sees the outcome: bytes moved (read, write) or 0, or the errno.
     fn after(&self, op: &Op<'_>, result: Result<u64, i32>) {}
+
+    /// Sees the inode a successful reply is about to hand the guest
+    /// (lookup, create, mkdir, mknod, symlink, link); an error withholds
+    /// it (the backend's lookup reference is given back) and is the reply.
+    fn check_entry(&self, backend: &dyn FileSystem, op: &Op<'_>, entry: &Entry) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 fn errno(e: &io::Error) -> i32 {
@@ -232,6 +242,7 @@ impl<F: FileSystem> Hooked<F> {
             handle: None,
             path: self.paths.path(inode),
             new_path: None,
+            detached: self.paths.is_detached(inode),
             offset: 0,
             size: 0,
             xattr: None,
@@ -286,11 +297,29 @@ impl<F: FileSystem> Hooked<F> {
         Ok(data)
     }
 
-    fn entry(&self, parent: Inode, name: &CStr, e: io::Result<Entry>) -> io::Result<Entry> {
-        if let Ok(e) = &e {
-            self.paths.record(parent, name.to_bytes(), e.inode);
+    fn entry(
+        &self,
+        op: &Op<'_>,
+        parent: Inode,
+        name: &CStr,
+        e: io::Result<Entry>,
+    ) -> io::Result<Entry> {
+        let e = e?;
+        self.check_entry(op, &e)?;
+        self.paths.record(parent, name.to_bytes(), e.inode);
+        Ok(e)
+    }
+
+    /// Every hook's [`Hook::check_entry`]; on a refusal the backend's
+    /// reference is given back.
+    fn check_entry(&self, op: &Op<'_>, e: &Entry) -> io::Result<()> {
+        for h in &self.hooks {
+            if let Err(err) = h.check_entry(&self.inner, op, e) {
+                self.inner.forget(e.inode, 1);
+                return Err(err);
+            }
         }
-        e
+        Ok(())
     }
 }
 
@@ -306,7 +335,7 @@ impl<F: FileSystem> FileSystem for Hooked<F> {
     fn lookup(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<Entry> {
         let op = self.named(OpKind::Lookup, ctx, parent, name);
         let e = self.simple(&op, || self.inner.lookup(ctx, parent, name));
-        self.entry(parent, name, e)
+        self.entry(&op, parent, name, e)
     }
 
     fn forget(&self, inode: Inode, count: u64) {
@@ -354,7 +383,7 @@ impl<F: FileSystem> FileSystem for Hooked<F> {
     ) -> io::Result<Entry> {
         let op = self.named(OpKind::Symlink, ctx, parent, name);
         let e = self.simple(&op, || self.inner.symlink(ctx, target, parent, name));
-        self.entry(parent, name, e)
+        self.entry(&op, parent, name, e)
     }
 
     fn mknod(
@@ -370,7 +399,7 @@ impl<F: FileSystem> FileSystem for Hooked<F> {
         let e = self.simple(&op, || {
             self.inner.mknod(ctx, parent, name, mode, rdev, umask)
         });
-        self.entry(parent, name, e)
+        self.entry(&op, parent, name, e)
     }
 
     fn mkdir(
@@ -383,7 +412,7 @@ impl<F: FileSystem> FileSystem for Hooked<F> {
     ) -> io::Result<Entry> {
         let op = self.named(OpKind::Mkdir, ctx, parent, name);
         let e = self.simple(&op, || self.inner.mkdir(ctx, parent, name, mode, umask));
-        self.entry(parent, name, e)
+        self.entry(&op, parent, name, e)
     }
 
     fn unlink(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
@@ -437,7 +466,7 @@ impl<F: FileSystem> FileSystem for Hooked<F> {
             ..self.op(OpKind::Link, ctx, inode)
         };
         let e = self.simple(&op, || self.inner.link(ctx, inode, newparent, newname));
-        self.entry(newparent, newname, e)
+        self.entry(&op, newparent, newname, e)
     }
 
     fn open(&self, ctx: &Context, inode: Inode, flags: u32) -> io::Result<OpenReply> {
@@ -464,10 +493,13 @@ impl<F: FileSystem> FileSystem for Hooked<F> {
         let r = self.simple(&op, || {
             self.inner.create(ctx, parent, name, mode, flags, umask)
         });
-        if let Ok((e, _)) = &r {
-            self.paths.record(parent, name.to_bytes(), e.inode);
+        let (e, open) = r?;
+        if let Err(err) = self.check_entry(&op, &e) {
+            let _ = self.inner.release(ctx, e.inode, flags, open.handle);
+            return Err(err);
         }
-        r
+        self.paths.record(parent, name.to_bytes(), e.inode);
+        Ok((e, open))
     }
 
     fn read(

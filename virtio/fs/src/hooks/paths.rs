@@ -56,6 +56,13 @@ impl PathMap {
         Some(p)
     }
 
+    /// Whether the guest holds `inode` but it lost its name to a rename.
+    pub fn is_detached(&self, inode: Inode) -> bool {
+        self.links()
+            .get(&inode)
+            .is_some_and(|l| l.parent == Inode::MAX)
+    }
+
     /// The guest path of `name` inside directory `parent`, if known.
     pub fn child(&self, parent: Inode, name: &[u8]) -> Option<PathBuf> {
         let mut p = self.path(parent)?;

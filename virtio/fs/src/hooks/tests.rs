@@ -314,3 +314,105 @@ fn encrypt_at_rest_leaves_files_outside_the_prefix_alone_and_rekeys_on_truncate(
         b"second"
     );
 }
+
+fn errno_of<T: std::fmt::Debug>(r: io::Result<T>) -> Option<i32> {
+    r.unwrap_err().raw_os_error()
+}
+
+#[test]
+fn deny_paths_follows_the_object_through_a_rename_of_its_parent() {
+    let backend = MemoryFs::new();
+    backend.add_file("a/secret/key", b"k", 0o600).unwrap();
+    let fs = Hooked::new(backend, vec![Arc::new(DenyPaths::new(["/a/secret"]))]);
+    let a = fs.lookup(&CTX, ROOT_INODE, &c("a")).unwrap();
+    assert_eq!(
+        errno_of(fs.lookup(&CTX, a.inode, &c("secret"))),
+        Some(libc::EACCES)
+    );
+    fs.rename(&CTX, ROOT_INODE, &c("a"), ROOT_INODE, &c("b"), 0)
+        .unwrap();
+    // "/b/secret" is listed nowhere, but it is the denied directory.
+    let b = fs.lookup(&CTX, ROOT_INODE, &c("b")).unwrap();
+    assert_eq!(
+        errno_of(fs.lookup(&CTX, b.inode, &c("secret"))),
+        Some(libc::EACCES)
+    );
+    assert_eq!(
+        errno_of(fs.lookup(&CTX, a.inode, &c("secret"))),
+        Some(libc::EACCES)
+    );
+}
+
+#[test]
+fn deny_paths_refuses_a_hard_link_to_a_denied_file() {
+    let backend = MemoryFs::new();
+    backend.add_file("secret.txt", b"s", 0o600).unwrap();
+    backend.add_file("pub/readme", b"r", 0o644).unwrap();
+    let root = Context {
+        uid: 0,
+        gid: 0,
+        pid: 1,
+    };
+    let s = backend.lookup(&root, ROOT_INODE, &c("secret.txt")).unwrap();
+    let pubdir = backend.lookup(&root, ROOT_INODE, &c("pub")).unwrap();
+    backend
+        .link(&root, s.inode, pubdir.inode, &c("copy"))
+        .unwrap();
+    let fs = Hooked::new(backend, vec![Arc::new(DenyPaths::new(["/secret.txt"]))]);
+    let p = fs.lookup(&CTX, ROOT_INODE, &c("pub")).unwrap();
+    assert_eq!(
+        errno_of(fs.lookup(&CTX, p.inode, &c("copy"))),
+        Some(libc::EACCES)
+    );
+    fs.lookup(&CTX, p.inode, &c("readme")).unwrap();
+}
+
+#[test]
+fn deny_paths_refuses_nodes_of_unknown_path_but_not_renamed_over_ones() {
+    let backend = MemoryFs::new();
+    backend.add_file("f", b"f", 0o644).unwrap();
+    backend.add_file("g", b"g", 0o644).unwrap();
+    let fs = Hooked::new(backend, vec![Arc::new(DenyPaths::new(["/secret"]))]);
+    // Reached behind the hook's back: its path is unknown to the hook.
+    let f = fs.inner().lookup(&CTX, ROOT_INODE, &c("f")).unwrap();
+    assert_eq!(
+        errno_of(fs.getattr(&CTX, f.inode, None)),
+        Some(libc::EACCES)
+    );
+    assert_eq!(
+        errno_of(fs.open(&CTX, f.inode, libc::O_RDONLY as u32)),
+        Some(libc::EACCES)
+    );
+    // A file the guest holds whose name a rename replaced stays usable.
+    let g = fs.lookup(&CTX, ROOT_INODE, &c("g")).unwrap();
+    let f2 = fs.lookup(&CTX, ROOT_INODE, &c("f")).unwrap();
+    fs.rename(&CTX, ROOT_INODE, &c("f"), ROOT_INODE, &c("g"), 0)
+        .unwrap();
+    fs.getattr(&CTX, g.inode, None).unwrap();
+    fs.getattr(&CTX, f2.inode, None).unwrap();
+}
+
+#[test]
+fn deny_paths_follows_host_objects_of_the_passthrough_backend() {
+    use crate::passthrough::{PassthroughConfig, PassthroughFs};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("a/secret")).unwrap();
+    std::fs::write(dir.path().join("a/secret/key"), b"k").unwrap();
+    std::fs::write(dir.path().join("token"), b"t").unwrap();
+    std::fs::hard_link(dir.path().join("token"), dir.path().join("a/alias")).unwrap();
+    let backend = PassthroughFs::new(dir.path(), PassthroughConfig::default()).unwrap();
+    let deny = DenyPaths::new(["/a/secret", "/token"]);
+    let fs = Hooked::new(backend, vec![Arc::new(deny)]);
+    let a = fs.lookup(&CTX, ROOT_INODE, &c("a")).unwrap();
+    assert_eq!(
+        errno_of(fs.lookup(&CTX, a.inode, &c("alias"))),
+        Some(libc::EACCES)
+    );
+    fs.rename(&CTX, ROOT_INODE, &c("a"), ROOT_INODE, &c("b"), 0)
+        .unwrap();
+    let b = fs.lookup(&CTX, ROOT_INODE, &c("b")).unwrap();
+    assert_eq!(
+        errno_of(fs.lookup(&CTX, b.inode, &c("secret"))),
+        Some(libc::EACCES)
+    );
+}

@@ -23,6 +23,10 @@
 //! beneath a layer's or the upper's root with `openat2` and no symlinks
 //! (see [`crate::host_util`]); the guest kernel resolves symlinks itself.
 //!
+//! Size: the upper tree is limited to [`LayeredConfig::max_upper_bytes`]
+//! and [`LayeredConfig::max_upper_names`]; changes past either get
+//! `ENOSPC` and STATFS reports the limit and the usage (see [`quota`]).
+//!
 //! Limits: renaming a directory that has lower content answers `EXDEV`
 //! (as overlayfs without `redirect_dir`; `mv` then copies); hard links
 //! inside a lower layer appear as separate inodes; `st_ino` is this
@@ -31,6 +35,7 @@
 //! up keeps reading the lower copy; upper and work must be on a
 //! filesystem with `user.*` xattrs.
 
+mod quota;
 #[cfg(test)]
 mod tests;
 mod upper_meta;
@@ -44,6 +49,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
+use crate::backend_common::{entry_bytes, ListEntry, Snapshot, SnapshotRegistry};
 use crate::handle_table::HandleTable;
 use crate::host_util::{self as host, cvt, err, CONFINED};
 use crate::layer_meta::{EntryMeta, LayerMeta, OPAQUE_MARKER, ROOTFS_DIR, WHITEOUT_PREFIX};
@@ -53,7 +59,21 @@ use crate::{
     Attr, Context, DirEntry, Entry, FileSystem, Handle, Inode, OpenReply, SetAttr, StatFs,
 };
 
+use quota::{data_cost, round_up, Quota, NAME_COST};
 use upper_meta::{guest_xattr_prefix, host_xattr_name, GuestMeta};
+
+/// Default size limit of a sandbox's writable layer: room for package
+/// installs and builds, small next to a host disk, and the figure common
+/// container sandboxes default to.
+pub const DEFAULT_MAX_UPPER_BYTES: u64 = 10 << 30;
+/// Most names the upper tree may hold when no limit is given: 1 Mi, or
+/// fewer if the size limit pays for fewer (each name costs 4 KiB).
+pub const DEFAULT_MAX_UPPER_NAMES: u64 = 1 << 20;
+
+/// The name limit that goes with a size limit of `max_bytes` by default.
+pub fn default_max_names(max_bytes: u64) -> u64 {
+    (max_bytes / NAME_COST).clamp(1, DEFAULT_MAX_UPPER_NAMES)
+}
 
 /// Name of the tree inside the upper directory.
 pub const UPPER_TREE: &str = "rootfs";
@@ -69,6 +89,10 @@ pub struct LayeredConfig {
     pub attr_timeout: Duration,
     /// How long the guest may cache names.
     pub entry_timeout: Duration,
+    /// Size limit of the upper tree in bytes (see [`quota`]).
+    pub max_upper_bytes: u64,
+    /// Most names in the upper tree; `None`: [`default_max_names`].
+    pub max_upper_names: Option<u64>,
 }
 
 impl Default for LayeredConfig {
@@ -77,6 +101,8 @@ impl Default for LayeredConfig {
             max_open_handles: 4096,
             attr_timeout: Duration::from_secs(1),
             entry_timeout: Duration::from_secs(1),
+            max_upper_bytes: DEFAULT_MAX_UPPER_BYTES,
+            max_upper_names: None,
         }
     }
 }
@@ -100,7 +126,7 @@ struct Node {
 
 enum OpenObject {
     File(OwnedFd),
-    Dir(Vec<(u64, u32, Vec<u8>)>),
+    Dir(std::sync::Arc<Snapshot>),
 }
 
 /// OCI layers under a copy-on-write upper directory. See the module docs.
@@ -116,6 +142,11 @@ pub struct LayeredFs {
     table: Mutex<PathTable<Node>>,
     handles: HandleTable<OpenObject>,
     tmp_seq: AtomicU64,
+    quota: Quota,
+    /// Bumped by every change to the merged tree: a directory listing is
+    /// shared by the handles opened while it stays the same.
+    changes: AtomicU64,
+    dirs: SnapshotRegistry<(Inode, u64, u64)>,
 }
 
 fn is_reserved(name: &[u8]) -> bool {
@@ -169,6 +200,15 @@ impl LayeredFs {
         }
         let upper_fd = host::open_root(&upper.join(UPPER_TREE))?;
         let work = host::open_root(&upper.join(UPPER_WORK))?;
+        // Copy-ups a previous run left half done are garbage.
+        for e in std::fs::read_dir(upper.join(UPPER_WORK))? {
+            std::fs::remove_file(e?.path())?;
+        }
+        let usage = quota::count_tree(&upper.join(UPPER_TREE))?;
+        let max_names = config
+            .max_upper_names
+            .unwrap_or_else(|| default_max_names(config.max_upper_bytes));
+        let quota = Quota::new(config.max_upper_bytes, max_names, usage);
         // Fail now, with a clear message, rather than at the first write.
         upper_meta::select_namespace(work.as_raw_fd()).map_err(|e| {
             io::Error::new(
@@ -209,7 +249,38 @@ impl LayeredFs {
             tree: RwLock::new(()),
             table: Mutex::new(PathTable::new(root)),
             tmp_seq: AtomicU64::new(0),
+            quota,
+            changes: AtomicU64::new(0),
+            dirs: SnapshotRegistry::new(),
         })
+    }
+
+    /// The tree lock for a change; the change makes new listings.
+    fn write_tree(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        let guard = self.tree.write().expect("tree lock");
+        self.changes.fetch_add(1, Ordering::AcqRel);
+        guard
+    }
+
+    /// Bytes of host memory the directory listings open on this backend
+    /// hold (shared listings counted once).
+    pub fn listing_bytes(&self) -> usize {
+        self.dirs.held_bytes()
+    }
+
+    /// Runs an xattr change on the upper entry `fd`: a regular file's
+    /// charge follows the blocks its xattrs take on the host.
+    fn settle_xattrs(
+        &self,
+        node: &Node,
+        fd: RawFd,
+        op: impl FnOnce() -> io::Result<()>,
+    ) -> io::Result<()> {
+        if node.kind == libc::S_IFREG {
+            self.resize(fd, |_| None, op)
+        } else {
+            op()
+        }
     }
 
     fn node(&self, ino: Inode) -> io::Result<(Node, Vec<u8>)> {
@@ -421,6 +492,45 @@ impl LayeredFs {
         let st = host::fstat(lfd.as_raw_fd())?;
         let meta = self.lower_guest_meta(li, &path, &st);
         let upf = self.upper_fd(parent_path)?;
+        let xattrs = self
+            .lower_meta(li, &path)
+            .map(|m| m.xattrs.clone())
+            .unwrap_or_default();
+        let data = match node.kind {
+            libc::S_IFREG if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
+                round_up(st.st_size as u64)
+            }
+            libc::S_IFLNK => round_up(st.st_size as u64),
+            _ => 0,
+        };
+        self.charge_name(data)?;
+        let result = self.copy_up_into(&upf, name, node, &lfd, &st, meta, &xattrs);
+        match &result {
+            Err(_) => self.uncharge_name(data),
+            // What the host allocated (an xattr block, say) replaces the estimate.
+            Ok(()) if node.kind != libc::S_IFDIR => {
+                if let Ok(st) = host::statat(upf.as_raw_fd(), name) {
+                    Quota::settle(&mut self.quota.lock(), data, data_cost(&st));
+                }
+            }
+            Ok(()) => {}
+        }
+        result
+    }
+
+    /// The host part of [`Self::copy_up_entry`]: `name` in the upper
+    /// directory `upf` becomes a copy of the lower entry `lfd`.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_up_into(
+        &self,
+        upf: &OwnedFd,
+        name: &CStr,
+        node: &Node,
+        lfd: &OwnedFd,
+        st: &libc::stat64,
+        meta: GuestMeta,
+        xattrs: &[(String, Vec<u8>)],
+    ) -> io::Result<()> {
         let times = [
             libc::timespec {
                 tv_sec: st.st_atime,
@@ -431,13 +541,9 @@ impl LayeredFs {
                 tv_nsec: st.st_mtime_nsec,
             },
         ];
-        let xattrs = self
-            .lower_meta(li, &path)
-            .map(|m| m.xattrs.clone())
-            .unwrap_or_default();
         let finish = |fd: RawFd| -> io::Result<()> {
             meta.store(fd)?;
-            for (k, v) in &xattrs {
+            for (k, v) in xattrs {
                 host::setxattr(fd, &host_xattr_name(&host::cstring(k.as_bytes())?)?, v, 0)?;
             }
             Ok(())
@@ -518,13 +624,11 @@ impl LayeredFs {
         Ok(())
     }
 
-    /// The merged listing of a directory: host inode or 0, `DT_*`, name.
-    fn merged_list(
-        &self,
-        dir: Inode,
-        node: &Node,
-        path: &[u8],
-    ) -> io::Result<Vec<(u64, u32, Vec<u8>)>> {
+    /// The merged listing of a directory: host inode or 0, `DT_*`, name;
+    /// `ENOMEM` past the registry's per-listing cap.
+    fn merged_list(&self, dir: Inode, node: &Node, path: &[u8]) -> io::Result<Vec<ListEntry>> {
+        let budget = self.dirs.max_one();
+        let mut used = 0usize;
         let mut out = Vec::new();
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
         let mut hidden: HashSet<Vec<u8>> = HashSet::new();
@@ -536,7 +640,7 @@ impl LayeredFs {
             sources.push((Some(li), self.lower_fd(li, path)?));
         }
         for (layer, fd) in sources {
-            let list = host::list_dir(fd.as_raw_fd())?;
+            let list = host::list_dir_capped(fd.as_raw_fd(), budget)?;
             for (_, dt, name) in &list {
                 if is_reserved(name) || seen.contains(name) || hidden.contains(name) {
                     continue;
@@ -561,6 +665,10 @@ impl LayeredFs {
                         _ => u32::from(*dt),
                     },
                 };
+                used = used.saturating_add(entry_bytes(name.len()));
+                if used > budget {
+                    return Err(err(libc::ENOMEM));
+                }
                 seen.insert(name.clone());
                 out.push((0, kind, name.clone()));
             }
@@ -604,30 +712,79 @@ impl LayeredFs {
             if !is_reserved(&name) {
                 return Err(err(libc::ENOTEMPTY));
             }
-            let c = host::cstring(&name)?;
-            // SAFETY: NUL-terminated single-component name under our dir fd.
-            cvt(unsafe { libc::unlinkat(fd.as_raw_fd(), c.as_ptr(), 0) })?;
+            self.remove_marker(fd.as_raw_fd(), &host::cstring(&name)?)?;
         }
         Ok(())
     }
 
-    fn make_marker(dirfd: RawFd, name: &CStr) -> io::Result<()> {
-        host::openat2(
-            dirfd,
-            name,
-            libc::O_CREAT | libc::O_WRONLY | libc::O_NOFOLLOW,
-            0o600,
-            CONFINED,
-        )
-        .map(drop)
+    /// Creates a whiteout or opaque marker; never refused for space (see [`quota`]).
+    fn make_marker(&self, dirfd: RawFd, name: &CStr) -> io::Result<()> {
+        let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW;
+        match host::openat2(dirfd, name, flags, 0o600, CONFINED) {
+            Ok(_) => {
+                Quota::force(&mut self.quota.lock(), NAME_COST, 1);
+                Ok(())
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
-    fn remove_marker(dirfd: RawFd, name: &CStr) -> io::Result<()> {
+    fn remove_marker(&self, dirfd: RawFd, name: &CStr) -> io::Result<()> {
         // SAFETY: NUL-terminated single-component name under our dir fd.
         match cvt(unsafe { libc::unlinkat(dirfd, name.as_ptr(), 0) }) {
+            Ok(_) => {
+                Quota::release(&mut self.quota.lock(), NAME_COST, 1);
+                Ok(())
+            }
             Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
-            _ => Ok(()),
+            Err(_) => Ok(()),
         }
+    }
+
+    /// Charges a new upper name holding `data` bytes; `ENOSPC` past the limit.
+    fn charge_name(&self, data: u64) -> io::Result<()> {
+        let mut u = self.quota.lock();
+        self.quota.charge(&mut u, NAME_COST + data, 1)
+    }
+
+    /// Gives back what [`Self::charge_name`] took.
+    fn uncharge_name(&self, data: u64) {
+        Quota::release(&mut self.quota.lock(), NAME_COST + data, 1);
+    }
+
+    /// What removing the upper name `name` in `dirfd` gives back beyond
+    /// [`NAME_COST`]: a regular file's data when this is its last link.
+    fn upper_data_charge(dirfd: RawFd, name: &CStr) -> u64 {
+        match host::statat(dirfd, name) {
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink <= 1 => {
+                data_cost(&st)
+            }
+            _ => 0,
+        }
+    }
+
+    /// Runs `op`, which may change the size or allocation of the upper
+    /// file behind `fd` (up to the apparent size `end` gives for the
+    /// current size, checked first), and settles its data charge to what
+    /// the host then holds.
+    fn resize<T>(
+        &self,
+        fd: RawFd,
+        end: impl FnOnce(u64) -> Option<u64>,
+        op: impl FnOnce() -> io::Result<T>,
+    ) -> io::Result<T> {
+        let mut u = self.quota.lock();
+        let st = host::fstat(fd)?;
+        let old = data_cost(&st);
+        if let Some(end) = end(st.st_size.max(0) as u64) {
+            self.quota.check_growth(&u, old, round_up(end))?;
+        }
+        let result = op();
+        if let Ok(st) = host::fstat(fd) {
+            Quota::settle(&mut u, old, data_cost(&st));
+        }
+        result
     }
 
     /// Creates a new upper entry `name` in `parent` and returns its entry
@@ -644,7 +801,7 @@ impl LayeredFs {
         open_flags: Option<i32>,
     ) -> io::Result<(Entry, Option<OwnedFd>)> {
         Self::check_new_name(name)?;
-        let _w = self.tree.write().expect("tree lock");
+        let _w = self.write_tree();
         let (pnode, ppath) = self.node(parent)?;
         if self.resolve(&pnode, &ppath, name)?.is_some() {
             return Err(err(libc::EEXIST));
@@ -676,10 +833,17 @@ impl LayeredFs {
             gid,
             rdev,
         };
+        let data = content.map_or(0, |c| round_up(c.len() as u64));
+        self.charge_name(data)?;
+        let uncharge = |e: io::Error| {
+            self.uncharge_name(data);
+            e
+        };
         let mut file = None;
         if kind == libc::S_IFDIR {
             // SAFETY: NUL-terminated single-component name under our dir fd.
-            cvt(unsafe { libc::mkdirat(upf.as_raw_fd(), name.as_ptr(), 0o700) })?;
+            cvt(unsafe { libc::mkdirat(upf.as_raw_fd(), name.as_ptr(), 0o700) })
+                .map_err(uncharge)?;
             let dfd = host::openat2(
                 upf.as_raw_fd(),
                 name,
@@ -689,14 +853,15 @@ impl LayeredFs {
             )?;
             meta.store(dfd.as_raw_fd())?;
             if replaces_deleted {
-                Self::make_marker(dfd.as_raw_fd(), &host::cstring(OPAQUE_MARKER.as_bytes())?)?;
+                self.make_marker(dfd.as_raw_fd(), &host::cstring(OPAQUE_MARKER.as_bytes())?)?;
             }
         } else {
             let flags = libc::O_CREAT
                 | libc::O_EXCL
                 | libc::O_NOFOLLOW
                 | open_flags.unwrap_or(libc::O_WRONLY);
-            let fd = host::openat2(upf.as_raw_fd(), name, flags, 0o600, CONFINED)?;
+            let fd =
+                host::openat2(upf.as_raw_fd(), name, flags, 0o600, CONFINED).map_err(uncharge)?;
             if let Some(c) = content {
                 std::io::Write::write_all(&mut std::fs::File::from(fd.try_clone()?), c)?;
             }
@@ -706,7 +871,7 @@ impl LayeredFs {
             }
         }
         if replaces_deleted {
-            Self::remove_marker(upf.as_raw_fd(), &wh)?;
+            self.remove_marker(upf.as_raw_fd(), &wh)?;
         }
         let entry = self.register(
             parent,
@@ -722,7 +887,7 @@ impl LayeredFs {
 
     fn remove(&self, parent: Inode, name: &CStr, dir: bool) -> io::Result<()> {
         host::check_name(name)?;
-        let _w = self.tree.write().expect("tree lock");
+        let _w = self.write_tree();
         let (_, ppath, child) = self.child_of(parent, name)?;
         let is_dir = child.kind == libc::S_IFDIR;
         if dir && !is_dir {
@@ -741,12 +906,14 @@ impl LayeredFs {
             if is_dir {
                 self.clear_upper_dir(&path)?;
             }
+            let data = Self::upper_data_charge(upf.as_raw_fd(), name);
             let flag = if is_dir { libc::AT_REMOVEDIR } else { 0 };
             // SAFETY: NUL-terminated single-component name under our dir fd.
             cvt(unsafe { libc::unlinkat(upf.as_raw_fd(), name.as_ptr(), flag) })?;
+            self.uncharge_name(data);
         }
         if !child.lowers.is_empty() {
-            Self::make_marker(upf.as_raw_fd(), &whiteout_name(name)?)?;
+            self.make_marker(upf.as_raw_fd(), &whiteout_name(name)?)?;
         }
         self.table
             .lock()
@@ -824,7 +991,7 @@ impl FileSystem for LayeredFs {
 
     fn setattr(&self, ctx: &Context, inode: Inode, attr: SetAttr) -> io::Result<(Attr, Duration)> {
         {
-            let _w = self.tree.write().expect("tree lock");
+            let _w = self.write_tree();
             self.copy_up(inode)?;
             let (node, path) = self.node(inode)?;
             let fd = self.upper_fd(&path)?;
@@ -845,8 +1012,14 @@ impl FileSystem for LayeredFs {
                 }
                 let size = i64::try_from(size).map_err(|_| err(libc::EFBIG))?;
                 let wfd = host::reopen(fd.as_raw_fd(), libc::O_WRONLY)?;
-                // SAFETY: plain syscall on an fd we own.
-                cvt(unsafe { libc::ftruncate64(wfd.as_raw_fd(), size) })?;
+                self.resize(
+                    wfd.as_raw_fd(),
+                    |_| Some(size as u64),
+                    || {
+                        // SAFETY: plain syscall on an fd we own.
+                        cvt(unsafe { libc::ftruncate64(wfd.as_raw_fd(), size) })
+                    },
+                )?;
             }
             host::set_times(fd.as_raw_fd(), attr.atime, attr.mtime)?;
         }
@@ -929,7 +1102,7 @@ impl FileSystem for LayeredFs {
         }
         host::check_name(oldname)?;
         Self::check_new_name(newname)?;
-        let _w = self.tree.write().expect("tree lock");
+        let _w = self.write_tree();
         let (_, opath, src) = self.child_of(olddir, oldname)?;
         let src_is_dir = src.kind == libc::S_IFDIR;
         if src_is_dir && !src.lowers.is_empty() {
@@ -958,13 +1131,17 @@ impl FileSystem for LayeredFs {
         self.copy_up(newdir)?;
         let ofd = self.upper_fd(&opath)?;
         let nfd = self.upper_fd(&npath)?;
+        let mut replaced_data = None;
         if let Some(dst) = &dst {
             if dst.upper && dst.kind == libc::S_IFDIR {
                 self.clear_upper_dir(&dst_path)?;
             }
+            if dst.upper {
+                replaced_data = Some(Self::upper_data_charge(nfd.as_raw_fd(), newname));
+            }
             if !dst.lowers.is_empty() && src_is_dir {
                 let sfd = self.upper_fd(&join(&opath, oldname.to_bytes()))?;
-                Self::make_marker(sfd.as_raw_fd(), &host::cstring(OPAQUE_MARKER.as_bytes())?)?;
+                self.make_marker(sfd.as_raw_fd(), &host::cstring(OPAQUE_MARKER.as_bytes())?)?;
             }
         }
         // SAFETY: NUL-terminated single-component names under our dir fds.
@@ -977,9 +1154,12 @@ impl FileSystem for LayeredFs {
                 flags,
             )
         })?;
-        Self::remove_marker(nfd.as_raw_fd(), &whiteout_name(newname)?)?;
+        if let Some(data) = replaced_data {
+            self.uncharge_name(data);
+        }
+        self.remove_marker(nfd.as_raw_fd(), &whiteout_name(newname)?)?;
         if !src.lowers.is_empty() {
-            Self::make_marker(ofd.as_raw_fd(), &whiteout_name(oldname)?)?;
+            self.make_marker(ofd.as_raw_fd(), &whiteout_name(oldname)?)?;
         }
         let mut t = self.table.lock().expect("layered table lock");
         match t.child(olddir, oldname) {
@@ -1004,7 +1184,7 @@ impl FileSystem for LayeredFs {
         newname: &CStr,
     ) -> io::Result<Entry> {
         Self::check_new_name(newname)?;
-        let _w = self.tree.write().expect("tree lock");
+        let _w = self.write_tree();
         let (node, path) = self.node(inode)?;
         if node.kind == libc::S_IFDIR {
             return Err(err(libc::EPERM));
@@ -1019,6 +1199,7 @@ impl FileSystem for LayeredFs {
         let ofd = self.upper_fd(opath)?;
         let nfd = self.upper_fd(&npath)?;
         let oname = host::cstring(oname)?;
+        self.charge_name(0)?;
         // SAFETY: NUL-terminated single-component names; flags 0 never follows.
         cvt(unsafe {
             libc::linkat(
@@ -1028,8 +1209,9 @@ impl FileSystem for LayeredFs {
                 newname.as_ptr(),
                 0,
             )
-        })?;
-        Self::remove_marker(nfd.as_raw_fd(), &whiteout_name(newname)?)?;
+        })
+        .inspect_err(|_| self.uncharge_name(0))?;
+        self.remove_marker(nfd.as_raw_fd(), &whiteout_name(newname)?)?;
         self.register(
             newparent,
             newname,
@@ -1044,11 +1226,7 @@ impl FileSystem for LayeredFs {
     fn open(&self, _ctx: &Context, inode: Inode, flags: u32) -> io::Result<OpenReply> {
         let write = host::wants_write(flags);
         let fd = {
-            let _w = if write {
-                Some(self.tree.write().expect("tree lock"))
-            } else {
-                None
-            };
+            let _w = if write { Some(self.write_tree()) } else { None };
             let _r = if write {
                 None
             } else {
@@ -1071,7 +1249,16 @@ impl FileSystem for LayeredFs {
             if host::fstat(pfd.as_raw_fd())?.st_mode & libc::S_IFMT != libc::S_IFREG {
                 return Err(err(libc::ENXIO));
             }
-            host::reopen(pfd.as_raw_fd(), host::host_open_flags(flags))?
+            let host_flags = host::host_open_flags(flags);
+            if write && host_flags & libc::O_TRUNC != 0 {
+                self.resize(
+                    pfd.as_raw_fd(),
+                    |_| None,
+                    || host::reopen(pfd.as_raw_fd(), host_flags),
+                )?
+            } else {
+                host::reopen(pfd.as_raw_fd(), host_flags)?
+            }
         };
         Ok(OpenReply {
             handle: self.handles.insert(OpenObject::File(fd))?,
@@ -1123,7 +1310,8 @@ impl FileSystem for LayeredFs {
         _flags: u32,
     ) -> io::Result<u32> {
         let (_obj, fd) = self.handle_fd(handle)?;
-        host::pwrite(fd, offset, data)
+        let end = offset.saturating_add(data.len() as u64);
+        self.resize(fd, |_| Some(end), || host::pwrite(fd, offset, data))
     }
 
     fn fsync(
@@ -1156,7 +1344,7 @@ impl FileSystem for LayeredFs {
     }
 
     fn statfs(&self, _ctx: &Context, _inode: Inode) -> io::Result<StatFs> {
-        host::statfs(self.upper.as_raw_fd())
+        Ok(self.quota.statfs(&host::statfs(self.upper.as_raw_fd())?))
     }
 
     fn setxattr(
@@ -1168,15 +1356,13 @@ impl FileSystem for LayeredFs {
         flags: u32,
     ) -> io::Result<()> {
         let hname = host_xattr_name(name)?;
-        let _w = self.tree.write().expect("tree lock");
+        let _w = self.write_tree();
         self.copy_up(inode)?;
-        let (_, path) = self.node(inode)?;
-        host::setxattr(
-            self.upper_fd(&path)?.as_raw_fd(),
-            &hname,
-            value,
-            flags as i32,
-        )
+        let (node, path) = self.node(inode)?;
+        let fd = self.upper_fd(&path)?;
+        self.settle_xattrs(&node, fd.as_raw_fd(), || {
+            host::setxattr(fd.as_raw_fd(), &hname, value, flags as i32)
+        })
     }
 
     fn getxattr(&self, _ctx: &Context, inode: Inode, name: &CStr) -> io::Result<Vec<u8>> {
@@ -1220,23 +1406,32 @@ impl FileSystem for LayeredFs {
 
     fn removexattr(&self, _ctx: &Context, inode: Inode, name: &CStr) -> io::Result<()> {
         let hname = host_xattr_name(name)?;
-        let _w = self.tree.write().expect("tree lock");
+        let _w = self.write_tree();
         self.copy_up(inode)?;
-        let (_, path) = self.node(inode)?;
-        host::removexattr(self.upper_fd(&path)?.as_raw_fd(), &hname)
+        let (node, path) = self.node(inode)?;
+        let fd = self.upper_fd(&path)?;
+        self.settle_xattrs(&node, fd.as_raw_fd(), || {
+            host::removexattr(fd.as_raw_fd(), &hname)
+        })
     }
 
     fn opendir(&self, _ctx: &Context, inode: Inode, _flags: u32) -> io::Result<OpenReply> {
-        let entries = {
+        let snapshot = {
             let _r = self.tree.read().expect("tree lock");
             let (node, path) = self.node(inode)?;
             if node.kind != libc::S_IFDIR {
                 return Err(err(libc::ENOTDIR));
             }
-            self.merged_list(inode, &node, &path)?
+            let generation = {
+                let t = self.table.lock().expect("layered table lock");
+                t.get(inode)?.generation
+            };
+            let key = (inode, generation, self.changes.load(Ordering::Acquire));
+            self.dirs
+                .open(key, || self.merged_list(inode, &node, &path))?
         };
         Ok(OpenReply {
-            handle: self.handles.insert(OpenObject::Dir(entries))?,
+            handle: self.handles.insert(OpenObject::Dir(snapshot))?,
             open_flags: 0,
         })
     }
@@ -1250,10 +1445,10 @@ impl FileSystem for LayeredFs {
         add: &mut dyn FnMut(DirEntry<'_>) -> bool,
     ) -> io::Result<()> {
         let obj = self.handles.get(handle)?;
-        let OpenObject::Dir(entries) = &*obj else {
+        let OpenObject::Dir(snapshot) = &*obj else {
             return Err(err(libc::ENOTDIR));
         };
-        crate::backend_common::list_snapshot(inode, entries.iter(), offset, add);
+        crate::backend_common::list_snapshot(inode, snapshot.entries.iter(), offset, add);
         Ok(())
     }
 
@@ -1282,7 +1477,17 @@ impl FileSystem for LayeredFs {
         length: u64,
     ) -> io::Result<()> {
         let (_obj, fd) = self.handle_fd(handle)?;
-        host::fallocate(fd, mode, offset, length)
+        let shrinks = (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_COLLAPSE_RANGE) as u32;
+        let end = |size: u64| {
+            if mode & shrinks != 0 {
+                None
+            } else if mode & libc::FALLOC_FL_INSERT_RANGE as u32 != 0 {
+                Some(size.saturating_add(length))
+            } else {
+                Some(offset.saturating_add(length))
+            }
+        };
+        self.resize(fd, end, || host::fallocate(fd, mode, offset, length))
     }
 
     fn lseek(

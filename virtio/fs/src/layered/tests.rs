@@ -466,3 +466,241 @@ fn sandboxes_sharing_layers_do_not_see_each_others_writes() {
     assert_eq!(errno(walk(&again, "keep/k")), libc::ENOENT);
     assert!(walk(&again, "only1").is_ok());
 }
+
+/// Every host object under `dir` that is a set-id file or a device node.
+fn host_set_id_or_devices(dir: &Path) -> Vec<PathBuf> {
+    snapshot(dir)
+        .into_iter()
+        .filter(|(_, mode, _)| {
+            let kind = mode & libc::S_IFMT;
+            mode & (libc::S_ISUID | libc::S_ISGID) != 0
+                || kind == libc::S_IFCHR
+                || kind == libc::S_IFBLK
+        })
+        .map(|(p, _, _)| p)
+        .collect()
+}
+
+#[test]
+fn the_upper_never_gets_set_id_bits_or_device_nodes_on_the_host() {
+    let (base, top) = base_and_top();
+    let upper = tempfile::tempdir().unwrap();
+    let fs = fs_over(&[&base, &top], upper.path());
+    let (f, open) = fs
+        .create(&CTX, ROOT_INODE, &c("suid"), 0o4755, libc::O_RDWR as u32, 0)
+        .unwrap();
+    fs.release(&CTX, f.inode, 0, open.handle).unwrap();
+    let d = fs.mkdir(&CTX, ROOT_INODE, &c("sgid"), 0o2775, 0).unwrap();
+    let blk = fs
+        .mknod(&CTX, d.inode, &c("blk"), libc::S_IFBLK | 0o6660, 0x0801, 0)
+        .unwrap();
+    let chr = fs
+        .mknod(
+            &CTX,
+            ROOT_INODE,
+            &c("chr"),
+            libc::S_IFCHR | 0o666,
+            0x0103,
+            0,
+        )
+        .unwrap();
+    let a = walk(&fs, "a").unwrap();
+    let set = SetAttr {
+        mode: Some(0o6755),
+        ..Default::default()
+    };
+    fs.setattr(&CTX, a.inode, set).unwrap();
+    // Copy-up of a lower set-id file and a lower device node.
+    write_at(&fs, "bin/su", b"NEW", libc::O_WRONLY);
+    let null = walk(&fs, "dev/null").unwrap();
+    fs.setxattr(&CTX, null.inode, &c("user.x"), b"1", 0)
+        .unwrap();
+    fs.rename(&CTX, ROOT_INODE, &c("chr"), d.inode, &c("chr2"), 0)
+        .unwrap();
+
+    let guest = |path: &str| {
+        let e = walk(&fs, path).unwrap();
+        (e.attr.mode, e.attr.rdev)
+    };
+    assert_eq!(guest("suid").0, libc::S_IFREG | 0o4755);
+    assert_eq!(guest("sgid").0, libc::S_IFDIR | 0o2775);
+    assert_eq!(guest("sgid/blk"), (libc::S_IFBLK | 0o6660, 0x0801));
+    assert_eq!(guest("sgid/chr2"), (libc::S_IFCHR | 0o666, 0x0103));
+    assert_eq!(guest("a").0, libc::S_IFREG | 0o6755);
+    assert_eq!(guest("bin/su").0, libc::S_IFREG | 0o4755);
+    assert_eq!(guest("dev/null").0 & libc::S_IFMT, libc::S_IFCHR);
+    let _ = (blk, chr);
+    assert_eq!(host_set_id_or_devices(upper.path()), Vec::<PathBuf>::new());
+}
+
+fn fs_with_limit(layers: &[&tempfile::TempDir], upper: &Path, bytes: u64, names: u64) -> LayeredFs {
+    let config = LayeredConfig {
+        max_upper_bytes: bytes,
+        max_upper_names: Some(names),
+        ..LayeredConfig::default()
+    };
+    LayeredFs::new(
+        layers.iter().map(|l| l.path().to_owned()).collect(),
+        upper,
+        config,
+    )
+    .unwrap()
+}
+
+/// Bytes the host allocates under `dir`, as `du` counts them.
+fn du(dir: &Path) -> u64 {
+    snapshot(dir)
+        .iter()
+        .map(|(p, _, _)| std::fs::symlink_metadata(p).unwrap().blocks() * 512)
+        .sum()
+}
+
+#[test]
+fn the_upper_is_limited_in_bytes_and_statfs_reports_the_limit() {
+    let (base, top) = base_and_top();
+    let upper = tempfile::tempdir().unwrap();
+    let limit = 1 << 20;
+    let fs = fs_with_limit(&[&base, &top], upper.path(), limit, 1000);
+    let s = fs.statfs(&CTX, ROOT_INODE).unwrap();
+    assert_eq!((s.blocks * u64::from(s.frsize), s.files), (limit, 1000));
+    let (f, open) = fs
+        .create(&CTX, ROOT_INODE, &c("big"), 0o644, libc::O_RDWR as u32, 0)
+        .unwrap();
+    let chunk = vec![7u8; 64 << 10];
+    let mut written = 0u64;
+    let enospc = loop {
+        match fs.write(&CTX, f.inode, open.handle, written, &chunk, 0) {
+            Ok(n) => written += u64::from(n),
+            Err(e) => break e.raw_os_error(),
+        }
+        assert!(written <= limit, "wrote past the limit");
+    };
+    assert_eq!(enospc, Some(libc::ENOSPC));
+    assert!(written >= limit - (128 << 10), "only {written} bytes fit");
+    let s = fs.statfs(&CTX, ROOT_INODE).unwrap();
+    assert!(s.bavail * u64::from(s.frsize) < 128 << 10);
+    // Every other way to grow is refused too.
+    let errno_of = |r: io::Result<()>| r.unwrap_err().raw_os_error();
+    assert_eq!(
+        errno_of(fs.fallocate(&CTX, f.inode, open.handle, 0, 0, limit * 2)),
+        Some(libc::ENOSPC)
+    );
+    let grow = SetAttr {
+        size: Some(limit * 4),
+        ..Default::default()
+    };
+    assert_eq!(errno(fs.setattr(&CTX, f.inode, grow)), libc::ENOSPC);
+    assert_eq!(
+        errno(fs.write(&CTX, f.inode, open.handle, 1 << 40, b"x", 0)),
+        libc::ENOSPC
+    );
+    fs.release(&CTX, f.inode, 0, open.handle).unwrap();
+    assert!(du(upper.path()) <= limit, "du {}", du(upper.path()));
+
+    // Freeing space lets writes through again; truncating through open counts.
+    let h = fs
+        .open(&CTX, f.inode, (libc::O_WRONLY | libc::O_TRUNC) as u32)
+        .unwrap()
+        .handle;
+    fs.write(&CTX, f.inode, h, 0, &chunk, 0).unwrap();
+    fs.release(&CTX, f.inode, 0, h).unwrap();
+    fs.unlink(&CTX, ROOT_INODE, &c("big")).unwrap();
+    // Copy-up of a lower file is charged; deleting lower files always works.
+    write_at(&fs, "bin/su", b"NEW", libc::O_WRONLY);
+    fs.unlink(&CTX, walk(&fs, "keep").unwrap().inode, &c("k"))
+        .unwrap();
+
+    // The usage of an existing upper is counted when it is opened again.
+    let (f, open) = fs
+        .create(&CTX, ROOT_INODE, &c("half"), 0o644, libc::O_RDWR as u32, 0)
+        .unwrap();
+    fs.fallocate(&CTX, f.inode, open.handle, 0, 0, limit / 2)
+        .unwrap();
+    fs.release(&CTX, f.inode, 0, open.handle).unwrap();
+    let used = |fs: &LayeredFs| {
+        let s = fs.statfs(&CTX, ROOT_INODE).unwrap();
+        (s.blocks - s.bfree, s.files - s.ffree)
+    };
+
+    let before = used(&fs);
+    drop(fs);
+    let fs = fs_with_limit(&[&base, &top], upper.path(), limit, 1000);
+    assert_eq!(used(&fs), before);
+    let (f, open) = fs
+        .create(&CTX, ROOT_INODE, &c("more"), 0o644, libc::O_RDWR as u32, 0)
+        .unwrap();
+    assert_eq!(
+        errno_of(fs.fallocate(&CTX, f.inode, open.handle, 0, 0, limit / 2)),
+        Some(libc::ENOSPC)
+    );
+}
+
+#[test]
+fn a_flood_of_names_ends_with_enospc_and_removing_them_frees_room() {
+    let (base, top) = base_and_top();
+    let upper = tempfile::tempdir().unwrap();
+    let fs = fs_with_limit(&[&base, &top], upper.path(), 1 << 30, 50);
+    let d = fs.mkdir(&CTX, ROOT_INODE, &c("flood"), 0o755, 0).unwrap();
+    let mut made = 0;
+    let err = loop {
+        let name = c(&format!("f{made}"));
+        let r = match made % 4 {
+            0 => fs.mknod(&CTX, d.inode, &name, libc::S_IFREG | 0o644, 0, 0),
+            1 => fs.mkdir(&CTX, d.inode, &name, 0o755, 0),
+            2 => fs.symlink(&CTX, &c("target"), d.inode, &name),
+            _ => fs.link(&CTX, walk(&fs, "flood/f0").unwrap().inode, d.inode, &name),
+        };
+        match r {
+            Ok(_) => made += 1,
+            Err(e) => break e.raw_os_error(),
+        }
+        assert!(made < 100, "no limit");
+    };
+    assert_eq!(err, Some(libc::ENOSPC));
+    assert!(made >= 45, "{made} names");
+    let s = fs.statfs(&CTX, ROOT_INODE).unwrap();
+    assert_eq!(s.ffree, 0);
+    fs.unlink(&CTX, d.inode, &c("f0")).unwrap();
+    fs.mknod(&CTX, d.inode, &c("again"), libc::S_IFREG | 0o644, 0, 0)
+        .unwrap();
+}
+
+#[test]
+fn handles_on_one_directory_share_one_listing_dropped_with_the_last() {
+    let (base, top) = base_and_top();
+    let upper = tempfile::tempdir().unwrap();
+    let fs = fs_over(&[&base, &top], upper.path());
+    let big = fs.mkdir(&CTX, ROOT_INODE, &c("big"), 0o755, 0).unwrap();
+    for i in 0..2000 {
+        let name = c(&format!("a-rather-long-file-name-number-{i}"));
+        fs.mknod(&CTX, big.inode, &name, libc::S_IFREG | 0o644, 0, 0)
+            .unwrap();
+    }
+    assert_eq!(fs.listing_bytes(), 0);
+    let first = fs.opendir(&CTX, big.inode, 0).unwrap().handle;
+    let one = fs.listing_bytes();
+    assert!(one > 2000 * 30, "{one} bytes for 2000 names");
+    let mut handles = vec![first];
+    for _ in 0..999 {
+        handles.push(fs.opendir(&CTX, big.inode, 0).unwrap().handle);
+    }
+    assert_eq!(fs.listing_bytes(), one, "1000 handles, one listing");
+    assert_eq!(names(&fs, big.inode).len(), 2000);
+    // A change makes the next handle list afresh; older handles keep theirs.
+    fs.mknod(&CTX, big.inode, &c("new"), libc::S_IFREG | 0o644, 0, 0)
+        .unwrap();
+    let fresh = fs.opendir(&CTX, big.inode, 0).unwrap().handle;
+    assert!(fs.listing_bytes() > one);
+    let mut count = 0;
+    fs.readdir(&CTX, big.inode, fresh, 0, &mut |_| {
+        count += 1;
+        true
+    })
+    .unwrap();
+    assert_eq!(count, 2 + 2001);
+    fs.releasedir(&CTX, big.inode, 0, fresh).unwrap();
+    for h in handles {
+        fs.releasedir(&CTX, big.inode, 0, h).unwrap();
+    }
+    assert_eq!(fs.listing_bytes(), 0, "the last close drops the listing");
+}

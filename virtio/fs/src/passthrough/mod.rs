@@ -15,13 +15,21 @@
 //! recently used evicted); an evicted inode is opened again from the root
 //! and must still be the same host `(dev, ino)`, else `ESTALE`. Open files
 //! are a separate budget, [`PassthroughConfig::max_open_handles`] (each
-//! holds one host fd; directory handles hold a snapshot of the listing and
-//! no fd, but count too); past it the guest gets `EMFILE`.
+//! holds one host fd; past it the guest gets `EMFILE`). A directory handle
+//! reads the host directory on demand at the guest's offset (the host's
+//! own `d_off` cookies), so it holds no copy of the listing however big
+//! the directory is or however often it is opened.
 //!
 //! Permissions are the guest kernel's job: mount with `default_permissions`
 //! so it checks the ids and modes this backend reports. The host process
 //! only ever acts with its own credentials; as root it additionally gives
 //! new files the mapped host owner of the guest caller.
+//!
+//! Host files the guest must never create: the guest's set-user-ID and
+//! set-group-ID bits and its block and character devices never reach the
+//! host; they are kept in an xattr and shown to the guest (see
+//! [`kept_mode`]), or refused with `EPERM` where the host filesystem has no
+//! `user.*` xattrs and the process is unprivileged.
 //!
 //! Limits: an inode whose last name is removed while its fd is not cached
 //! can only be reached through open handles (`ESTALE` otherwise); guest
@@ -30,6 +38,7 @@
 
 mod fd_cache;
 mod id_map;
+mod kept_mode;
 #[cfg(test)]
 mod tests;
 
@@ -53,6 +62,7 @@ use crate::{
 };
 
 use fd_cache::FdCache;
+use kept_mode::{is_reserved_xattr, KeptMode, SETID};
 
 /// How a [`PassthroughFs`] serves its directory.
 #[derive(Clone, Debug)]
@@ -94,6 +104,8 @@ struct HostId {
     dev: u64,
     ino: u64,
     kind: u32,
+    /// What the guest asked for that the host object does not carry.
+    kept: Option<KeptMode>,
 }
 
 struct State {
@@ -104,7 +116,8 @@ struct State {
 
 enum OpenObject {
     File(OwnedFd),
-    Dir(Vec<(u64, u8, Vec<u8>)>),
+    /// A read fd of the directory; the lock keeps seek and read together.
+    Dir(Mutex<OwnedFd>),
 }
 
 /// A confined passthrough of a host directory. See the module docs.
@@ -127,6 +140,7 @@ impl PassthroughFs {
             dev: st.st_dev,
             ino: st.st_ino,
             kind: libc::S_IFDIR,
+            kept: KeptMode::load(fd.as_raw_fd(), libc::S_IFDIR),
         };
         Ok(PassthroughFs {
             root: Arc::new(fd),
@@ -180,18 +194,30 @@ impl PassthroughFs {
         Ok((fd, kind))
     }
 
-    fn guest_attr(&self, st: &libc::stat64) -> Attr {
+    fn guest_attr(&self, st: &libc::stat64, kept: Option<&KeptMode>) -> Attr {
         let mut a = host::attr_from_stat(st);
         a.uid = self.config.id_map.guest_uid(st.st_uid);
         a.gid = self.config.id_map.guest_gid(st.st_gid);
+        KeptMode::apply(kept, &mut a);
         a
     }
 
-    fn entry(&self, ino: Inode, generation: u64, st: &libc::stat64) -> Entry {
+    /// What is kept for `ino` (see [`kept_mode`]).
+    fn kept(&self, ino: Inode) -> io::Result<Option<KeptMode>> {
+        Ok(self.lock().table.get(ino)?.data.kept)
+    }
+
+    fn entry(
+        &self,
+        ino: Inode,
+        generation: u64,
+        st: &libc::stat64,
+        kept: Option<&KeptMode>,
+    ) -> Entry {
         Entry {
             inode: ino,
             generation,
-            attr: self.guest_attr(st),
+            attr: self.guest_attr(st, kept),
             attr_timeout: self.config.attr_timeout,
             entry_timeout: self.config.entry_timeout,
         }
@@ -210,11 +236,13 @@ impl PassthroughFs {
     fn register(&self, parent: Inode, name: &CStr, fd: OwnedFd) -> io::Result<Entry> {
         let st = host::fstat(fd.as_raw_fd())?;
         let key = (st.st_dev, st.st_ino);
+        let kept = KeptMode::load(fd.as_raw_fd(), st.st_mode & libc::S_IFMT);
         let mut state = self.lock();
         let state = &mut *state;
         let ino = match state.by_host.get(&key).copied() {
             Some(ino) => {
                 state.table.add_lookup(ino)?;
+                state.table.get_mut(ino)?.data.kept = kept;
                 let node = state.table.get(ino)?;
                 if ino != ROOT_INODE
                     && (node.parent != parent || node.name.as_c_str() != name || !node.attached)
@@ -239,6 +267,7 @@ impl PassthroughFs {
                     dev: st.st_dev,
                     ino: st.st_ino,
                     kind: st.st_mode & libc::S_IFMT,
+                    kept,
                 };
                 let ino = state.table.insert(parent, name, id)?;
                 state.by_host.insert(key, ino);
@@ -248,8 +277,8 @@ impl PassthroughFs {
         if ino != ROOT_INODE {
             state.fds.put(ino, Arc::new(fd));
         }
-        let generation = state.table.get(ino)?.generation;
-        Ok(self.entry(ino, generation, &st))
+        let node = state.table.get(ino)?;
+        Ok(self.entry(ino, node.generation, &st, node.data.kept.as_ref()))
     }
 
     fn drop_freed(state: &mut State, freed: Vec<(Inode, HostId)>) {
@@ -287,27 +316,58 @@ impl PassthroughFs {
     }
 
     /// Creates something at `name` in `parent` with `make`, gives it the
-    /// owner of `ctx` (none for hard links, which keep theirs), removing it
-    /// again if that fails, and returns its entry.
+    /// owner of `ctx` (none for hard links, which keep theirs) and the
+    /// `kept` guest mode, removing it again if that fails, and returns its
+    /// entry.
     fn create_with(
         &self,
         ctx: Option<&Context>,
         parent: Inode,
         name: &CStr,
         is_dir: bool,
+        kept: Option<KeptMode>,
         make: impl FnOnce(RawFd) -> io::Result<()>,
     ) -> io::Result<Entry> {
         self.check_writable()?;
         host::check_name(name)?;
         let (pfd, _) = self.inode_fd(parent)?;
         make(pfd.as_raw_fd())?;
-        if let Err(e) = ctx.map_or(Ok(()), |ctx| self.set_creator(ctx, pfd.as_raw_fd(), name)) {
+        let finish = || {
+            if let Some(ctx) = ctx {
+                self.set_creator(ctx, pfd.as_raw_fd(), name)?;
+            }
+            if kept.is_some() {
+                let fd = Self::open_child(pfd.as_raw_fd(), name)?;
+                KeptMode::store(fd.as_raw_fd(), kept)?;
+            }
+            Ok(())
+        };
+        if let Err(e) = finish() {
             let flag = if is_dir { libc::AT_REMOVEDIR } else { 0 };
             // SAFETY: NUL-terminated name relative to our dir fd.
             unsafe { libc::unlinkat(pfd.as_raw_fd(), name.as_ptr(), flag) };
             return Err(e);
         }
         self.register(parent, name, Self::open_child(pfd.as_raw_fd(), name)?)
+    }
+
+    /// chmod without ever giving the host object a set-id bit: the host
+    /// gets the rest, the set-id bits are kept (see [`kept_mode`]).
+    fn chmod(&self, ino: Inode, fd: RawFd, mode: u32) -> io::Result<()> {
+        let old = self.kept(ino)?;
+        let new = KeptMode {
+            setid: mode & SETID,
+            ..old.unwrap_or_default()
+        };
+        let new = (new != KeptMode::default()).then_some(new);
+        if new != old {
+            KeptMode::store(fd, new)?;
+            self.lock().table.get_mut(ino)?.data.kept = new;
+        }
+        let path = host::proc_path(fd);
+        // SAFETY: NUL-terminated path to the magic link of our own fd.
+        cvt(unsafe { libc::chmod(path.as_ptr(), mode & 0o7777 & !SETID) })?;
+        Ok(())
     }
 
     fn file_fd(&self, handle: Handle) -> io::Result<Arc<OpenObject>> {
@@ -353,15 +413,17 @@ impl FileSystem for PassthroughFs {
     ) -> io::Result<(Attr, Duration)> {
         if let Some(obj) = handle.and_then(|h| self.handles.get(h).ok()) {
             if let OpenObject::File(fd) = &*obj {
+                let kept = self.kept(inode)?;
                 return Ok((
-                    self.guest_attr(&host::fstat(fd.as_raw_fd())?),
+                    self.guest_attr(&host::fstat(fd.as_raw_fd())?, kept.as_ref()),
                     self.config.attr_timeout,
                 ));
             }
         }
         let (fd, _) = self.inode_fd(inode)?;
+        let kept = self.kept(inode)?;
         Ok((
-            self.guest_attr(&host::fstat(fd.as_raw_fd())?),
+            self.guest_attr(&host::fstat(fd.as_raw_fd())?, kept.as_ref()),
             self.config.attr_timeout,
         ))
     }
@@ -396,9 +458,7 @@ impl FileSystem for PassthroughFs {
             if is_link {
                 return Err(err(libc::EOPNOTSUPP));
             }
-            let path = host::proc_path(raw);
-            // SAFETY: NUL-terminated path to the magic link of our own fd.
-            cvt(unsafe { libc::chmod(path.as_ptr(), mode & 0o7777) })?;
+            self.chmod(inode, raw, mode)?;
         }
         if let Some(size) = attr.size {
             let size = i64::try_from(size).map_err(|_| err(libc::EFBIG))?;
@@ -446,7 +506,7 @@ impl FileSystem for PassthroughFs {
         parent: Inode,
         name: &CStr,
     ) -> io::Result<Entry> {
-        self.create_with(Some(ctx), parent, name, false, |dirfd| {
+        self.create_with(Some(ctx), parent, name, false, None, |dirfd| {
             // SAFETY: NUL-terminated strings; the target is stored, never followed here.
             cvt(unsafe { libc::symlinkat(target.as_ptr(), dirfd, name.as_ptr()) }).map(drop)
         })
@@ -462,9 +522,15 @@ impl FileSystem for PassthroughFs {
         umask: u32,
     ) -> io::Result<Entry> {
         let mode = crate::backend_common::mknod_mode(mode, umask)?;
-        self.create_with(Some(ctx), parent, name, false, |dirfd| {
-            // SAFETY: NUL-terminated name; device nodes need host privilege (EPERM otherwise).
-            cvt(unsafe { libc::mknodat(dirfd, name.as_ptr(), mode, u64::from(rdev)) }).map(drop)
+        let kept = KeptMode::for_request(mode, u64::from(rdev));
+        // A device becomes an empty regular file; set-id bits stay off.
+        let host_mode = match kept {
+            Some(k) if k.device != 0 => libc::S_IFREG | (mode & 0o1777 & !SETID),
+            _ => mode & !SETID,
+        };
+        self.create_with(Some(ctx), parent, name, false, kept, |dirfd| {
+            // SAFETY: NUL-terminated name; never a device or set-id node.
+            cvt(unsafe { libc::mknodat(dirfd, name.as_ptr(), host_mode, 0) }).map(drop)
         })
     }
 
@@ -476,9 +542,11 @@ impl FileSystem for PassthroughFs {
         mode: u32,
         umask: u32,
     ) -> io::Result<Entry> {
-        self.create_with(Some(ctx), parent, name, true, |dirfd| {
+        let mode = mode & 0o7777 & !umask;
+        let kept = KeptMode::for_request(libc::S_IFDIR | mode, 0);
+        self.create_with(Some(ctx), parent, name, true, kept, |dirfd| {
             // SAFETY: NUL-terminated name.
-            cvt(unsafe { libc::mkdirat(dirfd, name.as_ptr(), mode & 0o7777 & !umask) }).map(drop)
+            cvt(unsafe { libc::mkdirat(dirfd, name.as_ptr(), mode & !SETID) }).map(drop)
         })
     }
 
@@ -559,7 +627,7 @@ impl FileSystem for PassthroughFs {
             return Err(err(libc::EPERM));
         }
         let src = host::proc_path(fd.as_raw_fd());
-        self.create_with(None, newparent, newname, false, |dirfd| {
+        self.create_with(None, newparent, newname, false, None, |dirfd| {
             // SAFETY: NUL-terminated strings; following the magic link yields
             // exactly the object behind our fd, even a symlink itself.
             cvt(unsafe {
@@ -620,8 +688,35 @@ impl FileSystem for PassthroughFs {
             }
             f &= !libc::O_APPEND;
         }
-        let file = host::openat2(pfd.as_raw_fd(), name, f, mode & 0o7777 & !umask, CONFINED)?;
+        let mode = mode & 0o7777 & !umask;
+        let host_mode = mode & !SETID;
+        let kept = KeptMode::for_request(libc::S_IFREG | mode, 0);
+        // Set-id bits asked for go to a file this call creates, never to an
+        // existing one (which keeps its mode, as open(2) does).
+        let (file, created) = match kept {
+            Some(_) if f & libc::O_EXCL == 0 => {
+                match host::openat2(pfd.as_raw_fd(), name, f | libc::O_EXCL, host_mode, CONFINED) {
+                    Ok(file) => (file, true),
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                        let f = f & !libc::O_CREAT;
+                        (host::openat2(pfd.as_raw_fd(), name, f, 0, CONFINED)?, false)
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            _ => (
+                host::openat2(pfd.as_raw_fd(), name, f, host_mode, CONFINED)?,
+                true,
+            ),
+        };
         self.set_creator(ctx, pfd.as_raw_fd(), name)?;
+        if created && kept.is_some() {
+            if let Err(e) = KeptMode::store(file.as_raw_fd(), kept) {
+                // SAFETY: NUL-terminated name relative to our dir fd.
+                unsafe { libc::unlinkat(pfd.as_raw_fd(), name.as_ptr(), 0) };
+                return Err(e);
+            }
+        }
         let handle = self.handles.insert(OpenObject::File(file))?;
         let entry = match Self::open_child(pfd.as_raw_fd(), name)
             .and_then(|fd| self.register(parent, name, fd))
@@ -712,7 +807,10 @@ impl FileSystem for PassthroughFs {
     ) -> io::Result<()> {
         self.check_writable()?;
         let (fd, kind) = self.inode_fd(inode)?;
-        if !name.to_bytes().starts_with(b"user.") || kind == libc::S_IFLNK {
+        if !name.to_bytes().starts_with(b"user.")
+            || kind == libc::S_IFLNK
+            || is_reserved_xattr(name)
+        {
             return Err(err(libc::EPERM));
         }
         host::setxattr(fd.as_raw_fd(), name, value, flags as i32)
@@ -720,7 +818,10 @@ impl FileSystem for PassthroughFs {
 
     fn getxattr(&self, _ctx: &Context, inode: Inode, name: &CStr) -> io::Result<Vec<u8>> {
         let (fd, kind) = self.inode_fd(inode)?;
-        if !name.to_bytes().starts_with(b"user.") || kind == libc::S_IFLNK {
+        if !name.to_bytes().starts_with(b"user.")
+            || kind == libc::S_IFLNK
+            || is_reserved_xattr(name)
+        {
             return Err(err(libc::ENODATA));
         }
         host::getxattr(fd.as_raw_fd(), name)
@@ -733,7 +834,9 @@ impl FileSystem for PassthroughFs {
         }
         let all = host::listxattr(fd.as_raw_fd())?;
         let mut out = Vec::new();
-        for name in all.split(|&b| b == 0).filter(|n| n.starts_with(b"user.")) {
+        let shown =
+            |n: &&[u8]| n.starts_with(b"user.") && !n.starts_with(kept_mode::RESERVED_PREFIX);
+        for name in all.split(|&b| b == 0).filter(shown) {
             out.extend_from_slice(name);
             out.push(0);
         }
@@ -743,7 +846,10 @@ impl FileSystem for PassthroughFs {
     fn removexattr(&self, _ctx: &Context, inode: Inode, name: &CStr) -> io::Result<()> {
         self.check_writable()?;
         let (fd, kind) = self.inode_fd(inode)?;
-        if !name.to_bytes().starts_with(b"user.") || kind == libc::S_IFLNK {
+        if !name.to_bytes().starts_with(b"user.")
+            || kind == libc::S_IFLNK
+            || is_reserved_xattr(name)
+        {
             return Err(err(libc::EPERM));
         }
         host::removexattr(fd.as_raw_fd(), name)
@@ -754,9 +860,15 @@ impl FileSystem for PassthroughFs {
         if kind != libc::S_IFDIR {
             return Err(err(libc::ENOTDIR));
         }
-        let entries = host::list_dir(fd.as_raw_fd())?;
+        let dir = host::openat2(
+            fd.as_raw_fd(),
+            c".",
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+            CONFINED,
+        )?;
         Ok(OpenReply {
-            handle: self.handles.insert(OpenObject::Dir(entries))?,
+            handle: self.handles.insert(OpenObject::Dir(Mutex::new(dir)))?,
             open_flags: 0,
         })
     }
@@ -770,11 +882,30 @@ impl FileSystem for PassthroughFs {
         add: &mut dyn FnMut(DirEntry<'_>) -> bool,
     ) -> io::Result<()> {
         let obj = self.handles.get(handle)?;
-        let OpenObject::Dir(entries) = &*obj else {
+        let OpenObject::Dir(dir) = &*obj else {
             return Err(err(libc::ENOTDIR));
         };
-        crate::backend_common::list_snapshot(inode, entries.iter(), offset, add);
-        Ok(())
+        let fd = dir.lock().expect("directory handle lock");
+        let pos = i64::try_from(offset).map_err(|_| err(libc::EINVAL))?;
+        // SAFETY: plain syscall on an fd we hold.
+        cvt(unsafe { libc::lseek64(fd.as_raw_fd(), pos, libc::SEEK_SET) })?;
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut full = false;
+        loop {
+            let n = host::read_dirents(fd.as_raw_fd(), &mut buf, &mut |ino, off, kind, name| {
+                let dot = name == b"." || name == b"..";
+                full = !add(DirEntry {
+                    ino: if dot { inode } else { ino },
+                    offset: off as u64,
+                    kind: u32::from(kind),
+                    name,
+                });
+                !full
+            })?;
+            if n == 0 || full {
+                return Ok(());
+            }
+        }
     }
 
     fn releasedir(

@@ -529,3 +529,168 @@ fn id_map_presents_host_owner_as_guest_root() {
         meta.uid()
     );
 }
+
+/// The host's view of `path`: full `st_mode` without following symlinks.
+fn host_mode(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path).unwrap().mode()
+}
+
+#[test]
+fn the_host_never_gets_set_id_bits_or_device_nodes_but_the_guest_sees_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = fs_with(dir.path(), PassthroughConfig::default());
+    fs.init().unwrap();
+    let (f, open) = fs
+        .create(&CTX, ROOT_INODE, &c("suid"), 0o4755, libc::O_RDWR as u32, 0)
+        .unwrap();
+    fs.release(&CTX, f.inode, 0, open.handle).unwrap();
+    assert_eq!(
+        f.attr.mode,
+        libc::S_IFREG | 0o4755,
+        "the guest sees its mode"
+    );
+    let d = fs.mkdir(&CTX, ROOT_INODE, &c("sgid"), 0o2755, 0).unwrap();
+    assert_eq!(d.attr.mode, libc::S_IFDIR | 0o2755);
+    let blk = fs
+        .mknod(
+            &CTX,
+            ROOT_INODE,
+            &c("blk"),
+            libc::S_IFBLK | 0o640,
+            0x0801,
+            0,
+        )
+        .unwrap();
+    assert_eq!(
+        (blk.attr.mode, blk.attr.rdev),
+        (libc::S_IFBLK | 0o640, 0x0801)
+    );
+    let chr = fs
+        .mknod(
+            &CTX,
+            ROOT_INODE,
+            &c("chr"),
+            libc::S_IFCHR | 0o6644,
+            0x0103,
+            0,
+        )
+        .unwrap();
+    assert_eq!(
+        (chr.attr.mode, chr.attr.rdev),
+        (libc::S_IFCHR | 0o6644, 0x0103)
+    );
+    let (plain, open) = fs
+        .create(&CTX, ROOT_INODE, &c("plain"), 0o755, libc::O_RDWR as u32, 0)
+        .unwrap();
+    fs.release(&CTX, plain.inode, 0, open.handle).unwrap();
+    let chmod = |ino, mode| {
+        let set = SetAttr {
+            mode: Some(mode),
+            ..Default::default()
+        };
+        fs.setattr(&CTX, ino, set).unwrap().0.mode
+    };
+    assert_eq!(chmod(plain.inode, 0o2755), libc::S_IFREG | 0o2755);
+
+    let host = |name: &str| host_mode(&dir.path().join(name));
+    for (name, kind, perm) in [
+        ("suid", libc::S_IFREG, 0o755),
+        ("sgid", libc::S_IFDIR, 0o755),
+        ("blk", libc::S_IFREG, 0o640),
+        ("chr", libc::S_IFREG, 0o644),
+        ("plain", libc::S_IFREG, 0o755),
+    ] {
+        assert_eq!(host(name), kind | perm, "{name} on the host");
+    }
+
+    // The kept mode is the host object's: it survives a rename and a new
+    // server, and shows in lookups.
+    fs.rename(&CTX, ROOT_INODE, &c("suid"), d.inode, &c("moved"), 0)
+        .unwrap();
+    let fs2 = fs_with(dir.path(), PassthroughConfig::default());
+    let sg = fs2.lookup(&CTX, ROOT_INODE, &c("sgid")).unwrap();
+    let moved = fs2.lookup(&CTX, sg.inode, &c("moved")).unwrap();
+    assert_eq!(moved.attr.mode, libc::S_IFREG | 0o4755);
+    let blk2 = fs2.lookup(&CTX, ROOT_INODE, &c("blk")).unwrap();
+    assert_eq!(blk2.attr.mode & libc::S_IFMT, libc::S_IFBLK);
+    assert_eq!(host("sgid/moved"), libc::S_IFREG | 0o755);
+
+    // Clearing the bits clears what is kept; the guest cannot reach the xattr.
+    assert_eq!(chmod(plain.inode, 0o755), libc::S_IFREG | 0o755);
+    assert_eq!(
+        fs.lookup(&CTX, ROOT_INODE, &c("plain")).unwrap().attr.mode,
+        libc::S_IFREG | 0o755
+    );
+    assert_eq!(
+        errno(fs.setxattr(&CTX, plain.inode, &c("user.msbvm.mode"), b"x", 0)),
+        libc::EPERM
+    );
+    assert_eq!(
+        errno(fs.getxattr(&CTX, blk.inode, &c("user.msbvm.mode"))),
+        libc::ENODATA
+    );
+    assert_eq!(
+        errno(fs.removexattr(&CTX, blk.inode, &c("user.msbvm.mode"))),
+        libc::EPERM
+    );
+    assert!(fs.listxattr(&CTX, blk.inode).unwrap().is_empty());
+}
+
+#[test]
+fn a_set_id_create_over_an_existing_file_keeps_that_files_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), b"").unwrap();
+    let fs = fs_with(dir.path(), PassthroughConfig::default());
+    let (e, open) = fs
+        .create(&CTX, ROOT_INODE, &c("f"), 0o4777, libc::O_RDWR as u32, 0)
+        .unwrap();
+    fs.release(&CTX, e.inode, 0, open.handle).unwrap();
+    assert_eq!(e.attr.mode & SETID, 0);
+    assert_eq!(host_mode(&dir.path().join("f")) & SETID, 0);
+}
+
+#[test]
+fn directory_handles_read_on_demand_and_page_through_every_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..3000 {
+        std::fs::write(dir.path().join(format!("entry-{i:05}")), b"").unwrap();
+    }
+    let fs = fs_with(dir.path(), PassthroughConfig::default());
+    // Many handles on the same big directory: one host fd each, no copy.
+    let handles: Vec<Handle> = (0..200)
+        .map(|_| fs.opendir(&CTX, ROOT_INODE, 0).unwrap().handle)
+        .collect();
+    // Two handles paged in turns, a few entries at a time, see every name once.
+    let mut offsets = [0u64; 2];
+    let mut seen = [Vec::new(), Vec::new()];
+    loop {
+        let mut progressed = false;
+        for k in 0..2 {
+            let mut batch = 0;
+            fs.readdir(&CTX, ROOT_INODE, handles[k], offsets[k], &mut |e| {
+                if batch == 7 {
+                    return false;
+                }
+                batch += 1;
+                offsets[k] = e.offset;
+                seen[k].push(String::from_utf8(e.name.to_vec()).unwrap());
+                true
+            })
+            .unwrap();
+            progressed |= batch > 0;
+        }
+        if !progressed {
+            break;
+        }
+    }
+    for s in &mut seen {
+        s.retain(|n| n != "." && n != "..");
+        s.sort();
+        assert_eq!(s.len(), 3000);
+        s.dedup();
+        assert_eq!(s.len(), 3000);
+    }
+    for h in handles {
+        fs.releasedir(&CTX, ROOT_INODE, 0, h).unwrap();
+    }
+}

@@ -595,6 +595,11 @@ impl<F: FileSystem> Server<F> {
                 Ok(c) if !dot => self.fs.lookup(ctx, ino, c).ok(),
                 _ => None,
             };
+            // The looked-up mode wins over the listing's type: a backend may
+            // present a type the host object does not have (a kept device).
+            let kind = entry
+                .as_ref()
+                .map_or(kind, |e| crate::host_util::dtype(e.attr.mode));
             match entry {
                 Some(e) => abi::put_entry(&mut out, &self.fix_entry(e)),
                 // Gone since readdir, or a dot entry: no reference taken.
