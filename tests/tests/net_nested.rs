@@ -17,7 +17,8 @@ fn script() -> String {
 nz() {{ [ "$1" -ne 0 ] && echo failed || echo succeeded; }}
 fast() {{ [ "$1" -lt 8 ] && echo yes || echo "no:$1"; }}
 some() {{ [ "$1" -ge 1 ] && echo yes || echo "no:$1"; }}
-# HTTP GET with nc: the distribution's static busybox wget crashes (SIGSEGV) on start.
+# HTTP GET with nc, so that these checks see the raw response (status line and 403s).
+# (wget works too: net_hardening_nested fetches by name with it.)
 G='get() {{ printf "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n" "$3" "$1" | nc -w 10 "$1" "$2"; }};'
 eval "$G"
 [ -e /etc/passwd ] || echo 'root:x:0:0:root:/root:/bin/sh' > /etc/passwd
