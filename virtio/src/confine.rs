@@ -1,0 +1,185 @@
+//! Per-thread confinement: the seccomp-BPF allowlists of msbvm's thread kinds and how a
+//! thread installs its own.
+//!
+//! Seccomp filters belong to one thread and are inherited by the threads it creates, so each
+//! thread confines itself when it starts: the code that starts a thread calls
+//! [`thread_started`] with the thread's kind first thing in the new thread. That is a no-op
+//! unless the process registered a hook ([`set_thread_hook`]); the sandbox runtime does, and
+//! its hook installs [`install`] with the kind's allowlist (plus Landlock and the user
+//! switch). `msbvm boot`, the tests and other embedders register nothing and run unconfined.
+//!
+//! The allowlists are data that sit next to the code that needs them: [`BASE`] here (what
+//! every Rust thread does), `fs::seccomp`, `net::seccomp`, `vsock::seccomp` for the device
+//! workers, `msbvm_vmm::seccomp` for the vCPU and VM threads, `msbvm_netstack::seccomp`
+//! and the runtime's own threads in the SDK. A call outside the thread's list raises SIGSYS
+//! (`SECCOMP_RET_TRAP`); the runtime's handler reports the call and ends the process.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule,
+};
+
+/// One allowlist entry: a system call number (`libc::SYS_*`).
+pub type Syscall = libc::c_long;
+
+/// What every thread of a Rust program does whatever its work: memory, locks, time, its own
+/// end, signal returns, thread-local start-up, log lines (`write` to stderr) and the calls the
+/// runtime's SIGSYS reporter makes. `prctl` is limited to naming threads (see [`compile`]).
+pub const BASE: &[Syscall] = &[
+    libc::SYS_brk,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mremap,
+    libc::SYS_mprotect,
+    libc::SYS_madvise,
+    libc::SYS_futex,
+    libc::SYS_sched_yield,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_nanosleep,
+    libc::SYS_gettimeofday,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_sigaltstack,
+    libc::SYS_getpid,
+    libc::SYS_gettid,
+    libc::SYS_tgkill,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+    libc::SYS_write,
+    libc::SYS_writev,
+    libc::SYS_close,
+    libc::SYS_getrandom,
+    libc::SYS_prctl,
+    libc::SYS_set_robust_list,
+    libc::SYS_rseq,
+];
+
+/// What a thread that starts other threads needs beyond [`BASE`] (std's and tokio's thread
+/// start: `clone3`, falling back to `clone`, with the new thread's stack guard page).
+pub const SPAWN: &[Syscall] = &[libc::SYS_clone, libc::SYS_clone3];
+
+/// Reading and polling descriptors a thread already holds: event loops (epoll, eventfds).
+pub const EVENT_LOOP: &[Syscall] = &[
+    libc::SYS_read,
+    libc::SYS_epoll_create1,
+    libc::SYS_epoll_ctl,
+    libc::SYS_epoll_pwait,
+    libc::SYS_eventfd2,
+    libc::SYS_ppoll,
+    libc::SYS_fcntl,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_epoll_wait,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_poll,
+];
+
+/// Where the process's confinement hook lives (one per process).
+static HOOK: OnceLock<fn(&'static str)> = OnceLock::new();
+
+/// Registers `hook`, which every msbvm thread calls with its kind when it starts. Returns
+/// false when a hook was already registered (the first one stays).
+pub fn set_thread_hook(hook: fn(&'static str)) -> bool {
+    HOOK.set(hook).is_ok()
+}
+
+/// Called by each msbvm thread first thing, with its kind (`"vcpu"`, `"virtio-fs"`, ...):
+/// runs the registered hook, if any.
+pub fn thread_started(kind: &'static str) {
+    if let Some(hook) = HOOK.get() {
+        hook(kind);
+    }
+}
+
+/// `prctl` options every thread may use: naming threads (std and tokio name new threads from
+/// inside them) and reading the name (the SIGSYS reporter).
+const PRCTL_ALLOWED: [libc::c_int; 2] = [libc::PR_SET_NAME, libc::PR_GET_NAME];
+
+/// The filter that allows [`BASE`] and `lists`, and traps everything else. `socket` (when
+/// listed) is limited to `socket_families`; `prctl` to naming threads; `ioctl` (when listed)
+/// to the requests in `ioctls` (each a `(mask, value)` pair on the request number);
+/// `tgkill` to this process.
+pub fn compile(
+    lists: &[&[Syscall]],
+    socket_families: &[libc::c_int],
+    ioctls: &[(u64, u64)],
+) -> Result<BpfProgram, seccompiler::BackendError> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for nr in BASE.iter().chain(lists.iter().flat_map(|l| l.iter())) {
+        rules.insert(i64::from(*nr), Vec::new());
+    }
+    let eq = |arg: u8, value: u64| {
+        SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
+            .and_then(|c| SeccompRule::new(vec![c]))
+    };
+    let prctl = PRCTL_ALLOWED
+        .iter()
+        .map(|op| eq(0, *op as u64))
+        .collect::<Result<Vec<_>, _>>()?;
+    rules.insert(i64::from(libc::SYS_prctl), prctl);
+    // Signals only to this process's own threads (vCPU kicks, the SIGSYS reporter), never
+    // to another process running as the same user.
+    rules.insert(
+        i64::from(libc::SYS_tgkill),
+        vec![eq(0, u64::from(std::process::id()))?],
+    );
+    if let Some(entry) = rules.get_mut(&i64::from(libc::SYS_socket)) {
+        *entry = socket_families
+            .iter()
+            .map(|family| eq(0, *family as u64))
+            .collect::<Result<Vec<_>, _>>()?;
+    }
+    if let Some(entry) = rules.get_mut(&i64::from(libc::SYS_ioctl)) {
+        *entry = ioctls
+            .iter()
+            .map(|(mask, value)| {
+                SeccompCondition::new(
+                    1,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::MaskedEq(*mask),
+                    *value,
+                )
+                .and_then(|c| SeccompRule::new(vec![c]))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+    }
+    // An entry left with no rule after the narrowing above allows nothing: drop it.
+    rules.retain(|nr, r| {
+        !r.is_empty() || ![libc::SYS_socket, libc::SYS_ioctl].contains(&(*nr as Syscall))
+    });
+    let arch = std::env::consts::ARCH.try_into()?;
+    SeccompFilter::new(rules, SeccompAction::Trap, SeccompAction::Allow, arch)?.try_into()
+}
+
+/// Installs `program` on the calling thread (after `PR_SET_NO_NEW_PRIVS`, which seccompiler
+/// sets). The threads it starts from now on inherit it.
+pub fn install(program: &BpfProgram) -> Result<(), seccompiler::Error> {
+    seccompiler::apply_filter(program)
+}
+
+/// Whether this kernel offers seccomp filters (`CONFIG_SECCOMP_FILTER`).
+pub fn seccomp_available() -> bool {
+    // SAFETY: PR_GET_SECCOMP takes no pointer; it fails with EINVAL without seccomp.
+    unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) >= 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_compile_for_this_architecture() {
+        let program = compile(
+            &[SPAWN, EVENT_LOOP, &[libc::SYS_socket, libc::SYS_ioctl]],
+            &[libc::AF_UNIX],
+            &[(0xff00, 0xae00)],
+        )
+        .unwrap();
+        assert!(program.len() > BASE.len());
+        assert!(seccomp_available());
+    }
+}
