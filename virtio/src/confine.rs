@@ -17,9 +17,9 @@
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
+pub use seccompiler::{BackendError, BpfProgram};
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule,
+    SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
 };
 
 /// One allowlist entry: a system call number (`libc::SYS_*`).
@@ -161,6 +161,42 @@ pub fn install(program: &BpfProgram) -> Result<(), seccompiler::Error> {
     seccompiler::apply_filter(program)
 }
 
+/// The filter of a device worker kind (`"virtio-fs"`, `"virtio-net"`, `"virtio-vsock"`), or
+/// `None` for another kind.
+pub fn device_program(kind: &str) -> Option<Result<BpfProgram, seccompiler::BackendError>> {
+    use crate::{fs, net, vsock};
+    Some(match kind {
+        "virtio-fs" => compile(&[fs::seccomp::SYSCALLS, EVENT_LOOP], &[], &[]),
+        "virtio-net" => compile(&[net::seccomp::SYSCALLS, EVENT_LOOP], &[], &[]),
+        "virtio-vsock" => compile(
+            &[vsock::seccomp::SYSCALLS, EVENT_LOOP],
+            &[libc::AF_UNIX],
+            vsock::seccomp::IOCTLS,
+        ),
+        _ => return None,
+    })
+}
+
+/// The environment variable that makes the device test harness confine the device workers
+/// it starts (see [`confine_workers_in_tests`]).
+#[cfg(any(test, feature = "test-utils"))]
+pub const TEST_ENV: &str = "MSBVM_TEST_SECCOMP";
+
+/// Test support: with [`TEST_ENV`]`=1`, registers a hook that installs each device worker's
+/// filter, so the device tests run their real work under the filters. A call outside a list
+/// then ends the test process with SIGSYS.
+#[cfg(any(test, feature = "test-utils"))]
+pub fn confine_workers_in_tests() {
+    fn hook(kind: &'static str) {
+        if let Some(program) = device_program(kind) {
+            install(&program.expect("the filter compiles")).expect("the filter installs");
+        }
+    }
+    if std::env::var(TEST_ENV).as_deref() == Ok("1") {
+        set_thread_hook(hook);
+    }
+}
+
 /// Whether this kernel offers seccomp filters (`CONFIG_SECCOMP_FILTER`).
 pub fn seccomp_available() -> bool {
     // SAFETY: PR_GET_SECCOMP takes no pointer; it fails with EINVAL without seccomp.
@@ -181,5 +217,36 @@ mod tests {
         .unwrap();
         assert!(program.len() > BASE.len());
         assert!(seccomp_available());
+        for kind in ["virtio-fs", "virtio-net", "virtio-vsock"] {
+            assert!(device_program(kind).unwrap().is_ok(), "{kind}");
+        }
+        assert!(device_program("vcpu").is_none());
+    }
+
+    /// Runs this binary's device tests again in a child process, with every device worker
+    /// under its filter (see [`confine_workers_in_tests`]).
+    #[test]
+    fn device_tests_pass_under_their_seccomp_filters() {
+        if std::env::var(TEST_ENV).is_ok() {
+            return; // The child itself.
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["fs::", "net::", "vsock::", "--test-threads=2"])
+            .env(TEST_ENV, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "device tests under seccomp: {:?}\n{stdout}\n{stderr}",
+            out.status
+        );
+        let passed: usize = stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("test result: ok. "))
+            .filter_map(|l| l.split(' ').next()?.parse::<usize>().ok())
+            .sum();
+        assert!(passed >= 20, "only {passed} device tests ran:\n{stdout}");
     }
 }

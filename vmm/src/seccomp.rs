@@ -10,7 +10,7 @@
 //!   (`tgkill`), flushes the console and, at the end, reads its memory figures from
 //!   `/proc/self` and tears the VM down.
 
-use msbvm_virtio::confine::{Syscall, EVENT_LOOP, SPAWN};
+use msbvm_virtio::confine::{compile, BackendError, BpfProgram, Syscall, EVENT_LOOP, SPAWN};
 
 /// The ioctl "type" byte of every KVM request (`KVMIO`), as the `(mask, value)` pair the
 /// installer matches on the request number.
@@ -56,4 +56,16 @@ pub fn vcpu_lists() -> (Vec<&'static [Syscall]>, Vec<(u64, u64)>) {
     let mut ioctls = vec![KVM_IOCTLS];
     ioctls.extend_from_slice(vsock::seccomp::IOCTLS);
     (lists, ioctls)
+}
+
+/// The filter of the VMM's thread kinds (`"vcpu"`, `"vm"`), or `None` for another kind.
+pub fn program(kind: &str) -> Option<Result<BpfProgram, BackendError>> {
+    Some(match kind {
+        "vcpu" => {
+            let (lists, ioctls) = vcpu_lists();
+            compile(&lists, &[libc::AF_UNIX], &ioctls)
+        }
+        "vm" => compile(&[VM_THREAD, EVENT_LOOP], &[], &[KVM_IOCTLS]),
+        _ => return None,
+    })
 }

@@ -7,22 +7,15 @@
 
 use std::sync::{Arc, Mutex};
 
-use msbvm_virtio::confine::{compile, install, set_thread_hook, EVENT_LOOP};
+use msbvm_virtio::confine::{install, set_thread_hook};
 use msbvm_vmm::layout::PLATFORM_MMIO_START;
-use msbvm_vmm::seccomp::{vcpu_lists, KVM_IOCTLS, VM_THREAD};
 use msbvm_vmm::{BootSource, ConsoleOutput, VmConfig, VmExit};
 
-/// What the runtime's hook does for these kinds (the runtime maps kinds to the same lists).
+/// What the runtime's hook does for these kinds.
 fn confine(kind: &'static str) {
-    let program = match kind {
-        "vcpu" => {
-            let (lists, ioctls) = vcpu_lists();
-            compile(&lists, &[libc::AF_UNIX], &ioctls)
-        }
-        "vm" => compile(&[VM_THREAD, EVENT_LOOP], &[], &[KVM_IOCTLS]),
-        other => panic!("unexpected thread kind {other}"),
-    }
-    .expect("the filter compiles");
+    let program = msbvm_vmm::seccomp::program(kind)
+        .unwrap_or_else(|| panic!("unexpected thread kind {kind}"))
+        .expect("the filter compiles");
     install(&program).expect("the filter installs");
     CONFINED.lock().unwrap().push(kind);
 }
