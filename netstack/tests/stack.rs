@@ -446,3 +446,25 @@ fn http_policy_answers_403_to_a_denied_request_and_passes_an_allowed_one() {
     h.guest.tcp_send_all(s, allowed);
     assert_eq!(h.guest.tcp_recv_exact(s, allowed.len()), allowed);
 }
+
+/// Every test above again, in a child process whose netstack threads run under the
+/// netstack's seccomp filter: real TCP, UDP and published-port flows to loopback.
+#[test]
+fn stack_tests_pass_under_the_netstack_seccomp_filter() {
+    if std::env::var(common::SECCOMP_ENV).is_ok() {
+        return; // The child itself.
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--skip", "stack_tests_pass_under", "--test-threads=2"])
+        .env(common::SECCOMP_ENV, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "netstack tests under seccomp: {:?}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("test result: ok. 1"), "{stdout}");
+}
