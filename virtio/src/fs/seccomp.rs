@@ -70,4 +70,26 @@ pub const SYSCALLS: &[Syscall] = &[
     libc::SYS_lstat,
     #[cfg(target_arch = "x86_64")]
     libc::SYS_readlink,
+    // std::fs path calls some backend paths make (directory set-up, whiteouts): listed so
+    // that a rare path does not end a sandbox; Landlock still confines where they reach.
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_mkdir,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_rmdir,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_unlink,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_rename,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_link,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_symlink,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_access,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_getdents,
+    libc::SYS_faccessat,
+    libc::SYS_faccessat2,
+    libc::SYS_fchdir,
+    libc::SYS_getcwd,
 ];
