@@ -63,6 +63,18 @@ pub const BASE: &[Syscall] = &[
 /// start: `clone3`, falling back to `clone`, with the new thread's stack guard page).
 pub const SPAWN: &[Syscall] = &[libc::SYS_clone, libc::SYS_clone3];
 
+/// What a confined thread needs to start threads that confine themselves in turn (a vCPU
+/// thread starting device workers): each new thread narrows its capabilities, enters the
+/// Landlock ruleset (a duplicate of its descriptor) and adds its own filter.
+pub const CONFINE_CHILDREN: &[Syscall] = &[
+    libc::SYS_getresuid,
+    libc::SYS_capset,
+    libc::SYS_capget,
+    libc::SYS_fcntl,
+    libc::SYS_landlock_restrict_self,
+    libc::SYS_seccomp,
+];
+
 /// Reading and polling descriptors a thread already holds: event loops (epoll, eventfds).
 pub const EVENT_LOOP: &[Syscall] = &[
     libc::SYS_read,
@@ -96,8 +108,13 @@ pub fn thread_started(kind: &'static str) {
 }
 
 /// `prctl` options every thread may use: naming threads (std and tokio name new threads from
-/// inside them) and reading the name (the SIGSYS reporter).
-const PRCTL_ALLOWED: [libc::c_int; 2] = [libc::PR_SET_NAME, libc::PR_GET_NAME];
+/// inside them), reading the name (the SIGSYS reporter) and `PR_SET_NO_NEW_PRIVS` (which
+/// only restricts; new threads that confine themselves set it).
+const PRCTL_ALLOWED: [libc::c_int; 3] = [
+    libc::PR_SET_NAME,
+    libc::PR_GET_NAME,
+    libc::PR_SET_NO_NEW_PRIVS,
+];
 
 /// The filter that allows [`BASE`] and `lists`, and traps everything else. `socket` (when
 /// listed) is limited to `socket_families`; `prctl` to naming threads; `ioctl` (when listed)

@@ -4,13 +4,16 @@
 //! - A vCPU thread runs `KVM_RUN` (and the few KVM ioctls the exits need), forwards port and
 //!   MMIO accesses to the devices (console writes to its file, eventfd signals), and starts a
 //!   device's worker threads when the guest activates the device. Seccomp filters are
-//!   inherited, so its list must also hold everything those workers do; each worker then
-//!   narrows itself to its own list at start.
+//!   inherited, so its list must also hold everything those workers do, and what they do to
+//!   confine themselves (`CONFINE_CHILDREN`); each worker then narrows itself to its own
+//!   list at start.
 //! - The VM thread, after it created the vCPUs, only waits for their reports, kicks them
 //!   (`tgkill`), flushes the console and, at the end, reads its memory figures from
-//!   `/proc/self` and tears the VM down.
+//!   `/proc/self` and tears the VM down (the vsock device removes its socket file).
 
-use msbvm_virtio::confine::{compile, BackendError, BpfProgram, Syscall, EVENT_LOOP, SPAWN};
+use msbvm_virtio::confine::{
+    compile, BackendError, BpfProgram, Syscall, CONFINE_CHILDREN, EVENT_LOOP, SPAWN,
+};
 
 /// The ioctl "type" byte of every KVM request (`KVMIO`), as the `(mask, value)` pair the
 /// installer matches on the request number.
@@ -39,6 +42,14 @@ pub const VM_THREAD: &[Syscall] = &[
     libc::SYS_statx,
     libc::SYS_fsync,
     libc::SYS_fcntl,
+    // Tearing the devices down: the vsock device removes its listening socket.
+    libc::SYS_unlinkat,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_unlink,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_stat,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_lstat,
 ];
 
 /// Every list a vCPU thread needs: its own, thread start-up, and the device workers' (it
@@ -48,6 +59,7 @@ pub fn vcpu_lists() -> (Vec<&'static [Syscall]>, Vec<(u64, u64)>) {
     let lists = vec![
         VCPU,
         SPAWN,
+        CONFINE_CHILDREN,
         EVENT_LOOP,
         fs::seccomp::SYSCALLS,
         net::seccomp::SYSCALLS,

@@ -168,16 +168,11 @@ fn run(
     let dir = SandboxDir::in_home(&args.home, &args.name)?;
     // A runtime that leaves root cannot remove its state directory from root's
     // `sandboxes/` at the end: a process that stays root does (forked before any thread).
-    let mut reaper = match confine::identity::target() {
-        Ok(Some(_))
-            if !args.detached && std::env::var(confine::CONFINE_ENV).as_deref() != Ok("0") =>
-        {
-            Some(
-                confine::identity::Reaper::spawn(dir.path())
-                    .map_err(Error::io("starting the reaper"))?,
-            )
-        }
-        _ => None,
+    let mut reaper = if !args.detached && confine::switches_user() {
+        let reaper = confine::identity::Reaper::spawn(dir.path());
+        Some(reaper.map_err(Error::io("starting the reaper"))?)
+    } else {
+        None
     };
     let _claim = state::claim(&dir)?;
     redirect_logs(&dir);
@@ -189,6 +184,13 @@ fn run(
     // Relative socket paths (used when absolute ones are too long) resolve from here.
     std::env::set_current_dir(dir.path())
         .map_err(Error::io(format!("entering {}", dir.path().display())))?;
+    // A runtime that leaves root may not traverse root's data directory (0700) any more:
+    // it reaches its files through its working directory.
+    let dir = if reaper.is_some() || (args.detached && confine::switches_user()) {
+        dir.reached_through(".".into())
+    } else {
+        dir
+    };
     let record = StateRecord {
         name: args.name.clone(),
         pid: std::process::id(),
@@ -244,7 +246,7 @@ fn run(
         }
     };
     sup.clean_up(failure.is_none());
-    if let Some(reaper) = reaper.as_mut().filter(|_| dir.path().exists()) {
+    if let Some(reaper) = reaper.as_mut() {
         reaper.remove_on_exit();
     }
     match failure {

@@ -137,7 +137,9 @@ pub fn hand_over(dir: &Path, id: Identity, recursive: bool) -> io::Result<()> {
 }
 
 /// Switches the calling thread (only it) to `id`, keeping the capabilities in `caps` (bit
-/// set) effective and permitted and dropping every other one.
+/// set) effective and permitted and dropping every other one. A thread started by one that
+/// already switched (a device worker started by a vCPU thread) is `id` already: it only
+/// narrows its capabilities.
 pub fn switch_thread(id: Identity, caps: u64) -> io::Result<()> {
     let check = |rc: libc::c_long| {
         if rc < 0 {
@@ -146,6 +148,12 @@ pub fn switch_thread(id: Identity, caps: u64) -> io::Result<()> {
             Ok(())
         }
     };
+    let (mut r, mut e, mut s) = (0, 0, 0);
+    // SAFETY: getresuid writes three ids of the calling thread.
+    check(unsafe { libc::syscall(libc::SYS_getresuid, &mut r, &mut e, &mut s) })?;
+    if [r, e, s] == [id.uid; 3] {
+        return set_capabilities(caps);
+    }
     // SAFETY: raw credential calls with integer arguments (and a NULL group list of length
     // 0); they affect only the calling thread.
     unsafe {

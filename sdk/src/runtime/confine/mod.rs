@@ -35,6 +35,12 @@ pub use identity::Identity;
 /// Set to `0` to run the runtime unconfined.
 pub const CONFINE_ENV: &str = "MSBVM_CONFINE";
 
+/// Whether this runtime will switch to another user (it runs as root, confinement is on and
+/// [`identity::UID_ENV`] is not `0`).
+pub fn switches_user() -> bool {
+    std::env::var(CONFINE_ENV).as_deref() != Ok("0") && matches!(identity::target(), Ok(Some(_)))
+}
+
 /// What a runtime will confine itself to, decided before any thread starts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {

@@ -97,14 +97,22 @@ fn files(state: &Path, volume: &Path) {
     })
     .join()
     .unwrap();
+    // As in a sandbox: a vCPU thread starts the virtio-fs worker, which confines itself
+    // under the vCPU thread's confinement.
     std::thread::spawn(move || {
-        thread_started("virtio-fs");
-        check("fs-volume", std::fs::write(volume.join("y"), b"y").is_ok());
-        check("fs-caps", identity::effective_capabilities());
-        let outside = std::fs::read_dir("/home")
-            .map(|_| ())
-            .map_err(|e| e.raw_os_error());
-        check("fs-outside", format!("{outside:?}"));
+        thread_started("vcpu");
+        check("vcpu-caps", identity::effective_capabilities());
+        std::thread::spawn(move || {
+            thread_started("virtio-fs");
+            check("fs-volume", std::fs::write(volume.join("y"), b"y").is_ok());
+            check("fs-caps", identity::effective_capabilities());
+            let outside = std::fs::read_dir("/home")
+                .map(|_| ())
+                .map_err(|e| e.raw_os_error());
+            check("fs-outside", format!("{outside:?}"));
+        })
+        .join()
+        .unwrap();
     })
     .join()
     .unwrap();
@@ -144,6 +152,7 @@ fn files_outside_the_sandbox_are_refused_and_root_is_left() {
         assert!(all.contains("CHECK caps 0\n"), "{all}");
         let fs = identity::fs_capabilities(true, false);
         assert!(all.contains(&format!("CHECK fs-caps {fs}\n")), "{all}");
+        assert!(all.contains(&format!("CHECK vcpu-caps {fs}\n")), "{all}");
     } else {
         println!("user switch checks skipped: the tests do not run as root");
     }
