@@ -40,6 +40,9 @@ pub const SYSCALLS: &[Syscall] = &[
     libc::SYS_getpeername,
     libc::SYS_clone,
     libc::SYS_clone3,
+    // tokio's signal driver (enabled when the embedding program's tokio has the `signal` or
+    // `process` feature, as the SDK's does) makes a socket pair at start.
+    libc::SYS_socketpair,
     #[cfg(target_arch = "x86_64")]
     libc::SYS_epoll_wait,
     #[cfg(target_arch = "x86_64")]
