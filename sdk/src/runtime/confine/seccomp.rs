@@ -32,7 +32,9 @@ pub const LISTENER: &[Syscall] = &[
 
 /// The supervisor (the main thread after set-up) and the shutdown thread it starts: state
 /// records written by rename, the final clean-up of the state directory, a connection to the
-/// agent (`socket` limited to `AF_UNIX`) with socket timeouts, waiting for the VM thread.
+/// agent with socket timeouts, the listener of a port published while the sandbox runs
+/// (`msbvm net publish` binds it here and hands it to the netstack), waiting for the VM
+/// thread.
 pub const SUPERVISOR: &[Syscall] = &[
     libc::SYS_openat,
     libc::SYS_read,
@@ -53,6 +55,10 @@ pub const SUPERVISOR: &[Syscall] = &[
     libc::SYS_mkdirat,
     libc::SYS_socket,
     libc::SYS_connect,
+    libc::SYS_bind,
+    libc::SYS_listen,
+    libc::SYS_getsockname,
+    libc::SYS_ioctl,
     libc::SYS_recvfrom,
     libc::SYS_sendto,
     libc::SYS_shutdown,
@@ -107,7 +113,11 @@ pub fn program(kind: &str) -> Option<Result<BpfProgram, BackendError>> {
         "signals" => compile(&[SIGNALS], &[], &[]),
         "lifeline" => compile(&[LIFELINE], &[], &[]),
         "control" | "agent-events" => compile(&[LISTENER, SPAWN], &[], &fionbio),
-        "supervisor" => compile(&[SUPERVISOR, SPAWN], &[libc::AF_UNIX], &[]),
+        "supervisor" => compile(
+            &[SUPERVISOR, SPAWN],
+            &[libc::AF_UNIX, libc::AF_INET, libc::AF_INET6],
+            &fionbio,
+        ),
         "netstack" => {
             use msbvm_netstack::seccomp as n;
             compile(&[n::SYSCALLS], n::SOCKET_FAMILIES, n::IOCTLS)

@@ -268,6 +268,10 @@ fn supervise_for_test(rx: &mpsc::Receiver<Event>, state: &Path) {
     std::fs::create_dir_all(state.join("sub/dir")).unwrap();
     std::fs::remove_dir_all(state.join("sub")).unwrap();
     check("records", true);
+    // What publishing a port on a running sandbox does on this thread.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    check("publish", listener.local_addr().is_ok());
     let shutdown =
         agent_link::request_shutdown(&state.join("vsock.sock"), 0, Duration::from_secs(5));
     check("shutdown", format!("{shutdown:?}"));
@@ -283,6 +287,7 @@ fn runtime_threads_do_their_work_under_their_filters() {
         "CHECK control-status true",
         "CHECK events true",
         "CHECK records true",
+        "CHECK publish true",
         "CHECK shutdown Ok(())",
     ] {
         assert!(all.contains(line), "{line}\n{all}");
