@@ -57,7 +57,7 @@ fn lock_file(home: &Path, name: &str) -> PathBuf {
     volumes_dir(home).join(name).join("lock")
 }
 
-pub(crate) fn data_dir(home: &Path, name: &str) -> PathBuf {
+fn data_dir(home: &Path, name: &str) -> PathBuf {
     volumes_dir(home).join(name).join("data")
 }
 

@@ -73,13 +73,17 @@ pub fn plan(spec: &SandboxSpec, dir: &SandboxDir, home: &Path) -> Result<Option<
             paths.read_write.push(path);
         }
     };
-    if let RootSpec::HostDir { path, read_only } = &spec.root {
-        share(path.clone(), *read_only);
+    // Landlock rules name existing directories: the image store and named volumes are made
+    // now (set-up would make them a moment later), or they would stay out of reach.
+    match &spec.root {
+        RootSpec::HostDir { path, read_only } => share(path.clone(), *read_only),
+        RootSpec::Image { .. } => drop(super::devices::image_store(home)?),
+        RootSpec::Initramfs => {}
     }
     for volume in &spec.volumes {
         let path = match &volume.source {
             VolumeSource::Host(p) => p.clone(),
-            VolumeSource::Named(name) => crate::volumes::data_dir(home, name),
+            VolumeSource::Named(name) => crate::volumes::create(home, name)?.data,
         };
         share(path, volume.read_only);
     }

@@ -58,11 +58,19 @@ fn child() {
     std::fs::create_dir_all(dir.path()).unwrap();
     let spec = SandboxSpec {
         root: RootSpec::Initramfs,
-        volumes: vec![VolumeSpec {
-            source: VolumeSource::Host(volume.clone()),
-            guest_path: "/data".into(),
-            read_only: false,
-        }],
+        volumes: vec![
+            VolumeSpec {
+                source: VolumeSource::Host(volume.clone()),
+                guest_path: "/data".into(),
+                read_only: false,
+            },
+            // Not created yet: planning makes it, so that it is in the ruleset.
+            VolumeSpec {
+                source: VolumeSource::Named("named".into()),
+                guest_path: "/named".into(),
+                read_only: false,
+            },
+        ],
         ..SandboxSpec::default()
     };
     let plan = plan(&spec, &dir, &home)
@@ -70,8 +78,9 @@ fn child() {
         .expect("confinement is on");
     enable(plan).unwrap();
     hand_over_state().unwrap();
+    let named = home.join("volumes/named/data");
     match role.as_str() {
-        "files" => files(dir.path(), &volume),
+        "files" => files(dir.path(), &volume, &named),
         "sigsys" => sigsys(),
         "threads" => runtime_threads(dir.path()),
         other => panic!("unknown role {other}"),
@@ -83,9 +92,10 @@ fn check(name: &str, value: impl std::fmt::Display) {
     println!("CHECK {name} {value}");
 }
 
-fn files(state: &Path, volume: &Path) {
+fn files(state: &Path, volume: &Path, named: &Path) {
     let state = state.to_path_buf();
     let volume = volume.to_path_buf();
+    let named = named.to_path_buf();
     std::thread::spawn(move || {
         thread_started("supervisor");
         let outside = std::fs::File::open("/etc/passwd").map_err(|e| e.raw_os_error());
@@ -105,6 +115,7 @@ fn files(state: &Path, volume: &Path) {
         std::thread::spawn(move || {
             thread_started("virtio-fs");
             check("fs-volume", std::fs::write(volume.join("y"), b"y").is_ok());
+            check("fs-named", std::fs::write(named.join("z"), b"z").is_ok());
             check("fs-caps", identity::effective_capabilities());
             let outside = std::fs::read_dir("/home")
                 .map(|_| ())
@@ -146,6 +157,7 @@ fn files_outside_the_sandbox_are_refused_and_root_is_left() {
     }
     assert!(all.contains("CHECK state true"), "{all}");
     assert!(all.contains("CHECK fs-volume true"), "{all}");
+    assert!(all.contains("CHECK fs-named true"), "{all}");
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } == 0 {
         assert!(all.contains("CHECK uid 65534"), "{all}");
