@@ -4,8 +4,9 @@
 //! The thread runs a single-threaded tokio runtime: an epoll loop (with an eventfd to wake
 //! it), the frame socket it was handed, and the host sockets it opens for the guest's flows
 //! (TCP and UDP over IPv4 and IPv6 only: the installer limits `socket` to `AF_INET` and
-//! `AF_INET6`), DNS upstream queries and published-port listeners. It opens no files: the
-//! host's resolvers are read from `/etc/resolv.conf` before the thread starts.
+//! `AF_INET6`), DNS upstream queries and published-port listeners. It needs no file of its
+//! own (the host's resolvers are read from `/etc/resolv.conf` before the thread starts); the
+//! file calls listed are for the event sink's log.
 
 use std::sync::OnceLock;
 
@@ -40,6 +41,27 @@ pub const SYSCALLS: &[Syscall] = &[
     libc::SYS_getpeername,
     libc::SYS_clone,
     libc::SYS_clone3,
+    // Event sinks write `net-events.jsonl` from this thread; listed so that a sink that caps
+    // or rotates its file does not end the sandbox (Landlock keeps it in the state directory).
+    libc::SYS_openat,
+    libc::SYS_renameat,
+    libc::SYS_renameat2,
+    libc::SYS_unlinkat,
+    libc::SYS_ftruncate,
+    libc::SYS_lseek,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_rename,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_open,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_unlink,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_stat,
     // tokio's signal driver (enabled when the embedding program's tokio has the `signal` or
     // `process` feature, as the SDK's does) makes a socket pair at start.
     libc::SYS_socketpair,

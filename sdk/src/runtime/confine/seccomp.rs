@@ -49,6 +49,7 @@ pub const SUPERVISOR: &[Syscall] = &[
     libc::SYS_fdatasync,
     libc::SYS_ftruncate,
     libc::SYS_fchmod,
+    libc::SYS_fchmodat,
     libc::SYS_renameat,
     libc::SYS_renameat2,
     libc::SYS_unlinkat,
@@ -80,6 +81,8 @@ pub const SUPERVISOR: &[Syscall] = &[
     libc::SYS_mkdir,
     #[cfg(target_arch = "x86_64")]
     libc::SYS_open,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_chmod,
     #[cfg(target_arch = "x86_64")]
     libc::SYS_stat,
     #[cfg(target_arch = "x86_64")]
