@@ -74,9 +74,12 @@ pub const SYSCALLS: &[Syscall] = &[
 /// Socket families the netstack opens.
 pub const SOCKET_FAMILIES: &[libc::c_int] = &[libc::AF_INET, libc::AF_INET6];
 
+/// `FIONBIO` (the same number on every Linux architecture we build for).
+const FIONBIO: u64 = 0x5421;
+
 /// `ioctl` requests it makes, as `(mask, value)` on the request number: `FIONBIO`
 /// (`set_nonblocking` on sockets).
-pub const IOCTLS: &[(u64, u64)] = &[(0xffff_ffff, libc::FIONBIO as u64)];
+pub const IOCTLS: &[(u64, u64)] = &[(0xffff_ffff, FIONBIO)];
 
 static HOOK: OnceLock<fn(&'static str)> = OnceLock::new();
 

@@ -75,6 +75,10 @@ pub const CONFINE_CHILDREN: &[Syscall] = &[
     libc::SYS_seccomp,
 ];
 
+/// `FIONBIO` (`set_nonblocking` on sockets), the same number on every Linux architecture we
+/// build for (libc's type for it differs between targets).
+pub const FIONBIO: u64 = 0x5421;
+
 /// Reading and polling descriptors a thread already holds: event loops (epoll, eventfds).
 pub const EVENT_LOOP: &[Syscall] = &[
     libc::SYS_read,
@@ -127,7 +131,7 @@ pub fn compile(
 ) -> Result<BpfProgram, seccompiler::BackendError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for nr in BASE.iter().chain(lists.iter().flat_map(|l| l.iter())) {
-        rules.insert(i64::from(*nr), Vec::new());
+        rules.insert(*nr, Vec::new());
     }
     let eq = |arg: u8, value: u64| {
         SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
@@ -137,20 +141,20 @@ pub fn compile(
         .iter()
         .map(|op| eq(0, *op as u64))
         .collect::<Result<Vec<_>, _>>()?;
-    rules.insert(i64::from(libc::SYS_prctl), prctl);
+    rules.insert(libc::SYS_prctl, prctl);
     // Signals only to this process's own threads (vCPU kicks, the SIGSYS reporter), never
     // to another process running as the same user.
     rules.insert(
-        i64::from(libc::SYS_tgkill),
+        libc::SYS_tgkill,
         vec![eq(0, u64::from(std::process::id()))?],
     );
-    if let Some(entry) = rules.get_mut(&i64::from(libc::SYS_socket)) {
+    if let Some(entry) = rules.get_mut(&libc::SYS_socket) {
         *entry = socket_families
             .iter()
             .map(|family| eq(0, *family as u64))
             .collect::<Result<Vec<_>, _>>()?;
     }
-    if let Some(entry) = rules.get_mut(&i64::from(libc::SYS_ioctl)) {
+    if let Some(entry) = rules.get_mut(&libc::SYS_ioctl) {
         *entry = ioctls
             .iter()
             .map(|(mask, value)| {
@@ -165,9 +169,7 @@ pub fn compile(
             .collect::<Result<Vec<_>, _>>()?;
     }
     // An entry left with no rule after the narrowing above allows nothing: drop it.
-    rules.retain(|nr, r| {
-        !r.is_empty() || ![libc::SYS_socket, libc::SYS_ioctl].contains(&(*nr as Syscall))
-    });
+    rules.retain(|nr, r| !r.is_empty() || ![libc::SYS_socket, libc::SYS_ioctl].contains(nr));
     let arch = std::env::consts::ARCH.try_into()?;
     SeccompFilter::new(rules, SeccompAction::Trap, SeccompAction::Allow, arch)?.try_into()
 }

@@ -26,4 +26,4 @@ pub const SYSCALLS: &[Syscall] = &[
 
 /// The only `ioctl` it makes: `FIONBIO` (std's `set_nonblocking` on accepted and connected
 /// sockets), as `(mask, value)` on the request number.
-pub const IOCTLS: &[(u64, u64)] = &[(0xffff_ffff, libc::FIONBIO as u64)];
+pub const IOCTLS: &[(u64, u64)] = &[(0xffff_ffff, crate::confine::FIONBIO)];

@@ -13,6 +13,9 @@
 //!   guest creates get the guest's owner), `CAP_FOWNER` (mode, times and xattrs of files the
 //!   runtime's user does not own), `CAP_DAC_OVERRIDE` (the guest's root reads and writes
 //!   files of every owner, as on any root filesystem);
+//! - an image root, or only read-only shares: `CAP_DAC_READ_SEARCH` (the layers are the image
+//!   store's files, root's when root pulled them, with the image's modes such as `0640`;
+//!   read-only shares are read as the guest's root would);
 //! - an image root on a filesystem without user xattrs (tmpfs before Linux 6.6): the layered
 //!   backend keeps the guest's metadata in `trusted.*` xattrs, which need `CAP_SYS_ADMIN`.
 //!   It is kept only then, and the runtime log says so.
@@ -276,5 +279,44 @@ fn reap(pipe: libc::c_int, dir: &CString) -> ! {
             let _ = std::fs::remove_dir_all(path);
         }
         libc::_exit(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_follow_the_shares() {
+        assert_eq!(fs_capabilities(false, false), 0);
+        assert_eq!(fs_capabilities(false, true), 1 << CAP_SYS_ADMIN);
+        assert_eq!(
+            fs_capabilities(true, false),
+            1 << CAP_CHOWN | 1 << CAP_DAC_OVERRIDE | 1 << CAP_FOWNER
+        );
+    }
+
+    #[test]
+    fn hand_over_skips_nothing_it_can_reach() {
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            println!("skipped: hand_over_skips_nothing_it_can_reach: needs root");
+            return;
+        }
+        let dir = tempfile::TempDir::new().unwrap();
+        std::fs::create_dir_all(dir.path().join("upper/a/b")).unwrap();
+        std::fs::write(dir.path().join("upper/a/b/f"), b"f").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("link")).unwrap();
+        let id = Identity {
+            uid: 4242,
+            gid: 4343,
+        };
+        hand_over(dir.path(), id, true).unwrap();
+        for p in ["", "upper/a/b/f", "link"] {
+            let meta = std::fs::symlink_metadata(dir.path().join(p)).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (4242, 4343), "{p}");
+        }
+        // The link was not followed.
+        assert_eq!(std::fs::metadata("/etc/passwd").unwrap().uid(), 0);
     }
 }

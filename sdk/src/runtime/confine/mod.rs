@@ -92,7 +92,9 @@ pub fn plan(spec: &SandboxSpec, dir: &SandboxDir, home: &Path) -> Result<Option<
         && identity.is_some()
         && identity::needs_trusted_xattrs(dir.path());
     let mut fs_capabilities = identity::fs_capabilities(writable_share, trusted);
-    if readable_share && !writable_share {
+    // Read-only shares, and an image's layers (unpacked by the store as its own user, with
+    // the image's modes), are read whatever their host modes say.
+    if (readable_share && !writable_share) || matches!(spec.root, RootSpec::Image { .. }) {
         fs_capabilities |= 1 << identity::CAP_DAC_READ_SEARCH;
     }
     Ok(Some(Plan {
@@ -135,6 +137,12 @@ pub fn enable(plan: Plan) -> Result<()> {
     };
     seccomp::install_reporter().map_err(Error::io("installing the SIGSYS reporter"))?;
     fix_malloc_arenas();
+    if plan.identity.is_some() && plan.fs_capabilities & 1 << identity::CAP_SYS_ADMIN != 0 {
+        tracing::info!(
+            "the virtio-fs threads keep CAP_SYS_ADMIN: the state directory's filesystem has no \
+             user xattrs, so the image root's metadata goes to trusted.* xattrs"
+        );
+    }
     tracing::info!(
         seccomp,
         landlock_abi = abi,

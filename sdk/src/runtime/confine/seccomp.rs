@@ -111,7 +111,7 @@ pub fn program(kind: &str) -> Option<Result<BpfProgram, BackendError>> {
     if let Some(program) = msbvm_vmm::seccomp::program(kind).or_else(|| device_program(kind)) {
         return Some(program);
     }
-    let fionbio = [(0xffff_ffff, libc::FIONBIO as u64)];
+    let fionbio = [(0xffff_ffff, msbvm_virtio::confine::FIONBIO)];
     Some(match kind {
         "signals" => compile(&[SIGNALS], &[], &[]),
         "lifeline" => compile(&[LIFELINE], &[], &[]),
@@ -176,7 +176,7 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
         &b"msbvm runtime: seccomp: thread "[..],
         &name[..name_len],
         &b" made the forbidden system call "[..],
-        &decimal(nr, &mut [0u8; 12])[..],
+        decimal(nr, &mut [0u8; 12]),
         &b"; the runtime stops (SIGSYS)\n"[..],
     ] {
         let n = part.len().min(line.len() - len);
