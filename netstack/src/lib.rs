@@ -37,6 +37,7 @@ pub mod http;
 pub mod policy;
 pub mod ports;
 mod proxy;
+pub mod seccomp;
 mod stack;
 
 pub use config::NetConfig;

@@ -653,3 +653,28 @@ fn tightening_the_policy_ends_udp_flows_and_uninspected_http() {
     assert!(events.iter().any(|e| matches!(e,
         NetEvent::FlowDenied { transport: Transport::Udp, reason, .. } if reason.contains("policy change"))));
 }
+
+/// Every test above again, in a child process whose netstack threads run under the
+/// netstack's seccomp filter: real TCP, UDP and published-port flows to loopback.
+#[test]
+fn stack_tests_pass_under_the_netstack_seccomp_filter() {
+    if std::env::var(common::SECCOMP_ENV).is_ok() {
+        return; // The child itself.
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--skip", "stack_tests_pass_under", "--test-threads=2"])
+        .env(common::SECCOMP_ENV, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "netstack tests under seccomp: {:?}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("test result: ok.") && !stdout.contains("ok. 0 passed"),
+        "{stdout}"
+    );
+}

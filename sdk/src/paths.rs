@@ -112,6 +112,14 @@ impl SandboxDir {
     pub fn path(&self) -> &Path {
         &self.dir
     }
+    /// The same sandbox's files reached through `dir` instead (the runtime uses `.`, its
+    /// working directory, once it may no longer traverse the data directory's parents).
+    pub(crate) fn reached_through(&self, dir: PathBuf) -> SandboxDir {
+        SandboxDir {
+            name: self.name.clone(),
+            dir,
+        }
+    }
     /// The record (`state.json`).
     pub fn state_file(&self) -> PathBuf {
         self.dir.join("state.json")

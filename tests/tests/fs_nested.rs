@@ -66,6 +66,11 @@ $M exec a -- mkdir /srv2 && tar -C /tmp -cf - t | $M cp - a:/srv2; check cp_tar_
 $M cp - a:/srv2 < /evil.tar 2>/dev/null; check cp_hostile_tar $?
 $M exec a -- test -e /evil; check cp_hostile_nothing $(nz $?)
 $M cp a:/nonexistent /tmp/x 2>/dev/null; check cp_missing $?
+# All of the above ran under the runtime's confinement: no call outside the lists; the fs
+# threads kept only CAP_DAC_READ_SEARCH (the layers are root's) and CAP_SYS_ADMIN (the upper
+# layer is on tmpfs without user xattrs): 0x200004.
+check fs_no_sigsys $(cat /tmp/msbvm/sandboxes/a/runtime.log /tmp/msbvm/sandboxes/b/runtime.log | grep -c 'forbidden system call')
+check fs_caps_image "$(grep -o 'fs_capabilities="[^"]*"' /tmp/msbvm/sandboxes/a/runtime.log)"
 $M stop a; $M rm a; $M stop b; $M rm b
 check upper_removed $([ -e /tmp/msbvm/sandboxes/a ] && echo no || echo yes)
 after=$(layers_sum)
@@ -75,6 +80,7 @@ check layers_unchanged $([ "$before" = "$after" ] && echo yes || echo "no:$befor
 mkdir -p /tmp/rw /tmp/ro; echo host-file > /tmp/ro/f
 $M run -v /tmp/rw:/mnt/rw -v /tmp/ro:/mnt/ro:ro -- sh -c 'echo from-guest > /mnt/rw/new; cat /mnt/ro/f'; check volumes_rc $?
 check rw_landed "$(cat /tmp/rw/new)"
+check rw_owner "$(stat -c %u:%g /tmp/rw/new)"
 $M run -v /tmp/ro:/mnt/ro:ro -- sh -c 'echo x > /mnt/ro/y' 2>/dev/null; check ro_refused $(nz $?)
 check ro_untouched $([ -e /tmp/ro/y ] && echo no || echo yes)
 $M volume create data1 >/dev/null; check volume_create $?
@@ -179,6 +185,9 @@ fn images_volumes_and_files_end_to_end() {
             ("cp_missing", "125"),
             ("upper_removed", "yes"),
             ("layers_unchanged", "yes"),
+            ("rw_owner", "0:0"),
+            ("fs_no_sigsys", "0"),
+            ("fs_caps_image", "fs_capabilities=\"0x200004\""),
             ("volumes_rc", "0"),
             ("rw_landed", "from-guest"),
             ("ro_refused", "failed"),

@@ -25,6 +25,17 @@ $M run -d --name box; check detach_rc $?
 check ls_sees_box $($M ls --json | grep -c '"box"')
 out=$($M exec box -- cat /proc/sys/kernel/hostname); check hostname "$out"
 
+# The runtime confined itself: user 65534 (it runs as root here), no new privileges, seccomp
+# filters on its main thread, and it said so in its log.
+pid=$(grep -o '"pid": *[0-9]*' /tmp/msbvm/sandboxes/box/state.json | grep -o '[0-9]*$')
+check runtime_uid "$(awk '/^Uid:/ {{print $2 $3 $4 $5}}' /proc/$pid/status)"
+check runtime_nnp "$(awk '/^NoNewPrivs:/ {{print $2}}' /proc/$pid/status)"
+check runtime_seccomp "$(awk '/^Seccomp:/ {{print $2}}' /proc/$pid/status)"
+f=$(grep -l '^Seccomp:.*2' /proc/$pid/task/*/status | wc -l); t=$(ls /proc/$pid/task | wc -l)
+check runtime_threads_filtered $([ $f -eq $t ] && echo all || echo "$f/$t")
+check runtime_confined $(grep -c 'confinement planned seccomp=true' /tmp/msbvm/sandboxes/box/runtime.log)
+grep -o 'landlock_abi=[0-9]*' /tmp/msbvm/sandboxes/box/runtime.log
+
 head -c 1048576 /dev/urandom > /tmp/in
 want=$(md5sum < /tmp/in | cut -d' ' -f1)
 got=$($M exec box -- cat < /tmp/in | md5sum | cut -d' ' -f1)
@@ -55,6 +66,7 @@ took=$(( $(date +%s) - start ))
 check ctrl_c_rc $rc; check ctrl_c_fast $([ $took -lt 60 ] && echo yes || echo "no:$took")
 check ctrl_c_after $(echo "$out" | grep -c '^after-int')
 
+check no_sigsys $(grep -c 'forbidden system call' /tmp/msbvm/sandboxes/box/runtime.log)
 $M stop box; check stop_rc $?
 $M rm box; check rm_rc $?
 check rm_gone $([ -e /tmp/msbvm/sandboxes/box ] && echo no || echo yes)
@@ -96,6 +108,11 @@ fn sandboxes_run_commands_end_to_end() {
         ("detach_rc", "0"),
         ("ls_sees_box", "1"),
         ("hostname", "box"),
+        ("runtime_uid", "65534655346553465534"),
+        ("runtime_nnp", "1"),
+        ("runtime_seccomp", "2"),
+        ("runtime_threads_filtered", "all"),
+        ("runtime_confined", "1"),
         ("stdin_roundtrip", "same"),
         ("output_10mib", "same"),
         ("stderr_not_in_stdout", "[]"),
@@ -109,6 +126,7 @@ fn sandboxes_run_commands_end_to_end() {
         ("ctrl_c_rc", "5"),
         ("ctrl_c_fast", "yes"),
         ("ctrl_c_after", "1"),
+        ("no_sigsys", "0"),
         ("stop_rc", "0"),
         ("rm_rc", "0"),
         ("rm_gone", "yes"),

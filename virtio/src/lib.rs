@@ -16,6 +16,7 @@
 //! provide a driver-side harness that drives a device through real guest
 //! memory, the way the guest kernel would.
 
+pub mod confine;
 mod device;
 pub mod fs;
 mod interrupt;

@@ -99,6 +99,7 @@ pub struct GuestDriver {
 impl GuestDriver {
     /// Creates guest memory and a transport in front of `device`.
     pub fn new(device: Box<dyn VirtioDevice>) -> Self {
+        crate::confine::confine_workers_in_tests();
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
             .expect("cannot create test guest memory");
         let irq = EventFd::new(EFD_NONBLOCK).expect("cannot create irq eventfd");

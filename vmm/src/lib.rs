@@ -25,6 +25,7 @@ pub mod exit;
 pub mod kvm;
 pub mod layout;
 pub mod memory;
+pub mod seccomp;
 pub mod stats;
 pub mod vm;
 

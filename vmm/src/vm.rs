@@ -164,7 +164,10 @@ pub fn run(config: &VmConfig, mut on_event: impl FnMut(&VmEvent)) -> Result<VmOu
             };
             std::thread::Builder::new()
                 .name(format!("msbvm-vcpu{index}"))
-                .spawn(move || vcpu.run())
+                .spawn(move || {
+                    msbvm_virtio::confine::thread_started("vcpu");
+                    vcpu.run()
+                })
                 .map_err(|source| Error::Host {
                     what: "vCPU thread",
                     source,
@@ -183,6 +186,8 @@ pub fn run(config: &VmConfig, mut on_event: impl FnMut(&VmEvent)) -> Result<VmOu
         stop_vcpus(&shared, threads);
         return Err(e);
     }
+    // Set-up is over: from here this thread only supervises the vCPUs.
+    msbvm_virtio::confine::thread_started("vm");
 
     let mut boot_complete = None;
     let mut halted = vec![false; config.vcpus as usize];

@@ -361,6 +361,7 @@ impl NetStack {
             std::thread::Builder::new()
                 .name("msbvm-netstack".into())
                 .spawn(move || {
+                    crate::seccomp::thread_started();
                     let runtime = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()

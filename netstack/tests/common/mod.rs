@@ -243,6 +243,7 @@ pub struct Harness {
 
 impl Harness {
     pub fn start(config: NetConfig, policy: Policy) -> Harness {
+        confine_if_requested();
         let (device, stack) = msbvm_netstack::frame_socketpair().unwrap();
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink: EventSink = {
@@ -274,4 +275,20 @@ pub fn test_config() -> NetConfig {
 /// A policy that opens the host alias (tests run their servers on the host's loopback).
 pub fn host_allowed() -> Policy {
     Policy::builder().allow("host".parse().unwrap())
+}
+
+/// With this variable set to `1`, the netstack thread of every harness confines itself with
+/// its seccomp filter (`msbvm_netstack::seccomp`, installed as the sandbox runtime does).
+pub const SECCOMP_ENV: &str = "MSBVM_TEST_SECCOMP";
+
+fn confine_if_requested() {
+    fn hook(_kind: &'static str) {
+        use msbvm_netstack::seccomp::{IOCTLS, SOCKET_FAMILIES, SYSCALLS};
+        let program = msbvm_virtio::confine::compile(&[SYSCALLS], SOCKET_FAMILIES, IOCTLS)
+            .expect("the netstack filter compiles");
+        msbvm_virtio::confine::install(&program).expect("the netstack filter installs");
+    }
+    if std::env::var(SECCOMP_ENV).as_deref() == Ok("1") {
+        msbvm_netstack::seccomp::set_thread_hook(hook);
+    }
 }

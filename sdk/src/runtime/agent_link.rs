@@ -21,6 +21,7 @@ pub fn spawn_events_listener(listener: UnixListener, events: Sender<Event>) -> s
     std::thread::Builder::new()
         .name("msbvm-agent-events".into())
         .spawn(move || {
+            super::confine::thread_started("agent-events");
             for stream in listener.incoming() {
                 match stream {
                     Ok(stream) => {

@@ -14,6 +14,7 @@ pub fn spawn(listener: UnixListener, events: Sender<Event>) -> std::io::Result<(
     std::thread::Builder::new()
         .name("msbvm-control".into())
         .spawn(move || {
+            super::confine::thread_started("control");
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 let events = events.clone();

@@ -17,6 +17,7 @@
 
 mod agent_link;
 mod args;
+pub mod confine;
 mod control_server;
 pub mod devices;
 pub mod image;
@@ -165,6 +166,14 @@ fn run(
         }
     }
     let dir = SandboxDir::in_home(&args.home, &args.name)?;
+    // A runtime that leaves root cannot remove its state directory from root's
+    // `sandboxes/` at the end: a process that stays root does (forked before any thread).
+    let mut reaper = if !args.detached && confine::switches_user() {
+        let reaper = confine::identity::Reaper::spawn(dir.path());
+        Some(reaper.map_err(Error::io("starting the reaper"))?)
+    } else {
+        None
+    };
     let _claim = state::claim(&dir)?;
     redirect_logs(&dir);
     tracing::info!(
@@ -175,6 +184,13 @@ fn run(
     // Relative socket paths (used when absolute ones are too long) resolve from here.
     std::env::set_current_dir(dir.path())
         .map_err(Error::io(format!("entering {}", dir.path().display())))?;
+    // A runtime that leaves root may not traverse root's data directory (0700) any more:
+    // it reaches its files through its working directory.
+    let dir = if reaper.is_some() || (args.detached && confine::switches_user()) {
+        dir.reached_through(".".into())
+    } else {
+        dir
+    };
     let record = StateRecord {
         name: args.name.clone(),
         pid: std::process::id(),
@@ -212,6 +228,7 @@ fn run(
         extensions,
     };
     let result = sup.start(reporter).and_then(|vm| {
+        confine::thread_started("supervisor");
         let ended = sup.supervise(&rx, reporter);
         let _ = vm.join();
         ended
@@ -229,6 +246,9 @@ fn run(
         }
     };
     sup.clean_up(failure.is_none());
+    if let Some(reaper) = reaper.as_mut() {
+        reaper.remove_on_exit();
+    }
     match failure {
         None => Ok(()),
         Some(e) => Err(e),
@@ -291,6 +311,9 @@ struct Supervisor<'a> {
 impl Supervisor<'_> {
     /// Everything up to the VM running: image, kernel, listeners, the VM thread.
     fn start(&mut self, reporter: &mut Reporter) -> Result<std::thread::JoinHandle<()>> {
+        if let Some(plan) = confine::plan(&self.args.spec, self.dir, &self.args.home)? {
+            confine::enable(plan)?;
+        }
         signals::spawn_waiter(self.events.clone()).map_err(Error::io("starting a thread"))?;
         if let Some(fd) = self.args.lifeline_fd {
             signals::spawn_lifeline_watch(fd, self.events.clone())
@@ -332,6 +355,7 @@ impl Supervisor<'_> {
         reporter.send(&Report::Booting);
         self.vm_start = self.started.elapsed();
         tracing::info!(ms = self.vm_start.as_secs_f64() * 1e3, "starting the VM");
+        confine::hand_over_state()?;
         vm::spawn(config, self.events.clone()).map_err(Error::io("starting the VM thread"))
     }
 

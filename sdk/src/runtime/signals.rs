@@ -52,6 +52,7 @@ pub fn spawn_waiter(events: Sender<Event>) -> io::Result<()> {
     std::thread::Builder::new()
         .name("msbvm-signals".into())
         .spawn(move || {
+            super::confine::thread_started("signals");
             let set = handled_set();
             loop {
                 let mut signal = 0;
@@ -92,6 +93,7 @@ pub fn spawn_lifeline_watch(fd: RawFd, events: Sender<Event>) -> io::Result<()> 
     std::thread::Builder::new()
         .name("msbvm-lifeline".into())
         .spawn(move || {
+            super::confine::thread_started("lifeline");
             let mut buf = [0u8; 64];
             loop {
                 // SAFETY: reading into a local buffer from an fd this process owns.

@@ -177,7 +177,10 @@ impl VirtioDevice for Fs {
             };
             let spawned = std::thread::Builder::new()
                 .name(format!("virtio-fs-q{index}"))
-                .spawn(move || worker.run());
+                .spawn(move || {
+                    crate::confine::thread_started("virtio-fs");
+                    worker.run()
+                });
             match spawned {
                 Ok(t) => workers.threads.push(t),
                 Err(e) => {

@@ -14,6 +14,7 @@
 
 pub mod defs;
 mod device;
+pub mod seccomp;
 mod worker;
 
 #[cfg(test)]

@@ -326,3 +326,121 @@ fn malformed_chains_are_answered_or_returned_and_the_device_keeps_serving() {
         0
     );
 }
+
+/// A guest session of the common file operations against a real host backend: under
+/// `MSBVM_TEST_SECCOMP=1` (see `confine::tests`) the worker runs them under its seccomp
+/// filter, so every host call the backends make for them must be on its list.
+fn host_backend_session(server: Arc<dyn FsServer>) {
+    let mut d = GuestDriver::new(Box::new(Fs::new("host", 1, server).unwrap()));
+    d.init();
+    fuse_init(&mut d, REQ);
+    let mut unique = 10;
+    let mut op = |d: &mut GuestDriver, code: u32, node: u64, args: &[u8]| {
+        unique += 1;
+        call(d, REQ, code, unique, node, args)
+    };
+    let create = [
+        &2u32.to_le_bytes()[..],
+        &0o644u32.to_le_bytes(),
+        &[0; 8],
+        b"f\0",
+    ]
+    .concat();
+    let (err, body) = op(&mut d, opcode::CREATE, ROOT_INODE, &create);
+    assert_eq!(err, 0, "create");
+    let (ino, fh) = (u64_at(&body, 0), u64_at(&body, abi::ENTRY_OUT_SIZE));
+    let io = |size: u32, data: &[u8]| {
+        [
+            &fh.to_le_bytes()[..],
+            &0u64.to_le_bytes(),
+            &size.to_le_bytes(),
+            &[0; 20],
+            data,
+        ]
+        .concat()
+    };
+    assert_eq!(
+        op(&mut d, opcode::WRITE, ino, &io(5, b"hello")).0,
+        0,
+        "write"
+    );
+    let (err, body) = op(&mut d, opcode::READ, ino, &io(64, b""));
+    assert_eq!((err, body.as_slice()), (0, &b"hello"[..]), "read");
+    let fsync = [&fh.to_le_bytes()[..], &[0; 8]].concat();
+    assert_eq!(op(&mut d, opcode::FSYNC, ino, &fsync).0, 0, "fsync");
+    let mut setattr = vec![0u8; 88];
+    setattr[..4].copy_from_slice(&1u32.to_le_bytes()); // FATTR_MODE
+    setattr[68..72].copy_from_slice(&0o600u32.to_le_bytes());
+    assert_eq!(op(&mut d, opcode::SETATTR, ino, &setattr).0, 0, "chmod");
+    let mkdir = [&0o755u32.to_le_bytes()[..], &0u32.to_le_bytes(), b"d\0"].concat();
+    let (err, body) = op(&mut d, opcode::MKDIR, ROOT_INODE, &mkdir);
+    assert_eq!(err, 0, "mkdir");
+    let dir = u64_at(&body, 0);
+    assert_eq!(
+        op(&mut d, opcode::SYMLINK, ROOT_INODE, b"l\0f\0").0,
+        0,
+        "symlink"
+    );
+    let rename = [&dir.to_le_bytes()[..], b"f\0g\0"].concat();
+    assert_eq!(
+        op(&mut d, opcode::RENAME, ROOT_INODE, &rename).0,
+        0,
+        "rename"
+    );
+    let (err, _) = op(&mut d, opcode::OPENDIR, dir, &[0; 8]);
+    assert_eq!(err, 0, "opendir");
+    // Answered with whatever errno the backend gives: what counts is that it answers.
+    let _ = op(
+        &mut d,
+        opcode::SETXATTR,
+        dir,
+        &[&1u32.to_le_bytes()[..], &[0; 4], b"user.t\0v"].concat(),
+    );
+    let _ = op(
+        &mut d,
+        opcode::GETXATTR,
+        dir,
+        &[&64u32.to_le_bytes()[..], &[0; 4], b"user.t\0"].concat(),
+    );
+    let _ = op(
+        &mut d,
+        opcode::LISTXATTR,
+        dir,
+        &[&256u32.to_le_bytes()[..], &[0; 4]].concat(),
+    );
+    let _ = op(&mut d, opcode::STATFS, ROOT_INODE, &[]);
+    let _ = op(&mut d, opcode::READLINK, ROOT_INODE, &[]);
+    assert_eq!(op(&mut d, opcode::UNLINK, dir, b"g\0").0, 0, "unlink");
+    assert_eq!(
+        op(&mut d, opcode::UNLINK, ROOT_INODE, b"l\0").0,
+        0,
+        "unlink symlink"
+    );
+    assert_eq!(op(&mut d, opcode::RMDIR, ROOT_INODE, b"d\0").0, 0, "rmdir");
+}
+
+fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("msbvm-fs-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn passthrough_backend_serves_a_guest_session() {
+    let root = scratch_dir("passthrough");
+    let fs = msbvm_fs::PassthroughFs::new(&root, msbvm_fs::PassthroughConfig::default()).unwrap();
+    host_backend_session(Arc::new(Server::new(fs, ServerOptions::default())));
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn layered_backend_serves_a_guest_session() {
+    let base = scratch_dir("layered");
+    // No lower layer: every operation lands in (and the metadata xattrs go to) the upper
+    // directory, which is where the host calls happen.
+    let config = msbvm_fs::LayeredConfig::default();
+    let fs = msbvm_fs::LayeredFs::new(Vec::new(), &base.join("upper"), config).unwrap();
+    host_backend_session(Arc::new(Server::new(fs, ServerOptions::default())));
+    std::fs::remove_dir_all(base).unwrap();
+}

@@ -252,7 +252,10 @@ impl VirtioDevice for Net {
         )?;
         let thread = std::thread::Builder::new()
             .name("virtio-net".into())
-            .spawn(move || worker.run())?;
+            .spawn(move || {
+                crate::confine::thread_started("virtio-net");
+                worker.run()
+            })?;
         self.worker = Some(WorkerHandle { stop, thread });
         Ok(())
     }

@@ -25,6 +25,7 @@
 pub mod defs;
 mod device;
 pub mod frame;
+pub mod seccomp;
 mod worker;
 
 #[cfg(any(test, feature = "test-utils"))]

@@ -203,7 +203,10 @@ impl VirtioDevice for Vsock {
         )?;
         let thread = std::thread::Builder::new()
             .name(format!("vsock-{}", self.guest_cid))
-            .spawn(move || worker.run())?;
+            .spawn(move || {
+                crate::confine::thread_started("virtio-vsock");
+                worker.run()
+            })?;
         self.worker = Some(WorkerHandle { stop, thread });
         Ok(())
     }

@@ -27,6 +27,7 @@ mod csm;
 pub mod defs;
 mod device;
 pub mod packet;
+pub mod seccomp;
 mod unix;
 mod worker;
 

@@ -1,0 +1,307 @@
+//! The confinement as the runtime applies it, each case in a child process of this test
+//! binary (filters, Landlock domains and credentials cannot be undone, and SIGSYS ends the
+//! whole process): the child runs `child` with a role, the parent checks what it printed and
+//! how it ended.
+
+use std::io::Write;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use super::*;
+use crate::control::{ControlRequest, ControlResponse};
+use crate::framing::{write_blocking, FrameReader};
+use crate::runtime::{agent_link, control_server, signals, Event};
+use crate::spec::{RootSpec, SandboxSpec, VolumeSource, VolumeSpec};
+
+const ROLE_ENV: &str = "MSBVM_CONFINE_TEST_ROLE";
+const DIR_ENV: &str = "MSBVM_CONFINE_TEST_DIR";
+
+/// Runs `role` in a child; returns its output.
+fn in_child(role: &str) -> (Output, tempfile::TempDir) {
+    let dir = tempfile::TempDir::new().unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["runtime::confine::tests::child", "--exact", "--nocapture"])
+        .args(["--test-threads=1"])
+        .env(ROLE_ENV, role)
+        .env(DIR_ENV, dir.path())
+        .env_remove(CONFINE_ENV)
+        .output()
+        .unwrap();
+    (out, dir)
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The child's side: enables confinement the way the runtime does (a sandbox with a host
+/// volume), then plays `role`.
+#[test]
+fn child() {
+    let Ok(role) = std::env::var(ROLE_ENV) else {
+        return; // Not a child: nothing to do.
+    };
+    let base = PathBuf::from(std::env::var(DIR_ENV).unwrap());
+    let volume = base.join("volume");
+    std::fs::create_dir_all(&volume).unwrap();
+    let home = base.join("home");
+    let dir = SandboxDir::in_home(&home, "box").unwrap();
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let spec = SandboxSpec {
+        root: RootSpec::Initramfs,
+        volumes: vec![
+            VolumeSpec {
+                source: VolumeSource::Host(volume.clone()),
+                guest_path: "/data".into(),
+                read_only: false,
+            },
+            // Not created yet: planning makes it, so that it is in the ruleset.
+            VolumeSpec {
+                source: VolumeSource::Named("named".into()),
+                guest_path: "/named".into(),
+                read_only: false,
+            },
+        ],
+        ..SandboxSpec::default()
+    };
+    let plan = plan(&spec, &dir, &home)
+        .unwrap()
+        .expect("confinement is on");
+    enable(plan).unwrap();
+    hand_over_state().unwrap();
+    let named = home.join("volumes/named/data");
+    match role.as_str() {
+        "files" => files(dir.path(), &volume, &named),
+        "sigsys" => sigsys(),
+        "threads" => runtime_threads(dir.path()),
+        other => panic!("unknown role {other}"),
+    }
+}
+
+/// Prints `CHECK name value` for the parent.
+fn check(name: &str, value: impl std::fmt::Display) {
+    println!("CHECK {name} {value}");
+}
+
+fn files(state: &Path, volume: &Path, named: &Path) {
+    let state = state.to_path_buf();
+    let volume = volume.to_path_buf();
+    let named = named.to_path_buf();
+    std::thread::spawn(move || {
+        thread_started("supervisor");
+        let outside = std::fs::File::open("/etc/passwd").map_err(|e| e.raw_os_error());
+        check("outside", format!("{outside:?}"));
+        check("state", std::fs::write(state.join("x"), b"x").is_ok());
+        // SAFETY: getuid cannot fail.
+        check("uid", unsafe { libc::getuid() });
+        check("caps", identity::effective_capabilities());
+    })
+    .join()
+    .unwrap();
+    // As in a sandbox: a vCPU thread starts the virtio-fs worker, which confines itself
+    // under the vCPU thread's confinement.
+    std::thread::spawn(move || {
+        thread_started("vcpu");
+        check("vcpu-caps", identity::effective_capabilities());
+        std::thread::spawn(move || {
+            thread_started("virtio-fs");
+            check("fs-volume", std::fs::write(volume.join("y"), b"y").is_ok());
+            check("fs-named", std::fs::write(named.join("z"), b"z").is_ok());
+            check("fs-caps", identity::effective_capabilities());
+            let outside = std::fs::read_dir("/home")
+                .map(|_| ())
+                .map_err(|e| e.raw_os_error());
+            check("fs-outside", format!("{outside:?}"));
+        })
+        .join()
+        .unwrap();
+    })
+    .join()
+    .unwrap();
+}
+
+fn sigsys() {
+    std::thread::Builder::new()
+        .name("probe".into())
+        .spawn(|| {
+            thread_started("virtio-net");
+            let mut buf = [0u8; 64];
+            // SAFETY: getcwd into a local buffer; the virtio-net filter forbids it.
+            unsafe { libc::syscall(libc::SYS_getcwd, buf.as_mut_ptr(), buf.len()) };
+            check("survived", true);
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+#[test]
+fn files_outside_the_sandbox_are_refused_and_root_is_left() {
+    let (out, _dir) = in_child("files");
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    if landlock::supported() > 0 {
+        assert!(all.contains("CHECK outside Err(Some(13))"), "{all}"); // EACCES
+        assert!(all.contains("CHECK fs-outside Err(Some(13))"), "{all}");
+    } else {
+        println!("Landlock checks skipped: this kernel has no Landlock");
+    }
+    assert!(all.contains("CHECK state true"), "{all}");
+    assert!(all.contains("CHECK fs-volume true"), "{all}");
+    assert!(all.contains("CHECK fs-named true"), "{all}");
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        assert!(all.contains("CHECK uid 65534"), "{all}");
+        assert!(all.contains("CHECK caps 0\n"), "{all}");
+        let fs = identity::fs_capabilities(true, false);
+        assert!(all.contains(&format!("CHECK fs-caps {fs}\n")), "{all}");
+        assert!(all.contains(&format!("CHECK vcpu-caps {fs}\n")), "{all}");
+    } else {
+        println!("user switch checks skipped: the tests do not run as root");
+    }
+}
+
+#[test]
+fn a_forbidden_system_call_is_reported_and_ends_the_runtime_with_sigsys() {
+    let (out, _dir) = in_child("sigsys");
+    let all = text(&out);
+    assert_eq!(out.status.signal(), Some(libc::SIGSYS), "{all}");
+    assert!(!all.contains("CHECK survived"), "{all}");
+    let report = format!(
+        "msbvm runtime: seccomp: thread probe made the forbidden system call {}",
+        libc::SYS_getcwd
+    );
+    assert!(all.contains(&report), "{all}");
+}
+
+/// The real work of the runtime's own thread kinds under their filters: signals, the
+/// lifeline, a control client's status request, the agent's hello and ready, and the
+/// supervisor writing a record, asking a (fake) agent to shut down and cleaning up.
+fn runtime_threads(state: &Path) {
+    use msbvm_protocol::{BootTimes, GuestMessage, HostMessage, PROTOCOL_VERSION};
+    signals::block().unwrap();
+    let (tx, rx) = mpsc::channel();
+    signals::spawn_waiter(tx.clone()).unwrap();
+    let (lifeline_read, lifeline_write) = UnixStream::pair().unwrap();
+    use std::os::fd::IntoRawFd;
+    signals::spawn_lifeline_watch(lifeline_read.into_raw_fd(), tx.clone()).unwrap();
+    let control = state.join("control.sock");
+    control_server::spawn(UnixListener::bind(&control).unwrap(), tx.clone()).unwrap();
+    let events = state.join("vsock.sock_1025");
+    agent_link::spawn_events_listener(UnixListener::bind(&events).unwrap(), tx.clone()).unwrap();
+    let uds = state.join("vsock.sock");
+    let fake = crate::test_support::FakeAgent::spawn(&uds, 1, |s| {
+        s.hello();
+        assert_eq!(s.recv(), Some(HostMessage::Shutdown { code: 0 }));
+    });
+    hand_over_state().unwrap(); // The sockets bound since.
+    let client = std::thread::spawn(move || {
+        let mut c = UnixStream::connect(&control).unwrap();
+        let mut r = FrameReader::new(c.try_clone().unwrap());
+        write_blocking(&mut c, &ControlRequest::Hello { version: 1 }).unwrap();
+        r.read_message::<ControlResponse>().unwrap();
+        write_blocking(&mut c, &ControlRequest::Status).unwrap();
+        let status = r.read_message::<ControlResponse>().unwrap();
+        check(
+            "control-status",
+            matches!(status, Some(ControlResponse::Status(_))),
+        );
+        let mut a = UnixStream::connect(&events).unwrap();
+        let hello = GuestMessage::Hello {
+            version: PROTOCOL_VERSION,
+            agent_version: "test".into(),
+        };
+        write_blocking(&mut a, &hello).unwrap();
+        let boot = BootTimes {
+            agent_start_ns: 1,
+            ready_ns: 2,
+        };
+        write_blocking(&mut a, &GuestMessage::Ready(boot)).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        // The test harness's own threads do not block SIGHUP (the runtime blocks it before
+        // its first thread), so send it to the signal thread itself.
+        let tid = signal_thread_id();
+        // SAFETY: tgkill of a thread of this process that waits for SIGHUP in sigwait.
+        unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, libc::SIGHUP) };
+        drop(lifeline_write);
+        std::thread::sleep(Duration::from_millis(500));
+    });
+    thread_started("supervisor");
+    supervise_for_test(&rx, state);
+    client.join().unwrap();
+    fake.join();
+}
+
+/// The thread id of the runtime's signal thread (`msbvm-signals`).
+fn signal_thread_id() -> libc::pid_t {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .find(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.trim() == "msbvm-signals")
+        })
+        .and_then(|t| t.file_name().to_str()?.parse().ok())
+        .expect("the signal thread runs")
+}
+
+/// The supervisor's part of [`runtime_threads`], on the confined main thread.
+fn supervise_for_test(rx: &mpsc::Receiver<Event>, state: &Path) {
+    let (mut signal, mut lifeline, mut ready) = (false, false, false);
+    while !(signal && lifeline && ready) {
+        match rx.recv_timeout(Duration::from_secs(10)).expect("an event") {
+            Event::Control(ControlRequest::Status, reply) => {
+                let status = crate::control::RuntimeStatus {
+                    status: crate::state::Status::Running,
+                    pid: std::process::id(),
+                    uptime_ms: 1,
+                };
+                reply.send(ControlResponse::Status(status)).unwrap();
+            }
+            Event::Signal(s) => signal = s == libc::SIGHUP,
+            Event::LifelineClosed => lifeline = true,
+            Event::AgentReady(_) => ready = true,
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    check("events", true);
+    let record = state.join("record.tmp");
+    std::fs::write(&record, b"{}").unwrap();
+    std::fs::rename(&record, state.join("record.json")).unwrap();
+    std::fs::create_dir_all(state.join("sub/dir")).unwrap();
+    std::fs::remove_dir_all(state.join("sub")).unwrap();
+    check("records", true);
+    // What publishing a port on a running sandbox does on this thread.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    check("publish", listener.local_addr().is_ok());
+    let shutdown =
+        agent_link::request_shutdown(&state.join("vsock.sock"), 0, Duration::from_secs(5));
+    check("shutdown", format!("{shutdown:?}"));
+    std::io::stdout().flush().unwrap();
+}
+
+#[test]
+fn runtime_threads_do_their_work_under_their_filters() {
+    let (out, _dir) = in_child("threads");
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    for line in [
+        "CHECK control-status true",
+        "CHECK events true",
+        "CHECK records true",
+        "CHECK publish true",
+        "CHECK shutdown Ok(())",
+    ] {
+        assert!(all.contains(line), "{line}\n{all}");
+    }
+}

@@ -1,0 +1,13 @@
+//! What a virtio-net worker may call (beyond `confine::BASE` and `confine::EVENT_LOOP`): it
+//! moves frames between the queues and the netstack's datagram socket, which it already
+//! holds, so it needs only reads and writes on that socket.
+
+use crate::confine::Syscall;
+
+/// The virtio-net worker's allowlist.
+pub const SYSCALLS: &[Syscall] = &[
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+    libc::SYS_recvmsg,
+    libc::SYS_sendmsg,
+];
