@@ -10,9 +10,12 @@
 //! [`LogTail`] reads a log as a stream, the rotated part first, in bounded memory, and
 //! follows it across rotations.
 
+use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::io::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -42,6 +45,11 @@ pub type ReopenHook = Box<dyn Fn(&File) + Send>;
 /// An append-only log file of at most `max_bytes`, rotated to `<path>.1` when full.
 pub struct CappedLog {
     path: PathBuf,
+    /// The log's directory, held open: rotation works relative to it, so it still works once
+    /// the runtime has switched to a user who may not traverse the path's ancestors.
+    dir: File,
+    /// The log's file name in `dir`.
+    name: CString,
     max_bytes: u64,
     file: File,
     len: u64,
@@ -69,10 +77,25 @@ fn open_append(path: &Path) -> io::Result<File> {
 impl CappedLog {
     /// Opens (appending to) or creates the log at `path`, capped at `max_bytes`.
     pub fn open(path: &Path, max_bytes: u64) -> io::Result<CappedLog> {
+        let name = path
+            .file_name()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "a log path names a file"))?;
+        let name = CString::new(name.as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in a log path"))?;
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let dir = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(parent)?;
         let file = open_append(path)?;
         let len = file.metadata()?.len();
         Ok(CappedLog {
             path: path.to_path_buf(),
+            dir,
+            name,
             max_bytes: max_bytes.max(1),
             file,
             len,
@@ -97,8 +120,29 @@ impl CappedLog {
     }
 
     fn rotate(&mut self) -> io::Result<()> {
-        std::fs::rename(&self.path, rotated_path(&self.path))?;
-        self.file = open_append(&self.path)?;
+        let mut rotated = self.name.as_bytes().to_vec();
+        rotated.extend_from_slice(b".1");
+        let rotated = CString::new(rotated).expect("no NUL: built from a CString");
+        let dir = self.dir.as_raw_fd();
+        // SAFETY: both names are NUL-terminated C strings that outlive the call; `dir` is an
+        // open directory descriptor owned by `self`.
+        if unsafe { libc::renameat(dir, self.name.as_ptr(), dir, rotated.as_ptr()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: as above; the returned descriptor is owned by the File made from it.
+        let fd = unsafe {
+            libc::openat(
+                dir,
+                self.name.as_ptr(),
+                libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC,
+                0o600 as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and nothing else owns it.
+        self.file = unsafe { File::from_raw_fd(fd) };
         self.len = 0;
         if let Some(hook) = &self.on_reopen {
             hook(&self.file);

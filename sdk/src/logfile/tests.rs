@@ -136,3 +136,21 @@ fn a_missing_log_reads_as_empty_until_it_appears() {
     .unwrap();
     assert_eq!(got, b"now");
 }
+
+/// Before: rotation renamed and reopened by the path given at open, which the runtime can no
+/// longer reach once it has left root (its data directory is 0700 root's); now it works
+/// relative to the log's directory, here shown by moving that directory away.
+#[test]
+fn rotation_works_relative_to_the_logs_directory() {
+    let tmp = TempDir::new().unwrap();
+    std::fs::create_dir(tmp.path().join("a")).unwrap();
+    let mut log = CappedLog::open(&tmp.path().join("a/runtime.log"), 64).unwrap();
+    std::fs::rename(tmp.path().join("a"), tmp.path().join("b")).unwrap();
+    for _ in 0..10 {
+        log.write_all(b"0123456789abcdef\n").unwrap();
+    }
+    let live = tmp.path().join("b/runtime.log");
+    assert!(size(&live) > 0 && size(&live) <= 64, "{}", size(&live));
+    assert!(size(&rotated_path(&live)) > 0);
+    assert!(!tmp.path().join("a").exists());
+}

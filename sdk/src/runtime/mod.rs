@@ -19,6 +19,7 @@ mod agent_link;
 mod args;
 pub mod confine;
 mod control_server;
+mod log_writer;
 pub mod devices;
 pub mod image;
 mod signals;
@@ -100,10 +101,15 @@ pub fn main_with(args: Vec<OsString>, extensions: devices::Extensions) -> ExitCo
         }
     };
     let mut reporter = Reporter::new(args.ready_fd);
-    match run(&args, &mut reporter, started, extensions) {
+    let result = run(&args, &mut reporter, started, extensions);
+    if let Err(e) = &result {
+        tracing::error!("{e}");
+    }
+    // What the runtime logged is in the file before it exits (the SDK reads its tail).
+    log_writer::flush(Duration::from_secs(2));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
             if reporter.pipe.is_none() {
                 // Nobody to tell through the pipe (after ready, or none given): say it on
                 // stderr, which is the runtime log once that is set up.
@@ -256,18 +262,17 @@ fn run(
 }
 
 /// Sends stderr (panics, kernel-build lines) and tracing to `runtime.log`, a capped log
-/// ([`crate::logfile`]): tracing writes through the cap, and stderr is pointed at each new
-/// file after a rotation.
+/// ([`crate::logfile`]) that only the log writer thread touches ([`log_writer`]): tracing
+/// hands it lines, and stderr is pointed at each new file after a rotation.
 fn redirect_logs(dir: &SandboxDir) {
-    fn point_stderr_at(log: &std::fs::File) {
-        // SAFETY: dup2 onto stderr; `log` stays valid for the call.
-        unsafe { libc::dup2(log.as_raw_fd(), libc::STDERR_FILENO) };
-    }
     let max = crate::logfile::max_bytes_from_env();
     let log = match crate::logfile::CappedLog::open(&dir.runtime_log(), max) {
         Ok(log) => {
-            point_stderr_at(log.file());
-            Some(log.on_reopen(Box::new(point_stderr_at)).shared())
+            // SAFETY: dup2 onto stderr; `log`'s file stays valid for the call.
+            unsafe { libc::dup2(log.file().as_raw_fd(), libc::STDERR_FILENO) };
+            log_writer::start(log)
+                .map_err(|e| eprintln!("msbvm runtime: cannot start the log writer: {e}"))
+                .ok()
         }
         Err(e) => {
             eprintln!("msbvm runtime: cannot open the runtime log: {e}");
@@ -313,6 +318,7 @@ impl Supervisor<'_> {
     fn start(&mut self, reporter: &mut Reporter) -> Result<std::thread::JoinHandle<()>> {
         if let Some(plan) = confine::plan(&self.args.spec, self.dir, &self.args.home)? {
             confine::enable(plan)?;
+            log_writer::confine();
         }
         signals::spawn_waiter(self.events.clone()).map_err(Error::io("starting a thread"))?;
         if let Some(fd) = self.args.lifeline_fd {

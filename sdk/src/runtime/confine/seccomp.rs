@@ -89,10 +89,25 @@ pub const SUPERVISOR: &[Syscall] = &[
     libc::SYS_lstat,
 ];
 
+/// The log writer thread ([`super::super::log_writer`]): appends to `runtime.log` and, when
+/// it is full, renames it and opens a new one relative to the sandbox directory, then points
+/// stderr at it.
+pub const LOG: &[Syscall] = &[
+    libc::SYS_openat,
+    libc::SYS_renameat,
+    libc::SYS_renameat2,
+    libc::SYS_dup2,
+    libc::SYS_dup3,
+    libc::SYS_fstat,
+    libc::SYS_fsync,
+    libc::SYS_lseek,
+];
+
 /// Every thread kind the runtime knows, as the `&'static str` the threads announce.
 pub const KINDS: &[&str] = &[
     "signals",
     "lifeline",
+    "log",
     "control",
     "agent-events",
     "supervisor",
@@ -115,6 +130,7 @@ pub fn program(kind: &str) -> Option<Result<BpfProgram, BackendError>> {
     Some(match kind {
         "signals" => compile(&[SIGNALS], &[], &[]),
         "lifeline" => compile(&[LIFELINE], &[], &[]),
+        "log" => compile(&[LOG], &[], &[]),
         "control" | "agent-events" => compile(&[LISTENER, SPAWN], &[], &fionbio),
         "supervisor" => compile(
             &[SUPERVISOR, SPAWN],

@@ -76,6 +76,11 @@ fn child() {
     let plan = plan(&spec, &dir, &home)
         .unwrap()
         .expect("confinement is on");
+    // As in the runtime, the log writer starts before confinement and confines itself later.
+    let writer = (role == "log").then(|| {
+        let log = crate::logfile::CappedLog::open(&dir.path().join("runtime.log"), 4096);
+        super::super::log_writer::start(log.unwrap()).unwrap()
+    });
     enable(plan).unwrap();
     hand_over_state().unwrap();
     let named = home.join("volumes/named/data");
@@ -83,6 +88,7 @@ fn child() {
         "files" => files(dir.path(), &volume, &named),
         "sigsys" => sigsys(),
         "threads" => runtime_threads(dir.path()),
+        "log" => log_thread(dir.path(), writer.expect("started for this role")),
         other => panic!("unknown role {other}"),
     }
 }
@@ -127,6 +133,27 @@ fn files(state: &Path, volume: &Path, named: &Path) {
     })
     .join()
     .unwrap();
+}
+
+/// The log writer, confined, rotates `runtime.log` while another confined thread logs.
+fn log_thread(state: &Path, writer: super::super::log_writer::LogSender) {
+    use super::super::log_writer;
+    log_writer::confine();
+    std::thread::spawn(move || {
+        thread_started("virtio-net");
+        let mut writer = writer;
+        for i in 0..200 {
+            let line = format!("{i:04} {}\n", "x".repeat(90));
+            writer.write_all(line.as_bytes()).unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+    log_writer::flush(Duration::from_secs(10));
+    let live = std::fs::metadata(state.join("runtime.log")).map_or(0, |m| m.len());
+    let rotated = std::fs::read_to_string(state.join("runtime.log.1")).unwrap_or_default();
+    check("log-rotated", live > 0 && live <= 4096 && !rotated.is_empty());
+    std::io::stdout().flush().unwrap();
 }
 
 fn sigsys() {
@@ -304,4 +331,14 @@ fn runtime_threads_do_their_work_under_their_filters() {
     ] {
         assert!(all.contains(line), "{line}\n{all}");
     }
+}
+
+/// `runtime.log` is rotated by its writer thread under the thread's own filter while a
+/// device worker logs (a worker may not rename or open files itself).
+#[test]
+fn the_log_writer_rotates_runtime_log_under_its_filter() {
+    let (out, _dir) = in_child("log");
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("CHECK log-rotated true"), "{all}");
 }
