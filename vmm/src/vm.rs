@@ -273,20 +273,23 @@ pub fn run(config: &VmConfig, mut on_event: impl FnMut(&VmEvent)) -> Result<VmOu
 /// Samples the vCPU threads for [`HaltWatch`]; true when they should be
 /// kicked to check for a halt with interrupts off. The scheduler is only asked
 /// once every vCPU has been inside KVM_RUN for a while (a vCPU exiting to user
-/// space is visibly alive).
+/// space is visibly alive). Where `/proc` cannot be read (a confined runtime),
+/// the time since the vCPU last entered KVM_RUN stands in: coarser (an idle
+/// guest looks quiet too), but the watcher's backoff still bounds the checks.
 fn check_for_halt(shared: &Shared, watch: &mut HaltWatch) -> bool {
-    let n = shared.tids.len();
-    let all_inside = (0..n).all(|i| {
-        shared
-            .in_guest_for(i)
-            .is_some_and(|d| d >= HALT_SAMPLE_EVERY)
-    });
-    let samples: Vec<_> = shared
-        .tids
-        .iter()
-        .map(|tid| match tid.load(Ordering::Acquire) {
-            tid if all_inside && tid > 0 => halt::sample_thread(tid),
-            _ => None,
+    let samples: Vec<_> = (0..shared.tids.len())
+        .map(|i| {
+            let inside = shared
+                .in_guest_for(i)
+                .is_some_and(|d| d >= HALT_SAMPLE_EVERY);
+            let tid = shared.tids[i].load(Ordering::Acquire);
+            if !inside || tid <= 0 {
+                return None;
+            }
+            halt::sample_thread(tid).or(Some(halt::ThreadSample {
+                sleeping: true,
+                switches: shared.in_guest_since[i].load(Ordering::Acquire),
+            }))
         })
         .collect();
     watch.observe(
