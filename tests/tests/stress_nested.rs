@@ -110,7 +110,8 @@ echo "flood: $(cat /tmp/flood.out)"
 check flood_done $(grep -c holding /tmp/flood.out)
 out=$($M exec flood -- echo still-alive 2>&1); check flood_exec "$out"
 # The only runtime left is flood's; its threads must not grow with the guest's connections.
-rt=$(pgrep -f __runtime | head -n1); threads=$(ls /proc/$rt/task 2>/dev/null | wc -l)
+rt=$(ps | grep -v grep | grep __runtime | awk '{{print $1}}' | head -n1)
+threads=$(ls /proc/$rt/task 2>/dev/null | wc -l)
 echo "flood runtime $rt has $threads threads"
 check flood_runtime_threads $([ "$threads" -gt 0 ] && [ "$threads" -lt 64 ] && echo bounded || echo "many:$threads")
 $M stop flood; rc=$?; check flood_stop_rc $rc
