@@ -155,6 +155,9 @@ pub fn run(args: BootArgs, start: Instant) -> ExitCode {
     if !matches!(outcome.exit, VmExit::PowerOff { code: 0 }) {
         eprintln!("msbvm: {}", outcome.exit);
     }
+    if let Some(log) = &outcome.kernel_log {
+        eprintln!("msbvm: guest kernel log (read from guest memory):\n{log}");
+    }
     eprintln!(
         "msbvm: exit reason={} code={} ms={:.3}",
         outcome.exit.reason(),

@@ -17,6 +17,8 @@ const L1_TIMEOUT: Duration = Duration::from_secs(600);
 const RUN_TIMEOUT_SECS: u64 = 240;
 /// `msbvm boot`'s exit status for a guest panic (contract of the CLI).
 const STATUS_PANIC: i32 = 4;
+/// `msbvm boot`'s exit status for a guest that halted every vCPU (contract of the CLI).
+const STATUS_HALTED: i32 = 5;
 
 /// The artifacts, built once per test binary (the tests run in parallel threads).
 fn artifacts() -> &'static GuestArtifacts {
@@ -119,28 +121,64 @@ fn boots_with_one_and_two_vcpus() {
     }
 }
 
-/// A guest whose kernel finds no init panics, and `msbvm boot` reports that as a panic
-/// (reason=panic, status 4) instead of hanging or calling it a clean exit.
+/// A busybox initramfs whose init runs a plain `poweroff -f`: the project kernel has no
+/// power-off method, so Linux prints `Power off not available: System halted instead` and
+/// halts every CPU with interrupts off.
+fn halting_initramfs() -> Option<Vec<u8>> {
+    or_skip(nested::preflight())?;
+    let busybox = std::fs::read(nested::HOST_BUSYBOX).expect("reading the host's busybox");
+    let mut cpio = msbvm_kernel::initramfs::Initramfs::new();
+    for d in ["/proc", "/sys", "/dev", "/bin"] {
+        cpio.dir(d, 0o755);
+    }
+    cpio.file("/bin/busybox", 0o755, busybox);
+    cpio.file(
+        "/init",
+        0o755,
+        "#!/bin/busybox sh\n/bin/busybox echo halting-guest-init\n/bin/busybox poweroff -f\n",
+    );
+    Some(cpio.to_bytes())
+}
+
+/// Abnormal ends, in one L1 boot: a guest whose kernel finds no init panics, and `msbvm boot`
+/// reports that as a panic (reason=panic, status 4) instead of hanging or calling it a clean
+/// exit; a guest (2 vCPUs) whose init runs `poweroff -f` halts, and `msbvm boot` ends with
+/// reason=halted, status 5, whatever the console says (it used to hang forever because the
+/// kernel's line was not the one the VMM waited for).
 #[test]
-fn guest_panic_is_reported() {
+fn guest_panic_and_halt_are_reported() {
     // An initramfs without /init: the kernel then looks for a root device, finds none and
     // panics, with the VMM's default command line left as it is.
     const NO_INIT: &str = "/msbvm/noinit.cpio";
+    const HALT_INIT: &str = "/msbvm/halt.cpio";
     let Some(initrd) = or_skip(l2_initramfs(None)) else {
         return;
     };
-    let run = BatchRun {
-        label: "panic".into(),
-        command: shell_command(&[
+    let Some(halting) = halting_initramfs() else {
+        return;
+    };
+    let boot = |initrd: &str, extra: &[&str]| {
+        let mut argv = vec![
             msbvm_tests::artifacts::L1_MSBVM,
             "boot",
             "--kernel",
             L1_KERNEL,
-            "--initrd",
-            NO_INIT,
-        ]),
+        ];
+        argv.extend_from_slice(&["--initrd", initrd]);
+        argv.extend_from_slice(extra);
+        shell_command(&argv)
     };
-    let Some(sections) = run_batch(&[run], &[(NO_INIT, initrd)]) else {
+    let runs = [
+        BatchRun {
+            label: "panic".into(),
+            command: boot(NO_INIT, &[]),
+        },
+        BatchRun {
+            label: "halt".into(),
+            command: boot(HALT_INIT, &["--cpus", "2"]),
+        },
+    ];
+    let Some(sections) = run_batch(&runs, &[(NO_INIT, initrd), (HALT_INIT, halting)]) else {
         return;
     };
     let s = &sections[0];
@@ -153,4 +191,14 @@ fn guest_panic_is_reported() {
     let exit = report::exit_line(&s.text).unwrap_or_else(|| panic!("no exit line; {ctx}"));
     assert_eq!(exit.reason, "panic", "{ctx}");
     assert_eq!(s.status, Some(STATUS_PANIC), "msbvm exit status; {ctx}");
+
+    let s = &sections[1];
+    let ctx = format!("console:\n{}", s.text);
+    assert!(
+        s.text.contains("halting-guest-init"),
+        "init did not run; {ctx}"
+    );
+    let exit = report::exit_line(&s.text).unwrap_or_else(|| panic!("no exit line; {ctx}"));
+    assert_eq!(exit.reason, "halted", "{ctx}");
+    assert_eq!(s.status, Some(STATUS_HALTED), "msbvm exit status; {ctx}");
 }

@@ -92,6 +92,38 @@ pub struct VcpuFault {
     pub rip: u64,
     /// Up to 15 bytes of guest code at RIP (empty if they could not be read).
     pub insn_bytes: Vec<u8>,
+    /// The vCPU's control state at the failure, if it could be read.
+    pub regs: Option<FaultRegs>,
+}
+
+/// The registers that say where a vCPU was and in what mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultRegs {
+    /// Instruction pointer.
+    pub rip: u64,
+    /// Stack pointer.
+    pub rsp: u64,
+    /// Flags.
+    pub rflags: u64,
+    /// Control register 0 (PE, PG, ...).
+    pub cr0: u64,
+    /// Page-table base.
+    pub cr3: u64,
+    /// Control register 4 (PAE, OSXSAVE, ...).
+    pub cr4: u64,
+    /// Extended feature enable register (LME, LMA, NXE, SVME).
+    pub efer: u64,
+    /// Base of the code segment.
+    pub cs_base: u64,
+}
+
+impl FaultRegs {
+    /// True if these are a vCPU's power-on state (CS base 0xffff0000, RIP
+    /// 0xfff0): after a triple fault, KVM on AMD (SVM) resets the vCPU before
+    /// reporting the shutdown, so the registers no longer say where it failed.
+    pub fn is_reset_state(&self) -> bool {
+        self.rip == 0xfff0 && self.cs_base == 0xffff_0000
+    }
 }
 
 impl FaultKind {
@@ -129,14 +161,30 @@ impl fmt::Display for VcpuFault {
         }
         write!(f, ") at RIP {:#x}", self.rip)?;
         if self.insn_bytes.is_empty() {
-            write!(f, ", instruction bytes unavailable")
+            write!(f, ", instruction bytes unavailable")?;
         } else {
             write!(f, ", instruction bytes")?;
             for b in &self.insn_bytes {
                 write!(f, " {b:02x}")?;
             }
-            Ok(())
         }
+        let Some(r) = &self.regs else {
+            return write!(f, "; registers unavailable");
+        };
+        write!(
+            f,
+            "; RSP {:#x} RFLAGS {:#x} CR0 {:#x} CR3 {:#x} CR4 {:#x} EFER {:#x}",
+            r.rsp, r.rflags, r.cr0, r.cr3, r.cr4, r.efer
+        )?;
+        if r.is_reset_state() {
+            write!(
+                f,
+                " (the hypervisor reset this vCPU when it reported the failure, as KVM on AMD \
+                 does after a triple fault: these registers are the power-on state, not where \
+                 the guest failed; see the kernel log or console tail)"
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -151,12 +199,42 @@ mod tests {
             kind: FaultKind::EmulationFailure,
             rip: 0x10_0010,
             insn_bytes: vec![0x66, 0x0f, 0x74, 0xc0],
+            regs: Some(FaultRegs {
+                rip: 0x10_0010,
+                rsp: 0x8ff0,
+                cr0: 0x8000_0011,
+                efer: 0x500,
+                ..Default::default()
+            }),
         };
         let text = fault.to_string();
         assert!(text.contains("vCPU 1"), "{text}");
         assert!(text.contains("KVM_EXIT_INTERNAL_ERROR"), "{text}");
         assert!(text.contains("0x100010"), "{text}");
         assert!(text.contains("66 0f 74 c0"), "{text}");
+        assert!(text.contains("RSP 0x8ff0"), "{text}");
+        assert!(text.contains("CR0 0x80000011"), "{text}");
+        assert!(text.contains("EFER 0x500"), "{text}");
+        assert!(!text.contains("power-on state"), "{text}");
+    }
+
+    #[test]
+    fn registers_reset_by_the_hypervisor_are_called_so() {
+        let fault = VcpuFault {
+            vcpu: 0,
+            kind: FaultKind::TripleFault,
+            rip: 0xfff0,
+            insn_bytes: Vec::new(),
+            regs: Some(FaultRegs {
+                rip: 0xfff0,
+                cs_base: 0xffff_0000,
+                cr0: 0x6000_0010,
+                ..Default::default()
+            }),
+        };
+        let text = fault.to_string();
+        assert!(text.contains("KVM_EXIT_SHUTDOWN"), "{text}");
+        assert!(text.contains("power-on state"), "{text}");
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! - [`kvm`]: the KVM backend: the VM, its vCPU threads and exit handling.
 //! - [`vm`]: the boot path that ties these together ([`vm::run`]).
 //! - [`exit`]: how a VM ended, in words a user can act on.
+//! - [`klog`]: the guest kernel's log buffer, read back after a failure.
 //!
 //! Everything above `kvm` is hypervisor-neutral, so a second backend (the macOS
 //! Hypervisor.framework one in `msbvm-hvf`) plugs in beside it.
@@ -22,6 +23,7 @@ pub mod boot;
 pub mod config;
 pub mod devices;
 pub mod exit;
+pub mod klog;
 pub mod kvm;
 pub mod layout;
 pub mod memory;
@@ -33,5 +35,5 @@ pub use config::{
     BootSource, ConsoleOutput, DeviceFactory, DeviceSpec, StopHandle, VmConfig, VsockConfig,
     DEFAULT_CMDLINE,
 };
-pub use exit::{FaultKind, VcpuFault, VmExit};
+pub use exit::{FaultKind, FaultRegs, VcpuFault, VmExit};
 pub use vm::{run, Error, VmEvent, VmOutcome};

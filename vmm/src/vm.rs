@@ -22,17 +22,18 @@ use crate::devices::console::{Console, SharedConsole};
 use crate::devices::virtio::{self, VirtioSlots};
 use crate::devices::{i8042, platform, serial, Bus};
 use crate::exit::{FaultKind, VcpuFault, VmExit};
+use crate::kvm::halt::{self, HaltWatch};
 use crate::kvm::vcpu::{self, Report, Shared, Vcpu};
 use crate::kvm::{self, cpuid, regs, KvmVm};
 use crate::layout::{PLATFORM_MMIO_START, SERIAL_IRQ};
 use crate::memory;
 use crate::stats::{self, MemoryStats};
 
-/// How often the supervisor wakes to flush the console and look for halted vCPUs.
+/// How often the supervisor wakes to flush the console.
 const TICK: Duration = Duration::from_millis(100);
-/// Once the guest said it is halting, a vCPU inside KVM_RUN for this long
-/// without an exit is checked for a permanent halt.
-const HALT_CHECK_AFTER: Duration = Duration::from_millis(100);
+/// How often the supervisor samples the vCPU threads' scheduler state once
+/// every vCPU has stayed inside KVM_RUN this long (see [`halt`]).
+const HALT_SAMPLE_EVERY: Duration = Duration::from_millis(500);
 /// Interval between kicks while waiting for vCPU threads to stop.
 const KICK_INTERVAL: Duration = Duration::from_millis(5);
 
@@ -98,6 +99,25 @@ pub struct VmOutcome {
     pub stopped_after: Duration,
     /// The VMM's memory figures just before the guest memory was released.
     pub memory: MemoryStats,
+    /// The last bytes the guest wrote to its console (at most
+    /// [`crate::devices::console::TAIL_BYTES`]).
+    pub console_tail: String,
+    /// After a vCPU fault: the end of the guest kernel's log buffer read from
+    /// guest memory (what a `quiet` kernel never printed), or why it could not
+    /// be read. `None` for other exits.
+    pub kernel_log: Option<String>,
+}
+
+/// Lines of the guest kernel's log kept in a fault report.
+const KERNEL_LOG_LINES: usize = 40;
+
+/// The end of the kernel log of a guest that faulted (see [`crate::klog`]).
+fn kernel_log_after_fault(config: &VmConfig, mem: &memory::GuestMemory) -> String {
+    match &config.boot {
+        BootSource::Linux { kernel, .. } => crate::klog::read(mem, kernel, KERNEL_LOG_LINES)
+            .unwrap_or_else(|why| format!("(kernel log unavailable: {why})")),
+        _ => "(kernel log unavailable: not a Linux guest)".into(),
+    }
 }
 
 /// Boots the VM described by `config` and runs it to the end. `on_event` is
@@ -113,7 +133,6 @@ pub fn run(config: &VmConfig, mut on_event: impl FnMut(&VmEvent)) -> Result<VmOu
     let vm = kvm::create_vm(kvm_handle, &mem)?;
 
     let console = Console::open(&config.console).map_err(Error::Console)?;
-    let halt_hint = console.halt_hint();
     let console = SharedConsole(Arc::new(Mutex::new(console)));
     let (pio, mut mmio) = build_buses(&vm, &mem, console.clone())?;
     let mut announce = Vec::new();
@@ -191,6 +210,8 @@ pub fn run(config: &VmConfig, mut on_event: impl FnMut(&VmEvent)) -> Result<VmOu
 
     let mut boot_complete = None;
     let mut halted = vec![false; config.vcpus as usize];
+    let mut watch = HaltWatch::new(config.vcpus as usize);
+    let mut last_sample = Instant::now();
     let exit = loop {
         if config.stop.is_stopped() {
             break VmExit::Stopped;
@@ -210,15 +231,15 @@ pub fn run(config: &VmConfig, mut on_event: impl FnMut(&VmEvent)) -> Result<VmOu
             }
             Err(RecvTimeoutError::Timeout) => {
                 console.flush_pending();
-                if !halt_hint.load(Ordering::Acquire) {
+                if last_sample.elapsed() < HALT_SAMPLE_EVERY {
                     continue;
                 }
-                for (index, handle) in threads.iter().enumerate() {
-                    let quiet = shared
-                        .in_guest_for(index)
-                        .is_some_and(|d| d >= HALT_CHECK_AFTER);
-                    if quiet && !halted[index] {
-                        kick(handle);
+                last_sample = Instant::now();
+                if check_for_halt(&shared, &mut watch) {
+                    for (index, handle) in threads.iter().enumerate() {
+                        if !halted[index] {
+                            kick(handle);
+                        }
                     }
                 }
             }
@@ -228,6 +249,7 @@ pub fn run(config: &VmConfig, mut on_event: impl FnMut(&VmEvent)) -> Result<VmOu
                     kind: FaultKind::Host("every vCPU thread ended without a report".into()),
                     rip: 0,
                     insn_bytes: Vec::new(),
+                    regs: None,
                 })
             }
         }
@@ -242,12 +264,44 @@ pub fn run(config: &VmConfig, mut on_event: impl FnMut(&VmEvent)) -> Result<VmOu
         .map(|p| p as usize)
         .collect();
     let memory = stats::read(&guest_starts);
+    let kernel_log = matches!(exit, VmExit::Fault(_)).then(|| kernel_log_after_fault(config, &mem));
     Ok(VmOutcome {
         exit,
         boot_complete,
         stopped_after,
         memory,
+        console_tail: console.tail(),
+        kernel_log,
     })
+}
+
+/// Samples the vCPU threads for [`HaltWatch`]; true when they should be
+/// kicked to check for a halt with interrupts off. The scheduler is only asked
+/// once every vCPU has been inside KVM_RUN for a while (a vCPU exiting to user
+/// space is visibly alive). Where `/proc` cannot be read (a confined runtime),
+/// the time since the vCPU last entered KVM_RUN stands in: coarser (an idle
+/// guest looks quiet too), but the watcher's backoff still bounds the checks.
+fn check_for_halt(shared: &Shared, watch: &mut HaltWatch) -> bool {
+    let samples: Vec<_> = (0..shared.tids.len())
+        .map(|i| {
+            let inside = shared
+                .in_guest_for(i)
+                .is_some_and(|d| d >= HALT_SAMPLE_EVERY);
+            let tid = shared.tids[i].load(Ordering::Acquire);
+            if !inside || tid <= 0 {
+                return None;
+            }
+            halt::sample_thread(tid).or(Some(halt::ThreadSample {
+                sleeping: true,
+                switches: shared.in_guest_since[i].load(Ordering::Acquire),
+            }))
+        })
+        .collect();
+    watch.observe(
+        Instant::now(),
+        &samples,
+        shared.io_exits.load(Ordering::Relaxed),
+    )
 }
 
 /// The boot source with the virtio devices' command-line entries appended

@@ -4,7 +4,9 @@
 
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
 use std::time::Duration;
 
 use msbvm_protocol::{GuestMessage, HostMessage, AGENT_PORT, PROTOCOL_VERSION};
@@ -15,29 +17,63 @@ use crate::framing::{write_blocking, FrameReader};
 
 use super::Event;
 
+/// Most events connections served at once. The agent needs one; the port is reachable by
+/// anything in the guest (hostile), and each served connection holds a host thread, so the
+/// rest are closed at once. (The vsock device also caps guest connections per port.)
+pub const MAX_EVENTS_CONNECTIONS: usize = 4;
+
 /// Accepts the agent's events connections until the process ends. The first hello + ready
-/// becomes [`Event::AgentReady`]; a version mismatch becomes [`Event::AgentFailed`].
+/// becomes [`Event::AgentReady`]; a version mismatch becomes [`Event::AgentFailed`]. At most
+/// [`MAX_EVENTS_CONNECTIONS`] are served at once, each on its own thread.
 pub fn spawn_events_listener(listener: UnixListener, events: Sender<Event>) -> std::io::Result<()> {
+    let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("msbvm-agent-events".into())
         .spawn(move || {
             super::confine::thread_started("agent-events");
+            let mut refused = 0u64;
             for stream in listener.incoming() {
                 match stream {
-                    Ok(stream) => {
-                        let events = events.clone();
-                        let spawned = std::thread::Builder::new()
-                            .name("msbvm-agent-events-conn".into())
-                            .spawn(move || serve_events(stream, &events));
-                        if let Err(e) = spawned {
-                            tracing::warn!("cannot serve an agent events connection: {e}");
-                        }
-                    }
+                    Ok(stream) => serve_bounded(stream, &events, &active, &mut refused),
                     Err(e) => tracing::warn!("accepting an agent events connection: {e}"),
                 }
             }
         })
         .map(|_| ())
+}
+
+/// Serves `stream` on a new thread if fewer than [`MAX_EVENTS_CONNECTIONS`] are served,
+/// or closes it (with a warning for the first refusal and every 1000th after it).
+fn serve_bounded(
+    stream: UnixStream,
+    events: &Sender<Event>,
+    active: &Arc<AtomicUsize>,
+    refused: &mut u64,
+) {
+    let taken = active.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+        (n < MAX_EVENTS_CONNECTIONS).then_some(n + 1)
+    });
+    if taken.is_err() {
+        if refused.is_multiple_of(1000) {
+            tracing::warn!(
+                refused = *refused + 1,
+                "the guest holds {MAX_EVENTS_CONNECTIONS} events connections already; closing another"
+            );
+        }
+        *refused += 1;
+        return;
+    }
+    let (events, slot) = (events.clone(), active.clone());
+    let spawned = std::thread::Builder::new()
+        .name("msbvm-agent-events-conn".into())
+        .spawn(move || {
+            serve_events(stream, &events);
+            slot.fetch_sub(1, Ordering::AcqRel);
+        });
+    if let Err(e) = spawned {
+        active.fetch_sub(1, Ordering::AcqRel);
+        tracing::warn!("cannot serve an agent events connection: {e}");
+    }
 }
 
 /// Reads one events connection: hello, ready, then events (logged) until it closes.
@@ -212,5 +248,73 @@ mod tests {
         });
         request_shutdown(&uds, 0, Duration::from_secs(5)).unwrap();
         fake.join();
+    }
+
+    /// A guest that opens connection after connection to the events port (and sends nothing)
+    /// holds at most MAX_EVENTS_CONNECTIONS host threads; the rest are closed at once, and a
+    /// slot freed is served again.
+    #[test]
+    fn events_connections_beyond_the_cap_are_closed() {
+        use std::io::Read;
+        let tmp = TempDir::new().unwrap();
+        let path = tmp.path().join("events.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let (tx, _rx) = mpsc::channel();
+        spawn_events_listener(listener, tx).unwrap();
+        let held: Vec<UnixStream> = (0..MAX_EVENTS_CONNECTIONS)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        // Wait until all are served (a served connection answers a hello).
+        for s in &held {
+            hello_answered(s);
+        }
+        for _ in 0..200 {
+            let mut extra = UnixStream::connect(&path).unwrap();
+            extra
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            assert_eq!(extra.read(&mut [0u8; 16]).unwrap(), 0, "closed at once");
+        }
+        drop(held);
+        // Slots free up as the served threads see EOF.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let s = UnixStream::connect(&path).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut w = s.try_clone().unwrap();
+            let hello = GuestMessage::Hello {
+                version: PROTOCOL_VERSION,
+                agent_version: "t".into(),
+            };
+            if write_blocking(&mut w, &hello).is_ok()
+                && FrameReader::new(s)
+                    .read_message::<HostMessage>()
+                    .ok()
+                    .flatten()
+                    .is_some()
+            {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no slot came free");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn hello_answered(s: &UnixStream) {
+        let mut w = s.try_clone().unwrap();
+        write_blocking(
+            &mut w,
+            &GuestMessage::Hello {
+                version: PROTOCOL_VERSION,
+                agent_version: "t".into(),
+            },
+        )
+        .unwrap();
+        let r = s.try_clone().unwrap();
+        r.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert!(FrameReader::new(r)
+            .read_message::<HostMessage>()
+            .unwrap()
+            .is_some());
     }
 }

@@ -627,6 +627,9 @@ impl Supervisor<'_> {
             });
         }
         let mut reason = outcome.exit.to_string();
+        if let Some(log) = &outcome.kernel_log {
+            reason = format!("{reason}\nguest kernel log (read from guest memory):\n{log}");
+        }
         if let Some(hint) = self.kernel.as_deref().and_then(vm::host_hint) {
             reason = format!("{reason}; {hint}");
         }

@@ -57,6 +57,10 @@ pub const CREDIT_UPDATE_THRESHOLD: u32 = TX_BUF_SIZE / 2;
 /// Most connections (plus host connections still sending their CONNECT line)
 /// at once; beyond it new ones are refused.
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Most guest-initiated connections to one host port at once. The guest is
+/// hostile: without this cap it could hold every connection (and every host
+/// thread or socket behind one port's listener) by dialing one port in a loop.
+pub const MAX_GUEST_CONNECTIONS_PER_PORT: usize = 64;
 /// Most queued RST replies for packets that match no connection; more are
 /// dropped (the guest times out instead).
 pub const MAX_PENDING_RST: usize = 1024;

@@ -7,16 +7,14 @@
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::config::ConsoleOutput;
 
 const FLUSH_AT: usize = 4096;
-
-/// What Linux prints (at emergency level, so even with `quiet`) right before
-/// it halts the CPUs for good: `kernel_halt()` and `kernel_power_off()`.
-const HALT_LINES: [&[u8]; 2] = [b"reboot: System halted", b"reboot: Power down"];
+/// Console bytes kept for failure reports: enough for the last screenful of a
+/// kernel's messages, small enough to put in an error.
+pub const TAIL_BYTES: usize = 4096;
 
 /// Where console bytes end up.
 enum Sink {
@@ -30,7 +28,8 @@ enum Sink {
 pub struct Console {
     sink: Sink,
     pending: Vec<u8>,
-    halt_hint: Arc<AtomicBool>,
+    /// The last [`TAIL_BYTES`] bytes the guest wrote, for failure reports.
+    tail: std::collections::VecDeque<u8>,
 }
 
 impl Console {
@@ -53,17 +52,14 @@ impl Console {
         Ok(Console {
             sink,
             pending: Vec::with_capacity(FLUSH_AT),
-            halt_hint: Arc::new(AtomicBool::new(false)),
+            tail: std::collections::VecDeque::with_capacity(TAIL_BYTES),
         })
     }
 
-    /// Raised once the guest printed one of the lines Linux prints before
-    /// halting. The VMM only then looks for halted vCPUs: looking means
-    /// interrupting them with a signal, which is not free and (seen under
-    /// nested virtualization) not always harmless, so it is not done blindly.
-    /// A guest that prints the line without halting costs one check.
-    pub fn halt_hint(&self) -> Arc<AtomicBool> {
-        self.halt_hint.clone()
+    /// The last bytes the guest wrote (at most [`TAIL_BYTES`]), as text.
+    pub fn tail(&self) -> String {
+        let (a, b) = self.tail.as_slices();
+        String::from_utf8_lossy(&[a, b].concat()).into_owned()
     }
 
     /// Writes out everything pending.
@@ -93,13 +89,10 @@ impl Console {
 impl Write for Console {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.pending.extend_from_slice(buf);
-        if buf.contains(&b'\n')
-            && HALT_LINES
-                .iter()
-                .any(|l| self.pending.windows(l.len()).any(|w| w == *l))
-        {
-            self.halt_hint.store(true, Ordering::Release);
-        }
+        let keep = buf.len().min(TAIL_BYTES);
+        let excess = (self.tail.len() + keep).saturating_sub(TAIL_BYTES);
+        self.tail.drain(..excess);
+        self.tail.extend(&buf[buf.len() - keep..]);
         Ok(buf.len())
     }
 
@@ -117,6 +110,11 @@ impl Write for Console {
 pub struct SharedConsole(pub Arc<Mutex<Console>>);
 
 impl SharedConsole {
+    /// The last bytes the guest wrote; see [`Console::tail`].
+    pub fn tail(&self) -> String {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).tail()
+    }
+
     /// Flushes whatever is pending.
     pub fn flush_pending(&self) {
         let _ = self
@@ -157,14 +155,14 @@ mod tests {
     }
 
     #[test]
-    fn halt_line_raises_the_hint_once_complete() {
+    fn tail_keeps_the_last_bytes_only() {
         let mut c = Console::open(&ConsoleOutput::Sink).unwrap();
-        let hint = c.halt_hint();
-        for b in b"[  1.0] reboot: System hal" {
-            c.write_all(&[*b]).unwrap();
-        }
-        assert!(!hint.load(Ordering::Acquire));
-        c.write_all(b"ted\n").unwrap();
-        assert!(hint.load(Ordering::Acquire));
+        c.write_all(&vec![b'a'; TAIL_BYTES]).unwrap();
+        c.write_all(b"the end\n").unwrap();
+        let tail = c.tail();
+        assert_eq!(tail.len(), TAIL_BYTES);
+        assert!(tail.ends_with("aathe end\n"), "{tail}");
+        c.write_all(&vec![b'z'; 2 * TAIL_BYTES]).unwrap();
+        assert_eq!(c.tail(), "z".repeat(TAIL_BYTES));
     }
 }

@@ -2,6 +2,7 @@
 //! irqchip and guest memory, and running vCPU threads ([`vcpu`]).
 
 pub mod cpuid;
+pub mod halt;
 pub mod regs;
 pub mod vcpu;
 

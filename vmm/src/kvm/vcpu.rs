@@ -6,21 +6,22 @@
 //! thread stops vCPUs by raising a flag and kicking each thread with a signal,
 //! which makes KVM_RUN return EINTR.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Once};
 use std::time::Instant;
 
 use kvm_bindings::{
-    KVM_INTERNAL_ERROR_EMULATION, KVM_MP_STATE_HALTED, KVM_SYSTEM_EVENT_CRASH,
-    KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+    KVM_INTERNAL_ERROR_EMULATION, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED,
+    KVM_MP_STATE_UNINITIALIZED, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
+    KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::arch::x86_64::paging::{self, PagingMode};
 use crate::devices::{Bus, BusEvent};
-use crate::exit::{FaultKind, VcpuFault, VmExit};
+use crate::exit::{FaultKind, FaultRegs, VcpuFault, VmExit};
 use crate::memory::GuestMemory;
 
 /// The signal used to kick a vCPU thread out of KVM_RUN.
@@ -61,6 +62,11 @@ pub struct Shared {
     pub in_guest_since: Vec<AtomicU64>,
     /// Reference point for `in_guest_since`.
     pub epoch: Instant,
+    /// Per vCPU: the host thread id of its thread (0 until it started), so
+    /// the supervisor can ask the scheduler about it without disturbing it.
+    pub tids: Vec<AtomicI32>,
+    /// Exits to user space for device I/O, all vCPUs together: a sign of life.
+    pub io_exits: AtomicU64,
 }
 
 impl Shared {
@@ -70,6 +76,8 @@ impl Shared {
             stop: AtomicBool::new(false),
             in_guest_since: (0..vcpus).map(|_| AtomicU64::new(0)).collect(),
             epoch: Instant::now(),
+            tids: (0..vcpus).map(|_| AtomicI32::new(0)).collect(),
+            io_exits: AtomicU64::new(0),
         }
     }
 
@@ -115,6 +123,9 @@ impl Vcpu {
     /// Runs the vCPU until the VM stops. Never panics on guest behaviour: every
     /// outcome becomes a [`Report`].
     pub fn run(mut self) {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        self.shared.tids[self.index as usize].store(tid, Ordering::Release);
         let mut reported_halted = false;
         while !self.shared.stop.load(Ordering::Acquire) {
             let slot = &self.shared.in_guest_since[self.index as usize];
@@ -167,6 +178,9 @@ impl Vcpu {
                 reported_halted = halted_now;
                 let _ = self.reports.send(Report::Halted(self.index, halted_now));
             }
+            if matches!(next, Next::Continue | Next::Event(_)) {
+                self.shared.io_exits.fetch_add(1, Ordering::Relaxed);
+            }
             match next {
                 Next::Continue | Next::Interrupted => {}
                 Next::Event(BusEvent::BootComplete) => {
@@ -191,20 +205,21 @@ impl Vcpu {
         }
     }
 
-    /// True if the vCPU is halted with interrupts disabled: nothing but an NMI
-    /// (which nobody sends) can wake it.
+    /// True if the vCPU can never run again by itself: halted with interrupts
+    /// disabled (only an NMI, which nobody sends, could wake it), or an
+    /// application processor still waiting for the start-up IPI that only
+    /// another, running vCPU could send.
     fn halted_with_irqs_off(&self) -> bool {
-        let halted = self
-            .fd
-            .get_mp_state()
-            .map(|s| s.mp_state == KVM_MP_STATE_HALTED)
-            .unwrap_or(false);
-        halted
-            && self
+        match self.fd.get_mp_state().map(|s| s.mp_state) {
+            Ok(KVM_MP_STATE_HALTED) => self
                 .fd
                 .get_regs()
                 .map(|r| r.rflags & (1 << 9) == 0)
-                .unwrap_or(false)
+                .unwrap_or(false),
+            // Never started (no INIT yet) or waiting for the SIPI after one.
+            Ok(KVM_MP_STATE_UNINITIALIZED | KVM_MP_STATE_INIT_RECEIVED) => self.index != 0,
+            _ => false,
+        }
     }
 
     fn internal_error(&mut self) -> FaultKind {
@@ -230,11 +245,22 @@ impl Vcpu {
             kind,
             rip: 0,
             insn_bytes: Vec::new(),
+            regs: None,
         };
         let (Ok(regs), Ok(sregs)) = (self.fd.get_regs(), self.fd.get_sregs()) else {
             return fault;
         };
         fault.rip = regs.rip;
+        fault.regs = Some(FaultRegs {
+            rip: regs.rip,
+            rsp: regs.rsp,
+            rflags: regs.rflags,
+            cr0: sregs.cr0,
+            cr3: sregs.cr3,
+            cr4: sregs.cr4,
+            efer: sregs.efer,
+            cs_base: sregs.cs.base,
+        });
         let mode = PagingMode {
             paging: sregs.cr0 & (1 << 31) != 0,
             long_mode: sregs.efer & (1 << 10) != 0,

@@ -212,24 +212,66 @@ fn many_connections_in_both_directions_carry_their_own_data() {
 
 #[test]
 fn connections_beyond_the_cap_are_refused() {
+    // A table of 4: the guest may hold 2, the host the rest.
     let mut s = setup_with(|v| v.set_max_connections(4), 64);
     let listener = listen(&s.path, 70);
     let mut open = Vec::new();
-    for i in 0..3 {
+    for i in 0..2 {
         open.push(guest_connect(&mut s, &listener, 100 + i, 70));
     }
-    let (_client, _) = host_connect(&mut s, 200);
-    // Both directions are now refused.
+    // The guest's share is used up: refused, though the table has room.
+    s.d.send(s.d.hdr(OP_REQUEST, 103, 70), &[]);
+    let rst = s.d.expect_op(OP_RST);
+    assert_eq!(rst.hdr.dst_port, 103);
+    let (_a, _) = host_connect(&mut s, 200);
+    let (_b, _) = host_connect(&mut s, 201);
+    // The table is full: both directions are refused.
     s.d.send(s.d.hdr(OP_REQUEST, 104, 70), &[]);
     let rst = s.d.expect_op(OP_RST);
     assert_eq!(rst.hdr.dst_port, 104);
     let mut extra = UnixStream::connect(&s.path).unwrap();
-    let _ = extra.write_all(b"CONNECT 201\n");
+    let _ = extra.write_all(b"CONNECT 202\n");
     assert_closed(&mut extra);
     // Closing one makes room again.
     s.d.send(s.d.hdr(OP_RST, 100, 70), &[]);
     assert_closed(&mut open[0]);
     guest_connect(&mut s, &listener, 105, 70);
+}
+
+/// A guest that dials the runtime's events port 2000 times (the attack of
+/// issue 9 §3) gets at most the per-port cap of connections; the rest are
+/// refused with RST, host-initiated connections still get through, and the
+/// guest's connections to another port are still possible.
+#[test]
+fn guest_flooding_one_port_cannot_take_the_table() {
+    const EVENTS_PORT: u32 = 1025;
+    let mut s = setup();
+    let listener = listen(&s.path, EVENTS_PORT);
+    listener.set_nonblocking(true).unwrap();
+    let mut accepted = Vec::new();
+    let (mut responses, mut resets) = (0, 0);
+    for i in 0..2000u32 {
+        s.d.send(s.d.hdr(OP_REQUEST, 10_000 + i, EVENTS_PORT), &[]);
+        let reply = s.d.recv();
+        match reply.hdr.op {
+            OP_RESPONSE => responses += 1,
+            OP_RST => resets += 1,
+            op => panic!("unexpected op {op}"),
+        }
+        // Keep the host side's backlog drained, as the runtime does.
+        while let Ok((stream, _)) = listener.accept() {
+            accepted.push(stream);
+        }
+    }
+    assert_eq!(responses, MAX_GUEST_CONNECTIONS_PER_PORT, "{resets} resets");
+    assert_eq!(resets, 2000 - MAX_GUEST_CONNECTIONS_PER_PORT);
+    // Host-initiated connections (exec, files, shutdown) still work.
+    let (mut exec, port) = host_connect(&mut s, 52);
+    exec.write_all(b"run").unwrap();
+    assert_eq!(recv_data(&mut s.d, port, 52, 3), b"run");
+    // So does the guest's own connection to another port.
+    let other = listen(&s.path, 1026);
+    guest_connect(&mut s, &other, 9, 1026);
 }
 
 #[test]

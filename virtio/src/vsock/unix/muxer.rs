@@ -12,7 +12,11 @@
 //! and the deadlines. After every call into a [`Connection`] it re-reads what
 //! the connection wants ([`Muxer::sync`]): epoll interest, RX work, deadline.
 //! Every table is bounded: at most `max_connections` connections (pending
-//! CONNECT lines included) and [`MAX_PENDING_RST`] queued RST replies.
+//! CONNECT lines included) and [`MAX_PENDING_RST`] queued RST replies. The
+//! guest gets at most half of the connections ([`Muxer::guest_limit`]) and at
+//! most [`MAX_GUEST_CONNECTIONS_PER_PORT`] to one host port, so the other half
+//! stays free for host-initiated connections (exec, files, shutdown) whatever
+//! the guest dials.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
@@ -103,6 +107,10 @@ pub struct Muxer {
     local_ports: HashSet<u32>,
     next_port: u32,
     max_connections: usize,
+    /// Guest-initiated connections per host port (only ports with some).
+    guest_conns: HashMap<u32, usize>,
+    /// Guest-initiated connections in all.
+    guest_total: usize,
     scratch: Vec<u8>,
 }
 
@@ -136,8 +144,21 @@ impl Muxer {
             local_ports: HashSet::new(),
             next_port: FIRST_EPHEMERAL_PORT,
             max_connections,
+            guest_conns: HashMap::new(),
+            guest_total: 0,
             scratch: vec![0; MAX_PKT_DATA as usize],
         })
+    }
+
+    /// Most guest-initiated connections at once: half the table (at least
+    /// one), the rest being reserved for host-initiated ones.
+    pub fn guest_limit(&self) -> usize {
+        (self.max_connections / 2).max(1)
+    }
+
+    /// Most guest-initiated connections to one host port at once.
+    pub fn guest_port_limit(&self) -> usize {
+        MAX_GUEST_CONNECTIONS_PER_PORT.min(self.guest_limit())
     }
 
     /// The epoll set the worker waits on.
@@ -437,8 +458,17 @@ impl Muxer {
 
     /// The guest connects to host port `key.local_port`.
     fn guest_connect(&mut self, key: ConnKey, hdr: &PacketHeader) {
-        if self.conns.len() + self.pending.len() >= self.max_connections {
-            debug!("vsock: connection limit reached; refusing guest connection");
+        let on_port = self.guest_conns.get(&key.local_port).copied().unwrap_or(0);
+        if self.conns.len() + self.pending.len() >= self.max_connections
+            || self.guest_total >= self.guest_limit()
+            || on_port >= self.guest_port_limit()
+        {
+            debug!(
+                port = key.local_port,
+                on_port,
+                guest_total = self.guest_total,
+                "vsock: guest connection limit reached; refusing guest connection"
+            );
             return self.reply_rst(hdr);
         }
         let mut path = OsString::from(self.uds_path.as_os_str());
@@ -452,6 +482,8 @@ impl Muxer {
         };
         let fd = stream.as_raw_fd();
         let conn = Connection::new_peer(stream, self.guest_cid, hdr);
+        *self.guest_conns.entry(key.local_port).or_default() += 1;
+        self.guest_total += 1;
         self.fds.insert(fd, key);
         self.conns.insert(
             key,
@@ -540,6 +572,14 @@ impl Muxer {
         }
         if entry.conn.host_initiated() {
             self.local_ports.remove(&key.local_port);
+        } else {
+            self.guest_total -= 1;
+            if let Some(n) = self.guest_conns.get_mut(&key.local_port) {
+                *n -= 1;
+                if *n == 0 {
+                    self.guest_conns.remove(&key.local_port);
+                }
+            }
         }
         // Dropping the entry closes the host stream.
     }
