@@ -77,9 +77,9 @@ fn open_append(path: &Path) -> io::Result<File> {
 impl CappedLog {
     /// Opens (appending to) or creates the log at `path`, capped at `max_bytes`.
     pub fn open(path: &Path, max_bytes: u64) -> io::Result<CappedLog> {
-        let name = path
-            .file_name()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "a log path names a file"))?;
+        let name = path.file_name().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "a log path names a file")
+        })?;
         let name = CString::new(name.as_bytes())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in a log path"))?;
         let parent = match path.parent() {

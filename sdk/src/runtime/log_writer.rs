@@ -77,8 +77,9 @@ fn point_stderr_at(log: &std::fs::File) {
     unsafe { libc::dup2(log.as_raw_fd(), libc::STDERR_FILENO) };
 }
 
+/// The writer thread's loop (stderr already points at `log`'s file: the runtime did that
+/// before starting it).
 fn run(log: CappedLog, rx: Receiver<Message>, dropped: &AtomicU64) {
-    point_stderr_at(log.file());
     let mut log = log.on_reopen(Box::new(point_stderr_at));
     for message in rx {
         match message {
@@ -143,14 +144,19 @@ mod tests {
         assert_eq!(sender.dropped.load(Ordering::Relaxed), 100);
         let dropped = sender.dropped.clone();
         let writer = std::thread::spawn(move || run(log, rx, &dropped));
+        let flush = |sender: &LogSender| {
+            let (done_tx, done_rx) = mpsc::sync_channel(1);
+            sender.tx.send(Message::Flush(done_tx)).unwrap();
+            done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        };
+        flush(&sender);
         s.write_all(b"after\n").unwrap();
-        let (done_tx, done_rx) = mpsc::sync_channel(1);
-        sender.tx.send(Message::Flush(done_tx)).unwrap();
-        done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        flush(&sender);
         drop((s, sender));
         writer.join().unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains(&format!("line {}\n", QUEUE_LINES - 1)));
+        assert!(!text.contains(&format!("line {}\n", QUEUE_LINES)));
         assert!(text.contains("100 log lines dropped"), "{text}");
         assert!(text.ends_with("after\n"));
     }

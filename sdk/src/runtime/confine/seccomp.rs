@@ -98,6 +98,7 @@ pub const LOG: &[Syscall] = &[
     libc::SYS_renameat2,
     libc::SYS_dup2,
     libc::SYS_dup3,
+    libc::SYS_fcntl,
     libc::SYS_fstat,
     libc::SYS_fsync,
     libc::SYS_lseek,

@@ -152,7 +152,10 @@ fn log_thread(state: &Path, writer: super::super::log_writer::LogSender) {
     log_writer::flush(Duration::from_secs(10));
     let live = std::fs::metadata(state.join("runtime.log")).map_or(0, |m| m.len());
     let rotated = std::fs::read_to_string(state.join("runtime.log.1")).unwrap_or_default();
-    check("log-rotated", live > 0 && live <= 4096 && !rotated.is_empty());
+    check(
+        "log-rotated",
+        live > 0 && live <= 4096 && !rotated.is_empty(),
+    );
     std::io::stdout().flush().unwrap();
 }
 
