@@ -64,12 +64,14 @@ pub fn plan(spec: &SandboxSpec, dir: &SandboxDir, home: &Path) -> Result<Option<
         read_only: vec![home.join("images")],
     };
     let (mut writable_share, mut readable_share) = (false, false);
+    let mut writable_paths = Vec::new();
     let mut share = |path: PathBuf, read_only: bool| {
         if read_only {
             readable_share = true;
             paths.read_only.push(path);
         } else {
             writable_share = true;
+            writable_paths.push(path.clone());
             paths.read_write.push(path);
         }
     };
@@ -88,9 +90,15 @@ pub fn plan(spec: &SandboxSpec, dir: &SandboxDir, home: &Path) -> Result<Option<
         share(path, volume.read_only);
     }
     let identity = identity::target().map_err(Error::InvalidConfig)?;
-    let trusted = matches!(spec.root, RootSpec::Image { .. })
-        && identity.is_some()
-        && identity::needs_trusted_xattrs(dir.path());
+    // The layered upper (in the state directory) and a read-write passthrough share both
+    // keep what the guest asked for (owners, set-id bits, device types) in xattrs: on a
+    // filesystem without user xattrs those are `trusted.*`, which need CAP_SYS_ADMIN.
+    let trusted = identity.is_some()
+        && ((matches!(spec.root, RootSpec::Image { .. })
+            && identity::needs_trusted_xattrs(dir.path()))
+            || writable_paths
+                .iter()
+                .any(|p| identity::needs_trusted_xattrs(p)));
     let mut fs_capabilities = identity::fs_capabilities(writable_share, trusted);
     // Read-only shares, and an image's layers (unpacked by the store as its own user, with
     // the image's modes), are read whatever their host modes say.
@@ -139,8 +147,9 @@ pub fn enable(plan: Plan) -> Result<()> {
     fix_malloc_arenas();
     if plan.identity.is_some() && plan.fs_capabilities & 1 << identity::CAP_SYS_ADMIN != 0 {
         tracing::info!(
-            "the virtio-fs threads keep CAP_SYS_ADMIN: the state directory's filesystem has no \
-             user xattrs, so the image root's metadata goes to trusted.* xattrs"
+            "the virtio-fs threads keep CAP_SYS_ADMIN: the state directory's or a read-write \
+             share's filesystem has no user xattrs, so the guest's metadata goes to trusted.* \
+             xattrs"
         );
     }
     tracing::info!(
