@@ -8,7 +8,7 @@
 //! - the image store, read-only (the layers under an image root);
 //! - each `-v` volume and a `--rootfs` directory, read-write or read-only as configured;
 //! - `/proc/self`, read-only (the VM thread's memory figures, the FUSE backends' reopening
-//!   through `/proc/self/fd/N`), and `/dev/kvm`, `/dev/null`, `/dev/urandom`.
+//!   through `/proc/self/fd/N`), and `/dev/kvm`, `/dev/null`, `/dev/urandom`, `/dev/random`.
 //!
 //! Landlock restricts one thread and the threads it starts, so each thread restricts itself
 //! with a duplicate of the one ruleset (see the module above).
@@ -38,6 +38,10 @@ impl Paths {
     pub fn with_system_paths(mut self) -> Self {
         self.read_only.push("/proc/self".into());
         self.read_only.push("/dev/urandom".into());
+        // A static build's OS random source (no getrandom symbol to find) polls /dev/random
+        // before reading /dev/urandom; without it every random draw failed with EACCES (seen
+        // as the netstack's DNS forwarding panicking in the nested tests).
+        self.read_only.push("/dev/random".into());
         self.read_write.push("/dev/kvm".into());
         self.read_write.push("/dev/null".into());
         self

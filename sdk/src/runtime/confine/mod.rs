@@ -145,6 +145,7 @@ pub fn enable(plan: Plan) -> Result<()> {
     };
     seccomp::install_reporter().map_err(Error::io("installing the SIGSYS reporter"))?;
     fix_malloc_arenas();
+    warm_up_random();
     if plan.identity.is_some() && plan.fs_capabilities & 1 << identity::CAP_SYS_ADMIN != 0 {
         tracing::info!(
             "the virtio-fs threads keep CAP_SYS_ADMIN: the state directory's or a read-write \
@@ -177,6 +178,15 @@ pub fn enable(plan: Plan) -> Result<()> {
     msbvm_virtio::confine::set_thread_hook(thread_started);
     msbvm_netstack::seccomp::set_thread_hook(thread_started);
     Ok(())
+}
+
+/// Draws random bytes once before any thread is confined: a static build's OS random source
+/// opens `/dev/random` and `/dev/urandom` on first use and keeps the descriptor, so no
+/// confined thread (some may not open files) has to open them later.
+fn warm_up_random() {
+    if let Err(e) = getrandom::fill(&mut [0u8; 16]) {
+        tracing::warn!("the OS random source failed before confinement: {e}");
+    }
 }
 
 /// Fixes glibc's limit of malloc arenas now: otherwise the first thread that needs a ninth
