@@ -34,6 +34,9 @@ const MMIO_MAGIC: u32 = 0x7472_6976;
 const MMIO_VERSION: u32 = 2;
 /// Vendor ID reported to the guest ("MSBV"); Linux does not look at it.
 pub const MMIO_VENDOR_ID: u32 = 0x5642_534d;
+/// Offset of the QueueNotify register from a transport's base: where the
+/// VMM registers each queue's ioeventfd.
+pub const QUEUE_NOTIFY_OFFSET: u64 = VIRTIO_MMIO_QUEUE_NOTIFY as u64;
 
 /// The driver-owned status bits, in the order the driver must set them
 /// (virtio 1.2, 3.1.1). Each entry is the cumulative status after that step.
@@ -102,7 +105,7 @@ impl MmioTransport {
     }
 
     /// One eventfd per queue; the VMM registers each as an ioeventfd on
-    /// (base + 0x50, datamatch = queue index).
+    /// (base + [`QUEUE_NOTIFY_OFFSET`], datamatch = queue index).
     pub fn queue_events(&self) -> Vec<EventFd> {
         self.queue_evts
             .iter()

@@ -1,23 +1,20 @@
-//! The virtio-fs device: what the transport sees ([`VirtioDevice`]) and the
+//! The virtio-fs device: what the transport sees (through [`crate::base`]) and the
 //! life cycle of its queue threads.
 
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use msbvm_fs::{FileSystem, Server};
 use thiserror::Error;
-use tracing::{debug, error};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_queue::QueueT;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use virtio_bindings::virtio_ids::VIRTIO_ID_FS;
+use vm_memory::{ByteValued, Le32};
 
 use super::defs::{CONFIG_SIZE, MAX_REQUEST_QUEUES, QUEUE_SIZE, TAG_LEN};
 use super::worker::Worker;
-use crate::device::{ActivateError, GuestMemoryMmap, QueueWithEvent, VirtioDevice};
+use crate::base::{BaseDevice, DeviceCommon};
+use crate::device::{ActivateError, GuestMemoryMmap, QueueWithEvent};
+use crate::event_loop::{EventLoop, WorkerThread};
 use crate::Interrupt;
-
-/// virtio device ID of virtio-fs.
-const VIRTIO_ID_FS: u32 = 26;
 
 /// Why a virtio-fs device could not be created.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -52,19 +49,29 @@ impl<F: FileSystem> FsServer for Server<F> {
     }
 }
 
-struct Workers {
-    stop: EventFd,
-    threads: Vec<JoinHandle<()>>,
+/// `struct virtio_fs_config`.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct FsConfig {
+    /// The mount tag, NUL-padded.
+    pub tag: [u8; TAG_LEN],
+    /// How many request queues follow the high-priority queue.
+    pub num_request_queues: Le32,
 }
+
+// SAFETY: `FsConfig` is `repr(C)`: a 36-byte array then an `Le32` at offset
+// 36 (a multiple of its alignment, 4), so it has no padding and every bit
+// pattern is valid.
+unsafe impl ByteValued for FsConfig {}
+
+const _: () = assert!(std::mem::size_of::<FsConfig>() == CONFIG_SIZE);
 
 /// A virtio-fs device. See the [module docs](super).
 pub struct Fs {
     tag: [u8; TAG_LEN],
     num_request_queues: u16,
-    queue_sizes: Vec<u16>,
     server: Arc<dyn FsServer>,
-    acked_features: u64,
-    workers: Option<Workers>,
+    common: DeviceCommon,
 }
 
 impl Fs {
@@ -86,125 +93,73 @@ impl Fs {
         Ok(Self {
             tag: t,
             num_request_queues,
-            queue_sizes: vec![QUEUE_SIZE; 1 + usize::from(num_request_queues)],
             server,
-            acked_features: 0,
-            workers: None,
+            common: DeviceCommon::new(
+                "virtio-fs",
+                VIRTIO_ID_FS,
+                &vec![QUEUE_SIZE; 1 + usize::from(num_request_queues)],
+                1 << VIRTIO_F_VERSION_1,
+            ),
         })
-    }
-
-    fn stop_workers(&mut self) {
-        if let Some(w) = self.workers.take() {
-            if let Err(e) = w.stop.write(1) {
-                error!("virtio-fs: cannot signal queue threads to stop: {e}");
-            }
-            for t in w.threads {
-                if t.join().is_err() {
-                    error!("virtio-fs: a queue thread panicked");
-                }
-            }
-        }
     }
 }
 
-impl VirtioDevice for Fs {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_FS
+impl BaseDevice for Fs {
+    type Config = FsConfig;
+
+    fn common(&self) -> &DeviceCommon {
+        &self.common
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_sizes
+    fn common_mut(&mut self) -> &mut DeviceCommon {
+        &mut self.common
     }
 
-    fn avail_features(&self) -> u64 {
-        1 << VIRTIO_F_VERSION_1
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features;
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        // struct virtio_fs_config { u8 tag[36]; le32 num_request_queues; }
-        let mut config = [0u8; CONFIG_SIZE];
-        config[..TAG_LEN].copy_from_slice(&self.tag);
-        config[TAG_LEN..].copy_from_slice(&u32::from(self.num_request_queues).to_le_bytes());
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = offset
-                .checked_add(i as u64)
-                .and_then(|o| config.get(usize::try_from(o).ok()?))
-                .copied()
-                .unwrap_or(0);
+    fn config(&self) -> FsConfig {
+        FsConfig {
+            tag: self.tag,
+            num_request_queues: u32::from(self.num_request_queues).into(),
         }
     }
 
-    fn write_config(&mut self, offset: u64, _data: &[u8]) {
-        debug!("virtio-fs: ignoring write to read-only config at {offset:#x}");
-    }
-
-    fn activate(
+    /// One thread per queue, so a slow request on one never holds up another.
+    fn start(
         &mut self,
         mem: GuestMemoryMmap,
         interrupt: Arc<Interrupt>,
         queues: Vec<QueueWithEvent>,
-    ) -> Result<(), ActivateError> {
-        if self.workers.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        if queues.len() != self.queue_sizes.len() {
-            return Err(ActivateError::QueueCount {
-                expected: self.queue_sizes.len(),
-                got: queues.len(),
-            });
-        }
-        if let Some(i) = queues.iter().position(|q| !q.queue.ready()) {
-            return Err(ActivateError::QueueNotReady(i));
-        }
-        let stop = EventFd::new(EFD_NONBLOCK)?;
-        let mut workers = Workers {
-            stop: stop.try_clone()?,
-            threads: Vec::new(),
-        };
+    ) -> Result<Vec<WorkerThread>, ActivateError> {
+        let mut threads = Vec::with_capacity(queues.len());
         for (index, q) in queues.into_iter().enumerate() {
             let worker = Worker {
                 mem: mem.clone(),
                 interrupt: interrupt.clone(),
                 queue: q.queue,
-                event: q.event,
-                stop: stop.try_clone()?,
                 server: self.server.clone(),
                 index,
             };
-            let spawned = std::thread::Builder::new()
-                .name(format!("virtio-fs-q{index}"))
-                .spawn(move || {
-                    crate::confine::thread_started("virtio-fs");
-                    worker.run()
-                });
+            let spawned = EventLoop::new().and_then(|event_loop| {
+                WorkerThread::spawn(
+                    format!("virtio-fs-q{index}"),
+                    "virtio-fs",
+                    event_loop,
+                    vec![q.event],
+                    worker,
+                )
+            });
             match spawned {
-                Ok(t) => workers.threads.push(t),
+                Ok(t) => threads.push(t),
                 Err(e) => {
                     // Stop the threads already running before failing.
-                    self.workers = Some(workers);
-                    self.stop_workers();
+                    WorkerThread::stop_all(threads);
                     return Err(e.into());
                 }
             }
         }
-        self.workers = Some(workers);
-        Ok(())
+        Ok(threads)
     }
 
-    fn reset(&mut self) -> bool {
-        self.stop_workers();
+    fn on_reset(&mut self) {
         self.server.reset();
-        self.acked_features = 0;
-        true
-    }
-}
-
-impl Drop for Fs {
-    fn drop(&mut self) {
-        self.stop_workers();
     }
 }

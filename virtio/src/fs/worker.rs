@@ -8,34 +8,24 @@
 //! and a 16-byte writable part are usable, otherwise returned with length 0;
 //! either way the guest gets its buffers back and a debug line is logged.
 
-use std::io;
-use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
 
 use msbvm_fs::abi;
 use thiserror::Error;
-use tracing::{debug, error};
+use tracing::debug;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::EventFd;
 
 use super::defs::MAX_REQUEST_BYTES;
 use super::device::FsServer;
+use crate::event_loop::EventHandler;
 use crate::{GuestMemoryMmap, Interrupt};
-
-const STOP_TOKEN: u64 = 0;
-const QUEUE_TOKEN: u64 = 1;
 
 /// Everything one queue's thread owns.
 pub struct Worker {
     pub mem: GuestMemoryMmap,
     pub interrupt: Arc<Interrupt>,
     pub queue: Queue,
-    pub event: EventFd,
-    /// Shared by all the device's threads; never read, so it stays readable
-    /// for every one of them once written.
-    pub stop: EventFd,
     pub server: Arc<dyn FsServer>,
     /// Queue index, for logs.
     pub index: usize,
@@ -52,58 +42,17 @@ enum ChainError {
     BadAddress,
 }
 
-impl Worker {
-    /// Serves the queue until the stop eventfd fires.
-    pub fn run(mut self) {
-        let epoll = match self.epoll() {
-            Ok(e) => e,
-            Err(e) => {
-                error!("virtio-fs: queue {}: cannot set up epoll: {e}", self.index);
-                return;
-            }
-        };
-        let mut events = [EpollEvent::default(); 2];
-        // Kicks that came before the thread started are in the counter.
+impl EventHandler for Worker {
+    fn started(&mut self) {
         self.process();
-        loop {
-            let n = match epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    error!(
-                        "virtio-fs: queue {}: epoll_wait failed, queue stops: {e}",
-                        self.index
-                    );
-                    return;
-                }
-            };
-            for ev in &events[..n] {
-                match ev.data() {
-                    STOP_TOKEN => return,
-                    _ => {
-                        let _ = self.event.read();
-                        self.process();
-                    }
-                }
-            }
-        }
     }
 
-    fn epoll(&self) -> io::Result<Epoll> {
-        let epoll = Epoll::new()?;
-        for (fd, token) in [
-            (self.stop.as_raw_fd(), STOP_TOKEN),
-            (self.event.as_raw_fd(), QUEUE_TOKEN),
-        ] {
-            epoll.ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, token),
-            )?;
-        }
-        Ok(epoll)
+    fn queue_notified(&mut self, _index: usize) {
+        self.process();
     }
+}
 
+impl Worker {
     fn process(&mut self) {
         let mut used = false;
         let mut reply = Vec::new();

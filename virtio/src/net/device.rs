@@ -1,4 +1,4 @@
-//! The virtio-net device: what the transport sees ([`VirtioDevice`]), its
+//! The virtio-net device: what the transport sees (through [`crate::base`]), its
 //! configuration, and the life cycle of its worker thread.
 //!
 //! [`Net::new`] takes the backend socket and keeps it across driver resets:
@@ -10,21 +10,20 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
-use tracing::{debug, error};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
     VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
-use virtio_queue::QueueT;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vm_memory::{ByteValued, Le16};
 
 use super::defs::{CONFIG_LEN, MIN_MTU, QUEUE_SIZE};
 use super::worker::Worker;
-use crate::device::{ActivateError, GuestMemoryMmap, QueueWithEvent, VirtioDevice};
+use crate::base::{queue_array, BaseDevice, DeviceCommon};
+use crate::device::{ActivateError, GuestMemoryMmap, QueueWithEvent};
+use crate::event_loop::{EventLoop, WorkerThread};
 use crate::Interrupt;
 
 /// How to build a [`Net`] device.
@@ -67,11 +66,26 @@ impl NetMetrics {
     }
 }
 
-/// The running worker and how to stop it.
-struct WorkerHandle {
-    stop: EventFd,
-    thread: JoinHandle<()>,
+/// `struct virtio_net_config` up to `mtu`: the fields the features we
+/// offer make valid.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct NetConfig {
+    /// The guest's MAC address (VIRTIO_NET_F_MAC).
+    pub mac: [u8; 6],
+    /// VIRTIO_NET_S_LINK_UP (VIRTIO_NET_F_STATUS).
+    pub status: Le16,
+    /// Always 1: no multiqueue.
+    pub max_virtqueue_pairs: Le16,
+    /// The MTU (VIRTIO_NET_F_MTU).
+    pub mtu: Le16,
 }
+
+// SAFETY: `NetConfig` is `repr(C)`, made of a byte array and `Le16`s that
+// start at even offsets, so it has no padding and every bit pattern is valid.
+unsafe impl ByteValued for NetConfig {}
+
+const _: () = assert!(std::mem::size_of::<NetConfig>() == CONFIG_LEN);
 
 /// A virtio-net device whose frames go to and come from a datagram socket.
 /// See the [module docs](super) for the features it offers and why.
@@ -79,10 +93,8 @@ pub struct Net {
     mac: [u8; 6],
     mtu: u16,
     backend: OwnedFd,
-    avail_features: u64,
-    acked_features: u64,
     metrics: Arc<NetMetrics>,
-    worker: Option<WorkerHandle>,
+    common: DeviceCommon,
 }
 
 impl Net {
@@ -109,10 +121,8 @@ impl Net {
             mac: config.mac,
             mtu: config.mtu,
             backend: config.backend,
-            avail_features,
-            acked_features: 0,
             metrics: Arc::default(),
-            worker: None,
+            common: DeviceCommon::new("net", VIRTIO_ID_NET, &[QUEUE_SIZE; 2], avail_features),
         })
     }
 
@@ -124,26 +134,6 @@ impl Net {
     /// The device's counters (live while the device runs).
     pub fn metrics(&self) -> Arc<NetMetrics> {
         Arc::clone(&self.metrics)
-    }
-
-    fn config_bytes(&self) -> [u8; CONFIG_LEN] {
-        let mut c = [0u8; CONFIG_LEN];
-        c[0..6].copy_from_slice(&self.mac);
-        c[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
-        c[8..10].copy_from_slice(&1u16.to_le_bytes());
-        c[10..12].copy_from_slice(&self.mtu.to_le_bytes());
-        c
-    }
-
-    fn stop_worker(&mut self) {
-        if let Some(worker) = self.worker.take() {
-            if let Err(e) = worker.stop.write(1) {
-                error!("net: cannot signal worker to stop: {e}");
-            }
-            if worker.thread.join().is_err() {
-                error!("net: worker thread panicked");
-            }
-        }
     }
 }
 
@@ -189,86 +179,50 @@ fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
-impl VirtioDevice for Net {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_NET
+impl BaseDevice for Net {
+    type Config = NetConfig;
+
+    fn common(&self) -> &DeviceCommon {
+        &self.common
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE; 2]
+    fn common_mut(&mut self) -> &mut DeviceCommon {
+        &mut self.common
     }
 
-    fn avail_features(&self) -> u64 {
-        self.avail_features
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features;
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.config_bytes();
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = offset
-                .checked_add(i as u64)
-                .and_then(|o| config.get(usize::try_from(o).ok()?))
-                .copied()
-                .unwrap_or(0);
+    fn config(&self) -> NetConfig {
+        NetConfig {
+            mac: self.mac,
+            status: (VIRTIO_NET_S_LINK_UP as u16).into(),
+            max_virtqueue_pairs: 1.into(),
+            mtu: self.mtu.into(),
         }
     }
 
-    fn write_config(&mut self, offset: u64, _data: &[u8]) {
-        // The MAC is writable only in legacy devices; we are not one.
-        debug!("net: ignoring write to read-only config at {offset:#x}");
-    }
-
-    fn activate(
+    fn start(
         &mut self,
         mem: GuestMemoryMmap,
         interrupt: Arc<Interrupt>,
         queues: Vec<QueueWithEvent>,
-    ) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        let got = queues.len();
-        let Ok([rx, tx]) = <[QueueWithEvent; 2]>::try_from(queues) else {
-            return Err(ActivateError::QueueCount { expected: 2, got });
-        };
-        for (i, q) in [&rx, &tx].into_iter().enumerate() {
-            if !q.queue.ready() {
-                return Err(ActivateError::QueueNotReady(i));
-            }
-        }
-        let stop = EventFd::new(EFD_NONBLOCK)?;
+    ) -> Result<Vec<WorkerThread>, ActivateError> {
+        let [rx, tx] = queue_array(queues)?;
+        let event_loop = EventLoop::new()?;
         let worker = Worker::new(
             mem,
             interrupt,
-            [(rx.queue, rx.event), (tx.queue, tx.event)],
-            stop.try_clone()?,
+            [rx.queue, tx.queue],
+            Arc::clone(event_loop.epoll()),
             self.backend.try_clone()?,
-            self.acked_features,
+            self.common.acked_features(),
             Arc::clone(&self.metrics),
         )?;
-        let thread = std::thread::Builder::new()
-            .name("virtio-net".into())
-            .spawn(move || {
-                crate::confine::thread_started("virtio-net");
-                worker.run()
-            })?;
-        self.worker = Some(WorkerHandle { stop, thread });
-        Ok(())
-    }
-
-    fn reset(&mut self) -> bool {
-        self.stop_worker();
-        self.acked_features = 0;
-        true
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        self.stop_worker();
+        let thread = WorkerThread::spawn(
+            "virtio-net".into(),
+            "virtio-net",
+            event_loop,
+            vec![rx.event, tx.event],
+            worker,
+        )?;
+        Ok(vec![thread])
     }
 }

@@ -1,5 +1,5 @@
-//! The net device thread: one epoll loop over the two queue eventfds, the
-//! stop eventfd and the backend socket.
+//! The net device's [`EventHandler`]: the base's event loop waits on the two
+//! queue eventfds, the stop eventfd and the backend socket.
 //!
 //! **TX.** Each chain is copied into one reusable buffer (header + frame),
 //! checked, its partial checksum completed, and sent as one datagram. When
@@ -36,19 +36,17 @@ use virtio_bindings::virtio_net::{VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MRG_RXBU
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::EventFd;
 
-use super::defs::{MAX_FRAME_LEN, MIN_FRAME_LEN, NET_HDR_LEN};
+use super::defs::{MAX_FRAME_LEN, MIN_FRAME_LEN, NET_HDR_LEN, RXQ_INDEX, TXQ_INDEX};
 use super::device::NetMetrics;
 use super::frame::{
     complete_checksum, FrameError, NetHeader, HDR_F_DATA_VALID, HDR_F_NEEDS_CSUM, HDR_GSO_NONE,
 };
+use crate::event_loop::EventHandler;
 use crate::{GuestMemoryMmap, Interrupt};
 
-const STOP_TOKEN: u64 = 0;
-const RXQ_TOKEN: u64 = 1;
-const TXQ_TOKEN: u64 = 2;
-const SOCKET_TOKEN: u64 = 3;
+/// epoll token of the backend socket.
+const SOCKET_TOKEN: u64 = 0;
 
 /// Why a TX chain was dropped.
 #[derive(Debug, Error)]
@@ -89,12 +87,9 @@ pub struct Worker {
     interrupt: Arc<Interrupt>,
     rxq: Queue,
     txq: Queue,
-    rx_evt: EventFd,
-    tx_evt: EventFd,
-    /// Kept open because it is registered in the epoll set.
-    _stop: EventFd,
     socket: OwnedFd,
-    epoll: Epoll,
+    /// The event loop's epoll set, where the socket's interest changes.
+    epoll: Arc<Epoll>,
     mergeable: bool,
     guest_csum: bool,
     metrics: Arc<NetMetrics>,
@@ -117,41 +112,50 @@ pub struct Worker {
     socket_open: bool,
 }
 
+impl EventHandler for Worker {
+    fn started(&mut self) {
+        self.process_tx();
+        self.process_rx();
+    }
+
+    fn queue_notified(&mut self, index: usize) {
+        match index {
+            RXQ_INDEX => self.process_rx(),
+            TXQ_INDEX => self.process_tx(),
+            _ => {}
+        }
+    }
+
+    fn fd_ready(&mut self, _token: u64, events: EventSet) {
+        self.handle_socket(events);
+    }
+}
+
 impl Worker {
-    /// Prepares the thread's state and epoll set. `queues` are (queue,
-    /// eventfd) for RX and TX; `features` are the ones the driver accepted.
+    /// Prepares the thread's state and adds the socket to `epoll`, the
+    /// event loop's set. `queues` are RX and TX; `features` are the ones
+    /// the driver accepted.
     pub fn new(
         mem: GuestMemoryMmap,
         interrupt: Arc<Interrupt>,
-        queues: [(Queue, EventFd); 2],
-        stop: EventFd,
+        queues: [Queue; 2],
+        epoll: Arc<Epoll>,
         socket: OwnedFd,
         features: u64,
         metrics: Arc<NetMetrics>,
     ) -> io::Result<Self> {
-        let [(rxq, rx_evt), (txq, tx_evt)] = queues;
-        let epoll = Epoll::new()?;
-        for (fd, token) in [
-            (stop.as_raw_fd(), STOP_TOKEN),
-            (rx_evt.as_raw_fd(), RXQ_TOKEN),
-            (tx_evt.as_raw_fd(), TXQ_TOKEN),
-            (socket.as_raw_fd(), SOCKET_TOKEN),
-        ] {
-            epoll.ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, token),
-            )?;
-        }
+        let [rxq, txq] = queues;
+        epoll.ctl(
+            ControlOperation::Add,
+            socket.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, SOCKET_TOKEN),
+        )?;
         let held_capacity = usize::from(rxq.size());
         Ok(Self {
             mem,
             interrupt,
             rxq,
             txq,
-            rx_evt,
-            tx_evt,
-            _stop: stop,
             socket,
             epoll,
             mergeable: features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0,
@@ -168,39 +172,6 @@ impl Worker {
             interest: EventSet::IN,
             socket_open: true,
         })
-    }
-
-    /// Runs until the stop eventfd fires (or epoll itself fails).
-    pub fn run(mut self) {
-        let mut events = vec![EpollEvent::default(); 8];
-        // Kicks from before we started are in the eventfd counters, but
-        // buffers may also be queued already: look at both queues once.
-        self.process_tx();
-        self.process_rx();
-        loop {
-            let n = match self.epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    error!("net: epoll_wait failed, device stops: {e}");
-                    return;
-                }
-            };
-            for ev in &events[..n] {
-                match ev.data() {
-                    STOP_TOKEN => return,
-                    RXQ_TOKEN => {
-                        let _ = self.rx_evt.read();
-                        self.process_rx();
-                    }
-                    TXQ_TOKEN => {
-                        let _ = self.tx_evt.read();
-                        self.process_tx();
-                    }
-                    _ => self.handle_socket(ev.event_set()),
-                }
-            }
-        }
     }
 
     fn handle_socket(&mut self, set: EventSet) {

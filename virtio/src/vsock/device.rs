@@ -1,4 +1,4 @@
-//! The virtio-vsock device: what the transport sees ([`VirtioDevice`]) and the
+//! The virtio-vsock device: what the transport sees (through [`crate::base`]) and the
 //! life cycle of its worker thread.
 //!
 //! [`Vsock::new`] binds the host listener at once, so host clients can connect
@@ -11,19 +11,18 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use thiserror::Error;
-use tracing::{debug, error};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
-use virtio_queue::QueueT;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vm_memory::{ByteValued, Le64};
 
 use super::defs::{HOST_CID, MAX_CONNECTIONS, QUEUE_SIZE};
 use super::unix::muxer::Muxer;
 use super::worker::Worker;
-use crate::device::{ActivateError, GuestMemoryMmap, QueueWithEvent, VirtioDevice};
+use crate::base::{queue_array, BaseDevice, DeviceCommon};
+use crate::device::{ActivateError, GuestMemoryMmap, QueueWithEvent};
+use crate::event_loop::{EventLoop, WorkerThread};
 use crate::Interrupt;
 
 /// Why a vsock device could not be created.
@@ -45,11 +44,17 @@ pub enum Error {
     },
 }
 
-/// The running worker and how to stop it.
-struct WorkerHandle {
-    stop: EventFd,
-    thread: JoinHandle<()>,
+/// `struct virtio_vsock_config`: the guest's CID.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct VsockConfig {
+    /// The guest's context ID.
+    pub guest_cid: Le64,
 }
+
+// SAFETY: `VsockConfig` is `repr(C)`, made only of `Le64` (itself plain
+// bytes), so it has no padding and every bit pattern is valid.
+unsafe impl ByteValued for VsockConfig {}
 
 /// A virtio-vsock device bridging guest stream sockets to host Unix sockets.
 /// See the [module docs](super) for the host-side protocol.
@@ -60,9 +65,8 @@ pub struct Vsock {
     /// (device, inode) of the socket file we created, so Drop only removes
     /// our own file.
     socket_id: Option<(u64, u64)>,
-    acked_features: u64,
     max_connections: usize,
-    worker: Option<WorkerHandle>,
+    common: DeviceCommon,
 }
 
 impl Vsock {
@@ -85,9 +89,13 @@ impl Vsock {
             uds_path,
             listener,
             socket_id,
-            acked_features: 0,
             max_connections: MAX_CONNECTIONS,
-            worker: None,
+            common: DeviceCommon::new(
+                "vsock",
+                VIRTIO_ID_VSOCK,
+                &[QUEUE_SIZE; 3],
+                1 << VIRTIO_F_VERSION_1,
+            ),
         })
     }
 
@@ -106,17 +114,6 @@ impl Vsock {
     pub(crate) fn set_max_connections(&mut self, max: usize) {
         self.max_connections = max;
     }
-
-    fn stop_worker(&mut self) {
-        if let Some(worker) = self.worker.take() {
-            if let Err(e) = worker.stop.write(1) {
-                error!("vsock: cannot signal worker to stop: {e}");
-            }
-            if worker.thread.join().is_err() {
-                error!("vsock: worker thread panicked");
-            }
-        }
-    }
 }
 
 fn remove_stale_socket(path: &Path) -> Result<(), Error> {
@@ -132,95 +129,53 @@ fn remove_stale_socket(path: &Path) -> Result<(), Error> {
     }
 }
 
-impl VirtioDevice for Vsock {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_VSOCK
+impl BaseDevice for Vsock {
+    type Config = VsockConfig;
+
+    fn common(&self) -> &DeviceCommon {
+        &self.common
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE; 3]
+    fn common_mut(&mut self) -> &mut DeviceCommon {
+        &mut self.common
     }
 
-    fn avail_features(&self) -> u64 {
-        1 << VIRTIO_F_VERSION_1
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features;
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        // struct virtio_vsock_config { le64 guest_cid; }
-        let config = self.guest_cid.to_le_bytes();
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = offset
-                .checked_add(i as u64)
-                .and_then(|o| config.get(usize::try_from(o).ok()?))
-                .copied()
-                .unwrap_or(0);
+    fn config(&self) -> VsockConfig {
+        VsockConfig {
+            guest_cid: self.guest_cid.into(),
         }
     }
 
-    fn write_config(&mut self, offset: u64, _data: &[u8]) {
-        debug!("vsock: ignoring write to read-only config at {offset:#x}");
-    }
-
-    fn activate(
+    fn start(
         &mut self,
         mem: GuestMemoryMmap,
         interrupt: Arc<Interrupt>,
         queues: Vec<QueueWithEvent>,
-    ) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        let got = queues.len();
-        let Ok([rx, tx, ev]) = <[QueueWithEvent; 3]>::try_from(queues) else {
-            return Err(ActivateError::QueueCount { expected: 3, got });
-        };
-        for (i, q) in [&rx, &tx, &ev].into_iter().enumerate() {
-            if !q.queue.ready() {
-                return Err(ActivateError::QueueNotReady(i));
-            }
-        }
+    ) -> Result<Vec<WorkerThread>, ActivateError> {
+        let [rx, tx, ev] = queue_array(queues)?;
         let muxer = Muxer::new(
             self.guest_cid,
             self.uds_path.clone(),
             self.listener.try_clone()?,
             self.max_connections,
         )?;
-        let stop = EventFd::new(EFD_NONBLOCK)?;
-        let worker = Worker::new(
-            mem,
-            interrupt,
-            [
-                (rx.queue, rx.event),
-                (tx.queue, tx.event),
-                (ev.queue, ev.event),
-            ],
-            stop.try_clone()?,
-            muxer,
+        let event_loop = EventLoop::with_epoll(Arc::clone(muxer.epoll()));
+        let worker = Worker::new(mem, interrupt, [rx.queue, tx.queue, ev.queue], muxer);
+        let thread = WorkerThread::spawn(
+            format!("vsock-{}", self.guest_cid),
+            "virtio-vsock",
+            event_loop,
+            vec![rx.event, tx.event, ev.event],
+            worker,
         )?;
-        let thread = std::thread::Builder::new()
-            .name(format!("vsock-{}", self.guest_cid))
-            .spawn(move || {
-                crate::confine::thread_started("virtio-vsock");
-                worker.run()
-            })?;
-        self.worker = Some(WorkerHandle { stop, thread });
-        Ok(())
-    }
-
-    fn reset(&mut self) -> bool {
-        self.stop_worker();
-        self.acked_features = 0;
-        true
+        Ok(vec![thread])
     }
 }
 
 impl Drop for Vsock {
     fn drop(&mut self) {
-        self.stop_worker();
+        // The worker goes first, while the socket file is still ours.
+        self.common.stop();
         // Remove the socket file only if it is still the one we bound.
         let ours = std::fs::metadata(&self.uds_path)
             .ok()

@@ -1,5 +1,6 @@
-//! The vsock device thread: one epoll loop over the three queue eventfds, the
-//! stop eventfd, the listener and every connection's socket.
+//! The vsock device's [`EventHandler`]: the base's event loop waits on the
+//! muxer's epoll set, which holds the listener and every connection's socket
+//! besides the three queue eventfds and the stop eventfd.
 //!
 //! TX chains are parsed ([`parse_tx`]) and handed to the muxer, then returned
 //! to the guest. RX buffers are filled only while the muxer has something to
@@ -8,24 +9,22 @@
 //! without a packet in them. When the guest has no RX buffers, work waits in
 //! the muxer (bounded) until the next RX kick.
 
-use std::io;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tracing::{debug, error};
+use tracing::debug;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vmm_sys_util::epoll::{ControlOperation, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::epoll::EventSet;
 
 use super::defs::PKT_HEADER_SIZE;
 use super::packet::{parse_tx, rx_writer};
-use super::unix::muxer::{Muxer, LISTENER_TOKEN};
+use super::unix::muxer::Muxer;
+use crate::event_loop::EventHandler;
 use crate::{GuestMemoryMmap, Interrupt};
 
-const STOP_TOKEN: u64 = LISTENER_TOKEN + 1;
-const RXQ_TOKEN: u64 = LISTENER_TOKEN + 2;
-const TXQ_TOKEN: u64 = LISTENER_TOKEN + 3;
-const EVQ_TOKEN: u64 = LISTENER_TOKEN + 4;
+/// Queue indices.
+const RXQ: usize = 0;
+const TXQ: usize = 1;
 
 /// Everything the device thread owns.
 pub struct Worker {
@@ -33,91 +32,57 @@ pub struct Worker {
     interrupt: Arc<Interrupt>,
     rxq: Queue,
     txq: Queue,
-    rx_evt: EventFd,
-    tx_evt: EventFd,
-    ev_evt: EventFd,
     /// Held so the event queue stays configured; we never send events.
     _evq: Queue,
-    /// Kept open because it is registered in the epoll set.
-    _stop: EventFd,
     muxer: Muxer,
 }
 
+impl EventHandler for Worker {
+    fn started(&mut self) {
+        self.process_tx();
+        self.process_rx();
+    }
+
+    fn queue_notified(&mut self, index: usize) {
+        match index {
+            RXQ => self.process_rx(),
+            TXQ => self.process_tx(),
+            // The guest gave us event buffers; nothing to send.
+            _ => {}
+        }
+    }
+
+    fn fd_ready(&mut self, token: u64, events: EventSet) {
+        self.muxer.handle_event(token, events);
+    }
+
+    fn after_events(&mut self) {
+        self.muxer.sweep(Instant::now());
+        self.process_rx();
+    }
+
+    fn timeout_ms(&self) -> i32 {
+        self.muxer.poll_timeout_ms()
+    }
+}
+
 impl Worker {
-    /// Registers the eventfds with the muxer's epoll set. `queues` are
-    /// (queue, eventfd) for rx, tx and event, in that order.
+    /// The worker for the rx, tx and event queues, in that order; the
+    /// muxer's epoll set is the one the event loop waits on.
     pub fn new(
         mem: GuestMemoryMmap,
         interrupt: Arc<Interrupt>,
-        queues: [(Queue, EventFd); 3],
-        stop: EventFd,
+        queues: [Queue; 3],
         muxer: Muxer,
-    ) -> io::Result<Self> {
-        let [(rxq, rx_evt), (txq, tx_evt), (evq, ev_evt)] = queues;
-        for (fd, token) in [
-            (&stop, STOP_TOKEN),
-            (&rx_evt, RXQ_TOKEN),
-            (&tx_evt, TXQ_TOKEN),
-            (&ev_evt, EVQ_TOKEN),
-        ] {
-            use std::os::unix::io::AsRawFd;
-            muxer.epoll().ctl(
-                ControlOperation::Add,
-                fd.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, token),
-            )?;
-        }
-        Ok(Self {
+    ) -> Self {
+        let [rxq, txq, evq] = queues;
+        Self {
             mem,
             interrupt,
             rxq,
             txq,
-            rx_evt,
-            tx_evt,
-            ev_evt,
             _evq: evq,
-            _stop: stop,
             muxer,
-        })
-    }
-
-    /// Runs until the stop eventfd fires (or epoll itself fails).
-    pub fn run(mut self) {
-        let mut events = vec![EpollEvent::default(); 64];
-        // Kicks that arrived before we started are in the eventfd counters
-        // and will be reported; process anything already queued as well.
-        self.process_tx();
-        self.process_rx();
-        loop {
-            let timeout = self.muxer.poll_timeout_ms();
-            let n = match self.muxer.epoll().wait(timeout, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    error!("vsock: epoll_wait failed, device stops: {e}");
-                    return;
-                }
-            };
-            for ev in &events[..n] {
-                match ev.data() {
-                    STOP_TOKEN => return,
-                    RXQ_TOKEN => {
-                        let _ = self.rx_evt.read();
-                        self.process_rx();
-                    }
-                    TXQ_TOKEN => {
-                        let _ = self.tx_evt.read();
-                        self.process_tx();
-                    }
-                    EVQ_TOKEN => {
-                        // The guest gave us event buffers; nothing to send.
-                        let _ = self.ev_evt.read();
-                    }
-                    token => self.muxer.handle_event(token, ev.event_set()),
-                }
-            }
-            self.muxer.sweep(Instant::now());
-            self.process_rx();
         }
     }
 

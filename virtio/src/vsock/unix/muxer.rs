@@ -7,7 +7,8 @@
 //! - A guest connecting to (CID 2, port P) is connected to the Unix socket at
 //!   `<uds_path>_<P>`, or refused with RST if nothing listens there.
 //!
-//! The muxer owns the epoll set (the worker adds the queue eventfds to it),
+//! The muxer owns the epoll set (the device's event loop waits on it and
+//! adds the queue eventfds),
 //! the connection table, the queue of connections waiting for an RX buffer,
 //! and the deadlines. After every call into a [`Connection`] it re-reads what
 //! the connection wants ([`Muxer::sync`]): epoll interest, RX work, deadline.
@@ -25,6 +26,7 @@ use std::io::{self, Read};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
@@ -37,8 +39,8 @@ use crate::vsock::defs::*;
 use crate::vsock::packet::{write_packet, PacketHeader};
 
 /// epoll token of the listener; connection sockets use their fd, and the
-/// worker's eventfds use the tokens just above this one.
-pub const LISTENER_TOKEN: u64 = u64::MAX - 16;
+/// event loop's eventfds use the tokens from `DEVICE_TOKEN_LIMIT` up.
+pub const LISTENER_TOKEN: u64 = crate::event_loop::DEVICE_TOKEN_LIMIT - 1;
 
 /// How long to stop accepting after accept() fails (e.g. out of fds), so a
 /// backlog we cannot drain does not spin the thread.
@@ -96,7 +98,7 @@ enum Deadline {
 pub struct Muxer {
     guest_cid: u64,
     uds_path: PathBuf,
-    epoll: Epoll,
+    epoll: Arc<Epoll>,
     listener: UnixListener,
     conns: HashMap<ConnKey, ConnEntry>,
     fds: HashMap<RawFd, ConnKey>,
@@ -124,7 +126,7 @@ impl Muxer {
         max_connections: usize,
     ) -> io::Result<Self> {
         listener.set_nonblocking(true)?;
-        let epoll = Epoll::new()?;
+        let epoll = Arc::new(Epoll::new()?);
         epoll.ctl(
             ControlOperation::Add,
             listener.as_raw_fd(),
@@ -161,8 +163,8 @@ impl Muxer {
         MAX_GUEST_CONNECTIONS_PER_PORT.min(self.guest_limit())
     }
 
-    /// The epoll set the worker waits on.
-    pub fn epoll(&self) -> &Epoll {
+    /// The epoll set the worker's event loop waits on.
+    pub fn epoll(&self) -> &Arc<Epoll> {
         &self.epoll
     }
 

@@ -1,0 +1,254 @@
+//! The device base: what every device shares between the transport contract
+//! ([`VirtioDevice`]) and its own queue handling.
+//!
+//! A device built on the base holds a [`DeviceCommon`] (type, queue sizes,
+//! features, and its [`DeviceState`]) and implements [`BaseDevice`]: its
+//! config space as a plain `#[repr(C)]` struct, and how to start its
+//! [`WorkerThread`]s from checked queues. The base supplies the rest of
+//! [`VirtioDevice`]: config reads served from the struct's bytes, read-only
+//! config writes, the queue-count and queue-ready checks at activation, and
+//! one reset path that stops the workers (also on drop).
+//!
+//! A complete device, one queue whose buffers are handed back unread:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use msbvm_virtio::base::{BaseDevice, DeviceCommon};
+//! use msbvm_virtio::event_loop::{EventHandler, EventLoop, WorkerThread};
+//! use msbvm_virtio::{ActivateError, GuestMemoryMmap, Interrupt, QueueWithEvent};
+//! use virtio_queue::{Queue, QueueOwnedT, QueueT};
+//!
+//! struct Sink { common: DeviceCommon }
+//!
+//! struct SinkWorker { mem: GuestMemoryMmap, interrupt: Arc<Interrupt>, queue: Queue }
+//!
+//! impl EventHandler for SinkWorker {
+//!     fn queue_notified(&mut self, _index: usize) {
+//!         while let Some(chain) = self.queue.pop_descriptor_chain(&self.mem) {
+//!             let _ = self.queue.add_used(&self.mem, chain.head_index(), 0);
+//!         }
+//!         self.interrupt.signal_used_queue();
+//!     }
+//! }
+//!
+//! impl BaseDevice for Sink {
+//!     type Config = [u8; 0];
+//!     fn common(&self) -> &DeviceCommon { &self.common }
+//!     fn common_mut(&mut self) -> &mut DeviceCommon { &mut self.common }
+//!     fn config(&self) -> [u8; 0] { [] }
+//!     fn start(
+//!         &mut self,
+//!         mem: GuestMemoryMmap,
+//!         interrupt: Arc<Interrupt>,
+//!         queues: Vec<QueueWithEvent>,
+//!     ) -> Result<Vec<WorkerThread>, ActivateError> {
+//!         let [q] = msbvm_virtio::base::queue_array(queues)?;
+//!         let worker = SinkWorker { mem, interrupt, queue: q.queue };
+//!         let thread = WorkerThread::spawn(
+//!             "sink".into(), "sink", EventLoop::new()?, vec![q.event], worker)?;
+//!         Ok(vec![thread])
+//!     }
+//! }
+//!
+//! let sink = Sink { common: DeviceCommon::new("sink", 42, &[16], 1 << 32) };
+//! # let _: Box<dyn msbvm_virtio::VirtioDevice> = Box::new(sink);
+//! ```
+
+use std::sync::Arc;
+
+use tracing::debug;
+use virtio_queue::QueueT;
+use vm_memory::ByteValued;
+
+use crate::device::{ActivateError, GuestMemoryMmap, QueueWithEvent, VirtioDevice};
+use crate::event_loop::WorkerThread;
+use crate::interrupt::Interrupt;
+
+/// Whether a device is serving its queues.
+#[derive(Debug, Default)]
+pub enum DeviceState {
+    /// Before DRIVER_OK, or after a reset: no worker runs.
+    #[default]
+    Inactive,
+    /// Between DRIVER_OK and reset: these workers serve the queues.
+    Activated(Vec<WorkerThread>),
+}
+
+/// The part of a device the base manages for it.
+#[derive(Debug)]
+pub struct DeviceCommon {
+    name: &'static str,
+    device_type: u32,
+    queue_sizes: Vec<u16>,
+    avail_features: u64,
+    acked_features: u64,
+    state: DeviceState,
+}
+
+impl DeviceCommon {
+    /// A device called `name` in logs, of virtio type `device_type`, with
+    /// queues of `queue_sizes` and offering `avail_features` (which must
+    /// include `VIRTIO_F_VERSION_1`).
+    pub fn new(
+        name: &'static str,
+        device_type: u32,
+        queue_sizes: &[u16],
+        avail_features: u64,
+    ) -> Self {
+        Self {
+            name,
+            device_type,
+            queue_sizes: queue_sizes.to_vec(),
+            avail_features,
+            acked_features: 0,
+            state: DeviceState::Inactive,
+        }
+    }
+
+    /// The device's name in logs.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The features the driver accepted (0 before FEATURES_OK and after reset).
+    pub fn acked_features(&self) -> u64 {
+        self.acked_features
+    }
+
+    /// Whether workers are serving the queues.
+    pub fn state(&self) -> &DeviceState {
+        &self.state
+    }
+
+    /// Refuses an activation the device cannot take: while already active,
+    /// with the wrong number of queues, or with a queue not made ready.
+    fn check_activation(&self, queues: &[QueueWithEvent]) -> Result<(), ActivateError> {
+        if let DeviceState::Activated(_) = self.state {
+            return Err(ActivateError::AlreadyActive);
+        }
+        if queues.len() != self.queue_sizes.len() {
+            return Err(ActivateError::QueueCount {
+                expected: self.queue_sizes.len(),
+                got: queues.len(),
+            });
+        }
+        match queues.iter().position(|q| !q.queue.ready()) {
+            Some(i) => Err(ActivateError::QueueNotReady(i)),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the workers, if any, and waits for them to end.
+    pub fn stop(&mut self) {
+        if let DeviceState::Activated(workers) = std::mem::take(&mut self.state) {
+            WorkerThread::stop_all(workers);
+        }
+    }
+}
+
+impl Drop for DeviceCommon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Takes exactly `N` queues, in order (the base has already checked the
+/// count; this only gives them names).
+pub fn queue_array<const N: usize>(
+    queues: Vec<QueueWithEvent>,
+) -> Result<[QueueWithEvent; N], ActivateError> {
+    let got = queues.len();
+    queues
+        .try_into()
+        .map_err(|_| ActivateError::QueueCount { expected: N, got })
+}
+
+/// A device built on the base; implementing it implements [`VirtioDevice`].
+pub trait BaseDevice: Send {
+    /// The config space layout (`struct virtio_<dev>_config`), as the driver
+    /// reads it: `#[repr(C)]` with little-endian fields.
+    type Config: ByteValued;
+
+    /// The state the base manages.
+    fn common(&self) -> &DeviceCommon;
+
+    /// The state the base manages, mutably.
+    fn common_mut(&mut self) -> &mut DeviceCommon;
+
+    /// The config space now.
+    fn config(&self) -> Self::Config;
+
+    /// Starts serving `queues` (as many as the device declared, all ready)
+    /// on the workers it returns.
+    fn start(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<Interrupt>,
+        queues: Vec<QueueWithEvent>,
+    ) -> Result<Vec<WorkerThread>, ActivateError>;
+
+    /// Runs on a driver reset, after the workers stopped.
+    fn on_reset(&mut self) {}
+}
+
+/// Copies the bytes of `config` at `offset` into `data`; bytes past its end
+/// read as 0.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, byte) in data.iter_mut().enumerate() {
+        *byte = offset
+            .checked_add(i as u64)
+            .and_then(|o| config.get(usize::try_from(o).ok()?))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
+impl<D: BaseDevice> VirtioDevice for D {
+    fn device_type(&self) -> u32 {
+        self.common().device_type
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.common().queue_sizes
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.common().avail_features
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.common_mut().acked_features = features;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(self.config().as_slice(), offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, _data: &[u8]) {
+        // No device here has writable config (net's MAC is writable only
+        // in legacy devices).
+        debug!(
+            "{}: ignoring write to read-only config at {offset:#x}",
+            self.common().name
+        );
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<Interrupt>,
+        queues: Vec<QueueWithEvent>,
+    ) -> Result<(), ActivateError> {
+        self.common().check_activation(&queues)?;
+        let workers = self.start(mem, interrupt, queues)?;
+        self.common_mut().state = DeviceState::Activated(workers);
+        Ok(())
+    }
+
+    fn reset(&mut self) -> bool {
+        self.common_mut().stop();
+        self.on_reset();
+        self.common_mut().acked_features = 0;
+        true
+    }
+}

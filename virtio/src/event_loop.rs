@@ -1,0 +1,181 @@
+//! The device worker thread every device runs on: one epoll loop over a stop
+//! eventfd, the device's queue eventfds and whatever host descriptors the
+//! device adds, with the device's [`EventHandler`] plugged in.
+//!
+//! The loop owns what every device used to repeat: registering the stop and
+//! queue eventfds, draining a queue eventfd before the handler sees the
+//! kick, retrying an interrupted `epoll_wait`, and ending the thread on stop.
+//! A device only says what to do for a kicked queue, a ready host descriptor
+//! (registered under its own tokens, below [`DEVICE_TOKEN_LIMIT`]) and,
+//! optionally, once per wake-up and before each wait.
+//!
+//! Syscalls: `epoll_create1` and the registrations happen on the caller's
+//! thread ([`EventLoop::new`], [`WorkerThread::spawn`]); the worker itself
+//! only waits (`epoll_wait`/`epoll_pwait`), reads eventfds and calls
+//! `epoll_ctl` for the descriptors its handler manages, all of which
+//! `confine::EVENT_LOOP` allows.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use tracing::error;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Tokens at or above this value belong to the loop (stop and queue
+/// eventfds); a handler registers its own descriptors below it.
+pub const DEVICE_TOKEN_LIMIT: u64 = u64::MAX - 4096;
+
+const STOP_TOKEN: u64 = u64::MAX;
+
+/// The token of queue `index`'s eventfd.
+fn queue_token(index: usize) -> u64 {
+    STOP_TOKEN - 1 - index as u64
+}
+
+/// Most events taken from one `epoll_wait`.
+const MAX_EVENTS: usize = 64;
+
+/// What a device does on its worker thread; the loop calls it and nothing
+/// else touches it, so it needs no locking.
+pub trait EventHandler: Send + 'static {
+    /// Runs once on the worker thread before the first wait: kicks from
+    /// before the thread started are in the eventfd counters, but buffers
+    /// may already be queued without one.
+    fn started(&mut self) {}
+
+    /// The driver kicked queue `index` (its eventfd is already drained).
+    fn queue_notified(&mut self, index: usize);
+
+    /// A descriptor the handler registered under `token` is ready.
+    fn fd_ready(&mut self, token: u64, events: EventSet) {
+        let _ = (token, events);
+    }
+
+    /// Runs after each batch of events, e.g. to expire deadlines.
+    fn after_events(&mut self) {}
+
+    /// How long to wait for the next event, in milliseconds (-1: forever).
+    fn timeout_ms(&self) -> i32 {
+        -1
+    }
+}
+
+/// An epoll set, shared between the loop (which waits on it) and the
+/// handler (which adds and changes its own descriptors in it).
+#[derive(Debug, Clone)]
+pub struct EventLoop {
+    epoll: Arc<Epoll>,
+}
+
+impl EventLoop {
+    /// A loop over a new, empty epoll set.
+    pub fn new() -> io::Result<Self> {
+        Ok(Self::with_epoll(Arc::new(Epoll::new()?)))
+    }
+
+    /// A loop over an existing epoll set that already holds some of the
+    /// handler's descriptors.
+    pub fn with_epoll(epoll: Arc<Epoll>) -> Self {
+        Self { epoll }
+    }
+
+    /// The epoll set, for the handler to register its own descriptors.
+    pub fn epoll(&self) -> &Arc<Epoll> {
+        &self.epoll
+    }
+
+    fn add(&self, fd: &impl AsRawFd, token: u64) -> io::Result<()> {
+        self.epoll.ctl(
+            ControlOperation::Add,
+            fd.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, token),
+        )
+    }
+
+    /// Waits and dispatches until `stop` fires or epoll itself fails.
+    fn run(self, name: &str, queue_events: &[EventFd], handler: &mut impl EventHandler) {
+        let mut events = [EpollEvent::default(); MAX_EVENTS];
+        handler.started();
+        loop {
+            let n = match self.epoll.wait(handler.timeout_ms(), &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    error!("{name}: epoll_wait failed, device stops: {e}");
+                    return;
+                }
+            };
+            for ev in &events[..n] {
+                let token = ev.data();
+                if token == STOP_TOKEN {
+                    return;
+                }
+                if token >= DEVICE_TOKEN_LIMIT {
+                    let index = (STOP_TOKEN - 1 - token) as usize;
+                    if let Some(evt) = queue_events.get(index) {
+                        // Nonblocking; the counter only batches kicks.
+                        let _ = evt.read();
+                        handler.queue_notified(index);
+                    }
+                    continue;
+                }
+                handler.fd_ready(token, ev.event_set());
+            }
+            handler.after_events();
+        }
+    }
+}
+
+/// A running device worker and how to stop it.
+#[derive(Debug)]
+pub struct WorkerThread {
+    name: String,
+    stop: EventFd,
+    thread: JoinHandle<()>,
+}
+
+impl WorkerThread {
+    /// Registers `queue_events` (queue index = position) and a new stop
+    /// eventfd in `event_loop`, then runs `handler` on a thread called
+    /// `name` that confines itself as `confine_as` (see
+    /// [`crate::confine::thread_started`]).
+    pub fn spawn(
+        name: String,
+        confine_as: &'static str,
+        event_loop: EventLoop,
+        queue_events: Vec<EventFd>,
+        mut handler: impl EventHandler,
+    ) -> io::Result<Self> {
+        let stop = EventFd::new(EFD_NONBLOCK)?;
+        event_loop.add(&stop, STOP_TOKEN)?;
+        for (index, evt) in queue_events.iter().enumerate() {
+            event_loop.add(evt, queue_token(index))?;
+        }
+        let log_name = name.clone();
+        let thread = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                crate::confine::thread_started(confine_as);
+                event_loop.run(&log_name, &queue_events, &mut handler);
+            })?;
+        Ok(Self { name, stop, thread })
+    }
+
+    /// Stops every worker and waits for them: all are told first, so they
+    /// wind down together.
+    pub fn stop_all(workers: Vec<WorkerThread>) {
+        for w in &workers {
+            if let Err(e) = w.stop.write(1) {
+                error!("{}: cannot signal worker to stop: {e}", w.name);
+            }
+        }
+        for w in workers {
+            if w.thread.join().is_err() {
+                error!("{}: worker thread panicked", w.name);
+            }
+        }
+    }
+}
