@@ -22,7 +22,7 @@ use crate::vm::Error;
 /// Size of each device's MMIO window.
 pub const MMIO_WINDOW: u64 = 0x1000;
 /// Offset of the QueueNotify register in the virtio-mmio layout.
-const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
+const QUEUE_NOTIFY_OFFSET: u64 = msbvm_virtio::QUEUE_NOTIFY_OFFSET;
 /// First interrupt line given to virtio devices (COM1 has 4).
 pub const FIRST_GSI: u32 = 5;
 
