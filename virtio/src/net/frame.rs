@@ -19,12 +19,12 @@ pub const HDR_F_DATA_VALID: u8 = 2;
 /// `gso_type`: not a segmentation-offload frame.
 pub const HDR_GSO_NONE: u8 = 0;
 
-/// Why a frame could not be used.
+/// Why a partial checksum could not be completed.
 #[derive(Debug, Error, PartialEq, Eq)]
-pub enum FrameError {
+pub enum ChecksumError {
     /// The checksum location lies outside the frame.
     #[error("checksum at {start}+{offset} lies outside the {len}-byte frame")]
-    ChecksumOutOfBounds {
+    OutOfBounds {
         /// `csum_start`.
         start: u16,
         /// `csum_offset`.
@@ -75,8 +75,8 @@ impl NetHeader {
 }
 
 /// Finishes a partial checksum in place: see the module docs.
-pub fn complete_checksum(frame: &mut [u8], start: u16, offset: u16) -> Result<(), FrameError> {
-    let out_of_bounds = FrameError::ChecksumOutOfBounds {
+pub fn complete_checksum(frame: &mut [u8], start: u16, offset: u16) -> Result<(), ChecksumError> {
+    let out_of_bounds = ChecksumError::OutOfBounds {
         start,
         offset,
         len: frame.len(),

@@ -40,7 +40,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use super::defs::{MAX_FRAME_LEN, MIN_FRAME_LEN, NET_HDR_LEN, RXQ_INDEX, TXQ_INDEX};
 use super::device::NetMetrics;
 use super::frame::{
-    complete_checksum, FrameError, NetHeader, HDR_F_DATA_VALID, HDR_F_NEEDS_CSUM, HDR_GSO_NONE,
+    complete_checksum, ChecksumError, NetHeader, HDR_F_DATA_VALID, HDR_F_NEEDS_CSUM, HDR_GSO_NONE,
 };
 use crate::event_loop::EventHandler;
 use crate::{GuestMemoryMmap, Interrupt};
@@ -62,7 +62,7 @@ enum TxError {
     #[error("segmentation offload (gso_type {0}) was not negotiated")]
     Gso(u8),
     #[error(transparent)]
-    Frame(#[from] FrameError),
+    Checksum(#[from] ChecksumError),
 }
 
 /// An RX chain held for the next frame: its head, how many of the
