@@ -1,24 +1,24 @@
 //! The device base: what every device shares between the transport contract
 //! ([`VirtioDevice`]) and its own queue handling.
 //!
-//! A device built on the base holds a [`DeviceCommon`] (type, queue sizes,
-//! features, and its [`DeviceState`]) and implements [`BaseDevice`]: its
-//! config space as a plain `#[repr(C)]` struct, and how to start its
-//! [`WorkerThread`]s from checked queues. The base supplies the rest of
-//! [`VirtioDevice`]: config reads served from the struct's bytes, read-only
-//! config writes, the queue-count and queue-ready checks at activation, and
-//! one reset path that stops the workers (also on drop).
+//! A device is a [`Device`]: the shared [`DeviceCommon`] (type, queue
+//! sizes, features, the config space given as a plain `#[repr(C)]` struct,
+//! and the [`DeviceState`]) plus the device's [`DeviceBackend`], which only
+//! says how to start its [`WorkerThread`]s from an [`Activation`]. The base
+//! supplies all of [`VirtioDevice`]: config reads served from the struct's
+//! bytes, read-only config writes, the queue-count and queue-ready checks at
+//! activation, and one reset path that stops the workers (also on drop).
 //!
 //! A complete device, one queue whose buffers are handed back unread:
 //!
 //! ```
 //! use std::sync::Arc;
-//! use msbvm_virtio::base::{BaseDevice, DeviceCommon};
+//! use msbvm_virtio::base::{queue_array, Activation, Device, DeviceBackend, DeviceCommon};
 //! use msbvm_virtio::event_loop::{EventHandler, EventLoop, WorkerThread};
-//! use msbvm_virtio::{ActivateError, GuestMemoryMmap, Interrupt, QueueWithEvent};
+//! use msbvm_virtio::{ActivateError, GuestMemoryMmap, Interrupt};
 //! use virtio_queue::{Queue, QueueOwnedT, QueueT};
 //!
-//! struct Sink { common: DeviceCommon }
+//! struct Sink;
 //!
 //! struct SinkWorker { mem: GuestMemoryMmap, interrupt: Arc<Interrupt>, queue: Queue }
 //!
@@ -31,26 +31,19 @@
 //!     }
 //! }
 //!
-//! impl BaseDevice for Sink {
-//!     type Config = [u8; 0];
-//!     fn common(&self) -> &DeviceCommon { &self.common }
-//!     fn common_mut(&mut self) -> &mut DeviceCommon { &mut self.common }
-//!     fn config(&self) -> [u8; 0] { [] }
-//!     fn start(
-//!         &mut self,
-//!         mem: GuestMemoryMmap,
-//!         interrupt: Arc<Interrupt>,
-//!         queues: Vec<QueueWithEvent>,
-//!     ) -> Result<Vec<WorkerThread>, ActivateError> {
-//!         let [q] = msbvm_virtio::base::queue_array(queues)?;
-//!         let worker = SinkWorker { mem, interrupt, queue: q.queue };
+//! impl DeviceBackend for Sink {
+//!     fn activate(&mut self, a: Activation) -> Result<Vec<WorkerThread>, ActivateError> {
+//!         let [q] = queue_array(a.queues)?;
+//!         let worker = SinkWorker { mem: a.mem, interrupt: a.interrupt, queue: q.queue };
 //!         let thread = WorkerThread::spawn(
 //!             "sink".into(), "sink", EventLoop::new()?, vec![q.event], worker)?;
 //!         Ok(vec![thread])
 //!     }
 //! }
 //!
-//! let sink = Sink { common: DeviceCommon::new("sink", 42, &[16], 1 << 32) };
+//! // Type 42, one queue of 16, VERSION_1 only, no config space.
+//! let common = DeviceCommon::new("sink", 42, &[16], 1 << 32, &[0u8; 0]);
+//! let sink = Device::with_backend(common, Sink);
 //! # let _: Box<dyn msbvm_virtio::VirtioDevice> = Box::new(sink);
 //! ```
 
@@ -82,18 +75,23 @@ pub struct DeviceCommon {
     queue_sizes: Vec<u16>,
     avail_features: u64,
     acked_features: u64,
+    /// The config space's bytes, as the driver reads them.
+    config: Vec<u8>,
     state: DeviceState,
 }
 
 impl DeviceCommon {
     /// A device called `name` in logs, of virtio type `device_type`, with
-    /// queues of `queue_sizes` and offering `avail_features` (which must
-    /// include `VIRTIO_F_VERSION_1`).
+    /// queues of `queue_sizes`, offering `avail_features` (which must
+    /// include `VIRTIO_F_VERSION_1`), and whose config space is `config`: a
+    /// `#[repr(C)]` struct of little-endian fields
+    /// (`struct virtio_<dev>_config`).
     pub fn new(
         name: &'static str,
         device_type: u32,
         queue_sizes: &[u16],
         avail_features: u64,
+        config: &impl ByteValued,
     ) -> Self {
         Self {
             name,
@@ -101,8 +99,15 @@ impl DeviceCommon {
             queue_sizes: queue_sizes.to_vec(),
             avail_features,
             acked_features: 0,
+            config: config.as_slice().to_vec(),
             state: DeviceState::Inactive,
         }
+    }
+
+    /// Replaces the config space; the device then tells the driver with
+    /// [`Interrupt::signal_config_change`].
+    pub fn set_config(&mut self, config: &impl ByteValued) {
+        self.config = config.as_slice().to_vec();
     }
 
     /// The device's name in logs.
@@ -163,32 +168,66 @@ pub fn queue_array<const N: usize>(
         .map_err(|_| ActivateError::QueueCount { expected: N, got })
 }
 
-/// A device built on the base; implementing it implements [`VirtioDevice`].
-pub trait BaseDevice: Send {
-    /// The config space layout (`struct virtio_<dev>_config`), as the driver
-    /// reads it: `#[repr(C)]` with little-endian fields.
-    type Config: ByteValued;
+/// What a device gets at DRIVER_OK: its queues (as many as it declared,
+/// all ready) and what it needs to serve them.
+#[derive(Debug)]
+pub struct Activation {
+    /// Guest memory, where the rings and buffers are.
+    pub mem: GuestMemoryMmap,
+    /// The interrupt to signal used buffers with.
+    pub interrupt: Arc<Interrupt>,
+    /// The queues, in the device's order, each with its notify eventfd.
+    pub queues: Vec<QueueWithEvent>,
+    /// The features the driver accepted.
+    pub acked_features: u64,
+}
 
-    /// The state the base manages.
-    fn common(&self) -> &DeviceCommon;
-
-    /// The state the base manages, mutably.
-    fn common_mut(&mut self) -> &mut DeviceCommon;
-
-    /// The config space now.
-    fn config(&self) -> Self::Config;
-
-    /// Starts serving `queues` (as many as the device declared, all ready)
-    /// on the workers it returns.
-    fn start(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<Interrupt>,
-        queues: Vec<QueueWithEvent>,
-    ) -> Result<Vec<WorkerThread>, ActivateError>;
+/// The device-specific half of a [`Device`]: how to serve the queues.
+pub trait DeviceBackend: Send {
+    /// Starts serving the queues on the workers it returns; they run until
+    /// the base stops them (driver reset or drop).
+    fn activate(&mut self, activation: Activation) -> Result<Vec<WorkerThread>, ActivateError>;
 
     /// Runs on a driver reset, after the workers stopped.
-    fn on_reset(&mut self) {}
+    fn reset(&mut self) {}
+}
+
+/// A virtio device built on the base: the shared [`DeviceCommon`] plus the
+/// device's own [`DeviceBackend`]. It is the [`VirtioDevice`] the
+/// transport sees.
+#[derive(Debug)]
+pub struct Device<B> {
+    // Declared first so that dropping the device stops its workers before
+    // the backend they used goes.
+    common: DeviceCommon,
+    backend: B,
+}
+
+impl<B: DeviceBackend> Device<B> {
+    /// Puts `backend` on the base.
+    pub fn with_backend(common: DeviceCommon, backend: B) -> Self {
+        Self { common, backend }
+    }
+
+    /// The shared part (features, config, state).
+    pub fn common(&self) -> &DeviceCommon {
+        &self.common
+    }
+
+    /// The shared part, e.g. to change the config space.
+    pub fn common_mut(&mut self) -> &mut DeviceCommon {
+        &mut self.common
+    }
+
+    /// The device-specific part.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The device-specific part, mutably.
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
 }
 
 /// Copies the bytes of `config` at `offset` into `data`; bytes past its end
@@ -203,25 +242,25 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     }
 }
 
-impl<D: BaseDevice> VirtioDevice for D {
+impl<B: DeviceBackend> VirtioDevice for Device<B> {
     fn device_type(&self) -> u32 {
-        self.common().device_type
+        self.common.device_type
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
-        &self.common().queue_sizes
+        &self.common.queue_sizes
     }
 
     fn avail_features(&self) -> u64 {
-        self.common().avail_features
+        self.common.avail_features
     }
 
     fn set_acked_features(&mut self, features: u64) {
-        self.common_mut().acked_features = features;
+        self.common.acked_features = features;
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(self.config().as_slice(), offset, data);
+        read_config_bytes(&self.common.config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, _data: &[u8]) {
@@ -229,7 +268,7 @@ impl<D: BaseDevice> VirtioDevice for D {
         // in legacy devices).
         debug!(
             "{}: ignoring write to read-only config at {offset:#x}",
-            self.common().name
+            self.common.name
         );
     }
 
@@ -239,16 +278,21 @@ impl<D: BaseDevice> VirtioDevice for D {
         interrupt: Arc<Interrupt>,
         queues: Vec<QueueWithEvent>,
     ) -> Result<(), ActivateError> {
-        self.common().check_activation(&queues)?;
-        let workers = self.start(mem, interrupt, queues)?;
-        self.common_mut().state = DeviceState::Activated(workers);
+        self.common.check_activation(&queues)?;
+        let workers = self.backend.activate(Activation {
+            mem,
+            interrupt,
+            queues,
+            acked_features: self.common.acked_features,
+        })?;
+        self.common.state = DeviceState::Activated(workers);
         Ok(())
     }
 
     fn reset(&mut self) -> bool {
-        self.common_mut().stop();
-        self.on_reset();
-        self.common_mut().acked_features = 0;
+        self.common.stop();
+        self.backend.reset();
+        self.common.acked_features = 0;
         true
     }
 }

@@ -43,8 +43,15 @@ const MAX_EVENTS: usize = 64;
 pub trait EventHandler: Send + 'static {
     /// Runs once on the worker thread before the first wait: kicks from
     /// before the thread started are in the eventfd counters, but buffers
-    /// may already be queued without one.
-    fn started(&mut self) {}
+    /// may already be queued without one. By default every queue counts as
+    /// kicked, last first, so that the queues the driver fills (TX) are
+    /// drained before those the device fills (RX), which then have the
+    /// answers to carry.
+    fn started(&mut self, queues: usize) {
+        for index in (0..queues).rev() {
+            self.queue_notified(index);
+        }
+    }
 
     /// The driver kicked queue `index` (its eventfd is already drained).
     fn queue_notified(&mut self, index: usize);
@@ -98,7 +105,7 @@ impl EventLoop {
     /// Waits and dispatches until `stop` fires or epoll itself fails.
     fn run(self, name: &str, queue_events: &[EventFd], handler: &mut impl EventHandler) {
         let mut events = [EpollEvent::default(); MAX_EVENTS];
-        handler.started();
+        handler.started(queue_events.len());
         loop {
             let n = match self.epoll.wait(handler.timeout_ms(), &mut events) {
                 Ok(n) => n,

@@ -3,18 +3,17 @@
 
 use std::sync::Arc;
 
-use msbvm_fs::{FileSystem, Server};
 use thiserror::Error;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_FS;
 use vm_memory::{ByteValued, Le32};
 
 use super::defs::{CONFIG_SIZE, MAX_REQUEST_QUEUES, QUEUE_SIZE, TAG_LEN};
+use super::server::FsServer;
 use super::worker::Worker;
-use crate::base::{BaseDevice, DeviceCommon};
-use crate::device::{ActivateError, GuestMemoryMmap, QueueWithEvent};
+use crate::base::{Activation, Device, DeviceBackend, DeviceCommon};
+use crate::device::ActivateError;
 use crate::event_loop::{EventLoop, WorkerThread};
-use crate::Interrupt;
 
 /// Why a virtio-fs device could not be created.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -25,28 +24,6 @@ pub enum Error {
     /// Zero request queues, or more than the device supports.
     #[error("virtio-fs needs 1 to {MAX_REQUEST_QUEUES} request queues, not {0}")]
     RequestQueues(u16),
-}
-
-/// The FUSE server behind the device: one request in, one reply out.
-/// Implemented by [`msbvm_fs::Server`]; object-safe so the device does not
-/// care which backend it serves.
-pub trait FsServer: Send + Sync {
-    /// Answers one request (see `msbvm_fs::server`); an empty `reply`
-    /// means no reply.
-    fn handle(&self, request: &[u8], reply: &mut Vec<u8>) -> Result<(), msbvm_fs::server::Error>;
-
-    /// The device was reset: end the FUSE session.
-    fn reset(&self);
-}
-
-impl<F: FileSystem> FsServer for Server<F> {
-    fn handle(&self, request: &[u8], reply: &mut Vec<u8>) -> Result<(), msbvm_fs::server::Error> {
-        Server::handle(self, request, reply)
-    }
-
-    fn reset(&self) {
-        Server::reset(self)
-    }
 }
 
 /// `struct virtio_fs_config`.
@@ -67,11 +44,11 @@ unsafe impl ByteValued for FsConfig {}
 const _: () = assert!(std::mem::size_of::<FsConfig>() == CONFIG_SIZE);
 
 /// A virtio-fs device. See the [module docs](super).
-pub struct Fs {
-    tag: [u8; TAG_LEN],
-    num_request_queues: u16,
+pub type Fs = Device<FsBackend>;
+
+/// The virtio-fs half of [`Fs`]: the server every queue worker answers with.
+pub struct FsBackend {
     server: Arc<dyn FsServer>,
-    common: DeviceCommon,
 }
 
 impl Fs {
@@ -90,50 +67,28 @@ impl Fs {
         }
         let mut t = [0u8; TAG_LEN];
         t[..tag.len()].copy_from_slice(tag.as_bytes());
-        Ok(Self {
-            tag: t,
-            num_request_queues,
-            server,
-            common: DeviceCommon::new(
-                "virtio-fs",
-                VIRTIO_ID_FS,
-                &vec![QUEUE_SIZE; 1 + usize::from(num_request_queues)],
-                1 << VIRTIO_F_VERSION_1,
-            ),
-        })
+        let common = DeviceCommon::new(
+            "virtio-fs",
+            VIRTIO_ID_FS,
+            &vec![QUEUE_SIZE; 1 + usize::from(num_request_queues)],
+            1 << VIRTIO_F_VERSION_1,
+            &FsConfig {
+                tag: t,
+                num_request_queues: u32::from(num_request_queues).into(),
+            },
+        );
+        Ok(Device::with_backend(common, FsBackend { server }))
     }
 }
 
-impl BaseDevice for Fs {
-    type Config = FsConfig;
-
-    fn common(&self) -> &DeviceCommon {
-        &self.common
-    }
-
-    fn common_mut(&mut self) -> &mut DeviceCommon {
-        &mut self.common
-    }
-
-    fn config(&self) -> FsConfig {
-        FsConfig {
-            tag: self.tag,
-            num_request_queues: u32::from(self.num_request_queues).into(),
-        }
-    }
-
+impl DeviceBackend for FsBackend {
     /// One thread per queue, so a slow request on one never holds up another.
-    fn start(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<Interrupt>,
-        queues: Vec<QueueWithEvent>,
-    ) -> Result<Vec<WorkerThread>, ActivateError> {
-        let mut threads = Vec::with_capacity(queues.len());
-        for (index, q) in queues.into_iter().enumerate() {
+    fn activate(&mut self, a: Activation) -> Result<Vec<WorkerThread>, ActivateError> {
+        let mut threads = Vec::with_capacity(a.queues.len());
+        for (index, q) in a.queues.into_iter().enumerate() {
             let worker = Worker {
-                mem: mem.clone(),
-                interrupt: interrupt.clone(),
+                mem: a.mem.clone(),
+                interrupt: a.interrupt.clone(),
                 queue: q.queue,
                 server: self.server.clone(),
                 index,
@@ -159,7 +114,7 @@ impl BaseDevice for Fs {
         Ok(threads)
     }
 
-    fn on_reset(&mut self) {
+    fn reset(&mut self) {
         self.server.reset();
     }
 }

@@ -7,17 +7,20 @@
 //! queues 1..=N the request queues. Each queue is served on its own thread,
 //! so a slow request on one queue never holds up another.
 //!
-//! Layout, as in every device folder: `device.rs` (the
-//! [`crate::VirtioDevice`] impl and thread life cycle), `worker.rs` (one
-//! queue's thread: chains in, replies out), [`defs`] (constants), `tests.rs`
+//! Layout, as in every device folder: `device.rs` (the device on
+//! [`crate::base`]: config space and one worker per queue), `worker.rs` (one
+//! queue's event handler: chains in, replies out), `server.rs` (the
+//! [`FsServer`] the workers answer with), [`defs`] (constants), `tests.rs`
 //! (device tests through the driver harness).
 
 pub mod defs;
 mod device;
 pub mod seccomp;
+mod server;
 mod worker;
 
 #[cfg(test)]
 mod tests;
 
-pub use device::{Error, Fs, FsServer};
+pub use device::{Error, Fs, FsBackend, FsConfig};
+pub use server::FsServer;

@@ -17,7 +17,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::defs::MAX_REQUEST_BYTES;
-use super::device::FsServer;
+use super::server::FsServer;
 use crate::event_loop::EventHandler;
 use crate::{GuestMemoryMmap, Interrupt};
 
@@ -43,10 +43,6 @@ enum ChainError {
 }
 
 impl EventHandler for Worker {
-    fn started(&mut self) {
-        self.process();
-    }
-
     fn queue_notified(&mut self, _index: usize) {
         self.process();
     }

@@ -7,8 +7,7 @@
 //! socket's receive queue.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -20,11 +19,12 @@ use virtio_bindings::virtio_net::{
 use vm_memory::{ByteValued, Le16};
 
 use super::defs::{CONFIG_LEN, MIN_MTU, QUEUE_SIZE};
+use super::metrics::NetMetrics;
+use super::socket;
 use super::worker::Worker;
-use crate::base::{queue_array, BaseDevice, DeviceCommon};
-use crate::device::{ActivateError, GuestMemoryMmap, QueueWithEvent};
+use crate::base::{queue_array, Activation, Device, DeviceBackend, DeviceCommon};
+use crate::device::ActivateError;
 use crate::event_loop::{EventLoop, WorkerThread};
-use crate::Interrupt;
 
 /// How to build a [`Net`] device.
 #[derive(Debug)]
@@ -40,30 +40,6 @@ pub struct NetDeviceConfig {
     /// may send partial checksums, which the device completes, and skips
     /// verifying checksums of received frames.
     pub checksum_offload: bool,
-}
-
-/// Frame and byte counters, shared with whoever wants to watch the device.
-/// Drops count frames that were discarded, never silently.
-#[derive(Debug, Default)]
-pub struct NetMetrics {
-    /// Frames sent to the backend.
-    pub tx_frames: AtomicU64,
-    /// Bytes of those frames.
-    pub tx_bytes: AtomicU64,
-    /// Guest frames dropped: malformed chains, bad sizes, send errors.
-    pub tx_dropped: AtomicU64,
-    /// Frames delivered to the guest.
-    pub rx_frames: AtomicU64,
-    /// Bytes of those frames.
-    pub rx_bytes: AtomicU64,
-    /// Backend frames dropped: too big for the guest's buffers or for us.
-    pub rx_dropped: AtomicU64,
-}
-
-impl NetMetrics {
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
 }
 
 /// `struct virtio_net_config` up to `mtu`: the fields the features we
@@ -89,12 +65,14 @@ const _: () = assert!(std::mem::size_of::<NetConfig>() == CONFIG_LEN);
 
 /// A virtio-net device whose frames go to and come from a datagram socket.
 /// See the [module docs](super) for the features it offers and why.
-pub struct Net {
+pub type Net = Device<NetBackend>;
+
+/// The net-specific half of [`Net`]: the backend socket (kept across driver
+/// resets) and the counters.
+pub struct NetBackend {
     mac: [u8; 6],
-    mtu: u16,
     backend: OwnedFd,
     metrics: Arc<NetMetrics>,
-    common: DeviceCommon,
 }
 
 impl Net {
@@ -107,8 +85,8 @@ impl Net {
                 format!("MTU {} is below the minimum of {MIN_MTU}", config.mtu),
             ));
         }
-        check_datagram_socket(&config.backend)?;
-        set_nonblocking(&config.backend)?;
+        socket::check_datagram_socket(&config.backend)?;
+        socket::set_nonblocking(&config.backend)?;
         let mut avail_features = (1 << VIRTIO_F_VERSION_1)
             | (1 << VIRTIO_NET_F_MAC)
             | (1 << VIRTIO_NET_F_MTU)
@@ -117,103 +95,48 @@ impl Net {
         if config.checksum_offload {
             avail_features |= (1 << VIRTIO_NET_F_CSUM) | (1 << VIRTIO_NET_F_GUEST_CSUM);
         }
-        Ok(Net {
+        let common = DeviceCommon::new(
+            "net",
+            VIRTIO_ID_NET,
+            &[QUEUE_SIZE; 2],
+            avail_features,
+            &NetConfig {
+                mac: config.mac,
+                status: (VIRTIO_NET_S_LINK_UP as u16).into(),
+                max_virtqueue_pairs: 1.into(),
+                mtu: config.mtu.into(),
+            },
+        );
+        let backend = NetBackend {
             mac: config.mac,
-            mtu: config.mtu,
             backend: config.backend,
             metrics: Arc::default(),
-            common: DeviceCommon::new("net", VIRTIO_ID_NET, &[QUEUE_SIZE; 2], avail_features),
-        })
+        };
+        Ok(Device::with_backend(common, backend))
     }
 
     /// The guest's MAC address.
     pub fn mac(&self) -> [u8; 6] {
-        self.mac
+        self.backend().mac
     }
 
     /// The device's counters (live while the device runs).
     pub fn metrics(&self) -> Arc<NetMetrics> {
-        Arc::clone(&self.metrics)
+        Arc::clone(&self.backend().metrics)
     }
 }
 
-fn check_datagram_socket(fd: &OwnedFd) -> io::Result<()> {
-    let mut ty: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: SO_TYPE writes one c_int into `ty`, whose size `len` gives.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            (&mut ty as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("network backend is not a socket: {e}"),
-        ));
-    }
-    if ty != libc::SOCK_DGRAM {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "network backend must be a SOCK_DGRAM socket (one frame per datagram)",
-        ));
-    }
-    Ok(())
-}
-
-fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
-    // SAFETY: fcntl on a descriptor we own; no pointers involved.
-    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as above.
-    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-impl BaseDevice for Net {
-    type Config = NetConfig;
-
-    fn common(&self) -> &DeviceCommon {
-        &self.common
-    }
-
-    fn common_mut(&mut self) -> &mut DeviceCommon {
-        &mut self.common
-    }
-
-    fn config(&self) -> NetConfig {
-        NetConfig {
-            mac: self.mac,
-            status: (VIRTIO_NET_S_LINK_UP as u16).into(),
-            max_virtqueue_pairs: 1.into(),
-            mtu: self.mtu.into(),
-        }
-    }
-
-    fn start(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<Interrupt>,
-        queues: Vec<QueueWithEvent>,
-    ) -> Result<Vec<WorkerThread>, ActivateError> {
-        let [rx, tx] = queue_array(queues)?;
+impl DeviceBackend for NetBackend {
+    fn activate(&mut self, a: Activation) -> Result<Vec<WorkerThread>, ActivateError> {
+        let [rx, tx] = queue_array(a.queues)?;
         let event_loop = EventLoop::new()?;
         let worker = Worker::new(
-            mem,
-            interrupt,
+            a.mem,
+            a.interrupt,
             [rx.queue, tx.queue],
             Arc::clone(event_loop.epoll()),
             self.backend.try_clone()?,
-            self.common.acked_features(),
+            a.acked_features,
             Arc::clone(&self.metrics),
         )?;
         let thread = WorkerThread::spawn(

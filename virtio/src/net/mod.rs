@@ -17,15 +17,17 @@
 //! these features the guest segments in its kernel. No control queue, no
 //! multiqueue, no EVENT_IDX (see `worker.rs` for why).
 //!
-//! Layout, as in every device folder: `device.rs` (the
-//! [`crate::VirtioDevice`] impl), `worker.rs` (the epoll thread), [`frame`]
-//! (the header and checksum completion), [`defs`] (constants), `tests/`
-//! (device tests).
+//! Layout, as in every device folder: `device.rs` (the device on
+//! [`crate::base`]), `worker.rs` (its event handler), [`frame`] (the header
+//! and checksum completion), `metrics.rs` (counters), `socket.rs` (backend
+//! socket checks), [`defs`] (constants), `tests/` (device tests).
 
 pub mod defs;
 mod device;
 pub mod frame;
+mod metrics;
 pub mod seccomp;
+mod socket;
 mod worker;
 
 #[cfg(any(test, feature = "test-utils"))]
@@ -34,4 +36,5 @@ pub mod test_utils;
 #[cfg(test)]
 mod tests;
 
-pub use device::{Net, NetDeviceConfig, NetMetrics};
+pub use device::{Net, NetBackend, NetConfig, NetDeviceConfig};
+pub use metrics::NetMetrics;

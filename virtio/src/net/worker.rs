@@ -38,10 +38,11 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::defs::{MAX_FRAME_LEN, MIN_FRAME_LEN, NET_HDR_LEN, RXQ_INDEX, TXQ_INDEX};
-use super::device::NetMetrics;
 use super::frame::{
     complete_checksum, ChecksumError, NetHeader, HDR_F_DATA_VALID, HDR_F_NEEDS_CSUM, HDR_GSO_NONE,
 };
+use super::metrics::NetMetrics;
+use super::socket::take_socket_error;
 use crate::event_loop::EventHandler;
 use crate::{GuestMemoryMmap, Interrupt};
 
@@ -113,11 +114,6 @@ pub struct Worker {
 }
 
 impl EventHandler for Worker {
-    fn started(&mut self) {
-        self.process_tx();
-        self.process_rx();
-    }
-
     fn queue_notified(&mut self, index: usize) {
         match index {
             RXQ_INDEX => self.process_rx(),
@@ -531,21 +527,4 @@ fn notify(q: &mut Queue, mem: &GuestMemoryMmap, interrupt: &Interrupt) {
         // When in doubt, interrupt: a spurious one is harmless.
         Ok(true) | Err(_) => interrupt.signal_used_queue(),
     }
-}
-
-/// Reads and clears the socket's pending error (SO_ERROR).
-fn take_socket_error(socket: &OwnedFd) -> Option<io::Error> {
-    let mut err: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: SO_ERROR writes one c_int into `err`, whose size `len` gives.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&mut err as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0 && err != 0).then(|| io::Error::from_raw_os_error(err))
 }

@@ -20,10 +20,9 @@ use vm_memory::{ByteValued, Le64};
 use super::defs::{HOST_CID, MAX_CONNECTIONS, QUEUE_SIZE};
 use super::unix::muxer::Muxer;
 use super::worker::Worker;
-use crate::base::{queue_array, BaseDevice, DeviceCommon};
-use crate::device::{ActivateError, GuestMemoryMmap, QueueWithEvent};
+use crate::base::{queue_array, Activation, Device, DeviceBackend, DeviceCommon};
+use crate::device::ActivateError;
 use crate::event_loop::{EventLoop, WorkerThread};
-use crate::Interrupt;
 
 /// Why a vsock device could not be created.
 #[derive(Debug, Error)]
@@ -58,7 +57,11 @@ unsafe impl ByteValued for VsockConfig {}
 
 /// A virtio-vsock device bridging guest stream sockets to host Unix sockets.
 /// See the [module docs](super) for the host-side protocol.
-pub struct Vsock {
+pub type Vsock = Device<VsockBackend>;
+
+/// The vsock-specific half of [`Vsock`]: the host listener and what each
+/// activation's muxer needs.
+pub struct VsockBackend {
     guest_cid: u64,
     uds_path: PathBuf,
     listener: UnixListener,
@@ -66,7 +69,6 @@ pub struct Vsock {
     /// our own file.
     socket_id: Option<(u64, u64)>,
     max_connections: usize,
-    common: DeviceCommon,
 }
 
 impl Vsock {
@@ -84,35 +86,39 @@ impl Vsock {
         let socket_id = std::fs::metadata(&uds_path)
             .ok()
             .map(|m| (m.dev(), m.ino()));
-        Ok(Vsock {
+        let common = DeviceCommon::new(
+            "vsock",
+            VIRTIO_ID_VSOCK,
+            &[QUEUE_SIZE; 3],
+            1 << VIRTIO_F_VERSION_1,
+            &VsockConfig {
+                guest_cid: guest_cid.into(),
+            },
+        );
+        let backend = VsockBackend {
             guest_cid,
             uds_path,
             listener,
             socket_id,
             max_connections: MAX_CONNECTIONS,
-            common: DeviceCommon::new(
-                "vsock",
-                VIRTIO_ID_VSOCK,
-                &[QUEUE_SIZE; 3],
-                1 << VIRTIO_F_VERSION_1,
-            ),
-        })
+        };
+        Ok(Device::with_backend(common, backend))
     }
 
     /// The guest's CID.
     pub fn guest_cid(&self) -> u64 {
-        self.guest_cid
+        self.backend().guest_cid
     }
 
     /// Where host clients connect.
     pub fn uds_path(&self) -> &Path {
-        &self.uds_path
+        &self.backend().uds_path
     }
 
     /// Lowers the connection cap (takes effect at the next activation).
     #[cfg(test)]
     pub(crate) fn set_max_connections(&mut self, max: usize) {
-        self.max_connections = max;
+        self.backend_mut().max_connections = max;
     }
 }
 
@@ -129,30 +135,9 @@ fn remove_stale_socket(path: &Path) -> Result<(), Error> {
     }
 }
 
-impl BaseDevice for Vsock {
-    type Config = VsockConfig;
-
-    fn common(&self) -> &DeviceCommon {
-        &self.common
-    }
-
-    fn common_mut(&mut self) -> &mut DeviceCommon {
-        &mut self.common
-    }
-
-    fn config(&self) -> VsockConfig {
-        VsockConfig {
-            guest_cid: self.guest_cid.into(),
-        }
-    }
-
-    fn start(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<Interrupt>,
-        queues: Vec<QueueWithEvent>,
-    ) -> Result<Vec<WorkerThread>, ActivateError> {
-        let [rx, tx, ev] = queue_array(queues)?;
+impl DeviceBackend for VsockBackend {
+    fn activate(&mut self, a: Activation) -> Result<Vec<WorkerThread>, ActivateError> {
+        let [rx, tx, ev] = queue_array(a.queues)?;
         let muxer = Muxer::new(
             self.guest_cid,
             self.uds_path.clone(),
@@ -160,7 +145,8 @@ impl BaseDevice for Vsock {
             self.max_connections,
         )?;
         let event_loop = EventLoop::with_epoll(Arc::clone(muxer.epoll()));
-        let worker = Worker::new(mem, interrupt, [rx.queue, tx.queue, ev.queue], muxer);
+        let queues = [rx.queue, tx.queue, ev.queue];
+        let worker = Worker::new(a.mem, a.interrupt, queues, muxer);
         let thread = WorkerThread::spawn(
             format!("vsock-{}", self.guest_cid),
             "virtio-vsock",
@@ -172,10 +158,9 @@ impl BaseDevice for Vsock {
     }
 }
 
-impl Drop for Vsock {
+/// Runs after the base stopped the worker (see [`Device`]).
+impl Drop for VsockBackend {
     fn drop(&mut self) {
-        // The worker goes first, while the socket file is still ours.
-        self.common.stop();
         // Remove the socket file only if it is still the one we bound.
         let ours = std::fs::metadata(&self.uds_path)
             .ok()

@@ -17,8 +17,8 @@
 //! connection (the guest runs out of credit), and a guest that stops reading
 //! stalls only its own connection (we stop reading that host socket).
 //!
-//! Layout, as in every device folder: `device.rs` (the [`crate::VirtioDevice`]
-//! impl), `worker.rs` (the epoll thread), [`packet`] (headers over descriptor
+//! Layout, as in every device folder: `device.rs` (the device on
+//! [`crate::base`]), `worker.rs` (its event handler), [`packet`] (headers over descriptor
 //! chains), `csm/` (per-connection state machine and its bounded buffer),
 //! `unix/` (host-side multiplexer), [`defs`] (constants), `tests/` (device
 //! tests).
@@ -37,5 +37,5 @@ pub mod test_utils;
 #[cfg(test)]
 mod tests;
 
-pub use device::{Error, Vsock};
+pub use device::{Error, Vsock, VsockBackend, VsockConfig};
 pub use packet::PacketHeader;

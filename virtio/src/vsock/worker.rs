@@ -38,11 +38,6 @@ pub struct Worker {
 }
 
 impl EventHandler for Worker {
-    fn started(&mut self) {
-        self.process_tx();
-        self.process_rx();
-    }
-
     fn queue_notified(&mut self, index: usize) {
         match index {
             RXQ => self.process_rx(),
