@@ -209,30 +209,12 @@ impl MmioTransport {
                 self.update_queue(|q| value <= 0xffff && q.try_set_size(value as u16).is_ok())
             }
             VIRTIO_MMIO_QUEUE_READY => self.write_queue_ready(value),
-            VIRTIO_MMIO_QUEUE_DESC_LOW => self.update_queue(|q| {
-                q.set_desc_table_address(Some(value), None);
-                q.desc_table() as u32 == value
-            }),
-            VIRTIO_MMIO_QUEUE_DESC_HIGH => self.update_queue(|q| {
-                q.set_desc_table_address(None, Some(value));
-                true
-            }),
-            VIRTIO_MMIO_QUEUE_AVAIL_LOW => self.update_queue(|q| {
-                q.set_avail_ring_address(Some(value), None);
-                q.avail_ring() as u32 == value
-            }),
-            VIRTIO_MMIO_QUEUE_AVAIL_HIGH => self.update_queue(|q| {
-                q.set_avail_ring_address(None, Some(value));
-                true
-            }),
-            VIRTIO_MMIO_QUEUE_USED_LOW => self.update_queue(|q| {
-                q.set_used_ring_address(Some(value), None);
-                q.used_ring() as u32 == value
-            }),
-            VIRTIO_MMIO_QUEUE_USED_HIGH => self.update_queue(|q| {
-                q.set_used_ring_address(None, Some(value));
-                true
-            }),
+            VIRTIO_MMIO_QUEUE_DESC_LOW
+            | VIRTIO_MMIO_QUEUE_DESC_HIGH
+            | VIRTIO_MMIO_QUEUE_AVAIL_LOW
+            | VIRTIO_MMIO_QUEUE_AVAIL_HIGH
+            | VIRTIO_MMIO_QUEUE_USED_LOW
+            | VIRTIO_MMIO_QUEUE_USED_HIGH => self.write_queue_address(reg, value),
             VIRTIO_MMIO_QUEUE_NOTIFY => self.notify(value),
             VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt.ack(value),
             VIRTIO_MMIO_STATUS => self.write_status(value),
@@ -289,6 +271,32 @@ impl MmioTransport {
             Some(_) => debug!("virtio-mmio: queue {sel} configuration locked"),
             None => debug!("virtio-mmio: queue {sel} does not exist"),
         }
+    }
+
+    /// A write to one half of a ring address. A low half the queue refused
+    /// (misaligned) reads back as the old value, which is how the driver
+    /// learns it did not take.
+    fn write_queue_address(&mut self, reg: u32, value: u32) {
+        let ring = match reg {
+            VIRTIO_MMIO_QUEUE_DESC_LOW | VIRTIO_MMIO_QUEUE_DESC_HIGH => Ring::Desc,
+            VIRTIO_MMIO_QUEUE_AVAIL_LOW | VIRTIO_MMIO_QUEUE_AVAIL_HIGH => Ring::Avail,
+            _ => Ring::Used,
+        };
+        let high = matches!(
+            reg,
+            VIRTIO_MMIO_QUEUE_DESC_HIGH
+                | VIRTIO_MMIO_QUEUE_AVAIL_HIGH
+                | VIRTIO_MMIO_QUEUE_USED_HIGH
+        );
+        self.update_queue(|q| {
+            if high {
+                ring.set(q, None, Some(value));
+                true
+            } else {
+                ring.set(q, Some(value), None);
+                ring.get(q) as u32 == value
+            }
+        });
     }
 
     fn write_queue_ready(&mut self, value: u32) {
@@ -400,18 +408,10 @@ impl MmioTransport {
                 Err(e) => return self.fail(&e.to_string()),
             };
             copy.set_size(q.size());
-            copy.set_desc_table_address(
-                Some(q.desc_table() as u32),
-                Some((q.desc_table() >> 32) as u32),
-            );
-            copy.set_avail_ring_address(
-                Some(q.avail_ring() as u32),
-                Some((q.avail_ring() >> 32) as u32),
-            );
-            copy.set_used_ring_address(
-                Some(q.used_ring() as u32),
-                Some((q.used_ring() >> 32) as u32),
-            );
+            for ring in [Ring::Desc, Ring::Avail, Ring::Used] {
+                let addr = ring.get(q);
+                ring.set(&mut copy, Some(addr as u32), Some((addr >> 32) as u32));
+            }
             copy.set_event_idx(event_idx);
             copy.set_ready(q.ready());
             let event = match evt.try_clone() {
@@ -464,6 +464,33 @@ impl MmioTransport {
         self.queue_sel = 0;
         self.status = 0;
         self.interrupt.ack(u32::MAX);
+    }
+}
+
+/// The three rings of a split queue, by the registers that place them.
+#[derive(Clone, Copy)]
+enum Ring {
+    Desc,
+    Avail,
+    Used,
+}
+
+impl Ring {
+    fn get(self, q: &Queue) -> u64 {
+        match self {
+            Ring::Desc => q.desc_table(),
+            Ring::Avail => q.avail_ring(),
+            Ring::Used => q.used_ring(),
+        }
+    }
+
+    /// Sets the low and/or high half of the ring's address.
+    fn set(self, q: &mut Queue, low: Option<u32>, high: Option<u32>) {
+        match self {
+            Ring::Desc => q.set_desc_table_address(low, high),
+            Ring::Avail => q.set_avail_ring_address(low, high),
+            Ring::Used => q.set_used_ring_address(low, high),
+        }
     }
 }
 
