@@ -213,6 +213,20 @@ fn each_request_queue_is_served() {
     );
 }
 
+/// Sends `readable` plus 64 writable bytes on the request queue; returns the
+/// error of the reply the device wrote.
+fn reply_error(d: &mut GuestDriver, readable: &[Desc]) -> i32 {
+    let out = d.alloc(64);
+    let mut descs = readable.to_vec();
+    descs.push(Desc::writable(out, 64));
+    d.add_chain(REQ, &descs).expect("queue full");
+    d.kick(REQ);
+    let used = d.wait_used(REQ, TIMEOUT).unwrap();
+    OutHeader::parse(&d.read_mem(out, used.len as usize))
+        .unwrap()
+        .error
+}
+
 #[test]
 fn malformed_chains_are_answered_or_returned_and_the_device_keeps_serving() {
     let mut d = driver(1);
@@ -239,21 +253,8 @@ fn malformed_chains_are_answered_or_returned_and_the_device_keeps_serving() {
 
     // A readable buffer outside guest memory, after a good header: EIO.
     let bad = GuestAddress(crate::test_utils::MEM_SIZE + 4096);
-    let out = d.alloc(64);
-    d.add_chain(
-        REQ,
-        &[
-            Desc::readable(inb, 40),
-            Desc::readable(bad, 16),
-            Desc::writable(out, 64),
-        ],
-    );
-    d.kick(REQ);
-    let used = d.wait_used(REQ, TIMEOUT).unwrap();
     assert_eq!(
-        OutHeader::parse(&d.read_mem(out, used.len as usize))
-            .unwrap()
-            .error,
+        reply_error(&mut d, &[Desc::readable(inb, 40), Desc::readable(bad, 16)]),
         -libc::EIO
     );
 
@@ -267,23 +268,11 @@ fn malformed_chains_are_answered_or_returned_and_the_device_keeps_serving() {
     d.add_chain(REQ, &[Desc::readable(inb, 0), Desc::writable(out, 64)]);
     d.kick(REQ);
     assert_eq!(d.wait_used(REQ, TIMEOUT).unwrap().len, 0);
-    let out = d.alloc(64);
-    d.add_chain(
-        REQ,
-        &[
-            Desc::readable(inb, 40),
-            Desc::readable(inb, MAX_REQUEST_BYTES as u32),
-            Desc::writable(out, 64),
-        ],
-    );
-    d.kick(REQ);
-    let used = d.wait_used(REQ, TIMEOUT).unwrap();
-    assert_eq!(
-        OutHeader::parse(&d.read_mem(out, used.len as usize))
-            .unwrap()
-            .error,
-        -libc::EIO
-    );
+    let huge = [
+        Desc::readable(inb, 40),
+        Desc::readable(inb, MAX_REQUEST_BYTES as u32),
+    ];
+    assert_eq!(reply_error(&mut d, &huge), -libc::EIO);
 
     // A reply bigger than the writable part becomes EIO.
     let (used, reply) = send(&mut d, REQ, &getattr, 32);

@@ -9,8 +9,7 @@ use super::*;
 fn a_frame_larger_than_one_buffer_spans_several_with_num_buffers_set() {
     let mut s = setup(BASE_FEATURES);
     s.d.post_rx(16, MRG_BUF);
-    let frame = ethernet_frame(5000, 4);
-    s.host.send(&frame).unwrap();
+    let frame = host_send(&s.host, 5000, 4);
     let rx = s.d.recv();
     // 12 + 5000 bytes in 1536-byte buffers: 4 of them, all but the last full.
     assert_eq!(rx.hdr.num_buffers, 4);
@@ -18,8 +17,7 @@ fn a_frame_larger_than_one_buffer_spans_several_with_num_buffers_set() {
     let lens: Vec<u32> = rx.used.iter().map(|u| u.len).collect();
     assert_eq!(lens, [MRG_BUF, MRG_BUF, MRG_BUF, 5012 - 3 * MRG_BUF]);
     // The next frame starts in a fresh buffer.
-    let small = ethernet_frame(60, 5);
-    s.host.send(&small).unwrap();
+    let small = host_send(&s.host, 60, 5);
     let rx = s.d.recv();
     assert_eq!((rx.hdr.num_buffers, rx.frame), (1, small));
 }
@@ -28,8 +26,7 @@ fn a_frame_larger_than_one_buffer_spans_several_with_num_buffers_set() {
 fn a_frame_waits_until_enough_buffers_for_all_of_it_arrive() {
     let mut s = setup(BASE_FEATURES);
     s.d.post_rx(2, MRG_BUF);
-    let frame = ethernet_frame(4000, 6);
-    s.host.send(&frame).unwrap();
+    let frame = host_send(&s.host, 4000, 6);
     assert!(s.d.recv_timeout(Duration::from_millis(100)).is_none());
     s.d.post_rx(1, MRG_BUF);
     let rx = s.d.recv();
@@ -41,8 +38,7 @@ fn without_mergeable_buffers_a_frame_too_big_for_a_buffer_is_dropped() {
     let mut s = setup(BASE_FEATURES & !(1 << VIRTIO_NET_F_MRG_RXBUF));
     s.d.post_rx(1, MRG_BUF);
     s.host.send(&ethernet_frame(3000, 1)).unwrap();
-    let fits = ethernet_frame(1500, 2);
-    s.host.send(&fits).unwrap();
+    let fits = host_send(&s.host, 1500, 2);
     let rx = s.d.recv();
     assert_eq!((rx.hdr.num_buffers, rx.frame), (1, fits));
     assert_eq!(counter(&s.metrics.rx_dropped), 1);
@@ -55,8 +51,7 @@ fn a_frame_bigger_than_the_whole_ring_is_dropped_not_waited_for() {
     // Every descriptor posted, 64 bytes each: 16 KiB in all.
     s.d.post_rx(size, 64);
     s.host.send(&ethernet_frame(20_000, 1)).unwrap();
-    let fits = ethernet_frame(100, 2);
-    s.host.send(&fits).unwrap();
+    let fits = host_send(&s.host, 100, 2);
     let rx = s.d.recv();
     assert_eq!(rx.frame, fits);
     assert_eq!(counter(&s.metrics.rx_dropped), 1);

@@ -139,8 +139,7 @@ fn unusable_rx_chains_are_returned_empty_and_the_frame_goes_to_the_next() {
         bad_heads.push(g.add_chain(RXQ_INDEX, descs).unwrap());
     }
     s.d.post_rx(1, MRG_BUF);
-    let frame = ethernet_frame(500, 3);
-    s.host.send(&frame).unwrap();
+    let frame = host_send(&s.host, 500, 3);
     for head in bad_heads {
         let used = s.d.driver().wait_used(RXQ_INDEX, TIMEOUT).unwrap();
         assert_eq!((used.id, used.len), (head, 0));

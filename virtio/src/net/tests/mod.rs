@@ -73,6 +73,13 @@ fn ethernet_frame(len: usize, seed: u8) -> Vec<u8> {
     f
 }
 
+/// Sends an [`ethernet_frame`] from the host side; returns it.
+fn host_send(host: &UnixDatagram, len: usize, seed: u8) -> Vec<u8> {
+    let frame = ethernet_frame(len, seed);
+    host.send(&frame).unwrap();
+    frame
+}
+
 fn host_recv(host: &UnixDatagram) -> Vec<u8> {
     let mut buf = vec![0u8; 70_000];
     let n = host.recv(&mut buf).expect("frame on the backend socket");
@@ -189,8 +196,7 @@ fn tx_frame_arrives_on_the_socket_intact() {
 fn rx_frame_lands_in_a_guest_buffer_with_its_header() {
     let mut s = setup(BASE_FEATURES);
     s.d.post_rx(4, MRG_BUF);
-    let frame = ethernet_frame(1514, 3);
-    s.host.send(&frame).unwrap();
+    let frame = host_send(&s.host, 1514, 3);
     let rx = s.d.recv();
     assert_eq!(rx.frame, frame);
     assert_eq!(
@@ -218,8 +224,7 @@ fn driver_reset_stops_the_worker_and_the_device_comes_back() {
     s.d.driver().write_reg(VIRTIO_MMIO_STATUS, 0);
     assert_eq!(s.d.driver().read_reg(VIRTIO_MMIO_STATUS), 0);
     // Frames sent while the device is down wait in the socket.
-    let early = ethernet_frame(80, 9);
-    s.host.send(&early).unwrap();
+    let early = host_send(&s.host, 80, 9);
     std::thread::sleep(Duration::from_millis(50));
     s.d.reinit(BASE_FEATURES);
     s.d.post_rx(2, MRG_BUF);

@@ -107,9 +107,7 @@ fn silent_host_client_is_dropped_after_the_line_timeout() {
 
 #[test]
 fn guest_connect_reaches_the_port_listener_and_data_flows() {
-    let mut s = setup();
-    let listener = listen(&s.path, 52);
-    let mut host = guest_connect(&mut s, &listener, 1000, 52);
+    let (mut s, _listener, mut host) = connected(1000, 52);
     host.write_all(b"ping").unwrap();
     assert_eq!(recv_data(&mut s.d, 52, 1000, 4), b"ping");
     s.d.send(s.d.hdr(OP_RW, 1000, 52), b"pong");
@@ -138,9 +136,7 @@ fn guest_connect_to_a_port_nobody_listens_on_gets_rst() {
 
 #[test]
 fn duplicate_request_resets_the_connection() {
-    let mut s = setup();
-    let listener = listen(&s.path, 52);
-    let mut host = guest_connect(&mut s, &listener, 1000, 52);
+    let (mut s, _listener, mut host) = connected(1000, 52);
     s.d.send(s.d.hdr(OP_REQUEST, 1000, 52), &[]);
     s.d.expect_op(OP_RST);
     assert_closed(&mut host);
@@ -148,9 +144,7 @@ fn duplicate_request_resets_the_connection() {
 
 #[test]
 fn unsolicited_response_resets_a_guest_initiated_connection() {
-    let mut s = setup();
-    let listener = listen(&s.path, 52);
-    let mut host = guest_connect(&mut s, &listener, 1000, 52);
+    let (mut s, _listener, mut host) = connected(1000, 52);
     s.d.send(s.d.hdr(OP_RESPONSE, 1000, 52), &[]);
     s.d.expect_op(OP_RST);
     assert_closed(&mut host);

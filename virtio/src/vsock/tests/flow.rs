@@ -29,9 +29,7 @@ impl GuestCredit {
 
 #[test]
 fn bulk_transfer_both_ways_with_credit_updates() {
-    let mut s = setup();
-    let listener = listen(&s.path, 90);
-    let mut host = guest_connect(&mut s, &listener, 900, 90);
+    let (mut s, _listener, mut host) = connected(900, 90);
     const TOTAL: usize = 1 << 20;
 
     // Host to guest: the guest acknowledges what it consumed, as Linux does.
@@ -97,9 +95,7 @@ fn bulk_transfer_both_ways_with_credit_updates() {
 
 #[test]
 fn credit_request_is_answered_with_current_fwd_cnt() {
-    let mut s = setup();
-    let listener = listen(&s.path, 91);
-    let mut host = guest_connect(&mut s, &listener, 910, 91);
+    let (mut s, _listener, mut host) = connected(910, 91);
     s.d.send(s.d.hdr(OP_RW, 910, 91), &[7; 100]);
     assert_eq!(read_exact(&mut host, 100), vec![7; 100]);
     s.d.send(s.d.hdr(OP_CREDIT_REQUEST, 910, 91), &[]);
@@ -110,9 +106,7 @@ fn credit_request_is_answered_with_current_fwd_cnt() {
 
 #[test]
 fn host_that_stops_reading_exhausts_guest_credit_until_it_reads() {
-    let mut s = setup();
-    let listener = listen(&s.path, 92);
-    let mut host = guest_connect(&mut s, &listener, 920, 92);
+    let (mut s, _listener, mut host) = connected(920, 92);
     let data = pattern(8 << 20, 3);
     let mut credit = GuestCredit::new();
     let mut sent = 0usize;
@@ -157,9 +151,7 @@ fn host_that_stops_reading_exhausts_guest_credit_until_it_reads() {
 
 #[test]
 fn guest_ignoring_credit_is_reset_not_buffered() {
-    let mut s = setup();
-    let listener = listen(&s.path, 93);
-    let mut host = guest_connect(&mut s, &listener, 930, 93);
+    let (mut s, _listener, mut host) = connected(930, 93);
     let chunk = pattern(MAX_PKT_DATA as usize, 4);
     let mut reset = false;
     for _ in 0..128 {
@@ -257,9 +249,7 @@ fn rx_packets_wait_for_the_guest_to_post_buffers() {
 
 #[test]
 fn guest_shutdown_send_half_closes_the_host_stream() {
-    let mut s = setup();
-    let listener = listen(&s.path, 96);
-    let mut host = guest_connect(&mut s, &listener, 960, 96);
+    let (mut s, _listener, mut host) = connected(960, 96);
     s.d.send(s.d.hdr(OP_RW, 960, 96), b"last");
     let mut shut = s.d.hdr(OP_SHUTDOWN, 960, 96);
     shut.flags = SHUTDOWN_SEND;
@@ -277,9 +267,7 @@ fn guest_shutdown_send_half_closes_the_host_stream() {
 
 #[test]
 fn host_half_close_becomes_shutdown_send_to_the_guest() {
-    let mut s = setup();
-    let listener = listen(&s.path, 97);
-    let mut host = guest_connect(&mut s, &listener, 970, 97);
+    let (mut s, _listener, mut host) = connected(970, 97);
     host.write_all(b"bye").unwrap();
     host.shutdown(std::net::Shutdown::Write).unwrap();
     assert_eq!(recv_data(&mut s.d, 97, 970, 3), b"bye");
@@ -298,9 +286,7 @@ fn host_half_close_becomes_shutdown_send_to_the_guest() {
 
 #[test]
 fn host_close_then_guest_close_completes() {
-    let mut s = setup();
-    let listener = listen(&s.path, 98);
-    let host = guest_connect(&mut s, &listener, 980, 98);
+    let (mut s, _listener, host) = connected(980, 98);
     drop(host);
     let shut = s.d.expect_op(OP_SHUTDOWN);
     assert_eq!(shut.hdr.flags, SHUTDOWN_SEND);
@@ -311,9 +297,7 @@ fn host_close_then_guest_close_completes() {
 
 #[test]
 fn guest_full_shutdown_flushes_then_resets_and_closes() {
-    let mut s = setup();
-    let listener = listen(&s.path, 99);
-    let mut host = guest_connect(&mut s, &listener, 990, 99);
+    let (mut s, _listener, mut host) = connected(990, 99);
     s.d.send(s.d.hdr(OP_RW, 990, 99), b"final words");
     let mut shut = s.d.hdr(OP_SHUTDOWN, 990, 99);
     shut.flags = SHUTDOWN_BOTH;
@@ -326,9 +310,7 @@ fn guest_full_shutdown_flushes_then_resets_and_closes() {
 
 #[test]
 fn guest_shutdown_rcv_stops_host_to_guest_data() {
-    let mut s = setup();
-    let listener = listen(&s.path, 100);
-    let mut host = guest_connect(&mut s, &listener, 1000, 100);
+    let (mut s, _listener, mut host) = connected(1000, 100);
     let mut shut = s.d.hdr(OP_SHUTDOWN, 1000, 100);
     shut.flags = SHUTDOWN_RCV;
     s.d.send(shut, &[]);
@@ -343,9 +325,7 @@ fn guest_shutdown_rcv_stops_host_to_guest_data() {
 
 #[test]
 fn guest_rst_closes_the_host_stream_without_reply() {
-    let mut s = setup();
-    let listener = listen(&s.path, 101);
-    let mut host = guest_connect(&mut s, &listener, 1010, 101);
+    let (mut s, _listener, mut host) = connected(1010, 101);
     s.d.send(s.d.hdr(OP_RST, 1010, 101), &[]);
     assert_closed(&mut host);
     s.d.expect_silence(Duration::from_millis(100));
@@ -353,9 +333,7 @@ fn guest_rst_closes_the_host_stream_without_reply() {
 
 #[test]
 fn slow_host_reader_gets_buffered_data_after_guest_close() {
-    let mut s = setup();
-    let listener = listen(&s.path, 102);
-    let mut host = guest_connect(&mut s, &listener, 1020, 102);
+    let (mut s, _listener, mut host) = connected(1020, 102);
     // Fill the host socket so the rest waits in the device's buffer.
     let data = pattern(TX_BUF_SIZE as usize, 9);
     let mut credit = GuestCredit::new();

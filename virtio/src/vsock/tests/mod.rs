@@ -116,6 +116,16 @@ fn guest_connect(
 
 /// A host client connects through `CONNECT guest_port` and the guest accepts.
 /// Returns the host stream and the host port the device allocated.
+/// A device with one guest-initiated connection, from `guest_port` to
+/// host port `host_port`: the setup, the host listener (keep it alive) and
+/// the host's end of the stream.
+fn connected(guest_port: u32, host_port: u32) -> (Setup, UnixListener, UnixStream) {
+    let mut s = setup();
+    let listener = listen(&s.path, host_port);
+    let host = guest_connect(&mut s, &listener, guest_port, host_port);
+    (s, listener, host)
+}
+
 fn host_connect(s: &mut Setup, guest_port: u32) -> (UnixStream, u32) {
     let mut stream = UnixStream::connect(&s.path).expect("connect to device");
     stream
