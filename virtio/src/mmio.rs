@@ -132,23 +132,17 @@ impl MmioTransport {
 
     /// Handles a guest read of `data.len()` bytes at `offset` from the base.
     pub fn read(&mut self, offset: u64, data: &mut [u8]) {
-        if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
-            if !matches!(data.len(), 1 | 2 | 4 | 8) {
-                debug!("virtio-mmio: config read of {} bytes ignored", data.len());
+        let reg = match access(offset, data.len()) {
+            Access::Config(at) => return self.device.read_config(at, data),
+            Access::Register(reg) => reg,
+            Access::Invalid => {
+                debug!(
+                    "virtio-mmio: read of {} bytes at {offset:#x} ignored",
+                    data.len()
+                );
                 data.fill(0);
                 return;
             }
-            self.device
-                .read_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
-            return;
-        }
-        let Some(reg) = register(offset, data.len()) else {
-            debug!(
-                "virtio-mmio: read of {} bytes at {offset:#x} ignored",
-                data.len()
-            );
-            data.fill(0);
-            return;
         };
         let value = match reg {
             VIRTIO_MMIO_MAGIC_VALUE => MMIO_MAGIC,
@@ -180,22 +174,19 @@ impl MmioTransport {
 
     /// Handles a guest write of `data` at `offset` from the base.
     pub fn write(&mut self, offset: u64, data: &[u8]) {
-        if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
+        let reg = match access(offset, data.len()) {
             // The driver may only write config once it knows the features.
-            if self.status & VIRTIO_CONFIG_S_DRIVER == 0 || !matches!(data.len(), 1 | 2 | 4 | 8) {
-                debug!("virtio-mmio: config write at {offset:#x} ignored");
+            Access::Config(at) if self.status & VIRTIO_CONFIG_S_DRIVER != 0 => {
+                return self.device.write_config(at, data)
+            }
+            Access::Register(reg) => reg,
+            _ => {
+                debug!(
+                    "virtio-mmio: write of {} bytes at {offset:#x} ignored",
+                    data.len()
+                );
                 return;
             }
-            self.device
-                .write_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
-            return;
-        }
-        let Some(reg) = register(offset, data.len()) else {
-            debug!(
-                "virtio-mmio: write of {} bytes at {offset:#x} ignored",
-                data.len()
-            );
-            return;
         };
         let mut bytes = [0u8; 4];
         bytes.copy_from_slice(data);
@@ -494,13 +485,30 @@ impl Ring {
     }
 }
 
-/// Maps an access to a register offset, if it is a whole aligned 32-bit
-/// register access (the only kind virtio-mmio defines below the config space).
-fn register(offset: u64, len: usize) -> Option<u32> {
-    if len != 4 || offset & 3 != 0 || offset >= u64::from(VIRTIO_MMIO_CONFIG) {
-        return None;
+/// Where a guest access lands.
+enum Access {
+    /// The device config space, at this offset into it (an access of 1, 2,
+    /// 4 or 8 bytes).
+    Config(u64),
+    /// A register: a whole aligned 32-bit access below the config space
+    /// (the only kind virtio-mmio defines there).
+    Register(u32),
+    /// Anything else; ignored.
+    Invalid,
+}
+
+fn access(offset: u64, len: usize) -> Access {
+    let config = u64::from(VIRTIO_MMIO_CONFIG);
+    if offset >= config {
+        return match len {
+            1 | 2 | 4 | 8 => Access::Config(offset - config),
+            _ => Access::Invalid,
+        };
     }
-    Some(offset as u32)
+    if len != 4 || offset & 3 != 0 {
+        return Access::Invalid;
+    }
+    Access::Register(offset as u32)
 }
 
 fn new_queue(max_size: u16) -> std::io::Result<Queue> {

@@ -108,7 +108,13 @@ fn fake() -> (FakeDevice, Arc<Mutex<Calls>>) {
 }
 
 fn driver() -> (GuestDriver, Arc<Mutex<Calls>>) {
-    let (dev, calls) = fake();
+    driver_with(|_| {})
+}
+
+/// A driver for the fake device after `configure` changed it.
+fn driver_with(configure: impl FnOnce(&mut FakeDevice)) -> (GuestDriver, Arc<Mutex<Calls>>) {
+    let (mut dev, calls) = fake();
+    configure(&mut dev);
     (GuestDriver::new(Box::new(dev)), calls)
 }
 
@@ -444,9 +450,7 @@ fn reset_stops_device_clears_state_and_allows_reinitialization() {
 
 #[test]
 fn device_that_cannot_reset_reports_needs_reset() {
-    let (mut dev, calls) = fake();
-    dev.can_reset = false;
-    let mut d = GuestDriver::new(Box::new(dev));
+    let (mut d, calls) = driver_with(|dev| dev.can_reset = false);
     d.init();
     d.write_reg(VIRTIO_MMIO_STATUS, 0);
     assert_eq!(d.read_reg(VIRTIO_MMIO_STATUS), VIRTIO_CONFIG_S_NEEDS_RESET);
@@ -457,9 +461,7 @@ fn device_that_cannot_reset_reports_needs_reset() {
 
 #[test]
 fn activation_failure_sets_needs_reset_and_raises_config_interrupt() {
-    let (mut dev, calls) = fake();
-    dev.fail_activate = true;
-    let mut d = GuestDriver::new(Box::new(dev));
+    let (mut d, calls) = driver_with(|dev| dev.fail_activate = true);
     assert!(d.negotiate(VERSION_1));
     d.setup_queues();
     let status = d.driver_ok();

@@ -102,6 +102,16 @@ mod tests {
         fail: bool,
     }
 
+    impl Sink {
+        fn with_room(room: usize) -> Self {
+            Sink {
+                got: Vec::new(),
+                room,
+                fail: false,
+            }
+        }
+    }
+
     impl Write for Sink {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
             if self.fail {
@@ -139,11 +149,7 @@ mod tests {
     #[test]
     fn data_survives_wraparound_in_order() {
         let mut b = TxBuf::new();
-        let mut sink = Sink {
-            got: Vec::new(),
-            room: 0,
-            fail: false,
-        };
+        let mut sink = Sink::with_room(0);
         let mut expected = Vec::new();
         let mut next = 0u8;
         for round in 0..20 {
@@ -169,11 +175,7 @@ mod tests {
     fn flush_stops_when_sink_would_block_and_reports_errors() {
         let mut b = TxBuf::new();
         b.push(&[9; 5000]).unwrap();
-        let mut sink = Sink {
-            got: Vec::new(),
-            room: 1200,
-            fail: false,
-        };
+        let mut sink = Sink::with_room(1200);
         assert_eq!(b.flush_to(&mut sink).unwrap(), 1200);
         assert_eq!(b.len, 3800);
         assert_eq!(b.flush_to(&mut sink).unwrap(), 0);
@@ -186,11 +188,7 @@ mod tests {
     fn drained_buffer_releases_its_storage() {
         let mut b = TxBuf::new();
         b.push(&[1; 10]).unwrap();
-        let mut sink = Sink {
-            got: Vec::new(),
-            room: 100,
-            fail: false,
-        };
+        let mut sink = Sink::with_room(100);
         b.flush_to(&mut sink).unwrap();
         assert!(b.is_empty());
         assert_eq!(b.data.capacity(), 0);

@@ -134,20 +134,23 @@ fn guest_connect_to_a_port_nobody_listens_on_gets_rst() {
     s.d.expect_op(OP_RST);
 }
 
-#[test]
-fn duplicate_request_resets_the_connection() {
+/// A guest-initiated connection gets `op` from the guest, which only a
+/// connection being set up may get: the device resets it.
+fn out_of_place_op_resets(op: u16) {
     let (mut s, _listener, mut host) = connected(1000, 52);
-    s.d.send(s.d.hdr(OP_REQUEST, 1000, 52), &[]);
+    s.d.send(s.d.hdr(op, 1000, 52), &[]);
     s.d.expect_op(OP_RST);
     assert_closed(&mut host);
 }
 
 #[test]
+fn duplicate_request_resets_the_connection() {
+    out_of_place_op_resets(OP_REQUEST);
+}
+
+#[test]
 fn unsolicited_response_resets_a_guest_initiated_connection() {
-    let (mut s, _listener, mut host) = connected(1000, 52);
-    s.d.send(s.d.hdr(OP_RESPONSE, 1000, 52), &[]);
-    s.d.expect_op(OP_RST);
-    assert_closed(&mut host);
+    out_of_place_op_resets(OP_RESPONSE);
 }
 
 #[test]

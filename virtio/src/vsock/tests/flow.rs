@@ -251,9 +251,7 @@ fn rx_packets_wait_for_the_guest_to_post_buffers() {
 fn guest_shutdown_send_half_closes_the_host_stream() {
     let (mut s, _listener, mut host) = connected(960, 96);
     s.d.send(s.d.hdr(OP_RW, 960, 96), b"last");
-    let mut shut = s.d.hdr(OP_SHUTDOWN, 960, 96);
-    shut.flags = SHUTDOWN_SEND;
-    s.d.send(shut, &[]);
+    send_shutdown(&mut s, 960, 96, SHUTDOWN_SEND);
     assert_eq!(read_exact(&mut host, 4), b"last");
     let mut rest = Vec::new();
     assert_eq!(host.read_to_end(&mut rest).unwrap(), 0, "EOF after last");
@@ -277,9 +275,7 @@ fn host_half_close_becomes_shutdown_send_to_the_guest() {
     s.d.send(s.d.hdr(OP_RW, 970, 97), b"ack");
     assert_eq!(read_exact(&mut host, 3), b"ack");
     // The guest then closes; the device completes it with RST.
-    let mut shut = s.d.hdr(OP_SHUTDOWN, 970, 97);
-    shut.flags = SHUTDOWN_BOTH;
-    s.d.send(shut, &[]);
+    send_shutdown(&mut s, 970, 97, SHUTDOWN_BOTH);
     s.d.expect_op(OP_RST);
     assert_closed(&mut host);
 }
@@ -299,9 +295,7 @@ fn host_close_then_guest_close_completes() {
 fn guest_full_shutdown_flushes_then_resets_and_closes() {
     let (mut s, _listener, mut host) = connected(990, 99);
     s.d.send(s.d.hdr(OP_RW, 990, 99), b"final words");
-    let mut shut = s.d.hdr(OP_SHUTDOWN, 990, 99);
-    shut.flags = SHUTDOWN_BOTH;
-    s.d.send(shut, &[]);
+    send_shutdown(&mut s, 990, 99, SHUTDOWN_BOTH);
     let rst = s.d.expect_op(OP_RST);
     assert_eq!((rst.hdr.src_port, rst.hdr.dst_port), (99, 990));
     assert_eq!(read_exact(&mut host, 11), b"final words");
@@ -311,9 +305,7 @@ fn guest_full_shutdown_flushes_then_resets_and_closes() {
 #[test]
 fn guest_shutdown_rcv_stops_host_to_guest_data() {
     let (mut s, _listener, mut host) = connected(1000, 100);
-    let mut shut = s.d.hdr(OP_SHUTDOWN, 1000, 100);
-    shut.flags = SHUTDOWN_RCV;
-    s.d.send(shut, &[]);
+    send_shutdown(&mut s, 1000, 100, SHUTDOWN_RCV);
     // The host's writes fail rather than pile up.
     std::thread::sleep(Duration::from_millis(50));
     assert!(host.write_all(b"unwanted").is_err());
@@ -349,9 +341,7 @@ fn slow_host_reader_gets_buffered_data_after_guest_close() {
         credit.tx_cnt += n as u32;
         sent += n;
     }
-    let mut shut = s.d.hdr(OP_SHUTDOWN, 1020, 102);
-    shut.flags = SHUTDOWN_BOTH;
-    s.d.send(shut, &[]);
+    send_shutdown(&mut s, 1020, 102, SHUTDOWN_BOTH);
     // The host reads it all, then sees EOF; the guest gets its RST.
     assert!(read_exact(&mut host, sent) == data[..sent]);
     assert_closed(&mut host);

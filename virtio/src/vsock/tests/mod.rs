@@ -126,6 +126,14 @@ fn connected(guest_port: u32, host_port: u32) -> (Setup, UnixListener, UnixStrea
     (s, listener, host)
 }
 
+/// The guest sends SHUTDOWN with `flags` on the connection from
+/// `guest_port` to `host_port`.
+fn send_shutdown(s: &mut Setup, guest_port: u32, host_port: u32, flags: u32) {
+    let mut shut = s.d.hdr(OP_SHUTDOWN, guest_port, host_port);
+    shut.flags = flags;
+    s.d.send(shut, &[]);
+}
+
 fn host_connect(s: &mut Setup, guest_port: u32) -> (UnixStream, u32) {
     let mut stream = UnixStream::connect(&s.path).expect("connect to device");
     stream
