@@ -22,8 +22,7 @@ use seccompiler::{
     SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
 };
 
-/// One allowlist entry: a system call number (`libc::SYS_*`).
-pub type Syscall = libc::c_long;
+pub use crate::allowlist::{Syscall, FIONBIO};
 
 /// What every thread of a Rust program does whatever its work: memory, locks, time, its own
 /// end, signal returns, thread-local start-up, log lines (`write` to stderr) and the calls the
@@ -74,10 +73,6 @@ pub const CONFINE_CHILDREN: &[Syscall] = &[
     libc::SYS_landlock_restrict_self,
     libc::SYS_seccomp,
 ];
-
-/// `FIONBIO` (`set_nonblocking` on sockets), the same number on every Linux architecture we
-/// build for (libc's type for it differs between targets).
-pub const FIONBIO: u64 = 0x5421;
 
 /// Reading and polling descriptors a thread already holds: event loops (epoll, eventfds).
 pub const EVENT_LOOP: &[Syscall] = &[

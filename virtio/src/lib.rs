@@ -23,6 +23,7 @@
 //! provide a driver-side harness that drives a device through real guest
 //! memory, the way the guest kernel would.
 
+mod allowlist;
 pub mod base;
 pub mod confine;
 mod device;

@@ -4,7 +4,7 @@
 //! `RESOLVE_BENEATH`), reopen through `/proc/self/fd/N` (`open`/`openat`), keep guest-visible
 //! metadata in xattrs and map guest ids with `fchownat`.
 
-use crate::confine::Syscall;
+use crate::allowlist::Syscall;
 
 /// The virtio-fs worker's allowlist.
 pub const SYSCALLS: &[Syscall] = &[

@@ -2,7 +2,7 @@
 //! moves frames between the queues and the netstack's datagram socket, which it already
 //! holds, so it needs only reads and writes on that socket.
 
-use crate::confine::Syscall;
+use crate::allowlist::Syscall;
 
 /// The virtio-net worker's allowlist.
 pub const SYSCALLS: &[Syscall] = &[

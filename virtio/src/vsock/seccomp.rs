@@ -3,7 +3,7 @@
 //! `<uds>_<port>` Unix sockets (`socket` is limited to `AF_UNIX` by the installer), and
 //! moves bytes.
 
-use crate::confine::Syscall;
+use crate::allowlist::Syscall;
 
 /// The virtio-vsock worker's allowlist.
 pub const SYSCALLS: &[Syscall] = &[
@@ -26,4 +26,4 @@ pub const SYSCALLS: &[Syscall] = &[
 
 /// The only `ioctl` it makes: `FIONBIO` (std's `set_nonblocking` on accepted and connected
 /// sockets), as `(mask, value)` on the request number.
-pub const IOCTLS: &[(u64, u64)] = &[(0xffff_ffff, crate::confine::FIONBIO)];
+pub const IOCTLS: &[(u64, u64)] = &[(0xffff_ffff, crate::allowlist::FIONBIO)];
