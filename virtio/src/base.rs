@@ -50,7 +50,7 @@
 use std::sync::Arc;
 
 use tracing::debug;
-use virtio_queue::QueueT;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::ByteValued;
 
 use crate::device::{ActivateError, GuestMemoryMmap, QueueWithEvent, VirtioDevice};
@@ -227,6 +227,16 @@ impl<B: DeviceBackend> Device<B> {
     /// The device-specific part, mutably.
     pub fn backend_mut(&mut self) -> &mut B {
         &mut self.backend
+    }
+}
+
+/// Interrupts the guest for used buffers in `queue`, unless the driver
+/// asked not to be (VIRTQ_AVAIL_F_NO_INTERRUPT, or EVENT_IDX's used_event).
+pub fn signal_used(queue: &mut Queue, mem: &GuestMemoryMmap, interrupt: &Interrupt) {
+    match queue.needs_notification(mem) {
+        Ok(false) => {}
+        // When in doubt, interrupt: a spurious one is harmless.
+        Ok(true) | Err(_) => interrupt.signal_used_queue(),
     }
 }
 

@@ -18,6 +18,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::defs::MAX_REQUEST_BYTES;
 use super::server::FsServer;
+use crate::base::signal_used;
 use crate::event_loop::EventHandler;
 use crate::{GuestMemoryMmap, Interrupt};
 
@@ -75,10 +76,7 @@ impl Worker {
             used = true;
         }
         if used {
-            match self.queue.needs_notification(&self.mem) {
-                Ok(false) => {}
-                Ok(true) | Err(_) => self.interrupt.signal_used_queue(),
-            }
+            signal_used(&mut self.queue, &self.mem, &self.interrupt);
         }
     }
 

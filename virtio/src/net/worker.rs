@@ -43,6 +43,7 @@ use super::frame::{
 };
 use super::metrics::NetMetrics;
 use super::socket::take_socket_error;
+use crate::base::signal_used;
 use crate::event_loop::EventHandler;
 use crate::{GuestMemoryMmap, Interrupt};
 
@@ -236,7 +237,7 @@ impl Worker {
             }
         }
         if returned {
-            notify(&mut self.txq, &self.mem, &self.interrupt);
+            signal_used(&mut self.txq, &self.mem, &self.interrupt);
         }
         self.update_interest();
     }
@@ -298,7 +299,7 @@ impl Worker {
             }
         }
         if std::mem::take(&mut self.rx_returned) {
-            notify(&mut self.rxq, &self.mem, &self.interrupt);
+            signal_used(&mut self.rxq, &self.mem, &self.interrupt);
         }
         self.update_interest();
     }
@@ -518,13 +519,4 @@ fn read_tx_frame(
         complete_checksum(&mut buf[NET_HDR_LEN..len], hdr.csum_start, hdr.csum_offset)?;
     }
     Ok(len - NET_HDR_LEN)
-}
-
-/// Interrupts the guest for `q` unless it asked not to be.
-fn notify(q: &mut Queue, mem: &GuestMemoryMmap, interrupt: &Interrupt) {
-    match q.needs_notification(mem) {
-        Ok(false) => {}
-        // When in doubt, interrupt: a spurious one is harmless.
-        Ok(true) | Err(_) => interrupt.signal_used_queue(),
-    }
 }

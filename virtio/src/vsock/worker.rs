@@ -19,6 +19,7 @@ use vmm_sys_util::epoll::EventSet;
 use super::defs::PKT_HEADER_SIZE;
 use super::packet::{parse_tx, rx_writer};
 use super::unix::muxer::Muxer;
+use crate::base::signal_used;
 use crate::event_loop::EventHandler;
 use crate::{GuestMemoryMmap, Interrupt};
 
@@ -145,10 +146,6 @@ impl Worker {
 
     fn notify_guest(&mut self, tx: bool) {
         let q = if tx { &mut self.txq } else { &mut self.rxq };
-        match q.needs_notification(&self.mem) {
-            Ok(false) => {}
-            // When in doubt, interrupt: a spurious one is harmless.
-            Ok(true) | Err(_) => self.interrupt.signal_used_queue(),
-        }
+        signal_used(q, &self.mem, &self.interrupt);
     }
 }
