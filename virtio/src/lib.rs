@@ -15,8 +15,9 @@
 //! plugs its queue and descriptor handlers). Each device lives in a folder of
 //! its own, with the same file names inside (`device.rs`, `worker.rs`,
 //! `defs.rs`, `seccomp.rs`, ...): [`net`] (virtio-net over a datagram
-//! socket), [`fs`] (virtio-fs over an in-process FUSE server) and [`vsock`]
-//! (virtio-vsock over host Unix sockets). [`confine`] holds the seccomp
+//! socket), [`fs`] (virtio-fs over an in-process FUSE server), [`vsock`]
+//! (virtio-vsock over host Unix sockets) and [`rng`] (virtio-rng from the
+//! host's `getrandom`, the smallest device on the base). [`confine`] holds the seccomp
 //! filters their worker threads run under.
 //!
 //! With the `test-utils` feature, `test_utils` (and `vsock::test_utils`)
@@ -32,6 +33,7 @@ pub mod fs;
 mod interrupt;
 mod mmio;
 pub mod net;
+pub mod rng;
 pub mod vsock;
 
 #[cfg(any(test, feature = "test-utils"))]
