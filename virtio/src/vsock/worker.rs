@@ -23,8 +23,7 @@ use crate::base::signal_used;
 use crate::event_loop::EventHandler;
 use crate::{GuestMemoryMmap, Interrupt};
 
-/// Queue indices.
-const RXQ: usize = 0;
+/// The TX queue's index (RX is 0, the event queue 2).
 const TXQ: usize = 1;
 
 /// Everything the device thread owns.
@@ -40,11 +39,10 @@ pub struct Worker {
 
 impl EventHandler for Worker {
     fn queue_notified(&mut self, index: usize) {
-        match index {
-            RXQ => self.process_rx(),
-            TXQ => self.process_tx(),
-            // The guest gave us event buffers; nothing to send.
-            _ => {}
+        // New RX buffers need nothing here: `after_events` fills them after
+        // every wake-up. Event-queue buffers stay unused: we send no events.
+        if index == TXQ {
+            self.process_tx();
         }
     }
 
