@@ -5,10 +5,8 @@ use super::*;
 #[test]
 fn host_connect_gets_ok_line_and_data_flows_both_ways() {
     let mut s = setup();
-    let mut client = UnixStream::connect(&s.path).unwrap();
     // Data written right after the line must wait for the guest to accept.
-    client.write_all(b"CONNECT 1234\nhello").unwrap();
-    let req = s.d.expect_op(OP_REQUEST);
+    let (mut client, req) = host_request(&mut s, b"CONNECT 1234\nhello");
     assert_eq!(
         (
             req.hdr.src_cid,
@@ -31,9 +29,7 @@ fn host_connect_gets_ok_line_and_data_flows_both_ways() {
 #[test]
 fn host_connect_refused_by_guest_closes_the_stream() {
     let mut s = setup();
-    let mut client = UnixStream::connect(&s.path).unwrap();
-    client.write_all(b"CONNECT 9\n").unwrap();
-    let req = s.d.expect_op(OP_REQUEST);
+    let (mut client, req) = host_request(&mut s, b"CONNECT 9\n");
     s.d.send(s.d.hdr(OP_RST, 9, req.hdr.src_port), &[]);
     assert_closed(&mut client);
     s.d.expect_silence(Duration::from_millis(50));
@@ -42,9 +38,7 @@ fn host_connect_refused_by_guest_closes_the_stream() {
 #[test]
 fn host_connect_unanswered_times_out_and_closes_the_stream() {
     let mut s = setup();
-    let mut client = UnixStream::connect(&s.path).unwrap();
-    client.write_all(b"CONNECT 9\n").unwrap();
-    let req = s.d.expect_op(OP_REQUEST);
+    let (mut client, req) = host_request(&mut s, b"CONNECT 9\n");
     let started = std::time::Instant::now();
     assert_closed(&mut client);
     assert!(started.elapsed() >= REQUEST_TIMEOUT - Duration::from_millis(100));

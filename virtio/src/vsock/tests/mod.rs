@@ -134,12 +134,17 @@ fn send_shutdown(s: &mut Setup, guest_port: u32, host_port: u32, flags: u32) {
     s.d.send(shut, &[]);
 }
 
-fn host_connect(s: &mut Setup, guest_port: u32) -> (UnixStream, u32) {
+/// A host client connects to the device and writes `bytes` (a CONNECT
+/// line, maybe with data after it); returns its stream and the REQUEST the
+/// guest then gets.
+fn host_request(s: &mut Setup, bytes: &[u8]) -> (UnixStream, RxPacket) {
     let mut stream = UnixStream::connect(&s.path).expect("connect to device");
-    stream
-        .write_all(format!("CONNECT {guest_port}\n").as_bytes())
-        .unwrap();
-    let req = s.d.expect_op(OP_REQUEST);
+    stream.write_all(bytes).unwrap();
+    (stream, s.d.expect_op(OP_REQUEST))
+}
+
+fn host_connect(s: &mut Setup, guest_port: u32) -> (UnixStream, u32) {
+    let (mut stream, req) = host_request(s, format!("CONNECT {guest_port}\n").as_bytes());
     assert_eq!(req.hdr.dst_port, guest_port);
     assert_eq!((req.hdr.src_cid, req.hdr.dst_cid), (HOST_CID, CID));
     let host_port = req.hdr.src_port;
