@@ -104,12 +104,6 @@ impl DeviceCommon {
         }
     }
 
-    /// Replaces the config space; the device then tells the driver with
-    /// [`Interrupt::signal_config_change`].
-    pub fn set_config(&mut self, config: &impl ByteValued) {
-        self.config = config.as_slice().to_vec();
-    }
-
     /// The device's name in logs.
     pub fn name(&self) -> &'static str {
         self.name
@@ -242,7 +236,7 @@ pub fn signal_used(queue: &mut Queue, mem: &GuestMemoryMmap, interrupt: &Interru
 
 /// Copies the bytes of `config` at `offset` into `data`; bytes past its end
 /// read as 0.
-pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     for (i, byte) in data.iter_mut().enumerate() {
         *byte = offset
             .checked_add(i as u64)
@@ -304,5 +298,20 @@ impl<B: DeviceBackend> VirtioDevice for Device<B> {
         self.backend.reset();
         self.common.acked_features = 0;
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_reads_past_the_end_or_at_huge_offsets_are_zero() {
+        let config = [1u8, 2, 3, 4];
+        let mut data = [0xff; 4];
+        read_config_bytes(&config, 2, &mut data);
+        assert_eq!(data, [3, 4, 0, 0]);
+        read_config_bytes(&config, u64::MAX - 1, &mut data);
+        assert_eq!(data, [0; 4]);
     }
 }

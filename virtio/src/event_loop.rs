@@ -186,3 +186,54 @@ impl WorkerThread {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::{channel, Sender};
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Reports what the loop hands it; `mine` is its own descriptor.
+    struct Probe(Sender<String>, EventFd);
+
+    impl EventHandler for Probe {
+        fn started(&mut self, queues: usize) {
+            self.0.send(format!("started {queues}")).unwrap();
+        }
+
+        fn queue_notified(&mut self, index: usize) {
+            self.0.send(format!("queue {index}")).unwrap();
+        }
+
+        fn fd_ready(&mut self, token: u64, _events: EventSet) {
+            self.1.read().unwrap();
+            self.0.send(format!("fd {token}")).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_loop_dispatches_kicks_and_descriptors_and_stops() {
+        let (tx, rx) = channel();
+        let event_loop = EventLoop::new().unwrap();
+        let mine = EventFd::new(EFD_NONBLOCK).unwrap();
+        event_loop.add(&mine, 7).unwrap();
+        let queues = [
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+        ];
+        let events = queues.iter().map(|q| q.try_clone().unwrap()).collect();
+        let probe = Probe(tx, mine.try_clone().unwrap());
+        let worker =
+            WorkerThread::spawn("probe".into(), "probe", event_loop, events, probe).unwrap();
+        let next = || rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(next(), "started 2");
+        queues[1].write(1).unwrap();
+        assert_eq!(next(), "queue 1");
+        // The loop drained the kick: no second report for it.
+        mine.write(1).unwrap();
+        assert_eq!(next(), "fd 7");
+        WorkerThread::stop_all(vec![worker]);
+        assert!(rx.recv().is_err(), "the handler is gone once stopped");
+    }
+}
