@@ -342,9 +342,9 @@ impl Worker {
         None
     }
 
-    /// Writes the pending frame (`total` bytes with its header) into held
-    /// and newly popped RX chains.
-    fn deliver(&mut self, total: usize) -> Delivery {
+    /// Pops and holds RX chains until they can take `total` bytes (one
+    /// chain without MRG_RXBUF) or the guest has no more.
+    fn hold_rx_chains(&mut self, total: usize) {
         while self.held_cap < total && (self.mergeable || self.held.is_empty()) {
             let Some(chain) = self.rxq.pop_descriptor_chain(&self.mem) else {
                 break;
@@ -380,6 +380,12 @@ impl Worker {
             });
             self.held_cap += cap;
         }
+    }
+
+    /// Writes the pending frame (`total` bytes with its header) into held
+    /// and newly popped RX chains.
+    fn deliver(&mut self, total: usize) -> Delivery {
+        self.hold_rx_chains(total);
         if self.held_cap < total {
             let may_get_more =
                 self.mergeable && self.held_segs.len() < usize::from(self.rxq.size());
