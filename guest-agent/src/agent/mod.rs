@@ -30,10 +30,10 @@ macro_rules! agent_log {
 }
 
 pub mod cmdline;
+pub mod connection;
 pub mod events;
 pub mod exec;
 pub mod files;
-pub mod frame;
 pub mod mounts;
 pub mod net;
 pub mod pty;
@@ -136,7 +136,8 @@ fn serve(agent_start_ns: u64, on_msbvm: bool) -> Result<std::convert::Infallible
         crate::platform::signal_boot_complete();
     }
     let ready_ns = system::boottime_ns();
-    events::start(agent_start_ns, ready_ns);
+    // Held for the agent's life; nothing sends events on it yet.
+    let _events = events::start(agent_start_ns, ready_ns);
 
     let server = Arc::new(server::Server::new(reaper, Arc::new(power_off_handler)));
     loop {

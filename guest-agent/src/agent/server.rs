@@ -12,56 +12,23 @@
 //! cannot be resynchronised). If the host goes away mid-exec, the process
 //! group is killed.
 
-use std::io::{self, Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use msbvm_protocol::{check_version, ExecRequest, GuestMessage, HostMessage, PROTOCOL_VERSION};
+use msbvm_protocol::framing::{FrameError, FrameReader, FrameWriter};
+use msbvm_protocol::{
+    check_version, Error as ProtocolError, ExecRequest, GuestMessage, HostMessage, PROTOCOL_VERSION,
+};
 
+pub use super::connection::{ConnectionError, Stream};
 use super::exec;
 use super::files;
-use super::frame::{FrameError, FrameReader, FrameWriter, Incoming};
 use super::reaper::Reaper;
 use super::session::Session;
 
-/// A bidirectional byte stream the agent can serve.
-pub trait Stream: Read + Write + Send + Sized + 'static {
-    /// Another handle on the same connection (for the writer side).
-    fn try_clone(&self) -> io::Result<Self>;
-    /// Shuts both directions down, waking a reader blocked on another handle.
-    fn shutdown(&self) -> io::Result<()>;
-}
-
-impl Stream for UnixStream {
-    fn try_clone(&self) -> io::Result<Self> {
-        UnixStream::try_clone(self)
-    }
-
-    fn shutdown(&self) -> io::Result<()> {
-        UnixStream::shutdown(self, std::net::Shutdown::Both)
-    }
-}
-
 /// What a host's `Shutdown{code}` does (power off, in the real agent).
 pub type ShutdownHandler = Arc<dyn Fn(u32) + Send + Sync>;
-
-/// Errors that end a connection early (logged by the caller).
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectionError {
-    /// Socket I/O failed.
-    #[error("connection i/o: {0}")]
-    Io(#[from] io::Error),
-    /// The host broke the framing.
-    #[error(transparent)]
-    Frame(#[from] FrameError),
-    /// The host speaks another protocol version.
-    #[error(transparent)]
-    Protocol(#[from] msbvm_protocol::Error),
-    /// The first message was not `Hello`.
-    #[error("the host's first message was not Hello")]
-    NoHello,
-}
 
 /// Serves connections; shared by all connection threads.
 pub struct Server {
@@ -76,20 +43,21 @@ fn error(message: impl Into<String>) -> GuestMessage {
 }
 
 /// The next frame; a frame over the size limit is answered with `Error`
-/// before the connection closes.
+/// before the connection closes. A malformed frame is a recoverable
+/// [`FrameError`] for [`malformed`] to answer.
 fn next<S: Stream>(
     input: &mut FrameReader<S>,
     out: &FrameWriter<S>,
-) -> Result<Option<Incoming<HostMessage>>, ConnectionError> {
+) -> Result<Option<HostMessage>, FrameError> {
     let result = input.read_message::<HostMessage>();
-    if let Err(FrameError::TooLarge(e)) = &result {
+    if let Err(FrameError::Codec(e @ ProtocolError::FrameTooLarge(_))) = &result {
         let _ = out.send(&error(format!("{e}; closing the connection")));
     }
-    Ok(result?)
+    result
 }
 
 /// Sends `Error` for a frame the handler could not use.
-fn malformed(out: &FrameWriter<impl Write>, why: &str) -> io::Result<()> {
+fn malformed(out: &FrameWriter<impl Write>, why: &FrameError) -> Result<(), FrameError> {
     out.send(&error(format!("cannot decode the message: {why}")))
 }
 
@@ -119,10 +87,11 @@ impl Server {
     ) -> Result<(), ConnectionError> {
         // Hello first.
         loop {
-            match next(input, out)? {
-                None => return Ok(()),
-                Some(Incoming::Malformed(why)) => malformed(out, &why)?,
-                Some(Incoming::Message(HostMessage::Hello { version })) => {
+            match next(input, out) {
+                Err(e) if e.is_recoverable() => malformed(out, &e)?,
+                Err(e) => return Err(e.into()),
+                Ok(None) => return Ok(()),
+                Ok(Some(HostMessage::Hello { version })) => {
                     if let Err(e) = check_version(version) {
                         out.send(&error(e.to_string()))?;
                         return Err(e.into());
@@ -133,20 +102,21 @@ impl Server {
                     })?;
                     break;
                 }
-                Some(Incoming::Message(_)) => {
+                Ok(Some(_)) => {
                     out.send(&error("the first message must be Hello"))?;
                     return Err(ConnectionError::NoHello);
                 }
             }
         }
         loop {
-            let message = match next(input, out)? {
-                None => return Ok(()),
-                Some(Incoming::Malformed(why)) => {
-                    malformed(out, &why)?;
+            let message = match next(input, out) {
+                Err(e) if e.is_recoverable() => {
+                    malformed(out, &e)?;
                     continue;
                 }
-                Some(Incoming::Message(m)) => m,
+                Err(e) => return Err(e.into()),
+                Ok(None) => return Ok(()),
+                Ok(Some(m)) => m,
             };
             match message {
                 HostMessage::Ping => out.send(&GuestMessage::Pong)?,
@@ -201,15 +171,15 @@ impl Server {
     ) -> Result<(), ConnectionError> {
         let result = loop {
             let message = match next(input, out) {
-                Ok(Some(Incoming::Message(m))) => m,
-                Ok(Some(Incoming::Malformed(why))) => match malformed(out, &why) {
+                Ok(Some(m)) => m,
+                Err(e) if e.is_recoverable() => match malformed(out, &e) {
                     Ok(()) => continue,
                     Err(e) => break Err(e.into()),
                 },
                 // EOF: the session closed the connection after Exited, or
                 // the host went away.
                 Ok(None) => break Ok(()),
-                Err(e) => break Err(e),
+                Err(e) => break Err(e.into()),
             };
             let reply = match message {
                 HostMessage::Stdin(data) => {

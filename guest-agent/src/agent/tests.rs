@@ -15,9 +15,9 @@ use msbvm_protocol::{
     MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 
-use super::frame::{FrameReader, Incoming};
 use super::reaper::Reaper;
 use super::server::Server;
+use msbvm_protocol::framing::FrameReader;
 
 /// Shutdown codes the test server was asked for.
 fn shutdowns() -> &'static Mutex<Vec<u32>> {
@@ -102,11 +102,9 @@ impl Client {
     }
 
     fn try_recv(&mut self) -> Option<GuestMessage> {
-        match self.input.read_message::<GuestMessage>().unwrap() {
-            Some(Incoming::Message(m)) => Some(m),
-            Some(Incoming::Malformed(e)) => panic!("agent sent a malformed frame: {e}"),
-            None => None,
-        }
+        self.input
+            .read_message::<GuestMessage>()
+            .unwrap_or_else(|e| panic!("agent sent a malformed frame: {e}"))
     }
 
     fn recv(&mut self) -> GuestMessage {
@@ -536,4 +534,38 @@ fn second_exec_on_a_connection_is_refused() {
     assert!(c.expect_error().contains("already running"));
     c.send(&HostMessage::CloseStdin);
     assert_eq!(c.collect().status, Some(ExitStatus::Code(0)));
+}
+
+/// Serves one connection on which the host sends Hello and then `tail`
+/// before closing its side; returns how serving ended.
+fn serve_hello_then(tail: &[u8]) -> Result<(), super::server::ConnectionError> {
+    let (mut ours, theirs) = UnixStream::pair().unwrap();
+    let serving = std::thread::spawn(move || server().serve(theirs));
+    let hello = HostMessage::Hello {
+        version: PROTOCOL_VERSION,
+    };
+    ours.write_all(&encode(&hello).unwrap()).unwrap();
+    ours.write_all(tail).unwrap();
+    ours.shutdown(std::net::Shutdown::Write).unwrap();
+    serving.join().unwrap()
+}
+
+#[test]
+fn a_clean_close_between_frames_ends_the_connection_quietly() {
+    serve_hello_then(&encode(&HostMessage::Ping).unwrap()).unwrap();
+}
+
+#[test]
+fn a_connection_cut_mid_frame_ends_with_a_truncation_error() {
+    let frame = encode(&HostMessage::Stdin(vec![1; 8])).unwrap();
+    let result = serve_hello_then(&frame[..frame.len() - 2]);
+    assert!(
+        matches!(
+            result,
+            Err(super::server::ConnectionError::Frame(
+                msbvm_protocol::framing::FrameError::Truncated { .. }
+            ))
+        ),
+        "{result:?}"
+    );
 }
