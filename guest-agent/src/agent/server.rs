@@ -12,7 +12,7 @@
 //! cannot be resynchronised). If the host goes away mid-exec, the process
 //! group is killed.
 
-use std::io::Write;
+use std::io::{self, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,10 +25,24 @@ pub use super::connection::{ConnectionError, Stream};
 use super::exec;
 use super::files;
 use super::reaper::Reaper;
-use super::session::Session;
+use super::session::{Session, SessionError};
 
 /// What a host's `Shutdown{code}` does (power off, in the real agent).
 pub type ShutdownHandler = Arc<dyn Fn(u32) + Send + Sync>;
+
+/// Why an exec could not start; told to the host, which may try again.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    /// The process could not be started.
+    #[error(transparent)]
+    Spawn(#[from] exec::SpawnError),
+    /// The connection could not be shared with the session.
+    #[error("cannot start the session: {0}")]
+    Connection(io::Error),
+    /// The session's threads could not start.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+}
 
 /// Serves connections; shared by all connection threads.
 pub struct Server {
@@ -123,7 +137,7 @@ impl Server {
                 HostMessage::Shutdown { code } => (self.on_shutdown)(code),
                 HostMessage::Exec(req) => match self.start(&req, out, &closer) {
                     Ok(session) => return self.run_session(session, input, out),
-                    Err(message) => out.send(&error(message))?,
+                    Err(e) => out.send(&error(e.to_string()))?,
                 },
                 HostMessage::Hello { .. } => out.send(&error("Hello was already received"))?,
                 HostMessage::File(request) => return files::serve(request, input, out),
@@ -140,26 +154,26 @@ impl Server {
         }
     }
 
-    /// Starts the process; the error is a message for the host.
+    /// Starts the process; the error's text is the answer to the host.
     fn start<S: Stream>(
         &self,
         req: &ExecRequest,
         out: &Arc<FrameWriter<S>>,
         closer: &S,
-    ) -> Result<Session, String> {
-        let process = exec::spawn(req, self.reaper).map_err(|e| e.to_string())?;
+    ) -> Result<Session, StartError> {
+        let process = exec::spawn(req, self.reaper)?;
         let closer = closer.try_clone().map_err(|e| {
             // SAFETY: kill has no memory-safety preconditions.
             unsafe { libc::kill(-process.pid, libc::SIGKILL) };
-            format!("cannot start the session: {e}")
+            StartError::Connection(e)
         })?;
         let timeout = req.timeout_ms.map(Duration::from_millis);
-        Session::start(process, Arc::clone(out), timeout, move || {
+        let session = Session::start(process, Arc::clone(out), timeout, move || {
             // Exited was the last message: close, which also wakes the
             // connection thread blocked reading.
             let _ = closer.shutdown();
-        })
-        .map_err(|e| e.to_string())
+        })?;
+        Ok(session)
     }
 
     /// Relays the host's messages to a running session until it ends.
