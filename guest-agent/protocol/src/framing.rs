@@ -219,5 +219,6 @@ mod async_io {
     }
 }
 
-#[cfg(test)]
+// The tests drive both readers side by side.
+#[cfg(all(test, feature = "tokio"))]
 mod tests;

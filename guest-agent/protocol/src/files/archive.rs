@@ -50,6 +50,9 @@ mod unpack;
 
 pub use unpack::{unpack, unpack_with};
 
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
+
 /// Largest GNU long name, long link or PAX extension block accepted, in
 /// bytes; a header announcing more is refused before its data is read.
 pub const MAX_EXTENSION_LEN: u64 = 64 * 1024;
