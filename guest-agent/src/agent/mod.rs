@@ -5,7 +5,9 @@
 //! ([`cmdline`]) and brings up `lo` ([`system`]). It then listens on vsock
 //! port [`msbvm_protocol::AGENT_PORT`] ([`vsock`]), marks boot completion on
 //! the platform boot timer, announces itself on the host's events port
-//! ([`events`]) and serves every connection on its own thread ([`server`]).
+//! ([`events`]) and serves every connection on its own thread ([`server`],
+//! over the [`connection`] types; frames are read and written with
+//! [`msbvm_protocol::framing`]).
 //!
 //! Processes: [`exec`] forks and execs requested programs (pipes or a PTY from
 //! [`pty`]), [`session`] streams their I/O, and [`reaper`] is the only place

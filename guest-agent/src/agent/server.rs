@@ -9,8 +9,9 @@
 //! `Exited`, then the connection closes (one exec per connection). A frame
 //! that does not decode gets `Error` and the connection goes on; a frame
 //! over the size limit gets `Error` and the connection closes (the stream
-//! cannot be resynchronised). If the host goes away mid-exec, the process
-//! group is killed.
+//! cannot be resynchronised). A connection that ends inside a frame ends
+//! with [`ConnectionError::Frame`] (logged), one that ends between frames
+//! quietly. If the host goes away mid-exec, the process group is killed.
 
 use std::io::{self, Write};
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use msbvm_protocol::{
     check_version, Error as ProtocolError, ExecRequest, GuestMessage, HostMessage, PROTOCOL_VERSION,
 };
 
-pub use super::connection::{ConnectionError, Stream};
+use super::connection::{ConnectionError, Stream};
 use super::exec;
 use super::files;
 use super::reaper::Reaper;

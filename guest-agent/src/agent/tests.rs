@@ -117,6 +117,17 @@ impl Client {
         self.try_recv().expect("connection closed")
     }
 
+    /// An `Error`, after which the agent closes the connection.
+    fn expect_final_error(&mut self) -> String {
+        let e = self.expect_error();
+        assert_eq!(
+            self.try_recv(),
+            None,
+            "the connection stayed open after: {e}"
+        );
+        e
+    }
+
     fn expect_error(&mut self) -> String {
         match self.recv() {
             GuestMessage::Error { message } => message,
@@ -488,28 +499,25 @@ fn oversized_frame_is_an_error_and_closes_the_connection() {
     c.stream
         .write_all(&(MAX_FRAME_LEN as u32 + 1).to_le_bytes())
         .unwrap();
-    assert!(c.expect_error().contains("exceeds"));
-    assert_eq!(c.try_recv(), None);
+    assert!(c.expect_final_error().contains("exceeds"));
 }
 
 #[test]
 fn version_mismatch_is_an_error_naming_both_versions() {
     let mut c = Client::raw();
     c.send(&HostMessage::Hello { version: 999 });
-    let e = c.expect_error();
+    let e = c.expect_final_error();
     assert!(
         e.contains("999") && e.contains(&PROTOCOL_VERSION.to_string()),
         "{e}"
     );
-    assert_eq!(c.try_recv(), None);
 }
 
 #[test]
 fn first_message_must_be_hello() {
     let mut c = Client::raw();
     c.send(&HostMessage::Ping);
-    assert!(c.expect_error().contains("Hello"));
-    assert_eq!(c.try_recv(), None);
+    assert!(c.expect_final_error().contains("Hello"));
 }
 
 #[test]
@@ -532,7 +540,7 @@ fn second_exec_on_a_connection_is_refused() {
 
 /// Serves one connection on which the host sends Hello and then `tail`
 /// before closing its side; returns how serving ended.
-fn serve_hello_then(tail: &[u8]) -> Result<(), super::server::ConnectionError> {
+fn serve_hello_then(tail: &[u8]) -> Result<(), super::connection::ConnectionError> {
     let (mut ours, theirs) = UnixStream::pair().unwrap();
     let serving = std::thread::spawn(move || server().serve(theirs));
     let hello = HostMessage::Hello {
@@ -556,7 +564,7 @@ fn a_connection_cut_mid_frame_ends_with_a_truncation_error() {
     assert!(
         matches!(
             result,
-            Err(super::server::ConnectionError::Frame(
+            Err(super::connection::ConnectionError::Frame(
                 msbvm_protocol::framing::FrameError::Truncated { .. }
             ))
         ),

@@ -62,7 +62,7 @@ pub const DEFAULT_MAX_ENTRIES: u64 = 1_000_000;
 pub const DEFAULT_MAX_BYTES: u64 = 8 << 30;
 
 /// What one [`unpack_with`] may create at most; exceeding a limit fails
-/// with [`FileErrorKind::LimitExceeded`](super::FileErrorKind::LimitExceeded).
+/// with [`FileErrorKind::LimitExceeded`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnpackLimits {
     /// Most tar headers read (every member and extension header counts);
