@@ -1,6 +1,6 @@
 //! What a host connection is to the agent: a [`Stream`] it can serve and the
-//! [`ConnectionError`]s that end one. Both the request loop ([`super::server`])
-//! and the file operations ([`super::files`]) build on it.
+//! [`ConnectionError`]s that end one. Both the request loop (`server`)
+//! and the file operations (`files`) build on it.
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
