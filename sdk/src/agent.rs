@@ -23,7 +23,7 @@ pub(crate) fn frame_error(e: FrameError) -> Error {
     match e {
         FrameError::Io(e) if is_disconnect(&e) => Error::ConnectionLost,
         FrameError::Io(e) => Error::io("talking to the guest agent")(e),
-        FrameError::Truncated => Error::ConnectionLost,
+        FrameError::Truncated { .. } => Error::ConnectionLost,
         FrameError::Codec(e) => Error::Protocol {
             peer: "the guest agent",
             detail: e.to_string(),

@@ -103,16 +103,18 @@ pub struct ControlClient {
     writer: OwnedWriteHalf,
 }
 
+/// The runtime went away mid-conversation.
+fn closed() -> Error {
+    Error::Runtime {
+        message: "the runtime closed the control connection".into(),
+        log_tail: String::new(),
+    }
+}
+
 fn frame_error(e: FrameError) -> Error {
     match e {
-        FrameError::Io(e) if crate::agent::is_disconnect(&e) => Error::Runtime {
-            message: "the runtime closed the control connection".into(),
-            log_tail: String::new(),
-        },
-        FrameError::Truncated => Error::Runtime {
-            message: "the runtime closed the control connection".into(),
-            log_tail: String::new(),
-        },
+        FrameError::Io(e) if crate::agent::is_disconnect(&e) => closed(),
+        FrameError::Truncated { .. } => closed(),
         FrameError::Io(e) => Error::io("talking to the sandbox runtime")(e),
         FrameError::Codec(e) => Error::Protocol {
             peer: "the sandbox runtime",
@@ -168,7 +170,7 @@ impl ControlClient {
                 log_tail: String::new(),
             }),
             Some(response) => Ok(response),
-            None => Err(frame_error(FrameError::Truncated)),
+            None => Err(closed()),
         }
     }
 

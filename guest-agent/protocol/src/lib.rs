@@ -15,13 +15,17 @@
 //! an error naming both versions, never with undefined behaviour. A frame that
 //! does not decode gets [`GuestMessage::Error`] and the connection goes on.
 //!
-//! The codec is sans-IO ([`encode`], [`FrameDecoder`]): the agent drives it
-//! with blocking sockets, the SDK with tokio.
+//! The codec is sans-IO ([`encode`], [`FrameDecoder`]); [`framing`] drives it
+//! over streams, blocking for the agent and the runtime, async (the `tokio`
+//! feature) for the SDK, so every side reads frames the same way.
+
+#![forbid(unsafe_code)]
 
 use serde::{Deserialize, Serialize};
 
 pub mod boot;
 pub mod files;
+pub mod framing;
 
 /// Version of this protocol; bumped on any incompatible change.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -224,6 +228,13 @@ impl FrameDecoder {
     /// Bytes received but not yet part of a returned frame.
     pub fn buffered(&self) -> usize {
         self.buf.len()
+    }
+
+    /// The whole length (prefix included) of the frame being received, once its
+    /// length prefix has arrived.
+    pub fn pending_frame_len(&self) -> Option<usize> {
+        let prefix: [u8; 4] = self.buf.get(..4)?.try_into().ok()?;
+        Some(4 + u32::from_le_bytes(prefix) as usize)
     }
 
     /// The next complete message, if one has arrived.

@@ -4,15 +4,16 @@
 //! [`msbvm_protocol::HOST_EVENTS_PORT`] and sends `Hello` and then
 //! `Ready(BootTimes)`. The connection stays open for future events. If nobody
 //! listens (a host that does not care, or another VMM), the agent retries a
-//! few times and carries on without it.
+//! few times and carries on without it. [`start`] returns the agent's
+//! [`Events`] handle, which whoever sends events holds.
 
 use std::io::Write;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use msbvm_protocol::framing::{FrameError, FrameWriter};
 use msbvm_protocol::{BootTimes, GuestMessage, HOST_CID, HOST_EVENTS_PORT, PROTOCOL_VERSION};
 
-use super::frame::FrameWriter;
 use super::vsock::VsockStream;
 
 /// Connection attempts before giving up.
@@ -20,10 +21,28 @@ const ATTEMPTS: u32 = 5;
 /// Pause between attempts (doubling each time).
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 
-static CHANNEL: OnceLock<Mutex<Option<FrameWriter<VsockStream>>>> = OnceLock::new();
+/// The events connection to the host: empty until it is up, and again after
+/// it broke. Cheap to clone; clones share the connection.
+#[derive(Clone, Default)]
+pub struct Events {
+    channel: Arc<Mutex<Option<FrameWriter<VsockStream>>>>,
+}
+
+impl Events {
+    /// Sends a guest event to the host; false if there is no events
+    /// connection (or it broke, after which it is dropped).
+    pub fn send(&self, event: &GuestMessage) -> bool {
+        let mut channel = self.channel.lock().unwrap_or_else(|e| e.into_inner());
+        let sent = channel.as_ref().is_some_and(|out| out.send(event).is_ok());
+        if !sent {
+            *channel = None;
+        }
+        sent
+    }
+}
 
 /// Sends `Hello` and `Ready` on `out`.
-pub fn announce<W: Write>(out: &FrameWriter<W>, times: BootTimes) -> std::io::Result<()> {
+pub fn announce<W: Write>(out: &FrameWriter<W>, times: BootTimes) -> Result<(), FrameError> {
     out.send(&GuestMessage::Hello {
         version: PROTOCOL_VERSION,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -32,12 +51,14 @@ pub fn announce<W: Write>(out: &FrameWriter<W>, times: BootTimes) -> std::io::Re
 }
 
 /// Connects and announces readiness on a background thread (so retries
-/// never delay serving).
-pub fn start(agent_start_ns: u64, ready_ns: u64) {
+/// never delay serving); the connection lands in the returned [`Events`].
+pub fn start(agent_start_ns: u64, ready_ns: u64) -> Events {
     let times = BootTimes {
         agent_start_ns,
         ready_ns,
     };
+    let events = Events::default();
+    let channel = Arc::clone(&events.channel);
     let spawned = std::thread::Builder::new()
         .name("events".into())
         .spawn(move || {
@@ -48,7 +69,7 @@ pub fn start(agent_start_ns: u64, ready_ns: u64) {
                         let out = FrameWriter::new(stream);
                         match announce(&out, times) {
                             Ok(()) => {
-                                let _ = CHANNEL.set(Mutex::new(Some(out)));
+                                *channel.lock().unwrap_or_else(|e| e.into_inner()) = Some(out);
                             }
                             Err(e) => agent_log!("announcing readiness to the host: {e}"),
                         }
@@ -69,26 +90,13 @@ pub fn start(agent_start_ns: u64, ready_ns: u64) {
     if let Err(e) = spawned {
         agent_log!("cannot start the events thread: {e}");
     }
-}
-
-/// Sends a guest event to the host; false if there is no events connection
-/// (or it broke, after which it is dropped).
-pub fn send(event: &GuestMessage) -> bool {
-    let Some(channel) = CHANNEL.get() else {
-        return false;
-    };
-    let mut channel = channel.lock().unwrap_or_else(|e| e.into_inner());
-    let sent = channel.as_ref().is_some_and(|out| out.send(event).is_ok());
-    if !sent {
-        *channel = None;
-    }
-    sent
+    events
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::frame::{FrameReader, Incoming};
+    use msbvm_protocol::framing::FrameReader;
     use std::os::unix::net::UnixStream;
 
     #[test]
@@ -101,13 +109,13 @@ mod tests {
         announce(&FrameWriter::new(a), times).unwrap();
         let mut r = FrameReader::new(b);
         match r.read_message::<GuestMessage>().unwrap() {
-            Some(Incoming::Message(GuestMessage::Hello { version, .. })) => {
+            Some(GuestMessage::Hello { version, .. }) => {
                 assert_eq!(version, PROTOCOL_VERSION)
             }
             other => panic!("{other:?}"),
         }
         match r.read_message::<GuestMessage>().unwrap() {
-            Some(Incoming::Message(GuestMessage::Ready(t))) => assert_eq!(t, times),
+            Some(GuestMessage::Ready(t)) => assert_eq!(t, times),
             other => panic!("{other:?}"),
         }
     }

@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
-use msbvm_protocol::ExecRequest;
+use msbvm_protocol::{ExecRequest, TtySize};
 
 use super::reaper::{Reaper, WaitStatus};
 use super::{pty, users};
@@ -59,6 +59,14 @@ pub enum SpawnError {
 pub struct Process {
     /// Its pid, which is also its process group id.
     pub pid: libc::pid_t,
+    /// The agent's ends of its stdin, stdout and stderr.
+    pub io: Stdio,
+    /// Its wait status, from the reaper.
+    pub exit: Receiver<WaitStatus>,
+}
+
+/// The agent's ends of a process's I/O.
+pub struct Stdio {
     /// Where its input goes (pipe write end, or the PTY master). Non-blocking.
     pub stdin: Arc<File>,
     /// Its stdout (or the PTY master). Non-blocking.
@@ -67,8 +75,6 @@ pub struct Process {
     pub stderr: Option<Arc<File>>,
     /// The PTY master, for resizes; `None` without a PTY.
     pub pty: Option<Arc<File>>,
-    /// Its wait status, from the reaper.
-    pub exit: Receiver<WaitStatus>,
 }
 
 /// Steps of the child between fork and exec, reported back on failure.
@@ -375,81 +381,123 @@ fn step_text(step: Step, p: &Prepared) -> String {
 /// `reaper`.
 pub fn spawn(req: &ExecRequest, reaper: &Reaper) -> Result<Process, SpawnError> {
     let p = prepare(req)?;
-    let setup = |what: &'static str| {
-        let program = p.program.clone();
-        move |source| SpawnError::Setup {
-            program,
-            what,
-            source,
-        }
+    let setup = |(what, source): (&'static str, io::Error)| SpawnError::Setup {
+        program: p.program.clone(),
+        what,
+        source,
     };
-
-    // (child's ends, agent's ends)
-    let (child_fds, stdio, stdin, stdout, stderr, pty) = match req.tty {
-        Some(size) => {
-            let (master, slave) = pty::open(size).map_err(setup("opening a pty"))?;
-            set_nonblocking(&master).map_err(setup("opening a pty"))?;
-            let master = Arc::new(File::from(master));
-            let fd = slave.as_raw_fd();
-            (
-                vec![slave],
-                [fd; 3],
-                Arc::clone(&master),
-                Arc::clone(&master),
-                None,
-                Some(master),
-            )
-        }
-        None => {
-            let (in_r, in_w) = pipe().map_err(setup("creating pipes"))?;
-            let (out_r, out_w) = pipe().map_err(setup("creating pipes"))?;
-            let (err_r, err_w) = pipe().map_err(setup("creating pipes"))?;
-            for fd in [&in_w, &out_r, &err_r] {
-                set_nonblocking(fd).map_err(setup("creating pipes"))?;
-            }
-            let stdio = [in_r.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
-            (
-                vec![in_r, out_w, err_w],
-                stdio,
-                Arc::new(File::from(in_w)),
-                Arc::new(File::from(out_r)),
-                Some(Arc::new(File::from(err_r))),
-                None,
-            )
-        }
-    };
-    let (report_r, report_w) = pipe().map_err(setup("creating the report pipe"))?;
-    let argv = pointers(&p.argv);
-    let envp = pointers(&p.env);
-    let child_setup = ChildSetup {
-        prepared: &p,
-        argv: &argv,
-        envp: &envp,
-        stdio,
-        tty: req.tty.is_some(),
-        report: report_w.as_raw_fd(),
-    };
-
-    let (pid, exit) = reaper
-        .spawn(|| {
-            // SAFETY: the child only runs `child`, which makes
-            // async-signal-safe calls on data prepared above.
-            match unsafe { libc::fork() } {
-                -1 => Err(io::Error::last_os_error()),
-                // SAFETY: we are the child.
-                0 => unsafe { child(&child_setup) },
-                pid => Ok(pid),
-            }
-        })
-        .map_err(setup("fork"))?;
+    let plumbing = Plumbing::open(req.tty).map_err(setup)?;
+    let (report_r, report_w) = pipe().map_err(|e| setup(("creating the report pipe", e)))?;
+    let (pid, exit) = fork_child(&p, &plumbing, req.tty.is_some(), &report_w, reaper)
+        .map_err(|e| setup(("fork", e)))?;
 
     // Close our copies of the child's ends: EOF on its output (and EOF on
     // the report pipe once it execs) depends on it.
+    let Plumbing { child_fds, io, .. } = plumbing;
     drop(child_fds);
     drop(report_w);
+    if let Some((step, errno)) = read_report(File::from(report_r)) {
+        // The child has _exit-ed or is about to; the reaper reaps it.
+        reaper.forget(pid);
+        return Err(SpawnError::Child {
+            program: p.program.clone(),
+            step: step_text(step, &p),
+            source: io::Error::from_raw_os_error(errno),
+        });
+    }
+    Ok(Process { pid, io, exit })
+}
+
+/// A process's I/O before it is forked: the child's ends, the fds it puts
+/// on 0, 1 and 2, and the agent's ends.
+struct Plumbing {
+    child_fds: Vec<OwnedFd>,
+    stdio: [RawFd; 3],
+    io: Stdio,
+}
+
+impl Plumbing {
+    /// A PTY with `tty`, else three pipes; an error names what failed.
+    fn open(tty: Option<TtySize>) -> Result<Plumbing, (&'static str, io::Error)> {
+        match tty {
+            Some(size) => Self::pty(size).map_err(|e| ("opening a pty", e)),
+            None => Self::pipes().map_err(|e| ("creating pipes", e)),
+        }
+    }
+
+    fn pty(size: TtySize) -> io::Result<Plumbing> {
+        let (master, slave) = pty::open(size)?;
+        set_nonblocking(&master)?;
+        let master = Arc::new(File::from(master));
+        let fd = slave.as_raw_fd();
+        Ok(Plumbing {
+            child_fds: vec![slave],
+            stdio: [fd; 3],
+            io: Stdio {
+                stdin: Arc::clone(&master),
+                stdout: Arc::clone(&master),
+                stderr: None,
+                pty: Some(master),
+            },
+        })
+    }
+
+    fn pipes() -> io::Result<Plumbing> {
+        let (in_r, in_w) = pipe()?;
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        for fd in [&in_w, &out_r, &err_r] {
+            set_nonblocking(fd)?;
+        }
+        Ok(Plumbing {
+            stdio: [in_r.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
+            child_fds: vec![in_r, out_w, err_w],
+            io: Stdio {
+                stdin: Arc::new(File::from(in_w)),
+                stdout: Arc::new(File::from(out_r)),
+                stderr: Some(Arc::new(File::from(err_r))),
+                pty: None,
+            },
+        })
+    }
+}
+
+/// Forks the child that sets itself up and execs `p`, reporting a failed
+/// step on `report`.
+fn fork_child(
+    p: &Prepared,
+    plumbing: &Plumbing,
+    tty: bool,
+    report: &OwnedFd,
+    reaper: &Reaper,
+) -> io::Result<(libc::pid_t, Receiver<WaitStatus>)> {
+    let argv = pointers(&p.argv);
+    let envp = pointers(&p.env);
+    let child_setup = ChildSetup {
+        prepared: p,
+        argv: &argv,
+        envp: &envp,
+        stdio: plumbing.stdio,
+        tty,
+        report: report.as_raw_fd(),
+    };
+    reaper.spawn(|| {
+        // SAFETY: the child only runs `child`, which makes
+        // async-signal-safe calls on data prepared above.
+        match unsafe { libc::fork() } {
+            -1 => Err(io::Error::last_os_error()),
+            // SAFETY: we are the child.
+            0 => unsafe { child(&child_setup) },
+            pid => Ok(pid),
+        }
+    })
+}
+
+/// The child's report of a failed step (step, errno), or `None` once it
+/// exec'd (the close-on-exec pipe ended empty).
+fn read_report(mut report_r: File) -> Option<(Step, i32)> {
     let mut report = [0u8; 8];
     let mut got = 0;
-    let mut report_r = File::from(report_r);
     loop {
         match report_r.read(&mut report[got..]) {
             Ok(0) => break,
@@ -461,25 +509,14 @@ pub fn spawn(req: &ExecRequest, reaper: &Reaper) -> Result<Process, SpawnError> 
             break;
         }
     }
-    if got >= 5 {
-        // The child has _exit-ed or is about to; the reaper reaps it.
-        reaper.forget(pid);
-        let step = Step::from_u8(report[0]).unwrap_or(Step::Exec);
-        let errno = i32::from_le_bytes([report[1], report[2], report[3], report[4]]);
-        return Err(SpawnError::Child {
-            program: p.program.clone(),
-            step: step_text(step, &p),
-            source: io::Error::from_raw_os_error(errno),
-        });
+    if got < 5 {
+        return None;
     }
-    Ok(Process {
-        pid,
-        stdin,
-        stdout,
-        stderr,
-        pty,
-        exit,
-    })
+    let step = Step::from_u8(report[0]).unwrap_or(Step::Exec);
+    Some((
+        step,
+        i32::from_le_bytes([report[1], report[2], report[3], report[4]]),
+    ))
 }
 
 #[cfg(test)]

@@ -24,8 +24,9 @@ use msbvm_protocol::files::{
 };
 use msbvm_protocol::{GuestMessage, HostMessage, MAX_CHUNK_LEN};
 
-use super::frame::{FrameReader, FrameWriter, Incoming};
-use super::server::ConnectionError;
+use msbvm_protocol::framing::{FrameReader, FrameWriter};
+
+use super::connection::ConnectionError;
 
 /// Permission bits of a new file when the host names none.
 const DEFAULT_FILE_MODE: u32 = 0o644;
@@ -412,13 +413,13 @@ fn temp_name(name: &OsStr) -> PathBuf {
 /// when the upload cannot go on (`Gone`: the connection broke).
 fn next_chunk<R: Read>(input: &mut FrameReader<R>) -> Result<Option<Vec<u8>>, UploadError> {
     match input.read_message::<HostMessage>() {
-        Ok(Some(Incoming::Message(HostMessage::FileChunk(data)))) => Ok(Some(data)),
-        Ok(Some(Incoming::Message(HostMessage::FileEnd))) => Ok(None),
-        Ok(Some(Incoming::Message(other))) => Err(UploadError::Refused(FileError::new(
+        Ok(Some(HostMessage::FileChunk(data))) => Ok(Some(data)),
+        Ok(Some(HostMessage::FileEnd)) => Ok(None),
+        Ok(Some(other)) => Err(UploadError::Refused(FileError::new(
             FileErrorKind::InvalidInput,
             format!("expected file data or its end, got {}", describe(&other)),
         ))),
-        Ok(Some(Incoming::Malformed(why))) => Err(UploadError::Refused(FileError::new(
+        Err(why) if why.is_recoverable() => Err(UploadError::Refused(FileError::new(
             FileErrorKind::InvalidInput,
             format!("cannot decode the message: {why}"),
         ))),

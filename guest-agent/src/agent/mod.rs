@@ -5,7 +5,9 @@
 //! ([`cmdline`]) and brings up `lo` ([`system`]). It then listens on vsock
 //! port [`msbvm_protocol::AGENT_PORT`] ([`vsock`]), marks boot completion on
 //! the platform boot timer, announces itself on the host's events port
-//! ([`events`]) and serves every connection on its own thread ([`server`]).
+//! ([`events`]) and serves every connection on its own thread ([`server`],
+//! over the [`connection`] types; frames are read and written with
+//! [`msbvm_protocol::framing`]).
 //!
 //! Processes: [`exec`] forks and execs requested programs (pipes or a PTY from
 //! [`pty`]), [`session`] streams their I/O, and [`reaper`] is the only place
@@ -30,10 +32,10 @@ macro_rules! agent_log {
 }
 
 pub mod cmdline;
+pub mod connection;
 pub mod events;
 pub mod exec;
 pub mod files;
-pub mod frame;
 pub mod mounts;
 pub mod net;
 pub mod pty;
@@ -136,7 +138,8 @@ fn serve(agent_start_ns: u64, on_msbvm: bool) -> Result<std::convert::Infallible
         crate::platform::signal_boot_complete();
     }
     let ready_ns = system::boottime_ns();
-    events::start(agent_start_ns, ready_ns);
+    // Held for the agent's life; nothing sends events on it yet.
+    let _events = events::start(agent_start_ns, ready_ns);
 
     let server = Arc::new(server::Server::new(reaper, Arc::new(power_off_handler)));
     loop {

@@ -90,11 +90,11 @@ mod tests {
                 return;
             }
         };
+        // SAFETY: winsize is plain integers, for which all zeroes is valid.
         let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-        assert_eq!(
-            unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) },
-            0
-        );
+        // SAFETY: TIOCGWINSZ writes one winsize into `ws`, which outlives the call.
+        let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
+        assert_eq!(rc, 0);
         assert_eq!((ws.ws_row, ws.ws_col), (33, 99));
         assert_eq!(eof_char(&File::from(master)), 4);
     }

@@ -177,25 +177,31 @@ fn remove_tree_on_device(dir: &Path, dev: u64) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_missing_or_garbled_config_means_defaults() {
+    /// What `read_boot_config_from` makes of a config file holding
+    /// `contents` (`None`: no file at all).
+    fn read_back(contents: Option<&[u8]>) -> BootConfig {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("boot.bin");
-        assert_eq!(read_boot_config_from(&path), BootConfig::default());
-        std::fs::write(&path, [0xff; 7]).unwrap();
-        assert_eq!(read_boot_config_from(&path), BootConfig::default());
+        if let Some(contents) = contents {
+            std::fs::write(&path, contents).unwrap();
+        }
+        read_boot_config_from(&path)
+    }
+
+    #[test]
+    fn a_missing_or_garbled_config_means_defaults() {
+        assert_eq!(read_back(None), BootConfig::default());
+        assert_eq!(read_back(Some(&[0xff; 7])), BootConfig::default());
     }
 
     #[test]
     fn a_written_config_is_read_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("boot.bin");
         let config = BootConfig {
             root_tag: Some("root".into()),
             ..BootConfig::default()
         };
-        std::fs::write(&path, postcard::to_stdvec(&config).unwrap()).unwrap();
-        assert_eq!(read_boot_config_from(&path), config);
+        let bytes = postcard::to_stdvec(&config).unwrap();
+        assert_eq!(read_back(Some(&bytes)), config);
     }
 
     #[test]

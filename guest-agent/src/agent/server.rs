@@ -9,58 +9,40 @@
 //! `Exited`, then the connection closes (one exec per connection). A frame
 //! that does not decode gets `Error` and the connection goes on; a frame
 //! over the size limit gets `Error` and the connection closes (the stream
-//! cannot be resynchronised). If the host goes away mid-exec, the process
-//! group is killed.
+//! cannot be resynchronised). A connection that ends inside a frame ends
+//! with [`ConnectionError::Frame`] (logged), one that ends between frames
+//! quietly. If the host goes away mid-exec, the process group is killed.
 
-use std::io::{self, Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io::{self, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
-use msbvm_protocol::{check_version, ExecRequest, GuestMessage, HostMessage, PROTOCOL_VERSION};
+use msbvm_protocol::framing::{FrameError, FrameReader, FrameWriter};
+use msbvm_protocol::{
+    check_version, Error as ProtocolError, ExecRequest, GuestMessage, HostMessage, PROTOCOL_VERSION,
+};
 
+use super::connection::{ConnectionError, Stream};
 use super::exec;
 use super::files;
-use super::frame::{FrameError, FrameReader, FrameWriter, Incoming};
 use super::reaper::Reaper;
-use super::session::Session;
-
-/// A bidirectional byte stream the agent can serve.
-pub trait Stream: Read + Write + Send + Sized + 'static {
-    /// Another handle on the same connection (for the writer side).
-    fn try_clone(&self) -> io::Result<Self>;
-    /// Shuts both directions down, waking a reader blocked on another handle.
-    fn shutdown(&self) -> io::Result<()>;
-}
-
-impl Stream for UnixStream {
-    fn try_clone(&self) -> io::Result<Self> {
-        UnixStream::try_clone(self)
-    }
-
-    fn shutdown(&self) -> io::Result<()> {
-        UnixStream::shutdown(self, std::net::Shutdown::Both)
-    }
-}
+use super::session::{Session, SessionError};
 
 /// What a host's `Shutdown{code}` does (power off, in the real agent).
 pub type ShutdownHandler = Arc<dyn Fn(u32) + Send + Sync>;
 
-/// Errors that end a connection early (logged by the caller).
+/// Why an exec could not start; told to the host, which may try again.
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectionError {
-    /// Socket I/O failed.
-    #[error("connection i/o: {0}")]
-    Io(#[from] io::Error),
-    /// The host broke the framing.
+enum StartError {
+    /// The process could not be started.
     #[error(transparent)]
-    Frame(#[from] FrameError),
-    /// The host speaks another protocol version.
+    Spawn(#[from] exec::SpawnError),
+    /// The connection could not be shared with the session.
+    #[error("cannot start the session: {0}")]
+    Connection(io::Error),
+    /// The session's threads could not start.
     #[error(transparent)]
-    Protocol(#[from] msbvm_protocol::Error),
-    /// The first message was not `Hello`.
-    #[error("the host's first message was not Hello")]
-    NoHello,
+    Session(#[from] SessionError),
 }
 
 /// Serves connections; shared by all connection threads.
@@ -76,20 +58,21 @@ fn error(message: impl Into<String>) -> GuestMessage {
 }
 
 /// The next frame; a frame over the size limit is answered with `Error`
-/// before the connection closes.
+/// before the connection closes. A malformed frame is a recoverable
+/// [`FrameError`] for [`malformed`] to answer.
 fn next<S: Stream>(
     input: &mut FrameReader<S>,
     out: &FrameWriter<S>,
-) -> Result<Option<Incoming<HostMessage>>, ConnectionError> {
+) -> Result<Option<HostMessage>, FrameError> {
     let result = input.read_message::<HostMessage>();
-    if let Err(FrameError::TooLarge(e)) = &result {
+    if let Err(FrameError::Codec(e @ ProtocolError::FrameTooLarge(_))) = &result {
         let _ = out.send(&error(format!("{e}; closing the connection")));
     }
-    Ok(result?)
+    result
 }
 
 /// Sends `Error` for a frame the handler could not use.
-fn malformed(out: &FrameWriter<impl Write>, why: &str) -> io::Result<()> {
+fn malformed(out: &FrameWriter<impl Write>, why: &FrameError) -> Result<(), FrameError> {
     out.send(&error(format!("cannot decode the message: {why}")))
 }
 
@@ -119,10 +102,11 @@ impl Server {
     ) -> Result<(), ConnectionError> {
         // Hello first.
         loop {
-            match next(input, out)? {
-                None => return Ok(()),
-                Some(Incoming::Malformed(why)) => malformed(out, &why)?,
-                Some(Incoming::Message(HostMessage::Hello { version })) => {
+            match next(input, out) {
+                Err(e) if e.is_recoverable() => malformed(out, &e)?,
+                Err(e) => return Err(e.into()),
+                Ok(None) => return Ok(()),
+                Ok(Some(HostMessage::Hello { version })) => {
                     if let Err(e) = check_version(version) {
                         out.send(&error(e.to_string()))?;
                         return Err(e.into());
@@ -133,27 +117,28 @@ impl Server {
                     })?;
                     break;
                 }
-                Some(Incoming::Message(_)) => {
+                Ok(Some(_)) => {
                     out.send(&error("the first message must be Hello"))?;
                     return Err(ConnectionError::NoHello);
                 }
             }
         }
         loop {
-            let message = match next(input, out)? {
-                None => return Ok(()),
-                Some(Incoming::Malformed(why)) => {
-                    malformed(out, &why)?;
+            let message = match next(input, out) {
+                Err(e) if e.is_recoverable() => {
+                    malformed(out, &e)?;
                     continue;
                 }
-                Some(Incoming::Message(m)) => m,
+                Err(e) => return Err(e.into()),
+                Ok(None) => return Ok(()),
+                Ok(Some(m)) => m,
             };
             match message {
                 HostMessage::Ping => out.send(&GuestMessage::Pong)?,
                 HostMessage::Shutdown { code } => (self.on_shutdown)(code),
                 HostMessage::Exec(req) => match self.start(&req, out, &closer) {
                     Ok(session) => return self.run_session(session, input, out),
-                    Err(message) => out.send(&error(message))?,
+                    Err(e) => out.send(&error(e.to_string()))?,
                 },
                 HostMessage::Hello { .. } => out.send(&error("Hello was already received"))?,
                 HostMessage::File(request) => return files::serve(request, input, out),
@@ -170,26 +155,26 @@ impl Server {
         }
     }
 
-    /// Starts the process; the error is a message for the host.
+    /// Starts the process; the error's text is the answer to the host.
     fn start<S: Stream>(
         &self,
         req: &ExecRequest,
         out: &Arc<FrameWriter<S>>,
         closer: &S,
-    ) -> Result<Session, String> {
-        let process = exec::spawn(req, self.reaper).map_err(|e| e.to_string())?;
+    ) -> Result<Session, StartError> {
+        let process = exec::spawn(req, self.reaper)?;
         let closer = closer.try_clone().map_err(|e| {
             // SAFETY: kill has no memory-safety preconditions.
             unsafe { libc::kill(-process.pid, libc::SIGKILL) };
-            format!("cannot start the session: {e}")
+            StartError::Connection(e)
         })?;
         let timeout = req.timeout_ms.map(Duration::from_millis);
-        Session::start(process, Arc::clone(out), timeout, move || {
+        let session = Session::start(process, Arc::clone(out), timeout, move || {
             // Exited was the last message: close, which also wakes the
             // connection thread blocked reading.
             let _ = closer.shutdown();
-        })
-        .map_err(|e| e.to_string())
+        })?;
+        Ok(session)
     }
 
     /// Relays the host's messages to a running session until it ends.
@@ -201,15 +186,15 @@ impl Server {
     ) -> Result<(), ConnectionError> {
         let result = loop {
             let message = match next(input, out) {
-                Ok(Some(Incoming::Message(m))) => m,
-                Ok(Some(Incoming::Malformed(why))) => match malformed(out, &why) {
+                Ok(Some(m)) => m,
+                Err(e) if e.is_recoverable() => match malformed(out, &e) {
                     Ok(()) => continue,
                     Err(e) => break Err(e.into()),
                 },
                 // EOF: the session closed the connection after Exited, or
                 // the host went away.
                 Ok(None) => break Ok(()),
-                Err(e) => break Err(e),
+                Err(e) => break Err(e.into()),
             };
             let reply = match message {
                 HostMessage::Stdin(data) => {

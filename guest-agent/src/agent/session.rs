@@ -27,10 +27,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use msbvm_protocol::framing::FrameWriter;
 use msbvm_protocol::{ExitStatus, GuestMessage, TtySize, MAX_CHUNK_LEN};
 
-use super::exec::Process;
-use super::frame::FrameWriter;
+use super::exec::{Process, Stdio};
 use super::pty;
 use super::reaper::WaitStatus;
 
@@ -122,14 +122,13 @@ impl Session {
         W: Write + Send + 'static,
         F: FnOnce() + Send + 'static,
     {
-        let Process {
-            pid,
+        let Process { pid, io, exit } = process;
+        let Stdio {
             stdin,
             stdout,
             stderr,
             pty,
-            exit,
-        } = process;
+        } = io;
         let shared = Arc::new(Shared::default());
         if out
             .send(&GuestMessage::Started { pid: pid as u32 })

@@ -15,9 +15,9 @@ use msbvm_protocol::{
     MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 
-use super::frame::{FrameReader, Incoming};
 use super::reaper::Reaper;
 use super::server::Server;
+use msbvm_protocol::framing::FrameReader;
 
 /// Shutdown codes the test server was asked for.
 fn shutdowns() -> &'static Mutex<Vec<u32>> {
@@ -55,6 +55,12 @@ impl Output {
     fn stdout(&self) -> String {
         String::from_utf8_lossy(&self.stdout).into_owned()
     }
+}
+
+/// Asserts that less than `limit` passed since `start`.
+fn assert_took_less_than(start: Instant, limit: Duration) {
+    let took = start.elapsed();
+    assert!(took < limit, "took {took:?}, limit {limit:?}");
 }
 
 fn req(argv: &[&str]) -> ExecRequest {
@@ -102,15 +108,24 @@ impl Client {
     }
 
     fn try_recv(&mut self) -> Option<GuestMessage> {
-        match self.input.read_message::<GuestMessage>().unwrap() {
-            Some(Incoming::Message(m)) => Some(m),
-            Some(Incoming::Malformed(e)) => panic!("agent sent a malformed frame: {e}"),
-            None => None,
-        }
+        self.input
+            .read_message::<GuestMessage>()
+            .unwrap_or_else(|e| panic!("agent sent a malformed frame: {e}"))
     }
 
     fn recv(&mut self) -> GuestMessage {
         self.try_recv().expect("connection closed")
+    }
+
+    /// An `Error`, after which the agent closes the connection.
+    fn expect_final_error(&mut self) -> String {
+        let e = self.expect_error();
+        assert_eq!(
+            self.try_recv(),
+            None,
+            "the connection stayed open after: {e}"
+        );
+        e
     }
 
     fn expect_error(&mut self) -> String {
@@ -268,11 +283,7 @@ fn twenty_concurrent_execs() {
         t.join().unwrap();
     }
     // Concurrent, not one after the other (24 x 0.3 s).
-    assert!(
-        start.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        start.elapsed()
-    );
+    assert_took_less_than(start, Duration::from_secs(10));
 }
 
 #[test]
@@ -283,11 +294,7 @@ fn timeout_kills_the_process() {
         ..req(&["sleep", "100"])
     });
     assert_eq!(out.status, Some(ExitStatus::TimedOut));
-    assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        start.elapsed()
-    );
+    assert_took_less_than(start, Duration::from_secs(5));
 }
 
 #[test]
@@ -306,7 +313,7 @@ fn timeout_kills_the_whole_process_group() {
         Duration::from_secs(5),
         || !exists(bg),
     );
-    assert!(start.elapsed() < Duration::from_secs(6));
+    assert_took_less_than(start, Duration::from_secs(6));
 }
 
 #[test]
@@ -325,7 +332,7 @@ fn signal_reaches_the_process_tree() {
     c.send(&HostMessage::Signal(15));
     let out = c.collect();
     assert_eq!(out.status, Some(ExitStatus::Signal(15)));
-    assert!(start.elapsed() < Duration::from_secs(3));
+    assert_took_less_than(start, Duration::from_secs(3));
 }
 
 #[test]
@@ -444,11 +451,7 @@ fn exited_comes_soon_even_if_a_background_process_keeps_stdout() {
     c.exec(sh("sleep 3 & echo $!"));
     let out = c.collect();
     assert_eq!(out.status, Some(ExitStatus::Code(0)));
-    assert!(
-        start.elapsed() < Duration::from_millis(2500),
-        "{:?}",
-        start.elapsed()
-    );
+    assert_took_less_than(start, Duration::from_millis(2500));
     // The orphan is re-parented to us (subreaper, as to PID 1 in the guest)
     // and the reaper collects it when it ends.
     let orphan: u32 = out.stdout().trim().parse().unwrap();
@@ -496,28 +499,25 @@ fn oversized_frame_is_an_error_and_closes_the_connection() {
     c.stream
         .write_all(&(MAX_FRAME_LEN as u32 + 1).to_le_bytes())
         .unwrap();
-    assert!(c.expect_error().contains("exceeds"));
-    assert_eq!(c.try_recv(), None);
+    assert!(c.expect_final_error().contains("exceeds"));
 }
 
 #[test]
 fn version_mismatch_is_an_error_naming_both_versions() {
     let mut c = Client::raw();
     c.send(&HostMessage::Hello { version: 999 });
-    let e = c.expect_error();
+    let e = c.expect_final_error();
     assert!(
         e.contains("999") && e.contains(&PROTOCOL_VERSION.to_string()),
         "{e}"
     );
-    assert_eq!(c.try_recv(), None);
 }
 
 #[test]
 fn first_message_must_be_hello() {
     let mut c = Client::raw();
     c.send(&HostMessage::Ping);
-    assert!(c.expect_error().contains("Hello"));
-    assert_eq!(c.try_recv(), None);
+    assert!(c.expect_final_error().contains("Hello"));
 }
 
 #[test]
@@ -536,4 +536,38 @@ fn second_exec_on_a_connection_is_refused() {
     assert!(c.expect_error().contains("already running"));
     c.send(&HostMessage::CloseStdin);
     assert_eq!(c.collect().status, Some(ExitStatus::Code(0)));
+}
+
+/// Serves one connection on which the host sends Hello and then `tail`
+/// before closing its side; returns how serving ended.
+fn serve_hello_then(tail: &[u8]) -> Result<(), super::connection::ConnectionError> {
+    let (mut ours, theirs) = UnixStream::pair().unwrap();
+    let serving = std::thread::spawn(move || server().serve(theirs));
+    let hello = HostMessage::Hello {
+        version: PROTOCOL_VERSION,
+    };
+    ours.write_all(&encode(&hello).unwrap()).unwrap();
+    ours.write_all(tail).unwrap();
+    ours.shutdown(std::net::Shutdown::Write).unwrap();
+    serving.join().unwrap()
+}
+
+#[test]
+fn a_clean_close_between_frames_ends_the_connection_quietly() {
+    serve_hello_then(&encode(&HostMessage::Ping).unwrap()).unwrap();
+}
+
+#[test]
+fn a_connection_cut_mid_frame_ends_with_a_truncation_error() {
+    let frame = encode(&HostMessage::Stdin(vec![1; 8])).unwrap();
+    let result = serve_hello_then(&frame[..frame.len() - 2]);
+    assert!(
+        matches!(
+            result,
+            Err(super::connection::ConnectionError::Frame(
+                msbvm_protocol::framing::FrameError::Truncated { .. }
+            ))
+        ),
+        "{result:?}"
+    );
 }

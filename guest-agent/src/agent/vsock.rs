@@ -4,7 +4,7 @@
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use super::server::Stream;
+use super::connection::Stream;
 
 /// The socket address of (`cid`, `port`).
 pub fn sockaddr(cid: u32, port: u32) -> libc::sockaddr_vm {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use msbvm_guest_agent::agent::files::serve;
-use msbvm_guest_agent::agent::frame::{FrameReader, FrameWriter, Incoming};
+use msbvm_protocol::framing::{FrameReader, FrameWriter};
 use msbvm_protocol::PROTOCOL_VERSION;
 use tempfile::TempDir;
 
@@ -34,8 +34,8 @@ fn agent(dir: &Path) -> PathBuf {
                 let out = FrameWriter::new(stream.try_clone().unwrap());
                 let mut input = FrameReader::new(stream);
                 let mut next = || match input.read_message::<HostMessage>().unwrap() {
-                    Some(Incoming::Message(m)) => m,
-                    other => panic!("unexpected {other:?}"),
+                    Some(m) => m,
+                    None => panic!("unexpected end of stream"),
                 };
                 assert!(matches!(next(), HostMessage::Hello { .. }));
                 out.send(&GuestMessage::Hello {

@@ -1,7 +1,7 @@
 //! Bytes as the stream the SDK decodes from the (hostile) guest agent: framing and
 //! `GuestMessage` decoding, delivered in pieces the way a socket splits them. The SDK's
-//! readers (`msbvm_sdk::framing`) are this loop around `FrameDecoder`: a malformed frame is
-//! skipped, an oversized one ends the connection.
+//! readers (`msbvm_protocol::framing`) are this loop around `FrameDecoder`: a malformed frame
+//! is skipped, an oversized one ends the connection.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -50,6 +50,9 @@ mod unpack;
 
 pub use unpack::{unpack, unpack_with};
 
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
+
 /// Largest GNU long name, long link or PAX extension block accepted, in
 /// bytes; a header announcing more is refused before its data is read.
 pub const MAX_EXTENSION_LEN: u64 = 64 * 1024;
@@ -59,7 +62,7 @@ pub const DEFAULT_MAX_ENTRIES: u64 = 1_000_000;
 pub const DEFAULT_MAX_BYTES: u64 = 8 << 30;
 
 /// What one [`unpack_with`] may create at most; exceeding a limit fails
-/// with [`FileErrorKind::LimitExceeded`](super::FileErrorKind::LimitExceeded).
+/// with [`FileErrorKind::LimitExceeded`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnpackLimits {
     /// Most tar headers read (every member and extension header counts);

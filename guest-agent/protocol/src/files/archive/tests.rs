@@ -7,23 +7,7 @@ fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
 
-/// An archive with one entry of `kind` at the raw path `name` (written
-/// byte by byte, since the builder itself refuses `..` and `/`).
-fn hostile(name: &[u8], kind: tar::EntryType, link: Option<&[u8]>, data: &[u8]) -> Vec<u8> {
-    let mut header = tar::Header::new_gnu();
-    let gnu = header.as_gnu_mut().unwrap();
-    gnu.name[..name.len()].copy_from_slice(name);
-    if let Some(link) = link {
-        gnu.linkname[..link.len()].copy_from_slice(link);
-    }
-    header.set_entry_type(kind);
-    header.set_size(data.len() as u64);
-    header.set_mode(0o644);
-    header.set_cksum();
-    let mut b = tar::Builder::new(Vec::new());
-    b.append(&header, data).unwrap();
-    b.into_inner().unwrap()
-}
+use super::testing::one_entry as hostile;
 
 fn concat(parts: &[Vec<u8>]) -> Vec<u8> {
     // Each part ends with two zero blocks; only the last one may.
@@ -186,6 +170,22 @@ struct Counting<'a> {
     read: &'a std::cell::Cell<u64>,
 }
 
+impl<'a> Counting<'a> {
+    /// A header of a `kind` entry `name` claiming `size` bytes, then `len` zero bytes.
+    fn after_header(
+        (name, kind, size): (&[u8], tar::EntryType, u64),
+        len: u64,
+        read: &'a std::cell::Cell<u64>,
+    ) -> Self {
+        Counting {
+            head: header_only(name, kind, size),
+            pos: 0,
+            len,
+            read,
+        }
+    }
+}
+
 impl std::io::Read for Counting<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let total = self.head.len() as u64 + self.len;
@@ -222,12 +222,7 @@ fn huge_extension_headers_are_refused_before_they_are_read() {
     ] {
         let dst = tempdir();
         let read = std::cell::Cell::new(0);
-        let input = Counting {
-            head: header_only(b"pax", kind, 8 << 30),
-            pos: 0,
-            len: 64 << 20,
-            read: &read,
-        };
+        let input = Counting::after_header((b"pax", kind, 8 << 30), 64 << 20, &read);
         let e = unpack(input, dst.path(), None).unwrap_err();
         assert_eq!(e.kind, FileErrorKind::LimitExceeded, "{kind:?}: {e}");
         assert!(e.message.contains("65536"), "{e}");
@@ -239,12 +234,8 @@ fn huge_extension_headers_are_refused_before_they_are_read() {
 fn a_file_past_the_byte_limit_is_refused_before_its_data() {
     let dst = tempdir();
     let read = std::cell::Cell::new(0);
-    let input = Counting {
-        head: header_only(b"big", tar::EntryType::Regular, 10 << 30),
-        pos: 0,
-        len: 64 << 20,
-        read: &read,
-    };
+    let input =
+        Counting::after_header((b"big", tar::EntryType::Regular, 10 << 30), 64 << 20, &read);
     let limits = UnpackLimits {
         max_entries: 10,
         max_bytes: 1 << 30,
@@ -278,12 +269,7 @@ fn a_file_past_the_byte_limit_is_refused_before_its_data() {
 fn a_truncated_file_is_an_error_and_leaves_no_temporary_file() {
     let dst = tempdir();
     let read = std::cell::Cell::new(0);
-    let input = Counting {
-        head: header_only(b"claims", tar::EntryType::Regular, 10 << 20),
-        pos: 0,
-        len: 4096,
-        read: &read,
-    };
+    let input = Counting::after_header((b"claims", tar::EntryType::Regular, 10 << 20), 4096, &read);
     let e = unpack(input, dst.path(), None).unwrap_err();
     assert!(e.message.contains("claims"), "{e}");
     assert_eq!(fs::read_dir(dst.path()).unwrap().count(), 0);
