@@ -9,20 +9,18 @@
 
 use std::sync::{Arc, Mutex};
 
-use kvm_ioctls::IoEventAddress;
 use msbvm_virtio::{MmioTransport, VirtioDevice};
+use virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::bus::{Bus, BusDevice, BusEvent};
-use crate::kvm::{self, KvmVm};
-use crate::layout::{IOAPIC_PINS, VIRTIO_MMIO_START};
+use super::Error;
+use crate::arch::layout::{IOAPIC_PINS, VIRTIO_MMIO_START};
+use crate::hypervisor::{IoEventAddress, Vm};
 use crate::memory::GuestMemory;
-use crate::vm::Error;
 
 /// Size of each device's MMIO window.
 pub const MMIO_WINDOW: u64 = 0x1000;
-/// Offset of the QueueNotify register in the virtio-mmio layout.
-const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
 /// First interrupt line given to virtio devices (COM1 has 4).
 pub const FIRST_GSI: u32 = 5;
 
@@ -65,36 +63,27 @@ pub fn cmdline_entry(base: u64, gsi: u32) -> String {
 }
 
 /// Puts `device` on `mmio` at the next slot, wires its notifications and
-/// interrupt through KVM, and returns its command-line entry.
+/// interrupt through the hypervisor, and returns its command-line entry.
 pub fn attach(
-    vm: &KvmVm,
+    vm: &impl Vm,
     mem: &GuestMemory,
     mmio: &mut Bus,
     slots: &mut VirtioSlots,
     device: Box<dyn VirtioDevice>,
 ) -> Result<String, Error> {
-    let (base, gsi) = slots
-        .take()
-        .ok_or_else(|| Error::Config("too many virtio devices for the interrupt lines".into()))?;
+    let (base, gsi) = slots.take().ok_or(Error::NoSlot)?;
     let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Host {
         what: "virtio interrupt eventfd",
         source,
     })?;
-    vm.fd
-        .register_irqfd(&irq, gsi)
-        .map_err(kvm::ioctl("KVM_IRQFD"))?;
+    vm.register_irqfd(&irq, gsi)?;
     let transport = MmioTransport::new(mem.clone(), device, irq).map_err(|source| Error::Host {
         what: "virtio-mmio transport",
         source,
     })?;
     for (index, event) in transport.queue_events().iter().enumerate() {
-        vm.fd
-            .register_ioevent(
-                event,
-                &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
-                index as u32,
-            )
-            .map_err(kvm::ioctl("KVM_IOEVENTFD"))?;
+        let notify = base + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY);
+        vm.register_ioevent(event, IoEventAddress::Mmio(notify), index as u32)?;
     }
     mmio.insert(
         Arc::new(Mutex::new(VirtioMmio(transport))),

@@ -4,9 +4,9 @@
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs};
 use kvm_ioctls::VcpuFd;
 
+use crate::arch::layout::{BOOT_GDT_START, BOOT_IDT_START, BOOT_STACK_POINTER, PML4_START};
 use crate::arch::x86_64::gdt::{self, Segment};
 use crate::boot::EntryMode;
-use crate::layout::{BOOT_GDT_START, BOOT_IDT_START, BOOT_STACK_POINTER, PML4_START};
 
 const X86_CR0_PE: u64 = 1;
 const X86_CR0_ET: u64 = 1 << 4;

@@ -3,7 +3,7 @@
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
-use crate::layout::{PDE_START, PDPTE_START, PML4_START};
+use crate::arch::layout::{PDE_START, PDPTE_START, PML4_START};
 
 const PRESENT: u64 = 1;
 const WRITABLE: u64 = 1 << 1;
@@ -123,11 +123,11 @@ pub fn read_code<M: GuestMemoryBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory;
+    use crate::arch::layout;
 
     #[test]
     fn identity_tables_translate_to_themselves() {
-        let mem = memory::create(64 << 20).unwrap();
+        let mem = layout::create_memory(64 << 20).unwrap();
         let cr3 = write_identity_tables(&mem).unwrap();
         let mode = PagingMode {
             paging: true,
@@ -150,7 +150,7 @@ mod tests {
 
     #[test]
     fn hostile_cr3_outside_memory_gives_none() {
-        let mem = memory::create(16 << 20).unwrap();
+        let mem = layout::create_memory(16 << 20).unwrap();
         let mode = PagingMode {
             paging: true,
             long_mode: true,
@@ -163,7 +163,7 @@ mod tests {
 
     #[test]
     fn read_code_stops_at_end_of_memory() {
-        let mem = memory::create(16 << 20).unwrap();
+        let mem = layout::create_memory(16 << 20).unwrap();
         let mode = PagingMode {
             paging: false,
             long_mode: false,

@@ -8,7 +8,7 @@ use linux_loader::loader::elf::start_info::{
 use vm_memory::GuestAddress;
 
 use super::{Error, E820_RAM};
-use crate::layout::{PVH_INFO_START, PVH_MEMMAP_START, PVH_MODLIST_START};
+use crate::arch::layout::{PVH_INFO_START, PVH_MEMMAP_START, PVH_MODLIST_START};
 use crate::memory::GuestMemory;
 
 /// Magic value identifying `hvm_start_info` ("xEn3" with the top bit flipped).
@@ -63,12 +63,12 @@ pub fn write_start_info(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory;
+    use crate::arch::layout;
     use vm_memory::Bytes;
 
     #[test]
     fn start_info_describes_memory_and_initrd() {
-        let mem = memory::create(64 << 20).unwrap();
+        let mem = layout::create_memory(64 << 20).unwrap();
         let ram = [(0, 0x9fc00), (0x10_0000, (64 << 20) - 0x10_0000)];
         write_start_info(&mem, &ram, Some((0x300_0000, 1234)), 0x20000).unwrap();
         let info: hvm_start_info = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();

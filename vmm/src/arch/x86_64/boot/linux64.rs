@@ -7,7 +7,7 @@ use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header
 use vm_memory::GuestAddress;
 
 use super::{Error, E820_RAM};
-use crate::layout::ZERO_PAGE_START;
+use crate::arch::layout::ZERO_PAGE_START;
 use crate::memory::GuestMemory;
 
 const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
@@ -67,12 +67,12 @@ pub fn write_zero_page(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory;
+    use crate::arch::layout;
     use vm_memory::Bytes;
 
     #[test]
     fn zero_page_carries_cmdline_initrd_and_e820() {
-        let mem = memory::create(64 << 20).unwrap();
+        let mem = layout::create_memory(64 << 20).unwrap();
         let ram = [(0, 0x9fc00), (0x10_0000, (64 << 20) - 0x10_0000)];
         write_zero_page(&mem, None, &ram, Some((0x200_0000, 99)), 0x20000, 10).unwrap();
         let p: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();

@@ -17,9 +17,9 @@ use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::{self, BzImage, Elf, KernelLoader, PvhBootCapability};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
+use crate::arch::layout::*;
 use crate::arch::x86_64::{gdt, mptable, paging};
 use crate::config::BootSource;
-use crate::layout::*;
 use crate::memory::GuestMemory;
 
 /// E820 type of usable RAM.
@@ -259,11 +259,11 @@ fn load_initrd(mem: &GuestMemory, path: &Path, kernel_end: u64) -> Result<(u64, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory;
+    use crate::arch::layout;
 
     #[test]
     fn ram_map_leaves_the_legacy_hole_out() {
-        let mem = memory::create(256 << 20).unwrap();
+        let mem = layout::create_memory(256 << 20).unwrap();
         assert_eq!(
             ram_map(&mem),
             vec![(0, EBDA_START), (HIMEM_START, (256 << 20) - HIMEM_START)]
@@ -272,7 +272,7 @@ mod tests {
 
     #[test]
     fn raw_code_is_copied_and_bounds_checked() {
-        let mem = memory::create(16 << 20).unwrap();
+        let mem = layout::create_memory(16 << 20).unwrap();
         let src = BootSource::RawLongMode {
             code: vec![0xf4],
             load_addr: 0x10_0000,
@@ -303,7 +303,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("not-a-kernel");
         std::fs::write(&path, vec![0x42u8; 8192]).unwrap();
-        let mem = memory::create(64 << 20).unwrap();
+        let mem = layout::create_memory(64 << 20).unwrap();
         let src = BootSource::Linux {
             kernel: path.clone(),
             initrd: None,
@@ -316,7 +316,7 @@ mod tests {
 
     #[test]
     fn missing_kernel_names_the_path() {
-        let mem = memory::create(64 << 20).unwrap();
+        let mem = layout::create_memory(64 << 20).unwrap();
         let src = BootSource::Linux {
             kernel: "/nonexistent/vmlinux".into(),
             initrd: None,
@@ -332,7 +332,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("initrd");
         std::fs::write(&path, vec![7u8; 10_000]).unwrap();
-        let mem = memory::create(64 << 20).unwrap();
+        let mem = layout::create_memory(64 << 20).unwrap();
         let (addr, size) = load_initrd(&mem, &path, 0x200_0000).unwrap();
         assert_eq!(size, 10_000);
         assert_eq!(addr % 4096, 0);
