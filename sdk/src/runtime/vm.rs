@@ -158,7 +158,9 @@ mod tests {
             matches!(e, Error::NoKvm(ref m) if m.contains("usermod")),
             "{e}"
         );
-        let e = vm_error(&msbvm_vmm::Error::Config(msbvm_vmm::ConfigError::CmdlineNul));
+        let e = vm_error(&msbvm_vmm::Error::Config(
+            msbvm_vmm::ConfigError::CmdlineNul,
+        ));
         assert!(matches!(e, Error::Vm(_)), "{e}");
     }
 }
