@@ -5,8 +5,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::arch::layout::CMDLINE_MAX_SIZE;
-
 /// Kernel command line used when the caller gives none.
 ///
 /// - `console=ttyS0`: the 16550 at COM1 is the console.
@@ -20,6 +18,10 @@ use crate::arch::layout::CMDLINE_MAX_SIZE;
 ///   single cost of a boot under nested virtualization; append `loglevel=7` to
 ///   see it.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k,panic_w panic=-1 quiet";
+
+/// Largest kernel command line accepted, with its NUL (the kernel's own
+/// COMMAND_LINE_SIZE on x86).
+pub const CMDLINE_MAX_SIZE: usize = 2048;
 
 /// What the VM starts executing.
 #[derive(Clone, Debug)]
@@ -36,7 +38,7 @@ pub enum BootSource {
     },
     /// Raw machine code copied to `load_addr` and entered in 64-bit long mode at
     /// CPL0 with identity-mapped paging (first 4 GiB), flat segments and a stack
-    /// at [`crate::arch::layout::BOOT_STACK_POINTER`]. Used by tests with hand-made guests.
+    /// at `arch::layout::BOOT_STACK_POINTER`. Used by tests with hand-made guests.
     RawLongMode {
         /// The code.
         code: Vec<u8>,

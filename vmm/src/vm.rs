@@ -159,7 +159,8 @@ impl<V: Vm> Machine<V> {
         let console = Console::open(&config.console).map_err(Error::Console)?;
         let console = SharedConsole(Arc::new(Mutex::new(console)));
         let mut buses = Buses::default();
-        arch::attach_legacy_devices(&vm, &mem, console.clone(), &mut buses)?;
+        let register_irq = |event: &_, line| vm.register_irqfd(event, line).map_err(Into::into);
+        arch::attach_legacy_devices(register_irq, &mem, console.clone(), &mut buses)?;
         let announce = attach_virtio_devices(&vm, &mem, &mut buses, config)?;
         let entry = boot::load(
             &mem,
@@ -211,7 +212,7 @@ fn attach_virtio_devices(
     buses: &mut Buses,
     config: &VmConfig,
 ) -> Result<Vec<String>, devices::Error> {
-    let mut slots = VirtioSlots::default();
+    let mut slots = VirtioSlots::new(layout::VIRTIO_MMIO_START, layout::VIRTIO_IRQS);
     let mut announce = Vec::new();
     for spec in &config.devices {
         let device = (spec.make)().map_err(|source| devices::Error::Create {

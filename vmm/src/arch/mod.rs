@@ -8,7 +8,7 @@
 
 pub mod x86_64;
 
-pub use self::x86_64::boot::{self, EntryMode};
+pub use self::x86_64::boot;
 pub use self::x86_64::layout;
 pub use self::x86_64::legacy::attach_legacy_devices;
-pub use self::x86_64::regs::VcpuRegisters;
+pub use self::x86_64::regs::{EntryMode, VcpuRegisters};

@@ -5,7 +5,7 @@
 //! VMM itself must answer: the console UART, msbvm's platform device, plus the
 //! attachment of virtio-mmio devices ([`virtio`]). Where the legacy devices
 //! sit, and the x86-only i8042, is the architecture's business
-//! ([`crate::arch::attach_legacy_devices`]).
+//! (`arch::attach_legacy_devices`).
 
 pub mod bus;
 pub mod console;

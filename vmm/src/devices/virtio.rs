@@ -15,14 +15,11 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::bus::{Bus, BusDevice, BusEvent};
 use super::Error;
-use crate::arch::layout::{IOAPIC_PINS, VIRTIO_MMIO_START};
 use crate::hypervisor::{IoEventAddress, Vm};
 use crate::memory::GuestMemory;
 
 /// Size of each device's MMIO window.
 pub const MMIO_WINDOW: u64 = 0x1000;
-/// First interrupt line given to virtio devices (COM1 has 4).
-pub const FIRST_GSI: u32 = 5;
 
 /// A transport as a bus device.
 pub struct VirtioMmio(pub MmioTransport);
@@ -39,20 +36,23 @@ impl BusDevice for VirtioMmio {
 }
 
 /// Hands out MMIO windows and interrupt lines to devices in order.
-#[derive(Default)]
 pub struct VirtioSlots {
-    next: u32,
+    base: u64,
+    lines: std::ops::Range<u32>,
 }
 
 impl VirtioSlots {
-    /// The next (MMIO base, GSI), or `None` when interrupt lines ran out.
+    /// Windows from `base` up, one page each, with the interrupt lines `lines`
+    /// (where the architecture places them: `arch::layout`).
+    pub fn new(base: u64, lines: std::ops::Range<u32>) -> Self {
+        VirtioSlots { base, lines }
+    }
+
+    /// The next (MMIO base, interrupt line), or `None` when interrupt lines ran out.
     pub fn take(&mut self) -> Option<(u64, u32)> {
-        let gsi = FIRST_GSI + self.next;
-        if gsi >= IOAPIC_PINS as u32 {
-            return None;
-        }
-        let base = VIRTIO_MMIO_START + self.next as u64 * MMIO_WINDOW;
-        self.next += 1;
+        let gsi = self.lines.next()?;
+        let base = self.base;
+        self.base += MMIO_WINDOW;
         Some((base, gsi))
     }
 }
@@ -99,14 +99,14 @@ mod tests {
 
     #[test]
     fn slots_are_pages_with_their_own_lines() {
-        let mut s = VirtioSlots::default();
-        assert_eq!(s.take(), Some((VIRTIO_MMIO_START, 5)));
-        assert_eq!(s.take(), Some((VIRTIO_MMIO_START + 0x1000, 6)));
+        let mut s = VirtioSlots::new(0xd000_1000, 5..24);
+        assert_eq!(s.take(), Some((0xd000_1000, 5)));
+        assert_eq!(s.take(), Some((0xd000_1000 + 0x1000, 6)));
         let mut n = 2;
         while s.take().is_some() {
             n += 1;
         }
-        assert_eq!(n, IOAPIC_PINS as u32 - FIRST_GSI);
+        assert_eq!(n, 24 - 5);
     }
 
     #[test]

@@ -31,8 +31,7 @@ pub const PDE_START: u64 = 0xb000;
 pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
 /// Kernel command line.
 pub const CMDLINE_START: u64 = 0x20000;
-/// Largest command line accepted (the kernel's own COMMAND_LINE_SIZE on x86).
-pub const CMDLINE_MAX_SIZE: usize = 2048;
+pub use crate::config::CMDLINE_MAX_SIZE;
 /// End of the low RAM block; the last KiB below 640 KiB is where the kernel
 /// looks for the MP floating pointer when there is no ACPI.
 pub const EBDA_START: u64 = 0x9fc00;
@@ -66,6 +65,9 @@ pub const VIRTIO_MMIO_START: u64 = 0xd000_1000;
 pub const IOAPIC_PINS: u8 = 24;
 /// Legacy IRQ of the COM1 serial port.
 pub const SERIAL_IRQ: u32 = 4;
+/// The interrupt lines given to virtio devices, one each: those above COM1's
+/// up to the last IO-APIC pin.
+pub const VIRTIO_IRQS: std::ops::Range<u32> = 5..IOAPIC_PINS as u32;
 
 /// The guest-physical RAM ranges for `size` bytes: one range below the 32-bit
 /// device hole and, for more than 3 GiB, the rest above 4 GiB.

@@ -12,13 +12,12 @@ use crate::devices::console::SharedConsole;
 use crate::devices::platform::{self, Platform};
 use crate::devices::serial::{self, SerialDevice};
 use crate::devices::{Buses, Error};
-use crate::hypervisor::Vm;
 use crate::memory::GuestMemory;
 
 /// Puts the console UART, the i8042 and the platform device on `buses`, with
-/// the UART's interrupt wired through `vm`.
+/// the UART's interrupt wired by `register_irq` (the hypervisor's irqfd).
 pub fn attach_legacy_devices(
-    vm: &impl Vm,
+    register_irq: impl FnOnce(&EventFd, u32) -> Result<(), Error>,
     mem: &GuestMemory,
     console: SharedConsole,
     buses: &mut Buses,
@@ -27,7 +26,7 @@ pub fn attach_legacy_devices(
         what: "serial interrupt eventfd",
         source,
     })?;
-    vm.register_irqfd(&irq, SERIAL_IRQ)?;
+    register_irq(&irq, SERIAL_IRQ)?;
     let serial = Arc::new(Mutex::new(SerialDevice::new(irq, console)));
     let i8042 = Arc::new(Mutex::new(I8042::new(mem.clone())));
     let platform = Arc::new(Mutex::new(Platform::default()));

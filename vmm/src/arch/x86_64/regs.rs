@@ -1,5 +1,6 @@
-//! The x86_64 register state the core reads from a vCPU: where it is and in
-//! what mode, enough to report a fault and fetch the code at it.
+//! The x86_64 register state at the hypervisor boundary: the state the boot
+//! vCPU enters the guest in ([`EntryMode`]), and what the core reads back from a
+//! vCPU to report a fault and fetch the code at it ([`VcpuRegisters`]).
 
 use super::paging::{self, PagingMode};
 use crate::exit::FaultRegs;
@@ -13,6 +14,30 @@ const CR4_PAE: u64 = 1 << 5;
 const EFER_LMA: u64 = 1 << 10;
 /// RFLAGS.IF: interrupts enabled.
 pub const RFLAGS_IF: u64 = 1 << 9;
+
+/// How the boot vCPU must be set up to enter the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryMode {
+    /// PVH: 32-bit protected mode, paging off, `ebx` = start_info address.
+    Pvh {
+        /// The PVH entry point.
+        entry: u64,
+        /// Address of `hvm_start_info`.
+        start_info: u64,
+    },
+    /// Linux 64-bit boot protocol: long mode, `rsi` = zero page.
+    Linux64 {
+        /// The 64-bit entry point.
+        entry: u64,
+        /// Address of `boot_params`.
+        zero_page: u64,
+    },
+    /// Hand-made guest: long mode at CPL0, identity paging.
+    RawLongMode {
+        /// Where execution starts.
+        entry: u64,
+    },
+}
 
 /// A vCPU's control state, as any x86 hypervisor can read it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -17,6 +17,7 @@ use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::{self, BzImage, Elf, KernelLoader, PvhBootCapability};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
+pub use super::regs::EntryMode;
 use crate::arch::layout::*;
 use crate::arch::x86_64::{gdt, mptable, paging};
 use crate::config::BootSource;
@@ -82,30 +83,6 @@ pub enum Error {
     /// The MP table could not be built.
     #[error(transparent)]
     MpTable(#[from] mptable::Error),
-}
-
-/// How the boot vCPU must be set up to enter the guest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EntryMode {
-    /// PVH: 32-bit protected mode, paging off, `ebx` = start_info address.
-    Pvh {
-        /// The PVH entry point.
-        entry: u64,
-        /// Address of `hvm_start_info`.
-        start_info: u64,
-    },
-    /// Linux 64-bit boot protocol: long mode, `rsi` = zero page.
-    Linux64 {
-        /// The 64-bit entry point.
-        entry: u64,
-        /// Address of `boot_params`.
-        zero_page: u64,
-    },
-    /// Hand-made guest: long mode at CPL0, identity paging.
-    RawLongMode {
-        /// Where execution starts.
-        entry: u64,
-    },
 }
 
 fn write_err(what: &'static str) -> impl FnOnce(vm_memory::GuestMemoryError) -> Error {
