@@ -6,7 +6,7 @@ use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use vm_memory::GuestAddress;
 
-use super::{Error, E820_RAM};
+use super::{write_err, Error, E820_RAM};
 use crate::arch::layout::ZERO_PAGE_START;
 use crate::memory::GuestMemory;
 
@@ -41,10 +41,8 @@ pub fn write_zero_page(
         params.hdr.ramdisk_size = size as u32;
     }
     if ram.len() > params.e820_table.len() {
-        return Err(Error::Write {
-            what: "E820 map",
-            detail: format!("{} entries do not fit", ram.len()),
-        });
+        let why = format!("{} entries do not fit", ram.len());
+        return Err(write_err("E820 map")(why));
     }
     for (slot, &(addr, size)) in params.e820_table.iter_mut().zip(ram) {
         *slot = boot_e820_entry {
@@ -58,10 +56,7 @@ pub fn write_zero_page(
         &BootParams::new(&params, GuestAddress(ZERO_PAGE_START)),
         mem,
     )
-    .map_err(|e| Error::Write {
-        what: "zero page",
-        detail: e.to_string(),
-    })
+    .map_err(write_err("zero page"))
 }
 
 #[cfg(test)]

@@ -63,7 +63,7 @@ pub enum Error {
     },
     /// The command line is invalid.
     #[error("invalid kernel command line: {0}")]
-    Cmdline(String),
+    Cmdline(#[source] Source),
     /// Raw code does not fit where it was asked to go.
     #[error("raw guest code of {len} bytes does not fit at {addr:#x}")]
     RawCodeOutOfMemory {
@@ -73,23 +73,31 @@ pub enum Error {
         len: usize,
     },
     /// Writing a boot structure failed.
-    #[error("cannot write {what} into guest memory: {detail}")]
+    #[error("cannot write {what} into guest memory: {source}")]
     Write {
         /// Which structure.
         what: &'static str,
         /// The error.
-        detail: String,
+        source: Source,
     },
     /// The MP table could not be built.
     #[error(transparent)]
     MpTable(#[from] mptable::Error),
 }
 
-fn write_err(what: &'static str) -> impl FnOnce(vm_memory::GuestMemoryError) -> Error {
+/// The error a boot step failed with (the loader's, vm-memory's, ...).
+pub type Source = Box<dyn std::error::Error + Send + Sync>;
+
+/// Wraps a failure to write `what` into guest memory.
+pub(crate) fn write_err<E: Into<Source>>(what: &'static str) -> impl FnOnce(E) -> Error {
     move |e| Error::Write {
         what,
-        detail: e.to_string(),
+        source: e.into(),
     }
+}
+
+fn cmdline_err<E: Into<Source>>(e: E) -> Error {
+    Error::Cmdline(e.into())
 }
 
 /// The RAM map of the guest, as (start, size) pairs in ascending order.
@@ -171,11 +179,9 @@ fn load_linux(
         },
     };
 
-    let mut cl = Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| Error::Cmdline(e.to_string()))?;
-    cl.insert_str(cmdline)
-        .map_err(|e| Error::Cmdline(e.to_string()))?;
-    loader::load_cmdline(mem, GuestAddress(CMDLINE_START), &cl)
-        .map_err(|e| Error::Cmdline(e.to_string()))?;
+    let mut cl = Cmdline::new(CMDLINE_MAX_SIZE).map_err(cmdline_err)?;
+    cl.insert_str(cmdline).map_err(cmdline_err)?;
+    loader::load_cmdline(mem, GuestAddress(CMDLINE_START), &cl).map_err(cmdline_err)?;
     let cmdline_size = cmdline.len() as u32 + 1;
 
     let kernel_end = result.kernel_load.raw_value() + result.kernel_end;

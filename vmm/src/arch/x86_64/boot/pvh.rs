@@ -7,7 +7,7 @@ use linux_loader::loader::elf::start_info::{
 };
 use vm_memory::GuestAddress;
 
-use super::{Error, E820_RAM};
+use super::{write_err, Error, E820_RAM};
 use crate::arch::layout::{PVH_INFO_START, PVH_MEMMAP_START, PVH_MODLIST_START};
 use crate::memory::GuestMemory;
 
@@ -54,10 +54,7 @@ pub fn write_start_info(
     if !modules.is_empty() {
         params.set_modules(&modules, GuestAddress(PVH_MODLIST_START));
     }
-    PvhBootConfigurator::write_bootparams(&params, mem).map_err(|e| Error::Write {
-        what: "PVH start info",
-        detail: e.to_string(),
-    })
+    PvhBootConfigurator::write_bootparams(&params, mem).map_err(write_err("PVH start info"))
 }
 
 #[cfg(test)]
