@@ -1,7 +1,8 @@
 //! The KVM backend: opening /dev/kvm ([`Kvm`]), and the KVM implementations
 //! of the [`crate::hypervisor`] traits: the VM with its in-kernel irqchip and
 //! memory slots ([`KvmVm`]) and its vCPUs ([`vcpu::KvmVcpu`]). The CPUID table
-//! ([`cpuid`]) and the initial registers ([`regs`]) are KVM's x86 set-up.
+//! in KVM's form ([`cpuid`]) and the initial registers ([`regs`]) are KVM's
+//! x86 set-up.
 
 pub mod cpuid;
 pub mod regs;
@@ -18,6 +19,7 @@ use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
+use crate::arch::x86_64::cpuid::HostFeatures;
 use crate::hypervisor::{self, Hypervisor, IoEventAddress, Vm};
 use crate::memory::GuestMemory;
 
@@ -112,7 +114,7 @@ impl Hypervisor for Kvm {
         Ok(KvmVm {
             fd,
             supported_cpuid,
-            host: cpuid::HostFeatures {
+            host: HostFeatures {
                 tsc_deadline_timer: self.kvm.check_extension(Cap::TscDeadlineTimer),
             },
             has_pit2: self.kvm.check_extension(Cap::Pit2),
@@ -127,7 +129,7 @@ pub struct KvmVm {
     /// The CPUID table KVM supports on this host.
     supported_cpuid: CpuId,
     /// Host features the guest CPUID depends on.
-    host: cpuid::HostFeatures,
+    host: HostFeatures,
     /// Whether KVM can emulate the PIT.
     has_pit2: bool,
     /// The guest memory mapped into the slots, held so the mappings outlive the VM.
