@@ -313,4 +313,16 @@ mod tests {
         };
         assert!(c.validate().unwrap_err().to_string().contains("5000 bytes"));
     }
+
+    #[test]
+    fn vsock_is_a_device_whose_cid_the_device_checks() {
+        let spec = VsockConfig {
+            guest_cid: 2,
+            uds_path: "/nonexistent/v.sock".into(),
+        }
+        .device_spec();
+        assert_eq!(spec.name, "virtio-vsock (guest CID 2, /nonexistent/v.sock)");
+        let err = (spec.make)().err().expect("CID 2 is the host's");
+        assert!(err.to_string().contains("guest CID 2 is reserved"), "{err}");
+    }
 }
