@@ -62,13 +62,11 @@ pub fn write_zero_page(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arch::layout;
     use vm_memory::Bytes;
 
     #[test]
     fn zero_page_carries_cmdline_initrd_and_e820() {
-        let mem = layout::create_memory(64 << 20).unwrap();
-        let ram = [(0, 0x9fc00), (0x10_0000, (64 << 20) - 0x10_0000)];
+        let (mem, ram) = super::super::fixtures::memory_64m();
         write_zero_page(&mem, None, &ram, Some((0x200_0000, 99)), 0x20000, 10).unwrap();
         let p: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
         assert_eq!({ p.hdr.cmd_line_ptr }, 0x20000);

@@ -239,8 +239,31 @@ fn load_initrd(mem: &GuestMemory, path: &Path, kernel_end: u64) -> Result<(u64, 
     Ok((addr, size))
 }
 
+/// Test fixtures shared by the boot-protocol modules' tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use crate::arch::layout;
+    use crate::memory::GuestMemory;
+
+    /// 64 MiB of guest memory and its RAM map (low RAM, then from 1 MiB up).
+    pub fn memory_64m() -> (GuestMemory, [(u64, u64); 2]) {
+        let mem = layout::create_memory(64 << 20).unwrap();
+        (mem, [(0, 0x9fc00), (0x10_0000, (64 << 20) - 0x10_0000)])
+    }
+
+    /// A Linux boot source for `kernel`.
+    pub fn linux(kernel: impl Into<std::path::PathBuf>, cmdline: &str) -> crate::BootSource {
+        crate::BootSource::Linux {
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: cmdline.into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::fixtures::linux;
     use super::*;
     use crate::arch::layout;
 
@@ -287,11 +310,7 @@ mod tests {
         let path = dir.join("not-a-kernel");
         std::fs::write(&path, vec![0x42u8; 8192]).unwrap();
         let mem = layout::create_memory(64 << 20).unwrap();
-        let src = BootSource::Linux {
-            kernel: path.clone(),
-            initrd: None,
-            cmdline: "console=ttyS0".into(),
-        };
+        let src = linux(&path, "console=ttyS0");
         let err = load(&mem, &src, 1).unwrap_err().to_string();
         assert!(err.contains("not a kernel msbvm can boot"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
@@ -300,11 +319,7 @@ mod tests {
     #[test]
     fn missing_kernel_names_the_path() {
         let mem = layout::create_memory(64 << 20).unwrap();
-        let src = BootSource::Linux {
-            kernel: "/nonexistent/vmlinux".into(),
-            initrd: None,
-            cmdline: String::new(),
-        };
+        let src = linux("/nonexistent/vmlinux", "");
         let err = load(&mem, &src, 1).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/vmlinux"), "{err}");
     }

@@ -60,13 +60,11 @@ pub fn write_start_info(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arch::layout;
     use vm_memory::Bytes;
 
     #[test]
     fn start_info_describes_memory_and_initrd() {
-        let mem = layout::create_memory(64 << 20).unwrap();
-        let ram = [(0, 0x9fc00), (0x10_0000, (64 << 20) - 0x10_0000)];
+        let (mem, ram) = super::super::fixtures::memory_64m();
         write_start_info(&mem, &ram, Some((0x300_0000, 1234)), 0x20000).unwrap();
         let info: hvm_start_info = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
         assert_eq!(info.magic, XEN_HVM_START_MAGIC_VALUE);
