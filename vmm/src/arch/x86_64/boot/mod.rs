@@ -267,6 +267,15 @@ mod tests {
     use super::*;
     use crate::arch::layout;
 
+    /// A fresh directory for test `tag` holding file `name` with `bytes`.
+    fn temp_file(tag: &str, name: &str, bytes: &[u8]) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("msbvm-{tag}-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        (dir, path)
+    }
+
     #[test]
     fn ram_map_leaves_the_legacy_hole_out() {
         let mem = layout::create_memory(256 << 20).unwrap();
@@ -305,10 +314,7 @@ mod tests {
 
     #[test]
     fn garbage_kernel_is_a_clear_error() {
-        let dir = std::env::temp_dir().join(format!("msbvm-boot-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("not-a-kernel");
-        std::fs::write(&path, vec![0x42u8; 8192]).unwrap();
+        let (dir, path) = temp_file("boot", "not-a-kernel", &[0x42; 8192]);
         let mem = layout::create_memory(64 << 20).unwrap();
         let src = linux(&path, "console=ttyS0");
         let err = load(&mem, &src, 1).unwrap_err().to_string();
@@ -326,10 +332,7 @@ mod tests {
 
     #[test]
     fn initrd_goes_to_the_top_of_low_memory() {
-        let dir = std::env::temp_dir().join(format!("msbvm-initrd-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("initrd");
-        std::fs::write(&path, vec![7u8; 10_000]).unwrap();
+        let (dir, path) = temp_file("initrd", "initrd", &[7; 10_000]);
         let mem = layout::create_memory(64 << 20).unwrap();
         let (addr, size) = load_initrd(&mem, &path, 0x200_0000).unwrap();
         assert_eq!(size, 10_000);
