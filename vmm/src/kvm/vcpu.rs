@@ -96,7 +96,7 @@ fn translate<A: DeviceAccess>(exit: KvmExit<'_>, io: &mut A) -> Option<VcpuExit<
 
 impl Vcpu for KvmVcpu {
     fn set_entry(&mut self, entry: EntryMode) -> Result<(), hypervisor::Error> {
-        regs::setup_boot_vcpu(&self.fd, entry).map_err(failed("KVM_SET_REGS"))
+        regs::set_entry_state(&self.fd, &entry.state()).map_err(failed("KVM_SET_REGS"))
     }
 
     fn run<A: DeviceAccess>(&mut self, io: &mut A) -> VcpuExit<A::Event> {
