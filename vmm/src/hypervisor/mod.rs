@@ -10,12 +10,12 @@
 //!
 //! KVM implements these in the `kvm` module; the macOS Hypervisor.framework
 //! backend (`msbvm-hvf`) is to implement them next. The register and entry
-//! types are the architecture's (`arch::x86_64::regs`), since what "registers" means
+//! types are the architecture's (re-exported by [`crate::arch`]), since what "registers" means
 //! differs between x86_64 and aarch64.
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::arch::x86_64::regs::{EntryMode, VcpuRegisters};
+use crate::arch::{EntryMode, VcpuRegisters};
 use crate::exit::{FaultKind, VmExit};
 use crate::memory::GuestMemory;
 
