@@ -125,7 +125,6 @@ pub fn run(args: BootArgs, start: Instant) -> ExitCode {
             None => ConsoleOutput::Stdout,
         },
         start_time: start,
-        vsock: None,
         devices: Vec::new(),
         stop: msbvm_vmm::StopHandle::new(),
     };

@@ -19,6 +19,10 @@ use std::time::Instant;
 ///   see it.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k,panic_w panic=-1 quiet";
 
+/// Largest kernel command line accepted, with its NUL (the kernel's own
+/// COMMAND_LINE_SIZE on x86).
+pub const CMDLINE_MAX_SIZE: usize = 2048;
+
 /// What the VM starts executing.
 #[derive(Clone, Debug)]
 pub enum BootSource {
@@ -34,7 +38,7 @@ pub enum BootSource {
     },
     /// Raw machine code copied to `load_addr` and entered in 64-bit long mode at
     /// CPL0 with identity-mapped paging (first 4 GiB), flat segments and a stack
-    /// at [`crate::layout::BOOT_STACK_POINTER`]. Used by tests with hand-made guests.
+    /// at `arch::layout::BOOT_STACK_POINTER`. Used by tests with hand-made guests.
     RawLongMode {
         /// The code.
         code: Vec<u8>,
@@ -70,13 +74,36 @@ impl std::fmt::Debug for ConsoleOutput {
 /// A virtio-vsock device whose host side is a Unix socket (see
 /// `msbvm_virtio::vsock`): host processes connect to `uds_path` and write
 /// `CONNECT <port>\n`; guest connections to host port P reach a listener at
-/// `<uds_path>_<P>`.
+/// `<uds_path>_<P>`. It is attached like any other device, through
+/// [`VsockConfig::device_spec`]; the guest CID is checked where the device is
+/// created (`msbvm_virtio::vsock::Vsock::new`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VsockConfig {
     /// The guest's context id (3 or more).
     pub guest_cid: u32,
     /// The Unix socket host processes connect to.
     pub uds_path: PathBuf,
+}
+
+impl VsockConfig {
+    /// The device spec that creates this vsock device.
+    pub fn device_spec(&self) -> DeviceSpec {
+        let VsockConfig {
+            guest_cid,
+            uds_path,
+        } = self.clone();
+        DeviceSpec::new(
+            format!(
+                "virtio-vsock (guest CID {guest_cid}, {})",
+                uds_path.display()
+            ),
+            move || {
+                let device = msbvm_virtio::vsock::Vsock::new(guest_cid.into(), uds_path.clone())
+                    .map_err(std::io::Error::other)?;
+                Ok(Box::new(device) as Box<dyn msbvm_virtio::VirtioDevice>)
+            },
+        )
+    }
 }
 
 /// Builds a virtio device when the VM starts (filesystem shares, network).
@@ -153,9 +180,7 @@ pub struct VmConfig {
     /// The instant the VMM's work started (its process start, as near as the
     /// caller can tell); boot-timer readings are relative to it.
     pub start_time: Instant,
-    /// Optional virtio-vsock device.
-    pub vsock: Option<VsockConfig>,
-    /// Further virtio devices, attached after vsock in this order.
+    /// The virtio devices (vsock, filesystems, network), attached in this order.
     pub devices: Vec<DeviceSpec>,
     /// Stops the VM from another thread.
     pub stop: StopHandle,
@@ -178,51 +203,73 @@ impl VmConfig {
             memory_mib: 256,
             console: ConsoleOutput::Stdout,
             start_time: Instant::now(),
-            vsock: None,
             devices: Vec::new(),
             stop: StopHandle::new(),
         }
     }
 
     /// Checks the numbers a user can get wrong, with a message naming the limit.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.vcpus == 0 || self.vcpus > Self::MAX_VCPUS {
-            return Err(format!(
-                "vCPU count {} is out of range: use 1 to {}",
-                self.vcpus,
-                Self::MAX_VCPUS
-            ));
+            return Err(ConfigError::Vcpus {
+                count: self.vcpus,
+                max: Self::MAX_VCPUS,
+            });
         }
         if self.memory_mib < Self::MIN_MEMORY_MIB || self.memory_mib > Self::MAX_MEMORY_MIB {
-            return Err(format!(
-                "memory size {} MiB is out of range: use {} to {} MiB",
-                self.memory_mib,
-                Self::MIN_MEMORY_MIB,
-                Self::MAX_MEMORY_MIB
-            ));
-        }
-        if let Some(v) = &self.vsock {
-            if v.guest_cid < 3 {
-                return Err(format!(
-                    "vsock guest CID {} is reserved: use 3 or more",
-                    v.guest_cid
-                ));
-            }
+            return Err(ConfigError::Memory {
+                mib: self.memory_mib,
+                min: Self::MIN_MEMORY_MIB,
+                max: Self::MAX_MEMORY_MIB,
+            });
         }
         if let BootSource::Linux { cmdline, .. } = &self.boot {
-            if cmdline.len() >= crate::layout::CMDLINE_MAX_SIZE {
-                return Err(format!(
-                    "kernel command line is {} bytes; the limit is {}",
-                    cmdline.len(),
-                    crate::layout::CMDLINE_MAX_SIZE - 1
-                ));
+            if cmdline.len() >= CMDLINE_MAX_SIZE {
+                return Err(ConfigError::CmdlineTooLong {
+                    len: cmdline.len(),
+                    limit: CMDLINE_MAX_SIZE - 1,
+                });
             }
             if cmdline.bytes().any(|b| b == 0) {
-                return Err("kernel command line contains a NUL byte".into());
+                return Err(ConfigError::CmdlineNul);
             }
         }
         Ok(())
     }
+}
+
+/// What is wrong with a [`VmConfig`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// Too few or too many vCPUs.
+    #[error("vCPU count {count} is out of range: use 1 to {max}")]
+    Vcpus {
+        /// The count asked for.
+        count: u8,
+        /// The largest accepted.
+        max: u8,
+    },
+    /// Too little or too much memory.
+    #[error("memory size {mib} MiB is out of range: use {min} to {max} MiB")]
+    Memory {
+        /// The size asked for.
+        mib: u64,
+        /// The smallest accepted.
+        min: u64,
+        /// The largest accepted.
+        max: u64,
+    },
+    /// The kernel command line does not fit.
+    #[error("kernel command line is {len} bytes; the limit is {limit}")]
+    CmdlineTooLong {
+        /// Its length.
+        len: usize,
+        /// The longest accepted.
+        limit: usize,
+    },
+    /// The kernel command line has a NUL byte.
+    #[error("kernel command line contains a NUL byte")]
+    CmdlineNul,
 }
 
 #[cfg(test)]
@@ -246,10 +293,14 @@ mod tests {
     fn rejects_zero_vcpus_and_tiny_memory() {
         let mut c = linux();
         c.vcpus = 0;
-        assert!(c.validate().unwrap_err().contains("vCPU count 0"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("vCPU count 0"));
         let mut c = linux();
         c.memory_mib = 1;
-        assert!(c.validate().unwrap_err().contains("1 MiB"));
+        assert!(c.validate().unwrap_err().to_string().contains("1 MiB"));
     }
 
     #[test]
@@ -260,6 +311,18 @@ mod tests {
             initrd: None,
             cmdline: "x".repeat(5000),
         };
-        assert!(c.validate().unwrap_err().contains("5000 bytes"));
+        assert!(c.validate().unwrap_err().to_string().contains("5000 bytes"));
+    }
+
+    #[test]
+    fn vsock_is_a_device_whose_cid_the_device_checks() {
+        let spec = VsockConfig {
+            guest_cid: 2,
+            uds_path: "/nonexistent/v.sock".into(),
+        }
+        .device_spec();
+        assert_eq!(spec.name, "virtio-vsock (guest CID 2, /nonexistent/v.sock)");
+        let err = (spec.make)().err().expect("CID 2 is the host's");
+        assert!(err.to_string().contains("guest CID 2 is reserved"), "{err}");
     }
 }

@@ -192,21 +192,31 @@ impl fmt::Display for VcpuFault {
 mod tests {
     use super::*;
 
+    /// A fault of vCPU 0 with `regs` (and RIP taken from them), no code bytes.
+    fn fault_at(kind: FaultKind, regs: FaultRegs) -> VcpuFault {
+        VcpuFault {
+            vcpu: 0,
+            kind,
+            rip: regs.rip,
+            insn_bytes: Vec::new(),
+            regs: Some(regs),
+        }
+    }
+
     #[test]
     fn fault_message_names_exit_vcpu_rip_and_bytes() {
-        let fault = VcpuFault {
-            vcpu: 1,
-            kind: FaultKind::EmulationFailure,
-            rip: 0x10_0010,
-            insn_bytes: vec![0x66, 0x0f, 0x74, 0xc0],
-            regs: Some(FaultRegs {
+        let mut fault = fault_at(
+            FaultKind::EmulationFailure,
+            FaultRegs {
                 rip: 0x10_0010,
                 rsp: 0x8ff0,
                 cr0: 0x8000_0011,
                 efer: 0x500,
                 ..Default::default()
-            }),
-        };
+            },
+        );
+        fault.vcpu = 1;
+        fault.insn_bytes = vec![0x66, 0x0f, 0x74, 0xc0];
         let text = fault.to_string();
         assert!(text.contains("vCPU 1"), "{text}");
         assert!(text.contains("KVM_EXIT_INTERNAL_ERROR"), "{text}");
@@ -220,18 +230,15 @@ mod tests {
 
     #[test]
     fn registers_reset_by_the_hypervisor_are_called_so() {
-        let fault = VcpuFault {
-            vcpu: 0,
-            kind: FaultKind::TripleFault,
-            rip: 0xfff0,
-            insn_bytes: Vec::new(),
-            regs: Some(FaultRegs {
+        let fault = fault_at(
+            FaultKind::TripleFault,
+            FaultRegs {
                 rip: 0xfff0,
                 cs_base: 0xffff_0000,
                 cr0: 0x6000_0010,
                 ..Default::default()
-            }),
-        };
+            },
+        );
         let text = fault.to_string();
         assert!(text.contains("KVM_EXIT_SHUTDOWN"), "{text}");
         assert!(text.contains("power-on state"), "{text}");

@@ -108,19 +108,45 @@ pub fn texts(buffer: &[u8]) -> String {
     out
 }
 
+/// Why the kernel log could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The kernel image could not be read.
+    #[error("cannot read {path}: {source}", path = .path.display())]
+    ReadKernel {
+        /// The image.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The image has no log buffer symbol.
+    #[error("the kernel image has no {LOG_BUF_SYMBOL} symbol (not an ELF vmlinux with symbols)")]
+    NoSymbol,
+    /// The symbol's address is not in a loaded segment.
+    #[error("{LOG_BUF_SYMBOL} lies outside the kernel's loaded segments")]
+    OutsideSegments,
+    /// Guest memory does not hold the buffer.
+    #[error("cannot read the log buffer at {phys:#x}: {source}")]
+    ReadBuffer {
+        /// Its guest-physical address.
+        phys: u64,
+        /// Why.
+        source: vm_memory::GuestMemoryError,
+    },
+}
+
 /// The last `max_lines` lines of the kernel log of the guest booted from
 /// `kernel`, read from `mem`, or why it cannot be had.
-pub fn read(mem: &GuestMemory, kernel: &Path, max_lines: usize) -> Result<String, String> {
-    let elf =
-        std::fs::read(kernel).map_err(|e| format!("cannot read {}: {e}", kernel.display()))?;
-    let (vaddr, size) = find_symbol(&elf, LOG_BUF_SYMBOL).ok_or_else(|| {
-        format!("the kernel image has no {LOG_BUF_SYMBOL} symbol (not an ELF vmlinux with symbols)")
+pub fn read(mem: &GuestMemory, kernel: &Path, max_lines: usize) -> Result<String, Error> {
+    let elf = std::fs::read(kernel).map_err(|source| Error::ReadKernel {
+        path: kernel.to_path_buf(),
+        source,
     })?;
-    let phys = virt_to_phys(&elf, vaddr)
-        .ok_or_else(|| format!("{LOG_BUF_SYMBOL} lies outside the kernel's loaded segments"))?;
+    let (vaddr, size) = find_symbol(&elf, LOG_BUF_SYMBOL).ok_or(Error::NoSymbol)?;
+    let phys = virt_to_phys(&elf, vaddr).ok_or(Error::OutsideSegments)?;
     let mut buffer = vec![0u8; size.min(MAX_BUFFER) as usize];
     mem.read_slice(&mut buffer, GuestAddress(phys))
-        .map_err(|e| format!("cannot read the log buffer at {phys:#x}: {e}"))?;
+        .map_err(|source| Error::ReadBuffer { phys, source })?;
     let text = texts(&buffer);
     let lines: Vec<&str> = text.lines().collect();
     Ok(lines[lines.len().saturating_sub(max_lines)..].join("\n"))

@@ -1,39 +1,59 @@
 //! msbvm's virtual machine monitor.
 //!
-//! The crate boots a Linux guest (or a hand-made test guest) in a KVM microVM and
-//! runs it until it powers off, reboots, panics or fails. The parts:
+//! The crate boots a Linux guest (or a hand-made test guest) in a microVM and
+//! runs it until it powers off, reboots, panics or fails. It is layered so that
+//! the core does not know which hypervisor runs the VM:
 //!
-//! - [`config`]: what to boot and with how many vCPUs and how much memory.
-//! - [`layout`] and [`memory`]: the guest-physical address map and the guest RAM.
-//! - [`boot`]: loading the kernel (PVH ELF or bzImage), initrd and command line,
-//!   and the boot-protocol structures that describe the machine to the kernel.
-//! - [`arch`]: x86_64 machine tables (MP table) and register/paging set-up.
-//! - [`devices`]: the port-I/O and MMIO buses and the legacy devices on them
-//!   (16550 console, i8042 reset line, msbvm's platform port).
-//! - [`kvm`]: the KVM backend: the VM, its vCPU threads and exit handling.
-//! - [`vm`]: the boot path that ties these together ([`vm::run`]).
+//! - [`hypervisor`]: the boundary, as traits (a hypervisor creates VMs; a VM
+//!   maps memory, wires interrupt lines and notification eventfds and creates
+//!   vCPUs; a vCPU runs until a hypervisor-neutral exit).
+//! - [`kvm`]: the KVM backend implementing them (and its x86 CPUID and register
+//!   set-up). The macOS Hypervisor.framework backend (`msbvm-hvf`) is to
+//!   implement the same traits.
+//! - [`arch`]: what depends on the guest architecture but not on the
+//!   hypervisor: for x86_64 the address map ([`arch::layout`]), the boot
+//!   protocols ([`arch::boot`]: PVH, 64-bit Linux, raw long mode), the MP
+//!   table, GDT and page tables, and the legacy PC devices and their places.
+//! - [`config`]: what to boot, with how many vCPUs, how much memory and which
+//!   virtio devices.
+//! - [`memory`]: the guest RAM.
+//! - [`devices`]: the buses, the console UART, msbvm's platform device and the
+//!   attachment of virtio-mmio devices.
+//! - [`vcpu`] and [`halt`]: the vCPU threads' run loop and the detection of a
+//!   guest halted for good.
+//! - [`vm`]: the boot path that ties these together ([`vm::run`]; [`run`] runs
+//!   it on KVM).
 //! - [`exit`]: how a VM ended, in words a user can act on.
 //! - [`klog`]: the guest kernel's log buffer, read back after a failure.
 //!
-//! Everything above `kvm` is hypervisor-neutral, so a second backend (the macOS
-//! Hypervisor.framework one in `msbvm-hvf`) plugs in beside it.
+//! The core ([`config`], [`memory`], [`devices`], [`vcpu`], [`halt`], [`vm`])
+//! reaches the hypervisor only through [`hypervisor`], and the architecture only
+//! through the names [`arch`] re-exports. Only [`run`] picks the backend.
 
 pub mod arch;
-pub mod boot;
 pub mod config;
 pub mod devices;
 pub mod exit;
+pub mod halt;
+pub mod hypervisor;
 pub mod klog;
 pub mod kvm;
-pub mod layout;
 pub mod memory;
 pub mod seccomp;
 pub mod stats;
+pub mod vcpu;
 pub mod vm;
 
+pub use arch::{boot, layout};
 pub use config::{
-    BootSource, ConsoleOutput, DeviceFactory, DeviceSpec, StopHandle, VmConfig, VsockConfig,
-    DEFAULT_CMDLINE,
+    BootSource, ConfigError, ConsoleOutput, DeviceFactory, DeviceSpec, StopHandle, VmConfig,
+    VsockConfig, DEFAULT_CMDLINE,
 };
 pub use exit::{FaultKind, FaultRegs, VcpuFault, VmExit};
-pub use vm::{run, Error, VmEvent, VmOutcome};
+pub use vm::{Error, VmEvent, VmOutcome};
+
+/// Boots the VM described by `config` on this host's KVM and runs it to the
+/// end (see [`vm::run`]). `on_event` is called on this thread as events happen.
+pub fn run(config: &VmConfig, on_event: impl FnMut(&VmEvent)) -> Result<VmOutcome, Error> {
+    vm::run(|| kvm::open().map_err(Into::into), config, on_event)
+}

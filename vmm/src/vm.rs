@@ -2,37 +2,36 @@
 //! [`VmOutcome`] once it stops.
 //!
 //! The calling thread becomes the VM's supervisor: it creates the memory, the
-//! KVM VM, the devices and one thread per vCPU, then waits for a vCPU to report
-//! the end. Whatever the end, every vCPU thread is stopped and joined before
-//! `run` returns, so nothing of the VM outlives the call.
+//! VM (through the [`Hypervisor`] it is given), the devices and one thread per
+//! vCPU, then waits for a vCPU to report the end. Whatever the end, every vCPU
+//! thread is stopped and joined before [`run`] returns, so nothing of the VM
+//! outlives the call. Nothing here knows which hypervisor runs the VM.
 
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
-use vmm_sys_util::eventfd::EventFd;
 
-use crate::boot::{self, EntryMode};
+use crate::arch::{self, boot, layout, EntryMode};
 use crate::config::{BootSource, VmConfig};
 use crate::devices::console::{Console, SharedConsole};
 use crate::devices::virtio::{self, VirtioSlots};
-use crate::devices::{i8042, platform, serial, Bus};
+use crate::devices::{self, Buses};
 use crate::exit::{FaultKind, VcpuFault, VmExit};
-use crate::kvm::halt::{self, HaltWatch};
-use crate::kvm::vcpu::{self, Report, Shared, Vcpu};
-use crate::kvm::{self, cpuid, regs, KvmVm};
-use crate::layout::{PLATFORM_MMIO_START, SERIAL_IRQ};
-use crate::memory;
+use crate::halt::{self, HaltWatch};
+use crate::hypervisor::{self, Hypervisor, Vcpu, Vm};
+use crate::memory::GuestMemory;
 use crate::stats::{self, MemoryStats};
+use crate::vcpu::{self, Report, Shared, VcpuThread};
 
 /// How often the supervisor wakes to flush the console.
 const TICK: Duration = Duration::from_millis(100);
 /// How often the supervisor samples the vCPU threads' scheduler state once
-/// every vCPU has stayed inside KVM_RUN this long (see [`halt`]).
+/// every vCPU has stayed inside the guest this long (see [`halt`]).
 const HALT_SAMPLE_EVERY: Duration = Duration::from_millis(500);
 /// Interval between kicks while waiting for vCPU threads to stop.
 const KICK_INTERVAL: Duration = Duration::from_millis(5);
@@ -42,17 +41,17 @@ const KICK_INTERVAL: Duration = Duration::from_millis(5);
 pub enum Error {
     /// The configuration is unusable.
     #[error("invalid VM configuration: {0}")]
-    Config(String),
-    /// KVM could not be opened or set up.
+    Config(#[from] crate::config::ConfigError),
+    /// The hypervisor could not be opened or set up.
     #[error(transparent)]
-    Kvm(#[from] kvm::Error),
+    Hypervisor(#[from] hypervisor::Error),
     /// Guest memory could not be allocated.
-    #[error("cannot allocate {mib} MiB of guest memory: {detail}")]
+    #[error("cannot allocate {mib} MiB of guest memory: {source}")]
     Memory {
         /// Requested size.
         mib: u64,
         /// Why.
-        detail: String,
+        source: vm_memory::mmap::FromRangesError,
     },
     /// Loading the kernel or writing boot structures failed.
     #[error(transparent)]
@@ -60,7 +59,7 @@ pub enum Error {
     /// The console destination could not be opened.
     #[error("cannot open the console output: {0}")]
     Console(std::io::Error),
-    /// A host resource (eventfd, thread) could not be created.
+    /// A host resource (thread) could not be created.
     #[error("cannot create {what}: {source}")]
     Host {
         /// What.
@@ -68,17 +67,9 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
-    /// A device could not be placed on a bus.
-    #[error("device layout: {0}")]
-    Bus(#[from] crate::devices::BusError),
-    /// A device could not be created.
-    #[error("cannot create the {what} device: {detail}")]
-    Device {
-        /// Which device.
-        what: &'static str,
-        /// Why.
-        detail: String,
-    },
+    /// A device could not be created or placed.
+    #[error(transparent)]
+    Devices(#[from] devices::Error),
 }
 
 /// Something that happened while the VM ran, delivered as it happens.
@@ -112,7 +103,7 @@ pub struct VmOutcome {
 const KERNEL_LOG_LINES: usize = 40;
 
 /// The end of the kernel log of a guest that faulted (see [`crate::klog`]).
-fn kernel_log_after_fault(config: &VmConfig, mem: &memory::GuestMemory) -> String {
+fn kernel_log_after_fault(config: &VmConfig, mem: &GuestMemory) -> String {
     match &config.boot {
         BootSource::Linux { kernel, .. } => crate::klog::read(mem, kernel, KERNEL_LOG_LINES)
             .unwrap_or_else(|why| format!("(kernel log unavailable: {why})")),
@@ -120,94 +111,203 @@ fn kernel_log_after_fault(config: &VmConfig, mem: &memory::GuestMemory) -> Strin
     }
 }
 
-/// Boots the VM described by `config` and runs it to the end. `on_event` is
-/// called on this thread as events happen.
-pub fn run(config: &VmConfig, mut on_event: impl FnMut(&VmEvent)) -> Result<VmOutcome, Error> {
-    config.validate().map_err(Error::Config)?;
-    let kvm_handle = kvm::open()?;
-
-    let mem = memory::create(config.memory_mib << 20).map_err(|e| Error::Memory {
-        mib: config.memory_mib,
-        detail: e.to_string(),
-    })?;
-    let vm = kvm::create_vm(kvm_handle, &mem)?;
-
-    let console = Console::open(&config.console).map_err(Error::Console)?;
-    let console = SharedConsole(Arc::new(Mutex::new(console)));
-    let (pio, mut mmio) = build_buses(&vm, &mem, console.clone())?;
-    let mut announce = Vec::new();
-    let mut slots = VirtioSlots::default();
-    if let Some(vsock) = &config.vsock {
-        let device =
-            msbvm_virtio::vsock::Vsock::new(vsock.guest_cid.into(), vsock.uds_path.clone())
-                .map_err(|e| Error::Device {
-                    what: "virtio-vsock",
-                    detail: e.to_string(),
-                })?;
-        announce.push(virtio::attach(
-            &vm,
-            &mem,
-            &mut mmio,
-            &mut slots,
-            Box::new(device),
-        )?);
-    }
-    for spec in &config.devices {
-        let device = (spec.make)().map_err(|e| Error::Device {
-            what: "virtio device",
-            detail: format!("{}: {e}", spec.name),
-        })?;
-        announce.push(virtio::attach(&vm, &mem, &mut mmio, &mut slots, device)?);
-    }
-    let entry = boot::load(
-        &mem,
-        &with_devices_announced(&config.boot, &announce),
-        config.vcpus,
-    )?;
-
-    let shared = Arc::new(Shared::new(config.vcpus));
-    let (tx, rx) = mpsc::channel();
-    vcpu::install_kick_handler();
-    let mut threads: Vec<JoinHandle<()>> = Vec::new();
-    let mut setup_error = None;
-    for index in 0..config.vcpus {
-        let result = create_vcpu(&vm, index, config.vcpus, entry).and_then(|fd| {
-            let vcpu = Vcpu {
-                index,
-                fd,
-                pio: pio.clone(),
-                mmio: mmio.clone(),
-                mem: mem.clone(),
-                shared: shared.clone(),
-                reports: tx.clone(),
-            };
-            std::thread::Builder::new()
-                .name(format!("msbvm-vcpu{index}"))
-                .spawn(move || {
-                    msbvm_virtio::confine::thread_started("vcpu");
-                    vcpu.run()
-                })
-                .map_err(|source| Error::Host {
-                    what: "vCPU thread",
-                    source,
-                })
-        });
-        match result {
-            Ok(handle) => threads.push(handle),
-            Err(e) => {
-                setup_error = Some(e);
-                break;
-            }
-        }
-    }
-    drop(tx);
-    if let Some(e) = setup_error {
-        stop_vcpus(&shared, threads);
-        return Err(e);
-    }
+/// Boots the VM described by `config` on the hypervisor `open` returns and
+/// runs it to the end. `on_event` is called on this thread as events happen.
+/// The configuration is checked before the hypervisor is opened, so a bad one
+/// is reported as such on any host.
+pub fn run<H: Hypervisor>(
+    open: impl FnOnce() -> Result<H, hypervisor::Error>,
+    config: &VmConfig,
+    mut on_event: impl FnMut(&VmEvent),
+) -> Result<VmOutcome, Error> {
+    config.validate()?;
+    let hypervisor = open()?;
+    let machine = Machine::build(&hypervisor, config)?;
+    let vcpus = Vcpus::start(&machine, config)?;
     // Set-up is over: from here this thread only supervises the vCPUs.
     msbvm_virtio::confine::thread_started("vm");
 
+    let (exit, boot_complete) = supervise(config, &machine.console, &vcpus, &mut on_event);
+    let stopped_after = config.start_time.elapsed();
+    vcpus.stop();
+    machine.console.flush_pending();
+    Ok(machine.outcome(config, exit, boot_complete, stopped_after))
+}
+
+/// Everything of a VM but its vCPU threads.
+struct Machine<V> {
+    /// The hypervisor's VM; dropped (after the vCPUs stopped) when `run` returns.
+    vm: V,
+    mem: GuestMemory,
+    console: SharedConsole,
+    buses: Buses,
+    entry: EntryMode,
+}
+
+impl<V: Vm> Machine<V> {
+    /// Memory, the VM, the devices and the loaded guest.
+    fn build<H: Hypervisor<Vm = V>>(hypervisor: &H, config: &VmConfig) -> Result<Self, Error> {
+        let mem =
+            layout::create_memory(config.memory_mib << 20).map_err(|source| Error::Memory {
+                mib: config.memory_mib,
+                source,
+            })?;
+        let vm = hypervisor.create_vm()?;
+        vm.map_memory(&mem)?;
+        vm.create_irqchip()?;
+
+        let console = Console::open(&config.console).map_err(Error::Console)?;
+        let console = SharedConsole(Arc::new(Mutex::new(console)));
+        let mut buses = Buses::default();
+        let register_irq = |event: &_, line| vm.register_irqfd(event, line).map_err(Into::into);
+        arch::attach_legacy_devices(register_irq, &mem, console.clone(), &mut buses)?;
+        let announce = attach_virtio_devices(&vm, &mem, &mut buses, config)?;
+        let entry = boot::load(
+            &mem,
+            &with_devices_announced(&config.boot, &announce),
+            config.vcpus,
+        )?;
+        Ok(Machine {
+            vm,
+            mem,
+            console,
+            buses,
+            entry,
+        })
+    }
+
+    /// The outcome of a run that ended with `exit`, read before the memory goes.
+    fn outcome(
+        &self,
+        config: &VmConfig,
+        exit: VmExit,
+        boot_complete: Option<Duration>,
+        stopped_after: Duration,
+    ) -> VmOutcome {
+        let guest_starts: Vec<usize> = self
+            .mem
+            .iter()
+            .filter_map(|r| self.mem.get_host_address(r.start_addr()).ok())
+            .map(|p| p as usize)
+            .collect();
+        let memory = stats::read(&guest_starts);
+        let kernel_log =
+            matches!(exit, VmExit::Fault(_)).then(|| kernel_log_after_fault(config, &self.mem));
+        VmOutcome {
+            exit,
+            boot_complete,
+            stopped_after,
+            memory,
+            console_tail: self.console.tail(),
+            kernel_log,
+        }
+    }
+}
+
+/// Creates every device of `config` and attaches it in order; returns their
+/// command-line entries.
+fn attach_virtio_devices(
+    vm: &impl Vm,
+    mem: &GuestMemory,
+    buses: &mut Buses,
+    config: &VmConfig,
+) -> Result<Vec<String>, devices::Error> {
+    let mut slots = VirtioSlots::new(layout::VIRTIO_MMIO_START, layout::VIRTIO_IRQS);
+    let mut announce = Vec::new();
+    for spec in &config.devices {
+        let device = (spec.make)().map_err(|source| devices::Error::Create {
+            name: spec.name.clone(),
+            source,
+        })?;
+        announce.push(virtio::attach(
+            vm,
+            mem,
+            &mut buses.mmio,
+            &mut slots,
+            device,
+        )?);
+    }
+    Ok(announce)
+}
+
+/// The running vCPU threads and what they share with the supervisor.
+struct Vcpus {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    reports: Receiver<Report>,
+}
+
+impl Vcpus {
+    /// Creates every vCPU (the boot one with its entry state) and its thread.
+    /// On failure the threads already started are stopped.
+    fn start<V: Vm>(machine: &Machine<V>, config: &VmConfig) -> Result<Self, Error> {
+        let (tx, reports) = mpsc::channel();
+        vcpu::install_kick_handler();
+        let mut vcpus = Vcpus {
+            shared: Arc::new(Shared::new(config.vcpus)),
+            threads: Vec::new(),
+            reports,
+        };
+        for index in 0..config.vcpus {
+            match spawn_vcpu(machine, index, config.vcpus, &vcpus.shared, &tx) {
+                Ok(handle) => vcpus.threads.push(handle),
+                Err(e) => {
+                    vcpus.stop();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(vcpus)
+    }
+
+    /// Raises the stop flag and kicks every vCPU thread until it has left its loop.
+    fn stop(self) {
+        stop_vcpus(&self.shared, self.threads);
+    }
+}
+
+/// Creates vCPU `index` of `count` and starts its thread.
+fn spawn_vcpu<V: Vm>(
+    machine: &Machine<V>,
+    index: u8,
+    count: u8,
+    shared: &Arc<Shared>,
+    reports: &mpsc::Sender<Report>,
+) -> Result<JoinHandle<()>, Error> {
+    let mut vcpu = machine.vm.create_vcpu(index, count)?;
+    // Application processors wait for the boot CPU's start-up IPI in the
+    // hypervisor's local APIC; only the boot CPU gets an entry state.
+    if index == 0 {
+        vcpu.set_entry(machine.entry)?;
+    }
+    let thread = VcpuThread {
+        index,
+        vcpu,
+        buses: machine.buses.clone(),
+        mem: machine.mem.clone(),
+        shared: shared.clone(),
+        reports: reports.clone(),
+    };
+    std::thread::Builder::new()
+        .name(format!("msbvm-vcpu{index}"))
+        .spawn(move || {
+            msbvm_virtio::confine::thread_started("vcpu");
+            thread.run()
+        })
+        .map_err(|source| Error::Host {
+            what: "vCPU thread",
+            source,
+        })
+}
+
+/// Waits for the vCPUs' reports until the VM ends; returns how, and when the
+/// guest reported boot completion.
+fn supervise(
+    config: &VmConfig,
+    console: &SharedConsole,
+    vcpus: &Vcpus,
+    on_event: &mut impl FnMut(&VmEvent),
+) -> (VmExit, Option<Duration>) {
     let mut boot_complete = None;
     let mut halted = vec![false; config.vcpus as usize];
     let mut watch = HaltWatch::new(config.vcpus as usize);
@@ -216,7 +316,7 @@ pub fn run(config: &VmConfig, mut on_event: impl FnMut(&VmEvent)) -> Result<VmOu
         if config.stop.is_stopped() {
             break VmExit::Stopped;
         }
-        match rx.recv_timeout(TICK) {
+        match vcpus.reports.recv_timeout(TICK) {
             Ok(Report::Stop(exit)) => break exit,
             Ok(Report::BootComplete(at)) => {
                 let since = at.saturating_duration_since(config.start_time);
@@ -235,8 +335,8 @@ pub fn run(config: &VmConfig, mut on_event: impl FnMut(&VmEvent)) -> Result<VmOu
                     continue;
                 }
                 last_sample = Instant::now();
-                if check_for_halt(&shared, &mut watch) {
-                    for (index, handle) in threads.iter().enumerate() {
+                if check_for_halt(&vcpus.shared, &mut watch) {
+                    for (index, handle) in vcpus.threads.iter().enumerate() {
                         if !halted[index] {
                             kick(handle);
                         }
@@ -254,32 +354,14 @@ pub fn run(config: &VmConfig, mut on_event: impl FnMut(&VmEvent)) -> Result<VmOu
             }
         }
     };
-    let stopped_after = config.start_time.elapsed();
-    stop_vcpus(&shared, threads);
-    console.flush_pending();
-
-    let guest_starts: Vec<usize> = mem
-        .iter()
-        .filter_map(|r| mem.get_host_address(r.start_addr()).ok())
-        .map(|p| p as usize)
-        .collect();
-    let memory = stats::read(&guest_starts);
-    let kernel_log = matches!(exit, VmExit::Fault(_)).then(|| kernel_log_after_fault(config, &mem));
-    Ok(VmOutcome {
-        exit,
-        boot_complete,
-        stopped_after,
-        memory,
-        console_tail: console.tail(),
-        kernel_log,
-    })
+    (exit, boot_complete)
 }
 
 /// Samples the vCPU threads for [`HaltWatch`]; true when they should be
 /// kicked to check for a halt with interrupts off. The scheduler is only asked
-/// once every vCPU has been inside KVM_RUN for a while (a vCPU exiting to user
+/// once every vCPU has been inside the guest for a while (a vCPU exiting to user
 /// space is visibly alive). Where `/proc` cannot be read (a confined runtime),
-/// the time since the vCPU last entered KVM_RUN stands in: coarser (an idle
+/// the time since the vCPU last entered the guest stands in: coarser (an idle
 /// guest looks quiet too), but the watcher's backoff still bounds the checks.
 fn check_for_halt(shared: &Shared, watch: &mut HaltWatch) -> bool {
     let samples: Vec<_> = (0..shared.tids.len())
@@ -321,73 +403,9 @@ fn with_devices_announced(boot: &BootSource, entries: &[String]) -> BootSource {
     }
 }
 
-/// Port-I/O and MMIO buses with the console UART, the i8042 and the platform device.
-fn build_buses(
-    vm: &KvmVm,
-    mem: &memory::GuestMemory,
-    console: SharedConsole,
-) -> Result<(Bus, Bus), Error> {
-    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Host {
-        what: "serial interrupt eventfd",
-        source,
-    })?;
-    vm.fd
-        .register_irqfd(&irq, SERIAL_IRQ)
-        .map_err(kvm::ioctl("KVM_IRQFD"))?;
-    let serial = Arc::new(Mutex::new(serial::SerialDevice::new(irq, console)));
-    let i8042 = Arc::new(Mutex::new(i8042::I8042::new(mem.clone())));
-    let platform = Arc::new(Mutex::new(platform::Platform::default()));
-
-    let mut pio = Bus::new();
-    pio.insert(serial, serial::COM1_BASE, serial::COM1_LEN)?;
-    pio.insert(
-        i8042,
-        i8042::DATA_PORT,
-        i8042::COMMAND_PORT - i8042::DATA_PORT + 1,
-    )?;
-    pio.insert(platform.clone(), platform::PORT_BASE, platform::LEN)?;
-    let mut mmio = Bus::new();
-    mmio.insert(platform, PLATFORM_MMIO_START, platform::LEN)?;
-    Ok((pio, mmio))
-}
-
-fn create_vcpu(
-    vm: &KvmVm,
-    index: u8,
-    count: u8,
-    entry: EntryMode,
-) -> Result<kvm_ioctls::VcpuFd, Error> {
-    let fd = vm
-        .fd
-        .create_vcpu(index as u64)
-        .map_err(kvm::ioctl("KVM_CREATE_VCPU"))?;
-    let host = cpuid::HostFeatures {
-        tsc_deadline_timer: vm.kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
-    };
-    fd.set_cpuid2(&cpuid::for_vcpu(&vm.supported_cpuid, index, count, host))
-        .map_err(kvm::ioctl("KVM_SET_CPUID2"))?;
-    let (set, wanted) = regs::setup_msrs(&fd).map_err(kvm::ioctl("KVM_SET_MSRS"))?;
-    if set != wanted {
-        tracing::warn!(
-            vcpu = index,
-            set,
-            wanted,
-            "KVM accepted only some boot MSRs"
-        );
-    }
-    regs::setup_fpu(&fd).map_err(kvm::ioctl("KVM_SET_FPU"))?;
-    regs::setup_lint(&fd).map_err(kvm::ioctl("KVM_SET_LAPIC"))?;
-    // Application processors wait for the boot CPU's INIT/SIPI in the
-    // in-kernel local APIC; only the boot CPU gets an entry state.
-    if index == 0 {
-        regs::setup_boot_vcpu(&fd, entry).map_err(kvm::ioctl("KVM_SET_REGS"))?;
-    }
-    Ok(fd)
-}
-
 fn kick(handle: &JoinHandle<()>) {
     // SAFETY: the thread is alive (not joined) while we hold its handle, and the
-    // kick signal has a handler installed, so delivery only interrupts KVM_RUN.
+    // kick signal has a handler installed, so delivery only interrupts the vCPU's run call.
     unsafe {
         libc::pthread_kill(handle.as_pthread_t() as _, vcpu::kick_signal());
     }
@@ -398,7 +416,7 @@ fn stop_vcpus(shared: &Shared, threads: Vec<JoinHandle<()>>) {
     shared.stop.store(true, Ordering::Release);
     let deadline = Instant::now() + Duration::from_secs(10);
     for handle in threads {
-        // The kick can land just before the thread re-enters KVM_RUN, so keep
+        // The kick can land just before the thread re-enters the guest, so keep
         // kicking until it is out.
         while !handle.is_finished() && Instant::now() < deadline {
             kick(&handle);

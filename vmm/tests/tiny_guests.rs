@@ -189,6 +189,33 @@ fn i8042_reset_is_a_reboot() {
     assert_eq!(run(guest, 1).exit, VmExit::Reboot);
 }
 
+/// Runs raw `code` on one vCPU and asks the VM to stop `after` this long;
+/// returns how it ended.
+fn run_until_stopped(code: Vec<u8>, after: Duration) -> VmExit {
+    let mut config = VmConfig::new(BootSource::RawLongMode {
+        code,
+        load_addr: LOAD,
+    });
+    config.memory_mib = 32;
+    config.console = ConsoleOutput::Sink;
+    let stop = config.stop.clone();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(after);
+        stop.stop();
+    });
+    let outcome = msbvm_vmm::run(&config, |_| {}).expect("VM starts");
+    stopper.join().unwrap();
+    outcome.exit
+}
+
+/// Runs `cli; hlt` on the boot CPU of `vcpus` and checks the VM is found
+/// halted well within the halt watcher's backoff.
+fn assert_halted_soon(vcpus: u8) {
+    let r = run(code(&[&[0xfa, 0xf4]]), vcpus);
+    assert_eq!(r.exit, VmExit::Halted);
+    assert!(r.took < Duration::from_secs(30), "took {:?}", r.took);
+}
+
 #[test]
 fn halt_with_interrupts_off_is_detected() {
     if !kvm_available("halt_with_interrupts_off_is_detected") {
@@ -198,9 +225,7 @@ fn halt_with_interrupts_off_is_detected() {
     // first, but which line depends on the path (`System halted`, `Power off
     // not available: System halted instead`) and a guest may print nothing:
     // the detection must not depend on the console.
-    let r = run(code(&[&[0xfa, 0xf4]]), 1);
-    assert_eq!(r.exit, VmExit::Halted);
-    assert!(r.took < Duration::from_secs(30), "took {:?}", r.took);
+    assert_halted_soon(1);
     let r = run(
         code(&[
             &print(b"reboot: Power off not available: System halted instead\n"),
@@ -217,9 +242,7 @@ fn halt_with_an_application_processor_never_started_is_detected() {
         return;
     }
     // vCPU 1 waits for a start-up IPI that the halted boot CPU will never send.
-    let r = run(code(&[&[0xfa, 0xf4]]), 2);
-    assert_eq!(r.exit, VmExit::Halted);
-    assert!(r.took < Duration::from_secs(30), "took {:?}", r.took);
+    assert_halted_soon(2);
 }
 
 #[test]
@@ -229,20 +252,11 @@ fn idle_guest_with_interrupts_on_is_not_halted() {
     }
     // sti; hlt with no interrupt source: idle, not dead. It must survive
     // several halt checks and end only when the host stops it.
-    let mut config = VmConfig::new(BootSource::RawLongMode {
-        code: vec![0xfb, 0xf4, 0xeb, 0xfc], // sti; hlt; jmp back to hlt
-        load_addr: LOAD,
-    });
-    config.memory_mib = 32;
-    config.console = ConsoleOutput::Sink;
-    let stop = config.stop.clone();
-    let stopper = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(5));
-        stop.stop();
-    });
-    let outcome = msbvm_vmm::run(&config, |_| {}).expect("VM starts");
-    stopper.join().unwrap();
-    assert_eq!(outcome.exit, VmExit::Stopped);
+    let code = vec![0xfb, 0xf4, 0xeb, 0xfc]; // sti; hlt; jmp back to hlt
+    assert_eq!(
+        run_until_stopped(code, Duration::from_secs(5)),
+        VmExit::Stopped
+    );
 }
 
 #[test]
@@ -348,18 +362,9 @@ fn stop_handle_ends_a_spinning_guest() {
     if !kvm_available("stop_handle_ends_a_spinning_guest") {
         return;
     }
-    let mut config = VmConfig::new(BootSource::RawLongMode {
-        code: vec![0xeb, 0xfe], // jmp $
-        load_addr: LOAD,
-    });
-    config.memory_mib = 32;
-    config.console = ConsoleOutput::Sink;
-    let stop = config.stop.clone();
-    let stopper = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(300));
-        stop.stop();
-    });
-    let outcome = msbvm_vmm::run(&config, |_| {}).expect("VM starts");
-    stopper.join().unwrap();
-    assert_eq!(outcome.exit, VmExit::Stopped);
+    let code = vec![0xeb, 0xfe]; // jmp $
+    assert_eq!(
+        run_until_stopped(code, Duration::from_millis(300)),
+        VmExit::Stopped
+    );
 }

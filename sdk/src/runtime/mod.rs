@@ -355,7 +355,7 @@ impl Supervisor<'_> {
             started: self.started,
         });
         let mut config = config;
-        config.devices = devices.specs.clone();
+        config.devices.extend(devices.specs.iter().cloned());
         self.devices = Some(devices);
         self.stop = config.stop.clone();
         reporter.send(&Report::Booting);

@@ -73,11 +73,11 @@ pub fn config(request: &VmRequest<'_>) -> VmConfig {
         memory_mib: request.memory_mib,
         console: console_output(request.dir),
         start_time: request.started,
-        vsock: Some(VsockConfig {
+        devices: vec![VsockConfig {
             guest_cid: msbvm_protocol::GUEST_CID,
             uds_path: device_socket_path(request.dir),
-        }),
-        devices: Vec::new(),
+        }
+        .device_spec()],
         stop: StopHandle::new(),
     }
 }
@@ -98,10 +98,8 @@ pub fn spawn(config: VmConfig, events: Sender<Event>) -> std::io::Result<JoinHan
 
 /// The SDK error for a VM that could not start.
 pub fn vm_error(e: &msbvm_vmm::Error) -> Error {
-    use msbvm_vmm::kvm::Error as Kvm;
     match e {
-        msbvm_vmm::Error::Kvm(Kvm::NoKvmDevice | Kvm::KvmPermission) => Error::NoKvm(e.to_string()),
-        msbvm_vmm::Error::Kvm(Kvm::OpenKvm(_)) => Error::NoKvm(e.to_string()),
+        msbvm_vmm::Error::Hypervisor(h) if h.is_unavailable() => Error::NoKvm(e.to_string()),
         other => Error::Vm(other.to_string()),
     }
 }
@@ -141,12 +139,10 @@ mod tests {
         });
         assert_eq!(c.vcpus, 2);
         assert_eq!(c.memory_mib, 300);
+        let names: Vec<_> = c.devices.iter().map(|d| d.name.as_str()).collect();
         assert_eq!(
-            c.vsock,
-            Some(VsockConfig {
-                guest_cid: 3,
-                uds_path: "/h/sandboxes/b/vsock.sock".into()
-            })
+            names,
+            ["virtio-vsock (guest CID 3, /h/sandboxes/b/vsock.sock)"]
         );
         assert!(c.validate().is_ok());
         let long = SandboxDir::in_home(&Path::new("/").join("h".repeat(80)), "b").unwrap();
@@ -155,12 +151,16 @@ mod tests {
 
     #[test]
     fn kvm_errors_become_no_kvm() {
-        let e = vm_error(&msbvm_vmm::Error::Kvm(msbvm_vmm::kvm::Error::KvmPermission));
+        let e = vm_error(&msbvm_vmm::Error::Hypervisor(
+            msbvm_vmm::kvm::Error::KvmPermission.into(),
+        ));
         assert!(
             matches!(e, Error::NoKvm(ref m) if m.contains("usermod")),
             "{e}"
         );
-        let e = vm_error(&msbvm_vmm::Error::Config("bad".into()));
+        let e = vm_error(&msbvm_vmm::Error::Config(
+            msbvm_vmm::ConfigError::CmdlineNul,
+        ));
         assert!(matches!(e, Error::Vm(_)), "{e}");
     }
 }

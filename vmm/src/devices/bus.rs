@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use crate::exit::VmExit;
+use crate::hypervisor::DeviceAccess;
 
 /// What a device access asks the VMM to do beyond answering it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,6 +104,35 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> Option<BusEvent> {
         let (offset, dev) = self.find(addr, data.len())?;
         lock(dev).write(offset, data)
+    }
+}
+
+/// The VM's two address spaces: what a vCPU's device exits are answered from.
+#[derive(Clone, Default)]
+pub struct Buses {
+    /// Port I/O (x86 only; empty elsewhere).
+    pub pio: Bus,
+    /// Memory-mapped I/O.
+    pub mmio: Bus,
+}
+
+impl DeviceAccess for Buses {
+    type Event = BusEvent;
+
+    fn pio_read(&mut self, port: u16, data: &mut [u8]) {
+        self.pio.read(port.into(), data);
+    }
+
+    fn pio_write(&mut self, port: u16, data: &[u8]) -> Option<BusEvent> {
+        self.pio.write(port.into(), data)
+    }
+
+    fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
+        self.mmio.read(addr, data);
+    }
+
+    fn mmio_write(&mut self, addr: u64, data: &[u8]) -> Option<BusEvent> {
+        self.mmio.write(addr, data)
     }
 }
 

@@ -6,7 +6,8 @@
 //! Firecracker's: the guest writes a marker when it considers itself booted and
 //! the VMM records the time since its own start.
 //!
-//! Layout (port I/O at [`PORT_BASE`], MMIO at `layout::PLATFORM_MMIO_START`):
+//! Layout (MMIO at `layout::PLATFORM_MMIO_START`, and on x86 also port I/O at
+//! `layout::PLATFORM_PORT_BASE`):
 //!
 //! | offset | width | access | meaning |
 //! |---|---|---|---|
@@ -18,8 +19,6 @@
 use super::bus::{BusDevice, BusEvent};
 use crate::exit::VmExit;
 
-/// I/O port base of the device.
-pub const PORT_BASE: u64 = 0x0440;
 /// Size of the register block.
 pub const LEN: u64 = 8;
 /// Offset of the boot-timer register.

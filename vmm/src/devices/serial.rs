@@ -1,4 +1,5 @@
-//! The 16550 UART at COM1 (vm-superio), wired to the console and to IRQ 4.
+//! The 16550 UART (vm-superio), wired to the console and to an interrupt line
+//! (on x86 COM1 and IRQ 4: see `arch::x86_64::legacy`).
 
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
@@ -6,10 +7,8 @@ use vmm_sys_util::eventfd::EventFd;
 use super::bus::{BusDevice, BusEvent};
 use super::console::SharedConsole;
 
-/// I/O port base of COM1.
-pub const COM1_BASE: u64 = 0x3f8;
 /// Number of UART registers.
-pub const COM1_LEN: u64 = 8;
+pub const LEN: u64 = 8;
 
 /// Raises the UART's interrupt by signalling an eventfd the hypervisor turns
 /// into the IRQ (irqfd).

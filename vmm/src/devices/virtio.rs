@@ -9,22 +9,16 @@
 
 use std::sync::{Arc, Mutex};
 
-use kvm_ioctls::IoEventAddress;
 use msbvm_virtio::{MmioTransport, VirtioDevice};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::bus::{Bus, BusDevice, BusEvent};
-use crate::kvm::{self, KvmVm};
-use crate::layout::{IOAPIC_PINS, VIRTIO_MMIO_START};
+use super::Error;
+use crate::hypervisor::{IoEventAddress, Vm};
 use crate::memory::GuestMemory;
-use crate::vm::Error;
 
 /// Size of each device's MMIO window.
 pub const MMIO_WINDOW: u64 = 0x1000;
-/// Offset of the QueueNotify register in the virtio-mmio layout.
-const QUEUE_NOTIFY_OFFSET: u64 = msbvm_virtio::QUEUE_NOTIFY_OFFSET;
-/// First interrupt line given to virtio devices (COM1 has 4).
-pub const FIRST_GSI: u32 = 5;
 
 /// A transport as a bus device.
 pub struct VirtioMmio(pub MmioTransport);
@@ -41,20 +35,23 @@ impl BusDevice for VirtioMmio {
 }
 
 /// Hands out MMIO windows and interrupt lines to devices in order.
-#[derive(Default)]
 pub struct VirtioSlots {
-    next: u32,
+    base: u64,
+    lines: std::ops::Range<u32>,
 }
 
 impl VirtioSlots {
-    /// The next (MMIO base, GSI), or `None` when interrupt lines ran out.
+    /// Windows from `base` up, one page each, with the interrupt lines `lines`
+    /// (where the architecture places them: `arch::layout`).
+    pub fn new(base: u64, lines: std::ops::Range<u32>) -> Self {
+        VirtioSlots { base, lines }
+    }
+
+    /// The next (MMIO base, interrupt line), or `None` when interrupt lines ran out.
     pub fn take(&mut self) -> Option<(u64, u32)> {
-        let gsi = FIRST_GSI + self.next;
-        if gsi >= IOAPIC_PINS as u32 {
-            return None;
-        }
-        let base = VIRTIO_MMIO_START + self.next as u64 * MMIO_WINDOW;
-        self.next += 1;
+        let gsi = self.lines.next()?;
+        let base = self.base;
+        self.base += MMIO_WINDOW;
         Some((base, gsi))
     }
 }
@@ -65,36 +62,27 @@ pub fn cmdline_entry(base: u64, gsi: u32) -> String {
 }
 
 /// Puts `device` on `mmio` at the next slot, wires its notifications and
-/// interrupt through KVM, and returns its command-line entry.
+/// interrupt through the hypervisor, and returns its command-line entry.
 pub fn attach(
-    vm: &KvmVm,
+    vm: &impl Vm,
     mem: &GuestMemory,
     mmio: &mut Bus,
     slots: &mut VirtioSlots,
     device: Box<dyn VirtioDevice>,
 ) -> Result<String, Error> {
-    let (base, gsi) = slots
-        .take()
-        .ok_or_else(|| Error::Config("too many virtio devices for the interrupt lines".into()))?;
+    let (base, gsi) = slots.take().ok_or(Error::NoSlot)?;
     let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Host {
         what: "virtio interrupt eventfd",
         source,
     })?;
-    vm.fd
-        .register_irqfd(&irq, gsi)
-        .map_err(kvm::ioctl("KVM_IRQFD"))?;
+    vm.register_irqfd(&irq, gsi)?;
     let transport = MmioTransport::new(mem.clone(), device, irq).map_err(|source| Error::Host {
         what: "virtio-mmio transport",
         source,
     })?;
     for (index, event) in transport.queue_events().iter().enumerate() {
-        vm.fd
-            .register_ioevent(
-                event,
-                &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
-                index as u32,
-            )
-            .map_err(kvm::ioctl("KVM_IOEVENTFD"))?;
+        let notify = base + msbvm_virtio::QUEUE_NOTIFY_OFFSET;
+        vm.register_ioevent(event, IoEventAddress::Mmio(notify), index as u32)?;
     }
     mmio.insert(
         Arc::new(Mutex::new(VirtioMmio(transport))),
@@ -110,14 +98,14 @@ mod tests {
 
     #[test]
     fn slots_are_pages_with_their_own_lines() {
-        let mut s = VirtioSlots::default();
-        assert_eq!(s.take(), Some((VIRTIO_MMIO_START, 5)));
-        assert_eq!(s.take(), Some((VIRTIO_MMIO_START + 0x1000, 6)));
+        let mut s = VirtioSlots::new(0xd000_1000, 5..24);
+        assert_eq!(s.take(), Some((0xd000_1000, 5)));
+        assert_eq!(s.take(), Some((0xd000_1000 + 0x1000, 6)));
         let mut n = 2;
         while s.take().is_some() {
             n += 1;
         }
-        assert_eq!(n, IOAPIC_PINS as u32 - FIRST_GSI);
+        assert_eq!(n, 24 - 5);
     }
 
     #[test]

@@ -1,8 +1,10 @@
-//! The KVM backend: opening /dev/kvm, creating the VM with its in-kernel
-//! irqchip and guest memory, and running vCPU threads ([`vcpu`]).
+//! The KVM backend: opening /dev/kvm ([`Kvm`]), and the KVM implementations
+//! of the [`crate::hypervisor`] traits: the VM with its in-kernel irqchip and
+//! memory slots ([`KvmVm`]) and its vCPUs ([`vcpu::KvmVcpu`]). The CPUID table
+//! in KVM's form ([`cpuid`]) and the initial registers ([`regs`]) are KVM's
+//! x86 set-up.
 
 pub mod cpuid;
-pub mod halt;
 pub mod regs;
 pub mod vcpu;
 
@@ -12,10 +14,13 @@ use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
     KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Cap, Kvm, VmFd};
+use kvm_ioctls::{Cap, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
 
-use crate::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
+use crate::arch::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
+use crate::arch::x86_64::cpuid::HostFeatures;
+use crate::hypervisor::{self, Hypervisor, IoEventAddress, Vm};
 use crate::memory::GuestMemory;
 
 /// Errors from setting up KVM.
@@ -46,14 +51,13 @@ pub enum Error {
     },
 }
 
-/// Wraps an ioctl error with the name of the operation.
-pub fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
-    move |source| Error::Ioctl { what, source }
-}
-
 /// Opens /dev/kvm with errors that name the fix.
 pub fn open() -> Result<Kvm, Error> {
-    let kvm = Kvm::new().map_err(|e| match e.errno() {
+    open_kvm().map(|kvm| Kvm { kvm })
+}
+
+fn open_kvm() -> Result<kvm_ioctls::Kvm, Error> {
+    let kvm = kvm_ioctls::Kvm::new().map_err(|e| match e.errno() {
         libc::ENOENT => Error::NoKvmDevice,
         libc::EACCES | libc::EPERM => Error::KvmPermission,
         _ => Error::OpenKvm(e),
@@ -75,59 +79,136 @@ pub fn open() -> Result<Kvm, Error> {
     Ok(kvm)
 }
 
-/// A VM with its memory registered and its interrupt controllers created.
-pub struct KvmVm {
-    /// The system handle.
-    pub kvm: Kvm,
-    /// The VM handle.
-    pub fd: VmFd,
-    /// The CPUID table KVM supports on this host.
-    pub supported_cpuid: CpuId,
+impl From<Error> for hypervisor::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::NoKvmDevice | Error::KvmPermission | Error::OpenKvm(_) => {
+                hypervisor::Error::Unavailable(Box::new(e))
+            }
+            Error::ApiVersion(_) | Error::MissingCapability(_) | Error::Ioctl { .. } => {
+                hypervisor::Error::Failed(Box::new(e))
+            }
+        }
+    }
 }
 
-/// Creates a VM over `mem`: memory slots, TSS and identity-map pages, the
-/// in-kernel PIC + IO-APIC + local APICs, and the PIT.
-pub fn create_vm(kvm: Kvm, mem: &GuestMemory) -> Result<KvmVm, Error> {
-    let fd = kvm.create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
-    for (slot, region) in mem.iter().enumerate() {
-        let host = mem
-            .get_host_address(region.start_addr())
-            .map_err(|_| Error::Ioctl {
-                what: "guest memory lookup",
-                source: kvm_ioctls::Error::new(libc::EFAULT),
-            })?;
-        let region = kvm_userspace_memory_region {
-            slot: slot as u32,
-            flags: 0,
-            guest_phys_addr: region.start_addr().raw_value(),
-            memory_size: region.len(),
-            userspace_addr: host as u64,
-        };
-        // SAFETY: the region is a live mapping owned by `mem`, which the caller
-        // keeps alive for as long as the VM runs (it outlives every vCPU thread).
-        unsafe { fd.set_user_memory_region(region) }
-            .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+/// Shorthand for a failed ioctl as a hypervisor error.
+fn failed(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> hypervisor::Error {
+    move |source| Error::Ioctl { what, source }.into()
+}
+
+/// An open /dev/kvm.
+pub struct Kvm {
+    kvm: kvm_ioctls::Kvm,
+}
+
+impl Hypervisor for Kvm {
+    type Vm = KvmVm;
+
+    fn create_vm(&self) -> Result<KvmVm, hypervisor::Error> {
+        let fd = self.kvm.create_vm().map_err(failed("KVM_CREATE_VM"))?;
+        let supported_cpuid = self
+            .kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(failed("KVM_GET_SUPPORTED_CPUID"))?;
+        Ok(KvmVm {
+            fd,
+            supported_cpuid,
+            host: HostFeatures {
+                tsc_deadline_timer: self.kvm.check_extension(Cap::TscDeadlineTimer),
+            },
+            has_pit2: self.kvm.check_extension(Cap::Pit2),
+            memory: std::sync::Mutex::new(Vec::new()),
+        })
     }
-    fd.set_tss_address(KVM_TSS_ADDRESS as usize)
-        .map_err(ioctl("KVM_SET_TSS_ADDR"))?;
-    fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
-        .map_err(ioctl("KVM_SET_IDENTITY_MAP_ADDR"))?;
-    fd.create_irq_chip().map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
-    if kvm.check_extension(Cap::Pit2) {
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        fd.create_pit2(pit).map_err(ioctl("KVM_CREATE_PIT2"))?;
+}
+
+/// A KVM VM.
+pub struct KvmVm {
+    fd: VmFd,
+    /// The CPUID table KVM supports on this host.
+    supported_cpuid: CpuId,
+    /// Host features the guest CPUID depends on.
+    host: HostFeatures,
+    /// Whether KVM can emulate the PIT.
+    has_pit2: bool,
+    /// The guest memory mapped into the slots, held so the mappings outlive the VM.
+    memory: std::sync::Mutex<Vec<GuestMemory>>,
+}
+
+impl Vm for KvmVm {
+    type Vcpu = vcpu::KvmVcpu;
+
+    fn map_memory(&self, mem: &GuestMemory) -> Result<(), hypervisor::Error> {
+        let mut held = self.memory.lock().unwrap_or_else(|p| p.into_inner());
+        let first_slot = held.iter().map(|m| m.num_regions()).sum::<usize>();
+        for (i, region) in mem.iter().enumerate() {
+            let host = mem
+                .get_host_address(region.start_addr())
+                .map_err(|_| failed("guest memory lookup")(kvm_ioctls::Error::new(libc::EFAULT)))?;
+            let region = kvm_userspace_memory_region {
+                slot: (first_slot + i) as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().raw_value(),
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: the region is a live mapping of `mem`, and a clone of `mem`
+            // (which shares its mappings) is held in `self.memory` for as long as
+            // the VM exists, so the guest never sees the mapping go away.
+            unsafe { self.fd.set_user_memory_region(region) }
+                .map_err(failed("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+        held.push(mem.clone());
+        Ok(())
     }
-    let supported_cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?;
-    Ok(KvmVm {
-        kvm,
-        fd,
-        supported_cpuid,
-    })
+
+    fn create_irqchip(&self) -> Result<(), hypervisor::Error> {
+        self.fd
+            .set_tss_address(KVM_TSS_ADDRESS as usize)
+            .map_err(failed("KVM_SET_TSS_ADDR"))?;
+        self.fd
+            .set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
+            .map_err(failed("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        self.fd
+            .create_irq_chip()
+            .map_err(failed("KVM_CREATE_IRQCHIP"))?;
+        if self.has_pit2 {
+            let pit = kvm_pit_config {
+                flags: KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            };
+            self.fd
+                .create_pit2(pit)
+                .map_err(failed("KVM_CREATE_PIT2"))?;
+        }
+        Ok(())
+    }
+
+    fn register_irqfd(&self, event: &EventFd, line: u32) -> Result<(), hypervisor::Error> {
+        self.fd
+            .register_irqfd(event, line)
+            .map_err(failed("KVM_IRQFD"))
+    }
+
+    fn register_ioevent(
+        &self,
+        event: &EventFd,
+        addr: IoEventAddress,
+        datamatch: u32,
+    ) -> Result<(), hypervisor::Error> {
+        let addr = match addr {
+            IoEventAddress::Pio(a) => kvm_ioctls::IoEventAddress::Pio(a),
+            IoEventAddress::Mmio(a) => kvm_ioctls::IoEventAddress::Mmio(a),
+        };
+        self.fd
+            .register_ioevent(event, &addr, datamatch)
+            .map_err(failed("KVM_IOEVENTFD"))
+    }
+
+    fn create_vcpu(&self, index: u8, count: u8) -> Result<vcpu::KvmVcpu, hypervisor::Error> {
+        vcpu::KvmVcpu::new(self, index, count)
+    }
 }
 
 /// What kind of KVM this host offers.

@@ -1,36 +1,12 @@
-//! Initial vCPU state for each entry mode: registers, segments, control
-//! registers, MSRs, FPU and the local APIC's legacy interrupt pins.
+//! Loading x86 register state into a KVM vCPU: the entry state
+//! ([`crate::arch::x86_64::regs::EntryState`]), the boot MSRs, the FPU reset
+//! values and the in-kernel local APIC's legacy interrupt pins.
 
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs};
 use kvm_ioctls::VcpuFd;
 
-use crate::arch::x86_64::gdt::{self, Segment};
-use crate::boot::EntryMode;
-use crate::layout::{BOOT_GDT_START, BOOT_IDT_START, BOOT_STACK_POINTER, PML4_START};
-
-const X86_CR0_PE: u64 = 1;
-const X86_CR0_ET: u64 = 1 << 4;
-const X86_CR0_PG: u64 = 1 << 31;
-const X86_CR4_PAE: u64 = 1 << 5;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
-
-const MSR_IA32_TSC: u32 = 0x10;
-const MSR_IA32_SYSENTER_CS: u32 = 0x174;
-const MSR_IA32_SYSENTER_ESP: u32 = 0x175;
-const MSR_IA32_SYSENTER_EIP: u32 = 0x176;
-const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
-const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
-const MSR_STAR: u32 = 0xc000_0081;
-const MSR_LSTAR: u32 = 0xc000_0082;
-const MSR_CSTAR: u32 = 0xc000_0083;
-const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
-const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
-/// MISC_ENABLE: fast string operations enabled, as firmware leaves it.
-const MISC_ENABLE_FAST_STRING: u64 = 1;
-/// MTRRs enabled with write-back as the default memory type, so guest RAM is
-/// cacheable without the kernel having to program any MTRR.
-const MTRR_ENABLE_WRITEBACK: u64 = (1 << 11) | 6;
+use crate::arch::x86_64::gdt::Segment;
+use crate::arch::x86_64::regs::{EntryState, BOOT_MSRS, FPU_CONTROL_WORD, MXCSR_RESET};
 
 const APIC_LVT0: usize = 0x350;
 const APIC_LVT1: usize = 0x360;
@@ -55,87 +31,49 @@ fn kvm_segment(s: Segment) -> kvm_segment {
     }
 }
 
-/// Sets general registers and segment/control registers of the boot vCPU for
-/// `entry`.
-pub fn setup_boot_vcpu(vcpu: &VcpuFd, entry: EntryMode) -> Result<(), kvm_ioctls::Error> {
+/// Loads `state` into the boot vCPU (the other special registers keep their
+/// reset values).
+pub fn set_entry_state(vcpu: &VcpuFd, state: &EntryState) -> Result<(), kvm_ioctls::Error> {
     let mut sregs: kvm_sregs = vcpu.get_sregs()?;
-    sregs.gdt.base = BOOT_GDT_START;
-    sregs.gdt.limit = (gdt::TABLE.len() * 8 - 1) as u16;
-    sregs.idt.base = BOOT_IDT_START;
-    sregs.idt.limit = 7;
-    let data = kvm_segment(gdt::segment(gdt::DATA_SELECTOR));
+    (sregs.gdt.base, sregs.gdt.limit) = state.gdt;
+    (sregs.idt.base, sregs.idt.limit) = state.idt;
+    let data = kvm_segment(state.data);
     sregs.ds = data;
     sregs.es = data;
     sregs.fs = data;
     sregs.gs = data;
     sregs.ss = data;
-    sregs.tr = kvm_segment(gdt::segment(gdt::TSS_SELECTOR));
-
-    let mut regs = kvm_regs {
-        rflags: 0x2,
+    sregs.tr = kvm_segment(state.tr);
+    sregs.cs = kvm_segment(state.cs);
+    sregs.cr0 = state.cr0;
+    sregs.cr3 = state.cr3;
+    sregs.cr4 = state.cr4;
+    sregs.efer = state.efer;
+    let regs = kvm_regs {
+        rip: state.rip,
+        rsp: state.rsp,
+        rbp: state.rbp,
+        rbx: state.rbx,
+        rsi: state.rsi,
+        rflags: state.rflags,
         ..Default::default()
     };
-    match entry {
-        EntryMode::Pvh { entry, start_info } => {
-            // PVH ABI: 32-bit protected mode, paging off, flat segments,
-            // %ebx = physical address of hvm_start_info.
-            sregs.cs = kvm_segment(gdt::segment(gdt::CODE32_SELECTOR));
-            sregs.cr0 = X86_CR0_PE | X86_CR0_ET;
-            sregs.cr4 = 0;
-            sregs.efer = 0;
-            regs.rip = entry;
-            regs.rbx = start_info;
-        }
-        EntryMode::Linux64 { entry, zero_page } => {
-            set_long_mode(&mut sregs);
-            regs.rip = entry;
-            regs.rsi = zero_page;
-            regs.rsp = BOOT_STACK_POINTER;
-            regs.rbp = BOOT_STACK_POINTER;
-        }
-        EntryMode::RawLongMode { entry } => {
-            set_long_mode(&mut sregs);
-            regs.rip = entry;
-            regs.rsp = BOOT_STACK_POINTER;
-            regs.rbp = BOOT_STACK_POINTER;
-        }
-    }
     vcpu.set_sregs(&sregs)?;
     vcpu.set_regs(&regs)
-}
-
-fn set_long_mode(sregs: &mut kvm_sregs) {
-    sregs.cs = kvm_segment(gdt::segment(gdt::CODE64_SELECTOR));
-    sregs.cr3 = PML4_START;
-    sregs.cr4 = X86_CR4_PAE;
-    sregs.cr0 = X86_CR0_PE | X86_CR0_ET | X86_CR0_PG;
-    sregs.efer = EFER_LME | EFER_LMA;
 }
 
 /// Sets the MSRs every vCPU starts with. Returns how many KVM accepted; the
 /// list is small and every entry is architectural, so a short count means the
 /// host's KVM refused one, which is logged by the caller.
 pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(usize, usize), kvm_ioctls::Error> {
-    let entries: Vec<kvm_msr_entry> = [
-        (MSR_IA32_SYSENTER_CS, 0),
-        (MSR_IA32_SYSENTER_ESP, 0),
-        (MSR_IA32_SYSENTER_EIP, 0),
-        (MSR_STAR, 0),
-        (MSR_CSTAR, 0),
-        (MSR_KERNEL_GS_BASE, 0),
-        (MSR_SYSCALL_MASK, 0),
-        (MSR_LSTAR, 0),
-        (MSR_IA32_TSC, 0),
-        (MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
-        (MSR_MTRR_DEF_TYPE, MTRR_ENABLE_WRITEBACK),
-    ]
-    .into_iter()
-    .map(|(index, data)| kvm_msr_entry {
-        index,
-        data,
-        ..Default::default()
-    })
-    .collect();
+    let entries: Vec<kvm_msr_entry> = BOOT_MSRS
+        .into_iter()
+        .map(|(index, data)| kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        })
+        .collect();
     let msrs = Msrs::from_entries(&entries).expect("the boot MSR list is far below KVM's limit");
     Ok((vcpu.set_msrs(&msrs)?, entries.len()))
 }
@@ -143,8 +81,8 @@ pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(usize, usize), kvm_ioctls::Error> {
 /// Sets the x87/SSE control words to their reset values.
 pub fn setup_fpu(vcpu: &VcpuFd) -> Result<(), kvm_ioctls::Error> {
     let fpu = kvm_fpu {
-        fcw: 0x37f,
-        mxcsr: 0x1f80,
+        fcw: FPU_CONTROL_WORD,
+        mxcsr: MXCSR_RESET,
         ..Default::default()
     };
     vcpu.set_fpu(&fpu)
@@ -173,6 +111,7 @@ pub fn setup_lint(vcpu: &VcpuFd) -> Result<(), kvm_ioctls::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch::x86_64::gdt;
 
     #[test]
     fn delivery_mode_is_replaced_in_place() {

@@ -5,7 +5,7 @@
 //! built as bytes here (one floating pointer, one configuration table) and
 //! copied into guest memory by the caller.
 
-use crate::layout::{APIC_ADDR, IOAPIC_ADDR, IOAPIC_PINS};
+use crate::arch::layout::{APIC_ADDR, IOAPIC_ADDR, IOAPIC_PINS};
 
 const FLOATING_POINTER_LEN: usize = 16;
 const HEADER_LEN: usize = 44;

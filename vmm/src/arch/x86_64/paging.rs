@@ -3,7 +3,7 @@
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
-use crate::layout::{PDE_START, PDPTE_START, PML4_START};
+use crate::arch::layout::{PDE_START, PDPTE_START, PML4_START};
 
 const PRESENT: u64 = 1;
 const WRITABLE: u64 = 1 << 1;
@@ -123,18 +123,23 @@ pub fn read_code<M: GuestMemoryBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory;
+    use crate::arch::layout;
 
-    #[test]
-    fn identity_tables_translate_to_themselves() {
-        let mem = memory::create(64 << 20).unwrap();
-        let cr3 = write_identity_tables(&mem).unwrap();
-        let mode = PagingMode {
+    /// 4-level paging with its tables at `cr3`.
+    fn long_mode(cr3: u64) -> PagingMode {
+        PagingMode {
             paging: true,
             long_mode: true,
             pae: true,
             cr3,
-        };
+        }
+    }
+
+    #[test]
+    fn identity_tables_translate_to_themselves() {
+        let mem = layout::create_memory(64 << 20).unwrap();
+        let cr3 = write_identity_tables(&mem).unwrap();
+        let mode = long_mode(cr3);
         for addr in [
             0u64,
             0x1234,
@@ -150,20 +155,15 @@ mod tests {
 
     #[test]
     fn hostile_cr3_outside_memory_gives_none() {
-        let mem = memory::create(16 << 20).unwrap();
-        let mode = PagingMode {
-            paging: true,
-            long_mode: true,
-            pae: true,
-            cr3: 0xffff_ffff_f000,
-        };
+        let mem = layout::create_memory(16 << 20).unwrap();
+        let mode = long_mode(0xffff_ffff_f000);
         assert_eq!(translate(&mem, mode, 0x1000), None);
         assert!(read_code(&mem, mode, 0x1000, 15).is_empty());
     }
 
     #[test]
     fn read_code_stops_at_end_of_memory() {
-        let mem = memory::create(16 << 20).unwrap();
+        let mem = layout::create_memory(16 << 20).unwrap();
         let mode = PagingMode {
             paging: false,
             long_mode: false,

@@ -7,7 +7,7 @@
 
 use vm_memory::{Bytes, GuestAddress};
 
-use super::bus::{BusDevice, BusEvent};
+use crate::devices::{BusDevice, BusEvent};
 use crate::exit::VmExit;
 use crate::memory::GuestMemory;
 
@@ -62,11 +62,11 @@ impl BusDevice for I8042 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory;
+    use crate::arch::layout;
 
     #[test]
     fn reset_command_stops_as_reboot_or_panic() {
-        let mem = memory::create(16 << 20).unwrap();
+        let mem = layout::create_memory(16 << 20).unwrap();
         let mut dev = I8042::new(mem.clone());
         assert_eq!(dev.write(4, &[0xfe]), Some(BusEvent::Stop(VmExit::Reboot)));
         mem.write_obj(RESET_MODE_WARM, GuestAddress(RESET_MODE_ADDR))
@@ -76,7 +76,7 @@ mod tests {
 
     #[test]
     fn other_writes_do_nothing_and_status_is_ready() {
-        let mut dev = I8042::new(memory::create(16 << 20).unwrap());
+        let mut dev = I8042::new(layout::create_memory(16 << 20).unwrap());
         assert_eq!(dev.write(0, &[0xfe]), None);
         assert_eq!(dev.write(4, &[0xd1]), None);
         let mut s = [0xffu8];

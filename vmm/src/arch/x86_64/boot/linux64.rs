@@ -6,8 +6,8 @@ use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use vm_memory::GuestAddress;
 
-use super::{Error, E820_RAM};
-use crate::layout::ZERO_PAGE_START;
+use super::{write_err, Error, E820_RAM};
+use crate::arch::layout::ZERO_PAGE_START;
 use crate::memory::GuestMemory;
 
 const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
@@ -41,10 +41,8 @@ pub fn write_zero_page(
         params.hdr.ramdisk_size = size as u32;
     }
     if ram.len() > params.e820_table.len() {
-        return Err(Error::Write {
-            what: "E820 map",
-            detail: format!("{} entries do not fit", ram.len()),
-        });
+        let why = format!("{} entries do not fit", ram.len());
+        return Err(write_err("E820 map")(why));
     }
     for (slot, &(addr, size)) in params.e820_table.iter_mut().zip(ram) {
         *slot = boot_e820_entry {
@@ -58,22 +56,17 @@ pub fn write_zero_page(
         &BootParams::new(&params, GuestAddress(ZERO_PAGE_START)),
         mem,
     )
-    .map_err(|e| Error::Write {
-        what: "zero page",
-        detail: e.to_string(),
-    })
+    .map_err(write_err("zero page"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory;
     use vm_memory::Bytes;
 
     #[test]
     fn zero_page_carries_cmdline_initrd_and_e820() {
-        let mem = memory::create(64 << 20).unwrap();
-        let ram = [(0, 0x9fc00), (0x10_0000, (64 << 20) - 0x10_0000)];
+        let (mem, ram) = super::super::fixtures::memory_64m();
         write_zero_page(&mem, None, &ram, Some((0x200_0000, 99)), 0x20000, 10).unwrap();
         let p: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
         assert_eq!({ p.hdr.cmd_line_ptr }, 0x20000);

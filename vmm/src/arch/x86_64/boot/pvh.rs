@@ -7,8 +7,8 @@ use linux_loader::loader::elf::start_info::{
 };
 use vm_memory::GuestAddress;
 
-use super::{Error, E820_RAM};
-use crate::layout::{PVH_INFO_START, PVH_MEMMAP_START, PVH_MODLIST_START};
+use super::{write_err, Error, E820_RAM};
+use crate::arch::layout::{PVH_INFO_START, PVH_MEMMAP_START, PVH_MODLIST_START};
 use crate::memory::GuestMemory;
 
 /// Magic value identifying `hvm_start_info` ("xEn3" with the top bit flipped).
@@ -54,22 +54,17 @@ pub fn write_start_info(
     if !modules.is_empty() {
         params.set_modules(&modules, GuestAddress(PVH_MODLIST_START));
     }
-    PvhBootConfigurator::write_bootparams(&params, mem).map_err(|e| Error::Write {
-        what: "PVH start info",
-        detail: e.to_string(),
-    })
+    PvhBootConfigurator::write_bootparams(&params, mem).map_err(write_err("PVH start info"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory;
     use vm_memory::Bytes;
 
     #[test]
     fn start_info_describes_memory_and_initrd() {
-        let mem = memory::create(64 << 20).unwrap();
-        let ram = [(0, 0x9fc00), (0x10_0000, (64 << 20) - 0x10_0000)];
+        let (mem, ram) = super::super::fixtures::memory_64m();
         write_start_info(&mem, &ram, Some((0x300_0000, 1234)), 0x20000).unwrap();
         let info: hvm_start_info = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
         assert_eq!(info.magic, XEN_HVM_START_MAGIC_VALUE);

@@ -17,9 +17,10 @@ use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::{self, BzImage, Elf, KernelLoader, PvhBootCapability};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
+pub use super::regs::EntryMode;
+use crate::arch::layout::*;
 use crate::arch::x86_64::{gdt, mptable, paging};
 use crate::config::BootSource;
-use crate::layout::*;
 use crate::memory::GuestMemory;
 
 /// E820 type of usable RAM.
@@ -62,7 +63,7 @@ pub enum Error {
     },
     /// The command line is invalid.
     #[error("invalid kernel command line: {0}")]
-    Cmdline(String),
+    Cmdline(#[source] Source),
     /// Raw code does not fit where it was asked to go.
     #[error("raw guest code of {len} bytes does not fit at {addr:#x}")]
     RawCodeOutOfMemory {
@@ -72,47 +73,31 @@ pub enum Error {
         len: usize,
     },
     /// Writing a boot structure failed.
-    #[error("cannot write {what} into guest memory: {detail}")]
+    #[error("cannot write {what} into guest memory: {source}")]
     Write {
         /// Which structure.
         what: &'static str,
         /// The error.
-        detail: String,
+        source: Source,
     },
     /// The MP table could not be built.
     #[error(transparent)]
     MpTable(#[from] mptable::Error),
 }
 
-/// How the boot vCPU must be set up to enter the guest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EntryMode {
-    /// PVH: 32-bit protected mode, paging off, `ebx` = start_info address.
-    Pvh {
-        /// The PVH entry point.
-        entry: u64,
-        /// Address of `hvm_start_info`.
-        start_info: u64,
-    },
-    /// Linux 64-bit boot protocol: long mode, `rsi` = zero page.
-    Linux64 {
-        /// The 64-bit entry point.
-        entry: u64,
-        /// Address of `boot_params`.
-        zero_page: u64,
-    },
-    /// Hand-made guest: long mode at CPL0, identity paging.
-    RawLongMode {
-        /// Where execution starts.
-        entry: u64,
-    },
-}
+/// The error a boot step failed with (the loader's, vm-memory's, ...).
+pub type Source = Box<dyn std::error::Error + Send + Sync>;
 
-fn write_err(what: &'static str) -> impl FnOnce(vm_memory::GuestMemoryError) -> Error {
+/// Wraps a failure to write `what` into guest memory.
+pub(crate) fn write_err<E: Into<Source>>(what: &'static str) -> impl FnOnce(E) -> Error {
     move |e| Error::Write {
         what,
-        detail: e.to_string(),
+        source: e.into(),
     }
+}
+
+fn cmdline_err<E: Into<Source>>(e: E) -> Error {
+    Error::Cmdline(e.into())
 }
 
 /// The RAM map of the guest, as (start, size) pairs in ascending order.
@@ -194,11 +179,9 @@ fn load_linux(
         },
     };
 
-    let mut cl = Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| Error::Cmdline(e.to_string()))?;
-    cl.insert_str(cmdline)
-        .map_err(|e| Error::Cmdline(e.to_string()))?;
-    loader::load_cmdline(mem, GuestAddress(CMDLINE_START), &cl)
-        .map_err(|e| Error::Cmdline(e.to_string()))?;
+    let mut cl = Cmdline::new(CMDLINE_MAX_SIZE).map_err(cmdline_err)?;
+    cl.insert_str(cmdline).map_err(cmdline_err)?;
+    loader::load_cmdline(mem, GuestAddress(CMDLINE_START), &cl).map_err(cmdline_err)?;
     let cmdline_size = cmdline.len() as u32 + 1;
 
     let kernel_end = result.kernel_load.raw_value() + result.kernel_end;
@@ -256,14 +239,46 @@ fn load_initrd(mem: &GuestMemory, path: &Path, kernel_end: u64) -> Result<(u64, 
     Ok((addr, size))
 }
 
+/// Test fixtures shared by the boot-protocol modules' tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use crate::arch::layout;
+    use crate::memory::GuestMemory;
+
+    /// 64 MiB of guest memory and its RAM map (low RAM, then from 1 MiB up).
+    pub fn memory_64m() -> (GuestMemory, [(u64, u64); 2]) {
+        let mem = layout::create_memory(64 << 20).unwrap();
+        (mem, [(0, 0x9fc00), (0x10_0000, (64 << 20) - 0x10_0000)])
+    }
+
+    /// A Linux boot source for `kernel`.
+    pub fn linux(kernel: impl Into<std::path::PathBuf>, cmdline: &str) -> crate::BootSource {
+        crate::BootSource::Linux {
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: cmdline.into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::fixtures::linux;
     use super::*;
-    use crate::memory;
+    use crate::arch::layout;
+
+    /// A fresh directory for test `tag` holding file `name` with `bytes`.
+    fn temp_file(tag: &str, name: &str, bytes: &[u8]) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("msbvm-{tag}-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        (dir, path)
+    }
 
     #[test]
     fn ram_map_leaves_the_legacy_hole_out() {
-        let mem = memory::create(256 << 20).unwrap();
+        let mem = layout::create_memory(256 << 20).unwrap();
         assert_eq!(
             ram_map(&mem),
             vec![(0, EBDA_START), (HIMEM_START, (256 << 20) - HIMEM_START)]
@@ -272,7 +287,7 @@ mod tests {
 
     #[test]
     fn raw_code_is_copied_and_bounds_checked() {
-        let mem = memory::create(16 << 20).unwrap();
+        let mem = layout::create_memory(16 << 20).unwrap();
         let src = BootSource::RawLongMode {
             code: vec![0xf4],
             load_addr: 0x10_0000,
@@ -299,16 +314,9 @@ mod tests {
 
     #[test]
     fn garbage_kernel_is_a_clear_error() {
-        let dir = std::env::temp_dir().join(format!("msbvm-boot-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("not-a-kernel");
-        std::fs::write(&path, vec![0x42u8; 8192]).unwrap();
-        let mem = memory::create(64 << 20).unwrap();
-        let src = BootSource::Linux {
-            kernel: path.clone(),
-            initrd: None,
-            cmdline: "console=ttyS0".into(),
-        };
+        let (dir, path) = temp_file("boot", "not-a-kernel", &[0x42; 8192]);
+        let mem = layout::create_memory(64 << 20).unwrap();
+        let src = linux(&path, "console=ttyS0");
         let err = load(&mem, &src, 1).unwrap_err().to_string();
         assert!(err.contains("not a kernel msbvm can boot"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
@@ -316,23 +324,16 @@ mod tests {
 
     #[test]
     fn missing_kernel_names_the_path() {
-        let mem = memory::create(64 << 20).unwrap();
-        let src = BootSource::Linux {
-            kernel: "/nonexistent/vmlinux".into(),
-            initrd: None,
-            cmdline: String::new(),
-        };
+        let mem = layout::create_memory(64 << 20).unwrap();
+        let src = linux("/nonexistent/vmlinux", "");
         let err = load(&mem, &src, 1).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/vmlinux"), "{err}");
     }
 
     #[test]
     fn initrd_goes_to_the_top_of_low_memory() {
-        let dir = std::env::temp_dir().join(format!("msbvm-initrd-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("initrd");
-        std::fs::write(&path, vec![7u8; 10_000]).unwrap();
-        let mem = memory::create(64 << 20).unwrap();
+        let (dir, path) = temp_file("initrd", "initrd", &[7; 10_000]);
+        let mem = layout::create_memory(64 << 20).unwrap();
         let (addr, size) = load_initrd(&mem, &path, 0x200_0000).unwrap();
         assert_eq!(size, 10_000);
         assert_eq!(addr % 4096, 0);

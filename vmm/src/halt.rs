@@ -1,12 +1,14 @@
 //! Finding a guest that halted for good, without reading its console.
 //!
-//! With KVM's in-kernel local APIC a `hlt` never reaches user space: the vCPU
-//! thread sleeps inside KVM_RUN until an interrupt arrives. A guest that halts
-//! every vCPU with interrupts disabled (Linux's `machine_halt()`, which is what
-//! `poweroff` becomes on a kernel without a power-off method) therefore just
-//! leaves every vCPU thread asleep forever. Asking KVM whether a vCPU is halted
-//! (KVM_GET_MP_STATE, and RFLAGS.IF from KVM_GET_REGS) needs the vCPU out of
-//! KVM_RUN, i.e. interrupting its thread with a signal.
+//! With a local APIC in the hypervisor (KVM's in-kernel one) a `hlt` never
+//! reaches user space: the vCPU thread sleeps inside the run call until an
+//! interrupt arrives. A guest that halts every vCPU with interrupts disabled
+//! (Linux's `machine_halt()`, which is what `poweroff` becomes on a kernel
+//! without a power-off method) therefore just leaves every vCPU thread asleep
+//! forever. Asking the hypervisor whether a vCPU is halted
+//! ([`crate::hypervisor::Vcpu::run_state`]; on KVM, KVM_GET_MP_STATE and
+//! RFLAGS.IF) needs the vCPU out of the run call, i.e. interrupting its thread
+//! with a signal.
 //!
 //! Interrupting vCPUs blindly and often is not free, and under nested
 //! virtualization periodic interruptions were seen to wedge a booting guest,
