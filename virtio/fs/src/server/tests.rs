@@ -2,7 +2,7 @@
 //! out, the way the device drives it.
 
 use super::*;
-use crate::abi::{request, OutHeader};
+use crate::abi::{fattr, request, OutHeader};
 use crate::memory::MemoryFs;
 use crate::ROOT_INODE;
 use proptest::prelude::*;
