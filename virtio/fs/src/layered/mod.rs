@@ -60,7 +60,7 @@ use crate::{
 };
 
 use quota::{data_cost, round_up, Quota, NAME_COST};
-use upper_meta::{guest_xattr_prefix, host_xattr_name, GuestMeta};
+use upper_meta::{GuestMeta, XattrNs};
 
 /// Default size limit of a sandbox's writable layer: room for package
 /// installs and builds, small next to a host disk, and the figure common
@@ -143,6 +143,8 @@ pub struct LayeredFs {
     handles: HandleTable<OpenObject>,
     tmp_seq: AtomicU64,
     quota: Quota,
+    /// Where this instance's upper directory keeps guest metadata.
+    xattr_ns: XattrNs,
     /// Bumped by every change to the merged tree: a directory listing is
     /// shared by the handles opened while it stays the same.
     changes: AtomicU64,
@@ -210,7 +212,7 @@ impl LayeredFs {
             .unwrap_or_else(|| default_max_names(config.max_upper_bytes));
         let quota = Quota::new(config.max_upper_bytes, max_names, usage);
         // Fail now, with a clear message, rather than at the first write.
-        upper_meta::select_namespace(work.as_raw_fd()).map_err(|e| {
+        let xattr_ns = XattrNs::select(work.as_raw_fd()).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!(
@@ -250,6 +252,7 @@ impl LayeredFs {
             table: Mutex::new(PathTable::new(root)),
             tmp_seq: AtomicU64::new(0),
             quota,
+            xattr_ns,
             changes: AtomicU64::new(0),
             dirs: SnapshotRegistry::new(),
         })
@@ -347,7 +350,7 @@ impl LayeredFs {
                 Ok(fd) => {
                     let st = host::fstat(fd.as_raw_fd())?;
                     node.upper = true;
-                    node.kind = match GuestMeta::load(fd.as_raw_fd())? {
+                    node.kind = match GuestMeta::load(self.xattr_ns, fd.as_raw_fd())? {
                         Some(m) => m.mode & libc::S_IFMT,
                         None => st.st_mode & libc::S_IFMT,
                     };
@@ -399,7 +402,7 @@ impl LayeredFs {
         let (st, meta) = if node.upper {
             let fd = self.upper_fd(path)?;
             let st = host::fstat(fd.as_raw_fd())?;
-            let meta = match GuestMeta::load(fd.as_raw_fd())? {
+            let meta = match GuestMeta::load(self.xattr_ns, fd.as_raw_fd())? {
                 Some(m) => m,
                 None => match node.lowers.first() {
                     Some(&li) => self.lower_guest_meta(
@@ -542,9 +545,9 @@ impl LayeredFs {
             },
         ];
         let finish = |fd: RawFd| -> io::Result<()> {
-            meta.store(fd)?;
+            meta.store(self.xattr_ns, fd)?;
             for (k, v) in xattrs {
-                host::setxattr(fd, &host_xattr_name(&host::cstring(k.as_bytes())?)?, v, 0)?;
+                host::setxattr(fd, &self.xattr_ns.host_xattr_name(&host::cstring(k.as_bytes())?)?, v, 0)?;
             }
             Ok(())
         };
@@ -655,7 +658,7 @@ impl LayeredFs {
                             0,
                             CONFINED,
                         )?;
-                        match GuestMeta::load(cfd.as_raw_fd())? {
+                        match GuestMeta::load(self.xattr_ns, cfd.as_raw_fd())? {
                             Some(m) => host::dtype(m.mode),
                             None => u32::from(*dt),
                         }
@@ -851,7 +854,7 @@ impl LayeredFs {
                 0,
                 CONFINED,
             )?;
-            meta.store(dfd.as_raw_fd())?;
+            meta.store(self.xattr_ns, dfd.as_raw_fd())?;
             if replaces_deleted {
                 self.make_marker(dfd.as_raw_fd(), &host::cstring(OPAQUE_MARKER.as_bytes())?)?;
             }
@@ -865,7 +868,7 @@ impl LayeredFs {
             if let Some(c) = content {
                 std::io::Write::write_all(&mut std::fs::File::from(fd.try_clone()?), c)?;
             }
-            meta.store(fd.as_raw_fd())?;
+            meta.store(self.xattr_ns, fd.as_raw_fd())?;
             if open_flags.is_some() {
                 file = Some(fd);
             }
@@ -1004,7 +1007,7 @@ impl FileSystem for LayeredFs {
                     gid: attr.gid.unwrap_or(cur.gid),
                     rdev: u64::from(cur.rdev),
                 };
-                meta.store(fd.as_raw_fd())?;
+                meta.store(self.xattr_ns, fd.as_raw_fd())?;
             }
             if let Some(size) = attr.size {
                 if node.kind != libc::S_IFREG {
@@ -1355,7 +1358,7 @@ impl FileSystem for LayeredFs {
         value: &[u8],
         flags: u32,
     ) -> io::Result<()> {
-        let hname = host_xattr_name(name)?;
+        let hname = self.xattr_ns.host_xattr_name(name)?;
         let _w = self.write_tree();
         self.copy_up(inode)?;
         let (node, path) = self.node(inode)?;
@@ -1369,7 +1372,7 @@ impl FileSystem for LayeredFs {
         let _r = self.tree.read().expect("tree lock");
         let (node, path) = self.node(inode)?;
         if node.upper {
-            return host::getxattr(self.upper_fd(&path)?.as_raw_fd(), &host_xattr_name(name)?);
+            return host::getxattr(self.upper_fd(&path)?.as_raw_fd(), &self.xattr_ns.host_xattr_name(name)?);
         }
         let meta = self.lower_meta(node.lowers[0], &path);
         let found = meta.and_then(|m| {
@@ -1390,9 +1393,9 @@ impl FileSystem for LayeredFs {
             let all = host::listxattr(self.upper_fd(&path)?.as_raw_fd())?;
             for n in all
                 .split(|&b| b == 0)
-                .filter(|n| n.starts_with(guest_xattr_prefix()))
+                .filter(|n| n.starts_with(self.xattr_ns.guest_xattr_prefix()))
             {
-                out.extend_from_slice(&n[guest_xattr_prefix().len()..]);
+                out.extend_from_slice(&n[self.xattr_ns.guest_xattr_prefix().len()..]);
                 out.push(0);
             }
         } else if let Some(m) = self.lower_meta(node.lowers[0], &path) {
@@ -1405,7 +1408,7 @@ impl FileSystem for LayeredFs {
     }
 
     fn removexattr(&self, _ctx: &Context, inode: Inode, name: &CStr) -> io::Result<()> {
-        let hname = host_xattr_name(name)?;
+        let hname = self.xattr_ns.host_xattr_name(name)?;
         let _w = self.write_tree();
         self.copy_up(inode)?;
         let (node, path) = self.node(inode)?;
