@@ -135,6 +135,7 @@ macro_rules! wire_structs {
         // sizes add up to an 8-byte multiple in declaration order (checked by
         // `struct_sizes_match_the_kernel_headers`), so it has no implicit
         // padding and every bit pattern is a valid value.
+        #[allow(unsafe_code)]
         unsafe impl ByteValued for $name {}
     )*};
 }

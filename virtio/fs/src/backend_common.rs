@@ -1,6 +1,7 @@
 //! Pieces the host-backed backends (passthrough and layered) share: the
-//! node types MKNOD accepts, and listing a directory snapshot taken at
-//! OPENDIR with offsets that stay valid for the handle's life.
+//! node types MKNOD accepts, access(2) against guest-visible attributes, and
+//! listing a directory snapshot taken at OPENDIR with offsets that stay valid
+//! for the handle's life. Their host syscalls are in [`crate::host_util`].
 //!
 //! Snapshots are shared: every handle open on the same directory in the
 //! same state (a key the backend chooses: the directory and a counter of
@@ -18,7 +19,7 @@ use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use crate::filesystem::{DirEntry, Inode};
+use crate::filesystem::{Attr, Context, DirEntry, Inode};
 use crate::host_util::err;
 
 /// Most bytes one directory snapshot may hold.
@@ -167,6 +168,35 @@ pub(crate) fn list_snapshot<'a, K: Copy + Into<u32> + 'a>(
         if !add(entry) {
             break;
         }
+    }
+}
+
+/// access(2) against guest-visible attributes: root passes read/write and
+/// passes execute if anyone may execute (or it is a directory).
+pub(crate) fn check_access(attr: &Attr, ctx: &Context, mask: u32) -> io::Result<()> {
+    let mask = mask & 7;
+    if mask == 0 {
+        return Ok(());
+    }
+    if ctx.uid == 0 {
+        let any_x = attr.mode & 0o111 != 0 || attr.mode & libc::S_IFMT == libc::S_IFDIR;
+        return if mask & 1 == 0 || any_x {
+            Ok(())
+        } else {
+            Err(err(libc::EACCES))
+        };
+    }
+    let bits = if ctx.uid == attr.uid {
+        (attr.mode >> 6) & 7
+    } else if ctx.gid == attr.gid {
+        (attr.mode >> 3) & 7
+    } else {
+        attr.mode & 7
+    };
+    if bits & mask == mask {
+        Ok(())
+    } else {
+        Err(err(libc::EACCES))
     }
 }
 

@@ -361,11 +361,164 @@ pub(crate) fn set_times(
     if atime.is_none() && mtime.is_none() {
         return Ok(());
     }
-    let times = [timespec(atime), timespec(mtime)];
+    utimens(fd, &[timespec(atime), timespec(mtime)])
+}
+
+/// Sets access and modification times on the object behind `fd`, which may
+/// be an `O_PATH` fd (not of a symlink: the magic link would be followed).
+pub(crate) fn utimens(fd: RawFd, times: &[libc::timespec; 2]) -> io::Result<()> {
     let path = proc_path(fd);
     // SAFETY: NUL-terminated path and a two-element array.
     cvt(unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) })?;
     Ok(())
+}
+
+/// Sets times on the symlink behind the `O_PATH` fd `fd` itself.
+pub(crate) fn utimens_link(fd: RawFd, times: &[libc::timespec; 2]) -> io::Result<()> {
+    // SAFETY: empty path with AT_EMPTY_PATH acts on the link fd itself; times
+    // is a two-element array.
+    cvt(unsafe { libc::utimensat(fd, c"".as_ptr(), times.as_ptr(), libc::AT_EMPTY_PATH) })?;
+    Ok(())
+}
+
+/// Sets times on an fd opened for I/O.
+pub(crate) fn futimens(fd: RawFd, times: &[libc::timespec; 2]) -> io::Result<()> {
+    // SAFETY: an fd the caller holds and a two-element array.
+    cvt(unsafe { libc::futimens(fd, times.as_ptr()) })?;
+    Ok(())
+}
+
+// The namespace calls below take one name relative to a directory fd the
+// backend holds: the backends check names (`check_name`) before, so none of
+// them walks a path in the shared tree.
+
+/// unlinkat(2); `flags` is 0 or `AT_REMOVEDIR`.
+pub(crate) fn unlinkat(dirfd: RawFd, name: &CStr, flags: i32) -> io::Result<()> {
+    // SAFETY: NUL-terminated name relative to the caller's dir fd.
+    cvt(unsafe { libc::unlinkat(dirfd, name.as_ptr(), flags) })?;
+    Ok(())
+}
+
+/// mkdirat(2).
+pub(crate) fn mkdirat(dirfd: RawFd, name: &CStr, mode: u32) -> io::Result<()> {
+    // SAFETY: NUL-terminated name relative to the caller's dir fd.
+    cvt(unsafe { libc::mkdirat(dirfd, name.as_ptr(), mode) })?;
+    Ok(())
+}
+
+/// mknodat(2) without a device number: FIFOs, sockets, regular files.
+pub(crate) fn mknodat(dirfd: RawFd, name: &CStr, mode: u32) -> io::Result<()> {
+    // SAFETY: NUL-terminated name relative to the caller's dir fd.
+    cvt(unsafe { libc::mknodat(dirfd, name.as_ptr(), mode, 0) })?;
+    Ok(())
+}
+
+/// symlinkat(2): `name` in `dirfd` pointing at `target` (stored, not followed).
+pub(crate) fn symlinkat(target: &CStr, dirfd: RawFd, name: &CStr) -> io::Result<()> {
+    // SAFETY: NUL-terminated strings; the target is stored, never followed here.
+    cvt(unsafe { libc::symlinkat(target.as_ptr(), dirfd, name.as_ptr()) })?;
+    Ok(())
+}
+
+/// renameat2(2) between two directory fds.
+pub(crate) fn renameat2(
+    olddir: RawFd,
+    oldname: &CStr,
+    newdir: RawFd,
+    newname: &CStr,
+    flags: u32,
+) -> io::Result<()> {
+    // SAFETY: NUL-terminated names relative to the caller's dir fds.
+    cvt(unsafe { libc::renameat2(olddir, oldname.as_ptr(), newdir, newname.as_ptr(), flags) })?;
+    Ok(())
+}
+
+/// linkat(2) of `oldname` in `olddir` (not following a final symlink) as
+/// `newname` in `newdir`.
+pub(crate) fn linkat(
+    olddir: RawFd,
+    oldname: &CStr,
+    newdir: RawFd,
+    newname: &CStr,
+) -> io::Result<()> {
+    // SAFETY: NUL-terminated names relative to the caller's dir fds; flags 0
+    // never follows.
+    cvt(unsafe { libc::linkat(olddir, oldname.as_ptr(), newdir, newname.as_ptr(), 0) })?;
+    Ok(())
+}
+
+/// A new hard link `newname` in `newdir` to the object behind `fd`.
+pub(crate) fn link_fd(fd: RawFd, newdir: RawFd, newname: &CStr) -> io::Result<()> {
+    let src = proc_path(fd);
+    // SAFETY: NUL-terminated strings; following the magic link yields exactly
+    // the object behind `fd`, even a symlink itself.
+    cvt(unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            src.as_ptr(),
+            newdir,
+            newname.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    })?;
+    Ok(())
+}
+
+/// Changes the owner of `name` in `dirfd` (an empty name with
+/// `AT_EMPTY_PATH`: of `dirfd` itself) without following a final symlink;
+/// `u32::MAX` leaves an id unchanged.
+pub(crate) fn fchownat(
+    dirfd: RawFd,
+    name: &CStr,
+    uid: u32,
+    gid: u32,
+    flags: i32,
+) -> io::Result<()> {
+    // SAFETY: NUL-terminated name; AT_SYMLINK_NOFOLLOW never follows a final link.
+    cvt(unsafe {
+        libc::fchownat(
+            dirfd,
+            name.as_ptr(),
+            uid,
+            gid,
+            flags | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(())
+}
+
+/// chmod(2) of the object behind `fd` (not a symlink).
+pub(crate) fn chmod_fd(fd: RawFd, mode: u32) -> io::Result<()> {
+    let path = proc_path(fd);
+    // SAFETY: NUL-terminated path to the magic link of the caller's fd.
+    cvt(unsafe { libc::chmod(path.as_ptr(), mode) })?;
+    Ok(())
+}
+
+/// ftruncate(2).
+pub(crate) fn ftruncate(fd: RawFd, size: i64) -> io::Result<()> {
+    // SAFETY: plain syscall on an fd the caller holds.
+    cvt(unsafe { libc::ftruncate64(fd, size) })?;
+    Ok(())
+}
+
+/// fsync(2), or fdatasync(2) when `datasync`.
+pub(crate) fn fsync(fd: RawFd, datasync: bool) -> io::Result<()> {
+    // SAFETY: plain syscalls on an fd the caller holds.
+    cvt(unsafe {
+        if datasync {
+            libc::fdatasync(fd)
+        } else {
+            libc::fsync(fd)
+        }
+    })?;
+    Ok(())
+}
+
+/// Whether this process runs as host root (it can then give files owners).
+pub(crate) fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// Positional read of up to `size` bytes, short only at end of file.
@@ -448,6 +601,14 @@ pub(crate) fn lseek(fd: RawFd, offset: u64, whence: u32) -> io::Result<u64> {
     let off = i64::try_from(offset).map_err(|_| err(libc::EINVAL))?;
     // SAFETY: plain syscall on an fd we own.
     Ok(cvt(unsafe { libc::lseek64(fd, off, whence) })? as u64)
+}
+
+/// Moves the position of `fd` (a directory: to a `d_off` cookie) to `pos`.
+pub(crate) fn seek_set(fd: RawFd, pos: u64) -> io::Result<()> {
+    let pos = i64::try_from(pos).map_err(|_| err(libc::EINVAL))?;
+    // SAFETY: plain syscall on an fd the caller holds.
+    cvt(unsafe { libc::lseek64(fd, pos, libc::SEEK_SET) })?;
+    Ok(())
 }
 
 /// The guest's open(2) flags that the host open may carry; creation flags

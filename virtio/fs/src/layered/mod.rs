@@ -49,11 +49,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
+use crate::backend_common::check_access;
 use crate::backend_common::{entry_bytes, ListEntry, Snapshot, SnapshotRegistry};
 use crate::handle_table::HandleTable;
-use crate::host_util::{self as host, cvt, err, CONFINED};
+use crate::host_util::{self as host, err, CONFINED};
 use crate::layer_meta::{EntryMeta, LayerMeta, OPAQUE_MARKER, ROOTFS_DIR, WHITEOUT_PREFIX};
-use crate::passthrough::check_access;
 use crate::path_table::PathTable;
 use crate::{
     Attr, Context, DirEntry, Entry, FileSystem, Handle, Inode, OpenReply, SetAttr, StatFs,
@@ -547,13 +547,19 @@ impl LayeredFs {
         let finish = |fd: RawFd| -> io::Result<()> {
             meta.store(self.xattr_ns, fd)?;
             for (k, v) in xattrs {
-                host::setxattr(fd, &self.xattr_ns.host_xattr_name(&host::cstring(k.as_bytes())?)?, v, 0)?;
+                host::setxattr(
+                    fd,
+                    &self
+                        .xattr_ns
+                        .host_xattr_name(&host::cstring(k.as_bytes())?)?,
+                    v,
+                    0,
+                )?;
             }
             Ok(())
         };
         if node.kind == libc::S_IFDIR {
-            // SAFETY: NUL-terminated single-component name under our dir fd.
-            cvt(unsafe { libc::mkdirat(upf.as_raw_fd(), name.as_ptr(), 0o700) })?;
+            host::mkdirat(upf.as_raw_fd(), name, 0o700)?;
             let dfd = host::openat2(
                 upf.as_raw_fd(),
                 name,
@@ -562,9 +568,7 @@ impl LayeredFs {
                 CONFINED,
             )?;
             finish(dfd.as_raw_fd())?;
-            let path = host::proc_path(dfd.as_raw_fd());
-            // SAFETY: magic link of our own fd; times is a two-element array.
-            unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) };
+            let _ = host::utimens(dfd.as_raw_fd(), &times);
         } else {
             let tmp = self.new_tmp_name();
             let tfd = host::openat2(
@@ -584,22 +588,17 @@ impl LayeredFs {
                     std::io::copy(&mut input, &mut out)?;
                 }
                 finish(tfd.as_raw_fd())?;
-                // SAFETY: an fd we own and a two-element array.
-                cvt(unsafe { libc::futimens(tfd.as_raw_fd(), times.as_ptr()) })?;
-                // SAFETY: NUL-terminated single-component names under our dir fds.
-                cvt(unsafe {
-                    libc::renameat2(
-                        self.work.as_raw_fd(),
-                        tmp.as_ptr(),
-                        upf.as_raw_fd(),
-                        name.as_ptr(),
-                        libc::RENAME_NOREPLACE,
-                    )
-                })
+                host::futimens(tfd.as_raw_fd(), &times)?;
+                host::renameat2(
+                    self.work.as_raw_fd(),
+                    &tmp,
+                    upf.as_raw_fd(),
+                    name,
+                    libc::RENAME_NOREPLACE,
+                )
             })();
             if let Err(e) = result {
-                // SAFETY: NUL-terminated name under our work dir.
-                unsafe { libc::unlinkat(self.work.as_raw_fd(), tmp.as_ptr(), 0) };
+                let _ = host::unlinkat(self.work.as_raw_fd(), &tmp, 0);
                 return Err(e);
             }
         }
@@ -734,8 +733,7 @@ impl LayeredFs {
     }
 
     fn remove_marker(&self, dirfd: RawFd, name: &CStr) -> io::Result<()> {
-        // SAFETY: NUL-terminated single-component name under our dir fd.
-        match cvt(unsafe { libc::unlinkat(dirfd, name.as_ptr(), 0) }) {
+        match host::unlinkat(dirfd, name, 0) {
             Ok(_) => {
                 Quota::release(&mut self.quota.lock(), NAME_COST, 1);
                 Ok(())
@@ -844,9 +842,7 @@ impl LayeredFs {
         };
         let mut file = None;
         if kind == libc::S_IFDIR {
-            // SAFETY: NUL-terminated single-component name under our dir fd.
-            cvt(unsafe { libc::mkdirat(upf.as_raw_fd(), name.as_ptr(), 0o700) })
-                .map_err(uncharge)?;
+            host::mkdirat(upf.as_raw_fd(), name, 0o700).map_err(uncharge)?;
             let dfd = host::openat2(
                 upf.as_raw_fd(),
                 name,
@@ -911,8 +907,7 @@ impl LayeredFs {
             }
             let data = Self::upper_data_charge(upf.as_raw_fd(), name);
             let flag = if is_dir { libc::AT_REMOVEDIR } else { 0 };
-            // SAFETY: NUL-terminated single-component name under our dir fd.
-            cvt(unsafe { libc::unlinkat(upf.as_raw_fd(), name.as_ptr(), flag) })?;
+            host::unlinkat(upf.as_raw_fd(), name, flag)?;
             self.uncharge_name(data);
         }
         if !child.lowers.is_empty() {
@@ -1018,10 +1013,7 @@ impl FileSystem for LayeredFs {
                 self.resize(
                     wfd.as_raw_fd(),
                     |_| Some(size as u64),
-                    || {
-                        // SAFETY: plain syscall on an fd we own.
-                        cvt(unsafe { libc::ftruncate64(wfd.as_raw_fd(), size) })
-                    },
+                    || host::ftruncate(wfd.as_raw_fd(), size),
                 )?;
             }
             host::set_times(fd.as_raw_fd(), attr.atime, attr.mtime)?;
@@ -1147,16 +1139,7 @@ impl FileSystem for LayeredFs {
                 self.make_marker(sfd.as_raw_fd(), &host::cstring(OPAQUE_MARKER.as_bytes())?)?;
             }
         }
-        // SAFETY: NUL-terminated single-component names under our dir fds.
-        cvt(unsafe {
-            libc::renameat2(
-                ofd.as_raw_fd(),
-                oldname.as_ptr(),
-                nfd.as_raw_fd(),
-                newname.as_ptr(),
-                flags,
-            )
-        })?;
+        host::renameat2(ofd.as_raw_fd(), oldname, nfd.as_raw_fd(), newname, flags)?;
         if let Some(data) = replaced_data {
             self.uncharge_name(data);
         }
@@ -1203,17 +1186,8 @@ impl FileSystem for LayeredFs {
         let nfd = self.upper_fd(&npath)?;
         let oname = host::cstring(oname)?;
         self.charge_name(0)?;
-        // SAFETY: NUL-terminated single-component names; flags 0 never follows.
-        cvt(unsafe {
-            libc::linkat(
-                ofd.as_raw_fd(),
-                oname.as_ptr(),
-                nfd.as_raw_fd(),
-                newname.as_ptr(),
-                0,
-            )
-        })
-        .inspect_err(|_| self.uncharge_name(0))?;
+        host::linkat(ofd.as_raw_fd(), &oname, nfd.as_raw_fd(), newname)
+            .inspect_err(|_| self.uncharge_name(0))?;
         self.remove_marker(nfd.as_raw_fd(), &whiteout_name(newname)?)?;
         self.register(
             newparent,
@@ -1325,15 +1299,7 @@ impl FileSystem for LayeredFs {
         handle: Handle,
     ) -> io::Result<()> {
         let (_obj, fd) = self.handle_fd(handle)?;
-        // SAFETY: plain syscalls on an fd we hold.
-        cvt(unsafe {
-            if datasync {
-                libc::fdatasync(fd)
-            } else {
-                libc::fsync(fd)
-            }
-        })?;
-        Ok(())
+        host::fsync(fd, datasync)
     }
 
     fn release(
@@ -1372,7 +1338,10 @@ impl FileSystem for LayeredFs {
         let _r = self.tree.read().expect("tree lock");
         let (node, path) = self.node(inode)?;
         if node.upper {
-            return host::getxattr(self.upper_fd(&path)?.as_raw_fd(), &self.xattr_ns.host_xattr_name(name)?);
+            return host::getxattr(
+                self.upper_fd(&path)?.as_raw_fd(),
+                &self.xattr_ns.host_xattr_name(name)?,
+            );
         }
         let meta = self.lower_meta(node.lowers[0], &path);
         let found = meta.and_then(|m| {

@@ -286,16 +286,13 @@ fn racing_symlink_swaps_never_open_anything_outside() {
             let d = c(root.join("d").to_str().unwrap());
             let evil = c(root.join("evil").to_str().unwrap());
             while !stop.load(Ordering::Relaxed) {
-                // SAFETY: NUL-terminated absolute paths.
-                unsafe {
-                    libc::renameat2(
-                        libc::AT_FDCWD,
-                        d.as_ptr(),
-                        libc::AT_FDCWD,
-                        evil.as_ptr(),
-                        libc::RENAME_EXCHANGE,
-                    )
-                };
+                let _ = crate::host_util::renameat2(
+                    libc::AT_FDCWD,
+                    &d,
+                    libc::AT_FDCWD,
+                    &evil,
+                    libc::RENAME_EXCHANGE,
+                );
             }
         })
     };
