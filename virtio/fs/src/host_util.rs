@@ -652,16 +652,6 @@ pub(crate) fn attr_from_stat(st: &libc::stat64) -> crate::Attr {
 }
 
 #[cfg(test)]
-pub(crate) mod test_util {
-    /// Number of open file descriptors of this process.
-    pub(crate) fn open_fd_count() -> usize {
-        std::fs::read_dir("/proc/self/fd")
-            .map(|d| d.count())
-            .unwrap_or(0)
-    }
-}
-
-#[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;

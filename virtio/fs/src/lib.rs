@@ -25,6 +25,8 @@ pub mod memory;
 pub mod passthrough;
 mod path_table;
 pub mod server;
+#[cfg(test)]
+mod test_util;
 
 pub use filesystem::{
     Attr, Context, DirEntry, Entry, FileSystem, Handle, Inode, OpenReply, SetAttr, StatFs, TimeSet,

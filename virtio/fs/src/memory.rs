@@ -1056,16 +1056,7 @@ impl FileSystem for MemoryFs {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn c(s: &str) -> std::ffi::CString {
-        std::ffi::CString::new(s).unwrap()
-    }
-
-    const CTX: Context = Context {
-        uid: 0,
-        gid: 0,
-        pid: 1,
-    };
+    use crate::test_util::{c, CTX};
 
     #[test]
     fn seeding_creates_parents_and_replaces_contents() {

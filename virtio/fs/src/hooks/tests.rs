@@ -1,17 +1,13 @@
 //! Hooks over the in-memory backend, driven through the FileSystem trait as
 //! the server drives them.
 
-use std::ffi::CString;
 use std::sync::Mutex;
 
 use super::encrypt::NONCE_XATTR;
 use super::*;
 use crate::memory::MemoryFs;
+use crate::test_util::c;
 use crate::ROOT_INODE;
-
-fn c(s: &str) -> CString {
-    CString::new(s).unwrap()
-}
 
 const CTX: Context = Context {
     uid: 1000,

@@ -1,51 +1,12 @@
 //! Tests of the passthrough backend against real temporary directories.
 
 use super::*;
-use crate::host_util::test_util::open_fd_count;
-use std::ffi::CString;
+use crate::test_util::{c, errno, names, open_fd_count, CTX};
 use std::os::unix::fs::{symlink, MetadataExt};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-const CTX: Context = Context {
-    uid: 0,
-    gid: 0,
-    pid: 1,
-};
-
-fn c(s: &str) -> CString {
-    CString::new(s).unwrap()
-}
-
 fn fs_with(dir: &Path, config: PassthroughConfig) -> PassthroughFs {
     PassthroughFs::new(dir, config).unwrap()
-}
-
-fn names(fs: &dyn FileSystem, ino: Inode) -> Vec<String> {
-    let h = fs.opendir(&CTX, ino, 0).unwrap().handle;
-    let mut out = Vec::new();
-    let mut offset = 0;
-    loop {
-        let mut batch = Vec::new();
-        fs.readdir(&CTX, ino, h, offset, &mut |e| {
-            if batch.len() == 3 {
-                return false;
-            }
-            batch.push((String::from_utf8(e.name.to_vec()).unwrap(), e.offset));
-            true
-        })
-        .unwrap();
-        let Some(last) = batch.last() else { break };
-        offset = last.1;
-        out.extend(batch.into_iter().map(|(n, _)| n));
-    }
-    fs.releasedir(&CTX, ino, 0, h).unwrap();
-    out.retain(|n| n != "." && n != "..");
-    out.sort();
-    out
-}
-
-fn errno<T: std::fmt::Debug>(r: io::Result<T>) -> i32 {
-    r.unwrap_err().raw_os_error().unwrap()
 }
 
 #[test]
@@ -135,7 +96,7 @@ fn every_operation_works_on_a_real_directory() {
     let hl = fs.link(&CTX, e.inode, d.inode, &c("hard")).unwrap();
     assert_eq!(hl.inode, e.inode, "a hard link is the same inode");
     assert_eq!(hl.attr.nlink, 2);
-    assert_eq!(names(&fs, d.inode), ["fifo", "hard", "link"]);
+    assert_eq!(names(&fs, d.inode, 3), ["fifo", "hard", "link"]);
 
     fs.rename(&CTX, d.inode, &c("hard"), ROOT_INODE, &c("moved"), 0)
         .unwrap();
@@ -200,7 +161,7 @@ fn every_operation_works_on_a_real_directory() {
     assert_eq!(errno(fs.lookup(&CTX, ROOT_INODE, &c("d"))), libc::ENOENT);
     // The removed directory's cached fd still answers, for the inode itself.
     assert_eq!(fs.getattr(&CTX, d.inode, None).unwrap().0.nlink, 0);
-    assert_eq!(names(&fs, ROOT_INODE), ["f", "moved"]);
+    assert_eq!(names(&fs, ROOT_INODE, 3), ["f", "moved"]);
     assert_eq!(errno(fs.getattr(&CTX, 987_654, None)), libc::ESTALE);
 }
 
@@ -343,7 +304,7 @@ fn walking_more_entries_than_max_open_fds_keeps_descriptors_bounded() {
     // Depth-first like find(1), keeping every inode looked up (never forgotten).
     let mut stack = vec![ROOT_INODE];
     while let Some(dir) = stack.pop() {
-        for n in names(&fs, dir) {
+        for n in names(&fs, dir, 3) {
             let e = fs.lookup(&CTX, dir, &c(&n)).unwrap();
             if e.attr.mode & libc::S_IFMT == libc::S_IFDIR {
                 stack.push(e.inode);
