@@ -21,19 +21,12 @@ use std::sync::{Arc, Mutex, Weak};
 
 use crate::filesystem::{Attr, Context, DirEntry, Inode};
 use crate::host_util::err;
+pub(crate) use crate::host_util::{entry_bytes, ListEntry};
 
 /// Most bytes one directory snapshot may hold.
 pub(crate) const MAX_SNAPSHOT_BYTES: usize = 64 << 20;
 /// Most bytes all snapshots of one backend may hold together.
 pub(crate) const MAX_TOTAL_SNAPSHOT_BYTES: usize = 256 << 20;
-
-/// One listed entry: inode (or 0), `DT_*` kind, name.
-pub(crate) type ListEntry = (u64, u32, Vec<u8>);
-
-/// Host memory one listed entry takes: the tuple and its name's allocation.
-pub(crate) fn entry_bytes(name_len: usize) -> usize {
-    std::mem::size_of::<ListEntry>() + name_len.next_multiple_of(8)
-}
 
 /// A directory listing shared by the handles open on it; gives its bytes
 /// back to the registry's total when the last handle drops it.

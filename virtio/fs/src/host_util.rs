@@ -188,9 +188,16 @@ pub(crate) fn list_dir(dirfd: RawFd) -> io::Result<Vec<(u64, u8, Vec<u8>)>> {
     list_dir_capped(dirfd, usize::MAX)
 }
 
+/// One listed entry as the backends keep it: inode (or 0), `DT_*` kind, name.
+pub(crate) type ListEntry = (u64, u32, Vec<u8>);
+
+/// Host memory one listed entry takes: the tuple and its name's allocation.
+pub(crate) fn entry_bytes(name_len: usize) -> usize {
+    std::mem::size_of::<ListEntry>() + name_len.next_multiple_of(8)
+}
+
 /// [`list_dir`], failing with `ENOMEM` once the entries would take more
-/// than `max_bytes` of memory (as counted by
-/// [`crate::backend_common::entry_bytes`]).
+/// than `max_bytes` of memory (as counted by [`entry_bytes`]).
 pub(crate) fn list_dir_capped(
     dirfd: RawFd,
     max_bytes: usize,
@@ -202,7 +209,7 @@ pub(crate) fn list_dir_capped(
     let mut over = false;
     while read_dirents(fd.as_raw_fd(), &mut buf, &mut |ino, _, kind, name| {
         if name != b"." && name != b".." {
-            used = used.saturating_add(crate::backend_common::entry_bytes(name.len()));
+            used = used.saturating_add(entry_bytes(name.len()));
             if used > max_bytes {
                 over = true;
                 return false;
@@ -334,18 +341,18 @@ pub(crate) fn removexattr(fd: RawFd, name: &CStr) -> io::Result<()> {
     Ok(())
 }
 
-/// `timespec` for `utimensat` from an optional [`crate::TimeSet`].
-pub(crate) fn timespec(t: Option<crate::TimeSet>) -> libc::timespec {
+/// `timespec` for `utimensat` from an optional [`crate::filesystem::TimeSet`].
+pub(crate) fn timespec(t: Option<crate::filesystem::TimeSet>) -> libc::timespec {
     match t {
         None => libc::timespec {
             tv_sec: 0,
             tv_nsec: libc::UTIME_OMIT,
         },
-        Some(crate::TimeSet::Now) => libc::timespec {
+        Some(crate::filesystem::TimeSet::Now) => libc::timespec {
             tv_sec: 0,
             tv_nsec: libc::UTIME_NOW,
         },
-        Some(crate::TimeSet::At(s, ns)) => libc::timespec {
+        Some(crate::filesystem::TimeSet::At(s, ns)) => libc::timespec {
             tv_sec: s,
             tv_nsec: i64::from(ns.min(999_999_999)),
         },
@@ -355,8 +362,8 @@ pub(crate) fn timespec(t: Option<crate::TimeSet>) -> libc::timespec {
 /// Sets times on the object behind `fd` (not a symlink).
 pub(crate) fn set_times(
     fd: RawFd,
-    atime: Option<crate::TimeSet>,
-    mtime: Option<crate::TimeSet>,
+    atime: Option<crate::filesystem::TimeSet>,
+    mtime: Option<crate::filesystem::TimeSet>,
 ) -> io::Result<()> {
     if atime.is_none() && mtime.is_none() {
         return Ok(());
@@ -565,13 +572,13 @@ pub(crate) fn pwrite(fd: RawFd, offset: u64, data: &[u8]) -> io::Result<u32> {
 }
 
 /// Filesystem statistics of the filesystem holding `fd`.
-pub(crate) fn statfs(fd: RawFd) -> io::Result<crate::StatFs> {
+pub(crate) fn statfs(fd: RawFd) -> io::Result<crate::filesystem::StatFs> {
     let mut st = MaybeUninit::<libc::statfs64>::zeroed();
     // SAFETY: valid out pointer; fstatfs accepts O_PATH fds.
     cvt(unsafe { libc::fstatfs64(fd, st.as_mut_ptr()) })?;
     // SAFETY: filled in by the kernel.
     let st = unsafe { st.assume_init() };
-    Ok(crate::StatFs {
+    Ok(crate::filesystem::StatFs {
         blocks: st.f_blocks,
         bfree: st.f_bfree,
         bavail: st.f_bavail,
@@ -631,8 +638,8 @@ pub(crate) fn wants_write(flags: u32) -> bool {
 }
 
 /// Attributes from a host `stat` (owner and mode still host values).
-pub(crate) fn attr_from_stat(st: &libc::stat64) -> crate::Attr {
-    crate::Attr {
+pub(crate) fn attr_from_stat(st: &libc::stat64) -> crate::filesystem::Attr {
+    crate::filesystem::Attr {
         ino: st.st_ino,
         size: st.st_size as u64,
         blocks: st.st_blocks as u64,

@@ -5,9 +5,9 @@ use std::sync::Mutex;
 
 use super::encrypt::NONCE_XATTR;
 use super::*;
+use crate::filesystem::ROOT_INODE;
 use crate::memory::MemoryFs;
 use crate::test_util::c;
-use crate::ROOT_INODE;
 
 const CTX: Context = Context {
     uid: 1000,

@@ -51,13 +51,13 @@ use std::time::Duration;
 
 use crate::backend_common::check_access;
 use crate::backend_common::{entry_bytes, ListEntry, Snapshot, SnapshotRegistry};
+use crate::filesystem::{
+    Attr, Context, DirEntry, Entry, FileSystem, Handle, Inode, OpenReply, SetAttr, StatFs,
+};
 use crate::handle_table::HandleTable;
 use crate::host_util::{self as host, err, CONFINED};
 use crate::layer_meta::{EntryMeta, LayerMeta, OPAQUE_MARKER, ROOTFS_DIR, WHITEOUT_PREFIX};
 use crate::path_table::PathTable;
-use crate::{
-    Attr, Context, DirEntry, Entry, FileSystem, Handle, Inode, OpenReply, SetAttr, StatFs,
-};
 
 use quota::{data_cost, round_up, Quota, NAME_COST};
 use upper_meta::{GuestMeta, XattrNs};

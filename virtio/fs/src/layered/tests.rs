@@ -1,9 +1,9 @@
 //! Tests of the layered backend over hand-built layer directories.
 
 use super::*;
+use crate::filesystem::ROOT_INODE;
 use crate::layer_meta::{EntryMeta, LayerMeta};
 use crate::test_util::{c, errno, names, CTX};
-use crate::ROOT_INODE;
 use std::collections::BTreeMap;
 use std::os::unix::fs::{symlink, MetadataExt};
 

@@ -54,13 +54,13 @@ use std::time::Duration;
 use std::collections::HashMap;
 
 use crate::backend_common::check_access;
-use crate::handle_table::HandleTable;
-use crate::host_util::{self as host, err, CONFINED};
-use crate::path_table::PathTable;
-use crate::{
+use crate::filesystem::{
     Attr, Context, DirEntry, Entry, FileSystem, Handle, Inode, OpenReply, SetAttr, StatFs,
     ROOT_INODE,
 };
+use crate::handle_table::HandleTable;
+use crate::host_util::{self as host, err, CONFINED};
+use crate::path_table::PathTable;
 
 use fd_cache::FdCache;
 use kept_mode::{is_reserved_xattr, KeptMode, SETID};

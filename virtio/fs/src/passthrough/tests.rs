@@ -74,7 +74,7 @@ fn every_operation_works_on_a_real_directory() {
             SetAttr {
                 mode: Some(0o4750),
                 size: Some(5),
-                mtime: Some(crate::TimeSet::At(1_000_000, 5)),
+                mtime: Some(crate::filesystem::TimeSet::At(1_000_000, 5)),
                 ..Default::default()
             },
         )

@@ -28,13 +28,11 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::abi::{self, init_flags, opcode, ArgReader, InHeader, PutLe};
-use crate::filesystem::{Context, DirEntry, Entry, FileSystem};
+use crate::filesystem::{Context, DirEntry, Entry, FileSystem, Inode};
 
 mod ops;
 #[cfg(test)]
 mod tests;
-
-use ops::Request;
 
 /// The largest WRITE payload we accept (and tell the kernel, `max_write`).
 pub const MAX_WRITE: u32 = 1 << 20;
@@ -90,6 +88,15 @@ pub struct Server<F: FileSystem> {
     options: ServerOptions,
     initialized: AtomicBool,
     minor: AtomicU32,
+}
+
+/// One request being decoded: who asked, the opcode and inode from its
+/// header, and the part of its body not read yet.
+struct Request<'a> {
+    op: u32,
+    ctx: Context,
+    ino: Inode,
+    args: ArgReader<'a>,
 }
 
 /// What an operation answers: a body after the header, or nothing at all.

@@ -1,27 +1,18 @@
 //! One method per FUSE opcode: each reads its typed request struct (and
 //! any names or payload after it) from a [`Request`], calls the backend and
-//! encodes the reply. [`Server::dispatch`] picks the method; the checks the
-//! module docs of [`super`] promise live in [`Request`]'s readers.
+//! encodes the reply. `Server::dispatch` picks the method; the checks the
+//! module docs of [`super`] promise live in [`Request`]'s readers (here).
 
 use std::ffi::CStr;
 
 use vm_memory::ByteValued;
 
 use super::{
-    body, einval, empty, errno, OpResult, Reply, Server, MAX_READ, MAX_WRITE, NAME_MAX, PATH_MAX,
-    XATTR_NAME_MAX, XATTR_SIZE_MAX,
+    body, einval, empty, errno, OpResult, Reply, Request, Server, MAX_READ, MAX_WRITE, NAME_MAX,
+    PATH_MAX, XATTR_NAME_MAX, XATTR_SIZE_MAX,
 };
-use crate::abi::{self, fattr, opcode, ArgReader, PutLe};
-use crate::filesystem::{Context, DirEntry, FileSystem, Inode, SetAttr, TimeSet};
-
-/// One request being decoded: who asked, the opcode and inode from its
-/// header, and the part of its body not read yet.
-pub(super) struct Request<'a> {
-    pub(super) op: u32,
-    pub(super) ctx: Context,
-    pub(super) ino: Inode,
-    pub(super) args: ArgReader<'a>,
-}
+use crate::abi::{self, fattr, opcode, PutLe};
+use crate::filesystem::{DirEntry, FileSystem, Inode, SetAttr, TimeSet};
 
 impl<'a> Request<'a> {
     /// The next request struct; a body too short for it is EINVAL.

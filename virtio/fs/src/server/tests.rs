@@ -3,8 +3,8 @@
 
 use super::*;
 use crate::abi::{fattr, request, OutHeader};
+use crate::filesystem::ROOT_INODE;
 use crate::memory::MemoryFs;
-use crate::ROOT_INODE;
 use proptest::prelude::*;
 
 /// The guest kernel's side of the conversation.
