@@ -90,7 +90,13 @@ pub(crate) fn open_beneath(dirfd: RawFd, rel: &[u8]) -> io::Result<OwnedFd> {
     } else {
         cstring(rel)?
     };
-    openat2(dirfd, &path, libc::O_PATH | libc::O_NOFOLLOW, 0, CONFINED)
+    open_child(dirfd, &path)
+}
+
+/// An `O_PATH` fd of `name` in `dirfd` itself (a final symlink is not
+/// followed): how the backends hold the objects they hand out.
+pub(crate) fn open_child(dirfd: RawFd, name: &CStr) -> io::Result<OwnedFd> {
+    openat2(dirfd, name, libc::O_PATH | libc::O_NOFOLLOW, 0, CONFINED)
 }
 
 /// An `O_PATH` fd of a configured host directory (the share or a layer

@@ -22,6 +22,12 @@ pub(crate) fn errno<T: std::fmt::Debug>(r: io::Result<T>) -> i32 {
     r.unwrap_err().raw_os_error().unwrap()
 }
 
+/// Asserts that `r` failed with errno `want`.
+#[track_caller]
+pub(crate) fn assert_errno<T: std::fmt::Debug>(r: io::Result<T>, want: i32) {
+    assert_eq!(errno(r), want);
+}
+
 /// The sorted names in directory `ino` (without `.` and `..`), listed
 /// `batch` entries per READDIR as the kernel pages through a large
 /// directory, each resuming at the offset the last entry gave.

@@ -340,13 +340,7 @@ impl LayeredFs {
         let mut search_lowers = true;
         if parent.upper {
             let pfd = self.upper_fd(parent_path)?;
-            match host::openat2(
-                pfd.as_raw_fd(),
-                name,
-                libc::O_PATH | libc::O_NOFOLLOW,
-                0,
-                CONFINED,
-            ) {
+            match host::open_child(pfd.as_raw_fd(), name) {
                 Ok(fd) => {
                     let st = host::fstat(fd.as_raw_fd())?;
                     node.upper = true;
@@ -560,13 +554,7 @@ impl LayeredFs {
         };
         if node.kind == libc::S_IFDIR {
             host::mkdirat(upf.as_raw_fd(), name, 0o700)?;
-            let dfd = host::openat2(
-                upf.as_raw_fd(),
-                name,
-                libc::O_PATH | libc::O_NOFOLLOW,
-                0,
-                CONFINED,
-            )?;
+            let dfd = host::open_child(upf.as_raw_fd(), name)?;
             finish(dfd.as_raw_fd())?;
             let _ = host::utimens(dfd.as_raw_fd(), &times);
         } else {
@@ -650,13 +638,7 @@ impl LayeredFs {
                 let kind = match layer {
                     None => {
                         let cname = host::cstring(name)?;
-                        let cfd = host::openat2(
-                            fd.as_raw_fd(),
-                            &cname,
-                            libc::O_PATH | libc::O_NOFOLLOW,
-                            0,
-                            CONFINED,
-                        )?;
+                        let cfd = host::open_child(fd.as_raw_fd(), &cname)?;
                         match GuestMeta::load(self.xattr_ns, cfd.as_raw_fd())? {
                             Some(m) => host::dtype(m.mode),
                             None => u32::from(*dt),
@@ -843,13 +825,7 @@ impl LayeredFs {
         let mut file = None;
         if kind == libc::S_IFDIR {
             host::mkdirat(upf.as_raw_fd(), name, 0o700).map_err(uncharge)?;
-            let dfd = host::openat2(
-                upf.as_raw_fd(),
-                name,
-                libc::O_PATH | libc::O_NOFOLLOW,
-                0,
-                CONFINED,
-            )?;
+            let dfd = host::open_child(upf.as_raw_fd(), name)?;
             meta.store(self.xattr_ns, dfd.as_raw_fd())?;
             if replaces_deleted {
                 self.make_marker(dfd.as_raw_fd(), &host::cstring(OPAQUE_MARKER.as_bytes())?)?;

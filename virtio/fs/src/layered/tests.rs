@@ -3,7 +3,7 @@
 use super::*;
 use crate::filesystem::ROOT_INODE;
 use crate::layer_meta::{EntryMeta, LayerMeta};
-use crate::test_util::{c, errno, names, CTX};
+use crate::test_util::{assert_errno, c, errno, names, CTX};
 use std::collections::BTreeMap;
 use std::os::unix::fs::{symlink, MetadataExt};
 
@@ -158,15 +158,15 @@ fn upper_layers_shadow_whiteouts_hide_and_opaque_dirs_hide_lower_content() {
     let upper = tempfile::tempdir().unwrap();
     let fs = fs_over(&[&base, &top], upper.path());
     assert_eq!(read_all(&fs, "a"), b"top a");
-    assert_eq!(errno(walk(&fs, "b")), libc::ENOENT);
-    assert_eq!(errno(walk(&fs, ".wh.b")), libc::ENOENT);
+    assert_errno(walk(&fs, "b"), libc::ENOENT);
+    assert_errno(walk(&fs, ".wh.b"), libc::ENOENT);
     assert_eq!(
         names(&fs, ROOT_INODE, 2),
         ["a", "bin", "d", "dev", "escape", "etc", "keep"]
     );
     let d = walk(&fs, "d").unwrap();
     assert_eq!(names(&fs, d.inode, 2), ["z"]);
-    assert_eq!(errno(walk(&fs, "d/x")), libc::ENOENT);
+    assert_errno(walk(&fs, "d/x"), libc::ENOENT);
 }
 
 #[test]
@@ -184,9 +184,9 @@ fn meta_json_owners_setuid_bits_devices_and_xattrs_are_shown() {
         (null.attr.mode, null.attr.rdev as u64),
         (libc::S_IFCHR | 0o666, libc::makedev(1, 3))
     );
-    assert_eq!(
-        errno(fs.open(&CTX, null.inode, libc::O_RDONLY as u32)),
-        libc::ENXIO
+    assert_errno(
+        fs.open(&CTX, null.inode, libc::O_RDONLY as u32),
+        libc::ENXIO,
     );
     let k = walk(&fs, "keep/k").unwrap().attr;
     assert_eq!((k.mode, k.uid, k.gid), (libc::S_IFREG | 0o640, 1000, 100));
@@ -205,8 +205,8 @@ fn meta_json_owners_setuid_bits_devices_and_xattrs_are_shown() {
     );
     // The backend never follows a layer's symlink on the host.
     let esc = walk(&fs, "escape").unwrap();
-    assert_eq!(errno(fs.lookup(&CTX, esc.inode, &c("etc"))), libc::ENOTDIR);
-    assert_eq!(errno(fs.opendir(&CTX, esc.inode, 0)), libc::ENOTDIR);
+    assert_errno(fs.lookup(&CTX, esc.inode, &c("etc")), libc::ENOTDIR);
+    assert_errno(fs.opendir(&CTX, esc.inode, 0), libc::ENOTDIR);
 }
 
 #[test]
@@ -314,28 +314,25 @@ fn writes_copy_up_with_metadata_and_never_touch_the_layers() {
     );
     let l = fs.link(&CTX, f.inode, ROOT_INODE, &c("new2")).unwrap();
     assert_eq!(l.attr.nlink, 2);
-    assert_eq!(
-        errno(fs.create(&CTX, ROOT_INODE, &c(".wh.a"), 0o644, 0, 0)),
-        libc::EINVAL
+    assert_errno(
+        fs.create(&CTX, ROOT_INODE, &c(".wh.a"), 0o644, 0, 0),
+        libc::EINVAL,
     );
-    assert_eq!(
-        errno(fs.mkdir(&CTX, ROOT_INODE, &c(".wh..wh..opq"), 0o755, 0)),
-        libc::EINVAL
+    assert_errno(
+        fs.mkdir(&CTX, ROOT_INODE, &c(".wh..wh..opq"), 0o755, 0),
+        libc::EINVAL,
     );
-    assert_eq!(
-        errno(fs.mkdir(&CTX, ROOT_INODE, &c("a"), 0o755, 0)),
-        libc::EEXIST
-    );
+    assert_errno(fs.mkdir(&CTX, ROOT_INODE, &c("a"), 0o755, 0), libc::EEXIST);
 
     // Renames: a lower file moves (its old name whited out), a lower
     // directory refuses, an upper directory moves.
     fs.rename(&CTX, ROOT_INODE, &c("a"), ROOT_INODE, &c("a2"), 0)
         .unwrap();
     assert_eq!(read_all(&fs, "a2"), b"top a");
-    assert_eq!(errno(walk(&fs, "a")), libc::ENOENT);
-    assert_eq!(
-        errno(fs.rename(&CTX, ROOT_INODE, &c("keep"), ROOT_INODE, &c("keep2"), 0)),
-        libc::EXDEV
+    assert_errno(walk(&fs, "a"), libc::ENOENT);
+    assert_errno(
+        fs.rename(&CTX, ROOT_INODE, &c("keep"), ROOT_INODE, &c("keep2"), 0),
+        libc::EXDEV,
     );
     let nd = fs.mkdir(&CTX, ROOT_INODE, &c("nd"), 0o755, 0).unwrap();
     fs.create(&CTX, nd.inode, &c("f"), 0o644, libc::O_WRONLY as u32, 0)
@@ -371,7 +368,7 @@ fn deleted_lower_entries_stay_deleted_and_can_be_recreated() {
     let fs = fs_over(&[&base, &top], upper.path());
 
     fs.unlink(&CTX, ROOT_INODE, &c("a")).unwrap();
-    assert_eq!(errno(walk(&fs, "a")), libc::ENOENT);
+    assert_errno(walk(&fs, "a"), libc::ENOENT);
     assert!(!names(&fs, ROOT_INODE, 2).contains(&"a".to_string()));
     assert!(upper.path().join("rootfs/.wh.a").exists());
     let (e, h) = fs
@@ -386,22 +383,19 @@ fn deleted_lower_entries_stay_deleted_and_can_be_recreated() {
     assert!(!upper.path().join("rootfs/.wh.a").exists());
 
     let keep = walk(&fs, "keep").unwrap();
-    assert_eq!(
-        errno(fs.rmdir(&CTX, ROOT_INODE, &c("keep"))),
-        libc::ENOTEMPTY
-    );
-    assert_eq!(errno(fs.unlink(&CTX, ROOT_INODE, &c("keep"))), libc::EISDIR);
+    assert_errno(fs.rmdir(&CTX, ROOT_INODE, &c("keep")), libc::ENOTEMPTY);
+    assert_errno(fs.unlink(&CTX, ROOT_INODE, &c("keep")), libc::EISDIR);
     fs.unlink(&CTX, keep.inode, &c("k")).unwrap();
     assert_eq!(names(&fs, keep.inode, 2), Vec::<String>::new());
     fs.rmdir(&CTX, ROOT_INODE, &c("keep")).unwrap();
-    assert_eq!(errno(walk(&fs, "keep")), libc::ENOENT);
+    assert_errno(walk(&fs, "keep"), libc::ENOENT);
     let again = fs.mkdir(&CTX, ROOT_INODE, &c("keep"), 0o700, 0).unwrap();
     assert_eq!(
         names(&fs, again.inode, 2),
         Vec::<String>::new(),
         "lower content must stay hidden"
     );
-    assert_eq!(errno(walk(&fs, "keep/k")), libc::ENOENT);
+    assert_errno(walk(&fs, "keep/k"), libc::ENOENT);
     assert_eq!(snapshot(base.path()), before);
 }
 
@@ -418,11 +412,11 @@ fn sandboxes_sharing_layers_do_not_see_each_others_writes() {
     assert_eq!(read_all(&fs1, "a"), b"one");
     assert_eq!(read_all(&fs2, "a"), b"top a");
     assert_eq!(read_all(&fs2, "keep/k"), b"k");
-    assert_eq!(errno(walk(&fs2, "only1")), libc::ENOENT);
+    assert_errno(walk(&fs2, "only1"), libc::ENOENT);
     // A fresh instance over the same upper sees what the first one left.
     let again = fs_over(&[&base, &top], u1.path());
     assert_eq!(read_all(&again, "a"), b"one");
-    assert_eq!(errno(walk(&again, "keep/k")), libc::ENOENT);
+    assert_errno(walk(&again, "keep/k"), libc::ENOENT);
     assert!(walk(&again, "only1").is_ok());
 }
 
@@ -548,10 +542,10 @@ fn the_upper_is_limited_in_bytes_and_statfs_reports_the_limit() {
         size: Some(limit * 4),
         ..Default::default()
     };
-    assert_eq!(errno(fs.setattr(&CTX, f.inode, grow)), libc::ENOSPC);
-    assert_eq!(
-        errno(fs.write(&CTX, f.inode, open.handle, 1 << 40, b"x", 0)),
-        libc::ENOSPC
+    assert_errno(fs.setattr(&CTX, f.inode, grow), libc::ENOSPC);
+    assert_errno(
+        fs.write(&CTX, f.inode, open.handle, 1 << 40, b"x", 0),
+        libc::ENOSPC,
     );
     fs.release(&CTX, f.inode, 0, open.handle).unwrap();
     assert!(du(upper.path()) <= limit, "du {}", du(upper.path()));

@@ -291,10 +291,6 @@ impl PassthroughFs {
         }
     }
 
-    fn open_child(dirfd: RawFd, name: &CStr) -> io::Result<OwnedFd> {
-        host::openat2(dirfd, name, libc::O_PATH | libc::O_NOFOLLOW, 0, CONFINED)
-    }
-
     /// As root, gives a new name the mapped host owner of the guest caller;
     /// unprivileged, new files stay the process's own.
     fn set_creator(&self, ctx: &Context, dirfd: RawFd, name: &CStr) -> io::Result<()> {
@@ -336,7 +332,7 @@ impl PassthroughFs {
                 self.set_creator(ctx, pfd.as_raw_fd(), name)?;
             }
             if kept.is_some() {
-                let fd = Self::open_child(pfd.as_raw_fd(), name)?;
+                let fd = host::open_child(pfd.as_raw_fd(), name)?;
                 KeptMode::store(fd.as_raw_fd(), kept)?;
             }
             Ok(())
@@ -346,7 +342,7 @@ impl PassthroughFs {
             let _ = host::unlinkat(pfd.as_raw_fd(), name, flag);
             return Err(e);
         }
-        self.register(parent, name, Self::open_child(pfd.as_raw_fd(), name)?)
+        self.register(parent, name, host::open_child(pfd.as_raw_fd(), name)?)
     }
 
     /// chmod without ever giving the host object a set-id bit: the host
@@ -390,7 +386,7 @@ impl FileSystem for PassthroughFs {
     fn lookup(&self, _ctx: &Context, parent: Inode, name: &CStr) -> io::Result<Entry> {
         host::check_name(name).map_err(|_| err(libc::ENOENT))?;
         let (pfd, _) = self.inode_fd(parent)?;
-        let fd = Self::open_child(pfd.as_raw_fd(), name)?;
+        let fd = host::open_child(pfd.as_raw_fd(), name)?;
         self.register(parent, name, fd)
     }
 
@@ -674,7 +670,7 @@ impl FileSystem for PassthroughFs {
             }
         }
         let handle = self.handles.insert(OpenObject::File(file))?;
-        let entry = match Self::open_child(pfd.as_raw_fd(), name)
+        let entry = match host::open_child(pfd.as_raw_fd(), name)
             .and_then(|fd| self.register(parent, name, fd))
         {
             Ok(e) => e,

@@ -1,7 +1,7 @@
 //! Tests of the passthrough backend against real temporary directories.
 
 use super::*;
-use crate::test_util::{c, errno, names, open_fd_count, CTX};
+use crate::test_util::{assert_errno, c, errno, names, open_fd_count, CTX};
 use std::os::unix::fs::{symlink, MetadataExt};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -62,10 +62,7 @@ fn every_operation_works_on_a_real_directory() {
             >= 11
     );
     fs.release(&CTX, e.inode, 0, open.handle).unwrap();
-    assert_eq!(
-        errno(fs.read(&CTX, e.inode, open.handle, 0, 1)),
-        libc::EBADF
-    );
+    assert_errno(fs.read(&CTX, e.inode, open.handle, 0, 1), libc::EBADF);
 
     let (a, _) = fs
         .setattr(
@@ -135,13 +132,10 @@ fn every_operation_works_on_a_real_directory() {
         .windows(7)
         .any(|w| w == b"user.k\0"));
     fs.removexattr(&CTX, e.inode, &c("user.k")).unwrap();
-    assert_eq!(
-        errno(fs.getxattr(&CTX, e.inode, &c("user.k"))),
-        libc::ENODATA
-    );
-    assert_eq!(
-        errno(fs.setxattr(&CTX, e.inode, &c("trusted.k"), b"v", 0)),
-        libc::EPERM
+    assert_errno(fs.getxattr(&CTX, e.inode, &c("user.k")), libc::ENODATA);
+    assert_errno(
+        fs.setxattr(&CTX, e.inode, &c("trusted.k"), b"v", 0),
+        libc::EPERM,
     );
 
     assert!(fs.statfs(&CTX, ROOT_INODE).unwrap().blocks > 0);
@@ -156,13 +150,13 @@ fn every_operation_works_on_a_real_directory() {
 
     fs.unlink(&CTX, d.inode, &c("fifo")).unwrap();
     fs.unlink(&CTX, d.inode, &c("link")).unwrap();
-    assert_eq!(errno(fs.rmdir(&CTX, ROOT_INODE, &c("f"))), libc::ENOTDIR);
+    assert_errno(fs.rmdir(&CTX, ROOT_INODE, &c("f")), libc::ENOTDIR);
     fs.rmdir(&CTX, ROOT_INODE, &c("d")).unwrap();
-    assert_eq!(errno(fs.lookup(&CTX, ROOT_INODE, &c("d"))), libc::ENOENT);
+    assert_errno(fs.lookup(&CTX, ROOT_INODE, &c("d")), libc::ENOENT);
     // The removed directory's cached fd still answers, for the inode itself.
     assert_eq!(fs.getattr(&CTX, d.inode, None).unwrap().0.nlink, 0);
     assert_eq!(names(&fs, ROOT_INODE, 3), ["f", "moved"]);
-    assert_eq!(errno(fs.getattr(&CTX, 987_654, None)), libc::ESTALE);
+    assert_errno(fs.getattr(&CTX, 987_654, None), libc::ESTALE);
 }
 
 #[test]
@@ -181,17 +175,11 @@ fn symlinks_and_dotdot_never_reach_outside_the_share() {
     for (dir, link) in [(ROOT_INODE, "root"), (ROOT_INODE, "abs")] {
         let e = fs.lookup(&CTX, dir, &c(link)).unwrap();
         assert_eq!(e.attr.mode & libc::S_IFMT, libc::S_IFLNK);
-        assert_eq!(errno(fs.lookup(&CTX, e.inode, &c("secret"))), libc::ENOTDIR);
-        assert_eq!(errno(fs.lookup(&CTX, e.inode, &c("etc"))), libc::ENOTDIR);
-        assert_eq!(errno(fs.opendir(&CTX, e.inode, 0)), libc::ENOTDIR);
-        assert_eq!(
-            errno(fs.open(&CTX, e.inode, libc::O_RDONLY as u32)),
-            libc::ELOOP
-        );
-        assert_eq!(
-            errno(fs.getxattr(&CTX, e.inode, &c("user.x"))),
-            libc::ENODATA
-        );
+        assert_errno(fs.lookup(&CTX, e.inode, &c("secret")), libc::ENOTDIR);
+        assert_errno(fs.lookup(&CTX, e.inode, &c("etc")), libc::ENOTDIR);
+        assert_errno(fs.opendir(&CTX, e.inode, 0), libc::ENOTDIR);
+        assert_errno(fs.open(&CTX, e.inode, libc::O_RDONLY as u32), libc::ELOOP);
+        assert_errno(fs.getxattr(&CTX, e.inode, &c("user.x")), libc::ENODATA);
         // Changing it must act on the link, never on its target.
         let before = std::fs::metadata("/").unwrap().mode();
         fs.setattr(
@@ -211,15 +199,15 @@ fn symlinks_and_dotdot_never_reach_outside_the_share() {
     }
     for link in ["up", "way_up"] {
         let e = fs.lookup(&CTX, ino, &c(link)).unwrap();
-        assert_eq!(errno(fs.lookup(&CTX, e.inode, &c("passwd"))), libc::ENOTDIR);
+        assert_errno(fs.lookup(&CTX, e.inode, &c("passwd")), libc::ENOTDIR);
     }
-    assert_eq!(errno(fs.lookup(&CTX, ino, &c(".."))), libc::ENOENT);
-    assert_eq!(errno(fs.lookup(&CTX, ROOT_INODE, &c(".."))), libc::ENOENT);
-    assert_eq!(errno(fs.mkdir(&CTX, ino, &c(".."), 0o755, 0)), libc::EINVAL);
+    assert_errno(fs.lookup(&CTX, ino, &c("..")), libc::ENOENT);
+    assert_errno(fs.lookup(&CTX, ROOT_INODE, &c("..")), libc::ENOENT);
+    assert_errno(fs.mkdir(&CTX, ino, &c(".."), 0o755, 0), libc::EINVAL);
     // Creating through the link name must not create at its target.
-    assert_eq!(
-        errno(fs.create(&CTX, ROOT_INODE, &c("abs"), 0o644, libc::O_RDWR as u32, 0)),
-        libc::ELOOP
+    assert_errno(
+        fs.create(&CTX, ROOT_INODE, &c("abs"), 0o644, libc::O_RDWR as u32, 0),
+        libc::ELOOP,
     );
     assert!(!outside.path().join("abs").exists());
 }
@@ -350,11 +338,8 @@ fn open_handles_are_capped() {
                 .handle
         })
         .collect();
-    assert_eq!(
-        errno(fs.open(&CTX, f.inode, libc::O_RDONLY as u32)),
-        libc::EMFILE
-    );
-    assert_eq!(errno(fs.opendir(&CTX, ROOT_INODE, 0)), libc::EMFILE);
+    assert_errno(fs.open(&CTX, f.inode, libc::O_RDONLY as u32), libc::EMFILE);
+    assert_errno(fs.opendir(&CTX, ROOT_INODE, 0), libc::EMFILE);
     fs.release(&CTX, f.inode, 0, hs[0]).unwrap();
     fs.opendir(&CTX, ROOT_INODE, 0).unwrap();
 }
@@ -376,27 +361,21 @@ fn read_only_refuses_every_change() {
         .unwrap()
         .handle;
     assert_eq!(fs.read(&CTX, f.inode, h, 0, 10).unwrap(), b"data");
-    assert_eq!(errno(fs.write(&CTX, f.inode, h, 0, b"x", 0)), libc::EROFS);
-    assert_eq!(
-        errno(fs.open(&CTX, f.inode, libc::O_WRONLY as u32)),
-        libc::EROFS
+    assert_errno(fs.write(&CTX, f.inode, h, 0, b"x", 0), libc::EROFS);
+    assert_errno(fs.open(&CTX, f.inode, libc::O_WRONLY as u32), libc::EROFS);
+    assert_errno(
+        fs.open(&CTX, f.inode, (libc::O_RDONLY | libc::O_TRUNC) as u32),
+        libc::EROFS,
     );
-    assert_eq!(
-        errno(fs.open(&CTX, f.inode, (libc::O_RDONLY | libc::O_TRUNC) as u32)),
-        libc::EROFS
+    assert_errno(
+        fs.create(&CTX, ROOT_INODE, &c("g"), 0o644, 0, 0),
+        libc::EROFS,
     );
-    assert_eq!(
-        errno(fs.create(&CTX, ROOT_INODE, &c("g"), 0o644, 0, 0)),
-        libc::EROFS
-    );
-    assert_eq!(
-        errno(fs.mkdir(&CTX, ROOT_INODE, &c("g"), 0o755, 0)),
-        libc::EROFS
-    );
-    assert_eq!(errno(fs.unlink(&CTX, ROOT_INODE, &c("f"))), libc::EROFS);
-    assert_eq!(
-        errno(fs.rename(&CTX, ROOT_INODE, &c("f"), ROOT_INODE, &c("g"), 0)),
-        libc::EROFS
+    assert_errno(fs.mkdir(&CTX, ROOT_INODE, &c("g"), 0o755, 0), libc::EROFS);
+    assert_errno(fs.unlink(&CTX, ROOT_INODE, &c("f")), libc::EROFS);
+    assert_errno(
+        fs.rename(&CTX, ROOT_INODE, &c("f"), ROOT_INODE, &c("g"), 0),
+        libc::EROFS,
     );
     assert_eq!(
         errno(fs.setattr(
@@ -409,14 +388,11 @@ fn read_only_refuses_every_change() {
         )),
         libc::EROFS
     );
-    assert_eq!(
-        errno(fs.setxattr(&CTX, f.inode, &c("user.a"), b"", 0)),
-        libc::EROFS
+    assert_errno(
+        fs.setxattr(&CTX, f.inode, &c("user.a"), b"", 0),
+        libc::EROFS,
     );
-    assert_eq!(
-        errno(fs.access(&CTX, f.inode, libc::W_OK as u32)),
-        libc::EROFS
-    );
+    assert_errno(fs.access(&CTX, f.inode, libc::W_OK as u32), libc::EROFS);
     assert_eq!(std::fs::read(share.path().join("f")).unwrap(), b"data");
 }
 
@@ -579,17 +555,17 @@ fn the_host_never_gets_set_id_bits_or_device_nodes_but_the_guest_sees_them() {
         fs.lookup(&CTX, ROOT_INODE, &c("plain")).unwrap().attr.mode,
         libc::S_IFREG | 0o755
     );
-    assert_eq!(
-        errno(fs.setxattr(&CTX, plain.inode, &c("user.msbvm.mode"), b"x", 0)),
-        libc::EPERM
+    assert_errno(
+        fs.setxattr(&CTX, plain.inode, &c("user.msbvm.mode"), b"x", 0),
+        libc::EPERM,
     );
-    assert_eq!(
-        errno(fs.getxattr(&CTX, blk.inode, &c("user.msbvm.mode"))),
-        libc::ENODATA
+    assert_errno(
+        fs.getxattr(&CTX, blk.inode, &c("user.msbvm.mode")),
+        libc::ENODATA,
     );
-    assert_eq!(
-        errno(fs.removexattr(&CTX, blk.inode, &c("user.msbvm.mode"))),
-        libc::EPERM
+    assert_errno(
+        fs.removexattr(&CTX, blk.inode, &c("user.msbvm.mode")),
+        libc::EPERM,
     );
     assert!(fs.listxattr(&CTX, blk.inode).unwrap().is_empty());
 }
