@@ -126,6 +126,16 @@ pub struct OpenReply {
     pub open_flags: u32,
 }
 
+impl OpenReply {
+    /// `handle` with no `FOPEN_*` flags: the kernel's default caching.
+    pub fn new(handle: Handle) -> Self {
+        Self {
+            handle,
+            open_flags: 0,
+        }
+    }
+}
+
 /// One directory entry produced by [`FileSystem::readdir`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DirEntry<'a> {

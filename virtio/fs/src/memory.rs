@@ -761,10 +761,7 @@ impl FileSystem for MemoryFs {
         }
         st.node_mut(inode)?.opens += 1;
         let handle = st.new_handle(Open::File(inode));
-        Ok(OpenReply {
-            handle,
-            open_flags: 0,
-        })
+        Ok(OpenReply::new(handle))
     }
 
     fn create(
@@ -789,13 +786,7 @@ impl FileSystem for MemoryFs {
         let entry = st.entry(ino)?;
         st.node_mut(ino)?.opens += 1;
         let handle = st.new_handle(Open::File(ino));
-        Ok((
-            entry,
-            OpenReply {
-                handle,
-                open_flags: 0,
-            },
-        ))
+        Ok((entry, OpenReply::new(handle)))
     }
 
     fn read(
@@ -940,10 +931,7 @@ impl FileSystem for MemoryFs {
             inode,
             entries: list,
         }));
-        Ok(OpenReply {
-            handle,
-            open_flags: 0,
-        })
+        Ok(OpenReply::new(handle))
     }
 
     fn readdir(

@@ -98,6 +98,20 @@ impl<F: FileSystem> Hooked<F> {
         }
     }
 
+    /// An operation through the open handle `handle`.
+    fn with_handle(
+        &self,
+        kind: OpKind,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+    ) -> Op<'static> {
+        Op {
+            handle: Some(handle),
+            ..self.op(kind, ctx, inode)
+        }
+    }
+
     fn named(&self, kind: OpKind, ctx: &Context, parent: Inode, name: &CStr) -> Op<'static> {
         Op {
             path: self.paths.child(parent, name.to_bytes()),
@@ -358,10 +372,9 @@ impl<F: FileSystem> FileSystem for Hooked<F> {
         size: u32,
     ) -> io::Result<Vec<u8>> {
         let op = Op {
-            handle: Some(handle),
             offset,
             size: u64::from(size),
-            ..self.op(OpKind::Read, ctx, inode)
+            ..self.with_handle(OpKind::Read, ctx, inode, handle)
         };
         self.run(
             &op,
@@ -399,11 +412,10 @@ impl<F: FileSystem> FileSystem for Hooked<F> {
         flags: u32,
     ) -> io::Result<u32> {
         let op = Op {
-            handle: Some(handle),
             offset,
             size: data.len() as u64,
             flags,
-            ..self.op(OpKind::Write, ctx, inode)
+            ..self.with_handle(OpKind::Write, ctx, inode, handle)
         };
         self.run(
             &op,
@@ -430,26 +442,17 @@ impl<F: FileSystem> FileSystem for Hooked<F> {
         handle: Handle,
         lock_owner: u64,
     ) -> io::Result<()> {
-        let op = Op {
-            handle: Some(handle),
-            ..self.op(OpKind::Flush, ctx, inode)
-        };
+        let op = self.with_handle(OpKind::Flush, ctx, inode, handle);
         self.simple(&op, || self.inner.flush(ctx, inode, handle, lock_owner))
     }
 
     fn fsync(&self, ctx: &Context, inode: Inode, datasync: bool, handle: Handle) -> io::Result<()> {
-        let op = Op {
-            handle: Some(handle),
-            ..self.op(OpKind::Fsync, ctx, inode)
-        };
+        let op = self.with_handle(OpKind::Fsync, ctx, inode, handle);
         self.simple(&op, || self.inner.fsync(ctx, inode, datasync, handle))
     }
 
     fn release(&self, ctx: &Context, inode: Inode, flags: u32, handle: Handle) -> io::Result<()> {
-        let op = Op {
-            handle: Some(handle),
-            ..self.op(OpKind::Release, ctx, inode)
-        };
+        let op = self.with_handle(OpKind::Release, ctx, inode, handle);
         self.simple(&op, || self.inner.release(ctx, inode, flags, handle))
     }
 
@@ -516,9 +519,8 @@ impl<F: FileSystem> FileSystem for Hooked<F> {
         add: &mut dyn FnMut(DirEntry<'_>) -> bool,
     ) -> io::Result<()> {
         let op = Op {
-            handle: Some(handle),
             offset,
-            ..self.op(OpKind::Readdir, ctx, inode)
+            ..self.with_handle(OpKind::Readdir, ctx, inode, handle)
         };
         self.simple(&op, || self.inner.readdir(ctx, inode, handle, offset, add))
     }
@@ -530,10 +532,7 @@ impl<F: FileSystem> FileSystem for Hooked<F> {
         flags: u32,
         handle: Handle,
     ) -> io::Result<()> {
-        let op = Op {
-            handle: Some(handle),
-            ..self.op(OpKind::Releasedir, ctx, inode)
-        };
+        let op = self.with_handle(OpKind::Releasedir, ctx, inode, handle);
         self.simple(&op, || self.inner.releasedir(ctx, inode, flags, handle))
     }
 
@@ -544,10 +543,7 @@ impl<F: FileSystem> FileSystem for Hooked<F> {
         datasync: bool,
         handle: Handle,
     ) -> io::Result<()> {
-        let op = Op {
-            handle: Some(handle),
-            ..self.op(OpKind::Fsyncdir, ctx, inode)
-        };
+        let op = self.with_handle(OpKind::Fsyncdir, ctx, inode, handle);
         self.simple(&op, || self.inner.fsyncdir(ctx, inode, datasync, handle))
     }
 
@@ -569,11 +565,10 @@ impl<F: FileSystem> FileSystem for Hooked<F> {
         length: u64,
     ) -> io::Result<()> {
         let op = Op {
-            handle: Some(handle),
             offset,
             size: length,
             flags: mode,
-            ..self.op(OpKind::Fallocate, ctx, inode)
+            ..self.with_handle(OpKind::Fallocate, ctx, inode, handle)
         };
         self.simple(&op, || {
             self.inner
@@ -590,9 +585,8 @@ impl<F: FileSystem> FileSystem for Hooked<F> {
         whence: u32,
     ) -> io::Result<u64> {
         let op = Op {
-            handle: Some(handle),
             offset,
-            ..self.op(OpKind::Lseek, ctx, inode)
+            ..self.with_handle(OpKind::Lseek, ctx, inode, handle)
         };
         self.simple(&op, || self.inner.lseek(ctx, inode, handle, offset, whence))
     }

@@ -1213,10 +1213,7 @@ impl FileSystem for LayeredFs {
                 host::reopen(pfd.as_raw_fd(), host_flags)?
             }
         };
-        Ok(OpenReply {
-            handle: self.handles.insert(OpenObject::File(fd))?,
-            open_flags: 0,
-        })
+        Ok(OpenReply::new(self.handles.insert(OpenObject::File(fd))?))
     }
 
     fn create(
@@ -1234,10 +1231,7 @@ impl FileSystem for LayeredFs {
         let fd = fd.ok_or_else(|| err(libc::EIO))?;
         Ok((
             entry,
-            OpenReply {
-                handle: self.handles.insert(OpenObject::File(fd))?,
-                open_flags: 0,
-            },
+            OpenReply::new(self.handles.insert(OpenObject::File(fd))?),
         ))
     }
 
@@ -1378,10 +1372,9 @@ impl FileSystem for LayeredFs {
             self.dirs
                 .open(key, || self.merged_list(inode, &node, &path))?
         };
-        Ok(OpenReply {
-            handle: self.handles.insert(OpenObject::Dir(snapshot))?,
-            open_flags: 0,
-        })
+        Ok(OpenReply::new(
+            self.handles.insert(OpenObject::Dir(snapshot))?,
+        ))
     }
 
     fn readdir(

@@ -615,10 +615,7 @@ impl FileSystem for PassthroughFs {
             f &= !libc::O_APPEND;
         }
         let file = host::reopen(fd.as_raw_fd(), f)?;
-        Ok(OpenReply {
-            handle: self.handles.insert(OpenObject::File(file))?,
-            open_flags: 0,
-        })
+        Ok(OpenReply::new(self.handles.insert(OpenObject::File(file))?))
     }
 
     fn create(
@@ -679,13 +676,7 @@ impl FileSystem for PassthroughFs {
                 return Err(e);
             }
         };
-        Ok((
-            entry,
-            OpenReply {
-                handle,
-                open_flags: 0,
-            },
-        ))
+        Ok((entry, OpenReply::new(handle)))
     }
 
     fn read(
@@ -810,10 +801,9 @@ impl FileSystem for PassthroughFs {
             0,
             CONFINED,
         )?;
-        Ok(OpenReply {
-            handle: self.handles.insert(OpenObject::Dir(Mutex::new(dir)))?,
-            open_flags: 0,
-        })
+        Ok(OpenReply::new(
+            self.handles.insert(OpenObject::Dir(Mutex::new(dir)))?,
+        ))
     }
 
     fn readdir(
