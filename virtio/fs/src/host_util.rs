@@ -1,5 +1,6 @@
 //! Confined host-side file operations shared by the passthrough and layered
-//! backends.
+//! backends: every host syscall they make goes through a wrapper here, so
+//! this is the one module whose `unsafe` blocks talk to the host kernel.
 //!
 //! Every path the backends hand to the host kernel is resolved relative to an
 //! `O_PATH` directory fd with `openat2(2)` and [`CONFINED`]: no `..` above
