@@ -582,3 +582,45 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn every_request_struct_one_byte_short_is_einval() {
+    let mut k = Kernel::new();
+    let (f, _) = k.create(ROOT_INODE, "short");
+    let structs = [
+        (opcode::GETATTR, 16),
+        (opcode::SETATTR, 88),
+        (opcode::MKNOD, 16),
+        (opcode::MKDIR, 8),
+        (opcode::RENAME, 8),
+        (opcode::RENAME2, 16),
+        (opcode::LINK, 8),
+        (opcode::OPEN, 8),
+        (opcode::OPENDIR, 8),
+        (opcode::CREATE, 16),
+        (opcode::READ, 40),
+        (opcode::WRITE, 40),
+        (opcode::RELEASE, 24),
+        (opcode::RELEASEDIR, 24),
+        (opcode::FSYNC, 16),
+        (opcode::FSYNCDIR, 16),
+        (opcode::FLUSH, 24),
+        (opcode::SETXATTR, 8),
+        (opcode::GETXATTR, 8),
+        (opcode::LISTXATTR, 8),
+        (opcode::ACCESS, 8),
+        (opcode::FALLOCATE, 32),
+        (opcode::READDIR, 40),
+        (opcode::READDIRPLUS, 40),
+        (opcode::LSEEK, 24),
+    ];
+    for (op, size) in structs {
+        let short = vec![0u8; size - 1];
+        assert_eq!(k.call(op, f, &short).0, libc::EINVAL, "opcode {op}");
+    }
+    let mut reply = Vec::new();
+    k.server
+        .handle(&request(opcode::INIT, 99, 0, &[0; 15]), &mut reply)
+        .unwrap();
+    assert_eq!(OutHeader::parse(&reply).unwrap().error, -libc::EINVAL);
+}
