@@ -39,6 +39,17 @@ fn read_in(fh: u64, off: u64, size: u32) -> Vec<u8> {
     ])
 }
 
+/// `fuse_write_in` claiming `size` bytes, followed by `data`.
+fn write_in(fh: u64, off: u64, size: u32, data: &[u8]) -> Vec<u8> {
+    args(&[
+        &fh.to_le_bytes(),
+        &off.to_le_bytes(),
+        &size.to_le_bytes(),
+        &[0; 20],
+        data,
+    ])
+}
+
 /// Offset of `fuse_attr.size` and `.mode`/`.nlink` inside `fuse_entry_out`.
 const ENTRY_SIZE_AT: usize = 48;
 const ENTRY_MODE_AT: usize = 100;
@@ -104,13 +115,7 @@ impl Kernel {
     }
 
     fn write(&mut self, ino: u64, fh: u64, off: u64, data: &[u8]) -> u32 {
-        let a = args(&[
-            &fh.to_le_bytes(),
-            &off.to_le_bytes(),
-            &(data.len() as u32).to_le_bytes(),
-            &[0; 20],
-            data,
-        ]);
+        let a = write_in(fh, off, data.len() as u32, data);
         u32_at(&self.ok(opcode::WRITE, ino, &a), 0)
     }
 
@@ -363,13 +368,7 @@ fn malformed_requests_get_error_replies_with_their_unique() {
 
     let (f, fh) = k.create(ROOT_INODE, "f");
     // WRITE claiming more bytes than it carries.
-    let w = args(&[
-        &fh.to_le_bytes(),
-        &0u64.to_le_bytes(),
-        &100u32.to_le_bytes(),
-        &[0; 20],
-        b"short",
-    ]);
+    let w = write_in(fh, 0, 100, b"short");
     assert_eq!(k.call(opcode::WRITE, f, &w).0, libc::EINVAL);
     // Truncated argument structs.
     assert_eq!(k.call(opcode::READ, f, &[0; 10]).0, libc::EINVAL);
@@ -434,13 +433,7 @@ fn byte_limit_turns_growth_into_enospc_and_truncate_frees() {
     let mut k = Kernel::with(MemoryFs::with_byte_limit(10), ServerOptions::default());
     let (f, fh) = k.create(ROOT_INODE, "f");
     assert_eq!(k.write(f, fh, 0, b"0123456789"), 10);
-    let w = args(&[
-        &fh.to_le_bytes(),
-        &10u64.to_le_bytes(),
-        &1u32.to_le_bytes(),
-        &[0; 20],
-        b"x",
-    ]);
+    let w = write_in(fh, 10, 1, b"x");
     assert_eq!(k.call(opcode::WRITE, f, &w).0, libc::ENOSPC);
     let mut set = vec![0u8; 88];
     set[0..4].copy_from_slice(&fattr::SIZE.to_le_bytes());
