@@ -3,7 +3,7 @@
 use std::ffi::CString;
 use std::io;
 
-use crate::filesystem::{Context, FileSystem, Inode};
+use crate::filesystem::{Context, Entry, FileSystem, Inode};
 
 /// A request from guest root.
 pub(crate) const CTX: Context = Context {
@@ -20,6 +20,11 @@ pub(crate) fn c(s: &str) -> CString {
 /// The errno of a call that must fail.
 pub(crate) fn errno<T: std::fmt::Debug>(r: io::Result<T>) -> i32 {
     r.unwrap_err().raw_os_error().unwrap()
+}
+
+/// A node made by guest root with MKNOD (umask 0), which must succeed.
+pub(crate) fn mknod(fs: &dyn FileSystem, parent: Inode, name: &str, mode: u32, rdev: u32) -> Entry {
+    fs.mknod(&CTX, parent, &c(name), mode, rdev, 0).unwrap()
 }
 
 /// Asserts that `r` failed with errno `want`.

@@ -3,7 +3,7 @@
 use super::*;
 use crate::filesystem::ROOT_INODE;
 use crate::layer_meta::{EntryMeta, LayerMeta};
-use crate::test_util::{assert_errno, c, errno, names, CTX};
+use crate::test_util::{assert_errno, c, errno, mknod, names, CTX};
 use std::collections::BTreeMap;
 use std::os::unix::fs::{symlink, MetadataExt};
 
@@ -298,16 +298,13 @@ fn writes_copy_up_with_metadata_and_never_touch_the_layers() {
     let s = fs.symlink(&CTX, &c("../a"), ROOT_INODE, &c("sl")).unwrap();
     assert_eq!(s.attr.mode & libc::S_IFMT, libc::S_IFLNK);
     assert_eq!(fs.readlink(&CTX, s.inode).unwrap(), b"../a");
-    let dev = fs
-        .mknod(
-            &CTX,
-            ROOT_INODE,
-            &c("tty"),
-            libc::S_IFCHR | 0o620,
-            libc::makedev(5, 0) as u32,
-            0,
-        )
-        .unwrap();
+    let dev = mknod(
+        &fs,
+        ROOT_INODE,
+        "tty",
+        libc::S_IFCHR | 0o620,
+        libc::makedev(5, 0) as u32,
+    );
     assert_eq!(
         (dev.attr.mode, dev.attr.rdev as u64),
         (libc::S_IFCHR | 0o620, libc::makedev(5, 0))
@@ -444,19 +441,8 @@ fn the_upper_never_gets_set_id_bits_or_device_nodes_on_the_host() {
         .unwrap();
     fs.release(&CTX, f.inode, 0, open.handle).unwrap();
     let d = fs.mkdir(&CTX, ROOT_INODE, &c("sgid"), 0o2775, 0).unwrap();
-    let blk = fs
-        .mknod(&CTX, d.inode, &c("blk"), libc::S_IFBLK | 0o6660, 0x0801, 0)
-        .unwrap();
-    let chr = fs
-        .mknod(
-            &CTX,
-            ROOT_INODE,
-            &c("chr"),
-            libc::S_IFCHR | 0o666,
-            0x0103,
-            0,
-        )
-        .unwrap();
+    let blk = mknod(&fs, d.inode, "blk", libc::S_IFBLK | 0o6660, 0x0801);
+    let chr = mknod(&fs, ROOT_INODE, "chr", libc::S_IFCHR | 0o666, 0x0103);
     let a = walk(&fs, "a").unwrap();
     let set = SetAttr {
         mode: Some(0o6755),

@@ -1,7 +1,7 @@
 //! Tests of the passthrough backend against real temporary directories.
 
 use super::*;
-use crate::test_util::{assert_errno, c, errno, names, open_fd_count, CTX};
+use crate::test_util::{assert_errno, c, errno, mknod, names, open_fd_count, CTX};
 use std::os::unix::fs::{symlink, MetadataExt};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -86,9 +86,7 @@ fn every_operation_works_on_a_real_directory() {
     assert_eq!(d.attr.mode & libc::S_IFMT, libc::S_IFDIR);
     let l = fs.symlink(&CTX, &c("../f"), d.inode, &c("link")).unwrap();
     assert_eq!(fs.readlink(&CTX, l.inode).unwrap(), b"../f");
-    let fifo = fs
-        .mknod(&CTX, d.inode, &c("fifo"), libc::S_IFIFO | 0o600, 0, 0)
-        .unwrap();
+    let fifo = mknod(&fs, d.inode, "fifo", libc::S_IFIFO | 0o600, 0);
     assert_eq!(fifo.attr.mode & libc::S_IFMT, libc::S_IFIFO);
     let hl = fs.link(&CTX, e.inode, d.inode, &c("hard")).unwrap();
     assert_eq!(hl.inode, e.inode, "a hard link is the same inode");
@@ -485,30 +483,12 @@ fn the_host_never_gets_set_id_bits_or_device_nodes_but_the_guest_sees_them() {
     );
     let d = fs.mkdir(&CTX, ROOT_INODE, &c("sgid"), 0o2755, 0).unwrap();
     assert_eq!(d.attr.mode, libc::S_IFDIR | 0o2755);
-    let blk = fs
-        .mknod(
-            &CTX,
-            ROOT_INODE,
-            &c("blk"),
-            libc::S_IFBLK | 0o640,
-            0x0801,
-            0,
-        )
-        .unwrap();
+    let blk = mknod(&fs, ROOT_INODE, "blk", libc::S_IFBLK | 0o640, 0x0801);
     assert_eq!(
         (blk.attr.mode, blk.attr.rdev),
         (libc::S_IFBLK | 0o640, 0x0801)
     );
-    let chr = fs
-        .mknod(
-            &CTX,
-            ROOT_INODE,
-            &c("chr"),
-            libc::S_IFCHR | 0o6644,
-            0x0103,
-            0,
-        )
-        .unwrap();
+    let chr = mknod(&fs, ROOT_INODE, "chr", libc::S_IFCHR | 0o6644, 0x0103);
     assert_eq!(
         (chr.attr.mode, chr.attr.rdev),
         (libc::S_IFCHR | 0o6644, 0x0103)
