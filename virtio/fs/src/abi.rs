@@ -4,15 +4,27 @@
 //! Written by hand rather than taken from `fuse-backend-rs`: its 0.14 release
 //! is pinned to vm-memory 0.17 while this workspace uses 0.18, so its virtiofs
 //! `Reader`/`Writer` cannot take our guest memory, and its `Server` is tied to
-//! its own `FileSystem` trait. The format itself is small and stable; every
-//! field is decoded from a byte slice with an explicit length check
-//! ([`ArgReader`]) and encoded with `to_le_bytes`, so no struct layout
-//! (`repr(C)`, padding, alignment) is ever trusted with guest bytes.
+//! its own `FileSystem` trait. The format itself is small and stable.
+//!
+//! Request bodies are `#[repr(C)]` structs ([`ByteValued`]: plain integers,
+//! explicit padding fields, so every bit pattern is a valid value) copied out
+//! of the guest's bytes by [`ArgReader::arg`] after a length check: no guest
+//! byte is ever reinterpreted in place, so alignment does not matter, and a
+//! short body is a [`Truncated`] error, never a panic. Replies are encoded
+//! field by field with `to_le_bytes`.
 
 use std::ffi::CStr;
 use std::time::Duration;
 
+use vm_memory::ByteValued;
+
 use crate::filesystem::{Attr, Entry, StatFs};
+
+// FUSE structs travel in the host's byte order, and the decoders below copy
+// them as they are: the replies' `to_le_bytes` and the request structs agree
+// only on a little-endian host (x86_64, aarch64).
+#[cfg(not(target_endian = "little"))]
+compile_error!("the FUSE server assumes a little-endian host");
 
 /// The major protocol version we speak.
 pub const KERNEL_VERSION: u32 = 7;
@@ -108,6 +120,290 @@ pub mod fattr {
 pub const GETATTR_FH: u32 = 1;
 /// FSYNC flag: fdatasync.
 pub const FSYNC_FDATASYNC: u32 = 1;
+
+/// Declares FUSE request structs: `#[repr(C)]`, plain integer fields with
+/// the padding spelled out, and [`ByteValued`] so [`ArgReader::arg`] can copy
+/// one out of guest bytes.
+macro_rules! wire_structs {
+    ($($(#[$meta:meta])* pub struct $name:ident { $($(#[$fmeta:meta])* pub $field:ident: $ty:ty,)* })*) => {$(
+        $(#[$meta])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct $name { $($(#[$fmeta])* pub $field: $ty,)* }
+
+        // SAFETY: the struct is `repr(C)` and has only integer fields whose
+        // sizes add up to an 8-byte multiple in declaration order (checked by
+        // `struct_sizes_match_the_kernel_headers`), so it has no implicit
+        // padding and every bit pattern is a valid value.
+        #[allow(unsafe_code)]
+        unsafe impl ByteValued for $name {}
+    )*};
+}
+
+wire_structs! {
+    /// `fuse_init_in` up to `flags` (the part every 7.x kernel sends).
+    pub struct InitIn {
+        /// Protocol major version.
+        pub major: u32,
+        /// Protocol minor version.
+        pub minor: u32,
+        /// Largest readahead the kernel will do.
+        pub max_readahead: u32,
+        /// `init_flags` bits 0..32.
+        pub flags: u32,
+    }
+
+    /// `fuse_forget_in`.
+    pub struct ForgetIn {
+        /// References dropped.
+        pub nlookup: u64,
+    }
+
+    /// `fuse_batch_forget_in`, followed by `count` [`ForgetOne`]s.
+    pub struct BatchForgetIn {
+        /// Number of entries.
+        pub count: u32,
+        /// Padding.
+        pub dummy: u32,
+    }
+
+    /// `fuse_forget_one`.
+    pub struct ForgetOne {
+        /// The inode.
+        pub nodeid: u64,
+        /// References dropped.
+        pub nlookup: u64,
+    }
+
+    /// `fuse_getattr_in`.
+    pub struct GetattrIn {
+        /// [`GETATTR_FH`]: `fh` is valid.
+        pub getattr_flags: u32,
+        /// Padding.
+        pub dummy: u32,
+        /// The open handle.
+        pub fh: u64,
+    }
+
+    /// `fuse_setattr_in`.
+    pub struct SetattrIn {
+        /// [`fattr`] bits: which fields are set.
+        pub valid: u32,
+        /// Padding.
+        pub padding: u32,
+        /// The open handle.
+        pub fh: u64,
+        /// New size.
+        pub size: u64,
+        /// Lock owner.
+        pub lock_owner: u64,
+        /// New access time, seconds.
+        pub atime: u64,
+        /// New modification time, seconds.
+        pub mtime: u64,
+        /// Change time (ignored).
+        pub ctime: u64,
+        /// New access time, nanoseconds.
+        pub atimensec: u32,
+        /// New modification time, nanoseconds.
+        pub mtimensec: u32,
+        /// Change time, nanoseconds (ignored).
+        pub ctimensec: u32,
+        /// New mode.
+        pub mode: u32,
+        /// Unused.
+        pub unused4: u32,
+        /// New owner.
+        pub uid: u32,
+        /// New group.
+        pub gid: u32,
+        /// Unused.
+        pub unused5: u32,
+    }
+
+    /// `fuse_mknod_in`, followed by the name.
+    pub struct MknodIn {
+        /// Type and permission bits.
+        pub mode: u32,
+        /// Device number.
+        pub rdev: u32,
+        /// The caller's umask.
+        pub umask: u32,
+        /// Padding.
+        pub padding: u32,
+    }
+
+    /// `fuse_mkdir_in`, followed by the name.
+    pub struct MkdirIn {
+        /// Permission bits.
+        pub mode: u32,
+        /// The caller's umask.
+        pub umask: u32,
+    }
+
+    /// `fuse_rename_in`, followed by the old and new names.
+    pub struct RenameIn {
+        /// The new parent directory.
+        pub newdir: u64,
+    }
+
+    /// `fuse_rename2_in`, followed by the old and new names.
+    pub struct Rename2In {
+        /// The new parent directory.
+        pub newdir: u64,
+        /// `RENAME_*` flags.
+        pub flags: u32,
+        /// Padding.
+        pub padding: u32,
+    }
+
+    /// `fuse_link_in`, followed by the new name.
+    pub struct LinkIn {
+        /// The inode to link.
+        pub oldnodeid: u64,
+    }
+
+    /// `fuse_open_in` (OPEN and OPENDIR).
+    pub struct OpenIn {
+        /// open(2) flags.
+        pub flags: u32,
+        /// `FUSE_OPEN_*` flags.
+        pub open_flags: u32,
+    }
+
+    /// `fuse_create_in`, followed by the name.
+    pub struct CreateIn {
+        /// open(2) flags.
+        pub flags: u32,
+        /// Type and permission bits.
+        pub mode: u32,
+        /// The caller's umask.
+        pub umask: u32,
+        /// `FUSE_OPEN_*` flags.
+        pub open_flags: u32,
+    }
+
+    /// `fuse_read_in` (READ, READDIR and READDIRPLUS).
+    pub struct ReadIn {
+        /// The open handle.
+        pub fh: u64,
+        /// Byte (or directory) offset.
+        pub offset: u64,
+        /// Bytes wanted.
+        pub size: u32,
+        /// `FUSE_READ_*` flags.
+        pub read_flags: u32,
+        /// Lock owner.
+        pub lock_owner: u64,
+        /// open(2) flags.
+        pub flags: u32,
+        /// Padding.
+        pub padding: u32,
+    }
+
+    /// `fuse_write_in`, followed by `size` bytes of data.
+    pub struct WriteIn {
+        /// The open handle.
+        pub fh: u64,
+        /// Byte offset.
+        pub offset: u64,
+        /// Payload length.
+        pub size: u32,
+        /// `FUSE_WRITE_*` flags.
+        pub write_flags: u32,
+        /// Lock owner.
+        pub lock_owner: u64,
+        /// open(2) flags.
+        pub flags: u32,
+        /// Padding.
+        pub padding: u32,
+    }
+
+    /// `fuse_release_in` (RELEASE and RELEASEDIR).
+    pub struct ReleaseIn {
+        /// The open handle.
+        pub fh: u64,
+        /// open(2) flags.
+        pub flags: u32,
+        /// `FUSE_RELEASE_*` flags.
+        pub release_flags: u32,
+        /// Lock owner.
+        pub lock_owner: u64,
+    }
+
+    /// `fuse_fsync_in` (FSYNC and FSYNCDIR).
+    pub struct FsyncIn {
+        /// The open handle.
+        pub fh: u64,
+        /// [`FSYNC_FDATASYNC`].
+        pub fsync_flags: u32,
+        /// Padding.
+        pub padding: u32,
+    }
+
+    /// `fuse_flush_in`.
+    pub struct FlushIn {
+        /// The open handle.
+        pub fh: u64,
+        /// Unused.
+        pub unused: u32,
+        /// Padding.
+        pub padding: u32,
+        /// Lock owner.
+        pub lock_owner: u64,
+    }
+
+    /// `fuse_setxattr_in` (without `FUSE_SETXATTR_EXT`), followed by the
+    /// name and `size` bytes of value.
+    pub struct SetxattrIn {
+        /// Value length.
+        pub size: u32,
+        /// `XATTR_CREATE` / `XATTR_REPLACE`.
+        pub flags: u32,
+    }
+
+    /// `fuse_getxattr_in` (GETXATTR, followed by the name, and LISTXATTR).
+    pub struct GetxattrIn {
+        /// Reply buffer size; 0 asks for the size.
+        pub size: u32,
+        /// Padding.
+        pub padding: u32,
+    }
+
+    /// `fuse_access_in`.
+    pub struct AccessIn {
+        /// `R_OK | W_OK | X_OK` or `F_OK`.
+        pub mask: u32,
+        /// Padding.
+        pub padding: u32,
+    }
+
+    /// `fuse_fallocate_in`.
+    pub struct FallocateIn {
+        /// The open handle.
+        pub fh: u64,
+        /// Byte offset.
+        pub offset: u64,
+        /// Length.
+        pub length: u64,
+        /// fallocate(2) mode.
+        pub mode: u32,
+        /// Padding.
+        pub padding: u32,
+    }
+
+    /// `fuse_lseek_in`.
+    pub struct LseekIn {
+        /// The open handle.
+        pub fh: u64,
+        /// Offset to seek from.
+        pub offset: u64,
+        /// `SEEK_DATA` / `SEEK_HOLE`.
+        pub whence: u32,
+        /// Padding.
+        pub padding: u32,
+    }
+}
 
 /// The request header (`fuse_in_header`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -214,6 +510,14 @@ impl<'a> ArgReader<'a> {
         let (head, tail) = self.buf.split_at(n);
         self.buf = tail;
         Ok(head)
+    }
+
+    /// The next request struct, copied out (guest bytes need no alignment).
+    pub fn arg<T: ByteValued + Default>(&mut self) -> Result<T, Truncated> {
+        let mut v = T::default();
+        v.as_mut_slice()
+            .copy_from_slice(self.bytes(std::mem::size_of::<T>())?);
+        Ok(v)
     }
 
     fn array<const N: usize>(&mut self) -> Result<[u8; N], Truncated> {
@@ -455,5 +759,45 @@ mod tests {
         assert_eq!(dirent_size(8), 32);
         assert_eq!(dirent_size(9), 40);
         assert_eq!(OutHeader::parse(&error_reply(9, 2)).unwrap().error, -2);
+        use std::mem::size_of;
+        let sizes = [
+            (size_of::<InitIn>(), 16),
+            (size_of::<ForgetIn>(), 8),
+            (size_of::<BatchForgetIn>(), 8),
+            (size_of::<ForgetOne>(), 16),
+            (size_of::<GetattrIn>(), 16),
+            (size_of::<SetattrIn>(), 88),
+            (size_of::<MknodIn>(), 16),
+            (size_of::<MkdirIn>(), 8),
+            (size_of::<RenameIn>(), 8),
+            (size_of::<Rename2In>(), 16),
+            (size_of::<LinkIn>(), 8),
+            (size_of::<OpenIn>(), 8),
+            (size_of::<CreateIn>(), 16),
+            (size_of::<ReadIn>(), 40),
+            (size_of::<WriteIn>(), 40),
+            (size_of::<ReleaseIn>(), 24),
+            (size_of::<FsyncIn>(), 16),
+            (size_of::<FlushIn>(), 24),
+            (size_of::<SetxattrIn>(), 8),
+            (size_of::<GetxattrIn>(), 8),
+            (size_of::<AccessIn>(), 8),
+            (size_of::<FallocateIn>(), 32),
+            (size_of::<LseekIn>(), 24),
+        ];
+        for (i, (got, want)) in sizes.into_iter().enumerate() {
+            assert_eq!(got, want, "request struct #{i}");
+        }
+    }
+
+    #[test]
+    fn typed_args_are_copied_unaligned_and_refuse_short_bodies() {
+        let mut b = vec![0xffu8];
+        b.extend_from_slice(&7u32.to_le_bytes());
+        b.extend_from_slice(&9u32.to_le_bytes());
+        let mut r = ArgReader::new(&b);
+        r.bytes(1).unwrap();
+        assert_eq!(r.arg(), Ok(MkdirIn { mode: 7, umask: 9 }));
+        assert_eq!(ArgReader::new(&b[1..8]).arg::<MkdirIn>(), Err(Truncated));
     }
 }

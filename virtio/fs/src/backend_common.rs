@@ -1,6 +1,7 @@
 //! Pieces the host-backed backends (passthrough and layered) share: the
-//! node types MKNOD accepts, and listing a directory snapshot taken at
-//! OPENDIR with offsets that stay valid for the handle's life.
+//! node types MKNOD accepts, access(2) against guest-visible attributes, and
+//! listing a directory snapshot taken at OPENDIR with offsets that stay valid
+//! for the handle's life. Their host syscalls are in [`crate::host_util`].
 //!
 //! Snapshots are shared: every handle open on the same directory in the
 //! same state (a key the backend chooses: the directory and a counter of
@@ -18,21 +19,14 @@ use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use crate::filesystem::{DirEntry, Inode};
+use crate::filesystem::{Attr, Context, DirEntry, Inode};
 use crate::host_util::err;
+pub(crate) use crate::host_util::{entry_bytes, ListEntry};
 
 /// Most bytes one directory snapshot may hold.
 pub(crate) const MAX_SNAPSHOT_BYTES: usize = 64 << 20;
 /// Most bytes all snapshots of one backend may hold together.
 pub(crate) const MAX_TOTAL_SNAPSHOT_BYTES: usize = 256 << 20;
-
-/// One listed entry: inode (or 0), `DT_*` kind, name.
-pub(crate) type ListEntry = (u64, u32, Vec<u8>);
-
-/// Host memory one listed entry takes: the tuple and its name's allocation.
-pub(crate) fn entry_bytes(name_len: usize) -> usize {
-    std::mem::size_of::<ListEntry>() + name_len.next_multiple_of(8)
-}
 
 /// A directory listing shared by the handles open on it; gives its bytes
 /// back to the registry's total when the last handle drops it.
@@ -167,6 +161,35 @@ pub(crate) fn list_snapshot<'a, K: Copy + Into<u32> + 'a>(
         if !add(entry) {
             break;
         }
+    }
+}
+
+/// access(2) against guest-visible attributes: root passes read/write and
+/// passes execute if anyone may execute (or it is a directory).
+pub(crate) fn check_access(attr: &Attr, ctx: &Context, mask: u32) -> io::Result<()> {
+    let mask = mask & 7;
+    if mask == 0 {
+        return Ok(());
+    }
+    if ctx.uid == 0 {
+        let any_x = attr.mode & 0o111 != 0 || attr.mode & libc::S_IFMT == libc::S_IFDIR;
+        return if mask & 1 == 0 || any_x {
+            Ok(())
+        } else {
+            Err(err(libc::EACCES))
+        };
+    }
+    let bits = if ctx.uid == attr.uid {
+        (attr.mode >> 6) & 7
+    } else if ctx.gid == attr.gid {
+        (attr.mode >> 3) & 7
+    } else {
+        attr.mode & 7
+    };
+    if bits & mask == mask {
+        Ok(())
+    } else {
+        Err(err(libc::EACCES))
     }
 }
 

@@ -126,6 +126,16 @@ pub struct OpenReply {
     pub open_flags: u32,
 }
 
+impl OpenReply {
+    /// `handle` with no `FOPEN_*` flags: the kernel's default caching.
+    pub fn new(handle: Handle) -> Self {
+        Self {
+            handle,
+            open_flags: 0,
+        }
+    }
+}
+
 /// One directory entry produced by [`FileSystem::readdir`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DirEntry<'a> {
@@ -451,239 +461,53 @@ pub trait FileSystem: Send + Sync {
 
 /// Forwards every [`FileSystem`] method through a pointer type, so
 /// `Box<dyn FileSystem>` and `Arc<T>` are backends too (the server takes a
-/// backend by value).
+/// backend by value). One line per method: the parameter lists are the
+/// trait's, and the compiler checks they stay so.
 macro_rules! forward_filesystem {
-    ($ptr:ty) => {
+    ($ptr:ty: $($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
         impl<T: FileSystem + ?Sized> FileSystem for $ptr {
-            fn init(&self) -> io::Result<()> {
-                (**self).init()
-            }
-            fn destroy(&self) {
-                (**self).destroy()
-            }
-            fn lookup(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<Entry> {
-                (**self).lookup(ctx, parent, name)
-            }
-            fn forget(&self, inode: Inode, count: u64) {
-                (**self).forget(inode, count)
-            }
-            fn getattr(
-                &self,
-                ctx: &Context,
-                inode: Inode,
-                handle: Option<Handle>,
-            ) -> io::Result<(Attr, Duration)> {
-                (**self).getattr(ctx, inode, handle)
-            }
-            fn setattr(
-                &self,
-                ctx: &Context,
-                inode: Inode,
-                attr: SetAttr,
-            ) -> io::Result<(Attr, Duration)> {
-                (**self).setattr(ctx, inode, attr)
-            }
-            fn readlink(&self, ctx: &Context, inode: Inode) -> io::Result<Vec<u8>> {
-                (**self).readlink(ctx, inode)
-            }
-            fn symlink(
-                &self,
-                ctx: &Context,
-                target: &CStr,
-                parent: Inode,
-                name: &CStr,
-            ) -> io::Result<Entry> {
-                (**self).symlink(ctx, target, parent, name)
-            }
-            fn mknod(
-                &self,
-                ctx: &Context,
-                parent: Inode,
-                name: &CStr,
-                mode: u32,
-                rdev: u32,
-                umask: u32,
-            ) -> io::Result<Entry> {
-                (**self).mknod(ctx, parent, name, mode, rdev, umask)
-            }
-            fn mkdir(
-                &self,
-                ctx: &Context,
-                parent: Inode,
-                name: &CStr,
-                mode: u32,
-                umask: u32,
-            ) -> io::Result<Entry> {
-                (**self).mkdir(ctx, parent, name, mode, umask)
-            }
-            fn unlink(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
-                (**self).unlink(ctx, parent, name)
-            }
-            fn rmdir(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
-                (**self).rmdir(ctx, parent, name)
-            }
-            fn rename(
-                &self,
-                ctx: &Context,
-                olddir: Inode,
-                oldname: &CStr,
-                newdir: Inode,
-                newname: &CStr,
-                flags: u32,
-            ) -> io::Result<()> {
-                (**self).rename(ctx, olddir, oldname, newdir, newname, flags)
-            }
-            fn link(
-                &self,
-                ctx: &Context,
-                inode: Inode,
-                newparent: Inode,
-                newname: &CStr,
-            ) -> io::Result<Entry> {
-                (**self).link(ctx, inode, newparent, newname)
-            }
-            fn open(&self, ctx: &Context, inode: Inode, flags: u32) -> io::Result<OpenReply> {
-                (**self).open(ctx, inode, flags)
-            }
-            fn create(
-                &self,
-                ctx: &Context,
-                parent: Inode,
-                name: &CStr,
-                mode: u32,
-                flags: u32,
-                umask: u32,
-            ) -> io::Result<(Entry, OpenReply)> {
-                (**self).create(ctx, parent, name, mode, flags, umask)
-            }
-            fn read(
-                &self,
-                ctx: &Context,
-                inode: Inode,
-                handle: Handle,
-                offset: u64,
-                size: u32,
-            ) -> io::Result<Vec<u8>> {
-                (**self).read(ctx, inode, handle, offset, size)
-            }
-            fn write(
-                &self,
-                ctx: &Context,
-                inode: Inode,
-                handle: Handle,
-                offset: u64,
-                data: &[u8],
-                flags: u32,
-            ) -> io::Result<u32> {
-                (**self).write(ctx, inode, handle, offset, data, flags)
-            }
-            fn flush(
-                &self,
-                ctx: &Context,
-                inode: Inode,
-                handle: Handle,
-                lock_owner: u64,
-            ) -> io::Result<()> {
-                (**self).flush(ctx, inode, handle, lock_owner)
-            }
-            fn fsync(
-                &self,
-                ctx: &Context,
-                inode: Inode,
-                datasync: bool,
-                handle: Handle,
-            ) -> io::Result<()> {
-                (**self).fsync(ctx, inode, datasync, handle)
-            }
-            fn release(
-                &self,
-                ctx: &Context,
-                inode: Inode,
-                flags: u32,
-                handle: Handle,
-            ) -> io::Result<()> {
-                (**self).release(ctx, inode, flags, handle)
-            }
-            fn statfs(&self, ctx: &Context, inode: Inode) -> io::Result<StatFs> {
-                (**self).statfs(ctx, inode)
-            }
-            fn setxattr(
-                &self,
-                ctx: &Context,
-                inode: Inode,
-                name: &CStr,
-                value: &[u8],
-                flags: u32,
-            ) -> io::Result<()> {
-                (**self).setxattr(ctx, inode, name, value, flags)
-            }
-            fn getxattr(&self, ctx: &Context, inode: Inode, name: &CStr) -> io::Result<Vec<u8>> {
-                (**self).getxattr(ctx, inode, name)
-            }
-            fn listxattr(&self, ctx: &Context, inode: Inode) -> io::Result<Vec<u8>> {
-                (**self).listxattr(ctx, inode)
-            }
-            fn removexattr(&self, ctx: &Context, inode: Inode, name: &CStr) -> io::Result<()> {
-                (**self).removexattr(ctx, inode, name)
-            }
-            fn opendir(&self, ctx: &Context, inode: Inode, flags: u32) -> io::Result<OpenReply> {
-                (**self).opendir(ctx, inode, flags)
-            }
-            fn readdir(
-                &self,
-                ctx: &Context,
-                inode: Inode,
-                handle: Handle,
-                offset: u64,
-                add: &mut dyn FnMut(DirEntry<'_>) -> bool,
-            ) -> io::Result<()> {
-                (**self).readdir(ctx, inode, handle, offset, add)
-            }
-            fn releasedir(
-                &self,
-                ctx: &Context,
-                inode: Inode,
-                flags: u32,
-                handle: Handle,
-            ) -> io::Result<()> {
-                (**self).releasedir(ctx, inode, flags, handle)
-            }
-            fn fsyncdir(
-                &self,
-                ctx: &Context,
-                inode: Inode,
-                datasync: bool,
-                handle: Handle,
-            ) -> io::Result<()> {
-                (**self).fsyncdir(ctx, inode, datasync, handle)
-            }
-            fn access(&self, ctx: &Context, inode: Inode, mask: u32) -> io::Result<()> {
-                (**self).access(ctx, inode, mask)
-            }
-            fn fallocate(
-                &self,
-                ctx: &Context,
-                inode: Inode,
-                handle: Handle,
-                mode: u32,
-                offset: u64,
-                length: u64,
-            ) -> io::Result<()> {
-                (**self).fallocate(ctx, inode, handle, mode, offset, length)
-            }
-            fn lseek(
-                &self,
-                ctx: &Context,
-                inode: Inode,
-                handle: Handle,
-                offset: u64,
-                whence: u32,
-            ) -> io::Result<u64> {
-                (**self).lseek(ctx, inode, handle, offset, whence)
-            }
+            $(fn $name(&self, $($arg: $ty),*) -> $ret {
+                (**self).$name($($arg),*)
+            })*
         }
     };
+    ($($ptr:ty),*) => {$(
+        forward_filesystem! { $ptr:
+            init() -> io::Result<()>;
+            destroy() -> ();
+            lookup(ctx: &Context, parent: Inode, name: &CStr) -> io::Result<Entry>;
+            forget(inode: Inode, count: u64) -> ();
+            getattr(ctx: &Context, inode: Inode, handle: Option<Handle>) -> io::Result<(Attr, Duration)>;
+            setattr(ctx: &Context, inode: Inode, attr: SetAttr) -> io::Result<(Attr, Duration)>;
+            readlink(ctx: &Context, inode: Inode) -> io::Result<Vec<u8>>;
+            symlink(ctx: &Context, target: &CStr, parent: Inode, name: &CStr) -> io::Result<Entry>;
+            mknod(ctx: &Context, parent: Inode, name: &CStr, mode: u32, rdev: u32, umask: u32) -> io::Result<Entry>;
+            mkdir(ctx: &Context, parent: Inode, name: &CStr, mode: u32, umask: u32) -> io::Result<Entry>;
+            unlink(ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()>;
+            rmdir(ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()>;
+            rename(ctx: &Context, olddir: Inode, oldname: &CStr, newdir: Inode, newname: &CStr, flags: u32) -> io::Result<()>;
+            link(ctx: &Context, inode: Inode, newparent: Inode, newname: &CStr) -> io::Result<Entry>;
+            open(ctx: &Context, inode: Inode, flags: u32) -> io::Result<OpenReply>;
+            create(ctx: &Context, parent: Inode, name: &CStr, mode: u32, flags: u32, umask: u32) -> io::Result<(Entry, OpenReply)>;
+            read(ctx: &Context, inode: Inode, handle: Handle, offset: u64, size: u32) -> io::Result<Vec<u8>>;
+            write(ctx: &Context, inode: Inode, handle: Handle, offset: u64, data: &[u8], flags: u32) -> io::Result<u32>;
+            flush(ctx: &Context, inode: Inode, handle: Handle, lock_owner: u64) -> io::Result<()>;
+            fsync(ctx: &Context, inode: Inode, datasync: bool, handle: Handle) -> io::Result<()>;
+            release(ctx: &Context, inode: Inode, flags: u32, handle: Handle) -> io::Result<()>;
+            statfs(ctx: &Context, inode: Inode) -> io::Result<StatFs>;
+            setxattr(ctx: &Context, inode: Inode, name: &CStr, value: &[u8], flags: u32) -> io::Result<()>;
+            getxattr(ctx: &Context, inode: Inode, name: &CStr) -> io::Result<Vec<u8>>;
+            listxattr(ctx: &Context, inode: Inode) -> io::Result<Vec<u8>>;
+            removexattr(ctx: &Context, inode: Inode, name: &CStr) -> io::Result<()>;
+            opendir(ctx: &Context, inode: Inode, flags: u32) -> io::Result<OpenReply>;
+            readdir(ctx: &Context, inode: Inode, handle: Handle, offset: u64, add: &mut dyn FnMut(DirEntry<'_>) -> bool) -> io::Result<()>;
+            releasedir(ctx: &Context, inode: Inode, flags: u32, handle: Handle) -> io::Result<()>;
+            fsyncdir(ctx: &Context, inode: Inode, datasync: bool, handle: Handle) -> io::Result<()>;
+            access(ctx: &Context, inode: Inode, mask: u32) -> io::Result<()>;
+            fallocate(ctx: &Context, inode: Inode, handle: Handle, mode: u32, offset: u64, length: u64) -> io::Result<()>;
+            lseek(ctx: &Context, inode: Inode, handle: Handle, offset: u64, whence: u32) -> io::Result<u64>;
+        }
+    )*};
 }
 
-forward_filesystem!(Box<T>);
-forward_filesystem!(std::sync::Arc<T>);
+forward_filesystem!(Box<T>, std::sync::Arc<T>);

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use std::io;
 
+use crate::filesystem::Handle;
 use crate::host_util::err;
-use crate::Handle;
 
 /// Handles by number; numbers are never reused.
 pub(crate) struct HandleTable<T> {

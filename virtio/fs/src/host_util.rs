@@ -1,5 +1,6 @@
 //! Confined host-side file operations shared by the passthrough and layered
-//! backends.
+//! backends: every host syscall they make goes through a wrapper here, so
+//! this is the one module whose `unsafe` blocks talk to the host kernel.
 //!
 //! Every path the backends hand to the host kernel is resolved relative to an
 //! `O_PATH` directory fd with `openat2(2)` and [`CONFINED`]: no `..` above
@@ -90,7 +91,13 @@ pub(crate) fn open_beneath(dirfd: RawFd, rel: &[u8]) -> io::Result<OwnedFd> {
     } else {
         cstring(rel)?
     };
-    openat2(dirfd, &path, libc::O_PATH | libc::O_NOFOLLOW, 0, CONFINED)
+    open_child(dirfd, &path)
+}
+
+/// An `O_PATH` fd of `name` in `dirfd` itself (a final symlink is not
+/// followed): how the backends hold the objects they hand out.
+pub(crate) fn open_child(dirfd: RawFd, name: &CStr) -> io::Result<OwnedFd> {
+    openat2(dirfd, name, libc::O_PATH | libc::O_NOFOLLOW, 0, CONFINED)
 }
 
 /// An `O_PATH` fd of a configured host directory (the share or a layer
@@ -188,9 +195,16 @@ pub(crate) fn list_dir(dirfd: RawFd) -> io::Result<Vec<(u64, u8, Vec<u8>)>> {
     list_dir_capped(dirfd, usize::MAX)
 }
 
+/// One listed entry as the backends keep it: inode (or 0), `DT_*` kind, name.
+pub(crate) type ListEntry = (u64, u32, Vec<u8>);
+
+/// Host memory one listed entry takes: the tuple and its name's allocation.
+pub(crate) fn entry_bytes(name_len: usize) -> usize {
+    std::mem::size_of::<ListEntry>() + name_len.next_multiple_of(8)
+}
+
 /// [`list_dir`], failing with `ENOMEM` once the entries would take more
-/// than `max_bytes` of memory (as counted by
-/// [`crate::backend_common::entry_bytes`]).
+/// than `max_bytes` of memory (as counted by [`entry_bytes`]).
 pub(crate) fn list_dir_capped(
     dirfd: RawFd,
     max_bytes: usize,
@@ -202,7 +216,7 @@ pub(crate) fn list_dir_capped(
     let mut over = false;
     while read_dirents(fd.as_raw_fd(), &mut buf, &mut |ino, _, kind, name| {
         if name != b"." && name != b".." {
-            used = used.saturating_add(crate::backend_common::entry_bytes(name.len()));
+            used = used.saturating_add(entry_bytes(name.len()));
             if used > max_bytes {
                 over = true;
                 return false;
@@ -334,18 +348,18 @@ pub(crate) fn removexattr(fd: RawFd, name: &CStr) -> io::Result<()> {
     Ok(())
 }
 
-/// `timespec` for `utimensat` from an optional [`crate::TimeSet`].
-pub(crate) fn timespec(t: Option<crate::TimeSet>) -> libc::timespec {
+/// `timespec` for `utimensat` from an optional [`crate::filesystem::TimeSet`].
+pub(crate) fn timespec(t: Option<crate::filesystem::TimeSet>) -> libc::timespec {
     match t {
         None => libc::timespec {
             tv_sec: 0,
             tv_nsec: libc::UTIME_OMIT,
         },
-        Some(crate::TimeSet::Now) => libc::timespec {
+        Some(crate::filesystem::TimeSet::Now) => libc::timespec {
             tv_sec: 0,
             tv_nsec: libc::UTIME_NOW,
         },
-        Some(crate::TimeSet::At(s, ns)) => libc::timespec {
+        Some(crate::filesystem::TimeSet::At(s, ns)) => libc::timespec {
             tv_sec: s,
             tv_nsec: i64::from(ns.min(999_999_999)),
         },
@@ -355,17 +369,170 @@ pub(crate) fn timespec(t: Option<crate::TimeSet>) -> libc::timespec {
 /// Sets times on the object behind `fd` (not a symlink).
 pub(crate) fn set_times(
     fd: RawFd,
-    atime: Option<crate::TimeSet>,
-    mtime: Option<crate::TimeSet>,
+    atime: Option<crate::filesystem::TimeSet>,
+    mtime: Option<crate::filesystem::TimeSet>,
 ) -> io::Result<()> {
     if atime.is_none() && mtime.is_none() {
         return Ok(());
     }
-    let times = [timespec(atime), timespec(mtime)];
+    utimens(fd, &[timespec(atime), timespec(mtime)])
+}
+
+/// Sets access and modification times on the object behind `fd`, which may
+/// be an `O_PATH` fd (not of a symlink: the magic link would be followed).
+pub(crate) fn utimens(fd: RawFd, times: &[libc::timespec; 2]) -> io::Result<()> {
     let path = proc_path(fd);
     // SAFETY: NUL-terminated path and a two-element array.
     cvt(unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) })?;
     Ok(())
+}
+
+/// Sets times on the symlink behind the `O_PATH` fd `fd` itself.
+pub(crate) fn utimens_link(fd: RawFd, times: &[libc::timespec; 2]) -> io::Result<()> {
+    // SAFETY: empty path with AT_EMPTY_PATH acts on the link fd itself; times
+    // is a two-element array.
+    cvt(unsafe { libc::utimensat(fd, c"".as_ptr(), times.as_ptr(), libc::AT_EMPTY_PATH) })?;
+    Ok(())
+}
+
+/// Sets times on an fd opened for I/O.
+pub(crate) fn futimens(fd: RawFd, times: &[libc::timespec; 2]) -> io::Result<()> {
+    // SAFETY: an fd the caller holds and a two-element array.
+    cvt(unsafe { libc::futimens(fd, times.as_ptr()) })?;
+    Ok(())
+}
+
+// The namespace calls below take one name relative to a directory fd the
+// backend holds: the backends check names (`check_name`) before, so none of
+// them walks a path in the shared tree.
+
+/// unlinkat(2); `flags` is 0 or `AT_REMOVEDIR`.
+pub(crate) fn unlinkat(dirfd: RawFd, name: &CStr, flags: i32) -> io::Result<()> {
+    // SAFETY: NUL-terminated name relative to the caller's dir fd.
+    cvt(unsafe { libc::unlinkat(dirfd, name.as_ptr(), flags) })?;
+    Ok(())
+}
+
+/// mkdirat(2).
+pub(crate) fn mkdirat(dirfd: RawFd, name: &CStr, mode: u32) -> io::Result<()> {
+    // SAFETY: NUL-terminated name relative to the caller's dir fd.
+    cvt(unsafe { libc::mkdirat(dirfd, name.as_ptr(), mode) })?;
+    Ok(())
+}
+
+/// mknodat(2) without a device number: FIFOs, sockets, regular files.
+pub(crate) fn mknodat(dirfd: RawFd, name: &CStr, mode: u32) -> io::Result<()> {
+    // SAFETY: NUL-terminated name relative to the caller's dir fd.
+    cvt(unsafe { libc::mknodat(dirfd, name.as_ptr(), mode, 0) })?;
+    Ok(())
+}
+
+/// symlinkat(2): `name` in `dirfd` pointing at `target` (stored, not followed).
+pub(crate) fn symlinkat(target: &CStr, dirfd: RawFd, name: &CStr) -> io::Result<()> {
+    // SAFETY: NUL-terminated strings; the target is stored, never followed here.
+    cvt(unsafe { libc::symlinkat(target.as_ptr(), dirfd, name.as_ptr()) })?;
+    Ok(())
+}
+
+/// renameat2(2) between two directory fds.
+pub(crate) fn renameat2(
+    olddir: RawFd,
+    oldname: &CStr,
+    newdir: RawFd,
+    newname: &CStr,
+    flags: u32,
+) -> io::Result<()> {
+    // SAFETY: NUL-terminated names relative to the caller's dir fds.
+    cvt(unsafe { libc::renameat2(olddir, oldname.as_ptr(), newdir, newname.as_ptr(), flags) })?;
+    Ok(())
+}
+
+/// linkat(2) of `oldname` in `olddir` (not following a final symlink) as
+/// `newname` in `newdir`.
+pub(crate) fn linkat(
+    olddir: RawFd,
+    oldname: &CStr,
+    newdir: RawFd,
+    newname: &CStr,
+) -> io::Result<()> {
+    // SAFETY: NUL-terminated names relative to the caller's dir fds; flags 0
+    // never follows.
+    cvt(unsafe { libc::linkat(olddir, oldname.as_ptr(), newdir, newname.as_ptr(), 0) })?;
+    Ok(())
+}
+
+/// A new hard link `newname` in `newdir` to the object behind `fd`.
+pub(crate) fn link_fd(fd: RawFd, newdir: RawFd, newname: &CStr) -> io::Result<()> {
+    let src = proc_path(fd);
+    // SAFETY: NUL-terminated strings; following the magic link yields exactly
+    // the object behind `fd`, even a symlink itself.
+    cvt(unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            src.as_ptr(),
+            newdir,
+            newname.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    })?;
+    Ok(())
+}
+
+/// Changes the owner of `name` in `dirfd` (an empty name with
+/// `AT_EMPTY_PATH`: of `dirfd` itself) without following a final symlink;
+/// `u32::MAX` leaves an id unchanged.
+pub(crate) fn fchownat(
+    dirfd: RawFd,
+    name: &CStr,
+    uid: u32,
+    gid: u32,
+    flags: i32,
+) -> io::Result<()> {
+    // SAFETY: NUL-terminated name; AT_SYMLINK_NOFOLLOW never follows a final link.
+    cvt(unsafe {
+        libc::fchownat(
+            dirfd,
+            name.as_ptr(),
+            uid,
+            gid,
+            flags | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(())
+}
+
+/// chmod(2) of the object behind `fd` (not a symlink).
+pub(crate) fn chmod_fd(fd: RawFd, mode: u32) -> io::Result<()> {
+    let path = proc_path(fd);
+    // SAFETY: NUL-terminated path to the magic link of the caller's fd.
+    cvt(unsafe { libc::chmod(path.as_ptr(), mode) })?;
+    Ok(())
+}
+
+/// ftruncate(2).
+pub(crate) fn ftruncate(fd: RawFd, size: i64) -> io::Result<()> {
+    // SAFETY: plain syscall on an fd the caller holds.
+    cvt(unsafe { libc::ftruncate64(fd, size) })?;
+    Ok(())
+}
+
+/// fsync(2), or fdatasync(2) when `datasync`.
+pub(crate) fn fsync(fd: RawFd, datasync: bool) -> io::Result<()> {
+    // SAFETY: plain syscalls on an fd the caller holds.
+    cvt(unsafe {
+        if datasync {
+            libc::fdatasync(fd)
+        } else {
+            libc::fsync(fd)
+        }
+    })?;
+    Ok(())
+}
+
+/// Whether this process runs as host root (it can then give files owners).
+pub(crate) fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// Positional read of up to `size` bytes, short only at end of file.
@@ -412,13 +579,13 @@ pub(crate) fn pwrite(fd: RawFd, offset: u64, data: &[u8]) -> io::Result<u32> {
 }
 
 /// Filesystem statistics of the filesystem holding `fd`.
-pub(crate) fn statfs(fd: RawFd) -> io::Result<crate::StatFs> {
+pub(crate) fn statfs(fd: RawFd) -> io::Result<crate::filesystem::StatFs> {
     let mut st = MaybeUninit::<libc::statfs64>::zeroed();
     // SAFETY: valid out pointer; fstatfs accepts O_PATH fds.
     cvt(unsafe { libc::fstatfs64(fd, st.as_mut_ptr()) })?;
     // SAFETY: filled in by the kernel.
     let st = unsafe { st.assume_init() };
-    Ok(crate::StatFs {
+    Ok(crate::filesystem::StatFs {
         blocks: st.f_blocks,
         bfree: st.f_bfree,
         bavail: st.f_bavail,
@@ -450,6 +617,14 @@ pub(crate) fn lseek(fd: RawFd, offset: u64, whence: u32) -> io::Result<u64> {
     Ok(cvt(unsafe { libc::lseek64(fd, off, whence) })? as u64)
 }
 
+/// Moves the position of `fd` (a directory: to a `d_off` cookie) to `pos`.
+pub(crate) fn seek_set(fd: RawFd, pos: u64) -> io::Result<()> {
+    let pos = i64::try_from(pos).map_err(|_| err(libc::EINVAL))?;
+    // SAFETY: plain syscall on an fd the caller holds.
+    cvt(unsafe { libc::lseek64(fd, pos, libc::SEEK_SET) })?;
+    Ok(())
+}
+
 /// The guest's open(2) flags that the host open may carry; creation flags
 /// are handled by the backends, `O_DIRECT` is dropped because the guest page
 /// cache already sits in front of us and some host filesystems refuse it.
@@ -470,8 +645,8 @@ pub(crate) fn wants_write(flags: u32) -> bool {
 }
 
 /// Attributes from a host `stat` (owner and mode still host values).
-pub(crate) fn attr_from_stat(st: &libc::stat64) -> crate::Attr {
-    crate::Attr {
+pub(crate) fn attr_from_stat(st: &libc::stat64) -> crate::filesystem::Attr {
+    crate::filesystem::Attr {
         ino: st.st_ino,
         size: st.st_size as u64,
         blocks: st.st_blocks as u64,
@@ -491,19 +666,16 @@ pub(crate) fn attr_from_stat(st: &libc::stat64) -> crate::Attr {
 }
 
 #[cfg(test)]
-pub(crate) mod test_util {
-    /// Number of open file descriptors of this process.
-    pub(crate) fn open_fd_count() -> usize {
-        std::fs::read_dir("/proc/self/fd")
-            .map(|d| d.count())
-            .unwrap_or(0)
-    }
-}
-
-#[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    /// The errno `open_beneath` refuses `rel` with, if it does.
+    fn beneath_errno(dirfd: RawFd, rel: &[u8]) -> Option<i32> {
+        open_beneath(dirfd, rel)
+            .err()
+            .and_then(|e| e.raw_os_error())
+    }
 
     #[test]
     fn open_beneath_refuses_dotdot_absolute_and_symlinks() {
@@ -515,22 +687,10 @@ mod tests {
         let root = open_root(dir.path()).unwrap();
         let r = root.as_raw_fd();
         assert!(open_beneath(r, b"d/f").is_ok());
-        assert_eq!(
-            open_beneath(r, b"../etc").unwrap_err().raw_os_error(),
-            Some(libc::EXDEV)
-        );
-        assert_eq!(
-            open_beneath(r, b"/etc").unwrap_err().raw_os_error(),
-            Some(libc::EXDEV)
-        );
-        assert_eq!(
-            open_beneath(r, b"alias/f").unwrap_err().raw_os_error(),
-            Some(libc::ELOOP)
-        );
-        assert_eq!(
-            open_beneath(r, b"d/root/etc").unwrap_err().raw_os_error(),
-            Some(libc::ELOOP)
-        );
+        assert_eq!(beneath_errno(r, b"../etc"), Some(libc::EXDEV));
+        assert_eq!(beneath_errno(r, b"/etc"), Some(libc::EXDEV));
+        assert_eq!(beneath_errno(r, b"alias/f"), Some(libc::ELOOP));
+        assert_eq!(beneath_errno(r, b"d/root/etc"), Some(libc::ELOOP));
         // The last component as a link itself is fine: an O_PATH fd of the link.
         let link = open_beneath(r, b"d/root").unwrap();
         assert_eq!(

@@ -6,12 +6,18 @@
 //! a confined passthrough of a host directory, OCI image layers under a
 //! copy-on-write upper directory, and an in-memory tree. [`hooks`] wrap any
 //! backend to observe, deny, rewrite or answer operations.
+//!
+//! Unsafe code lives in two places only: `host_util` (every host syscall the
+//! backends make) and the [`abi`] request structs' `ByteValued` impls.
+
+#![deny(unsafe_code)]
 
 pub mod abi;
 mod backend_common;
 pub mod filesystem;
 mod handle_table;
 pub mod hooks;
+#[allow(unsafe_code)]
 mod host_util;
 pub mod layer_meta;
 pub mod layered;
@@ -19,6 +25,8 @@ pub mod memory;
 pub mod passthrough;
 mod path_table;
 pub mod server;
+#[cfg(test)]
+mod test_util;
 
 pub use filesystem::{
     Attr, Context, DirEntry, Entry, FileSystem, Handle, Inode, OpenReply, SetAttr, StatFs, TimeSet,

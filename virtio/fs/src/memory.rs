@@ -56,6 +56,46 @@ struct Node {
     opens: u64,
 }
 
+impl Node {
+    /// A node made now by `ctx`: size and link count follow from `content`.
+    fn new(ino: Inode, mode: u32, ctx: &Context, rdev: u32, content: Content) -> Self {
+        let size = match &content {
+            Content::Symlink(t) => t.len() as u64,
+            Content::Dir { .. } => u64::from(BLOCK),
+            _ => 0,
+        };
+        let (s, ns) = now();
+        let attr = Attr {
+            ino,
+            size,
+            blocks: size.div_ceil(512),
+            atime: s,
+            atime_nsec: ns,
+            mtime: s,
+            mtime_nsec: ns,
+            ctime: s,
+            ctime_nsec: ns,
+            mode,
+            nlink: if matches!(content, Content::Dir { .. }) {
+                2
+            } else {
+                1
+            },
+            uid: ctx.uid,
+            gid: ctx.gid,
+            rdev,
+            blksize: BLOCK,
+        };
+        Node {
+            attr,
+            content,
+            xattrs: BTreeMap::new(),
+            lookups: 0,
+            opens: 0,
+        }
+    }
+}
+
 /// A directory listing frozen at OPENDIR, so offsets stay stable while the
 /// directory changes.
 struct DirSnapshot {
@@ -192,39 +232,8 @@ impl State {
         let ino = self.next_inode;
         self.next_inode += 1;
         let is_dir = matches!(content, Content::Dir { .. });
-        let size = match &content {
-            Content::Symlink(t) => t.len() as u64,
-            Content::Dir { .. } => u64::from(BLOCK),
-            _ => 0,
-        };
-        let (s, ns) = now();
-        let attr = Attr {
-            ino,
-            size,
-            blocks: size.div_ceil(512),
-            atime: s,
-            atime_nsec: ns,
-            mtime: s,
-            mtime_nsec: ns,
-            ctime: s,
-            ctime_nsec: ns,
-            mode,
-            nlink: if is_dir { 2 } else { 1 },
-            uid: ctx.uid,
-            gid: ctx.gid,
-            rdev,
-            blksize: BLOCK,
-        };
-        self.nodes.insert(
-            ino,
-            Node {
-                attr,
-                content,
-                xattrs: BTreeMap::new(),
-                lookups: 0,
-                opens: 0,
-            },
-        );
+        self.nodes
+            .insert(ino, Node::new(ino, mode, ctx, rdev, content));
         self.dir_mut(parent)?.insert(name.to_vec(), ino);
         let p = self.node_mut(parent)?;
         if is_dir {
@@ -404,31 +413,16 @@ impl State {
 impl MemoryFs {
     /// An empty tree: a root directory owned by root, mode 0755.
     pub fn new() -> Self {
-        let (s, ns) = now();
-        let root = Node {
-            attr: Attr {
-                ino: ROOT_INODE,
-                size: u64::from(BLOCK),
-                blocks: 8,
-                atime: s,
-                atime_nsec: ns,
-                mtime: s,
-                mtime_nsec: ns,
-                ctime: s,
-                ctime_nsec: ns,
-                mode: libc::S_IFDIR | 0o755,
-                nlink: 2,
-                blksize: BLOCK,
-                ..Attr::default()
-            },
-            content: Content::Dir {
+        let root = Node::new(
+            ROOT_INODE,
+            libc::S_IFDIR | 0o755,
+            &Context::default(),
+            0,
+            Content::Dir {
                 entries: BTreeMap::new(),
                 parent: ROOT_INODE,
             },
-            xattrs: BTreeMap::new(),
-            lookups: 0,
-            opens: 0,
-        };
+        );
         Self {
             state: Mutex::new(State {
                 nodes: HashMap::from([(ROOT_INODE, root)]),
@@ -767,10 +761,7 @@ impl FileSystem for MemoryFs {
         }
         st.node_mut(inode)?.opens += 1;
         let handle = st.new_handle(Open::File(inode));
-        Ok(OpenReply {
-            handle,
-            open_flags: 0,
-        })
+        Ok(OpenReply::new(handle))
     }
 
     fn create(
@@ -795,13 +786,7 @@ impl FileSystem for MemoryFs {
         let entry = st.entry(ino)?;
         st.node_mut(ino)?.opens += 1;
         let handle = st.new_handle(Open::File(ino));
-        Ok((
-            entry,
-            OpenReply {
-                handle,
-                open_flags: 0,
-            },
-        ))
+        Ok((entry, OpenReply::new(handle)))
     }
 
     fn read(
@@ -946,10 +931,7 @@ impl FileSystem for MemoryFs {
             inode,
             entries: list,
         }));
-        Ok(OpenReply {
-            handle,
-            open_flags: 0,
-        })
+        Ok(OpenReply::new(handle))
     }
 
     fn readdir(
@@ -1056,16 +1038,7 @@ impl FileSystem for MemoryFs {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn c(s: &str) -> std::ffi::CString {
-        std::ffi::CString::new(s).unwrap()
-    }
-
-    const CTX: Context = Context {
-        uid: 0,
-        gid: 0,
-        pid: 1,
-    };
+    use crate::test_util::{c, CTX};
 
     #[test]
     fn seeding_creates_parents_and_replaces_contents() {

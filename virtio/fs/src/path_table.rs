@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::io;
 
+use crate::filesystem::{Inode, ROOT_INODE};
 use crate::host_util::err;
-use crate::{Inode, ROOT_INODE};
 
 /// Deepest path rebuilt; deeper means a cycle, which the table refuses to
 /// create, so this only guards against a bug turning into a hang.

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use super::{Hook, Op, OpKind};
+use super::op::{Hook, Op, OpKind};
 
 /// One audited operation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -32,7 +32,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 
-use super::{Hook, Op, OpKind};
+use super::op::{Hook, Op, OpKind};
 use crate::filesystem::{Context, Entry, FileSystem, Inode, ROOT_INODE};
 
 /// The deny hook. See the module docs.

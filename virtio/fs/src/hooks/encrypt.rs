@@ -37,7 +37,7 @@ use std::sync::Mutex;
 use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
 use chacha20::XChaCha20;
 
-use super::{Hook, Op, OpKind};
+use super::op::{Hook, Op, OpKind};
 use crate::filesystem::{Context, FileSystem, Handle, Inode};
 
 /// The backing-store xattr holding a file's nonce.

@@ -39,6 +39,7 @@ use crate::filesystem::{
 mod audit;
 mod deny;
 mod encrypt;
+mod op;
 pub mod paths;
 
 #[cfg(test)]
@@ -47,161 +48,7 @@ mod tests;
 pub use audit::{AuditLog, AuditRecord};
 pub use deny::DenyPaths;
 pub use encrypt::EncryptAtRest;
-
-/// Which operation a hook is looking at.
-#[allow(missing_docs)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum OpKind {
-    Lookup,
-    Getattr,
-    Setattr,
-    Readlink,
-    Symlink,
-    Mknod,
-    Mkdir,
-    Unlink,
-    Rmdir,
-    Rename,
-    Link,
-    Open,
-    Create,
-    Read,
-    Write,
-    Flush,
-    Fsync,
-    Release,
-    Statfs,
-    Setxattr,
-    Getxattr,
-    Listxattr,
-    Removexattr,
-    Opendir,
-    Readdir,
-    Releasedir,
-    Fsyncdir,
-    Access,
-    Fallocate,
-    Lseek,
-}
-
-impl OpKind {
-    /// The operation's name in lower case (`"read"`, `"rename"`, ...).
-    pub fn name(self) -> &'static str {
-        match self {
-            OpKind::Lookup => "lookup",
-            OpKind::Getattr => "getattr",
-            OpKind::Setattr => "setattr",
-            OpKind::Readlink => "readlink",
-            OpKind::Symlink => "symlink",
-            OpKind::Mknod => "mknod",
-            OpKind::Mkdir => "mkdir",
-            OpKind::Unlink => "unlink",
-            OpKind::Rmdir => "rmdir",
-            OpKind::Rename => "rename",
-            OpKind::Link => "link",
-            OpKind::Open => "open",
-            OpKind::Create => "create",
-            OpKind::Read => "read",
-            OpKind::Write => "write",
-            OpKind::Flush => "flush",
-            OpKind::Fsync => "fsync",
-            OpKind::Release => "release",
-            OpKind::Statfs => "statfs",
-            OpKind::Setxattr => "setxattr",
-            OpKind::Getxattr => "getxattr",
-            OpKind::Listxattr => "listxattr",
-            OpKind::Removexattr => "removexattr",
-            OpKind::Opendir => "opendir",
-            OpKind::Readdir => "readdir",
-            OpKind::Releasedir => "releasedir",
-            OpKind::Fsyncdir => "fsyncdir",
-            OpKind::Access => "access",
-            OpKind::Fallocate => "fallocate",
-            OpKind::Lseek => "lseek",
-        }
-    }
-}
-
-/// One operation as hooks see it.
-#[derive(Clone, Debug)]
-pub struct Op<'a> {
-    /// What is being done.
-    pub kind: OpKind,
-    /// Who in the guest asked.
-    pub ctx: Context,
-    /// The inode operated on; for operations on a name (lookup, create,
-    /// unlink, rename, ...) the directory holding it.
-    pub inode: Inode,
-    /// The open handle, for operations through one.
-    pub handle: Option<Handle>,
-    /// Guest path of the object (for name operations: of the named entry;
-    /// for rename: the old name). None if the inode's path is not known.
-    pub path: Option<PathBuf>,
-    /// Rename's new name, link's new name.
-    pub new_path: Option<PathBuf>,
-    /// The inode is held by the guest but lost its name to a rename (so
-    /// `path` is None although the inode is known).
-    pub detached: bool,
-    /// Byte offset (read, write, fallocate).
-    pub offset: u64,
-    /// Bytes asked for (read), given (write), allocated (fallocate).
-    pub size: u64,
-    /// The xattr name (setxattr, getxattr, removexattr).
-    pub xattr: Option<&'a CStr>,
-    /// Attribute changes (setattr).
-    pub setattr: Option<SetAttr>,
-    /// Rename flags.
-    pub flags: u32,
-}
-
-/// Host code that sees operations; see the module docs for the order.
-/// Every method has a pass-through default. `backend` is the filesystem
-/// under all hooks, for hooks that keep state there (xattrs) or answer.
-#[allow(unused_variables)]
-pub trait Hook: Send + Sync {
-    /// Runs before the operation; an error denies it with that error.
-    fn before(&self, backend: &dyn FileSystem, op: &Op<'_>) -> io::Result<()> {
-        Ok(())
-    }
-
-    /// May rewrite a WRITE's payload before it reaches the backend. The
-    /// guest is told the length it sent was written if the backend took the
-    /// whole rewritten payload.
-    fn rewrite_write(
-        &self,
-        backend: &dyn FileSystem,
-        op: &Op<'_>,
-        data: &mut Vec<u8>,
-    ) -> io::Result<()> {
-        Ok(())
-    }
-
-    /// May answer a READ itself (`Some`), skipping the backend and the hooks
-    /// after this one.
-    fn answer_read(&self, backend: &dyn FileSystem, op: &Op<'_>) -> Option<io::Result<Vec<u8>>> {
-        None
-    }
-
-    /// May rewrite what READ, GETXATTR, LISTXATTR or READLINK returns.
-    fn rewrite_reply(
-        &self,
-        backend: &dyn FileSystem,
-        op: &Op<'_>,
-        data: &mut Vec<u8>,
-    ) -> io::Result<()> {
-        Ok(())
-    }
-
-    /// Sees the outcome: bytes moved (read, write) or 0, or the errno.
-    fn after(&self, op: &Op<'_>, result: Result<u64, i32>) {}
-
-    /// Sees the inode a successful reply is about to hand the guest
-    /// (lookup, create, mkdir, mknod, symlink, link); an error withholds
-    /// it (the backend's lookup reference is given back) and is the reply.
-    fn check_entry(&self, backend: &dyn FileSystem, op: &Op<'_>, entry: &Entry) -> io::Result<()> {
-        Ok(())
-    }
-}
+pub use op::{Hook, Op, OpKind};
 
 fn errno(e: &io::Error) -> i32 {
     e.raw_os_error().unwrap_or(libc::EIO)
@@ -248,6 +95,20 @@ impl<F: FileSystem> Hooked<F> {
             xattr: None,
             setattr: None,
             flags: 0,
+        }
+    }
+
+    /// An operation through the open handle `handle`.
+    fn with_handle(
+        &self,
+        kind: OpKind,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+    ) -> Op<'static> {
+        Op {
+            handle: Some(handle),
+            ..self.op(kind, ctx, inode)
         }
     }
 
@@ -511,10 +372,9 @@ impl<F: FileSystem> FileSystem for Hooked<F> {
         size: u32,
     ) -> io::Result<Vec<u8>> {
         let op = Op {
-            handle: Some(handle),
             offset,
             size: u64::from(size),
-            ..self.op(OpKind::Read, ctx, inode)
+            ..self.with_handle(OpKind::Read, ctx, inode, handle)
         };
         self.run(
             &op,
@@ -552,11 +412,10 @@ impl<F: FileSystem> FileSystem for Hooked<F> {
         flags: u32,
     ) -> io::Result<u32> {
         let op = Op {
-            handle: Some(handle),
             offset,
             size: data.len() as u64,
             flags,
-            ..self.op(OpKind::Write, ctx, inode)
+            ..self.with_handle(OpKind::Write, ctx, inode, handle)
         };
         self.run(
             &op,
@@ -583,26 +442,17 @@ impl<F: FileSystem> FileSystem for Hooked<F> {
         handle: Handle,
         lock_owner: u64,
     ) -> io::Result<()> {
-        let op = Op {
-            handle: Some(handle),
-            ..self.op(OpKind::Flush, ctx, inode)
-        };
+        let op = self.with_handle(OpKind::Flush, ctx, inode, handle);
         self.simple(&op, || self.inner.flush(ctx, inode, handle, lock_owner))
     }
 
     fn fsync(&self, ctx: &Context, inode: Inode, datasync: bool, handle: Handle) -> io::Result<()> {
-        let op = Op {
-            handle: Some(handle),
-            ..self.op(OpKind::Fsync, ctx, inode)
-        };
+        let op = self.with_handle(OpKind::Fsync, ctx, inode, handle);
         self.simple(&op, || self.inner.fsync(ctx, inode, datasync, handle))
     }
 
     fn release(&self, ctx: &Context, inode: Inode, flags: u32, handle: Handle) -> io::Result<()> {
-        let op = Op {
-            handle: Some(handle),
-            ..self.op(OpKind::Release, ctx, inode)
-        };
+        let op = self.with_handle(OpKind::Release, ctx, inode, handle);
         self.simple(&op, || self.inner.release(ctx, inode, flags, handle))
     }
 
@@ -669,9 +519,8 @@ impl<F: FileSystem> FileSystem for Hooked<F> {
         add: &mut dyn FnMut(DirEntry<'_>) -> bool,
     ) -> io::Result<()> {
         let op = Op {
-            handle: Some(handle),
             offset,
-            ..self.op(OpKind::Readdir, ctx, inode)
+            ..self.with_handle(OpKind::Readdir, ctx, inode, handle)
         };
         self.simple(&op, || self.inner.readdir(ctx, inode, handle, offset, add))
     }
@@ -683,10 +532,7 @@ impl<F: FileSystem> FileSystem for Hooked<F> {
         flags: u32,
         handle: Handle,
     ) -> io::Result<()> {
-        let op = Op {
-            handle: Some(handle),
-            ..self.op(OpKind::Releasedir, ctx, inode)
-        };
+        let op = self.with_handle(OpKind::Releasedir, ctx, inode, handle);
         self.simple(&op, || self.inner.releasedir(ctx, inode, flags, handle))
     }
 
@@ -697,10 +543,7 @@ impl<F: FileSystem> FileSystem for Hooked<F> {
         datasync: bool,
         handle: Handle,
     ) -> io::Result<()> {
-        let op = Op {
-            handle: Some(handle),
-            ..self.op(OpKind::Fsyncdir, ctx, inode)
-        };
+        let op = self.with_handle(OpKind::Fsyncdir, ctx, inode, handle);
         self.simple(&op, || self.inner.fsyncdir(ctx, inode, datasync, handle))
     }
 
@@ -722,11 +565,10 @@ impl<F: FileSystem> FileSystem for Hooked<F> {
         length: u64,
     ) -> io::Result<()> {
         let op = Op {
-            handle: Some(handle),
             offset,
             size: length,
             flags: mode,
-            ..self.op(OpKind::Fallocate, ctx, inode)
+            ..self.with_handle(OpKind::Fallocate, ctx, inode, handle)
         };
         self.simple(&op, || {
             self.inner
@@ -743,9 +585,8 @@ impl<F: FileSystem> FileSystem for Hooked<F> {
         whence: u32,
     ) -> io::Result<u64> {
         let op = Op {
-            handle: Some(handle),
             offset,
-            ..self.op(OpKind::Lseek, ctx, inode)
+            ..self.with_handle(OpKind::Lseek, ctx, inode, handle)
         };
         self.simple(&op, || self.inner.lseek(ctx, inode, handle, offset, whence))
     }

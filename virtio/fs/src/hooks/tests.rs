@@ -1,17 +1,13 @@
 //! Hooks over the in-memory backend, driven through the FileSystem trait as
 //! the server drives them.
 
-use std::ffi::CString;
 use std::sync::Mutex;
 
 use super::encrypt::NONCE_XATTR;
 use super::*;
+use crate::filesystem::ROOT_INODE;
 use crate::memory::MemoryFs;
-use crate::ROOT_INODE;
-
-fn c(s: &str) -> CString {
-    CString::new(s).unwrap()
-}
+use crate::test_util::c;
 
 const CTX: Context = Context {
     uid: 1000,
@@ -315,6 +311,11 @@ fn encrypt_at_rest_leaves_files_outside_the_prefix_alone_and_rekeys_on_truncate(
     );
 }
 
+/// The errno a lookup of `name` in `dir` fails with, if it fails.
+fn lookup_errno(fs: &dyn FileSystem, dir: Inode, name: &str) -> Option<i32> {
+    errno_of(fs.lookup(&CTX, dir, &c(name)))
+}
+
 fn errno_of<T: std::fmt::Debug>(r: io::Result<T>) -> Option<i32> {
     r.unwrap_err().raw_os_error()
 }
@@ -325,22 +326,13 @@ fn deny_paths_follows_the_object_through_a_rename_of_its_parent() {
     backend.add_file("a/secret/key", b"k", 0o600).unwrap();
     let fs = Hooked::new(backend, vec![Arc::new(DenyPaths::new(["/a/secret"]))]);
     let a = fs.lookup(&CTX, ROOT_INODE, &c("a")).unwrap();
-    assert_eq!(
-        errno_of(fs.lookup(&CTX, a.inode, &c("secret"))),
-        Some(libc::EACCES)
-    );
+    assert_eq!(lookup_errno(&fs, a.inode, "secret"), Some(libc::EACCES));
     fs.rename(&CTX, ROOT_INODE, &c("a"), ROOT_INODE, &c("b"), 0)
         .unwrap();
     // "/b/secret" is listed nowhere, but it is the denied directory.
     let b = fs.lookup(&CTX, ROOT_INODE, &c("b")).unwrap();
-    assert_eq!(
-        errno_of(fs.lookup(&CTX, b.inode, &c("secret"))),
-        Some(libc::EACCES)
-    );
-    assert_eq!(
-        errno_of(fs.lookup(&CTX, a.inode, &c("secret"))),
-        Some(libc::EACCES)
-    );
+    assert_eq!(lookup_errno(&fs, b.inode, "secret"), Some(libc::EACCES));
+    assert_eq!(lookup_errno(&fs, a.inode, "secret"), Some(libc::EACCES));
 }
 
 #[test]
@@ -360,10 +352,7 @@ fn deny_paths_refuses_a_hard_link_to_a_denied_file() {
         .unwrap();
     let fs = Hooked::new(backend, vec![Arc::new(DenyPaths::new(["/secret.txt"]))]);
     let p = fs.lookup(&CTX, ROOT_INODE, &c("pub")).unwrap();
-    assert_eq!(
-        errno_of(fs.lookup(&CTX, p.inode, &c("copy"))),
-        Some(libc::EACCES)
-    );
+    assert_eq!(lookup_errno(&fs, p.inode, "copy"), Some(libc::EACCES));
     fs.lookup(&CTX, p.inode, &c("readme")).unwrap();
 }
 
@@ -404,15 +393,9 @@ fn deny_paths_follows_host_objects_of_the_passthrough_backend() {
     let deny = DenyPaths::new(["/a/secret", "/token"]);
     let fs = Hooked::new(backend, vec![Arc::new(deny)]);
     let a = fs.lookup(&CTX, ROOT_INODE, &c("a")).unwrap();
-    assert_eq!(
-        errno_of(fs.lookup(&CTX, a.inode, &c("alias"))),
-        Some(libc::EACCES)
-    );
+    assert_eq!(lookup_errno(&fs, a.inode, "alias"), Some(libc::EACCES));
     fs.rename(&CTX, ROOT_INODE, &c("a"), ROOT_INODE, &c("b"), 0)
         .unwrap();
     let b = fs.lookup(&CTX, ROOT_INODE, &c("b")).unwrap();
-    assert_eq!(
-        errno_of(fs.lookup(&CTX, b.inode, &c("secret"))),
-        Some(libc::EACCES)
-    );
+    assert_eq!(lookup_errno(&fs, b.inode, "secret"), Some(libc::EACCES));
 }

@@ -49,18 +49,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
+use crate::backend_common::check_access;
 use crate::backend_common::{entry_bytes, ListEntry, Snapshot, SnapshotRegistry};
-use crate::handle_table::HandleTable;
-use crate::host_util::{self as host, cvt, err, CONFINED};
-use crate::layer_meta::{EntryMeta, LayerMeta, OPAQUE_MARKER, ROOTFS_DIR, WHITEOUT_PREFIX};
-use crate::passthrough::check_access;
-use crate::path_table::PathTable;
-use crate::{
+use crate::filesystem::{
     Attr, Context, DirEntry, Entry, FileSystem, Handle, Inode, OpenReply, SetAttr, StatFs,
 };
+use crate::handle_table::HandleTable;
+use crate::host_util::{self as host, err, CONFINED};
+use crate::layer_meta::{EntryMeta, LayerMeta, OPAQUE_MARKER, ROOTFS_DIR, WHITEOUT_PREFIX};
+use crate::path_table::PathTable;
 
 use quota::{data_cost, round_up, Quota, NAME_COST};
-use upper_meta::{guest_xattr_prefix, host_xattr_name, GuestMeta};
+use upper_meta::{GuestMeta, XattrNs};
 
 /// Default size limit of a sandbox's writable layer: room for package
 /// installs and builds, small next to a host disk, and the figure common
@@ -143,6 +143,8 @@ pub struct LayeredFs {
     handles: HandleTable<OpenObject>,
     tmp_seq: AtomicU64,
     quota: Quota,
+    /// Where this instance's upper directory keeps guest metadata.
+    xattr_ns: XattrNs,
     /// Bumped by every change to the merged tree: a directory listing is
     /// shared by the handles opened while it stays the same.
     changes: AtomicU64,
@@ -210,7 +212,7 @@ impl LayeredFs {
             .unwrap_or_else(|| default_max_names(config.max_upper_bytes));
         let quota = Quota::new(config.max_upper_bytes, max_names, usage);
         // Fail now, with a clear message, rather than at the first write.
-        upper_meta::select_namespace(work.as_raw_fd()).map_err(|e| {
+        let xattr_ns = XattrNs::select(work.as_raw_fd()).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!(
@@ -250,6 +252,7 @@ impl LayeredFs {
             table: Mutex::new(PathTable::new(root)),
             tmp_seq: AtomicU64::new(0),
             quota,
+            xattr_ns,
             changes: AtomicU64::new(0),
             dirs: SnapshotRegistry::new(),
         })
@@ -337,17 +340,11 @@ impl LayeredFs {
         let mut search_lowers = true;
         if parent.upper {
             let pfd = self.upper_fd(parent_path)?;
-            match host::openat2(
-                pfd.as_raw_fd(),
-                name,
-                libc::O_PATH | libc::O_NOFOLLOW,
-                0,
-                CONFINED,
-            ) {
+            match host::open_child(pfd.as_raw_fd(), name) {
                 Ok(fd) => {
                     let st = host::fstat(fd.as_raw_fd())?;
                     node.upper = true;
-                    node.kind = match GuestMeta::load(fd.as_raw_fd())? {
+                    node.kind = match GuestMeta::load(self.xattr_ns, fd.as_raw_fd())? {
                         Some(m) => m.mode & libc::S_IFMT,
                         None => st.st_mode & libc::S_IFMT,
                     };
@@ -399,7 +396,7 @@ impl LayeredFs {
         let (st, meta) = if node.upper {
             let fd = self.upper_fd(path)?;
             let st = host::fstat(fd.as_raw_fd())?;
-            let meta = match GuestMeta::load(fd.as_raw_fd())? {
+            let meta = match GuestMeta::load(self.xattr_ns, fd.as_raw_fd())? {
                 Some(m) => m,
                 None => match node.lowers.first() {
                     Some(&li) => self.lower_guest_meta(
@@ -542,26 +539,24 @@ impl LayeredFs {
             },
         ];
         let finish = |fd: RawFd| -> io::Result<()> {
-            meta.store(fd)?;
+            meta.store(self.xattr_ns, fd)?;
             for (k, v) in xattrs {
-                host::setxattr(fd, &host_xattr_name(&host::cstring(k.as_bytes())?)?, v, 0)?;
+                host::setxattr(
+                    fd,
+                    &self
+                        .xattr_ns
+                        .host_xattr_name(&host::cstring(k.as_bytes())?)?,
+                    v,
+                    0,
+                )?;
             }
             Ok(())
         };
         if node.kind == libc::S_IFDIR {
-            // SAFETY: NUL-terminated single-component name under our dir fd.
-            cvt(unsafe { libc::mkdirat(upf.as_raw_fd(), name.as_ptr(), 0o700) })?;
-            let dfd = host::openat2(
-                upf.as_raw_fd(),
-                name,
-                libc::O_PATH | libc::O_NOFOLLOW,
-                0,
-                CONFINED,
-            )?;
+            host::mkdirat(upf.as_raw_fd(), name, 0o700)?;
+            let dfd = host::open_child(upf.as_raw_fd(), name)?;
             finish(dfd.as_raw_fd())?;
-            let path = host::proc_path(dfd.as_raw_fd());
-            // SAFETY: magic link of our own fd; times is a two-element array.
-            unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) };
+            let _ = host::utimens(dfd.as_raw_fd(), &times);
         } else {
             let tmp = self.new_tmp_name();
             let tfd = host::openat2(
@@ -581,22 +576,17 @@ impl LayeredFs {
                     std::io::copy(&mut input, &mut out)?;
                 }
                 finish(tfd.as_raw_fd())?;
-                // SAFETY: an fd we own and a two-element array.
-                cvt(unsafe { libc::futimens(tfd.as_raw_fd(), times.as_ptr()) })?;
-                // SAFETY: NUL-terminated single-component names under our dir fds.
-                cvt(unsafe {
-                    libc::renameat2(
-                        self.work.as_raw_fd(),
-                        tmp.as_ptr(),
-                        upf.as_raw_fd(),
-                        name.as_ptr(),
-                        libc::RENAME_NOREPLACE,
-                    )
-                })
+                host::futimens(tfd.as_raw_fd(), &times)?;
+                host::renameat2(
+                    self.work.as_raw_fd(),
+                    &tmp,
+                    upf.as_raw_fd(),
+                    name,
+                    libc::RENAME_NOREPLACE,
+                )
             })();
             if let Err(e) = result {
-                // SAFETY: NUL-terminated name under our work dir.
-                unsafe { libc::unlinkat(self.work.as_raw_fd(), tmp.as_ptr(), 0) };
+                let _ = host::unlinkat(self.work.as_raw_fd(), &tmp, 0);
                 return Err(e);
             }
         }
@@ -648,14 +638,8 @@ impl LayeredFs {
                 let kind = match layer {
                     None => {
                         let cname = host::cstring(name)?;
-                        let cfd = host::openat2(
-                            fd.as_raw_fd(),
-                            &cname,
-                            libc::O_PATH | libc::O_NOFOLLOW,
-                            0,
-                            CONFINED,
-                        )?;
-                        match GuestMeta::load(cfd.as_raw_fd())? {
+                        let cfd = host::open_child(fd.as_raw_fd(), &cname)?;
+                        match GuestMeta::load(self.xattr_ns, cfd.as_raw_fd())? {
                             Some(m) => host::dtype(m.mode),
                             None => u32::from(*dt),
                         }
@@ -731,8 +715,7 @@ impl LayeredFs {
     }
 
     fn remove_marker(&self, dirfd: RawFd, name: &CStr) -> io::Result<()> {
-        // SAFETY: NUL-terminated single-component name under our dir fd.
-        match cvt(unsafe { libc::unlinkat(dirfd, name.as_ptr(), 0) }) {
+        match host::unlinkat(dirfd, name, 0) {
             Ok(_) => {
                 Quota::release(&mut self.quota.lock(), NAME_COST, 1);
                 Ok(())
@@ -841,17 +824,9 @@ impl LayeredFs {
         };
         let mut file = None;
         if kind == libc::S_IFDIR {
-            // SAFETY: NUL-terminated single-component name under our dir fd.
-            cvt(unsafe { libc::mkdirat(upf.as_raw_fd(), name.as_ptr(), 0o700) })
-                .map_err(uncharge)?;
-            let dfd = host::openat2(
-                upf.as_raw_fd(),
-                name,
-                libc::O_PATH | libc::O_NOFOLLOW,
-                0,
-                CONFINED,
-            )?;
-            meta.store(dfd.as_raw_fd())?;
+            host::mkdirat(upf.as_raw_fd(), name, 0o700).map_err(uncharge)?;
+            let dfd = host::open_child(upf.as_raw_fd(), name)?;
+            meta.store(self.xattr_ns, dfd.as_raw_fd())?;
             if replaces_deleted {
                 self.make_marker(dfd.as_raw_fd(), &host::cstring(OPAQUE_MARKER.as_bytes())?)?;
             }
@@ -865,7 +840,7 @@ impl LayeredFs {
             if let Some(c) = content {
                 std::io::Write::write_all(&mut std::fs::File::from(fd.try_clone()?), c)?;
             }
-            meta.store(fd.as_raw_fd())?;
+            meta.store(self.xattr_ns, fd.as_raw_fd())?;
             if open_flags.is_some() {
                 file = Some(fd);
             }
@@ -908,8 +883,7 @@ impl LayeredFs {
             }
             let data = Self::upper_data_charge(upf.as_raw_fd(), name);
             let flag = if is_dir { libc::AT_REMOVEDIR } else { 0 };
-            // SAFETY: NUL-terminated single-component name under our dir fd.
-            cvt(unsafe { libc::unlinkat(upf.as_raw_fd(), name.as_ptr(), flag) })?;
+            host::unlinkat(upf.as_raw_fd(), name, flag)?;
             self.uncharge_name(data);
         }
         if !child.lowers.is_empty() {
@@ -1004,7 +978,7 @@ impl FileSystem for LayeredFs {
                     gid: attr.gid.unwrap_or(cur.gid),
                     rdev: u64::from(cur.rdev),
                 };
-                meta.store(fd.as_raw_fd())?;
+                meta.store(self.xattr_ns, fd.as_raw_fd())?;
             }
             if let Some(size) = attr.size {
                 if node.kind != libc::S_IFREG {
@@ -1015,10 +989,7 @@ impl FileSystem for LayeredFs {
                 self.resize(
                     wfd.as_raw_fd(),
                     |_| Some(size as u64),
-                    || {
-                        // SAFETY: plain syscall on an fd we own.
-                        cvt(unsafe { libc::ftruncate64(wfd.as_raw_fd(), size) })
-                    },
+                    || host::ftruncate(wfd.as_raw_fd(), size),
                 )?;
             }
             host::set_times(fd.as_raw_fd(), attr.atime, attr.mtime)?;
@@ -1144,16 +1115,7 @@ impl FileSystem for LayeredFs {
                 self.make_marker(sfd.as_raw_fd(), &host::cstring(OPAQUE_MARKER.as_bytes())?)?;
             }
         }
-        // SAFETY: NUL-terminated single-component names under our dir fds.
-        cvt(unsafe {
-            libc::renameat2(
-                ofd.as_raw_fd(),
-                oldname.as_ptr(),
-                nfd.as_raw_fd(),
-                newname.as_ptr(),
-                flags,
-            )
-        })?;
+        host::renameat2(ofd.as_raw_fd(), oldname, nfd.as_raw_fd(), newname, flags)?;
         if let Some(data) = replaced_data {
             self.uncharge_name(data);
         }
@@ -1200,17 +1162,8 @@ impl FileSystem for LayeredFs {
         let nfd = self.upper_fd(&npath)?;
         let oname = host::cstring(oname)?;
         self.charge_name(0)?;
-        // SAFETY: NUL-terminated single-component names; flags 0 never follows.
-        cvt(unsafe {
-            libc::linkat(
-                ofd.as_raw_fd(),
-                oname.as_ptr(),
-                nfd.as_raw_fd(),
-                newname.as_ptr(),
-                0,
-            )
-        })
-        .inspect_err(|_| self.uncharge_name(0))?;
+        host::linkat(ofd.as_raw_fd(), &oname, nfd.as_raw_fd(), newname)
+            .inspect_err(|_| self.uncharge_name(0))?;
         self.remove_marker(nfd.as_raw_fd(), &whiteout_name(newname)?)?;
         self.register(
             newparent,
@@ -1260,10 +1213,7 @@ impl FileSystem for LayeredFs {
                 host::reopen(pfd.as_raw_fd(), host_flags)?
             }
         };
-        Ok(OpenReply {
-            handle: self.handles.insert(OpenObject::File(fd))?,
-            open_flags: 0,
-        })
+        Ok(OpenReply::new(self.handles.insert(OpenObject::File(fd))?))
     }
 
     fn create(
@@ -1281,10 +1231,7 @@ impl FileSystem for LayeredFs {
         let fd = fd.ok_or_else(|| err(libc::EIO))?;
         Ok((
             entry,
-            OpenReply {
-                handle: self.handles.insert(OpenObject::File(fd))?,
-                open_flags: 0,
-            },
+            OpenReply::new(self.handles.insert(OpenObject::File(fd))?),
         ))
     }
 
@@ -1322,15 +1269,7 @@ impl FileSystem for LayeredFs {
         handle: Handle,
     ) -> io::Result<()> {
         let (_obj, fd) = self.handle_fd(handle)?;
-        // SAFETY: plain syscalls on an fd we hold.
-        cvt(unsafe {
-            if datasync {
-                libc::fdatasync(fd)
-            } else {
-                libc::fsync(fd)
-            }
-        })?;
-        Ok(())
+        host::fsync(fd, datasync)
     }
 
     fn release(
@@ -1355,7 +1294,7 @@ impl FileSystem for LayeredFs {
         value: &[u8],
         flags: u32,
     ) -> io::Result<()> {
-        let hname = host_xattr_name(name)?;
+        let hname = self.xattr_ns.host_xattr_name(name)?;
         let _w = self.write_tree();
         self.copy_up(inode)?;
         let (node, path) = self.node(inode)?;
@@ -1369,7 +1308,10 @@ impl FileSystem for LayeredFs {
         let _r = self.tree.read().expect("tree lock");
         let (node, path) = self.node(inode)?;
         if node.upper {
-            return host::getxattr(self.upper_fd(&path)?.as_raw_fd(), &host_xattr_name(name)?);
+            return host::getxattr(
+                self.upper_fd(&path)?.as_raw_fd(),
+                &self.xattr_ns.host_xattr_name(name)?,
+            );
         }
         let meta = self.lower_meta(node.lowers[0], &path);
         let found = meta.and_then(|m| {
@@ -1390,9 +1332,9 @@ impl FileSystem for LayeredFs {
             let all = host::listxattr(self.upper_fd(&path)?.as_raw_fd())?;
             for n in all
                 .split(|&b| b == 0)
-                .filter(|n| n.starts_with(guest_xattr_prefix()))
+                .filter(|n| n.starts_with(self.xattr_ns.guest_xattr_prefix()))
             {
-                out.extend_from_slice(&n[guest_xattr_prefix().len()..]);
+                out.extend_from_slice(&n[self.xattr_ns.guest_xattr_prefix().len()..]);
                 out.push(0);
             }
         } else if let Some(m) = self.lower_meta(node.lowers[0], &path) {
@@ -1405,7 +1347,7 @@ impl FileSystem for LayeredFs {
     }
 
     fn removexattr(&self, _ctx: &Context, inode: Inode, name: &CStr) -> io::Result<()> {
-        let hname = host_xattr_name(name)?;
+        let hname = self.xattr_ns.host_xattr_name(name)?;
         let _w = self.write_tree();
         self.copy_up(inode)?;
         let (node, path) = self.node(inode)?;
@@ -1430,10 +1372,9 @@ impl FileSystem for LayeredFs {
             self.dirs
                 .open(key, || self.merged_list(inode, &node, &path))?
         };
-        Ok(OpenReply {
-            handle: self.handles.insert(OpenObject::Dir(snapshot))?,
-            open_flags: 0,
-        })
+        Ok(OpenReply::new(
+            self.handles.insert(OpenObject::Dir(snapshot))?,
+        ))
     }
 
     fn readdir(

@@ -21,8 +21,8 @@ use std::io;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
+use crate::filesystem::StatFs;
 use crate::host_util::err;
-use crate::StatFs;
 
 /// Charge of one name in the upper tree.
 pub(crate) const NAME_COST: u64 = 4096;

@@ -11,15 +11,15 @@
 //! by the guest never act on the host.
 //!
 //! Filesystems without `user.*` xattrs (tmpfs before Linux 6.6) still take
-//! `trusted.*` ones from a privileged process; [`select_namespace`] probes
-//! once and the whole process then uses `trusted.msbvm.*`. The choice is
-//! process-wide, so uppers of one process must not mix filesystems of both
-//! kinds (the runtime has one upper per process).
+//! `trusted.*` ones from a privileged process; [`XattrNs::select`] probes
+//! each upper directory once and its [`LayeredFs`](super::LayeredFs) then
+//! keeps its metadata in `trusted.msbvm.*`. The choice belongs to the
+//! instance, so two layered filesystems of one process may sit on uppers of
+//! either kind.
 
 use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::host_util::{self as host, err};
 
@@ -30,43 +30,59 @@ pub(crate) const GUEST_XATTR_PREFIX: &[u8] = b"user.msbvm.x.";
 const TRUSTED_META_XATTR: &CStr = c"trusted.msbvm.meta";
 const TRUSTED_GUEST_XATTR_PREFIX: &[u8] = b"trusted.msbvm.x.";
 
-/// Whether this process keeps upper metadata in `trusted.*` xattrs.
-static TRUSTED: AtomicBool = AtomicBool::new(false);
-
-/// The xattr holding guest metadata, in the namespace this process uses.
-pub(crate) fn meta_xattr() -> &'static CStr {
-    if TRUSTED.load(Ordering::Relaxed) {
-        TRUSTED_META_XATTR
-    } else {
-        META_XATTR
-    }
+/// The host xattr namespace an upper directory keeps guest metadata in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum XattrNs {
+    /// `user.msbvm.*`: any process, most filesystems.
+    #[default]
+    User,
+    /// `trusted.msbvm.*`: a privileged process on a filesystem without
+    /// `user.*` xattrs.
+    Trusted,
 }
 
-/// The prefix of host xattrs holding guest xattrs, in this process's namespace.
-pub(crate) fn guest_xattr_prefix() -> &'static [u8] {
-    if TRUSTED.load(Ordering::Relaxed) {
-        TRUSTED_GUEST_XATTR_PREFIX
-    } else {
-        GUEST_XATTR_PREFIX
-    }
-}
-
-/// Picks the xattr namespace the upper directory behind `fd` supports:
-/// `user.*`, else `trusted.*` (privileged processes only).
-pub(crate) fn select_namespace(fd: RawFd) -> io::Result<()> {
-    let user = host::setxattr(fd, c"user.msbvm.probe", b"", 0);
-    if user.is_ok() {
-        let _ = host::removexattr(fd, c"user.msbvm.probe");
-        TRUSTED.store(false, Ordering::Relaxed);
-        return Ok(());
-    }
-    match host::setxattr(fd, c"trusted.msbvm.probe", b"", 0) {
-        Ok(()) => {
-            let _ = host::removexattr(fd, c"trusted.msbvm.probe");
-            TRUSTED.store(true, Ordering::Relaxed);
-            Ok(())
+impl XattrNs {
+    /// Picks the namespace the upper directory behind `fd` supports:
+    /// `user.*`, else `trusted.*` (privileged processes only).
+    pub(crate) fn select(fd: RawFd) -> io::Result<Self> {
+        let user = host::setxattr(fd, c"user.msbvm.probe", b"", 0);
+        if user.is_ok() {
+            let _ = host::removexattr(fd, c"user.msbvm.probe");
+            return Ok(Self::User);
         }
-        Err(_) => user,
+        match host::setxattr(fd, c"trusted.msbvm.probe", b"", 0) {
+            Ok(()) => {
+                let _ = host::removexattr(fd, c"trusted.msbvm.probe");
+                Ok(Self::Trusted)
+            }
+            Err(e) => Err(user.err().unwrap_or(e)),
+        }
+    }
+
+    /// The xattr holding guest metadata.
+    fn meta_xattr(self) -> &'static CStr {
+        match self {
+            Self::User => META_XATTR,
+            Self::Trusted => TRUSTED_META_XATTR,
+        }
+    }
+
+    /// The prefix of host xattrs holding guest xattrs.
+    pub(crate) fn guest_xattr_prefix(self) -> &'static [u8] {
+        match self {
+            Self::User => GUEST_XATTR_PREFIX,
+            Self::Trusted => TRUSTED_GUEST_XATTR_PREFIX,
+        }
+    }
+
+    /// The host xattr name holding guest xattr `name`.
+    pub(crate) fn host_xattr_name(self, name: &CStr) -> io::Result<CString> {
+        let mut v = self.guest_xattr_prefix().to_vec();
+        v.extend_from_slice(name.to_bytes());
+        if v.len() > 255 {
+            return Err(err(libc::ERANGE));
+        }
+        host::cstring(&v)
     }
 }
 
@@ -112,8 +128,8 @@ impl GuestMeta {
 
     /// Reads the metadata of the upper entry behind `fd`; `None` when it has
     /// none (the upper root before the guest changed it) or it is damaged.
-    pub fn load(fd: RawFd) -> io::Result<Option<Self>> {
-        match host::getxattr(fd, meta_xattr()) {
+    pub fn load(ns: XattrNs, fd: RawFd) -> io::Result<Option<Self>> {
+        match host::getxattr(fd, ns.meta_xattr()) {
             Ok(v) => Ok(Self::decode(&v)),
             Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(None),
             Err(e) => Err(e),
@@ -121,19 +137,9 @@ impl GuestMeta {
     }
 
     /// Stores the metadata on the upper entry behind `fd`.
-    pub fn store(&self, fd: RawFd) -> io::Result<()> {
-        host::setxattr(fd, meta_xattr(), &self.encode(), 0)
+    pub fn store(&self, ns: XattrNs, fd: RawFd) -> io::Result<()> {
+        host::setxattr(fd, ns.meta_xattr(), &self.encode(), 0)
     }
-}
-
-/// The host xattr name holding guest xattr `name`.
-pub(crate) fn host_xattr_name(name: &CStr) -> io::Result<CString> {
-    let mut v = guest_xattr_prefix().to_vec();
-    v.extend_from_slice(name.to_bytes());
-    if v.len() > 255 {
-        return Err(err(libc::ERANGE));
-    }
-    host::cstring(&v)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use crate::Inode;
+use crate::filesystem::Inode;
 
 /// At most `cap` descriptors, evicting the least recently used.
 pub(crate) struct FdCache {

@@ -21,8 +21,8 @@ use std::ffi::CStr;
 use std::io;
 use std::os::fd::RawFd;
 
+use crate::filesystem::Attr;
 use crate::host_util::{self as host, err};
-use crate::Attr;
 
 /// Host xattr holding the kept guest mode bits and device number.
 pub(crate) const KEPT_XATTR: &CStr = c"user.msbvm.mode";

@@ -53,13 +53,14 @@ use std::time::Duration;
 
 use std::collections::HashMap;
 
-use crate::handle_table::HandleTable;
-use crate::host_util::{self as host, cvt, err, CONFINED};
-use crate::path_table::PathTable;
-use crate::{
+use crate::backend_common::check_access;
+use crate::filesystem::{
     Attr, Context, DirEntry, Entry, FileSystem, Handle, Inode, OpenReply, SetAttr, StatFs,
     ROOT_INODE,
 };
+use crate::handle_table::HandleTable;
+use crate::host_util::{self as host, err, CONFINED};
+use crate::path_table::PathTable;
 
 use fd_cache::FdCache;
 use kept_mode::{is_reserved_xattr, KeptMode, SETID};
@@ -151,7 +152,7 @@ impl PassthroughFs {
             }),
             handles: HandleTable::new(config.max_open_handles),
             // SAFETY: geteuid has no preconditions.
-            host_is_root: unsafe { libc::geteuid() } == 0,
+            host_is_root: host::is_root(),
             config,
         })
     }
@@ -290,10 +291,6 @@ impl PassthroughFs {
         }
     }
 
-    fn open_child(dirfd: RawFd, name: &CStr) -> io::Result<OwnedFd> {
-        host::openat2(dirfd, name, libc::O_PATH | libc::O_NOFOLLOW, 0, CONFINED)
-    }
-
     /// As root, gives a new name the mapped host owner of the guest caller;
     /// unprivileged, new files stay the process's own.
     fn set_creator(&self, ctx: &Context, dirfd: RawFd, name: &CStr) -> io::Result<()> {
@@ -310,9 +307,7 @@ impl PassthroughFs {
             .id_map
             .host_gid(ctx.gid)
             .ok_or_else(|| err(libc::EINVAL))?;
-        // SAFETY: NUL-terminated name; does not follow a final symlink.
-        cvt(unsafe { libc::fchownat(dirfd, name.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) })?;
-        Ok(())
+        host::fchownat(dirfd, name, uid, gid, 0)
     }
 
     /// Creates something at `name` in `parent` with `make`, gives it the
@@ -337,18 +332,17 @@ impl PassthroughFs {
                 self.set_creator(ctx, pfd.as_raw_fd(), name)?;
             }
             if kept.is_some() {
-                let fd = Self::open_child(pfd.as_raw_fd(), name)?;
+                let fd = host::open_child(pfd.as_raw_fd(), name)?;
                 KeptMode::store(fd.as_raw_fd(), kept)?;
             }
             Ok(())
         };
         if let Err(e) = finish() {
             let flag = if is_dir { libc::AT_REMOVEDIR } else { 0 };
-            // SAFETY: NUL-terminated name relative to our dir fd.
-            unsafe { libc::unlinkat(pfd.as_raw_fd(), name.as_ptr(), flag) };
+            let _ = host::unlinkat(pfd.as_raw_fd(), name, flag);
             return Err(e);
         }
-        self.register(parent, name, Self::open_child(pfd.as_raw_fd(), name)?)
+        self.register(parent, name, host::open_child(pfd.as_raw_fd(), name)?)
     }
 
     /// chmod without ever giving the host object a set-id bit: the host
@@ -364,10 +358,7 @@ impl PassthroughFs {
             KeptMode::store(fd, new)?;
             self.lock().table.get_mut(ino)?.data.kept = new;
         }
-        let path = host::proc_path(fd);
-        // SAFETY: NUL-terminated path to the magic link of our own fd.
-        cvt(unsafe { libc::chmod(path.as_ptr(), mode & 0o7777 & !SETID) })?;
-        Ok(())
+        host::chmod_fd(fd, mode & 0o7777 & !SETID)
     }
 
     fn file_fd(&self, handle: Handle) -> io::Result<Arc<OpenObject>> {
@@ -395,7 +386,7 @@ impl FileSystem for PassthroughFs {
     fn lookup(&self, _ctx: &Context, parent: Inode, name: &CStr) -> io::Result<Entry> {
         host::check_name(name).map_err(|_| err(libc::ENOENT))?;
         let (pfd, _) = self.inode_fd(parent)?;
-        let fd = Self::open_child(pfd.as_raw_fd(), name)?;
+        let fd = host::open_child(pfd.as_raw_fd(), name)?;
         self.register(parent, name, fd)
     }
 
@@ -443,16 +434,7 @@ impl FileSystem for PassthroughFs {
                 Some(g) => map.host_gid(g).ok_or_else(|| err(libc::EINVAL))?,
                 None => u32::MAX,
             };
-            // SAFETY: empty path with AT_EMPTY_PATH acts on the fd itself.
-            cvt(unsafe {
-                libc::fchownat(
-                    raw,
-                    c"".as_ptr(),
-                    uid,
-                    gid,
-                    libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-                )
-            })?;
+            host::fchownat(raw, c"", uid, gid, libc::AT_EMPTY_PATH)?;
         }
         if let Some(mode) = attr.mode {
             if is_link {
@@ -474,16 +456,12 @@ impl FileSystem for PassthroughFs {
                     owned.as_raw_fd()
                 }
             };
-            // SAFETY: plain syscall on an fd we hold.
-            cvt(unsafe { libc::ftruncate64(tfd, size) })?;
+            host::ftruncate(tfd, size)?;
         }
         if attr.atime.is_some() || attr.mtime.is_some() {
             if is_link {
                 let times = [host::timespec(attr.atime), host::timespec(attr.mtime)];
-                // SAFETY: empty path with AT_EMPTY_PATH acts on the link fd itself.
-                cvt(unsafe {
-                    libc::utimensat(raw, c"".as_ptr(), times.as_ptr(), libc::AT_EMPTY_PATH)
-                })?;
+                host::utimens_link(raw, &times)?;
             } else {
                 host::set_times(raw, attr.atime, attr.mtime)?;
             }
@@ -507,8 +485,7 @@ impl FileSystem for PassthroughFs {
         name: &CStr,
     ) -> io::Result<Entry> {
         self.create_with(Some(ctx), parent, name, false, None, |dirfd| {
-            // SAFETY: NUL-terminated strings; the target is stored, never followed here.
-            cvt(unsafe { libc::symlinkat(target.as_ptr(), dirfd, name.as_ptr()) }).map(drop)
+            host::symlinkat(target, dirfd, name)
         })
     }
 
@@ -529,8 +506,8 @@ impl FileSystem for PassthroughFs {
             _ => mode & !SETID,
         };
         self.create_with(Some(ctx), parent, name, false, kept, |dirfd| {
-            // SAFETY: NUL-terminated name; never a device or set-id node.
-            cvt(unsafe { libc::mknodat(dirfd, name.as_ptr(), host_mode, 0) }).map(drop)
+            // Never a device or set-id node.
+            host::mknodat(dirfd, name, host_mode)
         })
     }
 
@@ -545,8 +522,7 @@ impl FileSystem for PassthroughFs {
         let mode = mode & 0o7777 & !umask;
         let kept = KeptMode::for_request(libc::S_IFDIR | mode, 0);
         self.create_with(Some(ctx), parent, name, true, kept, |dirfd| {
-            // SAFETY: NUL-terminated name.
-            cvt(unsafe { libc::mkdirat(dirfd, name.as_ptr(), mode & !SETID) }).map(drop)
+            host::mkdirat(dirfd, name, mode & !SETID)
         })
     }
 
@@ -554,8 +530,7 @@ impl FileSystem for PassthroughFs {
         self.check_writable()?;
         host::check_name(name)?;
         let (pfd, _) = self.inode_fd(parent)?;
-        // SAFETY: NUL-terminated single-component name.
-        cvt(unsafe { libc::unlinkat(pfd.as_raw_fd(), name.as_ptr(), 0) })?;
+        host::unlinkat(pfd.as_raw_fd(), name, 0)?;
         self.lock().table.detach(parent, name);
         Ok(())
     }
@@ -564,8 +539,7 @@ impl FileSystem for PassthroughFs {
         self.check_writable()?;
         host::check_name(name)?;
         let (pfd, _) = self.inode_fd(parent)?;
-        // SAFETY: NUL-terminated single-component name.
-        cvt(unsafe { libc::unlinkat(pfd.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) })?;
+        host::unlinkat(pfd.as_raw_fd(), name, libc::AT_REMOVEDIR)?;
         self.lock().table.detach(parent, name);
         Ok(())
     }
@@ -584,16 +558,7 @@ impl FileSystem for PassthroughFs {
         host::check_name(newname)?;
         let (ofd, _) = self.inode_fd(olddir)?;
         let (nfd, _) = self.inode_fd(newdir)?;
-        // SAFETY: NUL-terminated single-component names relative to our dir fds.
-        cvt(unsafe {
-            libc::renameat2(
-                ofd.as_raw_fd(),
-                oldname.as_ptr(),
-                nfd.as_raw_fd(),
-                newname.as_ptr(),
-                flags,
-            )
-        })?;
+        host::renameat2(ofd.as_raw_fd(), oldname, nfd.as_raw_fd(), newname, flags)?;
         let mut state = self.lock();
         let state = &mut *state;
         let moved = state.table.child(olddir, oldname);
@@ -626,20 +591,8 @@ impl FileSystem for PassthroughFs {
         if kind == libc::S_IFDIR {
             return Err(err(libc::EPERM));
         }
-        let src = host::proc_path(fd.as_raw_fd());
         self.create_with(None, newparent, newname, false, None, |dirfd| {
-            // SAFETY: NUL-terminated strings; following the magic link yields
-            // exactly the object behind our fd, even a symlink itself.
-            cvt(unsafe {
-                libc::linkat(
-                    libc::AT_FDCWD,
-                    src.as_ptr(),
-                    dirfd,
-                    newname.as_ptr(),
-                    libc::AT_SYMLINK_FOLLOW,
-                )
-            })
-            .map(drop)
+            host::link_fd(fd.as_raw_fd(), dirfd, newname)
         })
     }
 
@@ -662,10 +615,7 @@ impl FileSystem for PassthroughFs {
             f &= !libc::O_APPEND;
         }
         let file = host::reopen(fd.as_raw_fd(), f)?;
-        Ok(OpenReply {
-            handle: self.handles.insert(OpenObject::File(file))?,
-            open_flags: 0,
-        })
+        Ok(OpenReply::new(self.handles.insert(OpenObject::File(file))?))
     }
 
     fn create(
@@ -712,13 +662,12 @@ impl FileSystem for PassthroughFs {
         self.set_creator(ctx, pfd.as_raw_fd(), name)?;
         if created && kept.is_some() {
             if let Err(e) = KeptMode::store(file.as_raw_fd(), kept) {
-                // SAFETY: NUL-terminated name relative to our dir fd.
-                unsafe { libc::unlinkat(pfd.as_raw_fd(), name.as_ptr(), 0) };
+                let _ = host::unlinkat(pfd.as_raw_fd(), name, 0);
                 return Err(e);
             }
         }
         let handle = self.handles.insert(OpenObject::File(file))?;
-        let entry = match Self::open_child(pfd.as_raw_fd(), name)
+        let entry = match host::open_child(pfd.as_raw_fd(), name)
             .and_then(|fd| self.register(parent, name, fd))
         {
             Ok(e) => e,
@@ -727,13 +676,7 @@ impl FileSystem for PassthroughFs {
                 return Err(e);
             }
         };
-        Ok((
-            entry,
-            OpenReply {
-                handle,
-                open_flags: 0,
-            },
-        ))
+        Ok((entry, OpenReply::new(handle)))
     }
 
     fn read(
@@ -770,16 +713,7 @@ impl FileSystem for PassthroughFs {
         handle: Handle,
     ) -> io::Result<()> {
         let obj = self.file_fd(handle)?;
-        let fd = Self::handle_raw(&obj);
-        // SAFETY: plain syscalls on an fd we hold.
-        cvt(unsafe {
-            if datasync {
-                libc::fdatasync(fd)
-            } else {
-                libc::fsync(fd)
-            }
-        })?;
-        Ok(())
+        host::fsync(Self::handle_raw(&obj), datasync)
     }
 
     fn release(
@@ -867,10 +801,9 @@ impl FileSystem for PassthroughFs {
             0,
             CONFINED,
         )?;
-        Ok(OpenReply {
-            handle: self.handles.insert(OpenObject::Dir(Mutex::new(dir)))?,
-            open_flags: 0,
-        })
+        Ok(OpenReply::new(
+            self.handles.insert(OpenObject::Dir(Mutex::new(dir)))?,
+        ))
     }
 
     fn readdir(
@@ -886,9 +819,7 @@ impl FileSystem for PassthroughFs {
             return Err(err(libc::ENOTDIR));
         };
         let fd = dir.lock().expect("directory handle lock");
-        let pos = i64::try_from(offset).map_err(|_| err(libc::EINVAL))?;
-        // SAFETY: plain syscall on an fd we hold.
-        cvt(unsafe { libc::lseek64(fd.as_raw_fd(), pos, libc::SEEK_SET) })?;
+        host::seek_set(fd.as_raw_fd(), offset)?;
         let mut buf = vec![0u8; 16 * 1024];
         let mut full = false;
         loop {
@@ -950,34 +881,5 @@ impl FileSystem for PassthroughFs {
     ) -> io::Result<u64> {
         let obj = self.file_fd(handle)?;
         host::lseek(Self::handle_raw(&obj), offset, whence)
-    }
-}
-
-/// access(2) against guest-visible attributes: root passes read/write and
-/// passes execute if anyone may execute (or it is a directory).
-pub(crate) fn check_access(attr: &Attr, ctx: &Context, mask: u32) -> io::Result<()> {
-    let mask = mask & 7;
-    if mask == 0 {
-        return Ok(());
-    }
-    if ctx.uid == 0 {
-        let any_x = attr.mode & 0o111 != 0 || attr.mode & libc::S_IFMT == libc::S_IFDIR;
-        return if mask & 1 == 0 || any_x {
-            Ok(())
-        } else {
-            Err(err(libc::EACCES))
-        };
-    }
-    let bits = if ctx.uid == attr.uid {
-        (attr.mode >> 6) & 7
-    } else if ctx.gid == attr.gid {
-        (attr.mode >> 3) & 7
-    } else {
-        attr.mode & 7
-    };
-    if bits & mask == mask {
-        Ok(())
-    } else {
-        Err(err(libc::EACCES))
     }
 }

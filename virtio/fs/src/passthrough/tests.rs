@@ -1,51 +1,12 @@
 //! Tests of the passthrough backend against real temporary directories.
 
 use super::*;
-use crate::host_util::test_util::open_fd_count;
-use std::ffi::CString;
+use crate::test_util::{assert_errno, c, errno, mknod, names, open_fd_count, CTX};
 use std::os::unix::fs::{symlink, MetadataExt};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-const CTX: Context = Context {
-    uid: 0,
-    gid: 0,
-    pid: 1,
-};
-
-fn c(s: &str) -> CString {
-    CString::new(s).unwrap()
-}
-
 fn fs_with(dir: &Path, config: PassthroughConfig) -> PassthroughFs {
     PassthroughFs::new(dir, config).unwrap()
-}
-
-fn names(fs: &dyn FileSystem, ino: Inode) -> Vec<String> {
-    let h = fs.opendir(&CTX, ino, 0).unwrap().handle;
-    let mut out = Vec::new();
-    let mut offset = 0;
-    loop {
-        let mut batch = Vec::new();
-        fs.readdir(&CTX, ino, h, offset, &mut |e| {
-            if batch.len() == 3 {
-                return false;
-            }
-            batch.push((String::from_utf8(e.name.to_vec()).unwrap(), e.offset));
-            true
-        })
-        .unwrap();
-        let Some(last) = batch.last() else { break };
-        offset = last.1;
-        out.extend(batch.into_iter().map(|(n, _)| n));
-    }
-    fs.releasedir(&CTX, ino, 0, h).unwrap();
-    out.retain(|n| n != "." && n != "..");
-    out.sort();
-    out
-}
-
-fn errno<T: std::fmt::Debug>(r: io::Result<T>) -> i32 {
-    r.unwrap_err().raw_os_error().unwrap()
 }
 
 #[test]
@@ -101,10 +62,7 @@ fn every_operation_works_on_a_real_directory() {
             >= 11
     );
     fs.release(&CTX, e.inode, 0, open.handle).unwrap();
-    assert_eq!(
-        errno(fs.read(&CTX, e.inode, open.handle, 0, 1)),
-        libc::EBADF
-    );
+    assert_errno(fs.read(&CTX, e.inode, open.handle, 0, 1), libc::EBADF);
 
     let (a, _) = fs
         .setattr(
@@ -113,7 +71,7 @@ fn every_operation_works_on_a_real_directory() {
             SetAttr {
                 mode: Some(0o4750),
                 size: Some(5),
-                mtime: Some(crate::TimeSet::At(1_000_000, 5)),
+                mtime: Some(crate::filesystem::TimeSet::At(1_000_000, 5)),
                 ..Default::default()
             },
         )
@@ -128,14 +86,12 @@ fn every_operation_works_on_a_real_directory() {
     assert_eq!(d.attr.mode & libc::S_IFMT, libc::S_IFDIR);
     let l = fs.symlink(&CTX, &c("../f"), d.inode, &c("link")).unwrap();
     assert_eq!(fs.readlink(&CTX, l.inode).unwrap(), b"../f");
-    let fifo = fs
-        .mknod(&CTX, d.inode, &c("fifo"), libc::S_IFIFO | 0o600, 0, 0)
-        .unwrap();
+    let fifo = mknod(&fs, d.inode, "fifo", libc::S_IFIFO | 0o600, 0);
     assert_eq!(fifo.attr.mode & libc::S_IFMT, libc::S_IFIFO);
     let hl = fs.link(&CTX, e.inode, d.inode, &c("hard")).unwrap();
     assert_eq!(hl.inode, e.inode, "a hard link is the same inode");
     assert_eq!(hl.attr.nlink, 2);
-    assert_eq!(names(&fs, d.inode), ["fifo", "hard", "link"]);
+    assert_eq!(names(&fs, d.inode, 3), ["fifo", "hard", "link"]);
 
     fs.rename(&CTX, d.inode, &c("hard"), ROOT_INODE, &c("moved"), 0)
         .unwrap();
@@ -174,13 +130,10 @@ fn every_operation_works_on_a_real_directory() {
         .windows(7)
         .any(|w| w == b"user.k\0"));
     fs.removexattr(&CTX, e.inode, &c("user.k")).unwrap();
-    assert_eq!(
-        errno(fs.getxattr(&CTX, e.inode, &c("user.k"))),
-        libc::ENODATA
-    );
-    assert_eq!(
-        errno(fs.setxattr(&CTX, e.inode, &c("trusted.k"), b"v", 0)),
-        libc::EPERM
+    assert_errno(fs.getxattr(&CTX, e.inode, &c("user.k")), libc::ENODATA);
+    assert_errno(
+        fs.setxattr(&CTX, e.inode, &c("trusted.k"), b"v", 0),
+        libc::EPERM,
     );
 
     assert!(fs.statfs(&CTX, ROOT_INODE).unwrap().blocks > 0);
@@ -195,13 +148,13 @@ fn every_operation_works_on_a_real_directory() {
 
     fs.unlink(&CTX, d.inode, &c("fifo")).unwrap();
     fs.unlink(&CTX, d.inode, &c("link")).unwrap();
-    assert_eq!(errno(fs.rmdir(&CTX, ROOT_INODE, &c("f"))), libc::ENOTDIR);
+    assert_errno(fs.rmdir(&CTX, ROOT_INODE, &c("f")), libc::ENOTDIR);
     fs.rmdir(&CTX, ROOT_INODE, &c("d")).unwrap();
-    assert_eq!(errno(fs.lookup(&CTX, ROOT_INODE, &c("d"))), libc::ENOENT);
+    assert_errno(fs.lookup(&CTX, ROOT_INODE, &c("d")), libc::ENOENT);
     // The removed directory's cached fd still answers, for the inode itself.
     assert_eq!(fs.getattr(&CTX, d.inode, None).unwrap().0.nlink, 0);
-    assert_eq!(names(&fs, ROOT_INODE), ["f", "moved"]);
-    assert_eq!(errno(fs.getattr(&CTX, 987_654, None)), libc::ESTALE);
+    assert_eq!(names(&fs, ROOT_INODE, 3), ["f", "moved"]);
+    assert_errno(fs.getattr(&CTX, 987_654, None), libc::ESTALE);
 }
 
 #[test]
@@ -220,17 +173,11 @@ fn symlinks_and_dotdot_never_reach_outside_the_share() {
     for (dir, link) in [(ROOT_INODE, "root"), (ROOT_INODE, "abs")] {
         let e = fs.lookup(&CTX, dir, &c(link)).unwrap();
         assert_eq!(e.attr.mode & libc::S_IFMT, libc::S_IFLNK);
-        assert_eq!(errno(fs.lookup(&CTX, e.inode, &c("secret"))), libc::ENOTDIR);
-        assert_eq!(errno(fs.lookup(&CTX, e.inode, &c("etc"))), libc::ENOTDIR);
-        assert_eq!(errno(fs.opendir(&CTX, e.inode, 0)), libc::ENOTDIR);
-        assert_eq!(
-            errno(fs.open(&CTX, e.inode, libc::O_RDONLY as u32)),
-            libc::ELOOP
-        );
-        assert_eq!(
-            errno(fs.getxattr(&CTX, e.inode, &c("user.x"))),
-            libc::ENODATA
-        );
+        assert_errno(fs.lookup(&CTX, e.inode, &c("secret")), libc::ENOTDIR);
+        assert_errno(fs.lookup(&CTX, e.inode, &c("etc")), libc::ENOTDIR);
+        assert_errno(fs.opendir(&CTX, e.inode, 0), libc::ENOTDIR);
+        assert_errno(fs.open(&CTX, e.inode, libc::O_RDONLY as u32), libc::ELOOP);
+        assert_errno(fs.getxattr(&CTX, e.inode, &c("user.x")), libc::ENODATA);
         // Changing it must act on the link, never on its target.
         let before = std::fs::metadata("/").unwrap().mode();
         fs.setattr(
@@ -250,15 +197,15 @@ fn symlinks_and_dotdot_never_reach_outside_the_share() {
     }
     for link in ["up", "way_up"] {
         let e = fs.lookup(&CTX, ino, &c(link)).unwrap();
-        assert_eq!(errno(fs.lookup(&CTX, e.inode, &c("passwd"))), libc::ENOTDIR);
+        assert_errno(fs.lookup(&CTX, e.inode, &c("passwd")), libc::ENOTDIR);
     }
-    assert_eq!(errno(fs.lookup(&CTX, ino, &c(".."))), libc::ENOENT);
-    assert_eq!(errno(fs.lookup(&CTX, ROOT_INODE, &c(".."))), libc::ENOENT);
-    assert_eq!(errno(fs.mkdir(&CTX, ino, &c(".."), 0o755, 0)), libc::EINVAL);
+    assert_errno(fs.lookup(&CTX, ino, &c("..")), libc::ENOENT);
+    assert_errno(fs.lookup(&CTX, ROOT_INODE, &c("..")), libc::ENOENT);
+    assert_errno(fs.mkdir(&CTX, ino, &c(".."), 0o755, 0), libc::EINVAL);
     // Creating through the link name must not create at its target.
-    assert_eq!(
-        errno(fs.create(&CTX, ROOT_INODE, &c("abs"), 0o644, libc::O_RDWR as u32, 0)),
-        libc::ELOOP
+    assert_errno(
+        fs.create(&CTX, ROOT_INODE, &c("abs"), 0o644, libc::O_RDWR as u32, 0),
+        libc::ELOOP,
     );
     assert!(!outside.path().join("abs").exists());
 }
@@ -286,16 +233,13 @@ fn racing_symlink_swaps_never_open_anything_outside() {
             let d = c(root.join("d").to_str().unwrap());
             let evil = c(root.join("evil").to_str().unwrap());
             while !stop.load(Ordering::Relaxed) {
-                // SAFETY: NUL-terminated absolute paths.
-                unsafe {
-                    libc::renameat2(
-                        libc::AT_FDCWD,
-                        d.as_ptr(),
-                        libc::AT_FDCWD,
-                        evil.as_ptr(),
-                        libc::RENAME_EXCHANGE,
-                    )
-                };
+                let _ = crate::host_util::renameat2(
+                    libc::AT_FDCWD,
+                    &d,
+                    libc::AT_FDCWD,
+                    &evil,
+                    libc::RENAME_EXCHANGE,
+                );
             }
         })
     };
@@ -346,7 +290,7 @@ fn walking_more_entries_than_max_open_fds_keeps_descriptors_bounded() {
     // Depth-first like find(1), keeping every inode looked up (never forgotten).
     let mut stack = vec![ROOT_INODE];
     while let Some(dir) = stack.pop() {
-        for n in names(&fs, dir) {
+        for n in names(&fs, dir, 3) {
             let e = fs.lookup(&CTX, dir, &c(&n)).unwrap();
             if e.attr.mode & libc::S_IFMT == libc::S_IFDIR {
                 stack.push(e.inode);
@@ -392,11 +336,8 @@ fn open_handles_are_capped() {
                 .handle
         })
         .collect();
-    assert_eq!(
-        errno(fs.open(&CTX, f.inode, libc::O_RDONLY as u32)),
-        libc::EMFILE
-    );
-    assert_eq!(errno(fs.opendir(&CTX, ROOT_INODE, 0)), libc::EMFILE);
+    assert_errno(fs.open(&CTX, f.inode, libc::O_RDONLY as u32), libc::EMFILE);
+    assert_errno(fs.opendir(&CTX, ROOT_INODE, 0), libc::EMFILE);
     fs.release(&CTX, f.inode, 0, hs[0]).unwrap();
     fs.opendir(&CTX, ROOT_INODE, 0).unwrap();
 }
@@ -418,27 +359,21 @@ fn read_only_refuses_every_change() {
         .unwrap()
         .handle;
     assert_eq!(fs.read(&CTX, f.inode, h, 0, 10).unwrap(), b"data");
-    assert_eq!(errno(fs.write(&CTX, f.inode, h, 0, b"x", 0)), libc::EROFS);
-    assert_eq!(
-        errno(fs.open(&CTX, f.inode, libc::O_WRONLY as u32)),
-        libc::EROFS
+    assert_errno(fs.write(&CTX, f.inode, h, 0, b"x", 0), libc::EROFS);
+    assert_errno(fs.open(&CTX, f.inode, libc::O_WRONLY as u32), libc::EROFS);
+    assert_errno(
+        fs.open(&CTX, f.inode, (libc::O_RDONLY | libc::O_TRUNC) as u32),
+        libc::EROFS,
     );
-    assert_eq!(
-        errno(fs.open(&CTX, f.inode, (libc::O_RDONLY | libc::O_TRUNC) as u32)),
-        libc::EROFS
+    assert_errno(
+        fs.create(&CTX, ROOT_INODE, &c("g"), 0o644, 0, 0),
+        libc::EROFS,
     );
-    assert_eq!(
-        errno(fs.create(&CTX, ROOT_INODE, &c("g"), 0o644, 0, 0)),
-        libc::EROFS
-    );
-    assert_eq!(
-        errno(fs.mkdir(&CTX, ROOT_INODE, &c("g"), 0o755, 0)),
-        libc::EROFS
-    );
-    assert_eq!(errno(fs.unlink(&CTX, ROOT_INODE, &c("f"))), libc::EROFS);
-    assert_eq!(
-        errno(fs.rename(&CTX, ROOT_INODE, &c("f"), ROOT_INODE, &c("g"), 0)),
-        libc::EROFS
+    assert_errno(fs.mkdir(&CTX, ROOT_INODE, &c("g"), 0o755, 0), libc::EROFS);
+    assert_errno(fs.unlink(&CTX, ROOT_INODE, &c("f")), libc::EROFS);
+    assert_errno(
+        fs.rename(&CTX, ROOT_INODE, &c("f"), ROOT_INODE, &c("g"), 0),
+        libc::EROFS,
     );
     assert_eq!(
         errno(fs.setattr(
@@ -451,14 +386,11 @@ fn read_only_refuses_every_change() {
         )),
         libc::EROFS
     );
-    assert_eq!(
-        errno(fs.setxattr(&CTX, f.inode, &c("user.a"), b"", 0)),
-        libc::EROFS
+    assert_errno(
+        fs.setxattr(&CTX, f.inode, &c("user.a"), b"", 0),
+        libc::EROFS,
     );
-    assert_eq!(
-        errno(fs.access(&CTX, f.inode, libc::W_OK as u32)),
-        libc::EROFS
-    );
+    assert_errno(fs.access(&CTX, f.inode, libc::W_OK as u32), libc::EROFS);
     assert_eq!(std::fs::read(share.path().join("f")).unwrap(), b"data");
 }
 
@@ -551,30 +483,12 @@ fn the_host_never_gets_set_id_bits_or_device_nodes_but_the_guest_sees_them() {
     );
     let d = fs.mkdir(&CTX, ROOT_INODE, &c("sgid"), 0o2755, 0).unwrap();
     assert_eq!(d.attr.mode, libc::S_IFDIR | 0o2755);
-    let blk = fs
-        .mknod(
-            &CTX,
-            ROOT_INODE,
-            &c("blk"),
-            libc::S_IFBLK | 0o640,
-            0x0801,
-            0,
-        )
-        .unwrap();
+    let blk = mknod(&fs, ROOT_INODE, "blk", libc::S_IFBLK | 0o640, 0x0801);
     assert_eq!(
         (blk.attr.mode, blk.attr.rdev),
         (libc::S_IFBLK | 0o640, 0x0801)
     );
-    let chr = fs
-        .mknod(
-            &CTX,
-            ROOT_INODE,
-            &c("chr"),
-            libc::S_IFCHR | 0o6644,
-            0x0103,
-            0,
-        )
-        .unwrap();
+    let chr = mknod(&fs, ROOT_INODE, "chr", libc::S_IFCHR | 0o6644, 0x0103);
     assert_eq!(
         (chr.attr.mode, chr.attr.rdev),
         (libc::S_IFCHR | 0o6644, 0x0103)
@@ -621,17 +535,17 @@ fn the_host_never_gets_set_id_bits_or_device_nodes_but_the_guest_sees_them() {
         fs.lookup(&CTX, ROOT_INODE, &c("plain")).unwrap().attr.mode,
         libc::S_IFREG | 0o755
     );
-    assert_eq!(
-        errno(fs.setxattr(&CTX, plain.inode, &c("user.msbvm.mode"), b"x", 0)),
-        libc::EPERM
+    assert_errno(
+        fs.setxattr(&CTX, plain.inode, &c("user.msbvm.mode"), b"x", 0),
+        libc::EPERM,
     );
-    assert_eq!(
-        errno(fs.getxattr(&CTX, blk.inode, &c("user.msbvm.mode"))),
-        libc::ENODATA
+    assert_errno(
+        fs.getxattr(&CTX, blk.inode, &c("user.msbvm.mode")),
+        libc::ENODATA,
     );
-    assert_eq!(
-        errno(fs.removexattr(&CTX, blk.inode, &c("user.msbvm.mode"))),
-        libc::EPERM
+    assert_errno(
+        fs.removexattr(&CTX, blk.inode, &c("user.msbvm.mode")),
+        libc::EPERM,
     );
     assert!(fs.listxattr(&CTX, blk.inode).unwrap().is_empty());
 }

@@ -27,9 +27,10 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::abi::{self, fattr, init_flags, opcode, ArgReader, InHeader, PutLe};
-use crate::filesystem::{Context, DirEntry, Entry, FileSystem, SetAttr, TimeSet};
+use crate::abi::{self, init_flags, opcode, ArgReader, InHeader, PutLe};
+use crate::filesystem::{Context, DirEntry, Entry, FileSystem, Inode};
 
+mod ops;
 #[cfg(test)]
 mod tests;
 
@@ -89,6 +90,15 @@ pub struct Server<F: FileSystem> {
     minor: AtomicU32,
 }
 
+/// One request being decoded: who asked, the opcode and inode from its
+/// header, and the part of its body not read yet.
+struct Request<'a> {
+    op: u32,
+    ctx: Context,
+    ino: Inode,
+    args: ArgReader<'a>,
+}
+
 /// What an operation answers: a body after the header, or nothing at all.
 enum Reply {
     Body(Vec<u8>),
@@ -106,28 +116,6 @@ fn errno(e: io::Error) -> i32 {
 
 fn einval<T>(_: T) -> i32 {
     libc::EINVAL
-}
-
-/// A path component from the guest: checked as the module docs say.
-fn name<'a>(r: &mut ArgReader<'a>) -> Result<&'a CStr, i32> {
-    let n = r.c_str().map_err(einval)?;
-    let b = n.to_bytes();
-    if b.len() > NAME_MAX {
-        return Err(libc::ENAMETOOLONG);
-    }
-    if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') {
-        return Err(libc::EINVAL);
-    }
-    Ok(n)
-}
-
-fn xattr_name<'a>(r: &mut ArgReader<'a>) -> Result<&'a CStr, i32> {
-    let n = r.c_str().map_err(einval)?;
-    match n.to_bytes().len() {
-        0 => Err(libc::EINVAL),
-        l if l > XATTR_NAME_MAX => Err(libc::ERANGE),
-        _ => Ok(n),
-    }
 }
 
 fn body(f: impl FnOnce(&mut Vec<u8>)) -> OpResult {
@@ -216,14 +204,14 @@ impl<F: FileSystem> Server<F> {
     }
 
     fn dispatch(&self, h: &InHeader, args: &[u8]) -> OpResult {
-        let no_reply = matches!(
-            h.opcode,
-            opcode::FORGET | opcode::BATCH_FORGET | opcode::INTERRUPT
-        );
         if h.opcode == opcode::INIT {
             return self.init(args);
         }
         if !self.initialized.load(Ordering::Acquire) {
+            let no_reply = matches!(
+                h.opcode,
+                opcode::FORGET | opcode::BATCH_FORGET | opcode::INTERRUPT
+            );
             return if no_reply {
                 Ok(Reply::None)
             } else {
@@ -233,291 +221,62 @@ impl<F: FileSystem> Server<F> {
         if self.options.read_only && mutates(h.opcode) {
             return Err(libc::EROFS);
         }
-        let ctx = Context {
-            uid: h.uid,
-            gid: h.gid,
-            pid: h.pid,
+        let r = &mut Request {
+            op: h.opcode,
+            ctx: Context {
+                uid: h.uid,
+                gid: h.gid,
+                pid: h.pid,
+            },
+            ino: h.nodeid,
+            args: ArgReader::new(args),
         };
-        let mut r = ArgReader::new(args);
-        let ino = h.nodeid;
-        let fs = &self.fs;
         match h.opcode {
-            opcode::DESTROY => {
-                self.reset();
-                empty()
-            }
-            opcode::LOOKUP => {
-                let n = name(&mut r)?;
-                self.entry(fs.lookup(&ctx, ino, n))
-            }
-            opcode::FORGET => {
-                if let Ok(count) = r.u64() {
-                    fs.forget(ino, count);
-                }
-                Ok(Reply::None)
-            }
-            opcode::BATCH_FORGET => {
-                let count = r.u32().unwrap_or(0);
-                let _ = r.u32();
-                for _ in 0..count {
-                    let (Ok(node), Ok(n)) = (r.u64(), r.u64()) else {
-                        break;
-                    };
-                    fs.forget(node, n);
-                }
-                Ok(Reply::None)
-            }
+            opcode::DESTROY => self.do_destroy(),
+            opcode::LOOKUP => self.do_lookup(r),
+            opcode::FORGET => self.do_forget(r),
+            opcode::BATCH_FORGET => self.do_batch_forget(r),
             opcode::INTERRUPT => Ok(Reply::None),
-            opcode::GETATTR => {
-                let flags = r.u32().map_err(einval)?;
-                r.u32().map_err(einval)?;
-                let fh = r.u64().map_err(einval)?;
-                let handle = (flags & abi::GETATTR_FH != 0).then_some(fh);
-                let (attr, t) = fs.getattr(&ctx, ino, handle).map_err(errno)?;
-                body(|b| abi::put_attr_out(b, &attr, self.attr_timeout(t)))
-            }
-            opcode::SETATTR => {
-                let set = parse_setattr(&mut r).map_err(einval)?;
-                let (attr, t) = fs.setattr(&ctx, ino, set).map_err(errno)?;
-                body(|b| abi::put_attr_out(b, &attr, self.attr_timeout(t)))
-            }
-            opcode::READLINK => {
-                let target = fs.readlink(&ctx, ino).map_err(errno)?;
-                Ok(Reply::Body(target))
-            }
-            opcode::SYMLINK => {
-                let n = name(&mut r)?;
-                let target = r.c_str().map_err(einval)?;
-                match target.to_bytes().len() {
-                    0 => return Err(libc::EINVAL),
-                    l if l > PATH_MAX => return Err(libc::ENAMETOOLONG),
-                    _ => {}
-                }
-                self.entry(fs.symlink(&ctx, target, ino, n))
-            }
-            opcode::MKNOD => {
-                let mode = r.u32().map_err(einval)?;
-                let rdev = r.u32().map_err(einval)?;
-                let umask = r.u32().map_err(einval)?;
-                r.u32().map_err(einval)?;
-                let n = name(&mut r)?;
-                self.entry(fs.mknod(&ctx, ino, n, mode, rdev, umask))
-            }
-            opcode::MKDIR => {
-                let mode = r.u32().map_err(einval)?;
-                let umask = r.u32().map_err(einval)?;
-                let n = name(&mut r)?;
-                self.entry(fs.mkdir(&ctx, ino, n, mode, umask))
-            }
-            opcode::UNLINK => {
-                let n = name(&mut r)?;
-                fs.unlink(&ctx, ino, n).map_err(errno)?;
-                empty()
-            }
-            opcode::RMDIR => {
-                let n = name(&mut r)?;
-                fs.rmdir(&ctx, ino, n).map_err(errno)?;
-                empty()
-            }
-            opcode::RENAME | opcode::RENAME2 => {
-                let newdir = r.u64().map_err(einval)?;
-                let flags = if h.opcode == opcode::RENAME2 {
-                    let f = r.u32().map_err(einval)?;
-                    r.u32().map_err(einval)?;
-                    f
-                } else {
-                    0
-                };
-                let old = name(&mut r)?;
-                let new = name(&mut r)?;
-                fs.rename(&ctx, ino, old, newdir, new, flags)
-                    .map_err(errno)?;
-                empty()
-            }
-            opcode::LINK => {
-                let old = r.u64().map_err(einval)?;
-                let n = name(&mut r)?;
-                self.entry(fs.link(&ctx, old, ino, n))
-            }
-            opcode::OPEN | opcode::OPENDIR => {
-                let flags = r.u32().map_err(einval)?;
-                r.u32().map_err(einval)?;
-                let writes = (flags as i32 & libc::O_ACCMODE) != libc::O_RDONLY
-                    || flags as i32 & libc::O_TRUNC != 0;
-                if self.options.read_only && h.opcode == opcode::OPEN && writes {
-                    return Err(libc::EROFS);
-                }
-                let open = if h.opcode == opcode::OPEN {
-                    fs.open(&ctx, ino, flags)
-                } else {
-                    fs.opendir(&ctx, ino, flags)
-                }
-                .map_err(errno)?;
-                body(|b| abi::put_open_out(b, open.handle, open.open_flags))
-            }
-            opcode::CREATE => {
-                let flags = r.u32().map_err(einval)?;
-                let mode = r.u32().map_err(einval)?;
-                let umask = r.u32().map_err(einval)?;
-                r.u32().map_err(einval)?;
-                let n = name(&mut r)?;
-                let (e, open) = fs.create(&ctx, ino, n, mode, flags, umask).map_err(errno)?;
-                let e = self.fix_entry(e);
-                body(|b| {
-                    abi::put_entry(b, &e);
-                    abi::put_open_out(b, open.handle, open.open_flags);
-                })
-            }
-            opcode::READ => {
-                let (fh, offset, size) = parse_read(&mut r).map_err(einval)?;
-                if size > MAX_READ {
-                    return Err(libc::EINVAL);
-                }
-                let mut data = fs.read(&ctx, ino, fh, offset, size).map_err(errno)?;
-                data.truncate(size as usize);
-                Ok(Reply::Body(data))
-            }
-            opcode::WRITE => {
-                let fh = r.u64().map_err(einval)?;
-                let offset = r.u64().map_err(einval)?;
-                let size = r.u32().map_err(einval)?;
-                let write_flags = r.u32().map_err(einval)?;
-                r.bytes(16).map_err(einval)?; // lock_owner, flags, padding
-                if size > MAX_WRITE {
-                    return Err(libc::EINVAL);
-                }
-                let data = r.bytes(size as usize).map_err(einval)?;
-                let n = fs
-                    .write(&ctx, ino, fh, offset, data, write_flags)
-                    .map_err(errno)?;
-                body(|b| {
-                    b.put_u32(n.min(size));
-                    b.put_u32(0);
-                })
-            }
-            opcode::STATFS => {
-                let s = fs.statfs(&ctx, ino).map_err(errno)?;
-                body(|b| abi::put_statfs(b, &s))
-            }
-            opcode::RELEASE | opcode::RELEASEDIR => {
-                let fh = r.u64().map_err(einval)?;
-                let flags = r.u32().map_err(einval)?;
-                if h.opcode == opcode::RELEASE {
-                    fs.release(&ctx, ino, flags, fh)
-                } else {
-                    fs.releasedir(&ctx, ino, flags, fh)
-                }
-                .map_err(errno)?;
-                empty()
-            }
-            opcode::FSYNC | opcode::FSYNCDIR => {
-                let fh = r.u64().map_err(einval)?;
-                let datasync = r.u32().map_err(einval)? & abi::FSYNC_FDATASYNC != 0;
-                if h.opcode == opcode::FSYNC {
-                    fs.fsync(&ctx, ino, datasync, fh)
-                } else {
-                    fs.fsyncdir(&ctx, ino, datasync, fh)
-                }
-                .map_err(errno)?;
-                empty()
-            }
-            opcode::FLUSH => {
-                let fh = r.u64().map_err(einval)?;
-                r.u64().map_err(einval)?;
-                let owner = r.u64().map_err(einval)?;
-                fs.flush(&ctx, ino, fh, owner).map_err(errno)?;
-                empty()
-            }
-            opcode::SETXATTR => {
-                let size = r.u32().map_err(einval)? as usize;
-                let flags = r.u32().map_err(einval)?;
-                let n = xattr_name(&mut r)?;
-                if size > XATTR_SIZE_MAX {
-                    return Err(libc::E2BIG);
-                }
-                let value = r.bytes(size).map_err(einval)?;
-                fs.setxattr(&ctx, ino, n, value, flags).map_err(errno)?;
-                empty()
-            }
-            opcode::GETXATTR | opcode::LISTXATTR => {
-                let size = r.u32().map_err(einval)?;
-                r.u32().map_err(einval)?;
-                let value = if h.opcode == opcode::GETXATTR {
-                    let n = xattr_name(&mut r)?;
-                    fs.getxattr(&ctx, ino, n)
-                } else {
-                    fs.listxattr(&ctx, ino)
-                }
-                .map_err(errno)?;
-                if size == 0 {
-                    let len = u32::try_from(value.len()).map_err(|_| libc::E2BIG)?;
-                    body(|b| {
-                        b.put_u32(len);
-                        b.put_u32(0);
-                    })
-                } else if value.len() > size as usize {
-                    Err(libc::ERANGE)
-                } else {
-                    Ok(Reply::Body(value))
-                }
-            }
-            opcode::REMOVEXATTR => {
-                let n = xattr_name(&mut r)?;
-                fs.removexattr(&ctx, ino, n).map_err(errno)?;
-                empty()
-            }
-            opcode::READDIR => {
-                let (fh, offset, size) = parse_read(&mut r).map_err(einval)?;
-                let limit = size.min(MAX_READ) as usize;
-                let mut out = Vec::new();
-                fs.readdir(&ctx, ino, fh, offset, &mut |e: DirEntry<'_>| {
-                    if out.len() + abi::dirent_size(e.name.len()) > limit {
-                        return false;
-                    }
-                    abi::put_dirent(&mut out, e.ino, e.offset, e.kind, e.name);
-                    true
-                })
-                .map_err(errno)?;
-                Ok(Reply::Body(out))
-            }
-            opcode::READDIRPLUS => {
-                let (fh, offset, size) = parse_read(&mut r).map_err(einval)?;
-                self.readdirplus(&ctx, ino, fh, offset, size.min(MAX_READ) as usize)
-            }
-            opcode::ACCESS => {
-                let mask = r.u32().map_err(einval)?;
-                if self.options.read_only && mask & libc::W_OK as u32 != 0 {
-                    return Err(libc::EROFS);
-                }
-                fs.access(&ctx, ino, mask).map_err(errno)?;
-                empty()
-            }
-            opcode::FALLOCATE => {
-                let fh = r.u64().map_err(einval)?;
-                let offset = r.u64().map_err(einval)?;
-                let length = r.u64().map_err(einval)?;
-                let mode = r.u32().map_err(einval)?;
-                fs.fallocate(&ctx, ino, fh, mode, offset, length)
-                    .map_err(errno)?;
-                empty()
-            }
-            opcode::LSEEK => {
-                let fh = r.u64().map_err(einval)?;
-                let offset = r.u64().map_err(einval)?;
-                let whence = r.u32().map_err(einval)?;
-                let off = fs.lseek(&ctx, ino, fh, offset, whence).map_err(errno)?;
-                body(|b| b.put_u64(off))
-            }
+            opcode::GETATTR => self.do_getattr(r),
+            opcode::SETATTR => self.do_setattr(r),
+            opcode::READLINK => self.do_readlink(r),
+            opcode::SYMLINK => self.do_symlink(r),
+            opcode::MKNOD => self.do_mknod(r),
+            opcode::MKDIR => self.do_mkdir(r),
+            opcode::UNLINK | opcode::RMDIR => self.do_remove(r),
+            opcode::RENAME => self.do_rename(r),
+            opcode::RENAME2 => self.do_rename2(r),
+            opcode::LINK => self.do_link(r),
+            opcode::OPEN | opcode::OPENDIR => self.do_open(r),
+            opcode::CREATE => self.do_create(r),
+            opcode::READ => self.do_read(r),
+            opcode::WRITE => self.do_write(r),
+            opcode::STATFS => self.do_statfs(r),
+            opcode::RELEASE | opcode::RELEASEDIR => self.do_release(r),
+            opcode::FSYNC | opcode::FSYNCDIR => self.do_fsync(r),
+            opcode::FLUSH => self.do_flush(r),
+            opcode::SETXATTR => self.do_setxattr(r),
+            opcode::GETXATTR | opcode::LISTXATTR => self.do_getxattr(r),
+            opcode::REMOVEXATTR => self.do_removexattr(r),
+            opcode::READDIR => self.do_readdir(r),
+            opcode::READDIRPLUS => self.do_readdirplus(r),
+            opcode::ACCESS => self.do_access(r),
+            opcode::FALLOCATE => self.do_fallocate(r),
+            opcode::LSEEK => self.do_lseek(r),
             _ => Err(libc::ENOSYS),
         }
     }
 
     fn init(&self, args: &[u8]) -> OpResult {
         let mut r = ArgReader::new(args);
-        let major = r.u32().map_err(einval)?;
-        let minor = r.u32().map_err(einval)?;
-        let max_readahead = r.u32().map_err(einval)?;
-        let mut flags = u64::from(r.u32().map_err(einval)?);
+        let abi::InitIn {
+            major,
+            minor,
+            max_readahead,
+            flags,
+        } = r.arg().map_err(einval)?;
+        let mut flags = u64::from(flags);
+        // flags2 follows in the 7.36+ struct; older kernels send less.
         if flags & init_flags::INIT_EXT != 0 {
             if let Ok(flags2) = r.u32() {
                 flags |= u64::from(flags2) << 32;
@@ -609,51 +368,4 @@ impl<F: FileSystem> Server<F> {
         }
         Ok(Reply::Body(out))
     }
-}
-
-/// `fuse_read_in`'s fh, offset and size (shared by READ and READDIR*).
-fn parse_read(r: &mut ArgReader<'_>) -> Result<(u64, u64, u32), abi::Truncated> {
-    let fh = r.u64()?;
-    let offset = r.u64()?;
-    let size = r.u32()?;
-    r.bytes(20)?; // read_flags, lock_owner, flags, padding
-    Ok((fh, offset, size))
-}
-
-fn parse_setattr(r: &mut ArgReader<'_>) -> Result<SetAttr, abi::Truncated> {
-    let valid = r.u32()?;
-    r.u32()?;
-    let fh = r.u64()?;
-    let size = r.u64()?;
-    r.u64()?; // lock_owner
-    let atime = r.u64()? as i64;
-    let mtime = r.u64()? as i64;
-    r.u64()?; // ctime
-    let atime_nsec = r.u32()?;
-    let mtime_nsec = r.u32()?;
-    r.u32()?; // ctimensec
-    let mode = r.u32()?;
-    r.u32()?;
-    let uid = r.u32()?;
-    let gid = r.u32()?;
-    r.u32()?;
-    let has = |bit: u32| valid & bit != 0;
-    let time = |now: u32, set: u32, s: i64, ns: u32| {
-        if has(now) {
-            Some(TimeSet::Now)
-        } else if has(set) {
-            Some(TimeSet::At(s, ns.min(999_999_999)))
-        } else {
-            None
-        }
-    };
-    Ok(SetAttr {
-        mode: has(fattr::MODE).then_some(mode),
-        uid: has(fattr::UID).then_some(uid),
-        gid: has(fattr::GID).then_some(gid),
-        size: has(fattr::SIZE).then_some(size),
-        atime: time(fattr::ATIME_NOW, fattr::ATIME, atime, atime_nsec),
-        mtime: time(fattr::MTIME_NOW, fattr::MTIME, mtime, mtime_nsec),
-        handle: has(fattr::FH).then_some(fh),
-    })
 }

@@ -2,9 +2,9 @@
 //! out, the way the device drives it.
 
 use super::*;
-use crate::abi::{request, OutHeader};
+use crate::abi::{fattr, request, OutHeader};
+use crate::filesystem::ROOT_INODE;
 use crate::memory::MemoryFs;
-use crate::ROOT_INODE;
 use proptest::prelude::*;
 
 /// The guest kernel's side of the conversation.
@@ -36,6 +36,17 @@ fn read_in(fh: u64, off: u64, size: u32) -> Vec<u8> {
         &off.to_le_bytes(),
         &size.to_le_bytes(),
         &[0; 20],
+    ])
+}
+
+/// `fuse_write_in` claiming `size` bytes, followed by `data`.
+fn write_in(fh: u64, off: u64, size: u32, data: &[u8]) -> Vec<u8> {
+    args(&[
+        &fh.to_le_bytes(),
+        &off.to_le_bytes(),
+        &size.to_le_bytes(),
+        &[0; 20],
+        data,
     ])
 }
 
@@ -104,13 +115,7 @@ impl Kernel {
     }
 
     fn write(&mut self, ino: u64, fh: u64, off: u64, data: &[u8]) -> u32 {
-        let a = args(&[
-            &fh.to_le_bytes(),
-            &off.to_le_bytes(),
-            &(data.len() as u32).to_le_bytes(),
-            &[0; 20],
-            data,
-        ]);
+        let a = write_in(fh, off, data.len() as u32, data);
         u32_at(&self.ok(opcode::WRITE, ino, &a), 0)
     }
 
@@ -363,13 +368,7 @@ fn malformed_requests_get_error_replies_with_their_unique() {
 
     let (f, fh) = k.create(ROOT_INODE, "f");
     // WRITE claiming more bytes than it carries.
-    let w = args(&[
-        &fh.to_le_bytes(),
-        &0u64.to_le_bytes(),
-        &100u32.to_le_bytes(),
-        &[0; 20],
-        b"short",
-    ]);
+    let w = write_in(fh, 0, 100, b"short");
     assert_eq!(k.call(opcode::WRITE, f, &w).0, libc::EINVAL);
     // Truncated argument structs.
     assert_eq!(k.call(opcode::READ, f, &[0; 10]).0, libc::EINVAL);
@@ -434,13 +433,7 @@ fn byte_limit_turns_growth_into_enospc_and_truncate_frees() {
     let mut k = Kernel::with(MemoryFs::with_byte_limit(10), ServerOptions::default());
     let (f, fh) = k.create(ROOT_INODE, "f");
     assert_eq!(k.write(f, fh, 0, b"0123456789"), 10);
-    let w = args(&[
-        &fh.to_le_bytes(),
-        &10u64.to_le_bytes(),
-        &1u32.to_le_bytes(),
-        &[0; 20],
-        b"x",
-    ]);
+    let w = write_in(fh, 10, 1, b"x");
     assert_eq!(k.call(opcode::WRITE, f, &w).0, libc::ENOSPC);
     let mut set = vec![0u8; 88];
     set[0..4].copy_from_slice(&fattr::SIZE.to_le_bytes());
@@ -581,4 +574,46 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn every_request_struct_one_byte_short_is_einval() {
+    let mut k = Kernel::new();
+    let (f, _) = k.create(ROOT_INODE, "short");
+    let structs = [
+        (opcode::GETATTR, 16),
+        (opcode::SETATTR, 88),
+        (opcode::MKNOD, 16),
+        (opcode::MKDIR, 8),
+        (opcode::RENAME, 8),
+        (opcode::RENAME2, 16),
+        (opcode::LINK, 8),
+        (opcode::OPEN, 8),
+        (opcode::OPENDIR, 8),
+        (opcode::CREATE, 16),
+        (opcode::READ, 40),
+        (opcode::WRITE, 40),
+        (opcode::RELEASE, 24),
+        (opcode::RELEASEDIR, 24),
+        (opcode::FSYNC, 16),
+        (opcode::FSYNCDIR, 16),
+        (opcode::FLUSH, 24),
+        (opcode::SETXATTR, 8),
+        (opcode::GETXATTR, 8),
+        (opcode::LISTXATTR, 8),
+        (opcode::ACCESS, 8),
+        (opcode::FALLOCATE, 32),
+        (opcode::READDIR, 40),
+        (opcode::READDIRPLUS, 40),
+        (opcode::LSEEK, 24),
+    ];
+    for (op, size) in structs {
+        let short = vec![0u8; size - 1];
+        assert_eq!(k.call(op, f, &short).0, libc::EINVAL, "opcode {op}");
+    }
+    let mut reply = Vec::new();
+    k.server
+        .handle(&request(opcode::INIT, 99, 0, &[0; 15]), &mut reply)
+        .unwrap();
+    assert_eq!(OutHeader::parse(&reply).unwrap().error, -libc::EINVAL);
 }
