@@ -69,8 +69,14 @@ pub const MAX_PENDING_RST: usize = 1024;
 pub const MAX_CONNECT_LINE: usize = 32;
 /// How long a host client may take to send its CONNECT line.
 pub const CONNECT_LINE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long the guest may take to answer a host-initiated REQUEST.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the guest may take to answer a host-initiated REQUEST (by default; see
+/// `Vsock::set_request_timeout`). The guest kernel answers at once when it is scheduled, so this
+/// only matters for a guest that is starved of CPU (an oversubscribed or emulated host: 20
+/// guests on one emulated CPU were seen to take longer than 2 s) or hostile. Longer than the
+/// SDK's own reply timeout (30 s), so a host client that gives up says so itself ("no answer to
+/// CONNECT") instead of seeing the stream closed as if the guest had refused. A guest that never
+/// answers only holds one entry of its own bounded connection table meanwhile.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a connection the guest closed may take to flush its buffered
 /// data to a slow host reader before we drop it.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);

@@ -11,13 +11,14 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use thiserror::Error;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 use vm_memory::{ByteValued, Le64};
 
-use super::defs::{HOST_CID, MAX_CONNECTIONS, QUEUE_SIZE};
+use super::defs::{HOST_CID, MAX_CONNECTIONS, QUEUE_SIZE, REQUEST_TIMEOUT};
 use super::unix::muxer::Muxer;
 use super::worker::Worker;
 use crate::base::{queue_array, Activation, Device, DeviceBackend, DeviceCommon};
@@ -69,6 +70,7 @@ pub struct VsockBackend {
     /// our own file.
     socket_id: Option<(u64, u64)>,
     max_connections: usize,
+    request_timeout: Duration,
 }
 
 impl Vsock {
@@ -101,6 +103,7 @@ impl Vsock {
             listener,
             socket_id,
             max_connections: MAX_CONNECTIONS,
+            request_timeout: REQUEST_TIMEOUT,
         };
         Ok(Device::with_backend(common, backend))
     }
@@ -113,6 +116,12 @@ impl Vsock {
     /// Where host clients connect.
     pub fn uds_path(&self) -> &Path {
         &self.backend().uds_path
+    }
+
+    /// How long the guest may take to answer a connection the host asked for (default
+    /// [`REQUEST_TIMEOUT`]); takes effect at the next activation.
+    pub fn set_request_timeout(&mut self, timeout: Duration) {
+        self.backend_mut().request_timeout = timeout;
     }
 
     /// Lowers the connection cap (takes effect at the next activation).
@@ -143,6 +152,7 @@ impl DeviceBackend for VsockBackend {
             self.uds_path.clone(),
             self.listener.try_clone()?,
             self.max_connections,
+            self.request_timeout,
         )?;
         let event_loop = EventLoop::with_epoll(Arc::clone(muxer.epoll()));
         let queues = [rx.queue, tx.queue, ev.queue];

@@ -29,7 +29,7 @@ use std::net::Shutdown;
 use std::num::Wrapping;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::debug;
 use virtio_queue::{Reader, Writer};
@@ -116,12 +116,18 @@ pub struct Connection {
 
 impl Connection {
     /// A host-initiated connection to guest port `peer_port`, from our
-    /// `local_port`; the REQUEST is pending and the guest must answer in time.
-    pub fn new_local(stream: UnixStream, guest_cid: u64, local_port: u32, peer_port: u32) -> Self {
+    /// `local_port` (`ports` is `(local_port, peer_port)`); the REQUEST is pending and the guest
+    /// must answer within `timeout`.
+    pub fn new_local(
+        stream: UnixStream,
+        guest_cid: u64,
+        (local_port, peer_port): (u32, u32),
+        timeout: Duration,
+    ) -> Self {
         let mut c = Self::new(stream, guest_cid, local_port, peer_port, State::LocalInit);
         c.host_initiated = true;
         c.pending = PENDING_REQUEST;
-        c.deadline = Some(Instant::now() + REQUEST_TIMEOUT);
+        c.deadline = Some(Instant::now() + timeout);
         c
     }
 

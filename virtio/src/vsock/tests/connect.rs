@@ -37,11 +37,15 @@ fn host_connect_refused_by_guest_closes_the_stream() {
 
 #[test]
 fn host_connect_unanswered_times_out_and_closes_the_stream() {
-    let mut s = setup();
+    let timeout = Duration::from_secs(2);
+    let mut s = setup_with(
+        |v| v.set_request_timeout(timeout),
+        super::super::test_utils::INITIAL_RX_BUFFERS,
+    );
     let (mut client, req) = host_request(&mut s, b"CONNECT 9\n");
     let started = std::time::Instant::now();
     assert_closed(&mut client);
-    assert!(started.elapsed() >= REQUEST_TIMEOUT - Duration::from_millis(100));
+    assert!(started.elapsed() >= timeout - Duration::from_millis(100));
     // The guest is told to forget the half-open connection.
     let rst = s.d.expect_op(OP_RST);
     assert_eq!((rst.hdr.src_port, rst.hdr.dst_port), (req.hdr.src_port, 9));

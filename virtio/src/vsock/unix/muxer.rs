@@ -109,6 +109,8 @@ pub struct Muxer {
     local_ports: HashSet<u32>,
     next_port: u32,
     max_connections: usize,
+    /// How long the guest may take to answer a host-initiated REQUEST.
+    request_timeout: Duration,
     /// Guest-initiated connections per host port (only ports with some).
     guest_conns: HashMap<u32, usize>,
     /// Guest-initiated connections in all.
@@ -124,6 +126,7 @@ impl Muxer {
         uds_path: PathBuf,
         listener: UnixListener,
         max_connections: usize,
+        request_timeout: Duration,
     ) -> io::Result<Self> {
         listener.set_nonblocking(true)?;
         let epoll = Arc::new(Epoll::new()?);
@@ -146,6 +149,7 @@ impl Muxer {
             local_ports: HashSet::new(),
             next_port: FIRST_EPHEMERAL_PORT,
             max_connections,
+            request_timeout,
             guest_conns: HashMap::new(),
             guest_total: 0,
             scratch: vec![0; MAX_PKT_DATA as usize],
@@ -424,7 +428,12 @@ impl Muxer {
             local_port,
             peer_port,
         };
-        let conn = Connection::new_local(stream, self.guest_cid, local_port, peer_port);
+        let conn = Connection::new_local(
+            stream,
+            self.guest_cid,
+            (local_port, peer_port),
+            self.request_timeout,
+        );
         self.fds.insert(fd, key);
         self.conns.insert(
             key,
