@@ -20,7 +20,8 @@
 //! Environment overrides, for tests and unusual installs: `MSBVM_HOME` (data directory),
 //! `MSBVM_BIN` (the `msbvm` binary), `MSBVM_AGENT` (the guest agent), `MSBVM_BUSYBOX` (the
 //! guest's busybox), `MSBVM_KERNEL` (the guest kernel image), `MSBVM_READY_TIMEOUT_SECS` (the
-//! default boot timeout), `MSBVM_LOG` (the runtime's log filter).
+//! default boot timeout), `MSBVM_AGENT_REPLY_TIMEOUT_SECS` (the default
+//! [`AgentLimits::reply_timeout`], for hosts far slower than hardware), `MSBVM_LOG` (the runtime's log filter).
 
 #![warn(missing_docs)]
 

@@ -35,6 +35,17 @@ pub const DEFAULT_MAX_LIST_ENTRIES: usize = 100_000;
 /// Default [`AgentLimits::max_exec_output`]: 256 MiB.
 pub const DEFAULT_MAX_EXEC_OUTPUT: u64 = 256 << 20;
 
+/// The default reply timeout: `MSBVM_AGENT_REPLY_TIMEOUT_SECS` when it is a whole number of
+/// seconds above zero, else [`DEFAULT_REPLY_TIMEOUT`]. The override is for hosts that are far
+/// slower than real hardware (nested emulation with many guests on one emulated CPU), where
+/// an idle guest can take longer than 30 s to be scheduled at all; the CLI has no flag for it.
+fn reply_timeout_from_env(value: Option<String>) -> Duration {
+    value
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&secs| secs > 0)
+        .map_or(DEFAULT_REPLY_TIMEOUT, Duration::from_secs)
+}
+
 /// Bounds on what the SDK accepts from a sandbox's guest agent; see the module docs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AgentLimits {
@@ -65,7 +76,9 @@ impl Default for AgentLimits {
     fn default() -> Self {
         let unpack = msbvm_protocol::files::archive::UnpackLimits::default();
         AgentLimits {
-            reply_timeout: DEFAULT_REPLY_TIMEOUT,
+            reply_timeout: reply_timeout_from_env(
+                std::env::var("MSBVM_AGENT_REPLY_TIMEOUT_SECS").ok(),
+            ),
             operation_timeout: Some(DEFAULT_OPERATION_TIMEOUT),
             max_read_file: DEFAULT_MAX_READ_FILE,
             max_list_entries: DEFAULT_MAX_LIST_ENTRIES,
@@ -116,5 +129,21 @@ pub(crate) async fn bounded<T>(
             waiting_for: waiting_for.to_string(),
             limit,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reply_timeout_override_takes_whole_seconds_above_zero() {
+        let secs = |v: &str| reply_timeout_from_env(Some(v.to_string()));
+        assert_eq!(secs("300"), Duration::from_secs(300));
+        assert_eq!(secs(" 45 "), Duration::from_secs(45));
+        for bad in ["0", "-5", "1.5", "ten", ""] {
+            assert_eq!(secs(bad), DEFAULT_REPLY_TIMEOUT, "{bad:?}");
+        }
+        assert_eq!(reply_timeout_from_env(None), DEFAULT_REPLY_TIMEOUT);
     }
 }
