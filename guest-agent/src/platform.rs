@@ -1,7 +1,7 @@
 //! The guest side of msbvm's platform device (see `msbvm_vmm::devices::platform`):
 //! an I/O port block whose first four bytes read "MSBV".
 
-/// I/O port base of the device (kept in step with the VMM's `PORT_BASE`).
+/// I/O port base of the device (kept in step with the VMM's `arch::x86_64::layout::PLATFORM_PORT_BASE`).
 const PORT_BASE: u16 = 0x0440;
 const BOOT_TIMER: u16 = PORT_BASE;
 const POWER: u16 = PORT_BASE + 4;
