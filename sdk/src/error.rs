@@ -175,7 +175,7 @@ fn indent(text: &str) -> String {
 
 impl Error {
     /// An I/O error with what was being done.
-    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
         let context = context.into();
         move |source| Error::Io { context, source }
     }

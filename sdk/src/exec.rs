@@ -127,7 +127,7 @@ impl ExecOptions {
 }
 
 /// Sets each of `overrides` in `env`, replacing an existing key in place.
-pub(crate) fn merge_env(env: &mut Vec<(String, String)>, overrides: &[(String, String)]) {
+pub fn merge_env(env: &mut Vec<(String, String)>, overrides: &[(String, String)]) {
     for (k, v) in overrides {
         match env.iter_mut().find(|(ek, _)| ek == k) {
             Some(slot) => slot.1 = v.clone(),
@@ -479,7 +479,7 @@ impl ExecStream {
 }
 
 /// A short name for a message, for logs (never its data).
-pub(crate) fn describe(m: &GuestMessage) -> &'static str {
+pub fn describe(m: &GuestMessage) -> &'static str {
     match m {
         GuestMessage::Hello { .. } => "Hello",
         GuestMessage::Ready(_) => "Ready",

@@ -37,15 +37,16 @@ pub mod logfile;
 pub mod names;
 pub mod paths;
 pub mod report;
-pub mod runtime;
+pub mod runtime_args;
 mod sandbox;
 pub mod spec;
 pub mod state;
 pub mod volumes;
 pub mod vsock;
 
-#[cfg(test)]
-mod test_support;
+#[cfg(any(test, feature = "test-support"))]
+#[doc(hidden)]
+pub mod test_support;
 
 pub use error::{Error, Result};
 pub use exec::{
@@ -57,8 +58,9 @@ pub use limits::AgentLimits;
 pub use msbvm_protocol::{BootTimes, TtySize};
 pub use paths::{msbvm_home, validate_name, SandboxDir};
 pub use report::ReadyInfo;
+pub use runtime_args::RuntimeArgs;
 pub use sandbox::{
     NetEventStream, Sandbox, SandboxBuilder, SandboxInfo, DEFAULT_CPUS, DEFAULT_MEMORY_MIB,
-    DEFAULT_READY_TIMEOUT, DEFAULT_STOP_TIMEOUT,
+    DEFAULT_READY_TIMEOUT, DEFAULT_STOP_TIMEOUT, MAX_CPUS, MAX_MEMORY_MIB, MIN_MEMORY_MIB,
 };
 pub use state::Status;

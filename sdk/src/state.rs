@@ -211,7 +211,7 @@ fn private_home(sandboxes: &Path) -> Result<()> {
 }
 
 /// Seconds since the Unix epoch, now.
-pub(crate) fn unix_now() -> u64 {
+pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -371,6 +371,9 @@ fn clear_except_lock(dir: &SandboxDir) -> Result<()> {
     }
     Ok(())
 }
+
+/// Lines of the guest console put into boot-failure errors.
+pub const CONSOLE_TAIL_LINES: usize = 30;
 
 /// The last `max_lines` lines of a text file (lossy UTF-8), reading at most its last 64 KiB
 /// and that of its rotated part ([`crate::logfile`]).

@@ -3,7 +3,6 @@
 
 use super::*;
 use crate::control::ControlResponse;
-use crate::runtime::Event;
 use crate::test_support::FakeAgent;
 use msbvm_protocol::{ExitStatus, GuestMessage as G};
 use tempfile::TempDir;
@@ -117,9 +116,9 @@ fn list_shows_live_and_detached_and_drops_dead_attached_debris() {
 fn fake_runtime(dir: &SandboxDir, claim: state::Claim) -> std::thread::JoinHandle<Vec<String>> {
     let listener = std::os::unix::net::UnixListener::bind(dir.control_socket()).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
-    crate::runtime::spawn_control_server_for_tests(listener, tx);
+    crate::control::server::spawn(listener, || {}, crate::test_support::forward_to(tx)).unwrap();
     std::thread::spawn(move || {
-        let Ok(Event::Control(request, reply)) = rx.recv() else {
+        let Ok((request, reply)) = rx.recv() else {
             return Vec::new();
         };
         drop(claim);

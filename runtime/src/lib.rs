@@ -16,7 +16,6 @@
 //! a timeout. All threads report to one supervisor loop through one channel of events.
 
 mod agent_link;
-mod args;
 pub mod confine;
 mod control_server;
 pub mod devices;
@@ -37,19 +36,18 @@ use std::time::{Duration, Instant};
 use msbvm_protocol::{BootTimes, HOST_EVENTS_PORT};
 use msbvm_vmm::{StopHandle, VmOutcome};
 
-pub use args::RuntimeArgs;
+pub use msbvm_sdk::RuntimeArgs;
 
-use crate::control::{ControlRequest, ControlResponse, RuntimeStatus, CONTROL_VERSION};
-use crate::error::{Error, Result};
-use crate::paths::SandboxDir;
-use crate::report::{Failure, ReadyInfo, Report};
-use crate::state::{self, StateRecord, Status};
-use crate::vsock::SocketPath;
+use msbvm_sdk::control::{ControlRequest, ControlResponse, RuntimeStatus, CONTROL_VERSION};
+use msbvm_sdk::paths::SandboxDir;
+use msbvm_sdk::report::{Failure, ReadyInfo, Report};
+use msbvm_sdk::state::{self, StateRecord, Status};
+use msbvm_sdk::vsock::SocketPath;
+use msbvm_sdk::{Error, Result};
 
 /// Grace period of the stops the runtime starts itself (signal, creator gone).
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
-/// Lines of the guest console put into boot-failure errors.
-pub const CONSOLE_TAIL_LINES: usize = 30;
+pub use msbvm_sdk::state::CONSOLE_TAIL_LINES;
 
 /// What the supervisor loop hears about.
 #[derive(Debug)]
@@ -262,11 +260,11 @@ fn run(
 }
 
 /// Sends stderr (panics, kernel-build lines) and tracing to `runtime.log`, a capped log
-/// ([`crate::logfile`]) that only the log writer thread touches ([`log_writer`]): tracing
+/// ([`msbvm_sdk::logfile`]) that only the log writer thread touches ([`log_writer`]): tracing
 /// hands it lines, and stderr is pointed at each new file after a rotation.
 fn redirect_logs(dir: &SandboxDir) {
-    let max = crate::logfile::max_bytes_from_env();
-    let log = match crate::logfile::CappedLog::open(&dir.runtime_log(), max) {
+    let max = msbvm_sdk::logfile::max_bytes_from_env();
+    let log = match msbvm_sdk::logfile::CappedLog::open(&dir.runtime_log(), max) {
         Ok(log) => {
             // SAFETY: dup2 onto stderr; `log`'s file stays valid for the call.
             unsafe { libc::dup2(log.file().as_raw_fd(), libc::STDERR_FILENO) };
@@ -369,7 +367,7 @@ impl Supervisor<'_> {
     /// user) so every client of this sandbox applies them.
     fn apply_exec_defaults(&mut self, devices: &devices::Devices) -> Result<()> {
         let mut env = devices.exec.env.clone();
-        crate::exec::merge_env(&mut env, &self.args.env);
+        msbvm_sdk::exec::merge_env(&mut env, &self.args.env);
         self.record.env = env;
         self.record.image = devices.image.clone();
         self.record.command = devices.exec.command.clone();
@@ -525,10 +523,10 @@ impl Supervisor<'_> {
                 rules,
             } => {
                 let answer = self.with_net(|net| {
-                    let spec = crate::spec::NetworkSpec {
+                    let spec = msbvm_sdk::spec::NetworkSpec {
                         default_allow,
                         rules,
-                        ..crate::spec::NetworkSpec::default()
+                        ..msbvm_sdk::spec::NetworkSpec::default()
                     };
                     let policy = devices::policy(&spec).map_err(|e| e.to_string())?;
                     tracing::info!(?policy, "network policy replaced");
@@ -646,8 +644,8 @@ impl Supervisor<'_> {
             for entry in entries.flatten() {
                 let name = entry.file_name();
                 let name = name.to_string_lossy();
-                if name.starts_with(crate::paths::VSOCK_SOCKET)
-                    || name == crate::paths::CONTROL_SOCKET
+                if name.starts_with(msbvm_sdk::paths::VSOCK_SOCKET)
+                    || name == msbvm_sdk::paths::CONTROL_SOCKET
                     || name == "initrd.cpio"
                 {
                     let _ = std::fs::remove_file(entry.path());
@@ -688,11 +686,24 @@ fn get_kernel(reporter: &mut Reporter) -> Result<std::path::PathBuf> {
     msbvm_kernel::build(msbvm_kernel::Progress::Lines).map_err(kernel_error)
 }
 
-/// The control server on `listener`, reporting to `events` (for tests of the SDK's side).
 #[cfg(test)]
-pub(crate) fn spawn_control_server_for_tests(
-    listener: std::os::unix::net::UnixListener,
-    events: Sender<Event>,
-) {
-    control_server::spawn(listener, events).expect("starting the control server");
+mod tests {
+    /// The SDK checks requests against its copies of the VMM's and the filesystem's limits
+    /// (so that it need not link them); they must agree.
+    #[test]
+    fn the_sdk_limits_are_the_vmms() {
+        assert_eq!(msbvm_sdk::MAX_CPUS, msbvm_vmm::VmConfig::MAX_VCPUS);
+        assert_eq!(
+            msbvm_sdk::MIN_MEMORY_MIB,
+            msbvm_vmm::VmConfig::MIN_MEMORY_MIB
+        );
+        assert_eq!(
+            msbvm_sdk::MAX_MEMORY_MIB,
+            msbvm_vmm::VmConfig::MAX_MEMORY_MIB
+        );
+        assert_eq!(
+            msbvm_sdk::spec::DEFAULT_DISK_SIZE,
+            msbvm_fs::layered::DEFAULT_MAX_UPPER_BYTES
+        );
+    }
 }
