@@ -23,7 +23,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use msbvm_fs::layer_meta::{EntryMeta, LayerMeta, ROOTFS_DIR};
+use msbvm_layer_meta::{EntryMeta, LayerMeta, ROOTFS_DIR};
 use tar::EntryType;
 
 use crate::digest::HashingReader;

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use msbvm_fs::layer_meta::LayerMeta;
+use msbvm_layer_meta::LayerMeta;
 use msbvm_image::{Auth, Error, ImageStore, NoProgress, Platform, PullOptions, PullProgress};
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::manifest::OciImageIndex;

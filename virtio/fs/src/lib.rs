@@ -13,7 +13,7 @@ pub mod filesystem;
 mod handle_table;
 pub mod hooks;
 mod host_util;
-pub mod layer_meta;
+pub use msbvm_layer_meta as layer_meta;
 pub mod layered;
 pub mod memory;
 pub mod passthrough;
