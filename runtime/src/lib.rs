@@ -14,6 +14,11 @@
 //!
 //! Stops are graceful first (the agent's `Shutdown`), forced (the VM's [`StopHandle`]) after
 //! a timeout. All threads report to one supervisor loop through one channel of events.
+//!
+//! The `msbvm` binary links this crate and runs [`main`] for `msbvm __runtime`. A program
+//! that adds Rust-side behaviour to its sandboxes (filesystem hooks: [`devices::Extensions`])
+//! links it too and calls [`run_if_runtime`] first thing in `main`; programs that only drive
+//! sandboxes need just the client, `msbvm_sdk`, which starts `msbvm` (see its crate docs).
 
 mod agent_link;
 pub mod confine;
@@ -128,8 +133,8 @@ impl Reporter {
     fn new(fd: Option<RawFd>) -> Self {
         // SAFETY: F_GETFD only inspects the descriptor; it tells whether it is open.
         let pipe = fd.filter(|fd| unsafe { libc::fcntl(*fd, libc::F_GETFD) } >= 0);
-        // SAFETY: the creator handed this descriptor to us alone; nothing else owns it.
         Reporter {
+            // SAFETY: the creator handed this descriptor to us alone; nothing else owns it.
             pipe: pipe.map(|fd| unsafe { File::from_raw_fd(fd) }),
         }
     }

@@ -89,7 +89,7 @@ pub const SUPERVISOR: &[Syscall] = &[
     libc::SYS_lstat,
 ];
 
-/// The log writer thread ([`super::super::log_writer`]): appends to `runtime.log` and, when
+/// The log writer thread (`log_writer`): appends to `runtime.log` and, when
 /// it is full, renames it and opens a new one relative to the sandbox directory, then points
 /// stderr at it.
 pub const LOG: &[Syscall] = &[
