@@ -191,14 +191,7 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         let t = std::thread::spawn(move || serve_events(host, &tx));
         let mut w = guest.try_clone().unwrap();
-        write_blocking(
-            &mut w,
-            &GuestMessage::Hello {
-                version: PROTOCOL_VERSION,
-                agent_version: "t".into(),
-            },
-        )
-        .unwrap();
+        write_blocking(&mut w, &hello()).unwrap();
         let boot = BootTimes {
             agent_start_ns: 5,
             ready_ns: 9,
@@ -282,11 +275,7 @@ mod tests {
             let s = UnixStream::connect(&path).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             let mut w = s.try_clone().unwrap();
-            let hello = GuestMessage::Hello {
-                version: PROTOCOL_VERSION,
-                agent_version: "t".into(),
-            };
-            if write_blocking(&mut w, &hello).is_ok()
+            if write_blocking(&mut w, &hello()).is_ok()
                 && FrameReader::new(s)
                     .read_message::<HostMessage>()
                     .ok()
@@ -300,16 +289,17 @@ mod tests {
         }
     }
 
+    /// The current agent's hello.
+    fn hello() -> GuestMessage {
+        GuestMessage::Hello {
+            version: PROTOCOL_VERSION,
+            agent_version: "t".into(),
+        }
+    }
+
     fn hello_answered(s: &UnixStream) {
         let mut w = s.try_clone().unwrap();
-        write_blocking(
-            &mut w,
-            &GuestMessage::Hello {
-                version: PROTOCOL_VERSION,
-                agent_version: "t".into(),
-            },
-        )
-        .unwrap();
+        write_blocking(&mut w, &hello()).unwrap();
         let r = s.try_clone().unwrap();
         r.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         assert!(FrameReader::new(r)

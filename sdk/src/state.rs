@@ -482,26 +482,7 @@ mod tests {
     }
 
     fn record(name: &str) -> StateRecord {
-        StateRecord {
-            name: name.into(),
-            pid: 42,
-            created: 1,
-            cpus: 1,
-            memory_mib: 256,
-            env: vec![("A".into(), "b".into())],
-            status: Status::Running,
-            detached: false,
-            exit: None,
-            boot: Some(BootTimes {
-                agent_start_ns: 1,
-                ready_ns: 2,
-            }),
-            workdir: None,
-            uid: None,
-            gid: None,
-            image: None,
-            command: Vec::new(),
-        }
+        crate::test_support::state_record(name, Status::Running, false)
     }
 
     #[test]

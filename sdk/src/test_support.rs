@@ -183,3 +183,31 @@ pub fn forward_to(
         rx.recv().ok()
     }
 }
+
+/// The state record of a live-looking sandbox `name` whose runtime is this process.
+pub fn state_record(
+    name: &str,
+    status: crate::state::Status,
+    detached: bool,
+) -> crate::state::StateRecord {
+    crate::state::StateRecord {
+        name: name.into(),
+        pid: std::process::id(),
+        created: 100,
+        cpus: 2,
+        memory_mib: 256,
+        env: vec![("FROM_SANDBOX".into(), "yes".into())],
+        status,
+        detached,
+        exit: None,
+        boot: Some(msbvm_protocol::BootTimes {
+            agent_start_ns: 1,
+            ready_ns: 2,
+        }),
+        workdir: None,
+        uid: None,
+        gid: None,
+        image: None,
+        command: Vec::new(),
+    }
+}

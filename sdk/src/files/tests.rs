@@ -209,13 +209,7 @@ async fn directories_list_stat_create_rename_remove() {
         parents,
         mode: None,
     };
-    let e = simple(&uds, make(false), &AgentLimits::default())
-        .await
-        .unwrap_err();
-    assert_eq!(e.file_error_kind(), Some(FileErrorKind::NotFound));
-    simple(&uds, make(true), &AgentLimits::default())
-        .await
-        .unwrap();
+    refused_without_the_flag(&uds, make, FileErrorKind::NotFound).await;
     std::fs::write(d.join("b"), b"bb").unwrap();
     symlink("b", d.join("a")).unwrap();
     let entries = list(&uds, &s(&d), &AgentLimits::default()).await.unwrap();
@@ -246,14 +240,23 @@ async fn directories_list_stat_create_rename_remove() {
         path: s(&tmp.path().join("x")),
         recursive,
     };
-    let e = simple(&uds, remove(false), &AgentLimits::default())
+    refused_without_the_flag(&uds, remove, FileErrorKind::DirectoryNotEmpty).await;
+    assert!(!tmp.path().join("x").exists());
+}
+
+/// `request(false)` fails with `kind`; `request(true)` (the flag that allows it) succeeds.
+async fn refused_without_the_flag(
+    uds: &Path,
+    request: impl Fn(bool) -> FileRequest,
+    kind: FileErrorKind,
+) {
+    let e = simple(uds, request(false), &AgentLimits::default())
         .await
         .unwrap_err();
-    assert_eq!(e.file_error_kind(), Some(FileErrorKind::DirectoryNotEmpty));
-    simple(&uds, remove(true), &AgentLimits::default())
+    assert_eq!(e.file_error_kind(), Some(kind));
+    simple(uds, request(true), &AgentLimits::default())
         .await
         .unwrap();
-    assert!(!tmp.path().join("x").exists());
 }
 
 #[tokio::test]

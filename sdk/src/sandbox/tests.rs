@@ -7,28 +7,7 @@ use crate::test_support::FakeAgent;
 use msbvm_protocol::{ExitStatus, GuestMessage as G};
 use tempfile::TempDir;
 
-fn record(name: &str, status: Status, detached: bool) -> StateRecord {
-    StateRecord {
-        name: name.into(),
-        pid: std::process::id(),
-        created: 100,
-        cpus: 2,
-        memory_mib: 256,
-        env: vec![("FROM_SANDBOX".into(), "yes".into())],
-        status,
-        detached,
-        exit: None,
-        boot: Some(BootTimes {
-            agent_start_ns: 1,
-            ready_ns: 2,
-        }),
-        workdir: None,
-        uid: None,
-        gid: None,
-        image: None,
-        command: Vec::new(),
-    }
-}
+use crate::test_support::state_record as record;
 
 /// A sandbox that looks live: the test holds its lock, like a runtime would.
 fn live(home: &Path, name: &str, status: Status, detached: bool) -> (SandboxDir, state::Claim) {
