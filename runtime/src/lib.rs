@@ -159,21 +159,7 @@ fn run(
     started: Instant,
     extensions: devices::Extensions,
 ) -> Result<()> {
-    signals::block().map_err(Error::io("blocking signals"))?;
-    for fd in [args.ready_fd, args.lifeline_fd].into_iter().flatten() {
-        signals::set_cloexec(fd).map_err(Error::io("preparing inherited descriptors"))?;
-    }
-    if !args.detached {
-        if let Some(parent) = args.parent_pid {
-            let alive = signals::watch_parent(parent).map_err(Error::io("watching the creator"))?;
-            if !alive {
-                return Err(Error::Runtime {
-                    message: "the creating process exited before the sandbox started".into(),
-                    log_tail: String::new(),
-                });
-            }
-        }
-    }
+    prepare_process(args)?;
     let dir = SandboxDir::in_home(&args.home, &args.name)?;
     // A runtime that leaves root cannot remove its state directory from root's
     // `sandboxes/` at the end: a process that stays root does (forked before any thread).
@@ -184,58 +170,12 @@ fn run(
         None
     };
     let _claim = state::claim(&dir)?;
-    redirect_logs(&dir);
-    tracing::info!(
-        name = args.name,
-        detached = args.detached,
-        "runtime starting"
-    );
-    // Relative socket paths (used when absolute ones are too long) resolve from here.
-    std::env::set_current_dir(dir.path())
-        .map_err(Error::io(format!("entering {}", dir.path().display())))?;
-    // A runtime that leaves root may not traverse root's data directory (0700) any more:
-    // it reaches its files through its working directory.
-    let dir = if reaper.is_some() || (args.detached && confine::switches_user()) {
-        dir.reached_through(".".into())
-    } else {
-        dir
-    };
-    let record = StateRecord {
-        name: args.name.clone(),
-        pid: std::process::id(),
-        created: state::unix_now(),
-        cpus: args.cpus,
-        memory_mib: args.memory_mib,
-        env: args.env.clone(),
-        status: Status::Starting,
-        detached: args.detached,
-        exit: None,
-        boot: None,
-        workdir: args.spec.workdir.clone(),
-        uid: None,
-        gid: None,
-        image: None,
-        command: Vec::new(),
-    };
+    let dir = enter(args, dir, reaper.is_some())?;
+    let record = initial_record(args);
     record.write(&dir)?;
 
     let (tx, rx) = mpsc::channel();
-    let mut sup = Supervisor {
-        args,
-        dir: &dir,
-        record,
-        started,
-        events: tx,
-        stop: StopHandle::new(),
-        ready: false,
-        stopping: false,
-        force_at: None,
-        waiters: Vec::new(),
-        kernel: None,
-        vm_start: Duration::ZERO,
-        devices: None,
-        extensions,
-    };
+    let mut sup = Supervisor::new(args, &dir, record, started, tx, extensions);
     let result = sup.start(reporter).and_then(|vm| {
         confine::thread_started("supervisor");
         let ended = sup.supervise(&rx, reporter);
@@ -261,6 +201,68 @@ fn run(
     match failure {
         None => Ok(()),
         Some(e) => Err(e),
+    }
+}
+
+/// Signals and inherited descriptors set up, and the creator still there (attached).
+fn prepare_process(args: &RuntimeArgs) -> Result<()> {
+    signals::block().map_err(Error::io("blocking signals"))?;
+    for fd in [args.ready_fd, args.lifeline_fd].into_iter().flatten() {
+        signals::set_cloexec(fd).map_err(Error::io("preparing inherited descriptors"))?;
+    }
+    if !args.detached {
+        if let Some(parent) = args.parent_pid {
+            let alive = signals::watch_parent(parent).map_err(Error::io("watching the creator"))?;
+            if !alive {
+                return Err(Error::Runtime {
+                    message: "the creating process exited before the sandbox started".into(),
+                    log_tail: String::new(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Logs to the state directory `dir` (claimed) and makes it the working directory; returns
+/// it as the runtime reaches it from now on.
+fn enter(args: &RuntimeArgs, dir: SandboxDir, reaped: bool) -> Result<SandboxDir> {
+    redirect_logs(&dir);
+    tracing::info!(
+        name = args.name,
+        detached = args.detached,
+        "runtime starting"
+    );
+    // Relative socket paths (used when absolute ones are too long) resolve from here.
+    std::env::set_current_dir(dir.path())
+        .map_err(Error::io(format!("entering {}", dir.path().display())))?;
+    // A runtime that leaves root may not traverse root's data directory (0700) any more:
+    // it reaches its files through its working directory.
+    Ok(if reaped || (args.detached && confine::switches_user()) {
+        dir.reached_through(".".into())
+    } else {
+        dir
+    })
+}
+
+/// The state record of a sandbox that is starting.
+fn initial_record(args: &RuntimeArgs) -> StateRecord {
+    StateRecord {
+        name: args.name.clone(),
+        pid: std::process::id(),
+        created: state::unix_now(),
+        cpus: args.cpus,
+        memory_mib: args.memory_mib,
+        env: args.env.clone(),
+        status: Status::Starting,
+        detached: args.detached,
+        exit: None,
+        boot: None,
+        workdir: args.spec.workdir.clone(),
+        uid: None,
+        gid: None,
+        image: None,
+        command: Vec::new(),
     }
 }
 
@@ -316,7 +318,33 @@ struct Supervisor<'a> {
     extensions: devices::Extensions,
 }
 
-impl Supervisor<'_> {
+impl<'a> Supervisor<'a> {
+    fn new(
+        args: &'a RuntimeArgs,
+        dir: &'a SandboxDir,
+        record: StateRecord,
+        started: Instant,
+        events: Sender<Event>,
+        extensions: devices::Extensions,
+    ) -> Self {
+        Supervisor {
+            args,
+            dir,
+            record,
+            started,
+            events,
+            stop: StopHandle::new(),
+            ready: false,
+            stopping: false,
+            force_at: None,
+            waiters: Vec::new(),
+            kernel: None,
+            vm_start: Duration::ZERO,
+            devices: None,
+            extensions,
+        }
+    }
+
     /// Everything up to the VM running: image, kernel, listeners, the VM thread.
     fn start(&mut self, reporter: &mut Reporter) -> Result<std::thread::JoinHandle<()>> {
         if let Some(plan) = confine::plan(&self.args.spec, self.dir, &self.args.home)? {

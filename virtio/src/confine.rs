@@ -75,6 +75,16 @@ pub const CONFINE_CHILDREN: &[Syscall] = &[
     libc::SYS_seccomp,
 ];
 
+/// Opening files and reading them: what the runtime's supervisor and the VM thread share.
+pub const FILE_READ: &[Syscall] = &[
+    libc::SYS_openat,
+    libc::SYS_read,
+    libc::SYS_lseek,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+];
+
 /// `FIONBIO` (`set_nonblocking` on sockets), the same number on every Linux architecture we
 /// build for (libc's type for it differs between targets).
 pub const FIONBIO: u64 = 0x5421;
