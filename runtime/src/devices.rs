@@ -316,14 +316,10 @@ fn image_root(
 ) -> Result<(LayeredFs, ExecDefaults, LayerLease)> {
     let store = image_store(home)?;
     if reference == DEFAULT_IMAGE {
-        msbvm_image::ensure_default_image(&store).map_err(|e| Error::Image(e.to_string()))?;
+        msbvm_image::ensure_default_image(&store).map_err(Error::Image)?;
     }
-    let resolved = store
-        .resolve(reference)
-        .map_err(|e| Error::Image(e.to_string()))?;
-    let lease = store
-        .lease(&resolved)
-        .map_err(|e| Error::Image(e.to_string()))?;
+    let resolved = store.resolve(reference).map_err(Error::Image)?;
+    let lease = store.lease(&resolved).map_err(Error::Image)?;
     let upper = dir.path().join(UPPER_DIR);
     let (_, max_open_handles) = fd_budgets(raise_fd_limit());
     let config = LayeredConfig {

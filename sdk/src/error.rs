@@ -12,7 +12,7 @@ use std::time::Duration;
 pub enum Error {
     /// The image store or an image failed (pull, resolve, unpack).
     #[error("image: {0}")]
-    Image(String),
+    Image(#[source] msbvm_image::Error),
     /// The sandbox name does not follow the naming rule.
     #[error("invalid sandbox name {name:?}: {reason}")]
     InvalidName {

@@ -65,5 +65,5 @@ pub async fn ensure(
 
 /// The SDK error for an image failure.
 pub fn image_error(e: msbvm_image::Error) -> Error {
-    Error::Image(e.to_string())
+    Error::Image(e)
 }
