@@ -88,23 +88,19 @@ pub struct StateRecord {
     pub status: Status,
     /// Whether the sandbox outlives its creator.
     pub detached: bool,
+    // Records of older runtimes lack the optional fields below: serde reads a missing
+    // `Option` as `None`.
     /// How the VM ended, once it has.
-    #[serde(default)]
     pub exit: Option<String>,
     /// The guest's boot timestamps, once ready.
-    #[serde(default)]
     pub boot: Option<BootTimes>,
     /// Default working directory of execs (from the image or the user).
-    #[serde(default)]
     pub workdir: Option<String>,
     /// Default user id of execs (from the image or the user).
-    #[serde(default)]
     pub uid: Option<u32>,
     /// Default group id of execs.
-    #[serde(default)]
     pub gid: Option<u32>,
     /// The image the root filesystem comes from, if any.
-    #[serde(default)]
     pub image: Option<String>,
     /// The image's default command (entrypoint and command).
     #[serde(default)]
