@@ -141,12 +141,13 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The sandbox state directory holds something unreadable.
-    #[error("corrupt sandbox state at {}: {detail}; remove the directory", .path.display())]
+    #[error("corrupt sandbox state at {}: {source}; remove the directory", .path.display())]
     CorruptState {
         /// The file.
         path: PathBuf,
         /// What was wrong.
-        detail: String,
+        #[source]
+        source: serde_json::Error,
     },
 }
 

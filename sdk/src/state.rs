@@ -125,19 +125,16 @@ impl StateRecord {
         }
         serde_json::from_slice(&text)
             .map(Some)
-            .map_err(|e| Error::CorruptState {
-                path,
-                detail: e.to_string(),
-            })
+            .map_err(|source| Error::CorruptState { path, source })
     }
 
     /// Writes the record atomically (a reader sees the old or the new one, never half).
     pub fn write(&self, dir: &SandboxDir) -> Result<()> {
         let path = dir.state_file();
         let tmp = dir.path().join("state.json.tmp");
-        let text = serde_json::to_vec_pretty(self).map_err(|e| Error::CorruptState {
+        let text = serde_json::to_vec_pretty(self).map_err(|source| Error::CorruptState {
             path: path.clone(),
-            detail: e.to_string(),
+            source,
         })?;
         let written = OpenOptions::new()
             .write(true)
