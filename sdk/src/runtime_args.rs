@@ -231,30 +231,16 @@ mod tests {
 
     #[test]
     fn errors_name_the_flag() {
-        let parse = |v: &[&str]| RuntimeArgs::parse(v.iter().map(OsString::from));
-        assert!(parse(&["--home", "/h"])
-            .unwrap_err()
-            .to_string()
-            .contains("--name"));
-        assert!(parse(&["--name", "a"])
-            .unwrap_err()
-            .to_string()
-            .contains("--home"));
-        assert!(parse(&["--cpus", "300"])
-            .unwrap_err()
-            .to_string()
-            .contains("--cpus"));
-        assert!(parse(&["--env", "novalue"])
-            .unwrap_err()
-            .to_string()
-            .contains("KEY=VALUE"));
-        assert!(parse(&["--bogus", "1"])
-            .unwrap_err()
-            .to_string()
-            .contains("--bogus"));
-        assert!(parse(&["--name"])
-            .unwrap_err()
-            .to_string()
-            .contains("needs a value"));
+        let error = |v: &[&str]| {
+            RuntimeArgs::parse(v.iter().map(OsString::from))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(error(&["--home", "/h"]).contains("--name"));
+        assert!(error(&["--name", "a"]).contains("--home"));
+        assert!(error(&["--cpus", "300"]).contains("--cpus"));
+        assert!(error(&["--env", "novalue"]).contains("KEY=VALUE"));
+        assert!(error(&["--bogus", "1"]).contains("--bogus"));
+        assert!(error(&["--name"]).contains("needs a value"));
     }
 }
