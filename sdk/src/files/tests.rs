@@ -57,6 +57,12 @@ fn s(path: &Path) -> String {
     path.to_str().unwrap().to_string()
 }
 
+/// `e` is a file error of kind `kind`.
+#[track_caller]
+fn assert_kind(e: &Error, kind: FileErrorKind) {
+    assert_eq!(e.file_error_kind(), Some(kind), "{e}");
+}
+
 #[tokio::test]
 async fn files_roundtrip_through_write_read_and_stream() {
     let tmp = TempDir::new().unwrap();
@@ -123,16 +129,12 @@ async fn guest_failures_are_typed_errors() {
     )
     .await
     .unwrap_err();
-    assert_eq!(e.file_error_kind(), Some(FileErrorKind::NotFound), "{e}");
+    assert_kind(&e, FileErrorKind::NotFound);
     assert!(e.to_string().contains("missing"), "{e}");
     let e = read_stream(&uds, &s(tmp.path()), &AgentLimits::default())
         .await
         .unwrap_err();
-    assert_eq!(
-        e.file_error_kind(),
-        Some(FileErrorKind::IsADirectory),
-        "{e}"
-    );
+    assert_kind(&e, FileErrorKind::IsADirectory);
     // Refused before any data is sent.
     let e = write_from(
         &uds,
@@ -143,15 +145,11 @@ async fn guest_failures_are_typed_errors() {
     )
     .await
     .unwrap_err();
-    assert_eq!(
-        e.file_error_kind(),
-        Some(FileErrorKind::IsADirectory),
-        "{e}"
-    );
+    assert_kind(&e, FileErrorKind::IsADirectory);
     let e = list(&uds, "/definitely/not/here", &AgentLimits::default())
         .await
         .unwrap_err();
-    assert_eq!(e.file_error_kind(), Some(FileErrorKind::NotFound), "{e}");
+    assert_kind(&e, FileErrorKind::NotFound);
 }
 
 /// A source that yields some data, then fails.
@@ -317,7 +315,7 @@ async fn trees_and_files_copy_in_and_out() {
     )
     .await
     .unwrap_err();
-    assert_eq!(e.file_error_kind(), Some(FileErrorKind::NotFound), "{e}");
+    assert_kind(&e, FileErrorKind::NotFound);
     let e = copy_in(
         &uds,
         &host.path().join("none"),
