@@ -130,7 +130,7 @@ fn main() -> ExitCode {
     };
     if let Command::Runtime { args } = cli.command {
         // The runtime sets up its own logging, into the sandbox's runtime.log.
-        return msbvm_sdk::runtime::main(args);
+        return msbvm_runtime::main(args);
     }
     init_tracing();
     match cli.command {

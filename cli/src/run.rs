@@ -69,21 +69,32 @@ pub struct ExecArgs {
     pub process: ProcessArgs,
 }
 
+/// A command-line value that does not parse.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    /// Not `KEY=VALUE` with a non-empty key.
+    #[error("expected KEY=VALUE, got {0:?}")]
+    NotKeyValue(String),
+    /// Not a positive, finite number of seconds.
+    #[error("expected a positive number of seconds, got {0:?}")]
+    NotSeconds(String),
+}
+
 /// Parses `KEY=VALUE`.
-pub fn parse_env(s: &str) -> Result<(String, String), String> {
+pub fn parse_env(s: &str) -> Result<(String, String), ValueError> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+        _ => Err(ValueError::NotKeyValue(s.to_string())),
     }
 }
 
 /// Parses a number of seconds (fractions allowed).
-pub fn parse_secs(s: &str) -> Result<Duration, String> {
+pub fn parse_secs(s: &str) -> Result<Duration, ValueError> {
     s.parse::<f64>()
         .ok()
         .filter(|v| v.is_finite() && *v > 0.0)
         .map(Duration::from_secs_f64)
-        .ok_or_else(|| format!("expected a positive number of seconds, got {s:?}"))
+        .ok_or_else(|| ValueError::NotSeconds(s.to_string()))
 }
 
 impl ProcessArgs {

@@ -128,6 +128,24 @@ enum Node {
 fn main() {
     println!("cargo:rerun-if-changed={BUSYBOX}");
     println!("cargo:rerun-if-changed=build.rs");
+    let layer = layer_tar(&tree(read_busybox()));
+    let diff_id = format!("sha256:{:x}", Sha256::digest(&layer));
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&layer)
+        .unwrap_or_else(|e| fail(&format!("compressing the default layer: {e}")));
+    let compressed = gz
+        .finish()
+        .unwrap_or_else(|e| fail(&format!("compressing the default layer: {e}")));
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    write(&out.join("default-layer.tar.gz"), &compressed);
+    write(
+        &out.join("default-config.json"),
+        config(&diff_id).as_bytes(),
+    );
+}
+
+/// The host's static busybox, patched (see [`without_wget_timeout_crash`]).
+fn read_busybox() -> Vec<u8> {
     let busybox = match std::fs::read(BUSYBOX) {
         Ok(b) => b,
         Err(e) => fail(&format!("cannot read {BUSYBOX} ({e})")),
@@ -138,6 +156,12 @@ fn main() {
             "{BUSYBOX} is not a statically linked ELF executable"
         ));
     }
+    busybox
+}
+
+/// The default image's tree: directories, busybox and the applets it has, a few `/etc`
+/// files.
+fn tree(busybox: Vec<u8>) -> BTreeMap<String, Node> {
     let available = Command::new(BUSYBOX)
         .arg("--list")
         .output()
@@ -181,9 +205,13 @@ fn main() {
     for (path, text) in files {
         tree.insert(path.into(), Node::File(0o644, text.as_bytes().to_vec()));
     }
+    tree
+}
 
+/// `tree` as a reproducible tar archive (owner root, time 0).
+fn layer_tar(tree: &BTreeMap<String, Node>) -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
-    for (path, node) in &tree {
+    for (path, node) in tree {
         let mut h = tar::Header::new_ustar();
         h.set_uid(0);
         h.set_gid(0);
@@ -210,24 +238,20 @@ fn main() {
         };
         result.unwrap_or_else(|e| fail(&format!("building the default layer: {e}")));
     }
-    let layer = builder
+    builder
         .into_inner()
-        .unwrap_or_else(|e| fail(&format!("building the default layer: {e}")));
-    let diff_id = format!("sha256:{:x}", Sha256::digest(&layer));
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    gz.write_all(&layer)
-        .unwrap_or_else(|e| fail(&format!("compressing the default layer: {e}")));
-    let compressed = gz
-        .finish()
-        .unwrap_or_else(|e| fail(&format!("compressing the default layer: {e}")));
+        .unwrap_or_else(|e| fail(&format!("building the default layer: {e}")))
+}
 
+/// The image config of the one layer `diff_id` for the target architecture.
+fn config(diff_id: &str) -> String {
     let arch = match std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() {
         Ok("x86_64") => "amd64",
         Ok("aarch64") => "arm64",
         Ok(other) => other.to_string().leak(),
         Err(_) => "amd64",
     };
-    let config = format!(
+    format!(
         concat!(
             "{{\"architecture\":\"{}\",\"os\":\"linux\",",
             "\"config\":{{\"Env\":[\"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\"],",
@@ -235,10 +259,7 @@ fn main() {
             "\"rootfs\":{{\"type\":\"layers\",\"diff_ids\":[\"{}\"]}}}}"
         ),
         arch, diff_id
-    );
-    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    write(&out.join("default-layer.tar.gz"), &compressed);
-    write(&out.join("default-config.json"), config.as_bytes());
+    )
 }
 
 /// The option string of busybox's `wget` (1.30 to 1.36): `-T` takes an

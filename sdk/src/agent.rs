@@ -69,8 +69,29 @@ pub(crate) async fn connect(uds: &Path, limits: &AgentLimits) -> Result<AgentCon
         Some(GuestMessage::Error { message }) => Err(Error::Agent(message)),
         Some(other) => Err(Error::Protocol {
             peer: "the guest agent",
-            detail: format!("expected a hello, got {}", crate::exec::describe(&other)),
+            detail: format!("expected a hello, got {}", describe(&other)),
         }),
         None => Err(Error::ConnectionLost),
+    }
+}
+
+/// A short name for a message, for logs (never its data).
+pub fn describe(m: &GuestMessage) -> &'static str {
+    match m {
+        GuestMessage::Hello { .. } => "Hello",
+        GuestMessage::Ready(_) => "Ready",
+        GuestMessage::Started { .. } => "Started",
+        GuestMessage::Stdout(_) => "Stdout",
+        GuestMessage::Stderr(_) => "Stderr",
+        GuestMessage::Exited(_) => "Exited",
+        GuestMessage::Error { .. } => "Error",
+        GuestMessage::Pong => "Pong",
+        GuestMessage::FileMeta(_) => "FileMeta",
+        GuestMessage::FileChunk(_) => "FileChunk",
+        GuestMessage::FileEnd => "FileEnd",
+        GuestMessage::FileReady => "FileReady",
+        GuestMessage::FileDone => "FileDone",
+        GuestMessage::DirEntries(_) => "DirEntries",
+        GuestMessage::FileError(_) => "FileError",
     }
 }

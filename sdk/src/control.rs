@@ -5,6 +5,8 @@
 //! in each direction carrying [`CONTROL_VERSION`]; then each [`ControlRequest`] gets exactly one
 //! [`ControlResponse`]. `Stop` and `Kill` are answered once the VM has ended.
 
+pub mod server;
+
 use std::path::Path;
 use std::time::Duration;
 

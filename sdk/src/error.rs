@@ -12,7 +12,7 @@ use std::time::Duration;
 pub enum Error {
     /// The image store or an image failed (pull, resolve, unpack).
     #[error("image: {0}")]
-    Image(String),
+    Image(#[source] msbvm_image::Error),
     /// The sandbox name does not follow the naming rule.
     #[error("invalid sandbox name {name:?}: {reason}")]
     InvalidName {
@@ -141,12 +141,13 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The sandbox state directory holds something unreadable.
-    #[error("corrupt sandbox state at {}: {detail}; remove the directory", .path.display())]
+    #[error("corrupt sandbox state at {}: {source}; remove the directory", .path.display())]
     CorruptState {
         /// The file.
         path: PathBuf,
         /// What was wrong.
-        detail: String,
+        #[source]
+        source: serde_json::Error,
     },
 }
 
@@ -175,7 +176,7 @@ fn indent(text: &str) -> String {
 
 impl Error {
     /// An I/O error with what was being done.
-    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
         let context = context.into();
         move |source| Error::Io { context, source }
     }

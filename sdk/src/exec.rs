@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 pub use msbvm_protocol::ExitStatus;
 
+pub use crate::agent::describe;
 use crate::agent::{self, frame_error};
 use crate::error::{Error, Result};
 use crate::framing::{write_async, AsyncFrameReader};
@@ -127,7 +128,7 @@ impl ExecOptions {
 }
 
 /// Sets each of `overrides` in `env`, replacing an existing key in place.
-pub(crate) fn merge_env(env: &mut Vec<(String, String)>, overrides: &[(String, String)]) {
+pub fn merge_env(env: &mut Vec<(String, String)>, overrides: &[(String, String)]) {
     for (k, v) in overrides {
         match env.iter_mut().find(|(ek, _)| ek == k) {
             Some(slot) => slot.1 = v.clone(),
@@ -475,27 +476,6 @@ impl ExecStream {
             }
         }
         Err(Error::ConnectionLost)
-    }
-}
-
-/// A short name for a message, for logs (never its data).
-pub(crate) fn describe(m: &GuestMessage) -> &'static str {
-    match m {
-        GuestMessage::Hello { .. } => "Hello",
-        GuestMessage::Ready(_) => "Ready",
-        GuestMessage::Started { .. } => "Started",
-        GuestMessage::Stdout(_) => "Stdout",
-        GuestMessage::Stderr(_) => "Stderr",
-        GuestMessage::Exited(_) => "Exited",
-        GuestMessage::Error { .. } => "Error",
-        GuestMessage::Pong => "Pong",
-        GuestMessage::FileMeta(_) => "FileMeta",
-        GuestMessage::FileChunk(_) => "FileChunk",
-        GuestMessage::FileEnd => "FileEnd",
-        GuestMessage::FileReady => "FileReady",
-        GuestMessage::FileDone => "FileDone",
-        GuestMessage::DirEntries(_) => "DirEntries",
-        GuestMessage::FileError(_) => "FileError",
     }
 }
 

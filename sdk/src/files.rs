@@ -652,15 +652,8 @@ impl Sandbox {
 
     /// Replaces (or creates) the guest file `path` with `data`, atomically.
     pub async fn write_file(&self, path: &str, data: impl AsRef<[u8]>) -> Result<()> {
-        let options = WriteOptions::default();
-        write_from(
-            &self.dir().vsock_socket(),
-            path,
-            data.as_ref(),
-            options,
-            self.agent_limits(),
-        )
-        .await
+        self.write_file_with(path, data.as_ref(), WriteOptions::default())
+            .await
     }
 
     /// Replaces (or creates) the guest file `path` with what `source` yields, atomically;
@@ -675,14 +668,7 @@ impl Sandbox {
             mode,
             ..WriteOptions::default()
         };
-        write_from(
-            &self.dir().vsock_socket(),
-            path,
-            source,
-            options,
-            self.agent_limits(),
-        )
-        .await
+        self.write_file_with(path, source, options).await
     }
 
     /// Writes the guest file `path` from `source` as `options` say.

@@ -19,7 +19,12 @@ pub const PLAIN_HTTP_ENV: &str = "MSBVM_PLAIN_HTTP_REGISTRIES";
 
 /// The image store of this msbvm data directory.
 pub fn store() -> Result<ImageStore> {
-    crate::runtime::devices::image_store(&msbvm_home()?)
+    store_in(&msbvm_home()?)
+}
+
+/// The image store of the msbvm data directory `home`.
+pub fn store_in(home: &std::path::Path) -> Result<ImageStore> {
+    ImageStore::open(&home.join("images")).map_err(image_error)
 }
 
 /// Pull options from the environment: plain-HTTP registries from [`PLAIN_HTTP_ENV`].
@@ -60,5 +65,5 @@ pub async fn ensure(
 
 /// The SDK error for an image failure.
 pub fn image_error(e: msbvm_image::Error) -> Error {
-    Error::Image(e.to_string())
+    Error::Image(e)
 }

@@ -20,8 +20,8 @@ use tokio::time::Instant;
 use crate::error::{Error, Result};
 use crate::paths::SandboxDir;
 use crate::report::{ReadyInfo, Report};
-use crate::runtime::{RuntimeArgs, CONSOLE_TAIL_LINES};
-use crate::state;
+use crate::runtime_args::RuntimeArgs;
+use crate::state::{self, CONSOLE_TAIL_LINES};
 
 /// Environment variable naming the `msbvm` binary that runs sandboxes.
 pub const BIN_ENV: &str = "MSBVM_BIN";

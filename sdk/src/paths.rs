@@ -114,7 +114,7 @@ impl SandboxDir {
     }
     /// The same sandbox's files reached through `dir` instead (the runtime uses `.`, its
     /// working directory, once it may no longer traverse the data directory's parents).
-    pub(crate) fn reached_through(&self, dir: PathBuf) -> SandboxDir {
+    pub fn reached_through(&self, dir: PathBuf) -> SandboxDir {
         SandboxDir {
             name: self.name.clone(),
             dir,
@@ -155,9 +155,11 @@ impl SandboxDir {
 }
 
 /// File name of the vsock device's host socket.
-pub(crate) const VSOCK_SOCKET: &str = "vsock.sock";
+pub const VSOCK_SOCKET: &str = "vsock.sock";
 /// File name of the runtime control socket.
-pub(crate) const CONTROL_SOCKET: &str = "control.sock";
+pub const CONTROL_SOCKET: &str = "control.sock";
+/// Network events, one JSON object per line, in the state directory.
+pub const NET_EVENTS_FILE: &str = "net-events.jsonl";
 
 /// The directory holding every sandbox's state directory.
 pub fn sandboxes_dir(home: &Path) -> PathBuf {

@@ -35,9 +35,23 @@ impl Report {
     }
 
     /// Parses one line.
-    pub fn from_line(line: &str) -> Result<Report, String> {
-        serde_json::from_str(line.trim()).map_err(|e| format!("{e} in {line:?}"))
+    pub fn from_line(line: &str) -> Result<Report, BadReport> {
+        serde_json::from_str(line.trim()).map_err(|source| BadReport {
+            line: line.to_string(),
+            source,
+        })
     }
+}
+
+/// A readiness-pipe line that is not a [`Report`].
+#[derive(Debug, thiserror::Error)]
+#[error("{source} in {line:?}")]
+pub struct BadReport {
+    /// The line.
+    pub line: String,
+    /// Why it does not parse.
+    #[source]
+    pub source: serde_json::Error,
 }
 
 /// What the runtime knows when its sandbox becomes ready.

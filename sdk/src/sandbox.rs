@@ -24,7 +24,7 @@ use crate::launch::{launch, runtime_binary};
 use crate::limits::AgentLimits;
 use crate::paths::{msbvm_home, sandboxes_dir, validate_name, SandboxDir};
 use crate::report::ReadyInfo;
-use crate::runtime::RuntimeArgs;
+use crate::runtime_args::RuntimeArgs;
 use crate::spec::{NetRule, PortSpec, RootSpec, SandboxSpec, TmpfsSpec, VolumeSpec};
 use crate::state::{self, StateRecord, Status};
 
@@ -32,6 +32,12 @@ use crate::state::{self, StateRecord, Status};
 pub const DEFAULT_CPUS: u8 = 1;
 /// Default guest memory in MiB.
 pub const DEFAULT_MEMORY_MIB: u64 = 512;
+/// The most vCPUs a sandbox can have (the VMM's limit; the runtime's tests check they agree).
+pub const MAX_CPUS: u8 = 254;
+/// The least guest memory a sandbox can have, in MiB (the VMM's limit).
+pub const MIN_MEMORY_MIB: u64 = 16;
+/// The most guest memory a sandbox can have, in MiB (the VMM's limit).
+pub const MAX_MEMORY_MIB: u64 = 1 << 20;
 /// Default boot timeout (from VM start to the agent's ready message); generous, because
 /// under nested emulation a boot takes seconds.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -188,17 +194,14 @@ impl SandboxBuilder {
 
     fn check(&self) -> Result<()> {
         validate_name(&self.name)?;
-        let max_cpus = msbvm_vmm::VmConfig::MAX_VCPUS;
+        let max_cpus = MAX_CPUS;
         if self.cpus == 0 || self.cpus > max_cpus {
             return Err(Error::InvalidConfig(format!(
                 "{} vCPUs is out of range: use 1 to {max_cpus}",
                 self.cpus
             )));
         }
-        let (min, max) = (
-            msbvm_vmm::VmConfig::MIN_MEMORY_MIB,
-            msbvm_vmm::VmConfig::MAX_MEMORY_MIB,
-        );
+        let (min, max) = (MIN_MEMORY_MIB, MAX_MEMORY_MIB);
         if self.memory_mib < min || self.memory_mib > max {
             return Err(Error::InvalidConfig(format!(
                 "{} MiB of memory is out of range: use {min} to {max}",
@@ -609,11 +612,7 @@ impl Sandbox {
     /// A reader of the network decisions: each [`NetEventStream::poll`] passes on the
     /// events recorded since the last one, in bounded memory.
     pub fn network_event_stream(&self) -> NetEventStream {
-        let path = self
-            .inner
-            .dir
-            .path()
-            .join(crate::runtime::devices::NET_EVENTS_FILE);
+        let path = self.inner.dir.path().join(crate::paths::NET_EVENTS_FILE);
         NetEventStream {
             tail: crate::logfile::LogTail::open(&path),
             partial: Vec::new(),

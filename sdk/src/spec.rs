@@ -41,7 +41,7 @@ pub struct SandboxSpec {
 }
 
 /// Size limit of an image root's writable layer when none is given (10 GiB).
-pub const DEFAULT_DISK_SIZE: u64 = msbvm_fs::layered::DEFAULT_MAX_UPPER_BYTES;
+pub const DEFAULT_DISK_SIZE: u64 = 10 << 30;
 
 /// Parses a disk size: bytes, or a number with a `k`, `m` or `g` suffix
 /// (`512M`, `10G`); at least 1 MiB.

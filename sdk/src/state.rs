@@ -88,23 +88,19 @@ pub struct StateRecord {
     pub status: Status,
     /// Whether the sandbox outlives its creator.
     pub detached: bool,
+    // Records of older runtimes lack the optional fields below: serde reads a missing
+    // `Option` as `None`.
     /// How the VM ended, once it has.
-    #[serde(default)]
     pub exit: Option<String>,
     /// The guest's boot timestamps, once ready.
-    #[serde(default)]
     pub boot: Option<BootTimes>,
     /// Default working directory of execs (from the image or the user).
-    #[serde(default)]
     pub workdir: Option<String>,
     /// Default user id of execs (from the image or the user).
-    #[serde(default)]
     pub uid: Option<u32>,
     /// Default group id of execs.
-    #[serde(default)]
     pub gid: Option<u32>,
     /// The image the root filesystem comes from, if any.
-    #[serde(default)]
     pub image: Option<String>,
     /// The image's default command (entrypoint and command).
     #[serde(default)]
@@ -129,19 +125,16 @@ impl StateRecord {
         }
         serde_json::from_slice(&text)
             .map(Some)
-            .map_err(|e| Error::CorruptState {
-                path,
-                detail: e.to_string(),
-            })
+            .map_err(|source| Error::CorruptState { path, source })
     }
 
     /// Writes the record atomically (a reader sees the old or the new one, never half).
     pub fn write(&self, dir: &SandboxDir) -> Result<()> {
         let path = dir.state_file();
         let tmp = dir.path().join("state.json.tmp");
-        let text = serde_json::to_vec_pretty(self).map_err(|e| Error::CorruptState {
+        let text = serde_json::to_vec_pretty(self).map_err(|source| Error::CorruptState {
             path: path.clone(),
-            detail: e.to_string(),
+            source,
         })?;
         let written = OpenOptions::new()
             .write(true)
@@ -211,7 +204,7 @@ fn private_home(sandboxes: &Path) -> Result<()> {
 }
 
 /// Seconds since the Unix epoch, now.
-pub(crate) fn unix_now() -> u64 {
+pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -372,6 +365,9 @@ fn clear_except_lock(dir: &SandboxDir) -> Result<()> {
     Ok(())
 }
 
+/// Lines of the guest console put into boot-failure errors.
+pub const CONSOLE_TAIL_LINES: usize = 30;
+
 /// The last `max_lines` lines of a text file (lossy UTF-8), reading at most its last 64 KiB
 /// and that of its rotated part ([`crate::logfile`]).
 pub fn tail_lines(path: &Path, max_lines: usize) -> String {
@@ -479,26 +475,7 @@ mod tests {
     }
 
     fn record(name: &str) -> StateRecord {
-        StateRecord {
-            name: name.into(),
-            pid: 42,
-            created: 1,
-            cpus: 1,
-            memory_mib: 256,
-            env: vec![("A".into(), "b".into())],
-            status: Status::Running,
-            detached: false,
-            exit: None,
-            boot: Some(BootTimes {
-                agent_start_ns: 1,
-                ready_ns: 2,
-            }),
-            workdir: None,
-            uid: None,
-            gid: None,
-            image: None,
-            command: Vec::new(),
-        }
+        crate::test_support::state_record(name, Status::Running, false)
     }
 
     #[test]

@@ -66,14 +66,25 @@ impl SocketPath {
 }
 
 /// Parses the device's answer to CONNECT (without the newline): the host-side port.
-pub fn parse_connect_reply(line: &str) -> std::result::Result<u32, String> {
+pub fn parse_connect_reply(line: &str) -> std::result::Result<u32, ConnectReplyError> {
     let mut words = line.split_ascii_whitespace();
     match (words.next(), words.next(), words.next()) {
         (Some("OK"), Some(port), None) => port
             .parse()
-            .map_err(|_| format!("bad port in the vsock device's reply {line:?}")),
-        _ => Err(format!("unexpected reply from the vsock device: {line:?}")),
+            .map_err(|_| ConnectReplyError::BadPort(line.to_string())),
+        _ => Err(ConnectReplyError::Unexpected(line.to_string())),
     }
+}
+
+/// A reply to CONNECT that is not `OK <port>`.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectReplyError {
+    /// `OK` with a port that is not a number.
+    #[error("bad port in the vsock device's reply {0:?}")]
+    BadPort(String),
+    /// Anything else.
+    #[error("unexpected reply from the vsock device: {0:?}")]
+    Unexpected(String),
 }
 
 fn refused(port: u32) -> Error {
@@ -135,9 +146,9 @@ pub async fn connect_within(uds: &Path, port: u32, timeout: Duration) -> Result<
         Ok(Err(e)) => return Err(Error::io("talking to the vsock device")(e)),
         Ok(Ok(line)) => line,
     };
-    parse_connect_reply(&String::from_utf8_lossy(&line)).map_err(|detail| Error::Protocol {
+    parse_connect_reply(&String::from_utf8_lossy(&line)).map_err(|e| Error::Protocol {
         peer: "the vsock device",
-        detail,
+        detail: e.to_string(),
     })?;
     Ok(stream)
 }
@@ -171,9 +182,9 @@ pub fn connect_blocking(
             break;
         }
     }
-    parse_connect_reply(&String::from_utf8_lossy(&line)).map_err(|detail| Error::Protocol {
+    parse_connect_reply(&String::from_utf8_lossy(&line)).map_err(|e| Error::Protocol {
         peer: "the vsock device",
-        detail,
+        detail: e.to_string(),
     })?;
     Ok(stream)
 }

@@ -74,6 +74,16 @@ pub const CONFINE_CHILDREN: &[Syscall] = &[
     libc::SYS_seccomp,
 ];
 
+/// Opening files and reading them: what the runtime's supervisor and the VM thread share.
+pub const FILE_READ: &[Syscall] = &[
+    libc::SYS_openat,
+    libc::SYS_read,
+    libc::SYS_lseek,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+];
+
 /// Reading and polling descriptors a thread already holds: event loops (epoll, eventfds).
 pub const EVENT_LOOP: &[Syscall] = &[
     libc::SYS_read,

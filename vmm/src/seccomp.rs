@@ -12,7 +12,7 @@
 //!   `/proc/self` and tears the VM down (the vsock device removes its socket file).
 
 use msbvm_virtio::confine::{
-    compile, BackendError, BpfProgram, Syscall, CONFINE_CHILDREN, EVENT_LOOP, SPAWN,
+    compile, BackendError, BpfProgram, Syscall, CONFINE_CHILDREN, EVENT_LOOP, FILE_READ, SPAWN,
 };
 
 /// The ioctl "type" byte of every KVM request (`KVMIO`), as the `(mask, value)` pair the
@@ -31,15 +31,9 @@ pub const VCPU: &[Syscall] = &[
     libc::SYS_rt_sigtimedwait,
 ];
 
-/// The VM thread's list (after set-up).
+/// The VM thread's list (after set-up), with `confine::FILE_READ`.
 pub const VM_THREAD: &[Syscall] = &[
     libc::SYS_ioctl,
-    libc::SYS_openat,
-    libc::SYS_read,
-    libc::SYS_lseek,
-    libc::SYS_fstat,
-    libc::SYS_newfstatat,
-    libc::SYS_statx,
     libc::SYS_fsync,
     libc::SYS_fcntl,
     // Tearing the devices down: the vsock device removes its listening socket.
@@ -77,7 +71,7 @@ pub fn program(kind: &str) -> Option<Result<BpfProgram, BackendError>> {
             let (lists, ioctls) = vcpu_lists();
             compile(&lists, &[libc::AF_UNIX], &ioctls)
         }
-        "vm" => compile(&[VM_THREAD, EVENT_LOOP], &[], &[KVM_IOCTLS]),
+        "vm" => compile(&[VM_THREAD, FILE_READ, EVENT_LOOP], &[], &[KVM_IOCTLS]),
         _ => return None,
     })
 }

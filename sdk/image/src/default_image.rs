@@ -48,7 +48,7 @@ pub fn ensure_default_image(store: &ImageStore) -> Result<ImageInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use msbvm_fs::layer_meta::LayerMeta;
+    use msbvm_layer_meta::LayerMeta;
 
     #[test]
     fn default_image_has_busybox_a_shell_and_os_release_and_imports_once() {

@@ -5,7 +5,7 @@
 //! ([`ImageStore::import_docker_archive`]) or the embedded busybox image
 //! ([`ensure_default_image`]). Blobs are stored once by digest, layers unpacked once by
 //! diff_id into the on-disk form the layered file system backend reads (see
-//! [`msbvm_fs::layer_meta`]); [`ImageStore::resolve`] hands the runtime the layer
+//! [`msbvm_layer_meta`]); [`ImageStore::resolve`] hands the runtime the layer
 //! directories and the image config, and [`ImageStore::lease`] keeps them from being
 //! garbage-collected while a sandbox runs. The layout on disk is described in the `store`
 //! module.

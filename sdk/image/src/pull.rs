@@ -6,6 +6,7 @@
 //! a partial file is left over (falling back to a full download when the registry ignores
 //! the range), and are renamed into `blobs/` only after their sha256 matched.
 
+use std::path::Path;
 use std::sync::Once;
 
 use futures_util::{StreamExt, TryStreamExt};
@@ -295,10 +296,7 @@ impl Puller<'_> {
     /// Downloads one blob into the store unless present, resuming a partial download.
     async fn blob(&self, desc: &Descriptor, report: bool) -> Result<()> {
         let store = self.store;
-        if store.has_blob(&desc.digest)? {
-            if report {
-                self.progress.download_finished(&desc.digest, true);
-            }
+        if self.present(desc, report)? {
             return Ok(());
         }
         let total = desc.size()?;
@@ -313,88 +311,43 @@ impl Puller<'_> {
             .await
             .map_err(join_error)??;
         // Another process may have fetched it while this one waited for the lock.
-        if store.has_blob(&desc.digest)? {
-            if report {
-                self.progress.download_finished(&desc.digest, true);
-            }
+        if self.present(desc, report)? {
             return Ok(());
         }
         let partial = store.partial_path(&desc.digest)?;
         let context = format!("downloading {}", desc.digest);
-        let mut file = tokio::fs::OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&partial)
-            .await
-            .map_err(io_err(&context))?;
-        let mut hasher = Sha256::new();
-        let mut offset = hash_existing(&mut file, &mut hasher, total)
-            .await
-            .map_err(io_err(&context))?;
-        if offset == total {
-            if finish(hasher.clone()) == desc.digest {
-                return self.commit_partial(desc, report).await;
-            }
-            offset = 0;
-        }
-        if offset == 0 {
-            file.set_len(0).await.map_err(io_err(&context))?;
-            hasher = Sha256::new();
-        }
+        let Some(mut download) = Partial::resume(&partial, desc, total, &context).await? else {
+            return self.commit_partial(desc, report).await;
+        };
         if report {
-            self.progress.download_started(&desc.digest, total, offset);
+            self.progress
+                .download_started(&desc.digest, total, download.offset);
         }
-        let od = OciDescriptor {
-            media_type: desc.media_type.clone(),
-            digest: desc.digest.clone(),
-            size: desc.size,
-            ..Default::default()
-        };
-        let err = |e| registry_error(&self.name, e);
-        let stream: SizedStream = if offset > 0 {
-            match self
-                .client
-                .pull_blob_stream_partial(&self.reference, &od, offset, None)
-                .await
-                .map_err(err)?
-            {
-                BlobResponse::Partial(s) => s,
-                BlobResponse::Full(s) => {
-                    // The registry ignored the range: start over.
-                    file.set_len(0).await.map_err(io_err(&context))?;
-                    hasher = Sha256::new();
-                    offset = 0;
-                    s
-                }
-            }
-        } else {
-            self.client
-                .pull_blob_stream(&self.reference, &od)
-                .await
-                .map_err(err)?
-        };
+        let stream = self.stream(desc, &mut download).await?;
         let mut chunks = stream.stream;
         while let Some(chunk) = chunks.next().await {
-            let chunk = chunk.map_err(io_err(&context))?;
-            offset += chunk.len() as u64;
-            if offset > total {
-                drop(file);
+            let chunk = chunk.map_err(io_err(download.context))?;
+            download.offset += chunk.len() as u64;
+            if download.offset > total {
+                drop(download);
                 let _ = tokio::fs::remove_file(&partial).await;
                 return Err(Error::InvalidImage(format!(
                     "registry sent more than the {total} bytes of {}",
                     desc.digest
                 )));
             }
-            hasher.update(&chunk);
-            file.write_all(&chunk).await.map_err(io_err(&context))?;
+            download.hasher.update(&chunk);
+            download
+                .file
+                .write_all(&chunk)
+                .await
+                .map_err(io_err(download.context))?;
             if report {
-                self.progress.download_progress(&desc.digest, offset);
+                self.progress
+                    .download_progress(&desc.digest, download.offset);
             }
         }
-        file.sync_all().await.map_err(io_err(&context))?;
-        drop(file);
-        let actual = finish(hasher);
+        let actual = download.finish().await?;
         if actual != desc.digest {
             let _ = tokio::fs::remove_file(&partial).await;
             return Err(Error::DigestMismatch {
@@ -404,6 +357,47 @@ impl Puller<'_> {
             });
         }
         self.commit_partial(desc, report).await
+    }
+
+    /// Whether the store has the blob already (reported as a finished download).
+    fn present(&self, desc: &Descriptor, report: bool) -> Result<bool> {
+        let present = self.store.has_blob(&desc.digest)?;
+        if present && report {
+            self.progress.download_finished(&desc.digest, true);
+        }
+        Ok(present)
+    }
+
+    /// The registry's stream of the blob from `download.offset` on (from the start when the
+    /// registry ignores the range; `download` starts over then).
+    async fn stream(&self, desc: &Descriptor, download: &mut Partial<'_>) -> Result<SizedStream> {
+        let od = OciDescriptor {
+            media_type: desc.media_type.clone(),
+            digest: desc.digest.clone(),
+            size: desc.size,
+            ..Default::default()
+        };
+        let err = |e| registry_error(&self.name, e);
+        if download.offset == 0 {
+            return self
+                .client
+                .pull_blob_stream(&self.reference, &od)
+                .await
+                .map_err(err);
+        }
+        match self
+            .client
+            .pull_blob_stream_partial(&self.reference, &od, download.offset, None)
+            .await
+            .map_err(err)?
+        {
+            BlobResponse::Partial(s) => Ok(s),
+            BlobResponse::Full(s) => {
+                // The registry ignored the range: start over.
+                download.restart().await?;
+                Ok(s)
+            }
+        }
     }
 
     async fn commit_partial(&self, desc: &Descriptor, report: bool) -> Result<()> {
@@ -421,6 +415,68 @@ impl Puller<'_> {
 
 /// Feeds what a partial download already holds into `hasher`; returns its length. A file
 /// longer than the blob is corrupt and counts as empty.
+/// A blob's partial download file, hashed up to `offset`.
+struct Partial<'a> {
+    file: tokio::fs::File,
+    hasher: Sha256,
+    offset: u64,
+    /// What errors say was being done.
+    context: &'a str,
+}
+
+impl<'a> Partial<'a> {
+    /// Opens the partial download at `path` and hashes what it holds; `None` when it is
+    /// already the whole blob.
+    async fn resume(
+        path: &Path,
+        desc: &Descriptor,
+        total: u64,
+        context: &'a str,
+    ) -> Result<Option<Partial<'a>>> {
+        let mut file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)
+            .await
+            .map_err(io_err(context))?;
+        let mut hasher = Sha256::new();
+        let mut offset = hash_existing(&mut file, &mut hasher, total)
+            .await
+            .map_err(io_err(context))?;
+        if offset == total {
+            if finish(hasher.clone()) == desc.digest {
+                return Ok(None);
+            }
+            offset = 0;
+        }
+        let mut partial = Partial {
+            file,
+            hasher,
+            offset,
+            context,
+        };
+        if offset == 0 {
+            partial.restart().await?;
+        }
+        Ok(Some(partial))
+    }
+
+    /// Empties the file, to download from the start.
+    async fn restart(&mut self) -> Result<()> {
+        self.file.set_len(0).await.map_err(io_err(self.context))?;
+        self.hasher = Sha256::new();
+        self.offset = 0;
+        Ok(())
+    }
+
+    /// Syncs and closes the file; returns the digest of what it holds.
+    async fn finish(self) -> Result<String> {
+        self.file.sync_all().await.map_err(io_err(self.context))?;
+        Ok(finish(self.hasher))
+    }
+}
+
 async fn hash_existing(
     file: &mut tokio::fs::File,
     hasher: &mut Sha256,

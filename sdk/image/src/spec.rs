@@ -188,12 +188,10 @@ impl std::fmt::Display for Platform {
 
 /// The image config blob (only what the store uses).
 #[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
 pub(crate) struct ConfigFile {
-    #[serde(default)]
     pub created: Option<String>,
-    #[serde(default)]
     pub config: Option<ContainerConfig>,
-    #[serde(default)]
     pub rootfs: Option<RootFs>,
 }
 

@@ -4,7 +4,7 @@
 //! <root>/                       ($MSBVM_HOME/images)
 //!   blobs/sha256/<hex>          compressed layers, configs, manifests and indexes, by digest
 //!   layers/<diff_id hex>/       one unpacked layer, shared by every image that has it
-//!     rootfs/                   the tree (see msbvm_fs::layer_meta)
+//!     rootfs/                   the tree (see msbvm_layer_meta)
 //!     meta.json                 owners, modes, devices, xattrs
 //!   refs.json                   reference -> manifest, config and layer digests
 //!   tmp/                        in-flight work: blob-<hex>.partial downloads (resumed by the

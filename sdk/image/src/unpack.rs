@@ -23,7 +23,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use msbvm_fs::layer_meta::{EntryMeta, LayerMeta, ROOTFS_DIR};
+use msbvm_layer_meta::{EntryMeta, LayerMeta, ROOTFS_DIR};
 use tar::EntryType;
 
 use crate::digest::HashingReader;
@@ -209,51 +209,8 @@ impl Unpacker {
             .map_err(io_err("reading an entry path"))?
             .into_owned();
         let rel = normalize(&raw)?;
-        let header = entry.header();
-        let kind = header.entry_type();
-        let perm = header
-            .mode()
-            .map_err(|e| refuse(&rel, format!("bad mode: {e}")))?
-            & 0o7777;
-        let mut meta = EntryMeta {
-            uid: id32(&rel, header.uid())?,
-            gid: id32(&rel, header.gid())?,
-            mode: perm,
-            rdev: 0,
-            xattrs: Vec::new(),
-        };
-        let device = (
-            header.device_major().ok().flatten().unwrap_or(0),
-            header.device_minor().ok().flatten().unwrap_or(0),
-        );
-        if let Some(exts) = entry
-            .pax_extensions()
-            .map_err(io_err("reading PAX headers"))?
-        {
-            for ext in exts {
-                let ext = ext.map_err(io_err("reading PAX headers"))?;
-                let Ok(key) = ext.key() else { continue };
-                if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
-                    if meta.xattrs.len() >= MAX_XATTRS || ext.value_bytes().len() > MAX_XATTR_VALUE
-                    {
-                        return Err(refuse(&rel, "too many or too large xattrs"));
-                    }
-                    meta.xattrs
-                        .push((name.to_string(), ext.value_bytes().to_vec()));
-                } else if key == "uid" || key == "gid" {
-                    let v = ext
-                        .value()
-                        .ok()
-                        .and_then(|v| v.parse::<u32>().ok())
-                        .ok_or_else(|| refuse(&rel, format!("bad PAX {key}")))?;
-                    if key == "uid" {
-                        meta.uid = v;
-                    } else {
-                        meta.gid = v;
-                    }
-                }
-            }
-        }
+        let kind = entry.header().entry_type();
+        let (mut meta, perm) = entry_meta(&mut entry, &rel)?;
 
         if rel.is_empty() {
             // The archive's root ("./"): only its metadata matters.
@@ -277,16 +234,7 @@ impl Unpacker {
                 meta.mode |= libc::S_IFDIR;
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                self.clear_target(&rel, false)?;
-                let size = entry.size();
-                if self.written.saturating_add(size) > self.limits.max_bytes {
-                    return Err(refuse(&rel, "layer contents exceed the size limit"));
-                }
-                let mut file = create_new(&path)?;
-                let copied = io::copy(&mut (&mut entry).take(size), &mut file)
-                    .map_err(io_err(format!("writing {}", path.display())))?;
-                self.written += copied;
-                set_mode(&path, (perm & 0o755) | 0o600)?;
+                self.regular_file(&mut entry, &rel, &path, perm)?;
                 meta.mode |= libc::S_IFREG;
             }
             EntryType::Symlink => {
@@ -300,33 +248,13 @@ impl Unpacker {
                     .map_err(io_err(format!("creating symlink {}", path.display())))?;
                 meta.mode |= libc::S_IFLNK;
             }
-            EntryType::Link => {
-                let target = entry
-                    .link_name()
-                    .map_err(io_err("reading a hard link target"))?
-                    .ok_or_else(|| refuse(&rel, "hard link without a target"))?;
-                let target_rel = normalize(&target)?;
-                let target_meta = self
-                    .entries
-                    .get(&target_rel)
-                    .filter(|m| m.mode & libc::S_IFMT != libc::S_IFDIR)
-                    .cloned()
-                    .ok_or_else(|| {
-                        refuse(&rel, format!("hard link to {target_rel:?}, which is not an earlier file of this layer"))
-                    })?;
-                if target_rel == rel {
-                    return Err(refuse(&rel, "hard link to itself"));
-                }
-                self.prepare_parents(&target_rel)?;
-                self.clear_target(&rel, false)?;
-                fs::hard_link(self.host_path(&target_rel), &path)
-                    .map_err(io_err(format!("creating hard link {}", path.display())))?;
-                // Both names are one inode, so they share the target's metadata.
-                meta = target_meta;
-            }
+            // Both names are one inode, so they share the target's metadata.
+            EntryType::Link => meta = self.hard_link(&entry, &rel, &path)?,
             EntryType::Char | EntryType::Block => {
                 self.clear_target(&rel, false)?;
-                let (major, minor) = device;
+                let header = entry.header();
+                let major = header.device_major().ok().flatten().unwrap_or(0);
+                let minor = header.device_minor().ok().flatten().unwrap_or(0);
                 create_new(&path)?;
                 set_mode(&path, 0o600)?;
                 meta.rdev = libc::makedev(major, minor);
@@ -338,15 +266,7 @@ impl Unpacker {
             }
             EntryType::Fifo => {
                 self.clear_target(&rel, false)?;
-                let c = CString::new(path.as_os_str().as_bytes())
-                    .map_err(|_| refuse(&rel, "path contains a NUL byte"))?;
-                // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
-                if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
-                    return Err(io_err(format!("creating FIFO {}", path.display()))(
-                        io::Error::last_os_error(),
-                    ));
-                }
-                set_mode(&path, (perm & 0o755) | 0o600)?;
+                make_fifo(&rel, &path, perm)?;
                 meta.mode |= libc::S_IFIFO;
             }
             other => {
@@ -357,6 +277,120 @@ impl Unpacker {
         self.entries.insert(rel, meta);
         Ok(())
     }
+
+    /// A regular file's contents, within the layer's size limit.
+    fn regular_file<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        rel: &str,
+        path: &Path,
+        perm: u32,
+    ) -> Result<()> {
+        self.clear_target(rel, false)?;
+        let size = entry.size();
+        if self.written.saturating_add(size) > self.limits.max_bytes {
+            return Err(refuse(rel, "layer contents exceed the size limit"));
+        }
+        let mut file = create_new(path)?;
+        let copied = io::copy(&mut entry.take(size), &mut file)
+            .map_err(io_err(format!("writing {}", path.display())))?;
+        self.written += copied;
+        set_mode(path, (perm & 0o755) | 0o600)
+    }
+
+    /// A hard link to an earlier file of this layer; returns the target's metadata.
+    fn hard_link<R: Read>(
+        &mut self,
+        entry: &tar::Entry<'_, R>,
+        rel: &str,
+        path: &Path,
+    ) -> Result<EntryMeta> {
+        let target = entry
+            .link_name()
+            .map_err(io_err("reading a hard link target"))?
+            .ok_or_else(|| refuse(rel, "hard link without a target"))?;
+        let target_rel = normalize(&target)?;
+        let target_meta = self
+            .entries
+            .get(&target_rel)
+            .filter(|m| m.mode & libc::S_IFMT != libc::S_IFDIR)
+            .cloned()
+            .ok_or_else(|| {
+                refuse(
+                    rel,
+                    format!(
+                        "hard link to {target_rel:?}, which is not an earlier file of this layer"
+                    ),
+                )
+            })?;
+        if target_rel == rel {
+            return Err(refuse(rel, "hard link to itself"));
+        }
+        self.prepare_parents(&target_rel)?;
+        self.clear_target(rel, false)?;
+        fs::hard_link(self.host_path(&target_rel), path)
+            .map_err(io_err(format!("creating hard link {}", path.display())))?;
+        Ok(target_meta)
+    }
+}
+
+/// An entry's metadata from its header and PAX records (owner, mode, xattrs), and its
+/// permission bits.
+fn entry_meta<R: Read>(entry: &mut tar::Entry<'_, R>, rel: &str) -> Result<(EntryMeta, u32)> {
+    let header = entry.header();
+    let perm = header
+        .mode()
+        .map_err(|e| refuse(rel, format!("bad mode: {e}")))?
+        & 0o7777;
+    let mut meta = EntryMeta {
+        uid: id32(rel, header.uid())?,
+        gid: id32(rel, header.gid())?,
+        mode: perm,
+        rdev: 0,
+        xattrs: Vec::new(),
+    };
+    let Some(exts) = entry
+        .pax_extensions()
+        .map_err(io_err("reading PAX headers"))?
+    else {
+        return Ok((meta, perm));
+    };
+    for ext in exts {
+        let ext = ext.map_err(io_err("reading PAX headers"))?;
+        let Ok(key) = ext.key() else { continue };
+        if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
+            if meta.xattrs.len() >= MAX_XATTRS || ext.value_bytes().len() > MAX_XATTR_VALUE {
+                return Err(refuse(rel, "too many or too large xattrs"));
+            }
+            meta.xattrs
+                .push((name.to_string(), ext.value_bytes().to_vec()));
+        } else if key == "uid" || key == "gid" {
+            let v = ext
+                .value()
+                .ok()
+                .and_then(|v| v.parse::<u32>().ok())
+                .ok_or_else(|| refuse(rel, format!("bad PAX {key}")))?;
+            if key == "uid" {
+                meta.uid = v;
+            } else {
+                meta.gid = v;
+            }
+        }
+    }
+    Ok((meta, perm))
+}
+
+/// A FIFO at `path` with the entry's permission bits.
+fn make_fifo(rel: &str, path: &Path, perm: u32) -> Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| refuse(rel, "path contains a NUL byte"))?;
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+        return Err(io_err(format!("creating FIFO {}", path.display()))(
+            io::Error::last_os_error(),
+        ));
+    }
+    set_mode(path, (perm & 0o755) | 0o600)
 }
 
 fn id32(rel: &str, id: io::Result<u64>) -> Result<u32> {

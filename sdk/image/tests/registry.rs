@@ -9,8 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use msbvm_fs::layer_meta::LayerMeta;
 use msbvm_image::{Auth, Error, ImageStore, NoProgress, Platform, PullOptions, PullProgress};
+use msbvm_layer_meta::LayerMeta;
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::manifest::OciImageIndex;
 use oci_client::secrets::RegistryAuth;

@@ -1,7 +1,7 @@
 //! The exec client against a fake agent over a Unix socket.
 
 use super::*;
-use crate::test_support::FakeAgent;
+use crate::test_support::{FakeAgent, Session};
 use msbvm_protocol::{ExecRequest, GuestMessage as G, HostMessage as H};
 use tempfile::TempDir;
 
@@ -19,12 +19,23 @@ async fn start(tmp: &TempDir, opts: ExecOptions) -> Result<ExecStream> {
     .await
 }
 
+/// A fake agent in a new directory that takes the hello and one exec request, then plays
+/// `script` with the request.
+fn exec_agent(
+    script: impl Fn(&mut Session, ExecRequest) + Send + Sync + 'static,
+) -> (TempDir, FakeAgent) {
+    let tmp = TempDir::new().unwrap();
+    let fake = FakeAgent::spawn(&tmp.path().join("vsock.sock"), 1, move |s| {
+        s.hello();
+        let request = s.expect_exec();
+        script(s, request);
+    });
+    (tmp, fake)
+}
+
 #[tokio::test]
 async fn collects_output_and_exit_code_with_merged_env() {
-    let tmp = TempDir::new().unwrap();
-    let fake = FakeAgent::spawn(&tmp.path().join("vsock.sock"), 1, |s| {
-        s.hello();
-        let r = s.expect_exec();
+    let (tmp, fake) = exec_agent(|s, r| {
         assert_eq!(r.argv, ["sh", "-c", "x"]);
         assert_eq!(r.cwd.as_deref(), Some("/tmp"));
         assert_eq!(r.uid, Some(7));
@@ -65,10 +76,7 @@ async fn collects_output_and_exit_code_with_merged_env() {
 
 #[tokio::test]
 async fn events_come_in_order_starting_with_started() {
-    let tmp = TempDir::new().unwrap();
-    let fake = FakeAgent::spawn(&tmp.path().join("vsock.sock"), 1, |s| {
-        s.hello();
-        s.expect_exec();
+    let (tmp, fake) = exec_agent(|s, _| {
         s.send(&G::Pong); // ignored
         s.send(&G::Started { pid: 5 });
         s.send_raw(&[2, 0, 0, 0, 0xff, 0xff]); // malformed: skipped
@@ -94,10 +102,7 @@ async fn events_come_in_order_starting_with_started() {
 
 #[tokio::test]
 async fn start_failure_is_an_agent_error() {
-    let tmp = TempDir::new().unwrap();
-    let fake = FakeAgent::spawn(&tmp.path().join("vsock.sock"), 1, |s| {
-        s.hello();
-        s.expect_exec();
+    let (tmp, fake) = exec_agent(|s, _| {
         s.send(&G::Error {
             message: "nope: command not found".into(),
         });
@@ -119,10 +124,7 @@ async fn empty_argv_is_refused_before_connecting() {
 
 #[tokio::test]
 async fn stdin_is_chunked_and_closed() {
-    let tmp = TempDir::new().unwrap();
-    let fake = FakeAgent::spawn(&tmp.path().join("vsock.sock"), 1, |s| {
-        s.hello();
-        s.expect_exec();
+    let (tmp, fake) = exec_agent(|s, _| {
         s.send(&G::Started { pid: 1 });
         // Echo stdin back, like `cat`, counting chunks.
         let mut chunks = 0;
@@ -159,10 +161,7 @@ async fn stdin_is_chunked_and_closed() {
 
 #[tokio::test]
 async fn signal_and_resize_reach_the_agent() {
-    let tmp = TempDir::new().unwrap();
-    let fake = FakeAgent::spawn(&tmp.path().join("vsock.sock"), 1, |s| {
-        s.hello();
-        let r = s.expect_exec();
+    let (tmp, fake) = exec_agent(|s, r| {
         assert_eq!(r.tty, Some(TtySize { rows: 24, cols: 80 }));
         assert!(r.env.contains(&("TERM".into(), "xterm".into())));
         s.send(&G::Started { pid: 1 });
@@ -200,10 +199,7 @@ async fn signal_and_resize_reach_the_agent() {
 
 #[tokio::test]
 async fn agent_timeout_is_reported_as_timed_out() {
-    let tmp = TempDir::new().unwrap();
-    let fake = FakeAgent::spawn(&tmp.path().join("vsock.sock"), 1, |s| {
-        s.hello();
-        let r = s.expect_exec();
+    let (tmp, fake) = exec_agent(|s, r| {
         assert_eq!(r.timeout_ms, Some(1500));
         s.send(&G::Started { pid: 1 });
         s.send(&G::Exited(ExitStatus::TimedOut));
@@ -217,10 +213,7 @@ async fn agent_timeout_is_reported_as_timed_out() {
 
 #[tokio::test]
 async fn silent_agent_after_timeout_hits_the_backstop() {
-    let tmp = TempDir::new().unwrap();
-    let fake = FakeAgent::spawn(&tmp.path().join("vsock.sock"), 1, |s| {
-        s.hello();
-        s.expect_exec();
+    let (tmp, fake) = exec_agent(|s, _| {
         s.send(&G::Started { pid: 1 });
         // Never reports the exit; the SDK gives up and sends SIGKILL.
         assert_eq!(s.recv(), Some(H::Signal(libc::SIGKILL)));
@@ -239,10 +232,7 @@ async fn silent_agent_after_timeout_hits_the_backstop() {
 
 #[tokio::test]
 async fn connection_lost_before_exit_is_an_error() {
-    let tmp = TempDir::new().unwrap();
-    let fake = FakeAgent::spawn(&tmp.path().join("vsock.sock"), 1, |s| {
-        s.hello();
-        s.expect_exec();
+    let (tmp, fake) = exec_agent(|s, _| {
         s.send(&G::Started { pid: 1 });
         s.send(&G::Stdout(b"partial".to_vec()));
     });
@@ -332,10 +322,7 @@ async fn messages_that_never_start_the_process_end_the_start() {
 
 #[tokio::test]
 async fn a_slow_trickle_before_started_hits_one_reply_timeout() {
-    let tmp = TempDir::new().unwrap();
-    let fake = FakeAgent::spawn(&tmp.path().join("vsock.sock"), 1, |s| {
-        s.hello();
-        s.expect_exec();
+    let (tmp, fake) = exec_agent(|s, _| {
         // Fewer messages than the skip limit, each inside the reply timeout.
         for _ in 0..10 {
             if s.try_send(&G::Pong).is_err() {
@@ -361,10 +348,7 @@ async fn a_slow_trickle_before_started_hits_one_reply_timeout() {
 
 #[tokio::test]
 async fn collected_output_is_capped_and_the_process_killed() {
-    let tmp = TempDir::new().unwrap();
-    let fake = FakeAgent::spawn(&tmp.path().join("vsock.sock"), 1, |s| {
-        s.hello();
-        s.expect_exec();
+    let (tmp, fake) = exec_agent(|s, _| {
         s.send(&G::Started { pid: 7 });
         let chunk = vec![b'y'; MAX_CHUNK_LEN];
         let mut sent = 0u64;
@@ -401,10 +385,7 @@ async fn collected_output_is_capped_and_the_process_killed() {
 /// nothing for longer than it still runs to its end.
 #[tokio::test]
 async fn a_quiet_process_outlives_the_reply_timeout() {
-    let tmp = TempDir::new().unwrap();
-    let fake = FakeAgent::spawn(&tmp.path().join("vsock.sock"), 1, |s| {
-        s.hello();
-        s.expect_exec();
+    let (tmp, fake) = exec_agent(|s, _| {
         s.send(&G::Started { pid: 7 });
         std::thread::sleep(Duration::from_millis(600));
         s.send(&G::Exited(ExitStatus::Code(0)));

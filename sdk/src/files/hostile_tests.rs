@@ -65,17 +65,15 @@ fn limits_with_timeout(reply: Duration) -> AgentLimits {
     }
 }
 
-#[tokio::test]
-async fn an_endless_pax_header_is_refused_after_a_bounded_read() {
+/// Copies `/root` out of an agent that streams the archive `head` and then zeros; returns
+/// the SDK's error, how many bytes the SDK took, whether the destination exists, and how
+/// many entries the test directory has (the socket alone when nothing was written).
+async fn copy_out_of_hostile_archive(head: Vec<u8>) -> (Error, u64, bool, usize) {
     let tmp = TempDir::new().unwrap();
     let sent = Arc::new(AtomicU64::new(0));
     let counter = sent.clone();
     let fake = FakeAgent::spawn(&tmp.path().join("vsock.sock"), 1, move |s| {
-        stream_archive(
-            s,
-            &header("root", tar::EntryType::XHeader, (8 << 30) - 1),
-            &counter,
-        )
+        stream_archive(s, &head, &counter)
     });
     let dest = tmp.path().join("out");
     let e = copy_out(
@@ -86,37 +84,27 @@ async fn an_endless_pax_header_is_refused_after_a_bounded_read() {
     )
     .await
     .unwrap_err();
-    assert!(e.to_string().contains("65536-byte limit"), "{e}");
     fake.join();
-    let took = sent.load(Ordering::Relaxed);
+    let entries = std::fs::read_dir(tmp.path()).unwrap().count();
+    (e, sent.load(Ordering::Relaxed), dest.exists(), entries)
+}
+
+#[tokio::test]
+async fn an_endless_pax_header_is_refused_after_a_bounded_read() {
+    let (e, took, dest_exists, _) =
+        copy_out_of_hostile_archive(header("root", tar::EntryType::XHeader, (8 << 30) - 1)).await;
+    assert!(e.to_string().contains("65536-byte limit"), "{e}");
     assert!(
         took < BOUNDED,
         "the SDK read {took} bytes of an endless header"
     );
-    assert!(!dest.exists());
+    assert!(!dest_exists);
 }
 
 #[tokio::test]
 async fn a_10_gib_file_claim_is_refused_before_its_data() {
-    let tmp = TempDir::new().unwrap();
-    let sent = Arc::new(AtomicU64::new(0));
-    let counter = sent.clone();
-    let fake = FakeAgent::spawn(&tmp.path().join("vsock.sock"), 1, move |s| {
-        stream_archive(
-            s,
-            &header("root", tar::EntryType::Regular, 10 << 30),
-            &counter,
-        )
-    });
-    let dest = tmp.path().join("out");
-    let e = copy_out(
-        &tmp.path().join("vsock.sock"),
-        "/root",
-        &dest,
-        &AgentLimits::default(),
-    )
-    .await
-    .unwrap_err();
+    let (e, took, dest_exists, entries) =
+        copy_out_of_hostile_archive(header("root", tar::EntryType::Regular, 10 << 30)).await;
     assert!(
         matches!(
             e,
@@ -127,18 +115,12 @@ async fn a_10_gib_file_claim_is_refused_before_its_data() {
         ),
         "{e}"
     );
-    fake.join();
-    let took = sent.load(Ordering::Relaxed);
     assert!(
         took < BOUNDED,
         "the SDK read {took} bytes of the claimed file"
     );
-    assert!(!dest.exists());
-    assert_eq!(
-        std::fs::read_dir(tmp.path()).unwrap().count(),
-        1,
-        "only the socket"
-    );
+    assert!(!dest_exists);
+    assert_eq!(entries, 1, "only the socket");
 }
 
 /// The destination is in a directory the guest shares (a volume): while the archive is

@@ -57,6 +57,12 @@ fn s(path: &Path) -> String {
     path.to_str().unwrap().to_string()
 }
 
+/// `e` is a file error of kind `kind`.
+#[track_caller]
+fn assert_kind(e: &Error, kind: FileErrorKind) {
+    assert_eq!(e.file_error_kind(), Some(kind), "{e}");
+}
+
 #[tokio::test]
 async fn files_roundtrip_through_write_read_and_stream() {
     let tmp = TempDir::new().unwrap();
@@ -123,16 +129,12 @@ async fn guest_failures_are_typed_errors() {
     )
     .await
     .unwrap_err();
-    assert_eq!(e.file_error_kind(), Some(FileErrorKind::NotFound), "{e}");
+    assert_kind(&e, FileErrorKind::NotFound);
     assert!(e.to_string().contains("missing"), "{e}");
     let e = read_stream(&uds, &s(tmp.path()), &AgentLimits::default())
         .await
         .unwrap_err();
-    assert_eq!(
-        e.file_error_kind(),
-        Some(FileErrorKind::IsADirectory),
-        "{e}"
-    );
+    assert_kind(&e, FileErrorKind::IsADirectory);
     // Refused before any data is sent.
     let e = write_from(
         &uds,
@@ -143,15 +145,11 @@ async fn guest_failures_are_typed_errors() {
     )
     .await
     .unwrap_err();
-    assert_eq!(
-        e.file_error_kind(),
-        Some(FileErrorKind::IsADirectory),
-        "{e}"
-    );
+    assert_kind(&e, FileErrorKind::IsADirectory);
     let e = list(&uds, "/definitely/not/here", &AgentLimits::default())
         .await
         .unwrap_err();
-    assert_eq!(e.file_error_kind(), Some(FileErrorKind::NotFound), "{e}");
+    assert_kind(&e, FileErrorKind::NotFound);
 }
 
 /// A source that yields some data, then fails.
@@ -209,13 +207,7 @@ async fn directories_list_stat_create_rename_remove() {
         parents,
         mode: None,
     };
-    let e = simple(&uds, make(false), &AgentLimits::default())
-        .await
-        .unwrap_err();
-    assert_eq!(e.file_error_kind(), Some(FileErrorKind::NotFound));
-    simple(&uds, make(true), &AgentLimits::default())
-        .await
-        .unwrap();
+    refused_without_the_flag(&uds, make, FileErrorKind::NotFound).await;
     std::fs::write(d.join("b"), b"bb").unwrap();
     symlink("b", d.join("a")).unwrap();
     let entries = list(&uds, &s(&d), &AgentLimits::default()).await.unwrap();
@@ -246,14 +238,23 @@ async fn directories_list_stat_create_rename_remove() {
         path: s(&tmp.path().join("x")),
         recursive,
     };
-    let e = simple(&uds, remove(false), &AgentLimits::default())
+    refused_without_the_flag(&uds, remove, FileErrorKind::DirectoryNotEmpty).await;
+    assert!(!tmp.path().join("x").exists());
+}
+
+/// `request(false)` fails with `kind`; `request(true)` (the flag that allows it) succeeds.
+async fn refused_without_the_flag(
+    uds: &Path,
+    request: impl Fn(bool) -> FileRequest,
+    kind: FileErrorKind,
+) {
+    let e = simple(uds, request(false), &AgentLimits::default())
         .await
         .unwrap_err();
-    assert_eq!(e.file_error_kind(), Some(FileErrorKind::DirectoryNotEmpty));
-    simple(&uds, remove(true), &AgentLimits::default())
+    assert_eq!(e.file_error_kind(), Some(kind));
+    simple(uds, request(true), &AgentLimits::default())
         .await
         .unwrap();
-    assert!(!tmp.path().join("x").exists());
 }
 
 #[tokio::test]
@@ -314,7 +315,7 @@ async fn trees_and_files_copy_in_and_out() {
     )
     .await
     .unwrap_err();
-    assert_eq!(e.file_error_kind(), Some(FileErrorKind::NotFound), "{e}");
+    assert_kind(&e, FileErrorKind::NotFound);
     let e = copy_in(
         &uds,
         &host.path().join("none"),

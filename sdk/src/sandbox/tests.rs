@@ -3,33 +3,11 @@
 
 use super::*;
 use crate::control::ControlResponse;
-use crate::runtime::Event;
 use crate::test_support::FakeAgent;
 use msbvm_protocol::{ExitStatus, GuestMessage as G};
 use tempfile::TempDir;
 
-fn record(name: &str, status: Status, detached: bool) -> StateRecord {
-    StateRecord {
-        name: name.into(),
-        pid: std::process::id(),
-        created: 100,
-        cpus: 2,
-        memory_mib: 256,
-        env: vec![("FROM_SANDBOX".into(), "yes".into())],
-        status,
-        detached,
-        exit: None,
-        boot: Some(BootTimes {
-            agent_start_ns: 1,
-            ready_ns: 2,
-        }),
-        workdir: None,
-        uid: None,
-        gid: None,
-        image: None,
-        command: Vec::new(),
-    }
-}
+use crate::test_support::state_record as record;
 
 /// A sandbox that looks live: the test holds its lock, like a runtime would.
 fn live(home: &Path, name: &str, status: Status, detached: bool) -> (SandboxDir, state::Claim) {
@@ -117,9 +95,9 @@ fn list_shows_live_and_detached_and_drops_dead_attached_debris() {
 fn fake_runtime(dir: &SandboxDir, claim: state::Claim) -> std::thread::JoinHandle<Vec<String>> {
     let listener = std::os::unix::net::UnixListener::bind(dir.control_socket()).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
-    crate::runtime::spawn_control_server_for_tests(listener, tx);
+    crate::control::server::spawn(listener, || {}, crate::test_support::forward_to(tx)).unwrap();
     std::thread::spawn(move || {
-        let Ok(Event::Control(request, reply)) = rx.recv() else {
+        let Ok((request, reply)) = rx.recv() else {
             return Vec::new();
         };
         drop(claim);

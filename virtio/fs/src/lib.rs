@@ -19,7 +19,7 @@ mod handle_table;
 pub mod hooks;
 #[allow(unsafe_code)]
 mod host_util;
-pub mod layer_meta;
+pub use msbvm_layer_meta as layer_meta;
 pub mod layered;
 pub mod memory;
 pub mod passthrough;

@@ -9,8 +9,8 @@ use std::time::Instant;
 use msbvm_vmm::kvm::{probe_host, HostKvm};
 use msbvm_vmm::{BootSource, ConsoleOutput, StopHandle, VmConfig, VmEvent, VsockConfig};
 
-use crate::error::Error;
-use crate::paths::SandboxDir;
+use msbvm_sdk::paths::SandboxDir;
+use msbvm_sdk::Error;
 
 use super::Event;
 
@@ -44,15 +44,15 @@ pub fn device_socket_path(dir: &SandboxDir) -> PathBuf {
     if absolute.as_os_str().len() <= MAX_UDS_PATH {
         absolute
     } else {
-        PathBuf::from(crate::paths::VSOCK_SOCKET)
+        PathBuf::from(msbvm_sdk::paths::VSOCK_SOCKET)
     }
 }
 
-/// The guest console: a capped, rotated log ([`crate::logfile`]), since the guest decides
+/// The guest console: a capped, rotated log ([`msbvm_sdk::logfile`]), since the guest decides
 /// how much it prints; an uncapped file only if that cannot be opened.
 fn console_output(dir: &SandboxDir) -> ConsoleOutput {
     let path = dir.console_log();
-    match crate::logfile::CappedLog::open(&path, crate::logfile::max_bytes_from_env()) {
+    match msbvm_sdk::logfile::CappedLog::open(&path, msbvm_sdk::logfile::max_bytes_from_env()) {
         Ok(log) => ConsoleOutput::Writer(std::sync::Arc::new(std::sync::Mutex::new(log))),
         Err(e) => {
             tracing::warn!("cannot open {} as a capped log: {e}", path.display());

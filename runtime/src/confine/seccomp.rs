@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use msbvm_virtio::confine::{BackendError, BpfProgram, Syscall, SPAWN};
+use msbvm_virtio::confine::{BackendError, BpfProgram, Syscall, FILE_READ, SPAWN};
 
 /// The signal thread: waits for the handled signals and hands them on.
 pub const SIGNALS: &[Syscall] = &[libc::SYS_rt_sigtimedwait];
@@ -30,18 +30,12 @@ pub const LISTENER: &[Syscall] = &[
     libc::SYS_accept,
 ];
 
-/// The supervisor (the main thread after set-up) and the shutdown thread it starts: state
+/// The supervisor (the main thread after set-up; with [`FILE_READ`]) and the shutdown thread it starts: state
 /// records written by rename, the final clean-up of the state directory, a connection to the
 /// agent with socket timeouts, the listener of a port published while the sandbox runs
 /// (`msbvm net publish` binds it here and hands it to the netstack), waiting for the VM
 /// thread.
 pub const SUPERVISOR: &[Syscall] = &[
-    libc::SYS_openat,
-    libc::SYS_read,
-    libc::SYS_lseek,
-    libc::SYS_fstat,
-    libc::SYS_newfstatat,
-    libc::SYS_statx,
     libc::SYS_getdents64,
     libc::SYS_fcntl,
     libc::SYS_flock,
@@ -69,27 +63,26 @@ pub const SUPERVISOR: &[Syscall] = &[
     libc::SYS_getppid,
     libc::SYS_getuid,
     libc::SYS_geteuid,
-    #[cfg(target_arch = "x86_64")]
-    libc::SYS_poll,
-    #[cfg(target_arch = "x86_64")]
-    libc::SYS_rename,
-    #[cfg(target_arch = "x86_64")]
-    libc::SYS_unlink,
-    #[cfg(target_arch = "x86_64")]
-    libc::SYS_rmdir,
-    #[cfg(target_arch = "x86_64")]
-    libc::SYS_mkdir,
-    #[cfg(target_arch = "x86_64")]
-    libc::SYS_open,
-    #[cfg(target_arch = "x86_64")]
-    libc::SYS_chmod,
-    #[cfg(target_arch = "x86_64")]
-    libc::SYS_stat,
-    #[cfg(target_arch = "x86_64")]
-    libc::SYS_lstat,
 ];
 
-/// The log writer thread ([`super::super::log_writer`]): appends to `runtime.log` and, when
+/// The supervisor's calls that x86-64 has beside their `*at` and `ppoll` forms (std and
+/// libc still make some of them).
+#[cfg(target_arch = "x86_64")]
+const SUPERVISOR_LEGACY: &[Syscall] = &[
+    libc::SYS_poll,
+    libc::SYS_rename,
+    libc::SYS_unlink,
+    libc::SYS_rmdir,
+    libc::SYS_mkdir,
+    libc::SYS_open,
+    libc::SYS_chmod,
+    libc::SYS_stat,
+    libc::SYS_lstat,
+];
+#[cfg(not(target_arch = "x86_64"))]
+const SUPERVISOR_LEGACY: &[Syscall] = &[];
+
+/// The log writer thread (`log_writer`): appends to `runtime.log` and, when
 /// it is full, renames it and opens a new one relative to the sandbox directory, then points
 /// stderr at it.
 pub const LOG: &[Syscall] = &[
@@ -134,7 +127,7 @@ pub fn program(kind: &str) -> Option<Result<BpfProgram, BackendError>> {
         "log" => compile(&[LOG], &[], &[]),
         "control" | "agent-events" => compile(&[LISTENER, SPAWN], &[], &fionbio),
         "supervisor" => compile(
-            &[SUPERVISOR, SPAWN],
+            &[SUPERVISOR, SUPERVISOR_LEGACY, FILE_READ, SPAWN],
             &[libc::AF_UNIX, libc::AF_INET, libc::AF_INET6],
             &fionbio,
         ),

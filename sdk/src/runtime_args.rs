@@ -71,7 +71,7 @@ impl RuntimeArgs {
     }
 
     /// Parses the arguments after `__runtime`.
-    pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<RuntimeArgs, String> {
+    pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<RuntimeArgs, ArgsError> {
         let mut name = None;
         let mut home = None;
         let mut parsed = RuntimeArgs {
@@ -88,59 +88,110 @@ impl RuntimeArgs {
         };
         let mut args = args.into_iter();
         while let Some(flag) = args.next() {
-            let flag = flag
-                .into_string()
-                .map_err(|f| format!("bad argument {f:?}"))?;
+            let flag = flag.into_string().map_err(ArgsError::NotUtf8)?;
             if flag == "--detached" {
                 parsed.detached = true;
                 continue;
             }
-            let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+            let value = args
+                .next()
+                .ok_or_else(|| ArgsError::NeedsValue(flag.clone()))?;
             if flag == "--home" {
                 home = Some(PathBuf::from(value));
                 continue;
             }
             let value = value
                 .into_string()
-                .map_err(|v| format!("{flag}: value {v:?} is not UTF-8"))?;
+                .map_err(|value| ArgsError::ValueNotUtf8 {
+                    flag: flag.clone(),
+                    value,
+                })?;
             let number = |v: &str| {
-                v.parse::<u64>()
-                    .map_err(|_| format!("{flag}: {v:?} is not a number"))
+                v.parse::<u64>().map_err(|_| ArgsError::NotANumber {
+                    flag: flag.clone(),
+                    value: v.to_string(),
+                })
             };
             match flag.as_str() {
                 "--name" => name = Some(value),
                 "--cpus" => {
                     parsed.cpus = u8::try_from(number(&value)?)
-                        .map_err(|_| format!("--cpus {value} is too large"))?
+                        .map_err(|_| ArgsError::TooManyCpus(value.clone()))?
                 }
                 "--memory" => parsed.memory_mib = number(&value)?,
                 "--env" => {
                     let (k, v) = value
                         .split_once('=')
-                        .ok_or_else(|| format!("--env {value:?} is not KEY=VALUE"))?;
+                        .ok_or_else(|| ArgsError::BadEnv(value.clone()))?;
                     parsed.env.push((k.to_string(), v.to_string()));
                 }
                 "--ready-fd" => parsed.ready_fd = Some(fd(&flag, number(&value)?)?),
                 "--lifeline-fd" => parsed.lifeline_fd = Some(fd(&flag, number(&value)?)?),
                 "--parent-pid" => {
-                    parsed.parent_pid =
-                        Some(u32::try_from(number(&value)?).map_err(|_| format!("bad {flag}"))?)
+                    parsed.parent_pid = Some(
+                        u32::try_from(number(&value)?)
+                            .map_err(|_| ArgsError::OutOfRange(flag.clone()))?,
+                    )
                 }
                 "--spec" => {
-                    parsed.spec = serde_json::from_str(&value)
-                        .map_err(|e| format!("--spec is not a sandbox spec: {e}"))?
+                    parsed.spec = serde_json::from_str(&value).map_err(ArgsError::BadSpec)?
                 }
-                _ => return Err(format!("unknown runtime argument {flag}")),
+                _ => return Err(ArgsError::Unknown(flag)),
             }
         }
-        parsed.name = name.ok_or("--name is required")?;
-        parsed.home = home.ok_or("--home is required")?;
+        parsed.name = name.ok_or(ArgsError::Required("--name"))?;
+        parsed.home = home.ok_or(ArgsError::Required("--home"))?;
         Ok(parsed)
     }
 }
 
-fn fd(flag: &str, n: u64) -> Result<RawFd, String> {
-    RawFd::try_from(n).map_err(|_| format!("bad {flag}"))
+fn fd(flag: &str, n: u64) -> Result<RawFd, ArgsError> {
+    RawFd::try_from(n).map_err(|_| ArgsError::OutOfRange(flag.to_string()))
+}
+
+/// What is wrong with the runtime's command line.
+#[derive(Debug, thiserror::Error)]
+pub enum ArgsError {
+    /// A flag is not UTF-8.
+    #[error("bad argument {0:?}")]
+    NotUtf8(OsString),
+    /// A flag came without its value.
+    #[error("{0} needs a value")]
+    NeedsValue(String),
+    /// A value is not UTF-8.
+    #[error("{flag}: value {value:?} is not UTF-8")]
+    ValueNotUtf8 {
+        /// The flag.
+        flag: String,
+        /// Its value.
+        value: OsString,
+    },
+    /// A number is not one.
+    #[error("{flag}: {value:?} is not a number")]
+    NotANumber {
+        /// The flag.
+        flag: String,
+        /// Its value.
+        value: String,
+    },
+    /// More vCPUs than a `u8` holds.
+    #[error("--cpus {0} is too large")]
+    TooManyCpus(String),
+    /// An `--env` value without `=`.
+    #[error("--env {0:?} is not KEY=VALUE")]
+    BadEnv(String),
+    /// A descriptor or pid out of range.
+    #[error("bad {0}")]
+    OutOfRange(String),
+    /// The `--spec` JSON does not parse.
+    #[error("--spec is not a sandbox spec: {0}")]
+    BadSpec(#[source] serde_json::Error),
+    /// A flag this runtime does not know.
+    #[error("unknown runtime argument {0}")]
+    Unknown(String),
+    /// A required flag is missing.
+    #[error("{0} is required")]
+    Required(&'static str),
 }
 
 #[cfg(test)]
@@ -180,14 +231,16 @@ mod tests {
 
     #[test]
     fn errors_name_the_flag() {
-        let parse = |v: &[&str]| RuntimeArgs::parse(v.iter().map(OsString::from));
-        assert!(parse(&["--home", "/h"]).unwrap_err().contains("--name"));
-        assert!(parse(&["--name", "a"]).unwrap_err().contains("--home"));
-        assert!(parse(&["--cpus", "300"]).unwrap_err().contains("--cpus"));
-        assert!(parse(&["--env", "novalue"])
-            .unwrap_err()
-            .contains("KEY=VALUE"));
-        assert!(parse(&["--bogus", "1"]).unwrap_err().contains("--bogus"));
-        assert!(parse(&["--name"]).unwrap_err().contains("needs a value"));
+        let error = |v: &[&str]| {
+            RuntimeArgs::parse(v.iter().map(OsString::from))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(error(&["--home", "/h"]).contains("--name"));
+        assert!(error(&["--name", "a"]).contains("--home"));
+        assert!(error(&["--cpus", "300"]).contains("--cpus"));
+        assert!(error(&["--env", "novalue"]).contains("KEY=VALUE"));
+        assert!(error(&["--bogus", "1"]).contains("--bogus"));
+        assert!(error(&["--name"]).contains("needs a value"));
     }
 }

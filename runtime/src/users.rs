@@ -8,7 +8,7 @@ use std::ffi::CString;
 
 use msbvm_fs::{Context, FileSystem, ROOT_INODE};
 
-use crate::error::{Error, Result};
+use msbvm_sdk::{Error, Result};
 
 /// Largest passwd/group file read.
 const MAX_DB_LEN: u32 = 4 << 20;

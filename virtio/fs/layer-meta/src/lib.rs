@@ -10,6 +10,8 @@
 //! files; whiteouts kept as the OCI `.wh.<name>` files and opaque markers as
 //! `.wh..wh..opq`) and [`META_FILE`] (this struct as JSON).
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;

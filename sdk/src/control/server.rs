@@ -1,27 +1,43 @@
 //! The runtime's end of the control socket: one thread per connection, each request handed
-//! to the supervisor loop as an [`Event::Control`] with a channel for the answer.
+//! to a handler (the runtime's supervisor loop) that answers it.
 
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::mpsc::{self, Sender};
 
 use crate::control::{ControlRequest, ControlResponse, CONTROL_VERSION};
-use crate::framing::{write_blocking, FrameReader};
+use crate::framing::{write_blocking, FrameError, FrameReader};
 
-use super::Event;
+/// Why a control connection ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The connection failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The client sent a frame that cannot be read past, or an answer could not be written.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The handler is gone: the runtime is shutting down.
+    #[error("the runtime is shutting down")]
+    ShuttingDown,
+}
 
-/// Serves `listener` until the process ends.
-pub fn spawn(listener: UnixListener, events: Sender<Event>) -> std::io::Result<()> {
+/// Serves `listener` until the process ends, each connection on its own thread. The
+/// listener thread calls `thread_started` first (the runtime confines it there); `handle`
+/// answers each request after the hello, `None` meaning the runtime is shutting down.
+pub fn spawn<H>(listener: UnixListener, thread_started: fn(), handle: H) -> std::io::Result<()>
+where
+    H: FnMut(ControlRequest) -> Option<ControlResponse> + Clone + Send + 'static,
+{
     std::thread::Builder::new()
         .name("msbvm-control".into())
         .spawn(move || {
-            super::confine::thread_started("control");
+            thread_started();
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                let events = events.clone();
+                let handle = handle.clone();
                 let spawned = std::thread::Builder::new()
                     .name("msbvm-control-conn".into())
                     .spawn(move || {
-                        if let Err(e) = serve(stream, events) {
+                        if let Err(e) = serve(stream, handle) {
                             tracing::debug!("control connection ended: {e}");
                         }
                     });
@@ -34,8 +50,11 @@ pub fn spawn(listener: UnixListener, events: Sender<Event>) -> std::io::Result<(
 }
 
 /// Serves one connection: hello, then request/answer pairs.
-pub fn serve(stream: UnixStream, events: Sender<Event>) -> Result<(), String> {
-    let mut reader = FrameReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+pub fn serve(
+    stream: UnixStream,
+    mut handle: impl FnMut(ControlRequest) -> Option<ControlResponse>,
+) -> Result<(), ServeError> {
+    let mut reader = FrameReader::new(stream.try_clone()?);
     let mut writer = stream;
     let mut greeted = false;
     loop {
@@ -46,10 +65,10 @@ pub fn serve(stream: UnixStream, events: Sender<Event>) -> Result<(), String> {
                 let answer = ControlResponse::Error {
                     message: format!("malformed request: {e}"),
                 };
-                write_blocking(&mut writer, &answer).map_err(|e| e.to_string())?;
+                write_blocking(&mut writer, &answer)?;
                 continue;
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         };
         let answer = match request {
             ControlRequest::Hello { .. } => {
@@ -62,20 +81,9 @@ pub fn serve(stream: UnixStream, events: Sender<Event>) -> Result<(), String> {
             _ if !greeted => ControlResponse::Error {
                 message: "the first request must be a hello".into(),
             },
-            request => {
-                let (tx, rx) = mpsc::channel();
-                if events.send(Event::Control(request, tx)).is_err() {
-                    return Err("the runtime is shutting down".into());
-                }
-                match rx.recv() {
-                    Ok(answer) => answer,
-                    Err(_) => ControlResponse::Error {
-                        message: "the runtime ended without answering".into(),
-                    },
-                }
-            }
+            request => handle(request).ok_or(ServeError::ShuttingDown)?,
         };
-        write_blocking(&mut writer, &answer).map_err(|e| e.to_string())?;
+        write_blocking(&mut writer, &answer)?;
     }
 }
 
@@ -85,6 +93,7 @@ mod tests {
     use crate::control::ControlClient;
     use crate::control::RuntimeStatus;
     use crate::state::Status;
+    use std::sync::mpsc;
     use tempfile::TempDir;
 
     /// The real server against the real client, with a stand-in supervisor.
@@ -94,10 +103,10 @@ mod tests {
         let path = tmp.path().join("control.sock");
         let listener = UnixListener::bind(&path).unwrap();
         let (tx, rx) = mpsc::channel();
-        spawn(listener, tx).unwrap();
+        spawn(listener, || {}, crate::test_support::forward_to(tx)).unwrap();
         let supervisor = std::thread::spawn(move || {
             let mut seen = Vec::new();
-            while let Ok(Event::Control(request, reply)) = rx.recv() {
+            while let Ok((request, reply)) = rx.recv() {
                 let answer = match &request {
                     ControlRequest::Status => ControlResponse::Status(RuntimeStatus {
                         status: Status::Running,
@@ -139,8 +148,7 @@ mod tests {
     #[test]
     fn requests_before_hello_and_malformed_frames_get_errors() {
         let (a, b) = UnixStream::pair().unwrap();
-        let (tx, _rx) = mpsc::channel();
-        let server = std::thread::spawn(move || serve(b, tx));
+        let server = std::thread::spawn(move || serve(b, |_| None));
         let mut writer = a.try_clone().unwrap();
         let mut reader = FrameReader::new(a);
         write_blocking(&mut writer, &ControlRequest::Status).unwrap();

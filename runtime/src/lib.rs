@@ -14,9 +14,13 @@
 //!
 //! Stops are graceful first (the agent's `Shutdown`), forced (the VM's [`StopHandle`]) after
 //! a timeout. All threads report to one supervisor loop through one channel of events.
+//!
+//! The `msbvm` binary links this crate and runs [`main`] for `msbvm __runtime`. A program
+//! that adds Rust-side behaviour to its sandboxes (filesystem hooks: [`devices::Extensions`])
+//! links it too and calls [`run_if_runtime`] first thing in `main`; programs that only drive
+//! sandboxes need just the client, `msbvm_sdk`, which starts `msbvm` (see its crate docs).
 
 mod agent_link;
-mod args;
 pub mod confine;
 mod control_server;
 pub mod devices;
@@ -37,19 +41,18 @@ use std::time::{Duration, Instant};
 use msbvm_protocol::{BootTimes, HOST_EVENTS_PORT};
 use msbvm_vmm::{StopHandle, VmOutcome};
 
-pub use args::RuntimeArgs;
+pub use msbvm_sdk::RuntimeArgs;
 
-use crate::control::{ControlRequest, ControlResponse, RuntimeStatus, CONTROL_VERSION};
-use crate::error::{Error, Result};
-use crate::paths::SandboxDir;
-use crate::report::{Failure, ReadyInfo, Report};
-use crate::state::{self, StateRecord, Status};
-use crate::vsock::SocketPath;
+use msbvm_sdk::control::{ControlRequest, ControlResponse, RuntimeStatus, CONTROL_VERSION};
+use msbvm_sdk::paths::SandboxDir;
+use msbvm_sdk::report::{Failure, ReadyInfo, Report};
+use msbvm_sdk::state::{self, StateRecord, Status};
+use msbvm_sdk::vsock::SocketPath;
+use msbvm_sdk::{Error, Result};
 
 /// Grace period of the stops the runtime starts itself (signal, creator gone).
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
-/// Lines of the guest console put into boot-failure errors.
-pub const CONSOLE_TAIL_LINES: usize = 30;
+pub use msbvm_sdk::state::CONSOLE_TAIL_LINES;
 
 /// What the supervisor loop hears about.
 #[derive(Debug)]
@@ -130,8 +133,8 @@ impl Reporter {
     fn new(fd: Option<RawFd>) -> Self {
         // SAFETY: F_GETFD only inspects the descriptor; it tells whether it is open.
         let pipe = fd.filter(|fd| unsafe { libc::fcntl(*fd, libc::F_GETFD) } >= 0);
-        // SAFETY: the creator handed this descriptor to us alone; nothing else owns it.
         Reporter {
+            // SAFETY: the creator handed this descriptor to us alone; nothing else owns it.
             pipe: pipe.map(|fd| unsafe { File::from_raw_fd(fd) }),
         }
     }
@@ -156,21 +159,7 @@ fn run(
     started: Instant,
     extensions: devices::Extensions,
 ) -> Result<()> {
-    signals::block().map_err(Error::io("blocking signals"))?;
-    for fd in [args.ready_fd, args.lifeline_fd].into_iter().flatten() {
-        signals::set_cloexec(fd).map_err(Error::io("preparing inherited descriptors"))?;
-    }
-    if !args.detached {
-        if let Some(parent) = args.parent_pid {
-            let alive = signals::watch_parent(parent).map_err(Error::io("watching the creator"))?;
-            if !alive {
-                return Err(Error::Runtime {
-                    message: "the creating process exited before the sandbox started".into(),
-                    log_tail: String::new(),
-                });
-            }
-        }
-    }
+    prepare_process(args)?;
     let dir = SandboxDir::in_home(&args.home, &args.name)?;
     // A runtime that leaves root cannot remove its state directory from root's
     // `sandboxes/` at the end: a process that stays root does (forked before any thread).
@@ -181,58 +170,12 @@ fn run(
         None
     };
     let _claim = state::claim(&dir)?;
-    redirect_logs(&dir);
-    tracing::info!(
-        name = args.name,
-        detached = args.detached,
-        "runtime starting"
-    );
-    // Relative socket paths (used when absolute ones are too long) resolve from here.
-    std::env::set_current_dir(dir.path())
-        .map_err(Error::io(format!("entering {}", dir.path().display())))?;
-    // A runtime that leaves root may not traverse root's data directory (0700) any more:
-    // it reaches its files through its working directory.
-    let dir = if reaper.is_some() || (args.detached && confine::switches_user()) {
-        dir.reached_through(".".into())
-    } else {
-        dir
-    };
-    let record = StateRecord {
-        name: args.name.clone(),
-        pid: std::process::id(),
-        created: state::unix_now(),
-        cpus: args.cpus,
-        memory_mib: args.memory_mib,
-        env: args.env.clone(),
-        status: Status::Starting,
-        detached: args.detached,
-        exit: None,
-        boot: None,
-        workdir: args.spec.workdir.clone(),
-        uid: None,
-        gid: None,
-        image: None,
-        command: Vec::new(),
-    };
+    let dir = enter(args, dir, reaper.is_some())?;
+    let record = initial_record(args);
     record.write(&dir)?;
 
     let (tx, rx) = mpsc::channel();
-    let mut sup = Supervisor {
-        args,
-        dir: &dir,
-        record,
-        started,
-        events: tx,
-        stop: StopHandle::new(),
-        ready: false,
-        stopping: false,
-        force_at: None,
-        waiters: Vec::new(),
-        kernel: None,
-        vm_start: Duration::ZERO,
-        devices: None,
-        extensions,
-    };
+    let mut sup = Supervisor::new(args, &dir, record, started, tx, extensions);
     let result = sup.start(reporter).and_then(|vm| {
         confine::thread_started("supervisor");
         let ended = sup.supervise(&rx, reporter);
@@ -261,12 +204,74 @@ fn run(
     }
 }
 
+/// Signals and inherited descriptors set up, and the creator still there (attached).
+fn prepare_process(args: &RuntimeArgs) -> Result<()> {
+    signals::block().map_err(Error::io("blocking signals"))?;
+    for fd in [args.ready_fd, args.lifeline_fd].into_iter().flatten() {
+        signals::set_cloexec(fd).map_err(Error::io("preparing inherited descriptors"))?;
+    }
+    if !args.detached {
+        if let Some(parent) = args.parent_pid {
+            let alive = signals::watch_parent(parent).map_err(Error::io("watching the creator"))?;
+            if !alive {
+                return Err(Error::Runtime {
+                    message: "the creating process exited before the sandbox started".into(),
+                    log_tail: String::new(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Logs to the state directory `dir` (claimed) and makes it the working directory; returns
+/// it as the runtime reaches it from now on.
+fn enter(args: &RuntimeArgs, dir: SandboxDir, reaped: bool) -> Result<SandboxDir> {
+    redirect_logs(&dir);
+    tracing::info!(
+        name = args.name,
+        detached = args.detached,
+        "runtime starting"
+    );
+    // Relative socket paths (used when absolute ones are too long) resolve from here.
+    std::env::set_current_dir(dir.path())
+        .map_err(Error::io(format!("entering {}", dir.path().display())))?;
+    // A runtime that leaves root may not traverse root's data directory (0700) any more:
+    // it reaches its files through its working directory.
+    Ok(if reaped || (args.detached && confine::switches_user()) {
+        dir.reached_through(".".into())
+    } else {
+        dir
+    })
+}
+
+/// The state record of a sandbox that is starting.
+fn initial_record(args: &RuntimeArgs) -> StateRecord {
+    StateRecord {
+        name: args.name.clone(),
+        pid: std::process::id(),
+        created: state::unix_now(),
+        cpus: args.cpus,
+        memory_mib: args.memory_mib,
+        env: args.env.clone(),
+        status: Status::Starting,
+        detached: args.detached,
+        exit: None,
+        boot: None,
+        workdir: args.spec.workdir.clone(),
+        uid: None,
+        gid: None,
+        image: None,
+        command: Vec::new(),
+    }
+}
+
 /// Sends stderr (panics, kernel-build lines) and tracing to `runtime.log`, a capped log
-/// ([`crate::logfile`]) that only the log writer thread touches ([`log_writer`]): tracing
+/// ([`msbvm_sdk::logfile`]) that only the log writer thread touches ([`log_writer`]): tracing
 /// hands it lines, and stderr is pointed at each new file after a rotation.
 fn redirect_logs(dir: &SandboxDir) {
-    let max = crate::logfile::max_bytes_from_env();
-    let log = match crate::logfile::CappedLog::open(&dir.runtime_log(), max) {
+    let max = msbvm_sdk::logfile::max_bytes_from_env();
+    let log = match msbvm_sdk::logfile::CappedLog::open(&dir.runtime_log(), max) {
         Ok(log) => {
             // SAFETY: dup2 onto stderr; `log`'s file stays valid for the call.
             unsafe { libc::dup2(log.file().as_raw_fd(), libc::STDERR_FILENO) };
@@ -313,7 +318,33 @@ struct Supervisor<'a> {
     extensions: devices::Extensions,
 }
 
-impl Supervisor<'_> {
+impl<'a> Supervisor<'a> {
+    fn new(
+        args: &'a RuntimeArgs,
+        dir: &'a SandboxDir,
+        record: StateRecord,
+        started: Instant,
+        events: Sender<Event>,
+        extensions: devices::Extensions,
+    ) -> Self {
+        Supervisor {
+            args,
+            dir,
+            record,
+            started,
+            events,
+            stop: StopHandle::new(),
+            ready: false,
+            stopping: false,
+            force_at: None,
+            waiters: Vec::new(),
+            kernel: None,
+            vm_start: Duration::ZERO,
+            devices: None,
+            extensions,
+        }
+    }
+
     /// Everything up to the VM running: image, kernel, listeners, the VM thread.
     fn start(&mut self, reporter: &mut Reporter) -> Result<std::thread::JoinHandle<()>> {
         if let Some(plan) = confine::plan(&self.args.spec, self.dir, &self.args.home)? {
@@ -369,7 +400,7 @@ impl Supervisor<'_> {
     /// user) so every client of this sandbox applies them.
     fn apply_exec_defaults(&mut self, devices: &devices::Devices) -> Result<()> {
         let mut env = devices.exec.env.clone();
-        crate::exec::merge_env(&mut env, &self.args.env);
+        msbvm_sdk::exec::merge_env(&mut env, &self.args.env);
         self.record.env = env;
         self.record.image = devices.image.clone();
         self.record.command = devices.exec.command.clone();
@@ -525,10 +556,10 @@ impl Supervisor<'_> {
                 rules,
             } => {
                 let answer = self.with_net(|net| {
-                    let spec = crate::spec::NetworkSpec {
+                    let spec = msbvm_sdk::spec::NetworkSpec {
                         default_allow,
                         rules,
-                        ..crate::spec::NetworkSpec::default()
+                        ..msbvm_sdk::spec::NetworkSpec::default()
                     };
                     let policy = devices::policy(&spec).map_err(|e| e.to_string())?;
                     tracing::info!(?policy, "network policy replaced");
@@ -646,8 +677,8 @@ impl Supervisor<'_> {
             for entry in entries.flatten() {
                 let name = entry.file_name();
                 let name = name.to_string_lossy();
-                if name.starts_with(crate::paths::VSOCK_SOCKET)
-                    || name == crate::paths::CONTROL_SOCKET
+                if name.starts_with(msbvm_sdk::paths::VSOCK_SOCKET)
+                    || name == msbvm_sdk::paths::CONTROL_SOCKET
                     || name == "initrd.cpio"
                 {
                     let _ = std::fs::remove_file(entry.path());
@@ -688,11 +719,24 @@ fn get_kernel(reporter: &mut Reporter) -> Result<std::path::PathBuf> {
     msbvm_kernel::build(msbvm_kernel::Progress::Lines).map_err(kernel_error)
 }
 
-/// The control server on `listener`, reporting to `events` (for tests of the SDK's side).
 #[cfg(test)]
-pub(crate) fn spawn_control_server_for_tests(
-    listener: std::os::unix::net::UnixListener,
-    events: Sender<Event>,
-) {
-    control_server::spawn(listener, events).expect("starting the control server");
+mod tests {
+    /// The SDK checks requests against its copies of the VMM's and the filesystem's limits
+    /// (so that it need not link them); they must agree.
+    #[test]
+    fn the_sdk_limits_are_the_vmms() {
+        assert_eq!(msbvm_sdk::MAX_CPUS, msbvm_vmm::VmConfig::MAX_VCPUS);
+        assert_eq!(
+            msbvm_sdk::MIN_MEMORY_MIB,
+            msbvm_vmm::VmConfig::MIN_MEMORY_MIB
+        );
+        assert_eq!(
+            msbvm_sdk::MAX_MEMORY_MIB,
+            msbvm_vmm::VmConfig::MAX_MEMORY_MIB
+        );
+        assert_eq!(
+            msbvm_sdk::spec::DEFAULT_DISK_SIZE,
+            msbvm_fs::layered::DEFAULT_MAX_UPPER_BYTES
+        );
+    }
 }

@@ -25,10 +25,11 @@ use msbvm_virtio::fs::{Fs, FsServer};
 use msbvm_virtio::net::{Net, NetDeviceConfig};
 use msbvm_vmm::DeviceSpec;
 
-use crate::error::{Error, Result};
-use crate::logfile::{max_bytes_from_env, CappedLog};
-use crate::paths::SandboxDir;
-use crate::spec::{NetworkSpec, RootSpec, SandboxSpec, VolumeSource, DEFAULT_IMAGE};
+use msbvm_sdk::logfile::{max_bytes_from_env, CappedLog};
+use msbvm_sdk::paths::SandboxDir;
+pub use msbvm_sdk::paths::NET_EVENTS_FILE;
+use msbvm_sdk::spec::{NetworkSpec, RootSpec, SandboxSpec, VolumeSource, DEFAULT_IMAGE};
+use msbvm_sdk::{Error, Result};
 
 /// virtiofs tag of the root filesystem.
 pub const ROOT_TAG: &str = "root";
@@ -36,8 +37,6 @@ pub const ROOT_TAG: &str = "root";
 pub const GUEST_MAC: [u8; 6] = [0x02, 0x6d, 0x73, 0x62, 0x00, 0x0f];
 /// Name of the copy-on-write directory of an image root, in the state directory.
 pub const UPPER_DIR: &str = "upper";
-/// Network events, one JSON object per line, in the state directory.
-pub const NET_EVENTS_FILE: &str = "net-events.jsonl";
 /// File accesses of the guest (the audit hook), one JSON object per line.
 pub const FS_AUDIT_FILE: &str = "fs-audit.jsonl";
 
@@ -82,7 +81,7 @@ impl Drop for Devices {
 }
 
 /// What a program embedding the runtime adds to every sandbox it runs (see
-/// [`crate::runtime::main_with`]): filesystem hooks are Rust objects, so they live in the
+/// [`crate::main_with`]): filesystem hooks are Rust objects, so they live in the
 /// runtime process, not in the SDK user's.
 #[derive(Clone, Default)]
 pub struct Extensions {
@@ -121,7 +120,7 @@ pub fn build(
         RootSpec::Image { reference } => {
             let disk = spec
                 .disk_size_bytes
-                .unwrap_or(crate::spec::DEFAULT_DISK_SIZE);
+                .unwrap_or(msbvm_sdk::spec::DEFAULT_DISK_SIZE);
             let (fs, defaults, lease) = image_root(home, reference, dir, disk)?;
             devices.exec = defaults;
             devices.image = Some(reference.clone());
@@ -154,7 +153,7 @@ pub fn build(
                 p.clone()
             }
             VolumeSource::Named(name) => {
-                let (data, lock) = crate::volumes::acquire(home, name)?;
+                let (data, lock) = msbvm_sdk::volumes::acquire(home, name)?;
                 devices._leases.push(Box::new(lock));
                 data
             }
@@ -306,7 +305,7 @@ fn passthrough(path: &Path, read_only: bool) -> Result<PassthroughFs> {
 
 /// The image store under `home`.
 pub fn image_store(home: &Path) -> Result<ImageStore> {
-    ImageStore::open(&home.join("images")).map_err(crate::images::image_error)
+    msbvm_sdk::images::store_in(home)
 }
 
 fn image_root(
@@ -317,14 +316,10 @@ fn image_root(
 ) -> Result<(LayeredFs, ExecDefaults, LayerLease)> {
     let store = image_store(home)?;
     if reference == DEFAULT_IMAGE {
-        msbvm_image::ensure_default_image(&store).map_err(|e| Error::Image(e.to_string()))?;
+        msbvm_image::ensure_default_image(&store).map_err(Error::Image)?;
     }
-    let resolved = store
-        .resolve(reference)
-        .map_err(|e| Error::Image(e.to_string()))?;
-    let lease = store
-        .lease(&resolved)
-        .map_err(|e| Error::Image(e.to_string()))?;
+    let resolved = store.resolve(reference).map_err(Error::Image)?;
+    let lease = store.lease(&resolved).map_err(Error::Image)?;
     let upper = dir.path().join(UPPER_DIR);
     let (_, max_open_handles) = fd_budgets(raise_fd_limit());
     let config = LayeredConfig {
@@ -446,7 +441,7 @@ pub(crate) fn published(host: SocketAddr, guest_port: u16) -> PublishedPort {
 
 /// Network events go to the runtime log (the netstack logs them) and, as
 /// JSON lines, to [`NET_EVENTS_FILE`] (capped and rotated,
-/// [`crate::logfile`]), which the SDK tails.
+/// [`msbvm_sdk::logfile`]), which the SDK tails.
 fn event_sink(dir: &SandboxDir) -> Result<EventSink> {
     let path: PathBuf = dir.path().join(NET_EVENTS_FILE);
     let file = CappedLog::open(&path, max_bytes_from_env())

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use msbvm_protocol::{GuestMessage, HostMessage, AGENT_PORT, PROTOCOL_VERSION};
 
-use crate::error::{Error, Result};
-use crate::exec::describe;
-use crate::framing::{write_blocking, FrameReader};
+use msbvm_sdk::exec::describe;
+use msbvm_sdk::framing::{write_blocking, FrameReader};
+use msbvm_sdk::{Error, Result};
 
 use super::Event;
 
@@ -140,14 +140,14 @@ pub fn serve_events(stream: UnixStream, events: &Sender<Event>) {
 /// Asks the agent to sync and power the guest off with `code`. Returns once the request was
 /// written; the VM's end is observed separately.
 pub fn request_shutdown(uds: &Path, code: u32, timeout: Duration) -> Result<()> {
-    let stream = crate::vsock::connect_blocking(uds, AGENT_PORT, timeout)?;
+    let stream = msbvm_sdk::vsock::connect_blocking(uds, AGENT_PORT, timeout)?;
     let mut reader = FrameReader::new(
         stream
             .try_clone()
             .map_err(Error::io("cloning the agent connection"))?,
     );
     let mut writer = stream;
-    let frame_err = |e: crate::framing::FrameError| Error::Protocol {
+    let frame_err = |e: msbvm_sdk::framing::FrameError| Error::Protocol {
         peer: "the guest agent",
         detail: e.to_string(),
     };
@@ -180,8 +180,8 @@ pub fn request_shutdown(uds: &Path, code: u32, timeout: Duration) -> Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::FakeAgent;
     use msbvm_protocol::BootTimes;
+    use msbvm_sdk::test_support::FakeAgent;
     use std::sync::mpsc;
     use tempfile::TempDir;
 
@@ -191,14 +191,7 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         let t = std::thread::spawn(move || serve_events(host, &tx));
         let mut w = guest.try_clone().unwrap();
-        write_blocking(
-            &mut w,
-            &GuestMessage::Hello {
-                version: PROTOCOL_VERSION,
-                agent_version: "t".into(),
-            },
-        )
-        .unwrap();
+        write_blocking(&mut w, &hello()).unwrap();
         let boot = BootTimes {
             agent_start_ns: 5,
             ready_ns: 9,
@@ -282,11 +275,7 @@ mod tests {
             let s = UnixStream::connect(&path).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             let mut w = s.try_clone().unwrap();
-            let hello = GuestMessage::Hello {
-                version: PROTOCOL_VERSION,
-                agent_version: "t".into(),
-            };
-            if write_blocking(&mut w, &hello).is_ok()
+            if write_blocking(&mut w, &hello()).is_ok()
                 && FrameReader::new(s)
                     .read_message::<HostMessage>()
                     .ok()
@@ -300,16 +289,17 @@ mod tests {
         }
     }
 
+    /// The current agent's hello.
+    fn hello() -> GuestMessage {
+        GuestMessage::Hello {
+            version: PROTOCOL_VERSION,
+            agent_version: "t".into(),
+        }
+    }
+
     fn hello_answered(s: &UnixStream) {
         let mut w = s.try_clone().unwrap();
-        write_blocking(
-            &mut w,
-            &GuestMessage::Hello {
-                version: PROTOCOL_VERSION,
-                agent_version: "t".into(),
-            },
-        )
-        .unwrap();
+        write_blocking(&mut w, &hello()).unwrap();
         let r = s.try_clone().unwrap();
         r.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         assert!(FrameReader::new(r)

@@ -12,10 +12,10 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use super::*;
-use crate::control::{ControlRequest, ControlResponse};
-use crate::framing::{write_blocking, FrameReader};
-use crate::runtime::{agent_link, control_server, signals, Event};
-use crate::spec::{RootSpec, SandboxSpec, VolumeSource, VolumeSpec};
+use crate::{agent_link, control_server, signals, Event};
+use msbvm_sdk::control::{ControlRequest, ControlResponse};
+use msbvm_sdk::framing::{write_blocking, FrameReader};
+use msbvm_sdk::spec::{RootSpec, SandboxSpec, VolumeSource, VolumeSpec};
 
 const ROLE_ENV: &str = "MSBVM_CONFINE_TEST_ROLE";
 const DIR_ENV: &str = "MSBVM_CONFINE_TEST_DIR";
@@ -24,7 +24,7 @@ const DIR_ENV: &str = "MSBVM_CONFINE_TEST_DIR";
 fn in_child(role: &str) -> (Output, tempfile::TempDir) {
     let dir = tempfile::TempDir::new().unwrap();
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["runtime::confine::tests::child", "--exact", "--nocapture"])
+        .args(["confine::tests::child", "--exact", "--nocapture"])
         .args(["--test-threads=1"])
         .env(ROLE_ENV, role)
         .env(DIR_ENV, dir.path())
@@ -78,7 +78,7 @@ fn child() {
         .expect("confinement is on");
     // As in the runtime, the log writer starts before confinement and confines itself later.
     let writer = (role == "log").then(|| {
-        let log = crate::logfile::CappedLog::open(&dir.path().join("runtime.log"), 4096);
+        let log = msbvm_sdk::logfile::CappedLog::open(&dir.path().join("runtime.log"), 4096);
         super::super::log_writer::start(log.unwrap()).unwrap()
     });
     enable(plan).unwrap();
@@ -229,7 +229,7 @@ fn runtime_threads(state: &Path) {
     let events = state.join("vsock.sock_1025");
     agent_link::spawn_events_listener(UnixListener::bind(&events).unwrap(), tx.clone()).unwrap();
     let uds = state.join("vsock.sock");
-    let fake = crate::test_support::FakeAgent::spawn(&uds, 1, |s| {
+    let fake = msbvm_sdk::test_support::FakeAgent::spawn(&uds, 1, |s| {
         s.hello();
         assert_eq!(s.recv(), Some(HostMessage::Shutdown { code: 0 }));
     });
@@ -290,8 +290,8 @@ fn supervise_for_test(rx: &mpsc::Receiver<Event>, state: &Path) {
     while !(signal && lifeline && ready) {
         match rx.recv_timeout(Duration::from_secs(10)).expect("an event") {
             Event::Control(ControlRequest::Status, reply) => {
-                let status = crate::control::RuntimeStatus {
-                    status: crate::state::Status::Running,
+                let status = msbvm_sdk::control::RuntimeStatus {
+                    status: msbvm_sdk::state::Status::Running,
                     pid: std::process::id(),
                     uptime_ms: 1,
                 };

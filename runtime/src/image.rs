@@ -10,7 +10,7 @@ use std::process::Command;
 use msbvm_kernel::Initramfs;
 use msbvm_protocol::boot::{BootConfig, BOOT_CONFIG_PATH};
 
-use crate::error::{Error, Result};
+use msbvm_sdk::{Error, Result};
 
 /// Environment variable naming the guest agent binary.
 pub const AGENT_ENV: &str = "MSBVM_AGENT";
@@ -191,6 +191,7 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use msbvm_sdk::test_support::EnvGuard;
     use std::os::unix::fs::PermissionsExt;
     use tempfile::TempDir;
 
@@ -253,7 +254,7 @@ mod tests {
 
     #[test]
     fn missing_busybox_override_says_so() {
-        let _env = crate::test_support::EnvGuard::set(&[(BUSYBOX_ENV, Some("/nonexistent/bb"))]);
+        let _env = EnvGuard::set(&[(BUSYBOX_ENV, Some("/nonexistent/bb"))]);
         let e = find_busybox().unwrap_err();
         assert!(matches!(e, Error::BusyboxMissing(_)), "{e}");
         assert!(e.to_string().contains(BUSYBOX_ENV), "{e}");
@@ -261,7 +262,7 @@ mod tests {
 
     #[test]
     fn missing_agent_names_the_fix() {
-        let _env = crate::test_support::EnvGuard::set(&[(AGENT_ENV, Some("/nonexistent/agent"))]);
+        let _env = EnvGuard::set(&[(AGENT_ENV, Some("/nonexistent/agent"))]);
         let e = find_agent().unwrap_err();
         assert!(matches!(e, Error::AgentMissing(_)), "{e}");
         assert!(e.to_string().contains("cargo build"), "{e}");

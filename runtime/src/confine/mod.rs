@@ -26,9 +26,9 @@ mod tests;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use crate::error::{Error, Result};
-use crate::paths::SandboxDir;
-use crate::spec::{RootSpec, SandboxSpec, VolumeSource};
+use msbvm_sdk::paths::SandboxDir;
+use msbvm_sdk::spec::{RootSpec, SandboxSpec, VolumeSource};
+use msbvm_sdk::{Error, Result};
 
 pub use identity::Identity;
 
@@ -85,7 +85,7 @@ pub fn plan(spec: &SandboxSpec, dir: &SandboxDir, home: &Path) -> Result<Option<
     for volume in &spec.volumes {
         let path = match &volume.source {
             VolumeSource::Host(p) => p.clone(),
-            VolumeSource::Named(name) => crate::volumes::create(home, name)?.data,
+            VolumeSource::Named(name) => msbvm_sdk::volumes::create(home, name)?.data,
         };
         share(path, volume.read_only);
     }

@@ -1,7 +1,7 @@
 //! The thread that writes `runtime.log`.
 //!
 //! Every runtime thread logs through `tracing`, but only this thread touches the file: a
-//! rotation of the capped log ([`crate::logfile`]) renames and opens files and points stderr
+//! rotation of the capped log ([`msbvm_sdk::logfile`]) renames and opens files and points stderr
 //! at the new one, and most confined threads (device workers, listeners) may not make those
 //! calls. The other threads hand their lines over a bounded channel; when it is full (a
 //! thread logging faster than the disk takes it, e.g. driven by the guest) lines are dropped
@@ -15,7 +15,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::logfile::CappedLog;
+use msbvm_sdk::logfile::CappedLog;
 
 /// How many lines may wait for the writer.
 const QUEUE_LINES: usize = 4096;
