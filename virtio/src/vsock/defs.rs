@@ -67,8 +67,12 @@ pub const MAX_PENDING_RST: usize = 1024;
 
 /// Longest accepted `CONNECT <port>\n` line, newline included.
 pub const MAX_CONNECT_LINE: usize = 32;
-/// How long a host client may take to send its CONNECT line.
-pub const CONNECT_LINE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a host client may take to send its CONNECT line (by default; see
+/// `Vsock::set_timeouts`). Counted from our accept, so a client process that is descheduled
+/// between its connect and its write spends it: 2 s was too short with 20 guests on one
+/// emulated CPU (the client saw EPIPE). Host clients are the sandbox's owner's own processes;
+/// a silent one holds only one entry of the bounded connection table meanwhile.
+pub const CONNECT_LINE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the guest may take to answer a host-initiated REQUEST (by default; see
 /// `Vsock::set_request_timeout`). The guest kernel answers at once when it is scheduled, so this
 /// only matters for a guest that is starved of CPU (an oversubscribed or emulated host: 20
@@ -77,6 +81,24 @@ pub const CONNECT_LINE_TIMEOUT: Duration = Duration::from_secs(2);
 /// CONNECT") instead of seeing the stream closed as if the guest had refused. A guest that never
 /// answers only holds one entry of its own bounded connection table meanwhile.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long the two sides may take to set up a host-initiated connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// For the host client's `CONNECT <port>` line ([`CONNECT_LINE_TIMEOUT`]).
+    pub connect_line: Duration,
+    /// For the guest's answer to our REQUEST ([`REQUEST_TIMEOUT`]).
+    pub request: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect_line: CONNECT_LINE_TIMEOUT,
+            request: REQUEST_TIMEOUT,
+        }
+    }
+}
 /// How long a connection the guest closed may take to flush its buffered
 /// data to a slow host reader before we drop it.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);

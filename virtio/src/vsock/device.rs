@@ -11,14 +11,13 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use thiserror::Error;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 use vm_memory::{ByteValued, Le64};
 
-use super::defs::{HOST_CID, MAX_CONNECTIONS, QUEUE_SIZE, REQUEST_TIMEOUT};
+use super::defs::{Timeouts, HOST_CID, MAX_CONNECTIONS, QUEUE_SIZE};
 use super::unix::muxer::Muxer;
 use super::worker::Worker;
 use crate::base::{queue_array, Activation, Device, DeviceBackend, DeviceCommon};
@@ -70,7 +69,7 @@ pub struct VsockBackend {
     /// our own file.
     socket_id: Option<(u64, u64)>,
     max_connections: usize,
-    request_timeout: Duration,
+    timeouts: Timeouts,
 }
 
 impl Vsock {
@@ -103,7 +102,7 @@ impl Vsock {
             listener,
             socket_id,
             max_connections: MAX_CONNECTIONS,
-            request_timeout: REQUEST_TIMEOUT,
+            timeouts: Timeouts::default(),
         };
         Ok(Device::with_backend(common, backend))
     }
@@ -118,10 +117,10 @@ impl Vsock {
         &self.backend().uds_path
     }
 
-    /// How long the guest may take to answer a connection the host asked for (default
-    /// [`REQUEST_TIMEOUT`]); takes effect at the next activation.
-    pub fn set_request_timeout(&mut self, timeout: Duration) {
-        self.backend_mut().request_timeout = timeout;
+    /// How long a host client may take to name its port and the guest to answer (default
+    /// [`Timeouts::default`]); takes effect at the next activation.
+    pub fn set_timeouts(&mut self, timeouts: Timeouts) {
+        self.backend_mut().timeouts = timeouts;
     }
 
     /// Lowers the connection cap (takes effect at the next activation).
@@ -152,7 +151,7 @@ impl DeviceBackend for VsockBackend {
             self.uds_path.clone(),
             self.listener.try_clone()?,
             self.max_connections,
-            self.request_timeout,
+            self.timeouts,
         )?;
         let event_loop = EventLoop::with_epoll(Arc::clone(muxer.epoll()));
         let queues = [rx.queue, tx.queue, ev.queue];

@@ -37,9 +37,9 @@ fn host_connect_refused_by_guest_closes_the_stream() {
 
 #[test]
 fn host_connect_unanswered_times_out_and_closes_the_stream() {
-    let timeout = Duration::from_secs(2);
+    let timeout = short_timeouts().request;
     let mut s = setup_with(
-        |v| v.set_request_timeout(timeout),
+        |v| v.set_timeouts(short_timeouts()),
         super::super::test_utils::INITIAL_RX_BUFFERS,
     );
     let (mut client, req) = host_request(&mut s, b"CONNECT 9\n");
@@ -96,11 +96,14 @@ fn connect_line_of_exactly_32_bytes_is_accepted() {
 
 #[test]
 fn silent_host_client_is_dropped_after_the_line_timeout() {
-    let s = setup();
+    let s = setup_with(
+        |v| v.set_timeouts(short_timeouts()),
+        super::super::test_utils::INITIAL_RX_BUFFERS,
+    );
     let mut client = UnixStream::connect(&s.path).unwrap();
     let started = std::time::Instant::now();
     assert_closed(&mut client);
-    assert!(started.elapsed() >= CONNECT_LINE_TIMEOUT - Duration::from_millis(100));
+    assert!(started.elapsed() >= short_timeouts().connect_line - Duration::from_millis(100));
 }
 
 #[test]
@@ -279,4 +282,20 @@ fn host_ports_are_unique_per_connection() {
         assert!(ports.insert(port), "port {port} reused while in use");
         clients.push(client);
     }
+}
+
+/// Timeouts short enough for a test to wait them out (the defaults are 30 s and 60 s).
+fn short_timeouts() -> Timeouts {
+    Timeouts {
+        connect_line: Duration::from_secs(2),
+        request: Duration::from_secs(2),
+    }
+}
+
+#[test]
+fn default_timeouts_outlast_the_sdk_reply_timeout() {
+    // The SDK gives up after 30 s and says so; the device must not close first (a close reads
+    // as "refused" or EPIPE on the client's side).
+    assert!(Timeouts::default().request > Duration::from_secs(30));
+    assert!(Timeouts::default().connect_line >= Duration::from_secs(30));
 }

@@ -109,8 +109,8 @@ pub struct Muxer {
     local_ports: HashSet<u32>,
     next_port: u32,
     max_connections: usize,
-    /// How long the guest may take to answer a host-initiated REQUEST.
-    request_timeout: Duration,
+    /// How long host clients and the guest may take to set up a connection.
+    timeouts: Timeouts,
     /// Guest-initiated connections per host port (only ports with some).
     guest_conns: HashMap<u32, usize>,
     /// Guest-initiated connections in all.
@@ -126,7 +126,7 @@ impl Muxer {
         uds_path: PathBuf,
         listener: UnixListener,
         max_connections: usize,
-        request_timeout: Duration,
+        timeouts: Timeouts,
     ) -> io::Result<Self> {
         listener.set_nonblocking(true)?;
         let epoll = Arc::new(Epoll::new()?);
@@ -149,7 +149,7 @@ impl Muxer {
             local_ports: HashSet::new(),
             next_port: FIRST_EPHEMERAL_PORT,
             max_connections,
-            request_timeout,
+            timeouts,
             guest_conns: HashMap::new(),
             guest_total: 0,
             scratch: vec![0; MAX_PKT_DATA as usize],
@@ -344,7 +344,7 @@ impl Muxer {
                 warn!("vsock: cannot watch host client: {e}");
                 continue;
             }
-            let deadline = Instant::now() + CONNECT_LINE_TIMEOUT;
+            let deadline = Instant::now() + self.timeouts.connect_line;
             self.deadlines
                 .push(Reverse((deadline, Deadline::Pending(fd))));
             self.pending.insert(
@@ -432,7 +432,7 @@ impl Muxer {
             stream,
             self.guest_cid,
             (local_port, peer_port),
-            self.request_timeout,
+            self.timeouts.request,
         );
         self.fds.insert(fd, key);
         self.conns.insert(
