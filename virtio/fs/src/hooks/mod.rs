@@ -81,8 +81,9 @@ impl<F: FileSystem> Hooked<F> {
         self.paths.path(inode)
     }
 
-    fn op(&self, kind: OpKind, ctx: &Context, inode: Inode) -> Op<'static> {
+    fn op(&self, kind: OpKind, ctx: &Context, inode: Inode) -> Op<'_> {
         Op {
+            backend: &self.inner,
             kind,
             ctx: *ctx,
             inode,
@@ -99,20 +100,14 @@ impl<F: FileSystem> Hooked<F> {
     }
 
     /// An operation through the open handle `handle`.
-    fn with_handle(
-        &self,
-        kind: OpKind,
-        ctx: &Context,
-        inode: Inode,
-        handle: Handle,
-    ) -> Op<'static> {
+    fn with_handle(&self, kind: OpKind, ctx: &Context, inode: Inode, handle: Handle) -> Op<'_> {
         Op {
             handle: Some(handle),
             ..self.op(kind, ctx, inode)
         }
     }
 
-    fn named(&self, kind: OpKind, ctx: &Context, parent: Inode, name: &CStr) -> Op<'static> {
+    fn named(&self, kind: OpKind, ctx: &Context, parent: Inode, name: &CStr) -> Op<'_> {
         Op {
             path: self.paths.child(parent, name.to_bytes()),
             ..self.op(kind, ctx, parent)
@@ -131,7 +126,7 @@ impl<F: FileSystem> Hooked<F> {
         let mut result = Ok(());
         for h in &self.hooks {
             ran += 1;
-            if let Err(e) = h.before(&self.inner, op) {
+            if let Err(e) = h.before(op) {
                 result = Err(e);
                 break;
             }
@@ -153,7 +148,7 @@ impl<F: FileSystem> Hooked<F> {
 
     fn rewrite_reply(&self, op: &Op<'_>, mut data: Vec<u8>) -> io::Result<Vec<u8>> {
         for h in self.hooks.iter().rev() {
-            h.rewrite_reply(&self.inner, op, &mut data)?;
+            h.rewrite_reply(op, &mut data)?;
         }
         Ok(data)
     }
@@ -175,7 +170,7 @@ impl<F: FileSystem> Hooked<F> {
     /// reference is given back.
     fn check_entry(&self, op: &Op<'_>, e: &Entry) -> io::Result<()> {
         for h in &self.hooks {
-            if let Err(err) = h.check_entry(&self.inner, op, e) {
+            if let Err(err) = h.check_entry(op, e) {
                 self.inner.forget(e.inode, 1);
                 return Err(err);
             }
@@ -321,7 +316,7 @@ impl<F: FileSystem> FileSystem for Hooked<F> {
                     let mut first_hook = self.hooks.len();
                     let mut answer = None;
                     for (i, h) in self.hooks.iter().enumerate() {
-                        if let Some(a) = h.answer_read(&self.inner, &op) {
+                        if let Some(a) = h.answer_read(&op) {
                             (first_hook, answer) = (i, Some(a));
                             break;
                         }
@@ -333,7 +328,7 @@ impl<F: FileSystem> FileSystem for Hooked<F> {
                     // Only the hooks above the one that answered undo their
                     // transformation.
                     for h in self.hooks[..first_hook].iter().rev() {
-                        h.rewrite_reply(&self.inner, &op, &mut data)?;
+                        h.rewrite_reply(&op, &mut data)?;
                     }
                     Ok(data)
                 },
@@ -353,7 +348,7 @@ impl<F: FileSystem> FileSystem for Hooked<F> {
                 || {
                     let mut buf = data.to_vec();
                     for h in &self.hooks {
-                        h.rewrite_write(&self.inner, &op, &mut buf)?;
+                        h.rewrite_write(&op, &mut buf)?;
                     }
                     let n = self.inner.write(ctx, inode, handle, offset, &buf, flags)?;
                     Ok(if n as usize >= buf.len() {

@@ -23,7 +23,7 @@ struct Tracer {
 }
 
 impl Hook for Tracer {
-    fn before(&self, _b: &dyn FileSystem, op: &Op<'_>) -> io::Result<()> {
+    fn before(&self, op: &Op<'_>) -> io::Result<()> {
         self.log
             .lock()
             .unwrap()
@@ -33,12 +33,7 @@ impl Hook for Tracer {
         }
         Ok(())
     }
-    fn rewrite_write(
-        &self,
-        _b: &dyn FileSystem,
-        _op: &Op<'_>,
-        data: &mut Vec<u8>,
-    ) -> io::Result<()> {
+    fn rewrite_write(&self, _op: &Op<'_>, data: &mut Vec<u8>) -> io::Result<()> {
         data.extend_from_slice(self.name.as_bytes());
         Ok(())
     }
