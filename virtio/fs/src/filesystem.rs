@@ -175,339 +175,216 @@ fn enosys<T>() -> io::Result<T> {
     Err(io::Error::from_raw_os_error(libc::ENOSYS))
 }
 
-/// A filesystem the FUSE server can serve to the guest.
-///
-/// Implementations must be safe to call from several threads at once (the
-/// device may serve several request queues) and must never trust their
-/// arguments: inode numbers and handles come from the guest and may be stale
-/// or forged (answer `EBADF`/`ENOENT`, never panic).
-#[allow(unused_variables)]
-pub trait FileSystem: Send + Sync {
+/// Defines [`FileSystem`] and its pointer forwarders from one list of
+/// methods, so every signature is written once: each entry is a method
+/// without its `&self` receiver, ending in `;` (backends must implement
+/// it) or in its default body. The list is collected one method at a time
+/// (a `;` or a block after the return type cannot be told apart in a
+/// single repetition).
+macro_rules! filesystem_trait {
+    (@collect [$($ptr:ty),*] $done:tt) => {
+        filesystem_trait!(@trait $done);
+        $(filesystem_trait!(@forward $ptr $done);)*
+    };
+    (@trait [$($done:tt)*]) => {
+        /// A filesystem the FUSE server can serve to the guest.
+        ///
+        /// Implementations must be safe to call from several threads at once (the
+        /// device may serve several request queues) and must never trust their
+        /// arguments: inode numbers and handles come from the guest and may be stale
+        /// or forged (answer `EBADF`/`ENOENT`, never panic).
+        #[allow(unused_variables)]
+        pub trait FileSystem: Send + Sync {
+            $($done)*
+        }
+    };
+    (@collect $ptrs:tt [$($done:tt)*]
+        $(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?; $($rest:tt)*) => {
+        filesystem_trait!(@collect $ptrs
+            [$($done)* $(#[$m])* fn $name(&self, $($arg: $ty),*) $(-> $ret)?;] $($rest)*);
+    };
+    (@collect $ptrs:tt [$($done:tt)*]
+        $(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? $body:block
+        $($rest:tt)*) => {
+        filesystem_trait!(@collect $ptrs
+            [$($done)* $(#[$m])* fn $name(&self, $($arg: $ty),*) $(-> $ret)? $body] $($rest)*);
+    };
+    // `Box<dyn FileSystem>` and `Arc<T>` are backends too (the server takes
+    // a backend by value).
+    (@forward $ptr:ty [$(
+        $(#[$m:meta])* fn $name:ident(&self, $($arg:ident: $ty:ty),*) $(-> $ret:ty)? $(;)? $($body:block)?
+    )*]) => {
+        impl<T: FileSystem + ?Sized> FileSystem for $ptr {
+            $(fn $name(&self, $($arg: $ty),*) $(-> $ret)? {
+                (**self).$name($($arg),*)
+            })*
+        }
+    };
+    (forwarded by $ptrs:tt; $($methods:tt)*) => {
+        filesystem_trait!(@collect $ptrs [] $($methods)*);
+    };
+}
+
+filesystem_trait! {
+    forwarded by [Box<T>, std::sync::Arc<T>];
+
     /// Called once for FUSE_INIT; returns nothing to negotiate beyond what
     /// the server decides. A backend may prepare its root here.
-    fn init(&self) -> io::Result<()> {
+    fn init() -> io::Result<()> {
         Ok(())
     }
 
     /// Called when the guest unmounts (FUSE_DESTROY) or the device resets.
-    fn destroy(&self) {}
+    fn destroy() {}
 
     /// Looks up `name` in directory `parent`.
-    fn lookup(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<Entry>;
+    fn lookup(ctx: &Context, parent: Inode, name: &CStr) -> io::Result<Entry>;
 
     /// The kernel dropped `count` references to `inode`.
-    fn forget(&self, inode: Inode, count: u64) {}
+    fn forget(inode: Inode, count: u64) {}
 
     /// Attributes of `inode` and how long they may be cached.
-    fn getattr(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        handle: Option<Handle>,
-    ) -> io::Result<(Attr, Duration)>;
+    fn getattr(ctx: &Context, inode: Inode, handle: Option<Handle>) -> io::Result<(Attr, Duration)>;
 
     /// Changes attributes; returns the new ones.
-    fn setattr(&self, ctx: &Context, inode: Inode, attr: SetAttr) -> io::Result<(Attr, Duration)> {
+    fn setattr(ctx: &Context, inode: Inode, attr: SetAttr) -> io::Result<(Attr, Duration)> {
         enosys()
     }
 
     /// Target of a symlink.
-    fn readlink(&self, ctx: &Context, inode: Inode) -> io::Result<Vec<u8>> {
+    fn readlink(ctx: &Context, inode: Inode) -> io::Result<Vec<u8>> {
         enosys()
     }
 
     /// Creates symlink `name` in `parent` pointing at `target`.
-    fn symlink(
-        &self,
-        ctx: &Context,
-        target: &CStr,
-        parent: Inode,
-        name: &CStr,
-    ) -> io::Result<Entry> {
+    fn symlink(ctx: &Context, target: &CStr, parent: Inode, name: &CStr) -> io::Result<Entry> {
         enosys()
     }
 
     /// Creates a device node, FIFO, socket or regular file (`mode` includes the type).
-    fn mknod(
-        &self,
-        ctx: &Context,
-        parent: Inode,
-        name: &CStr,
-        mode: u32,
-        rdev: u32,
-        umask: u32,
-    ) -> io::Result<Entry> {
+    fn mknod(ctx: &Context, parent: Inode, name: &CStr, mode: u32, rdev: u32, umask: u32) -> io::Result<Entry> {
         enosys()
     }
 
     /// Creates a directory.
-    fn mkdir(
-        &self,
-        ctx: &Context,
-        parent: Inode,
-        name: &CStr,
-        mode: u32,
-        umask: u32,
-    ) -> io::Result<Entry> {
+    fn mkdir(ctx: &Context, parent: Inode, name: &CStr, mode: u32, umask: u32) -> io::Result<Entry> {
         enosys()
     }
 
     /// Removes a non-directory name.
-    fn unlink(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
+    fn unlink(ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
         enosys()
     }
 
     /// Removes an empty directory.
-    fn rmdir(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
+    fn rmdir(ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
         enosys()
     }
 
     /// Renames; `flags` are `RENAME_NOREPLACE` / `RENAME_EXCHANGE` / `RENAME_WHITEOUT`.
-    fn rename(
-        &self,
-        ctx: &Context,
-        olddir: Inode,
-        oldname: &CStr,
-        newdir: Inode,
-        newname: &CStr,
-        flags: u32,
-    ) -> io::Result<()> {
+    fn rename(ctx: &Context, olddir: Inode, oldname: &CStr, newdir: Inode, newname: &CStr, flags: u32) -> io::Result<()> {
         enosys()
     }
 
     /// Creates hard link `newname` in `newparent` to `inode`.
-    fn link(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        newparent: Inode,
-        newname: &CStr,
-    ) -> io::Result<Entry> {
+    fn link(ctx: &Context, inode: Inode, newparent: Inode, newname: &CStr) -> io::Result<Entry> {
         enosys()
     }
 
     /// Opens a file; `flags` are the guest's open(2) flags.
-    fn open(&self, ctx: &Context, inode: Inode, flags: u32) -> io::Result<OpenReply> {
+    fn open(ctx: &Context, inode: Inode, flags: u32) -> io::Result<OpenReply> {
         enosys()
     }
 
     /// Creates and opens a regular file.
-    fn create(
-        &self,
-        ctx: &Context,
-        parent: Inode,
-        name: &CStr,
-        mode: u32,
-        flags: u32,
-        umask: u32,
-    ) -> io::Result<(Entry, OpenReply)> {
+    fn create(ctx: &Context, parent: Inode, name: &CStr, mode: u32, flags: u32, umask: u32) -> io::Result<(Entry, OpenReply)> {
         enosys()
     }
 
     /// Reads up to `size` bytes at `offset`; fewer means end of file.
-    fn read(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        handle: Handle,
-        offset: u64,
-        size: u32,
-    ) -> io::Result<Vec<u8>> {
+    fn read(ctx: &Context, inode: Inode, handle: Handle, offset: u64, size: u32) -> io::Result<Vec<u8>> {
         enosys()
     }
 
     /// Writes `data` at `offset`; returns the bytes written.
-    fn write(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        handle: Handle,
-        offset: u64,
-        data: &[u8],
-        flags: u32,
-    ) -> io::Result<u32> {
+    fn write(ctx: &Context, inode: Inode, handle: Handle, offset: u64, data: &[u8], flags: u32) -> io::Result<u32> {
         enosys()
     }
 
     /// close(2) of one file descriptor referring to the handle.
-    fn flush(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        handle: Handle,
-        lock_owner: u64,
-    ) -> io::Result<()> {
+    fn flush(ctx: &Context, inode: Inode, handle: Handle, lock_owner: u64) -> io::Result<()> {
         Ok(())
     }
 
     /// fsync(2)/fdatasync(2).
-    fn fsync(&self, ctx: &Context, inode: Inode, datasync: bool, handle: Handle) -> io::Result<()> {
+    fn fsync(ctx: &Context, inode: Inode, datasync: bool, handle: Handle) -> io::Result<()> {
         Ok(())
     }
 
     /// The last reference to an open file went away.
-    fn release(&self, ctx: &Context, inode: Inode, flags: u32, handle: Handle) -> io::Result<()> {
+    fn release(ctx: &Context, inode: Inode, flags: u32, handle: Handle) -> io::Result<()> {
         Ok(())
     }
 
     /// Filesystem statistics.
-    fn statfs(&self, ctx: &Context, inode: Inode) -> io::Result<StatFs> {
-        Ok(StatFs {
-            bsize: 4096,
-            frsize: 4096,
-            namelen: 255,
-            ..StatFs::default()
-        })
+    fn statfs(ctx: &Context, inode: Inode) -> io::Result<StatFs> {
+        Ok(StatFs { bsize: 4096, frsize: 4096, namelen: 255, ..StatFs::default() })
     }
 
     /// Sets an extended attribute.
-    fn setxattr(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        name: &CStr,
-        value: &[u8],
-        flags: u32,
-    ) -> io::Result<()> {
+    fn setxattr(ctx: &Context, inode: Inode, name: &CStr, value: &[u8], flags: u32) -> io::Result<()> {
         enosys()
     }
 
     /// The value of an extended attribute (the server handles size probes and `ERANGE`).
-    fn getxattr(&self, ctx: &Context, inode: Inode, name: &CStr) -> io::Result<Vec<u8>> {
+    fn getxattr(ctx: &Context, inode: Inode, name: &CStr) -> io::Result<Vec<u8>> {
         enosys()
     }
 
     /// Extended attribute names, each followed by a NUL.
-    fn listxattr(&self, ctx: &Context, inode: Inode) -> io::Result<Vec<u8>> {
+    fn listxattr(ctx: &Context, inode: Inode) -> io::Result<Vec<u8>> {
         enosys()
     }
 
     /// Removes an extended attribute.
-    fn removexattr(&self, ctx: &Context, inode: Inode, name: &CStr) -> io::Result<()> {
+    fn removexattr(ctx: &Context, inode: Inode, name: &CStr) -> io::Result<()> {
         enosys()
     }
 
     /// Opens a directory for reading.
-    fn opendir(&self, ctx: &Context, inode: Inode, flags: u32) -> io::Result<OpenReply> {
+    fn opendir(ctx: &Context, inode: Inode, flags: u32) -> io::Result<OpenReply> {
         enosys()
     }
 
     /// Lists directory entries starting after `offset` (0 = from the start,
     /// `.` and `..` included), calling `add` for each until it returns
     /// `false` (the reply buffer is full; that entry was not taken).
-    fn readdir(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        handle: Handle,
-        offset: u64,
-        add: &mut dyn FnMut(DirEntry<'_>) -> bool,
-    ) -> io::Result<()> {
+    fn readdir(ctx: &Context, inode: Inode, handle: Handle, offset: u64, add: &mut dyn FnMut(DirEntry<'_>) -> bool) -> io::Result<()> {
         enosys()
     }
 
     /// Closes a directory handle.
-    fn releasedir(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        flags: u32,
-        handle: Handle,
-    ) -> io::Result<()> {
+    fn releasedir(ctx: &Context, inode: Inode, flags: u32, handle: Handle) -> io::Result<()> {
         Ok(())
     }
 
     /// fsync(2) of a directory.
-    fn fsyncdir(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        datasync: bool,
-        handle: Handle,
-    ) -> io::Result<()> {
+    fn fsyncdir(ctx: &Context, inode: Inode, datasync: bool, handle: Handle) -> io::Result<()> {
         Ok(())
     }
 
     /// access(2) check; `mask` is `R_OK|W_OK|X_OK` or `F_OK`.
-    fn access(&self, ctx: &Context, inode: Inode, mask: u32) -> io::Result<()> {
+    fn access(ctx: &Context, inode: Inode, mask: u32) -> io::Result<()> {
         enosys()
     }
 
     /// fallocate(2).
-    fn fallocate(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        handle: Handle,
-        mode: u32,
-        offset: u64,
-        length: u64,
-    ) -> io::Result<()> {
+    fn fallocate(ctx: &Context, inode: Inode, handle: Handle, mode: u32, offset: u64, length: u64) -> io::Result<()> {
         enosys()
     }
 
     /// lseek(2) with `SEEK_DATA`/`SEEK_HOLE`; returns the new offset.
-    fn lseek(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        handle: Handle,
-        offset: u64,
-        whence: u32,
-    ) -> io::Result<u64> {
+    fn lseek(ctx: &Context, inode: Inode, handle: Handle, offset: u64, whence: u32) -> io::Result<u64> {
         enosys()
     }
 }
-
-/// Forwards every [`FileSystem`] method through a pointer type, so
-/// `Box<dyn FileSystem>` and `Arc<T>` are backends too (the server takes a
-/// backend by value). One line per method: the parameter lists are the
-/// trait's, and the compiler checks they stay so.
-macro_rules! forward_filesystem {
-    ($ptr:ty: $($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
-        impl<T: FileSystem + ?Sized> FileSystem for $ptr {
-            $(fn $name(&self, $($arg: $ty),*) -> $ret {
-                (**self).$name($($arg),*)
-            })*
-        }
-    };
-    ($($ptr:ty),*) => {$(
-        forward_filesystem! { $ptr:
-            init() -> io::Result<()>;
-            destroy() -> ();
-            lookup(ctx: &Context, parent: Inode, name: &CStr) -> io::Result<Entry>;
-            forget(inode: Inode, count: u64) -> ();
-            getattr(ctx: &Context, inode: Inode, handle: Option<Handle>) -> io::Result<(Attr, Duration)>;
-            setattr(ctx: &Context, inode: Inode, attr: SetAttr) -> io::Result<(Attr, Duration)>;
-            readlink(ctx: &Context, inode: Inode) -> io::Result<Vec<u8>>;
-            symlink(ctx: &Context, target: &CStr, parent: Inode, name: &CStr) -> io::Result<Entry>;
-            mknod(ctx: &Context, parent: Inode, name: &CStr, mode: u32, rdev: u32, umask: u32) -> io::Result<Entry>;
-            mkdir(ctx: &Context, parent: Inode, name: &CStr, mode: u32, umask: u32) -> io::Result<Entry>;
-            unlink(ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()>;
-            rmdir(ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()>;
-            rename(ctx: &Context, olddir: Inode, oldname: &CStr, newdir: Inode, newname: &CStr, flags: u32) -> io::Result<()>;
-            link(ctx: &Context, inode: Inode, newparent: Inode, newname: &CStr) -> io::Result<Entry>;
-            open(ctx: &Context, inode: Inode, flags: u32) -> io::Result<OpenReply>;
-            create(ctx: &Context, parent: Inode, name: &CStr, mode: u32, flags: u32, umask: u32) -> io::Result<(Entry, OpenReply)>;
-            read(ctx: &Context, inode: Inode, handle: Handle, offset: u64, size: u32) -> io::Result<Vec<u8>>;
-            write(ctx: &Context, inode: Inode, handle: Handle, offset: u64, data: &[u8], flags: u32) -> io::Result<u32>;
-            flush(ctx: &Context, inode: Inode, handle: Handle, lock_owner: u64) -> io::Result<()>;
-            fsync(ctx: &Context, inode: Inode, datasync: bool, handle: Handle) -> io::Result<()>;
-            release(ctx: &Context, inode: Inode, flags: u32, handle: Handle) -> io::Result<()>;
-            statfs(ctx: &Context, inode: Inode) -> io::Result<StatFs>;
-            setxattr(ctx: &Context, inode: Inode, name: &CStr, value: &[u8], flags: u32) -> io::Result<()>;
-            getxattr(ctx: &Context, inode: Inode, name: &CStr) -> io::Result<Vec<u8>>;
-            listxattr(ctx: &Context, inode: Inode) -> io::Result<Vec<u8>>;
-            removexattr(ctx: &Context, inode: Inode, name: &CStr) -> io::Result<()>;
-            opendir(ctx: &Context, inode: Inode, flags: u32) -> io::Result<OpenReply>;
-            readdir(ctx: &Context, inode: Inode, handle: Handle, offset: u64, add: &mut dyn FnMut(DirEntry<'_>) -> bool) -> io::Result<()>;
-            releasedir(ctx: &Context, inode: Inode, flags: u32, handle: Handle) -> io::Result<()>;
-            fsyncdir(ctx: &Context, inode: Inode, datasync: bool, handle: Handle) -> io::Result<()>;
-            access(ctx: &Context, inode: Inode, mask: u32) -> io::Result<()>;
-            fallocate(ctx: &Context, inode: Inode, handle: Handle, mode: u32, offset: u64, length: u64) -> io::Result<()>;
-            lseek(ctx: &Context, inode: Inode, handle: Handle, offset: u64, whence: u32) -> io::Result<u64>;
-        }
-    )*};
-}
-
-forward_filesystem!(Box<T>, std::sync::Arc<T>);

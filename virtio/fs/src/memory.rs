@@ -56,6 +56,44 @@ struct Node {
     opens: u64,
 }
 
+/// What a node about to be made is: its mode (type bits included), device
+/// number and contents.
+struct NewNode {
+    mode: u32,
+    rdev: u32,
+    content: Content,
+}
+
+impl NewNode {
+    /// An empty directory in `parent` with permission bits `perms`.
+    fn dir(parent: Inode, perms: u32) -> Self {
+        let entries = BTreeMap::new();
+        Self {
+            mode: libc::S_IFDIR | perms,
+            rdev: 0,
+            content: Content::Dir { entries, parent },
+        }
+    }
+
+    /// An empty regular file with permission bits `perms`.
+    fn file(perms: u32) -> Self {
+        Self {
+            mode: libc::S_IFREG | perms,
+            rdev: 0,
+            content: Content::File(Vec::new()),
+        }
+    }
+
+    /// A symlink to `target`.
+    fn symlink(target: Vec<u8>) -> Self {
+        Self {
+            mode: libc::S_IFLNK | 0o777,
+            rdev: 0,
+            content: Content::Symlink(target),
+        }
+    }
+}
+
 impl Node {
     /// A node made now by `ctx`: size and link count follow from `content`.
     fn new(ino: Inode, mode: u32, ctx: &Context, rdev: u32, content: Content) -> Self {
@@ -216,24 +254,22 @@ impl State {
         }
     }
 
-    /// Creates a node named `name` in `parent` (which must not have it).
+    /// Creates `node` named `name` in `parent` (which must not have it).
     fn insert(
         &mut self,
         ctx: &Context,
         parent: Inode,
         name: &[u8],
-        mode: u32,
-        rdev: u32,
-        content: Content,
+        node: NewNode,
     ) -> io::Result<Inode> {
         if self.dir(parent)?.contains_key(name) {
             return err(libc::EEXIST);
         }
         let ino = self.next_inode;
         self.next_inode += 1;
-        let is_dir = matches!(content, Content::Dir { .. });
-        self.nodes
-            .insert(ino, Node::new(ino, mode, ctx, rdev, content));
+        let is_dir = matches!(node.content, Content::Dir { .. });
+        let node = Node::new(ino, node.mode, ctx, node.rdev, node.content);
+        self.nodes.insert(ino, node);
         self.dir_mut(parent)?.insert(name.to_vec(), ino);
         let p = self.node_mut(parent)?;
         if is_dir {
@@ -477,17 +513,9 @@ impl MemoryFs {
         for p in parts {
             dir = match st.child(dir, p.as_bytes()) {
                 Ok(d) => d,
-                Err(_) if create => st.insert(
-                    &root,
-                    dir,
-                    p.as_bytes(),
-                    libc::S_IFDIR | 0o755,
-                    0,
-                    Content::Dir {
-                        entries: BTreeMap::new(),
-                        parent: dir,
-                    },
-                )?,
+                Err(_) if create => {
+                    st.insert(&root, dir, p.as_bytes(), NewNode::dir(dir, 0o755))?
+                }
                 Err(e) => return Err(e),
             };
         }
@@ -501,14 +529,7 @@ impl MemoryFs {
         let (dir, name) = Self::walk(&mut st, path, true)?;
         let ino = match st.child(dir, name) {
             Ok(ino) => ino,
-            Err(_) => st.insert(
-                &Context::default(),
-                dir,
-                name,
-                libc::S_IFREG | (mode & 0o7777),
-                0,
-                Content::File(Vec::new()),
-            )?,
+            Err(_) => st.insert(&Context::default(), dir, name, NewNode::file(mode & 0o7777))?,
         };
         st.resize(ino, 0, None)?;
         st.resize(ino, bytes.len() as u64, self.byte_limit)?;
@@ -534,12 +555,7 @@ impl MemoryFs {
             &Context::default(),
             dir,
             name,
-            libc::S_IFDIR | (mode & 0o7777),
-            0,
-            Content::Dir {
-                entries: BTreeMap::new(),
-                parent: dir,
-            },
+            NewNode::dir(dir, mode & 0o7777),
         )
     }
 
@@ -547,14 +563,8 @@ impl MemoryFs {
     pub fn add_symlink(&self, path: &str, target: &str) -> io::Result<Inode> {
         let mut st = self.lock();
         let (dir, name) = Self::walk(&mut st, path, true)?;
-        st.insert(
-            &Context::default(),
-            dir,
-            name,
-            libc::S_IFLNK | 0o777,
-            0,
-            Content::Symlink(target.as_bytes().to_vec()),
-        )
+        let node = NewNode::symlink(target.as_bytes().to_vec());
+        st.insert(&Context::default(), dir, name, node)
     }
 
     /// The contents of the regular file at `path` (what the backing store
@@ -570,17 +580,9 @@ impl MemoryFs {
         }
     }
 
-    fn make(
-        &self,
-        ctx: &Context,
-        parent: Inode,
-        name: &CStr,
-        mode: u32,
-        rdev: u32,
-        content: Content,
-    ) -> io::Result<Entry> {
+    fn make(&self, ctx: &Context, parent: Inode, name: &CStr, node: NewNode) -> io::Result<Entry> {
         let mut st = self.lock();
-        let ino = st.insert(ctx, parent, name.to_bytes(), mode, rdev, content)?;
+        let ino = st.insert(ctx, parent, name.to_bytes(), node)?;
         st.entry(ino)
     }
 }
@@ -653,15 +655,8 @@ impl FileSystem for MemoryFs {
         parent: Inode,
         name: &CStr,
     ) -> io::Result<Entry> {
-        let t = target.to_bytes().to_vec();
-        self.make(
-            ctx,
-            parent,
-            name,
-            libc::S_IFLNK | 0o777,
-            0,
-            Content::Symlink(t),
-        )
+        let node = NewNode::symlink(target.to_bytes().to_vec());
+        self.make(ctx, parent, name, node)
     }
 
     fn mknod(
@@ -679,7 +674,16 @@ impl FileSystem for MemoryFs {
             libc::S_IFCHR | libc::S_IFBLK | libc::S_IFIFO | libc::S_IFSOCK => Content::Special,
             _ => return err(libc::EINVAL),
         };
-        self.make(ctx, parent, name, mode, rdev, content)
+        self.make(
+            ctx,
+            parent,
+            name,
+            NewNode {
+                mode,
+                rdev,
+                content,
+            },
+        )
     }
 
     fn mkdir(
@@ -690,12 +694,12 @@ impl FileSystem for MemoryFs {
         mode: u32,
         umask: u32,
     ) -> io::Result<Entry> {
-        let mode = libc::S_IFDIR | (mode & 0o7777 & !umask);
-        let content = Content::Dir {
-            entries: BTreeMap::new(),
+        self.make(
+            ctx,
             parent,
-        };
-        self.make(ctx, parent, name, mode, 0, content)
+            name,
+            NewNode::dir(parent, mode & 0o7777 & !umask),
+        )
     }
 
     fn unlink(&self, _ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
@@ -774,15 +778,8 @@ impl FileSystem for MemoryFs {
         umask: u32,
     ) -> io::Result<(Entry, OpenReply)> {
         let mut st = self.lock();
-        let mode = libc::S_IFREG | (mode & 0o7777 & !umask);
-        let ino = st.insert(
-            ctx,
-            parent,
-            name.to_bytes(),
-            mode,
-            0,
-            Content::File(Vec::new()),
-        )?;
+        let node = NewNode::file(mode & 0o7777 & !umask);
+        let ino = st.insert(ctx, parent, name.to_bytes(), node)?;
         let entry = st.entry(ino)?;
         st.node_mut(ino)?.opens += 1;
         let handle = st.new_handle(Open::File(ino));

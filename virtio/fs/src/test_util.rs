@@ -64,6 +64,18 @@ pub(crate) fn names(fs: &dyn FileSystem, ino: Inode, batch: usize) -> Vec<String
     out
 }
 
+/// A temporary host directory holding `files` (path, contents), with the
+/// directories above them.
+pub(crate) fn host_tree(files: &[(&str, &[u8])]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, contents) in files {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, contents).unwrap();
+    }
+    dir
+}
+
 /// Number of open file descriptors of this process.
 pub(crate) fn open_fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd")

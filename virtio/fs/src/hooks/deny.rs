@@ -131,10 +131,10 @@ fn walk(backend: &dyn FileSystem, path: &Path) -> Option<Inode> {
 }
 
 impl Hook for DenyPaths {
-    fn before(&self, backend: &dyn FileSystem, op: &Op<'_>) -> io::Result<()> {
-        self.ensure_started(backend);
+    fn before(&self, op: &Op<'_>) -> io::Result<()> {
+        self.ensure_started(op.backend);
         if matches!(op.kind, OpKind::Rename | OpKind::Link) {
-            self.resolve(backend);
+            self.resolve(op.backend);
         }
         if matches!(op.kind, OpKind::Release | OpKind::Releasedir) {
             return Ok(());
@@ -152,8 +152,8 @@ impl Hook for DenyPaths {
         Ok(())
     }
 
-    fn check_entry(&self, backend: &dyn FileSystem, _op: &Op<'_>, entry: &Entry) -> io::Result<()> {
-        self.ensure_started(backend);
+    fn check_entry(&self, op: &Op<'_>, entry: &Entry) -> io::Result<()> {
+        self.ensure_started(op.backend);
         if self.denied_nodes().contains(&entry.inode) {
             return Err(eacces());
         }

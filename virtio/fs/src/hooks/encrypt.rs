@@ -159,7 +159,8 @@ fn random_nonce() -> io::Result<[u8; NONCE_LEN]> {
 }
 
 impl Hook for EncryptAtRest {
-    fn before(&self, fs: &dyn FileSystem, op: &Op<'_>) -> io::Result<()> {
+    fn before(&self, op: &Op<'_>) -> io::Result<()> {
+        let fs = op.backend;
         match op.kind {
             OpKind::Getxattr | OpKind::Setxattr | OpKind::Removexattr
                 if op.xattr == Some(NONCE_XATTR) =>
@@ -194,12 +195,8 @@ impl Hook for EncryptAtRest {
         }
     }
 
-    fn rewrite_write(
-        &self,
-        fs: &dyn FileSystem,
-        op: &Op<'_>,
-        data: &mut Vec<u8>,
-    ) -> io::Result<()> {
+    fn rewrite_write(&self, op: &Op<'_>, data: &mut Vec<u8>) -> io::Result<()> {
+        let fs = op.backend;
         let nonce = {
             let _guard = self.nonce_lock.lock().unwrap_or_else(|p| p.into_inner());
             match self.nonce(fs, &op.ctx, op.inode)? {
@@ -232,12 +229,8 @@ impl Hook for EncryptAtRest {
         self.apply(&nonce, op.offset, data)
     }
 
-    fn rewrite_reply(
-        &self,
-        fs: &dyn FileSystem,
-        op: &Op<'_>,
-        data: &mut Vec<u8>,
-    ) -> io::Result<()> {
+    fn rewrite_reply(&self, op: &Op<'_>, data: &mut Vec<u8>) -> io::Result<()> {
+        let fs = op.backend;
         match op.kind {
             OpKind::Read => {
                 if let Some(nonce) = self.nonce(fs, &op.ctx, op.inode)? {

@@ -81,8 +81,9 @@ impl<F: FileSystem> Hooked<F> {
         self.paths.path(inode)
     }
 
-    fn op(&self, kind: OpKind, ctx: &Context, inode: Inode) -> Op<'static> {
+    fn op(&self, kind: OpKind, ctx: &Context, inode: Inode) -> Op<'_> {
         Op {
+            backend: &self.inner,
             kind,
             ctx: *ctx,
             inode,
@@ -99,20 +100,14 @@ impl<F: FileSystem> Hooked<F> {
     }
 
     /// An operation through the open handle `handle`.
-    fn with_handle(
-        &self,
-        kind: OpKind,
-        ctx: &Context,
-        inode: Inode,
-        handle: Handle,
-    ) -> Op<'static> {
+    fn with_handle(&self, kind: OpKind, ctx: &Context, inode: Inode, handle: Handle) -> Op<'_> {
         Op {
             handle: Some(handle),
             ..self.op(kind, ctx, inode)
         }
     }
 
-    fn named(&self, kind: OpKind, ctx: &Context, parent: Inode, name: &CStr) -> Op<'static> {
+    fn named(&self, kind: OpKind, ctx: &Context, parent: Inode, name: &CStr) -> Op<'_> {
         Op {
             path: self.paths.child(parent, name.to_bytes()),
             ..self.op(kind, ctx, parent)
@@ -131,7 +126,7 @@ impl<F: FileSystem> Hooked<F> {
         let mut result = Ok(());
         for h in &self.hooks {
             ran += 1;
-            if let Err(e) = h.before(&self.inner, op) {
+            if let Err(e) = h.before(op) {
                 result = Err(e);
                 break;
             }
@@ -153,7 +148,7 @@ impl<F: FileSystem> Hooked<F> {
 
     fn rewrite_reply(&self, op: &Op<'_>, mut data: Vec<u8>) -> io::Result<Vec<u8>> {
         for h in self.hooks.iter().rev() {
-            h.rewrite_reply(&self.inner, op, &mut data)?;
+            h.rewrite_reply(op, &mut data)?;
         }
         Ok(data)
     }
@@ -175,7 +170,7 @@ impl<F: FileSystem> Hooked<F> {
     /// reference is given back.
     fn check_entry(&self, op: &Op<'_>, e: &Entry) -> io::Result<()> {
         for h in &self.hooks {
-            if let Err(err) = h.check_entry(&self.inner, op, e) {
+            if let Err(err) = h.check_entry(op, e) {
                 self.inner.forget(e.inode, 1);
                 return Err(err);
             }
@@ -184,410 +179,241 @@ impl<F: FileSystem> Hooked<F> {
     }
 }
 
-impl<F: FileSystem> FileSystem for Hooked<F> {
-    fn init(&self) -> io::Result<()> {
-        self.inner.init()
-    }
-
-    fn destroy(&self) {
-        self.inner.destroy()
-    }
-
-    fn lookup(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<Entry> {
-        let op = self.named(OpKind::Lookup, ctx, parent, name);
-        let e = self.simple(&op, || self.inner.lookup(ctx, parent, name));
-        self.entry(&op, parent, name, e)
-    }
-
-    fn forget(&self, inode: Inode, count: u64) {
-        self.paths.forget(inode, count);
-        self.inner.forget(inode, count)
-    }
-
-    fn getattr(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        handle: Option<Handle>,
-    ) -> io::Result<(Attr, Duration)> {
-        let op = Op {
-            handle,
-            ..self.op(OpKind::Getattr, ctx, inode)
-        };
-        self.simple(&op, || self.inner.getattr(ctx, inode, handle))
-    }
-
-    fn setattr(&self, ctx: &Context, inode: Inode, attr: SetAttr) -> io::Result<(Attr, Duration)> {
-        let op = Op {
-            handle: attr.handle,
-            setattr: Some(attr),
-            size: attr.size.unwrap_or(0),
-            ..self.op(OpKind::Setattr, ctx, inode)
-        };
-        self.simple(&op, || self.inner.setattr(ctx, inode, attr))
-    }
-
-    fn readlink(&self, ctx: &Context, inode: Inode) -> io::Result<Vec<u8>> {
-        let op = self.op(OpKind::Readlink, ctx, inode);
-        self.simple(&op, || {
-            let t = self.inner.readlink(ctx, inode)?;
-            self.rewrite_reply(&op, t)
-        })
-    }
-
-    fn symlink(
-        &self,
-        ctx: &Context,
-        target: &CStr,
-        parent: Inode,
-        name: &CStr,
-    ) -> io::Result<Entry> {
-        let op = self.named(OpKind::Symlink, ctx, parent, name);
-        let e = self.simple(&op, || self.inner.symlink(ctx, target, parent, name));
-        self.entry(&op, parent, name, e)
-    }
-
-    fn mknod(
-        &self,
-        ctx: &Context,
-        parent: Inode,
-        name: &CStr,
-        mode: u32,
-        rdev: u32,
-        umask: u32,
-    ) -> io::Result<Entry> {
-        let op = self.named(OpKind::Mknod, ctx, parent, name);
-        let e = self.simple(&op, || {
-            self.inner.mknod(ctx, parent, name, mode, rdev, umask)
-        });
-        self.entry(&op, parent, name, e)
-    }
-
-    fn mkdir(
-        &self,
-        ctx: &Context,
-        parent: Inode,
-        name: &CStr,
-        mode: u32,
-        umask: u32,
-    ) -> io::Result<Entry> {
-        let op = self.named(OpKind::Mkdir, ctx, parent, name);
-        let e = self.simple(&op, || self.inner.mkdir(ctx, parent, name, mode, umask));
-        self.entry(&op, parent, name, e)
-    }
-
-    fn unlink(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
-        let op = self.named(OpKind::Unlink, ctx, parent, name);
-        self.simple(&op, || self.inner.unlink(ctx, parent, name))
-    }
-
-    fn rmdir(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
-        let op = self.named(OpKind::Rmdir, ctx, parent, name);
-        self.simple(&op, || self.inner.rmdir(ctx, parent, name))
-    }
-
-    fn rename(
-        &self,
-        ctx: &Context,
-        olddir: Inode,
-        oldname: &CStr,
-        newdir: Inode,
-        newname: &CStr,
-        flags: u32,
-    ) -> io::Result<()> {
-        let op = Op {
-            new_path: self.paths.child(newdir, newname.to_bytes()),
-            flags,
-            ..self.named(OpKind::Rename, ctx, olddir, oldname)
-        };
-        self.simple(&op, || {
-            self.inner
-                .rename(ctx, olddir, oldname, newdir, newname, flags)
-        })?;
-        let exchange = flags & libc::RENAME_EXCHANGE != 0;
-        self.paths.rename(
-            olddir,
-            oldname.to_bytes(),
-            newdir,
-            newname.to_bytes(),
-            exchange,
-        );
-        Ok(())
-    }
-
-    fn link(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        newparent: Inode,
-        newname: &CStr,
-    ) -> io::Result<Entry> {
-        let op = Op {
-            new_path: self.paths.child(newparent, newname.to_bytes()),
-            ..self.op(OpKind::Link, ctx, inode)
-        };
-        let e = self.simple(&op, || self.inner.link(ctx, inode, newparent, newname));
-        self.entry(&op, newparent, newname, e)
-    }
-
-    fn open(&self, ctx: &Context, inode: Inode, flags: u32) -> io::Result<OpenReply> {
-        let op = Op {
-            flags,
-            ..self.op(OpKind::Open, ctx, inode)
-        };
-        self.simple(&op, || self.inner.open(ctx, inode, flags))
-    }
-
-    fn create(
-        &self,
-        ctx: &Context,
-        parent: Inode,
-        name: &CStr,
-        mode: u32,
-        flags: u32,
-        umask: u32,
-    ) -> io::Result<(Entry, OpenReply)> {
-        let op = Op {
-            flags,
-            ..self.named(OpKind::Create, ctx, parent, name)
-        };
-        let r = self.simple(&op, || {
-            self.inner.create(ctx, parent, name, mode, flags, umask)
-        });
-        let (e, open) = r?;
-        if let Err(err) = self.check_entry(&op, &e) {
-            let _ = self.inner.release(ctx, e.inode, flags, open.handle);
-            return Err(err);
+/// Generates the methods of `Hooked`'s [`FileSystem`] impl. Most operations
+/// are the [`Op`] hooks see and how the backend's answer is handled:
+/// `plain` (as is), `reply` (hooks may rewrite the returned bytes) or
+/// `entry(parent, name)` (hooks check the inode handed out, and its path is
+/// recorded); operations with a flow of their own give a body. `$this` is
+/// `self`, passed in so that the expressions written at the call site can
+/// use it.
+macro_rules! hooked_methods {
+    ($this:ident;) => {};
+    ($this:ident; fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty
+        = $op:expr => $flow:ident $(($($p:expr),*))?; $($rest:tt)*) => {
+        fn $name(&$this, $($arg: $ty),*) -> $ret {
+            let op = $op;
+            hooked_methods!(@$flow $this, op $(, $($p),*)?; $name($($arg),*))
         }
-        self.paths.record(parent, name.to_bytes(), e.inode);
-        Ok((e, open))
-    }
+        hooked_methods!($this; $($rest)*);
+    };
+    ($this:ident; fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? $body:block
+        $($rest:tt)*) => {
+        fn $name(&$this, $($arg: $ty),*) $(-> $ret)? $body
+        hooked_methods!($this; $($rest)*);
+    };
+    (@plain $this:ident, $op:ident; $name:ident($($arg:ident),*)) => {
+        $this.simple(&$op, || $this.inner.$name($($arg),*))
+    };
+    (@reply $this:ident, $op:ident; $name:ident($($arg:ident),*)) => {
+        $this.simple(&$op, || {
+            let data = $this.inner.$name($($arg),*)?;
+            $this.rewrite_reply(&$op, data)
+        })
+    };
+    (@entry $this:ident, $op:ident, $parent:expr, $child:expr; $name:ident($($arg:ident),*)) => {{
+        let e = $this.simple(&$op, || $this.inner.$name($($arg),*));
+        $this.entry(&$op, $parent, $child, e)
+    }};
+}
 
-    fn read(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        handle: Handle,
-        offset: u64,
-        size: u32,
-    ) -> io::Result<Vec<u8>> {
-        let op = Op {
-            offset,
-            size: u64::from(size),
-            ..self.with_handle(OpKind::Read, ctx, inode, handle)
-        };
-        self.run(
-            &op,
-            || {
-                let mut first_hook = self.hooks.len();
-                let mut answer = None;
-                for (i, h) in self.hooks.iter().enumerate() {
-                    if let Some(a) = h.answer_read(&self.inner, &op) {
-                        (first_hook, answer) = (i, Some(a));
-                        break;
+impl<F: FileSystem> FileSystem for Hooked<F> {
+    hooked_methods! { self;
+        fn init() -> io::Result<()> {
+            self.inner.init()
+        }
+
+        fn destroy() {
+            self.inner.destroy()
+        }
+
+        fn lookup(ctx: &Context, parent: Inode, name: &CStr) -> io::Result<Entry>
+            = self.named(OpKind::Lookup, ctx, parent, name) => entry(parent, name);
+
+        fn forget(inode: Inode, count: u64) {
+            self.paths.forget(inode, count);
+            self.inner.forget(inode, count)
+        }
+
+        fn getattr(ctx: &Context, inode: Inode, handle: Option<Handle>) -> io::Result<(Attr, Duration)>
+            = Op { handle, ..self.op(OpKind::Getattr, ctx, inode) } => plain;
+
+        fn setattr(ctx: &Context, inode: Inode, attr: SetAttr) -> io::Result<(Attr, Duration)>
+            = Op {
+                handle: attr.handle,
+                setattr: Some(attr),
+                size: attr.size.unwrap_or(0),
+                ..self.op(OpKind::Setattr, ctx, inode)
+            } => plain;
+
+        fn readlink(ctx: &Context, inode: Inode) -> io::Result<Vec<u8>>
+            = self.op(OpKind::Readlink, ctx, inode) => reply;
+
+        fn symlink(ctx: &Context, target: &CStr, parent: Inode, name: &CStr) -> io::Result<Entry>
+            = self.named(OpKind::Symlink, ctx, parent, name) => entry(parent, name);
+
+        fn mknod(ctx: &Context, parent: Inode, name: &CStr, mode: u32, rdev: u32, umask: u32) -> io::Result<Entry>
+            = self.named(OpKind::Mknod, ctx, parent, name) => entry(parent, name);
+
+        fn mkdir(ctx: &Context, parent: Inode, name: &CStr, mode: u32, umask: u32) -> io::Result<Entry>
+            = self.named(OpKind::Mkdir, ctx, parent, name) => entry(parent, name);
+
+        fn unlink(ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()>
+            = self.named(OpKind::Unlink, ctx, parent, name) => plain;
+
+        fn rmdir(ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()>
+            = self.named(OpKind::Rmdir, ctx, parent, name) => plain;
+
+        fn rename(ctx: &Context, olddir: Inode, oldname: &CStr, newdir: Inode, newname: &CStr, flags: u32) -> io::Result<()> {
+            let op = Op {
+                new_path: self.paths.child(newdir, newname.to_bytes()),
+                flags,
+                ..self.named(OpKind::Rename, ctx, olddir, oldname)
+            };
+            self.simple(&op, || {
+                self.inner.rename(ctx, olddir, oldname, newdir, newname, flags)
+            })?;
+            let exchange = flags & libc::RENAME_EXCHANGE != 0;
+            let (old, new) = (oldname.to_bytes(), newname.to_bytes());
+            self.paths.rename(olddir, old, newdir, new, exchange);
+            Ok(())
+        }
+
+        fn link(ctx: &Context, inode: Inode, newparent: Inode, newname: &CStr) -> io::Result<Entry>
+            = Op {
+                new_path: self.paths.child(newparent, newname.to_bytes()),
+                ..self.op(OpKind::Link, ctx, inode)
+            } => entry(newparent, newname);
+
+        fn open(ctx: &Context, inode: Inode, flags: u32) -> io::Result<OpenReply>
+            = Op { flags, ..self.op(OpKind::Open, ctx, inode) } => plain;
+
+        fn create(ctx: &Context, parent: Inode, name: &CStr, mode: u32, flags: u32, umask: u32) -> io::Result<(Entry, OpenReply)> {
+            let op = Op {
+                flags,
+                ..self.named(OpKind::Create, ctx, parent, name)
+            };
+            let r = self.simple(&op, || {
+                self.inner.create(ctx, parent, name, mode, flags, umask)
+            });
+            let (e, open) = r?;
+            if let Err(err) = self.check_entry(&op, &e) {
+                let _ = self.inner.release(ctx, e.inode, flags, open.handle);
+                return Err(err);
+            }
+            self.paths.record(parent, name.to_bytes(), e.inode);
+            Ok((e, open))
+        }
+
+        fn read(ctx: &Context, inode: Inode, handle: Handle, offset: u64, size: u32) -> io::Result<Vec<u8>> {
+            let op = Op {
+                offset,
+                size: u64::from(size),
+                ..self.with_handle(OpKind::Read, ctx, inode, handle)
+            };
+            self.run(
+                &op,
+                || {
+                    let mut first_hook = self.hooks.len();
+                    let mut answer = None;
+                    for (i, h) in self.hooks.iter().enumerate() {
+                        if let Some(a) = h.answer_read(&op) {
+                            (first_hook, answer) = (i, Some(a));
+                            break;
+                        }
                     }
-                }
-                let mut data = match answer {
-                    Some(a) => a?,
-                    None => self.inner.read(ctx, inode, handle, offset, size)?,
-                };
-                // Only the hooks above the one that answered undo their
-                // transformation.
-                for h in self.hooks[..first_hook].iter().rev() {
-                    h.rewrite_reply(&self.inner, &op, &mut data)?;
-                }
-                Ok(data)
-            },
-            |d| d.len() as u64,
-        )
-    }
+                    let mut data = match answer {
+                        Some(a) => a?,
+                        None => self.inner.read(ctx, inode, handle, offset, size)?,
+                    };
+                    // Only the hooks above the one that answered undo their
+                    // transformation.
+                    for h in self.hooks[..first_hook].iter().rev() {
+                        h.rewrite_reply(&op, &mut data)?;
+                    }
+                    Ok(data)
+                },
+                |d| d.len() as u64,
+            )
+        }
 
-    fn write(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        handle: Handle,
-        offset: u64,
-        data: &[u8],
-        flags: u32,
-    ) -> io::Result<u32> {
-        let op = Op {
-            offset,
-            size: data.len() as u64,
-            flags,
-            ..self.with_handle(OpKind::Write, ctx, inode, handle)
-        };
-        self.run(
-            &op,
-            || {
-                let mut buf = data.to_vec();
-                for h in &self.hooks {
-                    h.rewrite_write(&self.inner, &op, &mut buf)?;
-                }
-                let n = self.inner.write(ctx, inode, handle, offset, &buf, flags)?;
-                Ok(if n as usize >= buf.len() {
-                    data.len() as u32
-                } else {
-                    n.min(data.len() as u32)
-                })
-            },
-            |n| u64::from(*n),
-        )
-    }
+        fn write(ctx: &Context, inode: Inode, handle: Handle, offset: u64, data: &[u8], flags: u32) -> io::Result<u32> {
+            let op = Op {
+                offset,
+                size: data.len() as u64,
+                flags,
+                ..self.with_handle(OpKind::Write, ctx, inode, handle)
+            };
+            self.run(
+                &op,
+                || {
+                    let mut buf = data.to_vec();
+                    for h in &self.hooks {
+                        h.rewrite_write(&op, &mut buf)?;
+                    }
+                    let n = self.inner.write(ctx, inode, handle, offset, &buf, flags)?;
+                    Ok(if n as usize >= buf.len() {
+                        data.len() as u32
+                    } else {
+                        n.min(data.len() as u32)
+                    })
+                },
+                |n| u64::from(*n),
+            )
+        }
 
-    fn flush(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        handle: Handle,
-        lock_owner: u64,
-    ) -> io::Result<()> {
-        let op = self.with_handle(OpKind::Flush, ctx, inode, handle);
-        self.simple(&op, || self.inner.flush(ctx, inode, handle, lock_owner))
-    }
+        fn flush(ctx: &Context, inode: Inode, handle: Handle, lock_owner: u64) -> io::Result<()>
+            = self.with_handle(OpKind::Flush, ctx, inode, handle) => plain;
 
-    fn fsync(&self, ctx: &Context, inode: Inode, datasync: bool, handle: Handle) -> io::Result<()> {
-        let op = self.with_handle(OpKind::Fsync, ctx, inode, handle);
-        self.simple(&op, || self.inner.fsync(ctx, inode, datasync, handle))
-    }
+        fn fsync(ctx: &Context, inode: Inode, datasync: bool, handle: Handle) -> io::Result<()>
+            = self.with_handle(OpKind::Fsync, ctx, inode, handle) => plain;
 
-    fn release(&self, ctx: &Context, inode: Inode, flags: u32, handle: Handle) -> io::Result<()> {
-        let op = self.with_handle(OpKind::Release, ctx, inode, handle);
-        self.simple(&op, || self.inner.release(ctx, inode, flags, handle))
-    }
+        fn release(ctx: &Context, inode: Inode, flags: u32, handle: Handle) -> io::Result<()>
+            = self.with_handle(OpKind::Release, ctx, inode, handle) => plain;
 
-    fn statfs(&self, ctx: &Context, inode: Inode) -> io::Result<StatFs> {
-        let op = self.op(OpKind::Statfs, ctx, inode);
-        self.simple(&op, || self.inner.statfs(ctx, inode))
-    }
+        fn statfs(ctx: &Context, inode: Inode) -> io::Result<StatFs>
+            = self.op(OpKind::Statfs, ctx, inode) => plain;
 
-    fn setxattr(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        name: &CStr,
-        value: &[u8],
-        flags: u32,
-    ) -> io::Result<()> {
-        let op = Op {
-            xattr: Some(name),
-            size: value.len() as u64,
-            flags,
-            ..self.op(OpKind::Setxattr, ctx, inode)
-        };
-        self.simple(&op, || self.inner.setxattr(ctx, inode, name, value, flags))
-    }
+        fn setxattr(ctx: &Context, inode: Inode, name: &CStr, value: &[u8], flags: u32) -> io::Result<()>
+            = Op {
+                xattr: Some(name),
+                size: value.len() as u64,
+                flags,
+                ..self.op(OpKind::Setxattr, ctx, inode)
+            } => plain;
 
-    fn getxattr(&self, ctx: &Context, inode: Inode, name: &CStr) -> io::Result<Vec<u8>> {
-        let op = Op {
-            xattr: Some(name),
-            ..self.op(OpKind::Getxattr, ctx, inode)
-        };
-        self.simple(&op, || {
-            let v = self.inner.getxattr(ctx, inode, name)?;
-            self.rewrite_reply(&op, v)
-        })
-    }
+        fn getxattr(ctx: &Context, inode: Inode, name: &CStr) -> io::Result<Vec<u8>>
+            = Op { xattr: Some(name), ..self.op(OpKind::Getxattr, ctx, inode) } => reply;
 
-    fn listxattr(&self, ctx: &Context, inode: Inode) -> io::Result<Vec<u8>> {
-        let op = self.op(OpKind::Listxattr, ctx, inode);
-        self.simple(&op, || {
-            let v = self.inner.listxattr(ctx, inode)?;
-            self.rewrite_reply(&op, v)
-        })
-    }
+        fn listxattr(ctx: &Context, inode: Inode) -> io::Result<Vec<u8>>
+            = self.op(OpKind::Listxattr, ctx, inode) => reply;
 
-    fn removexattr(&self, ctx: &Context, inode: Inode, name: &CStr) -> io::Result<()> {
-        let op = Op {
-            xattr: Some(name),
-            ..self.op(OpKind::Removexattr, ctx, inode)
-        };
-        self.simple(&op, || self.inner.removexattr(ctx, inode, name))
-    }
+        fn removexattr(ctx: &Context, inode: Inode, name: &CStr) -> io::Result<()>
+            = Op { xattr: Some(name), ..self.op(OpKind::Removexattr, ctx, inode) } => plain;
 
-    fn opendir(&self, ctx: &Context, inode: Inode, flags: u32) -> io::Result<OpenReply> {
-        let op = self.op(OpKind::Opendir, ctx, inode);
-        self.simple(&op, || self.inner.opendir(ctx, inode, flags))
-    }
+        fn opendir(ctx: &Context, inode: Inode, flags: u32) -> io::Result<OpenReply>
+            = self.op(OpKind::Opendir, ctx, inode) => plain;
 
-    fn readdir(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        handle: Handle,
-        offset: u64,
-        add: &mut dyn FnMut(DirEntry<'_>) -> bool,
-    ) -> io::Result<()> {
-        let op = Op {
-            offset,
-            ..self.with_handle(OpKind::Readdir, ctx, inode, handle)
-        };
-        self.simple(&op, || self.inner.readdir(ctx, inode, handle, offset, add))
-    }
+        fn readdir(ctx: &Context, inode: Inode, handle: Handle, offset: u64, add: &mut dyn FnMut(DirEntry<'_>) -> bool) -> io::Result<()>
+            = Op { offset, ..self.with_handle(OpKind::Readdir, ctx, inode, handle) } => plain;
 
-    fn releasedir(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        flags: u32,
-        handle: Handle,
-    ) -> io::Result<()> {
-        let op = self.with_handle(OpKind::Releasedir, ctx, inode, handle);
-        self.simple(&op, || self.inner.releasedir(ctx, inode, flags, handle))
-    }
+        fn releasedir(ctx: &Context, inode: Inode, flags: u32, handle: Handle) -> io::Result<()>
+            = self.with_handle(OpKind::Releasedir, ctx, inode, handle) => plain;
 
-    fn fsyncdir(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        datasync: bool,
-        handle: Handle,
-    ) -> io::Result<()> {
-        let op = self.with_handle(OpKind::Fsyncdir, ctx, inode, handle);
-        self.simple(&op, || self.inner.fsyncdir(ctx, inode, datasync, handle))
-    }
+        fn fsyncdir(ctx: &Context, inode: Inode, datasync: bool, handle: Handle) -> io::Result<()>
+            = self.with_handle(OpKind::Fsyncdir, ctx, inode, handle) => plain;
 
-    fn access(&self, ctx: &Context, inode: Inode, mask: u32) -> io::Result<()> {
-        let op = Op {
-            flags: mask,
-            ..self.op(OpKind::Access, ctx, inode)
-        };
-        self.simple(&op, || self.inner.access(ctx, inode, mask))
-    }
+        fn access(ctx: &Context, inode: Inode, mask: u32) -> io::Result<()>
+            = Op { flags: mask, ..self.op(OpKind::Access, ctx, inode) } => plain;
 
-    fn fallocate(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        handle: Handle,
-        mode: u32,
-        offset: u64,
-        length: u64,
-    ) -> io::Result<()> {
-        let op = Op {
-            offset,
-            size: length,
-            flags: mode,
-            ..self.with_handle(OpKind::Fallocate, ctx, inode, handle)
-        };
-        self.simple(&op, || {
-            self.inner
-                .fallocate(ctx, inode, handle, mode, offset, length)
-        })
-    }
+        fn fallocate(ctx: &Context, inode: Inode, handle: Handle, mode: u32, offset: u64, length: u64) -> io::Result<()>
+            = Op {
+                offset,
+                size: length,
+                flags: mode,
+                ..self.with_handle(OpKind::Fallocate, ctx, inode, handle)
+            } => plain;
 
-    fn lseek(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        handle: Handle,
-        offset: u64,
-        whence: u32,
-    ) -> io::Result<u64> {
-        let op = Op {
-            offset,
-            ..self.with_handle(OpKind::Lseek, ctx, inode, handle)
-        };
-        self.simple(&op, || self.inner.lseek(ctx, inode, handle, offset, whence))
+        fn lseek(ctx: &Context, inode: Inode, handle: Handle, offset: u64, whence: u32) -> io::Result<u64>
+            = Op { offset, ..self.with_handle(OpKind::Lseek, ctx, inode, handle) } => plain;
     }
 }

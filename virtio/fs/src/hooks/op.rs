@@ -84,8 +84,11 @@ impl OpKind {
 }
 
 /// One operation as hooks see it.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Op<'a> {
+    /// The filesystem under all hooks, for hooks that keep state there
+    /// (xattrs) or answer themselves.
+    pub backend: &'a dyn FileSystem,
     /// What is being done.
     pub kind: OpKind,
     /// Who in the guest asked.
@@ -115,41 +118,45 @@ pub struct Op<'a> {
     pub flags: u32,
 }
 
+// By hand, since the backend has no `Debug`: what the operation is and
+// where; the rest is left out.
+impl std::fmt::Debug for Op<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Op")
+            .field("kind", &self.kind)
+            .field("ctx", &self.ctx)
+            .field("inode", &self.inode)
+            .field("path", &self.path)
+            .field("new_path", &self.new_path)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Host code that sees operations; see the module docs for the order.
-/// Every method has a pass-through default. `backend` is the filesystem
-/// under all hooks, for hooks that keep state there (xattrs) or answer.
+/// Every method has a pass-through default; [`Op::backend`] is the
+/// filesystem under all hooks.
 #[allow(unused_variables)]
 pub trait Hook: Send + Sync {
     /// Runs before the operation; an error denies it with that error.
-    fn before(&self, backend: &dyn FileSystem, op: &Op<'_>) -> io::Result<()> {
+    fn before(&self, op: &Op<'_>) -> io::Result<()> {
         Ok(())
     }
 
     /// May rewrite a WRITE's payload before it reaches the backend. The
     /// guest is told the length it sent was written if the backend took the
     /// whole rewritten payload.
-    fn rewrite_write(
-        &self,
-        backend: &dyn FileSystem,
-        op: &Op<'_>,
-        data: &mut Vec<u8>,
-    ) -> io::Result<()> {
+    fn rewrite_write(&self, op: &Op<'_>, data: &mut Vec<u8>) -> io::Result<()> {
         Ok(())
     }
 
     /// May answer a READ itself (`Some`), skipping the backend and the hooks
     /// after this one.
-    fn answer_read(&self, backend: &dyn FileSystem, op: &Op<'_>) -> Option<io::Result<Vec<u8>>> {
+    fn answer_read(&self, op: &Op<'_>) -> Option<io::Result<Vec<u8>>> {
         None
     }
 
     /// May rewrite what READ, GETXATTR, LISTXATTR or READLINK returns.
-    fn rewrite_reply(
-        &self,
-        backend: &dyn FileSystem,
-        op: &Op<'_>,
-        data: &mut Vec<u8>,
-    ) -> io::Result<()> {
+    fn rewrite_reply(&self, op: &Op<'_>, data: &mut Vec<u8>) -> io::Result<()> {
         Ok(())
     }
 
@@ -159,7 +166,7 @@ pub trait Hook: Send + Sync {
     /// Sees the inode a successful reply is about to hand the guest
     /// (lookup, create, mkdir, mknod, symlink, link); an error withholds
     /// it (the backend's lookup reference is given back) and is the reply.
-    fn check_entry(&self, backend: &dyn FileSystem, op: &Op<'_>, entry: &Entry) -> io::Result<()> {
+    fn check_entry(&self, op: &Op<'_>, entry: &Entry) -> io::Result<()> {
         Ok(())
     }
 }

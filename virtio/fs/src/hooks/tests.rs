@@ -7,7 +7,7 @@ use super::encrypt::NONCE_XATTR;
 use super::*;
 use crate::filesystem::ROOT_INODE;
 use crate::memory::MemoryFs;
-use crate::test_util::c;
+use crate::test_util::{c, host_tree};
 
 const CTX: Context = Context {
     uid: 1000,
@@ -23,7 +23,7 @@ struct Tracer {
 }
 
 impl Hook for Tracer {
-    fn before(&self, _b: &dyn FileSystem, op: &Op<'_>) -> io::Result<()> {
+    fn before(&self, op: &Op<'_>) -> io::Result<()> {
         self.log
             .lock()
             .unwrap()
@@ -33,12 +33,7 @@ impl Hook for Tracer {
         }
         Ok(())
     }
-    fn rewrite_write(
-        &self,
-        _b: &dyn FileSystem,
-        _op: &Op<'_>,
-        data: &mut Vec<u8>,
-    ) -> io::Result<()> {
+    fn rewrite_write(&self, _op: &Op<'_>, data: &mut Vec<u8>) -> io::Result<()> {
         data.extend_from_slice(self.name.as_bytes());
         Ok(())
     }
@@ -168,10 +163,10 @@ fn audit_log_writes_json_lines() {
 
 #[test]
 fn deny_paths_blocks_lookups_creates_and_renames_into_the_subtree() {
-    let backend = MemoryFs::new();
-    backend.add_file("secret/key", b"k", 0o600).unwrap();
-    backend.add_file("open.txt", b"o", 0o644).unwrap();
-    let fs = Hooked::new(backend, vec![Arc::new(DenyPaths::new(["/secret"]))]);
+    let fs = deny_on_memory(
+        &[("secret/key", b"k", 0o600), ("open.txt", b"o", 0o644)],
+        ["/secret"],
+    );
     let eacces = Some(libc::EACCES);
     assert_eq!(
         fs.lookup(&CTX, ROOT_INODE, &c("secret"))
@@ -316,22 +311,38 @@ fn lookup_errno(fs: &dyn FileSystem, dir: Inode, name: &str) -> Option<i32> {
     errno_of(fs.lookup(&CTX, dir, &c(name)))
 }
 
+/// A memory backend holding `files` (path, contents, mode) behind
+/// [`DenyPaths`] of `denied`.
+fn deny_on_memory<const N: usize>(
+    files: &[(&str, &[u8], u32)],
+    denied: [&str; N],
+) -> Hooked<MemoryFs> {
+    let backend = MemoryFs::new();
+    for (path, contents, mode) in files {
+        backend.add_file(path, contents, *mode).unwrap();
+    }
+    Hooked::new(backend, vec![Arc::new(DenyPaths::new(denied))])
+}
+
+/// Renames `/a` to `/b` through `fs`; the inode `/b` names then.
+fn rename_a_to_b(fs: &dyn FileSystem) -> Inode {
+    fs.rename(&CTX, ROOT_INODE, &c("a"), ROOT_INODE, &c("b"), 0)
+        .unwrap();
+    fs.lookup(&CTX, ROOT_INODE, &c("b")).unwrap().inode
+}
+
 fn errno_of<T: std::fmt::Debug>(r: io::Result<T>) -> Option<i32> {
     r.unwrap_err().raw_os_error()
 }
 
 #[test]
 fn deny_paths_follows_the_object_through_a_rename_of_its_parent() {
-    let backend = MemoryFs::new();
-    backend.add_file("a/secret/key", b"k", 0o600).unwrap();
-    let fs = Hooked::new(backend, vec![Arc::new(DenyPaths::new(["/a/secret"]))]);
+    let fs = deny_on_memory(&[("a/secret/key", b"k", 0o600)], ["/a/secret"]);
     let a = fs.lookup(&CTX, ROOT_INODE, &c("a")).unwrap();
     assert_eq!(lookup_errno(&fs, a.inode, "secret"), Some(libc::EACCES));
-    fs.rename(&CTX, ROOT_INODE, &c("a"), ROOT_INODE, &c("b"), 0)
-        .unwrap();
     // "/b/secret" is listed nowhere, but it is the denied directory.
-    let b = fs.lookup(&CTX, ROOT_INODE, &c("b")).unwrap();
-    assert_eq!(lookup_errno(&fs, b.inode, "secret"), Some(libc::EACCES));
+    let b = rename_a_to_b(&fs);
+    assert_eq!(lookup_errno(&fs, b, "secret"), Some(libc::EACCES));
     assert_eq!(lookup_errno(&fs, a.inode, "secret"), Some(libc::EACCES));
 }
 
@@ -358,10 +369,7 @@ fn deny_paths_refuses_a_hard_link_to_a_denied_file() {
 
 #[test]
 fn deny_paths_refuses_nodes_of_unknown_path_but_not_renamed_over_ones() {
-    let backend = MemoryFs::new();
-    backend.add_file("f", b"f", 0o644).unwrap();
-    backend.add_file("g", b"g", 0o644).unwrap();
-    let fs = Hooked::new(backend, vec![Arc::new(DenyPaths::new(["/secret"]))]);
+    let fs = deny_on_memory(&[("f", b"f", 0o644), ("g", b"g", 0o644)], ["/secret"]);
     // Reached behind the hook's back: its path is unknown to the hook.
     let f = fs.inner().lookup(&CTX, ROOT_INODE, &c("f")).unwrap();
     assert_eq!(
@@ -384,18 +392,13 @@ fn deny_paths_refuses_nodes_of_unknown_path_but_not_renamed_over_ones() {
 #[test]
 fn deny_paths_follows_host_objects_of_the_passthrough_backend() {
     use crate::passthrough::{PassthroughConfig, PassthroughFs};
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("a/secret")).unwrap();
-    std::fs::write(dir.path().join("a/secret/key"), b"k").unwrap();
-    std::fs::write(dir.path().join("token"), b"t").unwrap();
+    let dir = host_tree(&[("a/secret/key", b"k"), ("token", b"t")]);
     std::fs::hard_link(dir.path().join("token"), dir.path().join("a/alias")).unwrap();
     let backend = PassthroughFs::new(dir.path(), PassthroughConfig::default()).unwrap();
     let deny = DenyPaths::new(["/a/secret", "/token"]);
     let fs = Hooked::new(backend, vec![Arc::new(deny)]);
     let a = fs.lookup(&CTX, ROOT_INODE, &c("a")).unwrap();
     assert_eq!(lookup_errno(&fs, a.inode, "alias"), Some(libc::EACCES));
-    fs.rename(&CTX, ROOT_INODE, &c("a"), ROOT_INODE, &c("b"), 0)
-        .unwrap();
-    let b = fs.lookup(&CTX, ROOT_INODE, &c("b")).unwrap();
-    assert_eq!(lookup_errno(&fs, b.inode, "secret"), Some(libc::EACCES));
+    let b = rename_a_to_b(&fs);
+    assert_eq!(lookup_errno(&fs, b, "secret"), Some(libc::EACCES));
 }

@@ -5,15 +5,24 @@ use crate::test_util::{assert_errno, c, errno, mknod, names, open_fd_count, CTX}
 use std::os::unix::fs::{symlink, MetadataExt};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-fn fs_with(dir: &Path, config: PassthroughConfig) -> PassthroughFs {
+/// A backend serving `dir`, its default configuration changed by `set`.
+fn fs_with(dir: &Path, set: impl FnOnce(&mut PassthroughConfig)) -> PassthroughFs {
+    let mut config = PassthroughConfig::default();
+    set(&mut config);
     PassthroughFs::new(dir, config).unwrap()
+}
+
+/// An empty share and its initialised backend with the default configuration.
+fn fresh_share() -> (tempfile::TempDir, PassthroughFs) {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = fs_with(dir.path(), |_| {});
+    fs.init().unwrap();
+    (dir, fs)
 }
 
 #[test]
 fn every_operation_works_on_a_real_directory() {
-    let dir = tempfile::tempdir().unwrap();
-    let fs = fs_with(dir.path(), PassthroughConfig::default());
-    fs.init().unwrap();
+    let (dir, fs) = fresh_share();
 
     let (e, open) = fs
         .create(
@@ -168,7 +177,7 @@ fn symlinks_and_dotdot_never_reach_outside_the_share() {
     symlink(outside.path(), share.path().join("abs")).unwrap();
     symlink("../../../etc", sub.join("up")).unwrap();
     symlink("../../../../../../..", sub.join("way_up")).unwrap();
-    let fs = fs_with(share.path(), PassthroughConfig::default());
+    let fs = fs_with(share.path(), |_| {});
 
     for (dir, link) in [(ROOT_INODE, "root"), (ROOT_INODE, "abs")] {
         let e = fs.lookup(&CTX, dir, &c(link)).unwrap();
@@ -219,13 +228,7 @@ fn racing_symlink_swaps_never_open_anything_outside() {
     std::fs::write(share.path().join("d/secret"), b"inside").unwrap();
     symlink(outside.path(), share.path().join("evil")).unwrap();
     // A tiny cache so lookups of "d" keep going back to the host path.
-    let fs = Arc::new(fs_with(
-        share.path(),
-        PassthroughConfig {
-            max_open_fds: 1,
-            ..Default::default()
-        },
-    ));
+    let fs = Arc::new(fs_with(share.path(), |c| c.max_open_fds = 1));
     let stop = Arc::new(AtomicBool::new(false));
     let swapper = {
         let (root, stop) = (share.path().to_owned(), stop.clone());
@@ -277,13 +280,7 @@ fn walking_more_entries_than_max_open_fds_keeps_descriptors_bounded() {
             std::fs::write(d.join(format!("f{j}")), format!("{i}-{j}")).unwrap();
         }
     }
-    let fs = fs_with(
-        share.path(),
-        PassthroughConfig {
-            max_open_fds: 16,
-            ..Default::default()
-        },
-    );
+    let fs = fs_with(share.path(), |c| c.max_open_fds = 16);
     let before = open_fd_count();
     let mut files = 0;
     let mut peak = 0;
@@ -321,13 +318,7 @@ fn walking_more_entries_than_max_open_fds_keeps_descriptors_bounded() {
 fn open_handles_are_capped() {
     let share = tempfile::tempdir().unwrap();
     std::fs::write(share.path().join("f"), b"x").unwrap();
-    let fs = fs_with(
-        share.path(),
-        PassthroughConfig {
-            max_open_handles: 3,
-            ..Default::default()
-        },
-    );
+    let fs = fs_with(share.path(), |c| c.max_open_handles = 3);
     let f = fs.lookup(&CTX, ROOT_INODE, &c("f")).unwrap();
     let hs: Vec<_> = (0..3)
         .map(|_| {
@@ -346,13 +337,7 @@ fn open_handles_are_capped() {
 fn read_only_refuses_every_change() {
     let share = tempfile::tempdir().unwrap();
     std::fs::write(share.path().join("f"), b"data").unwrap();
-    let fs = fs_with(
-        share.path(),
-        PassthroughConfig {
-            read_only: true,
-            ..Default::default()
-        },
-    );
+    let fs = fs_with(share.path(), |c| c.read_only = true);
     let f = fs.lookup(&CTX, ROOT_INODE, &c("f")).unwrap();
     let h = fs
         .open(&CTX, f.inode, libc::O_RDONLY as u32)
@@ -400,13 +385,7 @@ fn id_map_presents_host_owner_as_guest_root() {
     std::fs::write(share.path().join("f"), b"x").unwrap();
     let meta = std::fs::metadata(share.path().join("f")).unwrap();
     let map = IdMap::host_user_as_root(meta.uid(), meta.gid());
-    let fs = fs_with(
-        share.path(),
-        PassthroughConfig {
-            id_map: map,
-            ..Default::default()
-        },
-    );
+    let fs = fs_with(share.path(), |c| c.id_map = map);
     let f = fs.lookup(&CTX, ROOT_INODE, &c("f")).unwrap();
     assert_eq!((f.attr.uid, f.attr.gid), (0, 0));
     // Owners outside the map show as the overflow id.
@@ -418,13 +397,7 @@ fn id_map_presents_host_owner_as_guest_root() {
         }],
         gids: vec![],
     };
-    let fs2 = fs_with(
-        share.path(),
-        PassthroughConfig {
-            id_map: other,
-            ..Default::default()
-        },
-    );
+    let fs2 = fs_with(share.path(), |c| c.id_map = other);
     let f2 = fs2.lookup(&CTX, ROOT_INODE, &c("f")).unwrap();
     assert_eq!((f2.attr.uid, f2.attr.gid), (OVERFLOW_ID, OVERFLOW_ID));
     // A guest chown to an unmapped id is refused; to a mapped one lands on the host id.
@@ -469,9 +442,7 @@ fn host_mode(path: &Path) -> u32 {
 
 #[test]
 fn the_host_never_gets_set_id_bits_or_device_nodes_but_the_guest_sees_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let fs = fs_with(dir.path(), PassthroughConfig::default());
-    fs.init().unwrap();
+    let (dir, fs) = fresh_share();
     let (f, open) = fs
         .create(&CTX, ROOT_INODE, &c("suid"), 0o4755, libc::O_RDWR as u32, 0)
         .unwrap();
@@ -521,7 +492,7 @@ fn the_host_never_gets_set_id_bits_or_device_nodes_but_the_guest_sees_them() {
     // server, and shows in lookups.
     fs.rename(&CTX, ROOT_INODE, &c("suid"), d.inode, &c("moved"), 0)
         .unwrap();
-    let fs2 = fs_with(dir.path(), PassthroughConfig::default());
+    let fs2 = fs_with(dir.path(), |_| {});
     let sg = fs2.lookup(&CTX, ROOT_INODE, &c("sgid")).unwrap();
     let moved = fs2.lookup(&CTX, sg.inode, &c("moved")).unwrap();
     assert_eq!(moved.attr.mode, libc::S_IFREG | 0o4755);
@@ -554,7 +525,7 @@ fn the_host_never_gets_set_id_bits_or_device_nodes_but_the_guest_sees_them() {
 fn a_set_id_create_over_an_existing_file_keeps_that_files_mode() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("f"), b"").unwrap();
-    let fs = fs_with(dir.path(), PassthroughConfig::default());
+    let fs = fs_with(dir.path(), |_| {});
     let (e, open) = fs
         .create(&CTX, ROOT_INODE, &c("f"), 0o4777, libc::O_RDWR as u32, 0)
         .unwrap();
@@ -569,7 +540,7 @@ fn directory_handles_read_on_demand_and_page_through_every_entry() {
     for i in 0..3000 {
         std::fs::write(dir.path().join(format!("entry-{i:05}")), b"").unwrap();
     }
-    let fs = fs_with(dir.path(), PassthroughConfig::default());
+    let fs = fs_with(dir.path(), |_| {});
     // Many handles on the same big directory: one host fd each, no copy.
     let handles: Vec<Handle> = (0..200)
         .map(|_| fs.opendir(&CTX, ROOT_INODE, 0).unwrap().handle)
