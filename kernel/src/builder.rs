@@ -19,10 +19,10 @@ use std::process::{Command, Stdio};
 
 use crate::cache::KernelCache;
 use crate::config::{requested_options, verify};
+use crate::error::Error;
 use crate::error::IoContext;
 use crate::progress::{Progress, Reporter};
 use crate::spec::KernelSpec;
-use crate::Error;
 
 /// First guess of the number of compile steps, used until a build has recorded the real count
 /// (the default spec on linux-source 6.12.117 printed 1681 kbuild step lines).
