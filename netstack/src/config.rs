@@ -1,10 +1,9 @@
 //! Addresses and limits of the sandbox network, with the defaults every sandbox uses.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use crate::dns::Upstream;
-use crate::ports::PublishedPort;
 
 /// The guest network, 10.0.2.0/24 (the same plan as QEMU user networking, which guests know).
 pub const SUBNET_PREFIX_LEN: u8 = 24;
@@ -112,6 +111,35 @@ impl NetConfig {
     /// Largest Ethernet frame on the link.
     pub fn max_frame_len(&self) -> usize {
         self.mtu + ETHERNET_HEADER_LEN
+    }
+}
+
+/// Transport of a published port (only TCP for now).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PortProtocol {
+    /// TCP.
+    Tcp,
+}
+
+/// A host address whose connections are spliced to `guest_port` on the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PublishedPort {
+    /// Where the host listens (port 0 picks a free one; `publish` returns the bound address).
+    pub host_addr: SocketAddr,
+    /// The guest port connections reach.
+    pub guest_port: u16,
+    /// Transport.
+    pub proto: PortProtocol,
+}
+
+impl PublishedPort {
+    /// Publishes `guest_port` on the host's 127.0.0.1 at `host_port`.
+    pub fn tcp(host_port: u16, guest_port: u16) -> Self {
+        PublishedPort {
+            host_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, host_port)),
+            guest_port,
+            proto: PortProtocol::Tcp,
+        }
     }
 }
 

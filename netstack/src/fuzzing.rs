@@ -14,12 +14,10 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpListenEndpoint};
 
 use crate::config::{GATEWAY_IP, GATEWAY_MAC, GUEST_IP, HOST_ALIAS_IP};
-use crate::dns::PinTable;
+use crate::frames::{classify, ipv4_packet, offload_checksums, tcp_seq, FrameBuilder, Inbound};
+use crate::pins::PinTable;
 use crate::policy::{FlowInfo, Policy, Protocol};
-use crate::stack::frames::{
-    classify, ipv4_packet, offload_checksums, tcp_seq, FrameBuilder, Inbound,
-};
-use crate::stack::Stack;
+use crate::state::Stack;
 
 /// TCP sockets one harness accepts at most (each costs two buffers).
 const MAX_SOCKETS: usize = 8;

@@ -23,7 +23,6 @@
 //! reach the guest; other authority and additional records are dropped, as
 //! they could carry addresses that skipped the filter.
 
-mod pins;
 mod upstream;
 
 use std::io;
@@ -35,7 +34,9 @@ use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
 use tokio::sync::Semaphore;
 
-pub use pins::{PinTable, MAX_NAMES_PER_ADDRESS, MAX_PINNED_ADDRESSES, MAX_PIN_TTL, MIN_PIN_TTL};
+pub use crate::pins::{
+    PinTable, MAX_NAMES_PER_ADDRESS, MAX_PINNED_ADDRESSES, MAX_PIN_TTL, MIN_PIN_TTL,
+};
 
 use crate::events::NetEvent;
 use crate::policy::{Policy, HOST_ALIAS_IP, HOST_ALIAS_NAME};

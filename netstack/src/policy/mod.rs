@@ -113,8 +113,8 @@ pub use group::Group;
 pub use path::{allow_covers, deny_covers, path_views};
 pub use rule::{DomainPattern, HttpMatch, PortRange, Rule, RuleError, Target};
 
-use crate::dns::PinTable;
 use crate::http::HttpInfo;
+use crate::pins::PinTable;
 
 /// The guest-visible address of the host alias.
 pub const HOST_ALIAS_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 254);

@@ -23,11 +23,11 @@ use tokio::net::TcpStream;
 use super::guest_stream::{handshaking, GuestStream};
 use crate::config::DNS_PORT;
 use crate::events::{NetEvent, Transport};
+use crate::frames::TcpKey;
 use crate::http;
 use crate::policy::{FlowInfo, Verdict};
-use crate::stack::frames::TcpKey;
-use crate::stack::stats::StatsCounters;
-use crate::stack::{PolicedFlow, Shared, Stack, TcpEntry};
+use crate::state::{PolicedFlow, Shared, Stack, TcpEntry};
+use crate::stats::StatsCounters;
 
 /// Buffers of a DNS-over-TCP connection (messages are at most 64 KiB).
 const DNS_TCP_BUFFER: usize = 64 * 1024;

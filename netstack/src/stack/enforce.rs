@@ -1,14 +1,11 @@
 //! A policy change reaches open flows: every guest-initiated TCP and UDP flow is checked again
 //! under the new policy, and the ones it denies end at once.
 
-use std::net::SocketAddr;
-
 use smoltcp::socket::tcp;
 
-use super::{Shared, TcpEntry};
-use crate::events::{NetEvent, Transport};
+use crate::events::Transport;
 use crate::policy::{Policy, Verdict};
-use crate::stack::stats::StatsCounters;
+use crate::state::{Shared, TcpEntry};
 
 /// Why an open flow must end under `policy`, with the deciding rule; `None` keeps it.
 fn must_end(
@@ -110,13 +107,7 @@ pub(crate) fn end_denied_flows(shared: &Shared) {
         shared.sync_flow_stats(st);
     }
     for (transport, dst, (rule, reason)) in ended {
-        StatsCounters::add(&shared.stats.flows_denied, 1);
-        shared.emit(NetEvent::FlowDenied {
-            transport,
-            dst: SocketAddr::V4(dst),
-            rule,
-            reason,
-        });
+        shared.deny(transport, dst, rule, reason);
     }
     shared.wake.notify_one();
 }
