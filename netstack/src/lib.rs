@@ -27,6 +27,8 @@
 //! either way), UDP published ports, HTTP inspection across protocol upgrades (`CONNECT` and
 //! `Upgrade` requests on inspected connections are refused).
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod dns;
 pub mod events;
