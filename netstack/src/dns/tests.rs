@@ -151,6 +151,15 @@ async fn ask(
     (reply, events.into_inner())
 }
 
+/// A server whose upstream (the discard port) never answers.
+fn discard_server() -> DnsServer {
+    DnsServer::new(
+        Upstream::Servers(vec!["127.0.0.1:9".parse().unwrap()]),
+        PinTable::new(),
+    )
+    .unwrap()
+}
+
 fn addresses(reply: &Message) -> Vec<IpAddr> {
     reply.answers.iter().filter_map(address).collect()
 }
@@ -288,11 +297,7 @@ async fn rebinding_answers_are_refused_unless_a_rule_allows_them() {
 #[tokio::test]
 async fn host_alias_name_resolves_only_when_host_is_allowed() {
     // Answered locally: the upstream is never asked, so none is needed.
-    let server = DnsServer::new(
-        Upstream::Servers(vec!["127.0.0.1:9".parse().unwrap()]),
-        PinTable::new(),
-    )
-    .unwrap();
+    let server = discard_server();
     let (reply, events) = ask(
         &server,
         &Policy::default(),
@@ -317,11 +322,7 @@ async fn host_alias_name_resolves_only_when_host_is_allowed() {
 
 #[tokio::test]
 async fn malformed_queries_get_formerr_or_nothing() {
-    let server = DnsServer::new(
-        Upstream::Servers(vec!["127.0.0.1:9".parse().unwrap()]),
-        PinTable::new(),
-    )
-    .unwrap();
+    let server = discard_server();
     let policy = Policy::default();
     let events = RefCell::new(Vec::new());
     let sink = |e| events.borrow_mut().push(e);
@@ -367,11 +368,7 @@ async fn malformed_queries_get_formerr_or_nothing() {
 async fn unreachable_upstream_gives_servfail() {
     // Nothing listens on the discard port of loopback: the UDP send gets
     // ICMP port unreachable (or times out).
-    let server = DnsServer::new(
-        Upstream::Servers(vec!["127.0.0.1:9".parse().unwrap()]),
-        PinTable::new(),
-    )
-    .unwrap();
+    let server = discard_server();
     let (reply, events) = ask(&server, &Policy::default(), "public.test.", RecordType::A).await;
     assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
     let [NetEvent::DnsQuery {
@@ -430,11 +427,7 @@ async fn truncated_upstream_answers_are_fetched_over_tcp() {
 
 #[tokio::test]
 async fn queries_beyond_the_in_flight_cap_get_servfail_at_once() {
-    let server = DnsServer::new(
-        Upstream::Servers(vec!["127.0.0.1:9".parse().unwrap()]),
-        PinTable::new(),
-    )
-    .unwrap();
+    let server = discard_server();
     let _all = server
         .in_flight
         .try_acquire_many(MAX_IN_FLIGHT as u32)

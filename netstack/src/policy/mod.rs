@@ -128,15 +128,12 @@ const HTTP_PORT: PortRange = PortRange {
     last: 80,
 };
 
-/// The groups the built-in rules deny, in the order they are reported.
-const BUILTIN_DENIED: [Group; 6] = [
-    Group::Private,
-    Group::Loopback,
-    Group::LinkLocal,
-    Group::Metadata,
-    Group::Multicast,
-    Group::Host,
-];
+/// The groups the built-in rules deny, in the order they are reported: every group but
+/// `public`, which [`Group::ALL`] lists first (checked when this compiles).
+const BUILTIN_DENIED: &[Group] = match Group::ALL.split_first() {
+    Some((Group::Public, rest)) => rest,
+    _ => panic!("Group::ALL starts with public"),
+};
 
 /// A transport protocol, as flows and rules name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

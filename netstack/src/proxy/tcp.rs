@@ -126,12 +126,17 @@ pub(crate) async fn splice(
     shared: Rc<Shared>,
     key: TcpKey,
     handle: SocketHandle,
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
 ) {
     let mut flow = Splice {
+        stream,
         stats: shared.stats.clone(),
-        ..Splice::default()
+        up_done: false,
+        down_done: false,
+        reset: false,
+        up: 0,
+        down: 0,
     };
     poll_fn(|cx| {
         let mut st = shared.stack.borrow_mut();
@@ -140,8 +145,8 @@ pub(crate) async fn splice(
             sock.register_recv_waker(cx.waker());
             return Poll::Pending;
         }
-        let moved_up = flow.guest_to_host(sock, &mut stream, cx);
-        let moved_down = flow.host_to_guest(sock, &mut stream, cx);
+        let moved_up = flow.guest_to_host(sock, cx);
+        let moved_down = flow.host_to_guest(sock, cx);
         if moved_up || moved_down {
             shared.wake.notify_one();
         }
@@ -150,9 +155,9 @@ pub(crate) async fn splice(
     .await;
     if flow.reset {
         // Reset the host side too rather than let it see a clean EOF.
-        let _ = stream.set_zero_linger();
+        let _ = flow.stream.set_zero_linger();
     }
-    drop(stream);
+    drop(flow.stream);
     finish(&shared, key, handle);
     shared.emit(NetEvent::FlowClosed {
         transport: Transport::Tcp,
@@ -163,8 +168,9 @@ pub(crate) async fn splice(
 }
 
 /// Where one spliced flow stands, each way.
-#[derive(Default)]
 struct Splice {
+    /// The host end.
+    stream: TcpStream,
     stats: Arc<StatsCounters>,
     /// The guest finished sending and the host socket was shut down for writing.
     up_done: bool,
@@ -181,20 +187,16 @@ struct Splice {
 impl Splice {
     /// Moves what the guest sent to the host as far as the host socket takes it, and passes
     /// the guest's FIN on. True when bytes moved.
-    fn guest_to_host(
-        &mut self,
-        sock: &mut tcp::Socket<'static>,
-        stream: &mut TcpStream,
-        cx: &mut Context<'_>,
-    ) -> bool {
+    fn guest_to_host(&mut self, sock: &mut tcp::Socket<'static>, cx: &mut Context<'_>) -> bool {
         let mut moved = false;
         while !self.up_done && !self.reset {
             if sock.can_recv() {
-                let written = sock.recv(|buf| match Pin::new(&mut *stream).poll_write(cx, buf) {
-                    Poll::Ready(Ok(n)) => (n, Ok(n)),
-                    Poll::Ready(Err(e)) => (0, Err(e)),
-                    Poll::Pending => (0, Ok(0)),
-                });
+                let written =
+                    sock.recv(|buf| match Pin::new(&mut self.stream).poll_write(cx, buf) {
+                        Poll::Ready(Ok(n)) => (n, Ok(n)),
+                        Poll::Ready(Err(e)) => (0, Err(e)),
+                        Poll::Pending => (0, Ok(0)),
+                    });
                 match written {
                     Ok(Ok(0)) => break,
                     Ok(Ok(n)) => {
@@ -209,10 +211,12 @@ impl Splice {
                 break;
             } else {
                 match sock.recv(|_| (0, ())) {
-                    Err(RecvError::Finished) => match Pin::new(&mut *stream).poll_shutdown(cx) {
-                        Poll::Ready(_) => self.up_done = true,
-                        Poll::Pending => break,
-                    },
+                    Err(RecvError::Finished) => {
+                        match Pin::new(&mut self.stream).poll_shutdown(cx) {
+                            Poll::Ready(_) => self.up_done = true,
+                            Poll::Pending => break,
+                        }
+                    }
                     _ => self.reset = true,
                 }
             }
@@ -222,12 +226,7 @@ impl Splice {
 
     /// Moves what the host sent to the guest as far as the smoltcp send buffer takes it, and
     /// closes towards the guest at the host's EOF. True when bytes (or the FIN) moved.
-    fn host_to_guest(
-        &mut self,
-        sock: &mut tcp::Socket<'static>,
-        stream: &mut TcpStream,
-        cx: &mut Context<'_>,
-    ) -> bool {
+    fn host_to_guest(&mut self, sock: &mut tcp::Socket<'static>, cx: &mut Context<'_>) -> bool {
         let mut moved = false;
         while !self.down_done && !self.reset {
             if !sock.may_send() {
@@ -241,7 +240,7 @@ impl Splice {
             }
             let read = sock.send(|buf| {
                 let mut read_buf = ReadBuf::new(buf);
-                match Pin::new(&mut *stream).poll_read(cx, &mut read_buf) {
+                match Pin::new(&mut self.stream).poll_read(cx, &mut read_buf) {
                     Poll::Ready(Ok(())) => {
                         let n = read_buf.filled().len();
                         (n, Ok(Some(n)))

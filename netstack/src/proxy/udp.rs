@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 
 use crate::config::DNS_PORT;
 use crate::events::{NetEvent, Transport};
+use crate::frames::Datagram;
 use crate::state::{Shared, Stack, UdpFlow, UdpKey};
 use crate::stats::StatsCounters;
 
@@ -23,14 +24,10 @@ const DNS_IN_FLIGHT: usize = 64;
 const MAX_DATAGRAM: usize = 65535;
 
 /// Handles one datagram from the guest. `frame` is the whole frame (quoted in ICMP errors).
-pub(crate) fn datagram(
-    shared: &Rc<Shared>,
-    st: &mut Stack,
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
-    payload: &[u8],
-    frame: &[u8],
-) {
+pub(crate) fn datagram(shared: &Rc<Shared>, st: &mut Stack, datagram: &Datagram<'_>, frame: &[u8]) {
+    let Datagram {
+        src, dst, payload, ..
+    } = *datagram;
     let config = &shared.config;
     if *dst.ip() == config.gateway_ip {
         if dst.port() == DNS_PORT {

@@ -235,14 +235,9 @@ fn handle_frame(shared: &Rc<Shared>, st: &mut Stack, frame: &[u8]) {
                 None => proxy::tcp::new_flow(shared, st, key, frame),
             }
         }
-        Inbound::Udp {
-            src,
-            dst,
-            payload,
-            src_mac,
-        } => {
-            st.guest_mac = src_mac;
-            proxy::udp::datagram(shared, st, src, dst, payload, frame);
+        Inbound::Udp(datagram) => {
+            st.guest_mac = datagram.src_mac;
+            proxy::udp::datagram(shared, st, &datagram, frame);
         }
     }
 }
