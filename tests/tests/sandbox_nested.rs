@@ -8,8 +8,8 @@
 
 use std::time::Duration;
 
-use msbvm_tests::e2e::{assert_checks, prelude, with_msbvm};
-use msbvm_tests::{nested, or_skip, NestedVm, Stream};
+use msbvm_tests::e2e::{assert_checks, l1_ready, prelude, run_scenarios, with_msbvm};
+use msbvm_tests::NestedVm;
 
 const L1_TIMEOUT: Duration = Duration::from_secs(900);
 
@@ -90,16 +90,13 @@ echo "CHECK done yes"
 
 #[test]
 fn sandboxes_run_commands_end_to_end() {
-    let Some(_) = or_skip(nested::preflight()) else {
+    if !l1_ready() {
+        return;
+    }
+    let vm = with_msbvm(NestedVm::builder()).timeout(L1_TIMEOUT);
+    let Some(out) = run_scenarios(vm, &script()) else {
         return;
     };
-    let vm = with_msbvm(NestedVm::builder())
-        .timeout(L1_TIMEOUT)
-        .stream(Stream::Stderr);
-    let Some(out) = or_skip(vm.run_script(&script())) else {
-        return;
-    };
-    eprintln!("L1 run took {:.1} s", out.elapsed.as_secs_f64());
     let expected = [
         ("done", "yes"),
         ("echo_rc", "0"),

@@ -15,8 +15,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use msbvm_tests::e2e::{assert_checks, prelude, with_msbvm};
-use msbvm_tests::{nested, or_skip, NestedVm, Stream};
+use msbvm_tests::e2e::{assert_checks, l1_ready, prelude, with_msbvm};
+use msbvm_tests::{or_skip, NestedVm, Stream};
 
 const L1_TIMEOUT: Duration = Duration::from_secs(1500);
 /// 20 guests of 160 MiB each touch far less than that, but leave room: L1 gets 6 GiB.
@@ -143,9 +143,9 @@ echo "CHECK done yes"
 
 #[test]
 fn twenty_sandboxes_at_once_and_a_vsock_flood() {
-    let Some(_) = or_skip(nested::preflight()) else {
+    if !l1_ready() {
         return;
-    };
+    }
     let flood = build_flood_helper();
     let vm = with_msbvm(NestedVm::builder())
         .memory_mib(L1_MEMORY_MIB)
