@@ -26,6 +26,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use msbvm_benches::boot_runs::env_count;
 use msbvm_benches::median;
 use msbvm_tests::e2e::{prelude, with_msbvm};
 use msbvm_tests::nested::shared_libraries;
@@ -33,14 +34,6 @@ use msbvm_tests::skip::skip_requested;
 use msbvm_tests::{nested, NestedVm, Stream};
 
 const IPERF: &str = "/usr/bin/iperf3";
-
-fn env_count(name: &str, default: u32) -> u32 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(default)
-}
 
 fn script(files: u32, runs: u32, iperf_libs: &[String]) -> String {
     let libs = iperf_libs.join(" ");

@@ -27,7 +27,7 @@ use msbvm_benches::boot_runs::env_count;
 use msbvm_benches::image_bench::{
     build_images, disk_usage, missing_peer, msbvm_pull, peer_pull, BenchResult, PeerTimes, Registry,
 };
-use msbvm_benches::{median, ratio};
+use msbvm_benches::{bench_mode, median, ratio};
 use msbvm_tests::artifacts::target_dir;
 
 const REPOSITORY: &str = "bench/img";
@@ -172,11 +172,7 @@ async fn bench() -> BenchResult<()> {
 }
 
 fn main() -> ExitCode {
-    // `cargo test --all-targets` runs bench targets without `--bench`.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!(
-            "image bench: not run in test mode; use `cargo bench -p msbvm-benches --bench image`"
-        );
+    if !bench_mode("image") {
         return ExitCode::SUCCESS;
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()

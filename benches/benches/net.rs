@@ -29,7 +29,7 @@ use msbvm_benches::net_bench::{
     connection_rate, iperf, missing_privilege, missing_stack, BenchResult, IperfServer, Link,
     STACKS,
 };
-use msbvm_benches::{median, ratio};
+use msbvm_benches::{bench_mode, median, ratio};
 
 /// Samples of one stack at one MTU.
 #[derive(Default)]
@@ -192,9 +192,7 @@ fn bench() -> BenchResult<()> {
 }
 
 fn main() -> ExitCode {
-    // `cargo test --all-targets` runs bench targets without `--bench`.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("net bench: not run in test mode; use `cargo bench -p msbvm-benches --bench net`");
+    if !bench_mode("net") {
         return ExitCode::SUCCESS;
     }
     match bench() {

@@ -45,6 +45,20 @@ pub struct BootRun {
 }
 
 impl BootRun {
+    /// Run `run` with nothing measured yet (and not ok).
+    pub fn failed(run: u32) -> BootRun {
+        BootRun {
+            run,
+            ok: false,
+            create_ms: None,
+            ready_after_ms: None,
+            vm_start_ms: None,
+            agent_start_ns: None,
+            ready_ns: None,
+            stop_ms: None,
+        }
+    }
+
     /// The result line.
     pub fn to_line(&self) -> String {
         let ms = |v: Option<f64>| opt(v.map(|v| format!("{v:.3}")));
@@ -546,16 +560,7 @@ mod tests {
     fn result_lines_round_trip() {
         let b = boot(3, 1234.5);
         assert_eq!(BootRun::parse(&format!("junk{}", b.to_line())), Some(b));
-        let failed = BootRun {
-            ok: false,
-            create_ms: None,
-            ready_after_ms: None,
-            vm_start_ms: None,
-            agent_start_ns: None,
-            ready_ns: None,
-            stop_ms: None,
-            ..boot(1, 0.0)
-        };
+        let failed = BootRun::failed(1);
         assert_eq!(BootRun::parse(&failed.to_line()), Some(failed));
         let e = ExecRuns {
             count: 3,

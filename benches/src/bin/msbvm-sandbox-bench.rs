@@ -103,16 +103,7 @@ async fn stop_and_remove(sandbox: Sandbox) -> Result<Duration, String> {
 
 /// One boot to agent-ready, then stop and remove.
 async fn boot_run(run: u32, args: Args) -> BootRun {
-    let mut result = BootRun {
-        run,
-        ok: false,
-        create_ms: None,
-        ready_after_ms: None,
-        vm_start_ms: None,
-        agent_start_ns: None,
-        ready_ns: None,
-        stop_ms: None,
-    };
+    let mut result = BootRun::failed(run);
     let name = format!("bench-boot-{run}");
     let sandbox = match step("create", builder(&name, args).create()).await {
         Ok(s) => s,
