@@ -136,6 +136,12 @@ fn bench() -> BenchResult<()> {
         }
     }
 
+    report(&results, &mtus, runs, secs, conns);
+    Ok(())
+}
+
+/// Prints the medians of every measured stack per MTU, and msbvm's ratios to the peers.
+fn report(results: &[(usize, &str, Samples)], mtus: &[usize], runs: u32, secs: u32, conns: u32) {
     println!();
     println!(
         "net: TCP via a TAP in a fresh netns (no VM) to iperf3 -s on the host's 127.0.0.1; iperf3 -t {secs}; {conns} connections per rate sample; medians of {runs} runs; CPU s/GB = stack CPU / GB moved (msbvm: netstack + frame pumps [netstack alone])"
@@ -145,7 +151,7 @@ fn bench() -> BenchResult<()> {
         "mtu", "stack", "up Gbit/s", "down Gbit/s", "conn/s", "CPU s/GB up", "CPU s/GB down"
     );
     let med = |v: &Vec<f64>| median(v.clone());
-    for (mtu, stack, s) in &results {
+    for (mtu, stack, s) in results {
         if s.up_gbit.is_empty() {
             continue;
         }
@@ -167,7 +173,7 @@ fn bench() -> BenchResult<()> {
             cpu(&s.cpu_down, &s.stack_cpu_down),
         );
     }
-    for &mtu in &mtus {
+    for &mtu in mtus {
         let find = |name: &str| {
             results
                 .iter()
@@ -188,7 +194,6 @@ fn bench() -> BenchResult<()> {
             }
         }
     }
-    Ok(())
 }
 
 fn main() -> ExitCode {
