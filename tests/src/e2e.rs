@@ -4,9 +4,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use crate::artifacts::{GuestArtifacts, Progress, StaticBuild, L1_KERNEL, L1_MSBVM};
-use crate::{nested, or_skip, NestedOutput, NestedVmBuilder, Stream};
+use crate::{nested, or_skip, NestedOutput, NestedVm, NestedVmBuilder, Stream};
 
 /// Where the guest agent goes in L1 (beside `msbvm`, where the runtime looks for it).
 pub const L1_AGENT: &str = "/bin/msbvm-agent";
@@ -95,6 +96,24 @@ pub fn dnsmasq_present() -> bool {
 /// skipped ([`or_skip`]); a host that cannot, without a skip asked for, fails the test here.
 pub fn l1_ready() -> bool {
     or_skip(nested::preflight()).is_some()
+}
+
+/// An L1 machine with msbvm in place ([`with_msbvm`]), once [`l1_ready`] says it can run.
+pub fn msbvm_l1() -> Option<NestedVmBuilder> {
+    l1_ready().then(|| with_msbvm(NestedVm::builder()))
+}
+
+/// The L1 machine of the network suites: [`msbvm_l1`] with 3 GiB and dnsmasq, and `timeout`;
+/// `None` where the test is to be skipped (no L1, or no dnsmasq).
+pub fn net_l1(timeout: Duration) -> Option<NestedVmBuilder> {
+    if !l1_ready() || !dnsmasq_present() {
+        return None;
+    }
+    let vm = with_msbvm(NestedVm::builder())
+        .memory_mib(3072)
+        .add_program(DNSMASQ, DNSMASQ)
+        .timeout(timeout);
+    Some(vm)
 }
 
 /// Runs the scenario `script` in the L1 `vm` with its console on stderr, and says how long it

@@ -9,8 +9,7 @@
 
 use std::time::Duration;
 
-use msbvm_tests::e2e::{assert_checks, l1_ready, prelude, run_scenarios, with_msbvm};
-use msbvm_tests::NestedVm;
+use msbvm_tests::e2e::{assert_checks, msbvm_l1, prelude, run_scenarios};
 
 const L1_TIMEOUT: Duration = Duration::from_secs(1500);
 
@@ -71,13 +70,8 @@ echo "CHECK done yes"
 
 #[test]
 fn hostile_modes_devices_and_disk_floods_stay_in_the_guest() {
-    if !l1_ready() {
-        return;
-    }
-    let vm = with_msbvm(NestedVm::builder())
-        .memory_mib(3072)
-        .timeout(L1_TIMEOUT);
-    let Some(out) = run_scenarios(vm, &script()) else {
+    let vm = msbvm_l1().map(|vm| vm.memory_mib(3072).timeout(L1_TIMEOUT));
+    let Some(out) = vm.and_then(|vm| run_scenarios(vm, &script())) else {
         return;
     };
     let guest = "4755:regular file 2755:regular file 640:block special file \

@@ -7,10 +7,7 @@
 
 use std::time::Duration;
 
-use msbvm_tests::e2e::{
-    assert_checks, dnsmasq_present, l1_ready, net_host, prelude, run_scenarios, with_msbvm, DNSMASQ,
-};
-use msbvm_tests::NestedVm;
+use msbvm_tests::e2e::{assert_checks, net_host, net_l1, prelude, run_scenarios};
 
 const L1_TIMEOUT: Duration = Duration::from_secs(1500);
 /// How long the guest floods (seconds).
@@ -22,6 +19,16 @@ const RSS_GROWTH_KIB: u32 = 32 * 1024;
 const MAX_EVENT_LINES: u32 = 2 * (100 + 20 * 60) + 100;
 /// Largest runtime log after the flood (bytes).
 const MAX_LOG_BYTES: u32 = 2 * 1024 * 1024;
+
+/// What "the host" serves (the shell line filling `/www`).
+const WWW: &str =
+    "mkdir -p /www/admin && echo host-page > /www/index.html && echo admin-secret > /www/admin/x";
+/// What dnsmasq, the upstream resolver, answers.
+const DNS_ANSWERS: &[(&str, &str)] = &[
+    ("web.test", "10.0.2.254"),
+    ("rebind.test", "192.168.1.10"),
+    ("meta.test", "169.254.169.254"),
+];
 
 fn script() -> String {
     format!(
@@ -118,30 +125,13 @@ $M stop f >/dev/null; check f_stopped $?
 echo "CHECK done yes"
 "#,
         prelude = prelude(),
-        host = net_host(
-            "mkdir -p /www/admin && echo host-page > /www/index.html && echo admin-secret > /www/admin/x",
-            &[
-                ("web.test", "10.0.2.254"),
-                ("rebind.test", "192.168.1.10"),
-                ("meta.test", "169.254.169.254"),
-            ],
-        ),
+        host = net_host(WWW, DNS_ANSWERS),
     )
 }
 
 #[test]
 fn network_hardening_end_to_end() {
-    if !l1_ready() {
-        return;
-    }
-    if !dnsmasq_present() {
-        return;
-    }
-    let vm = with_msbvm(NestedVm::builder())
-        .memory_mib(3072)
-        .add_program(DNSMASQ, DNSMASQ)
-        .timeout(L1_TIMEOUT);
-    let Some(out) = run_scenarios(vm, &script()) else {
+    let Some(out) = net_l1(L1_TIMEOUT).and_then(|vm| run_scenarios(vm, &script())) else {
         return;
     };
     let mut expected = vec![

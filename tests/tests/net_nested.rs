@@ -5,12 +5,19 @@
 
 use std::time::Duration;
 
-use msbvm_tests::e2e::{
-    assert_checks, dnsmasq_present, l1_ready, net_host, prelude, run_scenarios, with_msbvm, DNSMASQ,
-};
-use msbvm_tests::NestedVm;
+use msbvm_tests::e2e::{assert_checks, net_host, net_l1, prelude, run_scenarios};
 
 const L1_TIMEOUT: Duration = Duration::from_secs(1200);
+
+/// What "the host" serves (the shell line filling `/www`).
+const WWW: &str =
+    "mkdir -p /www/secret && echo host-page > /www/index.html && echo secret > /www/secret/x";
+/// What dnsmasq, the upstream resolver, answers.
+const DNS_ANSWERS: &[(&str, &str)] = &[
+    ("public.test", "93.184.216.34"),
+    ("rebind.test", "192.168.1.10"),
+    ("blocked.test", "93.184.216.35"),
+];
 
 fn script() -> String {
     format!(
@@ -85,30 +92,13 @@ get 127.0.0.1 8080 / >/dev/null 2>&1; check port_closed_after_rm $(nz $?)
 echo "CHECK done yes"
 "#,
         prelude = prelude(),
-        host = net_host(
-            "mkdir -p /www/secret && echo host-page > /www/index.html && echo secret > /www/secret/x",
-            &[
-                ("public.test", "93.184.216.34"),
-                ("rebind.test", "192.168.1.10"),
-                ("blocked.test", "93.184.216.35"),
-            ],
-        ),
+        host = net_host(WWW, DNS_ANSWERS),
     )
 }
 
 #[test]
 fn network_policy_dns_and_ports_end_to_end() {
-    if !l1_ready() {
-        return;
-    }
-    if !dnsmasq_present() {
-        return;
-    }
-    let vm = with_msbvm(NestedVm::builder())
-        .memory_mib(3072)
-        .add_program(DNSMASQ, DNSMASQ)
-        .timeout(L1_TIMEOUT);
-    let Some(out) = run_scenarios(vm, &script()) else {
+    let Some(out) = net_l1(L1_TIMEOUT).and_then(|vm| run_scenarios(vm, &script())) else {
         return;
     };
     assert_checks(

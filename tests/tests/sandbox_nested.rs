@@ -8,8 +8,7 @@
 
 use std::time::Duration;
 
-use msbvm_tests::e2e::{assert_checks, l1_ready, prelude, run_scenarios, with_msbvm};
-use msbvm_tests::NestedVm;
+use msbvm_tests::e2e::{assert_checks, msbvm_l1, prelude, run_scenarios};
 
 const L1_TIMEOUT: Duration = Duration::from_secs(900);
 
@@ -90,11 +89,8 @@ echo "CHECK done yes"
 
 #[test]
 fn sandboxes_run_commands_end_to_end() {
-    if !l1_ready() {
-        return;
-    }
-    let vm = with_msbvm(NestedVm::builder()).timeout(L1_TIMEOUT);
-    let Some(out) = run_scenarios(vm, &script()) else {
+    let vm = msbvm_l1().map(|vm| vm.timeout(L1_TIMEOUT));
+    let Some(out) = vm.and_then(|vm| run_scenarios(vm, &script())) else {
         return;
     };
     let expected = [
