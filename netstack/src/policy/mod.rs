@@ -111,7 +111,7 @@ use serde::{Deserialize, Serialize};
 
 pub use group::Group;
 pub use path::{allow_covers, deny_covers, path_views};
-pub use rule::{DomainPattern, HttpMatch, PortRange, Rule, RuleError, Target};
+pub use rule::{DomainError, DomainPattern, HttpMatch, PortRange, Rule, RuleError, Target};
 
 use crate::http::HttpInfo;
 use crate::pins::PinTable;
@@ -177,14 +177,19 @@ impl fmt::Display for Action {
     }
 }
 
-impl FromStr for Action {
-    type Err = String;
+/// A word that is no [`Action`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is neither allow nor deny")]
+pub struct ActionError(pub String);
 
-    fn from_str(s: &str) -> Result<Action, String> {
+impl FromStr for Action {
+    type Err = ActionError;
+
+    fn from_str(s: &str) -> Result<Action, ActionError> {
         match s.to_ascii_lowercase().as_str() {
             "allow" => Ok(Action::Allow),
             "deny" => Ok(Action::Deny),
-            _ => Err(format!("{s:?} is neither allow nor deny")),
+            _ => Err(ActionError(s.to_owned())),
         }
     }
 }
