@@ -19,6 +19,19 @@ use smoltcp::wire::{
 };
 
 /// An echo server on the host's loopback; returns its port.
+/// A UDP server on the host's loopback that sends every datagram back; returns its port.
+fn udp_echo_server() -> u16 {
+    let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = server.recv_from(&mut buf) {
+            let _ = server.send_to(&buf[..n], from);
+        }
+    });
+    port
+}
+
 fn echo_server() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -272,14 +285,7 @@ fn malformed_frames_are_ignored_without_harm() {
 
 #[test]
 fn udp_echo_through_the_stack() {
-    let server = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let port = server.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 2048];
-        while let Ok((n, from)) = server.recv_from(&mut buf) {
-            let _ = server.send_to(&buf[..n], from);
-        }
-    });
+    let port = udp_echo_server();
     let mut h = Harness::start(test_config(), host_allowed());
     let u = h.guest.udp_bind(5555);
     let dst = smoltcp::wire::IpEndpoint::new(HOST_ALIAS.into(), port);
@@ -570,14 +576,7 @@ fn tightening_the_policy_ends_the_flows_it_denies() {
 
 #[test]
 fn tightening_the_policy_ends_udp_flows_and_uninspected_http() {
-    let server = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let udp_port = server.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 2048];
-        while let Ok((n, from)) = server.recv_from(&mut buf) {
-            let _ = server.send_to(&buf[..n], from);
-        }
-    });
+    let udp_port = udp_echo_server();
     let (http_port, host_saw_end) = closing_server();
     let mut h = Harness::start(test_config(), host_allowed());
     let u = h.guest.udp_bind(5557);

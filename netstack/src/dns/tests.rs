@@ -107,6 +107,14 @@ impl Dnsmasq {
     fn server(&self) -> DnsServer {
         DnsServer::new(Upstream::Servers(vec![self.addr]), PinTable::new()).unwrap()
     }
+
+    /// A dnsmasq and a server forwarding to it; `None` where dnsmasq cannot run (see
+    /// [`Dnsmasq::start`]). Keep the dnsmasq alive while the server is in use.
+    fn start_with_server() -> Option<(Dnsmasq, DnsServer)> {
+        let dnsmasq = Dnsmasq::start()?;
+        let server = dnsmasq.server();
+        Some((dnsmasq, server))
+    }
 }
 
 impl Drop for Dnsmasq {
@@ -170,10 +178,9 @@ fn ip(text: &str) -> IpAddr {
 
 #[tokio::test]
 async fn allowed_name_resolves_and_is_pinned() {
-    let Some(dnsmasq) = Dnsmasq::start() else {
+    let Some((_dnsmasq, server)) = Dnsmasq::start_with_server() else {
         return;
     };
-    let server = dnsmasq.server();
     let (reply, events) = ask(&server, &Policy::default(), "Public.Test.", RecordType::A).await;
     assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
     assert_eq!(addresses(&reply), vec![ip("93.184.216.34")]);
@@ -209,10 +216,9 @@ async fn allowed_name_resolves_and_is_pinned() {
 
 #[tokio::test]
 async fn other_query_types_are_forwarded() {
-    let Some(dnsmasq) = Dnsmasq::start() else {
+    let Some((_dnsmasq, server)) = Dnsmasq::start_with_server() else {
         return;
     };
-    let server = dnsmasq.server();
     let (reply, events) = ask(
         &server,
         &Policy::default(),
@@ -235,10 +241,9 @@ async fn other_query_types_are_forwarded() {
 
 #[tokio::test]
 async fn denied_name_gets_nxdomain() {
-    let Some(dnsmasq) = Dnsmasq::start() else {
+    let Some((_dnsmasq, server)) = Dnsmasq::start_with_server() else {
         return;
     };
-    let server = dnsmasq.server();
     for policy in [
         Policy::default().deny(Rule::domain("*.test").unwrap()),
         Policy::new(Action::Deny).allow(Rule::domain("other.test").unwrap()),
@@ -260,10 +265,9 @@ async fn denied_name_gets_nxdomain() {
 
 #[tokio::test]
 async fn rebinding_answers_are_refused_unless_a_rule_allows_them() {
-    let Some(dnsmasq) = Dnsmasq::start() else {
+    let Some((_dnsmasq, server)) = Dnsmasq::start_with_server() else {
         return;
     };
-    let server = dnsmasq.server();
     let (reply, events) = ask(&server, &Policy::default(), "rebind.test.", RecordType::A).await;
     assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
     assert!(reply.answers.is_empty());
@@ -407,10 +411,9 @@ fn oversized_udp_answers_are_truncated() {
 
 #[tokio::test]
 async fn truncated_upstream_answers_are_fetched_over_tcp() {
-    let Some(dnsmasq) = Dnsmasq::start() else {
+    let Some((_dnsmasq, server)) = Dnsmasq::start_with_server() else {
         return;
     };
-    let server = dnsmasq.server();
     let policy = Policy::default();
     let sink = |_| {};
     let query = query_bytes(3, "big.test.", RecordType::TXT);
@@ -446,10 +449,9 @@ async fn queries_beyond_the_in_flight_cap_get_servfail_at_once() {
 
 #[tokio::test]
 async fn answer_ttls_are_capped_to_the_pin_lifetime() {
-    let Some(dnsmasq) = Dnsmasq::start() else {
+    let Some((_dnsmasq, server)) = Dnsmasq::start_with_server() else {
         return;
     };
-    let server = dnsmasq.server();
     let (reply, _) = ask(&server, &Policy::default(), "ttl.test.", RecordType::A).await;
     assert_eq!(addresses(&reply), vec![ip("93.184.216.35")]);
     assert_eq!(reply.answers[0].ttl, MAX_PIN_TTL.as_secs() as u32);
