@@ -61,11 +61,12 @@ pub fn prelude() -> String {
 }
 
 /// The network suites' "host" in L1: busybox httpd on 127.0.0.1:8000 serving `/www` (which
-/// the shell line `www` fills), dnsmasq on 127.0.0.1:5353 answering each `(name, address)`,
-/// and `events NAME` printing a sandbox's network events.
-pub fn net_host(www: &str, dns_answers: &[(&str, &str)]) -> String {
+/// the shell line `www` fills), dnsmasq on 127.0.0.1:5353 answering each `name=address` of
+/// `dns_answers` (separated by spaces), and `events NAME` printing a sandbox's network events.
+pub fn net_host(www: &str, dns_answers: &str) -> String {
     let answers: Vec<String> = dns_answers
-        .iter()
+        .split_whitespace()
+        .filter_map(|answer| answer.split_once('='))
         .map(|(name, ip)| format!("--address=/{name}/{ip}"))
         .collect();
     format!(

@@ -23,12 +23,8 @@ const MAX_LOG_BYTES: u32 = 2 * 1024 * 1024;
 /// What "the host" serves (the shell line filling `/www`).
 const WWW: &str =
     "mkdir -p /www/admin && echo host-page > /www/index.html && echo admin-secret > /www/admin/x";
-/// What dnsmasq, the upstream resolver, answers.
-const DNS_ANSWERS: &[(&str, &str)] = &[
-    ("web.test", "10.0.2.254"),
-    ("rebind.test", "192.168.1.10"),
-    ("meta.test", "169.254.169.254"),
-];
+/// What dnsmasq, the upstream resolver, answers (`name=address`).
+const DNS_ANSWERS: &str = "web.test=10.0.2.254 rebind.test=192.168.1.10 meta.test=169.254.169.254";
 
 fn script() -> String {
     format!(

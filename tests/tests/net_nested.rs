@@ -12,12 +12,9 @@ const L1_TIMEOUT: Duration = Duration::from_secs(1200);
 /// What "the host" serves (the shell line filling `/www`).
 const WWW: &str =
     "mkdir -p /www/secret && echo host-page > /www/index.html && echo secret > /www/secret/x";
-/// What dnsmasq, the upstream resolver, answers.
-const DNS_ANSWERS: &[(&str, &str)] = &[
-    ("public.test", "93.184.216.34"),
-    ("rebind.test", "192.168.1.10"),
-    ("blocked.test", "93.184.216.35"),
-];
+/// What dnsmasq, the upstream resolver, answers (`name=address`).
+const DNS_ANSWERS: &str =
+    "public.test=93.184.216.34 rebind.test=192.168.1.10 blocked.test=93.184.216.35";
 
 fn script() -> String {
     format!(
