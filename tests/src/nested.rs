@@ -149,32 +149,34 @@ impl NestedVmBuilder {
 
     /// Copies a host file or directory (recursively) to `l1_path`. Binaries must be static,
     /// or added with [`NestedVmBuilder::add_program`].
-    pub fn add_file(mut self, host: impl AsRef<Path>, l1_path: &str) -> Self {
-        self.files.push(Addition::Host {
+    pub fn add_file(self, host: impl AsRef<Path>, l1_path: &str) -> Self {
+        self.add(Addition::Host {
             host: host.as_ref().to_path_buf(),
             l1: l1_path.to_string(),
-        });
-        self
+        })
     }
 
     /// Puts `data` at `l1_path` with permission bits `mode`.
-    pub fn add_bytes(mut self, l1_path: &str, data: impl Into<Vec<u8>>, mode: u32) -> Self {
-        self.files.push(Addition::Bytes {
+    pub fn add_bytes(self, l1_path: &str, data: impl Into<Vec<u8>>, mode: u32) -> Self {
+        self.add(Addition::Bytes {
             l1: l1_path.to_string(),
             data: data.into(),
             mode,
-        });
-        self
+        })
     }
 
     /// Copies a dynamically linked host program to `l1_path`, with every shared library and
     /// the dynamic loader that `ldd` names, each at its host path (L1 has no ld.so.cache, and
     /// the loader's default directories match the host's layout).
-    pub fn add_program(mut self, host: impl AsRef<Path>, l1_path: &str) -> Self {
-        self.files.push(Addition::Program {
+    pub fn add_program(self, host: impl AsRef<Path>, l1_path: &str) -> Self {
+        self.add(Addition::Program {
             host: host.as_ref().to_path_buf(),
             l1: l1_path.to_string(),
-        });
+        })
+    }
+
+    fn add(mut self, addition: Addition) -> Self {
+        self.files.push(addition);
         self
     }
 
