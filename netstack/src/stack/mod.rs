@@ -265,7 +265,8 @@ impl NetStackHandle {
 
     /// Replaces the policy. New flows, DNS queries and HTTP requests use it at once; open
     /// flows that it denies are ended soon after (TCP: RST to the guest and the host socket
-    /// closed; UDP: the host socket closed), each with a [`NetEvent::FlowDenied`] saying so.
+    /// closed; UDP: the host socket closed), each with a
+    /// [`NetEvent::FlowDenied`](crate::NetEvent::FlowDenied) saying so.
     /// An open TCP flow the new policy would inspect under HTTP rules but that was opened
     /// uninspected is ended too (the guest's next connection is inspected).
     pub fn set_policy(&self, policy: Policy) {
