@@ -28,7 +28,7 @@ use msbvm_benches::image_bench::{
     build_images, disk_usage, missing_peer, msbvm_pull, peer_pull, BenchImage, BenchResult,
     PeerTimes, Registry,
 };
-use msbvm_benches::{bench_mode, median, ratio};
+use msbvm_benches::{bench_mode, exit, median, ratio};
 use msbvm_tests::artifacts::target_dir;
 
 const REPOSITORY: &str = "bench/img";
@@ -109,20 +109,12 @@ async fn measure(
             secs(t2)
         );
         if with_peer {
-            let p1 = peer_pull(
-                dir.path(),
-                &registry.host,
-                REPOSITORY,
-                "1",
-                &dir.path().join("bundle1"),
-            )?;
-            let p2 = peer_pull(
-                dir.path(),
-                &registry.host,
-                REPOSITORY,
-                "2",
-                &dir.path().join("bundle2"),
-            )?;
+            let pull = |tag: &str| {
+                let bundle = dir.path().join(format!("bundle{tag}"));
+                peer_pull(dir.path(), &registry.host, REPOSITORY, tag, &bundle)
+            };
+            let p1 = pull("1")?;
+            let p2 = pull("2")?;
             let total = |p: &PeerTimes| secs(p.copy + p.unpack);
             peer.first.push(total(&p1));
             peer.second.push(total(&p2));
@@ -203,11 +195,5 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(bench()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("image bench: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit("image", runtime.block_on(bench()))
 }

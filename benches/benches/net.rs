@@ -29,7 +29,7 @@ use msbvm_benches::net_bench::{
     connection_rate, iperf, missing_privilege, missing_stack, BenchResult, IperfServer, Link,
     STACKS,
 };
-use msbvm_benches::{bench_mode, median, ratio};
+use msbvm_benches::{bench_mode, exit, median, ratio};
 
 /// Samples of one stack at one MTU.
 #[derive(Default)]
@@ -200,11 +200,5 @@ fn main() -> ExitCode {
     if !bench_mode("net") {
         return ExitCode::SUCCESS;
     }
-    match bench() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("net bench: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit("net", bench())
 }

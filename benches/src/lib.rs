@@ -32,6 +32,17 @@ pub fn bench_mode(name: &str) -> bool {
     bench
 }
 
+/// The exit of host-side benchmark `name` after `result` (its error printed, if any).
+pub fn exit(name: &str, result: Result<(), String>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name} bench: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// The exit of benchmark `name` that failed with `error`: a skip (success) where the host
 /// cannot run L1 and skipping was asked for, a failure otherwise.
 pub fn error_exit(name: &str, error: &msbvm_tests::Error) -> std::process::ExitCode {
