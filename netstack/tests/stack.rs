@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{host_allowed, test_config, Harness, GATEWAY, GUEST_MAC, HOST_ALIAS};
+use common::{host_allowed, rule, test_config, Harness, GATEWAY, GUEST_MAC, HOST_ALIAS};
 use msbvm_netstack::policy::Policy;
 use msbvm_netstack::{NetConfig, NetEvent, PublishedPort, Transport};
 use smoltcp::socket::tcp::State;
@@ -391,12 +391,8 @@ fn http_policy_answers_403_to_a_denied_request_and_passes_an_allowed_one() {
     let port = echo_server();
     // First match decides: the HTTP deny goes before the rule opening the host.
     let policy = Policy::builder()
-        .deny(
-            format!("http://host.msbvm.internal:{port}/secret")
-                .parse()
-                .unwrap(),
-        )
-        .allow("host".parse().unwrap());
+        .deny(rule(&format!("http://host.msbvm.internal:{port}/secret")))
+        .allow(rule("host"));
     let mut h = Harness::start(test_config(), policy);
     let denied = b"GET /secret/x HTTP/1.1\r\nHost: host.msbvm.internal\r\n\r\n";
     let s = h.guest.tcp_connect_host(port, 40020);
@@ -440,12 +436,8 @@ fn read_until_closed(h: &mut Harness, s: smoltcp::iface::SocketHandle, secs: u64
 
 fn secret_denied_host_allowed(port: u16) -> Policy {
     Policy::builder()
-        .deny(
-            format!("http://host.msbvm.internal:{port}/secret/")
-                .parse()
-                .unwrap(),
-        )
-        .allow("host".parse().unwrap())
+        .deny(rule(&format!("http://host.msbvm.internal:{port}/secret/")))
+        .allow(rule("host"))
 }
 
 /// Before, only the first request head of a connection was inspected: a second request on a
@@ -594,12 +586,10 @@ fn tightening_the_policy_ends_udp_flows_and_uninspected_http() {
 
     // UDP to the host is no longer allowed, and HTTP rules now cover the TCP port.
     let policy = Policy::builder()
-        .deny(
-            format!("http://host.msbvm.internal:{http_port}/admin/")
-                .parse()
-                .unwrap(),
-        )
-        .allow("tcp:host".parse().unwrap());
+        .deny(rule(&format!(
+            "http://host.msbvm.internal:{http_port}/admin/"
+        )))
+        .allow(rule("tcp:host"));
     h.handle.set_policy(policy);
     h.guest.run_until(5, "udp flow ended", |_| {
         (h.handle.stats().udp_flows_open == 0).then_some(())

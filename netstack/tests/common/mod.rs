@@ -14,7 +14,7 @@ use std::time::{Duration, Instant as StdInstant};
 
 use msbvm_netstack::dns::Upstream;
 use msbvm_netstack::fuzzing::{FrameSink, QueueDevice};
-use msbvm_netstack::policy::Policy;
+use msbvm_netstack::policy::{Policy, Rule};
 use msbvm_netstack::{EventSink, NetConfig, NetEvent, NetStack, NetStackHandle};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::{tcp, udp};
@@ -257,6 +257,11 @@ pub fn test_config() -> NetConfig {
         dns_upstream: Upstream::Servers(vec!["127.0.0.1:9".parse().unwrap()]),
         ..NetConfig::default()
     }
+}
+
+/// A policy rule from its text form.
+pub fn rule(text: &str) -> Rule {
+    text.parse().unwrap()
 }
 
 /// A policy that opens the host alias (tests run their servers on the host's loopback).
