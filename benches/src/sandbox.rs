@@ -163,6 +163,17 @@ pub struct StreamRun {
 }
 
 impl StreamRun {
+    /// A transfer of `bytes` in direction `dir`, nothing moved yet (and not ok).
+    pub fn new(dir: &str, bytes: u64) -> StreamRun {
+        StreamRun {
+            dir: dir.into(),
+            ok: false,
+            bytes,
+            moved: 0,
+            secs: None,
+        }
+    }
+
     /// The result line.
     pub fn to_line(&self) -> String {
         format!(
