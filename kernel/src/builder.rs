@@ -15,7 +15,7 @@ use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 
 use crate::cache::KernelCache;
 use crate::config::{requested_options, verify};
@@ -268,13 +268,7 @@ fn extract(
     drop(stdin);
     let status = child.wait().context(|| "waiting for tar".to_string())?;
     copied.context(|| format!("reading {}", tarball.display()))?;
-    if !status.success() {
-        return Err(StepFailure::Command {
-            step,
-            status: status.to_string(),
-        });
-    }
-    Ok(())
+    succeeded(step, status)
 }
 
 /// Runs one build command in `cwd`, appending its combined stdout and stderr to `log` and
@@ -321,6 +315,11 @@ fn run_step(
     }
     let status = child.wait().context(|| format!("waiting for {program}"))?;
     copied.context(|| format!("recording the output of `{step}` in the build log"))?;
+    succeeded(step, status)
+}
+
+/// `Ok` when `step` exited successfully with `status`.
+fn succeeded(step: String, status: ExitStatus) -> Result<(), StepFailure> {
     if !status.success() {
         return Err(StepFailure::Command {
             step,
