@@ -23,10 +23,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use msbvm_benches::boot_runs::{self, RunCounts, CPUS, MEMORY_MIB, RUN_TIMEOUT_SECS, TIMING_BIN};
-use msbvm_benches::{parse_samples, summarize, table, to_json, BootSetup};
+use msbvm_benches::{bench_mode, error_exit, parse_samples, summarize, table, to_json, BootSetup};
 use msbvm_tests::artifacts::{target_dir, GuestArtifacts, Progress, StaticBuild};
 use msbvm_tests::report::shell_quote;
-use msbvm_tests::skip::skip_requested;
 use msbvm_tests::{nested, Error, NestedVm, Stream};
 
 /// Builds everything, runs the benchmark in L1, prints and records the results; returns the
@@ -93,12 +92,7 @@ fn bench() -> Result<usize, Error> {
 }
 
 fn main() -> ExitCode {
-    // `cargo test --all-targets` runs bench targets without `--bench`: a multi-minute nested
-    // benchmark has no place there.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!(
-            "boot bench: not run in test mode; use `cargo bench -p msbvm-benches --bench boot`"
-        );
+    if !bench_mode("boot") {
         return ExitCode::SUCCESS;
     }
     match bench() {
@@ -109,16 +103,6 @@ fn main() -> ExitCode {
             );
             ExitCode::FAILURE
         }
-        Err(e) if e.is_environment() && skip_requested() => {
-            println!(
-                "skipped: {}",
-                e.to_string().lines().next().unwrap_or_default()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("boot bench: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => error_exit("boot", &e),
     }
 }

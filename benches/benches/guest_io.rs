@@ -26,6 +26,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use msbvm_benches::boot_runs::env_count;
 use msbvm_benches::median;
 use msbvm_tests::e2e::{prelude, with_msbvm};
 use msbvm_tests::nested::shared_libraries;
@@ -33,14 +34,6 @@ use msbvm_tests::skip::skip_requested;
 use msbvm_tests::{nested, NestedVm, Stream};
 
 const IPERF: &str = "/usr/bin/iperf3";
-
-fn env_count(name: &str, default: u32) -> u32 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(default)
-}
 
 fn script(files: u32, runs: u32, iperf_libs: &[String]) -> String {
     let libs = iperf_libs.join(" ");
@@ -85,42 +78,10 @@ fn span(v: &str) -> Option<f64> {
     Some(b.parse::<f64>().ok()? - a.parse::<f64>().ok()?)
 }
 
-fn main() -> ExitCode {
-    if let Err(e) = nested::preflight() {
-        if skip_requested() {
-            eprintln!("skipped: {e}");
-            return ExitCode::SUCCESS;
-        }
-        eprintln!("guest_io bench: {e}");
-        return ExitCode::FAILURE;
-    }
-    let files = env_count("MSBVM_BENCH_FILES", 2000);
-    let runs = env_count("MSBVM_BENCH_RUNS", 3);
-    let mut builder = NestedVm::builder()
-        .memory_mib(3072)
-        .timeout(Duration::from_secs(1800))
-        .stream(Stream::Off);
-    let mut libs = Vec::new();
-    if Path::new(IPERF).exists() {
-        builder = builder.add_program(IPERF, IPERF);
-        libs = shared_libraries(Path::new(IPERF))
-            .unwrap_or_default()
-            .into_iter()
-            .map(|p| p.display().to_string())
-            .collect();
-    } else {
-        println!("skipped: network part: iperf3 not installed (apt-get install iperf3)");
-    }
-    println!("skipped: virtiofsd peer: not packaged for this distribution (Debian 12)");
-    let out = match with_msbvm(builder).run_script(&script(files, runs, &libs)) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("guest_io bench: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+/// The guest's filesystem timings by (target, operation), in seconds, from its `FSBENCH` lines.
+fn fs_spans(console: &str) -> BTreeMap<(String, String), Vec<f64>> {
     let mut fs: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
-    for line in out.console.lines() {
+    for line in console.lines() {
         let Some(rest) = line.trim().strip_prefix("FSBENCH ") else {
             continue;
         };
@@ -137,6 +98,11 @@ fn main() -> ExitCode {
             }
         }
     }
+    fs
+}
+
+/// Prints the filesystem rates per target (medians) and the shares' ratios to the guest's tmpfs.
+fn report_fs(fs: &BTreeMap<(String, String), Vec<f64>>, files: u32, runs: u32) {
     println!("\nguest filesystem workload ({files} files, 64 MiB), medians of {runs} runs in L1:");
     println!(
         "{:<12} {:>12} {:>12} {:>12} {:>10} {:>10}",
@@ -179,6 +145,43 @@ fn main() -> ExitCode {
             ratio("read", 67.1)
         );
     }
+}
+
+fn main() -> ExitCode {
+    if let Err(e) = nested::preflight() {
+        if skip_requested() {
+            eprintln!("skipped: {e}");
+            return ExitCode::SUCCESS;
+        }
+        eprintln!("guest_io bench: {e}");
+        return ExitCode::FAILURE;
+    }
+    let files = env_count("MSBVM_BENCH_FILES", 2000);
+    let runs = env_count("MSBVM_BENCH_RUNS", 3);
+    let mut builder = NestedVm::builder()
+        .memory_mib(3072)
+        .timeout(Duration::from_secs(1800))
+        .stream(Stream::Off);
+    let mut libs = Vec::new();
+    if Path::new(IPERF).exists() {
+        builder = builder.add_program(IPERF, IPERF);
+        libs = shared_libraries(Path::new(IPERF))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| p.display().to_string())
+            .collect();
+    } else {
+        println!("skipped: network part: iperf3 not installed (apt-get install iperf3)");
+    }
+    println!("skipped: virtiofsd peer: not packaged for this distribution (Debian 12)");
+    let out = match with_msbvm(builder).run_script(&script(files, runs, &libs)) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("guest_io bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    report_fs(&fs_spans(&out.console), files, runs);
     println!("\nTCP through the netstack (iperf3 in the guest to L1's loopback, 5 s):");
     for line in out.console.lines() {
         if let Some(rest) = line.trim().strip_prefix("NETBENCH ") {

@@ -25,9 +25,10 @@ use std::time::Duration;
 
 use msbvm_benches::boot_runs::env_count;
 use msbvm_benches::image_bench::{
-    build_images, disk_usage, missing_peer, msbvm_pull, peer_pull, BenchResult, PeerTimes, Registry,
+    build_images, disk_usage, missing_peer, msbvm_pull, peer_pull, BenchImage, BenchResult,
+    PeerTimes, Registry,
 };
-use msbvm_benches::{median, ratio};
+use msbvm_benches::{bench_mode, exit, median, ratio};
 use msbvm_tests::artifacts::target_dir;
 
 const REPOSITORY: &str = "bench/img";
@@ -77,12 +78,25 @@ async fn bench() -> BenchResult<()> {
         registry.host
     );
 
+    let (ours, peer) = measure(runs, &work, &registry, peer_missing.is_none()).await?;
+    report(&first, runs, &ours, &peer, peer_missing.is_none());
+    Ok(())
+}
+
+/// Pulls both images `runs` times with msbvm and, when `with_peer`, with skopeo+umoci, each
+/// run into fresh directories under `work`.
+async fn measure(
+    runs: u32,
+    work: &Path,
+    registry: &Registry,
+    with_peer: bool,
+) -> BenchResult<(Samples, Samples)> {
     let mut ours = Samples::default();
     let mut peer = Samples::default();
     for run in 1..=runs {
         // One directory per run and tool, removed after measuring, so every run starts cold
         // on the disk side (the registry's files stay in the page cache for both).
-        let dir = tempfile::tempdir_in(&work).map_err(|e| format!("temp dir: {e}"))?;
+        let dir = tempfile::tempdir_in(work).map_err(|e| format!("temp dir: {e}"))?;
         let store = dir.path().join("store");
         let t1 = msbvm_pull(&store, &registry.host, &format!("{REPOSITORY}:1")).await?;
         let t2 = msbvm_pull(&store, &registry.host, &format!("{REPOSITORY}:2")).await?;
@@ -94,21 +108,13 @@ async fn bench() -> BenchResult<()> {
             secs(t1),
             secs(t2)
         );
-        if peer_missing.is_none() {
-            let p1 = peer_pull(
-                dir.path(),
-                &registry.host,
-                REPOSITORY,
-                "1",
-                &dir.path().join("bundle1"),
-            )?;
-            let p2 = peer_pull(
-                dir.path(),
-                &registry.host,
-                REPOSITORY,
-                "2",
-                &dir.path().join("bundle2"),
-            )?;
+        if with_peer {
+            let pull = |tag: &str| {
+                let bundle = dir.path().join(format!("bundle{tag}"));
+                peer_pull(dir.path(), &registry.host, REPOSITORY, tag, &bundle)
+            };
+            let p1 = pull("1")?;
+            let p2 = pull("2")?;
             let total = |p: &PeerTimes| secs(p.copy + p.unpack);
             peer.first.push(total(&p1));
             peer.second.push(total(&p2));
@@ -129,6 +135,11 @@ async fn bench() -> BenchResult<()> {
         }
     }
 
+    Ok((ours, peer))
+}
+
+/// Prints the medians of both tools and their ratios.
+fn report(first: &BenchImage, runs: u32, ours: &Samples, peer: &Samples, with_peer: bool) {
     let med = |v: &Vec<f64>| median(v.clone());
     println!();
     println!(
@@ -151,7 +162,7 @@ async fn bench() -> BenchResult<()> {
         "-",
         cell(mib(med(&ours.disk)), 1)
     );
-    if peer_missing.is_none() {
+    if with_peer {
         println!(
             "{:<20} {:>14} {:>15} {:>12} {:>12} {:>17}",
             "skopeo+umoci",
@@ -168,15 +179,10 @@ async fn bench() -> BenchResult<()> {
             cell(ratio(med(&ours.disk), med(&peer.disk)), 3),
         );
     }
-    Ok(())
 }
 
 fn main() -> ExitCode {
-    // `cargo test --all-targets` runs bench targets without `--bench`.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!(
-            "image bench: not run in test mode; use `cargo bench -p msbvm-benches --bench image`"
-        );
+    if !bench_mode("image") {
         return ExitCode::SUCCESS;
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -189,11 +195,5 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(bench()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("image bench: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit("image", runtime.block_on(bench()))
 }

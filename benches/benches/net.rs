@@ -29,7 +29,7 @@ use msbvm_benches::net_bench::{
     connection_rate, iperf, missing_privilege, missing_stack, BenchResult, IperfServer, Link,
     STACKS,
 };
-use msbvm_benches::{median, ratio};
+use msbvm_benches::{bench_mode, exit, median, ratio};
 
 /// Samples of one stack at one MTU.
 #[derive(Default)]
@@ -136,6 +136,12 @@ fn bench() -> BenchResult<()> {
         }
     }
 
+    report(&results, &mtus, runs, secs, conns);
+    Ok(())
+}
+
+/// Prints the medians of every measured stack per MTU, and msbvm's ratios to the peers.
+fn report(results: &[(usize, &str, Samples)], mtus: &[usize], runs: u32, secs: u32, conns: u32) {
     println!();
     println!(
         "net: TCP via a TAP in a fresh netns (no VM) to iperf3 -s on the host's 127.0.0.1; iperf3 -t {secs}; {conns} connections per rate sample; medians of {runs} runs; CPU s/GB = stack CPU / GB moved (msbvm: netstack + frame pumps [netstack alone])"
@@ -145,7 +151,7 @@ fn bench() -> BenchResult<()> {
         "mtu", "stack", "up Gbit/s", "down Gbit/s", "conn/s", "CPU s/GB up", "CPU s/GB down"
     );
     let med = |v: &Vec<f64>| median(v.clone());
-    for (mtu, stack, s) in &results {
+    for (mtu, stack, s) in results {
         if s.up_gbit.is_empty() {
             continue;
         }
@@ -167,7 +173,7 @@ fn bench() -> BenchResult<()> {
             cpu(&s.cpu_down, &s.stack_cpu_down),
         );
     }
-    for &mtu in &mtus {
+    for &mtu in mtus {
         let find = |name: &str| {
             results
                 .iter()
@@ -188,20 +194,11 @@ fn bench() -> BenchResult<()> {
             }
         }
     }
-    Ok(())
 }
 
 fn main() -> ExitCode {
-    // `cargo test --all-targets` runs bench targets without `--bench`.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("net bench: not run in test mode; use `cargo bench -p msbvm-benches --bench net`");
+    if !bench_mode("net") {
         return ExitCode::SUCCESS;
     }
-    match bench() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("net bench: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit("net", bench())
 }

@@ -30,12 +30,11 @@ use msbvm_benches::boot_runs::{
     self, env_count, RunCounts, CPUS, MEMORY_MIB, RUN_TIMEOUT_SECS, TIMING_BIN,
 };
 use msbvm_benches::sandbox::{self, SandboxResults, SandboxSetup};
-use msbvm_benches::{parse_samples, summarize};
+use msbvm_benches::{bench_mode, error_exit, parse_samples, summarize};
 use msbvm_tests::artifacts::{
     target_dir, GuestArtifacts, Progress, StaticBuild, L1_KERNEL, L1_MSBVM,
 };
 use msbvm_tests::report::shell_command;
-use msbvm_tests::skip::skip_requested;
 use msbvm_tests::{nested, Error, NestedVm, Stream};
 
 /// The helper's binary name (package msbvm-benches) and its place in L1.
@@ -148,12 +147,7 @@ fn bench() -> Result<bool, Error> {
 }
 
 fn main() -> ExitCode {
-    // `cargo test --all-targets` runs bench targets without `--bench`: a multi-minute nested
-    // benchmark has no place there.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!(
-            "sandbox bench: not run in test mode; use `cargo bench -p msbvm-benches --bench sandbox`"
-        );
+    if !bench_mode("sandbox") {
         return ExitCode::SUCCESS;
     }
     match bench() {
@@ -162,16 +156,6 @@ fn main() -> ExitCode {
             eprintln!("sandbox bench: some sandbox measurements failed (FAILED lines above)");
             ExitCode::FAILURE
         }
-        Err(e) if e.is_environment() && skip_requested() => {
-            println!(
-                "skipped: {}",
-                e.to_string().lines().next().unwrap_or_default()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("sandbox bench: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => error_exit("sandbox", &e),
     }
 }

@@ -19,6 +19,44 @@ pub mod sandbox;
 
 pub use msbvm_tests::report::Stats;
 
+/// Whether this bench target was started by `cargo bench`, which passes `--bench`.
+/// `cargo test --all-targets` runs bench targets without it, and a benchmark of minutes has no
+/// place there: the target `name` then says how to run it, and does nothing.
+pub fn bench_mode(name: &str) -> bool {
+    let bench = std::env::args().any(|a| a == "--bench");
+    if !bench {
+        println!(
+            "{name} bench: not run in test mode; use `cargo bench -p msbvm-benches --bench {name}`"
+        );
+    }
+    bench
+}
+
+/// The exit of host-side benchmark `name` after `result` (its error printed, if any).
+pub fn exit(name: &str, result: Result<(), String>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name} bench: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The exit of benchmark `name` that failed with `error`: a skip (success) where the host
+/// cannot run L1 and skipping was asked for, a failure otherwise.
+pub fn error_exit(name: &str, error: &msbvm_tests::Error) -> std::process::ExitCode {
+    if error.is_environment() && msbvm_tests::skip::skip_requested() {
+        println!(
+            "skipped: {}",
+            error.to_string().lines().next().unwrap_or_default()
+        );
+        return std::process::ExitCode::SUCCESS;
+    }
+    eprintln!("{name} bench: {error}");
+    std::process::ExitCode::FAILURE
+}
+
 /// Prefix of the helper's result line.
 pub const RESULT_PREFIX: &str = "msbvm-boot-timing: result";
 

@@ -305,37 +305,35 @@ impl PeerLink {
     /// 10.0.2.2 reaches the host's loopback.
     pub fn slirp4netns(mtu: usize) -> BenchResult<PeerLink> {
         let ns = Netns::create(&format!("slirp{mtu}"))?;
-        let child = Command::new("slirp4netns")
-            .args(["--configure", &format!("--mtu={mtu}"), "--netns-type=path"])
+        let mut cmd = Command::new("slirp4netns");
+        cmd.args(["--configure", &format!("--mtu={mtu}"), "--netns-type=path"])
             .arg(ns.path())
-            .arg(TAP)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("starting slirp4netns: {e}"))?;
-        let mut link = PeerLink { ns, child };
-        link.ns
-            .wait_for_address("10.0.2.100", &mut link.child)
-            .map_err(|e| format!("slirp4netns {e}"))?;
-        Ok(link)
+            .arg(TAP);
+        PeerLink::start("slirp4netns", ns, &mut cmd, "10.0.2.100")
     }
 
     /// `pasta` in the foreground on a fresh namespace, configured like msbvm's guest
     /// (10.0.2.15/24, gateway 10.0.2.2, which pasta maps to the host's loopback).
     pub fn pasta(mtu: usize) -> BenchResult<PeerLink> {
         let ns = Netns::create(&format!("pasta{mtu}"))?;
-        let child = Command::new("pasta")
-            .args(["-f", "-q", "--runas", "0", "--config-net"])
+        let mut cmd = Command::new("pasta");
+        cmd.args(["-f", "-q", "--runas", "0", "--config-net"])
             .args(["-a", "10.0.2.15", "-n", "24", "-g", "10.0.2.2"])
-            .args(["-m", &mtu.to_string(), "--netns", &ns.name])
+            .args(["-m", &mtu.to_string(), "--netns", &ns.name]);
+        PeerLink::start("pasta", ns, &mut cmd, "10.0.2.15")
+    }
+
+    /// Starts `cmd` (peer `name`, serving `ns`) and waits until the namespace has `guest_ip`.
+    fn start(name: &str, ns: Netns, cmd: &mut Command, guest_ip: &str) -> BenchResult<PeerLink> {
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| format!("starting pasta: {e}"))?;
+            .map_err(|e| format!("starting {name}: {e}"))?;
         let mut link = PeerLink { ns, child };
         link.ns
-            .wait_for_address("10.0.2.15", &mut link.child)
-            .map_err(|e| format!("pasta {e}"))?;
+            .wait_for_address(guest_ip, &mut link.child)
+            .map_err(|e| format!("{name} {e}"))?;
         Ok(link)
     }
 

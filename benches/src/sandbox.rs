@@ -45,6 +45,20 @@ pub struct BootRun {
 }
 
 impl BootRun {
+    /// Run `run` with nothing measured yet (and not ok).
+    pub fn failed(run: u32) -> BootRun {
+        BootRun {
+            run,
+            ok: false,
+            create_ms: None,
+            ready_after_ms: None,
+            vm_start_ms: None,
+            agent_start_ns: None,
+            ready_ns: None,
+            stop_ms: None,
+        }
+    }
+
     /// The result line.
     pub fn to_line(&self) -> String {
         let ms = |v: Option<f64>| opt(v.map(|v| format!("{v:.3}")));
@@ -149,6 +163,17 @@ pub struct StreamRun {
 }
 
 impl StreamRun {
+    /// A transfer of `bytes` in direction `dir`, nothing moved yet (and not ok).
+    pub fn new(dir: &str, bytes: u64) -> StreamRun {
+        StreamRun {
+            dir: dir.into(),
+            ok: false,
+            bytes,
+            moved: 0,
+            secs: None,
+        }
+    }
+
     /// The result line.
     pub fn to_line(&self) -> String {
         format!(
@@ -320,6 +345,16 @@ pub fn table(
     refs_table: &str,
 ) -> String {
     let mut t = String::new();
+    boot_table(&mut t, setup, results);
+    t.push('\n');
+    exec_lines(&mut t, results);
+    t.push('\n');
+    reference_lines(&mut t, setup, results, refs, refs_table);
+    t
+}
+
+/// The per-run boot rows of [`table`] with their header and medians.
+fn boot_table(t: &mut String, setup: &SandboxSetup, results: &SandboxResults) {
     let _ = writeln!(
         t,
         "sandbox boot to agent-ready: {} vCPU, {} MiB, SDK create(); nested KVM, L1 under emulation",
@@ -369,7 +404,10 @@ pub fn table(
         t,
         "  (create: host wall clock of create(), runtime spawn included; runtime->: the runtime's own clock; guest: agent timestamps in guest boot time)"
     );
-    t.push('\n');
+}
+
+/// The exec round trip and stream throughput lines of [`table`].
+fn exec_lines(t: &mut String, results: &SandboxResults) {
     match &results.exec {
         Some(e) => {
             let _ = writeln!(
@@ -402,7 +440,16 @@ pub fn table(
         };
         let _ = writeln!(t, "vsock via exec stream, {label:<21} {line}");
     }
-    t.push('\n');
+}
+
+/// The references and ratios of [`table`].
+fn reference_lines(
+    t: &mut String,
+    setup: &SandboxSetup,
+    results: &SandboxResults,
+    refs: &[Summary],
+    refs_table: &str,
+) {
     let _ = writeln!(
         t,
         "references: boot to init marker (msbvm-init initramfs, cmdline {:?}), same L1",
@@ -419,7 +466,6 @@ pub fn table(
             cell(r, 3)
         );
     }
-    t
 }
 
 /// The results as a JSON document.
@@ -436,24 +482,11 @@ pub fn to_json(
         "  \"runs\": {}, \"execs\": {}, \"stream_mib\": {}, \"cpus\": {}, \"memory_mib\": {},",
         setup.runs, setup.execs, setup.mib, setup.cpus, setup.memory_mib
     );
-    let boots: Vec<String> = results
-        .boots
-        .iter()
-        .map(|b| {
-            format!(
-                "    {{\"run\": {}, \"ok\": {}, \"create_ms\": {}, \"ready_after_ms\": {}, \"vm_start_ms\": {}, \"agent_start_ns\": {}, \"ready_ns\": {}, \"stop_ms\": {}}}",
-                b.run,
-                b.ok,
-                json_num(b.create_ms),
-                json_num(b.ready_after_ms),
-                json_num(b.vm_start_ms),
-                json_int(b.agent_start_ns),
-                json_int(b.ready_ns),
-                json_num(b.stop_ms),
-            )
-        })
-        .collect();
-    let _ = writeln!(j, "  \"boots\": [\n{}\n  ],", boots.join(",\n"));
+    let _ = writeln!(
+        j,
+        "  \"boots\": [\n{}\n  ],",
+        boots_json(results).join(",\n")
+    );
     let m = results.boot_medians();
     let _ = writeln!(
         j,
@@ -465,39 +498,12 @@ pub fn to_json(
         json_num(m.agent_ready_ms),
         json_num(m.stop_ms),
     );
-    match &results.exec {
-        Some(e) => {
-            let ms: Vec<String> = e.ms.iter().map(|v| json_num(Some(*v))).collect();
-            let _ = writeln!(
-                j,
-                "  \"exec_true\": {{\"count\": {}, \"ok\": {}, \"median_ms\": {}, \"p90_ms\": {}, \"ms\": [{}]}},",
-                e.count,
-                e.ms.len(),
-                json_num(e.median()),
-                json_num(e.p90()),
-                ms.join(", ")
-            );
-        }
-        None => {
-            let _ = writeln!(j, "  \"exec_true\": null,");
-        }
-    }
-    let streams: Vec<String> = results
-        .streams
-        .iter()
-        .map(|s| {
-            format!(
-                "    {{\"dir\": {}, \"ok\": {}, \"bytes\": {}, \"moved\": {}, \"secs\": {}, \"mb_per_s\": {}}}",
-                json_string(&s.dir),
-                s.ok,
-                s.bytes,
-                s.moved,
-                json_num(s.secs),
-                json_num(s.mb_per_s()),
-            )
-        })
-        .collect();
-    let _ = writeln!(j, "  \"streams\": [\n{}\n  ],", streams.join(",\n"));
+    exec_json(&mut j, results);
+    let _ = writeln!(
+        j,
+        "  \"streams\": [\n{}\n  ],",
+        streams_json(results).join(",\n")
+    );
     let boot_setup = crate::BootSetup {
         cmdline: setup.cmdline.clone(),
         cpus: setup.cpus,
@@ -525,6 +531,67 @@ pub fn to_json(
     j
 }
 
+/// The per-run boot objects of [`to_json`].
+fn boots_json(results: &SandboxResults) -> Vec<String> {
+    results
+        .boots
+        .iter()
+        .map(|b| {
+            format!(
+                "    {{\"run\": {}, \"ok\": {}, \"create_ms\": {}, \"ready_after_ms\": {}, \"vm_start_ms\": {}, \"agent_start_ns\": {}, \"ready_ns\": {}, \"stop_ms\": {}}}",
+                b.run,
+                b.ok,
+                json_num(b.create_ms),
+                json_num(b.ready_after_ms),
+                json_num(b.vm_start_ms),
+                json_int(b.agent_start_ns),
+                json_int(b.ready_ns),
+                json_num(b.stop_ms),
+            )
+        })
+        .collect()
+}
+
+/// The stream objects of [`to_json`].
+fn streams_json(results: &SandboxResults) -> Vec<String> {
+    results
+        .streams
+        .iter()
+        .map(|s| {
+            format!(
+                "    {{\"dir\": {}, \"ok\": {}, \"bytes\": {}, \"moved\": {}, \"secs\": {}, \"mb_per_s\": {}}}",
+                json_string(&s.dir),
+                s.ok,
+                s.bytes,
+                s.moved,
+                json_num(s.secs),
+                json_num(s.mb_per_s()),
+            )
+        })
+        .collect()
+}
+
+/// The `exec_true` member of [`to_json`].
+fn exec_json(j: &mut String, results: &SandboxResults) {
+    match &results.exec {
+        Some(e) => {
+            let ms: Vec<String> = e.ms.iter().map(|v| json_num(Some(*v))).collect();
+            let _ = writeln!(
+                j,
+                "  \"exec_true\": {{\"count\": {}, \"ok\": {}, \"median_ms\": {}, \"p90_ms\": {}, \"ms\": [{}]}},",
+                e.count,
+                e.ms.len(),
+                json_num(e.median()),
+                json_num(e.p90()),
+                ms.join(", ")
+            );
+        }
+        None => {
+            let _ = writeln!(j, "  \"exec_true\": null,");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -546,16 +613,7 @@ mod tests {
     fn result_lines_round_trip() {
         let b = boot(3, 1234.5);
         assert_eq!(BootRun::parse(&format!("junk{}", b.to_line())), Some(b));
-        let failed = BootRun {
-            ok: false,
-            create_ms: None,
-            ready_after_ms: None,
-            vm_start_ms: None,
-            agent_start_ns: None,
-            ready_ns: None,
-            stop_ms: None,
-            ..boot(1, 0.0)
-        };
+        let failed = BootRun::failed(1);
         assert_eq!(BootRun::parse(&failed.to_line()), Some(failed));
         let e = ExecRuns {
             count: 3,

@@ -15,14 +15,14 @@ use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 
 use crate::cache::KernelCache;
 use crate::config::{requested_options, verify};
+use crate::error::Error;
 use crate::error::IoContext;
 use crate::progress::{Progress, Reporter};
 use crate::spec::KernelSpec;
-use crate::Error;
 
 /// First guess of the number of compile steps, used until a build has recorded the real count
 /// (the default spec on linux-source 6.12.117 printed 1681 kbuild step lines).
@@ -268,13 +268,7 @@ fn extract(
     drop(stdin);
     let status = child.wait().context(|| "waiting for tar".to_string())?;
     copied.context(|| format!("reading {}", tarball.display()))?;
-    if !status.success() {
-        return Err(StepFailure::Command {
-            step,
-            status: status.to_string(),
-        });
-    }
-    Ok(())
+    succeeded(step, status)
 }
 
 /// Runs one build command in `cwd`, appending its combined stdout and stderr to `log` and
@@ -321,6 +315,11 @@ fn run_step(
     }
     let status = child.wait().context(|| format!("waiting for {program}"))?;
     copied.context(|| format!("recording the output of `{step}` in the build log"))?;
+    succeeded(step, status)
+}
+
+/// `Ok` when `step` exited successfully with `status`.
+fn succeeded(step: String, status: ExitStatus) -> Result<(), StepFailure> {
     if !status.success() {
         return Err(StepFailure::Command {
             step,

@@ -23,8 +23,7 @@ use std::io;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use crate::error::IoContext;
-use crate::Error;
+use crate::error::{Error, IoContext};
 
 /// The msbvm cache directory: `$MSBVM_CACHE_DIR` if set, else `$XDG_CACHE_HOME/msbvm`, else
 /// `$HOME/.cache/msbvm`. Without any of these (a stripped service environment) it falls back

@@ -6,7 +6,8 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::config::Mismatch;
+use crate::options::Mismatch;
+use crate::packages::INSTALL_COMMAND;
 
 /// Everything that can go wrong while locating or building the guest kernel or writing an
 /// initramfs.
@@ -16,7 +17,7 @@ pub enum Error {
     #[error(
         "cannot build the msbvm guest kernel, missing: {}\ninstall them with:\n    {}",
         .missing.join(", "),
-        crate::toolchain::INSTALL_COMMAND
+        INSTALL_COMMAND
     )]
     ToolchainMissing {
         /// One human-readable item per missing piece, e.g. "program `flex`".
@@ -28,7 +29,7 @@ pub enum Error {
     #[error(
         "the kernel source {} is not installed (package linux-source-6.12); install it with:\n    {}",
         .tarball.display(),
-        crate::toolchain::INSTALL_COMMAND
+        INSTALL_COMMAND
     )]
     SourceMissing {
         /// Where the source tarball was expected.

@@ -8,13 +8,13 @@
 //!
 //! [`Initramfs`] writes the uncompressed cpio archives the VMM hands to that kernel.
 
-#![warn(missing_docs)]
-
 mod builder;
 mod cache;
 pub mod config;
 mod error;
 pub mod initramfs;
+mod options;
+mod packages;
 mod progress;
 pub mod source;
 mod spec;

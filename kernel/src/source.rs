@@ -7,14 +7,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::UNIX_EPOCH;
 
-use crate::error::IoContext;
-use crate::Error;
+pub use crate::packages::{SOURCE_PACKAGE, SOURCE_TARBALL};
 
-/// The Debian package that ships the kernel source.
-pub const SOURCE_PACKAGE: &str = "linux-source-6.12";
-
-/// The source tarball installed by [`SOURCE_PACKAGE`]. The build never downloads a source.
-pub const SOURCE_TARBALL: &str = "/usr/src/linux-source-6.12.tar.xz";
+use crate::error::{Error, IoContext};
 
 /// A string that changes whenever the installed kernel source changes.
 ///

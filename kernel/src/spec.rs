@@ -7,8 +7,8 @@ use sha2::{Digest, Sha256};
 
 use crate::cache::{cache_dir, KernelCache};
 use crate::config::ConfigFragment;
+use crate::error::Error;
 use crate::source::{source_version, SOURCE_TARBALL};
-use crate::Error;
 
 /// Version of the build recipe (the steps in `builder.rs`: make targets, environment, what is
 /// kept). Bump it whenever the recipe changes so that cached images built by the old recipe

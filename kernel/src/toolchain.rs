@@ -8,12 +8,10 @@ use std::env;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use crate::source::SOURCE_TARBALL;
-use crate::Error;
+pub use crate::packages::INSTALL_COMMAND;
 
-/// The command that installs everything [`ToolchainProbe::check`] looks for (Debian/Ubuntu).
-pub const INSTALL_COMMAND: &str =
-    "apt-get install linux-source-6.12 build-essential flex bison bc libelf-dev libssl-dev xz-utils";
+use crate::error::Error;
+use crate::packages::SOURCE_TARBALL;
 
 /// Programs the build runs (`xz` because `tar` decompresses the source through it; `perl`
 /// for kbuild's scripts).

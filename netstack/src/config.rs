@@ -1,10 +1,9 @@
 //! Addresses and limits of the sandbox network, with the defaults every sandbox uses.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use crate::dns::Upstream;
-use crate::ports::PublishedPort;
 
 /// The guest network, 10.0.2.0/24 (the same plan as QEMU user networking, which guests know).
 pub const SUBNET_PREFIX_LEN: u8 = 24;
@@ -26,6 +25,26 @@ pub const MAX_MTU: usize = 65520;
 pub const MIN_MTU: usize = 576;
 /// Length of an Ethernet II header.
 pub const ETHERNET_HEADER_LEN: usize = 14;
+
+/// A [`NetConfig`] value out of range ([`NetConfig::validate`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The MTU is outside [`MIN_MTU`]..=[`MAX_MTU`].
+    #[error("mtu {0} outside {MIN_MTU}..={MAX_MTU}")]
+    Mtu(usize),
+    /// The prefix length is outside 8..=30.
+    #[error("prefix length {0} outside 8..=30")]
+    PrefixLen(u8),
+    /// The gateway and the guest have one address.
+    #[error("gateway and guest share an address")]
+    SharedAddress,
+    /// The TCP buffer size is outside 4 KiB..=16 MiB.
+    #[error("tcp buffer size {0} outside 4 KiB..=16 MiB")]
+    TcpBufferSize(usize),
+    /// The gateway MAC is a multicast address.
+    #[error("gateway MAC is not unicast")]
+    GatewayMacNotUnicast,
+}
 
 /// Configuration of one sandbox's network stack. `NetConfig::default()` is what sandboxes use.
 #[derive(Clone, Debug)]
@@ -87,24 +106,21 @@ impl Default for NetConfig {
 
 impl NetConfig {
     /// Checks the values a caller may have got wrong.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if !(MIN_MTU..=MAX_MTU).contains(&self.mtu) {
-            return Err(format!("mtu {} outside {MIN_MTU}..={MAX_MTU}", self.mtu));
+            return Err(ConfigError::Mtu(self.mtu));
         }
         if !(8..=30).contains(&self.prefix_len) {
-            return Err(format!("prefix length {} outside 8..=30", self.prefix_len));
+            return Err(ConfigError::PrefixLen(self.prefix_len));
         }
         if self.gateway_ip == self.guest_ip {
-            return Err("gateway and guest share an address".into());
+            return Err(ConfigError::SharedAddress);
         }
         if self.tcp_buffer_size < 4096 || self.tcp_buffer_size > 16 * 1024 * 1024 {
-            return Err(format!(
-                "tcp buffer size {} outside 4 KiB..=16 MiB",
-                self.tcp_buffer_size
-            ));
+            return Err(ConfigError::TcpBufferSize(self.tcp_buffer_size));
         }
         if self.gateway_mac[0] & 1 != 0 {
-            return Err("gateway MAC is not unicast".into());
+            return Err(ConfigError::GatewayMacNotUnicast);
         }
         Ok(())
     }
@@ -112,6 +128,35 @@ impl NetConfig {
     /// Largest Ethernet frame on the link.
     pub fn max_frame_len(&self) -> usize {
         self.mtu + ETHERNET_HEADER_LEN
+    }
+}
+
+/// Transport of a published port (only TCP for now).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PortProtocol {
+    /// TCP.
+    Tcp,
+}
+
+/// A host address whose connections are spliced to `guest_port` on the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PublishedPort {
+    /// Where the host listens (port 0 picks a free one; `publish` returns the bound address).
+    pub host_addr: SocketAddr,
+    /// The guest port connections reach.
+    pub guest_port: u16,
+    /// Transport.
+    pub proto: PortProtocol,
+}
+
+impl PublishedPort {
+    /// Publishes `guest_port` on the host's 127.0.0.1 at `host_port`.
+    pub fn tcp(host_port: u16, guest_port: u16) -> Self {
+        PublishedPort {
+            host_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, host_port)),
+            guest_port,
+            proto: PortProtocol::Tcp,
+        }
     }
 }
 

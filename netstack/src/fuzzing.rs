@@ -1,4 +1,5 @@
-//! Entry points for the fuzz targets in `netstack/fuzz` (feature `fuzzing`); not a stable API.
+//! Entry points for the fuzz targets in `netstack/fuzz` and the frame device of the
+//! integration tests' fake guest (feature `fuzzing`); not a stable API.
 //!
 //! [`FrameHarness`] does with each guest frame what the stack loop does, minus host sockets:
 //! classify it, ask policy about new flows, build the stack's hand-made answers (RST, ICMP port
@@ -14,57 +15,96 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpListenEndpoint};
 
 use crate::config::{GATEWAY_IP, GATEWAY_MAC, GUEST_IP, HOST_ALIAS_IP};
-use crate::dns::PinTable;
+use crate::frames::{classify, ipv4_packet, offload_checksums, tcp_seq, FrameBuilder, Inbound};
+use crate::pins::PinTable;
 use crate::policy::{FlowInfo, Policy, Protocol};
-use crate::stack::frames::{
-    classify, ipv4_packet, offload_checksums, tcp_seq, FrameBuilder, Inbound,
-};
-use crate::stack::Stack;
+use crate::state::Stack;
 
 /// TCP sockets one harness accepts at most (each costs two buffers).
 const MAX_SOCKETS: usize = 8;
 /// Buffer size of those sockets.
 const SOCKET_BUFFER: usize = 4096;
 
-/// A frame queue standing in for the frame socket.
-#[derive(Default)]
-struct Loopback {
-    rx: VecDeque<Vec<u8>>,
-    tx: usize,
+/// Where a [`QueueDevice`] puts the frames smoltcp sends.
+pub trait FrameSink {
+    /// Takes one frame smoltcp built.
+    fn send(&mut self, frame: &[u8]);
 }
 
-struct Rx(Vec<u8>);
-struct Tx<'a>(&'a mut Loopback);
+/// A smoltcp Ethernet device whose received frames are queued by hand and whose sent frames
+/// go to a [`FrameSink`]: the fuzz harness only counts them, the integration tests' fake guest
+/// writes them to its end of the frame socketpair.
+pub struct QueueDevice<S> {
+    /// Frames smoltcp receives next, oldest first.
+    pub rx: VecDeque<Vec<u8>>,
+    /// Largest frame on the link (the MTU plus the Ethernet header).
+    pub max_frame: usize,
+    /// Where sent frames go.
+    pub sink: S,
+}
 
-impl phy::RxToken for Rx {
+impl<S> QueueDevice<S> {
+    /// A device with nothing queued.
+    pub fn new(max_frame: usize, sink: S) -> QueueDevice<S> {
+        QueueDevice {
+            rx: VecDeque::new(),
+            max_frame,
+            sink,
+        }
+    }
+}
+
+/// A received frame of a [`QueueDevice`].
+pub struct QueueRx(Vec<u8>);
+/// A frame a [`QueueDevice`] is about to send.
+pub struct QueueTx<'a, S>(&'a mut S);
+
+impl phy::RxToken for QueueRx {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
         f(&self.0)
     }
 }
 
-impl phy::TxToken for Tx<'_> {
+impl<S: FrameSink> phy::TxToken for QueueTx<'_, S> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let mut buf = vec![0u8; len];
-        self.0.tx += 1;
-        f(&mut buf)
+        let r = f(&mut buf);
+        self.0.send(&buf);
+        r
     }
 }
 
-impl phy::Device for Loopback {
-    type RxToken<'a> = Rx;
-    type TxToken<'a> = Tx<'a>;
-    fn receive(&mut self, _: Instant) -> Option<(Rx, Tx<'_>)> {
+impl<S: FrameSink> phy::Device for QueueDevice<S> {
+    type RxToken<'a>
+        = QueueRx
+    where
+        S: 'a;
+    type TxToken<'a>
+        = QueueTx<'a, S>
+    where
+        S: 'a;
+    fn receive(&mut self, _: Instant) -> Option<(QueueRx, QueueTx<'_, S>)> {
         let frame = self.rx.pop_front()?;
-        Some((Rx(frame), Tx(self)))
+        Some((QueueRx(frame), QueueTx(&mut self.sink)))
     }
-    fn transmit(&mut self, _: Instant) -> Option<Tx<'_>> {
-        Some(Tx(self))
+    fn transmit(&mut self, _: Instant) -> Option<QueueTx<'_, S>> {
+        Some(QueueTx(&mut self.sink))
     }
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
-        caps.max_transmission_unit = 1514;
+        caps.max_transmission_unit = self.max_frame;
         caps
+    }
+}
+
+/// Counts the frames sent to the guest (the harness looks at nothing else).
+#[derive(Default)]
+struct SentCount(usize);
+
+impl FrameSink for SentCount {
+    fn send(&mut self, _: &[u8]) {
+        self.0 += 1;
     }
 }
 
@@ -72,7 +112,7 @@ impl phy::Device for Loopback {
 pub struct FrameHarness {
     iface: Interface,
     sockets: SocketSet<'static>,
-    dev: Loopback,
+    dev: QueueDevice<SentCount>,
     builder: FrameBuilder,
     policy: Policy,
     pins: PinTable,
@@ -88,7 +128,7 @@ impl Default for FrameHarness {
 impl FrameHarness {
     /// A harness with the built-in policy plus `allow host`.
     pub fn new() -> FrameHarness {
-        let mut dev = Loopback::default();
+        let mut dev = QueueDevice::new(1514, SentCount::default());
         let config = Config::new(HardwareAddress::Ethernet(EthernetAddress(GATEWAY_MAC)));
         let mut iface = Interface::new(config, &mut dev, Instant::from_millis(0));
         iface.update_ip_addrs(|addrs| {
@@ -122,30 +162,25 @@ impl FrameHarness {
                         self.accept(key.remote, frame);
                     }
                 }
-                Inbound::Udp {
-                    src,
-                    dst,
-                    payload,
-                    src_mac,
-                } => {
-                    self.check(Protocol::Udp, dst.into());
+                Inbound::Udp(d) => {
+                    self.check(Protocol::Udp, d.dst.into());
                     if let Some(packet) = ipv4_packet(frame) {
                         let _ = self
                             .builder
-                            .icmp_port_unreachable(src_mac, *dst.ip(), packet);
+                            .icmp_port_unreachable(d.src_mac, *d.dst.ip(), packet);
                     }
-                    let _ = self.builder.udp(src_mac, dst, src, payload).len();
+                    let _ = self.builder.udp(d.src_mac, d.dst, d.src, d.payload).len();
                 }
             }
         }
         self.now += 10;
-        let before = self.dev.tx;
+        let before = self.dev.sink.0;
         self.iface.poll(
             Instant::from_millis(self.now),
             &mut self.dev,
             &mut self.sockets,
         );
-        self.dev.tx - before
+        self.dev.sink.0 - before
     }
 
     fn check(&self, protocol: Protocol, dst: SocketAddr) {

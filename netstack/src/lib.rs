@@ -27,20 +27,27 @@
 //! either way), UDP published ports, HTTP inspection across protocol upgrades (`CONNECT` and
 //! `Upgrade` requests on inspected connections are refused).
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod dns;
 pub mod events;
+mod frames;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+mod pins;
 pub mod policy;
 pub mod ports;
 mod proxy;
 pub mod seccomp;
 mod stack;
+mod state;
+mod stats;
 
 pub use config::NetConfig;
 pub use events::{discard_events, EventSink, NetEvent, Transport};
 pub use ports::{PortProtocol, PublishedPort};
-pub use stack::{frame_socketpair, NetStack, NetStackHandle, NetStats};
+pub use stack::{frame_socketpair, NetStack, NetStackHandle};
+pub use stats::NetStats;

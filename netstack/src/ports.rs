@@ -1,46 +1,18 @@
 //! Published ports: host listeners whose connections reach a port of the guest.
 
-use std::net::{Ipv4Addr, SocketAddr};
+pub use crate::config::{PortProtocol, PublishedPort};
 
-/// Transport of a published port (only TCP for now).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum PortProtocol {
-    /// TCP.
-    Tcp,
-}
-
-/// A host address whose connections are spliced to `guest_port` on the guest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct PublishedPort {
-    /// Where the host listens (port 0 picks a free one; `publish` returns the bound address).
-    pub host_addr: SocketAddr,
-    /// The guest port connections reach.
-    pub guest_port: u16,
-    /// Transport.
-    pub proto: PortProtocol,
-}
-
-impl PublishedPort {
-    /// Publishes `guest_port` on the host's 127.0.0.1 at `host_port`.
-    pub fn tcp(host_port: u16, guest_port: u16) -> Self {
-        PublishedPort {
-            host_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, host_port)),
-            guest_port,
-            proto: PortProtocol::Tcp,
-        }
-    }
-}
-
-use std::net::SocketAddrV4;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::rc::Rc;
 use std::time::Duration;
 
 use smoltcp::wire::IpAddress;
 
 use crate::events::{NetEvent, Transport};
-use crate::stack::frames::TcpKey;
-use crate::stack::stats::StatsCounters;
-use crate::stack::{Shared, Stack, TcpEntry};
+use crate::frames::TcpKey;
+use crate::proxy;
+use crate::state::{Shared, Stack, TcpEntry};
+use crate::stats::StatsCounters;
 
 /// Accepts host connections on `listener` for as long as the stack runs.
 pub(crate) fn serve(shared: Rc<Shared>, listener: std::net::TcpListener, port: PublishedPort) {
@@ -108,7 +80,7 @@ fn connect_guest(
     let _ = stream.set_nodelay(true);
     shared.emit(NetEvent::IngressAccepted { peer, guest_port });
     shared.wake.notify_one();
-    tokio::task::spawn_local(crate::proxy::tcp::splice(
+    tokio::task::spawn_local(proxy::tcp::splice(
         shared.clone(),
         key,
         handle,

@@ -121,8 +121,11 @@ fn a_flood_of_denied_syns_and_dns_queries_gives_bounded_events_and_no_state() {
     let metadata = Ipv4Addr::new(169, 254, 169, 254);
     for i in 0..FLOOD {
         let port = 1024 + (i % 60_000);
-        h.guest.dev.send_raw(&syn(metadata, 80, port));
-        h.guest.dev.send_raw(&dns_query(i, "blocked.test", port));
+        h.guest.dev.sink.send_raw(&syn(metadata, 80, port));
+        h.guest
+            .dev
+            .sink
+            .send_raw(&dns_query(i, "blocked.test", port));
         if i % 50 == 0 {
             // Let the stack keep up (the frame socket is a bounded queue) and drop its answers.
             h.guest.run_for(Duration::from_millis(2));

@@ -4,12 +4,12 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{host_allowed, test_config, Harness, GATEWAY, GUEST_MAC, HOST_ALIAS};
+use common::{host_allowed, rule, test_config, Harness, GATEWAY, GUEST_MAC, HOST_ALIAS};
 use msbvm_netstack::policy::Policy;
 use msbvm_netstack::{NetConfig, NetEvent, PublishedPort, Transport};
 use smoltcp::socket::tcp::State;
@@ -19,6 +19,19 @@ use smoltcp::wire::{
 };
 
 /// An echo server on the host's loopback; returns its port.
+/// A UDP server on the host's loopback that sends every datagram back; returns its port.
+fn udp_echo_server() -> u16 {
+    let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = server.recv_from(&mut buf) {
+            let _ = server.send_to(&buf[..n], from);
+        }
+    });
+    port
+}
+
 fn echo_server() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -68,7 +81,7 @@ fn arp_request_for_the_gateway_is_answered() {
     .emit(&mut eth);
     repr.emit(&mut ArpPacket::new_unchecked(eth.payload_mut()));
     h.guest.capture = true;
-    h.guest.dev.send_raw(&frame);
+    h.guest.dev.sink.send_raw(&frame);
     let reply = h.guest.run_until(5, "arp reply", |g| g.captured.pop());
     let eth = EthernetFrame::new_checked(&reply[..]).unwrap();
     assert_eq!(eth.ethertype(), EthernetProtocol::Arp);
@@ -94,11 +107,7 @@ fn arp_request_for_the_gateway_is_answered() {
 fn tcp_echo_both_ways_then_fin_closes_and_reports_bytes() {
     let port = echo_server();
     let mut h = Harness::start(test_config(), host_allowed());
-    let s = h
-        .guest
-        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, port), 40001);
-    h.guest
-        .run_until(5, "established", |g| g.tcp(s).may_send().then_some(()));
+    let s = h.guest.tcp_established(port, 40001);
     let data = pattern(300_000);
     h.guest.tcp_send_all(s, &data);
     let back = h.guest.tcp_recv_exact(s, data.len());
@@ -139,9 +148,7 @@ fn denied_destination_gets_an_immediate_rst() {
     let port = echo_server();
     // The default policy denies the host alias.
     let mut h = Harness::start(test_config(), Policy::default());
-    let s = h
-        .guest
-        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, port), 40002);
+    let s = h.guest.tcp_connect_host(port, 40002);
     h.guest.run_until(5, "reset", |g| {
         (g.tcp(s).state() == State::Closed).then_some(())
     });
@@ -162,9 +169,7 @@ fn refused_host_connect_gets_an_rst() {
         l.local_addr().unwrap().port()
     };
     let mut h = Harness::start(test_config(), host_allowed());
-    let s = h
-        .guest
-        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, port), 40003);
+    let s = h.guest.tcp_connect_host(port, 40003);
     h.guest.run_until(5, "reset", |g| {
         (g.tcp(s).state() == State::Closed).then_some(())
     });
@@ -182,15 +187,11 @@ fn refused_host_connect_gets_an_rst() {
 fn data_survives_frame_loss_both_ways() {
     let port = echo_server();
     let mut h = Harness::start(test_config(), host_allowed());
-    let s = h
-        .guest
-        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, port), 40004);
-    h.guest
-        .run_until(5, "established", |g| g.tcp(s).may_send().then_some(()));
+    let s = h.guest.tcp_established(port, 40004);
     let out = Arc::new(AtomicUsize::new(0));
     let inn = Arc::new(AtomicUsize::new(0));
     let (o, i) = (out.clone(), inn.clone());
-    h.guest.dev.loss_out = Some(Box::new(move |_| {
+    h.guest.dev.sink.loss_out = Some(Box::new(move |_| {
         o.fetch_add(1, Ordering::Relaxed) % 23 == 3
     }));
     h.guest.loss_in = Some(Box::new(move |_| {
@@ -223,11 +224,7 @@ fn a_guest_that_stops_reading_blocks_the_host_writer() {
         }
     });
     let mut h = Harness::start(test_config(), host_allowed());
-    let s = h
-        .guest
-        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, port), 40005);
-    h.guest
-        .run_until(5, "established", |g| g.tcp(s).may_send().then_some(()));
+    let s = h.guest.tcp_established(port, 40005);
     h.guest.run_for(Duration::from_secs(2));
     let stalled = written.load(Ordering::Relaxed);
     // Guest window (256 KiB) + stack buffer (256 KiB) + kernel socket buffers: a few MiB at most.
@@ -275,31 +272,20 @@ fn malformed_frames_are_ignored_without_harm() {
     }
     for f in &junk {
         if !f.is_empty() {
-            h.guest.dev.send_raw(f);
+            h.guest.dev.sink.send_raw(f);
         }
     }
     h.guest.run_for(Duration::from_millis(200));
     assert!(h.handle.stats().rx_dropped >= 6, "{:?}", h.handle.stats());
     // Still serving.
-    let s = h
-        .guest
-        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, port), 40006);
-    h.guest
-        .run_until(5, "established", |g| g.tcp(s).may_send().then_some(()));
+    let s = h.guest.tcp_established(port, 40006);
     h.guest.tcp_send_all(s, b"ping");
     assert_eq!(h.guest.tcp_recv_exact(s, 4), b"ping");
 }
 
 #[test]
 fn udp_echo_through_the_stack() {
-    let server = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let port = server.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 2048];
-        while let Ok((n, from)) = server.recv_from(&mut buf) {
-            let _ = server.send_to(&buf[..n], from);
-        }
-    });
+    let port = udp_echo_server();
     let mut h = Harness::start(test_config(), host_allowed());
     let u = h.guest.udp_bind(5555);
     let dst = smoltcp::wire::IpEndpoint::new(HOST_ALIAS.into(), port);
@@ -346,18 +332,12 @@ fn connections_over_the_cap_are_reset_and_reported() {
         ..test_config()
     };
     let mut h = Harness::start(config, host_allowed());
-    let a = h
-        .guest
-        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, port), 40010);
-    let b = h
-        .guest
-        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, port), 40011);
+    let a = h.guest.tcp_connect_host(port, 40010);
+    let b = h.guest.tcp_connect_host(port, 40011);
     h.guest.run_until(5, "two established", |g| {
         (g.tcp(a).may_send() && g.tcp(b).may_send()).then_some(())
     });
-    let c = h
-        .guest
-        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, port), 40012);
+    let c = h.guest.tcp_connect_host(port, 40012);
     h.guest.run_until(5, "third reset", |g| {
         (g.tcp(c).state() == State::Closed).then_some(())
     });
@@ -411,17 +391,11 @@ fn http_policy_answers_403_to_a_denied_request_and_passes_an_allowed_one() {
     let port = echo_server();
     // First match decides: the HTTP deny goes before the rule opening the host.
     let policy = Policy::builder()
-        .deny(
-            format!("http://host.msbvm.internal:{port}/secret")
-                .parse()
-                .unwrap(),
-        )
-        .allow("host".parse().unwrap());
+        .deny(rule(&format!("http://host.msbvm.internal:{port}/secret")))
+        .allow(rule("host"));
     let mut h = Harness::start(test_config(), policy);
     let denied = b"GET /secret/x HTTP/1.1\r\nHost: host.msbvm.internal\r\n\r\n";
-    let s = h
-        .guest
-        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, port), 40020);
+    let s = h.guest.tcp_connect_host(port, 40020);
     h.guest.tcp_send_all(s, denied);
     let mut answer = Vec::new();
     h.guest.run_until(5, "403 and close", |g| {
@@ -440,9 +414,7 @@ fn http_policy_answers_403_to_a_denied_request_and_passes_an_allowed_one() {
         .any(|e| matches!(e, NetEvent::HttpRequest { allowed: false, .. })));
 
     let allowed = b"GET /public HTTP/1.1\r\nHost: host.msbvm.internal\r\n\r\n";
-    let s = h
-        .guest
-        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, port), 40021);
+    let s = h.guest.tcp_connect_host(port, 40021);
     h.guest.tcp_send_all(s, allowed);
     assert_eq!(h.guest.tcp_recv_exact(s, allowed.len()), allowed);
 }
@@ -464,12 +436,8 @@ fn read_until_closed(h: &mut Harness, s: smoltcp::iface::SocketHandle, secs: u64
 
 fn secret_denied_host_allowed(port: u16) -> Policy {
     Policy::builder()
-        .deny(
-            format!("http://host.msbvm.internal:{port}/secret/")
-                .parse()
-                .unwrap(),
-        )
-        .allow("host".parse().unwrap())
+        .deny(rule(&format!("http://host.msbvm.internal:{port}/secret/")))
+        .allow(rule("host"))
 }
 
 /// Before, only the first request head of a connection was inspected: a second request on a
@@ -481,9 +449,7 @@ fn every_request_on_a_keep_alive_connection_is_checked() {
     let allowed = b"GET /public HTTP/1.1\r\nHost: host.msbvm.internal\r\n\r\n";
     let body = b"POST /upload HTTP/1.1\r\nHost: host.msbvm.internal\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
     let denied = b"GET /secret;x/../secret/key HTTP/1.1\r\nHost: host.msbvm.internal\r\n\r\n";
-    let s = h
-        .guest
-        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, port), 40030);
+    let s = h.guest.tcp_connect_host(port, 40030);
     h.guest.tcp_send_all(s, allowed);
     assert_eq!(h.guest.tcp_recv_exact(s, allowed.len()), allowed);
     h.guest.tcp_send_all(s, body);
@@ -522,9 +488,7 @@ fn a_denied_pipelined_request_is_answered_after_the_allowed_one() {
     let mut h = Harness::start(test_config(), secret_denied_host_allowed(port));
     let allowed = b"GET /a HTTP/1.1\r\nHost: host.msbvm.internal\r\nContent-Length: 3\r\n\r\nabc";
     let denied = b"get //secret/ HTTP/1.1\r\nHost: host.msbvm.internal\r\n\r\n";
-    let s = h
-        .guest
-        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, port), 40031);
+    let s = h.guest.tcp_connect_host(port, 40031);
     h.guest
         .tcp_send_all(s, &[&allowed[..], &denied[..]].concat());
     let answer = read_until_closed(&mut h, s, 10);
@@ -570,12 +534,8 @@ fn tightening_the_policy_ends_the_flows_it_denies() {
     let (kept_port, _) = closing_server();
     let (ended_port, host_saw_end) = closing_server();
     let mut h = Harness::start(test_config(), host_allowed());
-    let kept = h
-        .guest
-        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, kept_port), 40040);
-    let ended = h
-        .guest
-        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, ended_port), 40041);
+    let kept = h.guest.tcp_connect_host(kept_port, 40040);
+    let ended = h.guest.tcp_connect_host(ended_port, 40041);
     echo_once(&mut h, kept, b"one");
     echo_once(&mut h, ended, b"two");
 
@@ -608,14 +568,7 @@ fn tightening_the_policy_ends_the_flows_it_denies() {
 
 #[test]
 fn tightening_the_policy_ends_udp_flows_and_uninspected_http() {
-    let server = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let udp_port = server.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 2048];
-        while let Ok((n, from)) = server.recv_from(&mut buf) {
-            let _ = server.send_to(&buf[..n], from);
-        }
-    });
+    let udp_port = udp_echo_server();
     let (http_port, host_saw_end) = closing_server();
     let mut h = Harness::start(test_config(), host_allowed());
     let u = h.guest.udp_bind(5557);
@@ -623,9 +576,7 @@ fn tightening_the_policy_ends_udp_flows_and_uninspected_http() {
     h.guest.udp(u).send_slice(b"ping", dst).unwrap();
     h.guest
         .run_until(5, "udp reply", |g| g.udp(u).recv().ok().map(|_| ()));
-    let s = h
-        .guest
-        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, http_port), 40042);
+    let s = h.guest.tcp_connect_host(http_port, 40042);
     echo_once(
         &mut h,
         s,
@@ -635,12 +586,10 @@ fn tightening_the_policy_ends_udp_flows_and_uninspected_http() {
 
     // UDP to the host is no longer allowed, and HTTP rules now cover the TCP port.
     let policy = Policy::builder()
-        .deny(
-            format!("http://host.msbvm.internal:{http_port}/admin/")
-                .parse()
-                .unwrap(),
-        )
-        .allow("tcp:host".parse().unwrap());
+        .deny(rule(&format!(
+            "http://host.msbvm.internal:{http_port}/admin/"
+        )))
+        .allow(rule("tcp:host"));
     h.handle.set_policy(policy);
     h.guest.run_until(5, "udp flow ended", |_| {
         (h.handle.stats().udp_flows_open == 0).then_some(())

@@ -4,9 +4,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use crate::artifacts::{GuestArtifacts, Progress, StaticBuild, L1_KERNEL, L1_MSBVM};
-use crate::NestedVmBuilder;
+use crate::{nested, or_skip, NestedOutput, NestedVm, NestedVmBuilder, Stream};
 
 /// Where the guest agent goes in L1 (beside `msbvm`, where the runtime looks for it).
 pub const L1_AGENT: &str = "/bin/msbvm-agent";
@@ -37,14 +38,91 @@ pub fn with_msbvm(builder: NestedVmBuilder) -> NestedVmBuilder {
     artifacts().add_to(builder).add_file(agent, L1_AGENT)
 }
 
-/// The start of every scenario script: environment, `$M` and `check`.
+/// Where dnsmasq, the network suites' upstream resolver, is on the host (and in L1).
+pub const DNSMASQ: &str = "/usr/sbin/dnsmasq";
+
+/// The check values the scenario scripts compute, defined once for all of them: `nz RC`
+/// (failed/succeeded), `some N` (at least one), `fast SECS` (under 8 s), `atmost N MAX`.
+const CHECK_HELPERS: &str = r#"nz() { [ "$1" -ne 0 ] && echo failed || echo succeeded; }
+some() { [ "$1" -ge 1 ] && echo yes || echo "no:$1"; }
+fast() { [ "$1" -lt 8 ] && echo yes || echo "no:$1"; }
+atmost() { [ "$1" -le "$2" ] && echo yes || echo "no:$1>$2"; }
+"#;
+
+/// The start of every scenario script: environment, `$M`, `check` and the check helpers.
 pub fn prelude() -> String {
     format!(
         "export MSBVM_HOME=/tmp/msbvm MSBVM_KERNEL={L1_KERNEL} HOME=/root\n\
          mkdir -p /root\n\
          M={L1_MSBVM}\n\
-         check() {{ echo \"CHECK $1 $2\"; }}\n"
+         check() {{ echo \"CHECK $1 $2\"; }}\n\
+         {CHECK_HELPERS}"
     )
+}
+
+/// The network suites' "host" in L1: busybox httpd on 127.0.0.1:8000 serving `/www` (which
+/// the shell line `www` fills), dnsmasq on 127.0.0.1:5353 answering each `name=address` of
+/// `dns_answers` (separated by spaces), and `events NAME` printing a sandbox's network events.
+pub fn net_host(www: &str, dns_answers: &str) -> String {
+    let answers: Vec<String> = dns_answers
+        .split_whitespace()
+        .filter_map(|answer| answer.split_once('='))
+        .map(|(name, ip)| format!("--address=/{name}/{ip}"))
+        .collect();
+    format!(
+        r#"[ -e /etc/passwd ] || echo 'root:x:0:0:root:/root:/bin/sh' > /etc/passwd
+[ -e /etc/group ] || echo 'root:x:0:' > /etc/group
+{www}
+httpd -f -p 127.0.0.1:8000 -h /www &
+{DNSMASQ} --no-daemon --no-resolv --no-hosts --port=5353 --listen-address=127.0.0.1 \
+  --bind-interfaces -C /dev/null --user=root --group=root --pid-file= \
+  {answers} >/tmp/dnsmasq.log 2>&1 &
+sleep 1
+events() {{ $M net events $1; }}
+"#,
+        answers = answers.join(" "),
+    )
+}
+
+/// Whether dnsmasq is installed (the network suites skip without it, saying so).
+pub fn dnsmasq_present() -> bool {
+    let present = std::path::Path::new(DNSMASQ).exists();
+    if !present {
+        eprintln!("skipped: dnsmasq not installed (apt-get install dnsmasq-base)");
+    }
+    present
+}
+
+/// Whether this host can run L1 ([`nested::preflight`]): `false` where the test is to be
+/// skipped ([`or_skip`]); a host that cannot, without a skip asked for, fails the test here.
+pub fn l1_ready() -> bool {
+    or_skip(nested::preflight()).is_some()
+}
+
+/// An L1 machine with msbvm in place ([`with_msbvm`]), once [`l1_ready`] says it can run.
+pub fn msbvm_l1() -> Option<NestedVmBuilder> {
+    l1_ready().then(|| with_msbvm(NestedVm::builder()))
+}
+
+/// The L1 machine of the network suites: [`msbvm_l1`] with 3 GiB and dnsmasq, and `timeout`;
+/// `None` where the test is to be skipped (no L1, or no dnsmasq).
+pub fn net_l1(timeout: Duration) -> Option<NestedVmBuilder> {
+    if !l1_ready() || !dnsmasq_present() {
+        return None;
+    }
+    let vm = with_msbvm(NestedVm::builder())
+        .memory_mib(3072)
+        .add_program(DNSMASQ, DNSMASQ)
+        .timeout(timeout);
+    Some(vm)
+}
+
+/// Runs the scenario `script` in the L1 `vm` with its console on stderr, and says how long it
+/// took; `None` where the test is to be skipped.
+pub fn run_scenarios(vm: NestedVmBuilder, script: &str) -> Option<NestedOutput> {
+    let out = or_skip(vm.stream(Stream::Stderr).run_script(script))?;
+    eprintln!("L1 run took {:.1} s", out.elapsed.as_secs_f64());
+    Some(out)
 }
 
 /// The `CHECK` lines of a console.

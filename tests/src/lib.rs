@@ -13,6 +13,8 @@
 //! - [`registry`]: a real OCI registry holding a test image, for `msbvm pull` in L1,
 //! - [`skip`]: failing (or, on request, skipping) when the host cannot run L1.
 
+#![forbid(unsafe_code)]
+
 pub mod artifacts;
 pub mod console;
 pub mod distro;

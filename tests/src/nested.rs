@@ -9,7 +9,7 @@
 
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -149,32 +149,34 @@ impl NestedVmBuilder {
 
     /// Copies a host file or directory (recursively) to `l1_path`. Binaries must be static,
     /// or added with [`NestedVmBuilder::add_program`].
-    pub fn add_file(mut self, host: impl AsRef<Path>, l1_path: &str) -> Self {
-        self.files.push(Addition::Host {
+    pub fn add_file(self, host: impl AsRef<Path>, l1_path: &str) -> Self {
+        self.add(Addition::Host {
             host: host.as_ref().to_path_buf(),
             l1: l1_path.to_string(),
-        });
-        self
+        })
     }
 
     /// Puts `data` at `l1_path` with permission bits `mode`.
-    pub fn add_bytes(mut self, l1_path: &str, data: impl Into<Vec<u8>>, mode: u32) -> Self {
-        self.files.push(Addition::Bytes {
+    pub fn add_bytes(self, l1_path: &str, data: impl Into<Vec<u8>>, mode: u32) -> Self {
+        self.add(Addition::Bytes {
             l1: l1_path.to_string(),
             data: data.into(),
             mode,
-        });
-        self
+        })
     }
 
     /// Copies a dynamically linked host program to `l1_path`, with every shared library and
     /// the dynamic loader that `ldd` names, each at its host path (L1 has no ld.so.cache, and
     /// the loader's default directories match the host's layout).
-    pub fn add_program(mut self, host: impl AsRef<Path>, l1_path: &str) -> Self {
-        self.files.push(Addition::Program {
+    pub fn add_program(self, host: impl AsRef<Path>, l1_path: &str) -> Self {
+        self.add(Addition::Program {
             host: host.as_ref().to_path_buf(),
             l1: l1_path.to_string(),
-        });
+        })
+    }
+
+    fn add(mut self, addition: Addition) -> Self {
+        self.files.push(addition);
         self
     }
 
@@ -273,7 +275,21 @@ impl NestedVmBuilder {
     /// Boots L1 with QEMU, streams and captures the console, enforces the timeout.
     fn boot(&self, vmlinuz: &Path, initrd: &Path) -> Result<NestedOutput> {
         let start = Instant::now();
-        let mut child = Command::new(QEMU)
+        let mut child = self.spawn_qemu(vmlinuz, initrd)?;
+        let (rx, reader, err_reader) = read_console(&mut child);
+        let watch = self.watch(&mut child, &rx, start);
+        let status = child
+            .wait()
+            .map_err(Error::io(format!("cannot wait for {QEMU}")))?;
+        let _ = reader.join();
+        let qemu_err = err_reader.join().unwrap_or_default();
+        let elapsed = start.elapsed();
+        self.outcome(watch, status, &qemu_err, elapsed)
+    }
+
+    /// Starts QEMU on the L1 kernel and initramfs, its console on stdout.
+    fn spawn_qemu(&self, vmlinuz: &Path, initrd: &Path) -> Result<Child> {
+        Command::new(QEMU)
             .args(["-M", "q35", "-cpu", "max,+svm"])
             .args([
                 "-smp",
@@ -295,78 +311,66 @@ impl NestedVmBuilder {
             .map_err(|e| Error::QemuStart {
                 reason: format!("cannot start {QEMU}: {e}"),
                 console_tail: String::new(),
-            })?;
+            })
+    }
 
-        // Reader threads: stdout is the console (split into clean lines), stderr is QEMU's own
-        // messages. Both end when QEMU exits or is killed.
-        let (tx, rx) = mpsc::channel::<String>();
-        let mut stdout = child.stdout.take().expect("stdout is piped");
-        let reader = std::thread::spawn(move || {
-            let mut cleaner = LineCleaner::new();
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                for line in cleaner.push(&buf[..n]) {
-                    if tx.send(line).is_err() {
-                        return;
-                    }
-                }
-            }
-            if let Some(line) = cleaner.finish() {
-                let _ = tx.send(line);
-            }
-        });
-        let mut stderr = child.stderr.take().expect("stderr is piped");
-        let err_reader = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s);
-            s
-        });
-
+    /// Collects the console until L1's command ends, the L1 kernel locks up or a deadline
+    /// passes (the ready deadline until the command runs, then the run's); kills QEMU in the
+    /// last two cases.
+    fn watch(&self, child: &mut Child, rx: &mpsc::Receiver<String>, start: Instant) -> Watch {
         let deadline = start + self.timeout;
         let ready_deadline = start + L1_READY_TIMEOUT.min(self.timeout);
-        let mut console = String::new();
-        let mut ready = false;
-        let mut timed_out = false;
-        let mut locked_up = false;
+        let mut watch = Watch::default();
         loop {
-            let until = if ready { deadline } else { ready_deadline };
+            let until = if watch.ready {
+                deadline
+            } else {
+                ready_deadline
+            };
             let left = until.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
                     // Blank lines before the command runs are the firmware's screen clearing.
-                    if !ready && line.trim().is_empty() {
+                    if !watch.ready && line.trim().is_empty() {
                         continue;
                     }
-                    ready |= line.contains(READY_MARKER);
+                    watch.ready |= line.contains(READY_MARKER);
                     self.echo(&line);
-                    console.push_str(&line);
-                    console.push('\n');
+                    watch.console.push_str(&line);
+                    watch.console.push('\n');
                     if line.contains(L1_LOCKUP_MARKER) {
                         // The emulated L1 kernel itself is wedged; it will not recover.
-                        locked_up = true;
+                        watch.locked_up = true;
                         let _ = child.kill();
                         break;
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    timed_out = true;
+                    watch.timed_out = true;
                     // Our own child, killed by handle; the reader then sees EOF.
                     let _ = child.kill();
                     break;
                 }
             }
         }
-        let status = child
-            .wait()
-            .map_err(Error::io(format!("cannot wait for {QEMU}")))?;
-        let _ = reader.join();
-        let qemu_err = err_reader.join().unwrap_or_default();
-        let elapsed = start.elapsed();
+        watch
+    }
 
+    /// What the run came to, from its console and QEMU's exit.
+    fn outcome(
+        &self,
+        watch: Watch,
+        status: ExitStatus,
+        qemu_err: &str,
+        elapsed: Duration,
+    ) -> Result<NestedOutput> {
+        let Watch {
+            console,
+            ready,
+            timed_out,
+            locked_up,
+        } = watch;
         if locked_up {
             return Err(Error::L1Lockup {
                 console_tail: tail(&console, TAIL_LINES),
@@ -427,6 +431,56 @@ impl NestedVmBuilder {
 pub fn preflight() -> Result<()> {
     check_host_tools()?;
     DistroKernel::locate_or_fetch().map(drop)
+}
+
+/// What [`NestedVmBuilder::boot`] saw of the console.
+#[derive(Default)]
+struct Watch {
+    /// Every line, cleaned.
+    console: String,
+    /// L1 reached its command (the ready marker was printed).
+    ready: bool,
+    /// A deadline passed.
+    timed_out: bool,
+    /// The L1 kernel reported a lockup.
+    locked_up: bool,
+}
+
+/// Reader threads: stdout is the console (split into clean lines, sent one by one), stderr is
+/// QEMU's own messages (returned whole). Both end when QEMU exits or is killed.
+fn read_console(
+    child: &mut Child,
+) -> (
+    mpsc::Receiver<String>,
+    std::thread::JoinHandle<()>,
+    std::thread::JoinHandle<String>,
+) {
+    let (tx, rx) = mpsc::channel::<String>();
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let reader = std::thread::spawn(move || {
+        let mut cleaner = LineCleaner::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            for line in cleaner.push(&buf[..n]) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        }
+        if let Some(line) = cleaner.finish() {
+            let _ = tx.send(line);
+        }
+    });
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    (rx, reader, err_reader)
 }
 
 /// The first line of a message.

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use msbvm_tests::e2e::{assert_checks, prelude, with_msbvm};
+use msbvm_tests::e2e::{assert_checks, l1_ready, prelude, run_scenarios, with_msbvm};
 use msbvm_tests::registry::{self, L1_REGISTRY, TEST_IMAGE};
-use msbvm_tests::{nested, or_skip, NestedVm, Stream};
+use msbvm_tests::NestedVm;
 
 const L1_TIMEOUT: Duration = Duration::from_secs(1200);
 const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
@@ -18,7 +18,6 @@ fn script() -> String {
         registry::config_yaml(&registry::l1_storage_dir().join("data"), L1_REGISTRY);
     format!(
         r#"{prelude}
-nz() {{ [ "$1" -ne 0 ] && echo failed || echo succeeded; }}
 # The embedded default image, offline.
 out=$($M run -- cat /etc/os-release | grep -c '^NAME="msbvm default"'); check default_image "$out"
 out=$($M run -- stat -c %u:%g /etc/passwd); check default_owner "$out"
@@ -124,9 +123,9 @@ fn hostile_tar() -> Vec<u8> {
 
 #[test]
 fn images_volumes_and_files_end_to_end() {
-    let Some(_) = or_skip(nested::preflight()) else {
+    if !l1_ready() {
         return;
-    };
+    }
     if !registry::available() {
         eprintln!("skipped: docker-registry not installed (apt-get install docker-registry)");
         return;
@@ -146,12 +145,10 @@ fn images_volumes_and_files_end_to_end() {
         .add_program(registry::REGISTRY_BIN, registry::REGISTRY_BIN)
         .add_file(storage.path().join("data"), "/registry/data")
         .add_bytes("/evil.tar", hostile_tar(), 0o644)
-        .timeout(L1_TIMEOUT)
-        .stream(Stream::Stderr);
-    let Some(out) = or_skip(vm.run_script(&script())) else {
+        .timeout(L1_TIMEOUT);
+    let Some(out) = run_scenarios(vm, &script()) else {
         return;
     };
-    eprintln!("L1 run took {:.1} s", out.elapsed.as_secs_f64());
     assert_checks(
         &out.console,
         &[

@@ -7,11 +7,9 @@
 
 use std::time::Duration;
 
-use msbvm_tests::e2e::{assert_checks, prelude, with_msbvm};
-use msbvm_tests::{nested, or_skip, NestedVm, Stream};
+use msbvm_tests::e2e::{assert_checks, net_host, net_l1, prelude, run_scenarios};
 
 const L1_TIMEOUT: Duration = Duration::from_secs(1500);
-const DNSMASQ: &str = "/usr/sbin/dnsmasq";
 /// How long the guest floods (seconds).
 const FLOOD_SECS: u32 = 30;
 /// Most the runtime's resident memory outside guest RAM may grow over the flood (KiB).
@@ -22,24 +20,17 @@ const MAX_EVENT_LINES: u32 = 2 * (100 + 20 * 60) + 100;
 /// Largest runtime log after the flood (bytes).
 const MAX_LOG_BYTES: u32 = 2 * 1024 * 1024;
 
+/// What "the host" serves (the shell line filling `/www`).
+const WWW: &str =
+    "mkdir -p /www/admin && echo host-page > /www/index.html && echo admin-secret > /www/admin/x";
+/// What dnsmasq, the upstream resolver, answers (`name=address`).
+const DNS_ANSWERS: &str = "web.test=10.0.2.254 rebind.test=192.168.1.10 meta.test=169.254.169.254";
+
 fn script() -> String {
     format!(
         r#"{prelude}
-nz() {{ [ "$1" -ne 0 ] && echo failed || echo succeeded; }}
-some() {{ [ "$1" -ge 1 ] && echo yes || echo "no:$1"; }}
-atmost() {{ [ "$1" -le "$2" ] && echo yes || echo "no:$1>$2"; }}
 G='get() {{ printf "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n" "$3" "$4" | nc -w 10 "$1" "$2"; }};'
-[ -e /etc/passwd ] || echo 'root:x:0:0:root:/root:/bin/sh' > /etc/passwd
-[ -e /etc/group ] || echo 'root:x:0:' > /etc/group
-mkdir -p /www/admin && echo host-page > /www/index.html && echo admin-secret > /www/admin/x
-httpd -f -p 127.0.0.1:8000 -h /www &
-{DNSMASQ} --no-daemon --no-resolv --no-hosts --port=5353 --listen-address=127.0.0.1 \
-  --bind-interfaces -C /dev/null --user=root --group=root --pid-file= \
-  --address=/web.test/10.0.2.254 --address=/rebind.test/192.168.1.10 \
-  --address=/meta.test/169.254.169.254 >/tmp/dnsmasq.log 2>&1 &
-sleep 1
-events() {{ $M net events $1; }}
-D="--dns 127.0.0.1:5353"
+{host}D="--dns 127.0.0.1:5353"
 
 # §7: the default image's wget resolves a name through the sandbox's DNS (the answer is the
 # host alias, so the name rule lets it through and `host` opens the flow), with and without -T.
@@ -130,27 +121,15 @@ $M stop f >/dev/null; check f_stopped $?
 echo "CHECK done yes"
 "#,
         prelude = prelude(),
+        host = net_host(WWW, DNS_ANSWERS),
     )
 }
 
 #[test]
 fn network_hardening_end_to_end() {
-    let Some(_) = or_skip(nested::preflight()) else {
+    let Some(out) = net_l1(L1_TIMEOUT).and_then(|vm| run_scenarios(vm, &script())) else {
         return;
     };
-    if !std::path::Path::new(DNSMASQ).exists() {
-        eprintln!("skipped: dnsmasq not installed (apt-get install dnsmasq-base)");
-        return;
-    }
-    let vm = with_msbvm(NestedVm::builder())
-        .memory_mib(3072)
-        .add_program(DNSMASQ, DNSMASQ)
-        .timeout(L1_TIMEOUT)
-        .stream(Stream::Stderr);
-    let Some(out) = or_skip(vm.run_script(&script())) else {
-        return;
-    };
-    eprintln!("L1 run took {:.1} s", out.elapsed.as_secs_f64());
     let mut expected = vec![
         ("done", "yes"),
         ("wget_by_name", "host-page"),

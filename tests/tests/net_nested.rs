@@ -5,33 +5,25 @@
 
 use std::time::Duration;
 
-use msbvm_tests::e2e::{assert_checks, prelude, with_msbvm};
-use msbvm_tests::{nested, or_skip, NestedVm, Stream};
+use msbvm_tests::e2e::{assert_checks, net_host, net_l1, prelude, run_scenarios};
 
 const L1_TIMEOUT: Duration = Duration::from_secs(1200);
-const DNSMASQ: &str = "/usr/sbin/dnsmasq";
+
+/// What "the host" serves (the shell line filling `/www`).
+const WWW: &str =
+    "mkdir -p /www/secret && echo host-page > /www/index.html && echo secret > /www/secret/x";
+/// What dnsmasq, the upstream resolver, answers (`name=address`).
+const DNS_ANSWERS: &str =
+    "public.test=93.184.216.34 rebind.test=192.168.1.10 blocked.test=93.184.216.35";
 
 fn script() -> String {
     format!(
         r#"{prelude}
-nz() {{ [ "$1" -ne 0 ] && echo failed || echo succeeded; }}
-fast() {{ [ "$1" -lt 8 ] && echo yes || echo "no:$1"; }}
-some() {{ [ "$1" -ge 1 ] && echo yes || echo "no:$1"; }}
 # HTTP GET with nc, so that these checks see the raw response (status line and 403s).
 # (wget works too: net_hardening_nested fetches by name with it.)
 G='get() {{ printf "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n" "$3" "$1" | nc -w 10 "$1" "$2"; }};'
 eval "$G"
-[ -e /etc/passwd ] || echo 'root:x:0:0:root:/root:/bin/sh' > /etc/passwd
-[ -e /etc/group ] || echo 'root:x:0:' > /etc/group
-mkdir -p /www/secret && echo host-page > /www/index.html && echo secret > /www/secret/x
-httpd -f -p 127.0.0.1:8000 -h /www &
-{DNSMASQ} --no-daemon --no-resolv --no-hosts --port=5353 --listen-address=127.0.0.1 \
-  --bind-interfaces -C /dev/null --user=root --group=root --pid-file= \
-  --address=/public.test/93.184.216.34 --address=/rebind.test/192.168.1.10 \
-  --address=/blocked.test/93.184.216.35 >/tmp/dnsmasq.log 2>&1 &
-sleep 1
-events() {{ $M net events $1; }}
-
+{host}
 # The host is reachable only when a rule allows it.
 out=$($M run --net-allow host -- sh -c "$G get host.msbvm.internal 8000 / | tail -1"); check host_allowed "$out"
 s=$(date +%s); $M run -- sh -c "$G get host.msbvm.internal 8000 /" >/dev/null 2>&1; rc=$?
@@ -97,27 +89,15 @@ get 127.0.0.1 8080 / >/dev/null 2>&1; check port_closed_after_rm $(nz $?)
 echo "CHECK done yes"
 "#,
         prelude = prelude(),
+        host = net_host(WWW, DNS_ANSWERS),
     )
 }
 
 #[test]
 fn network_policy_dns_and_ports_end_to_end() {
-    let Some(_) = or_skip(nested::preflight()) else {
+    let Some(out) = net_l1(L1_TIMEOUT).and_then(|vm| run_scenarios(vm, &script())) else {
         return;
     };
-    if !std::path::Path::new(DNSMASQ).exists() {
-        eprintln!("skipped: dnsmasq not installed (apt-get install dnsmasq-base)");
-        return;
-    }
-    let vm = with_msbvm(NestedVm::builder())
-        .memory_mib(3072)
-        .add_program(DNSMASQ, DNSMASQ)
-        .timeout(L1_TIMEOUT)
-        .stream(Stream::Stderr);
-    let Some(out) = or_skip(vm.run_script(&script())) else {
-        return;
-    };
-    eprintln!("L1 run took {:.1} s", out.elapsed.as_secs_f64());
     assert_checks(
         &out.console,
         &[

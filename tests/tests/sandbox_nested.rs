@@ -8,8 +8,7 @@
 
 use std::time::Duration;
 
-use msbvm_tests::e2e::{assert_checks, prelude, with_msbvm};
-use msbvm_tests::{nested, or_skip, NestedVm, Stream};
+use msbvm_tests::e2e::{assert_checks, msbvm_l1, prelude, run_scenarios};
 
 const L1_TIMEOUT: Duration = Duration::from_secs(900);
 
@@ -90,16 +89,10 @@ echo "CHECK done yes"
 
 #[test]
 fn sandboxes_run_commands_end_to_end() {
-    let Some(_) = or_skip(nested::preflight()) else {
+    let vm = msbvm_l1().map(|vm| vm.timeout(L1_TIMEOUT));
+    let Some(out) = vm.and_then(|vm| run_scenarios(vm, &script())) else {
         return;
     };
-    let vm = with_msbvm(NestedVm::builder())
-        .timeout(L1_TIMEOUT)
-        .stream(Stream::Stderr);
-    let Some(out) = or_skip(vm.run_script(&script())) else {
-        return;
-    };
-    eprintln!("L1 run took {:.1} s", out.elapsed.as_secs_f64());
     let expected = [
         ("done", "yes"),
         ("echo_rc", "0"),

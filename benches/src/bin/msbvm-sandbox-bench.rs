@@ -103,16 +103,7 @@ async fn stop_and_remove(sandbox: Sandbox) -> Result<Duration, String> {
 
 /// One boot to agent-ready, then stop and remove.
 async fn boot_run(run: u32, args: Args) -> BootRun {
-    let mut result = BootRun {
-        run,
-        ok: false,
-        create_ms: None,
-        ready_after_ms: None,
-        vm_start_ms: None,
-        agent_start_ns: None,
-        ready_ns: None,
-        stop_ms: None,
-    };
+    let mut result = BootRun::failed(run);
     let name = format!("bench-boot-{run}");
     let sandbox = match step("create", builder(&name, args).create()).await {
         Ok(s) => s,
@@ -163,13 +154,7 @@ async fn exec_runs(sandbox: &Sandbox, count: u32) -> ExecRuns {
 
 /// Streams `bytes` into `wc -c` and checks the count it prints.
 async fn host_to_guest(sandbox: &Sandbox, bytes: u64) -> StreamRun {
-    let mut run = StreamRun {
-        dir: HOST_TO_GUEST.into(),
-        ok: false,
-        bytes,
-        moved: 0,
-        secs: None,
-    };
+    let mut run = StreamRun::new(HOST_TO_GUEST, bytes);
     let mut stream = match step(
         "start wc",
         sandbox.exec_stream(ExecOptions::new(["wc", "-c"])),
@@ -231,13 +216,7 @@ async fn host_to_guest(sandbox: &Sandbox, bytes: u64) -> StreamRun {
 
 /// Reads `bytes` from `head -c <bytes> /dev/zero`.
 async fn guest_to_host(sandbox: &Sandbox, bytes: u64) -> StreamRun {
-    let mut run = StreamRun {
-        dir: GUEST_TO_HOST.into(),
-        ok: false,
-        bytes,
-        moved: 0,
-        secs: None,
-    };
+    let mut run = StreamRun::new(GUEST_TO_HOST, bytes);
     let opts = ExecOptions::new(["head", "-c", &bytes.to_string(), "/dev/zero"]);
     let mut stream = match step("start head", sandbox.exec_stream(opts)).await {
         Ok(s) => s,

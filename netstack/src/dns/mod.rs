@@ -23,11 +23,11 @@
 //! reach the guest; other authority and additional records are dropped, as
 //! they could carry addresses that skipped the filter.
 
-mod pins;
 mod upstream;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
@@ -35,10 +35,12 @@ use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
 use tokio::sync::Semaphore;
 
-pub use pins::{PinTable, MAX_NAMES_PER_ADDRESS, MAX_PINNED_ADDRESSES, MAX_PIN_TTL, MIN_PIN_TTL};
+pub use crate::pins::{
+    PinTable, MAX_NAMES_PER_ADDRESS, MAX_PINNED_ADDRESSES, MAX_PIN_TTL, MIN_PIN_TTL,
+};
 
 use crate::events::NetEvent;
-use crate::policy::{Policy, HOST_ALIAS_IP, HOST_ALIAS_NAME};
+use crate::policy::{Policy, Verdict, HOST_ALIAS_IP, HOST_ALIAS_NAME};
 
 /// Most upstream queries waiting at once; more get SERVFAIL at once, so a
 /// guest cannot make us hold unbounded sockets and memory.
@@ -194,83 +196,56 @@ impl DnsServer {
         encode(outcome.response, limit)
     }
 
+    /// What the guest gets for `question` (about `name`), built on `response`: answered here
+    /// (class, policy, host alias) or forwarded upstream and filtered.
     async fn resolve(
         &self,
         question: &Query,
         name: &str,
         policy: &Policy,
-        mut response: Message,
+        response: Message,
     ) -> Outcome {
-        let denied = |mut response: Message, reason: String| {
-            response.metadata.response_code = ResponseCode::NXDomain;
-            Outcome {
-                response,
-                allowed: false,
-                reason: Some(reason),
-            }
+        let response = match local_answer(question, name, policy, response) {
+            ControlFlow::Continue(response) => response,
+            ControlFlow::Break(answered) => return answered,
         };
-        if question.query_class() != DNSClass::IN {
-            response.metadata.response_code = ResponseCode::Refused;
-            return Outcome {
-                response,
-                allowed: false,
-                reason: Some(format!("class {} not served", question.query_class())),
-            };
-        }
-        if let crate::policy::Verdict::Deny { reason, .. } = policy.check_dns_name(name) {
-            return denied(response, reason);
-        }
-        if name == HOST_ALIAS_NAME {
-            response.metadata.authoritative = true;
-            if question.query_type() == RecordType::A {
-                let record = Record::from_rdata(
-                    question.name().clone(),
-                    HOST_ALIAS_TTL,
-                    RData::A(A(HOST_ALIAS_IP)),
-                );
-                response.add_answer(record);
-            }
-            return Outcome {
-                response,
-                allowed: true,
-                reason: None,
-            };
-        }
-
         let Ok(_permit) = self.in_flight.try_acquire() else {
-            response.metadata.response_code = ResponseCode::ServFail;
-            return Outcome {
+            return Outcome::failed(
                 response,
-                allowed: true,
-                reason: Some(format!("more than {MAX_IN_FLIGHT} DNS queries in flight")),
-            };
+                ResponseCode::ServFail,
+                format!("more than {MAX_IN_FLIGHT} DNS queries in flight"),
+            );
         };
         if self.servers.is_empty() {
-            response.metadata.response_code = ResponseCode::ServFail;
-            return Outcome {
+            return Outcome::failed(
                 response,
-                allowed: true,
-                reason: Some(
-                    "no upstream DNS server: the host's /etc/resolv.conf names none".into(),
-                ),
-            };
+                ResponseCode::ServFail,
+                "no upstream DNS server: the host's /etc/resolv.conf names none".into(),
+            );
         }
-        let upstream_answer = match upstream::resolve(&self.servers, question).await {
-            Ok(answer) => answer,
-            Err(e) => {
-                response.metadata.response_code = ResponseCode::ServFail;
-                return Outcome {
-                    response,
-                    allowed: true,
-                    reason: Some(format!("upstream DNS failed: {e}")),
-                };
-            }
-        };
+        match upstream::resolve(&self.servers, question).await {
+            Ok(answer) => self.filter_answer(name, policy, answer, response),
+            Err(e) => Outcome::failed(
+                response,
+                ResponseCode::ServFail,
+                format!("upstream DNS failed: {e}"),
+            ),
+        }
+    }
 
-        response.metadata.response_code = upstream_answer.metadata.response_code;
+    /// Copies the upstream `answer` into `response` without the addresses rebinding protection
+    /// drops, and pins what is kept to `name`.
+    fn filter_answer(
+        &self,
+        name: &str,
+        policy: &Policy,
+        answer: Message,
+        mut response: Message,
+    ) -> Outcome {
+        response.metadata.response_code = answer.metadata.response_code;
         let mut blocked = Vec::new();
         let mut kept_addresses = 0;
-        for mut record in upstream_answer.answers {
+        for mut record in answer.answers {
             // Beyond the pin's life a guest cache would outlive our pin.
             record.ttl = record.ttl.min(MAX_PIN_TTL_SECS);
             if let Some(ip) = address(&record) {
@@ -283,24 +258,15 @@ impl DnsServer {
             response.add_answer(record);
         }
         // Negative answers keep their SOA so the guest caches them properly.
-        let soa = upstream_answer
+        let soa = answer
             .authorities
             .into_iter()
             .filter(|r| r.record_type() == RecordType::SOA);
         response.add_authorities(soa);
 
         if blocked.is_empty() {
-            for record in &response.answers {
-                if let Some(ip) = address(record) {
-                    self.pins
-                        .pin(ip, name, Duration::from_secs(u64::from(record.ttl)));
-                }
-            }
-            return Outcome {
-                response,
-                allowed: true,
-                reason: None,
-            };
+            self.pin_answers(name, &response);
+            return Outcome::allowed(response, None);
         }
         let reason = format!(
             "rebinding protection dropped {} (not public and no rule allows it)",
@@ -313,20 +279,82 @@ impl DnsServer {
         if kept_addresses == 0 {
             response.answers.clear();
             response.authorities.clear();
-            return denied(response, reason);
+            return Outcome::denied(response, reason);
         }
+        self.pin_answers(name, &response);
+        Outcome::allowed(response, Some(reason))
+    }
+
+    /// Pins every address `response` answers to `name`, for its TTL.
+    fn pin_answers(&self, name: &str, response: &Message) {
         for record in &response.answers {
             if let Some(ip) = address(record) {
                 self.pins
                     .pin(ip, name, Duration::from_secs(u64::from(record.ttl)));
             }
         }
+    }
+}
+
+impl Outcome {
+    /// The query was answered (`reason` says what was changed, if anything).
+    fn allowed(response: Message, reason: Option<String>) -> Outcome {
         Outcome {
             response,
             allowed: true,
+            reason,
+        }
+    }
+
+    /// The name is not for the guest: NXDOMAIN.
+    fn denied(mut response: Message, reason: String) -> Outcome {
+        response.metadata.response_code = ResponseCode::NXDomain;
+        Outcome {
+            response,
+            allowed: false,
             reason: Some(reason),
         }
     }
+
+    /// An allowed query that could not be answered: `code` says how.
+    fn failed(mut response: Message, code: ResponseCode, reason: String) -> Outcome {
+        response.metadata.response_code = code;
+        Outcome::allowed(response, Some(reason))
+    }
+}
+
+/// The answers given without asking upstream: a class we do not serve (REFUSED), a name policy
+/// denies (NXDOMAIN) and the host alias. `Continue` hands `response` on for forwarding.
+fn local_answer(
+    question: &Query,
+    name: &str,
+    policy: &Policy,
+    mut response: Message,
+) -> ControlFlow<Outcome, Message> {
+    if question.query_class() != DNSClass::IN {
+        response.metadata.response_code = ResponseCode::Refused;
+        return ControlFlow::Break(Outcome {
+            response,
+            allowed: false,
+            reason: Some(format!("class {} not served", question.query_class())),
+        });
+    }
+    if let Verdict::Deny { reason, .. } = policy.check_dns_name(name) {
+        return ControlFlow::Break(Outcome::denied(response, reason));
+    }
+    if name != HOST_ALIAS_NAME {
+        return ControlFlow::Continue(response);
+    }
+    response.metadata.authoritative = true;
+    if question.query_type() == RecordType::A {
+        let record = Record::from_rdata(
+            question.name().clone(),
+            HOST_ALIAS_TTL,
+            RData::A(A(HOST_ALIAS_IP)),
+        );
+        response.add_answer(record);
+    }
+    ControlFlow::Break(Outcome::allowed(response, None))
 }
 
 /// The address an A or AAAA record carries.

@@ -107,6 +107,14 @@ impl Dnsmasq {
     fn server(&self) -> DnsServer {
         DnsServer::new(Upstream::Servers(vec![self.addr]), PinTable::new()).unwrap()
     }
+
+    /// A dnsmasq and a server forwarding to it; `None` where dnsmasq cannot run (see
+    /// [`Dnsmasq::start`]). Keep the dnsmasq alive while the server is in use.
+    fn start_with_server() -> Option<(Dnsmasq, DnsServer)> {
+        let dnsmasq = Dnsmasq::start()?;
+        let server = dnsmasq.server();
+        Some((dnsmasq, server))
+    }
 }
 
 impl Drop for Dnsmasq {
@@ -151,6 +159,15 @@ async fn ask(
     (reply, events.into_inner())
 }
 
+/// A server whose upstream (the discard port) never answers.
+fn discard_server() -> DnsServer {
+    DnsServer::new(
+        Upstream::Servers(vec!["127.0.0.1:9".parse().unwrap()]),
+        PinTable::new(),
+    )
+    .unwrap()
+}
+
 fn addresses(reply: &Message) -> Vec<IpAddr> {
     reply.answers.iter().filter_map(address).collect()
 }
@@ -161,10 +178,9 @@ fn ip(text: &str) -> IpAddr {
 
 #[tokio::test]
 async fn allowed_name_resolves_and_is_pinned() {
-    let Some(dnsmasq) = Dnsmasq::start() else {
+    let Some((_dnsmasq, server)) = Dnsmasq::start_with_server() else {
         return;
     };
-    let server = dnsmasq.server();
     let (reply, events) = ask(&server, &Policy::default(), "Public.Test.", RecordType::A).await;
     assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
     assert_eq!(addresses(&reply), vec![ip("93.184.216.34")]);
@@ -200,10 +216,9 @@ async fn allowed_name_resolves_and_is_pinned() {
 
 #[tokio::test]
 async fn other_query_types_are_forwarded() {
-    let Some(dnsmasq) = Dnsmasq::start() else {
+    let Some((_dnsmasq, server)) = Dnsmasq::start_with_server() else {
         return;
     };
-    let server = dnsmasq.server();
     let (reply, events) = ask(
         &server,
         &Policy::default(),
@@ -226,10 +241,9 @@ async fn other_query_types_are_forwarded() {
 
 #[tokio::test]
 async fn denied_name_gets_nxdomain() {
-    let Some(dnsmasq) = Dnsmasq::start() else {
+    let Some((_dnsmasq, server)) = Dnsmasq::start_with_server() else {
         return;
     };
-    let server = dnsmasq.server();
     for policy in [
         Policy::default().deny(Rule::domain("*.test").unwrap()),
         Policy::new(Action::Deny).allow(Rule::domain("other.test").unwrap()),
@@ -251,10 +265,9 @@ async fn denied_name_gets_nxdomain() {
 
 #[tokio::test]
 async fn rebinding_answers_are_refused_unless_a_rule_allows_them() {
-    let Some(dnsmasq) = Dnsmasq::start() else {
+    let Some((_dnsmasq, server)) = Dnsmasq::start_with_server() else {
         return;
     };
-    let server = dnsmasq.server();
     let (reply, events) = ask(&server, &Policy::default(), "rebind.test.", RecordType::A).await;
     assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
     assert!(reply.answers.is_empty());
@@ -288,11 +301,7 @@ async fn rebinding_answers_are_refused_unless_a_rule_allows_them() {
 #[tokio::test]
 async fn host_alias_name_resolves_only_when_host_is_allowed() {
     // Answered locally: the upstream is never asked, so none is needed.
-    let server = DnsServer::new(
-        Upstream::Servers(vec!["127.0.0.1:9".parse().unwrap()]),
-        PinTable::new(),
-    )
-    .unwrap();
+    let server = discard_server();
     let (reply, events) = ask(
         &server,
         &Policy::default(),
@@ -317,11 +326,7 @@ async fn host_alias_name_resolves_only_when_host_is_allowed() {
 
 #[tokio::test]
 async fn malformed_queries_get_formerr_or_nothing() {
-    let server = DnsServer::new(
-        Upstream::Servers(vec!["127.0.0.1:9".parse().unwrap()]),
-        PinTable::new(),
-    )
-    .unwrap();
+    let server = discard_server();
     let policy = Policy::default();
     let events = RefCell::new(Vec::new());
     let sink = |e| events.borrow_mut().push(e);
@@ -367,11 +372,7 @@ async fn malformed_queries_get_formerr_or_nothing() {
 async fn unreachable_upstream_gives_servfail() {
     // Nothing listens on the discard port of loopback: the UDP send gets
     // ICMP port unreachable (or times out).
-    let server = DnsServer::new(
-        Upstream::Servers(vec!["127.0.0.1:9".parse().unwrap()]),
-        PinTable::new(),
-    )
-    .unwrap();
+    let server = discard_server();
     let (reply, events) = ask(&server, &Policy::default(), "public.test.", RecordType::A).await;
     assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
     let [NetEvent::DnsQuery {
@@ -410,10 +411,9 @@ fn oversized_udp_answers_are_truncated() {
 
 #[tokio::test]
 async fn truncated_upstream_answers_are_fetched_over_tcp() {
-    let Some(dnsmasq) = Dnsmasq::start() else {
+    let Some((_dnsmasq, server)) = Dnsmasq::start_with_server() else {
         return;
     };
-    let server = dnsmasq.server();
     let policy = Policy::default();
     let sink = |_| {};
     let query = query_bytes(3, "big.test.", RecordType::TXT);
@@ -430,11 +430,7 @@ async fn truncated_upstream_answers_are_fetched_over_tcp() {
 
 #[tokio::test]
 async fn queries_beyond_the_in_flight_cap_get_servfail_at_once() {
-    let server = DnsServer::new(
-        Upstream::Servers(vec!["127.0.0.1:9".parse().unwrap()]),
-        PinTable::new(),
-    )
-    .unwrap();
+    let server = discard_server();
     let _all = server
         .in_flight
         .try_acquire_many(MAX_IN_FLIGHT as u32)
@@ -453,10 +449,9 @@ async fn queries_beyond_the_in_flight_cap_get_servfail_at_once() {
 
 #[tokio::test]
 async fn answer_ttls_are_capped_to_the_pin_lifetime() {
-    let Some(dnsmasq) = Dnsmasq::start() else {
+    let Some((_dnsmasq, server)) = Dnsmasq::start_with_server() else {
         return;
     };
-    let server = dnsmasq.server();
     let (reply, _) = ask(&server, &Policy::default(), "ttl.test.", RecordType::A).await;
     assert_eq!(addresses(&reply), vec![ip("93.184.216.35")]);
     assert_eq!(reply.answers[0].ttl, MAX_PIN_TTL.as_secs() as u32);

@@ -111,10 +111,10 @@ use serde::{Deserialize, Serialize};
 
 pub use group::Group;
 pub use path::{allow_covers, deny_covers, path_views};
-pub use rule::{DomainPattern, HttpMatch, PortRange, Rule, RuleError, Target};
+pub use rule::{DomainError, DomainPattern, HttpMatch, PortRange, Rule, RuleError, Target};
 
-use crate::dns::PinTable;
 use crate::http::HttpInfo;
+use crate::pins::PinTable;
 
 /// The guest-visible address of the host alias.
 pub const HOST_ALIAS_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 254);
@@ -128,15 +128,12 @@ const HTTP_PORT: PortRange = PortRange {
     last: 80,
 };
 
-/// The groups the built-in rules deny, in the order they are reported.
-const BUILTIN_DENIED: [Group; 6] = [
-    Group::Private,
-    Group::Loopback,
-    Group::LinkLocal,
-    Group::Metadata,
-    Group::Multicast,
-    Group::Host,
-];
+/// The groups the built-in rules deny, in the order they are reported: every group but
+/// `public`, which [`Group::ALL`] lists first (checked when this compiles).
+const BUILTIN_DENIED: &[Group] = match Group::ALL.split_first() {
+    Some((Group::Public, rest)) => rest,
+    _ => panic!("Group::ALL starts with public"),
+};
 
 /// A transport protocol, as flows and rules name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -180,14 +177,19 @@ impl fmt::Display for Action {
     }
 }
 
-impl FromStr for Action {
-    type Err = String;
+/// A word that is no [`Action`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is neither allow nor deny")]
+pub struct ActionError(pub String);
 
-    fn from_str(s: &str) -> Result<Action, String> {
+impl FromStr for Action {
+    type Err = ActionError;
+
+    fn from_str(s: &str) -> Result<Action, ActionError> {
         match s.to_ascii_lowercase().as_str() {
             "allow" => Ok(Action::Allow),
             "deny" => Ok(Action::Deny),
-            _ => Err(format!("{s:?} is neither allow nor deny")),
+            _ => Err(ActionError(s.to_owned())),
         }
     }
 }

@@ -50,23 +50,44 @@ pub struct DomainPattern {
     wildcard: bool,
 }
 
+/// Why a text is no DNS name pattern ([`DomainPattern::parse`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    /// Empty, or longer than 253 characters.
+    #[error("a DNS name has 1 to 253 characters")]
+    Length,
+    /// A label is empty, longer than 63 characters or has other characters than letters,
+    /// digits, `-` and `_`.
+    #[error("{0:?} is not a DNS label")]
+    Label(String),
+    /// The last label is numeric (a malformed address, most likely).
+    #[error("neither an IP address nor a DNS name")]
+    NumericTld,
+    /// A single label without a wildcard: neither a name nor a keyword.
+    #[error(
+        "unknown keyword; DNS names need a dot, and the keywords are any, tcp, udp, icmp, {}",
+        Group::ALL.map(Group::keyword).join(", ")
+    )]
+    UnknownKeyword,
+}
+
 impl DomainPattern {
     /// Parses `name` or `*.suffix`; the error says why it is no DNS name.
-    pub fn parse(text: &str) -> Result<DomainPattern, String> {
+    pub fn parse(text: &str) -> Result<DomainPattern, DomainError> {
         let lower = text.trim_end_matches('.').to_ascii_lowercase();
         let (wildcard, name) = match lower.strip_prefix("*.") {
             Some(suffix) => (true, suffix.to_owned()),
             None => (false, lower),
         };
         if name.is_empty() || name.len() > 253 {
-            return Err("a DNS name has 1 to 253 characters".into());
+            return Err(DomainError::Length);
         }
         for label in name.split('.') {
             let ok_chars = label
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
             if label.is_empty() || label.len() > 63 || !ok_chars {
-                return Err(format!("{label:?} is not a DNS label"));
+                return Err(DomainError::Label(label.to_owned()));
             }
         }
         if name
@@ -74,13 +95,10 @@ impl DomainPattern {
             .next()
             .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
         {
-            return Err("neither an IP address nor a DNS name".into());
+            return Err(DomainError::NumericTld);
         }
         if !wildcard && !name.contains('.') {
-            return Err(format!(
-                "unknown keyword; DNS names need a dot, and the keywords are any, tcp, udp, icmp, {}",
-                Group::ALL.map(Group::keyword).join(", ")
-            ));
+            return Err(DomainError::UnknownKeyword);
         }
         Ok(DomainPattern { name, wildcard })
     }
@@ -194,7 +212,8 @@ impl Rule {
 
     /// A DNS name or `*.suffix`.
     pub fn domain(pattern: &str) -> Result<Rule, RuleError> {
-        let pattern = DomainPattern::parse(pattern).map_err(|r| error(pattern, pattern, r))?;
+        let pattern =
+            DomainPattern::parse(pattern).map_err(|r| error(pattern, pattern, r.to_string()))?;
         Ok(Rule::with_target(Target::Domain(pattern)))
     }
 
@@ -468,7 +487,7 @@ fn parse_target(rule: &str, text: &str) -> Result<Target, RuleError> {
     }
     DomainPattern::parse(text)
         .map(Target::Domain)
-        .map_err(|reason| error(rule, text, reason))
+        .map_err(|reason| error(rule, text, reason.to_string()))
 }
 
 fn parse_http_rule(rule: &str) -> Result<Rule, RuleError> {

@@ -52,6 +52,11 @@ fn http(method: &str, host: &str, path: &str) -> HttpInfo {
     }
 }
 
+/// Whether `p` lets `method host path` through on flow `f`.
+fn allows(p: &Policy, f: &FlowInfo, method: &str, host: &str, path: &str) -> bool {
+    p.check_http(&http(method, host, path), f).is_allowed()
+}
+
 #[test]
 fn builtin_policy_allows_public_and_denies_protected_groups() {
     let p = Policy::default();
@@ -217,34 +222,16 @@ fn http_rules_open_connections_and_filter_requests() {
     assert!(p.wants_http_inspection(80));
     assert!(!p.wants_http_inspection(443));
 
-    assert!(p
-        .check_http(&http("GET", "api.example.com", "/v1/items"), &f)
-        .is_allowed());
-    assert!(!p
-        .check_http(&http("POST", "api.example.com", "/v1/items"), &f)
-        .is_allowed());
-    assert!(!p
-        .check_http(&http("GET", "api.example.com", "/v2/"), &f)
-        .is_allowed());
-    assert!(!p
-        .check_http(&http("GET", "api.example.com", "/v1/admin/x"), &f)
-        .is_allowed());
-    assert!(!p
-        .check_http(&http("GET", "other.example.com", "/v1/"), &f)
-        .is_allowed());
+    assert!(allows(&p, &f, "GET", "api.example.com", "/v1/items"));
+    assert!(!allows(&p, &f, "POST", "api.example.com", "/v1/items"));
+    assert!(!allows(&p, &f, "GET", "api.example.com", "/v2/"));
+    assert!(!allows(&p, &f, "GET", "api.example.com", "/v1/admin/x"));
+    assert!(!allows(&p, &f, "GET", "other.example.com", "/v1/"));
     // Paths are compared as the server will resolve them.
-    assert!(!p
-        .check_http(&http("GET", "api.example.com", "/v1/../v2/"), &f)
-        .is_allowed());
-    assert!(!p
-        .check_http(&http("GET", "api.example.com", "/v1/%61dmin/"), &f)
-        .is_allowed());
-    assert!(!p
-        .check_http(&http("GET", "api.example.com", "/v1%2fx"), &f)
-        .is_allowed());
-    assert!(p
-        .check_http(&http("GET", "api.example.com", "/v2/../v1/%7Eme"), &f)
-        .is_allowed());
+    assert!(!allows(&p, &f, "GET", "api.example.com", "/v1/../v2/"));
+    assert!(!allows(&p, &f, "GET", "api.example.com", "/v1/%61dmin/"));
+    assert!(!allows(&p, &f, "GET", "api.example.com", "/v1%2fx"));
+    assert!(allows(&p, &f, "GET", "api.example.com", "/v2/../v1/%7Eme"));
 }
 
 #[test]
@@ -254,12 +241,8 @@ fn http_deny_rules_never_refuse_connections_and_named_ports_are_inspected() {
     assert!(!p.wants_http_inspection(80));
     let f = tcp("93.184.216.34:8080");
     assert!(allowed(&p, &f));
-    assert!(!p
-        .check_http(&http("GET", "example.com", "/admin/"), &f)
-        .is_allowed());
-    assert!(p
-        .check_http(&http("GET", "example.com", "/"), &f)
-        .is_allowed());
+    assert!(!allows(&p, &f, "GET", "example.com", "/admin/"));
+    assert!(allows(&p, &f, "GET", "example.com", "/"));
     assert!(!Policy::default().wants_http_inspection(80));
 }
 
@@ -522,13 +505,9 @@ fn a_name_pinned_to_a_protected_address_stays_denied() {
 fn an_http_allow_rule_for_a_name_does_not_open_a_private_address() {
     let f = tcp("10.1.2.3:80");
     let p = Policy::new(Action::Deny).allow(rule("http://intranet.example/"));
-    assert!(!p
-        .check_http(&http("GET", "intranet.example", "/"), &f)
-        .is_allowed());
+    assert!(!allows(&p, &f, "GET", "intranet.example", "/"));
     let p = Policy::new(Action::Deny).allow(rule("http://10.1.2.3/"));
-    assert!(p
-        .check_http(&http("GET", "intranet.example", "/"), &f)
-        .is_allowed());
+    assert!(allows(&p, &f, "GET", "intranet.example", "/"));
 }
 
 #[test]
@@ -555,12 +534,8 @@ fn http_methods_compare_without_case() {
         );
     }
     let p = Policy::new(Action::Deny).allow(rule("GET http://example.com/"));
-    assert!(p
-        .check_http(&http("get", "example.com", "/x"), &f)
-        .is_allowed());
-    assert!(!p
-        .check_http(&http("PUT", "example.com", "/x"), &f)
-        .is_allowed());
+    assert!(allows(&p, &f, "get", "example.com", "/x"));
+    assert!(!allows(&p, &f, "PUT", "example.com", "/x"));
 }
 
 #[test]
@@ -586,10 +561,6 @@ fn disguised_paths_hit_a_deny_rule() {
             "{path}"
         );
     }
-    assert!(p
-        .check_http(&http("GET", "example.com", "/administrator"), &f)
-        .is_allowed());
-    assert!(p
-        .check_http(&http("GET", "example.com", "/pub/admin/"), &f)
-        .is_allowed());
+    assert!(allows(&p, &f, "GET", "example.com", "/administrator"));
+    assert!(allows(&p, &f, "GET", "example.com", "/pub/admin/"));
 }

@@ -11,7 +11,7 @@ use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp::{self, RecvError, State};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::stack::Shared;
+use crate::state::Shared;
 
 /// One guest TCP connection inside the stack.
 pub(crate) struct GuestStream {

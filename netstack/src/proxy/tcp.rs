@@ -12,7 +12,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::Poll;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use smoltcp::iface::SocketHandle;
@@ -23,11 +24,11 @@ use tokio::net::TcpStream;
 use super::guest_stream::{handshaking, GuestStream};
 use crate::config::DNS_PORT;
 use crate::events::{NetEvent, Transport};
+use crate::frames::TcpKey;
 use crate::http;
 use crate::policy::{FlowInfo, Verdict};
-use crate::stack::frames::TcpKey;
-use crate::stack::stats::StatsCounters;
-use crate::stack::{PolicedFlow, Shared, Stack, TcpEntry};
+use crate::state::{PolicedFlow, Shared, Stack, TcpEntry};
+use crate::stats::StatsCounters;
 
 /// Buffers of a DNS-over-TCP connection (messages are at most 64 KiB).
 const DNS_TCP_BUFFER: usize = 64 * 1024;
@@ -125,12 +126,18 @@ pub(crate) async fn splice(
     shared: Rc<Shared>,
     key: TcpKey,
     handle: SocketHandle,
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
 ) {
-    let (mut up_done, mut down_done, mut reset) = (false, false, false);
-    let (mut up, mut down) = (0u64, 0u64);
-    let stats = shared.stats.clone();
+    let mut flow = Splice {
+        stream,
+        stats: shared.stats.clone(),
+        up_done: false,
+        down_done: false,
+        reset: false,
+        up: 0,
+        down: 0,
+    };
     poll_fn(|cx| {
         let mut st = shared.stack.borrow_mut();
         let sock = st.sockets.get_mut::<tcp::Socket>(handle);
@@ -138,42 +145,93 @@ pub(crate) async fn splice(
             sock.register_recv_waker(cx.waker());
             return Poll::Pending;
         }
+        let moved_up = flow.guest_to_host(sock, cx);
+        let moved_down = flow.host_to_guest(sock, cx);
+        if moved_up || moved_down {
+            shared.wake.notify_one();
+        }
+        flow.poll_end(sock, cx)
+    })
+    .await;
+    if flow.reset {
+        // Reset the host side too rather than let it see a clean EOF.
+        let _ = flow.stream.set_zero_linger();
+    }
+    drop(flow.stream);
+    finish(&shared, key, handle);
+    shared.emit(NetEvent::FlowClosed {
+        transport: Transport::Tcp,
+        dst: peer,
+        bytes_up: flow.up,
+        bytes_down: flow.down,
+    });
+}
+
+/// Where one spliced flow stands, each way.
+struct Splice {
+    /// The host end.
+    stream: TcpStream,
+    stats: Arc<StatsCounters>,
+    /// The guest finished sending and the host socket was shut down for writing.
+    up_done: bool,
+    /// The host finished sending and the guest got our FIN.
+    down_done: bool,
+    /// Either side reset or failed: both get a reset.
+    reset: bool,
+    /// Bytes moved guest to host.
+    up: u64,
+    /// Bytes moved host to guest.
+    down: u64,
+}
+
+impl Splice {
+    /// Moves what the guest sent to the host as far as the host socket takes it, and passes
+    /// the guest's FIN on. True when bytes moved.
+    fn guest_to_host(&mut self, sock: &mut tcp::Socket<'static>, cx: &mut Context<'_>) -> bool {
         let mut moved = false;
-        // Guest to host.
-        while !up_done && !reset {
+        while !self.up_done && !self.reset {
             if sock.can_recv() {
-                let written = sock.recv(|buf| match Pin::new(&mut stream).poll_write(cx, buf) {
-                    Poll::Ready(Ok(n)) => (n, Ok(n)),
-                    Poll::Ready(Err(e)) => (0, Err(e)),
-                    Poll::Pending => (0, Ok(0)),
-                });
+                let written =
+                    sock.recv(|buf| match Pin::new(&mut self.stream).poll_write(cx, buf) {
+                        Poll::Ready(Ok(n)) => (n, Ok(n)),
+                        Poll::Ready(Err(e)) => (0, Err(e)),
+                        Poll::Pending => (0, Ok(0)),
+                    });
                 match written {
                     Ok(Ok(0)) => break,
                     Ok(Ok(n)) => {
-                        up += n as u64;
-                        StatsCounters::add(&stats.bytes_up, n as u64);
+                        self.up += n as u64;
+                        StatsCounters::add(&self.stats.bytes_up, n as u64);
                         moved = true;
                     }
-                    Ok(Err(_)) | Err(_) => reset = true,
+                    Ok(Err(_)) | Err(_) => self.reset = true,
                 }
             } else if sock.may_recv() {
                 sock.register_recv_waker(cx.waker());
                 break;
             } else {
                 match sock.recv(|_| (0, ())) {
-                    Err(RecvError::Finished) => match Pin::new(&mut stream).poll_shutdown(cx) {
-                        Poll::Ready(_) => up_done = true,
-                        Poll::Pending => break,
-                    },
-                    _ => reset = true,
+                    Err(RecvError::Finished) => {
+                        match Pin::new(&mut self.stream).poll_shutdown(cx) {
+                            Poll::Ready(_) => self.up_done = true,
+                            Poll::Pending => break,
+                        }
+                    }
+                    _ => self.reset = true,
                 }
             }
         }
-        // Host to guest.
-        while !down_done && !reset {
+        moved
+    }
+
+    /// Moves what the host sent to the guest as far as the smoltcp send buffer takes it, and
+    /// closes towards the guest at the host's EOF. True when bytes (or the FIN) moved.
+    fn host_to_guest(&mut self, sock: &mut tcp::Socket<'static>, cx: &mut Context<'_>) -> bool {
+        let mut moved = false;
+        while !self.down_done && !self.reset {
             if !sock.may_send() {
                 // Only a reset or a timeout closes our sending half before we do.
-                reset = true;
+                self.reset = true;
                 break;
             }
             if !sock.can_send() {
@@ -182,7 +240,7 @@ pub(crate) async fn splice(
             }
             let read = sock.send(|buf| {
                 let mut read_buf = ReadBuf::new(buf);
-                match Pin::new(&mut stream).poll_read(cx, &mut read_buf) {
+                match Pin::new(&mut self.stream).poll_read(cx, &mut read_buf) {
                     Poll::Ready(Ok(())) => {
                         let n = read_buf.filled().len();
                         (n, Ok(Some(n)))
@@ -194,26 +252,29 @@ pub(crate) async fn splice(
             match read {
                 Ok(Ok(Some(0))) => {
                     sock.close();
-                    down_done = true;
+                    self.down_done = true;
                     moved = true;
                 }
                 Ok(Ok(Some(n))) => {
-                    down += n as u64;
-                    StatsCounters::add(&stats.bytes_down, n as u64);
+                    self.down += n as u64;
+                    StatsCounters::add(&self.stats.bytes_down, n as u64);
                     moved = true;
                 }
                 Ok(Ok(None)) => break,
-                Ok(Err(_)) | Err(_) => reset = true,
+                Ok(Err(_)) | Err(_) => self.reset = true,
             }
         }
-        if moved {
-            shared.wake.notify_one();
-        }
-        if reset {
+        moved
+    }
+
+    /// Ready once the flow is over: at once after a reset (the guest socket is aborted), or
+    /// when both directions finished and the guest socket closed.
+    fn poll_end(&self, sock: &mut tcp::Socket<'static>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.reset {
             sock.abort();
             return Poll::Ready(());
         }
-        if up_done && down_done {
+        if self.up_done && self.down_done {
             if matches!(sock.state(), State::Closed | State::TimeWait) {
                 return Poll::Ready(());
             }
@@ -221,20 +282,7 @@ pub(crate) async fn splice(
             sock.register_send_waker(cx.waker());
         }
         Poll::Pending
-    })
-    .await;
-    if reset {
-        // Reset the host side too rather than let it see a clean EOF.
-        let _ = stream.set_zero_linger();
     }
-    drop(stream);
-    finish(&shared, key, handle);
-    shared.emit(NetEvent::FlowClosed {
-        transport: Transport::Tcp,
-        dst: peer,
-        bytes_up: up,
-        bytes_down: down,
-    });
 }
 
 /// Lets smoltcp send what the socket still owes (a RST after abort), then forgets the flow.

@@ -14,50 +14,20 @@ use tokio::sync::Notify;
 
 use crate::config::DNS_PORT;
 use crate::events::{NetEvent, Transport};
-use crate::stack::stats::StatsCounters;
-use crate::stack::{Shared, Stack};
+use crate::frames::Datagram;
+use crate::state::{Shared, Stack, UdpFlow, UdpKey};
+use crate::stats::StatsCounters;
 
 /// DNS queries being answered at once; more are dropped (the guest retries).
 const DNS_IN_FLIGHT: usize = 64;
 /// Largest datagram read from a host socket.
 const MAX_DATAGRAM: usize = 65535;
 
-/// A UDP flow as the guest sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct UdpKey {
-    /// The guest's source port.
-    pub guest_port: u16,
-    /// The destination the guest addressed.
-    pub remote: SocketAddrV4,
-}
-
-/// An open UDP flow.
-pub(crate) struct UdpFlow {
-    socket: Rc<UdpSocket>,
-    last_active: Rc<Cell<Instant>>,
-    bytes_up: Rc<Cell<u64>>,
-    /// The DNS names pinned to the destination when policy allowed the flow.
-    pub names: Vec<String>,
-    /// Tells the relay task to stop (the flow was ended by a policy change).
-    ended: Rc<Notify>,
-}
-
-impl UdpFlow {
-    /// Stops the flow's relay task, which then closes the host socket.
-    pub(crate) fn end(&self) {
-        self.ended.notify_one();
-    }
-}
-
 /// Handles one datagram from the guest. `frame` is the whole frame (quoted in ICMP errors).
-pub(crate) fn datagram(
-    shared: &Rc<Shared>,
-    st: &mut Stack,
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
-    payload: &[u8],
-    frame: &[u8],
-) {
+pub(crate) fn datagram(shared: &Rc<Shared>, st: &mut Stack, datagram: &Datagram<'_>, frame: &[u8]) {
+    let Datagram {
+        src, dst, payload, ..
+    } = *datagram;
     let config = &shared.config;
     if *dst.ip() == config.gateway_ip {
         if dst.port() == DNS_PORT {

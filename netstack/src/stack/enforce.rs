@@ -1,21 +1,20 @@
 //! A policy change reaches open flows: every guest-initiated TCP and UDP flow is checked again
 //! under the new policy, and the ones it denies end at once.
 
-use std::net::SocketAddr;
+use std::net::SocketAddrV4;
 
 use smoltcp::socket::tcp;
 
-use super::{Shared, TcpEntry};
-use crate::events::{NetEvent, Transport};
+use crate::events::Transport;
 use crate::policy::{Policy, Verdict};
-use crate::stack::stats::StatsCounters;
+use crate::state::{Shared, TcpEntry};
 
 /// Why an open flow must end under `policy`, with the deciding rule; `None` keeps it.
 fn must_end(
     shared: &Shared,
     policy: &Policy,
     transport: Transport,
-    dst: std::net::SocketAddrV4,
+    dst: SocketAddrV4,
     names: &[String],
     inspected: bool,
 ) -> Option<(Option<String>, String)> {
@@ -47,6 +46,21 @@ fn must_end(
     }
 }
 
+/// The flows of `flows` (key, destination, pinned names, inspected) that must end under
+/// `policy`, each with why.
+fn to_end<'a, K>(
+    shared: &Shared,
+    policy: &Policy,
+    transport: Transport,
+    flows: impl Iterator<Item = (K, SocketAddrV4, &'a [String], bool)>,
+) -> Vec<(K, (Option<String>, String))> {
+    flows
+        .filter_map(|(key, dst, names, inspected)| {
+            must_end(shared, policy, transport, dst, names, inspected).map(|why| (key, why))
+        })
+        .collect()
+}
+
 /// Ends every open flow the policy now in force denies.
 pub(crate) fn end_denied_flows(shared: &Shared) {
     let policy = shared.policy.load_full();
@@ -54,21 +68,14 @@ pub(crate) fn end_denied_flows(shared: &Shared) {
     {
         let mut st = shared.stack.borrow_mut();
         let st = &mut *st;
-        let tcp_ends: Vec<_> = st
-            .policed
-            .iter()
-            .filter_map(|(key, flow)| {
-                must_end(
-                    shared,
-                    &policy,
-                    Transport::Tcp,
-                    key.remote,
-                    &flow.names,
-                    flow.inspected,
-                )
-                .map(|why| (*key, why))
-            })
-            .collect();
+        let tcp_ends = to_end(
+            shared,
+            &policy,
+            Transport::Tcp,
+            st.policed
+                .iter()
+                .map(|(key, flow)| (*key, key.remote, &flow.names[..], flow.inspected)),
+        );
         for (key, why) in tcp_ends {
             st.policed.remove(&key);
             match st.tcp.get(&key) {
@@ -85,21 +92,15 @@ pub(crate) fn end_denied_flows(shared: &Shared) {
             }
             ended.push((Transport::Tcp, key.remote, why));
         }
-        let udp_ends: Vec<_> = st
-            .udp
-            .iter()
-            .filter_map(|(key, flow)| {
-                must_end(
-                    shared,
-                    &policy,
-                    Transport::Udp,
-                    key.remote,
-                    &flow.names,
-                    true,
-                )
-                .map(|why| (*key, why))
-            })
-            .collect();
+        // UDP flows count as inspected: HTTP rules never end them.
+        let udp_ends = to_end(
+            shared,
+            &policy,
+            Transport::Udp,
+            st.udp
+                .iter()
+                .map(|(key, flow)| (*key, key.remote, &flow.names[..], true)),
+        );
         for (key, why) in udp_ends {
             if let Some(flow) = st.udp.remove(&key) {
                 flow.end();
@@ -110,13 +111,7 @@ pub(crate) fn end_denied_flows(shared: &Shared) {
         shared.sync_flow_stats(st);
     }
     for (transport, dst, (rule, reason)) in ended {
-        StatsCounters::add(&shared.stats.flows_denied, 1);
-        shared.emit(NetEvent::FlowDenied {
-            transport,
-            dst: SocketAddr::V4(dst),
-            rule,
-            reason,
-        });
+        shared.deny(transport, dst, rule, reason);
     }
     shared.wake.notify_one();
 }

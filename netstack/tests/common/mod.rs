@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant as StdInstant};
 
 use msbvm_netstack::dns::Upstream;
-use msbvm_netstack::policy::Policy;
+use msbvm_netstack::fuzzing::{FrameSink, QueueDevice};
+use msbvm_netstack::policy::{Policy, Rule};
 use msbvm_netstack::{EventSink, NetConfig, NetEvent, NetStack, NetStackHandle};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
-use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
@@ -28,20 +28,21 @@ pub const HOST_ALIAS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 254);
 /// Decides per frame whether it is lost (true = drop).
 pub type LossFilter = Box<dyn FnMut(&[u8]) -> bool + Send>;
 
-pub struct GuestDevice {
+/// The fake guest's end of the frame socketpair: what its smoltcp sends goes there, unless
+/// `loss_out` drops it.
+pub struct GuestLink {
     socket: UnixDatagram,
-    rx: VecDeque<Vec<u8>>,
     pub loss_out: Option<LossFilter>,
-    pub mtu: usize,
 }
 
-impl GuestDevice {
+impl GuestLink {
     /// Sends a hand-made frame to the stack.
     pub fn send_raw(&self, frame: &[u8]) {
         self.socket.send(frame).expect("send frame");
     }
 
-    fn fill(&mut self, loss_in: &mut Option<LossFilter>) {
+    /// Queues every frame the stack sent that `loss_in` does not drop.
+    fn fill(&self, rx: &mut VecDeque<Vec<u8>>, loss_in: &mut Option<LossFilter>) {
         let mut buf = vec![0u8; 70000];
         loop {
             match self.socket.recv(&mut buf) {
@@ -49,7 +50,7 @@ impl GuestDevice {
                     if loss_in.as_mut().is_some_and(|f| f(&buf[..n])) {
                         continue;
                     }
-                    self.rx.push_back(buf[..n].to_vec())
+                    rx.push_back(buf[..n].to_vec())
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => panic!("recv: {e}"),
@@ -58,44 +59,17 @@ impl GuestDevice {
     }
 }
 
-pub struct Rx(Vec<u8>);
-pub struct Tx<'a>(&'a mut GuestDevice);
-
-impl phy::RxToken for Rx {
-    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(&self.0)
-    }
-}
-
-impl phy::TxToken for Tx<'_> {
-    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut buf = vec![0u8; len];
-        let r = f(&mut buf);
-        let lost = self.0.loss_out.as_mut().is_some_and(|f| f(&buf));
+impl FrameSink for GuestLink {
+    fn send(&mut self, frame: &[u8]) {
+        let lost = self.loss_out.as_mut().is_some_and(|f| f(frame));
         if !lost {
-            let _ = self.0.socket.send(&buf);
+            let _ = self.socket.send(frame);
         }
-        r
     }
 }
 
-impl phy::Device for GuestDevice {
-    type RxToken<'a> = Rx;
-    type TxToken<'a> = Tx<'a>;
-    fn receive(&mut self, _: Instant) -> Option<(Rx, Tx<'_>)> {
-        let frame = self.rx.pop_front()?;
-        Some((Rx(frame), Tx(self)))
-    }
-    fn transmit(&mut self, _: Instant) -> Option<Tx<'_>> {
-        Some(Tx(self))
-    }
-    fn capabilities(&self) -> DeviceCapabilities {
-        let mut caps = DeviceCapabilities::default();
-        caps.medium = Medium::Ethernet;
-        caps.max_transmission_unit = self.mtu + 14;
-        caps
-    }
-}
+/// The fake guest's device: frames from the stack are queued by [`Guest::pump`].
+pub type GuestDevice = QueueDevice<GuestLink>;
 
 pub struct Guest {
     pub iface: Interface,
@@ -111,12 +85,13 @@ impl Guest {
     pub fn new(fd: OwnedFd, mtu: usize) -> Guest {
         let socket = UnixDatagram::from(fd);
         socket.set_nonblocking(true).unwrap();
-        let mut dev = GuestDevice {
-            socket,
-            rx: VecDeque::new(),
-            loss_out: None,
-            mtu,
-        };
+        let mut dev = GuestDevice::new(
+            mtu + 14,
+            GuestLink {
+                socket,
+                loss_out: None,
+            },
+        );
         let mut iface = Interface::new(
             Config::new(HardwareAddress::Ethernet(EthernetAddress(GUEST_MAC))),
             &mut dev,
@@ -142,7 +117,7 @@ impl Guest {
 
     /// Moves frames once both ways.
     pub fn pump(&mut self) {
-        self.dev.fill(&mut self.loss_in);
+        self.dev.sink.fill(&mut self.dev.rx, &mut self.loss_in);
         if self.capture {
             self.captured.extend(self.dev.rx.drain(..));
         }
@@ -189,6 +164,18 @@ impl Guest {
         )
         .unwrap();
         self.sockets.add(s)
+    }
+
+    /// Connects to `port` on the host alias (the tests' servers listen on the host's loopback).
+    pub fn tcp_connect_host(&mut self, port: u16, local_port: u16) -> SocketHandle {
+        self.tcp_connect(SocketAddrV4::new(HOST_ALIAS, port), local_port)
+    }
+
+    /// Connects to `port` on the host alias and waits until the connection is established.
+    pub fn tcp_established(&mut self, port: u16, local_port: u16) -> SocketHandle {
+        let s = self.tcp_connect_host(port, local_port);
+        self.run_until(5, "established", |g| g.tcp(s).may_send().then_some(()));
+        s
     }
 
     pub fn tcp(&mut self, h: SocketHandle) -> &mut tcp::Socket<'static> {
@@ -270,6 +257,11 @@ pub fn test_config() -> NetConfig {
         dns_upstream: Upstream::Servers(vec!["127.0.0.1:9".parse().unwrap()]),
         ..NetConfig::default()
     }
+}
+
+/// A policy rule from its text form.
+pub fn rule(text: &str) -> Rule {
+    text.parse().unwrap()
 }
 
 /// A policy that opens the host alias (tests run their servers on the host's loopback).

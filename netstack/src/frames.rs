@@ -34,14 +34,18 @@ pub(crate) enum Inbound<'a> {
         src_mac: EthernetAddress,
     },
     /// A UDP datagram from the guest.
-    Udp {
-        src: SocketAddrV4,
-        dst: SocketAddrV4,
-        payload: &'a [u8],
-        src_mac: EthernetAddress,
-    },
+    Udp(Datagram<'a>),
     /// Ignore it.
     Drop(&'static str),
+}
+
+/// A UDP datagram from the guest, as [`classify`] found it.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Datagram<'a> {
+    pub src: SocketAddrV4,
+    pub dst: SocketAddrV4,
+    pub payload: &'a [u8],
+    pub src_mac: EthernetAddress,
 }
 
 /// Looks at a frame from the guest. `guest_ip` is the only source address accepted for IP.
@@ -137,12 +141,12 @@ fn classify_ipv4<'a>(
                 return Inbound::Drop("bad udp checksum");
             };
             let payload = &udp.payload()[..udp.payload().len().min(payload.len())];
-            Inbound::Udp {
+            Inbound::Udp(Datagram {
                 src: SocketAddrV4::new(repr.src_addr, udp_repr.src_port),
                 dst: SocketAddrV4::new(repr.dst_addr, udp_repr.dst_port),
                 payload,
                 src_mac,
-            }
+            })
         }
         IpProtocol::Icmp if repr.dst_addr == gateway_ip && !fragment => Inbound::ToStack,
         _ => Inbound::Drop("protocol not handled"),
@@ -353,9 +357,9 @@ mod tests {
     fn udp_from_the_guest_is_classified_with_its_payload() {
         let frame = guest_udp(b"hello");
         match classify(&frame, GUEST, GW, &ChecksumCapabilities::default()) {
-            Inbound::Udp {
+            Inbound::Udp(Datagram {
                 src, dst, payload, ..
-            } => {
+            }) => {
                 assert_eq!(src, SocketAddrV4::new(GUEST, 4000));
                 assert_eq!(dst, SocketAddrV4::new(GW, 53));
                 assert_eq!(payload, b"hello");
@@ -375,7 +379,7 @@ mod tests {
         ));
         assert!(matches!(
             classify(&frame, GUEST, GW, &ChecksumCapabilities::ignored()),
-            Inbound::Udp { .. }
+            Inbound::Udp(_)
         ));
     }
 

@@ -14,7 +14,7 @@ use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use tokio::net::UnixDatagram;
 
-use super::stats::StatsCounters;
+use crate::stats::StatsCounters;
 
 /// Frames kept for a full frame socket before new ones are dropped.
 const TX_BACKLOG_FRAMES: usize = 1024;
@@ -115,7 +115,7 @@ impl FrameDevice {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
         caps.max_transmission_unit = max_frame_len;
-        caps.checksum = super::frames::offload_checksums(checksum_offload);
+        caps.checksum = crate::frames::offload_checksums(checksum_offload);
         FrameDevice {
             rx: VecDeque::new(),
             pool: Vec::new(),
