@@ -411,7 +411,10 @@ fn network(
         frame_socketpair().map_err(Error::io("creating the network socket pair"))?;
     let events = event_sink(dir)?;
     let handle = NetStack::start(config, stack_fd, policy, events).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AddrInUse {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::AddrInUse | std::io::ErrorKind::PermissionDenied
+        ) {
             Error::InvalidConfig(format!("cannot publish a port: {e}"))
         } else {
             Error::io("starting the network stack")(e)

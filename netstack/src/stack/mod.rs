@@ -127,9 +127,23 @@ impl NetStack {
 }
 
 fn bind_published(port: &PublishedPort) -> io::Result<std::net::TcpListener> {
-    let listener = std::net::TcpListener::bind(port.host_addr)?;
+    let listener =
+        std::net::TcpListener::bind(port.host_addr).map_err(|e| bind_error(port.host_addr, e))?;
     listener.set_nonblocking(true)?;
     Ok(listener)
+}
+
+/// Names the cause when binding a privileged port (below 1024, unless the host lowered
+/// `net.ipv4.ip_unprivileged_port_start`) was refused for want of the capability.
+fn bind_error(addr: SocketAddr, e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::PermissionDenied && (1..1024).contains(&addr.port()) {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("binding {addr} needs CAP_NET_BIND_SERVICE or root ({e})"),
+        )
+    } else {
+        e
+    }
 }
 
 /// The loop: read a batch of frames, decide and queue them, poll smoltcp, sleep.
@@ -301,5 +315,32 @@ impl NetStackHandle {
 impl Drop for NetStackHandle {
     fn drop(&mut self) {
         let _ = self.cmd.send(Command::Shutdown);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real refused bind is in the runtime's confinement tests (dropping a thread's
+    /// capability needs `unsafe`, which this crate forbids).
+    #[test]
+    fn a_refused_privileged_port_names_the_capability() {
+        let denied = || io::Error::from_raw_os_error(libc::EACCES);
+        let low = bind_error(SocketAddr::from(([0, 0, 0, 0], 80)), denied());
+        assert_eq!(low.kind(), io::ErrorKind::PermissionDenied);
+        let text = low.to_string();
+        assert!(
+            text.starts_with("binding 0.0.0.0:80 needs CAP_NET_BIND_SERVICE or root"),
+            "{text}"
+        );
+        // Other refusals keep their own words.
+        for (port, e) in [
+            (8080, denied()),
+            (80, io::Error::from_raw_os_error(libc::EADDRINUSE)),
+        ] {
+            let other = bind_error(SocketAddr::from(([127, 0, 0, 1], port)), e);
+            assert!(!other.to_string().contains("CAP_NET"), "{other}");
+        }
     }
 }
