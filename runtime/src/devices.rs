@@ -372,7 +372,7 @@ pub fn policy(net: &NetworkSpec) -> Result<Policy> {
     Ok(policy)
 }
 
-fn network(
+pub(crate) fn network(
     net: &NetworkSpec,
     dir: &SandboxDir,
 ) -> Result<(NetStackHandle, DeviceSpec, NetworkSetup)> {

@@ -627,6 +627,7 @@ impl<'a> Supervisor<'a> {
         let spawned = std::thread::Builder::new()
             .name("msbvm-shutdown".into())
             .spawn(move || {
+                confine::drop_capabilities();
                 if let Err(e) = agent_link::request_shutdown(&uds, 0, io_timeout) {
                     let _ = events.send(Event::ShutdownFailed(e));
                 }

@@ -8,7 +8,10 @@
 //! threads that are already confined.
 //!
 //! Capabilities kept (only by the threads that serve virtio-fs: its workers and the vCPU
-//! threads that start them; every other thread keeps none):
+//! threads that start them, and by the supervisor; every other thread keeps none):
+//! - the supervisor of a sandbox with a network: `CAP_NET_BIND_SERVICE` (it binds the ports
+//!   `msbvm net publish` adds while the sandbox runs, which may be below 1024; the threads it
+//!   starts drop it);
 //! - a `-v`/`--rootfs` share (passthrough, guest ids are host ids): `CAP_CHOWN` (files the
 //!   guest creates get the guest's owner), `CAP_FOWNER` (mode, times and xattrs of files the
 //!   runtime's user does not own), `CAP_DAC_OVERRIDE` (the guest's root reads and writes
@@ -41,6 +44,8 @@ pub const CAP_DAC_OVERRIDE: u32 = 1;
 pub const CAP_DAC_READ_SEARCH: u32 = 2;
 /// `CAP_FOWNER`.
 pub const CAP_FOWNER: u32 = 3;
+/// `CAP_NET_BIND_SERVICE`.
+pub const CAP_NET_BIND_SERVICE: u32 = 10;
 /// `CAP_SYS_ADMIN`.
 pub const CAP_SYS_ADMIN: u32 = 21;
 

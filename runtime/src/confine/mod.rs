@@ -50,6 +50,10 @@ pub struct Plan {
     pub identity: Option<Identity>,
     /// Capabilities the virtio-fs threads keep (bit set; see [`identity`]).
     pub fs_capabilities: u64,
+    /// Capabilities the supervisor keeps (bit set): `CAP_NET_BIND_SERVICE` for a root
+    /// runtime's sandbox with a network, whose ports published while it runs (bound on the
+    /// supervisor) may be privileged.
+    pub supervisor_capabilities: u64,
     /// The sandbox's state directory (handed to [`Plan::identity`]).
     pub state_dir: PathBuf,
 }
@@ -105,10 +109,16 @@ pub fn plan(spec: &SandboxSpec, dir: &SandboxDir, home: &Path) -> Result<Option<
     if (readable_share && !writable_share) || matches!(spec.root, RootSpec::Image { .. }) {
         fs_capabilities |= 1 << identity::CAP_DAC_READ_SEARCH;
     }
+    let supervisor_capabilities = if identity.is_some() && spec.network.enabled {
+        1 << identity::CAP_NET_BIND_SERVICE
+    } else {
+        0
+    };
     Ok(Some(Plan {
         paths: paths.with_system_paths(),
         identity,
         fs_capabilities,
+        supervisor_capabilities,
         state_dir: dir.path().to_path_buf(),
     }))
 }
@@ -118,11 +128,23 @@ struct Jail {
     ruleset: Option<::landlock::RulesetCreated>,
     identity: Option<Identity>,
     fs_capabilities: u64,
+    supervisor_capabilities: u64,
     seccomp: bool,
     state_dir: PathBuf,
 }
 
 static JAIL: OnceLock<Jail> = OnceLock::new();
+
+impl Jail {
+    /// The capabilities a thread of kind `kind` keeps after the user switch (bit set).
+    fn capabilities(&self, kind: &str) -> u64 {
+        match kind {
+            "virtio-fs" | "vcpu" => self.fs_capabilities,
+            "supervisor" => self.supervisor_capabilities,
+            _ => 0,
+        }
+    }
+}
 
 /// Makes every thread that starts from now on (and the ones that call [`thread_started`]
 /// later) confine itself by `plan`. Call once, before the runtime starts its threads.
@@ -158,6 +180,7 @@ pub fn enable(plan: Plan) -> Result<()> {
         landlock_abi = abi,
         user = ?plan.identity,
         fs_capabilities = format!("{:#x}", plan.fs_capabilities),
+        supervisor_capabilities = format!("{:#x}", plan.supervisor_capabilities),
         read_write = ?plan.paths.read_write,
         read_only = ?plan.paths.read_only,
         "confinement planned"
@@ -166,6 +189,7 @@ pub fn enable(plan: Plan) -> Result<()> {
         ruleset,
         identity: plan.identity,
         fs_capabilities: plan.fs_capabilities,
+        supervisor_capabilities: plan.supervisor_capabilities,
         seccomp,
         state_dir: plan.state_dir,
     };
@@ -229,6 +253,24 @@ pub fn thread_started(kind: &'static str) {
     }
 }
 
+/// Drops every capability of the calling thread, a thread the confined supervisor started
+/// (it shares the supervisor's filter and Landlock domain, not its capabilities); a no-op
+/// without a user switch. A failure ends the runtime, as in [`thread_started`].
+pub fn drop_capabilities() {
+    let Some(Jail {
+        identity: Some(_), ..
+    }) = JAIL.get()
+    else {
+        return;
+    };
+    if let Err(e) = identity::set_capabilities(0) {
+        tracing::error!("cannot drop a thread's capabilities: {e}; stopping");
+        eprintln!("msbvm runtime: cannot drop a thread's capabilities: {e}");
+        // SAFETY: ending the process at once is the safe outcome here.
+        unsafe { libc::_exit(125) };
+    }
+}
+
 fn confine(jail: &Jail, kind: &'static str) -> std::result::Result<(), String> {
     let ruleset = match &jail.ruleset {
         Some(r) => Some(
@@ -243,11 +285,8 @@ fn confine(jail: &Jail, kind: &'static str) -> std::result::Result<(), String> {
             identity::hand_over(&jail.state_dir, id, false)
                 .map_err(|e| format!("handing over {}: {e}", jail.state_dir.display()))?;
         }
-        let caps = match kind {
-            "virtio-fs" | "vcpu" => jail.fs_capabilities,
-            _ => 0,
-        };
-        identity::switch_thread(id, caps).map_err(|e| format!("switching to {id:?}: {e}"))?;
+        identity::switch_thread(id, jail.capabilities(kind))
+            .map_err(|e| format!("switching to {id:?}: {e}"))?;
     }
     if let Some(ruleset) = ruleset {
         ruleset

@@ -34,7 +34,8 @@ pub const LISTENER: &[Syscall] = &[
 /// records written by rename, the final clean-up of the state directory, a connection to the
 /// agent with socket timeouts, the listener of a port published while the sandbox runs
 /// (`msbvm net publish` binds it here and hands it to the netstack), waiting for the VM
-/// thread.
+/// thread, and `capset` (only ever lowering: the shutdown thread drops the capability the
+/// supervisor keeps).
 pub const SUPERVISOR: &[Syscall] = &[
     libc::SYS_getdents64,
     libc::SYS_fcntl,
@@ -63,6 +64,7 @@ pub const SUPERVISOR: &[Syscall] = &[
     libc::SYS_getppid,
     libc::SYS_getuid,
     libc::SYS_geteuid,
+    libc::SYS_capset,
 ];
 
 /// The supervisor's calls that x86-64 has beside their `*at` and `ppoll` forms (std and

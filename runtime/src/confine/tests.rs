@@ -89,6 +89,7 @@ fn child() {
         "sigsys" => sigsys(),
         "threads" => runtime_threads(dir.path()),
         "log" => log_thread(dir.path(), writer.expect("started for this role")),
+        "bind" => bind_ports(&spec, &dir),
         other => panic!("unknown role {other}"),
     }
 }
@@ -133,6 +134,52 @@ fn files(state: &Path, volume: &Path, named: &Path) {
     })
     .join()
     .unwrap();
+}
+
+/// Ports published while the sandbox runs, below 1024: the supervisor binds them (through
+/// the sandbox's real netstack); a thread it starts later and a thread of another kind cannot.
+fn bind_ports(spec: &SandboxSpec, dir: &SandboxDir) {
+    use std::net::{SocketAddr, TcpListener};
+    // Started after `enable`, as in the runtime: its thread confines itself as `netstack`.
+    let (net, _, _) = crate::devices::network(&spec.network, dir).unwrap();
+    // Still root and unconfined here: find privileged ports nothing else listens on.
+    let mut free = (900..1000).filter(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok());
+    let mut next = || free.next().expect("a free port below 1000");
+    let (supervisor_port, other_port, netstack_port) = (next(), next(), next());
+    let low = |port: u16| crate::devices::published(SocketAddr::from(([127, 0, 0, 1], port)), 80);
+    let refused = |port: u16| {
+        let bound = TcpListener::bind(("127.0.0.1", port));
+        format!("{:?}", bound.map(|_| ()).map_err(|e| e.raw_os_error()))
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            thread_started("supervisor");
+            check("supervisor-caps", identity::effective_capabilities());
+            let published = net.publish(low(supervisor_port));
+            let port = published.map(|a| a.port()).map_err(|e| e.to_string());
+            check(
+                "supervisor-publish",
+                format!("{:?}", port.map(|p| p == supervisor_port)),
+            );
+            // As the supervisor's shutdown thread does.
+            std::thread::spawn(move || {
+                drop_capabilities();
+                check("started-caps", identity::effective_capabilities());
+                check("started-bind", refused(other_port));
+            })
+            .join()
+            .unwrap();
+        });
+        s.spawn(|| {
+            thread_started("netstack");
+            check("netstack-caps", identity::effective_capabilities());
+            match net.publish(low(netstack_port)) {
+                Ok(a) => check("netstack-publish", format!("bound {a}")),
+                Err(e) => check("netstack-publish", e),
+            }
+        });
+    });
+    std::io::stdout().flush().unwrap();
 }
 
 /// The log writer, confined, rotates `runtime.log` while another confined thread logs.
@@ -191,7 +238,9 @@ fn files_outside_the_sandbox_are_refused_and_root_is_left() {
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } == 0 {
         assert!(all.contains("CHECK uid 65534"), "{all}");
-        assert!(all.contains("CHECK caps 0\n"), "{all}");
+        // The supervisor keeps only what a live `msbvm net publish` of a low port needs.
+        let bind = 1u64 << identity::CAP_NET_BIND_SERVICE;
+        assert!(all.contains(&format!("CHECK caps {bind}\n")), "{all}");
         let fs = identity::fs_capabilities(true, false);
         assert!(all.contains(&format!("CHECK fs-caps {fs}\n")), "{all}");
         assert!(all.contains(&format!("CHECK vcpu-caps {fs}\n")), "{all}");
@@ -333,6 +382,77 @@ fn runtime_threads_do_their_work_under_their_filters() {
         "CHECK shutdown Ok(())",
     ] {
         assert!(all.contains(line), "{line}\n{all}");
+    }
+}
+
+/// Which thread kinds keep `CAP_NET_BIND_SERVICE`, as a sandbox's plan decides.
+#[test]
+fn only_the_supervisor_of_a_root_runtime_with_a_network_keeps_cap_net_bind_service() {
+    let base = tempfile::TempDir::new().unwrap();
+    let home = base.path().join("home");
+    let dir = SandboxDir::in_home(&home, "box").unwrap();
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let mut spec = SandboxSpec {
+        root: RootSpec::Initramfs,
+        ..SandboxSpec::default()
+    };
+    let bind = 1u64 << identity::CAP_NET_BIND_SERVICE;
+    let planned = plan(&spec, &dir, &home)
+        .unwrap()
+        .expect("confinement is on");
+    let switches = planned.identity.is_some();
+    let jail = Jail {
+        ruleset: None,
+        identity: planned.identity,
+        fs_capabilities: planned.fs_capabilities,
+        supervisor_capabilities: planned.supervisor_capabilities,
+        seccomp: false,
+        state_dir: planned.state_dir,
+    };
+    for kind in seccomp::KINDS {
+        let keeps = jail.capabilities(kind) & bind != 0;
+        assert_eq!(keeps, switches && *kind == "supervisor", "{kind}");
+    }
+    assert_eq!(jail.capabilities("supervisor") & !bind, 0);
+    spec.network.enabled = false;
+    let planned = plan(&spec, &dir, &home)
+        .unwrap()
+        .expect("confinement is on");
+    assert_eq!(planned.supervisor_capabilities, 0);
+}
+
+#[test]
+fn only_the_supervisor_binds_privileged_ports() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("skipped: only_the_supervisor_binds_privileged_ports: needs root");
+        return;
+    }
+    let (out, _dir) = in_child("bind");
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let bind = 1u64 << identity::CAP_NET_BIND_SERVICE;
+    for line in [
+        format!("CHECK supervisor-caps {bind}\n"),
+        "CHECK supervisor-publish Ok(true)\n".into(),
+        "CHECK started-caps 0\n".into(),
+        "CHECK netstack-caps 0\n".into(),
+    ] {
+        assert!(all.contains(&line), "{line}\n{all}");
+    }
+    let unprivileged = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse::<u16>().ok())
+        .unwrap_or(1024);
+    if unprivileged > 900 {
+        assert!(all.contains("CHECK started-bind Err(Some(13))"), "{all}"); // EACCES
+        assert!(
+            all.contains("CHECK netstack-publish binding 127.0.0.1:")
+                && all.contains("needs CAP_NET_BIND_SERVICE or root"),
+            "{all}"
+        );
+    } else {
+        println!("refusal checks skipped: this host lets anyone bind ports from {unprivileged}");
     }
 }
 
