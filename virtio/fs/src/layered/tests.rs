@@ -507,6 +507,38 @@ fn plain_readdir_reports_the_guest_types_of_upper_and_lower_devices() {
     }
 }
 
+#[test]
+fn removing_or_renaming_a_copied_up_or_recreated_name_keeps_the_lower_one_hidden() {
+    let (base, top) = base_and_top();
+    let upper = tempfile::tempdir().unwrap();
+    let fs = fs_over(&[&base, &top], upper.path());
+    let dev = walk(&fs, "dev").unwrap().inode;
+    // Copied up (upper file over the lower one), then removed.
+    let null = walk(&fs, "dev/null").unwrap();
+    fs.setxattr(&CTX, null.inode, &c("user.x"), b"1", 0)
+        .unwrap();
+    fs.unlink(&CTX, dev, &c("null")).unwrap();
+    assert_errno(walk(&fs, "dev/null"), libc::ENOENT);
+    assert!(!names(&fs, dev, 10).contains(&"null".to_string()));
+    // Removed, created again in the upper, then renamed away.
+    mknod(&fs, dev, "null", libc::S_IFREG | 0o644, 0);
+    fs.rename(&CTX, dev, &c("null"), ROOT_INODE, &c("moved"), 0)
+        .unwrap();
+    assert_errno(walk(&fs, "dev/null"), libc::ENOENT);
+    // Copied up, then renamed away.
+    write_at(&fs, "bin/su", b"NEW", libc::O_WRONLY);
+    let bin = walk(&fs, "bin").unwrap().inode;
+    fs.rename(&CTX, bin, &c("su"), ROOT_INODE, &c("su2"), 0)
+        .unwrap();
+    assert_errno(walk(&fs, "bin/su"), libc::ENOENT);
+    assert!(!names(&fs, bin, 10).contains(&"su".to_string()));
+    // A new server over the same upper sees the same.
+    let again = fs_over(&[&base, &top], upper.path());
+    assert_errno(walk(&again, "dev/null"), libc::ENOENT);
+    assert_errno(walk(&again, "bin/su"), libc::ENOENT);
+    assert_eq!(read_all(&again, "su2"), b"NEW");
+}
+
 fn fs_with_limit(layers: &[&tempfile::TempDir], upper: &Path, bytes: u64, names: u64) -> LayeredFs {
     let config = LayeredConfig {
         max_upper_bytes: bytes,
