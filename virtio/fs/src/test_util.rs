@@ -64,6 +64,22 @@ pub(crate) fn names(fs: &dyn FileSystem, ino: Inode, batch: usize) -> Vec<String
     out
 }
 
+/// Every entry of directory `ino` (without `.` and `..`) with the `DT_*`
+/// type plain READDIR gives it, sorted by name.
+pub(crate) fn dirent_kinds(fs: &dyn FileSystem, ino: Inode) -> Vec<(String, u32)> {
+    let h = fs.opendir(&CTX, ino, 0).unwrap().handle;
+    let mut out = Vec::new();
+    fs.readdir(&CTX, ino, h, 0, &mut |e| {
+        out.push((String::from_utf8(e.name.to_vec()).unwrap(), e.kind));
+        true
+    })
+    .unwrap();
+    fs.releasedir(&CTX, ino, 0, h).unwrap();
+    out.retain(|(n, _)| n != "." && n != "..");
+    out.sort();
+    out
+}
+
 /// A temporary host directory holding `files` (path, contents), with the
 /// directories above them.
 pub(crate) fn host_tree(files: &[(&str, &[u8])]) -> tempfile::TempDir {

@@ -329,7 +329,6 @@ impl LayeredFs {
         if parent.kind != libc::S_IFDIR {
             return Err(err(libc::ENOTDIR));
         }
-        let path = join(parent_path, name.to_bytes());
         let wh = whiteout_name(name)?;
         let opaque = host::cstring(OPAQUE_MARKER.as_bytes())?;
         let mut node = Node {
@@ -358,38 +357,67 @@ impl LayeredFs {
             }
         }
         if search_lowers {
-            for &li in &parent.lowers {
-                let Ok(pfd) = self.lower_fd(li, parent_path) else {
-                    break;
-                };
-                match host::statat(pfd.as_raw_fd(), name) {
-                    Ok(st) => {
-                        let kind = self.lower_guest_meta(li, &path, &st).mode & libc::S_IFMT;
-                        if node.kind == 0 {
-                            node.kind = kind;
-                        } else if node.kind != libc::S_IFDIR || kind != libc::S_IFDIR {
-                            break;
-                        }
-                        node.lowers.push(li);
-                        if kind != libc::S_IFDIR || st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-                            break;
-                        }
-                        let dfd = self.lower_fd(li, &path)?;
-                        if exists_at(dfd.as_raw_fd(), &opaque) {
-                            break;
-                        }
-                    }
-                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                        if exists_at(pfd.as_raw_fd(), &wh) {
-                            break;
-                        }
-                    }
-                    Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => break,
-                    Err(e) => return Err(e),
-                }
-            }
+            self.search_lowers(parent, parent_path, name, &mut node)?;
         }
         Ok((node.kind != 0).then_some(node))
+    }
+
+    /// Adds to `node` the lower layers of `parent` that show `name`
+    /// (the first one's guest type too, where `node` has none yet).
+    fn search_lowers(
+        &self,
+        parent: &Node,
+        parent_path: &[u8],
+        name: &CStr,
+        node: &mut Node,
+    ) -> io::Result<()> {
+        let path = join(parent_path, name.to_bytes());
+        let wh = whiteout_name(name)?;
+        let opaque = host::cstring(OPAQUE_MARKER.as_bytes())?;
+        for &li in &parent.lowers {
+            let Ok(pfd) = self.lower_fd(li, parent_path) else {
+                break;
+            };
+            match host::statat(pfd.as_raw_fd(), name) {
+                Ok(st) => {
+                    let kind = self.lower_guest_meta(li, &path, &st).mode & libc::S_IFMT;
+                    if node.kind == 0 {
+                        node.kind = kind;
+                    } else if node.kind != libc::S_IFDIR || kind != libc::S_IFDIR {
+                        break;
+                    }
+                    node.lowers.push(li);
+                    if kind != libc::S_IFDIR || st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+                        break;
+                    }
+                    let dfd = self.lower_fd(li, &path)?;
+                    if exists_at(dfd.as_raw_fd(), &opaque) {
+                        break;
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    if exists_at(pfd.as_raw_fd(), &wh) {
+                        break;
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a lower layer of `parent` shows `name`, even where an upper
+    /// entry hides it (which [`Self::resolve`] does not look past): removing
+    /// or renaming that upper entry must leave a whiteout.
+    fn lower_shows(&self, parent: &Node, parent_path: &[u8], name: &CStr) -> io::Result<bool> {
+        let mut node = Node {
+            upper: false,
+            lowers: Vec::new(),
+            kind: 0,
+        };
+        self.search_lowers(parent, parent_path, name, &mut node)?;
+        Ok(!node.lowers.is_empty())
     }
 
     fn attr_of(&self, ino: Inode, node: &Node, path: &[u8]) -> io::Result<Attr> {
@@ -863,7 +891,7 @@ impl LayeredFs {
     fn remove(&self, parent: Inode, name: &CStr, dir: bool) -> io::Result<()> {
         host::check_name(name)?;
         let _w = self.write_tree();
-        let (_, ppath, child) = self.child_of(parent, name)?;
+        let (pnode, ppath, child) = self.child_of(parent, name)?;
         let is_dir = child.kind == libc::S_IFDIR;
         if dir && !is_dir {
             return Err(err(libc::ENOTDIR));
@@ -875,6 +903,8 @@ impl LayeredFs {
         if is_dir && !self.merged_list(0, &child, &path)?.is_empty() {
             return Err(err(libc::ENOTEMPTY));
         }
+        let hides_lower =
+            !child.lowers.is_empty() || (child.upper && self.lower_shows(&pnode, &ppath, name)?);
         self.copy_up(parent)?;
         let upf = self.upper_fd(&ppath)?;
         if child.upper {
@@ -886,7 +916,7 @@ impl LayeredFs {
             host::unlinkat(upf.as_raw_fd(), name, flag)?;
             self.uncharge_name(data);
         }
-        if !child.lowers.is_empty() {
+        if hides_lower {
             self.make_marker(upf.as_raw_fd(), &whiteout_name(name)?)?;
         }
         self.table
@@ -1074,11 +1104,13 @@ impl FileSystem for LayeredFs {
         host::check_name(oldname)?;
         Self::check_new_name(newname)?;
         let _w = self.write_tree();
-        let (_, opath, src) = self.child_of(olddir, oldname)?;
+        let (opnode, opath, src) = self.child_of(olddir, oldname)?;
         let src_is_dir = src.kind == libc::S_IFDIR;
         if src_is_dir && !src.lowers.is_empty() {
             return Err(err(libc::EXDEV));
         }
+        let src_hides_lower =
+            !src.lowers.is_empty() || (src.upper && self.lower_shows(&opnode, &opath, oldname)?);
         let (npnode, npath) = self.node(newdir)?;
         let dst = self.resolve(&npnode, &npath, newname)?;
         let dst_path = join(&npath, newname.to_bytes());
@@ -1120,7 +1152,7 @@ impl FileSystem for LayeredFs {
             self.uncharge_name(data);
         }
         self.remove_marker(nfd.as_raw_fd(), &whiteout_name(newname)?)?;
-        if !src.lowers.is_empty() {
+        if src_hides_lower {
             self.make_marker(ofd.as_raw_fd(), &whiteout_name(oldname)?)?;
         }
         let mut t = self.table.lock().expect("layered table lock");

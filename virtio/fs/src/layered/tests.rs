@@ -3,7 +3,7 @@
 use super::*;
 use crate::filesystem::ROOT_INODE;
 use crate::layer_meta::{EntryMeta, LayerMeta};
-use crate::test_util::{assert_errno, c, errno, mknod, names, CTX};
+use crate::test_util::{assert_errno, c, dirent_kinds, errno, mknod, names, CTX};
 use std::collections::BTreeMap;
 use std::os::unix::fs::{symlink, MetadataExt};
 
@@ -470,6 +470,73 @@ fn the_upper_never_gets_set_id_bits_or_device_nodes_on_the_host() {
     assert_eq!(guest("dev/null").0 & libc::S_IFMT, libc::S_IFCHR);
     let _ = (blk, chr);
     assert_eq!(host_set_id_or_devices(upper.path()), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn plain_readdir_reports_the_guest_types_of_upper_and_lower_devices() {
+    let (base, top) = base_and_top();
+    let upper = tempfile::tempdir().unwrap();
+    let fs = fs_over(&[&base, &top], upper.path());
+    let dev = walk(&fs, "dev").unwrap().inode;
+    mknod(&fs, dev, "chr", libc::S_IFCHR | 0o666, 0x0103);
+    mknod(&fs, dev, "blk", libc::S_IFBLK | 0o660, 0x0801);
+    mknod(&fs, dev, "fifo", libc::S_IFIFO | 0o644, 0);
+    mknod(&fs, dev, "sock", libc::S_IFSOCK | 0o644, 0);
+    mknod(&fs, dev, "plain", libc::S_IFREG | 0o644, 0);
+    let dt = host::dtype;
+    let want = vec![
+        ("blk".to_string(), dt(libc::S_IFBLK)),
+        ("chr".to_string(), dt(libc::S_IFCHR)),
+        ("fifo".to_string(), dt(libc::S_IFIFO)),
+        ("null".to_string(), dt(libc::S_IFCHR)),
+        ("plain".to_string(), dt(libc::S_IFREG)),
+        ("sock".to_string(), dt(libc::S_IFSOCK)),
+    ];
+    // A lower device, then the same one copied up into the upper.
+    assert_eq!(dirent_kinds(&fs, dev), want);
+    let null = walk(&fs, "dev/null").unwrap();
+    fs.setxattr(&CTX, null.inode, &c("user.x"), b"1", 0)
+        .unwrap();
+    assert_eq!(dirent_kinds(&fs, dev), want);
+    for (name, kind) in want {
+        let e = walk(&fs, &format!("dev/{name}")).unwrap();
+        assert_eq!(dt(e.attr.mode), kind, "{name}");
+        let host = std::fs::symlink_metadata(upper.path().join(UPPER_TREE).join("dev").join(&name))
+            .unwrap();
+        assert!(host.is_file(), "{name} is a regular file on the host");
+    }
+}
+
+#[test]
+fn removing_or_renaming_a_copied_up_or_recreated_name_keeps_the_lower_one_hidden() {
+    let (base, top) = base_and_top();
+    let upper = tempfile::tempdir().unwrap();
+    let fs = fs_over(&[&base, &top], upper.path());
+    let dev = walk(&fs, "dev").unwrap().inode;
+    // Copied up (upper file over the lower one), then removed.
+    let null = walk(&fs, "dev/null").unwrap();
+    fs.setxattr(&CTX, null.inode, &c("user.x"), b"1", 0)
+        .unwrap();
+    fs.unlink(&CTX, dev, &c("null")).unwrap();
+    assert_errno(walk(&fs, "dev/null"), libc::ENOENT);
+    assert!(!names(&fs, dev, 10).contains(&"null".to_string()));
+    // Removed, created again in the upper, then renamed away.
+    mknod(&fs, dev, "null", libc::S_IFREG | 0o644, 0);
+    fs.rename(&CTX, dev, &c("null"), ROOT_INODE, &c("moved"), 0)
+        .unwrap();
+    assert_errno(walk(&fs, "dev/null"), libc::ENOENT);
+    // Copied up, then renamed away.
+    write_at(&fs, "bin/su", b"NEW", libc::O_WRONLY);
+    let bin = walk(&fs, "bin").unwrap().inode;
+    fs.rename(&CTX, bin, &c("su"), ROOT_INODE, &c("su2"), 0)
+        .unwrap();
+    assert_errno(walk(&fs, "bin/su"), libc::ENOENT);
+    assert!(!names(&fs, bin, 10).contains(&"su".to_string()));
+    // A new server over the same upper sees the same.
+    let again = fs_over(&[&base, &top], upper.path());
+    assert_errno(walk(&again, "dev/null"), libc::ENOENT);
+    assert_errno(walk(&again, "bin/su"), libc::ENOENT);
+    assert_eq!(read_all(&again, "su2"), b"NEW");
 }
 
 fn fs_with_limit(layers: &[&tempfile::TempDir], upper: &Path, bytes: u64, names: u64) -> LayeredFs {

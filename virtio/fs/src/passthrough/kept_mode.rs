@@ -16,10 +16,18 @@
 //! privileged host processes can read or change `trusted.*`); otherwise
 //! asking for a set-id bit or a device there fails with `EPERM`, and
 //! nothing is created.
+//!
+//! Plain READDIR gives each entry the type of its host object, so a kept
+//! device would list as a regular file while LOOKUP says device. The share
+//! root carries [`DEVICES_XATTR`] from the first kept device on (set before
+//! that device is created, and never removed); only in a share that carries
+//! it does READDIR look for what is kept, and only on its regular files
+//! (see [`KeptMode::device_at`]). Other shares list without a syscall per
+//! entry.
 
 use std::ffi::CStr;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use crate::filesystem::Attr;
 use crate::host_util::{self as host, err};
@@ -28,6 +36,10 @@ use crate::host_util::{self as host, err};
 pub(crate) const KEPT_XATTR: &CStr = c"user.msbvm.mode";
 /// Where it goes on a host filesystem without `user.*` xattrs.
 const TRUSTED_KEPT_XATTR: &CStr = c"trusted.msbvm.mode";
+/// Share-root xattr: a device may be kept somewhere in this share.
+pub(crate) const DEVICES_XATTR: &CStr = c"user.msbvm.devices";
+/// Where it goes on a host filesystem without `user.*` xattrs.
+const TRUSTED_DEVICES_XATTR: &CStr = c"trusted.msbvm.devices";
 /// Prefix of the host xattrs this backend owns; hidden from the guest.
 pub(crate) const RESERVED_PREFIX: &[u8] = b"user.msbvm.";
 /// The mode bits a host object never gets from the guest.
@@ -97,11 +109,38 @@ impl KeptMode {
         if host_kind != libc::S_IFREG && host_kind != libc::S_IFDIR {
             return None;
         }
-        let value = match host::getxattr(fd, KEPT_XATTR) {
-            Err(e) if no_user_xattrs(&e) => host::getxattr(fd, TRUSTED_KEPT_XATTR),
+        get(fd, KEPT_XATTR, TRUSTED_KEPT_XATTR)
+            .ok()
+            .and_then(|v| Self::decode(&v))
+    }
+
+    /// The kept device type (`S_IFCHR`/`S_IFBLK`) of the entry `name` of
+    /// the directory `dirfd`, if it is a regular file keeping one. Costs an
+    /// open, a stat, an xattr read and a close; any failure (the entry
+    /// went away or changed kind) answers `None`.
+    pub fn device_at(dirfd: RawFd, name: &[u8]) -> Option<u32> {
+        let name = host::cstring(name).ok()?;
+        let fd = host::open_child(dirfd, &name).ok()?;
+        let kind = host::fstat(fd.as_raw_fd()).ok()?.st_mode & libc::S_IFMT;
+        if kind != libc::S_IFREG {
+            return None;
+        }
+        Self::load(fd.as_raw_fd(), kind)
+            .map(|k| k.device)
+            .filter(|&d| d != 0)
+    }
+
+    /// Whether the share whose root is `root` may hold kept devices.
+    pub fn share_may_hold_devices(root: RawFd) -> bool {
+        get(root, DEVICES_XATTR, TRUSTED_DEVICES_XATTR).is_ok()
+    }
+
+    /// Marks the share whose root is `root` as holding kept devices.
+    pub fn mark_share_holds_devices(root: RawFd) -> io::Result<()> {
+        match host::setxattr(root, DEVICES_XATTR, b"1", 0) {
+            Err(e) if no_user_xattrs(&e) => host::setxattr(root, TRUSTED_DEVICES_XATTR, b"1", 0),
             other => other,
-        };
-        value.ok().and_then(|v| Self::decode(&v))
+        }
     }
 
     /// Stores `kept` on the host object behind `fd`, or removes the xattr
@@ -145,6 +184,15 @@ impl KeptMode {
             attr.rdev = k.rdev as u32;
             attr.size = 0;
         }
+    }
+}
+
+/// The value of the `user` xattr, or of the `trusted` one where the host
+/// filesystem has no `user.*` xattrs.
+fn get(fd: RawFd, user: &CStr, trusted: &CStr) -> io::Result<Vec<u8>> {
+    match host::getxattr(fd, user) {
+        Err(e) if no_user_xattrs(&e) => host::getxattr(fd, trusted),
+        other => other,
     }
 }
 

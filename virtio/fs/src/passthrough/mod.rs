@@ -48,6 +48,7 @@ use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -128,6 +129,9 @@ pub struct PassthroughFs {
     state: Mutex<State>,
     handles: HandleTable<OpenObject>,
     host_is_root: bool,
+    /// The share may hold kept devices, so READDIR looks for them (see
+    /// [`kept_mode`]).
+    devices_kept: AtomicBool,
 }
 
 impl PassthroughFs {
@@ -143,6 +147,7 @@ impl PassthroughFs {
             kind: libc::S_IFDIR,
             kept: KeptMode::load(fd.as_raw_fd(), libc::S_IFDIR),
         };
+        let devices_kept = KeptMode::share_may_hold_devices(fd.as_raw_fd());
         Ok(PassthroughFs {
             root: Arc::new(fd),
             state: Mutex::new(State {
@@ -153,6 +158,7 @@ impl PassthroughFs {
             handles: HandleTable::new(config.max_open_handles),
             // SAFETY: geteuid has no preconditions.
             host_is_root: host::is_root(),
+            devices_kept: AtomicBool::new(devices_kept),
             config,
         })
     }
@@ -222,6 +228,19 @@ impl PassthroughFs {
             attr_timeout: self.config.attr_timeout,
             entry_timeout: self.config.entry_timeout,
         }
+    }
+
+    /// Before the first kept device: marks the share so that READDIR (of
+    /// this server and the next) looks for kept devices. A root that takes
+    /// no mark still gets them listed right for this server's lifetime.
+    fn mark_devices_kept(&self) {
+        if self.devices_kept.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(e) = KeptMode::mark_share_holds_devices(self.root.as_raw_fd()) {
+            tracing::warn!("cannot mark the share as holding kept devices: {e}");
+        }
+        self.devices_kept.store(true, Ordering::Release);
     }
 
     fn check_writable(&self) -> io::Result<()> {
@@ -502,7 +521,11 @@ impl FileSystem for PassthroughFs {
         let kept = KeptMode::for_request(mode, u64::from(rdev));
         // A device becomes an empty regular file; set-id bits stay off.
         let host_mode = match kept {
-            Some(k) if k.device != 0 => libc::S_IFREG | (mode & 0o1777 & !SETID),
+            Some(k) if k.device != 0 => {
+                self.check_writable()?;
+                self.mark_devices_kept();
+                libc::S_IFREG | (mode & 0o1777 & !SETID)
+            }
             _ => mode & !SETID,
         };
         self.create_with(Some(ctx), parent, name, false, kept, |dirfd| {
@@ -819,16 +842,22 @@ impl FileSystem for PassthroughFs {
             return Err(err(libc::ENOTDIR));
         };
         let fd = dir.lock().expect("directory handle lock");
+        // Only a regular file can be a kept device; only a marked share has any.
+        let devices = self.devices_kept.load(Ordering::Acquire);
         host::seek_set(fd.as_raw_fd(), offset)?;
         let mut buf = vec![0u8; 16 * 1024];
         let mut full = false;
         loop {
             let n = host::read_dirents(fd.as_raw_fd(), &mut buf, &mut |ino, off, kind, name| {
                 let dot = name == b"." || name == b"..";
+                let kept = (devices && kind == libc::DT_REG && !dot)
+                    .then(|| KeptMode::device_at(fd.as_raw_fd(), name))
+                    .flatten();
+                let kind = kept.map_or(u32::from(kind), host::dtype);
                 full = !add(DirEntry {
                     ino: if dot { inode } else { ino },
                     offset: off as u64,
-                    kind: u32::from(kind),
+                    kind,
                     name,
                 });
                 !full

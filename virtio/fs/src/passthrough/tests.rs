@@ -1,7 +1,7 @@
 //! Tests of the passthrough backend against real temporary directories.
 
 use super::*;
-use crate::test_util::{assert_errno, c, errno, mknod, names, open_fd_count, CTX};
+use crate::test_util::{assert_errno, c, dirent_kinds, errno, mknod, names, open_fd_count, CTX};
 use std::os::unix::fs::{symlink, MetadataExt};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -519,6 +519,78 @@ fn the_host_never_gets_set_id_bits_or_device_nodes_but_the_guest_sees_them() {
         libc::EPERM,
     );
     assert!(fs.listxattr(&CTX, blk.inode).unwrap().is_empty());
+}
+
+#[test]
+fn plain_readdir_reports_kept_device_types_as_lookup_does() {
+    let (dir, fs) = fresh_share();
+    let sub = fs.mkdir(&CTX, ROOT_INODE, &c("dev"), 0o755, 0).unwrap();
+    for parent in [ROOT_INODE, sub.inode] {
+        mknod(&fs, parent, "chr", libc::S_IFCHR | 0o666, 0x0103);
+        mknod(&fs, parent, "blk", libc::S_IFBLK | 0o4660, 0x0801);
+        mknod(&fs, parent, "fifo", libc::S_IFIFO | 0o644, 0);
+        mknod(&fs, parent, "sock", libc::S_IFSOCK | 0o644, 0);
+        mknod(&fs, parent, "suid", libc::S_IFREG | 0o4755, 0);
+        mknod(&fs, parent, "plain", libc::S_IFREG | 0o644, 0);
+    }
+    let dt = |mode: u32| host::dtype(mode);
+    let files = vec![
+        ("blk".to_string(), dt(libc::S_IFBLK)),
+        ("chr".to_string(), dt(libc::S_IFCHR)),
+        ("fifo".to_string(), dt(libc::S_IFIFO)),
+        ("plain".to_string(), dt(libc::S_IFREG)),
+        ("sock".to_string(), dt(libc::S_IFSOCK)),
+        ("suid".to_string(), dt(libc::S_IFREG)),
+    ];
+    let mut root = files.clone();
+    root.push(("dev".to_string(), dt(libc::S_IFDIR)));
+    root.sort();
+    assert_eq!(
+        host_mode(&dir.path().join("dev/chr")) & libc::S_IFMT,
+        libc::S_IFREG
+    );
+    assert_eq!(
+        host_mode(&dir.path().join("blk")) & libc::S_IFMT,
+        libc::S_IFREG
+    );
+
+    // READDIR agrees with LOOKUP, also for a new server over the same share.
+    let fs2 = fs_with(dir.path(), |_| {});
+    for fs in [&fs, &fs2] {
+        let sub = fs.lookup(&CTX, ROOT_INODE, &c("dev")).unwrap().inode;
+        assert_eq!(dirent_kinds(fs, ROOT_INODE), root);
+        assert_eq!(dirent_kinds(fs, sub), files);
+        for (name, kind) in &files {
+            let e = fs.lookup(&CTX, sub, &c(name)).unwrap();
+            assert_eq!(dt(e.attr.mode), *kind, "{name}");
+        }
+    }
+}
+
+#[test]
+fn only_a_share_that_kept_a_device_is_marked_for_readdir_to_look() {
+    let (dir, fs) = fresh_share();
+    let marked = || KeptMode::share_may_hold_devices(fs.root.as_raw_fd());
+    mknod(&fs, ROOT_INODE, "suid", libc::S_IFREG | 0o4755, 0);
+    mknod(&fs, ROOT_INODE, "fifo", libc::S_IFIFO | 0o644, 0);
+    assert!(!marked() && !fs.devices_kept.load(Ordering::Relaxed));
+    let ro = fs_with(dir.path(), |c| c.read_only = true);
+    assert_errno(
+        ro.mknod(&CTX, ROOT_INODE, &c("chr"), libc::S_IFCHR | 0o666, 1, 0),
+        libc::EROFS,
+    );
+    assert!(!marked());
+    mknod(&fs, ROOT_INODE, "chr", libc::S_IFCHR | 0o666, 0x0103);
+    assert!(marked() && fs.devices_kept.load(Ordering::Relaxed));
+    assert!(fs_with(dir.path(), |_| {})
+        .devices_kept
+        .load(Ordering::Relaxed));
+    // The guest never sees the mark.
+    assert!(fs.listxattr(&CTX, ROOT_INODE).unwrap().is_empty());
+    assert_errno(
+        fs.getxattr(&CTX, ROOT_INODE, kept_mode::DEVICES_XATTR),
+        libc::ENODATA,
+    );
 }
 
 #[test]
