@@ -80,6 +80,10 @@ pub struct NetConfig {
     pub published_ports: Vec<PublishedPort>,
     /// Where the DNS server at the gateway forwards allowed queries.
     pub dns_upstream: Upstream,
+    /// TLS interception (`None`: TLS is spliced untouched).
+    pub tls: Option<crate::tls::TlsConfig>,
+    /// Secrets substituted into intercepted requests to their hosts.
+    pub secrets: Vec<crate::secrets::Secret>,
 }
 
 impl Default for NetConfig {
@@ -100,6 +104,8 @@ impl Default for NetConfig {
             max_http_head: 16 * 1024,
             published_ports: Vec::new(),
             dns_upstream: Upstream::System,
+            tls: None,
+            secrets: Vec::new(),
         }
     }
 }

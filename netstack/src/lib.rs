@@ -42,9 +42,11 @@ pub mod policy;
 pub mod ports;
 mod proxy;
 pub mod seccomp;
+pub mod secrets;
 mod stack;
 mod state;
 mod stats;
+pub mod tls;
 
 pub use config::NetConfig;
 pub use events::{discard_events, EventSink, NetEvent, Transport};
