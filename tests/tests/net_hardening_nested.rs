@@ -12,6 +12,8 @@ use msbvm_tests::e2e::{assert_checks, net_host, net_l1, prelude, run_scenarios};
 const L1_TIMEOUT: Duration = Duration::from_secs(1500);
 /// How long the guest floods (seconds).
 const FLOOD_SECS: u32 = 30;
+/// Longest the flood's exec may take in L1 time before it is killed and diagnosed (seconds).
+const FLOOD_EXEC_SECS: u32 = 300;
 /// Most the runtime's resident memory outside guest RAM may grow over the flood (KiB).
 const RSS_GROWTH_KIB: u32 = 32 * 1024;
 /// Most event lines a 30 s flood may leave: per kind a burst of 100 and 20/s (two kinds,
@@ -80,21 +82,33 @@ before=$(rss)
 # each worker counting its SYNs.
 Q='\000\036\000\001\001\000\000\001\000\000\000\000\000\000\007blocked\004test\000\000\001\000\001'
 start=$(date +%s)
-$M exec f -- sh -c "i=0; while [ \$i -lt 500 ]; do printf '$Q'; i=\$((i+1)); done > /tmp/q
+# Every exec from here on is bounded in L1 time, so a hang fails this test with a diagnosis
+# (the runtime's threads and log) instead of using up the whole L1 timeout silently.
+diagnose() {{
+  echo "DIAG $1: runtime $(kill -0 $pid 2>/dev/null && echo alive || echo gone)"
+  for t in /proc/$pid/task/*; do echo "DIAG thread $(cat $t/comm 2>/dev/null) $(sed -n 's/^State:\t//p' $t/status 2>/dev/null) $(cat $t/wchan 2>/dev/null)"; done
+  tail -n 20 /tmp/msbvm/sandboxes/f/runtime.log 2>/dev/null | sed 's/^/DIAG log /'
+}}
+timeout -s KILL {FLOOD_EXEC_SECS} $M exec f -- sh -c "i=0; while [ \$i -lt 500 ]; do printf '$Q'; i=\$((i+1)); done > /tmp/q
   end=\$((\$(date +%s) + {FLOOD_SECS}))
   for w in 1 2; do
-    (while [ \$(date +%s) -lt \$end ]; do nc 10.0.2.2 53 </tmp/q >/dev/null 2>&1 & sleep 2; kill \$! 2>/dev/null; done) &
+    (k=0; while [ \$(date +%s) -lt \$end ] && [ \$k -lt 30 ]; do nc 10.0.2.2 53 </tmp/q >/dev/null 2>&1 & sleep 2; kill \$! 2>/dev/null; k=\$((k+1)); done) &
   done
   for w in 1 2 3 4 5 6; do
-    (n=0; while [ \$(date +%s) -lt \$end ]; do
+    (n=0; while [ \$(date +%s) -lt \$end ] && [ \$n -lt 400 ]; do
       nc -w 1 169.254.169.254 80 </dev/null >/dev/null 2>&1; nc -w 1 10.9.9.9 22 </dev/null >/dev/null 2>&1
       n=\$((n+2)); done; echo \$n > /tmp/syn.\$w) &
   done; wait" >/dev/null 2>&1
+flood_rc=$?
+check flood_exec_rc $flood_rc
+[ $flood_rc -eq 0 ] || diagnose flood
 sleep 6
 after=$(rss)
 secs=$(( $(date +%s) - start ))
-syns=$($M exec f -- sh -c 'cat /tmp/syn.*' | awk '{{s+=$1}} END{{print s}}')
-check flood_exec_works "$($M exec f -- echo alive)"
+syns=$(timeout -s KILL 60 $M exec f -- sh -c 'cat /tmp/syn.*' | awk '{{s+=$1}} END{{print s+0}}')
+alive=$(timeout -s KILL 60 $M exec f -- echo alive)
+check flood_exec_works "$alive"
+[ "$alive" = alive ] || diagnose alive
 lines=$(events f | wc -l)
 denied=$(events f | grep flow_denied | grep -vc events_suppressed)
 stats=$($M net stats f)
@@ -148,6 +162,7 @@ fn network_hardening_end_to_end() {
         ("conn_ended", "1"),
         ("conn_ended_event", "yes"),
         ("f_rc", "0"),
+        ("flood_exec_rc", "0"),
         ("flood_exec_works", "alive"),
         ("flood_events_bounded", "yes"),
         ("flood_syns_sent", "yes"),
