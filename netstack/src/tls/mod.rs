@@ -1,6 +1,41 @@
 //! TLS interception: which guest TLS connections the stack terminates itself (with a leaf
 //! certificate minted per SNI from the sandbox's certificate authority) so that HTTP policy and
 //! secret substitution can see inside them, and how the upstream side is verified.
+//!
+//! - [`ca`]: the CA ([`generate_ca`] makes one), leaves minted per SNI and cached.
+
+pub mod ca;
+
+pub use ca::{generate_ca, server_config, CertAuthority, LeafResolver};
+
+/// What can go wrong setting up interception. Never carries key material.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The CA certificate PEM did not parse as an X.509 CA certificate.
+    #[error("the sandbox CA certificate is not a valid PEM X.509 certificate: {0}")]
+    CaCert(#[source] rcgen::Error),
+    /// The CA key PEM did not parse.
+    #[error("the sandbox CA key is not a valid PEM PKCS#8 key: {0}")]
+    CaKey(#[source] rcgen::Error),
+    /// The CA key does not belong to the CA certificate, or the certificate is no CA.
+    #[error("the sandbox CA key does not match its certificate (or that is not a CA)")]
+    CaMismatch,
+    /// A PEM text held no certificate.
+    #[error("no certificate in the PEM text")]
+    NoCertificate,
+    /// A PEM text did not parse.
+    #[error("invalid PEM: {0}")]
+    Pem(String),
+    /// Minting a certificate failed.
+    #[error("minting a certificate failed: {0}")]
+    Mint(#[source] rcgen::Error),
+    /// A leaf was asked for an empty or overlong name.
+    #[error("no certificate for an empty or overlong server name")]
+    BadName,
+    /// rustls refused a configuration or key.
+    #[error("TLS setup failed: {0}")]
+    Rustls(#[source] rustls::Error),
+}
 
 /// How the stack intercepts the guest's TLS connections. `None` in [`crate::NetConfig::tls`]
 /// means no interception at all (TLS is spliced like any TCP flow).
