@@ -3,8 +3,10 @@
 //! secret substitution can see inside them, and how the upstream side is verified.
 //!
 //! - [`ca`]: the CA ([`generate_ca`] makes one), leaves minted per SNI and cached.
+//! - [`client_hello`]: SNI and ALPN from the guest's first bytes, read before deciding.
 
 pub mod ca;
+pub mod client_hello;
 
 pub use ca::{generate_ca, server_config, CertAuthority, LeafResolver};
 
