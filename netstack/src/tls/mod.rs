@@ -4,9 +4,13 @@
 //!
 //! - [`ca`]: the CA ([`generate_ca`] makes one), leaves minted per SNI and cached.
 //! - [`client_hello`]: SNI and ALPN from the guest's first bytes, read before deciding.
+//! - [`policy`]: intercept, splice untouched, or refuse.
+//! - [`upstream`]: the verified client side towards the real server.
 
 pub mod ca;
 pub mod client_hello;
+pub mod policy;
+pub mod upstream;
 
 pub use ca::{generate_ca, server_config, CertAuthority, LeafResolver};
 
