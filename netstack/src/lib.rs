@@ -37,6 +37,7 @@ mod frames;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+mod intercept;
 mod pins;
 pub mod policy;
 pub mod ports;

@@ -14,6 +14,39 @@ pub mod upstream;
 
 pub use ca::{generate_ca, server_config, CertAuthority, LeafResolver};
 
+use std::sync::Arc;
+
+/// TCP ports whose connections are looked at as TLS when interception is configured.
+pub const TLS_PORTS: &[u16] = &[443];
+
+/// Everything an intercepting stack needs, built once when it starts (the host's trust roots
+/// are read then, before the stack's thread confines itself).
+#[derive(Debug)]
+pub(crate) struct Interceptor {
+    /// Which connections are intercepted.
+    pub policy: policy::TlsPolicy,
+    /// The guest-facing server side (minted leaves, ALPN h2 and http/1.1).
+    pub server: Arc<rustls::ServerConfig>,
+    /// The verifying client side towards real servers.
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+impl Interceptor {
+    /// Builds the interceptor of `config`, intercepting the hosts of `secrets` too.
+    pub(crate) fn new(
+        config: &TlsConfig,
+        secrets: &[crate::secrets::Secret],
+    ) -> Result<Interceptor, TlsError> {
+        let ca = CertAuthority::from_pem(&config.ca_cert_pem, &config.ca_key_pem)?;
+        let resolver = Arc::new(LeafResolver::new(ca, ca::LEAF_CACHE_SIZE));
+        Ok(Interceptor {
+            policy: policy::TlsPolicy::new(config, secrets),
+            server: server_config(resolver)?,
+            client: upstream::client_config(&config.upstream_ca_pems)?,
+        })
+    }
+}
+
 /// What can go wrong setting up interception. Never carries key material.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
