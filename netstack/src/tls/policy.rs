@@ -114,14 +114,31 @@ impl TlsPolicy {
         if !self.intercepts(sni) {
             return Decision::Bypass;
         }
-        if let Verdict::Deny { reason, .. } = policy.check_flow_named(flow, || vec![sni.to_owned()])
-        {
+        if let Some(reason) = denied_name(policy, flow, sni) {
             return Decision::Refuse(format!("TLS server name {sni} denied: {reason}"));
         }
         Decision::Intercept {
             sni: sni.to_owned(),
             pinned: names.iter().any(|n| n.eq_ignore_ascii_case(sni)),
         }
+    }
+}
+
+/// Why policy denies `sni` on `flow`, if it does: the flow checked as if the guest had
+/// resolved `sni` to its address, or a user rule denying the name outright (name rules do not
+/// apply to addresses like the host alias, but a denied name must still get no leaf). A name
+/// merely not allowed by default is left to the flow's own verdict (an address rule may allow
+/// it).
+fn denied_name(policy: &Policy, flow: &FlowInfo, sni: &str) -> Option<String> {
+    if let Verdict::Deny { reason, .. } = policy.check_flow_named(flow, || vec![sni.to_owned()]) {
+        return Some(reason);
+    }
+    match policy.check_dns_name(sni) {
+        Verdict::Deny {
+            rule: Some(rule),
+            reason,
+        } if !rule.starts_with("default:") && !rule.starts_with("builtin:") => Some(reason),
+        _ => None,
     }
 }
 
