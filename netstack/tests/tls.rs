@@ -351,3 +351,23 @@ fn quic_to_an_intercepted_host_gets_port_unreachable() {
             if r.contains("QUIC"))
     });
 }
+
+#[test]
+fn a_bad_sandbox_ca_fails_the_start_with_a_clear_error() {
+    let (_, key) = generate_ca("sandbox CA").unwrap();
+    let mut config = test_config();
+    config.tls = Some(TlsConfig {
+        ca_cert_pem: "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".into(),
+        ca_key_pem: key,
+        intercept: vec!["all".into()],
+        bypass: vec![],
+        upstream_ca_pems: vec![],
+    });
+    let (_device, stack) = msbvm_netstack::frame_socketpair().unwrap();
+    let sink: msbvm_netstack::EventSink = Arc::new(|_| {});
+    let err = msbvm_netstack::NetStack::start(config, stack, Policy::default(), sink)
+        .err()
+        .expect("refused");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("CA certificate"), "{err}");
+}

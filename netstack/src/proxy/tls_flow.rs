@@ -88,6 +88,11 @@ pub(crate) async fn tls_flow(
             finish(&shared, key, handle);
         }
         Decision::Intercept { sni, pinned } => {
+            // Every request is checked by the engine: a policy change need not end it for
+            // having been opened uninspected.
+            if let Some(policed) = shared.stack.borrow_mut().policed.get_mut(&key) {
+                policed.inspected = true;
+            }
             shared.emit(NetEvent::TlsIntercepted {
                 dst,
                 sni: sni.clone(),
