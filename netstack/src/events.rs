@@ -112,6 +112,44 @@ pub enum NetEvent {
         /// The guest port it reaches.
         guest_port: u16,
     },
+    /// A guest TLS connection is terminated by the stack (a leaf minted for its SNI) so that
+    /// HTTP policy and secrets apply to its requests.
+    TlsIntercepted {
+        /// The destination the guest addressed.
+        dst: SocketAddr,
+        /// The server name the guest sent.
+        sni: String,
+        /// Whether the sandbox's DNS resolved `sni` to the destination address.
+        pinned: bool,
+    },
+    /// A guest TLS connection on an interception port is spliced untouched (not an
+    /// intercepted host, or on the bypass list).
+    TlsBypassed {
+        /// The destination the guest addressed.
+        dst: SocketAddr,
+        /// The server name the guest sent, if any.
+        sni: Option<String>,
+    },
+    /// A guest TLS connection was refused (the guest got a reset): no SNI or not TLS where
+    /// interception applies, an SNI policy denies, or a failed guest handshake.
+    TlsRefused {
+        /// The destination the guest addressed.
+        dst: SocketAddr,
+        /// The server name the guest sent, if any.
+        sni: Option<String>,
+        /// Why, in words.
+        reason: String,
+    },
+    /// The upstream server of an intercepted connection failed certificate verification; the
+    /// connection was refused, never passed through.
+    TlsUpstreamRejected {
+        /// The destination the guest addressed.
+        dst: SocketAddr,
+        /// The server name that was verified.
+        sni: String,
+        /// The verification error.
+        reason: String,
+    },
     /// Events of one kind went over the rate limit and were not reported (they were counted).
     EventsSuppressed {
         /// The `event` name of the suppressed events, e.g. `flow_denied`.
@@ -135,6 +173,10 @@ impl NetEvent {
             NetEvent::HttpRequest { .. } => "http_request",
             NetEvent::ConnectionCapReached { .. } => "connection_cap_reached",
             NetEvent::IngressAccepted { .. } => "ingress_accepted",
+            NetEvent::TlsIntercepted { .. } => "tls_intercepted",
+            NetEvent::TlsBypassed { .. } => "tls_bypassed",
+            NetEvent::TlsRefused { .. } => "tls_refused",
+            NetEvent::TlsUpstreamRejected { .. } => "tls_upstream_rejected",
             NetEvent::EventsSuppressed { .. } => "events_suppressed",
         }
     }

@@ -16,6 +16,18 @@
 //!   checked (bodies are followed by their framing, so keep-alive and pipelined requests are
 //!   seen too), and a denied request gets a `403 Forbidden` from the stack, after which the
 //!   connection ends.
+//! - TLS interception ([`tls`], when [`NetConfig::tls`] is set): on TCP port 443
+//!   ([`tls::TLS_PORTS`]) the stack completes the guest's handshake itself, reads its
+//!   ClientHello (bounded: 16 KiB, 10 s) and decides by SNI. Hosts matching `intercept`
+//!   (`HOST`, `*.SUFFIX`, `all`) or a secret's hosts are intercepted unless `bypass` matches:
+//!   the upstream is connected and verified first (host roots plus `upstream_ca_pems`; a
+//!   failure is refused with `tls_upstream_rejected`, the guest never gets a certificate for
+//!   it), then the guest's TLS is terminated with a leaf minted per SNI from the sandbox CA
+//!   (cached, backdated a day, valid seven), ALPN `h2`/`http/1.1`, and the requests go to the
+//!   HTTP engine (`intercept`). Other TLS is spliced untouched, the bytes read to decide
+//!   replayed first. No SNI (or not TLS) where interception would apply, or an SNI policy
+//!   denies, is refused with `tls_refused`. UDP to port 443 of an intercepted destination
+//!   (by its pinned DNS names) gets an ICMP port unreachable, so QUIC clients fall back to TCP.
 //! - Published ports: host listeners spliced to a guest port ([`NetStackHandle::publish`]).
 //! - Every decision is a [`NetEvent`] handed to an [`EventSink`], rate-limited per kind with
 //!   `events_suppressed` summaries ([`events::EventLimiter`]), so a guest flooding denied SYNs
@@ -25,7 +37,10 @@
 //! Not implemented: IPv6 (frames are dropped), ICMP beyond echo replies from the gateway (no ping
 //! to the outside), DHCP (the guest configures itself), IP fragments of UDP datagrams (dropped
 //! either way), UDP published ports, HTTP inspection across protocol upgrades (`CONNECT` and
-//! `Upgrade` requests on inspected connections are refused).
+//! `Upgrade` requests on inspected plain-HTTP connections are refused), TLS interception on
+//! ports other than 443, TLS without SNI to intercepted destinations (refused, by design),
+//! interception of clients that pin certificates (list them under `bypass`), QUIC/HTTP3 to
+//! intercepted hosts (blocked), Encrypted Client Hello (the outer SNI decides).
 
 #![forbid(unsafe_code)]
 
@@ -37,6 +52,7 @@ mod frames;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+mod intercept;
 mod pins;
 pub mod policy;
 pub mod ports;

@@ -3,4 +3,5 @@
 
 pub(crate) mod guest_stream;
 pub(crate) mod tcp;
+pub(crate) mod tls_flow;
 pub(crate) mod udp;

@@ -29,6 +29,7 @@ use crate::http;
 use crate::policy::{FlowInfo, Verdict};
 use crate::state::{PolicedFlow, Shared, Stack, TcpEntry};
 use crate::stats::StatsCounters;
+use crate::tls::TLS_PORTS;
 
 /// Buffers of a DNS-over-TCP connection (messages are at most 64 KiB).
 const DNS_TCP_BUFFER: usize = 64 * 1024;
@@ -67,6 +68,17 @@ pub(crate) fn new_flow(shared: &Rc<Shared>, st: &mut Stack, key: TcpKey, syn: &[
     let inspected = shared.policy.load().wants_http_inspection(dst.port());
     let names = shared.pins.names(flow.dst.ip());
     st.policed.insert(key, PolicedFlow { names, inspected });
+    if let Some(tls) = shared
+        .tls
+        .as_ref()
+        .filter(|_| TLS_PORTS.contains(&dst.port()))
+    {
+        // The ClientHello decides, so the guest's handshake has to complete first.
+        let handle = st.accept_syn(key, syn, config.tcp_buffer_size);
+        let flow = super::tls_flow::tls_flow(shared.clone(), key, handle, flow, tls.clone());
+        tokio::task::spawn_local(flow);
+        return;
+    }
     if inspected {
         // The request head decides, so the guest's handshake has to complete before connecting.
         let handle = st.accept_syn(key, syn, config.tcp_buffer_size);
@@ -78,7 +90,7 @@ pub(crate) fn new_flow(shared: &Rc<Shared>, st: &mut Stack, key: TcpKey, syn: &[
     }
 }
 
-async fn connect(shared: &Shared, addr: SocketAddr) -> io::Result<TcpStream> {
+pub(crate) async fn connect(shared: &Shared, addr: SocketAddr) -> io::Result<TcpStream> {
     let stream = tokio::time::timeout(shared.config.connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
@@ -286,7 +298,7 @@ impl Splice {
 }
 
 /// Lets smoltcp send what the socket still owes (a RST after abort), then forgets the flow.
-fn finish(shared: &Shared, key: TcpKey, handle: SocketHandle) {
+pub(crate) fn finish(shared: &Shared, key: TcpKey, handle: SocketHandle) {
     let mut st = shared.stack.borrow_mut();
     st.poll();
     st.remove_tcp(&key, handle);

@@ -17,6 +17,7 @@ use crate::events::{NetEvent, Transport};
 use crate::frames::Datagram;
 use crate::state::{Shared, Stack, UdpFlow, UdpKey};
 use crate::stats::StatsCounters;
+use crate::tls::TLS_PORTS;
 
 /// DNS queries being answered at once; more are dropped (the guest retries).
 const DNS_IN_FLIGHT: usize = 64;
@@ -55,6 +56,10 @@ pub(crate) fn datagram(shared: &Rc<Shared>, st: &mut Stack, datagram: &Datagram<
         st.send_port_unreachable(*dst.ip(), frame);
         return;
     }
+    if blocks_quic(shared, dst) {
+        st.send_port_unreachable(*dst.ip(), frame);
+        return;
+    }
     let Some(flow) = shared.check_flow(Transport::Udp, dst) else {
         st.send_port_unreachable(*dst.ip(), frame);
         return;
@@ -90,6 +95,33 @@ pub(crate) fn datagram(shared: &Rc<Shared>, st: &mut Stack, datagram: &Datagram<
     st.udp.insert(key, flow);
     shared.sync_flow_stats(st);
     tokio::task::spawn_local(relay_down(shared.clone(), relay));
+}
+
+/// Refuses (with an event) UDP to a TLS port of a destination whose connections would be
+/// intercepted: QUIC would carry HTTP/3 past interception, and refusing it makes clients fall
+/// back to TCP.
+fn blocks_quic(shared: &Shared, dst: SocketAddrV4) -> bool {
+    let Some(tls) = &shared.tls else {
+        return false;
+    };
+    if !TLS_PORTS.contains(&dst.port()) {
+        return false;
+    }
+    let (real, _) = shared.real_destination(dst);
+    let names = shared.pins.names(real.ip());
+    if !tls.policy.intercepts_any(&names) {
+        return false;
+    }
+    shared.deny(
+        Transport::Udp,
+        dst,
+        Some("builtin: TLS interception blocks QUIC".into()),
+        format!(
+            "QUIC to {dst} ({}) is blocked on intercepted hosts; use TCP",
+            names.join(", ")
+        ),
+    );
+    true
 }
 
 /// What the relay task of one UDP flow holds.

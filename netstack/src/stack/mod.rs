@@ -84,6 +84,13 @@ impl NetStack {
         let stats = Arc::new(StatsCounters::default());
         let pins = PinTable::new();
         let dns = DnsServer::new(config.dns_upstream.clone(), pins.clone())?;
+        let tls = match &config.tls {
+            Some(tls) => Some(Arc::new(
+                crate::tls::Interceptor::new(tls, &config.secrets)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+            )),
+            None => None,
+        };
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         for (listener, port) in listeners {
             let _ = cmd_tx.send(Command::Publish(listener, port));
@@ -107,7 +114,16 @@ impl NetStack {
                     let local = tokio::task::LocalSet::new();
                     local.block_on(&runtime, async move {
                         let built = UnixDatagram::from_std(frame_socket).map(|socket| {
-                            Shared::new(config, Rc::new(socket), policy, events, stats, pins, dns)
+                            Shared::new(
+                                config,
+                                Rc::new(socket),
+                                policy,
+                                events,
+                                stats,
+                                pins,
+                                dns,
+                                tls,
+                            )
                         });
                         match built {
                             Ok(shared) => run(shared, cmd_rx).await,

@@ -227,10 +227,13 @@ pub(crate) struct Shared {
     /// The stack end of the frame socketpair (also inside the device, for sending).
     pub frame_socket: Rc<UnixDatagram>,
     pub stack: RefCell<Stack>,
+    /// TLS interception, when configured.
+    pub tls: Option<Arc<crate::tls::Interceptor>>,
 }
 
 impl Shared {
     /// The state of a stack whose frame socket is `frame_socket`.
+    #[allow(clippy::too_many_arguments)] // One per part of the stack; a builder buys nothing.
     pub(crate) fn new(
         config: NetConfig,
         frame_socket: Rc<UnixDatagram>,
@@ -239,6 +242,7 @@ impl Shared {
         stats: Arc<StatsCounters>,
         pins: PinTable,
         dns: DnsServer,
+        tls: Option<Arc<crate::tls::Interceptor>>,
     ) -> Rc<Shared> {
         let stack = Stack::new(&config, frame_socket.clone(), stats.clone());
         Rc::new(Shared {
@@ -254,6 +258,7 @@ impl Shared {
             limiter: RefCell::new(EventLimiter::default()),
             summary_due: Notify::new(),
             stack: RefCell::new(stack),
+            tls,
         })
     }
 

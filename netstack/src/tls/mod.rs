@@ -1,6 +1,80 @@
 //! TLS interception: which guest TLS connections the stack terminates itself (with a leaf
 //! certificate minted per SNI from the sandbox's certificate authority) so that HTTP policy and
 //! secret substitution can see inside them, and how the upstream side is verified.
+//!
+//! - [`ca`]: the CA ([`generate_ca`] makes one), leaves minted per SNI and cached.
+//! - [`client_hello`]: SNI and ALPN from the guest's first bytes, read before deciding.
+//! - [`policy`]: intercept, splice untouched, or refuse.
+//! - [`upstream`]: the verified client side towards the real server.
+
+pub mod ca;
+pub mod client_hello;
+pub mod policy;
+pub mod upstream;
+
+pub use ca::{generate_ca, server_config, CertAuthority, LeafResolver};
+
+use std::sync::Arc;
+
+/// TCP ports whose connections are looked at as TLS when interception is configured.
+pub const TLS_PORTS: &[u16] = &[443];
+
+/// Everything an intercepting stack needs, built once when it starts (the host's trust roots
+/// are read then, before the stack's thread confines itself).
+#[derive(Debug)]
+pub(crate) struct Interceptor {
+    /// Which connections are intercepted.
+    pub policy: policy::TlsPolicy,
+    /// The guest-facing server side (minted leaves, ALPN h2 and http/1.1).
+    pub server: Arc<rustls::ServerConfig>,
+    /// The verifying client side towards real servers.
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+impl Interceptor {
+    /// Builds the interceptor of `config`, intercepting the hosts of `secrets` too.
+    pub(crate) fn new(
+        config: &TlsConfig,
+        secrets: &[crate::secrets::Secret],
+    ) -> Result<Interceptor, TlsError> {
+        let ca = CertAuthority::from_pem(&config.ca_cert_pem, &config.ca_key_pem)?;
+        let resolver = Arc::new(LeafResolver::new(ca, ca::LEAF_CACHE_SIZE));
+        Ok(Interceptor {
+            policy: policy::TlsPolicy::new(config, secrets),
+            server: server_config(resolver)?,
+            client: upstream::client_config(&config.upstream_ca_pems)?,
+        })
+    }
+}
+
+/// What can go wrong setting up interception. Never carries key material.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The CA certificate PEM did not parse as an X.509 CA certificate.
+    #[error("the sandbox CA certificate is not a valid PEM X.509 certificate: {0}")]
+    CaCert(#[source] rcgen::Error),
+    /// The CA key PEM did not parse.
+    #[error("the sandbox CA key is not a valid PEM PKCS#8 key: {0}")]
+    CaKey(#[source] rcgen::Error),
+    /// The CA key does not belong to the CA certificate, or the certificate is no CA.
+    #[error("the sandbox CA key does not match its certificate (or that is not a CA)")]
+    CaMismatch,
+    /// A PEM text held no certificate.
+    #[error("no certificate in the PEM text")]
+    NoCertificate,
+    /// A PEM text did not parse.
+    #[error("invalid PEM: {0}")]
+    Pem(String),
+    /// Minting a certificate failed.
+    #[error("minting a certificate failed: {0}")]
+    Mint(#[source] rcgen::Error),
+    /// A leaf was asked for an empty or overlong name.
+    #[error("no certificate for an empty or overlong server name")]
+    BadName,
+    /// rustls refused a configuration or key.
+    #[error("TLS setup failed: {0}")]
+    Rustls(#[source] rustls::Error),
+}
 
 /// How the stack intercepts the guest's TLS connections. `None` in [`crate::NetConfig::tls`]
 /// means no interception at all (TLS is spliced like any TCP flow).
