@@ -372,6 +372,18 @@ fn chunk_size(line: &[u8]) -> Option<u64> {
     u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
 }
 
+/// What policy sees of a request another parser (hyper) already read: `target` as sent (origin
+/// or absolute form), `host` the `Host` header or `:authority`. `None` without a usable host.
+pub(crate) fn request_info(method: &str, target: &str, host: Option<&str>) -> Option<HttpInfo> {
+    let (target_host, path) = split_target(target);
+    let host = normalize_authority(target_host.or(host)?)?;
+    Some(HttpInfo {
+        method: method.to_owned(),
+        host,
+        path,
+    })
+}
+
 /// Splits a request target into the authority of an absolute-form target
 /// (if any) and the path without query or fragment.
 fn split_target(target: &str) -> (Option<&str>, String) {
