@@ -44,6 +44,27 @@ impl Filter {
         Ok(Bytes::from(self.replacer.push(data)))
     }
 
+    /// Checks trailers like a head: each name and value on its own.
+    fn check_trailers(&mut self, trailers: &HeaderMap) -> Result<(), Blocked> {
+        let Some(detector) = self.detector.as_ref() else {
+            return Ok(());
+        };
+        let found = trailers.iter().find_map(|(name, value)| {
+            detector
+                .scan_once(name.as_str().as_bytes())
+                .or_else(|| detector.scan_once(value.as_bytes()))
+        });
+        match found {
+            Some(secret) => {
+                if let Some(on_block) = self.on_block.take() {
+                    on_block(secret);
+                }
+                Err(Blocked)
+            }
+            None => Ok(()),
+        }
+    }
+
     fn finish(&mut self) -> Bytes {
         Bytes::from(self.replacer.finish())
     }
@@ -171,6 +192,11 @@ impl Body for EngineBody {
                 },
                 Err(frame) => match frame.into_trailers() {
                     Ok(trailers) if this.filter.is_some() => {
+                        let checked = this.filter.as_mut().map(|f| f.check_trailers(&trailers));
+                        if let Some(Err(blocked)) = checked {
+                            this.done = true;
+                            return Poll::Ready(Some(Err(blocked.into())));
+                        }
                         // The tail belongs before the trailers.
                         this.trailers = Some(trailers);
                         this.inner_done = true;

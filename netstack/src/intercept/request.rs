@@ -134,8 +134,8 @@ fn head_secret(ctx: &Ctx, parts: &Parts, eligible: &[bool]) -> Option<usize> {
     if detector.is_idle() {
         return None;
     }
-    let target = parts.uri.to_string();
-    detector.scan_once(target.as_bytes()).or_else(|| {
+    let line = format!("{} {}", parts.method, parts.uri);
+    detector.scan_once(line.as_bytes()).or_else(|| {
         parts.headers.iter().find_map(|(name, value)| {
             detector
                 .scan_once(name.as_str().as_bytes())

@@ -19,6 +19,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1 as client1, http2 as client2};
 use hyper::{HeaderMap, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixDatagram};
 
 use super::*;
@@ -91,7 +92,26 @@ impl Body for TestBody {
 
 /// The upstream: echoes what it got (method, target, headers, body); `/echo-value` answers
 /// with the secret value; `/grpc` answers with trailers.
-async fn upstream_service(req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
+async fn upstream_service(mut req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
+    if req.uri().path() == "/ws" {
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::task::spawn_local(async move {
+            let mut io = TokioIo::new(upgrade.await.unwrap());
+            let mut buf = [0u8; 64];
+            while let Ok(n @ 1..) = io.read(&mut buf).await {
+                let _ = io.write_all(&buf[..n]).await;
+            }
+        });
+        let mut response = Response::new(TestBody::empty());
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        response
+            .headers_mut()
+            .insert("connection", "upgrade".parse().unwrap());
+        response
+            .headers_mut()
+            .insert("upgrade", "websocket".parse().unwrap());
+        return Ok(response);
+    }
     let (parts, body) = req.into_parts();
     let collected = body.collect().await.map(|c| c.to_bytes());
     let body = collected.unwrap_or_default();
@@ -145,7 +165,9 @@ async fn upstream(h2: bool) -> SocketAddr {
                     .serve_connection(io, service);
                 tokio::task::spawn_local(conn);
             } else {
-                let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .with_upgrades();
                 tokio::task::spawn_local(conn);
             }
         }
@@ -603,4 +625,40 @@ async fn sender_echo(guest: &mut client1::SendRequest<TestBody>) {
     assert_eq!(response.headers().get("x-echo").unwrap(), PH);
     let (_, body) = text(response).await;
     assert_eq!(body, format!("the key is {PH}!"));
+}
+
+#[test]
+fn websocket_upgrade_passes_after_the_check() {
+    local(async {
+        let policy = allow_all().deny(Rule::http(HOST, "/deny").unwrap());
+        let env = env(policy, vec![]);
+        let up = upstream(false).await;
+        // A denied upgrade gets its 403 and the connection stays usable.
+        let io = start(
+            &env,
+            false,
+            session(Some(HOST), true),
+            connector(&env, up, false),
+        );
+        let (mut guest, conn) = client1::handshake(io).await.unwrap();
+        tokio::task::spawn_local(conn.with_upgrades());
+        let ws = |path: &str| {
+            get(path)
+                .header("connection", "Upgrade")
+                .header("upgrade", "websocket")
+                .body(TestBody::empty())
+                .unwrap()
+        };
+        assert_eq!(h1(&mut guest, ws("/deny")).await.0, 403);
+        guest.ready().await.unwrap();
+        let response = guest.send_request(ws("/ws")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        let mut io = TokioIo::new(hyper::upgrade::on(response).await.unwrap());
+        for msg in [&b"ping"[..], b"second frame"] {
+            io.write_all(msg).await.unwrap();
+            let mut buf = vec![0u8; msg.len()];
+            io.read_exact(&mut buf).await.unwrap();
+            assert_eq!(buf, msg);
+        }
+    });
 }
