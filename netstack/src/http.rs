@@ -191,8 +191,11 @@ pub enum Piece {
         /// The head's bytes, blank line included.
         bytes: Vec<u8>,
     },
-    /// Body bytes (chunk framing included) of the request whose head came last.
+    /// Body bytes of the request whose head came last.
     Body(Vec<u8>),
+    /// A line of chunk framing (size line, chunk end, trailer) of that body, forwarded as is
+    /// (kept apart from the data so that scans over the data see it contiguous).
+    Framing(Vec<u8>),
     /// The stream is no usable HTTP/1.x; nothing more follows.
     Invalid(String),
 }
@@ -349,7 +352,7 @@ impl RequestStream {
                     self.trailer_bytes = 0;
                 }
                 self.state = next;
-                out.push(Piece::Body(line));
+                out.push(Piece::Framing(line));
             }
             None => self.fail(out, "malformed chunked body".into()),
         }
@@ -518,7 +521,7 @@ mod tests {
             .filter_map(|p| match p {
                 Piece::Head { info, .. } => Some(format!("{} {}", info.method, info.path)),
                 Piece::Invalid(reason) => Some(format!("invalid: {reason}")),
-                Piece::Body(_) => None,
+                Piece::Body(_) | Piece::Framing(_) => None,
             })
             .collect()
     }
@@ -541,7 +544,9 @@ mod tests {
         let joined: Vec<u8> = pieces
             .iter()
             .flat_map(|p| match p {
-                Piece::Head { bytes, .. } | Piece::Body(bytes) => bytes.clone(),
+                Piece::Head { bytes, .. } | Piece::Body(bytes) | Piece::Framing(bytes) => {
+                    bytes.clone()
+                }
                 Piece::Invalid(_) => Vec::new(),
             })
             .collect();
