@@ -96,6 +96,22 @@ pub enum NetEvent {
         /// The rule that decided, if one matched by name.
         rule: Option<String>,
     },
+    /// A request carried a secret's placeholder (raw or encoded) where the secret may not go;
+    /// it got a 403 and was not forwarded (or, for a body, not finished).
+    SecretBlocked {
+        /// The secret's name (never its value or placeholder).
+        secret: String,
+        /// The host the request was for.
+        host: String,
+    },
+    /// A request on an intercepted connection named another host than the TLS SNI; it got a
+    /// 403.
+    HostMismatch {
+        /// The SNI of the connection.
+        sni: String,
+        /// The `Host` / `:authority` of the request.
+        host: String,
+    },
     /// The per-sandbox flow cap was reached; the new flow was refused.
     ConnectionCapReached {
         /// TCP or UDP.
@@ -171,6 +187,8 @@ impl NetEvent {
             NetEvent::FlowClosed { .. } => "flow_closed",
             NetEvent::DnsQuery { .. } => "dns_query",
             NetEvent::HttpRequest { .. } => "http_request",
+            NetEvent::SecretBlocked { .. } => "secret_blocked",
+            NetEvent::HostMismatch { .. } => "host_mismatch",
             NetEvent::ConnectionCapReached { .. } => "connection_cap_reached",
             NetEvent::IngressAccepted { .. } => "ingress_accepted",
             NetEvent::TlsIntercepted { .. } => "tls_intercepted",

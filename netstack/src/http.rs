@@ -191,8 +191,11 @@ pub enum Piece {
         /// The head's bytes, blank line included.
         bytes: Vec<u8>,
     },
-    /// Body bytes (chunk framing included) of the request whose head came last.
+    /// Body bytes of the request whose head came last.
     Body(Vec<u8>),
+    /// A line of chunk framing (size line, chunk end, trailer) of that body, forwarded as is
+    /// (kept apart from the data so that scans over the data see it contiguous).
+    Framing(Vec<u8>),
     /// The stream is no usable HTTP/1.x; nothing more follows.
     Invalid(String),
 }
@@ -349,7 +352,7 @@ impl RequestStream {
                     self.trailer_bytes = 0;
                 }
                 self.state = next;
-                out.push(Piece::Body(line));
+                out.push(Piece::Framing(line));
             }
             None => self.fail(out, "malformed chunked body".into()),
         }
@@ -370,6 +373,18 @@ fn chunk_size(line: &[u8]) -> Option<u64> {
         return None;
     }
     u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+}
+
+/// What policy sees of a request another parser (hyper) already read: `target` as sent (origin
+/// or absolute form), `host` the `Host` header or `:authority`. `None` without a usable host.
+pub(crate) fn request_info(method: &str, target: &str, host: Option<&str>) -> Option<HttpInfo> {
+    let (target_host, path) = split_target(target);
+    let host = normalize_authority(target_host.or(host)?)?;
+    Some(HttpInfo {
+        method: method.to_owned(),
+        host,
+        path,
+    })
 }
 
 /// Splits a request target into the authority of an absolute-form target
@@ -506,7 +521,7 @@ mod tests {
             .filter_map(|p| match p {
                 Piece::Head { info, .. } => Some(format!("{} {}", info.method, info.path)),
                 Piece::Invalid(reason) => Some(format!("invalid: {reason}")),
-                Piece::Body(_) => None,
+                Piece::Body(_) | Piece::Framing(_) => None,
             })
             .collect()
     }
@@ -529,7 +544,9 @@ mod tests {
         let joined: Vec<u8> = pieces
             .iter()
             .flat_map(|p| match p {
-                Piece::Head { bytes, .. } | Piece::Body(bytes) => bytes.clone(),
+                Piece::Head { bytes, .. } | Piece::Body(bytes) | Piece::Framing(bytes) => {
+                    bytes.clone()
+                }
                 Piece::Invalid(_) => Vec::new(),
             })
             .collect();

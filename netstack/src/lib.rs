@@ -28,6 +28,18 @@
 //!   replayed first. No SNI (or not TLS) where interception would apply, or an SNI policy
 //!   denies, is refused with `tls_refused`. UDP to port 443 of an intercepted destination
 //!   (by its pinned DNS names) gets an ICMP port unreachable, so QUIC clients fall back to TCP.
+//! - Intercepted connections (`intercept`): the TLS side hands the engine a terminated guest
+//!   connection and a way to open verified upstream ones; hyper serves HTTP/1.1 or HTTP/2 to
+//!   the guest and speaks what the upstream negotiated. Every request (each keep-alive
+//!   request, each HTTP/2 stream) is checked against HTTP policy and the SNI; a denied one gets
+//!   its own `403` and the connection goes on. Bodies stream with back-pressure; WebSocket
+//!   upgrades pass once checked.
+//! - Secrets ([`secrets`]): the guest holds placeholders; the engine substitutes them only in
+//!   requests to a bound host on an intercepted, DNS-pinned connection whose Host is the SNI
+//!   (headers, `Basic` credentials; query and body on request), blocks requests carrying one
+//!   anywhere else in any encoding (raw, percent, base64, JSON-escaped, split across writes)
+//!   with a `secret_blocked` event, and turns values echoed in responses back into
+//!   placeholders.
 //! - Published ports: host listeners spliced to a guest port ([`NetStackHandle::publish`]).
 //! - Every decision is a [`NetEvent`] handed to an [`EventSink`], rate-limited per kind with
 //!   `events_suppressed` summaries ([`events::EventLimiter`]), so a guest flooding denied SYNs

@@ -501,6 +501,54 @@ fn a_denied_pipelined_request_is_answered_after_the_allowed_one() {
     assert!(rest.starts_with("HTTP/1.1 403 Forbidden"), "{rest}");
 }
 
+/// A secret's placeholder in plain HTTP is refused (plain HTTP is never eligible), also when
+/// the guest splits it across chunks of a chunked body; the event names the secret only.
+#[test]
+fn a_placeholder_in_plain_http_is_blocked() {
+    let port = echo_server();
+    let placeholder = "msbvm_ph_00112233445566778899aabbccddeeff";
+    let config = NetConfig {
+        secrets: vec![msbvm_netstack::secrets::Secret {
+            name: "TOKEN".into(),
+            value: "the-real-value".into(),
+            placeholder: placeholder.into(),
+            hosts: vec!["api.example.com".into()],
+            inject: Default::default(),
+        }],
+        ..test_config()
+    };
+    let (a, b) = placeholder.split_at(12);
+    let split = format!(
+        "POST /up HTTP/1.1\r\nHost: host.msbvm.internal\r\nTransfer-Encoding: chunked\r\n\r\n\
+         {:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+        a.len(),
+        b.len()
+    );
+    let header =
+        format!("GET / HTTP/1.1\r\nHost: host.msbvm.internal\r\nX-Key: {placeholder}\r\n\r\n");
+    for (i, request) in [header, split].iter().enumerate() {
+        let mut h = Harness::start(config.clone(), secret_denied_host_allowed(port));
+        let s = h.guest.tcp_connect_host(port, 40050 + i as u16);
+        h.guest.tcp_send_all(s, request.as_bytes());
+        let answer = read_until_closed(&mut h, s, 10);
+        // The echo server returns what reached it: the head and the first half at most.
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.contains("HTTP/1.1 403 Forbidden"), "{text}");
+        assert!(
+            !text.contains(b),
+            "the placeholder reached the host: {text}"
+        );
+        let events = h.events();
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, NetEvent::SecretBlocked { secret, .. } if secret == "TOKEN")),
+            "{events:?}"
+        );
+        assert!(!format!("{events:?}").contains("the-real-value"));
+    }
+}
+
 /// A server that tells, per accepted connection, when the host socket saw its end (EOF or reset).
 fn closing_server() -> (u16, std::sync::mpsc::Receiver<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
                 }
                 let _ = policy.check_http(&info, &flow);
             }
-            Piece::Body(bytes) => forwarded += bytes.len(),
+            Piece::Body(bytes) | Piece::Framing(bytes) => forwarded += bytes.len(),
             Piece::Invalid(_) => break,
         }
     }

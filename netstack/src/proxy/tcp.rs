@@ -27,10 +27,13 @@ use crate::events::{NetEvent, Transport};
 use crate::frames::TcpKey;
 use crate::http;
 use crate::policy::{FlowInfo, Verdict};
+use crate::secrets::{Scanner, SecretSet};
 use crate::state::{PolicedFlow, Shared, Stack, TcpEntry};
 use crate::stats::StatsCounters;
 use crate::tls::TLS_PORTS;
 
+/// Plain HTTP's port, inspected whenever the sandbox has secrets.
+const HTTP_PORT: u16 = 80;
 /// Buffers of a DNS-over-TCP connection (messages are at most 64 KiB).
 const DNS_TCP_BUFFER: usize = 64 * 1024;
 /// A DNS-over-TCP connection idle this long is closed.
@@ -65,7 +68,9 @@ pub(crate) fn new_flow(shared: &Rc<Shared>, st: &mut Stack, key: TcpKey, syn: &[
         st.send_rst(key, syn);
         return;
     };
-    let inspected = shared.policy.load().wants_http_inspection(dst.port());
+    // With secrets, plain HTTP is inspected too: a placeholder in it must be blocked.
+    let inspected = shared.policy.load().wants_http_inspection(dst.port())
+        || (!config.secrets.is_empty() && dst.port() == HTTP_PORT);
     let names = shared.pins.names(flow.dst.ip());
     st.policed.insert(key, PolicedFlow { names, inspected });
     if let Some(tls) = shared
@@ -317,7 +322,13 @@ const INSPECT_CHUNK: usize = 16 * 1024;
 /// request. A refused request gets a `403` from the stack after the responses to the requests
 /// before it, and the connection ends there.
 async fn http_flow(shared: Rc<Shared>, key: TcpKey, handle: SocketHandle, flow: FlowInfo) {
+    let secrets = SecretSet::new(&shared.config.secrets);
+    // Plain HTTP is never eligible for a secret: every placeholder is looked for.
+    let detector = secrets.detector(&[]);
     let mut conn = Inspected {
+        secrets,
+        detector,
+        last_host: String::new(),
         shared,
         key,
         handle,
@@ -354,6 +365,11 @@ enum Read {
 /// The state of one inspected connection.
 struct Inspected {
     shared: Rc<Shared>,
+    secrets: SecretSet,
+    /// Looks for placeholders in everything the guest sends (plain HTTP may carry none).
+    detector: Scanner,
+    /// The host of the request whose body is being forwarded.
+    last_host: String,
     key: TcpKey,
     handle: SocketHandle,
     flow: FlowInfo,
@@ -385,8 +401,16 @@ impl Inspected {
             for piece in requests.feed(&chunk[..n]) {
                 let end = match piece {
                     http::Piece::Head { info, bytes } => self.request(info, &bytes).await,
-                    http::Piece::Body(bytes) => {
-                        (!self.send_up(&bytes).await).then_some(GuestEnd::Abort)
+                    http::Piece::Body(bytes) => match self.placeholder_in(&bytes, None) {
+                        Some(end) => Some(end),
+                        None => (!self.send_up(&bytes).await).then_some(GuestEnd::Abort),
+                    },
+                    http::Piece::Framing(line) => {
+                        let host = self.last_host.clone();
+                        match self.placeholder_in(&line, Some(&host)) {
+                            Some(end) => Some(end),
+                            None => (!self.send_up(&line).await).then_some(GuestEnd::Abort),
+                        }
                     }
                     http::Piece::Invalid(reason) => Some(GuestEnd::Refused {
                         rule: None,
@@ -430,8 +454,35 @@ impl Inspected {
         Read::End(GuestEnd::HostDone { clean: host_done.1 })
     }
 
+    /// Refuses the request when `bytes` (a head, or body bytes after earlier ones) complete a
+    /// secret's placeholder.
+    fn placeholder_in(&mut self, bytes: &[u8], head: Option<&str>) -> Option<GuestEnd> {
+        let found = match head {
+            Some(host) => {
+                self.last_host = host.to_owned();
+                self.detector.scan_once(bytes)
+            }
+            None => self.detector.feed(bytes),
+        }?;
+        let name = self.secrets.name(found).to_owned();
+        self.shared.emit(NetEvent::SecretBlocked {
+            secret: name.clone(),
+            host: self.last_host.clone(),
+        });
+        Some(GuestEnd::Refused {
+            rule: None,
+            reason: format!(
+                "secret {name} may not be sent to {} (plain HTTP)",
+                self.last_host
+            ),
+        })
+    }
+
     /// Checks one request head; forwards it when allowed. `Some` ends the connection.
     async fn request(&mut self, info: http::HttpInfo, head: &[u8]) -> Option<GuestEnd> {
+        if let Some(end) = self.placeholder_in(head, Some(&info.host)) {
+            return Some(end);
+        }
         let verdict = self.shared.policy.load().check_http(&info, &self.flow);
         let (rule, refusal) = match verdict {
             Verdict::Allow { rule } => (rule, None),

@@ -1,6 +1,21 @@
 //! Secrets: the guest holds only a random placeholder; the stack swaps it for the real value
 //! inside intercepted requests to the hosts the secret is bound to, and blocks requests that
 //! carry it anywhere else.
+//!
+//! [`SecretSet`] is what the interception engine (`crate::intercept`) works with: which
+//! secrets a request is eligible for, detection of placeholders in every encoding a guest
+//! could use to smuggle one out ([`scan`]), substitution into headers (`Authorization: Basic`
+//! decoded and re-encoded), the query and bodies, and the reverse replacement of values echoed
+//! in responses ([`replace`]).
+
+mod replace;
+mod scan;
+mod set;
+
+pub(crate) use replace::Replacer;
+pub(crate) use scan::Scanner;
+pub use set::host_matches;
+pub(crate) use set::SecretSet;
 
 /// One secret bound to hosts.
 #[derive(Clone)]

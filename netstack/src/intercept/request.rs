@@ -1,0 +1,350 @@
+//! One request through the engine: policy, Host/SNI, secrets, then upstream and back.
+
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Incoming};
+use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use hyper::http::request::Parts;
+use hyper::http::uri::{Authority, PathAndQuery, Scheme};
+use hyper::{Method, Request, Response, StatusCode, Uri};
+
+use super::body::{EngineBody, Filter};
+use super::headers::{is_upgrade, strip_hop_by_hop};
+use super::Ctx;
+use crate::events::NetEvent;
+use crate::http::{request_info, HttpInfo};
+use crate::policy::Verdict;
+
+/// Bodies up to this size are buffered when substitution changes their length, so that the
+/// upstream still gets a `Content-Length` (some servers refuse chunked requests); larger ones
+/// are streamed. Responses masked of secret values likewise.
+pub(crate) const MAX_BUFFERED_BODY: u64 = 1024 * 1024;
+
+/// Why the engine answers a request itself.
+enum Refusal {
+    Forbidden(String),
+    BadRequest(String),
+    BadGateway(String),
+}
+
+impl Refusal {
+    fn response(self) -> Response<EngineBody> {
+        let (status, text) = match self {
+            Refusal::Forbidden(why) => (StatusCode::FORBIDDEN, why),
+            Refusal::BadRequest(why) => (StatusCode::BAD_REQUEST, why),
+            Refusal::BadGateway(why) => (StatusCode::BAD_GATEWAY, why),
+        };
+        let body = format!("Blocked by the sandbox network policy: {text}\n");
+        let body = match status {
+            StatusCode::FORBIDDEN => body,
+            _ => format!("{text}\n"),
+        };
+        let mut response = Response::new(EngineBody::full(body));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response
+    }
+}
+
+/// Serves one request of the guest; never fails (refusals are responses).
+pub(super) async fn handle(
+    ctx: Rc<Ctx>,
+    req: Request<Incoming>,
+) -> Result<Response<EngineBody>, Infallible> {
+    let _busy = ctx.idle.busy();
+    Ok(match route(&ctx, req).await {
+        Ok(response) => response,
+        Err(refusal) => refusal.response(),
+    })
+}
+
+/// The checks every request passes before anything goes upstream.
+fn admit(ctx: &Ctx, parts: &Parts) -> Result<(HttpInfo, Vec<bool>), Refusal> {
+    if parts.method == Method::CONNECT {
+        return Err(Refusal::Forbidden("CONNECT cannot be inspected".into()));
+    }
+    let host_header = parts.headers.get(HOST).and_then(|h| h.to_str().ok());
+    let authority = parts.uri.authority().map(Authority::as_str).or(host_header);
+    let target = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    let info = request_info(parts.method.as_str(), target, authority)
+        .ok_or_else(|| Refusal::BadRequest("request without a usable Host".into()))?;
+    let verdict = ctx
+        .shared
+        .policy
+        .load()
+        .check_http(&info, &ctx.session.flow);
+    let (rule, refusal) = match verdict {
+        Verdict::Allow { rule } => (rule, None),
+        Verdict::Deny { rule, reason } => (rule, Some(reason)),
+    };
+    if let Some(reason) = refusal {
+        ctx.shared.emit(http_event(&info, false, rule));
+        return Err(Refusal::Forbidden(reason));
+    }
+    if let Some(sni) = ctx.session.sni.as_deref() {
+        if info.host != sni {
+            ctx.shared.emit(NetEvent::HostMismatch {
+                sni: sni.to_owned(),
+                host: info.host.clone(),
+            });
+            return Err(Refusal::Forbidden(format!(
+                "Host {} differs from the TLS server name {sni}",
+                info.host
+            )));
+        }
+    }
+    let eligible = ctx
+        .secrets
+        .eligible(ctx.session.sni.as_deref(), ctx.session.pinned);
+    if let Some(secret) = head_secret(ctx, parts, &eligible) {
+        ctx.shared.emit(NetEvent::SecretBlocked {
+            secret: ctx.secrets.name(secret).to_owned(),
+            host: info.host.clone(),
+        });
+        return Err(Refusal::Forbidden(format!(
+            "secret {} may not be sent to {}",
+            ctx.secrets.name(secret),
+            info.host
+        )));
+    }
+    ctx.shared.emit(http_event(&info, true, rule));
+    Ok((info, eligible))
+}
+
+fn http_event(info: &HttpInfo, allowed: bool, rule: Option<String>) -> NetEvent {
+    NetEvent::HttpRequest {
+        method: info.method.clone(),
+        host: info.host.clone(),
+        path: info.path.clone(),
+        allowed,
+        rule,
+    }
+}
+
+/// The first secret whose placeholder the request line or a header carries where it may not.
+fn head_secret(ctx: &Ctx, parts: &Parts, eligible: &[bool]) -> Option<usize> {
+    let detector = ctx.secrets.detector(eligible);
+    if detector.is_idle() {
+        return None;
+    }
+    let line = format!("{} {}", parts.method, parts.uri);
+    detector.scan_once(line.as_bytes()).or_else(|| {
+        parts.headers.iter().find_map(|(name, value)| {
+            detector
+                .scan_once(name.as_str().as_bytes())
+                .or_else(|| detector.scan_once(value.as_bytes()))
+        })
+    })
+}
+
+async fn route(ctx: &Rc<Ctx>, req: Request<Incoming>) -> Result<Response<EngineBody>, Refusal> {
+    let upgrade = !ctx.guest_h2 && is_upgrade(req.headers());
+    let (mut parts, body) = req.into_parts();
+    let (info, eligible) = admit(ctx, &parts)?;
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    substitute_head(ctx, &mut parts, &eligible)?;
+    let blocked = Rc::new(Cell::new(None));
+    let body = request_body(ctx, &mut parts, body, &eligible, &info.host, &blocked).await?;
+    let is_head = parts.method == Method::HEAD;
+    let sent = ctx.upstream.send(Request::from_parts(parts, body)).await;
+    if let Some(secret) = blocked.get() {
+        return Err(Refusal::Forbidden(format!(
+            "secret {} may not be sent to {}",
+            ctx.secrets.name(secret),
+            info.host
+        )));
+    }
+    let (response, permit) = sent.map_err(|e| Refusal::BadGateway(e.to_string()))?;
+    if upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // The guest connection ends with this response; `serve` then joins the two IOs.
+        *ctx.upgraded.borrow_mut() = ctx.upstream.take_upgraded();
+        let (mut parts, _) = response.into_parts();
+        mask_headers(ctx, &mut parts.headers);
+        return Ok(Response::from_parts(parts, EngineBody::empty()));
+    }
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    mask_headers(ctx, &mut parts.headers);
+    let body = response_body(ctx, &mut parts.headers, body, is_head).await?;
+    Ok(Response::from_parts(parts, body.with_permit(permit)))
+}
+
+/// Substitutes eligible placeholders in the headers and the query, and puts the URI in
+/// absolute form (scheme and authority) for the upstream.
+fn substitute_head(ctx: &Ctx, parts: &mut Parts, eligible: &[bool]) -> Result<(), Refusal> {
+    if eligible.iter().any(|e| *e) {
+        let names: Vec<_> = parts.headers.keys().cloned().collect();
+        for name in names {
+            let values: Vec<HeaderValue> = parts.headers.get_all(&name).iter().cloned().collect();
+            let mut changed = false;
+            let mut out = Vec::with_capacity(values.len());
+            for value in values {
+                match ctx
+                    .secrets
+                    .substitute_header(name.as_str(), value.as_bytes(), eligible)
+                {
+                    Some(new) => {
+                        changed = true;
+                        out.push(HeaderValue::from_bytes(&new).map_err(|_| {
+                            Refusal::BadRequest("a secret value cannot go in a header".into())
+                        })?);
+                    }
+                    None => out.push(value),
+                }
+            }
+            if changed {
+                parts.headers.remove(&name);
+                for value in out {
+                    parts.headers.append(name.clone(), value);
+                }
+            }
+        }
+    }
+    let host = parts.headers.get(HOST).and_then(|h| h.to_str().ok());
+    let authority = match parts.uri.authority() {
+        Some(a) => a.clone(),
+        None => host
+            .and_then(|h| h.parse::<Authority>().ok())
+            .ok_or_else(|| Refusal::BadRequest("bad Host".into()))?,
+    };
+    if parts.headers.get(HOST).is_none() {
+        let value = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| Refusal::BadRequest("bad authority".into()))?;
+        parts.headers.insert(HOST, value);
+    }
+    let path = parts.uri.path().to_owned();
+    let query = parts.uri.query().map(|q| {
+        ctx.secrets
+            .substitute_query(q, eligible)
+            .unwrap_or_else(|| q.to_owned())
+    });
+    let path_and_query = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let scheme = if ctx.session.sni.is_some() {
+        Scheme::HTTPS
+    } else {
+        Scheme::HTTP
+    };
+    parts.uri = Uri::builder()
+        .scheme(scheme)
+        .authority(authority)
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| Refusal::BadRequest(format!("bad request target: {e}")))?;
+    Ok(())
+}
+
+fn content_length(headers: &hyper::HeaderMap) -> Option<u64> {
+    headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// The request body as it goes upstream: scanned for placeholders that must not pass,
+/// substituted where the secret opted in (buffered when small, so the length is exact).
+async fn request_body(
+    ctx: &Rc<Ctx>,
+    parts: &mut Parts,
+    body: Incoming,
+    eligible: &[bool],
+    host: &str,
+    blocked: &Rc<Cell<Option<usize>>>,
+) -> Result<EngineBody, Refusal> {
+    if ctx.secrets.is_empty() || body.is_end_stream() {
+        return Ok(EngineBody::stream(body, None));
+    }
+    let detector = ctx.secrets.detector(eligible);
+    let replacer = ctx.secrets.body_substituter(eligible);
+    let substituting = !replacer.is_empty();
+    let on_block: Rc<dyn Fn(usize)> = {
+        let ctx = ctx.clone();
+        let host = host.to_owned();
+        let blocked = blocked.clone();
+        Rc::new(move |secret| {
+            blocked.set(Some(secret));
+            ctx.shared.emit(NetEvent::SecretBlocked {
+                secret: ctx.secrets.name(secret).to_owned(),
+                host: host.clone(),
+            });
+        })
+    };
+    let filter = Filter {
+        detector: (!detector.is_idle()).then_some(detector),
+        replacer,
+        on_block: Some(on_block),
+    };
+    if !substituting {
+        return Ok(EngineBody::stream(body, Some(filter)));
+    }
+    let small = content_length(&parts.headers).filter(|len| *len <= MAX_BUFFERED_BODY);
+    if small.is_none() {
+        // The length changes as it streams: chunked towards an HTTP/1.1 upstream.
+        parts.headers.remove(CONTENT_LENGTH);
+        return Ok(EngineBody::stream(body, Some(filter)));
+    }
+    let collected = EngineBody::stream(body, Some(filter)).collect().await;
+    match (collected, blocked.get()) {
+        (Ok(collected), None) => {
+            let data: Bytes = collected.to_bytes();
+            parts
+                .headers
+                .insert(CONTENT_LENGTH, HeaderValue::from(data.len()));
+            Ok(EngineBody::full(data))
+        }
+        (_, Some(secret)) => Err(Refusal::Forbidden(format!(
+            "secret {} may not be sent to {host}",
+            ctx.secrets.name(secret)
+        ))),
+        (Err(e), None) => Err(Refusal::BadRequest(format!("request body: {e}"))),
+    }
+}
+
+/// Replaces secret values an upstream echoed in its response headers by the placeholders.
+fn mask_headers(ctx: &Ctx, headers: &mut hyper::HeaderMap) {
+    if ctx.secrets.is_empty() {
+        return;
+    }
+    for value in headers.values_mut() {
+        if let Some(masked) = ctx.secrets.mask_value(value.as_bytes()) {
+            if let Ok(masked) = HeaderValue::from_bytes(&masked) {
+                *value = masked;
+            }
+        }
+    }
+}
+
+/// The response body for the guest, with secret values masked (buffered when small, so the
+/// length stays exact).
+async fn response_body(
+    ctx: &Ctx,
+    headers: &mut hyper::HeaderMap,
+    body: Incoming,
+    is_head: bool,
+) -> Result<EngineBody, Refusal> {
+    if ctx.secrets.is_empty() || is_head || body.is_end_stream() {
+        return Ok(EngineBody::stream(body, None));
+    }
+    let filter = Filter {
+        detector: None,
+        replacer: ctx.secrets.value_masker(),
+        on_block: None,
+    };
+    if content_length(headers).is_some_and(|len| len <= MAX_BUFFERED_BODY) {
+        let collected = EngineBody::stream(body, Some(filter))
+            .collect()
+            .await
+            .map_err(|e| Refusal::BadGateway(format!("upstream response body: {e}")))?;
+        let data = collected.to_bytes();
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(data.len()));
+        return Ok(EngineBody::full(data));
+    }
+    headers.remove(CONTENT_LENGTH);
+    Ok(EngineBody::stream(body, Some(filter)))
+}

@@ -1,0 +1,664 @@
+//! The engine against real hyper peers: a hyper client as the guest on one end of a duplex
+//! pipe, `serve` on the other, and real hyper HTTP/1.1 and HTTP/2 servers on loopback sockets
+//! as the upstream (TLS is the caller's business, so the sockets are plain TCP here).
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::{http1 as client1, http2 as client2};
+use hyper::{HeaderMap, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixDatagram};
+
+use super::*;
+use crate::dns::{DnsServer, Upstream as DnsUpstream};
+use crate::events::NetEvent;
+use crate::pins::PinTable;
+use crate::policy::{Action, FlowInfo, Group, Policy, Protocol, Rule};
+use crate::secrets::{Inject, Secret};
+use crate::state::Shared;
+use crate::NetConfig;
+
+const PH: &str = "msbvm_ph_0123456789abcdef0123456789abcdef";
+const VALUE: &str = "sk-real/VALUE+42";
+const HOST: &str = "api.test";
+
+/// A body of given chunks and trailers, with an exact length when `exact`.
+struct TestBody {
+    chunks: VecDeque<Bytes>,
+    trailers: Option<HeaderMap>,
+    exact: bool,
+}
+
+impl TestBody {
+    fn chunks(chunks: &[&[u8]]) -> TestBody {
+        TestBody {
+            chunks: chunks.iter().map(|c| Bytes::copy_from_slice(c)).collect(),
+            trailers: None,
+            exact: false,
+        }
+    }
+
+    fn full(data: impl AsRef<[u8]>) -> TestBody {
+        TestBody {
+            exact: true,
+            ..TestBody::chunks(&[data.as_ref()])
+        }
+    }
+
+    fn empty() -> TestBody {
+        TestBody::full(b"")
+    }
+}
+
+impl Body for TestBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(chunk) = self.chunks.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.iter().all(|c| c.is_empty()) && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.exact {
+            SizeHint::with_exact(self.chunks.iter().map(|c| c.len() as u64).sum())
+        } else {
+            SizeHint::default()
+        }
+    }
+}
+
+/// The upstream: echoes what it got (method, target, headers, body); `/echo-value` answers
+/// with the secret value; `/grpc` answers with trailers.
+async fn upstream_service(mut req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
+    if req.uri().path() == "/ws" {
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::task::spawn_local(async move {
+            let mut io = TokioIo::new(upgrade.await.unwrap());
+            let mut buf = [0u8; 64];
+            while let Ok(n @ 1..) = io.read(&mut buf).await {
+                let _ = io.write_all(&buf[..n]).await;
+            }
+        });
+        let mut response = Response::new(TestBody::empty());
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        response
+            .headers_mut()
+            .insert("connection", "upgrade".parse().unwrap());
+        response
+            .headers_mut()
+            .insert("upgrade", "websocket".parse().unwrap());
+        return Ok(response);
+    }
+    let (parts, body) = req.into_parts();
+    let collected = body.collect().await.map(|c| c.to_bytes());
+    let body = collected.unwrap_or_default();
+    if parts.uri.path() == "/echo-value" {
+        let mut response = Response::new(TestBody::full(format!("the key is {VALUE}!")));
+        response
+            .headers_mut()
+            .insert("x-echo", VALUE.parse().unwrap());
+        return Ok(response);
+    }
+    let mut text = format!("{} {}\n", parts.method, parts.uri);
+    for (name, value) in &parts.headers {
+        text.push_str(&format!(
+            "{name}: {}\n",
+            String::from_utf8_lossy(value.as_bytes())
+        ));
+    }
+    text.push('\n');
+    text.push_str(&String::from_utf8_lossy(&body));
+    // The engine masks the value in responses, so the echo names it instead.
+    let out = text.replace(VALUE, "<REAL>").into_bytes();
+    if parts.uri.path().starts_with("/grpc") {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        let mut response = Response::new(TestBody {
+            trailers: Some(trailers),
+            ..TestBody::chunks(&[&out])
+        });
+        response
+            .headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
+        // HTTP/1.1 servers send only declared trailers.
+        response
+            .headers_mut()
+            .insert("trailer", "grpc-status".parse().unwrap());
+        return Ok(response);
+    }
+    Ok(Response::new(TestBody::full(out)))
+}
+
+/// A hyper server (HTTP/2 with prior knowledge when `h2`) on a loopback port.
+async fn upstream(h2: bool) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::task::spawn_local(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let io = TokioIo::new(stream);
+            let service = hyper::service::service_fn(upstream_service);
+            if h2 {
+                let conn = hyper::server::conn::http2::Builder::new(LocalExec)
+                    .serve_connection(io, service);
+                tokio::task::spawn_local(conn);
+            } else {
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .with_upgrades();
+                tokio::task::spawn_local(conn);
+            }
+        }
+    });
+    addr
+}
+
+struct Env {
+    shared: Rc<Shared>,
+    events: Arc<Mutex<Vec<NetEvent>>>,
+    connects: Rc<Cell<usize>>,
+}
+
+fn secret(inject: Inject) -> Secret {
+    Secret {
+        name: "API_KEY".into(),
+        value: VALUE.into(),
+        placeholder: PH.into(),
+        hosts: vec![HOST.into()],
+        inject,
+    }
+}
+
+fn env(policy: Policy, secrets: Vec<Secret>) -> Env {
+    let config = NetConfig {
+        secrets,
+        ..NetConfig::default()
+    };
+    let (socket, _peer) = UnixDatagram::pair().unwrap();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = {
+        let events = events.clone();
+        Arc::new(move |e| events.lock().unwrap().push(e))
+    };
+    let pins = PinTable::new();
+    let dns = DnsServer::new(
+        DnsUpstream::Servers(vec!["127.0.0.1:53".parse().unwrap()]),
+        pins.clone(),
+    )
+    .unwrap();
+    let shared = Shared::new(
+        config,
+        Rc::new(socket),
+        Arc::new(ArcSwap::from_pointee(policy)),
+        sink,
+        Arc::default(),
+        pins,
+        dns,
+    );
+    Env {
+        shared,
+        events,
+        connects: Rc::new(Cell::new(0)),
+    }
+}
+
+fn allow_all() -> Policy {
+    Policy::new(Action::Allow).allow(Rule::group(Group::Loopback))
+}
+
+fn session(sni: Option<&str>, pinned: bool) -> Session {
+    Session {
+        sni: sni.map(str::to_owned),
+        pinned,
+        flow: FlowInfo {
+            protocol: Protocol::Tcp,
+            dst: "93.184.216.34:80".parse().unwrap(),
+            to_host_alias: false,
+        },
+    }
+}
+
+fn connector(env: &Env, addr: SocketAddr, h2: bool) -> Connector {
+    let connects = env.connects.clone();
+    Rc::new(move || {
+        connects.set(connects.get() + 1);
+        Box::pin(async move {
+            let stream = TcpStream::connect(addr).await?;
+            Ok(UpstreamConn {
+                io: Box::new(stream),
+                h2,
+            })
+        })
+    })
+}
+
+/// Starts `serve` on one end of a pipe and returns the guest's end.
+fn start(
+    env: &Env,
+    guest_h2: bool,
+    session: Session,
+    connect: Connector,
+) -> TokioIo<tokio::io::DuplexStream> {
+    let (guest, stack) = tokio::io::duplex(64 * 1024);
+    tokio::task::spawn_local(serve(
+        env.shared.clone(),
+        Box::new(stack),
+        guest_h2,
+        session,
+        connect,
+    ));
+    TokioIo::new(guest)
+}
+
+async fn guest_h1(
+    env: &Env,
+    session: Session,
+    up: SocketAddr,
+    up_h2: bool,
+) -> client1::SendRequest<TestBody> {
+    let io = start(env, false, session, connector(env, up, up_h2));
+    let (sender, conn) = client1::handshake(io).await.unwrap();
+    tokio::task::spawn_local(conn);
+    sender
+}
+
+async fn guest_h2(
+    env: &Env,
+    session: Session,
+    up: SocketAddr,
+    up_h2: bool,
+) -> client2::SendRequest<TestBody> {
+    let io = start(env, true, session, connector(env, up, up_h2));
+    let (sender, conn) = client2::handshake(LocalExec, io).await.unwrap();
+    tokio::task::spawn_local(conn);
+    sender
+}
+
+fn get(target: &str) -> hyper::http::request::Builder {
+    Request::get(target).header("host", HOST)
+}
+
+async fn text(response: Response<Incoming>) -> (StatusCode, String) {
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn h1(
+    sender: &mut client1::SendRequest<TestBody>,
+    req: Request<TestBody>,
+) -> (StatusCode, String) {
+    sender.ready().await.unwrap();
+    text(sender.send_request(req).await.unwrap()).await
+}
+
+fn local<F: std::future::Future>(f: F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio::task::LocalSet::new().block_on(&rt, f)
+}
+
+fn blocked_events(env: &Env) -> Vec<NetEvent> {
+    env.events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e, NetEvent::SecretBlocked { .. }))
+        .cloned()
+        .collect()
+}
+
+use std::cell::Cell;
+
+#[test]
+fn header_basic_and_query_substitution_over_h1() {
+    local(async {
+        let inject = Inject {
+            headers: true,
+            query: true,
+            body: false,
+        };
+        let env = env(allow_all(), vec![secret(inject)]);
+        let up = upstream(false).await;
+        let mut guest = guest_h1(&env, session(Some(HOST), true), up, false).await;
+        let basic = format!("Basic {}", STANDARD.encode(format!("user:{PH}")));
+        let req = get(&format!("/v1?key={PH}&x=1"))
+            .header("x-api-key", PH)
+            .header("authorization", basic)
+            .body(TestBody::empty())
+            .unwrap();
+        let (status, body) = h1(&mut guest, req).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("x-api-key: <REAL>\n"), "{body}");
+        let expected = STANDARD.encode(format!("user:{VALUE}"));
+        assert!(
+            body.contains(&format!("authorization: Basic {expected}\n")),
+            "{body}"
+        );
+        assert!(
+            body.starts_with("GET /v1?key=sk-real%2FVALUE%2B42&x=1\n"),
+            "{body}"
+        );
+        assert!(!body.contains(PH), "{body}");
+    });
+}
+
+#[test]
+fn body_substitution_fixed_chunked_and_h2_data() {
+    local(async {
+        let inject = Inject {
+            headers: true,
+            query: false,
+            body: true,
+        };
+        let env = env(allow_all(), vec![secret(inject)]);
+        let up1 = upstream(false).await;
+        let mut guest = guest_h1(&env, session(Some(HOST), true), up1, false).await;
+        let fixed = format!("{{\"key\":\"{PH}\"}}");
+        let req = Request::post("/f")
+            .header("host", HOST)
+            .body(TestBody::full(&fixed))
+            .unwrap();
+        let (status, body) = h1(&mut guest, req).await;
+        assert_eq!(status, 200);
+        assert!(body.ends_with("{\"key\":\"<REAL>\"}"), "{body}");
+        assert!(
+            body.contains(&format!(
+                "content-length: {}\n",
+                fixed.len() - PH.len() + VALUE.len()
+            )),
+            "{body}"
+        );
+        // Chunked, with the placeholder split across chunks.
+        let (a, b) = PH.split_at(7);
+        let req = Request::post("/c")
+            .header("host", HOST)
+            .body(TestBody::chunks(&[b"k=", a.as_bytes(), b.as_bytes(), b";"]))
+            .unwrap();
+        let (status, body) = h1(&mut guest, req).await;
+        assert_eq!(status, 200);
+        assert!(body.ends_with("k=<REAL>;"), "{body}");
+        // HTTP/2 DATA frames to an HTTP/2 upstream.
+        let up2 = upstream(true).await;
+        let mut guest = guest_h2(&env, session(Some(HOST), true), up2, true).await;
+        let req = Request::post(format!("https://{HOST}/d"))
+            .body(TestBody::chunks(&[a.as_bytes(), b.as_bytes()]))
+            .unwrap();
+        let (status, body) = text(guest.send_request(req).await.unwrap()).await;
+        assert_eq!(status, 200);
+        assert!(body.ends_with("<REAL>"), "{body}");
+    });
+}
+
+#[test]
+fn placeholders_to_unbound_hosts_are_blocked_in_every_encoding() {
+    local(async {
+        let env = env(allow_all(), vec![secret(Inject::default())]);
+        let up = upstream(false).await;
+        let other = "evil.test";
+        let mut guest = guest_h1(&env, session(Some(other), true), up, false).await;
+        let percent: String = PH.bytes().map(|b| format!("%{b:02x}")).collect();
+        let json: String = PH.bytes().map(|b| format!("\\u{b:04x}")).collect();
+        let basic = format!("Basic {}", STANDARD.encode(format!("u:{PH}")));
+        let cases: Vec<Request<TestBody>> = vec![
+            Request::get("/")
+                .header("host", other)
+                .header("x-k", PH)
+                .body(TestBody::empty())
+                .unwrap(),
+            Request::get(format!("/?q={percent}"))
+                .header("host", other)
+                .body(TestBody::empty())
+                .unwrap(),
+            Request::get("/")
+                .header("host", other)
+                .header("authorization", basic)
+                .body(TestBody::empty())
+                .unwrap(),
+            Request::post("/")
+                .header("host", other)
+                .body(TestBody::full(format!("{{\"k\":\"{json}\"}}")))
+                .unwrap(),
+            Request::post("/")
+                .header("host", other)
+                .body(TestBody::chunks(&[
+                    &PH.as_bytes()[..9],
+                    &PH.as_bytes()[9..],
+                ]))
+                .unwrap(),
+        ];
+        let n = cases.len();
+        for req in cases {
+            let (status, body) = h1(&mut guest, req).await;
+            assert_eq!(status, 403, "{body}");
+        }
+        // The connection still works.
+        let (status, _) = h1(
+            &mut guest,
+            Request::get("/")
+                .header("host", other)
+                .body(TestBody::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let events = blocked_events(&env);
+        assert_eq!(events.len(), n, "{events:?}");
+        assert!(events.iter().all(|e| matches!(e, NetEvent::SecretBlocked { secret, host } if secret == "API_KEY" && host == other)));
+        assert!(!format!("{events:?}").contains(VALUE));
+    });
+}
+
+#[test]
+fn plain_http_and_unpinned_connections_are_never_eligible() {
+    local(async {
+        let env = env(allow_all(), vec![secret(Inject::default())]);
+        let up = upstream(false).await;
+        for s in [session(None, false), session(Some(HOST), false)] {
+            let mut guest = guest_h1(&env, s, up, false).await;
+            let req = get("/").header("x-k", PH).body(TestBody::empty()).unwrap();
+            assert_eq!(h1(&mut guest, req).await.0, 403);
+        }
+        assert_eq!(blocked_events(&env).len(), 2);
+    });
+}
+
+#[test]
+fn host_must_match_the_sni() {
+    local(async {
+        let env = env(allow_all(), vec![]);
+        let up = upstream(false).await;
+        let mut guest = guest_h1(&env, session(Some(HOST), true), up, false).await;
+        let req = Request::get("/")
+            .header("host", "other.test")
+            .body(TestBody::empty())
+            .unwrap();
+        assert_eq!(h1(&mut guest, req).await.0, 403);
+        assert_eq!(
+            h1(&mut guest, get("/").body(TestBody::empty()).unwrap())
+                .await
+                .0,
+            200
+        );
+        let mismatches = env
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| matches!(e, NetEvent::HostMismatch { .. }))
+            .count();
+        assert_eq!(mismatches, 1);
+    });
+}
+
+#[test]
+fn a_hundred_keep_alive_requests_with_one_denied() {
+    local(async {
+        let policy = allow_all().deny(Rule::http(HOST, "/deny").unwrap());
+        let env = env(policy, vec![]);
+        let up = upstream(false).await;
+        let mut guest = guest_h1(&env, session(Some(HOST), true), up, false).await;
+        for i in 1..=100 {
+            let path = if i == 50 {
+                "/deny/it".to_owned()
+            } else {
+                format!("/ok/{i}")
+            };
+            let (status, body) = h1(&mut guest, get(&path).body(TestBody::empty()).unwrap()).await;
+            let expected = if i == 50 { 403 } else { 200 };
+            assert_eq!(status, expected, "request {i}: {body}");
+        }
+        assert_eq!(
+            env.connects.get(),
+            1,
+            "one upstream connection for the whole guest connection"
+        );
+    });
+}
+
+#[test]
+fn concurrent_grpc_style_h2_streams_with_trailers() {
+    local(async {
+        let policy = allow_all().deny(Rule::http(HOST, "/deny").unwrap());
+        let env = env(policy, vec![]);
+        for up_h2 in [true, false] {
+            env.connects.set(0);
+            let up = upstream(up_h2).await;
+            let guest = guest_h2(&env, session(Some(HOST), true), up, up_h2).await;
+            let mut calls = Vec::new();
+            for i in 0..20 {
+                let mut sender = guest.clone();
+                calls.push(tokio::task::spawn_local(async move {
+                    let path = if i == 7 {
+                        "/deny".to_owned()
+                    } else {
+                        format!("/grpc.Svc/Call{i}")
+                    };
+                    let req = Request::post(format!("https://{HOST}{path}"))
+                        .header("content-type", "application/grpc")
+                        .header("te", "trailers")
+                        .body(TestBody::chunks(&[b"\0\0\0\0\x05", b"hello"]))
+                        .unwrap();
+                    let response = sender.send_request(req).await.unwrap();
+                    let status = response.status();
+                    let collected = response.into_body().collect().await.unwrap();
+                    let trailers = collected.trailers().cloned();
+                    (i, status, trailers, collected.to_bytes())
+                }));
+            }
+            for call in calls {
+                let (i, status, trailers, body) = call.await.unwrap();
+                if i == 7 {
+                    assert_eq!(status, 403);
+                    continue;
+                }
+                assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+                let trailers =
+                    trailers.unwrap_or_else(|| panic!("no trailers (upstream h2: {up_h2})"));
+                assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+                assert!(body.ends_with(b"\0\0\0\0\x05hello"));
+                let text = String::from_utf8_lossy(&body);
+                assert!(text.contains("te: trailers"), "{text}");
+            }
+            let connects = env.connects.get();
+            if up_h2 {
+                assert_eq!(connects, 1, "one multiplexed upstream connection");
+            } else {
+                assert!(
+                    (1..=upstream::MAX_H1_UPSTREAMS).contains(&connects),
+                    "{connects}"
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn echoed_values_become_placeholders() {
+    local(async {
+        let env = env(allow_all(), vec![secret(Inject::default())]);
+        let up = upstream(false).await;
+        let mut guest = guest_h1(&env, session(Some(HOST), true), up, false).await;
+        sender_echo(&mut guest).await;
+        let up2 = upstream(true).await;
+        let mut guest = guest_h2(&env, session(Some(HOST), true), up2, true).await;
+        let req = Request::get(format!("https://{HOST}/echo-value"))
+            .body(TestBody::empty())
+            .unwrap();
+        let response = guest.send_request(req).await.unwrap();
+        assert_eq!(response.headers().get("x-echo").unwrap(), PH);
+        let (_, body) = text(response).await;
+        assert_eq!(body, format!("the key is {PH}!"));
+    });
+}
+
+async fn sender_echo(guest: &mut client1::SendRequest<TestBody>) {
+    guest.ready().await.unwrap();
+    let response = guest
+        .send_request(get("/echo-value").body(TestBody::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.headers().get("x-echo").unwrap(), PH);
+    let (_, body) = text(response).await;
+    assert_eq!(body, format!("the key is {PH}!"));
+}
+
+#[test]
+fn websocket_upgrade_passes_after_the_check() {
+    local(async {
+        let policy = allow_all().deny(Rule::http(HOST, "/deny").unwrap());
+        let env = env(policy, vec![]);
+        let up = upstream(false).await;
+        // A denied upgrade gets its 403 and the connection stays usable.
+        let io = start(
+            &env,
+            false,
+            session(Some(HOST), true),
+            connector(&env, up, false),
+        );
+        let (mut guest, conn) = client1::handshake(io).await.unwrap();
+        tokio::task::spawn_local(conn.with_upgrades());
+        let ws = |path: &str| {
+            get(path)
+                .header("connection", "Upgrade")
+                .header("upgrade", "websocket")
+                .body(TestBody::empty())
+                .unwrap()
+        };
+        assert_eq!(h1(&mut guest, ws("/deny")).await.0, 403);
+        guest.ready().await.unwrap();
+        let response = guest.send_request(ws("/ws")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        let mut io = TokioIo::new(hyper::upgrade::on(response).await.unwrap());
+        for msg in [&b"ping"[..], b"second frame"] {
+            io.write_all(msg).await.unwrap();
+            let mut buf = vec![0u8; msg.len()];
+            io.read_exact(&mut buf).await.unwrap();
+            assert_eq!(buf, msg);
+        }
+    });
+}
