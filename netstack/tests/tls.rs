@@ -152,7 +152,13 @@ struct Outcome {
 }
 
 /// Runs `conn` over a guest TCP connection to the host alias's port 443 until it ends.
-fn run_tls(h: &mut Harness, mut conn: ClientConnection) -> Outcome {
+fn run_tls(h: &mut Harness, conn: ClientConnection) -> Outcome {
+    run_tls_until(h, conn, false)
+}
+
+/// [`run_tls`], returning as soon as the handshake completed when `handshake_only` (an
+/// intercepted connection then waits for requests from the HTTP engine's side, not ending).
+fn run_tls_until(h: &mut Harness, mut conn: ClientConnection, handshake_only: bool) -> Outcome {
     let s = h
         .guest
         .tcp_connect(SocketAddrV4::new(HOST_ALIAS, 443), 40000 + fastrand());
@@ -163,6 +169,9 @@ fn run_tls(h: &mut Harness, mut conn: ClientConnection) -> Outcome {
     loop {
         assert!(Instant::now() < deadline, "the TLS connection did not end");
         h.guest.pump();
+        if handshake_only && !conn.is_handshaking() {
+            break;
+        }
         if h.guest.tcp(s).may_send() {
             let mut out = Vec::new();
             while conn.wants_write() {
@@ -236,7 +245,7 @@ fn an_intercepted_connection_gets_a_leaf_from_the_sandbox_ca() {
         Duration::from_secs(60),
     );
     // The guest trusts only the sandbox CA: the handshake completing proves the leaf is minted.
-    let out = run_tls(&mut h, client(&sandbox_ca, name("api.test")));
+    let out = run_tls_until(&mut h, client(&sandbox_ca, name("api.test")), true);
     assert!(out.handshaken, "{:?} {:?}", out.error, h.events());
     assert_eq!(out.alpn.as_deref(), Some(&b"h2"[..]));
     let event = wait_event(&mut h, "tls_intercepted", |e| {
@@ -248,7 +257,7 @@ fn an_intercepted_connection_gets_a_leaf_from_the_sandbox_ca() {
     assert_eq!(sni, "api.test");
     assert!(pinned, "the name was pinned to the address");
     // A name the sandbox's DNS never gave for this address is intercepted, but not pinned.
-    let out = run_tls(&mut h, client(&sandbox_ca, name("other.test")));
+    let out = run_tls_until(&mut h, client(&sandbox_ca, name("other.test")), true);
     assert!(out.handshaken, "{:?} {:?}", out.error, h.events());
     let unpinned = h.events().into_iter().any(
         |e| matches!(e, NetEvent::TlsIntercepted { sni, pinned: false, .. } if sni == "other.test"),

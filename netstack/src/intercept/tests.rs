@@ -216,6 +216,7 @@ fn env(policy: Policy, secrets: Vec<Secret>) -> Env {
         Arc::default(),
         pins,
         dns,
+        None,
     );
     Env {
         shared,

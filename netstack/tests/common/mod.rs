@@ -38,7 +38,22 @@ pub struct GuestLink {
 impl GuestLink {
     /// Sends a hand-made frame to the stack.
     pub fn send_raw(&self, frame: &[u8]) {
-        self.socket.send(frame).expect("send frame");
+        // The socket is non-blocking and the stack may be slower than a burst on a loaded
+        // machine: a full queue is waited out (bounded), as the virtio-net device would.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match self.socket.send(frame) {
+                Ok(_) => return,
+                Err(e)
+                    if (e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.raw_os_error() == Some(libc::ENOBUFS))
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(e) => panic!("send frame: {e}"),
+            }
+        }
     }
 
     /// Queues every frame the stack sent that `loss_in` does not drop.
