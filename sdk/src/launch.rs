@@ -100,10 +100,21 @@ pub(crate) async fn launch(
     args.ready_fd = Some(ready_w.as_raw_fd());
     args.lifeline_fd = lifeline.as_ref().map(|(r, _)| r.as_raw_fd());
     args.parent_pid = (!args.detached).then(std::process::id);
+    // The values go in a memory file, never on the command line.
+    let secrets = if args.secrets.is_empty() {
+        None
+    } else {
+        Some(crate::secrets::to_memfd(&args.secrets)?)
+    };
+    args.secrets_fd = secrets.as_ref().map(|fd| fd.as_raw_fd());
 
     let detached = args.detached;
     // Fixed-size, so the pre-exec hook allocates nothing.
-    let inherit: [RawFd; 2] = [ready_w.as_raw_fd(), args.lifeline_fd.unwrap_or(-1)];
+    let inherit: [RawFd; 3] = [
+        ready_w.as_raw_fd(),
+        args.lifeline_fd.unwrap_or(-1),
+        args.secrets_fd.unwrap_or(-1),
+    ];
     let mut cmd = Command::new(bin);
     cmd.arg("__runtime")
         .args(args.to_args())
@@ -140,6 +151,7 @@ pub(crate) async fn launch(
         .map_err(Error::io(format!("starting {}", bin.display())))?;
     // Only the runtime may hold these now: end-of-file must mean it is gone.
     drop(ready_w);
+    drop(secrets);
     let lifeline = lifeline.map(|(read, write)| {
         drop(read);
         write
@@ -268,6 +280,8 @@ mod tests {
             lifeline_fd: None,
             parent_pid: None,
             spec: Default::default(),
+            secrets: Vec::new(),
+            secrets_fd: None,
         };
         (launch(&bin, args, &dir, timeout).await, tmp)
     }
