@@ -322,6 +322,29 @@ impl SandboxBuilder {
     }
 }
 
+/// Moves `from` to `to` (a new file, mode 0600): a rename on the same filesystem, else a
+/// copy and a removal.
+fn move_file(from: &Path, to: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let result = std::fs::hard_link(from, to).or_else(|e| {
+        if e.raw_os_error() != Some(libc::EXDEV) && e.raw_os_error() != Some(libc::EPERM) {
+            return Err(e);
+        }
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(to)?;
+        std::io::copy(&mut std::fs::File::open(from)?, &mut out).map(drop)
+    });
+    // The state directory keeps no copy, whatever happened.
+    let _ = std::fs::remove_file(from);
+    result.map_err(Error::io(format!(
+        "moving the memory dump to {}",
+        to.display()
+    )))
+}
+
 /// A running sandbox. Cheap to clone; see the module docs for its lifetime.
 #[derive(Clone, Debug)]
 pub struct Sandbox {
@@ -636,6 +659,24 @@ impl Sandbox {
     pub async fn publish(&self, port: PortSpec) -> Result<std::net::SocketAddr> {
         let mut client = ControlClient::connect(&self.inner.dir.control_socket()).await?;
         client.publish(port).await
+    }
+
+    /// Debugging aid: writes all of the running guest's RAM to `dest` (a new file, mode
+    /// 0600; an existing one is an error) and returns its size. The guest keeps running, so
+    /// the copy is not one instant's. Meant for checks like "this value never reached the
+    /// guest"; the file holds everything the guest had in memory.
+    pub async fn dump_memory(&self, dest: &Path) -> Result<u64> {
+        if dest.exists() {
+            return Err(Error::InvalidConfig(format!(
+                "{} exists; give a new file",
+                dest.display()
+            )));
+        }
+        let mut client = ControlClient::connect(&self.inner.dir.control_socket()).await?;
+        let bytes = client.dump_memory().await?;
+        let dumped = self.inner.dir.path().join(crate::paths::MEMORY_DUMP_FILE);
+        move_file(&dumped, dest)?;
+        Ok(bytes)
     }
 
     /// The network stack's counters (bytes, packets, flows, drops) as JSON.
