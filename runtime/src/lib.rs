@@ -785,6 +785,43 @@ fn get_kernel(reporter: &mut Reporter) -> Result<std::path::PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// What the runtime writes to disk (the state record, the guest's boot configuration in
+    /// the initramfs) and its command line never carry a secret's value.
+    #[test]
+    fn nothing_persisted_carries_a_secret_value() {
+        const VALUE: &str = "sk-live-PERSIST-CHECK-0d41";
+        let tmp = tempfile::TempDir::new().unwrap();
+        let mut args = RuntimeArgs::parse(
+            ["--name", "box", "--home", "/h", "--env", "A=b"].map(OsString::from),
+        )
+        .unwrap();
+        args.secrets = vec![msbvm_sdk::Secret::new("API_KEY", VALUE).allow_host("api.example.com")];
+        args.spec.network.tls.ca = msbvm_sdk::spec::CaScope::Sandbox;
+        let record = serde_json::to_string(&initial_record(&args)).unwrap();
+        assert!(!record.contains(VALUE), "{record}");
+        let argv = format!("{:?} {args:?}", args.to_args());
+        assert!(!argv.contains(VALUE), "{argv}");
+        let i = tls_setup::prepare(&args.spec.network.tls, &args.secrets, tmp.path())
+            .unwrap()
+            .unwrap();
+        let boot = msbvm_protocol::boot::BootConfig {
+            tls: Some(i.guest.clone()),
+            secret_env: i.secret_env.clone(),
+            ..Default::default()
+        };
+        let bytes = postcard::to_stdvec(&boot).unwrap();
+        let as_text = String::from_utf8_lossy(&bytes);
+        assert!(!as_text.contains(VALUE));
+        assert!(as_text.contains(&i.secrets[0].placeholder));
+        let shown = format!("{:?} {:?}", i.tls, i.secrets);
+        assert!(
+            !shown.contains(VALUE) && !shown.contains("PRIVATE KEY"),
+            "{shown}"
+        );
+    }
+
     /// The SDK checks requests against its copies of the VMM's and the filesystem's limits
     /// (so that it need not link them); they must agree.
     #[test]

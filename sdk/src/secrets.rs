@@ -332,6 +332,12 @@ mod tests {
         let shown = format!("{s:?} {s:#?}");
         assert!(!shown.contains(VALUE), "{shown}");
         assert!(shown.contains("API_KEY"));
+        let builder = crate::Sandbox::builder("box").secret(s);
+        let shown = format!("{builder:?}");
+        assert!(
+            !shown.contains(VALUE) && shown.contains("API_KEY"),
+            "{shown}"
+        );
     }
 
     #[test]
