@@ -259,12 +259,22 @@ mod tests {
 
     /// A stand-in runtime (a shell script) drives the readiness protocol.
     async fn launch_script(body: &str, timeout: Duration) -> (Result<Launched>, TempDir) {
+        launch_script_with(body, timeout, Vec::new()).await
+    }
+
+    async fn launch_script_with(
+        body: &str,
+        timeout: Duration,
+        secrets: Vec<crate::secrets::Secret>,
+    ) -> (Result<Launched>, TempDir) {
         use std::os::unix::fs::PermissionsExt;
         let tmp = TempDir::new().unwrap();
         let bin = tmp.path().join("msbvm");
         // The ready pipe's fd follows --ready-fd; find it among the arguments.
         let script = format!(
-            "#!/bin/bash\nwhile [ $# -gt 0 ]; do [ \"$1\" = --ready-fd ] && fd=$2; shift; done\n{body}\n"
+            "#!/bin/bash\necho \"$@\" > \"$(dirname \"$0\")/argv\"\n\
+             while [ $# -gt 0 ]; do [ \"$1\" = --ready-fd ] && fd=$2; \
+             [ \"$1\" = --secrets-fd ] && sfd=$2; shift; done\n{body}\n"
         );
         std::fs::write(&bin, script).unwrap();
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -280,7 +290,7 @@ mod tests {
             lifeline_fd: None,
             parent_pid: None,
             spec: Default::default(),
-            secrets: Vec::new(),
+            secrets,
             secrets_fd: None,
         };
         (launch(&bin, args, &dir, timeout).await, tmp)
@@ -297,6 +307,25 @@ mod tests {
         assert_eq!(launched.ready.pid, 7);
         assert_eq!(launched.ready.boot.ready_ns, 2);
         assert!(launched.lifeline.is_some());
+    }
+
+    #[tokio::test]
+    async fn secrets_arrive_in_the_inherited_memfd_not_in_argv() {
+        const VALUE: &str = "sk-VIA-MEMFD-2b7e";
+        let secrets =
+            vec![crate::secrets::Secret::new("API_KEY", VALUE).allow_host("a.example.com")];
+        // A memfd reopened through /proc reads from its start.
+        let body = "cat /proc/self/fd/$sfd > \"$(dirname \"$0\")/payload\"; exit 3";
+        let (result, tmp) =
+            launch_script_with(body, Duration::from_secs(10), secrets.clone()).await;
+        assert!(result.is_err());
+        let argv = std::fs::read_to_string(tmp.path().join("argv")).unwrap();
+        assert!(
+            argv.contains("--secrets-fd") && !argv.contains(VALUE),
+            "{argv}"
+        );
+        let payload = std::fs::read(tmp.path().join("payload")).unwrap();
+        assert_eq!(crate::secrets::decode(&payload).unwrap(), secrets);
     }
 
     #[tokio::test]

@@ -46,8 +46,8 @@ const BUNDLES: &[&str] = &[
 
 /// Where a bundle is made when the image has none.
 const NEW_BUNDLE: &str = "etc/ssl/certs/ca-certificates.crt";
-/// Where a bundle goes when the root is read-only (the agent mounts a tmpfs there).
-const FALLBACK_BUNDLE: &str = "tmp/.msbvm-ca.crt";
+/// Where a bundle goes when the root is read-only (the agent mounts a tmpfs on `/run`).
+const FALLBACK_BUNDLE: &str = "run/msbvm/ca-certificates.crt";
 
 /// Environment the agent adds to every exec.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -296,12 +296,11 @@ mod tests {
         let bundle = r.join("etc/ssl/certs/ca-certificates.crt");
         std::fs::write(&bundle, "ROOTS\n").unwrap();
         std::fs::set_permissions(&bundle, std::fs::Permissions::from_mode(0o444)).unwrap();
-        std::fs::create_dir_all(r.join("tmp")).unwrap();
         let (chosen, problems) = install_ca(r, CA);
         assert!(!problems.is_empty());
-        // The existing file cannot be replaced either: the fallback in /tmp holds the CA.
-        assert_eq!(chosen.as_deref(), Some("/tmp/.msbvm-ca.crt"));
-        let copy = std::fs::read_to_string(r.join("tmp/.msbvm-ca.crt")).unwrap();
+        // The existing file cannot be replaced either: the fallback in /run holds the CA.
+        assert_eq!(chosen.as_deref(), Some("/run/msbvm/ca-certificates.crt"));
+        let copy = std::fs::read_to_string(r.join("run/msbvm/ca-certificates.crt")).unwrap();
         assert_eq!(copy, format!("ROOTS\n{CA}\n"));
     }
 }
