@@ -510,6 +510,35 @@ mod tests {
     }
 
     #[test]
+    fn secrets_keep_the_metadata_service_closed() {
+        use msbvm_netstack::policy::{FlowInfo, Protocol};
+        let net = NetworkSpec {
+            rules: vec![msbvm_sdk::spec::NetRule {
+                allow: true,
+                rule: "metadata".into(),
+            }],
+            ..NetworkSpec::default()
+        };
+        let flow = FlowInfo {
+            protocol: Protocol::Tcp,
+            dst: "169.254.169.254:80".parse().unwrap(),
+            to_host_alias: false,
+        };
+        let names = || vec!["metadata.example".to_string()];
+        // The user opened it; with a secret it is closed again, to flows and DNS answers.
+        let open = policy(&net, false).unwrap();
+        assert!(open.check_flow_named(&flow, names).is_allowed());
+        let hardened = policy(&net, true).unwrap();
+        assert!(!hardened.check_flow_named(&flow, names).is_allowed());
+        assert!(!hardened.allows_dns_answer("x.example", flow.dst.ip()));
+        let public = FlowInfo {
+            dst: "93.184.216.34:443".parse().unwrap(),
+            ..flow
+        };
+        assert!(hardened.check_flow_named(&public, names).is_allowed());
+    }
+
+    #[test]
     fn fd_budgets_stay_under_the_limit() {
         let (cache, handles) = fd_budgets(1024);
         assert!(cache + handles <= 1024 / 2, "{cache} + {handles}");

@@ -235,6 +235,11 @@ impl SandboxBuilder {
                 "secrets need the network (they are substituted by the network stack)".into(),
             ));
         }
+        if self.spec.network.tls.is_requested() && !self.spec.network.enabled {
+            return Err(Error::InvalidConfig(
+                "TLS interception needs the network".into(),
+            ));
+        }
         self.spec.network.tls.check()?;
         let max_cpus = MAX_CPUS;
         if self.cpus == 0 || self.cpus > max_cpus {
