@@ -8,6 +8,25 @@
 //! The value never goes on the runtime's command line, into the sandbox's spec, its
 //! `state.json`, its logs or its events: the SDK writes the secrets to an anonymous memory file
 //! ([`encode`]) that the runtime inherits and reads once at start ([`decode`]).
+//!
+//! ```no_run
+//! # async fn demo() -> msbvm_sdk::Result<()> {
+//! use msbvm_sdk::{Sandbox, Secret};
+//! let sandbox = Sandbox::builder("agent")
+//!     .secret(Secret::from_env("OPENAI_API_KEY")?.allow_host("api.openai.com"))
+//!     .secret(
+//!         Secret::new("HOOK_TOKEN", "t0ken")
+//!             .allow_host("*.hooks.example.com")
+//!             .inject_query(true),
+//!     )
+//!     .tls_intercept("api.github.com")
+//!     .tls_bypass("pinned.example.com")
+//!     .create()
+//!     .await?;
+//! // In the guest, $OPENAI_API_KEY is `msbvm_placeholder_<32 hex digits>`.
+//! sandbox.exec("sh", ["-c", "echo $OPENAI_API_KEY"]).await?;
+//! # Ok(()) }
+//! ```
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
