@@ -127,6 +127,7 @@ pub fn run(args: BootArgs, start: Instant) -> ExitCode {
         start_time: start,
         devices: Vec::new(),
         stop: msbvm_vmm::StopHandle::new(),
+        memory: msbvm_vmm::memory::MemoryHandle::new(),
     };
     let outcome = match msbvm_vmm::run(&config, |event| match event {
         VmEvent::BootComplete(d) => {

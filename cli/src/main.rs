@@ -9,12 +9,14 @@
 
 mod boot;
 mod cp;
+mod debug;
 mod images;
 mod kernel;
 mod manage;
 mod net;
 mod run;
 mod sandbox_opts;
+mod secret_opts;
 mod session;
 mod tty;
 mod volume;
@@ -76,6 +78,9 @@ enum Command {
     /// Manage the shared guest kernel.
     #[command(subcommand)]
     Kernel(kernel::KernelCommand),
+    /// Debugging aids (`msbvm debug dump-memory NAME FILE`).
+    #[command(subcommand, hide = true)]
+    Debug(debug::DebugCommand),
     /// The per-sandbox runtime process (started by the SDK, not by people).
     #[command(name = "__runtime", hide = true, disable_help_flag = true)]
     Runtime {
@@ -164,6 +169,7 @@ fn run_sandbox_command(command: Command) -> u8 {
             Command::Cp(args) => cp::cp(args).await,
             Command::Volume(cmd) => volume::run(cmd),
             Command::Net(cmd) => net::run(cmd).await,
+            Command::Debug(cmd) => debug::run(cmd).await,
             Command::Pull(args) => images::pull(args).await,
             Command::Import(args) => images::import(args),
             Command::Images(args) => images::list(args),

@@ -149,6 +149,9 @@ async fn create(args: &RunArgs) -> Result<Sandbox, Error> {
             .memory_mib(args.memory)
             .detached(args.detach)
             .spec(args.sandbox.spec(&raw)?);
+        for secret in args.sandbox.secrets()? {
+            builder = builder.secret(secret);
+        }
         for (k, v) in &args.process.env {
             builder = builder.env(k, v);
         }

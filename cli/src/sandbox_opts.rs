@@ -5,8 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Args;
+use msbvm_sdk::secrets::Secret;
 use msbvm_sdk::spec::{
-    NetRule, PortSpec, RootSpec, SandboxSpec, TmpfsSpec, VolumeSpec, DEFAULT_IMAGE,
+    CaScope, NetRule, PortSpec, RootSpec, SandboxSpec, TlsSpec, TmpfsSpec, VolumeSpec,
+    DEFAULT_IMAGE,
 };
 use msbvm_sdk::Error;
 
@@ -52,7 +54,7 @@ pub struct SandboxArgs {
     #[arg(long = "net-default", value_name = "allow|deny", value_parser = ["allow", "deny"])]
     pub net_default: Option<String>,
     /// No network interface at all.
-    #[arg(long = "no-network", conflicts_with_all = ["publish", "net_allow", "net_deny", "net_default", "max_connections"])]
+    #[arg(long = "no-network", conflicts_with_all = ["publish", "net_allow", "net_deny", "net_default", "max_connections", "secrets", "secret_files", "tls_intercept"])]
     pub no_network: bool,
     /// MTU of the guest's interface (default 1500, at most 65520).
     #[arg(long, value_name = "BYTES")]
@@ -64,6 +66,38 @@ pub struct SandboxArgs {
     /// repeatable.
     #[arg(long = "dns", value_name = "ADDR[:PORT]")]
     pub dns: Vec<String>,
+    /// Give the guest a secret it never sees: the value comes from this shell's environment
+    /// variable NAME (never from the command line); the guest gets NAME=<random placeholder>
+    /// and the host puts the value in place of the placeholder only in HTTPS requests to the
+    /// HOSTs (`api.example.com` or `*.example.com`), which are intercepted. WHERE lists where
+    /// to substitute: `headers` (the default), `query`, `body`, e.g.
+    /// `--secret API_KEY@api.example.com:headers,query`. A request carrying the placeholder
+    /// to any other host is blocked. Repeatable.
+    #[arg(long = "secret", value_name = "NAME@HOST[,HOST...][:WHERE,...]")]
+    pub secrets: Vec<String>,
+    /// Like --secret, with the value read from the file PATH (one trailing newline removed).
+    #[arg(
+        long = "secret-file",
+        value_name = "NAME=PATH@HOST[,HOST...][:WHERE,...]"
+    )]
+    pub secret_files: Vec<String>,
+    /// Intercept TLS connections to HOST, `*.SUFFIX` or `all`: the host terminates them with
+    /// a certificate from msbvm's CA (which the guest trusts), so HTTP rules apply inside
+    /// them. Hosts of --secret are intercepted anyway. Repeatable.
+    #[arg(long = "tls-intercept", value_name = "HOST|*.SUFFIX|all")]
+    pub tls_intercept: Vec<String>,
+    /// Never intercept HOST (`HOST` or `*.SUFFIX`; for certificate-pinning clients).
+    /// Repeatable.
+    #[arg(long = "tls-bypass", value_name = "HOST")]
+    pub tls_bypass: Vec<String>,
+    /// Also trust the CA certificates in this PEM file when verifying intercepted upstream
+    /// servers (private CAs). Repeatable.
+    #[arg(long = "tls-upstream-ca", value_name = "FILE")]
+    pub tls_upstream_ca: Vec<PathBuf>,
+    /// The CA the guest trusts: `user` (default; made once under the msbvm data directory,
+    /// tls/ca.pem) or `per-sandbox` (made for this sandbox, kept in memory only).
+    #[arg(long = "tls-ca", value_name = "user|per-sandbox", value_parser = ["user", "per-sandbox"])]
+    pub tls_ca: Option<String>,
 }
 
 impl SandboxArgs {
@@ -132,8 +166,36 @@ impl SandboxArgs {
             .iter()
             .map(|d| parse_dns_server(d))
             .collect::<Result<_, _>>()?;
+        net.tls = TlsSpec {
+            intercept: lowercase(&self.tls_intercept),
+            bypass: lowercase(&self.tls_bypass),
+            upstream_cas: self.tls_upstream_ca.clone(),
+            ca: match self.tls_ca.as_deref() {
+                Some("per-sandbox") => CaScope::Sandbox,
+                _ => CaScope::User,
+            },
+        };
+        net.tls.check()?;
         Ok(spec)
     }
+
+    /// The secrets of `--secret` (values from this process's environment) and
+    /// `--secret-file`.
+    pub fn secrets(&self) -> Result<Vec<Secret>, Error> {
+        let mut out = Vec::new();
+        for text in &self.secrets {
+            out.push(crate::secret_opts::parse_secret(text, Secret::from_env)?);
+        }
+        for text in &self.secret_files {
+            out.push(crate::secret_opts::parse_secret_file(text)?);
+        }
+        msbvm_sdk::secrets::check_all(&out)?;
+        Ok(out)
+    }
+}
+
+fn lowercase(v: &[String]) -> Vec<String> {
+    v.iter().map(|s| s.to_ascii_lowercase()).collect()
 }
 
 /// The rules of `--net-allow` (`allow`) and `--net-deny` (`deny`) in command-line order,
@@ -265,5 +327,52 @@ mod tests {
             ..SandboxArgs::default()
         };
         assert!(bad.spec(&[]).is_err());
+    }
+
+    #[test]
+    fn tls_and_secret_options_parse() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            sandbox: SandboxArgs,
+        }
+        let tmp = tempfile::TempDir::new().unwrap();
+        let ca = tmp.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let key = tmp.path().join("key");
+        std::fs::write(&key, "v\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "msbvm".to_string(),
+            "--tls-intercept".into(),
+            "API.example.com".into(),
+            "--tls-intercept=all".into(),
+            "--tls-bypass".into(),
+            "*.pinned.example".into(),
+            "--tls-upstream-ca".into(),
+            ca.display().to_string(),
+            "--tls-ca".into(),
+            "per-sandbox".into(),
+            "--secret-file".into(),
+            format!("KEY={}@api.example.com:query", key.display()),
+        ])
+        .unwrap();
+        let spec = cli.sandbox.spec(&[]).unwrap();
+        assert_eq!(spec.network.tls.intercept, ["api.example.com", "all"]);
+        assert_eq!(spec.network.tls.bypass, ["*.pinned.example"]);
+        assert_eq!(spec.network.tls.upstream_cas, [ca]);
+        assert_eq!(spec.network.tls.ca, CaScope::Sandbox);
+        let secrets = cli.sandbox.secrets().unwrap();
+        assert_eq!(secrets[0].expose_value(), "v");
+        assert!(secrets[0].inject().query && !secrets[0].inject().headers);
+        for bad in [
+            vec!["--tls-intercept", "bad host"],
+            vec!["--tls-upstream-ca", "/nonexistent/ca.pem"],
+        ] {
+            let cli = Cli::try_parse_from(std::iter::once("msbvm").chain(bad.clone())).unwrap();
+            assert!(cli.sandbox.spec(&[]).is_err(), "{bad:?}");
+        }
+        assert!(Cli::try_parse_from(["msbvm", "--tls-ca", "other"]).is_err());
+        assert!(Cli::try_parse_from(["msbvm", "--no-network", "--secret", "A@b.com"]).is_err());
     }
 }

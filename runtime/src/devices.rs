@@ -28,6 +28,7 @@ use msbvm_vmm::DeviceSpec;
 use msbvm_sdk::logfile::{max_bytes_from_env, CappedLog};
 use msbvm_sdk::paths::SandboxDir;
 pub use msbvm_sdk::paths::NET_EVENTS_FILE;
+use msbvm_sdk::secrets::Secret;
 use msbvm_sdk::spec::{NetworkSpec, RootSpec, SandboxSpec, VolumeSource, DEFAULT_IMAGE};
 use msbvm_sdk::{Error, Result};
 
@@ -96,9 +97,11 @@ impl std::fmt::Debug for Extensions {
     }
 }
 
-/// Builds everything `spec` asks for. `home` is the msbvm data directory.
+/// Builds everything `spec` asks for, with `secrets` in the network stack. `home` is the
+/// msbvm data directory.
 pub fn build(
     spec: &SandboxSpec,
+    secrets: &[Secret],
     dir: &SandboxDir,
     home: &Path,
     extensions: &Extensions,
@@ -178,10 +181,19 @@ pub fn build(
         });
     }
     if spec.network.enabled {
-        let (handle, device, setup) = network(&spec.network, dir)?;
+        let interception = crate::tls_setup::prepare(&spec.network.tls, secrets, home)?;
+        if let Some(i) = &interception {
+            devices.boot.tls = Some(i.guest.clone());
+            devices.boot.secret_env = i.secret_env.clone();
+        }
+        let (handle, device, setup) = network(&spec.network, interception, dir)?;
         devices.net = Some(handle);
         devices.specs.push(device);
         devices.boot.network = Some(setup);
+    } else if !secrets.is_empty() {
+        return Err(Error::InvalidConfig(
+            "secrets need the network (they are substituted by the network stack)".into(),
+        ));
     }
     Ok(devices)
 }
@@ -351,14 +363,26 @@ fn exec_defaults(config: &ImageConfig) -> ExecDefaults {
     }
 }
 
-/// The netstack's policy for `net`.
-pub fn policy(net: &NetworkSpec) -> Result<Policy> {
+/// Rules put before the user's when the sandbox has secrets: whatever the user's policy
+/// opens, the cloud metadata service (whose credentials would be a way around the secrets'
+/// host binding) stays closed, to connections and in DNS answers.
+pub const SECRET_HARDENING_RULES: &[&str] = &["metadata"];
+
+/// The netstack's policy for `net`; `has_secrets` puts [`SECRET_HARDENING_RULES`] first.
+pub fn policy(net: &NetworkSpec, has_secrets: bool) -> Result<Policy> {
     let default = if net.default_allow {
         Action::Allow
     } else {
         Action::Deny
     };
     let mut policy = Policy::new(default);
+    if has_secrets {
+        for rule in SECRET_HARDENING_RULES {
+            let parsed = Rule::parse(rule)
+                .map_err(|e| Error::InvalidConfig(format!("built-in rule {rule:?}: {e}")))?;
+            policy.push(Action::Deny, parsed);
+        }
+    }
     for rule in &net.rules {
         let parsed = Rule::parse(&rule.rule)
             .map_err(|e| Error::InvalidConfig(format!("network rule {:?}: {e}", rule.rule)))?;
@@ -374,9 +398,15 @@ pub fn policy(net: &NetworkSpec) -> Result<Policy> {
 
 pub(crate) fn network(
     net: &NetworkSpec,
+    interception: Option<crate::tls_setup::Interception>,
     dir: &SandboxDir,
 ) -> Result<(NetStackHandle, DeviceSpec, NetworkSetup)> {
-    let policy = policy(net)?;
+    let has_secrets = interception.as_ref().is_some_and(|i| !i.secrets.is_empty());
+    let policy = policy(net, has_secrets)?;
+    let (tls, secrets) = match interception {
+        Some(i) => (Some(i.tls), i.secrets),
+        None => (None, Vec::new()),
+    };
     let defaults = NetConfig::default();
     let cap = |default: usize| net.max_connections.map_or(default, |n| n as usize);
     let config = NetConfig {
@@ -394,6 +424,8 @@ pub(crate) fn network(
         } else {
             Upstream::Servers(net.dns_servers.clone())
         },
+        tls,
+        secrets,
         ..NetConfig::default()
     };
     let setup = NetworkSetup {
@@ -475,6 +507,35 @@ mod tests {
             .unwrap();
         let header = abi::OutHeader::parse(&reply).expect("a reply header");
         -header.error
+    }
+
+    #[test]
+    fn secrets_keep_the_metadata_service_closed() {
+        use msbvm_netstack::policy::{FlowInfo, Protocol};
+        let net = NetworkSpec {
+            rules: vec![msbvm_sdk::spec::NetRule {
+                allow: true,
+                rule: "metadata".into(),
+            }],
+            ..NetworkSpec::default()
+        };
+        let flow = FlowInfo {
+            protocol: Protocol::Tcp,
+            dst: "169.254.169.254:80".parse().unwrap(),
+            to_host_alias: false,
+        };
+        let names = || vec!["metadata.example".to_string()];
+        // The user opened it; with a secret it is closed again, to flows and DNS answers.
+        let open = policy(&net, false).unwrap();
+        assert!(open.check_flow_named(&flow, names).is_allowed());
+        let hardened = policy(&net, true).unwrap();
+        assert!(!hardened.check_flow_named(&flow, names).is_allowed());
+        assert!(!hardened.allows_dns_answer("x.example", flow.dst.ip()));
+        let public = FlowInfo {
+            dst: "93.184.216.34:443".parse().unwrap(),
+            ..flow
+        };
+        assert!(hardened.check_flow_named(&public, names).is_allowed());
     }
 
     #[test]

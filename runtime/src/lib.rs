@@ -27,6 +27,7 @@ pub mod devices;
 pub mod image;
 mod log_writer;
 mod signals;
+pub mod tls_setup;
 mod users;
 mod vm;
 
@@ -96,7 +97,7 @@ pub fn run_if_runtime(extensions: devices::Extensions) -> Option<ExitCode> {
 /// [`main`] with extensions (see [`run_if_runtime`]).
 pub fn main_with(args: Vec<OsString>, extensions: devices::Extensions) -> ExitCode {
     let started = Instant::now();
-    let args = match RuntimeArgs::parse(args) {
+    let mut args = match RuntimeArgs::parse(args) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("msbvm runtime: {e}");
@@ -104,7 +105,12 @@ pub fn main_with(args: Vec<OsString>, extensions: devices::Extensions) -> ExitCo
         }
     };
     let mut reporter = Reporter::new(args.ready_fd);
-    let result = run(&args, &mut reporter, started, extensions);
+    // Read once, first: the descriptor is closed before anything else starts.
+    let result = match args.secrets_fd.take() {
+        Some(fd) => msbvm_sdk::secrets::read_from_fd(fd).map(|s| args.secrets = s),
+        None => Ok(()),
+    };
+    let result = result.and_then(|()| run(&args, &mut reporter, started, extensions));
     if let Err(e) = &result {
         tracing::error!("{e}");
     }
@@ -316,6 +322,8 @@ struct Supervisor<'a> {
     devices: Option<devices::Devices>,
     /// What the embedding program adds.
     extensions: devices::Extensions,
+    /// The VM's RAM while it runs (for `DumpMemory`).
+    memory: msbvm_vmm::memory::MemoryHandle,
 }
 
 impl<'a> Supervisor<'a> {
@@ -342,6 +350,7 @@ impl<'a> Supervisor<'a> {
             vm_start: Duration::ZERO,
             devices: None,
             extensions,
+            memory: msbvm_vmm::memory::MemoryHandle::new(),
         }
     }
 
@@ -357,7 +366,13 @@ impl<'a> Supervisor<'a> {
                 .map_err(Error::io("starting a thread"))?;
         }
         let agent = image::find_agent()?;
-        let devices = devices::build(&self.args.spec, self.dir, &self.args.home, &self.extensions)?;
+        let devices = devices::build(
+            &self.args.spec,
+            &self.args.secrets,
+            self.dir,
+            &self.args.home,
+            &self.extensions,
+        )?;
         let busybox = if devices.initramfs_root {
             Some(image::find_busybox()?)
         } else {
@@ -389,6 +404,7 @@ impl<'a> Supervisor<'a> {
         config.devices.extend(devices.specs.iter().cloned());
         self.devices = Some(devices);
         self.stop = config.stop.clone();
+        self.memory = config.memory.clone();
         reporter.send(&Report::Booting);
         self.vm_start = self.started.elapsed();
         tracing::info!(ms = self.vm_start.as_secs_f64() * 1e3, "starting the VM");
@@ -555,13 +571,14 @@ impl<'a> Supervisor<'a> {
                 default_allow,
                 rules,
             } => {
+                let has_secrets = !self.args.secrets.is_empty();
                 let answer = self.with_net(|net| {
                     let spec = msbvm_sdk::spec::NetworkSpec {
                         default_allow,
                         rules,
                         ..msbvm_sdk::spec::NetworkSpec::default()
                     };
-                    let policy = devices::policy(&spec).map_err(|e| e.to_string())?;
+                    let policy = devices::policy(&spec, has_secrets).map_err(|e| e.to_string())?;
                     tracing::info!(?policy, "network policy replaced");
                     net.set_policy(policy);
                     Ok(ControlResponse::Done)
@@ -576,6 +593,7 @@ impl<'a> Supervisor<'a> {
                 });
                 let _ = reply.send(answer);
             }
+            ControlRequest::DumpMemory => self.dump_memory(reply),
             ControlRequest::NetStats => {
                 let answer = self.with_net(|net| {
                     serde_json::to_string(&net.stats())
@@ -584,6 +602,33 @@ impl<'a> Supervisor<'a> {
                 });
                 let _ = reply.send(answer);
             }
+        }
+    }
+
+    /// Writes guest RAM to [`msbvm_sdk::paths::MEMORY_DUMP_FILE`] on a thread of its own (a
+    /// dump takes seconds; the loop keeps serving), then answers.
+    fn dump_memory(&self, reply: Sender<ControlResponse>) {
+        let path = self.dir.path().join(msbvm_sdk::paths::MEMORY_DUMP_FILE);
+        let memory = self.memory.clone();
+        let spawned = std::thread::Builder::new()
+            .name("msbvm-dump".into())
+            .spawn(move || {
+                let answer = match write_dump(&memory, &path) {
+                    Ok(bytes) => {
+                        tracing::info!(bytes, "guest memory dumped (debug request)");
+                        ControlResponse::MemoryDumped { bytes }
+                    }
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&path);
+                        ControlResponse::Error {
+                            message: format!("dumping guest memory: {e}"),
+                        }
+                    }
+                };
+                let _ = reply.send(answer);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start the dump thread: {e}");
         }
     }
 
@@ -701,6 +746,24 @@ impl<'a> Supervisor<'a> {
     }
 }
 
+/// Writes `memory` to `path`, a new file of mode 0600 (a leftover one is replaced).
+fn write_dump(
+    memory: &msbvm_vmm::memory::MemoryHandle,
+    path: &std::path::Path,
+) -> std::io::Result<u64> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let bytes = memory.dump(&mut out)?;
+    out.flush()?;
+    Ok(bytes)
+}
+
 /// Binds a Unix listener, replacing a leftover socket file.
 fn bind(path: &std::path::Path) -> Result<std::os::unix::net::UnixListener> {
     let _ = std::fs::remove_file(path);
@@ -722,6 +785,43 @@ fn get_kernel(reporter: &mut Reporter) -> Result<std::path::PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// What the runtime writes to disk (the state record, the guest's boot configuration in
+    /// the initramfs) and its command line never carry a secret's value.
+    #[test]
+    fn nothing_persisted_carries_a_secret_value() {
+        const VALUE: &str = "sk-live-PERSIST-CHECK-0d41";
+        let tmp = tempfile::TempDir::new().unwrap();
+        let mut args = RuntimeArgs::parse(
+            ["--name", "box", "--home", "/h", "--env", "A=b"].map(OsString::from),
+        )
+        .unwrap();
+        args.secrets = vec![msbvm_sdk::Secret::new("API_KEY", VALUE).allow_host("api.example.com")];
+        args.spec.network.tls.ca = msbvm_sdk::spec::CaScope::Sandbox;
+        let record = serde_json::to_string(&initial_record(&args)).unwrap();
+        assert!(!record.contains(VALUE), "{record}");
+        let argv = format!("{:?} {args:?}", args.to_args());
+        assert!(!argv.contains(VALUE), "{argv}");
+        let i = tls_setup::prepare(&args.spec.network.tls, &args.secrets, tmp.path())
+            .unwrap()
+            .unwrap();
+        let boot = msbvm_protocol::boot::BootConfig {
+            tls: Some(i.guest.clone()),
+            secret_env: i.secret_env.clone(),
+            ..Default::default()
+        };
+        let bytes = postcard::to_stdvec(&boot).unwrap();
+        let as_text = String::from_utf8_lossy(&bytes);
+        assert!(!as_text.contains(VALUE));
+        assert!(as_text.contains(&i.secrets[0].placeholder));
+        let shown = format!("{:?} {:?}", i.tls, i.secrets);
+        assert!(
+            !shown.contains(VALUE) && !shown.contains("PRIVATE KEY"),
+            "{shown}"
+        );
+    }
+
     /// The SDK checks requests against its copies of the VMM's and the filesystem's limits
     /// (so that it need not link them); they must agree.
     #[test]

@@ -79,6 +79,7 @@ pub fn config(request: &VmRequest<'_>) -> VmConfig {
         }
         .device_spec()],
         stop: StopHandle::new(),
+        memory: msbvm_vmm::memory::MemoryHandle::new(),
     }
 }
 

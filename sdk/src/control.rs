@@ -51,6 +51,9 @@ pub enum ControlRequest {
     Publish(crate::spec::PortSpec),
     /// The network stack's counters, as JSON.
     NetStats,
+    /// Debugging: write all guest RAM to a new file (mode 0600) in the sandbox's state
+    /// directory, [`crate::paths::MEMORY_DUMP_FILE`]; the client moves it where it wants.
+    DumpMemory,
 }
 
 /// The runtime's answer.
@@ -84,6 +87,11 @@ pub enum ControlResponse {
     Error {
         /// Why.
         message: String,
+    },
+    /// Answer to `DumpMemory`: the file in the state directory and its size.
+    MemoryDumped {
+        /// Bytes of guest RAM written.
+        bytes: u64,
     },
 }
 
@@ -232,6 +240,18 @@ impl ControlClient {
 }
 
 impl ControlClient {
+    /// Asks the runtime to write all guest RAM to [`crate::paths::MEMORY_DUMP_FILE`] in the
+    /// state directory; returns its size.
+    pub async fn dump_memory(&mut self) -> Result<u64> {
+        match self
+            .call_with_timeout(&ControlRequest::DumpMemory, Duration::from_secs(600))
+            .await?
+        {
+            ControlResponse::MemoryDumped { bytes } => Ok(bytes),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Replaces the sandbox's network policy.
     pub async fn set_net_policy(
         &mut self,
@@ -317,6 +337,7 @@ mod tests {
                         host: "127.0.0.1:1".parse().unwrap(),
                     },
                     ControlRequest::NetStats => ControlResponse::NetStats { json: "{}".into() },
+                    ControlRequest::DumpMemory => ControlResponse::MemoryDumped { bytes: 4096 },
                 };
                 seen.push(request);
                 write_blocking(&mut writer, &response).unwrap();
@@ -340,6 +361,7 @@ mod tests {
         );
         let e = client.kill().await.unwrap_err();
         assert!(e.to_string().contains("busy"), "{e}");
+        assert_eq!(client.dump_memory().await.unwrap(), 4096);
         drop(client);
         assert_eq!(
             fake.join().unwrap(),
@@ -350,6 +372,7 @@ mod tests {
                 ControlRequest::Status,
                 ControlRequest::Stop { timeout_ms: 1500 },
                 ControlRequest::Kill,
+                ControlRequest::DumpMemory,
             ]
         );
     }

@@ -100,10 +100,21 @@ pub(crate) async fn launch(
     args.ready_fd = Some(ready_w.as_raw_fd());
     args.lifeline_fd = lifeline.as_ref().map(|(r, _)| r.as_raw_fd());
     args.parent_pid = (!args.detached).then(std::process::id);
+    // The values go in a memory file, never on the command line.
+    let secrets = if args.secrets.is_empty() {
+        None
+    } else {
+        Some(crate::secrets::to_memfd(&args.secrets)?)
+    };
+    args.secrets_fd = secrets.as_ref().map(|fd| fd.as_raw_fd());
 
     let detached = args.detached;
     // Fixed-size, so the pre-exec hook allocates nothing.
-    let inherit: [RawFd; 2] = [ready_w.as_raw_fd(), args.lifeline_fd.unwrap_or(-1)];
+    let inherit: [RawFd; 3] = [
+        ready_w.as_raw_fd(),
+        args.lifeline_fd.unwrap_or(-1),
+        args.secrets_fd.unwrap_or(-1),
+    ];
     let mut cmd = Command::new(bin);
     cmd.arg("__runtime")
         .args(args.to_args())
@@ -140,6 +151,7 @@ pub(crate) async fn launch(
         .map_err(Error::io(format!("starting {}", bin.display())))?;
     // Only the runtime may hold these now: end-of-file must mean it is gone.
     drop(ready_w);
+    drop(secrets);
     let lifeline = lifeline.map(|(read, write)| {
         drop(read);
         write
@@ -247,12 +259,22 @@ mod tests {
 
     /// A stand-in runtime (a shell script) drives the readiness protocol.
     async fn launch_script(body: &str, timeout: Duration) -> (Result<Launched>, TempDir) {
+        launch_script_with(body, timeout, Vec::new()).await
+    }
+
+    async fn launch_script_with(
+        body: &str,
+        timeout: Duration,
+        secrets: Vec<crate::secrets::Secret>,
+    ) -> (Result<Launched>, TempDir) {
         use std::os::unix::fs::PermissionsExt;
         let tmp = TempDir::new().unwrap();
         let bin = tmp.path().join("msbvm");
         // The ready pipe's fd follows --ready-fd; find it among the arguments.
         let script = format!(
-            "#!/bin/bash\nwhile [ $# -gt 0 ]; do [ \"$1\" = --ready-fd ] && fd=$2; shift; done\n{body}\n"
+            "#!/bin/bash\necho \"$@\" > \"$(dirname \"$0\")/argv\"\n\
+             while [ $# -gt 0 ]; do [ \"$1\" = --ready-fd ] && fd=$2; \
+             [ \"$1\" = --secrets-fd ] && sfd=$2; shift; done\n{body}\n"
         );
         std::fs::write(&bin, script).unwrap();
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -268,6 +290,8 @@ mod tests {
             lifeline_fd: None,
             parent_pid: None,
             spec: Default::default(),
+            secrets,
+            secrets_fd: None,
         };
         (launch(&bin, args, &dir, timeout).await, tmp)
     }
@@ -283,6 +307,25 @@ mod tests {
         assert_eq!(launched.ready.pid, 7);
         assert_eq!(launched.ready.boot.ready_ns, 2);
         assert!(launched.lifeline.is_some());
+    }
+
+    #[tokio::test]
+    async fn secrets_arrive_in_the_inherited_memfd_not_in_argv() {
+        const VALUE: &str = "sk-VIA-MEMFD-2b7e";
+        let secrets =
+            vec![crate::secrets::Secret::new("API_KEY", VALUE).allow_host("a.example.com")];
+        // A memfd reopened through /proc reads from its start.
+        let body = "cat /proc/self/fd/$sfd > \"$(dirname \"$0\")/payload\"; exit 3";
+        let (result, tmp) =
+            launch_script_with(body, Duration::from_secs(10), secrets.clone()).await;
+        assert!(result.is_err());
+        let argv = std::fs::read_to_string(tmp.path().join("argv")).unwrap();
+        assert!(
+            argv.contains("--secrets-fd") && !argv.contains(VALUE),
+            "{argv}"
+        );
+        let payload = std::fs::read(tmp.path().join("payload")).unwrap();
+        assert_eq!(crate::secrets::decode(&payload).unwrap(), secrets);
     }
 
     #[tokio::test]

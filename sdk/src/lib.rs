@@ -62,6 +62,7 @@ pub mod paths;
 pub mod report;
 pub mod runtime_args;
 mod sandbox;
+pub mod secrets;
 pub mod spec;
 pub mod state;
 pub mod volumes;
@@ -86,4 +87,5 @@ pub use sandbox::{
     NetEventStream, Sandbox, SandboxBuilder, SandboxInfo, DEFAULT_CPUS, DEFAULT_MEMORY_MIB,
     DEFAULT_READY_TIMEOUT, DEFAULT_STOP_TIMEOUT, MAX_CPUS, MAX_MEMORY_MIB, MIN_MEMORY_MIB,
 };
+pub use secrets::Secret;
 pub use state::Status;

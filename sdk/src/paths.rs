@@ -160,6 +160,9 @@ pub const VSOCK_SOCKET: &str = "vsock.sock";
 pub const CONTROL_SOCKET: &str = "control.sock";
 /// Network events, one JSON object per line, in the state directory.
 pub const NET_EVENTS_FILE: &str = "net-events.jsonl";
+/// Where the runtime writes a guest memory dump (`msbvm debug dump-memory`) before the
+/// client moves it away.
+pub const MEMORY_DUMP_FILE: &str = "memory.dump";
 
 /// The directory holding every sandbox's state directory.
 pub fn sandboxes_dir(home: &Path) -> PathBuf {

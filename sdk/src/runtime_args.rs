@@ -31,6 +31,12 @@ pub struct RuntimeArgs {
     pub parent_pid: Option<u32>,
     /// Filesystems and network.
     pub spec: SandboxSpec,
+    /// Secrets: never on the command line. The SDK fills this and [`crate::launch`] hands it
+    /// over in an inherited memory file named by `--secrets-fd`; the runtime reads that once
+    /// ([`RuntimeArgs::read_secrets`]).
+    pub secrets: Vec<crate::secrets::Secret>,
+    /// Inherited descriptor holding the encoded secrets ([`crate::secrets::encode`]).
+    pub secrets_fd: Option<RawFd>,
 }
 
 impl RuntimeArgs {
@@ -62,6 +68,7 @@ impl RuntimeArgs {
         num("--ready-fd", self.ready_fd.map(|f| f.to_string()));
         num("--lifeline-fd", self.lifeline_fd.map(|f| f.to_string()));
         num("--parent-pid", self.parent_pid.map(|p| p.to_string()));
+        num("--secrets-fd", self.secrets_fd.map(|f| f.to_string()));
         if self.spec != SandboxSpec::default() {
             // The spec is plain data of this same build: JSON cannot fail on it.
             let json = serde_json::to_string(&self.spec).unwrap_or_default();
@@ -85,6 +92,8 @@ impl RuntimeArgs {
             lifeline_fd: None,
             parent_pid: None,
             spec: SandboxSpec::default(),
+            secrets: Vec::new(),
+            secrets_fd: None,
         };
         let mut args = args.into_iter();
         while let Some(flag) = args.next() {
@@ -127,6 +136,7 @@ impl RuntimeArgs {
                 }
                 "--ready-fd" => parsed.ready_fd = Some(fd(&flag, number(&value)?)?),
                 "--lifeline-fd" => parsed.lifeline_fd = Some(fd(&flag, number(&value)?)?),
+                "--secrets-fd" => parsed.secrets_fd = Some(fd(&flag, number(&value)?)?),
                 "--parent-pid" => {
                     parsed.parent_pid = Some(
                         u32::try_from(number(&value)?)
@@ -209,6 +219,8 @@ mod tests {
             ready_fd: Some(7),
             lifeline_fd: Some(8),
             parent_pid: Some(99),
+            secrets: Vec::new(),
+            secrets_fd: Some(10),
             spec: SandboxSpec {
                 volumes: vec![crate::spec::VolumeSpec::parse("data:/data:ro").unwrap()],
                 ..SandboxSpec::default()
@@ -227,6 +239,30 @@ mod tests {
             ..sample()
         };
         assert_eq!(RuntimeArgs::parse(d.to_args()).unwrap(), d);
+    }
+
+    #[test]
+    fn secrets_never_reach_the_command_line() {
+        const VALUE: &str = "sk-live-NEVER-ON-ARGV-91c3";
+        let mut a = sample();
+        a.secrets =
+            vec![crate::secrets::Secret::new("API_KEY", VALUE).allow_host("api.example.com")];
+        a.spec.network.tls.intercept.push("all".into());
+        let argv: Vec<String> = a
+            .to_args()
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect();
+        let joined = argv.join(" ");
+        assert!(!joined.contains(VALUE), "{joined}");
+        assert!(joined.contains("--secrets-fd 10"), "{joined}");
+        let spec = serde_json::to_string(&a.spec).unwrap();
+        assert!(!spec.contains(VALUE) && !spec.contains("API_KEY"), "{spec}");
+        assert!(!format!("{a:?}").contains(VALUE));
+        // Parsed back, the secrets are still to be read from the descriptor.
+        let parsed = RuntimeArgs::parse(a.to_args()).unwrap();
+        assert!(parsed.secrets.is_empty());
+        assert_eq!(parsed.secrets_fd, Some(10));
     }
 
     #[test]

@@ -25,7 +25,8 @@ use crate::limits::AgentLimits;
 use crate::paths::{msbvm_home, sandboxes_dir, validate_name, SandboxDir};
 use crate::report::ReadyInfo;
 use crate::runtime_args::RuntimeArgs;
-use crate::spec::{NetRule, PortSpec, RootSpec, SandboxSpec, TmpfsSpec, VolumeSpec};
+use crate::secrets::Secret;
+use crate::spec::{CaScope, NetRule, PortSpec, RootSpec, SandboxSpec, TmpfsSpec, VolumeSpec};
 use crate::state::{self, StateRecord, Status};
 
 /// Default vCPU count.
@@ -57,6 +58,8 @@ pub struct SandboxBuilder {
     ready_timeout: Duration,
     spec: SandboxSpec,
     limits: AgentLimits,
+    /// Handed to the runtime through an inherited memory file, never in the spec.
+    secrets: Vec<Secret>,
 }
 
 impl SandboxBuilder {
@@ -186,14 +189,58 @@ impl SandboxBuilder {
         self.spec.user = Some(user.into());
         self
     }
+    /// Adds a secret: the guest sees `NAME=<placeholder>` in every exec's environment and the
+    /// network stack puts the value in place of the placeholder only in intercepted requests
+    /// to the secret's hosts (see [`Secret`]). Turns on TLS interception for those hosts.
+    pub fn secret(mut self, secret: Secret) -> Self {
+        self.secrets.push(secret);
+        self
+    }
+    /// Intercepts TLS connections to `pattern` (`HOST`, `*.SUFFIX` or `all`), so that HTTP
+    /// rules apply inside them; the guest trusts the sandbox's CA.
+    pub fn tls_intercept(mut self, pattern: impl Into<String>) -> Self {
+        let pattern = pattern.into().to_ascii_lowercase();
+        self.spec.network.tls.intercept.push(pattern);
+        self
+    }
+    /// Never intercepts `host` (`HOST` or `*.SUFFIX`), for certificate-pinning clients.
+    pub fn tls_bypass(mut self, host: impl Into<String>) -> Self {
+        let host = host.into().to_ascii_lowercase();
+        self.spec.network.tls.bypass.push(host);
+        self
+    }
+    /// Trusts the CA certificates in the PEM file `path` for upstream servers, on top of
+    /// the host's roots (private CAs).
+    pub fn tls_upstream_ca(mut self, path: impl Into<PathBuf>) -> Self {
+        self.spec.network.tls.upstream_cas.push(path.into());
+        self
+    }
+    /// Which CA the guest trusts: the user's (default, made once under the data directory)
+    /// or one made for this sandbox alone.
+    pub fn tls_ca(mut self, scope: CaScope) -> Self {
+        self.spec.network.tls.ca = scope;
+        self
+    }
     /// The whole filesystem and network description at once.
     pub fn spec(mut self, spec: SandboxSpec) -> Self {
         self.spec = spec;
         self
     }
 
-    fn check(&self) -> Result<()> {
+    fn check(&mut self) -> Result<()> {
         validate_name(&self.name)?;
+        crate::secrets::check_all(&self.secrets)?;
+        if !self.secrets.is_empty() && !self.spec.network.enabled {
+            return Err(Error::InvalidConfig(
+                "secrets need the network (they are substituted by the network stack)".into(),
+            ));
+        }
+        if self.spec.network.tls.is_requested() && !self.spec.network.enabled {
+            return Err(Error::InvalidConfig(
+                "TLS interception needs the network".into(),
+            ));
+        }
+        self.spec.network.tls.check()?;
         let max_cpus = MAX_CPUS;
         if self.cpus == 0 || self.cpus > max_cpus {
             return Err(Error::InvalidConfig(format!(
@@ -221,7 +268,7 @@ impl SandboxBuilder {
     }
 
     /// Starts the sandbox and waits until its guest agent is ready.
-    pub async fn create(self) -> Result<Sandbox> {
+    pub async fn create(mut self) -> Result<Sandbox> {
         let began = std::time::Instant::now();
         self.check()?;
         let home = msbvm_home()?;
@@ -249,6 +296,8 @@ impl SandboxBuilder {
             lifeline_fd: None,
             parent_pid: None,
             spec: self.spec.clone(),
+            secrets: std::mem::take(&mut self.secrets),
+            secrets_fd: None,
         };
         let launched = launch(&bin, args, &dir, self.ready_timeout).await?;
         // The runtime resolved the image's defaults (environment, working
@@ -276,6 +325,29 @@ impl SandboxBuilder {
             }),
         })
     }
+}
+
+/// Moves `from` to `to` (a new file, mode 0600): a rename on the same filesystem, else a
+/// copy and a removal.
+fn move_file(from: &Path, to: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let result = std::fs::hard_link(from, to).or_else(|e| {
+        if e.raw_os_error() != Some(libc::EXDEV) && e.raw_os_error() != Some(libc::EPERM) {
+            return Err(e);
+        }
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(to)?;
+        std::io::copy(&mut std::fs::File::open(from)?, &mut out).map(drop)
+    });
+    // The state directory keeps no copy, whatever happened.
+    let _ = std::fs::remove_file(from);
+    result.map_err(Error::io(format!(
+        "moving the memory dump to {}",
+        to.display()
+    )))
 }
 
 /// A running sandbox. Cheap to clone; see the module docs for its lifetime.
@@ -357,6 +429,7 @@ impl Sandbox {
             detached: false,
             spec: SandboxSpec::default(),
             limits: AgentLimits::default(),
+            secrets: Vec::new(),
             ready_timeout: std::env::var("MSBVM_READY_TIMEOUT_SECS")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -591,6 +664,24 @@ impl Sandbox {
     pub async fn publish(&self, port: PortSpec) -> Result<std::net::SocketAddr> {
         let mut client = ControlClient::connect(&self.inner.dir.control_socket()).await?;
         client.publish(port).await
+    }
+
+    /// Debugging aid: writes all of the running guest's RAM to `dest` (a new file, mode
+    /// 0600; an existing one is an error) and returns its size. The guest keeps running, so
+    /// the copy is not one instant's. Meant for checks like "this value never reached the
+    /// guest"; the file holds everything the guest had in memory.
+    pub async fn dump_memory(&self, dest: &Path) -> Result<u64> {
+        if dest.exists() {
+            return Err(Error::InvalidConfig(format!(
+                "{} exists; give a new file",
+                dest.display()
+            )));
+        }
+        let mut client = ControlClient::connect(&self.inner.dir.control_socket()).await?;
+        let bytes = client.dump_memory().await?;
+        let dumped = self.inner.dir.path().join(crate::paths::MEMORY_DUMP_FILE);
+        move_file(&dumped, dest)?;
+        Ok(bytes)
     }
 
     /// The network stack's counters (bytes, packets, flows, drops) as JSON.

@@ -250,6 +250,65 @@ pub struct NetworkSpec {
     /// beyond it new ones are refused (default 256 each).
     #[serde(default)]
     pub max_connections: Option<u32>,
+    /// TLS interception (none by default; secrets turn it on for their hosts).
+    #[serde(default)]
+    pub tls: TlsSpec,
+}
+
+/// Which certificate authority a sandbox's interception uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CaScope {
+    /// The user's CA, made once under the msbvm data directory (`tls/ca.pem`, `tls/ca.key`).
+    #[default]
+    User,
+    /// A CA made for this sandbox alone, kept in the runtime's memory only.
+    Sandbox,
+}
+
+/// TLS interception settings. Nothing here is secret: it travels in the spec.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsSpec {
+    /// Hosts whose TLS connections the network stack terminates: `HOST`, `*.SUFFIX` or `all`.
+    pub intercept: Vec<String>,
+    /// Hosts never intercepted (`HOST` or `*.SUFFIX`; certificate-pinning clients).
+    pub bypass: Vec<String>,
+    /// PEM files of extra trust roots for upstream servers (absolute paths).
+    pub upstream_cas: Vec<PathBuf>,
+    /// The certificate authority the guest trusts.
+    pub ca: CaScope,
+}
+
+impl TlsSpec {
+    /// Whether anything asks for interception.
+    pub fn is_requested(&self) -> bool {
+        !self.intercept.is_empty()
+    }
+
+    /// Checks the patterns and makes the CA paths absolute.
+    pub fn check(&mut self) -> Result<()> {
+        for pattern in &self.intercept {
+            if pattern != "all" {
+                crate::secrets::validate_host_pattern(pattern).map_err(|why| {
+                    Error::InvalidConfig(format!("--tls-intercept {pattern:?}: {why} (or `all`)"))
+                })?;
+            }
+        }
+        for host in &self.bypass {
+            crate::secrets::validate_host_pattern(host)
+                .map_err(|why| Error::InvalidConfig(format!("--tls-bypass {host:?}: {why}")))?;
+        }
+        for path in &mut self.upstream_cas {
+            if !path.is_file() {
+                return Err(Error::InvalidConfig(format!(
+                    "--tls-upstream-ca {}: no such file",
+                    path.display()
+                )));
+            }
+            *path = std::path::absolute(&*path)
+                .map_err(Error::io(format!("resolving {}", path.display())))?;
+        }
+        Ok(())
+    }
 }
 
 impl Default for NetworkSpec {
@@ -262,6 +321,7 @@ impl Default for NetworkSpec {
             mtu: 1500,
             dns_servers: Vec::new(),
             max_connections: None,
+            tls: TlsSpec::default(),
         }
     }
 }

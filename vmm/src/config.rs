@@ -184,6 +184,8 @@ pub struct VmConfig {
     pub devices: Vec<DeviceSpec>,
     /// Stops the VM from another thread.
     pub stop: StopHandle,
+    /// Reads the VM's RAM from another thread while it runs (debugging).
+    pub memory: crate::memory::MemoryHandle,
 }
 
 impl VmConfig {
@@ -205,6 +207,7 @@ impl VmConfig {
             start_time: Instant::now(),
             devices: Vec::new(),
             stop: StopHandle::new(),
+            memory: crate::memory::MemoryHandle::new(),
         }
     }
 

@@ -123,6 +123,9 @@ pub fn run<H: Hypervisor>(
     config.validate()?;
     let hypervisor = open()?;
     let machine = Machine::build(&hypervisor, config)?;
+    config.memory.set(Some(machine.mem.clone()));
+    // Whatever happens next, the handle lets go of the memory when the VM ends.
+    let _forget = ForgetMemory(&config.memory);
     let vcpus = Vcpus::start(&machine, config)?;
     // Set-up is over: from here this thread only supervises the vCPUs.
     msbvm_virtio::confine::thread_started("vm");
@@ -132,6 +135,15 @@ pub fn run<H: Hypervisor>(
     vcpus.stop();
     machine.console.flush_pending();
     Ok(machine.outcome(config, exit, boot_complete, stopped_after))
+}
+
+/// Clears a [`crate::memory::MemoryHandle`] when dropped.
+struct ForgetMemory<'a>(&'a crate::memory::MemoryHandle);
+
+impl Drop for ForgetMemory<'_> {
+    fn drop(&mut self) {
+        self.0.set(None);
+    }
 }
 
 /// Everything of a VM but its vCPU threads.

@@ -24,6 +24,19 @@ pub struct BootConfig {
     pub mounts: Vec<GuestMount>,
     /// The network interface's set-up; `None` when the sandbox has no network.
     pub network: Option<NetworkSetup>,
+    /// TLS interception: the CA the guest must trust. `None` when nothing is intercepted.
+    pub tls: Option<GuestTls>,
+    /// `(NAME, placeholder)` of every secret: each exec's environment gets `NAME=placeholder`.
+    /// Placeholders are random and worthless outside the sandbox; the values stay on the host.
+    pub secret_env: Vec<(String, String)>,
+}
+
+/// What the guest needs for the host's TLS interception.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestTls {
+    /// PEM of the certificate authority that signs the intercepted connections' certificates;
+    /// the agent installs it in the guest's trust stores.
+    pub ca_cert_pem: String,
 }
 
 /// A filesystem to mount in the guest.
@@ -93,6 +106,10 @@ mod tests {
                 mtu: 1500,
                 hosts: vec![([10, 0, 2, 254], "host.msbvm.internal".into())],
             }),
+            tls: Some(GuestTls {
+                ca_cert_pem: "-----BEGIN CERTIFICATE-----\n".into(),
+            }),
+            secret_env: vec![("API_KEY".into(), "msbvm_placeholder_00".into())],
         };
         let bytes = postcard::to_stdvec(&config).unwrap();
         assert_eq!(postcard::from_bytes::<BootConfig>(&bytes).unwrap(), config);

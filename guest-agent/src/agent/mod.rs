@@ -45,6 +45,7 @@ pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod system;
+pub mod trust;
 pub mod users;
 pub mod vsock;
 
@@ -125,6 +126,23 @@ fn init_system() {
             agent_log!("cannot write /etc/resolv.conf and /etc/hosts: {e}");
         }
     }
+    set_up_interception(&boot);
+}
+
+/// Trusts the host's interception CA and records the environment every exec gets (the CA
+/// bundle variables, the secrets' placeholders). Problems are logged: the sandbox boots.
+fn set_up_interception(boot: &msbvm_protocol::boot::BootConfig) {
+    let bundle = boot.tls.as_ref().and_then(|tls| {
+        let (bundle, problems) = trust::install_ca(std::path::Path::new("/"), &tls.ca_cert_pem);
+        for p in problems {
+            agent_log!("TLS interception CA: {p}");
+        }
+        if bundle.is_none() {
+            agent_log!("TLS interception CA: no bundle holds it; TLS clients will refuse intercepted hosts");
+        }
+        bundle
+    });
+    trust::set_boot_env(trust::boot_env_for(bundle.as_deref(), &boot.secret_env));
 }
 
 /// Listens and serves connections; returns only on a fatal error.

@@ -41,6 +41,17 @@ pub fn switches_user() -> bool {
     std::env::var(CONFINE_ENV).as_deref() != Ok("0") && matches!(identity::target(), Ok(Some(_)))
 }
 
+/// Where hosts keep their TLS trust roots (read-only to a runtime with a network; the ones
+/// that do not exist are left out).
+pub const TRUST_ROOT_DIRS: &[&str] = &[
+    "/etc/ssl",
+    "/etc/pki",
+    "/etc/ca-certificates",
+    "/usr/share/ca-certificates",
+    "/usr/local/share/ca-certificates",
+    "/usr/lib/ssl",
+];
+
 /// What a runtime will confine itself to, decided before any thread starts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
@@ -92,6 +103,12 @@ pub fn plan(spec: &SandboxSpec, dir: &SandboxDir, home: &Path) -> Result<Option<
             VolumeSource::Named(name) => msbvm_sdk::volumes::create(home, name)?.data,
         };
         share(path, volume.read_only);
+    }
+    if spec.network.enabled {
+        // The network stack reads the host's trust roots to verify intercepted upstreams.
+        paths
+            .read_only
+            .extend(TRUST_ROOT_DIRS.iter().map(PathBuf::from));
     }
     let identity = identity::target().map_err(Error::InvalidConfig)?;
     // The layered upper (in the state directory) and a read-write passthrough share both

@@ -141,7 +141,7 @@ fn files(state: &Path, volume: &Path, named: &Path) {
 fn bind_ports(spec: &SandboxSpec, dir: &SandboxDir) {
     use std::net::{SocketAddr, TcpListener};
     // Started after `enable`, as in the runtime: its thread confines itself as `netstack`.
-    let (net, _, _) = crate::devices::network(&spec.network, dir).unwrap();
+    let (net, _, _) = crate::devices::network(&spec.network, None, dir).unwrap();
     // Still root and unconfined here: find privileged ports nothing else listens on.
     let mut free = (900..1000).filter(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok());
     let mut next = || free.next().expect("a free port below 1000");
@@ -359,6 +359,14 @@ fn supervise_for_test(rx: &mpsc::Receiver<Event>, state: &Path) {
     std::fs::create_dir_all(state.join("sub/dir")).unwrap();
     std::fs::remove_dir_all(state.join("sub")).unwrap();
     check("records", true);
+    // `msbvm debug dump-memory`: a thread the supervisor starts writes guest RAM.
+    let memory = msbvm_vmm::memory::MemoryHandle::new();
+    memory.set(Some(msbvm_vmm::layout::create_memory(2 << 20).unwrap()));
+    let dump = state.join(msbvm_sdk::paths::MEMORY_DUMP_FILE);
+    let written = std::thread::spawn(move || crate::write_dump(&memory, &dump).ok())
+        .join()
+        .unwrap();
+    check("dump", written == Some(2 << 20));
     // What publishing a port on a running sandbox does on this thread.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
@@ -378,6 +386,7 @@ fn runtime_threads_do_their_work_under_their_filters() {
         "CHECK control-status true",
         "CHECK events true",
         "CHECK records true",
+        "CHECK dump true",
         "CHECK publish true",
         "CHECK shutdown Ok(())",
     ] {
