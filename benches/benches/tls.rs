@@ -19,7 +19,7 @@
 //! `HANDSHAKES` new connections each with a full handshake and one GET (ms per connection,
 //! leaf cache warm), and one download of `BULK_MIB` MiB (MiB/s). Runs interleave the modes
 //! (direct, intercepted, mitmproxy, direct, ...). The report shows medians over runs with the
-//! range [min-max], the added latency of `intercepted` over `direct` (paired per run; target
+//! range [min..max], the added latency of `intercepted` over `direct` (paired per run; target
 //! p50 <= 1 ms) and the ratios of `intercepted` to `mitmproxy` (target bulk >= 5x).
 //!
 //! In the `intercepted` mode the guest trusts only the sandbox CA. When the handshake fails
@@ -71,14 +71,24 @@ impl Series {
     }
 }
 
-/// `median [min-max]` of `v`, with `digits` decimals.
+/// `median [min..max]` of `v`, with `digits` decimals.
 fn spread(v: &[f64], digits: usize) -> String {
     let Some(med) = median(v.to_vec()) else {
         return "-".into();
     };
     let min = v.iter().copied().fold(f64::INFINITY, f64::min);
     let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{med:.digits$} [{min:.digits$}-{max:.digits$}]")
+    format!("{med:.digits$} [{min:.digits$}..{max:.digits$}]")
+}
+
+/// Like [`spread`] for differences, every number with its sign.
+fn signed_spread(v: &[f64], digits: usize) -> String {
+    let Some(med) = median(v.to_vec()) else {
+        return "-".into();
+    };
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{med:+.digits$} [{min:+.digits$}..{max:+.digits$}]")
 }
 
 /// `a[i] - b[i]` per run (the modes ran interleaved, so run i of each saw the same moment).
@@ -152,7 +162,7 @@ fn bench() -> BenchResult<()> {
 fn report(series: &[(Mode, Series)], runs: u32, plan: Plan, mtu: usize, port: u16) {
     println!();
     println!(
-        "tls: HTTPS from a netns (the guest, no VM) through msbvm's netstack (mtu {mtu}) to a hyper+rustls HTTP/1.1 server on the host's 127.0.0.1:{port}; per run: {} keep-alive GETs of 100 B, {} new connections (full handshake, no resumption, + 1 GET), {} MiB download; modes interleaved; medians of {runs} runs [min-max]",
+        "tls: HTTPS from a netns (the guest, no VM) through msbvm's netstack (mtu {mtu}) to a hyper+rustls HTTP/1.1 server on the host's 127.0.0.1:{port}; per run: {} keep-alive GETs of 100 B, {} new connections (full handshake, no resumption, + 1 GET), {} MiB download; modes interleaved; medians of {runs} runs [min..max]",
         plan.requests,
         plan.handshakes,
         plan.bulk_bytes / (1024 * 1024),
@@ -178,10 +188,10 @@ fn report(series: &[(Mode, Series)], runs: u32, plan: Plan, mtu: usize, port: u1
         let added_p50 = paired(&i.p50_ms, &d.p50_ms);
         let met = median(added_p50.clone()).is_some_and(|v| v <= 1.0);
         println!(
-            "intercepted-direct (paired per run): p50 +{} ms, p99 +{} ms, new conn +{} ms; target added p50 <= 1 ms: {}",
-            spread(&added_p50, 3),
-            spread(&paired(&i.p99_ms, &d.p99_ms), 3),
-            spread(&paired(&i.connection_ms, &d.connection_ms), 2),
+            "intercepted-direct (paired per run): p50 {} ms, p99 {} ms, new conn {} ms; target added p50 <= 1 ms: {}",
+            signed_spread(&added_p50, 3),
+            signed_spread(&paired(&i.p99_ms, &d.p99_ms), 3),
+            signed_spread(&paired(&i.connection_ms, &d.connection_ms), 2),
             if met { "met" } else { "NOT met" },
         );
     }
