@@ -17,7 +17,9 @@
 //! request (which also puts the name's leaf into an interceptor's cache), then `REQUESTS`
 //! GETs of 100 B on one keep-alive connection (requests/s and per-request latency p50/p99),
 //! `HANDSHAKES` new connections each with a full handshake and one GET (ms per connection,
-//! leaf cache warm), and one download of `BULK_MIB` MiB (MiB/s). Runs interleave the modes
+//! leaf cache warm), and one download of `BULK_MIB` MiB (MiB/s, and CPU ms per MiB: this
+//! process, which holds client, netstack, pumps and upstream for every mode, plus mitmproxy's
+//! process in its mode; a steadier figure than MiB/s on a busy host). Runs interleave the modes
 //! (direct, intercepted, mitmproxy, direct, ...). The report shows medians over runs with the
 //! range [min..max], the added latency of `intercepted` over `direct` (paired per run; target
 //! p50 <= 1 ms) and the ratios of `intercepted` to `mitmproxy` (target bulk >= 5x).
@@ -50,6 +52,7 @@ struct Series {
     p99_ms: Vec<f64>,
     connection_ms: Vec<f64>,
     bulk_mib_s: Vec<f64>,
+    bulk_cpu: Vec<f64>,
     /// Runs of `intercepted` in which the guest saw the upstream's own certificate.
     spliced_runs: u32,
 }
@@ -65,6 +68,7 @@ impl Series {
         self.connection_ms
             .push(median(s.connection_ms.clone()).unwrap_or(f64::NAN));
         self.bulk_mib_s.push(s.bulk_mib_s);
+        self.bulk_cpu.push(s.bulk_cpu_ms_per_mib);
         if run.intercepted == Some(false) {
             self.spliced_runs += 1;
         }
@@ -168,19 +172,26 @@ fn report(series: &[(Mode, Series)], runs: u32, plan: Plan, mtu: usize, port: u1
         plan.bulk_bytes / (1024 * 1024),
     );
     println!(
-        "{:<13} {:>24} {:>24} {:>24} {:>24} {:>24}",
-        "mode", "keep-alive req/s", "p50 ms", "p99 ms", "new conn ms", "bulk MiB/s"
+        "{:<13} {:>22} {:>22} {:>22} {:>22} {:>22} {:>22}",
+        "mode",
+        "keep-alive req/s",
+        "p50 ms",
+        "p99 ms",
+        "new conn ms",
+        "bulk MiB/s",
+        "bulk CPU ms/MiB"
     );
     for (mode, s) in series {
         let mark = if s.spliced_runs > 0 { "*" } else { "" };
         println!(
-            "{:<13} {:>24} {:>24} {:>24} {:>24} {:>24}",
+            "{:<13} {:>22} {:>22} {:>22} {:>22} {:>22} {:>22}",
             format!("{}{mark}", mode.name()),
             spread(&s.requests_per_s, 0),
             spread(&s.p50_ms, 3),
             spread(&s.p99_ms, 3),
             spread(&s.connection_ms, 2),
             spread(&s.bulk_mib_s, 0),
+            spread(&s.bulk_cpu, 1),
         );
     }
     let find = |m: Mode| series.iter().find(|(mode, _)| *mode == m).map(|(_, s)| s);
@@ -215,12 +226,13 @@ fn report(series: &[(Mode, Series)], runs: u32, plan: Plan, mtu: usize, port: u1
             String::new()
         };
         println!(
-            "{}/{}: req/s x{}, new conn/s x{}, bulk x{}{target}",
+            "{}/{}: req/s x{}, new conn/s x{}, bulk x{}, bulk CPU/MiB x{}{target}",
             ours.name(),
             peer.name(),
             cell(ratio(med(&o.requests_per_s), med(&p.requests_per_s))),
             cell(ratio(med(&p.connection_ms), med(&o.connection_ms))),
             cell(bulk),
+            cell(ratio(med(&o.bulk_cpu), med(&p.bulk_cpu))),
         );
     }
     if let Some(i) = find(Mode::Intercepted).filter(|s| s.spliced_runs > 0) {

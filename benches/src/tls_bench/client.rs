@@ -69,7 +69,12 @@ pub struct Samples {
     pub connection_ms: Vec<f64>,
     /// Bulk download rate, MiB/s.
     pub bulk_mib_s: f64,
+    /// CPU time per MiB of the bulk download, ms, by the [`CpuClock`] given (0 without one).
+    pub bulk_cpu_ms_per_mib: f64,
 }
+
+/// CPU seconds used so far by whatever a mode's path runs on (read before and after a phase).
+pub type CpuClock = Arc<dyn Fn() -> f64 + Send + Sync>;
 
 /// The guest's side of one path: where to connect, which name to ask for, what to trust.
 #[derive(Clone)]
@@ -79,6 +84,7 @@ pub struct Guest {
     /// SNI and Host.
     pub name: String,
     connector: TlsConnector,
+    cpu: Option<CpuClock>,
 }
 
 impl Guest {
@@ -96,7 +102,14 @@ impl Guest {
             route,
             name: name.to_string(),
             connector: TlsConnector::from(Arc::new(config)),
+            cpu: None,
         })
+    }
+
+    /// This client with `cpu` read around the bulk download.
+    pub fn with_cpu_clock(mut self, cpu: CpuClock) -> Guest {
+        self.cpu = Some(cpu);
+        self
     }
 
     /// A TCP connection to the upstream (through the proxy's tunnel, if any).
@@ -228,6 +241,7 @@ impl Guest {
 
     async fn bulk(&self, plan: Plan, samples: &mut Samples) -> BenchResult<()> {
         let mut sender = self.open().await?;
+        let cpu_before = self.cpu.as_ref().map(|c| c());
         let start = Instant::now();
         let got = self
             .get(&mut sender, &format!("/bulk/{}", plan.bulk_bytes))
@@ -235,7 +249,11 @@ impl Guest {
         if got != plan.bulk_bytes {
             return Err(format!("bulk: got {got} of {} bytes", plan.bulk_bytes));
         }
-        samples.bulk_mib_s = got as f64 / (1024.0 * 1024.0) / start.elapsed().as_secs_f64();
+        let mib = got as f64 / (1024.0 * 1024.0);
+        samples.bulk_mib_s = mib / start.elapsed().as_secs_f64();
+        if let (Some(before), Some(cpu)) = (cpu_before, &self.cpu) {
+            samples.bulk_cpu_ms_per_mib = (cpu() - before) * 1e3 / mib.max(f64::MIN_POSITIVE);
+        }
         Ok(())
     }
 }

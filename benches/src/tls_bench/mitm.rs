@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::image_bench::{on_path, BenchResult};
-use crate::net_bench::{free_port, proc_cpu_seconds};
+use crate::net_bench::free_port;
 
 /// The venv `scripts/bench-deps` makes: `$XDG_CACHE_HOME/msbvm/bench/mitmproxy` (or under
 /// `~/.cache`).
@@ -104,9 +104,9 @@ impl Mitmdump {
         }
     }
 
-    /// CPU seconds the proxy used so far.
-    pub fn cpu_seconds(&self) -> f64 {
-        proc_cpu_seconds(&format!("/proc/{}/stat", self.child.id()))
+    /// The proxy's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 

@@ -30,12 +30,12 @@ use msbvm_netstack::tls::TlsConfig;
 use msbvm_netstack::NetConfig;
 use rustls::RootCertStore;
 
-use self::client::{in_netns, resolve, Guest, Plan, Route, Samples};
+use self::client::{in_netns, resolve, CpuClock, Guest, Plan, Route, Samples};
 use self::mitm::Mitmdump;
 use self::pki::{roots_from_pem, Authority};
 use self::upstream::HostSide;
 use crate::image_bench::BenchResult;
-use crate::net_bench::MsbvmLink;
+use crate::net_bench::{proc_cpu_seconds, MsbvmLink};
 
 /// The upstream's DNS name (SNI and Host of every request).
 pub const UPSTREAM_NAME: &str = "upstream.tls-bench.test";
@@ -134,6 +134,19 @@ impl Bench {
         }
     }
 
+    /// CPU seconds of everything on `mode`'s path so far: this process (client, netstack,
+    /// frame pumps, upstream, which every mode shares) plus mitmproxy's process in its mode.
+    fn cpu_clock(&self, mode: Mode) -> CpuClock {
+        let mitm_stat = self
+            .mitm
+            .as_ref()
+            .filter(|_| mode == Mode::Mitmproxy)
+            .map(|m| format!("/proc/{}/stat", m.pid()));
+        Arc::new(move || {
+            proc_cpu_seconds("/proc/self/stat") + mitm_stat.as_deref().map_or(0.0, proc_cpu_seconds)
+        })
+    }
+
     /// What the guest trusts in `mode`.
     fn roots(&self, mode: Mode) -> BenchResult<Arc<RootCertStore>> {
         match mode {
@@ -160,6 +173,7 @@ impl Bench {
             .mitm
             .as_ref()
             .map(|m| SocketAddr::from((HOST_ALIAS_IP, m.port)));
+        let cpu = self.cpu_clock(mode);
         in_netns(link.ns.path(), move || async move {
             let ip = resolve(SocketAddr::from((GATEWAY_IP, 53)), UPSTREAM_NAME).await?;
             let route = match (mode, proxy) {
@@ -180,6 +194,7 @@ impl Bench {
                 }
                 intercepted = Some(seen);
             }
+            guest = guest.with_cpu_clock(cpu);
             guest.warm_up().await?;
             let samples = guest.measure(plan).await?;
             Ok(RunResult {
