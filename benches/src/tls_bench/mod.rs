@@ -96,7 +96,8 @@ impl Bench {
         let upstream_ca = Authority::new("msbvm tls bench upstream CA")?;
         let sandbox_ca = Authority::new("msbvm tls bench sandbox CA")?;
         let leaf = upstream_ca.issue(&[UPSTREAM_NAME, "127.0.0.1"])?;
-        let host = HostSide::start(leaf, UPSTREAM_NAME, HOST_ALIAS_IP)?;
+        // 443 when free: an interceptor may care about the HTTPS port.
+        let host = HostSide::start(leaf, 443, UPSTREAM_NAME, HOST_ALIAS_IP)?;
         let ca_file =
             tempfile::NamedTempFile::new().map_err(|e| format!("upstream CA file: {e}"))?;
         std::fs::write(ca_file.path(), &upstream_ca.cert_pem)
@@ -246,7 +247,7 @@ mod tests {
         let ca = Authority::new("test upstream CA").unwrap();
         let other = Authority::new("test other CA").unwrap();
         let leaf = ca.issue(&[UPSTREAM_NAME]).unwrap();
-        let host = HostSide::start(leaf, UPSTREAM_NAME, HOST_ALIAS_IP).unwrap();
+        let host = HostSide::start(leaf, 0, UPSTREAM_NAME, HOST_ALIAS_IP).unwrap();
         let route = Route::Direct(host.https);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

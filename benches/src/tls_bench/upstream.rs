@@ -114,10 +114,9 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor) {
     }
 }
 
-/// Binds the upstream on the host's loopback: port 443 when free (an interceptor may care
-/// about the HTTPS port), else any port.
-pub async fn bind_upstream() -> BenchResult<TcpListener> {
-    match TcpListener::bind((Ipv4Addr::LOCALHOST, 443)).await {
+/// Binds the upstream on the host's loopback: `port` when free, else any port.
+pub async fn bind_upstream(port: u16) -> BenchResult<TcpListener> {
+    match TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await {
         Ok(l) => Ok(l),
         Err(_) => TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
@@ -173,8 +172,9 @@ pub struct HostSide {
 }
 
 impl HostSide {
-    /// Starts both: the server presents `leaf`; DNS answers `name` with `addr`.
-    pub fn start(leaf: Leaf, name: &str, addr: Ipv4Addr) -> BenchResult<HostSide> {
+    /// Starts both: the server presents `leaf` on `https_port` if free (else any port); DNS
+    /// answers `name` with `addr`.
+    pub fn start(leaf: Leaf, https_port: u16, name: &str, addr: Ipv4Addr) -> BenchResult<HostSide> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("bench-upstream")
@@ -183,7 +183,7 @@ impl HostSide {
             .map_err(|e| format!("upstream runtime: {e}"))?;
         let acceptor = acceptor(leaf)?;
         let (https, dns) = runtime.block_on(async {
-            let listener = bind_upstream().await?;
+            let listener = bind_upstream(https_port).await?;
             let dns_socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
                 .await
                 .map_err(|e| format!("binding the DNS server: {e}"))?;
