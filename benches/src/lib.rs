@@ -8,7 +8,8 @@
 //! [`boot_runs`] sets up the boot runs of msbvm and its peers in L1 (used by both benchmarks);
 //! [`sandbox`] holds the sandbox benchmark's result lines, table and JSON; [`image_bench`] and
 //! [`net_bench`] are the host-side image (pull + unpack vs skopeo + umoci) and network (netstack
-//! vs slirp4netns and pasta) benchmarks.
+//! vs slirp4netns and pasta) benchmarks; [`tls_bench`] is the host-side TLS interception
+//! benchmark (netstack splicing, intercepting, and mitmproxy).
 
 use std::fmt::Write as _;
 
@@ -16,6 +17,7 @@ pub mod boot_runs;
 pub mod image_bench;
 pub mod net_bench;
 pub mod sandbox;
+pub mod tls_bench;
 
 pub use msbvm_tests::report::Stats;
 

@@ -148,7 +148,7 @@ pub fn open_tap(ns: &Netns) -> BenchResult<OwnedFd> {
 
 /// Moves the calling thread into the network namespace at `path`, for good: call it on a
 /// thread of its own.
-fn enter_netns(path: &Path) -> BenchResult<()> {
+pub fn enter_netns(path: &Path) -> BenchResult<()> {
     let file = File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
     // SAFETY: setns on a namespace file we hold open; it changes only this thread.
     if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
@@ -233,19 +233,25 @@ impl MsbvmLink {
     /// gateway 10.0.2.2, `mtu`), starts the stack (policy: default allow plus `allow host`)
     /// and the pumps.
     pub fn start(mtu: usize) -> BenchResult<MsbvmLink> {
-        let ns = Netns::create(&format!("msbvm{mtu}"))?;
-        let tap = open_tap(&ns)?;
-        let mtu_text = mtu.to_string();
-        ns.ip(&["link", "set", TAP, "mtu", &mtu_text, "up"])?;
-        ns.ip(&["addr", "add", "10.0.2.15/24", "dev", TAP])?;
-        ns.ip(&["route", "add", "default", "via", "10.0.2.2"])?;
-        let (device, stack_fd) = frame_socketpair().map_err(|e| format!("socketpair: {e}"))?;
         let rule = Rule::parse("host").map_err(|e| format!("rule host: {e}"))?;
         let policy = Policy::new(Action::Allow).allow(rule);
         let config = NetConfig {
             mtu,
             ..NetConfig::default()
         };
+        MsbvmLink::start_with(&format!("msbvm{mtu}"), config, policy)
+    }
+
+    /// Like [`MsbvmLink::start`] with the stack's `config` and `policy` given (the namespace,
+    /// `msbvm-bench-<pid>-<tag>`, is configured for `config.mtu`).
+    pub fn start_with(tag: &str, config: NetConfig, policy: Policy) -> BenchResult<MsbvmLink> {
+        let ns = Netns::create(tag)?;
+        let tap = open_tap(&ns)?;
+        let mtu_text = config.mtu.to_string();
+        ns.ip(&["link", "set", TAP, "mtu", &mtu_text, "up"])?;
+        ns.ip(&["addr", "add", "10.0.2.15/24", "dev", TAP])?;
+        ns.ip(&["route", "add", "default", "via", "10.0.2.2"])?;
+        let (device, stack_fd) = frame_socketpair().map_err(|e| format!("socketpair: {e}"))?;
         let frame_max = config.max_frame_len();
         let stack = NetStack::start(config, stack_fd, policy, discard_events())
             .map_err(|e| format!("starting the netstack: {e}"))?;
@@ -483,7 +489,8 @@ impl Drop for IperfServer {
     }
 }
 
-fn free_port() -> BenchResult<u16> {
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> BenchResult<u16> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
