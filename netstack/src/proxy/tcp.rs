@@ -29,7 +29,7 @@ use crate::http;
 use crate::policy::{FlowInfo, Verdict};
 use crate::state::{PolicedFlow, Shared, Stack, TcpEntry};
 use crate::stats::StatsCounters;
-use crate::tls::TLS_PORTS;
+use crate::tls::is_tls_port;
 
 /// Buffers of a DNS-over-TCP connection (messages are at most 64 KiB).
 const DNS_TCP_BUFFER: usize = 64 * 1024;
@@ -68,11 +68,7 @@ pub(crate) fn new_flow(shared: &Rc<Shared>, st: &mut Stack, key: TcpKey, syn: &[
     let inspected = shared.policy.load().wants_http_inspection(dst.port());
     let names = shared.pins.names(flow.dst.ip());
     st.policed.insert(key, PolicedFlow { names, inspected });
-    if let Some(tls) = shared
-        .tls
-        .as_ref()
-        .filter(|_| TLS_PORTS.contains(&dst.port()))
-    {
+    if let Some(tls) = shared.tls.as_ref().filter(|_| is_tls_port(dst.port())) {
         // The ClientHello decides, so the guest's handshake has to complete first.
         let handle = st.accept_syn(key, syn, config.tcp_buffer_size);
         let flow = super::tls_flow::tls_flow(shared.clone(), key, handle, flow, tls.clone());
