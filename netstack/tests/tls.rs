@@ -146,7 +146,18 @@ struct Outcome {
 }
 
 /// Runs `conn` over a guest TCP connection to the host alias's `port` until it ends.
-fn run_tls(h: &mut Harness, port: u16, mut conn: ClientConnection) -> Outcome {
+fn run_tls(h: &mut Harness, port: u16, conn: ClientConnection) -> Outcome {
+    run_tls_in_pieces(h, port, conn, usize::MAX)
+}
+
+/// [`run_tls`], the guest sending at most `piece` bytes at a time with pauses in between (so
+/// the stack sees its ClientHello arrive in parts).
+fn run_tls_in_pieces(
+    h: &mut Harness,
+    port: u16,
+    mut conn: ClientConnection,
+    piece: usize,
+) -> Outcome {
     let s = h
         .guest
         .tcp_connect(SocketAddrV4::new(HOST_ALIAS, port), 40000 + fastrand());
@@ -162,8 +173,11 @@ fn run_tls(h: &mut Harness, port: u16, mut conn: ClientConnection) -> Outcome {
             while conn.wants_write() {
                 conn.write_tls(&mut out).unwrap();
             }
-            if !out.is_empty() {
-                h.guest.tcp_send_all(s, &out);
+            for part in out.chunks(piece) {
+                h.guest.tcp_send_all(s, part);
+                if piece != usize::MAX {
+                    h.guest.run_for(Duration::from_millis(5));
+                }
             }
         }
         let sock = h.guest.tcp(s);
@@ -354,4 +368,20 @@ fn a_bad_sandbox_ca_fails_the_start_with_a_clear_error() {
         .expect("refused");
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
     assert!(err.to_string().contains("CA certificate"), "{err}");
+}
+
+#[test]
+fn a_client_hello_arriving_in_pieces_is_replayed_intact() {
+    let (upstream_ca, port) = upstream();
+    let (mut h, sandbox_ca) = stack(upstream_ca, &["api.test"], &[], host_allowed());
+    let out = run_tls_in_pieces(&mut h, port, client(&sandbox_ca, name("api.test")), 7);
+    assert!(
+        out.handshaken,
+        "intercepted: {:?} {:?}",
+        out.error,
+        h.events()
+    );
+    let out = run_tls_in_pieces(&mut h, port, client(upstream_ca, name("else.test")), 7);
+    assert!(out.handshaken, "bypassed: {:?} {:?}", out.error, h.events());
+    assert_eq!(out.plain, GREETING);
 }
