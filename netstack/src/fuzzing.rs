@@ -20,6 +20,12 @@ use crate::pins::PinTable;
 use crate::policy::{FlowInfo, Policy, Protocol};
 use crate::state::Stack;
 
+/// Makes `port` an interception port besides 443 in this process (integration tests run
+/// their upstream TLS servers on ephemeral ports); 0 removes it.
+pub fn set_test_tls_port(port: u16) {
+    crate::tls::TEST_TLS_PORT.store(port, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// TCP sockets one harness accepts at most (each costs two buffers).
 const MAX_SOCKETS: usize = 8;
 /// Buffer size of those sockets.

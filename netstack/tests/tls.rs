@@ -1,9 +1,7 @@
 //! TLS interception end to end: a rustls client in the smoltcp fake guest, the stack, and a
-//! real rustls server on the host's loopback port 443 (reached through the host alias), with
-//! its own test CA given to the stack as a private upstream CA.
-//!
-//! The interception port is 443, so the upstream server must bind 127.0.0.1:443; where that
-//! is not permitted (not root, port taken) each test says so on stderr and passes vacuously.
+//! real rustls server on the host's loopback (reached through the host alias), with its own
+//! test CA given to the stack as a private upstream CA. The server's ephemeral port is made an
+//! interception port besides 443 (`fuzzing::set_test_tls_port`).
 
 mod common;
 
@@ -53,17 +51,13 @@ fn resolver(name: &str) -> (LeafResolver, String) {
     (LeafResolver::new(ca, 16), cert)
 }
 
-/// Starts the upstream server once; returns its CA PEM, or None when 443 cannot be bound.
-fn upstream() -> Option<&'static str> {
-    static CA: OnceLock<Option<String>> = OnceLock::new();
-    CA.get_or_init(|| {
-        let listener = match TcpListener::bind("127.0.0.1:443") {
-            Ok(listener) => listener,
-            Err(e) => {
-                eprintln!("SKIPPED: cannot bind 127.0.0.1:443 for the upstream server: {e}");
-                return None;
-            }
-        };
+/// Starts the upstream server once; returns its CA PEM and port (an interception port).
+fn upstream() -> (&'static str, u16) {
+    static UPSTREAM: OnceLock<(String, u16)> = OnceLock::new();
+    let (ca, port) = UPSTREAM.get_or_init(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        msbvm_netstack::fuzzing::set_test_tls_port(port);
         let (trusted, ca) = resolver("upstream test CA");
         let (untrusted, _) = resolver("nobody's CA");
         let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
@@ -91,9 +85,9 @@ fn upstream() -> Option<&'static str> {
                 });
             }
         });
-        Some(ca)
-    })
-    .as_deref()
+        (ca, port)
+    });
+    (ca, *port)
 }
 
 /// A stack intercepting `intercept` (bypassing `bypass`) with a fresh sandbox CA; returns the
@@ -151,17 +145,30 @@ struct Outcome {
     alpn: Option<Vec<u8>>,
 }
 
-/// Runs `conn` over a guest TCP connection to the host alias's port 443 until it ends.
-fn run_tls(h: &mut Harness, conn: ClientConnection) -> Outcome {
-    run_tls_until(h, conn, false)
+/// Runs `conn` over a guest TCP connection to the host alias's `port` until it ends.
+fn run_tls(h: &mut Harness, port: u16, conn: ClientConnection) -> Outcome {
+    run_tls_in_pieces(h, port, conn, usize::MAX, false)
 }
 
-/// [`run_tls`], returning as soon as the handshake completed when `handshake_only` (an
-/// intercepted connection then waits for requests from the HTTP engine's side, not ending).
-fn run_tls_until(h: &mut Harness, mut conn: ClientConnection, handshake_only: bool) -> Outcome {
+/// [`run_tls`] up to the end of the handshake only: an intercepted connection then waits for
+/// requests (the HTTP engine serves it), so it does not end by itself.
+fn handshake(h: &mut Harness, port: u16, conn: ClientConnection) -> Outcome {
+    run_tls_in_pieces(h, port, conn, usize::MAX, true)
+}
+
+/// [`run_tls`], the guest sending at most `piece` bytes at a time with pauses in between (so
+/// the stack sees its ClientHello arrive in parts), returning once the handshake is done when
+/// `handshake_only`.
+fn run_tls_in_pieces(
+    h: &mut Harness,
+    port: u16,
+    mut conn: ClientConnection,
+    piece: usize,
+    handshake_only: bool,
+) -> Outcome {
     let s = h
         .guest
-        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, 443), 40000 + fastrand());
+        .tcp_connect(SocketAddrV4::new(HOST_ALIAS, port), 40000 + fastrand());
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut plain = Vec::new();
     let mut buf = vec![0u8; 65536];
@@ -177,8 +184,11 @@ fn run_tls_until(h: &mut Harness, mut conn: ClientConnection, handshake_only: bo
             while conn.wants_write() {
                 conn.write_tls(&mut out).unwrap();
             }
-            if !out.is_empty() {
-                h.guest.tcp_send_all(s, &out);
+            for part in out.chunks(piece) {
+                h.guest.tcp_send_all(s, part);
+                if piece != usize::MAX {
+                    h.guest.run_for(Duration::from_millis(5));
+                }
             }
         }
         let sock = h.guest.tcp(s);
@@ -235,9 +245,7 @@ fn wait_event(h: &mut Harness, what: &str, f: impl Fn(&NetEvent) -> bool) -> Net
 
 #[test]
 fn an_intercepted_connection_gets_a_leaf_from_the_sandbox_ca() {
-    let Some(upstream_ca) = upstream() else {
-        return;
-    };
+    let (upstream_ca, port) = upstream();
     let (mut h, sandbox_ca) = stack(upstream_ca, &["*.test"], &[], host_allowed());
     h.handle.pins().pin(
         Ipv4Addr::LOCALHOST.into(),
@@ -245,7 +253,7 @@ fn an_intercepted_connection_gets_a_leaf_from_the_sandbox_ca() {
         Duration::from_secs(60),
     );
     // The guest trusts only the sandbox CA: the handshake completing proves the leaf is minted.
-    let out = run_tls_until(&mut h, client(&sandbox_ca, name("api.test")), true);
+    let out = handshake(&mut h, port, client(&sandbox_ca, name("api.test")));
     assert!(out.handshaken, "{:?} {:?}", out.error, h.events());
     assert_eq!(out.alpn.as_deref(), Some(&b"h2"[..]));
     let event = wait_event(&mut h, "tls_intercepted", |e| {
@@ -257,7 +265,7 @@ fn an_intercepted_connection_gets_a_leaf_from_the_sandbox_ca() {
     assert_eq!(sni, "api.test");
     assert!(pinned, "the name was pinned to the address");
     // A name the sandbox's DNS never gave for this address is intercepted, but not pinned.
-    let out = run_tls_until(&mut h, client(&sandbox_ca, name("other.test")), true);
+    let out = handshake(&mut h, port, client(&sandbox_ca, name("other.test")));
     assert!(out.handshaken, "{:?} {:?}", out.error, h.events());
     let unpinned = h.events().into_iter().any(
         |e| matches!(e, NetEvent::TlsIntercepted { sni, pinned: false, .. } if sni == "other.test"),
@@ -267,12 +275,10 @@ fn an_intercepted_connection_gets_a_leaf_from_the_sandbox_ca() {
 
 #[test]
 fn a_bypassed_host_gets_the_upstream_certificate_and_bytes() {
-    let Some(upstream_ca) = upstream() else {
-        return;
-    };
+    let (upstream_ca, port) = upstream();
     let (mut h, _) = stack(upstream_ca, &["all"], &["pinned.test"], host_allowed());
     // The guest trusts only the upstream's CA: the stack's leaf would fail.
-    let out = run_tls(&mut h, client(upstream_ca, name("pinned.test")));
+    let out = run_tls(&mut h, port, client(upstream_ca, name("pinned.test")));
     assert!(out.handshaken, "{:?} {:?}", out.error, h.events());
     assert_eq!(out.plain, GREETING);
     assert_eq!(
@@ -289,11 +295,9 @@ fn a_bypassed_host_gets_the_upstream_certificate_and_bytes() {
 
 #[test]
 fn an_upstream_failing_verification_is_refused() {
-    let Some(upstream_ca) = upstream() else {
-        return;
-    };
+    let (upstream_ca, port) = upstream();
     let (mut h, sandbox_ca) = stack(upstream_ca, &["all"], &[], host_allowed());
-    let out = run_tls(&mut h, client(&sandbox_ca, name(UNTRUSTED)));
+    let out = run_tls(&mut h, port, client(&sandbox_ca, name(UNTRUSTED)));
     assert!(!out.handshaken, "the guest must get no certificate for it");
     let event = wait_event(&mut h, "tls_upstream_rejected", |e| {
         matches!(e, NetEvent::TlsUpstreamRejected { .. })
@@ -307,23 +311,21 @@ fn an_upstream_failing_verification_is_refused() {
 
 #[test]
 fn no_sni_or_a_denied_sni_is_refused_with_an_event() {
-    let Some(upstream_ca) = upstream() else {
-        return;
-    };
+    let (upstream_ca, port) = upstream();
     let policy = Policy::builder()
         .deny(rule("evil.test"))
         .allow(rule("host"));
     let (mut h, sandbox_ca) = stack(upstream_ca, &["all"], &[], policy);
     // rustls sends no SNI to an IP address.
     let ip = ServerName::IpAddress(std::net::IpAddr::V4(HOST_ALIAS).into());
-    let out = run_tls(&mut h, client(&sandbox_ca, ip));
+    let out = run_tls(&mut h, port, client(&sandbox_ca, ip));
     assert!(!out.handshaken);
     wait_event(
         &mut h,
         "tls_refused without SNI",
         |e| matches!(e, NetEvent::TlsRefused { sni: None, reason, .. } if reason.contains("SNI")),
     );
-    let out = run_tls(&mut h, client(&sandbox_ca, name("evil.test")));
+    let out = run_tls(&mut h, port, client(&sandbox_ca, name("evil.test")));
     assert!(!out.handshaken);
     wait_event(
         &mut h,
@@ -334,9 +336,7 @@ fn no_sni_or_a_denied_sni_is_refused_with_an_event() {
 
 #[test]
 fn quic_to_an_intercepted_host_gets_port_unreachable() {
-    let Some(upstream_ca) = upstream() else {
-        return;
-    };
+    let (upstream_ca, port) = upstream();
     let (mut h, _) = stack(upstream_ca, &["api.test"], &[], host_allowed());
     h.handle.pins().pin(
         Ipv4Addr::LOCALHOST.into(),
@@ -344,7 +344,7 @@ fn quic_to_an_intercepted_host_gets_port_unreachable() {
         Duration::from_secs(60),
     );
     let u = h.guest.udp_bind(4433);
-    let dst = IpEndpoint::new(HOST_ALIAS.into(), 443);
+    let dst = IpEndpoint::new(HOST_ALIAS.into(), port);
     h.guest.udp(u).send_slice(b"quic initial", dst).unwrap();
     h.guest.run_until(5, "udp sent", |g| {
         g.udp(u).send_queue().eq(&0).then_some(())
@@ -379,4 +379,26 @@ fn a_bad_sandbox_ca_fails_the_start_with_a_clear_error() {
         .expect("refused");
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
     assert!(err.to_string().contains("CA certificate"), "{err}");
+}
+
+#[test]
+fn a_client_hello_arriving_in_pieces_is_replayed_intact() {
+    let (upstream_ca, port) = upstream();
+    let (mut h, sandbox_ca) = stack(upstream_ca, &["api.test"], &[], host_allowed());
+    let out = run_tls_in_pieces(&mut h, port, client(&sandbox_ca, name("api.test")), 7, true);
+    assert!(
+        out.handshaken,
+        "intercepted: {:?} {:?}",
+        out.error,
+        h.events()
+    );
+    let out = run_tls_in_pieces(
+        &mut h,
+        port,
+        client(upstream_ca, name("else.test")),
+        7,
+        false,
+    );
+    assert!(out.handshaken, "bypassed: {:?} {:?}", out.error, h.events());
+    assert_eq!(out.plain, GREETING);
 }

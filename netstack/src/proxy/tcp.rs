@@ -30,7 +30,7 @@ use crate::policy::{FlowInfo, Verdict};
 use crate::secrets::{Scanner, SecretSet};
 use crate::state::{PolicedFlow, Shared, Stack, TcpEntry};
 use crate::stats::StatsCounters;
-use crate::tls::TLS_PORTS;
+use crate::tls::is_tls_port;
 
 /// Plain HTTP's port, inspected whenever the sandbox has secrets.
 const HTTP_PORT: u16 = 80;
@@ -73,11 +73,7 @@ pub(crate) fn new_flow(shared: &Rc<Shared>, st: &mut Stack, key: TcpKey, syn: &[
         || (!config.secrets.is_empty() && dst.port() == HTTP_PORT);
     let names = shared.pins.names(flow.dst.ip());
     st.policed.insert(key, PolicedFlow { names, inspected });
-    if let Some(tls) = shared
-        .tls
-        .as_ref()
-        .filter(|_| TLS_PORTS.contains(&dst.port()))
-    {
+    if let Some(tls) = shared.tls.as_ref().filter(|_| is_tls_port(dst.port())) {
         // The ClientHello decides, so the guest's handshake has to complete first.
         let handle = st.accept_syn(key, syn, config.tcp_buffer_size);
         let flow = super::tls_flow::tls_flow(shared.clone(), key, handle, flow, tls.clone());

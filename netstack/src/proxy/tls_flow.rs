@@ -210,11 +210,15 @@ async fn intercept_flow(
     let acceptor = TlsAcceptor::from(tls.server.clone());
     let accepted = tokio::time::timeout(HELLO_WAIT, acceptor.accept(replay)).await;
     let stream = match accepted {
-        Ok(Ok(stream)) => stream,
+        // What rustls read must be what the decision was made on (the leaf is minted for it).
+        Ok(Ok(stream)) if same_name(stream.get_ref().1.server_name(), session.sni.as_deref()) => {
+            stream
+        }
         failed => {
             let reason = match failed {
+                Ok(Ok(_)) => "the ClientHello's server name changed under TLS".to_owned(),
                 Ok(Err(e)) => format!("guest TLS handshake failed: {e}"),
-                _ => "guest TLS handshake timed out".to_owned(),
+                Err(_) => "guest TLS handshake timed out".to_owned(),
             };
             shared.emit(NetEvent::TlsRefused {
                 dst,
@@ -244,6 +248,17 @@ async fn intercept_flow(
         bytes_up: counted.up.get(),
         bytes_down: counted.down.get(),
     });
+}
+
+/// Whether two server names are the same DNS name.
+fn same_name(a: Option<&str>, b: Option<&str>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a
+            .trim_end_matches('.')
+            .eq_ignore_ascii_case(b.trim_end_matches('.')),
+        (None, None) => true,
+        _ => false,
+    }
 }
 
 /// A connector handing out `ready` first, then new connections from `connect`.

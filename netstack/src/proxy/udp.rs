@@ -17,7 +17,7 @@ use crate::events::{NetEvent, Transport};
 use crate::frames::Datagram;
 use crate::state::{Shared, Stack, UdpFlow, UdpKey};
 use crate::stats::StatsCounters;
-use crate::tls::TLS_PORTS;
+use crate::tls::is_tls_port;
 
 /// DNS queries being answered at once; more are dropped (the guest retries).
 const DNS_IN_FLIGHT: usize = 64;
@@ -104,7 +104,7 @@ fn blocks_quic(shared: &Shared, dst: SocketAddrV4) -> bool {
     let Some(tls) = &shared.tls else {
         return false;
     };
-    if !TLS_PORTS.contains(&dst.port()) {
+    if !is_tls_port(dst.port()) {
         return false;
     }
     let (real, _) = shared.real_destination(dst);

@@ -87,9 +87,11 @@ fn handshake_message(data: &[u8]) -> Result<Option<Vec<u8>>, Peeked> {
             return Err(Peeked::Malformed("empty handshake record"));
         }
         let Some(fragment) = rest.get(RECORD_HEADER..RECORD_HEADER + len) else {
-            // Take what is there: the message header may already tell it is not a hello.
+            // The message header may already tell it is not a hello; the rest of a partial
+            // record is not copied (this runs again on every read while the hello arrives).
             let partial = &rest[RECORD_HEADER..];
-            message.extend_from_slice(&partial[..partial.len().min(MAX_HELLO + 4)]);
+            let need = 4usize.saturating_sub(message.len());
+            message.extend_from_slice(&partial[..partial.len().min(need)]);
             check_header(&message)?;
             return Ok(None);
         };

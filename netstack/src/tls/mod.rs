@@ -16,8 +16,24 @@ pub use ca::{generate_ca, server_config, CertAuthority, LeafResolver};
 
 use std::sync::Arc;
 
-/// TCP ports whose connections are looked at as TLS when interception is configured.
+/// TCP ports whose connections are looked at as TLS when interception is configured (and the
+/// UDP ports where QUIC to intercepted hosts is refused).
 pub const TLS_PORTS: &[u16] = &[443];
+
+/// One more interception port, for the integration tests (their upstream servers cannot count
+/// on binding the host's port 443); 0 for none.
+#[cfg(feature = "fuzzing")]
+pub(crate) static TEST_TLS_PORT: std::sync::atomic::AtomicU16 =
+    std::sync::atomic::AtomicU16::new(0);
+
+/// Whether connections to `port` are looked at as TLS (see [`TLS_PORTS`]).
+pub(crate) fn is_tls_port(port: u16) -> bool {
+    #[cfg(feature = "fuzzing")]
+    if port != 0 && TEST_TLS_PORT.load(std::sync::atomic::Ordering::Relaxed) == port {
+        return true;
+    }
+    TLS_PORTS.contains(&port)
+}
 
 /// Everything an intercepting stack needs, built once when it starts (the host's trust roots
 /// are read then, before the stack's thread confines itself).
