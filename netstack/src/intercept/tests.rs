@@ -115,6 +115,11 @@ async fn upstream_service(mut req: Request<Incoming>) -> Result<Response<TestBod
     let (parts, body) = req.into_parts();
     let collected = body.collect().await.map(|c| c.to_bytes());
     let body = collected.unwrap_or_default();
+    if parts.uri.path() == "/big" {
+        let mut big = vec![b'a'; 2 * 1024 * 1024];
+        big.extend_from_slice(VALUE.as_bytes());
+        return Ok(Response::new(TestBody::full(big)));
+    }
     if parts.uri.path() == "/echo-value" {
         let mut response = Response::new(TestBody::full(format!("the key is {VALUE}!")));
         response
@@ -660,5 +665,25 @@ fn websocket_upgrade_passes_after_the_check() {
             io.read_exact(&mut buf).await.unwrap();
             assert_eq!(buf, msg);
         }
+    });
+}
+
+#[test]
+fn large_responses_stream_and_are_masked() {
+    local(async {
+        let env = env(allow_all(), vec![secret(Inject::default())]);
+        let up = upstream(false).await;
+        let mut guest = guest_h1(&env, session(Some(HOST), true), up, false).await;
+        guest.ready().await.unwrap();
+        let response = guest
+            .send_request(get("/big").body(TestBody::empty()).unwrap())
+            .await
+            .unwrap();
+        // Over the buffering limit: streamed without a length.
+        assert!(response.headers().get("content-length").is_none());
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len(), 2 * 1024 * 1024 + PH.len());
+        assert!(body.ends_with(PH.as_bytes()));
+        sender_echo(&mut guest).await;
     });
 }
