@@ -687,3 +687,52 @@ fn large_responses_stream_and_are_masked() {
         sender_echo(&mut guest).await;
     });
 }
+
+/// Added latency of the engine for small keep-alive requests (no secrets, then with one),
+/// against the same hyper client talking to the upstream directly. Run in release:
+/// `cargo test --release -p msbvm-netstack --lib intercept::tests::bench -- --ignored --nocapture`
+#[test]
+#[ignore = "benchmark"]
+fn bench_added_latency() {
+    local(async {
+        const N: usize = 5000;
+        let up = upstream(false).await;
+        let stream = TcpStream::connect(up).await.unwrap();
+        let (mut direct, conn) = client1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::task::spawn_local(conn);
+        let report = |name: &str, mut times: Vec<std::time::Duration>| {
+            times.sort();
+            let p = |q: f64| times[((times.len() as f64 - 1.0) * q) as usize];
+            let total: std::time::Duration = times.iter().sum();
+            println!(
+                "{name}: p50 {:?} p99 {:?} ({:.0} req/s sequential)",
+                p(0.5),
+                p(0.99),
+                times.len() as f64 / total.as_secs_f64()
+            );
+            p(0.5)
+        };
+        async fn run(sender: &mut client1::SendRequest<TestBody>) -> Vec<std::time::Duration> {
+            let mut times = Vec::with_capacity(N);
+            for _ in 0..N {
+                let start = std::time::Instant::now();
+                let (status, _) = h1(sender, get("/small").body(TestBody::empty()).unwrap()).await;
+                assert_eq!(status, 200);
+                times.push(start.elapsed());
+            }
+            times
+        }
+        let base = report("direct", run(&mut direct).await);
+        for secrets in [vec![], vec![secret(Inject::default())]] {
+            let label = if secrets.is_empty() {
+                "engine"
+            } else {
+                "engine+secret"
+            };
+            let env = env(allow_all(), secrets);
+            let mut guest = guest_h1(&env, session(Some(HOST), true), up, false).await;
+            let p50 = report(label, run(&mut guest).await);
+            println!("{label}: added p50 {:?}", p50.saturating_sub(base));
+        }
+    });
+}

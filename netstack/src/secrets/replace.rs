@@ -3,11 +3,19 @@
 
 /// Replaces every (leftmost, non-overlapping) occurrence of each `from` by its `to` in a
 /// stream of chunks. The earlier pair wins when two start at the same byte.
-#[derive(Debug)]
 pub(crate) struct Replacer {
     pairs: Vec<(Vec<u8>, Vec<u8>)>,
     /// Bytes that may be the start of a pattern, held back until the next chunk decides.
     tail: Vec<u8>,
+}
+
+impl std::fmt::Debug for Replacer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The pairs hold secret values.
+        f.debug_struct("Replacer")
+            .field("pairs", &self.pairs.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Replacer {
