@@ -115,6 +115,14 @@ async fn upstream_service(mut req: Request<Incoming>) -> Result<Response<TestBod
     let (parts, body) = req.into_parts();
     let collected = body.collect().await.map(|c| c.to_bytes());
     let body = collected.unwrap_or_default();
+    if parts.uri.path() == "/bulk" {
+        let chunk = Bytes::from(vec![b'b'; 64 * 1024]);
+        return Ok(Response::new(TestBody {
+            chunks: std::iter::repeat_n(chunk, 4096).collect(),
+            trailers: None,
+            exact: false,
+        }));
+    }
     if parts.uri.path() == "/big" {
         let mut big = vec![b'a'; 2 * 1024 * 1024];
         big.extend_from_slice(VALUE.as_bytes());
@@ -733,6 +741,45 @@ fn bench_added_latency() {
             let mut guest = guest_h1(&env, session(Some(HOST), true), up, false).await;
             let p50 = report(label, run(&mut guest).await);
             println!("{label}: added p50 {:?}", p50.saturating_sub(base));
+        }
+    });
+}
+
+/// Bulk download throughput (256 MiB streamed) direct and through the engine. Run in release:
+/// `cargo test --release -p msbvm-netstack --lib intercept::tests::bench -- --ignored --nocapture`
+#[test]
+#[ignore = "benchmark"]
+fn bench_bulk_throughput() {
+    local(async {
+        async fn pull(sender: &mut client1::SendRequest<TestBody>) -> f64 {
+            sender.ready().await.unwrap();
+            let start = std::time::Instant::now();
+            let response = sender
+                .send_request(get("/bulk").body(TestBody::empty()).unwrap())
+                .await
+                .unwrap();
+            let mut body = response.into_body();
+            let mut total = 0usize;
+            while let Some(frame) = body.frame().await {
+                total += frame.unwrap().into_data().map_or(0, |d| d.len());
+            }
+            assert_eq!(total, 256 * 1024 * 1024);
+            total as f64 / start.elapsed().as_secs_f64() / (1024.0 * 1024.0)
+        }
+        let up = upstream(false).await;
+        let stream = TcpStream::connect(up).await.unwrap();
+        let (mut direct, conn) = client1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::task::spawn_local(conn);
+        println!("bulk direct: {:.0} MiB/s", pull(&mut direct).await);
+        for secrets in [vec![], vec![secret(Inject::default())]] {
+            let label = if secrets.is_empty() {
+                "engine"
+            } else {
+                "engine+secret"
+            };
+            let env = env(allow_all(), secrets);
+            let mut guest = guest_h1(&env, session(Some(HOST), true), up, false).await;
+            println!("bulk {label}: {:.0} MiB/s", pull(&mut guest).await);
         }
     });
 }
