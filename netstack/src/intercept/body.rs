@@ -85,8 +85,9 @@ pub(crate) struct EngineBody {
     /// The inner body ended (the filter's tail may still be due).
     inner_done: bool,
     done: bool,
-    /// Keeps an upstream HTTP/1.1 connection counted as busy until the body is gone.
-    permit: Option<OwnedSemaphorePermit>,
+    /// Keeps an upstream HTTP/1.1 connection counted as busy, and buffered bytes counted
+    /// against the connection's budget, until the body is gone.
+    permits: Vec<OwnedSemaphorePermit>,
 }
 
 impl EngineBody {
@@ -97,7 +98,7 @@ impl EngineBody {
             trailers: None,
             inner_done: false,
             done: false,
-            permit: None,
+            permits: Vec::new(),
         }
     }
 
@@ -121,7 +122,7 @@ impl EngineBody {
 
     /// Holds `permit` as long as the body lives.
     pub(crate) fn with_permit(mut self, permit: Option<OwnedSemaphorePermit>) -> EngineBody {
-        self.permit = permit;
+        self.permits.extend(permit);
         self
     }
 

@@ -12,8 +12,9 @@
 //!   `secret_blocked` event; eligible placeholders are substituted (headers, and query and body
 //!   where the secret opted in); secret values in responses become placeholders again.
 //! - Bodies stream both ways with hyper's back-pressure; only bodies whose length a
-//!   substitution changes are buffered, up to [`request::MAX_BUFFERED_BODY`] (larger ones
-//!   stream chunked).
+//!   substitution or masking changes are buffered (so that `Content-Length` stays exact), up
+//!   to [`request::MAX_BUFFERED_BODY`] each and [`request::BUFFER_BUDGET`] per connection;
+//!   the others stream chunked.
 //! - `Upgrade` requests (WebSocket) on HTTP/1.1 pass once checked; after the `101` the bytes are
 //!   copied both ways without inspection. `CONNECT` is refused.
 //! - Limits: request heads (size and header count), HTTP/2 concurrent streams, and a
@@ -127,6 +128,8 @@ struct Ctx {
     secrets: SecretSet,
     upstream: Upstream,
     idle: Idle,
+    /// The budget of buffered body bytes ([`request::BUFFER_BUDGET`]).
+    buffers: std::sync::Arc<tokio::sync::Semaphore>,
     /// The upstream side of a `101` the guest was just given (HTTP/1.1 guests only).
     upgraded: RefCell<Option<oneshot::Receiver<UpstreamParts>>>,
 }
@@ -153,6 +156,7 @@ pub(crate) async fn serve(
             since: Cell::new(Instant::now()),
         },
         upgraded: RefCell::new(None),
+        buffers: std::sync::Arc::new(tokio::sync::Semaphore::new(request::BUFFER_BUDGET)),
     });
     let service = {
         let ctx = ctx.clone();

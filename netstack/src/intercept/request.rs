@@ -23,6 +23,15 @@ use crate::policy::Verdict;
 /// upstream still gets a `Content-Length` (some servers refuse chunked requests); larger ones
 /// are streamed. Responses masked of secret values likewise.
 pub(crate) const MAX_BUFFERED_BODY: u64 = 1024 * 1024;
+/// Bytes all the buffered bodies of one guest connection may hold together (HTTP/2 streams
+/// run at once); a body over what is left streams instead.
+pub(crate) const BUFFER_BUDGET: usize = 4 * 1024 * 1024;
+
+/// A share of the connection's buffer budget for a body of `len` bytes, if there is one.
+fn buffer_share(ctx: &Ctx, len: Option<u64>) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let len = u32::try_from(len.filter(|len| *len <= MAX_BUFFERED_BODY)?).ok()?;
+    ctx.buffers.clone().try_acquire_many_owned(len.max(1)).ok()
+}
 
 /// Why the engine answers a request itself.
 enum Refusal {
@@ -283,12 +292,11 @@ async fn request_body(
     if !substituting {
         return Ok(EngineBody::stream(body, Some(filter)));
     }
-    let small = content_length(&parts.headers).filter(|len| *len <= MAX_BUFFERED_BODY);
-    if small.is_none() {
+    let Some(share) = buffer_share(ctx, content_length(&parts.headers)) else {
         // The length changes as it streams: chunked towards an HTTP/1.1 upstream.
         parts.headers.remove(CONTENT_LENGTH);
         return Ok(EngineBody::stream(body, Some(filter)));
-    }
+    };
     let collected = EngineBody::stream(body, Some(filter)).collect().await;
     match (collected, blocked.get()) {
         (Ok(collected), None) => {
@@ -296,7 +304,7 @@ async fn request_body(
             parts
                 .headers
                 .insert(CONTENT_LENGTH, HeaderValue::from(data.len()));
-            Ok(EngineBody::full(data))
+            Ok(EngineBody::full(data).with_permit(Some(share)))
         }
         (_, Some(secret)) => Err(Refusal::Forbidden(format!(
             "secret {} may not be sent to {host}",
@@ -336,14 +344,14 @@ async fn response_body(
         replacer: ctx.secrets.value_masker(),
         on_block: None,
     };
-    if content_length(headers).is_some_and(|len| len <= MAX_BUFFERED_BODY) {
+    if let Some(share) = buffer_share(ctx, content_length(headers)) {
         let collected = EngineBody::stream(body, Some(filter))
             .collect()
             .await
             .map_err(|e| Refusal::BadGateway(format!("upstream response body: {e}")))?;
         let data = collected.to_bytes();
         headers.insert(CONTENT_LENGTH, HeaderValue::from(data.len()));
-        return Ok(EngineBody::full(data));
+        return Ok(EngineBody::full(data).with_permit(Some(share)));
     }
     headers.remove(CONTENT_LENGTH);
     Ok(EngineBody::stream(body, Some(filter)))

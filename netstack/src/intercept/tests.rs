@@ -115,6 +115,19 @@ async fn upstream_service(mut req: Request<Incoming>) -> Result<Response<TestBod
     let (parts, body) = req.into_parts();
     let collected = body.collect().await.map(|c| c.to_bytes());
     let body = collected.unwrap_or_default();
+    if parts.uri.path() == "/bulk" {
+        let chunk = Bytes::from(vec![b'b'; 64 * 1024]);
+        return Ok(Response::new(TestBody {
+            chunks: std::iter::repeat_n(chunk, 4096).collect(),
+            trailers: None,
+            exact: false,
+        }));
+    }
+    if parts.uri.path() == "/big" {
+        let mut big = vec![b'a'; 2 * 1024 * 1024];
+        big.extend_from_slice(VALUE.as_bytes());
+        return Ok(Response::new(TestBody::full(big)));
+    }
     if parts.uri.path() == "/echo-value" {
         let mut response = Response::new(TestBody::full(format!("the key is {VALUE}!")));
         response
@@ -660,6 +673,114 @@ fn websocket_upgrade_passes_after_the_check() {
             let mut buf = vec![0u8; msg.len()];
             io.read_exact(&mut buf).await.unwrap();
             assert_eq!(buf, msg);
+        }
+    });
+}
+
+#[test]
+fn large_responses_stream_and_are_masked() {
+    local(async {
+        let env = env(allow_all(), vec![secret(Inject::default())]);
+        let up = upstream(false).await;
+        let mut guest = guest_h1(&env, session(Some(HOST), true), up, false).await;
+        guest.ready().await.unwrap();
+        let response = guest
+            .send_request(get("/big").body(TestBody::empty()).unwrap())
+            .await
+            .unwrap();
+        // Over the buffering limit: streamed without a length.
+        assert!(response.headers().get("content-length").is_none());
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len(), 2 * 1024 * 1024 + PH.len());
+        assert!(body.ends_with(PH.as_bytes()));
+        sender_echo(&mut guest).await;
+    });
+}
+
+/// Added latency of the engine for small keep-alive requests (no secrets, then with one),
+/// against the same hyper client talking to the upstream directly. Run in release:
+/// `cargo test --release -p msbvm-netstack --lib intercept::tests::bench -- --ignored --nocapture`
+#[test]
+#[ignore = "benchmark"]
+fn bench_added_latency() {
+    local(async {
+        const N: usize = 5000;
+        let up = upstream(false).await;
+        let stream = TcpStream::connect(up).await.unwrap();
+        let (mut direct, conn) = client1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::task::spawn_local(conn);
+        let report = |name: &str, mut times: Vec<std::time::Duration>| {
+            times.sort();
+            let p = |q: f64| times[((times.len() as f64 - 1.0) * q) as usize];
+            let total: std::time::Duration = times.iter().sum();
+            println!(
+                "{name}: p50 {:?} p99 {:?} ({:.0} req/s sequential)",
+                p(0.5),
+                p(0.99),
+                times.len() as f64 / total.as_secs_f64()
+            );
+            p(0.5)
+        };
+        async fn run(sender: &mut client1::SendRequest<TestBody>) -> Vec<std::time::Duration> {
+            let mut times = Vec::with_capacity(N);
+            for _ in 0..N {
+                let start = std::time::Instant::now();
+                let (status, _) = h1(sender, get("/small").body(TestBody::empty()).unwrap()).await;
+                assert_eq!(status, 200);
+                times.push(start.elapsed());
+            }
+            times
+        }
+        let base = report("direct", run(&mut direct).await);
+        for secrets in [vec![], vec![secret(Inject::default())]] {
+            let label = if secrets.is_empty() {
+                "engine"
+            } else {
+                "engine+secret"
+            };
+            let env = env(allow_all(), secrets);
+            let mut guest = guest_h1(&env, session(Some(HOST), true), up, false).await;
+            let p50 = report(label, run(&mut guest).await);
+            println!("{label}: added p50 {:?}", p50.saturating_sub(base));
+        }
+    });
+}
+
+/// Bulk download throughput (256 MiB streamed) direct and through the engine. Run in release:
+/// `cargo test --release -p msbvm-netstack --lib intercept::tests::bench -- --ignored --nocapture`
+#[test]
+#[ignore = "benchmark"]
+fn bench_bulk_throughput() {
+    local(async {
+        async fn pull(sender: &mut client1::SendRequest<TestBody>) -> f64 {
+            sender.ready().await.unwrap();
+            let start = std::time::Instant::now();
+            let response = sender
+                .send_request(get("/bulk").body(TestBody::empty()).unwrap())
+                .await
+                .unwrap();
+            let mut body = response.into_body();
+            let mut total = 0usize;
+            while let Some(frame) = body.frame().await {
+                total += frame.unwrap().into_data().map_or(0, |d| d.len());
+            }
+            assert_eq!(total, 256 * 1024 * 1024);
+            total as f64 / start.elapsed().as_secs_f64() / (1024.0 * 1024.0)
+        }
+        let up = upstream(false).await;
+        let stream = TcpStream::connect(up).await.unwrap();
+        let (mut direct, conn) = client1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::task::spawn_local(conn);
+        println!("bulk direct: {:.0} MiB/s", pull(&mut direct).await);
+        for secrets in [vec![], vec![secret(Inject::default())]] {
+            let label = if secrets.is_empty() {
+                "engine"
+            } else {
+                "engine+secret"
+            };
+            let env = env(allow_all(), secrets);
+            let mut guest = guest_h1(&env, session(Some(HOST), true), up, false).await;
+            println!("bulk {label}: {:.0} MiB/s", pull(&mut guest).await);
         }
     });
 }

@@ -3,20 +3,36 @@
 
 /// Replaces every (leftmost, non-overlapping) occurrence of each `from` by its `to` in a
 /// stream of chunks. The earlier pair wins when two start at the same byte.
-#[derive(Debug)]
 pub(crate) struct Replacer {
     pairs: Vec<(Vec<u8>, Vec<u8>)>,
     /// Bytes that may be the start of a pattern, held back until the next chunk decides.
     tail: Vec<u8>,
+    /// Which bytes start a pattern (everything else is copied in runs).
+    first: [bool; 256],
+}
+
+impl std::fmt::Debug for Replacer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The pairs hold secret values.
+        f.debug_struct("Replacer")
+            .field("pairs", &self.pairs.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Replacer {
     /// A replacer for `pairs`; empty patterns are ignored.
     pub(crate) fn new(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Replacer {
-        let pairs = pairs.into_iter().filter(|(f, _)| !f.is_empty()).collect();
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> =
+            pairs.into_iter().filter(|(f, _)| !f.is_empty()).collect();
+        let mut first = [false; 256];
+        for (from, _) in &pairs {
+            first[usize::from(from[0])] = true;
+        }
         Replacer {
             pairs,
             tail: Vec::new(),
+            first,
         }
     }
 
@@ -48,6 +64,15 @@ impl Replacer {
         let mut out = Vec::with_capacity(buf.len());
         let mut i = 0;
         'scan: while i < buf.len() {
+            let run = buf[i..]
+                .iter()
+                .position(|&b| self.first[usize::from(b)])
+                .unwrap_or(buf.len() - i);
+            out.extend_from_slice(&buf[i..i + run]);
+            i += run;
+            if i == buf.len() {
+                break;
+            }
             let rest = &buf[i..];
             for (from, to) in &self.pairs {
                 if rest.starts_with(from) {

@@ -15,13 +15,22 @@ use base64::Engine as _;
 const MIN_BASE64_CORE: usize = 12;
 
 /// One byte pattern that betrays a secret's placeholder.
-#[derive(Debug)]
 pub(crate) struct Pattern {
     /// Index of the secret in its set.
     pub secret: usize,
     bytes: Vec<u8>,
     /// KMP failure function.
     fail: Vec<usize>,
+}
+
+impl std::fmt::Debug for Pattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Placeholders stay out of logs like values do.
+        f.debug_struct("Pattern")
+            .field("secret", &self.secret)
+            .field("len", &self.bytes.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Pattern {

@@ -270,6 +270,21 @@ mod tests {
     }
 
     #[test]
+    fn debug_output_holds_no_value_or_placeholder() {
+        let s = set();
+        let text = format!(
+            "{s:?} {:?} {:?} {:?}",
+            s.detector(&[]),
+            s.value_masker(),
+            s.body_substituter(&[true, true])
+        );
+        assert!(
+            !text.contains("real/value") && !text.contains("msbvm_ph_"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn detector_skips_eligible_secrets() {
         let s = set();
         let mut d = s.detector(&[true, false]);
