@@ -54,7 +54,7 @@ def split(host, path, key):
             s.sendall(f"{key[half:]}\r\nConnection: close\r\n\r\n".encode())
             data = b""
             try:
-                while chunk := s.recv(65536):
+                while b"\r\n" not in data and (chunk := s.recv(65536)):
                     data += chunk
             except (ssl.SSLError, OSError):
                 pass

@@ -2,15 +2,18 @@
 //! for each run (fresh keys, so nothing in a check can be precomputed), the certificates of
 //! the servers, and the shell lines that start `msbvm-e2e-peer` (see its source) in L1.
 //!
-//! | name  | listens on       | ALPN          | certificate for                        |
-//! |-------|------------------|---------------|----------------------------------------|
-//! | `h1`  | 127.0.0.1:443    | http/1.1      | api.test, other.test, bypass.test (test CA) |
-//! | `h2`  | 127.0.0.1:8443   | h2            | grpc.test (test CA)                    |
-//! | `bad` | 127.0.0.1:9443   | h2, http/1.1  | bad.test (a rogue CA nobody trusts)    |
+//! One server on L1's 127.0.0.1:443 (the netstack intercepts TLS on port 443 only) plays
+//! three personas, chosen by the SNI of each connection:
+//!
+//! | persona | ALPN          | names (certificate SANs)               | issuer                |
+//! |---------|---------------|----------------------------------------|-----------------------|
+//! | `h1`    | http/1.1      | api.test, other.test, bypass.test      | the test CA           |
+//! | `h2`    | h2            | grpc.test                              | the test CA           |
+//! | `bad`   | h2, http/1.1  | bad.test                               | a rogue CA nobody trusts |
 //!
 //! The guest reaches them by name: dnsmasq answers every name with the host alias 10.0.2.254,
-//! which the netstack maps to L1's 127.0.0.1. All three log each request they receive, one
-//! line each, to [`L1_UPSTREAM_LOG`].
+//! which the netstack maps to L1's 127.0.0.1. Every request received is logged, one line
+//! each, to [`L1_UPSTREAM_LOG`].
 
 use std::path::PathBuf;
 
@@ -35,10 +38,12 @@ pub const L1_UPSTREAM_LOG: &str = "/tmp/upstream.log";
 pub const DNS_ANSWERS: &str = "api.test=10.0.2.254 other.test=10.0.2.254 \
     bypass.test=10.0.2.254 grpc.test=10.0.2.254 bad.test=10.0.2.254";
 
-/// One upstream server.
+/// Where the server listens in L1.
+pub const L1_PEER_ADDR: &str = "127.0.0.1:443";
+
+/// One persona of the upstream server.
 struct Upstream {
     name: &'static str,
-    port: u16,
     alpn: &'static str,
     names: &'static [&'static str],
     rogue: bool,
@@ -47,21 +52,18 @@ struct Upstream {
 const UPSTREAMS: [Upstream; 3] = [
     Upstream {
         name: "h1",
-        port: 443,
         alpn: "h1",
         names: &["api.test", "other.test", "bypass.test"],
         rogue: false,
     },
     Upstream {
         name: "h2",
-        port: 8443,
         alpn: "h2",
         names: &["grpc.test"],
         rogue: false,
     },
     Upstream {
         name: "bad",
-        port: 9443,
         alpn: "both",
         names: &["bad.test"],
         rogue: true,
@@ -141,24 +143,29 @@ impl TestPki {
     }
 }
 
-/// Shell lines (for L1) that start the three servers and wait until they listen.
+/// The `serve` arguments of the personas, with certificates in `dir`.
+pub fn persona_args(dir: &str) -> Vec<String> {
+    UPSTREAMS
+        .iter()
+        .map(|up| {
+            format!(
+                "{name}:{alpn}:{dir}/{name}.crt:{dir}/{name}.key:{snis}",
+                name = up.name,
+                alpn = up.alpn,
+                snis = up.names.join(",")
+            )
+        })
+        .collect()
+}
+
+/// Shell lines (for L1) that start the server and wait until it listens.
 pub fn start_script() -> String {
-    let mut s = String::new();
-    for up in &UPSTREAMS {
-        s.push_str(&format!(
-            "{L1_PEER} serve {name} 127.0.0.1:{port} {L1_PKI_DIR}/{name}.crt {L1_PKI_DIR}/{name}.key {alpn} {L1_UPSTREAM_LOG} >/tmp/peer-{name}.log 2>&1 &\n",
-            name = up.name,
-            port = up.port,
-            alpn = up.alpn,
-        ));
-    }
-    let ports: Vec<String> = UPSTREAMS.iter().map(|u| format!(":{} ", u.port)).collect();
-    s.push_str(&format!(
-        "n=0; while [ $n -lt 100 ] && [ $(netstat -ltn | grep -cE '{}') -lt {} ]; do sleep 0.2; n=$((n+1)); done\n",
-        ports.join("|"),
-        UPSTREAMS.len()
-    ));
-    s
+    format!(
+        "{L1_PEER} serve {L1_PEER_ADDR} {L1_UPSTREAM_LOG} {} >/tmp/peer.log 2>&1 &
+         n=0; while [ $n -lt 100 ] && ! netstat -ltn | grep -q '{L1_PEER_ADDR} '; do sleep 0.2; n=$((n+1)); done
+",
+        persona_args(L1_PKI_DIR).join(" ")
+    )
 }
 
 /// The static `msbvm-e2e-peer` (built once; taken from `MSBVM_STATIC_DIR` when it has one).

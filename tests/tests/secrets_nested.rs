@@ -38,10 +38,9 @@ const WWW: &str = "mkdir -p /www && echo plain-page > /www/index.html";
 /// The HTTPS deny rule hit by the 50th keep-alive request (ADJUST to the final HTTP rule
 /// syntax for intercepted hosts if it differs).
 const DENY_RULE: &str = "https://api.test/deny/";
-/// The options that make secret QB_KEY substitute in the query and the body (opt-in; ADJUST
-/// to the final syntax, e.g. `--secret-inject QB_KEY=query,body`). Inserted right after
-/// QB_KEY's `--secret`.
-const SECRET_QUERY_BODY_OPT: &str = "--secret-inject QB_KEY=headers,query,body";
+/// Secret QB_KEY, substituted in headers, the query and the body (query and body are opt-in;
+/// the syntax is i11-plumb's `NAME@HOST[,HOST...][:WHERE,...]`: ADJUST if it changes).
+const QB_SECRET: &str = "QB_KEY@api.test:headers,query,body";
 
 const SCRIPT: &str = r#"@PRELUDE@
 atleast() { [ "$1" -ge "$2" ] && echo yes || echo "no:$1<$2"; }
@@ -70,20 +69,20 @@ out=$(p 'curl -s --cacert /e2e/ca.pem https://api.test/infra/curl')
 check infra_h1 "$(echo "$out" | head -1)"
 check infra_h1_logged $(up /infra/curl | grep -c '^peer=h1 ')
 p 'curl -s -o /dev/null https://api.test/infra/untrusted'; check infra_test_ca_not_default $(nz $?)
-out=$(p 'curl --http2 -s --cacert /e2e/ca.pem https://grpc.test:8443/infra/h2')
+out=$(p 'curl --http2 -s --cacert /e2e/ca.pem https://grpc.test/infra/h2')
 check infra_h2 "$(echo "$out" | head -1)"
 out=$(p 'E2E_CAFILE=/e2e/ca.pem python3 -c "import urllib.request as u, ssl; print(u.urlopen(\"https://api.test/infra/py\", context=ssl.create_default_context()).read().decode().splitlines()[0])"')
 check infra_urllib "$out"
 check infra_keepalive "$(p 'E2E_CAFILE=/e2e/ca.pem python3 /e2e/client.py keepalive api.test')"
 check infra_issuer "$(p 'python3 /e2e/client.py issuer bypass.test /e2e/ca.pem')"
-p 'curl -s -o /dev/null --cacert /e2e/ca.pem https://bad.test:9443/infra/bad-verified'; check infra_bad_untrusted $(nz $?)
-check infra_bad_serves "$(p 'curl -sk https://bad.test:9443/infra/bad' | head -1)"
+p 'curl -s -o /dev/null --cacert /e2e/ca.pem https://bad.test/infra/bad-verified'; check infra_bad_untrusted $(nz $?)
+check infra_bad_serves "$(p 'curl -sk https://bad.test/infra/bad' | head -1)"
 check infra_pin "$(p "curl -s --cacert /e2e/ca.pem --pinnedpubkey '$PIN' https://bypass.test/infra/pin" | head -1)"
 p "curl -s -o /dev/null --cacert /e2e/ca.pem --pinnedpubkey 'sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=' https://bypass.test/infra/badpin"
 check infra_wrong_pin $(nz $?)
 GRPC='printf "\000\000\000\000\005hello" > /tmp/msg; curl --http2 -s -D /tmp/h -o /tmp/b -H "content-type: application/grpc" -H "te: trailers" --data-binary @/tmp/msg'
 GRPC_CHECK='echo "body=$(cmp -s /tmp/msg /tmp/b && echo same || echo differs) trailer=$(grep -ci "grpc-status: 0" /tmp/h)"'
-check infra_grpc "$(p "$GRPC --cacert /e2e/ca.pem https://grpc.test:8443/infra.Echo/Say; $GRPC_CHECK")"
+check infra_grpc "$(p "$GRPC --cacert /e2e/ca.pem https://grpc.test/infra.Echo/Say; $GRPC_CHECK")"
 $M stop p >/dev/null; $M rm p >/dev/null
 if [ "@STAGE@" = infra ]; then echo "CHECK done yes"; exit 0; fi
 
@@ -95,12 +94,14 @@ s=$(date +%s)
 API_KEY=$API_VALUE QB_KEY=$QB_VALUE $M run -d --name s --image @IMAGE@ $D \
   --net-deny '@DENY_RULE@' $NET -v /e2e:/e2e:ro \
   --secret API_KEY@api.test --secret-file FILE_KEY=/tmp/file_key@api.test,grpc.test \
-  --secret QB_KEY@api.test @SECRET_QUERY_BODY_OPT@ \
+  --secret @QB_SECRET@ \
   --tls-intercept other.test --tls-intercept grpc.test --tls-intercept bad.test \
   --tls-bypass bypass.test --tls-upstream-ca /e2e/ca.pem
 check s_rc $?
 echo "timing: boot s $(( $(date +%s) - s )) s"
 g() { $M exec s -- sh -c "$1" 2>&1 | tee -a /tmp/guest.out; }
+# For checks on the exit status (g's is tee's).
+gr() { $M exec s -- sh -c "$1" >>/tmp/guest.out 2>&1; }
 ph() { $M exec s -- sh -c "printf %s \"\$$1\""; }
 PH=$(ph API_KEY); FPH=$(ph FILE_KEY); QPH=$(ph QB_KEY)
 check ph_set $([ ${#PH} -ge 16 ] && [ ${#FPH} -ge 16 ] && [ ${#QPH} -ge 16 ] && echo yes || echo "no:${#PH}/${#FPH}/${#QPH}")
@@ -128,7 +129,7 @@ out=$(g 'curl --http2 -s --data "t=$QB_KEY" https://api.test/sub/h2body')
 check h2_to_h1_upstream $(up /sub/h2body | grep '^peer=h1 proto=HTTP/1.1' | grep -cF "body=t=$QB_VALUE")
 out=$(g 'curl -s -H "X-File-Key: $FILE_KEY" https://api.test/sub/file')
 check file_upstream $(up /sub/file | grep -cF "x-file-key: $FILE_VALUE")
-out=$(g 'curl --http2 -s -H "X-File-Key: $FILE_KEY" https://grpc.test:8443/sub/h2hdr')
+out=$(g 'curl --http2 -s -H "X-File-Key: $FILE_KEY" https://grpc.test/sub/h2hdr')
 check h2_upstream $(up /sub/h2hdr | grep '^peer=h2 proto=HTTP/2.0' | grep -cF "x-file-key: $FILE_VALUE")
 
 # Blocking: a placeholder on its way to a host it is not bound to, in every encoding.
@@ -147,23 +148,23 @@ check blk_event_names_secret $(some $(events s | grep secret_blocked | grep -c A
 # Host header / :authority must match the SNI.
 check mm_host "$(g "curl $code"' -H "Host: other.test" https://api.test/mm/host')"
 check mm_secret "$(g "curl $code"' -H "Host: api.test" -H "X-Api-Key: $API_KEY" https://other.test/mm/secret')"
-check mm_h2 "$(g "curl --http2 $code"' -H "Host: other.test" https://grpc.test:8443/mm/h2')"
+check mm_h2 "$(g "curl --http2 $code"' -H "Host: other.test" https://grpc.test/mm/h2')"
 check mm_upstream_none $(grep -c 'uri=/mm/' $LOG)
 
 # Bypass: the guest sees the upstream's own certificate; pinning works there, not elsewhere.
 out=$(g 'curl -sv --cacert /e2e/ca.pem https://bypass.test/bp/curl 2>&1')
 check bp_issuer $(has "$out" "issuer: CN=msbvm e2e test CA")
 check bp_served $(has "$out" "uri=/bp/curl sni=bypass.test")
-g 'curl -s -o /dev/null https://bypass.test/bp/default-trust'; check bp_not_intercepted $(nz $?)
+gr 'curl -s -o /dev/null https://bypass.test/bp/default-trust'; check bp_not_intercepted $(nz $?)
 check bp_python_issuer "$(g 'python3 /e2e/client.py issuer bypass.test /e2e/ca.pem')"
 i=$(g 'python3 /e2e/client.py issuer api.test')
 check icpt_python_issuer $([ -n "$i" ] && [ "$i" != "msbvm e2e test CA" ] && echo sandbox-ca || echo "no:$i")
 check pin_bypass "$(g "curl -s --cacert /e2e/ca.pem --pinnedpubkey '$PIN' https://bypass.test/pin/ok" | head -1)"
-g "curl -s -o /dev/null --pinnedpubkey '$PIN' https://api.test/pin/intercepted"; check pin_intercepted_fails $(nz $?)
+gr "curl -s -o /dev/null --pinnedpubkey '$PIN' https://api.test/pin/intercepted"; check pin_intercepted_fails $(nz $?)
 
 # An upstream whose certificate does not verify is refused, even for a client that skips
 # verification itself (-k): nothing reaches it.
-out=$(g "curl -k $code https://bad.test:9443/bad/k")
+out=$(g "curl -k $code https://bad.test/bad/k")
 check bad_refused $([ "$out" != 200 ] && echo yes || echo "no:$out")
 check bad_upstream_none $(grep -c 'uri=/bad/k' $LOG)
 
@@ -173,10 +174,10 @@ check ka_upstream $(grep -F 'uri=/ka/' $LOG | grep -cF "x-api-key: $API_VALUE")
 check ka_denied_upstream $(grep -c 'uri=/deny/' $LOG)
 
 # HTTP/2: 20 concurrent streams, and a gRPC-style call (body and trailers through).
-out=$(g 'curl --http2 -s --parallel --parallel-max 10 -H "X-File-Key: $FILE_KEY" -o "/tmp/s#1" -w "%{http_code}/%{http_version}\n" "https://grpc.test:8443/grpc/s[1-20]"')
+out=$(g 'curl --http2 -s --parallel --parallel-max 10 -H "X-File-Key: $FILE_KEY" -o "/tmp/s#1" -w "%{http_code}/%{http_version}\n" "https://grpc.test/grpc/s[1-20]"')
 check h2_parallel "$(echo "$out" | grep -c '^200/2$')"
 check h2_parallel_upstream $(grep -F 'uri=/grpc/s' $LOG | grep '^peer=h2 proto=HTTP/2.0' | grep -cF "x-file-key: $FILE_VALUE")
-check grpc "$(g "$GRPC https://grpc.test:8443/e2e.Echo/Say; $GRPC_CHECK")"
+check grpc "$(g "$GRPC https://grpc.test/e2e.Echo/Say; $GRPC_CHECK")"
 check grpc_upstream $(grep -F 'uri=/e2e.Echo/Say' $LOG | grep -c 'content-type: application/grpc')
 
 # Nothing the guest saw, and no event, holds a value.
@@ -214,7 +215,7 @@ fn script(pki: &TestPki, stage: &str) -> String {
         .replace("@IMAGE@", IMAGE_REF)
         .replace("@STAGE@", stage)
         .replace("@DENY_RULE@", DENY_RULE)
-        .replace("@SECRET_QUERY_BODY_OPT@", SECRET_QUERY_BODY_OPT)
+        .replace("@QB_SECRET@", QB_SECRET)
 }
 
 /// What the infra stage must show (the first line of an echo names the server, protocol,
@@ -396,18 +397,20 @@ fn secrets_image_and_peers_on_the_host() {
     }
     let log = dir.path().join("up.log");
     let p = |f: &str| dir.path().join(f).display().to_string();
-    let (h1, h2) = (free_port(), free_port());
-    let mut peers = Vec::new();
-    for (name, port, alpn) in [("h1", h1, "h1"), ("h2", h2, "h2")] {
-        let child = Command::new(env!("CARGO_BIN_EXE_msbvm-e2e-peer"))
-            .args(["serve", name, &format!("127.0.0.1:{port}")])
-            .args([p(&format!("{name}.crt")), p(&format!("{name}.key"))])
-            .args([alpn, &log.display().to_string()])
+    let port = free_port();
+    let (h1, h2) = (port, port);
+    let _peer = HostPeer(
+        Command::new(env!("CARGO_BIN_EXE_msbvm-e2e-peer"))
+            .args([
+                "serve",
+                &format!("127.0.0.1:{port}"),
+                &log.display().to_string(),
+            ])
+            .args(tls_peers::persona_args(&dir.path().display().to_string()))
             .stdout(Stdio::null())
             .spawn()
-            .unwrap();
-        peers.push(HostPeer(child));
-    }
+            .unwrap(),
+    );
     std::thread::sleep(Duration::from_millis(500));
     let ca = p("ca.pem");
     let resolve = |name: &str, port: u16| format!("{name}:{port}:127.0.0.1");

@@ -3,15 +3,18 @@
 //! Runs in L1 (built static, like `msbvm`), so the suite needs nothing installed there:
 //!
 //! ```text
-//! msbvm-e2e-peer serve NAME ADDR CERT KEY h1|h2|both LOG   an HTTPS echo server
-//! msbvm-e2e-peer count PATH NEEDLE                         occurrences in a file or tree
+//! msbvm-e2e-peer serve ADDR LOG PERSONA...   an HTTPS echo server (PERSONA below)
+//! msbvm-e2e-peer count PATH NEEDLE           occurrences in a file or tree
 //! ```
 //!
-//! `serve` terminates TLS with rustls (offering only the ALPN protocols asked for) and speaks
-//! HTTP/1.1 and HTTP/2 with hyper. Every request is appended to LOG as one line (what the
-//! upstream really received, for the suite to compare with the secret's value) and echoed back
-//! as text, so the guest's own view of the same request can be checked too. A request with
-//! `content-type: application/grpc` is answered gRPC-style: its body back with
+//! `serve` listens on one address (the netstack intercepts TLS on port 443 only, so every
+//! upstream of the suite shares L1's 127.0.0.1:443) and plays one PERSONA per connection,
+//! chosen by the SNI of the ClientHello: `NAME:ALPN:CERT:KEY:SNI[,SNI...]` with ALPN `h1`,
+//! `h2` or `both` (the protocols offered); an unknown or missing SNI gets the first persona.
+//! TLS is rustls, HTTP/1.1 and HTTP/2 are hyper. Every request is appended to LOG as one line
+//! (what the upstream really received, for the suite to compare with the secret's value) and
+//! echoed back as text, so the guest's own view of the same request can be checked too. A
+//! request with `content-type: application/grpc` is answered gRPC-style: its body back with
 //! `grpc-status: 0` in the trailers. `count` streams through a file (a guest memory dump) or
 //! every regular file under a directory (symlinks not followed) and prints how many times
 //! NEEDLE occurs.
@@ -30,9 +33,9 @@ use tokio::net::TcpListener;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::{self, ServerConfig};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 
-const USAGE: &str = "usage: msbvm-e2e-peer serve NAME ADDR CERT KEY h1|h2|both LOG\n       msbvm-e2e-peer count PATH NEEDLE";
+const USAGE: &str = "usage: msbvm-e2e-peer serve ADDR LOG NAME:h1|h2|both:CERT:KEY:SNI[,SNI...]...\n       msbvm-e2e-peer count PATH NEEDLE";
 /// Largest request body the echo server reads.
 const MAX_BODY: usize = 1 << 20;
 
@@ -46,7 +49,7 @@ fn main() -> ExitCode {
         .collect::<Vec<_>>()
         .as_slice()
     {
-        ["serve", name, addr, cert, key, alpn, log] => serve(name, addr, cert, key, alpn, log),
+        ["serve", addr, log, personas @ ..] if !personas.is_empty() => serve(addr, log, personas),
         ["count", path, needle] => count(Path::new(path), needle.as_bytes()).map(|n| {
             println!("{n}");
         }),
@@ -61,20 +64,35 @@ fn main() -> ExitCode {
     }
 }
 
-/// One echo server: what it calls itself in logs and answers, and where it logs.
-struct Peer {
+/// One face of the server: its name in logs and answers, the SNIs it answers, its TLS.
+struct Persona {
     name: String,
+    snis: Vec<String>,
+    config: Arc<ServerConfig>,
+}
+
+/// The server: its personas and the request log.
+struct Peer {
+    personas: Vec<Persona>,
     log: Mutex<std::fs::File>,
 }
 
-fn serve(
-    name: &str,
-    addr: &str,
-    cert: &str,
-    key: &str,
-    alpn: &str,
-    log: &str,
-) -> Result<(), BoxError> {
+impl Peer {
+    fn persona(&self, sni: Option<&str>) -> &Persona {
+        sni.and_then(|sni| {
+            self.personas
+                .iter()
+                .find(|p| p.snis.iter().any(|s| s == sni))
+        })
+        .unwrap_or(&self.personas[0])
+    }
+}
+
+/// Parses `NAME:ALPN:CERT:KEY:SNI[,SNI...]` and loads its certificate.
+fn persona(spec: &str) -> Result<Persona, BoxError> {
+    let [name, alpn, cert, key, snis] = spec.split(':').collect::<Vec<_>>()[..] else {
+        return Err(format!("bad persona {spec:?}: want NAME:ALPN:CERT:KEY:SNI[,SNI...]").into());
+    };
     let certs = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
     let key = PrivateKeyDer::from_pem_file(key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -88,48 +106,59 @@ fn serve(
         "both" => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
         other => return Err(format!("ALPN must be h1, h2 or both, not {other}").into()),
     };
+    Ok(Persona {
+        name: name.to_string(),
+        snis: snis.split(',').map(str::to_string).collect(),
+        config: Arc::new(config),
+    })
+}
+
+fn serve(addr: &str, log: &str, specs: &[&str]) -> Result<(), BoxError> {
+    let personas = specs
+        .iter()
+        .map(|s| persona(s))
+        .collect::<Result<Vec<_>, _>>()?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)?;
     let peer = Arc::new(Peer {
-        name: name.to_string(),
+        personas,
         log: Mutex::new(log),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(accept_loop(peer, addr, TlsAcceptor::from(Arc::new(config))))
+    runtime.block_on(accept_loop(peer, addr))
 }
 
-async fn accept_loop(peer: Arc<Peer>, addr: &str, acceptor: TlsAcceptor) -> Result<(), BoxError> {
+async fn accept_loop(peer: Arc<Peer>, addr: &str) -> Result<(), BoxError> {
     let listener = TcpListener::bind(addr).await?;
-    eprintln!("msbvm-e2e-peer: {} listening on {addr}", peer.name);
+    eprintln!("msbvm-e2e-peer: listening on {addr}");
     loop {
         let (tcp, _) = listener.accept().await?;
-        let (peer, acceptor) = (peer.clone(), acceptor.clone());
+        let peer = peer.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(peer.clone(), acceptor, tcp).await {
-                eprintln!("msbvm-e2e-peer: {}: connection: {e}", peer.name);
+            if let Err(e) = connection(peer, tcp).await {
+                eprintln!("msbvm-e2e-peer: connection: {e}");
             }
         });
     }
 }
 
-async fn connection(
-    peer: Arc<Peer>,
-    acceptor: TlsAcceptor,
-    tcp: tokio::net::TcpStream,
-) -> Result<(), BoxError> {
-    let tls = acceptor.accept(tcp).await?;
-    let (_, session) = tls.get_ref();
-    let sni = session.server_name().unwrap_or("-").to_string();
-    let h2 = session.alpn_protocol() == Some(b"h2");
+async fn connection(peer: Arc<Peer>, tcp: tokio::net::TcpStream) -> Result<(), BoxError> {
+    let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+    let hello = start.client_hello();
+    let sni = hello.server_name().unwrap_or("-").to_string();
+    let persona = peer.persona(hello.server_name());
+    let (name, config) = (persona.name.clone(), persona.config.clone());
+    let tls = start.into_stream(config).await?;
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let io = TokioIo::new(tls);
     let service = hyper::service::service_fn(move |req| {
-        let (peer, sni) = (peer.clone(), sni.clone());
-        async move { Ok::<_, hyper::Error>(answer(&peer, &sni, req).await) }
+        let (peer, name, sni) = (peer.clone(), name.clone(), sni.clone());
+        async move { Ok::<_, hyper::Error>(answer(&peer, &name, &sni, req).await) }
     });
     if h2 {
         hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -146,7 +175,7 @@ async fn connection(
 type Reply = Response<http_body_util::combinators::BoxBody<Bytes, hyper::Error>>;
 
 /// Logs the request and echoes it (or, for gRPC, its body with trailers).
-async fn answer(peer: &Peer, sni: &str, req: Request<Incoming>) -> Reply {
+async fn answer(peer: &Peer, name: &str, sni: &str, req: Request<Incoming>) -> Reply {
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
@@ -157,8 +186,8 @@ async fn answer(peer: &Peer, sni: &str, req: Request<Incoming>) -> Reply {
     // the authority is listed with the headers.
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let head = format!(
-        "peer={} proto={proto} method={} uri={target} sni={sni}",
-        peer.name, parts.method
+        "peer={name} proto={proto} method={} uri={target} sni={sni}",
+        parts.method
     );
     let mut headers = header_lines(&parts.headers);
     if let Some(authority) = parts.uri.authority() {
