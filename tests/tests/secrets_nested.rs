@@ -74,7 +74,7 @@ check infra_h1_logged $(up /infra/curl | grep -c '^peer=h1 ')
 p 'curl -s -o /dev/null https://api.test/infra/untrusted'; check infra_test_ca_not_default $(nz $?)
 out=$(p 'curl --http2 -s --cacert /e2e/ca.pem https://grpc.test/infra/h2')
 check infra_h2 "$(echo "$out" | head -1)"
-out=$(p 'E2E_CAFILE=/e2e/ca.pem python3 -c "import urllib.request as u, ssl; print(u.urlopen(\"https://api.test/infra/py\", context=ssl.create_default_context()).read().decode().splitlines()[0])"')
+out=$(p 'python3 -c "import urllib.request as u, ssl; c = ssl.create_default_context(cafile=\"/e2e/ca.pem\"); print(u.urlopen(\"https://api.test/infra/py\", context=c).read().decode().splitlines()[0])"')
 check infra_urllib "$out"
 check infra_keepalive "$(p 'E2E_CAFILE=/e2e/ca.pem python3 /e2e/client.py keepalive api.test')"
 check infra_issuer "$(p 'python3 /e2e/client.py issuer bypass.test /e2e/ca.pem')"
