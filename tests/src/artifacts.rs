@@ -118,6 +118,24 @@ impl StaticBuild {
     }
 }
 
+/// Builds only the given (package, binary) pairs statically, in their own cargo invocation so
+/// that their dependencies' features do not change (and so rebuild) `msbvm`'s; returns each
+/// binary's path by name, checked to be static.
+pub fn build_static_bins(todo: &[(&str, &str)]) -> Result<BTreeMap<String, PathBuf>> {
+    cargo_build_static(todo)?;
+    let out_dir = target_dir()
+        .join("static")
+        .join(STATIC_TARGET)
+        .join("release");
+    let mut built = BTreeMap::new();
+    for (_, bin) in todo {
+        let path = out_dir.join(bin);
+        check_static(&path)?;
+        built.insert(bin.to_string(), path);
+    }
+    Ok(built)
+}
+
 /// Runs one static cargo build of the given (package, binary) pairs.
 fn cargo_build_static(todo: &[(&str, &str)]) -> Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());

@@ -11,7 +11,9 @@
 //! - [`report`]: parsing what `msbvm boot` and `msbvm-init` print, batching runs in one L1,
 //! - [`console`]: cleaning the serial console,
 //! - [`registry`]: a real OCI registry holding a test image, for `msbvm pull` in L1,
-//! - [`skip`]: failing (or, on request, skipping) when the host cannot run L1.
+//! - [`skip`]: failing (or, on request, skipping) when the host cannot run L1,
+//! - [`test_image`]: the secrets suite's guest image, built from distribution packages,
+//! - [`tls_peers`]: the secrets suite's HTTPS upstreams in L1 and their test CA.
 
 #![forbid(unsafe_code)]
 
@@ -24,6 +26,8 @@ pub mod nested;
 pub mod registry;
 pub mod report;
 pub mod skip;
+pub mod test_image;
+pub mod tls_peers;
 
 pub use error::{Error, Result};
 pub use nested::{NestedOutput, NestedVm, NestedVmBuilder, Stream};
