@@ -181,7 +181,14 @@ pub fn build(
         });
     }
     if spec.network.enabled {
-        let interception = crate::tls_setup::prepare(&spec.network.tls, secrets, home)?;
+        // An `https://` rule can only be enforced inside intercepted TLS.
+        let https_rules = spec.network.rules.iter().any(|r| {
+            r.rule
+                .split_whitespace()
+                .any(|w| w.to_ascii_lowercase().starts_with("https://"))
+        });
+        let interception =
+            crate::tls_setup::prepare(&spec.network.tls, secrets, https_rules, home)?;
         if let Some(i) = &interception {
             devices.boot.tls = Some(i.guest.clone());
             devices.boot.secret_env = i.secret_env.clone();

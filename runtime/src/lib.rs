@@ -803,7 +803,7 @@ mod tests {
         assert!(!record.contains(VALUE), "{record}");
         let argv = format!("{:?} {args:?}", args.to_args());
         assert!(!argv.contains(VALUE), "{argv}");
-        let i = tls_setup::prepare(&args.spec.network.tls, &args.secrets, tmp.path())
+        let i = tls_setup::prepare(&args.spec.network.tls, &args.secrets, false, tmp.path())
             .unwrap()
             .unwrap();
         let boot = msbvm_protocol::boot::BootConfig {

@@ -36,9 +36,15 @@ pub struct Interception {
     pub secret_env: Vec<(String, String)>,
 }
 
-/// Interception for `spec` and `secrets`: `None` when neither asks for it.
-pub fn prepare(spec: &TlsSpec, secrets: &[Secret], home: &Path) -> Result<Option<Interception>> {
-    if !spec.is_requested() && secrets.is_empty() {
+/// Interception for `spec`, `secrets` and the policy's `https://` rules (`https_rules`):
+/// `None` when none asks for it.
+pub fn prepare(
+    spec: &TlsSpec,
+    secrets: &[Secret],
+    https_rules: bool,
+    home: &Path,
+) -> Result<Option<Interception>> {
+    if !spec.is_requested() && secrets.is_empty() && !https_rules {
         return Ok(None);
     }
     let (ca_cert_pem, ca_key_pem) = match spec.ca {
@@ -284,7 +290,9 @@ mod tests {
         let secrets = [Secret::new("API_KEY", "v4lue-x")
             .allow_host("api.example.com")
             .inject_query(true)];
-        let got = prepare(&spec, &secrets, tmp.path()).unwrap().unwrap();
+        let got = prepare(&spec, &secrets, false, tmp.path())
+            .unwrap()
+            .unwrap();
         // A per-sandbox CA touches no file.
         assert!(!tmp.path().join(CA_DIR).exists());
         assert_eq!(got.tls.upstream_ca_pems.len(), 1);
@@ -293,7 +301,7 @@ mod tests {
         assert_eq!((s.value.as_str(), s.hosts.len()), ("v4lue-x", 1));
         assert!(s.inject.query && s.inject.headers && !s.inject.body);
         assert_eq!(got.secret_env, [("API_KEY".into(), s.placeholder.clone())]);
-        assert!(prepare(&TlsSpec::default(), &[], tmp.path())
+        assert!(prepare(&TlsSpec::default(), &[], false, tmp.path())
             .unwrap()
             .is_none());
         let bad = TlsSpec {
@@ -301,6 +309,6 @@ mod tests {
             intercept: vec!["all".into()],
             ..TlsSpec::default()
         };
-        assert!(prepare(&bad, &[], tmp.path()).is_err());
+        assert!(prepare(&bad, &[], false, tmp.path()).is_err());
     }
 }

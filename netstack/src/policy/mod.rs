@@ -122,11 +122,26 @@ pub const HOST_ALIAS_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 254);
 /// The DNS name of the host alias.
 pub const HOST_ALIAS_NAME: &str = "host.msbvm.internal";
 
-/// The port HTTP rules without a port apply to.
+/// The port `http://` rules without a port apply to.
 const HTTP_PORT: PortRange = PortRange {
     first: 80,
     last: 80,
 };
+
+/// The port `https://` rules without a port apply to.
+const HTTPS_PORT: PortRange = PortRange {
+    first: 443,
+    last: 443,
+};
+
+/// The ports an HTTP rule without a port applies to.
+fn default_http_ports(http: &HttpMatch) -> PortRange {
+    if http.https {
+        HTTPS_PORT
+    } else {
+        HTTP_PORT
+    }
+}
 
 /// The groups the built-in rules deny, in the order they are reported: every group but
 /// `public`, which [`Group::ALL`] lists first (checked when this compiles).
@@ -360,9 +375,23 @@ impl Policy {
     /// `dst_port` before forwarding them: when an HTTP rule applies to that
     /// port (port 80 for rules naming none).
     pub fn wants_http_inspection(&self, dst_port: u16) -> bool {
-        self.rules
-            .iter()
-            .any(|e| e.rule.http.is_some() && e.rule.ports.unwrap_or(HTTP_PORT).contains(dst_port))
+        // `https://` rules are enforced inside intercepted TLS, never by reading TLS as HTTP.
+        self.rules.iter().any(|e| {
+            e.rule.http.as_ref().is_some_and(|h| !h.https)
+                && e.rule.ports.unwrap_or(HTTP_PORT).contains(dst_port)
+        })
+    }
+
+    /// Whether an `https://` rule names `host` (so its TLS must be intercepted for the rule
+    /// to be enforced).
+    pub fn has_https_rule_for(&self, host: &str) -> bool {
+        self.rules.iter().any(|e| {
+            e.rule.http.as_ref().is_some_and(|h| h.https)
+                && match &e.rule.target {
+                    Target::Domain(pattern) => pattern.matches(host),
+                    _ => false,
+                }
+        })
     }
 
     /// Decides whether one HTTP request on an already allowed flow may pass.
@@ -523,7 +552,7 @@ fn flow_qualifiers_match(rule: &Rule, flow: &FlowInfo) -> bool {
         return false;
     }
     let ports = match (rule.ports, &rule.http) {
-        (None, Some(_)) => Some(HTTP_PORT),
+        (None, Some(http)) => Some(default_http_ports(http)),
         (ports, _) => ports,
     };
     match ports {

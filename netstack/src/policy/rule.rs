@@ -160,6 +160,9 @@ impl fmt::Display for PortRange {
 pub struct HttpMatch {
     /// Upper-case method; `None` matches every method.
     pub method: Option<String>,
+    /// An `https://` rule: it applies to requests inside intercepted TLS connections (port
+    /// 443 by default), and its host is intercepted wherever TLS interception is configured.
+    pub https: bool,
     /// Path prefix, starting with `/`.
     pub path_prefix: String,
 }
@@ -174,7 +177,7 @@ pub struct Rule {
     pub protocol: Option<Protocol>,
     /// The destination.
     pub target: Target,
-    /// Port qualifier; `None` is every port (port 80 for HTTP rules).
+    /// Port qualifier; `None` is every port (port 80 for `http://` rules, 443 for `https://`).
     pub ports: Option<PortRange>,
     /// Present for HTTP rules, which apply to plain-HTTP requests.
     pub http: Option<HttpMatch>,
@@ -229,6 +232,7 @@ impl Rule {
             ports: None,
             http: Some(HttpMatch {
                 method: None,
+                https: false,
                 path_prefix,
             }),
         })
@@ -336,7 +340,7 @@ impl fmt::Display for Rule {
             if let Some(method) = &http.method {
                 write!(f, "{method} ")?;
             }
-            f.write_str("http://")?;
+            f.write_str(if http.https { "https://" } else { "http://" })?;
             match &self.target {
                 Target::Net(net) if net.addr().is_ipv6() => write!(f, "[{}]", net.addr())?,
                 Target::Net(net) => write!(f, "{}", net.addr())?,
@@ -504,20 +508,20 @@ fn parse_http_rule(rule: &str) -> Result<Rule, RuleError> {
             return Err(error(
                 rule,
                 rule,
-                "expected [METHOD] http://HOST[:PORT][/PATH]",
+                "expected [METHOD] http[s]://HOST[:PORT][/PATH]",
             ))
         }
     };
-    let Some(rest) = url
-        .get(..7)
-        .filter(|scheme| scheme.eq_ignore_ascii_case("http://"))
-        .map(|_| &url[7..])
-    else {
-        return Err(error(
-            rule,
-            url,
-            "only http:// rules exist (HTTPS is not inspected)",
-        ));
+    let scheme_is = |scheme: &str| {
+        url.get(..scheme.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+    };
+    let (https, rest) = if scheme_is("http://") {
+        (false, &url[7..])
+    } else if scheme_is("https://") {
+        (true, &url[8..])
+    } else {
+        return Err(error(rule, url, "expected an http:// or https:// URL"));
     };
     let split = rest.find('/').unwrap_or(rest.len());
     let (authority, path) = rest.split_at(split);
@@ -531,6 +535,7 @@ fn parse_http_rule(rule: &str) -> Result<Rule, RuleError> {
         ports,
         http: Some(HttpMatch {
             method,
+            https,
             path_prefix,
         }),
     })

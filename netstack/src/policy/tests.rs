@@ -564,3 +564,40 @@ fn disguised_paths_hit_a_deny_rule() {
     assert!(allows(&p, &f, "GET", "example.com", "/administrator"));
     assert!(allows(&p, &f, "GET", "example.com", "/pub/admin/"));
 }
+
+#[test]
+fn https_rules_apply_inside_intercepted_tls_on_443_and_never_to_plain_http() {
+    let p = policy(
+        Action::Allow,
+        &[
+            ("deny", "https://api.test/admin/"),
+            ("deny", "POST http://api.test/"),
+        ],
+    );
+    assert_eq!(
+        rule("HTTPS://api.test/admin/").to_string(),
+        "https://api.test/admin/"
+    );
+    assert_eq!(
+        rule("GET https://api.test:8443/x").to_string(),
+        "GET https://api.test:8443/x"
+    );
+    let tls = tcp("93.184.216.34:443");
+    let plain = tcp("93.184.216.34:80");
+    assert!(!allows(&p, &tls, "GET", "api.test", "/admin/x"));
+    assert!(allows(&p, &tls, "GET", "api.test", "/public"));
+    assert!(
+        allows(&p, &plain, "GET", "api.test", "/admin/x"),
+        "an https rule is port 443"
+    );
+    assert!(
+        allows(&p, &tls, "POST", "api.test", "/x"),
+        "an http rule is port 80"
+    );
+    // TLS is never read as plain HTTP: port 443 is inspected by interception, not here.
+    assert!(!p.wants_http_inspection(443));
+    assert!(p.wants_http_inspection(80));
+    assert!(p.has_https_rule_for("api.test"));
+    assert!(!p.has_https_rule_for("other.test"));
+    assert!(Rule::parse("ftp://api.test/").is_err());
+}

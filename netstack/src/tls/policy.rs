@@ -111,7 +111,13 @@ impl TlsPolicy {
                 Decision::Bypass
             };
         };
-        if !self.intercepts(sni) {
+        // An `https://` rule for the name can only be enforced inside the connection.
+        let by_rule = policy.has_https_rule_for(sni)
+            && !self
+                .bypass
+                .iter()
+                .any(|p| p.matches(&sni.to_ascii_lowercase()));
+        if !self.intercepts(sni) && !by_rule {
             return Decision::Bypass;
         }
         if let Some(reason) = denied_name(policy, flow, sni) {
@@ -227,6 +233,20 @@ mod tests {
             all.decide(None, &[], &flow(), &policy),
             Decision::Refuse(_)
         ));
+    }
+
+    #[test]
+    fn an_https_rule_intercepts_its_host_unless_bypassed() {
+        let p = TlsPolicy::new(&config(&[], &["pinned.test"]), &[]);
+        let policy = Policy::new(Action::Allow)
+            .deny(Rule::parse("https://api.test/admin/").expect("rule"))
+            .deny(Rule::parse("https://pinned.test/admin/").expect("rule"));
+        let api = p.decide(Some("api.test"), &names(&["api.test"]), &flow(), &policy);
+        assert!(matches!(api, Decision::Intercept { .. }), "{api:?}");
+        let pinned = p.decide(Some("pinned.test"), &[], &flow(), &policy);
+        assert_eq!(pinned, Decision::Bypass);
+        let other = p.decide(Some("other.test"), &[], &flow(), &policy);
+        assert_eq!(other, Decision::Bypass);
     }
 
     #[test]
