@@ -40,7 +40,7 @@ pub use crate::pins::{
 };
 
 use crate::events::NetEvent;
-use crate::policy::{Policy, Verdict, HOST_ALIAS_IP, HOST_ALIAS_NAME};
+use crate::policy::{DomainPattern, Group, Policy, Verdict, HOST_ALIAS_IP, HOST_ALIAS_NAME};
 
 /// Most upstream queries waiting at once; more get SERVFAIL at once, so a
 /// guest cannot make us hold unbounded sockets and memory.
@@ -70,6 +70,9 @@ pub struct DnsServer {
     servers: Vec<SocketAddr>,
     pins: PinTable,
     in_flight: Semaphore,
+    /// Names bound to a secret: their answers keep only public addresses (and the host
+    /// alias), whatever rules relaxed rebinding protection ([`DnsServer::with_secret_hosts`]).
+    secret_hosts: Vec<DomainPattern>,
 }
 
 /// What became of one query, for the event.
@@ -102,7 +105,28 @@ impl DnsServer {
             servers,
             pins,
             in_flight: Semaphore::new(MAX_IN_FLIGHT),
+            secret_hosts: Vec::new(),
         })
+    }
+
+    /// Turns rebinding protection on for the hosts secrets are bound to (`HOST` or
+    /// `*.SUFFIX`; others are ignored): an answer pointing such a name at a private,
+    /// loopback, link-local or metadata address is dropped even where a rule allows the
+    /// address, so a secret cannot be steered to an address the guest controls the meaning
+    /// of. The host alias stays, as the user named it explicitly.
+    pub fn with_secret_hosts<'a>(mut self, hosts: impl IntoIterator<Item = &'a str>) -> Self {
+        self.secret_hosts = hosts
+            .into_iter()
+            .filter_map(|h| DomainPattern::parse(h).ok())
+            .collect();
+        self
+    }
+
+    /// Whether `ip` in an answer for `name` is dropped because `name` carries a secret.
+    fn secret_rebinding(&self, name: &str, ip: IpAddr) -> bool {
+        ip != IpAddr::V4(HOST_ALIAS_IP)
+            && Group::of(ip) != Group::Public
+            && self.secret_hosts.iter().any(|p| p.matches(name))
     }
 
     /// The upstream servers in use.
@@ -249,7 +273,7 @@ impl DnsServer {
             // Beyond the pin's life a guest cache would outlive our pin.
             record.ttl = record.ttl.min(MAX_PIN_TTL_SECS);
             if let Some(ip) = address(&record) {
-                if !policy.allows_dns_answer(name, ip) {
+                if !policy.allows_dns_answer(name, ip) || self.secret_rebinding(name, ip) {
                     blocked.push(ip);
                     continue;
                 }

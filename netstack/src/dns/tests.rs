@@ -456,3 +456,22 @@ async fn answer_ttls_are_capped_to_the_pin_lifetime() {
     assert_eq!(addresses(&reply), vec![ip("93.184.216.35")]);
     assert_eq!(reply.answers[0].ttl, MAX_PIN_TTL.as_secs() as u32);
 }
+
+#[tokio::test]
+async fn a_name_bound_to_a_secret_keeps_rebinding_protection_whatever_the_rules() {
+    let Some(dnsmasq) = Dnsmasq::start() else {
+        return;
+    };
+    let server = dnsmasq
+        .server()
+        .with_secret_hosts(["rebind.test", "*.example.org"]);
+    for rule in ["rebind.test", "private", "192.168.1.0/24"] {
+        let policy = Policy::default().allow(Rule::parse(rule).unwrap());
+        let (reply, _) = ask(&server, &policy, "rebind.test.", RecordType::A).await;
+        assert!(addresses(&reply).is_empty(), "{rule}: {reply:?}");
+    }
+    // Names without a secret are unchanged.
+    let policy = Policy::default().allow(Rule::parse("private").unwrap());
+    let (reply, _) = ask(&server, &policy, "private.example.", RecordType::A).await;
+    assert_eq!(addresses(&reply), vec![ip("10.0.0.5")]);
+}

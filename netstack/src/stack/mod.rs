@@ -83,7 +83,12 @@ impl NetStack {
         let policy = Arc::new(ArcSwap::from_pointee(policy));
         let stats = Arc::new(StatsCounters::default());
         let pins = PinTable::new();
-        let dns = DnsServer::new(config.dns_upstream.clone(), pins.clone())?;
+        let dns = DnsServer::new(config.dns_upstream.clone(), pins.clone())?.with_secret_hosts(
+            config
+                .secrets
+                .iter()
+                .flat_map(|s| s.hosts.iter().map(String::as_str)),
+        );
         let tls = match &config.tls {
             Some(tls) => Some(Arc::new(
                 crate::tls::Interceptor::new(tls, &config.secrets)
