@@ -212,3 +212,46 @@ impl FrameHarness {
         }
     }
 }
+
+/// Runs the secret scanner and the substituting replacer over `data` cut into `cuts`-sized
+/// pieces (the way requests arrive) and checks that both agree with their one-shot forms:
+/// the scanner finds the placeholder in the pieces exactly when it finds it in the whole, and
+/// the replacer's pieces add up to the whole replaced at once.
+pub fn secrets_in_pieces(placeholder: &str, value: &str, data: &[u8], cuts: &[u8]) {
+    use crate::secrets::{Inject, Secret, SecretSet};
+    let set = SecretSet::new(&[Secret {
+        name: "FUZZ".into(),
+        value: value.into(),
+        placeholder: placeholder.into(),
+        hosts: vec!["fuzz.test".into()],
+        inject: Inject {
+            headers: true,
+            query: true,
+            body: true,
+        },
+    }]);
+    let not_eligible = set.eligible(None, false);
+    let whole = set.detector(&not_eligible).scan_once(data);
+    let mut scanner = set.detector(&not_eligible);
+    let mut replacer = set.body_substituter(&set.eligible(Some("fuzz.test"), true));
+    let mut replaced = Vec::new();
+    let mut rest = data;
+    let mut found = None;
+    let cuts = if cuts.is_empty() { &[1u8][..] } else { cuts };
+    for &cut in cuts.iter().cycle().take(data.len() + 1) {
+        if rest.is_empty() {
+            break;
+        }
+        let (piece, tail) = rest.split_at(usize::from(cut.max(1)).min(rest.len()));
+        found = found.or(scanner.feed(piece));
+        replaced.extend(replacer.push(piece));
+        rest = tail;
+    }
+    replaced.extend(replacer.finish());
+    assert_eq!(found, whole, "pieces and whole disagree on detection");
+    let once = crate::secrets::replace_all(
+        vec![(placeholder.as_bytes().to_vec(), value.as_bytes().to_vec())],
+        data,
+    );
+    assert_eq!(replaced, once, "pieces and whole disagree on replacement");
+}

@@ -12,6 +12,8 @@ mod replace;
 mod scan;
 mod set;
 
+#[cfg(feature = "fuzzing")]
+pub(crate) use replace::replace_all;
 pub(crate) use replace::Replacer;
 pub(crate) use scan::Scanner;
 pub use set::host_matches;
