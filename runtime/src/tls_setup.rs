@@ -101,45 +101,13 @@ pub fn placeholder() -> Result<String> {
     Ok(format!("{PLACEHOLDER_PREFIX}{hex}"))
 }
 
-fn ca_error(what: &str, e: rcgen::Error) -> Error {
-    Error::Runtime {
-        message: format!("{what}: {e}"),
-        log_tail: String::new(),
-    }
-}
-
-/// A new certificate authority (ECDSA P-256, CA:true, key usage keyCertSign and cRLSign),
-/// valid from a year before now for ten years: `(certificate PEM, PKCS#8 key PEM)`.
+/// A new certificate authority: the network stack's own (ECDSA P-256, CA:true, keyCertSign),
+/// `(certificate PEM, PKCS#8 key PEM)`.
 pub fn generate_ca(common_name: &str) -> Result<(String, String)> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair,
-        KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
-    };
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| ca_error("generating the CA key", e))?;
-    let mut params = CertificateParams::default();
-    let mut name = DistinguishedName::new();
-    name.push(DnType::CommonName, common_name);
-    name.push(DnType::OrganizationName, "msbvm");
-    params.distinguished_name = name;
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let year = current_year();
-    // Backdated a year: a guest whose clock lags must still accept it.
-    params.not_before = rcgen::date_time_ymd(year - 1, 1, 1);
-    params.not_after = rcgen::date_time_ymd(year + 10, 1, 1);
-    let cert = params
-        .self_signed(&key)
-        .map_err(|e| ca_error("signing the CA certificate", e))?;
-    Ok((cert.pem(), key.serialize_pem()))
-}
-
-fn current_year() -> i32 {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    // Close enough for validity bounds a year wide on each side.
-    1970 + i32::try_from(secs / 31_556_952).unwrap_or(60)
+    msbvm_netstack::tls::generate_ca(common_name).map_err(|e| Error::Runtime {
+        message: format!("creating the TLS interception CA: {e}"),
+        log_tail: String::new(),
+    })
 }
 
 /// The user's CA in `dir`, made (key 0600, directory 0700) the first time. A lock file
