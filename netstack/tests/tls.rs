@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::net::{SocketAddrV4, TcpListener};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -247,11 +247,9 @@ fn wait_event(h: &mut Harness, what: &str, f: impl Fn(&NetEvent) -> bool) -> Net
 fn an_intercepted_connection_gets_a_leaf_from_the_sandbox_ca() {
     let (upstream_ca, port) = upstream();
     let (mut h, sandbox_ca) = stack(upstream_ca, &["*.test"], &[], host_allowed());
-    h.handle.pins().pin(
-        Ipv4Addr::LOCALHOST.into(),
-        "api.test",
-        Duration::from_secs(60),
-    );
+    h.handle
+        .pins()
+        .pin(HOST_ALIAS.into(), "api.test", Duration::from_secs(60));
     // The guest trusts only the sandbox CA: the handshake completing proves the leaf is minted.
     let out = handshake(&mut h, port, client(&sandbox_ca, name("api.test")));
     assert!(out.handshaken, "{:?} {:?}", out.error, h.events());
@@ -338,11 +336,9 @@ fn no_sni_or_a_denied_sni_is_refused_with_an_event() {
 fn quic_to_an_intercepted_host_gets_port_unreachable() {
     let (upstream_ca, port) = upstream();
     let (mut h, _) = stack(upstream_ca, &["api.test"], &[], host_allowed());
-    h.handle.pins().pin(
-        Ipv4Addr::LOCALHOST.into(),
-        "api.test",
-        Duration::from_secs(60),
-    );
+    h.handle
+        .pins()
+        .pin(HOST_ALIAS.into(), "api.test", Duration::from_secs(60));
     let u = h.guest.udp_bind(4433);
     let dst = IpEndpoint::new(HOST_ALIAS.into(), port);
     h.guest.udp(u).send_slice(b"quic initial", dst).unwrap();

@@ -63,7 +63,8 @@ pub(crate) async fn tls_flow(
             return;
         }
     };
-    let names = shared.pins.names(flow.dst.ip());
+    // Pins hold what the guest was answered (the host alias, not the loopback it maps to).
+    let names = shared.pins.names(dst.ip());
     let (sni, why_no_sni) = match &peeked {
         Peeked::Hello(info) => (info.sni.clone(), None),
         Peeked::NotTls => (None, Some("not TLS")),

@@ -107,8 +107,8 @@ fn blocks_quic(shared: &Shared, dst: SocketAddrV4) -> bool {
     if !is_tls_port(dst.port()) {
         return false;
     }
-    let (real, _) = shared.real_destination(dst);
-    let names = shared.pins.names(real.ip());
+    // Pins hold what the guest was answered (the host alias, not the loopback it maps to).
+    let names = shared.pins.names((*dst.ip()).into());
     if !tls.policy.intercepts_any(&names) {
         return false;
     }
