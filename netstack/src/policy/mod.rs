@@ -406,7 +406,16 @@ impl Policy {
         let views = path_views(&req.path);
         for entry in &self.rules {
             let rule = &entry.rule;
-            if !flow_qualifiers_match(rule, flow) || !target_matches(entry, flow, &names) {
+            // Name rules do not reach the host alias (a name must not open the host), but an
+            // HTTP deny rule naming the request's host still covers it there: denying more is
+            // always safe, and the host alias is where local upstreams (and the tests) live.
+            let named_deny = flow.to_host_alias
+                && entry.action == Action::Deny
+                && rule.http.is_some()
+                && matches!(&rule.target, Target::Domain(p) if p.matches(&req.host));
+            if !flow_qualifiers_match(rule, flow)
+                || !(named_deny || target_matches(entry, flow, &names))
+            {
                 continue;
             }
             if let Some(http) = &rule.http {

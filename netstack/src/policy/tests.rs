@@ -601,3 +601,21 @@ fn https_rules_apply_inside_intercepted_tls_on_443_and_never_to_plain_http() {
     assert!(!p.has_https_rule_for("other.test"));
     assert!(Rule::parse("ftp://api.test/").is_err());
 }
+
+#[test]
+fn an_http_deny_rule_naming_the_request_host_covers_the_host_alias_too() {
+    let p = policy(
+        Action::Deny,
+        &[
+            ("deny", "https://api.test/deny/"),
+            ("allow", "http://web.test/"),
+            ("allow", "host"),
+        ],
+    );
+    let alias = host_alias(443);
+    assert!(!allows(&p, &alias, "GET", "api.test", "/deny/x"));
+    assert!(allows(&p, &alias, "GET", "api.test", "/ka/1"));
+    // A name allow rule still opens nothing on the host alias by itself.
+    let closed = policy(Action::Deny, &[("allow", "http://web.test:8000/")]);
+    assert!(!allows(&closed, &host_alias(8000), "GET", "web.test", "/"));
+}
