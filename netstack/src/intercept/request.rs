@@ -123,9 +123,22 @@ fn admit(ctx: &Ctx, parts: &Parts) -> Result<(HttpInfo, Vec<bool>), Refusal> {
             info.host
         )));
     }
+    if ctx.session.sni.is_some() && !ctx.session.pinned {
+        // The name was never resolved through the sandbox's DNS to this address (an address
+        // typed in, or a guest-side hosts entry): policy decided on names it cannot trust.
+        ctx.shared
+            .emit(http_event(&info, false, Some(UNPINNED_RULE.into())));
+        return Err(Refusal::Forbidden(format!(
+            "{} was not resolved to this address through the sandbox's DNS",
+            info.host
+        )));
+    }
     ctx.shared.emit(http_event(&info, true, rule));
     Ok((info, eligible))
 }
+
+/// The rule named in the event of a request on a connection whose server name is not pinned.
+const UNPINNED_RULE: &str = "builtin: intercepted requests need a name the sandbox resolved";
 
 fn http_event(info: &HttpInfo, allowed: bool, rule: Option<String>) -> NetEvent {
     NetEvent::HttpRequest {

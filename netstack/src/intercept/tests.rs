@@ -498,6 +498,21 @@ fn plain_http_and_unpinned_connections_are_never_eligible() {
             assert_eq!(h1(&mut guest, req).await.0, 403);
         }
         assert_eq!(blocked_events(&env).len(), 2);
+        // Without a placeholder, an unpinned connection's requests are refused all the same.
+        let mut guest = guest_h1(&env, session(Some(HOST), false), up, false).await;
+        assert_eq!(
+            h1(&mut guest, get("/").body(TestBody::empty()).unwrap())
+                .await
+                .0,
+            403
+        );
+        let mut guest = guest_h1(&env, session(Some(HOST), true), up, false).await;
+        assert_eq!(
+            h1(&mut guest, get("/").body(TestBody::empty()).unwrap())
+                .await
+                .0,
+            200
+        );
     });
 }
 

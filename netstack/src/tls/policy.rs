@@ -6,7 +6,7 @@
 //! carries no SNI, or an SNI the network policy denies for this flow, is refused: the stack
 //! cannot tell what the guest talks to, and must not mint a certificate for a denied name.
 
-use crate::policy::{FlowInfo, Policy, Verdict};
+use crate::policy::{FlowInfo, Policy, Verdict, HOST_ALIAS_NAME};
 use crate::secrets::Secret;
 
 use super::TlsConfig;
@@ -125,7 +125,9 @@ impl TlsPolicy {
         }
         Decision::Intercept {
             sni: sni.to_owned(),
-            pinned: names.iter().any(|n| n.eq_ignore_ascii_case(sni)),
+            // The host alias's own name is answered by the stack itself, never pinned.
+            pinned: names.iter().any(|n| n.eq_ignore_ascii_case(sni))
+                || (flow.to_host_alias && sni == HOST_ALIAS_NAME),
         }
     }
 }
