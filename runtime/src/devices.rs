@@ -181,19 +181,15 @@ pub fn build(
         });
     }
     if spec.network.enabled {
+        let policy = policy(&spec.network, !secrets.is_empty())?;
         // An `https://` rule can only be enforced inside intercepted TLS.
-        let https_rules = spec.network.rules.iter().any(|r| {
-            r.rule
-                .split_whitespace()
-                .any(|w| w.to_ascii_lowercase().starts_with("https://"))
-        });
         let interception =
-            crate::tls_setup::prepare(&spec.network.tls, secrets, https_rules, home)?;
+            crate::tls_setup::prepare(&spec.network.tls, secrets, policy.has_https_rules(), home)?;
         if let Some(i) = &interception {
             devices.boot.tls = Some(i.guest.clone());
             devices.boot.secret_env = i.secret_env.clone();
         }
-        let (handle, device, setup) = network(&spec.network, interception, dir)?;
+        let (handle, device, setup) = network(&spec.network, policy, interception, dir)?;
         devices.net = Some(handle);
         devices.specs.push(device);
         devices.boot.network = Some(setup);
@@ -405,11 +401,10 @@ pub fn policy(net: &NetworkSpec, has_secrets: bool) -> Result<Policy> {
 
 pub(crate) fn network(
     net: &NetworkSpec,
+    policy: Policy,
     interception: Option<crate::tls_setup::Interception>,
     dir: &SandboxDir,
 ) -> Result<(NetStackHandle, DeviceSpec, NetworkSetup)> {
-    let has_secrets = interception.as_ref().is_some_and(|i| !i.secrets.is_empty());
-    let policy = policy(net, has_secrets)?;
     let (tls, secrets) = match interception {
         Some(i) => (Some(i.tls), i.secrets),
         None => (None, Vec::new()),

@@ -442,34 +442,24 @@ fn secrets_image_and_peers_on_the_host() {
         "{out}"
     );
     assert!(out.contains("\nx-t: one\n"), "{out}");
-    let pin = image_curl(
-        &image.rootfs,
-        &[
-            "-s",
-            "--cacert",
-            &ca,
-            "--resolve",
-            &r,
-            "--pinnedpubkey",
-            &pki.h1_pin,
-            &url,
-        ],
-    );
+    let pinned = |pin: &str| {
+        image_curl(
+            &image.rootfs,
+            &[
+                "-s",
+                "--cacert",
+                &ca,
+                "--resolve",
+                &r,
+                "--pinnedpubkey",
+                pin,
+                &url,
+            ],
+        )
+    };
+    let pin = pinned(&pki.h1_pin);
     assert!(pin.is_ok(), "{pin:?}");
-    let bad_pin = "sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
-    let wrong = image_curl(
-        &image.rootfs,
-        &[
-            "-s",
-            "--cacert",
-            &ca,
-            "--resolve",
-            &r,
-            "--pinnedpubkey",
-            bad_pin,
-            &url,
-        ],
-    );
+    let wrong = pinned("sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
     assert!(wrong.is_err(), "a wrong pin must fail");
     let r2 = resolve("grpc.test", h2);
     let msg = dir.path().join("msg");

@@ -2,6 +2,7 @@
 //! pipe, `serve` on the other, and real hyper HTTP/1.1 and HTTP/2 servers on loopback sockets
 //! as the upstream (TLS is the caller's business, so the sockets are plain TCP here).
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -345,8 +346,6 @@ fn blocked_events(env: &Env) -> Vec<NetEvent> {
         .cloned()
         .collect()
 }
-
-use std::cell::Cell;
 
 #[test]
 fn header_basic_and_query_substitution_over_h1() {

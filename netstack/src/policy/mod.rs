@@ -385,13 +385,20 @@ impl Policy {
     /// Whether an `https://` rule names `host` (so its TLS must be intercepted for the rule
     /// to be enforced).
     pub fn has_https_rule_for(&self, host: &str) -> bool {
-        self.rules.iter().any(|e| {
-            e.rule.http.as_ref().is_some_and(|h| h.https)
-                && match &e.rule.target {
-                    Target::Domain(pattern) => pattern.matches(host),
-                    _ => false,
-                }
-        })
+        self.https_rules()
+            .any(|rule| matches!(&rule.target, Target::Domain(p) if p.matches(host)))
+    }
+
+    /// Whether any `https://` rule exists (interception must then be configured).
+    pub fn has_https_rules(&self) -> bool {
+        self.https_rules().next().is_some()
+    }
+
+    fn https_rules(&self) -> impl Iterator<Item = &Rule> {
+        self.rules
+            .iter()
+            .map(|e| &e.rule)
+            .filter(|rule| rule.http.as_ref().is_some_and(|h| h.https))
     }
 
     /// Decides whether one HTTP request on an already allowed flow may pass.

@@ -598,6 +598,8 @@ fn https_rules_apply_inside_intercepted_tls_on_443_and_never_to_plain_http() {
     assert!(!p.wants_http_inspection(443));
     assert!(p.wants_http_inspection(80));
     assert!(p.has_https_rule_for("api.test"));
+    assert!(p.has_https_rules());
+    assert!(!policy(Action::Allow, &[("deny", "http://api.test/")]).has_https_rules());
     assert!(!p.has_https_rule_for("other.test"));
     assert!(Rule::parse("ftp://api.test/").is_err());
 }

@@ -7,16 +7,16 @@
 //! cannot tell what the guest talks to, and must not mint a certificate for a denied name.
 
 use crate::policy::{FlowInfo, Policy, Verdict, HOST_ALIAS_NAME};
-use crate::secrets::Secret;
+use crate::secrets::{host_matches, Secret};
 
 use super::TlsConfig;
 
-/// A host pattern: `all`, `*.SUFFIX` (a strict subdomain) or an exact name.
+/// A host pattern: `all`, or `HOST` / `*.SUFFIX` matched as secrets' hosts are
+/// ([`host_matches`]: `*.SUFFIX` is a strict subdomain).
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Pattern {
     All,
-    Suffix(String),
-    Exact(String),
+    Host(String),
 }
 
 impl Pattern {
@@ -25,18 +25,13 @@ impl Pattern {
         if text == "all" || text == "*" {
             return Pattern::All;
         }
-        match text.strip_prefix("*.") {
-            Some(suffix) => Pattern::Suffix(format!(".{suffix}")),
-            None => Pattern::Exact(text),
-        }
+        Pattern::Host(text)
     }
 
-    /// `name` is lower-case without a trailing dot.
     fn matches(&self, name: &str) -> bool {
         match self {
             Pattern::All => true,
-            Pattern::Suffix(suffix) => name.len() > suffix.len() && name.ends_with(suffix.as_str()),
-            Pattern::Exact(exact) => name == exact,
+            Pattern::Host(pattern) => host_matches(pattern, name),
         }
     }
 }

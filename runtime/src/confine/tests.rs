@@ -141,7 +141,13 @@ fn files(state: &Path, volume: &Path, named: &Path) {
 fn bind_ports(spec: &SandboxSpec, dir: &SandboxDir) {
     use std::net::{SocketAddr, TcpListener};
     // Started after `enable`, as in the runtime: its thread confines itself as `netstack`.
-    let (net, _, _) = crate::devices::network(&spec.network, None, dir).unwrap();
+    let (net, _, _) = crate::devices::network(
+        &spec.network,
+        crate::devices::policy(&spec.network, false).unwrap(),
+        None,
+        dir,
+    )
+    .unwrap();
     // Still root and unconfined here: find privileged ports nothing else listens on.
     let mut free = (900..1000).filter(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok());
     let mut next = || free.next().expect("a free port below 1000");
