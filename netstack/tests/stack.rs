@@ -386,37 +386,261 @@ fn published_port_reaches_a_guest_listener() {
     )));
 }
 
-#[test]
-fn http_policy_answers_403_to_a_denied_request_and_passes_an_allowed_one() {
-    let port = echo_server();
-    // First match decides: the HTTP deny goes before the rule opening the host.
-    let policy = Policy::builder()
-        .deny(rule(&format!("http://host.msbvm.internal:{port}/secret")))
-        .allow(rule("host"));
-    let mut h = Harness::start(test_config(), policy);
-    let denied = b"GET /secret/x HTTP/1.1\r\nHost: host.msbvm.internal\r\n\r\n";
-    let s = h.guest.tcp_connect_host(port, 40020);
-    h.guest.tcp_send_all(s, denied);
-    let mut answer = Vec::new();
-    h.guest.run_until(5, "403 and close", |g| {
-        let mut buf = [0u8; 4096];
-        if g.tcp(s).can_recv() {
-            let n = g.tcp(s).recv_slice(&mut buf).unwrap();
-            answer.extend_from_slice(&buf[..n]);
-        }
-        (!g.tcp(s).may_recv()).then_some(())
+/// A real HTTP/1.1 server (hyper) on the host's loopback that answers every request `200` with
+/// the body `METHOD TARGET\n` followed by the request body; returns its port and a count of
+/// the requests that reached it.
+fn http_echo_server() -> (u16, Arc<AtomicUsize>) {
+    use http_body_util::{BodyExt, Full};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            while let Ok((stream, _)) = listener.accept().await {
+                let counter = counter.clone();
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        async move {
+                            let line = format!("{} {}\n", req.method(), req.uri());
+                            let body = req.into_body().collect().await?.to_bytes();
+                            let mut out = line.into_bytes();
+                            out.extend_from_slice(&body);
+                            Ok::<_, hyper::Error>(hyper::Response::new(Full::new(
+                                bytes::Bytes::from(out),
+                            )))
+                        }
+                    },
+                );
+                tokio::spawn(async move {
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
+                });
+            }
+        });
     });
-    let text = String::from_utf8_lossy(&answer);
-    assert!(text.starts_with("HTTP/1.1 403 Forbidden"), "{text}");
-    assert!(h
-        .events()
-        .iter()
-        .any(|e| matches!(e, NetEvent::HttpRequest { allowed: false, .. })));
+    (port, seen)
+}
 
-    let allowed = b"GET /public HTTP/1.1\r\nHost: host.msbvm.internal\r\n\r\n";
-    let s = h.guest.tcp_connect_host(port, 40021);
-    h.guest.tcp_send_all(s, allowed);
-    assert_eq!(h.guest.tcp_recv_exact(s, allowed.len()), allowed);
+/// One HTTP/1.1 response read from the guest socket `s`: (status, body). Bodies are framed by
+/// `Content-Length` (the engine's answers and the echo server's always have one).
+fn read_response(h: &mut Harness, s: smoltcp::iface::SocketHandle) -> (u16, String) {
+    let mut got: Vec<u8> = Vec::new();
+    h.guest.run_until(10, "a complete response", |g| {
+        let mut buf = [0u8; 1];
+        // Byte by byte: whatever follows this response stays in the socket for the next read.
+        while g.tcp(s).can_recv() {
+            g.tcp(s).recv_slice(&mut buf).unwrap();
+            got.push(buf[0]);
+            let text = String::from_utf8_lossy(&got);
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len: usize = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse().ok())?
+                    })
+                    .expect("a Content-Length");
+                if got.len() == end + 4 + len {
+                    return Some(());
+                }
+            }
+        }
+        None
+    });
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let status = text[9..12].parse().unwrap();
+    let body = text.split_once("\r\n\r\n").unwrap().1.to_owned();
+    (status, body)
+}
+
+fn http_paths(h: &Harness) -> Vec<(String, bool)> {
+    h.events()
+        .iter()
+        .filter_map(|e| match e {
+            NetEvent::HttpRequest { path, allowed, .. } => Some((path.clone(), *allowed)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn secret_denied_host_allowed(port: u16) -> Policy {
+    Policy::builder()
+        .deny(rule(&format!("http://host.msbvm.internal:{port}/secret/")))
+        .allow(rule("host"))
+}
+
+/// A denied request gets its 403 from the stack, never reaches the host, and the connection
+/// goes on: the next request on it is served.
+#[test]
+fn a_denied_request_gets_403_and_the_connection_goes_on() {
+    let (port, seen) = http_echo_server();
+    let mut h = Harness::start(test_config(), secret_denied_host_allowed(port));
+    let s = h.guest.tcp_connect_host(port, 40020);
+    h.guest.tcp_send_all(
+        s,
+        b"GET /secret/x HTTP/1.1\r\nHost: host.msbvm.internal\r\n\r\n",
+    );
+    let (status, body) = read_response(&mut h, s);
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("Blocked by the sandbox network policy"),
+        "{body}"
+    );
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        0,
+        "the denied request reached the host"
+    );
+    h.guest.tcp_send_all(
+        s,
+        b"GET /public HTTP/1.1\r\nHost: host.msbvm.internal\r\n\r\n",
+    );
+    assert_eq!(read_response(&mut h, s), (200, "GET /public\n".into()));
+    assert_eq!(
+        http_paths(&h),
+        [
+            ("/secret/x".to_string(), false),
+            ("/public".to_string(), true)
+        ]
+    );
+}
+
+/// Before, only the first request head of a connection was inspected: a second request on a
+/// keep-alive connection reached any path. Now each is checked, disguised paths included, and
+/// a request after a denied one is still served.
+#[test]
+fn every_request_on_a_keep_alive_connection_is_checked() {
+    let (port, seen) = http_echo_server();
+    let mut h = Harness::start(test_config(), secret_denied_host_allowed(port));
+    let s = h.guest.tcp_connect_host(port, 40030);
+    let requests: [(&[u8], u16, &str); 4] = [
+        (b"GET /public HTTP/1.1\r\nHost: host.msbvm.internal\r\n\r\n", 200, "GET /public\n"),
+        (
+            b"POST /upload HTTP/1.1\r\nHost: host.msbvm.internal\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            200,
+            "POST /upload\nhello",
+        ),
+        (b"GET /secret;x/../secret/key HTTP/1.1\r\nHost: host.msbvm.internal\r\n\r\n", 403, ""),
+        (b"GET /after HTTP/1.1\r\nHost: host.msbvm.internal\r\n\r\n", 200, "GET /after\n"),
+    ];
+    for (request, want_status, want_body) in requests {
+        h.guest.tcp_send_all(s, request);
+        let (status, body) = read_response(&mut h, s);
+        assert_eq!(status, want_status, "{body}");
+        if status == 200 {
+            assert_eq!(body, want_body);
+        }
+    }
+    assert_eq!(seen.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        http_paths(&h),
+        [
+            ("/public".to_string(), true),
+            ("/upload".to_string(), true),
+            ("/secret;x/../secret/key".to_string(), false),
+            ("/after".to_string(), true),
+        ]
+    );
+}
+
+/// Pipelined: the answers come in request order; the denied one never reaches the host.
+#[test]
+fn a_denied_pipelined_request_is_answered_in_order() {
+    let (port, seen) = http_echo_server();
+    let mut h = Harness::start(test_config(), secret_denied_host_allowed(port));
+    let allowed = b"GET /a HTTP/1.1\r\nHost: host.msbvm.internal\r\nContent-Length: 3\r\n\r\nabc";
+    let denied = b"get //secret/ HTTP/1.1\r\nHost: host.msbvm.internal\r\n\r\n";
+    let last = b"GET /b HTTP/1.1\r\nHost: host.msbvm.internal\r\n\r\n";
+    let s = h.guest.tcp_connect_host(port, 40031);
+    h.guest
+        .tcp_send_all(s, &[&allowed[..], &denied[..], &last[..]].concat());
+    assert_eq!(read_response(&mut h, s), (200, "GET /a\nabc".into()));
+    assert_eq!(read_response(&mut h, s).0, 403);
+    assert_eq!(read_response(&mut h, s), (200, "GET /b\n".into()));
+    assert_eq!(seen.load(Ordering::SeqCst), 2);
+}
+
+/// Framing the host could read differently from the stack is refused before anything goes up,
+/// and so are tunnels the stack could not inspect; a request with both `Content-Length` and
+/// `Transfer-Encoding` is read by the latter, goes up without the former, and ends the
+/// connection, so nothing can be smuggled behind it (request smuggling).
+#[test]
+fn ambiguous_framing_and_tunnels_never_reach_the_host() {
+    let (port, seen) = http_echo_server();
+    let mut h = Harness::start(test_config(), host_allowed_inspected(port));
+    let cases: [(&str, u16, usize); 4] = [
+        (
+            "POST / HTTP/1.1\r\nHost: host.msbvm.internal\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: host.msbvm.internal\r\n\r\n",
+            200,
+            1,
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: host.msbvm.internal\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+            400,
+            0,
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: host.msbvm.internal\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            400,
+            0,
+        ),
+        ("CONNECT a.b:443 HTTP/1.1\r\nHost: a.b\r\n\r\n", 403, 0),
+    ];
+    for (i, (request, want, reached)) in cases.iter().enumerate() {
+        let before = seen.load(Ordering::SeqCst);
+        let s = h.guest.tcp_connect_host(port, 40060 + i as u16);
+        h.guest.tcp_send_all(s, request.as_bytes());
+        let (status, body) = read_response(&mut h, s);
+        assert_eq!(status, *want, "{request:?}: {body}");
+        if *reached > 0 {
+            assert_eq!(body, "POST /\n");
+            // The connection ends there: what followed the body is never read as a request.
+            let rest = read_until_closed(&mut h, s, 10);
+            assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+        }
+        assert_eq!(
+            seen.load(Ordering::SeqCst) - before,
+            *reached,
+            "{request:?}"
+        );
+    }
+    assert!(!http_paths(&h).iter().any(|(path, _)| path == "/smuggled"));
+}
+
+/// A client that closes its sending half right after the request (`printf ... | nc`) still gets
+/// the answer.
+#[test]
+fn a_half_closed_client_still_gets_its_answer() {
+    let (port, _) = http_echo_server();
+    let mut h = Harness::start(test_config(), host_allowed_inspected(port));
+    let s = h.guest.tcp_connect_host(port, 40070);
+    h.guest.tcp_send_all(
+        s,
+        b"GET /half HTTP/1.1\r\nHost: host.msbvm.internal\r\n\r\n",
+    );
+    h.guest.tcp(s).close();
+    let answer = read_until_closed(&mut h, s, 10);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("GET /half\n"), "{text}");
+}
+
+/// The host opened and HTTP rules on its port (so every connection there is inspected).
+fn host_allowed_inspected(port: u16) -> Policy {
+    Policy::builder()
+        .deny(rule(&format!("http://host.msbvm.internal:{port}/never/")))
+        .allow(rule("host"))
 }
 
 /// Everything the guest socket `s` receives until the stack closes it.
@@ -434,78 +658,11 @@ fn read_until_closed(h: &mut Harness, s: smoltcp::iface::SocketHandle, secs: u64
     answer
 }
 
-fn secret_denied_host_allowed(port: u16) -> Policy {
-    Policy::builder()
-        .deny(rule(&format!("http://host.msbvm.internal:{port}/secret/")))
-        .allow(rule("host"))
-}
-
-/// Before, only the first request head of a connection was inspected: a second request on a
-/// keep-alive connection reached any path.
-#[test]
-fn every_request_on_a_keep_alive_connection_is_checked() {
-    let port = echo_server();
-    let mut h = Harness::start(test_config(), secret_denied_host_allowed(port));
-    let allowed = b"GET /public HTTP/1.1\r\nHost: host.msbvm.internal\r\n\r\n";
-    let body = b"POST /upload HTTP/1.1\r\nHost: host.msbvm.internal\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
-    let denied = b"GET /secret;x/../secret/key HTTP/1.1\r\nHost: host.msbvm.internal\r\n\r\n";
-    let s = h.guest.tcp_connect_host(port, 40030);
-    h.guest.tcp_send_all(s, allowed);
-    assert_eq!(h.guest.tcp_recv_exact(s, allowed.len()), allowed);
-    h.guest.tcp_send_all(s, body);
-    assert_eq!(h.guest.tcp_recv_exact(s, body.len()), body);
-    h.guest.tcp_send_all(s, denied);
-    let answer = read_until_closed(&mut h, s, 10);
-    let text = String::from_utf8_lossy(&answer);
-    assert!(text.starts_with("HTTP/1.1 403 Forbidden"), "{text}");
-    assert!(
-        !text.contains("GET /secret"),
-        "the denied request reached the host: {text}"
-    );
-    let paths: Vec<(String, bool)> = h
-        .events()
-        .iter()
-        .filter_map(|e| match e {
-            NetEvent::HttpRequest { path, allowed, .. } => Some((path.clone(), *allowed)),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(
-        paths,
-        [
-            ("/public".to_string(), true),
-            ("/upload".to_string(), true),
-            ("/secret;x/../secret/key".to_string(), false)
-        ]
-    );
-}
-
-/// Pipelined: the allowed request is answered, then the 403 follows; the denied one never
-/// reaches the host.
-#[test]
-fn a_denied_pipelined_request_is_answered_after_the_allowed_one() {
-    let port = echo_server();
-    let mut h = Harness::start(test_config(), secret_denied_host_allowed(port));
-    let allowed = b"GET /a HTTP/1.1\r\nHost: host.msbvm.internal\r\nContent-Length: 3\r\n\r\nabc";
-    let denied = b"get //secret/ HTTP/1.1\r\nHost: host.msbvm.internal\r\n\r\n";
-    let s = h.guest.tcp_connect_host(port, 40031);
-    h.guest
-        .tcp_send_all(s, &[&allowed[..], &denied[..]].concat());
-    let answer = read_until_closed(&mut h, s, 10);
-    assert!(
-        answer.starts_with(allowed),
-        "{}",
-        String::from_utf8_lossy(&answer)
-    );
-    let rest = String::from_utf8_lossy(&answer[allowed.len()..]);
-    assert!(rest.starts_with("HTTP/1.1 403 Forbidden"), "{rest}");
-}
-
 /// A secret's placeholder in plain HTTP is refused (plain HTTP is never eligible), also when
 /// the guest splits it across chunks of a chunked body; the event names the secret only.
 #[test]
 fn a_placeholder_in_plain_http_is_blocked() {
-    let port = echo_server();
+    let (port, _) = http_echo_server();
     let placeholder = "msbvm_ph_00112233445566778899aabbccddeeff";
     let config = NetConfig {
         secrets: vec![msbvm_netstack::secrets::Secret {
@@ -526,17 +683,16 @@ fn a_placeholder_in_plain_http_is_blocked() {
     );
     let header =
         format!("GET / HTTP/1.1\r\nHost: host.msbvm.internal\r\nX-Key: {placeholder}\r\n\r\n");
-    for (i, request) in [header, split].iter().enumerate() {
+    let query = format!("GET /?k={placeholder} HTTP/1.1\r\nHost: host.msbvm.internal\r\n\r\n");
+    for (i, request) in [header, split, query].iter().enumerate() {
         let mut h = Harness::start(config.clone(), secret_denied_host_allowed(port));
         let s = h.guest.tcp_connect_host(port, 40050 + i as u16);
         h.guest.tcp_send_all(s, request.as_bytes());
-        let answer = read_until_closed(&mut h, s, 10);
-        // The echo server returns what reached it: the head and the first half at most.
-        let text = String::from_utf8_lossy(&answer);
-        assert!(text.contains("HTTP/1.1 403 Forbidden"), "{text}");
+        let (status, body) = read_response(&mut h, s);
+        assert_eq!(status, 403, "{request}: {body}");
         assert!(
-            !text.contains(b),
-            "the placeholder reached the host: {text}"
+            !body.contains(b),
+            "the placeholder reached the host: {body}"
         );
         let events = h.events();
         assert!(

@@ -1,8 +1,9 @@
-//! The HTTP engine behind intercepted connections: every request of a guest connection
-//! (each keep-alive HTTP/1.1 request, each HTTP/2 stream) is parsed by hyper, checked against
-//! HTTP policy, the TLS server name and the sandbox's secrets, and forwarded on an upstream
-//! connection the caller provides, translating between HTTP/1.1 and HTTP/2 where the two sides
-//! negotiated differently.
+//! The HTTP engine behind inspected connections, intercepted TLS and plain HTTP alike: every
+//! request of a guest connection (each keep-alive HTTP/1.1 request, each HTTP/2 stream) is
+//! parsed by hyper, checked against HTTP policy, the TLS server name and the sandbox's secrets,
+//! and forwarded on an upstream connection the caller provides, translating between HTTP/1.1
+//! and HTTP/2 where the two sides negotiated differently. Requests are re-framed for the
+//! upstream, so it only ever reads the framing the engine chose (no request smuggling).
 //!
 //! - A denied request gets a `403` of its own; the connection goes on (the next keep-alive
 //!   request, the other HTTP/2 streams).
@@ -185,6 +186,9 @@ pub(crate) async fn serve(
     let mut conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT)
+        // A client may close its sending half after the request and still wait for the answer
+        // (`printf ... | nc`).
+        .half_close(true)
         .max_buf_size(max_head)
         .max_headers(MAX_HEADERS)
         .serve_connection(io, service);

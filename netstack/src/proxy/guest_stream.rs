@@ -1,6 +1,7 @@
 //! A smoltcp TCP socket of the stack as a tokio `AsyncRead + AsyncWrite`, for the flows that
-//! talk to the guest themselves (DNS over TCP, HTTP inspection, 403 answers) rather than splice.
+//! talk to the guest themselves (DNS over TCP, the HTTP engine) rather than splice.
 
+use std::cell::Cell;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -12,6 +13,7 @@ use smoltcp::socket::tcp::{self, RecvError, State};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::state::Shared;
+use crate::stats::StatsCounters;
 
 /// One guest TCP connection inside the stack.
 pub(crate) struct GuestStream {
@@ -124,5 +126,84 @@ impl AsyncWrite for GuestStream {
         self.with_socket(|s| s.close());
         self.shared.wake.notify_one();
         Poll::Ready(Ok(()))
+    }
+}
+
+/// Bytes moved through a guest connection the stack serves itself, each way (TLS records on
+/// an intercepted connection).
+#[derive(Clone, Default)]
+pub(crate) struct Counters {
+    /// Read from the guest.
+    pub up: Rc<Cell<u64>>,
+    /// Written to the guest.
+    pub down: Rc<Cell<u64>>,
+}
+
+/// The guest stream with the bytes already read from it (to decide how to serve it) served
+/// again first, counting what passes each way.
+pub(crate) struct Replay {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: GuestStream,
+    counters: Counters,
+}
+
+impl Replay {
+    /// `inner` with `prefix` read first.
+    pub(crate) fn new(prefix: Vec<u8>, inner: GuestStream, counters: Counters) -> Replay {
+        Replay {
+            prefix,
+            pos: 0,
+            inner,
+            counters,
+        }
+    }
+}
+
+impl AsyncRead for Replay {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        if this.pos < this.prefix.len() {
+            let n = (this.prefix.len() - this.pos).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.pos..this.pos + n]);
+            this.pos += n;
+            if this.pos == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.pos = 0;
+            }
+        } else {
+            std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        }
+        let n = (buf.filled().len() - before) as u64;
+        this.counters.up.set(this.counters.up.get() + n);
+        StatsCounters::add(&this.inner.shared.stats.bytes_up, n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Replay {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let n = std::task::ready!(Pin::new(&mut this.inner).poll_write(cx, data))?;
+        this.counters.down.set(this.counters.down.get() + n as u64);
+        StatsCounters::add(&this.inner.shared.stats.bytes_down, n as u64);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

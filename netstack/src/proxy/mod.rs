@@ -2,6 +2,7 @@
 //! gateway.
 
 pub(crate) mod guest_stream;
+pub(crate) mod http_flow;
 pub(crate) mod tcp;
 pub(crate) mod tls_flow;
 pub(crate) mod udp;

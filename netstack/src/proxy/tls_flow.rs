@@ -8,17 +8,15 @@
 use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use smoltcp::iface::SocketHandle;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsAcceptor;
 
-use super::guest_stream::GuestStream;
+use super::guest_stream::{Counters, GuestStream, Replay};
 use super::tcp::{connect, finish, splice};
 use crate::events::{NetEvent, Transport};
 use crate::frames::TcpKey;
@@ -199,15 +197,11 @@ async fn intercept_flow(
         return;
     };
     let counted = Counters::default();
-    let replay = Replay {
-        prefix: first,
-        pos: 0,
-        inner: GuestStream {
-            shared: shared.clone(),
-            handle,
-        },
-        counters: counted.clone(),
+    let inner = GuestStream {
+        shared: shared.clone(),
+        handle,
     };
+    let replay = Replay::new(first, inner, counted.clone());
     let acceptor = TlsAcceptor::from(tls.server.clone());
     let accepted = tokio::time::timeout(HELLO_WAIT, acceptor.accept(replay)).await;
     let stream = match accepted {
@@ -323,67 +317,4 @@ fn connector(
             }
         })
     })
-}
-
-/// Bytes moved through an intercepted guest connection (TLS records, each way).
-#[derive(Clone, Default)]
-struct Counters {
-    up: Rc<Cell<u64>>,
-    down: Rc<Cell<u64>>,
-}
-
-/// The guest stream with the bytes already read from it served again first.
-struct Replay {
-    prefix: Vec<u8>,
-    pos: usize,
-    inner: GuestStream,
-    counters: Counters,
-}
-
-impl AsyncRead for Replay {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        let before = buf.filled().len();
-        if this.pos < this.prefix.len() {
-            let n = (this.prefix.len() - this.pos).min(buf.remaining());
-            buf.put_slice(&this.prefix[this.pos..this.pos + n]);
-            this.pos += n;
-            if this.pos == this.prefix.len() {
-                this.prefix = Vec::new();
-                this.pos = 0;
-            }
-        } else {
-            std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        }
-        let n = (buf.filled().len() - before) as u64;
-        this.counters.up.set(this.counters.up.get() + n);
-        StatsCounters::add(&this.inner.shared.stats.bytes_up, n);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for Replay {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let n = std::task::ready!(Pin::new(&mut this.inner).poll_write(cx, data))?;
-        this.counters.down.set(this.counters.down.get() + n as u64);
-        StatsCounters::add(&this.inner.shared.stats.bytes_down, n as u64);
-        Poll::Ready(Ok(n))
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
