@@ -386,7 +386,7 @@ fn published_port_reaches_a_guest_listener() {
     )));
 }
 
-/// A real HTTP/1.1 server (hyper) on the host's loopback that answers every request `200` with
+/// A real HTTP/1.1 and prior-knowledge HTTP/2 server (hyper) on the host's loopback that answers every request `200` with
 /// the body `METHOD TARGET\n` followed by the request body; returns its port and a count of
 /// the requests that reached it.
 fn http_echo_server() -> (u16, Arc<AtomicUsize>) {
@@ -420,10 +420,20 @@ fn http_echo_server() -> (u16, Arc<AtomicUsize>) {
                     },
                 );
                 tokio::spawn(async move {
+                    // HTTP/2 with prior knowledge when the client opens with its preface.
+                    let mut start = [0u8; 3];
+                    let h2 = matches!(stream.peek(&mut start).await, Ok(3) if &start == b"PRI");
                     let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, service)
-                        .await;
+                    if h2 {
+                        let exec = hyper_util::rt::TokioExecutor::new();
+                        let _ = hyper::server::conn::http2::Builder::new(exec)
+                            .serve_connection(io, service)
+                            .await;
+                    } else {
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, service)
+                            .await;
+                    }
                 });
             }
         });
@@ -616,6 +626,124 @@ fn ambiguous_framing_and_tunnels_never_reach_the_host() {
         );
     }
     assert!(!http_paths(&h).iter().any(|(path, _)| path == "/smuggled"));
+}
+
+/// One HTTP/2 frame: (type, flags, stream, payload).
+type H2Frame = (u8, u8, u32, Vec<u8>);
+
+/// An HTTP/2 frame as bytes.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A GET of `path` on host.msbvm.internal as an HPACK block with no dynamic table and no
+/// Huffman coding (`:method GET`, `:scheme http`, literal `:path` and `:authority`).
+fn h2_get(path: &str) -> Vec<u8> {
+    let authority = b"host.msbvm.internal";
+    let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
+    block.extend_from_slice(path.as_bytes());
+    block.extend_from_slice(&[0x01, authority.len() as u8]);
+    block.extend_from_slice(authority);
+    block
+}
+
+/// Reads HTTP/2 frames from `s` until `done` says the ones seen so far are enough.
+fn read_h2_frames(
+    h: &mut Harness,
+    s: smoltcp::iface::SocketHandle,
+    done: impl Fn(&[H2Frame]) -> bool,
+) -> Vec<H2Frame> {
+    let mut bytes = Vec::new();
+    let mut frames = Vec::new();
+    h.guest.run_until(10, "HTTP/2 frames", |g| {
+        let mut buf = [0u8; 4096];
+        while g.tcp(s).can_recv() {
+            let n = g.tcp(s).recv_slice(&mut buf).unwrap();
+            bytes.extend_from_slice(&buf[..n]);
+        }
+        while bytes.len() >= 9 {
+            let len =
+                usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+            if bytes.len() < 9 + len {
+                break;
+            }
+            let stream = u32::from_be_bytes(bytes[5..9].try_into().unwrap()) & 0x7fff_ffff;
+            frames.push((bytes[3], bytes[4], stream, bytes[9..9 + len].to_vec()));
+            bytes.drain(..9 + len);
+        }
+        done(&frames).then_some(())
+    });
+    frames
+}
+
+/// A guest speaking HTTP/2 with prior knowledge (`h2c`) over plain HTTP gets every stream
+/// checked on its own: the allowed stream is answered by the host over HTTP/2, the denied one
+/// gets the stack's refusal, and neither ends the connection.
+#[test]
+fn prior_knowledge_h2c_streams_are_checked_each() {
+    const HEADERS: u8 = 0x1;
+    const DATA: u8 = 0x0;
+    const END_STREAM_AND_HEADERS: u8 = 0x5;
+    let (port, seen) = http_echo_server();
+    let mut h = Harness::start(test_config(), secret_denied_host_allowed(port));
+    let s = h.guest.tcp_connect_host(port, 40080);
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[]));
+    out.extend(h2_frame(
+        HEADERS,
+        END_STREAM_AND_HEADERS,
+        1,
+        &h2_get("/public"),
+    ));
+    out.extend(h2_frame(
+        HEADERS,
+        END_STREAM_AND_HEADERS,
+        3,
+        &h2_get("/secret/x"),
+    ));
+    h.guest.tcp_send_all(s, &out);
+    let ended = |frames: &[H2Frame], stream: u32| {
+        frames
+            .iter()
+            .any(|(kind, flags, id, _)| *id == stream && *kind <= 1 && flags & 0x1 != 0)
+    };
+    let frames = read_h2_frames(&mut h, s, |f| ended(f, 1) && ended(f, 3));
+    let of = |stream: u32, kind: u8| -> Vec<u8> {
+        frames
+            .iter()
+            .filter(|(k, _, id, _)| *id == stream && *k == kind)
+            .flat_map(|(_, _, _, payload)| payload.clone())
+            .collect()
+    };
+    // `:status 200` is entry 8 of HPACK's static table.
+    assert_eq!(of(1, HEADERS).first(), Some(&0x88), "{frames:?}");
+    let body = String::from_utf8_lossy(&of(1, DATA)).into_owned();
+    assert!(
+        body.starts_with("GET ") && body.contains("/public"),
+        "{body}"
+    );
+    assert_ne!(of(3, HEADERS).first(), Some(&0x88), "{frames:?}");
+    let refusal = String::from_utf8_lossy(&of(3, DATA)).into_owned();
+    assert!(
+        refusal.contains("Blocked by the sandbox network policy"),
+        "{refusal}"
+    );
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+    assert!(
+        !frames.iter().any(|(kind, ..)| *kind == 0x7),
+        "GOAWAY: {frames:?}"
+    );
+    assert_eq!(
+        http_paths(&h),
+        [
+            ("/public".to_string(), true),
+            ("/secret/x".to_string(), false)
+        ]
+    );
 }
 
 /// A client that closes its sending half right after the request (`printf ... | nc`) still gets
