@@ -141,6 +141,7 @@ pub fn build(
                 .push(fs_device(ROOT_TAG, fs, *read_only, &hooks)?);
             devices.boot.root_tag = Some(ROOT_TAG.into());
             devices.boot.root_read_only = *read_only;
+            devices.boot.root_shared = true;
         }
     }
     for (i, volume) in spec.volumes.iter().enumerate() {

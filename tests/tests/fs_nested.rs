@@ -95,6 +95,21 @@ out=$($M run --tmpfs /scratch -- sh -c 'echo t > /scratch/x && cat /scratch/x');
 mkdir -p /tmp/rootdir/bin /tmp/rootdir/etc; cp /bin/busybox /tmp/rootdir/bin/busybox; ln -s busybox /tmp/rootdir/bin/sh
 $M run --rootfs /tmp/rootdir -- /bin/sh -c 'echo made > /etc/made'; check rootfs_rc $?
 check rootfs_write "$(cat /tmp/rootdir/etc/made)"
+# What the agent sets up at boot shadows the shared root's files (bind mounts from /run): the
+# guest sees the CA and its resolver, the host directory keeps its own files.
+mkdir -p /tmp/rootdir/etc/ssl/certs; echo '# host bundle' > /tmp/rootdir/etc/ssl/certs/ca-certificates.crt
+echo '127.0.0.1 hostfile' > /tmp/rootdir/etc/hosts
+yn() {{ if "$@"; then echo y; else echo n; fi; }}
+out=$($M run --rootfs /tmp/rootdir --tls-intercept example.test -- /bin/sh -c '
+  b=/etc/ssl/certs/ca-certificates.crt
+  for t in "grep -q BEGIN.CERTIFICATE $b" "grep -q host.bundle $b" "grep -q nameserver /etc/resolv.conf" "grep -q hostfile /etc/hosts" "test $SSL_CERT_FILE = $b"; do
+    if $t; then printf y; else printf n; fi
+  done')
+check rootfs_shadow_guest "$out"
+check rootfs_host_bundle "$(cat /tmp/rootdir/etc/ssl/certs/ca-certificates.crt)"
+check rootfs_host_hosts "$(cat /tmp/rootdir/etc/hosts)"
+check rootfs_host_resolv_empty $(yn test ! -s /tmp/rootdir/etc/resolv.conf)
+check rootfs_host_no_anchor $(yn test ! -e /tmp/rootdir/run/msbvm)
 echo "CHECK done yes"
 "#,
         prelude = prelude(),
@@ -197,6 +212,11 @@ fn images_volumes_and_files_end_to_end() {
             ("tmpfs_rw", "t"),
             ("rootfs_rc", "0"),
             ("rootfs_write", "made"),
+            ("rootfs_shadow_guest", "yyyyy"),
+            ("rootfs_host_bundle", "# host bundle"),
+            ("rootfs_host_hosts", "127.0.0.1 hostfile"),
+            ("rootfs_host_resolv_empty", "y"),
+            ("rootfs_host_no_anchor", "y"),
         ],
     );
 }

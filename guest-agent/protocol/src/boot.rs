@@ -20,6 +20,10 @@ pub struct BootConfig {
     pub root_tag: Option<String>,
     /// Mount the root read-only.
     pub root_read_only: bool,
+    /// The root is a host directory (`--rootfs`): the agent changes none of its files, and
+    /// shadows those it sets up at boot (`/etc/resolv.conf`, `/etc/hosts`, CA bundles) with
+    /// bind mounts from `/run` instead.
+    pub root_shared: bool,
     /// Extra mounts, in order (parents before children).
     pub mounts: Vec<GuestMount>,
     /// The network interface's set-up; `None` when the sandbox has no network.
@@ -91,6 +95,7 @@ mod tests {
         let config = BootConfig {
             root_tag: Some("root".into()),
             root_read_only: false,
+            root_shared: true,
             mounts: vec![GuestMount {
                 source: MountSource::Tmpfs {
                     size_bytes: Some(1 << 20),

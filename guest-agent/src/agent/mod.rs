@@ -31,6 +31,7 @@ macro_rules! agent_log {
     }};
 }
 
+pub mod boot_files;
 pub mod cmdline;
 pub mod connection;
 pub mod events;
@@ -122,7 +123,10 @@ fn init_system() {
         if let Err(e) = net::configure(setup) {
             agent_log!("cannot configure the network: {e}");
         }
-        if let Err(e) = net::write_resolver_files(std::path::Path::new("/"), setup, &hostname) {
+        let placement = boot_files::Placement::for_root(boot.root_shared);
+        if let Err(e) =
+            net::write_resolver_files(std::path::Path::new("/"), setup, &hostname, placement)
+        {
             agent_log!("cannot write /etc/resolv.conf and /etc/hosts: {e}");
         }
     }
@@ -133,7 +137,9 @@ fn init_system() {
 /// bundle variables, the secrets' placeholders). Problems are logged: the sandbox boots.
 fn set_up_interception(boot: &msbvm_protocol::boot::BootConfig) {
     let bundle = boot.tls.as_ref().and_then(|tls| {
-        let (bundle, problems) = trust::install_ca(std::path::Path::new("/"), &tls.ca_cert_pem);
+        let placement = boot_files::Placement::for_root(boot.root_shared);
+        let (bundle, problems) =
+            trust::install_ca(std::path::Path::new("/"), &tls.ca_cert_pem, placement);
         for p in problems {
             agent_log!("TLS interception CA: {p}");
         }

@@ -10,7 +10,8 @@
 //! [`write_resolver_files`] writes `/etc/resolv.conf` and merges the host's
 //! names into `/etc/hosts`, keeping the image's own lines: everything the
 //! agent adds sits between two marker lines, so a later boot on the same
-//! root replaces its own block and nothing else.
+//! root replaces its own block and nothing else. A root shared with the host
+//! gets them through bind mounts instead ([`super::boot_files`]).
 
 use std::ffi::CString;
 use std::io;
@@ -18,6 +19,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use msbvm_protocol::boot::NetworkSetup;
+
+use super::boot_files::{place, Placement};
 
 /// Where the kernel lists network interfaces.
 const SYS_CLASS_NET: &str = "/sys/class/net";
@@ -197,25 +200,23 @@ fn sockaddr(addr: [u8; 4]) -> libc::sockaddr {
 
 /// Writes `<root>/etc/resolv.conf` and merges the host's names into
 /// `<root>/etc/hosts` (see the module docs). Creates `<root>/etc`.
-pub fn write_resolver_files(root: &Path, setup: &NetworkSetup, hostname: &str) -> io::Result<()> {
-    let etc = root.join("etc");
-    std::fs::create_dir_all(&etc)?;
-    replace_file(&etc.join("resolv.conf"), &resolv_conf(&setup.dns))?;
-    let hosts_path = etc.join("hosts");
+pub fn write_resolver_files(
+    root: &Path,
+    setup: &NetworkSetup,
+    hostname: &str,
+    placement: Placement,
+) -> io::Result<()> {
+    place(
+        root,
+        "etc/resolv.conf",
+        resolv_conf(&setup.dns).as_bytes(),
+        placement,
+    )?;
     // Missing, a dangling symlink or not text: start from nothing rather
     // than leave the guest without localhost.
-    let existing = std::fs::read_to_string(&hosts_path).unwrap_or_default();
-    replace_file(&hosts_path, &hosts(&existing, setup, hostname))
-}
-
-/// Replaces `path` by a new file with `content`, through a rename so that
-/// readers never see half a file. A symlink at `path` (images often point
-/// resolv.conf at a resolver daemon's runtime file) is replaced, not followed.
-fn replace_file(path: &Path, content: &str) -> io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".msbvm-tmp");
-    std::fs::write(&tmp, content)?;
-    std::fs::rename(&tmp, path)
+    let existing = std::fs::read_to_string(root.join("etc/hosts")).unwrap_or_default();
+    let content = hosts(&existing, setup, hostname);
+    place(root, "etc/hosts", content.as_bytes(), placement)
 }
 
 /// The content of `resolv.conf` for `dns`.
@@ -362,7 +363,7 @@ mod tests {
         )
         .unwrap();
         std::fs::write(dir.join("etc/hosts"), "192.168.1.1 router\n").unwrap();
-        write_resolver_files(&dir, &setup(), "box").unwrap();
+        write_resolver_files(&dir, &setup(), "box", Placement::InPlace).unwrap();
         let resolv = std::fs::read_to_string(dir.join("etc/resolv.conf")).unwrap();
         assert!(resolv.contains("nameserver 10.0.2.3\n"));
         assert!(!std::fs::symlink_metadata(dir.join("etc/resolv.conf"))
@@ -375,7 +376,7 @@ mod tests {
 
         // A root without /etc gets one.
         let bare = dir.join("bare");
-        write_resolver_files(&bare, &setup(), "box").unwrap();
+        write_resolver_files(&bare, &setup(), "box", Placement::InPlace).unwrap();
         assert!(bare.join("etc/hosts").is_file());
         std::fs::remove_dir_all(&dir).unwrap();
     }

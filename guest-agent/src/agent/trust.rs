@@ -11,6 +11,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use super::boot_files::{place, Placement};
+
 /// The variables that point TLS clients (OpenSSL, Python, curl, Node, git) at the bundle.
 pub const CA_ENV_VARS: &[&str] = &[
     "SSL_CERT_FILE",
@@ -88,15 +90,24 @@ pub fn merge(env: &[(String, String)], boot: &BootEnv) -> Vec<(String, String)> 
     out
 }
 
-/// Installs `ca_pem` under `root` (`/` in the guest); returns the guest path of the bundle
-/// that holds it (`None` when none could be written) and the problems met, to log.
-pub fn install_ca(root: &Path, ca_pem: &str) -> (Option<String>, Vec<String>) {
+/// Installs `ca_pem` under `root` (`/` in the guest) the way `placement` says; returns the
+/// guest path of the bundle that holds it (`None` when none could be written) and the problems
+/// met, to log.
+pub fn install_ca(
+    root: &Path,
+    ca_pem: &str,
+    placement: Placement,
+) -> (Option<String>, Vec<String>) {
     let mut problems = Vec::new();
     let pem = normalized(ca_pem);
-    for (dir, file) in ANCHORS {
-        if root.join(dir).is_dir() {
-            if let Err(e) = std::fs::write(root.join(file), &pem) {
-                problems.push(format!("cannot write /{file}: {e}"));
+    // Anchors only matter to a later `update-ca-certificates`, which a root shared with the
+    // host must not run against its files anyway: they are only written on the sandbox's own.
+    if placement == Placement::InPlace {
+        for (dir, file) in ANCHORS {
+            if root.join(dir).is_dir() {
+                if let Err(e) = std::fs::write(root.join(file), &pem) {
+                    problems.push(format!("cannot write /{file}: {e}"));
+                }
             }
         }
     }
@@ -116,7 +127,14 @@ pub fn install_ca(root: &Path, ca_pem: &str) -> (Option<String>, Vec<String>) {
             continue;
         }
         seen.push(id);
-        match append_once(&path, &pem) {
+        let added = match placement {
+            Placement::InPlace => append_once(&path, &pem),
+            Placement::Shadowed => std::fs::read_to_string(&path).and_then(|current| {
+                let contents = with_ca(&current, &pem);
+                place(root, bundle, contents.as_bytes(), placement)
+            }),
+        };
+        match added {
             Ok(()) => {
                 chosen.get_or_insert_with(|| format!("/{bundle}"));
             }
@@ -131,7 +149,12 @@ pub fn install_ca(root: &Path, ca_pem: &str) -> (Option<String>, Vec<String>) {
             .map(|t| normalized(&t))
             .unwrap_or_default();
         let contents = format!("{system}{pem}");
-        for bundle in [NEW_BUNDLE, FALLBACK_BUNDLE] {
+        // A shared root gets no new file: the bundle lives on `/run` only.
+        let targets: &[&str] = match placement {
+            Placement::InPlace => &[NEW_BUNDLE, FALLBACK_BUNDLE],
+            Placement::Shadowed => &[FALLBACK_BUNDLE],
+        };
+        for bundle in targets {
             match create_bundle(&root.join(bundle), &contents) {
                 Ok(()) => {
                     chosen = Some(format!("/{bundle}"));
@@ -142,6 +165,19 @@ pub fn install_ca(root: &Path, ca_pem: &str) -> (Option<String>, Vec<String>) {
         }
     }
     (chosen, problems)
+}
+
+/// `current` (a bundle's text) with `pem` appended unless it already holds it.
+fn with_ca(current: &str, pem: &str) -> String {
+    if current.contains(pem.trim_end()) {
+        return current.to_owned();
+    }
+    let separator = if current.is_empty() || current.ends_with('\n') {
+        ""
+    } else {
+        "\n"
+    };
+    format!("{current}{separator}{pem}")
 }
 
 /// The CA PEM ending in one newline, so appended bundles stay well-formed.
@@ -235,7 +271,7 @@ mod tests {
         // Alpine-style link: must not get the CA twice.
         std::os::unix::fs::symlink("certs/ca-certificates.crt", r.join("etc/ssl/cert.pem"))
             .unwrap();
-        let (bundle, problems) = install_ca(r, CA);
+        let (bundle, problems) = install_ca(r, CA, Placement::InPlace);
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(
             bundle.as_deref(),
@@ -248,7 +284,7 @@ mod tests {
             std::fs::read_to_string(r.join("usr/local/share/ca-certificates/msbvm.crt")).unwrap();
         assert_eq!(anchor, format!("{CA}\n"));
         // Idempotent: a second boot on the same root adds nothing.
-        install_ca(r, CA);
+        install_ca(r, CA, Placement::InPlace);
         let again = std::fs::read_to_string(r.join("etc/ssl/certs/ca-certificates.crt")).unwrap();
         assert_eq!(again, text);
     }
@@ -260,7 +296,7 @@ mod tests {
         std::fs::create_dir_all(r.join("etc/pki/ca-trust/source/anchors")).unwrap();
         std::fs::create_dir_all(r.join("etc/pki/tls/certs")).unwrap();
         std::fs::write(r.join("etc/pki/tls/certs/ca-bundle.crt"), "ROOTS\n").unwrap();
-        let (bundle, problems) = install_ca(r, CA);
+        let (bundle, problems) = install_ca(r, CA, Placement::InPlace);
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(bundle.as_deref(), Some("/etc/pki/tls/certs/ca-bundle.crt"));
         assert!(r
@@ -272,7 +308,7 @@ mod tests {
     #[test]
     fn an_image_without_a_bundle_gets_one() {
         let root = tempfile::TempDir::new().unwrap();
-        let (bundle, problems) = install_ca(root.path(), CA);
+        let (bundle, problems) = install_ca(root.path(), CA, Placement::InPlace);
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(
             bundle.as_deref(),
@@ -296,7 +332,7 @@ mod tests {
         let bundle = r.join("etc/ssl/certs/ca-certificates.crt");
         std::fs::write(&bundle, "ROOTS\n").unwrap();
         std::fs::set_permissions(&bundle, std::fs::Permissions::from_mode(0o444)).unwrap();
-        let (chosen, problems) = install_ca(r, CA);
+        let (chosen, problems) = install_ca(r, CA, Placement::InPlace);
         assert!(!problems.is_empty());
         // The existing file cannot be replaced either: the fallback in /run holds the CA.
         assert_eq!(chosen.as_deref(), Some("/run/msbvm/ca-certificates.crt"));
