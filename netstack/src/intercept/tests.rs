@@ -202,6 +202,9 @@ fn zlib(data: &[u8]) -> Vec<u8> {
 /// garbage since the engine must refuse it unread). Strong `ETag` `"v1"`.
 fn coded_response(path: &str) -> Option<Response<TestBody>> {
     let (coding, what) = path.strip_prefix("/coded/")?.split_once('/')?;
+    if (coding, what) == ("gzip", "bulk") {
+        return Some(bulk_gzip_response());
+    }
     let plain = match what {
         "small" => format!("the key is {VALUE}!").into_bytes(),
         "big" | "big-chunked" | "cut-chunked" => big_text(VALUE),
@@ -234,6 +237,33 @@ fn coded_response(path: &str) -> Option<Response<TestBody>> {
         .headers_mut()
         .insert("etag", "\"v1\"".parse().unwrap());
     Some(response)
+}
+
+/// Bytes of text in the gzip bulk benchmark.
+const GZIP_BULK: usize = 64 * 1024 * 1024;
+
+/// `/coded/gzip/bulk`: [`GZIP_BULK`] bytes of text, gzip'd once per test process.
+fn bulk_gzip_response() -> Response<TestBody> {
+    static CODED: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    let coded = CODED.get_or_init(|| {
+        let text: Vec<u8> = (0..)
+            .flat_map(|i| format!("line {i}\n").into_bytes())
+            .take(GZIP_BULK)
+            .collect();
+        Bytes::from(gzip(&text))
+    });
+    let mut response = Response::new(TestBody {
+        chunks: coded
+            .chunks(64 * 1024)
+            .map(|c| coded.slice_ref(c))
+            .collect(),
+        trailers: None,
+        exact: true,
+    });
+    response
+        .headers_mut()
+        .insert("content-encoding", "gzip".parse().unwrap());
+    response
 }
 
 /// A hyper server (HTTP/2 with prior knowledge when `h2`) on a loopback port.
@@ -1076,5 +1106,40 @@ fn a_gzip_bomb_is_cut_at_the_bound() {
             "{received} bytes reached the guest"
         );
         assert!(received > request::MAX_BUFFERED_BODY, "{received}");
+    });
+}
+
+/// A gzip download (64 MiB of text, about 7 times smaller compressed) through the engine:
+/// passed through compressed where no secret is eligible, decoded and masked where one is.
+/// Run in release:
+/// `cargo test --release -p msbvm-netstack --lib intercept::tests::bench -- --ignored --nocapture`
+#[test]
+#[ignore = "benchmark"]
+fn bench_gzip_download() {
+    local(async {
+        let up = upstream(false).await;
+        // Compress before timing.
+        drop(bulk_gzip_response());
+        for (label, sni) in [("passed through", "other.test"), ("decoded+masked", HOST)] {
+            let env = env(allow_all(), vec![secret(Inject::default())]);
+            let mut guest = guest_h1(&env, session(Some(sni), true), up, false).await;
+            guest.ready().await.unwrap();
+            let start = std::time::Instant::now();
+            let req = Request::get("/coded/gzip/bulk")
+                .header("host", sni)
+                .body(TestBody::empty())
+                .unwrap();
+            let mut body = guest.send_request(req).await.unwrap().into_body();
+            let mut total = 0usize;
+            while let Some(frame) = body.frame().await {
+                total += frame.unwrap().into_data().map_or(0, |d| d.len());
+            }
+            let secs = start.elapsed().as_secs_f64();
+            println!(
+                "gzip download {label}: {total} bytes to the guest in {secs:.3} s \
+                 ({:.0} MiB/s of text)",
+                GZIP_BULK as f64 / secs / (1024.0 * 1024.0)
+            );
+        }
     });
 }
