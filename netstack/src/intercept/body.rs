@@ -72,6 +72,12 @@ impl Filter {
     }
 }
 
+/// A decoder and the trailers that came while it still had output to give.
+struct Decoding {
+    decoder: Decoder,
+    trailers: Option<HeaderMap>,
+}
+
 enum Inner {
     Empty,
     Full(Option<Bytes>),
@@ -81,10 +87,9 @@ enum Inner {
 /// A request or response body of the engine.
 pub(crate) struct EngineBody {
     inner: Inner,
-    /// Undoes the response's content coding before the filter sees the bytes.
-    decoder: Option<Decoder>,
-    /// Trailers that came while the decoder still had output to give.
-    decoded_trailers: Option<HeaderMap>,
+    /// Undoes the response's content coding before the filter sees the bytes (boxed: most
+    /// bodies have none, and they should stay as small as they were).
+    decoding: Option<Box<Decoding>>,
     /// Bytes already through the filter, sent before anything else (what was read while
     /// deciding whether the body fits a buffer).
     prefix: Option<Bytes>,
@@ -103,8 +108,7 @@ impl EngineBody {
     fn of(inner: Inner) -> EngineBody {
         EngineBody {
             inner,
-            decoder: None,
-            decoded_trailers: None,
+            decoding: None,
             prefix: None,
             filter: None,
             trailers: None,
@@ -146,7 +150,10 @@ impl EngineBody {
 
     /// Decodes the streamed body with `decoder` before the filter sees it.
     pub(crate) fn decoding(mut self, decoder: Decoder) -> EngineBody {
-        self.decoder = Some(decoder);
+        self.decoding = Some(Box::new(Decoding {
+            decoder,
+            trailers: None,
+        }));
         self
     }
 
@@ -175,15 +182,14 @@ impl EngineBody {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let Some(decoder) = self.decoder.as_mut() else {
+        let Some(Decoding { decoder, trailers }) = self.decoding.as_deref_mut() else {
             return poll_inner(&mut self.inner, cx);
         };
         loop {
             match decoder.step() {
                 Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                 Ok(Step::End) => {
-                    let trailers = self.decoded_trailers.take();
-                    return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
+                    return Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))));
                 }
                 Ok(Step::NeedInput) => {}
                 Err(e) => {
@@ -197,7 +203,7 @@ impl EngineBody {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => decoder.push(data),
                     Err(frame) => {
-                        self.decoded_trailers = frame.into_trailers().ok();
+                        *trailers = frame.into_trailers().ok();
                         decoder.end_input();
                     }
                 },
@@ -282,7 +288,7 @@ impl Body for EngineBody {
             Inner::Full(data) => data.is_none() && self.trailers.is_none(),
             Inner::Incoming(body) => {
                 self.filter.is_none()
-                    && self.decoder.is_none()
+                    && self.decoding.is_none()
                     && self.trailers.is_none()
                     && body.is_end_stream()
             }
@@ -294,7 +300,7 @@ impl Body for EngineBody {
             Inner::Empty => SizeHint::with_exact(0),
             Inner::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Inner::Incoming(body)
-                if self.filter.is_none() && self.decoder.is_none() && self.prefix.is_none() =>
+                if self.filter.is_none() && self.decoding.is_none() && self.prefix.is_none() =>
             {
                 body.size_hint()
             }
