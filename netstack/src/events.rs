@@ -112,6 +112,15 @@ pub enum NetEvent {
         /// The `Host` / `:authority` of the request.
         host: String,
     },
+    /// An upstream's response on an intercepted connection where secrets are masked could not
+    /// be checked for secret values (a content coding the stack cannot decode, or a corrupt
+    /// compressed body); the guest got a `502` instead.
+    ResponseRefused {
+        /// The host the request was for.
+        host: String,
+        /// Why, in words.
+        reason: String,
+    },
     /// The per-sandbox flow cap was reached; the new flow was refused.
     ConnectionCapReached {
         /// TCP or UDP.
@@ -189,6 +198,7 @@ impl NetEvent {
             NetEvent::HttpRequest { .. } => "http_request",
             NetEvent::SecretBlocked { .. } => "secret_blocked",
             NetEvent::HostMismatch { .. } => "host_mismatch",
+            NetEvent::ResponseRefused { .. } => "response_refused",
             NetEvent::ConnectionCapReached { .. } => "connection_cap_reached",
             NetEvent::IngressAccepted { .. } => "ingress_accepted",
             NetEvent::TlsIntercepted { .. } => "tls_intercepted",

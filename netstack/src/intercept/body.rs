@@ -1,6 +1,7 @@
 //! The body type the engine hands to hyper on both sides: a guest or upstream body passed
-//! through as it streams, optionally through a [`Filter`] (placeholder detection, substitution
-//! or value masking with a carried tail), or a complete buffer.
+//! through as it streams, optionally decoded ([`Decoder`], responses in gzip or deflate) and
+//! through a [`Filter`] (placeholder detection, substitution or value masking with a carried
+//! tail), or a complete buffer.
 
 use std::pin::Pin;
 use std::rc::Rc;
@@ -11,6 +12,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::HeaderMap;
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::request::encoding::{Decoder, Step};
 use crate::secrets::{Replacer, Scanner};
 
 /// Errors of engine bodies, as hyper wants them.
@@ -70,6 +72,12 @@ impl Filter {
     }
 }
 
+/// A decoder and the trailers that came while it still had output to give.
+struct Decoding {
+    decoder: Decoder,
+    trailers: Option<HeaderMap>,
+}
+
 enum Inner {
     Empty,
     Full(Option<Bytes>),
@@ -79,6 +87,12 @@ enum Inner {
 /// A request or response body of the engine.
 pub(crate) struct EngineBody {
     inner: Inner,
+    /// Undoes the response's content coding before the filter sees the bytes (boxed: most
+    /// bodies have none, and they should stay as small as they were).
+    decoding: Option<Box<Decoding>>,
+    /// Bytes already through the filter, sent before anything else (what was read while
+    /// deciding whether the body fits a buffer).
+    prefix: Option<Bytes>,
     filter: Option<Filter>,
     /// Trailers held back while the filter's tail went out first.
     trailers: Option<HeaderMap>,
@@ -94,6 +108,8 @@ impl EngineBody {
     fn of(inner: Inner) -> EngineBody {
         EngineBody {
             inner,
+            decoding: None,
+            prefix: None,
             filter: None,
             trailers: None,
             inner_done: false,
@@ -126,6 +142,27 @@ impl EngineBody {
         self
     }
 
+    /// Holds `permits` as long as the body lives.
+    pub(crate) fn with_permits(mut self, permits: Vec<OwnedSemaphorePermit>) -> EngineBody {
+        self.permits.extend(permits);
+        self
+    }
+
+    /// Decodes the streamed body with `decoder` before the filter sees it.
+    pub(crate) fn decoding(mut self, decoder: Decoder) -> EngineBody {
+        self.decoding = Some(Box::new(Decoding {
+            decoder,
+            trailers: None,
+        }));
+        self
+    }
+
+    /// Sends `prefix` (already filtered) before the rest of the body.
+    pub(crate) fn with_prefix(mut self, prefix: Bytes) -> EngineBody {
+        self.prefix = (!prefix.is_empty()).then_some(prefix);
+        self
+    }
+
     fn data(&mut self, data: Bytes) -> Option<Result<Frame<Bytes>, BoxError>> {
         match self.filter.as_mut() {
             None => Some(Ok(Frame::data(data))),
@@ -137,6 +174,40 @@ impl EngineBody {
                     Some(Err(blocked.into()))
                 }
             },
+        }
+    }
+
+    /// The next frame of the inner body, decoded when there is a decoder.
+    fn poll_source(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Some(Decoding { decoder, trailers }) = self.decoding.as_deref_mut() else {
+            return poll_inner(&mut self.inner, cx);
+        };
+        loop {
+            match decoder.step() {
+                Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(Step::End) => {
+                    return Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))));
+                }
+                Ok(Step::NeedInput) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "netstack: response cut");
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+            match ready!(poll_inner(&mut self.inner, cx)) {
+                None => decoder.end_input(),
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => decoder.push(data),
+                    Err(frame) => {
+                        *trailers = frame.into_trailers().ok();
+                        decoder.end_input();
+                    }
+                },
+            }
         }
     }
 
@@ -156,6 +227,9 @@ impl Body for EngineBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let Some(prefix) = this.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
         loop {
             if this.done {
                 return Poll::Ready(None);
@@ -170,19 +244,14 @@ impl Body for EngineBody {
                 }
                 continue;
             }
-            let frame = match &mut this.inner {
-                Inner::Empty => None,
-                Inner::Full(data) => data.take().map(|d| Ok(Frame::data(d))),
-                Inner::Incoming(body) => ready!(Pin::new(body).poll_frame(cx)),
-            };
-            let frame = match frame {
+            let frame = match ready!(this.poll_source(cx)) {
                 None => {
                     this.inner_done = true;
                     continue;
                 }
                 Some(Err(e)) => {
                     this.done = true;
-                    return Poll::Ready(Some(Err(e.into())));
+                    return Poll::Ready(Some(Err(e)));
                 }
                 Some(Ok(frame)) => frame,
             };
@@ -214,10 +283,14 @@ impl Body for EngineBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             _ if self.done => true,
+            _ if self.prefix.is_some() => false,
             Inner::Empty => true,
             Inner::Full(data) => data.is_none() && self.trailers.is_none(),
             Inner::Incoming(body) => {
-                self.filter.is_none() && self.trailers.is_none() && body.is_end_stream()
+                self.filter.is_none()
+                    && self.decoding.is_none()
+                    && self.trailers.is_none()
+                    && body.is_end_stream()
             }
         }
     }
@@ -226,8 +299,26 @@ impl Body for EngineBody {
         match &self.inner {
             Inner::Empty => SizeHint::with_exact(0),
             Inner::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
-            Inner::Incoming(body) if self.filter.is_none() => body.size_hint(),
+            Inner::Incoming(body)
+                if self.filter.is_none() && self.decoding.is_none() && self.prefix.is_none() =>
+            {
+                body.size_hint()
+            }
             Inner::Incoming(_) => SizeHint::default(),
         }
     }
+}
+
+/// The next frame of `inner`, as it comes.
+fn poll_inner(
+    inner: &mut Inner,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    Poll::Ready(match inner {
+        Inner::Empty => None,
+        Inner::Full(data) => data.take().map(|d| Ok(Frame::data(d))),
+        Inner::Incoming(body) => {
+            ready!(Pin::new(body).poll_frame(cx)).map(|f| f.map_err(Into::into))
+        }
+    })
 }

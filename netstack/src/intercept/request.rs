@@ -1,10 +1,15 @@
 //! One request through the engine: policy, Host/SNI, secrets, then upstream and back.
+//!
+//! On a connection where a secret is eligible (its upstream receives the value), responses
+//! are masked after their content coding is undone: `Accept-Encoding` offers only what the
+//! engine decodes, gzip and deflate responses reach the guest decoded, and other codings get
+//! a `502` ([`super::encoding`]).
 
 use std::cell::Cell;
 use std::convert::Infallible;
 use std::rc::Rc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST};
@@ -18,6 +23,10 @@ use super::Ctx;
 use crate::events::NetEvent;
 use crate::http::{request_info, HttpInfo};
 use crate::policy::Verdict;
+use encoding::{Codings, Decoder};
+
+// A child of this module so that the module list in `intercept/mod.rs` stays as it is.
+pub(super) mod encoding;
 
 /// Bodies up to this size are buffered when substitution changes their length, so that the
 /// upstream still gets a `Content-Length` (some servers refuse chunked requests); larger ones
@@ -170,7 +179,13 @@ async fn route(ctx: &Rc<Ctx>, req: Request<Incoming>) -> Result<Response<EngineB
     let upgrade = !ctx.guest_h2 && is_upgrade(req.headers());
     let (mut parts, body) = req.into_parts();
     let (info, eligible) = admit(ctx, &parts)?;
+    // The upstream receives a value, so it may echo one: its responses must come in a coding
+    // the engine can undo, or the value would pass the masker compressed.
+    let masking = eligible.iter().any(|e| *e);
     strip_hop_by_hop(&mut parts.headers, upgrade);
+    if masking {
+        encoding::restrict_accept_encoding(&mut parts.headers);
+    }
     substitute_head(ctx, &mut parts, &eligible)?;
     let blocked = Rc::new(Cell::new(None));
     let body = request_body(ctx, &mut parts, body, &eligible, &info.host, &blocked).await?;
@@ -194,7 +209,7 @@ async fn route(ctx: &Rc<Ctx>, req: Request<Incoming>) -> Result<Response<EngineB
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
     mask_headers(ctx, &mut parts.headers);
-    let body = response_body(ctx, &mut parts.headers, body, is_head).await?;
+    let body = response_body(ctx, &mut parts, body, is_head, masking, &info.host).await?;
     Ok(Response::from_parts(parts, body.with_permit(permit)))
 }
 
@@ -342,12 +357,15 @@ fn mask_headers(ctx: &Ctx, headers: &mut hyper::HeaderMap) {
 }
 
 /// The response body for the guest, with secret values masked (buffered when small, so the
-/// length stays exact).
+/// length stays exact). Where `masking` matters (a secret is eligible), a compressed body is
+/// decoded first and one the engine cannot decode is refused.
 async fn response_body(
     ctx: &Ctx,
-    headers: &mut hyper::HeaderMap,
+    parts: &mut hyper::http::response::Parts,
     body: Incoming,
     is_head: bool,
+    masking: bool,
+    host: &str,
 ) -> Result<EngineBody, Refusal> {
     if ctx.secrets.is_empty() || is_head || body.is_end_stream() {
         return Ok(EngineBody::stream(body, None));
@@ -357,6 +375,31 @@ async fn response_body(
         replacer: ctx.secrets.value_masker(),
         on_block: None,
     };
+    if masking {
+        match encoding::response_codings(&parts.headers) {
+            Codings::Identity => {}
+            Codings::Unsupported(what) => {
+                return Err(refuse_response(
+                    ctx,
+                    host,
+                    format!("the upstream answered in {what}, which the sandbox cannot check for secret values"),
+                ));
+            }
+            // The bytes are a slice of the coded stream, which cannot be decoded on its own.
+            Codings::Decode(_) if parts.status == StatusCode::PARTIAL_CONTENT => {
+                return Err(refuse_response(
+                    ctx,
+                    host,
+                    "the upstream answered with a compressed partial response (206), which the sandbox cannot check for secret values".into(),
+                ));
+            }
+            Codings::Decode(codings) => {
+                let body = EngineBody::stream(body, Some(filter)).decoding(Decoder::new(&codings));
+                return decoded_body(ctx, &mut parts.headers, body, host).await;
+            }
+        }
+    }
+    let headers = &mut parts.headers;
     if let Some(share) = buffer_share(ctx, content_length(headers)) {
         let collected = EngineBody::stream(body, Some(filter))
             .collect()
@@ -368,4 +411,58 @@ async fn response_body(
     }
     headers.remove(CONTENT_LENGTH);
     Ok(EngineBody::stream(body, Some(filter)))
+}
+
+/// A decoded and masked response body. Buffered, with an exact `Content-Length`, while the
+/// upstream declared a length within the buffering limits and the decoded bytes fit them too
+/// (each decoded byte takes its share of the connection's budget); otherwise streamed from
+/// where the buffer stopped. A streamed one is still read until its first bytes, so that a
+/// body that is not what its coding says gets a `502` rather than a broken `200`.
+async fn decoded_body(
+    ctx: &Ctx,
+    headers: &mut hyper::HeaderMap,
+    mut body: EngineBody,
+    host: &str,
+) -> Result<EngineBody, Refusal> {
+    let mut permits = Vec::new();
+    let mut held = 0usize;
+    if let Some(share) = buffer_share(ctx, content_length(headers)) {
+        held = share.num_permits();
+        permits.push(share);
+    }
+    encoding::decoded_headers(headers);
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| refuse_response(ctx, host, e.to_string()))?;
+        // Trailers of a buffered body are dropped, as for plain ones.
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let want = buf.len() + data.len();
+        if want > held {
+            let more = (!permits.is_empty() && want as u64 <= MAX_BUFFERED_BODY)
+                .then(|| u32::try_from(want - held).ok())
+                .flatten()
+                .and_then(|more| ctx.buffers.clone().try_acquire_many_owned(more).ok());
+            let Some(more) = more else {
+                buf.extend_from_slice(&data);
+                headers.remove(CONTENT_LENGTH);
+                return Ok(body.with_prefix(buf.freeze()).with_permits(permits));
+            };
+            held = want;
+            permits.push(more);
+        }
+        buf.extend_from_slice(&data);
+    }
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(buf.len()));
+    Ok(EngineBody::full(buf.freeze()).with_permits(permits))
+}
+
+/// Refuses an upstream response the guest must not get as it is: a `502`, and an event.
+fn refuse_response(ctx: &Ctx, host: &str, reason: String) -> Refusal {
+    ctx.shared.emit(NetEvent::ResponseRefused {
+        host: host.to_owned(),
+        reason: reason.clone(),
+    });
+    Refusal::BadGateway(reason)
 }
