@@ -73,11 +73,17 @@ $M stop h >/dev/null; $M rm h >/dev/null
 
 # §3: a guest flooding denied DNS queries and SYNs for {FLOOD_SECS} s: events are rate-limited
 # with summaries, the runtime log stays small, memory stays bounded and exec still works.
+# A heartbeat with L1's load and free memory while this section runs: a hang here once used up
+# the whole L1 timeout with nothing printed, so the next one must show whether L1 still runs.
+(while sleep 30; do echo "DIAG heartbeat $(cut -d' ' -f1-3 /proc/loadavg) avail_kib=$(awk '/^MemAvailable/{{print $2}}' /proc/meminfo)"; done) &
+hb=$!
 $M run -d --name f --cpus 2 $D --net-deny blocked.test; check f_rc $?
 pid=$(sed -n 's/.*"pid": *\([0-9]*\).*/\1/p' /tmp/msbvm/sandboxes/f/state.json)
+echo "STEP runtime pid $pid"
 # Resident memory of the runtime outside guest RAM (the one mapping of 256 MiB or more).
-rss() {{ awk '/^[0-9a-f]+-[0-9a-f]+ /{{big=0}} /^Size:/{{big=($2>=262144)}} /^Rss:/{{if(!big)s+=$2}} END{{print s}}' /proc/$pid/smaps; }}
+rss() {{ timeout -s KILL 60 awk '/^[0-9a-f]+-[0-9a-f]+ /{{big=0}} /^Size:/{{big=($2>=262144)}} /^Rss:/{{if(!big)s+=$2}} END{{print s}}' /proc/$pid/smaps; }}
 before=$(rss)
+echo "STEP rss before: $before KiB"
 # 500 denied queries per DNS-over-TCP connection (busybox nc has no UDP); one SYN per nc,
 # each worker counting its SYNs.
 Q='\000\036\000\001\001\000\000\001\000\000\000\000\000\000\007blocked\004test\000\000\001\000\001'
@@ -89,6 +95,7 @@ diagnose() {{
   for t in /proc/$pid/task/*; do echo "DIAG thread $(cat $t/comm 2>/dev/null) $(sed -n 's/^State:\t//p' $t/status 2>/dev/null) $(cat $t/wchan 2>/dev/null)"; done
   tail -n 20 /tmp/msbvm/sandboxes/f/runtime.log 2>/dev/null | sed 's/^/DIAG log /'
 }}
+echo "STEP flood exec"
 timeout -s KILL {FLOOD_EXEC_SECS} $M exec f -- sh -c "i=0; while [ \$i -lt 500 ]; do printf '$Q'; i=\$((i+1)); done > /tmp/q
   end=\$((\$(date +%s) + {FLOOD_SECS}))
   for w in 1 2; do
@@ -132,6 +139,7 @@ check flood_log_small $(atmost $log {MAX_LOG_BYTES})
 echo "flood: $secs s, $syns SYNs, $counted denied flows counted, $denied flow_denied events; runtime rss outside guest RAM before=$before after=$after kB, events=$lines lines, log=$log bytes"
 check flood_rss_bounded $(atmost $((after - before)) {RSS_GROWTH_KIB})
 $M stop f >/dev/null; check f_stopped $?
+kill $hb 2>/dev/null
 echo "CHECK done yes"
 "#,
         prelude = prelude(),
