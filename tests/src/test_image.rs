@@ -82,6 +82,8 @@ impl TestImage {
     /// The cached image, built on first use (a download of about 15 MB).
     pub fn prepare() -> Result<Self> {
         let dir = cache_dir().join(format!("secrets-image-v{RECIPE}"));
+        // Tests and benchmarks running at once would build it over each other.
+        let _lock = lock(&cache_dir().join(format!("secrets-image-v{RECIPE}.lock")))?;
         let image = TestImage {
             rootfs: dir.join("rootfs"),
             layout: dir.join("oci"),
@@ -113,6 +115,20 @@ impl TestImage {
         fs::rename(&part, &image.layout).map_err(Error::io("renaming the OCI layout"))?;
         Ok(image)
     }
+}
+
+/// An exclusive lock on `path` (created if missing), held until the file is dropped.
+fn lock(path: &Path) -> Result<fs::File> {
+    mkdir(path.parent().unwrap_or(Path::new("/")))?;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(Error::io(format!("cannot open {}", path.display())))?;
+    file.lock()
+        .map_err(Error::io(format!("cannot lock {}", path.display())))?;
+    Ok(file)
 }
 
 fn mkdir(dir: &Path) -> Result<()> {
