@@ -169,6 +169,10 @@ fn head_secret(ctx: &Ctx, parts: &Parts, eligible: &[bool]) -> Option<usize> {
 async fn route(ctx: &Rc<Ctx>, req: Request<Incoming>) -> Result<Response<EngineBody>, Refusal> {
     let upgrade = !ctx.guest_h2 && is_upgrade(req.headers());
     let (mut parts, body) = req.into_parts();
+    if upgrade {
+        super::websocket::prepare_upgrade(&mut parts.headers, !ctx.secrets.is_empty())
+            .map_err(Refusal::Forbidden)?;
+    }
     let (info, eligible) = admit(ctx, &parts)?;
     strip_hop_by_hop(&mut parts.headers, upgrade);
     substitute_head(ctx, &mut parts, &eligible)?;

@@ -798,3 +798,6 @@ fn bench_bulk_throughput() {
         }
     });
 }
+
+#[path = "websocket_tests.rs"]
+mod websocket;
