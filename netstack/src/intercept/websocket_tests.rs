@@ -21,6 +21,9 @@ const BIG_AT: usize = FRAGMENT - 3;
 /// The filler after it.
 const BIG_LEN: usize = 200 * 1024;
 
+/// Messages of 1 MiB the throughput benchmark sends each way.
+const BULK_MIB: usize = 64;
+
 /// The big message with `secret` at [`BIG_AT`] and at its end.
 fn big_message(secret: &str) -> Vec<u8> {
     let mut big = vec![b'a'; BIG_AT];
@@ -44,6 +47,12 @@ fn answer(message: &[u8]) -> Vec<u8> {
         }
         b"send-big" => encode_frame(&mut out, true, opcode::BINARY, &big_message(VALUE), None),
         b"send-bad" => out.extend_from_slice(&[0xC1, 0x00]),
+        b"send-bulk" => {
+            let mib = vec![b'b'; 1024 * 1024];
+            for _ in 0..BULK_MIB {
+                encode_frame(&mut out, true, opcode::BINARY, &mib, None);
+            }
+        }
         m if m.len() <= 1000 => {
             let text = String::from_utf8_lossy(m).replace(VALUE, "<REAL>");
             encode_frame(
@@ -456,6 +465,40 @@ fn non_websocket_upgrades_are_refused() {
                 assert_eq!(status, 403, "{protocol}: {body}");
                 assert_eq!(env.connects.get(), 0, "{protocol} went upstream");
             }
+        }
+    });
+}
+
+/// `cargo test --release -p msbvm-netstack --lib websocket::bench -- --ignored --nocapture`
+#[test]
+#[ignore = "benchmark"]
+fn bench_websocket_throughput() {
+    local(async {
+        let (up, _) = ws_upstream().await;
+        for secrets in [vec![], vec![secret(Inject::default())]] {
+            let label = if secrets.is_empty() {
+                "copied"
+            } else {
+                "relayed"
+            };
+            let env = env(allow_all(), secrets);
+            let mut ws = WsClient::connect(&env, HOST, up).await;
+            let mib = vec![b'g'; 1024 * 1024];
+            let start = std::time::Instant::now();
+            for _ in 0..BULK_MIB {
+                ws.send(true, opcode::BINARY, &mib).await;
+                assert_eq!(ws.recv().await, text("len=1048576 real=0"));
+            }
+            let up_rate = BULK_MIB as f64 / start.elapsed().as_secs_f64();
+            let start = std::time::Instant::now();
+            ws.send(true, opcode::TEXT, b"send-bulk").await;
+            for _ in 0..BULK_MIB {
+                assert!(
+                    matches!(ws.recv().await, Got::Message(opcode::BINARY, m) if m.len() == 1024 * 1024)
+                );
+            }
+            let down_rate = BULK_MIB as f64 / start.elapsed().as_secs_f64();
+            println!("websocket {label}: guest->upstream {up_rate:.0} MiB/s, upstream->guest {down_rate:.0} MiB/s");
         }
     });
 }
