@@ -255,3 +255,63 @@ pub fn secrets_in_pieces(placeholder: &str, value: &str, data: &[u8], cuts: &[u8
     );
     assert_eq!(replaced, once, "pieces and whole disagree on replacement");
 }
+
+/// Runs the WebSocket frame decoder over `data` cut into `cuts`-sized pieces, as frames from a
+/// client and as frames from a server, and checks its bounds (no payload piece over a fragment,
+/// no control payload over 125 bytes, no more buffered than a header and a control frame)
+/// and that the messages it decoded, encoded again as one frame each, decode to themselves.
+pub fn websocket_frames(data: &[u8], cuts: &[u8]) {
+    use crate::intercept::websocket::{encode_frame, Event, FrameDecoder, FRAGMENT};
+    let decode = |masked: bool, data: &[u8], cuts: &[u8]| {
+        let mut decoder = FrameDecoder::new(masked);
+        let mut buf = bytes::BytesMut::new();
+        let mut events = Vec::new();
+        let mut current = Vec::new();
+        let mut rest = data;
+        let mut sizes = cuts.iter().map(|c| usize::from(*c).max(1)).cycle();
+        while !rest.is_empty() {
+            let (piece, tail) = rest.split_at(sizes.next().unwrap_or(1).min(rest.len()));
+            rest = tail;
+            buf.extend_from_slice(piece);
+            loop {
+                match decoder.next(&mut buf) {
+                    Ok(Some(Event::Control { opcode, payload })) => {
+                        assert!(payload.len() <= 125);
+                        events.push((opcode, payload));
+                    }
+                    Ok(Some(Event::Data {
+                        opcode,
+                        chunk,
+                        message_end,
+                        ..
+                    })) => {
+                        assert!(chunk.len() <= FRAGMENT);
+                        current.extend_from_slice(&chunk);
+                        if message_end {
+                            events.push((opcode, std::mem::take(&mut current)));
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(_) => return events,
+                }
+            }
+            assert!(buf.len() < 14 + 125, "{} bytes held", buf.len());
+        }
+        events
+    };
+    let cuts = if cuts.is_empty() { &[7u8][..] } else { cuts };
+    for masked in [true, false] {
+        let events = decode(masked, data, cuts);
+        let mut wire = Vec::new();
+        for (opcode, payload) in &events {
+            encode_frame(
+                &mut wire,
+                true,
+                *opcode,
+                payload,
+                masked.then_some([1, 2, 3, 4]),
+            );
+        }
+        assert_eq!(decode(masked, &wire, &[255]), events);
+    }
+}

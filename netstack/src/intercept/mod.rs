@@ -16,8 +16,10 @@
 //!   substitution or masking changes are buffered (so that `Content-Length` stays exact), up
 //!   to [`request::MAX_BUFFERED_BODY`] each and [`request::BUFFER_BUDGET`] per connection;
 //!   the others stream chunked.
-//! - `Upgrade` requests (WebSocket) on HTTP/1.1 pass once checked; after the `101` the bytes are
-//!   copied both ways without inspection. `CONNECT` is refused.
+//! - `Upgrade` requests on HTTP/1.1 pass once checked, WebSocket only (other protocols, `h2c`
+//!   above all, could not be inspected). After the `101` the bytes are copied both ways as they
+//!   are when the sandbox has no secrets, and relayed frame by frame under the secrets' rules
+//!   when it has ([`websocket`]). `CONNECT` is refused.
 //! - Limits: request heads (size and header count), HTTP/2 concurrent streams, and a
 //!   connection without requests for [`IDLE_TIMEOUT`] is shut down gracefully.
 
@@ -27,6 +29,7 @@ mod request;
 #[cfg(test)]
 mod tests;
 mod upstream;
+pub(crate) mod websocket;
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -203,7 +206,7 @@ pub(crate) async fn serve(
     let upgraded = ctx.upgraded.borrow_mut().take();
     let mut guest = parts.io.into_inner();
     match upgraded {
-        Some(upstream) => tunnel(guest, parts.read_buf, upstream).await,
+        Some(upstream) => tunnel(&ctx, guest, parts.read_buf, upstream).await,
         None => {
             let _ = guest.shutdown().await;
         }
@@ -211,8 +214,10 @@ pub(crate) async fn serve(
 }
 
 /// Joins the guest and the upstream after a `101`: what either side sent past the handshake
-/// first, then everything both ways until both are done.
+/// first, then everything both ways until both are done. With secrets, frame by frame through
+/// [`websocket::relay`]; without, copied as it is.
 async fn tunnel(
+    ctx: &Ctx,
     mut guest: Box<dyn AsyncIo>,
     guest_early: bytes::Bytes,
     upstream: oneshot::Receiver<UpstreamParts>,
@@ -221,6 +226,35 @@ async fn tunnel(
         return;
     };
     let mut upstream = parts.io.into_inner();
+    if !ctx.secrets.is_empty() {
+        let eligible = ctx
+            .secrets
+            .eligible(ctx.session.sni.as_deref(), ctx.session.pinned);
+        // Host equals the SNI when there is one (checked per request); plain HTTP names the
+        // address.
+        let host = ctx
+            .session
+            .sni
+            .clone()
+            .unwrap_or_else(|| ctx.session.flow.dst.ip().to_string());
+        let on_block = |secret: usize| {
+            ctx.shared.emit(crate::events::NetEvent::SecretBlocked {
+                secret: ctx.secrets.name(secret).to_owned(),
+                host: host.clone(),
+            });
+        };
+        websocket::relay(
+            guest,
+            &guest_early,
+            upstream,
+            &parts.read_buf,
+            &ctx.secrets,
+            &eligible,
+            &on_block,
+        )
+        .await;
+        return;
+    }
     let early = async {
         upstream.write_all(&guest_early).await?;
         guest.write_all(&parts.read_buf).await

@@ -178,6 +178,10 @@ fn head_secret(ctx: &Ctx, parts: &Parts, eligible: &[bool]) -> Option<usize> {
 async fn route(ctx: &Rc<Ctx>, req: Request<Incoming>) -> Result<Response<EngineBody>, Refusal> {
     let upgrade = !ctx.guest_h2 && is_upgrade(req.headers());
     let (mut parts, body) = req.into_parts();
+    if upgrade {
+        super::websocket::prepare_upgrade(&mut parts.headers, !ctx.secrets.is_empty())
+            .map_err(Refusal::Forbidden)?;
+    }
     let (info, eligible) = admit(ctx, &parts)?;
     // The upstream receives a value, so it may echo one: its responses must come in a coding
     // the engine can undo, or the value would pass the masker compressed.

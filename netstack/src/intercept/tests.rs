@@ -1143,3 +1143,6 @@ fn bench_gzip_download() {
         }
     });
 }
+
+#[path = "websocket_tests.rs"]
+mod websocket;
