@@ -18,9 +18,10 @@
 //! Runs interleave the modes (direct, intercepted, direct, ...); in each, from the guest
 //! (`msbvm_benches::tls_l1::script::GUEST_SCRIPT`): a warm-up GET (the interceptor's leaf
 //! cache is warm after it), `REQUESTS` GETs of 100 B on one keep-alive connection (one curl,
-//! per-request `time_total`; requests/s over the requests after the first, p50/p99), then
-//! `HANDSHAKES` new connections (one curl, `Connection: close`, no TLS session reuse: connect
-//! + full handshake + one GET each), then one download of `BULK_MIB` MiB. The table shows
+//! per-request `time_total` less name lookup; requests/s over the requests after the first,
+//! p50/p99), then `HANDSHAKES` new connections (a curl each: connect + full handshake + one
+//! GET, name lookup and process start left out), then one download of `BULK_MIB` MiB. The
+//! table shows
 //! medians over runs with [min..max], the added latency of `intercepted` over `direct`
 //! (paired per run), and what curl itself adds per request outside its timings (process
 //! start, TLS set-up, bookkeeping between URLs); every sample goes to
@@ -63,7 +64,7 @@ const UPSTREAM_BIN: &str = "msbvm-tls-l1-upstream";
 /// L1 memory: two sandboxes of 512 MiB, the image and msbvm's state in L1's RAM disk.
 const L1_MEMORY_MIB: u32 = 4096;
 /// Why the mitmproxy row is empty.
-const MITMPROXY_SKIPPED: &str = "L1's root filesystem is an initramfs of busybox and static binaries, with no Python runtime for mitmproxy";
+const MITMPROXY_SKIPPED: &str = "L1's root filesystem is an initramfs of busybox and static binaries: it has no Python, and bringing CPython, its stdlib and mitmproxy's venv (with the native libraries of its extensions) into it is not done";
 
 fn harness_error(e: String) -> Error {
     Error::Harness(e)
@@ -159,6 +160,9 @@ impl Series {
         };
         let nan = |v: Option<f64>| v.unwrap_or(f64::NAN);
         for r in runs {
+            if r.issuer.is_some() {
+                s.issuer = r.issuer.clone();
+            }
             for e in &r.errors {
                 eprintln!("tls_l1 bench: run {}: {e}", r.run);
             }
@@ -178,7 +182,6 @@ impl Series {
                 continue;
             }
             s.complete += 1;
-            s.issuer = r.issuer.clone();
             s.requests_per_s.push(nan(r.requests_per_s()));
             s.p50_ms.push(nan(r.p50_ms()));
             s.p99_ms.push(nan(r.p99_ms()));

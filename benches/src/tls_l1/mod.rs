@@ -49,7 +49,7 @@ pub struct L1Plan {
     pub runs: u32,
     /// GETs of 100 B on one keep-alive connection (one curl, globbed URL).
     pub requests: u32,
-    /// New connections (one curl, `Connection: close`, no TLS session reuse).
+    /// New connections (a curl process each: a full handshake, no session to resume).
     pub handshakes: u32,
     /// Bytes of the bulk download.
     pub bulk_bytes: u64,

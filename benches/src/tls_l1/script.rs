@@ -29,10 +29,12 @@ pub const MEASURE_TIMEOUT_SECS: u64 = 1200;
 /// [`super::RunSamples::absorb`]): a warm-up GET that also reports the certificate's issuer
 /// (for an interceptor it puts the name's leaf into its cache), then the keep-alive GETs in one
 /// curl (a globbed URL: curl reuses its connection; `num_connects` proves it), the new
-/// connections in one curl (`Connection: close` and `--no-sessionid`: each is a new TCP
-/// connection with a full TLS handshake; curl's DNS cache keeps name lookups out of the
-/// times), and the bulk download. Times are curl's `time_total` per transfer; the keep-alive
-/// curl's wall clock (/proc/uptime, 10 ms steps) shows what curl adds outside them.
+/// connections each in a curl of its own (a new TCP connection and a full TLS handshake, no
+/// session to resume; one curl with `Connection: close` would not do: the interceptor keeps
+/// the guest's connection open after such a request, and curl then reuses it), and the bulk
+/// download. Times are curl's `time_total` less its `time_namelookup` per transfer (process
+/// start and name lookup left out); the keep-alive curl's wall clock (/proc/uptime, 10 ms
+/// steps) shows what curl adds outside them.
 ///
 /// Arguments: `URL REQUESTS HANDSHAKES BYTES [CAFILE]` (no CAFILE: the sandbox's default
 /// trust, which holds the sandbox CA).
@@ -41,9 +43,9 @@ ca=; [ -n "$5" ] && ca="--cacert $5"
 t=${TMPDIR:-/tmp}
 up() { cut -d' ' -f1 /proc/uptime; }
 err() { echo "error $*"; }
-W='%{stderr}%{http_code} %{time_total} %{num_connects}\n'
-# $1: what; reads "status time connects" lines; prints "connects=N s=T1,T2,..."
-tally() { awk -v what="$1" '$1 != 200 { bad++ } { c += $3; s = s $2 "," }
+W='%{stderr}%{http_code} %{time_total} %{num_connects} %{time_namelookup}\n'
+# $1: what; reads "status total connects lookup" lines; prints "connects=N s=T1,T2,..."
+tally() { awk -v what="$1" '$1 != 200 { bad++ } { c += $3; s = s sprintf("%.6f,", $2 - $4) }
   END { if (bad) print "error " what ": " bad " answers not 200"; printf "connects=%d s=%s\n", c, s }'; }
 iss=$(curl -sv $ca -o /dev/null "$u/small" 2>&1 | sed -n 's/^\* *issuer: *//p' | head -n 1)
 if [ -n "$iss" ]; then echo "issuer $iss"; else err "warm-up: no certificate seen"; fi
@@ -51,8 +53,11 @@ t0=$(up)
 curl -s $ca -w "$W" "$u/small?k=[1-$n]" >/dev/null 2>$t/ka || err "keep-alive: curl exited $?"
 t1=$(up)
 echo "keepalive wall_s=$(awk "BEGIN { print $t1 - $t0 }") $(tally keep-alive < $t/ka)"
-curl -s $ca --no-sessionid -H 'Connection: close' -w "$W" "$u/small?c=[1-$h]" >/dev/null 2>$t/cn \
-  || err "connections: curl exited $?"
+: > $t/cn; i=0
+while [ $i -lt $h ]; do
+  i=$((i + 1))
+  curl -s $ca -w "$W" "$u/small?c=$i" >/dev/null 2>>$t/cn || { err "connections: curl exited $?"; break; }
+done
 echo "connections $(tally connections < $t/cn)"
 curl -s $ca -o /dev/null -w '%{http_code} %{size_download} %{time_total}\n' "$u/bulk/$b" >$t/bk \
   || err "bulk: curl exited $?"
