@@ -41,7 +41,9 @@ use msbvm_benches::boot_runs::env_count;
 use msbvm_benches::net_bench::{missing_privilege, BenchResult};
 use msbvm_benches::tls_bench::client::{Plan, Samples};
 use msbvm_benches::tls_bench::mitm::find_mitmdump;
-use msbvm_benches::tls_bench::{percentile, Bench, Mode, RunResult, MODES, UPSTREAM_NAME};
+use msbvm_benches::tls_bench::{
+    paired, percentile, signed_spread, spread, Bench, Mode, RunResult, MODES, UPSTREAM_NAME,
+};
 use msbvm_benches::{bench_mode, exit, median, ratio};
 
 /// One number per run of one mode.
@@ -73,31 +75,6 @@ impl Series {
             self.spliced_runs += 1;
         }
     }
-}
-
-/// `median [min..max]` of `v`, with `digits` decimals.
-fn spread(v: &[f64], digits: usize) -> String {
-    let Some(med) = median(v.to_vec()) else {
-        return "-".into();
-    };
-    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{med:.digits$} [{min:.digits$}..{max:.digits$}]")
-}
-
-/// Like [`spread`] for differences, every number with its sign.
-fn signed_spread(v: &[f64], digits: usize) -> String {
-    let Some(med) = median(v.to_vec()) else {
-        return "-".into();
-    };
-    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{med:+.digits$} [{min:+.digits$}..{max:+.digits$}]")
-}
-
-/// `a[i] - b[i]` per run (the modes ran interleaved, so run i of each saw the same moment).
-fn paired(a: &[f64], b: &[f64]) -> Vec<f64> {
-    a.iter().zip(b).map(|(a, b)| a - b).collect()
 }
 
 fn selected_modes() -> Vec<Mode> {

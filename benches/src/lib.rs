@@ -9,7 +9,8 @@
 //! [`sandbox`] holds the sandbox benchmark's result lines, table and JSON; [`image_bench`] and
 //! [`net_bench`] are the host-side image (pull + unpack vs skopeo + umoci) and network (netstack
 //! vs slirp4netns and pasta) benchmarks; [`tls_bench`] is the host-side TLS interception
-//! benchmark (netstack splicing, intercepting, and mitmproxy).
+//! benchmark (netstack splicing, intercepting, and mitmproxy); [`tls_l1`] is its in-L1 variant
+//! (sandboxes with curl in L1, nested KVM).
 
 use std::fmt::Write as _;
 
@@ -18,6 +19,7 @@ pub mod image_bench;
 pub mod net_bench;
 pub mod sandbox;
 pub mod tls_bench;
+pub mod tls_l1;
 
 pub use msbvm_tests::report::Stats;
 

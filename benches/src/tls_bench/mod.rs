@@ -226,6 +226,31 @@ pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
+/// `median [min..max]` of `v`, with `digits` decimals (`-` when empty).
+pub fn spread(v: &[f64], digits: usize) -> String {
+    let Some(med) = crate::median(v.to_vec()) else {
+        return "-".into();
+    };
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{med:.digits$} [{min:.digits$}..{max:.digits$}]")
+}
+
+/// Like [`spread`] for differences, every number with its sign.
+pub fn signed_spread(v: &[f64], digits: usize) -> String {
+    let Some(med) = crate::median(v.to_vec()) else {
+        return "-".into();
+    };
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{med:+.digits$} [{min:+.digits$}..{max:+.digits$}]")
+}
+
+/// `a[i] - b[i]` per run (the modes ran interleaved, so run i of each saw the same moment).
+pub fn paired(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(a, b)| a - b).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -64,6 +64,21 @@ impl Authority {
 
     /// A leaf for `names` (DNS names or IP addresses) signed by this authority.
     pub fn issue(&self, names: &[&str]) -> BenchResult<Leaf> {
+        let (cert, key) = self.sign(names)?;
+        Ok(Leaf {
+            chain: vec![cert.der().clone()],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        })
+    }
+
+    /// Like [`Authority::issue`], as PEM texts `(certificate, PKCS#8 key)`: for a server in
+    /// another machine (the in-L1 bench's upstream).
+    pub fn issue_pem(&self, names: &[&str]) -> BenchResult<(String, String)> {
+        let (cert, key) = self.sign(names)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    fn sign(&self, names: &[&str]) -> BenchResult<(rcgen::Certificate, KeyPair)> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
             .map_err(rcgen_error("generating a leaf key"))?;
         let sans: Vec<String> = names.iter().map(|n| n.to_string()).collect();
@@ -74,10 +89,7 @@ impl Authority {
         let cert = params
             .signed_by(&key, &self.cert, &self.key)
             .map_err(rcgen_error("signing the leaf"))?;
-        Ok(Leaf {
-            chain: vec![cert.der().clone()],
-            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        })
+        Ok((cert, key))
     }
 }
 
