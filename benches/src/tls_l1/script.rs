@@ -171,6 +171,10 @@ mod tests {
         use std::net::Ipv4Addr;
         use std::process::Command;
 
+        if !crate::image_bench::on_path("curl") {
+            eprintln!("skipped: guest_script_measures_an_upstream needs curl on PATH");
+            return;
+        }
         let ca = Authority::new("script test CA").unwrap();
         let other = Authority::new("script other CA").unwrap();
         let leaf = ca.issue(&["127.0.0.1"]).unwrap();
