@@ -172,7 +172,11 @@ impl Client {
     fn run(r: ExecRequest) -> Output {
         let mut c = Client::new();
         c.exec(r);
-        c.send(&HostMessage::CloseStdin);
+        // A quick process may be gone, and the agent's end closed, before this arrives (the
+        // SDK ignores this failure the same way); `collect` still sees everything.
+        let _ = c
+            .stream
+            .write_all(&encode(&HostMessage::CloseStdin).unwrap());
         c.collect()
     }
 }
