@@ -24,6 +24,7 @@
 use serde::{Deserialize, Serialize};
 
 pub mod boot;
+pub mod events;
 pub mod files;
 pub mod framing;
 
@@ -128,6 +129,9 @@ pub enum HostMessage {
     FileChunk(Vec<u8>),
     /// The end of an upload.
     FileEnd,
+    /// An event for guest programs; only on the agent's events connection
+    /// ([`HOST_EVENTS_PORT`]).
+    Event(events::HostEvent),
 }
 
 /// Messages from the agent to the host.
@@ -175,6 +179,8 @@ pub enum GuestMessage {
     DirEntries(Vec<files::DirEntry>),
     /// The file operation failed; the last message of the connection.
     FileError(files::FileError),
+    /// An event a guest program sent; only on the agent's events connection.
+    Event(events::GuestEvent),
 }
 
 /// Errors of the codec.
