@@ -2,18 +2,25 @@
 //!
 //! At start-up the agent connects to host port
 //! [`msbvm_protocol::HOST_EVENTS_PORT`] and sends `Hello` and then
-//! `Ready(BootTimes)`. The connection stays open for future events. If nobody
-//! listens (a host that does not care, or another VMM), the agent retries a
-//! few times and carries on without it. [`start`] returns the agent's
-//! [`Events`] handle, which whoever sends events holds.
+//! `Ready(BootTimes)`. The connection stays open: guest programs' events go
+//! out on it (`GuestMessage::Event`, sent by the events hub through
+//! [`Events`]), and a reader thread hands the host's `HostMessage::Event`s to
+//! the hub ([`read_host_events`]). If nobody listens (a host that does not
+//! care, or another VMM), the agent retries a few times and carries on
+//! without it; reconnecting later is not attempted.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use msbvm_protocol::framing::{FrameError, FrameWriter};
-use msbvm_protocol::{BootTimes, GuestMessage, HOST_CID, HOST_EVENTS_PORT, PROTOCOL_VERSION};
+use msbvm_protocol::events::{GuestEvent, HostEvent};
+use msbvm_protocol::framing::{FrameError, FrameReader, FrameWriter};
+use msbvm_protocol::{
+    BootTimes, GuestMessage, HostMessage, HOST_CID, HOST_EVENTS_PORT, PROTOCOL_VERSION,
+};
 
+use super::connection::Stream;
+use super::guest_events::HostLink;
 use super::vsock::VsockStream;
 
 /// Connection attempts before giving up.
@@ -21,16 +28,41 @@ const ATTEMPTS: u32 = 5;
 /// Pause between attempts (doubling each time).
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 
-/// The events connection to the host: empty until it is up, and again after
-/// it broke. Cheap to clone; clones share the connection.
-#[derive(Clone, Default)]
-pub struct Events {
-    channel: Arc<Mutex<Option<FrameWriter<VsockStream>>>>,
+/// A connection to the host that events are sent on: empty until it is up,
+/// and again after it broke. Cheap to clone; clones share the connection.
+pub struct Link<W> {
+    channel: Arc<Mutex<Option<FrameWriter<W>>>>,
 }
 
-impl Events {
-    /// Sends a guest event to the host; false if there is no events
-    /// connection (or it broke, after which it is dropped).
+/// The agent's events connection (over vsock).
+pub type Events = Link<VsockStream>;
+
+impl<W> Clone for Link<W> {
+    fn clone(&self) -> Self {
+        Self {
+            channel: Arc::clone(&self.channel),
+        }
+    }
+}
+
+impl<W> Default for Link<W> {
+    fn default() -> Self {
+        Self {
+            channel: Arc::default(),
+        }
+    }
+}
+
+impl<W: Write> Link<W> {
+    /// A link that sends on `out` (tests; the agent's is filled by [`Events::start`]).
+    pub fn new(out: FrameWriter<W>) -> Self {
+        Self {
+            channel: Arc::new(Mutex::new(Some(out))),
+        }
+    }
+
+    /// Sends a message to the host with a blocking write; false if there is
+    /// no events connection (or it broke, after which it is dropped).
     pub fn send(&self, event: &GuestMessage) -> bool {
         let mut channel = self.channel.lock().unwrap_or_else(|e| e.into_inner());
         let sent = channel.as_ref().is_some_and(|out| out.send(event).is_ok());
@@ -38,6 +70,38 @@ impl Events {
             *channel = None;
         }
         sent
+    }
+
+    /// Forgets the connection (the host went away).
+    pub fn close(&self) {
+        *self.channel.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+impl<W: Write + Send + 'static> HostLink for Link<W> {
+    fn send_event(&self, event: GuestEvent) -> bool {
+        self.send(&GuestMessage::Event(event))
+    }
+}
+
+/// Reads the host's messages on the events connection until it ends,
+/// handing each event to `on_event` (the host's `Hello` and anything else
+/// are skipped).
+pub fn read_host_events<R: Read>(input: R, on_event: impl Fn(&HostEvent)) {
+    let mut input = FrameReader::new(input);
+    loop {
+        match input.read_message::<HostMessage>() {
+            Ok(Some(HostMessage::Event(event))) => on_event(&event),
+            Ok(Some(_)) => {}
+            Ok(None) => return,
+            Err(e) if e.is_recoverable() => {
+                agent_log!("events connection: skipping a message: {e}");
+            }
+            Err(e) => {
+                agent_log!("events connection: {e}");
+                return;
+            }
+        }
     }
 }
 
@@ -50,53 +114,75 @@ pub fn announce<W: Write>(out: &FrameWriter<W>, times: BootTimes) -> Result<(), 
     out.send(&GuestMessage::Ready(times))
 }
 
-/// Connects and announces readiness on a background thread (so retries
-/// never delay serving); the connection lands in the returned [`Events`].
-pub fn start(agent_start_ns: u64, ready_ns: u64) -> Events {
-    let times = BootTimes {
-        agent_start_ns,
-        ready_ns,
-    };
-    let events = Events::default();
-    let channel = Arc::clone(&events.channel);
-    let spawned = std::thread::Builder::new()
-        .name("events".into())
-        .spawn(move || {
-            let mut backoff = FIRST_BACKOFF;
-            for attempt in 1..=ATTEMPTS {
-                match VsockStream::connect(HOST_CID, HOST_EVENTS_PORT) {
-                    Ok(stream) => {
-                        let out = FrameWriter::new(stream);
-                        match announce(&out, times) {
-                            Ok(()) => {
-                                *channel.lock().unwrap_or_else(|e| e.into_inner()) = Some(out);
-                            }
-                            Err(e) => agent_log!("announcing readiness to the host: {e}"),
-                        }
-                        return;
-                    }
-                    Err(e) if attempt == ATTEMPTS => {
-                        agent_log!(
-                            "no host events listener on vsock port {HOST_EVENTS_PORT} ({e}); going on without it"
-                        );
-                    }
-                    Err(_) => {
-                        std::thread::sleep(backoff);
-                        backoff *= 2;
-                    }
+impl Events {
+    /// Connects and announces readiness on a background thread (so retries
+    /// never delay serving); the connection lands in `self` (and its
+    /// clones), and the same thread then reads the host's events and hands
+    /// them to `on_event`.
+    pub fn start<F>(&self, agent_start_ns: u64, ready_ns: u64, on_event: F)
+    where
+        F: Fn(&HostEvent) + Send + 'static,
+    {
+        let times = BootTimes {
+            agent_start_ns,
+            ready_ns,
+        };
+        let link = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("events".into())
+            .spawn(move || {
+                if let Some(input) = connect(&link, times) {
+                    read_host_events(input, on_event);
+                    // The host closed its end: emits fail at once from now on.
+                    link.close();
                 }
-            }
-        });
-    if let Err(e) = spawned {
-        agent_log!("cannot start the events thread: {e}");
+            });
+        if let Err(e) = spawned {
+            agent_log!("cannot start the events thread: {e}");
+        }
     }
-    events
+}
+
+/// Connects (with retries) and announces; the stream to read the host's
+/// messages from, once `link` holds the connection.
+fn connect(link: &Events, times: BootTimes) -> Option<VsockStream> {
+    let mut backoff = FIRST_BACKOFF;
+    for attempt in 1..=ATTEMPTS {
+        match VsockStream::connect(HOST_CID, HOST_EVENTS_PORT) {
+            Ok(stream) => {
+                let input = match stream.try_clone() {
+                    Ok(input) => input,
+                    Err(e) => {
+                        agent_log!("events connection: {e}");
+                        return None;
+                    }
+                };
+                let out = FrameWriter::new(stream);
+                if let Err(e) = announce(&out, times) {
+                    agent_log!("announcing readiness to the host: {e}");
+                    return None;
+                }
+                *link.channel.lock().unwrap_or_else(|e| e.into_inner()) = Some(out);
+                return Some(input);
+            }
+            Err(e) if attempt == ATTEMPTS => {
+                agent_log!(
+                    "no host events listener on vsock port {HOST_EVENTS_PORT} ({e}); going on without it"
+                );
+            }
+            Err(_) => {
+                std::thread::sleep(backoff);
+                backoff *= 2;
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use msbvm_protocol::framing::FrameReader;
+    use msbvm_protocol::events::Target;
     use std::os::unix::net::UnixStream;
 
     #[test]
@@ -118,5 +204,33 @@ mod tests {
             Some(GuestMessage::Ready(t)) => assert_eq!(t, times),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn host_events_are_read_past_hello_and_a_broken_link_says_so() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let host = FrameWriter::new(a);
+        host.send(&HostMessage::Hello {
+            version: PROTOCOL_VERSION,
+        })
+        .unwrap();
+        let event = HostEvent {
+            kind: "k".into(),
+            data: "1".into(),
+            id: None,
+            reply_to: None,
+            target: Target::Subscribers,
+        };
+        host.send(&HostMessage::Event(event.clone())).unwrap();
+        drop(host);
+        let seen = Mutex::new(Vec::new());
+        read_host_events(b, |e| seen.lock().unwrap().push(e.clone()));
+        assert_eq!(seen.into_inner().unwrap(), vec![event]);
+
+        let (a, b) = UnixStream::pair().unwrap();
+        let link = Link::new(FrameWriter::new(a));
+        drop(b);
+        assert!(!link.send(&GuestMessage::Pong));
+        assert!(!Link::<UnixStream>::default().send(&GuestMessage::Pong));
     }
 }

@@ -18,6 +18,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
+use msbvm_protocol::events::{GUEST_BIN_DIR, GUEST_SOCKET, SOCKET_ENV};
 use msbvm_protocol::{ExecRequest, TtySize};
 
 use super::reaper::{Reaper, WaitStatus};
@@ -145,6 +146,30 @@ pub fn default_env(home: &str, tty: bool) -> Vec<(String, String)> {
     env
 }
 
+/// `env` with what every exec gets for guest events: [`SOCKET_ENV`] naming
+/// the events socket (unless the request set it) and [`GUEST_BIN_DIR`], where
+/// the in-guest `msbvm` lives, at the end of `PATH` (once; with no `PATH`
+/// at all, the default one gets it).
+pub fn with_events_env(mut env: Vec<(String, String)>) -> Vec<(String, String)> {
+    let mut has_path = false;
+    for (_, v) in env.iter_mut().filter(|(k, _)| k == "PATH") {
+        has_path = true;
+        if !v.split(':').any(|dir| dir == GUEST_BIN_DIR) {
+            if !v.is_empty() {
+                v.push(':');
+            }
+            v.push_str(GUEST_BIN_DIR);
+        }
+    }
+    if !has_path {
+        env.push(("PATH".into(), format!("{DEFAULT_PATH}:{GUEST_BIN_DIR}")));
+    }
+    if !env.iter().any(|(k, _)| k == SOCKET_ENV) {
+        env.push((SOCKET_ENV.into(), GUEST_SOCKET.into()));
+    }
+    env
+}
+
 /// The paths to try for `program` given `path` (the `PATH` value): the
 /// program itself if it names a path, else each `PATH` entry joined with it
 /// (an empty entry meaning the current directory, as in execvp).
@@ -187,7 +212,7 @@ fn prepare(req: &ExecRequest) -> Result<Prepared, SpawnError> {
     } else {
         req.env.clone()
     };
-    let env_pairs = super::trust::merge(&env_pairs, super::trust::boot_env());
+    let env_pairs = with_events_env(super::trust::merge(&env_pairs, super::trust::boot_env()));
     let mut env = Vec::with_capacity(env_pairs.len());
     for (k, v) in &env_pairs {
         if k.is_empty() || k.contains('=') {
@@ -576,7 +601,47 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(p.candidates, vec![CString::new("/opt/x/prog").unwrap()]);
-        assert_eq!(p.env, vec![CString::new("PATH=/opt/x").unwrap()]);
+        assert_eq!(
+            p.candidates,
+            vec![
+                CString::new("/opt/x/prog").unwrap(),
+                CString::new(format!("{GUEST_BIN_DIR}/prog")).unwrap()
+            ]
+        );
+        assert_eq!(
+            p.env,
+            vec![
+                CString::new(format!("PATH=/opt/x:{GUEST_BIN_DIR}")).unwrap(),
+                CString::new(format!("{SOCKET_ENV}={GUEST_SOCKET}")).unwrap(),
+            ]
+        );
+    }
+
+    #[test]
+    fn every_exec_finds_the_events_socket_and_the_command() {
+        let pairs = |v: &[(&str, &str)]| {
+            v.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+        };
+        // Already there: nothing is added twice; a chosen socket is kept.
+        let env = pairs(&[
+            ("PATH", &format!("/bin:{GUEST_BIN_DIR}")),
+            (SOCKET_ENV, "/elsewhere"),
+        ]);
+        assert_eq!(with_events_env(env.clone()), env);
+        // No PATH at all: the default one, with the command's directory.
+        assert_eq!(
+            with_events_env(pairs(&[("A", "b")])),
+            pairs(&[
+                ("A", "b"),
+                ("PATH", &format!("{DEFAULT_PATH}:{GUEST_BIN_DIR}")),
+                (SOCKET_ENV, GUEST_SOCKET),
+            ])
+        );
+        assert_eq!(
+            with_events_env(pairs(&[("PATH", "")])),
+            pairs(&[("PATH", GUEST_BIN_DIR), (SOCKET_ENV, GUEST_SOCKET)])
+        );
     }
 }

@@ -444,6 +444,7 @@ fn describe(m: &HostMessage) -> &'static str {
         HostMessage::File(_) => "a second file request",
         HostMessage::FileChunk(_) => "FileChunk",
         HostMessage::FileEnd => "FileEnd",
+        HostMessage::Event(_) => "Event",
     }
 }
 

@@ -9,6 +9,10 @@
 //! over the [`connection`] types; frames are read and written with
 //! [`msbvm_protocol::framing`]).
 //!
+//! Guest programs reach the host through the events socket in `/run/msbvm`
+//! ([`run_dir`], [`guest_events`]), directly or with the in-guest `msbvm`
+//! command (the agent's own binary, [`crate::guest_cli`]).
+//!
 //! Processes: [`exec`] forks and execs requested programs (pipes or a PTY from
 //! [`pty`]), [`session`] streams their I/O, and [`reaper`] is the only place
 //! that waits for children, so exit statuses reach their sessions and orphans
@@ -37,11 +41,13 @@ pub mod connection;
 pub mod events;
 pub mod exec;
 pub mod files;
+pub mod guest_events;
 pub mod mounts;
 pub mod net;
 pub mod pty;
 pub mod reaper;
 pub mod rootfs;
+pub mod run_dir;
 pub mod server;
 pub mod session;
 pub mod shutdown;
@@ -131,6 +137,9 @@ fn init_system() {
         }
     }
     set_up_interception(&boot);
+    for p in run_dir::set_up() {
+        agent_log!("/run/msbvm: {p}");
+    }
 }
 
 /// Trusts the host's interception CA and records the environment every exec gets (the CA
@@ -162,8 +171,7 @@ fn serve(agent_start_ns: u64, on_msbvm: bool) -> Result<std::convert::Infallible
         crate::platform::signal_boot_complete();
     }
     let ready_ns = system::boottime_ns();
-    // Held for the agent's life; nothing sends events on it yet.
-    let _events = events::start(agent_start_ns, ready_ns);
+    start_events(agent_start_ns, ready_ns);
 
     let server = Arc::new(server::Server::new(reaper, Arc::new(power_off_handler)));
     loop {
@@ -192,6 +200,25 @@ fn serve(agent_start_ns: u64, on_msbvm: bool) -> Result<std::convert::Infallible
             Err(e) => return Err(AgentError::Accept(e)),
         }
     }
+}
+
+/// The events connection to the host and the guest socket feeding it. A
+/// guest without them still runs commands: failures are logged.
+fn start_events(agent_start_ns: u64, ready_ns: u64) {
+    let link = events::Events::default();
+    let hub = guest_events::Hub::new(
+        std::sync::Arc::new(link.clone()),
+        guest_events::execs::ExecRegistry::global(),
+        guest_events::Limits::default(),
+    );
+    let socket = std::path::Path::new(msbvm_protocol::events::GUEST_SOCKET);
+    if let Err(e) = hub.listen(socket) {
+        agent_log!(
+            "cannot listen on {}: {e}; guest programs cannot send events",
+            socket.display()
+        );
+    }
+    link.start(agent_start_ns, ready_ns, move |e| hub.dispatch(e));
 }
 
 /// What a host's `Shutdown{code}` does in the real agent.

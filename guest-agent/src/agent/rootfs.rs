@@ -109,7 +109,9 @@ fn mount_one(m: &GuestMount) -> Result<(), RootError> {
     }
 }
 
-fn mount(
+/// `mount(2)` with Rust strings (an empty `fstype` is passed as NULL, as a
+/// move or bind wants).
+pub(super) fn mount(
     source: &str,
     target: &str,
     fstype: &str,
@@ -142,15 +144,18 @@ fn mount(
 
 /// Deletes the initramfs's files (it is a RAM filesystem: its pages stay
 /// allocated until the files go), staying on the initramfs's own device so
-/// nothing mounted on it is touched. The running agent's text stays mapped.
+/// nothing mounted on it is touched. The agent's own binary is kept: its
+/// pages stay pinned while it runs anyway, and `/run/msbvm/bin/msbvm` is a
+/// bind mount of it, which Linux refuses for an unlinked file.
 fn free_initramfs() {
     let Ok(root) = std::fs::symlink_metadata("/") else {
         return;
     };
-    remove_tree_on_device(Path::new("/"), root.dev());
+    let agent = std::fs::metadata("/proc/self/exe").ok().map(|m| m.ino());
+    remove_tree_on_device(Path::new("/"), root.dev(), agent);
 }
 
-fn remove_tree_on_device(dir: &Path, dev: u64) {
+fn remove_tree_on_device(dir: &Path, dev: u64, keep: Option<u64>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -163,11 +168,11 @@ fn remove_tree_on_device(dir: &Path, dev: u64) {
             continue;
         }
         if meta.is_dir() {
-            remove_tree_on_device(&path, dev);
+            remove_tree_on_device(&path, dev, keep);
             if path != Path::new(NEW_ROOT) {
                 let _ = std::fs::remove_dir(&path);
             }
-        } else {
+        } else if keep != Some(meta.ino()) {
             let _ = std::fs::remove_file(&path);
         }
     }
@@ -224,11 +229,17 @@ mod tests {
         std::fs::write(dir.path().join("a/b/f"), b"x").unwrap();
         std::fs::write(dir.path().join("g"), b"y").unwrap();
         let dev = std::fs::metadata(dir.path()).unwrap().dev();
-        remove_tree_on_device(dir.path(), dev);
+        remove_tree_on_device(dir.path(), dev, None);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         // Another device id: nothing is removed.
         std::fs::write(dir.path().join("h"), b"z").unwrap();
-        remove_tree_on_device(dir.path(), dev.wrapping_add(1));
+        remove_tree_on_device(dir.path(), dev.wrapping_add(1), None);
         assert!(dir.path().join("h").exists());
+        // The kept inode (the agent's binary) survives.
+        let keep = std::fs::metadata(dir.path().join("h")).unwrap().ino();
+        std::fs::write(dir.path().join("i"), b"w").unwrap();
+        remove_tree_on_device(dir.path(), dev, Some(keep));
+        assert!(dir.path().join("h").exists());
+        assert!(!dir.path().join("i").exists());
     }
 }

@@ -25,8 +25,13 @@ use msbvm_protocol::{
 use super::connection::{ConnectionError, Stream};
 use super::exec;
 use super::files;
+use super::guest_events::execs::ExecRegistry;
 use super::reaper::Reaper;
 use super::session::{Session, SessionError};
+
+/// The answer to an event sent on a request connection.
+const EVENTS_ELSEWHERE: &str =
+    "events for guest programs go on the agent's events connection, not on a request connection";
 
 /// What a host's `Shutdown{code}` does (power off, in the real agent).
 pub type ShutdownHandler = Arc<dyn Fn(u32) + Send + Sync>;
@@ -145,6 +150,7 @@ impl Server {
                 HostMessage::FileChunk(_) | HostMessage::FileEnd => {
                     out.send(&error("no file upload is under way on this connection"))?
                 }
+                HostMessage::Event(_) => out.send(&error(EVENTS_ELSEWHERE))?,
                 HostMessage::Stdin(_)
                 | HostMessage::CloseStdin
                 | HostMessage::Signal(_)
@@ -163,9 +169,14 @@ impl Server {
         closer: &S,
     ) -> Result<Session, StartError> {
         let process = exec::spawn(req, self.reaper)?;
+        let pid = process.pid;
+        // Registered at once: the program may open the events socket before
+        // the session is set up, and its events must name their exec.
+        ExecRegistry::global().add(pid as u32);
         let closer = closer.try_clone().map_err(|e| {
             // SAFETY: kill has no memory-safety preconditions.
-            unsafe { libc::kill(-process.pid, libc::SIGKILL) };
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+            ExecRegistry::global().remove(pid as u32);
             StartError::Connection(e)
         })?;
         let timeout = req.timeout_ms.map(Duration::from_millis);
@@ -173,7 +184,8 @@ impl Server {
             // Exited was the last message: close, which also wakes the
             // connection thread blocked reading.
             let _ = closer.shutdown();
-        })?;
+        })
+        .inspect_err(|_| ExecRegistry::global().remove(pid as u32))?;
         Ok(session)
     }
 
@@ -222,6 +234,7 @@ impl Server {
                 HostMessage::File(_) | HostMessage::FileChunk(_) | HostMessage::FileEnd => Some(
                     error("a process runs on this connection; open another for file operations"),
                 ),
+                HostMessage::Event(_) => Some(error(EVENTS_ELSEWHERE)),
             };
             if let Some(reply) = reply {
                 if let Err(e) = out.send(&reply) {
@@ -229,14 +242,18 @@ impl Server {
                 }
             }
         };
-        if session.is_finished() {
+        let pid = session.pid() as u32;
+        let result = if session.is_finished() {
             // Whatever failed, failed because the session closed the
             // connection after Exited: not an error.
             session.wait();
-            return Ok(());
-        }
-        session.abandon();
-        session.wait();
+            Ok(())
+        } else {
+            session.abandon();
+            session.wait();
+            result
+        };
+        ExecRegistry::global().remove(pid);
         result
     }
 }

@@ -437,11 +437,20 @@ fn env_cwd_and_user() {
         ..sh("echo \"$FOO|$(pwd)|$(id -u)|$(id -g)|${HOME-unset}\"")
     });
     assert_eq!(out.stdout(), format!("bar baz|/tmp|{uid}|{gid}|unset\n"));
-    // The empty environment gets the default PATH and HOME.
+    // The empty environment gets the default PATH (with the in-guest
+    // command's directory), HOME and the events socket.
     let out = Client::run(req(&["env"]));
     let env = out.stdout();
     assert!(
-        env.contains(&format!("PATH={}\n", super::exec::DEFAULT_PATH)),
+        env.contains(&format!(
+            "PATH={}:{}\n",
+            super::exec::DEFAULT_PATH,
+            msbvm_protocol::events::GUEST_BIN_DIR
+        )),
+        "{env}"
+    );
+    assert!(
+        env.contains("MSBVM_EVENTS_SOCKET=/run/msbvm/events.sock\n"),
         "{env}"
     );
     assert!(env.contains("HOME="), "{env}");
