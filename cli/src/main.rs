@@ -10,6 +10,7 @@
 mod boot;
 mod cp;
 mod debug;
+mod events;
 mod images;
 mod kernel;
 mod manage;
@@ -31,9 +32,9 @@ use clap::{CommandFactory, Parser, Subcommand};
 const MSBVM_ERROR: u8 = 125;
 
 /// The subcommands whose errors exit with [`MSBVM_ERROR`].
-const SANDBOX_COMMANDS: [&str; 13] = [
+const SANDBOX_COMMANDS: [&str; 16] = [
     "run", "exec", "ls", "stop", "rm", "logs", "cp", "pull", "images", "rmi", "volume", "import",
-    "net",
+    "net", "events", "emit", "request",
 ];
 
 #[derive(Parser)]
@@ -59,6 +60,12 @@ enum Command {
     Logs(manage::LogsArgs),
     /// Copy files or directories between the host and a sandbox (SANDBOX:PATH).
     Cp(cp::CpArgs),
+    /// Print the events a running sandbox's programs send (`-f` to follow).
+    Events(events::EventsArgs),
+    /// Send an event to a running sandbox's programs.
+    Emit(events::EmitArgs),
+    /// Send an event and print the guest's reply.
+    Request(events::RequestArgs),
     /// Pull an image from an OCI or Docker registry into the local store.
     Pull(images::PullArgs),
     /// Import an OCI image layout directory or a `docker save` tarball.
@@ -170,6 +177,9 @@ fn run_sandbox_command(command: Command) -> u8 {
             Command::Volume(cmd) => volume::run(cmd),
             Command::Net(cmd) => net::run(cmd).await,
             Command::Debug(cmd) => debug::run(cmd).await,
+            Command::Events(args) => events::events(args).await,
+            Command::Emit(args) => events::emit(args).await,
+            Command::Request(args) => events::request(args).await,
             Command::Pull(args) => images::pull(args).await,
             Command::Import(args) => images::import(args),
             Command::Images(args) => images::list(args),

@@ -15,6 +15,7 @@ use msbvm_sdk::exec::describe;
 use msbvm_sdk::framing::{write_blocking, FrameReader};
 use msbvm_sdk::{Error, Result};
 
+use super::event_hub::EventHub;
 use super::Event;
 
 /// Most events connections served at once. The agent needs one; the port is reachable by
@@ -25,7 +26,11 @@ pub const MAX_EVENTS_CONNECTIONS: usize = 4;
 /// Accepts the agent's events connections until the process ends. The first hello + ready
 /// becomes [`Event::AgentReady`]; a version mismatch becomes [`Event::AgentFailed`]. At most
 /// [`MAX_EVENTS_CONNECTIONS`] are served at once, each on its own thread.
-pub fn spawn_events_listener(listener: UnixListener, events: Sender<Event>) -> std::io::Result<()> {
+pub fn spawn_events_listener(
+    listener: UnixListener,
+    events: Sender<Event>,
+    hub: Arc<EventHub>,
+) -> std::io::Result<()> {
     let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("msbvm-agent-events".into())
@@ -34,7 +39,7 @@ pub fn spawn_events_listener(listener: UnixListener, events: Sender<Event>) -> s
             let mut refused = 0u64;
             for stream in listener.incoming() {
                 match stream {
-                    Ok(stream) => serve_bounded(stream, &events, &active, &mut refused),
+                    Ok(stream) => serve_bounded(stream, &events, &hub, &active, &mut refused),
                     Err(e) => tracing::warn!("accepting an agent events connection: {e}"),
                 }
             }
@@ -47,6 +52,7 @@ pub fn spawn_events_listener(listener: UnixListener, events: Sender<Event>) -> s
 fn serve_bounded(
     stream: UnixStream,
     events: &Sender<Event>,
+    hub: &Arc<EventHub>,
     active: &Arc<AtomicUsize>,
     refused: &mut u64,
 ) {
@@ -63,11 +69,11 @@ fn serve_bounded(
         *refused += 1;
         return;
     }
-    let (events, slot) = (events.clone(), active.clone());
+    let (events, slot, hub) = (events.clone(), active.clone(), Arc::clone(hub));
     let spawned = std::thread::Builder::new()
         .name("msbvm-agent-events-conn".into())
         .spawn(move || {
-            serve_events(stream, &events);
+            serve_events(stream, &events, &hub);
             slot.fetch_sub(1, Ordering::AcqRel);
         });
     if let Err(e) = spawned {
@@ -76,8 +82,9 @@ fn serve_bounded(
     }
 }
 
-/// Reads one events connection: hello, ready, then events (logged) until it closes.
-pub fn serve_events(stream: UnixStream, events: &Sender<Event>) {
+/// Reads one events connection: hello, ready, then guest events (to `hub`) until it closes.
+/// The connection that reports ready becomes the hub's way to the guest.
+pub fn serve_events(stream: UnixStream, events: &Sender<Event>, hub: &EventHub) {
     let mut writer = match stream.try_clone() {
         Ok(w) => w,
         Err(e) => {
@@ -124,13 +131,17 @@ pub fn serve_events(stream: UnixStream, events: &Sender<Event>) {
                     tracing::debug!("answering the agent's hello: {e}");
                 }
             }
-            GuestMessage::Ready(boot) if greeted => {
-                let _ = events.send(Event::AgentReady(boot));
-            }
             GuestMessage::Ready(boot) => {
-                tracing::warn!("the agent reported ready without a hello; accepting it");
+                if !greeted {
+                    tracing::warn!("the agent reported ready without a hello; accepting it");
+                }
+                match writer.try_clone() {
+                    Ok(w) => hub.set_agent(w),
+                    Err(e) => tracing::warn!("guest events cannot reach the guest: {e}"),
+                }
                 let _ = events.send(Event::AgentReady(boot));
             }
+            GuestMessage::Event(event) => hub.from_guest(event),
             GuestMessage::Error { message } => tracing::warn!("agent error: {message}"),
             other => tracing::info!(message = describe(&other), "agent event"),
         }
@@ -189,7 +200,7 @@ mod tests {
     fn hello_then_ready_becomes_agent_ready() {
         let (host, guest) = UnixStream::pair().unwrap();
         let (tx, rx) = mpsc::channel();
-        let t = std::thread::spawn(move || serve_events(host, &tx));
+        let t = std::thread::spawn(move || serve_events(host, &tx, &EventHub::default()));
         let mut w = guest.try_clone().unwrap();
         write_blocking(&mut w, &hello()).unwrap();
         let boot = BootTimes {
@@ -214,7 +225,7 @@ mod tests {
     fn version_mismatch_fails_the_boot() {
         let (host, guest) = UnixStream::pair().unwrap();
         let (tx, rx) = mpsc::channel();
-        let t = std::thread::spawn(move || serve_events(host, &tx));
+        let t = std::thread::spawn(move || serve_events(host, &tx, &EventHub::default()));
         let mut w = guest;
         write_blocking(
             &mut w,
@@ -253,7 +264,7 @@ mod tests {
         let path = tmp.path().join("events.sock");
         let listener = UnixListener::bind(&path).unwrap();
         let (tx, _rx) = mpsc::channel();
-        spawn_events_listener(listener, tx).unwrap();
+        spawn_events_listener(listener, tx, Arc::default()).unwrap();
         let held: Vec<UnixStream> = (0..MAX_EVENTS_CONNECTIONS)
             .map(|_| UnixStream::connect(&path).unwrap())
             .collect();

@@ -24,6 +24,7 @@ mod agent_link;
 pub mod confine;
 mod control_server;
 pub mod devices;
+pub mod event_hub;
 pub mod image;
 mod log_writer;
 mod signals;
@@ -388,9 +389,10 @@ impl<'a> Supervisor<'a> {
 
         let events_listener = bind(&self.dir.vsock_port_socket(HOST_EVENTS_PORT))?;
         let control_listener = bind(&self.dir.control_socket())?;
-        agent_link::spawn_events_listener(events_listener, self.events.clone())
+        let hub = std::sync::Arc::new(event_hub::EventHub::default());
+        agent_link::spawn_events_listener(events_listener, self.events.clone(), hub.clone())
             .map_err(Error::io("starting a thread"))?;
-        control_server::spawn(control_listener, self.events.clone())
+        control_server::spawn(control_listener, self.events.clone(), hub)
             .map_err(Error::io("starting a thread"))?;
 
         let config = vm::config(&vm::VmRequest {
@@ -544,6 +546,14 @@ impl<'a> Supervisor<'a> {
 
     fn on_control(&mut self, request: ControlRequest, reply: Sender<ControlResponse>) {
         match request {
+            ControlRequest::Events { .. }
+            | ControlRequest::Emit(_)
+            | ControlRequest::Request { .. } => {
+                // The control server serves these itself (they wait on the guest).
+                let _ = reply.send(ControlResponse::Error {
+                    message: "event requests are served by the control connection".into(),
+                });
+            }
             ControlRequest::Hello { .. } => {
                 let _ = reply.send(ControlResponse::Hello {
                     version: CONTROL_VERSION,

@@ -93,5 +93,6 @@ pub fn describe(m: &GuestMessage) -> &'static str {
         GuestMessage::FileDone => "FileDone",
         GuestMessage::DirEntries(_) => "DirEntries",
         GuestMessage::FileError(_) => "FileError",
+        GuestMessage::Event(_) => "Event",
     }
 }

@@ -54,6 +54,27 @@ pub enum ControlRequest {
     /// Debugging: write all guest RAM to a new file (mode 0600) in the sandbox's state
     /// directory, [`crate::paths::MEMORY_DUMP_FILE`]; the client moves it where it wants.
     DumpMemory,
+    /// Stream guest events whose type matches one of `types` (all when empty): first those
+    /// kept while nobody listened, then (with `follow`) live ones until the sandbox ends.
+    /// Answered by [`ControlResponse::Event`]s and, without `follow`, a final
+    /// [`ControlResponse::Done`]. The connection carries nothing else afterwards.
+    Events {
+        /// Type patterns (`t`, `prefix.*`, `*`).
+        types: Vec<String>,
+        /// Keep streaming live events.
+        follow: bool,
+    },
+    /// Send an event to guest programs; answered [`ControlResponse::Done`] once the agent's
+    /// connection took it.
+    Emit(msbvm_protocol::events::HostEvent),
+    /// Send an event (whose `id` is set) and wait up to `timeout_ms` for the guest event
+    /// whose `reply_to` names it; answered [`ControlResponse::Event`].
+    Request {
+        /// The event.
+        event: msbvm_protocol::events::HostEvent,
+        /// How long to wait for the reply.
+        timeout_ms: u64,
+    },
 }
 
 /// The runtime's answer.
@@ -93,6 +114,8 @@ pub enum ControlResponse {
         /// Bytes of guest RAM written.
         bytes: u64,
     },
+    /// One guest event (of an `Events` stream, or the reply to a `Request`).
+    Event(msbvm_protocol::events::GuestEvent),
 }
 
 /// What the runtime reports about its sandbox.
@@ -297,6 +320,62 @@ impl ControlClient {
     }
 }
 
+impl ControlClient {
+    /// Sends an event to guest programs.
+    pub async fn emit(&mut self, event: msbvm_protocol::events::HostEvent) -> Result<()> {
+        match self
+            .call_with_timeout(&ControlRequest::Emit(event), Duration::from_secs(15))
+            .await?
+        {
+            ControlResponse::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sends an event and waits up to `timeout` for the guest's reply.
+    pub async fn request(
+        &mut self,
+        event: msbvm_protocol::events::HostEvent,
+        timeout: Duration,
+    ) -> Result<msbvm_protocol::events::GuestEvent> {
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let request = ControlRequest::Request { event, timeout_ms };
+        match self
+            .call_with_timeout(&request, timeout + Duration::from_secs(15))
+            .await?
+        {
+            ControlResponse::Event(e) => Ok(e),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Starts an event stream on this connection (see [`ControlRequest::Events`]); read it
+    /// with [`ControlClient::next_event`].
+    pub async fn start_events(&mut self, types: Vec<String>, follow: bool) -> Result<()> {
+        write_async(&mut self.writer, &ControlRequest::Events { types, follow })
+            .await
+            .map_err(frame_error)
+    }
+
+    /// The next event of the stream; `None` at its end (all kept events read without
+    /// `follow`, or the sandbox ended).
+    pub async fn next_event(&mut self) -> Result<Option<msbvm_protocol::events::GuestEvent>> {
+        match self.reader.read_message().await {
+            Ok(Some(ControlResponse::Event(e))) => Ok(Some(e)),
+            Ok(Some(ControlResponse::Done)) | Ok(None) => Ok(None),
+            Ok(Some(ControlResponse::Error { message })) => Err(Error::Runtime {
+                message,
+                log_tail: String::new(),
+            }),
+            Ok(Some(other)) => Err(unexpected(other)),
+            // The runtime ends a following stream by going away with its sandbox.
+            Err(FrameError::Io(e)) if crate::agent::is_disconnect(&e) => Ok(None),
+            Err(FrameError::Truncated { .. }) => Ok(None),
+            Err(e) => Err(frame_error(e)),
+        }
+    }
+}
+
 fn unexpected(response: ControlResponse) -> Error {
     Error::Protocol {
         peer: "the sandbox runtime",
@@ -338,6 +417,9 @@ mod tests {
                     },
                     ControlRequest::NetStats => ControlResponse::NetStats { json: "{}".into() },
                     ControlRequest::DumpMemory => ControlResponse::MemoryDumped { bytes: 4096 },
+                    ControlRequest::Events { .. }
+                    | ControlRequest::Emit(_)
+                    | ControlRequest::Request { .. } => ControlResponse::Done,
                 };
                 seen.push(request);
                 write_blocking(&mut writer, &response).unwrap();

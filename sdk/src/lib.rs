@@ -50,6 +50,7 @@
 mod agent;
 pub mod control;
 mod error;
+pub mod events;
 pub mod exec;
 pub mod files;
 pub mod framing;
@@ -73,6 +74,7 @@ pub mod vsock;
 pub mod test_support;
 
 pub use error::{Error, Result};
+pub use events::{Event, EventStream, EventTarget};
 pub use exec::{
     shell_exit_code, ExecControl, ExecEvent, ExecOptions, ExecOutput, ExecStream, ExitStatus,
 };

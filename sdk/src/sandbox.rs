@@ -684,6 +684,89 @@ impl Sandbox {
         Ok(bytes)
     }
 
+    /// A live stream of the guest's events whose type matches one of `types` (`"t"`,
+    /// `"prefix.*"`; all events when empty). It first yields the events kept while nobody
+    /// listened (after an `msbvm.dropped` event if some were lost), then each new one until
+    /// the sandbox stops. While it is attached, reading slowly slows the guest's writers.
+    pub async fn events(&self, types: &[&str]) -> Result<crate::events::EventStream> {
+        let types = types.iter().map(|t| t.to_string()).collect();
+        crate::events::EventStream::open(&self.inner.dir.control_socket(), types, true).await
+    }
+
+    /// The events kept while no stream was attached (matching `types`, all when empty),
+    /// taken out of the runtime's ring; the stream ends after the last one.
+    pub async fn pending_events(&self, types: &[&str]) -> Result<crate::events::EventStream> {
+        let types = types.iter().map(|t| t.to_string()).collect();
+        crate::events::EventStream::open(&self.inner.dir.control_socket(), types, false).await
+    }
+
+    /// Sends an event to every guest program subscribed to `kind`.
+    pub async fn emit(&self, kind: &str, data: serde_json::Value) -> Result<()> {
+        self.emit_to(crate::events::EventTarget::Subscribers, kind, data)
+            .await
+    }
+
+    /// Sends an event to `target` (one guest connection, one exec's processes, or the
+    /// subscribers).
+    pub async fn emit_to(
+        &self,
+        target: crate::events::EventTarget,
+        kind: &str,
+        data: serde_json::Value,
+    ) -> Result<()> {
+        self.emit_event(target, kind, data, None).await
+    }
+
+    /// [`Sandbox::emit_to`] with a `reply_to` (the id of the guest event it answers; see
+    /// also [`Sandbox::reply`]).
+    pub async fn emit_event(
+        &self,
+        target: crate::events::EventTarget,
+        kind: &str,
+        data: serde_json::Value,
+        reply_to: Option<String>,
+    ) -> Result<()> {
+        let event = crate::events::host_event(kind, &data, None, reply_to, target)?;
+        let mut client = ControlClient::connect(&self.inner.dir.control_socket()).await?;
+        client.emit(event).await
+    }
+
+    /// Answers a guest event that carries an `id`: `kind`/`data` go to the connection it
+    /// came on, with `reply_to` set to its id.
+    pub async fn reply(
+        &self,
+        to: &crate::events::Event,
+        kind: &str,
+        data: serde_json::Value,
+    ) -> Result<()> {
+        let (Some(id), Some(connection)) = (&to.id, to.connection) else {
+            return Err(Error::InvalidConfig(format!(
+                "the {:?} event has no id (or came from the runtime); nothing can answer it",
+                to.kind
+            )));
+        };
+        let target = crate::events::EventTarget::Connection(connection);
+        let event = crate::events::host_event(kind, &data, None, Some(id.clone()), target)?;
+        let mut client = ControlClient::connect(&self.inner.dir.control_socket()).await?;
+        client.emit(event).await
+    }
+
+    /// Sends an event with a fresh `id` to the guest's subscribers and waits up to `timeout`
+    /// for the guest event whose `reply_to` names it.
+    pub async fn request(
+        &self,
+        kind: &str,
+        data: serde_json::Value,
+        timeout: Duration,
+    ) -> Result<crate::events::Event> {
+        let id = crate::events::fresh_id()?;
+        let target = crate::events::EventTarget::Subscribers;
+        let event = crate::events::host_event(kind, &data, Some(id), None, target)?;
+        let mut client = ControlClient::connect(&self.inner.dir.control_socket()).await?;
+        let reply = client.request(event, timeout).await?;
+        Ok(crate::events::Event::from_wire(reply))
+    }
+
     /// The network stack's counters (bytes, packets, flows, drops) as JSON.
     pub async fn network_stats(&self) -> Result<String> {
         let mut client = ControlClient::connect(&self.inner.dir.control_socket()).await?;

@@ -173,14 +173,14 @@ pub fn forward_to(
         crate::control::ControlRequest,
         std::sync::mpsc::Sender<crate::control::ControlResponse>,
     )>,
-) -> impl FnMut(crate::control::ControlRequest) -> Option<crate::control::ControlResponse>
+) -> impl FnMut(crate::control::ControlRequest) -> Option<crate::control::server::Answer>
        + Clone
        + Send
        + 'static {
     move |request| {
         let (tx, rx) = std::sync::mpsc::channel();
         supervisor.send((request, tx)).ok()?;
-        rx.recv().ok()
+        rx.recv().ok().map(crate::control::server::Answer::One)
     }
 }
 

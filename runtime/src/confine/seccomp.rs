@@ -16,9 +16,13 @@ pub const SIGNALS: &[Syscall] = &[libc::SYS_rt_sigtimedwait];
 pub const LIFELINE: &[Syscall] = &[libc::SYS_read];
 
 /// The listeners of the control socket and the agent's events port and the threads they
-/// start per connection: accept, then framed reads and writes on the connection.
+/// start per connection: accept, then framed reads and writes on the connection, and a
+/// zero-timeout poll of an idle event stream's client.
 pub const LISTENER: &[Syscall] = &[
     libc::SYS_accept4,
+    libc::SYS_ppoll,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_poll,
     libc::SYS_read,
     libc::SYS_recvfrom,
     libc::SYS_sendto,

@@ -280,9 +280,16 @@ fn runtime_threads(state: &Path) {
     use std::os::fd::IntoRawFd;
     signals::spawn_lifeline_watch(lifeline_read.into_raw_fd(), tx.clone()).unwrap();
     let control = state.join("control.sock");
-    control_server::spawn(UnixListener::bind(&control).unwrap(), tx.clone()).unwrap();
+    let hub = std::sync::Arc::new(crate::event_hub::EventHub::default());
+    control_server::spawn(
+        UnixListener::bind(&control).unwrap(),
+        tx.clone(),
+        hub.clone(),
+    )
+    .unwrap();
     let events = state.join("vsock.sock_1025");
-    agent_link::spawn_events_listener(UnixListener::bind(&events).unwrap(), tx.clone()).unwrap();
+    agent_link::spawn_events_listener(UnixListener::bind(&events).unwrap(), tx.clone(), hub)
+        .unwrap();
     let uds = state.join("vsock.sock");
     let fake = msbvm_sdk::test_support::FakeAgent::spawn(&uds, 1, |s| {
         s.hello();
@@ -311,6 +318,7 @@ fn runtime_threads(state: &Path) {
             ready_ns: 2,
         };
         write_blocking(&mut a, &GuestMessage::Ready(boot)).unwrap();
+        guest_events_under_the_filters(&control, a);
         std::thread::sleep(Duration::from_millis(200));
         // The test harness's own threads do not block SIGHUP (the runtime blocks it before
         // its first thread), so send it to the signal thread itself.
@@ -324,6 +332,68 @@ fn runtime_threads(state: &Path) {
     supervise_for_test(&rx, state);
     client.join().unwrap();
     fake.join();
+}
+
+/// Guest events through the confined threads: an event the agent forwards reaches a control
+/// client's stream (an idle follower polls its client), and a host event reaches the agent.
+fn guest_events_under_the_filters(control: &Path, agent: UnixStream) {
+    use msbvm_protocol::events::{GuestEvent, HostEvent, Target};
+    use msbvm_protocol::{GuestMessage, HostMessage};
+    let connect = || {
+        let mut c = UnixStream::connect(control).unwrap();
+        let r = FrameReader::new(c.try_clone().unwrap());
+        write_blocking(&mut c, &ControlRequest::Hello { version: 1 }).unwrap();
+        let mut r = r;
+        r.read_message::<ControlResponse>().unwrap();
+        (c, r)
+    };
+    let (mut follower, mut follower_r) = connect();
+    let request = ControlRequest::Events {
+        types: vec!["job.*".into()],
+        follow: true,
+    };
+    write_blocking(&mut follower, &request).unwrap();
+    std::thread::sleep(Duration::from_millis(700)); // One idle check of the client.
+    let mut a = agent.try_clone().unwrap();
+    let event = GuestEvent {
+        kind: "job.done".into(),
+        data: "{}".into(),
+        id: None,
+        reply_to: None,
+        pid: 5,
+        exec: None,
+        connection: 1,
+        time_ms: 1,
+    };
+    write_blocking(&mut a, &GuestMessage::Event(event.clone())).unwrap();
+    let got = follower_r.read_message::<ControlResponse>().unwrap();
+    check("events-stream", got == Some(ControlResponse::Event(event)));
+    drop((follower, follower_r));
+    let (mut c, mut r) = connect();
+    let host = HostEvent {
+        kind: "go".into(),
+        data: "1".into(),
+        id: None,
+        reply_to: None,
+        target: Target::Subscribers,
+    };
+    write_blocking(&mut c, &ControlRequest::Emit(host.clone())).unwrap();
+    let done = r.read_message::<ControlResponse>().unwrap();
+    let mut from_host = FrameReader::new(agent);
+    let mut emitted = false;
+    for _ in 0..2 {
+        // The runtime's hello comes first.
+        if from_host.read_message::<HostMessage>().unwrap()
+            == Some(HostMessage::Event(host.clone()))
+        {
+            emitted = true;
+            break;
+        }
+    }
+    check(
+        "events-emit",
+        done == Some(ControlResponse::Done) && emitted,
+    );
 }
 
 /// The thread id of the runtime's signal thread (`msbvm-signals`).
@@ -391,6 +461,8 @@ fn runtime_threads_do_their_work_under_their_filters() {
     for line in [
         "CHECK control-status true",
         "CHECK events true",
+        "CHECK events-stream true",
+        "CHECK events-emit true",
         "CHECK records true",
         "CHECK dump true",
         "CHECK publish true",

@@ -1,6 +1,7 @@
 //! The runtime's end of the control socket: one thread per connection, each request handed
 //! to a handler (the runtime's supervisor loop) that answers it.
 
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 
 use crate::control::{ControlRequest, ControlResponse, CONTROL_VERSION};
@@ -20,12 +21,52 @@ pub enum ServeError {
     ShuttingDown,
 }
 
+/// How a handler answers one request.
+pub enum Answer {
+    /// One response.
+    One(ControlResponse),
+    /// A stream of responses (guest events), written by the function on the connection's
+    /// thread; the connection ends with it.
+    Stream(Box<dyn FnOnce(&mut Responder<'_>) + Send>),
+}
+
+impl From<ControlResponse> for Answer {
+    fn from(response: ControlResponse) -> Self {
+        Answer::One(response)
+    }
+}
+
+/// The connection a streaming answer writes to.
+pub struct Responder<'a> {
+    writer: &'a mut UnixStream,
+}
+
+impl Responder<'_> {
+    /// Writes one response; `Err` once the client has gone.
+    pub fn send(&mut self, response: &ControlResponse) -> Result<(), FrameError> {
+        write_blocking(self.writer, response)
+    }
+
+    /// True once the client has closed the connection (checked without reading), so an idle
+    /// stream notices a client that went away before anything is lost to it.
+    pub fn client_gone(&self) -> bool {
+        let mut p = libc::pollfd {
+            fd: self.writer.as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: poll reads and writes one pollfd we own; zero timeout.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+    }
+}
+
 /// Serves `listener` until the process ends, each connection on its own thread. The
 /// listener thread calls `thread_started` first (the runtime confines it there); `handle`
 /// answers each request after the hello, `None` meaning the runtime is shutting down.
 pub fn spawn<H>(listener: UnixListener, thread_started: fn(), handle: H) -> std::io::Result<()>
 where
-    H: FnMut(ControlRequest) -> Option<ControlResponse> + Clone + Send + 'static,
+    H: FnMut(ControlRequest) -> Option<Answer> + Clone + Send + 'static,
 {
     std::thread::Builder::new()
         .name("msbvm-control".into())
@@ -52,7 +93,7 @@ where
 /// Serves one connection: hello, then request/answer pairs.
 pub fn serve(
     stream: UnixStream,
-    mut handle: impl FnMut(ControlRequest) -> Option<ControlResponse>,
+    mut handle: impl FnMut(ControlRequest) -> Option<Answer>,
 ) -> Result<(), ServeError> {
     let mut reader = FrameReader::new(stream.try_clone()?);
     let mut writer = stream;
@@ -81,7 +122,15 @@ pub fn serve(
             _ if !greeted => ControlResponse::Error {
                 message: "the first request must be a hello".into(),
             },
-            request => handle(request).ok_or(ServeError::ShuttingDown)?,
+            request => match handle(request).ok_or(ServeError::ShuttingDown)? {
+                Answer::One(response) => response,
+                Answer::Stream(stream) => {
+                    stream(&mut Responder {
+                        writer: &mut writer,
+                    });
+                    return Ok(());
+                }
+            },
         };
         write_blocking(&mut writer, &answer)?;
     }
@@ -148,7 +197,7 @@ mod tests {
     #[test]
     fn requests_before_hello_and_malformed_frames_get_errors() {
         let (a, b) = UnixStream::pair().unwrap();
-        let server = std::thread::spawn(move || serve(b, |_| None));
+        let server = std::thread::spawn(move || serve(b, |_| None::<Answer>));
         let mut writer = a.try_clone().unwrap();
         let mut reader = FrameReader::new(a);
         write_blocking(&mut writer, &ControlRequest::Status).unwrap();
