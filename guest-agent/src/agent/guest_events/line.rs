@@ -136,11 +136,16 @@ pub fn parse(line: &[u8]) -> Result<Incoming, String> {
                     "event types starting with {RESERVED_PREFIX:?} are reserved for msbvm"
                 ));
             }
+            let data = wire
+                .data
+                .map_or_else(|| "null".to_string(), |d| d.get().to_string());
+            // Well-formed is not enough: a number no JSON reader can hold (`1e999999`)
+            // would reach the host as something it cannot read back.
+            serde_json::from_str::<Value>(&data)
+                .map_err(|e| format!("\"data\" cannot be read back as JSON: {e}"))?;
             Ok(Incoming::Event {
                 kind,
-                data: wire
-                    .data
-                    .map_or_else(|| "null".to_string(), |d| d.get().to_string()),
+                data,
                 id: id_text("id", wire.id)?,
                 reply_to: id_text("reply_to", wire.reply_to)?,
             })
@@ -301,6 +306,7 @@ mod tests {
     fn bad_lines_say_why() {
         let err = |l: &[u8]| parse(l).unwrap_err();
         assert!(err(b"{\"type\":").contains("malformed"));
+        assert!(err(br#"{"type":"t","data":1e999999}"#).contains("cannot be read back"));
         assert!(err(b"[1]").contains("JSON object"));
         assert!(err(br#"{"type":"msbvm.x"}"#).contains("reserved"));
         assert!(err(br#"{"type":"a","bogus":1}"#).contains("bogus"));
