@@ -27,6 +27,7 @@ pub mod boot;
 pub mod events;
 pub mod files;
 pub mod framing;
+pub mod spawn;
 
 /// Version of this protocol; bumped on any incompatible change.
 pub const PROTOCOL_VERSION: u32 = 1;
