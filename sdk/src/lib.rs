@@ -64,6 +64,7 @@ pub mod report;
 pub mod runtime_args;
 mod sandbox;
 pub mod secrets;
+pub mod spawn;
 pub mod spec;
 pub mod state;
 pub mod volumes;

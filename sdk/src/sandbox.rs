@@ -126,6 +126,12 @@ impl SandboxBuilder {
         self.spec.tmpfs.push(tmpfs);
         self
     }
+    /// Lets programs inside create peer sandboxes within `grant` ([`crate::spawn`]).
+    pub fn allow_spawn(mut self, grant: crate::spawn::SpawnGrant) -> Self {
+        self.spec.spawn = Some(grant);
+        self
+    }
+
     /// Limits the writable layer of an image root to `bytes` (default
     /// [`crate::spec::DEFAULT_DISK_SIZE`]); the guest gets `ENOSPC` past it.
     pub fn disk_size(mut self, bytes: u64) -> Self {
@@ -395,6 +401,8 @@ pub struct SandboxInfo {
     pub exit: Option<String>,
     /// The state directory.
     pub dir: PathBuf,
+    /// The sandbox that created this one from inside it ([`crate::spawn`]), if one did.
+    pub parent: Option<String>,
 }
 
 impl SandboxInfo {
@@ -405,6 +413,7 @@ impl SandboxInfo {
             (false, s) => s,
         };
         SandboxInfo {
+            parent: record.parent.clone(),
             name: record.name,
             status,
             pid: record.pid,

@@ -38,6 +38,12 @@ pub struct SandboxSpec {
     /// [`DEFAULT_DISK_SIZE`]); writes past it get `ENOSPC` in the guest.
     #[serde(default)]
     pub disk_size_bytes: Option<u64>,
+    /// What programs inside may create ([`crate::spawn`]); nothing when unset.
+    #[serde(default)]
+    pub spawn: Option<crate::spawn::SpawnGrant>,
+    /// The sandbox that created this one from inside (a child of the spawn service).
+    #[serde(default)]
+    pub parent: Option<String>,
 }
 
 /// Size limit of an image root's writable layer when none is given (10 GiB).
@@ -69,6 +75,8 @@ impl Default for SandboxSpec {
             workdir: None,
             user: None,
             disk_size_bytes: None,
+            spawn: None,
+            parent: None,
         }
     }
 }

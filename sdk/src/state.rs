@@ -105,6 +105,9 @@ pub struct StateRecord {
     /// The image's default command (entrypoint and command).
     #[serde(default)]
     pub command: Vec<String>,
+    /// The sandbox that created this one from inside ([`crate::spawn`]).
+    #[serde(default)]
+    pub parent: Option<String>,
 }
 
 impl StateRecord {

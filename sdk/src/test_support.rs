@@ -209,5 +209,6 @@ pub fn state_record(
         gid: None,
         image: None,
         command: Vec::new(),
+        parent: None,
     }
 }
