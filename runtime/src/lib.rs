@@ -28,6 +28,7 @@ pub mod event_hub;
 pub mod image;
 mod log_writer;
 mod signals;
+pub mod spawner;
 pub mod tls_setup;
 mod users;
 mod vm;
@@ -89,10 +90,11 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
 /// `MSBVM_BIN` so it starts the program itself as each sandbox's runtime.
 pub fn run_if_runtime(extensions: devices::Extensions) -> Option<ExitCode> {
     let mut args = std::env::args_os().skip(1);
-    if args.next().as_deref() != Some(std::ffi::OsStr::new("__runtime")) {
-        return None;
+    match args.next()?.to_str()? {
+        "__runtime" => Some(main_with(args.collect(), extensions)),
+        "__spawner" => Some(spawner::main(args.collect())),
+        _ => None,
     }
-    Some(main_with(args.collect(), extensions))
 }
 
 /// [`main`] with extensions (see [`run_if_runtime`]).
@@ -270,6 +272,7 @@ fn initial_record(args: &RuntimeArgs) -> StateRecord {
         gid: None,
         image: None,
         command: Vec::new(),
+        parent: args.spec.parent.clone(),
     }
 }
 
@@ -357,6 +360,8 @@ impl<'a> Supervisor<'a> {
 
     /// Everything up to the VM running: image, kernel, listeners, the VM thread.
     fn start(&mut self, reporter: &mut Reporter) -> Result<std::thread::JoinHandle<()>> {
+        // Before the confinement: the service is a program of its own.
+        spawner::launch(self.args, self.dir)?;
         if let Some(plan) = confine::plan(&self.args.spec, self.dir, &self.args.home)? {
             confine::enable(plan)?;
             log_writer::confine();
@@ -775,7 +780,7 @@ fn write_dump(
 }
 
 /// Binds a Unix listener, replacing a leftover socket file.
-fn bind(path: &std::path::Path) -> Result<std::os::unix::net::UnixListener> {
+pub(crate) fn bind(path: &std::path::Path) -> Result<std::os::unix::net::UnixListener> {
     let _ = std::fs::remove_file(path);
     let addr = SocketPath::new(path).map_err(Error::io(format!("binding {}", path.display())))?;
     std::os::unix::net::UnixListener::bind(addr.path())
