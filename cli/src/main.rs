@@ -88,6 +88,12 @@ enum Command {
     /// Debugging aids (`msbvm debug dump-memory NAME FILE`).
     #[command(subcommand, hide = true)]
     Debug(debug::DebugCommand),
+    /// A sandbox's spawn service (started by its runtime, not by people).
+    #[command(name = "__spawner", hide = true, disable_help_flag = true)]
+    Spawner {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// The per-sandbox runtime process (started by the SDK, not by people).
     #[command(name = "__runtime", hide = true, disable_help_flag = true)]
     Runtime {
@@ -140,6 +146,9 @@ fn main() -> ExitCode {
             });
         }
     };
+    if let Command::Spawner { args } = cli.command {
+        return msbvm_runtime::spawner::main(args);
+    }
     if let Command::Runtime { args } = cli.command {
         // The runtime sets up its own logging, into the sandbox's runtime.log.
         return msbvm_runtime::main(args);
@@ -148,7 +157,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Boot(args) => boot::run(args, start),
         Command::Kernel(cmd) => kernel::run(cmd),
-        Command::Runtime { .. } => unreachable!("handled above"),
+        Command::Runtime { .. } | Command::Spawner { .. } => unreachable!("handled above"),
         sandbox_command => ExitCode::from(run_sandbox_command(sandbox_command)),
     }
 }
@@ -184,7 +193,10 @@ fn run_sandbox_command(command: Command) -> u8 {
             Command::Import(args) => images::import(args),
             Command::Images(args) => images::list(args),
             Command::Rmi(args) => images::remove(args),
-            Command::Boot(_) | Command::Kernel(_) | Command::Runtime { .. } => Ok(0),
+            Command::Boot(_)
+            | Command::Kernel(_)
+            | Command::Runtime { .. }
+            | Command::Spawner { .. } => Ok(0),
         }
     });
     // Do not wait for tasks still blocked on I/O (stdin forwarding) at exit.

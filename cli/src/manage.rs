@@ -244,6 +244,7 @@ mod tests {
             detached: true,
             exit: None,
             dir: "/x".into(),
+            parent: None,
         };
         let t = table(&[info], 130);
         let lines: Vec<&str> = t.lines().collect();

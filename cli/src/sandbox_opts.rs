@@ -30,6 +30,13 @@ pub struct SandboxArgs {
     /// 10G); writes past it fail with "No space left on device" and `df /` shows it.
     #[arg(long = "disk", value_name = "SIZE")]
     pub disk: Option<String>,
+    /// Let programs inside create peer sandboxes: at most N live children, their CPUs and
+    /// memory (MiB) together, images besides the default and this sandbox's own.
+    #[arg(
+        long = "allow-spawn",
+        value_name = "N[,cpus=C][,memory=MIB][,image=REF]..."
+    )]
+    pub allow_spawn: Option<String>,
     /// Mount a tmpfs (PATH[:SIZE], e.g. /scratch:64m); repeatable.
     #[arg(long = "tmpfs", value_name = "PATH[:SIZE]")]
     pub tmpfs: Vec<String>,
@@ -133,6 +140,11 @@ impl SandboxArgs {
             .disk
             .as_deref()
             .map(msbvm_sdk::spec::parse_disk_size)
+            .transpose()?;
+        spec.spawn = self
+            .allow_spawn
+            .as_deref()
+            .map(msbvm_sdk::spawn::SpawnGrant::parse)
             .transpose()?;
         let net = &mut spec.network;
         net.enabled = !self.no_network;
@@ -304,6 +316,7 @@ mod tests {
             volumes: vec!["/srv:/srv:ro".into()],
             tmpfs: vec!["/scratch:1m".into()],
             disk: Some("64M".into()),
+            allow_spawn: Some("2,memory=512".into()),
             publish: vec!["8080:80".into()],
             net_default: Some("deny".into()),
             dns: vec!["127.0.0.1:5353".into(), "10.1.1.1".into()],
@@ -319,6 +332,8 @@ mod tests {
         assert!(spec.volumes[0].read_only);
         assert_eq!(spec.tmpfs[0].size_bytes, Some(1 << 20));
         assert_eq!(spec.disk_size_bytes, Some(64 << 20));
+        let grant = spec.spawn.as_ref().unwrap();
+        assert_eq!((grant.max_children, grant.max_memory_mib), (2, 512));
         assert_eq!(spec.network.ports[0].guest_port, 80);
         assert!(!spec.network.default_allow);
         assert_eq!(spec.network.dns_servers[1], "10.1.1.1:53".parse().unwrap());

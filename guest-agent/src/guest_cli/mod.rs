@@ -13,6 +13,7 @@
 //! inside an msbvm sandbox". It never acts as PID 1.
 
 mod client;
+pub mod spawn;
 
 use std::io::Write;
 use std::net::Shutdown;
@@ -52,6 +53,7 @@ Inside an msbvm sandbox, talk to the host through the events socket
   msbvm request TYPE [JSON] [--timeout SECS]
       Send an event with a fresh id and print the host event that replies
       to it (default timeout 30 s; exit 124 when it expires).
+
 ";
 
 /// Why the command failed: its exit code and message.
@@ -106,23 +108,33 @@ pub fn run(args: &[String], socket: &Path, out: &mut dyn Write) -> i32 {
 /// Runs `args`; the failure is what [`run`] prints.
 pub fn dispatch(args: &[String], socket: &Path, out: &mut dyn Write) -> Result<i32, Failure> {
     let Some((verb, rest)) = args.split_first() else {
-        eprint!("{USAGE}");
+        eprint!("{USAGE}{}", spawn::USAGE);
         return Ok(2);
     };
     if rest.iter().any(|a| a == "-h" || a == "--help") || is_help(verb) {
         let _ = out.write_all(USAGE.as_bytes());
+        let _ = out.write_all(spawn::USAGE.as_bytes());
         return Ok(0);
     }
     match verb.as_str() {
         "emit" => emit(rest, socket),
         "events" => events(rest, socket, out),
         "request" => request(rest, socket, out),
-        other => Err(Failure::new(
-            2,
-            format!(
-                "'{other}' inside a sandbox is not available yet: spawning peer sandboxes is not implemented"
-            ),
-        )),
+        verb if spawn::VERBS.contains(&verb) => {
+            let plan = spawn::parse(verb, rest)?;
+            if !socket.exists() {
+                return Err(Failure::new(
+                    1,
+                    format!(
+                        "not running inside an msbvm sandbox (no events socket at {})",
+                        socket.display()
+                    ),
+                ));
+            }
+            let mut service = spawn::Service::connect()?;
+            spawn::execute(plan, &mut service, out)
+        }
+        other => Err(Failure::usage(format!("unknown command {other:?}"))),
     }
 }
 
