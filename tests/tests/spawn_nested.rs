@@ -1,0 +1,132 @@
+//! End-to-end: a sandbox that creates peer sandboxes (issue 12 §2), in one L1 boot. A guest
+//! script, through the in-guest `msbvm`, creates 3 children of the default image, runs
+//! commands in them, copies a file from one to another through the parent and removes one;
+//! a 4th child is refused by the quota; a child has none of its parent's files, environment
+//! or network grants; the host's `msbvm ls` shows the tree and reaches a child directly; a
+//! sandbox without the grant is refused with a message naming `--allow-spawn`; killing the
+//! parent's runtime removes its children and their state; the in-guest `msbvm` run on the L1
+//! host itself fails at once.
+//!
+//! `cargo test -p msbvm-tests --test spawn_nested -- --nocapture`.
+
+use std::time::Duration;
+
+use msbvm_tests::e2e::{assert_checks, msbvm_l1, prelude, run_scenarios, L1_AGENT};
+
+const L1_TIMEOUT: Duration = Duration::from_secs(1200);
+
+const SCRIPT: &str = r#"@PRELUDE@
+[ -e /etc/passwd ] || echo 'root:x:0:0:root:/root:/bin/sh' > /etc/passwd
+[ -e /etc/group ] || echo 'root:x:0:' > /etc/group
+mkdir -p /www && echo host-page > /www/index.html
+httpd -f -p 127.0.0.1:8000 -h /www &
+
+s=$(date +%s)
+$M run -d --name p --allow-spawn 3,memory=768 -e PARENT_ONLY=yes --net-allow host; check p_rc $?
+$M run -d --name nop; check nop_rc $?
+echo "timing: two sandboxes up in $(( $(date +%s) - s )) s"
+g() { $M exec p -- sh -c "$1" 2>&1; }
+g 'echo parent-file > /parent-file'
+check parent_reaches_host "$(g 'wget -q -T 10 -O- http://host.msbvm.internal:8000/')"
+
+# ---- create 3 children and run commands in them ----
+s=$(date +%s)
+out=$(g 'for w in w1 w2 w3; do msbvm create $w || echo create-failed-$w; done; msbvm ls')
+echo "$out"
+echo "timing: 3 children created in $(( $(date +%s) - s )) s"
+check create_failures $(echo "$out" | grep -c create-failed)
+check children_running $(echo "$out" | grep -c running)
+check exec_each "$(g 'for w in w1 w2 w3; do msbvm exec $w -- echo in-$w; done' | tr '\n' ,)"
+check exec_code "$(g 'msbvm exec w1 -- sh -c "exit 7"; echo rc=$?')"
+check exec_stdin "$(g 'echo piped | msbvm exec w2 -i -- cat')"
+
+# ---- a file from w1 to w2 through the parent ----
+check copy "$(g 'msbvm exec w1 -- sh -c "echo payload-123 > /data.txt" && msbvm cp w1:/data.txt /tmp/relay && msbvm cp /tmp/relay w2:/copied.txt && msbvm exec w2 -- cat /copied.txt')"
+check copy_direct "$(g 'msbvm cp w1:/data.txt w3:/direct.txt && msbvm exec w3 -- cat /direct.txt')"
+
+# ---- quota, isolation ----
+out=$(g 'msbvm create w4; echo rc=$?')
+echo "$out"
+check quota_refused $(echo "$out" | grep -c 'quota exceeded')
+check quota_rc "$(echo "$out" | tail -1)"
+check child_no_parent_file "$(g 'msbvm exec w1 -- cat /parent-file >/dev/null 2>&1; echo rc=$?')"
+check child_no_parent_env "$(g 'msbvm exec w1 -- sh -c "echo x\${PARENT_ONLY}x"')"
+check child_no_host_grant "$(g 'msbvm exec w1 -- wget -q -T 10 -O- http://host.msbvm.internal:8000/ >/dev/null 2>&1; echo rc=$?')"
+out=$(g 'msbvm create ../evil; echo rc=$?; msbvm create w5 --image evil:latest; echo rc=$?')
+check bad_names_and_images "$(echo "$out" | grep -c 'rc=1')"
+
+# ---- the host sees the tree and can drive a child ----
+check host_sees_parent $($M ls --json | grep -c '"parent": "p"')
+check host_exec_child "$($M exec p.w3 -- echo host-reach 2>&1)"
+
+# ---- remove one; the sandbox without a grant; outside any sandbox ----
+check rm_one "$(g 'msbvm rm w3 && msbvm ls | wc -l')"
+check rm_state_gone $([ -e /tmp/msbvm/sandboxes/p.w3 ] && echo present || echo gone)
+out=$($M exec nop -- sh -c 'msbvm create x; echo rc=$?' 2>&1)
+echo "$out"
+check no_grant_refused $(echo "$out" | grep -c -- '--allow-spawn')
+check no_grant_rc "$(echo "$out" | tail -1)"
+ln -sf @L1_AGENT@ /tmp/msbvm-guest
+s=$(date +%s)
+out=$(timeout 20 /tmp/msbvm-guest create x 2>&1); rc=$?
+check outside_rc $rc
+check outside_message $(echo "$out" | grep -c 'not running inside an msbvm sandbox')
+check outside_fast $(fast $(( $(date +%s) - s )))
+
+# ---- killing the parent's runtime removes its children ----
+RT=$($M ls --json | grep -A3 '"name": "p"' | sed -n 's/.*"pid": \([0-9]*\).*/\1/p' | head -1)
+kill -9 $RT
+i=0; while $M ls | grep -q '^p\.w' && [ $i -lt 90 ]; do sleep 1; i=$((i+1)); done
+echo "children gone ${i} s after the parent was killed"
+check children_after_kill $($M ls | grep -c '^p\.w')
+check children_state_after_kill $(ls /tmp/msbvm/sandboxes | grep -c '^p\.w')
+$M rm p nop >/dev/null 2>&1
+echo "CHECK done yes"
+"#;
+
+#[test]
+fn sandboxes_spawn_peer_sandboxes() {
+    let Some(vm) = msbvm_l1() else {
+        return;
+    };
+    let vm = vm.memory_mib(3072).timeout(L1_TIMEOUT);
+    let script = SCRIPT
+        .replace("@PRELUDE@", &prelude())
+        .replace("@L1_AGENT@", L1_AGENT);
+    let Some(out) = run_scenarios(vm, &script) else {
+        return;
+    };
+    assert_checks(
+        &out.console,
+        &[
+            ("p_rc", "0"),
+            ("nop_rc", "0"),
+            ("parent_reaches_host", "host-page"),
+            ("create_failures", "0"),
+            ("children_running", "3"),
+            ("exec_each", "in-w1,in-w2,in-w3,"),
+            ("exec_code", "rc=7"),
+            ("exec_stdin", "piped"),
+            ("copy", "payload-123"),
+            ("copy_direct", "payload-123"),
+            ("quota_refused", "1"),
+            ("quota_rc", "rc=1"),
+            ("child_no_parent_file", "rc=1"),
+            ("child_no_parent_env", "xx"),
+            ("child_no_host_grant", "rc=1"),
+            ("bad_names_and_images", "2"),
+            ("host_sees_parent", "3"),
+            ("host_exec_child", "host-reach"),
+            ("rm_one", "2"),
+            ("rm_state_gone", "gone"),
+            ("no_grant_refused", "1"),
+            ("no_grant_rc", "rc=1"),
+            ("outside_rc", "1"),
+            ("outside_message", "1"),
+            ("outside_fast", "yes"),
+            ("children_after_kill", "0"),
+            ("children_state_after_kill", "0"),
+            ("done", "yes"),
+        ],
+    );
+}
