@@ -66,9 +66,11 @@ out=$($M exec nop -- sh -c 'msbvm create x; echo rc=$?' 2>&1)
 echo "$out"
 check no_grant_refused $(echo "$out" | grep -c -- '--allow-spawn')
 check no_grant_rc "$(echo "$out" | tail -1)"
-ln -sf @L1_AGENT@ /tmp/msbvm-guest
+# The guest's msbvm is the agent's binary under the name `msbvm`.
+mkdir -p /tmp/guest-bin && ln -sf @L1_AGENT@ /tmp/guest-bin/msbvm
 s=$(date +%s)
-out=$(timeout 20 /tmp/msbvm-guest create x 2>&1); rc=$?
+out=$(timeout 20 /tmp/guest-bin/msbvm create x 2>&1); rc=$?
+echo "$out"
 check outside_rc $rc
 check outside_message $(echo "$out" | grep -c 'not running inside an msbvm sandbox')
 check outside_fast $(fast $(( $(date +%s) - s )))
