@@ -39,6 +39,9 @@ check children_running $(echo "$out" | grep -c running)
 check exec_each "$(g 'for w in w1 w2 w3; do msbvm exec $w -- echo in-$w; done' | tr '\n' ,)"
 check exec_code "$(g 'msbvm exec w1 -- sh -c "exit 7"; echo rc=$?')"
 check exec_stdin "$(g 'echo piped | msbvm exec w2 -i -- cat')"
+# Streaming: more output and input than one message carries.
+check exec_big_output "$(g 'msbvm exec w1 -- head -c 3000000 /dev/zero | wc -c')"
+check exec_big_input "$(g 'head -c 2000000 /dev/zero | msbvm exec w2 -i -- wc -c')"
 
 # ---- a file from w1 to w2 through the parent ----
 check copy "$(g 'msbvm exec w1 -- sh -c "echo payload-123 > /data.txt" && msbvm cp w1:/data.txt /tmp/relay && msbvm cp /tmp/relay w2:/copied.txt && msbvm exec w2 -- cat /copied.txt')"
@@ -109,6 +112,8 @@ fn sandboxes_spawn_peer_sandboxes() {
             ("exec_each", "in-w1,in-w2,in-w3,"),
             ("exec_code", "rc=7"),
             ("exec_stdin", "piped"),
+            ("exec_big_output", "3000000"),
+            ("exec_big_input", "2000000"),
             ("copy", "payload-123"),
             ("copy_direct", "payload-123"),
             ("quota_refused", "1"),

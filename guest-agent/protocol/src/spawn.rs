@@ -85,6 +85,25 @@ pub enum SpawnRequest {
     },
     /// This sandbox's children.
     List,
+    /// Run a command in a child, streaming: answered [`SpawnResponse::Started`], then its
+    /// output as [`SpawnResponse::Stdout`]/[`SpawnResponse::Stderr`] as it comes and a final
+    /// [`SpawnResponse::Exited`] (with empty output); meanwhile the guest may send
+    /// [`SpawnRequest::Stdin`], [`SpawnRequest::CloseStdin`] and [`SpawnRequest::Signal`].
+    /// The connection ends with the command.
+    ExecStream {
+        /// The child.
+        name: String,
+        /// Program and arguments.
+        argv: Vec<String>,
+        /// Kill it after this many seconds (`None`: no limit).
+        timeout_secs: Option<u64>,
+    },
+    /// Input for a streaming exec (at most [`crate::MAX_CHUNK_LEN`] per message).
+    Stdin(Vec<u8>),
+    /// The end of a streaming exec's input.
+    CloseStdin,
+    /// A signal for a streaming exec's process group.
+    Signal(i32),
 }
 
 /// One child as [`SpawnRequest::List`] reports it.
@@ -129,6 +148,12 @@ pub enum SpawnResponse {
     Children(Vec<ChildInfo>),
     /// The request failed; why, for a person.
     Error(String),
+    /// A streaming exec started (its pid in the child).
+    Started(u32),
+    /// Output of a streaming exec on stdout.
+    Stdout(Vec<u8>),
+    /// Output of a streaming exec on stderr.
+    Stderr(Vec<u8>),
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ Children (sandboxes this one creates, if its creator allowed it with
 /// A connection to the spawn service.
 pub struct Service<S: Stream> {
     reader: FrameReader<S>,
-    writer: FrameWriter<S>,
+    writer: std::sync::Arc<FrameWriter<S>>,
 }
 
 impl Service<VsockStream> {
@@ -61,7 +61,7 @@ impl<S: Stream> Service<S> {
         );
         let mut service = Service {
             reader,
-            writer: FrameWriter::new(stream),
+            writer: std::sync::Arc::new(FrameWriter::new(stream)),
         };
         match service.call(&SpawnRequest::Hello {
             version: PROTOCOL_VERSION,
@@ -88,6 +88,87 @@ impl<S: Stream> Service<S> {
     }
 }
 
+impl<S: Stream + Send + 'static> Service<S> {
+    /// Runs a command in a child, streaming: output is written as it comes, this
+    /// process's stdin is sent as it is read (with `stdin`; otherwise the command's input
+    /// is closed at once); returns the command's exit code.
+    pub fn stream_exec(
+        &mut self,
+        name: String,
+        argv: Vec<String>,
+        stdin: bool,
+        timeout_secs: Option<u64>,
+        out: &mut dyn Write,
+    ) -> Result<i32, Failure> {
+        let lost = |e: msbvm_protocol::framing::FrameError| {
+            Failure::new(1, format!("the host's spawn service failed: {e}"))
+        };
+        self.writer
+            .send(&SpawnRequest::ExecStream {
+                name,
+                argv,
+                timeout_secs,
+            })
+            .map_err(lost)?;
+        match self.reader.read_message::<SpawnResponse>().map_err(lost)? {
+            Some(SpawnResponse::Started(_)) => {}
+            Some(SpawnResponse::Error(message)) => return Err(Failure::new(1, message)),
+            Some(other) => return Err(unexpected(&other)),
+            None => {
+                return Err(Failure::new(
+                    1,
+                    "the host's spawn service closed the connection",
+                ))
+            }
+        }
+        let writer = std::sync::Arc::clone(&self.writer);
+        if stdin {
+            // Input on its own thread, so output flows while it is read.
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; msbvm_protocol::MAX_CHUNK_LEN];
+                let mut input = std::io::stdin().lock();
+                loop {
+                    match input.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if writer
+                                .send(&SpawnRequest::Stdin(buf[..n].to_vec()))
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = writer.send(&SpawnRequest::CloseStdin);
+            });
+        } else {
+            writer.send(&SpawnRequest::CloseStdin).map_err(lost)?;
+        }
+        let io = |e: std::io::Error| Failure::new(1, format!("writing the output: {e}"));
+        loop {
+            match self.reader.read_message::<SpawnResponse>().map_err(lost)? {
+                Some(SpawnResponse::Stdout(data)) => out
+                    .write_all(&data)
+                    .and_then(|()| out.flush())
+                    .map_err(io)?,
+                Some(SpawnResponse::Stderr(data)) => {
+                    let _ = std::io::stderr().write_all(&data);
+                }
+                Some(SpawnResponse::Exited { code, .. }) => return Ok(code),
+                Some(SpawnResponse::Error(message)) => return Err(Failure::new(1, message)),
+                Some(other) => return Err(unexpected(&other)),
+                None => {
+                    return Err(Failure::new(
+                        1,
+                        "the host's spawn service closed the connection before the command ended",
+                    ))
+                }
+            }
+        }
+    }
+}
+
 fn unexpected(answer: &SpawnResponse) -> Failure {
     let kind = match answer {
         SpawnResponse::Hello { .. } => "Hello",
@@ -96,6 +177,9 @@ fn unexpected(answer: &SpawnResponse) -> Failure {
         SpawnResponse::File(_) => "File",
         SpawnResponse::Children(_) => "Children",
         SpawnResponse::Error(_) => "Error",
+        SpawnResponse::Started(_) => "Started",
+        SpawnResponse::Stdout(_) => "Stdout",
+        SpawnResponse::Stderr(_) => "Stderr",
     };
     Failure::new(
         1,
@@ -287,7 +371,7 @@ fn read_local(path: &str) -> Result<Vec<u8>, Failure> {
 }
 
 /// Carries out `plan` over `service`, writing output to `out`; returns the exit code.
-pub fn execute<S: Stream>(
+pub fn execute<S: Stream + Send + 'static>(
     plan: Plan,
     service: &mut Service<S>,
     out: &mut dyn Write,
@@ -303,31 +387,7 @@ pub fn execute<S: Stream>(
             argv,
             stdin,
             timeout,
-        } => {
-            let input = if stdin { read_local("-")? } else { Vec::new() };
-            let request = SpawnRequest::Exec {
-                name,
-                argv,
-                stdin: input,
-                timeout_secs: timeout,
-            };
-            match service.call(&request)? {
-                SpawnResponse::Exited {
-                    code,
-                    stdout,
-                    stderr,
-                    truncated,
-                } => {
-                    out.write_all(&stdout).map_err(io)?;
-                    let _ = std::io::stderr().write_all(&stderr);
-                    if truncated {
-                        eprintln!("msbvm: the command's output was cut at the transfer limit");
-                    }
-                    Ok(code)
-                }
-                other => Err(unexpected(&other)),
-            }
-        }
+        } => service.stream_exec(name, argv, stdin, timeout, out),
         Plan::Copy { from, to } => {
             let data = match from {
                 Place::Local(path) => read_local(&path)?,
@@ -445,6 +505,22 @@ mod tests {
                         version: PROTOCOL_VERSION,
                     },
                     SpawnRequest::ReadFile { .. } => SpawnResponse::File(b"data".to_vec()),
+                    SpawnRequest::ExecStream { .. } => {
+                        w.send(&SpawnResponse::Started(9)).unwrap();
+                        // The command's input is closed first (no -i).
+                        assert_eq!(
+                            r.read_message::<SpawnRequest>().unwrap(),
+                            Some(SpawnRequest::CloseStdin)
+                        );
+                        w.send(&SpawnResponse::Stdout(b"out-".to_vec())).unwrap();
+                        w.send(&SpawnResponse::Stdout(b"put".to_vec())).unwrap();
+                        SpawnResponse::Exited {
+                            code: 3,
+                            stdout: Vec::new(),
+                            stderr: Vec::new(),
+                            truncated: false,
+                        }
+                    }
                     SpawnRequest::Remove { name } if name == "gone" => {
                         SpawnResponse::Error("p has no child named \"gone\"".into())
                     }
@@ -458,6 +534,10 @@ mod tests {
         let mut service = Service::over(a).unwrap();
         let copy = parse("cp", &args(&["x:/a", "y:/b"])).unwrap();
         assert_eq!(execute(copy, &mut service, &mut Vec::new()).unwrap(), 0);
+        let exec = parse("exec", &args(&["x", "--", "cmd"])).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(execute(exec, &mut service, &mut out).unwrap(), 3);
+        assert_eq!(out, b"out-put");
         let rm = parse("rm", &args(&["gone"])).unwrap();
         let e = execute(rm, &mut service, &mut Vec::new()).unwrap_err();
         assert!(e.message.contains("no child named"), "{}", e.message);

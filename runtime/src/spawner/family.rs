@@ -48,6 +48,12 @@ impl Family {
     pub(super) async fn handle(&self, request: SpawnRequest) -> Result<SpawnResponse, String> {
         match request {
             SpawnRequest::Hello { .. } => Err("hello was already received".into()),
+            SpawnRequest::ExecStream { .. } => {
+                Err("a streaming exec is served by its connection".into())
+            }
+            SpawnRequest::Stdin(_) | SpawnRequest::CloseStdin | SpawnRequest::Signal(_) => {
+                Err("no exec is streaming on this connection".into())
+            }
             SpawnRequest::Create(spec) => self.create(spec).await,
             SpawnRequest::Exec {
                 name,
@@ -151,7 +157,7 @@ impl Family {
         )
     }
 
-    async fn running(&self, name: &str) -> Result<Sandbox, String> {
+    pub(super) async fn running(&self, name: &str) -> Result<Sandbox, String> {
         let children = self.children.lock().await;
         match children.get(name) {
             None => Err(self.unknown(name)),

@@ -100,6 +100,7 @@ impl SpawnerArgs {
 
 mod family;
 mod launch;
+mod stream;
 
 pub use launch::launch;
 
@@ -214,6 +215,17 @@ async fn converse(stream: UnixStream, family: &Family) -> Result<(), String> {
                 }
             }
             _ if !greeted => SpawnResponse::Error("the first request must be a hello".into()),
+            SpawnRequest::ExecStream {
+                name,
+                argv,
+                timeout_secs,
+            } => match family.running(&name).await {
+                // The connection is the exec's from here to its end.
+                Ok(sandbox) => {
+                    return stream::exec(sandbox, argv, timeout_secs, reader, write).await
+                }
+                Err(e) => SpawnResponse::Error(e),
+            },
             request => family
                 .handle(request)
                 .await
