@@ -47,6 +47,12 @@ check exec_big_input "$(g 'head -c 2000000 /dev/zero | msbvm exec w2 -i -- wc -c
 check copy "$(g 'msbvm exec w1 -- sh -c "echo payload-123 > /data.txt" && msbvm cp w1:/data.txt /tmp/relay && msbvm cp /tmp/relay w2:/copied.txt && msbvm exec w2 -- cat /copied.txt')"
 check copy_direct "$(g 'msbvm cp w1:/data.txt w3:/direct.txt && msbvm exec w3 -- cat /direct.txt')"
 
+# ---- a child's events, both ways, through the parent ----
+check child_event "$(g 'msbvm exec w1 -- msbvm emit child.hello "{\"n\":1}"; msbvm events --of w1' | grep '"type":"child.hello"' | grep -c '"n":1')"
+out=$(g '( msbvm exec w2 -- msbvm events --type ping > /tmp/ping.out 2>&1 ) & P=$!; i=0; while kill -0 $P 2>/dev/null && [ $i -lt 30 ]; do msbvm emit --to w2 ping "{\"x\":2}"; sleep 1; i=$((i+1)); done; cat /tmp/ping.out')
+echo "$out"
+check event_to_child $(echo "$out" | grep '"type":"ping"' | grep -c '"x":2')
+
 # ---- quota, isolation ----
 out=$(g 'msbvm create w4; echo rc=$?')
 echo "$out"
@@ -114,6 +120,8 @@ fn sandboxes_spawn_peer_sandboxes() {
             ("exec_stdin", "piped"),
             ("exec_big_output", "3000000"),
             ("exec_big_input", "2000000"),
+            ("child_event", "1"),
+            ("event_to_child", "1"),
             ("copy", "payload-123"),
             ("copy_direct", "payload-123"),
             ("quota_refused", "1"),

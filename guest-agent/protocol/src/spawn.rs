@@ -104,6 +104,26 @@ pub enum SpawnRequest {
     CloseStdin,
     /// A signal for a streaming exec's process group.
     Signal(i32),
+    /// Stream a child's events whose type matches `types` (all when empty): answered by
+    /// [`SpawnResponse::Event`]s, the kept ones first; without `follow` a final
+    /// [`SpawnResponse::Done`]. The connection ends with the stream.
+    Events {
+        /// The child.
+        name: String,
+        /// Type patterns.
+        types: Vec<String>,
+        /// Keep streaming new events until the child ends.
+        follow: bool,
+    },
+    /// Send an event to a child's subscribed programs.
+    Emit {
+        /// The child.
+        name: String,
+        /// The event's type.
+        kind: String,
+        /// Its data, as JSON text.
+        data: String,
+    },
 }
 
 /// One child as [`SpawnRequest::List`] reports it.
@@ -154,6 +174,8 @@ pub enum SpawnResponse {
     Stdout(Vec<u8>),
     /// Output of a streaming exec on stderr.
     Stderr(Vec<u8>),
+    /// One event of a child, as the JSON object `msbvm events --json` prints.
+    Event(String),
 }
 
 #[cfg(test)]

@@ -116,11 +116,17 @@ pub fn dispatch(args: &[String], socket: &Path, out: &mut dyn Write) -> Result<i
         let _ = out.write_all(spawn::USAGE.as_bytes());
         return Ok(0);
     }
-    match verb.as_str() {
+    // `--of NAME` / `--to NAME`: a child's events rather than this sandbox's own.
+    let child_verb = match verb.as_str() {
+        "events" if rest.iter().any(|a| a == "--of") => Some("child-events"),
+        "emit" if rest.first().is_some_and(|a| a == "--to") => Some("child-emit"),
+        _ => None,
+    };
+    match child_verb.unwrap_or(verb.as_str()) {
         "emit" => emit(rest, socket),
         "events" => events(rest, socket, out),
         "request" => request(rest, socket, out),
-        verb if spawn::VERBS.contains(&verb) => {
+        verb if spawn::VERBS.contains(&verb) || child_verb.is_some() => {
             let plan = spawn::parse(verb, rest)?;
             if !socket.exists() {
                 return Err(Failure::new(

@@ -27,6 +27,8 @@ Children (sandboxes this one creates, if its creator allowed it with
   msbvm ls [--json]
   msbvm stop NAME
   msbvm rm NAME...
+  msbvm events --of NAME [-f] [--type T]...   (a child's events, JSON lines)
+  msbvm emit --to NAME TYPE [JSON]            (an event for a child's programs)
 ";
 
 /// A connection to the spawn service.
@@ -68,6 +70,18 @@ impl<S: Stream> Service<S> {
         })? {
             SpawnResponse::Hello { .. } => Ok(service),
             other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The next message of a stream; `None` when the service closed it.
+    pub fn next_message(&mut self) -> Result<Option<SpawnResponse>, Failure> {
+        match self.reader.read_message::<SpawnResponse>() {
+            Ok(Some(SpawnResponse::Error(message))) => Err(Failure::new(1, message)),
+            Ok(other) => Ok(other),
+            Err(e) => Err(Failure::new(
+                1,
+                format!("the host's spawn service failed: {e}"),
+            )),
         }
     }
 
@@ -180,6 +194,7 @@ fn unexpected(answer: &SpawnResponse) -> Failure {
         SpawnResponse::Started(_) => "Started",
         SpawnResponse::Stdout(_) => "Stdout",
         SpawnResponse::Stderr(_) => "Stderr",
+        SpawnResponse::Event(_) => "Event",
     };
     Failure::new(
         1,
@@ -290,6 +305,42 @@ pub fn parse(verb: &str, args: &[String]) -> Result<Plan, Failure> {
                 .collect(),
         )),
         "rm" => Err(Failure::usage("rm needs a NAME")),
+        "child-events" => {
+            let (mut name, mut types, mut follow) = (None, Vec::new(), false);
+            while let Some(a) = it.next() {
+                match a.as_str() {
+                    "--of" => name = Some(value(&mut it, a)?),
+                    "--type" | "-t" => types.push(value(&mut it, a)?),
+                    "-f" | "--follow" => follow = true,
+                    "--json" => {}
+                    other => return Err(Failure::usage(format!("unexpected {other:?}"))),
+                }
+            }
+            let name = name.ok_or_else(|| Failure::usage("--of needs a NAME"))?;
+            Ok(Plan::Events {
+                request: SpawnRequest::Events {
+                    name,
+                    types,
+                    follow,
+                },
+            })
+        }
+        "child-emit" => match args {
+            [_, name, kind, rest @ ..] if rest.len() <= 1 => {
+                let data = rest.first().map_or("null", String::as_str);
+                if serde_json::from_str::<serde_json::Value>(data).is_err() {
+                    return Err(Failure::usage(format!(
+                        "the event data is not JSON: {data}"
+                    )));
+                }
+                Ok(Plan::Each(vec![SpawnRequest::Emit {
+                    name: name.clone(),
+                    kind: kind.clone(),
+                    data: data.to_string(),
+                }]))
+            }
+            _ => Err(Failure::usage("emit --to NAME TYPE [JSON]")),
+        },
         other => Err(Failure::usage(format!("unknown command {other:?}"))),
     }
 }
@@ -350,6 +401,11 @@ pub enum Plan {
     },
     /// Requests answered `Done` each.
     Each(Vec<SpawnRequest>),
+    /// A child's events, printed as they come.
+    Events {
+        /// The [`SpawnRequest::Events`].
+        request: SpawnRequest,
+    },
 }
 
 fn read_local(path: &str) -> Result<Vec<u8>, Failure> {
@@ -439,6 +495,23 @@ pub fn execute<S: Stream + Send + 'static>(
                 service.call(&r)?;
             }
             Ok(0)
+        }
+        Plan::Events { request } => {
+            let mut answer = service.call(&request)?;
+            loop {
+                match answer {
+                    SpawnResponse::Event(line) => writeln!(out, "{line}")
+                        .and_then(|()| out.flush())
+                        .map_err(io)?,
+                    SpawnResponse::Done => return Ok(0),
+                    other => return Err(unexpected(&other)),
+                }
+                answer = match service.next_message()? {
+                    Some(next) => next,
+                    // The child ended: so did its events.
+                    None => return Ok(0),
+                };
+            }
         }
     }
 }

@@ -48,8 +48,15 @@ impl Family {
     pub(super) async fn handle(&self, request: SpawnRequest) -> Result<SpawnResponse, String> {
         match request {
             SpawnRequest::Hello { .. } => Err("hello was already received".into()),
-            SpawnRequest::ExecStream { .. } => {
-                Err("a streaming exec is served by its connection".into())
+            SpawnRequest::ExecStream { .. } | SpawnRequest::Events { .. } => {
+                Err("a stream is served by its connection".into())
+            }
+            SpawnRequest::Emit { name, kind, data } => {
+                let sandbox = self.running(&name).await?;
+                let data: serde_json::Value = serde_json::from_str(&data)
+                    .map_err(|e| format!("the event data is not JSON: {e}"))?;
+                sandbox.emit(&kind, data).await.map_err(|e| e.to_string())?;
+                Ok(SpawnResponse::Done)
             }
             SpawnRequest::Stdin(_) | SpawnRequest::CloseStdin | SpawnRequest::Signal(_) => {
                 Err("no exec is streaming on this connection".into())

@@ -226,6 +226,14 @@ async fn converse(stream: UnixStream, family: &Family) -> Result<(), String> {
                 }
                 Err(e) => SpawnResponse::Error(e),
             },
+            SpawnRequest::Events {
+                name,
+                types,
+                follow,
+            } => match family.running(&name).await {
+                Ok(sandbox) => return stream::events(sandbox, types, follow, write).await,
+                Err(e) => SpawnResponse::Error(e),
+            },
             request => family
                 .handle(request)
                 .await

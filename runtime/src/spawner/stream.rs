@@ -1,6 +1,8 @@
-//! A streaming exec in a child: its output goes to the guest as it comes (the guest's reading
-//! pace holds the child's process back, through the SDK's bounded buffers), and the guest's
-//! input, EOF and signals go to it. The guest going away kills the process.
+//! Streams between the guest and a child: an exec, whose output goes to the guest as it
+//! comes (the guest's reading pace holds the child's process back, through the SDK's bounded
+//! buffers) and whose input, EOF and signals come from it (the guest going away kills the
+//! process); and the child's events, read at the guest's pace (which, while it reads slowly,
+//! slows the child's event writers as any host reader does).
 
 use std::time::Duration;
 
@@ -89,4 +91,38 @@ pub(super) async fn exec(
         result = &mut output => result,
         () = &mut input => output.await,
     }
+}
+
+/// Streams `sandbox`'s events matching `types` to the guest until the stream ends (the kept
+/// ones only, without `follow`) or the guest goes away.
+pub(super) async fn events(
+    sandbox: Sandbox,
+    types: Vec<String>,
+    follow: bool,
+    mut write: OwnedWriteHalf,
+) -> Result<(), String> {
+    let send_err = |e: msbvm_sdk::framing::FrameError| e.to_string();
+    let types: Vec<&str> = types.iter().map(String::as_str).collect();
+    let opened = if follow {
+        sandbox.events(&types).await
+    } else {
+        sandbox.pending_events(&types).await
+    };
+    let mut stream = match opened {
+        Ok(s) => s,
+        Err(e) => {
+            let answer = SpawnResponse::Error(e.to_string());
+            return write_async(&mut write, &answer).await.map_err(send_err);
+        }
+    };
+    while let Some(event) = stream.next().await {
+        let answer = match event {
+            Ok(e) => SpawnResponse::Event(e.to_json().to_string()),
+            Err(e) => SpawnResponse::Error(e.to_string()),
+        };
+        write_async(&mut write, &answer).await.map_err(send_err)?;
+    }
+    write_async(&mut write, &SpawnResponse::Done)
+        .await
+        .map_err(send_err)
 }
