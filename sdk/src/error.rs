@@ -149,6 +149,12 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A peer-sandbox call from inside a sandbox ([`crate::peer`]) cannot be made here.
+    #[error("not running inside an msbvm sandbox ({0})")]
+    NotInSandbox(String),
+    /// The host's spawn service refused or failed a request ([`crate::peer`]).
+    #[error("{0}")]
+    Spawn(String),
 }
 
 fn console_section(tail: &str) -> String {

@@ -60,6 +60,7 @@ pub mod limits;
 pub mod logfile;
 pub mod names;
 pub mod paths;
+pub mod peer;
 pub mod report;
 pub mod runtime_args;
 mod sandbox;

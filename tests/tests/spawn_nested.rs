@@ -5,12 +5,14 @@
 //! or network grants; the host's `msbvm ls` shows the tree and reaches a child directly; a
 //! sandbox without the grant is refused with a message naming `--allow-spawn`; killing the
 //! parent's runtime removes its children and their state; the in-guest `msbvm` run on the L1
-//! host itself fails at once.
+//! host itself fails at once; a Rust program in the guest drives a child through the SDK's
+//! `peer` module (`tests/src/bin/msbvm-e2e-orchestrator.rs`).
 //!
 //! `cargo test -p msbvm-tests --test spawn_nested -- --nocapture`.
 
 use std::time::Duration;
 
+use msbvm_tests::artifacts::build_static_bins;
 use msbvm_tests::e2e::{assert_checks, msbvm_l1, prelude, run_scenarios, L1_AGENT};
 
 const L1_TIMEOUT: Duration = Duration::from_secs(1200);
@@ -22,7 +24,7 @@ mkdir -p /www && echo host-page > /www/index.html
 httpd -f -p 127.0.0.1:8000 -h /www &
 
 s=$(date +%s)
-$M run -d --name p --allow-spawn 3,memory=768 -e PARENT_ONLY=yes --net-allow host; check p_rc $?
+$M run -d --name p --allow-spawn 3,memory=768 -e PARENT_ONLY=yes --net-allow host -v /e2e:/e2e:ro; check p_rc $?
 $M run -d --name nop; check nop_rc $?
 echo "timing: two sandboxes up in $(( $(date +%s) - s )) s"
 g() { $M exec p -- sh -c "$1" 2>&1; }
@@ -71,6 +73,8 @@ check host_exec_child "$($M exec p.w3 -- echo host-reach 2>&1)"
 # ---- remove one; the sandbox without a grant; outside any sandbox ----
 check rm_one "$(g 'msbvm rm w3 && msbvm ls | wc -l')"
 check rm_state_gone $([ -e /tmp/msbvm/sandboxes/p.w3 ] && echo present || echo gone)
+# The Rust SDK inside the guest, in the freed slot.
+check rust_sdk "$(g '/e2e/orchestrator r1')"
 out=$($M exec nop -- sh -c 'msbvm create x; echo rc=$?' 2>&1)
 echo "$out"
 check no_grant_refused $(echo "$out" | grep -c -- '--allow-spawn')
@@ -100,7 +104,14 @@ fn sandboxes_spawn_peer_sandboxes() {
     let Some(vm) = msbvm_l1() else {
         return;
     };
-    let vm = vm.memory_mib(3072).timeout(L1_TIMEOUT);
+    let orchestrator = build_static_bins(&[("msbvm-tests", "msbvm-e2e-orchestrator")])
+        .unwrap_or_else(|e| panic!("{e}"))
+        .remove("msbvm-e2e-orchestrator")
+        .expect("the static build made the orchestrator");
+    let vm = vm
+        .memory_mib(3072)
+        .timeout(L1_TIMEOUT)
+        .add_file(&orchestrator, "/e2e/orchestrator");
     let script = SCRIPT
         .replace("@PRELUDE@", &prelude())
         .replace("@L1_AGENT@", L1_AGENT);
@@ -134,6 +145,10 @@ fn sandboxes_spawn_peer_sandboxes() {
             ("host_exec_child", "host-reach"),
             ("rm_one", "2"),
             ("rm_state_gone", "gone"),
+            (
+                "rust_sdk",
+                "from-rust-42 code=0 file=rust-data listed=true removed=true",
+            ),
             ("no_grant_refused", "1"),
             ("no_grant_rc", "rc=1"),
             ("outside_rc", "1"),
