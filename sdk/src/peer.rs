@@ -259,18 +259,7 @@ impl Peers {
 fn unexpected(answer: &SpawnResponse) -> Error {
     Error::Spawn(format!(
         "the host's spawn service answered unexpectedly: {}",
-        match answer {
-            SpawnResponse::Hello { .. } => "Hello",
-            SpawnResponse::Done => "Done",
-            SpawnResponse::Exited { .. } => "Exited",
-            SpawnResponse::File(_) => "File",
-            SpawnResponse::Children(_) => "Children",
-            SpawnResponse::Error(_) => "Error",
-            SpawnResponse::Started(_) => "Started",
-            SpawnResponse::Stdout(_) => "Stdout",
-            SpawnResponse::Stderr(_) => "Stderr",
-            SpawnResponse::Event(_) => "Event",
-        }
+        answer.kind()
     ))
 }
 

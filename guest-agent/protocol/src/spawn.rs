@@ -178,6 +178,24 @@ pub enum SpawnResponse {
     Event(String),
 }
 
+impl SpawnResponse {
+    /// The answer's name, for messages about an unexpected one (never its data).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SpawnResponse::Hello { .. } => "Hello",
+            SpawnResponse::Done => "Done",
+            SpawnResponse::Exited { .. } => "Exited",
+            SpawnResponse::File(_) => "File",
+            SpawnResponse::Children(_) => "Children",
+            SpawnResponse::Error(_) => "Error",
+            SpawnResponse::Started(_) => "Started",
+            SpawnResponse::Stdout(_) => "Stdout",
+            SpawnResponse::Stderr(_) => "Stderr",
+            SpawnResponse::Event(_) => "Event",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,11 +23,11 @@ use std::time::{Duration, Instant};
 use msbvm_protocol::events::{
     check_type, GUEST_SOCKET, MAX_EVENT_LEN, RESERVED_PREFIX, SOCKET_ENV,
 };
-use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
 use self::client::{connect, send_line, Lines};
+use crate::agent::guest_events::line::OutEvent;
 
 /// How long `emit` waits for an error line after sending.
 pub const EMIT_WAIT: Duration = Duration::from_secs(2);
@@ -148,15 +148,6 @@ fn is_help(verb: &str) -> bool {
     matches!(verb, "-h" | "--help" | "help")
 }
 
-#[derive(Serialize)]
-struct OutEvent<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    data: &'a RawValue,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a str>,
-}
-
 /// The line for an event, checked here so mistakes are explained at once.
 fn event_line(kind: &str, data: Option<&str>, id: Option<&str>) -> Result<String, Failure> {
     check_type(kind).map_err(|e| Failure::usage(format!("bad event type {kind:?}: {e}")))?;
@@ -173,6 +164,7 @@ fn event_line(kind: &str, data: Option<&str>, id: Option<&str>) -> Result<String
         kind,
         data: &data,
         id,
+        reply_to: None,
     })
     .map_err(|e| Failure::new(1, e.to_string()))?;
     if line.len() > MAX_EVENT_LEN {

@@ -184,21 +184,12 @@ impl<S: Stream + Send + 'static> Service<S> {
 }
 
 fn unexpected(answer: &SpawnResponse) -> Failure {
-    let kind = match answer {
-        SpawnResponse::Hello { .. } => "Hello",
-        SpawnResponse::Done => "Done",
-        SpawnResponse::Exited { .. } => "Exited",
-        SpawnResponse::File(_) => "File",
-        SpawnResponse::Children(_) => "Children",
-        SpawnResponse::Error(_) => "Error",
-        SpawnResponse::Started(_) => "Started",
-        SpawnResponse::Stdout(_) => "Stdout",
-        SpawnResponse::Stderr(_) => "Stderr",
-        SpawnResponse::Event(_) => "Event",
-    };
     Failure::new(
         1,
-        format!("the host's spawn service answered {kind} unexpectedly"),
+        format!(
+            "the host's spawn service answered {} unexpectedly",
+            answer.kind()
+        ),
     )
 }
 

@@ -183,15 +183,20 @@ fn id_text(field: &str, value: Option<Value>) -> Result<Option<String>, String> 
     Ok(Some(text))
 }
 
+/// An event line as the socket carries it, either way (absent ids left out).
 #[derive(Serialize)]
-struct OutEvent<'a> {
+pub struct OutEvent<'a> {
+    /// Its type.
     #[serde(rename = "type")]
-    kind: &'a str,
-    data: &'a RawValue,
+    pub kind: &'a str,
+    /// Its payload, as it came.
+    pub data: &'a RawValue,
+    /// Its id.
     #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a str>,
+    pub id: Option<&'a str>,
+    /// The id it answers.
     #[serde(skip_serializing_if = "Option::is_none")]
-    reply_to: Option<&'a str>,
+    pub reply_to: Option<&'a str>,
 }
 
 /// `data` as one line of raw JSON, or `None` if it is not JSON.
