@@ -27,6 +27,9 @@ const STREAM_QUEUE: usize = 256;
 /// How long a host event may take to be written to the agent before the link counts as
 /// stuck (a well-behaved agent reads its connection all the time).
 const EMIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes of events the ring keeps at most (besides [`RING_CAPACITY`] events), so that a
+/// guest sending only the largest events holds 8 MiB of the host, not 64.
+pub const RING_MAX_BYTES: usize = 8 << 20;
 /// Requests waiting for a reply at once.
 const MAX_WAITERS: usize = 1024;
 /// How often an idle stream checks that its client is still there.
@@ -43,6 +46,8 @@ pub struct EventHub {
 #[derive(Default)]
 struct State {
     ring: VecDeque<GuestEvent>,
+    /// The payload bytes in `ring` ([`event_bytes`]).
+    ring_bytes: usize,
     /// Events lost (ring overflow, refused as malformed) since a stream last heard of it.
     dropped: u64,
     streams: Vec<Stream>,
@@ -55,6 +60,14 @@ struct Stream {
     id: u64,
     types: Vec<String>,
     tx: SyncSender<GuestEvent>,
+}
+
+/// What an event holds in memory, roughly: its strings.
+fn event_bytes(e: &GuestEvent) -> usize {
+    e.kind.len()
+        + e.data.len()
+        + e.id.as_ref().map_or(0, String::len)
+        + e.reply_to.as_ref().map_or(0, String::len)
 }
 
 fn matches(types: &[String], kind: &str) -> bool {
@@ -187,10 +200,16 @@ impl EventHub {
             .map(|s| (s.id, s.tx.clone()))
             .collect();
         if targets.is_empty() {
-            if state.ring.len() >= RING_CAPACITY {
-                state.ring.pop_front();
+            let size = event_bytes(&event);
+            while state.ring.len() >= RING_CAPACITY
+                || (!state.ring.is_empty() && state.ring_bytes + size > RING_MAX_BYTES)
+            {
+                if let Some(old) = state.ring.pop_front() {
+                    state.ring_bytes -= event_bytes(&old);
+                }
                 state.dropped += 1;
             }
+            state.ring_bytes += size;
             state.ring.push_back(event);
             return;
         }
@@ -219,6 +238,7 @@ impl EventHub {
         let (kept, taken): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut state.ring)
             .into_iter()
             .partition(|e| !matches(&types, &e.kind));
+        state.ring_bytes = kept.iter().map(event_bytes).sum();
         state.ring = kept;
         backlog.extend(taken);
         let (tx, rx) = mpsc::sync_channel(STREAM_QUEUE);
@@ -368,6 +388,21 @@ mod tests {
         // Taken: the next stream starts empty.
         drop(a);
         assert!(hub.attach(vec![], false).backlog.is_empty());
+    }
+
+    #[test]
+    fn the_ring_is_bounded_in_bytes_too() {
+        let hub = Arc::new(EventHub::default());
+        let mut big = ev("t", 0);
+        big.data = format!("\"{}\"", "x".repeat(60_000));
+        for _ in 0..300 {
+            hub.from_guest(big.clone());
+        }
+        let a = hub.attach(vec![], false);
+        let kept = a.backlog.len() - 1;
+        assert!(kept * 60_000 <= RING_MAX_BYTES, "{kept} kept");
+        assert_eq!(a.backlog[0].data, format!("{{\"count\":{}}}", 300 - kept));
+        assert_eq!(hub.lock().ring_bytes, 0);
     }
 
     #[test]

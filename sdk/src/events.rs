@@ -11,7 +11,7 @@
 //! [`MAX_EVENT_LEN`] bytes of JSON; a sandbox sends at most [`RATE_PER_SEC`] events a second
 //! (bursts of [`RATE_BURST`]); faster senders are slowed down, not dropped. While a stream
 //! is attached, a slow reader slows the guest's writers down (nothing piles up on the host);
-//! while none is, the newest [`RING_CAPACITY`] events are kept for the next stream and the
+//! while none is, the newest [`RING_CAPACITY`] events (8 MiB at most) are kept for the next stream and the
 //! older ones are counted in an `msbvm.dropped` event it receives first.
 
 use std::time::Duration;
