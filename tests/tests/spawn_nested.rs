@@ -56,7 +56,9 @@ echo "$out"
 check event_to_child $(echo "$out" | grep '"type":"ping"' | grep -c '"x":2')
 
 # ---- quota, isolation ----
-out=$(g 'msbvm create w4; echo rc=$?')
+# (Messages go to stdout inside the guest: the exec's stdout and stderr travel apart, and
+# the status line checked with `tail -1` must come after the message.)
+out=$(g 'msbvm create w4 2>&1; echo rc=$?')
 echo "$out"
 check quota_refused $(echo "$out" | grep -c 'quota exceeded')
 check quota_rc "$(echo "$out" | tail -1)"
@@ -75,7 +77,7 @@ check rm_one "$(g 'msbvm rm w3 && msbvm ls | wc -l')"
 check rm_state_gone $([ -e /tmp/msbvm/sandboxes/p.w3 ] && echo present || echo gone)
 # The Rust SDK inside the guest, in the freed slot.
 check rust_sdk "$(g '/e2e/orchestrator r1')"
-out=$($M exec nop -- sh -c 'msbvm create x; echo rc=$?' 2>&1)
+out=$($M exec nop -- sh -c 'msbvm create x 2>&1; echo rc=$?' 2>&1)
 echo "$out"
 check no_grant_refused $(echo "$out" | grep -c -- '--allow-spawn')
 check no_grant_rc "$(echo "$out" | tail -1)"
