@@ -66,6 +66,17 @@ pub enum Error {
         console_tail: String,
     },
 
+    /// L1's heartbeat stopped while its command ran: the emulated machine froze.
+    #[error("the nested machine stopped making progress (no heartbeat for {secs} s; a fault of the emulated machine, not of the command under test) and was killed\nits vCPUs:\n{registers}\nlast console lines:\n{console_tail}")]
+    L1Frozen {
+        /// How long the heartbeat was silent.
+        secs: u64,
+        /// Where the vCPUs were, from the QEMU monitor.
+        registers: String,
+        /// The last lines of the console.
+        console_tail: String,
+    },
+
     /// The L1 machine did not finish in time and was killed.
     #[error("the nested machine did not finish within {secs} s and was killed; last console lines:\n{console_tail}")]
     Timeout {

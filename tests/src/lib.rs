@@ -10,6 +10,7 @@
 //! - [`artifacts`]: static `msbvm`/`msbvm-init`, the guest kernel, the guest's initramfs,
 //! - [`report`]: parsing what `msbvm boot` and `msbvm-init` print, batching runs in one L1,
 //! - [`console`]: cleaning the serial console,
+//! - [`liveness`]: the heartbeat that tells a frozen L1 from a busy one,
 //! - [`registry`]: a real OCI registry holding a test image, for `msbvm pull` in L1,
 //! - [`skip`]: failing (or, on request, skipping) when the host cannot run L1,
 //! - [`test_image`]: the secrets suite's guest image, built from distribution packages,
@@ -22,6 +23,7 @@ pub mod console;
 pub mod distro;
 pub mod e2e;
 pub mod error;
+pub mod liveness;
 pub mod nested;
 pub mod registry;
 pub mod report;

@@ -19,6 +19,7 @@ use msbvm_kernel::initramfs::Initramfs;
 use crate::console::{tail, LineCleaner};
 use crate::distro::{have_program, DistroKernel};
 use crate::error::{Error, Result, INSTALL_HINT};
+use crate::liveness::{self, Heartbeat};
 use crate::report::shell_command;
 
 /// The QEMU binary that runs L1.
@@ -46,6 +47,8 @@ const L1_BOOT_ATTEMPTS: u32 = 3;
 pub const L1_LOCKUP_MARKER: &str = "watchdog: BUG: soft lockup";
 /// Console lines kept in error messages.
 const TAIL_LINES: usize = 40;
+/// Longest wait for a console line before the watcher looks at L1's heartbeat again.
+const HEARTBEAT_POLL: Duration = Duration::from_secs(5);
 
 /// Serializes L1 runs within one process: on a 2-core machine two emulated machines at once
 /// only slow each other down towards their timeouts, and test functions run in parallel.
@@ -208,17 +211,21 @@ impl NestedVmBuilder {
         write().map_err(Error::io(format!("cannot write {}", file.0.display())))?;
         drop(cpio);
         let _serial = L1_LOCK.lock().unwrap_or_else(|poison| poison.into_inner());
-        // An L1 boot that stalls, or an L1 kernel that locks up, is a fault of the emulated
-        // machine, not of the command: say so and run the whole script again in a fresh L1.
+        // An L1 boot that stalls, or an L1 kernel that locks up or freezes, is a fault of the
+        // emulated machine, not of the command: say so and run the whole script again in a
+        // fresh L1 (at most L1_BOOT_ATTEMPTS boots; the message stays in the test's output).
         for attempt in 1.. {
             match self.boot(&kernel.vmlinuz, &file.0) {
-                Err(e @ (Error::L1Boot { .. } | Error::L1Lockup { .. }))
-                    if attempt < L1_BOOT_ATTEMPTS =>
-                {
+                Err(
+                    e @ (Error::L1Boot { .. } | Error::L1Lockup { .. } | Error::L1Frozen { .. }),
+                ) if attempt < L1_BOOT_ATTEMPTS => {
                     eprintln!(
                         "msbvm-nested: {}; booting L1 again",
                         first_line(&e.to_string())
                     );
+                    if let Error::L1Frozen { registers, .. } = &e {
+                        eprintln!("msbvm-nested: where L1's vCPUs were:\n{registers}");
+                    }
                 }
                 result => return result,
             }
@@ -275,9 +282,12 @@ impl NestedVmBuilder {
     /// Boots L1 with QEMU, streams and captures the console, enforces the timeout.
     fn boot(&self, vmlinuz: &Path, initrd: &Path) -> Result<NestedOutput> {
         let start = Instant::now();
-        let mut child = self.spawn_qemu(vmlinuz, initrd)?;
+        let beat = TempFile::new("l1-heartbeat", "log");
+        let monitor = TempFile::new("l1-monitor", "sock");
+        let mut child = self.spawn_qemu(vmlinuz, initrd, &beat.0, &monitor.0)?;
         let (rx, reader, err_reader) = read_console(&mut child);
-        let watch = self.watch(&mut child, &rx, start);
+        let mut heartbeat = Heartbeat::new(&beat.0);
+        let watch = self.watch(&mut child, &rx, start, &mut heartbeat, &monitor.0);
         let status = child
             .wait()
             .map_err(Error::io(format!("cannot wait for {QEMU}")))?;
@@ -287,8 +297,15 @@ impl NestedVmBuilder {
         self.outcome(watch, status, &qemu_err, elapsed)
     }
 
-    /// Starts QEMU on the L1 kernel and initramfs, its console on stdout.
-    fn spawn_qemu(&self, vmlinuz: &Path, initrd: &Path) -> Result<Child> {
+    /// Starts QEMU on the L1 kernel and initramfs, its console on stdout, the heartbeat port
+    /// appending to `beat` and the monitor on the socket `monitor` ([`liveness`]).
+    fn spawn_qemu(
+        &self,
+        vmlinuz: &Path,
+        initrd: &Path,
+        beat: &Path,
+        monitor: &Path,
+    ) -> Result<Child> {
         Command::new(QEMU)
             .args(["-M", "q35", "-cpu", "max,+svm"])
             .args([
@@ -299,6 +316,7 @@ impl NestedVmBuilder {
             ])
             // No NIC: it would only add an iPXE option ROM to the boot.
             .args(["-nographic", "-no-reboot", "-nic", "none"])
+            .args(liveness::qemu_args(beat, monitor))
             .arg("-kernel")
             .arg(vmlinuz)
             .arg("-initrd")
@@ -314,10 +332,17 @@ impl NestedVmBuilder {
             })
     }
 
-    /// Collects the console until L1's command ends, the L1 kernel locks up or a deadline
-    /// passes (the ready deadline until the command runs, then the run's); kills QEMU in the
-    /// last two cases.
-    fn watch(&self, child: &mut Child, rx: &mpsc::Receiver<String>, start: Instant) -> Watch {
+    /// Collects the console until L1's command ends, the L1 kernel locks up, L1 freezes (its
+    /// heartbeat stops) or a deadline passes (the ready deadline until the command runs, then
+    /// the run's); kills QEMU in all but the first case.
+    fn watch(
+        &self,
+        child: &mut Child,
+        rx: &mpsc::Receiver<String>,
+        start: Instant,
+        heartbeat: &mut Heartbeat,
+        monitor: &Path,
+    ) -> Watch {
         let deadline = start + self.timeout;
         let ready_deadline = start + L1_READY_TIMEOUT.min(self.timeout);
         let mut watch = Watch::default();
@@ -327,8 +352,15 @@ impl NestedVmBuilder {
             } else {
                 ready_deadline
             };
-            let left = until.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
+            let now = Instant::now();
+            if watch.ready && heartbeat.frozen(now) {
+                watch.frozen = Some(liveness::registers(monitor));
+                let _ = child.kill();
+                break;
+            }
+            let left = until.saturating_duration_since(now);
+            // Wake at least every few seconds to look at the heartbeat.
+            match rx.recv_timeout(left.min(HEARTBEAT_POLL)) {
                 Ok(line) => {
                     // Blank lines before the command runs are the firmware's screen clearing.
                     if !watch.ready && line.trim().is_empty() {
@@ -346,6 +378,7 @@ impl NestedVmBuilder {
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < until => {}
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     watch.timed_out = true;
                     // Our own child, killed by handle; the reader then sees EOF.
@@ -370,7 +403,15 @@ impl NestedVmBuilder {
             ready,
             timed_out,
             locked_up,
+            frozen,
         } = watch;
+        if let Some(registers) = frozen {
+            return Err(Error::L1Frozen {
+                secs: liveness::FROZEN_AFTER.as_secs(),
+                registers,
+                console_tail: tail(&console, TAIL_LINES),
+            });
+        }
         if locked_up {
             return Err(Error::L1Lockup {
                 console_tail: tail(&console, TAIL_LINES),
@@ -444,6 +485,8 @@ struct Watch {
     timed_out: bool,
     /// The L1 kernel reported a lockup.
     locked_up: bool,
+    /// L1's heartbeat stopped: where its vCPUs were, as the QEMU monitor said.
+    frozen: Option<String>,
 }
 
 /// Reader threads: stdout is the console (split into clean lines, sent one by one), stderr is
@@ -537,7 +580,12 @@ fn init_script(modules: &[&str]) -> Vec<u8> {
         ));
     }
     s.push_str("[ -c /dev/kvm ] || echo 'msbvm-nested: warning: no /dev/kvm in L1'\n");
-    s.push_str(&format!("echo '{READY_MARKER}'\n"));
+    s.push_str(&liveness::heartbeat_line());
+    // A newline first: the quiet L1 kernel may print nothing after the firmware's last,
+    // unterminated line ("Booting from ROM..."), and the marker must not share a line with
+    // firmware noise, which the console cleaner drops (then a retried run never counted as
+    // ready and was cut at the ready deadline).
+    s.push_str(&format!("echo; echo '{READY_MARKER}'\n"));
     // The script runs in a subshell so that its `exit` still reaches the marker below.
     s.push_str("cd /tmp\n(. /inner.sh)\n");
     s.push_str(&format!("echo \"{EXIT_MARKER}$?\"\n"));
