@@ -50,9 +50,16 @@ atmost() { [ "$1" -le "$2" ] && echo yes || echo "no:$1>$2"; }
 "#;
 
 /// The start of every scenario script: environment, `$M`, `check` and the check helpers.
+///
+/// The SDK's agent reply timeout is raised from 30 s to 120 s: L1 is software-emulated on a
+/// shared host, and a CI run saw 20 concurrent execs, then the next exec, all fail on the
+/// 30 s wait for the agent's hello while a Ctrl-C step that takes 6 s took 91 s (the whole
+/// L1 was slow, not the agent). No scenario relies on that timeout firing; the run's
+/// heartbeat gap ([`run_scenarios`]) shows such stalls.
 pub fn prelude() -> String {
     format!(
         "export MSBVM_HOME=/tmp/msbvm MSBVM_KERNEL={L1_KERNEL} HOME=/root\n\
+         export MSBVM_AGENT_REPLY_TIMEOUT_SECS=120\n\
          mkdir -p /root\n\
          M={L1_MSBVM}\n\
          check() {{ echo \"CHECK $1 $2\"; }}\n\
@@ -121,7 +128,16 @@ pub fn net_l1(timeout: Duration) -> Option<NestedVmBuilder> {
 /// took; `None` where the test is to be skipped.
 pub fn run_scenarios(vm: NestedVmBuilder, script: &str) -> Option<NestedOutput> {
     let out = or_skip(vm.stream(Stream::Stderr).run_script(script))?;
-    eprintln!("L1 run took {:.1} s", out.elapsed.as_secs_f64());
+    // The longest heartbeat gap tells an L1 that stalled (the emulator starved of CPU, so
+    // every guest deadline inside it shrank) from a fault in msbvm.
+    let gap = out
+        .longest_heartbeat_gap
+        .map_or_else(|| "unknown".to_string(), |g| format!("{} s", g.as_secs()));
+    eprintln!(
+        "L1 run took {:.1} s (longest L1 heartbeat gap {gap}, beats every {} s)",
+        out.elapsed.as_secs_f64(),
+        crate::liveness::BEAT_EVERY_SECS
+    );
     Some(out)
 }
 

@@ -52,6 +52,7 @@ pub struct Heartbeat {
     path: PathBuf,
     len: u64,
     last: Option<Instant>,
+    longest_gap: Option<Duration>,
 }
 
 impl Heartbeat {
@@ -61,7 +62,15 @@ impl Heartbeat {
             path: path.to_path_buf(),
             len: 0,
             last: None,
+            longest_gap: None,
         }
+    }
+
+    /// The longest time seen between two heartbeats (to the watcher's polling precision), or
+    /// `None` before two were seen. A gap far above [`BEAT_EVERY_SECS`] means L1 itself
+    /// stalled (the emulator got no CPU), which explains guest timeouts in that run.
+    pub fn longest_gap(&self) -> Option<Duration> {
+        self.longest_gap
     }
 
     /// Notes whether the file grew; `true` once a heartbeat has been seen and none came for
@@ -69,6 +78,10 @@ impl Heartbeat {
     pub fn frozen(&mut self, now: Instant) -> bool {
         let len = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
         if len > self.len {
+            if let Some(last) = self.last {
+                let gap = now.saturating_duration_since(last);
+                self.longest_gap = Some(self.longest_gap.map_or(gap, |g| g.max(gap)));
+            }
             self.len = len;
             self.last = Some(now);
         }
@@ -146,6 +159,10 @@ mod tests {
         assert!(!hb.frozen(t + FROZEN_AFTER + Duration::from_secs(1)));
         assert!(!hb.frozen(t + FROZEN_AFTER * 2));
         assert!(hb.frozen(t + FROZEN_AFTER * 2 + Duration::from_secs(2)));
+        assert_eq!(
+            hb.longest_gap(),
+            Some(FROZEN_AFTER + Duration::from_secs(1))
+        );
     }
 
     #[test]

@@ -74,6 +74,8 @@ pub struct NestedOutput {
     pub console: String,
     /// Host time from starting QEMU to its exit.
     pub elapsed: Duration,
+    /// The longest silence of L1's heartbeat ([`liveness::Heartbeat::longest_gap`]).
+    pub longest_heartbeat_gap: Option<Duration>,
 }
 
 /// Entry point of the harness: `NestedVm::builder()...run(&[...])`.
@@ -294,7 +296,12 @@ impl NestedVmBuilder {
         let _ = reader.join();
         let qemu_err = err_reader.join().unwrap_or_default();
         let elapsed = start.elapsed();
+        let gap = heartbeat.longest_gap();
         self.outcome(watch, status, &qemu_err, elapsed)
+            .map(|out| NestedOutput {
+                longest_heartbeat_gap: gap,
+                ..out
+            })
     }
 
     /// Starts QEMU on the L1 kernel and initramfs, its console on stdout, the heartbeat port
@@ -434,6 +441,7 @@ impl NestedVmBuilder {
                 exit_code: code,
                 console,
                 elapsed,
+                longest_heartbeat_gap: None,
             });
         }
         let qemu_status = format!("QEMU {status}; its stderr: {}", qemu_err.trim());
