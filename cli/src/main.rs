@@ -56,6 +56,9 @@ enum Command {
     Stop(manage::StopArgs),
     /// Remove sandboxes, stopping them first.
     Rm(manage::RmArgs),
+    /// Make a sandbox that another sandbox spawned the host's own (it no longer stops with
+    /// its parent, and the parent can no longer reach it).
+    Detach(manage::DetachArgs),
     /// Show a sandbox's guest console and runtime log.
     Logs(manage::LogsArgs),
     /// Copy files or directories between the host and a sandbox (SANDBOX:PATH).
@@ -181,6 +184,7 @@ fn run_sandbox_command(command: Command) -> u8 {
             Command::Ls(args) => manage::ls(args),
             Command::Stop(args) => manage::stop(args).await,
             Command::Rm(args) => manage::rm(args).await,
+            Command::Detach(args) => manage::detach(args).await,
             Command::Logs(args) => manage::logs(args),
             Command::Cp(args) => cp::cp(args).await,
             Command::Volume(cmd) => volume::run(cmd),

@@ -34,6 +34,14 @@ pub struct RmArgs {
     pub names: Vec<String>,
 }
 
+/// Arguments of `msbvm detach`.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct DetachArgs {
+    /// Sandboxes another sandbox spawned (`PARENT.CHILD`).
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
 /// Arguments of `msbvm logs`.
 #[derive(Args, Debug, Clone, PartialEq)]
 pub struct LogsArgs {
@@ -123,6 +131,16 @@ pub async fn stop(args: StopArgs) -> Result<u8, Error> {
 pub async fn rm(args: RmArgs) -> Result<u8, Error> {
     for name in &args.names {
         Sandbox::remove_named(name).await?;
+        println!("{name}");
+    }
+    Ok(0)
+}
+
+/// Runs `msbvm detach`: each sandbox spawned by another becomes the host's own (it no longer
+/// stops with its parent, and the parent can no longer reach it); prints its name.
+pub async fn detach(args: DetachArgs) -> Result<u8, Error> {
+    for name in &args.names {
+        Sandbox::get(name).await?.detach().await?;
         println!("{name}");
     }
     Ok(0)

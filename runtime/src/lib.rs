@@ -314,6 +314,9 @@ struct Supervisor<'a> {
     stop: StopHandle,
     ready: bool,
     stopping: bool,
+    /// The host detached this sandbox from the sandbox that spawned it: its creator (that
+    /// sandbox's spawn service) ending no longer stops it.
+    detached: bool,
     /// When a graceful stop turns into a forced one.
     force_at: Option<Instant>,
     /// Control clients waiting for the VM's end.
@@ -348,6 +351,7 @@ impl<'a> Supervisor<'a> {
             stop: StopHandle::new(),
             ready: false,
             stopping: false,
+            detached: false,
             force_at: None,
             waiters: Vec::new(),
             kernel: None,
@@ -483,7 +487,9 @@ impl<'a> Supervisor<'a> {
                 }
                 Event::Control(request, reply) => self.on_control(request, reply),
                 Event::Signal(s) if s == signals::PARENT_DEATH_SIGNAL => {
-                    if self
+                    if self.detached {
+                        tracing::info!("the creator died; detached, so carrying on");
+                    } else if self
                         .args
                         .parent_pid
                         .is_some_and(|p| !signals::parent_alive(p))
@@ -495,6 +501,9 @@ impl<'a> Supervisor<'a> {
                 Event::Signal(s) => {
                     tracing::info!(signal = s, "signal received; stopping");
                     self.begin_stop(DEFAULT_STOP_TIMEOUT);
+                }
+                Event::LifelineClosed if self.detached => {
+                    tracing::info!("the creator is gone; detached, so carrying on");
                 }
                 Event::LifelineClosed => {
                     tracing::info!("the creator is gone; stopping");
@@ -609,6 +618,33 @@ impl<'a> Supervisor<'a> {
                 let _ = reply.send(answer);
             }
             ControlRequest::DumpMemory => self.dump_memory(reply),
+            ControlRequest::Detach => {
+                let answer = match self.record.parent.take() {
+                    Some(parent) => {
+                        tracing::info!(%parent, "detached from the sandbox that spawned it");
+                        match self.record.write(self.dir) {
+                            Ok(()) => {
+                                self.detached = true;
+                                ControlResponse::Done
+                            }
+                            Err(e) => {
+                                // Not on record, so the parent would still remove it.
+                                self.record.parent = Some(parent);
+                                ControlResponse::Error {
+                                    message: format!("recording the detach: {e}"),
+                                }
+                            }
+                        }
+                    }
+                    None => ControlResponse::Error {
+                        message: format!(
+                            "{} was not spawned by another sandbox; there is nothing to detach",
+                            self.args.name
+                        ),
+                    },
+                };
+                let _ = reply.send(answer);
+            }
             ControlRequest::NetStats => {
                 let answer = self.with_net(|net| {
                     serde_json::to_string(&net.stats())

@@ -75,6 +75,10 @@ pub enum ControlRequest {
         /// How long to wait for the reply.
         timeout_ms: u64,
     },
+    /// Make a sandbox that another sandbox spawned the host's own: its record no longer
+    /// names a parent, so it outlives its parent and the parent can no longer reach it.
+    /// Answered [`ControlResponse::Done`], or an error when it has no parent.
+    Detach,
 }
 
 /// The runtime's answer.
@@ -307,6 +311,18 @@ impl ControlClient {
         }
     }
 
+    /// Detaches a spawned sandbox from its parent ([`ControlRequest::Detach`]).
+    pub async fn detach(&mut self) -> Result<()> {
+        match self
+            .call_with_timeout(&ControlRequest::Detach, Duration::from_secs(10))
+            .await?
+        {
+            ControlResponse::Done => Ok(()),
+            ControlResponse::Error { message } => Err(Error::InvalidConfig(message)),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// The network stack's counters, as JSON.
     pub async fn net_stats(&mut self) -> Result<String> {
         match self
@@ -417,6 +433,7 @@ mod tests {
                     },
                     ControlRequest::NetStats => ControlResponse::NetStats { json: "{}".into() },
                     ControlRequest::DumpMemory => ControlResponse::MemoryDumped { bytes: 4096 },
+                    ControlRequest::Detach => ControlResponse::Done,
                     ControlRequest::Events { .. }
                     | ControlRequest::Emit(_)
                     | ControlRequest::Request { .. } => ControlResponse::Done,

@@ -776,6 +776,14 @@ impl Sandbox {
         Ok(crate::events::Event::from_wire(reply))
     }
 
+    /// Makes a sandbox that another sandbox spawned ([`crate::spawn`]) the host's own: it
+    /// no longer stops with its parent, and the parent can no longer see or control it.
+    /// Fails for a sandbox that has no parent.
+    pub async fn detach(&self) -> Result<()> {
+        let mut client = ControlClient::connect(&self.inner.dir.control_socket()).await?;
+        client.detach().await
+    }
+
     /// The network stack's counters (bytes, packets, flows, drops) as JSON.
     pub async fn network_stats(&self) -> Result<String> {
         let mut client = ControlClient::connect(&self.inner.dir.control_socket()).await?;
