@@ -30,11 +30,14 @@ pub struct SandboxArgs {
     /// 10G); writes past it fail with "No space left on device" and `df /` shows it.
     #[arg(long = "disk", value_name = "SIZE")]
     pub disk: Option<String>,
-    /// Let programs inside create peer sandboxes: at most N live children, their CPUs and
-    /// memory (MiB) together, images besides the default and this sandbox's own.
+    /// Let programs inside create peer sandboxes: at most N live sandboxes below this one,
+    /// their CPUs and memory (MiB) together, images besides the default and this sandbox's
+    /// own, network allow rules children may be given (net=RULE), this sandbox's secrets
+    /// they may be given (secret=NAME, each child with a placeholder of its own), and
+    /// depth=2 or more to let children be given grants of their own, carved out of this one.
     #[arg(
         long = "allow-spawn",
-        value_name = "N[,cpus=C][,memory=MIB][,image=REF]..."
+        value_name = "N[,cpus=C][,memory=MIB][,image=REF]...[,net=RULE]...[,secret=NAME]...[,depth=D]"
     )]
     pub allow_spawn: Option<String>,
     /// Mount a tmpfs (PATH[:SIZE], e.g. /scratch:64m); repeatable.

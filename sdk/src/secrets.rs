@@ -264,9 +264,9 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<Secret>> {
 }
 
 /// Writes the encoded `secrets` to an anonymous memory file (on no filesystem), sealed
-/// against changes, for the runtime to inherit. Close-on-exec: the launcher clears it for
-/// the runtime alone.
-pub(crate) fn to_memfd(secrets: &[Secret]) -> Result<OwnedFd> {
+/// against changes, for a runtime (or a sandbox's spawn service) to inherit and read with
+/// [`read_from_fd`]. Close-on-exec: the launcher clears it for that one program.
+pub fn to_memfd(secrets: &[Secret]) -> Result<OwnedFd> {
     let bytes = encode(secrets)?;
     // SAFETY: memfd_create takes a NUL-terminated name and flags; it returns a new fd or -1.
     let fd = unsafe {

@@ -7,9 +7,15 @@
 //! creates each child as a real sibling microVM, within the grant: at most
 //! [`SpawnGrant::max_children`] live children, their CPUs and memory within the totals, images
 //! from the grant's list only. A child gets nothing of its parent's: its own network with the
-//! default policy, its own filesystem, no volumes, no secrets. Children are named
-//! `PARENT.CHILD` on the host (`msbvm ls` shows their parent); the parent sees and controls
-//! only its own, by their short names. They stop and are removed with their parent.
+//! default policy, its own filesystem, no volumes, no secrets. Its creator may give it the
+//! parent's secrets the grant names ([`SpawnGrant::secrets`]; its own placeholders, the same
+//! hosts), allow
+//! rules only from the grant's [`SpawnGrant::net`] list (deny rules and no network at all are
+//! always allowed), and, where the grant's [`SpawnGrant::depth`] is over 1, a spawn grant of
+//! its own carved out of this one (the whole tree below the first sandbox stays within the
+//! first grant). Children are named `PARENT.CHILD` on the host (`msbvm ls` shows their
+//! parent); the parent sees and controls only its own, by their short names. They stop and
+//! are removed with their parent, unless the host detached them ([`crate::Sandbox::detach`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +37,26 @@ pub struct SpawnGrant {
     pub max_memory_mib: u64,
     /// Images children may use besides the default image and the parent's own.
     pub images: Vec<String>,
+    /// Network allow rules (`--net-allow` grammar, compared as written) children may be
+    /// given; nothing else widens a child's default policy.
+    #[serde(default)]
+    pub net: Vec<String>,
+    /// Levels of sandboxes below this one: 1 (the default) lets it create children that
+    /// cannot spawn; 2 lets those children be given grants of their own (with depth 1); at
+    /// most [`MAX_DEPTH`].
+    #[serde(default = "one")]
+    pub depth: u32,
+    /// Names of this sandbox's own secrets children may be given (each child gets its own
+    /// placeholder, bound to the same hosts).
+    #[serde(default)]
+    pub secrets: Vec<String>,
+}
+
+/// The deepest tree a grant may allow below a sandbox.
+pub const MAX_DEPTH: u32 = 4;
+
+fn one() -> u32 {
+    1
 }
 
 impl SpawnGrant {
@@ -41,7 +67,63 @@ impl SpawnGrant {
             max_cpus: n,
             max_memory_mib: u64::from(n) * DEFAULT_MEMORY_PER_CHILD_MIB,
             images: Vec::new(),
+            net: Vec::new(),
+            depth: 1,
+            secrets: Vec::new(),
         }
+    }
+
+    /// Lets children be given this sandbox's secret `name`.
+    pub fn secret(mut self, name: impl Into<String>) -> Self {
+        self.secrets.push(name.into());
+        self
+    }
+
+    /// Lets children be given the network allow rule `rule`.
+    pub fn net_allow(mut self, rule: impl Into<String>) -> Self {
+        self.net.push(rule.into());
+        self
+    }
+
+    /// Levels of sandboxes below this one (see [`SpawnGrant::depth`]).
+    pub fn depth(mut self, levels: u32) -> Self {
+        self.depth = levels;
+        self
+    }
+
+    /// Checks that `child`, a grant a child asks for, fits within this one: this grant lets
+    /// children spawn (depth over 1), and the child's depth, images (from `images`, what
+    /// this grant's children may use) and network rules are within it. The resources the
+    /// child's grant names are reserved by the caller.
+    pub fn admits(&self, child: &SpawnGrant, images: &[String]) -> std::result::Result<(), String> {
+        if self.depth <= 1 {
+            return Err(
+                "this sandbox's children may not spawn: its creator's grant has depth 1 (the host raises it with --allow-spawn N,depth=D)".into(),
+            );
+        }
+        if child.depth >= self.depth {
+            return Err(format!(
+                "a child's grant may have depth {} at most (this sandbox's is {})",
+                self.depth - 1,
+                self.depth
+            ));
+        }
+        if let Some(image) = child.images.iter().find(|i| !images.contains(i)) {
+            return Err(format!(
+                "image {image:?} is not granted to this sandbox's children"
+            ));
+        }
+        if let Some(rule) = child.net.iter().find(|r| !self.net.contains(r)) {
+            return Err(format!(
+                "network rule {rule:?} is not granted to this sandbox's children"
+            ));
+        }
+        if let Some(name) = child.secrets.iter().find(|s| !self.secrets.contains(s)) {
+            return Err(format!(
+                "secret {name:?} is not granted to this sandbox's children"
+            ));
+        }
+        Ok(())
     }
 
     /// The children's vCPUs together.
@@ -62,11 +144,12 @@ impl SpawnGrant {
         self
     }
 
-    /// Parses the CLI form `N[,cpus=C][,memory=MiB][,image=REF]...`.
+    /// Parses the CLI form
+    /// `N[,cpus=C][,memory=MiB][,image=REF]...[,net=RULE]...[,secret=NAME]...[,depth=D]`.
     pub fn parse(text: &str) -> Result<SpawnGrant> {
         let bad = |why: String| {
             Error::InvalidConfig(format!(
-                "--allow-spawn {text:?}: {why} (expected N[,cpus=C][,memory=MiB][,image=REF]...)"
+                "--allow-spawn {text:?}: {why} (expected N[,cpus=C][,memory=MiB][,image=REF]...[,net=RULE]...[,secret=NAME]...[,depth=D])"
             ))
         };
         let mut parts = text.split(',');
@@ -91,6 +174,13 @@ impl SpawnGrant {
                         .map_err(|_| bad(format!("memory {value:?} is not a number of MiB")))?
                 }
                 "image" => grant.images.push(value.to_string()),
+                "net" => grant.net.push(value.trim().to_string()),
+                "secret" => grant.secrets.push(value.trim().to_string()),
+                "depth" => {
+                    grant.depth = value
+                        .parse()
+                        .map_err(|_| bad(format!("depth {value:?} is not a number")))?
+                }
                 other => return Err(bad(format!("unknown key {other:?}"))),
             }
         }
@@ -110,6 +200,27 @@ impl SpawnGrant {
             return Err(Error::InvalidConfig(
                 "a spawn grant needs at least 1 CPU and 64 MiB for its children".into(),
             ));
+        }
+        if self.depth == 0 || self.depth > MAX_DEPTH {
+            return Err(Error::InvalidConfig(format!(
+                "a spawn grant's depth is 1 to {MAX_DEPTH}, not {}",
+                self.depth
+            )));
+        }
+        if let Some(rule) = self.net.iter().find(|r| r.is_empty() || r.len() > 512) {
+            return Err(Error::InvalidConfig(format!(
+                "a spawn grant's network rule must be 1 to 512 bytes, not {rule:?}"
+            )));
+        }
+        if self.images.len() + self.net.len() + self.secrets.len() > 256 {
+            return Err(Error::InvalidConfig(
+                "a spawn grant names at most 256 images, network rules and secrets".into(),
+            ));
+        }
+        if let Some(name) = self.secrets.iter().find(|s| s.is_empty() || s.len() > 256) {
+            return Err(Error::InvalidConfig(format!(
+                "a spawn grant's secret name must be 1 to 256 bytes, not {name:?}"
+            )));
         }
         Ok(())
     }
@@ -139,6 +250,13 @@ mod tests {
         let g = SpawnGrant::parse("2,cpus=4,memory=1024,image=a:1,image=b").unwrap();
         assert_eq!((g.max_children, g.max_cpus, g.max_memory_mib), (2, 4, 1024));
         assert_eq!(g.images, ["a:1", "b"]);
+        assert_eq!((g.net.clone(), g.depth), (Vec::<String>::new(), 1));
+        let g = SpawnGrant::parse("1,net=host,net=example.com,depth=2,secret=TOKEN").unwrap();
+        assert_eq!(
+            (g.net, g.depth),
+            (vec!["host".into(), "example.com".into()], 2)
+        );
+        assert_eq!(g.secrets, ["TOKEN"]);
         for bad in [
             "",
             "x",
@@ -147,9 +265,50 @@ mod tests {
             "2,gpus=1",
             "2,memory=lots",
             "2,cpus=0",
+            "2,depth=0",
+            "2,depth=9",
+            "2,net=",
         ] {
             assert!(SpawnGrant::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_childs_grant_must_fit_within_its_parents() {
+        let images = vec!["default".to_string(), "extra".to_string()];
+        let parent = SpawnGrant::children(4).net_allow("host").depth(2);
+        assert!(parent.admits(&SpawnGrant::children(1), &images).is_ok());
+        let e = SpawnGrant::children(4)
+            .admits(&SpawnGrant::children(1), &images)
+            .unwrap_err();
+        assert!(e.contains("depth 1"), "{e}");
+        let e = parent
+            .admits(&SpawnGrant::children(1).depth(2), &images)
+            .unwrap_err();
+        assert!(e.contains("depth 1 at most"), "{e}");
+        assert!(parent
+            .admits(&SpawnGrant::children(1).net_allow("host"), &images)
+            .is_ok());
+        let e = parent
+            .admits(&SpawnGrant::children(1).net_allow("10.0.0.0/8"), &images)
+            .unwrap_err();
+        assert!(e.contains("not granted"), "{e}");
+        assert!(parent
+            .admits(&SpawnGrant::children(1).image("extra"), &images)
+            .is_ok());
+        let e = parent
+            .admits(&SpawnGrant::children(1).image("evil"), &images)
+            .unwrap_err();
+        assert!(e.contains("not granted"), "{e}");
+        let e = parent
+            .admits(&SpawnGrant::children(1).secret("TOKEN"), &images)
+            .unwrap_err();
+        assert!(e.contains("secret") && e.contains("not granted"), "{e}");
+        assert!(parent
+            .clone()
+            .secret("TOKEN")
+            .admits(&SpawnGrant::children(1).secret("TOKEN"), &images)
+            .is_ok());
     }
 
     #[test]

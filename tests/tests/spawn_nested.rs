@@ -6,7 +6,11 @@
 //! sandbox without the grant is refused with a message naming `--allow-spawn`; killing the
 //! parent's runtime removes its children and their state; the in-guest `msbvm` run on the L1
 //! host itself fails at once; a Rust program in the guest drives a child through the SDK's
-//! `peer` module (`tests/src/bin/msbvm-e2e-orchestrator.rs`).
+//! `peer` module (`tests/src/bin/msbvm-e2e-orchestrator.rs`). A second parent gives a child
+//! a network rule and a secret only its grant lists (the child sees a placeholder of its own,
+//! never the value or the parent's placeholder), a child a grant of its own that it uses for a
+//! grandchild (and cannot pass further), and the host detaches a child that then outlives
+//! the parent while the grandchild goes with it.
 //!
 //! `cargo test -p msbvm-tests --test spawn_nested -- --nocapture`.
 
@@ -98,6 +102,34 @@ echo "children gone ${i} s after the parent was killed"
 check children_after_kill $($M ls | grep -c '^p\.w')
 check children_state_after_kill $(ls /tmp/msbvm/sandboxes | grep -c '^p\.w')
 $M rm p nop >/dev/null 2>&1
+
+# ---- a second parent: network rules from the grant, a grandchild, a detached child ----
+TOKEN=real-token-value $M run -d --name q --secret TOKEN@example.com --allow-spawn 3,memory=768,net=host,depth=2,secret=TOKEN; check q_rc $?
+h() { $M exec q -- sh -c "$1" 2>&1; }
+check net_not_granted $(h 'msbvm create n1 --net-allow 10.0.0.0/8 2>&1; echo rc=$?' | grep -c 'not granted')
+check secret_not_granted $(h 'msbvm create s1 --secret OTHER 2>&1; echo rc=$?' | grep -c 'not granted')
+check child_granted_rule "$(h 'msbvm create n1 --net-allow host --secret TOKEN && msbvm exec n1 -- wget -q -T 10 -O- http://host.msbvm.internal:8000/')"
+parent_token=$(h 'echo $TOKEN')
+child_token=$(h 'msbvm exec n1 -- sh -c "echo \$TOKEN"')
+echo "parent placeholder $parent_token, child placeholder $child_token"
+check child_secret_placeholder $(echo "$child_token" | grep -c '^msbvm_placeholder_')
+check child_secret_own $([ "$child_token" != "$parent_token" ] && ! echo "$child_token" | grep -q real-token && echo yes || echo no)
+out=$(h 'msbvm create c1 --memory 128 --allow-spawn 1,memory=256 && msbvm exec c1 -- sh -c "msbvm create g1 --memory 128 2>&1 && msbvm exec g1 -- echo from-grandchild 2>&1"')
+echo "$out"
+check grandchild $(echo "$out" | grep -c from-grandchild)
+check grandchild_on_host $($M ls --json | grep -c '"parent": "q.c1"')
+check depth_limited $(h 'msbvm exec c1 -- sh -c "msbvm create g2 --allow-spawn 1 2>&1"' | grep -c 'may not spawn')
+$M detach q.n1; check detach_rc $?
+check detached_not_listed $(h 'msbvm ls' | grep -c n1)
+check detached_unreachable "$(h 'msbvm exec n1 -- true 2>&1; echo rc=$?' | tail -1)"
+check children_of_q $($M ls --json | grep -c '"parent": "q"')
+RT=$($M ls --json | grep -A3 '"name": "q"' | sed -n 's/.*"pid": \([0-9]*\).*/\1/p' | head -1)
+kill -9 $RT
+i=0; while $M ls | grep -q '^q\.c1' && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done
+echo "q's descendants gone ${i} s after q was killed"
+check descendants_after_kill $($M ls | grep -c '^q\.c1')
+check detached_survives "$($M exec q.n1 -- echo alive 2>&1)"
+$M rm q.n1 q >/dev/null 2>&1
 echo "CHECK done yes"
 "#;
 
@@ -158,6 +190,21 @@ fn sandboxes_spawn_peer_sandboxes() {
             ("outside_fast", "yes"),
             ("children_after_kill", "0"),
             ("children_state_after_kill", "0"),
+            ("q_rc", "0"),
+            ("net_not_granted", "1"),
+            ("secret_not_granted", "1"),
+            ("child_granted_rule", "host-page"),
+            ("child_secret_placeholder", "1"),
+            ("child_secret_own", "yes"),
+            ("grandchild", "1"),
+            ("grandchild_on_host", "1"),
+            ("depth_limited", "1"),
+            ("detach_rc", "0"),
+            ("detached_not_listed", "0"),
+            ("detached_unreachable", "rc=1"),
+            ("children_of_q", "1"),
+            ("descendants_after_kill", "0"),
+            ("detached_survives", "alive"),
             ("done", "yes"),
         ],
     );

@@ -32,6 +32,19 @@ pub struct ChildSpec {
     pub memory_mib: Option<u64>,
     /// Environment for every exec.
     pub env: Vec<(String, String)>,
+    /// Network allow rules (`--net-allow` grammar); each must be one the parent's grant
+    /// lists.
+    pub net_allow: Vec<String>,
+    /// Network deny rules (always allowed: they only narrow); checked before the allows.
+    pub net_deny: Vec<String>,
+    /// No network interface at all.
+    pub no_network: bool,
+    /// A spawn grant of the child's own, in `--allow-spawn` form; allowed only where the
+    /// parent's grant has depth over 1, and carved out of it.
+    pub allow_spawn: Option<String>,
+    /// Names of the parent's secrets to give the child (each one the grant lists); the
+    /// child gets its own placeholders.
+    pub secrets: Vec<String>,
 }
 
 /// A request to the host's spawn service.
@@ -210,6 +223,11 @@ mod tests {
                 cpus: Some(1),
                 memory_mib: Some(128),
                 env: vec![("A".into(), "b".into())],
+                net_allow: vec!["host".into()],
+                net_deny: vec!["10.0.0.0/8".into()],
+                no_network: false,
+                allow_spawn: Some("1,memory=256".into()),
+                secrets: vec!["TOKEN".into()],
             }),
             SpawnRequest::Exec {
                 name: "w1".into(),

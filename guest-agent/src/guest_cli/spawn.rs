@@ -22,6 +22,10 @@ Children (sandboxes this one creates, if its creator allowed it with
 --allow-spawn; named by their short names):
 
   msbvm create NAME [--image REF] [--cpus N] [--memory MIB] [-e K=V]...
+               [--net-allow RULE]... [--net-deny RULE]... [--no-network]
+               [--secret NAME]... [--allow-spawn N[,cpus=C][,memory=MiB]...]
+      (allow rules, this sandbox's secrets and a grant of the child's own
+       only as far as this sandbox's grant goes)
   msbvm exec NAME [-i] [--timeout SECS] -- CMD...   (-i: send stdin)
   msbvm cp SRC DST      (either side NAME:PATH; a local path or - otherwise)
   msbvm ls [--json]
@@ -221,6 +225,11 @@ pub fn parse(verb: &str, args: &[String]) -> Result<Plan, Failure> {
                                 .map_err(|_| Failure::usage("--memory takes a number of MiB"))?,
                         )
                     }
+                    "--net-allow" => spec.net_allow.push(value(&mut it, a)?.trim().to_string()),
+                    "--net-deny" => spec.net_deny.push(value(&mut it, a)?.trim().to_string()),
+                    "--no-network" => spec.no_network = true,
+                    "--secret" => spec.secrets.push(value(&mut it, a)?),
+                    "--allow-spawn" => spec.allow_spawn = Some(value(&mut it, a)?),
                     "-e" | "--env" => {
                         let kv = value(&mut it, a)?;
                         let (k, v) = kv
@@ -517,6 +526,27 @@ mod tests {
 
     #[test]
     fn verbs_parse() {
+        let argv = [
+            "n",
+            "--net-allow",
+            "host",
+            "--net-deny",
+            "x.test",
+            "--no-network",
+            "--allow-spawn",
+            "1",
+        ];
+        match parse("create", &args(&argv)).unwrap() {
+            Plan::Create(s) => {
+                assert_eq!(
+                    (s.net_allow, s.net_deny),
+                    (vec!["host".into()], vec!["x.test".into()])
+                );
+                assert!(s.no_network);
+                assert_eq!(s.allow_spawn.as_deref(), Some("1"));
+            }
+            _ => panic!("not a create"),
+        }
         match parse("create", &args(&["w1", "--memory", "128", "-e", "A=b"])).unwrap() {
             Plan::Create(s) => {
                 assert_eq!((s.name.as_str(), s.memory_mib), ("w1", Some(128)));

@@ -8,7 +8,7 @@ use msbvm_protocol::spawn::{
     ChildInfo, ChildSpec, SpawnRequest, SpawnResponse, MAX_FILE_LEN, MAX_OUTPUT_LEN,
 };
 use msbvm_sdk::spawn::{child_name, SpawnGrant, DEFAULT_CHILD_MEMORY_MIB};
-use msbvm_sdk::spec::{RootSpec, SandboxSpec, DEFAULT_IMAGE};
+use msbvm_sdk::spec::{NetRule, RootSpec, SandboxSpec, DEFAULT_IMAGE};
 use msbvm_sdk::{ExecEvent, ExecOptions, Sandbox, WriteOptions};
 use tokio::io::AsyncReadExt;
 use tokio::sync::Mutex;
@@ -24,6 +24,28 @@ pub(super) struct Child {
     memory_mib: u64,
     image: String,
     stopped: bool,
+    /// Its own spawn grant, whose children, CPUs and memory count against this family's.
+    grant: Option<SpawnGrant>,
+}
+
+impl Child {
+    /// What this child takes of the grant: sandboxes, CPUs, MiB (its own and its grant's).
+    fn share(&self) -> (u32, u32, u64) {
+        let (n, c, m) = self.grant.as_ref().map_or((0, 0, 0), |g| {
+            (g.max_children, g.max_cpus, g.max_memory_mib)
+        });
+        (1 + n, u32::from(self.cpus) + c, self.memory_mib + m)
+    }
+}
+
+/// What [`Family::reserve`] granted a child.
+#[derive(Debug)]
+struct Reserved {
+    full: String,
+    cpus: u8,
+    memory_mib: u64,
+    image: String,
+    grant: Option<SpawnGrant>,
 }
 
 /// The children and the grant they live within.
@@ -32,6 +54,8 @@ pub(super) struct Family {
     pub(super) grant: SpawnGrant,
     pub(super) images: Vec<String>,
     pub(super) children: Mutex<BTreeMap<String, Child>>,
+    /// The parent's secrets the grant names (in this process's memory only).
+    secrets: Vec<msbvm_sdk::Secret>,
 }
 
 impl Family {
@@ -42,10 +66,18 @@ impl Family {
             grant,
             images,
             children: Mutex::new(BTreeMap::new()),
+            secrets: Vec::new(),
         }
     }
 
+    /// The parent's secrets children may be given.
+    pub(super) fn with_secrets(mut self, secrets: Vec<msbvm_sdk::Secret>) -> Family {
+        self.secrets = secrets;
+        self
+    }
+
     pub(super) async fn handle(&self, request: SpawnRequest) -> Result<SpawnResponse, String> {
+        self.forget_detached().await;
         match request {
             SpawnRequest::Hello { .. } => Err("hello was already received".into()),
             SpawnRequest::ExecStream { .. } | SpawnRequest::Events { .. } => {
@@ -157,6 +189,32 @@ impl Family {
         }
     }
 
+    /// Whether the host detached the child whose host name is `full`: its record no longer
+    /// names this parent. A child without a readable record is still ours (removing it
+    /// deals with whatever is left).
+    fn is_detached(&self, full: &str) -> bool {
+        let record = msbvm_sdk::SandboxDir::for_name(full)
+            .and_then(|dir| msbvm_sdk::state::StateRecord::read(&dir));
+        matches!(record, Ok(Some(r)) if r.parent.as_deref() != Some(self.parent.as_str()))
+    }
+
+    /// Drops the children the host detached: they no longer count against the grant, the
+    /// parent can no longer reach them, and they outlive it.
+    async fn forget_detached(&self) {
+        let mut children = self.children.lock().await;
+        let detached: Vec<String> = children
+            .iter()
+            .filter_map(|(name, c)| {
+                let full = c.sandbox.as_ref()?.name();
+                self.is_detached(full).then(|| name.clone())
+            })
+            .collect();
+        for name in detached {
+            children.remove(&name);
+            eprintln!("msbvm spawner: {name} was detached by the host");
+        }
+    }
+
     fn unknown(&self, name: &str) -> String {
         format!(
             "{} has no child named {name:?} (`msbvm ls` lists them)",
@@ -177,7 +235,7 @@ impl Family {
     }
 
     /// Checks the request against the grant and reserves its share, under the lock.
-    async fn reserve(&self, spec: &ChildSpec) -> Result<(String, u8, u64, String), String> {
+    async fn reserve(&self, spec: &ChildSpec) -> Result<Reserved, String> {
         let full = child_name(&self.parent, &spec.name).map_err(|e| e.to_string())?;
         let cpus = spec.cpus.unwrap_or(1);
         let memory = spec.memory_mib.unwrap_or(DEFAULT_CHILD_MEMORY_MIB);
@@ -195,6 +253,40 @@ impl Family {
         if cpus == 0 || memory < 64 {
             return Err("a child needs at least 1 CPU and 64 MiB".into());
         }
+        if let Some(rule) = spec.net_allow.iter().find(|r| !self.grant.net.contains(r)) {
+            return Err(format!(
+                "network rule {rule:?} is not granted to {}'s children (granted: {}); the host adds rules with --allow-spawn N,net=RULE",
+                self.parent,
+                if self.grant.net.is_empty() { "none".to_string() } else { self.grant.net.join(", ") }
+            ));
+        }
+        if spec.net_allow.len() + spec.net_deny.len() > 256 {
+            return Err("at most 256 network rules".into());
+        }
+        if let Some(name) = spec
+            .secrets
+            .iter()
+            .find(|n| !self.secrets.iter().any(|s| s.name() == n.as_str()))
+        {
+            return Err(format!(
+                "secret {name:?} is not granted to {}'s children; the host adds secrets with --allow-spawn N,secret=NAME",
+                self.parent
+            ));
+        }
+        let grant = match &spec.allow_spawn {
+            None => None,
+            Some(text) => {
+                let grant = SpawnGrant::parse(text).map_err(|e| e.to_string())?;
+                self.grant.admits(&grant, &self.images)?;
+                // A child passes on only the secrets it was given.
+                if let Some(name) = grant.secrets.iter().find(|n| !spec.secrets.contains(n)) {
+                    return Err(format!(
+                        "the child's grant names secret {name:?}, which the child is not given (--secret {name})"
+                    ));
+                }
+                Some(grant)
+            }
+        };
         let mut children = self.children.lock().await;
         if children.contains_key(&spec.name) {
             return Err(format!(
@@ -202,61 +294,94 @@ impl Family {
                 self.parent, spec.name
             ));
         }
-        let live: Vec<&Child> = children.values().filter(|c| !c.stopped).collect();
-        let used_cpus: u32 = live.iter().map(|c| u32::from(c.cpus)).sum();
-        let used_memory: u64 = live.iter().map(|c| c.memory_mib).sum();
+        let (mut used_sandboxes, mut used_cpus, mut used_memory) = (0u32, 0u32, 0u64);
+        for child in children.values().filter(|c| !c.stopped) {
+            let (n, c, m) = child.share();
+            used_sandboxes += n;
+            used_cpus += c;
+            used_memory += m;
+        }
+        let candidate = Child {
+            sandbox: None,
+            cpus,
+            memory_mib: memory,
+            image: image.clone(),
+            stopped: false,
+            grant: grant.clone(),
+        };
+        let (n, c, m) = candidate.share();
         let g = &self.grant;
-        if live.len() as u32 >= g.max_children {
+        if used_sandboxes + n > g.max_children {
             return Err(format!(
-                "spawn quota exceeded: {} may have {} live children and has {} (the host raises it with --allow-spawn)",
+                "spawn quota exceeded: {} may have {} live sandboxes below it and has {used_sandboxes}{} (the host raises it with --allow-spawn)",
                 self.parent,
                 g.max_children,
-                live.len()
+                if n > 1 { format!("; this one with its grant takes {n}") } else { String::new() }
             ));
         }
-        if used_cpus + u32::from(cpus) > g.max_cpus {
+        if used_cpus + c > g.max_cpus {
             return Err(format!(
-                "spawn quota exceeded: {cpus} more CPUs would make {} of the {} granted",
-                used_cpus + u32::from(cpus),
+                "spawn quota exceeded: {c} more CPUs would make {} of the {} granted",
+                used_cpus + c,
                 g.max_cpus
             ));
         }
-        if used_memory + memory > g.max_memory_mib {
+        if used_memory + m > g.max_memory_mib {
             return Err(format!(
-                "spawn quota exceeded: {memory} MiB more would make {} of the {} MiB granted",
-                used_memory + memory,
+                "spawn quota exceeded: {m} MiB more would make {} of the {} MiB granted",
+                used_memory + m,
                 g.max_memory_mib
             ));
         }
-        children.insert(
-            spec.name.clone(),
-            Child {
-                sandbox: None,
-                cpus,
-                memory_mib: memory,
-                image: image.clone(),
-                stopped: false,
-            },
-        );
-        Ok((full, cpus, memory, image))
+        children.insert(spec.name.clone(), candidate);
+        Ok(Reserved {
+            full,
+            cpus,
+            memory_mib: memory,
+            image,
+            grant,
+        })
     }
 
     async fn create(&self, spec: ChildSpec) -> Result<SpawnResponse, String> {
         if spec.env.len() > 256 || spec.env.iter().any(|(k, v)| k.len() + v.len() > 32 << 10) {
             return Err("at most 256 environment variables of 32 KiB each".into());
         }
-        let (full, cpus, memory, image) = self.reserve(&spec).await?;
-        let sandbox_spec = SandboxSpec {
+        let Reserved {
+            full,
+            cpus,
+            memory_mib,
+            image,
+            grant,
+        } = self.reserve(&spec).await?;
+        let mut sandbox_spec = SandboxSpec {
             root: RootSpec::Image { reference: image },
             parent: Some(self.parent.clone()),
+            spawn: grant,
             ..SandboxSpec::default()
         };
+        // Denies first: the first matching rule wins, and they only narrow.
+        let network = &mut sandbox_spec.network;
+        network.enabled = !spec.no_network;
+        for (allow, rules) in [(false, &spec.net_deny), (true, &spec.net_allow)] {
+            network.rules.extend(rules.iter().map(|rule| NetRule {
+                allow,
+                rule: rule.clone(),
+            }));
+        }
         let mut builder = Sandbox::builder(&full)
             .spec(sandbox_spec)
             .cpus(cpus)
-            .memory_mib(memory);
+            .memory_mib(memory_mib);
         for (k, v) in &spec.env {
             builder = builder.env(k, v);
+        }
+        for secret in self
+            .secrets
+            .iter()
+            .filter(|s| spec.secrets.iter().any(|n| n == s.name()))
+        {
+            builder = builder.secret(secret.clone());
         }
         match builder.create().await {
             Ok(sandbox) => {
@@ -282,12 +407,14 @@ impl Family {
 }
 
 impl Family {
-    /// Removes every child (the parent is ending).
+    /// Removes every child (the parent is ending), except those the host detached.
     pub(super) async fn remove_all(&self) {
+        self.forget_detached().await;
         let children = std::mem::take(&mut *self.children.lock().await);
         let removals = children
             .into_values()
             .filter_map(|c| c.sandbox)
+            .filter(|sandbox| !self.is_detached(sandbox.name()))
             .map(|sandbox| async move {
                 let name = sandbox.name().to_string();
                 if let Err(e) = sandbox.remove().await {
@@ -392,7 +519,7 @@ mod tests {
         assert!(f.reserve(&spec("b", 2, 300)).await.is_ok());
         let e = f.reserve(&spec("c", 1, 64)).await.unwrap_err();
         assert!(
-            e.contains("quota exceeded") && e.contains("2 live children"),
+            e.contains("quota exceeded") && e.contains("2 live sandboxes"),
             "{e}"
         );
         let mut other = spec("d", 1, 64);
@@ -403,5 +530,39 @@ mod tests {
         for bad in ["../x", "A", "a.b", ""] {
             assert!(f.reserve(&spec(bad, 1, 64)).await.is_err(), "{bad}");
         }
+    }
+
+    #[tokio::test]
+    async fn network_rules_come_only_from_the_grant() {
+        let f = family(SpawnGrant::children(3).net_allow("host"));
+        let mut s = spec("a", 1, 64);
+        s.net_allow = vec!["10.0.0.0/8".into()];
+        let e = f.reserve(&s).await.err().unwrap();
+        assert!(e.contains("not granted") && e.contains("host"), "{e}");
+        s.net_allow = vec!["host".into()];
+        s.net_deny = vec!["example.com".into()];
+        assert!(f.reserve(&s).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_childs_own_grant_is_carved_out_of_the_parents() {
+        let f = family(SpawnGrant::children(3).cpus(3).memory_mib(1024));
+        let mut s = spec("a", 1, 128);
+        s.allow_spawn = Some("1".into());
+        let e = f.reserve(&s).await.err().unwrap();
+        assert!(e.contains("may not spawn"), "{e}");
+
+        let f = family(SpawnGrant::children(3).cpus(3).memory_mib(1024).depth(2));
+        s.allow_spawn = Some("1,depth=2".into());
+        let e = f.reserve(&s).await.err().unwrap();
+        assert!(e.contains("depth 1 at most"), "{e}");
+        // 1 + 1 sandboxes, 1 + 1 CPUs, 128 + 512 MiB.
+        s.allow_spawn = Some("1".into());
+        assert!(f.reserve(&s).await.is_ok());
+        let e = f.reserve(&spec("b", 1, 512)).await.err().unwrap();
+        assert!(e.contains("MiB"), "{e}");
+        assert!(f.reserve(&spec("b", 1, 256)).await.is_ok());
+        let e = f.reserve(&spec("c", 1, 64)).await.err().unwrap();
+        assert!(e.contains("3 live sandboxes below it and has 3"), "{e}");
     }
 }

@@ -30,6 +30,25 @@ pub fn launch(args: &msbvm_sdk::RuntimeArgs, dir: &msbvm_sdk::SandboxDir) -> msb
     // SAFETY: fresh descriptors nobody else owns.
     let (read_end, write_end) =
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // The secrets children may be given, in a sealed memory file of their own (the
+    // service never sees the others).
+    let mut granted = Vec::new();
+    for name in &grant.secrets {
+        match args.secrets.iter().find(|s| s.name() == name) {
+            Some(secret) => granted.push(secret.clone()),
+            None => {
+                return Err(Error::InvalidConfig(format!(
+                    "--allow-spawn secret={name}: {} has no secret named {name}",
+                    args.name
+                )))
+            }
+        }
+    }
+    let secrets = if granted.is_empty() {
+        None
+    } else {
+        Some(msbvm_sdk::secrets::to_memfd(&granted)?)
+    };
     let parent_image = match &args.spec.root {
         RootSpec::Image { reference } => Some(reference.clone()),
         _ => None,
@@ -41,9 +60,11 @@ pub fn launch(args: &msbvm_sdk::RuntimeArgs, dir: &msbvm_sdk::SandboxDir) -> msb
         parent_image,
         listen_fd: listener.as_raw_fd(),
         lifeline_fd: read_end.as_raw_fd(),
+        secrets_fd: secrets.as_ref().map(|fd| fd.as_raw_fd()),
     };
     let exe = std::env::current_exe().map_err(Error::io("finding the msbvm binary"))?;
-    let inherited = [listener.as_raw_fd(), read_end.as_raw_fd()];
+    let mut inherited = vec![listener.as_raw_fd(), read_end.as_raw_fd()];
+    inherited.extend(secrets.as_ref().map(|fd| fd.as_raw_fd()));
     let mut command = std::process::Command::new(&exe);
     command
         .arg("__spawner")
@@ -54,7 +75,7 @@ pub fn launch(args: &msbvm_sdk::RuntimeArgs, dir: &msbvm_sdk::SandboxDir) -> msb
     // SAFETY: only fcntl and sigprocmask, both async-signal-safe, between fork and exec.
     unsafe {
         command.pre_exec(move || {
-            for fd in inherited {
+            for &fd in &inherited {
                 if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }

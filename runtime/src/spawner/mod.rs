@@ -42,6 +42,9 @@ pub struct SpawnerArgs {
     pub listen_fd: RawFd,
     /// The inherited lifeline pipe (read end).
     pub lifeline_fd: RawFd,
+    /// The inherited memory file holding the parent's secrets the grant names
+    /// ([`msbvm_sdk::secrets::to_memfd`]); never their values on argv.
+    pub secrets_fd: Option<RawFd>,
 }
 
 impl SpawnerArgs {
@@ -65,6 +68,10 @@ impl SpawnerArgs {
             out.push("--parent-image".into());
             out.push(image.clone().into());
         }
+        if let Some(fd) = self.secrets_fd {
+            out.push("--secrets-fd".into());
+            out.push(fd.to_string().into());
+        }
         out
     }
 
@@ -73,6 +80,7 @@ impl SpawnerArgs {
         let mut it = args.into_iter().map(|a| a.to_string_lossy().into_owned());
         let (mut parent, mut home, mut grant, mut listen, mut lifeline, mut image) =
             (None, None, None, None, None, None);
+        let mut secrets_fd = None;
         while let Some(flag) = it.next() {
             let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
             match flag.as_str() {
@@ -84,6 +92,9 @@ impl SpawnerArgs {
                 "--listen-fd" => listen = value.parse().ok(),
                 "--lifeline-fd" => lifeline = value.parse().ok(),
                 "--parent-image" => image = Some(value),
+                "--secrets-fd" => {
+                    secrets_fd = Some(value.parse().map_err(|_| "--secrets-fd: not a number")?)
+                }
                 other => return Err(format!("unknown argument {other}")),
             }
         }
@@ -94,6 +105,7 @@ impl SpawnerArgs {
             parent_image: image,
             listen_fd: listen.ok_or("--listen-fd is missing")?,
             lifeline_fd: lifeline.ok_or("--lifeline-fd is missing")?,
+            secrets_fd,
         })
     }
 }
@@ -137,7 +149,17 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     let mut images = vec![DEFAULT_IMAGE.to_string()];
     images.extend(args.parent_image.clone());
     images.extend(args.grant.images.iter().cloned());
-    let family = Arc::new(Family::new(args.parent.clone(), args.grant.clone(), images));
+    let secrets = match args.secrets_fd.map(msbvm_sdk::secrets::read_from_fd) {
+        None => Vec::new(),
+        Some(Ok(secrets)) => secrets,
+        Some(Err(e)) => {
+            eprintln!("msbvm spawner: reading the granted secrets: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let family = Arc::new(
+        Family::new(args.parent.clone(), args.grant.clone(), images).with_secrets(secrets),
+    );
     tokio::task::LocalSet::new().block_on(&runtime, serve(listen, lifeline, family));
     runtime.shutdown_timeout(Duration::from_secs(5));
     ExitCode::SUCCESS
@@ -258,6 +280,7 @@ mod tests {
             parent_image: Some("img".into()),
             listen_fd: 5,
             lifeline_fd: 6,
+            secrets_fd: Some(7),
         };
         assert_eq!(SpawnerArgs::parse(args.to_args()).unwrap(), args);
         assert!(SpawnerArgs::parse(vec!["--parent".into()]).is_err());
