@@ -622,6 +622,8 @@ impl<'a> Supervisor<'a> {
                 let answer = match self.record.parent.take() {
                     Some(parent) => {
                         tracing::info!(%parent, "detached from the sandbox that spawned it");
+                        // Like `run -d`: the record outlives the runtime's creator.
+                        self.record.detached = true;
                         match self.record.write(self.dir) {
                             Ok(()) => {
                                 self.detached = true;
@@ -630,6 +632,7 @@ impl<'a> Supervisor<'a> {
                             Err(e) => {
                                 // Not on record, so the parent would still remove it.
                                 self.record.parent = Some(parent);
+                                self.record.detached = false;
                                 ControlResponse::Error {
                                     message: format!("recording the detach: {e}"),
                                 }

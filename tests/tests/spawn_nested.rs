@@ -9,8 +9,9 @@
 //! `peer` module (`tests/src/bin/msbvm-e2e-orchestrator.rs`). A second parent gives a child
 //! a network rule and a secret only its grant lists (the child sees a placeholder of its own,
 //! never the value or the parent's placeholder), a child a grant of its own that it uses for a
-//! grandchild (and cannot pass further), and the host detaches a child that then outlives
-//! the parent while the grandchild goes with it.
+//! grandchild (and cannot pass further), which the second parent reaches as `c1.g1` but
+//! removes only through `c1`; the host detaches a child that then outlives the parent while
+//! the grandchild goes with it.
 //!
 //! `cargo test -p msbvm-tests --test spawn_nested -- --nocapture`.
 
@@ -118,6 +119,9 @@ out=$(h 'msbvm create c1 --memory 128 --allow-spawn 1,memory=256 && msbvm exec c
 echo "$out"
 check grandchild $(echo "$out" | grep -c from-grandchild)
 check grandchild_on_host $($M ls --json | grep -c '"parent": "q.c1"')
+check grandchild_direct "$(h 'msbvm exec c1.g1 -- echo via-q')"
+check grandchild_listed $(h 'msbvm ls' | grep -c 'c1\.g1')
+check grandchild_rm_refused $(h 'msbvm rm c1.g1 2>&1' | grep -c 'through c1')
 check depth_limited $(h 'msbvm exec c1 -- sh -c "msbvm create g2 --allow-spawn 1 2>&1"' | grep -c 'may not spawn')
 $M detach q.n1; check detach_rc $?
 check detached_not_listed $(h 'msbvm ls' | grep -c n1)
@@ -198,6 +202,9 @@ fn sandboxes_spawn_peer_sandboxes() {
             ("child_secret_own", "yes"),
             ("grandchild", "1"),
             ("grandchild_on_host", "1"),
+            ("grandchild_direct", "via-q"),
+            ("grandchild_listed", "1"),
+            ("grandchild_rm_refused", "1"),
             ("depth_limited", "1"),
             ("detach_rc", "0"),
             ("detached_not_listed", "0"),

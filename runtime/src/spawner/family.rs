@@ -144,6 +144,7 @@ impl Family {
                 Ok(SpawnResponse::Done)
             }
             SpawnRequest::Stop { name } => {
+                self.own_child_only(&name, "stop")?;
                 let sandbox = self.running(&name).await?;
                 sandbox.stop().await.map_err(|e| e.to_string())?;
                 if let Some(child) = self.children.lock().await.get_mut(&name) {
@@ -152,6 +153,7 @@ impl Family {
                 Ok(SpawnResponse::Done)
             }
             SpawnRequest::Remove { name } => {
+                self.own_child_only(&name, "rm")?;
                 let child = {
                     let mut children = self.children.lock().await;
                     match children.get(&name) {
@@ -169,7 +171,7 @@ impl Family {
             }
             SpawnRequest::List => {
                 let children = self.children.lock().await;
-                let list = children
+                let mut list: Vec<ChildInfo> = children
                     .iter()
                     .map(|(name, c)| ChildInfo {
                         name: name.clone(),
@@ -184,6 +186,8 @@ impl Family {
                         image: c.image.clone(),
                     })
                     .collect();
+                drop(children);
+                list.extend(self.descendants());
                 Ok(SpawnResponse::Children(list))
             }
         }
@@ -222,7 +226,60 @@ impl Family {
         )
     }
 
+    /// Reaches a running sandbox below the parent by the parent's name for it: a child
+    /// (`c1`) or a descendant through the children's own grants (`c1.g1`), whose records
+    /// must lead back to this parent (so a detached one is out of reach).
     pub(super) async fn running(&self, name: &str) -> Result<Sandbox, String> {
+        let Some((child, _)) = name.split_once('.') else {
+            return self.child(name).await;
+        };
+        // The first step is ours and running; the rest is on record.
+        self.child(child).await?;
+        if name.split('.').any(|part| child_name("x", part).is_err()) {
+            return Err(self.unknown(name));
+        }
+        let full = format!("{}.{name}", self.parent);
+        if !descends_from(&full, &self.parent, read_parent) {
+            return Err(self.unknown(name));
+        }
+        Sandbox::get(&full).await.map_err(|e| e.to_string())
+    }
+
+    /// Refuses to stop or remove a grandchild directly: its own parent holds it in its grant.
+    fn own_child_only(&self, name: &str, verb: &str) -> Result<(), String> {
+        match name.split_once('.') {
+            None => Ok(()),
+            Some((child, rest)) => Err(format!(
+                "{name} is {child}'s child: {verb} it through {child} (`msbvm exec {child} -- msbvm {verb} {rest}`)"
+            )),
+        }
+    }
+
+    /// The sandboxes below the children (grandchildren and further), by the parent's names
+    /// for them.
+    fn descendants(&self) -> Vec<ChildInfo> {
+        let prefix = format!("{}.", self.parent);
+        let Ok(all) = Sandbox::list() else {
+            return Vec::new();
+        };
+        all.into_iter()
+            .filter(|info| {
+                info.name
+                    .strip_prefix(&prefix)
+                    .is_some_and(|rest| rest.contains('.'))
+                    && descends_from(&info.name, &self.parent, read_parent)
+            })
+            .map(|info| ChildInfo {
+                name: info.name[prefix.len()..].to_string(),
+                status: info.status.to_string(),
+                cpus: info.cpus,
+                memory_mib: info.memory_mib,
+                image: read_image(&info.name).unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    async fn child(&self, name: &str) -> Result<Sandbox, String> {
         let children = self.children.lock().await;
         match children.get(name) {
             None => Err(self.unknown(name)),
@@ -428,6 +485,43 @@ impl Family {
     }
 }
 
+/// The parent on record of the sandbox `full` (`None` when it has none or no record).
+fn read_parent(full: &str) -> Option<String> {
+    let dir = msbvm_sdk::SandboxDir::for_name(full).ok()?;
+    msbvm_sdk::state::StateRecord::read(&dir).ok()??.parent
+}
+
+/// The image on record of the sandbox `full`.
+fn read_image(full: &str) -> Option<String> {
+    let dir = msbvm_sdk::SandboxDir::for_name(full).ok()?;
+    msbvm_sdk::state::StateRecord::read(&dir).ok()??.image
+}
+
+/// Whether `full` is below `ancestor` on record: each step's parent (from `parent_of`) is
+/// its name less the last part, up to `ancestor`. A name alone proves nothing (the host may
+/// have detached a sandbox in between), and the walk is bounded by the name's parts.
+fn descends_from(full: &str, ancestor: &str, parent_of: impl Fn(&str) -> Option<String>) -> bool {
+    let mut name = full;
+    let mut owned;
+    while let Some((up, _)) = name.rsplit_once('.') {
+        if parent_of(name).as_deref() != Some(up) {
+            return false;
+        }
+        if up == ancestor {
+            return true;
+        }
+        if !up
+            .strip_prefix(ancestor)
+            .is_some_and(|rest| rest.starts_with('.'))
+        {
+            return false;
+        }
+        owned = up.to_string();
+        name = &owned;
+    }
+    false
+}
+
 /// Runs futures to completion together (without a dependency for it).
 async fn futures_join_all<F: std::future::Future<Output = ()> + 'static>(all: Vec<F>) {
     let mut set = tokio::task::JoinSet::new();
@@ -542,6 +636,41 @@ mod tests {
         s.net_allow = vec!["host".into()];
         s.net_deny = vec!["example.com".into()];
         assert!(f.reserve(&s).await.is_ok());
+    }
+
+    #[test]
+    fn descendants_are_reached_only_along_their_records() {
+        let records = |name: &str| -> Option<String> {
+            match name {
+                "p.c" => Some("p".into()),
+                "p.c.g" => Some("p.c".into()),
+                "p.c.g.h" => Some("p.c.g".into()),
+                // Detached by the host: no parent any more.
+                "p.d.g" => None,
+                // A record naming someone else.
+                "p.e.g" => Some("q.e".into()),
+                _ => None,
+            }
+        };
+        assert!(descends_from("p.c", "p", records));
+        assert!(descends_from("p.c.g", "p", records));
+        assert!(descends_from("p.c.g.h", "p", records));
+        assert!(descends_from("p.c.g.h", "p.c", records));
+        assert!(!descends_from("p.d.g", "p", records));
+        assert!(!descends_from("p.e.g", "p", records));
+        assert!(!descends_from("p.c.g", "q", records));
+        assert!(!descends_from("p", "p", records));
+        assert!(!descends_from("pp.c", "p", |_| Some("pp".into())));
+    }
+
+    #[tokio::test]
+    async fn grandchildren_are_stopped_and_removed_through_their_parent() {
+        let f = family(SpawnGrant::children(1));
+        let e = f.own_child_only("c.g", "rm").unwrap_err();
+        assert!(e.contains("msbvm exec c -- msbvm rm g"), "{e}");
+        assert!(f.own_child_only("c", "stop").is_ok());
+        let e = f.running("c.g").await.unwrap_err();
+        assert!(e.contains("no child named \"c\""), "{e}");
     }
 
     #[tokio::test]
