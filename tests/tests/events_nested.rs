@@ -1,6 +1,7 @@
 //! End-to-end events between guest programs and the host (issue 12 §1), in one L1 boot: a
 //! sandbox of the suite's Debian image ([`msbvm_tests::test_image`], for Python) whose shell
-//! (through the in-guest `msbvm`) and Python program (through the Unix socket, standard
+//! (through the in-guest `msbvm`, and through OpenBSD `nc -U` on the socket: send, subscribe,
+//! receive) and Python program (through the Unix socket, standard
 //! library only: `tests/guest-tools/events_client.py`) send events that `msbvm events -f`
 //! (the SDK's stream) receives in order with their metadata; replies both ways; a 10,000-event
 //! burst; malformed and 1 MiB lines; the ring kept while nobody listens; a guest connection
@@ -48,6 +49,20 @@ check shell_order "$(of shell.step | sed 's/.*"data":{"i":\([0-9]*\)}.*/\1/' | t
 check shell_exec_id $(of shell.step | grep -c "\"exec\":$SHPID,")
 check shell_sender_pid $(of shell.step | field pid | awk -v s=$SHPID '$1 > 0 && $1 != s' | wc -l)
 check shell_time $(of shell.step | field time_ms | awk '$1 > 1600000000000' | wc -l)
+
+# ---- a shell script with OpenBSD nc on the socket (no msbvm; busybox sh would run its
+# own nc applet, which has no -U, for a plain `nc`) ----
+NC=$(g sh -c 'echo $$; printf "{\"type\":\"nc.step\",\"data\":{\"i\":1}}\n{\"type\":\"nc.step\",\"data\":{\"i\":2}}\n" | nc.openbsd -q 1 -U $MSBVM_EVENTS_SOCKET')
+NCPID=$(echo "$NC" | head -1)
+wait_for nc.step 30 2
+check nc_order "$(of nc.step | sed 's/.*"data":{"i":\([0-9]*\)}.*/\1/' | tr '\n' ,)"
+check nc_metadata $(of nc.step | grep "\"exec\":$NCPID," | field pid | awk '$1 > 0' | wc -l)
+g sh -c '(echo "{\"subscribe\":[\"nc.*\"]}"; sleep 40) | nc.openbsd -q 0 -U $MSBVM_EVENTS_SOCKET' > /tmp/ncsub.out 2>&1 &
+i=0; while ! grep -q subscribed /tmp/ncsub.out && [ $i -lt 60 ]; do sleep 1; i=$((i+1)); done
+check nc_subscribed $(grep -c '"subscribed"' /tmp/ncsub.out)
+$M emit ev nc.reply '{"ok":1}'; $M emit ev other.reply '{"ok":2}'
+i=0; while ! grep -q nc.reply /tmp/ncsub.out && [ $i -lt 30 ]; do sleep 1; i=$((i+1)); done
+check nc_got_reply "$(grep -c '"type":"nc.reply"' /tmp/ncsub.out),$(grep -c other.reply /tmp/ncsub.out)"
 
 # ---- a Python program on the socket ----
 PY=$(g python3 /e2e/events_client.py emit 5 | sed -n 's/^pid //p')
@@ -165,6 +180,10 @@ fn events_between_guest_programs_and_the_host() {
             ("shell_exec_id", "3"),
             ("shell_sender_pid", "3"),
             ("shell_time", "3"),
+            ("nc_order", "1,2,"),
+            ("nc_metadata", "2"),
+            ("nc_subscribed", "1"),
+            ("nc_got_reply", "1,0"),
             ("py_order", "0,1,2,3,4,"),
             ("py_pid_and_exec", "5"),
             ("question_id", "\"q1\""),
