@@ -120,6 +120,7 @@ echo "$out"
 check grandchild $(echo "$out" | grep -c from-grandchild)
 check grandchild_on_host $($M ls --json | grep -c '"parent": "q.c1"')
 check grandchild_direct "$(h 'msbvm exec c1.g1 -- echo via-q')"
+check child_without_secret "$(h 'msbvm exec c1 -- sh -c "echo x\$TOKEN"')"
 check grandchild_listed $(h 'msbvm ls' | grep -c 'c1\.g1')
 check grandchild_rm_refused $(h 'msbvm rm c1.g1 2>&1' | grep -c 'through c1')
 check depth_limited $(h 'msbvm exec c1 -- sh -c "msbvm create g2 --allow-spawn 1 2>&1"' | grep -c 'may not spawn')
@@ -203,6 +204,7 @@ fn sandboxes_spawn_peer_sandboxes() {
             ("grandchild", "1"),
             ("grandchild_on_host", "1"),
             ("grandchild_direct", "via-q"),
+            ("child_without_secret", "x"),
             ("grandchild_listed", "1"),
             ("grandchild_rm_refused", "1"),
             ("depth_limited", "1"),
