@@ -128,6 +128,8 @@ pub fn run(args: BootArgs, start: Instant) -> ExitCode {
         devices: Vec::new(),
         stop: msbvm_vmm::StopHandle::new(),
         memory: msbvm_vmm::memory::MemoryHandle::new(),
+        control: msbvm_vmm::VmControl::new(),
+        restore: None,
     };
     let outcome = match msbvm_vmm::run(&config, |event| match event {
         VmEvent::BootComplete(d) => {

@@ -80,6 +80,8 @@ pub fn config(request: &VmRequest<'_>) -> VmConfig {
         .device_spec()],
         stop: StopHandle::new(),
         memory: msbvm_vmm::memory::MemoryHandle::new(),
+        control: msbvm_vmm::VmControl::new(),
+        restore: None,
     }
 }
 

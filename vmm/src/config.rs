@@ -186,6 +186,12 @@ pub struct VmConfig {
     pub stop: StopHandle,
     /// Reads the VM's RAM from another thread while it runs (debugging).
     pub memory: crate::memory::MemoryHandle,
+    /// Asks the running VM for snapshots from another thread.
+    pub control: crate::vm::VmControl,
+    /// Restore this snapshot instead of booting `boot` (whose kernel, for a
+    /// Linux guest, must be the one the snapshot was taken with). `vcpus`
+    /// and `memory_mib` must be the snapshot's.
+    pub restore: Option<Arc<crate::snapshot::Snapshot>>,
 }
 
 impl VmConfig {
@@ -208,6 +214,8 @@ impl VmConfig {
             devices: Vec::new(),
             stop: StopHandle::new(),
             memory: crate::memory::MemoryHandle::new(),
+            control: crate::vm::VmControl::new(),
+            restore: None,
         }
     }
 

@@ -25,6 +25,7 @@
 //!   it on KVM).
 //! - [`exit`]: how a VM ended, in words a user can act on.
 //! - [`klog`]: the guest kernel's log buffer, read back after a failure.
+//! - [`snapshot`]: a running VM saved to files, and VMs restored from them.
 //!
 //! The core ([`config`], [`memory`], [`devices`], [`vcpu`], [`halt`], [`vm`])
 //! reaches the hypervisor only through [`hypervisor`], and the architecture only
@@ -40,6 +41,7 @@ pub mod klog;
 pub mod kvm;
 pub mod memory;
 pub mod seccomp;
+pub mod snapshot;
 pub mod stats;
 pub mod vcpu;
 pub mod vm;
@@ -50,7 +52,7 @@ pub use config::{
     VsockConfig, DEFAULT_CMDLINE,
 };
 pub use exit::{FaultKind, FaultRegs, VcpuFault, VmExit};
-pub use vm::{Error, VmEvent, VmOutcome};
+pub use vm::{Error, VmControl, VmEvent, VmOutcome};
 
 /// Boots the VM described by `config` on this host's KVM and runs it to the
 /// end (see [`vm::run`]). `on_event` is called on this thread as events happen.

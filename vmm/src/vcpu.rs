@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Condvar, Mutex, Once};
 use std::time::Instant;
 
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
@@ -46,6 +46,10 @@ pub enum Report {
     Stop(VmExit),
     /// vCPU `0` is (true) or is no longer (false) halted with interrupts off.
     Halted(u8, bool),
+    /// vCPU `0` paused (see [`Shared::pause`]) with this state saved.
+    Paused(u8, Result<Vec<u8>, crate::hypervisor::Error>),
+    /// Another thread asks for a snapshot (see [`crate::vm::VmControl`]).
+    Snapshot(crate::vm::SnapshotRequest),
 }
 
 /// State shared between the main thread and the vCPU threads.
@@ -62,6 +66,11 @@ pub struct Shared {
     pub tids: Vec<AtomicI32>,
     /// Exits to user space for device I/O, all vCPUs together: a sign of life.
     pub io_exits: AtomicU64,
+    /// Set to pause every vCPU: each saves its state, reports
+    /// [`Report::Paused`] and waits until the flag is cleared (or the VM stops).
+    pub pause: AtomicBool,
+    /// Where paused vCPUs wait; notified when `pause` or `stop` changes.
+    resume: (Mutex<()>, Condvar),
 }
 
 impl Shared {
@@ -73,6 +82,29 @@ impl Shared {
             epoch: Instant::now(),
             tids: (0..vcpus).map(|_| AtomicI32::new(0)).collect(),
             io_exits: AtomicU64::new(0),
+            pause: AtomicBool::new(false),
+            resume: (Mutex::new(()), Condvar::new()),
+        }
+    }
+
+    /// Clears the pause flag (or, after `stop` was raised, just wakes) and
+    /// wakes every paused vCPU.
+    pub fn resume(&self) {
+        let _guard = self.resume.0.lock().unwrap_or_else(|p| p.into_inner());
+        self.pause.store(false, Ordering::Release);
+        self.resume.1.notify_all();
+    }
+
+    /// Wakes paused vCPUs so they see the stop flag.
+    pub fn wake_for_stop(&self) {
+        let _guard = self.resume.0.lock().unwrap_or_else(|p| p.into_inner());
+        self.resume.1.notify_all();
+    }
+
+    fn wait_while_paused(&self) {
+        let mut guard = self.resume.0.lock().unwrap_or_else(|p| p.into_inner());
+        while self.pause.load(Ordering::Acquire) && !self.stop.load(Ordering::Acquire) {
+            guard = self.resume.1.wait(guard).unwrap_or_else(|p| p.into_inner());
         }
     }
 
@@ -112,6 +144,12 @@ impl<V: Vcpu> VcpuThread<V> {
         self.shared.tids[self.index as usize].store(tid, Ordering::Release);
         let mut reported_halted = false;
         while !self.shared.stop.load(Ordering::Acquire) {
+            if self.shared.pause.load(Ordering::Acquire) {
+                let state = self.vcpu.save_state();
+                let _ = self.reports.send(Report::Paused(self.index, state));
+                self.shared.wait_while_paused();
+                continue;
+            }
             let slot = &self.shared.in_guest_since[self.index as usize];
             slot.store(self.shared.now_ns(), Ordering::Release);
             let exit = self.vcpu.run(&mut self.buses);

@@ -8,8 +8,9 @@
 //! outlives the call. Nothing here knows which hypervisor runs the VM.
 
 use std::os::unix::thread::JoinHandleExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -25,6 +26,7 @@ use crate::exit::{FaultKind, VcpuFault, VmExit};
 use crate::halt::{self, HaltWatch};
 use crate::hypervisor::{self, Hypervisor, Vcpu, Vm};
 use crate::memory::GuestMemory;
+use crate::snapshot::{self, Snapshot};
 use crate::stats::{self, MemoryStats};
 use crate::vcpu::{self, Report, Shared, VcpuThread};
 
@@ -35,6 +37,8 @@ const TICK: Duration = Duration::from_millis(100);
 const HALT_SAMPLE_EVERY: Duration = Duration::from_millis(500);
 /// Interval between kicks while waiting for vCPU threads to stop.
 const KICK_INTERVAL: Duration = Duration::from_millis(5);
+/// How long every vCPU gets to pause for a snapshot.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Errors that keep a VM from starting.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +74,63 @@ pub enum Error {
     /// A device could not be created or placed.
     #[error(transparent)]
     Devices(#[from] devices::Error),
+    /// The snapshot to restore cannot be used.
+    #[error("cannot restore the snapshot: {0}")]
+    Restore(#[from] snapshot::Error),
+}
+
+/// A snapshot asked of a running VM: where to write it, and where the
+/// answer goes.
+#[derive(Debug)]
+pub struct SnapshotRequest {
+    dir: PathBuf,
+    reply: Sender<Result<snapshot::Header, snapshot::Error>>,
+}
+
+/// Lets another thread ask a running VM for a snapshot (cloned from
+/// [`VmConfig::control`]). Before the VM runs and after it ends, requests
+/// fail with [`snapshot::Error::NotRunning`].
+#[derive(Clone, Debug, Default)]
+pub struct VmControl(Arc<Mutex<Option<Sender<Report>>>>);
+
+impl VmControl {
+    /// A handle to no VM yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn connect(&self, to: Option<Sender<Report>>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = to;
+    }
+
+    /// Pauses the VM, writes a snapshot of it into the existing, empty
+    /// directory `dir` ([`snapshot`] says what is in it) and resumes it;
+    /// returns the snapshot's header. The guest is paused while its memory
+    /// is written.
+    pub fn snapshot(&self, dir: &Path) -> Result<snapshot::Header, snapshot::Error> {
+        let (reply, answer) = mpsc::channel();
+        let request = SnapshotRequest {
+            dir: dir.to_path_buf(),
+            reply,
+        };
+        let sent = match &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(tx) => tx.send(Report::Snapshot(request)).is_ok(),
+            None => false,
+        };
+        if !sent {
+            return Err(snapshot::Error::NotRunning);
+        }
+        answer.recv().unwrap_or(Err(snapshot::Error::NotRunning))
+    }
+}
+
+/// Disconnects a [`VmControl`] when dropped.
+struct Disconnect<'a>(&'a VmControl);
+
+impl Drop for Disconnect<'_> {
+    fn drop(&mut self) {
+        self.0.connect(None);
+    }
 }
 
 /// Something that happened while the VM ran, delivered as it happens.
@@ -122,15 +183,20 @@ pub fn run<H: Hypervisor>(
 ) -> Result<VmOutcome, Error> {
     config.validate()?;
     let hypervisor = open()?;
-    let machine = Machine::build(&hypervisor, config)?;
+    let machine = match &config.restore {
+        Some(snapshot) => Machine::restore(&hypervisor, config, snapshot)?,
+        None => Machine::build(&hypervisor, config)?,
+    };
     config.memory.set(Some(machine.mem.clone()));
     // Whatever happens next, the handle lets go of the memory when the VM ends.
     let _forget = ForgetMemory(&config.memory);
     let vcpus = Vcpus::start(&machine, config)?;
+    config.control.connect(Some(vcpus.tx.clone()));
+    let _disconnect = Disconnect(&config.control);
     // Set-up is over: from here this thread only supervises the vCPUs.
     msbvm_virtio::confine::thread_started("vm");
 
-    let (exit, boot_complete) = supervise(config, &machine.console, &vcpus, &mut on_event);
+    let (exit, boot_complete) = supervise(config, &machine, &vcpus, &mut on_event);
     let stopped_after = config.start_time.elapsed();
     vcpus.stop();
     machine.console.flush_pending();
@@ -153,7 +219,13 @@ struct Machine<V> {
     mem: GuestMemory,
     console: SharedConsole,
     buses: Buses,
-    entry: EntryMode,
+    /// Where the boot vCPU starts, or `None` for a VM restored from a
+    /// snapshot (whose vCPUs continue where they were).
+    entry: Option<EntryMode>,
+    /// The SHA-256 of the guest kernel (hex), once a snapshot needed it.
+    kernel_sha256: Mutex<Option<String>>,
+    /// The saved vCPU states of a restored VM, in index order.
+    vcpu_states: Vec<Vec<u8>>,
 }
 
 impl<V: Vm> Machine<V> {
@@ -184,8 +256,125 @@ impl<V: Vm> Machine<V> {
             mem,
             console,
             buses,
-            entry,
+            entry: Some(entry),
+            kernel_sha256: Mutex::new(None),
+            vcpu_states: Vec::new(),
         })
+    }
+
+    /// The VM of `snapshot`, with its memory mapped privately and its
+    /// hypervisor state loaded; the vCPUs get theirs when they are created.
+    fn restore<H: Hypervisor<Vm = V>>(
+        hypervisor: &H,
+        config: &VmConfig,
+        snapshot: &Snapshot,
+    ) -> Result<Self, Error> {
+        let state = &snapshot.state;
+        let header = &state.header;
+        let mismatch = |what, snapshot: String, asked: String| {
+            Error::Restore(snapshot::Error::Mismatch {
+                what,
+                snapshot,
+                asked,
+            })
+        };
+        if header.vcpus != config.vcpus || state.vcpus.len() != usize::from(config.vcpus) {
+            return Err(mismatch(
+                "vCPUs",
+                header.vcpus.to_string(),
+                config.vcpus.to_string(),
+            ));
+        }
+        if header.memory_mib != config.memory_mib {
+            return Err(mismatch(
+                "memory (MiB)",
+                header.memory_mib.to_string(),
+                config.memory_mib.to_string(),
+            ));
+        }
+        let kernel_sha256 = match (&config.boot, &header.kernel_sha256) {
+            (BootSource::Linux { kernel, .. }, Some(saved)) => {
+                let here = snapshot::sha256_file(kernel)?;
+                if &here != saved {
+                    return Err(mismatch("kernel SHA-256", saved.clone(), here));
+                }
+                Some(here)
+            }
+            _ => None,
+        };
+        if !state.devices.is_empty() || !config.devices.is_empty() {
+            return Err(Error::Restore(snapshot::Error::Device {
+                name: "virtio".into(),
+                why: "VMs with virtio devices cannot be restored yet".into(),
+            }));
+        }
+        let mem = snapshot::memory::map_private(&snapshot.memory_path(), &header.memory)?;
+        let vm = hypervisor.create_vm()?;
+        vm.map_memory(&mem)?;
+        vm.create_irqchip()?;
+        vm.restore_state(&state.vm)
+            .map_err(|e| Error::Restore(e.into()))?;
+        let console = Console::open(&config.console).map_err(Error::Console)?;
+        let console = SharedConsole(Arc::new(Mutex::new(console)));
+        let mut buses = Buses::default();
+        let register_irq = |event: &_, line| vm.register_irqfd(event, line).map_err(Into::into);
+        arch::attach_legacy_devices(register_irq, &mem, console.clone(), &mut buses)?;
+        Ok(Machine {
+            vm,
+            mem,
+            console,
+            buses,
+            entry: None,
+            kernel_sha256: Mutex::new(kernel_sha256),
+            vcpu_states: state.vcpus.clone(),
+        })
+    }
+
+    /// The guest kernel's SHA-256, computed once.
+    fn kernel_sha256(&self, config: &VmConfig) -> Result<Option<String>, snapshot::Error> {
+        let BootSource::Linux { kernel, .. } = &config.boot else {
+            return Ok(None);
+        };
+        let mut known = self.kernel_sha256.lock().unwrap_or_else(|p| p.into_inner());
+        if known.is_none() {
+            *known = Some(snapshot::sha256_file(kernel)?);
+        }
+        Ok(known.clone())
+    }
+
+    /// Writes everything of the VM, whose vCPUs are paused with `vcpu_states`
+    /// saved, into `dir`.
+    fn write_snapshot(
+        &self,
+        config: &VmConfig,
+        dir: &Path,
+        kernel_sha256: Option<String>,
+        vcpu_states: Vec<Vec<u8>>,
+    ) -> Result<snapshot::Header, snapshot::Error> {
+        let vm = self.vm.save_state()?;
+        let memory_path = dir.join(snapshot::MEMORY_FILE);
+        let memory = snapshot::memory::write(&self.mem, &memory_path)?;
+        let header = snapshot::Header {
+            msbvm_version: env!("CARGO_PKG_VERSION").into(),
+            created_unix_ms: snapshot::now_unix_ms(),
+            kernel_sha256,
+            host_cpu: self.vm.host_cpu(),
+            vcpus: config.vcpus,
+            memory_mib: config.memory_mib,
+            memory,
+        };
+        let state = snapshot::VmSnapshot {
+            header: header.clone(),
+            vm,
+            vcpus: vcpu_states,
+            legacy: Vec::new(),
+            devices: Vec::new(),
+        };
+        if let Err(e) = snapshot::write_state(dir, &state) {
+            let _ = std::fs::remove_file(&memory_path);
+            return Err(e);
+        }
+        Ok(header)
     }
 
     /// The outcome of a run that ended with `exit`, read before the memory goes.
@@ -247,6 +436,8 @@ struct Vcpus {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
     reports: Receiver<Report>,
+    /// The sending side of `reports`, for [`VmControl`].
+    tx: Sender<Report>,
 }
 
 impl Vcpus {
@@ -259,6 +450,7 @@ impl Vcpus {
             shared: Arc::new(Shared::new(config.vcpus)),
             threads: Vec::new(),
             reports,
+            tx: tx.clone(),
         };
         for index in 0..config.vcpus {
             match spawn_vcpu(machine, index, config.vcpus, &vcpus.shared, &tx) {
@@ -276,6 +468,63 @@ impl Vcpus {
     fn stop(self) {
         stop_vcpus(&self.shared, self.threads);
     }
+
+    /// Pauses every vCPU and collects the states they saved, in index order.
+    /// Reports that arrive meanwhile are kept in `deferred`. On failure the
+    /// vCPUs are resumed.
+    fn pause(&self, deferred: &mut Vec<Report>) -> Result<Vec<Vec<u8>>, snapshot::Error> {
+        self.shared.pause.store(true, Ordering::Release);
+        let mut states: Vec<Option<Result<Vec<u8>, hypervisor::Error>>> =
+            (0..self.threads.len()).map(|_| None).collect();
+        let deadline = Instant::now() + PAUSE_TIMEOUT;
+        let mut failure = None;
+        while states.iter().any(Option::is_none) {
+            // A kick can land just before a thread re-enters the guest, so
+            // the ones not yet paused are kicked again until they are.
+            for (index, handle) in self.threads.iter().enumerate() {
+                if states[index].is_none() {
+                    kick(handle);
+                }
+            }
+            match self.reports.recv_timeout(KICK_INTERVAL) {
+                Ok(Report::Paused(index, state)) => {
+                    if let Some(slot) = states.get_mut(index as usize) {
+                        *slot = Some(state);
+                    }
+                }
+                Ok(stop @ Report::Stop(_)) => {
+                    deferred.push(stop);
+                    failure = Some(snapshot::Error::NotRunning);
+                    break;
+                }
+                Ok(other) => deferred.push(other),
+                Err(RecvTimeoutError::Timeout) if Instant::now() >= deadline => {
+                    failure = Some(snapshot::Error::PauseTimeout(PAUSE_TIMEOUT));
+                    break;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    failure = Some(snapshot::Error::NotRunning);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failure {
+            self.shared.resume();
+            return Err(e);
+        }
+        let mut saved = Vec::with_capacity(states.len());
+        for state in states.into_iter().flatten() {
+            match state {
+                Ok(bytes) => saved.push(bytes),
+                Err(e) => {
+                    self.shared.resume();
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(saved)
+    }
 }
 
 /// Creates vCPU `index` of `count` and starts its thread.
@@ -287,10 +536,14 @@ fn spawn_vcpu<V: Vm>(
     reports: &mpsc::Sender<Report>,
 ) -> Result<JoinHandle<()>, Error> {
     let mut vcpu = machine.vm.create_vcpu(index, count)?;
-    // Application processors wait for the boot CPU's start-up IPI in the
-    // hypervisor's local APIC; only the boot CPU gets an entry state.
-    if index == 0 {
-        vcpu.set_entry(machine.entry)?;
+    match (machine.entry, machine.vcpu_states.get(usize::from(index))) {
+        (None, Some(state)) => vcpu
+            .restore_state(state)
+            .map_err(|e| Error::Restore(e.into()))?,
+        // Application processors wait for the boot CPU's start-up IPI in the
+        // hypervisor's local APIC; only the boot CPU gets an entry state.
+        (Some(entry), _) if index == 0 => vcpu.set_entry(entry)?,
+        _ => {}
     }
     let thread = VcpuThread {
         index,
@@ -314,12 +567,15 @@ fn spawn_vcpu<V: Vm>(
 
 /// Waits for the vCPUs' reports until the VM ends; returns how, and when the
 /// guest reported boot completion.
-fn supervise(
+fn supervise<V: Vm>(
     config: &VmConfig,
-    console: &SharedConsole,
+    machine: &Machine<V>,
     vcpus: &Vcpus,
     on_event: &mut impl FnMut(&VmEvent),
 ) -> (VmExit, Option<Duration>) {
+    let console = &machine.console;
+    // Reports that arrived while the vCPUs were being paused, handled next.
+    let mut deferred: Vec<Report> = Vec::new();
     let mut boot_complete = None;
     let mut halted = vec![false; config.vcpus as usize];
     let mut watch = HaltWatch::new(config.vcpus as usize);
@@ -328,7 +584,18 @@ fn supervise(
         if config.stop.is_stopped() {
             break VmExit::Stopped;
         }
-        match vcpus.reports.recv_timeout(TICK) {
+        let report = if deferred.is_empty() {
+            vcpus.reports.recv_timeout(TICK)
+        } else {
+            Ok(deferred.remove(0))
+        };
+        match report {
+            Ok(Report::Snapshot(request)) => {
+                let result = take_snapshot(config, machine, vcpus, &request.dir, &mut deferred);
+                let _ = request.reply.send(result);
+            }
+            // A pause that was given up on can still be answered late.
+            Ok(Report::Paused(..)) => {}
             Ok(Report::Stop(exit)) => break exit,
             Ok(Report::BootComplete(at)) => {
                 let since = at.saturating_duration_since(config.start_time);
@@ -367,6 +634,30 @@ fn supervise(
         }
     };
     (exit, boot_complete)
+}
+
+/// Pauses the vCPUs, writes the snapshot into `dir` and resumes them.
+fn take_snapshot<V: Vm>(
+    config: &VmConfig,
+    machine: &Machine<V>,
+    vcpus: &Vcpus,
+    dir: &Path,
+    deferred: &mut Vec<Report>,
+) -> Result<snapshot::Header, snapshot::Error> {
+    if let Some(spec) = config.devices.first() {
+        return Err(snapshot::Error::Device {
+            name: spec.name.clone(),
+            why: "virtio devices cannot be saved yet".into(),
+        });
+    }
+    // Hashed before the pause: the guest should not wait for it.
+    let kernel_sha256 = machine.kernel_sha256(config)?;
+    let started = Instant::now();
+    let states = vcpus.pause(deferred)?;
+    let result = machine.write_snapshot(config, dir, kernel_sha256, states);
+    vcpus.shared.resume();
+    tracing::debug!("snapshot: the guest was paused for {:?}", started.elapsed());
+    result
 }
 
 /// Samples the vCPU threads for [`HaltWatch`]; true when they should be
@@ -426,6 +717,7 @@ fn kick(handle: &JoinHandle<()>) {
 /// Raises the stop flag and kicks every vCPU thread until it has left its loop.
 fn stop_vcpus(shared: &Shared, threads: Vec<JoinHandle<()>>) {
     shared.stop.store(true, Ordering::Release);
+    shared.wake_for_stop();
     let deadline = Instant::now() + Duration::from_secs(10);
     for handle in threads {
         // The kick can land just before the thread re-enters the guest, so keep

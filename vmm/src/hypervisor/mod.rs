@@ -83,6 +83,19 @@ pub trait Vm: Send + Sync {
     /// Creates vCPU `index` of `count`, with the CPU model and reset state the
     /// guest expects (but no entry state: see [`Vcpu::set_entry`]).
     fn create_vcpu(&self, index: u8, count: u8) -> Result<Self::Vcpu, Error>;
+
+    /// Saves the VM-wide state the hypervisor holds (interrupt controllers,
+    /// timers, the guest clock) while every vCPU is paused, as an opaque blob
+    /// for [`Vm::restore_state`].
+    fn save_state(&self) -> Result<Vec<u8>, Error>;
+
+    /// Loads a blob from [`Vm::save_state`] into this VM, whose interrupt
+    /// controllers exist and whose vCPUs have not run yet.
+    fn restore_state(&self, state: &[u8]) -> Result<(), Error>;
+
+    /// The host CPU in words ("GenuineIntel family 6 model 85"), recorded in
+    /// snapshots so a mismatch can be explained.
+    fn host_cpu(&self) -> String;
 }
 
 /// The device accesses a vCPU exits for, answered by the VMM's buses.
@@ -145,4 +158,15 @@ pub trait Vcpu {
 
     /// The registers that say where the vCPU is and in what mode.
     fn registers(&self) -> Result<VcpuRegisters, Error>;
+
+    /// Saves everything of the vCPU (registers, CPU model, local APIC, MSRs,
+    /// pending events) as an opaque blob for [`Vcpu::restore_state`]. Called
+    /// on the vCPU's own thread while it is out of [`Vcpu::run`]; a device
+    /// access it exited for is completed first.
+    fn save_state(&mut self) -> Result<Vec<u8>, Error>;
+
+    /// Loads a blob from [`Vcpu::save_state`] into this vCPU before it first
+    /// runs (instead of [`Vcpu::set_entry`]). Fails with a message naming the
+    /// difference when this host cannot run the saved CPU model.
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), Error>;
 }

@@ -6,7 +6,10 @@
 
 pub mod cpuid;
 pub mod regs;
+mod state;
 pub mod vcpu;
+
+pub use state::Incompatible;
 
 use std::path::Path;
 
@@ -119,6 +122,7 @@ impl Hypervisor for Kvm {
             },
             has_pit2: self.kvm.check_extension(Cap::Pit2),
             memory: std::sync::Mutex::new(Vec::new()),
+            msr_list: std::sync::Arc::new(state::msr_list(&self.kvm)?),
         })
     }
 }
@@ -134,6 +138,8 @@ pub struct KvmVm {
     has_pit2: bool,
     /// The guest memory mapped into the slots, held so the mappings outlive the VM.
     memory: std::sync::Mutex<Vec<GuestMemory>>,
+    /// The MSRs a snapshot saves (KVM's index list).
+    msr_list: std::sync::Arc<Vec<u32>>,
 }
 
 impl Vm for KvmVm {
@@ -208,6 +214,18 @@ impl Vm for KvmVm {
 
     fn create_vcpu(&self, index: u8, count: u8) -> Result<vcpu::KvmVcpu, hypervisor::Error> {
         vcpu::KvmVcpu::new(self, index, count)
+    }
+
+    fn save_state(&self) -> Result<Vec<u8>, hypervisor::Error> {
+        state::save_vm(&self.fd, self.has_pit2)
+    }
+
+    fn restore_state(&self, bytes: &[u8]) -> Result<(), hypervisor::Error> {
+        state::restore_vm(&self.fd, self.has_pit2, bytes)
+    }
+
+    fn host_cpu(&self) -> String {
+        state::describe_cpu(&self.supported_cpuid)
     }
 }
 

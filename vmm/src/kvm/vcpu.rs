@@ -9,7 +9,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd};
 
-use super::{cpuid, failed, regs, KvmVm};
+use super::{cpuid, failed, regs, state, KvmVm};
 use crate::arch::x86_64::regs::RFLAGS_IF;
 use crate::arch::{EntryMode, VcpuRegisters};
 use crate::exit::{FaultKind, FaultRegs, VmExit};
@@ -18,6 +18,9 @@ use crate::hypervisor::{self, DeviceAccess, RunState, Vcpu, VcpuExit};
 /// A vCPU of a [`KvmVm`].
 pub struct KvmVcpu {
     fd: VcpuFd,
+    /// What a snapshot needs of the VM: the XSAVE area's size and the MSRs to save.
+    xsave_size: i32,
+    msr_list: std::sync::Arc<Vec<u32>>,
 }
 
 impl KvmVcpu {
@@ -40,7 +43,11 @@ impl KvmVcpu {
         }
         regs::setup_fpu(&fd).map_err(failed("KVM_SET_FPU"))?;
         regs::setup_lint(&fd).map_err(failed("KVM_SET_LAPIC"))?;
-        Ok(KvmVcpu { fd })
+        Ok(KvmVcpu {
+            fd,
+            xsave_size: state::xsave_size(&vm.fd),
+            msr_list: vm.msr_list.clone(),
+        })
     }
 
     /// What KVM_EXIT_INTERNAL_ERROR carried, read from the run area.
@@ -143,5 +150,13 @@ impl Vcpu for KvmVcpu {
             },
             cs_long: sregs.cs.l != 0,
         })
+    }
+
+    fn save_state(&mut self) -> Result<Vec<u8>, hypervisor::Error> {
+        state::save_vcpu(&mut self.fd, self.xsave_size, &self.msr_list)
+    }
+
+    fn restore_state(&mut self, bytes: &[u8]) -> Result<(), hypervisor::Error> {
+        state::restore_vcpu(&self.fd, self.xsave_size, bytes)
     }
 }

@@ -1,0 +1,287 @@
+//! Guest RAM in a snapshot: written sparse, mapped back privately.
+//!
+//! The memory file holds the guest's regions one after another. Pages that
+//! are all zeros are never written, so they stay holes (a freshly booted
+//! 256 MiB guest has most of its RAM untouched). A restored VM maps each
+//! region of the file `MAP_PRIVATE`: every VM restored from the snapshot
+//! reads the same page-cache pages, and a page is copied only when that VM
+//! writes it. Holes read as zeros.
+//!
+//! The checksum covers the pages with data, each with its page number, so
+//! checking it needs only those pages and a hole cannot hide a change.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use vm_memory::mmap::{GuestRegionMmap, MmapRegionBuilder};
+use vm_memory::{Address, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+use super::Error;
+use crate::memory::GuestMemory;
+
+/// The page size the file is cut into.
+pub const PAGE: usize = 4096;
+/// How much guest RAM is copied out per step.
+const CHUNK: usize = 1 << 20;
+
+/// Where guest RAM sits in the memory file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryLayout {
+    /// Each region's guest-physical start and length, in file order.
+    pub regions: Vec<(u64, u64)>,
+    /// The file's length (the regions' total).
+    pub file_len: u64,
+    /// Pages written (not holes).
+    pub data_pages: u64,
+    /// CRC-32 over each written page's number (u64, little endian) and bytes.
+    pub crc32: u32,
+}
+
+fn is_zero(page: &[u8]) -> bool {
+    // Compared as words: the compiler vectorizes this.
+    page.chunks_exact(8)
+        .all(|w| u64::from_ne_bytes(w.try_into().unwrap()) == 0)
+}
+
+/// Writes every region of `mem` to a new file at `path` (which must not
+/// exist), skipping zero pages.
+pub fn write(mem: &GuestMemory, path: &Path) -> Result<MemoryLayout, Error> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(Error::io("cannot create", path))?;
+    let mut layout = MemoryLayout {
+        regions: Vec::new(),
+        file_len: 0,
+        data_pages: 0,
+        crc32: 0,
+    };
+    let mut crc = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; CHUNK];
+    for region in mem.iter() {
+        let (start, len) = (region.start_addr(), region.len());
+        layout.regions.push((start.raw_value(), len));
+        let mut done = 0u64;
+        while done < len {
+            let n = (CHUNK as u64).min(len - done) as usize;
+            mem.read_slice(&mut buf[..n], start.unchecked_add(done))
+                .map_err(|e| Error::Io {
+                    what: "cannot read guest memory for",
+                    path: path.to_path_buf(),
+                    source: std::io::Error::other(e),
+                })?;
+            let base = layout.file_len + done;
+            // Runs of non-zero pages go out in one write each.
+            let mut run: Option<usize> = None;
+            for (i, page) in buf[..n].chunks(PAGE).enumerate() {
+                if is_zero(page) {
+                    if let Some(from) = run.take() {
+                        write_at(
+                            &file,
+                            &buf[from * PAGE..i * PAGE],
+                            base + (from * PAGE) as u64,
+                            path,
+                        )?;
+                    }
+                    continue;
+                }
+                crc.update(&((base / PAGE as u64) + i as u64).to_le_bytes());
+                crc.update(page);
+                layout.data_pages += 1;
+                run.get_or_insert(i);
+            }
+            if let Some(from) = run {
+                write_at(
+                    &file,
+                    &buf[from * PAGE..n],
+                    base + (from * PAGE) as u64,
+                    path,
+                )?;
+            }
+            done += n as u64;
+        }
+        layout.file_len += len;
+    }
+    file.set_len(layout.file_len)
+        .map_err(Error::io("cannot size", path))?;
+    layout.crc32 = crc.finalize();
+    Ok(layout)
+}
+
+fn write_at(file: &File, bytes: &[u8], offset: u64, path: &Path) -> Result<(), Error> {
+    file.write_all_at(bytes, offset)
+        .map_err(Error::io("cannot write", path))
+}
+
+/// Checks that the memory file at `path` has the length `layout` records.
+pub fn check_length(path: &Path, layout: &MemoryLayout) -> Result<(), Error> {
+    let len = std::fs::metadata(path)
+        .map_err(Error::io("cannot read", path))?
+        .len();
+    let regions: u64 = layout.regions.iter().map(|r| r.1).sum();
+    if len != layout.file_len || regions != layout.file_len {
+        return Err(Error::Corrupt {
+            path: path.to_path_buf(),
+            why: format!(
+                "the memory file is {len} bytes; the snapshot records {} in regions of {regions}",
+                layout.file_len
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Reads the whole memory file and checks its checksum.
+pub fn verify(path: &Path, layout: &MemoryLayout) -> Result<(), Error> {
+    check_length(path, layout)?;
+    let file = File::open(path).map_err(Error::io("cannot open", path))?;
+    let mut crc = crc32fast::Hasher::new();
+    let mut pages = 0u64;
+    let mut buf = vec![0u8; CHUNK];
+    let mut offset = 0u64;
+    while offset < layout.file_len {
+        let n = (CHUNK as u64).min(layout.file_len - offset) as usize;
+        file.read_exact_at(&mut buf[..n], offset)
+            .map_err(Error::io("cannot read", path))?;
+        for (i, page) in buf[..n].chunks(PAGE).enumerate() {
+            if !is_zero(page) {
+                crc.update(&((offset / PAGE as u64) + i as u64).to_le_bytes());
+                crc.update(page);
+                pages += 1;
+            }
+        }
+        offset += n as u64;
+    }
+    let actual = crc.finalize();
+    if actual != layout.crc32 || pages != layout.data_pages {
+        return Err(Error::Corrupt {
+            path: path.to_path_buf(),
+            why: format!(
+                "guest memory checksum {actual:#010x} over {pages} pages does not match the recorded {:#010x} over {}",
+                layout.crc32, layout.data_pages
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Maps the memory file at `path` as guest RAM, privately (copy on write).
+pub fn map_private(path: &Path, layout: &MemoryLayout) -> Result<GuestMemory, Error> {
+    check_length(path, layout)?;
+    let file = File::open(path).map_err(Error::io("cannot open", path))?;
+    let file = std::sync::Arc::new(file);
+    let mut regions = Vec::new();
+    let mut offset = 0u64;
+    for &(start, len) in &layout.regions {
+        let mapping_error = |e: &dyn std::fmt::Display| Error::Io {
+            what: "cannot map",
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        };
+        let size = usize::try_from(len).map_err(|e| mapping_error(&e))?;
+        let region = MmapRegionBuilder::<()>::new(size)
+            .with_file_offset(FileOffset::from_arc(file.clone(), offset))
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .build()
+            .map_err(|e| mapping_error(&e))?;
+        let region = GuestRegionMmap::new(region, GuestAddress(start))
+            .ok_or_else(|| mapping_error(&"the region overflows the address space"))?;
+        regions.push(region);
+        offset += len;
+    }
+    GuestMemory::from_regions(regions).map_err(|e| Error::Io {
+        what: "cannot lay out guest memory from",
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("msbvm-snapmem-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn guest() -> GuestMemory {
+        let mem = crate::memory::create(&[
+            (GuestAddress(0), 64 * PAGE),
+            (GuestAddress(1 << 32), 32 * PAGE),
+        ])
+        .unwrap();
+        mem.write_slice(b"first page", GuestAddress(0)).unwrap();
+        mem.write_slice(b"middle", GuestAddress(10 * PAGE as u64 + 7))
+            .unwrap();
+        mem.write_slice(b"high", GuestAddress((1 << 32) + 31 * PAGE as u64))
+            .unwrap();
+        mem
+    }
+
+    #[test]
+    fn writes_sparse_and_maps_back_privately() {
+        use std::os::unix::fs::MetadataExt;
+        let d = dir("roundtrip");
+        let path = d.join("memory");
+        let mem = guest();
+        let layout = write(&mem, &path).unwrap();
+        assert_eq!(layout.regions, vec![(0, 64 * 4096), (1 << 32, 32 * 4096)]);
+        assert_eq!(layout.file_len, 96 * 4096);
+        assert_eq!(layout.data_pages, 3);
+        // Only the three written pages take space.
+        assert!(std::fs::metadata(&path).unwrap().blocks() * 512 <= 8 * 4096);
+        verify(&path, &layout).unwrap();
+
+        let a = map_private(&path, &layout).unwrap();
+        let b = map_private(&path, &layout).unwrap();
+        let mut buf = [0u8; 6];
+        a.read_slice(&mut buf, GuestAddress(10 * 4096 + 7)).unwrap();
+        assert_eq!(&buf, b"middle");
+        a.read_slice(&mut buf[..4], GuestAddress((1 << 32) + 31 * 4096))
+            .unwrap();
+        assert_eq!(&buf[..4], b"high");
+        // A write in one copy is seen by neither the other nor the file.
+        a.write_slice(b"CHANGED", GuestAddress(5)).unwrap();
+        let mut other = [0u8; 7];
+        b.read_slice(&mut other, GuestAddress(5)).unwrap();
+        assert_eq!(&other, b" page\0\0");
+        verify(&path, &layout).unwrap();
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn damage_and_truncation_are_caught() {
+        let d = dir("damage");
+        let path = d.join("memory");
+        let layout = write(&guest(), &path).unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(b"X", 10 * 4096 + 8).unwrap();
+        let err = verify(&path, &layout).unwrap_err().to_string();
+        assert!(err.contains("checksum"), "{err}");
+        // Data written into a hole changes the page count and the checksum too.
+        file.write_all_at(&[0u8; 4096], 10 * 4096).unwrap();
+        file.write_all_at(b"y", 20 * 4096).unwrap();
+        assert!(verify(&path, &layout).is_err());
+        file.set_len(4096).unwrap();
+        let err = map_private(&path, &layout).unwrap_err().to_string();
+        assert!(err.contains("memory file is 4096 bytes"), "{err}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn an_existing_file_is_never_overwritten() {
+        let d = dir("exists");
+        let path = d.join("memory");
+        std::fs::write(&path, b"keep").unwrap();
+        assert!(write(&guest(), &path).is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"keep");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
