@@ -47,6 +47,49 @@ pub struct BootArgs {
     /// Report the VMM's memory use at exit.
     #[arg(long)]
     stats: bool,
+    /// Write a snapshot of the running guest into this new directory after
+    /// --snapshot-after seconds, then let it run on (a low-level aid for
+    /// testing the VMM; sandboxes have `msbvm snapshot`).
+    #[arg(long, requires = "snapshot_after")]
+    snapshot_dir: Option<PathBuf>,
+    /// Seconds after the start at which --snapshot-dir is written.
+    #[arg(long, requires = "snapshot_dir")]
+    snapshot_after: Option<f64>,
+    /// Restore the guest saved in this snapshot directory instead of booting
+    /// (--kernel must be the one it was taken with; the vCPU count and
+    /// memory size are the snapshot's).
+    #[arg(long, conflicts_with_all = ["initrd", "snapshot_dir"])]
+    restore: Option<PathBuf>,
+    /// How a restored guest gets its memory: `shared` (mapped from the
+    /// snapshot, copy on write) or `copy` (read into memory of its own).
+    #[arg(long, default_value = "shared", requires = "restore")]
+    restore_memory: msbvm_vmm::snapshot::RestoreMemory,
+}
+
+/// Asks the VM for a snapshot into `dir` after `after` seconds, on a thread
+/// of its own, and reports how it went on stderr.
+fn snapshot_later(control: msbvm_vmm::VmControl, dir: PathBuf, after: f64) {
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs_f64(after.max(0.0)));
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            eprintln!(
+                "msbvm: snapshot failed: cannot create {}: {e}",
+                dir.display()
+            );
+            return;
+        }
+        let started = Instant::now();
+        match control.snapshot(&dir) {
+            Ok(header) => eprintln!(
+                "msbvm: snapshot dir={} ms={:.3} data_pages={} memory_mib={}",
+                dir.display(),
+                started.elapsed().as_secs_f64() * 1e3,
+                header.memory.data_pages,
+                header.memory_mib
+            ),
+            Err(e) => eprintln!("msbvm: snapshot failed: {e}"),
+        }
+    });
 }
 
 fn default_init() -> Option<PathBuf> {
@@ -100,26 +143,38 @@ pub fn run(args: BootArgs, start: Instant) -> ExitCode {
         Ok(k) => k,
         Err(e) => return fail(&e),
     };
-    let (initrd, _cleanup) = match args.initrd {
-        Some(p) => (p, TempFile(None)),
-        None => match default_initrd() {
-            Ok(p) => (p.clone(), TempFile(Some(p))),
+    let restore = match &args.restore {
+        Some(dir) => match msbvm_vmm::snapshot::Snapshot::open(dir) {
+            Ok(s) => Some(std::sync::Arc::new(s)),
+            Err(e) => return fail(&e.to_string()),
+        },
+        None => None,
+    };
+    let (initrd, _cleanup) = match (args.initrd, &restore) {
+        (_, Some(_)) => (None, TempFile(None)),
+        (Some(p), None) => (Some(p), TempFile(None)),
+        (None, None) => match default_initrd() {
+            Ok(p) => (Some(p.clone()), TempFile(Some(p))),
             Err(e) => return fail(&e),
         },
+    };
+    let (cpus, memory) = match &restore {
+        Some(s) => (s.state.header.vcpus, s.state.header.memory_mib),
+        None => (args.cpus, args.memory),
     };
     warn_about_host(&kernel);
 
     let config = VmConfig {
         boot: BootSource::Linux {
             kernel,
-            initrd: Some(initrd),
+            initrd,
             cmdline: match args.append {
                 Some(extra) => format!("{} {extra}", args.cmdline),
                 None => args.cmdline,
             },
         },
-        vcpus: args.cpus,
-        memory_mib: args.memory,
+        vcpus: cpus,
+        memory_mib: memory,
         console: match args.console_log {
             Some(p) => ConsoleOutput::File(p),
             None => ConsoleOutput::Stdout,
@@ -129,8 +184,12 @@ pub fn run(args: BootArgs, start: Instant) -> ExitCode {
         stop: msbvm_vmm::StopHandle::new(),
         memory: msbvm_vmm::memory::MemoryHandle::new(),
         control: msbvm_vmm::VmControl::new(),
-        restore: None,
+        restore,
+        restore_memory: args.restore_memory,
     };
+    if let (Some(dir), Some(after)) = (args.snapshot_dir, args.snapshot_after) {
+        snapshot_later(config.control.clone(), dir, after);
+    }
     let outcome = match msbvm_vmm::run(&config, |event| match event {
         VmEvent::BootComplete(d) => {
             eprintln!("msbvm: boot-timer ms={:.3}", d.as_secs_f64() * 1e3)

@@ -82,6 +82,7 @@ pub fn config(request: &VmRequest<'_>) -> VmConfig {
         memory: msbvm_vmm::memory::MemoryHandle::new(),
         control: msbvm_vmm::VmControl::new(),
         restore: None,
+        restore_memory: Default::default(),
     }
 }
 

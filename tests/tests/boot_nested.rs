@@ -202,3 +202,126 @@ fn guest_panic_and_halt_are_reported() {
     assert_eq!(exit.reason, "halted", "{ctx}");
     assert_eq!(s.status, Some(STATUS_HALTED), "msbvm exit status; {ctx}");
 }
+
+/// A busybox initramfs whose init prints `started`, then `tick N` every 0.1 s for `ticks`
+/// turns (sleeping on the guest's timers between them, with output through the UART's
+/// interrupts), then `ticks-done`, and halts.
+fn ticking_initramfs(ticks: u32) -> Option<Vec<u8>> {
+    or_skip(nested::preflight())?;
+    let busybox = std::fs::read(nested::HOST_BUSYBOX).expect("reading the host's busybox");
+    let mut cpio = msbvm_kernel::initramfs::Initramfs::new();
+    for d in ["/proc", "/sys", "/dev", "/bin"] {
+        cpio.dir(d, 0o755);
+    }
+    cpio.file("/bin/busybox", 0o755, busybox);
+    let init = format!(
+        "#!/bin/busybox sh\n\
+         /bin/busybox echo started\n\
+         i=0\n\
+         while [ $i -lt {ticks} ]; do /bin/busybox echo tick $i; i=$((i+1)); /bin/busybox sleep 0.1; done\n\
+         /bin/busybox echo ticks-done\n\
+         /bin/busybox poweroff -f\n"
+    );
+    cpio.file("/init", 0o755, init);
+    Some(cpio.to_bytes())
+}
+
+/// The numbers of the `tick N` lines of a console, in order.
+fn ticks(text: &str) -> Vec<u32> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("tick "))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
+/// Snapshot and restore of a real Linux guest, in one L1 boot: a guest with 2 vCPUs that
+/// ticks on its timers is snapshotted while it runs (`msbvm boot --snapshot-dir`) and goes
+/// on to the end; then two VMs restored from the snapshot (`msbvm boot --restore`, one with
+/// the memory mapped from the snapshot, one with it copied) each go on from where the
+/// snapshot was taken, without booting or starting init again, through to the end:
+/// interrupts, timers, the clock and the console all survived. How long each took is
+/// printed (the two memory modes differ under nested emulation).
+#[test]
+fn a_linux_guest_is_snapshotted_and_restored_twice() {
+    const TICK_INIT: &str = "/msbvm/tick.cpio";
+    const SNAPSHOT: &str = "/tmp/msbvm-boot-snapshot";
+    const TICKS: u32 = 120;
+    let Some(ticking) = ticking_initramfs(TICKS) else {
+        return;
+    };
+    let boot = |extra: &[&str]| {
+        let mut argv = vec![
+            msbvm_tests::artifacts::L1_MSBVM,
+            "boot",
+            "--kernel",
+            L1_KERNEL,
+        ];
+        argv.extend_from_slice(extra);
+        shell_command(&argv)
+    };
+    let runs = [
+        BatchRun {
+            label: "source".into(),
+            command: boot(&[
+                "--initrd",
+                TICK_INIT,
+                "--cpus",
+                "2",
+                "--snapshot-dir",
+                SNAPSHOT,
+                "--snapshot-after",
+                "12",
+            ]),
+        },
+        BatchRun {
+            label: "restored-shared".into(),
+            command: boot(&["--restore", SNAPSHOT]),
+        },
+        BatchRun {
+            label: "restored-copy".into(),
+            command: boot(&["--restore", SNAPSHOT, "--restore-memory", "copy"]),
+        },
+    ];
+    let Some(sections) = run_batch(&runs, &[(TICK_INIT, ticking)]) else {
+        return;
+    };
+    let source = &sections[0];
+    let ctx = format!("source console:\n{}", source.text);
+    assert!(
+        source.text.contains("msbvm: snapshot dir="),
+        "no snapshot was taken; {ctx}"
+    );
+    assert!(source.text.contains("ticks-done"), "{ctx}");
+    assert_eq!(source.status, Some(STATUS_HALTED), "{ctx}");
+    let source_ticks = ticks(&source.text);
+    assert_eq!(source_ticks, (0..TICKS).collect::<Vec<_>>(), "{ctx}");
+    let took = |text: &str| report::exit_line(text).map_or(f64::NAN, |e| e.ms / 1e3);
+    eprintln!(
+        "source: {TICKS} ticks in {:.1} s, {}",
+        took(&source.text),
+        source
+            .text
+            .lines()
+            .find(|l| l.contains("msbvm: snapshot dir="))
+            .unwrap_or_default()
+    );
+    for restored in &sections[1..] {
+        let ctx = format!("{} console:\n{}\n{ctx}", restored.label, restored.text);
+        assert!(
+            !restored.text.contains("started"),
+            "the restored guest started init again (or the snapshot came before init); {ctx}"
+        );
+        let got = ticks(&restored.text);
+        let first = *got.first().unwrap_or_else(|| panic!("no ticks; {ctx}"));
+        assert!(first > 0, "{ctx}");
+        assert_eq!(got, (first..TICKS).collect::<Vec<_>>(), "{ctx}");
+        assert!(restored.text.contains("ticks-done"), "{ctx}");
+        assert_eq!(restored.status, Some(STATUS_HALTED), "{ctx}");
+        eprintln!(
+            "{}: went on from tick {first}, {} ticks in {:.1} s",
+            restored.label,
+            TICKS - first,
+            took(&restored.text)
+        );
+    }
+}

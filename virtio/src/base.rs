@@ -184,7 +184,24 @@ pub trait DeviceBackend: Send {
 
     /// Runs on a driver reset, after the workers stopped.
     fn reset(&mut self) {}
+
+    /// The device's own state for a snapshot (see
+    /// [`VirtioDevice::save_state`]); by default the device cannot be saved.
+    fn save_state(&self) -> Result<Vec<u8>, String> {
+        Err("this device cannot be saved in a snapshot yet".into())
+    }
+
+    /// Loads [`DeviceBackend::save_state`]'s bytes before the device is
+    /// activated again (see [`VirtioDevice::restore_state`]).
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), String> {
+        let _ = state;
+        Err("this device cannot be restored from a snapshot yet".into())
+    }
 }
+
+/// How long a device's workers get to finish the request in hand and park
+/// for a snapshot.
+pub const PAUSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A virtio device built on the base: the shared [`DeviceCommon`] plus the
 /// device's own [`DeviceBackend`]. It is the [`VirtioDevice`] the
@@ -298,6 +315,34 @@ impl<B: DeviceBackend> VirtioDevice for Device<B> {
         self.backend.reset();
         self.common.acked_features = 0;
         true
+    }
+
+    fn pause(&mut self) -> Result<(), String> {
+        // Asked first, so a device that cannot be saved is not paused at all.
+        self.backend.save_state().map(drop)?;
+        match &self.common.state {
+            DeviceState::Activated(workers) => WorkerThread::pause_all(workers, PAUSE_TIMEOUT)
+                .map_err(|e| format!("{}: {e}", self.common.name)),
+            DeviceState::Inactive => Ok(()),
+        }
+    }
+
+    fn resume(&mut self) {
+        if let DeviceState::Activated(workers) = &self.common.state {
+            WorkerThread::resume_all(workers);
+        }
+    }
+
+    fn save_state(&self) -> Result<Vec<u8>, String> {
+        self.backend
+            .save_state()
+            .map_err(|e| format!("{}: {e}", self.common.name))
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), String> {
+        self.backend
+            .restore_state(state)
+            .map_err(|e| format!("{}: {e}", self.common.name))
     }
 }
 

@@ -88,4 +88,28 @@ pub trait VirtioDevice: Send {
     /// Called on reset by the driver: stop serving, give resources back.
     /// Returns false if unsupported.
     fn reset(&mut self) -> bool;
+
+    /// For a snapshot: parks the device's threads between requests, so that
+    /// none touches guest memory or raises the interrupt until
+    /// [`VirtioDevice::resume`]. A device that cannot be saved says why.
+    fn pause(&mut self) -> Result<(), String> {
+        Err("this device cannot be saved in a snapshot".into())
+    }
+
+    /// Lets a paused device go on.
+    fn resume(&mut self) {}
+
+    /// The device's own state for a snapshot, beyond what the transport
+    /// keeps (registers, queues, features), taken while it is paused.
+    fn save_state(&self) -> Result<Vec<u8>, String> {
+        Err("this device cannot be saved in a snapshot".into())
+    }
+
+    /// Loads [`VirtioDevice::save_state`]'s bytes into a fresh device of the
+    /// same kind, before the transport activates it again. The bytes come
+    /// from a file: bad ones are an error, never a panic.
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), String> {
+        let _ = state;
+        Err("this device cannot be restored from a snapshot".into())
+    }
 }

@@ -17,8 +17,9 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tracing::error;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -29,6 +30,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 pub const DEVICE_TOKEN_LIMIT: u64 = u64::MAX - 4096;
 
 const STOP_TOKEN: u64 = u64::MAX;
+/// The pause request's token: the lowest of the loop's (queue tokens count
+/// down from just below [`STOP_TOKEN`] and never reach it).
+const PAUSE_TOKEN: u64 = DEVICE_TOKEN_LIMIT;
 
 /// The token of queue `index`'s eventfd.
 fn queue_token(index: usize) -> u64 {
@@ -102,8 +106,15 @@ impl EventLoop {
         )
     }
 
-    /// Waits and dispatches until `stop` fires or epoll itself fails.
-    fn run(self, name: &str, queue_events: &[EventFd], handler: &mut impl EventHandler) {
+    /// Waits and dispatches until `stop` fires or epoll itself fails; parks
+    /// between events while `gate` asks it to.
+    fn run(
+        self,
+        name: &str,
+        queue_events: &[EventFd],
+        gate: &PauseGate,
+        handler: &mut impl EventHandler,
+    ) {
         let mut events = [EpollEvent::default(); MAX_EVENTS];
         handler.started(queue_events.len());
         loop {
@@ -119,6 +130,11 @@ impl EventLoop {
                 let token = ev.data();
                 if token == STOP_TOKEN {
                     return;
+                }
+                if token == PAUSE_TOKEN {
+                    let _ = gate.request.read();
+                    gate.park();
+                    continue;
                 }
                 if token >= DEVICE_TOKEN_LIMIT {
                     let index = (STOP_TOKEN - 1 - token) as usize;
@@ -136,11 +152,42 @@ impl EventLoop {
     }
 }
 
+/// How a worker is asked to park between events (for a snapshot) and let go.
+#[derive(Debug)]
+struct PauseGate {
+    /// Written to wake the loop for a pause request.
+    request: EventFd,
+    /// (pause requested, worker parked)
+    state: Mutex<(bool, bool)>,
+    changed: Condvar,
+}
+
+impl PauseGate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (bool, bool)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// On the worker: says it is parked and waits while a pause is asked for.
+    fn park(&self) {
+        let mut state = self.lock();
+        if !state.0 {
+            return;
+        }
+        state.1 = true;
+        self.changed.notify_all();
+        while state.0 {
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        state.1 = false;
+    }
+}
+
 /// A running device worker and how to stop it.
 #[derive(Debug)]
 pub struct WorkerThread {
     name: String,
     stop: EventFd,
+    gate: Arc<PauseGate>,
     thread: JoinHandle<()>,
 }
 
@@ -158,22 +205,86 @@ impl WorkerThread {
     ) -> io::Result<Self> {
         let stop = EventFd::new(EFD_NONBLOCK)?;
         event_loop.add(&stop, STOP_TOKEN)?;
+        let gate = Arc::new(PauseGate {
+            request: EventFd::new(EFD_NONBLOCK)?,
+            state: Mutex::new((false, false)),
+            changed: Condvar::new(),
+        });
+        event_loop.add(&gate.request, PAUSE_TOKEN)?;
         for (index, evt) in queue_events.iter().enumerate() {
             event_loop.add(evt, queue_token(index))?;
         }
         let log_name = name.clone();
+        let worker_gate = gate.clone();
         let thread = std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {
                 crate::confine::thread_started(confine_as);
-                event_loop.run(&log_name, &queue_events, &mut handler);
+                event_loop.run(&log_name, &queue_events, &worker_gate, &mut handler);
             })?;
-        Ok(Self { name, stop, thread })
+        Ok(Self {
+            name,
+            stop,
+            gate,
+            thread,
+        })
+    }
+
+    /// Asks every worker to park between events and waits until all have,
+    /// for at most `timeout`: then none touches guest memory or raises an
+    /// interrupt until [`WorkerThread::resume_all`]. On a timeout (a handler
+    /// busy for that long) the workers are let go again and the error names
+    /// the late one.
+    pub fn pause_all(workers: &[WorkerThread], timeout: Duration) -> Result<(), String> {
+        for w in workers {
+            w.gate.lock().0 = true;
+            w.gate
+                .request
+                .write(1)
+                .map_err(|e| format!("{}: cannot ask the worker to pause: {e}", w.name))?;
+        }
+        let deadline = Instant::now() + timeout;
+        for w in workers {
+            let mut state = w.gate.lock();
+            while !state.1 {
+                if w.thread.is_finished() {
+                    drop(state);
+                    Self::resume_all(workers);
+                    return Err(format!("{}: the worker has ended", w.name));
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    drop(state);
+                    Self::resume_all(workers);
+                    return Err(format!(
+                        "{}: the worker did not pause within {timeout:?}",
+                        w.name
+                    ));
+                }
+                state = w
+                    .gate
+                    .changed
+                    .wait_timeout(state, left.min(Duration::from_millis(50)))
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Lets paused workers go on.
+    pub fn resume_all(workers: &[WorkerThread]) {
+        for w in workers {
+            w.gate.lock().0 = false;
+            w.gate.changed.notify_all();
+        }
     }
 
     /// Stops every worker and waits for them: all are told first, so they
     /// wind down together.
     pub fn stop_all(workers: Vec<WorkerThread>) {
+        // A parked worker would never see the stop.
+        Self::resume_all(&workers);
         for w in &workers {
             if let Err(e) = w.stop.write(1) {
                 error!("{}: cannot signal worker to stop: {e}", w.name);
@@ -235,5 +346,35 @@ mod tests {
         assert_eq!(next(), "fd 7");
         WorkerThread::stop_all(vec![worker]);
         assert!(rx.recv().is_err(), "the handler is gone once stopped");
+    }
+
+    #[test]
+    fn a_paused_worker_handles_nothing_until_resumed() {
+        let (tx, rx) = channel();
+        let queue = EventFd::new(EFD_NONBLOCK).unwrap();
+        let probe = Probe(tx, EventFd::new(EFD_NONBLOCK).unwrap());
+        let worker = WorkerThread::spawn(
+            "probe".into(),
+            "probe",
+            EventLoop::new().unwrap(),
+            vec![queue.try_clone().unwrap()],
+            probe,
+        )
+        .unwrap();
+        let next = || rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(next(), "started 1");
+        let workers = vec![worker];
+        WorkerThread::pause_all(&workers, Duration::from_secs(5)).unwrap();
+        queue.write(1).unwrap();
+        assert!(
+            rx.recv_timeout(Duration::from_millis(200)).is_err(),
+            "a paused worker handled a kick"
+        );
+        WorkerThread::resume_all(&workers);
+        // The kick that came during the pause is handled after it.
+        assert_eq!(next(), "queue 0");
+        // Pausing again works, and stopping a paused worker ends it.
+        WorkerThread::pause_all(&workers, Duration::from_secs(5)).unwrap();
+        WorkerThread::stop_all(workers);
     }
 }

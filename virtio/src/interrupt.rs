@@ -52,6 +52,16 @@ impl Interrupt {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
 
+    /// Sets the status a snapshot saved and, if any bit is set, raises the
+    /// line again (an interrupt pending when the snapshot was taken).
+    pub fn restore(&self, status: u32) {
+        let status = status & (VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG);
+        self.status.store(status, Ordering::SeqCst);
+        if status != 0 {
+            let _ = self.irq.write(1);
+        }
+    }
+
     fn signal(&self, bit: u32) {
         // The status bit must be visible before the guest takes the
         // interrupt and reads InterruptStatus.

@@ -14,6 +14,7 @@
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use tracing::{debug, error, warn};
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
@@ -23,6 +24,7 @@ use virtio_bindings::virtio_config::{
 use virtio_bindings::virtio_mmio::*;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
+use vm_memory::{Address, Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::device::{GuestMemoryMmap, QueueWithEvent, VirtioDevice};
@@ -50,6 +52,39 @@ const INIT_STEPS: [u32; 5] = [
         | VIRTIO_CONFIG_S_FEATURES_OK
         | VIRTIO_CONFIG_S_DRIVER_OK,
 ];
+
+/// What a snapshot keeps of a transport: its registers, the queues as the
+/// driver configured them, and the device's own state.
+///
+/// The queues' positions are not kept: at a pause every request the device
+/// answered is in the used ring, whose idx (in guest memory, saved with it)
+/// says how far the device got. A restored device starts there, and takes
+/// again the chains it had taken but not answered (net's held RX buffers).
+#[derive(Serialize, Deserialize)]
+struct TransportState {
+    device_type: u32,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    acked_features: u64,
+    acked_unknown_features: bool,
+    queue_sel: u32,
+    status: u32,
+    config_generation: u32,
+    activated: bool,
+    interrupt_status: u32,
+    queues: Vec<SavedQueue>,
+    device: Vec<u8>,
+}
+
+/// One queue's configuration registers.
+#[derive(Serialize, Deserialize)]
+struct SavedQueue {
+    size: u16,
+    ready: bool,
+    desc: u64,
+    avail: u64,
+    used: u64,
+}
 
 /// The virtio-mmio register file in front of one device.
 pub struct MmioTransport {
@@ -389,28 +424,10 @@ impl MmioTransport {
             self.fail("device already active");
             return;
         }
-        let event_idx = self.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
-        let mut queues = Vec::with_capacity(self.queues.len());
-        for (q, evt) in self.queues.iter().zip(&self.queue_evts) {
-            // The device gets its own copy so that the registers keep
-            // reading back what the driver configured.
-            let mut copy = match new_queue(q.max_size()) {
-                Ok(copy) => copy,
-                Err(e) => return self.fail(&e.to_string()),
-            };
-            copy.set_size(q.size());
-            for ring in [Ring::Desc, Ring::Avail, Ring::Used] {
-                let addr = ring.get(q);
-                ring.set(&mut copy, Some(addr as u32), Some((addr >> 32) as u32));
-            }
-            copy.set_event_idx(event_idx);
-            copy.set_ready(q.ready());
-            let event = match evt.try_clone() {
-                Ok(event) => event,
-                Err(e) => return self.fail(&format!("cannot clone queue eventfd: {e}")),
-            };
-            queues.push(QueueWithEvent { queue: copy, event });
-        }
+        let queues = match self.device_queues(false) {
+            Ok(queues) => queues,
+            Err(e) => return self.fail(&e),
+        };
         match self
             .device
             .activate(self.mem.clone(), self.interrupt.clone(), queues)
@@ -418,6 +435,184 @@ impl MmioTransport {
             Ok(()) => self.activated = true,
             Err(e) => self.fail(&e.to_string()),
         }
+    }
+
+    /// The device's copies of the configured queues, each with its notify
+    /// eventfd. With `resume_at_used`, each starts where the used ring says
+    /// the device got to (for a restored device; see [`TransportState`]).
+    fn device_queues(&self, resume_at_used: bool) -> Result<Vec<QueueWithEvent>, String> {
+        let event_idx = self.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        let mut queues = Vec::with_capacity(self.queues.len());
+        for (q, evt) in self.queues.iter().zip(&self.queue_evts) {
+            // The device gets its own copy so that the registers keep
+            // reading back what the driver configured.
+            let mut copy = new_queue(q.max_size()).map_err(|e| e.to_string())?;
+            copy.set_size(q.size());
+            for ring in [Ring::Desc, Ring::Avail, Ring::Used] {
+                let addr = ring.get(q);
+                ring.set(&mut copy, Some(addr as u32), Some((addr >> 32) as u32));
+            }
+            copy.set_event_idx(event_idx);
+            copy.set_ready(q.ready());
+            if resume_at_used && q.ready() {
+                // The used ring's idx (after its flags) is how far the
+                // device had got; chains it held without answering are
+                // taken again.
+                let idx: u16 = self
+                    .mem
+                    .read_obj(GuestAddress(q.used_ring()).unchecked_add(2))
+                    .map_err(|e| format!("cannot read a used ring: {e}"))?;
+                copy.set_next_avail(idx);
+                copy.set_next_used(idx);
+            }
+            let event = evt
+                .try_clone()
+                .map_err(|e| format!("cannot clone queue eventfd: {e}"))?;
+            queues.push(QueueWithEvent { queue: copy, event });
+        }
+        Ok(queues)
+    }
+
+    /// For a snapshot: parks the device (if it is serving).
+    pub fn pause(&mut self) -> Result<(), String> {
+        if self.activated {
+            self.device.pause()
+        } else {
+            // Not serving: nothing runs; saving it is still up to the device.
+            self.device.save_state().map(drop)
+        }
+    }
+
+    /// Lets a paused device go on.
+    pub fn resume(&mut self) {
+        if self.activated {
+            self.device.resume();
+        }
+    }
+
+    /// The transport's and the device's state, for a snapshot taken while
+    /// the device is paused.
+    pub fn save_state(&self) -> Result<Vec<u8>, String> {
+        let state = TransportState {
+            device_type: self.device.device_type(),
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            acked_features: self.acked_features,
+            acked_unknown_features: self.acked_unknown_features,
+            queue_sel: self.queue_sel,
+            status: self.status,
+            config_generation: self.config_generation,
+            activated: self.activated,
+            interrupt_status: self.interrupt.status(),
+            queues: self
+                .queues
+                .iter()
+                .map(|q| SavedQueue {
+                    size: q.size(),
+                    ready: q.ready(),
+                    desc: q.desc_table(),
+                    avail: q.avail_ring(),
+                    used: q.used_ring(),
+                })
+                .collect(),
+            device: self.device.save_state()?,
+        };
+        postcard::to_allocvec(&state).map_err(|e| e.to_string())
+    }
+
+    /// Loads [`MmioTransport::save_state`]'s bytes into this fresh transport
+    /// (whose device is of the same kind, not yet activated) and, if the
+    /// device was serving, activates it again where it was. Every value is
+    /// checked as a guest write would be: a crafted state is refused, never
+    /// obeyed into a panic.
+    pub fn restore_state(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let state: TransportState = postcard::from_bytes(bytes)
+            .map_err(|e| format!("the saved transport state does not decode: {e}"))?;
+        if self.activated || self.status != 0 {
+            return Err("the device is in use already".into());
+        }
+        if state.device_type != self.device.device_type() {
+            return Err(format!(
+                "the snapshot has a device of type {} here; this VM has type {}",
+                state.device_type,
+                self.device.device_type()
+            ));
+        }
+        if state.queues.len() != self.queues.len() {
+            return Err(format!(
+                "the snapshot's device has {} queues; this one has {}",
+                state.queues.len(),
+                self.queues.len()
+            ));
+        }
+        let base_status = state.status & !(VIRTIO_CONFIG_S_NEEDS_RESET | VIRTIO_CONFIG_S_FAILED);
+        let Some(step) = INIT_STEPS.iter().position(|&s| s == base_status) else {
+            return Err(format!(
+                "saved status {:#x} is not a valid one",
+                state.status
+            ));
+        };
+        if state.activated && step != 4 {
+            return Err("the saved device is active without DRIVER_OK".into());
+        }
+        if step >= 3
+            && (state.acked_unknown_features
+                || state.acked_features & !self.device.avail_features() != 0)
+        {
+            return Err(format!(
+                "saved features {:#x} are not all offered by this device ({:#x})",
+                state.acked_features,
+                self.device.avail_features()
+            ));
+        }
+        for (i, (q, saved)) in self.queues.iter_mut().zip(&state.queues).enumerate() {
+            q.reset();
+            if saved.size != q.max_size() && q.try_set_size(saved.size).is_err() {
+                return Err(format!("saved queue {i} has invalid size {}", saved.size));
+            }
+            let rings = [
+                (Ring::Desc, saved.desc),
+                (Ring::Avail, saved.avail),
+                (Ring::Used, saved.used),
+            ];
+            for (ring, addr) in rings {
+                ring.set(q, Some(addr as u32), Some((addr >> 32) as u32));
+                if ring.get(q) != addr {
+                    return Err(format!(
+                        "saved queue {i} has a misaligned ring at {addr:#x}"
+                    ));
+                }
+            }
+            if saved.ready {
+                q.set_ready(true);
+                if !q.is_valid(&self.mem) {
+                    q.set_ready(false);
+                    return Err(format!("saved queue {i} lies outside guest memory"));
+                }
+            }
+        }
+        self.device_features_sel = state.device_features_sel;
+        self.driver_features_sel = state.driver_features_sel;
+        self.acked_features = state.acked_features;
+        self.acked_unknown_features = state.acked_unknown_features;
+        self.queue_sel = state.queue_sel;
+        self.config_generation = state.config_generation;
+        self.device.restore_state(&state.device)?;
+        if step >= 3 {
+            self.device.set_acked_features(self.acked_features);
+        }
+        self.status = state.status;
+        if state.activated {
+            let queues = self.device_queues(true)?;
+            self.device
+                .activate(self.mem.clone(), self.interrupt.clone(), queues)
+                .map_err(|e| format!("cannot activate the restored device: {e}"))?;
+            self.activated = true;
+        }
+        // An interrupt the driver had not acknowledged is raised again: the
+        // irqchip's line state came back with the VM, the eventfd did not.
+        self.interrupt.restore(state.interrupt_status);
+        Ok(())
     }
 
     /// The device cannot go on: tell the driver (DEVICE_NEEDS_RESET plus a

@@ -128,6 +128,23 @@ impl GuestDriver {
         &mut self.transport
     }
 
+    /// Replaces the transport with one in front of `device` restored from
+    /// `state` (from [`MmioTransport::save_state`]) on the same guest memory,
+    /// as a VM restored from a snapshot would have it; the driver's view of
+    /// its queues, which lives in that memory, carries on.
+    pub fn restore_into(
+        &mut self,
+        device: Box<dyn VirtioDevice>,
+        state: &[u8],
+    ) -> Result<(), String> {
+        let irq = self.irq.try_clone().map_err(|e| e.to_string())?;
+        let mut transport =
+            MmioTransport::new(self.mem.clone(), device, irq).map_err(|e| e.to_string())?;
+        transport.restore_state(state)?;
+        self.transport = transport;
+        Ok(())
+    }
+
     /// The irqfd the transport raises.
     pub fn irq(&self) -> &EventFd {
         &self.irq

@@ -192,6 +192,8 @@ pub struct VmConfig {
     /// Linux guest, must be the one the snapshot was taken with). `vcpus`
     /// and `memory_mib` must be the snapshot's.
     pub restore: Option<Arc<crate::snapshot::Snapshot>>,
+    /// How a restored VM gets its memory from the snapshot.
+    pub restore_memory: crate::snapshot::RestoreMemory,
 }
 
 impl VmConfig {
@@ -216,6 +218,7 @@ impl VmConfig {
             memory: crate::memory::MemoryHandle::new(),
             control: crate::vm::VmControl::new(),
             restore: None,
+            restore_memory: crate::snapshot::RestoreMemory::Shared,
         }
     }
 

@@ -302,13 +302,11 @@ impl<V: Vm> Machine<V> {
             }
             _ => None,
         };
-        if !state.devices.is_empty() || !config.devices.is_empty() {
-            return Err(Error::Restore(snapshot::Error::Device {
-                name: "virtio".into(),
-                why: "VMs with virtio devices cannot be restored yet".into(),
-            }));
-        }
-        let mem = snapshot::memory::map_private(&snapshot.memory_path(), &header.memory)?;
+        let mem = snapshot::memory::load(
+            &snapshot.memory_path(),
+            &header.memory,
+            config.restore_memory,
+        )?;
         let vm = hypervisor.create_vm()?;
         vm.map_memory(&mem)?;
         vm.create_irqchip()?;
@@ -319,6 +317,17 @@ impl<V: Vm> Machine<V> {
         let mut buses = Buses::default();
         let register_irq = |event: &_, line| vm.register_irqfd(event, line).map_err(Into::into);
         arch::attach_legacy_devices(register_irq, &mem, console.clone(), &mut buses)?;
+        // The devices go where they were (the same configuration attaches
+        // them in the same order); the command line is already in memory.
+        attach_virtio_devices(&vm, &mem, &mut buses, config)?;
+        buses
+            .restore_all(
+                state
+                    .devices
+                    .iter()
+                    .map(|d| (d.name.as_str(), d.state.as_slice())),
+            )
+            .map_err(|f| Error::Restore(f.into()))?;
         Ok(Machine {
             vm,
             mem,
@@ -352,6 +361,13 @@ impl<V: Vm> Machine<V> {
         vcpu_states: Vec<Vec<u8>>,
     ) -> Result<snapshot::Header, snapshot::Error> {
         let vm = self.vm.save_state()?;
+        let devices = self
+            .buses
+            .save_all()
+            .map_err(snapshot::Error::from)?
+            .into_iter()
+            .map(|(name, state)| snapshot::DeviceState { name, state })
+            .collect();
         let memory_path = dir.join(snapshot::MEMORY_FILE);
         let memory = snapshot::memory::write(&self.mem, &memory_path)?;
         let header = snapshot::Header {
@@ -367,8 +383,7 @@ impl<V: Vm> Machine<V> {
             header: header.clone(),
             vm,
             vcpus: vcpu_states,
-            legacy: Vec::new(),
-            devices: Vec::new(),
+            devices,
         };
         if let Err(e) = snapshot::write_state(dir, &state) {
             let _ = std::fs::remove_file(&memory_path);
@@ -644,17 +659,18 @@ fn take_snapshot<V: Vm>(
     dir: &Path,
     deferred: &mut Vec<Report>,
 ) -> Result<snapshot::Header, snapshot::Error> {
-    if let Some(spec) = config.devices.first() {
-        return Err(snapshot::Error::Device {
-            name: spec.name.clone(),
-            why: "virtio devices cannot be saved yet".into(),
-        });
-    }
     // Hashed before the pause: the guest should not wait for it.
     let kernel_sha256 = machine.kernel_sha256(config)?;
     let started = Instant::now();
     let states = vcpus.pause(deferred)?;
-    let result = machine.write_snapshot(config, dir, kernel_sha256, states);
+    let result = match machine.buses.pause_all() {
+        Ok(()) => {
+            let result = machine.write_snapshot(config, dir, kernel_sha256, states);
+            machine.buses.resume_all();
+            result
+        }
+        Err(failure) => Err(failure.into()),
+    };
     vcpus.shared.resume();
     tracing::debug!("snapshot: the guest was paused for {:?}", started.elapsed());
     result

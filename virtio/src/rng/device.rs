@@ -51,4 +51,18 @@ impl DeviceBackend for RngBackend {
         )?;
         Ok(vec![thread])
     }
+
+    // The device keeps nothing between requests: a snapshot needs no more
+    // than the transport's state.
+    fn save_state(&self) -> Result<Vec<u8>, String> {
+        Ok(Vec::new())
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), String> {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("unexpected {} bytes of saved state", state.len()))
+        }
+    }
 }

@@ -10,8 +10,11 @@ pub const HOST_CID: u64 = 2;
 pub const RXQ_INDEX: usize = 0;
 /// Guest-to-host packets.
 pub const TXQ_INDEX: usize = 1;
-/// Device events (transport reset); we never send any.
+/// Device events: the transport reset a restored device sends.
 pub const EVQ_INDEX: usize = 2;
+/// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`: every connection is gone (the
+/// driver also reads the guest CID again); listening sockets stay.
+pub const EVENT_TRANSPORT_RESET: u32 = 0;
 /// Size offered for each of the three queues.
 pub const QUEUE_SIZE: u16 = 256;
 

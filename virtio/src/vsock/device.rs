@@ -70,6 +70,9 @@ pub struct VsockBackend {
     socket_id: Option<(u64, u64)>,
     max_connections: usize,
     timeouts: Timeouts,
+    /// Restored from a snapshot: the next activation first tells the guest
+    /// that its connections are gone.
+    reset_on_activate: bool,
 }
 
 impl Vsock {
@@ -103,6 +106,7 @@ impl Vsock {
             socket_id,
             max_connections: MAX_CONNECTIONS,
             timeouts: Timeouts::default(),
+            reset_on_activate: false,
         };
         Ok(Device::with_backend(common, backend))
     }
@@ -155,7 +159,8 @@ impl DeviceBackend for VsockBackend {
         )?;
         let event_loop = EventLoop::with_epoll(Arc::clone(muxer.epoll()));
         let queues = [rx.queue, tx.queue, ev.queue];
-        let worker = Worker::new(a.mem, a.interrupt, queues, muxer);
+        let reset = std::mem::take(&mut self.reset_on_activate);
+        let worker = Worker::new(a.mem, a.interrupt, queues, muxer, reset);
         let thread = WorkerThread::spawn(
             format!("vsock-{}", self.guest_cid),
             "virtio-vsock",
@@ -164,6 +169,22 @@ impl DeviceBackend for VsockBackend {
             worker,
         )?;
         Ok(vec![thread])
+    }
+
+    // Connections are not saved: their host ends belong to the source VM.
+    // A restored device sends the guest a transport reset instead, which
+    // drops every connection (listening sockets stay) and makes the driver
+    // read the guest CID again, so a restored VM may have another one.
+    fn save_state(&self) -> Result<Vec<u8>, String> {
+        Ok(Vec::new())
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), String> {
+        if !state.is_empty() {
+            return Err(format!("unexpected {} bytes of saved state", state.len()));
+        }
+        self.reset_on_activate = true;
+        Ok(())
     }
 }
 

@@ -14,9 +14,10 @@ use std::time::Instant;
 
 use tracing::debug;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::Bytes;
 use vmm_sys_util::epoll::EventSet;
 
-use super::defs::PKT_HEADER_SIZE;
+use super::defs::{EVENT_TRANSPORT_RESET, EVQ_INDEX, PKT_HEADER_SIZE};
 use super::packet::{parse_tx, rx_writer};
 use super::unix::muxer::Muxer;
 use crate::base::signal_used;
@@ -32,17 +33,30 @@ pub struct Worker {
     interrupt: Arc<Interrupt>,
     rxq: Queue,
     txq: Queue,
-    /// Held so the event queue stays configured; we never send events.
-    _evq: Queue,
+    /// Where the transport reset of a restored device goes.
+    evq: Queue,
+    /// A transport reset waits for an event buffer.
+    reset_pending: bool,
     muxer: Muxer,
 }
 
 impl EventHandler for Worker {
+    fn started(&mut self, queues: usize) {
+        // The reset goes first: what the queues hold still belongs to the
+        // connections it ends.
+        self.send_transport_reset();
+        for index in (0..queues).rev() {
+            self.queue_notified(index);
+        }
+    }
+
     fn queue_notified(&mut self, index: usize) {
         // New RX buffers need nothing here: `after_events` fills them after
-        // every wake-up. Event-queue buffers stay unused: we send no events.
-        if index == TXQ {
-            self.process_tx();
+        // every wake-up. Event buffers are only used for a pending reset.
+        match index {
+            TXQ => self.process_tx(),
+            EVQ_INDEX => self.send_transport_reset(),
+            _ => {}
         }
     }
 
@@ -63,11 +77,14 @@ impl EventHandler for Worker {
 impl Worker {
     /// The worker for the rx, tx and event queues, in that order; the
     /// muxer's epoll set is the one the event loop waits on.
+    /// With `reset`, the guest is first told that every connection is gone
+    /// (a device restored from a snapshot: its connections stayed behind).
     pub fn new(
         mem: GuestMemoryMmap,
         interrupt: Arc<Interrupt>,
         queues: [Queue; 3],
         muxer: Muxer,
+        reset: bool,
     ) -> Self {
         let [rxq, txq, evq] = queues;
         Self {
@@ -75,8 +92,41 @@ impl Worker {
             interrupt,
             rxq,
             txq,
-            _evq: evq,
+            evq,
+            reset_pending: reset,
             muxer,
+        }
+    }
+
+    /// Puts a pending transport reset into the next event buffer, if the
+    /// driver offered one (otherwise it waits for the next event-queue kick).
+    fn send_transport_reset(&mut self) {
+        if !self.reset_pending {
+            return;
+        }
+        while let Some(chain) = self.evq.pop_descriptor_chain(&self.mem) {
+            let head = chain.head_index();
+            let written = chain
+                .into_iter()
+                .find(|d| d.is_write_only() && d.len() >= 4)
+                .and_then(|d| {
+                    self.mem
+                        .write_obj(EVENT_TRANSPORT_RESET.to_le(), d.addr())
+                        .ok()
+                })
+                .is_some();
+            if let Err(e) = self
+                .evq
+                .add_used(&self.mem, head, if written { 4 } else { 0 })
+            {
+                debug!("vsock: cannot return event chain {head}: {e}");
+            }
+            if written {
+                self.reset_pending = false;
+                signal_used(&mut self.evq, &self.mem, &self.interrupt);
+                return;
+            }
+            debug!("vsock: event buffer {head} cannot hold an event");
         }
     }
 

@@ -25,6 +25,28 @@ pub trait BusDevice: Send {
     fn read(&mut self, offset: u64, data: &mut [u8]);
     /// Writes `data` at `offset`; may ask the VMM for something.
     fn write(&mut self, offset: u64, data: &[u8]) -> Option<BusEvent>;
+
+    /// For a snapshot: stops the device's own threads from touching guest
+    /// memory or raising interrupts until [`BusDevice::resume`]. The vCPUs
+    /// are paused already. A device without threads has nothing to do.
+    fn pause(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Lets a paused device go on.
+    fn resume(&mut self) {}
+
+    /// The device's state for a snapshot, taken while it is paused (`None`:
+    /// nothing worth keeping). An error means the device cannot be saved.
+    fn save_state(&mut self) -> Result<Option<Vec<u8>>, String> {
+        Ok(None)
+    }
+
+    /// Loads what [`BusDevice::save_state`] saved, before the guest runs.
+    /// The bytes come from a snapshot file: a bad one is an error, never a panic.
+    fn restore_state(&mut self, _state: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Errors while populating a bus.
@@ -107,6 +129,30 @@ impl Bus {
     }
 }
 
+/// A device that could not be paused, saved or restored, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceFailure {
+    /// The device's name ("mmio@0xd0000000").
+    pub device: String,
+    /// Why.
+    pub why: String,
+}
+
+impl From<DeviceFailure> for crate::snapshot::Error {
+    fn from(f: DeviceFailure) -> Self {
+        crate::snapshot::Error::Device {
+            name: f.device,
+            why: f.why,
+        }
+    }
+}
+
+impl Bus {
+    fn devices(&self) -> impl Iterator<Item = (u64, &SharedDevice)> {
+        self.ranges.iter().map(|(base, (_, dev))| (*base, dev))
+    }
+}
+
 /// The VM's two address spaces: what a vCPU's device exits are answered from.
 #[derive(Clone, Default)]
 pub struct Buses {
@@ -114,6 +160,92 @@ pub struct Buses {
     pub pio: Bus,
     /// Memory-mapped I/O.
     pub mmio: Bus,
+}
+
+impl Buses {
+    /// Every device once (one may sit on both buses), named by where it
+    /// first sits ("pio@0x3f8", "mmio@0xd0000000"), in address order.
+    pub fn named_devices(&self) -> Vec<(String, SharedDevice)> {
+        let mut out: Vec<(String, SharedDevice)> = Vec::new();
+        let all = self
+            .pio
+            .devices()
+            .map(|(b, d)| (format!("pio@{b:#x}"), d))
+            .chain(
+                self.mmio
+                    .devices()
+                    .map(|(b, d)| (format!("mmio@{b:#x}"), d)),
+            );
+        for (name, dev) in all {
+            if !out.iter().any(|(_, seen)| Arc::ptr_eq(seen, dev)) {
+                out.push((name, dev.clone()));
+            }
+        }
+        out
+    }
+
+    /// Pauses every device (see [`BusDevice::pause`]); on a failure the ones
+    /// already paused are resumed and the error names the device.
+    pub fn pause_all(&self) -> Result<(), DeviceFailure> {
+        let devices = self.named_devices();
+        for (i, (name, dev)) in devices.iter().enumerate() {
+            if let Err(why) = lock(dev).pause() {
+                for (_, dev) in &devices[..i] {
+                    lock(dev).resume();
+                }
+                return Err(DeviceFailure {
+                    device: name.clone(),
+                    why,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Resumes every device.
+    pub fn resume_all(&self) {
+        for (_, dev) in self.named_devices() {
+            lock(&dev).resume();
+        }
+    }
+
+    /// Every device's state that is worth keeping, by name; or the first
+    /// device that cannot be saved, with why.
+    pub fn save_all(&self) -> Result<Vec<(String, Vec<u8>)>, DeviceFailure> {
+        let mut out = Vec::new();
+        for (name, dev) in self.named_devices() {
+            match lock(&dev).save_state() {
+                Ok(Some(state)) => out.push((name, state)),
+                Ok(None) => {}
+                Err(why) => return Err(DeviceFailure { device: name, why }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Loads saved states into the devices of the same names; a state for a
+    /// device that is not there is an error.
+    pub fn restore_all<'a>(
+        &self,
+        states: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Result<(), DeviceFailure> {
+        let devices = self.named_devices();
+        for (name, state) in states {
+            let Some((_, dev)) = devices.iter().find(|(n, _)| n == name) else {
+                return Err(DeviceFailure {
+                    device: name.into(),
+                    why: "no such device in this VM".into(),
+                });
+            };
+            lock(dev)
+                .restore_state(state)
+                .map_err(|why| DeviceFailure {
+                    device: name.to_string(),
+                    why,
+                })?;
+        }
+        Ok(())
+    }
 }
 
 impl DeviceAccess for Buses {

@@ -13,7 +13,7 @@ pub mod platform;
 pub mod serial;
 pub mod virtio;
 
-pub use bus::{Bus, BusDevice, BusError, BusEvent, Buses};
+pub use bus::{Bus, BusDevice, BusError, BusEvent, Buses, DeviceFailure};
 
 /// Errors while creating devices and placing them on the buses.
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,8 @@
 //! The 16550 UART (vm-superio), wired to the console and to an interrupt line
 //! (on x86 COM1 and IRQ 4: see `arch::x86_64::legacy`).
 
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::SerialState;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -27,12 +29,68 @@ pub struct SerialDevice {
     uart: Serial<IrqTrigger, vm_superio::serial::NoEvents, SharedConsole>,
 }
 
+/// The UART's registers and receive FIFO, as a snapshot keeps them.
+#[derive(Serialize, Deserialize)]
+struct SavedUart {
+    registers: [u8; 9],
+    in_buffer: Vec<u8>,
+}
+
 impl SerialDevice {
     /// A UART that writes to `console` and signals `irq`.
     pub fn new(irq: EventFd, console: SharedConsole) -> Self {
         SerialDevice {
             uart: Serial::new(IrqTrigger(irq), console),
         }
+    }
+
+    fn saved(&self) -> SavedUart {
+        let s = self.uart.state();
+        SavedUart {
+            registers: [
+                s.baud_divisor_low,
+                s.baud_divisor_high,
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    fn load(&mut self, saved: SavedUart) -> Result<(), String> {
+        let r = saved.registers;
+        let state = SerialState {
+            baud_divisor_low: r[0],
+            baud_divisor_high: r[1],
+            interrupt_enable: r[2],
+            interrupt_identification: r[3],
+            line_control: r[4],
+            line_status: r[5],
+            modem_control: r[6],
+            modem_status: r[7],
+            scratch: r[8],
+            in_buffer: saved.in_buffer,
+        };
+        let irq = self
+            .uart
+            .interrupt_evt()
+            .0
+            .try_clone()
+            .map_err(|e| format!("cannot clone the UART's interrupt eventfd: {e}"))?;
+        let console = self.uart.writer().clone();
+        self.uart = Serial::from_state(
+            &state,
+            IrqTrigger(irq),
+            vm_superio::serial::NoEvents,
+            console,
+        )
+        .map_err(|e| format!("the saved UART state is invalid: {e:?}"))?;
+        Ok(())
     }
 
     /// Queues bytes for the guest to read (console input).
@@ -57,6 +115,18 @@ impl BusDevice for SerialDevice {
             let _ = self.uart.write(reg, value);
         }
         None
+    }
+
+    fn save_state(&mut self) -> Result<Option<Vec<u8>>, String> {
+        postcard::to_allocvec(&self.saved())
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), String> {
+        let saved: SavedUart = postcard::from_bytes(state)
+            .map_err(|e| format!("the saved UART state does not decode: {e}"))?;
+        self.load(saved)
     }
 }
 
@@ -83,6 +153,43 @@ mod tests {
         let mut lsr = [0u8];
         dev.read(5, &mut lsr);
         assert_ne!(lsr[0] & 0x20, 0);
+    }
+
+    #[test]
+    fn state_survives_a_save_and_restore() {
+        let console = SharedConsole(Arc::new(Mutex::new(
+            Console::open(&ConsoleOutput::Sink).unwrap(),
+        )));
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut dev = SerialDevice::new(irq.try_clone().unwrap(), console.clone());
+        dev.write(3, &[0x03]); // LCR: 8 bits
+        dev.write(1, &[0x01]); // IER: received data available
+        dev.write(7, &[0x5a]); // scratch
+        assert!(dev.enqueue_input(b"q"));
+        let saved = dev.save_state().unwrap().unwrap();
+
+        let irq2 = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut fresh = SerialDevice::new(irq2.try_clone().unwrap(), console);
+        fresh.restore_state(&saved).unwrap();
+        let mut b = [0u8];
+        fresh.read(7, &mut b);
+        assert_eq!(b[0], 0x5a);
+        fresh.read(3, &mut b);
+        assert_eq!(b[0], 0x03);
+        // The pending input is still there, and its interrupt was raised again.
+        assert_eq!(irq2.read().unwrap(), 1);
+        fresh.read(0, &mut b);
+        assert_eq!(b[0], b'q');
+        assert!(fresh.restore_state(&[0xff, 0xff]).is_err());
+        assert!(fresh
+            .restore_state(
+                &postcard::to_allocvec(&SavedUart {
+                    registers: [0; 9],
+                    in_buffer: vec![0; 1 << 16],
+                })
+                .unwrap()
+            )
+            .is_err());
     }
 
     #[test]

@@ -32,6 +32,22 @@ impl BusDevice for VirtioMmio {
         self.0.write(offset, data);
         None
     }
+
+    fn pause(&mut self) -> Result<(), String> {
+        self.0.pause()
+    }
+
+    fn resume(&mut self) {
+        self.0.resume();
+    }
+
+    fn save_state(&mut self) -> Result<Option<Vec<u8>>, String> {
+        self.0.save_state().map(Some)
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), String> {
+        self.0.restore_state(state)
+    }
 }
 
 /// Hands out MMIO windows and interrupt lines to devices in order.

@@ -249,14 +249,15 @@ fn check_cpuid(saved: &[kvm_cpuid_entry2], supported: &CpuId) -> Result<(), Inco
                 "ecx" => (s.ecx, h.ecx),
                 _ => (s.edx, h.edx),
             };
-            // The bits msbvm itself sets whatever the host says (hypervisor,
-            // TSC deadline, OSXSAVE mirroring) are not host features.
-            let own = if leaf == 1 && register == "ecx" {
-                (1 << 31) | (1 << 24) | (1 << 27)
-            } else if leaf == 1 && register == "edx" {
-                1 << 28
-            } else {
-                0
+            // Not host features: the bits msbvm sets whatever the host
+            // says (hypervisor, TSC deadline, HTT) and the ones KVM mirrors
+            // from the guest's own control registers (OSXSAVE from
+            // CR4.OSXSAVE, OSPKE from CR4.PKE), which a fresh vCPU lacks.
+            let own = match (leaf, register) {
+                (1, "ecx") => (1 << 31) | (1 << 24) | (1 << 27),
+                (1, "edx") => 1 << 28,
+                (7, "ecx") => 1 << 4,
+                _ => 0,
             };
             let missing = saved_bits & !host_bits & !own;
             if missing != 0 {
@@ -468,8 +469,12 @@ mod tests {
         let host = CpuId::from_entries(&intel(vec![entry(1, 0, 0b0110, 0)])).unwrap();
         let same = intel(vec![entry(1, 0, 0b0110, 0)]);
         assert!(check_cpuid(&same, &host).is_ok());
-        // msbvm's own bits (hypervisor, TSC deadline) are not asked of the host.
-        let own = intel(vec![entry(1, 0, 0b0110 | (1 << 31) | (1 << 24), 0)]);
+        // msbvm's own bits (hypervisor, TSC deadline) and the ones mirrored
+        // from the guest's CR4 (OSXSAVE, OSPKE) are not asked of the host.
+        let own = intel(vec![
+            entry(1, 0, 0b0110 | (1 << 31) | (1 << 24) | (1 << 27), 0),
+            entry(7, 0, 1 << 4, 0),
+        ]);
         assert!(check_cpuid(&own, &host).is_ok());
         let more = intel(vec![entry(1, 0, 0b1110, 0)]);
         let err = check_cpuid(&more, &host).unwrap_err().to_string();

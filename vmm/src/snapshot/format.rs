@@ -93,7 +93,6 @@ mod tests {
             },
             vm: vec![1, 2, 3],
             vcpus: vec![vec![4; 100], vec![5; 100]],
-            legacy: vec![],
             devices: vec![DeviceState {
                 name: "virtio-vsock".into(),
                 state: vec![9; 10],

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use memory::MemoryLayout;
+pub use memory::{MemoryLayout, RestoreMemory};
 
 /// The state file's name inside a snapshot directory.
 pub const STATE_FILE: &str = "vm.state";
@@ -66,9 +66,8 @@ pub struct VmSnapshot {
     pub vm: Vec<u8>,
     /// The hypervisor's state of each vCPU, in index order.
     pub vcpus: Vec<Vec<u8>>,
-    /// The legacy devices' state (console UART and the like), in bus order.
-    pub legacy: Vec<DeviceState>,
-    /// The virtio devices' state, in attachment order.
+    /// The state of each device on the buses that has some (the console
+    /// UART, the virtio transports and their devices), named by address.
     pub devices: Vec<DeviceState>,
 }
 

@@ -117,3 +117,28 @@ fn tx_back_pressure_keeps_chains_until_the_socket_has_room() {
     assert_eq!(counter(&s.metrics.tx_frames), n as u64);
     assert_eq!(counter(&s.metrics.tx_dropped), 0);
 }
+
+#[test]
+fn a_restored_device_takes_again_the_buffers_it_held_and_uses_its_new_backend() {
+    let mut s = setup(BASE_FEATURES);
+    // Two buffers are held for a frame that needs three.
+    s.d.post_rx(2, MRG_BUF);
+    host_send(&s.host, 4000, 6);
+    assert!(s.d.recv_timeout(Duration::from_millis(100)).is_none());
+
+    s.d.driver().transport().pause().unwrap();
+    let state = s.d.driver().transport().save_state().unwrap();
+    s.d.driver().transport().resume();
+    let (net, host) = device(false);
+    s.d.driver().restore_into(Box::new(net), &state).unwrap();
+
+    // The frame in flight stayed with the source; the restored device puts
+    // the next frame of its own stack in the first held buffer.
+    let small = host_send(&host, 60, 7);
+    let rx = s.d.recv();
+    assert_eq!((rx.hdr.num_buffers, rx.frame), (1, small));
+    // The guest's frames reach the new stack.
+    let frame = ethernet_frame(100, 8);
+    s.d.send(&NetHeader::default(), &frame);
+    assert_eq!(host_recv(&host), frame);
+}

@@ -5,6 +5,7 @@
 mod connect;
 mod flow;
 mod malformed;
+mod snapshot;
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
