@@ -69,8 +69,10 @@ pub struct Shared {
     /// Set to pause every vCPU: each saves its state, reports
     /// [`Report::Paused`] and waits until the flag is cleared (or the VM stops).
     pub pause: AtomicBool,
-    /// Where paused vCPUs wait; notified when `pause` or `stop` changes.
-    resume: (Mutex<()>, Condvar),
+    /// Where paused vCPUs wait: the count of resumes so far, notified when
+    /// it or `stop` changes. A count rather than the flag, so that a vCPU
+    /// slow to wake from one pause is not caught by the next.
+    resume: (Mutex<u64>, Condvar),
 }
 
 impl Shared {
@@ -83,15 +85,16 @@ impl Shared {
             tids: (0..vcpus).map(|_| AtomicI32::new(0)).collect(),
             io_exits: AtomicU64::new(0),
             pause: AtomicBool::new(false),
-            resume: (Mutex::new(()), Condvar::new()),
+            resume: (Mutex::new(0), Condvar::new()),
         }
     }
 
     /// Clears the pause flag (or, after `stop` was raised, just wakes) and
     /// wakes every paused vCPU.
     pub fn resume(&self) {
-        let _guard = self.resume.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut resumes = self.resume.0.lock().unwrap_or_else(|p| p.into_inner());
         self.pause.store(false, Ordering::Release);
+        *resumes += 1;
         self.resume.1.notify_all();
     }
 
@@ -101,10 +104,20 @@ impl Shared {
         self.resume.1.notify_all();
     }
 
-    fn wait_while_paused(&self) {
-        let mut guard = self.resume.0.lock().unwrap_or_else(|p| p.into_inner());
-        while self.pause.load(Ordering::Acquire) && !self.stop.load(Ordering::Acquire) {
-            guard = self.resume.1.wait(guard).unwrap_or_else(|p| p.into_inner());
+    /// The resume count that ends the current pause's wait.
+    fn pause_generation(&self) -> u64 {
+        *self.resume.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until the VM is resumed after pause `generation`, or stops.
+    fn wait_for_resume(&self, generation: u64) {
+        let mut resumes = self.resume.0.lock().unwrap_or_else(|p| p.into_inner());
+        while *resumes == generation && !self.stop.load(Ordering::Acquire) {
+            resumes = self
+                .resume
+                .1
+                .wait(resumes)
+                .unwrap_or_else(|p| p.into_inner());
         }
     }
 
@@ -145,9 +158,11 @@ impl<V: Vcpu> VcpuThread<V> {
         let mut reported_halted = false;
         while !self.shared.stop.load(Ordering::Acquire) {
             if self.shared.pause.load(Ordering::Acquire) {
+                // Read before reporting: the resume can only come after it.
+                let pause = self.shared.pause_generation();
                 let state = self.vcpu.save_state();
                 let _ = self.reports.send(Report::Paused(self.index, state));
-                self.shared.wait_while_paused();
+                self.shared.wait_for_resume(pause);
                 continue;
             }
             let slot = &self.shared.in_guest_since[self.index as usize];
