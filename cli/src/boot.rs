@@ -194,6 +194,9 @@ pub fn run(args: BootArgs, start: Instant) -> ExitCode {
         VmEvent::BootComplete(d) => {
             eprintln!("msbvm: boot-timer ms={:.3}", d.as_secs_f64() * 1e3)
         }
+        VmEvent::Restored(d) => {
+            eprintln!("msbvm: restored ms={:.3}", d.as_secs_f64() * 1e3)
+        }
     }) {
         Ok(o) => o,
         Err(e) => return fail(&e.to_string()),

@@ -95,6 +95,9 @@ pub fn spawn(config: VmConfig, events: Sender<Event>) -> std::io::Result<JoinHan
                 VmEvent::BootComplete(d) => {
                     tracing::info!(ms = d.as_secs_f64() * 1e3, "guest boot complete")
                 }
+                VmEvent::Restored(d) => {
+                    tracing::info!(ms = d.as_secs_f64() * 1e3, "guest restored")
+                }
             });
             let _ = events.send(Event::VmEnded(result.map_err(|e| vm_error(&e))));
         })

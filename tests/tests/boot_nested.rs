@@ -121,10 +121,9 @@ fn boots_with_one_and_two_vcpus() {
     }
 }
 
-/// A busybox initramfs whose init runs a plain `poweroff -f`: the project kernel has no
-/// power-off method, so Linux prints `Power off not available: System halted instead` and
-/// halts every CPU with interrupts off.
-fn halting_initramfs() -> Option<Vec<u8>> {
+/// An initramfs of the host's busybox with `init` as its /init script, or `None` (with the
+/// reason printed) where the nested tests cannot run.
+fn busybox_initramfs(init: &str) -> Option<Vec<u8>> {
     or_skip(nested::preflight())?;
     let busybox = std::fs::read(nested::HOST_BUSYBOX).expect("reading the host's busybox");
     let mut cpio = msbvm_kernel::initramfs::Initramfs::new();
@@ -132,12 +131,17 @@ fn halting_initramfs() -> Option<Vec<u8>> {
         cpio.dir(d, 0o755);
     }
     cpio.file("/bin/busybox", 0o755, busybox);
-    cpio.file(
-        "/init",
-        0o755,
-        "#!/bin/busybox sh\n/bin/busybox echo halting-guest-init\n/bin/busybox poweroff -f\n",
-    );
+    cpio.file("/init", 0o755, init.to_string());
     Some(cpio.to_bytes())
+}
+
+/// A busybox initramfs whose init runs a plain `poweroff -f`: the project kernel has no
+/// power-off method, so Linux prints `Power off not available: System halted instead` and
+/// halts every CPU with interrupts off.
+fn halting_initramfs() -> Option<Vec<u8>> {
+    busybox_initramfs(
+        "#!/bin/busybox sh\n/bin/busybox echo halting-guest-init\n/bin/busybox poweroff -f\n",
+    )
 }
 
 /// Abnormal ends, in one L1 boot: a guest whose kernel finds no init panics, and `msbvm boot`
@@ -203,35 +207,45 @@ fn guest_panic_and_halt_are_reported() {
     assert_eq!(s.status, Some(STATUS_HALTED), "msbvm exit status; {ctx}");
 }
 
-/// A busybox initramfs whose init prints `started`, then `tick N` every 0.1 s for `ticks`
-/// turns (sleeping on the guest's timers between them, with output through the UART's
-/// interrupts), then `ticks-done`, and halts.
+/// A busybox initramfs whose init prints `started`, then `tick N UPTIME` every 0.1 s for
+/// `ticks` turns (sleeping on the guest's timers between them, with output through the UART's
+/// interrupts), then its clocksource and the end of its kernel log (what a clock gone wrong
+/// leaves there), then `ticks-done`, and halts.
 fn ticking_initramfs(ticks: u32) -> Option<Vec<u8>> {
-    or_skip(nested::preflight())?;
-    let busybox = std::fs::read(nested::HOST_BUSYBOX).expect("reading the host's busybox");
-    let mut cpio = msbvm_kernel::initramfs::Initramfs::new();
-    for d in ["/proc", "/sys", "/dev", "/bin"] {
-        cpio.dir(d, 0o755);
-    }
-    cpio.file("/bin/busybox", 0o755, busybox);
     let init = format!(
         "#!/bin/busybox sh\n\
          /bin/busybox echo started\n\
          i=0\n\
-         while [ $i -lt {ticks} ]; do /bin/busybox echo tick $i; i=$((i+1)); /bin/busybox sleep 0.1; done\n\
+         /bin/busybox mount -t proc proc /proc\n\
+         /bin/busybox mount -t sysfs sys /sys\n\
+         while [ $i -lt {ticks} ]; do read up idle < /proc/uptime; /bin/busybox echo tick $i $up; i=$((i+1)); /bin/busybox sleep 0.1; done\n\
+         /bin/busybox echo clocksource $(/bin/busybox cat /sys/devices/system/clocksource/clocksource0/current_clocksource)\n\
+         /bin/busybox dmesg | /bin/busybox tail -n 8\n\
          /bin/busybox echo ticks-done\n\
          /bin/busybox poweroff -f\n"
     );
-    cpio.file("/init", 0o755, init);
-    Some(cpio.to_bytes())
+    busybox_initramfs(&init)
 }
 
-/// The numbers of the `tick N` lines of a console, in order.
+/// The numbers of the `tick N UPTIME` lines of a console, in order.
 fn ticks(text: &str) -> Vec<u32> {
     text.lines()
         .filter_map(|l| l.trim().strip_prefix("tick "))
-        .filter_map(|n| n.trim().parse().ok())
+        .filter_map(|n| n.split_whitespace().next()?.parse().ok())
         .collect()
+}
+
+/// The guest's uptime at its first and last tick.
+fn uptime_span(text: &str) -> (f64, f64) {
+    let ups: Vec<f64> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("tick "))
+        .filter_map(|n| n.split_whitespace().nth(1)?.parse().ok())
+        .collect();
+    (
+        ups.first().copied().unwrap_or(f64::NAN),
+        ups.last().copied().unwrap_or(f64::NAN),
+    )
 }
 
 /// Snapshot and restore of a real Linux guest, in one L1 boot: a guest with 2 vCPUs that
@@ -245,7 +259,7 @@ fn ticks(text: &str) -> Vec<u32> {
 fn a_linux_guest_is_snapshotted_and_restored_twice() {
     const TICK_INIT: &str = "/msbvm/tick.cpio";
     const SNAPSHOT: &str = "/tmp/msbvm-boot-snapshot";
-    const TICKS: u32 = 120;
+    const TICKS: u32 = 80;
     let Some(ticking) = ticking_initramfs(TICKS) else {
         return;
     };
@@ -270,7 +284,7 @@ fn a_linux_guest_is_snapshotted_and_restored_twice() {
                 "--snapshot-dir",
                 SNAPSHOT,
                 "--snapshot-after",
-                "12",
+                "10",
             ]),
         },
         BatchRun {
@@ -296,8 +310,9 @@ fn a_linux_guest_is_snapshotted_and_restored_twice() {
     let source_ticks = ticks(&source.text);
     assert_eq!(source_ticks, (0..TICKS).collect::<Vec<_>>(), "{ctx}");
     let took = |text: &str| report::exit_line(text).map_or(f64::NAN, |e| e.ms / 1e3);
+    let (up0, up1) = uptime_span(&source.text);
     eprintln!(
-        "source: {TICKS} ticks in {:.1} s, {}",
+        "source: {TICKS} ticks in {:.1} s (guest uptime {up0:.2} to {up1:.2}), {}",
         took(&source.text),
         source
             .text
@@ -317,8 +332,21 @@ fn a_linux_guest_is_snapshotted_and_restored_twice() {
         assert_eq!(got, (first..TICKS).collect::<Vec<_>>(), "{ctx}");
         assert!(restored.text.contains("ticks-done"), "{ctx}");
         assert_eq!(restored.status, Some(STATUS_HALTED), "{ctx}");
+        let (up0, up1) = uptime_span(&restored.text);
+        // The guest's clock went on from the snapshot: no jump (a wrong KVM_SET_CLOCK once
+        // moved it by the age of the Unix epoch) and no going back before the source's start.
+        let (source_up0, source_up1) = uptime_span(&source.text);
+        assert!(
+            up0 > source_up0 && up0 < source_up1 + 60.0 && up1 >= up0,
+            "guest uptime {up0}..{up1} after the restore, {source_up0}..{source_up1} in the source; {ctx}"
+        );
+        let restored_ms = restored
+            .text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("msbvm: restored ms="))
+            .unwrap_or_else(|| panic!("no `msbvm: restored` line; {ctx}"));
         eprintln!(
-            "{}: went on from tick {first}, {} ticks in {:.1} s",
+            "{}: running {restored_ms} ms after the start, went on from tick {first}, {} ticks in {:.1} s (guest uptime {up0:.2} to {up1:.2})",
             restored.label,
             TICKS - first,
             took(&restored.text)

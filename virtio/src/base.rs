@@ -199,6 +199,17 @@ pub trait DeviceBackend: Send {
     }
 }
 
+/// [`DeviceBackend::restore_state`] for a device that saves nothing of its
+/// own (its [`DeviceBackend::save_state`] returns no bytes): anything but
+/// no bytes is refused.
+pub fn restore_nothing(state: &[u8]) -> Result<(), String> {
+    if state.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("unexpected {} bytes of saved state", state.len()))
+    }
+}
+
 /// How long a device's workers get to finish the request in hand and park
 /// for a snapshot.
 pub const PAUSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);

@@ -138,6 +138,9 @@ impl Drop for Disconnect<'_> {
 pub enum VmEvent {
     /// The guest wrote the boot-complete marker, this long after the VMM started.
     BootComplete(Duration),
+    /// A VM restored from a snapshot has its vCPUs running, this long after
+    /// the VMM started.
+    Restored(Duration),
 }
 
 /// How a VM run ended, with what was measured.
@@ -191,6 +194,9 @@ pub fn run<H: Hypervisor>(
     // Whatever happens next, the handle lets go of the memory when the VM ends.
     let _forget = ForgetMemory(&config.memory);
     let vcpus = Vcpus::start(&machine, config)?;
+    if config.restore.is_some() {
+        on_event(&VmEvent::Restored(config.start_time.elapsed()));
+    }
     config.control.connect(Some(vcpus.tx.clone()));
     let _disconnect = Disconnect(&config.control);
     // Set-up is over: from here this thread only supervises the vCPUs.

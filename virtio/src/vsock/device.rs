@@ -180,9 +180,7 @@ impl DeviceBackend for VsockBackend {
     }
 
     fn restore_state(&mut self, state: &[u8]) -> Result<(), String> {
-        if !state.is_empty() {
-            return Err(format!("unexpected {} bytes of saved state", state.len()));
-        }
+        crate::base::restore_nothing(state)?;
         self.reset_on_activate = true;
         Ok(())
     }

@@ -31,8 +31,6 @@ use crate::hypervisor;
 const MSR_TSC: u32 = 0x10;
 /// `MSR_IA32_TSC_DEADLINE`.
 const MSR_TSC_DEADLINE: u32 = 0x6e0;
-/// KVM_CLOCK_TSC_STABLE: a flag KVM reports but refuses on KVM_SET_CLOCK.
-const KVM_CLOCK_TSC_STABLE: u32 = 2;
 /// The size of `struct kvm_xsave`; a host whose guest XSAVE area is larger
 /// (AMX permitted) needs KVM_GET_XSAVE2, which msbvm does not use yet.
 const XSAVE_LEGACY_BYTES: i32 = 4096;
@@ -178,10 +176,13 @@ pub(super) fn restore_vm(vm: &VmFd, has_pit2: bool, bytes: &[u8]) -> Result<(), 
         (None, _) => {}
     }
     // The guest's clock continues from the instant of the snapshot (its wall
-    // clock is corrected from inside, by the agent).
+    // clock is corrected from inside, by the agent). No flags: with
+    // KVM_CLOCK_REALTIME KVM would add the real time since `realtime` (so a
+    // zero there jumps the guest clock by the age of the epoch), and
+    // KVM_CLOCK_TSC_STABLE is refused.
     let clock = kvm_clock_data {
         clock: state.clock.clock,
-        flags: state.clock.flags & !KVM_CLOCK_TSC_STABLE,
+        flags: 0,
         ..Default::default()
     };
     vm.set_clock(&clock).map_err(failed("KVM_SET_CLOCK"))

@@ -67,7 +67,15 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<VmSnapshot, Error> {
             "checksum {actual:#010x} does not match the recorded {recorded:#010x}"
         )));
     }
-    postcard::from_bytes(payload).map_err(|e| corrupt(format!("the payload does not decode: {e}")))
+    let (state, rest) = postcard::take_from_bytes(payload)
+        .map_err(|e| corrupt(format!("the payload does not decode: {e}")))?;
+    if !rest.is_empty() {
+        return Err(corrupt(format!(
+            "{} bytes follow the state in the payload",
+            rest.len()
+        )));
+    }
+    Ok(state)
 }
 
 #[cfg(test)]
@@ -121,6 +129,14 @@ mod tests {
         v2[8] = 2;
         assert!(err(&v2).contains("format 2 is not readable"));
         assert!(err(&good[..good.len() - 1]).contains("header says"));
+        // A payload with bytes after the state, correctly framed.
+        let mut payload = postcard::to_allocvec(&sample()).unwrap();
+        payload.push(0);
+        let mut long = good[..8 + 4].to_vec();
+        long.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        long.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        long.extend_from_slice(&payload);
+        assert!(err(&long).contains("1 bytes follow the state"));
         let mut flipped = good.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 1;
