@@ -242,16 +242,7 @@ impl<V: Vm> Machine<V> {
                 mib: config.memory_mib,
                 source,
             })?;
-        let vm = hypervisor.create_vm()?;
-        vm.map_memory(&mem)?;
-        vm.create_irqchip()?;
-
-        let console = Console::open(&config.console).map_err(Error::Console)?;
-        let console = SharedConsole(Arc::new(Mutex::new(console)));
-        let mut buses = Buses::default();
-        let register_irq = |event: &_, line| vm.register_irqfd(event, line).map_err(Into::into);
-        arch::attach_legacy_devices(register_irq, &mem, console.clone(), &mut buses)?;
-        let announce = attach_virtio_devices(&vm, &mem, &mut buses, config)?;
+        let (vm, console, buses, announce) = assemble(hypervisor, &mem, config)?;
         let entry = boot::load(
             &mem,
             &with_devices_announced(&config.boot, &announce),
@@ -313,19 +304,11 @@ impl<V: Vm> Machine<V> {
             &header.memory,
             config.restore_memory,
         )?;
-        let vm = hypervisor.create_vm()?;
-        vm.map_memory(&mem)?;
-        vm.create_irqchip()?;
-        vm.restore_state(&state.vm)
-            .map_err(|e| Error::Restore(e.into()))?;
-        let console = Console::open(&config.console).map_err(Error::Console)?;
-        let console = SharedConsole(Arc::new(Mutex::new(console)));
-        let mut buses = Buses::default();
-        let register_irq = |event: &_, line| vm.register_irqfd(event, line).map_err(Into::into);
-        arch::attach_legacy_devices(register_irq, &mem, console.clone(), &mut buses)?;
         // The devices go where they were (the same configuration attaches
         // them in the same order); the command line is already in memory.
-        attach_virtio_devices(&vm, &mem, &mut buses, config)?;
+        let (vm, console, buses, _) = assemble(hypervisor, &mem, config)?;
+        vm.restore_state(&state.vm)
+            .map_err(|e| Error::Restore(e.into()))?;
         buses
             .restore_all(
                 state
@@ -424,6 +407,27 @@ impl<V: Vm> Machine<V> {
             kernel_log,
         }
     }
+}
+
+/// The VM over `mem` with its interrupt controllers, the console and every
+/// device attached in order (the same order on every run of `config`, which
+/// a restore relies on); returns them with the virtio devices' command-line
+/// entries.
+fn assemble<H: Hypervisor>(
+    hypervisor: &H,
+    mem: &GuestMemory,
+    config: &VmConfig,
+) -> Result<(H::Vm, SharedConsole, Buses, Vec<String>), Error> {
+    let vm = hypervisor.create_vm()?;
+    vm.map_memory(mem)?;
+    vm.create_irqchip()?;
+    let console = Console::open(&config.console).map_err(Error::Console)?;
+    let console = SharedConsole(Arc::new(Mutex::new(console)));
+    let mut buses = Buses::default();
+    let register_irq = |event: &_, line| vm.register_irqfd(event, line).map_err(Into::into);
+    arch::attach_legacy_devices(register_irq, mem, console.clone(), &mut buses)?;
+    let announce = attach_virtio_devices(&vm, mem, &mut buses, config)?;
+    Ok((vm, console, buses, announce))
 }
 
 /// Creates every device of `config` and attaches it in order; returns their

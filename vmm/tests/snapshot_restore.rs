@@ -107,6 +107,29 @@ fn text(console: &Arc<Mutex<Vec<u8>>>) -> String {
     String::from_utf8_lossy(&console.lock().unwrap()).into_owned()
 }
 
+/// Runs `source` on a thread and waits until its guest has started counting.
+fn start(
+    source: VmConfig,
+    console: &Arc<Mutex<Vec<u8>>>,
+) -> std::thread::JoinHandle<msbvm_vmm::VmOutcome> {
+    let runner = std::thread::spawn(move || msbvm_vmm::run(&source, |_| {}).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !text(console).contains('S') {
+        assert!(Instant::now() < deadline, "the guest never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    runner
+}
+
+/// Whether this host can run the test; says why not in one line.
+fn kvm_available(test: &str) -> bool {
+    let here = std::path::Path::new("/dev/kvm").exists();
+    if !here {
+        println!("skipped: {test}: this machine has no /dev/kvm");
+    }
+    here
+}
+
 fn scratch(tag: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("msbvm-snaptest-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -116,8 +139,7 @@ fn scratch(tag: &str) -> std::path::PathBuf {
 
 #[test]
 fn a_running_guest_is_snapshotted_and_restored_twice() {
-    if !std::path::Path::new("/dev/kvm").exists() {
-        println!("skipped: a_running_guest_is_snapshotted_and_restored_twice: this machine has no /dev/kvm");
+    if !kvm_available("a_running_guest_is_snapshotted_and_restored_twice") {
         return;
     }
     let dir = scratch("twice");
@@ -129,12 +151,7 @@ fn a_running_guest_is_snapshotted_and_restored_twice() {
         control.snapshot(&dir),
         Err(snapshot::Error::NotRunning)
     ));
-    let runner = std::thread::spawn(move || msbvm_vmm::run(&source, |_| {}).unwrap());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !text(&console).contains('S') {
-        assert!(Instant::now() < deadline, "the guest never started");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let runner = start(source, &console);
     std::thread::sleep(Duration::from_millis(20));
     let header = control.snapshot(&dir).expect("snapshot");
     let outcome = runner.join().unwrap();
@@ -174,18 +191,14 @@ fn a_running_guest_is_snapshotted_and_restored_twice() {
 
 #[test]
 fn a_snapshot_restores_only_as_it_was_taken() {
-    if !std::path::Path::new("/dev/kvm").exists() {
-        println!("skipped: a_snapshot_restores_only_as_it_was_taken: this machine has no /dev/kvm");
+    if !kvm_available("a_snapshot_restores_only_as_it_was_taken") {
         return;
     }
     let dir = scratch("mismatch");
     let console = Arc::new(Mutex::new(Vec::new()));
     let source = config(&console);
     let control = source.control.clone();
-    let runner = std::thread::spawn(move || msbvm_vmm::run(&source, |_| {}).unwrap());
-    while !text(&console).contains('S') {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let runner = start(source, &console);
     control.snapshot(&dir).expect("snapshot");
     // A second snapshot into the same directory never overwrites the first;
     // pauses right after one another each pause every vCPU (a vCPU slow to

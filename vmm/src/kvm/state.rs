@@ -262,12 +262,6 @@ fn check_cpuid(saved: &[kvm_cpuid_entry2], supported: &CpuId) -> Result<(), Inco
             };
             let missing = saved_bits & !host_bits & !own;
             if missing != 0 {
-                let register = match register {
-                    "eax" => "eax",
-                    "ebx" => "ebx",
-                    "ecx" => "ecx",
-                    _ => "edx",
-                };
                 return Err(Incompatible::CpuFeatures {
                     leaf,
                     subleaf,
