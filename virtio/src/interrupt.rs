@@ -62,6 +62,14 @@ impl Interrupt {
         }
     }
 
+    /// Raises the line again if any status bit is set (the guest's handler
+    /// reads the status, so a repeat is harmless; a lost one hangs a queue).
+    pub fn reraise(&self) {
+        if self.status() != 0 {
+            let _ = self.irq.write(1);
+        }
+    }
+
     fn signal(&self, bit: u32) {
         // The status bit must be visible before the guest takes the
         // interrupt and reads InterruptStatus.

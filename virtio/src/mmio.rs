@@ -602,6 +602,12 @@ impl MmioTransport {
             self.device.set_acked_features(self.acked_features);
         }
         self.status = state.status;
+        // An interrupt the driver had not acknowledged is raised again: the
+        // irqchip's line state came back with the VM, the eventfd did not.
+        // Before activation: the device's threads start signalling at once,
+        // and a status stored after them would erase their bits (the driver
+        // would then find nothing to do and never look at the queue again).
+        self.interrupt.restore(state.interrupt_status);
         if state.activated {
             let queues = self.device_queues(true)?;
             self.device
@@ -609,9 +615,6 @@ impl MmioTransport {
                 .map_err(|e| format!("cannot activate the restored device: {e}"))?;
             self.activated = true;
         }
-        // An interrupt the driver had not acknowledged is raised again: the
-        // irqchip's line state came back with the VM, the eventfd did not.
-        self.interrupt.restore(state.interrupt_status);
         Ok(())
     }
 

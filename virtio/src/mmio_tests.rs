@@ -36,6 +36,9 @@ struct FakeDevice {
     sizes: Vec<u16>,
     fail_activate: bool,
     can_reset: bool,
+    /// Signals a used buffer as soon as it is activated (as a restored
+    /// device's worker may, e.g. vsock's transport reset).
+    signal_on_activate: bool,
 }
 
 impl VirtioDevice for FakeDevice {
@@ -68,11 +71,14 @@ impl VirtioDevice for FakeDevice {
     fn activate(
         &mut self,
         _mem: GuestMemoryMmap,
-        _interrupt: Arc<Interrupt>,
+        interrupt: Arc<Interrupt>,
         queues: Vec<QueueWithEvent>,
     ) -> Result<(), ActivateError> {
         if self.fail_activate {
             return Err(ActivateError::QueueNotReady(0));
+        }
+        if self.signal_on_activate {
+            interrupt.signal_used_queue();
         }
         let mut calls = self.calls.lock().unwrap();
         calls.activations += 1;
@@ -93,6 +99,12 @@ impl VirtioDevice for FakeDevice {
         self.calls.lock().unwrap().resets += 1;
         self.can_reset
     }
+    fn save_state(&self) -> Result<Vec<u8>, String> {
+        Ok(Vec::new())
+    }
+    fn restore_state(&mut self, _state: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 fn fake() -> (FakeDevice, Arc<Mutex<Calls>>) {
@@ -103,6 +115,7 @@ fn fake() -> (FakeDevice, Arc<Mutex<Calls>>) {
         sizes: vec![256, 16],
         fail_activate: false,
         can_reset: true,
+        signal_on_activate: false,
     };
     (dev, calls)
 }
@@ -571,4 +584,22 @@ fn transport_and_vsock_can_move_to_vcpu_threads() {
     fn assert_send<T: Send>() {}
     assert_send::<MmioTransport>();
     assert_send::<crate::vsock::Vsock>();
+}
+
+/// A restored device that signals while it is being activated keeps its
+/// interrupt status: the saved status is loaded first, so it cannot erase the
+/// bit (the guest would read 0, do nothing, and never look at the queue).
+#[test]
+fn a_restored_device_signalling_at_activation_keeps_its_interrupt_status() {
+    let (mut d, _) = driver();
+    d.init();
+    assert_eq!(d.read_reg(VIRTIO_MMIO_INTERRUPT_STATUS), 0);
+    let state = d.transport().save_state().unwrap();
+    let (mut dev, _) = fake();
+    dev.signal_on_activate = true;
+    d.restore_into(Box::new(dev), &state).unwrap();
+    assert_eq!(
+        d.read_reg(VIRTIO_MMIO_INTERRUPT_STATUS),
+        VIRTIO_MMIO_INT_VRING
+    );
 }

@@ -47,6 +47,11 @@ pub trait BusDevice: Send {
     fn restore_state(&mut self, _state: &[u8]) -> Result<(), String> {
         Ok(())
     }
+
+    /// Every vCPU of a restored VM has its state: raise again any interrupt
+    /// that is pending. One raised during the restore reached a local APIC
+    /// whose saved state was loaded after it, which erased it.
+    fn reraise_interrupt(&mut self) {}
 }
 
 /// Errors while populating a bus.
@@ -206,6 +211,13 @@ impl Buses {
     pub fn resume_all(&self) {
         for (_, dev) in self.named_devices() {
             lock(&dev).resume();
+        }
+    }
+
+    /// [`BusDevice::reraise_interrupt`] on every device.
+    pub fn reraise_interrupts(&self) {
+        for (_, dev) in self.named_devices() {
+            lock(&dev).reraise_interrupt();
         }
     }
 

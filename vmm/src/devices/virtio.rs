@@ -41,6 +41,10 @@ impl BusDevice for VirtioMmio {
         self.0.resume();
     }
 
+    fn reraise_interrupt(&mut self) {
+        self.0.interrupt().reraise();
+    }
+
     fn save_state(&mut self) -> Result<Option<Vec<u8>>, String> {
         self.0.save_state().map(Some)
     }
