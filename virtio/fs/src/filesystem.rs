@@ -17,6 +17,8 @@ use std::ffi::CStr;
 use std::io;
 use std::time::Duration;
 
+use crate::saved_state::FsState;
+
 /// A backend-chosen inode number. [`ROOT_INODE`] is the root of the share.
 pub type Inode = u64;
 /// A backend-chosen open file or directory handle.
@@ -173,6 +175,16 @@ pub struct StatFs {
 
 fn enosys<T>() -> io::Result<T> {
     Err(io::Error::from_raw_os_error(libc::ENOSYS))
+}
+
+/// The answer of a backend that keeps no snapshot state: `ENOTSUP` with a
+/// message saying so, so the VMM can tell the user which device blocked
+/// the snapshot.
+fn not_saveable<T>() -> io::Result<T> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "this backend cannot be saved in a snapshot",
+    ))
 }
 
 /// Defines [`FileSystem`] and its pointer forwarders from one list of
@@ -386,5 +398,20 @@ filesystem_trait! {
     /// lseek(2) with `SEEK_DATA`/`SEEK_HOLE`; returns the new offset.
     fn lseek(ctx: &Context, inode: Inode, handle: Handle, offset: u64, whence: u32) -> io::Result<u64> {
         enosys()
+    }
+
+    /// The inodes and handles the guest holds, for a VM snapshot (see
+    /// [`crate::saved_state`]). The guest is paused: no request runs
+    /// meanwhile. By default the backend cannot be saved.
+    fn save_state() -> io::Result<FsState> {
+        not_saveable()
+    }
+
+    /// Makes this fresh backend answer for the inodes and handles of
+    /// `state` (saved by [`FileSystem::save_state`] of a backend over the
+    /// same tree, or its frozen copy). What no longer resolves is left out.
+    /// By default the backend cannot be restored.
+    fn restore_state(state: &FsState) -> io::Result<()> {
+        not_saveable()
     }
 }

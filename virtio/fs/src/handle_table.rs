@@ -8,14 +8,27 @@ use std::sync::{Arc, Mutex};
 
 use std::io;
 
-use crate::filesystem::Handle;
+use crate::filesystem::{Handle, Inode};
 use crate::host_util::err;
+use crate::saved_state::SavedHandle;
+
+/// What a handle was opened on and how, kept so that a snapshot can reopen
+/// it in a fresh backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Opened {
+    /// The inode opened.
+    pub inode: Inode,
+    /// The guest's open flags.
+    pub flags: u32,
+    /// OPENDIR rather than OPEN or CREATE.
+    pub dir: bool,
+}
 
 /// Handles by number; numbers are never reused.
 pub(crate) struct HandleTable<T> {
     cap: usize,
     next: AtomicU64,
-    map: Mutex<HashMap<Handle, Arc<T>>>,
+    map: Mutex<HashMap<Handle, (Arc<T>, Opened)>>,
 }
 
 impl<T> HandleTable<T> {
@@ -28,15 +41,64 @@ impl<T> HandleTable<T> {
         }
     }
 
-    /// Stores `value` under a new handle, `EMFILE` when the table is full.
-    pub fn insert(&self, value: T) -> io::Result<Handle> {
+    /// Stores `value`, opened as `opened`, under a new handle; `EMFILE`
+    /// when the table is full.
+    pub fn insert(&self, value: T, opened: Opened) -> io::Result<Handle> {
         let mut map = self.map.lock().expect("handle table lock");
         if map.len() >= self.cap {
             return Err(err(libc::EMFILE));
         }
         let h = self.next.fetch_add(1, Ordering::Relaxed);
-        map.insert(h, Arc::new(value));
+        map.insert(h, (Arc::new(value), opened));
         Ok(h)
+    }
+
+    /// Stores `value` under `handle`, a number saved earlier: `EEXIST` if
+    /// it is taken (or 0), `EMFILE` when the table is full. New handles
+    /// are numbered above it.
+    pub fn insert_as(&self, handle: Handle, value: T, opened: Opened) -> io::Result<()> {
+        let mut map = self.map.lock().expect("handle table lock");
+        if handle == 0 || map.contains_key(&handle) {
+            return Err(err(libc::EEXIST));
+        }
+        if map.len() >= self.cap {
+            return Err(err(libc::EMFILE));
+        }
+        map.insert(handle, (Arc::new(value), opened));
+        self.reserve_below(handle.saturating_add(1));
+        Ok(())
+    }
+
+    /// Makes new handle numbers start at `next` or above; never lowers the
+    /// counter.
+    pub fn reserve_below(&self, next: Handle) {
+        self.next.fetch_max(next, Ordering::Relaxed);
+    }
+
+    /// The number the next new handle gets.
+    pub fn next_handle(&self) -> Handle {
+        self.next.load(Ordering::Relaxed)
+    }
+
+    /// Whether no handle is open.
+    pub fn is_empty(&self) -> bool {
+        self.map.lock().expect("handle table lock").is_empty()
+    }
+
+    /// Every open handle and what it was opened as, by number.
+    pub fn save(&self) -> Vec<SavedHandle> {
+        let map = self.map.lock().expect("handle table lock");
+        let mut out: Vec<SavedHandle> = map
+            .iter()
+            .map(|(&handle, (_, o))| SavedHandle {
+                handle,
+                inode: o.inode,
+                flags: o.flags,
+                dir: o.dir,
+            })
+            .collect();
+        out.sort_by_key(|h| h.handle);
+        out
     }
 
     /// The value of `handle`, `EBADF` for unknown handles.
@@ -45,7 +107,7 @@ impl<T> HandleTable<T> {
             .lock()
             .expect("handle table lock")
             .get(&handle)
-            .cloned()
+            .map(|(v, _)| v.clone())
             .ok_or_else(|| err(libc::EBADF))
     }
 
@@ -69,15 +131,71 @@ impl<T> HandleTable<T> {
 mod tests {
     use super::*;
 
+    const O: Opened = Opened {
+        inode: 5,
+        flags: 2,
+        dir: false,
+    };
+
     #[test]
     fn full_table_answers_emfile_and_unknown_handles_ebadf() {
         let t = HandleTable::new(2);
-        let a = t.insert(1).unwrap();
-        t.insert(2).unwrap();
-        assert_eq!(t.insert(3).unwrap_err().raw_os_error(), Some(libc::EMFILE));
+        let a = t.insert(1, O).unwrap();
+        t.insert(2, O).unwrap();
+        assert_eq!(
+            t.insert(3, O).unwrap_err().raw_os_error(),
+            Some(libc::EMFILE)
+        );
         t.remove(a).unwrap();
-        assert_eq!(*t.get(t.insert(4).unwrap()).unwrap(), 4);
+        assert_eq!(*t.get(t.insert(4, O).unwrap()).unwrap(), 4);
         assert_eq!(t.get(a).unwrap_err().raw_os_error(), Some(libc::EBADF));
         assert_eq!(t.remove(a).unwrap_err().raw_os_error(), Some(libc::EBADF));
+    }
+
+    #[test]
+    fn saved_handles_come_back_under_their_numbers_and_new_ones_above() {
+        let t = HandleTable::new(4);
+        t.insert("a", O).unwrap();
+        let dir = Opened {
+            inode: 9,
+            flags: 0,
+            dir: true,
+        };
+        let b = t.insert("b", dir).unwrap();
+        let saved = t.save();
+        assert_eq!(saved.len(), 2);
+        assert_eq!(
+            saved[1],
+            SavedHandle {
+                handle: b,
+                inode: 9,
+                flags: 0,
+                dir: true
+            }
+        );
+
+        let fresh = HandleTable::new(4);
+        assert!(fresh.is_empty());
+        fresh.reserve_below(t.next_handle());
+        fresh.insert_as(b, "b2", dir).unwrap();
+        assert_eq!(*fresh.get(b).unwrap(), "b2");
+        assert_eq!(
+            fresh.insert_as(b, "x", O).unwrap_err().raw_os_error(),
+            Some(libc::EEXIST)
+        );
+        assert_eq!(
+            fresh.insert_as(0, "x", O).unwrap_err().raw_os_error(),
+            Some(libc::EEXIST)
+        );
+        assert!(fresh.insert("c", O).unwrap() > b);
+        fresh.insert_as(100, "d", O).unwrap();
+        assert_eq!(fresh.next_handle(), 101);
+        fresh.reserve_below(5);
+        assert_eq!(fresh.next_handle(), 101, "never lowered");
+        fresh.insert_as(200, "e", O).unwrap();
+        assert_eq!(
+            fresh.insert_as(300, "f", O).unwrap_err().raw_os_error(),
+            Some(libc::EMFILE)
+        );
     }
 }

@@ -395,6 +395,73 @@ pub(crate) fn utimens_link(fd: RawFd, times: &[libc::timespec; 2]) -> io::Result
     Ok(())
 }
 
+/// Copies everything from the current offset of `input` to the end into
+/// `output` at its offset, with `copy_file_range(2)` (which reflinks or
+/// copies inside the kernel) and read/write where the kernel cannot (across
+/// filesystems on old kernels, or filesystems without it). Returns the bytes
+/// copied.
+pub(crate) fn copy_file(input: RawFd, output: RawFd) -> io::Result<u64> {
+    let mut total = 0u64;
+    loop {
+        // SAFETY: two fds the caller holds; NULL offsets use and advance the
+        // file offsets.
+        let n = unsafe {
+            libc::copy_file_range(
+                input,
+                std::ptr::null_mut(),
+                output,
+                std::ptr::null_mut(),
+                1 << 30,
+                0,
+            )
+        };
+        if n == 0 {
+            return Ok(total);
+        }
+        if n > 0 {
+            total += n as u64;
+            continue;
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL) if total == 0 => {
+                break
+            }
+            _ => return Err(e),
+        }
+    }
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        // SAFETY: the buffer is valid for its length.
+        let n = unsafe { libc::read(input, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Ok(total);
+        }
+        let mut done = 0usize;
+        while done < n as usize {
+            // SAFETY: `done..n` lies within the buffer.
+            let w = unsafe { libc::write(output, buf[done..].as_ptr().cast(), n as usize - done) };
+            if w < 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Err(e);
+            }
+            done += w as usize;
+        }
+        total += n as u64;
+    }
+}
+
 /// Sets times on an fd opened for I/O.
 pub(crate) fn futimens(fd: RawFd, times: &[libc::timespec; 2]) -> io::Result<()> {
     // SAFETY: an fd the caller holds and a two-element array.

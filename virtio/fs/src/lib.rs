@@ -6,6 +6,8 @@
 //! a confined passthrough of a host directory, OCI image layers under a
 //! copy-on-write upper directory, and an in-memory tree. [`hooks`] wrap any
 //! backend to observe, deny, rewrite or answer operations.
+//! [`saved_state`] is what a backend keeps across a VM snapshot, so a fresh
+//! backend in the restored VM answers for the ids the guest still holds.
 //!
 //! Unsafe code lives in two places only: `host_util` (every host syscall the
 //! backends make) and the [`abi`] request structs' `ByteValued` impls.
@@ -24,6 +26,7 @@ pub mod layered;
 pub mod memory;
 pub mod passthrough;
 mod path_table;
+pub mod saved_state;
 pub mod server;
 #[cfg(test)]
 mod test_util;
@@ -35,4 +38,5 @@ pub use filesystem::{
 pub use layered::{LayeredConfig, LayeredFs};
 pub use memory::MemoryFs;
 pub use passthrough::{IdMap, IdRange, PassthroughConfig, PassthroughFs};
+pub use saved_state::FsState;
 pub use server::{Server, ServerOptions};

@@ -13,6 +13,10 @@
 //! `default_permissions`); this backend only keeps the metadata.
 //!
 //! [`MemoryFs::add_file`] and friends seed the tree from host code.
+//!
+//! Snapshots: the tree lives only in this process, so a fork could not
+//! find it again; the backend keeps [`FileSystem::save_state`]'s default
+//! refusal, and a VM serving one cannot be snapshotted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::CStr;
@@ -1084,5 +1088,12 @@ mod tests {
             libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE,
         );
         assert_eq!(bad.unwrap_err().raw_os_error(), Some(libc::EINVAL));
+    }
+
+    #[test]
+    fn snapshots_are_refused() {
+        let e = MemoryFs::new().save_state().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::Unsupported);
+        assert!(e.to_string().contains("cannot be saved in a snapshot"));
     }
 }

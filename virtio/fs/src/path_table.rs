@@ -15,6 +15,7 @@ use std::io;
 
 use crate::filesystem::{Inode, ROOT_INODE};
 use crate::host_util::err;
+use crate::saved_state::SavedNode;
 
 /// Deepest path rebuilt; deeper means a cycle, which the table refuses to
 /// create, so this only guards against a bug turning into a hang.
@@ -230,6 +231,148 @@ impl<T> PathTable<T> {
         freed
     }
 
+    /// Every inode, the root included, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (Inode, &Node<T>)> {
+        self.nodes.iter().map(|(&ino, n)| (ino, n))
+    }
+
+    /// Whether the table holds nothing but the root (a fresh backend).
+    pub fn is_fresh(&self) -> bool {
+        self.nodes.len() == 1
+    }
+
+    /// The number the next new inode gets.
+    pub fn next_inode(&self) -> Inode {
+        self.next
+    }
+
+    /// Makes new inode numbers start at `next` or above, so they never meet
+    /// restored ones; never lowers the counter.
+    pub fn reserve_below(&mut self, next: Inode) {
+        self.next = self.next.max(next);
+    }
+
+    /// Every inode but the root: its number, path (`None` once it or a
+    /// directory above it lost its name), lookups and generation.
+    pub fn save(&self) -> Vec<SavedNode> {
+        self.nodes
+            .iter()
+            .filter(|(&ino, _)| ino != ROOT_INODE)
+            .map(|(&ino, n)| SavedNode {
+                inode: ino,
+                path: self.path(ino).ok(),
+                lookups: n.lookups,
+                generation: n.generation,
+            })
+            .collect()
+    }
+
+    /// Adds inode `ino` (a number saved earlier) at `(parent, name)` with
+    /// `lookups` kernel lookups. Refuses (`EEXIST`) a number or a name
+    /// already in the table and the root's number, `ESTALE` an unknown
+    /// parent.
+    pub fn insert_as(
+        &mut self,
+        ino: Inode,
+        parent: Inode,
+        name: &CStr,
+        generation: u64,
+        lookups: u64,
+        data: T,
+    ) -> io::Result<()> {
+        self.get(parent)?;
+        if ino <= ROOT_INODE
+            || self.nodes.contains_key(&ino)
+            || self.names.contains_key(&(parent, name.to_owned()))
+        {
+            return Err(err(libc::EEXIST));
+        }
+        self.nodes.get_mut(&parent).expect("checked above").children += 1;
+        self.nodes.insert(
+            ino,
+            Node {
+                parent,
+                name: name.to_owned(),
+                attached: true,
+                generation,
+                data,
+                lookups,
+                children: 0,
+            },
+        );
+        self.names.insert((parent, name.to_owned()), ino);
+        self.next = self.next.max(ino.saturating_add(1));
+        Ok(())
+    }
+
+    /// Restores `saved` inodes into a fresh table: each path is resolved
+    /// from the root one component at a time with `resolve` (the parent's
+    /// data, the parent's path and the name; `Ok(None)` when the name is
+    /// not there), so the data is what the backend finds now. A directory
+    /// on the way that was not saved is added with a new number and no
+    /// lookups. Inodes without a path, whose path no longer resolves or
+    /// whose name another saved inode took, are left out; returns how many.
+    /// Call [`Self::reserve_below`] with the saved counter first, so the
+    /// numbers given to unsaved directories are new.
+    pub fn restore(
+        &mut self,
+        saved: &[SavedNode],
+        mut resolve: impl FnMut(&T, &[u8], &CStr) -> io::Result<Option<T>>,
+    ) -> usize {
+        let mut order: Vec<(&SavedNode, &[u8])> = saved
+            .iter()
+            .filter_map(|n| n.path.as_deref().map(|p| (n, p)))
+            .collect();
+        let mut lost = saved.len() - order.len();
+        // Parents first: a saved parent is shallower than its children.
+        order.sort_by_key(|(_, p)| p.iter().filter(|&&b| b == b'/').count());
+        for (node, path) in order {
+            if self.restore_one(node, path, &mut resolve).is_err() {
+                lost += 1;
+            }
+        }
+        // Directories added on the way to inodes that then failed.
+        let ids: Vec<Inode> = self.nodes.keys().copied().collect();
+        for ino in ids {
+            self.collect(ino);
+        }
+        lost
+    }
+
+    fn restore_one(
+        &mut self,
+        node: &SavedNode,
+        path: &[u8],
+        resolve: &mut impl FnMut(&T, &[u8], &CStr) -> io::Result<Option<T>>,
+    ) -> io::Result<()> {
+        let mut cur = ROOT_INODE;
+        let mut start = 0;
+        let parts: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
+        for (i, part) in parts.iter().enumerate() {
+            let last = i + 1 == parts.len();
+            let name = CString::new(*part).map_err(|_| err(libc::EINVAL))?;
+            let parent_path = &path[..start.max(1) - 1];
+            start += part.len() + 1;
+            if let Some(child) = self.child(cur, &name) {
+                if last {
+                    return Err(err(libc::EEXIST));
+                }
+                cur = child;
+                continue;
+            }
+            let data = resolve(&self.get(cur)?.data, parent_path, &name)?
+                .ok_or_else(|| err(libc::ENOENT))?;
+            if last {
+                self.insert_as(node.inode, cur, &name, node.generation, node.lookups, data)?;
+            } else {
+                let ino = self.next;
+                self.insert_as(ino, cur, &name, ino, 0, data)?;
+                cur = ino;
+            }
+        }
+        Ok(())
+    }
+
     /// Number of live inodes, the root included.
     #[cfg(test)]
     pub fn len(&self) -> usize {
@@ -261,5 +404,115 @@ mod tests {
         t.detach(ROOT_INODE, c"c");
         assert_eq!(t.path(c).unwrap_err().raw_os_error(), Some(libc::ESTALE));
         assert_eq!(t.get(999).err().unwrap().raw_os_error(), Some(libc::ESTALE));
+    }
+
+    fn saved(inode: Inode, path: Option<&str>, lookups: u64) -> SavedNode {
+        SavedNode {
+            inode,
+            path: path.map(|p| p.as_bytes().to_vec()),
+            lookups,
+            generation: inode + 100,
+        }
+    }
+
+    #[test]
+    fn save_lists_paths_counts_and_detached_inodes() {
+        let mut t = PathTable::new(());
+        let a = t.insert(ROOT_INODE, c"a", ()).unwrap();
+        let b = t.insert(a, c"b", ()).unwrap();
+        t.add_lookup(b).unwrap();
+        let gone = t.insert(ROOT_INODE, c"gone", ()).unwrap();
+        t.detach(ROOT_INODE, c"gone");
+        t.forget(a, 1);
+        let mut s = t.save();
+        s.sort_by_key(|n| n.inode);
+        let want = |inode, path: Option<&[u8]>, lookups| SavedNode {
+            inode,
+            path: path.map(<[u8]>::to_vec),
+            lookups,
+            generation: inode,
+        };
+        assert_eq!(
+            s,
+            vec![
+                want(a, Some(b"a"), 0),
+                want(b, Some(b"a/b"), 2),
+                want(gone, None, 1)
+            ]
+        );
+        assert_eq!(t.next_inode(), gone + 1);
+    }
+
+    #[test]
+    fn restore_keeps_ids_adds_unsaved_parents_and_leaves_out_what_fails() {
+        let mut t = PathTable::new(0u32);
+        assert!(t.is_fresh());
+        t.reserve_below(50);
+        let nodes = [
+            saved(7, Some("a/b/c"), 1),
+            saved(5, Some("a"), 0),
+            saved(9, Some("x/missing"), 1),
+            saved(10, Some("x/y/missing"), 1),
+            saved(11, None, 2),
+            saved(12, Some("a"), 1),
+            saved(13, Some("d"), 1),
+        ];
+        let mut asked = Vec::new();
+        let lost = t.restore(&nodes, |parent, parent_path, name| {
+            asked.push((*parent, parent_path.to_vec(), name.to_owned()));
+            Ok((name.to_bytes() != b"missing").then_some(parent + 1))
+        });
+        // 9 and 10 do not resolve, 11 had no path, 12's name was taken by 5.
+        assert_eq!(lost, 4);
+        assert!(!t.is_fresh());
+        assert_eq!(t.path(7).unwrap(), b"a/b/c");
+        assert_eq!(t.get(7).unwrap().generation, 107);
+        assert_eq!(
+            t.get(7).unwrap().data,
+            3,
+            "resolved under its parents' data"
+        );
+        assert_eq!(t.path(13).unwrap(), b"d");
+        // "a/b" was not saved: it got a new number, no lookups, and lives
+        // while 7 does.
+        let b = t.child(5, c"b").unwrap();
+        assert!(b >= 50);
+        assert!(asked.contains(&(2, b"a/b".to_vec(), c"c".to_owned())));
+        // x and x/y were only on the way to inodes that failed: pruned.
+        assert_eq!(t.child(ROOT_INODE, c"x"), None);
+        for lost in [9, 10, 11, 12] {
+            assert_eq!(
+                t.get(lost).err().unwrap().raw_os_error(),
+                Some(libc::ESTALE)
+            );
+        }
+        assert_eq!(t.len(), 5, "root, a, a/b, a/b/c, d");
+        // Forgetting 7 frees it and then the unsaved a/b; a (lookups 0) goes too.
+        let freed: Vec<Inode> = t.forget(7, 1).into_iter().map(|(i, _)| i).collect();
+        assert_eq!(freed, vec![7, b, 5]);
+        assert!(t.forget(999, 1).is_empty(), "unknown ids are harmless");
+        let new = t.insert(ROOT_INODE, c"n", 0).unwrap();
+        assert!(new > b);
+    }
+
+    #[test]
+    fn insert_as_refuses_taken_numbers_and_names() {
+        let mut t = PathTable::new(());
+        t.insert_as(5, ROOT_INODE, c"a", 5, 1, ()).unwrap();
+        let e = |r: io::Result<()>| r.unwrap_err().raw_os_error();
+        assert_eq!(
+            e(t.insert_as(5, ROOT_INODE, c"b", 5, 1, ())),
+            Some(libc::EEXIST)
+        );
+        assert_eq!(
+            e(t.insert_as(6, ROOT_INODE, c"a", 6, 1, ())),
+            Some(libc::EEXIST)
+        );
+        assert_eq!(
+            e(t.insert_as(ROOT_INODE, 5, c"r", 1, 1, ())),
+            Some(libc::EEXIST)
+        );
+        assert_eq!(e(t.insert_as(7, 99, c"c", 7, 1, ())), Some(libc::ESTALE));
+        assert_eq!(t.next_inode(), 6);
     }
 }

@@ -117,4 +117,21 @@ impl DeviceBackend for FsBackend {
     fn reset(&mut self) {
         self.server.reset();
     }
+
+    /// The server's session and its backend's inodes and handles: the
+    /// guest keeps its mount across the snapshot, so the restored device
+    /// must answer for the ids the guest kernel holds. The base also calls
+    /// this before pausing, to learn whether the device can be saved: that
+    /// costs one walk of the backend's inode table.
+    fn save_state(&self) -> Result<Vec<u8>, String> {
+        self.server
+            .save_state()
+            .map_err(|e| format!("cannot save the FUSE session: {e}"))
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), String> {
+        self.server
+            .restore_state(state)
+            .map_err(|e| format!("cannot restore the FUSE session: {e}"))
+    }
 }

@@ -13,6 +13,15 @@ pub trait FsServer: Send + Sync {
 
     /// The device was reset: end the FUSE session.
     fn reset(&self);
+
+    /// The FUSE session and the backend's inodes and handles, for a VM
+    /// snapshot (see `msbvm_fs::server::ServerState`); fails when the
+    /// backend cannot be saved. The queues are paused meanwhile.
+    fn save_state(&self) -> std::io::Result<Vec<u8>>;
+
+    /// Carries on a saved session in this fresh server, before the device
+    /// is activated again.
+    fn restore_state(&self, state: &[u8]) -> std::io::Result<()>;
 }
 
 impl<F: FileSystem> FsServer for Server<F> {
@@ -22,5 +31,13 @@ impl<F: FileSystem> FsServer for Server<F> {
 
     fn reset(&self) {
         Server::reset(self)
+    }
+
+    fn save_state(&self) -> std::io::Result<Vec<u8>> {
+        Server::save_state(self)
+    }
+
+    fn restore_state(&self, state: &[u8]) -> std::io::Result<()> {
+        Server::restore_state(self, state)
     }
 }

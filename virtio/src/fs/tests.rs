@@ -433,3 +433,42 @@ fn layered_backend_serves_a_guest_session() {
     host_backend_session(Arc::new(Server::new(fs, ServerOptions::default())));
     std::fs::remove_dir_all(base).unwrap();
 }
+
+#[test]
+fn the_device_saves_and_restores_the_fuse_session_of_a_saveable_backend() {
+    let memory = Fs::new("shared", 1, server()).unwrap();
+    let refused = memory.save_state().unwrap_err();
+    assert!(refused.contains("cannot be saved"), "{refused}");
+
+    let root = scratch_dir("snapshot");
+    std::fs::write(root.join("f"), b"12345").unwrap();
+    let serve = || {
+        let fs =
+            msbvm_fs::PassthroughFs::new(&root, msbvm_fs::PassthroughConfig::default()).unwrap();
+        Arc::new(Server::new(fs, ServerOptions::default()))
+    };
+    let ask = |s: &dyn FsServer, op, unique, node, args: &[u8]| {
+        let mut reply = Vec::new();
+        s.handle(&request(op, unique, node, args), &mut reply)
+            .unwrap();
+        let h = OutHeader::parse(&reply).unwrap();
+        (-h.error, reply[abi::OUT_HEADER_SIZE..].to_vec())
+    };
+    let first = serve();
+    assert_eq!(ask(&*first, opcode::INIT, 1, 0, &init_in()).0, 0);
+    let (err, entry) = ask(&*first, opcode::LOOKUP, 2, ROOT_INODE, b"f\0");
+    assert_eq!(err, 0);
+    let ino = u64_at(&entry, 0);
+    let device = Fs::new("shared", 1, first).unwrap();
+    let state = device.save_state().unwrap();
+
+    let second = serve();
+    let mut restored = Fs::new("shared", 1, second.clone()).unwrap();
+    assert!(restored.restore_state(b"not a state").is_err());
+    restored.restore_state(&state).unwrap();
+    let getattr_in = [0u8; 16];
+    let (err, attr) = ask(&*second, opcode::GETATTR, 3, ino, &getattr_in);
+    assert_eq!(err, 0, "the saved inode answers without a new INIT");
+    assert_eq!(u64_at(&attr, 16 + 8), 5, "fuse_attr.size");
+    std::fs::remove_dir_all(root).unwrap();
+}

@@ -35,6 +35,7 @@ use std::time::Duration;
 use crate::filesystem::{
     Attr, Context, DirEntry, Entry, FileSystem, Handle, Inode, OpenReply, SetAttr, StatFs,
 };
+use crate::saved_state::FsState;
 
 mod audit;
 mod deny;
@@ -415,5 +416,18 @@ impl<F: FileSystem> FileSystem for Hooked<F> {
 
         fn lseek(ctx: &Context, inode: Inode, handle: Handle, offset: u64, whence: u32) -> io::Result<u64>
             = Op { offset, ..self.with_handle(OpKind::Lseek, ctx, inode, handle) } => plain;
+
+        // Not operations of the guest: hooks do not see them. The path map
+        // is rebuilt from the saved paths so hooks keep deciding by path
+        // after a restore.
+        fn save_state() -> io::Result<FsState> {
+            self.inner.save_state()
+        }
+
+        fn restore_state(state: &FsState) -> io::Result<()> {
+            self.inner.restore_state(state)?;
+            self.paths.restore(state);
+            Ok(())
+        }
     }
 }

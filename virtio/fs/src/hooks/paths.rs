@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use crate::filesystem::{Inode, ROOT_INODE};
+use crate::saved_state::FsState;
 
 /// Deeper paths are reported as unknown, which also stops any cycle.
 const MAX_DEPTH: usize = 4096;
@@ -84,6 +85,38 @@ impl PathMap {
         link.parent = parent;
         link.name = name.to_vec();
         link.lookups += 1;
+    }
+
+    /// Learns the inodes of a restored snapshot: each saved inode with a
+    /// path is recorded under its parent, found by the parent's saved path
+    /// (an inode whose parent was not saved stays unknown).
+    pub fn restore(&self, state: &FsState) {
+        let by_path: HashMap<&[u8], Inode> = state
+            .nodes
+            .iter()
+            .filter_map(|n| n.path.as_deref().map(|p| (p, n.inode)))
+            .collect();
+        let mut links = self.links();
+        for n in &state.nodes {
+            let Some(path) = n.path.as_deref() else {
+                continue;
+            };
+            let (parent, name) = match path.iter().rposition(|&b| b == b'/') {
+                Some(i) => match by_path.get(&path[..i]) {
+                    Some(&p) => (p, &path[i + 1..]),
+                    None => continue,
+                },
+                None => (ROOT_INODE, path),
+            };
+            links.insert(
+                n.inode,
+                Link {
+                    parent,
+                    name: name.to_vec(),
+                    lookups: n.lookups,
+                },
+            );
+        }
     }
 
     /// The kernel dropped `count` references to `inode`.

@@ -402,3 +402,30 @@ fn deny_paths_follows_host_objects_of_the_passthrough_backend() {
     let b = rename_a_to_b(&fs);
     assert_eq!(lookup_errno(&fs, b, "secret"), Some(libc::EACCES));
 }
+
+#[test]
+fn a_restored_hooked_backend_knows_the_saved_paths() {
+    use crate::passthrough::{PassthroughConfig, PassthroughFs};
+    let dir = host_tree(&[("secret/key", b"k"), ("pub/f", b"f")]);
+    let wrap = || {
+        let fs = PassthroughFs::new(dir.path(), PassthroughConfig::default()).unwrap();
+        Hooked::new(fs, vec![Arc::new(DenyPaths::new(["/secret"]))])
+    };
+    let fs = wrap();
+    let pub_dir = fs.lookup(&CTX, ROOT_INODE, &c("pub")).unwrap();
+    let f = fs.lookup(&CTX, pub_dir.inode, &c("f")).unwrap();
+    let state = fs.save_state().unwrap();
+
+    let restored = wrap();
+    restored.restore_state(&state).unwrap();
+    assert_eq!(restored.path_of(f.inode), Some(PathBuf::from("/pub/f")));
+    assert_eq!(
+        restored
+            .inner()
+            .getattr(&CTX, f.inode, None)
+            .unwrap()
+            .0
+            .size,
+        1
+    );
+}

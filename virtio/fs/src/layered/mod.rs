@@ -19,6 +19,13 @@
 //! entries is stored as described in [`upper_meta`]; the upper tree holds
 //! only regular files and directories.
 //!
+//! Snapshots and forks: [`LayeredFs::freeze_upper`] copies the upper tree
+//! into a new directory in the lower-layer format (see `freeze`). A frozen
+//! snapshot layer is an ordinary lower layer: a fork is
+//! `LayeredFs::new(image_layers + [frozen], fresh_upper, config)`, and its
+//! [`FileSystem::restore_state`] takes the inodes and handles the source
+//! saved (see `persist`), resolving them in the merged tree it serves.
+//!
 //! Layer directories are only ever read. Every host path is resolved
 //! beneath a layer's or the upper's root with `openat2` and no symlinks
 //! (see [`crate::host_util`]); the guest kernel resolves symlinks itself.
@@ -35,6 +42,8 @@
 //! up keeps reading the lower copy; upper and work must be on a
 //! filesystem with `user.*` xattrs.
 
+mod freeze;
+mod persist;
 mod quota;
 #[cfg(test)]
 mod tests;
@@ -54,10 +63,11 @@ use crate::backend_common::{entry_bytes, ListEntry, Snapshot, SnapshotRegistry};
 use crate::filesystem::{
     Attr, Context, DirEntry, Entry, FileSystem, Handle, Inode, OpenReply, SetAttr, StatFs,
 };
-use crate::handle_table::HandleTable;
+use crate::handle_table::{HandleTable, Opened};
 use crate::host_util::{self as host, err, CONFINED};
 use crate::layer_meta::{EntryMeta, LayerMeta, OPAQUE_MARKER, ROOTFS_DIR, WHITEOUT_PREFIX};
 use crate::path_table::PathTable;
+use crate::saved_state::FsState;
 
 use quota::{data_cost, round_up, Quota, NAME_COST};
 use upper_meta::{GuestMeta, XattrNs};
@@ -926,6 +936,61 @@ impl LayeredFs {
         Ok(())
     }
 
+    /// The host fd OPEN of `inode` with the guest's `flags` gives (copied
+    /// up first when opened for writing).
+    fn open_file(&self, inode: Inode, flags: u32) -> io::Result<OwnedFd> {
+        let write = host::wants_write(flags);
+        let _w = if write { Some(self.write_tree()) } else { None };
+        let _r = if write {
+            None
+        } else {
+            Some(self.tree.read().expect("tree lock"))
+        };
+        if write {
+            self.copy_up(inode)?;
+        }
+        let (node, path) = self.node(inode)?;
+        match node.kind {
+            libc::S_IFREG => {}
+            libc::S_IFDIR => return Err(err(libc::EISDIR)),
+            _ => return Err(err(libc::ENXIO)),
+        }
+        let pfd = if node.upper {
+            self.upper_fd(&path)?
+        } else {
+            self.lower_fd(node.lowers[0], &path)?
+        };
+        if host::fstat(pfd.as_raw_fd())?.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(err(libc::ENXIO));
+        }
+        let host_flags = host::host_open_flags(flags);
+        if write && host_flags & libc::O_TRUNC != 0 {
+            self.resize(
+                pfd.as_raw_fd(),
+                |_| None,
+                || host::reopen(pfd.as_raw_fd(), host_flags),
+            )
+        } else {
+            host::reopen(pfd.as_raw_fd(), host_flags)
+        }
+    }
+
+    /// The listing OPENDIR of `inode` shares or takes.
+    fn open_dir(&self, inode: Inode) -> io::Result<std::sync::Arc<Snapshot>> {
+        let _r = self.tree.read().expect("tree lock");
+        let (node, path) = self.node(inode)?;
+        if node.kind != libc::S_IFDIR {
+            return Err(err(libc::ENOTDIR));
+        }
+        let generation = {
+            let t = self.table.lock().expect("layered table lock");
+            t.get(inode)?.generation
+        };
+        let key = (inode, generation, self.changes.load(Ordering::Acquire));
+        self.dirs
+            .open(key, || self.merged_list(inode, &node, &path))
+    }
+
     fn handle_fd(&self, handle: Handle) -> io::Result<(std::sync::Arc<OpenObject>, RawFd)> {
         let obj = self.handles.get(handle)?;
         let fd = match &*obj {
@@ -1209,43 +1274,15 @@ impl FileSystem for LayeredFs {
     }
 
     fn open(&self, _ctx: &Context, inode: Inode, flags: u32) -> io::Result<OpenReply> {
-        let write = host::wants_write(flags);
-        let fd = {
-            let _w = if write { Some(self.write_tree()) } else { None };
-            let _r = if write {
-                None
-            } else {
-                Some(self.tree.read().expect("tree lock"))
-            };
-            if write {
-                self.copy_up(inode)?;
-            }
-            let (node, path) = self.node(inode)?;
-            match node.kind {
-                libc::S_IFREG => {}
-                libc::S_IFDIR => return Err(err(libc::EISDIR)),
-                _ => return Err(err(libc::ENXIO)),
-            }
-            let pfd = if node.upper {
-                self.upper_fd(&path)?
-            } else {
-                self.lower_fd(node.lowers[0], &path)?
-            };
-            if host::fstat(pfd.as_raw_fd())?.st_mode & libc::S_IFMT != libc::S_IFREG {
-                return Err(err(libc::ENXIO));
-            }
-            let host_flags = host::host_open_flags(flags);
-            if write && host_flags & libc::O_TRUNC != 0 {
-                self.resize(
-                    pfd.as_raw_fd(),
-                    |_| None,
-                    || host::reopen(pfd.as_raw_fd(), host_flags),
-                )?
-            } else {
-                host::reopen(pfd.as_raw_fd(), host_flags)?
-            }
+        let fd = self.open_file(inode, flags)?;
+        let opened = Opened {
+            inode,
+            flags,
+            dir: false,
         };
-        Ok(OpenReply::new(self.handles.insert(OpenObject::File(fd))?))
+        Ok(OpenReply::new(
+            self.handles.insert(OpenObject::File(fd), opened)?,
+        ))
     }
 
     fn create(
@@ -1261,9 +1298,14 @@ impl FileSystem for LayeredFs {
         let open_flags = host::host_open_flags(flags) & !libc::O_TRUNC;
         let (entry, fd) = self.create_node(ctx, parent, name, mode, 0, None, Some(open_flags))?;
         let fd = fd.ok_or_else(|| err(libc::EIO))?;
+        let opened = Opened {
+            inode: entry.inode,
+            flags,
+            dir: false,
+        };
         Ok((
             entry,
-            OpenReply::new(self.handles.insert(OpenObject::File(fd))?),
+            OpenReply::new(self.handles.insert(OpenObject::File(fd), opened)?),
         ))
     }
 
@@ -1389,23 +1431,15 @@ impl FileSystem for LayeredFs {
         })
     }
 
-    fn opendir(&self, _ctx: &Context, inode: Inode, _flags: u32) -> io::Result<OpenReply> {
-        let snapshot = {
-            let _r = self.tree.read().expect("tree lock");
-            let (node, path) = self.node(inode)?;
-            if node.kind != libc::S_IFDIR {
-                return Err(err(libc::ENOTDIR));
-            }
-            let generation = {
-                let t = self.table.lock().expect("layered table lock");
-                t.get(inode)?.generation
-            };
-            let key = (inode, generation, self.changes.load(Ordering::Acquire));
-            self.dirs
-                .open(key, || self.merged_list(inode, &node, &path))?
+    fn opendir(&self, _ctx: &Context, inode: Inode, flags: u32) -> io::Result<OpenReply> {
+        let snapshot = self.open_dir(inode)?;
+        let opened = Opened {
+            inode,
+            flags,
+            dir: true,
         };
         Ok(OpenReply::new(
-            self.handles.insert(OpenObject::Dir(snapshot))?,
+            self.handles.insert(OpenObject::Dir(snapshot), opened)?,
         ))
     }
 
@@ -1473,5 +1507,13 @@ impl FileSystem for LayeredFs {
     ) -> io::Result<u64> {
         let (_obj, fd) = self.handle_fd(handle)?;
         host::lseek(fd, offset, whence)
+    }
+
+    fn save_state(&self) -> io::Result<FsState> {
+        self.save()
+    }
+
+    fn restore_state(&self, state: &FsState) -> io::Result<()> {
+        self.restore(state)
     }
 }

@@ -7,6 +7,8 @@ use crate::test_util::{assert_errno, c, dirent_kinds, errno, mknod, names, CTX};
 use std::collections::BTreeMap;
 use std::os::unix::fs::{symlink, MetadataExt};
 
+mod snapshot;
+
 /// What a test layer holds at one path.
 enum Item<'a> {
     File(&'a [u8]),

@@ -39,6 +39,7 @@
 mod fd_cache;
 mod id_map;
 mod kept_mode;
+mod persist;
 #[cfg(test)]
 mod tests;
 
@@ -59,9 +60,10 @@ use crate::filesystem::{
     Attr, Context, DirEntry, Entry, FileSystem, Handle, Inode, OpenReply, SetAttr, StatFs,
     ROOT_INODE,
 };
-use crate::handle_table::HandleTable;
+use crate::handle_table::{HandleTable, Opened};
 use crate::host_util::{self as host, err, CONFINED};
 use crate::path_table::PathTable;
+use crate::saved_state::FsState;
 
 use fd_cache::FdCache;
 use kept_mode::{is_reserved_xattr, KeptMode, SETID};
@@ -299,6 +301,43 @@ impl PassthroughFs {
         }
         let node = state.table.get(ino)?;
         Ok(self.entry(ino, node.generation, &st, node.data.kept.as_ref()))
+    }
+
+    /// The host file OPEN of `inode` with the guest's `flags` gives.
+    fn open_file(&self, inode: Inode, flags: u32) -> io::Result<OwnedFd> {
+        if host::wants_write(flags) {
+            self.check_writable()?;
+        }
+        let (fd, kind) = self.inode_fd(inode)?;
+        match kind {
+            libc::S_IFREG => {}
+            libc::S_IFDIR => return Err(err(libc::EISDIR)),
+            libc::S_IFLNK => return Err(err(libc::ELOOP)),
+            _ => return Err(err(libc::ENXIO)),
+        }
+        let mut f = host::host_open_flags(flags);
+        if self.config.writeback {
+            if f & libc::O_ACCMODE == libc::O_WRONLY {
+                f = (f & !libc::O_ACCMODE) | libc::O_RDWR;
+            }
+            f &= !libc::O_APPEND;
+        }
+        host::reopen(fd.as_raw_fd(), f)
+    }
+
+    /// The directory read fd OPENDIR of `inode` gives.
+    fn open_dir(&self, inode: Inode) -> io::Result<OwnedFd> {
+        let (fd, kind) = self.inode_fd(inode)?;
+        if kind != libc::S_IFDIR {
+            return Err(err(libc::ENOTDIR));
+        }
+        host::openat2(
+            fd.as_raw_fd(),
+            c".",
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+            CONFINED,
+        )
     }
 
     fn drop_freed(state: &mut State, freed: Vec<(Inode, HostId)>) {
@@ -620,25 +659,15 @@ impl FileSystem for PassthroughFs {
     }
 
     fn open(&self, _ctx: &Context, inode: Inode, flags: u32) -> io::Result<OpenReply> {
-        if host::wants_write(flags) {
-            self.check_writable()?;
-        }
-        let (fd, kind) = self.inode_fd(inode)?;
-        match kind {
-            libc::S_IFREG => {}
-            libc::S_IFDIR => return Err(err(libc::EISDIR)),
-            libc::S_IFLNK => return Err(err(libc::ELOOP)),
-            _ => return Err(err(libc::ENXIO)),
-        }
-        let mut f = host::host_open_flags(flags);
-        if self.config.writeback {
-            if f & libc::O_ACCMODE == libc::O_WRONLY {
-                f = (f & !libc::O_ACCMODE) | libc::O_RDWR;
-            }
-            f &= !libc::O_APPEND;
-        }
-        let file = host::reopen(fd.as_raw_fd(), f)?;
-        Ok(OpenReply::new(self.handles.insert(OpenObject::File(file))?))
+        let file = self.open_file(inode, flags)?;
+        let opened = Opened {
+            inode,
+            flags,
+            dir: false,
+        };
+        Ok(OpenReply::new(
+            self.handles.insert(OpenObject::File(file), opened)?,
+        ))
     }
 
     fn create(
@@ -689,13 +718,17 @@ impl FileSystem for PassthroughFs {
                 return Err(e);
             }
         }
-        let handle = self.handles.insert(OpenObject::File(file))?;
-        let entry = match host::open_child(pfd.as_raw_fd(), name)
-            .and_then(|fd| self.register(parent, name, fd))
-        {
-            Ok(e) => e,
+        let entry = host::open_child(pfd.as_raw_fd(), name)
+            .and_then(|fd| self.register(parent, name, fd))?;
+        let opened = Opened {
+            inode: entry.inode,
+            flags,
+            dir: false,
+        };
+        let handle = match self.handles.insert(OpenObject::File(file), opened) {
+            Ok(h) => h,
             Err(e) => {
-                let _ = self.handles.remove(handle);
+                self.forget(entry.inode, 1);
                 return Err(e);
             }
         };
@@ -812,20 +845,16 @@ impl FileSystem for PassthroughFs {
         host::removexattr(fd.as_raw_fd(), name)
     }
 
-    fn opendir(&self, _ctx: &Context, inode: Inode, _flags: u32) -> io::Result<OpenReply> {
-        let (fd, kind) = self.inode_fd(inode)?;
-        if kind != libc::S_IFDIR {
-            return Err(err(libc::ENOTDIR));
-        }
-        let dir = host::openat2(
-            fd.as_raw_fd(),
-            c".",
-            libc::O_RDONLY | libc::O_DIRECTORY,
-            0,
-            CONFINED,
-        )?;
+    fn opendir(&self, _ctx: &Context, inode: Inode, flags: u32) -> io::Result<OpenReply> {
+        let dir = self.open_dir(inode)?;
+        let opened = Opened {
+            inode,
+            flags,
+            dir: true,
+        };
         Ok(OpenReply::new(
-            self.handles.insert(OpenObject::Dir(Mutex::new(dir)))?,
+            self.handles
+                .insert(OpenObject::Dir(Mutex::new(dir)), opened)?,
         ))
     }
 
@@ -910,5 +939,13 @@ impl FileSystem for PassthroughFs {
     ) -> io::Result<u64> {
         let obj = self.file_fd(handle)?;
         host::lseek(Self::handle_raw(&obj), offset, whence)
+    }
+
+    fn save_state(&self) -> io::Result<FsState> {
+        self.save()
+    }
+
+    fn restore_state(&self, state: &FsState) -> io::Result<()> {
+        self.restore(state)
     }
 }

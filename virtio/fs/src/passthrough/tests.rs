@@ -651,3 +651,54 @@ fn directory_handles_read_on_demand_and_page_through_every_entry() {
         fs.releasedir(&CTX, ROOT_INODE, 0, h).unwrap();
     }
 }
+
+#[test]
+fn a_fresh_backend_over_the_same_directory_answers_for_saved_inodes_and_handles() {
+    let dir = crate::test_util::host_tree(&[("d/f", b"data"), ("d/g", b"gg")]);
+    let fs = fs_with(dir.path(), |_| {});
+    let d = fs.lookup(&CTX, ROOT_INODE, &c("d")).unwrap();
+    let f = fs.lookup(&CTX, d.inode, &c("f")).unwrap();
+    let g = fs.lookup(&CTX, d.inode, &c("g")).unwrap();
+    let rh = fs.open(&CTX, f.inode, libc::O_RDONLY as u32).unwrap();
+    let wflags = (libc::O_WRONLY | libc::O_TRUNC) as u32;
+    let wh = fs.open(&CTX, g.inode, wflags).unwrap();
+    let dh = fs.opendir(&CTX, d.inode, 0).unwrap();
+    fs.forget(d.inode, 1); // held only as the parent of f and g now
+    let saved = fs.save_state().unwrap();
+    assert_eq!(saved.handles.len(), 3);
+    // g was truncated by its open, not again by the restore.
+    std::fs::write(dir.path().join("d/g"), b"kept").unwrap();
+
+    let fresh = fs_with(dir.path(), |_| {});
+    fresh.restore_state(&saved).unwrap();
+    assert!(fresh.restore_state(&saved).is_err(), "only once");
+    assert_eq!(fresh.getattr(&CTX, f.inode, None).unwrap().0.size, 4);
+    assert_eq!(
+        fresh.read(&CTX, f.inode, rh.handle, 0, 100).unwrap(),
+        b"data"
+    );
+    assert_eq!(
+        fresh.write(&CTX, g.inode, wh.handle, 4, b"+", 0).unwrap(),
+        1
+    );
+    assert_eq!(std::fs::read(dir.path().join("d/g")).unwrap(), b"kept+");
+    let mut listed = Vec::new();
+    fresh
+        .readdir(&CTX, d.inode, dh.handle, 0, &mut |e| {
+            listed.push(String::from_utf8(e.name.to_vec()).unwrap());
+            true
+        })
+        .unwrap();
+    listed.sort();
+    assert_eq!(listed, [".", "..", "f", "g"]);
+    // A lookup finds the restored inode; new ones are numbered above.
+    assert_eq!(fresh.lookup(&CTX, d.inode, &c("f")).unwrap().inode, f.inode);
+    assert_eq!(
+        fresh.lookup(&CTX, ROOT_INODE, &c("d")).unwrap().inode,
+        d.inode
+    );
+    std::fs::write(dir.path().join("new"), b"").unwrap();
+    let new = fresh.lookup(&CTX, ROOT_INODE, &c("new")).unwrap();
+    assert!(new.inode >= saved.next_inode);
+    fresh.forget(1 << 40, 1);
+}

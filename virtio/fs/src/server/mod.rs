@@ -19,6 +19,10 @@
 //! with [`abi::error_reply`]`(unique, EIO)`: FUSE has no partial replies.
 //!
 //! FORGET, BATCH_FORGET and INTERRUPT produce no reply (an empty `reply`).
+//!
+//! Snapshots: [`Server::save_state`] and [`Server::restore_state`] carry a
+//! FUSE session (the INIT negotiation and the backend's inodes and handles)
+//! into a fresh server in another process; see [`ServerState`].
 
 use std::ffi::CStr;
 use std::io;
@@ -31,8 +35,11 @@ use crate::abi::{self, init_flags, opcode, ArgReader, InHeader, PutLe};
 use crate::filesystem::{Context, DirEntry, Entry, FileSystem, Inode};
 
 mod ops;
+mod state;
 #[cfg(test)]
 mod tests;
+
+pub use state::{ServerState, STATE_VERSION};
 
 /// The largest WRITE payload we accept (and tell the kernel, `max_write`).
 pub const MAX_WRITE: u32 = 1 << 20;

@@ -617,3 +617,86 @@ fn every_request_struct_one_byte_short_is_einval() {
         .unwrap();
     assert_eq!(OutHeader::parse(&reply).unwrap().error, -libc::EINVAL);
 }
+
+/// One request to any server; returns (error, body).
+fn send<F: FileSystem>(
+    server: &Server<F>,
+    unique: u64,
+    op: u32,
+    node: u64,
+    a: &[u8],
+) -> (i32, Vec<u8>) {
+    let mut reply = Vec::new();
+    server
+        .handle(&request(op, unique, node, a), &mut reply)
+        .unwrap();
+    let h = OutHeader::parse(&reply).expect("reply without header");
+    (-h.error, reply[abi::OUT_HEADER_SIZE..].to_vec())
+}
+
+#[test]
+fn a_restored_server_serves_the_old_session_without_init() {
+    use crate::passthrough::{PassthroughConfig, PassthroughFs};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), b"saved data").unwrap();
+    let backend = || PassthroughFs::new(dir.path(), PassthroughConfig::default()).unwrap();
+    let server = Server::new(backend(), ServerOptions::default());
+    assert_eq!(
+        send(&server, 1, opcode::INIT, 0, &init_in(31, u32::MAX)).0,
+        0
+    );
+    let (err, entry) = send(&server, 2, opcode::LOOKUP, ROOT_INODE, &cname("f"));
+    assert_eq!(err, 0);
+    let ino = u64_at(&entry, 0);
+    let open_in = args(&[&(libc::O_RDONLY as u32).to_le_bytes(), &0u32.to_le_bytes()]);
+    let (err, open) = send(&server, 3, opcode::OPEN, ino, &open_in);
+    assert_eq!(err, 0);
+    let fh = u64_at(&open, 0);
+    let state = server.save_state().unwrap();
+
+    let restored = Server::new(backend(), ServerOptions::default());
+    restored.restore_state(&state).unwrap();
+    assert_eq!(restored.negotiated_minor(), 31);
+    let (err, data) = send(&restored, 4, opcode::READ, ino, &read_in(fh, 6, 100));
+    assert_eq!((err, data.as_slice()), (0, &b"data"[..]));
+    assert_eq!(
+        restored.restore_state(&state).unwrap_err().kind(),
+        io::ErrorKind::AlreadyExists,
+        "a server with a session is not fresh"
+    );
+
+    // Bytes that are not a saved state are refused, the server untouched.
+    let fresh = Server::new(backend(), ServerOptions::default());
+    let mut wrong_version = state.clone();
+    wrong_version[0] = STATE_VERSION + 1;
+    let mut trailing = state.clone();
+    trailing.push(0);
+    for bad in [
+        &[][..],
+        &wrong_version,
+        &state[..state.len() - 1],
+        &trailing,
+        &[1, 0xff, 0xff],
+    ] {
+        assert!(fresh.restore_state(bad).is_err(), "{bad:?}");
+    }
+    assert_eq!(
+        send(&fresh, 5, opcode::READ, ino, &read_in(fh, 0, 10)).0,
+        libc::EIO
+    );
+    let bad_minor = ServerState {
+        initialized: true,
+        minor: 99,
+        fs: crate::FsState::default(),
+    };
+    assert!(ServerState::decode(&bad_minor.encode().unwrap()).is_err());
+}
+
+#[test]
+fn a_server_over_an_unsaveable_backend_cannot_be_saved() {
+    let k = Kernel::new();
+    assert_eq!(
+        k.server.save_state().unwrap_err().kind(),
+        io::ErrorKind::Unsupported
+    );
+}
