@@ -52,7 +52,7 @@ pub use config::{
     VsockConfig, DEFAULT_CMDLINE,
 };
 pub use exit::{FaultKind, FaultRegs, VcpuFault, VmExit};
-pub use vm::{Error, VmControl, VmEvent, VmOutcome};
+pub use vm::{Error, VmControl, VmEvent, VmOutcome, WhilePaused};
 
 /// Boots the VM described by `config` on this host's KVM and runs it to the
 /// end (see [`vm::run`]). `on_event` is called on this thread as events happen.

@@ -10,6 +10,10 @@
 //! - The VM thread, after it created the vCPUs, only waits for their reports, kicks them
 //!   (`tgkill`), flushes the console and, at the end, reads its memory figures from
 //!   `/proc/self` and tears the VM down (the vsock device removes its socket file).
+//!   It also takes snapshots ([`SNAPSHOT`]): it writes the state and memory files and runs
+//!   the taker's work while the guest is paused, which for a sandbox is copying the
+//!   virtio-fs writable layer (the virtio-fs workers' list). Landlock keeps those writes
+//!   inside the sandbox's state directory.
 
 use msbvm_virtio::confine::{
     compile, BackendError, BpfProgram, Syscall, CONFINE_CHILDREN, EVENT_LOOP, FILE_READ, SPAWN,
@@ -46,6 +50,26 @@ pub const VM_THREAD: &[Syscall] = &[
     libc::SYS_lstat,
 ];
 
+/// Writing a snapshot: the state file (temporary file, sync, rename), the sparse memory
+/// file (holes by `ftruncate`, data by `pwrite64`) and its directory.
+pub const SNAPSHOT: &[Syscall] = &[
+    libc::SYS_write,
+    libc::SYS_pwrite64,
+    libc::SYS_ftruncate,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_renameat,
+    libc::SYS_renameat2,
+    libc::SYS_mkdirat,
+    libc::SYS_unlinkat,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_rename,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_mkdir,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_open,
+];
+
 /// Every list a vCPU thread needs: its own, thread start-up, and the device workers' (it
 /// starts them), with the `ioctl` requests they use.
 pub fn vcpu_lists() -> (Vec<&'static [Syscall]>, Vec<(u64, u64)>) {
@@ -71,7 +95,17 @@ pub fn program(kind: &str) -> Option<Result<BpfProgram, BackendError>> {
             let (lists, ioctls) = vcpu_lists();
             compile(&lists, &[libc::AF_UNIX], &ioctls)
         }
-        "vm" => compile(&[VM_THREAD, FILE_READ, EVENT_LOOP], &[], &[KVM_IOCTLS]),
+        "vm" => compile(
+            &[
+                VM_THREAD,
+                FILE_READ,
+                EVENT_LOOP,
+                SNAPSHOT,
+                msbvm_virtio::fs::seccomp::SYSCALLS,
+            ],
+            &[],
+            &[KVM_IOCTLS],
+        ),
         _ => return None,
     })
 }

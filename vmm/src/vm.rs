@@ -79,12 +79,26 @@ pub enum Error {
     Restore(#[from] snapshot::Error),
 }
 
-/// A snapshot asked of a running VM: where to write it, and where the
-/// answer goes.
-#[derive(Debug)]
+/// A snapshot asked of a running VM: where to write it, what else to do
+/// while the guest is paused, and where the answer goes.
 pub struct SnapshotRequest {
     dir: PathBuf,
+    while_paused: Option<WhilePaused>,
     reply: Sender<Result<snapshot::Header, snapshot::Error>>,
+}
+
+/// Work a snapshot's taker does while the guest is paused, after the VM's
+/// state was written (e.g. freezing a writable filesystem layer, which must
+/// match the saved memory); an error fails the snapshot.
+pub type WhilePaused = Box<dyn FnOnce() -> Result<(), String> + Send>;
+
+impl std::fmt::Debug for SnapshotRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotRequest")
+            .field("dir", &self.dir)
+            .field("while_paused", &self.while_paused.is_some())
+            .finish()
+    }
 }
 
 /// Lets another thread ask a running VM for a snapshot (cloned from
@@ -108,9 +122,28 @@ impl VmControl {
     /// returns the snapshot's header. The guest is paused while its memory
     /// is written.
     pub fn snapshot(&self, dir: &Path) -> Result<snapshot::Header, snapshot::Error> {
+        self.request(dir, None)
+    }
+
+    /// [`VmControl::snapshot`], running `while_paused` on the VM thread
+    /// after the VM's state is written and before the guest resumes.
+    pub fn snapshot_with(
+        &self,
+        dir: &Path,
+        while_paused: WhilePaused,
+    ) -> Result<snapshot::Header, snapshot::Error> {
+        self.request(dir, Some(while_paused))
+    }
+
+    fn request(
+        &self,
+        dir: &Path,
+        while_paused: Option<WhilePaused>,
+    ) -> Result<snapshot::Header, snapshot::Error> {
         let (reply, answer) = mpsc::channel();
         let request = SnapshotRequest {
             dir: dir.to_path_buf(),
+            while_paused,
             reply,
         };
         let sent = match &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -195,6 +228,7 @@ pub fn run<H: Hypervisor>(
     let _forget = ForgetMemory(&config.memory);
     let vcpus = Vcpus::start(&machine, config)?;
     if config.restore.is_some() {
+        machine.buses.reraise_interrupts();
         on_event(&VmEvent::Restored(config.start_time.elapsed()));
     }
     config.control.connect(Some(vcpus.tx.clone()));
@@ -230,8 +264,21 @@ struct Machine<V> {
     entry: Option<EntryMode>,
     /// The SHA-256 of the guest kernel (hex), once a snapshot needed it.
     kernel_sha256: Mutex<Option<String>>,
+    /// The guest kernel, opened at start: a snapshot hashes it after the VM
+    /// thread confined itself (when it may no longer open the file).
+    kernel_file: Option<std::fs::File>,
     /// The saved vCPU states of a restored VM, in index order.
     vcpu_states: Vec<Vec<u8>>,
+}
+
+/// The guest kernel of `config`, open for a later snapshot's hash (`None`
+/// when there is none or it cannot be opened now: the snapshot then opens it
+/// by name, and says so if that fails).
+fn open_kernel(config: &VmConfig) -> Option<std::fs::File> {
+    match &config.boot {
+        BootSource::Linux { kernel, .. } => std::fs::File::open(kernel).ok(),
+        _ => None,
+    }
 }
 
 impl<V: Vm> Machine<V> {
@@ -255,6 +302,7 @@ impl<V: Vm> Machine<V> {
             buses,
             entry: Some(entry),
             kernel_sha256: Mutex::new(None),
+            kernel_file: open_kernel(config),
             vcpu_states: Vec::new(),
         })
     }
@@ -324,6 +372,7 @@ impl<V: Vm> Machine<V> {
             buses,
             entry: None,
             kernel_sha256: Mutex::new(kernel_sha256),
+            kernel_file: None,
             vcpu_states: state.vcpus.clone(),
         })
     }
@@ -335,7 +384,10 @@ impl<V: Vm> Machine<V> {
         };
         let mut known = self.kernel_sha256.lock().unwrap_or_else(|p| p.into_inner());
         if known.is_none() {
-            *known = Some(snapshot::sha256_file(kernel)?);
+            *known = Some(match &self.kernel_file {
+                Some(file) => snapshot::sha256_open(file, kernel)?,
+                None => snapshot::sha256_file(kernel)?,
+            });
         }
         Ok(known.clone())
     }
@@ -616,7 +668,14 @@ fn supervise<V: Vm>(
         };
         match report {
             Ok(Report::Snapshot(request)) => {
-                let result = take_snapshot(config, machine, vcpus, &request.dir, &mut deferred);
+                let result = take_snapshot(
+                    config,
+                    machine,
+                    vcpus,
+                    &request.dir,
+                    request.while_paused,
+                    &mut deferred,
+                );
                 let _ = request.reply.send(result);
             }
             // A pause that was given up on can still be answered late.
@@ -667,6 +726,7 @@ fn take_snapshot<V: Vm>(
     machine: &Machine<V>,
     vcpus: &Vcpus,
     dir: &Path,
+    while_paused: Option<WhilePaused>,
     deferred: &mut Vec<Report>,
 ) -> Result<snapshot::Header, snapshot::Error> {
     // Hashed before the pause: the guest should not wait for it.
@@ -675,7 +735,17 @@ fn take_snapshot<V: Vm>(
     let states = vcpus.pause(deferred)?;
     let result = match machine.buses.pause_all() {
         Ok(()) => {
-            let result = machine.write_snapshot(config, dir, kernel_sha256, states);
+            let result = machine
+                .write_snapshot(config, dir, kernel_sha256, states)
+                .and_then(|header| match while_paused {
+                    Some(work) => work()
+                        .map(|()| header)
+                        .map_err(|why| snapshot::Error::Device {
+                            name: "snapshot taker".into(),
+                            why,
+                        }),
+                    None => Ok(header),
+                });
             machine.buses.resume_all();
             result
         }

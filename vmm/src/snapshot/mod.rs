@@ -224,10 +224,29 @@ pub fn write_state(dir: &Path, state: &VmSnapshot) -> Result<(), Error> {
 
 /// The SHA-256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String, Error> {
+    let file = std::fs::File::open(path).map_err(Error::io("cannot open", path))?;
+    sha256_open(&file, path)
+}
+
+/// The SHA-256 (hex) of the open file `file` (named `path` in errors), read
+/// with positioned reads from its start: a file opened before the process
+/// confined itself can still be hashed afterwards.
+pub fn sha256_open(file: &std::fs::File, path: &Path) -> Result<String, Error> {
     use sha2::{Digest, Sha256};
-    let mut file = std::fs::File::open(path).map_err(Error::io("cannot open", path))?;
+    use std::os::unix::fs::FileExt;
     let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).map_err(Error::io("cannot read", path))?;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut offset = 0u64;
+    loop {
+        let n = match file.read_at(&mut buf, offset) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io("cannot read", path)(e)),
+        };
+        hasher.update(&buf[..n]);
+        offset += n as u64;
+    }
     Ok(hasher
         .finalize()
         .iter()
