@@ -133,7 +133,30 @@ pub enum HostMessage {
     /// An event for guest programs; only on the agent's events connection
     /// ([`HOST_EVENTS_PORT`]).
     Event(events::HostEvent),
+    /// The guest was restored from a snapshot as a new sandbox (a fork): take
+    /// its identity. Answered [`GuestMessage::IdentityTaken`] or
+    /// [`GuestMessage::Error`].
+    Identity(ForkIdentity),
 }
+
+/// What makes a fork of a snapshot its own sandbox: every fork of one
+/// snapshot starts with the same memory, so the same hostname, RNG state and
+/// a wall clock that stopped when the snapshot was taken.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForkIdentity {
+    /// The fork's hostname (its sandbox name).
+    pub hostname: String,
+    /// Fresh host randomness for the kernel's RNG (at most
+    /// [`MAX_FORK_ENTROPY`] bytes), credited and followed by a forced reseed.
+    pub entropy: Vec<u8>,
+    /// The host's wall clock when the fork started, in nanoseconds since the
+    /// Unix epoch.
+    pub unix_time_ns: u64,
+}
+
+/// Most entropy bytes a [`ForkIdentity`] carries (the kernel takes what it
+/// needs from 32; more only costs).
+pub const MAX_FORK_ENTROPY: usize = 256;
 
 /// Messages from the agent to the host.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,6 +205,8 @@ pub enum GuestMessage {
     FileError(files::FileError),
     /// An event a guest program sent; only on the agent's events connection.
     Event(events::GuestEvent),
+    /// The agent took the identity of [`HostMessage::Identity`].
+    IdentityTaken,
 }
 
 /// Errors of the codec.

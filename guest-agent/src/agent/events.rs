@@ -5,9 +5,12 @@
 //! `Ready(BootTimes)`. The connection stays open: guest programs' events go
 //! out on it (`GuestMessage::Event`, sent by the events hub through
 //! [`Events`]), and a reader thread hands the host's `HostMessage::Event`s to
-//! the hub ([`read_host_events`]). If nobody listens (a host that does not
-//! care, or another VMM), the agent retries a few times and carries on
-//! without it; reconnecting later is not attempted.
+//! the hub ([`read_host_events`]). If nobody listens at start-up (a host
+//! that does not care, or another VMM), the agent retries a few times and
+//! carries on without it. A connection that worked and then ended is made
+//! again, for as long as it takes: that is how a guest restored from a
+//! snapshot (whose vsock connections the device reset) reaches its new
+//! host, which takes the second `Ready` as the fork's.
 
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
@@ -27,6 +30,9 @@ use super::vsock::VsockStream;
 const ATTEMPTS: u32 = 5;
 /// Pause between attempts (doubling each time).
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+/// Attempts per round of reconnecting (rounds repeat without end; the
+/// doubling pauses of one round add up to about 1.3 s).
+const RECONNECT_ATTEMPTS: u32 = 7;
 
 /// A connection to the host that events are sent on: empty until it is up,
 /// and again after it broke. Cheap to clone; clones share the connection.
@@ -131,10 +137,21 @@ impl Events {
         let spawned = std::thread::Builder::new()
             .name("events".into())
             .spawn(move || {
-                if let Some(input) = connect(&link, times) {
-                    read_host_events(input, on_event);
-                    // The host closed its end: emits fail at once from now on.
+                let Some(mut input) = connect(&link, times, ATTEMPTS) else {
+                    return;
+                };
+                loop {
+                    read_host_events(input, &on_event);
+                    // The host closed its end: emits fail at once until a
+                    // new connection is up.
                     link.close();
+                    agent_log!("events connection ended; connecting again");
+                    input = loop {
+                        if let Some(input) = connect(&link, times, RECONNECT_ATTEMPTS) {
+                            break input;
+                        }
+                    };
+                    agent_log!("events connection made again");
                 }
             });
         if let Err(e) = spawned {
@@ -143,11 +160,11 @@ impl Events {
     }
 }
 
-/// Connects (with retries) and announces; the stream to read the host's
-/// messages from, once `link` holds the connection.
-fn connect(link: &Events, times: BootTimes) -> Option<VsockStream> {
+/// Connects (with up to `attempts` tries) and announces; the stream to read
+/// the host's messages from, once `link` holds the connection.
+fn connect(link: &Events, times: BootTimes, attempts: u32) -> Option<VsockStream> {
     let mut backoff = FIRST_BACKOFF;
-    for attempt in 1..=ATTEMPTS {
+    for attempt in 1..=attempts {
         match VsockStream::connect(HOST_CID, HOST_EVENTS_PORT) {
             Ok(stream) => {
                 let input = match stream.try_clone() {
@@ -165,10 +182,12 @@ fn connect(link: &Events, times: BootTimes) -> Option<VsockStream> {
                 *link.channel.lock().unwrap_or_else(|e| e.into_inner()) = Some(out);
                 return Some(input);
             }
-            Err(e) if attempt == ATTEMPTS => {
-                agent_log!(
-                    "no host events listener on vsock port {HOST_EVENTS_PORT} ({e}); going on without it"
-                );
+            Err(e) if attempt == attempts => {
+                if attempts == ATTEMPTS {
+                    agent_log!(
+                        "no host events listener on vsock port {HOST_EVENTS_PORT} ({e}); going on without it"
+                    );
+                }
             }
             Err(_) => {
                 std::thread::sleep(backoff);

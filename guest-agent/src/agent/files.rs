@@ -445,6 +445,7 @@ fn describe(m: &HostMessage) -> &'static str {
         HostMessage::FileChunk(_) => "FileChunk",
         HostMessage::FileEnd => "FileEnd",
         HostMessage::Event(_) => "Event",
+        HostMessage::Identity(_) => "Identity",
     }
 }
 

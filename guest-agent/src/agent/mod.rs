@@ -41,6 +41,7 @@ pub mod connection;
 pub mod events;
 pub mod exec;
 pub mod files;
+pub mod fork;
 pub mod guest_events;
 pub mod mounts;
 pub mod net;
@@ -173,7 +174,9 @@ fn serve(agent_start_ns: u64, on_msbvm: bool) -> Result<std::convert::Infallible
     let ready_ns = system::boottime_ns();
     start_events(agent_start_ns, ready_ns);
 
-    let server = Arc::new(server::Server::new(reaper, Arc::new(power_off_handler)));
+    let server = Arc::new(
+        server::Server::new(reaper, Arc::new(power_off_handler)).on_identity(Arc::new(fork::take)),
+    );
     loop {
         match listener.accept() {
             Ok(stream) => {

@@ -5,7 +5,8 @@
 //!
 //! Flow: the first message must be `Hello` with our protocol version
 //! (otherwise `Error` and close). After it: `Ping` → `Pong`;
-//! `Shutdown{code}` → the shutdown handler; `Exec` → `Started`, output,
+//! `Shutdown{code}` → the shutdown handler; `Identity` → the identity
+//! handler, then `IdentityTaken` or `Error`; `Exec` → `Started`, output,
 //! `Exited`, then the connection closes (one exec per connection). A frame
 //! that does not decode gets `Error` and the connection goes on; a frame
 //! over the size limit gets `Error` and the connection closes (the stream
@@ -19,7 +20,8 @@ use std::time::Duration;
 
 use msbvm_protocol::framing::{FrameError, FrameReader, FrameWriter};
 use msbvm_protocol::{
-    check_version, Error as ProtocolError, ExecRequest, GuestMessage, HostMessage, PROTOCOL_VERSION,
+    check_version, Error as ProtocolError, ExecRequest, ForkIdentity, GuestMessage, HostMessage,
+    PROTOCOL_VERSION,
 };
 
 use super::connection::{ConnectionError, Stream};
@@ -50,10 +52,14 @@ enum StartError {
     Session(#[from] SessionError),
 }
 
+/// What a host's `Identity` does (takes a fork's identity, in the real agent).
+pub type IdentityHandler = Arc<dyn Fn(&ForkIdentity) -> io::Result<()> + Send + Sync>;
+
 /// Serves connections; shared by all connection threads.
 pub struct Server {
     reaper: &'static Reaper,
     on_shutdown: ShutdownHandler,
+    on_identity: IdentityHandler,
 }
 
 fn error(message: impl Into<String>) -> GuestMessage {
@@ -88,7 +94,16 @@ impl Server {
         Self {
             reaper,
             on_shutdown,
+            on_identity: Arc::new(|_| {
+                Err(io::Error::other("this agent does not take fork identities"))
+            }),
         }
+    }
+
+    /// Sends the host's `Identity` requests to `handler`.
+    pub fn on_identity(mut self, handler: IdentityHandler) -> Self {
+        self.on_identity = handler;
+        self
     }
 
     /// Serves one connection until it ends.
@@ -151,6 +166,10 @@ impl Server {
                     out.send(&error("no file upload is under way on this connection"))?
                 }
                 HostMessage::Event(_) => out.send(&error(EVENTS_ELSEWHERE))?,
+                HostMessage::Identity(identity) => match (self.on_identity)(&identity) {
+                    Ok(()) => out.send(&GuestMessage::IdentityTaken)?,
+                    Err(e) => out.send(&error(format!("taking the fork's identity: {e}")))?,
+                },
                 HostMessage::Stdin(_)
                 | HostMessage::CloseStdin
                 | HostMessage::Signal(_)
@@ -235,6 +254,9 @@ impl Server {
                     error("a process runs on this connection; open another for file operations"),
                 ),
                 HostMessage::Event(_) => Some(error(EVENTS_ELSEWHERE)),
+                HostMessage::Identity(_) => Some(error(
+                    "a process runs on this connection; open another to send an identity",
+                )),
             };
             if let Some(reply) = reply {
                 if let Err(e) = out.send(&reply) {
