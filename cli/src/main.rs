@@ -19,6 +19,7 @@ mod run;
 mod sandbox_opts;
 mod secret_opts;
 mod session;
+mod snapshot;
 mod tty;
 mod volume;
 
@@ -32,9 +33,9 @@ use clap::{CommandFactory, Parser, Subcommand};
 const MSBVM_ERROR: u8 = 125;
 
 /// The subcommands whose errors exit with [`MSBVM_ERROR`].
-const SANDBOX_COMMANDS: [&str; 16] = [
+const SANDBOX_COMMANDS: [&str; 18] = [
     "run", "exec", "ls", "stop", "rm", "logs", "cp", "pull", "images", "rmi", "volume", "import",
-    "net", "events", "emit", "request",
+    "net", "events", "emit", "request", "snapshot", "fork",
 ];
 
 #[derive(Parser)]
@@ -83,6 +84,11 @@ enum Command {
     /// Manage named volumes.
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
+    /// Snapshot running sandboxes; list, inspect and remove snapshots.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
+    /// Start sandboxes from a snapshot (running at once, with their own identity).
+    Fork(snapshot::ForkArgs),
     /// Boot a kernel in a microVM with the console on stdout.
     Boot(boot::BootArgs),
     /// Manage the shared guest kernel.
@@ -188,6 +194,8 @@ fn run_sandbox_command(command: Command) -> u8 {
             Command::Logs(args) => manage::logs(args),
             Command::Cp(args) => cp::cp(args).await,
             Command::Volume(cmd) => volume::run(cmd),
+            Command::Snapshot(cmd) => snapshot::run(cmd).await,
+            Command::Fork(args) => snapshot::fork(args).await,
             Command::Net(cmd) => net::run(cmd).await,
             Command::Debug(cmd) => debug::run(cmd).await,
             Command::Events(args) => events::events(args).await,

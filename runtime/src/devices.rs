@@ -70,6 +70,10 @@ pub struct Devices {
     pub net: Option<NetStackHandle>,
     /// The root backend (for reading the image's `/etc/passwd`).
     pub root_fs: Option<Arc<dyn FileSystem>>,
+    /// An image root's backend, whose writable layer a snapshot freezes.
+    pub root_layered: Option<Arc<LayeredFs>>,
+    /// The image layers under an image root's writable layer.
+    pub lower_dirs: Vec<PathBuf>,
     _leases: Vec<Box<dyn std::any::Any + Send>>,
 }
 
@@ -114,6 +118,8 @@ pub fn build(
         image: None,
         net: None,
         root_fs: None,
+        root_layered: None,
+        lower_dirs: Vec::new(),
         _leases: Vec::new(),
     };
     let mut hooks = extensions.fs_hooks.clone();
@@ -124,11 +130,14 @@ pub fn build(
             let disk = spec
                 .disk_size_bytes
                 .unwrap_or(msbvm_sdk::spec::DEFAULT_DISK_SIZE);
-            let (fs, defaults, lease) = image_root(home, reference, dir, disk)?;
-            devices.exec = defaults;
+            let root = image_root(home, reference, dir, disk, spec.fork_of.as_deref())?;
+            devices.exec = root.defaults;
             devices.image = Some(reference.clone());
-            devices._leases.push(Box::new(lease));
-            let fs: Arc<dyn FileSystem> = Arc::new(fs);
+            devices._leases.push(Box::new(root.lease));
+            devices.lower_dirs = root.lower_dirs;
+            let fs = Arc::new(root.fs);
+            devices.root_layered = Some(fs.clone());
+            let fs: Arc<dyn FileSystem> = fs;
             devices.root_fs = Some(fs.clone());
             devices.specs.push(fs_device(ROOT_TAG, fs, false, &hooks)?);
             devices.boot.root_tag = Some(ROOT_TAG.into());
@@ -324,18 +333,41 @@ pub fn image_store(home: &Path) -> Result<ImageStore> {
     msbvm_sdk::images::store_in(home)
 }
 
+/// An image root, ready to serve.
+struct ImageRoot {
+    fs: LayeredFs,
+    defaults: ExecDefaults,
+    lease: LayerLease,
+    lower_dirs: Vec<PathBuf>,
+}
+
+/// The root of image `reference` with the sandbox's writable layer; for a fork of the
+/// snapshot in `fork_of`, the snapshot's frozen layer lies between the image's and it.
 fn image_root(
     home: &Path,
     reference: &str,
     dir: &SandboxDir,
     disk_bytes: u64,
-) -> Result<(LayeredFs, ExecDefaults, LayerLease)> {
+    fork_of: Option<&Path>,
+) -> Result<ImageRoot> {
     let store = image_store(home)?;
     if reference == DEFAULT_IMAGE {
         msbvm_image::ensure_default_image(&store).map_err(Error::Image)?;
     }
     let resolved = store.resolve(reference).map_err(Error::Image)?;
     let lease = store.lease(&resolved).map_err(Error::Image)?;
+    let mut layers = resolved.lower_dirs.clone();
+    if let Some(snapshot) = fork_of {
+        let info = msbvm_sdk::snapshots::SnapshotInfo::read(snapshot)?;
+        if info.lower_dirs != resolved.lower_dirs {
+            return Err(Error::InvalidConfig(format!(
+                "image {reference} is not the one snapshot {} was taken on (it was pulled again \
+                 or removed); pull the snapshot's image or take a new snapshot",
+                info.name
+            )));
+        }
+        layers.push(snapshot.join(msbvm_sdk::snapshots::LAYER_DIR));
+    }
     let upper = dir.path().join(UPPER_DIR);
     let (_, max_open_handles) = fd_budgets(raise_fd_limit());
     let config = LayeredConfig {
@@ -343,9 +375,14 @@ fn image_root(
         max_upper_bytes: disk_bytes,
         ..LayeredConfig::default()
     };
-    let fs = LayeredFs::new(resolved.lower_dirs.clone(), &upper, config)
+    let fs = LayeredFs::new(layers, &upper, config)
         .map_err(Error::io(format!("opening the layers of {reference}")))?;
-    Ok((fs, exec_defaults(&resolved.config), lease))
+    Ok(ImageRoot {
+        fs,
+        defaults: exec_defaults(&resolved.config),
+        lease,
+        lower_dirs: resolved.lower_dirs,
+    })
 }
 
 fn exec_defaults(config: &ImageConfig) -> ExecDefaults {

@@ -25,6 +25,7 @@ pub mod confine;
 mod control_server;
 pub mod devices;
 pub mod event_hub;
+mod fork;
 pub mod image;
 mod log_writer;
 mod signals;
@@ -331,6 +332,8 @@ struct Supervisor<'a> {
     extensions: devices::Extensions,
     /// The VM's RAM while it runs (for `DumpMemory`).
     memory: msbvm_vmm::memory::MemoryHandle,
+    /// Snapshots of the running VM.
+    control: msbvm_vmm::VmControl,
 }
 
 impl<'a> Supervisor<'a> {
@@ -359,6 +362,7 @@ impl<'a> Supervisor<'a> {
             devices: None,
             extensions,
             memory: msbvm_vmm::memory::MemoryHandle::new(),
+            control: msbvm_vmm::VmControl::new(),
         }
     }
 
@@ -383,16 +387,24 @@ impl<'a> Supervisor<'a> {
             &self.args.home,
             &self.extensions,
         )?;
-        let busybox = if devices.initramfs_root {
-            Some(image::find_busybox()?)
-        } else {
-            None
+        // A fork's guest already booted: its initramfs is in the snapshot's memory.
+        let restore = match &self.args.spec.fork_of {
+            Some(snapshot) => Some(fork::open_vm_snapshot(snapshot)?),
+            None => {
+                let busybox = if devices.initramfs_root {
+                    Some(image::find_busybox()?)
+                } else {
+                    None
+                };
+                let initrd =
+                    image::build(&self.args.name, &agent, busybox.as_deref(), &devices.boot)?;
+                let initrd_path = self.dir.initrd();
+                std::fs::write(&initrd_path, initrd.to_bytes())
+                    .map_err(Error::io(format!("writing {}", initrd_path.display())))?;
+                None
+            }
         };
-        let initrd = image::build(&self.args.name, &agent, busybox.as_deref(), &devices.boot)?;
         self.apply_exec_defaults(&devices)?;
-        let initrd_path = self.dir.initrd();
-        std::fs::write(&initrd_path, initrd.to_bytes())
-            .map_err(Error::io(format!("writing {}", initrd_path.display())))?;
         let kernel = get_kernel(reporter)?;
         self.kernel = Some(kernel.clone());
 
@@ -413,6 +425,10 @@ impl<'a> Supervisor<'a> {
         });
         let mut config = config;
         config.devices.extend(devices.specs.iter().cloned());
+        if let Some(snapshot) = restore {
+            fork::restore_config(&mut config, snapshot);
+        }
+        self.control = config.control.clone();
         self.devices = Some(devices);
         self.stop = config.stop.clone();
         self.memory = config.memory.clone();
@@ -538,6 +554,16 @@ impl<'a> Supervisor<'a> {
         if self.ready {
             return; // An agent reconnecting; nothing new.
         }
+        if self.args.spec.fork_of.is_some() {
+            // The agent of a restored guest: it becomes this sandbox before anything runs.
+            let uds = vm::device_socket_path(self.dir);
+            if let Err(e) = fork::give_identity(&uds, &self.args.name) {
+                tracing::error!("the fork could not take its identity: {e}");
+                reporter.send(&Report::Failed(Failure::from(&e)));
+                self.force();
+                return;
+            }
+        }
         self.ready = true;
         let ready_after = self.started.elapsed();
         tracing::info!(
@@ -618,6 +644,7 @@ impl<'a> Supervisor<'a> {
                 let _ = reply.send(answer);
             }
             ControlRequest::DumpMemory => self.dump_memory(reply),
+            ControlRequest::Snapshot { name } => self.snapshot(name, reply),
             ControlRequest::Detach => {
                 let answer = match self.record.parent.take() {
                     Some(parent) => {
@@ -683,6 +710,32 @@ impl<'a> Supervisor<'a> {
             });
         if let Err(e) = spawned {
             tracing::warn!("cannot start the dump thread: {e}");
+        }
+    }
+
+    /// Takes snapshot `name` into [`msbvm_sdk::snapshots::PENDING_DIR`] on a thread of its
+    /// own (the VM thread pauses the guest; the loop keeps serving), then answers.
+    fn snapshot(&self, name: String, reply: Sender<ControlResponse>) {
+        let job = match fork::SnapshotJob::new(
+            self.args,
+            self.dir,
+            &self.control,
+            self.devices.as_ref(),
+            name,
+        ) {
+            Ok(job) => job,
+            Err(message) => {
+                let _ = reply.send(ControlResponse::Error { message });
+                return;
+            }
+        };
+        let spawned = std::thread::Builder::new()
+            .name("msbvm-snapshot".into())
+            .spawn(move || {
+                let _ = reply.send(job.run());
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start the snapshot thread: {e}");
         }
     }
 

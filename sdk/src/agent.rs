@@ -94,5 +94,6 @@ pub fn describe(m: &GuestMessage) -> &'static str {
         GuestMessage::DirEntries(_) => "DirEntries",
         GuestMessage::FileError(_) => "FileError",
         GuestMessage::Event(_) => "Event",
+        GuestMessage::IdentityTaken => "IdentityTaken",
     }
 }

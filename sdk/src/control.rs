@@ -79,6 +79,13 @@ pub enum ControlRequest {
     /// names a parent, so it outlives its parent and the parent can no longer reach it.
     /// Answered [`ControlResponse::Done`], or an error when it has no parent.
     Detach,
+    /// Pause the sandbox, write a snapshot of it named `name` into
+    /// [`crate::snapshots::PENDING_DIR`] of its state directory and resume it; answered
+    /// [`ControlResponse::Snapshotted`]. The client moves the snapshot into place.
+    Snapshot {
+        /// The snapshot's name (recorded in it).
+        name: String,
+    },
 }
 
 /// The runtime's answer.
@@ -120,6 +127,11 @@ pub enum ControlResponse {
     },
     /// One guest event (of an `Events` stream, or the reply to a `Request`).
     Event(msbvm_protocol::events::GuestEvent),
+    /// Answer to `Snapshot`: it is in [`crate::snapshots::PENDING_DIR`].
+    Snapshotted {
+        /// How long the guest was paused, in microseconds.
+        paused_us: u64,
+    },
 }
 
 /// What the runtime reports about its sandbox.
@@ -267,6 +279,19 @@ impl ControlClient {
 }
 
 impl ControlClient {
+    /// Asks the runtime for a snapshot named `name` in its state directory's
+    /// [`crate::snapshots::PENDING_DIR`]; returns how long the guest was paused.
+    pub async fn snapshot(&mut self, name: &str) -> Result<Duration> {
+        let request = ControlRequest::Snapshot { name: name.into() };
+        match self
+            .call_with_timeout(&request, Duration::from_secs(600))
+            .await?
+        {
+            ControlResponse::Snapshotted { paused_us } => Ok(Duration::from_micros(paused_us)),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Asks the runtime to write all guest RAM to [`crate::paths::MEMORY_DUMP_FILE`] in the
     /// state directory; returns its size.
     pub async fn dump_memory(&mut self) -> Result<u64> {
@@ -434,6 +459,9 @@ mod tests {
                     ControlRequest::NetStats => ControlResponse::NetStats { json: "{}".into() },
                     ControlRequest::DumpMemory => ControlResponse::MemoryDumped { bytes: 4096 },
                     ControlRequest::Detach => ControlResponse::Done,
+                    ControlRequest::Snapshot { .. } => {
+                        ControlResponse::Snapshotted { paused_us: 1500 }
+                    }
                     ControlRequest::Events { .. }
                     | ControlRequest::Emit(_)
                     | ControlRequest::Request { .. } => ControlResponse::Done,
@@ -461,6 +489,10 @@ mod tests {
         let e = client.kill().await.unwrap_err();
         assert!(e.to_string().contains("busy"), "{e}");
         assert_eq!(client.dump_memory().await.unwrap(), 4096);
+        assert_eq!(
+            client.snapshot("snap").await.unwrap(),
+            Duration::from_micros(1500)
+        );
         drop(client);
         assert_eq!(
             fake.join().unwrap(),
@@ -472,6 +504,9 @@ mod tests {
                 ControlRequest::Stop { timeout_ms: 1500 },
                 ControlRequest::Kill,
                 ControlRequest::DumpMemory,
+                ControlRequest::Snapshot {
+                    name: "snap".into()
+                },
             ]
         );
     }

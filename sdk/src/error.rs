@@ -33,6 +33,12 @@ pub enum Error {
         /// The name.
         name: String,
     },
+    /// No snapshot of this name exists.
+    #[error("no snapshot named {name:?}; `msbvm snapshot ls` lists the snapshots")]
+    SnapshotNotFound {
+        /// The name.
+        name: String,
+    },
     /// The sandbox exists but is not running (it stopped or its runtime died).
     #[error("sandbox {name:?} is not running (status: {status}); see `msbvm logs {name}`, remove it with `msbvm rm {name}`")]
     NotRunning {

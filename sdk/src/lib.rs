@@ -53,6 +53,7 @@ mod error;
 pub mod events;
 pub mod exec;
 pub mod files;
+pub mod fork;
 pub mod framing;
 pub mod images;
 mod launch;
@@ -65,6 +66,7 @@ pub mod report;
 pub mod runtime_args;
 mod sandbox;
 pub mod secrets;
+pub mod snapshots;
 pub mod spawn;
 pub mod spec;
 pub mod state;
@@ -81,6 +83,7 @@ pub use exec::{
     shell_exit_code, ExecControl, ExecEvent, ExecOptions, ExecOutput, ExecStream, ExitStatus,
 };
 pub use files::{DirEntry, FileErrorKind, FileKind, FileReader, FileStat, WriteOptions};
+pub use fork::ForkBuilder;
 pub use launch::{runtime_binary, BIN_ENV};
 pub use limits::AgentLimits;
 pub use msbvm_protocol::{BootTimes, TtySize};

@@ -446,6 +446,12 @@ impl Sandbox {
         }
     }
 
+    /// Starts configuring forks of snapshot `snapshot` ([`crate::fork`]):
+    /// `Sandbox::fork("base").count(10).create().await?`.
+    pub fn fork(snapshot: &str) -> crate::fork::ForkBuilder {
+        crate::fork::ForkBuilder::new(snapshot)
+    }
+
     /// Reaches the running sandbox `name`, created by any process.
     pub async fn get(name: &str) -> Result<Sandbox> {
         Self::get_in(&msbvm_home()?, name)
@@ -673,6 +679,24 @@ impl Sandbox {
     pub async fn publish(&self, port: PortSpec) -> Result<std::net::SocketAddr> {
         let mut client = ControlClient::connect(&self.inner.dir.control_socket()).await?;
         client.publish(port).await
+    }
+
+    /// Takes a snapshot of the running sandbox, named `name`, into `$MSBVM_HOME/snapshots`
+    /// ([`crate::snapshots`]): the guest is paused while its state, memory and writable
+    /// layer are written, then goes on. Forks start from it ([`Sandbox::fork`]).
+    pub async fn snapshot(&self, name: &str) -> Result<crate::snapshots::SnapshotInfo> {
+        let home = msbvm_home()?;
+        let dest = crate::snapshots::snapshot_dir(&home, name)?;
+        if dest.exists() {
+            return Err(Error::InvalidConfig(format!(
+                "a snapshot named {name} exists; remove it or choose another name"
+            )));
+        }
+        let mut client = ControlClient::connect(&self.inner.dir.control_socket()).await?;
+        client.snapshot(name).await?;
+        let pending = self.inner.dir.path().join(crate::snapshots::PENDING_DIR);
+        let dir = crate::snapshots::commit(&pending, &home, name)?;
+        crate::snapshots::SnapshotInfo::read(&dir)
     }
 
     /// Debugging aid: writes all of the running guest's RAM to `dest` (a new file, mode

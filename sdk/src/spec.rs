@@ -44,6 +44,10 @@ pub struct SandboxSpec {
     /// The sandbox that created this one from inside (a child of the spawn service).
     #[serde(default)]
     pub parent: Option<String>,
+    /// Start from this snapshot directory ([`crate::snapshots`]) instead of booting: the
+    /// sandbox is a fork of the snapshot's source.
+    #[serde(default)]
+    pub fork_of: Option<std::path::PathBuf>,
 }
 
 /// Size limit of an image root's writable layer when none is given (10 GiB).
@@ -77,6 +81,7 @@ impl Default for SandboxSpec {
             disk_size_bytes: None,
             spawn: None,
             parent: None,
+            fork_of: None,
         }
     }
 }

@@ -97,6 +97,11 @@ pub fn plan(spec: &SandboxSpec, dir: &SandboxDir, home: &Path) -> Result<Option<
         RootSpec::Image { .. } => drop(super::devices::image_store(home)?),
         RootSpec::Initramfs => {}
     }
+    if let Some(snapshot) = &spec.fork_of {
+        // A fork reads its snapshot's frozen layer (the virtio-fs threads) and nothing
+        // else of it once running (the VM thread maps the memory before it confines).
+        share(snapshot.clone(), true);
+    }
     for volume in &spec.volumes {
         let path = match &volume.source {
             VolumeSource::Host(p) => p.clone(),

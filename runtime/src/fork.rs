@@ -1,0 +1,283 @@
+//! Snapshots taken of this runtime's sandbox, and this sandbox started as a fork of one.
+//!
+//! Taking one ([`SnapshotJob`]): the VM thread pauses the guest, writes the VM's state and
+//! memory into `snapshot.pending/vm`, and, still paused, the image root's writable layer is
+//! copied into `snapshot.pending/layer` as a read-only layer (the copy matches the saved
+//! memory: the guest's page cache and the layer agree). The source goes on with its own
+//! writable layer, which holds everything the frozen copy does. The client moves the
+//! directory to `$MSBVM_HOME/snapshots` ([`msbvm_sdk::snapshots`]).
+//!
+//! Forking: the devices are built as the source's were, with the frozen layer between the
+//! image and a fresh writable layer, the VM is restored instead of booted, and when the agent
+//! reconnects (the vsock device reset its connections) it is given the fork's identity
+//! ([`give_identity`]) before the fork is reported ready.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use msbvm_protocol::{ForkIdentity, GuestMessage, HostMessage, AGENT_PORT, PROTOCOL_VERSION};
+use msbvm_vmm::snapshot::Snapshot;
+use msbvm_vmm::{BootSource, VmConfig, VmControl};
+
+use msbvm_fs::LayeredFs;
+use msbvm_sdk::control::ControlResponse;
+use msbvm_sdk::exec::describe;
+use msbvm_sdk::framing::{write_blocking, FrameReader};
+use msbvm_sdk::paths::SandboxDir;
+use msbvm_sdk::snapshots::{SnapshotInfo, LAYER_DIR, PENDING_DIR, VM_DIR};
+use msbvm_sdk::spec::{RootSpec, VolumeSource};
+use msbvm_sdk::{Error, Result, RuntimeArgs};
+
+/// How long the agent of a fork may take to answer its identity.
+const IDENTITY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes of host randomness each fork's kernel gets.
+const FORK_ENTROPY: usize = 64;
+
+/// A snapshot about to be taken, with everything it needs from the supervisor.
+pub struct SnapshotJob {
+    control: VmControl,
+    pending: PathBuf,
+    layered: Option<Arc<LayeredFs>>,
+    info: SnapshotInfo,
+}
+
+impl SnapshotJob {
+    /// Checks that the sandbox can be snapshotted (a fork of it must not share anything
+    /// writable with it) and clears the pending directory. The error is for the client.
+    pub fn new(
+        args: &RuntimeArgs,
+        dir: &SandboxDir,
+        control: &VmControl,
+        devices: Option<&crate::devices::Devices>,
+        name: String,
+    ) -> std::result::Result<Self, String> {
+        msbvm_sdk::paths::validate_name(&name).map_err(|e| e.to_string())?;
+        let spec = &args.spec;
+        if let RootSpec::HostDir {
+            path,
+            read_only: false,
+        } = &spec.root
+        {
+            return Err(format!(
+                "the sandbox's root is the host directory {}, writable: its forks would all \
+                 change it; snapshot a sandbox with an image root or a read-only one",
+                path.display()
+            ));
+        }
+        for volume in &spec.volumes {
+            match &volume.source {
+                VolumeSource::Named(name) => {
+                    return Err(format!(
+                        "volume {name} at {} is a named volume, which one sandbox holds at a \
+                         time: its forks could not mount it",
+                        volume.guest_path
+                    ))
+                }
+                VolumeSource::Host(path) if !volume.read_only => {
+                    return Err(format!(
+                        "the host directory {} is mounted writable at {}: the forks would all \
+                         change it; mount it read-only to snapshot the sandbox",
+                        path.display(),
+                        volume.guest_path
+                    ))
+                }
+                VolumeSource::Host(_) => {}
+            }
+        }
+        let devices = devices.ok_or("the sandbox is not running yet")?;
+        let pending = dir.path().join(PENDING_DIR);
+        let _ = std::fs::remove_dir_all(&pending);
+        std::fs::create_dir_all(pending.join(VM_DIR))
+            .map_err(|e| format!("creating {}: {e}", pending.display()))?;
+        let mut spec = spec.clone();
+        spec.fork_of = None;
+        Ok(SnapshotJob {
+            control: control.clone(),
+            pending,
+            layered: devices.root_layered.clone(),
+            info: SnapshotInfo {
+                name,
+                source: args.name.clone(),
+                created: msbvm_sdk::state::unix_now(),
+                msbvm_version: env!("CARGO_PKG_VERSION").into(),
+                cpus: args.cpus,
+                memory_mib: args.memory_mib,
+                env: args.env.clone(),
+                spec,
+                lower_dirs: devices.lower_dirs.clone(),
+                paused_ms: 0.0,
+            },
+        })
+    }
+
+    /// Takes the snapshot; the answer for the client. Nothing is left behind on failure.
+    pub fn run(mut self) -> ControlResponse {
+        let started = Instant::now();
+        let layer = self.pending.join(LAYER_DIR);
+        let result = match self.layered.take() {
+            Some(fs) => self.control.snapshot_with(
+                &self.pending.join(VM_DIR),
+                Box::new(move || {
+                    fs.freeze_upper(&layer)
+                        .map_err(|e| format!("freezing the writable layer: {e}"))
+                }),
+            ),
+            None => self.control.snapshot(&self.pending.join(VM_DIR)),
+        };
+        let answer = result.map_err(|e| e.to_string()).and_then(|header| {
+            // The pause ended when `snapshot` returned; the header knows the memory.
+            self.info.paused_ms = started.elapsed().as_secs_f64() * 1e3;
+            tracing::info!(
+                name = self.info.name,
+                ms = self.info.paused_ms,
+                memory_mib = header.memory_mib,
+                "snapshot taken"
+            );
+            self.info.write(&self.pending).map_err(|e| e.to_string())
+        });
+        match answer {
+            Ok(()) => ControlResponse::Snapshotted {
+                paused_us: (self.info.paused_ms * 1e3) as u64,
+            },
+            Err(message) => {
+                tracing::warn!("snapshot {}: {message}", self.info.name);
+                let _ = std::fs::remove_dir_all(&self.pending);
+                ControlResponse::Error {
+                    message: format!("taking snapshot {}: {message}", self.info.name),
+                }
+            }
+        }
+    }
+}
+
+/// Reads and checks the VM snapshot of snapshot directory `dir`.
+pub fn open_vm_snapshot(dir: &Path) -> Result<Arc<Snapshot>> {
+    Snapshot::open(&dir.join(VM_DIR))
+        .map(Arc::new)
+        .map_err(|e| Error::InvalidConfig(format!("snapshot {}: {e}", dir.display())))
+}
+
+/// Makes `config` restore `snapshot` instead of booting.
+pub fn restore_config(config: &mut VmConfig, snapshot: Arc<Snapshot>) {
+    if let BootSource::Linux { initrd, .. } = &mut config.boot {
+        // The guest unpacked its initramfs long ago; it is in the snapshot's memory.
+        *initrd = None;
+    }
+    config.restore = Some(snapshot);
+}
+
+/// Gives the agent of this fork (reached through the vsock device's socket `uds`) its
+/// identity: `name` as hostname, fresh randomness for its kernel, the host's wall clock.
+pub fn give_identity(uds: &Path, name: &str) -> Result<()> {
+    let mut entropy = vec![0u8; FORK_ENTROPY];
+    getrandom::fill(&mut entropy)
+        .map_err(|e| Error::io("reading host randomness")(std::io::Error::other(e)))?;
+    let unix_time_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let identity = ForkIdentity {
+        hostname: name.into(),
+        entropy,
+        unix_time_ns,
+    };
+    let stream = msbvm_sdk::vsock::connect_blocking(uds, AGENT_PORT, IDENTITY_TIMEOUT)?;
+    stream
+        .set_read_timeout(Some(IDENTITY_TIMEOUT))
+        .map_err(Error::io("setting a timeout on the agent connection"))?;
+    let mut reader = FrameReader::new(
+        stream
+            .try_clone()
+            .map_err(Error::io("cloning the agent connection"))?,
+    );
+    let mut writer = stream;
+    let frame_err = |e: msbvm_sdk::framing::FrameError| Error::Protocol {
+        peer: "the guest agent",
+        detail: e.to_string(),
+    };
+    let hello = HostMessage::Hello {
+        version: PROTOCOL_VERSION,
+    };
+    write_blocking(&mut writer, &hello).map_err(frame_err)?;
+    write_blocking(&mut writer, &HostMessage::Identity(identity)).map_err(frame_err)?;
+    loop {
+        match reader.read_message::<GuestMessage>().map_err(frame_err)? {
+            Some(GuestMessage::Hello { version, .. }) if version == PROTOCOL_VERSION => {}
+            Some(GuestMessage::Hello { version, .. }) => {
+                return Err(Error::ProtocolMismatch {
+                    ours: PROTOCOL_VERSION,
+                    theirs: version,
+                })
+            }
+            Some(GuestMessage::IdentityTaken) => return Ok(()),
+            Some(GuestMessage::Error { message }) => {
+                return Err(Error::Protocol {
+                    peer: "the guest agent",
+                    detail: message,
+                })
+            }
+            Some(other) => {
+                return Err(Error::Protocol {
+                    peer: "the guest agent",
+                    detail: format!("expected IdentityTaken, got {}", describe(&other)),
+                })
+            }
+            None => return Err(Error::ConnectionLost),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use msbvm_sdk::spec::{SandboxSpec, VolumeSpec};
+    use std::ffi::OsString;
+
+    /// What `SnapshotJob::new` answers for a sandbox of `spec` that is not running.
+    fn answer(spec: SandboxSpec) -> String {
+        let argv = ["--name", "src", "--home", "/h"];
+        let mut args = RuntimeArgs::parse(argv.into_iter().map(OsString::from)).unwrap();
+        args.spec = spec;
+        let dir = SandboxDir::in_home(Path::new("/h"), "src").unwrap();
+        match SnapshotJob::new(&args, &dir, &VmControl::new(), None, "snap".into()) {
+            Ok(_) => "accepted".into(),
+            Err(e) => e,
+        }
+    }
+
+    fn volume(source: VolumeSource, read_only: bool) -> VolumeSpec {
+        VolumeSpec {
+            source,
+            guest_path: "/data".into(),
+            read_only,
+        }
+    }
+
+    #[test]
+    fn sandboxes_whose_forks_would_share_a_writable_directory_are_refused() {
+        let writable_root = SandboxSpec {
+            root: RootSpec::HostDir {
+                path: "/srv/root".into(),
+                read_only: false,
+            },
+            ..SandboxSpec::default()
+        };
+        assert!(answer(writable_root).contains("host directory /srv/root, writable"));
+        let rw_volume = SandboxSpec {
+            volumes: vec![volume(VolumeSource::Host("/srv/d".into()), false)],
+            ..SandboxSpec::default()
+        };
+        assert!(answer(rw_volume).contains("mount it read-only"));
+        let named = SandboxSpec {
+            volumes: vec![volume(VolumeSource::Named("cache".into()), true)],
+            ..SandboxSpec::default()
+        };
+        assert!(answer(named).contains("named volume"));
+        // What forks may share passes these checks (and then needs a running sandbox).
+        let fine = SandboxSpec {
+            volumes: vec![volume(VolumeSource::Host("/srv/d".into()), true)],
+            ..SandboxSpec::default()
+        };
+        assert!(answer(fine).contains("not running yet"));
+    }
+}
