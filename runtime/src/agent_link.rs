@@ -151,25 +151,35 @@ pub fn serve_events(stream: UnixStream, events: &Sender<Event>, hub: &EventHub) 
 /// Asks the agent to sync and power the guest off with `code`. Returns once the request was
 /// written; the VM's end is observed separately.
 pub fn request_shutdown(uds: &Path, code: u32, timeout: Duration) -> Result<()> {
+    let (_, mut writer) = connect_greeted(uds, timeout)?;
+    write_blocking(&mut writer, &HostMessage::Shutdown { code }).map_err(frame_error)
+}
+
+/// A connection to the agent (through the vsock device's socket `uds`) on which hellos were
+/// exchanged: where to read its answers, and where to write requests. Connecting and every
+/// read are bounded by `timeout` (the guest decides how fast the agent answers).
+pub fn connect_greeted(
+    uds: &Path,
+    timeout: Duration,
+) -> Result<(FrameReader<UnixStream>, UnixStream)> {
     let stream = msbvm_sdk::vsock::connect_blocking(uds, AGENT_PORT, timeout)?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(Error::io("setting a timeout on the agent connection"))?;
     let mut reader = FrameReader::new(
         stream
             .try_clone()
             .map_err(Error::io("cloning the agent connection"))?,
     );
     let mut writer = stream;
-    let frame_err = |e: msbvm_sdk::framing::FrameError| Error::Protocol {
-        peer: "the guest agent",
-        detail: e.to_string(),
-    };
     write_blocking(
         &mut writer,
         &HostMessage::Hello {
             version: PROTOCOL_VERSION,
         },
     )
-    .map_err(frame_err)?;
-    match reader.read_message::<GuestMessage>().map_err(frame_err)? {
+    .map_err(frame_error)?;
+    match reader.read_message::<GuestMessage>().map_err(frame_error)? {
         Some(GuestMessage::Hello { version, .. }) if version == PROTOCOL_VERSION => {}
         Some(GuestMessage::Hello { version, .. }) => {
             return Err(Error::ProtocolMismatch {
@@ -185,7 +195,15 @@ pub fn request_shutdown(uds: &Path, code: u32, timeout: Duration) -> Result<()> 
         }
         None => return Err(Error::ConnectionLost),
     }
-    write_blocking(&mut writer, &HostMessage::Shutdown { code }).map_err(frame_err)
+    Ok((reader, writer))
+}
+
+/// A framing error on an agent connection.
+pub fn frame_error(e: msbvm_sdk::framing::FrameError) -> Error {
+    Error::Protocol {
+        peer: "the guest agent",
+        detail: e.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -16,14 +16,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use msbvm_protocol::{ForkIdentity, GuestMessage, HostMessage, AGENT_PORT, PROTOCOL_VERSION};
+use msbvm_protocol::{ForkIdentity, GuestMessage, HostMessage};
 use msbvm_vmm::snapshot::Snapshot;
 use msbvm_vmm::{BootSource, VmConfig, VmControl};
 
 use msbvm_fs::LayeredFs;
 use msbvm_sdk::control::ControlResponse;
 use msbvm_sdk::exec::describe;
-use msbvm_sdk::framing::{write_blocking, FrameReader};
+use msbvm_sdk::framing::write_blocking;
 use msbvm_sdk::paths::SandboxDir;
 use msbvm_sdk::snapshots::{SnapshotInfo, LAYER_DIR, PENDING_DIR, VM_DIR};
 use msbvm_sdk::spec::{RootSpec, VolumeSource};
@@ -181,49 +181,20 @@ pub fn give_identity(uds: &Path, name: &str) -> Result<()> {
         entropy,
         unix_time_ns,
     };
-    let stream = msbvm_sdk::vsock::connect_blocking(uds, AGENT_PORT, IDENTITY_TIMEOUT)?;
-    stream
-        .set_read_timeout(Some(IDENTITY_TIMEOUT))
-        .map_err(Error::io("setting a timeout on the agent connection"))?;
-    let mut reader = FrameReader::new(
-        stream
-            .try_clone()
-            .map_err(Error::io("cloning the agent connection"))?,
-    );
-    let mut writer = stream;
-    let frame_err = |e: msbvm_sdk::framing::FrameError| Error::Protocol {
-        peer: "the guest agent",
-        detail: e.to_string(),
-    };
-    let hello = HostMessage::Hello {
-        version: PROTOCOL_VERSION,
-    };
-    write_blocking(&mut writer, &hello).map_err(frame_err)?;
+    let (mut reader, mut writer) = crate::agent_link::connect_greeted(uds, IDENTITY_TIMEOUT)?;
+    let frame_err = crate::agent_link::frame_error;
     write_blocking(&mut writer, &HostMessage::Identity(identity)).map_err(frame_err)?;
-    loop {
-        match reader.read_message::<GuestMessage>().map_err(frame_err)? {
-            Some(GuestMessage::Hello { version, .. }) if version == PROTOCOL_VERSION => {}
-            Some(GuestMessage::Hello { version, .. }) => {
-                return Err(Error::ProtocolMismatch {
-                    ours: PROTOCOL_VERSION,
-                    theirs: version,
-                })
-            }
-            Some(GuestMessage::IdentityTaken) => return Ok(()),
-            Some(GuestMessage::Error { message }) => {
-                return Err(Error::Protocol {
-                    peer: "the guest agent",
-                    detail: message,
-                })
-            }
-            Some(other) => {
-                return Err(Error::Protocol {
-                    peer: "the guest agent",
-                    detail: format!("expected IdentityTaken, got {}", describe(&other)),
-                })
-            }
-            None => return Err(Error::ConnectionLost),
-        }
+    match reader.read_message::<GuestMessage>().map_err(frame_err)? {
+        Some(GuestMessage::IdentityTaken) => Ok(()),
+        Some(GuestMessage::Error { message }) => Err(Error::Protocol {
+            peer: "the guest agent",
+            detail: message,
+        }),
+        Some(other) => Err(Error::Protocol {
+            peer: "the guest agent",
+            detail: format!("expected IdentityTaken, got {}", describe(&other)),
+        }),
+        None => Err(Error::ConnectionLost),
     }
 }
 
