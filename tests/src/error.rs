@@ -66,6 +66,14 @@ pub enum Error {
         console_tail: String,
     },
 
+    /// The L1 kernel panicked while its command ran (seen once: a kernel stack overflow in
+    /// page-fault handling on a thread running KVM_RUN, under QEMU's emulated SVM).
+    #[error("the nested machine's kernel panicked (a fault of the emulated machine, not of the command under test); last console lines:\n{console_tail}")]
+    L1Panic {
+        /// The last lines of the console.
+        console_tail: String,
+    },
+
     /// L1's heartbeat stopped while its command ran: the emulated machine froze.
     #[error("the nested machine stopped making progress (no heartbeat for {secs} s; a fault of the emulated machine, not of the command under test) and was killed\nits vCPUs:\n{registers}\nlast console lines:\n{console_tail}")]
     L1Frozen {

@@ -45,6 +45,10 @@ const L1_BOOT_ATTEMPTS: u32 = 3;
 /// (a few runs in a hundred) while L2 guests run under QEMU's emulated SVM with
 /// two L1 CPUs: the emulated machine never recovers, whatever runs in it.
 pub const L1_LOCKUP_MARKER: &str = "watchdog: BUG: soft lockup";
+/// What the L1 kernel prints when it panics (then QEMU exits: `panic=-1` with `-no-reboot`).
+/// Seen once in a CI run of the fork suite, after many passing ones: "BUG: TASK stack guard
+/// page was hit" in `exc_page_fault` on an L1 thread in KVM_RUN, then this line.
+pub const L1_PANIC_MARKER: &str = "Kernel panic - not syncing";
 /// Console lines kept in error messages.
 const TAIL_LINES: usize = 40;
 /// Longest wait for a console line before the watcher looks at L1's heartbeat again.
@@ -213,13 +217,16 @@ impl NestedVmBuilder {
         write().map_err(Error::io(format!("cannot write {}", file.0.display())))?;
         drop(cpio);
         let _serial = L1_LOCK.lock().unwrap_or_else(|poison| poison.into_inner());
-        // An L1 boot that stalls, or an L1 kernel that locks up or freezes, is a fault of the
+        // An L1 boot that stalls, or an L1 kernel that locks up, freezes or panics, is a fault of the
         // emulated machine, not of the command: say so and run the whole script again in a
         // fresh L1 (at most L1_BOOT_ATTEMPTS boots; the message stays in the test's output).
         for attempt in 1.. {
             match self.boot(&kernel.vmlinuz, &file.0) {
                 Err(
-                    e @ (Error::L1Boot { .. } | Error::L1Lockup { .. } | Error::L1Frozen { .. }),
+                    e @ (Error::L1Boot { .. }
+                    | Error::L1Lockup { .. }
+                    | Error::L1Frozen { .. }
+                    | Error::L1Panic { .. }),
                 ) if attempt < L1_BOOT_ATTEMPTS => {
                     eprintln!(
                         "msbvm-nested: {}; booting L1 again",
@@ -444,6 +451,11 @@ impl NestedVmBuilder {
                 longest_heartbeat_gap: None,
             });
         }
+        if ready && l1_panicked(&console) {
+            return Err(Error::L1Panic {
+                console_tail: tail(&console, TAIL_LINES),
+            });
+        }
         let qemu_status = format!("QEMU {status}; its stderr: {}", qemu_err.trim());
         if !ready && !status.success() {
             // QEMU itself failed (bad option, no memory, broken install): the host cannot run
@@ -480,6 +492,13 @@ impl NestedVmBuilder {
 pub fn preflight() -> Result<()> {
     check_host_tools()?;
     DistroKernel::locate_or_fetch().map(drop)
+}
+
+/// Whether L1's own kernel panicked. Only asked of a run that ended without an exit status
+/// (an L1 whose command finished never panicked); a guest kernel's panic that a script
+/// printed from a log would not have ended L1.
+fn l1_panicked(console: &str) -> bool {
+    console.lines().any(|l| l.contains(L1_PANIC_MARKER))
 }
 
 /// What [`NestedVmBuilder::boot`] saw of the console.
@@ -674,6 +693,32 @@ mod tests {
         );
         assert_eq!(exit_status("junk[  1.0] msbvm-nested: exit=42\n"), Some(42));
         assert_eq!(exit_status("msbvm-nested: exit=\n"), None);
+    }
+
+    #[test]
+    fn an_l1_kernel_panic_is_told_from_a_finished_command() {
+        use std::os::unix::process::ExitStatusExt;
+        let panicked = format!(
+            "{READY_MARKER}\n[  216.391147] BUG: TASK stack guard page was hit\n\
+             [  216.403516] {L1_PANIC_MARKER}: corrupted stack end detected inside scheduler\n"
+        );
+        let run = |console: &str| {
+            let watch = Watch {
+                console: console.to_string(),
+                ready: true,
+                ..Watch::default()
+            };
+            NestedVm::builder().outcome(watch, ExitStatus::from_raw(0), "", Duration::from_secs(1))
+        };
+        assert!(matches!(run(&panicked), Err(Error::L1Panic { .. })));
+        // A command that printed a panic (a guest's log, say) and then finished is not one.
+        let finished = format!("{panicked}{EXIT_MARKER}0\n");
+        assert_eq!(run(&finished).expect("finished").exit_code, 0);
+        // Without the panic line, an L1 that ended early is still an unexplained end.
+        assert!(matches!(
+            run(&format!("{READY_MARKER}\n")),
+            Err(Error::NoExitStatus { .. })
+        ));
     }
 
     #[test]
