@@ -10,7 +10,7 @@ use std::io;
 
 use crate::filesystem::{Handle, Inode};
 use crate::host_util::err;
-use crate::saved_state::SavedHandle;
+use crate::saved_state::{reopen_flags, SavedHandle};
 
 /// What a handle was opened on and how, kept so that a snapshot can reopen
 /// it in a fresh backend.
@@ -99,6 +99,31 @@ impl<T> HandleTable<T> {
             .collect();
         out.sort_by_key(|h| h.handle);
         out
+    }
+
+    /// Reopens the `saved` handles under their numbers, each with `reopen`
+    /// (whose flags have `O_CREAT`, `O_EXCL` and `O_TRUNC` already dropped);
+    /// returns how many could not be (the guest gets `EBADF` for those).
+    pub fn restore(
+        &self,
+        saved: &[SavedHandle],
+        mut reopen: impl FnMut(&SavedHandle, u32) -> io::Result<T>,
+    ) -> usize {
+        let mut lost = 0;
+        for h in saved {
+            let opened = Opened {
+                inode: h.inode,
+                flags: h.flags,
+                dir: h.dir,
+            };
+            if reopen(h, reopen_flags(h.flags))
+                .and_then(|value| self.insert_as(h.handle, value, opened))
+                .is_err()
+            {
+                lost += 1;
+            }
+        }
+        lost
     }
 
     /// The value of `handle`, `EBADF` for unknown handles.

@@ -12,8 +12,7 @@
 use std::io;
 
 use super::{is_reserved, LayeredFs, OpenObject};
-use crate::handle_table::Opened;
-use crate::saved_state::{not_fresh, reopen_flags, FsState};
+use crate::saved_state::{not_fresh, FsState};
 
 impl LayeredFs {
     /// [`crate::FileSystem::save_state`]: the table and the handles.
@@ -48,26 +47,13 @@ impl LayeredFs {
             })
         };
         self.handles.reserve_below(state.next_handle);
-        let mut lost_handles = 0usize;
-        for h in &state.handles {
-            let obj = if h.dir {
+        let lost_handles = self.handles.restore(&state.handles, |h, flags| {
+            if h.dir {
                 self.open_dir(h.inode).map(OpenObject::Dir)
             } else {
-                self.open_file(h.inode, reopen_flags(h.flags))
-                    .map(OpenObject::File)
-            };
-            let opened = Opened {
-                inode: h.inode,
-                flags: h.flags,
-                dir: h.dir,
-            };
-            if obj
-                .and_then(|obj| self.handles.insert_as(h.handle, obj, opened))
-                .is_err()
-            {
-                lost_handles += 1;
+                self.open_file(h.inode, flags).map(OpenObject::File)
             }
-        }
+        });
         if lost_nodes > 0 || lost_handles > 0 {
             tracing::warn!(
                 "layered fs restore: {lost_nodes} of {} inodes and {lost_handles} of {} handles \

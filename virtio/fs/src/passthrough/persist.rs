@@ -12,9 +12,8 @@ use std::os::fd::AsRawFd;
 
 use super::kept_mode::KeptMode;
 use super::{HostId, OpenObject, PassthroughFs};
-use crate::handle_table::Opened;
 use crate::host_util as host;
-use crate::saved_state::{not_fresh, reopen_flags, FsState};
+use crate::saved_state::{not_fresh, FsState};
 use std::sync::Mutex;
 
 impl PassthroughFs {
@@ -72,27 +71,14 @@ impl PassthroughFs {
             lost
         };
         self.handles.reserve_below(saved.next_handle);
-        let mut lost_handles = 0usize;
-        for h in &saved.handles {
-            let obj = if h.dir {
+        let lost_handles = self.handles.restore(&saved.handles, |h, flags| {
+            if h.dir {
                 self.open_dir(h.inode)
                     .map(|fd| OpenObject::Dir(Mutex::new(fd)))
             } else {
-                self.open_file(h.inode, reopen_flags(h.flags))
-                    .map(OpenObject::File)
-            };
-            let opened = Opened {
-                inode: h.inode,
-                flags: h.flags,
-                dir: h.dir,
-            };
-            if obj
-                .and_then(|obj| self.handles.insert_as(h.handle, obj, opened))
-                .is_err()
-            {
-                lost_handles += 1;
+                self.open_file(h.inode, flags).map(OpenObject::File)
             }
-        }
+        });
         if lost_nodes > 0 || lost_handles > 0 {
             tracing::warn!(
                 "passthrough fs restore: {lost_nodes} of {} inodes and {lost_handles} of {} \
