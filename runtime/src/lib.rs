@@ -370,10 +370,12 @@ impl<'a> Supervisor<'a> {
     fn start(&mut self, reporter: &mut Reporter) -> Result<std::thread::JoinHandle<()>> {
         // Before the confinement: the service is a program of its own.
         spawner::launch(self.args, self.dir)?;
+        self.mark("spawn service launched");
         if let Some(plan) = confine::plan(&self.args.spec, self.dir, &self.args.home)? {
             confine::enable(plan)?;
             log_writer::confine();
         }
+        self.mark("confined");
         signals::spawn_waiter(self.events.clone()).map_err(Error::io("starting a thread"))?;
         if let Some(fd) = self.args.lifeline_fd {
             signals::spawn_lifeline_watch(fd, self.events.clone())
@@ -387,6 +389,7 @@ impl<'a> Supervisor<'a> {
             &self.args.home,
             &self.extensions,
         )?;
+        self.mark("devices built");
         // A fork's guest already booted: its initramfs is in the snapshot's memory.
         let restore = match &self.args.spec.fork_of {
             Some(snapshot) => Some(fork::open_vm_snapshot(snapshot)?),
@@ -404,6 +407,7 @@ impl<'a> Supervisor<'a> {
                 None
             }
         };
+        self.mark("guest prepared");
         self.apply_exec_defaults(&devices)?;
         let kernel = get_kernel(reporter)?;
         self.kernel = Some(kernel.clone());
@@ -437,6 +441,12 @@ impl<'a> Supervisor<'a> {
         tracing::info!(ms = self.vm_start.as_secs_f64() * 1e3, "starting the VM");
         confine::hand_over_state()?;
         vm::spawn(config, self.events.clone()).map_err(Error::io("starting the VM thread"))
+    }
+
+    /// Logs (at debug level) how long the runtime took to reach `step`: where a start
+    /// spends its time before the VM runs.
+    fn mark(&self, step: &str) {
+        tracing::debug!(ms = self.started.elapsed().as_secs_f64() * 1e3, "{step}");
     }
 
     /// Records the image's exec defaults (environment under the user's, working directory,

@@ -262,8 +262,9 @@ struct Machine<V> {
     /// Where the boot vCPU starts, or `None` for a VM restored from a
     /// snapshot (whose vCPUs continue where they were).
     entry: Option<EntryMode>,
-    /// The SHA-256 of the guest kernel (hex), once a snapshot needed it.
-    kernel_sha256: Mutex<Option<String>>,
+    /// The SHA-256 of the guest kernel (hex), with the identity of the file
+    /// hashed, once a snapshot needed it.
+    kernel_stamp: Mutex<Option<snapshot::kernel_stamp::KernelStamp>>,
     /// The guest kernel, opened at start: a snapshot hashes it after the VM
     /// thread confined itself (when it may no longer open the file).
     kernel_file: Option<std::fs::File>,
@@ -301,7 +302,7 @@ impl<V: Vm> Machine<V> {
             console,
             buses,
             entry: Some(entry),
-            kernel_sha256: Mutex::new(None),
+            kernel_stamp: Mutex::new(None),
             kernel_file: open_kernel(config),
             vcpu_states: Vec::new(),
         })
@@ -337,16 +338,18 @@ impl<V: Vm> Machine<V> {
                 config.memory_mib.to_string(),
             ));
         }
-        let kernel_sha256 = match (&config.boot, &header.kernel_sha256) {
-            (BootSource::Linux { kernel, .. }, Some(saved)) => {
-                let here = snapshot::sha256_file(kernel)?;
-                if &here != saved {
-                    return Err(mismatch("kernel SHA-256", saved.clone(), here));
-                }
-                Some(here)
+        if let (BootSource::Linux { kernel, .. }, Some(saved)) =
+            (&config.boot, &header.kernel_sha256)
+        {
+            // The file the snapshot hashed, unchanged, need not be read again.
+            let here = match snapshot::kernel_stamp::known_hash(&snapshot.dir, kernel) {
+                Some(known) => known,
+                None => snapshot::sha256_file(kernel)?,
+            };
+            if &here != saved {
+                return Err(mismatch("kernel SHA-256", saved.clone(), here));
             }
-            _ => None,
-        };
+        }
         let mem = snapshot::memory::load(
             &snapshot.memory_path(),
             &header.memory,
@@ -371,22 +374,30 @@ impl<V: Vm> Machine<V> {
             console,
             buses,
             entry: None,
-            kernel_sha256: Mutex::new(kernel_sha256),
-            kernel_file: None,
+            // A snapshot of this VM hashes (and stamps) the kernel again: the
+            // restore may have taken the hash on the stamp's word.
+            kernel_stamp: Mutex::new(None),
+            kernel_file: open_kernel(config),
             vcpu_states: state.vcpus.clone(),
         })
     }
 
-    /// The guest kernel's SHA-256, computed once.
-    fn kernel_sha256(&self, config: &VmConfig) -> Result<Option<String>, snapshot::Error> {
+    /// The guest kernel's SHA-256 and file identity, computed once.
+    fn kernel_stamp(
+        &self,
+        config: &VmConfig,
+    ) -> Result<Option<snapshot::kernel_stamp::KernelStamp>, snapshot::Error> {
         let BootSource::Linux { kernel, .. } = &config.boot else {
             return Ok(None);
         };
-        let mut known = self.kernel_sha256.lock().unwrap_or_else(|p| p.into_inner());
+        let mut known = self.kernel_stamp.lock().unwrap_or_else(|p| p.into_inner());
         if known.is_none() {
             *known = Some(match &self.kernel_file {
-                Some(file) => snapshot::sha256_open(file, kernel)?,
-                None => snapshot::sha256_file(kernel)?,
+                Some(file) => snapshot::kernel_stamp::stamp_open(file, kernel)?,
+                None => snapshot::kernel_stamp::KernelStamp {
+                    identity: None,
+                    sha256: snapshot::sha256_file(kernel)?,
+                },
             });
         }
         Ok(known.clone())
@@ -398,7 +409,7 @@ impl<V: Vm> Machine<V> {
         &self,
         config: &VmConfig,
         dir: &Path,
-        kernel_sha256: Option<String>,
+        kernel: Option<snapshot::kernel_stamp::KernelStamp>,
         vcpu_states: Vec<Vec<u8>>,
     ) -> Result<snapshot::Header, snapshot::Error> {
         let vm = self.vm.save_state()?;
@@ -414,7 +425,7 @@ impl<V: Vm> Machine<V> {
         let header = snapshot::Header {
             msbvm_version: env!("CARGO_PKG_VERSION").into(),
             created_unix_ms: snapshot::now_unix_ms(),
-            kernel_sha256,
+            kernel_sha256: kernel.as_ref().map(|k| k.sha256.clone()),
             host_cpu: self.vm.host_cpu(),
             vcpus: config.vcpus,
             memory_mib: config.memory_mib,
@@ -426,6 +437,9 @@ impl<V: Vm> Machine<V> {
             vcpus: vcpu_states,
             devices,
         };
+        if let Some(stamp) = &kernel {
+            snapshot::kernel_stamp::write(dir, stamp);
+        }
         if let Err(e) = snapshot::write_state(dir, &state) {
             let _ = std::fs::remove_file(&memory_path);
             return Err(e);
@@ -730,13 +744,13 @@ fn take_snapshot<V: Vm>(
     deferred: &mut Vec<Report>,
 ) -> Result<snapshot::Header, snapshot::Error> {
     // Hashed before the pause: the guest should not wait for it.
-    let kernel_sha256 = machine.kernel_sha256(config)?;
+    let kernel = machine.kernel_stamp(config)?;
     let started = Instant::now();
     let states = vcpus.pause(deferred)?;
     let result = match machine.buses.pause_all() {
         Ok(()) => {
             let result = machine
-                .write_snapshot(config, dir, kernel_sha256, states)
+                .write_snapshot(config, dir, kernel, states)
                 .and_then(|header| match while_paused {
                     Some(work) => work()
                         .map(|()| header)

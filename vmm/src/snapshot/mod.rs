@@ -15,6 +15,7 @@
 //! a state file holds a complete snapshot.
 
 pub mod format;
+pub mod kernel_stamp;
 pub mod memory;
 
 use std::path::{Path, PathBuf};
