@@ -15,6 +15,7 @@ mod images;
 mod kernel;
 mod manage;
 mod net;
+mod net_rule_opts;
 mod run;
 mod sandbox_opts;
 mod secret_opts;

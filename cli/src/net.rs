@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use msbvm_sdk::spec::PortSpec;
 use msbvm_sdk::{Error, Sandbox};
 
-use crate::sandbox_opts::rules_in_order;
+use crate::net_rule_opts::NetRuleArgs;
 
 /// The `net` subcommands.
 #[derive(Subcommand, Debug, Clone, PartialEq)]
@@ -47,15 +47,9 @@ pub enum NetCommand {
 pub struct PolicyArgs {
     /// The sandbox.
     pub name: String,
-    /// Allow traffic matching RULE; repeatable.
-    #[arg(long = "net-allow", value_name = "RULE")]
-    pub net_allow: Vec<String>,
-    /// Deny traffic matching RULE; repeatable.
-    #[arg(long = "net-deny", value_name = "RULE")]
-    pub net_deny: Vec<String>,
-    /// What happens to traffic no rule matches.
-    #[arg(long = "net-default", value_name = "allow|deny", value_parser = ["allow", "deny"], default_value = "allow")]
-    pub net_default: String,
+    /// The new rules (replacing all of the sandbox's) and default.
+    #[command(flatten)]
+    pub net_rules: NetRuleArgs,
 }
 
 /// Runs a `net` subcommand.
@@ -64,10 +58,9 @@ pub async fn run(command: NetCommand) -> Result<u8, Error> {
         NetCommand::Policy(args) => {
             let sandbox = Sandbox::get(&args.name).await?;
             let raw: Vec<String> = std::env::args().collect();
-            let rules = rules_in_order(&raw, &args.net_allow, &args.net_deny);
-            sandbox
-                .set_network_policy(args.net_default == "allow", rules)
-                .await?;
+            let rules = args.net_rules.rules(&raw);
+            let default_allow = args.net_rules.default_allow().unwrap_or(true);
+            sandbox.set_network_policy(default_allow, rules).await?;
             Ok(0)
         }
         NetCommand::Publish { name, port } => {

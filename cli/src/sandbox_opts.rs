@@ -7,10 +7,11 @@ use std::path::PathBuf;
 use clap::Args;
 use msbvm_sdk::secrets::Secret;
 use msbvm_sdk::spec::{
-    CaScope, NetRule, PortSpec, RootSpec, SandboxSpec, TlsSpec, TmpfsSpec, VolumeSpec,
-    DEFAULT_IMAGE,
+    CaScope, PortSpec, RootSpec, SandboxSpec, TlsSpec, TmpfsSpec, VolumeSpec, DEFAULT_IMAGE,
 };
 use msbvm_sdk::Error;
+
+use crate::net_rule_opts::NetRuleArgs;
 
 /// Filesystem and network options of `msbvm run`.
 #[derive(Args, Debug, Clone, PartialEq, Default)]
@@ -50,19 +51,9 @@ pub struct SandboxArgs {
     /// 127.0.0.1); repeatable.
     #[arg(short = 'p', long = "publish", value_name = "[ADDR:]HOST:GUEST")]
     pub publish: Vec<String>,
-    /// Allow traffic matching RULE; rules apply in command-line order with --net-deny, first
-    /// match wins; repeatable. RULE: `[tcp|udp|icmp:]TARGET[:PORT[-PORT]]` with TARGET an
-    /// address, CIDR, DNS name, `*.suffix`, `any` or a group (public, private, loopback,
-    /// link-local, metadata, multicast, host), or `[METHOD ]http://HOST[:PORT][/PATH]`.
-    #[arg(long = "net-allow", value_name = "RULE")]
-    pub net_allow: Vec<String>,
-    /// Deny traffic matching RULE; repeatable.
-    #[arg(long = "net-deny", value_name = "RULE")]
-    pub net_deny: Vec<String>,
-    /// What happens to traffic no rule matches (after the built-in denials of private,
-    /// loopback, link-local and metadata addresses and of the host).
-    #[arg(long = "net-default", value_name = "allow|deny", value_parser = ["allow", "deny"])]
-    pub net_default: Option<String>,
+    /// Network rules and the default for what no rule matches.
+    #[command(flatten)]
+    pub net_rules: NetRuleArgs,
     /// No network interface at all.
     #[arg(long = "no-network", conflicts_with_all = ["publish", "net_allow", "net_deny", "net_default", "max_connections", "secrets", "secret_files", "tls_intercept"])]
     pub no_network: bool,
@@ -156,9 +147,9 @@ impl SandboxArgs {
             .iter()
             .map(|p| PortSpec::parse(p))
             .collect::<Result<_, _>>()?;
-        net.rules = rules_in_order(raw_args, &self.net_allow, &self.net_deny);
-        if let Some(default) = &self.net_default {
-            net.default_allow = default == "allow";
+        net.rules = self.net_rules.rules(raw_args);
+        if let Some(allow) = self.net_rules.default_allow() {
+            net.default_allow = allow;
         }
         if let Some(mtu) = self.mtu {
             if !(576..=65520).contains(&mtu) {
@@ -213,54 +204,6 @@ fn lowercase(v: &[String]) -> Vec<String> {
     v.iter().map(|s| s.to_ascii_lowercase()).collect()
 }
 
-/// The rules of `--net-allow` (`allow`) and `--net-deny` (`deny`) in command-line order,
-/// read from the raw arguments; when that scan does not account for every value clap saw
-/// (e.g. an option spelled another way), the allow rules first, then the deny rules.
-pub fn rules_in_order(raw_args: &[String], allow: &[String], deny: &[String]) -> Vec<NetRule> {
-    let scanned = ordered_rules(raw_args);
-    if scanned.len() == allow.len() + deny.len() {
-        return scanned;
-    }
-    let rule = |allow: bool| {
-        move |r: &String| NetRule {
-            allow,
-            rule: r.clone(),
-        }
-    };
-    allow
-        .iter()
-        .map(rule(true))
-        .chain(deny.iter().map(rule(false)))
-        .collect()
-}
-
-/// `--net-allow`/`--net-deny` values in the order given, up to a `--`.
-pub fn ordered_rules(raw_args: &[String]) -> Vec<NetRule> {
-    let mut out = Vec::new();
-    let mut args = raw_args.iter();
-    while let Some(arg) = args.next() {
-        if arg == "--" {
-            break;
-        }
-        for (flag, allow) in [("--net-allow", true), ("--net-deny", false)] {
-            if arg == flag {
-                if let Some(v) = args.next() {
-                    out.push(NetRule {
-                        allow,
-                        rule: v.clone(),
-                    });
-                }
-            } else if let Some(v) = arg.strip_prefix(flag).and_then(|r| r.strip_prefix('=')) {
-                out.push(NetRule {
-                    allow,
-                    rule: v.to_string(),
-                });
-            }
-        }
-    }
-    out
-}
-
 fn parse_dns_server(text: &str) -> Result<SocketAddr, Error> {
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Ok(addr);
@@ -274,44 +217,6 @@ fn parse_dns_server(text: &str) -> Result<SocketAddr, Error> {
 mod tests {
     use super::*;
 
-    fn strings(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn rules_keep_command_line_order() {
-        let raw = strings(&[
-            "msbvm",
-            "run",
-            "--net-deny",
-            "10.0.0.0/8",
-            "--net-allow=host",
-            "--net-allow",
-            "example.com",
-            "--",
-            "--net-deny",
-            "x",
-        ]);
-        let rules = ordered_rules(&raw);
-        assert_eq!(
-            rules,
-            [
-                NetRule {
-                    allow: false,
-                    rule: "10.0.0.0/8".into()
-                },
-                NetRule {
-                    allow: true,
-                    rule: "host".into()
-                },
-                NetRule {
-                    allow: true,
-                    rule: "example.com".into()
-                },
-            ]
-        );
-    }
-
     #[test]
     fn spec_from_options() {
         let args = SandboxArgs {
@@ -321,7 +226,10 @@ mod tests {
             disk: Some("64M".into()),
             allow_spawn: Some("2,memory=512".into()),
             publish: vec!["8080:80".into()],
-            net_default: Some("deny".into()),
+            net_rules: NetRuleArgs {
+                net_default: Some("deny".into()),
+                ..NetRuleArgs::default()
+            },
             dns: vec!["127.0.0.1:5353".into(), "10.1.1.1".into()],
             ..SandboxArgs::default()
         };

@@ -53,15 +53,10 @@ pub struct ForkArgs {
     /// Environment for the forks' execs, over the snapshot's; repeatable.
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
-    /// Allow traffic matching RULE (replaces the snapshot's rules); repeatable.
-    #[arg(long = "net-allow", value_name = "RULE")]
-    pub net_allow: Vec<String>,
-    /// Deny traffic matching RULE (replaces the snapshot's rules); repeatable.
-    #[arg(long = "net-deny", value_name = "RULE")]
-    pub net_deny: Vec<String>,
-    /// What happens to traffic no rule matches.
-    #[arg(long = "net-default", value_name = "allow|deny", value_parser = ["allow", "deny"])]
-    pub net_default: Option<String>,
+    /// Network rules for the forks, instead of the snapshot's (the default for unmatched
+    /// traffic too, when given).
+    #[command(flatten)]
+    pub net_rules: crate::net_rule_opts::NetRuleArgs,
     /// A secret, NAME@HOST[,HOST...], valued from this environment's NAME; repeatable.
     #[arg(long = "secret", value_name = "NAME@HOST")]
     pub secrets: Vec<String>,
@@ -155,12 +150,12 @@ pub async fn fork(args: ForkArgs) -> Result<u8, Error> {
     for (k, v) in &args.env {
         builder = builder.env(k.clone(), v.clone());
     }
-    let rules = crate::sandbox_opts::rules_in_order(&raw, &args.net_allow, &args.net_deny);
+    let rules = args.net_rules.rules(&raw);
     if !rules.is_empty() {
         builder = builder.net_rules(rules);
     }
-    if let Some(default) = &args.net_default {
-        builder = builder.net_default_allow(default == "allow");
+    if let Some(allow) = args.net_rules.default_allow() {
+        builder = builder.net_default_allow(allow);
     }
     for text in &args.secrets {
         builder = builder.secret(crate::secret_opts::parse_secret(text, Secret::from_env)?);
