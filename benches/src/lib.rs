@@ -47,6 +47,43 @@ pub fn exit(name: &str, result: Result<(), String>) -> std::process::ExitCode {
     }
 }
 
+/// The `main` of helper program `name`, run in L1 by a benchmark: its arguments (after the
+/// program name) go through `parse` (a bad one exits 2 with the message), then `bench` runs
+/// on a single-threaded async runtime; it returns whether every step worked.
+pub fn helper_main<A, F>(
+    name: &str,
+    parse: impl FnOnce(std::env::Args) -> Result<A, String>,
+    bench: impl FnOnce(A) -> F,
+) -> std::process::ExitCode
+where
+    F: std::future::Future<Output = bool>,
+{
+    let mut argv = std::env::args();
+    argv.next();
+    let args = match parse(argv) {
+        Ok(a) => a,
+        Err(msg) => {
+            eprintln!("{name}: {msg}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    if rt.block_on(bench(args)) {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
 /// The exit of benchmark `name` that failed with `error`: a skip (success) where the host
 /// cannot run L1 and skipping was asked for, a failure otherwise.
 pub fn error_exit(name: &str, error: &msbvm_tests::Error) -> std::process::ExitCode {

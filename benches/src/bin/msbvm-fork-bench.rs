@@ -200,26 +200,5 @@ async fn bench(args: Args) -> bool {
 }
 
 fn main() -> ExitCode {
-    let args = match parse(std::env::args().skip(1)) {
-        Ok(a) => a,
-        Err(msg) => {
-            eprintln!("msbvm-fork-bench: {msg}");
-            return ExitCode::from(2);
-        }
-    };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("msbvm-fork-bench: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if rt.block_on(bench(args)) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    msbvm_benches::helper_main("msbvm-fork-bench", parse, bench)
 }
