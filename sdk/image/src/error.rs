@@ -84,6 +84,9 @@ pub enum Error {
     /// A layer of a resolved image disappeared before it could be leased.
     #[error("layer {0} of the image was removed meanwhile; resolve the image again")]
     LayerGone(String),
+    /// Layers could not be pinned (a bad owner name or a directory outside the store).
+    #[error("cannot pin layers: {0}")]
+    Pin(String),
 }
 
 /// Result with this crate's [`Error`].

@@ -81,7 +81,7 @@ pub struct ImageInfo {
 }
 
 /// How to run the image, from its config.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageConfig {
     /// `Entrypoint` (empty when unset).
     pub entrypoint: Vec<String>,
@@ -451,8 +451,13 @@ impl ImageStore {
     /// Takes shared locks on the image's layers for as long as the lease lives (a running
     /// sandbox keeps it), so [`ImageStore::remove`] does not delete them underneath it.
     pub fn lease(&self, image: &ResolvedImage) -> Result<LayerLease> {
-        let mut locks = Vec::with_capacity(image.lower_dirs.len());
-        for dir in &image.lower_dirs {
+        self.lease_layers(&image.lower_dirs)
+    }
+
+    /// [`ImageStore::lease`] of layer directories named some other way (a snapshot's).
+    pub fn lease_layers(&self, lower_dirs: &[PathBuf]) -> Result<LayerLease> {
+        let mut locks = Vec::with_capacity(lower_dirs.len());
+        for dir in lower_dirs {
             let hex = dir
                 .file_name()
                 .and_then(|n| n.to_str())
@@ -475,7 +480,7 @@ impl ImageStore {
 
     /// Deletes unreferenced blobs, layers and stale temporary files. Does nothing while a
     /// pull or import runs (they may be about to reference what looks unused); skips layers
-    /// that are leased.
+    /// that are leased or pinned ([`ImageStore::pin`]).
     pub fn gc(&self) -> Result<()> {
         let Some(_gc) = lock::try_exclusive(&self.lock_path("gc"))? else {
             tracing::debug!("image store busy; garbage collection skipped");
@@ -507,6 +512,10 @@ impl ImageStore {
                 );
             }
         }
+        let Some(pinned) = self.pinned_layers() else {
+            return self.clean_tmp(true);
+        };
+        layers.extend(pinned);
         let layer_dir = self.root.join("layers");
         for e in fs::read_dir(&layer_dir)
             .map_err(io_err(format!("listing {}", layer_dir.display())))?
@@ -532,5 +541,6 @@ impl ImageStore {
     }
 }
 
+mod pins;
 #[cfg(test)]
 mod tests;

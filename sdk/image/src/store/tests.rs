@@ -236,3 +236,78 @@ fn docker_archive_import_records_the_tag_and_unpacks_plain_tar_layers() {
         b"world"
     );
 }
+
+#[test]
+fn pinned_layers_outlive_their_image_until_unpinned() {
+    let (dir, store) = store();
+    let base = layer(&[Entry::File("base", 0o644, b"b")]);
+    let top = layer(&[Entry::File("top", 0o644, b"t")]);
+    let layout = dir.path().join("a");
+    write_oci_layout(&layout, &[base, top], "/app", "v1");
+    store.import_oci_layout(&layout, Some("local/app")).unwrap();
+    let app = store.resolve("local/app").unwrap();
+
+    store.pin("snapshot-one", &app.lower_dirs).unwrap();
+    store.pin("snapshot-two", &app.lower_dirs[..1]).unwrap();
+    store.remove("local/app").unwrap();
+    assert!(
+        app.lower_dirs.iter().all(|d| d.is_dir()),
+        "pinned layer collected"
+    );
+    // The pinned layers are leased by name, as a fork of the snapshot does.
+    drop(store.lease_layers(&app.lower_dirs).unwrap());
+
+    store.unpin("snapshot-one").unwrap();
+    store.unpin("snapshot-one").unwrap(); // Twice is fine.
+    store.gc().unwrap();
+    assert!(
+        app.lower_dirs[0].is_dir(),
+        "layer of the other pin collected"
+    );
+    assert!(!app.lower_dirs[1].exists(), "unpinned layer kept");
+    store.unpin("snapshot-two").unwrap();
+    store.gc().unwrap();
+    assert_eq!(count(&store.root.join("layers")), 0);
+    // A gone layer cannot be pinned.
+    assert!(matches!(
+        store.pin("late", &app.lower_dirs),
+        Err(Error::LayerGone(_))
+    ));
+}
+
+#[test]
+fn pins_refuse_bad_owners_and_foreign_directories() {
+    let (dir, store) = store();
+    for owner in ["", ".hidden", "a/b", "../x", &"x".repeat(200)] {
+        assert!(
+            matches!(store.pin(owner, &[]), Err(Error::Pin(_))),
+            "{owner:?}"
+        );
+    }
+    let foreign = dir.path().join("elsewhere").join("a".repeat(64));
+    fs::create_dir_all(&foreign).unwrap();
+    assert!(matches!(store.pin("s", &[foreign]), Err(Error::Pin(_))));
+    let not_hex = store.root.join("layers/not-a-layer");
+    fs::create_dir_all(&not_hex).unwrap();
+    assert!(matches!(store.pin("s", &[not_hex]), Err(Error::Pin(_))));
+}
+
+#[test]
+fn an_unreadable_pin_keeps_every_layer() {
+    let (dir, store) = store();
+    let only = layer(&[Entry::File("f", 0o644, b"f")]);
+    let layout = dir.path().join("a");
+    write_oci_layout(&layout, &[only], "/app", "v1");
+    store.import_oci_layout(&layout, Some("local/app")).unwrap();
+    let app = store.resolve("local/app").unwrap();
+    fs::create_dir_all(store.root.join("pins")).unwrap();
+    fs::write(store.root.join("pins/broken"), "not a layer\n").unwrap();
+    store.remove("local/app").unwrap();
+    assert!(
+        app.lower_dirs[0].is_dir(),
+        "collected despite an unreadable pin"
+    );
+    fs::remove_file(store.root.join("pins/broken")).unwrap();
+    store.gc().unwrap();
+    assert!(!app.lower_dirs[0].exists());
+}
