@@ -72,8 +72,11 @@ pub struct Devices {
     pub root_fs: Option<Arc<dyn FileSystem>>,
     /// An image root's backend, whose writable layer a snapshot freezes.
     pub root_layered: Option<Arc<LayeredFs>>,
-    /// The image layers under an image root's writable layer.
+    /// The layers under an image root's writable layer, lowest first: the image's, then for
+    /// a fork the frozen layer of its snapshot (a snapshot of this sandbox lies on them all).
     pub lower_dirs: Vec<PathBuf>,
+    /// How an image root's image runs (recorded in a snapshot of this sandbox).
+    pub image_config: Option<ImageConfig>,
     _leases: Vec<Box<dyn std::any::Any + Send>>,
 }
 
@@ -120,6 +123,7 @@ pub fn build(
         root_fs: None,
         root_layered: None,
         lower_dirs: Vec::new(),
+        image_config: None,
         _leases: Vec::new(),
     };
     let mut hooks = extensions.fs_hooks.clone();
@@ -135,6 +139,7 @@ pub fn build(
             devices.image = Some(reference.clone());
             devices._leases.push(Box::new(root.lease));
             devices.lower_dirs = root.lower_dirs;
+            devices.image_config = Some(root.config);
             let fs = Arc::new(root.fs);
             devices.root_layered = Some(fs.clone());
             let fs: Arc<dyn FileSystem> = fs;
@@ -337,12 +342,14 @@ pub fn image_store(home: &Path) -> Result<ImageStore> {
 struct ImageRoot {
     fs: LayeredFs,
     defaults: ExecDefaults,
+    config: ImageConfig,
     lease: LayerLease,
     lower_dirs: Vec<PathBuf>,
 }
 
 /// The root of image `reference` with the sandbox's writable layer; for a fork of the
-/// snapshot in `fork_of`, the snapshot's frozen layer lies between the image's and it.
+/// snapshot in `fork_of`, the snapshot's layers and image configuration instead, with its
+/// frozen layer on top of them.
 fn image_root(
     home: &Path,
     reference: &str,
@@ -351,38 +358,72 @@ fn image_root(
     fork_of: Option<&Path>,
 ) -> Result<ImageRoot> {
     let store = image_store(home)?;
-    if reference == DEFAULT_IMAGE {
-        msbvm_image::ensure_default_image(&store).map_err(Error::Image)?;
-    }
-    let resolved = store.resolve(reference).map_err(Error::Image)?;
-    let lease = store.lease(&resolved).map_err(Error::Image)?;
-    let mut layers = resolved.lower_dirs.clone();
-    if let Some(snapshot) = fork_of {
-        let info = msbvm_sdk::snapshots::SnapshotInfo::read(snapshot)?;
-        if info.lower_dirs != resolved.lower_dirs {
-            return Err(Error::InvalidConfig(format!(
-                "image {reference} is not the one snapshot {} was taken on (it was pulled again \
-                 or removed); pull the snapshot's image or take a new snapshot",
-                info.name
-            )));
+    let (mut layers, config, lease) = match fork_of {
+        Some(snapshot) => snapshot_layers(&store, home, reference, snapshot)?,
+        None => {
+            if reference == DEFAULT_IMAGE {
+                msbvm_image::ensure_default_image(&store).map_err(Error::Image)?;
+            }
+            let resolved = store.resolve(reference).map_err(Error::Image)?;
+            let lease = store.lease(&resolved).map_err(Error::Image)?;
+            (resolved.lower_dirs, resolved.config, lease)
         }
+    };
+    if let Some(snapshot) = fork_of {
         layers.push(snapshot.join(msbvm_sdk::snapshots::LAYER_DIR));
     }
     let upper = dir.path().join(UPPER_DIR);
     let (_, max_open_handles) = fd_budgets(raise_fd_limit());
-    let config = LayeredConfig {
+    let layered = LayeredConfig {
         max_open_handles,
         max_upper_bytes: disk_bytes,
         ..LayeredConfig::default()
     };
-    let fs = LayeredFs::new(layers, &upper, config)
+    let fs = LayeredFs::new(layers.clone(), &upper, layered)
         .map_err(Error::io(format!("opening the layers of {reference}")))?;
     Ok(ImageRoot {
         fs,
-        defaults: exec_defaults(&resolved.config),
+        defaults: exec_defaults(&config),
+        config,
         lease,
-        lower_dirs: resolved.lower_dirs,
+        lower_dirs: layers,
     })
+}
+
+/// The layers a fork of `snapshot` (of an image root) lies on below the snapshot's own, the
+/// image configuration, and a lease on the image store's layers among them. They are the
+/// snapshot's (pinned in the store), not what `reference` names now: the image may have
+/// been pulled again or removed since.
+fn snapshot_layers(
+    store: &msbvm_image::ImageStore,
+    home: &Path,
+    reference: &str,
+    snapshot: &Path,
+) -> Result<(Vec<PathBuf>, ImageConfig, LayerLease)> {
+    let info = msbvm_sdk::snapshots::SnapshotInfo::read(snapshot)?;
+    let Some(config) = info.image_config.clone() else {
+        return Err(Error::InvalidConfig(format!(
+            "snapshot {} does not record its image's configuration (image {reference}); take \
+             it again",
+            info.name
+        )));
+    };
+    if let Some(gone) = info.lower_dirs.iter().find(|d| !d.is_dir()) {
+        return Err(Error::InvalidConfig(format!(
+            "snapshot {} lies on {}, which is gone; take the snapshot again",
+            info.name,
+            gone.display()
+        )));
+    }
+    let snapshots = msbvm_sdk::snapshots::snapshots_dir(home);
+    let in_store: Vec<PathBuf> = info
+        .lower_dirs
+        .iter()
+        .filter(|d| !d.starts_with(&snapshots))
+        .cloned()
+        .collect();
+    let lease = store.lease_layers(&in_store).map_err(Error::Image)?;
+    Ok((info.lower_dirs, config, lease))
 }
 
 fn exec_defaults(config: &ImageConfig) -> ExecDefaults {

@@ -106,6 +106,7 @@ impl SnapshotJob {
                 env: args.env.clone(),
                 spec,
                 lower_dirs: devices.lower_dirs.clone(),
+                image_config: devices.image_config.clone(),
                 paused_ms: 0.0,
             },
         })

@@ -283,7 +283,10 @@ impl SandboxBuilder {
             return Err(Error::NameInUse { name: self.name });
         }
         let bin = runtime_binary()?;
-        if let RootSpec::Image { reference } = &self.spec.root {
+        // A fork runs on its snapshot's layers (pinned in the store), not on what the
+        // reference names now: nothing to pull.
+        let fork = self.spec.fork_of.is_some();
+        if let (RootSpec::Image { reference }, false) = (&self.spec.root, fork) {
             crate::images::ensure(
                 reference,
                 &crate::images::options_from_env(),

@@ -53,9 +53,17 @@ pub struct SnapshotInfo {
     pub env: Vec<(String, String)>,
     /// The source's sandbox spec.
     pub spec: SandboxSpec,
-    /// The image layers the frozen layer lies on (an image root): forks check that the
-    /// image still resolves to these.
+    /// The layers the frozen layer lies on (an image root), lowest first: the image's, in the
+    /// image store, where they are pinned while the snapshot exists; for a snapshot of a
+    /// fork, then the frozen layer of the snapshot the fork came from, which cannot be
+    /// removed while this one lies on it. Forks run on these, whatever the image's
+    /// reference names by then.
     pub lower_dirs: Vec<PathBuf>,
+    /// How the image runs (environment, working directory, user, command), as it was when
+    /// the snapshot was taken; forks take it from here. `None` in snapshots of sandboxes
+    /// without an image root.
+    #[serde(default)]
+    pub image_config: Option<crate::images::ImageConfig>,
     /// How long the guest was paused, in milliseconds.
     pub paused_ms: f64,
 }
@@ -131,18 +139,43 @@ pub fn list(home: &Path) -> Result<Vec<SnapshotInfo>> {
 }
 
 /// Removes snapshot `name` and everything in it (forks running from it keep their mapped
-/// memory and open layer files; new forks of it fail).
+/// memory and open layer files; new forks of it fail), then lets go of its image layers:
+/// those no image or other snapshot needs are deleted. A snapshot that another one lies on
+/// (a snapshot of one of its forks) is refused until that one is removed.
 pub fn remove(home: &Path, name: &str) -> Result<()> {
     let (dir, _) = open(home, name)?;
+    let layer = dir.join(LAYER_DIR);
+    if let Some(other) = list(home)?
+        .into_iter()
+        .find(|s| s.name != name && s.lower_dirs.contains(&layer))
+    {
+        return Err(Error::InvalidConfig(format!(
+            "snapshot {} (of a fork of {name}) lies on {name}; remove {} first",
+            other.name, other.name
+        )));
+    }
     // Renamed first, so a half-removed snapshot is never listed or forked.
     let doomed = snapshots_dir(home).join(format!(".removing-{name}-{}", std::process::id()));
     std::fs::rename(&dir, &doomed).map_err(Error::io(format!("removing {}", dir.display())))?;
-    std::fs::remove_dir_all(&doomed).map_err(Error::io(format!("removing {}", doomed.display())))
+    std::fs::remove_dir_all(&doomed)
+        .map_err(Error::io(format!("removing {}", doomed.display())))?;
+    let store = crate::images::store_in(home)?;
+    store
+        .unpin(&pin_owner(name))
+        .map_err(crate::images::image_error)?;
+    if let Err(e) = store.gc() {
+        tracing::warn!("snapshot {name} removed; collecting its image layers failed: {e}");
+    }
+    Ok(())
 }
 
-/// Moves a snapshot a runtime wrote into `pending` to `home` as `name`; refuses a name in
-/// use. On failure `pending` is removed.
+/// Moves a snapshot a runtime wrote into `pending` to `home` as `name`, its image layers
+/// pinned ([`msbvm_image::ImageStore::pin`]) first, so that removing the image never takes
+/// them from under it; refuses a name in use. The caller's sandbox must still run (its
+/// layers leased) so that no collection takes them before the pin. On failure `pending` is
+/// removed and nothing stays pinned.
 pub fn commit(pending: &Path, home: &Path, name: &str) -> Result<PathBuf> {
+    let mut pinned = None;
     let result = (|| {
         let dest = snapshot_dir(home, name)?;
         let parent = snapshots_dir(home);
@@ -153,6 +186,23 @@ pub fn commit(pending: &Path, home: &Path, name: &str) -> Result<PathBuf> {
                 "a snapshot named {name} exists; remove it or choose another name"
             )));
         }
+        let info = SnapshotInfo::read(pending)?;
+        let (snapshot_layers, image_layers): (Vec<PathBuf>, Vec<PathBuf>) = info
+            .lower_dirs
+            .iter()
+            .cloned()
+            .partition(|d| d.starts_with(&parent));
+        if let Some(gone) = snapshot_layers.iter().find(|d| !d.is_dir()) {
+            return Err(Error::InvalidConfig(format!(
+                "the snapshot lies on {}, which was removed meanwhile",
+                gone.display()
+            )));
+        }
+        let store = crate::images::store_in(home)?;
+        store
+            .pin(&pin_owner(name), &image_layers)
+            .map_err(crate::images::image_error)?;
+        pinned = Some(store);
         std::fs::rename(pending, &dest).map_err(Error::io(format!(
             "moving the snapshot to {}",
             dest.display()
@@ -161,8 +211,16 @@ pub fn commit(pending: &Path, home: &Path, name: &str) -> Result<PathBuf> {
     })();
     if result.is_err() {
         let _ = std::fs::remove_dir_all(pending);
+        if let Some(store) = pinned {
+            let _ = store.unpin(&pin_owner(name));
+        }
     }
     result
+}
+
+/// The owner of snapshot `name`'s pin in the image store.
+fn pin_owner(name: &str) -> String {
+    format!("snapshot-{name}")
 }
 
 /// Bytes a directory tree takes on disk (allocated blocks: the sparse memory file's holes
@@ -201,9 +259,88 @@ mod tests {
             memory_mib: 256,
             env: vec![("A".into(), "b".into())],
             spec: SandboxSpec::default(),
-            lower_dirs: vec!["/l".into()],
+            lower_dirs: Vec::new(),
+            image_config: None,
             paused_ms: 1.5,
         }
+    }
+
+    /// The layers of the default image, imported into `home`'s store.
+    fn default_image_layers(home: &Path) -> (crate::images::ImageStore, Vec<PathBuf>) {
+        let store = crate::images::store_in(home).unwrap();
+        msbvm_image::ensure_default_image(&store).unwrap();
+        let layers = store
+            .resolve(msbvm_image::DEFAULT_IMAGE)
+            .unwrap()
+            .lower_dirs;
+        (store, layers)
+    }
+
+    fn take(home: &Path, info: &SnapshotInfo) -> Result<PathBuf> {
+        let pending = home.join("p");
+        std::fs::create_dir_all(pending.join(LAYER_DIR)).unwrap();
+        info.write(&pending).unwrap();
+        commit(&pending, home, &info.name)
+    }
+
+    #[test]
+    fn a_snapshot_keeps_its_image_layers_until_removed() {
+        let home = tempfile::tempdir().unwrap();
+        let (store, layers) = default_image_layers(home.path());
+        let snap = SnapshotInfo {
+            lower_dirs: layers.clone(),
+            ..info("snap")
+        };
+        let dir = take(home.path(), &snap).unwrap();
+        store.remove(msbvm_image::DEFAULT_IMAGE).unwrap();
+        assert!(
+            layers.iter().all(|l| l.is_dir()),
+            "a snapshot's layer was collected"
+        );
+
+        // A snapshot of a fork of it lies on its layer too: it goes first.
+        let mut on_top = SnapshotInfo {
+            lower_dirs: layers.clone(),
+            ..info("on-top")
+        };
+        on_top.lower_dirs.push(dir.join(LAYER_DIR));
+        take(home.path(), &on_top).unwrap();
+        let e = remove(home.path(), "snap").unwrap_err();
+        assert!(e.to_string().contains("remove on-top first"), "{e}");
+        remove(home.path(), "on-top").unwrap();
+        assert!(layers.iter().all(|l| l.is_dir()), "still pinned by snap");
+        remove(home.path(), "snap").unwrap();
+        assert!(
+            layers.iter().all(|l| !l.exists()),
+            "layers of no image kept"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_on_a_removed_one_or_foreign_layers_is_refused() {
+        let home = tempfile::tempdir().unwrap();
+        let (_store, _) = default_image_layers(home.path());
+        let gone = snapshot_dir(home.path(), "gone").unwrap().join(LAYER_DIR);
+        let e = take(
+            home.path(),
+            &SnapshotInfo {
+                lower_dirs: vec![gone],
+                ..info("s")
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("removed meanwhile"), "{e}");
+        let e = take(
+            home.path(),
+            &SnapshotInfo {
+                lower_dirs: vec![home.path().join("elsewhere")],
+                ..info("s")
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("pin"), "{e}");
+        assert!(list(home.path()).unwrap().is_empty());
+        assert!(!home.path().join("p").exists());
     }
 
     #[test]

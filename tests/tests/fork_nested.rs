@@ -4,7 +4,9 @@
 //! runs; `msbvm fork --count 20` starts 20 forks at once. Every fork sees the files and the
 //! running server, its writes stay its own, its kernel RNG and wall clock are its own, and
 //! exec, files and new network flows work; the source runs on throughout; the idle forks'
-//! memory (PSS) is printed. Then the errors: resources other than the snapshot's, a missing
+//! memory (PSS) is printed. A snapshot of a fork forks with the files of both snapshots and
+//! holds the first one; forks still start once the source and its image are removed (the
+//! snapshot pins the image's layers), and removing the snapshot frees them. Then the errors: resources other than the snapshot's, a missing
 //! snapshot, no memory (`ulimit -v`), no disk (a full tmpfs under the sandboxes), a corrupted
 //! snapshot: each fails with a message and leaves no sandbox behind.
 //!
@@ -119,8 +121,19 @@ pid_of() { grep -o '"pid": *[0-9]*' $MSBVM_HOME/sandboxes/$1/state.json | grep -
 total=0; for i in $(seq 1 $N); do total=$((total + $(pss $(pid_of f-$i)))); done
 echo "memory: idle fork PSS $((total / N / 1024)) MiB on average over $N forks of a 512 MiB guest; source PSS $(( $(pss $(pid_of src)) / 1024 )) MiB"
 
-# Forks of a snapshot whose source is gone, and a single fork with its own name (restore).
+# A snapshot of a fork lies on the snapshot the fork came from: its forks see the files of
+# both, and the first cannot be removed before it.
+$M snapshot create f-1 --tag second >/dev/null; check second_rc $?
+$M fork second --name grand >/dev/null; check grand_rc $?
+check grand_files "$(echo $(g grand cat /srv/hello.txt /srv/mine.txt))"
+$M snapshot rm base 2>/tmp/e0; check base_kept_under_second $(nz $?)
+check base_kept_says "$(grep -c 'remove second first' /tmp/e0)"
+$M rm grand >/dev/null; $M snapshot rm second >/dev/null; check second_removed $?
+
+# Forks of a snapshot whose source and image are gone (the snapshot pins the image's
+# layers), and a single fork with its own name (restore).
 $M rm src >/dev/null; check source_removed $?
+$M rmi @IMAGE@ >/dev/null; check image_removed $?
 $M fork base --name solo >/dev/null; check solo_rc $?
 check solo_files "$(g solo cat /srv/hello.txt)"
 $M rm $(cat /tmp/forks.txt) solo >/dev/null; check forks_removed $?
@@ -145,6 +158,8 @@ check corrupt_says "$(some $(grep -c 'corrupt' /tmp/e5))"
 check nothing_left "$($M ls | grep -c -e broken -e big -e oom -e nodisk)"
 $M snapshot rm base >/dev/null; check snapshot_removed $?
 check snapshots_empty "$($M snapshot ls | grep -vc '^NAME')"
+# With the image and the snapshot gone, nothing pins the layers any more.
+check layers_collected "$(ls $MSBVM_HOME/images/layers | wc -l)"
 check done yes
 "#;
 
@@ -196,7 +211,14 @@ fn a_running_sandbox_is_snapshotted_and_forked_twenty_times() {
             ("source_unchanged_by_forks", "1"),
             ("source_ran_throughout", "yes"),
             ("source_server_after_forks", "base-file"),
+            ("second_rc", "0"),
+            ("grand_rc", "0"),
+            ("grand_files", "base-file mine-1"),
+            ("base_kept_under_second", "failed"),
+            ("base_kept_says", "1"),
+            ("second_removed", "0"),
             ("source_removed", "0"),
+            ("image_removed", "0"),
             ("solo_rc", "0"),
             ("solo_files", "base-file"),
             ("forks_removed", "0"),
@@ -212,6 +234,7 @@ fn a_running_sandbox_is_snapshotted_and_forked_twenty_times() {
             ("nothing_left", "0"),
             ("snapshot_removed", "0"),
             ("snapshots_empty", "0"),
+            ("layers_collected", "0"),
             ("done", "yes"),
         ],
     );

@@ -99,8 +99,16 @@ pub fn plan(spec: &SandboxSpec, dir: &SandboxDir, home: &Path) -> Result<Option<
     }
     if let Some(snapshot) = &spec.fork_of {
         // A fork reads its snapshot's frozen layer (the virtio-fs threads) and nothing
-        // else of it once running (the VM thread maps the memory before it confines).
+        // else of it once running (the VM thread maps the memory before it confines); a
+        // snapshot of a fork lies on the frozen layer of that fork's snapshot too.
         share(snapshot.clone(), true);
+        let info = msbvm_sdk::snapshots::SnapshotInfo::read(snapshot)?;
+        let snapshots = msbvm_sdk::snapshots::snapshots_dir(home);
+        // One that is gone is reported by the set-up, with the snapshot's name.
+        let layers = info.lower_dirs.iter();
+        for layer in layers.filter(|d| d.starts_with(&snapshots) && d.is_dir()) {
+            share(layer.clone(), true);
+        }
     }
     for volume in &spec.volumes {
         let path = match &volume.source {
