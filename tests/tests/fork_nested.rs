@@ -116,7 +116,8 @@ check source_server_after_forks "$(g src python3 -c 'import urllib.request as u;
 # Memory of idle forks: the proportional set size of each fork's runtime (the guest's memory
 # is mapped from the snapshot file and shared until written), against the source's.
 sleep 3
-pss() { awk '/^Pss:/ {print $2}' /proc/$1/smaps_rollup; }
+# A fork that died has no process: 0, so that the script goes on to every other check.
+pss() { awk '/^Pss:/ {print $2}' /proc/$1/smaps_rollup 2>/dev/null || echo 0; }
 pid_of() { grep -o '"pid": *[0-9]*' $MSBVM_HOME/sandboxes/$1/state.json | grep -o '[0-9]*$'; }
 total=0; for i in $(seq 1 $N); do total=$((total + $(pss $(pid_of f-$i)))); done
 echo "memory: idle fork PSS $((total / N / 1024)) MiB on average over $N forks of a 512 MiB guest; source PSS $(( $(pss $(pid_of src)) / 1024 )) MiB"
@@ -170,8 +171,11 @@ fn a_running_sandbox_is_snapshotted_and_forked_twenty_times() {
     };
     let image = TestImage::prepare().unwrap_or_else(|e| panic!("{e}"));
     let vm = vm
+        // One L1 vCPU, as every other suite: with two, QEMU's emulated SVM faulted now and
+        // then under twenty restored guests (an L1 kernel stack overflow in page-fault
+        // handling on a vCPU thread in one CI run, a fork's guest triple-faulting with no
+        // kernel message in a local one), as the soft lockups of NestedVmBuilder showed.
         .memory_mib(4096)
-        .cpus(2)
         .timeout(L1_TIMEOUT)
         .add_file(&image.layout, L1_IMAGE);
     let script = SCRIPT
