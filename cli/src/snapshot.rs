@@ -60,7 +60,8 @@ pub struct ForkArgs {
     /// A secret, NAME@HOST[,HOST...], valued from this environment's NAME; repeatable.
     #[arg(long = "secret", value_name = "NAME@HOST")]
     pub secrets: Vec<String>,
-    /// vCPUs (only the snapshot's number is possible).
+    /// vCPUs online in the forks: 1 to the snapshot's (the machine keeps the snapshot's
+    /// vCPUs; the guest takes the others offline).
     #[arg(long)]
     pub cpus: Option<u8>,
     /// Memory in MiB (only the snapshot's size is possible).

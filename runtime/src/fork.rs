@@ -169,8 +169,9 @@ pub fn restore_config(config: &mut VmConfig, snapshot: Arc<Snapshot>) {
 }
 
 /// Gives the agent of this fork (reached through the vsock device's socket `uds`) its
-/// identity: `name` as hostname, fresh randomness for its kernel, the host's wall clock.
-pub fn give_identity(uds: &Path, name: &str) -> Result<()> {
+/// identity: `name` as hostname, fresh randomness for its kernel, the host's wall clock,
+/// and `online_cpus` (when it runs on fewer vCPUs than its snapshot's).
+pub fn give_identity(uds: &Path, name: &str, online_cpus: Option<u8>) -> Result<()> {
     let mut entropy = vec![0u8; FORK_ENTROPY];
     getrandom::fill(&mut entropy)
         .map_err(|e| Error::io("reading host randomness")(std::io::Error::other(e)))?;
@@ -181,6 +182,7 @@ pub fn give_identity(uds: &Path, name: &str) -> Result<()> {
         hostname: name.into(),
         entropy,
         unix_time_ns,
+        online_cpus: online_cpus.unwrap_or(0),
     };
     let (mut reader, mut writer) = crate::agent_link::connect_greeted(uds, IDENTITY_TIMEOUT)?;
     let frame_err = crate::agent_link::frame_error;

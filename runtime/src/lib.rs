@@ -261,7 +261,7 @@ fn initial_record(args: &RuntimeArgs) -> StateRecord {
         name: args.name.clone(),
         pid: std::process::id(),
         created: state::unix_now(),
-        cpus: args.cpus,
+        cpus: args.spec.online_cpus.unwrap_or(args.cpus),
         memory_mib: args.memory_mib,
         env: args.env.clone(),
         status: Status::Starting,
@@ -567,7 +567,8 @@ impl<'a> Supervisor<'a> {
         if self.args.spec.fork_of.is_some() {
             // The agent of a restored guest: it becomes this sandbox before anything runs.
             let uds = vm::device_socket_path(self.dir);
-            if let Err(e) = fork::give_identity(&uds, &self.args.name) {
+            let online = self.args.spec.online_cpus;
+            if let Err(e) = fork::give_identity(&uds, &self.args.name, online) {
                 tracing::error!("the fork could not take its identity: {e}");
                 reporter.send(&Report::Failed(Failure::from(&e)));
                 self.force();

@@ -5,8 +5,9 @@
 //! network stack and policy, and takes its own identity before it is reported ready: its
 //! name as hostname, a kernel RNG reseeded from host randomness and the host's wall clock.
 //!
-//! A fork has the snapshot's vCPUs and memory (a VM's CPU and memory layout are part of its
-//! saved state); asking for others is an error. Secrets are not in snapshots: each fork gets
+//! A fork has the snapshot's machine: its vCPUs and memory are part of the saved state. It
+//! may run on fewer vCPUs (the others are taken offline in the guest before it is ready);
+//! more vCPUs, or other memory, is an error. Secrets are not in snapshots: each fork gets
 //! the ones its creator gives it.
 
 use std::time::Duration;
@@ -74,7 +75,9 @@ impl ForkBuilder {
         self
     }
 
-    /// vCPUs; only the snapshot's count is possible (checked by [`ForkBuilder::create`]).
+    /// vCPUs online in the forks: 1 to the snapshot's count (checked by
+    /// [`ForkBuilder::create`]); the machine keeps the snapshot's vCPUs and the guest takes
+    /// the others offline.
     pub fn cpus(mut self, cpus: u8) -> Self {
         self.cpus = Some(cpus);
         self
@@ -153,19 +156,17 @@ impl ForkBuilder {
                 env!("CARGO_PKG_VERSION")
             )));
         }
-        for (what, asked, has) in [
-            ("vCPUs", self.cpus.map(u64::from), u64::from(info.cpus)),
-            ("MiB of memory", self.memory_mib, info.memory_mib),
-        ] {
-            if let Some(asked) = asked.filter(|a| *a != has) {
-                return Err(Error::InvalidConfig(format!(
-                    "snapshot {} has {has} {what} and a fork has what its snapshot has; {asked} cannot be given",
-                    self.snapshot
-                )));
-            }
+        if let Some(asked) = self.memory_mib.filter(|a| *a != info.memory_mib) {
+            return Err(Error::InvalidConfig(format!(
+                "snapshot {} has {} MiB of memory and a fork has what its snapshot has; {asked} \
+                 cannot be given",
+                self.snapshot, info.memory_mib
+            )));
         }
+        let online_cpus = online_cpus(&self.snapshot, self.cpus, info.cpus)?;
         let mut spec = info.spec.clone();
         spec.fork_of = Some(dir);
+        spec.online_cpus = online_cpus;
         spec.parent = None;
         if !self.net_rules.is_empty() {
             spec.network.rules = self.net_rules.clone();
@@ -223,9 +224,35 @@ impl ForkBuilder {
     }
 }
 
+/// The vCPUs a fork of `snapshot` (whose machine has `has`) keeps online when `asked` for:
+/// `None` for all of them; fewer than `has` and at least one, or an error.
+fn online_cpus(snapshot: &str, asked: Option<u8>, has: u8) -> Result<Option<u8>> {
+    match asked {
+        None => Ok(None),
+        Some(n) if n == has => Ok(None),
+        Some(n) if (1..has).contains(&n) => Ok(Some(n)),
+        Some(n) => Err(Error::InvalidConfig(format!(
+            "snapshot {snapshot} has {has} vCPUs: a fork runs on 1 to {has} of them (the others \
+             are taken offline), not on {n}"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forks_run_on_their_snapshots_vcpus_or_fewer() {
+        assert_eq!(online_cpus("s", None, 4).unwrap(), None);
+        assert_eq!(online_cpus("s", Some(4), 4).unwrap(), None);
+        assert_eq!(online_cpus("s", Some(1), 4).unwrap(), Some(1));
+        assert_eq!(online_cpus("s", Some(3), 4).unwrap(), Some(3));
+        for bad in [0, 5] {
+            let e = online_cpus("s", Some(bad), 4).unwrap_err().to_string();
+            assert!(e.contains("runs on 1 to 4"), "{e}");
+        }
+    }
 
     #[test]
     fn names_follow_count_and_prefix() {

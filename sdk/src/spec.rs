@@ -48,6 +48,10 @@ pub struct SandboxSpec {
     /// sandbox is a fork of the snapshot's source.
     #[serde(default)]
     pub fork_of: Option<std::path::PathBuf>,
+    /// A fork's vCPUs left online when it runs on fewer than its snapshot's: the machine
+    /// keeps the snapshot's vCPUs and the guest takes the others offline. `None`: all.
+    #[serde(default)]
+    pub online_cpus: Option<u8>,
 }
 
 /// Size limit of an image root's writable layer when none is given (10 GiB).
@@ -82,6 +86,7 @@ impl Default for SandboxSpec {
             spawn: None,
             parent: None,
             fork_of: None,
+            online_cpus: None,
         }
     }
 }

@@ -6,7 +6,8 @@
 //! exec, files and new network flows work; the source runs on throughout; the idle forks'
 //! memory (PSS) is printed. A snapshot of a fork forks with the files of both snapshots and
 //! holds the first one; forks still start once the source and its image are removed (the
-//! snapshot pins the image's layers), and removing the snapshot frees them. Then the errors: resources other than the snapshot's, a missing
+//! snapshot pins the image's layers), and removing the snapshot frees them; a fork runs on
+//! fewer vCPUs than its snapshot's, not on more. Then the errors: resources other than the snapshot's, a missing
 //! snapshot, no memory (`ulimit -v`), no disk (a full tmpfs under the sandboxes), a corrupted
 //! snapshot: each fails with a message and leaves no sandbox behind.
 //!
@@ -161,6 +162,18 @@ $M snapshot rm base >/dev/null; check snapshot_removed $?
 check snapshots_empty "$($M snapshot ls | grep -vc '^NAME')"
 # With the image and the snapshot gone, nothing pins the layers any more.
 check layers_collected "$(ls $MSBVM_HOME/images/layers | wc -l)"
+
+# A fork may run on fewer vCPUs than its snapshot's machine has (the others go offline in
+# the guest), never on more.
+$M run -d --name two --cpus 2 >/dev/null; check two_rc $?
+$M snapshot create two --tag two >/dev/null; check two_snapshot_rc $?
+$M fork two --name one --cpus 1 >/dev/null; check fewer_cpus_rc $?
+check fewer_cpus_nproc "$(g one nproc)"
+check fewer_cpus_online "$(g one cat /sys/devices/system/cpu/online)"
+check source_cpus_online "$(g two cat /sys/devices/system/cpu/online)"
+$M fork two --name three --cpus 3 2>/tmp/e6; check more_cpus_refused $(nz $?)
+check more_cpus_says "$(grep -c 'runs on 1 to 2' /tmp/e6)"
+$M rm one two >/dev/null; $M snapshot rm two >/dev/null; check two_removed $?
 check done yes
 "#;
 
@@ -239,6 +252,15 @@ fn a_running_sandbox_is_snapshotted_and_forked_twenty_times() {
             ("snapshot_removed", "0"),
             ("snapshots_empty", "0"),
             ("layers_collected", "0"),
+            ("two_rc", "0"),
+            ("two_snapshot_rc", "0"),
+            ("fewer_cpus_rc", "0"),
+            ("fewer_cpus_nproc", "1"),
+            ("fewer_cpus_online", "0"),
+            ("source_cpus_online", "0-1"),
+            ("more_cpus_refused", "failed"),
+            ("more_cpus_says", "1"),
+            ("two_removed", "0"),
             ("done", "yes"),
         ],
     );

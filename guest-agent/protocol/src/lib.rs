@@ -152,6 +152,9 @@ pub struct ForkIdentity {
     /// The host's wall clock when the fork started, in nanoseconds since the
     /// Unix epoch.
     pub unix_time_ns: u64,
+    /// vCPUs to leave online, the first ones (the snapshot's machine has more;
+    /// the agent takes the rest offline); 0 leaves them all online.
+    pub online_cpus: u8,
 }
 
 /// Most entropy bytes a [`ForkIdentity`] carries (the kernel takes what it

@@ -11,10 +11,16 @@
 //! host bytes credited with `RNDADDENTROPY`, then `RNDRESEEDCRNG`, which
 //! makes the kernel's CRNG (and every per-CPU and vDSO state derived from it)
 //! start over from the new pool.
+//!
+//! A fork may run on fewer vCPUs than its snapshot's machine has: the machine
+//! keeps them all (they are part of the saved state) and the agent takes the
+//! extra ones offline, so they idle in the guest's offline loop and the
+//! scheduler never uses them.
 
 use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::path::Path;
 
 use msbvm_protocol::{ForkIdentity, MAX_FORK_ENTROPY};
 
@@ -24,11 +30,15 @@ const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
 const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
 /// Longest hostname the kernel takes (`__NEW_UTS_LEN`).
 const MAX_HOSTNAME: usize = 64;
+/// Where the kernel shows its CPUs.
+const CPU_DIR: &str = "/sys/devices/system/cpu";
 
 /// Checks `identity` (it comes from the host, but the agent checks what it
-/// applies) and applies it to the whole guest: hostname, RNG, wall clock.
+/// applies) and applies it to the whole guest: online vCPUs, hostname, RNG,
+/// wall clock.
 pub fn take(identity: &ForkIdentity) -> io::Result<()> {
     check(identity)?;
+    set_online_cpus(Path::new(CPU_DIR), identity.online_cpus)?;
     super::system::set_hostname(&identity.hostname)?;
     reseed(&identity.entropy)?;
     set_wall_clock(identity.unix_time_ns)
@@ -54,6 +64,60 @@ pub fn check(identity: &ForkIdentity) -> io::Result<()> {
         return bad("a wall clock of zero".into());
     }
     Ok(())
+}
+
+/// Leaves the first `online` CPUs of the kernel's CPU directory `dir` online
+/// and takes the others offline; 0 brings every CPU online (a snapshot of a
+/// fork that ran on fewer may be forked onto all of them).
+fn set_online_cpus(dir: &Path, online: u8) -> io::Result<()> {
+    let present = std::fs::read_to_string(dir.join("present"))?;
+    let count = cpu_count(&present).ok_or_else(|| {
+        io::Error::other(format!("cannot read the present CPUs from {present:?}"))
+    })?;
+    let online = if online == 0 {
+        count
+    } else {
+        usize::from(online)
+    };
+    if online > count {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{online} vCPUs online asked for; the machine has {count}"),
+        ));
+    }
+    // CPU 0 has no switch: it is always online, and `online` is at least 1.
+    for cpu in 1..count {
+        let switch = dir.join(format!("cpu{cpu}/online"));
+        let want = if cpu < online { "1" } else { "0" };
+        let now = match std::fs::read_to_string(&switch) {
+            Ok(now) => now,
+            // A kernel without CPU hot-plug: every CPU is online and stays so.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && want == "1" => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(io::Error::other(format!(
+                    "this guest kernel cannot take CPU {cpu} offline (no {})",
+                    switch.display()
+                )))
+            }
+            Err(e) => return Err(e),
+        };
+        if now.trim() != want {
+            std::fs::write(&switch, want)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", switch.display())))?;
+        }
+    }
+    Ok(())
+}
+
+/// The number of CPUs in a kernel CPU list such as `0-3` or `0,2-5`: the
+/// highest one plus one.
+fn cpu_count(list: &str) -> Option<usize> {
+    let mut highest = None;
+    for part in list.trim().split(',') {
+        let last = part.rsplit('-').next()?.trim().parse::<usize>().ok()?;
+        highest = highest.max(Some(last));
+    }
+    highest.map(|h| h + 1).filter(|&n| n <= 1024)
 }
 
 /// Credits `entropy` to the kernel's pool and forces a reseed of its CRNG.
@@ -100,7 +164,57 @@ mod tests {
             hostname: "fork-1".into(),
             entropy: vec![7; 64],
             unix_time_ns: 1_700_000_000_000_000_000,
+            online_cpus: 0,
         }
+    }
+
+    /// A CPU directory of `count` CPUs (all online) as the kernel shows it.
+    fn cpus(count: usize) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("present"), format!("0-{}\n", count - 1)).unwrap();
+        for cpu in 1..count {
+            std::fs::create_dir(dir.path().join(format!("cpu{cpu}"))).unwrap();
+            std::fs::write(dir.path().join(format!("cpu{cpu}/online")), "1\n").unwrap();
+        }
+        dir
+    }
+
+    fn online(dir: &Path, cpu: usize) -> String {
+        std::fs::read_to_string(dir.join(format!("cpu{cpu}/online")))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    #[test]
+    fn extra_cpus_go_offline_and_come_back_for_all() {
+        let dir = cpus(4);
+        set_online_cpus(dir.path(), 2).unwrap();
+        let states: Vec<String> = (1..4).map(|c| online(dir.path(), c)).collect();
+        assert_eq!(states, ["1", "0", "0"]);
+        set_online_cpus(dir.path(), 0).unwrap();
+        let states: Vec<String> = (1..4).map(|c| online(dir.path(), c)).collect();
+        assert_eq!(states, ["1", "1", "1"]);
+        let e = set_online_cpus(dir.path(), 5).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        // One vCPU: nothing to switch.
+        set_online_cpus(cpus(1).path(), 1).unwrap();
+        // No hot-plug switches: all online is fine, fewer is an error.
+        let fixed = cpus(2);
+        std::fs::remove_dir_all(fixed.path().join("cpu1")).unwrap();
+        set_online_cpus(fixed.path(), 0).unwrap();
+        let e = set_online_cpus(fixed.path(), 1).unwrap_err();
+        assert!(e.to_string().contains("cannot take CPU 1 offline"), "{e}");
+    }
+
+    #[test]
+    fn cpu_lists_count_up_to_the_highest() {
+        assert_eq!(cpu_count("0\n"), Some(1));
+        assert_eq!(cpu_count("0-3"), Some(4));
+        assert_eq!(cpu_count("0,2-5"), Some(6));
+        assert_eq!(cpu_count(""), None);
+        assert_eq!(cpu_count("0-x"), None);
+        assert_eq!(cpu_count("0-99999"), None);
     }
 
     #[test]
