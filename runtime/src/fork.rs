@@ -33,6 +33,10 @@ use msbvm_sdk::{Error, Result, RuntimeArgs};
 const IDENTITY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes of host randomness each fork's kernel gets.
 const FORK_ENTROPY: usize = 64;
+/// Identity round trips tried to get the fork's clock within [`CLOCK_TOLERANCE`].
+const IDENTITY_ROUNDS: usize = 5;
+/// The longest identity round trip accepted: the most the fork's clock may be behind.
+const CLOCK_TOLERANCE: Duration = Duration::from_millis(200);
 
 /// A snapshot about to be taken, with everything it needs from the supervisor.
 pub struct SnapshotJob {
@@ -171,34 +175,62 @@ pub fn restore_config(config: &mut VmConfig, snapshot: Arc<Snapshot>) {
 /// Gives the agent of this fork (reached through the vsock device's socket `uds`) its
 /// identity: `name` as hostname, fresh randomness for its kernel, the host's wall clock,
 /// and `online_cpus` (when it runs on fewer vCPUs than its snapshot's).
+///
+/// The clock is read just before the message goes, and the guest sets it some time
+/// within the round trip that follows: that round trip bounds the guest clock's error.
+/// Twenty forks restored at once in a one-CPU emulated machine took seconds per round trip
+/// (their clocks were seconds behind), so a slow round is repeated, up to
+/// [`IDENTITY_ROUNDS`] times, until one takes at most [`CLOCK_TOLERANCE`]; taking the
+/// identity again only adds entropy and sets the same names.
 pub fn give_identity(uds: &Path, name: &str, online_cpus: Option<u8>) -> Result<()> {
-    let mut entropy = vec![0u8; FORK_ENTROPY];
-    getrandom::fill(&mut entropy)
-        .map_err(|e| Error::io("reading host randomness")(std::io::Error::other(e)))?;
-    let unix_time_ns = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-    let identity = ForkIdentity {
-        hostname: name.into(),
-        entropy,
-        unix_time_ns,
-        online_cpus: online_cpus.unwrap_or(0),
-    };
     let (mut reader, mut writer) = crate::agent_link::connect_greeted(uds, IDENTITY_TIMEOUT)?;
-    let frame_err = crate::agent_link::frame_error;
-    write_blocking(&mut writer, &HostMessage::Identity(identity)).map_err(frame_err)?;
-    match reader.read_message::<GuestMessage>().map_err(frame_err)? {
-        Some(GuestMessage::IdentityTaken) => Ok(()),
-        Some(GuestMessage::Error { message }) => Err(Error::Protocol {
-            peer: "the guest agent",
-            detail: message,
-        }),
-        Some(other) => Err(Error::Protocol {
-            peer: "the guest agent",
-            detail: format!("expected IdentityTaken, got {}", describe(&other)),
-        }),
-        None => Err(Error::ConnectionLost),
+    let mut round_trip = Duration::ZERO;
+    for _ in 0..IDENTITY_ROUNDS {
+        let mut entropy = vec![0u8; FORK_ENTROPY];
+        getrandom::fill(&mut entropy)
+            .map_err(|e| Error::io("reading host randomness")(std::io::Error::other(e)))?;
+        let sent = std::time::Instant::now();
+        let identity = ForkIdentity {
+            hostname: name.into(),
+            entropy,
+            unix_time_ns: unix_now_ns(),
+            online_cpus: online_cpus.unwrap_or(0),
+        };
+        let frame_err = crate::agent_link::frame_error;
+        write_blocking(&mut writer, &HostMessage::Identity(identity)).map_err(frame_err)?;
+        match reader.read_message::<GuestMessage>().map_err(frame_err)? {
+            Some(GuestMessage::IdentityTaken) => {}
+            Some(GuestMessage::Error { message }) => {
+                return Err(Error::Protocol {
+                    peer: "the guest agent",
+                    detail: message,
+                })
+            }
+            Some(other) => {
+                return Err(Error::Protocol {
+                    peer: "the guest agent",
+                    detail: format!("expected IdentityTaken, got {}", describe(&other)),
+                })
+            }
+            None => return Err(Error::ConnectionLost),
+        }
+        round_trip = sent.elapsed();
+        if round_trip <= CLOCK_TOLERANCE {
+            return Ok(());
+        }
     }
+    tracing::warn!(
+        "the fork's wall clock may be up to {} ms behind: the agent took that long to set it",
+        round_trip.as_millis()
+    );
+    Ok(())
+}
+
+/// The host's wall clock, in nanoseconds since the Unix epoch.
+fn unix_now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
@@ -206,6 +238,50 @@ mod tests {
     use super::*;
     use msbvm_sdk::spec::{SandboxSpec, VolumeSpec};
     use std::ffi::OsString;
+
+    /// The identity a fake agent received, after answering `Hello`.
+    fn identity_of(m: Option<HostMessage>) -> ForkIdentity {
+        match m {
+            Some(HostMessage::Identity(identity)) => identity,
+            other => panic!("expected an identity, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_slow_identity_round_trip_is_repeated_with_a_fresh_clock() {
+        let tmp = tempfile::TempDir::new().unwrap();
+        let uds = tmp.path().join("vsock.sock");
+        let fake = msbvm_sdk::test_support::FakeAgent::spawn(&uds, 1, |s| {
+            s.hello();
+            let first = identity_of(s.recv());
+            assert_eq!((first.hostname.as_str(), first.online_cpus), ("f-1", 2));
+            // A guest too busy to answer in time: the host asks again.
+            std::thread::sleep(CLOCK_TOLERANCE * 2);
+            s.send(&GuestMessage::IdentityTaken);
+            let second = identity_of(s.recv());
+            assert!(second.unix_time_ns >= first.unix_time_ns + 2 * 200_000_000);
+            assert_ne!(second.entropy, first.entropy);
+            s.send(&GuestMessage::IdentityTaken);
+        });
+        give_identity(&uds, "f-1", Some(2)).unwrap();
+        fake.join();
+    }
+
+    #[test]
+    fn an_agent_that_refuses_the_identity_fails_the_fork() {
+        let tmp = tempfile::TempDir::new().unwrap();
+        let uds = tmp.path().join("vsock.sock");
+        let fake = msbvm_sdk::test_support::FakeAgent::spawn(&uds, 1, |s| {
+            s.hello();
+            identity_of(s.recv());
+            s.send(&GuestMessage::Error {
+                message: "no".into(),
+            });
+        });
+        let e = give_identity(&uds, "f-1", None).unwrap_err().to_string();
+        assert!(e.contains("no"), "{e}");
+        fake.join();
+    }
 
     /// What `SnapshotJob::new` answers for a sandbox of `spec` that is not running.
     fn answer(spec: SandboxSpec) -> String {

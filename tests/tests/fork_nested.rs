@@ -91,7 +91,9 @@ for i in $(seq 1 $N); do
   [ "$(v own)" = mine-$i ] && own=$((own+1))
   [ "$(v hostname)" = $f ] && hostnames=$((hostnames+1))
   # The guest read its clock while the exec ran: within 1 s of L1's clock over that time.
-  t=$(v date); [ "$t" -ge $((before - 1)) ] && [ "$t" -le $((after + 1)) ] && clock=$((clock+1))
+  t=$(v date)
+  if [ "$t" -ge $((before - 1)) ] && [ "$t" -le $((after + 1)) ]; then clock=$((clock+1))
+  else echo "clock of $f: $t, L1 read $before before the exec and $after after"; fi
   [ -z "$(v after)" ] && noafter=$((noafter+1))
   echo "probed $f"
 done
