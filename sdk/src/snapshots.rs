@@ -203,10 +203,14 @@ pub fn commit(pending: &Path, home: &Path, name: &str) -> Result<PathBuf> {
             .pin(&pin_owner(name), &image_layers)
             .map_err(crate::images::image_error)?;
         pinned = Some(store);
+        // Durable before it is visible: the runtime synced only the state file, and a
+        // restore trusts the memory file and the frozen layer without reading them whole.
+        sync_filesystem(pending)?;
         std::fs::rename(pending, &dest).map_err(Error::io(format!(
             "moving the snapshot to {}",
             dest.display()
         )))?;
+        sync_filesystem(&parent)?;
         Ok(dest)
     })();
     if result.is_err() {
@@ -216,6 +220,22 @@ pub fn commit(pending: &Path, home: &Path, name: &str) -> Result<PathBuf> {
         }
     }
     result
+}
+
+/// Writes everything cached for the filesystem holding `dir` to its disk (`syncfs`): the
+/// snapshot's memory file and frozen layer are many files, written by another process.
+fn sync_filesystem(dir: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let handle =
+        std::fs::File::open(dir).map_err(Error::io(format!("opening {}", dir.display())))?;
+    // SAFETY: syncfs on a descriptor this function owns; no memory is passed.
+    if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
+        return Err(Error::io(format!(
+            "syncing the snapshot in {}",
+            dir.display()
+        ))(std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// The owner of snapshot `name`'s pin in the image store.
