@@ -90,6 +90,21 @@ impl<T> PathTable<T> {
         let ino = self.next;
         self.next += 1;
         self.detach(parent, name);
+        self.attach(ino, parent, name, ino, 1, data);
+        Ok(ino)
+    }
+
+    /// Puts the new inode `ino` under `parent` (known to exist) as `name`
+    /// (known to be free).
+    fn attach(
+        &mut self,
+        ino: Inode,
+        parent: Inode,
+        name: &CStr,
+        generation: u64,
+        lookups: u64,
+        data: T,
+    ) {
         self.nodes.get_mut(&parent).expect("checked above").children += 1;
         self.nodes.insert(
             ino,
@@ -97,14 +112,13 @@ impl<T> PathTable<T> {
                 parent,
                 name: name.to_owned(),
                 attached: true,
-                generation: ino,
+                generation,
                 data,
-                lookups: 1,
+                lookups,
                 children: 0,
             },
         );
         self.names.insert((parent, name.to_owned()), ino);
-        Ok(ino)
     }
 
     /// One more kernel lookup on `ino`.
@@ -287,20 +301,7 @@ impl<T> PathTable<T> {
         {
             return Err(err(libc::EEXIST));
         }
-        self.nodes.get_mut(&parent).expect("checked above").children += 1;
-        self.nodes.insert(
-            ino,
-            Node {
-                parent,
-                name: name.to_owned(),
-                attached: true,
-                generation,
-                data,
-                lookups,
-                children: 0,
-            },
-        );
-        self.names.insert((parent, name.to_owned()), ino);
+        self.attach(ino, parent, name, generation, lookups, data);
         self.next = self.next.max(ino.saturating_add(1));
         Ok(())
     }

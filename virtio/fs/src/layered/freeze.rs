@@ -35,7 +35,8 @@ fn create_file(dir: RawFd, name: &CStr) -> io::Result<OwnedFd> {
     host::openat2(dir, name, flags, 0o644, CONFINED)
 }
 
-fn times_of(st: &libc::stat64) -> [libc::timespec; 2] {
+/// The access and modification times of `st`, as `futimens` takes them.
+pub(super) fn times_of(st: &libc::stat64) -> [libc::timespec; 2] {
     [
         libc::timespec {
             tv_sec: st.st_atime,

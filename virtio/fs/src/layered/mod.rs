@@ -566,16 +566,7 @@ impl LayeredFs {
         meta: GuestMeta,
         xattrs: &[(String, Vec<u8>)],
     ) -> io::Result<()> {
-        let times = [
-            libc::timespec {
-                tv_sec: st.st_atime,
-                tv_nsec: st.st_atime_nsec,
-            },
-            libc::timespec {
-                tv_sec: st.st_mtime,
-                tv_nsec: st.st_mtime_nsec,
-            },
-        ];
+        let times = freeze::times_of(st);
         let finish = |fd: RawFd| -> io::Result<()> {
             meta.store(self.xattr_ns, fd)?;
             for (k, v) in xattrs {
