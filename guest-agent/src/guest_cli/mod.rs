@@ -158,6 +158,10 @@ fn event_line(kind: &str, data: Option<&str>, id: Option<&str>) -> Result<String
     }
     // A line break between JSON tokens would end the line; a space means the same.
     let data = data.unwrap_or("null").replace(['\n', '\r'], " ");
+    // The grammar check alone would pass a number no reader can hold (`1e999999`),
+    // which the agent refuses: say so here.
+    serde_json::from_str::<Value>(&data)
+        .map_err(|e| Failure::usage(format!("the event data is not JSON: {e}")))?;
     let data = RawValue::from_string(data)
         .map_err(|e| Failure::usage(format!("the event data is not JSON: {e}")))?;
     let line = serde_json::to_string(&OutEvent {

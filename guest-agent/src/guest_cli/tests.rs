@@ -51,6 +51,9 @@ fn other_verbs_and_bad_input_are_explained() {
     assert!(f.message.contains("unknown command"), "{}", f.message);
     assert_eq!(fail(&["create"], nowhere).code, 2);
     assert_eq!(fail(&["emit", "t", "{bad"], nowhere).code, 2);
+    let f = fail(&["emit", "t", "2e99999999999"], nowhere);
+    assert_eq!(f.code, 2);
+    assert!(f.message.contains("not JSON"), "{}", f.message);
     assert_eq!(fail(&["emit", "msbvm.x"], nowhere).code, 2);
     assert_eq!(fail(&["emit"], nowhere).code, 2);
     assert_eq!(fail(&["events", "--bogus"], nowhere).code, 2);

@@ -199,7 +199,8 @@ pub struct OutEvent<'a> {
     pub reply_to: Option<&'a str>,
 }
 
-/// `data` as one line of raw JSON, or `None` if it is not JSON.
+/// `data` as one line of raw JSON, or `None` if it is not JSON a reader can
+/// hold.
 pub fn raw_json(data: &str) -> Option<Box<RawValue>> {
     // In valid JSON a line break can only stand between tokens (inside a
     // string it must be escaped), where a space means the same.
@@ -208,6 +209,10 @@ pub fn raw_json(data: &str) -> Option<Box<RawValue>> {
     } else {
         data.to_string()
     };
+    // `RawValue` checks the grammar only: it lets through a number whose
+    // exponent no reader can hold (`2e99999999999`), which the guest program
+    // could then not read back.
+    serde_json::from_str::<Value>(&data).ok()?;
     RawValue::from_string(data).ok()
 }
 
@@ -321,6 +326,21 @@ mod tests {
         assert!(err(br#"{"type":""}"#).contains("empty"));
         let long = format!(r#"{{"type":"a","id":"{}"}}"#, "x".repeat(MAX_ID_LEN + 1));
         assert!(err(long.as_bytes()).contains("limit"));
+    }
+
+    #[test]
+    fn a_host_payload_no_reader_can_hold_is_sent_as_null() {
+        // Found by the guest_event_lines fuzz target: the grammar allows any
+        // exponent, a reader does not.
+        let event = HostEvent {
+            kind: "t".into(),
+            data: "\t222222e2222222222222222222000000000004975542244881494471".into(),
+            id: None,
+            reply_to: None,
+            target: Target::Subscribers,
+        };
+        assert_eq!(host_event_line(&event), "{\"type\":\"t\",\"data\":null}\n");
+        assert!(raw_json(" 1e5 ").is_some());
     }
 
     #[test]
