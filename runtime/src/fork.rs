@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use msbvm_protocol::boot::BootConfig;
 use msbvm_protocol::{ForkIdentity, GuestMessage, HostMessage};
 use msbvm_vmm::snapshot::Snapshot;
 use msbvm_vmm::{BootSource, VmConfig, VmControl};
@@ -182,9 +183,21 @@ pub fn restore_config(config: &mut VmConfig, snapshot: Arc<Snapshot>) {
 /// (their clocks were seconds behind), so a slow round is repeated, up to
 /// [`IDENTITY_ROUNDS`] times, until one takes at most [`CLOCK_TOLERANCE`]; taking the
 /// identity again only adds entropy and sets the same names.
-pub fn give_identity(uds: &Path, name: &str, online_cpus: Option<u8>) -> Result<()> {
+///
+/// The identity also carries the fork's own secret placeholders and interception CA from
+/// `boot` (the fork's devices' boot configuration): the guest's were the snapshot's.
+pub fn give_identity(
+    uds: &Path,
+    name: &str,
+    online_cpus: Option<u8>,
+    boot: &BootConfig,
+) -> Result<()> {
     let (mut reader, mut writer) = crate::agent_link::connect_greeted(uds, IDENTITY_TIMEOUT)?;
     let mut round_trip = Duration::ZERO;
+    let mac = match boot.network {
+        Some(_) => Some(fork_mac()?),
+        None => None,
+    };
     for _ in 0..IDENTITY_ROUNDS {
         let mut entropy = vec![0u8; FORK_ENTROPY];
         getrandom::fill(&mut entropy)
@@ -195,6 +208,9 @@ pub fn give_identity(uds: &Path, name: &str, online_cpus: Option<u8>) -> Result<
             entropy,
             unix_time_ns: unix_now_ns(),
             online_cpus: online_cpus.unwrap_or(0),
+            tls: boot.tls.clone(),
+            secret_env: boot.secret_env.clone(),
+            mac,
         };
         let frame_err = crate::agent_link::frame_error;
         write_blocking(&mut writer, &HostMessage::Identity(identity)).map_err(frame_err)?;
@@ -226,6 +242,16 @@ pub fn give_identity(uds: &Path, name: &str, online_cpus: Option<u8>) -> Result<
     Ok(())
 }
 
+/// A fork's MAC address: random, locally administered, unicast. Every sandbox booted from
+/// scratch has [`crate::devices::GUEST_MAC`]; each fork is told one of its own.
+fn fork_mac() -> Result<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    getrandom::fill(&mut mac)
+        .map_err(|e| Error::io("reading host randomness")(std::io::Error::other(e)))?;
+    mac[0] = (mac[0] & !1) | 2;
+    Ok(mac)
+}
+
 /// The host's wall clock, in nanoseconds since the Unix epoch.
 fn unix_now_ns() -> u64 {
     std::time::SystemTime::now()
@@ -248,6 +274,16 @@ mod tests {
     }
 
     #[test]
+    fn fork_macs_are_local_unicast_and_their_own() {
+        let (a, b) = (fork_mac().unwrap(), fork_mac().unwrap());
+        for mac in [a, b] {
+            assert_eq!(mac[0] & 3, 2, "{mac:02x?}");
+            assert_ne!(mac, crate::devices::GUEST_MAC);
+        }
+        assert_ne!(a, b);
+    }
+
+    #[test]
     fn a_slow_identity_round_trip_is_repeated_with_a_fresh_clock() {
         let tmp = tempfile::TempDir::new().unwrap();
         let uds = tmp.path().join("vsock.sock");
@@ -255,6 +291,9 @@ mod tests {
             s.hello();
             let first = identity_of(s.recv());
             assert_eq!((first.hostname.as_str(), first.online_cpus), ("f-1", 2));
+            assert_eq!(first.secret_env, [("K".to_string(), "ph".to_string())]);
+            // A fork without a network keeps the snapshot's MAC (it has none to change).
+            assert_eq!(first.mac, None);
             // A guest too busy to answer in time: the host asks again.
             std::thread::sleep(CLOCK_TOLERANCE * 2);
             s.send(&GuestMessage::IdentityTaken);
@@ -263,7 +302,11 @@ mod tests {
             assert_ne!(second.entropy, first.entropy);
             s.send(&GuestMessage::IdentityTaken);
         });
-        give_identity(&uds, "f-1", Some(2)).unwrap();
+        let boot = BootConfig {
+            secret_env: vec![("K".into(), "ph".into())],
+            ..BootConfig::default()
+        };
+        give_identity(&uds, "f-1", Some(2), &boot).unwrap();
         fake.join();
     }
 
@@ -278,7 +321,9 @@ mod tests {
                 message: "no".into(),
             });
         });
-        let e = give_identity(&uds, "f-1", None).unwrap_err().to_string();
+        let e = give_identity(&uds, "f-1", None, &BootConfig::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no"), "{e}");
         fake.join();
     }

@@ -568,7 +568,12 @@ impl<'a> Supervisor<'a> {
             // The agent of a restored guest: it becomes this sandbox before anything runs.
             let uds = vm::device_socket_path(self.dir);
             let online = self.args.spec.online_cpus;
-            if let Err(e) = fork::give_identity(&uds, &self.args.name, online) {
+            let boot = self
+                .devices
+                .as_ref()
+                .map(|d| d.boot.clone())
+                .unwrap_or_default();
+            if let Err(e) = fork::give_identity(&uds, &self.args.name, online, &boot) {
                 tracing::error!("the fork could not take its identity: {e}");
                 reporter.send(&Report::Failed(Failure::from(&e)));
                 self.force();

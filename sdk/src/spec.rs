@@ -279,7 +279,8 @@ pub enum CaScope {
     /// The user's CA, made once under the msbvm data directory (`tls/ca.pem`, `tls/ca.key`).
     #[default]
     User,
-    /// A CA made for this sandbox alone, kept in the runtime's memory only.
+    /// A CA made for this sandbox alone, kept in the runtime's memory only (each fork of a
+    /// snapshot makes its own, which its guest is given to trust).
     Sandbox,
 }
 

@@ -3,7 +3,7 @@
 //! from a tarball and a background HTTP server; `msbvm snapshot create` takes it while it
 //! runs; `msbvm fork --count 20` starts 20 forks at once. Every fork sees the files and the
 //! running server, its writes stay its own, its kernel RNG and wall clock are its own, and
-//! exec, files and new network flows work; the source runs on throughout; the idle forks'
+//! exec, files and new network flows work, each has a MAC address of its own; the source runs on throughout; the idle forks'
 //! memory (PSS) is printed. A snapshot of a fork forks with the files of both snapshots and
 //! holds the first one; forks still start once the source and its image are removed (the
 //! snapshot pins the image's layers), and removing the snapshot frees them; a fork runs on
@@ -73,7 +73,7 @@ print("urandom", os.urandom(32).hex())
 print("uuid", open("/proc/sys/kernel/random/uuid").read().strip())
 PY
 files=0; pkg=0; server=0; host=0; own=0; hostnames=0; clock=0; noafter=0
-: > /tmp/uuids; : > /tmp/urandom
+: > /tmp/uuids; : > /tmp/urandom; : > /tmp/macs
 # A probe that does not finish in 180 s shows the fork's logs.
 stuck() { echo "--- $1 stuck; runtime.log:"; tail -30 $MSBVM_HOME/sandboxes/$1/runtime.log; echo "--- console.log:"; tail -30 $MSBVM_HOME/sandboxes/$1/console.log; }
 for i in $(seq 1 $N); do
@@ -86,10 +86,11 @@ for i in $(seq 1 $N); do
   [ "$(v host)" = host-page ] && host=$((host+1))
   v uuid >> /tmp/uuids; v urandom >> /tmp/urandom
   before=$(date +%s)
-  timeout 180 $M exec $f -- sh -c "echo mine-$i > /srv/mine.txt; echo own \$(cat /srv/mine.txt); echo hostname \$(hostname); echo date \$(date +%s); test -e /srv/after.txt && echo after yes; true" > /tmp/p 2>&1 || stuck $f
+  timeout 180 $M exec $f -- sh -c "echo mine-$i > /srv/mine.txt; echo own \$(cat /srv/mine.txt); echo hostname \$(hostname); echo mac \$(cat /sys/class/net/eth0/address); echo date \$(date +%s); test -e /srv/after.txt && echo after yes; true" > /tmp/p 2>&1 || stuck $f
   after=$(date +%s)
   [ "$(v own)" = mine-$i ] && own=$((own+1))
   [ "$(v hostname)" = $f ] && hostnames=$((hostnames+1))
+  v mac >> /tmp/macs
   # The guest read its clock while the exec ran: within 1 s of L1's clock over that time.
   t=$(v date)
   if [ "$t" -ge $((before - 1)) ] && [ "$t" -le $((after + 1)) ]; then clock=$((clock+1))
@@ -107,6 +108,8 @@ check forks_clock $clock
 check forks_miss_later_source_writes $noafter
 g src python3 /e2e/probe.py > /tmp/p 2>&1
 v uuid >> /tmp/uuids; v urandom >> /tmp/urandom
+g src cat /sys/class/net/eth0/address >> /tmp/macs
+check macs_distinct "$(grep -c . /tmp/macs) $(sort -u /tmp/macs | wc -l)"
 check uuids_distinct $(sort -u /tmp/uuids | wc -l)
 check urandom_distinct $(sort -u /tmp/urandom | wc -l)
 # Writes stay in their fork: each sees only its own file, the source none.
@@ -224,6 +227,7 @@ fn a_running_sandbox_is_snapshotted_and_forked_twenty_times() {
             ("forks_hostnames", &n),
             ("forks_clock", &n),
             ("forks_miss_later_source_writes", &n),
+            ("macs_distinct", &format!("{all} {all}")),
             ("uuids_distinct", &all),
             ("urandom_distinct", &all),
             ("writes_stay_in_their_fork", &n),

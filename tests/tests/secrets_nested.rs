@@ -200,6 +200,25 @@ rm -f /tmp/mem
 check state_values $(( $($PEER count /tmp/msbvm/sandboxes/s "$API_VALUE") + $($PEER count /tmp/msbvm/sandboxes/s "$FILE_VALUE") + $($PEER count /tmp/msbvm/sandboxes/s "$QB_VALUE") ))
 check state_grep_r $(timeout 60 grep -r -l -F -e "$API_VALUE" -e "$FILE_VALUE" -e "$QB_VALUE" /tmp/msbvm/sandboxes/s 2>/dev/null | wc -l)
 check home_values $(( $($PEER count /tmp/msbvm "$API_VALUE") + $($PEER count /tmp/msbvm "$QB_VALUE") ))
+
+# Snapshot and fork: the snapshot holds placeholders, never a value; a fork gets its secrets
+# from its creator, with placeholders of its own, and the source's mean nothing there.
+$M snapshot create s --tag sec >/dev/null; check snap_rc $?
+check snap_values $(( $($PEER count /tmp/msbvm/snapshots/sec "$API_VALUE") + $($PEER count /tmp/msbvm/snapshots/sec "$FILE_VALUE") + $($PEER count /tmp/msbvm/snapshots/sec "$QB_VALUE") ))
+check snap_placeholder $(some $($PEER count /tmp/msbvm/snapshots/sec "$PH"))
+FORK_VALUE=sk-fork-$(rand)
+API_KEY=$FORK_VALUE $M fork sec --name fk --secret API_KEY@api.test -e FORK_VAR=fk-env >/dev/null; check fork_rc $?
+fk() { $M exec fk -- sh -c "$1" 2>&1; }
+KPH=$(fk 'printf %s "$API_KEY"')
+check fork_ph_own $([ ${#KPH} -ge 16 ] && [ "$KPH" != "$PH" ] && [ "$KPH" != "$FORK_VALUE" ] && echo yes || echo "no:$KPH")
+check fork_env "$(fk 'printf %s "$FORK_VAR"')"
+check fork_no_other_secret "$(fk 'printf %s "${FILE_KEY:-none}"')"
+fk 'curl -s https://api.test/fork/hdr -H "X-Api-Key: $API_KEY"' >/dev/null
+check fork_hdr_upstream $(up /fork/hdr | grep -cF "x-api-key: $FORK_VALUE")
+fk "curl -s https://api.test/fork/old -H 'X-Api-Key: $PH'" >/dev/null
+check fork_old_placeholder_inert "$(up /fork/old | grep -cF "$API_VALUE") $(up /fork/old | grep -cF "x-api-key: $PH")"
+check fork_saw_no_value $(fk 'env' | grep -cF -e "$API_VALUE" -e "$FORK_VALUE")
+$M rm fk >/dev/null; $M snapshot rm sec >/dev/null; check snap_removed $?
 $M stop s >/dev/null; check s_stopped $?
 echo "CHECK done yes"
 "#;
@@ -323,6 +342,17 @@ const FULL: &[(&str, &str)] = &[
     ("state_values", "0"),
     ("state_grep_r", "0"),
     ("home_values", "0"),
+    ("snap_rc", "0"),
+    ("snap_values", "0"),
+    ("snap_placeholder", "yes"),
+    ("fork_rc", "0"),
+    ("fork_ph_own", "yes"),
+    ("fork_env", "fk-env"),
+    ("fork_no_other_secret", "none"),
+    ("fork_hdr_upstream", "1"),
+    ("fork_old_placeholder_inert", "0 1"),
+    ("fork_saw_no_value", "0"),
+    ("snap_removed", "0"),
     ("s_stopped", "0"),
 ];
 

@@ -29,8 +29,10 @@ pub mod files;
 pub mod framing;
 pub mod spawn;
 
-/// Version of this protocol; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version of this protocol; bumped on any incompatible change (2: a
+/// [`ForkIdentity`] carries the fork's CPUs, CA, secret placeholders and
+/// MAC).
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest frame payload accepted, in bytes.
 pub const MAX_FRAME_LEN: usize = 1 << 20;
 /// Largest data chunk (stdin, stdout, stderr) put in one message; well under
@@ -155,6 +157,18 @@ pub struct ForkIdentity {
     /// vCPUs to leave online, the first ones (the snapshot's machine has more;
     /// the agent takes the rest offline); 0 leaves them all online.
     pub online_cpus: u8,
+    /// The CA of the fork's TLS interception, for the guest to trust (it is
+    /// added to the bundles; the snapshot's own CA, if any, stays). `None`
+    /// when the fork intercepts nothing.
+    pub tls: Option<boot::GuestTls>,
+    /// `(NAME, placeholder)` of the fork's own secrets: they replace the
+    /// snapshot's in every later exec (a fork gets its secrets from its
+    /// creator; the snapshot's placeholders mean nothing to its network stack).
+    pub secret_env: Vec<(String, String)>,
+    /// The fork's own MAC address for the guest's network interface (random,
+    /// locally administered, unicast); `None` keeps the snapshot's (a fork
+    /// without a network).
+    pub mac: Option<[u8; 6]>,
 }
 
 /// Most entropy bytes a [`ForkIdentity`] carries (the kernel takes what it

@@ -212,7 +212,7 @@ fn prepare(req: &ExecRequest) -> Result<Prepared, SpawnError> {
     } else {
         req.env.clone()
     };
-    let env_pairs = with_events_env(super::trust::merge(&env_pairs, super::trust::boot_env()));
+    let env_pairs = with_events_env(super::trust::merge(&env_pairs, &super::trust::boot_env()));
     let mut env = Vec::with_capacity(env_pairs.len());
     for (k, v) in &env_pairs {
         if k.is_empty() || k.contains('=') {

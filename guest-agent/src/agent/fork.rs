@@ -12,6 +12,9 @@
 //! makes the kernel's CRNG (and every per-CPU and vDSO state derived from it)
 //! start over from the new pool.
 //!
+//! Each fork also gets a MAC address of its own, and its own secret
+//! placeholders and interception CA (see [`super::trust::take_interception`]).
+//!
 //! A fork may run on fewer vCPUs than its snapshot's machine has: the machine
 //! keeps them all (they are part of the saved state) and the agent takes the
 //! extra ones offline, so they idle in the guest's offline loop and the
@@ -32,6 +35,12 @@ const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
 const MAX_HOSTNAME: usize = 64;
 /// Where the kernel shows its CPUs.
 const CPU_DIR: &str = "/sys/devices/system/cpu";
+/// The largest CA certificate taken (a P-256 CA is under 1 KiB of PEM).
+const MAX_CA_PEM: usize = 64 * 1024;
+/// The most secrets a fork takes.
+const MAX_SECRETS: usize = 256;
+/// The longest secret name or placeholder taken.
+const MAX_SECRET_TEXT: usize = 256;
 
 /// Checks `identity` (it comes from the host, but the agent checks what it
 /// applies) and applies it to the whole guest: online vCPUs, hostname, RNG,
@@ -41,7 +50,22 @@ pub fn take(identity: &ForkIdentity) -> io::Result<()> {
     set_online_cpus(Path::new(CPU_DIR), identity.online_cpus)?;
     super::system::set_hostname(&identity.hostname)?;
     reseed(&identity.entropy)?;
-    set_wall_clock(identity.unix_time_ns)
+    set_wall_clock(identity.unix_time_ns)?;
+    if let Some(mac) = identity.mac {
+        super::net::set_mac(mac).map_err(io::Error::other)?;
+    }
+    // The fork's own secrets and CA, as at boot: a problem with the CA is logged, and TLS
+    // clients then refuse intercepted hosts, visibly.
+    let problems = super::trust::take_interception(
+        Path::new("/"),
+        identity.tls.as_ref().map(|t| t.ca_cert_pem.as_str()),
+        &identity.secret_env,
+        None,
+    );
+    for p in problems {
+        agent_log!("the fork's TLS interception CA: {p}");
+    }
+    Ok(())
 }
 
 /// Refuses an identity the kernel would reject or that could not be meant.
@@ -62,6 +86,36 @@ pub fn check(identity: &ForkIdentity) -> io::Result<()> {
     }
     if identity.unix_time_ns == 0 {
         return bad("a wall clock of zero".into());
+    }
+    if let Some(mac) = identity.mac {
+        // Unicast (the group bit clear) and not all zeroes: what the kernel takes.
+        if mac[0] & 1 != 0 || mac == [0; 6] {
+            return bad(format!("MAC address {mac:02x?} is not a unicast address"));
+        }
+    }
+    if let Some(tls) = &identity.tls {
+        if tls.ca_cert_pem.len() > MAX_CA_PEM || !tls.ca_cert_pem.contains("BEGIN CERTIFICATE") {
+            return bad(format!(
+                "a CA of {} bytes: expected a PEM certificate of at most {MAX_CA_PEM}",
+                tls.ca_cert_pem.len()
+            ));
+        }
+    }
+    if identity.secret_env.len() > MAX_SECRETS {
+        return bad(format!(
+            "{} secrets: at most {MAX_SECRETS}",
+            identity.secret_env.len()
+        ));
+    }
+    for (name, placeholder) in &identity.secret_env {
+        let name_ok =
+            !name.is_empty() && name.len() <= MAX_SECRET_TEXT && !name.contains(['=', '\0']);
+        if !name_ok || placeholder.len() > MAX_SECRET_TEXT || placeholder.contains('\0') {
+            return bad(format!(
+                "secret {name:?}: a name (no '=' or NUL) and a placeholder (no NUL) of at most \
+                 {MAX_SECRET_TEXT} bytes each"
+            ));
+        }
     }
     Ok(())
 }
@@ -158,6 +212,7 @@ fn set_wall_clock(unix_time_ns: u64) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use msbvm_protocol::boot::GuestTls;
 
     fn identity() -> ForkIdentity {
         ForkIdentity {
@@ -165,6 +220,12 @@ mod tests {
             entropy: vec![7; 64],
             unix_time_ns: 1_700_000_000_000_000_000,
             online_cpus: 0,
+            tls: Some(GuestTls {
+                ca_cert_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+                    .into(),
+            }),
+            secret_env: vec![("API_KEY".into(), "msbvm_placeholder_01".into())],
+            mac: Some([0x02, 0, 0, 0, 0, 1]),
         }
     }
 
@@ -243,6 +304,42 @@ mod tests {
             },
             ForkIdentity {
                 unix_time_ns: 0,
+                ..identity()
+            },
+            ForkIdentity {
+                tls: Some(GuestTls {
+                    ca_cert_pem: "not a certificate".into(),
+                }),
+                ..identity()
+            },
+            ForkIdentity {
+                tls: Some(GuestTls {
+                    ca_cert_pem: format!("BEGIN CERTIFICATE{}", "A".repeat(MAX_CA_PEM)),
+                }),
+                ..identity()
+            },
+            ForkIdentity {
+                mac: Some([0x01, 0, 0, 0, 0, 1]),
+                ..identity()
+            },
+            ForkIdentity {
+                mac: Some([0; 6]),
+                ..identity()
+            },
+            ForkIdentity {
+                secret_env: vec![("A=B".into(), "p".into())],
+                ..identity()
+            },
+            ForkIdentity {
+                secret_env: vec![(String::new(), "p".into())],
+                ..identity()
+            },
+            ForkIdentity {
+                secret_env: vec![("A".into(), "p\0".into())],
+                ..identity()
+            },
+            ForkIdentity {
+                secret_env: vec![("A".into(), "p".into()); MAX_SECRETS + 1],
                 ..identity()
             },
         ] {

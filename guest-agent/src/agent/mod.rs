@@ -146,19 +146,16 @@ fn init_system() {
 /// Trusts the host's interception CA and records the environment every exec gets (the CA
 /// bundle variables, the secrets' placeholders). Problems are logged: the sandbox boots.
 fn set_up_interception(boot: &msbvm_protocol::boot::BootConfig) {
-    let bundle = boot.tls.as_ref().and_then(|tls| {
-        let placement = boot_files::Placement::for_root(boot.root_shared);
-        let (bundle, problems) =
-            trust::install_ca(std::path::Path::new("/"), &tls.ca_cert_pem, placement);
-        for p in problems {
-            agent_log!("TLS interception CA: {p}");
-        }
-        if bundle.is_none() {
-            agent_log!("TLS interception CA: no bundle holds it; TLS clients will refuse intercepted hosts");
-        }
-        bundle
-    });
-    trust::set_boot_env(trust::boot_env_for(bundle.as_deref(), &boot.secret_env));
+    let placement = boot_files::Placement::for_root(boot.root_shared);
+    let problems = trust::take_interception(
+        std::path::Path::new("/"),
+        boot.tls.as_ref().map(|tls| tls.ca_cert_pem.as_str()),
+        &boot.secret_env,
+        Some(placement),
+    );
+    for p in problems {
+        agent_log!("TLS interception CA: {p}");
+    }
 }
 
 /// Listens and serves connections; returns only on a fatal error.

@@ -166,6 +166,43 @@ pub fn configure_interface(name: &str, setup: &NetworkSetup) -> Result<(), NetEr
     Ok(())
 }
 
+/// Gives the first Ethernet interface the MAC address `mac` (a fork's own), while it is up:
+/// virtio-net lets the address change live, and the host's network stack learns it from the
+/// guest's next frame.
+pub fn set_mac(mac: [u8; 6]) -> Result<(), NetError> {
+    let name = first_interface(Path::new(SYS_CLASS_NET))?;
+    set_interface_mac(&name, mac)
+}
+
+/// Sets interface `name`'s MAC address (see [`set_mac`]).
+pub fn set_interface_mac(name: &str, mac: [u8; 6]) -> Result<(), NetError> {
+    let ifname = ifname(name)?;
+    // SAFETY: plain socket creation; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(NetError::Socket(io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut req = new_ifreq(&ifname);
+    // SAFETY: all zeroes is a valid sockaddr.
+    let mut hw: libc::sockaddr = unsafe { std::mem::zeroed() };
+    hw.sa_family = libc::ARPHRD_ETHER;
+    for (dst, src) in hw.sa_data.iter_mut().zip(mac) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_hwaddr = hw;
+    // SAFETY: SIOCSIFHWADDR reads the ifreq we own.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFHWADDR as _, &req) } < 0 {
+        return Err(NetError::Ioctl {
+            step: "set the MAC address",
+            interface: name.to_owned(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
 fn ifname(name: &str) -> Result<CString, NetError> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {
         return Err(NetError::BadName(name.to_owned()));
@@ -464,6 +501,9 @@ mod tests {
                 return Err(format!("skipped: cannot create a veth pair: {why}"));
             }
             configure_interface("eth0", &setup()).map_err(|e| format!("configure: {e}"))?;
+            // A fork's new address, on the interface that is up.
+            set_interface_mac("eth0", [0x02, 0x11, 0x22, 0x33, 0x44, 0x55])
+                .map_err(|e| format!("set_mac: {e}"))?;
             Ok((
                 ip("-o link show eth0").1,
                 ip("-o -4 addr show eth0").1,
@@ -482,6 +522,7 @@ mod tests {
         };
         assert!(link.contains("mtu 1400"), "{link}");
         assert!(link.contains(",UP"), "{link}");
+        assert!(link.contains("link/ether 02:11:22:33:44:55"), "{link}");
         assert!(addr.contains("inet 10.0.2.15/24"), "{addr}");
         assert!(route.contains("default via 10.0.2.2 dev eth0"), "{route}");
     }

@@ -9,7 +9,7 @@
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{OnceLock, PoisonError, RwLock};
 
 use super::boot_files::{place, Placement};
 
@@ -60,20 +60,61 @@ pub struct BootEnv {
     pub forced: Vec<(String, String)>,
 }
 
-static BOOT_ENV: OnceLock<BootEnv> = OnceLock::new();
+/// Set at boot, and again when a restored guest takes a fork's identity.
+static BOOT_ENV: RwLock<BootEnv> = RwLock::new(BootEnv {
+    defaults: Vec::new(),
+    forced: Vec::new(),
+});
+/// How boot files reach this guest's root, recorded at boot for a fork's CA.
+static PLACEMENT: OnceLock<Placement> = OnceLock::new();
 
-/// Records what every exec gets (once, at boot).
+/// Records what every later exec gets.
 pub fn set_boot_env(env: BootEnv) {
-    let _ = BOOT_ENV.set(env);
+    *BOOT_ENV.write().unwrap_or_else(PoisonError::into_inner) = env;
 }
 
 /// What [`set_boot_env`] recorded (empty before boot set-up or without interception).
-pub fn boot_env() -> &'static BootEnv {
-    static EMPTY: BootEnv = BootEnv {
-        defaults: Vec::new(),
-        forced: Vec::new(),
+pub fn boot_env() -> BootEnv {
+    BOOT_ENV
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+}
+
+/// Trusts `ca_pem` under `root` (when given) and makes `secret_env` the `(NAME, placeholder)`
+/// pairs every later exec gets, in place of any before. Without a new CA the bundle variables
+/// stay what they were. At boot (`placement` given) and when a fork takes its identity
+/// (`None`: the placement recorded at boot). Returns the problems met, to log: TLS clients
+/// then refuse intercepted hosts, visibly, and everything else works.
+pub fn take_interception(
+    root: &Path,
+    ca_pem: Option<&str>,
+    secret_env: &[(String, String)],
+    placement: Option<Placement>,
+) -> Vec<String> {
+    let placement = match placement {
+        Some(p) => *PLACEMENT.get_or_init(|| p),
+        None => PLACEMENT.get().copied().unwrap_or(Placement::InPlace),
     };
-    BOOT_ENV.get().unwrap_or(&EMPTY)
+    let mut problems = Vec::new();
+    let defaults = match ca_pem {
+        Some(pem) => {
+            let (bundle, found) = install_ca(root, pem, placement);
+            problems.extend(found);
+            if bundle.is_none() {
+                problems.push(
+                    "no bundle holds the CA; TLS clients will refuse intercepted hosts".into(),
+                );
+            }
+            boot_env_for(bundle.as_deref(), &[]).defaults
+        }
+        None => boot_env().defaults,
+    };
+    set_boot_env(BootEnv {
+        defaults,
+        forced: secret_env.to_vec(),
+    });
+    problems
 }
 
 /// `env` with `boot`'s variables merged in: defaults where `env` has no such name, forced
@@ -338,5 +379,39 @@ mod tests {
         assert_eq!(chosen.as_deref(), Some("/run/msbvm/ca-certificates.crt"));
         let copy = std::fs::read_to_string(r.join("run/msbvm/ca-certificates.crt")).unwrap();
         assert_eq!(copy, format!("ROOTS\n{CA}\n"));
+    }
+
+    /// A fork takes its own placeholders in place of its snapshot's, keeps the bundle
+    /// variables without a CA of its own, and trusts its own CA beside the snapshot's.
+    #[test]
+    fn a_fork_replaces_the_placeholders_and_adds_its_ca() {
+        const FORK_CA: &str = "-----BEGIN CERTIFICATE-----\nFORK\n-----END CERTIFICATE-----";
+        let root = tempfile::TempDir::new().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("etc/ssl/certs")).unwrap();
+        std::fs::write(r.join("etc/ssl/certs/ca-certificates.crt"), "ROOTS\n").unwrap();
+        let boot = take_interception(
+            r,
+            Some(CA),
+            &pairs(&[("API_KEY", "ph-source"), ("OTHER", "ph-other")]),
+            Some(Placement::InPlace),
+        );
+        assert!(boot.is_empty(), "{boot:?}");
+        let bundle_var = (
+            "SSL_CERT_FILE".to_string(),
+            "/etc/ssl/certs/ca-certificates.crt".to_string(),
+        );
+        assert!(boot_env().defaults.contains(&bundle_var));
+        // A fork without a CA of its own, with one secret.
+        take_interception(r, None, &pairs(&[("API_KEY", "ph-fork")]), None);
+        let env = boot_env();
+        assert_eq!(env.forced, pairs(&[("API_KEY", "ph-fork")]));
+        assert!(env.defaults.contains(&bundle_var));
+        // A fork with its own CA: both are trusted, each once.
+        take_interception(r, Some(FORK_CA), &[], None);
+        take_interception(r, Some(FORK_CA), &[], None);
+        let bundle = std::fs::read_to_string(r.join("etc/ssl/certs/ca-certificates.crt")).unwrap();
+        assert_eq!(bundle, format!("ROOTS\n{CA}\n{FORK_CA}\n"));
+        assert!(boot_env().forced.is_empty());
     }
 }
