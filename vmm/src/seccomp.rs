@@ -51,9 +51,11 @@ pub const VM_THREAD: &[Syscall] = &[
 ];
 
 /// Writing a snapshot: the state file (temporary file, sync, rename), the sparse memory
-/// file (holes by `ftruncate`, data by `pwrite64`) and its directory.
+/// file (holes by `ftruncate`, data by `pwrite64`) and its directory; reading the page map
+/// and, for a restored VM, the memory file it was restored from (`pread64`).
 pub const SNAPSHOT: &[Syscall] = &[
     libc::SYS_write,
+    libc::SYS_pread64,
     libc::SYS_pwrite64,
     libc::SYS_ftruncate,
     libc::SYS_fsync,

@@ -9,6 +9,15 @@
 //!
 //! The checksum covers the pages with data, each with its page number, so
 //! checking it needs only those pages and a hole cannot hide a change.
+//!
+//! Writing asks `/proc/self/pagemap` first where each page is: a page the
+//! VM never touched is not mapped, and reading it through the mapping would
+//! fault it in only to find zeros (or, for a restored VM, the page of the
+//! file it was restored from). Untouched pages of anonymous RAM are skipped
+//! and those of a restored VM are read from its file, so only the pages the
+//! guest used are read through the mapping. In an emulated machine those
+//! page faults were most of a snapshot's pause (a 512 MiB fork paused
+//! for 9.6 s).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -16,7 +25,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use vm_memory::mmap::{GuestRegionMmap, MmapRegionBuilder};
-use vm_memory::{Address, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{
+    Address, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion,
+    MemoryRegionAddress,
+};
 
 use super::Error;
 use crate::memory::GuestMemory;
@@ -45,9 +57,86 @@ fn is_zero(page: &[u8]) -> bool {
         .all(|w| u64::from_ne_bytes(w.try_into().unwrap()) == 0)
 }
 
+/// Where the bytes of one guest page are read from when writing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    /// The page is mapped (or swapped out): read through the mapping.
+    Mapped,
+    /// Never touched in a region mapped from a file: the file's page.
+    File,
+    /// Never touched anonymous memory: zeros, not read.
+    Zero,
+}
+
+/// Pages of each [`Source`] a write read, for the log and the tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageSources {
+    /// Read through the mapping.
+    pub mapped: u64,
+    /// Read from the file the region is mapped from.
+    pub file: u64,
+    /// Skipped as zeros without being read.
+    pub untouched: u64,
+}
+
+/// This process's page map (`/proc/self/pagemap`): one 64-bit entry per
+/// virtual page.
+struct PageMap(File);
+
+impl PageMap {
+    /// Entry bit: the page is mapped.
+    const PRESENT: u64 = 1 << 63;
+    /// Entry bit: the page is in swap.
+    const SWAPPED: u64 = 1 << 62;
+
+    /// `None` when the map cannot be read (no `/proc`): every page is then
+    /// read through the mapping, as it always can be.
+    fn open() -> Option<PageMap> {
+        File::open("/proc/self/pagemap").ok().map(PageMap)
+    }
+
+    /// The source of each of the `pages` pages from host address `addr`,
+    /// into `out`; `file_backed` for a region mapped from a file.
+    fn sources(
+        &self,
+        addr: usize,
+        pages: usize,
+        file_backed: bool,
+        out: &mut Vec<Source>,
+    ) -> std::io::Result<()> {
+        let mut raw = vec![0u8; pages * 8];
+        self.0.read_exact_at(&mut raw, (addr / PAGE) as u64 * 8)?;
+        out.clear();
+        out.extend(raw.chunks_exact(8).map(|e| {
+            let entry = u64::from_ne_bytes(e.try_into().expect("8 bytes"));
+            if entry & (Self::PRESENT | Self::SWAPPED) != 0 {
+                Source::Mapped
+            } else if file_backed {
+                Source::File
+            } else {
+                Source::Zero
+            }
+        }));
+        Ok(())
+    }
+}
+
 /// Writes every region of `mem` to a new file at `path` (which must not
 /// exist), skipping zero pages.
 pub fn write(mem: &GuestMemory, path: &Path) -> Result<MemoryLayout, Error> {
+    let (layout, sources) = write_counted(mem, path)?;
+    tracing::debug!(
+        mapped = sources.mapped,
+        from_file = sources.file,
+        untouched = sources.untouched,
+        data_pages = layout.data_pages,
+        "snapshot memory written"
+    );
+    Ok(layout)
+}
+
+/// [`write`], also saying where the pages were read from.
+fn write_counted(mem: &GuestMemory, path: &Path) -> Result<(MemoryLayout, PageSources), Error> {
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -61,18 +150,66 @@ pub fn write(mem: &GuestMemory, path: &Path) -> Result<MemoryLayout, Error> {
     };
     let mut crc = crc32fast::Hasher::new();
     let mut buf = vec![0u8; CHUNK];
+    let pagemap = PageMap::open();
+    let mut counts = PageSources::default();
+    let mut sources = Vec::with_capacity(CHUNK / PAGE);
     for region in mem.iter() {
         let (start, len) = (region.start_addr(), region.len());
         layout.regions.push((start.raw_value(), len));
+        let host = region
+            .get_host_address(MemoryRegionAddress(0))
+            .map_err(|e| Error::Io {
+                what: "cannot find the mapping of guest memory for",
+                path: path.to_path_buf(),
+                source: std::io::Error::other(e),
+            })? as usize;
+        let backing = region.file_offset();
         let mut done = 0u64;
         while done < len {
             let n = (CHUNK as u64).min(len - done) as usize;
-            mem.read_slice(&mut buf[..n], start.unchecked_add(done))
-                .map_err(|e| Error::Io {
-                    what: "cannot read guest memory for",
-                    path: path.to_path_buf(),
-                    source: std::io::Error::other(e),
-                })?;
+            let pages = n.div_ceil(PAGE);
+            let mapped = pagemap.as_ref().is_some_and(|pm| {
+                pm.sources(host + done as usize, pages, backing.is_some(), &mut sources)
+                    .is_ok()
+            });
+            if !mapped {
+                sources.clear();
+                sources.resize(pages, Source::Mapped);
+            }
+            // Runs of pages with one source are read in one call each.
+            let mut first = 0;
+            while first < pages {
+                let kind = sources[first];
+                let end = sources[first..]
+                    .iter()
+                    .position(|&k| k != kind)
+                    .map_or(pages, |i| first + i);
+                let bytes = &mut buf[first * PAGE..(end * PAGE).min(n)];
+                let offset = done + (first * PAGE) as u64;
+                let run = (end - first) as u64;
+                match (kind, backing) {
+                    (Source::Mapped, _) | (Source::File, None) => {
+                        counts.mapped += run;
+                        mem.read_slice(bytes, start.unchecked_add(offset))
+                            .map_err(|e| Error::Io {
+                                what: "cannot read guest memory for",
+                                path: path.to_path_buf(),
+                                source: std::io::Error::other(e),
+                            })?;
+                    }
+                    (Source::File, Some(fo)) => {
+                        counts.file += run;
+                        fo.file()
+                            .read_exact_at(bytes, fo.start() + offset)
+                            .map_err(Error::io("cannot read the memory file behind", path))?;
+                    }
+                    (Source::Zero, _) => {
+                        counts.untouched += run;
+                        bytes.fill(0);
+                    }
+                }
+                first = end;
+            }
             let base = layout.file_len + done;
             // Runs of non-zero pages go out in one write each.
             let mut run: Option<usize> = None;
@@ -108,7 +245,7 @@ pub fn write(mem: &GuestMemory, path: &Path) -> Result<MemoryLayout, Error> {
     file.set_len(layout.file_len)
         .map_err(Error::io("cannot size", path))?;
     layout.crc32 = crc.finalize();
-    Ok(layout)
+    Ok((layout, counts))
 }
 
 fn write_at(file: &File, bytes: &[u8], offset: u64, path: &Path) -> Result<(), Error> {
@@ -367,6 +504,50 @@ mod tests {
         b.read_slice(&mut other, GuestAddress(5)).unwrap();
         assert_eq!(&other, b" page\0\0");
         verify(&path, &layout).unwrap();
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Every byte of `mem`'s two regions.
+    fn contents(mem: &GuestMemory) -> Vec<u8> {
+        let mut all = Vec::new();
+        for (gpa, len) in [(0u64, 64 * PAGE), (1 << 32, 32 * PAGE)] {
+            let mut bytes = vec![0u8; len];
+            mem.read_slice(&mut bytes, GuestAddress(gpa)).unwrap();
+            all.extend(bytes);
+        }
+        all
+    }
+
+    /// Untouched RAM is skipped unread; a restored VM's untouched pages come from its file,
+    /// the pages it wrote from its memory; the bytes are the same either way.
+    #[test]
+    fn untouched_pages_are_not_read_through_the_mapping() {
+        let d = dir("untouched");
+        let mem = guest();
+        let (layout, got) = write_counted(&mem, &d.join("first")).unwrap();
+        if got.untouched == 0 {
+            eprintln!("skipped: /proc/self/pagemap cannot be read here");
+            return;
+        }
+        // Three written pages; nothing else was ever touched.
+        assert_eq!(got.mapped + got.file, 3, "{got:?}");
+        assert_eq!(got.untouched, 93);
+        // A restored VM that changed one page (and read another) is written as the same bytes.
+        let restored = map_private(&d.join("first"), &layout).unwrap();
+        restored
+            .write_slice(b"fork", GuestAddress(40 * PAGE as u64))
+            .unwrap();
+        let mut peek = [0u8; 5];
+        restored.read_slice(&mut peek, GuestAddress(0)).unwrap();
+        let (second, got) = write_counted(&restored, &d.join("second")).unwrap();
+        // The read maps the pages around it too (the kernel's fault-around, 16 pages).
+        assert!((2..=18).contains(&got.mapped), "{got:?}");
+        assert_eq!(got.mapped + got.file, 96);
+        assert_eq!(got.untouched, 0);
+        assert_eq!(second.data_pages, 4);
+        verify(&d.join("second"), &second).unwrap();
+        let back = map_private(&d.join("second"), &second).unwrap();
+        assert!(contents(&back) == contents(&restored));
         std::fs::remove_dir_all(&d).unwrap();
     }
 
