@@ -200,9 +200,17 @@ pub fn connect_greeted(
 
 /// A framing error on an agent connection.
 pub fn frame_error(e: msbvm_sdk::framing::FrameError) -> Error {
+    use std::io::ErrorKind::{TimedOut, WouldBlock};
+    let detail = match &e {
+        // A read timeout shows as EAGAIN, which says nothing to a user.
+        msbvm_sdk::framing::FrameError::Io(io) if matches!(io.kind(), WouldBlock | TimedOut) => {
+            "no answer in time: the guest is stalled or too slow".to_string()
+        }
+        _ => e.to_string(),
+    };
     Error::Protocol {
         peer: "the guest agent",
-        detail: e.to_string(),
+        detail,
     }
 }
 
