@@ -101,6 +101,8 @@ pub fn run_if_runtime(extensions: devices::Extensions) -> Option<ExitCode> {
 /// [`main`] with extensions (see [`run_if_runtime`]).
 pub fn main_with(args: Vec<OsString>, extensions: devices::Extensions) -> ExitCode {
     let started = Instant::now();
+    // While this process may still open its own page map (see the function).
+    msbvm_vmm::snapshot::keep_page_map();
     let mut args = match RuntimeArgs::parse(args) {
         Ok(a) => a,
         Err(e) => {

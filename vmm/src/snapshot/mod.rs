@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use memory::{MemoryLayout, RestoreMemory};
+pub use memory::{keep_page_map, MemoryLayout, RestoreMemory};
 
 /// The state file's name inside a snapshot directory.
 pub const STATE_FILE: &str = "vm.state";
