@@ -1,15 +1,17 @@
 //! End-to-end snapshot and fork (issue 13 §3), in one L1 boot: a sandbox of the suite's
 //! Debian image ([`msbvm_tests::test_image`], for Python) gets files, a "package" unpacked
-//! from a tarball and a background HTTP server; `msbvm snapshot create` takes it while it
-//! runs; `msbvm fork --count 20` starts 20 forks at once. Every fork sees the files and the
-//! running server, its writes stay its own, its kernel RNG and wall clock are its own, and
-//! exec, files and new network flows work, each has a MAC address of its own; the source runs on throughout; the idle forks'
-//! memory (PSS) is printed. A snapshot of a fork forks with the files of both snapshots and
-//! holds the first one; forks still start once the source and its image are removed (the
-//! snapshot pins the image's layers), and removing the snapshot frees them; a fork runs on
-//! fewer vCPUs than its snapshot's, not on more. Then the errors: resources other than the snapshot's, a missing
-//! snapshot, no memory (`ulimit -v`), no disk (a full tmpfs under the sandboxes), a corrupted
-//! snapshot: each fails with a message and leaves no sandbox behind.
+//! from a tarball, a background HTTP server and a process holding a file it unlinked;
+//! `msbvm snapshot create` takes it while it runs; `msbvm fork --count 20` starts 20 forks
+//! at once. Every fork sees the files and the running server, its writes stay its own, its
+//! kernel RNG, wall clock and MAC address are its own, and exec, files and new network
+//! flows work; a fork's process still reads its unlinked file; the source runs on
+//! throughout; the idle forks' memory (PSS) is printed. A snapshot of a fork forks with the
+//! files of both snapshots and holds the first one; forks still start once the source and
+//! its image are removed (the snapshot pins the image's layers), and removing the snapshot
+//! frees them; a fork runs on fewer vCPUs than its snapshot's, not on more. Then the
+//! errors: resources other than the snapshot's, a missing snapshot, no memory
+//! (`ulimit -v`), no disk (a full tmpfs under the sandboxes), a corrupted snapshot: each
+//! fails with a message and leaves no sandbox behind.
 //!
 //! `cargo test -p msbvm-tests --test fork_nested -- --nocapture`.
 
@@ -43,6 +45,31 @@ g() { n=$1; shift; $M exec $n -- "$@"; }
 g src sh -c 'mkdir -p /srv /opt/site && echo base-file > /srv/hello.txt && tar -C /opt/site -xzf /e2e/pkg.tgz'
 check setup_rc $?
 g src sh -c 'cd /srv && setsid python3 -m http.server 8080 >/tmp/http.log 2>&1 < /dev/null &'
+# A process holding a file it unlinked (a temporary file): on SIGUSR1 it drops the file's
+# cached pages and reads it again through its descriptor, so the read reaches virtio-fs.
+cat > /e2e/holder.py <<'PY'
+import os, signal, time
+f = open("/srv/held.tmp", "w+")
+f.write("held-data")
+f.flush()
+os.unlink("/srv/held.tmp")
+def dump(*_):
+    os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    f.seek(0)
+    try:
+        data = f.read()
+    except OSError as e:
+        data = "error %d" % e.errno
+    with open("/srv/held.out", "w") as out:
+        out.write(data)
+signal.signal(signal.SIGUSR1, dump)
+open("/srv/holder.pid", "w").write(str(os.getpid()))
+while True:
+    time.sleep(3600)
+PY
+g src sh -c 'setsid python3 /e2e/holder.py >/dev/null 2>&1 < /dev/null &'
+i=0; until g src test -s /srv/holder.pid || [ $i -ge 60 ]; do sleep 1; i=$((i+1)); done
+held() { g $1 sh -c 'rm -f /srv/held.out; kill -USR1 $(cat /srv/holder.pid); i=0; while [ ! -s /srv/held.out ] && [ $i -lt 50 ]; do sleep 0.2; i=$((i+1)); done; cat /srv/held.out'; }
 i=0; until g src python3 -c 'import urllib.request as u; u.urlopen("http://127.0.0.1:8080/hello.txt")' 2>/dev/null || [ $i -ge 60 ]; do sleep 1; i=$((i+1)); done
 check server_up "$(g src python3 -c 'import urllib.request as u; print(u.urlopen("http://127.0.0.1:8080/hello.txt").read().decode().strip())')"
 # The source's guest clock (CLOCK_BOOTTIME) shows that it runs through the snapshot.
@@ -117,6 +144,10 @@ mine=0; for i in $(seq 1 $N); do [ "$(g f-$i cat /srv/mine.txt)" = mine-$i ] && 
 check writes_stay_in_their_fork $mine
 g src test -e /srv/mine.txt; check source_unchanged_by_forks $?
 t3=$(up); check source_ran_throughout $(awk -v a=$t2 -v b=$t3 'BEGIN { print (b > a) ? "yes" : "no:" a ":" b }')
+# The unlinked file the source's process held: read through its descriptor in a fork (from
+# the copy the snapshot kept), and still in the source.
+check unlinked_file_in_fork "$(held f-1)"
+check unlinked_file_in_source "$(held src)"
 check source_server_after_forks "$(g src python3 -c 'import urllib.request as u; print(u.urlopen("http://127.0.0.1:8080/hello.txt").read().decode().strip())')"
 
 # Memory of idle forks: the proportional set size of each fork's runtime (the guest's memory
@@ -233,6 +264,8 @@ fn a_running_sandbox_is_snapshotted_and_forked_twenty_times() {
             ("writes_stay_in_their_fork", &n),
             ("source_unchanged_by_forks", "1"),
             ("source_ran_throughout", "yes"),
+            ("unlinked_file_in_fork", "held-data"),
+            ("unlinked_file_in_source", "held-data"),
             ("source_server_after_forks", "base-file"),
             ("second_rc", "0"),
             ("grand_rc", "0"),

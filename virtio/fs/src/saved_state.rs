@@ -8,9 +8,11 @@
 //! the share root and its counts, and for every open handle the inode and
 //! the open flags. The restoring backend resolves each path again with its
 //! own lookup logic (so whatever it keeps per inode, such as which layers
-//! hold a name, is its own) and reopens each handle by path. What no longer
-//! resolves is left out: the server answers `ESTALE` for unknown inodes and
-//! `EBADF` for unknown handles, as it would for any forgotten one.
+//! hold a name, is its own) and reopens each handle by path (the layered
+//! backend also reopens handles on files unlinked while open, from copies
+//! its freeze kept). What no longer resolves is left out: the server answers
+//! `ESTALE` for unknown inodes and `EBADF` for unknown handles, as it would
+//! for any forgotten one.
 //!
 //! The state comes from a snapshot file, which may be damaged or forged:
 //! [`FsState::check`] bounds every count and path before a backend acts on

@@ -13,7 +13,7 @@
 //! entry, and whiteouts and opaque markers are copied as the empty files
 //! OCI layers keep them as. Hard links within the upper stay hard links.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -21,10 +21,16 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::upper_meta::GuestMeta;
-use super::{is_reserved, join, LayeredFs};
-use crate::filesystem::ROOT_INODE;
+use super::{is_reserved, join, LayeredFs, OpenObject};
+use crate::filesystem::{Inode, ROOT_INODE};
 use crate::host_util::{self as host, CONFINED};
 use crate::layer_meta::{EntryMeta, LayerMeta, ROOTFS_DIR};
+
+/// Where a frozen upper keeps a copy of each file the guest held open after its last name
+/// went away (unlinked or replaced while open), named by the guest's inode number: beside
+/// `rootfs/`, so no merged tree ever shows it. A fork over the frozen layer reopens the
+/// guest's handles on private copies of them (see [`LayeredFs::restore_state`]).
+pub const DETACHED_DIR: &str = "detached";
 
 /// Tells apart the temporary directories of freezes running at once.
 static FREEZE_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -208,7 +214,49 @@ impl LayeredFs {
             let fd = host::open_beneath(dst_root.as_raw_fd(), path)?;
             host::utimens(fd.as_raw_fd(), times)?;
         }
+        self.freeze_detached(dir)?;
         meta.store(dir)
+    }
+
+    /// Copies into `dir/`[`DETACHED_DIR`] the data of every file the guest holds open
+    /// whose inode lost its last name: the guest still reads and writes it through its
+    /// handles, and nothing in the tree leads to it.
+    fn freeze_detached(&self, dir: &Path) -> io::Result<()> {
+        let held: Vec<(Inode, crate::filesystem::Handle)> = {
+            let t = self.table.lock().expect("layered table lock");
+            self.handles
+                .save()
+                .into_iter()
+                .filter(|h| !h.dir && t.path(h.inode).is_err())
+                .map(|h| (h.inode, h.handle))
+                .collect()
+        };
+        let mut done = HashSet::new();
+        let mut out_dir = None;
+        for (inode, handle) in held {
+            if !done.insert(inode) {
+                continue;
+            }
+            let Ok(obj) = self.handles.get(handle) else {
+                continue; // Closed meanwhile: nothing to keep.
+            };
+            let OpenObject::File(fd) = &*obj else {
+                continue;
+            };
+            let out_dir = match &out_dir {
+                Some(d) => d,
+                None => {
+                    std::fs::create_dir(dir.join(DETACHED_DIR))?;
+                    out_dir.insert(host::open_root(&dir.join(DETACHED_DIR))?)
+                }
+            };
+            let name = host::cstring(inode.to_string().as_bytes())?;
+            let out = create_file(out_dir.as_raw_fd(), &name)?;
+            // The handle may be write-only: read through a descriptor of its own.
+            let input = host::reopen(fd.as_raw_fd(), libc::O_RDONLY)?;
+            host::copy_file(input.as_raw_fd(), out.as_raw_fd())?;
+        }
+        Ok(())
     }
 
     /// The guest xattrs of the upper entry behind `fd`, named as the guest

@@ -159,6 +159,9 @@ pub struct LayeredFs {
     /// shared by the handles opened while it stays the same.
     changes: AtomicU64,
     dirs: SnapshotRegistry<(Inode, u64, u64)>,
+    /// The top lower layer's [`freeze::DETACHED_DIR`], when it is a frozen upper that kept
+    /// files the guest held open without a name (a fork restores its handles on them).
+    detached: Option<OwnedFd>,
 }
 
 fn is_reserved(name: &[u8]) -> bool {
@@ -252,6 +255,10 @@ impl LayeredFs {
             lowers: root_lowers,
             kind: libc::S_IFDIR,
         };
+        let detached = match lowers.last().map(|top| top.join(freeze::DETACHED_DIR)) {
+            Some(dir) if dir.is_dir() => Some(host::open_root(&dir)?),
+            _ => None,
+        };
         Ok(LayeredFs {
             layers,
             upper: upper_fd,
@@ -265,6 +272,7 @@ impl LayeredFs {
             xattr_ns,
             changes: AtomicU64::new(0),
             dirs: SnapshotRegistry::new(),
+            detached,
         })
     }
 

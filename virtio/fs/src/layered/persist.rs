@@ -7,11 +7,19 @@
 //! the normal merge rules, so what the fresh backend keeps per inode (upper
 //! or not, which layers hold the name) describes its own tree, and each
 //! handle is reopened as OPEN would, so a handle open for writing copies
-//! its file up into the fresh upper.
+//! its file up into the fresh upper. A handle on a file that had lost its
+//! last name (unlinked while open) is reopened on a private copy of what
+//! the freeze kept of it (see [`super::freeze::DETACHED_DIR`]); its inode
+//! stays unknown, as in the source, where it resolves to no path either.
 
+use std::collections::hash_map::{Entry, HashMap};
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
 
 use super::{is_reserved, LayeredFs, OpenObject};
+use crate::filesystem::Inode;
+use crate::host_util::{self as host, err, CONFINED};
 use crate::saved_state::{not_fresh, FsState};
 
 impl LayeredFs {
@@ -47,11 +55,20 @@ impl LayeredFs {
             })
         };
         self.handles.reserve_below(state.next_handle);
+        let mut copies = HashMap::new();
         let lost_handles = self.handles.restore(&state.handles, |h, flags| {
             if h.dir {
-                self.open_dir(h.inode).map(OpenObject::Dir)
-            } else {
+                return self.open_dir(h.inode).map(OpenObject::Dir);
+            }
+            let named = {
+                let t = self.table.lock().expect("layered table lock");
+                t.path(h.inode).is_ok()
+            };
+            if named {
                 self.open_file(h.inode, flags).map(OpenObject::File)
+            } else {
+                self.reopen_detached(h.inode, flags, &mut copies)
+                    .map(OpenObject::File)
             }
         });
         if lost_nodes > 0 || lost_handles > 0 {
@@ -63,5 +80,49 @@ impl LayeredFs {
             );
         }
         Ok(())
+    }
+
+    /// A handle the snapshot's guest held on a file with no name left: reopened on this
+    /// backend's own copy of what the freeze kept (`detached/INODE` beside the top lower
+    /// layer's tree; see [`super::freeze::DETACHED_DIR`]). The copy is an unlinked file in
+    /// the work directory, shared by the inode's handles (`copies`) and by nothing else:
+    /// writes through them change neither the snapshot nor another fork.
+    fn reopen_detached(
+        &self,
+        inode: Inode,
+        flags: u32,
+        copies: &mut HashMap<Inode, OwnedFd>,
+    ) -> io::Result<OwnedFd> {
+        let dir = self.detached.as_ref().ok_or_else(|| err(libc::ESTALE))?;
+        let copy = match copies.entry(inode) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let name = host::cstring(inode.to_string().as_bytes())?;
+                let src = host::openat2(
+                    dir.as_raw_fd(),
+                    &name,
+                    libc::O_RDONLY | libc::O_NOFOLLOW,
+                    0,
+                    CONFINED,
+                )
+                .map_err(|_| err(libc::ESTALE))?;
+                if host::fstat(src.as_raw_fd())?.st_mode & libc::S_IFMT != libc::S_IFREG {
+                    return Err(err(libc::ESTALE));
+                }
+                let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+                let tmp = host::cstring(format!("detached-{seq}").as_bytes())?;
+                let copy = host::openat2(
+                    self.work.as_raw_fd(),
+                    &tmp,
+                    libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_NOFOLLOW,
+                    0o600,
+                    CONFINED,
+                )?;
+                host::unlinkat(self.work.as_raw_fd(), &tmp, 0)?;
+                host::copy_file(src.as_raw_fd(), copy.as_raw_fd())?;
+                e.insert(copy)
+            }
+        };
+        host::reopen(copy.as_raw_fd(), host::host_open_flags(flags))
     }
 }

@@ -3,6 +3,7 @@
 //! one and a fresh upper.
 
 use super::*;
+use crate::layered::freeze::DETACHED_DIR;
 use crate::saved_state::{SavedHandle, SavedNode, MAX_SAVED_NODES};
 
 fn names_in(dir: &Path) -> Vec<String> {
@@ -158,6 +159,88 @@ fn a_fork_over_the_frozen_upper_answers_for_the_saved_inodes_and_handles() {
     assert!(h.handle >= saved.next_handle);
     fork.forget(saved.next_inode + 1000, 1);
     assert_errno(fork.getattr(&CTX, 1 << 40, None), libc::ESTALE);
+}
+
+/// A file the guest holds open after unlinking it (an upper file and a lower one) is kept
+/// beside the frozen tree, and a fork's handles on it read and write a copy of its own.
+#[test]
+fn handles_on_unlinked_files_survive_into_forks_on_copies_of_their_own() {
+    let base = layer(&[("lib/old", Item::File(b"lower data"))], &[]);
+    let upper = tempfile::tempdir().unwrap();
+    let fs = fs_over(&[&base], upper.path());
+    let rw = libc::O_RDWR as u32;
+    let (tmp, th) = fs
+        .create(&CTX, ROOT_INODE, &c("tmp"), 0o600, rw, 0)
+        .unwrap();
+    fs.write(&CTX, tmp.inode, th.handle, 0, b"scratch", 0)
+        .unwrap();
+    let wo = fs.open(&CTX, tmp.inode, libc::O_WRONLY as u32).unwrap();
+    fs.unlink(&CTX, ROOT_INODE, &c("tmp")).unwrap();
+    let old = walk(&fs, "lib/old").unwrap();
+    let oh = fs.open(&CTX, old.inode, libc::O_RDONLY as u32).unwrap();
+    let lib = walk(&fs, "lib").unwrap();
+    fs.unlink(&CTX, lib.inode, &c("old")).unwrap();
+
+    let saved = fs.save_state().unwrap();
+    let snaps = tempfile::tempdir().unwrap();
+    let frozen = snaps.path().join("snap");
+    fs.freeze_upper(&frozen).unwrap();
+    let kept = frozen.join(DETACHED_DIR);
+    let mut expected = vec![old.inode.to_string(), tmp.inode.to_string()];
+    expected.sort();
+    assert_eq!(names_in(&kept), expected);
+    assert!(names_in(&frozen.join(ROOTFS_DIR))
+        .iter()
+        .all(|n| n != "tmp"));
+
+    let fork_over = |dir: &Path| {
+        let f = LayeredFs::new(
+            vec![base.path().to_owned(), frozen.clone()],
+            dir,
+            LayeredConfig::default(),
+        )
+        .unwrap();
+        f.restore_state(&saved).unwrap();
+        f
+    };
+    let (u1, u2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (fork_over(u1.path()), fork_over(u2.path()));
+    assert_eq!(
+        a.read(&CTX, tmp.inode, th.handle, 0, 100).unwrap(),
+        b"scratch"
+    );
+    assert_eq!(
+        a.read(&CTX, old.inode, oh.handle, 0, 100).unwrap(),
+        b"lower data"
+    );
+    // The write-only handle writes the read-write handle's file: one copy per inode.
+    a.write(&CTX, tmp.inode, wo.handle, 0, b"SCR", 0).unwrap();
+    assert_eq!(
+        a.read(&CTX, tmp.inode, th.handle, 0, 100).unwrap(),
+        b"SCRatch"
+    );
+    // Neither the other fork, nor the snapshot, nor the source see it.
+    assert_eq!(
+        b.read(&CTX, tmp.inode, th.handle, 0, 100).unwrap(),
+        b"scratch"
+    );
+    assert_eq!(
+        std::fs::read(kept.join(tmp.inode.to_string())).unwrap(),
+        b"scratch"
+    );
+    assert_eq!(
+        fs.read(&CTX, tmp.inode, th.handle, 0, 100).unwrap(),
+        b"scratch"
+    );
+    // Nothing named is left in the forks' uppers or work directories.
+    for u in [&u1, &u2] {
+        assert!(names_in(&u.path().join(UPPER_WORK)).is_empty());
+    }
+    // A fork over a layer without the kept files gets EBADF for those handles, as before.
+    let bare = tempfile::tempdir().unwrap();
+    std::fs::remove_dir_all(&kept).unwrap();
+    let c3 = fork_over(bare.path());
+    assert_errno(c3.read(&CTX, tmp.inode, th.handle, 0, 100), libc::EBADF);
 }
 
 #[test]
