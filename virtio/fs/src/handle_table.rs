@@ -136,6 +136,16 @@ impl<T> HandleTable<T> {
             .ok_or_else(|| err(libc::EBADF))
     }
 
+    /// The value of a file (not directory) handle open on `inode`, if any.
+    pub fn any_file_on(&self, inode: Inode) -> Option<Arc<T>> {
+        self.map
+            .lock()
+            .expect("handle table lock")
+            .values()
+            .find(|(_, o)| o.inode == inode && !o.dir)
+            .map(|(v, _)| v.clone())
+    }
+
     /// Closes `handle`, `EBADF` if unknown.
     pub fn remove(&self, handle: Handle) -> io::Result<()> {
         self.map

@@ -179,6 +179,19 @@ pub(crate) fn reopen(fd: RawFd, flags: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
+/// The access mode (`O_RDONLY`, `O_WRONLY` or `O_RDWR`) `fd` was opened with.
+pub(crate) fn access_mode(fd: RawFd) -> io::Result<i32> {
+    // SAFETY: F_GETFL reads the descriptor's flags; the result is checked.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    Ok(flags & libc::O_ACCMODE)
+}
+
+/// Moves `fd`'s file offset back to the start.
+pub(crate) fn rewind(fd: RawFd) -> io::Result<()> {
+    // SAFETY: lseek on a descriptor the caller holds; the result is checked.
+    cvt(unsafe { libc::lseek(fd, 0, libc::SEEK_SET) }).map(drop)
+}
+
 /// Reads a symlink's target given an `O_PATH` fd of the link itself.
 pub(crate) fn readlink_fd(fd: RawFd) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];

@@ -243,18 +243,46 @@ impl LayeredFs {
             let OpenObject::File(fd) = &*obj else {
                 continue;
             };
+            let step = |what: &'static str| {
+                move |e: io::Error| {
+                    io::Error::new(e.kind(), format!("{what} of inode {inode}: {e}"))
+                }
+            };
             let out_dir = match &out_dir {
                 Some(d) => d,
                 None => {
-                    std::fs::create_dir(dir.join(DETACHED_DIR))?;
+                    std::fs::create_dir(dir.join(DETACHED_DIR))
+                        .map_err(step("creating the directory for the unlinked files"))?;
                     out_dir.insert(host::open_root(&dir.join(DETACHED_DIR))?)
                 }
             };
+            // A readable handle is read from its start (the server reads and writes at
+            // explicit offsets, so moving its file offset changes nothing); a write-only one
+            // is opened again for reading.
+            let reopened;
+            let input = if host::access_mode(fd.as_raw_fd())? == libc::O_WRONLY {
+                match host::reopen(fd.as_raw_fd(), libc::O_RDONLY) {
+                    Ok(f) => {
+                        reopened = f;
+                        reopened.as_raw_fd()
+                    }
+                    Err(e) => {
+                        // The snapshot is still good; its forks get EBADF for these handles.
+                        tracing::warn!("freeze: cannot keep unlinked inode {inode}: {e}");
+                        continue;
+                    }
+                }
+            } else {
+                fd.as_raw_fd()
+            };
+            host::rewind(input).map_err(step("rewinding"))?;
             let name = host::cstring(inode.to_string().as_bytes())?;
-            let out = create_file(out_dir.as_raw_fd(), &name)?;
-            // The handle may be write-only: read through a descriptor of its own.
-            let input = host::reopen(fd.as_raw_fd(), libc::O_RDONLY)?;
-            host::copy_file(input.as_raw_fd(), out.as_raw_fd())?;
+            let out = create_file(out_dir.as_raw_fd(), &name).map_err(step("creating the copy"))?;
+            host::copy_file(input, out.as_raw_fd()).map_err(step("copying"))?;
+            // Its guest metadata goes with it, where this filesystem keeps xattrs.
+            if let Ok(Some(meta)) = GuestMeta::load(self.xattr_ns, fd.as_raw_fd()) {
+                let _ = meta.store(self.xattr_ns, out.as_raw_fd());
+            }
         }
         Ok(())
     }

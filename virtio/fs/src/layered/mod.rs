@@ -481,6 +481,38 @@ impl LayeredFs {
         Ok(a)
     }
 
+    /// The attributes of an inode with no name left, from a file the guest holds open on it
+    /// (a deleted temporary file): the guest's kernel asks for them before it reads such a
+    /// file, and for `fstat`. `ESTALE` when no handle holds it.
+    fn detached_attr(&self, ino: Inode) -> io::Result<Attr> {
+        let obj = self
+            .handles
+            .any_file_on(ino)
+            .ok_or_else(|| err(libc::ESTALE))?;
+        let OpenObject::File(fd) = &*obj else {
+            return Err(err(libc::ESTALE));
+        };
+        let st = host::fstat(fd.as_raw_fd())?;
+        // An upper file keeps its guest metadata; a lower one's was in its layer's entry,
+        // which no longer has a path to find it by: its host mode, owned by root.
+        let meta = GuestMeta::load(self.xattr_ns, fd.as_raw_fd())
+            .ok()
+            .flatten()
+            .unwrap_or(GuestMeta {
+                mode: st.st_mode,
+                uid: 0,
+                gid: 0,
+                rdev: 0,
+            });
+        let mut a = host::attr_from_stat(&st);
+        a.ino = ino;
+        a.mode = meta.mode;
+        a.uid = meta.uid;
+        a.gid = meta.gid;
+        a.rdev = meta.rdev as u32;
+        Ok(a)
+    }
+
     fn entry(&self, ino: Inode, generation: u64, attr: Attr) -> Entry {
         Entry {
             inode: ino,
@@ -1047,7 +1079,13 @@ impl FileSystem for LayeredFs {
         handle: Option<Handle>,
     ) -> io::Result<(Attr, Duration)> {
         let _r = self.tree.read().expect("tree lock");
-        let (node, path) = self.node(inode)?;
+        let (node, path) = match self.node(inode) {
+            Ok(found) => found,
+            Err(e) if e.raw_os_error() == Some(libc::ESTALE) => {
+                return Ok((self.detached_attr(inode)?, self.config.attr_timeout));
+            }
+            Err(e) => return Err(e),
+        };
         let mut attr = self.attr_of(inode, &node, &path)?;
         if let Some((_, fd)) = handle.and_then(|h| self.handle_fd(h).ok()) {
             let st = host::fstat(fd)?;

@@ -17,6 +17,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 
+use super::upper_meta::GuestMeta;
 use super::{is_reserved, LayeredFs, OpenObject};
 use crate::filesystem::Inode;
 use crate::host_util::{self as host, err, CONFINED};
@@ -120,6 +121,9 @@ impl LayeredFs {
                 )?;
                 host::unlinkat(self.work.as_raw_fd(), &tmp, 0)?;
                 host::copy_file(src.as_raw_fd(), copy.as_raw_fd())?;
+                if let Ok(Some(meta)) = GuestMeta::load(self.xattr_ns, src.as_raw_fd()) {
+                    let _ = meta.store(self.xattr_ns, copy.as_raw_fd());
+                }
                 e.insert(copy)
             }
         };
