@@ -465,12 +465,7 @@ impl LayeredFs {
             let meta = self.lower_guest_meta(li, path, &st);
             (st, meta)
         };
-        let mut a = host::attr_from_stat(&st);
-        a.ino = ino;
-        a.mode = meta.mode;
-        a.uid = meta.uid;
-        a.gid = meta.gid;
-        a.rdev = meta.rdev as u32;
+        let mut a = guest_attr(ino, &st, &meta);
         let kind = meta.mode & libc::S_IFMT;
         if kind == libc::S_IFLNK && !node.upper {
             a.size =
@@ -504,13 +499,7 @@ impl LayeredFs {
                 gid: 0,
                 rdev: 0,
             });
-        let mut a = host::attr_from_stat(&st);
-        a.ino = ino;
-        a.mode = meta.mode;
-        a.uid = meta.uid;
-        a.gid = meta.gid;
-        a.rdev = meta.rdev as u32;
-        Ok(a)
+        Ok(guest_attr(ino, &st, &meta))
     }
 
     fn entry(&self, ino: Inode, generation: u64, attr: Attr) -> Entry {
@@ -546,6 +535,19 @@ impl LayeredFs {
     fn new_tmp_name(&self) -> CString {
         let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
         CString::new(format!("copyup-{}-{n}", std::process::id())).expect("no NUL")
+    }
+
+    /// A new empty file in the work directory, read-write, and its name there.
+    fn new_work_file(&self) -> io::Result<(CString, OwnedFd)> {
+        let tmp = self.new_tmp_name();
+        let fd = host::openat2(
+            self.work.as_raw_fd(),
+            &tmp,
+            libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_NOFOLLOW,
+            0o600,
+            CONFINED,
+        )?;
+        Ok((tmp, fd))
     }
 
     /// Copies the merged entry `name` of `parent` into the upper tree if it
@@ -627,14 +629,7 @@ impl LayeredFs {
             finish(dfd.as_raw_fd())?;
             let _ = host::utimens(dfd.as_raw_fd(), &times);
         } else {
-            let tmp = self.new_tmp_name();
-            let tfd = host::openat2(
-                self.work.as_raw_fd(),
-                &tmp,
-                libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_NOFOLLOW,
-                0o600,
-                CONFINED,
-            )?;
+            let (tmp, tfd) = self.new_work_file()?;
             let result = (|| {
                 let mut out = std::fs::File::from(tfd.try_clone()?);
                 if node.kind == libc::S_IFLNK {
@@ -1030,6 +1025,17 @@ impl LayeredFs {
         };
         Ok((obj, fd))
     }
+}
+
+/// The attributes the guest sees for inode `ino`: the host's `st` with the guest's `meta`.
+fn guest_attr(ino: Inode, st: &libc::stat64, meta: &GuestMeta) -> Attr {
+    let mut a = host::attr_from_stat(st);
+    a.ino = ino;
+    a.mode = meta.mode;
+    a.uid = meta.uid;
+    a.gid = meta.gid;
+    a.rdev = meta.rdev as u32;
+    a
 }
 
 fn t_check_attached(table: &Mutex<PathTable<Node>>, ino: Inode) -> io::Result<()> {

@@ -15,7 +15,6 @@
 use std::collections::hash_map::{Entry, HashMap};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::Ordering;
 
 use super::upper_meta::GuestMeta;
 use super::{is_reserved, LayeredFs, OpenObject};
@@ -72,6 +71,10 @@ impl LayeredFs {
                     .map(OpenObject::File)
             }
         });
+        // Inodes that had no name (files unlinked while open) were never to be found again;
+        // their handles are what the guest uses.
+        let unnamed = state.nodes.iter().filter(|n| n.path.is_none()).count();
+        let lost_nodes = lost_nodes.saturating_sub(unnamed);
         if lost_nodes > 0 || lost_handles > 0 {
             tracing::warn!(
                 "layered fs restore: {lost_nodes} of {} inodes and {lost_handles} of {} handles \
@@ -110,15 +113,7 @@ impl LayeredFs {
                 if host::fstat(src.as_raw_fd())?.st_mode & libc::S_IFMT != libc::S_IFREG {
                     return Err(err(libc::ESTALE));
                 }
-                let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
-                let tmp = host::cstring(format!("detached-{seq}").as_bytes())?;
-                let copy = host::openat2(
-                    self.work.as_raw_fd(),
-                    &tmp,
-                    libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_NOFOLLOW,
-                    0o600,
-                    CONFINED,
-                )?;
+                let (tmp, copy) = self.new_work_file()?;
                 host::unlinkat(self.work.as_raw_fd(), &tmp, 0)?;
                 host::copy_file(src.as_raw_fd(), copy.as_raw_fd())?;
                 if let Ok(Some(meta)) = GuestMeta::load(self.xattr_ns, src.as_raw_fd()) {
