@@ -94,6 +94,8 @@ fn bench() -> Result<bool, Error> {
     }
     let script = format!(
         "export MSBVM_HOME=/tmp/msbvm MSBVM_KERNEL={L1_KERNEL} HOME=/root\n\
+         # A hundred forks at once in a one-CPU emulated machine take minutes to be ready.\n\
+         export MSBVM_READY_TIMEOUT_SECS=900\n\
          mkdir -p /root\n\
          timeout 3000 {L1_HELPER} --runs {runs} --counts {counts} --memory {guest_mib}\n\
          echo \"bench: fork helper status=$?\"\n\
