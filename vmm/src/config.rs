@@ -83,6 +83,9 @@ pub struct VsockConfig {
     pub guest_cid: u32,
     /// The Unix socket host processes connect to.
     pub uds_path: PathBuf,
+    /// Bind the host listener here instead of at `uds_path` (which stays the prefix of
+    /// guest-to-host sockets): the host puts a proxy of its own at `uds_path`.
+    pub listen_path: Option<PathBuf>,
 }
 
 impl VsockConfig {
@@ -91,6 +94,7 @@ impl VsockConfig {
         let VsockConfig {
             guest_cid,
             uds_path,
+            listen_path,
         } = self.clone();
         DeviceSpec::new(
             format!(
@@ -98,8 +102,13 @@ impl VsockConfig {
                 uds_path.display()
             ),
             move || {
-                let device = msbvm_virtio::vsock::Vsock::new(guest_cid.into(), uds_path.clone())
-                    .map_err(std::io::Error::other)?;
+                let listen = listen_path.clone().unwrap_or_else(|| uds_path.clone());
+                let device = msbvm_virtio::vsock::Vsock::with_listen_path(
+                    guest_cid.into(),
+                    uds_path.clone(),
+                    listen,
+                )
+                .map_err(std::io::Error::other)?;
                 Ok(Box::new(device) as Box<dyn msbvm_virtio::VirtioDevice>)
             },
         )
@@ -333,6 +342,7 @@ mod tests {
         let spec = VsockConfig {
             guest_cid: 2,
             uds_path: "/nonexistent/v.sock".into(),
+            listen_path: None,
         }
         .device_spec();
         assert_eq!(spec.name, "virtio-vsock (guest CID 2, /nonexistent/v.sock)");

@@ -63,7 +63,10 @@ pub type Vsock = Device<VsockBackend>;
 /// activation's muxer needs.
 pub struct VsockBackend {
     guest_cid: u64,
+    /// The prefix of guest-to-host sockets (`<uds_path>_<port>`).
     uds_path: PathBuf,
+    /// Where the host listener is bound (usually `uds_path`).
+    listen_path: PathBuf,
     listener: UnixListener,
     /// (device, inode) of the socket file we created, so Drop only removes
     /// our own file.
@@ -79,15 +82,26 @@ impl Vsock {
     /// Creates the device for guest CID `guest_cid` and binds its host
     /// listener at `uds_path`, replacing a stale socket file left there.
     pub fn new(guest_cid: u64, uds_path: PathBuf) -> Result<Vsock, Error> {
+        Vsock::with_listen_path(guest_cid, uds_path.clone(), uds_path)
+    }
+
+    /// Like [`Vsock::new`], with the host listener bound at `listen_path` instead of
+    /// `uds_path` (which stays the prefix of guest-to-host sockets): for a host that puts a
+    /// proxy of its own at `uds_path`.
+    pub fn with_listen_path(
+        guest_cid: u64,
+        uds_path: PathBuf,
+        listen_path: PathBuf,
+    ) -> Result<Vsock, Error> {
         if guest_cid <= HOST_CID || guest_cid >= u64::from(u32::MAX) {
             return Err(Error::InvalidCid(guest_cid));
         }
-        remove_stale_socket(&uds_path)?;
-        let listener = UnixListener::bind(&uds_path).map_err(|source| Error::Bind {
-            path: uds_path.clone(),
+        remove_stale_socket(&listen_path)?;
+        let listener = UnixListener::bind(&listen_path).map_err(|source| Error::Bind {
+            path: listen_path.clone(),
             source,
         })?;
-        let socket_id = std::fs::metadata(&uds_path)
+        let socket_id = std::fs::metadata(&listen_path)
             .ok()
             .map(|m| (m.dev(), m.ino()));
         let common = DeviceCommon::new(
@@ -102,6 +116,7 @@ impl Vsock {
         let backend = VsockBackend {
             guest_cid,
             uds_path,
+            listen_path,
             listener,
             socket_id,
             max_connections: MAX_CONNECTIONS,
@@ -190,11 +205,11 @@ impl DeviceBackend for VsockBackend {
 impl Drop for VsockBackend {
     fn drop(&mut self) {
         // Remove the socket file only if it is still the one we bound.
-        let ours = std::fs::metadata(&self.uds_path)
+        let ours = std::fs::metadata(&self.listen_path)
             .ok()
             .map(|m| (m.dev(), m.ino()));
         if ours.is_some() && ours == self.socket_id {
-            let _ = std::fs::remove_file(&self.uds_path);
+            let _ = std::fs::remove_file(&self.listen_path);
         }
     }
 }
