@@ -104,6 +104,12 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// A sandbox's plugin host (started by its runtime, not by people).
+    #[command(name = "__plugins", hide = true, disable_help_flag = true)]
+    Plugins {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// The per-sandbox runtime process (started by the SDK, not by people).
     #[command(name = "__runtime", hide = true, disable_help_flag = true)]
     Runtime {
@@ -159,6 +165,9 @@ fn main() -> ExitCode {
     if let Command::Spawner { args } = cli.command {
         return msbvm_runtime::spawner::main(args);
     }
+    if let Command::Plugins { args } = cli.command {
+        return msbvm_runtime::plugins::host_main(args);
+    }
     if let Command::Runtime { args } = cli.command {
         // The runtime sets up its own logging, into the sandbox's runtime.log.
         return msbvm_runtime::main(args);
@@ -167,7 +176,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Boot(args) => boot::run(args, start),
         Command::Kernel(cmd) => kernel::run(cmd),
-        Command::Runtime { .. } | Command::Spawner { .. } => unreachable!("handled above"),
+        Command::Runtime { .. } | Command::Spawner { .. } | Command::Plugins { .. } => {
+            unreachable!("handled above")
+        }
         sandbox_command => ExitCode::from(run_sandbox_command(sandbox_command)),
     }
 }
@@ -209,7 +220,8 @@ fn run_sandbox_command(command: Command) -> u8 {
             Command::Boot(_)
             | Command::Kernel(_)
             | Command::Runtime { .. }
-            | Command::Spawner { .. } => Ok(0),
+            | Command::Spawner { .. }
+            | Command::Plugins { .. } => Ok(0),
         }
     });
     // Do not wait for tasks still blocked on I/O (stdin forwarding) at exit.

@@ -99,6 +99,15 @@ pub struct SandboxArgs {
     /// tls/ca.pem) or `per-sandbox` (made for this sandbox, kept in memory only).
     #[arg(long = "tls-ca", value_name = "user|per-sandbox", value_parser = ["user", "per-sandbox"])]
     pub tls_ca: Option<String>,
+    /// Run a plugin: a shipped one by name (audit, rate-limit, net-monitor) or an executable
+    /// by path (it speaks the protocol of plugins/PROTOCOL.md), with its configuration after
+    /// `:`, e.g. `--plugin audit:path=/tmp/audit.jsonl --plugin ./guard.py`. Repeatable; they
+    /// run in the order given, after those of ~/.config/msbvm/plugins.toml.
+    #[arg(long = "plugin", value_name = "NAME_OR_PATH[:CONFIG]")]
+    pub plugins: Vec<String>,
+    /// Leave out the plugins of ~/.config/msbvm/plugins.toml.
+    #[arg(long = "no-default-plugins")]
+    pub no_default_plugins: bool,
 }
 
 impl SandboxArgs {
@@ -182,7 +191,32 @@ impl SandboxArgs {
             },
         };
         net.tls.check()?;
+        spec.plugins = self.plugin_specs()?;
         Ok(spec)
+    }
+
+    /// The plugins of the per-user defaults file (unless left out), then those of
+    /// `--plugin`.
+    fn plugin_specs(&self) -> Result<Vec<msbvm_sdk::plugins::PluginSpec>, Error> {
+        use msbvm_sdk::plugins::spec;
+        let mut out = Vec::new();
+        if !self.no_default_plugins {
+            if let Some(file) = spec::user_file() {
+                out = spec::load_user_file(&file).map_err(Error::InvalidConfig)?;
+            }
+        }
+        if self.plugins.is_empty() {
+            return Ok(out);
+        }
+        let cwd = std::env::current_dir()
+            .map_err(|e| Error::InvalidConfig(format!("--plugin: no working directory: {e}")))?;
+        for text in &self.plugins {
+            out.push(
+                spec::PluginSpec::parse(text, &cwd)
+                    .map_err(|e| Error::InvalidConfig(format!("--plugin {text}: {e}")))?,
+            );
+        }
+        Ok(out)
     }
 
     /// The secrets of `--secret` (values from this process's environment) and

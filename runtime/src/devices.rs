@@ -96,11 +96,19 @@ pub struct Extensions {
     /// Hooks on every virtio-fs share (root and volumes), outermost first; the built-in
     /// audit log (`MSBVM_FS_AUDIT=1`) comes after them.
     pub fs_hooks: Vec<Arc<dyn Hook>>,
+    /// In-process plugins ([`msbvm_plugins::Plugin`]), in order; they run before the
+    /// plugins the sandbox's spec configures.
+    pub plugins: Vec<Arc<dyn msbvm_plugins::Plugin>>,
 }
 
 impl std::fmt::Debug for Extensions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Extensions {{ fs_hooks: {} }}", self.fs_hooks.len())
+        write!(
+            f,
+            "Extensions {{ fs_hooks: {}, plugins: {} }}",
+            self.fs_hooks.len(),
+            self.plugins.len()
+        )
     }
 }
 
@@ -112,6 +120,7 @@ pub fn build(
     dir: &SandboxDir,
     home: &Path,
     extensions: &Extensions,
+    plugins: &Arc<msbvm_plugins::Chain>,
 ) -> Result<Devices> {
     let mut devices = Devices {
         specs: Vec::new(),
@@ -204,7 +213,7 @@ pub fn build(
             devices.boot.tls = Some(i.guest.clone());
             devices.boot.secret_env = i.secret_env.clone();
         }
-        let (handle, device, setup) = network(&spec.network, policy, interception, dir)?;
+        let (handle, device, setup) = network(&spec.network, policy, interception, dir, plugins)?;
         devices.net = Some(handle);
         devices.specs.push(device);
         devices.boot.network = Some(setup);
@@ -483,6 +492,7 @@ pub(crate) fn network(
     policy: Policy,
     interception: Option<crate::tls_setup::Interception>,
     dir: &SandboxDir,
+    plugins: &Arc<msbvm_plugins::Chain>,
 ) -> Result<(NetStackHandle, DeviceSpec, NetworkSetup)> {
     let (tls, secrets) = match interception {
         Some(i) => (Some(i.tls), i.secrets),
@@ -522,7 +532,7 @@ pub(crate) fn network(
     };
     let (device_fd, stack_fd) =
         frame_socketpair().map_err(Error::io("creating the network socket pair"))?;
-    let events = event_sink(dir)?;
+    let events = event_sink(dir, plugins.clone())?;
     let handle = NetStack::start(config, stack_fd, policy, events).map_err(|e| {
         if matches!(
             e.kind(),
@@ -548,6 +558,42 @@ pub(crate) fn network(
     Ok((handle, spec, setup))
 }
 
+/// Hands the network events plugins observe to the ones that asked.
+fn tell_plugins(plugins: &msbvm_plugins::Chain, event: &NetEvent) {
+    use msbvm_plugins::data::{self, DnsAnswer, FlowBytes};
+    use msbvm_plugins::Hook;
+    let transport = |t: msbvm_netstack::events::Transport| match t {
+        msbvm_netstack::events::Transport::Tcp => data::Transport::Tcp,
+        msbvm_netstack::events::Transport::Udp => data::Transport::Udp,
+    };
+    match event {
+        NetEvent::FlowClosed {
+            transport: t,
+            dst,
+            bytes_up,
+            bytes_down,
+        } if plugins.wants(Hook::Bytes) => plugins.flow_bytes(&FlowBytes {
+            transport: transport(*t),
+            dst: *dst,
+            bytes_up: *bytes_up,
+            bytes_down: *bytes_down,
+        }),
+        NetEvent::DnsQuery {
+            name,
+            qtype,
+            allowed,
+            answers,
+            ..
+        } if plugins.wants(Hook::DnsAnswer) => plugins.dns_answer(&DnsAnswer {
+            name: name.clone(),
+            qtype: qtype.clone(),
+            allowed: *allowed,
+            answers: answers.clone(),
+        }),
+        _ => {}
+    }
+}
+
 /// The netstack's view of a published port.
 pub(crate) fn published(host: SocketAddr, guest_port: u16) -> PublishedPort {
     let mut port = PublishedPort::tcp(host.port(), guest_port);
@@ -555,15 +601,17 @@ pub(crate) fn published(host: SocketAddr, guest_port: u16) -> PublishedPort {
     port
 }
 
-/// Network events go to the runtime log (the netstack logs them) and, as
-/// JSON lines, to [`NET_EVENTS_FILE`] (capped and rotated,
-/// [`msbvm_sdk::logfile`]), which the SDK tails.
-fn event_sink(dir: &SandboxDir) -> Result<EventSink> {
+/// Network events go to the runtime log (the netstack logs them), as
+/// JSON lines to [`NET_EVENTS_FILE`] (capped and rotated,
+/// [`msbvm_sdk::logfile`]), which the SDK tails, and to the plugins that asked
+/// for closed flows' bytes and DNS answers.
+fn event_sink(dir: &SandboxDir, plugins: Arc<msbvm_plugins::Chain>) -> Result<EventSink> {
     let path: PathBuf = dir.path().join(NET_EVENTS_FILE);
     let file = CappedLog::open(&path, max_bytes_from_env())
         .map_err(Error::io(format!("opening {}", path.display())))?;
     let file = Mutex::new(file);
     Ok(Arc::new(move |event: NetEvent| {
+        tell_plugins(&plugins, &event);
         if let Ok(mut line) = serde_json::to_vec(&event) {
             line.push(b'\n');
             if let Ok(mut f) = file.lock() {

@@ -226,6 +226,53 @@ impl EventHub {
         }
     }
 
+    /// Publishes an event of the runtime's own (plugin notices and plugin events): like a
+    /// guest event, but reserved types are allowed, and it never waits: a stream whose queue
+    /// is full misses it (the runtime's threads must not stall on a slow reader).
+    pub fn from_host(&self, kind: &str, data: &str) {
+        let event = GuestEvent {
+            kind: kind.to_string(),
+            data: data.to_string(),
+            id: None,
+            reply_to: None,
+            pid: 0,
+            exec: None,
+            connection: 0,
+            time_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        };
+        if check_type(kind).is_err() || kind.len() + data.len() > MAX_EVENT_LEN {
+            tracing::warn!(kind, "an oversized or badly named plugin event was dropped");
+            return;
+        }
+        let mut state = self.lock();
+        let targets: Vec<SyncSender<GuestEvent>> = state
+            .streams
+            .iter()
+            .filter(|s| matches(&s.types, kind))
+            .map(|s| s.tx.clone())
+            .collect();
+        if targets.is_empty() {
+            let size = event_bytes(&event);
+            while state.ring.len() >= RING_CAPACITY
+                || (!state.ring.is_empty() && state.ring_bytes + size > RING_MAX_BYTES)
+            {
+                if let Some(old) = state.ring.pop_front() {
+                    state.ring_bytes -= event_bytes(&old);
+                }
+                state.dropped += 1;
+            }
+            state.ring_bytes += size;
+            state.ring.push_back(event);
+            return;
+        }
+        drop(state);
+        for tx in targets {
+            let _ = tx.try_send(event.clone());
+        }
+    }
+
     /// Attaches a stream for `types` (all when empty): the matching kept events leave the
     /// ring for it. Without `follow`, nothing live is queued for it.
     pub fn attach(self: &Arc<Self>, types: Vec<String>, follow: bool) -> Attached {

@@ -53,6 +53,11 @@ pub struct SnapshotJob {
 }
 
 impl SnapshotJob {
+    /// The snapshot's name.
+    pub fn name(&self) -> String {
+        self.info.name.clone()
+    }
+
     /// Checks that the sandbox can be snapshotted (a fork of it must not share anything
     /// writable with it) and clears the pending directory. The error is for the client.
     pub fn new(

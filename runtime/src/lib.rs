@@ -25,9 +25,11 @@ pub mod confine;
 mod control_server;
 pub mod devices;
 pub mod event_hub;
+mod exec_gateway;
 mod fork;
 pub mod image;
 mod log_writer;
+pub mod plugins;
 mod signals;
 pub mod spawner;
 pub mod tls_setup;
@@ -94,6 +96,7 @@ pub fn run_if_runtime(extensions: devices::Extensions) -> Option<ExitCode> {
     match args.next()?.to_str()? {
         "__runtime" => Some(main_with(args.collect(), extensions)),
         "__spawner" => Some(spawner::main(args.collect())),
+        "__plugins" => Some(plugins::host_main(args.collect())),
         _ => None,
     }
 }
@@ -198,6 +201,9 @@ fn run(
         Ok(outcome) => {
             let exit = outcome.exit.to_string();
             tracing::info!(exit, "the VM ended");
+            if let msbvm_vmm::VmExit::PowerOff { code } = outcome.exit {
+                sup.exit_code = i32::try_from(code).ok();
+            }
             sup.record.exit = Some(exit);
             sup.boot_failure(&outcome)
         }
@@ -336,6 +342,10 @@ struct Supervisor<'a> {
     memory: msbvm_vmm::memory::MemoryHandle,
     /// Snapshots of the running VM.
     control: msbvm_vmm::VmControl,
+    /// The sandbox's plugins ([`plugins`]).
+    plugins: std::sync::Arc<msbvm_plugins::Chain>,
+    /// The guest's power-off code, once it powered off.
+    exit_code: Option<i32>,
 }
 
 impl<'a> Supervisor<'a> {
@@ -365,6 +375,8 @@ impl<'a> Supervisor<'a> {
             extensions,
             memory: msbvm_vmm::memory::MemoryHandle::new(),
             control: msbvm_vmm::VmControl::new(),
+            plugins: std::sync::Arc::new(msbvm_plugins::Chain::empty()),
+            exit_code: None,
         }
     }
 
@@ -372,6 +384,7 @@ impl<'a> Supervisor<'a> {
     fn start(&mut self, reporter: &mut Reporter) -> Result<std::thread::JoinHandle<()>> {
         // Before the confinement: the service is a program of its own.
         spawner::launch(self.args, self.dir)?;
+        let plugin_host = plugins::launch(self.args, self.dir)?;
         self.mark("spawn service launched");
         if let Some(plan) = confine::plan(&self.args.spec, self.dir, &self.args.home)? {
             confine::enable(plan)?;
@@ -383,6 +396,21 @@ impl<'a> Supervisor<'a> {
             signals::spawn_lifeline_watch(fd, self.events.clone())
                 .map_err(Error::io("starting a thread"))?;
         }
+        let hub = std::sync::Arc::new(event_hub::EventHub::default());
+        self.plugins = plugins::attach(plugin_host, self.args, &self.extensions.plugins, &hub)?;
+        plugins::lifecycle(
+            &self.plugins,
+            &self.args.name,
+            match &self.args.spec.fork_of {
+                Some(snapshot) => msbvm_plugins::data::Lifecycle::Forked {
+                    snapshot: snapshot
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                },
+                None => msbvm_plugins::data::Lifecycle::Created,
+            },
+        );
         let agent = image::find_agent()?;
         let devices = devices::build(
             &self.args.spec,
@@ -390,6 +418,7 @@ impl<'a> Supervisor<'a> {
             self.dir,
             &self.args.home,
             &self.extensions,
+            &self.plugins,
         )?;
         self.mark("devices built");
         // A fork's guest already booted: its initramfs is in the snapshot's memory.
@@ -416,19 +445,31 @@ impl<'a> Supervisor<'a> {
 
         let events_listener = bind(&self.dir.vsock_port_socket(HOST_EVENTS_PORT))?;
         let control_listener = bind(&self.dir.control_socket())?;
-        let hub = std::sync::Arc::new(event_hub::EventHub::default());
         agent_link::spawn_events_listener(events_listener, self.events.clone(), hub.clone())
             .map_err(Error::io("starting a thread"))?;
         control_server::spawn(control_listener, self.events.clone(), hub)
             .map_err(Error::io("starting a thread"))?;
 
+        // Plugins on commands see them through the exec gateway, which takes the vsock
+        // socket clients connect to; the device listens beside it.
+        let gateway = exec_gateway::wanted(&self.plugins);
         let config = vm::config(&vm::VmRequest {
             dir: self.dir,
             kernel,
             cpus: self.args.cpus,
             memory_mib: self.args.memory_mib,
             started: self.started,
+            vsock_listen: gateway.then(|| exec_gateway::DIRECT_SOCKET.into()),
         });
+        if gateway {
+            let listener = bind(&vm::device_socket_path(self.dir))?;
+            exec_gateway::spawn(
+                listener,
+                exec_gateway::DIRECT_SOCKET.into(),
+                self.plugins.clone(),
+            )
+            .map_err(Error::io("starting the exec gateway"))?;
+        }
         let mut config = config;
         config.devices.extend(devices.specs.iter().cloned());
         if let Some(snapshot) = restore {
@@ -594,6 +635,11 @@ impl<'a> Supervisor<'a> {
         if !self.stopping {
             self.set_status(Status::Running);
         }
+        plugins::lifecycle(
+            &self.plugins,
+            &self.args.name,
+            msbvm_plugins::data::Lifecycle::Started,
+        );
         reporter.send(&Report::Ready(ReadyInfo {
             pid: std::process::id(),
             boot,
@@ -747,10 +793,19 @@ impl<'a> Supervisor<'a> {
                 return;
             }
         };
+        let (chain, sandbox, snapshot) = (self.plugins.clone(), self.args.name.clone(), job.name());
         let spawned = std::thread::Builder::new()
             .name("msbvm-snapshot".into())
             .spawn(move || {
-                let _ = reply.send(job.run());
+                let answer = job.run();
+                if matches!(answer, ControlResponse::Snapshotted { .. }) {
+                    plugins::lifecycle(
+                        &chain,
+                        &sandbox,
+                        msbvm_plugins::data::Lifecycle::Snapshotted { snapshot },
+                    );
+                }
+                let _ = reply.send(answer);
             });
         if let Err(e) = spawned {
             tracing::warn!("cannot start the snapshot thread: {e}");
@@ -844,6 +899,14 @@ impl<'a> Supervisor<'a> {
     /// Removes what the VM needed and leaves the record (detached) or nothing (attached);
     /// then answers the clients waiting for the stop.
     fn clean_up(&mut self, ran: bool) {
+        plugins::lifecycle(
+            &self.plugins,
+            &self.args.name,
+            msbvm_plugins::data::Lifecycle::Stopped {
+                exit_code: self.exit_code,
+            },
+        );
+        self.plugins.shutdown();
         if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
             for entry in entries.flatten() {
                 let name = entry.file_name();

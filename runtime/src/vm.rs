@@ -30,6 +30,9 @@ pub struct VmRequest<'a> {
     pub memory_mib: u64,
     /// When the runtime started (boot timings are relative to it).
     pub started: Instant,
+    /// Where the vsock device listens for host clients when something else (the exec
+    /// gateway) takes its usual socket.
+    pub vsock_listen: Option<PathBuf>,
 }
 
 /// The kernel command line of sandbox `name`.
@@ -76,6 +79,7 @@ pub fn config(request: &VmRequest<'_>) -> VmConfig {
         devices: vec![VsockConfig {
             guest_cid: msbvm_protocol::GUEST_CID,
             uds_path: device_socket_path(request.dir),
+            listen_path: request.vsock_listen.clone(),
         }
         .device_spec()],
         stop: StopHandle::new(),
@@ -138,6 +142,7 @@ mod tests {
     fn config_carries_the_request() {
         let dir = SandboxDir::in_home(Path::new("/h"), "b").unwrap();
         let c = config(&VmRequest {
+            vsock_listen: None,
             dir: &dir,
             kernel: "/k".into(),
             cpus: 2,

@@ -86,6 +86,9 @@ pub use files::{DirEntry, FileErrorKind, FileKind, FileReader, FileStat, WriteOp
 pub use fork::ForkBuilder;
 pub use launch::{runtime_binary, BIN_ENV};
 pub use limits::AgentLimits;
+/// Plugins ([`SandboxBuilder::plugin`]): the hook model, shipped plugins, and the
+/// out-of-process protocol.
+pub use msbvm_plugins as plugins;
 pub use msbvm_protocol::{BootTimes, TtySize};
 pub use paths::{msbvm_home, validate_name, SandboxDir};
 pub use report::ReadyInfo;

@@ -126,6 +126,13 @@ impl SandboxBuilder {
         self.spec.tmpfs.push(tmpfs);
         self
     }
+    /// Adds a plugin ([`msbvm_plugins`]); plugins run in the order added. Parse one from the
+    /// CLI's form with [`msbvm_plugins::PluginSpec::parse`]. The sandbox fails to start if a
+    /// plugin cannot start.
+    pub fn plugin(mut self, plugin: msbvm_plugins::PluginSpec) -> Self {
+        self.spec.plugins.push(plugin);
+        self
+    }
     /// Lets programs inside create peer sandboxes within `grant` ([`crate::spawn`]).
     pub fn allow_spawn(mut self, grant: crate::spawn::SpawnGrant) -> Self {
         self.spec.spawn = Some(grant);

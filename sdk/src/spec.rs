@@ -52,6 +52,10 @@ pub struct SandboxSpec {
     /// keeps the snapshot's vCPUs and the guest takes the others offline. `None`: all.
     #[serde(default)]
     pub online_cpus: Option<u8>,
+    /// Plugins, in the order they run ([`msbvm_plugins`]); started by the runtime as the
+    /// sandbox's creator.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<msbvm_plugins::PluginSpec>,
 }
 
 /// Size limit of an image root's writable layer when none is given (10 GiB).
@@ -87,6 +91,7 @@ impl Default for SandboxSpec {
             parent: None,
             fork_of: None,
             online_cpus: None,
+            plugins: Vec::new(),
         }
     }
 }

@@ -231,6 +231,7 @@ pub fn enable(plan: Plan) -> Result<()> {
     }
     msbvm_virtio::confine::set_thread_hook(thread_started);
     msbvm_netstack::seccomp::set_thread_hook(thread_started);
+    msbvm_plugins::set_thread_hook(thread_started);
     Ok(())
 }
 

@@ -7,7 +7,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use msbvm_virtio::confine::{BackendError, BpfProgram, Syscall, FILE_READ, SPAWN};
+use msbvm_virtio::confine::{
+    BackendError, BpfProgram, Syscall, CONFINE_CHILDREN, FILE_READ, SPAWN,
+};
 
 /// The signal thread: waits for the handled signals and hands them on.
 pub const SIGNALS: &[Syscall] = &[libc::SYS_rt_sigtimedwait];
@@ -38,8 +40,8 @@ pub const LISTENER: &[Syscall] = &[
 /// records written by rename, the final clean-up of the state directory, a connection to the
 /// agent with socket timeouts, the listener of a port published while the sandbox runs
 /// (`msbvm net publish` binds it here and hands it to the netstack), waiting for the VM
-/// thread, and `capset` (only ever lowering: the shutdown thread drops the capability the
-/// supervisor keeps).
+/// thread, `capset` (only ever lowering: the shutdown thread drops the capability the
+/// supervisor keeps), and stopping the plugin host.
 pub const SUPERVISOR: &[Syscall] = &[
     libc::SYS_getdents64,
     libc::SYS_fcntl,
@@ -69,6 +71,10 @@ pub const SUPERVISOR: &[Syscall] = &[
     libc::SYS_getuid,
     libc::SYS_geteuid,
     libc::SYS_capset,
+    // Stopping the plugin host at the end: kill, then reap (it is this process's child).
+    libc::SYS_kill,
+    libc::SYS_wait4,
+    libc::SYS_waitid,
 ];
 
 /// The supervisor's calls that x86-64 has beside their `*at` and `ppoll` forms (std and
@@ -87,6 +93,20 @@ const SUPERVISOR_LEGACY: &[Syscall] = &[
 ];
 #[cfg(not(target_arch = "x86_64"))]
 const SUPERVISOR_LEGACY: &[Syscall] = &[];
+
+/// The threads that talk to the plugin host (`msbvm_plugins::external`): reads and writes on
+/// its pipes, and stopping it (kill, then reap) if it breaks the protocol.
+pub const PLUGINS: &[Syscall] = &[
+    libc::SYS_read,
+    libc::SYS_kill,
+    libc::SYS_wait4,
+    libc::SYS_waitid,
+    libc::SYS_pidfd_send_signal,
+];
+
+/// The exec gateway (`exec_gateway`): a listener like the control socket's, plus a
+/// connection to the vsock device's socket per client.
+pub const EXEC_GATEWAY: &[Syscall] = &[libc::SYS_socket, libc::SYS_connect];
 
 /// The log writer thread (`log_writer`): appends to `runtime.log` and, when
 /// it is full, renames it and opens a new one relative to the sandbox directory, then points
@@ -117,6 +137,8 @@ pub const KINDS: &[&str] = &[
     "virtio-fs",
     "virtio-net",
     "virtio-vsock",
+    msbvm_plugins::THREAD_KIND,
+    "exec-gateway",
 ];
 
 /// The filter of thread kind `kind` (`None` for a kind this runtime does not know): the
@@ -132,6 +154,12 @@ pub fn program(kind: &str) -> Option<Result<BpfProgram, BackendError>> {
         "lifeline" => compile(&[LIFELINE], &[], &[]),
         "log" => compile(&[LOG], &[], &[]),
         "control" | "agent-events" => compile(&[LISTENER, SPAWN], &[], &fionbio),
+        msbvm_plugins::THREAD_KIND => compile(&[PLUGINS, SPAWN, CONFINE_CHILDREN], &[], &[]),
+        "exec-gateway" => compile(
+            &[LISTENER, EXEC_GATEWAY, SPAWN, CONFINE_CHILDREN],
+            &[libc::AF_UNIX],
+            &fionbio,
+        ),
         "supervisor" => compile(
             &[SUPERVISOR, SUPERVISOR_LEGACY, FILE_READ, SPAWN],
             &[libc::AF_UNIX, libc::AF_INET, libc::AF_INET6],

@@ -146,6 +146,7 @@ fn bind_ports(spec: &SandboxSpec, dir: &SandboxDir) {
         crate::devices::policy(&spec.network, false).unwrap(),
         None,
         dir,
+        &std::sync::Arc::new(msbvm_plugins::Chain::empty()),
     )
     .unwrap();
     // Still root and unconfined here: find privileged ports nothing else listens on.

@@ -1,0 +1,182 @@
+//! The sandbox's plugins, from the runtime's side.
+//!
+//! Plugins configured in the spec (`--plugin`, the SDK's `.plugin(..)`) are the user's: they
+//! run as the sandbox's creator and may start programs, which a confined runtime cannot. So
+//! before confining itself the runtime starts `msbvm __plugins` ([`launch`]), which starts and
+//! supervises them ([`msbvm_plugins::serve`]); afterwards it attaches that host as one
+//! out-of-process plugin ([`attach`]), behind the in-process plugins of the embedding
+//! program ([`crate::devices::Extensions::plugins`]). What happens to plugins, and what they
+//! emit, goes to the runtime log and the sandbox's event stream (type `msbvm.plugin` for
+//! notices, the plugin's own type for its events).
+
+use std::ffi::OsString;
+use std::process::{Child, ExitCode};
+use std::sync::Arc;
+
+use msbvm_plugins::data::{Lifecycle, SandboxInfo};
+use msbvm_plugins::external::{External, ExternalSpec};
+use msbvm_plugins::serve::NOTICE_TOPIC;
+use msbvm_plugins::{Chain, FailurePolicy, Notice, NoticeSink, Plugin};
+use msbvm_sdk::{Error, Result, RuntimeArgs, SandboxDir};
+
+use crate::event_hub::EventHub;
+
+/// Event type of plugin notices in the sandbox's event stream.
+pub const NOTICE_EVENT: &str = NOTICE_TOPIC;
+
+/// Starts the plugin host for the plugins `args` configures (none: `None`). Called before
+/// the runtime confines itself.
+pub fn launch(args: &RuntimeArgs, dir: &SandboxDir) -> Result<Option<Child>> {
+    use std::os::unix::process::CommandExt;
+    if args.spec.plugins.is_empty() {
+        return Ok(None);
+    }
+    let exe = std::env::current_exe().map_err(Error::io("finding the msbvm binary"))?;
+    let specs = serde_json::to_string(&args.spec.plugins).unwrap_or_default();
+    let state_dir = std::fs::canonicalize(dir.path()).unwrap_or_else(|_| dir.path().into());
+    let mut command = std::process::Command::new(&exe);
+    command
+        .arg("__plugins")
+        .arg("--sandbox")
+        .arg(&args.name)
+        .arg("--dir")
+        .arg(&state_dir)
+        .arg("--specs")
+        .arg(specs)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: only sigprocmask, async-signal-safe, between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            // The runtime blocks the signals it waits for; the host starts with none blocked.
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    let child = command
+        .spawn()
+        .map_err(Error::io("starting the plugin host"))?;
+    tracing::info!(
+        plugins = args.spec.plugins.len(),
+        pid = child.id(),
+        "plugin host started"
+    );
+    Ok(Some(child))
+}
+
+/// The sandbox's chain: the embedding program's `in_process` plugins, then the plugin host
+/// `host` started by [`launch`] (after its handshake). Notices go to the log and `hub`.
+pub fn attach(
+    host: Option<Child>,
+    args: &RuntimeArgs,
+    in_process: &[Arc<dyn Plugin>],
+    hub: &Arc<EventHub>,
+) -> Result<Arc<Chain>> {
+    let notices = notice_sink(hub.clone());
+    let mut plugins: Vec<Arc<dyn Plugin>> = in_process.to_vec();
+    if let Some(child) = host {
+        let mut spec = ExternalSpec::new(std::env::current_exe().unwrap_or_default());
+        spec.timeout = msbvm_plugins::serve::chain_timeout(&args.spec.plugins);
+        spec.failure_policy = FailurePolicy::Closed;
+        // A confined runtime cannot start programs: if the host dies, its plugins' decisions
+        // fail closed from then on, and an event says so.
+        spec.restart = false;
+        // The host starts every plugin (each has its own handshake time) before it answers.
+        let count = u32::try_from(args.spec.plugins.len()).unwrap_or(u32::MAX);
+        spec.handshake_timeout =
+            msbvm_plugins::external::HANDSHAKE_TIMEOUT.saturating_mul(count.saturating_add(1));
+        let external = External::attach(child, spec, &args.name, notices.clone()).map_err(|e| {
+            Error::InvalidConfig(format!("the sandbox's plugins did not start: {e}"))
+        })?;
+        plugins.push(Arc::new(external));
+    }
+    let chain = Arc::new(Chain::new(plugins, notices));
+    if !chain.is_empty() {
+        tracing::info!(plugins = ?chain.names(), hooks = ?chain.interests().iter().map(|h| h.name()).collect::<Vec<_>>(), "plugins attached");
+    }
+    Ok(chain)
+}
+
+/// Tells the chain about a lifecycle step of sandbox `name`, if any plugin asked.
+pub fn lifecycle(chain: &Chain, name: &str, step: Lifecycle) {
+    if chain.wants(msbvm_plugins::Hook::Lifecycle) {
+        chain.lifecycle(
+            &SandboxInfo {
+                name: name.to_string(),
+            },
+            &step,
+        );
+    }
+}
+
+fn notice_sink(hub: Arc<EventHub>) -> NoticeSink {
+    Arc::new(move |notice: Notice| {
+        let (kind, data) = match notice {
+            // The host's own notices about the plugins it runs, and its plugins' events.
+            Notice::Event { topic, data, .. } if topic == NOTICE_TOPIC => {
+                log_notice(&data);
+                (NOTICE_EVENT.to_string(), data)
+            }
+            Notice::Event { topic, data, .. } => (topic, data),
+            other => {
+                let data = serde_json::to_value(&other).unwrap_or_default();
+                log_notice(&data);
+                (NOTICE_EVENT.to_string(), data)
+            }
+        };
+        hub.from_host(&kind, &data.to_string());
+    })
+}
+
+fn log_notice(data: &serde_json::Value) {
+    tracing::warn!(notice = %data, "plugin notice");
+}
+
+/// `msbvm __plugins --sandbox NAME --dir DIR --specs JSON`: the plugin host.
+pub fn host_main(args: Vec<OsString>) -> ExitCode {
+    let mut args = args.into_iter().map(|a| a.to_string_lossy().into_owned());
+    let (mut sandbox, mut dir, mut specs) = (None, None, None);
+    while let Some(flag) = args.next() {
+        let value = args.next();
+        match flag.as_str() {
+            "--sandbox" => sandbox = value,
+            "--dir" => dir = value,
+            "--specs" => specs = value,
+            _ => {
+                eprintln!("msbvm __plugins: unknown argument {flag}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let (Some(sandbox), Some(dir), Some(specs)) = (sandbox, dir, specs) else {
+        eprintln!("msbvm __plugins: --sandbox, --dir and --specs are needed");
+        return ExitCode::from(2);
+    };
+    let specs: Vec<msbvm_plugins::PluginSpec> = match serde_json::from_str(&specs) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("msbvm __plugins: --specs: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Its stderr is the runtime's log (through the runtime's reader): plain lines.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MSBVM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_ansi(false)
+        .without_time()
+        .with_writer(std::io::stderr)
+        .try_init();
+    match msbvm_plugins::serve::main(&sandbox, std::path::Path::new(&dir), &specs) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("msbvm __plugins: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
