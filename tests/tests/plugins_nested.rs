@@ -1,0 +1,175 @@
+//! End-to-end plugins (issue 14 §4), in one L1 boot: a sandbox with a Python out-of-process
+//! plugin (`tests/l1-tools/guard_plugin.py` on the reference client, configured in the
+//! per-user `plugins.toml`) and the three shipped plugins stacked (`rate-limit`, `audit`,
+//! `net-monitor`, from `--plugin`). The guard denies `rm -rf /` and rewrites an environment
+//! variable, and both take effect; a decision it answers past its timeout fails closed with
+//! an event; when it crashes the decision fails closed, an event says so, and it is
+//! restarted and decides again; `audit` and `net-monitor` see the same command and flow;
+//! `rate-limit` denies past its limit.
+//!
+//! L1 gets the host's Python interpreter and a zip of the pure-Python standard library
+//! (`PYTHONHOME=/py`); without `/usr/bin/python3` the test says so and is skipped.
+//!
+//! `cargo test -p msbvm-tests --test plugins_nested -- --nocapture`.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use msbvm_tests::e2e::{assert_checks, net_host, net_l1, prelude, run_scenarios};
+
+const L1_TIMEOUT: Duration = Duration::from_secs(900);
+const PYTHON: &str = "/usr/bin/python3";
+const GUARD: &str = include_str!("../l1-tools/guard_plugin.py");
+const CLIENT: &str = include_str!("../../plugins/python/msbvm_plugin.py");
+
+const SCRIPT: &str = r#"@PRELUDE@
+@HOST@
+mkdir -p /root/.config/msbvm
+cat > /root/.config/msbvm/plugins.toml <<'EOT'
+[[plugin]]
+use = "/e2e/guard"
+timeout_ms = 3000
+EOT
+EV=/tmp/ev.jsonl
+$M run -d --name pl --net-allow host --plugin rate-limit:execs=14 \
+  --plugin audit:path=/tmp/audit.jsonl --plugin net-monitor:path=/tmp/netmon.json; check run_rc $?
+$M events pl -f --json > $EV 2>/tmp/ev.err &
+sleep 1
+
+# The guard rewrites the environment; every plugin sees this command.
+check env_rewritten "$($M exec pl -e GREETING=original -- sh -c 'echo $GREETING')"
+# The guard denies, and the command never reaches the guest.
+out=$($M exec pl -- rm -rf / 2>&1); check rm_rc $?
+check rm_reason $(echo "$out" | grep -c "denied by a plugin: rm -rf / is not allowed here")
+check root_intact "$($M exec pl -- sh -c 'test -x /bin/sh && echo intact')"
+# A flow, which audit and net-monitor see.
+check flow "$($M exec pl -- wget -q -O - http://host.msbvm.internal:8000/)"
+
+# A decision past the guard's 3 s timeout fails closed, with an event.
+out=$($M exec pl -- slowcmd 2>&1); check slow_rc $?
+check slow_reason $(echo "$out" | grep -c "did not answer in time")
+sleep 9
+# A crash during a decision fails it closed; the guard is restarted and decides again.
+out=$($M exec pl -- crashme 2>&1); check crash_rc $?
+check crash_reason $(echo "$out" | grep -c "ended before answering")
+i=0; while ! grep -q '"restarted"' $EV && [ $i -lt 60 ]; do sleep 1; i=$((i+1)); done
+out=$($M exec pl -- rm -rf / 2>&1)
+check denied_after_restart $(echo "$out" | grep -c "not allowed here")
+check rewritten_after_restart "$($M exec pl -e GREETING=original -- sh -c 'echo $GREETING')"
+
+# rate-limit (after the guard: what the guard denied never reaches it) denies past 14.
+n=0; while [ $n -lt 40 ]; do out=$($M exec pl -- true 2>&1) || break; n=$((n+1)); done
+check rate_limited $(echo "$out" | grep -c "rate limit: at most 14 commands per minute")
+check rate_limit_count $n
+
+$M stop pl >/dev/null 2>&1
+sleep 1
+kill %1 2>/dev/null
+check events_timed_out $(grep -c '"timed_out"' $EV)
+check events_failed $(grep '"failed"' $EV | grep -c 'guard')
+check events_restarted $(grep -c '"restarted"' $EV)
+check audit_execs $(grep -c '"kind":"exec"' /tmp/audit.jsonl)
+check audit_no_denied $(grep -c 'rm","-rf' /tmp/audit.jsonl)
+check audit_rewritten $(grep '"kind":"exec"' /tmp/audit.jsonl | head -1 | grep -c GREETING)
+check audit_flow $(grep '"kind":"flow"' /tmp/audit.jsonl | grep -c '8000')
+check audit_stopped $(grep -c '"step":"stopped"' /tmp/audit.jsonl)
+check netmon_connections $(grep -c '"connections": [1-9]' /tmp/netmon.json)
+grep -i "plugin" $MSBVM_HOME/sandboxes/pl/runtime.log | tail -20
+echo "CHECK done yes"
+"#;
+
+/// The pure-Python standard library of `python` as a zip, for `PYTHONHOME/lib/`: its name
+/// (`python3XY.zip`) and bytes; `None` if this host's Python cannot make it.
+fn stdlib_zip(python: &Path, out: &Path) -> Option<String> {
+    let script = r#"
+import os, sys, sysconfig, zipfile
+root = sysconfig.get_paths()["stdlib"]
+name = "python%d%d.zip" % sys.version_info[:2]
+skip = {"test", "idlelib", "tkinter", "lib2to3", "ensurepip", "distutils", "pydoc_data",
+        "turtledemo", "lib-dynload", "dist-packages", "site-packages", "__pycache__",
+        "unittest", "sqlite3", "venv", "curses", "dbm", "asyncio", "xmlrpc", "ctypes",
+        "multiprocessing", "idle_test"}
+with zipfile.ZipFile(os.path.join(sys.argv[1], name), "w", zipfile.ZIP_DEFLATED) as z:
+    for d, dirs, files in os.walk(root):
+        dirs[:] = [x for x in dirs if x not in skip and not x.startswith("config-")]
+        for f in files:
+            if f.endswith(".py"):
+                p = os.path.join(d, f)
+                z.write(p, os.path.relpath(p, root))
+print(name)
+"#;
+    let output = Command::new(python)
+        .args(["-I", "-c", script])
+        .arg(out)
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+#[test]
+fn plugins_decide_observe_fail_closed_and_restart() {
+    if !Path::new(PYTHON).exists() {
+        eprintln!("skipped: no {PYTHON} to run the Python plugin in L1");
+        return;
+    }
+    let Some(vm) = net_l1(L1_TIMEOUT) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let python = std::fs::canonicalize(PYTHON).expect("python3's real path");
+    let Some(zip) = stdlib_zip(&python, dir.path()) else {
+        eprintln!("skipped: {PYTHON} could not zip its standard library");
+        return;
+    };
+    let wrapper = format!(
+        "#!/bin/sh\nPYTHONHOME=/py exec {} /e2e/guard_plugin.py\n",
+        python.display()
+    );
+    let vm = vm
+        .add_program(&python, &python.display().to_string())
+        .add_file(dir.path().join(&zip), &format!("/py/lib/{zip}"))
+        .add_bytes("/e2e/guard_plugin.py", GUARD, 0o644)
+        .add_bytes("/e2e/msbvm_plugin.py", CLIENT, 0o644)
+        .add_bytes("/e2e/guard", wrapper, 0o755);
+    let script = SCRIPT.replace("@PRELUDE@", &prelude()).replace(
+        "@HOST@",
+        &net_host("mkdir -p /www && echo host-page > /www/index.html", ""),
+    );
+    let Some(out) = run_scenarios(vm, &script) else {
+        return;
+    };
+    assert_checks(
+        &out.console,
+        &[
+            ("run_rc", "0"),
+            ("env_rewritten", "rewritten-by-guard"),
+            ("rm_rc", "125"),
+            ("rm_reason", "1"),
+            ("root_intact", "intact"),
+            ("flow", "host-page"),
+            ("slow_rc", "125"),
+            ("slow_reason", "1"),
+            ("crash_rc", "125"),
+            ("crash_reason", "1"),
+            ("denied_after_restart", "1"),
+            ("rewritten_after_restart", "rewritten-by-guard"),
+            ("rate_limited", "1"),
+            // 14 in the minute: the 4 allowed above, then 10 here.
+            ("rate_limit_count", "10"),
+            ("events_timed_out", "1"),
+            ("events_failed", "1"),
+            ("events_restarted", "1"),
+            ("audit_execs", "14"),
+            ("audit_no_denied", "0"),
+            ("audit_rewritten", "1"),
+            ("audit_flow", "1"),
+            ("audit_stopped", "1"),
+            ("netmon_connections", "1"),
+            ("done", "yes"),
+        ],
+    );
+}
