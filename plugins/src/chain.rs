@@ -161,6 +161,11 @@ impl Chain {
         self.decide(Hook::Fs, |p| p.fs_access(access))
     }
 
+    /// [`Hook::FsChange`].
+    pub fn fs_change(&self, change: &FsAccess) {
+        self.notify(Hook::FsChange, |p| p.fs_change(change));
+    }
+
     /// [`Hook::Flow`].
     pub fn flow(&self, flow: &Flow) -> Decision {
         self.decide(Hook::Flow, |p| p.flow(flow))

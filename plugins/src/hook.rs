@@ -21,6 +21,10 @@ pub enum Hook {
     /// A filesystem operation of the guest: allow or deny.
     #[serde(rename = "fs")]
     Fs,
+    /// A change the guest made to a filesystem (a write, a create, a rename, ...), after it
+    /// succeeded.
+    #[serde(rename = "fs.change")]
+    FsChange,
     /// A new network flow of the guest: allow or deny.
     #[serde(rename = "net.flow")]
     Flow,
@@ -43,12 +47,13 @@ pub enum Hook {
 
 impl Hook {
     /// Every hook, in a fixed order (the index of each is its bit in [`Interests`]).
-    pub const ALL: [Hook; 11] = [
+    pub const ALL: [Hook; 12] = [
         Hook::Lifecycle,
         Hook::ExecBefore,
         Hook::ExecOutput,
         Hook::ExecAfter,
         Hook::Fs,
+        Hook::FsChange,
         Hook::Flow,
         Hook::Dns,
         Hook::DnsAnswer,
@@ -74,6 +79,7 @@ impl Hook {
             Hook::ExecOutput => "exec.output",
             Hook::ExecAfter => "exec.after",
             Hook::Fs => "fs",
+            Hook::FsChange => "fs.change",
             Hook::Flow => "net.flow",
             Hook::Dns => "net.dns",
             Hook::DnsAnswer => "net.dns_answer",

@@ -92,6 +92,9 @@ pub trait Plugin: Send + Sync {
         Decision::Continue
     }
 
+    /// A change the guest made to a filesystem.
+    fn fs_change(&self, _change: &FsAccess) {}
+
     /// A new flow of the guest.
     fn flow(&self, _flow: &Flow) -> Decision {
         Decision::Continue

@@ -223,6 +223,11 @@ fn notify(chain: &Chain, hook: Hook, data: Value) {
                 chain.exec_ended(&e);
             }
         }
+        Hook::FsChange => {
+            if let Some(c) = typed::<FsAccess>(data) {
+                chain.fs_change(&c);
+            }
+        }
         Hook::DnsAnswer => {
             if let Some(a) = typed::<DnsAnswer>(data) {
                 chain.dns_answer(&a);

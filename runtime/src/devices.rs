@@ -136,6 +136,7 @@ pub fn build(
         _leases: Vec::new(),
     };
     let mut hooks = extensions.fs_hooks.clone();
+    hooks.extend(crate::plugins::FsPlugins::wanted(plugins));
     hooks.extend(open_audit_log(dir)?);
     match &spec.root {
         RootSpec::Initramfs => devices.initramfs_root = true,

@@ -41,6 +41,8 @@ pub struct EventHub {
     state: Mutex<State>,
     to_agent: Mutex<Option<UnixStream>>,
     bucket: Mutex<Bucket>,
+    /// The plugins that see events both ways (set once, before the guest runs).
+    plugins: std::sync::OnceLock<Arc<msbvm_plugins::Chain>>,
 }
 
 #[derive(Default)]
@@ -54,6 +56,24 @@ struct State {
     next_stream: u64,
     /// Request id → where its reply goes.
     waiters: HashMap<String, SyncSender<GuestEvent>>,
+}
+
+impl State {
+    /// Keeps `event` in the ring for a stream that attaches later, dropping the oldest past
+    /// [`RING_CAPACITY`] events or [`RING_MAX_BYTES`].
+    fn keep(&mut self, event: GuestEvent) {
+        let size = event_bytes(&event);
+        while self.ring.len() >= RING_CAPACITY
+            || (!self.ring.is_empty() && self.ring_bytes + size > RING_MAX_BYTES)
+        {
+            if let Some(old) = self.ring.pop_front() {
+                self.ring_bytes -= event_bytes(&old);
+            }
+            self.dropped += 1;
+        }
+        self.ring_bytes += size;
+        self.ring.push_back(event);
+    }
 }
 
 struct Stream {
@@ -178,6 +198,11 @@ impl EventHub {
             }
             return;
         }
+        self.tell_plugins(
+            msbvm_plugins::data::Direction::FromGuest,
+            &event.kind,
+            &event.data,
+        );
         let wait = self
             .bucket
             .lock()
@@ -200,17 +225,7 @@ impl EventHub {
             .map(|s| (s.id, s.tx.clone()))
             .collect();
         if targets.is_empty() {
-            let size = event_bytes(&event);
-            while state.ring.len() >= RING_CAPACITY
-                || (!state.ring.is_empty() && state.ring_bytes + size > RING_MAX_BYTES)
-            {
-                if let Some(old) = state.ring.pop_front() {
-                    state.ring_bytes -= event_bytes(&old);
-                }
-                state.dropped += 1;
-            }
-            state.ring_bytes += size;
-            state.ring.push_back(event);
+            state.keep(event);
             return;
         }
         drop(state);
@@ -223,6 +238,25 @@ impl EventHub {
         }
         if !gone.is_empty() {
             self.lock().streams.retain(|s| !gone.contains(&s.id));
+        }
+    }
+
+    /// Lets `plugins` see every event from and to the guest from now on.
+    pub fn set_plugins(&self, plugins: Arc<msbvm_plugins::Chain>) {
+        let _ = self.plugins.set(plugins);
+    }
+
+    /// Tells the plugins that asked about an event (its data is bounded JSON text by now).
+    fn tell_plugins(&self, direction: msbvm_plugins::data::Direction, kind: &str, data: &str) {
+        let Some(chain) = self.plugins.get() else {
+            return;
+        };
+        if chain.wants(msbvm_plugins::Hook::Event) {
+            chain.event(&msbvm_plugins::data::Event {
+                direction,
+                topic: kind.to_string(),
+                data: serde_json::from_str(data).unwrap_or(serde_json::Value::Null),
+            });
         }
     }
 
@@ -254,17 +288,7 @@ impl EventHub {
             .map(|s| s.tx.clone())
             .collect();
         if targets.is_empty() {
-            let size = event_bytes(&event);
-            while state.ring.len() >= RING_CAPACITY
-                || (!state.ring.is_empty() && state.ring_bytes + size > RING_MAX_BYTES)
-            {
-                if let Some(old) = state.ring.pop_front() {
-                    state.ring_bytes -= event_bytes(&old);
-                }
-                state.dropped += 1;
-            }
-            state.ring_bytes += size;
-            state.ring.push_back(event);
+            state.keep(event);
             return;
         }
         drop(state);
@@ -310,6 +334,11 @@ impl EventHub {
 
     /// Sends `event` to the agent.
     pub fn to_guest(&self, event: HostEvent) -> Result<(), String> {
+        self.tell_plugins(
+            msbvm_plugins::data::Direction::ToGuest,
+            &event.kind,
+            &event.data,
+        );
         let frame =
             msbvm_protocol::encode(&HostMessage::Event(event)).map_err(|e| e.to_string())?;
         let mut link = self.to_agent.lock().unwrap_or_else(|e| e.into_inner());

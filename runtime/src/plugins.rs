@@ -13,10 +13,10 @@ use std::ffi::OsString;
 use std::process::{Child, ExitCode};
 use std::sync::Arc;
 
-use msbvm_plugins::data::{Lifecycle, SandboxInfo};
+use msbvm_plugins::data::{FsAccess, Lifecycle, SandboxInfo};
 use msbvm_plugins::external::{External, ExternalSpec};
 use msbvm_plugins::serve::NOTICE_TOPIC;
-use msbvm_plugins::{Chain, FailurePolicy, Notice, NoticeSink, Plugin};
+use msbvm_plugins::{Chain, Decision, FailurePolicy, Hook, Notice, NoticeSink, Plugin};
 use msbvm_sdk::{Error, Result, RuntimeArgs, SandboxDir};
 
 use crate::event_hub::EventHub;
@@ -94,15 +94,93 @@ pub fn attach(
         plugins.push(Arc::new(external));
     }
     let chain = Arc::new(Chain::new(plugins, notices));
+    hub.set_plugins(chain.clone());
     if !chain.is_empty() {
         tracing::info!(plugins = ?chain.names(), hooks = ?chain.interests().iter().map(|h| h.name()).collect::<Vec<_>>(), "plugins attached");
     }
     Ok(chain)
 }
 
+/// The plugins' view of the guest's filesystem operations, as a virtio-fs hook: `fs`
+/// decides on the operations that reach a file or change the tree (a denial is `EACCES`),
+/// `fs.change` hears of the changes that succeeded. Lookups, attribute reads and the reads and
+/// writes through an open file are not asked about (the open was); paths are relative to the
+/// share (the root, or a volume's directory).
+pub struct FsPlugins(pub Arc<Chain>);
+
+impl FsPlugins {
+    /// The hook, if any plugin asked for `fs` or `fs.change`.
+    pub fn wanted(chain: &Arc<Chain>) -> Option<Arc<dyn msbvm_fs::hooks::Hook>> {
+        (chain.wants(Hook::Fs) || chain.wants(Hook::FsChange))
+            .then(|| Arc::new(FsPlugins(chain.clone())) as Arc<dyn msbvm_fs::hooks::Hook>)
+    }
+
+    fn access(op: &msbvm_fs::hooks::Op<'_>, size: u64) -> FsAccess {
+        let path = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        FsAccess {
+            op: op.kind.name().to_string(),
+            path: path(&op.path),
+            new_path: path(&op.new_path),
+            size,
+        }
+    }
+}
+
+impl msbvm_fs::hooks::Hook for FsPlugins {
+    fn before(&self, op: &msbvm_fs::hooks::Op<'_>) -> std::io::Result<()> {
+        use msbvm_fs::hooks::OpKind as K;
+        let decided = matches!(
+            op.kind,
+            K::Open
+                | K::Create
+                | K::Opendir
+                | K::Mkdir
+                | K::Mknod
+                | K::Symlink
+                | K::Link
+                | K::Unlink
+                | K::Rmdir
+                | K::Rename
+                | K::Setattr
+                | K::Setxattr
+                | K::Removexattr
+        );
+        if decided && self.0.wants(Hook::Fs) {
+            if let Decision::Deny { reason } = self.0.fs_access(&Self::access(op, op.size)) {
+                tracing::debug!(op = op.kind.name(), path = ?op.path, reason, "a plugin denied a file operation");
+                return Err(std::io::Error::from_raw_os_error(libc::EACCES));
+            }
+        }
+        Ok(())
+    }
+
+    fn after(&self, op: &msbvm_fs::hooks::Op<'_>, result: std::result::Result<u64, i32>) {
+        use msbvm_fs::hooks::OpKind as K;
+        let changed = matches!(
+            op.kind,
+            K::Write
+                | K::Create
+                | K::Mkdir
+                | K::Mknod
+                | K::Symlink
+                | K::Link
+                | K::Unlink
+                | K::Rmdir
+                | K::Rename
+                | K::Setattr
+                | K::Setxattr
+                | K::Removexattr
+                | K::Fallocate
+        );
+        if let (true, Ok(size)) = (changed && self.0.wants(Hook::FsChange), result) {
+            self.0.fs_change(&Self::access(op, size));
+        }
+    }
+}
+
 /// Tells the chain about a lifecycle step of sandbox `name`, if any plugin asked.
 pub fn lifecycle(chain: &Chain, name: &str, step: Lifecycle) {
-    if chain.wants(msbvm_plugins::Hook::Lifecycle) {
+    if chain.wants(Hook::Lifecycle) {
         chain.lifecycle(
             &SandboxInfo {
                 name: name.to_string(),
@@ -178,5 +256,65 @@ pub fn host_main(args: Vec<OsString>) -> ExitCode {
             eprintln!("msbvm __plugins: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use msbvm_fs::filesystem::{Context, FileSystem};
+    use msbvm_fs::hooks::Hooked;
+    use msbvm_fs::{MemoryFs, ROOT_INODE};
+    use msbvm_plugins::Interests;
+    use std::ffi::CString;
+    use std::sync::Mutex;
+
+    /// Denies anything named `forbidden`; records the changes it hears of.
+    struct Guard(Mutex<Vec<String>>);
+
+    impl Plugin for Guard {
+        fn name(&self) -> &str {
+            "guard"
+        }
+        fn interests(&self) -> Interests {
+            [Hook::Fs, Hook::FsChange].into_iter().collect()
+        }
+        fn fs_access(&self, a: &FsAccess) -> Decision {
+            if a.path.as_deref().is_some_and(|p| p.ends_with("forbidden")) {
+                Decision::deny("no")
+            } else {
+                Decision::Continue
+            }
+        }
+        fn fs_change(&self, c: &FsAccess) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{} {}", c.op, c.path.clone().unwrap_or_default()));
+        }
+    }
+
+    #[test]
+    fn plugins_decide_on_file_operations_and_hear_of_changes() {
+        let guard = Arc::new(Guard(Mutex::new(Vec::new())));
+        let chain = Arc::new(Chain::new(vec![guard.clone()], Arc::new(|_| {})));
+        let hook = FsPlugins::wanted(&chain).expect("the chain asked for fs hooks");
+        let fs = Hooked::new(MemoryFs::new(), vec![hook]);
+        let ctx = Context {
+            uid: 0,
+            gid: 0,
+            pid: 1,
+        };
+        let name = |s: &str| CString::new(s).unwrap();
+        let err = fs
+            .mkdir(&ctx, ROOT_INODE, &name("forbidden"), 0o755, 0)
+            .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EACCES));
+        fs.mkdir(&ctx, ROOT_INODE, &name("work"), 0o755, 0).unwrap();
+        assert_eq!(*guard.0.lock().unwrap(), ["mkdir /work"]);
+        assert!(
+            FsPlugins::wanted(&Arc::new(Chain::empty())).is_none(),
+            "no plugin asked: no hook, no cost"
+        );
     }
 }

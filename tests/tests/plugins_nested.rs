@@ -4,8 +4,9 @@
 //! `net-monitor`, from `--plugin`). The guard denies `rm -rf /` and rewrites an environment
 //! variable, and both take effect; a decision it answers past its timeout fails closed with
 //! an event; when it crashes the decision fails closed, an event says so, and it is
-//! restarted and decides again; `audit` and `net-monitor` see the same command and flow;
-//! `rate-limit` denies past its limit.
+//! restarted and decides again; `audit` and `net-monitor` see the same command and flow, and
+//! `audit` a file the guest writes and an event sent to it; `rate-limit` denies past its
+//! limit.
 //!
 //! L1 gets the host's Python interpreter and a zip of the pure-Python standard library
 //! (`PYTHONHOME=/py`); without `/usr/bin/python3` the test says so and is skipped.
@@ -45,6 +46,9 @@ check rm_reason $(echo "$out" | grep -c "denied by a plugin: rm -rf / is not all
 check root_intact "$($M exec pl -- sh -c 'test -x /bin/sh && echo intact')"
 # A flow, which audit and net-monitor see.
 check flow "$($M exec pl -- wget -q -O - http://host.msbvm.internal:8000/)"
+# A file the guest writes, and an event to the guest, which audit records.
+check file_written "$($M exec pl -- sh -c 'echo note > /root/note.txt && echo ok')"
+$M emit pl plug.test '{"x":1}' >/dev/null; check emit_rc $?
 
 # A decision past the guard's 3 s timeout fails closed, with an event.
 out=$($M exec pl -- slowcmd 2>&1); check slow_rc $?
@@ -74,6 +78,8 @@ check audit_no_denied $(grep -c 'rm","-rf' /tmp/audit.jsonl)
 check audit_rewritten $(grep '"kind":"exec"' /tmp/audit.jsonl | head -1 | grep -c GREETING)
 check audit_flow $(grep '"kind":"flow"' /tmp/audit.jsonl | grep -c '8000')
 check audit_stopped $(grep -c '"step":"stopped"' /tmp/audit.jsonl)
+check audit_file_write $(grep '"kind":"file"' /tmp/audit.jsonl | grep -c '"op":"write","path":"/root/note.txt"')
+check audit_event $(grep '"kind":"event"' /tmp/audit.jsonl | grep -c '"topic":"plug.test"')
 check netmon_connections $(grep -c '"connections": [1-9]' /tmp/netmon.json)
 grep -i "plugin" $MSBVM_HOME/sandboxes/pl/runtime.log | tail -20
 echo "CHECK done yes"
@@ -151,6 +157,8 @@ fn plugins_decide_observe_fail_closed_and_restart() {
             ("rm_reason", "1"),
             ("root_intact", "intact"),
             ("flow", "host-page"),
+            ("file_written", "ok"),
+            ("emit_rc", "0"),
             ("slow_rc", "125"),
             ("slow_reason", "1"),
             ("crash_rc", "125"),
@@ -158,8 +166,8 @@ fn plugins_decide_observe_fail_closed_and_restart() {
             ("denied_after_restart", "1"),
             ("rewritten_after_restart", "rewritten-by-guard"),
             ("rate_limited", "1"),
-            // 14 in the minute: the 4 allowed above, then 10 here.
-            ("rate_limit_count", "10"),
+            // 14 in the minute: the 5 allowed above, then 9 here.
+            ("rate_limit_count", "9"),
             ("events_timed_out", "1"),
             ("events_failed", "1"),
             ("events_restarted", "1"),
@@ -168,6 +176,8 @@ fn plugins_decide_observe_fail_closed_and_restart() {
             ("audit_rewritten", "1"),
             ("audit_flow", "1"),
             ("audit_stopped", "1"),
+            ("audit_file_write", "1"),
+            ("audit_event", "1"),
             ("netmon_connections", "1"),
             ("done", "yes"),
         ],

@@ -1,5 +1,6 @@
-//! `audit`: a JSON line per command (before it starts and when it ends), per lifecycle step,
-//! per closed flow with its bytes, per DNS answer and per event, appended to a file.
+//! `audit`: a JSON line per command (before it starts and when it ends), per change to a file
+//! (write, create, rename, remove, ...), per lifecycle step, per closed flow with its bytes,
+//! per DNS answer and per event, appended to a file.
 //!
 //! Configuration: `path=FILE` (default `audit.jsonl` in the sandbox's state directory). Put it
 //! last to record what the plugins before it made of each command.
@@ -12,7 +13,7 @@ use std::sync::Mutex;
 use serde_json::{json, Value};
 
 use super::{now_ms, pairs, Context};
-use crate::data::{DnsAnswer, Event, Exec, ExecEnded, FlowBytes, Lifecycle, SandboxInfo};
+use crate::data::{DnsAnswer, Event, Exec, ExecEnded, FlowBytes, FsAccess, Lifecycle, SandboxInfo};
 use crate::hook::{Hook, Interests};
 use crate::plugin::{Decision, FailurePolicy, Plugin};
 
@@ -78,6 +79,7 @@ impl Plugin for Audit {
             Hook::Lifecycle,
             Hook::ExecBefore,
             Hook::ExecAfter,
+            Hook::FsChange,
             Hook::Bytes,
             Hook::DnsAnswer,
             Hook::Event,
@@ -106,6 +108,10 @@ impl Plugin for Audit {
 
     fn exec_ended(&self, ended: &ExecEnded) {
         self.record("exec_end", json!(ended));
+    }
+
+    fn fs_change(&self, change: &FsAccess) {
+        self.record("file", json!(change));
     }
 
     fn flow_bytes(&self, bytes: &FlowBytes) {

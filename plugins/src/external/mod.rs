@@ -287,6 +287,10 @@ impl Plugin for External {
         self.decide(Hook::Fs, access).0
     }
 
+    fn fs_change(&self, change: &FsAccess) {
+        self.notify(Hook::FsChange, change);
+    }
+
     fn flow(&self, flow: &Flow) -> Decision {
         self.decide(Hook::Flow, flow).0
     }
