@@ -165,7 +165,8 @@ pub fn load_user_file(path: &Path) -> Result<Vec<PluginSpec>, String> {
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn parse_user_file(text: &str, dir: &Path) -> Result<Vec<PluginSpec>, String> {
+/// The plugins of a defaults file's `text`; relative executable paths are taken from `dir`.
+pub fn parse_user_file(text: &str, dir: &Path) -> Result<Vec<PluginSpec>, String> {
     let file: UserFile = toml::from_str(text).map_err(|e| e.to_string())?;
     file.plugin
         .into_iter()
