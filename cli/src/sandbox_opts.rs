@@ -110,6 +110,23 @@ pub struct SandboxArgs {
     pub no_default_plugins: bool,
 }
 
+/// The plugins of `--plugin` arguments; executables' paths are taken from the working
+/// directory.
+pub fn parse_plugins(texts: &[String]) -> Result<Vec<msbvm_sdk::plugins::PluginSpec>, Error> {
+    if texts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let cwd = std::env::current_dir()
+        .map_err(|e| Error::InvalidConfig(format!("--plugin: no working directory: {e}")))?;
+    texts
+        .iter()
+        .map(|text| {
+            msbvm_sdk::plugins::PluginSpec::parse(text, &cwd)
+                .map_err(|e| Error::InvalidConfig(format!("--plugin {text}: {e}")))
+        })
+        .collect()
+}
+
 impl SandboxArgs {
     /// The spec these options describe. `raw_args` are the process's arguments, needed
     /// because clap keeps --net-allow and --net-deny in two lists and their relative order
@@ -205,17 +222,7 @@ impl SandboxArgs {
                 out = spec::load_user_file(&file).map_err(Error::InvalidConfig)?;
             }
         }
-        if self.plugins.is_empty() {
-            return Ok(out);
-        }
-        let cwd = std::env::current_dir()
-            .map_err(|e| Error::InvalidConfig(format!("--plugin: no working directory: {e}")))?;
-        for text in &self.plugins {
-            out.push(
-                spec::PluginSpec::parse(text, &cwd)
-                    .map_err(|e| Error::InvalidConfig(format!("--plugin {text}: {e}")))?,
-            );
-        }
+        out.extend(parse_plugins(&self.plugins)?);
         Ok(out)
     }
 

@@ -67,6 +67,13 @@ pub struct ForkArgs {
     /// Memory in MiB (only the snapshot's size is possible).
     #[arg(long = "memory", value_name = "MIB")]
     pub memory_mib: Option<u64>,
+    /// The forks' plugins (NAME_OR_PATH[:CONFIG], as for `run`), instead of the snapshot
+    /// source's, which forks run by default; repeatable.
+    #[arg(long = "plugin", value_name = "NAME_OR_PATH[:CONFIG]")]
+    pub plugins: Vec<String>,
+    /// Run no plugins in the forks.
+    #[arg(long = "no-plugins", conflicts_with = "plugins")]
+    pub no_plugins: bool,
 }
 
 /// Runs a `snapshot` subcommand; returns the exit status.
@@ -166,6 +173,9 @@ pub async fn fork(args: ForkArgs) -> Result<u8, Error> {
     }
     if let Some(mib) = args.memory_mib {
         builder = builder.memory_mib(mib);
+    }
+    if args.no_plugins || !args.plugins.is_empty() {
+        builder = builder.plugins(crate::sandbox_opts::parse_plugins(&args.plugins)?);
     }
     let started = std::time::Instant::now();
     let forks = builder.create().await?;

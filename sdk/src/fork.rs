@@ -37,6 +37,7 @@ pub struct ForkBuilder {
     secrets: Vec<Secret>,
     net_rules: Vec<NetRule>,
     net_default_allow: Option<bool>,
+    plugins: Option<Vec<msbvm_plugins::PluginSpec>>,
 }
 
 impl ForkBuilder {
@@ -53,7 +54,15 @@ impl ForkBuilder {
             secrets: Vec::new(),
             net_rules: Vec::new(),
             net_default_allow: None,
+            plugins: None,
         }
+    }
+
+    /// The forks' plugins, instead of the snapshot source's (which forks run by default);
+    /// an empty list runs none.
+    pub fn plugins(mut self, plugins: Vec<msbvm_plugins::PluginSpec>) -> Self {
+        self.plugins = Some(plugins);
+        self
     }
 
     /// How many forks to start, at once (default 1, at most [`MAX_FORKS`]).
@@ -166,6 +175,9 @@ impl ForkBuilder {
         let online_cpus = online_cpus(&self.snapshot, self.cpus, info.cpus)?;
         let mut spec = info.spec.clone();
         spec.fork_of = Some(dir);
+        if let Some(plugins) = &self.plugins {
+            spec.plugins = plugins.clone();
+        }
         spec.online_cpus = online_cpus;
         spec.parent = None;
         if !self.net_rules.is_empty() {

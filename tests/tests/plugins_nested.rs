@@ -67,6 +67,13 @@ n=0; while [ $n -lt 40 ]; do out=$($M exec pl -- true 2>&1) || break; n=$((n+1))
 check rate_limited $(echo "$out" | grep -c "rate limit: at most 14 commands per minute")
 check rate_limit_count $n
 
+# Forks run the snapshot source's plugins, or others, or none.
+$M snapshot create pl --tag plsnap >/dev/null 2>&1; check snap_rc $?
+$M fork plsnap --name plf >/dev/null 2>&1; check fork_rc $?
+check fork_guarded $($M exec plf -- rm -rf / 2>&1 | grep -c "not allowed here")
+$M fork plsnap --name plf2 --no-plugins >/dev/null 2>&1; check fork2_rc $?
+check fork_unguarded "$($M exec plf2 -e GREETING=original -- sh -c 'echo $GREETING')"
+$M stop plf >/dev/null 2>&1; $M stop plf2 >/dev/null 2>&1
 $M stop pl >/dev/null 2>&1
 sleep 1
 kill %1 2>/dev/null
@@ -78,6 +85,8 @@ check audit_no_denied $(grep -c 'rm","-rf' /tmp/audit.jsonl)
 check audit_rewritten $(grep '"kind":"exec"' /tmp/audit.jsonl | head -1 | grep -c GREETING)
 check audit_flow $(grep '"kind":"flow"' /tmp/audit.jsonl | grep -c '8000')
 check audit_stopped $(grep -c '"step":"stopped"' /tmp/audit.jsonl)
+check audit_snapshotted $(grep '"sandbox":"pl"' /tmp/audit.jsonl | grep -c '"step":"snapshotted"')
+check audit_forked $(grep '"sandbox":"plf"' /tmp/audit.jsonl | grep -c '"step":"forked"')
 check audit_file_write $(grep '"kind":"file"' /tmp/audit.jsonl | grep -c '"op":"write","path":"/root/note.txt"')
 check audit_event $(grep '"kind":"event"' /tmp/audit.jsonl | grep -c '"topic":"plug.test"')
 check netmon_connections $(grep -c '"connections": [1-9]' /tmp/netmon.json)
@@ -175,7 +184,14 @@ fn plugins_decide_observe_fail_closed_and_restart() {
             ("audit_no_denied", "0"),
             ("audit_rewritten", "1"),
             ("audit_flow", "1"),
-            ("audit_stopped", "1"),
+            ("snap_rc", "0"),
+            ("fork_rc", "0"),
+            ("fork_guarded", "1"),
+            ("fork2_rc", "0"),
+            ("fork_unguarded", "original"),
+            ("audit_stopped", "2"),
+            ("audit_snapshotted", "1"),
+            ("audit_forked", "1"),
             ("audit_file_write", "1"),
             ("audit_event", "1"),
             ("netmon_connections", "1"),
