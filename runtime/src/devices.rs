@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use msbvm_fs::hooks::{AuditLog, Hook, Hooked};
+use msbvm_fs::hooks::{Hook, Hooked};
 use msbvm_fs::{FileSystem, LayeredConfig, LayeredFs, PassthroughConfig, PassthroughFs};
 use msbvm_fs::{IdMap, Server, ServerOptions};
 use msbvm_image::{ImageConfig, ImageStore, LayerLease};
@@ -38,8 +38,6 @@ pub const ROOT_TAG: &str = "root";
 pub const GUEST_MAC: [u8; 6] = [0x02, 0x6d, 0x73, 0x62, 0x00, 0x0f];
 /// Name of the copy-on-write directory of an image root, in the state directory.
 pub const UPPER_DIR: &str = "upper";
-/// File accesses of the guest (the audit hook), one JSON object per line.
-pub const FS_AUDIT_FILE: &str = "fs-audit.jsonl";
 
 /// The image's defaults for execs, resolved by the runtime.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -93,8 +91,8 @@ impl Drop for Devices {
 /// runtime process, not in the SDK user's.
 #[derive(Clone, Default)]
 pub struct Extensions {
-    /// Hooks on every virtio-fs share (root and volumes), outermost first; the built-in
-    /// audit log (`MSBVM_FS_AUDIT=1`) comes after them.
+    /// Hooks on every virtio-fs share (root and volumes), outermost first; the plugins'
+    /// file hooks (`fs`, `fs.change`) come after them.
     pub fs_hooks: Vec<Arc<dyn Hook>>,
     /// In-process plugins ([`msbvm_plugins::Plugin`]), in order; they run before the
     /// plugins the sandbox's spec configures.
@@ -137,7 +135,6 @@ pub fn build(
     };
     let mut hooks = extensions.fs_hooks.clone();
     hooks.extend(crate::plugins::FsPlugins::wanted(plugins));
-    hooks.extend(open_audit_log(dir)?);
     match &spec.root {
         RootSpec::Initramfs => devices.initramfs_root = true,
         RootSpec::Image { reference } => {
@@ -224,20 +221,6 @@ pub fn build(
         ));
     }
     Ok(devices)
-}
-
-/// The audit log of guest file accesses, when `MSBVM_FS_AUDIT=1` asks for it.
-fn open_audit_log(dir: &SandboxDir) -> Result<Option<Arc<dyn Hook>>> {
-    if std::env::var("MSBVM_FS_AUDIT").as_deref() != Ok("1") {
-        return Ok(None);
-    }
-    let path = dir.path().join(FS_AUDIT_FILE);
-    let log = CappedLog::open(&path, max_bytes_from_env())
-        .map_err(Error::io(format!("opening {}", path.display())))?;
-    // Line-buffered, so the cap's rotation never splits a record.
-    Ok(Some(Arc::new(AuditLog::to_writer(
-        std::io::LineWriter::new(log),
-    ))))
 }
 
 /// The FUSE server of one share: `fs` behind `hooks` (if any).

@@ -1,6 +1,6 @@
 //! Size-capped log files, and reading them as streams.
 //!
-//! A sandbox's logs (`console.log`, `runtime.log`, `net-events.jsonl`, `fs-audit.jsonl`) are
+//! A sandbox's logs (`console.log`, `runtime.log`, `net-events.jsonl`) are
 //! written from what the guest does, so a guest could otherwise fill the host's disk. Each is
 //! a [`CappedLog`]: when a write would take the file past its cap, the file is renamed to
 //! `<name>.1` (replacing the previous one) and a new one is started, so a log never takes more
