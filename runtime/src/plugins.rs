@@ -129,22 +129,7 @@ impl FsPlugins {
 impl msbvm_fs::hooks::Hook for FsPlugins {
     fn before(&self, op: &msbvm_fs::hooks::Op<'_>) -> std::io::Result<()> {
         use msbvm_fs::hooks::OpKind as K;
-        let decided = matches!(
-            op.kind,
-            K::Open
-                | K::Create
-                | K::Opendir
-                | K::Mkdir
-                | K::Mknod
-                | K::Symlink
-                | K::Link
-                | K::Unlink
-                | K::Rmdir
-                | K::Rename
-                | K::Setattr
-                | K::Setxattr
-                | K::Removexattr
-        );
+        let decided = changes_tree(op.kind) || matches!(op.kind, K::Open | K::Opendir);
         if decided && self.0.wants(Hook::Fs) {
             if let Decision::Deny { reason } = self.0.fs_access(&Self::access(op, op.size)) {
                 tracing::debug!(op = op.kind.name(), path = ?op.path, reason, "a plugin denied a file operation");
@@ -156,26 +141,30 @@ impl msbvm_fs::hooks::Hook for FsPlugins {
 
     fn after(&self, op: &msbvm_fs::hooks::Op<'_>, result: std::result::Result<u64, i32>) {
         use msbvm_fs::hooks::OpKind as K;
-        let changed = matches!(
-            op.kind,
-            K::Write
-                | K::Create
-                | K::Mkdir
-                | K::Mknod
-                | K::Symlink
-                | K::Link
-                | K::Unlink
-                | K::Rmdir
-                | K::Rename
-                | K::Setattr
-                | K::Setxattr
-                | K::Removexattr
-                | K::Fallocate
-        );
+        let changed = changes_tree(op.kind) || matches!(op.kind, K::Write | K::Fallocate);
         if let (true, Ok(size)) = (changed && self.0.wants(Hook::FsChange), result) {
             self.0.fs_change(&Self::access(op, size));
         }
     }
+}
+
+/// Whether an operation of `kind` changes the tree or a node's metadata.
+fn changes_tree(kind: msbvm_fs::hooks::OpKind) -> bool {
+    use msbvm_fs::hooks::OpKind as K;
+    matches!(
+        kind,
+        K::Create
+            | K::Mkdir
+            | K::Mknod
+            | K::Symlink
+            | K::Link
+            | K::Unlink
+            | K::Rmdir
+            | K::Rename
+            | K::Setattr
+            | K::Setxattr
+            | K::Removexattr
+    )
 }
 
 /// Tells the chain about a lifecycle step of sandbox `name`, if any plugin asked.

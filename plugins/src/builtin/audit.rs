@@ -7,36 +7,17 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::PathBuf;
 use std::sync::Mutex;
 
 use serde_json::{json, Value};
 
-use super::{now_ms, pairs, Context};
+use super::{now_ms, Context};
 use crate::data::{DnsAnswer, Event, Exec, ExecEnded, FlowBytes, FsAccess, Lifecycle, SandboxInfo};
 use crate::hook::{Hook, Interests};
 use crate::plugin::{Decision, FailurePolicy, Plugin};
 
-/// `audit`'s settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Config {
-    /// Where the lines go; `None` for the default.
-    pub path: Option<PathBuf>,
-}
-
-impl Config {
-    /// Parses `path=FILE`.
-    pub fn parse(config: Option<&str>) -> Result<Config, String> {
-        let mut c = Config { path: None };
-        for (_, v) in pairs("audit", config, &["path"])? {
-            if v.is_empty() {
-                return Err("audit: path is empty".into());
-            }
-            c.path = Some(PathBuf::from(v));
-        }
-        Ok(c)
-    }
-}
+/// `audit`'s settings: `path=FILE`.
+pub type Config = super::OutputPath;
 
 /// The `audit` plugin.
 pub struct Audit {
@@ -141,7 +122,7 @@ mod tests {
             sandbox: "sb".into(),
             dir: dir.path().into(),
         };
-        let audit = Audit::open(Config::parse(None).unwrap(), &cx).unwrap();
+        let audit = Audit::open(Config::parse_for("audit", None).unwrap(), &cx).unwrap();
         let mut exec = Exec {
             argv: vec!["ls".into()],
             env: vec![("SECRET".into(), "value".into())],
@@ -162,7 +143,7 @@ mod tests {
             "environment values are not recorded"
         );
         assert_eq!(lines[1]["data"]["step"], "started");
-        assert!(Config::parse(Some("path=")).is_err());
-        assert!(Config::parse(Some("file=x")).is_err());
+        assert!(Config::parse_for("audit", Some("path=")).is_err());
+        assert!(Config::parse_for("audit", Some("file=x")).is_err());
     }
 }

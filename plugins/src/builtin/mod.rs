@@ -22,12 +22,32 @@ pub struct Context {
     pub dir: PathBuf,
 }
 
+/// The settings of a plugin that writes one file: `path=FILE`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputPath {
+    /// Where its output goes; `None` for its default.
+    pub path: Option<PathBuf>,
+}
+
+impl OutputPath {
+    /// Parses `path=FILE` for `plugin`.
+    pub fn parse_for(plugin: &str, config: Option<&str>) -> Result<OutputPath, String> {
+        let mut c = OutputPath { path: None };
+        for (_, v) in pairs(plugin, config, &["path"])? {
+            if v.is_empty() {
+                return Err(format!("{plugin}: path is empty"));
+            }
+            c.path = Some(PathBuf::from(v));
+        }
+        Ok(c)
+    }
+}
+
 /// Checks `config` for the shipped plugin `name` without starting it.
 pub fn check(name: &str, config: Option<&str>) -> Result<(), String> {
     match name {
-        "audit" => audit::Config::parse(config).map(|_| ()),
+        "audit" | "net-monitor" => OutputPath::parse_for(name, config).map(|_| ()),
         "rate-limit" => rate_limit::Config::parse(config).map(|_| ()),
-        "net-monitor" => net_monitor::Config::parse(config).map(|_| ()),
         other => Err(format!("no shipped plugin is called {other:?}")),
     }
 }
@@ -35,12 +55,15 @@ pub fn check(name: &str, config: Option<&str>) -> Result<(), String> {
 /// Starts the shipped plugin `name`.
 pub fn start(name: &str, config: Option<&str>, cx: &Context) -> Result<Arc<dyn Plugin>, String> {
     Ok(match name {
-        "audit" => Arc::new(audit::Audit::open(audit::Config::parse(config)?, cx)?),
+        "audit" => Arc::new(audit::Audit::open(
+            OutputPath::parse_for(name, config)?,
+            cx,
+        )?),
         "rate-limit" => Arc::new(rate_limit::RateLimit::new(rate_limit::Config::parse(
             config,
         )?)),
         "net-monitor" => Arc::new(net_monitor::NetMonitor::new(
-            net_monitor::Config::parse(config)?,
+            OutputPath::parse_for(name, config)?,
             cx,
         )),
         other => return Err(format!("no shipped plugin is called {other:?}")),

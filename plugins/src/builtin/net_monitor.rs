@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{pairs, Context};
+use super::Context;
 use crate::data::{DnsAnswer, FlowBytes, Lifecycle, SandboxInfo};
 use crate::hook::{Hook, Interests};
 use crate::plugin::Plugin;
@@ -25,26 +25,8 @@ const MAX_NAMES: usize = 4096;
 const MAX_HOSTS: usize = 4096;
 const WRITE_EVERY: Duration = Duration::from_secs(1);
 
-/// `net-monitor`'s settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Config {
-    /// Where the table goes; `None` for the default.
-    pub path: Option<PathBuf>,
-}
-
-impl Config {
-    /// Parses `path=FILE`.
-    pub fn parse(config: Option<&str>) -> Result<Config, String> {
-        let mut c = Config { path: None };
-        for (_, v) in pairs("net-monitor", config, &["path"])? {
-            if v.is_empty() {
-                return Err("net-monitor: path is empty".into());
-            }
-            c.path = Some(PathBuf::from(v));
-        }
-        Ok(c)
-    }
-}
+/// `net-monitor`'s settings: `path=FILE`.
+pub type Config = super::OutputPath;
 
 /// One host's counts.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -174,7 +156,7 @@ mod tests {
             sandbox: "sb".into(),
             dir: dir.path().into(),
         };
-        let m = NetMonitor::new(Config::parse(None).unwrap(), &cx);
+        let m = NetMonitor::new(Config::parse_for("net-monitor", None).unwrap(), &cx);
         m.dns_answer(&DnsAnswer {
             name: "example.com".into(),
             qtype: "A".into(),
