@@ -25,7 +25,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use msbvm_benches::boot_runs::{env_count, FIRECRACKER_ENV};
-use msbvm_benches::{bench_mode, error_exit, median};
+use msbvm_benches::{bench_mode, error_exit, median, spread};
 use msbvm_tests::artifacts::{target_dir, GuestArtifacts, Progress, StaticBuild, L1_KERNEL};
 use msbvm_tests::{nested, Error, NestedVm, Stream};
 
@@ -57,16 +57,6 @@ fn parse(console: &str) -> Vec<Sample> {
             })
         })
         .collect()
-}
-
-/// `median [min-max]` of `values`.
-fn spread(values: &[f64], digits: usize) -> String {
-    let Some(m) = median(values.to_vec()) else {
-        return "-".into();
-    };
-    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{m:.digits$} [{min:.digits$}-{max:.digits$}]")
 }
 
 fn bench() -> Result<bool, Error> {

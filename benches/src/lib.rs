@@ -405,6 +405,16 @@ pub fn to_json(setup: &BootSetup, samples: &[Sample], summaries: &[Summary]) -> 
     j
 }
 
+/// `median [min-max]` of `values`, with `digits` decimals (`-` when there are none).
+pub fn spread(values: &[f64], digits: usize) -> String {
+    let Some(m) = median(values.to_vec()) else {
+        return "-".into();
+    };
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{m:.digits$} [{min:.digits$}-{max:.digits$}]")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,191 @@
+//! Plugin cost benchmark (issue 14 §2): three sandboxes side by side in one L1 machine,
+//! interleaved run by run: *none* (no plugin), *observer* (an out-of-process plugin watching
+//! only `exec.after`, so commands pass the exec gateway) and *audit* (the shipped `audit`, in
+//! the plugin host: `exec.before`, `exec.after`, `fs.change`, flows, events).
+//!
+//! ```text
+//! cargo bench -p msbvm-benches --bench plugins
+//! ```
+//!
+//! Per run and sandbox: 20 × `msbvm exec S -- true` (the CLI, process start included; ms per
+//! exec), 300 files created and written then removed in the guest (ms), and a 32 MiB `wget`
+//! from L1's loopback (ms); each run starts with another of the three. The table gives
+//! medians with their range, and each row's ratio to *none* computed run by run. Timing in L1 is `/proc/uptime` (10 ms resolution). Every sample
+//! goes to `target/bench-plugins.json`. An in-process observer (a Rust plugin of a program
+//! embedding the runtime) is not measured here.
+//!
+//! Environment: `MSBVM_BENCH_RUNS` (default 3), `MSBVM_BENCH_L1_MIB` (default 3072),
+//! `MSBVM_STATIC_DIR`, `MSBVM_SKIP_NESTED=1`. Numbers from an emulated L1: compare them with
+//! each other only.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use msbvm_benches::boot_runs::env_count;
+use msbvm_benches::{bench_mode, error_exit, spread};
+use msbvm_tests::artifacts::{target_dir, GuestArtifacts, Progress, StaticBuild, L1_KERNEL};
+use msbvm_tests::{nested, Error, NestedVm, Stream};
+
+const RESULT: &str = "msbvm-plugins-bench: result";
+const AGENT_BIN: &str = "msbvm-agent";
+const L1_AGENT: &str = "/bin/msbvm-agent";
+const SANDBOXES: [&str; 3] = ["none", "observer", "audit"];
+const KINDS: [(&str, &str); 3] = [
+    ("exec", "exec round trip (ms per exec)"),
+    ("fs", "300 files written and removed (ms)"),
+    ("net", "32 MiB over HTTP (ms)"),
+];
+
+/// The L1 script: `@RUNS@` rounds over the three sandboxes.
+const SCRIPT: &str = r#"export MSBVM_HOME=/tmp/msbvm MSBVM_KERNEL=@KERNEL@ HOME=/root
+mkdir -p /root /www
+[ -e /etc/passwd ] || echo 'root:x:0:0:root:/root:/bin/sh' > /etc/passwd
+[ -e /etc/group ] || echo 'root:x:0:' > /etc/group
+M=/bin/msbvm
+ms() { read u _ < /proc/uptime; echo $(( ${u%.*}${u#*.}0 )); }
+result() { echo "@RESULT@ kind=$1 sandbox=$2 run=$3 value=$4"; }
+dd if=/dev/urandom of=/www/big bs=1M count=32 2>/dev/null
+httpd -f -p 127.0.0.1:8000 -h /www &
+cat > /tmp/observer.sh <<'EOS'
+#!/bin/sh
+read hello
+echo '{"type":"hello","protocol":1,"name":"observer","hooks":["exec.after"]}'
+cat > /dev/null
+EOS
+chmod +x /tmp/observer.sh
+$M run -d --name none --net-allow host >/dev/null || echo FAILED none
+$M run -d --name observer --net-allow host --plugin /tmp/observer.sh >/dev/null || echo FAILED observer
+$M run -d --name audit --net-allow host --plugin audit:path=/tmp/audit.jsonl >/dev/null || echo FAILED audit
+for s in none observer audit; do $M exec $s -- true || echo FAILED warm-up $s; done
+# Guest-side elapsed time of a shell command, in ms.
+guest_ms() { $M exec $1 -- sh -c "a=\$(cat /proc/uptime); $2; b=\$(cat /proc/uptime); echo \$a \$b" | {
+  read a _ b _; echo $(( (${b%.*}${b#*.} - ${a%.*}${a#*.}) * 10 )); }; }
+# Each run starts with another sandbox, so no one always goes first.
+order() { case $(( $1 % 3 )) in 1) echo none observer audit;; 2) echo observer audit none;; *) echo audit none observer;; esac; }
+run=1
+while [ $run -le @RUNS@ ]; do
+  for s in $(order $run); do
+    t0=$(ms); i=0; while [ $i -lt 20 ]; do $M exec $s -- true || echo FAILED exec $s; i=$((i+1)); done
+    result exec $s $run $(( ($(ms) - t0) / 20 ))
+  done
+  for s in $(order $run); do
+    result fs $s $run $(guest_ms $s 'mkdir -p /root/f; i=0; while [ $i -lt 300 ]; do echo x > /root/f/$i; i=$((i+1)); done; rm -rf /root/f')
+  done
+  for s in $(order $run); do
+    result net $s $run $(guest_ms $s 'wget -q -O /dev/null http://host.msbvm.internal:8000/big')
+  done
+  run=$((run+1))
+done
+echo "bench: audit lines $(wc -l < /tmp/audit.jsonl)"
+echo "bench: done"
+"#;
+
+/// One result line.
+#[derive(Debug, Clone)]
+struct Sample {
+    kind: String,
+    sandbox: String,
+    run: u32,
+    value: f64,
+}
+
+fn parse(console: &str) -> Vec<Sample> {
+    console
+        .lines()
+        .filter_map(|line| {
+            let get = |k: &str| msbvm_tests::report::field(line, RESULT, k);
+            Some(Sample {
+                kind: get("kind")?.to_string(),
+                sandbox: get("sandbox")?.to_string(),
+                run: get("run")?.parse().ok()?,
+                value: get("value")?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+fn bench() -> Result<bool, Error> {
+    let runs = env_count("MSBVM_BENCH_RUNS", 3);
+    let l1_mib = env_count("MSBVM_BENCH_L1_MIB", 3072);
+    nested::preflight()?;
+    let build = StaticBuild::new().bin("msbvm-guest-agent", AGENT_BIN);
+    let artifacts = GuestArtifacts::prepare(&build, Progress::Lines)?;
+    let vm = artifacts
+        .add_to(NestedVm::builder())
+        .memory_mib(l1_mib)
+        .add_file(&artifacts.binaries.extra[AGENT_BIN], L1_AGENT)
+        .stream(Stream::Stderr);
+    let script = SCRIPT
+        .replace("@KERNEL@", L1_KERNEL)
+        .replace("@RESULT@", RESULT)
+        .replace("@RUNS@", &runs.to_string());
+    eprintln!("plugins bench: {runs} interleaved runs of three sandboxes, in one L1 machine");
+    let out = vm.timeout(Duration::from_secs(3600)).run_script(&script)?;
+    eprintln!("plugins bench: L1 ran {:.1} s", out.elapsed.as_secs_f64());
+    let samples = parse(&out.console);
+    let failed: Vec<&str> = out
+        .console
+        .lines()
+        .filter(|l| l.contains("FAILED"))
+        .collect();
+    for line in &failed {
+        println!("{line}");
+    }
+
+    println!();
+    println!("Plugins' cost ({runs} interleaved runs, nested L1; ratio to no plugin, run by run)");
+    for (kind, title) in KINDS {
+        println!("{title}");
+        let none: BTreeMap<u32, f64> = samples
+            .iter()
+            .filter(|s| s.kind == kind && s.sandbox == "none")
+            .map(|s| (s.run, s.value))
+            .collect();
+        for sandbox in SANDBOXES {
+            let list: Vec<&Sample> = samples
+                .iter()
+                .filter(|s| s.kind == kind && s.sandbox == sandbox)
+                .collect();
+            let values: Vec<f64> = list.iter().map(|s| s.value).collect();
+            let ratios: Vec<f64> = list
+                .iter()
+                .filter_map(|s| none.get(&s.run).filter(|v| **v > 0.0).map(|v| s.value / v))
+                .collect();
+            println!(
+                "  {sandbox:<10} {:>26} {:>24}",
+                spread(&values, 0),
+                spread(&ratios, 2)
+            );
+        }
+    }
+
+    let json = serde_json::json!({
+        "runs": runs,
+        "samples": samples.iter().map(|s| serde_json::json!({
+            "kind": s.kind, "sandbox": s.sandbox, "run": s.run, "value": s.value,
+        })).collect::<Vec<_>>(),
+    });
+    let path = target_dir().join("bench-plugins.json");
+    std::fs::write(&path, json.to_string()).map_err(|source| Error::Io {
+        context: format!("cannot write {}", path.display()),
+        source,
+    })?;
+    println!("results written to {}", path.display());
+    let complete = samples.len() == runs as usize * SANDBOXES.len() * KINDS.len();
+    Ok(failed.is_empty() && complete && out.console.contains("bench: done"))
+}
+
+fn main() -> ExitCode {
+    if !bench_mode("plugins") {
+        return ExitCode::SUCCESS;
+    }
+    match bench() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("plugins bench: some measurements failed (FAILED lines above)");
+            ExitCode::FAILURE
+        }
+        Err(e) => error_exit("plugins", &e),
+    }
+}
