@@ -65,8 +65,11 @@ def change(data):
 class Plugin:
     """One plugin: handlers per hook, and the loop that serves them."""
 
-    def __init__(self, name):
+    def __init__(self, name, limits=None):
+        """``limits``: what the sandbox enforces itself for this plugin, such as
+        ``{"net_bytes_per_sec": 1048576}`` (see PROTOCOL.md)."""
         self.name = name
+        self.limits = limits or {}
         self.config = None
         self.sandbox = None
         self._handlers = {}
@@ -109,6 +112,7 @@ class Plugin:
                         "protocol": PROTOCOL_VERSION,
                         "name": self.name,
                         "hooks": sorted(self._handlers),
+                        "limits": self.limits,
                     }
                 )
             elif kind == "decide":

@@ -19,7 +19,7 @@ use crate::data::{
     HttpRequest, Lifecycle, SandboxInfo,
 };
 use crate::hook::{Hook, Interests};
-use crate::plugin::{Decision, FailurePolicy, Notice, NoticeSink, Plugin};
+use crate::plugin::{Decision, FailurePolicy, Limits, Notice, NoticeSink, Plugin};
 
 /// The plugins of one sandbox. Cheap to share (`Arc`); every method takes `&self`.
 pub struct Chain {
@@ -55,6 +55,13 @@ impl Chain {
     /// A chain with no plugins.
     pub fn empty() -> Self {
         Chain::new(Vec::new(), Arc::new(|_| {}))
+    }
+
+    /// The tightest of the limits the plugins ask for.
+    pub fn limits(&self) -> Limits {
+        self.plugins
+            .iter()
+            .fold(Limits::default(), |all, p| all.tightest(p.limits()))
     }
 
     /// Whether any plugin asked for `hook`.

@@ -35,6 +35,9 @@ pub enum Lifecycle {
         /// The snapshot's name.
         snapshot: String,
     },
+    /// The stopped sandbox is being removed with its state (a sandbox run attached, without
+    /// `-d`; a detached one removed later by `msbvm rm` has no plugins running to tell).
+    Removed,
 }
 
 /// A command about to start in the guest. A plugin may change any field.

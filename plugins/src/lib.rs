@@ -23,13 +23,15 @@ mod chain;
 pub mod data;
 pub mod external;
 mod hook;
+pub mod offload;
 mod plugin;
 pub mod serve;
 pub mod spec;
 
 pub use chain::Chain;
 pub use hook::{Hook, Interests};
-pub use plugin::{Decision, FailurePolicy, Notice, NoticeSink, Plugin};
+pub use offload::Offload;
+pub use plugin::{Decision, FailurePolicy, Limits, Notice, NoticeSink, Plugin};
 pub use spec::{PluginSpec, Source};
 
 /// The thread kind this crate's threads announce to [`set_thread_hook`]'s hook.

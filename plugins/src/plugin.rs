@@ -37,6 +37,29 @@ impl Decision {
     }
 }
 
+/// Limits a plugin asks the sandbox to enforce. With several plugins, the tightest applies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Bytes per second the sandbox's network moves each way (frames between the guest and
+    /// the network stack, headers included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_bytes_per_sec: Option<u64>,
+}
+
+impl Limits {
+    /// The tighter of `self` and `other`, field by field.
+    pub fn tightest(self, other: Limits) -> Limits {
+        let min = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Limits {
+            net_bytes_per_sec: min(self.net_bytes_per_sec, other.net_bytes_per_sec),
+        }
+    }
+}
+
 /// What a sandbox does with a decision hook when its plugin cannot answer (it timed out,
 /// crashed, or gave up restarting).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +94,12 @@ pub trait Plugin: Send + Sync {
     /// out-of-process plugins; an in-process hook runs to its end).
     fn timeout(&self) -> Duration {
         Duration::from_secs(1)
+    }
+
+    /// Limits the sandbox enforces itself for this plugin, where asking a plugin per packet
+    /// would cost too much (read once, when the sandbox starts).
+    fn limits(&self) -> Limits {
+        Limits::default()
     }
 
     /// A step in the sandbox's life.

@@ -95,7 +95,7 @@ pub fn serve<W: Write + Send + 'static>(
                 write_line(
                     &output,
                     &json!({"type": "hello", "protocol": protocol::PROTOCOL_VERSION,
-                            "name": "plugins", "hooks": hooks}),
+                            "name": "plugins", "hooks": hooks, "limits": chain.limits()}),
                 );
             }
             _ if !greeted => return Err("the sandbox did not say hello first".into()),

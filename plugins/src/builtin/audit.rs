@@ -1,6 +1,7 @@
 //! `audit`: a JSON line per command (before it starts and when it ends), per change to a file
 //! (write, create, rename, remove, ...), per lifecycle step, per closed flow with its bytes,
-//! per DNS answer and per event, appended to a file.
+//! per DNS answer, per inspected HTTP request (method, host, path and header *names*: values
+//! carry credentials) and per event, appended to a file.
 //!
 //! Configuration: `path=FILE` (default `audit.jsonl` in the sandbox's state directory). Put it
 //! last to record what the plugins before it made of each command.
@@ -12,7 +13,9 @@ use std::sync::Mutex;
 use serde_json::{json, Value};
 
 use super::{now_ms, Context};
-use crate::data::{DnsAnswer, Event, Exec, ExecEnded, FlowBytes, FsAccess, Lifecycle, SandboxInfo};
+use crate::data::{
+    DnsAnswer, Event, Exec, ExecEnded, FlowBytes, FsAccess, HttpRequest, Lifecycle, SandboxInfo,
+};
 use crate::hook::{Hook, Interests};
 use crate::plugin::{Decision, FailurePolicy, Plugin};
 
@@ -63,6 +66,7 @@ impl Plugin for Audit {
             Hook::FsChange,
             Hook::Bytes,
             Hook::DnsAnswer,
+            Hook::Http,
             Hook::Event,
         ]
         .into_iter()
@@ -101,6 +105,15 @@ impl Plugin for Audit {
 
     fn dns_answer(&self, answer: &DnsAnswer) {
         self.record("dns", json!(answer));
+    }
+
+    fn http_request(&self, request: &mut HttpRequest) -> Decision {
+        self.record(
+            "http",
+            json!({"method": request.method, "host": request.host, "path": request.path,
+                   "headers": request.headers.iter().map(|(k, _)| k).collect::<Vec<_>>()}),
+        );
+        Decision::Continue
     }
 
     fn event(&self, event: &Event) {

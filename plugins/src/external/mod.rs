@@ -34,7 +34,7 @@ use crate::data::{
     HttpRequest, Lifecycle, SandboxInfo,
 };
 use crate::hook::{Hook, Interests};
-use crate::plugin::{Decision, FailurePolicy, Notice, NoticeSink, Plugin};
+use crate::plugin::{Decision, FailurePolicy, Limits, Notice, NoticeSink, Plugin};
 use protocol::{FromPlugin, ToPlugin};
 
 /// How long a started plugin has to answer the hello, by default.
@@ -126,6 +126,7 @@ struct Inner {
     /// From the first hello; kept across restarts.
     name: String,
     interests: Interests,
+    limits: Limits,
     notices: NoticeSink,
     state: Mutex<State>,
     pending: Mutex<HashMap<u64, SyncSender<Reply>>>,
@@ -162,6 +163,7 @@ struct Started {
     queue: SyncSender<String>,
     name: Option<String>,
     interests: Interests,
+    limits: Limits,
 }
 
 impl External {
@@ -198,6 +200,7 @@ impl External {
         let inner = Arc::new(Inner {
             name,
             interests: started.interests,
+            limits: started.limits,
             sandbox: sandbox.to_string(),
             spec,
             notices,
@@ -239,6 +242,10 @@ impl Plugin for External {
 
     fn interests(&self) -> Interests {
         self.inner.interests
+    }
+
+    fn limits(&self) -> Limits {
+        self.inner.limits
     }
 
     fn failure_policy(&self) -> FailurePolicy {
@@ -784,8 +791,9 @@ fn handshake(mut child: Child, spec: &ExternalSpec, sandbox: &str) -> Result<Sta
                 protocol,
                 name,
                 hooks,
+                limits,
             }) => protocol::hello_interests(protocol, &hooks)
-                .map(|i| (name, i))
+                .map(|i| (name, i, limits))
                 .map_err(|e| e.to_string()),
             Ok(_) => Err("its first line is not a hello".into()),
             Err(e) => Err(e.to_string()),
@@ -794,12 +802,13 @@ fn handshake(mut child: Child, spec: &ExternalSpec, sandbox: &str) -> Result<Sta
         Err(e) => Err(e),
     };
     match checked {
-        Ok((name, interests)) => Ok(Started {
+        Ok((name, interests, limits)) => Ok(Started {
             child,
             stdout,
             queue,
             name,
             interests,
+            limits,
         }),
         Err(why) => {
             let status = stop(child);

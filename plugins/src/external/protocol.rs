@@ -62,6 +62,9 @@ pub enum FromPlugin {
         /// The wire names of the hooks it wants.
         #[serde(default)]
         hooks: Vec<String>,
+        /// Limits it asks the sandbox to enforce.
+        #[serde(default)]
+        limits: crate::Limits,
     },
     /// The answer to the `decide` line with this `id`.
     Decision {
