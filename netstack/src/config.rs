@@ -44,6 +44,9 @@ pub enum ConfigError {
     /// The gateway MAC is a multicast address.
     #[error("gateway MAC is not unicast")]
     GatewayMacNotUnicast,
+    /// The byte rate is under 1 KiB per second.
+    #[error("a network rate under 1024 bytes per second could not move a frame a second")]
+    Rate,
 }
 
 /// Configuration of one sandbox's network stack. `NetConfig::default()` is what sandboxes use.
@@ -84,6 +87,9 @@ pub struct NetConfig {
     pub tls: Option<crate::tls::TlsConfig>,
     /// Secrets substituted into intercepted requests to their hosts.
     pub secrets: Vec<crate::secrets::Secret>,
+    /// Bytes per second the guest's frames may move each way, when limited (frames wait;
+    /// nothing is dropped for it).
+    pub bytes_per_sec: Option<u64>,
 }
 
 impl Default for NetConfig {
@@ -106,6 +112,7 @@ impl Default for NetConfig {
             dns_upstream: Upstream::System,
             tls: None,
             secrets: Vec::new(),
+            bytes_per_sec: None,
         }
     }
 }
@@ -127,6 +134,9 @@ impl NetConfig {
         }
         if self.gateway_mac[0] & 1 != 0 {
             return Err(ConfigError::GatewayMacNotUnicast);
+        }
+        if self.bytes_per_sec.is_some_and(|rate| rate < 1024) {
+            return Err(ConfigError::Rate);
         }
         Ok(())
     }

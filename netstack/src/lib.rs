@@ -66,6 +66,7 @@ pub mod fuzzing;
 pub mod http;
 mod intercept;
 mod pins;
+mod plugin_gate;
 pub mod policy;
 pub mod ports;
 mod proxy;

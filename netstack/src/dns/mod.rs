@@ -40,7 +40,10 @@ pub use crate::pins::{
 };
 
 use crate::events::NetEvent;
+use crate::plugin_gate::PluginGate;
 use crate::policy::{DomainPattern, Group, Policy, Verdict, HOST_ALIAS_IP, HOST_ALIAS_NAME};
+use msbvm_plugins::Hook;
+use std::sync::Arc;
 
 /// Most upstream queries waiting at once; more get SERVFAIL at once, so a
 /// guest cannot make us hold unbounded sockets and memory.
@@ -73,6 +76,8 @@ pub struct DnsServer {
     /// Names bound to a secret: their answers keep only public addresses (and the host
     /// alias), whatever rules relaxed rebinding protection ([`DnsServer::with_secret_hosts`]).
     secret_hosts: Vec<DomainPattern>,
+    /// The plugins asked about each query the policy allows.
+    plugins: Arc<PluginGate>,
 }
 
 /// What became of one query, for the event.
@@ -106,7 +111,15 @@ impl DnsServer {
             pins,
             in_flight: Semaphore::new(MAX_IN_FLIGHT),
             secret_hosts: Vec::new(),
+            plugins: Arc::new(PluginGate::none()),
         })
+    }
+
+    /// Asks `plugins` about every query the policy allows (`net.dns`); a denied name gets
+    /// NXDOMAIN, as a name policy denies does.
+    pub(crate) fn with_plugins(mut self, plugins: Arc<PluginGate>) -> Self {
+        self.plugins = plugins;
+        self
     }
 
     /// Turns rebinding protection on for the hosts secrets are bound to (`HOST` or
@@ -195,7 +208,9 @@ impl DnsServer {
             .trim_end_matches('.')
             .to_ascii_lowercase();
         let qtype = question.query_type().to_string();
-        let outcome = self.resolve(question, &name, policy, response).await;
+        let outcome = self
+            .resolve(question, &name, &qtype, policy, response)
+            .await;
 
         let answers: Vec<IpAddr> = outcome
             .response
@@ -226,6 +241,7 @@ impl DnsServer {
         &self,
         question: &Query,
         name: &str,
+        qtype: &str,
         policy: &Policy,
         response: Message,
     ) -> Outcome {
@@ -233,6 +249,11 @@ impl DnsServer {
             ControlFlow::Continue(response) => response,
             ControlFlow::Break(answered) => return answered,
         };
+        if self.plugins.wants(Hook::Dns) {
+            if let Err(reason) = self.plugins.dns(name, qtype).await {
+                return Outcome::denied(response, format!("denied by a plugin: {reason}"));
+            }
+        }
         let Ok(_permit) = self.in_flight.try_acquire() else {
             return Outcome::failed(
                 response,

@@ -12,7 +12,7 @@ use std::rc::Rc;
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
-use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use hyper::http::request::Parts;
 use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{Method, Request, Response, StatusCode, Uri};
@@ -22,8 +22,11 @@ use super::headers::{is_upgrade, strip_hop_by_hop};
 use super::Ctx;
 use crate::events::NetEvent;
 use crate::http::{request_info, HttpInfo};
+use crate::plugin_gate::PLUGIN_RULE;
 use crate::policy::Verdict;
 use encoding::{Codings, Decoder};
+use msbvm_plugins::data::HttpRequest;
+use msbvm_plugins::Hook;
 
 // A child of this module so that the module list in `intercept/mod.rs` stays as it is.
 pub(super) mod encoding;
@@ -83,8 +86,9 @@ pub(super) async fn handle(
     })
 }
 
-/// The checks every request passes before anything goes upstream.
-fn admit(ctx: &Ctx, parts: &Parts) -> Result<(HttpInfo, Vec<bool>), Refusal> {
+/// The checks every request passes before anything goes upstream; also the policy's rule that
+/// allowed it.
+fn admit(ctx: &Ctx, parts: &Parts) -> Result<(HttpInfo, Vec<bool>, Option<String>), Refusal> {
     if parts.method == Method::CONNECT {
         return Err(Refusal::Forbidden("CONNECT cannot be inspected".into()));
     }
@@ -142,8 +146,54 @@ fn admit(ctx: &Ctx, parts: &Parts) -> Result<(HttpInfo, Vec<bool>), Refusal> {
             info.host
         )));
     }
-    ctx.shared.emit(http_event(&info, true, rule));
-    Ok((info, eligible))
+    Ok((info, eligible, rule))
+}
+
+/// Asks the plugins about a request the policy allowed (`net.http`) and applies the headers
+/// they leave. They see placeholders, never secret values (substitution comes later), and
+/// cannot move the request: the Host that policy and the TLS server name were checked
+/// against stays. Header values that are not UTF-8 reach plugins with replacement
+/// characters, and go upstream that way if a plugin changes any header.
+async fn ask_plugins(ctx: &Ctx, info: &HttpInfo, parts: &mut Parts) -> Result<(), Refusal> {
+    let headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .map(|(name, value)| {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            (name.as_str().to_owned(), value)
+        })
+        .collect();
+    let request = HttpRequest {
+        method: info.method.clone(),
+        host: info.host.clone(),
+        path: info.path.clone(),
+        headers: headers.clone(),
+    };
+    let request = match ctx.shared.plugins.http(request).await {
+        Ok(request) => request,
+        Err(reason) => {
+            ctx.shared
+                .emit(http_event(info, false, Some(PLUGIN_RULE.into())));
+            return Err(Refusal::Forbidden(format!("denied by a plugin: {reason}")));
+        }
+    };
+    if request.headers == headers {
+        return Ok(());
+    }
+    let mut changed = HeaderMap::new();
+    for (name, value) in request.headers {
+        let bad =
+            || Refusal::BadGateway(format!("a plugin set a header that is not valid: {name}"));
+        let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?;
+        let value = HeaderValue::from_str(&value).map_err(|_| bad())?;
+        changed.append(header, value);
+    }
+    changed.remove(HOST);
+    if let Some(host) = parts.headers.get(HOST) {
+        changed.insert(HOST, host.clone());
+    }
+    parts.headers = changed;
+    Ok(())
 }
 
 /// The rule named in the event of a request on a connection whose server name is not pinned.
@@ -182,7 +232,11 @@ async fn route(ctx: &Rc<Ctx>, req: Request<Incoming>) -> Result<Response<EngineB
         super::websocket::prepare_upgrade(&mut parts.headers, !ctx.secrets.is_empty())
             .map_err(Refusal::Forbidden)?;
     }
-    let (info, eligible) = admit(ctx, &parts)?;
+    let (info, eligible, rule) = admit(ctx, &parts)?;
+    if ctx.shared.plugins.wants(Hook::Http) {
+        ask_plugins(ctx, &info, &mut parts).await?;
+    }
+    ctx.shared.emit(http_event(&info, true, rule));
     // The upstream receives a value, so it may echo one: its responses must come in a coding
     // the engine can undo, or the value would pass the masker compressed.
     let masking = eligible.iter().any(|e| *e);

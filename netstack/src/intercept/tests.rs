@@ -306,6 +306,14 @@ fn secret(inject: Inject) -> Secret {
 }
 
 fn env(policy: Policy, secrets: Vec<Secret>) -> Env {
+    env_with_plugins(policy, secrets, Arc::new(msbvm_plugins::Chain::empty()))
+}
+
+fn env_with_plugins(
+    policy: Policy,
+    secrets: Vec<Secret>,
+    plugins: Arc<msbvm_plugins::Chain>,
+) -> Env {
     let config = NetConfig {
         secrets,
         ..NetConfig::default()
@@ -331,6 +339,7 @@ fn env(policy: Policy, secrets: Vec<Secret>) -> Env {
         pins,
         dns,
         None,
+        Arc::new(crate::plugin_gate::PluginGate::new(plugins).unwrap()),
     );
     Env {
         shared,
@@ -1146,3 +1155,89 @@ fn bench_gzip_download() {
 
 #[path = "websocket_tests.rs"]
 mod websocket;
+
+/// A `net.http` plugin: denies `/private`, replaces `user-agent`, adds `x-trace`, and tries to
+/// move the request to another host.
+struct HeaderPlugin;
+
+impl msbvm_plugins::Plugin for HeaderPlugin {
+    fn name(&self) -> &str {
+        "headers"
+    }
+    fn interests(&self) -> msbvm_plugins::Interests {
+        msbvm_plugins::Interests::NONE.with(msbvm_plugins::Hook::Http)
+    }
+    fn http_request(
+        &self,
+        request: &mut msbvm_plugins::data::HttpRequest,
+    ) -> msbvm_plugins::Decision {
+        if request.path.starts_with("/private") {
+            return msbvm_plugins::Decision::deny("private paths stay private");
+        }
+        for (name, value) in &mut request.headers {
+            match name.as_str() {
+                "user-agent" => *value = "msbvm-plugin".into(),
+                "host" => *value = "elsewhere.test".into(),
+                _ => {}
+            }
+        }
+        request
+            .headers
+            .push(("x-trace".into(), request.path.clone()));
+        msbvm_plugins::Decision::Continue
+    }
+}
+
+#[test]
+fn plugins_deny_requests_and_change_headers_but_not_the_host() {
+    local(async {
+        let plugins = Arc::new(msbvm_plugins::Chain::new(
+            vec![Arc::new(HeaderPlugin)],
+            Arc::new(|_| {}),
+        ));
+        let env = env_with_plugins(allow_all(), vec![secret(Inject::default())], plugins);
+        let up = upstream(false).await;
+        let mut guest = guest_h1(&env, session(Some(HOST), true), up, false).await;
+        let req = get("/private/x").body(TestBody::empty()).unwrap();
+        let (status, body) = h1(&mut guest, req).await;
+        assert_eq!(status, 403, "{body}");
+        assert!(
+            body.contains("denied by a plugin: private paths stay private"),
+            "{body}"
+        );
+        let req = get("/v1")
+            .header("user-agent", "curl/8")
+            .header("authorization", format!("Bearer {PH}"))
+            .body(TestBody::empty())
+            .unwrap();
+        let (status, echo) = h1(&mut guest, req).await;
+        assert_eq!(status, 200, "{echo}");
+        assert!(echo.contains("user-agent: msbvm-plugin\n"), "{echo}");
+        assert!(echo.contains("x-trace: /v1\n"), "{echo}");
+        assert!(echo.contains(&format!("host: {HOST}\n")), "{echo}");
+        assert!(!echo.contains("elsewhere"), "{echo}");
+        // The plugin saw the placeholder; the upstream got the value.
+        assert!(echo.contains("authorization: Bearer <REAL>\n"), "{echo}");
+        let http: Vec<_> = env
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e {
+                NetEvent::HttpRequest {
+                    path,
+                    allowed,
+                    rule,
+                    ..
+                } => Some((path.clone(), *allowed, rule.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(http.len(), 2, "one event per request: {http:?}");
+        assert_eq!(
+            http[0],
+            ("/private/x".into(), false, Some("plugins".into()))
+        );
+        assert!(http[1].1, "{http:?}");
+    });
+}

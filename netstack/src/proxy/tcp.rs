@@ -22,6 +22,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::guest_stream::{handshaking, GuestStream};
+use msbvm_plugins::Hook;
+
 use crate::config::DNS_PORT;
 use crate::events::{NetEvent, Transport};
 use crate::frames::TcpKey;
@@ -71,6 +73,48 @@ pub(crate) fn new_flow(shared: &Rc<Shared>, st: &mut Stack, key: TcpKey, syn: &[
         || (!config.secrets.is_empty() && dst.port() == HTTP_PORT);
     let names = shared.pins.names(flow.dst.ip());
     st.policed.insert(key, PolicedFlow { names, inspected });
+    if shared.plugins.wants(Hook::Flow) {
+        // Held like a connecting flow (the guest's SYN retransmits are ignored, a policy change
+        // can end it) until the plugins answer.
+        st.tcp
+            .insert(key, TcpEntry::Connecting { syn: syn.to_vec() });
+        tokio::task::spawn_local(ask_plugins_then_open(shared.clone(), key, flow, inspected));
+        return;
+    }
+    open(shared, st, key, syn, flow, inspected);
+}
+
+/// Opens the flow once the plugins allowed it; a denied one is reset.
+async fn ask_plugins_then_open(shared: Rc<Shared>, key: TcpKey, flow: FlowInfo, inspected: bool) {
+    let allowed = shared.plugins_allow_flow(Transport::Tcp, key.remote).await;
+    let mut st = shared.stack.borrow_mut();
+    // A policy change may have ended it meanwhile.
+    let Some(TcpEntry::Connecting { syn }) = st.tcp.remove(&key) else {
+        return;
+    };
+    if allowed {
+        open(&shared, &mut st, key, &syn, flow, inspected);
+    } else {
+        st.send_rst(key, &syn);
+        st.policed.remove(&key);
+    }
+    st.poll();
+    shared.sync_flow_stats(&st);
+    shared.wake.notify_one();
+}
+
+/// Starts the flow's task: the host connect first for a plain flow; the guest's handshake
+/// first where the request head (`inspected`) or the TLS ClientHello decides.
+fn open(
+    shared: &Rc<Shared>,
+    st: &mut Stack,
+    key: TcpKey,
+    syn: &[u8],
+    flow: FlowInfo,
+    inspected: bool,
+) {
+    let config = &shared.config;
+    let dst = key.remote;
     if let Some(tls) = shared.tls.as_ref().filter(|_| is_tls_port(dst.port())) {
         // The ClientHello decides, so the guest's handshake has to complete first.
         let handle = st.accept_syn(key, syn, config.tcp_buffer_size);

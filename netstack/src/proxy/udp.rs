@@ -12,13 +12,20 @@ use std::time::Instant;
 use tokio::net::UdpSocket;
 use tokio::sync::Notify;
 
+use msbvm_plugins::Hook;
+
 use crate::config::DNS_PORT;
 use crate::events::{NetEvent, Transport};
 use crate::frames::Datagram;
+use crate::policy::FlowInfo;
 use crate::state::{Shared, Stack, UdpFlow, UdpKey};
 use crate::stats::StatsCounters;
 use crate::tls::is_tls_port;
 
+/// Datagrams a new flow keeps while the plugins decide on it; more are dropped.
+pub(crate) const PENDING_DATAGRAMS: usize = 16;
+/// Bytes a new flow keeps while the plugins decide on it (the first datagram always fits).
+const PENDING_BYTES: usize = 64 * 1024;
 /// DNS queries being answered at once; more are dropped (the guest retries).
 const DNS_IN_FLIGHT: usize = 64;
 /// Largest datagram read from a host socket.
@@ -46,7 +53,16 @@ pub(crate) fn datagram(shared: &Rc<Shared>, st: &mut Stack, datagram: &Datagram<
         send_up(shared, flow, payload);
         return;
     }
-    if st.udp.len() >= config.max_udp_flows {
+    if let Some(waiting) = st.udp_pending.get_mut(&key) {
+        let held: usize = waiting.iter().map(Vec::len).sum();
+        if waiting.len() < PENDING_DATAGRAMS && held + payload.len() <= PENDING_BYTES {
+            waiting.push(payload.to_vec());
+        } else {
+            StatsCounters::add(&shared.stats.rx_dropped, 1);
+        }
+        return;
+    }
+    if st.udp.len() + st.udp_pending.len() >= config.max_udp_flows {
         StatsCounters::add(&shared.stats.flows_denied, 1);
         shared.emit(NetEvent::ConnectionCapReached {
             transport: Transport::Udp,
@@ -64,6 +80,48 @@ pub(crate) fn datagram(shared: &Rc<Shared>, st: &mut Stack, datagram: &Datagram<
         st.send_port_unreachable(*dst.ip(), frame);
         return;
     };
+    if shared.plugins.wants(Hook::Flow) {
+        st.udp_pending.insert(key, vec![payload.to_vec()]);
+        let frame = frame.to_vec();
+        tokio::task::spawn_local(ask_plugins_then_open(shared.clone(), key, src, flow, frame));
+        return;
+    }
+    open(shared, st, key, src, flow, frame, &[payload]);
+}
+
+/// Opens the flow once the plugins allowed it and sends what the guest sent meanwhile; a
+/// denied flow gets an ICMP port unreachable (quoting `frame`, its first datagram).
+async fn ask_plugins_then_open(
+    shared: Rc<Shared>,
+    key: UdpKey,
+    src: SocketAddrV4,
+    flow: FlowInfo,
+    frame: Vec<u8>,
+) {
+    let allowed = shared.plugins_allow_flow(Transport::Udp, key.remote).await;
+    let mut st = shared.stack.borrow_mut();
+    let Some(waiting) = st.udp_pending.remove(&key) else {
+        return;
+    };
+    if allowed {
+        let waiting: Vec<&[u8]> = waiting.iter().map(Vec::as_slice).collect();
+        open(&shared, &mut st, key, src, flow, &frame, &waiting);
+    } else {
+        st.send_port_unreachable(*key.remote.ip(), &frame);
+    }
+}
+
+/// Opens the host socket of a new flow, sends `payloads` up and starts its relay.
+fn open(
+    shared: &Rc<Shared>,
+    st: &mut Stack,
+    key: UdpKey,
+    src: SocketAddrV4,
+    flow: FlowInfo,
+    frame: &[u8],
+    payloads: &[&[u8]],
+) {
+    let dst = key.remote;
     let socket = match open_socket(flow.dst) {
         Ok(socket) => Rc::new(socket),
         Err(e) => {
@@ -83,7 +141,9 @@ pub(crate) fn datagram(shared: &Rc<Shared>, st: &mut Stack, datagram: &Datagram<
         names: shared.pins.names(flow.dst.ip()),
         ended: Rc::new(Notify::new()),
     };
-    send_up(shared, &flow, payload);
+    for payload in payloads {
+        send_up(shared, &flow, payload);
+    }
     let relay = Relay {
         key,
         guest: src,
@@ -172,6 +232,11 @@ async fn relay_down(shared: Rc<Shared>, relay: Relay) {
                 // Errors are ICMP errors from the destination reported on the connected socket.
                 let Ok(n) = received else { continue };
                 last_active.set(Instant::now());
+                // Under a rate, the datagram waits for room (and the next ones in the socket).
+                let wait = shared.stack.borrow_mut().device.tx.pace_wait();
+                if let Some(wait) = wait {
+                    tokio::time::sleep(wait).await;
+                }
                 let mut st = shared.stack.borrow_mut();
                 if st.send_udp(key.remote, guest, &buf[..n], shared.config.mtu) {
                     bytes_down += n as u64;

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use arc_swap::ArcSwap;
+use msbvm_plugins::Chain;
 use smoltcp::time::Instant;
 use tokio::net::UnixDatagram;
 use tokio::sync::mpsc;
@@ -27,6 +28,7 @@ use crate::dns::DnsServer;
 use crate::events::{emit, EventSink, SUMMARY_INTERVAL};
 use crate::frames::{classify, Inbound};
 use crate::pins::PinTable;
+use crate::plugin_gate::PluginGate;
 use crate::policy::Policy;
 use crate::proxy;
 use crate::state::{Shared, Stack, TcpEntry};
@@ -71,6 +73,23 @@ impl NetStack {
         policy: Policy,
         events: EventSink,
     ) -> io::Result<NetStackHandle> {
+        Self::start_with_plugins(config, stack_fd, policy, events, Arc::new(Chain::empty()))
+    }
+
+    /// [`start`](Self::start) with the sandbox's plugins: the ones that asked for `net.flow`,
+    /// `net.dns` or `net.http` decide on what the policy allowed (a denial is reported as
+    /// [`NetEvent::FlowDenied`](crate::NetEvent::FlowDenied) and the like, with rule
+    /// `plugins`), and may change inspected requests' headers. Decisions run on threads of
+    /// their own (started only when a plugin asked for one), so a slow plugin delays only the
+    /// flow it decides on.
+    pub fn start_with_plugins(
+        config: NetConfig,
+        stack_fd: OwnedFd,
+        policy: Policy,
+        events: EventSink,
+        plugins: Arc<Chain>,
+    ) -> io::Result<NetStackHandle> {
+        let plugins = Arc::new(PluginGate::new(plugins)?);
         config
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -83,12 +102,14 @@ impl NetStack {
         let policy = Arc::new(ArcSwap::from_pointee(policy));
         let stats = Arc::new(StatsCounters::default());
         let pins = PinTable::new();
-        let dns = DnsServer::new(config.dns_upstream.clone(), pins.clone())?.with_secret_hosts(
-            config
-                .secrets
-                .iter()
-                .flat_map(|s| s.hosts.iter().map(String::as_str)),
-        );
+        let dns = DnsServer::new(config.dns_upstream.clone(), pins.clone())?
+            .with_secret_hosts(
+                config
+                    .secrets
+                    .iter()
+                    .flat_map(|s| s.hosts.iter().map(String::as_str)),
+            )
+            .with_plugins(plugins.clone());
         let tls = match &config.tls {
             Some(tls) => Some(Arc::new(
                 crate::tls::Interceptor::new(tls, &config.secrets)
@@ -128,6 +149,7 @@ impl NetStack {
                                 pins,
                                 dns,
                                 tls,
+                                plugins,
                             )
                         });
                         match built {
@@ -173,13 +195,23 @@ async fn run(shared: Rc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>)
     let socket = shared.frame_socket.clone();
     let mut buf = vec![0u8; shared.config.max_frame_len() + 1];
     loop {
-        let (delay, backlog, batch_full) = {
+        let (delay, backlog, batch_full, up_wait) = {
             let mut st = shared.stack.borrow_mut();
             let mut read = 0;
+            let mut up_wait = None;
             while read < RX_BATCH {
+                if let Some(pace) = &mut st.up {
+                    up_wait = pace.wait(std::time::Instant::now());
+                    if up_wait.is_some() {
+                        break;
+                    }
+                }
                 match socket.try_recv(&mut buf) {
                     Ok(n) => {
                         read += 1;
+                        if let Some(pace) = &mut st.up {
+                            pace.spend(n);
+                        }
                         handle_frame(&shared, &mut st, &buf[..n]);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -193,9 +225,15 @@ async fn run(shared: Rc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>)
             let backlog = !st.device.tx.flush();
             let now = Instant::now();
             let st = &mut *st;
-            let delay = st.iface.poll_delay(now, &st.sockets);
+            let mut delay = st.iface.poll_delay(now, &st.sockets);
+            if let Some(down_wait) = st.device.tx.pace_wait() {
+                // smoltcp wants to send but may not yet: poll again when it may.
+                let down_wait =
+                    smoltcp::time::Duration::from_micros(down_wait.as_micros() as u64 + 1);
+                delay = delay.map(|d| d.max(down_wait));
+            }
             shared.sync_flow_stats(st);
-            (delay, backlog, read == RX_BATCH)
+            (delay, backlog, read == RX_BATCH, up_wait)
         };
         if batch_full {
             // More frames are waiting; let the flow tasks drain smoltcp's buffers first.
@@ -211,7 +249,8 @@ async fn run(shared: Rc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>)
                 Some(Command::Shutdown) | None => return,
             },
             _ = shared.wake.notified() => {}
-            ready = socket.readable() => {
+            _ = tokio::time::sleep(up_wait.unwrap_or_default()), if up_wait.is_some() => {}
+            ready = socket.readable(), if up_wait.is_none() => {
                 if let Err(e) = ready {
                     tracing::warn!(error = %e, "netstack: frame socket failed, stopping");
                     return;

@@ -14,6 +14,7 @@ use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use tokio::net::UnixDatagram;
 
+use super::pace::Pace;
 use crate::stats::StatsCounters;
 
 /// Frames kept for a full frame socket before new ones are dropped.
@@ -23,6 +24,8 @@ const RX_QUEUE_FRAMES: usize = 4096;
 
 /// The sending half shared by smoltcp and the stack's own hand-made frames.
 pub(crate) struct FrameTx {
+    /// The downward rate, when the sandbox has one.
+    pub(crate) pace: Option<Pace>,
     socket: Rc<UnixDatagram>,
     backlog: VecDeque<Vec<u8>>,
     scratch: Vec<u8>,
@@ -32,6 +35,7 @@ pub(crate) struct FrameTx {
 impl FrameTx {
     pub(crate) fn new(socket: Rc<UnixDatagram>, stats: Arc<StatsCounters>) -> Self {
         FrameTx {
+            pace: None,
             socket,
             backlog: VecDeque::new(),
             scratch: Vec::new(),
@@ -96,7 +100,15 @@ impl FrameTx {
         true
     }
 
-    fn count_sent(&self, len: usize) {
+    /// How long smoltcp must wait before it may send again; `None`: it may now.
+    pub(crate) fn pace_wait(&mut self) -> Option<std::time::Duration> {
+        self.pace.as_mut()?.wait(std::time::Instant::now())
+    }
+
+    fn count_sent(&mut self, len: usize) {
+        if let Some(pace) = &mut self.pace {
+            pace.spend(len);
+        }
         self.stats.tx_frames.fetch_add(1, Ordering::Relaxed);
         self.stats.tx_bytes.fetch_add(len as u64, Ordering::Relaxed);
     }
@@ -153,6 +165,10 @@ impl phy::Device for FrameDevice {
     }
 
     fn transmit(&mut self, _now: Instant) -> Option<TxToken<'_>> {
+        if self.tx.pace_wait().is_some() {
+            // Out of pace: smoltcp keeps the data, and the loop polls again once there is room.
+            return None;
+        }
         Some(TxToken { tx: &mut self.tx })
     }
 

@@ -7,6 +7,7 @@
 //! another's module for these types.
 
 pub(crate) mod device;
+pub(crate) mod pace;
 
 use std::cell::{Cell, RefCell};
 use std::collections::hash_map::RandomState;
@@ -31,9 +32,11 @@ use crate::dns::DnsServer;
 use crate::events::{emit, Admission, EventLimiter, EventSink, NetEvent, Transport};
 use crate::frames::{self, FrameBuilder, TcpKey};
 use crate::pins::PinTable;
+use crate::plugin_gate::{PluginGate, PLUGIN_RULE};
 use crate::policy::{FlowInfo, Policy, Protocol, Verdict};
 use crate::stats::StatsCounters;
 use device::{FrameDevice, FrameTx};
+use pace::Pace;
 
 /// Ephemeral ports of published-port connections (gateway side).
 const EPHEMERAL_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
@@ -63,6 +66,12 @@ pub(crate) struct Stack {
     pub builder: FrameBuilder,
     pub tcp: HashMap<TcpKey, TcpEntry>,
     pub udp: HashMap<UdpKey, UdpFlow>,
+    /// New UDP flows waiting for the plugins' decision: the datagrams the guest sent meanwhile
+    /// (at most [`crate::proxy::udp::PENDING_DATAGRAMS`]).
+    pub udp_pending: HashMap<UdpKey, Vec<Vec<u8>>>,
+    /// The upward rate (frames from the guest), when the sandbox has one; the downward one
+    /// is the device's.
+    pub up: Option<Pace>,
     /// Guest-initiated TCP flows that policy allowed, for re-checking when the policy changes.
     pub policed: HashMap<TcpKey, PolicedFlow>,
     /// The guest's MAC, learned from its frames (used for hand-made frames).
@@ -76,7 +85,8 @@ pub(crate) struct Stack {
 impl Stack {
     /// The interface of the gateway, over a frame device sending on `socket`.
     fn new(config: &NetConfig, socket: Rc<UnixDatagram>, stats: Arc<StatsCounters>) -> Stack {
-        let tx = FrameTx::new(socket, stats);
+        let mut tx = FrameTx::new(socket, stats);
+        tx.pace = config.bytes_per_sec.map(Pace::new);
         let mut device = FrameDevice::new(tx, config.max_frame_len(), config.checksum_offload);
         let gateway_mac = EthernetAddress(config.gateway_mac);
         let mut iface_config = Config::new(HardwareAddress::Ethernet(gateway_mac));
@@ -97,6 +107,8 @@ impl Stack {
             builder: FrameBuilder::new(gateway_mac, config.checksum_offload),
             tcp: HashMap::new(),
             udp: HashMap::new(),
+            udp_pending: HashMap::new(),
+            up: config.bytes_per_sec.map(Pace::new),
             policed: HashMap::new(),
             guest_mac: EthernetAddress::BROADCAST,
             listener_unpolled: false,
@@ -229,6 +241,8 @@ pub(crate) struct Shared {
     pub stack: RefCell<Stack>,
     /// TLS interception, when configured.
     pub tls: Option<Arc<crate::tls::Interceptor>>,
+    /// The plugins' network decisions.
+    pub plugins: Arc<PluginGate>,
 }
 
 impl Shared {
@@ -243,6 +257,7 @@ impl Shared {
         pins: PinTable,
         dns: DnsServer,
         tls: Option<Arc<crate::tls::Interceptor>>,
+        plugins: Arc<PluginGate>,
     ) -> Rc<Shared> {
         let stack = Stack::new(&config, frame_socket.clone(), stats.clone());
         Rc::new(Shared {
@@ -259,6 +274,7 @@ impl Shared {
             summary_due: Notify::new(),
             stack: RefCell::new(stack),
             tls,
+            plugins,
         })
     }
 
@@ -332,6 +348,32 @@ impl Shared {
             Verdict::Deny { rule, reason } => {
                 self.deny(transport, dst, rule, reason);
                 None
+            }
+        }
+    }
+
+    /// Asks the plugins about a flow the policy allowed (when one asked); a denial is reported
+    /// here, and the caller refuses the flow.
+    /// `dst` is where the guest sent it; the host is the name the guest resolved it by.
+    pub(crate) async fn plugins_allow_flow(&self, transport: Transport, dst: SocketAddrV4) -> bool {
+        if !self.plugins.wants(msbvm_plugins::Hook::Flow) {
+            return true;
+        }
+        let host = self.pins.names((*dst.ip()).into()).into_iter().next();
+        match self
+            .plugins
+            .flow(transport, SocketAddr::V4(dst), host)
+            .await
+        {
+            Ok(()) => true,
+            Err(reason) => {
+                self.deny(
+                    transport,
+                    dst,
+                    Some(PLUGIN_RULE.into()),
+                    format!("denied by a plugin: {reason}"),
+                );
+                false
             }
         }
     }

@@ -245,6 +245,14 @@ pub struct Harness {
 
 impl Harness {
     pub fn start(config: NetConfig, policy: Policy) -> Harness {
+        Harness::start_with_plugins(config, policy, Arc::new(msbvm_plugins::Chain::empty()))
+    }
+
+    pub fn start_with_plugins(
+        config: NetConfig,
+        policy: Policy,
+        plugins: Arc<msbvm_plugins::Chain>,
+    ) -> Harness {
         confine_if_requested();
         let (device, stack) = msbvm_netstack::frame_socketpair().unwrap();
         let events = Arc::new(Mutex::new(Vec::new()));
@@ -253,7 +261,7 @@ impl Harness {
             Arc::new(move |e| events.lock().unwrap().push(e))
         };
         let mtu = config.mtu;
-        let handle = NetStack::start(config, stack, policy, sink).unwrap();
+        let handle = NetStack::start_with_plugins(config, stack, policy, sink, plugins).unwrap();
         Harness {
             guest: Guest::new(device, mtu),
             handle,
