@@ -501,6 +501,7 @@ pub(crate) fn network(
         },
         tls,
         secrets,
+        bytes_per_sec: plugins.limits().net_bytes_per_sec,
         ..NetConfig::default()
     };
     let setup = NetworkSetup {
@@ -517,16 +518,17 @@ pub(crate) fn network(
     let (device_fd, stack_fd) =
         frame_socketpair().map_err(Error::io("creating the network socket pair"))?;
     let events = event_sink(dir, plugins.clone())?;
-    let handle = NetStack::start(config, stack_fd, policy, events).map_err(|e| {
-        if matches!(
-            e.kind(),
-            std::io::ErrorKind::AddrInUse | std::io::ErrorKind::PermissionDenied
-        ) {
-            Error::InvalidConfig(format!("cannot publish a port: {e}"))
-        } else {
-            Error::io("starting the network stack")(e)
-        }
-    })?;
+    let handle = NetStack::start_with_plugins(config, stack_fd, policy, events, plugins.clone())
+        .map_err(|e| {
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::AddrInUse | std::io::ErrorKind::PermissionDenied
+            ) {
+                Error::InvalidConfig(format!("cannot publish a port: {e}"))
+            } else {
+                Error::io("starting the network stack")(e)
+            }
+        })?;
     let mtu = net.mtu;
     let device_fd = Arc::new(device_fd);
     let spec = DeviceSpec::new("virtio-net", move || {

@@ -906,6 +906,13 @@ impl<'a> Supervisor<'a> {
                 exit_code: self.exit_code,
             },
         );
+        if !self.args.detached {
+            plugins::lifecycle(
+                &self.plugins,
+                &self.args.name,
+                msbvm_plugins::data::Lifecycle::Removed,
+            );
+        }
         self.plugins.shutdown();
         if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
             for entry in entries.flatten() {
