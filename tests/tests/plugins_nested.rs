@@ -6,7 +6,9 @@
 //! an event; when it crashes the decision fails closed, an event says so, and it is
 //! restarted and decides again; `audit` and `net-monitor` see the same command and flow, and
 //! `audit` a file the guest writes and an event sent to it; `rate-limit` denies past its
-//! limit.
+//! limit. A second sandbox takes the network decisions: the guard denies a port and a DNS
+//! name and adds a header the host's server sees, `rate-limit` denies connections past 2 a
+//! second and paces a download to 256 KiB/s, and `audit` records the inspected request.
 //!
 //! L1 gets the host's Python interpreter and a zip of the pure-Python standard library
 //! (`PYTHONHOME=/py`); without `/usr/bin/python3` the test says so and is skipped.
@@ -23,6 +25,13 @@ const L1_TIMEOUT: Duration = Duration::from_secs(900);
 const PYTHON: &str = "/usr/bin/python3";
 const GUARD: &str = include_str!("../l1-tools/guard_plugin.py");
 const CLIENT: &str = include_str!("../../plugins/python/msbvm_plugin.py");
+
+/// The host's web root: a page, a 1 MiB file, and a CGI script that shows the `x-plugin`
+/// header it got.
+const WWW: &str = r#"mkdir -p /www/cgi-bin && echo host-page > /www/index.html
+dd if=/dev/zero of=/www/big bs=1024 count=1024 2>/dev/null
+printf '#!/bin/sh\necho "Content-Type: text/plain"\necho\necho "x-plugin=$HTTP_X_PLUGIN"\n' \
+  > /www/cgi-bin/h && chmod +x /www/cgi-bin/h"#;
 
 const SCRIPT: &str = r#"@PRELUDE@
 @HOST@
@@ -75,6 +84,32 @@ $M fork plsnap --name plf2 --no-plugins >/dev/null 2>&1; check fork2_rc $?
 check fork_unguarded "$($M exec plf2 -e GREETING=original -- sh -c 'echo $GREETING')"
 $M stop plf >/dev/null 2>&1; $M stop plf2 >/dev/null 2>&1
 $M stop pl >/dev/null 2>&1
+
+# Network decisions, in a second sandbox: the guard (from plugins.toml) closes port 8001,
+# refuses a name and marks the requests on port 8000 (inspected: an HTTP rule names it);
+# rate-limit allows 2 new connections a second and paces the network to 256 KiB/s.
+$M run -d --name pn --net-allow host --net-deny 'http://host.msbvm.internal:8000/nothing/' \
+  --plugin rate-limit:conns=2,bytes=256K --plugin audit:path=/tmp/audit2.jsonl; check pn_rc $?
+check pn_marked "$($M exec pn -- wget -q -O - http://host.msbvm.internal:8000/cgi-bin/h)"
+$M exec pn -- wget -q -T 5 -O - http://host.msbvm.internal:8001/ >/dev/null 2>&1; check pn_8001_rc $?
+$M exec pn -- nslookup blocked.example >/dev/null 2>&1
+sleep 2
+ok=$($M exec pn -- sh -c 'for i in 1 2 3 4 5; do (wget -q -O /dev/null \
+  http://host.msbvm.internal:8000/index.html 2>/dev/null && echo ok) & done; wait' | grep -c ok)
+check pn_conns_limited $([ $ok -ge 1 ] && [ $ok -le 3 ] && echo yes)
+sleep 2
+t0=$(cut -d' ' -f1 /proc/uptime)
+$M exec pn -- wget -q -O /tmp/big http://host.msbvm.internal:8000/big; check pn_big_rc $?
+t1=$(cut -d' ' -f1 /proc/uptime)
+echo "1 MiB at 256 KiB/s took $(awk "BEGIN{print $t1-$t0}") s"
+check pn_paced $(awk "BEGIN{print ($t1-$t0 >= 3.5) ? \"yes\" : \"no\"}")
+check pn_big_size "$($M exec pn -- wc -c /tmp/big | cut -d' ' -f1)"
+$M net events pn > /tmp/pn-events.txt 2>&1
+check pn_flow_denied $(grep -c 'port 8001 is closed by the guard' /tmp/pn-events.txt)
+check pn_dns_denied $([ $(grep -c 'no lookups of blocked.example' /tmp/pn-events.txt) -ge 1 ] && echo yes)
+check pn_conns_denied $([ $(grep -c 'new connections per second' /tmp/pn-events.txt) -ge 2 ] && echo yes)
+check audit_http $(grep '"kind":"http"' /tmp/audit2.jsonl | grep '/cgi-bin/h' | grep -c 'x-plugin')
+$M stop pn >/dev/null 2>&1
 sleep 1
 kill %1 2>/dev/null
 check events_timed_out $(grep -c '"timed_out"' $EV)
@@ -150,10 +185,9 @@ fn plugins_decide_observe_fail_closed_and_restart() {
         .add_bytes("/e2e/guard_plugin.py", GUARD, 0o644)
         .add_bytes("/e2e/msbvm_plugin.py", CLIENT, 0o644)
         .add_bytes("/e2e/guard", wrapper, 0o755);
-    let script = SCRIPT.replace("@PRELUDE@", &prelude()).replace(
-        "@HOST@",
-        &net_host("mkdir -p /www && echo host-page > /www/index.html", ""),
-    );
+    let script = SCRIPT
+        .replace("@PRELUDE@", &prelude())
+        .replace("@HOST@", &net_host(WWW, ""));
     let Some(out) = run_scenarios(vm, &script) else {
         return;
     };
@@ -195,6 +229,17 @@ fn plugins_decide_observe_fail_closed_and_restart() {
             ("audit_file_write", "1"),
             ("audit_event", "1"),
             ("netmon_connections", "1"),
+            ("pn_rc", "0"),
+            ("pn_marked", "x-plugin=guard saw /cgi-bin/h"),
+            ("pn_8001_rc", "1"),
+            ("pn_conns_limited", "yes"),
+            ("pn_big_rc", "0"),
+            ("pn_paced", "yes"),
+            ("pn_big_size", "1048576"),
+            ("pn_flow_denied", "1"),
+            ("pn_dns_denied", "yes"),
+            ("pn_conns_denied", "yes"),
+            ("audit_http", "1"),
             ("done", "yes"),
         ],
     );
