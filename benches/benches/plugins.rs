@@ -1,16 +1,18 @@
-//! Plugin cost benchmark (issue 14 §2): three sandboxes side by side in one L1 machine,
+//! Plugin cost benchmark (issue 14 §2): four sandboxes side by side in one L1 machine,
 //! interleaved run by run: *none* (no plugin), *observer* (an out-of-process plugin watching
-//! only `exec.after`, so commands pass the exec gateway) and *audit* (the shipped `audit`, in
-//! the plugin host: `exec.before`, `exec.after`, `fs.change`, flows, events).
+//! only `exec.after`, so commands pass the exec gateway), *audit* (the shipped `audit`, in
+//! the plugin host: `exec.before`, `exec.after`, `fs.change`, flows, events) and *netguard*
+//! (an out-of-process plugin deciding `net.flow`: every new connection waits for its answer).
 //!
 //! ```text
 //! cargo bench -p msbvm-benches --bench plugins
 //! ```
 //!
 //! Per run and sandbox: 20 × `msbvm exec S -- true` (the CLI, process start included; ms per
-//! exec), 300 files created and written then removed in the guest (ms), and a 32 MiB `wget`
-//! from L1's loopback (ms); each run starts with another of the three. The table gives
-//! medians with their range, and each row's ratio to *none* computed run by run. Timing in L1 is `/proc/uptime` (10 ms resolution). Every sample
+//! exec), 300 files created and written then removed in the guest (ms), a 32 MiB `wget` from
+//! L1's loopback (ms) and 10 `wget`s of a small page (ms per connection); each run starts
+//! with another of the four. The table gives medians with their range, and each row's ratio
+//! to *none* computed run by run. Timing in L1 is `/proc/uptime` (10 ms resolution). Every sample
 //! goes to `target/bench-plugins.json`. An in-process observer (a Rust plugin of a program
 //! embedding the runtime) is not measured here.
 //!
@@ -30,11 +32,15 @@ use msbvm_tests::{nested, Error, NestedVm, Stream};
 const RESULT: &str = "msbvm-plugins-bench: result";
 const AGENT_BIN: &str = "msbvm-agent";
 const L1_AGENT: &str = "/bin/msbvm-agent";
-const SANDBOXES: [&str; 3] = ["none", "observer", "audit"];
-const KINDS: [(&str, &str); 3] = [
+const SANDBOXES: [&str; 4] = ["none", "observer", "audit", "netguard"];
+const KINDS: [(&str, &str); 4] = [
     ("exec", "exec round trip (ms per exec)"),
     ("fs", "300 files written and removed (ms)"),
     ("net", "32 MiB over HTTP (ms)"),
+    (
+        "conn",
+        "small page over a new connection (ms per connection)",
+    ),
 ];
 
 /// The L1 script: `@RUNS@` rounds over the three sandboxes.
@@ -46,6 +52,7 @@ M=/bin/msbvm
 ms() { read u _ < /proc/uptime; echo $(( ${u%.*}${u#*.}0 )); }
 result() { echo "@RESULT@ kind=$1 sandbox=$2 run=$3 value=$4"; }
 dd if=/dev/urandom of=/www/big bs=1M count=32 2>/dev/null
+echo small > /www/small
 httpd -f -p 127.0.0.1:8000 -h /www &
 cat > /tmp/observer.sh <<'EOS'
 #!/bin/sh
@@ -54,15 +61,29 @@ echo '{"type":"hello","protocol":1,"name":"observer","hooks":["exec.after"]}'
 cat > /dev/null
 EOS
 chmod +x /tmp/observer.sh
+cat > /tmp/netguard.sh <<'EOS'
+#!/bin/sh
+read hello
+echo '{"type":"hello","protocol":1,"name":"netguard","hooks":["net.flow"]}'
+while read -r line; do
+  case "$line" in
+    *'"type":"decide"'*) id=${line#*\"id\":}; id=${id%%,*}
+      echo "{\"type\":\"decision\",\"id\":$id,\"verdict\":\"continue\"}";;
+  esac
+done
+EOS
+chmod +x /tmp/netguard.sh
 $M run -d --name none --net-allow host >/dev/null || echo FAILED none
 $M run -d --name observer --net-allow host --plugin /tmp/observer.sh >/dev/null || echo FAILED observer
 $M run -d --name audit --net-allow host --plugin audit:path=/tmp/audit.jsonl >/dev/null || echo FAILED audit
-for s in none observer audit; do $M exec $s -- true || echo FAILED warm-up $s; done
+$M run -d --name netguard --net-allow host --plugin /tmp/netguard.sh >/dev/null || echo FAILED netguard
+for s in none observer audit netguard; do $M exec $s -- true || echo FAILED warm-up $s; done
 # Guest-side elapsed time of a shell command, in ms.
 guest_ms() { $M exec $1 -- sh -c "a=\$(cat /proc/uptime); $2; b=\$(cat /proc/uptime); echo \$a \$b" | {
   read a _ b _; echo $(( (${b%.*}${b#*.} - ${a%.*}${a#*.}) * 10 )); }; }
 # Each run starts with another sandbox, so no one always goes first.
-order() { case $(( $1 % 3 )) in 1) echo none observer audit;; 2) echo observer audit none;; *) echo audit none observer;; esac; }
+order() { r=$(( $1 % 4 )); set -- none observer audit netguard
+  while [ $r -gt 0 ]; do x=$1; shift; set -- "$@" $x; r=$((r-1)); done; echo "$@"; }
 run=1
 while [ $run -le @RUNS@ ]; do
   for s in $(order $run); do
@@ -74,6 +95,10 @@ while [ $run -le @RUNS@ ]; do
   done
   for s in $(order $run); do
     result net $s $run $(guest_ms $s 'wget -q -O /dev/null http://host.msbvm.internal:8000/big')
+  done
+  for s in $(order $run); do
+    result conn $s $run $(( $(guest_ms $s 'i=0; while [ $i -lt 10 ]; do
+      wget -q -O /dev/null http://host.msbvm.internal:8000/small; i=$((i+1)); done') / 10 ))
   done
   run=$((run+1))
 done
@@ -120,7 +145,7 @@ fn bench() -> Result<bool, Error> {
         .replace("@KERNEL@", L1_KERNEL)
         .replace("@RESULT@", RESULT)
         .replace("@RUNS@", &runs.to_string());
-    eprintln!("plugins bench: {runs} interleaved runs of three sandboxes, in one L1 machine");
+    eprintln!("plugins bench: {runs} interleaved runs of four sandboxes, in one L1 machine");
     let out = vm.timeout(Duration::from_secs(3600)).run_script(&script)?;
     eprintln!("plugins bench: L1 ran {:.1} s", out.elapsed.as_secs_f64());
     let samples = parse(&out.console);
