@@ -20,8 +20,9 @@ does the talking; a plugin only says which hooks it handles::
 
     plugin.run()
 
-Decision hooks (exec.before, fs, net.flow, net.dns, net.http) return ``None`` (continue),
-``deny(reason)``, or ``change(data)`` (continue with the changed exec or request). Other hooks
+Decision hooks (exec.before, fs, fs.read, fs.write, net.flow, net.dns, net.http) return
+``None`` (continue), ``deny(reason)``, or ``change(data)`` (continue with the changed exec,
+request, or file data: ``data`` is base64). Other hooks
 return nothing. ``plugin.config`` and ``plugin.sandbox`` hold what the hello said. Only the
 standard library is used; Python 3.8 or later.
 """
@@ -31,7 +32,7 @@ import sys
 
 PROTOCOL_VERSION = 1
 
-DECISION_HOOKS = {"exec.before", "fs", "net.flow", "net.dns", "net.http"}
+DECISION_HOOKS = {"exec.before", "fs", "fs.read", "fs.write", "net.flow", "net.dns", "net.http"}
 HOOKS = DECISION_HOOKS | {
     "lifecycle",
     "exec.output",

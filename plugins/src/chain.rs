@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::data::{
-    DnsAnswer, DnsQuery, Event, Exec, ExecEnded, ExecOutput, Flow, FlowBytes, FsAccess,
+    DnsAnswer, DnsQuery, Event, Exec, ExecEnded, ExecOutput, Flow, FlowBytes, FsAccess, FsIo,
     HttpRequest, Lifecycle, SandboxInfo,
 };
 use crate::hook::{Hook, Interests};
@@ -171,6 +171,17 @@ impl Chain {
     /// [`Hook::FsChange`].
     pub fn fs_change(&self, change: &FsAccess) {
         self.notify(Hook::FsChange, |p| p.fs_change(change));
+    }
+
+    /// [`Hook::FsRead`]: `read` as the last plugin left it (the first that sets its data
+    /// answers; later plugins see the answer).
+    pub fn fs_read(&self, read: &mut FsIo) -> Decision {
+        self.decide(Hook::FsRead, |p| p.fs_read(read))
+    }
+
+    /// [`Hook::FsWrite`]: `write` as the last plugin left it.
+    pub fn fs_write(&self, write: &mut FsIo) -> Decision {
+        self.decide(Hook::FsWrite, |p| p.fs_write(write))
     }
 
     /// [`Hook::Flow`].

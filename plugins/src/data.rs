@@ -106,6 +106,47 @@ pub struct FsAccess {
     pub size: u64,
 }
 
+/// The data of a read or write of the guest. For `fs.read` `data` is `None` until a plugin
+/// answers the read with its own bytes (at most `size`; fewer is an end of file); for
+/// `fs.write` it is what the guest writes, and a plugin may replace it. On the wire `data` is
+/// base64.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsIo {
+    /// The file, as the guest names it.
+    pub path: Option<String>,
+    /// Where in the file.
+    pub offset: u64,
+    /// Bytes asked for (read) or written (write).
+    pub size: u64,
+    /// The bytes (see above).
+    #[serde(default, with = "base64_bytes")]
+    pub data: Option<Vec<u8>>,
+}
+
+/// `Option<Vec<u8>>` as a base64 string or `null`.
+mod base64_bytes {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(data: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match data {
+            Some(bytes) => s.serialize_str(&STANDARD.encode(bytes)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(text) => STANDARD
+                .decode(text)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+            None => Ok(None),
+        }
+    }
+}
+
 /// A transport protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

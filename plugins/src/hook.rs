@@ -25,6 +25,12 @@ pub enum Hook {
     /// succeeded.
     #[serde(rename = "fs.change")]
     FsChange,
+    /// The guest reads a file: a plugin may answer with data of its own.
+    #[serde(rename = "fs.read")]
+    FsRead,
+    /// The guest writes a file: allow, deny, or replace the data written.
+    #[serde(rename = "fs.write")]
+    FsWrite,
     /// A new network flow of the guest: allow or deny.
     #[serde(rename = "net.flow")]
     Flow,
@@ -47,13 +53,15 @@ pub enum Hook {
 
 impl Hook {
     /// Every hook, in a fixed order (the index of each is its bit in [`Interests`]).
-    pub const ALL: [Hook; 12] = [
+    pub const ALL: [Hook; 14] = [
         Hook::Lifecycle,
         Hook::ExecBefore,
         Hook::ExecOutput,
         Hook::ExecAfter,
         Hook::Fs,
         Hook::FsChange,
+        Hook::FsRead,
+        Hook::FsWrite,
         Hook::Flow,
         Hook::Dns,
         Hook::DnsAnswer,
@@ -67,7 +75,13 @@ impl Hook {
     pub fn decides(self) -> bool {
         matches!(
             self,
-            Hook::ExecBefore | Hook::Fs | Hook::Flow | Hook::Dns | Hook::Http
+            Hook::ExecBefore
+                | Hook::Fs
+                | Hook::FsRead
+                | Hook::FsWrite
+                | Hook::Flow
+                | Hook::Dns
+                | Hook::Http
         )
     }
 
@@ -80,6 +94,8 @@ impl Hook {
             Hook::ExecAfter => "exec.after",
             Hook::Fs => "fs",
             Hook::FsChange => "fs.change",
+            Hook::FsRead => "fs.read",
+            Hook::FsWrite => "fs.write",
             Hook::Flow => "net.flow",
             Hook::Dns => "net.dns",
             Hook::DnsAnswer => "net.dns_answer",

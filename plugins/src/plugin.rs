@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{
-    DnsAnswer, DnsQuery, Event, Exec, ExecEnded, ExecOutput, Flow, FlowBytes, FsAccess,
+    DnsAnswer, DnsQuery, Event, Exec, ExecEnded, ExecOutput, Flow, FlowBytes, FsAccess, FsIo,
     HttpRequest, Lifecycle, SandboxInfo,
 };
 use crate::hook::Interests;
@@ -123,6 +123,18 @@ pub trait Plugin: Send + Sync {
 
     /// A change the guest made to a filesystem.
     fn fs_change(&self, _change: &FsAccess) {}
+
+    /// The guest reads a file: set `read.data` to answer the read (the file is not read), or
+    /// deny it (`EACCES`).
+    fn fs_read(&self, _read: &mut FsIo) -> Decision {
+        Decision::Continue
+    }
+
+    /// The guest writes a file: replace `write.data` to change what is written, or deny it
+    /// (`EACCES`).
+    fn fs_write(&self, _write: &mut FsIo) -> Decision {
+        Decision::Continue
+    }
 
     /// A new flow of the guest.
     fn flow(&self, _flow: &Flow) -> Decision {

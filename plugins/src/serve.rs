@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use crate::builtin::{self, Context};
 use crate::data::{
-    DnsAnswer, DnsQuery, Event, Exec, ExecEnded, ExecOutput, Flow, FlowBytes, FsAccess,
+    DnsAnswer, DnsQuery, Event, Exec, ExecEnded, ExecOutput, Flow, FlowBytes, FsAccess, FsIo,
     HttpRequest, Lifecycle, SandboxInfo,
 };
 use crate::external::protocol::{self, ToPlugin};
@@ -171,6 +171,16 @@ fn answer<W: Write>(chain: &Chain, id: u64, hook: Hook, data: Value, output: &Mu
             typed::<FsAccess>(data).map_or_else(|d| d, |a| chain.fs_access(&a)),
             None,
         ),
+        Hook::FsRead | Hook::FsWrite => match typed::<FsIo>(data) {
+            Ok(mut io) => {
+                let d = match hook {
+                    Hook::FsRead => chain.fs_read(&mut io),
+                    _ => chain.fs_write(&mut io),
+                };
+                (d, Some(json!(io)))
+            }
+            Err(d) => (d, None),
+        },
         Hook::Flow => (
             typed::<Flow>(data).map_or_else(|d| d, |f| chain.flow(&f)),
             None,

@@ -133,8 +133,13 @@ pub fn build(
         image_config: None,
         _leases: Vec::new(),
     };
-    let mut hooks = extensions.fs_hooks.clone();
-    hooks.extend(crate::plugins::FsPlugins::wanted(plugins));
+    // Each share's hooks: the embedder's, then the plugins' (with the share's guest paths).
+    let hooks_at = |mount: &str| -> Vec<Arc<dyn Hook>> {
+        let mut hooks = extensions.fs_hooks.clone();
+        hooks.extend(crate::plugins::FsPlugins::wanted(plugins, mount));
+        hooks
+    };
+    let hooks = hooks_at("/");
     match &spec.root {
         RootSpec::Initramfs => devices.initramfs_root = true,
         RootSpec::Image { reference } => {
@@ -184,6 +189,7 @@ pub fn build(
             }
         };
         let fs: Arc<dyn FileSystem> = Arc::new(passthrough(&path, volume.read_only)?);
+        let hooks = hooks_at(&volume.guest_path);
         devices
             .specs
             .push(fs_device(&tag, fs, volume.read_only, &hooks)?);

@@ -13,7 +13,7 @@ use std::ffi::OsString;
 use std::process::{Child, ExitCode};
 use std::sync::Arc;
 
-use msbvm_plugins::data::{FsAccess, Lifecycle, SandboxInfo};
+use msbvm_plugins::data::{FsAccess, FsIo, Lifecycle, SandboxInfo};
 use msbvm_plugins::external::{External, ExternalSpec};
 use msbvm_plugins::serve::NOTICE_TOPIC;
 use msbvm_plugins::{Chain, Decision, FailurePolicy, Hook, Notice, NoticeSink, Plugin};
@@ -101,49 +101,112 @@ pub fn attach(
     Ok(chain)
 }
 
-/// The plugins' view of the guest's filesystem operations, as a virtio-fs hook: `fs`
-/// decides on the operations that reach a file or change the tree (a denial is `EACCES`),
-/// `fs.change` hears of the changes that succeeded. Lookups, attribute reads and the reads and
-/// writes through an open file are not asked about (the open was); paths are relative to the
-/// share (the root, or a volume's directory).
-pub struct FsPlugins(pub Arc<Chain>);
+/// The plugins' view of the guest's filesystem operations on one share, as a virtio-fs hook:
+/// `fs` decides on the operations that reach a file or change the tree (a denial is
+/// `EACCES`), `fs.change` hears of the changes that succeeded, `fs.read` may answer a read
+/// with its own data and `fs.write` may replace what a write writes (or deny either). Lookups
+/// and attribute reads are not asked about. Paths are the guest's: the share's mount point
+/// joined with the path inside the share. Reads the guest's page cache serves never reach the
+/// filesystem, so `fs.read` sees only the ones that do.
+pub struct FsPlugins {
+    chain: Arc<Chain>,
+    /// Where the share is mounted in the guest (`/` for the root).
+    mount: String,
+}
 
 impl FsPlugins {
-    /// The hook, if any plugin asked for `fs` or `fs.change`.
-    pub fn wanted(chain: &Arc<Chain>) -> Option<Arc<dyn msbvm_fs::hooks::Hook>> {
-        (chain.wants(Hook::Fs) || chain.wants(Hook::FsChange))
-            .then(|| Arc::new(FsPlugins(chain.clone())) as Arc<dyn msbvm_fs::hooks::Hook>)
+    /// The hook of the share mounted at `mount`, if any plugin asked for a file hook.
+    pub fn wanted(chain: &Arc<Chain>, mount: &str) -> Option<Arc<dyn msbvm_fs::hooks::Hook>> {
+        [Hook::Fs, Hook::FsChange, Hook::FsRead, Hook::FsWrite]
+            .into_iter()
+            .any(|h| chain.wants(h))
+            .then(|| {
+                Arc::new(FsPlugins {
+                    chain: chain.clone(),
+                    mount: mount.trim_end_matches('/').to_string(),
+                }) as Arc<dyn msbvm_fs::hooks::Hook>
+            })
     }
 
-    fn access(op: &msbvm_fs::hooks::Op<'_>, size: u64) -> FsAccess {
-        let path = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    /// The guest's path of a path inside the share.
+    fn guest_path(&self, inside: &Option<std::path::PathBuf>) -> Option<String> {
+        let inside = inside.as_ref()?.display().to_string();
+        Some(format!("{}/{}", self.mount, inside.trim_start_matches('/')))
+    }
+
+    fn access(&self, op: &msbvm_fs::hooks::Op<'_>, size: u64) -> FsAccess {
         FsAccess {
             op: op.kind.name().to_string(),
-            path: path(&op.path),
-            new_path: path(&op.new_path),
+            path: self.guest_path(&op.path),
+            new_path: self.guest_path(&op.new_path),
             size,
         }
     }
+
+    fn io(&self, op: &msbvm_fs::hooks::Op<'_>, data: Option<Vec<u8>>) -> FsIo {
+        FsIo {
+            path: self.guest_path(&op.path),
+            offset: op.offset,
+            size: op.size,
+            data,
+        }
+    }
+}
+
+fn denied(op: &msbvm_fs::hooks::Op<'_>, reason: &str) -> std::io::Error {
+    tracing::debug!(op = op.kind.name(), path = ?op.path, reason, "a plugin denied a file operation");
+    std::io::Error::from_raw_os_error(libc::EACCES)
 }
 
 impl msbvm_fs::hooks::Hook for FsPlugins {
     fn before(&self, op: &msbvm_fs::hooks::Op<'_>) -> std::io::Result<()> {
         use msbvm_fs::hooks::OpKind as K;
         let decided = changes_tree(op.kind) || matches!(op.kind, K::Open | K::Opendir);
-        if decided && self.0.wants(Hook::Fs) {
-            if let Decision::Deny { reason } = self.0.fs_access(&Self::access(op, op.size)) {
-                tracing::debug!(op = op.kind.name(), path = ?op.path, reason, "a plugin denied a file operation");
-                return Err(std::io::Error::from_raw_os_error(libc::EACCES));
+        if decided && self.chain.wants(Hook::Fs) {
+            if let Decision::Deny { reason } = self.chain.fs_access(&self.access(op, op.size)) {
+                return Err(denied(op, &reason));
             }
         }
         Ok(())
     }
 
+    fn answer_read(&self, op: &msbvm_fs::hooks::Op<'_>) -> Option<std::io::Result<Vec<u8>>> {
+        if !self.chain.wants(Hook::FsRead) {
+            return None;
+        }
+        let mut read = self.io(op, None);
+        match self.chain.fs_read(&mut read) {
+            Decision::Deny { reason } => Some(Err(denied(op, &reason))),
+            Decision::Continue => read.data.map(|mut data| {
+                data.truncate(usize::try_from(op.size).unwrap_or(usize::MAX));
+                Ok(data)
+            }),
+        }
+    }
+
+    fn rewrite_write(
+        &self,
+        op: &msbvm_fs::hooks::Op<'_>,
+        data: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
+        if !self.chain.wants(Hook::FsWrite) {
+            return Ok(());
+        }
+        let mut write = self.io(op, Some(std::mem::take(data)));
+        let decision = self.chain.fs_write(&mut write);
+        // A plugin that sets no data has the write write nothing.
+        *data = write.data.unwrap_or_default();
+        match decision {
+            Decision::Deny { reason } => Err(denied(op, &reason)),
+            Decision::Continue => Ok(()),
+        }
+    }
+
     fn after(&self, op: &msbvm_fs::hooks::Op<'_>, result: std::result::Result<u64, i32>) {
         use msbvm_fs::hooks::OpKind as K;
         let changed = changes_tree(op.kind) || matches!(op.kind, K::Write | K::Fallocate);
-        if let (true, Ok(size)) = (changed && self.0.wants(Hook::FsChange), result) {
-            self.0.fs_change(&Self::access(op, size));
+        if let (true, Ok(size)) = (changed && self.chain.wants(Hook::FsChange), result) {
+            self.chain.fs_change(&self.access(op, size));
         }
     }
 }
@@ -258,7 +321,8 @@ mod tests {
     use std::ffi::CString;
     use std::sync::Mutex;
 
-    /// Denies anything named `forbidden`; records the changes it hears of.
+    /// Denies anything named `forbidden`; records the changes it hears of; answers reads of
+    /// files named `answered`; writes `secret` as `[redacted]`.
     struct Guard(Mutex<Vec<String>>);
 
     impl Plugin for Guard {
@@ -266,7 +330,26 @@ mod tests {
             "guard"
         }
         fn interests(&self) -> Interests {
-            [Hook::Fs, Hook::FsChange].into_iter().collect()
+            [Hook::Fs, Hook::FsChange, Hook::FsRead, Hook::FsWrite]
+                .into_iter()
+                .collect()
+        }
+        fn fs_read(&self, read: &mut FsIo) -> Decision {
+            if read
+                .path
+                .as_deref()
+                .is_some_and(|p| p.ends_with("answered"))
+            {
+                read.data = Some(b"from the plugin".to_vec());
+            }
+            Decision::Continue
+        }
+        fn fs_write(&self, write: &mut FsIo) -> Decision {
+            if let Some(data) = &mut write.data {
+                let text = String::from_utf8_lossy(data).replace("secret", "[redacted]");
+                *data = text.into_bytes();
+            }
+            Decision::Continue
         }
         fn fs_access(&self, a: &FsAccess) -> Decision {
             if a.path.as_deref().is_some_and(|p| p.ends_with("forbidden")) {
@@ -287,7 +370,8 @@ mod tests {
     fn plugins_decide_on_file_operations_and_hear_of_changes() {
         let guard = Arc::new(Guard(Mutex::new(Vec::new())));
         let chain = Arc::new(Chain::new(vec![guard.clone()], Arc::new(|_| {})));
-        let hook = FsPlugins::wanted(&chain).expect("the chain asked for fs hooks");
+        // A volume's share: paths are the guest's, under its mount point.
+        let hook = FsPlugins::wanted(&chain, "/data/").expect("the chain asked for fs hooks");
         let fs = Hooked::new(MemoryFs::new(), vec![hook]);
         let ctx = Context {
             uid: 0,
@@ -300,9 +384,24 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EACCES));
         fs.mkdir(&ctx, ROOT_INODE, &name("work"), 0o755, 0).unwrap();
-        assert_eq!(*guard.0.lock().unwrap(), ["mkdir /work"]);
+        assert_eq!(*guard.0.lock().unwrap(), ["mkdir /data/work"]);
+        // Writes are rewritten on their way in; reads are answered by the plugin.
+        let (entry, open) = fs
+            .create(&ctx, ROOT_INODE, &name("answered"), 0o644, 0, 0)
+            .unwrap();
+        let wrote = fs
+            .write(&ctx, entry.inode, open.handle, 0, b"a secret note", 0)
+            .unwrap();
+        assert_eq!(wrote, 13, "the guest is told what it wrote was written");
+        let stored = fs
+            .inner()
+            .read(&ctx, entry.inode, open.handle, 0, 64)
+            .unwrap();
+        assert_eq!(stored, b"a [redacted] note");
+        let read = fs.read(&ctx, entry.inode, open.handle, 0, 4).unwrap();
+        assert_eq!(read, b"from", "an answer is cut to the size asked for");
         assert!(
-            FsPlugins::wanted(&Arc::new(Chain::empty())).is_none(),
+            FsPlugins::wanted(&Arc::new(Chain::empty()), "/").is_none(),
             "no plugin asked: no hook, no cost"
         );
     }

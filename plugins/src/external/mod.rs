@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::data::{
-    DnsAnswer, DnsQuery, Event, Exec, ExecEnded, ExecOutput, Flow, FlowBytes, FsAccess,
+    DnsAnswer, DnsQuery, Event, Exec, ExecEnded, ExecOutput, Flow, FlowBytes, FsAccess, FsIo,
     HttpRequest, Lifecycle, SandboxInfo,
 };
 use crate::hook::{Hook, Interests};
@@ -228,6 +228,22 @@ impl External {
         }
     }
 
+    /// A decision on a read or write whose plugin may set its data (nothing else changes).
+    fn decide_data(&self, hook: Hook, io: &mut FsIo) -> Decision {
+        let (decision, data) = self.decide(hook, &*io);
+        if decision.is_deny() {
+            return decision;
+        }
+        match data.map(|change| merged(&*io, change)) {
+            None => decision,
+            Some(Ok(new)) => {
+                io.data = new.data;
+                decision
+            }
+            Some(Err(e)) => self.inner.bad_data(hook, &e),
+        }
+    }
+
     fn notify<T: serde::Serialize>(&self, hook: Hook, data: &T) {
         let data = serde_json::to_value(data).unwrap_or(Value::Null);
         self.inner
@@ -324,6 +340,14 @@ impl Plugin for External {
             }
             Some(Err(e)) => self.inner.bad_data(Hook::Http, &e),
         }
+    }
+
+    fn fs_read(&self, read: &mut FsIo) -> Decision {
+        self.decide_data(Hook::FsRead, read)
+    }
+
+    fn fs_write(&self, write: &mut FsIo) -> Decision {
+        self.decide_data(Hook::FsWrite, write)
     }
 
     fn flow_bytes(&self, bytes: &FlowBytes) {

@@ -13,7 +13,7 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// The longest line either side may write, newline included. A plugin that writes a longer
 /// one has broken the protocol.
-pub const MAX_LINE: usize = 1 << 20;
+pub const MAX_LINE: usize = 2 << 20;
 
 /// A line from the sandbox to the plugin.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

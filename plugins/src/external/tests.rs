@@ -323,7 +323,7 @@ fn a_line_over_the_limit_breaks_the_protocol() {
     let dir = tempfile::tempdir().unwrap();
     let spec = sh_plugin(
         &dir,
-        r#"read h; echo '{"type":"hello","protocol":1,"hooks":["net.dns"]}'; read q; head -c 2000000 /dev/zero | tr '\0' 'a'; echo; sleep 30"#,
+        r#"read h; echo '{"type":"hello","protocol":1,"hooks":["net.dns"]}'; read q; head -c 3000000 /dev/zero | tr '\0' 'a'; echo; sleep 30"#,
     );
     let (notices, got) = sink();
     let plugin = External::start(spec, "sb", notices).unwrap();
@@ -376,4 +376,50 @@ fn a_change_replaces_only_the_fields_it_names() {
         .contains("shell"));
     assert!(merged(&e, serde_json::json!(["ls"])).is_err());
     assert!(merged(&e, serde_json::json!({"uid": "root"})).is_err());
+}
+
+#[test]
+fn a_python_plugin_answers_reads_and_rewrites_writes_in_base64() {
+    let Some(py) = python("a_python_plugin_answers_reads_and_rewrites_writes_in_base64") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let body = r#"
+import base64
+
+@plugin.on("fs.read")
+def read(r):
+    if r["path"] == "/etc/motd":
+        r["data"] = base64.b64encode(b"hello from the plugin").decode()
+        return change(r)
+    if r["path"] == "/etc/shadow":
+        return deny("not this one")
+    return None
+
+@plugin.on("fs.write")
+def write(w):
+    data = base64.b64decode(w["data"]).replace(b"\x00", b"")
+    w["data"] = base64.b64encode(data.upper()).decode()
+    return change(w)
+"#;
+    let (notices, _) = sink();
+    let plugin = External::start(py_plugin(&dir, &py, body), "sb1", notices).unwrap();
+    let io = |path: &str, data: Option<&[u8]>| FsIo {
+        path: Some(path.into()),
+        offset: 0,
+        size: 4096,
+        data: data.map(<[u8]>::to_vec),
+    };
+    let mut motd = io("/etc/motd", None);
+    assert_eq!(plugin.fs_read(&mut motd), Decision::Continue);
+    assert_eq!(motd.data.as_deref(), Some(&b"hello from the plugin"[..]));
+    let mut other = io("/etc/hosts", None);
+    assert_eq!(plugin.fs_read(&mut other), Decision::Continue);
+    assert_eq!(other.data, None, "not answered: the file is read");
+    assert!(plugin.fs_read(&mut io("/etc/shadow", None)).is_deny());
+    // Binary data travels intact both ways.
+    let mut write = io("/tmp/x", Some(b"ab\x00c\xff"));
+    assert_eq!(plugin.fs_write(&mut write), Decision::Continue);
+    assert_eq!(write.data.as_deref(), Some(&b"ABC\xff"[..]));
+    plugin.shutdown();
 }
