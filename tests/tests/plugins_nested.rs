@@ -8,7 +8,9 @@
 //! `audit` a file the guest writes and an event sent to it; `rate-limit` denies past its
 //! limit. A second sandbox takes the network decisions: the guard denies a port and a DNS
 //! name and adds a header the host's server sees, `rate-limit` denies connections past 2 a
-//! second and paces a download to 256 KiB/s, and `audit` records the inspected request.
+//! second and paces a download to 256 KiB/s, and `audit` records the inspected request. A
+//! third sandbox's file plugin answers a read of a volume's file and rewrites what is written
+//! there, seeing the guest's paths.
 //!
 //! L1 gets the host's Python interpreter and a zip of the pure-Python standard library
 //! (`PYTHONHOME=/py`); without `/usr/bin/python3` the test says so and is skipped.
@@ -24,6 +26,7 @@ use msbvm_tests::e2e::{assert_checks, net_host, net_l1, prelude, run_scenarios};
 const L1_TIMEOUT: Duration = Duration::from_secs(900);
 const PYTHON: &str = "/usr/bin/python3";
 const GUARD: &str = include_str!("../l1-tools/guard_plugin.py");
+const FS_PLUGIN: &str = include_str!("../l1-tools/fs_plugin.py");
 const CLIENT: &str = include_str!("../../plugins/python/msbvm_plugin.py");
 
 /// The host's web root: a page, a 1 MiB file, and a CGI script that shows the `x-plugin`
@@ -110,6 +113,16 @@ check pn_dns_denied $([ $(grep -c 'no lookups of blocked.example' /tmp/pn-events
 check pn_conns_denied $([ $(grep -c 'new connections per second' /tmp/pn-events.txt) -ge 2 ] && echo yes)
 check audit_http $(grep '"kind":"http"' /tmp/audit2.jsonl | grep '/cgi-bin/h' | grep -c 'x-plugin')
 $M stop pn >/dev/null 2>&1
+
+# File data, in a third sandbox with only the file plugin: it answers a read of a volume's
+# file and rewrites what is written there (the host's copy shows it).
+mkdir -p /tmp/vol && head -c 200 /dev/zero | tr '\0' 'h' > /tmp/vol/motd
+$M run -d --name pf --no-default-plugins --plugin /e2e/fsguard -v /tmp/vol:/data; check pf_rc $?
+check pf_read "$($M exec pf -- cat /data/motd)"
+$M exec pf -- sh -c 'echo "a secret note" > /data/note'; check pf_write_rc $?
+check pf_written "$(cat /tmp/vol/note)"
+check pf_root_untouched "$($M exec pf -- sh -c 'echo "a secret" > /root/x && cat /root/x')"
+$M stop pf >/dev/null 2>&1
 sleep 1
 kill %1 2>/dev/null
 check events_timed_out $(grep -c '"timed_out"' $EV)
@@ -175,16 +188,20 @@ fn plugins_decide_observe_fail_closed_and_restart() {
         eprintln!("skipped: {PYTHON} could not zip its standard library");
         return;
     };
-    let wrapper = format!(
-        "#!/bin/sh\nPYTHONHOME=/py exec {} /e2e/guard_plugin.py\n",
-        python.display()
-    );
+    let wrapper = |script: &str| {
+        format!(
+            "#!/bin/sh\nPYTHONHOME=/py exec {} /e2e/{script}\n",
+            python.display()
+        )
+    };
     let vm = vm
         .add_program(&python, &python.display().to_string())
         .add_file(dir.path().join(&zip), &format!("/py/lib/{zip}"))
         .add_bytes("/e2e/guard_plugin.py", GUARD, 0o644)
         .add_bytes("/e2e/msbvm_plugin.py", CLIENT, 0o644)
-        .add_bytes("/e2e/guard", wrapper, 0o755);
+        .add_bytes("/e2e/fs_plugin.py", FS_PLUGIN, 0o644)
+        .add_bytes("/e2e/guard", wrapper("guard_plugin.py"), 0o755)
+        .add_bytes("/e2e/fsguard", wrapper("fs_plugin.py"), 0o755);
     let script = SCRIPT
         .replace("@PRELUDE@", &prelude())
         .replace("@HOST@", &net_host(WWW, ""));
@@ -240,6 +257,11 @@ fn plugins_decide_observe_fail_closed_and_restart() {
             ("pn_dns_denied", "yes"),
             ("pn_conns_denied", "yes"),
             ("audit_http", "1"),
+            ("pf_rc", "0"),
+            ("pf_read", "answered by fsguard"),
+            ("pf_write_rc", "0"),
+            ("pf_written", "a [redacted] note"),
+            ("pf_root_untouched", "a secret"),
             ("done", "yes"),
         ],
     );
