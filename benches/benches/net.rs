@@ -1,5 +1,6 @@
 //! Network benchmark: TCP through msbvm's user-mode netstack side by side with slirp4netns
-//! and pasta, without a VM, under identical conditions.
+//! and pasta, without a VM, under identical conditions; and msbvm with an in-process plugin
+//! deciding every flow and told its bytes (`msbvm-plugin`), for what plugins cost.
 //!
 //! ```text
 //! cargo bench -p msbvm-benches --bench net
@@ -7,17 +8,18 @@
 //!
 //! Each stack serves a fresh network namespace through a TAP device (see
 //! `msbvm_benches::net_bench`); the namespace's kernel plays the guest. Per MTU (1500 and
-//! 65520, the same for every stack) and run: `iperf3 -c <host alias> -t SECS` from the
+//! 65520, the same for every stack) and run (runs interleaved: each measures every stack
+//! once, each starting with another): `iperf3 -c <host alias> -t SECS` from the
 //! namespace to an `iperf3 -s` on the host's 127.0.0.1 (guest to host), the same with `-R`
 //! (host to guest), and a connection-rate loop (connect, wait for the host's FIN, repeat).
 //! CPU per GB is the stack's CPU time during a transfer over the bytes moved: for msbvm the
-//! netstack thread plus the two frame pumps standing in for virtio-net (the stack thread alone
-//! in brackets); for a peer its process.
+//! netstack thread plus the two frame pumps standing in for virtio-net, and the plugin
+//! decision threads (the stack thread alone in brackets); for a peer its process.
 //!
 //! Environment: `MSBVM_BENCH_RUNS` (runs per stack and MTU, default 3), `MSBVM_BENCH_SECS`
 //! (iperf3 seconds, default 5), `MSBVM_BENCH_CONNS` (connections per rate sample, default
 //! 300), `MSBVM_BENCH_MTUS` (comma-separated, default `1500,65520`), `MSBVM_BENCH_STACKS`
-//! (comma-separated subset of msbvm, slirp4netns, pasta; default all). Needs root, /dev/net/tun,
+//! (comma-separated subset of msbvm, msbvm-plugin, slirp4netns, pasta; default all). Needs root, /dev/net/tun,
 //! iproute2 and iperf3; slirp4netns and pasta (package passt) are peers, each skipped with one
 //! line when missing or failing.
 
@@ -114,16 +116,28 @@ fn bench() -> BenchResult<()> {
 
     let mut results: Vec<(usize, &str, Samples)> = Vec::new();
     for &mtu in &mtus {
+        let first = results.len();
         for &stack in &stacks {
-            let mut samples = Samples::default();
-            for run in 1..=runs {
-                if let Err(e) = measure(stack, mtu, &server, &listener, secs, conns, &mut samples) {
-                    if stack == "msbvm" {
-                        return Err(format!("msbvm at MTU {mtu}, run {run}: {e}"));
+            results.push((mtu, stack, Samples::default()));
+        }
+        // Interleaved: each run measures every stack once, each run starting with another,
+        // so drift in the machine spreads over all of them.
+        let mut failed = vec![false; stacks.len()];
+        for run in 1..=runs {
+            for k in 0..stacks.len() {
+                let i = (k + run as usize - 1) % stacks.len();
+                let (_, stack, samples) = &mut results[first + i];
+                if failed[i] {
+                    continue;
+                }
+                if let Err(e) = measure(stack, mtu, &server, &listener, secs, conns, samples) {
+                    if stack.starts_with("msbvm") {
+                        return Err(format!("{stack} at MTU {mtu}, run {run}: {e}"));
                     }
                     // A peer that does not work here is reported and left out.
                     println!("{stack} (mtu {mtu}): skipped: {e}");
-                    break;
+                    failed[i] = true;
+                    continue;
                 }
                 eprintln!(
                     "net bench: mtu {mtu} {stack} run {run}: up {:.2} Gbit/s, down {:.2} Gbit/s, {:.0} conn/s",
@@ -132,7 +146,6 @@ fn bench() -> BenchResult<()> {
                     samples.conns.last().copied().unwrap_or(0.0),
                 );
             }
-            results.push((mtu, stack, samples));
         }
     }
 
@@ -156,7 +169,7 @@ fn report(results: &[(usize, &str, Samples)], mtus: &[usize], runs: u32, secs: u
             continue;
         }
         let cpu = |all: &Vec<f64>, own: &Vec<f64>| {
-            if *stack == "msbvm" {
+            if stack.starts_with("msbvm") {
                 format!("{} [{}]", cell(med(all), 2), cell(med(own), 2))
             } else {
                 cell(med(all), 2)
@@ -181,7 +194,8 @@ fn report(results: &[(usize, &str, Samples)], mtus: &[usize], runs: u32, secs: u
                 .map(|(_, _, samples)| samples)
         };
         let Some(ours) = find("msbvm") else { continue };
-        for peer in ["slirp4netns", "pasta"] {
+        // msbvm/msbvm-plugin below 1 is what the in-process plugin costs.
+        for peer in ["msbvm-plugin", "slirp4netns", "pasta"] {
             if let Some(theirs) = find(peer) {
                 println!(
                     "msbvm/{peer} at mtu {mtu}: up x{}, down x{}, conn/s x{}, CPU/GB up x{}, down x{}",

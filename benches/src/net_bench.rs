@@ -6,6 +6,8 @@
 //! frames from the same TCP implementation and differs only in what it does with them. For
 //! msbvm, two pump threads move frames between the TAP and the device end of
 //! [`msbvm_netstack::frame_socketpair`], as the virtio-net device does with guest buffers.
+//! The `msbvm-plugin` stack is msbvm with one in-process plugin ([`FlowWatcher`]) deciding
+//! every new flow and told every closed flow's bytes: the cost of an in-process observer.
 
 use std::fs::File;
 use std::io::Read;
@@ -19,7 +21,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use msbvm_netstack::policy::{Action, Policy, Rule};
-use msbvm_netstack::{discard_events, frame_socketpair, NetConfig, NetStack, NetStackHandle};
+use msbvm_netstack::{
+    discard_events, frame_socketpair, EventSink, NetConfig, NetEvent, NetStack, NetStackHandle,
+};
+use msbvm_plugins::data::{Flow, FlowBytes, Transport as PluginTransport};
+use msbvm_plugins::{Chain, Decision, Hook, Interests, Plugin};
 
 pub use crate::image_bench::{on_path, BenchResult};
 
@@ -233,18 +239,70 @@ impl MsbvmLink {
     /// gateway 10.0.2.2, `mtu`), starts the stack (policy: default allow plus `allow host`)
     /// and the pumps.
     pub fn start(mtu: usize) -> BenchResult<MsbvmLink> {
+        let (config, policy) = MsbvmLink::bench_setup(mtu)?;
+        MsbvmLink::start_with(&format!("msbvm{mtu}"), config, policy)
+    }
+
+    /// Like [`MsbvmLink::start`], with a [`FlowWatcher`] as the sandbox's plugin.
+    pub fn start_watched(mtu: usize) -> BenchResult<MsbvmLink> {
+        let (config, policy) = MsbvmLink::bench_setup(mtu)?;
+        let chain = Arc::new(Chain::new(
+            vec![Arc::new(FlowWatcher::default())],
+            Arc::new(|_| {}),
+        ));
+        let events: EventSink = {
+            let chain = chain.clone();
+            // What the runtime's event sink does for plugins that watch bytes.
+            Arc::new(move |event| {
+                if let NetEvent::FlowClosed {
+                    transport,
+                    dst,
+                    bytes_up,
+                    bytes_down,
+                } = event
+                {
+                    if chain.wants(Hook::Bytes) {
+                        let transport = match transport {
+                            msbvm_netstack::Transport::Tcp => PluginTransport::Tcp,
+                            msbvm_netstack::Transport::Udp => PluginTransport::Udp,
+                        };
+                        chain.flow_bytes(&FlowBytes {
+                            transport,
+                            dst,
+                            bytes_up,
+                            bytes_down,
+                        });
+                    }
+                }
+            })
+        };
+        MsbvmLink::start_full(&format!("msbvmp{mtu}"), config, policy, events, chain)
+    }
+
+    fn bench_setup(mtu: usize) -> BenchResult<(NetConfig, Policy)> {
         let rule = Rule::parse("host").map_err(|e| format!("rule host: {e}"))?;
         let policy = Policy::new(Action::Allow).allow(rule);
         let config = NetConfig {
             mtu,
             ..NetConfig::default()
         };
-        MsbvmLink::start_with(&format!("msbvm{mtu}"), config, policy)
+        Ok((config, policy))
     }
 
     /// Like [`MsbvmLink::start`] with the stack's `config` and `policy` given (the namespace,
     /// `msbvm-bench-<pid>-<tag>`, is configured for `config.mtu`).
     pub fn start_with(tag: &str, config: NetConfig, policy: Policy) -> BenchResult<MsbvmLink> {
+        let chain = Arc::new(Chain::empty());
+        MsbvmLink::start_full(tag, config, policy, discard_events(), chain)
+    }
+
+    fn start_full(
+        tag: &str,
+        config: NetConfig,
+        policy: Policy,
+        events: EventSink,
+        plugins: Arc<Chain>,
+    ) -> BenchResult<MsbvmLink> {
         let ns = Netns::create(tag)?;
         let tap = open_tap(&ns)?;
         let mtu_text = config.mtu.to_string();
@@ -253,7 +311,7 @@ impl MsbvmLink {
         ns.ip(&["route", "add", "default", "via", "10.0.2.2"])?;
         let (device, stack_fd) = frame_socketpair().map_err(|e| format!("socketpair: {e}"))?;
         let frame_max = config.max_frame_len();
-        let stack = NetStack::start(config, stack_fd, policy, discard_events())
+        let stack = NetStack::start_with_plugins(config, stack_fd, policy, events, plugins)
             .map_err(|e| format!("starting the netstack: {e}"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let mut pumps = Vec::new();
@@ -350,7 +408,35 @@ impl PeerLink {
 }
 
 /// The stacks measured.
-pub const STACKS: [&str; 3] = ["msbvm", "slirp4netns", "pasta"];
+pub const STACKS: [&str; 4] = ["msbvm", "msbvm-plugin", "slirp4netns", "pasta"];
+
+/// The in-process plugin of the `msbvm-plugin` stack: decides every new flow (letting it
+/// through) and adds up the bytes of the closed ones.
+#[derive(Default)]
+pub struct FlowWatcher {
+    flows: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+impl Plugin for FlowWatcher {
+    fn name(&self) -> &str {
+        "flow-watcher"
+    }
+
+    fn interests(&self) -> Interests {
+        Interests::NONE.with(Hook::Flow).with(Hook::Bytes)
+    }
+
+    fn flow(&self, _flow: &Flow) -> Decision {
+        self.flows.fetch_add(1, Ordering::Relaxed);
+        Decision::Continue
+    }
+
+    fn flow_bytes(&self, bytes: &FlowBytes) {
+        self.bytes
+            .fetch_add(bytes.bytes_up + bytes.bytes_down, Ordering::Relaxed);
+    }
+}
 
 /// One stack serving one namespace.
 pub enum Link {
@@ -365,6 +451,7 @@ impl Link {
     pub fn start(stack: &str, mtu: usize) -> BenchResult<Link> {
         match stack {
             "msbvm" => MsbvmLink::start(mtu).map(Link::Msbvm),
+            "msbvm-plugin" => MsbvmLink::start_watched(mtu).map(Link::Msbvm),
             "slirp4netns" => PeerLink::slirp4netns(mtu).map(Link::Peer),
             "pasta" => PeerLink::pasta(mtu).map(Link::Peer),
             other => Err(format!("unknown stack {other}")),
@@ -394,7 +481,9 @@ impl Link {
         match self {
             Link::Msbvm(_) => {
                 let stack = threads_cpu_seconds("msbvm-netstack");
-                (stack + threads_cpu_seconds(PUMP_THREAD), stack)
+                // With plugins, their decision threads count as the stack's.
+                let plugins = threads_cpu_seconds("msbvm-net-plug");
+                (stack + plugins + threads_cpu_seconds(PUMP_THREAD), stack)
             }
             Link::Peer(l) => {
                 let cpu = l.cpu_seconds();
