@@ -1032,8 +1032,18 @@ fn a_flow_plugin_decides_tcp_flows_after_policy() {
         )]
     );
     // Asked once per flow, whatever the guest retransmitted meanwhile; a flow the policy
-    // denies never reaches the plugin.
+    // denies never reaches the plugin; only the flow that went through is reported allowed.
     assert_eq!(guard.asked.load(Ordering::SeqCst), 2);
+    let allowed: Vec<_> = h
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            NetEvent::FlowAllowed { dst, .. } => Some(dst.port()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(allowed, vec![open]);
+    assert_eq!(h.handle.stats().flows_total, 1);
     let mut h2 = Harness::start_with_plugins(test_config(), Policy::default(), guarded(1).1);
     let s = h2.guest.tcp_connect_host(open, 40103);
     h2.guest.run_until(5, "reset", |g| {

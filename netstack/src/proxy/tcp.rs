@@ -64,7 +64,7 @@ pub(crate) fn new_flow(shared: &Rc<Shared>, st: &mut Stack, key: TcpKey, syn: &[
         st.send_rst(key, syn);
         return;
     }
-    let Some(flow) = shared.check_flow(Transport::Tcp, dst) else {
+    let Some((flow, rule)) = shared.check_flow(Transport::Tcp, dst) else {
         st.send_rst(key, syn);
         return;
     };
@@ -78,15 +78,25 @@ pub(crate) fn new_flow(shared: &Rc<Shared>, st: &mut Stack, key: TcpKey, syn: &[
         // can end it) until the plugins answer.
         st.tcp
             .insert(key, TcpEntry::Connecting { syn: syn.to_vec() });
-        tokio::task::spawn_local(ask_plugins_then_open(shared.clone(), key, flow, inspected));
+        let asked = ask_plugins_then_open(shared.clone(), key, flow, rule, inspected);
+        tokio::task::spawn_local(asked);
         return;
     }
+    shared.flow_allowed(Transport::Tcp, dst, rule);
     open(shared, st, key, syn, flow, inspected);
 }
 
 /// Opens the flow once the plugins allowed it; a denied one is reset.
-async fn ask_plugins_then_open(shared: Rc<Shared>, key: TcpKey, flow: FlowInfo, inspected: bool) {
-    let allowed = shared.plugins_allow_flow(Transport::Tcp, key.remote).await;
+async fn ask_plugins_then_open(
+    shared: Rc<Shared>,
+    key: TcpKey,
+    flow: FlowInfo,
+    rule: Option<String>,
+    inspected: bool,
+) {
+    let allowed = shared
+        .plugins_allow_flow(Transport::Tcp, key.remote, rule)
+        .await;
     let mut st = shared.stack.borrow_mut();
     // A policy change may have ended it meanwhile.
     let Some(TcpEntry::Connecting { syn }) = st.tcp.remove(&key) else {

@@ -76,16 +76,17 @@ pub(crate) fn datagram(shared: &Rc<Shared>, st: &mut Stack, datagram: &Datagram<
         st.send_port_unreachable(*dst.ip(), frame);
         return;
     }
-    let Some(flow) = shared.check_flow(Transport::Udp, dst) else {
+    let Some((flow, rule)) = shared.check_flow(Transport::Udp, dst) else {
         st.send_port_unreachable(*dst.ip(), frame);
         return;
     };
     if shared.plugins.wants(Hook::Flow) {
         st.udp_pending.insert(key, vec![payload.to_vec()]);
-        let frame = frame.to_vec();
-        tokio::task::spawn_local(ask_plugins_then_open(shared.clone(), key, src, flow, frame));
+        let asked = ask_plugins_then_open(shared.clone(), key, src, (flow, rule), frame.to_vec());
+        tokio::task::spawn_local(asked);
         return;
     }
+    shared.flow_allowed(Transport::Udp, dst, rule);
     open(shared, st, key, src, flow, frame, &[payload]);
 }
 
@@ -95,10 +96,12 @@ async fn ask_plugins_then_open(
     shared: Rc<Shared>,
     key: UdpKey,
     src: SocketAddrV4,
-    flow: FlowInfo,
+    (flow, rule): (FlowInfo, Option<String>),
     frame: Vec<u8>,
 ) {
-    let allowed = shared.plugins_allow_flow(Transport::Udp, key.remote).await;
+    let allowed = shared
+        .plugins_allow_flow(Transport::Udp, key.remote, rule)
+        .await;
     let mut st = shared.stack.borrow_mut();
     let Some(waiting) = st.udp_pending.remove(&key) else {
         return;

@@ -107,6 +107,21 @@ pub(crate) fn end_denied_flows(shared: &Shared) {
                 ended.push((Transport::Udp, key.remote, why));
             }
         }
+        // UDP flows still waiting for the plugins: their datagrams are dropped, and the
+        // decision, when it comes, finds nothing to open.
+        let no_names: &[String] = &[];
+        let pending_ends = to_end(
+            shared,
+            &policy,
+            Transport::Udp,
+            st.udp_pending
+                .keys()
+                .map(|key| (*key, key.remote, no_names, true)),
+        );
+        for (key, why) in pending_ends {
+            st.udp_pending.remove(&key);
+            ended.push((Transport::Udp, key.remote, why));
+        }
         st.poll();
         shared.sync_flow_stats(st);
     }

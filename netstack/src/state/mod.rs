@@ -328,7 +328,13 @@ impl Shared {
     }
 
     /// Asks policy about a new flow, and reports the verdict.
-    pub(crate) fn check_flow(&self, transport: Transport, dst: SocketAddrV4) -> Option<FlowInfo> {
+    /// The policy's verdict on a new flow: a denial is reported here; an allowed flow comes
+    /// back with its rule, for [`Shared::flow_allowed`] once nothing else (a plugin) refuses it.
+    pub(crate) fn check_flow(
+        &self,
+        transport: Transport,
+        dst: SocketAddrV4,
+    ) -> Option<(FlowInfo, Option<String>)> {
         let flow = self.flow_info(transport, dst);
         let ip = *dst.ip();
         if ip.is_broadcast() || ip.is_multicast() || ip.is_unspecified() {
@@ -336,15 +342,7 @@ impl Shared {
             return None;
         }
         match self.policy.load().check_flow(&flow, &self.pins) {
-            Verdict::Allow { rule } => {
-                StatsCounters::add(&self.stats.flows_total, 1);
-                self.emit(NetEvent::FlowAllowed {
-                    transport,
-                    dst: SocketAddr::V4(dst),
-                    rule,
-                });
-                Some(flow)
-            }
+            Verdict::Allow { rule } => Some((flow, rule)),
             Verdict::Deny { rule, reason } => {
                 self.deny(transport, dst, rule, reason);
                 None
@@ -352,20 +350,41 @@ impl Shared {
         }
     }
 
+    /// Counts and reports a flow that was let through, with the policy rule that allowed it.
+    pub(crate) fn flow_allowed(
+        &self,
+        transport: Transport,
+        dst: SocketAddrV4,
+        rule: Option<String>,
+    ) {
+        StatsCounters::add(&self.stats.flows_total, 1);
+        self.emit(NetEvent::FlowAllowed {
+            transport,
+            dst: SocketAddr::V4(dst),
+            rule,
+        });
+    }
+
     /// Asks the plugins about a flow the policy allowed (when one asked); a denial is reported
     /// here, and the caller refuses the flow.
     /// `dst` is where the guest sent it; the host is the name the guest resolved it by.
-    pub(crate) async fn plugins_allow_flow(&self, transport: Transport, dst: SocketAddrV4) -> bool {
-        if !self.plugins.wants(msbvm_plugins::Hook::Flow) {
-            return true;
-        }
+    /// An allowed flow is reported ([`Shared::flow_allowed`]) with the policy's `rule`.
+    pub(crate) async fn plugins_allow_flow(
+        &self,
+        transport: Transport,
+        dst: SocketAddrV4,
+        rule: Option<String>,
+    ) -> bool {
         let host = self.pins.names((*dst.ip()).into()).into_iter().next();
         match self
             .plugins
             .flow(transport, SocketAddr::V4(dst), host)
             .await
         {
-            Ok(()) => true,
+            Ok(()) => {
+                self.flow_allowed(transport, dst, rule);
+                true
+            }
             Err(reason) => {
                 self.deny(
                     transport,
