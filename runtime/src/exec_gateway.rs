@@ -175,9 +175,7 @@ fn host_to_guest(
         if chain.wants(Hook::ExecBefore) {
             if let Decision::Deny { reason } = chain.before_exec(&mut hooked) {
                 tracing::info!(argv = ?request.argv, reason, "a plugin denied a command");
-                let refusal = GuestMessage::Error {
-                    message: format!("denied by a plugin: {reason}"),
-                };
+                let refusal = GuestMessage::Denied { reason };
                 let frame = msbvm_protocol::encode(&refusal)
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
                 (&*client).write_all(&frame)?;

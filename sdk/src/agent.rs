@@ -95,5 +95,6 @@ pub fn describe(m: &GuestMessage) -> &'static str {
         GuestMessage::FileError(_) => "FileError",
         GuestMessage::Event(_) => "Event",
         GuestMessage::IdentityTaken => "IdentityTaken",
+        GuestMessage::Denied { .. } => "Denied",
     }
 }

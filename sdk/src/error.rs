@@ -95,6 +95,10 @@ pub enum Error {
     /// The guest agent refused a request.
     #[error("the guest agent refused the request: {0}")]
     Agent(String),
+    /// A plugin of the sandbox refused the request (a command it does not allow); the
+    /// request never reached the guest.
+    #[error("denied by a plugin: {0}")]
+    Denied(String),
     /// A file operation in the guest failed; [`Error::file_error_kind`] says how.
     #[error("in the sandbox: {0}")]
     GuestFile(msbvm_protocol::files::FileError),

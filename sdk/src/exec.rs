@@ -326,6 +326,7 @@ impl ExecStream {
                 match reader.read_message::<GuestMessage>().await {
                     Ok(Some(GuestMessage::Started { pid })) => return Ok(pid),
                     Ok(Some(GuestMessage::Error { message })) => return Err(Error::Agent(message)),
+                    Ok(Some(GuestMessage::Denied { reason })) => return Err(Error::Denied(reason)),
                     Ok(Some(other)) => skip(&mut ignored, describe(&other))?,
                     Ok(None) => return Err(Error::ConnectionLost),
                     Err(e) if e.is_recoverable() => skip(&mut ignored, &e.to_string())?,
@@ -418,6 +419,10 @@ impl ExecStream {
                     return Ok(Some(ExecEvent::Exited(status)));
                 }
                 Ok(Some(GuestMessage::Error { message })) => return Err(Error::Agent(message)),
+                Ok(Some(GuestMessage::Denied { reason })) => {
+                    self.finished = true;
+                    return Err(Error::Denied(reason));
+                }
                 Ok(Some(other)) => {
                     if let Err(e) = skip(&mut self.ignored, describe(&other)) {
                         self.finished = true;

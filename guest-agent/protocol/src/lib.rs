@@ -224,6 +224,12 @@ pub enum GuestMessage {
     Event(events::GuestEvent),
     /// The agent took the identity of [`HostMessage::Identity`].
     IdentityTaken,
+    /// A plugin on the host refused the request; the last message of the connection. Sent by
+    /// the sandbox's exec gateway in place of the agent's answer, never by the agent.
+    Denied {
+        /// The plugin's reason.
+        reason: String,
+    },
 }
 
 /// Errors of the codec.

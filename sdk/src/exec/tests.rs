@@ -116,6 +116,24 @@ async fn start_failure_is_an_agent_error() {
 }
 
 #[tokio::test]
+async fn a_plugin_denial_is_its_own_error() {
+    let (tmp, fake) = exec_agent(|s, _| {
+        s.send(&G::Denied {
+            reason: "rm -rf / is not allowed".into(),
+        });
+    });
+    let e = start(&tmp, ExecOptions::new(["rm", "-rf", "/"]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Denied(r) if r == "rm -rf / is not allowed"),
+        "{e}"
+    );
+    assert_eq!(e.to_string(), "denied by a plugin: rm -rf / is not allowed");
+    fake.join();
+}
+
+#[tokio::test]
 async fn empty_argv_is_refused_before_connecting() {
     let tmp = TempDir::new().unwrap();
     let e = start(&tmp, ExecOptions::default()).await.unwrap_err();
