@@ -21,10 +21,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use msbvm_netstack::policy::{Action, Policy, Rule};
-use msbvm_netstack::{
-    discard_events, frame_socketpair, EventSink, NetConfig, NetEvent, NetStack, NetStackHandle,
-};
-use msbvm_plugins::data::{Flow, FlowBytes, Transport as PluginTransport};
+use msbvm_netstack::{discard_events, frame_socketpair, NetConfig, NetStack, NetStackHandle};
+use msbvm_plugins::data::{Flow, FlowBytes};
 use msbvm_plugins::{Chain, Decision, Hook, Interests, Plugin};
 
 pub use crate::image_bench::{on_path, BenchResult};
@@ -250,33 +248,7 @@ impl MsbvmLink {
             vec![Arc::new(FlowWatcher::default())],
             Arc::new(|_| {}),
         ));
-        let events: EventSink = {
-            let chain = chain.clone();
-            // What the runtime's event sink does for plugins that watch bytes.
-            Arc::new(move |event| {
-                if let NetEvent::FlowClosed {
-                    transport,
-                    dst,
-                    bytes_up,
-                    bytes_down,
-                } = event
-                {
-                    if chain.wants(Hook::Bytes) {
-                        let transport = match transport {
-                            msbvm_netstack::Transport::Tcp => PluginTransport::Tcp,
-                            msbvm_netstack::Transport::Udp => PluginTransport::Udp,
-                        };
-                        chain.flow_bytes(&FlowBytes {
-                            transport,
-                            dst,
-                            bytes_up,
-                            bytes_down,
-                        });
-                    }
-                }
-            })
-        };
-        MsbvmLink::start_full(&format!("msbvmp{mtu}"), config, policy, events, chain)
+        MsbvmLink::start_full(&format!("msbvmp{mtu}"), config, policy, chain)
     }
 
     fn bench_setup(mtu: usize) -> BenchResult<(NetConfig, Policy)> {
@@ -293,14 +265,13 @@ impl MsbvmLink {
     /// `msbvm-bench-<pid>-<tag>`, is configured for `config.mtu`).
     pub fn start_with(tag: &str, config: NetConfig, policy: Policy) -> BenchResult<MsbvmLink> {
         let chain = Arc::new(Chain::empty());
-        MsbvmLink::start_full(tag, config, policy, discard_events(), chain)
+        MsbvmLink::start_full(tag, config, policy, chain)
     }
 
     fn start_full(
         tag: &str,
         config: NetConfig,
         policy: Policy,
-        events: EventSink,
         plugins: Arc<Chain>,
     ) -> BenchResult<MsbvmLink> {
         let ns = Netns::create(tag)?;
@@ -311,8 +282,9 @@ impl MsbvmLink {
         ns.ip(&["route", "add", "default", "via", "10.0.2.2"])?;
         let (device, stack_fd) = frame_socketpair().map_err(|e| format!("socketpair: {e}"))?;
         let frame_max = config.max_frame_len();
-        let stack = NetStack::start_with_plugins(config, stack_fd, policy, events, plugins)
-            .map_err(|e| format!("starting the netstack: {e}"))?;
+        let stack =
+            NetStack::start_with_plugins(config, stack_fd, policy, discard_events(), plugins)
+                .map_err(|e| format!("starting the netstack: {e}"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let mut pumps = Vec::new();
         for (dir, from, to) in [

@@ -1,6 +1,7 @@
 //! The plugins' network decisions: `net.flow` on every new flow the policy allowed, `net.dns`
 //! on every query the policy allowed, `net.http` on every inspected request the policy
-//! allowed (a plugin may change its headers).
+//! allowed (a plugin may change its headers); and their observations, from the events the
+//! stack reports: `net.bytes` when a flow closes, `net.dns_answer` for every query.
 //!
 //! A decision can wait on an out-of-process plugin up to its timeout, and the stack runs every
 //! flow on one thread, so decisions go to an [`Offload`] and the flow waits for its answer
@@ -10,10 +11,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use msbvm_plugins::data::{DnsQuery, Flow, HttpRequest, Transport as PluginTransport};
+use msbvm_plugins::data::{
+    DnsAnswer, DnsQuery, Flow, FlowBytes, HttpRequest, Transport as PluginTransport,
+};
 use msbvm_plugins::{Chain, Decision, Hook, Offload};
 
-use crate::events::Transport;
+use crate::events::{NetEvent, Transport};
 
 /// The rule named in the events of what a plugin denied.
 pub const PLUGIN_RULE: &str = "plugins";
@@ -67,18 +70,47 @@ impl PluginGate {
         dst: SocketAddr,
         host: Option<String>,
     ) -> Result<(), String> {
-        let transport = match transport {
-            Transport::Tcp => PluginTransport::Tcp,
-            Transport::Udp => PluginTransport::Udp,
-        };
         let flow = Flow {
-            transport,
+            transport: transport.into(),
             dst,
             host,
         };
         self.decide(flow, |chain, flow| chain.flow(flow))
             .await
             .map(drop)
+    }
+
+    /// Hands the plugins that asked what `event` shows (a closed flow's bytes, a DNS answer).
+    /// Called with every event the stack reports, so the plugins hear what its event sink
+    /// hears (events over the per-kind rate limit are not reported to either).
+    pub fn observe(&self, event: &NetEvent) {
+        let chain = &self.chain;
+        match event {
+            NetEvent::FlowClosed {
+                transport,
+                dst,
+                bytes_up,
+                bytes_down,
+            } if chain.wants(Hook::Bytes) => chain.flow_bytes(&FlowBytes {
+                transport: (*transport).into(),
+                dst: *dst,
+                bytes_up: *bytes_up,
+                bytes_down: *bytes_down,
+            }),
+            NetEvent::DnsQuery {
+                name,
+                qtype,
+                allowed,
+                answers,
+                ..
+            } if chain.wants(Hook::DnsAnswer) => chain.dns_answer(&DnsAnswer {
+                name: name.clone(),
+                qtype: qtype.clone(),
+                allowed: *allowed,
+                answers: answers.clone(),
+            }),
+            _ => {}
+        }
     }
 
     /// `net.dns`: `Err(reason)` when a plugin denies the query.
@@ -117,6 +149,15 @@ impl PluginGate {
             Ok((value, Decision::Continue)) => Ok(value),
             Ok((_, Decision::Deny { reason })) => Err(reason),
             Err(_) => Err("the plugin decision was lost".into()),
+        }
+    }
+}
+
+impl From<Transport> for PluginTransport {
+    fn from(transport: Transport) -> Self {
+        match transport {
+            Transport::Tcp => PluginTransport::Tcp,
+            Transport::Udp => PluginTransport::Udp,
         }
     }
 }

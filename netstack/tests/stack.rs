@@ -1110,3 +1110,36 @@ fn a_byte_rate_paces_both_ways_and_loses_nothing() {
     assert!(took >= Duration::from_secs(3), "took {took:?}");
     assert_eq!(h.handle.stats().tx_dropped, 0);
 }
+
+/// A `net.bytes` observer: adds up what closed flows moved.
+#[derive(Default)]
+struct ByteCounter(AtomicUsize);
+
+impl msbvm_plugins::Plugin for ByteCounter {
+    fn name(&self) -> &str {
+        "byte-counter"
+    }
+    fn interests(&self) -> msbvm_plugins::Interests {
+        msbvm_plugins::Interests::NONE.with(msbvm_plugins::Hook::Bytes)
+    }
+    fn flow_bytes(&self, bytes: &msbvm_plugins::data::FlowBytes) {
+        let moved = bytes.bytes_up + bytes.bytes_down;
+        self.0.fetch_add(moved as usize, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn plugins_hear_of_closed_flows_from_the_stack_itself() {
+    let port = echo_server();
+    let counter = Arc::new(ByteCounter::default());
+    let chain = msbvm_plugins::Chain::new(vec![counter.clone()], Arc::new(|_| {}));
+    let mut h = Harness::start_with_plugins(test_config(), host_allowed(), Arc::new(chain));
+    let s = h.guest.tcp_established(port, 40105);
+    h.guest.tcp_send_all(s, b"counted");
+    assert_eq!(h.guest.tcp_recv_exact(s, 7), b"counted");
+    h.guest.tcp(s).close();
+    h.guest
+        .run_until(10, "the plugin heard of the closed flow", |_| {
+            (counter.0.load(Ordering::SeqCst) == 14).then_some(())
+        });
+}

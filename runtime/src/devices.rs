@@ -523,7 +523,7 @@ pub(crate) fn network(
     };
     let (device_fd, stack_fd) =
         frame_socketpair().map_err(Error::io("creating the network socket pair"))?;
-    let events = event_sink(dir, plugins.clone())?;
+    let events = event_sink(dir)?;
     let handle = NetStack::start_with_plugins(config, stack_fd, policy, events, plugins.clone())
         .map_err(|e| {
             if matches!(
@@ -550,42 +550,6 @@ pub(crate) fn network(
     Ok((handle, spec, setup))
 }
 
-/// Hands the network events plugins observe to the ones that asked.
-fn tell_plugins(plugins: &msbvm_plugins::Chain, event: &NetEvent) {
-    use msbvm_plugins::data::{self, DnsAnswer, FlowBytes};
-    use msbvm_plugins::Hook;
-    let transport = |t: msbvm_netstack::events::Transport| match t {
-        msbvm_netstack::events::Transport::Tcp => data::Transport::Tcp,
-        msbvm_netstack::events::Transport::Udp => data::Transport::Udp,
-    };
-    match event {
-        NetEvent::FlowClosed {
-            transport: t,
-            dst,
-            bytes_up,
-            bytes_down,
-        } if plugins.wants(Hook::Bytes) => plugins.flow_bytes(&FlowBytes {
-            transport: transport(*t),
-            dst: *dst,
-            bytes_up: *bytes_up,
-            bytes_down: *bytes_down,
-        }),
-        NetEvent::DnsQuery {
-            name,
-            qtype,
-            allowed,
-            answers,
-            ..
-        } if plugins.wants(Hook::DnsAnswer) => plugins.dns_answer(&DnsAnswer {
-            name: name.clone(),
-            qtype: qtype.clone(),
-            allowed: *allowed,
-            answers: answers.clone(),
-        }),
-        _ => {}
-    }
-}
-
 /// The netstack's view of a published port.
 pub(crate) fn published(host: SocketAddr, guest_port: u16) -> PublishedPort {
     let mut port = PublishedPort::tcp(host.port(), guest_port);
@@ -595,15 +559,13 @@ pub(crate) fn published(host: SocketAddr, guest_port: u16) -> PublishedPort {
 
 /// Network events go to the runtime log (the netstack logs them), as
 /// JSON lines to [`NET_EVENTS_FILE`] (capped and rotated,
-/// [`msbvm_sdk::logfile`]), which the SDK tails, and to the plugins that asked
-/// for closed flows' bytes and DNS answers.
-fn event_sink(dir: &SandboxDir, plugins: Arc<msbvm_plugins::Chain>) -> Result<EventSink> {
+/// [`msbvm_sdk::logfile`]), which the SDK tails. (The stack itself tells the plugins.)
+fn event_sink(dir: &SandboxDir) -> Result<EventSink> {
     let path: PathBuf = dir.path().join(NET_EVENTS_FILE);
     let file = CappedLog::open(&path, max_bytes_from_env())
         .map_err(Error::io(format!("opening {}", path.display())))?;
     let file = Mutex::new(file);
     Ok(Arc::new(move |event: NetEvent| {
-        tell_plugins(&plugins, &event);
         if let Ok(mut line) = serde_json::to_vec(&event) {
             line.push(b'\n');
             if let Ok(mut f) = file.lock() {

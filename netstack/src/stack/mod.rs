@@ -76,8 +76,10 @@ impl NetStack {
         Self::start_with_plugins(config, stack_fd, policy, events, Arc::new(Chain::empty()))
     }
 
-    /// [`start`](Self::start) with the sandbox's plugins: the ones that asked for `net.flow`,
-    /// `net.dns` or `net.http` decide on what the policy allowed (a denial is reported as
+    /// [`start`](Self::start) with the sandbox's plugins: the ones that asked for `net.bytes`
+    /// or `net.dns_answer` hear of closed flows and DNS answers (what `events` is told of);
+    /// the ones that asked for `net.flow`, `net.dns` or `net.http` decide on what the policy
+    /// allowed (a denial is reported as
     /// [`NetEvent::FlowDenied`](crate::NetEvent::FlowDenied) and the like, with rule
     /// `plugins`), and may change inspected requests' headers. Decisions run on threads of
     /// their own (started only when a plugin asked for one), so a slow plugin delays only the

@@ -285,7 +285,10 @@ impl Shared {
             .borrow_mut()
             .admit(event.kind(), std::time::Instant::now())
         {
-            Admission::Report => emit(&self.events, event),
+            Admission::Report => {
+                self.plugins.observe(&event);
+                emit(&self.events, event)
+            }
             Admission::Suppress { first } => {
                 StatsCounters::add(&self.stats.events_suppressed, 1);
                 if first {
