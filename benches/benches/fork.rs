@@ -25,8 +25,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use msbvm_benches::boot_runs::{env_count, FIRECRACKER_ENV};
-use msbvm_benches::{bench_mode, error_exit, median, spread};
-use msbvm_tests::artifacts::{target_dir, GuestArtifacts, Progress, StaticBuild, L1_KERNEL};
+use msbvm_benches::{bench_mode, error_exit, l1_samples, median, spread, write_record, L1Sample};
+use msbvm_tests::artifacts::{GuestArtifacts, Progress, StaticBuild, L1_KERNEL};
 use msbvm_tests::{nested, Error, NestedVm, Stream};
 
 const HELPER_BIN: &str = "msbvm-fork-bench";
@@ -35,28 +35,9 @@ const AGENT_BIN: &str = "msbvm-agent";
 const L1_AGENT: &str = "/bin/msbvm-agent";
 const RESULT: &str = "msbvm-fork-bench: result";
 
-/// One result line.
-#[derive(Debug, Clone)]
-struct Sample {
-    kind: String,
-    n: u32,
-    run: u32,
-    value: f64,
-}
-
-fn parse(console: &str) -> Vec<Sample> {
-    console
-        .lines()
-        .filter_map(|line| {
-            let get = |k: &str| msbvm_tests::report::field(line, RESULT, k);
-            Some(Sample {
-                kind: get("kind")?.to_string(),
-                n: get("n")?.parse().ok()?,
-                run: get("run")?.parse().ok()?,
-                value: get("value")?.parse().ok()?,
-            })
-        })
-        .collect()
+/// The fork count of a sample (its label); samples without one were left out when read.
+fn forks(s: &L1Sample) -> u32 {
+    s.label.parse().unwrap_or(0)
 }
 
 fn bench() -> Result<bool, Error> {
@@ -94,7 +75,10 @@ fn bench() -> Result<bool, Error> {
     eprintln!("fork bench: {runs} runs of a cold boot and {counts} forks, in one L1 machine");
     let out = vm.timeout(Duration::from_secs(3600)).run_script(&script)?;
     eprintln!("fork bench: L1 ran {:.1} s", out.elapsed.as_secs_f64());
-    let samples = parse(&out.console);
+    let samples: Vec<L1Sample> = l1_samples(&out.console, RESULT, "n")
+        .into_iter()
+        .filter(|s| s.label.parse::<u32>().is_ok())
+        .collect();
     let ok = out.console.contains("fork helper status=0");
     for line in out.console.lines().filter(|l| l.contains("FAILED")) {
         println!("{line}");
@@ -105,9 +89,9 @@ fn bench() -> Result<bool, Error> {
         .filter(|s| s.kind == "cold")
         .map(|s| (s.run, s.value))
         .collect();
-    let mut by_n: BTreeMap<u32, Vec<&Sample>> = BTreeMap::new();
+    let mut by_n: BTreeMap<u32, Vec<&L1Sample>> = BTreeMap::new();
     for s in samples.iter().filter(|s| s.kind == "fork") {
-        by_n.entry(s.n).or_default().push(s);
+        by_n.entry(forks(s)).or_default().push(s);
     }
     println!();
     println!("Forks vs cold boot, create/fork call to first exec round trip ({runs} interleaved runs, guest {guest_mib} MiB, nested L1)");
@@ -141,7 +125,7 @@ fn bench() -> Result<bool, Error> {
         .map(|s| s.value / 1024.0)
         .collect();
     if !pss.is_empty() {
-        let n = samples.iter().find(|s| s.kind == "pss").map_or(0, |s| s.n);
+        let n = samples.iter().find(|s| s.kind == "pss").map_or(0, forks);
         let m = median(pss.clone()).unwrap_or(0.0);
         println!(
             "PSS per idle fork ({n} forks): {} MiB = {:.1} % of the guest's {guest_mib} MiB",
@@ -154,15 +138,10 @@ fn bench() -> Result<bool, Error> {
         "runs": runs,
         "guest_mib": guest_mib,
         "samples": samples.iter().map(|s| serde_json::json!({
-            "kind": s.kind, "n": s.n, "run": s.run, "value": s.value,
+            "kind": s.kind, "n": forks(s), "run": s.run, "value": s.value,
         })).collect::<Vec<_>>(),
     });
-    let path = target_dir().join("bench-fork.json");
-    std::fs::write(&path, json.to_string()).map_err(|source| Error::Io {
-        context: format!("cannot write {}", path.display()),
-        source,
-    })?;
-    println!("results written to {}", path.display());
+    write_record("bench-fork.json", &json)?;
     Ok(ok && !cold.is_empty() && !by_n.is_empty())
 }
 

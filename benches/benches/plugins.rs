@@ -25,8 +25,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use msbvm_benches::boot_runs::env_count;
-use msbvm_benches::{bench_mode, error_exit, spread};
-use msbvm_tests::artifacts::{target_dir, GuestArtifacts, Progress, StaticBuild, L1_KERNEL};
+use msbvm_benches::{bench_mode, error_exit, l1_samples, spread, write_record, L1Sample};
+use msbvm_tests::artifacts::{GuestArtifacts, Progress, StaticBuild, L1_KERNEL};
 use msbvm_tests::{nested, Error, NestedVm, Stream};
 
 const RESULT: &str = "msbvm-plugins-bench: result";
@@ -106,30 +106,6 @@ echo "bench: audit lines $(wc -l < /tmp/audit.jsonl)"
 echo "bench: done"
 "#;
 
-/// One result line.
-#[derive(Debug, Clone)]
-struct Sample {
-    kind: String,
-    sandbox: String,
-    run: u32,
-    value: f64,
-}
-
-fn parse(console: &str) -> Vec<Sample> {
-    console
-        .lines()
-        .filter_map(|line| {
-            let get = |k: &str| msbvm_tests::report::field(line, RESULT, k);
-            Some(Sample {
-                kind: get("kind")?.to_string(),
-                sandbox: get("sandbox")?.to_string(),
-                run: get("run")?.parse().ok()?,
-                value: get("value")?.parse().ok()?,
-            })
-        })
-        .collect()
-}
-
 fn bench() -> Result<bool, Error> {
     let runs = env_count("MSBVM_BENCH_RUNS", 3);
     let l1_mib = env_count("MSBVM_BENCH_L1_MIB", 3072);
@@ -148,7 +124,7 @@ fn bench() -> Result<bool, Error> {
     eprintln!("plugins bench: {runs} interleaved runs of four sandboxes, in one L1 machine");
     let out = vm.timeout(Duration::from_secs(3600)).run_script(&script)?;
     eprintln!("plugins bench: L1 ran {:.1} s", out.elapsed.as_secs_f64());
-    let samples = parse(&out.console);
+    let samples = l1_samples(&out.console, RESULT, "sandbox");
     let failed: Vec<&str> = out
         .console
         .lines()
@@ -164,13 +140,13 @@ fn bench() -> Result<bool, Error> {
         println!("{title}");
         let none: BTreeMap<u32, f64> = samples
             .iter()
-            .filter(|s| s.kind == kind && s.sandbox == "none")
+            .filter(|s| s.kind == kind && s.label == "none")
             .map(|s| (s.run, s.value))
             .collect();
         for sandbox in SANDBOXES {
-            let list: Vec<&Sample> = samples
+            let list: Vec<&L1Sample> = samples
                 .iter()
-                .filter(|s| s.kind == kind && s.sandbox == sandbox)
+                .filter(|s| s.kind == kind && s.label == sandbox)
                 .collect();
             let values: Vec<f64> = list.iter().map(|s| s.value).collect();
             let ratios: Vec<f64> = list
@@ -188,15 +164,10 @@ fn bench() -> Result<bool, Error> {
     let json = serde_json::json!({
         "runs": runs,
         "samples": samples.iter().map(|s| serde_json::json!({
-            "kind": s.kind, "sandbox": s.sandbox, "run": s.run, "value": s.value,
+            "kind": s.kind, "sandbox": s.label, "run": s.run, "value": s.value,
         })).collect::<Vec<_>>(),
     });
-    let path = target_dir().join("bench-plugins.json");
-    std::fs::write(&path, json.to_string()).map_err(|source| Error::Io {
-        context: format!("cannot write {}", path.display()),
-        source,
-    })?;
-    println!("results written to {}", path.display());
+    write_record("bench-plugins.json", &json)?;
     let complete = samples.len() == runs as usize * SANDBOXES.len() * KINDS.len();
     Ok(failed.is_empty() && complete && out.console.contains("bench: done"))
 }

@@ -405,6 +405,49 @@ pub fn to_json(setup: &BootSetup, samples: &[Sample], summaries: &[Summary]) -> 
     j
 }
 
+/// One measurement an in-L1 benchmark script printed on the console, as
+/// `MARKER kind=KIND LABEL=VALUE run=N value=V`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct L1Sample {
+    /// What was measured.
+    pub kind: String,
+    /// What tells samples of one kind apart (a sandbox, a fork count), by the key given to
+    /// [`l1_samples`].
+    pub label: String,
+    /// The run it belongs to.
+    pub run: u32,
+    /// The measurement.
+    pub value: f64,
+}
+
+/// The samples on the lines of `console` carrying `marker`, their label under the key
+/// `label`; a line missing a field, or with a run or value that does not parse, is skipped.
+pub fn l1_samples(console: &str, marker: &str, label: &str) -> Vec<L1Sample> {
+    console
+        .lines()
+        .filter_map(|line| {
+            let get = |k: &str| msbvm_tests::report::field(line, marker, k);
+            Some(L1Sample {
+                kind: get("kind")?.to_string(),
+                label: get(label)?.to_string(),
+                run: get("run")?.parse().ok()?,
+                value: get("value")?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// Writes a benchmark's record to `file` in the target directory and says where.
+pub fn write_record(file: &str, record: &serde_json::Value) -> Result<(), msbvm_tests::Error> {
+    let path = msbvm_tests::artifacts::target_dir().join(file);
+    std::fs::write(&path, record.to_string()).map_err(|source| msbvm_tests::Error::Io {
+        context: format!("cannot write {}", path.display()),
+        source,
+    })?;
+    println!("results written to {}", path.display());
+    Ok(())
+}
+
 /// `median [min-max]` of `values`, with `digits` decimals (`-` when there are none).
 pub fn spread(values: &[f64], digits: usize) -> String {
     let Some(m) = median(values.to_vec()) else {
@@ -418,6 +461,24 @@ pub fn spread(values: &[f64], digits: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn l1_sample_lines_are_read_back_and_broken_ones_skipped() {
+        let console = "noise\n\
+            M: result kind=fork n=10 run=2 value=12.5\n\
+            M: result kind=fork n=10 run=x value=1\n\
+            M: result kind=cold run=1 value=3\n\
+            other kind=fork n=1 run=1 value=1\n";
+        assert_eq!(
+            l1_samples(console, "M: result", "n"),
+            vec![L1Sample {
+                kind: "fork".into(),
+                label: "10".into(),
+                run: 2,
+                value: 12.5,
+            }]
+        );
+    }
 
     fn sample(vmm: &str, run: u32, init: Option<f64>, exit: f64) -> Sample {
         Sample {
