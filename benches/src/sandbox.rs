@@ -92,53 +92,128 @@ impl BootRun {
     }
 }
 
+/// The root of the sandbox [`ExecRuns`] measured in: the default image over virtio-fs.
+pub const ROOT_IMAGE: &str = "image";
+/// See [`ROOT_IMAGE`]: the runtime's initramfs in guest RAM (no virtio-fs at all).
+pub const ROOT_INITRAMFS: &str = "initramfs";
+
 /// Sequential exec round trips of `true` in one sandbox.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExecRuns {
+    /// The sandbox's root: [`ROOT_IMAGE`] or [`ROOT_INITRAMFS`].
+    pub root: String,
     /// Round trips attempted.
     pub count: u32,
-    /// Host wall clock of each round trip that exited 0, in milliseconds, in order.
-    pub ms: Vec<f64>,
+    /// Host wall clock of each round trip in milliseconds, in order; `None` for one that
+    /// failed (so that round trip `i` of two interleaved sandboxes can be paired).
+    pub ms: Vec<Option<f64>>,
 }
 
 impl ExecRuns {
+    /// Nothing measured yet in a sandbox with `root`.
+    pub fn new(root: &str, count: u32) -> Self {
+        Self {
+            root: root.into(),
+            count,
+            ms: Vec::new(),
+        }
+    }
+
     /// The result line.
     pub fn to_line(&self) -> String {
-        let ms: Vec<String> = self.ms.iter().map(|v| format!("{v:.3}")).collect();
+        let ms: Vec<String> = self
+            .ms
+            .iter()
+            .map(|v| v.map_or_else(|| "x".into(), |v| format!("{v:.3}")))
+            .collect();
         let ms = if ms.is_empty() {
             "-".to_string()
         } else {
             ms.join(",")
         };
         format!(
-            "{PREFIX} exec count={} ok={} ms={ms}",
+            "{PREFIX} exec root={} count={} ok={} ms={ms}",
+            self.root,
             self.count,
-            self.ms.len()
+            self.ok().len()
         )
     }
 
     /// Parses a result line.
     pub fn parse(line: &str) -> Option<Self> {
+        let root = get(line, "exec", "root")?.to_string();
         let count = get(line, "exec", "count")?.parse().ok()?;
         let ms = get(line, "exec", "ms")?;
         let ms = if ms == "-" {
             Vec::new()
         } else {
             ms.split(',')
-                .map(|v| v.parse().ok())
-                .collect::<Option<Vec<f64>>>()?
+                .map(|v| {
+                    if v == "x" {
+                        Some(None)
+                    } else {
+                        v.parse().ok().map(Some)
+                    }
+                })
+                .collect::<Option<Vec<Option<f64>>>>()?
         };
-        Some(Self { count, ms })
+        Some(Self { root, count, ms })
+    }
+
+    /// The round trips that succeeded.
+    pub fn ok(&self) -> Vec<f64> {
+        self.ms.iter().flatten().copied().collect()
+    }
+
+    /// Whether every round trip attempted succeeded.
+    pub fn all_ok(&self) -> bool {
+        self.count > 0
+            && self.ms.len() == self.count as usize
+            && self.ms.iter().all(Option::is_some)
     }
 
     /// The median round trip.
     pub fn median(&self) -> Option<f64> {
-        median(self.ms.clone())
+        median(self.ok())
     }
 
     /// The 90th percentile round trip.
     pub fn p90(&self) -> Option<f64> {
-        percentile(&self.ms, 90.0)
+        percentile(&self.ok(), 90.0)
+    }
+}
+
+/// How one set of interleaved round trips compares with another: the ratio of the medians and
+/// the 10th to 90th percentile of the ratios of round trips made one after the other.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PairedRatio {
+    /// Median of `a` over median of `b`.
+    pub of_medians: f64,
+    /// 10th percentile of `a[i] / b[i]`.
+    pub p10: f64,
+    /// 90th percentile of `a[i] / b[i]`.
+    pub p90: f64,
+    /// Pairs where both succeeded.
+    pub pairs: usize,
+}
+
+impl PairedRatio {
+    /// `a` against `b`, round trip `i` of one paired with round trip `i` of the other.
+    pub fn of(a: &ExecRuns, b: &ExecRuns) -> Option<Self> {
+        let ratios: Vec<f64> =
+            a.ms.iter()
+                .zip(&b.ms)
+                .filter_map(|(x, y)| match (x, y) {
+                    (Some(x), Some(y)) if *y > 0.0 => Some(x / y),
+                    _ => None,
+                })
+                .collect();
+        Some(Self {
+            of_medians: ratio(a.median(), b.median())?,
+            p10: percentile(&ratios, 10.0)?,
+            p90: percentile(&ratios, 90.0)?,
+            pairs: ratios.len(),
+        })
     }
 }
 
@@ -212,8 +287,8 @@ impl StreamRun {
 pub struct SandboxResults {
     /// Boot runs, in order.
     pub boots: Vec<BootRun>,
-    /// The exec round trips, if that phase ran.
-    pub exec: Option<ExecRuns>,
+    /// The exec round trips, one set per root measured.
+    pub exec: Vec<ExecRuns>,
     /// The transfers, in order.
     pub streams: Vec<StreamRun>,
 }
@@ -226,7 +301,7 @@ impl SandboxResults {
             if let Some(b) = BootRun::parse(line) {
                 r.boots.push(b);
             } else if let Some(e) = ExecRuns::parse(line) {
-                r.exec = Some(e);
+                r.exec.push(e);
             } else if let Some(s) = StreamRun::parse(line) {
                 r.streams.push(s);
             }
@@ -238,12 +313,21 @@ impl SandboxResults {
     pub fn all_ok(&self, runs: u32) -> bool {
         self.boots.len() == runs as usize
             && self.boots.iter().all(|b| b.ok)
-            && self
-                .exec
-                .as_ref()
-                .is_some_and(|e| e.count > 0 && e.ms.len() == e.count as usize)
+            && [ROOT_IMAGE, ROOT_INITRAMFS]
+                .iter()
+                .all(|root| self.exec_on(root).is_some_and(ExecRuns::all_ok))
             && self.streams.len() == 2
             && self.streams.iter().all(|s| s.ok)
+    }
+
+    /// The exec round trips in the sandbox with `root`.
+    pub fn exec_on(&self, root: &str) -> Option<&ExecRuns> {
+        self.exec.iter().find(|e| e.root == root)
+    }
+
+    /// The image root's round trips against the initramfs root's.
+    pub fn image_over_initramfs(&self) -> Option<PairedRatio> {
+        PairedRatio::of(self.exec_on(ROOT_IMAGE)?, self.exec_on(ROOT_INITRAMFS)?)
     }
 
     /// A stream by direction.
@@ -408,20 +492,32 @@ fn boot_table(t: &mut String, setup: &SandboxSetup, results: &SandboxResults) {
 
 /// The exec round trip and stream throughput lines of [`table`].
 fn exec_lines(t: &mut String, results: &SandboxResults) {
-    match &results.exec {
-        Some(e) => {
-            let _ = writeln!(
-                t,
-                "exec `true` round trip: {}/{} ok, median {} ms, p90 {} ms",
-                e.ms.len(),
-                e.count,
-                cell(e.median(), 2),
-                cell(e.p90(), 2)
-            );
+    for root in [ROOT_IMAGE, ROOT_INITRAMFS] {
+        match results.exec_on(root) {
+            Some(e) => {
+                let _ = writeln!(
+                    t,
+                    "exec `true` round trip, {root:<9} root: {}/{} ok, median {} ms, p90 {} ms",
+                    e.ok().len(),
+                    e.count,
+                    cell(e.median(), 2),
+                    cell(e.p90(), 2)
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    t,
+                    "exec `true` round trip, {root:<9} root: not measured (see output above)"
+                );
+            }
         }
-        None => {
-            let _ = writeln!(t, "exec `true` round trip: not measured (see output above)");
-        }
+    }
+    if let Some(r) = results.image_over_initramfs() {
+        let _ = writeln!(
+            t,
+            "exec round trip image root / initramfs root (interleaved): x{:.2} (pairs p10-p90 x{:.2}-x{:.2}, {} pairs)",
+            r.of_medians, r.p10, r.p90, r.pairs
+        );
     }
     for (dir, label) in [
         (HOST_TO_GUEST, "host->guest (stdin)"),
@@ -573,23 +669,42 @@ fn streams_json(results: &SandboxResults) -> Vec<String> {
 
 /// The `exec_true` member of [`to_json`].
 fn exec_json(j: &mut String, results: &SandboxResults) {
-    match &results.exec {
-        Some(e) => {
-            let ms: Vec<String> = e.ms.iter().map(|v| json_num(Some(*v))).collect();
+    let _ = writeln!(j, "  \"exec_true\": {{");
+    for root in [ROOT_IMAGE, ROOT_INITRAMFS] {
+        match results.exec_on(root) {
+            Some(e) => {
+                let ms: Vec<String> = e.ms.iter().map(|v| json_num(*v)).collect();
+                let _ = writeln!(
+                    j,
+                    "    \"{root}\": {{\"count\": {}, \"ok\": {}, \"median_ms\": {}, \"p90_ms\": {}, \"ms\": [{}]}},",
+                    e.count,
+                    e.ok().len(),
+                    json_num(e.median()),
+                    json_num(e.p90()),
+                    ms.join(", ")
+                );
+            }
+            None => {
+                let _ = writeln!(j, "    \"{root}\": null,");
+            }
+        }
+    }
+    match results.image_over_initramfs() {
+        Some(r) => {
             let _ = writeln!(
                 j,
-                "  \"exec_true\": {{\"count\": {}, \"ok\": {}, \"median_ms\": {}, \"p90_ms\": {}, \"ms\": [{}]}},",
-                e.count,
-                e.ms.len(),
-                json_num(e.median()),
-                json_num(e.p90()),
-                ms.join(", ")
+                "    \"image_over_initramfs\": {{\"of_medians\": {}, \"p10\": {}, \"p90\": {}, \"pairs\": {}}}",
+                json_num(Some(r.of_medians)),
+                json_num(Some(r.p10)),
+                json_num(Some(r.p90)),
+                r.pairs
             );
         }
         None => {
-            let _ = writeln!(j, "  \"exec_true\": null,");
+            let _ = writeln!(j, "    \"image_over_initramfs\": null");
         }
     }
+    let _ = writeln!(j, "  }},");
 }
 
 #[cfg(test)]
@@ -616,14 +731,12 @@ mod tests {
         let failed = BootRun::failed(1);
         assert_eq!(BootRun::parse(&failed.to_line()), Some(failed));
         let e = ExecRuns {
+            root: ROOT_IMAGE.into(),
             count: 3,
-            ms: vec![1.5, 2.25, 3.0],
+            ms: vec![Some(1.5), Some(2.25), Some(3.0)],
         };
         assert_eq!(ExecRuns::parse(&e.to_line()), Some(e));
-        let none = ExecRuns {
-            count: 2,
-            ms: vec![],
-        };
+        let none = ExecRuns::new(ROOT_INITRAMFS, 2);
         assert_eq!(ExecRuns::parse(&none.to_line()), Some(none));
         let s = StreamRun {
             dir: HOST_TO_GUEST.into(),
@@ -650,8 +763,14 @@ mod tests {
     #[test]
     fn parses_a_transcript_and_reports() {
         let e = ExecRuns {
+            root: ROOT_IMAGE.into(),
             count: 2,
-            ms: vec![4.0, 6.0],
+            ms: vec![Some(4.0), Some(6.0)],
+        };
+        let i = ExecRuns {
+            root: ROOT_INITRAMFS.into(),
+            count: 2,
+            ms: vec![Some(2.0), Some(4.0)],
         };
         let h2g = StreamRun {
             dir: HOST_TO_GUEST.into(),
@@ -669,6 +788,7 @@ mod tests {
             "noise".into(),
             boot(2, 3000.0).to_line(),
             e.to_line(),
+            i.to_line(),
             h2g.to_line(),
             g2h.to_line(),
         ]
@@ -698,7 +818,14 @@ mod tests {
             skipped: vec![("firecracker".into(), "not set".into())],
         };
         let t = table(&setup, &r, &refs, "");
-        assert!(t.contains("median 5.00 ms, p90 6.00 ms"), "{t}");
+        assert!(
+            t.contains("image     root: 2/2 ok, median 5.00 ms, p90 6.00 ms"),
+            "{t}"
+        );
+        assert!(
+            t.contains("initramfs root (interleaved): x1.67 (pairs p10-p90 x1.50-x2.00, 2 pairs)"),
+            "{t}"
+        );
         assert!(
             t.contains("sandbox create->agent-ready / qemu start->init: x0.500"),
             "{t}"
@@ -711,5 +838,32 @@ mod tests {
             "{j}"
         );
         assert!(j.contains("\"p90_ms\": 6.000"), "{j}");
+        assert!(j.contains("\"of_medians\": 1.667"), "{j}");
+    }
+
+    #[test]
+    fn exec_lines_keep_failed_round_trips_in_place() {
+        let e = ExecRuns {
+            root: ROOT_INITRAMFS.into(),
+            count: 3,
+            ms: vec![Some(1.5), None, Some(2.5)],
+        };
+        let line = e.to_line();
+        assert!(
+            line.ends_with("exec root=initramfs count=3 ok=2 ms=1.500,x,2.500"),
+            "{line}"
+        );
+        let back = ExecRuns::parse(&line).unwrap();
+        assert_eq!(back, e);
+        assert!(!back.all_ok());
+        let image = ExecRuns {
+            root: ROOT_IMAGE.into(),
+            count: 3,
+            ms: vec![Some(3.0), Some(9.0), Some(5.0)],
+        };
+        // The failed round trip pairs with nothing.
+        let r = PairedRatio::of(&image, &e).unwrap();
+        assert_eq!(r.pairs, 2);
+        assert_eq!((r.p10, r.p90), (2.0, 2.0));
     }
 }

@@ -7,10 +7,11 @@
 //! 1. Boots `--runs` sandboxes one after another (`Sandbox::builder(..).create()`), records the
 //!    SDK's create duration, the runtime's `ReadyInfo` and the agent's `BootTimes`, then stops
 //!    and removes each.
-//! 2. In one more sandbox: `--execs` sequential `exec("true")` round trips (after one warm-up),
-//!    then `--mib` MiB streamed into `wc -c`'s stdin (the count proves every byte arrived) and
-//!    `--mib` MiB read from `head -c <bytes> /dev/zero`, each timed from the process start to
-//!    its exit report.
+//! 2. In one more sandbox (the default image's root over virtio-fs) and one with the root in
+//!    the runtime's initramfs: `--execs` sequential `exec("true")` round trips in each, taking
+//!    turns (after one warm-up each); then, in the first, `--mib` MiB streamed into `wc -c`'s
+//!    stdin (the count proves every byte arrived) and `--mib` MiB read from
+//!    `head -c <bytes> /dev/zero`, each timed from the process start to its exit report.
 //!
 //! Prints one result line per measurement (see `msbvm_benches::sandbox`). Finds `msbvm` next
 //! to itself (or `MSBVM_BIN`), like any SDK user; the caller sets `MSBVM_HOME`,
@@ -19,7 +20,10 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use msbvm_benches::sandbox::{BootRun, ExecRuns, StreamRun, GUEST_TO_HOST, HOST_TO_GUEST};
+use msbvm_benches::sandbox::{
+    BootRun, ExecRuns, StreamRun, GUEST_TO_HOST, HOST_TO_GUEST, ROOT_IMAGE, ROOT_INITRAMFS,
+};
+use msbvm_sdk::spec::RootSpec;
 use msbvm_sdk::{ExecEvent, ExecOptions, ExitStatus, Sandbox};
 
 const USAGE: &str =
@@ -131,22 +135,37 @@ async fn boot_run(run: u32, args: Args) -> BootRun {
     result
 }
 
-/// Sequential `true` round trips, after one warm-up.
-async fn exec_runs(sandbox: &Sandbox, count: u32) -> ExecRuns {
-    let mut runs = ExecRuns {
-        count,
-        ms: Vec::new(),
-    };
+/// `true` round trips in each sandbox in turn (one in the first, one in the second, ...), after
+/// one warm-up in each: the two sets see the same drift of the emulated machine.
+async fn exec_runs(sandboxes: &[(&Sandbox, &str)], count: u32) -> Vec<ExecRuns> {
     let none: [&str; 0] = [];
-    if let Err(e) = step("warm-up exec", sandbox.exec("true", none)).await {
-        fail(&e);
+    let mut runs: Vec<ExecRuns> = sandboxes
+        .iter()
+        .map(|(_, root)| ExecRuns::new(root, count))
+        .collect();
+    for (sandbox, root) in sandboxes {
+        if let Err(e) = step("warm-up exec", sandbox.exec("true", none)).await {
+            fail(&format!("{root} root: {e}"));
+        }
     }
     for i in 1..=count {
-        let t = Instant::now();
-        match step("exec true", sandbox.exec("true", none)).await {
-            Ok(out) if out.success() => runs.ms.push(ms(t.elapsed())),
-            Ok(out) => fail(&format!("exec {i}: `true` ended with {:?}", out.status)),
-            Err(e) => fail(&format!("exec {i}: {e}")),
+        for ((sandbox, root), runs) in sandboxes.iter().zip(&mut runs) {
+            let t = Instant::now();
+            let took = match step("exec true", sandbox.exec("true", none)).await {
+                Ok(out) if out.success() => Some(ms(t.elapsed())),
+                Ok(out) => {
+                    fail(&format!(
+                        "exec {i} ({root} root): `true` ended with {:?}",
+                        out.status
+                    ));
+                    None
+                }
+                Err(e) => {
+                    fail(&format!("exec {i} ({root} root): {e}"));
+                    None
+                }
+            };
+            runs.ms.push(took);
         }
     }
     runs
@@ -273,9 +292,36 @@ async fn bench(args: Args) -> bool {
             return false;
         }
     };
-    let execs = exec_runs(&sandbox, args.execs).await;
-    ok &= execs.ms.len() == execs.count as usize;
-    println!("{}", execs.to_line());
+    // The same round trip with the root in guest RAM instead of the image over virtio-fs.
+    let initramfs = match step(
+        "create",
+        builder("bench-initramfs", args)
+            .root(RootSpec::Initramfs)
+            .create(),
+    )
+    .await
+    {
+        Ok(s) => Some(s),
+        Err(e) => {
+            fail(&format!("initramfs-root sandbox: {e}"));
+            ok = false;
+            None
+        }
+    };
+    let mut both = vec![(&sandbox, ROOT_IMAGE)];
+    if let Some(s) = &initramfs {
+        both.push((s, ROOT_INITRAMFS));
+    }
+    for execs in exec_runs(&both, args.execs).await {
+        ok &= execs.all_ok();
+        println!("{}", execs.to_line());
+    }
+    if let Some(s) = initramfs {
+        if let Err(e) = stop_and_remove(s).await {
+            fail(&format!("initramfs-root sandbox: {e}"));
+            ok = false;
+        }
+    }
     let bytes = u64::from(args.mib) << 20;
     for r in [
         host_to_guest(&sandbox, bytes).await,

@@ -102,6 +102,14 @@ pub mod init_flags {
     pub const INIT_EXT: u64 = 1 << 30;
 }
 
+/// `FOPEN_*` flags of an OPEN or OPENDIR reply.
+pub mod fopen {
+    /// Keep the file's page cache across opens (the kernel otherwise drops it on every open).
+    pub const KEEP_CACHE: u32 = 1 << 1;
+    /// Cache the directory's READDIR results in the guest.
+    pub const CACHE_DIR: u32 = 1 << 3;
+}
+
 /// SETATTR `valid` bits.
 #[allow(missing_docs)]
 pub mod fattr {

@@ -91,6 +91,20 @@ pub struct Entry {
     pub entry_timeout: Duration,
 }
 
+impl Entry {
+    /// The answer that a name does not exist and the guest may remember so for `timeout`:
+    /// node id 0, which adds no lookup reference.
+    pub fn negative(timeout: Duration) -> Self {
+        Entry {
+            inode: 0,
+            generation: 0,
+            attr: Attr::default(),
+            attr_timeout: Duration::ZERO,
+            entry_timeout: timeout,
+        }
+    }
+}
+
 /// A time to set in [`SetAttr`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimeSet {
@@ -251,6 +265,14 @@ filesystem_trait! {
 
     /// Looks up `name` in directory `parent`.
     fn lookup(ctx: &Context, parent: Inode, name: &CStr) -> io::Result<Entry>;
+
+    /// How long the guest may remember that a name does not exist (a LOOKUP that failed
+    /// with `ENOENT`); `None` (the default): not at all. Only a backend whose tree changes
+    /// only through the guest's own requests can say more, since the guest then learns of
+    /// every name that appears.
+    fn negative_timeout() -> Option<Duration> {
+        None
+    }
 
     /// The kernel dropped `count` references to `inode`.
     fn forget(inode: Inode, count: u64) {}

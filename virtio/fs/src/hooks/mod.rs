@@ -217,6 +217,15 @@ macro_rules! hooked_methods {
     }};
 }
 
+/// An open reply without the backend's page-cache and directory-cache flags: a hook may
+/// answer or rewrite reads differently from one open to the next, so every open starts
+/// from what the hooks say now. (For the same reason [`Hooked`] has no negative lookup
+/// timeout: a hook's refusal may change.)
+fn uncached(mut reply: OpenReply) -> OpenReply {
+    reply.open_flags &= !(crate::abi::fopen::KEEP_CACHE | crate::abi::fopen::CACHE_DIR);
+    reply
+}
+
 impl<F: FileSystem> FileSystem for Hooked<F> {
     hooked_methods! { self;
         fn init() -> io::Result<()> {
@@ -285,8 +294,10 @@ impl<F: FileSystem> FileSystem for Hooked<F> {
                 ..self.op(OpKind::Link, ctx, inode)
             } => entry(newparent, newname);
 
-        fn open(ctx: &Context, inode: Inode, flags: u32) -> io::Result<OpenReply>
-            = Op { flags, ..self.op(OpKind::Open, ctx, inode) } => plain;
+        fn open(ctx: &Context, inode: Inode, flags: u32) -> io::Result<OpenReply> {
+            let op = Op { flags, ..self.op(OpKind::Open, ctx, inode) };
+            self.simple(&op, || self.inner.open(ctx, inode, flags).map(uncached))
+        }
 
         fn create(ctx: &Context, parent: Inode, name: &CStr, mode: u32, flags: u32, umask: u32) -> io::Result<(Entry, OpenReply)> {
             let op = Op {
@@ -302,7 +313,7 @@ impl<F: FileSystem> FileSystem for Hooked<F> {
                 return Err(err);
             }
             self.paths.record(parent, name.to_bytes(), e.inode);
-            Ok((e, open))
+            Ok((e, uncached(open)))
         }
 
         fn read(ctx: &Context, inode: Inode, handle: Handle, offset: u64, size: u32) -> io::Result<Vec<u8>> {
@@ -391,8 +402,10 @@ impl<F: FileSystem> FileSystem for Hooked<F> {
         fn removexattr(ctx: &Context, inode: Inode, name: &CStr) -> io::Result<()>
             = Op { xattr: Some(name), ..self.op(OpKind::Removexattr, ctx, inode) } => plain;
 
-        fn opendir(ctx: &Context, inode: Inode, flags: u32) -> io::Result<OpenReply>
-            = self.op(OpKind::Opendir, ctx, inode) => plain;
+        fn opendir(ctx: &Context, inode: Inode, flags: u32) -> io::Result<OpenReply> {
+            let op = self.op(OpKind::Opendir, ctx, inode);
+            self.simple(&op, || self.inner.opendir(ctx, inode, flags).map(uncached))
+        }
 
         fn readdir(ctx: &Context, inode: Inode, handle: Handle, offset: u64, add: &mut dyn FnMut(DirEntry<'_>) -> bool) -> io::Result<()>
             = Op { offset, ..self.with_handle(OpKind::Readdir, ctx, inode, handle) } => plain;

@@ -90,6 +90,12 @@ pub const UPPER_TREE: &str = "rootfs";
 /// Name of the copy-up scratch directory inside the upper directory.
 pub const UPPER_WORK: &str = "work";
 
+/// How long the guest may cache what a [`LayeredFs`] tells it, by default: a day. The merged
+/// tree changes only through the guest's own requests (the layers are never written, the
+/// upper tree is this sandbox's and the host reaches it only through the guest agent), so the
+/// guest's caches cannot go stale; a bound is kept only so that nothing is cached forever.
+pub const DEFAULT_CACHE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// How a [`LayeredFs`] serves its layers.
 #[derive(Clone, Debug)]
 pub struct LayeredConfig {
@@ -99,6 +105,12 @@ pub struct LayeredConfig {
     pub attr_timeout: Duration,
     /// How long the guest may cache names.
     pub entry_timeout: Duration,
+    /// How long the guest may remember that a name does not exist; zero: not at all.
+    pub negative_timeout: Duration,
+    /// Whether the guest keeps a file's pages and a directory's listing across opens
+    /// (`FOPEN_KEEP_CACHE`, `FOPEN_CACHE_DIR`). Sound because the tree changes only
+    /// through the guest (see [`DEFAULT_CACHE_TIMEOUT`]).
+    pub keep_cache: bool,
     /// Size limit of the upper tree in bytes (see [`quota`]).
     pub max_upper_bytes: u64,
     /// Most names in the upper tree; `None`: [`default_max_names`].
@@ -109,8 +121,10 @@ impl Default for LayeredConfig {
     fn default() -> Self {
         LayeredConfig {
             max_open_handles: 4096,
-            attr_timeout: Duration::from_secs(1),
-            entry_timeout: Duration::from_secs(1),
+            attr_timeout: DEFAULT_CACHE_TIMEOUT,
+            entry_timeout: DEFAULT_CACHE_TIMEOUT,
+            negative_timeout: DEFAULT_CACHE_TIMEOUT,
+            keep_cache: true,
             max_upper_bytes: DEFAULT_MAX_UPPER_BYTES,
             max_upper_names: None,
         }
@@ -1057,9 +1071,25 @@ fn name_ino(dir: Inode, name: &[u8]) -> u64 {
     h | (1 << 63)
 }
 
+impl LayeredFs {
+    /// The reply to an open of a file or (`dir`) a directory through `handle`.
+    fn open_reply(&self, handle: Handle, dir: bool) -> OpenReply {
+        use crate::abi::fopen;
+        let mut reply = OpenReply::new(handle);
+        if self.config.keep_cache {
+            reply.open_flags = fopen::KEEP_CACHE | if dir { fopen::CACHE_DIR } else { 0 };
+        }
+        reply
+    }
+}
+
 impl FileSystem for LayeredFs {
     fn destroy(&self) {
         self.handles.clear();
+    }
+
+    fn negative_timeout(&self) -> Option<Duration> {
+        Some(self.config.negative_timeout).filter(|t| !t.is_zero())
     }
 
     fn lookup(&self, _ctx: &Context, parent: Inode, name: &CStr) -> io::Result<Entry> {
@@ -1323,9 +1353,7 @@ impl FileSystem for LayeredFs {
             flags,
             dir: false,
         };
-        Ok(OpenReply::new(
-            self.handles.insert(OpenObject::File(fd), opened)?,
-        ))
+        Ok(self.open_reply(self.handles.insert(OpenObject::File(fd), opened)?, false))
     }
 
     fn create(
@@ -1481,8 +1509,9 @@ impl FileSystem for LayeredFs {
             flags,
             dir: true,
         };
-        Ok(OpenReply::new(
+        Ok(self.open_reply(
             self.handles.insert(OpenObject::Dir(snapshot), opened)?,
+            true,
         ))
     }
 

@@ -712,3 +712,56 @@ fn handles_on_one_directory_share_one_listing_dropped_with_the_last() {
     }
     assert_eq!(fs.listing_bytes(), 0, "the last close drops the listing");
 }
+
+#[test]
+fn the_guest_may_cache_names_misses_pages_and_listings_and_a_hook_chain_opts_out() {
+    use crate::abi::fopen::{CACHE_DIR, KEEP_CACHE};
+    use crate::hooks::{DenyPaths, Hooked};
+
+    let (base, top) = base_and_top();
+    let upper = tempfile::tempdir().unwrap();
+    let fs = std::sync::Arc::new(fs_over(&[&base, &top], upper.path()));
+    assert_eq!(fs.negative_timeout(), Some(DEFAULT_CACHE_TIMEOUT));
+    let a = walk(&fs, "a").unwrap();
+    assert_eq!(a.entry_timeout, DEFAULT_CACHE_TIMEOUT);
+    assert_eq!(a.attr_timeout, DEFAULT_CACHE_TIMEOUT);
+    let file = fs.open(&CTX, a.inode, libc::O_RDONLY as u32).unwrap();
+    assert_eq!(file.open_flags, KEEP_CACHE);
+    let d = walk(&fs, "d").unwrap();
+    let dir = fs.opendir(&CTX, d.inode, 0).unwrap();
+    assert_eq!(dir.open_flags, KEEP_CACHE | CACHE_DIR);
+
+    // Behind hooks every open starts afresh and misses are not remembered.
+    let hooked = Hooked::new(
+        fs.clone(),
+        vec![std::sync::Arc::new(DenyPaths::new(["/nothing"]))],
+    );
+    assert_eq!(hooked.negative_timeout(), None);
+    let a = hooked.lookup(&CTX, ROOT_INODE, &c("a")).unwrap();
+    let file = hooked.open(&CTX, a.inode, libc::O_RDONLY as u32).unwrap();
+    assert_eq!(file.open_flags, 0);
+    let d = hooked.lookup(&CTX, ROOT_INODE, &c("d")).unwrap();
+    let dir = hooked.opendir(&CTX, d.inode, 0).unwrap();
+    assert_eq!(dir.open_flags, 0);
+
+    // Configured off: the kernel's defaults.
+    let quiet = LayeredFs::new(
+        vec![base.path().to_owned(), top.path().to_owned()],
+        tempfile::tempdir().unwrap().path(),
+        LayeredConfig {
+            negative_timeout: Duration::ZERO,
+            keep_cache: false,
+            ..LayeredConfig::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(quiet.negative_timeout(), None);
+    let a = walk(&quiet, "a").unwrap();
+    assert_eq!(
+        quiet
+            .open(&CTX, a.inode, libc::O_RDONLY as u32)
+            .unwrap()
+            .open_flags,
+        0
+    );
+}

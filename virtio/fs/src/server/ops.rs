@@ -12,7 +12,7 @@ use super::{
     PATH_MAX, XATTR_NAME_MAX, XATTR_SIZE_MAX,
 };
 use crate::abi::{self, fattr, opcode, PutLe};
-use crate::filesystem::{DirEntry, FileSystem, Inode, SetAttr, TimeSet};
+use crate::filesystem::{DirEntry, Entry, FileSystem, Inode, SetAttr, TimeSet};
 
 impl<'a> Request<'a> {
     /// The next request struct; a body too short for it is EINVAL.
@@ -82,7 +82,14 @@ impl<F: FileSystem> Server<F> {
 
     pub(super) fn do_lookup(&self, r: &mut Request<'_>) -> OpResult {
         let n = r.name()?;
-        self.entry(self.fs.lookup(&r.ctx, r.ino, n))
+        match (self.fs.lookup(&r.ctx, r.ino, n), self.fs.negative_timeout()) {
+            // A node id of 0 with a timeout: the guest keeps the miss as a negative entry, so
+            // a PATH search or a library probe does not ask again for every exec.
+            (Err(e), Some(timeout)) if e.raw_os_error() == Some(libc::ENOENT) => {
+                body(|b| abi::put_entry(b, &Entry::negative(timeout)))
+            }
+            (e, _) => self.entry(e),
+        }
     }
 
     pub(super) fn do_forget(&self, r: &mut Request<'_>) -> OpResult {

@@ -8,8 +8,8 @@ use crate::memory::MemoryFs;
 use proptest::prelude::*;
 
 /// The guest kernel's side of the conversation.
-struct Kernel {
-    server: Server<MemoryFs>,
+struct Kernel<F: FileSystem = MemoryFs> {
+    server: Server<F>,
     unique: u64,
 }
 
@@ -50,13 +50,19 @@ fn write_in(fh: u64, off: u64, size: u32, data: &[u8]) -> Vec<u8> {
     ])
 }
 
+impl Kernel {
+    fn new() -> Self {
+        Self::with(MemoryFs::new(), ServerOptions::default())
+    }
+}
+
 /// Offset of `fuse_attr.size` and `.mode`/`.nlink` inside `fuse_entry_out`.
 const ENTRY_SIZE_AT: usize = 48;
 const ENTRY_MODE_AT: usize = 100;
 const ENTRY_NLINK_AT: usize = 104;
 
-impl Kernel {
-    fn with(fs: MemoryFs, options: ServerOptions) -> Self {
+impl<F: FileSystem> Kernel<F> {
+    fn with(fs: F, options: ServerOptions) -> Self {
         let mut k = Self {
             server: Server::new(fs, options),
             unique: 0,
@@ -64,10 +70,6 @@ impl Kernel {
         let (err, _) = k.call(opcode::INIT, 0, &init_in(41, u32::MAX));
         assert_eq!(err, 0);
         k
-    }
-
-    fn new() -> Self {
-        Self::with(MemoryFs::new(), ServerOptions::default())
     }
 
     /// Sends one request; returns (error, body) and checks the header.
@@ -699,4 +701,43 @@ fn a_server_over_an_unsaveable_backend_cannot_be_saved() {
         k.server.save_state().unwrap_err().kind(),
         io::ErrorKind::Unsupported
     );
+}
+
+/// The in-memory backend claiming that the guest may remember misses for 7 s.
+struct RemembersMisses(MemoryFs);
+
+impl FileSystem for RemembersMisses {
+    fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<crate::Entry> {
+        self.0.lookup(ctx, parent, name)
+    }
+    fn getattr(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: Option<u64>,
+    ) -> io::Result<(crate::Attr, Duration)> {
+        self.0.getattr(ctx, inode, handle)
+    }
+    fn negative_timeout(&self) -> Option<Duration> {
+        Some(Duration::from_secs(7))
+    }
+}
+
+#[test]
+fn a_miss_is_a_negative_entry_only_where_the_backend_allows_it() {
+    // Plain: an error the kernel does not cache.
+    assert_eq!(Kernel::new().lookup(ROOT_INODE, "nope"), Err(libc::ENOENT));
+
+    let fs = MemoryFs::new();
+    fs.add_file("/here", b"x", 0o644).unwrap();
+    let mut k = Kernel::with(RemembersMisses(fs), ServerOptions::default());
+    let miss = k.lookup(ROOT_INODE, "nope").expect("a negative entry");
+    assert_eq!(miss.len(), abi::ENTRY_OUT_SIZE);
+    assert_eq!(u64_at(&miss, 0), 0, "node id 0 means: no such name");
+    assert_eq!(u64_at(&miss, 16), 7, "entry_valid");
+    // A name that exists is answered as always.
+    let hit = k.lookup(ROOT_INODE, "here").unwrap();
+    assert_ne!(u64_at(&hit, 0), 0);
+    // Other errors stay errors: a file has no names in it.
+    assert_eq!(k.lookup(u64_at(&hit, 0), "x"), Err(libc::ENOTDIR));
 }
