@@ -136,7 +136,7 @@ fn bench() -> Result<bool, Error> {
         source,
     })?;
     println!("results written to {}", json_path.display());
-    if results.boots.is_empty() && results.exec.is_none() {
+    if results.boots.is_empty() && results.exec.is_empty() {
         return Err(Error::NoExitStatus {
             qemu_status: "the L1 script printed no sandbox results".into(),
             console_tail: msbvm_tests::console::tail(&out.console, 40),
