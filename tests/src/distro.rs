@@ -135,6 +135,10 @@ impl DistroKernel {
     /// The package name comes from `apt-cache depends linux-image-amd64`; when that fails
     /// (no package lists, offline) the newest kernel already in the cache is used.
     pub fn locate_or_fetch() -> Result<Self> {
+        // Tests of one process run on several threads and share the process id the download
+        // directories are named by: one thread fetches, the others wait and use its copy.
+        static FETCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = FETCH.lock().unwrap_or_else(|e| e.into_inner());
         let cache = cache_dir();
         fs::create_dir_all(&cache)
             .map_err(Error::io(format!("cannot create {}", cache.display())))?;
@@ -243,8 +247,11 @@ impl DistroKernel {
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
-        // Write then rename, so that an interrupted run never leaves a truncated module behind.
-        let part = dst.with_extension(format!("ko.part-{}", std::process::id()));
+        // Write then rename, so that an interrupted run never leaves a truncated module behind;
+        // named by process and thread, as tests on two threads may decompress it at once.
+        let thread = format!("{:?}", std::thread::current().id());
+        let thread: String = thread.chars().filter(char::is_ascii_digit).collect();
+        let part = dst.with_extension(format!("ko.part-{}-{thread}", std::process::id()));
         fs::write(&part, &out.stdout)
             .and_then(|()| fs::rename(&part, &dst))
             .map_err(Error::io(format!("cannot write {}", dst.display())))?;
