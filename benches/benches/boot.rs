@@ -10,7 +10,11 @@
 //! and memory overhead (`--stats`). Medians go to a table on stdout and, with every sample, to
 //! `target/bench-boot.json`.
 //!
-//! Environment: `MSBVM_BENCH_RUNS` (msbvm and Firecracker runs, default 5),
+//! The VMMs take turns (run 1 of each, then run 2 of each, ...), so the emulated L1's drift
+//! falls on all of them alike; below the table of medians come each VMM's spread and msbvm's
+//! ratio to each peer run by run.
+//!
+//! Environment: `MSBVM_BENCH_RUNS` (msbvm and Firecracker runs, default 9),
 //! `MSBVM_BENCH_QEMU_RUNS` (default 2: QEMU's own start-up takes tens of seconds under the
 //! emulated L1), `MSBVM_BENCH_FIRECRACKER` (path to a firecracker binary),
 //! `MSBVM_BENCH_CMDLINE` (guest command line), `MSBVM_SKIP_NESTED=1` (skip on hosts that cannot
@@ -62,6 +66,8 @@ fn bench() -> Result<usize, Error> {
         "boot: {CPUS} vCPU, {MEMORY_MIB} MiB, same kernel/initramfs/cmdline; medians (to init: runs that got there; to exit, memory: clean runs); nested KVM, L1 under emulation"
     );
     print!("{}", table(&summaries));
+    print!("{}", msbvm_benches::spread_lines(&samples));
+    print!("{}", msbvm_benches::exit_table(&out.console));
 
     let setup = BootSetup {
         cmdline,

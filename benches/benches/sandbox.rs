@@ -14,7 +14,7 @@
 //! sample to `target/bench-sandbox.json`.
 //!
 //! Environment: `MSBVM_BENCH_RUNS` (sandbox boots, msbvm and Firecracker reference runs,
-//! default 5), `MSBVM_BENCH_QEMU_RUNS` (default 2), `MSBVM_BENCH_EXECS` (default 50),
+//! default 9), `MSBVM_BENCH_QEMU_RUNS` (default 2), `MSBVM_BENCH_EXECS` (default 50),
 //! `MSBVM_BENCH_MIB` (MiB per transfer, default 64), `MSBVM_BENCH_FIRECRACKER` (path to a
 //! firecracker binary), `MSBVM_BENCH_CMDLINE` (the references' guest command line),
 //! `MSBVM_STATIC_DIR` (prebuilt static binaries), `MSBVM_SKIP_NESTED=1` (skip on hosts that

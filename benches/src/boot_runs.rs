@@ -73,10 +73,11 @@ pub struct RunCounts {
 }
 
 impl RunCounts {
-    /// `MSBVM_BENCH_RUNS` (default 5) and `MSBVM_BENCH_QEMU_RUNS` (default 2).
+    /// `MSBVM_BENCH_RUNS` (default 9: with fewer, one slow run of the emulated L1 moves a
+    /// median) and `MSBVM_BENCH_QEMU_RUNS` (default 2).
     pub fn from_env() -> Self {
         Self {
-            runs: env_count("MSBVM_BENCH_RUNS", 5),
+            runs: env_count("MSBVM_BENCH_RUNS", 9),
             qemu_runs: env_count("MSBVM_BENCH_QEMU_RUNS", 2),
         }
     }
@@ -93,24 +94,46 @@ pub struct BootPlan {
     pub skipped: Vec<(String, String)>,
 }
 
-/// The L1 script lines that time `runs` runs of one VMM.
-pub fn timed_runs(vmm: &str, runs: u32, command: &[String]) -> String {
+/// One VMM's runs: its name, how many, and its command line in L1.
+#[derive(Debug, Clone)]
+pub struct VmmRuns {
+    /// The VMM's name in result lines.
+    pub vmm: String,
+    /// Runs to make.
+    pub runs: u32,
+    /// The command that boots it.
+    pub command: Vec<String>,
+}
+
+/// The L1 script lines of run `run` (of `runs`) of one VMM.
+fn timed_run(vmm: &str, run: u32, runs: u32, command: &[String]) -> String {
+    let mut argv = vec![
+        L1_TIMING.to_string(),
+        "--vmm".into(),
+        vmm.into(),
+        "--run".into(),
+        run.to_string(),
+        "--timeout".into(),
+        RUN_TIMEOUT_SECS.to_string(),
+        "--".into(),
+    ];
+    argv.extend(command.iter().cloned());
+    format!(
+        "echo 'bench: {vmm} run {run}/{runs}'\n{}\n",
+        shell_command(&argv)
+    )
+}
+
+/// The L1 script lines that time every VMM's runs taking turns: run 1 of each, then run 2 of
+/// each, and so on (a VMM with fewer runs drops out when it has made them), so that the
+/// emulated L1's drift over the minutes of a benchmark falls on every VMM alike.
+pub fn interleaved_runs(vmms: &[VmmRuns]) -> String {
+    let rounds = vmms.iter().map(|v| v.runs).max().unwrap_or(0);
     let mut s = String::new();
-    for run in 1..=runs {
-        s.push_str(&format!("echo 'bench: {vmm} run {run}/{runs}'\n"));
-        let mut argv = vec![
-            L1_TIMING.to_string(),
-            "--vmm".into(),
-            vmm.into(),
-            "--run".into(),
-            run.to_string(),
-            "--timeout".into(),
-            RUN_TIMEOUT_SECS.to_string(),
-            "--".into(),
-        ];
-        argv.extend(command.iter().cloned());
-        s.push_str(&shell_command(&argv));
-        s.push('\n');
+    for run in 1..=rounds {
+        for v in vmms.iter().filter(|v| v.runs >= run) {
+            s.push_str(&timed_run(&v.vmm, run, v.runs, &v.command));
+        }
     }
     s
 }
@@ -190,9 +213,11 @@ pub fn plan(
         cmdline,
         "--stats",
     ]);
-    plan.script
-        .push_str(&timed_runs("msbvm", counts.runs, &msbvm));
-    plan.total_runs += counts.runs;
+    let mut vmms = vec![VmmRuns {
+        vmm: "msbvm".into(),
+        runs: counts.runs,
+        command: msbvm,
+    }];
 
     match host_qemu() {
         Some(qemu) => {
@@ -221,9 +246,11 @@ pub fn plan(
                 "-append",
                 cmdline,
             ]);
-            plan.script
-                .push_str(&timed_runs("qemu", counts.qemu_runs, &qemu));
-            plan.total_runs += counts.qemu_runs;
+            vmms.push(VmmRuns {
+                vmm: "qemu".into(),
+                runs: counts.qemu_runs,
+                command: qemu,
+            });
         }
         // preflight() found QEMU for L1, so this only happens with an odd PATH.
         None => plan
@@ -249,9 +276,15 @@ pub fn plan(
                 "--config-file",
                 L1_FIRECRACKER_CONFIG,
             ]);
-            plan.script
-                .push_str(&timed_runs("firecracker", counts.runs, &fc));
-            plan.total_runs += counts.runs;
+            // Firecracker right after msbvm in every round: the pair the benchmark compares.
+            vmms.insert(
+                1,
+                VmmRuns {
+                    vmm: "firecracker".into(),
+                    runs: counts.runs,
+                    command: fc,
+                },
+            );
         }
         Some(fc) => plan.skipped.push((
             "firecracker".into(),
@@ -262,6 +295,12 @@ pub fn plan(
             format!("set {FIRECRACKER_ENV} to a firecracker binary to include it"),
         )),
     }
+    // KVM's debugfs, for the exit counters the timing helper reads at the init marker.
+    plan.script = format!(
+        "mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null\n{}",
+        interleaved_runs(&vmms)
+    );
+    plan.total_runs = vmms.iter().map(|v| v.runs).sum();
     (vm, plan)
 }
 
@@ -270,9 +309,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn timed_runs_number_each_run() {
-        let s = timed_runs("qemu", 2, &argv(&["/usr/bin/qemu", "-append", "a b"]));
-        assert!(s.contains("echo 'bench: qemu run 2/2'"), "{s}");
+    fn runs_take_turns_and_a_vmm_with_fewer_drops_out() {
+        let vmm = |name: &str, runs| VmmRuns {
+            vmm: name.into(),
+            runs,
+            command: argv(&["/usr/bin/qemu", "-append", "a b"]),
+        };
+        let s = interleaved_runs(&[vmm("msbvm", 3), vmm("firecracker", 3), vmm("qemu", 1)]);
+        let order: Vec<&str> = s
+            .lines()
+            .filter_map(|l| l.strip_prefix("echo 'bench: "))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "msbvm run 1/3'",
+                "firecracker run 1/3'",
+                "qemu run 1/1'",
+                "msbvm run 2/3'",
+                "firecracker run 2/3'",
+                "msbvm run 3/3'",
+                "firecracker run 3/3'",
+            ]
+        );
         assert!(
             s.contains("/bin/msbvm-boot-timing --vmm qemu --run 1 --timeout 240 -- /usr/bin/qemu -append 'a b'"),
             "{s}"

@@ -291,6 +291,166 @@ pub fn table(summaries: &[Summary]) -> String {
     t
 }
 
+/// Below [`table`]: each VMM's times to the init marker as median [min-max], and msbvm's
+/// against each peer's run by run (run `r` of both were made one after the other, see
+/// `boot_runs::interleaved_runs`): the median of those ratios and their spread.
+pub fn spread_lines(samples: &[Sample]) -> String {
+    let mut t = String::new();
+    let init = |vmm: &str| -> Vec<(u32, f64)> {
+        samples
+            .iter()
+            .filter(|s| s.vmm == vmm)
+            .filter_map(|s| Some((s.run, s.init_ms?)))
+            .collect()
+    };
+    for s in summarize(samples) {
+        let v: Vec<f64> = init(&s.vmm).into_iter().map(|(_, ms)| ms).collect();
+        let _ = writeln!(t, "{:<12} start->init ms {}", s.vmm, spread(&v, 1));
+    }
+    let ours = init("msbvm");
+    for peer in summarize(samples).iter().filter(|s| s.vmm != "msbvm") {
+        let theirs = init(&peer.vmm);
+        let ratios: Vec<f64> = ours
+            .iter()
+            .filter_map(|(run, a)| {
+                let (_, b) = theirs.iter().find(|(r, _)| r == run)?;
+                (*b > 0.0).then(|| a / b)
+            })
+            .collect();
+        if !ratios.is_empty() {
+            let _ = writeln!(
+                t,
+                "msbvm/{} start->init, run by run: x{} ({} pairs)",
+                peer.vmm,
+                spread(&ratios, 3),
+                ratios.len()
+            );
+        }
+    }
+    t
+}
+
+/// Prefix of the timing helper's exit-counter line.
+pub const EXITS_PREFIX: &str = "msbvm-boot-timing: exits";
+
+/// KVM's exit counters of one VM up to the guest's init marker, read from debugfs in L1: the
+/// same for every VMM, so the counts say where one guest's boot does more work than another's.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExitCounts {
+    /// Which VMM.
+    pub vmm: String,
+    /// 1-based run number.
+    pub run: u32,
+    /// (counter, value), in [`ExitCounts::COUNTERS`] order, for those the kernel has.
+    pub counts: Vec<(String, u64)>,
+}
+
+impl ExitCounts {
+    /// The debugfs files read (per VM, summed over its vCPUs by KVM).
+    pub const COUNTERS: [&'static str; 9] = [
+        "exits",
+        "io_exits",
+        "mmio_exits",
+        "halt_exits",
+        "irq_exits",
+        "irq_window_exits",
+        "signal_exits",
+        "insn_emulation",
+        "hypercalls",
+    ];
+    /// Where KVM's debugfs is.
+    const DEBUGFS: &'static str = "/sys/kernel/debug/kvm";
+
+    /// The counters of every VM process `pid` holds (`<pid>-<fd>` directories), summed;
+    /// `None` when debugfs is not mounted or there is no such VM.
+    pub fn of_pid(pid: u32) -> Option<Vec<(String, u64)>> {
+        let prefix = format!("{pid}-");
+        let dirs: Vec<std::path::PathBuf> = std::fs::read_dir(Self::DEBUGFS)
+            .ok()?
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|e| e.path())
+            .collect();
+        if dirs.is_empty() {
+            return None;
+        }
+        let counts = Self::COUNTERS
+            .iter()
+            .filter_map(|name| {
+                let values: Vec<u64> = dirs
+                    .iter()
+                    .filter_map(|d| std::fs::read_to_string(d.join(name)).ok())
+                    .filter_map(|v| v.trim().parse().ok())
+                    .collect();
+                (!values.is_empty()).then(|| (name.to_string(), values.iter().sum()))
+            })
+            .collect();
+        Some(counts)
+    }
+
+    /// The result line.
+    pub fn to_line(counts: &[(String, u64)], vmm: &str, run: u32) -> String {
+        let mut line = format!("{EXITS_PREFIX} vmm={vmm} run={run}");
+        for (name, value) in counts {
+            let _ = write!(line, " {name}={value}");
+        }
+        line
+    }
+
+    /// Parses a result line.
+    pub fn parse(line: &str) -> Option<Self> {
+        let get = |key: &str| msbvm_tests::report::field(line, EXITS_PREFIX, key);
+        Some(Self {
+            vmm: get("vmm")?.to_string(),
+            run: get("run")?.parse().ok()?,
+            counts: Self::COUNTERS
+                .iter()
+                .filter_map(|name| Some((name.to_string(), get(name)?.parse().ok()?)))
+                .collect(),
+        })
+    }
+
+    /// The value of one counter.
+    pub fn get(&self, name: &str) -> Option<u64> {
+        self.counts.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+    }
+}
+
+/// Each VMM's median exit counts up to the init marker (one column per VMM), or nothing when
+/// no run reported them.
+pub fn exit_table(console: &str) -> String {
+    let all: Vec<ExitCounts> = console.lines().filter_map(ExitCounts::parse).collect();
+    let mut vmms: Vec<&str> = Vec::new();
+    for e in &all {
+        if !vmms.contains(&e.vmm.as_str()) {
+            vmms.push(&e.vmm);
+        }
+    }
+    if vmms.is_empty() {
+        return String::new();
+    }
+    let mut t = String::from("KVM exits up to the init marker (L1 debugfs), median over runs\n");
+    let _ = write!(t, "{:<18}", "counter");
+    for v in &vmms {
+        let _ = write!(t, " {v:>12}");
+    }
+    t.push('\n');
+    for name in ExitCounts::COUNTERS {
+        let _ = write!(t, "{name:<18}");
+        for v in &vmms {
+            let values: Vec<f64> = all
+                .iter()
+                .filter(|e| e.vmm == *v)
+                .filter_map(|e| e.get(name))
+                .map(|n| n as f64)
+                .collect();
+            let _ = write!(t, " {:>12}", cell(median(values), 0));
+        }
+        t.push('\n');
+    }
+    t
+}
+
 /// Escapes a string for JSON.
 pub fn json_string(s: &str) -> String {
     let mut out = String::from("\"");
@@ -461,6 +621,64 @@ pub fn spread(values: &[f64], digits: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exit_lines_round_trip_and_tabulate() {
+        let counts = vec![("exits".to_string(), 1200), ("io_exits".to_string(), 300)];
+        let console = format!(
+            "noise\n{}\n{}\n{}\n",
+            ExitCounts::to_line(&counts, "msbvm", 1),
+            ExitCounts::to_line(&[("exits".to_string(), 1000)], "msbvm", 2),
+            ExitCounts::to_line(&[("exits".to_string(), 5000)], "firecracker", 1),
+        );
+        let first = ExitCounts::parse(console.lines().nth(1).unwrap()).unwrap();
+        assert_eq!((first.vmm.as_str(), first.run), ("msbvm", 1));
+        assert_eq!(first.counts, counts);
+        let t = exit_table(&console);
+        assert!(
+            t.contains("counter                   msbvm  firecracker"),
+            "{t}"
+        );
+        assert!(
+            t.contains("exits                      1100         5000"),
+            "{t}"
+        );
+        assert!(
+            t.contains("io_exits                    300            -"),
+            "{t}"
+        );
+        assert_eq!(exit_table("nothing"), "");
+    }
+
+    #[test]
+    fn spread_lines_pair_runs_by_number() {
+        let sample = |vmm: &str, run, init| Sample {
+            vmm: vmm.into(),
+            run,
+            status: 0,
+            init_ms: init,
+            exit_ms: 1.0,
+            boot_timer_ms: None,
+            stats: None,
+        };
+        let samples = [
+            sample("msbvm", 1, Some(100.0)),
+            sample("firecracker", 1, Some(200.0)),
+            sample("msbvm", 2, Some(90.0)),
+            sample("firecracker", 2, Some(100.0)),
+            sample("msbvm", 3, Some(50.0)),
+            sample("firecracker", 3, None),
+        ];
+        let t = spread_lines(&samples);
+        assert!(
+            t.contains("msbvm        start->init ms 90.0 [50.0-100.0]"),
+            "{t}"
+        );
+        assert!(
+            t.contains("msbvm/firecracker start->init, run by run: x0.700 [0.500-0.900] (2 pairs)"),
+            "{t}"
+        );
+    }
 
     #[test]
     fn l1_sample_lines_are_read_back_and_broken_ones_skipped() {

@@ -7,7 +7,10 @@
 //! Spawns the VMM with its stdout and stderr piped, timestamps (CLOCK_MONOTONIC, through
 //! `Instant`) the first line containing `MSBVM-INIT-OK` on either stream and the process exit,
 //! picks up msbvm's `boot-timer`/`stats` lines, and prints one result line (see
-//! `msbvm_benches::Sample`). Timing from outside the VMM is what makes the numbers comparable
+//! `msbvm_benches::Sample`). When the marker arrives it also reads the VM's exit counters from
+//! KVM's debugfs in L1 (`/sys/kernel/debug/kvm/<pid>-<fd>/`, while the VM still exists) and
+//! prints them on an `exits` line (see `msbvm_benches::ExitCounts`): where each VMM's guest
+//! spends its boot. Timing from outside the VMM is what makes the numbers comparable
 //! between VMMs that report nothing about themselves. Built static, as it runs in L1.
 
 use std::collections::VecDeque;
@@ -17,7 +20,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use msbvm_benches::Sample;
+use msbvm_benches::{ExitCounts, Sample};
 use msbvm_tests::report;
 
 const USAGE: &str =
@@ -93,8 +96,17 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Runs and times the VMM; returns the sample and the last console lines.
-fn measure(args: &Args) -> Result<(Sample, VecDeque<String>), String> {
+/// What one run measured.
+struct Measured {
+    sample: Sample,
+    /// The VM's exit counters at the init marker, if KVM's debugfs is there.
+    exits: Option<Vec<(String, u64)>>,
+    /// The last console lines.
+    tail: VecDeque<String>,
+}
+
+/// Runs and times the VMM.
+fn measure(args: &Args) -> Result<Measured, String> {
     let start = Instant::now();
     let mut child = Command::new(&args.command[0])
         .args(&args.command[1..])
@@ -110,12 +122,15 @@ fn measure(args: &Args) -> Result<(Sample, VecDeque<String>), String> {
     std::thread::spawn(move || forward(out, start, tx));
     std::thread::spawn(move || forward(err, start, tx2));
 
+    let pid = child.id();
     let mut init_at = None;
+    let mut exits = None;
     let mut machine_lines = String::new();
     let mut tail = VecDeque::new();
     let mut note = |(at, line): (Duration, String)| {
         if init_at.is_none() && line.contains(report::INIT_OK) {
             init_at = Some(at);
+            exits = ExitCounts::of_pid(pid);
         }
         if line.contains("msbvm: ") {
             machine_lines.push_str(&line);
@@ -159,7 +174,11 @@ fn measure(args: &Args) -> Result<(Sample, VecDeque<String>), String> {
         boot_timer_ms: report::boot_timer_ms(&machine_lines),
         stats: report::stats(&machine_lines),
     };
-    Ok((sample, tail))
+    Ok(Measured {
+        sample,
+        exits,
+        tail,
+    })
 }
 
 fn main() -> ExitCode {
@@ -171,7 +190,11 @@ fn main() -> ExitCode {
         }
     };
     match measure(&args) {
-        Ok((sample, tail)) => {
+        Ok(Measured {
+            sample,
+            exits,
+            tail,
+        }) => {
             if !sample.ok() {
                 println!(
                     "msbvm-boot-timing: {} run {} failed; last output:",
@@ -182,6 +205,9 @@ fn main() -> ExitCode {
                 }
             }
             println!("{}", sample.to_line());
+            if let Some(exits) = exits {
+                println!("{}", ExitCounts::to_line(&exits, &args.vmm, args.run));
+            }
             ExitCode::SUCCESS
         }
         Err(msg) => {
