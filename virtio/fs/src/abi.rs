@@ -108,6 +108,8 @@ pub mod fopen {
     pub const KEEP_CACHE: u32 = 1 << 1;
     /// Cache the directory's READDIR results in the guest.
     pub const CACHE_DIR: u32 = 1 << 3;
+    /// Send no FLUSH when the file is closed (for backends whose flush does nothing).
+    pub const NOFLUSH: u32 = 1 << 5;
 }
 
 /// SETATTR `valid` bits.

@@ -217,12 +217,13 @@ macro_rules! hooked_methods {
     }};
 }
 
-/// An open reply without the backend's page-cache and directory-cache flags: a hook may
-/// answer or rewrite reads differently from one open to the next, so every open starts
-/// from what the hooks say now. (For the same reason [`Hooked`] has no negative lookup
+/// An open reply without the backend's caching flags: a hook may answer or rewrite reads
+/// differently from one open to the next, so every open starts from what the hooks say now,
+/// and hooks see every close's FLUSH. (For the same reason [`Hooked`] has no negative lookup
 /// timeout: a hook's refusal may change.)
 fn uncached(mut reply: OpenReply) -> OpenReply {
-    reply.open_flags &= !(crate::abi::fopen::KEEP_CACHE | crate::abi::fopen::CACHE_DIR);
+    use crate::abi::fopen::{CACHE_DIR, KEEP_CACHE, NOFLUSH};
+    reply.open_flags &= !(KEEP_CACHE | CACHE_DIR | NOFLUSH);
     reply
 }
 

@@ -715,7 +715,7 @@ fn handles_on_one_directory_share_one_listing_dropped_with_the_last() {
 
 #[test]
 fn the_guest_may_cache_names_misses_pages_and_listings_and_a_hook_chain_opts_out() {
-    use crate::abi::fopen::{CACHE_DIR, KEEP_CACHE};
+    use crate::abi::fopen::{CACHE_DIR, KEEP_CACHE, NOFLUSH};
     use crate::hooks::{DenyPaths, Hooked};
 
     let (base, top) = base_and_top();
@@ -726,7 +726,7 @@ fn the_guest_may_cache_names_misses_pages_and_listings_and_a_hook_chain_opts_out
     assert_eq!(a.entry_timeout, DEFAULT_CACHE_TIMEOUT);
     assert_eq!(a.attr_timeout, DEFAULT_CACHE_TIMEOUT);
     let file = fs.open(&CTX, a.inode, libc::O_RDONLY as u32).unwrap();
-    assert_eq!(file.open_flags, KEEP_CACHE);
+    assert_eq!(file.open_flags, KEEP_CACHE | NOFLUSH);
     let d = walk(&fs, "d").unwrap();
     let dir = fs.opendir(&CTX, d.inode, 0).unwrap();
     assert_eq!(dir.open_flags, KEEP_CACHE | CACHE_DIR);
@@ -762,6 +762,6 @@ fn the_guest_may_cache_names_misses_pages_and_listings_and_a_hook_chain_opts_out
             .open(&CTX, a.inode, libc::O_RDONLY as u32)
             .unwrap()
             .open_flags,
-        0
+        NOFLUSH
     );
 }
