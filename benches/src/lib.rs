@@ -333,36 +333,25 @@ pub fn spread_lines(samples: &[Sample]) -> String {
 /// Prefix of the timing helper's exit-counter line.
 pub const EXITS_PREFIX: &str = "msbvm-boot-timing: exits";
 
-/// KVM's exit counters of one VM up to the guest's init marker, read from debugfs in L1: the
-/// same for every VMM, so the counts say where one guest's boot does more work than another's.
+/// KVM's counters of one VM up to the guest's init marker, read from debugfs in L1 (exits by
+/// reason, page faults, injections, ...): the same for every VMM, so the counts say where one
+/// guest's boot does more work than another's.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ExitCounts {
     /// Which VMM.
     pub vmm: String,
     /// 1-based run number.
     pub run: u32,
-    /// (counter, value), in [`ExitCounts::COUNTERS`] order, for those the kernel has.
+    /// (counter, value), sorted by name: every counter file of the VM's debugfs directory.
     pub counts: Vec<(String, u64)>,
 }
 
 impl ExitCounts {
-    /// The debugfs files read (per VM, summed over its vCPUs by KVM).
-    pub const COUNTERS: [&'static str; 9] = [
-        "exits",
-        "io_exits",
-        "mmio_exits",
-        "halt_exits",
-        "irq_exits",
-        "irq_window_exits",
-        "signal_exits",
-        "insn_emulation",
-        "hypercalls",
-    ];
     /// Where KVM's debugfs is.
     const DEBUGFS: &'static str = "/sys/kernel/debug/kvm";
 
-    /// The counters of every VM process `pid` holds (`<pid>-<fd>` directories), summed;
-    /// `None` when debugfs is not mounted or there is no such VM.
+    /// The counters of every VM process `pid` holds (`<pid>-<fd>` directories; KVM sums each
+    /// over the VM's vCPUs), summed; `None` when debugfs is not mounted or there is no such VM.
     pub fn of_pid(pid: u32) -> Option<Vec<(String, u64)>> {
         let prefix = format!("{pid}-");
         let dirs: Vec<std::path::PathBuf> = std::fs::read_dir(Self::DEBUGFS)
@@ -374,18 +363,27 @@ impl ExitCounts {
         if dirs.is_empty() {
             return None;
         }
-        let counts = Self::COUNTERS
-            .iter()
-            .filter_map(|name| {
-                let values: Vec<u64> = dirs
-                    .iter()
-                    .filter_map(|d| std::fs::read_to_string(d.join(name)).ok())
-                    .filter_map(|v| v.trim().parse().ok())
-                    .collect();
-                (!values.is_empty()).then(|| (name.to_string(), values.iter().sum()))
-            })
-            .collect();
-        Some(counts)
+        let mut counts = std::collections::BTreeMap::<String, u64>::new();
+        for dir in &dirs {
+            for entry in std::fs::read_dir(dir).ok()?.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let value = entry
+                    .file_type()
+                    .ok()
+                    .filter(|t| t.is_file())
+                    .and_then(|_| {
+                        std::fs::read_to_string(entry.path())
+                            .ok()?
+                            .trim()
+                            .parse::<u64>()
+                            .ok()
+                    });
+                if let Some(v) = value {
+                    *counts.entry(name).or_default() += v;
+                }
+            }
+        }
+        Some(counts.into_iter().collect())
     }
 
     /// The result line.
@@ -400,12 +398,15 @@ impl ExitCounts {
     /// Parses a result line.
     pub fn parse(line: &str) -> Option<Self> {
         let get = |key: &str| msbvm_tests::report::field(line, EXITS_PREFIX, key);
+        let rest = &line[line.find(EXITS_PREFIX)? + EXITS_PREFIX.len()..];
         Some(Self {
             vmm: get("vmm")?.to_string(),
             run: get("run")?.parse().ok()?,
-            counts: Self::COUNTERS
-                .iter()
-                .filter_map(|name| Some((name.to_string(), get(name)?.parse().ok()?)))
+            counts: rest
+                .split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .filter(|(k, _)| *k != "vmm" && *k != "run")
+                .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
                 .collect(),
         })
     }
@@ -416,27 +417,34 @@ impl ExitCounts {
     }
 }
 
-/// Each VMM's median exit counts up to the init marker (one column per VMM), or nothing when
-/// no run reported them.
+/// Each VMM's median counters up to the init marker (one column per VMM; counters that are 0
+/// for every VMM left out), or nothing when no run reported them.
 pub fn exit_table(console: &str) -> String {
     let all: Vec<ExitCounts> = console.lines().filter_map(ExitCounts::parse).collect();
     let mut vmms: Vec<&str> = Vec::new();
+    let mut names: Vec<&str> = Vec::new();
     for e in &all {
         if !vmms.contains(&e.vmm.as_str()) {
             vmms.push(&e.vmm);
+        }
+        for (n, v) in &e.counts {
+            if *v > 0 && !names.contains(&n.as_str()) {
+                names.push(n);
+            }
         }
     }
     if vmms.is_empty() {
         return String::new();
     }
-    let mut t = String::from("KVM exits up to the init marker (L1 debugfs), median over runs\n");
-    let _ = write!(t, "{:<18}", "counter");
+    names.sort_unstable();
+    let mut t = String::from("KVM counters up to the init marker (L1 debugfs), median over runs\n");
+    let _ = write!(t, "{:<26}", "counter");
     for v in &vmms {
         let _ = write!(t, " {v:>12}");
     }
     t.push('\n');
-    for name in ExitCounts::COUNTERS {
-        let _ = write!(t, "{name:<18}");
+    for name in names {
+        let _ = write!(t, "{name:<26}");
         for v in &vmms {
             let values: Vec<f64> = all
                 .iter()
@@ -635,18 +643,10 @@ mod tests {
         assert_eq!((first.vmm.as_str(), first.run), ("msbvm", 1));
         assert_eq!(first.counts, counts);
         let t = exit_table(&console);
-        assert!(
-            t.contains("counter                   msbvm  firecracker"),
-            "{t}"
-        );
-        assert!(
-            t.contains("exits                      1100         5000"),
-            "{t}"
-        );
-        assert!(
-            t.contains("io_exits                    300            -"),
-            "{t}"
-        );
+        let rows: Vec<Vec<&str>> = t.lines().map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(rows[1], ["counter", "msbvm", "firecracker"], "{t}");
+        assert_eq!(rows[2], ["exits", "1100", "5000"], "{t}");
+        assert_eq!(rows[3], ["io_exits", "300", "-"], "{t}");
         assert_eq!(exit_table("nothing"), "");
     }
 
