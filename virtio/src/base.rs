@@ -120,14 +120,18 @@ impl DeviceCommon {
     }
 
     /// Refuses an activation the device cannot take: while already active,
-    /// with the wrong number of queues, or with a queue not made ready.
-    fn check_activation(&self, queues: &[QueueWithEvent]) -> Result<(), ActivateError> {
+    /// with other than `expected` queues, or with a queue not made ready.
+    fn check_activation(
+        &self,
+        queues: &[QueueWithEvent],
+        expected: usize,
+    ) -> Result<(), ActivateError> {
         if let DeviceState::Activated(_) = self.state {
             return Err(ActivateError::AlreadyActive);
         }
-        if queues.len() != self.queue_sizes.len() {
+        if queues.len() != expected {
             return Err(ActivateError::QueueCount {
-                expected: self.queue_sizes.len(),
+                expected,
                 got: queues.len(),
             });
         }
@@ -162,8 +166,9 @@ pub fn queue_array<const N: usize>(
         .map_err(|_| ActivateError::QueueCount { expected: N, got })
 }
 
-/// What a device gets at DRIVER_OK: its queues (as many as it declared,
-/// all ready) and what it needs to serve them.
+/// What a device gets at DRIVER_OK: its queues (as many as it declared, or
+/// as [`DeviceBackend::queues_in_use`] says, all ready) and what it needs to
+/// serve them.
 #[derive(Debug)]
 pub struct Activation {
     /// Guest memory, where the rings and buffers are.
@@ -181,6 +186,15 @@ pub trait DeviceBackend: Send {
     /// Starts serving the queues on the workers it returns; they run until
     /// the base stops them (driver reset or drop).
     fn activate(&mut self, activation: Activation) -> Result<Vec<WorkerThread>, ActivateError>;
+
+    /// How many of the declared queues the driver uses with `acked_features`, the first
+    /// ones in order (`None`, the default: all). For devices whose queues depend on the
+    /// features (virtio-balloon's reporting queue): the others are left out of the
+    /// [`Activation`] and need not be ready.
+    fn queues_in_use(&self, acked_features: u64) -> Option<usize> {
+        let _ = acked_features;
+        None
+    }
 
     /// Runs on a driver reset, after the workers stopped.
     fn reset(&mut self) {}
@@ -308,9 +322,17 @@ impl<B: DeviceBackend> VirtioDevice for Device<B> {
         &mut self,
         mem: GuestMemoryMmap,
         interrupt: Arc<Interrupt>,
-        queues: Vec<QueueWithEvent>,
+        mut queues: Vec<QueueWithEvent>,
     ) -> Result<(), ActivateError> {
-        self.common.check_activation(&queues)?;
+        let declared = self.common.queue_sizes.len();
+        let expected = match self.backend.queues_in_use(self.common.acked_features) {
+            Some(n) => n.min(declared),
+            None => declared,
+        };
+        if queues.len() == declared {
+            queues.truncate(expected);
+        }
+        self.common.check_activation(&queues, expected)?;
         let workers = self.backend.activate(Activation {
             mem,
             interrupt,

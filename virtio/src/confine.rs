@@ -9,7 +9,7 @@
 //! switch). `msbvm boot`, the tests and other embedders register nothing and run unconfined.
 //!
 //! The allowlists are data that sit next to the code that needs them: [`BASE`] here (what
-//! every Rust thread does), `fs::seccomp`, `net::seccomp`, `rng::seccomp`, `vsock::seccomp`
+//! every Rust thread does), `fs::seccomp`, `net::seccomp`, `rng::seccomp`, `vsock::seccomp`, `balloon::seccomp`
 //! for the device workers, `msbvm_vmm::seccomp` for the vCPU and VM threads, `msbvm_netstack::seccomp`
 //! and the runtime's own threads in the SDK. A call outside the thread's list raises SIGSYS
 //! (`SECCOMP_RET_TRAP`); the runtime's handler reports the call and ends the process.
@@ -185,14 +185,15 @@ pub fn install(program: &BpfProgram) -> Result<(), seccompiler::Error> {
     seccompiler::apply_filter(program)
 }
 
-/// The filter of a device worker kind (`"virtio-fs"`, `"virtio-net"`, `"virtio-rng"`,
+/// The filter of a device worker kind (`"virtio-fs"`, `"virtio-net"`, `"virtio-rng"`, `"virtio-balloon"`,
 /// `"virtio-vsock"`), or `None` for another kind.
 pub fn device_program(kind: &str) -> Option<Result<BpfProgram, seccompiler::BackendError>> {
-    use crate::{fs, net, rng, vsock};
+    use crate::{balloon, fs, net, rng, vsock};
     Some(match kind {
         "virtio-fs" => compile(&[fs::seccomp::SYSCALLS, EVENT_LOOP], &[], &[]),
         "virtio-net" => compile(&[net::seccomp::SYSCALLS, EVENT_LOOP], &[], &[]),
         "virtio-rng" => compile(&[rng::seccomp::SYSCALLS, EVENT_LOOP], &[], &[]),
+        "virtio-balloon" => compile(&[balloon::seccomp::SYSCALLS, EVENT_LOOP], &[], &[]),
         "virtio-vsock" => compile(
             &[vsock::seccomp::SYSCALLS, EVENT_LOOP],
             &[libc::AF_UNIX],
@@ -242,7 +243,13 @@ mod tests {
         .unwrap();
         assert!(program.len() > BASE.len());
         assert!(seccomp_available());
-        for kind in ["virtio-fs", "virtio-net", "virtio-rng", "virtio-vsock"] {
+        for kind in [
+            "virtio-fs",
+            "virtio-net",
+            "virtio-rng",
+            "virtio-vsock",
+            "virtio-balloon",
+        ] {
             assert!(device_program(kind).unwrap().is_ok(), "{kind}");
         }
         assert!(device_program("vcpu").is_none());
@@ -256,7 +263,14 @@ mod tests {
             return; // The child itself.
         }
         let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["fs::", "net::", "rng::", "vsock::", "--test-threads=2"])
+            .args([
+                "fs::",
+                "net::",
+                "rng::",
+                "vsock::",
+                "balloon::",
+                "--test-threads=2",
+            ])
             .env(TEST_ENV, "1")
             .output()
             .unwrap();

@@ -16,8 +16,9 @@
 //! its own, with the same file names inside (`device.rs`, `worker.rs`,
 //! `defs.rs`, `seccomp.rs`, ...): [`net`] (virtio-net over a datagram
 //! socket), [`fs`] (virtio-fs over an in-process FUSE server), [`vsock`]
-//! (virtio-vsock over host Unix sockets) and [`rng`] (virtio-rng from the
-//! host's `getrandom`, the smallest device on the base). [`confine`] holds the seccomp
+//! (virtio-vsock over host Unix sockets), [`rng`] (virtio-rng from the
+//! host's `getrandom`, the smallest device on the base) and [`balloon`]
+//! (virtio-balloon, for free page reporting). [`confine`] holds the seccomp
 //! filters their worker threads run under.
 //!
 //! With the `test-utils` feature, `test_utils` (and `vsock::test_utils`)
@@ -25,6 +26,7 @@
 //! memory, the way the guest kernel would.
 
 mod allowlist;
+pub mod balloon;
 pub mod base;
 pub mod confine;
 mod device;
