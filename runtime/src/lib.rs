@@ -472,6 +472,9 @@ impl<'a> Supervisor<'a> {
         }
         let mut config = config;
         config.devices.extend(devices.specs.iter().cloned());
+        // Last, so the other devices keep their places (and snapshots of older sandboxes
+        // their layout up to it).
+        config.devices.push(vm::balloon_spec());
         if let Some(snapshot) = restore {
             fork::restore_config(&mut config, snapshot);
         }

@@ -66,6 +66,17 @@ took=$(( $(date +%s) - start ))
 check ctrl_c_rc $rc; check ctrl_c_fast $([ $took -lt 60 ] && echo yes || echo "no:$took")
 check ctrl_c_after $(echo "$out" | grep -c '^after-int')
 
+# Free page reporting: 200 MiB the guest fills and frees again leave the host (the runtime's
+# resident memory) within seconds. How long it took is printed, not asserted.
+rss() {{ awk '/^VmRSS:/ {{print int($2 / 1024)}}' /proc/$pid/status; }}
+$M exec box -- sh -c 'mkdir -p /run/fill && mount -t tmpfs -o size=300m fill /run/fill && dd if=/dev/zero of=/run/fill/x bs=1M count=200 2>/dev/null'
+check fill_rc $?
+full=$(rss)
+$M exec box -- sh -c 'rm /run/fill/x && umount /run/fill'
+n=0; while [ $n -lt 120 ] && [ $((full - $(rss))) -lt 150 ]; do sleep 0.25; n=$((n+1)); done
+echo "balloon: runtime RSS ${{full}} MiB filled, $(rss) MiB after about $((n / 4)) s"
+check balloon_returned $([ $((full - $(rss))) -ge 150 ] && echo yes || echo "no:$full:$(rss)")
+
 check no_sigsys $(grep -c 'forbidden system call' /tmp/msbvm/sandboxes/box/runtime.log)
 $M stop box; check stop_rc $?
 $M rm box; check rm_rc $?
@@ -120,6 +131,8 @@ fn sandboxes_run_commands_end_to_end() {
         ("ctrl_c_rc", "5"),
         ("ctrl_c_fast", "yes"),
         ("ctrl_c_after", "1"),
+        ("fill_rc", "0"),
+        ("balloon_returned", "yes"),
         ("no_sigsys", "0"),
         ("stop_rc", "0"),
         ("rm_rc", "0"),
