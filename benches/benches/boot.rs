@@ -14,9 +14,9 @@
 //! falls on all of them alike; below the table of medians come each VMM's spread and msbvm's
 //! ratio to each peer run by run.
 //!
-//! Environment: `MSBVM_BENCH_RUNS` (msbvm and Firecracker runs, default 9),
-//! `MSBVM_BENCH_QEMU_RUNS` (default 2: QEMU's own start-up takes tens of seconds under the
-//! emulated L1), `MSBVM_BENCH_FIRECRACKER` (path to a firecracker binary),
+//! Environment: `MSBVM_BENCH_RUNS` (msbvm and Firecracker runs, default 9; 3 with `--quick`),
+//! `MSBVM_BENCH_QEMU_RUNS` (default 2, 1 with `--quick`: QEMU's own start-up takes tens of
+//! seconds under the emulated L1), `MSBVM_BENCH_FIRECRACKER` (path to a firecracker binary),
 //! `MSBVM_BENCH_CMDLINE` (guest command line), `MSBVM_SKIP_NESTED=1` (skip on hosts that cannot
 //! run L1).
 //!

@@ -19,7 +19,8 @@
 //! Environment: `MSBVM_BENCH_RUNS` (runs per stack and MTU, default 3), `MSBVM_BENCH_SECS`
 //! (iperf3 seconds, default 5), `MSBVM_BENCH_CONNS` (connections per rate sample, default
 //! 300), `MSBVM_BENCH_MTUS` (comma-separated, default `1500,65520`), `MSBVM_BENCH_STACKS`
-//! (comma-separated subset of msbvm, msbvm-plugin, slirp4netns, pasta; default all). Needs root, /dev/net/tun,
+//! (comma-separated subset of msbvm, msbvm-plugin, slirp4netns, pasta; default all);
+//! `--quick`: 1 run, 2 s, 50 connections, MTU 1500. Needs root, /dev/net/tun,
 //! iproute2 and iperf3; slirp4netns and pasta (package passt) are peers, each skipped with one
 //! line when missing or failing.
 
@@ -31,7 +32,7 @@ use msbvm_benches::net_bench::{
     connection_rate, iperf, missing_privilege, missing_stack, BenchResult, IperfServer, Link,
     STACKS,
 };
-use msbvm_benches::{bench_mode, exit, median, ratio};
+use msbvm_benches::{bench_mode, by_mode, exit, median, quick, ratio};
 
 /// Samples of one stack at one MTU.
 #[derive(Default)]
@@ -91,11 +92,11 @@ fn bench() -> BenchResult<()> {
         println!("skipped: {why}");
         return Ok(());
     }
-    let runs = env_count("MSBVM_BENCH_RUNS", 3);
-    let secs = env_count("MSBVM_BENCH_SECS", 5);
-    let conns = env_count("MSBVM_BENCH_CONNS", 300);
+    let runs = env_count("MSBVM_BENCH_RUNS", by_mode(3, 1));
+    let secs = env_count("MSBVM_BENCH_SECS", by_mode(5, 2));
+    let conns = env_count("MSBVM_BENCH_CONNS", by_mode(300, 50));
     let mtus: Vec<usize> = std::env::var("MSBVM_BENCH_MTUS")
-        .unwrap_or_else(|_| "1500,65520".into())
+        .unwrap_or_else(|_| if quick() { "1500" } else { "1500,65520" }.into())
         .split(',')
         .filter_map(|m| m.trim().parse().ok())
         .collect();

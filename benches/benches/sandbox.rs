@@ -15,7 +15,8 @@
 //!
 //! Environment: `MSBVM_BENCH_RUNS` (sandbox boots, msbvm and Firecracker reference runs,
 //! default 9), `MSBVM_BENCH_QEMU_RUNS` (default 2), `MSBVM_BENCH_EXECS` (default 50),
-//! `MSBVM_BENCH_MIB` (MiB per transfer, default 64), `MSBVM_BENCH_FIRECRACKER` (path to a
+//! `MSBVM_BENCH_MIB` (MiB per transfer, default 64; `--quick`: 3 runs, 1 QEMU run, 20 execs,
+//! 8 MiB), `MSBVM_BENCH_FIRECRACKER` (path to a
 //! firecracker binary), `MSBVM_BENCH_CMDLINE` (the references' guest command line),
 //! `MSBVM_STATIC_DIR` (prebuilt static binaries), `MSBVM_SKIP_NESTED=1` (skip on hosts that
 //! cannot run L1).
@@ -30,7 +31,7 @@ use msbvm_benches::boot_runs::{
     self, env_count, RunCounts, CPUS, MEMORY_MIB, RUN_TIMEOUT_SECS, TIMING_BIN,
 };
 use msbvm_benches::sandbox::{self, SandboxResults, SandboxSetup};
-use msbvm_benches::{bench_mode, error_exit, parse_samples, summarize};
+use msbvm_benches::{bench_mode, by_mode, error_exit, parse_samples, summarize};
 use msbvm_tests::artifacts::{
     target_dir, GuestArtifacts, Progress, StaticBuild, L1_KERNEL, L1_MSBVM,
 };
@@ -52,8 +53,8 @@ const L1_MEMORY_MIB: u32 = 3072;
 /// whether every sandbox measurement succeeded.
 fn bench() -> Result<bool, Error> {
     let counts = RunCounts::from_env();
-    let execs = env_count("MSBVM_BENCH_EXECS", 50);
-    let mib = env_count("MSBVM_BENCH_MIB", 64);
+    let execs = env_count("MSBVM_BENCH_EXECS", by_mode(50, 20));
+    let mib = env_count("MSBVM_BENCH_MIB", by_mode(64, 8));
     let cmdline = boot_runs::cmdline();
     nested::preflight()?;
 

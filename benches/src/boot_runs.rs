@@ -74,11 +74,11 @@ pub struct RunCounts {
 
 impl RunCounts {
     /// `MSBVM_BENCH_RUNS` (default 9: with fewer, one slow run of the emulated L1 moves a
-    /// median) and `MSBVM_BENCH_QEMU_RUNS` (default 2).
+    /// median; 3 in quick mode) and `MSBVM_BENCH_QEMU_RUNS` (default 2; 1 in quick mode).
     pub fn from_env() -> Self {
         Self {
-            runs: env_count("MSBVM_BENCH_RUNS", 9),
-            qemu_runs: env_count("MSBVM_BENCH_QEMU_RUNS", 2),
+            runs: env_count("MSBVM_BENCH_RUNS", crate::by_mode(9, 3)),
+            qemu_runs: env_count("MSBVM_BENCH_QEMU_RUNS", crate::by_mode(2, 1)),
         }
     }
 }

@@ -23,17 +23,41 @@ pub mod tls_l1;
 
 pub use msbvm_tests::report::Stats;
 
-/// Whether this bench target was started by `cargo bench`, which passes `--bench`.
-/// `cargo test --all-targets` runs bench targets without it, and a benchmark of minutes has no
-/// place there: the target `name` then says how to run it, and does nothing.
+/// Whether this bench target was started by `cargo bench`, which passes `--bench`, or asked
+/// for its short mode (`--quick`, see [`quick`]). `cargo test --all-targets` runs bench targets
+/// without either, and a benchmark of minutes has no place there: the target `name` then says
+/// how to run it, and does nothing.
 pub fn bench_mode(name: &str) -> bool {
-    let bench = std::env::args().any(|a| a == "--bench");
+    let bench = std::env::args().any(|a| a == "--bench") || quick();
+    if quick() {
+        println!(
+            "{name} bench: quick mode (few runs: the ratios show a regression, they are not \
+             a measurement to quote; `cargo bench -p msbvm-benches --bench {name}` for that)"
+        );
+    }
     if !bench {
         println!(
             "{name} bench: not run in test mode; use `cargo bench -p msbvm-benches --bench {name}`"
         );
     }
     bench
+}
+
+/// Whether the benchmark runs in its short mode: `--quick` among its arguments (CI runs
+/// `cargo test -p msbvm-benches --bench NAME -- --quick` for boot, sandbox and net). Fewer
+/// runs and shorter transfers, the same ratios printed; a measurement that fails still
+/// fails, a slow one never does.
+pub fn quick() -> bool {
+    std::env::args().any(|a| a == "--quick")
+}
+
+/// `full`, or `short` in [`quick`] mode: a count's default.
+pub fn by_mode(full: u32, short: u32) -> u32 {
+    if quick() {
+        short
+    } else {
+        full
+    }
 }
 
 /// The exit of host-side benchmark `name` after `result` (its error printed, if any).
