@@ -137,6 +137,7 @@ pub const KINDS: &[&str] = &[
     "virtio-fs",
     "virtio-net",
     "virtio-vsock",
+    "virtio-balloon",
     msbvm_plugins::THREAD_KIND,
     "exec-gateway",
 ];
