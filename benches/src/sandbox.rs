@@ -40,6 +40,9 @@ pub struct BootRun {
     pub agent_start_ns: Option<u64>,
     /// When the agent was ready, in guest boot time.
     pub ready_ns: Option<u64>,
+    /// When the agent's root filesystem, mounts and network were in place, in guest boot
+    /// time (agents that report them).
+    pub steps_ns: Option<[u64; 3]>,
     /// Host wall clock of `stop()` plus `remove()`.
     pub stop_ms: Option<f64>,
 }
@@ -55,6 +58,7 @@ impl BootRun {
             vm_start_ms: None,
             agent_start_ns: None,
             ready_ns: None,
+            steps_ns: None,
             stop_ms: None,
         }
     }
@@ -63,7 +67,7 @@ impl BootRun {
     pub fn to_line(&self) -> String {
         let ms = |v: Option<f64>| opt(v.map(|v| format!("{v:.3}")));
         format!(
-            "{PREFIX} boot run={} ok={} create_ms={} ready_after_ms={} vm_start_ms={} agent_start_ns={} ready_ns={} stop_ms={}",
+            "{PREFIX} boot run={} ok={} create_ms={} ready_after_ms={} vm_start_ms={} agent_start_ns={} ready_ns={} steps_ns={} stop_ms={}",
             self.run,
             self.ok,
             ms(self.create_ms),
@@ -71,6 +75,7 @@ impl BootRun {
             ms(self.vm_start_ms),
             opt(self.agent_start_ns),
             opt(self.ready_ns),
+            opt(self.steps_ns.map(|[a, b, c]| format!("{a}:{b}:{c}"))),
             ms(self.stop_ms),
         )
     }
@@ -87,6 +92,10 @@ impl BootRun {
             vm_start_ms: f("vm_start_ms"),
             agent_start_ns: n("agent_start_ns"),
             ready_ns: n("ready_ns"),
+            steps_ns: get(line, "boot", "steps_ns").and_then(|v| {
+                let mut it = v.split(':').map(|n| n.parse::<u64>().ok());
+                Some([it.next()??, it.next()??, it.next()??])
+            }),
             stop_ms: f("stop_ms"),
         })
     }
@@ -488,6 +497,19 @@ fn boot_table(t: &mut String, setup: &SandboxSetup, results: &SandboxResults) {
         t,
         "  (create: host wall clock of create(), runtime spawn included; runtime->: the runtime's own clock; guest: agent timestamps in guest boot time)"
     );
+    // The agent's start-up, step by step (guest clock): each step's own time, median over runs.
+    let step = |f: &dyn Fn(&BootRun) -> Option<f64>| {
+        cell(median(results.boots.iter().filter_map(f).collect()), 1)
+    };
+    let ms = |from: u64, to: u64| (to.saturating_sub(from)) as f64 / 1e6;
+    let _ = writeln!(
+        t,
+        "agent start-up (guest ms, median): root filesystem {}, mounts {}, network {}, listening {}",
+        step(&|b| Some(ms(b.agent_start_ns?, b.steps_ns?[0]))),
+        step(&|b| Some(ms(b.steps_ns?[0], b.steps_ns?[1]))),
+        step(&|b| Some(ms(b.steps_ns?[1], b.steps_ns?[2]))),
+        step(&|b| Some(ms(b.steps_ns?[2], b.ready_ns?))),
+    );
 }
 
 /// The exec round trip and stream throughput lines of [`table`].
@@ -720,6 +742,7 @@ mod tests {
             vm_start_ms: Some(2.0),
             agent_start_ns: Some(900_000_000),
             ready_ns: Some(950_000_000),
+            steps_ns: Some([910_000_000, 920_000_000, 940_000_000]),
             stop_ms: Some(30.0),
         }
     }

@@ -232,6 +232,7 @@ mod tests {
         let boot = BootTimes {
             agent_start_ns: 5,
             ready_ns: 9,
+            ..Default::default()
         };
         write_blocking(&mut w, &GuestMessage::Ready(boot)).unwrap();
         let mut r = FrameReader::new(guest);

@@ -631,6 +631,9 @@ impl<'a> Supervisor<'a> {
         tracing::info!(
             ms = ready_after.as_secs_f64() * 1e3,
             agent_start_ns = boot.agent_start_ns,
+            root_ns = boot.root_ns,
+            mounts_ns = boot.mounts_ns,
+            network_ns = boot.network_ns,
             ready_ns = boot.ready_ns,
             "the agent is ready"
         );

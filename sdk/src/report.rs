@@ -191,6 +191,7 @@ mod tests {
             boot: BootTimes {
                 agent_start_ns: 1,
                 ready_ns: 2,
+                ..Default::default()
             },
             ready_after_ms: 80.5,
             vm_start_ms: 4.0,

@@ -203,6 +203,7 @@ pub fn state_record(
         boot: Some(msbvm_protocol::BootTimes {
             agent_start_ns: 1,
             ready_ns: 2,
+            ..Default::default()
         }),
         workdir: None,
         uid: None,

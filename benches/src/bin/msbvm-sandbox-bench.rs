@@ -124,6 +124,9 @@ async fn boot_run(run: u32, args: Args) -> BootRun {
     if let Some(boot) = sandbox.boot_times() {
         result.agent_start_ns = Some(boot.agent_start_ns);
         result.ready_ns = Some(boot.ready_ns);
+        if boot.root_ns > 0 {
+            result.steps_ns = Some([boot.root_ns, boot.mounts_ns, boot.network_ns]);
+        }
     }
     match stop_and_remove(sandbox).await {
         Ok(d) => {

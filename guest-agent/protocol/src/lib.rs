@@ -31,8 +31,8 @@ pub mod spawn;
 
 /// Version of this protocol; bumped on any incompatible change (2: a
 /// [`ForkIdentity`] carries the fork's CPUs, CA, secret placeholders and
-/// MAC).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// MAC; 3: [`BootTimes`] carries the start-up's steps).
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Largest frame payload accepted, in bytes.
 pub const MAX_FRAME_LEN: usize = 1 << 20;
 /// Largest data chunk (stdin, stdout, stderr) put in one message; well under
@@ -56,6 +56,17 @@ pub struct BootTimes {
     pub agent_start_ns: u64,
     /// When the agent was listening and about to report ready.
     pub ready_ns: u64,
+    /// When the root filesystem was in place (the image's, over virtio-fs). The steps are 0
+    /// when the agent is not PID 1; `serde(default)`: sandboxes' state files written before
+    /// them still read.
+    #[serde(default)]
+    pub root_ns: u64,
+    /// When the kernel filesystems and the sandbox's mounts (volumes, tmpfs) were in place.
+    #[serde(default)]
+    pub mounts_ns: u64,
+    /// When the network was configured (hostname, interfaces, resolver files).
+    #[serde(default)]
+    pub network_ns: u64,
 }
 
 /// Terminal size for a PTY.
@@ -366,7 +377,11 @@ mod tests {
         roundtrip(GuestMessage::Ready(BootTimes {
             agent_start_ns: 1,
             ready_ns: 2,
+            root_ns: 3,
+            mounts_ns: 4,
+            network_ns: 5,
         }));
+
         roundtrip(GuestMessage::Exited(ExitStatus::Signal(9)));
         roundtrip(GuestMessage::Exited(ExitStatus::TimedOut));
         roundtrip(GuestMessage::Error {

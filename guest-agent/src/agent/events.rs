@@ -125,14 +125,10 @@ impl Events {
     /// never delay serving); the connection lands in `self` (and its
     /// clones), and the same thread then reads the host's events and hands
     /// them to `on_event`.
-    pub fn start<F>(&self, agent_start_ns: u64, ready_ns: u64, on_event: F)
+    pub fn start<F>(&self, times: BootTimes, on_event: F)
     where
         F: Fn(&HostEvent) + Send + 'static,
     {
-        let times = BootTimes {
-            agent_start_ns,
-            ready_ns,
-        };
         let link = self.clone();
         let spawned = std::thread::Builder::new()
             .name("events".into())
@@ -210,6 +206,7 @@ mod tests {
         let times = BootTimes {
             agent_start_ns: 5,
             ready_ns: 9,
+            ..Default::default()
         };
         announce(&FrameWriter::new(a), times).unwrap();
         let mut r = FrameReader::new(b);

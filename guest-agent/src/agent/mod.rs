@@ -24,7 +24,7 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use msbvm_protocol::AGENT_PORT;
+use msbvm_protocol::{BootTimes, AGENT_PORT};
 
 /// Writes one diagnostic line to the console (stderr), ignoring failures:
 /// PID 1 must not die because the console went away.
@@ -81,14 +81,17 @@ pub enum AgentError {
 
 /// Runs the agent; never returns.
 pub fn run() -> ! {
-    let agent_start_ns = system::boottime_ns();
+    let mut times = BootTimes {
+        agent_start_ns: system::boottime_ns(),
+        ..BootTimes::default()
+    };
     let pid1 = std::process::id() == 1;
     if pid1 {
-        init_system();
+        init_system(&mut times);
     }
     let on_msbvm = crate::platform::detect();
     // A panic on the main thread must not end PID 1: catch it and power off.
-    let result = std::panic::catch_unwind(|| serve(agent_start_ns, on_msbvm));
+    let result = std::panic::catch_unwind(|| serve(times, on_msbvm));
     match result {
         Ok(Err(e)) => agent_log!("fatal: {e}"),
         Err(_) => agent_log!("fatal: the main loop panicked"),
@@ -97,8 +100,9 @@ pub fn run() -> ! {
     shutdown::power_off(FATAL_EXIT_CODE)
 }
 
-/// PID 1 duties before serving: standard fds, filesystems, hostname, `lo`.
-fn init_system() {
+/// PID 1 duties before serving: standard fds, filesystems, hostname, `lo`; `times` gets
+/// when each step ended (the host reports them as the start-up's breakdown).
+fn init_system(times: &mut BootTimes) {
     system::ensure_std_fds();
     let boot = rootfs::read_boot_config();
     if let Some(tag) = &boot.root_tag {
@@ -110,6 +114,7 @@ fn init_system() {
             shutdown::power_off(FATAL_EXIT_CODE);
         }
     }
+    times.root_ns = system::boottime_ns();
     for e in mounts::mount_all() {
         agent_log!("{e}");
     }
@@ -117,6 +122,7 @@ fn init_system() {
     for e in rootfs::mount_requested(&boot.mounts) {
         agent_log!("{e}");
     }
+    times.mounts_ns = system::boottime_ns();
     let cmdline = cmdline::read();
     let hostname = cmdline::hostname(&cmdline);
     if let Err(e) = system::set_hostname(&hostname) {
@@ -137,6 +143,7 @@ fn init_system() {
             agent_log!("cannot write /etc/resolv.conf and /etc/hosts: {e}");
         }
     }
+    times.network_ns = system::boottime_ns();
     set_up_interception(&boot);
     for p in run_dir::set_up() {
         agent_log!("/run/msbvm: {p}");
@@ -159,7 +166,7 @@ fn set_up_interception(boot: &msbvm_protocol::boot::BootConfig) {
 }
 
 /// Listens and serves connections; returns only on a fatal error.
-fn serve(agent_start_ns: u64, on_msbvm: bool) -> Result<std::convert::Infallible, AgentError> {
+fn serve(mut times: BootTimes, on_msbvm: bool) -> Result<std::convert::Infallible, AgentError> {
     let reaper = reaper::Reaper::global();
     let listener = vsock::VsockListener::bind(AGENT_PORT).map_err(|source| AgentError::Listen {
         port: AGENT_PORT,
@@ -168,8 +175,8 @@ fn serve(agent_start_ns: u64, on_msbvm: bool) -> Result<std::convert::Infallible
     if on_msbvm {
         crate::platform::signal_boot_complete();
     }
-    let ready_ns = system::boottime_ns();
-    start_events(agent_start_ns, ready_ns);
+    times.ready_ns = system::boottime_ns();
+    start_events(times);
 
     let server = Arc::new(
         server::Server::new(reaper, Arc::new(power_off_handler)).on_identity(Arc::new(fork::take)),
@@ -204,7 +211,7 @@ fn serve(agent_start_ns: u64, on_msbvm: bool) -> Result<std::convert::Infallible
 
 /// The events connection to the host and the guest socket feeding it. A
 /// guest without them still runs commands: failures are logged.
-fn start_events(agent_start_ns: u64, ready_ns: u64) {
+fn start_events(times: BootTimes) {
     let link = events::Events::default();
     let hub = guest_events::Hub::new(
         std::sync::Arc::new(link.clone()),
@@ -218,7 +225,7 @@ fn start_events(agent_start_ns: u64, ready_ns: u64) {
             socket.display()
         );
     }
-    link.start(agent_start_ns, ready_ns, move |e| hub.dispatch(e));
+    link.start(times, move |e| hub.dispatch(e));
 }
 
 /// What a host's `Shutdown{code}` does in the real agent.

@@ -317,6 +317,7 @@ fn runtime_threads(state: &Path) {
         let boot = BootTimes {
             agent_start_ns: 1,
             ready_ns: 2,
+            ..Default::default()
         };
         write_blocking(&mut a, &GuestMessage::Ready(boot)).unwrap();
         guest_events_under_the_filters(&control, a);
