@@ -131,6 +131,9 @@ fn measure(args: &Args) -> Result<Measured, String> {
         if init_at.is_none() && line.contains(report::INIT_OK) {
             init_at = Some(at);
             exits = ExitCounts::of_pid(pid);
+            if let Some(memory) = msbvm_benches::vmm_memory(pid) {
+                exits.get_or_insert_with(Vec::new).extend(memory);
+            }
         }
         if line.contains("msbvm: ") {
             machine_lines.push_str(&line);
