@@ -10,7 +10,8 @@
 //! [`net_bench`] are the host-side image (pull + unpack vs skopeo + umoci) and network (netstack
 //! vs slirp4netns and pasta) benchmarks; [`tls_bench`] is the host-side TLS interception
 //! benchmark (netstack splicing, intercepting, and mitmproxy); [`tls_l1`] is its in-L1 variant
-//! (sandboxes with curl in L1, nested KVM).
+//! (sandboxes with curl in L1, nested KVM); [`virtiofs_bench`] sets msbvm's virtio-fs against
+//! virtiofsd under QEMU's microvm in L1.
 
 use std::fmt::Write as _;
 
@@ -20,6 +21,7 @@ pub mod net_bench;
 pub mod sandbox;
 pub mod tls_bench;
 pub mod tls_l1;
+pub mod virtiofs_bench;
 
 pub use msbvm_tests::report::Stats;
 
