@@ -31,7 +31,7 @@ pub const TIMING_BIN: &str = "msbvm-boot-timing";
 pub const L1_TIMING: &str = "/bin/msbvm-boot-timing";
 /// Where QEMU lives in L1: the same path as on the host, because QEMU finds its firmware
 /// relative to its own location (`<bin>/../share/qemu`).
-const L1_QEMU: &str = "/usr/bin/qemu-system-x86_64";
+pub const L1_QEMU: &str = "/usr/bin/qemu-system-x86_64";
 /// Firmware QEMU's microvm may load: its BIOS (qboot, behind the bios-microvm.bin link) and
 /// the option ROMs for direct kernel boot (PVH for an ELF kernel, linuxboot for a bzImage).
 const QEMU_FIRMWARE: [&str; 7] = [
@@ -156,15 +156,15 @@ pub fn firecracker_config(cmdline: &str) -> String {
 }
 
 /// Where QEMU is on the host.
-fn host_qemu() -> Option<PathBuf> {
+pub fn host_qemu() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join(nested::QEMU))
         .find(|p| p.is_file())
 }
 
-/// Adds QEMU, its libraries and firmware to L1.
-fn add_qemu(mut vm: NestedVmBuilder, qemu: &Path) -> NestedVmBuilder {
+/// Adds QEMU, its libraries and its microvm firmware to L1 (at the host's paths).
+pub fn add_qemu(mut vm: NestedVmBuilder, qemu: &Path) -> NestedVmBuilder {
     vm = vm.add_program(qemu, L1_QEMU);
     let firmware = qemu
         .parent()

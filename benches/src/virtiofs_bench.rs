@@ -15,8 +15,10 @@ use std::path::{Path, PathBuf};
 use msbvm_kernel::Initramfs;
 use msbvm_tests::artifacts::{L1_KERNEL, L1_MSBVM};
 use msbvm_tests::report::field;
-use msbvm_tests::{nested, NestedVmBuilder};
+use msbvm_tests::NestedVmBuilder;
 
+pub use crate::boot_runs::host_qemu;
+use crate::boot_runs::{add_qemu, L1_QEMU};
 use crate::{median, spread};
 
 /// Marker of the workload's result line (and, with a suffix, of its other lines).
@@ -37,14 +39,10 @@ pub const TREE: (u32, u32, usize) = (30, 100, 1024);
 pub const VIRTIOFSD_ENV: &str = "MSBVM_BENCH_VIRTIOFSD";
 
 /// Where things live in L1.
-const L1_QEMU: &str = "/usr/bin/qemu-system-x86_64";
 const L1_VIRTIOFSD: &str = "/bin/virtiofsd";
 const L1_WORK: &str = "/bench/work.sh";
 const L1_TAR: &str = "/bench/tree.tar";
 const L1_QEMU_INITRD: &str = "/bench/qemu-initrd.cpio";
-/// Firmware QEMU's microvm loads for a direct ELF kernel boot (qboot and the PVH option
-/// ROM), found relative to QEMU's own location, hence at the host's path in L1.
-const QEMU_FIRMWARE: [&str; 4] = ["bios-microvm.bin", "qboot.rom", "pvh.bin", "kvmvapic.bin"];
 /// Per-run limit in L1: a wedged guest becomes a failed run, not a stuck benchmark.
 const RUN_TIMEOUT_SECS: u32 = 900;
 
@@ -207,35 +205,16 @@ pub fn find_virtiofsd() -> Result<PathBuf, String> {
     ))
 }
 
-/// Where QEMU is on the host.
-pub fn host_qemu() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(nested::QEMU))
-        .find(|p| p.is_file())
-}
-
 /// `vm` with the peer's side added: QEMU with its libraries and microvm firmware, virtiofsd
 /// with its libraries, and the QEMU guest's initramfs.
 pub fn add_peer(
-    mut vm: NestedVmBuilder,
+    vm: NestedVmBuilder,
     qemu: &Path,
     virtiofsd: &Path,
     initrd: Vec<u8>,
 ) -> NestedVmBuilder {
-    vm = vm.add_program(qemu, L1_QEMU);
-    let firmware = qemu
-        .parent()
-        .and_then(Path::parent)
-        .map(|prefix| prefix.join("share/qemu"))
-        .unwrap_or_else(|| PathBuf::from("/usr/share/qemu"));
-    for name in QEMU_FIRMWARE {
-        let host = firmware.join(name);
-        if host.exists() {
-            vm = vm.add_file(host, &format!("/usr/share/qemu/{name}"));
-        }
-    }
-    vm.add_program(virtiofsd, L1_VIRTIOFSD)
+    add_qemu(vm, qemu)
+        .add_program(virtiofsd, L1_VIRTIOFSD)
         .add_bytes(L1_QEMU_INITRD, initrd, 0o644)
 }
 
