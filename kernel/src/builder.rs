@@ -1,12 +1,17 @@
-//! The build recipe: from the distribution's source tarball to `vmlinux`.
+//! The build recipe: from the distribution's source tarball to the image the VMM loads.
 //!
 //! Steps, all inside the cache's private build directory:
 //! 1. extract the tarball into `src/`;
 //! 2. `make tinyconfig`, merge the fragments with `merge_config.sh -m`, `make olddefconfig`,
 //!    then check that every requested option kept its value;
-//! 3. `make -j<nproc> vmlinux bzImage` with a fixed build timestamp, user, host and version;
-//! 4. keep `vmlinux`, `bzImage` (the same kernel for the 64-bit boot protocol), `config` and
-//!    `build.log`, delete the source tree.
+//! 3. `make -j<nproc>` with a fixed build timestamp, user, host and version: `vmlinux bzImage`
+//!    for x86_64, `Image` for aarch64;
+//! 4. keep the image (`vmlinux` and `bzImage`, the same kernel for the 64-bit boot protocol;
+//!    or `Image`), `config` and `build.log`, delete the source tree.
+//!
+//! For another architecture than the host's, every `make` gets `ARCH=` and `CROSS_COMPILE=`
+//! on its command line (the distribution's `<arch>-linux-gnu-` compiler); for the host's own it
+//! gets neither, which leaves the x86_64 recipe as it was before arm64 existed.
 //!
 //! Changing any of this changes the image for the same inputs: bump
 //! [`crate::spec::BUILD_RECIPE_VERSION`] with it.
@@ -17,6 +22,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 
+use crate::arch::Arch;
 use crate::cache::KernelCache;
 use crate::config::{requested_options, verify};
 use crate::error::Error;
@@ -24,9 +30,68 @@ use crate::error::IoContext;
 use crate::progress::{Progress, Reporter};
 use crate::spec::KernelSpec;
 
-/// First guess of the number of compile steps, used until a build has recorded the real count
-/// (the default spec on linux-source 6.12.117 printed 1681 kbuild step lines).
-pub(crate) const DEFAULT_BUILD_STEPS: u64 = 1700;
+/// First guess of the number of compile steps for `arch`, used until a build has recorded the
+/// real count (on linux-source 6.12.117 the x86_64 spec printed 1681 kbuild step lines; the
+/// aarch64 figure is an estimate).
+pub(crate) fn default_build_steps(arch: Arch) -> u64 {
+    match arch {
+        Arch::X86_64 => 1700,
+        Arch::Aarch64 => 1500,
+    }
+}
+
+/// What one architecture's build runs and keeps.
+struct Recipe {
+    /// Variables put on every `make` command line (`ARCH=`, `CROSS_COMPILE=`).
+    make_vars: Vec<String>,
+    /// The targets of the compile step.
+    targets: &'static [&'static str],
+    /// Files kept from the source tree: (path in the tree, name in the cache entry).
+    outputs: &'static [(&'static str, &'static str)],
+}
+
+impl Recipe {
+    /// The recipe for building for `arch` on a `host` machine (`None`: one msbvm has no
+    /// compiler choice for, treated as native).
+    fn new(arch: Arch, host: Option<Arch>) -> Recipe {
+        let make_vars = if host == Some(arch) || host.is_none() {
+            Vec::new()
+        } else {
+            vec![
+                format!("ARCH={}", arch.kbuild_arch()),
+                format!("CROSS_COMPILE={}", arch.cross_compile_prefix()),
+            ]
+        };
+        let (targets, outputs): (&[&str], &[(&str, &str)]) = match arch {
+            Arch::X86_64 => (
+                &["vmlinux", "bzImage"],
+                &[
+                    ("vmlinux", "vmlinux"),
+                    ("arch/x86/boot/bzImage", "bzImage"),
+                    (".config", "config"),
+                ],
+            ),
+            Arch::Aarch64 => (
+                &["Image"],
+                &[("arch/arm64/boot/Image", "Image"), (".config", "config")],
+            ),
+        };
+        Recipe {
+            make_vars,
+            targets,
+            outputs,
+        }
+    }
+
+    /// `make` arguments: the variables, then `args`.
+    fn make_args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        self.make_vars
+            .iter()
+            .map(String::as_str)
+            .chain(args.iter().copied())
+            .collect()
+    }
+}
 
 /// How many lines of the log a build failure shows.
 const TAIL_LINES: usize = 20;
@@ -71,7 +136,9 @@ pub(crate) fn build_cached(
         return Ok(image);
     }
     let mut reporter = Reporter::new(progress);
-    let expected_steps = cache.last_build_steps().unwrap_or(DEFAULT_BUILD_STEPS);
+    let expected_steps = cache
+        .last_build_steps()
+        .unwrap_or_else(|| default_build_steps(spec.arch()));
     let failed_log = cache.failed_log_path(key);
     let mut steps = None;
     let image = cache.get_or_build(
@@ -151,9 +218,16 @@ fn run_recipe(
 
     extract(spec.source_tarball(), &src, log, reporter)?;
 
+    let recipe = Recipe::new(spec.arch(), Arch::host());
     reporter.stage("configuring", 0, "");
     let mut tick = |_: &[u8]| reporter.set(0);
-    run_step(log, &src, "make", &["tinyconfig"], &mut tick)?;
+    run_step(
+        log,
+        &src,
+        "make",
+        &recipe.make_args(&["tinyconfig"]),
+        &mut tick,
+    )?;
     let mut merge_args = vec!["-m", ".config"];
     for fragment in spec.fragments() {
         let path = src.join(&fragment.name);
@@ -167,7 +241,13 @@ fn run_recipe(
         &merge_args,
         &mut tick,
     )?;
-    run_step(log, &src, "make", &["olddefconfig"], &mut tick)?;
+    run_step(
+        log,
+        &src,
+        "make",
+        &recipe.make_args(&["olddefconfig"]),
+        &mut tick,
+    )?;
     let dotconfig_path = src.join(".config");
     let dotconfig = fs::read_to_string(&dotconfig_path)
         .context(|| format!("reading {}", dotconfig_path.display()))?;
@@ -180,11 +260,13 @@ fn run_recipe(
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     let jobs = format!("-j{jobs}");
     let mut steps = 0u64;
+    let mut compile = vec![jobs.as_str()];
+    compile.extend(recipe.targets);
     run_step(
         log,
         &src,
         "make",
-        &[&jobs, "vmlinux", "bzImage"],
+        &recipe.make_args(&compile),
         &mut |line| {
             if is_build_step(line) {
                 steps += 1;
@@ -193,11 +275,7 @@ fn run_recipe(
         },
     )?;
 
-    for (from, to) in [
-        ("vmlinux", "vmlinux"),
-        ("arch/x86/boot/bzImage", "bzImage"),
-        (".config", "config"),
-    ] {
+    for (from, to) in recipe.outputs {
         let (from, to) = (src.join(from), dir.join(to));
         fs::copy(&from, &to)
             .context(|| format!("copying {} to {}", from.display(), to.display()))?;
@@ -435,6 +513,32 @@ mod tests {
     }
 
     #[test]
+    fn native_recipe_passes_no_arch_and_cross_recipe_does() {
+        // The x86_64 recipe on an x86_64 host must stay as it was before arm64 existed.
+        let native = Recipe::new(Arch::X86_64, Some(Arch::X86_64));
+        assert_eq!(native.make_args(&["tinyconfig"]), ["tinyconfig"]);
+        assert_eq!(native.targets, ["vmlinux", "bzImage"]);
+        assert_eq!(native.outputs[0], ("vmlinux", "vmlinux"));
+
+        let cross = Recipe::new(Arch::Aarch64, Some(Arch::X86_64));
+        assert_eq!(
+            cross.make_args(&["-j2", "Image"]),
+            [
+                "ARCH=arm64",
+                "CROSS_COMPILE=aarch64-linux-gnu-",
+                "-j2",
+                "Image"
+            ]
+        );
+        assert_eq!(cross.targets, ["Image"]);
+        assert!(cross.outputs.contains(&("arch/arm64/boot/Image", "Image")));
+        assert!(cross.outputs.contains(&(".config", "config")));
+
+        let native_arm = Recipe::new(Arch::Aarch64, Some(Arch::Aarch64));
+        assert!(native_arm.make_vars.is_empty());
+    }
+
+    #[test]
     fn tail_shows_last_lines_indented() {
         let tmp = TempDir::new().unwrap();
         let log = tmp.path().join("build.log");
@@ -491,7 +595,7 @@ mod tests {
         let tarball = tmp.path().join("broken.tar.xz");
         fs::write(&tarball, b"this is not xz").unwrap();
         let spec = KernelSpec::default().with_source_tarball(&tarball);
-        let cache = KernelCache::new(&tmp.path().join("cache"));
+        let cache = KernelCache::new(&tmp.path().join("cache"), Arch::X86_64);
         let err = build_cached(&spec, &cache, "k", Progress::Quiet).unwrap_err();
         let msg = err.to_string();
         let failed_log = cache.failed_log_path("k");

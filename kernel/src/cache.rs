@@ -3,14 +3,18 @@
 //! Layout under [`cache_dir`]:
 //!
 //! ```text
-//! kernel/<key>/vmlinux               the image
+//! kernel/<key>/vmlinux               the image (x86_64; with bzImage beside it)
+//! kernel/<key>/Image                 the image (aarch64)
 //! kernel/<key>/config                the expanded .config it was built with
 //! kernel/<key>/build.log             the output of the build
 //! kernel/<key>.lock                  flock held while <key> is being built
 //! kernel/<key>.tmp-<pid>/            a build in progress
 //! kernel/<key>.build-failed.log      the log of the last failed build of <key>
-//! kernel/last-build-steps            number of compile steps of the last build (progress)
+//! kernel/last-build-steps            number of compile steps of the last x86_64 build
+//! kernel/last-build-steps-aarch64    the same for aarch64 (progress bars)
 //! ```
+//!
+//! The architecture is part of `<key>`, so the two architectures' entries never collide.
 //!
 //! A build happens in the `.tmp-<pid>` directory and becomes visible by one `rename`, so an
 //! interrupted build never leaves a half-written image under `<key>/`. Builders of the same key
@@ -23,6 +27,7 @@ use std::io;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use crate::arch::Arch;
 use crate::error::{Error, IoContext};
 
 /// The msbvm cache directory: `$MSBVM_CACHE_DIR` if set, else `$XDG_CACHE_HOME/msbvm`, else
@@ -58,17 +63,20 @@ fn cache_dir_from(
     env::temp_dir().join(format!("msbvm-cache-{uid}"))
 }
 
-/// The kernel part of the cache (`<cache>/kernel`).
+/// The kernel part of the cache (`<cache>/kernel`), seen from one architecture: its image
+/// file name and its progress record.
 #[derive(Debug, Clone)]
 pub(crate) struct KernelCache {
     root: PathBuf,
+    arch: Arch,
 }
 
 impl KernelCache {
-    /// The kernel cache inside msbvm cache directory `cache_dir`.
-    pub(crate) fn new(cache_dir: &Path) -> Self {
+    /// The kernel cache for `arch` inside msbvm cache directory `cache_dir`.
+    pub(crate) fn new(cache_dir: &Path, arch: Arch) -> Self {
         KernelCache {
             root: cache_dir.join("kernel"),
+            arch,
         }
     }
 
@@ -77,9 +85,9 @@ impl KernelCache {
         self.root.join(key)
     }
 
-    /// `<cache>/kernel/<key>/vmlinux`.
+    /// `<cache>/kernel/<key>/vmlinux` (x86_64) or `.../Image` (aarch64).
     pub(crate) fn image_path(&self, key: &str) -> PathBuf {
-        self.entry_dir(key).join("vmlinux")
+        self.entry_dir(key).join(self.arch.image_file_name())
     }
 
     /// The lock builders of `key` hold.
@@ -98,7 +106,11 @@ impl KernelCache {
     }
 
     fn last_steps_path(&self) -> PathBuf {
-        self.root.join("last-build-steps")
+        // The x86_64 name predates arm64 support; the step counts differ per architecture.
+        match self.arch {
+            Arch::X86_64 => self.root.join("last-build-steps"),
+            arch => self.root.join(format!("last-build-steps-{arch}")),
+        }
     }
 
     /// The image of `key`, if it has been published.
@@ -125,7 +137,7 @@ impl KernelCache {
 
     /// Returns the image of `key`, building it first if needed.
     ///
-    /// `build` gets an empty private directory and must leave at least `vmlinux` in it; the
+    /// `build` gets an empty private directory and must leave at least the image in it; the
     /// directory is then published as `<key>/` in one rename. On error it is removed. While
     /// another process (or thread) builds the same key, `on_wait` is called once with the lock
     /// path and this call blocks until that build ends.
@@ -160,7 +172,7 @@ impl KernelCache {
     }
 
     fn publish(&self, key: &str, tmp: &Path) -> Result<(), Error> {
-        let image = tmp.join("vmlinux");
+        let image = tmp.join(self.arch.image_file_name());
         // Flush the image before the rename makes it visible, so a crash right after cannot
         // publish an empty file.
         File::open(&image)
@@ -274,7 +286,7 @@ mod tests {
     #[test]
     fn publishes_complete_build_atomically() {
         let tmp = TempDir::new().unwrap();
-        let cache = KernelCache::new(tmp.path());
+        let cache = KernelCache::new(tmp.path(), Arch::X86_64);
         assert_eq!(cache.find("k1"), None);
         let image = cache.get_or_build("k1", |_| {}, fake_build).unwrap();
         assert_eq!(image, tmp.path().join("kernel/k1/vmlinux"));
@@ -299,7 +311,7 @@ mod tests {
     #[test]
     fn failed_build_leaves_nothing_published() {
         let tmp = TempDir::new().unwrap();
-        let cache = KernelCache::new(tmp.path());
+        let cache = KernelCache::new(tmp.path(), Arch::X86_64);
         let err = cache
             .get_or_build(
                 "k",
@@ -329,7 +341,7 @@ mod tests {
     #[test]
     fn build_without_image_is_an_error() {
         let tmp = TempDir::new().unwrap();
-        let cache = KernelCache::new(tmp.path());
+        let cache = KernelCache::new(tmp.path(), Arch::X86_64);
         let err = cache.get_or_build("k", |_| {}, |_| Ok(())).unwrap_err();
         assert!(err.to_string().contains("did not produce"), "{err}");
         assert_eq!(cache.find("k"), None);
@@ -338,7 +350,7 @@ mod tests {
     #[test]
     fn interrupted_build_leftovers_are_cleaned() {
         let tmp = TempDir::new().unwrap();
-        let cache = KernelCache::new(tmp.path());
+        let cache = KernelCache::new(tmp.path(), Arch::X86_64);
         let stale = tmp.path().join("kernel/k.tmp-999999");
         fs::create_dir_all(stale.join("src")).unwrap();
         fs::write(stale.join("vmlinux"), b"half").unwrap();
@@ -370,7 +382,7 @@ mod tests {
                     start.clone(),
                 );
                 std::thread::spawn(move || {
-                    let cache = KernelCache::new(&root);
+                    let cache = KernelCache::new(&root, Arch::X86_64);
                     start.wait();
                     cache
                         .get_or_build(
@@ -398,10 +410,36 @@ mod tests {
     #[test]
     fn build_steps_round_trip() {
         let tmp = TempDir::new().unwrap();
-        let cache = KernelCache::new(tmp.path());
+        let cache = KernelCache::new(tmp.path(), Arch::X86_64);
         assert_eq!(cache.last_build_steps(), None);
         fs::create_dir_all(tmp.path().join("kernel")).unwrap();
         cache.record_build_steps(1234).unwrap();
         assert_eq!(cache.last_build_steps(), Some(1234));
+    }
+
+    #[test]
+    fn aarch64_entries_hold_an_image_and_keep_their_own_step_count() {
+        let tmp = TempDir::new().unwrap();
+        let x86 = KernelCache::new(tmp.path(), Arch::X86_64);
+        let arm = KernelCache::new(tmp.path(), Arch::Aarch64);
+        // A build that leaves only a vmlinux is not an arm64 build.
+        let err = arm.get_or_build("a", |_| {}, fake_build).unwrap_err();
+        assert!(err.to_string().contains("Image"), "{err}");
+        let image = arm
+            .get_or_build(
+                "a",
+                |_| {},
+                |dir| fs::write(dir.join("Image"), b"arm64").map_err(|e| Error::io("w", e)),
+            )
+            .unwrap();
+        assert_eq!(image, tmp.path().join("kernel/a/Image"));
+        assert_eq!(arm.find("a"), Some(image));
+        assert_eq!(x86.find("a"), None);
+        x86.record_build_steps(1700).unwrap();
+        arm.record_build_steps(900).unwrap();
+        assert_eq!(x86.last_build_steps(), Some(1700));
+        assert_eq!(arm.last_build_steps(), Some(900));
+        assert!(tmp.path().join("kernel/last-build-steps").is_file());
+        assert!(tmp.path().join("kernel/last-build-steps-aarch64").is_file());
     }
 }

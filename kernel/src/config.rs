@@ -10,13 +10,19 @@ use std::collections::BTreeMap;
 
 pub use crate::options::{Mismatch, OptionValue};
 
+use crate::arch::Arch;
 use crate::error::Error;
 
-/// `kernel/config/base.config`: the machine (CPU, timers, console, no PCI/ACPI/modules).
+/// `kernel/config/base.config`: the x86_64 machine (CPU, timers, console, no
+/// PCI/ACPI/modules).
 pub const BASE_CONFIG: &str = include_str!("../config/base.config");
 
+/// `kernel/config/base-arm64.config`: the arm64 machine (GICv3, architected timer, PSCI,
+/// 16550 and PL011 consoles from the device tree, no PCI/ACPI/modules).
+pub const BASE_ARM64_CONFIG: &str = include_str!("../config/base-arm64.config");
+
 /// `kernel/config/msbvm.config`: what sandboxes need (virtio devices, network, filesystems,
-/// isolation). Applied after [`BASE_CONFIG`].
+/// isolation), the same on every architecture. Applied after the machine fragment.
 pub const MSBVM_CONFIG: &str = include_str!("../config/msbvm.config");
 
 /// One named config fragment, merged in order on top of `make tinyconfig`.
@@ -37,12 +43,21 @@ impl ConfigFragment {
         }
     }
 
-    /// The two fragments embedded in this crate, in merge order.
+    /// The fragments embedded in this crate for [`Arch::default`] (the host's), in merge
+    /// order.
     pub fn embedded() -> Vec<ConfigFragment> {
-        vec![
-            ConfigFragment::new("base.config", BASE_CONFIG),
-            ConfigFragment::new("msbvm.config", MSBVM_CONFIG),
-        ]
+        Self::embedded_for(Arch::default())
+    }
+
+    /// The fragments embedded in this crate for `arch`, in merge order: the machine, then
+    /// what sandboxes need.
+    pub fn embedded_for(arch: Arch) -> Vec<ConfigFragment> {
+        // The names are part of the cache key (and the x86_64 ones must stay as they are).
+        let machine = match arch {
+            Arch::X86_64 => ConfigFragment::new("base.config", BASE_CONFIG),
+            Arch::Aarch64 => ConfigFragment::new("base-arm64.config", BASE_ARM64_CONFIG),
+        };
+        vec![machine, ConfigFragment::new("msbvm.config", MSBVM_CONFIG)]
     }
 
     /// The options this fragment sets, in file order.
@@ -190,12 +205,50 @@ mod tests {
 
     #[test]
     fn embedded_fragments_parse_and_contain_key_options() {
-        let all = requested_options(&ConfigFragment::embedded()).unwrap();
+        let all = requested_options(&ConfigFragment::embedded_for(Arch::X86_64)).unwrap();
         assert_eq!(all["CONFIG_PVH"], OptionValue::Yes);
         assert_eq!(all["CONFIG_VIRTIO_MMIO"], OptionValue::Yes);
         assert_eq!(all["CONFIG_MODULES"], OptionValue::No);
         assert_eq!(all["CONFIG_PCI"], OptionValue::No);
         assert_eq!(all["CONFIG_NR_CPUS"], OptionValue::Value("64".into()));
+    }
+
+    #[test]
+    fn arm64_fragments_ask_for_what_the_vmm_relies_on() {
+        let all = requested_options(&ConfigFragment::embedded_for(Arch::Aarch64)).unwrap();
+        for option in [
+            "CONFIG_OF",
+            "CONFIG_ARM_GIC_V3",
+            "CONFIG_ARM_ARCH_TIMER",
+            "CONFIG_ARM_PSCI_FW",
+            "CONFIG_SERIAL_8250_CONSOLE",
+            "CONFIG_SERIAL_OF_PLATFORM",
+            "CONFIG_SERIAL_EARLYCON",
+            "CONFIG_SERIAL_AMBA_PL011_CONSOLE",
+            "CONFIG_DEVMEM",
+            "CONFIG_ARM64_4K_PAGES",
+            "CONFIG_PARAVIRT",
+            // From msbvm.config, shared with x86_64.
+            "CONFIG_VIRTIO_MMIO",
+            "CONFIG_VIRTIO_VSOCKETS",
+            "CONFIG_VIRTIO_FS",
+            "CONFIG_VIRTIO_BALLOON",
+        ] {
+            assert_eq!(all[option], OptionValue::Yes, "{option}");
+        }
+        for option in [
+            "CONFIG_MODULES",
+            "CONFIG_PCI",
+            "CONFIG_ACPI",
+            "CONFIG_IO_STRICT_DEVMEM",
+        ] {
+            assert_eq!(all[option], OptionValue::No, "{option}");
+        }
+        assert!(
+            !all.keys()
+                .any(|name| name.contains("X86") || name == "CONFIG_PVH"),
+            "an x86 option in the arm64 fragments"
+        );
     }
 
     #[test]

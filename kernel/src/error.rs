@@ -15,13 +15,15 @@ use crate::packages::INSTALL_COMMAND;
 pub enum Error {
     /// Programs, headers or the kernel source needed by the build are not installed.
     #[error(
-        "cannot build the msbvm guest kernel, missing: {}\ninstall them with:\n    {}",
-        .missing.join(", "),
-        INSTALL_COMMAND
+        "cannot build the msbvm guest kernel, missing: {}\ninstall them with:\n    {install}",
+        .missing.join(", ")
     )]
     ToolchainMissing {
         /// One human-readable item per missing piece, e.g. "program `flex`".
         missing: Vec<String>,
+        /// The command that installs all of them ([`INSTALL_COMMAND`], plus the cross
+        /// compiler's package when building for another architecture).
+        install: String,
     },
 
     /// The kernel source package is not installed, so the cache key (which includes the
@@ -98,10 +100,10 @@ pub enum Error {
         path: PathBuf,
     },
 
-    /// The guest kernel configuration only exists for x86_64.
+    /// The host is neither x86_64 nor aarch64, the architectures the build knows compilers for.
     #[error(
-        "the msbvm guest kernel can only be built on x86_64 hosts (this host is {arch}); \
-         set MSBVM_KERNEL to a prebuilt vmlinux instead"
+        "the msbvm guest kernel can only be built on x86_64 or aarch64 hosts (this host is \
+         {arch}); set MSBVM_KERNEL to a prebuilt kernel image instead"
     )]
     UnsupportedArch {
         /// The host architecture.

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::arch::Arch;
 use crate::cache::{cache_dir, KernelCache};
 use crate::config::ConfigFragment;
 use crate::error::Error;
@@ -19,35 +20,57 @@ pub const BUILD_RECIPE_VERSION: u32 = 2;
 /// paths, long enough (64 bits) that two configurations never collide in practice.
 const KEY_HEX_LEN: usize = 16;
 
-/// A guest kernel to build: config fragments applied to `make tinyconfig`, and the source.
+/// A guest kernel to build: an architecture, config fragments applied to `make tinyconfig`,
+/// and the source.
 ///
-/// [`KernelSpec::default`] is the project's kernel: the fragments embedded from
+/// [`KernelSpec::default`] is the project's kernel for the host's architecture;
+/// [`KernelSpec::for_arch`] the one for a given architecture: the fragments embedded from
 /// `kernel/config/` and the distribution's `linux-source-6.12`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelSpec {
+    arch: Arch,
     fragments: Vec<ConfigFragment>,
     source_tarball: PathBuf,
 }
 
 impl Default for KernelSpec {
     fn default() -> Self {
-        KernelSpec::new(ConfigFragment::embedded())
+        KernelSpec::for_arch(Arch::default())
     }
 }
 
 impl KernelSpec {
-    /// A spec with the given fragments (merged in order) and the distribution source tarball.
+    /// The project's kernel for `arch`: its embedded fragments and the distribution source
+    /// tarball.
+    pub fn for_arch(arch: Arch) -> Self {
+        KernelSpec::new(ConfigFragment::embedded_for(arch)).with_arch(arch)
+    }
+
+    /// A spec for the host's architecture with the given fragments (merged in order) and the
+    /// distribution source tarball.
     pub fn new(fragments: Vec<ConfigFragment>) -> Self {
         KernelSpec {
+            arch: Arch::default(),
             fragments,
             source_tarball: PathBuf::from(SOURCE_TARBALL),
         }
+    }
+
+    /// The same spec, built for another architecture (the fragments stay as they are).
+    pub fn with_arch(mut self, arch: Arch) -> Self {
+        self.arch = arch;
+        self
     }
 
     /// The same spec, built from another source tarball.
     pub fn with_source_tarball(mut self, tarball: impl Into<PathBuf>) -> Self {
         self.source_tarball = tarball.into();
         self
+    }
+
+    /// The architecture the kernel is built for.
+    pub fn arch(&self) -> Arch {
+        self.arch
     }
 
     /// The config fragments, in merge order.
@@ -60,24 +83,31 @@ impl KernelSpec {
         &self.source_tarball
     }
 
-    /// The cache key: the first 16 hex digits of a SHA-256 over the fragments, the installed
-    /// source version and [`BUILD_RECIPE_VERSION`].
+    /// The cache key: the first 16 hex digits of a SHA-256 over the architecture, the
+    /// fragments, the installed source version and [`BUILD_RECIPE_VERSION`].
     ///
     /// Fails with [`Error::SourceMissing`] when the kernel source is not installed.
     pub fn cache_key(&self) -> Result<String, Error> {
         let version = source_version(&self.source_tarball)?;
-        Ok(compute_key(&self.fragments, &version, BUILD_RECIPE_VERSION))
+        Ok(compute_key(
+            self.arch,
+            &self.fragments,
+            &version,
+            BUILD_RECIPE_VERSION,
+        ))
     }
 
     /// Where the image for this spec is, or will be once built, in the cache of
     /// [`cache_dir`]. The file may not exist.
     pub fn image_path(&self) -> Result<PathBuf, Error> {
-        Ok(KernelCache::new(&cache_dir()).image_path(&self.cache_key()?))
+        Ok(KernelCache::new(&cache_dir(), self.arch).image_path(&self.cache_key()?))
     }
 }
 
-/// The cache key of `fragments` built from source `source_version` by recipe `recipe`.
+/// The cache key of `fragments` built for `arch` from source `source_version` by recipe
+/// `recipe`.
 pub(crate) fn compute_key(
+    arch: Arch,
     fragments: &[ConfigFragment],
     source_version: &str,
     recipe: u32,
@@ -90,6 +120,12 @@ pub(crate) fn compute_key(
         hash.update(bytes);
     };
     field(b"msbvm-kernel");
+    // x86_64 keys were computed without an architecture field before arm64 existed; hashing
+    // one for x86_64 now would orphan every cached x86_64 kernel (minutes to rebuild).
+    if arch != Arch::X86_64 {
+        field(b"arch");
+        field(arch.name().as_bytes());
+    }
     field(&recipe.to_le_bytes());
     field(source_version.as_bytes());
     for fragment in fragments {
@@ -114,8 +150,18 @@ mod tests {
 
     #[test]
     fn key_is_16_hex_digits_and_stable() {
-        let a = compute_key(&frags("CONFIG_A=y\n", "CONFIG_B=y\n"), "deb:1", 1);
-        let b = compute_key(&frags("CONFIG_A=y\n", "CONFIG_B=y\n"), "deb:1", 1);
+        let a = compute_key(
+            Arch::X86_64,
+            &frags("CONFIG_A=y\n", "CONFIG_B=y\n"),
+            "deb:1",
+            1,
+        );
+        let b = compute_key(
+            Arch::X86_64,
+            &frags("CONFIG_A=y\n", "CONFIG_B=y\n"),
+            "deb:1",
+            1,
+        );
         assert_eq!(a, b);
         assert_eq!(a.len(), 16);
         assert!(a
@@ -125,14 +171,44 @@ mod tests {
 
     #[test]
     fn key_changes_with_each_input() {
-        let base = compute_key(&frags("CONFIG_A=y\n", "CONFIG_B=y\n"), "deb:1", 1);
+        let base = compute_key(
+            Arch::X86_64,
+            &frags("CONFIG_A=y\n", "CONFIG_B=y\n"),
+            "deb:1",
+            1,
+        );
         let variants = [
-            compute_key(&frags("CONFIG_A=n\n", "CONFIG_B=y\n"), "deb:1", 1),
-            compute_key(&frags("CONFIG_A=y\n", "CONFIG_B=n\n"), "deb:1", 1),
-            compute_key(&frags("CONFIG_A=y\n", "CONFIG_B=y\n"), "deb:2", 1),
-            compute_key(&frags("CONFIG_A=y\n", "CONFIG_B=y\n"), "deb:1", 2),
+            compute_key(
+                Arch::X86_64,
+                &frags("CONFIG_A=n\n", "CONFIG_B=y\n"),
+                "deb:1",
+                1,
+            ),
+            compute_key(
+                Arch::X86_64,
+                &frags("CONFIG_A=y\n", "CONFIG_B=n\n"),
+                "deb:1",
+                1,
+            ),
+            compute_key(
+                Arch::X86_64,
+                &frags("CONFIG_A=y\n", "CONFIG_B=y\n"),
+                "deb:2",
+                1,
+            ),
+            compute_key(
+                Arch::X86_64,
+                &frags("CONFIG_A=y\n", "CONFIG_B=y\n"),
+                "deb:1",
+                2,
+            ),
             // Same bytes overall, split differently between the fragments.
-            compute_key(&frags("CONFIG_A=y\nCONFIG_B=y\n", ""), "deb:1", 1),
+            compute_key(
+                Arch::X86_64,
+                &frags("CONFIG_A=y\nCONFIG_B=y\n", ""),
+                "deb:1",
+                1,
+            ),
         ];
         for (i, v) in variants.iter().enumerate() {
             assert_ne!(&base, v, "variant {i} has the same key");
@@ -140,10 +216,48 @@ mod tests {
     }
 
     #[test]
+    fn x86_64_key_is_what_it_was_before_arm64() {
+        // Computed by the key function before architectures existed: an x86_64 key must not
+        // change, or every cached x86_64 kernel is rebuilt.
+        let key = compute_key(
+            Arch::X86_64,
+            &frags("CONFIG_A=y\n", "CONFIG_B=y\n"),
+            "deb:1",
+            1,
+        );
+        assert_eq!(key, "01fb7fbc3699d12d");
+    }
+
+    #[test]
+    fn arch_is_part_of_the_key() {
+        let fragments = frags("CONFIG_A=y\n", "CONFIG_B=y\n");
+        assert_ne!(
+            compute_key(Arch::X86_64, &fragments, "deb:1", 1),
+            compute_key(Arch::Aarch64, &fragments, "deb:1", 1)
+        );
+    }
+
+    #[test]
     fn default_spec_uses_embedded_fragments() {
         let spec = KernelSpec::default();
+        assert_eq!(spec.arch(), Arch::default());
         assert_eq!(spec.fragments(), ConfigFragment::embedded().as_slice());
         assert_eq!(spec.source_tarball(), Path::new(SOURCE_TARBALL));
+    }
+
+    #[test]
+    fn arm64_spec_has_its_own_fragments_key_and_image() {
+        let tmp = tempfile::TempDir::new().unwrap();
+        let tarball = tmp.path().join("linux.tar.xz");
+        std::fs::write(&tarball, b"x").unwrap();
+        let x86 = KernelSpec::for_arch(Arch::X86_64).with_source_tarball(&tarball);
+        let arm = KernelSpec::for_arch(Arch::Aarch64).with_source_tarball(&tarball);
+        assert_eq!(arm.arch(), Arch::Aarch64);
+        assert_eq!(arm.fragments()[0].name, "base-arm64.config");
+        assert_eq!(x86.fragments()[0].name, "base.config");
+        assert_ne!(x86.cache_key().unwrap(), arm.cache_key().unwrap());
+        assert!(arm.image_path().unwrap().ends_with("Image"));
+        assert!(x86.image_path().unwrap().ends_with("vmlinux"));
     }
 
     #[test]

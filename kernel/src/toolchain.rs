@@ -2,7 +2,8 @@
 //!
 //! A kernel build that stops after minutes because `bc` is missing is a poor experience, so all
 //! pieces are checked up front and reported together in one error with the command that
-//! installs them.
+//! installs them. Building for another architecture than the host's (arm64 on an x86_64 host)
+//! adds the distribution's cross compiler to the list.
 
 use std::env;
 use std::ffi::OsString;
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 pub use crate::packages::INSTALL_COMMAND;
 
+use crate::arch::Arch;
 use crate::error::Error;
 use crate::packages::SOURCE_TARBALL;
 
@@ -24,6 +26,10 @@ pub const REQUIRED_HEADERS: &[(&str, &str)] = &[
     ("openssl/opensslv.h", "libssl-dev"),
 ];
 
+/// Tools of a cross toolchain the build runs (kbuild calls them `$(CROSS_COMPILE)gcc` and
+/// `$(CROSS_COMPILE)ld`; the rest of binutils comes in the same package as `ld`).
+pub const CROSS_PROGRAMS: &[&str] = &["gcc", "ld"];
+
 /// Where to look for the build's prerequisites. [`ToolchainProbe::system`] describes this
 /// host; tests point the fields at temporary directories.
 #[derive(Debug, Clone)]
@@ -34,15 +40,41 @@ pub struct ToolchainProbe {
     pub include_dir: PathBuf,
     /// The kernel source tarball.
     pub tarball: PathBuf,
+    /// The architecture to cross-compile for, when it is not the host's: its
+    /// `<prefix>gcc` and `<prefix>ld` are needed too.
+    pub cross_target: Option<Arch>,
 }
 
 impl ToolchainProbe {
-    /// The real host: `$PATH`, `/usr/include` and the Debian source tarball.
+    /// The real host building for its own architecture: `$PATH`, `/usr/include` and the
+    /// Debian source tarball.
     pub fn system() -> Self {
         ToolchainProbe {
             path_dirs: path_dirs(env::var_os("PATH")),
             include_dir: PathBuf::from("/usr/include"),
             tarball: PathBuf::from(SOURCE_TARBALL),
+            cross_target: None,
+        }
+    }
+
+    /// The real host building for `arch`: [`Self::system`] plus the cross compiler when
+    /// `arch` is not the host's. Fails with [`Error::UnsupportedArch`] on a host that is
+    /// neither x86_64 nor aarch64.
+    pub fn system_for(arch: Arch) -> Result<Self, Error> {
+        let host = Arch::host().ok_or(Error::UnsupportedArch {
+            arch: env::consts::ARCH,
+        })?;
+        Ok(ToolchainProbe {
+            cross_target: (arch != host).then_some(arch),
+            ..Self::system()
+        })
+    }
+
+    /// The command that installs everything this probe looks for.
+    pub fn install_command(&self) -> String {
+        match self.cross_target {
+            Some(arch) => format!("{INSTALL_COMMAND} {}", arch.cross_compiler_package()),
+            None => INSTALL_COMMAND.to_string(),
         }
     }
 
@@ -58,6 +90,17 @@ impl ToolchainProbe {
             let path = self.include_dir.join(header);
             if !path.is_file() {
                 missing.push(format!("header {} ({package})", path.display()));
+            }
+        }
+        if let Some(arch) = self.cross_target {
+            for tool in CROSS_PROGRAMS {
+                let program = format!("{}{tool}", arch.cross_compile_prefix());
+                if self.find_program(&program).is_none() {
+                    missing.push(format!(
+                        "program `{program}` ({})",
+                        arch.cross_compiler_package()
+                    ));
+                }
             }
         }
         if !self.tarball.is_file() {
@@ -76,7 +119,10 @@ impl ToolchainProbe {
         if missing.is_empty() {
             Ok(())
         } else {
-            Err(Error::ToolchainMissing { missing })
+            Err(Error::ToolchainMissing {
+                missing,
+                install: self.install_command(),
+            })
         }
     }
 
@@ -137,6 +183,7 @@ mod tests {
             path_dirs: vec![tmp.path().join("nowhere"), bin],
             include_dir: include,
             tarball,
+            cross_target: None,
         };
         (tmp, probe)
     }
@@ -168,9 +215,46 @@ mod tests {
         }
         assert!(msg.contains(INSTALL_COMMAND), "{msg}");
         match err {
-            Error::ToolchainMissing { missing } => assert_eq!(missing.len(), 5),
+            Error::ToolchainMissing { missing, .. } => assert_eq!(missing.len(), 5),
             other => panic!("unexpected error {other:?}"),
         }
+    }
+
+    #[test]
+    fn cross_build_needs_the_cross_compiler_and_names_its_package() {
+        let headers: Vec<&str> = REQUIRED_HEADERS.iter().map(|(h, _)| *h).collect();
+        let (tmp, mut probe) = fake_host(REQUIRED_PROGRAMS, &headers, true);
+        probe.cross_target = Some(Arch::Aarch64);
+        let err = probe.check().unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("`aarch64-linux-gnu-gcc` (gcc-aarch64-linux-gnu)"),
+            "{msg}"
+        );
+        assert!(msg.contains("`aarch64-linux-gnu-ld`"), "{msg}");
+        assert!(
+            msg.contains(&format!("{INSTALL_COMMAND} gcc-aarch64-linux-gnu")),
+            "{msg}"
+        );
+        for tool in CROSS_PROGRAMS {
+            let path = tmp
+                .path()
+                .join("bin")
+                .join(format!("aarch64-linux-gnu-{tool}"));
+            fs::write(&path, "#!/bin/sh\n").unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        probe.check().unwrap();
+    }
+
+    #[test]
+    fn native_build_needs_no_cross_compiler() {
+        let host = Arch::host().expect("tests run on x86_64 or aarch64");
+        assert_eq!(ToolchainProbe::system_for(host).unwrap().cross_target, None);
+        let other = Arch::ALL.into_iter().find(|a| *a != host).unwrap();
+        let probe = ToolchainProbe::system_for(other).unwrap();
+        assert_eq!(probe.cross_target, Some(other));
+        assert_eq!(ToolchainProbe::system().install_command(), INSTALL_COMMAND);
     }
 
     #[test]
