@@ -124,3 +124,35 @@ fn existing_commands_still_parse() {
         Command::Kernel(_)
     ));
 }
+
+#[test]
+fn kernel_arch_takes_gnu_and_kernel_names_and_defaults_to_none() {
+    use msbvm_kernel::Arch;
+    let arch_of = |args: &[&str]| match parse(args).unwrap() {
+        Command::Kernel(kernel::KernelCommand::Build { arch, .. }) => arch,
+        Command::Kernel(kernel::KernelCommand::Path { arch }) => arch,
+        _ => panic!("not a kernel command"),
+    };
+    assert_eq!(arch_of(&["kernel", "build"]), None);
+    assert_eq!(arch_of(&["kernel", "path"]), None);
+    assert_eq!(
+        arch_of(&["kernel", "build", "--arch", "arm64"]),
+        Some(Arch::Aarch64)
+    );
+    assert_eq!(
+        arch_of(&["kernel", "build", "-q", "--arch", "aarch64"]),
+        Some(Arch::Aarch64)
+    );
+    assert_eq!(
+        arch_of(&["kernel", "path", "--arch", "x86_64"]),
+        Some(Arch::X86_64)
+    );
+    assert_eq!(
+        arch_of(&["kernel", "path", "--arch=amd64"]),
+        Some(Arch::X86_64)
+    );
+    let err = parse(&["kernel", "build", "--arch", "riscv64"])
+        .err()
+        .expect("an unknown architecture must not parse");
+    assert!(err.to_string().contains("riscv64"), "{err}");
+}
