@@ -181,7 +181,7 @@ impl HvfVm {
     /// that may use it, with its MPIDR from [`regs::mpidr_for`].
     pub fn create_vcpu(&self, index: u8) -> Result<HvfVcpu, Error> {
         let vcpu = self.vm.vcpu_create().map_err(call("hv_vcpu_create"))?;
-        let mut vcpu = HvfVcpu {
+        let vcpu = HvfVcpu {
             vcpu,
             handler: ExitHandler::new(index),
         };
