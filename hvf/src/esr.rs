@@ -78,11 +78,16 @@ pub enum Exception {
     /// A load or store to an address with no memory behind it.
     DataAbort(DataAbort),
     /// A data abort without a valid instruction syndrome (ISV=0: a load/store
-    /// pair, a vector or atomic access, writeback): this VMM cannot emulate it.
+    /// pair, a vector or atomic access, writeback), or one taken on the guest's
+    /// own page-table walk (S1PTW), whose address is not the access's: this
+    /// VMM cannot emulate it.
     DataAbortNoSyndrome {
         /// The raw syndrome, for the error message.
         esr: u64,
     },
+    /// A data-cache maintenance instruction (DC ... by address) on an address
+    /// with no memory behind it: there is nothing to maintain, so it is skipped.
+    CacheMaintenance,
     /// An HVC (the PSCI conduit for Linux under a hypervisor).
     Hvc {
         /// The instruction's 16-bit immediate (0 for SMCCC calls).
@@ -119,8 +124,14 @@ pub fn decode(esr: u64) -> Exception {
     let iss = esr & 0x01ff_ffff;
     match class(esr) {
         ec::DABT_LOWER => {
-            // Without ISV the remaining fields are not valid, whatever they read.
-            if iss & (1 << 24) == 0 {
+            // CM (bit 8) is valid whatever ISV says, and such a fault reports
+            // WnR=1 although nothing is written.
+            if iss & (1 << 8) != 0 {
+                return Exception::CacheMaintenance;
+            }
+            // Without ISV the remaining fields are not valid, whatever they read;
+            // with S1PTW (bit 7) the IPA is a page-table entry's.
+            if iss & (1 << 24) == 0 || iss & (1 << 7) != 0 {
                 return Exception::DataAbortNoSyndrome { esr };
             }
             Exception::DataAbort(DataAbort {
@@ -212,6 +223,15 @@ pub(crate) mod tests {
     fn data_abort_without_isv_is_reported_not_guessed() {
         let esr = dabt(3, false, 5, true, true) & !(1 << 24);
         assert_eq!(decode(esr), Exception::DataAbortNoSyndrome { esr });
+    }
+
+    #[test]
+    fn page_table_walks_are_not_mmio_and_cache_maintenance_is_named() {
+        let walk = dabt(3, false, 2, true, false) | (1 << 7);
+        assert_eq!(decode(walk), Exception::DataAbortNoSyndrome { esr: walk });
+        // DC CIVAC on an MMIO address: CM and WnR set, ISV clear.
+        let dc = (dabt(0, false, 0, false, true) & !(1 << 24)) | (1 << 8);
+        assert_eq!(decode(dc), Exception::CacheMaintenance);
     }
 
     #[test]

@@ -293,6 +293,10 @@ impl ExitHandler {
                 advance_pc(ops)?;
                 Ok(event.map_or(Exit::Continue, Exit::Event))
             }
+            Exception::CacheMaintenance => {
+                advance_pc(ops)?;
+                Ok(Exit::Continue)
+            }
             Exception::DataAbortNoSyndrome { esr } => Err(Fault::DataAbortWithoutSyndrome {
                 esr,
                 ipa,
@@ -482,6 +486,30 @@ mod tests {
         assert_eq!(exit, Exit::Event(9));
         assert_eq!(bus.writes, vec![(0x0a00_0050, vec![0x88, 0x77])]);
         assert_eq!(vcpu.get(Reg::Pc), 0x2004);
+    }
+
+    #[test]
+    fn a_64_bit_mmio_read_fills_the_whole_register() {
+        let mut vcpu = FakeVcpu::at(0x1000);
+        let mut bus = FakeBus::with_read(0x200, &0x0123_4567_89ab_cdefu64.to_le_bytes());
+        ExitHandler::new(0).handle(
+            &mut vcpu,
+            &mut bus,
+            exception(dabt(3, false, 30, true, false), 0x200),
+            &[On],
+        );
+        assert_eq!(vcpu.get(Reg::X(30)), 0x0123_4567_89ab_cdef);
+    }
+
+    #[test]
+    fn cache_maintenance_on_mmio_is_skipped_without_a_bus_access() {
+        let mut vcpu = FakeVcpu::at(0x1000);
+        let mut bus = FakeBus::default();
+        let dc = (dabt(0, false, 0, false, true) & !(1 << 24)) | (1 << 8);
+        let exit = ExitHandler::new(0).handle(&mut vcpu, &mut bus, exception(dc, 0x300), &[On]);
+        assert_eq!(exit, Exit::Continue);
+        assert!(bus.writes.is_empty() && bus.reads.is_empty());
+        assert_eq!(vcpu.get(Reg::Pc), 0x1004);
     }
 
     #[test]
