@@ -18,7 +18,9 @@
 //! On macOS, `macos` is the thin layer over the `applevisor` crate: the VM
 //! (with the framework's GICv3 on macOS 15 and later), guest memory, vCPUs,
 //! and [`exit::VcpuOps`] over them. It has never been compiled or run on a
-//! Mac: this project's machines are Linux only (see `hvf/README.md`). It does
+//! Mac: this project's machines are Linux only (see `hvf/README.md`); the
+//! `typecheck-macos` feature type-checks it on any host against applevisor's
+//! API, which is what `scripts/check-macos` falls back to. It does
 //! not yet implement `msbvm_vmm::hypervisor`'s traits, because `msbvm-vmm`
 //! itself does not build on macOS (its trait names Linux's `EventFd`).
 #![forbid(unsafe_code)]
