@@ -200,6 +200,11 @@ fn cargo_build_static(todo: &[(&str, &str)], arch: L1Arch) -> Result<()> {
                     arch.target_triple().to_uppercase().replace('-', "_")
                 ),
                 CROSS_LINKER,
+            )
+            // The default image embedded in msbvm carries the target's busybox.
+            .env(
+                "MSBVM_DEFAULT_IMAGE_BUSYBOX",
+                crate::distro::foreign_file("busybox-static", arch, "bin/busybox")?,
             );
     }
     let mut packages: Vec<&str> = todo.iter().map(|(p, _)| *p).collect();
