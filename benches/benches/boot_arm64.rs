@@ -57,9 +57,6 @@ struct Prepared {
 /// The binaries, kernel and initramfs: msbvm's arm64 artifacts from the harness, or for QEMU
 /// alone just the timing helper and msbvm-init (cross-built) and a kernel that QEMU boots.
 fn prepare() -> Result<Prepared, Error> {
-    let kernel_override = std::env::var_os(boot_arm64::KERNEL_ENV)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from);
     if boot_arm64::qemu_only() {
         let mut bins = boot_arm64::cross_build(&[
             ("msbvm-benches", TIMING_BIN),
@@ -79,6 +76,9 @@ fn prepare() -> Result<Prepared, Error> {
         .arch(L1Arch::Aarch64)
         .bin("msbvm-benches", TIMING_BIN);
     let artifacts = GuestArtifacts::prepare(&build, Progress::Lines)?;
+    let kernel_override = std::env::var_os(boot_arm64::KERNEL_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
     let (kernel, kernel_source) = match kernel_override {
         Some(k) => (k, boot_arm64::KERNEL_ENV.to_string()),
         None => (

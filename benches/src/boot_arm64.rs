@@ -294,7 +294,7 @@ pub fn plan(
     // rather than as a failed run of every round. KVM's debugfs for the exit counters.
     plan.script = format!(
         "uname -m; ls -l /dev/kvm\n\
-         {L1_QEMU} --version | head -1 || echo 'boot_arm64: QEMU does not start in L1'\n\
+         {L1_QEMU} --version || echo 'boot_arm64: QEMU does not start in L1 (output above)'\n\
          mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null\n{}",
         boot_runs::interleaved_runs(&vmms)
     );
@@ -324,6 +324,51 @@ mod tests {
             assert!(joined.contains(want), "{joined}");
         }
         assert_eq!(cmdline_for("ttyS0", ""), "console=ttyS0");
+    }
+
+    #[test]
+    fn plan_interleaves_msbvm_and_qemu_or_runs_qemu_alone() {
+        let qemu = QemuSysroot {
+            root: PathBuf::from("/nonexistent"),
+            files: Vec::new(),
+            packages: Vec::new(),
+        };
+        let vm = || msbvm_tests::NestedVm::builder().arch(L1Arch::Aarch64);
+        let timing = Path::new("/t");
+        let (_, both) = plan(vm(), timing, Some(Path::new("/m")), &qemu, 2, "quiet");
+        let order: Vec<&str> = both
+            .script
+            .lines()
+            .filter_map(|l| l.strip_prefix("echo 'bench: "))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "msbvm run 1/2'",
+                "qemu run 1/2'",
+                "msbvm run 2/2'",
+                "qemu run 2/2'"
+            ]
+        );
+        assert_eq!(both.total_runs, 4);
+        assert!(
+            both.script.contains("--cmdline 'console=ttyS0 quiet'"),
+            "{}",
+            both.script
+        );
+        assert!(
+            both.script.contains("-append 'console=ttyAMA0 quiet'"),
+            "{}",
+            both.script
+        );
+        let skipped: Vec<&str> = both.skipped.iter().map(|(v, _)| v.as_str()).collect();
+        assert_eq!(skipped, ["firecracker"]);
+
+        let (_, alone) = plan(vm(), timing, None, &qemu, 3, "quiet");
+        assert_eq!(alone.total_runs, 3);
+        assert!(!alone.script.contains("msbvm run"), "{}", alone.script);
+        let skipped: Vec<&str> = alone.skipped.iter().map(|(v, _)| v.as_str()).collect();
+        assert_eq!(skipped, ["msbvm", "firecracker"]);
     }
 
     #[test]
