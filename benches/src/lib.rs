@@ -6,6 +6,8 @@
 //! parses back on the host.
 //!
 //! [`boot_runs`] sets up the boot runs of msbvm and its peers in L1 (used by both benchmarks);
+//! [`boot_arm64`] does the same in an arm64 L1 against QEMU's virt board, whose arm64 build
+//! [`qemu_arm64`] brings in with only the libraries it needs;
 //! [`sandbox`] holds the sandbox benchmark's result lines, table and JSON; [`image_bench`] and
 //! [`net_bench`] are the host-side image (pull + unpack vs skopeo + umoci) and network (netstack
 //! vs slirp4netns and pasta) benchmarks; [`tls_bench`] is the host-side TLS interception
@@ -15,9 +17,11 @@
 
 use std::fmt::Write as _;
 
+pub mod boot_arm64;
 pub mod boot_runs;
 pub mod image_bench;
 pub mod net_bench;
+pub mod qemu_arm64;
 pub mod sandbox;
 pub mod tls_bench;
 pub mod tls_l1;

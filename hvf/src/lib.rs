@@ -1,10 +1,38 @@
 //! The macOS Hypervisor.framework backend (Apple Silicon, aarch64).
 //!
-//! It will implement the traits of `msbvm_vmm::hypervisor` (`Hypervisor`,
-//! `Vm`, `Vcpu`), as the KVM backend in `msbvm_vmm::kvm` does, so that the
-//! hypervisor-neutral core (devices, buses, boot, the run loop) runs guests on
-//! macOS unchanged; the aarch64 machine set-up will sit beside
-//! `msbvm_vmm::arch::x86_64`. Nothing is implemented yet. Off macOS this crate
-//! compiles to nothing.
-#![cfg(target_os = "macos")]
+//! Under KVM the kernel finishes most guest exits; under Hypervisor.framework
+//! the VMM gets the raw exception and must decode and emulate it. That work is
+//! platform-neutral and lives in modules that build and are tested on every
+//! OS, against an in-memory fake of the framework:
+//!
+//! - [`esr`]: the exception syndrome (ESR_EL2) decoded into an MMIO access,
+//!   HVC/SMC, WFI/WFE, a system register access, or an unknown class.
+//! - [`mmio`]: moving data between a register and an emulated load or store.
+//! - [`psci`]: PSCI 1.0 (CPU_ON, CPU_OFF, SYSTEM_OFF, ...), which KVM serves
+//!   in the kernel and this backend serves itself.
+//! - [`regs`]: the framework's register numbers, MPIDR values, and the Linux
+//!   arm64 boot entry state.
+//! - [`exit`]: one exit in, what the VMM core does next out, over the small
+//!   [`exit::VcpuOps`] (framework calls) and [`exit::Mmio`] (device bus) traits.
+//!
+//! On macOS, `macos` is the thin layer over the `applevisor` crate: the VM
+//! (with the framework's GICv3 on macOS 15 and later), guest memory, vCPUs,
+//! and [`exit::VcpuOps`] over them. It has never been compiled or run on a
+//! Mac: this project's machines are Linux only (see `hvf/README.md`); the
+//! `typecheck-macos` feature type-checks it on any host against applevisor's
+//! API, which is what `scripts/check-macos` falls back to. It does
+//! not yet implement `msbvm_vmm::hypervisor`'s traits, because `msbvm-vmm`
+//! itself does not build on macOS (its trait names Linux's `EventFd`).
 #![forbid(unsafe_code)]
+
+pub mod esr;
+pub mod exit;
+pub mod mmio;
+pub mod psci;
+pub mod regs;
+
+#[cfg(test)]
+mod fake;
+
+#[cfg(any(target_os = "macos", feature = "typecheck-macos"))]
+pub mod macos;

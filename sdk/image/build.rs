@@ -10,7 +10,24 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
+/// The host's static busybox (also the target's when not cross-compiling).
 const BUSYBOX: &str = "/bin/busybox";
+/// Names the target's static busybox when cross-compiling.
+const BUSYBOX_ENV: &str = "MSBVM_DEFAULT_IMAGE_BUSYBOX";
+
+/// The busybox to embed, and whether it runs on this (the build) machine.
+fn busybox_source() -> (PathBuf, bool) {
+    let target = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
+    let native = target.is_empty() || target == std::env::consts::ARCH;
+    match std::env::var_os(BUSYBOX_ENV).filter(|v| !v.is_empty()) {
+        Some(path) => (PathBuf::from(path), native),
+        None if native => (PathBuf::from(BUSYBOX), true),
+        None => fail(&format!(
+            "this build is for {target} and {BUSYBOX} is the host's; set {BUSYBOX_ENV} to a \
+             static busybox for {target} (scripts/setup-arm64 does)"
+        )),
+    }
+}
 
 /// Applets linked into `/bin` (those this busybox lacks are left out).
 const APPLETS: &[&str] = &[
@@ -126,9 +143,11 @@ enum Node {
 }
 
 fn main() {
-    println!("cargo:rerun-if-changed={BUSYBOX}");
+    println!("cargo:rerun-if-env-changed={BUSYBOX_ENV}");
+    let (path, native) = busybox_source();
+    println!("cargo:rerun-if-changed={}", path.display());
     println!("cargo:rerun-if-changed=build.rs");
-    let layer = layer_tar(&tree(read_busybox()));
+    let layer = layer_tar(&tree(read_busybox(&path, native), &path, native));
     let diff_id = format!("sha256:{:x}", Sha256::digest(&layer));
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     gz.write_all(&layer)
@@ -144,16 +163,17 @@ fn main() {
     );
 }
 
-/// The host's static busybox, patched (see [`without_wget_timeout_crash`]).
-fn read_busybox() -> Vec<u8> {
-    let busybox = match std::fs::read(BUSYBOX) {
+/// The static busybox at `path`, patched (see [`without_wget_timeout_crash`]).
+fn read_busybox(path: &Path, native: bool) -> Vec<u8> {
+    let busybox = match std::fs::read(path) {
         Ok(b) => b,
-        Err(e) => fail(&format!("cannot read {BUSYBOX} ({e})")),
+        Err(e) => fail(&format!("cannot read {} ({e})", path.display())),
     };
-    let busybox = without_wget_timeout_crash(busybox);
+    let busybox = without_wget_timeout_crash(busybox, path, native);
     if !is_static_elf(&busybox) {
         fail(&format!(
-            "{BUSYBOX} is not a statically linked ELF executable"
+            "{} is not a statically linked ELF executable",
+            path.display()
         ));
     }
     busybox
@@ -161,11 +181,12 @@ fn read_busybox() -> Vec<u8> {
 
 /// The default image's tree: directories, busybox and the applets it has, a few `/etc`
 /// files.
-fn tree(busybox: Vec<u8>) -> BTreeMap<String, Node> {
-    let available = Command::new(BUSYBOX)
-        .arg("--list")
-        .output()
-        .ok()
+fn tree(busybox: Vec<u8>, path: &Path, native: bool) -> BTreeMap<String, Node> {
+    // A foreign busybox cannot say which applets it has: link them all (the distribution's
+    // builds for every architecture share one configuration).
+    let available = native
+        .then(|| Command::new(path).arg("--list").output().ok())
+        .flatten()
         .filter(|o| o.status.success())
         .map(|o| {
             String::from_utf8_lossy(&o.stdout)
@@ -277,9 +298,11 @@ const WGET_OPTIONS: &[u8] = b"^cqSO:o:P:Y:U:T:+";
 /// the rest of the option string and its complementary rules left by one;
 /// nothing points into them but the start. The patched binary is run once
 /// to prove it.
-fn without_wget_timeout_crash(busybox: Vec<u8>) -> Vec<u8> {
+fn without_wget_timeout_crash(busybox: Vec<u8>, path: &Path, native: bool) -> Vec<u8> {
     let dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("bb");
-    if !wget_timeout_crashes(Path::new(BUSYBOX)) {
+    // A foreign busybox is patched whenever its option string has the bug's form: it cannot
+    // be run here to find out.
+    if native && !wget_timeout_crashes(path) {
         return busybox;
     }
     let starts: Vec<usize> = busybox
@@ -305,6 +328,9 @@ fn without_wget_timeout_crash(busybox: Vec<u8>) -> Vec<u8> {
     let mut patched = busybox.clone();
     patched.copy_within(plus + 1..=end, plus);
     patched[end] = 0;
+    if !native {
+        return patched;
+    }
     std::fs::create_dir_all(&dir)
         .unwrap_or_else(|e| fail(&format!("creating {}: {e}", dir.display())));
     let copy = dir.join("busybox");

@@ -14,10 +14,21 @@ use msbvm_kernel::initramfs::Initramfs;
 pub use msbvm_kernel::Progress;
 
 use crate::error::{Error, Result};
+use crate::l1_arch::L1Arch;
 use crate::nested::NestedVmBuilder;
 
-/// The target triple the static binaries are built for.
+/// The target triple the static binaries are built for (for an x86_64 L1; see
+/// [`L1Arch::target_triple`]).
 pub const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
+/// Environment variable naming the cargo that cross-builds for aarch64 (default
+/// [`CROSS_CARGO`]).
+pub const CROSS_CARGO_ENV: &str = "MSBVM_CROSS_CARGO";
+/// The distribution's cargo (`cargo-web`), whose `rustc-web` has the arm64 standard library
+/// from multiarch (`libstd-rust-web-dev:arm64`): rustup cannot download targets here
+/// (PLATFORM.md). `scripts/setup-arm64` installs it.
+pub const CROSS_CARGO: &str = "/usr/bin/cargo";
+/// The linker for aarch64 (package `gcc-aarch64-linux-gnu`).
+pub const CROSS_LINKER: &str = "aarch64-linux-gnu-gcc";
 /// Environment variable naming a directory that already holds static `msbvm` and `msbvm-init`.
 pub const STATIC_DIR_ENV: &str = "MSBVM_STATIC_DIR";
 /// Where `msbvm` is put in L1.
@@ -52,17 +63,26 @@ pub struct StaticBinaries {
     pub extra: BTreeMap<String, PathBuf>,
 }
 
-/// Builds static binaries with `cargo build --release --target x86_64-unknown-linux-gnu`.
+/// Builds static binaries with `cargo build --release --target x86_64-unknown-linux-gnu` (or,
+/// for an aarch64 L1, cross-built for `aarch64-unknown-linux-gnu`).
 #[derive(Debug, Clone, Default)]
 pub struct StaticBuild {
     /// Extra (package, binary) pairs.
     extra: Vec<(String, String)>,
+    /// The architecture they run on.
+    arch: L1Arch,
 }
 
 impl StaticBuild {
     /// A build of `msbvm` (package msbvm-cli) and `msbvm-init` (package msbvm-guest-agent).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Builds for an L1 of architecture `arch` (x86_64 by default).
+    pub fn arch(mut self, arch: L1Arch) -> Self {
+        self.arch = arch;
+        self
     }
 
     /// Also builds binary `bin` of `package`, in the same cargo invocation.
@@ -78,10 +98,7 @@ impl StaticBuild {
         let given = std::env::var_os(STATIC_DIR_ENV)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from);
-        let out_dir = target_dir()
-            .join("static")
-            .join(STATIC_TARGET)
-            .join("release");
+        let out_dir = static_out_dir(self.arch);
         let mut todo: Vec<(&str, &str)> = Vec::new();
         if given.is_none() {
             todo.push(("msbvm-cli", "msbvm"));
@@ -97,7 +114,7 @@ impl StaticBuild {
             }
         }
         if !todo.is_empty() {
-            cargo_build_static(&todo)?;
+            cargo_build_static(&todo, self.arch)?;
             for (_, bin) in &todo {
                 found.insert(bin.to_string(), out_dir.join(bin));
             }
@@ -122,11 +139,8 @@ impl StaticBuild {
 /// that their dependencies' features do not change (and so rebuild) `msbvm`'s; returns each
 /// binary's path by name, checked to be static.
 pub fn build_static_bins(todo: &[(&str, &str)]) -> Result<BTreeMap<String, PathBuf>> {
-    cargo_build_static(todo)?;
-    let out_dir = target_dir()
-        .join("static")
-        .join(STATIC_TARGET)
-        .join("release");
+    cargo_build_static(todo, L1Arch::X86_64)?;
+    let out_dir = static_out_dir(L1Arch::X86_64);
     let mut built = BTreeMap::new();
     for (_, bin) in todo {
         let path = out_dir.join(bin);
@@ -136,9 +150,33 @@ pub fn build_static_bins(todo: &[(&str, &str)]) -> Result<BTreeMap<String, PathB
     Ok(built)
 }
 
-/// Runs one static cargo build of the given (package, binary) pairs.
-fn cargo_build_static(todo: &[(&str, &str)]) -> Result<()> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+/// Where the static release binaries for `arch` land.
+pub fn static_out_dir(arch: L1Arch) -> PathBuf {
+    target_dir()
+        .join("static")
+        .join(arch.target_triple())
+        .join("release")
+}
+
+/// Runs one static cargo build of the given (package, binary) pairs for `arch`.
+fn cargo_build_static(todo: &[(&str, &str)], arch: L1Arch) -> Result<()> {
+    let cross = arch != L1Arch::host();
+    let cargo = if cross {
+        std::env::var_os(CROSS_CARGO_ENV)
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| CROSS_CARGO.into())
+    } else {
+        std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+    };
+    if cross && !crate::distro::have_program(&cargo.to_string_lossy()) {
+        return Err(Error::missing(
+            format!(
+                "{} (a cargo with the {arch} standard library)",
+                cargo.to_string_lossy()
+            ),
+            "scripts/setup-arm64",
+        ));
+    }
     let root = workspace_root();
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(&root)
@@ -146,10 +184,29 @@ fn cargo_build_static(todo: &[(&str, &str)]) -> Result<()> {
             "build",
             "--release",
             "--target",
-            STATIC_TARGET,
+            arch.target_triple(),
             "--target-dir",
         ])
         .arg(target_dir().join("static"));
+    if cross {
+        // The distribution's cargo must use the distribution's rustc (rustup's proxies,
+        // first in PATH, have no arm64 standard library), and link with the cross gcc.
+        cmd.env("RUSTC", "/usr/bin/rustc")
+            .env("RUSTDOC", "/usr/bin/rustdoc")
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env(
+                format!(
+                    "CARGO_TARGET_{}_LINKER",
+                    arch.target_triple().to_uppercase().replace('-', "_")
+                ),
+                CROSS_LINKER,
+            )
+            // The default image embedded in msbvm carries the target's busybox.
+            .env(
+                "MSBVM_DEFAULT_IMAGE_BUSYBOX",
+                crate::distro::foreign_file("busybox-static", arch, "bin/busybox")?,
+            );
+    }
     let mut packages: Vec<&str> = todo.iter().map(|(p, _)| *p).collect();
     packages.sort_unstable();
     packages.dedup();
@@ -191,7 +248,7 @@ pub fn check_static(path: &Path) -> Result<()> {
         Ok(Some(interp)) => Err(Error::BadArtifact {
             path: path.to_path_buf(),
             reason: format!(
-                "dynamically linked (interpreter {interp}); build it with RUSTFLAGS=\"-C target-feature=+crt-static\" and --target {STATIC_TARGET}"
+                "dynamically linked (interpreter {interp}); build it with RUSTFLAGS=\"-C target-feature=+crt-static\" and an explicit --target"
             ),
         }),
         Ok(None) => Ok(()),

@@ -1,9 +1,11 @@
 //! The distribution kernel that runs the L1 machine, and its kvm modules.
 //!
-//! L1 needs a kernel with `kvm-amd` as a module; the distribution's stock kernel
+//! An x86_64 L1 needs a kernel with `kvm-amd` as a module; the distribution's stock kernel
 //! (`linux-image-amd64` -> `linux-image-<version>-amd64`) has it and is a download away, so we
 //! fetch it with `apt-get download` once, unpack it with `dpkg -x` into the user's cache and
-//! reuse it. Module dependencies come from `modules.dep`; the package ships without one (it is
+//! reuse it. An aarch64 L1 runs the arm64 build (`linux-image-arm64`, KVM built in), fetched the
+//! same way once the host knows the arm64 architecture (`dpkg --add-architecture arm64`).
+//! Module dependencies come from `modules.dep`; the package ships without one (it is
 //! made by `depmod` at install time), so we run `depmod -b` on the unpacked tree once.
 
 use std::collections::BTreeMap;
@@ -12,9 +14,25 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::error::{Error, Result};
+use crate::l1_arch::L1Arch;
 
-/// The meta-package whose dependency names the current kernel package.
-const META_PACKAGE: &str = "linux-image-amd64";
+/// The meta-package whose dependency names the current kernel package for `arch`.
+fn meta_package(arch: L1Arch) -> String {
+    format!("linux-image-{}", arch.debian_arch())
+}
+
+/// The package name apt needs: foreign architectures are named with their suffix.
+fn apt_name(package: &str, arch: L1Arch) -> String {
+    if arch == L1Arch::host() {
+        package.to_string()
+    } else {
+        format!("{package}:{}", arch.debian_arch())
+    }
+}
+
+/// Where the hint says to add the arm64 architecture to apt.
+const FOREIGN_ARCH_HINT: &str =
+    "dpkg --add-architecture arm64 && apt-get update (scripts/setup-arm64 does it)";
 
 /// The cache directory of the nested harness: `$XDG_CACHE_HOME/msbvm/nested`, or
 /// `~/.cache/msbvm/nested`.
@@ -135,6 +153,11 @@ impl DistroKernel {
     /// The package name comes from `apt-cache depends linux-image-amd64`; when that fails
     /// (no package lists, offline) the newest kernel already in the cache is used.
     pub fn locate_or_fetch() -> Result<Self> {
+        Self::locate_or_fetch_for(L1Arch::X86_64)
+    }
+
+    /// [`DistroKernel::locate_or_fetch`] for an L1 of architecture `arch`.
+    pub fn locate_or_fetch_for(arch: L1Arch) -> Result<Self> {
         // Tests of one process run on several threads and share the process id the download
         // directories are named by: one thread fetches, the others wait and use its copy.
         static FETCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -142,16 +165,16 @@ impl DistroKernel {
         let cache = cache_dir();
         fs::create_dir_all(&cache)
             .map_err(Error::io(format!("cannot create {}", cache.display())))?;
-        let package = match resolve_package() {
+        let package = match resolve_package(arch) {
             Ok(p) => p,
-            Err(why) => match newest_cached(&cache) {
+            Err(why) => match newest_cached(&cache, arch) {
                 Some(p) => p,
                 None => return Err(Error::DistroKernel(why)),
             },
         };
         let root = cache.join(&package);
         if !root.join("boot").is_dir() {
-            download(&package, &cache, &root)?;
+            download(&apt_name(&package, arch), "the L1 kernel", &cache, &root)?;
         }
         Self::open(&root, &package)
     }
@@ -260,14 +283,22 @@ impl DistroKernel {
 }
 
 /// The current kernel package name, from the meta-package's dependency.
-fn resolve_package() -> std::result::Result<String, String> {
+fn resolve_package(arch: L1Arch) -> std::result::Result<String, String> {
     if !have_program("apt-cache") {
         return Err("apt-cache is not available (this harness needs a Debian-based host)".into());
     }
+    let meta = meta_package(arch);
     let text = output(
-        Command::new("apt-cache").args(["depends", META_PACKAGE]),
-        "apt-cache depends linux-image-amd64",
-    )?;
+        Command::new("apt-cache").args(["depends", &apt_name(&meta, arch)]),
+        &format!("apt-cache depends {meta}"),
+    )
+    .map_err(|e| {
+        if arch == L1Arch::host() {
+            e
+        } else {
+            format!("{e}; for an {arch} L1 run {FOREIGN_ARCH_HINT}")
+        }
+    })?;
     text.lines()
         .filter_map(|l| l.trim().strip_prefix("Depends:"))
         .map(str::trim)
@@ -275,34 +306,66 @@ fn resolve_package() -> std::result::Result<String, String> {
             p.strip_prefix("linux-image-")
                 .is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit()))
         })
-        .map(str::to_string)
+        // apt-cache names a foreign package with its architecture: `linux-image-...:arm64`.
+        .map(|p| p.split(':').next().unwrap_or(p).to_string())
         .ok_or_else(|| {
-            format!("apt-cache names no linux-image-<version> package for {META_PACKAGE}; run `apt-get update`")
+            format!(
+                "apt-cache names no linux-image-<version> package for {meta}; run `apt-get update`"
+            )
         })
 }
 
 /// The newest fully unpacked kernel package in the cache.
-fn newest_cached(cache: &Path) -> Option<String> {
+fn newest_cached(cache: &Path, arch: L1Arch) -> Option<String> {
+    let suffix = format!("-{}", arch.debian_arch());
     let mut names: Vec<String> = fs::read_dir(cache)
         .ok()?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("linux-image-") && !n.contains(".part"))
+        .filter(|n| n.starts_with("linux-image-") && n.ends_with(&suffix))
         .filter(|n| cache.join(n).join("boot").is_dir())
         .collect();
     names.sort();
     names.pop()
 }
 
+/// A file (`path`, relative to the package's root) of the distribution package `package` built
+/// for `arch`, downloaded and unpacked into the cache on first use (never installed: a foreign
+/// `busybox-static` would replace the host's own).
+pub fn foreign_file(package: &str, arch: L1Arch, path: &str) -> Result<PathBuf> {
+    static FETCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = FETCH.lock().unwrap_or_else(|e| e.into_inner());
+    let cache = cache_dir();
+    fs::create_dir_all(&cache).map_err(Error::io(format!("cannot create {}", cache.display())))?;
+    let root = cache.join(format!("{package}-{}", arch.debian_arch()));
+    let file = root.join(path);
+    if !file.is_file() {
+        let _ = fs::remove_dir_all(&root);
+        download(&apt_name(package, arch), "for L1", &cache, &root).map_err(|e| match e {
+            Error::DistroKernel(why) if arch != L1Arch::host() => {
+                Error::DistroKernel(format!("{why}; for an {arch} L1 run {FOREIGN_ARCH_HINT}"))
+            }
+            e => e,
+        })?;
+    }
+    if !file.is_file() {
+        return Err(Error::DistroKernel(format!(
+            "{} has no {path}; delete it to fetch it again",
+            root.display()
+        )));
+    }
+    Ok(file)
+}
+
 /// Downloads `package` with apt-get and unpacks it into `root`.
-fn download(package: &str, cache: &Path, root: &Path) -> Result<()> {
+fn download(package: &str, what: &str, cache: &Path, root: &Path) -> Result<()> {
     for (tool, install) in [("apt-get", "apt"), ("dpkg", "dpkg")] {
         if !have_program(tool) {
             return Err(Error::missing(tool, format!("apt-get install {install}")));
         }
     }
     eprintln!(
-        "msbvm-nested: downloading {package} (the L1 kernel) into {}",
+        "msbvm-nested: downloading {package} ({what}) into {}",
         cache.display()
     );
     // Per-process names, so that two test processes fetching at once do not collide.
@@ -333,7 +396,7 @@ fn download(package: &str, cache: &Path, root: &Path) -> Result<()> {
         match fs::rename(&part, root) {
             Ok(()) => Ok(()),
             // Another process finished first: use its copy.
-            Err(_) if root.join("boot").is_dir() => {
+            Err(_) if root.is_dir() => {
                 let _ = fs::remove_dir_all(&part);
                 Ok(())
             }

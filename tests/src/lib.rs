@@ -7,6 +7,7 @@
 //!
 //! - [`nested`]: the L1 machine (`NestedVm::builder()...run(&[...])`),
 //! - [`distro`]: the L1 kernel and its modules, fetched once into the cache,
+//! - [`l1_arch`]: what differs between an x86_64 and an aarch64 L1,
 //! - [`artifacts`]: static `msbvm`/`msbvm-init`, the guest kernel, the guest's initramfs,
 //! - [`report`]: parsing what `msbvm boot` and `msbvm-init` print, batching runs in one L1,
 //! - [`console`]: cleaning the serial console,
@@ -23,6 +24,7 @@ pub mod console;
 pub mod distro;
 pub mod e2e;
 pub mod error;
+pub mod l1_arch;
 pub mod liveness;
 pub mod nested;
 pub mod registry;
@@ -32,5 +34,6 @@ pub mod test_image;
 pub mod tls_peers;
 
 pub use error::{Error, Result};
+pub use l1_arch::L1Arch;
 pub use nested::{NestedOutput, NestedVm, NestedVmBuilder, Stream};
 pub use skip::or_skip;

@@ -47,6 +47,17 @@ pub fn qemu_args(heartbeat: &Path, monitor: &Path) -> Vec<String> {
     ]
 }
 
+/// The QEMU arguments for a machine with a single serial port (the console on stdio, no
+/// heartbeat) and the monitor socket.
+pub fn qemu_args_without_heartbeat(monitor: &Path) -> Vec<String> {
+    vec![
+        "-serial".into(),
+        "stdio".into(),
+        "-monitor".into(),
+        format!("unix:{},server=on,wait=off", monitor.display()),
+    ]
+}
+
 /// Watches the heartbeat file of one L1 run.
 pub struct Heartbeat {
     path: PathBuf,

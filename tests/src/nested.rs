@@ -19,10 +19,11 @@ use msbvm_kernel::initramfs::Initramfs;
 use crate::console::{tail, LineCleaner};
 use crate::distro::{have_program, DistroKernel};
 use crate::error::{Error, Result, INSTALL_HINT};
+use crate::l1_arch::L1Arch;
 use crate::liveness::{self, Heartbeat};
 use crate::report::shell_command;
 
-/// The QEMU binary that runs L1.
+/// The QEMU binary that runs an x86_64 L1 (see [`L1Arch::qemu`] for the others).
 pub const QEMU: &str = "qemu-system-x86_64";
 /// Where busybox (static) comes from on the host.
 pub const HOST_BUSYBOX: &str = "/bin/busybox";
@@ -32,6 +33,11 @@ pub const DEFAULT_MODULES: [&str; 3] = ["kvm-amd", "vhost_vsock", "tun"];
 /// `cryptomgr.notests` skips the crypto self-tests: seconds of emulated work that L1 does not
 /// need (and where it once stalled in a soft lockup).
 pub const L1_CMDLINE: &str = "console=ttyS0 panic=-1 reboot=k quiet loglevel=3 cryptomgr.notests";
+
+/// [`L1_CMDLINE`] with the console of `arch`.
+pub fn l1_cmdline(arch: L1Arch) -> String {
+    L1_CMDLINE.replace("console=ttyS0", &format!("console={}", arch.console()))
+}
 /// Printed by the L1 init script once modules are loaded, just before the command runs.
 pub const READY_MARKER: &str = "msbvm-nested: L1 ready";
 /// Printed by the L1 init script with the command's exit status: `msbvm-nested: exit=<n>`.
@@ -101,6 +107,7 @@ impl NestedVm {
             modules: DEFAULT_MODULES.iter().map(|m| m.to_string()).collect(),
             files: Vec::new(),
             stream: Stream::Off,
+            arch: L1Arch::X86_64,
         }
     }
 }
@@ -129,12 +136,25 @@ pub struct NestedVmBuilder {
     modules: Vec<String>,
     files: Vec<Addition>,
     stream: Stream,
+    arch: L1Arch,
 }
 
 impl NestedVmBuilder {
     /// Memory of the L1 machine in MiB (the initramfs lives in it too).
     pub fn memory_mib(mut self, mib: u32) -> Self {
         self.memory_mib = mib;
+        self
+    }
+
+    /// The architecture L1 emulates (x86_64 by default). Also resets the modules to that
+    /// architecture's defaults ([`L1Arch::default_modules`]): call it before [`Self::module`].
+    pub fn arch(mut self, arch: L1Arch) -> Self {
+        self.arch = arch;
+        self.modules = arch
+            .default_modules()
+            .iter()
+            .map(|m| m.to_string())
+            .collect();
         self
     }
 
@@ -205,8 +225,8 @@ impl NestedVmBuilder {
     /// Runs a busybox `sh` script in L1 (working directory /tmp) and returns the status it
     /// exits with and the console.
     pub fn run_script(self, script: &str) -> Result<NestedOutput> {
-        check_host_tools()?;
-        let kernel = DistroKernel::locate_or_fetch()?;
+        check_host_tools_for(self.arch)?;
+        let kernel = DistroKernel::locate_or_fetch_for(self.arch)?;
         let cpio = self.initramfs(&kernel, script)?;
         let file = TempFile::new("l1-initramfs", "cpio");
         let write = || -> std::io::Result<()> {
@@ -261,7 +281,7 @@ impl NestedVmBuilder {
             cpio.dir(d, 0o755);
         }
         cpio.char_dev("/dev/console", 0o600, 5, 1);
-        add_host(&mut cpio, "/bin/busybox", Path::new(HOST_BUSYBOX))?;
+        add_host(&mut cpio, "/bin/busybox", &self.arch.busybox()?)?;
 
         let names: Vec<&str> = self.modules.iter().map(String::as_str).collect();
         let modules = kernel.modules(&names)?;
@@ -284,7 +304,11 @@ impl NestedVmBuilder {
         }
         cpio.file("/inner.sh", 0o755, script.as_bytes().to_vec());
         let modules: Vec<&str> = modules.iter().map(|m| m.name.as_str()).collect();
-        cpio.file("/init", 0o755, init_script(&modules));
+        cpio.file(
+            "/init",
+            0o755,
+            init_script(&modules, self.arch.has_heartbeat_port()),
+        );
         Ok(cpio)
     }
 
@@ -320,8 +344,14 @@ impl NestedVmBuilder {
         beat: &Path,
         monitor: &Path,
     ) -> Result<Child> {
-        Command::new(QEMU)
-            .args(["-M", "q35", "-cpu", "max,+svm"])
+        let qemu = self.arch.qemu();
+        let serial_and_monitor = if self.arch.has_heartbeat_port() {
+            liveness::qemu_args(beat, monitor)
+        } else {
+            liveness::qemu_args_without_heartbeat(monitor)
+        };
+        Command::new(qemu)
+            .args(self.arch.machine_args())
             .args([
                 "-smp",
                 &self.cpus.to_string(),
@@ -330,18 +360,18 @@ impl NestedVmBuilder {
             ])
             // No NIC: it would only add an iPXE option ROM to the boot.
             .args(["-nographic", "-no-reboot", "-nic", "none"])
-            .args(liveness::qemu_args(beat, monitor))
+            .args(serial_and_monitor)
             .arg("-kernel")
             .arg(vmlinuz)
             .arg("-initrd")
             .arg(initrd)
-            .args(["-append", L1_CMDLINE])
+            .args(["-append", &l1_cmdline(self.arch)])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| Error::QemuStart {
-                reason: format!("cannot start {QEMU}: {e}"),
+                reason: format!("cannot start {qemu}: {e}"),
                 console_tail: String::new(),
             })
     }
@@ -570,10 +600,19 @@ fn add_host(cpio: &mut Initramfs, l1: &str, host: &Path) -> Result<()> {
 
 /// Fails with a clear message when QEMU or busybox is missing on the host.
 pub fn check_host_tools() -> Result<()> {
-    if !have_program(QEMU) {
-        return Err(Error::missing(QEMU, INSTALL_HINT));
+    check_host_tools_for(L1Arch::X86_64)
+}
+
+/// [`check_host_tools`] for an L1 of architecture `arch`.
+pub fn check_host_tools_for(arch: L1Arch) -> Result<()> {
+    let qemu = arch.qemu();
+    if !have_program(qemu) {
+        return Err(Error::missing(
+            qemu,
+            format!("apt-get install {}", arch.qemu_package()),
+        ));
     }
-    if !Path::new(HOST_BUSYBOX).is_file() {
+    if arch == L1Arch::X86_64 && !Path::new(HOST_BUSYBOX).is_file() {
         return Err(Error::missing(HOST_BUSYBOX, INSTALL_HINT));
     }
     Ok(())
@@ -589,7 +628,7 @@ pub fn exit_status(console: &str) -> Option<i32> {
 }
 
 /// The L1 init: mounts, modules, the caller's script, the exit marker, power off.
-fn init_script(modules: &[&str]) -> Vec<u8> {
+fn init_script(modules: &[&str], heartbeat: bool) -> Vec<u8> {
     let mut s = String::from(
         "#!/bin/busybox sh\n\
          /bin/busybox --install -s\n\
@@ -607,7 +646,9 @@ fn init_script(modules: &[&str]) -> Vec<u8> {
         ));
     }
     s.push_str("[ -c /dev/kvm ] || echo 'msbvm-nested: warning: no /dev/kvm in L1'\n");
-    s.push_str(&liveness::heartbeat_line());
+    if heartbeat {
+        s.push_str(&liveness::heartbeat_line());
+    }
     // A newline first: the quiet L1 kernel may print nothing after the firmware's last,
     // unterminated line ("Booting from ROM..."), and the marker must not share a line with
     // firmware noise, which the console cleaner drops (then a retried run never counted as
@@ -738,7 +779,7 @@ mod tests {
 
     #[test]
     fn init_script_loads_modules_then_runs() {
-        let s = String::from_utf8(init_script(&["kvm", "kvm_amd"])).unwrap();
+        let s = String::from_utf8(init_script(&["kvm", "kvm_amd"], true)).unwrap();
         let kvm = s.find("insmod /mods/kvm.ko").unwrap();
         let amd = s.find("insmod /mods/kvm_amd.ko").unwrap();
         let run = s.find("/inner.sh").unwrap();

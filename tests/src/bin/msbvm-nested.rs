@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use msbvm_tests::artifacts::{GuestArtifacts, Progress, StaticBuild};
-use msbvm_tests::{Error, NestedVm, Stream};
+use msbvm_tests::{Error, L1Arch, NestedVm, Stream};
 
 const USAGE: &str = "\
 usage: msbvm-nested [OPTIONS] boot [MSBVM-BOOT-ARGS...]
@@ -35,6 +35,8 @@ options:
   --l1-memory MIB    memory of the L1 machine (default 2048)
   --l1-cpus N        vCPUs of the L1 machine (default 1)
   --timeout SECS     kill L1 after this long (default 900)
+  --arch ARCH        x86_64 (default) or aarch64 (arm64): an arm64 L1 (QEMU virt with EL2)
+                     running msbvm cross-built for arm64 (set up by scripts/setup-arm64)
   --bare             do not build or add msbvm, the guest kernel and initramfs
   -h, --help         this text
 
@@ -52,6 +54,7 @@ struct Args {
     memory_mib: u32,
     cpus: u32,
     timeout: Duration,
+    arch: L1Arch,
     bare: bool,
     /// `Some(args)` for `boot ARGS`, `None` for `-- COMMAND`.
     boot: Option<Vec<String>>,
@@ -67,6 +70,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
         memory_mib: 2048,
         cpus: 1,
         timeout: Duration::from_secs(900),
+        arch: L1Arch::X86_64,
         bare: false,
         boot: None,
         run: None,
@@ -92,6 +96,13 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
             "--l1-memory" => args.memory_mib = number(value(&mut argv, &a)?, &a)?,
             "--l1-cpus" => args.cpus = number(value(&mut argv, &a)?, &a)?,
             "--timeout" => args.timeout = Duration::from_secs(number(value(&mut argv, &a)?, &a)?),
+            "--arch" => {
+                args.arch = match value(&mut argv, &a)?.as_str() {
+                    "x86_64" | "amd64" => L1Arch::X86_64,
+                    "aarch64" | "arm64" => L1Arch::Aarch64,
+                    other => return Err(format!("--arch: x86_64 or aarch64, not {other}")),
+                }
+            }
             "--bare" => args.bare = true,
             "boot" => {
                 args.boot = Some(argv.collect());
@@ -129,13 +140,16 @@ fn has_option(args: &[String], opt: &str) -> bool {
 /// Prepares and runs L1; returns the inner exit status.
 fn run(args: Args) -> Result<i32, Error> {
     let mut vm = NestedVm::builder()
+        .arch(args.arch)
         .memory_mib(args.memory_mib)
         .cpus(args.cpus)
         .timeout(args.timeout)
         .stream(Stream::Stdout);
     let mut command = args.command;
     if !args.bare {
-        let build = StaticBuild::new().bin("msbvm-guest-agent", "msbvm-agent");
+        let build = StaticBuild::new()
+            .arch(args.arch)
+            .bin("msbvm-guest-agent", "msbvm-agent");
         let artifacts = GuestArtifacts::prepare(&build, Progress::auto())?;
         vm = artifacts.add_to(vm);
         if let Some(agent) = artifacts.binaries.extra.get("msbvm-agent") {

@@ -6,6 +6,7 @@
 //! `aarch64` sibling of [`x86_64`] can provide the same names without the core
 //! changing.
 
+pub mod aarch64;
 pub mod x86_64;
 
 pub use self::x86_64::boot;

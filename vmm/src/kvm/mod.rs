@@ -4,6 +4,8 @@
 //! in KVM's form ([`cpuid`]) and the initial registers ([`regs`]) are KVM's
 //! x86 set-up.
 
+#[cfg(target_arch = "aarch64")]
+pub mod aarch64;
 pub mod cpuid;
 pub mod regs;
 mod state;

@@ -1,0 +1,29 @@
+//! The arm64 guest architecture: the address map, the Linux `Image` boot
+//! protocol, the flattened device tree and the register values a vCPU enters
+//! the kernel with.
+//!
+//! Everything here is plain data and logic, so it compiles (and its unit tests
+//! run) on every host; only the KVM calls that need aarch64-only kvm-bindings
+//! items will be `#[cfg(target_arch = "aarch64")]`. The core does not use this
+//! module yet: `arch/mod.rs` still re-exports only x86_64 names (see the
+//! branch report for what remains to wire).
+
+pub mod fdt;
+pub mod image;
+pub mod layout;
+pub mod regs;
+
+/// The default kernel command line for arm64 guests. `earlycon` points at the
+/// console UART so boot messages appear before the 8250 driver probes; there
+/// is no `reboot=` because arm64 reboots and powers off through PSCI, which
+/// KVM turns into system events.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 earlycon=uart,mmio,0x9000000 panic=-1 quiet";
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn earlycon_names_the_console_uart() {
+        let addr = format!("earlycon=uart,mmio,{:#x}", super::layout::SERIAL_MMIO_START);
+        assert!(super::DEFAULT_CMDLINE.contains(&addr));
+    }
+}
