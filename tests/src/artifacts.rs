@@ -29,8 +29,18 @@ pub const CROSS_CARGO_ENV: &str = "MSBVM_CROSS_CARGO";
 pub const CROSS_CARGO: &str = "/usr/bin/cargo";
 /// The linker for aarch64 (package `gcc-aarch64-linux-gnu`).
 pub const CROSS_LINKER: &str = "aarch64-linux-gnu-gcc";
-/// Environment variable naming a directory that already holds static `msbvm` and `msbvm-init`.
+/// Environment variable naming a directory that already holds static `msbvm` and `msbvm-init`
+/// (for x86_64; see [`static_dir_env`]).
 pub const STATIC_DIR_ENV: &str = "MSBVM_STATIC_DIR";
+
+/// The variable naming a directory of ready static binaries for `arch`: [`STATIC_DIR_ENV`]
+/// for x86_64, `MSBVM_STATIC_DIR_AARCH64` for aarch64.
+pub fn static_dir_env(arch: L1Arch) -> &'static str {
+    match arch {
+        L1Arch::X86_64 => STATIC_DIR_ENV,
+        L1Arch::Aarch64 => "MSBVM_STATIC_DIR_AARCH64",
+    }
+}
 /// Where `msbvm` is put in L1.
 pub const L1_MSBVM: &str = "/bin/msbvm";
 /// Where the guest kernel is put in L1.
@@ -95,7 +105,7 @@ impl StaticBuild {
     /// static. With `MSBVM_STATIC_DIR` set, `msbvm` and `msbvm-init` (and any extra binary found
     /// there) are taken from that directory instead.
     pub fn build(&self) -> Result<StaticBinaries> {
-        let given = std::env::var_os(STATIC_DIR_ENV)
+        let given = std::env::var_os(static_dir_env(self.arch))
             .filter(|v| !v.is_empty())
             .map(PathBuf::from);
         let out_dir = static_out_dir(self.arch);
@@ -139,8 +149,16 @@ impl StaticBuild {
 /// that their dependencies' features do not change (and so rebuild) `msbvm`'s; returns each
 /// binary's path by name, checked to be static.
 pub fn build_static_bins(todo: &[(&str, &str)]) -> Result<BTreeMap<String, PathBuf>> {
-    cargo_build_static(todo, L1Arch::X86_64)?;
-    let out_dir = static_out_dir(L1Arch::X86_64);
+    build_static_bins_for(todo, L1Arch::X86_64)
+}
+
+/// [`build_static_bins`] for an L1 of architecture `arch`.
+pub fn build_static_bins_for(
+    todo: &[(&str, &str)],
+    arch: L1Arch,
+) -> Result<BTreeMap<String, PathBuf>> {
+    cargo_build_static(todo, arch)?;
+    let out_dir = static_out_dir(arch);
     let mut built = BTreeMap::new();
     for (_, bin) in todo {
         let path = out_dir.join(bin);
@@ -289,7 +307,16 @@ pub fn elf_interpreter(elf: &[u8]) -> std::result::Result<Option<String>, &'stat
 
 /// The guest kernel image, built (about 5 minutes, once, cached) if needed.
 pub fn guest_kernel(progress: Progress) -> Result<PathBuf> {
-    msbvm_kernel::build(progress).map_err(|e| Error::GuestKernel(e.to_string()))
+    guest_kernel_for(L1Arch::X86_64, progress)
+}
+
+/// The guest kernel image for `arch` (cross-built for a foreign one), built if needed.
+pub fn guest_kernel_for(arch: L1Arch, progress: Progress) -> Result<PathBuf> {
+    let arch = match arch {
+        L1Arch::X86_64 => msbvm_kernel::Arch::X86_64,
+        L1Arch::Aarch64 => msbvm_kernel::Arch::Aarch64,
+    };
+    msbvm_kernel::build_for(arch, progress).map_err(|e| Error::GuestKernel(e.to_string()))
 }
 
 /// The L2 initramfs of contract 4: `/init` = `msbvm-init` and the directories it mounts on.
@@ -322,7 +349,7 @@ impl GuestArtifacts {
     /// Builds the static binaries (with `build`'s extras), the guest kernel and the initramfs.
     pub fn prepare(build: &StaticBuild, progress: Progress) -> Result<Self> {
         let binaries = build.build()?;
-        let kernel = guest_kernel(progress)?;
+        let kernel = guest_kernel_for(build.arch, progress)?;
         let initrd = l2_initramfs(Some(&binaries.msbvm_init))?;
         Ok(Self {
             binaries,

@@ -7,35 +7,52 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::artifacts::{GuestArtifacts, Progress, StaticBuild, L1_KERNEL, L1_MSBVM};
-use crate::{nested, or_skip, NestedOutput, NestedVm, NestedVmBuilder, Stream};
+use crate::{nested, or_skip, L1Arch, NestedOutput, NestedVm, NestedVmBuilder, Stream};
 
 /// Where the guest agent goes in L1 (beside `msbvm`, where the runtime looks for it).
 pub const L1_AGENT: &str = "/bin/msbvm-agent";
 
 /// The static binaries, guest kernel and initramfs, built once per test process.
 pub fn artifacts() -> &'static GuestArtifacts {
-    static ARTIFACTS: OnceLock<Result<GuestArtifacts, String>> = OnceLock::new();
-    ARTIFACTS
-        .get_or_init(|| {
-            GuestArtifacts::prepare(
-                &StaticBuild::new().bin("msbvm-guest-agent", "msbvm-agent"),
-                Progress::Lines,
-            )
-            .map_err(|e| e.to_string())
-        })
-        .as_ref()
-        .unwrap_or_else(|e| panic!("{e}"))
+    artifacts_for(L1Arch::X86_64)
+}
+
+/// [`artifacts`] for an L1 of architecture `arch` (cross-built for a foreign one).
+pub fn artifacts_for(arch: L1Arch) -> &'static GuestArtifacts {
+    static X86_64: OnceLock<Result<GuestArtifacts, String>> = OnceLock::new();
+    static AARCH64: OnceLock<Result<GuestArtifacts, String>> = OnceLock::new();
+    let cell = match arch {
+        L1Arch::X86_64 => &X86_64,
+        L1Arch::Aarch64 => &AARCH64,
+    };
+    cell.get_or_init(|| {
+        GuestArtifacts::prepare(
+            &StaticBuild::new()
+                .arch(arch)
+                .bin("msbvm-guest-agent", "msbvm-agent"),
+            Progress::Lines,
+        )
+        .map_err(|e| e.to_string())
+    })
+    .as_ref()
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `builder` with msbvm, the agent and the guest kernel in place.
 pub fn with_msbvm(builder: NestedVmBuilder) -> NestedVmBuilder {
-    let agent = artifacts()
+    with_msbvm_for(builder, L1Arch::X86_64)
+}
+
+/// [`with_msbvm`] for an L1 of architecture `arch` (set on `builder` already).
+pub fn with_msbvm_for(builder: NestedVmBuilder, arch: L1Arch) -> NestedVmBuilder {
+    let artifacts = artifacts_for(arch);
+    let agent = artifacts
         .binaries
         .extra
         .get("msbvm-agent")
         .expect("msbvm-agent was built")
         .clone();
-    artifacts().add_to(builder).add_file(agent, L1_AGENT)
+    artifacts.add_to(builder).add_file(agent, L1_AGENT)
 }
 
 /// Where dnsmasq, the network suites' upstream resolver, is on the host (and in L1).

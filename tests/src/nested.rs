@@ -520,8 +520,33 @@ impl NestedVmBuilder {
 /// kernel available (downloaded into the cache on first use). Cheap after the first call, so
 /// tests run it before spending minutes on builds that L1 could not use.
 pub fn preflight() -> Result<()> {
-    check_host_tools()?;
-    DistroKernel::locate_or_fetch().map(drop)
+    preflight_for(L1Arch::X86_64)
+}
+
+/// [`preflight`] for an L1 of architecture `arch`; for a foreign one also the cross toolchain
+/// that builds what runs inside it (`scripts/setup-arm64` installs it).
+pub fn preflight_for(arch: L1Arch) -> Result<()> {
+    check_host_tools_for(arch)?;
+    if arch != L1Arch::host() {
+        let std_dir = format!("/usr/lib/rustlib/{}", arch.target_triple());
+        let linker = crate::artifacts::CROSS_LINKER;
+        for (what, present) in [
+            (
+                crate::artifacts::CROSS_CARGO.to_string(),
+                have_program(crate::artifacts::CROSS_CARGO),
+            ),
+            (
+                format!("{std_dir} (the {arch} Rust standard library)"),
+                Path::new(&std_dir).is_dir(),
+            ),
+            (linker.to_string(), have_program(linker)),
+        ] {
+            if !present {
+                return Err(Error::missing(what, "scripts/setup-arm64"));
+            }
+        }
+    }
+    DistroKernel::locate_or_fetch_for(arch).map(drop)
 }
 
 /// Whether L1's own kernel panicked. Only asked of a run that ended without an exit status
