@@ -27,8 +27,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use msbvm_benches::boot_runs::{self, RunCounts, CPUS, MEMORY_MIB, RUN_TIMEOUT_SECS, TIMING_BIN};
-use msbvm_benches::{bench_mode, error_exit, parse_samples, summarize, table, to_json, BootSetup};
-use msbvm_tests::artifacts::{target_dir, GuestArtifacts, Progress, StaticBuild};
+use msbvm_benches::{
+    bench_mode, error_exit, finish_boot_bench, parse_samples, summarize, table, BootSetup,
+};
+use msbvm_tests::artifacts::{GuestArtifacts, Progress, StaticBuild};
 use msbvm_tests::report::shell_quote;
 use msbvm_tests::{nested, Error, NestedVm, Stream};
 
@@ -75,26 +77,13 @@ fn bench() -> Result<usize, Error> {
         memory_mib: MEMORY_MIB,
         skipped,
     };
-    let json_path = target_dir().join("bench-boot.json");
-    std::fs::write(&json_path, to_json(&setup, &samples, &summaries)).map_err(|source| {
-        Error::Io {
-            context: format!("cannot write {}", json_path.display()),
-            source,
-        }
-    })?;
-    println!("results written to {}", json_path.display());
-    if samples.is_empty() {
-        return Err(Error::NoExitStatus {
-            qemu_status: "the L1 script printed no timing results".into(),
-            console_tail: msbvm_tests::console::tail(&out.console, 40),
-        });
-    }
-    // A peer's failures are only reported; ours make the benchmark fail, after the record.
-    let failed = samples
-        .iter()
-        .filter(|s| s.vmm == "msbvm" && !s.ok())
-        .count();
-    Ok(failed)
+    finish_boot_bench(
+        "bench-boot.json",
+        &setup,
+        &samples,
+        &summaries,
+        &out.console,
+    )
 }
 
 fn main() -> ExitCode {

@@ -33,13 +33,14 @@ use msbvm_benches::boot_arm64::{self, check_arm64_kernel, QEMU_ONLY_ENV};
 use msbvm_benches::boot_runs::{env_count, CPUS, MEMORY_MIB, RUN_TIMEOUT_SECS, TIMING_BIN};
 use msbvm_benches::qemu_arm64::QemuSysroot;
 use msbvm_benches::{
-    bench_mode, by_mode, error_exit, parse_samples, summarize, table, to_json, BootSetup,
+    bench_mode, by_mode, error_exit, finish_boot_bench, parse_samples, summarize, table, BootSetup,
 };
 use msbvm_tests::artifacts::{
-    l2_initramfs, target_dir, GuestArtifacts, Progress, StaticBuild, L1_INITRD, L1_KERNEL,
+    build_static_bins_for, l2_initramfs, GuestArtifacts, Progress, StaticBuild, L1_INITRD,
+    L1_KERNEL,
 };
 use msbvm_tests::report::shell_quote;
-use msbvm_tests::{distro, nested, Error, L1Arch, NestedVm, Stream};
+use msbvm_tests::{nested, Error, L1Arch, NestedVm, Stream};
 
 /// L1's memory: two 256 MiB guests never run at once, but the initramfs (QEMU's sysroot, the
 /// kernel, msbvm) lives in it too.
@@ -58,10 +59,13 @@ struct Prepared {
 /// alone just the timing helper and msbvm-init (cross-built) and a kernel that QEMU boots.
 fn prepare() -> Result<Prepared, Error> {
     if boot_arm64::qemu_only() {
-        let mut bins = boot_arm64::cross_build(&[
-            ("msbvm-benches", TIMING_BIN),
-            ("msbvm-guest-agent", "msbvm-init"),
-        ])?;
+        let mut bins = build_static_bins_for(
+            &[
+                ("msbvm-benches", TIMING_BIN),
+                ("msbvm-guest-agent", "msbvm-init"),
+            ],
+            L1Arch::Aarch64,
+        )?;
         let init = bins.remove("msbvm-init").expect("built");
         let (kernel, kernel_source) = boot_arm64::qemu_only_kernel()?;
         return Ok(Prepared {
@@ -102,8 +106,7 @@ fn bench() -> Result<usize, Error> {
     let common = boot_arm64::common_cmdline();
     let arch = L1Arch::Aarch64;
     // The cheap checks first: minutes of cross-building are no use on a host without L1.
-    nested::check_host_tools_for(arch)?;
-    distro::DistroKernel::locate_or_fetch_for(arch)?;
+    nested::preflight_for(arch)?;
     let qemu = QemuSysroot::prepare()?;
     println!("{}", qemu.describe());
     let prepared = prepare()?;
@@ -161,26 +164,13 @@ fn bench() -> Result<usize, Error> {
         memory_mib: MEMORY_MIB,
         skipped: plan.skipped,
     };
-    let json_path = target_dir().join("bench-boot-arm64.json");
-    std::fs::write(&json_path, to_json(&setup, &samples, &summaries)).map_err(|source| {
-        Error::Io {
-            context: format!("cannot write {}", json_path.display()),
-            source,
-        }
-    })?;
-    println!("results written to {}", json_path.display());
-    if samples.is_empty() {
-        return Err(Error::NoExitStatus {
-            qemu_status: "the L1 script printed no timing results".into(),
-            console_tail: msbvm_tests::console::tail(&out.console, 40),
-        });
-    }
-    // A peer's failures are only reported; ours make the benchmark fail, after the record.
-    let failed = samples
-        .iter()
-        .filter(|s| s.vmm == "msbvm" && !s.ok())
-        .count();
-    Ok(failed)
+    finish_boot_bench(
+        "bench-boot-arm64.json",
+        &setup,
+        &samples,
+        &summaries,
+        &out.console,
+    )
 }
 
 fn main() -> ExitCode {

@@ -8,15 +8,10 @@
 //! otherwise identical command line; and the runs can be made with QEMU alone
 //! ([`QEMU_ONLY_ENV`]), for as long as msbvm's arm64 VMM and guest kernel are not there.
 
-use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use msbvm_tests::artifacts::{
-    check_static, static_out_dir, target_dir, workspace_root, CROSS_CARGO, CROSS_CARGO_ENV,
-    CROSS_LINKER, L1_INITRD, L1_KERNEL, L1_MSBVM,
-};
+use msbvm_tests::artifacts::{L1_INITRD, L1_KERNEL, L1_MSBVM};
 use msbvm_tests::{distro, Error, L1Arch, NestedVmBuilder};
 
 use crate::boot_runs::{self, BootPlan, VmmRuns, CPUS, L1_TIMING, MEMORY_MIB};
@@ -114,88 +109,6 @@ pub fn qemu_only_kernel() -> Result<(PathBuf, String), Error> {
         distro.vmlinuz,
         format!("the distribution's arm64 kernel {}", distro.release),
     ))
-}
-
-/// Cross-builds the given (package, binary) pairs statically for aarch64, the way the
-/// harness builds the x86 ones (same target directory, toolchain and flags, so the two never
-/// rebuild each other's work), and returns each binary's path by name, checked to be static.
-///
-/// Only a bridge: the harness's own `build_static_bins_for(todo, L1Arch::Aarch64)` is not on
-/// this branch yet, and `StaticBuild::new().arch(..)` always builds `msbvm` too, whose aarch64
-/// VMM does not build yet; replace this with the harness's function when it lands.
-pub fn cross_build(todo: &[(&str, &str)]) -> Result<BTreeMap<String, PathBuf>, Error> {
-    let arch = L1Arch::Aarch64;
-    let cargo = std::env::var_os(CROSS_CARGO_ENV)
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| CROSS_CARGO.into());
-    if !distro::have_program(&cargo.to_string_lossy()) {
-        return Err(Error::MissingTool {
-            tool: format!(
-                "{} (a cargo with the aarch64 standard library)",
-                cargo.to_string_lossy()
-            ),
-            install: "scripts/setup-arm64".into(),
-        });
-    }
-    let mut cmd = Command::new(&cargo);
-    cmd.current_dir(workspace_root())
-        .args([
-            "build",
-            "--release",
-            "--target",
-            arch.target_triple(),
-            "--target-dir",
-        ])
-        .arg(target_dir().join("static"))
-        // The distribution's rustc has the arm64 standard library; rustup's does not.
-        .env("RUSTC", "/usr/bin/rustc")
-        .env("RUSTDOC", "/usr/bin/rustdoc")
-        .env_remove("RUSTUP_TOOLCHAIN")
-        .env(
-            format!(
-                "CARGO_TARGET_{}_LINKER",
-                arch.target_triple().to_uppercase().replace('-', "_")
-            ),
-            CROSS_LINKER,
-        )
-        // msbvm-image embeds a busybox: the target's, as in the harness's builds.
-        .env(
-            "MSBVM_DEFAULT_IMAGE_BUSYBOX",
-            distro::foreign_file("busybox-static", arch, "bin/busybox")?,
-        )
-        .env("RUSTFLAGS", "-C target-feature=+crt-static");
-    let mut packages: Vec<&str> = todo.iter().map(|(p, _)| *p).collect();
-    packages.sort_unstable();
-    packages.dedup();
-    for p in packages {
-        cmd.args(["-p", p]);
-    }
-    for (_, b) in todo {
-        cmd.args(["--bin", b]);
-    }
-    let shown = format!("{cmd:?}");
-    eprintln!(
-        "boot_arm64 bench: cross-building for aarch64: {}",
-        todo.iter().map(|(_, b)| *b).collect::<Vec<_>>().join(", ")
-    );
-    let status = cmd.status().map_err(|source| Error::Io {
-        context: format!("cannot run {}", cargo.to_string_lossy()),
-        source,
-    })?;
-    if !status.success() {
-        return Err(Error::Build {
-            command: shown,
-            status: status.to_string(),
-        });
-    }
-    let out = static_out_dir(arch);
-    let mut built = BTreeMap::new();
-    for (_, bin) in todo {
-        let path = out.join(bin);
-        check_static(&path)?;
-        built.insert(bin.to_string(), path);
-    }
-    Ok(built)
 }
 
 /// Words to an argument vector.

@@ -669,6 +669,37 @@ pub fn to_json(setup: &BootSetup, samples: &[Sample], summaries: &[Summary]) -> 
     j
 }
 
+/// The end of a boot benchmark, the same for every architecture: writes the record to
+/// `<target>/<file>`, fails when the L1 script printed no timing result (with the console's
+/// tail), and otherwise returns how many of msbvm's own runs failed (a peer's failures are
+/// only reported; ours make the benchmark fail, after the record).
+pub fn finish_boot_bench(
+    file: &str,
+    setup: &BootSetup,
+    samples: &[Sample],
+    summaries: &[Summary],
+    console: &str,
+) -> Result<usize, msbvm_tests::Error> {
+    let json_path = msbvm_tests::artifacts::target_dir().join(file);
+    std::fs::write(&json_path, to_json(setup, samples, summaries)).map_err(|source| {
+        msbvm_tests::Error::Io {
+            context: format!("cannot write {}", json_path.display()),
+            source,
+        }
+    })?;
+    println!("results written to {}", json_path.display());
+    if samples.is_empty() {
+        return Err(msbvm_tests::Error::NoExitStatus {
+            qemu_status: "the L1 script printed no timing results".into(),
+            console_tail: msbvm_tests::console::tail(console, 40),
+        });
+    }
+    Ok(samples
+        .iter()
+        .filter(|s| s.vmm == "msbvm" && !s.ok())
+        .count())
+}
+
 /// One measurement an in-L1 benchmark script printed on the console, as
 /// `MARKER kind=KIND LABEL=VALUE run=N value=V`.
 #[derive(Debug, Clone, PartialEq)]
