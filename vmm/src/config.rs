@@ -17,7 +17,11 @@ use std::time::Instant;
 ///   trapped port write, so the full boot log (about 12 KiB) is the largest
 ///   single cost of a boot under nested virtualization; append `loglevel=7` to
 ///   see it.
+#[cfg(target_arch = "x86_64")]
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k,panic_w panic=-1 quiet";
+/// The default kernel command line on arm64 (see `arch::aarch64::DEFAULT_CMDLINE`).
+#[cfg(target_arch = "aarch64")]
+pub const DEFAULT_CMDLINE: &str = crate::arch::aarch64::DEFAULT_CMDLINE;
 
 /// Largest kernel command line accepted, with its NUL (the kernel's own
 /// COMMAND_LINE_SIZE on x86).

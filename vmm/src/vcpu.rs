@@ -216,7 +216,7 @@ impl<V: Vcpu> VcpuThread<V> {
         let Ok(state) = self.vcpu.registers() else {
             return fault;
         };
-        fault.rip = state.regs.rip;
+        fault.rip = state.regs.pc();
         fault.regs = Some(state.regs);
         fault.insn_bytes = state.code_at_rip(&self.mem, 15);
         fault

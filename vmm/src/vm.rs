@@ -20,7 +20,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use crate::arch::{self, boot, layout, EntryMode};
 use crate::config::{BootSource, VmConfig};
 use crate::devices::console::{Console, SharedConsole};
-use crate::devices::virtio::{self, VirtioSlots};
+use crate::devices::virtio::{self, VirtioPlacement, VirtioSlots};
 use crate::devices::{self, Buses};
 use crate::exit::{FaultKind, VcpuFault, VmExit};
 use crate::halt::{self, HaltWatch};
@@ -290,12 +290,8 @@ impl<V: Vm> Machine<V> {
                 mib: config.memory_mib,
                 source,
             })?;
-        let (vm, console, buses, announce) = assemble(hypervisor, &mem, config)?;
-        let entry = boot::load(
-            &mem,
-            &with_devices_announced(&config.boot, &announce),
-            config.vcpus,
-        )?;
+        let (vm, console, buses, placements) = assemble(hypervisor, &mem, config)?;
+        let entry = boot::load(&mem, &config.boot, config.vcpus, &placements)?;
         Ok(Machine {
             vm,
             mem,
@@ -477,13 +473,12 @@ impl<V: Vm> Machine<V> {
 
 /// The VM over `mem` with its interrupt controllers, the console and every
 /// device attached in order (the same order on every run of `config`, which
-/// a restore relies on); returns them with the virtio devices' command-line
-/// entries.
+/// a restore relies on); returns them with where the virtio devices went.
 fn assemble<H: Hypervisor>(
     hypervisor: &H,
     mem: &GuestMemory,
     config: &VmConfig,
-) -> Result<(H::Vm, SharedConsole, Buses, Vec<String>), Error> {
+) -> Result<(H::Vm, SharedConsole, Buses, Vec<VirtioPlacement>), Error> {
     let vm = hypervisor.create_vm()?;
     vm.map_memory(mem)?;
     vm.create_irqchip()?;
@@ -492,26 +487,26 @@ fn assemble<H: Hypervisor>(
     let mut buses = Buses::default();
     let register_irq = |event: &_, line| vm.register_irqfd(event, line).map_err(Into::into);
     arch::attach_legacy_devices(register_irq, mem, console.clone(), &mut buses)?;
-    let announce = attach_virtio_devices(&vm, mem, &mut buses, config)?;
-    Ok((vm, console, buses, announce))
+    let placements = attach_virtio_devices(&vm, mem, &mut buses, config)?;
+    Ok((vm, console, buses, placements))
 }
 
-/// Creates every device of `config` and attaches it in order; returns their
-/// command-line entries.
+/// Creates every device of `config` and attaches it in order; returns where
+/// each went.
 fn attach_virtio_devices(
     vm: &impl Vm,
     mem: &GuestMemory,
     buses: &mut Buses,
     config: &VmConfig,
-) -> Result<Vec<String>, devices::Error> {
+) -> Result<Vec<VirtioPlacement>, devices::Error> {
     let mut slots = VirtioSlots::new(layout::VIRTIO_MMIO_START, layout::VIRTIO_IRQS);
-    let mut announce = Vec::new();
+    let mut placements = Vec::new();
     for spec in &config.devices {
         let device = (spec.make)().map_err(|source| devices::Error::Create {
             name: spec.name.clone(),
             source,
         })?;
-        announce.push(virtio::attach(
+        placements.push(virtio::attach(
             vm,
             mem,
             &mut buses.mmio,
@@ -519,7 +514,7 @@ fn attach_virtio_devices(
             device,
         )?);
     }
-    Ok(announce)
+    Ok(placements)
 }
 
 /// The running vCPU threads and what they share with the supervisor.
@@ -532,9 +527,16 @@ struct Vcpus {
 }
 
 impl Vcpus {
-    /// Creates every vCPU (the boot one with its entry state) and its thread.
-    /// On failure the threads already started are stopped.
+    /// Creates every vCPU (the boot one with its entry state), completes the
+    /// interrupt controller (which on arm64 must see every vCPU before any
+    /// runs), then starts a thread per vCPU. On failure the threads already
+    /// started are stopped.
     fn start<V: Vm>(machine: &Machine<V>, config: &VmConfig) -> Result<Self, Error> {
+        let mut created = Vec::with_capacity(usize::from(config.vcpus));
+        for index in 0..config.vcpus {
+            created.push(create_vcpu(machine, index, config.vcpus)?);
+        }
+        machine.vm.finish_irqchip()?;
         let (tx, reports) = mpsc::channel();
         vcpu::install_kick_handler();
         let mut vcpus = Vcpus {
@@ -543,8 +545,8 @@ impl Vcpus {
             reports,
             tx: tx.clone(),
         };
-        for index in 0..config.vcpus {
-            match spawn_vcpu(machine, index, config.vcpus, &vcpus.shared, &tx) {
+        for (index, vcpu) in (0..config.vcpus).zip(created) {
+            match spawn_vcpu(machine, index, vcpu, &vcpus.shared, &tx) {
                 Ok(handle) => vcpus.threads.push(handle),
                 Err(e) => {
                     vcpus.stop();
@@ -618,24 +620,30 @@ impl Vcpus {
     }
 }
 
-/// Creates vCPU `index` of `count` and starts its thread.
-fn spawn_vcpu<V: Vm>(
-    machine: &Machine<V>,
-    index: u8,
-    count: u8,
-    shared: &Arc<Shared>,
-    reports: &mpsc::Sender<Report>,
-) -> Result<JoinHandle<()>, Error> {
+/// Creates vCPU `index` of `count` with its entry or restored state.
+fn create_vcpu<V: Vm>(machine: &Machine<V>, index: u8, count: u8) -> Result<V::Vcpu, Error> {
     let mut vcpu = machine.vm.create_vcpu(index, count)?;
     match (machine.entry, machine.vcpu_states.get(usize::from(index))) {
         (None, Some(state)) => vcpu
             .restore_state(state)
             .map_err(|e| Error::Restore(e.into()))?,
-        // Application processors wait for the boot CPU's start-up IPI in the
-        // hypervisor's local APIC; only the boot CPU gets an entry state.
+        // Application processors wait for the boot CPU to start them (a
+        // start-up IPI on x86, PSCI CPU_ON on arm64) in the hypervisor; only
+        // the boot CPU gets an entry state.
         (Some(entry), _) if index == 0 => vcpu.set_entry(entry)?,
         _ => {}
     }
+    Ok(vcpu)
+}
+
+/// Starts the thread of vCPU `index`.
+fn spawn_vcpu<V: Vm>(
+    machine: &Machine<V>,
+    index: u8,
+    vcpu: V::Vcpu,
+    shared: &Arc<Shared>,
+    reports: &mpsc::Sender<Report>,
+) -> Result<JoinHandle<()>, Error> {
     let thread = VcpuThread {
         index,
         vcpu,
@@ -797,23 +805,6 @@ fn check_for_halt(shared: &Shared, watch: &mut HaltWatch) -> bool {
         &samples,
         shared.io_exits.load(Ordering::Relaxed),
     )
-}
-
-/// The boot source with the virtio devices' command-line entries appended
-/// (raw guests have no command line and are returned unchanged).
-fn with_devices_announced(boot: &BootSource, entries: &[String]) -> BootSource {
-    match boot {
-        BootSource::Linux {
-            kernel,
-            initrd,
-            cmdline,
-        } if !entries.is_empty() => BootSource::Linux {
-            kernel: kernel.clone(),
-            initrd: initrd.clone(),
-            cmdline: format!("{cmdline} {}", entries.join(" ")),
-        },
-        other => other.clone(),
-    }
 }
 
 fn kick(handle: &JoinHandle<()>) {

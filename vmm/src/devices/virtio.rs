@@ -1,8 +1,10 @@
 //! Virtio devices on the MMIO bus.
 //!
 //! Each device sits behind a virtio-mmio transport (from `msbvm-virtio`) in
-//! its own page of the device hole, with its own legacy interrupt line. The
-//! guest learns about it from a `virtio_mmio.device=` command-line entry.
+//! its own page of the device hole, with its own interrupt line. Where it was
+//! put ([`VirtioPlacement`]) goes to the architecture's boot code, which tells
+//! the guest: a `virtio_mmio.device=` command-line entry on x86, a device-tree
+//! node on arm64.
 //! Queue notifications do not stop at the VMM: each queue's notify register
 //! is an ioeventfd, so the kernel wakes the device's thread directly, and the
 //! device raises its interrupt through an irqfd.
@@ -54,6 +56,15 @@ impl BusDevice for VirtioMmio {
     }
 }
 
+/// Where a virtio-mmio device was put: what the guest must be told to find it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VirtioPlacement {
+    /// Guest-physical base of its [`MMIO_WINDOW`].
+    pub base: u64,
+    /// Its interrupt line (the irqfd GSI: an IOAPIC pin on x86, an SPI on arm64).
+    pub line: u32,
+}
+
 /// Hands out MMIO windows and interrupt lines to devices in order.
 pub struct VirtioSlots {
     base: u64,
@@ -76,20 +87,15 @@ impl VirtioSlots {
     }
 }
 
-/// The kernel command-line entry announcing a device.
-pub fn cmdline_entry(base: u64, gsi: u32) -> String {
-    format!("virtio_mmio.device=4K@{base:#x}:{gsi}")
-}
-
 /// Puts `device` on `mmio` at the next slot, wires its notifications and
-/// interrupt through the hypervisor, and returns its command-line entry.
+/// interrupt through the hypervisor, and returns where it went.
 pub fn attach(
     vm: &impl Vm,
     mem: &GuestMemory,
     mmio: &mut Bus,
     slots: &mut VirtioSlots,
     device: Box<dyn VirtioDevice>,
-) -> Result<String, Error> {
+) -> Result<VirtioPlacement, Error> {
     let (base, gsi) = slots.take().ok_or(Error::NoSlot)?;
     let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Host {
         what: "virtio interrupt eventfd",
@@ -109,7 +115,7 @@ pub fn attach(
         base,
         MMIO_WINDOW,
     )?;
-    Ok(cmdline_entry(base, gsi))
+    Ok(VirtioPlacement { base, line: gsi })
 }
 
 #[cfg(test)]
@@ -126,13 +132,5 @@ mod tests {
             n += 1;
         }
         assert_eq!(n, 24 - 5);
-    }
-
-    #[test]
-    fn cmdline_entry_format() {
-        assert_eq!(
-            cmdline_entry(0xd000_1000, 5),
-            "virtio_mmio.device=4K@0xd0001000:5"
-        );
     }
 }

@@ -69,6 +69,13 @@ pub trait Vm: Send + Sync {
     /// Creates the interrupt controllers (and on x86 the PIT) in the hypervisor.
     fn create_irqchip(&self) -> Result<(), Error>;
 
+    /// Completes the interrupt controllers once every vCPU exists and before
+    /// any runs (arm64's GIC sizes its redistributors by the vCPUs present).
+    /// Nothing to do on x86.
+    fn finish_irqchip(&self) -> Result<(), Error> {
+        Ok(())
+    }
+
     /// Makes a write to `event` raise interrupt line `line`.
     fn register_irqfd(&self, event: &EventFd, line: u32) -> Result<(), Error>;
 

@@ -1,31 +1,29 @@
 //! The KVM backend: opening /dev/kvm ([`Kvm`]), and the KVM implementations
-//! of the [`crate::hypervisor`] traits: the VM with its in-kernel irqchip and
-//! memory slots ([`KvmVm`]) and its vCPUs ([`vcpu::KvmVcpu`]). The CPUID table
-//! in KVM's form ([`cpuid`]) and the initial registers ([`regs`]) are KVM's
-//! x86 set-up.
+//! of the [`crate::hypervisor`] traits: the VM with its in-kernel interrupt
+//! controller and memory slots ([`KvmVm`]) and its vCPUs ([`vcpu::KvmVcpu`]).
+//! What differs between architectures is in `x86_64` (CPUID, MSRs, the
+//! PIT, snapshots of KVM's state) and `aarch64` (the vGICv3, vCPU init with
+//! PSCI, registers through `KVM_SET_ONE_REG`); this module holds what both
+//! share.
 
 #[cfg(target_arch = "aarch64")]
-pub mod aarch64;
-pub mod cpuid;
-pub mod regs;
-mod state;
-pub mod vcpu;
+mod aarch64;
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
 
-pub use state::Incompatible;
+#[cfg(target_arch = "aarch64")]
+pub use self::aarch64::{setup, vcpu, KvmVm};
+#[cfg(target_arch = "x86_64")]
+pub use self::x86_64::{cpuid, regs, vcpu, Incompatible, KvmVm};
 
 use std::path::Path;
 
-use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
-    KVM_PIT_SPEAKER_DUMMY,
-};
+use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Cap, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::arch::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
-use crate::arch::x86_64::cpuid::HostFeatures;
-use crate::hypervisor::{self, Hypervisor, IoEventAddress, Vm};
+use crate::hypervisor::{self, IoEventAddress};
 use crate::memory::GuestMemory;
 
 /// Errors from setting up KVM.
@@ -71,12 +69,17 @@ fn open_kvm() -> Result<kvm_ioctls::Kvm, Error> {
     if version != 12 {
         return Err(Error::ApiVersion(version));
     }
-    for (cap, name) in [
+    let common = [
         (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
         (Cap::Irqfd, "KVM_CAP_IRQFD"),
         (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
-        (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
-    ] {
+        (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
+    ];
+    #[cfg(target_arch = "aarch64")]
+    let arch = aarch64::REQUIRED_CAPS;
+    #[cfg(target_arch = "x86_64")]
+    let arch = x86_64::REQUIRED_CAPS;
+    for &(cap, name) in common.iter().chain(arch) {
         if !kvm.check_extension(cap) {
             return Err(Error::MissingCapability(name));
         }
@@ -107,128 +110,50 @@ pub struct Kvm {
     kvm: kvm_ioctls::Kvm,
 }
 
-impl Hypervisor for Kvm {
-    type Vm = KvmVm;
-
-    fn create_vm(&self) -> Result<KvmVm, hypervisor::Error> {
-        let fd = self.kvm.create_vm().map_err(failed("KVM_CREATE_VM"))?;
-        let supported_cpuid = self
-            .kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(failed("KVM_GET_SUPPORTED_CPUID"))?;
-        Ok(KvmVm {
-            fd,
-            supported_cpuid,
-            host: HostFeatures {
-                tsc_deadline_timer: self.kvm.check_extension(Cap::TscDeadlineTimer),
-            },
-            has_pit2: self.kvm.check_extension(Cap::Pit2),
-            memory: std::sync::Mutex::new(Vec::new()),
-            msr_list: std::sync::Arc::new(state::msr_list(&self.kvm)?),
-        })
-    }
-}
-
-/// A KVM VM.
-pub struct KvmVm {
-    fd: VmFd,
-    /// The CPUID table KVM supports on this host.
-    supported_cpuid: CpuId,
-    /// Host features the guest CPUID depends on.
-    host: HostFeatures,
-    /// Whether KVM can emulate the PIT.
-    has_pit2: bool,
-    /// The guest memory mapped into the slots, held so the mappings outlive the VM.
-    memory: std::sync::Mutex<Vec<GuestMemory>>,
-    /// The MSRs a snapshot saves (KVM's index list).
-    msr_list: std::sync::Arc<Vec<u32>>,
-}
-
-impl Vm for KvmVm {
-    type Vcpu = vcpu::KvmVcpu;
-
-    fn map_memory(&self, mem: &GuestMemory) -> Result<(), hypervisor::Error> {
-        let mut held = self.memory.lock().unwrap_or_else(|p| p.into_inner());
-        let first_slot = held.iter().map(|m| m.num_regions()).sum::<usize>();
-        for (i, region) in mem.iter().enumerate() {
-            let host = mem
-                .get_host_address(region.start_addr())
-                .map_err(|_| failed("guest memory lookup")(kvm_ioctls::Error::new(libc::EFAULT)))?;
-            let region = kvm_userspace_memory_region {
-                slot: (first_slot + i) as u32,
-                flags: 0,
-                guest_phys_addr: region.start_addr().raw_value(),
-                memory_size: region.len(),
-                userspace_addr: host as u64,
-            };
-            // SAFETY: the region is a live mapping of `mem`, and a clone of `mem`
-            // (which shares its mappings) is held in `self.memory` for as long as
-            // the VM exists, so the guest never sees the mapping go away.
-            unsafe { self.fd.set_user_memory_region(region) }
-                .map_err(failed("KVM_SET_USER_MEMORY_REGION"))?;
-        }
-        held.push(mem.clone());
-        Ok(())
-    }
-
-    fn create_irqchip(&self) -> Result<(), hypervisor::Error> {
-        self.fd
-            .set_tss_address(KVM_TSS_ADDRESS as usize)
-            .map_err(failed("KVM_SET_TSS_ADDR"))?;
-        self.fd
-            .set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
-            .map_err(failed("KVM_SET_IDENTITY_MAP_ADDR"))?;
-        self.fd
-            .create_irq_chip()
-            .map_err(failed("KVM_CREATE_IRQCHIP"))?;
-        if self.has_pit2 {
-            let pit = kvm_pit_config {
-                flags: KVM_PIT_SPEAKER_DUMMY,
-                ..Default::default()
-            };
-            self.fd
-                .create_pit2(pit)
-                .map_err(failed("KVM_CREATE_PIT2"))?;
-        }
-        Ok(())
-    }
-
-    fn register_irqfd(&self, event: &EventFd, line: u32) -> Result<(), hypervisor::Error> {
-        self.fd
-            .register_irqfd(event, line)
-            .map_err(failed("KVM_IRQFD"))
-    }
-
-    fn register_ioevent(
-        &self,
-        event: &EventFd,
-        addr: IoEventAddress,
-        datamatch: u32,
-    ) -> Result<(), hypervisor::Error> {
-        let addr = match addr {
-            IoEventAddress::Pio(a) => kvm_ioctls::IoEventAddress::Pio(a),
-            IoEventAddress::Mmio(a) => kvm_ioctls::IoEventAddress::Mmio(a),
+/// Maps every region of `mem` into memory slots of `fd` after those already
+/// used by `held`, and keeps a clone of `mem` in `held` so the mappings
+/// outlive the VM.
+fn map_memory(
+    fd: &VmFd,
+    held: &std::sync::Mutex<Vec<GuestMemory>>,
+    mem: &GuestMemory,
+) -> Result<(), hypervisor::Error> {
+    let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
+    let first_slot = held.iter().map(|m| m.num_regions()).sum::<usize>();
+    for (i, region) in mem.iter().enumerate() {
+        let host = mem
+            .get_host_address(region.start_addr())
+            .map_err(|_| failed("guest memory lookup")(kvm_ioctls::Error::new(libc::EFAULT)))?;
+        let region = kvm_userspace_memory_region {
+            slot: (first_slot + i) as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: host as u64,
         };
-        self.fd
-            .register_ioevent(event, &addr, datamatch)
-            .map_err(failed("KVM_IOEVENTFD"))
+        // SAFETY: the region is a live mapping of `mem`, and a clone of `mem`
+        // (which shares its mappings) is held in `held` for as long as the VM
+        // exists, so the guest never sees the mapping go away.
+        unsafe { fd.set_user_memory_region(region) }
+            .map_err(failed("KVM_SET_USER_MEMORY_REGION"))?;
     }
+    held.push(mem.clone());
+    Ok(())
+}
 
-    fn create_vcpu(&self, index: u8, count: u8) -> Result<vcpu::KvmVcpu, hypervisor::Error> {
-        vcpu::KvmVcpu::new(self, index, count)
-    }
-
-    fn save_state(&self) -> Result<Vec<u8>, hypervisor::Error> {
-        state::save_vm(&self.fd, self.has_pit2)
-    }
-
-    fn restore_state(&self, bytes: &[u8]) -> Result<(), hypervisor::Error> {
-        state::restore_vm(&self.fd, self.has_pit2, bytes)
-    }
-
-    fn host_cpu(&self) -> String {
-        state::describe_cpu(&self.supported_cpuid)
-    }
+/// Makes a guest write of `datamatch` to `addr` signal `event` (KVM_IOEVENTFD).
+fn register_ioevent(
+    fd: &VmFd,
+    event: &EventFd,
+    addr: IoEventAddress,
+    datamatch: u32,
+) -> Result<(), hypervisor::Error> {
+    let addr = match addr {
+        IoEventAddress::Pio(a) => kvm_ioctls::IoEventAddress::Pio(a),
+        IoEventAddress::Mmio(a) => kvm_ioctls::IoEventAddress::Mmio(a),
+    };
+    fd.register_ioevent(event, &addr, datamatch)
+        .map_err(failed("KVM_IOEVENTFD"))
 }
 
 /// What kind of KVM this host offers.
@@ -236,7 +161,7 @@ impl Vm for KvmVm {
 pub enum HostKvm {
     /// No /dev/kvm.
     Missing,
-    /// KVM on hardware virtualization (VT-x or AMD-V): runs stock guests.
+    /// KVM on hardware virtualization (VT-x or AMD-V, or arm64's EL2): runs stock guests.
     Hardware,
     /// PVM, the paravirtual "pagetable-based" KVM found inside some cloud VMs:
     /// it runs only PVM-enabled guest kernels, so a stock kernel stops at its
@@ -258,6 +183,11 @@ fn probe_host_at(root: &Path) -> HostKvm {
     if root.join("sys/module/kvm_pvm").exists() {
         return HostKvm::Pvm;
     }
+    // arm64 KVM runs on the CPU's EL2, which /proc/cpuinfo does not show:
+    // a /dev/kvm there is hardware virtualization.
+    if cfg!(target_arch = "aarch64") {
+        return HostKvm::Hardware;
+    }
     let cpuinfo = std::fs::read_to_string(root.join("proc/cpuinfo")).unwrap_or_default();
     let has_virt = cpuinfo
         .lines()
@@ -275,6 +205,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(target_arch = "x86_64")]
     fn probe_reads_modules_and_flags() {
         let root = std::env::temp_dir().join(format!("msbvm-probe-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);

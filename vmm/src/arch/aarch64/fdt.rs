@@ -2,16 +2,20 @@
 //!
 //! It describes exactly the machine in [`super::layout`]: the vCPUs (PSCI
 //! brings up secondaries, handled by KVM in the kernel), a GICv3, the
-//! architected timer, the 16550 console and one node per virtio-mmio device.
-//! The platform device is deliberately left out: no kernel driver should bind
-//! it, the guest agent reaches it through `/dev/mem` at its fixed address.
+//! architected timer, the 16550 console, msbvm's platform device and one node
+//! per virtio-mmio device. The platform node's `compatible` ("msbvm,platform")
+//! matches no kernel driver: it is there for the guest agent, which finds the
+//! device's address in it and writes the registers through `/dev/mem`.
 
 use vm_fdt::{Error as FdtError, FdtWriter};
 
 use super::layout::{
-    self, GIC_DIST_SIZE, GIC_DIST_START, SERIAL_IRQ, SERIAL_MMIO_SIZE, SERIAL_MMIO_START,
-    VIRTIO_MMIO_SIZE,
+    self, GIC_DIST_SIZE, GIC_DIST_START, PLATFORM_MMIO_SIZE, PLATFORM_MMIO_START, SERIAL_IRQ,
+    SERIAL_MMIO_SIZE, SERIAL_MMIO_START, VIRTIO_MMIO_SIZE,
 };
+
+/// The `compatible` of msbvm's platform node, which the guest agent looks for.
+pub const PLATFORM_COMPATIBLE: &str = "msbvm,platform";
 
 /// The interrupt-controller phandle every `interrupts` property refers to.
 const GIC_PHANDLE: u32 = 1;
@@ -118,6 +122,11 @@ pub fn create_fdt(cfg: &FdtConfig<'_>) -> Result<Vec<u8>, FdtError> {
     f.property_u32("clock-frequency", UART_CLOCK_HZ)?;
     f.property_array_u32("interrupts", &[GIC_SPI, SERIAL_IRQ, IRQ_EDGE_RISING])?;
     f.end_node(uart)?;
+
+    let platform = f.begin_node(&format!("platform@{PLATFORM_MMIO_START:x}"))?;
+    f.property_string("compatible", PLATFORM_COMPATIBLE)?;
+    f.property_array_u64("reg", &[PLATFORM_MMIO_START, PLATFORM_MMIO_SIZE])?;
+    f.end_node(platform)?;
 
     for dev in cfg.virtio {
         let n = f.begin_node(&format!("virtio_mmio@{:x}", dev.base))?;
@@ -237,6 +246,9 @@ mod tests {
             [1, 13, 8, 1, 14, 8, 1, 11, 8, 1, 10, 8]
         );
         assert_eq!(cells(&t["/uart@9000000"]["interrupts"]), [0, 1, 1]);
+        let platform = &t["/platform@9010000"];
+        assert_eq!(platform["compatible"], b"msbvm,platform\0");
+        assert_eq!(cells(&platform["reg"]), [0, 0x0901_0000, 0, 0x1000]);
         let v = &t["/virtio_mmio@a000000"];
         assert_eq!(cells(&v["interrupts"]), [0, 2, 1]);
         assert!(v.contains_key("dma-coherent"));

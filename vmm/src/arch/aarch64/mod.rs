@@ -3,11 +3,12 @@
 //! the kernel with.
 //!
 //! Everything here is plain data and logic, so it compiles (and its unit tests
-//! run) on every host; only the KVM calls that need aarch64-only kvm-bindings
-//! items will be `#[cfg(target_arch = "aarch64")]`. The core does not use this
-//! module yet: `arch/mod.rs` still re-exports only x86_64 names (see the
-//! branch report for what remains to wire).
+//! run) on every host; the KVM calls that need aarch64-only kvm-bindings items
+//! live in `kvm::aarch64`. On an aarch64 host the core uses this module
+//! through the names `arch` re-exports.
 
+pub mod boot;
+pub mod devices;
 pub mod fdt;
 pub mod image;
 pub mod layout;

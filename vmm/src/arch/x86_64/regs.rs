@@ -5,7 +5,6 @@
 use super::gdt::{self, Segment};
 use super::layout::{BOOT_GDT_START, BOOT_IDT_START, BOOT_STACK_POINTER, PML4_START};
 use super::paging::{self, PagingMode};
-use crate::exit::FaultRegs;
 use crate::memory::GuestMemory;
 
 /// CR0.PE: protected mode.
@@ -170,6 +169,63 @@ impl EntryMode {
             }
         }
         s
+    }
+}
+
+/// What the instruction pointer is called in fault reports.
+pub const IP_NAME: &str = "RIP";
+
+/// The registers that say where an x86 vCPU was and in what mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultRegs {
+    /// Instruction pointer.
+    pub rip: u64,
+    /// Stack pointer.
+    pub rsp: u64,
+    /// Flags.
+    pub rflags: u64,
+    /// Control register 0 (PE, PG, ...).
+    pub cr0: u64,
+    /// Page-table base.
+    pub cr3: u64,
+    /// Control register 4 (PAE, OSXSAVE, ...).
+    pub cr4: u64,
+    /// Extended feature enable register (LME, LMA, NXE, SVME).
+    pub efer: u64,
+    /// Base of the code segment.
+    pub cs_base: u64,
+}
+
+impl FaultRegs {
+    /// The instruction pointer.
+    pub fn pc(&self) -> u64 {
+        self.rip
+    }
+
+    /// True if these are a vCPU's power-on state (CS base 0xffff0000, RIP
+    /// 0xfff0): after a triple fault, KVM on AMD (SVM) resets the vCPU before
+    /// reporting the shutdown, so the registers no longer say where it failed.
+    pub fn is_reset_state(&self) -> bool {
+        self.rip == 0xfff0 && self.cs_base == 0xffff_0000
+    }
+}
+
+impl std::fmt::Display for FaultRegs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "RSP {:#x} RFLAGS {:#x} CR0 {:#x} CR3 {:#x} CR4 {:#x} EFER {:#x}",
+            self.rsp, self.rflags, self.cr0, self.cr3, self.cr4, self.efer
+        )?;
+        if self.is_reset_state() {
+            write!(
+                f,
+                " (the hypervisor reset this vCPU when it reported the failure, as KVM on AMD \
+                 does after a triple fault: these registers are the power-on state, not where \
+                 the guest failed; see the kernel log or console tail)"
+            )?;
+        }
+        Ok(())
     }
 }
 

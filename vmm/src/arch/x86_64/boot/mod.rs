@@ -21,6 +21,7 @@ pub use super::regs::EntryMode;
 use crate::arch::layout::*;
 use crate::arch::x86_64::{gdt, mptable, paging};
 use crate::config::BootSource;
+use crate::devices::virtio::VirtioPlacement;
 use crate::memory::GuestMemory;
 
 /// E820 type of usable RAM.
@@ -112,9 +113,30 @@ pub fn ram_map(mem: &GuestMemory) -> Vec<(u64, u64)> {
     map
 }
 
+/// The kernel command-line entry announcing a virtio-mmio device.
+pub fn cmdline_entry(device: &VirtioPlacement) -> String {
+    format!("virtio_mmio.device=4K@{:#x}:{}", device.base, device.line)
+}
+
+/// `cmdline` with an entry for each of `virtio` appended.
+pub fn with_devices_announced(cmdline: &str, virtio: &[VirtioPlacement]) -> String {
+    let mut line = cmdline.to_string();
+    for device in virtio {
+        line.push(' ');
+        line.push_str(&cmdline_entry(device));
+    }
+    line
+}
+
 /// Loads the guest described by `source` into `mem` and writes every structure
-/// the entry needs (GDT, page tables, MP table, boot information).
-pub fn load(mem: &GuestMemory, source: &BootSource, vcpus: u8) -> Result<EntryMode, Error> {
+/// the entry needs (GDT, page tables, MP table, boot information); a Linux
+/// guest learns about the virtio devices at `virtio` from its command line.
+pub fn load(
+    mem: &GuestMemory,
+    source: &BootSource,
+    vcpus: u8,
+    virtio: &[VirtioPlacement],
+) -> Result<EntryMode, Error> {
     write_common(mem, vcpus)?;
     match source {
         BootSource::RawLongMode { code, load_addr } => {
@@ -133,7 +155,12 @@ pub fn load(mem: &GuestMemory, source: &BootSource, vcpus: u8) -> Result<EntryMo
             kernel,
             initrd,
             cmdline,
-        } => load_linux(mem, kernel, initrd.as_deref(), cmdline),
+        } => load_linux(
+            mem,
+            kernel,
+            initrd.as_deref(),
+            &with_devices_announced(cmdline, virtio),
+        ),
     }
 }
 
@@ -293,7 +320,7 @@ mod tests {
             load_addr: 0x10_0000,
         };
         assert_eq!(
-            load(&mem, &src, 1).unwrap(),
+            load(&mem, &src, 1, &[]).unwrap(),
             EntryMode::RawLongMode { entry: 0x10_0000 }
         );
         assert_eq!(mem.read_obj::<u8>(GuestAddress(0x10_0000)).unwrap(), 0xf4);
@@ -302,14 +329,14 @@ mod tests {
             load_addr: (16 << 20) - 8,
         };
         assert!(matches!(
-            load(&mem, &bad, 1),
+            load(&mem, &bad, 1, &[]),
             Err(Error::RawCodeOutOfMemory { .. })
         ));
         let wrap = BootSource::RawLongMode {
             code: vec![0; 16],
             load_addr: u64::MAX - 4,
         };
-        assert!(load(&mem, &wrap, 1).is_err());
+        assert!(load(&mem, &wrap, 1, &[]).is_err());
     }
 
     #[test]
@@ -317,7 +344,7 @@ mod tests {
         let (dir, path) = temp_file("boot", "not-a-kernel", &[0x42; 8192]);
         let mem = layout::create_memory(64 << 20).unwrap();
         let src = linux(&path, "console=ttyS0");
-        let err = load(&mem, &src, 1).unwrap_err().to_string();
+        let err = load(&mem, &src, 1, &[]).unwrap_err().to_string();
         assert!(err.contains("not a kernel msbvm can boot"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -326,7 +353,7 @@ mod tests {
     fn missing_kernel_names_the_path() {
         let mem = layout::create_memory(64 << 20).unwrap();
         let src = linux("/nonexistent/vmlinux", "");
-        let err = load(&mem, &src, 1).unwrap_err().to_string();
+        let err = load(&mem, &src, 1, &[]).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/vmlinux"), "{err}");
     }
 
@@ -344,5 +371,24 @@ mod tests {
             Err(Error::InitrdTooLarge { .. })
         ));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn devices_are_announced_on_the_command_line() {
+        let virtio = [
+            VirtioPlacement {
+                base: 0xd000_1000,
+                line: 5,
+            },
+            VirtioPlacement {
+                base: 0xd000_2000,
+                line: 6,
+            },
+        ];
+        assert_eq!(
+            with_devices_announced("quiet", &virtio),
+            "quiet virtio_mmio.device=4K@0xd0001000:5 virtio_mmio.device=4K@0xd0002000:6"
+        );
+        assert_eq!(with_devices_announced("quiet", &[]), "quiet");
     }
 }

@@ -1,9 +1,5 @@
-//! The arm64 pieces of the KVM backend: the in-kernel GICv3, vCPU
-//! initialisation and the entry registers through `KVM_SET_ONE_REG`.
-//!
-//! Not wired into [`super::KvmVm`] yet: the rest of the backend is still
-//! x86_64-only (see the branch report). These functions are what the aarch64
-//! `Vm`/`Vcpu` implementations are meant to call.
+//! The arm64 set-up calls of the KVM backend: the in-kernel GICv3, vCPU
+//! initialisation and registers through `KVM_{GET,SET}_ONE_REG`.
 
 use kvm_bindings::{
     kvm_create_device, kvm_device_attr, kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3, kvm_regs,
@@ -36,6 +32,8 @@ pub const REG_PC: u64 =
 /// PSTATE.
 pub const REG_PSTATE: u64 =
     core_reg(std::mem::offset_of!(kvm_regs, regs) + std::mem::offset_of!(user_pt_regs, pstate));
+/// SP_EL1, the kernel's stack pointer.
+pub const REG_SP_EL1: u64 = core_reg(std::mem::offset_of!(kvm_regs, sp_el1));
 /// SP_EL0 (the `sp` of `user_pt_regs`).
 pub const REG_SP_EL0: u64 =
     core_reg(std::mem::offset_of!(kvm_regs, regs) + std::mem::offset_of!(user_pt_regs, sp));
@@ -43,7 +41,7 @@ pub const REG_SP_EL0: u64 =
 /// Creates the GICv3 and places its distributor and redistributors; it must
 /// be finished with [`finish_vgic`] once every vCPU exists, because KVM sizes
 /// the redistributors by the vCPUs present at `CTRL_INIT`.
-pub fn create_vgic(vm: &VmFd, vcpus: u64) -> Result<DeviceFd> {
+pub fn create_vgic(vm: &VmFd) -> Result<DeviceFd> {
     let mut dev = kvm_create_device {
         type_: kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3,
         fd: 0,
@@ -51,7 +49,8 @@ pub fn create_vgic(vm: &VmFd, vcpus: u64) -> Result<DeviceFd> {
     };
     let gic = vm.create_device(&mut dev)?;
     let dist = GIC_DIST_START;
-    let (redist, _) = layout::gic_redist_region(vcpus);
+    // KVM sizes the region from the vCPUs present at CTRL_INIT.
+    let redist = layout::GIC_REDIST_START;
     set_attr_u64(
         &gic,
         KVM_DEV_ARM_VGIC_GRP_ADDR,
