@@ -115,6 +115,7 @@ pub const LOG: &[Syscall] = &[
     libc::SYS_openat,
     libc::SYS_renameat,
     libc::SYS_renameat2,
+    #[cfg(target_arch = "x86_64")]
     libc::SYS_dup2,
     libc::SYS_dup3,
     libc::SYS_fcntl,

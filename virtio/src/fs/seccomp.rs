@@ -60,7 +60,7 @@ pub const SYSCALLS: &[Syscall] = &[
     libc::SYS_getgid,
     #[cfg(target_arch = "x86_64")]
     libc::SYS_open,
-    #[cfg(target_arch = "x86_64")]
+    // What glibc's rename() makes on arm64 (x86-64 has its own `rename`).
     libc::SYS_renameat,
     #[cfg(target_arch = "x86_64")]
     libc::SYS_chmod,
