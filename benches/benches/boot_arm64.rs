@@ -17,7 +17,7 @@
 //!
 //! Environment: `MSBVM_BENCH_RUNS` (runs of each VMM, default 5, 2 with `--quick`),
 //! `MSBVM_BENCH_ARM64_QEMU_ONLY=1` (QEMU alone, on `MSBVM_BENCH_ARM64_KERNEL` or the
-//! distribution's arm64 kernel, while msbvm's arm64 VMM and guest kernel are not there),
+//! distribution's arm64 kernel),
 //! `MSBVM_BENCH_ARM64_KERNEL` (a guest kernel instead of the harness's),
 //! `MSBVM_BENCH_ARM64_CMDLINE` (the command line after `console=`, default `panic=-1 quiet`),
 //! `MSBVM_SKIP_NESTED=1` (skip on hosts that cannot run L1).

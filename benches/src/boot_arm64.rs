@@ -6,7 +6,7 @@
 //! package and only the libraries it needs), not from the host; each VMM gets the console of
 //! its own UART (`ttyS0`, msbvm's 16550; `ttyAMA0`, the virt board's PL011) in front of an
 //! otherwise identical command line; and the runs can be made with QEMU alone
-//! ([`QEMU_ONLY_ENV`]), for as long as msbvm's arm64 VMM and guest kernel are not there.
+//! ([`QEMU_ONLY_ENV`]), e.g. to time QEMU on another kernel.
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
