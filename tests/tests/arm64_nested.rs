@@ -3,8 +3,9 @@
 //! `msbvm_tests::l1_arch`).
 //!
 //! One L1 run covers the boot test and a subset of the sandbox, fs and net suites: `msbvm
-//! boot` to the init marker, `uname -m`, echo, exit codes, a 10 MiB stream, a volume both
-//! ways, a policy denial, DNS lookups through the sandbox's resolver and HTTP to the host.
+//! boot` to the init marker (one and two vCPUs, and a guest panic reported as such),
+//! `uname -m`, echo, exit codes, a 10 MiB stream, a volume both ways, a policy denial, DNS
+//! lookups through the sandbox's resolver and HTTP to the host.
 //! Each scenario prints `CHECK <name> <value>`; the test asserts them all at once.
 //!
 //! It cross-builds msbvm and an arm64 guest kernel (about 20 minutes on two cores the first
@@ -35,6 +36,16 @@ out=$($M boot --kernel {L1_KERNEL} --initrd {L1_INITRD} 2>&1); rc=$?
 echo "$out" | tail -n 15
 check boot_rc $rc
 check boot_init $(some $(echo "$out" | grep -c 'MSBVM-INIT-OK'))
+# Two vCPUs: the second comes up through PSCI CPU_ON, with its own GIC redistributor.
+out=$($M boot --kernel {L1_KERNEL} --initrd {L1_INITRD} --cpus 2 2>&1)
+check smp_init $(some $(echo "$out" | grep -c 'MSBVM-INIT-OK cpus=2'))
+# An initramfs without /init: the kernel panics, restarts warm (PSCI SYSTEM_RESET2, from the
+# default command line's reboot=panic_w), and msbvm reports a panic, not a reboot.
+mkdir -p /tmp/noinit && (cd /tmp/noinit && echo x > x && echo x | cpio -o -H newc > /tmp/noinit.cpio)
+out=$($M boot --kernel {L1_KERNEL} --initrd /tmp/noinit.cpio 2>&1); rc=$?
+echo "$out" | tail -n 5
+check panic_rc $rc
+check panic_reason $(some $(echo "$out" | grep -c 'reason=panic'))
 
 out=$($M run -- uname -m); check guest_arch "$out"
 out=$($M run -- echo hello); check echo_out "$out"
@@ -100,6 +111,9 @@ fn arm64_sandboxes_run_end_to_end() {
             ("arch", "aarch64"),
             ("boot_rc", "0"),
             ("boot_init", "yes"),
+            ("smp_init", "yes"),
+            ("panic_rc", "4"),
+            ("panic_reason", "yes"),
             ("guest_arch", "aarch64"),
             ("echo_out", "hello"),
             ("exit3_rc", "3"),

@@ -7,13 +7,15 @@
 //! - [`hypervisor`]: the boundary, as traits (a hypervisor creates VMs; a VM
 //!   maps memory, wires interrupt lines and notification eventfds and creates
 //!   vCPUs; a vCPU runs until a hypervisor-neutral exit).
-//! - [`kvm`]: the KVM backend implementing them (and its x86 CPUID and register
-//!   set-up). The macOS Hypervisor.framework backend (`msbvm-hvf`) is to
-//!   implement the same traits.
+//! - [`kvm`]: the KVM backend implementing them, on x86_64 (CPUID, MSRs, the
+//!   PIT, snapshots) and on arm64 (the vGICv3, vCPU init with PSCI). The macOS
+//!   Hypervisor.framework backend (`msbvm-hvf`) is to implement the same traits.
 //! - [`arch`]: what depends on the guest architecture but not on the
-//!   hypervisor: for x86_64 the address map ([`arch::layout`]), the boot
-//!   protocols ([`arch::boot`]: PVH, 64-bit Linux, raw long mode), the MP
-//!   table, GDT and page tables, and the legacy PC devices and their places.
+//!   hypervisor: the address map ([`arch::layout`]) and the boot protocol
+//!   ([`arch::boot`]) of the host's architecture. For x86_64: PVH, 64-bit
+//!   Linux and raw long mode, the MP table, GDT and page tables, and the legacy
+//!   PC devices; for arm64: the `Image` protocol, the device tree, and the
+//!   console and platform device on the MMIO bus.
 //! - [`config`]: what to boot, with how many vCPUs, how much memory and which
 //!   virtio devices.
 //! - [`memory`]: the guest RAM.

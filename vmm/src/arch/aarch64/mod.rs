@@ -15,10 +15,13 @@ pub mod layout;
 pub mod regs;
 
 /// The default kernel command line for arm64 guests. `earlycon` points at the
-/// console UART so boot messages appear before the 8250 driver probes; there
-/// is no `reboot=` because arm64 reboots and powers off through PSCI, which
-/// KVM turns into system events.
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 earlycon=uart,mmio,0x9000000 panic=-1 quiet";
+/// console UART so boot messages appear before the 8250 driver probes. arm64
+/// reboots and powers off through PSCI, which KVM turns into system events;
+/// `reboot=panic_w` makes the restart after a panic a warm one, which Linux
+/// asks for with PSCI SYSTEM_RESET2 instead of SYSTEM_RESET, so the VMM can
+/// tell a panic from a reboot.
+pub const DEFAULT_CMDLINE: &str =
+    "console=ttyS0 earlycon=uart,mmio,0x9000000 reboot=panic_w panic=-1 quiet";
 
 #[cfg(test)]
 mod tests {

@@ -3,7 +3,8 @@
 //! hypervisor-neutral [`VcpuExit`].
 
 use kvm_bindings::{
-    KVM_MP_STATE_STOPPED, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+    KVM_MP_STATE_STOPPED, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
+    KVM_SYSTEM_EVENT_RESET_FLAG_PSCI_RESET2, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd, VmFd};
 
@@ -40,10 +41,10 @@ fn translate<A: DeviceAccess>(exit: KvmExit<'_>, io: &mut A) -> VcpuExit<A::Even
             io.mmio_read(addr, data);
             VcpuExit::Io
         }
-        // PSCI SYSTEM_OFF and SYSTEM_RESET, answered by KVM (PSCI 0.2).
-        KvmExit::SystemEvent(kind, _) => match kind {
+        // PSCI SYSTEM_OFF, SYSTEM_RESET and SYSTEM_RESET2, answered by KVM.
+        KvmExit::SystemEvent(kind, data) => match kind {
             KVM_SYSTEM_EVENT_SHUTDOWN => VcpuExit::Stop(VmExit::PowerOff { code: 0 }),
-            KVM_SYSTEM_EVENT_RESET => VcpuExit::Stop(VmExit::Reboot),
+            KVM_SYSTEM_EVENT_RESET => VcpuExit::Stop(reset_exit(data)),
             KVM_SYSTEM_EVENT_CRASH => VcpuExit::Stop(VmExit::Panic),
             other => VcpuExit::Fault(FaultKind::Unexpected(format!(
                 "KVM_EXIT_SYSTEM_EVENT of type {other}"
@@ -56,6 +57,19 @@ fn translate<A: DeviceAccess>(exit: KvmExit<'_>, io: &mut A) -> VcpuExit<A::Even
             data: Vec::new(),
         }),
         other => VcpuExit::Fault(FaultKind::Unexpected(format!("{other:?}"))),
+    }
+}
+
+/// What a reset means. The default command line's `reboot=panic_w` makes a
+/// panicking kernel restart warm, which Linux asks of PSCI as SYSTEM_RESET2
+/// (KVM flags that in the exit's data); every other restart is a cold
+/// SYSTEM_RESET. So the former is the guest's panic, the latter a reboot.
+fn reset_exit(data: &[u64]) -> VmExit {
+    let reset2 = u64::from(KVM_SYSTEM_EVENT_RESET_FLAG_PSCI_RESET2);
+    if data.first().is_some_and(|flags| flags & reset2 != 0) {
+        VmExit::Panic
+    } else {
+        VmExit::Reboot
     }
 }
 
