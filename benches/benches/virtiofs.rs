@@ -110,8 +110,8 @@ fn bench() -> Result<bool, Error> {
         let mode = get("mode").unwrap_or("?");
         let why = line.split_once("why=").map_or("", |(_, w)| w.trim());
         println!(
-            "virtiofsd {} --cache {} --sandbox {mode}{}",
-            peer_record["version"].as_str().unwrap_or("?"),
+            "{} --cache {} --sandbox {mode}{}",
+            peer_record["version"].as_str().unwrap_or("virtiofsd"),
             vb::VIRTIOFSD_CACHE,
             if why == "none" {
                 String::new()

@@ -332,7 +332,8 @@ pub fn parse_spans(console: &str) -> Vec<Span> {
                     target: target.to_string(),
                     step: step.to_string(),
                     run,
-                    ms: (b - a) * 1000.0,
+                    // Readings have two decimals: whole ms are exact, and drop float noise.
+                    ms: ((b - a) * 1000.0).round(),
                 });
             }
         }
