@@ -1,5 +1,6 @@
 //! The 16550 UART (vm-superio), wired to the console and to an interrupt line
-//! (on x86 COM1 and IRQ 4: see `arch::x86_64::legacy`).
+//! (on x86 COM1 and IRQ 4, on arm64 an MMIO window and an SPI: see the
+//! architecture's `attach_legacy_devices`).
 
 use serde::{Deserialize, Serialize};
 use vm_superio::serial::SerialState;
@@ -8,6 +9,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::bus::{BusDevice, BusEvent};
 use super::console::SharedConsole;
+use super::Error;
 
 /// Number of UART registers.
 pub const LEN: u64 = 8;
@@ -42,6 +44,21 @@ impl SerialDevice {
         SerialDevice {
             uart: Serial::new(IrqTrigger(irq), console),
         }
+    }
+
+    /// A UART that writes to `console`, with its interrupt on line `line`
+    /// through `register_irq` (the hypervisor's irqfd).
+    pub fn wired(
+        register_irq: impl FnOnce(&EventFd, u32) -> Result<(), Error>,
+        line: u32,
+        console: SharedConsole,
+    ) -> Result<Self, Error> {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Host {
+            what: "serial interrupt eventfd",
+            source,
+        })?;
+        register_irq(&irq, line)?;
+        Ok(Self::new(irq, console))
     }
 
     fn saved(&self) -> SavedUart {

@@ -22,12 +22,8 @@ pub fn attach_legacy_devices(
     console: SharedConsole,
     buses: &mut Buses,
 ) -> Result<(), Error> {
-    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Host {
-        what: "serial interrupt eventfd",
-        source,
-    })?;
-    register_irq(&irq, SERIAL_IRQ)?;
-    let serial = Arc::new(Mutex::new(SerialDevice::new(irq, console)));
+    let serial = SerialDevice::wired(register_irq, SERIAL_IRQ, console)?;
+    let serial = Arc::new(Mutex::new(serial));
     let i8042 = Arc::new(Mutex::new(I8042::new(mem.clone())));
     let platform = Arc::new(Mutex::new(Platform::default()));
 
