@@ -222,6 +222,18 @@ fn run(
     }
 }
 
+/// Logs where a guest stopped before it was ready had got to: each vCPU's
+/// state and the end of its kernel log (when the VM described them).
+fn log_where_it_was(outcome: &VmOutcome) {
+    use msbvm_sdk::report::STOPPED_BEFORE_READY;
+    for vcpu in &outcome.vcpus_at_stop {
+        tracing::warn!("{STOPPED_BEFORE_READY}: {vcpu}");
+    }
+    if let Some(log) = &outcome.kernel_log {
+        tracing::warn!("{STOPPED_BEFORE_READY}; guest kernel log (read from guest memory):\n{log}");
+    }
+}
+
 /// Signals and inherited descriptors set up, and the creator still there (attached).
 fn prepare_process(args: &RuntimeArgs) -> Result<()> {
     signals::block().map_err(Error::io("blocking signals"))?;
@@ -848,7 +860,9 @@ impl<'a> Supervisor<'a> {
         self.stopping = true;
         self.set_status(Status::Stopping);
         if !self.ready {
-            // No agent to ask yet.
+            // No agent to ask yet; and a guest that was not ready may be
+            // stuck, so the VM says where it was (logged with the outcome).
+            self.stop.stop_and_describe();
             self.force();
             return;
         }
@@ -884,6 +898,7 @@ impl<'a> Supervisor<'a> {
             return None;
         }
         if self.stopping {
+            log_where_it_was(outcome);
             return Some(Error::Runtime {
                 message: "the sandbox was stopped before it became ready".into(),
                 log_tail: String::new(),

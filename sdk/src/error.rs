@@ -126,12 +126,15 @@ pub enum Error {
     )]
     ConnectionLost,
     /// The agent did not report ready in time.
-    #[error("the sandbox did not become ready within {}s{}", .after.as_secs_f64(), console_section(.console_tail))]
+    #[error("the sandbox did not become ready within {}s{}{}", .after.as_secs_f64(), console_section(.console_tail), stuck_section(.where_it_was))]
     ReadyTimeout {
         /// How long the SDK waited.
         after: Duration,
         /// The last lines of the guest console.
         console_tail: String,
+        /// What the runtime found when it stopped the guest: where each vCPU
+        /// was and the end of the guest kernel's log (empty if it said nothing).
+        where_it_was: String,
     },
     /// The runtime process ended or failed without a more specific reason.
     #[error("the sandbox runtime failed: {message}{}", log_section(.log_tail))]
@@ -172,6 +175,17 @@ fn console_section(tail: &str) -> String {
         "\n(the guest console was empty)".into()
     } else {
         format!("\nlast lines of the guest console:\n{}", indent(tail))
+    }
+}
+
+fn stuck_section(where_it_was: &str) -> String {
+    if where_it_was.trim().is_empty() {
+        String::new()
+    } else {
+        format!(
+            "\nwhere the guest was when it was stopped:\n{}",
+            indent(where_it_was)
+        )
     }
 }
 
@@ -224,7 +238,20 @@ mod tests {
         let e = Error::ReadyTimeout {
             after: Duration::from_secs(3),
             console_tail: String::new(),
+            where_it_was: String::new(),
         };
         assert!(e.to_string().contains("console was empty"), "{e}");
+        assert!(!e.to_string().contains("where the guest was"), "{e}");
+        let e = Error::ReadyTimeout {
+            after: Duration::from_secs(3),
+            console_tail: String::new(),
+            where_it_was: "vCPU 0 (runnable) at RIP 0x1".into(),
+        };
+        assert!(
+            e.to_string().ends_with(
+                "where the guest was when it was stopped:\n    vCPU 0 (runnable) at RIP 0x1"
+            ),
+            "{e}"
+        );
     }
 }

@@ -234,7 +234,21 @@ async fn timed_out(child: &mut Child, dir: &SandboxDir, after: Duration) -> Erro
     Error::ReadyTimeout {
         after,
         console_tail,
+        where_it_was: where_it_was(&state::tail_lines(&dir.runtime_log(), WHERE_LINES)),
     }
+}
+
+/// Runtime-log lines read for what the runtime said of a guest stopped before
+/// it was ready (a line per vCPU, then a kernel log of up to 40 lines).
+const WHERE_LINES: usize = 80;
+
+/// The part of `log_tail` from the runtime's first line about where a guest
+/// stopped before it was ready had got to; empty when there is none.
+fn where_it_was(log_tail: &str) -> String {
+    log_tail
+        .find(crate::report::STOPPED_BEFORE_READY)
+        .map(|at| log_tail[log_tail[..at].rfind('\n').map_or(0, |n| n + 1)..].to_string())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -345,6 +359,19 @@ mod tests {
         let (result, _tmp) = launch_script("exit 3", Duration::from_secs(10)).await;
         let e = result.unwrap_err();
         assert!(e.to_string().contains("exit status: 3"), "{e}");
+    }
+
+    #[test]
+    fn where_it_was_quotes_from_the_first_description_line() {
+        let log = "INFO runtime starting\nINFO signal received\n\
+                   WARN stopped before ready: vCPU 0 (runnable)\n\
+                   WARN stopped before ready; guest kernel log:\nRun /init\nERROR failed";
+        assert_eq!(
+            where_it_was(log),
+            "WARN stopped before ready: vCPU 0 (runnable)\n\
+             WARN stopped before ready; guest kernel log:\nRun /init\nERROR failed"
+        );
+        assert_eq!(where_it_was("INFO nothing said\nERROR failed"), "");
     }
 
     #[tokio::test]

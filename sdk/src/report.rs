@@ -10,6 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 
+/// What starts each runtime-log line that says where a guest stopped before it was ready
+/// had got to (its vCPUs, its kernel log); the SDK quotes from the first such line on when
+/// it reports a ready timeout.
+pub const STOPPED_BEFORE_READY: &str = "stopped before ready";
+
 /// One line on the readiness pipe.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

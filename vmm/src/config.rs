@@ -160,7 +160,12 @@ impl std::fmt::Debug for DeviceSpec {
 /// Lets another thread ask a running VM to stop; the VM then ends with
 /// [`crate::VmExit::Stopped`] within about 100 ms.
 #[derive(Clone, Debug, Default)]
-pub struct StopHandle(Arc<std::sync::atomic::AtomicBool>);
+pub struct StopHandle(Arc<std::sync::atomic::AtomicU8>);
+
+/// [`StopHandle`]'s states, in the order they can only rise through.
+const RUNNING: u8 = 0;
+const STOP: u8 = 1;
+const STOP_AND_DESCRIBE: u8 = 2;
 
 impl StopHandle {
     /// A handle nobody has triggered.
@@ -170,12 +175,26 @@ impl StopHandle {
 
     /// Asks the VM to stop (idempotent).
     pub fn stop(&self) {
-        self.0.store(true, std::sync::atomic::Ordering::Release);
+        self.0.fetch_max(STOP, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Asks the VM to stop and to describe where its guest was: each vCPU's
+    /// registers and the end of the guest kernel's log land in the outcome
+    /// ([`crate::VmOutcome::vcpus_at_stop`], [`crate::VmOutcome::kernel_log`]).
+    /// For a guest stopped because it looks stuck, e.g. never became ready.
+    pub fn stop_and_describe(&self) {
+        self.0
+            .fetch_max(STOP_AND_DESCRIBE, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Whether a stop was asked for.
     pub fn is_stopped(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::Acquire)
+        self.0.load(std::sync::atomic::Ordering::Acquire) != RUNNING
+    }
+
+    /// Whether the stop asked for a description of the guest.
+    pub fn wants_description(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire) == STOP_AND_DESCRIBE
     }
 }
 

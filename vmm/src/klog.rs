@@ -138,8 +138,24 @@ pub enum Error {
 /// The last `max_lines` lines of the kernel log of the guest booted from
 /// `kernel`, read from `mem`, or why it cannot be had.
 pub fn read(mem: &GuestMemory, kernel: &Path, max_lines: usize) -> Result<String, Error> {
-    let elf = std::fs::read(kernel).map_err(|source| Error::ReadKernel {
+    let file = std::fs::File::open(kernel).map_err(|source| Error::ReadKernel {
         path: kernel.to_path_buf(),
+        source,
+    })?;
+    read_open(mem, &file, kernel, max_lines)
+}
+
+/// [`read`] with the kernel image already open as `file` (named `path` in
+/// errors): a confined VM thread may no longer open it by name. Positioned
+/// reads only, so the file's offset is left alone.
+pub fn read_open(
+    mem: &GuestMemory,
+    file: &std::fs::File,
+    path: &Path,
+    max_lines: usize,
+) -> Result<String, Error> {
+    let elf = read_whole(file).map_err(|source| Error::ReadKernel {
+        path: path.to_path_buf(),
         source,
     })?;
     let (vaddr, size) = find_symbol(&elf, LOG_BUF_SYMBOL).ok_or(Error::NoSymbol)?;
@@ -150,6 +166,32 @@ pub fn read(mem: &GuestMemory, kernel: &Path, max_lines: usize) -> Result<String
     let text = texts(&buffer);
     let lines: Vec<&str> = text.lines().collect();
     Ok(lines[lines.len().saturating_sub(max_lines)..].join("\n"))
+}
+
+/// The most bytes of a kernel image read (a vmlinux with symbols is tens of MiB).
+const MAX_IMAGE: u64 = 512 << 20;
+
+/// All of `file` (up to [`MAX_IMAGE`]) through positioned reads.
+fn read_whole(file: &std::fs::File) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    if len > MAX_IMAGE {
+        return Err(std::io::Error::other(format!(
+            "{len} bytes, more than the {MAX_IMAGE} read for a log"
+        )));
+    }
+    let mut elf = vec![0u8; len as usize];
+    let mut done = 0;
+    while done < elf.len() {
+        match file.read_at(&mut elf[done..], done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    elf.truncate(done);
+    Ok(elf)
 }
 
 #[cfg(test)]

@@ -73,6 +73,11 @@ pub struct Shared {
     /// it or `stop` changes. A count rather than the flag, so that a vCPU
     /// slow to wake from one pause is not caught by the next.
     resume: (Mutex<u64>, Condvar),
+    /// Set before a stop that should say where the guest was: each vCPU
+    /// leaving its loop then records its registers in `stopped_at`.
+    pub describe_on_stop: AtomicBool,
+    /// Per vCPU: where it was when it left its loop (see `describe_on_stop`).
+    pub stopped_at: Mutex<Vec<Option<String>>>,
 }
 
 impl Shared {
@@ -86,6 +91,8 @@ impl Shared {
             io_exits: AtomicU64::new(0),
             pause: AtomicBool::new(false),
             resume: (Mutex::new(0), Condvar::new()),
+            describe_on_stop: AtomicBool::new(false),
+            stopped_at: Mutex::new(vec![None; usize::from(vcpus)]),
         }
     }
 
@@ -190,6 +197,53 @@ impl<V: Vcpu> VcpuThread<V> {
             let _ = self.reports.send(Report::Stop(stop));
             return;
         }
+        if self.shared.describe_on_stop.load(Ordering::Acquire) {
+            let here = self.describe();
+            let mut all = self
+                .shared
+                .stopped_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(slot) = all.get_mut(usize::from(self.index)) {
+                *slot = Some(here);
+            }
+        }
+    }
+
+    /// Where this vCPU is, in one line: run state, instruction pointer, the
+    /// code there and the control registers (for a guest that looks stuck).
+    fn describe(&self) -> String {
+        let run_state = match self.vcpu.run_state() {
+            Ok(RunState::Runnable) => "runnable".to_string(),
+            Ok(RunState::Halted { interrupts_enabled }) => {
+                format!(
+                    "halted, interrupts {}",
+                    if interrupts_enabled {
+                        "enabled"
+                    } else {
+                        "disabled"
+                    }
+                )
+            }
+            Ok(RunState::WaitingForStartup) => "waiting for start-up".to_string(),
+            Err(e) => format!("run state unavailable: {e}"),
+        };
+        let Ok(state) = self.vcpu.registers() else {
+            return format!("vCPU {} ({run_state}): registers unavailable", self.index);
+        };
+        let code: Vec<String> = state
+            .code_at_rip(&self.mem, 15)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!(
+            "vCPU {} ({run_state}) at {} {:#x}, code [{}]; {}",
+            self.index,
+            crate::arch::IP_NAME,
+            state.regs.pc(),
+            code.join(" "),
+            state.regs
+        )
     }
 
     /// True if the vCPU can never run again by itself: halted with interrupts

@@ -190,22 +190,34 @@ pub struct VmOutcome {
     /// The last bytes the guest wrote to its console (at most
     /// [`crate::devices::console::TAIL_BYTES`]).
     pub console_tail: String,
-    /// After a vCPU fault: the end of the guest kernel's log buffer read from
-    /// guest memory (what a `quiet` kernel never printed), or why it could not
-    /// be read. `None` for other exits.
+    /// After a vCPU fault, or a stop that asked for a description
+    /// ([`crate::StopHandle::stop_and_describe`]): the end of the guest
+    /// kernel's log buffer read from guest memory (what a `quiet` kernel
+    /// never printed), or why it could not be read. `None` otherwise.
     pub kernel_log: Option<String>,
+    /// After a stop that asked for a description: one line per vCPU saying
+    /// where it was (run state, instruction pointer, code, registers).
+    /// Empty otherwise.
+    pub vcpus_at_stop: Vec<String>,
 }
 
 /// Lines of the guest kernel's log kept in a fault report.
 const KERNEL_LOG_LINES: usize = 40;
 
-/// The end of the kernel log of a guest that faulted (see [`crate::klog`]).
-fn kernel_log_after_fault(config: &VmConfig, mem: &GuestMemory) -> String {
-    match &config.boot {
-        BootSource::Linux { kernel, .. } => crate::klog::read(mem, kernel, KERNEL_LOG_LINES)
-            .unwrap_or_else(|why| format!("(kernel log unavailable: {why})")),
-        _ => "(kernel log unavailable: not a Linux guest)".into(),
-    }
+/// The end of the kernel log of a guest that faulted or is being described
+/// (see [`crate::klog`]), read through `opened` when the kernel was opened at
+/// start (a confined thread may not open it again).
+fn kernel_log_of(config: &VmConfig, mem: &GuestMemory, opened: Option<&std::fs::File>) -> String {
+    let log = match (&config.boot, opened) {
+        (BootSource::Linux { kernel, .. }, Some(file)) => {
+            crate::klog::read_open(mem, file, kernel, KERNEL_LOG_LINES)
+        }
+        (BootSource::Linux { kernel, .. }, None) => {
+            crate::klog::read(mem, kernel, KERNEL_LOG_LINES)
+        }
+        _ => return "(kernel log unavailable: not a Linux guest)".into(),
+    };
+    log.unwrap_or_else(|why| format!("(kernel log unavailable: {why})"))
 }
 
 /// Boots the VM described by `config` on the hypervisor `open` returns and
@@ -238,9 +250,26 @@ pub fn run<H: Hypervisor>(
 
     let (exit, boot_complete) = supervise(config, &machine, &vcpus, &mut on_event);
     let stopped_after = config.start_time.elapsed();
+    let describe = matches!(exit, VmExit::Stopped) && config.stop.wants_description();
+    let shared = Arc::clone(&vcpus.shared);
+    shared.describe_on_stop.store(describe, Ordering::Release);
     vcpus.stop();
     machine.console.flush_pending();
-    Ok(machine.outcome(config, exit, boot_complete, stopped_after))
+    let vcpus_at_stop = if describe {
+        let at = shared.stopped_at.lock().unwrap_or_else(|p| p.into_inner());
+        at.iter()
+            .enumerate()
+            .map(|(i, d)| {
+                d.clone()
+                    .unwrap_or_else(|| format!("vCPU {i}: did not stop in time to say"))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut outcome = machine.outcome(config, exit, boot_complete, stopped_after, describe);
+    outcome.vcpus_at_stop = vcpus_at_stop;
+    Ok(outcome)
 }
 
 /// Clears a [`crate::memory::MemoryHandle`] when dropped.
@@ -450,6 +479,7 @@ impl<V: Vm> Machine<V> {
         exit: VmExit,
         boot_complete: Option<Duration>,
         stopped_after: Duration,
+        describe: bool,
     ) -> VmOutcome {
         let guest_starts: Vec<usize> = self
             .mem
@@ -458,8 +488,8 @@ impl<V: Vm> Machine<V> {
             .map(|p| p as usize)
             .collect();
         let memory = stats::read(&guest_starts);
-        let kernel_log =
-            matches!(exit, VmExit::Fault(_)).then(|| kernel_log_after_fault(config, &self.mem));
+        let kernel_log = (describe || matches!(exit, VmExit::Fault(_)))
+            .then(|| kernel_log_of(config, &self.mem, self.kernel_file.as_ref()));
         VmOutcome {
             exit,
             boot_complete,
@@ -467,6 +497,7 @@ impl<V: Vm> Machine<V> {
             memory,
             console_tail: self.console.tail(),
             kernel_log,
+            vcpus_at_stop: Vec::new(),
         }
     }
 }

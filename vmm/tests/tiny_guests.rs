@@ -192,6 +192,12 @@ fn i8042_reset_is_a_reboot() {
 /// Runs raw `code` on one vCPU and asks the VM to stop `after` this long;
 /// returns how it ended.
 fn run_until_stopped(code: Vec<u8>, after: Duration) -> VmExit {
+    stop_after(code, after, false).exit
+}
+
+/// Runs raw `code` on one vCPU and stops it after `after`, asking for a
+/// description of where the guest was when `describe`; returns the outcome.
+fn stop_after(code: Vec<u8>, after: Duration, describe: bool) -> msbvm_vmm::VmOutcome {
     let mut config = VmConfig::new(BootSource::RawLongMode {
         code,
         load_addr: LOAD,
@@ -201,11 +207,15 @@ fn run_until_stopped(code: Vec<u8>, after: Duration) -> VmExit {
     let stop = config.stop.clone();
     let stopper = std::thread::spawn(move || {
         std::thread::sleep(after);
-        stop.stop();
+        if describe {
+            stop.stop_and_describe();
+        } else {
+            stop.stop();
+        }
     });
     let outcome = msbvm_vmm::run(&config, |_| {}).expect("VM starts");
     stopper.join().unwrap();
-    outcome.exit
+    outcome
 }
 
 /// Runs `cli; hlt` on the boot CPU of `vcpus` and checks the VM is found
@@ -366,5 +376,35 @@ fn stop_handle_ends_a_spinning_guest() {
     assert_eq!(
         run_until_stopped(code, Duration::from_millis(300)),
         VmExit::Stopped
+    );
+}
+
+#[test]
+fn a_described_stop_says_where_each_vcpu_was() {
+    if !kvm_available("a_described_stop_says_where_each_vcpu_was") {
+        return;
+    }
+    let spin = || vec![0x90, 0xeb, 0xfd]; // nop; jmp back to the nop
+    let plain = stop_after(spin(), Duration::from_millis(200), false);
+    assert_eq!(plain.exit, VmExit::Stopped);
+    assert!(plain.vcpus_at_stop.is_empty() && plain.kernel_log.is_none());
+
+    let described = stop_after(spin(), Duration::from_millis(200), true);
+    assert_eq!(described.exit, VmExit::Stopped);
+    let [line] = described.vcpus_at_stop.as_slice() else {
+        panic!("one line per vCPU: {:?}", described.vcpus_at_stop);
+    };
+    // The spin is two instructions at LOAD: the vCPU is at one of them.
+    let at_nop = format!("at RIP {LOAD:#x}, code [90 eb fd");
+    let at_jmp = format!("at RIP {:#x}, code [eb fd", LOAD + 1);
+    assert!(
+        line.starts_with("vCPU 0 (runnable)") && (line.contains(&at_nop) || line.contains(&at_jmp)),
+        "{line}"
+    );
+    assert!(line.contains("CR0"), "control registers: {line}");
+    // Not a Linux guest: no log, and it says why.
+    assert_eq!(
+        described.kernel_log.as_deref(),
+        Some("(kernel log unavailable: not a Linux guest)")
     );
 }
