@@ -64,10 +64,20 @@ fn build_flood_helper() -> PathBuf {
     out
 }
 
+/// How long each sandbox may take to become ready: CI's 8 boot in about 20 s, the full 20
+/// took minutes; a guest that hangs is reported (with where it was) after this.
+fn ready_timeout_secs(sandboxes: u32) -> u32 {
+    if sandboxes <= CI.0 {
+        300
+    } else {
+        1200
+    }
+}
+
 fn script(sandboxes: u32, execs: u32) -> String {
     format!(
         r#"{prelude}
-export MSBVM_READY_TIMEOUT_SECS=1200
+export MSBVM_READY_TIMEOUT_SECS={ready_timeout}
 # 20 guests share one emulated CPU: a guest can go unscheduled for longer than the SDK's 30 s
 # reply timeout (seen: every sandbox's execs failing from about #9 on with it), so it is raised
 # here; a hang still ends, at the per-exec `timeout`.
@@ -145,6 +155,7 @@ wait
 echo "CHECK done yes"
 "#,
         prelude = prelude(),
+        ready_timeout = ready_timeout_secs(sandboxes),
     )
 }
 
