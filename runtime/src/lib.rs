@@ -222,16 +222,24 @@ fn run(
     }
 }
 
-/// Logs where a guest stopped before it was ready had got to: each vCPU's
-/// state and the end of its kernel log (when the VM described them).
-fn log_where_it_was(outcome: &VmOutcome) {
+/// Where a guest stopped before it was ready had got to (each vCPU's state and the end of its
+/// kernel log, when the VM described them), one [`STOPPED_BEFORE_READY`] line each; empty
+/// when the VM said nothing.
+///
+/// [`STOPPED_BEFORE_READY`]: msbvm_sdk::report::STOPPED_BEFORE_READY
+fn where_it_was(outcome: &VmOutcome) -> String {
     use msbvm_sdk::report::STOPPED_BEFORE_READY;
-    for vcpu in &outcome.vcpus_at_stop {
-        tracing::warn!("{STOPPED_BEFORE_READY}: {vcpu}");
-    }
+    let mut lines: Vec<String> = outcome
+        .state_at_stop
+        .iter()
+        .map(|line| format!("{STOPPED_BEFORE_READY}: {line}"))
+        .collect();
     if let Some(log) = &outcome.kernel_log {
-        tracing::warn!("{STOPPED_BEFORE_READY}; guest kernel log (read from guest memory):\n{log}");
+        lines.push(format!(
+            "{STOPPED_BEFORE_READY}; guest kernel log (read from guest memory):\n{log}"
+        ));
     }
+    lines.join("\n")
 }
 
 /// Signals and inherited descriptors set up, and the creator still there (attached).
@@ -898,9 +906,14 @@ impl<'a> Supervisor<'a> {
             return None;
         }
         if self.stopping {
-            log_where_it_was(outcome);
+            let mut message = "the sandbox was stopped before it became ready".to_string();
+            let where_it_was = where_it_was(outcome);
+            if !where_it_was.is_empty() {
+                tracing::warn!("{where_it_was}");
+                message = format!("{message}\n{where_it_was}");
+            }
             return Some(Error::Runtime {
-                message: "the sandbox was stopped before it became ready".into(),
+                message,
                 log_tail: String::new(),
             });
         }

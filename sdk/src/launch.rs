@@ -180,7 +180,7 @@ async fn wait_ready(
         let next = match deadline {
             Some(d) => match tokio::time::timeout_at(d, lines.next_line()).await {
                 Ok(next) => next,
-                Err(_) => return Err(timed_out(child, dir, ready_timeout).await),
+                Err(_) => return Err(timed_out(child, dir, &mut lines, ready_timeout).await),
             },
             None => lines.next_line().await,
         };
@@ -215,26 +215,46 @@ async fn wait_ready(
     }
 }
 
-/// Ends a runtime that did not become ready and builds the error.
-async fn timed_out(child: &mut Child, dir: &SandboxDir, after: Duration) -> Error {
+/// Ends a runtime that did not become ready and builds the error, with what the runtime
+/// found when it stopped the guest: its last report on `lines` (attached runtimes leave no
+/// log behind) or else its log.
+async fn timed_out<R>(
+    child: &mut Child,
+    dir: &SandboxDir,
+    lines: &mut tokio::io::Lines<R>,
+    after: Duration,
+) -> Error
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
     let console_tail = state::tail_lines(&dir.console_log(), CONSOLE_TAIL_LINES);
     if let Some(pid) = child.id() {
         // SIGTERM: the runtime stops the VM and cleans up after itself.
         // SAFETY: signalling our own child by pid.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
     }
-    if tokio::time::timeout(TERMINATE_GRACE, child.wait())
-        .await
-        .is_err()
-    {
+    let grace = Instant::now() + TERMINATE_GRACE;
+    let reported = tokio::time::timeout_at(grace, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Ok(Report::Failed(failure)) = Report::from_line(&line) {
+                return Some(failure.message);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten();
+    if tokio::time::timeout_at(grace, child.wait()).await.is_err() {
         let _ = child.start_kill();
         let _ = child.wait().await;
         let _ = state::remove_if_dead(dir);
     }
+    let said = reported.unwrap_or_else(|| state::tail_lines(&dir.runtime_log(), WHERE_LINES));
     Error::ReadyTimeout {
         after,
         console_tail,
-        where_it_was: where_it_was(&state::tail_lines(&dir.runtime_log(), WHERE_LINES)),
+        where_it_was: where_it_was(&said),
     }
 }
 
@@ -386,6 +406,37 @@ mod tests {
             began.elapsed() < Duration::from_secs(8),
             "{:?}",
             began.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_runtime_says_where_its_guest_was() {
+        let failed = Report::Failed(crate::report::Failure {
+            kind: crate::report::FailureKind::Other,
+            message: "the sandbox was stopped before it became ready\n\
+                      stopped before ready: vCPU 0 (runnable) at RIP 0xffffffff81000000\n\
+                      stopped before ready; guest kernel log (read from guest memory):\n\
+                      Linux version 6.12"
+                .into(),
+            console_tail: String::new(),
+        })
+        .to_line();
+        // The stand-in answers SIGTERM as the runtime does: a failure report, then exit.
+        let body = format!(
+            "eval \"exec 9>&$fd\"; echo '{{\"type\":\"booting\"}}' >&9; \
+             said() {{ printf '%s\\n' '{}' >&9; exit 1; }}; trap said TERM; sleep 30 & wait",
+            failed.trim_end()
+        );
+        let (result, _tmp) = launch_script(&body, Duration::from_millis(300)).await;
+        let e = result.unwrap_err();
+        let Error::ReadyTimeout { where_it_was, .. } = &e else {
+            panic!("{e}");
+        };
+        assert_eq!(
+            where_it_was,
+            "stopped before ready: vCPU 0 (runnable) at RIP 0xffffffff81000000\n\
+             stopped before ready; guest kernel log (read from guest memory):\n\
+             Linux version 6.12"
         );
     }
 }

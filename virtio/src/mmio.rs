@@ -165,6 +165,53 @@ impl MmioTransport {
         self.status
     }
 
+    /// One line on where the device and its driver are, for a guest that
+    /// looks stuck: the device status, the pending interrupt bits and, per
+    /// ready queue, the driver's and the device's ring positions read from
+    /// guest memory (`avail` ahead of `used`: requests the device has not
+    /// completed; equal with interrupt bits pending: completions the driver
+    /// has not taken).
+    pub fn describe(&self) -> String {
+        let name = match self.device.device_type() {
+            1 => "net".to_string(),
+            4 => "rng".to_string(),
+            5 => "balloon".to_string(),
+            19 => "vsock".to_string(),
+            26 => "fs".to_string(),
+            other => format!("type {other}"),
+        };
+        let index_at = |ring: u64| -> String {
+            // Both rings start with a 16-bit flags word, then the 16-bit index.
+            GuestAddress(ring)
+                .checked_add(2)
+                .and_then(|at| self.mem.read_obj::<u16>(at).ok())
+                .map_or_else(|| "?".to_string(), |i| i.to_string())
+        };
+        let queues: Vec<String> = self
+            .queues
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| q.ready())
+            .map(|(i, q)| {
+                format!(
+                    "q{i} avail {} used {}",
+                    index_at(q.avail_ring()),
+                    index_at(q.used_ring())
+                )
+            })
+            .collect();
+        format!(
+            "virtio-{name}: status {:#x}, interrupt status {:#x}, {}",
+            self.status,
+            self.interrupt.status(),
+            if queues.is_empty() {
+                "no queue ready".to_string()
+            } else {
+                queues.join(", ")
+            }
+        )
+    }
+
     /// Handles a guest read of `data.len()` bytes at `offset` from the base.
     pub fn read(&mut self, offset: u64, data: &mut [u8]) {
         let reg = match access(offset, data.len()) {

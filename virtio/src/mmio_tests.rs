@@ -10,7 +10,7 @@ use virtio_queue::QueueT;
 
 use super::*;
 use crate::device::ActivateError;
-use crate::test_utils::{GuestDriver, XorShift, MEM_SIZE};
+use crate::test_utils::{Desc, GuestDriver, XorShift, MEM_SIZE};
 
 const VERSION_1: u64 = 1 << VIRTIO_F_VERSION_1;
 const FAKE_TYPE: u32 = 42;
@@ -601,5 +601,26 @@ fn a_restored_device_signalling_at_activation_keeps_its_interrupt_status() {
     assert_eq!(
         d.read_reg(VIRTIO_MMIO_INTERRUPT_STATUS),
         VIRTIO_MMIO_INT_VRING
+    );
+}
+
+#[test]
+fn describe_reports_status_interrupt_and_ring_positions() {
+    let (mut d, _calls) = driver();
+    assert_eq!(
+        d.transport().describe(),
+        format!("virtio-type {FAKE_TYPE}: status 0x0, interrupt status 0x0, no queue ready")
+    );
+    d.init();
+    // The driver made one request available on queue 0; the device completed none.
+    let buf = d.alloc(16);
+    d.add_chain(0, &[Desc::readable(buf, 16)]).unwrap();
+    d.transport().interrupt().signal_used_queue();
+    assert_eq!(
+        d.transport().describe(),
+        format!(
+            "virtio-type {FAKE_TYPE}: status 0xf, interrupt status 0x1, \
+             q0 avail 1 used 0, q1 avail 0 used 0"
+        )
     );
 }

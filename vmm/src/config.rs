@@ -180,7 +180,7 @@ impl StopHandle {
 
     /// Asks the VM to stop and to describe where its guest was: each vCPU's
     /// registers and the end of the guest kernel's log land in the outcome
-    /// ([`crate::VmOutcome::vcpus_at_stop`], [`crate::VmOutcome::kernel_log`]).
+    /// ([`crate::VmOutcome::state_at_stop`], [`crate::VmOutcome::kernel_log`]).
     /// For a guest stopped because it looks stuck, e.g. never became ready.
     pub fn stop_and_describe(&self) {
         self.0

@@ -196,9 +196,10 @@ pub struct VmOutcome {
     /// never printed), or why it could not be read. `None` otherwise.
     pub kernel_log: Option<String>,
     /// After a stop that asked for a description: one line per vCPU saying
-    /// where it was (run state, instruction pointer, code, registers).
+    /// where it was (run state, instruction pointer, code, registers), then
+    /// one per virtio device (status, pending interrupt, ring positions).
     /// Empty otherwise.
-    pub vcpus_at_stop: Vec<String>,
+    pub state_at_stop: Vec<String>,
 }
 
 /// Lines of the guest kernel's log kept in a fault report.
@@ -255,20 +256,18 @@ pub fn run<H: Hypervisor>(
     shared.describe_on_stop.store(describe, Ordering::Release);
     vcpus.stop();
     machine.console.flush_pending();
-    let vcpus_at_stop = if describe {
+    let state_at_stop = if describe {
         let at = shared.stopped_at.lock().unwrap_or_else(|p| p.into_inner());
-        at.iter()
-            .enumerate()
-            .map(|(i, d)| {
-                d.clone()
-                    .unwrap_or_else(|| format!("vCPU {i}: did not stop in time to say"))
-            })
-            .collect()
+        let vcpus = at.iter().enumerate().map(|(i, d)| {
+            d.clone()
+                .unwrap_or_else(|| format!("vCPU {i}: did not stop in time to say"))
+        });
+        vcpus.chain(machine.buses.describe_all()).collect()
     } else {
         Vec::new()
     };
     let mut outcome = machine.outcome(config, exit, boot_complete, stopped_after, describe);
-    outcome.vcpus_at_stop = vcpus_at_stop;
+    outcome.state_at_stop = state_at_stop;
     Ok(outcome)
 }
 
@@ -497,7 +496,7 @@ impl<V: Vm> Machine<V> {
             memory,
             console_tail: self.console.tail(),
             kernel_log,
-            vcpus_at_stop: Vec::new(),
+            state_at_stop: Vec::new(),
         }
     }
 }

@@ -387,12 +387,12 @@ fn a_described_stop_says_where_each_vcpu_was() {
     let spin = || vec![0x90, 0xeb, 0xfd]; // nop; jmp back to the nop
     let plain = stop_after(spin(), Duration::from_millis(200), false);
     assert_eq!(plain.exit, VmExit::Stopped);
-    assert!(plain.vcpus_at_stop.is_empty() && plain.kernel_log.is_none());
+    assert!(plain.state_at_stop.is_empty() && plain.kernel_log.is_none());
 
     let described = stop_after(spin(), Duration::from_millis(200), true);
     assert_eq!(described.exit, VmExit::Stopped);
-    let [line] = described.vcpus_at_stop.as_slice() else {
-        panic!("one line per vCPU: {:?}", described.vcpus_at_stop);
+    let [line] = described.state_at_stop.as_slice() else {
+        panic!("one line per vCPU: {:?}", described.state_at_stop);
     };
     // The spin is two instructions at LOAD: the vCPU is at one of them.
     let at_nop = format!("at RIP {LOAD:#x}, code [90 eb fd");

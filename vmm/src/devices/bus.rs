@@ -52,6 +52,12 @@ pub trait BusDevice: Send {
     /// that is pending. One raised during the restore reached a local APIC
     /// whose saved state was loaded after it, which erased it.
     fn reraise_interrupt(&mut self) {}
+
+    /// One line on the device's state for a guest that looks stuck, if it
+    /// has something worth saying (see [`crate::StopHandle::stop_and_describe`]).
+    fn describe(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Errors while populating a bus.
@@ -219,6 +225,14 @@ impl Buses {
         for (_, dev) in self.named_devices() {
             lock(&dev).reraise_interrupt();
         }
+    }
+
+    /// [`BusDevice::describe`] of every device that says something, after its name.
+    pub fn describe_all(&self) -> Vec<String> {
+        self.named_devices()
+            .into_iter()
+            .filter_map(|(name, dev)| lock(&dev).describe().map(|d| format!("{name} {d}")))
+            .collect()
     }
 
     /// Every device's state that is worth keeping, by name; or the first

@@ -51,6 +51,10 @@ impl BusDevice for VirtioMmio {
         self.0.save_state().map(Some)
     }
 
+    fn describe(&self) -> Option<String> {
+        Some(self.0.describe())
+    }
+
     fn restore_state(&mut self, state: &[u8]) -> Result<(), String> {
         self.0.restore_state(state)
     }
