@@ -93,6 +93,23 @@ n=0; while [ $n -lt 300 ] && [ -e /tmp/msbvm/sandboxes/orphan ]; do sleep 0.1; n
 check orphan_state_gone $([ -e /tmp/msbvm/sandboxes/orphan ] && echo no || echo yes)
 check orphan_runtime_gone $(ps | grep -v grep | grep -c __runtime)
 check orphan_ls_empty $($M ls --json | grep -c '"orphan"')
+
+# Not ready in time: the sandbox is stopped and the error says where its guest was (vCPU
+# state and the guest kernel's log, read from memory: the console is quiet).
+# Three busy loops share L1's CPU with the guest, so that it cannot be ready in 3 s (idle, it
+# can be).
+hogs=""; for h in 1 2 3; do (while :; do :; done) & hogs="$hogs $!"; done
+out=$(MSBVM_READY_TIMEOUT_SECS=3 $M run --name late -- true 2>&1); check late_rc $?
+kill $hogs
+echo "$out" | head -n 12
+check late_where $(echo "$out" | grep -c 'where the guest was when it was stopped')
+check late_vcpu $(echo "$out" | grep -c 'stopped before ready: vCPU 0 (.*) at RIP 0x')
+check late_devices $(echo "$out" | grep 'stopped before ready: mmio@0x[0-9a-f]* virtio-' | grep -c -e virtio-fs: -e virtio-vsock:)
+# The log's last 40 lines: which ones depends on how far the kernel got, so only that it
+# was read (lines after its heading, no "unavailable").
+n=$(echo "$out" | sed -n '/guest kernel log (read from guest memory)/,$p' | wc -l)
+check late_klog $([ $n -gt 5 ] && ! echo "$out" | grep -q 'kernel log unavailable' && echo read || echo "no:$n")
+check late_gone $([ -e /tmp/msbvm/sandboxes/late ] && echo no || echo yes)
 echo "CHECK done yes"
 "#,
         prelude = prelude(),
@@ -141,6 +158,12 @@ fn sandboxes_run_commands_end_to_end() {
         ("orphan_state_gone", "yes"),
         ("orphan_runtime_gone", "0"),
         ("orphan_ls_empty", "0"),
+        ("late_rc", "125"),
+        ("late_where", "1"),
+        ("late_vcpu", "1"),
+        ("late_devices", "2"),
+        ("late_klog", "read"),
+        ("late_gone", "yes"),
     ];
     assert_checks(&out.console, &expected);
 }
