@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
-use super::fdt::{self, FdtConfig, VirtioNode};
+use super::fdt::{self, FdtConfig};
 use super::image::{self, ImageError, ImageHeader, IMAGE_HEADER_SIZE};
 use super::layout::{CMDLINE_MAX_SIZE, FDT_MAX_SIZE, RAM_START};
 pub use super::regs::EntryMode;
@@ -175,19 +175,12 @@ pub fn device_tree(
     initrd: Option<(u64, u64)>,
     virtio: &[VirtioPlacement],
 ) -> Result<Vec<u8>, Error> {
-    let nodes: Vec<VirtioNode> = virtio
-        .iter()
-        .map(|p| VirtioNode {
-            base: p.base,
-            spi: p.line,
-        })
-        .collect();
     let blob = fdt::create_fdt(&FdtConfig {
         vcpus: u32::from(vcpus),
         ram_size,
         cmdline,
         initrd,
-        virtio: &nodes,
+        virtio,
     })
     .map_err(|e| Error::Fdt(e.to_string()))?;
     if blob.len() as u64 > FDT_MAX_SIZE {

@@ -9,6 +9,8 @@
 
 use vm_fdt::{Error as FdtError, FdtWriter};
 
+use crate::devices::virtio::VirtioPlacement;
+
 use super::layout::{
     self, GIC_DIST_SIZE, GIC_DIST_START, PLATFORM_MMIO_SIZE, PLATFORM_MMIO_START, SERIAL_IRQ,
     SERIAL_MMIO_SIZE, SERIAL_MMIO_START, VIRTIO_MMIO_SIZE,
@@ -31,15 +33,6 @@ const IRQ_LEVEL_LOW: u32 = 8;
 /// the emulated UART ignores, but the driver refuses a zero.
 const UART_CLOCK_HZ: u32 = 1_843_200;
 
-/// One virtio-mmio device as the tree lists it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VirtioNode {
-    /// Guest-physical base of its 4 KiB window.
-    pub base: u64,
-    /// Its SPI number (the irqfd GSI).
-    pub spi: u32,
-}
-
 /// What the tree describes beyond the fixed layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FdtConfig<'a> {
@@ -51,8 +44,8 @@ pub struct FdtConfig<'a> {
     pub cmdline: &'a str,
     /// The initramfs, if any: `(start, size)`.
     pub initrd: Option<(u64, u64)>,
-    /// The virtio-mmio devices.
-    pub virtio: &'a [VirtioNode],
+    /// The virtio-mmio devices (their `line` is the SPI number, the irqfd GSI).
+    pub virtio: &'a [VirtioPlacement],
 }
 
 /// Builds the device tree blob.
@@ -132,7 +125,7 @@ pub fn create_fdt(cfg: &FdtConfig<'_>) -> Result<Vec<u8>, FdtError> {
         let n = f.begin_node(&format!("virtio_mmio@{:x}", dev.base))?;
         f.property_string("compatible", "virtio,mmio")?;
         f.property_array_u64("reg", &[dev.base, VIRTIO_MMIO_SIZE])?;
-        f.property_array_u32("interrupts", &[GIC_SPI, dev.spi, IRQ_EDGE_RISING])?;
+        f.property_array_u32("interrupts", &[GIC_SPI, dev.line, IRQ_EDGE_RISING])?;
         f.property_null("dma-coherent")?;
         f.end_node(n)?;
     }
@@ -211,9 +204,9 @@ mod tests {
 
     #[test]
     fn describes_the_machine() {
-        let virtio = [VirtioNode {
+        let virtio = [VirtioPlacement {
             base: layout::VIRTIO_MMIO_START,
-            spi: 2,
+            line: 2,
         }];
         let blob = create_fdt(&FdtConfig {
             vcpus: 2,
