@@ -163,9 +163,32 @@ pub fn read_open(
     let mut buffer = vec![0u8; size.min(MAX_BUFFER) as usize];
     mem.read_slice(&mut buffer, GuestAddress(phys))
         .map_err(|source| Error::ReadBuffer { phys, source })?;
-    let text = texts(&buffer);
+    Ok(tail(&texts(&buffer), max_lines))
+}
+
+/// The most bytes kept of one log line: a kernel message is well under it, and
+/// a guest that writes long lines cannot make a report of a few lines large.
+pub const MAX_LINE: usize = 240;
+
+/// The last `max_lines` lines of `text`, each cut to [`MAX_LINE`] bytes (with
+/// "…" marking a cut), so at most `max_lines * (MAX_LINE + 4)` bytes.
+pub fn tail(text: &str, max_lines: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
-    Ok(lines[lines.len().saturating_sub(max_lines)..].join("\n"))
+    let kept = &lines[lines.len().saturating_sub(max_lines)..];
+    let cut: Vec<String> = kept
+        .iter()
+        .map(|line| {
+            if line.len() <= MAX_LINE {
+                return (*line).to_string();
+            }
+            let mut end = MAX_LINE;
+            while !line.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{}…", &line[..end])
+        })
+        .collect();
+    cut.join("\n")
 }
 
 /// The most bytes of a kernel image read (a vmlinux with symbols is tens of MiB).
@@ -173,24 +196,20 @@ const MAX_IMAGE: u64 = 512 << 20;
 
 /// All of `file` (up to [`MAX_IMAGE`]) through positioned reads.
 fn read_whole(file: &std::fs::File) -> std::io::Result<Vec<u8>> {
-    use std::os::unix::fs::FileExt;
-    let len = file.metadata()?.len();
-    if len > MAX_IMAGE {
-        return Err(std::io::Error::other(format!(
-            "{len} bytes, more than the {MAX_IMAGE} read for a log"
-        )));
+    let too_big =
+        || std::io::Error::other(format!("more than the {MAX_IMAGE} bytes read for a log"));
+    if file.metadata()?.len() > MAX_IMAGE {
+        return Err(too_big());
     }
-    let mut elf = vec![0u8; len as usize];
-    let mut done = 0;
-    while done < elf.len() {
-        match file.read_at(&mut elf[done..], done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+    let mut elf = Vec::new();
+    crate::read_at::each_chunk(file, |chunk| {
+        // The file may grow after the check above.
+        if (elf.len() + chunk.len()) as u64 > MAX_IMAGE {
+            return Err(too_big());
         }
-    }
-    elf.truncate(done);
+        elf.extend_from_slice(chunk);
+        Ok(())
+    })?;
     Ok(elf)
 }
 
@@ -254,6 +273,22 @@ mod tests {
         assert_eq!(find_symbol(&elf, "missing"), None);
         assert_eq!(virt_to_phys(&elf, 0xffff_ffff_8123_4000), Some(0x123_4000));
         assert_eq!(virt_to_phys(&elf, 0xffff_ffff_9000_0000), None);
+    }
+
+    #[test]
+    fn the_tail_is_bounded_in_lines_and_bytes() {
+        let text: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        let t = tail(&text, 3);
+        assert_eq!(t, "line 97\nline 98\nline 99");
+        // A hostile kernel's long lines are cut; the bound holds whatever the input.
+        let long = format!("{}\n", "x".repeat(1 << 20)).repeat(50);
+        let t = tail(&long, 40);
+        assert_eq!(t.lines().count(), 40);
+        assert!(t.len() <= 40 * (MAX_LINE + 4), "{} bytes", t.len());
+        assert!(t.lines().all(|l| l.ends_with('…')));
+        // Cuts land on character boundaries.
+        let wide = "é".repeat(MAX_LINE);
+        assert!(tail(&wide, 1).starts_with('é'));
     }
 
     #[test]
