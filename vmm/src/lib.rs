@@ -42,6 +42,7 @@ pub mod hypervisor;
 pub mod klog;
 pub mod kvm;
 pub mod memory;
+mod read_at;
 pub mod seccomp;
 pub mod snapshot;
 pub mod stats;

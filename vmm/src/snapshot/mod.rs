@@ -234,20 +234,12 @@ pub fn sha256_file(path: &Path) -> Result<String, Error> {
 /// confined itself can still be hashed afterwards.
 pub fn sha256_open(file: &std::fs::File, path: &Path) -> Result<String, Error> {
     use sha2::{Digest, Sha256};
-    use std::os::unix::fs::FileExt;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut offset = 0u64;
-    loop {
-        let n = match file.read_at(&mut buf, offset) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::io("cannot read", path)(e)),
-        };
-        hasher.update(&buf[..n]);
-        offset += n as u64;
-    }
+    crate::read_at::each_chunk(file, |chunk| {
+        hasher.update(chunk);
+        Ok(())
+    })
+    .map_err(Error::io("cannot read", path))?;
     Ok(hasher
         .finalize()
         .iter()
