@@ -133,16 +133,39 @@ impl fmt::Display for VcpuFault {
             FaultKind::Unexpected(what) => write!(f, "{what}")?,
             FaultKind::Host(what) => write!(f, "{what}")?,
         }
-        write!(f, ") at {} {:#x}", crate::arch::IP_NAME, self.rip)?;
-        if self.insn_bytes.is_empty() {
+        write!(f, ") ")?;
+        Position {
+            ip: self.rip,
+            code: &self.insn_bytes,
+            regs: self.regs.as_ref(),
+        }
+        .fmt(f)
+    }
+}
+
+/// Where a vCPU was, in the words both fault reports and described stops use:
+/// "at RIP 0x…, instruction bytes 0f 0b; CR0 …" (the architecture's names).
+pub(crate) struct Position<'a> {
+    /// The instruction pointer.
+    pub ip: u64,
+    /// The code bytes there (empty when they could not be read).
+    pub code: &'a [u8],
+    /// The control registers, when they could be read.
+    pub regs: Option<&'a FaultRegs>,
+}
+
+impl fmt::Display for Position<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "at {} {:#x}", crate::arch::IP_NAME, self.ip)?;
+        if self.code.is_empty() {
             write!(f, ", instruction bytes unavailable")?;
         } else {
             write!(f, ", instruction bytes")?;
-            for b in &self.insn_bytes {
+            for b in self.code {
                 write!(f, " {b:02x}")?;
             }
         }
-        match &self.regs {
+        match self.regs {
             Some(r) => write!(f, "; {r}"),
             None => write!(f, "; registers unavailable"),
         }

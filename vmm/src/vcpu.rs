@@ -15,7 +15,7 @@ use std::time::Instant;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::devices::{BusEvent, Buses};
-use crate::exit::{FaultKind, VcpuFault, VmExit};
+use crate::exit::{FaultKind, FaultRegs, Position, VcpuFault, VmExit};
 use crate::hypervisor::{RunState, Vcpu, VcpuExit};
 use crate::memory::GuestMemory;
 
@@ -228,22 +228,21 @@ impl<V: Vcpu> VcpuThread<V> {
             Ok(RunState::WaitingForStartup) => "waiting for start-up".to_string(),
             Err(e) => format!("run state unavailable: {e}"),
         };
-        let Ok(state) = self.vcpu.registers() else {
-            return format!("vCPU {} ({run_state}): registers unavailable", self.index);
+        let (regs, code) = self.position().unzip();
+        let position = Position {
+            ip: regs.as_ref().map_or(0, |r| r.pc()),
+            code: code.as_deref().unwrap_or_default(),
+            regs: regs.as_ref(),
         };
-        let code: Vec<String> = state
-            .code_at_rip(&self.mem, 15)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        format!(
-            "vCPU {} ({run_state}) at {} {:#x}, code [{}]; {}",
-            self.index,
-            crate::arch::IP_NAME,
-            state.regs.pc(),
-            code.join(" "),
-            state.regs
-        )
+        format!("vCPU {} ({run_state}) {position}", self.index)
+    }
+
+    /// The control registers and up to 15 code bytes at the instruction
+    /// pointer, if the registers can be read.
+    fn position(&self) -> Option<(FaultRegs, Vec<u8>)> {
+        let state = self.vcpu.registers().ok()?;
+        let code = state.code_at_rip(&self.mem, 15);
+        Some((state.regs, code))
     }
 
     /// True if the vCPU can never run again by itself: halted with interrupts
@@ -260,19 +259,13 @@ impl<V: Vcpu> VcpuThread<V> {
 
     /// Captures the registers and the code at the instruction pointer for a fault report.
     fn fault(&self, kind: FaultKind) -> VcpuFault {
-        let mut fault = VcpuFault {
+        let (regs, code) = self.position().unzip();
+        VcpuFault {
             vcpu: self.index,
             kind,
-            rip: 0,
-            insn_bytes: Vec::new(),
-            regs: None,
-        };
-        let Ok(state) = self.vcpu.registers() else {
-            return fault;
-        };
-        fault.rip = state.regs.pc();
-        fault.regs = Some(state.regs);
-        fault.insn_bytes = state.code_at_rip(&self.mem, 15);
-        fault
+            rip: regs.as_ref().map_or(0, |r| r.pc()),
+            insn_bytes: code.unwrap_or_default(),
+            regs,
+        }
     }
 }

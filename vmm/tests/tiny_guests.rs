@@ -395,8 +395,8 @@ fn a_described_stop_says_where_each_vcpu_was() {
         panic!("one line per vCPU: {:?}", described.state_at_stop);
     };
     // The spin is two instructions at LOAD: the vCPU is at one of them.
-    let at_nop = format!("at RIP {LOAD:#x}, code [90 eb fd");
-    let at_jmp = format!("at RIP {:#x}, code [eb fd", LOAD + 1);
+    let at_nop = format!("at RIP {LOAD:#x}, instruction bytes 90 eb fd");
+    let at_jmp = format!("at RIP {:#x}, instruction bytes eb fd", LOAD + 1);
     assert!(
         line.starts_with("vCPU 0 (runnable)") && (line.contains(&at_nop) || line.contains(&at_jmp)),
         "{line}"
