@@ -293,6 +293,10 @@ impl<B: DeviceBackend> VirtioDevice for Device<B> {
         self.common.device_type
     }
 
+    fn name(&self) -> &'static str {
+        self.common.name
+    }
+
     fn queue_max_sizes(&self) -> &[u16] {
         &self.common.queue_sizes
     }

@@ -58,6 +58,11 @@ pub trait VirtioDevice: Send {
     /// The virtio device ID (e.g. 19 for vsock).
     fn device_type(&self) -> u32;
 
+    /// The device's name in logs and descriptions ("virtio-vsock").
+    fn name(&self) -> &'static str {
+        "virtio device"
+    }
+
     /// The maximum size of each of the device's queues, in queue order.
     /// Each must be a power of two no larger than 32768.
     fn queue_max_sizes(&self) -> &[u16];

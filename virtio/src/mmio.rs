@@ -172,14 +172,6 @@ impl MmioTransport {
     /// completed; equal with interrupt bits pending: completions the driver
     /// has not taken).
     pub fn describe(&self) -> String {
-        let name = match self.device.device_type() {
-            1 => "net".to_string(),
-            4 => "rng".to_string(),
-            5 => "balloon".to_string(),
-            19 => "vsock".to_string(),
-            26 => "fs".to_string(),
-            other => format!("type {other}"),
-        };
         let index_at = |ring: u64| -> String {
             // Both rings start with a 16-bit flags word, then the 16-bit index.
             GuestAddress(ring)
@@ -201,7 +193,8 @@ impl MmioTransport {
             })
             .collect();
         format!(
-            "virtio-{name}: status {:#x}, interrupt status {:#x}, {}",
+            "{}: status {:#x}, interrupt status {:#x}, {}",
+            self.device.name(),
             self.status,
             self.interrupt.status(),
             if queues.is_empty() {

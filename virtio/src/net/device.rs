@@ -96,7 +96,7 @@ impl Net {
             avail_features |= (1 << VIRTIO_NET_F_CSUM) | (1 << VIRTIO_NET_F_GUEST_CSUM);
         }
         let common = DeviceCommon::new(
-            "net",
+            "virtio-net",
             VIRTIO_ID_NET,
             &[QUEUE_SIZE; 2],
             avail_features,

@@ -105,7 +105,7 @@ impl Vsock {
             .ok()
             .map(|m| (m.dev(), m.ino()));
         let common = DeviceCommon::new(
-            "vsock",
+            "virtio-vsock",
             VIRTIO_ID_VSOCK,
             &[QUEUE_SIZE; 3],
             1 << VIRTIO_F_VERSION_1,
