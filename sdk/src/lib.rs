@@ -99,3 +99,16 @@ pub use sandbox::{
 };
 pub use secrets::Secret;
 pub use state::Status;
+
+#[cfg(test)]
+mod tests {
+    /// Callers spawn the SDK's futures on multi-threaded runtimes (the Python bindings do),
+    /// which needs them `Send`; this fails to build when one stops being.
+    #[test]
+    fn the_main_futures_are_send() {
+        fn send<T: Send>(_: T) {}
+        send(crate::Sandbox::builder("x").create());
+        send(crate::Sandbox::get("x"));
+        send(crate::Sandbox::remove_named("x"));
+    }
+}

@@ -196,7 +196,10 @@ impl ImageStore {
             )));
         }
         puller.blob(config, false).await?;
-        futures_util::stream::iter(layers.iter().map(|l| puller.blob(l, true)))
+        // Collected first: a stream over a closure that borrows each layer makes the future
+        // not `Send` for every lifetime (a rustc limitation), and callers spawn it.
+        let downloads: Vec<_> = layers.iter().map(|l| puller.blob(l, true)).collect();
+        futures_util::stream::iter(downloads)
             .buffer_unordered(PARALLEL_DOWNLOADS)
             .try_collect::<Vec<()>>()
             .await?;
