@@ -14,6 +14,7 @@
 //! - [`liveness`]: the heartbeat that tells a frozen L1 from a busy one,
 //! - [`registry`]: a real OCI registry holding a test image, for `msbvm pull` in L1,
 //! - [`skip`]: failing (or, on request, skipping) when the host cannot run L1,
+//! - [`python_l1`]: the host's Python interpreter in L1, for suites that run Python there,
 //! - [`test_image`]: the secrets suite's guest image, built from distribution packages,
 //! - [`tls_peers`]: the secrets suite's HTTPS upstreams in L1 and their test CA.
 
@@ -27,6 +28,7 @@ pub mod error;
 pub mod l1_arch;
 pub mod liveness;
 pub mod nested;
+pub mod python_l1;
 pub mod registry;
 pub mod report;
 pub mod skip;

@@ -17,14 +17,12 @@
 //!
 //! `cargo test -p msbvm-tests --test plugins_nested -- --nocapture`.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use msbvm_tests::e2e::{assert_checks, net_host, net_l1, prelude, run_scenarios};
+use msbvm_tests::python_l1::add_python;
 
 const L1_TIMEOUT: Duration = Duration::from_secs(900);
-const PYTHON: &str = "/usr/bin/python3";
 const GUARD: &str = include_str!("../l1-tools/guard_plugin.py");
 const FS_PLUGIN: &str = include_str!("../l1-tools/fs_plugin.py");
 const CLIENT: &str = include_str!("../../plugins/python/msbvm_plugin.py");
@@ -142,66 +140,29 @@ grep -i "plugin" $MSBVM_HOME/sandboxes/pl/runtime.log | tail -20
 echo "CHECK done yes"
 "#;
 
-/// The pure-Python standard library of `python` as a zip, for `PYTHONHOME/lib/`: its name
-/// (`python3XY.zip`) and bytes; `None` if this host's Python cannot make it.
-fn stdlib_zip(python: &Path, out: &Path) -> Option<String> {
-    let script = r#"
-import os, sys, sysconfig, zipfile
-root = sysconfig.get_paths()["stdlib"]
-name = "python%d%d.zip" % sys.version_info[:2]
-skip = {"test", "idlelib", "tkinter", "lib2to3", "ensurepip", "distutils", "pydoc_data",
-        "turtledemo", "lib-dynload", "dist-packages", "site-packages", "__pycache__",
-        "unittest", "sqlite3", "venv", "curses", "dbm", "asyncio", "xmlrpc", "ctypes",
-        "multiprocessing", "idle_test"}
-with zipfile.ZipFile(os.path.join(sys.argv[1], name), "w", zipfile.ZIP_DEFLATED) as z:
-    for d, dirs, files in os.walk(root):
-        dirs[:] = [x for x in dirs if x not in skip and not x.startswith("config-")]
-        for f in files:
-            if f.endswith(".py"):
-                p = os.path.join(d, f)
-                z.write(p, os.path.relpath(p, root))
-print(name)
-"#;
-    let output = Command::new(python)
-        .args(["-I", "-c", script])
-        .arg(out)
-        .output()
-        .ok()?;
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
-}
-
 #[test]
 fn plugins_decide_observe_fail_closed_and_restart() {
-    if !Path::new(PYTHON).exists() {
-        eprintln!("skipped: no {PYTHON} to run the Python plugin in L1");
-        return;
-    }
     let Some(vm) = net_l1(L1_TIMEOUT) else {
         return;
     };
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let python = std::fs::canonicalize(PYTHON).expect("python3's real path");
-    let Some(zip) = stdlib_zip(&python, dir.path()) else {
-        eprintln!("skipped: {PYTHON} could not zip its standard library");
+    let Some(py) = add_python(vm, dir.path()) else {
         return;
     };
     let wrapper = |script: &str| {
         format!(
-            "#!/bin/sh\nPYTHONHOME=/py exec {} /e2e/{script}\n",
-            python.display()
+            "#!/bin/sh\n{}\n",
+            py.command(true, &format!("/e2e/{script}"))
         )
     };
-    let vm = vm
-        .add_program(&python, &python.display().to_string())
-        .add_file(dir.path().join(&zip), &format!("/py/lib/{zip}"))
+    let (guard, fsguard) = (wrapper("guard_plugin.py"), wrapper("fs_plugin.py"));
+    let vm = py
+        .vm
         .add_bytes("/e2e/guard_plugin.py", GUARD, 0o644)
         .add_bytes("/e2e/msbvm_plugin.py", CLIENT, 0o644)
         .add_bytes("/e2e/fs_plugin.py", FS_PLUGIN, 0o644)
-        .add_bytes("/e2e/guard", wrapper("guard_plugin.py"), 0o755)
-        .add_bytes("/e2e/fsguard", wrapper("fs_plugin.py"), 0o755);
+        .add_bytes("/e2e/guard", guard, 0o755)
+        .add_bytes("/e2e/fsguard", fsguard, 0o755);
     let script = SCRIPT
         .replace("@PRELUDE@", &prelude())
         .replace("@HOST@", &net_host(WWW, ""));
