@@ -1,0 +1,409 @@
+"""msbvm: disposable Linux microVM sandboxes, from Python.
+
+Asynchronous API (this module) and a synchronous twin (:mod:`msbvm.sync`) over the Rust SDK,
+with the same concepts and names::
+
+    import asyncio, msbvm
+
+    async def main():
+        async with msbvm.Sandbox.create("demo", memory=256) as sb:
+            out = await sb.exec(["echo", "hello"])
+            print(out.stdout.decode(), out.exit_code)
+
+    asyncio.run(main())
+
+Each sandbox is owned by a runtime process, the ``msbvm`` binary, which this package starts.
+It is looked for, in order: ``$MSBVM_BIN``; the copy inside this package (``msbvm/bin/msbvm``,
+present in wheels built by ``scripts/build-python``); ``msbvm`` on ``PATH``. The guest agent
+(``msbvm-agent``) is looked for next to that binary, or at ``$MSBVM_AGENT``. A missing one raises
+:class:`~msbvm.errors.RuntimeMissingError` or :class:`~msbvm.errors.AgentMissingError`, whose
+message says what to do.
+
+A sandbox created without ``detached=True`` lives as long as this process holds it: it stops
+when its :class:`Sandbox` object is garbage-collected or the process exits. ``async with``
+removes it at the end of the block.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import (
+    Any,
+    AsyncIterator,
+    Awaitable,
+    Dict,
+    Generator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
+
+from . import _native
+from ._native import DirEntry, ExecEvent, ExecResult, SandboxInfo
+from .errors import *  # noqa: F401,F403  (the exception classes are part of the API)
+from .errors import MsbvmError
+
+__version__: str = _native.version()
+
+_BIN_ENV = "MSBVM_BIN"
+_bundled = Path(__file__).resolve().parent / "bin" / "msbvm"
+if not os.environ.get(_BIN_ENV) and _bundled.is_file():
+    # The runtime (and the agent beside it) shipped inside the wheel.
+    os.environ[_BIN_ENV] = str(_bundled)
+
+Command = Union[str, Sequence[str]]
+
+
+def _argv(command: Command) -> List[str]:
+    """A command as an argument vector: a string is one program (no shell parsing)."""
+    if isinstance(command, str):
+        return [command]
+    argv = list(command)
+    if not all(isinstance(a, str) for a in argv):
+        raise TypeError("a command is a string or a sequence of strings")
+    return argv
+
+
+def _volume(v: Union[str, Tuple[str, str], Tuple[str, str, bool]]) -> str:
+    """A volume as the SDK's "HOST:GUEST[:ro]" text."""
+    if isinstance(v, str):
+        return v
+    if len(v) == 2:
+        return f"{v[0]}:{v[1]}"
+    host, guest, read_only = v
+    return f"{host}:{guest}" + (":ro" if read_only else "")
+
+
+def list_sandboxes() -> List[SandboxInfo]:
+    """Every sandbox of this user (``$MSBVM_HOME``), running or not (Rust: ``Sandbox::list``;
+    here a function, since ``Sandbox.list`` lists a guest directory)."""
+    return _native.list()
+
+
+class ExecStream:
+    """A running process: an async iterator of :class:`ExecEvent` (``kind`` is "started",
+    "stdout", "stderr" or "exited"), with its stdin, signals and terminal size.
+
+    ``await stream.wait()`` reads what is left and returns ``(exit_code, stdout, stderr)``.
+    """
+
+    def __init__(self, native: Any) -> None:
+        self._native = native
+        self._done = False
+
+    @property
+    def pid(self) -> int:
+        """The process's pid in the guest."""
+        return self._native.pid
+
+    def __aiter__(self) -> AsyncIterator[ExecEvent]:
+        return self
+
+    async def __anext__(self) -> ExecEvent:
+        if self._done:
+            raise StopAsyncIteration
+        event = await self._native.next_event()
+        if event is None:
+            self._done = True
+            raise StopAsyncIteration
+        if event.kind == "exited":
+            self._done = True
+        return event
+
+    async def write_stdin(self, data: Union[bytes, str]) -> None:
+        """Writes to the process's stdin (text is encoded as UTF-8)."""
+        await self._native.write_stdin(data.encode() if isinstance(data, str) else bytes(data))
+
+    async def close_stdin(self) -> None:
+        """Closes the process's stdin: it reads end of file."""
+        await self._native.close_stdin()
+
+    async def signal(self, signal: int) -> None:
+        """Sends signal number ``signal`` (e.g. ``signal.SIGTERM``) to the process."""
+        await self._native.signal(int(signal))
+
+    async def resize(self, rows: int, cols: int) -> None:
+        """Resizes the process's terminal (exec_stream(..., tty=(rows, cols)))."""
+        await self._native.resize(rows, cols)
+
+    async def wait(self) -> Tuple[int, bytes, bytes]:
+        """Reads the process to its end: ``(exit_code, stdout, stderr)``."""
+        out: List[bytes] = []
+        err: List[bytes] = []
+        code = -1
+        async for event in self:
+            if event.kind == "stdout":
+                out.append(event.data)
+            elif event.kind == "stderr":
+                err.append(event.data)
+            elif event.kind == "exited":
+                code = event.exit_code
+        return code, b"".join(out), b"".join(err)
+
+
+class EventStream:
+    """The guest's events as an async iterator of dicts: ``type``, ``data``, ``id``, ``reply_to``,
+    ``pid`` and ``exec`` (the sender in the guest), ``connection``, ``time_ms``."""
+
+    def __init__(self, native: Any) -> None:
+        self._native = native
+
+    def __aiter__(self) -> AsyncIterator[Dict[str, Any]]:
+        return self
+
+    async def __anext__(self) -> Dict[str, Any]:
+        text = await self._native.next()
+        if text is None:
+            raise StopAsyncIteration
+        return json.loads(text)
+
+
+class _Creating:
+    """What :meth:`Sandbox.create` returns: await it for the sandbox, or use it with
+    ``async with`` to have the sandbox removed at the end of the block."""
+
+    def __init__(self, awaitable: Awaitable["Sandbox"]) -> None:
+        self._awaitable = awaitable
+        self._sandbox: Optional[Sandbox] = None
+
+    def __await__(self) -> Generator[Any, None, "Sandbox"]:
+        return self._awaitable.__await__()
+
+    async def __aenter__(self) -> "Sandbox":
+        self._sandbox = await self._awaitable
+        return self._sandbox
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._sandbox is not None:
+            await self._sandbox.remove()
+
+
+class Sandbox:
+    """A running sandbox. Make one with :meth:`Sandbox.create` or attach to one by name with
+    :meth:`Sandbox.get`. Every method that waits is a coroutine."""
+
+    def __init__(self, native: Any) -> None:
+        self._native = native
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    @staticmethod
+    def create(
+        name: str,
+        *,
+        image: Optional[str] = None,
+        cpus: Optional[int] = None,
+        memory: Optional[int] = None,
+        env: Optional[Mapping[str, str]] = None,
+        volumes: Optional[Sequence[Union[str, Tuple[str, str], Tuple[str, str, bool]]]] = None,
+        network: bool = True,
+        net_allow: Optional[Sequence[str]] = None,
+        net_deny: Optional[Sequence[str]] = None,
+        net_default_allow: Optional[bool] = None,
+        workdir: Optional[str] = None,
+        user: Optional[str] = None,
+        ready_timeout: Optional[float] = None,
+        detached: bool = False,
+    ) -> _Creating:
+        """Starts a sandbox called ``name`` and waits until it is ready.
+
+        ``image``: an OCI image reference (pulled if needed; default: the built-in minimal
+        image). ``cpus``, ``memory`` (MiB). ``env``: variables every process gets.
+        ``volumes``: host directories as "HOST:GUEST[:ro]" or ``(host, guest[, read_only])``.
+        ``network``: give the guest a network at all. ``net_allow`` / ``net_deny``: policy
+        rules (host names, CIDRs, ``host:port``), first match wins, then
+        ``net_default_allow``. ``workdir``, ``user``: defaults for every process.
+        ``ready_timeout``: seconds to wait for the boot. ``detached``: keep running after this
+        process exits.
+
+        Returns an awaitable that is also an async context manager (removing the sandbox at
+        the end of the block).
+        """
+
+        async def start() -> Sandbox:
+            native = await _native.create(
+                name,
+                image=image,
+                cpus=cpus,
+                memory=memory,
+                env=dict(env) if env is not None else None,
+                volumes=[_volume(v) for v in volumes] if volumes is not None else None,
+                network=network,
+                net_allow=list(net_allow) if net_allow is not None else None,
+                net_deny=list(net_deny) if net_deny is not None else None,
+                net_default_allow=net_default_allow,
+                workdir=workdir,
+                user=user,
+                ready_timeout=ready_timeout,
+                detached=detached,
+            )
+            return Sandbox(native)
+
+        return _Creating(start())
+
+    @staticmethod
+    async def get(name: str) -> "Sandbox":
+        """Attaches to the running sandbox ``name`` (started by any process)."""
+        return Sandbox(await _native.get(name))
+
+    @staticmethod
+    async def remove_named(name: str) -> None:
+        """Stops (if running) and removes the sandbox ``name``."""
+        await _native.remove(name)
+
+    @property
+    def name(self) -> str:
+        """The sandbox's name."""
+        return self._native.name
+
+    @property
+    def pid(self) -> int:
+        """The pid of the sandbox's runtime process on the host."""
+        return self._native.pid
+
+    async def stop(self, timeout: Optional[float] = None) -> None:
+        """Stops the guest, forcing it off after ``timeout`` seconds (default 5)."""
+        await self._native.stop(timeout)
+
+    async def kill(self) -> None:
+        """Forces the VM off now."""
+        await self._native.kill()
+
+    async def remove(self) -> None:
+        """Stops the sandbox if running and removes everything it left."""
+        await self._native.remove()
+
+    async def __aenter__(self) -> "Sandbox":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.remove()
+
+    # --- processes -------------------------------------------------------------------------
+
+    async def exec(
+        self,
+        command: Command,
+        *,
+        env: Optional[Mapping[str, str]] = None,
+        cwd: Optional[str] = None,
+        uid: Optional[int] = None,
+        gid: Optional[int] = None,
+        tty: Optional[Tuple[int, int]] = None,
+        timeout: Optional[float] = None,
+    ) -> ExecResult:
+        """Runs ``command`` (an argument list, or one program name) to its end and returns an
+        :class:`ExecResult` (``stdout``, ``stderr`` as bytes, ``exit_code``). A non-zero exit
+        is not an error. ``timeout`` (seconds) kills it; it then ends with ``timed_out``."""
+        return await self._native.exec(
+            _argv(command),
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            uid=uid,
+            gid=gid,
+            tty=tty,
+            timeout=timeout,
+        )
+
+    async def exec_stream(
+        self,
+        command: Command,
+        *,
+        env: Optional[Mapping[str, str]] = None,
+        cwd: Optional[str] = None,
+        uid: Optional[int] = None,
+        gid: Optional[int] = None,
+        tty: Optional[Tuple[int, int]] = None,
+        timeout: Optional[float] = None,
+    ) -> ExecStream:
+        """Starts ``command`` and returns its :class:`ExecStream` (events as they happen,
+        stdin, signals, resize)."""
+        native = await self._native.exec_stream(
+            _argv(command),
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            uid=uid,
+            gid=gid,
+            tty=tty,
+            timeout=timeout,
+        )
+        return ExecStream(native)
+
+    # --- files -----------------------------------------------------------------------------
+
+    async def read(self, path: str) -> bytes:
+        """The whole guest file ``path``."""
+        return await self._native.read_file(path)
+
+    async def write(self, path: str, data: Union[bytes, str]) -> None:
+        """Writes ``data`` (text is encoded as UTF-8) to the guest file ``path``."""
+        await self._native.write_file(path, data.encode() if isinstance(data, str) else bytes(data))
+
+    async def list(self, path: str) -> List[DirEntry]:  # noqa: A003 (the SDK's name)
+        """The entries of the guest directory ``path``."""
+        return await self._native.list_dir(path)
+
+    async def stat(self, path: str) -> DirEntry:
+        """What the guest path ``path`` is (symlinks followed)."""
+        return await self._native.stat(path)
+
+    async def mkdir(self, path: str, parents: bool = False) -> None:
+        """Makes the guest directory ``path`` (with its parents when ``parents``)."""
+        await self._native.mkdir(path, parents)
+
+    async def remove_path(self, path: str, recursive: bool = False) -> None:
+        """Removes the guest path ``path`` (a directory's contents too when ``recursive``)."""
+        await self._native.remove_path(path, recursive)
+
+    async def copy_in(self, host_path: Union[str, "os.PathLike[str]"], guest_path: str) -> None:
+        """Copies a host file or directory into the guest."""
+        await self._native.copy_in(os.fspath(host_path), guest_path)
+
+    async def copy_out(self, guest_path: str, host_path: Union[str, "os.PathLike[str]"]) -> None:
+        """Copies a guest file or directory to the host."""
+        await self._native.copy_out(guest_path, os.fspath(host_path))
+
+    # --- network and events ----------------------------------------------------------------
+
+    async def set_network_policy(
+        self,
+        *,
+        default_allow: bool,
+        allow: Sequence[str] = (),
+        deny: Sequence[str] = (),
+    ) -> None:
+        """Replaces the network policy: deny rules first, then allow rules, then the default.
+        Connections already open keep going; new ones see the new policy."""
+        rules = [(False, r) for r in deny] + [(True, r) for r in allow]
+        await self._native.set_network_policy(default_allow, rules)
+
+    async def emit(self, kind: str, data: Any = None) -> None:
+        """Sends an event of type ``kind`` with JSON-serialisable ``data`` to the guest."""
+        await self._native.emit(kind, json.dumps(data))
+
+    async def events(self, *types: str) -> EventStream:
+        """Subscribes to the guest's events of ``types`` (all when none are given)."""
+        return EventStream(await self._native.events(list(types)))
+
+    def __repr__(self) -> str:
+        return f"Sandbox(name={self.name!r}, pid={self.pid})"
+
+
+__all__ = [
+    "Sandbox",
+    "ExecStream",
+    "ExecResult",
+    "ExecEvent",
+    "EventStream",
+    "DirEntry",
+    "SandboxInfo",
+    "list_sandboxes",
+    "MsbvmError",
+    "errors",
+    "sync",
+]

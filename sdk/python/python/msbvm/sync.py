@@ -1,0 +1,206 @@
+"""The synchronous twin of :mod:`msbvm`, for scripts and notebooks: the same classes and
+methods, each call blocking until it is done::
+
+    from msbvm.sync import Sandbox
+
+    with Sandbox.create("demo") as sb:
+        print(sb.exec(["uname", "-a"]).stdout.decode())
+
+The calls run on one private event loop in a background thread, so they also work where an
+event loop is already running (a Jupyter notebook) and from several threads at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, Coroutine, Dict, Iterator, List, Optional, Tuple, TypeVar, Union
+
+import msbvm as _async
+from msbvm import Command, DirEntry, ExecEvent, ExecResult, SandboxInfo, list_sandboxes
+
+T = TypeVar("T")
+
+_loop: Optional[asyncio.AbstractEventLoop] = None
+_lock = threading.Lock()
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Runs ``coro`` on the background loop and waits for its result."""
+    global _loop
+    with _lock:
+        if _loop is None:
+            _loop = asyncio.new_event_loop()
+            threading.Thread(target=_loop.run_forever, name="msbvm-sync", daemon=True).start()
+    return asyncio.run_coroutine_threadsafe(coro, _loop).result()
+
+
+class ExecStream:
+    """A running process: an iterator of :class:`~msbvm.ExecEvent`, with its stdin, signals
+    and terminal size (see :class:`msbvm.ExecStream`)."""
+
+    def __init__(self, inner: _async.ExecStream) -> None:
+        self._inner = inner
+
+    @property
+    def pid(self) -> int:
+        """The process's pid in the guest."""
+        return self._inner.pid
+
+    def __iter__(self) -> Iterator[ExecEvent]:
+        return self
+
+    def __next__(self) -> ExecEvent:
+        try:
+            return _run(self._inner.__anext__())
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def write_stdin(self, data: Union[bytes, str]) -> None:
+        """Writes to the process's stdin."""
+        _run(self._inner.write_stdin(data))
+
+    def close_stdin(self) -> None:
+        """Closes the process's stdin."""
+        _run(self._inner.close_stdin())
+
+    def signal(self, signal: int) -> None:
+        """Sends signal number ``signal`` to the process."""
+        _run(self._inner.signal(signal))
+
+    def resize(self, rows: int, cols: int) -> None:
+        """Resizes the process's terminal."""
+        _run(self._inner.resize(rows, cols))
+
+    def wait(self) -> Tuple[int, bytes, bytes]:
+        """Reads the process to its end: ``(exit_code, stdout, stderr)``."""
+        return _run(self._inner.wait())
+
+
+class EventStream:
+    """The guest's events as an iterator of dicts."""
+
+    def __init__(self, inner: _async.EventStream) -> None:
+        self._inner = inner
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]:
+        return self
+
+    def __next__(self) -> Dict[str, Any]:
+        try:
+            return _run(self._inner.__anext__())
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+
+class Sandbox:
+    """A running sandbox; see :class:`msbvm.Sandbox` for every method's meaning."""
+
+    def __init__(self, inner: _async.Sandbox) -> None:
+        self._inner = inner
+
+    @staticmethod
+    def create(name: str, **options: Any) -> "Sandbox":
+        """Starts a sandbox (the options of :meth:`msbvm.Sandbox.create`) and waits until it
+        is ready. Use it with ``with`` to have it removed at the end of the block."""
+
+        async def start() -> _async.Sandbox:
+            return await _async.Sandbox.create(name, **options)
+
+        return Sandbox(_run(start()))
+
+    @staticmethod
+    def get(name: str) -> "Sandbox":
+        """Attaches to the running sandbox ``name``."""
+        return Sandbox(_run(_async.Sandbox.get(name)))
+
+    @staticmethod
+    def remove_named(name: str) -> None:
+        """Stops (if running) and removes the sandbox ``name``."""
+        _run(_async.Sandbox.remove_named(name))
+
+    @property
+    def name(self) -> str:
+        """The sandbox's name."""
+        return self._inner.name
+
+    @property
+    def pid(self) -> int:
+        """The pid of the sandbox's runtime process on the host."""
+        return self._inner.pid
+
+    def stop(self, timeout: Optional[float] = None) -> None:
+        """Stops the guest, forcing it off after ``timeout`` seconds (default 5)."""
+        _run(self._inner.stop(timeout))
+
+    def kill(self) -> None:
+        """Forces the VM off now."""
+        _run(self._inner.kill())
+
+    def remove(self) -> None:
+        """Stops the sandbox if running and removes everything it left."""
+        _run(self._inner.remove())
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+    def exec(self, command: Command, **options: Any) -> ExecResult:
+        """Runs ``command`` to its end (options as :meth:`msbvm.Sandbox.exec`)."""
+        return _run(self._inner.exec(command, **options))
+
+    def exec_stream(self, command: Command, **options: Any) -> ExecStream:
+        """Starts ``command`` and returns its :class:`ExecStream`."""
+        return ExecStream(_run(self._inner.exec_stream(command, **options)))
+
+    def read(self, path: str) -> bytes:
+        """The whole guest file ``path``."""
+        return _run(self._inner.read(path))
+
+    def write(self, path: str, data: Union[bytes, str]) -> None:
+        """Writes ``data`` to the guest file ``path``."""
+        _run(self._inner.write(path, data))
+
+    def list(self, path: str) -> List[DirEntry]:  # noqa: A003
+        """The entries of the guest directory ``path``."""
+        return _run(self._inner.list(path))
+
+    def stat(self, path: str) -> DirEntry:
+        """What the guest path ``path`` is."""
+        return _run(self._inner.stat(path))
+
+    def mkdir(self, path: str, parents: bool = False) -> None:
+        """Makes the guest directory ``path``."""
+        _run(self._inner.mkdir(path, parents))
+
+    def remove_path(self, path: str, recursive: bool = False) -> None:
+        """Removes the guest path ``path``."""
+        _run(self._inner.remove_path(path, recursive))
+
+    def copy_in(self, host_path: Any, guest_path: str) -> None:
+        """Copies a host file or directory into the guest."""
+        _run(self._inner.copy_in(host_path, guest_path))
+
+    def copy_out(self, guest_path: str, host_path: Any) -> None:
+        """Copies a guest file or directory to the host."""
+        _run(self._inner.copy_out(guest_path, host_path))
+
+    def set_network_policy(self, **policy: Any) -> None:
+        """Replaces the network policy (see :meth:`msbvm.Sandbox.set_network_policy`)."""
+        _run(self._inner.set_network_policy(**policy))
+
+    def emit(self, kind: str, data: Any = None) -> None:
+        """Sends an event to the guest."""
+        _run(self._inner.emit(kind, data))
+
+    def events(self, *types: str) -> EventStream:
+        """Subscribes to the guest's events of ``types``."""
+        return EventStream(_run(self._inner.events(*types)))
+
+    def __repr__(self) -> str:
+        return f"msbvm.sync.Sandbox(name={self.name!r}, pid={self.pid})"
+
+
+__all__ = ["Sandbox", "ExecStream", "EventStream", "list_sandboxes", "SandboxInfo"]

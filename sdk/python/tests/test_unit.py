@@ -1,0 +1,218 @@
+"""Unit tests of the Python SDK that need no VM: argument checks, error mapping, the Python
+layer over the native module, the stubs. Run on the host by scripts/test-python (pytest); the
+end-to-end scenario against real sandboxes is tests/tests/python_sdk_nested.rs."""
+
+import ast
+import asyncio
+import inspect
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import msbvm
+import msbvm.errors as errors
+import msbvm.sync
+from msbvm import _native
+
+
+@pytest.fixture(autouse=True)
+def empty_home(tmp_path, monkeypatch):
+    """Every test gets its own empty msbvm home, so nothing here touches real sandboxes."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("MSBVM_HOME", str(home))
+    return home
+
+
+def run(awaitable):
+    """Awaits `awaitable` (a coroutine, or what Sandbox.create returns) on a fresh loop."""
+
+    async def wait():
+        return await awaitable
+
+    return asyncio.run(wait())
+
+
+def test_every_error_kind_has_a_class_deriving_from_msbvmerror():
+    names = _native.error_classes()
+    assert len(names) == len(set(names)) >= 28
+    for name in names:
+        cls = getattr(errors, name)
+        assert issubclass(cls, errors.MsbvmError), name
+        assert cls.__doc__, name
+        assert getattr(msbvm, name) is cls, f"msbvm.{name} is not re-exported"
+    # errors.py defines no class the native module never raises.
+    defined = {n for n in errors.__all__ if n != "MsbvmError"}
+    assert defined == set(names)
+
+
+def test_errors_also_derive_from_the_builtin_a_python_user_catches():
+    assert issubclass(errors.NotFoundError, LookupError)
+    assert issubclass(errors.InvalidConfigError, ValueError)
+    assert issubclass(errors.InvalidNameError, ValueError)
+    assert issubclass(errors.ReadyTimeoutError, TimeoutError)
+    assert issubclass(errors.AgentTimeoutError, TimeoutError)
+    assert issubclass(errors.ConnectionLostError, ConnectionError)
+    assert issubclass(errors.GuestFileError, OSError)
+
+
+def test_a_missing_sandbox_is_notfounderror_with_its_name(empty_home):
+    with pytest.raises(msbvm.NotFoundError) as e:
+        run(msbvm.Sandbox.get("nobody-here"))
+    assert e.value.name == "nobody-here"
+    assert "msbvm ls" in str(e.value)
+    with pytest.raises(msbvm.NotFoundError):
+        run(msbvm.Sandbox.remove_named("nobody-here"))
+    # The synchronous twin raises the same classes.
+    with pytest.raises(msbvm.NotFoundError):
+        msbvm.sync.Sandbox.get("nobody-here")
+
+
+@pytest.mark.parametrize("name", ["", "Has Space", "../up", "a/b", "x" * 300, "UPPER"])
+def test_bad_names_are_refused_before_anything_starts(name, empty_home):
+    with pytest.raises(msbvm.InvalidNameError):
+        run(msbvm.Sandbox.create(name))
+    assert list(empty_home.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"cpus": 0},
+        {"cpus": 255},
+        {"cpus": -1},
+        {"cpus": 10**30},
+        {"memory": 1},
+        {"memory": -5},
+        {"memory": 10**12},
+        {"ready_timeout": -1.0},
+        {"ready_timeout": math.nan},
+        {"ready_timeout": math.inf},
+        {"volumes": ["no-colon"]},
+    ],
+)
+def test_bad_options_are_invalidconfigerror_and_start_nothing(options, empty_home):
+    with pytest.raises(msbvm.InvalidConfigError):
+        run(msbvm.Sandbox.create("fine", **options))
+    assert not (empty_home / "sandboxes" / "fine").exists()
+
+
+def test_wrong_types_are_typeerrors():
+    with pytest.raises(TypeError):
+        run(msbvm.Sandbox.create("fine", cpus="two"))
+    with pytest.raises(TypeError):
+        run(msbvm.Sandbox.create("fine", env={"A": 1}))
+    with pytest.raises(TypeError):
+        msbvm._argv(["ls", 3])
+
+
+def test_a_command_string_is_one_program_not_a_shell_line():
+    assert msbvm._argv("ls") == ["ls"]
+    assert msbvm._argv("echo hi") == ["echo hi"]
+    assert msbvm._argv(("echo", "hi")) == ["echo", "hi"]
+
+
+def test_volumes_take_text_or_tuples():
+    assert msbvm._volume("/h:/g:ro") == "/h:/g:ro"
+    assert msbvm._volume(("/h", "/g")) == "/h:/g"
+    assert msbvm._volume(("/h", "/g", True)) == "/h:/g:ro"
+    assert msbvm._volume(("/h", "/g", False)) == "/h:/g"
+
+
+def test_a_missing_runtime_binary_says_how_to_fix_it(monkeypatch):
+    monkeypatch.setenv("MSBVM_BIN", "/nonexistent/msbvm")
+    with pytest.raises(msbvm.RuntimeMissingError) as e:
+        run(msbvm.Sandbox.create("fine"))
+    assert "MSBVM_BIN" in str(e.value)
+
+
+def test_list_sandboxes_of_an_empty_home_is_empty():
+    assert msbvm.list_sandboxes() == []
+
+
+def test_the_wheel_points_msbvm_bin_at_its_own_runtime():
+    bundled = Path(msbvm.__file__).parent / "bin" / "msbvm"
+    if not bundled.is_file():
+        pytest.skip("this build of the package carries no runtime binary")
+    env = {k: v for k, v in os.environ.items() if k != "MSBVM_BIN"}
+    out = subprocess.run(
+        [sys.executable, "-c", "import msbvm, os; print(os.environ['MSBVM_BIN'])"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == str(bundled.resolve())
+    assert (bundled.parent / "msbvm-agent").is_file()
+
+
+class FakeNativeStream:
+    """Stands in for the native ExecStream: replays events, records control calls."""
+
+    def __init__(self, events):
+        self.events = list(events)
+        self.pid = 42
+        self.calls = []
+
+    async def next_event(self):
+        return self.events.pop(0) if self.events else None
+
+    async def write_stdin(self, data):
+        self.calls.append(("stdin", data))
+
+    async def signal(self, n):
+        self.calls.append(("signal", n))
+
+
+class Ev:
+    def __init__(self, kind, data=b"", exit_code=None):
+        self.kind, self.data, self.exit_code, self.pid = kind, data, exit_code, None
+
+
+def test_exec_stream_iterates_to_exited_and_wait_collects():
+    native = FakeNativeStream(
+        [Ev("started"), Ev("stdout", b"a"), Ev("stderr", b"e"), Ev("stdout", b"b"), Ev("exited", exit_code=3)]
+    )
+    stream = msbvm.ExecStream(native)
+    assert stream.pid == 42
+    code, out, err = run(stream.wait())
+    assert (code, out, err) == (3, b"ab", b"e")
+    # After "exited" the iterator is done, even if asked again.
+    async def again():
+        return [e async for e in stream]
+    assert run(again()) == []
+
+
+def test_exec_stream_encodes_text_stdin_and_passes_signals():
+    native = FakeNativeStream([])
+    stream = msbvm.ExecStream(native)
+    run(stream.write_stdin("hé"))
+    run(stream.signal(15))
+    assert native.calls == [("stdin", "hé".encode()), ("signal", 15)]
+
+
+def test_the_stubs_cover_the_native_module():
+    stub = ast.parse((Path(_native.__file__).parent / "_native.pyi").read_text())
+    stubbed = {}
+    for node in stub.body:
+        if isinstance(node, ast.FunctionDef):
+            stubbed.setdefault(None, set()).add(node.name)
+        elif isinstance(node, ast.ClassDef):
+            stubbed[node.name] = {
+                n.name if isinstance(n, ast.FunctionDef) else n.target.id
+                for n in node.body
+                if isinstance(n, (ast.FunctionDef, ast.AnnAssign))
+            }
+    functions = {n for n, v in vars(_native).items() if inspect.isbuiltin(v)}
+    assert functions == stubbed[None]
+    for cls in ["Sandbox", "SandboxInfo", "ExecResult", "ExecStream", "ExecEvent", "EventStream", "DirEntry"]:
+        public = {n for n in dir(getattr(_native, cls)) if not n.startswith("_")}
+        assert public == stubbed[cls], cls
+
+
+def test_the_package_is_typed():
+    assert (Path(msbvm.__file__).parent / "py.typed").is_file()
