@@ -1,0 +1,205 @@
+"""The SDK conformance scenario in Python, run in L1 against real sandboxes by
+tests/tests/python_sdk_nested.rs: create, exec, stream (10 MiB), stdin, signals, a cancelled
+exec, files, a network policy change, events both ways, the synchronous twin, remove.
+
+Prints one `CHECK name value` line per step (the values the test expects), and never stops at
+a failed step: an exception in one step is printed as that step's value.
+"""
+
+import asyncio
+import os
+import signal
+import sys
+import tempfile
+import traceback
+
+import msbvm
+import msbvm.sync
+
+HOST_PAGE = "http://host.msbvm.internal:8000/"
+
+
+def check(name, value):
+    print(f"CHECK {name} {value}", flush=True)
+
+
+async def step(name, coro):
+    try:
+        check(name, await coro)
+    except Exception as e:  # the value says what failed
+        traceback.print_exc()
+        check(name, f"error:{type(e).__name__}")
+
+
+async def wget_rc(sb):
+    r = await sb.exec(["wget", "-q", "-T", "5", "-O", "/dev/null", HOST_PAGE])
+    return r.exit_code
+
+
+async def scenario():
+    async with msbvm.Sandbox.create(
+        "py-conf", memory=256, env={"GREETING": "hi"}, net_allow=["host"]
+    ) as sb:
+        check("created", sb.name)
+
+        async def exec_basic():
+            r = await sb.exec(["sh", "-c", "echo $GREETING; echo err >&2; exit 3"])
+            return f"{r.stdout!r},{r.stderr!r},{r.exit_code}"
+
+        await step("exec", exec_basic())
+
+        async def exec_timeout():
+            r = await sb.exec(["sleep", "30"], timeout=1)
+            return f"{r.timed_out},{r.exit_code}"
+
+        await step("exec_timeout", exec_timeout())
+
+        async def stream_10mib():
+            s = await sb.exec_stream(["head", "-c", str(10 << 20), "/dev/zero"])
+            total, kinds, code = 0, set(), None
+            async for ev in s:
+                kinds.add(ev.kind)
+                if ev.kind == "stdout":
+                    total += len(ev.data)
+                elif ev.kind == "exited":
+                    code = ev.exit_code
+            return f"{total},{code},{'started' in kinds}"
+
+        await step("stream", stream_10mib())
+
+        async def stdin_roundtrip():
+            s = await sb.exec_stream(["cat"])
+            await s.write_stdin("ping ")
+            await s.write_stdin(b"pong")
+            await s.close_stdin()
+            code, out, _ = await s.wait()
+            return f"{out.decode()},{code}"
+
+        await step("stdin", stdin_roundtrip())
+
+        async def signalled():
+            s = await sb.exec_stream(["sleep", "300"])
+            await s.signal(signal.SIGTERM)
+            code, _, _ = await s.wait()
+            return code
+
+        await step("signal", signalled())
+
+        async def cancelled():
+            try:
+                await asyncio.wait_for(sb.exec(["sleep", "301"]), 3)
+                return "not-cancelled"
+            except asyncio.TimeoutError:
+                pass
+            # The dropped call closed its connection; the agent kills the process group.
+            for _ in range(30):
+                r = await sb.exec(["sh", "-c", "ps | grep -c '[s]leep 301'"])
+                if r.stdout.strip() == b"0":
+                    return "nothing-left"
+                await asyncio.sleep(1)
+            return "still-running"
+
+        await step("cancelled", cancelled())
+
+        async def files():
+            await sb.write("/tmp/f.txt", "data")
+            got = await sb.read("/tmp/f.txt")
+            names = [e.name for e in await sb.list("/tmp")]
+            st = await sb.stat("/tmp/f.txt")
+            await sb.mkdir("/tmp/a/b", parents=True)
+            await sb.remove_path("/tmp/a", recursive=True)
+            try:
+                await sb.read("/tmp/a/b")
+                missing = "found"
+            except msbvm.GuestFileError as e:
+                missing = e.kind
+            with tempfile.TemporaryDirectory() as d:
+                src = os.path.join(d, "in.txt")
+                with open(src, "w") as f:
+                    f.write("from-host")
+                await sb.copy_in(src, "/tmp/in.txt")
+                await sb.copy_out("/tmp/in.txt", os.path.join(d, "out.txt"))
+                with open(os.path.join(d, "out.txt")) as f:
+                    copied = f.read()
+            return f"{got.decode()},{'f.txt' in names},{st.kind}:{st.size},{missing},{copied}"
+
+        await step("files", files())
+
+        async def policy():
+            before = await wget_rc(sb)
+            await sb.set_network_policy(default_allow=False)
+            denied = await wget_rc(sb)
+            await sb.set_network_policy(default_allow=False, allow=["host"])
+            after = await wget_rc(sb)
+            return f"{before},{'denied' if denied != 0 else 'allowed'},{after}"
+
+        await step("policy", policy())
+
+        async def events_from_guest():
+            stream = await sb.events("py.*")
+            await sb.exec(["msbvm", "emit", "py.step", '{"i":1}'])
+            ev = await asyncio.wait_for(stream.__anext__(), 60)
+            return f"{ev['type']},{ev['data']['i']},{ev['pid'] is not None}"
+
+        await step("events_in", events_from_guest())
+
+        async def events_to_guest():
+            s = await sb.exec_stream(["msbvm", "events", "-n", "1", "--type", "py.reply"])
+            waiting = asyncio.ensure_future(s.wait())
+            # The guest subscribes asynchronously: send until it has one.
+            for _ in range(60):
+                await sb.emit("py.reply", {"ok": 1})
+                done, _ = await asyncio.wait({waiting}, timeout=1)
+                if done:
+                    break
+            code, out, _ = await asyncio.wait_for(waiting, 10)
+            return f"{code},{out.count(b'py.reply')}"
+
+        await step("events_out", events_to_guest())
+
+        async def errors():
+            try:
+                await msbvm.Sandbox.create("py-conf")
+                return "created-twice"
+            except msbvm.NameInUseError as e:
+                in_use = e.name
+            try:
+                await msbvm.Sandbox.get("py-none")
+                return "found"
+            except msbvm.NotFoundError:
+                return f"{in_use},notfound"
+
+        await step("errors", errors())
+
+        attached = await msbvm.Sandbox.get("py-conf")
+        r = await attached.exec(["echo", "attached"])
+        check("get", r.stdout.decode().strip())
+
+    names = [i.name for i in msbvm.list_sandboxes()]
+    check("removed", "py-conf" not in names)
+
+
+def sync_twin():
+    with msbvm.sync.Sandbox.create("py-sync", memory=256, network=False) as sb:
+        r = sb.exec(["echo", "sync"])
+        s = sb.exec_stream(["sh", "-c", "echo a; echo b >&2"])
+        kinds = [e.kind for e in s]
+        sb.write("/tmp/s", b"x")
+        check("sync", f"{r.stdout.decode().strip()},{kinds[0]},{kinds[-1]},{sb.read('/tmp/s').decode()}")
+    check("sync_removed", "py-sync" not in [i.name for i in msbvm.list_sandboxes()])
+
+
+async def main():
+    await scenario()
+    # The synchronous twin, called from inside a running event loop as a notebook does.
+    sync_twin()
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except Exception:
+        traceback.print_exc()
+        check("scenario", "crashed")
+        sys.exit(1)
+    check("scenario", "done")
