@@ -9,6 +9,7 @@ a failed step: an exception in one step is printed as that step's value.
 import asyncio
 import os
 import signal
+import socket
 import sys
 import tempfile
 import traceback
@@ -124,6 +125,41 @@ async def scenario():
             return f"{got.decode()},{'f.txt' in names},{st.kind}:{st.size},{missing},{copied}"
 
         await step("files", files())
+
+        async def snapshot_and_fork():
+            await sb.write("/tmp/before-snapshot", "kept")
+            info = await sb.snapshot("py-snap")
+            forks = await msbvm.Sandbox.fork("py-snap", name="py-fork", memory=256)
+            got = [(await f.read("/tmp/before-snapshot")).decode() for f in forks]
+            r = await forks[0].exec(["echo", "forked"])
+            for f in forks:
+                await f.remove()
+            return f"{info.source},{len(forks)},{got[0]},{r.stdout.decode().strip()}"
+
+        await step("fork", snapshot_and_fork())
+
+        async def published():
+            await sb.exec(["sh", "-c", "mkdir -p /tmp/www && echo published > /tmp/www/index.html"])
+            server = await sb.exec_stream(["httpd", "-f", "-p", "8080", "-h", "/tmp/www"])
+            addr = await sb.publish("127.0.0.1:0:8080")
+            host, port = addr.rsplit(":", 1)
+            body = b""
+            for _ in range(30):
+                try:
+                    with socket.create_connection((host, int(port)), timeout=5) as c:
+                        c.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                        while chunk := c.recv(4096):
+                            body += chunk
+                    if b"published" in body:
+                        break
+                except OSError:
+                    pass
+                await asyncio.sleep(1)
+            await server.signal(signal.SIGTERM)
+            await server.wait()
+            return f"{host},{int(port) > 0},{body.count(b'published')}"
+
+        await step("publish", published())
 
         async def policy():
             before = await wget_rc(sb)

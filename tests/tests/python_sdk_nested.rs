@@ -2,8 +2,8 @@
 //! (`tests/l1-tools/sdk_conformance.py`) runs on the host's Python in L1 against real
 //! sandboxes: create with env and a network policy, exec (output, exit code, timeout), a
 //! 10 MiB stream, stdin, a signal, a cancelled exec that leaves nothing running, files (write,
-//! read, list, stat, mkdir, remove, a guest file error's kind, copy in and out), a network
-//! policy change seen by the guest, events both ways, the error classes, attaching by name,
+//! read, list, stat, mkdir, remove, a guest file error's kind, copy in and out), a snapshot
+//! and a fork of it, a published port, a network policy change seen by the guest, events both ways, the error classes, attaching by name,
 //! removal, and the synchronous twin called from inside a running event loop. Then the README's
 //! Python quick-start program runs as written.
 //!
@@ -38,6 +38,7 @@ cat /tmp/qs.out
 check quickstart_rc $rc
 check quickstart_out "$(grep -c '^hello from py-demo 0$' /tmp/qs.out),$(grep -c "^b'hi'$" /tmp/qs.out),$(grep -c '^exited 0$' /tmp/qs.out)"
 check left $($M ls 2>/dev/null | grep -c 'py-')
+$M snapshot rm py-snap >/dev/null 2>&1
 "#;
 
 /// The README's Python quick-start program (the first `python` block after "## Python SDK").
@@ -133,6 +134,8 @@ fn python_sdk_conformance_scenario() {
             ("signal", "143"),
             ("cancelled", "nothing-left"),
             ("files", "data,True,file:4,not_found,from-host"),
+            ("fork", "py-conf,1,kept,forked"),
+            ("publish", "127.0.0.1,True,1"),
             ("policy", "0,denied,0"),
             ("events_in", "py.step,1,True"),
             ("events_out", "0,1"),

@@ -209,10 +209,69 @@ def test_the_stubs_cover_the_native_module():
             }
     functions = {n for n, v in vars(_native).items() if inspect.isbuiltin(v)}
     assert functions == stubbed[None]
-    for cls in ["Sandbox", "SandboxInfo", "ExecResult", "ExecStream", "ExecEvent", "EventStream", "DirEntry"]:
+    classes = {n for n, v in vars(_native).items() if isinstance(v, type) and n[0].isupper() and not n.endswith("Error")}
+    assert classes == {n for n in stubbed if n is not None}
+    for cls in classes:
         public = {n for n in dir(getattr(_native, cls)) if not n.startswith("_")}
         assert public == stubbed[cls], cls
 
 
 def test_the_package_is_typed():
     assert (Path(msbvm.__file__).parent / "py.typed").is_file()
+
+
+def test_a_secrets_value_stays_out_of_its_repr():
+    s = msbvm.Secret("API_KEY", "hunter2-very-secret", hosts=["api.example.com"])
+    assert "hunter2" not in repr(s)
+    assert "API_KEY" in repr(s)
+
+
+def test_bad_secrets_are_refused_before_anything_starts(empty_home):
+    for secret in [
+        msbvm.Secret("bad name", "v", hosts=["api.example.com"]),
+        msbvm.Secret("OK", "v", hosts=["bad host/"]),
+    ]:
+        with pytest.raises(msbvm.InvalidConfigError):
+            run(msbvm.Sandbox.create("fine", secrets=[secret]))
+    with pytest.raises(TypeError):
+        run(msbvm.Sandbox.create("fine", secrets=[("A", "b")]))
+    assert not (empty_home / "sandboxes" / "fine").exists()
+
+
+def test_secret_from_env(monkeypatch):
+    monkeypatch.setenv("MY_TOKEN", "t0k")
+    assert msbvm.Secret.from_env("MY_TOKEN", ["x.example"]).value == "t0k"
+    monkeypatch.delenv("MY_TOKEN")
+    with pytest.raises(msbvm.InvalidConfigError):
+        msbvm.Secret.from_env("MY_TOKEN")
+
+
+def test_bad_published_ports_are_refused(empty_home):
+    with pytest.raises(msbvm.InvalidConfigError):
+        run(msbvm.Sandbox.create("fine", publish=["nonsense"]))
+
+
+def test_spawn_grants_convert_field_by_field():
+    g = msbvm.SpawnGrant(2, cpus=3, memory=512, images=["alpine"], net_allow=["host"], depth=2, secrets=["K"])
+    assert g._native() == (2, 3, 512, ["alpine"], ["host"], 2, ["K"])
+
+
+def test_forking_a_missing_snapshot_is_snapshotnotfounderror():
+    with pytest.raises(msbvm.SnapshotNotFoundError):
+        run(msbvm.Sandbox.fork("no-such-snapshot"))
+
+
+def test_pulling_from_an_unreachable_registry_is_imageerror():
+    events = []
+    with pytest.raises(msbvm.ImageError):
+        run(msbvm.pull("127.0.0.1:9/nothing:latest", progress=events.append, plain_http=["127.0.0.1:9"]))
+    with pytest.raises(msbvm.ImageError):
+        run(msbvm.pull("NOT A REFERENCE"))
+
+
+def test_peers_outside_a_sandbox_say_so():
+    from msbvm import peer
+
+    assert peer.in_sandbox() is False
+    with pytest.raises(msbvm.NotInSandboxError):
+        run(peer.Peers.connect())

@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import (
     Any,
     AsyncIterator,
     Awaitable,
+    Callable,
     Dict,
     Generator,
     List,
@@ -44,7 +46,7 @@ from typing import (
 )
 
 from . import _native
-from ._native import DirEntry, ExecEvent, ExecResult, SandboxInfo
+from ._native import DirEntry, ExecEvent, ExecResult, ImageInfo, SandboxInfo, SnapshotInfo
 from .errors import *  # noqa: F401,F403  (the exception classes are part of the API)
 from .errors import MsbvmError
 
@@ -69,6 +71,12 @@ def _argv(command: Command) -> List[str]:
     return argv
 
 
+def _secret(secret: "Secret") -> Tuple[str, str, List[str], bool, bool, bool]:
+    if not isinstance(secret, Secret):
+        raise TypeError("secrets are msbvm.Secret values")
+    return secret._native()
+
+
 def _volume(v: Union[str, Tuple[str, str], Tuple[str, str, bool]]) -> str:
     """A volume as the SDK's "HOST:GUEST[:ro]" text."""
     if isinstance(v, str):
@@ -77,6 +85,99 @@ def _volume(v: Union[str, Tuple[str, str], Tuple[str, str, bool]]) -> str:
         return f"{v[0]}:{v[1]}"
     host, guest, read_only = v
     return f"{host}:{guest}" + (":ro" if read_only else "")
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A secret the guest sees only as a placeholder: msbvm swaps the placeholder for
+    ``value`` in requests to ``hosts`` (host names, ``*.domain`` patterns), in headers by
+    default, and in query strings or bodies when asked. The value never enters the guest, and
+    it is left out of ``repr``."""
+
+    name: str
+    value: str = field(repr=False)
+    hosts: Sequence[str] = ()
+    inject_headers: bool = True
+    inject_query: bool = False
+    inject_body: bool = False
+
+    @staticmethod
+    def from_env(name: str, hosts: Sequence[str] = (), variable: Optional[str] = None) -> "Secret":
+        """A secret whose value is the host environment variable ``variable`` (default:
+        ``name``); a missing variable raises :class:`InvalidConfigError`."""
+        var = variable or name
+        value = os.environ.get(var)
+        if value is None:
+            from .errors import InvalidConfigError
+
+            raise InvalidConfigError(f"secret {name}: the environment variable {var} is not set")
+        return Secret(name, value, tuple(hosts))
+
+    def _native(self) -> Tuple[str, str, List[str], bool, bool, bool]:
+        return (
+            self.name,
+            self.value,
+            list(self.hosts),
+            self.inject_headers,
+            self.inject_query,
+            self.inject_body,
+        )
+
+
+@dataclass(frozen=True)
+class SpawnGrant:
+    """What a sandbox may create from inside (see :mod:`msbvm.peer`): up to ``children``
+    sandboxes at once, ``cpus`` vCPUs and ``memory`` MiB between them (defaults: one vCPU and
+    512 MiB a child), only ``images`` (any when empty), network allow rules among
+    ``net_allow``, ``depth`` levels below it, and the parent's ``secrets`` named here."""
+
+    children: int
+    cpus: Optional[int] = None
+    memory: Optional[int] = None
+    images: Sequence[str] = ()
+    net_allow: Sequence[str] = ()
+    depth: int = 1
+    secrets: Sequence[str] = ()
+
+    def _native(self) -> Tuple[int, Optional[int], Optional[int], List[str], List[str], int, List[str]]:
+        return (
+            self.children,
+            self.cpus,
+            self.memory,
+            list(self.images),
+            list(self.net_allow),
+            self.depth,
+            list(self.secrets),
+        )
+
+
+@dataclass(frozen=True)
+class PullEvent:
+    """One step of :func:`pull`: ``kind`` is "download_started" (``done`` bytes already on
+    disk of ``total``), "download_progress" (``done`` bytes), "download_finished" /
+    "unpack_finished" (``done`` is 1 when it was cached), or "unpack_started"; ``id`` is the
+    blob's digest or the layer's diff id."""
+
+    kind: str
+    id: str
+    done: int
+    total: int
+
+
+async def pull(
+    reference: str,
+    *,
+    progress: Optional[Callable[[PullEvent], Any]] = None,
+    plain_http: Sequence[str] = (),
+) -> ImageInfo:
+    """Pulls the OCI image ``reference`` into the local store (sandboxes created with it then
+    start without pulling). ``progress`` is called with a :class:`PullEvent` per step (from
+    another thread: keep it short); an exception in it is printed, not raised. ``plain_http``
+    names registries (``host:port``) reached without TLS."""
+    callback = None
+    if progress is not None:
+        callback = lambda kind, id, done, total: progress(PullEvent(kind, id, done, total))  # noqa: E731
+    return await _native.pull(reference, progress=callback, plain_http=list(plain_http))
 
 
 def list_sandboxes() -> List[SandboxInfo]:
@@ -209,6 +310,9 @@ class Sandbox:
         user: Optional[str] = None,
         ready_timeout: Optional[float] = None,
         detached: bool = False,
+        secrets: Sequence[Secret] = (),
+        allow_spawn: Optional[SpawnGrant] = None,
+        publish: Sequence[str] = (),
     ) -> _Creating:
         """Starts a sandbox called ``name`` and waits until it is ready.
 
@@ -219,7 +323,9 @@ class Sandbox:
         rules (host names, CIDRs, ``host:port``), first match wins, then
         ``net_default_allow``. ``workdir``, ``user``: defaults for every process.
         ``ready_timeout``: seconds to wait for the boot. ``detached``: keep running after this
-        process exits.
+        process exits. ``secrets``: :class:`Secret`\ s (the guest sees placeholders).
+        ``allow_spawn``: a :class:`SpawnGrant` letting code inside create sandboxes.
+        ``publish``: guest TCP ports on the host, as "[ADDR:]HOST_PORT:GUEST_PORT".
 
         Returns an awaitable that is also an async context manager (removing the sandbox at
         the end of the block).
@@ -241,6 +347,9 @@ class Sandbox:
                 user=user,
                 ready_timeout=ready_timeout,
                 detached=detached,
+                secrets=[_secret(x) for x in secrets],
+                allow_spawn=allow_spawn._native() if allow_spawn is not None else None,
+                publish=list(publish),
             )
             return Sandbox(native)
 
@@ -250,6 +359,44 @@ class Sandbox:
     async def get(name: str) -> "Sandbox":
         """Attaches to the running sandbox ``name`` (started by any process)."""
         return Sandbox(await _native.get(name))
+
+    @staticmethod
+    async def fork(
+        snapshot: str,
+        *,
+        count: int = 1,
+        name: Optional[str] = None,
+        env: Optional[Mapping[str, str]] = None,
+        cpus: Optional[int] = None,
+        memory: Optional[int] = None,
+        detached: bool = False,
+        ready_timeout: Optional[float] = None,
+        net_allow: Optional[Sequence[str]] = None,
+        net_deny: Optional[Sequence[str]] = None,
+        net_default_allow: Optional[bool] = None,
+        secrets: Sequence[Secret] = (),
+    ) -> List["Sandbox"]:
+        """Starts ``count`` sandboxes at once from the snapshot ``snapshot`` (see
+        :meth:`snapshot`), each where the source was when it was taken. ``name`` (default:
+        the snapshot's) is suffixed with ``-1``, ``-2``, ... Network rules given here replace
+        the source's; ``env`` is added for new processes."""
+        rules = None
+        if net_allow is not None or net_deny is not None:
+            rules = [(False, r) for r in net_deny or ()] + [(True, r) for r in net_allow or ()]
+        natives = await _native.fork(
+            snapshot,
+            count=count,
+            name=name,
+            env=dict(env) if env is not None else None,
+            cpus=cpus,
+            memory=memory,
+            detached=detached,
+            ready_timeout=ready_timeout,
+            net_rules=rules,
+            net_default_allow=net_default_allow,
+            secrets=[_secret(x) for x in secrets],
+        )
+        return [Sandbox(n) for n in natives]
 
     @staticmethod
     async def remove_named(name: str) -> None:
@@ -265,6 +412,17 @@ class Sandbox:
     def pid(self) -> int:
         """The pid of the sandbox's runtime process on the host."""
         return self._native.pid
+
+    async def snapshot(self, name: str) -> SnapshotInfo:
+        """Takes a snapshot named ``name`` of the running sandbox (its memory, devices and
+        writable layer; the guest pauses while it is written, then goes on). Start copies of
+        it with :meth:`Sandbox.fork`; ``msbvm snapshot rm`` removes it."""
+        return await self._native.snapshot(name)
+
+    async def publish(self, port: str) -> str:
+        """Publishes a guest TCP port on the host while the sandbox runs:
+        "[ADDR:]HOST_PORT:GUEST_PORT" (host port 0 picks a free one). Returns "ADDR:PORT"."""
+        return await self._native.publish(port)
 
     async def stop(self, timeout: Optional[float] = None) -> None:
         """Stops the guest, forcing it off after ``timeout`` seconds (default 5)."""
@@ -396,6 +554,13 @@ class Sandbox:
 
 __all__ = [
     "Sandbox",
+    "Secret",
+    "SpawnGrant",
+    "pull",
+    "PullEvent",
+    "ImageInfo",
+    "SnapshotInfo",
+    "peer",
     "ExecStream",
     "ExecResult",
     "ExecEvent",

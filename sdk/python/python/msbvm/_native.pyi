@@ -1,6 +1,6 @@
 """Type stubs of the native module (sdk/python/src/lib.rs); use the `msbvm` package's API."""
 
-from typing import Any, Awaitable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
 
 def version() -> str: ...
 def error_classes() -> List[str]: ...
@@ -20,10 +20,90 @@ def create(
     user: Optional[str] = ...,
     ready_timeout: Optional[float] = ...,
     detached: bool = ...,
+    secrets: Optional[List[Tuple[str, str, List[str], bool, bool, bool]]] = ...,
+    allow_spawn: Optional[
+        Tuple[int, Optional[int], Optional[int], List[str], List[str], int, List[str]]
+    ] = ...,
+    publish: Optional[List[str]] = ...,
 ) -> Awaitable[Sandbox]: ...
 def get(name: str) -> Awaitable[Sandbox]: ...
 def remove(name: str) -> Awaitable[None]: ...
 def list() -> List[SandboxInfo]: ...
+def pull(
+    reference: str,
+    *,
+    progress: Optional[Callable[[str, str, int, int], Any]] = ...,
+    plain_http: Optional[List[str]] = ...,
+) -> Awaitable[ImageInfo]: ...
+def fork(
+    snapshot: str,
+    *,
+    count: int = ...,
+    name: Optional[str] = ...,
+    env: Optional[Dict[str, str]] = ...,
+    cpus: Optional[int] = ...,
+    memory: Optional[int] = ...,
+    detached: bool = ...,
+    ready_timeout: Optional[float] = ...,
+    net_rules: Optional[List[Tuple[bool, str]]] = ...,
+    net_default_allow: Optional[bool] = ...,
+    secrets: Optional[List[Tuple[str, str, List[str], bool, bool, bool]]] = ...,
+) -> Awaitable[List[Sandbox]]: ...
+def in_sandbox() -> bool: ...
+def connect_peers() -> Awaitable[Peers]: ...
+
+class ImageInfo:
+    reference: str
+    digest: str
+    size: int
+    layers: int
+
+class SnapshotInfo:
+    name: str
+    source: str
+    created: int
+    cpus: int
+    memory_mib: int
+
+class PeerOutput:
+    @property
+    def exit_code(self) -> int: ...
+    @property
+    def stdout(self) -> bytes: ...
+    @property
+    def stderr(self) -> bytes: ...
+    @property
+    def truncated(self) -> bool: ...
+
+class PeerInfo:
+    name: str
+    status: str
+    cpus: int
+    memory_mib: int
+    image: str
+
+class Peers:
+    def create(
+        self,
+        name: str,
+        *,
+        image: Optional[str] = ...,
+        cpus: Optional[int] = ...,
+        memory: Optional[int] = ...,
+        env: Optional[Dict[str, str]] = ...,
+        net_allow: Optional[List[str]] = ...,
+        net_deny: Optional[List[str]] = ...,
+        network: bool = ...,
+        allow_spawn: Optional[str] = ...,
+        secrets: Optional[List[str]] = ...,
+    ) -> Awaitable[None]: ...
+    def exec(self, name: str, argv: List[str], stdin: bytes = ...) -> Awaitable[PeerOutput]: ...
+    def read_file(self, name: str, path: str) -> Awaitable[bytes]: ...
+    def write_file(self, name: str, path: str, data: bytes) -> Awaitable[None]: ...
+    def list(self) -> Awaitable[List[PeerInfo]]: ...
+    def emit(self, name: str, kind: str, data: str) -> Awaitable[None]: ...
+    def stop(self, name: str) -> Awaitable[None]: ...
+    def remove(self, name: str) -> Awaitable[None]: ...
 
 class SandboxInfo:
     name: str
@@ -112,6 +192,8 @@ class Sandbox:
     ) -> Awaitable[None]: ...
     def emit(self, kind: str, data: str) -> Awaitable[None]: ...
     def events(self, types: List[str]) -> Awaitable[EventStream]: ...
+    def snapshot(self, name: str) -> Awaitable[SnapshotInfo]: ...
+    def publish(self, port: str) -> Awaitable[str]: ...
     def stop(self, timeout: Optional[float] = ...) -> Awaitable[None]: ...
     def kill(self) -> Awaitable[None]: ...
     def remove(self) -> Awaitable[None]: ...

@@ -14,10 +14,22 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, Coroutine, Dict, Iterator, List, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, Coroutine, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import msbvm as _async
-from msbvm import Command, DirEntry, ExecEvent, ExecResult, SandboxInfo, list_sandboxes
+from msbvm import (
+    Command,
+    DirEntry,
+    ExecEvent,
+    ExecResult,
+    ImageInfo,
+    PullEvent,
+    SandboxInfo,
+    Secret,
+    SnapshotInfo,
+    SpawnGrant,
+    list_sandboxes,
+)
 
 T = TypeVar("T")
 
@@ -33,6 +45,16 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
             _loop = asyncio.new_event_loop()
             threading.Thread(target=_loop.run_forever, name="msbvm-sync", daemon=True).start()
     return asyncio.run_coroutine_threadsafe(coro, _loop).result()
+
+
+def pull(
+    reference: str,
+    *,
+    progress: Optional[Callable[[PullEvent], Any]] = None,
+    plain_http: Sequence[str] = (),
+) -> ImageInfo:
+    """Pulls an image into the local store (see :func:`msbvm.pull`)."""
+    return _run(_async.pull(reference, progress=progress, plain_http=plain_http))
 
 
 class ExecStream:
@@ -115,6 +137,11 @@ class Sandbox:
         return Sandbox(_run(_async.Sandbox.get(name)))
 
     @staticmethod
+    def fork(snapshot: str, **options: Any) -> List["Sandbox"]:
+        """Starts sandboxes from a snapshot (options of :meth:`msbvm.Sandbox.fork`)."""
+        return [Sandbox(s) for s in _run(_async.Sandbox.fork(snapshot, **options))]
+
+    @staticmethod
     def remove_named(name: str) -> None:
         """Stops (if running) and removes the sandbox ``name``."""
         _run(_async.Sandbox.remove_named(name))
@@ -128,6 +155,14 @@ class Sandbox:
     def pid(self) -> int:
         """The pid of the sandbox's runtime process on the host."""
         return self._inner.pid
+
+    def snapshot(self, name: str) -> SnapshotInfo:
+        """Takes a snapshot of the running sandbox."""
+        return _run(self._inner.snapshot(name))
+
+    def publish(self, port: str) -> str:
+        """Publishes a guest TCP port on the host; returns "ADDR:PORT"."""
+        return _run(self._inner.publish(port))
 
     def stop(self, timeout: Optional[float] = None) -> None:
         """Stops the guest, forcing it off after ``timeout`` seconds (default 5)."""
@@ -203,4 +238,15 @@ class Sandbox:
         return f"msbvm.sync.Sandbox(name={self.name!r}, pid={self.pid})"
 
 
-__all__ = ["Sandbox", "ExecStream", "EventStream", "list_sandboxes", "SandboxInfo"]
+__all__ = [
+    "Sandbox",
+    "ExecStream",
+    "EventStream",
+    "list_sandboxes",
+    "pull",
+    "SandboxInfo",
+    "Secret",
+    "SpawnGrant",
+    "ImageInfo",
+    "SnapshotInfo",
+]
