@@ -204,7 +204,103 @@ fn indent(text: &str) -> String {
         .join("\n")
 }
 
+/// Every [`Error::kind`], in variant order.
+pub const ERROR_KINDS: &[&str] = &[
+    "Image",
+    "InvalidName",
+    "NameInUse",
+    "NotFound",
+    "SnapshotNotFound",
+    "NotRunning",
+    "InvalidConfig",
+    "NoKvm",
+    "Kernel",
+    "AgentMissing",
+    "BusyboxMissing",
+    "RuntimeMissing",
+    "GuestDied",
+    "Vm",
+    "ProtocolMismatch",
+    "Protocol",
+    "Agent",
+    "Denied",
+    "GuestFile",
+    "AgentTimeout",
+    "LimitExceeded",
+    "ConnectionLost",
+    "ReadyTimeout",
+    "RuntimeFailed",
+    "HostIo",
+    "CorruptState",
+    "NotInSandbox",
+    "Spawn",
+];
+
 impl Error {
+    /// The error's kind as one stable word, for the SDKs of other languages (each maps it to
+    /// an exception class, `NotFound` to `NotFoundError`): the variant's name, except
+    /// `RuntimeFailed` for [`Error::Runtime`] and `HostIo` for [`Error::Io`] (names those
+    /// languages give to their own errors). One of [`ERROR_KINDS`].
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Image(_) => "Image",
+            Error::InvalidName { .. } => "InvalidName",
+            Error::NameInUse { .. } => "NameInUse",
+            Error::NotFound { .. } => "NotFound",
+            Error::SnapshotNotFound { .. } => "SnapshotNotFound",
+            Error::NotRunning { .. } => "NotRunning",
+            Error::InvalidConfig(_) => "InvalidConfig",
+            Error::NoKvm(_) => "NoKvm",
+            Error::Kernel(_) => "Kernel",
+            Error::AgentMissing(_) => "AgentMissing",
+            Error::BusyboxMissing(_) => "BusyboxMissing",
+            Error::RuntimeMissing(_) => "RuntimeMissing",
+            Error::GuestDied { .. } => "GuestDied",
+            Error::Vm(_) => "Vm",
+            Error::ProtocolMismatch { .. } => "ProtocolMismatch",
+            Error::Protocol { .. } => "Protocol",
+            Error::Agent(_) => "Agent",
+            Error::Denied(_) => "Denied",
+            Error::GuestFile(_) => "GuestFile",
+            Error::AgentTimeout { .. } => "AgentTimeout",
+            Error::LimitExceeded { .. } => "LimitExceeded",
+            Error::ConnectionLost => "ConnectionLost",
+            Error::ReadyTimeout { .. } => "ReadyTimeout",
+            Error::Runtime { .. } => "RuntimeFailed",
+            Error::Io { .. } => "HostIo",
+            Error::CorruptState { .. } => "CorruptState",
+            Error::NotInSandbox(_) => "NotInSandbox",
+            Error::Spawn(_) => "Spawn",
+        }
+    }
+
+    /// The fields a caller may act on, as (name, text): `name` of a sandbox or snapshot,
+    /// `status`, `console_tail`, `where_it_was`, `log_tail`, and a guest file error's `kind`
+    /// in snake case ("not_found").
+    pub fn details(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Error::InvalidName { name, .. }
+            | Error::NameInUse { name }
+            | Error::NotFound { name }
+            | Error::SnapshotNotFound { name } => vec![("name", name.clone())],
+            Error::NotRunning { name, status } => {
+                vec![("name", name.clone()), ("status", status.clone())]
+            }
+            Error::GuestDied { console_tail, .. } => vec![("console_tail", console_tail.clone())],
+            Error::ReadyTimeout {
+                console_tail,
+                where_it_was,
+                ..
+            } => vec![
+                ("console_tail", console_tail.clone()),
+                ("where_it_was", where_it_was.clone()),
+            ],
+            Error::GuestFile(f) => vec![("kind", f.kind.snake_case().to_string())],
+            Error::Runtime { log_tail, .. } => vec![("log_tail", log_tail.clone())],
+            _ => Vec::new(),
+        }
+    }
+
     /// An I/O error with what was being done.
     pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
         let context = context.into();
@@ -218,6 +314,87 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One error of every variant, in declaration order.
+    fn one_of_each() -> Vec<Error> {
+        let s = || "x".to_string();
+        vec![
+            Error::Image(msbvm_image::Error::InvalidImage(s())),
+            Error::InvalidName {
+                name: s(),
+                reason: s(),
+            },
+            Error::NameInUse { name: s() },
+            Error::NotFound { name: s() },
+            Error::SnapshotNotFound { name: s() },
+            Error::NotRunning {
+                name: s(),
+                status: s(),
+            },
+            Error::InvalidConfig(s()),
+            Error::NoKvm(s()),
+            Error::Kernel(s()),
+            Error::AgentMissing(s()),
+            Error::BusyboxMissing(s()),
+            Error::RuntimeMissing(s()),
+            Error::GuestDied {
+                reason: s(),
+                console_tail: s(),
+            },
+            Error::Vm(s()),
+            Error::ProtocolMismatch { ours: 1, theirs: 2 },
+            Error::Protocol {
+                peer: "agent",
+                detail: s(),
+            },
+            Error::Agent(s()),
+            Error::Denied(s()),
+            Error::GuestFile(msbvm_protocol::files::FileError {
+                kind: msbvm_protocol::files::FileErrorKind::NotFound,
+                message: s(),
+                errno: None,
+            }),
+            Error::AgentTimeout {
+                waiting_for: s(),
+                limit: "1s",
+            },
+            Error::LimitExceeded {
+                what: s(),
+                limit: 1,
+                setting: "x",
+            },
+            Error::ConnectionLost,
+            Error::ReadyTimeout {
+                after: Duration::ZERO,
+                console_tail: s(),
+                where_it_was: s(),
+            },
+            Error::Runtime {
+                message: s(),
+                log_tail: s(),
+            },
+            Error::Io {
+                context: s(),
+                source: std::io::Error::other("x"),
+            },
+            Error::CorruptState {
+                path: PathBuf::from("/x"),
+                source: serde_json::from_str::<u8>("?").unwrap_err(),
+            },
+            Error::NotInSandbox(s()),
+            Error::Spawn(s()),
+        ]
+    }
+
+    #[test]
+    fn every_variant_has_its_own_kind_and_the_list_names_them_all() {
+        let kinds: Vec<&str> = one_of_each().iter().map(Error::kind).collect();
+        assert_eq!(kinds, ERROR_KINDS);
+        let distinct: std::collections::HashSet<_> = kinds.iter().collect();
+        assert_eq!(distinct.len(), kinds.len());
+        let file = &one_of_each()[18];
+        assert_eq!(file.details(), vec![("kind", "not_found".to_string())]);
+    }
 
     #[test]
     fn guest_died_shows_console_tail_indented() {

@@ -77,7 +77,7 @@ pub mod vsock;
 #[doc(hidden)]
 pub mod test_support;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, ERROR_KINDS};
 pub use events::{Event, EventStream, EventTarget};
 pub use exec::{
     shell_exit_code, ExecControl, ExecEvent, ExecOptions, ExecOutput, ExecStream, ExitStatus,

@@ -206,6 +206,21 @@ pub struct FileError {
 }
 
 impl FileErrorKind {
+    /// The kind as one snake-case word ("not_found"), as the SDKs of other languages show it.
+    pub fn snake_case(self) -> &'static str {
+        match self {
+            FileErrorKind::NotFound => "not_found",
+            FileErrorKind::PermissionDenied => "permission_denied",
+            FileErrorKind::AlreadyExists => "already_exists",
+            FileErrorKind::NotADirectory => "not_a_directory",
+            FileErrorKind::IsADirectory => "is_a_directory",
+            FileErrorKind::DirectoryNotEmpty => "directory_not_empty",
+            FileErrorKind::InvalidInput => "invalid_input",
+            FileErrorKind::Other => "other",
+            FileErrorKind::LimitExceeded => "limit_exceeded",
+        }
+    }
+
     /// The kind for an errno.
     pub fn from_errno(errno: i32) -> FileErrorKind {
         // Linux errno numbers, the same on every architecture msbvm runs;
