@@ -63,6 +63,30 @@ pub async fn ensure(
         .map_err(image_error)
 }
 
+/// Pulls `reference` into the store (the embedded default image is imported instead, with no
+/// network) and returns what the store now holds for it.
+pub async fn pull(
+    reference: &str,
+    options: &PullOptions,
+    progress: &dyn PullProgress,
+) -> Result<ImageInfo> {
+    let store = store()?;
+    if reference != DEFAULT_IMAGE {
+        return store
+            .pull(reference, options, progress)
+            .await
+            .map_err(image_error);
+    }
+    msbvm_image::ensure_default_image(&store).map_err(image_error)?;
+    let resolved = store.resolve(reference).map_err(image_error)?;
+    store
+        .list()
+        .map_err(image_error)?
+        .into_iter()
+        .find(|i| i.reference == resolved.reference)
+        .ok_or_else(|| image_error(msbvm_image::Error::NotFound(reference.to_string())))
+}
+
 /// The SDK error for an image failure.
 pub fn image_error(e: msbvm_image::Error) -> Error {
     Error::Image(e)

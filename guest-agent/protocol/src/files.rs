@@ -205,6 +205,19 @@ pub struct FileError {
     pub errno: Option<i32>,
 }
 
+impl FileKind {
+    /// The kind as one word ("file", "dir", "symlink", "other"), as the SDKs of other
+    /// languages show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileKind::File => "file",
+            FileKind::Dir => "dir",
+            FileKind::Symlink => "symlink",
+            FileKind::Other => "other",
+        }
+    }
+}
+
 impl FileErrorKind {
     /// The kind as one snake-case word ("not_found"), as the SDKs of other languages show it.
     pub fn snake_case(self) -> &'static str {
