@@ -70,9 +70,31 @@ impl ExecResult {
 /// A running process's events, one `next_event()` at a time.
 #[pyclass(frozen, module = "msbvm._native")]
 pub(crate) struct ExecStream {
-    pub(crate) pid: u32,
-    pub(crate) control: sdk::ExecControl,
-    pub(crate) stream: Arc<tokio::sync::Mutex<sdk::ExecStream>>,
+    pid: u32,
+    /// `None` once closed: it holds the connection's write half, whose end tells the guest
+    /// agent the host went away (it then kills the process group).
+    control: std::sync::Mutex<Option<sdk::ExecControl>>,
+    /// `None` once closed (and not being read).
+    stream: Arc<tokio::sync::Mutex<Option<sdk::ExecStream>>>,
+}
+
+impl ExecStream {
+    pub(crate) fn new(stream: sdk::ExecStream) -> Self {
+        ExecStream {
+            pid: stream.pid(),
+            control: std::sync::Mutex::new(Some(stream.control())),
+            stream: Arc::new(tokio::sync::Mutex::new(Some(stream))),
+        }
+    }
+
+    /// The process's control, unless the stream was closed.
+    fn control(&self) -> PyResult<sdk::ExecControl> {
+        self.control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| to_py(sdk::Error::ConnectionLost))
+    }
 }
 
 /// One thing that happened to a process.
@@ -113,7 +135,11 @@ impl ExecStream {
     fn next_event<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let stream = self.stream.clone();
         future_into_py(py, async move {
-            let event = stream.lock().await.next_event().await.map_err(to_py)?;
+            let mut guard = stream.lock().await;
+            let Some(stream) = guard.as_mut() else {
+                return Ok(None);
+            };
+            let event = stream.next_event().await.map_err(to_py)?;
             Ok(event.map(|e| {
                 let (kind, pid, exit_code, data) = match e {
                     sdk::ExecEvent::Started { pid } => ("started", Some(pid), None, Vec::new()),
@@ -135,13 +161,13 @@ impl ExecStream {
 
     /// Writes `data` to the process's stdin.
     fn write_stdin<'py>(&self, py: Python<'py>, data: Vec<u8>) -> PyResult<Bound<'py, PyAny>> {
-        let control = self.control.clone();
+        let control = self.control()?;
         future_into_py(py, async move { control.write(&data).await.map_err(to_py) })
     }
 
     /// Closes the process's stdin (it reads end of file).
     fn close_stdin<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let control = self.control.clone();
+        let control = self.control()?;
         future_into_py(
             py,
             async move { control.close_stdin().await.map_err(to_py) },
@@ -150,7 +176,7 @@ impl ExecStream {
 
     /// Sends signal number `signal` to the process.
     fn signal<'py>(&self, py: Python<'py>, signal: i32) -> PyResult<Bound<'py, PyAny>> {
-        let control = self.control.clone();
+        let control = self.control()?;
         future_into_py(
             py,
             async move { control.signal(signal).await.map_err(to_py) },
@@ -159,9 +185,22 @@ impl ExecStream {
 
     /// Resizes the process's terminal.
     fn resize<'py>(&self, py: Python<'py>, rows: u16, cols: u16) -> PyResult<Bound<'py, PyAny>> {
-        let control = self.control.clone();
+        let control = self.control()?;
         future_into_py(py, async move {
             control.resize(rows, cols).await.map_err(to_py)
         })
+    }
+
+    /// Stops the process: the connection's write half closes, so the guest agent kills the
+    /// process group (a pending `next_event` then sees it end); the stream is dropped once
+    /// nothing reads it.
+    fn close(&self) {
+        self.control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Ok(mut stream) = self.stream.try_lock() {
+            stream.take();
+        }
     }
 }

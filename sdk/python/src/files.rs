@@ -26,12 +26,7 @@ impl DirEntry {
     pub(crate) fn new(name: String, stat: &sdk::FileStat) -> Self {
         DirEntry {
             name,
-            kind: match stat.kind {
-                sdk::FileKind::File => "file",
-                sdk::FileKind::Dir => "dir",
-                sdk::FileKind::Symlink => "symlink",
-                sdk::FileKind::Other => "other",
-            },
+            kind: stat.kind.as_str(),
             size: stat.size,
             mode: stat.mode,
             uid: stat.uid,

@@ -56,22 +56,9 @@ pub(crate) fn pull(
         .extend(plain_http.unwrap_or_default());
     let progress = PyProgress(progress);
     future_into_py(py, async move {
-        let store = sdk::images::store().map_err(to_py)?;
-        if reference == sdk::images::DEFAULT_IMAGE {
-            sdk::images::ensure(&reference, &options, &progress)
-                .await
-                .map_err(to_py)?;
-            return Ok(ImageInfo {
-                reference,
-                digest: String::new(),
-                size: 0,
-                layers: 0,
-            });
-        }
-        let info = store
-            .pull(&reference, &options, &progress)
+        let info = sdk::images::pull(&reference, &options, &progress)
             .await
-            .map_err(|e| to_py(sdk::images::image_error(e)))?;
+            .map_err(to_py)?;
         Ok(ImageInfo {
             reference: info.reference,
             digest: info.manifest_digest,
@@ -86,7 +73,7 @@ pub(crate) fn pull(
 pub(crate) struct ImageInfo {
     /// The reference it was pulled by.
     pub(crate) reference: String,
-    /// Its manifest digest (empty for the embedded default image).
+    /// Its manifest digest.
     pub(crate) digest: String,
     /// Its layers' compressed size in bytes.
     pub(crate) size: u64,

@@ -236,11 +236,7 @@ impl Sandbox {
         let sb = self.inner.clone();
         future_into_py(py, async move {
             let stream = sb.exec_stream(opts).await.map_err(to_py)?;
-            Ok(ExecStream {
-                pid: stream.pid(),
-                control: stream.control(),
-                stream: Arc::new(tokio::sync::Mutex::new(stream)),
-            })
+            Ok(ExecStream::new(stream))
         })
     }
 

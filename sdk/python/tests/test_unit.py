@@ -1,6 +1,6 @@
 """Unit tests of the Python SDK that need no VM: argument checks, error mapping, the Python
 layer over the native module, the stubs. Run on the host by scripts/test-python (pytest); the
-end-to-end scenario against real sandboxes is tests/tests/python_sdk_nested.rs."""
+end-to-end scenario against real sandboxes is tests/tests/sdk_nested.rs."""
 
 import ast
 import asyncio
@@ -275,3 +275,12 @@ def test_peers_outside_a_sandbox_say_so():
     assert peer.in_sandbox() is False
     with pytest.raises(msbvm.NotInSandboxError):
         run(peer.Peers.connect())
+
+
+def test_pulling_the_embedded_default_image_needs_no_network(empty_home):
+    events = []
+    info = run(msbvm.pull("msbvm-default:latest", progress=events.append))
+    assert info.reference.endswith("msbvm-default:latest")
+    assert info.digest.startswith("sha256:")
+    assert info.layers >= 1
+    assert (empty_home / "images").is_dir()

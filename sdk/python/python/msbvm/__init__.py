@@ -26,6 +26,7 @@ removes it at the end of the block.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from dataclasses import dataclass, field
@@ -232,8 +233,22 @@ class ExecStream:
         """Resizes the process's terminal (exec_stream(..., tty=(rows, cols)))."""
         await self._native.resize(rows, cols)
 
+    def close(self) -> None:
+        """Stops the process (the guest agent kills its process group) and ends the stream;
+        what a cancelled ``wait`` leaves to do."""
+        self._done = True
+        self._native.close()
+
     async def wait(self) -> Tuple[int, bytes, bytes]:
-        """Reads the process to its end: ``(exit_code, stdout, stderr)``."""
+        """Reads the process to its end: ``(exit_code, stdout, stderr)``. Cancelling it
+        (``asyncio.wait_for``, task cancellation) closes the stream, killing the process."""
+        try:
+            return await self._wait()
+        except asyncio.CancelledError:
+            self.close()
+            raise
+
+    async def _wait(self) -> Tuple[int, bytes, bytes]:
         out: List[bytes] = []
         err: List[bytes] = []
         code = -1

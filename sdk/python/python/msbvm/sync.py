@@ -94,6 +94,10 @@ class ExecStream:
         """Resizes the process's terminal."""
         _run(self._inner.resize(rows, cols))
 
+    def close(self) -> None:
+        """Stops the process and ends the stream."""
+        self._inner.close()
+
     def wait(self) -> Tuple[int, bytes, bytes]:
         """Reads the process to its end: ``(exit_code, stdout, stderr)``."""
         return _run(self._inner.wait())
