@@ -1,8 +1,8 @@
 """The SDK conformance scenario in Python, run in L1 against real sandboxes by
-tests/tests/python_sdk_nested.rs: create, exec, stream (10 MiB), stdin, signals, a cancelled
+tests/tests/sdk_nested.rs: create, exec, stream (10 MiB), stdin, signals, a cancelled
 exec, files, a network policy change, events both ways, the synchronous twin, remove.
 
-Prints one `CHECK name value` line per step (the values the test expects), and never stops at
+Prints one `CHECK py.name value` line per step (the values the test expects), and never stops at
 a failed step: an exception in one step is printed as that step's value.
 """
 
@@ -21,7 +21,7 @@ HOST_PAGE = "http://host.msbvm.internal:8000/"
 
 
 def check(name, value):
-    print(f"CHECK {name} {value}", flush=True)
+    print(f"CHECK py.{name} {value}", flush=True)
 
 
 async def step(name, coro):
