@@ -1,19 +1,21 @@
-//! The Python and Node.js SDKs end to end (issue 17 §4), in one L1 boot: the same
-//! conformance scenario in each language (`tests/l1-tools/sdk_conformance.py` and `.js`, the
-//! same steps and expected values) runs on the host's Python and Node in L1 against real
-//! sandboxes: create with env and a network policy, exec (output, exit code, timeout), a
+//! The Rust, Python and Node.js SDKs end to end (issue 17 §3, §4), in one L1 boot: the same
+//! conformance scenario in each language (`tests/src/bin/msbvm-e2e-sdk-conformance.rs`,
+//! `tests/l1-tools/sdk_conformance.py` and `.js`: the same steps and expected values) runs
+//! against real sandboxes, the Rust one as a static binary, the others on the host's Python
+//! and Node brought into L1: create with env and a network policy, exec (output, exit code, timeout), a
 //! 10 MiB stream, stdin, a signal, a cancelled exec that leaves nothing running (task
 //! cancellation in Python, an `AbortSignal` in JavaScript), files (write, read, list, stat,
 //! mkdir, remove, a guest file error's kind, copy in and out), a snapshot and a fork of it, a
 //! published port, a network policy change seen by the guest, events both ways, the error
 //! classes, attaching by name and removal; then Python's synchronous twin from inside a
 //! running event loop and a JavaScript create aborted during the boot, which leaves no
-//! sandbox. Then each README quick-start runs as written.
+//! sandbox. Then each README quick-start runs as written (Rust's from its binary, whose
+//! source the README quotes; a unit test here keeps the two the same).
 //!
 //! The packages under test are the ones `scripts/build-python` and `scripts/build-typescript`
 //! built (CI builds them before the tests). A language whose package is not built, or whose
 //! interpreter (`/usr/bin/python3`, `/usr/bin/node`) is missing, is skipped with one line;
-//! the test is skipped only when both are.
+//! Rust always runs.
 //!
 //! `scripts/build-python --dev && scripts/build-typescript --dev &&
 //! cargo test -p msbvm-tests --test sdk_nested -- --nocapture`.
@@ -22,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use msbvm_tests::artifacts::build_static_bins;
 use msbvm_tests::e2e::{assert_checks, net_host, net_l1, prelude, run_scenarios};
 use msbvm_tests::python_l1::add_python;
 use msbvm_tests::NestedVmBuilder;
@@ -31,6 +34,8 @@ const PY_SCENARIO: &str = include_str!("../l1-tools/sdk_conformance.py");
 const JS_SCENARIO: &str = include_str!("../l1-tools/sdk_conformance.js");
 /// The README, whose quick-start programs run as written.
 const README: &str = include_str!("../../README.md");
+/// The Rust quick-start as the L1 run builds it.
+const RS_QUICKSTART: &str = include_str!("../src/bin/msbvm-e2e-rust-quickstart.rs");
 const NODE: &str = "/usr/bin/node";
 /// Where the Python package goes in L1 (on `PYTHONPATH`).
 const L1_PY_SITE: &str = "/sdk";
@@ -48,6 +53,17 @@ check py_quickstart_out "$(grep -c '^hello from py-demo 0$' /tmp/pyqs.out),$(gre
 $M snapshot rm py-snap >/dev/null 2>&1
 "#;
 
+const RS_PART: &str = r#"
+/e2e/rs-conformance > /tmp/rs.out 2>&1; rc=$?
+cat /tmp/rs.out
+check rs_rc $rc
+/e2e/rs-quickstart > /tmp/rsqs.out 2>&1; rc=$?
+cat /tmp/rsqs.out
+check rs_quickstart_rc $rc
+check rs_quickstart_out "$(grep -c '^hello from rs-demo 0$' /tmp/rsqs.out),$(grep -c '^hi$' /tmp/rsqs.out),$(grep -c '^exited Code(0)$' /tmp/rsqs.out)"
+$M snapshot rm rs-snap >/dev/null 2>&1
+"#;
+
 const JS_PART: &str = r#"
 MSBVM_JS_PACKAGE=@PKG@ @NODE@ /e2e/sdk_conformance.js > /tmp/js.out 2>&1; rc=$?
 cat /tmp/js.out
@@ -60,11 +76,12 @@ check js_quickstart_out "$(grep -c '^hello from ts-demo 0$' /tmp/jsqs.out),$(gre
 $M snapshot rm js-snap >/dev/null 2>&1
 "#;
 
-/// The steps both scenarios check (`py.exec`, `js.exec`, ...), with the values each prints:
-/// JavaScript prints `true` / `false` where Python prints `True` / `False` in a few, and
-/// quotes strings its own way.
+/// The steps every scenario checks (`py.exec`, `js.exec`, `rs.exec`, ...), with the values
+/// each prints: JavaScript and Rust print `true` / `false` where Python prints `True` /
+/// `False` in a few, and quote strings their own way.
 fn scenario_checks(prefix: &str) -> Vec<(String, String)> {
-    let js = prefix == "js";
+    // Rust prints booleans and quotes strings as JavaScript does.
+    let js = prefix != "py";
     let b = |v: bool| match (js, v) {
         (true, true) => "true",
         (true, false) => "false",
@@ -220,25 +237,55 @@ fn with_node(vm: NestedVmBuilder, scratch: &Path) -> (NestedVmBuilder, Option<St
     (vm, Some(part))
 }
 
+/// Adds the Rust scenario and quick-start, built static; the script part.
+fn with_rust(vm: NestedVmBuilder) -> (NestedVmBuilder, String) {
+    let built = build_static_bins(&[
+        ("msbvm-tests", "msbvm-e2e-sdk-conformance"),
+        ("msbvm-tests", "msbvm-e2e-rust-quickstart"),
+    ])
+    .expect("the static build of the Rust scenario");
+    let vm = vm
+        .add_program(&built["msbvm-e2e-sdk-conformance"], "/e2e/rs-conformance")
+        .add_program(&built["msbvm-e2e-rust-quickstart"], "/e2e/rs-quickstart");
+    (vm, RS_PART.to_string())
+}
+
 #[test]
-fn sdk_conformance_in_python_and_javascript() {
+fn the_readme_quick_starts_are_the_programs_the_suite_runs() {
+    // Python's and JavaScript's are taken from the README itself; Rust's must be compiled, so
+    // the README's copy must be the binary's source.
+    assert!(
+        RS_QUICKSTART.contains(quickstart("## Rust SDK", "rust")),
+        "the README's Rust quick-start differs from tests/src/bin/msbvm-e2e-rust-quickstart.rs"
+    );
+    assert!(quickstart("## Python SDK", "python").contains("asyncio.run(main())"));
+    assert!(quickstart("## TypeScript SDK", "js").contains("msbvm.Sandbox.create"));
+}
+
+#[test]
+fn sdk_conformance_in_rust_python_and_javascript() {
     let Some(vm) = net_l1(L1_TIMEOUT) else {
         return;
     };
     let dir = tempfile::tempdir().expect("a temporary directory");
+    let (vm, rs_part) = with_rust(vm);
     let (vm, py_part) = with_python(vm, dir.path());
     let (vm, js_part) = with_node(vm, dir.path());
-    if py_part.is_none() && js_part.is_none() {
-        eprintln!("skipped: neither SDK can run (see the lines above)");
-        return;
-    }
     let mut script = prelude();
     script.push_str(&net_host(
         "mkdir -p /www && echo host-page > /www/index.html",
         "",
     ));
     script.push_str("cd /tmp\n");
-    let mut expected = Vec::new();
+    script.push_str(&rs_part);
+    let mut expected = scenario_checks("rs");
+    for (k, v) in [
+        ("rs_rc", "0"),
+        ("rs_quickstart_rc", "0"),
+        ("rs_quickstart_out", "1,1,1"),
+    ] {
+        expected.push((k.to_string(), v.to_string()));
+    }
     if let Some(part) = &py_part {
         script.push_str(part);
         expected.extend(scenario_checks("py"));
@@ -264,7 +311,9 @@ fn sdk_conformance_in_python_and_javascript() {
             expected.push((k.to_string(), v.to_string()));
         }
     }
-    script.push_str("check left $($M ls 2>/dev/null | grep -c -e 'py-' -e 'js-' -e 'ts-')\n");
+    script.push_str(
+        "check left $($M ls 2>/dev/null | grep -c -e 'py-' -e 'js-' -e 'ts-' -e 'rs-')\n",
+    );
     expected.push(("left".into(), "0".into()));
     let Some(out) = run_scenarios(vm, &script) else {
         return;
