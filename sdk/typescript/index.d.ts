@@ -194,7 +194,61 @@ export declare class Sandbox {
 }
 
 export declare function listSandboxes(): SandboxInfo[];
-export declare function pull(reference: string, options?: { plainHttp?: string[] }): Promise<ImageInfo>;
+/** One step of a pull (see the Python package's PullEvent for the kinds). */
+export interface PullEvent {
+  kind: 'download_started' | 'download_progress' | 'download_finished' | 'unpack_started' | 'unpack_finished';
+  id: string;
+  done: number;
+  total: number;
+}
+
+export declare function pull(
+  reference: string,
+  options?: { plainHttp?: string[]; onProgress?: (event: PullEvent) => void },
+): Promise<ImageInfo>;
+
+export interface ChildOptions {
+  image?: string;
+  cpus?: number;
+  memory?: number;
+  env?: Record<string, string>;
+  netAllow?: string[];
+  netDeny?: string[];
+  network?: boolean;
+  /** A grant of the child's own, in the CLI's --allow-spawn grammar. */
+  allowSpawn?: string;
+  secrets?: string[];
+}
+
+export interface PeerOutput {
+  exitCode: number;
+  stdout: Buffer;
+  stderr: Buffer;
+  truncated: boolean;
+}
+
+export interface PeerInfo {
+  name: string;
+  status: string;
+  cpus: number;
+  memoryMib: number;
+  image: string;
+}
+
+/** Spawning from inside a sandbox (its creator gave it a SpawnGrantOptions). */
+declare class Peers {
+  static connect(): Promise<Peers>;
+  create(name: string, options?: ChildOptions): Promise<void>;
+  exec(name: string, command: string | string[], options?: { stdin?: string | Uint8Array }): Promise<PeerOutput>;
+  read(name: string, path: string): Promise<Buffer>;
+  write(name: string, path: string, data: string | Uint8Array): Promise<void>;
+  list(): Promise<PeerInfo[]>;
+  emit(name: string, kind: string, data?: unknown): Promise<void>;
+  stop(name: string): Promise<void>;
+  remove(name: string): Promise<void>;
+}
+
+export declare const peer: { Peers: typeof Peers; inSandbox(): boolean };
 export declare const version: string;
 export declare const errorKinds: string[];
 

@@ -397,10 +397,68 @@ function listSandboxes() {
   return callSync(() => native.list());
 }
 
-/** Pulls an OCI image into the local store; `plainHttp` names registries reached without TLS. */
+/**
+ * Pulls an OCI image into the local store. `plainHttp` names registries reached without TLS;
+ * `onProgress` is called with each step (`{ kind, id, done, total }`).
+ */
 function pull(reference, options = {}) {
-  return call(native.pull(reference, options.plainHttp || null));
+  return call(native.pull(reference, options.plainHttp || null, options.onProgress || null));
 }
+
+/** This sandbox's connection to the host's spawn service (code inside a sandbox only). */
+class Peers {
+  constructor(inner) {
+    this._inner = inner;
+  }
+
+  /** Connects; outside a sandbox it rejects with NotInSandboxError. */
+  static async connect() {
+    return new Peers(await call(native.connectPeers()));
+  }
+
+  /** Creates the child `name` within this sandbox's grant. */
+  create(name, options = {}) {
+    return call(this._inner.create(name, options));
+  }
+
+  /** Runs `argv` in the child `name`: `{ exitCode, stdout, stderr, truncated }`. */
+  exec(name, command, options = {}) {
+    return call(this._inner.exec(name, argv(command), options.stdin == null ? null : toBuffer(options.stdin)));
+  }
+
+  /** The child's file `path`. */
+  read(name, path) {
+    return call(this._inner.readFile(name, path));
+  }
+
+  /** Writes the child's file `path`. */
+  write(name, path, data) {
+    return call(this._inner.writeFile(name, path, toBuffer(data)));
+  }
+
+  /** This sandbox's children. */
+  list() {
+    return call(this._inner.list());
+  }
+
+  /** Sends an event to the child `name`. */
+  emit(name, kind, data = null) {
+    return call(this._inner.emit(name, kind, JSON.stringify(data)));
+  }
+
+  /** Stops the child `name`. */
+  stop(name) {
+    return call(this._inner.stop(name));
+  }
+
+  /** Stops and removes the child `name`. */
+  remove(name) {
+    return call(this._inner.remove(name));
+  }
+}
+
+/** Spawning from inside a sandbox: `peer.inSandbox()`, `await peer.Peers.connect()`. */
+const peer = { Peers, inSandbox: () => native.inSandbox() };
 
 module.exports = {
   Sandbox,
@@ -408,6 +466,7 @@ module.exports = {
   EventStream,
   listSandboxes,
   pull,
+  peer,
   version: native.version(),
   errorKinds: native.errorKinds(),
   ...errors,

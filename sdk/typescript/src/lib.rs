@@ -10,8 +10,9 @@
 //! `details`) that `index.js` turns into the class of that kind (`NotFoundError`, ...), the
 //! same kinds as the Rust SDK's (`msbvm_sdk::Error::kind`) and the Python package's classes.
 //!
-//! Modules: `sandbox` (create, attach, the `Sandbox` class), `process` (exec results, the
-//! process and event streams), `options` (the option objects and their checks).
+//! Modules: `sandbox` (create, attach, the `Sandbox` class, snapshots, forks, pulls),
+//! `process` (exec results, the process and event streams), `options` (the option objects
+//! and their checks), `peer` (spawning from inside a sandbox).
 
 // napi-derive leaves its export registration out of test builds, so under `cargo clippy
 // --all-targets` (which checks this library with cfg(test)) everything only JavaScript calls
@@ -19,6 +20,7 @@
 #![cfg_attr(test, allow(dead_code))]
 
 mod options;
+mod peer;
 mod process;
 mod sandbox;
 

@@ -2,6 +2,7 @@
 
 use msbvm_sdk as sdk;
 use napi::bindgen_prelude::Buffer;
+use napi::threadsafe_function::{ErrorStrategy, ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 
 use crate::options::{seconds, CreateOptions, ExecOptions, ForkOptions, NetRule};
@@ -143,14 +144,71 @@ pub async fn fork(snapshot: String, options: Option<ForkOptions>) -> napi::Resul
     Ok(forks.into_iter().map(|inner| Sandbox { inner }).collect())
 }
 
-/// Pulls `reference` into the image store; `plainHttp` names registries reached without TLS.
+/// One step of a pull, as the progress callback gets it: `kind` is "download_started"
+/// (`done` bytes already on disk of `total`), "download_progress" (`done` bytes),
+/// "download_finished" / "unpack_finished" (`done` is 1 when it was cached) or
+/// "unpack_started"; `id` is the blob's digest or the layer's diff id.
+#[napi(object)]
+pub struct PullEvent {
+    /// What happened.
+    pub kind: String,
+    /// The blob or layer.
+    pub id: String,
+    /// Bytes (or the cached flag).
+    pub done: f64,
+    /// The blob's size, where known.
+    pub total: f64,
+}
+
+/// Hands each pull step to a JavaScript callback on Node's thread (never blocking the pull).
+struct JsProgress(Option<ThreadsafeFunction<PullEvent, ErrorStrategy::Fatal>>);
+
+impl JsProgress {
+    fn report(&self, kind: &str, id: &str, done: u64, total: u64) {
+        if let Some(callback) = &self.0 {
+            let event = PullEvent {
+                kind: kind.into(),
+                id: id.into(),
+                done: done as f64,
+                total: total as f64,
+            };
+            callback.call(event, ThreadsafeFunctionCallMode::NonBlocking);
+        }
+    }
+}
+
+impl sdk::images::PullProgress for JsProgress {
+    fn download_started(&self, digest: &str, total: u64, resumed_from: u64) {
+        self.report("download_started", digest, resumed_from, total);
+    }
+    fn download_progress(&self, digest: &str, done: u64) {
+        self.report("download_progress", digest, done, 0);
+    }
+    fn download_finished(&self, digest: &str, cached: bool) {
+        self.report("download_finished", digest, u64::from(cached), 0);
+    }
+    fn unpack_started(&self, diff_id: &str) {
+        self.report("unpack_started", diff_id, 0, 0);
+    }
+    fn unpack_finished(&self, diff_id: &str, cached: bool) {
+        self.report("unpack_finished", diff_id, u64::from(cached), 0);
+    }
+}
+
+/// Pulls `reference` into the image store; `plainHttp` names registries reached without TLS,
+/// `progress` is called with each `PullEvent`.
 #[napi]
-pub async fn pull(reference: String, plain_http: Option<Vec<String>>) -> napi::Result<ImageInfo> {
+pub async fn pull(
+    reference: String,
+    plain_http: Option<Vec<String>>,
+    progress: Option<ThreadsafeFunction<PullEvent, ErrorStrategy::Fatal>>,
+) -> napi::Result<ImageInfo> {
     let mut options = sdk::images::options_from_env();
     options
         .insecure_plain_http_registries
         .extend(plain_http.unwrap_or_default());
-    let info = sdk::images::pull(&reference, &options, &sdk::images::NoProgress)
+    let progress = JsProgress(progress);
+    let info = sdk::images::pull(&reference, &options, &progress)
         .await
         .map_err(to_js)?;
     Ok(ImageInfo {

@@ -94,7 +94,8 @@ test('pulling from an unreachable registry is ImageError', async () => {
 });
 
 test('pulling the embedded default image needs no network', async () => {
-  const info = await msbvm.pull('msbvm-default:latest');
+  const events = [];
+  const info = await msbvm.pull('msbvm-default:latest', { onProgress: (e) => events.push(e) });
   assert.match(info.reference, /msbvm-default:latest$/);
   assert.match(info.digest, /^sha256:/);
   assert.ok(info.layers >= 1);
@@ -166,4 +167,9 @@ test('the package points MSBVM_BIN at its own runtime', () => {
   delete env.MSBVM_BIN;
   const out = spawnSync(process.execPath, ['-e', "require('..'); console.log(process.env.MSBVM_BIN)"], { cwd: __dirname, env, encoding: 'utf8' });
   assert.strictEqual(out.stdout.trim(), bundled);
+});
+
+test('peers outside a sandbox say so', async () => {
+  assert.strictEqual(msbvm.peer.inSandbox(), false);
+  await assert.rejects(msbvm.peer.Peers.connect(), msbvm.NotInSandboxError);
 });
