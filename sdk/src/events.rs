@@ -75,6 +75,43 @@ impl Event {
         })
     }
 
+    /// The event back from [`Event::to_json`]'s form (a binding hands an event to its
+    /// language as that object and takes it back to [`crate::Sandbox::reply`] to it). Fields
+    /// missing or of the wrong type are an [`Error::InvalidConfig`] naming the field.
+    pub fn from_json(v: &serde_json::Value) -> Result<Event> {
+        let bad =
+            |field: &str| Error::InvalidConfig(format!("not an event: bad or missing {field:?}"));
+        let obj = v.as_object().ok_or_else(|| bad("object"))?;
+        let text = |field: &str| -> Result<Option<String>> {
+            match obj.get(field) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(bad(field)),
+            }
+        };
+        let number = |field: &str| -> Result<Option<u64>> {
+            match obj.get(field) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(n) => n.as_u64().map(Some).ok_or_else(|| bad(field)),
+            }
+        };
+        let small = |field: &str| -> Result<Option<u32>> {
+            number(field)?
+                .map(|n| u32::try_from(n).map_err(|_| bad(field)))
+                .transpose()
+        };
+        Ok(Event {
+            kind: text("type")?.ok_or_else(|| bad("type"))?,
+            data: obj.get("data").cloned().unwrap_or(serde_json::Value::Null),
+            id: text("id")?,
+            reply_to: text("reply_to")?,
+            pid: small("pid")?,
+            exec: small("exec")?,
+            connection: number("connection")?,
+            time_ms: number("time_ms")?.unwrap_or(0),
+        })
+    }
+
     /// Converts a wire event. The runtime checked the payload is JSON; anything that still
     /// fails to parse arrives as a string, never an error.
     pub fn from_wire(e: GuestEvent) -> Event {
@@ -222,6 +259,32 @@ impl EventStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_come_back_from_their_json() {
+        let e = Event {
+            kind: "job.done".into(),
+            data: serde_json::json!({"ok": true}),
+            id: Some("7".into()),
+            reply_to: None,
+            pid: Some(42),
+            exec: Some(40),
+            connection: Some(3),
+            time_ms: 1_700_000_000_000,
+        };
+        assert_eq!(Event::from_json(&e.to_json()).unwrap(), e);
+        for bad in [
+            serde_json::json!([]),
+            serde_json::json!({"data": 1}),
+            serde_json::json!({"type": 5}),
+            serde_json::json!({"type": "t", "pid": -1}),
+            serde_json::json!({"type": "t", "pid": 1u64 << 40}),
+            serde_json::json!({"type": "t", "connection": "x"}),
+        ] {
+            let e = Event::from_json(&bad).unwrap_err();
+            assert!(e.to_string().contains("not an event"), "{e}");
+        }
+    }
 
     #[test]
     fn wire_events_convert() {

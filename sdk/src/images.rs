@@ -7,8 +7,8 @@
 //! `MSBVM_PLAIN_HTTP_REGISTRIES` (comma-separated `host:port`).
 
 pub use msbvm_image::{
-    Auth, ImageConfig, ImageInfo, ImageStore, IndicatifProgress, NoProgress, PullOptions,
-    PullProgress, DEFAULT_IMAGE, REGISTRY_ENV,
+    Auth, ImageConfig, ImageInfo, ImageStore, IndicatifProgress, NoProgress, ProgressFn,
+    PullOptions, PullProgress, PullStep, DEFAULT_IMAGE, REGISTRY_ENV,
 };
 
 use crate::error::{Error, Result};

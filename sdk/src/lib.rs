@@ -94,8 +94,9 @@ pub use paths::{msbvm_home, validate_name, SandboxDir};
 pub use report::ReadyInfo;
 pub use runtime_args::RuntimeArgs;
 pub use sandbox::{
-    NetEventStream, Sandbox, SandboxBuilder, SandboxInfo, DEFAULT_CPUS, DEFAULT_MEMORY_MIB,
-    DEFAULT_READY_TIMEOUT, DEFAULT_STOP_TIMEOUT, MAX_CPUS, MAX_MEMORY_MIB, MIN_MEMORY_MIB,
+    checked_cpus, checked_memory_mib, NetEventStream, Sandbox, SandboxBuilder, SandboxInfo,
+    DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_READY_TIMEOUT, DEFAULT_STOP_TIMEOUT, MAX_CPUS,
+    MAX_MEMORY_MIB, MIN_MEMORY_MIB,
 };
 pub use secrets::Secret;
 pub use state::Status;

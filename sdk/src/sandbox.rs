@@ -39,6 +39,29 @@ pub const MAX_CPUS: u8 = 254;
 pub const MIN_MEMORY_MIB: u64 = 16;
 /// The most guest memory a sandbox can have, in MiB (the VMM's limit).
 pub const MAX_MEMORY_MIB: u64 = 1 << 20;
+/// `n` as a vCPU count, checked against `1..=MAX_CPUS` (for bindings whose numbers are wider
+/// than `u8`: a value out of range is an [`Error::InvalidConfig`] that says the range).
+pub fn checked_cpus(n: i64) -> Result<u8> {
+    u8::try_from(n)
+        .ok()
+        .filter(|n| (1..=MAX_CPUS).contains(n))
+        .ok_or_else(|| {
+            Error::InvalidConfig(format!("cpus must be between 1 and {MAX_CPUS}, not {n}"))
+        })
+}
+
+/// `n` as guest memory in MiB, checked against `MIN_MEMORY_MIB..=MAX_MEMORY_MIB` (see
+/// [`checked_cpus`]).
+pub fn checked_memory_mib(n: i64) -> Result<u64> {
+    u64::try_from(n)
+        .ok()
+        .filter(|m| (MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(m))
+        .ok_or_else(|| {
+            Error::InvalidConfig(format!(
+                "memory must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB} MiB, not {n}"
+            ))
+        })
+}
 /// Default boot timeout (from VM start to the agent's ready message); generous, because
 /// under nested emulation a boot takes seconds.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);

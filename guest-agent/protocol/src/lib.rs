@@ -110,6 +110,22 @@ pub enum ExitStatus {
     TimedOut,
 }
 
+impl ExitStatus {
+    /// The signal that killed the process, if one did (a timeout's kill is not counted: see
+    /// [`ExitStatus::timed_out`]).
+    pub fn signal(self) -> Option<i32> {
+        match self {
+            ExitStatus::Signal(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Whether the process's timeout expired and the agent killed it.
+    pub fn timed_out(self) -> bool {
+        self == ExitStatus::TimedOut
+    }
+}
+
 /// Messages from the host to the agent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HostMessage {

@@ -29,7 +29,7 @@ mod unpack;
 
 pub use default_image::{ensure_default_image, DEFAULT_IMAGE};
 pub use error::{Error, Result};
-pub use progress::{IndicatifProgress, NoProgress, PullProgress};
+pub use progress::{IndicatifProgress, NoProgress, ProgressFn, PullProgress, PullStep};
 pub use pull::{Auth, PullOptions};
 pub use reference::REGISTRY_ENV;
 pub use spec::Platform;

@@ -26,6 +26,55 @@ pub struct NoProgress;
 
 impl PullProgress for NoProgress {}
 
+/// One pull step in a flat form, for callers that pass progress on as data (the Python and
+/// Node.js bindings): `kind` names the [`PullProgress`] method (`"download_started"`, ...),
+/// `id` is the blob's digest or the layer's diff id. `done` is bytes on disk for the download
+/// steps (those already there for `download_started`) and 1 or 0 for "was cached" on the
+/// finished steps; `total` is the blob's size on `download_started` and 0 otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PullStep<'a> {
+    /// Which step: the name of the [`PullProgress`] method.
+    pub kind: &'static str,
+    /// The blob or layer.
+    pub id: &'a str,
+    /// Bytes, or the cached flag.
+    pub done: u64,
+    /// The blob's size, where known.
+    pub total: u64,
+}
+
+/// Hands every pull step to a closure as a [`PullStep`].
+pub struct ProgressFn<F>(pub F);
+
+impl<F: Fn(PullStep<'_>) + Send + Sync> PullProgress for ProgressFn<F> {
+    fn download_started(&self, digest: &str, total: u64, resumed_from: u64) {
+        self.step("download_started", digest, resumed_from, total);
+    }
+    fn download_progress(&self, digest: &str, done: u64) {
+        self.step("download_progress", digest, done, 0);
+    }
+    fn download_finished(&self, digest: &str, cached: bool) {
+        self.step("download_finished", digest, u64::from(cached), 0);
+    }
+    fn unpack_started(&self, diff_id: &str) {
+        self.step("unpack_started", diff_id, 0, 0);
+    }
+    fn unpack_finished(&self, diff_id: &str, cached: bool) {
+        self.step("unpack_finished", diff_id, u64::from(cached), 0);
+    }
+}
+
+impl<F: Fn(PullStep<'_>)> ProgressFn<F> {
+    fn step(&self, kind: &'static str, id: &str, done: u64, total: u64) {
+        (self.0)(PullStep {
+            kind,
+            id,
+            done,
+            total,
+        });
+    }
+}
+
 /// Draws one byte bar per layer on a terminal (stderr), and prints one line per finished
 /// step otherwise (logs, CI).
 #[derive(Debug)]
@@ -125,5 +174,41 @@ impl PullProgress for IndicatifProgress {
         } else {
             eprintln!("{line}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_fn_flattens_every_step() {
+        let seen = Mutex::new(Vec::new());
+        let p = ProgressFn(|s: PullStep<'_>| {
+            seen.lock()
+                .unwrap()
+                .push((s.kind, s.id.to_string(), s.done, s.total))
+        });
+        p.download_started("sha256:a", 100, 10);
+        p.download_progress("sha256:a", 50);
+        p.download_finished("sha256:a", true);
+        p.unpack_started("sha256:d");
+        p.unpack_finished("sha256:d", false);
+        let seen = seen.into_inner().unwrap();
+        let kinds: Vec<_> = seen.iter().map(|s| s.0).collect();
+        assert_eq!(
+            kinds,
+            [
+                "download_started",
+                "download_progress",
+                "download_finished",
+                "unpack_started",
+                "unpack_finished"
+            ]
+        );
+        assert_eq!(seen[0], ("download_started", "sha256:a".into(), 10, 100));
+        assert_eq!(seen[1].2, 50);
+        assert_eq!(seen[2].2, 1);
+        assert_eq!(seen[4], ("unpack_finished", "sha256:d".into(), 0, 0));
     }
 }

@@ -47,15 +47,12 @@ impl ExecResult {
     /// The signal that killed it, if one did.
     #[getter]
     fn signal(&self) -> Option<i32> {
-        match self.status {
-            sdk::ExitStatus::Signal(s) => Some(s),
-            _ => None,
-        }
+        self.status.signal()
     }
     /// Whether its timeout expired and the agent killed it.
     #[getter]
     fn timed_out(&self) -> bool {
-        self.status == sdk::ExitStatus::TimedOut
+        self.status.timed_out()
     }
     fn __repr__(&self) -> String {
         format!(

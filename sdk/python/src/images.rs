@@ -6,38 +6,22 @@ use pyo3_async_runtimes::tokio::future_into_py;
 
 use crate::errors::to_py;
 
-/// Calls a Python progress callback as `callback(kind, id, done, total)`; an exception it
-/// raises is reported as unraisable (printed) and does not stop the pull.
-pub(crate) struct PyProgress(Option<Py<PyAny>>);
-
-impl PyProgress {
-    fn report(&self, kind: &str, id: &str, done: u64, total: u64) {
-        if let Some(callback) = &self.0 {
+/// Calls a Python progress callback as `callback(kind, id, done, total)` for each pull step
+/// (see `msbvm_sdk::images::PullStep`); an exception it raises is reported as unraisable
+/// (printed) and does not stop the pull.
+fn py_progress(
+    callback: Option<Py<PyAny>>,
+) -> sdk::images::ProgressFn<impl Fn(sdk::images::PullStep<'_>) + Send + Sync> {
+    sdk::images::ProgressFn(move |step: sdk::images::PullStep<'_>| {
+        if let Some(callback) = &callback {
             Python::attach(|py| {
-                if let Err(e) = callback.call1(py, (kind, id, done, total)) {
+                let args = (step.kind, step.id, step.done, step.total);
+                if let Err(e) = callback.call1(py, args) {
                     e.write_unraisable(py, Some(callback.bind(py)));
                 }
             });
         }
-    }
-}
-
-impl sdk::images::PullProgress for PyProgress {
-    fn download_started(&self, digest: &str, total: u64, resumed_from: u64) {
-        self.report("download_started", digest, resumed_from, total);
-    }
-    fn download_progress(&self, digest: &str, done: u64) {
-        self.report("download_progress", digest, done, 0);
-    }
-    fn download_finished(&self, digest: &str, cached: bool) {
-        self.report("download_finished", digest, u64::from(cached), 0);
-    }
-    fn unpack_started(&self, diff_id: &str) {
-        self.report("unpack_started", diff_id, 0, 0);
-    }
-    fn unpack_finished(&self, diff_id: &str, cached: bool) {
-        self.report("unpack_finished", diff_id, u64::from(cached), 0);
-    }
+    })
 }
 
 /// Pulls `reference` into the image store (the embedded default image is imported instead);
@@ -54,7 +38,7 @@ pub(crate) fn pull(
     options
         .insecure_plain_http_registries
         .extend(plain_http.unwrap_or_default());
-    let progress = PyProgress(progress);
+    let progress = py_progress(progress);
     future_into_py(py, async move {
         let info = sdk::images::pull(&reference, &options, &progress)
             .await

@@ -48,29 +48,10 @@ pub(crate) fn create<'py>(
         .network(network)
         .detached(detached);
     if let Some(cpus) = int_arg("cpus", cpus)? {
-        let n = u8::try_from(cpus)
-            .ok()
-            .filter(|n| (1..=sdk::MAX_CPUS).contains(n))
-            .ok_or_else(|| {
-                config_error(format!(
-                    "cpus must be between 1 and {}, not {cpus}",
-                    sdk::MAX_CPUS
-                ))
-            })?;
-        b = b.cpus(n);
+        b = b.cpus(sdk::checked_cpus(cpus).map_err(to_py)?);
     }
     if let Some(memory) = int_arg("memory", memory)? {
-        let mib = u64::try_from(memory)
-            .ok()
-            .filter(|m| (sdk::MIN_MEMORY_MIB..=sdk::MAX_MEMORY_MIB).contains(m))
-            .ok_or_else(|| {
-                config_error(format!(
-                    "memory must be between {} and {} MiB, not {memory}",
-                    sdk::MIN_MEMORY_MIB,
-                    sdk::MAX_MEMORY_MIB
-                ))
-            })?;
-        b = b.memory_mib(mib);
+        b = b.memory_mib(sdk::checked_memory_mib(memory).map_err(to_py)?);
     }
     if let Some(image) = image {
         b = b.image(image);

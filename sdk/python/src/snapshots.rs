@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 use pyo3_async_runtimes::tokio::future_into_py;
 
 use crate::args::{int_arg, seconds, SecretArg};
-use crate::errors::{config_error, to_py};
+use crate::errors::to_py;
 use crate::sandbox::Sandbox;
 
 /// A snapshot, as `Sandbox.snapshot` reports it.
@@ -66,14 +66,10 @@ pub(crate) fn fork<'py>(
         f = f.env(k, v);
     }
     if let Some(cpus) = int_arg("cpus", cpus)? {
-        let n = u8::try_from(cpus)
-            .map_err(|_| config_error(format!("cpus is out of range: {cpus}")))?;
-        f = f.cpus(n);
+        f = f.cpus(sdk::checked_cpus(cpus).map_err(to_py)?);
     }
     if let Some(memory) = int_arg("memory", memory)? {
-        let mib = u64::try_from(memory)
-            .map_err(|_| config_error(format!("memory is out of range: {memory}")))?;
-        f = f.memory_mib(mib);
+        f = f.memory_mib(sdk::checked_memory_mib(memory).map_err(to_py)?);
     }
     if let Some(t) = seconds("ready_timeout", ready_timeout)? {
         f = f.ready_timeout(t);

@@ -187,3 +187,23 @@ async fn builder_rejects_bad_requests_before_starting_anything() {
     let e = Sandbox::builder("-x").create().await.unwrap_err();
     assert!(matches!(e, Error::InvalidName { .. }), "{e}");
 }
+
+#[test]
+fn binding_numbers_are_checked_against_the_vmm_limits() {
+    assert_eq!(checked_cpus(1).unwrap(), 1);
+    assert_eq!(checked_cpus(i64::from(MAX_CPUS)).unwrap(), MAX_CPUS);
+    for bad in [0, -1, 255, 300, i64::MAX, i64::MIN] {
+        let e = checked_cpus(bad).unwrap_err();
+        assert!(matches!(e, Error::InvalidConfig(_)), "{e}");
+        assert!(e.to_string().contains(&bad.to_string()), "{e}");
+    }
+    assert_eq!(checked_memory_mib(256).unwrap(), 256);
+    assert_eq!(
+        checked_memory_mib(MIN_MEMORY_MIB as i64).unwrap(),
+        MIN_MEMORY_MIB
+    );
+    for bad in [0, 15, -256, MAX_MEMORY_MIB as i64 + 1, i64::MIN] {
+        let e = checked_memory_mib(bad).unwrap_err();
+        assert!(e.to_string().contains("MiB"), "{e}");
+    }
+}

@@ -18,15 +18,14 @@ pub(crate) fn seconds(what: &str, secs: Option<f64>) -> napi::Result<Option<Dura
     .transpose()
 }
 
-/// A whole number in `range` from a JavaScript number.
-fn whole(what: &str, n: f64, range: std::ops::RangeInclusive<u64>) -> napi::Result<u64> {
-    if n.fract() == 0.0 && n >= *range.start() as f64 && n <= *range.end() as f64 {
-        Ok(n as u64)
+/// A whole JavaScript number (in `i64`'s range; the SDK checks the range that applies).
+fn whole(what: &str, n: f64) -> napi::Result<i64> {
+    // 2^63 is exactly representable, so this bound lets no float through that `as` would clamp.
+    if n.fract() == 0.0 && n >= -(2f64.powi(63)) && n < 2f64.powi(63) {
+        Ok(n as i64)
     } else {
         Err(config_error(format!(
-            "{what} must be a whole number between {} and {}, not {n}",
-            range.start(),
-            range.end()
+            "{what} must be a whole number, not {n}"
         )))
     }
 }
@@ -148,14 +147,10 @@ impl CreateOptions {
             .network(self.network.unwrap_or(true))
             .detached(self.detached.unwrap_or(false));
         if let Some(cpus) = self.cpus {
-            b = b.cpus(whole("cpus", cpus, 1..=u64::from(sdk::MAX_CPUS))? as u8);
+            b = b.cpus(sdk::checked_cpus(whole("cpus", cpus)?).map_err(to_js)?);
         }
         if let Some(memory) = self.memory {
-            b = b.memory_mib(whole(
-                "memory",
-                memory,
-                sdk::MIN_MEMORY_MIB..=sdk::MAX_MEMORY_MIB,
-            )?);
+            b = b.memory_mib(sdk::checked_memory_mib(whole("memory", memory)?).map_err(to_js)?);
         }
         if let Some(image) = self.image {
             b = b.image(image);
@@ -274,9 +269,9 @@ pub struct ForkOptions {
     /// Environment added for new processes.
     pub env: Option<HashMap<String, String>>,
     /// vCPUs.
-    pub cpus: Option<u32>,
+    pub cpus: Option<f64>,
     /// Memory in MiB.
-    pub memory: Option<u32>,
+    pub memory: Option<f64>,
     /// Keep running after this process exits.
     pub detached: Option<bool>,
     /// Seconds to wait for each to be ready.
@@ -304,12 +299,10 @@ impl ForkOptions {
             f = f.env(k, v);
         }
         if let Some(cpus) = self.cpus {
-            let n = u8::try_from(cpus)
-                .map_err(|_| config_error(format!("cpus is out of range: {cpus}")))?;
-            f = f.cpus(n);
+            f = f.cpus(sdk::checked_cpus(whole("cpus", cpus)?).map_err(to_js)?);
         }
         if let Some(memory) = self.memory {
-            f = f.memory_mib(u64::from(memory));
+            f = f.memory_mib(sdk::checked_memory_mib(whole("memory", memory)?).map_err(to_js)?);
         }
         if let Some(t) = seconds("readyTimeout", self.ready_timeout)? {
             f = f.ready_timeout(t);

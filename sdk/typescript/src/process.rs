@@ -59,11 +59,8 @@ impl From<sdk::ExecOutput> for ExecResult {
     fn from(out: sdk::ExecOutput) -> Self {
         ExecResult {
             exit_code: out.exit_code(),
-            signal: match out.status {
-                sdk::ExitStatus::Signal(s) => Some(s),
-                _ => None,
-            },
-            timed_out: out.status == sdk::ExitStatus::TimedOut,
+            signal: out.status.signal(),
+            timed_out: out.status.timed_out(),
             stdout: out.stdout.into(),
             stderr: out.stderr.into(),
         }
@@ -170,11 +167,8 @@ impl ExecStream {
             },
             sdk::ExecEvent::Exited(s) => ExecEvent {
                 exit_code: Some(sdk::shell_exit_code(s)),
-                signal: match s {
-                    sdk::ExitStatus::Signal(n) => Some(n),
-                    _ => None,
-                },
-                timed_out: Some(s == sdk::ExitStatus::TimedOut),
+                signal: s.signal(),
+                timed_out: Some(s.timed_out()),
                 ..ExecEvent::of("exited")
             },
         }))

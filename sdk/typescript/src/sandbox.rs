@@ -160,41 +160,6 @@ pub struct PullEvent {
     pub total: f64,
 }
 
-/// Hands each pull step to a JavaScript callback on Node's thread (never blocking the pull).
-struct JsProgress(Option<ThreadsafeFunction<PullEvent, ErrorStrategy::Fatal>>);
-
-impl JsProgress {
-    fn report(&self, kind: &str, id: &str, done: u64, total: u64) {
-        if let Some(callback) = &self.0 {
-            let event = PullEvent {
-                kind: kind.into(),
-                id: id.into(),
-                done: done as f64,
-                total: total as f64,
-            };
-            callback.call(event, ThreadsafeFunctionCallMode::NonBlocking);
-        }
-    }
-}
-
-impl sdk::images::PullProgress for JsProgress {
-    fn download_started(&self, digest: &str, total: u64, resumed_from: u64) {
-        self.report("download_started", digest, resumed_from, total);
-    }
-    fn download_progress(&self, digest: &str, done: u64) {
-        self.report("download_progress", digest, done, 0);
-    }
-    fn download_finished(&self, digest: &str, cached: bool) {
-        self.report("download_finished", digest, u64::from(cached), 0);
-    }
-    fn unpack_started(&self, diff_id: &str) {
-        self.report("unpack_started", diff_id, 0, 0);
-    }
-    fn unpack_finished(&self, diff_id: &str, cached: bool) {
-        self.report("unpack_finished", diff_id, u64::from(cached), 0);
-    }
-}
-
 /// Pulls `reference` into the image store; `plainHttp` names registries reached without TLS,
 /// `progress` is called with each `PullEvent`.
 #[napi]
@@ -207,7 +172,18 @@ pub async fn pull(
     options
         .insecure_plain_http_registries
         .extend(plain_http.unwrap_or_default());
-    let progress = JsProgress(progress);
+    // Each step goes to JavaScript on Node's thread, never blocking the pull.
+    let progress = sdk::images::ProgressFn(move |step: sdk::images::PullStep<'_>| {
+        if let Some(callback) = &progress {
+            let event = PullEvent {
+                kind: step.kind.into(),
+                id: step.id.into(),
+                done: step.done as f64,
+                total: step.total as f64,
+            };
+            callback.call(event, ThreadsafeFunctionCallMode::NonBlocking);
+        }
+    });
     let info = sdk::images::pull(&reference, &options, &progress)
         .await
         .map_err(to_js)?;
