@@ -1,7 +1,6 @@
 //! `msbvm run`'s options for the sandbox's filesystems and network, turned
 //! into the SDK's [`SandboxSpec`].
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -178,12 +177,8 @@ impl SandboxArgs {
             net.default_allow = allow;
         }
         if let Some(mtu) = self.mtu {
-            if !(576..=65520).contains(&mtu) {
-                return Err(Error::InvalidConfig(format!(
-                    "--mtu {mtu} is out of range: use 576 to 65520"
-                )));
-            }
-            net.mtu = mtu;
+            net.mtu = msbvm_sdk::spec::checked_mtu(mtu)
+                .map_err(|e| Error::InvalidConfig(format!("--mtu: {e}")))?;
         }
         if let Some(n) = self.max_connections {
             if n == 0 {
@@ -196,16 +191,18 @@ impl SandboxArgs {
         net.dns_servers = self
             .dns
             .iter()
-            .map(|d| parse_dns_server(d))
+            .map(|d| msbvm_sdk::spec::parse_dns_server(d))
             .collect::<Result<_, _>>()?;
         net.tls = TlsSpec {
             intercept: lowercase(&self.tls_intercept),
             bypass: lowercase(&self.tls_bypass),
             upstream_cas: self.tls_upstream_ca.clone(),
-            ca: match self.tls_ca.as_deref() {
-                Some("per-sandbox") => CaScope::Sandbox,
-                _ => CaScope::User,
-            },
+            ca: self
+                .tls_ca
+                .as_deref()
+                .map(CaScope::parse)
+                .transpose()?
+                .unwrap_or_default(),
         };
         net.tls.check()?;
         spec.plugins = self.plugin_specs()?;
@@ -243,15 +240,6 @@ impl SandboxArgs {
 
 fn lowercase(v: &[String]) -> Vec<String> {
     v.iter().map(|s| s.to_ascii_lowercase()).collect()
-}
-
-fn parse_dns_server(text: &str) -> Result<SocketAddr, Error> {
-    if let Ok(addr) = text.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    text.parse::<std::net::IpAddr>()
-        .map(|ip| SocketAddr::new(ip, 53))
-        .map_err(|_| Error::InvalidConfig(format!("--dns {text:?} is not ADDR or ADDR:PORT")))
 }
 
 #[cfg(test)]

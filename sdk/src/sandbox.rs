@@ -277,20 +277,9 @@ impl SandboxBuilder {
             ));
         }
         self.spec.network.tls.check()?;
-        let max_cpus = MAX_CPUS;
-        if self.cpus == 0 || self.cpus > max_cpus {
-            return Err(Error::InvalidConfig(format!(
-                "{} vCPUs is out of range: use 1 to {max_cpus}",
-                self.cpus
-            )));
-        }
-        let (min, max) = (MIN_MEMORY_MIB, MAX_MEMORY_MIB);
-        if self.memory_mib < min || self.memory_mib > max {
-            return Err(Error::InvalidConfig(format!(
-                "{} MiB of memory is out of range: use {min} to {max}",
-                self.memory_mib
-            )));
-        }
+        checked_cpus(i64::from(self.cpus))?;
+        checked_memory_mib(i64::try_from(self.memory_mib).unwrap_or(i64::MAX))?;
+        crate::spec::checked_mtu(self.spec.network.mtu)?;
         if let Some((k, _)) = self
             .env
             .iter()

@@ -289,6 +289,45 @@ pub enum CaScope {
     Sandbox,
 }
 
+impl CaScope {
+    /// Parses `user`, or `sandbox` (also spelled `per-sandbox`, as the CLI's `--tls-ca`).
+    pub fn parse(text: &str) -> Result<CaScope> {
+        match text {
+            "user" => Ok(CaScope::User),
+            "sandbox" | "per-sandbox" => Ok(CaScope::Sandbox),
+            _ => Err(Error::InvalidConfig(format!(
+                "TLS CA {text:?}: use \"user\" or \"sandbox\""
+            ))),
+        }
+    }
+}
+
+/// The MTUs a guest interface may have (IPv4's minimum to the netstack's largest frame).
+pub const MTU_RANGE: std::ops::RangeInclusive<u16> = 576..=65520;
+
+/// `mtu`, if it is in [`MTU_RANGE`].
+pub fn checked_mtu(mtu: u16) -> Result<u16> {
+    if MTU_RANGE.contains(&mtu) {
+        Ok(mtu)
+    } else {
+        Err(Error::InvalidConfig(format!(
+            "MTU {mtu} is out of range: use {} to {}",
+            MTU_RANGE.start(),
+            MTU_RANGE.end()
+        )))
+    }
+}
+
+/// A DNS server as `ADDR` (port 53) or `ADDR:PORT` (`[V6ADDR]:PORT` for IPv6).
+pub fn parse_dns_server(text: &str) -> Result<SocketAddr> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    text.parse::<std::net::IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| Error::InvalidConfig(format!("DNS server {text:?} is not ADDR or ADDR:PORT")))
+}
+
 /// TLS interception settings. Nothing here is secret: it travels in the spec.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TlsSpec {
@@ -401,6 +440,35 @@ impl PortSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn network_words_parse_and_bad_ones_say_why() {
+        assert_eq!(CaScope::parse("user").unwrap(), CaScope::User);
+        assert_eq!(CaScope::parse("sandbox").unwrap(), CaScope::Sandbox);
+        assert_eq!(CaScope::parse("per-sandbox").unwrap(), CaScope::Sandbox);
+        assert!(CaScope::parse("mine")
+            .unwrap_err()
+            .to_string()
+            .contains("\"user\""));
+        assert_eq!(checked_mtu(1500).unwrap(), 1500);
+        assert!(checked_mtu(575).is_err() && checked_mtu(65521).is_err());
+        assert_eq!(
+            parse_dns_server("10.0.0.1").unwrap(),
+            "10.0.0.1:53".parse().unwrap()
+        );
+        assert_eq!(
+            parse_dns_server("[::1]:5353").unwrap(),
+            "[::1]:5353".parse().unwrap()
+        );
+        assert_eq!(
+            parse_dns_server("::1").unwrap(),
+            "[::1]:53".parse().unwrap()
+        );
+        for bad in ["", "dns.example", "10.0.0.1:99999", "1.2.3"] {
+            let e = parse_dns_server(bad).unwrap_err();
+            assert!(e.to_string().contains("ADDR:PORT"), "{e}");
+        }
+    }
 
     #[test]
     fn volumes_parse() {

@@ -177,7 +177,9 @@ async fn builder_rejects_bad_requests_before_starting_anything() {
         .create()
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("1 MiB"), "{e}");
+    assert!(e.to_string().contains("MiB, not 1"), "{e}");
+    let e = Sandbox::builder("box").mtu(100).create().await.unwrap_err();
+    assert!(e.to_string().contains("576"), "{e}");
     let e = Sandbox::builder("box")
         .env("A=B", "c")
         .create()
