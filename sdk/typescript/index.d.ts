@@ -1,136 +1,59 @@
-// Types of the `msbvm` package (index.js over the native addon). Written by hand to match the
-// addon's exports; test/unit.test.js checks that every export is declared here and nothing
-// else is.
+// Types of the `msbvm` package (index.js over the native addon).
+//
+// The shapes of options and results are the addon's own, generated from its Rust source into
+// native.d.ts by `napi build --dts` (scripts/build-typescript; scripts/test-typescript fails
+// when the committed copy is stale). This file declares what index.js adds over the addon:
+// the classes with async iterators, AbortSignal options and Symbol.asyncDispose, narrower
+// string unions, and the error classes. test/unit.test.js checks that every export is
+// declared here and nothing else is; test/types.ts is type-checked with tsc against it.
 
 /// <reference types="node" />
 
-/** A secret the guest sees only as a placeholder, swapped for `value` in requests to `hosts`. */
-export interface SecretOptions {
-  name: string;
-  value: string;
-  hosts?: string[];
-  /** Substitute in headers (default true). */
-  injectHeaders?: boolean;
-  injectQuery?: boolean;
-  injectBody?: boolean;
-}
+import type * as native from './native';
+import type { ExecResult, ImageInfo, SandboxInfo, SnapshotInfo } from './native';
 
-/** What a sandbox may create from inside (code there uses the Rust or Python peer API). */
-export interface SpawnGrantOptions {
-  children: number;
-  cpus?: number;
-  memory?: number;
-  images?: string[];
-  netAllow?: string[];
-  depth?: number;
-  secrets?: string[];
-}
+export type {
+  SecretOptions,
+  SpawnGrantOptions,
+  ExecResult,
+  SandboxInfo,
+  SnapshotInfo,
+  ImageInfo,
+  ChildOptions,
+  PeerOutput,
+  PeerInfo,
+} from './native';
 
-export interface CreateOptions {
-  /** An OCI image reference (default: the embedded minimal image). */
-  image?: string;
-  cpus?: number;
-  /** Memory in MiB. */
-  memory?: number;
-  env?: Record<string, string>;
-  /** "HOST:GUEST[:ro]" or "NAME:GUEST[:ro]". */
-  volumes?: string[];
-  /** Give the guest a network at all (default true). */
-  network?: boolean;
-  netAllow?: string[];
-  netDeny?: string[];
-  netDefaultAllow?: boolean;
-  workdir?: string;
-  user?: string;
-  /** Seconds to wait for the boot. */
-  readyTimeout?: number;
-  /** Keep running after this process exits. */
-  detached?: boolean;
-  secrets?: SecretOptions[];
-  allowSpawn?: SpawnGrantOptions;
-  /** "[ADDR:]HOST_PORT:GUEST_PORT". */
-  publish?: string[];
-  /** Aborting removes the sandbox and rejects with an AbortError. */
+/** How to create a sandbox (see native.CreateOptions for each field). */
+export interface CreateOptions extends native.CreateOptions {
+  /** Aborting rejects with an AbortError and removes the sandbox as soon as it exists. */
   signal?: AbortSignal;
 }
 
-export interface ExecOptions {
-  env?: Record<string, string>;
-  cwd?: string;
-  uid?: number;
-  gid?: number;
+/** How to run a process (see native.ExecOptions). */
+export interface ExecOptions extends Omit<native.ExecOptions, 'tty'> {
   /** Run on a terminal of [rows, cols]. */
   tty?: [number, number];
-  /** Seconds after which the process is killed (it then ends with timedOut). */
-  timeout?: number;
   /** Aborting kills the process and rejects with an AbortError. */
   signal?: AbortSignal;
 }
 
-export interface ForkOptions {
-  count?: number;
-  name?: string;
-  env?: Record<string, string>;
-  cpus?: number;
-  memory?: number;
-  detached?: boolean;
-  readyTimeout?: number;
+/** How to start sandboxes from a snapshot (see native.ForkOptions). */
+export interface ForkOptions extends Omit<native.ForkOptions, 'netRules'> {
+  /** Allow rules replacing the source's (deny rules come first). */
   netAllow?: string[];
+  /** Deny rules replacing the source's. */
   netDeny?: string[];
-  netDefaultAllow?: boolean;
-  secrets?: SecretOptions[];
 }
 
-export interface ExecResult {
-  stdout: Buffer;
-  stderr: Buffer;
-  /** As a shell reports it: the code, 128 + a signal, 124 for a timeout. */
-  exitCode: number;
-  signal?: number | null;
-  timedOut: boolean;
-}
-
-export interface ExecEvent {
+/** One thing that happened to a process. */
+export interface ExecEvent extends native.ExecEvent {
   kind: 'started' | 'stdout' | 'stderr' | 'exited';
-  pid?: number | null;
-  exitCode?: number | null;
-  signal?: number | null;
-  timedOut?: boolean | null;
-  data?: Buffer | null;
 }
 
-export interface DirEntry {
-  name: string;
+/** An entry of a guest directory, or what a guest path is. */
+export interface DirEntry extends native.DirEntry {
   kind: 'file' | 'dir' | 'symlink' | 'other';
-  size: number;
-  mode: number;
-  uid: number;
-  gid: number;
-  mtime: number;
-}
-
-export interface SandboxInfo {
-  name: string;
-  status: string;
-  pid: number;
-  cpus: number;
-  memoryMib: number;
-  detached: boolean;
-}
-
-export interface SnapshotInfo {
-  name: string;
-  source: string;
-  created: number;
-  cpus: number;
-  memoryMib: number;
-}
-
-export interface ImageInfo {
-  reference: string;
-  digest: string;
-  size: number;
-  layers: number;
 }
 
 /** A guest event: its type, JSON data, and who sent it. */
@@ -165,6 +88,22 @@ export declare class EventStream implements AsyncIterableIterator<GuestEvent> {
   close(): Promise<void>;
 }
 
+/**
+ * One network decision as the runtime recorded it: `event` says which ("flow_allowed",
+ * "flow_denied", "flow_failed", "flow_closed", "dns_query", "http_request", ...), the other
+ * fields what was decided (`dst`, `rule`, `reason`, `name`, `allowed`, ...).
+ */
+export interface NetworkEvent {
+  event: string;
+  [field: string]: unknown;
+}
+
+/** The network decisions a sandbox makes, read as they are recorded. */
+export declare class NetEventStream {
+  /** The events recorded since the last call, oldest first. */
+  poll(): NetworkEvent[];
+}
+
 export declare class Sandbox {
   static create(name: string, options?: CreateOptions): Promise<Sandbox>;
   static get(name: string): Promise<Sandbox>;
@@ -187,6 +126,17 @@ export declare class Sandbox {
   events(...types: string[]): Promise<EventStream>;
   snapshot(name: string): Promise<SnapshotInfo>;
   publish(port: string): Promise<string>;
+  /** The network stack's counters (bytes, packets, flows, drops). */
+  networkStats(): Promise<Record<string, unknown>>;
+  /** The network decisions still on record (flows, DNS queries, HTTP requests), oldest first. */
+  networkEvents(): NetworkEvent[];
+  networkEventStream(): NetEventStream;
+  /** Writes the guest's RAM to the new host file `path`; resolves to its size in bytes. */
+  dumpMemory(path: string): Promise<number>;
+  /** Sends an event with a fresh id and resolves to the guest's answer. */
+  request(kind: string, data?: unknown, options?: { timeout?: number }): Promise<GuestEvent>;
+  /** Answers a guest event (as `events()` gave it). */
+  reply(event: GuestEvent, kind: string, data?: unknown): Promise<void>;
   stop(timeout?: number): Promise<void>;
   kill(): Promise<void>;
   remove(): Promise<void>;
@@ -194,12 +144,9 @@ export declare class Sandbox {
 }
 
 export declare function listSandboxes(): SandboxInfo[];
-/** One step of a pull (see the Python package's PullEvent for the kinds). */
-export interface PullEvent {
+/** One step of a pull (see native.PullEvent for what `done` and `total` mean). */
+export interface PullEvent extends native.PullEvent {
   kind: 'download_started' | 'download_progress' | 'download_finished' | 'unpack_started' | 'unpack_finished';
-  id: string;
-  done: number;
-  total: number;
 }
 
 export declare function pull(
@@ -207,42 +154,15 @@ export declare function pull(
   options?: { plainHttp?: string[]; onProgress?: (event: PullEvent) => void },
 ): Promise<ImageInfo>;
 
-export interface ChildOptions {
-  image?: string;
-  cpus?: number;
-  memory?: number;
-  env?: Record<string, string>;
-  netAllow?: string[];
-  netDeny?: string[];
-  network?: boolean;
-  /** A grant of the child's own, in the CLI's --allow-spawn grammar. */
-  allowSpawn?: string;
-  secrets?: string[];
-}
-
-export interface PeerOutput {
-  exitCode: number;
-  stdout: Buffer;
-  stderr: Buffer;
-  truncated: boolean;
-}
-
-export interface PeerInfo {
-  name: string;
-  status: string;
-  cpus: number;
-  memoryMib: number;
-  image: string;
-}
-
 /** Spawning from inside a sandbox (its creator gave it a SpawnGrantOptions). */
 declare class Peers {
+  /** Connects to the host's spawn service; outside a sandbox it rejects with NotInSandboxError. */
   static connect(): Promise<Peers>;
-  create(name: string, options?: ChildOptions): Promise<void>;
-  exec(name: string, command: string | string[], options?: { stdin?: string | Uint8Array }): Promise<PeerOutput>;
+  create(name: string, options?: native.ChildOptions): Promise<void>;
+  exec(name: string, command: string | string[], options?: { stdin?: string | Uint8Array }): Promise<native.PeerOutput>;
   read(name: string, path: string): Promise<Buffer>;
   write(name: string, path: string, data: string | Uint8Array): Promise<void>;
-  list(): Promise<PeerInfo[]>;
+  list(): Promise<native.PeerInfo[]>;
   emit(name: string, kind: string, data?: unknown): Promise<void>;
   stop(name: string): Promise<void>;
   remove(name: string): Promise<void>;

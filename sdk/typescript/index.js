@@ -220,6 +220,18 @@ class EventStream {
   }
 }
 
+/** The network decisions a sandbox makes, read as they are recorded. */
+class NetEventStream {
+  constructor(inner) {
+    this._inner = inner;
+  }
+
+  /** The events recorded since the last call, oldest first (an array, empty when none). */
+  poll() {
+    return JSON.parse(callSync(() => this._inner.poll()));
+  }
+}
+
 function execOptions(options) {
   const { signal, ...rest } = options || {};
   return rest;
@@ -374,6 +386,41 @@ class Sandbox {
     return call(this._inner.stop(timeout));
   }
 
+  /** The network stack's counters (bytes, packets, flows, drops). */
+  async networkStats() {
+    return JSON.parse(await call(this._inner.networkStats()));
+  }
+
+  /** The network decisions still on record (flows, DNS queries, HTTP requests), oldest first. */
+  networkEvents() {
+    return JSON.parse(callSync(() => this._inner.networkEvents()));
+  }
+
+  /** A reader of the network decisions: each `poll()` returns those recorded since the last. */
+  networkEventStream() {
+    return new NetEventStream(this._inner.networkEventStream());
+  }
+
+  /** Writes all of the guest's RAM to the new host file `path` (mode 0600); resolves to its size. */
+  dumpMemory(path) {
+    return call(this._inner.dumpMemory(path));
+  }
+
+  /**
+   * Sends the event `kind` with a fresh id to the guest's subscribers and resolves to the
+   * guest's answer (the event whose `reply_to` names it); rejects when none comes within
+   * `options.timeout` seconds (default 10).
+   */
+  async request(kind, data = null, options = {}) {
+    const timeout = options.timeout === undefined ? 10 : options.timeout;
+    return JSON.parse(await call(this._inner.request(kind, JSON.stringify(data), timeout)));
+  }
+
+  /** Answers the guest event `event` (as `events()` gave it) with an event of type `kind`. */
+  reply(event, kind, data = null) {
+    return call(this._inner.reply(JSON.stringify(event), kind, JSON.stringify(data)));
+  }
+
   /** Forces the VM off now. */
   kill() {
     return call(this._inner.kill());
@@ -464,6 +511,7 @@ module.exports = {
   Sandbox,
   ExecStream,
   EventStream,
+  NetEventStream,
   listSandboxes,
   pull,
   peer,

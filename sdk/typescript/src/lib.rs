@@ -46,6 +46,11 @@ fn error_of(kind: &str, message: &str, details: Vec<(&'static str, String)>) -> 
     napi::Error::new(napi::Status::GenericFailure, body.to_string())
 }
 
+/// JSON text from JavaScript (what `index.js` made with `JSON.stringify`), parsed.
+pub(crate) fn json_arg(what: &str, text: &str) -> napi::Result<serde_json::Value> {
+    serde_json::from_str(text).map_err(|e| config_error(format!("{what} is not JSON: {e}")))
+}
+
 /// Every error kind the addon reports (`NotFound`, ...); `index.js` has a class for each.
 #[napi]
 pub fn error_kinds() -> Vec<String> {

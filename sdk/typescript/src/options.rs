@@ -137,6 +137,23 @@ pub struct CreateOptions {
     pub allow_spawn: Option<SpawnGrantOptions>,
     /// Published ports, "[ADDR:]HOST_PORT:GUEST_PORT".
     pub publish: Option<Vec<String>>,
+    /// tmpfs mounts, "GUEST_PATH[:SIZE]" (SIZE in bytes or with a k, m or g suffix).
+    pub tmpfs: Option<Vec<String>>,
+    /// Plugins in the CLI's form, "NAME_OR_PATH[:CONFIG]" (a shipped plugin by name, or an
+    /// executable by path); they run in this order.
+    pub plugins: Option<Vec<String>>,
+    /// Hosts whose TLS the network stack intercepts ("HOST", "*.SUFFIX" or "all").
+    pub tls_intercept: Option<Vec<String>>,
+    /// Hosts never intercepted (certificate-pinning clients).
+    pub tls_bypass: Option<Vec<String>>,
+    /// PEM files of extra trust roots for upstream servers.
+    pub tls_upstream_ca: Option<Vec<String>>,
+    /// The CA the guest trusts: "user" (default) or "sandbox" (made for this sandbox alone).
+    pub tls_ca: Option<String>,
+    /// The guest interface's MTU (576 to 65520; default 1500).
+    pub mtu: Option<f64>,
+    /// DNS servers ("ADDR" or "ADDR:PORT") the guest's allowed queries go to.
+    pub dns_servers: Option<Vec<String>>,
 }
 
 impl CreateOptions {
@@ -189,6 +206,40 @@ impl CreateOptions {
         }
         for port in self.publish.unwrap_or_default() {
             b = b.publish(sdk::spec::PortSpec::parse(&port).map_err(to_js)?);
+        }
+        for t in self.tmpfs.unwrap_or_default() {
+            b = b.tmpfs(sdk::spec::TmpfsSpec::parse(&t).map_err(to_js)?);
+        }
+        let plugins = self.plugins.unwrap_or_default();
+        if !plugins.is_empty() {
+            let cwd = std::env::current_dir()
+                .map_err(|e| config_error(format!("cannot resolve plugin paths: {e}")))?;
+            for p in plugins {
+                let spec = sdk::plugins::PluginSpec::parse(&p, &cwd)
+                    .map_err(|e| config_error(format!("plugin {p:?}: {e}")))?;
+                b = b.plugin(spec);
+            }
+        }
+        for host in self.tls_intercept.unwrap_or_default() {
+            b = b.tls_intercept(host);
+        }
+        for host in self.tls_bypass.unwrap_or_default() {
+            b = b.tls_bypass(host);
+        }
+        for path in self.tls_upstream_ca.unwrap_or_default() {
+            b = b.tls_upstream_ca(path);
+        }
+        if let Some(ca) = self.tls_ca {
+            b = b.tls_ca(sdk::spec::CaScope::parse(&ca).map_err(to_js)?);
+        }
+        if let Some(mtu) = self.mtu {
+            let mtu = u16::try_from(whole("mtu", mtu)?).unwrap_or(0);
+            b = b.mtu(sdk::spec::checked_mtu(mtu).map_err(to_js)?);
+        }
+        let dns = self.dns_servers.unwrap_or_default();
+        if !dns.is_empty() {
+            let servers = dns.iter().map(|d| sdk::spec::parse_dns_server(d));
+            b = b.dns_servers(servers.collect::<Result<_, _>>().map_err(to_js)?);
         }
         Ok(b)
     }

@@ -169,8 +169,7 @@ impl Peers {
     /// Sends the event `kind` with the JSON text `data` to the child `name`.
     #[napi]
     pub async fn emit(&self, name: String, kind: String, data: String) -> napi::Result<()> {
-        let data: serde_json::Value = serde_json::from_str(&data)
-            .map_err(|e| crate::config_error(format!("event data is not JSON: {e}")))?;
+        let data = crate::json_arg("event data", &data)?;
         self.inner.emit(&name, &kind, &data).await.map_err(to_js)
     }
 

@@ -7,7 +7,7 @@ use napi_derive::napi;
 
 use crate::options::{seconds, CreateOptions, ExecOptions, ForkOptions, NetRule};
 use crate::process::{EventStream, ExecResult, ExecStream};
-use crate::{config_error, to_js};
+use crate::{config_error, json_arg, to_js};
 
 /// A running sandbox (the native half of the package's `Sandbox`).
 #[napi]
@@ -321,8 +321,7 @@ impl Sandbox {
     /// Sends the event `kind` with the JSON text `data` to the guest's subscribers.
     #[napi]
     pub async fn emit(&self, kind: String, data: String) -> napi::Result<()> {
-        let data: serde_json::Value = serde_json::from_str(&data)
-            .map_err(|e| config_error(format!("event data is not JSON: {e}")))?;
+        let data = json_arg("event data", &data)?;
         self.inner.emit(&kind, data).await.map_err(to_js)
     }
 
@@ -361,6 +360,62 @@ impl Sandbox {
         self.inner.stop_with_timeout(timeout).await.map_err(to_js)
     }
 
+    /// The network stack's counters (bytes, packets, flows, drops) as JSON text.
+    #[napi]
+    pub async fn network_stats(&self) -> napi::Result<String> {
+        self.inner.network_stats().await.map_err(to_js)
+    }
+
+    /// The network decisions still on record (flows, DNS queries, HTTP requests), oldest
+    /// first, as JSON text of an array.
+    #[napi]
+    pub fn network_events(&self) -> napi::Result<String> {
+        let events = self.inner.network_events().map_err(to_js)?;
+        Ok(serde_json::Value::Array(events).to_string())
+    }
+
+    /// A reader of the network decisions made from now on (and those on record).
+    #[napi]
+    pub fn network_event_stream(&self) -> NetEventStream {
+        NetEventStream {
+            inner: std::sync::Mutex::new(self.inner.network_event_stream()),
+        }
+    }
+
+    /// Writes all of the guest's RAM to the new host file `path` (mode 0600); its size.
+    #[napi]
+    pub async fn dump_memory(&self, path: String) -> napi::Result<f64> {
+        let bytes = self
+            .inner
+            .dump_memory(std::path::Path::new(&path))
+            .await
+            .map_err(to_js)?;
+        Ok(bytes as f64)
+    }
+
+    /// Sends the event `kind` (JSON text `data`) with a fresh id to the guest's subscribers
+    /// and waits up to `timeout` seconds for the guest's answer: that event as JSON text.
+    #[napi]
+    pub async fn request(&self, kind: String, data: String, timeout: f64) -> napi::Result<String> {
+        let data = json_arg("event data", &data)?;
+        let timeout = seconds("timeout", Some(timeout))?.unwrap_or_default();
+        let event = self
+            .inner
+            .request(&kind, data, timeout)
+            .await
+            .map_err(to_js)?;
+        Ok(event.to_json().to_string())
+    }
+
+    /// Answers the guest event `event` (JSON text, as `events` gave it) with the event
+    /// `kind` (JSON text `data`), sent to the connection it came on.
+    #[napi]
+    pub async fn reply(&self, event: String, kind: String, data: String) -> napi::Result<()> {
+        let event = sdk::Event::from_json(&json_arg("event", &event)?).map_err(to_js)?;
+        let data = json_arg("event data", &data)?;
+        self.inner.reply(&event, &kind, data).await.map_err(to_js)
+    }
+
     /// Forces the VM off now.
     #[napi]
     pub async fn kill(&self) -> napi::Result<()> {
@@ -371,6 +426,28 @@ impl Sandbox {
     #[napi]
     pub async fn remove(&self) -> napi::Result<()> {
         self.inner.clone().remove().await.map_err(to_js)
+    }
+}
+
+/// The network decisions recorded since the last `poll` (the native half of the package's
+/// `NetEventStream`).
+#[napi]
+pub struct NetEventStream {
+    inner: std::sync::Mutex<sdk::NetEventStream>,
+}
+
+#[napi]
+impl NetEventStream {
+    /// The events recorded since the last call, oldest first, as JSON text of an array.
+    #[napi]
+    pub fn poll(&self) -> napi::Result<String> {
+        let mut events = Vec::new();
+        let mut stream = self
+            .inner
+            .lock()
+            .map_err(|_| config_error("the stream was poisoned by a panic".into()))?;
+        stream.poll(&mut |e| events.push(e)).map_err(to_js)?;
+        Ok(serde_json::Value::Array(events).to_string())
     }
 }
 
