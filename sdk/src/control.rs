@@ -256,7 +256,7 @@ impl ControlClient {
     pub async fn stop(&mut self, timeout: Duration) -> Result<String> {
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
         // The runtime forces the VM off at the deadline; allow for that plus the teardown.
-        let wait = timeout + Duration::from_secs(15);
+        let wait = timeout.saturating_add(Duration::from_secs(15));
         match self
             .call_with_timeout(&ControlRequest::Stop { timeout_ms }, wait)
             .await?
@@ -382,7 +382,7 @@ impl ControlClient {
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
         let request = ControlRequest::Request { event, timeout_ms };
         match self
-            .call_with_timeout(&request, timeout + Duration::from_secs(15))
+            .call_with_timeout(&request, timeout.saturating_add(Duration::from_secs(15)))
             .await?
         {
             ControlResponse::Event(e) => Ok(e),

@@ -10,6 +10,19 @@ const path = require('node:path');
 const msbvm = require(process.env.MSBVM_JS_PACKAGE || 'msbvm');
 
 const HOST_PAGE = 'http://host.msbvm.internal:8000/';
+// The secret's value, which must never reach the guest.
+const SECRET_VALUE = 'js-secret-value-5be1c0d2';
+
+/** Whether L1's grep finds `needle` in the file: "present", "absent" or "grep-error". */
+function grepFile(needle, file) {
+  const rc = require('node:child_process').spawnSync('grep', ['-q', '-F', needle, file]).status;
+  return rc === 0 ? 'present' : rc === 1 ? 'absent' : 'grep-error';
+}
+
+/** Whether a network event records a denial (a flow, or a DNS query policy refused). */
+function isDenial(e) {
+  return e.event === 'flow_denied' || (e.event === 'dns_query' && e.allowed === false);
+}
 
 function check(name, value) {
   console.log(`CHECK js.${name} ${value}`);
@@ -43,7 +56,13 @@ function httpGet(host, port) {
 }
 
 async function scenario() {
-  const sb = await msbvm.Sandbox.create('js-conf', { memory: 256, env: { GREETING: 'hi' }, netAllow: ['host'] });
+  const sb = await msbvm.Sandbox.create('js-conf', {
+    memory: 256,
+    env: { GREETING: 'hi' },
+    netAllow: ['host'],
+    tmpfs: ['/scratch:8m'],
+    secrets: [{ name: 'API_KEY', value: SECRET_VALUE, hosts: ['api.example.com'] }],
+  });
   try {
     check('created', sb.name);
 
@@ -156,6 +175,52 @@ async function scenario() {
       await sb.setNetworkPolicy({ defaultAllow: false, allow: ['host'] });
       const after = await wgetRc(sb);
       return `${before},${denied !== 0 ? 'denied' : 'allowed'},${after}`;
+    });
+
+    await step('netlog', async () => {
+      const stream = sb.networkEventStream();
+      stream.poll();
+      await sb.setNetworkPolicy({ defaultAllow: false });
+      await wgetRc(sb);
+      const polled = [];
+      for (let i = 0; i < 10 && !polled.some(isDenial); i++) {
+        polled.push(...stream.poll());
+        if (!polled.some(isDenial)) await sleep(500);
+      }
+      await sb.setNetworkPolicy({ defaultAllow: false, allow: ['host'] });
+      const logged = sb.networkEvents().some(isDenial);
+      const stats = await sb.networkStats();
+      return [
+        logged ? 'denied-logged' : 'missing',
+        polled.some(isDenial) ? 'denied-polled' : 'missing',
+        stats.flows_denied > 0 ? 'counted' : 'uncounted',
+      ].join(',');
+    });
+
+    await step('secret', async () => {
+      const seen = (await sb.exec(['sh', '-c', 'echo $API_KEY'])).stdout.toString().trim();
+      const word = !seen ? 'unset' : seen.includes(SECRET_VALUE) ? 'leaked' : 'placeholder';
+      const dump = path.join(os.tmpdir(), 'js-conf.ram');
+      fs.rmSync(dump, { force: true });
+      const size = await sb.dumpMemory(dump);
+      const found = `${grepFile(seen, dump)},${grepFile(SECRET_VALUE, dump)}`;
+      fs.rmSync(dump, { force: true });
+      return `${word},${Math.floor(size / 1048576)},${found}`;
+    });
+
+    await step('tmpfs', async () => {
+      const r = await sb.exec(['sh', '-c', "grep -c ' /scratch tmpfs ' /proc/mounts; df -k /scratch | tail -1 | awk '{print $2}'"]);
+      return r.stdout.toString().trim().replace('\n', ',');
+    });
+
+    await step('reply', async () => {
+      const asks = await sb.events('js.ask');
+      const guest = await sb.execStream(['msbvm', 'request', 'js.ask', '{"q":1}', '--timeout', '60']);
+      const { value: ask } = await asks.next();
+      await sb.reply(ask, 'js.answer', { a: 2 });
+      const out = await guest.wait();
+      await asks.close();
+      return `${out.exitCode},${out.stdout.toString().split('js.answer').length - 1}`;
     });
 
     await step('events_in', async () => {

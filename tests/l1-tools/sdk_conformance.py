@@ -18,6 +18,21 @@ import msbvm
 import msbvm.sync
 
 HOST_PAGE = "http://host.msbvm.internal:8000/"
+# The secret's value, which must never reach the guest.
+SECRET_VALUE = "py-secret-value-5be1c0d2"
+
+
+def grep_file(needle, path):
+    """Whether L1's grep finds needle in the file: "present", "absent" or "grep-error"."""
+    import subprocess
+
+    rc = subprocess.run(["grep", "-q", "-F", needle, path]).returncode
+    return {0: "present", 1: "absent"}.get(rc, "grep-error")
+
+
+def is_denial(e):
+    """Whether a network event records a denial (a flow, or a DNS query policy refused)."""
+    return e.get("event") == "flow_denied" or (e.get("event") == "dns_query" and e.get("allowed") is False)
 
 
 def check(name, value):
@@ -39,7 +54,12 @@ async def wget_rc(sb):
 
 async def scenario():
     async with msbvm.Sandbox.create(
-        "py-conf", memory=256, env={"GREETING": "hi"}, net_allow=["host"]
+        "py-conf",
+        memory=256,
+        env={"GREETING": "hi"},
+        net_allow=["host"],
+        tmpfs=["/scratch:8m"],
+        secrets=[msbvm.Secret("API_KEY", SECRET_VALUE, hosts=["api.example.com"])],
     ) as sb:
         check("created", sb.name)
 
@@ -170,6 +190,62 @@ async def scenario():
             return f"{before},{'denied' if denied != 0 else 'allowed'},{after}"
 
         await step("policy", policy())
+
+        async def netlog():
+            stream = sb.network_event_stream()
+            stream.poll()
+            await sb.set_network_policy(default_allow=False)
+            await wget_rc(sb)
+            polled = []
+            for _ in range(10):
+                polled += stream.poll()
+                if any(map(is_denial, polled)):
+                    break
+                await asyncio.sleep(0.5)
+            await sb.set_network_policy(default_allow=False, allow=["host"])
+            logged = any(map(is_denial, sb.network_events()))
+            stats = await sb.network_stats()
+            counted = stats.get("flows_denied", 0) > 0
+            return ",".join([
+                "denied-logged" if logged else "missing",
+                "denied-polled" if any(map(is_denial, polled)) else "missing",
+                "counted" if counted else "uncounted",
+            ])
+
+        await step("netlog", netlog())
+
+        async def secret():
+            r = await sb.exec(["sh", "-c", "echo $API_KEY"])
+            seen = r.stdout.decode().strip()
+            word = "unset" if not seen else "leaked" if SECRET_VALUE in seen else "placeholder"
+            dump = os.path.join(tempfile.gettempdir(), "py-conf.ram")
+            if os.path.exists(dump):
+                os.remove(dump)
+            size = await sb.dump_memory(dump)
+            found = f"{grep_file(seen, dump)},{grep_file(SECRET_VALUE, dump)}"
+            os.remove(dump)
+            return f"{word},{size >> 20},{found}"
+
+        await step("secret", secret())
+
+        async def tmpfs():
+            r = await sb.exec([
+                "sh", "-c",
+                "grep -c ' /scratch tmpfs ' /proc/mounts; df -k /scratch | tail -1 | awk '{print $2}'",
+            ])
+            return r.stdout.decode().strip().replace("\n", ",")
+
+        await step("tmpfs", tmpfs())
+
+        async def reply():
+            asks = await sb.events("py.ask")
+            guest = await sb.exec_stream(["msbvm", "request", "py.ask", '{"q":1}', "--timeout", "60"])
+            ask = await asyncio.wait_for(asks.__anext__(), 60)
+            await sb.reply(ask, "py.answer", {"a": 2})
+            code, out, _ = await guest.wait()
+            return f"{code},{out.count(b'py.answer')}"
+
+        await step("reply", reply())
 
         async def events_from_guest():
             stream = await sb.events("py.*")

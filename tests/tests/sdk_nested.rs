@@ -6,7 +6,10 @@
 //! 10 MiB stream, stdin, a signal, a cancelled exec that leaves nothing running (task
 //! cancellation in Python, an `AbortSignal` in JavaScript), files (write, read, list, stat,
 //! mkdir, remove, a guest file error's kind, copy in and out), a snapshot and a fork of it, a
-//! published port, a network policy change seen by the guest, events both ways, the error
+//! published port, a network policy change seen by the guest, the network decisions it left
+//! (the record, a polled stream, the counters), a secret the guest sees only as a placeholder
+//! (which the guest's RAM, dumped, holds and the value never), a tmpfs mount, an answer to a
+//! guest's request, events both ways, the error
 //! classes, attaching by name and removal; then Python's synchronous twin from inside a
 //! running event loop and a JavaScript create aborted during the boot, which leaves no
 //! sandbox. Then each README quick-start runs as written (Rust's from its binary, whose
@@ -111,6 +114,10 @@ fn scenario_checks(prefix: &str) -> Vec<(String, String)> {
         ("fork", format!("{name},1,kept,forked")),
         ("publish", "127.0.0.1,True,1".into()),
         ("policy", "0,denied,0".into()),
+        ("netlog", "denied-logged,denied-polled,counted".into()),
+        ("secret", "placeholder,256,present,absent".into()),
+        ("tmpfs", "1,8192".into()),
+        ("reply", "0,1".into()),
         ("events_in", format!("{prefix}.step,1,True")),
         ("events_out", "0,1".into()),
         ("errors", format!("{name},notfound")),
@@ -228,7 +235,7 @@ fn with_node(vm: NestedVmBuilder, scratch: &Path) -> (NestedVmBuilder, Option<St
             quickstart("## TypeScript SDK", "js"),
             0o644,
         );
-    for file in ["index.js", "index.d.ts", "package.json"] {
+    for file in ["index.js", "index.d.ts", "native.d.ts", "package.json"] {
         vm = vm.add_file(pkg.join(file), &format!("{L1_JS_PACKAGE}/{file}"));
     }
     let part = JS_PART

@@ -1,13 +1,14 @@
 //! Arguments from Python, converted and checked before the SDK sees them.
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
 
 use msbvm_sdk as sdk;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::errors::{config_error, to_py};
-use std::time::Duration;
 
 /// A duration given in seconds from Python, checked (a negative, NaN or huge value is a
 /// configuration error, not a panic).
@@ -32,6 +33,43 @@ pub(crate) fn int_arg(what: &str, value: Option<Bound<'_, PyAny>>) -> PyResult<O
         }
         Err(e) => Err(e),
     }
+}
+
+/// The guest interface's MTU, checked by the SDK (`spec::MTU_RANGE`).
+pub(crate) fn mtu_arg(value: Option<Bound<'_, PyAny>>) -> PyResult<Option<u16>> {
+    let Some(mtu) = int_arg("mtu", value)? else {
+        return Ok(None);
+    };
+    let range = sdk::spec::MTU_RANGE;
+    let mtu = u16::try_from(mtu).map_err(|_| {
+        config_error(format!(
+            "MTU {mtu} is out of range: use {} to {}",
+            range.start(),
+            range.end()
+        ))
+    })?;
+    sdk::spec::checked_mtu(mtu).map(Some).map_err(to_py)
+}
+
+/// Plugins in the CLI's form `NAME_OR_PATH[:CONFIG]`; executables' relative paths are taken
+/// from the current directory.
+pub(crate) fn plugin_specs(texts: Vec<String>) -> PyResult<Vec<sdk::plugins::PluginSpec>> {
+    if texts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let cwd = std::env::current_dir()
+        .map_err(|e| config_error(format!("plugins: no current directory: {e}")))?;
+    texts.iter().map(|text| plugin_spec(text, &cwd)).collect()
+}
+
+fn plugin_spec(text: &str, cwd: &Path) -> PyResult<sdk::plugins::PluginSpec> {
+    sdk::plugins::PluginSpec::parse(text, cwd)
+        .map_err(|e| config_error(format!("plugin {text:?}: {e}")))
+}
+
+/// JSON text from the Python layer (`json.dumps`) as a value.
+pub(crate) fn json_arg(what: &str, text: &str) -> PyResult<serde_json::Value> {
+    serde_json::from_str(text).map_err(|e| config_error(format!("{what} is not JSON: {e}")))
 }
 
 /// A secret from Python: `(name, value, hosts, headers, query, body)` (see `msbvm.Secret`).

@@ -1,6 +1,6 @@
-//! The guest's events.
+//! The guest's events, and the network stack's record of its decisions.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use msbvm_sdk as sdk;
 use pyo3::prelude::*;
@@ -26,5 +26,35 @@ impl EventStream {
                 Some(Ok(event)) => Ok(Some(event.to_json().to_string())),
             }
         })
+    }
+}
+
+/// A sandbox's network decisions, read as they are recorded (`Sandbox.network_event_stream`).
+#[pyclass(frozen, module = "msbvm._native")]
+pub(crate) struct NetEventStream {
+    stream: Mutex<sdk::NetEventStream>,
+}
+
+impl NetEventStream {
+    pub(crate) fn new(stream: sdk::NetEventStream) -> Self {
+        NetEventStream {
+            stream: Mutex::new(stream),
+        }
+    }
+}
+
+#[pymethods]
+impl NetEventStream {
+    /// The events recorded since the last poll, oldest first, as the JSON text of a list.
+    fn poll(&self, py: Python<'_>) -> PyResult<String> {
+        let mut events = Vec::new();
+        py.detach(|| {
+            // A panic cannot leave the reader half-updated in a way that matters: at worst
+            // a line is read again or skipped, so a poisoned lock is taken as it is.
+            let mut stream = self.stream.lock().unwrap_or_else(|e| e.into_inner());
+            stream.poll(&mut |e| events.push(e))
+        })
+        .map_err(to_py)?;
+        Ok(serde_json::Value::Array(events).to_string())
     }
 }

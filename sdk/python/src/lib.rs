@@ -10,10 +10,11 @@
 //! What comes back from the guest is bounded by the Rust SDK (`AgentLimits`) before it gets
 //! here; this layer adds no buffering of its own.
 //!
-//! Modules: `sandbox` (create, attach, the `Sandbox` class), `exec` and `events` (processes
-//! and event streams), `files`, `snapshots` (snapshot and fork), `images` (pulls with a
-//! progress callback), `peer` (spawning from inside a sandbox), `args` (converting and
-//! checking Python arguments) and `errors` (one Python exception class per SDK error kind).
+//! Modules: `sandbox` (create, attach, the `Sandbox` class), `exec` and `events` (processes,
+//! event streams and the network event log), `files`, `snapshots` (snapshot and fork),
+//! `images` (pulls with a progress callback), `peer` (spawning from inside a sandbox), `args`
+//! (converting and checking Python arguments) and `errors` (one Python exception class per SDK
+//! error kind).
 
 use pyo3::prelude::*;
 
@@ -27,7 +28,7 @@ mod peer;
 mod sandbox;
 mod snapshots;
 
-use events::EventStream;
+use events::{EventStream, NetEventStream};
 use exec::{ExecEvent, ExecResult, ExecStream};
 use files::DirEntry;
 use images::{pull, ImageInfo};
@@ -60,6 +61,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ExecStream>()?;
     m.add_class::<ExecEvent>()?;
     m.add_class::<EventStream>()?;
+    m.add_class::<NetEventStream>()?;
     m.add_class::<DirEntry>()?;
     m.add_class::<ImageInfo>()?;
     m.add_class::<SnapshotInfo>()?;

@@ -8,9 +8,11 @@ use msbvm_sdk as sdk;
 use pyo3::prelude::*;
 use pyo3_async_runtimes::tokio::future_into_py;
 
-use crate::args::{exec_options, int_arg, seconds, Bytes, GrantArg, SecretArg};
-use crate::errors::{config_error, to_py};
-use crate::events::EventStream;
+use crate::args::{
+    exec_options, int_arg, json_arg, mtu_arg, plugin_specs, seconds, Bytes, GrantArg, SecretArg,
+};
+use crate::errors::to_py;
+use crate::events::{EventStream, NetEventStream};
 use crate::exec::{ExecResult, ExecStream};
 use crate::files::DirEntry;
 use crate::snapshots::SnapshotInfo;
@@ -20,7 +22,9 @@ use crate::snapshots::SnapshotInfo;
 #[pyo3(signature = (
     name, *, image=None, cpus=None, memory=None, env=None, volumes=None, network=true,
     net_allow=None, net_deny=None, net_default_allow=None, workdir=None, user=None,
-    ready_timeout=None, detached=false, secrets=None, allow_spawn=None, publish=None
+    ready_timeout=None, detached=false, secrets=None, allow_spawn=None, publish=None,
+    tmpfs=None, plugins=None, tls_intercept=None, tls_bypass=None, tls_upstream_ca=None,
+    tls_ca=None, mtu=None, dns_servers=None
 ))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn create<'py>(
@@ -42,6 +46,14 @@ pub(crate) fn create<'py>(
     secrets: Option<Vec<SecretArg>>,
     allow_spawn: Option<GrantArg>,
     publish: Option<Vec<String>>,
+    tmpfs: Option<Vec<String>>,
+    plugins: Option<Vec<String>>,
+    tls_intercept: Option<Vec<String>>,
+    tls_bypass: Option<Vec<String>>,
+    tls_upstream_ca: Option<Vec<PathBuf>>,
+    tls_ca: Option<String>,
+    mtu: Option<Bound<'py, PyAny>>,
+    dns_servers: Option<Vec<String>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     sdk::validate_name(&name).map_err(to_py)?;
     let mut b = sdk::Sandbox::builder(name)
@@ -88,6 +100,36 @@ pub(crate) fn create<'py>(
     }
     for port in publish.unwrap_or_default() {
         b = b.publish(sdk::spec::PortSpec::parse(&port).map_err(to_py)?);
+    }
+    for t in tmpfs.unwrap_or_default() {
+        b = b.tmpfs(sdk::spec::TmpfsSpec::parse(&t).map_err(to_py)?);
+    }
+    for plugin in plugin_specs(plugins.unwrap_or_default())? {
+        b = b.plugin(plugin);
+    }
+    // Patterns and CA files are checked by the SDK before anything starts.
+    for pattern in tls_intercept.unwrap_or_default() {
+        b = b.tls_intercept(pattern);
+    }
+    for host in tls_bypass.unwrap_or_default() {
+        b = b.tls_bypass(host);
+    }
+    for path in tls_upstream_ca.unwrap_or_default() {
+        b = b.tls_upstream_ca(path);
+    }
+    if let Some(scope) = tls_ca {
+        b = b.tls_ca(sdk::spec::CaScope::parse(&scope).map_err(to_py)?);
+    }
+    if let Some(mtu) = mtu_arg(mtu)? {
+        b = b.mtu(mtu);
+    }
+    if let Some(servers) = dns_servers {
+        let servers = servers
+            .iter()
+            .map(|s| sdk::spec::parse_dns_server(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(to_py)?;
+        b = b.dns_servers(servers);
     }
     future_into_py(py, async move {
         let inner = b.create().await.map_err(to_py)?;
@@ -345,10 +387,73 @@ impl Sandbox {
         kind: String,
         data: String,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let data: serde_json::Value = serde_json::from_str(&data)
-            .map_err(|e| config_error(format!("event data is not JSON: {e}")))?;
+        let data = json_arg("event data", &data)?;
         let sb = self.inner.clone();
         future_into_py(py, async move { sb.emit(&kind, data).await.map_err(to_py) })
+    }
+
+    /// Sends the event `kind` with the JSON text `data` (and a fresh id) to the guest's
+    /// subscribers and waits up to `timeout` seconds for the guest event answering it; that
+    /// event as JSON text (the form `EventStream.next` gives).
+    #[pyo3(signature = (kind, data, timeout=10.0))]
+    fn request<'py>(
+        &self,
+        py: Python<'py>,
+        kind: String,
+        data: String,
+        timeout: f64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let data = json_arg("event data", &data)?;
+        let timeout = seconds("timeout", Some(timeout))?.unwrap_or_default();
+        let sb = self.inner.clone();
+        future_into_py(py, async move {
+            let event = sb.request(&kind, data, timeout).await.map_err(to_py)?;
+            Ok(event.to_json().to_string())
+        })
+    }
+
+    /// Answers the guest event `event` (JSON text, as `EventStream.next` gave it) with the
+    /// event `kind` carrying the JSON text `data`, sent to the connection it came on.
+    fn reply<'py>(
+        &self,
+        py: Python<'py>,
+        event: String,
+        kind: String,
+        data: String,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let to = sdk::Event::from_json(&json_arg("the event answered", &event)?).map_err(to_py)?;
+        let data = json_arg("event data", &data)?;
+        let sb = self.inner.clone();
+        future_into_py(py, async move {
+            sb.reply(&to, &kind, data).await.map_err(to_py)
+        })
+    }
+
+    /// The network stack's counters (bytes, packets, flows, drops) as JSON text.
+    fn network_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let sb = self.inner.clone();
+        future_into_py(py, async move { sb.network_stats().await.map_err(to_py) })
+    }
+
+    /// The network decisions still on record, oldest first, as the JSON text of a list.
+    fn network_events(&self, py: Python<'_>) -> PyResult<String> {
+        let sb = &self.inner;
+        let events = py.detach(|| sb.network_events()).map_err(to_py)?;
+        Ok(serde_json::Value::Array(events).to_string())
+    }
+
+    /// A reader of the network decisions: each `poll` gives those recorded since the last.
+    fn network_event_stream(&self) -> NetEventStream {
+        NetEventStream::new(self.inner.network_event_stream())
+    }
+
+    /// Writes the running guest's RAM to the new host file `path`; the number of bytes.
+    fn dump_memory<'py>(&self, py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyAny>> {
+        let sb = self.inner.clone();
+        future_into_py(
+            py,
+            async move { sb.dump_memory(&path).await.map_err(to_py) },
+        )
     }
 
     /// Subscribes to the guest's events of `types` (all when empty): an `EventStream`.

@@ -5,10 +5,14 @@ end-to-end scenario against real sandboxes is tests/tests/sdk_nested.rs."""
 import ast
 import asyncio
 import inspect
+import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -284,3 +288,219 @@ def test_pulling_the_embedded_default_image_needs_no_network(empty_home):
     assert info.digest.startswith("sha256:")
     assert info.layers >= 1
     assert (empty_home / "images").is_dir()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"tmpfs": ["relative/path"]},
+        {"tmpfs": ["/"]},
+        {"tmpfs": ["/scratch:lots"]},
+        {"tmpfs": ["/scratch:0"]},
+        {"plugins": ["no-such-plugin"]},
+        {"plugins": [""]},
+        {"plugins": [":config-without-a-plugin"]},
+        {"tls_ca": "everyone"},
+        {"tls_ca": ""},
+        {"tls_intercept": ["bad host/"]},
+        {"tls_bypass": ["bad host/"]},
+        {"tls_intercept": ["api.example.com"], "network": False},
+        {"tls_upstream_ca": "/nonexistent/ca.pem"},
+        {"mtu": 100},
+        {"mtu": 65521},
+        {"mtu": -1},
+        {"mtu": 10**30},
+        {"dns_servers": ["not-an-address"]},
+        {"dns_servers": ["1.1.1.1:99999"]},
+        {"dns_servers": ["1.1.1.1", "10.0.0.2:dns"]},
+    ],
+)
+def test_bad_network_and_mount_options_are_invalidconfigerror(options, empty_home, monkeypatch):
+    # Should a bad option get through, the missing runtime stops create, not a boot.
+    monkeypatch.setenv("MSBVM_BIN", "/nonexistent/msbvm")
+    with pytest.raises(msbvm.InvalidConfigError):
+        run(msbvm.Sandbox.create("fine", **options))
+    assert not (empty_home / "sandboxes" / "fine").exists()
+    # The synchronous twin passes the same options through.
+    with pytest.raises(msbvm.InvalidConfigError):
+        msbvm.sync.Sandbox.create("fine", **options)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"mtu": "1500"},
+        {"mtu": 1500.0},
+        {"tmpfs": "/scratch"},
+        {"plugins": "audit"},
+        {"dns_servers": "1.1.1.1"},
+        {"dns_servers": [1]},
+        {"tls_ca": 1},
+        {"tls_upstream_ca": b"/ca.pem"},
+    ],
+)
+def test_wrongly_typed_new_options_are_typeerrors(options):
+    with pytest.raises(TypeError):
+        run(msbvm.Sandbox.create("fine", **options))
+
+
+def test_good_network_and_mount_options_get_as_far_as_the_runtime(tmp_path, monkeypatch):
+    # Every option below passes its checks: what stops create is the missing runtime.
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.setenv("MSBVM_BIN", "/nonexistent/msbvm")
+    options = dict(
+        tmpfs=["/scratch", "/big:64m"],
+        plugins=["rate-limit", "./my-plugin:any config"],
+        tls_intercept=["api.example.com", "*.example.org"],
+        tls_bypass=["pinned.example.com"],
+        tls_upstream_ca=ca,
+        tls_ca="sandbox",
+        mtu=9000,
+        dns_servers=["1.1.1.1", "10.0.0.2:5353", "[2606:4700::1111]:53", "::1"],
+    )
+    with pytest.raises(msbvm.RuntimeMissingError):
+        run(msbvm.Sandbox.create("fine", **options))
+    for upstream in ([ca, str(ca)], str(ca)):
+        with pytest.raises(msbvm.RuntimeMissingError):
+            run(msbvm.Sandbox.create("fine", tls_intercept=["all"], tls_upstream_ca=upstream, tls_ca="user"))
+
+
+def test_the_new_create_options_are_in_both_apis_signatures():
+    new = {"tmpfs", "plugins", "tls_intercept", "tls_bypass", "tls_upstream_ca", "tls_ca", "mtu", "dns_servers"}
+    assert new <= set(inspect.signature(msbvm.Sandbox.create).parameters)
+    stub = ast.parse((Path(_native.__file__).parent / "_native.pyi").read_text())
+    create = next(n for n in stub.body if isinstance(n, ast.FunctionDef) and n.name == "create")
+    assert new <= {a.arg for a in create.args.kwonlyargs}
+
+
+class FakeNativeSandbox:
+    """Stands in for the native Sandbox: records what the Python layer hands it and answers
+    in the native module's forms (JSON text)."""
+
+    name = "fake"
+    pid = 7
+
+    def __init__(self):
+        self.calls = []
+
+    async def request(self, kind, data, timeout):
+        self.calls.append(("request", kind, data, timeout))
+        return json.dumps({"type": "answer", "data": {"ok": True}, "reply_to": "abc", "pid": 3})
+
+    async def reply(self, event, kind, data):
+        self.calls.append(("reply", event, kind, data))
+
+    async def network_stats(self):
+        return json.dumps({"tcp": {"flows": 2}, "bytes_in": 10})
+
+    def network_events(self):
+        return json.dumps([{"kind": "flow", "allowed": True}, {"kind": "dns", "name": "x"}])
+
+    def network_event_stream(self):
+        return FakeNativeNetEvents()
+
+    async def dump_memory(self, path):
+        self.calls.append(("dump_memory", path))
+        return 4096
+
+
+class FakeNativeNetEvents:
+    def __init__(self):
+        self.batches = [[{"kind": "flow"}], [], [{"kind": "dns"}, {"kind": "http"}]]
+
+    def poll(self):
+        return json.dumps(self.batches.pop(0) if self.batches else [])
+
+
+def test_events_network_and_memory_methods_convert_json_both_ways(tmp_path):
+    native = FakeNativeSandbox()
+    sb = msbvm.Sandbox(native)
+    answer = run(sb.request("ask", {"q": 1}, timeout=2.5))
+    assert answer == {"type": "answer", "data": {"ok": True}, "reply_to": "abc", "pid": 3}
+    event = {"type": "question", "data": [1], "id": "i1", "connection": 4, "pid": 9}
+    run(sb.reply(event, "answer", {"a": 2}))
+    run(sb.request("ping"))
+    assert native.calls == [
+        ("request", "ask", '{"q": 1}', 2.5),
+        ("reply", json.dumps(event), "answer", '{"a": 2}'),
+        ("request", "ping", "null", 10.0),
+    ]
+    assert run(sb.network_stats()) == {"tcp": {"flows": 2}, "bytes_in": 10}
+    assert sb.network_events() == [{"kind": "flow", "allowed": True}, {"kind": "dns", "name": "x"}]
+    stream = sb.network_event_stream()
+    assert isinstance(stream, msbvm.NetEventStream)
+    assert [stream.poll(), stream.poll(), stream.poll(), stream.poll()] == [
+        [{"kind": "flow"}],
+        [],
+        [{"kind": "dns"}, {"kind": "http"}],
+        [],
+    ]
+    assert run(sb.dump_memory(tmp_path / "mem.bin")) == 4096
+    assert native.calls[-1] == ("dump_memory", str(tmp_path / "mem.bin"))
+    with pytest.raises(TypeError):
+        run(sb.reply(["not", "an", "event"], "answer"))
+    with pytest.raises(TypeError):
+        run(sb.request("ask", object()))
+
+
+def test_the_sync_twin_has_the_events_network_and_memory_methods(tmp_path):
+    native = FakeNativeSandbox()
+    sb = msbvm.sync.Sandbox(msbvm.Sandbox(native))
+    assert sb.request("ask", [1], timeout=1)["type"] == "answer"
+    sb.reply({"type": "q", "id": "1", "connection": 2}, "a")
+    assert sb.network_stats()["bytes_in"] == 10
+    assert len(sb.network_events()) == 2
+    assert sb.network_event_stream().poll() == [{"kind": "flow"}]
+    assert sb.dump_memory(tmp_path / "m") == 4096
+    assert [c[0] for c in native.calls] == ["request", "reply", "dump_memory"]
+    # Every public method of the async Sandbox has its blocking twin.
+    public = lambda cls: {n for n in dir(cls) if not n.startswith("_")}  # noqa: E731
+    assert public(msbvm.Sandbox) <= public(msbvm.sync.Sandbox)
+
+
+def test_the_sync_twin_passes_results_and_errors_through():
+    async def answer():
+        await asyncio.sleep(0)
+        return 42
+
+    async def fail():
+        raise ValueError("no")
+
+    assert msbvm.sync._run(answer()) == 42
+    with pytest.raises(ValueError):
+        msbvm.sync._run(fail())
+    with pytest.raises(TypeError):
+        msbvm.sync._run(42)  # not a coroutine: an error, not a hang
+
+
+def test_ctrl_c_in_the_sync_twin_cancels_the_call_it_interrupts():
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach only the main thread")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    started, cancelled = threading.Event(), threading.Event()
+
+    async def slow():
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    # os.kill from another thread is what Ctrl-C is: a signal to the process, whichever of its
+    # threads the kernel hands it to (signal.raise_signal would only work from this one).
+    timer = threading.Timer(0.5, lambda: started.wait(5) and os.kill(os.getpid(), signal.SIGINT))
+    began = time.monotonic()
+    try:
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            msbvm.sync._run(slow())
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)
+    assert time.monotonic() - began < 5
+    # _run waited for the cancelled task to end before raising.
+    assert cancelled.is_set()
+    # The loop is still there for the next call.
+    assert msbvm.sync._run(asyncio.sleep(0, result="after")) == "after"

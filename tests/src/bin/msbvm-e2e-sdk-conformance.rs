@@ -6,11 +6,32 @@
 use std::future::Future;
 use std::time::Duration;
 
-use msbvm_sdk::spec::{NetRule, PortSpec};
-use msbvm_sdk::{ExecEvent, ExecOptions, ExitStatus, Result, Sandbox};
+use msbvm_sdk::spec::{NetRule, PortSpec, TmpfsSpec};
+use msbvm_sdk::{ExecEvent, ExecOptions, ExitStatus, Result, Sandbox, Secret};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const HOST_PAGE: &str = "http://host.msbvm.internal:8000/";
+/// The secret's value, which must never reach the guest.
+const SECRET_VALUE: &str = "rs-secret-value-5be1c0d2";
+
+/// Whether L1's `grep` finds `needle` in the file `path`: "present", "absent" or "grep-error".
+fn grep_file(needle: &str, path: &std::path::Path) -> &'static str {
+    match std::process::Command::new("grep")
+        .args(["-q", "-F", needle])
+        .arg(path)
+        .status()
+        .map(|s| s.code())
+    {
+        Ok(Some(0)) => "present",
+        Ok(Some(1)) => "absent",
+        _ => "grep-error",
+    }
+}
+
+/// Whether a network event records a denial (a flow, or a DNS query policy refused).
+fn is_denial(e: &serde_json::Value) -> bool {
+    e["event"] == "flow_denied" || (e["event"] == "dns_query" && e["allowed"] == false)
+}
 
 fn check(name: &str, value: impl std::fmt::Display) {
     println!("CHECK rs.{name} {value}");
@@ -60,6 +81,8 @@ async fn scenario() -> Result<()> {
         .memory_mib(256)
         .env("GREETING", "hi")
         .net_allow("host")
+        .tmpfs(TmpfsSpec::parse("/scratch:8m")?)
+        .secret(Secret::new("API_KEY", SECRET_VALUE).allow_host("api.example.com"))
         .create()
         .await?;
     check("created", sb.name());
@@ -248,6 +271,100 @@ async fn scenario() -> Result<()> {
         let after = wget_rc(&sb).await?;
         let word = if denied != 0 { "denied" } else { "allowed" };
         Ok(format!("{before},{word},{after}"))
+    })
+    .await;
+
+    step("netlog", async {
+        let mut stream = sb.network_event_stream();
+        stream.poll(&mut |_| {})?;
+        sb.set_network_policy(false, Vec::new()).await?;
+        wget_rc(&sb).await?;
+        let mut polled = Vec::new();
+        for _ in 0..10 {
+            stream.poll(&mut |e| polled.push(e))?;
+            if polled.iter().any(is_denial) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let host = NetRule {
+            allow: true,
+            rule: "host".into(),
+        };
+        sb.set_network_policy(false, vec![host]).await?;
+        let logged = sb.network_events()?.iter().any(is_denial);
+        let stats: serde_json::Value = serde_json::from_str(&sb.network_stats().await?)
+            .map_err(|e| msbvm_sdk::Error::Spawn(format!("stats are not JSON: {e}")))?;
+        let counted = stats["flows_denied"].as_u64().unwrap_or(0) > 0;
+        Ok(format!(
+            "{},{},{}",
+            if logged { "denied-logged" } else { "missing" },
+            if polled.iter().any(is_denial) { "denied-polled" } else { "missing" },
+            if counted { "counted" } else { "uncounted" }
+        ))
+    })
+    .await;
+
+    step("secret", async {
+        let r = sb.exec("sh", ["-c", "echo $API_KEY"]).await?;
+        let seen = r.stdout_str().trim().to_string();
+        let word = if seen.is_empty() {
+            "unset"
+        } else if seen.contains(SECRET_VALUE) {
+            "leaked"
+        } else {
+            "placeholder"
+        };
+        let dump = std::env::temp_dir().join("rs-conf.ram");
+        let _ = std::fs::remove_file(&dump);
+        let size = sb.dump_memory(&dump).await?;
+        let found = format!(
+            "{},{}",
+            grep_file(&seen, &dump),
+            grep_file(SECRET_VALUE, &dump)
+        );
+        let _ = std::fs::remove_file(&dump);
+        Ok(format!("{word},{},{found}", size >> 20))
+    })
+    .await;
+
+    step("tmpfs", async {
+        let r = sb
+            .exec(
+                "sh",
+                [
+                    "-c",
+                    "grep -c ' /scratch tmpfs ' /proc/mounts; df -k /scratch | tail -1 | awk '{print $2}'",
+                ],
+            )
+            .await?;
+        Ok(r.stdout_str().trim().replace('\n', ","))
+    })
+    .await;
+
+    step("reply", async {
+        let mut asks = sb.events(&["rs.ask"]).await?;
+        let guest = sb
+            .exec_stream(ExecOptions::new([
+                "msbvm",
+                "request",
+                "rs.ask",
+                r#"{"q":1}"#,
+                "--timeout",
+                "60",
+            ]))
+            .await?;
+        let Some(ask) = asks.next_timeout(Duration::from_secs(60)).await? else {
+            return Ok("no-request".into());
+        };
+        sb.reply(&ask, "rs.answer", serde_json::json!({ "a": 2 }))
+            .await?;
+        let out = guest.collect().await?;
+        Ok(format!(
+            "{},{}",
+            out.exit_code(),
+            out.stdout_str().matches("rs.answer").count()
+        ))
     })
     .await;
 

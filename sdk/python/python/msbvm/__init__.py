@@ -72,6 +72,30 @@ def _argv(command: Command) -> List[str]:
     return argv
 
 
+def _texts(what: str, values: Optional[Sequence[str]]) -> Optional[List[str]]:
+    """A sequence of strings as a list (None stays None); one string alone is a TypeError,
+    not a list of its characters."""
+    if values is None:
+        return None
+    if isinstance(values, (str, bytes)):
+        raise TypeError(f"{what} is a sequence of strings, not one string")
+    return list(values)
+
+
+PathArg = Union[str, "os.PathLike[str]"]
+
+
+def _paths(what: str, values: Optional[Union[PathArg, Sequence[PathArg]]]) -> Optional[List[str]]:
+    """One path or a sequence of paths as a list of strings (None stays None)."""
+    if values is None:
+        return None
+    if isinstance(values, (str, os.PathLike)):
+        return [os.fspath(values)]
+    if isinstance(values, bytes):
+        raise TypeError(f"{what} is a path (str or os.PathLike) or a sequence of paths")
+    return [os.fspath(v) for v in values]
+
+
 def _secret(secret: "Secret") -> Tuple[str, str, List[str], bool, bool, bool]:
     if not isinstance(secret, Secret):
         raise TypeError("secrets are msbvm.Secret values")
@@ -279,6 +303,20 @@ class EventStream:
         return json.loads(text)
 
 
+class NetEventStream:
+    """The network stack's record of its decisions (flows allowed and denied, DNS queries,
+    HTTP requests), read as it grows: each :meth:`poll` returns the events recorded since the
+    previous one, oldest first, as dicts. Polling reads a host file and does not block, so it
+    is a plain method in :mod:`msbvm` and :mod:`msbvm.sync` alike."""
+
+    def __init__(self, native: Any) -> None:
+        self._native = native
+
+    def poll(self) -> List[Dict[str, Any]]:
+        """The events recorded since the last poll (all on record, the first time)."""
+        return json.loads(self._native.poll())
+
+
 class _Creating:
     """What :meth:`Sandbox.create` returns: await it for the sandbox, or use it with
     ``async with`` to have the sandbox removed at the end of the block."""
@@ -328,6 +366,14 @@ class Sandbox:
         secrets: Sequence[Secret] = (),
         allow_spawn: Optional[SpawnGrant] = None,
         publish: Sequence[str] = (),
+        tmpfs: Sequence[str] = (),
+        plugins: Sequence[str] = (),
+        tls_intercept: Sequence[str] = (),
+        tls_bypass: Sequence[str] = (),
+        tls_upstream_ca: Optional[Union[PathArg, Sequence[PathArg]]] = None,
+        tls_ca: Optional[str] = None,
+        mtu: Optional[int] = None,
+        dns_servers: Sequence[str] = (),
     ) -> _Creating:
         """Starts a sandbox called ``name`` and waits until it is ready.
 
@@ -341,6 +387,19 @@ class Sandbox:
         process exits. ``secrets``: :class:`Secret`\ s (the guest sees placeholders).
         ``allow_spawn``: a :class:`SpawnGrant` letting code inside create sandboxes.
         ``publish``: guest TCP ports on the host, as "[ADDR:]HOST_PORT:GUEST_PORT".
+        ``tmpfs``: tmpfs mounts, as "GUEST_PATH[:SIZE]" (SIZE in bytes or with a k, m or g
+        suffix; default half the guest's memory). ``plugins``: plugins in the CLI's form
+        "NAME_OR_PATH[:CONFIG]" (a shipped plugin by name, e.g. "audit:path=/tmp/a.jsonl",
+        or an executable by path, relative to the current directory), run in this order.
+        ``tls_intercept``: hosts whose TLS connections are intercepted ("HOST", "*.SUFFIX" or
+        "all"), so that HTTP rules apply inside them; the guest trusts msbvm's CA.
+        ``tls_bypass``: hosts never intercepted (certificate-pinning clients).
+        ``tls_upstream_ca``: a PEM file (or several) of extra trust roots for intercepted
+        upstream servers. ``tls_ca``: the CA the guest trusts, "user" (default; made once per
+        user) or "sandbox" (made for this sandbox alone). ``mtu``: the guest interface's MTU
+        (576 to 65520; default 1500). ``dns_servers``: where the guest's allowed DNS queries
+        go instead of the host's resolvers, as "ADDR" (port 53) or "ADDR:PORT"
+        ("[V6ADDR]:PORT").
 
         Returns an awaitable that is also an async context manager (removing the sandbox at
         the end of the block).
@@ -364,7 +423,15 @@ class Sandbox:
                 detached=detached,
                 secrets=[_secret(x) for x in secrets],
                 allow_spawn=allow_spawn._native() if allow_spawn is not None else None,
-                publish=list(publish),
+                publish=_texts("publish", publish),
+                tmpfs=_texts("tmpfs", tmpfs),
+                plugins=_texts("plugins", plugins),
+                tls_intercept=_texts("tls_intercept", tls_intercept),
+                tls_bypass=_texts("tls_bypass", tls_bypass),
+                tls_upstream_ca=_paths("tls_upstream_ca", tls_upstream_ca),
+                tls_ca=tls_ca,
+                mtu=mtu,
+                dns_servers=_texts("dns_servers", dns_servers),
             )
             return Sandbox(native)
 
@@ -438,6 +505,13 @@ class Sandbox:
         """Publishes a guest TCP port on the host while the sandbox runs:
         "[ADDR:]HOST_PORT:GUEST_PORT" (host port 0 picks a free one). Returns "ADDR:PORT"."""
         return await self._native.publish(port)
+
+    async def dump_memory(self, path: PathArg) -> int:
+        """Debugging aid: writes all of the running guest's RAM to the new host file ``path``
+        (mode 0600; an existing file is an :class:`InvalidConfigError`) and returns its size
+        in bytes. The guest keeps running, so the copy is not one instant's; the file holds
+        everything the guest had in memory."""
+        return await self._native.dump_memory(os.fspath(path))
 
     async def stop(self, timeout: Optional[float] = None) -> None:
         """Stops the guest, forcing it off after ``timeout`` seconds (default 5)."""
@@ -563,6 +637,39 @@ class Sandbox:
         """Subscribes to the guest's events of ``types`` (all when none are given)."""
         return EventStream(await self._native.events(list(types)))
 
+    async def request(self, kind: str, data: Any = None, timeout: float = 10.0) -> Dict[str, Any]:
+        """Sends an event of type ``kind`` with JSON-serialisable ``data`` and a fresh ``id``
+        to the guest's subscribers, and waits up to ``timeout`` seconds for the guest event
+        whose ``reply_to`` names it; returns that event as a dict (the form :meth:`events`
+        yields). No answer in time raises :class:`RuntimeFailedError` saying so (the runtime
+        gave up waiting)."""
+        return json.loads(await self._native.request(kind, json.dumps(data), timeout))
+
+    async def reply(self, event: Mapping[str, Any], kind: str, data: Any = None) -> None:
+        """Answers the guest event ``event`` (a dict :meth:`events` yielded, which carries an
+        ``id``) with an event of type ``kind`` and JSON-serialisable ``data``, sent to the
+        guest connection it came on with ``reply_to`` set to its id. An event without an
+        ``id`` (or a dict that is no event) raises :class:`InvalidConfigError`."""
+        if not isinstance(event, Mapping):
+            raise TypeError("reply answers an event: a dict that events() yielded")
+        await self._native.reply(json.dumps(dict(event)), kind, json.dumps(data))
+
+    async def network_stats(self) -> Dict[str, Any]:
+        """The network stack's counters (bytes, packets, flows, drops) as a dict."""
+        return json.loads(await self._native.network_stats())
+
+    def network_events(self) -> List[Dict[str, Any]]:
+        """The network decisions still on record (flows allowed and denied, DNS queries, HTTP
+        requests), oldest first, as dicts. The record is capped (the oldest go first); call
+        again to see newer ones, or read it as it grows with :meth:`network_event_stream`.
+        Reads a host file: a plain method, not a coroutine."""
+        return json.loads(self._native.network_events())
+
+    def network_event_stream(self) -> NetEventStream:
+        """A :class:`NetEventStream`, whose ``poll()`` returns the network decisions recorded
+        since the previous poll."""
+        return NetEventStream(self._native.network_event_stream())
+
     def __repr__(self) -> str:
         return f"Sandbox(name={self.name!r}, pid={self.pid})"
 
@@ -580,6 +687,7 @@ __all__ = [
     "ExecResult",
     "ExecEvent",
     "EventStream",
+    "NetEventStream",
     "DirEntry",
     "SandboxInfo",
     "list_sandboxes",

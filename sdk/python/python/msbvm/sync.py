@@ -7,14 +7,17 @@ methods, each call blocking until it is done::
         print(sb.exec(["uname", "-a"]).stdout.decode())
 
 The calls run on one private event loop in a background thread, so they also work where an
-event loop is already running (a Jupyter notebook) and from several threads at once.
+event loop is already running (a Jupyter notebook) and from several threads at once. Ctrl-C
+(or any exception raised in the waiting thread) cancels the call it interrupts, as cancelling
+a task does in :mod:`msbvm`: an interrupted ``exec`` kills the guest process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
-from typing import Any, Callable, Coroutine, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Any, Callable, Coroutine, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 import msbvm as _async
 from msbvm import (
@@ -23,6 +26,8 @@ from msbvm import (
     ExecEvent,
     ExecResult,
     ImageInfo,
+    NetEventStream,
+    PathArg,
     PullEvent,
     SandboxInfo,
     Secret,
@@ -36,15 +41,71 @@ T = TypeVar("T")
 _loop: Optional[asyncio.AbstractEventLoop] = None
 _lock = threading.Lock()
 
+# How long an interrupted call waits for its cancelled task to end (its Rust future is
+# dropped as the task ends, which is what stops the guest process of an exec).
+_CANCEL_GRACE = 5.0
+# How often a waiting call wakes up: Python runs signal handlers (Ctrl-C's KeyboardInterrupt)
+# in the main thread, and a signal the kernel handed to another thread (the loop's, tokio's)
+# does not interrupt a wait without a timeout.
+_WAKE_EVERY = 0.25
 
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """Runs ``coro`` on the background loop and waits for its result."""
+
+def _background_loop() -> asyncio.AbstractEventLoop:
+    """The private event loop, started in its thread on first use."""
     global _loop
     with _lock:
         if _loop is None:
             _loop = asyncio.new_event_loop()
             threading.Thread(target=_loop.run_forever, name="msbvm-sync", daemon=True).start()
-    return asyncio.run_coroutine_threadsafe(coro, _loop).result()
+        return _loop
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Runs ``coro`` on the background loop and waits for its result.
+
+    If the wait is interrupted (Ctrl-C's KeyboardInterrupt, or any other exception raised in
+    this thread), the task is cancelled, as ``asyncio`` cancels an awaited call, and the
+    exception is raised again once the task has ended (or after ``_CANCEL_GRACE`` seconds if
+    it ignores the cancellation)."""
+    loop = _background_loop()
+    result: "concurrent.futures.Future[T]" = concurrent.futures.Future()
+    ended = threading.Event()
+    tasks: List["asyncio.Task[T]"] = []
+
+    def finished(task: "asyncio.Task[T]") -> None:
+        if task.cancelled():
+            result.cancel()
+        elif task.exception() is not None:
+            result.set_exception(task.exception())  # type: ignore[arg-type]
+        else:
+            result.set_result(task.result())
+        ended.set()
+
+    def start() -> None:
+        try:
+            task = loop.create_task(coro)
+        except BaseException as e:  # not a coroutine, say: the caller sees why
+            result.set_exception(e)
+            ended.set()
+            return
+        tasks.append(task)
+        task.add_done_callback(finished)
+
+    def cancel() -> None:
+        # Runs after start() (the loop runs callbacks in order), so the task exists.
+        for task in tasks:
+            task.cancel()
+
+    loop.call_soon_threadsafe(start)
+    try:
+        while not ended.wait(_WAKE_EVERY):
+            pass
+        return result.result()
+    except BaseException:
+        if not ended.is_set():
+            loop.call_soon_threadsafe(cancel)
+            ended.wait(_CANCEL_GRACE)
+        raise
 
 
 def pull(
@@ -120,7 +181,9 @@ class EventStream:
 
 
 class Sandbox:
-    """A running sandbox; see :class:`msbvm.Sandbox` for every method's meaning."""
+    """A running sandbox; see :class:`msbvm.Sandbox` for every method's meaning (the options
+    of :meth:`create` included: ``tmpfs``, ``plugins``, ``tls_intercept``, ``tls_bypass``,
+    ``tls_upstream_ca``, ``tls_ca``, ``mtu``, ``dns_servers`` and the rest)."""
 
     def __init__(self, inner: _async.Sandbox) -> None:
         self._inner = inner
@@ -167,6 +230,10 @@ class Sandbox:
     def publish(self, port: str) -> str:
         """Publishes a guest TCP port on the host; returns "ADDR:PORT"."""
         return _run(self._inner.publish(port))
+
+    def dump_memory(self, path: PathArg) -> int:
+        """Writes the running guest's RAM to the new host file ``path``; its size in bytes."""
+        return _run(self._inner.dump_memory(path))
 
     def stop(self, timeout: Optional[float] = None) -> None:
         """Stops the guest, forcing it off after ``timeout`` seconds (default 5)."""
@@ -238,6 +305,27 @@ class Sandbox:
         """Subscribes to the guest's events of ``types``."""
         return EventStream(_run(self._inner.events(*types)))
 
+    def request(self, kind: str, data: Any = None, timeout: float = 10.0) -> Dict[str, Any]:
+        """Sends an event with a fresh id and waits up to ``timeout`` seconds for the guest's
+        answer; that event as a dict (see :meth:`msbvm.Sandbox.request`)."""
+        return _run(self._inner.request(kind, data, timeout))
+
+    def reply(self, event: Mapping[str, Any], kind: str, data: Any = None) -> None:
+        """Answers the guest event ``event`` (a dict :meth:`events` yielded)."""
+        _run(self._inner.reply(event, kind, data))
+
+    def network_stats(self) -> Dict[str, Any]:
+        """The network stack's counters (bytes, packets, flows, drops) as a dict."""
+        return _run(self._inner.network_stats())
+
+    def network_events(self) -> List[Dict[str, Any]]:
+        """The network decisions still on record, oldest first, as dicts."""
+        return self._inner.network_events()
+
+    def network_event_stream(self) -> NetEventStream:
+        """A :class:`~msbvm.NetEventStream` (its ``poll()`` is synchronous in both APIs)."""
+        return self._inner.network_event_stream()
+
     def __repr__(self) -> str:
         return f"msbvm.sync.Sandbox(name={self.name!r}, pid={self.pid})"
 
@@ -246,6 +334,7 @@ __all__ = [
     "Sandbox",
     "ExecStream",
     "EventStream",
+    "NetEventStream",
     "list_sandboxes",
     "pull",
     "SandboxInfo",
