@@ -12,7 +12,10 @@
 //! guest's request, events both ways, the error
 //! classes, attaching by name and removal; then Python's synchronous twin from inside a
 //! running event loop and a JavaScript create aborted during the boot, which leaves no
-//! sandbox. Then each README quick-start runs as written (Rust's from its binary, whose
+//! sandbox; then the Python and JavaScript peer APIs inside a sandbox with a spawn grant (the
+//! interpreters, their libraries and the packages reach it through read-only volumes): each
+//! creates a child, runs a command in it with stdin, writes and reads its file, lists and
+//! removes it. Each README quick-start also runs as written (Rust's from its binary, whose
 //! source the README quotes; a unit test here keeps the two the same).
 //!
 //! The packages under test are the ones `scripts/build-python` and `scripts/build-typescript`
@@ -29,12 +32,14 @@ use std::time::Duration;
 
 use msbvm_tests::artifacts::build_static_bins;
 use msbvm_tests::e2e::{assert_checks, net_host, net_l1, prelude, run_scenarios};
-use msbvm_tests::python_l1::add_python;
+use msbvm_tests::python_l1::{add_python, PYTHON_HOME};
 use msbvm_tests::NestedVmBuilder;
 
 const L1_TIMEOUT: Duration = Duration::from_secs(900);
 const PY_SCENARIO: &str = include_str!("../l1-tools/sdk_conformance.py");
 const JS_SCENARIO: &str = include_str!("../l1-tools/sdk_conformance.js");
+const PY_PEER: &str = include_str!("../l1-tools/sdk_peer.py");
+const JS_PEER: &str = include_str!("../l1-tools/sdk_peer.js");
 /// The README, whose quick-start programs run as written.
 const README: &str = include_str!("../../README.md");
 /// The Rust quick-start as the L1 run builds it.
@@ -78,6 +83,20 @@ check js_quickstart_rc $rc
 check js_quickstart_out "$(grep -c '^hello from ts-demo 0$' /tmp/jsqs.out),$(grep -c '^hi$' /tmp/jsqs.out),$(grep -c '^exited 0$' /tmp/jsqs.out)"
 $M snapshot rm js-snap >/dev/null 2>&1
 "#;
+
+/// The peer APIs inside a sandbox: a parent with a spawn grant that sees L1's interpreters,
+/// the libraries they load and the packages through read-only volumes (at their L1 paths, so
+/// the same commands run there), then each language's peer script in it (`@RUNS@`).
+const PEER_PART: &str = r#"
+$M run -d --name sdk-parent --memory 512 --allow-spawn 1,memory=256 --no-network \
+  -v /lib:/lib:ro -v /lib64:/lib64:ro -v /usr/bin:/usr/bin:ro -v /e2e:/e2e:ro @VOLUMES@
+check peer_parent_rc $?
+@RUNS@
+$M rm sdk-parent >/dev/null; check peer_parent_removed $?
+"#;
+
+/// What each peer script prints (`tests/l1-tools/sdk_peer.py` and `.js`).
+const PEER_CHECK: &str = "inside,4,in-from-child,data,listed,gone";
 
 /// The steps every scenario checks (`py.exec`, `js.exec`, `rs.exec`, ...), with the values
 /// each prints: JavaScript and Rust print `true` / `false` where Python prints `True` /
@@ -174,7 +193,16 @@ fn node_package() -> Option<PathBuf> {
 
 /// Adds the Python interpreter and package; the script part and its checks, or `None` (with
 /// the reason printed) where Python cannot run.
-fn with_python(vm: NestedVmBuilder, scratch: &Path) -> (NestedVmBuilder, Option<String>) {
+/// What a language adds to the peer part: its volumes and the command that runs its script.
+struct PeerRun {
+    volumes: String,
+    run: String,
+}
+
+fn with_python(
+    vm: NestedVmBuilder,
+    scratch: &Path,
+) -> (NestedVmBuilder, Option<(String, PeerRun)>) {
     let Some(pkg) = python_package() else {
         eprintln!(
             "skipped (Python): the package is not built (scripts/build-python --dev builds it)"
@@ -189,6 +217,7 @@ fn with_python(vm: NestedVmBuilder, scratch: &Path) -> (NestedVmBuilder, Option<
     let mut vm = py
         .vm
         .add_bytes("/e2e/sdk_conformance.py", PY_SCENARIO, 0o644)
+        .add_bytes("/e2e/sdk_peer.py", PY_PEER, 0o644)
         .add_bytes(
             "/e2e/quickstart.py",
             quickstart("## Python SDK", "python"),
@@ -209,11 +238,18 @@ fn with_python(vm: NestedVmBuilder, scratch: &Path) -> (NestedVmBuilder, Option<
     let part = PY_PART
         .replace("@SITE@", L1_PY_SITE)
         .replace("@PYTHON@", python.trim_end());
-    (vm, Some(part))
+    let peer = PeerRun {
+        volumes: format!("-v {PYTHON_HOME}:{PYTHON_HOME}:ro -v {L1_PY_SITE}:{L1_PY_SITE}:ro"),
+        run: format!(
+            "$M exec sdk-parent -- env PYTHONPATH={L1_PY_SITE} {} /e2e/sdk_peer.py",
+            python.trim_end()
+        ),
+    };
+    (vm, Some((part, peer)))
 }
 
 /// Adds Node and the package; the script part, or `None` (with the reason printed).
-fn with_node(vm: NestedVmBuilder, scratch: &Path) -> (NestedVmBuilder, Option<String>) {
+fn with_node(vm: NestedVmBuilder, scratch: &Path) -> (NestedVmBuilder, Option<(String, PeerRun)>) {
     let Some(pkg) = node_package() else {
         eprintln!("skipped (Node.js): the package is not built (scripts/build-typescript --dev builds it)");
         return (vm, None);
@@ -230,6 +266,7 @@ fn with_node(vm: NestedVmBuilder, scratch: &Path) -> (NestedVmBuilder, Option<St
             &format!("{L1_JS_PACKAGE}/msbvm.node"),
         )
         .add_bytes("/e2e/sdk_conformance.js", JS_SCENARIO, 0o644)
+        .add_bytes("/e2e/sdk_peer.js", JS_PEER, 0o644)
         .add_bytes(
             "/e2e/quickstart.mjs",
             quickstart("## TypeScript SDK", "js"),
@@ -241,7 +278,18 @@ fn with_node(vm: NestedVmBuilder, scratch: &Path) -> (NestedVmBuilder, Option<St
     let part = JS_PART
         .replace("@PKG@", L1_JS_PACKAGE)
         .replace("@NODE@", NODE);
-    (vm, Some(part))
+    let site = Path::new(L1_JS_PACKAGE)
+        .parent()
+        .expect("the package's directory")
+        .display()
+        .to_string();
+    let peer = PeerRun {
+        volumes: format!("-v {site}:{site}:ro"),
+        run: format!(
+            "$M exec sdk-parent -- env MSBVM_JS_PACKAGE={L1_JS_PACKAGE} {NODE} /e2e/sdk_peer.js"
+        ),
+    };
+    (vm, Some((part, peer)))
 }
 
 /// Adds the Rust scenario and quick-start, built static; the script part.
@@ -293,8 +341,11 @@ fn sdk_conformance_in_rust_python_and_javascript() {
     ] {
         expected.push((k.to_string(), v.to_string()));
     }
-    if let Some(part) = &py_part {
-        script.push_str(part);
+    let mut peers = Vec::new();
+    if let Some((part, peer)) = py_part {
+        script.push_str(&part);
+        peers.push(peer);
+        expected.push(("py.peer".into(), PEER_CHECK.to_string()));
         expected.extend(scenario_checks("py"));
         for (k, v) in [
             ("py.sync", "sync,started,exited,x"),
@@ -306,8 +357,10 @@ fn sdk_conformance_in_rust_python_and_javascript() {
             expected.push((k.to_string(), v.to_string()));
         }
     }
-    if let Some(part) = &js_part {
-        script.push_str(part);
+    if let Some((part, peer)) = js_part {
+        script.push_str(&part);
+        peers.push(peer);
+        expected.push(("js.peer".into(), PEER_CHECK.to_string()));
         expected.extend(scenario_checks("js"));
         for (k, v) in [
             ("js.aborted_create", "AbortError,gone"),
@@ -317,6 +370,17 @@ fn sdk_conformance_in_rust_python_and_javascript() {
         ] {
             expected.push((k.to_string(), v.to_string()));
         }
+    }
+    if !peers.is_empty() {
+        let volumes: Vec<&str> = peers.iter().map(|p| p.volumes.as_str()).collect();
+        let runs: Vec<&str> = peers.iter().map(|p| p.run.as_str()).collect();
+        script.push_str(
+            &PEER_PART
+                .replace("@VOLUMES@", &volumes.join(" "))
+                .replace("@RUNS@", &runs.join("\n")),
+        );
+        expected.push(("peer_parent_rc".into(), "0".into()));
+        expected.push(("peer_parent_removed".into(), "0".into()));
     }
     script.push_str(
         "check left $($M ls 2>/dev/null | grep -c -e 'py-' -e 'js-' -e 'ts-' -e 'rs-')\n",

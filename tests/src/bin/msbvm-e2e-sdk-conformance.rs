@@ -299,7 +299,11 @@ async fn scenario() -> Result<()> {
         Ok(format!(
             "{},{},{}",
             if logged { "denied-logged" } else { "missing" },
-            if polled.iter().any(is_denial) { "denied-polled" } else { "missing" },
+            if polled.iter().any(is_denial) {
+                "denied-polled"
+            } else {
+                "missing"
+            },
             if counted { "counted" } else { "uncounted" }
         ))
     })
