@@ -62,6 +62,7 @@ async function scenario() {
     netAllow: ['host'],
     tmpfs: ['/scratch:8m'],
     secrets: [{ name: 'API_KEY', value: SECRET_VALUE, hosts: ['api.example.com'] }],
+    plugins: ['audit:path=/tmp/js-audit.jsonl'],
   });
   try {
     check('created', sb.name);
@@ -211,6 +212,16 @@ async function scenario() {
     await step('tmpfs', async () => {
       const r = await sb.exec(['sh', '-c', "grep -c ' /scratch tmpfs ' /proc/mounts; df -k /scratch | tail -1 | awk '{print $2}'"]);
       return r.stdout.toString().trim().replace('\n', ',');
+    });
+
+    await step('plugin', async () => {
+      await sb.exec(['echo', 'audited-js']);
+      for (let i = 0; i < 20; i++) {
+        const record = fs.existsSync('/tmp/js-audit.jsonl') ? fs.readFileSync('/tmp/js-audit.jsonl', 'utf8') : '';
+        if (record.split('\n').some((l) => l.includes('"kind":"exec"') && l.includes('audited-js'))) return 'audited';
+        await sleep(500);
+      }
+      return 'unaudited';
     });
 
     await step('reply', async () => {

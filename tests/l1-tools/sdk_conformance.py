@@ -60,6 +60,7 @@ async def scenario():
         net_allow=["host"],
         tmpfs=["/scratch:8m"],
         secrets=[msbvm.Secret("API_KEY", SECRET_VALUE, hosts=["api.example.com"])],
+        plugins=["audit:path=/tmp/py-audit.jsonl"],
     ) as sb:
         check("created", sb.name)
 
@@ -236,6 +237,21 @@ async def scenario():
             return r.stdout.decode().strip().replace("\n", ",")
 
         await step("tmpfs", tmpfs())
+
+        async def plugin():
+            await sb.exec(["echo", "audited-py"])
+            for _ in range(20):
+                try:
+                    with open("/tmp/py-audit.jsonl") as f:
+                        lines = [l for l in f if '"kind":"exec"' in l and "audited-py" in l]
+                except FileNotFoundError:
+                    lines = []
+                if lines:
+                    return "audited"
+                await asyncio.sleep(0.5)
+            return "unaudited"
+
+        await step("plugin", plugin())
 
         async def reply():
             asks = await sb.events("py.ask")

@@ -8,7 +8,8 @@
 //! mkdir, remove, a guest file error's kind, copy in and out), a snapshot and a fork of it, a
 //! published port, a network policy change seen by the guest, the network decisions it left
 //! (the record, a polled stream, the counters), a secret the guest sees only as a placeholder
-//! (which the guest's RAM, dumped, holds and the value never), a tmpfs mount, an answer to a
+//! (which the guest's RAM, dumped, holds and the value never), a tmpfs mount, the shipped
+//! `audit` plugin recording an exec, an answer to a
 //! guest's request, events both ways, the error
 //! classes, attaching by name and removal; then Python's synchronous twin from inside a
 //! running event loop and a JavaScript create aborted during the boot, which leaves no
@@ -136,6 +137,7 @@ fn scenario_checks(prefix: &str) -> Vec<(String, String)> {
         ("netlog", "denied-logged,denied-polled,counted".into()),
         ("secret", "placeholder,256,present,absent".into()),
         ("tmpfs", "1,8192".into()),
+        ("plugin", "audited".into()),
         ("reply", "0,1".into()),
         ("events_in", format!("{prefix}.step,1,True")),
         ("events_out", "0,1".into()),

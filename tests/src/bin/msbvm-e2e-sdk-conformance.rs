@@ -11,6 +11,8 @@ use msbvm_sdk::{ExecEvent, ExecOptions, ExitStatus, Result, Sandbox, Secret};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const HOST_PAGE: &str = "http://host.msbvm.internal:8000/";
+/// The shipped audit plugin, writing its record where the `plugin` step reads it.
+const AUDIT_PLUGIN: &str = "audit:path=/tmp/rs-audit.jsonl";
 /// The secret's value, which must never reach the guest.
 const SECRET_VALUE: &str = "rs-secret-value-5be1c0d2";
 
@@ -83,6 +85,10 @@ async fn scenario() -> Result<()> {
         .net_allow("host")
         .tmpfs(TmpfsSpec::parse("/scratch:8m")?)
         .secret(Secret::new("API_KEY", SECRET_VALUE).allow_host("api.example.com"))
+        .plugin(
+            msbvm_sdk::plugins::PluginSpec::parse(AUDIT_PLUGIN, std::path::Path::new("/"))
+                .map_err(msbvm_sdk::Error::InvalidConfig)?,
+        )
         .create()
         .await?;
     check("created", sb.name());
@@ -343,6 +349,23 @@ async fn scenario() -> Result<()> {
             )
             .await?;
         Ok(r.stdout_str().trim().replace('\n', ","))
+    })
+    .await;
+
+    step("plugin", async {
+        sb.exec("echo", ["audited-rs"]).await?;
+        for _ in 0..20 {
+            let record = std::fs::read_to_string("/tmp/rs-audit.jsonl").unwrap_or_default();
+            let n = record
+                .lines()
+                .filter(|l| l.contains(r#""kind":"exec""#) && l.contains("audited-rs"))
+                .count();
+            if n > 0 {
+                return Ok("audited".into());
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Ok("unaudited".into())
     })
     .await;
 
