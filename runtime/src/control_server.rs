@@ -9,7 +9,7 @@ use std::time::Duration;
 use msbvm_sdk::control::server::{self, Answer};
 use msbvm_sdk::control::{ControlRequest, ControlResponse};
 
-use super::event_hub::{self, EventHub};
+use super::event_hub::{self, EventHub, RequestFailure};
 use super::Event;
 
 /// Serves `listener` until the process ends. Event requests are served on the connection's
@@ -27,9 +27,15 @@ pub fn spawn(
             ControlRequest::Emit(event) => {
                 Some(answer(hub.to_guest(event).map(|()| ControlResponse::Done)))
             }
-            ControlRequest::Request { event, timeout_ms } => Some(answer(
-                hub.request(event, Duration::from_millis(timeout_ms))
-                    .map(ControlResponse::Event),
+            ControlRequest::Request { event, timeout_ms } => Some(Answer::One(
+                match hub.request(event, Duration::from_millis(timeout_ms)) {
+                    Ok(reply) => ControlResponse::Event(reply),
+                    Err(RequestFailure::Refused(message)) => ControlResponse::Error { message },
+                    Err(RequestFailure::NoAnswer { id, waited }) => ControlResponse::NoAnswer {
+                        id,
+                        waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+                    },
+                },
             )),
             request => forward(&events, request).map(Answer::One),
         },

@@ -367,34 +367,56 @@ impl EventHub {
 
     /// Sends `event` (which has an id) and waits up to `timeout` for the guest event
     /// answering it.
-    pub fn request(&self, event: HostEvent, timeout: Duration) -> Result<GuestEvent, String> {
+    pub fn request(
+        &self,
+        event: HostEvent,
+        timeout: Duration,
+    ) -> Result<GuestEvent, RequestFailure> {
         let Some(id) = event.id.clone() else {
-            return Err("a request needs an id".into());
+            return Err(RequestFailure::Refused("a request needs an id".into()));
         };
         let (tx, rx) = mpsc::sync_channel(1);
         {
             let mut state = self.lock();
             if state.waiters.len() >= MAX_WAITERS {
-                return Err(format!(
+                return Err(RequestFailure::Refused(format!(
                     "{MAX_WAITERS} requests are already waiting for replies"
-                ));
+                )));
             }
             if state.waiters.contains_key(&id) {
-                return Err(format!("a request with id {id:?} is already waiting"));
+                return Err(RequestFailure::Refused(format!(
+                    "a request with id {id:?} is already waiting"
+                )));
             }
             state.waiters.insert(id.clone(), tx);
         }
-        let result = self.to_guest(event).and_then(|()| {
-            rx.recv_timeout(timeout).map_err(|_| {
-                format!(
-                    "no guest program answered within {:.1}s (a guest answers by sending an event with \"reply_to\": {id:?})",
-                    timeout.as_secs_f64()
-                )
-            })
-        });
+        let result = self
+            .to_guest(event)
+            .map_err(RequestFailure::Refused)
+            .and_then(|()| {
+                rx.recv_timeout(timeout)
+                    .map_err(|_| RequestFailure::NoAnswer {
+                        id: id.clone(),
+                        waited: timeout,
+                    })
+            });
         self.lock().waiters.remove(&id);
         result
     }
+}
+
+/// Why a request got no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestFailure {
+    /// It was not sent (no id, too many waiting, the guest unreachable): why.
+    Refused(String),
+    /// It was sent and no guest program answered within the timeout.
+    NoAnswer {
+        /// The request's id.
+        id: String,
+        /// How long the runtime waited.
+        waited: Duration,
+    },
 }
 
 /// Writes a stream to a control client until it ends: the backlog, then (following) live
@@ -586,7 +608,13 @@ mod tests {
         let _agent_still_connected = agent.join().unwrap();
         // Nobody answers now: a clear timeout, and the waiter is gone.
         let e = hub.request(request, Duration::from_millis(50)).unwrap_err();
-        assert!(e.contains("no guest program answered"), "{e}");
+        assert_eq!(
+            e,
+            RequestFailure::NoAnswer {
+                id: "r1".into(),
+                waited: Duration::from_millis(50)
+            }
+        );
         assert!(hub.lock().waiters.is_empty());
         assert_eq!(
             hub.attach(vec![], false).backlog.len(),

@@ -21,7 +21,7 @@ use crate::vsock::SocketPath;
 
 /// Version of the control protocol; the SDK and the runtime come from one `msbvm`, but a
 /// user can upgrade the binary while a detached sandbox runs.
-pub const CONTROL_VERSION: u32 = 1;
+pub const CONTROL_VERSION: u32 = 2;
 
 /// A request to the runtime.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +127,13 @@ pub enum ControlResponse {
     },
     /// One guest event (of an `Events` stream, or the reply to a `Request`).
     Event(msbvm_protocol::events::GuestEvent),
+    /// Answer to `Request` when no guest program answered in time.
+    NoAnswer {
+        /// The request's id.
+        id: String,
+        /// How long the runtime waited, in milliseconds.
+        waited_ms: u64,
+    },
     /// Answer to `Snapshot`: it is in [`crate::snapshots::PENDING_DIR`].
     Snapshotted {
         /// How long the guest was paused, in microseconds.
@@ -386,6 +393,14 @@ impl ControlClient {
             .await?
         {
             ControlResponse::Event(e) => Ok(e),
+            ControlResponse::NoAnswer { id, waited_ms } => Err(Error::AgentTimeout {
+                waiting_for: format!(
+                    "a guest program's answer to event {id:?} for {:.1} s (a guest answers \
+                     with an event whose \"reply_to\" is that id)",
+                    waited_ms as f64 / 1000.0
+                ),
+                limit: "the request's timeout",
+            }),
             other => Err(unexpected(other)),
         }
     }
@@ -462,9 +477,13 @@ mod tests {
                     ControlRequest::Snapshot { .. } => {
                         ControlResponse::Snapshotted { paused_us: 1500 }
                     }
-                    ControlRequest::Events { .. }
-                    | ControlRequest::Emit(_)
-                    | ControlRequest::Request { .. } => ControlResponse::Done,
+                    ControlRequest::Request { ref event, .. } => ControlResponse::NoAnswer {
+                        id: event.id.clone().unwrap_or_default(),
+                        waited_ms: 250,
+                    },
+                    ControlRequest::Events { .. } | ControlRequest::Emit(_) => {
+                        ControlResponse::Done
+                    }
                 };
                 seen.push(request);
                 write_blocking(&mut writer, &response).unwrap();
@@ -493,6 +512,19 @@ mod tests {
             client.snapshot("snap").await.unwrap(),
             Duration::from_micros(1500)
         );
+        let ask = msbvm_protocol::events::HostEvent {
+            kind: "ask".into(),
+            data: "null".into(),
+            id: Some("r9".into()),
+            reply_to: None,
+            target: msbvm_protocol::events::Target::Subscribers,
+        };
+        let e = client
+            .request(ask.clone(), Duration::from_millis(250))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), "AgentTimeout", "{e}");
+        assert!(e.to_string().contains(r#"event "r9" for 0.2 s"#), "{e}");
         drop(client);
         assert_eq!(
             fake.join().unwrap(),
@@ -506,6 +538,10 @@ mod tests {
                 ControlRequest::DumpMemory,
                 ControlRequest::Snapshot {
                     name: "snap".into()
+                },
+                ControlRequest::Request {
+                    event: ask,
+                    timeout_ms: 250
                 },
             ]
         );

@@ -133,7 +133,7 @@ export declare class Sandbox {
   networkEventStream(): NetEventStream;
   /** Writes the guest's RAM to the new host file `path`; resolves to its size in bytes. */
   dumpMemory(path: string): Promise<number>;
-  /** Sends an event with a fresh id and resolves to the guest's answer. */
+  /** Sends an event with a fresh id and resolves to the guest's answer (AgentTimeoutError after `timeout` s, default 10). */
   request(kind: string, data?: unknown, options?: { timeout?: number }): Promise<GuestEvent>;
   /** Answers a guest event (as `events()` gave it). */
   reply(event: GuestEvent, kind: string, data?: unknown): Promise<void>;

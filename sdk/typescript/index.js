@@ -408,8 +408,8 @@ class Sandbox {
 
   /**
    * Sends the event `kind` with a fresh id to the guest's subscribers and resolves to the
-   * guest's answer (the event whose `reply_to` names it); rejects when none comes within
-   * `options.timeout` seconds (default 10).
+   * guest's answer (the event whose `reply_to` names it); rejects with AgentTimeoutError
+   * when none comes within `options.timeout` seconds (default 10).
    */
   async request(kind, data = null, options = {}) {
     const timeout = options.timeout === undefined ? 10 : options.timeout;

@@ -641,8 +641,8 @@ class Sandbox:
         """Sends an event of type ``kind`` with JSON-serialisable ``data`` and a fresh ``id``
         to the guest's subscribers, and waits up to ``timeout`` seconds for the guest event
         whose ``reply_to`` names it; returns that event as a dict (the form :meth:`events`
-        yields). No answer in time raises :class:`RuntimeFailedError` saying so (the runtime
-        gave up waiting)."""
+        yields). No answer in time raises :class:`AgentTimeoutError` (a
+        :class:`TimeoutError`)."""
         return json.loads(await self._native.request(kind, json.dumps(data), timeout))
 
     async def reply(self, event: Mapping[str, Any], kind: str, data: Any = None) -> None:
