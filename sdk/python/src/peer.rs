@@ -8,7 +8,7 @@ use pyo3::types::PyBytes;
 use pyo3_async_runtimes::tokio::future_into_py;
 
 use crate::args::Bytes;
-use crate::errors::{config_error, to_py};
+use crate::errors::to_py;
 
 /// Whether this program runs inside an msbvm sandbox.
 #[pyfunction]
@@ -187,8 +187,7 @@ impl Peers {
         kind: String,
         data: String,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let data: serde_json::Value = serde_json::from_str(&data)
-            .map_err(|e| config_error(format!("event data is not JSON: {e}")))?;
+        let data = crate::args::json_arg("event data", &data)?;
         let peers = self.inner.clone();
         future_into_py(py, async move {
             peers.emit(&name, &kind, &data).await.map_err(to_py)
