@@ -19,6 +19,10 @@ function grepFile(needle, file) {
   return rc === 0 ? 'present' : rc === 1 ? 'absent' : 'grep-error';
 }
 
+// A guest shell that answers every `@P@.ask` host event with `@P@.answer` through the guest
+// CLI's `msbvm reply` (the same in every language's scenario).
+const ANSWERER = `msbvm events -f --type @P@.ask | while read -r ev; do msbvm reply "$(echo "$ev" | sed -n 's/.*"id":"\\([^"]*\\)".*/\\1/p')" @P@.answer '{"a":3}'; done`;
+
 /** Whether a network event records a denial (a flow, or a DNS query policy refused). */
 function isDenial(e) {
   return e.event === 'flow_denied' || (e.event === 'dns_query' && e.allowed === false);
@@ -232,6 +236,28 @@ async function scenario() {
       const out = await guest.wait();
       await asks.close();
       return `${out.exitCode},${out.stdout.toString().split('js.answer').length - 1}`;
+    });
+
+    await step('request', async () => {
+      const guest = await sb.execStream(['sh', '-c', ANSWERER.replaceAll('@P@', 'js')]);
+      // The guest subscribes on its own schedule: ask until it answers.
+      let answer = null;
+      for (let i = 0; i < 20 && !answer; i++) {
+        try {
+          answer = await sb.request('js.ask', { q: 2 }, { timeout: 3 });
+        } catch (e) {
+          if (!(e instanceof msbvm.AgentTimeoutError)) throw e;
+        }
+      }
+      await guest.signal(15);
+      await guest.wait();
+      let unanswered = 'answered';
+      try {
+        await sb.request('js.nobody', null, { timeout: 1 });
+      } catch (e) {
+        unanswered = e.name.replace(/Error$/, '');
+      }
+      return answer ? `${answer.type},${answer.data.a},${unanswered}` : `no-answer,${unanswered}`;
     });
 
     await step('events_in', async () => {

@@ -30,6 +30,15 @@ def grep_file(needle, path):
     return {0: "present", 1: "absent"}.get(rc, "grep-error")
 
 
+# A guest shell that answers every `@P@.ask` host event with `@P@.answer` through the guest
+# CLI's `msbvm reply` (the same in every language's scenario).
+ANSWERER = (
+    "msbvm events -f --type @P@.ask | while read -r ev; do msbvm reply "
+    "\"$(echo \"$ev\" | sed -n 's/.*\"id\":\"\\([^\"]*\\)\".*/\\1/p')\" "
+    "@P@.answer '{\"a\":3}'; done"
+)
+
+
 def is_denial(e):
     """Whether a network event records a denial (a flow, or a DNS query policy refused)."""
     return e.get("event") == "flow_denied" or (e.get("event") == "dns_query" and e.get("allowed") is False)
@@ -262,6 +271,29 @@ async def scenario():
             return f"{code},{out.count(b'py.answer')}"
 
         await step("reply", reply())
+
+        async def request():
+            guest = await sb.exec_stream(["sh", "-c", ANSWERER.replace("@P@", "py")])
+            # The guest subscribes on its own schedule: ask until it answers.
+            answer = None
+            for _ in range(20):
+                try:
+                    answer = await sb.request("py.ask", {"q": 2}, timeout=3)
+                    break
+                except msbvm.AgentTimeoutError:
+                    pass
+            await guest.signal(signal.SIGTERM)
+            await guest.wait()
+            try:
+                await sb.request("py.nobody", timeout=1)
+                unanswered = "answered"
+            except TimeoutError as e:  # AgentTimeoutError is one
+                unanswered = type(e).__name__.removesuffix("Error")
+            if answer is None:
+                return f"no-answer,{unanswered}"
+            return f"{answer['type']},{answer['data']['a']},{unanswered}"
+
+        await step("request", request())
 
         async def events_from_guest():
             stream = await sb.events("py.*")

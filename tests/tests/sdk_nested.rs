@@ -9,8 +9,8 @@
 //! published port, a network policy change seen by the guest, the network decisions it left
 //! (the record, a polled stream, the counters), a secret the guest sees only as a placeholder
 //! (which the guest's RAM, dumped, holds and the value never), a tmpfs mount, the shipped
-//! `audit` plugin recording an exec, an answer to a
-//! guest's request, events both ways, the error
+//! `audit` plugin recording an exec, a host request a guest shell answers (and one nobody
+//! answers: `AgentTimeout`), an answer to a guest's request, events both ways, the error
 //! classes, attaching by name and removal; then Python's synchronous twin from inside a
 //! running event loop and a JavaScript create aborted during the boot, which leaves no
 //! sandbox; then the Python and JavaScript peer APIs inside a sandbox with a spawn grant (the
@@ -139,6 +139,7 @@ fn scenario_checks(prefix: &str) -> Vec<(String, String)> {
         ("tmpfs", "1,8192".into()),
         ("plugin", "audited".into()),
         ("reply", "0,1".into()),
+        ("request", format!("{prefix}.answer,3,AgentTimeout")),
         ("events_in", format!("{prefix}.step,1,True")),
         ("events_out", "0,1".into()),
         ("errors", format!("{name},notfound")),

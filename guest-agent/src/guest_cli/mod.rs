@@ -7,7 +7,9 @@
 //!   the agent within [`EMIT_WAIT`] is printed and exits 1);
 //! - `msbvm events [-f] [-n N] [--type T]...` prints host events as JSON lines;
 //! - `msbvm request TYPE [JSON] [--timeout SECS]` sends an event with a fresh
-//!   id and prints the host event that replies to it (exit 124 on timeout).
+//!   id and prints the host event that replies to it (exit 124 on timeout);
+//! - `msbvm reply ID TYPE [JSON]` answers the host event whose `id` is ID (a
+//!   host's request waits for it), as `emit` sends one.
 //!
 //! Outside a sandbox (no socket) every verb fails at once with "not running
 //! inside an msbvm sandbox". It never acts as PID 1.
@@ -21,7 +23,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use msbvm_protocol::events::{
-    check_type, GUEST_SOCKET, MAX_EVENT_LEN, RESERVED_PREFIX, SOCKET_ENV,
+    check_type, GUEST_SOCKET, MAX_EVENT_LEN, MAX_ID_LEN, RESERVED_PREFIX, SOCKET_ENV,
 };
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -53,6 +55,9 @@ Inside an msbvm sandbox, talk to the host through the events socket
   msbvm request TYPE [JSON] [--timeout SECS]
       Send an event with a fresh id and print the host event that replies
       to it (default timeout 30 s; exit 124 when it expires).
+  msbvm reply ID TYPE [JSON]
+      Answer the host event whose \"id\" is ID (what `msbvm events` printed):
+      the host's request waiting for it gets this event.
 
 ";
 
@@ -126,6 +131,7 @@ pub fn dispatch(args: &[String], socket: &Path, out: &mut dyn Write) -> Result<i
         "emit" => emit(rest, socket),
         "events" => events(rest, socket, out),
         "request" => request(rest, socket, out),
+        "reply" => reply(rest, socket),
         verb if spawn::VERBS.contains(&verb) || child_verb.is_some() => {
             let plan = spawn::parse(verb, rest)?;
             if !socket.exists() {
@@ -149,7 +155,12 @@ fn is_help(verb: &str) -> bool {
 }
 
 /// The line for an event, checked here so mistakes are explained at once.
-fn event_line(kind: &str, data: Option<&str>, id: Option<&str>) -> Result<String, Failure> {
+fn event_line(
+    kind: &str,
+    data: Option<&str>,
+    id: Option<&str>,
+    reply_to: Option<&str>,
+) -> Result<String, Failure> {
     check_type(kind).map_err(|e| Failure::usage(format!("bad event type {kind:?}: {e}")))?;
     if kind.starts_with(RESERVED_PREFIX) {
         return Err(Failure::usage(format!(
@@ -168,7 +179,7 @@ fn event_line(kind: &str, data: Option<&str>, id: Option<&str>) -> Result<String
         kind,
         data: &data,
         id,
-        reply_to: None,
+        reply_to,
     })
     .map_err(|e| Failure::new(1, e.to_string()))?;
     if line.len() > MAX_EVENT_LEN {
@@ -241,9 +252,31 @@ fn type_and_data(positional: &[String], verb: &str) -> Result<(String, Option<St
 fn emit(args: &[String], socket: &Path) -> Result<i32, Failure> {
     let parsed = parse_args(args, &[], &[])?;
     let (kind, data) = type_and_data(&parsed.positional, "emit")?;
-    let line = event_line(&kind, data.as_deref(), None)?;
+    send(&event_line(&kind, data.as_deref(), None, None)?, socket)
+}
+
+/// `msbvm reply ID TYPE [JSON]`: an event whose `reply_to` is ID.
+fn reply(args: &[String], socket: &Path) -> Result<i32, Failure> {
+    let parsed = parse_args(args, &[], &[])?;
+    let Some((id, rest)) = parsed.positional.split_first() else {
+        return Err(Failure::usage(
+            "msbvm reply needs the ID of the event it answers, then a TYPE",
+        ));
+    };
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return Err(Failure::usage(format!(
+            "an event id is 1 to {MAX_ID_LEN} bytes, not {}",
+            id.len()
+        )));
+    }
+    let (kind, data) = type_and_data(rest, "reply")?;
+    send(&event_line(&kind, data.as_deref(), None, Some(id))?, socket)
+}
+
+/// Sends one event line and reports the agent's error line, if one comes.
+fn send(line: &str, socket: &Path) -> Result<i32, Failure> {
     let mut stream = connect(socket)?;
-    send_line(&mut stream, &line)?;
+    send_line(&mut stream, line)?;
     // The end of our side lets the agent end the connection once it has
     // taken the event: an error line, if any, comes before that EOF.
     let _ = stream.shutdown(Shutdown::Write);
@@ -370,7 +403,7 @@ fn request(args: &[String], socket: &Path, out: &mut dyn Write) -> Result<i32, F
             .ok_or_else(|| Failure::usage(format!("{name} takes seconds, not {value:?}")))?;
     }
     let id = random_id();
-    let line = event_line(&kind, data.as_deref(), Some(&id))?;
+    let line = event_line(&kind, data.as_deref(), Some(&id), None)?;
     let deadline = Instant::now() + Duration::from_secs_f64(secs.min(1e9));
     let timed_out = || {
         Failure::new(

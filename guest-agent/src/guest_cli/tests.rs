@@ -84,6 +84,36 @@ fn emit_sends_and_reports_the_agents_error() {
     );
 }
 
+#[test]
+fn reply_answers_a_host_event_by_its_id() {
+    let mut s = Setup::new(Limits::default());
+    let code = dispatch(
+        &args(&["reply", "h-42", "job.done", "{\"ok\":true}"]),
+        &s.path,
+        &mut Vec::new(),
+    );
+    assert_eq!(code.unwrap(), 0);
+    let e = s.next_event();
+    assert_eq!(e.kind, "job.done");
+    assert_eq!(e.reply_to.as_deref(), Some("h-42"));
+    assert_eq!(e.id, None);
+    assert_eq!(e.data, "{\"ok\":true}");
+
+    let nowhere = Path::new("/nonexistent/events.sock");
+    for bad in [
+        &["reply"][..],
+        &["reply", "h-42"],
+        &["reply", "", "t"],
+        &["reply", "h-42", "msbvm.x"],
+        &["reply", "h-42", "t", "{bad"],
+    ] {
+        assert_eq!(fail(bad, nowhere).code, 2, "{bad:?}");
+    }
+    let long = "x".repeat(msbvm_protocol::events::MAX_ID_LEN + 1);
+    let f = fail(&["reply", &long, "t"], nowhere);
+    assert!(f.message.contains("an event id is"), "{}", f.message);
+}
+
 /// Dispatches `event` every few milliseconds until `done` is finished (the
 /// CLI subscribes on its own schedule).
 fn feed_until<T>(s: &Setup, event: &HostEvent, done: &std::thread::JoinHandle<T>) {

@@ -11,6 +11,10 @@ use msbvm_sdk::{ExecEvent, ExecOptions, ExitStatus, Result, Sandbox, Secret};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const HOST_PAGE: &str = "http://host.msbvm.internal:8000/";
+/// A guest shell that answers every `@P@.ask` host event with `@P@.answer` through the guest
+/// CLI's `msbvm reply` (the same in every language's scenario).
+const ANSWERER: &str = r#"msbvm events -f --type @P@.ask | while read -r ev; do msbvm reply "$(echo "$ev" | sed -n 's/.*"id":"\([^"]*\)".*/\1/p')" @P@.answer '{"a":3}'; done"#;
+
 /// The shipped audit plugin, writing its record where the `plugin` step reads it.
 const AUDIT_PLUGIN: &str = "audit:path=/tmp/rs-audit.jsonl";
 /// The secret's value, which must never reach the guest.
@@ -392,6 +396,46 @@ async fn scenario() -> Result<()> {
             out.exit_code(),
             out.stdout_str().matches("rs.answer").count()
         ))
+    })
+    .await;
+
+    step("request", async {
+        let answerer = ANSWERER.replace("@P@", "rs");
+        let guest = sb
+            .exec_stream(ExecOptions::new(["sh", "-c", answerer.as_str()]))
+            .await?;
+        // The guest subscribes on its own schedule: ask until it answers.
+        let mut answer = None;
+        for _ in 0..20 {
+            match sb
+                .request(
+                    "rs.ask",
+                    serde_json::json!({ "q": 2 }),
+                    Duration::from_secs(3),
+                )
+                .await
+            {
+                Ok(ev) => {
+                    answer = Some(ev);
+                    break;
+                }
+                Err(msbvm_sdk::Error::AgentTimeout { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        guest.signal(15).await?;
+        guest.collect().await?;
+        let unanswered = match sb
+            .request("rs.nobody", serde_json::Value::Null, Duration::from_secs(1))
+            .await
+        {
+            Ok(_) => "answered".to_string(),
+            Err(e) => e.kind().to_string(),
+        };
+        Ok(match answer {
+            Some(ev) => format!("{},{},{unanswered}", ev.kind, ev.data["a"]),
+            None => format!("no-answer,{unanswered}"),
+        })
     })
     .await;
 
