@@ -142,9 +142,9 @@ export declare function connectPeers(): Promise<Peers>
 export interface ChildOptions {
   /** Its image (within the grant's images). */
   image?: string
-  /** vCPUs. */
+  /** vCPUs (a whole number, checked as `create` checks it). */
   cpus?: number
-  /** Memory in MiB. */
+  /** Memory in MiB (a whole number, checked as `create` checks it). */
   memory?: number
   /** Environment. */
   env?: Record<string, string>

@@ -97,7 +97,7 @@ $M rm sdk-parent >/dev/null; check peer_parent_removed $?
 "#;
 
 /// What each peer script prints (`tests/l1-tools/sdk_peer.py` and `.js`).
-const PEER_CHECK: &str = "inside,4,in-from-child,data,listed,gone";
+const PEER_CHECK: &str = "inside,4,in-from-child,data,listed,gone,refused";
 
 /// The steps every scenario checks (`py.exec`, `js.exec`, `rs.exec`, ...), with the values
 /// each prints: JavaScript and Rust print `true` / `false` where Python prints `True` /

@@ -87,8 +87,8 @@ impl Peers {
         py: Python<'py>,
         name: String,
         image: Option<String>,
-        cpus: Option<u8>,
-        memory: Option<u64>,
+        cpus: Option<i64>,
+        memory: Option<i64>,
         env: Option<BTreeMap<String, String>>,
         net_allow: Option<Vec<String>>,
         net_deny: Option<Vec<String>>,
@@ -96,11 +96,18 @@ impl Peers {
         allow_spawn: Option<String>,
         secrets: Option<Vec<String>>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        // Checked here as `create` and `fork` check theirs, so a bad number is a ValueError
+        // naming the range, not an OverflowError or the host's refusal.
+        let cpus = cpus.map(sdk::checked_cpus).transpose().map_err(to_py)?;
+        let memory_mib = memory
+            .map(sdk::checked_memory_mib)
+            .transpose()
+            .map_err(to_py)?;
         let spec = sdk::peer::ChildSpec {
             name,
             image,
             cpus,
-            memory_mib: memory,
+            memory_mib,
             env: env.unwrap_or_default().into_iter().collect(),
             net_allow: net_allow.unwrap_or_default(),
             net_deny: net_deny.unwrap_or_default(),

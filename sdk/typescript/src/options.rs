@@ -19,7 +19,7 @@ pub(crate) fn seconds(what: &str, secs: Option<f64>) -> napi::Result<Option<Dura
 }
 
 /// A whole JavaScript number (in `i64`'s range; the SDK checks the range that applies).
-fn whole(what: &str, n: f64) -> napi::Result<i64> {
+pub(crate) fn whole(what: &str, n: f64) -> napi::Result<i64> {
     // 2^63 is exactly representable, so this bound lets no float through that `as` would clamp.
     if n.fract() == 0.0 && n >= -(2f64.powi(63)) && n < 2f64.powi(63) {
         Ok(n as i64)

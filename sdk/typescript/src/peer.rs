@@ -8,6 +8,7 @@ use msbvm_sdk as sdk;
 use napi::bindgen_prelude::Buffer;
 use napi_derive::napi;
 
+use crate::options::whole;
 use crate::to_js;
 
 /// Whether this program runs inside an msbvm sandbox.
@@ -29,10 +30,10 @@ pub async fn connect_peers() -> napi::Result<Peers> {
 pub struct ChildOptions {
     /// Its image (within the grant's images).
     pub image: Option<String>,
-    /// vCPUs.
-    pub cpus: Option<u32>,
-    /// Memory in MiB.
-    pub memory: Option<u32>,
+    /// vCPUs (a whole number, checked as `create` checks it).
+    pub cpus: Option<f64>,
+    /// Memory in MiB (a whole number, checked as `create` checks it).
+    pub memory: Option<f64>,
     /// Environment.
     pub env: Option<HashMap<String, String>>,
     /// Network allow rules (within the grant's).
@@ -89,17 +90,21 @@ impl Peers {
         let o = options.unwrap_or_default();
         let mut env: Vec<_> = o.env.unwrap_or_default().into_iter().collect();
         env.sort();
+        // A number JavaScript hands over is checked here, as `create` and `fork` check theirs,
+        // instead of napi coercing -1 or 1.5 into some u32.
         let cpus = o
             .cpus
-            .map(|c| {
-                u8::try_from(c).map_err(|_| crate::config_error(format!("cpus {c} is too many")))
-            })
+            .map(|c| sdk::checked_cpus(whole("cpus", c)?).map_err(to_js))
+            .transpose()?;
+        let memory_mib = o
+            .memory
+            .map(|m| sdk::checked_memory_mib(whole("memory", m)?).map_err(to_js))
             .transpose()?;
         let spec = sdk::peer::ChildSpec {
             name,
             image: o.image,
             cpus,
-            memory_mib: o.memory.map(u64::from),
+            memory_mib,
             env,
             net_allow: o.net_allow.unwrap_or_default(),
             net_deny: o.net_deny.unwrap_or_default(),
