@@ -110,6 +110,26 @@ impl std::fmt::Debug for Extensions {
     }
 }
 
+impl Devices {
+    /// Writes `/etc/resolv.conf` and `/etc/hosts` into an image root before the guest boots
+    /// (see [`crate::resolver_files`]) and tells the agent, through the boot configuration, to
+    /// leave them; the guest's hostname is the one sandbox `name` gets. Does nothing without
+    /// an image root or a network. A failure is logged and the agent writes them at boot.
+    pub fn write_resolver_files(&mut self, name: &str) {
+        let (Some(fs), Some(setup)) = (&self.root_layered, &self.boot.network) else {
+            return;
+        };
+        let hostname = msbvm_protocol::boot::guest_hostname(name);
+        match crate::resolver_files::write(fs.as_ref(), setup, hostname) {
+            Ok(()) => self.boot.resolver_files_written = true,
+            Err(e) => tracing::warn!(
+                "cannot write the resolver files into the image root ({e}); the agent writes \
+                 them at boot"
+            ),
+        }
+    }
+}
+
 /// Builds everything `spec` asks for, with `secrets` in the network stack. `home` is the
 /// msbvm data directory.
 pub fn build(

@@ -30,6 +30,7 @@ mod fork;
 pub mod image;
 mod log_writer;
 pub mod plugins;
+mod resolver_files;
 mod signals;
 pub mod spawner;
 pub mod tls_setup;
@@ -432,7 +433,7 @@ impl<'a> Supervisor<'a> {
             },
         );
         let agent = image::find_agent()?;
-        let devices = devices::build(
+        let mut devices = devices::build(
             &self.args.spec,
             &self.args.secrets,
             self.dir,
@@ -441,6 +442,10 @@ impl<'a> Supervisor<'a> {
             &self.plugins,
         )?;
         self.mark("devices built");
+        // A fork's guest has its files already (in the snapshot's layer).
+        if self.args.spec.fork_of.is_none() {
+            devices.write_resolver_files(&self.args.name);
+        }
         // A fork's guest already booted: its initramfs is in the snapshot's memory.
         let restore = match &self.args.spec.fork_of {
             Some(snapshot) => Some(fork::open_vm_snapshot(snapshot)?),

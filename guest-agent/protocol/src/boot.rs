@@ -8,6 +8,31 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The guest's hostname when the host names none, or one [`is_valid_hostname`] refuses.
+pub const DEFAULT_HOSTNAME: &str = "msbvm";
+
+/// RFC 1123 letters, digits, hyphens and dots, at most 64 bytes (the
+/// kernel's limit), not starting or ending with a hyphen or dot.
+pub fn is_valid_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !name.starts_with(['-', '.'])
+        && !name.ends_with(['-', '.'])
+}
+
+/// The hostname a guest asked to be `name` ends up with: `name` if valid, else
+/// [`DEFAULT_HOSTNAME`] (what the agent does with `msbvm.hostname=`).
+pub fn guest_hostname(name: &str) -> &str {
+    if is_valid_hostname(name) {
+        name
+    } else {
+        DEFAULT_HOSTNAME
+    }
+}
+
 /// Where the agent finds its boot configuration in the initramfs.
 pub const BOOT_CONFIG_PATH: &str = "/msbvm/boot.bin";
 
@@ -33,6 +58,10 @@ pub struct BootConfig {
     /// `(NAME, placeholder)` of every secret: each exec's environment gets `NAME=placeholder`.
     /// Placeholders are random and worthless outside the sandbox; the values stay on the host.
     pub secret_env: Vec<(String, String)>,
+    /// The host has already written `/etc/resolv.conf` and `/etc/hosts` into the root (an
+    /// image's writable layer, before the boot, with [`crate::resolver`]'s content): the
+    /// agent leaves them, which spares the boot the round trips of writing them over virtio-fs.
+    pub resolver_files_written: bool,
 }
 
 /// What the guest needs for the host's TLS interception.
@@ -115,8 +144,17 @@ mod tests {
                 ca_cert_pem: "-----BEGIN CERTIFICATE-----\n".into(),
             }),
             secret_env: vec![("API_KEY".into(), "msbvm_placeholder_00".into())],
+            resolver_files_written: true,
         };
         let bytes = postcard::to_stdvec(&config).unwrap();
         assert_eq!(postcard::from_bytes::<BootConfig>(&bytes).unwrap(), config);
+    }
+
+    #[test]
+    fn hostnames_the_guest_keeps() {
+        assert_eq!(guest_hostname("box-1.example"), "box-1.example");
+        for bad in ["", "-a", "a.", "under_score", "sp ace", &"x".repeat(65)] {
+            assert_eq!(guest_hostname(bad), DEFAULT_HOSTNAME, "{bad:?}");
+        }
     }
 }

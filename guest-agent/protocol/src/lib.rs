@@ -27,6 +27,7 @@ pub mod boot;
 pub mod events;
 pub mod files;
 pub mod framing;
+pub mod resolver;
 pub mod spawn;
 
 /// Version of this protocol; bumped on any incompatible change (2: a

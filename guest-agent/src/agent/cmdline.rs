@@ -3,8 +3,7 @@
 //! Recognised: `msbvm.hostname=NAME` (default [`DEFAULT_HOSTNAME`]). Parsing
 //! is pure so it is tested on the host.
 
-/// The hostname when the command line names none (or an invalid one).
-pub const DEFAULT_HOSTNAME: &str = "msbvm";
+pub use msbvm_protocol::boot::{is_valid_hostname, DEFAULT_HOSTNAME};
 
 /// Reads `/proc/cmdline` (empty if it cannot be read).
 pub fn read() -> String {
@@ -34,18 +33,6 @@ pub fn hostname(cmdline: &str) -> String {
         }
         None => DEFAULT_HOSTNAME.to_string(),
     }
-}
-
-/// RFC 1123 letters, digits, hyphens and dots, at most 64 bytes (the
-/// kernel's limit), not starting or ending with a hyphen or dot.
-pub fn is_valid_hostname(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        && !name.starts_with(['-', '.'])
-        && !name.ends_with(['-', '.'])
 }
 
 #[cfg(test)]

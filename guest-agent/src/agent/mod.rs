@@ -136,11 +136,14 @@ fn init_system(times: &mut BootTimes) {
         if let Err(e) = net::configure(setup) {
             agent_log!("cannot configure the network: {e}");
         }
-        let placement = boot_files::Placement::for_root(boot.root_shared);
-        if let Err(e) =
-            net::write_resolver_files(std::path::Path::new("/"), setup, &hostname, placement)
-        {
-            agent_log!("cannot write /etc/resolv.conf and /etc/hosts: {e}");
+        // On an image root the host has written them before the boot.
+        if !boot.resolver_files_written {
+            let placement = boot_files::Placement::for_root(boot.root_shared);
+            if let Err(e) =
+                net::write_resolver_files(std::path::Path::new("/"), setup, &hostname, placement)
+            {
+                agent_log!("cannot write /etc/resolv.conf and /etc/hosts: {e}");
+            }
         }
     }
     times.network_ns = system::boottime_ns();

@@ -8,10 +8,9 @@
 //! far less code than rtnetlink messages built by hand.
 //!
 //! [`write_resolver_files`] writes `/etc/resolv.conf` and merges the host's
-//! names into `/etc/hosts`, keeping the image's own lines: everything the
-//! agent adds sits between two marker lines, so a later boot on the same
-//! root replaces its own block and nothing else. A root shared with the host
-//! gets them through bind mounts instead ([`super::boot_files`]).
+//! names into `/etc/hosts` ([`msbvm_protocol::resolver`] decides the content),
+//! unless the host has already written them into an image root. A root shared
+//! with the host gets them through bind mounts instead ([`super::boot_files`]).
 
 use std::ffi::CString;
 use std::io;
@@ -20,16 +19,14 @@ use std::path::Path;
 
 use msbvm_protocol::boot::NetworkSetup;
 
+use msbvm_protocol::resolver::{hosts, resolv_conf};
+
 use super::boot_files::{place, Placement};
 
 /// Where the kernel lists network interfaces.
 const SYS_CLASS_NET: &str = "/sys/class/net";
 /// ARPHRD_ETHER, as `/sys/class/net/<if>/type` shows it.
 const ARPHRD_ETHER: &str = "1";
-/// First line of the block the agent owns in `/etc/hosts`.
-pub const HOSTS_BEGIN: &str = "# BEGIN msbvm (written at boot; edits here are replaced)";
-/// Last line of that block.
-pub const HOSTS_END: &str = "# END msbvm";
 
 /// Why the network could not be set up; each names the step that failed.
 #[derive(Debug, thiserror::Error)]
@@ -256,73 +253,6 @@ pub fn write_resolver_files(
     place(root, "etc/hosts", content.as_bytes(), placement)
 }
 
-/// The content of `resolv.conf` for `dns`.
-pub fn resolv_conf(dns: &[[u8; 4]]) -> String {
-    let mut out = String::from("# written by msbvm at boot\n");
-    for [a, b, c, d] in dns {
-        out.push_str(&format!("nameserver {a}.{b}.{c}.{d}\n"));
-    }
-    out
-}
-
-/// The new content of `/etc/hosts`: the agent's block first (so its names
-/// win the first-match lookup), then the image's lines without any earlier
-/// block of ours.
-pub fn hosts(existing: &str, setup: &NetworkSetup, hostname: &str) -> String {
-    let mut kept = Vec::new();
-    let mut in_block = false;
-    for line in existing.lines() {
-        match line.trim() {
-            HOSTS_BEGIN => in_block = true,
-            HOSTS_END if in_block => in_block = false,
-            _ if in_block => {}
-            _ => kept.push(line),
-        }
-    }
-    let has_localhost = kept.iter().any(|line| {
-        let mut fields = line.split('#').next().unwrap_or("").split_whitespace();
-        fields.next() == Some("127.0.0.1") && fields.any(|n| n == "localhost")
-    });
-
-    let mut out = String::new();
-    out.push_str(HOSTS_BEGIN);
-    out.push('\n');
-    if !has_localhost {
-        out.push_str("127.0.0.1\tlocalhost\n");
-    }
-    let hostname = valid_names(hostname);
-    if !hostname.is_empty() && hostname != "localhost" {
-        out.push_str(&format!("{}\t{hostname}\n", dotted(setup.address)));
-    }
-    for (addr, names) in &setup.hosts {
-        let names = valid_names(names);
-        if !names.is_empty() {
-            out.push_str(&format!("{}\t{names}\n", dotted(*addr)));
-        }
-    }
-    out.push_str(HOSTS_END);
-    out.push('\n');
-    for line in kept {
-        out.push_str(line);
-        out.push('\n');
-    }
-    out
-}
-
-/// The whitespace-separated names in `names` that are safe on a hosts line
-/// (no comment sign, no control characters), joined by single spaces.
-fn valid_names(names: &str) -> String {
-    names
-        .split_whitespace()
-        .filter(|n| n.chars().all(|c| c.is_ascii_graphic() && c != '#'))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn dotted([a, b, c, d]: [u8; 4]) -> String {
-    format!("{a}.{b}.{c}.{d}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,44 +279,6 @@ mod tests {
         assert_eq!(netmask(30), Some([255, 255, 255, 252]));
         assert_eq!(netmask(32), Some([255, 255, 255, 255]));
         assert_eq!(netmask(33), None);
-    }
-
-    #[test]
-    fn resolv_conf_lists_every_server() {
-        assert_eq!(
-            resolv_conf(&setup().dns),
-            "# written by msbvm at boot\nnameserver 10.0.2.3\nnameserver 1.1.1.1\n"
-        );
-    }
-
-    #[test]
-    fn hosts_block_comes_first_and_keeps_the_image_lines() {
-        let image = "127.0.0.1 localhost\n::1 localhost ip6-localhost\n# image comment\n";
-        let out = hosts(image, &setup(), "sandbox-1");
-        assert_eq!(
-            out,
-            format!(
-                "{HOSTS_BEGIN}\n10.0.2.15\tsandbox-1\n10.0.2.2\thost.msbvm.internal gateway\n\
-                 10.0.2.9\tx good-name\n{HOSTS_END}\n{image}"
-            )
-        );
-        // A second boot replaces its block and nothing else.
-        let mut changed = setup();
-        changed.hosts.clear();
-        let again = hosts(&out, &changed, "renamed");
-        assert_eq!(
-            again,
-            format!("{HOSTS_BEGIN}\n10.0.2.15\trenamed\n{HOSTS_END}\n{image}")
-        );
-    }
-
-    #[test]
-    fn hosts_adds_localhost_when_the_image_lacks_it() {
-        let out = hosts("", &setup(), "");
-        assert!(out.starts_with(&format!("{HOSTS_BEGIN}\n127.0.0.1\tlocalhost\n10.0.2.2")));
-        // A commented-out localhost line does not count.
-        let out = hosts("# 127.0.0.1 localhost\n", &setup(), "h");
-        assert!(out.contains("\n127.0.0.1\tlocalhost\n"));
     }
 
     #[test]
