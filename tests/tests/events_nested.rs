@@ -34,6 +34,8 @@ $M import @L1_IMAGE@ >/dev/null; check import_rc $?
 $M run -d --name ev --image @IMAGE@ -v /e2e:/e2e:ro; check run_rc $?
 g() { $M exec ev -- "$@"; }
 check guest_env "$(g sh -c 'echo $MSBVM_EVENTS_SOCKET $(command -v msbvm)')"
+# The guest CLI is the agent's own binary bound read-only, not a copy in /run's RAM.
+check guest_cli_bound "$(g sh -c 'echo $(grep -c " /run/msbvm/bin/msbvm .* ro," /proc/mounts) $(readlink /proc/1/exe)')"
 
 # The host listens (the SDK's stream, through the CLI) from here on.
 $M events ev -f --json > $EV 2>/tmp/ev.err &
@@ -175,6 +177,7 @@ fn events_between_guest_programs_and_the_host() {
             ("import_rc", "0"),
             ("run_rc", "0"),
             ("guest_env", "/run/msbvm/events.sock /run/msbvm/bin/msbvm"),
+            ("guest_cli_bound", "1 /init"),
             ("shell_emits_ok", "0"),
             ("shell_order", "1,2,3,"),
             ("shell_exec_id", "3"),

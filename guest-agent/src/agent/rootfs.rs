@@ -151,8 +151,19 @@ fn free_initramfs() {
     let Ok(root) = std::fs::symlink_metadata("/") else {
         return;
     };
-    let agent = std::fs::metadata("/proc/self/exe").ok().map(|m| m.ino());
-    remove_tree_on_device(Path::new("/"), root.dev(), agent);
+    remove_tree_on_device(Path::new("/"), root.dev(), own_binary_inode());
+}
+
+/// The inode of the agent's binary on the initramfs. `/proc` is not mounted yet, so not
+/// through `/proc/self/exe` (which made this `None`, deleted the binary, failed the bind
+/// mount and copied 2.7 MB into `/run` on every boot): through the path the kernel ran,
+/// `argv[0]` (`/init`).
+fn own_binary_inode() -> Option<u64> {
+    let path = std::env::args_os()
+        .next()
+        .filter(|p| Path::new(p).is_absolute())
+        .unwrap_or_else(|| "/init".into());
+    std::fs::metadata(path).ok().map(|m| m.ino())
 }
 
 fn remove_tree_on_device(dir: &Path, dev: u64, keep: Option<u64>) {
