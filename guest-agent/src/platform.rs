@@ -29,19 +29,19 @@ mod access {
         unsafe { libc::ioperm(PORT_BASE as libc::c_ulong, 8, 1) == 0 }
     }
 
-    pub fn read8(offset: u16) -> u8 {
-        let value: u8;
+    pub fn read32(offset: u16) -> u32 {
+        let value: u32;
         // SAFETY: the port range was granted by ioperm; an in from an unclaimed port just
         // returns all ones.
         unsafe {
-            std::arch::asm!("in al, dx", in("dx") PORT_BASE + offset, out("al") value,
+            std::arch::asm!("in eax, dx", in("dx") PORT_BASE + offset, out("eax") value,
                 options(nomem, nostack))
         };
         value
     }
 
     pub fn write8(offset: u16, value: u8) {
-        // SAFETY: as for `read8`.
+        // SAFETY: as for `read32`.
         unsafe {
             std::arch::asm!("out dx, al", in("dx") PORT_BASE + offset, in("al") value,
                 options(nomem, nostack))
@@ -49,7 +49,7 @@ mod access {
     }
 
     pub fn write32(offset: u16, value: u32) {
-        // SAFETY: as for `read8`.
+        // SAFETY: as for `read32`.
         unsafe {
             std::arch::asm!("out dx, eax", in("dx") PORT_BASE + offset, in("eax") value,
                 options(nomem, nostack))
@@ -104,19 +104,19 @@ mod access {
         MAPPED.get().copied().unwrap_or(0) + offset as usize
     }
 
-    pub fn read8(offset: u16) -> u8 {
+    pub fn read32(offset: u16) -> u32 {
         // SAFETY: only called after `open` mapped the device's page; the offsets are inside
-        // its 8-byte register block.
-        unsafe { std::ptr::read_volatile(at(offset) as *const u8) }
+        // its 8-byte register block, and offset 0 is 4-byte aligned in a page-aligned mapping.
+        unsafe { std::ptr::read_volatile(at(offset) as *const u32) }
     }
 
     pub fn write8(offset: u16, value: u8) {
-        // SAFETY: as for `read8`.
+        // SAFETY: as for `read32`.
         unsafe { std::ptr::write_volatile(at(offset) as *mut u8, value) }
     }
 
     pub fn write32(offset: u16, value: u32) {
-        // SAFETY: as for `read8`; offset 4 is 4-byte aligned in a page-aligned mapping.
+        // SAFETY: as for `read32`; offset 4 is 4-byte aligned in a page-aligned mapping.
         unsafe { std::ptr::write_volatile(at(offset) as *mut u32, value) }
     }
 }
@@ -162,7 +162,9 @@ mod dt {
 
 /// True if the platform device is there and answers with its magic.
 pub fn detect() -> bool {
-    access::open() && (0..4).all(|i| access::read8(i) == MAGIC[i as usize])
+    // One 4-byte read, not four 1-byte ones: each is a VM exit, which costs milliseconds
+    // under nested virtualization.
+    access::open() && access::read32(0) == u32::from_le_bytes(MAGIC)
 }
 
 /// Records boot completion in the VMM's boot timer. Only after [`detect`] returned true.
