@@ -141,8 +141,11 @@ fn elf_has_interpreter(elf: &[u8]) -> Option<bool> {
 }
 
 /// The initramfs of sandbox `hostname`: the agent as `/init` and its boot configuration;
-/// with `busybox`, also a busybox userland (for sandboxes whose root stays the initramfs —
-/// with a virtio-fs root the agent frees these files right after switching).
+/// with `busybox`, also a busybox userland and the few files in `/etc` a shell expects (for
+/// sandboxes whose root stays the initramfs). Without it the root is switched to virtio-fs
+/// first thing and the agent frees the initramfs right after, so it holds only what the
+/// kernel and the agent need before then: every entry more is unpacked by the kernel and
+/// deleted by the agent, syscalls that cost milliseconds in an emulated guest.
 pub fn build(
     hostname: &str,
     agent: &Path,
@@ -150,13 +153,10 @@ pub fn build(
     boot: &BootConfig,
 ) -> Result<Initramfs> {
     let mut image = Initramfs::new();
-    for dir in [
-        "/dev", "/proc", "/sys", "/tmp", "/run", "/root", "/etc", "/bin", "/msbvm",
-    ] {
+    // /dev/console: the kernel opens it for init's stdio before anything is mounted.
+    for dir in ["/dev", "/msbvm"] {
         image.dir(dir, 0o755);
     }
-    image.dir("/tmp", 0o1777);
-    image.dir("/root", 0o700);
     image.char_dev("/dev/console", 0o600, 5, 1);
     image
         .host_file("/init", agent)
@@ -164,14 +164,20 @@ pub fn build(
     let boot_bytes = postcard::to_stdvec(boot)
         .map_err(|e| Error::InvalidConfig(format!("cannot encode the boot configuration: {e}")))?;
     image.file(BOOT_CONFIG_PATH, 0o600, boot_bytes);
-    if let Some(busybox) = busybox {
-        let applets = busybox_applets(busybox)?;
-        image
-            .host_file("/bin/busybox", busybox)
-            .map_err(|e| Error::BusyboxMissing(format!("cannot add busybox: {e}")))?;
-        for applet in &applets {
-            image.symlink(&format!("/bin/{applet}"), "busybox");
-        }
+    let Some(busybox) = busybox else {
+        return Ok(image);
+    };
+    for dir in ["/proc", "/sys", "/run", "/etc", "/bin"] {
+        image.dir(dir, 0o755);
+    }
+    image.dir("/tmp", 0o1777);
+    image.dir("/root", 0o700);
+    let applets = busybox_applets(busybox)?;
+    image
+        .host_file("/bin/busybox", busybox)
+        .map_err(|e| Error::BusyboxMissing(format!("cannot add busybox: {e}")))?;
+    for applet in &applets {
+        image.symlink(&format!("/bin/{applet}"), "busybox");
     }
     image.file(
         "/etc/passwd",
@@ -234,6 +240,26 @@ mod tests {
             assert!(text.contains(needle), "missing {needle:?}");
         }
         assert!(!text.contains("evil\0"));
+    }
+
+    /// For a root switched to virtio-fs: the agent, its configuration and the console, and
+    /// nothing the agent would only have to delete.
+    #[test]
+    fn initramfs_for_a_switched_root_is_minimal() {
+        let tmp = TempDir::new().unwrap();
+        let agent = script(tmp.path(), "agent", "exit 0");
+        let boot = BootConfig {
+            root_tag: Some("root".into()),
+            ..BootConfig::default()
+        };
+        let bytes = build("my-box", &agent, None, &boot).unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&bytes);
+        for needle in ["init\0", "dev/console\0", "msbvm/boot.bin\0"] {
+            assert!(text.contains(needle), "missing {needle:?}");
+        }
+        for absent in ["etc/passwd", "etc/hosts", "bin/busybox", "tmp\0", "my-box"] {
+            assert!(!text.contains(absent), "{absent:?} is there");
+        }
     }
 
     #[test]
