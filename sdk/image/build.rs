@@ -196,7 +196,11 @@ fn tree(busybox: Vec<u8>, path: &Path, native: bool) -> BTreeMap<String, Node> {
         });
 
     let mut tree: BTreeMap<String, Node> = BTreeMap::new();
-    for dir in ["bin", "dev", "etc", "proc", "sys", "usr", "usr/bin", "var"] {
+    // Every mount point the agent uses is here (`run` too): one it must create costs a
+    // virtio-fs round trip on each boot.
+    for dir in [
+        "bin", "dev", "etc", "proc", "run", "sys", "usr", "usr/bin", "var",
+    ] {
         tree.insert(format!("{dir}/"), Node::Dir(0o755));
     }
     tree.insert("root/".into(), Node::Dir(0o700));

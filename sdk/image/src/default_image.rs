@@ -73,6 +73,8 @@ mod tests {
         assert!(os.contains("ID=msbvm"));
         let meta = LayerMeta::load(layer).unwrap();
         assert_eq!(meta.entries["tmp"].mode, libc::S_IFDIR | 0o1777);
+        // The agent mounts a tmpfs there at boot: present, so no boot has to create it.
+        assert_eq!(meta.entries["run"].mode, libc::S_IFDIR | 0o755);
         assert_eq!(meta.entries["bin/busybox"].uid, 0);
     }
 
