@@ -31,6 +31,7 @@ pub mod image;
 mod log_writer;
 pub mod plugins;
 mod resolver_files;
+mod root_file;
 mod signals;
 pub mod spawner;
 pub mod tls_setup;

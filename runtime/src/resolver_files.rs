@@ -19,6 +19,8 @@ use msbvm_fs::{Context, FileSystem, Inode, ROOT_INODE};
 use msbvm_protocol::boot::NetworkSetup;
 use msbvm_protocol::resolver::{hosts, resolv_conf};
 
+use crate::root_file;
+
 /// The image's `/etc/hosts` is read up to this size; a larger one is left out of the merge
 /// (the agent's read has no such case: a hosts file this size is not one).
 const MAX_HOSTS_LEN: usize = 1 << 20;
@@ -38,7 +40,7 @@ pub fn write(fs: &dyn FileSystem, setup: &NetworkSetup, hostname: &str) -> io::R
         )?;
         // Missing, a symlink (which would be resolved in the guest's namespace, not here),
         // too large or not text: start from nothing, as the agent does with what it cannot read.
-        let existing = read_regular(fs, &ctx, etc, "hosts")
+        let existing = root_file::read(fs, etc, "hosts", MAX_HOSTS_LEN)
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
             .unwrap_or_default();
@@ -58,10 +60,6 @@ fn cname(name: &str) -> io::Result<CString> {
     CString::new(name).map_err(io::Error::other)
 }
 
-fn is_kind(mode: u32, kind: libc::mode_t) -> bool {
-    mode & libc::S_IFMT == kind
-}
-
 /// `etc`, looked up (one reference the caller forgets) or made; anything but a directory
 /// (a symlink included: it would point into the guest's namespace) is refused.
 fn etc_dir(fs: &dyn FileSystem, ctx: &Context) -> io::Result<Inode> {
@@ -73,7 +71,7 @@ fn etc_dir(fs: &dyn FileSystem, ctx: &Context) -> io::Result<Inode> {
         }
         Err(e) => return Err(e),
     };
-    if !is_kind(entry.attr.mode, libc::S_IFDIR) {
+    if entry.attr.mode & libc::S_IFMT != libc::S_IFDIR {
         fs.forget(entry.inode, 1);
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
@@ -81,33 +79,6 @@ fn etc_dir(fs: &dyn FileSystem, ctx: &Context) -> io::Result<Inode> {
         ));
     }
     Ok(entry.inode)
-}
-
-/// The content of the regular file `name` in `dir`, if at most [`MAX_HOSTS_LEN`] bytes.
-fn read_regular(fs: &dyn FileSystem, ctx: &Context, dir: Inode, name: &str) -> io::Result<Vec<u8>> {
-    let entry = fs.lookup(ctx, dir, &cname(name)?)?;
-    let inode = entry.inode;
-    let result = (|| {
-        if !is_kind(entry.attr.mode, libc::S_IFREG) {
-            return Err(io::Error::other("not a regular file"));
-        }
-        let open = fs.open(ctx, inode, libc::O_RDONLY as u32)?;
-        let mut out = Vec::new();
-        let read = loop {
-            match fs.read(ctx, inode, open.handle, out.len() as u64, 64 * 1024) {
-                Ok(chunk) if chunk.is_empty() => break Ok(()),
-                Ok(chunk) => out.extend_from_slice(&chunk),
-                Err(e) => break Err(e),
-            }
-            if out.len() > MAX_HOSTS_LEN {
-                break Err(io::Error::other("too large"));
-            }
-        };
-        let _ = fs.release(ctx, inode, 0, open.handle);
-        read.map(|()| out)
-    })();
-    fs.forget(inode, 1);
-    result
 }
 
 /// Gives `dir/name` the content `content` (mode 0644): written under a temporary name, then
@@ -164,17 +135,8 @@ mod tests {
     use msbvm_protocol::resolver::{HOSTS_BEGIN, HOSTS_END};
 
     use super::*;
-    use crate::users::read_file;
-
-    fn setup() -> NetworkSetup {
-        NetworkSetup {
-            address: [10, 0, 2, 15],
-            prefix_len: 24,
-            gateway: [10, 0, 2, 2],
-            dns: vec![[10, 0, 2, 3]],
-            mtu: 1500,
-            hosts: vec![([10, 0, 2, 2], "host.msbvm.internal".into())],
-        }
+    fn read_file(fs: &dyn FileSystem, path: &str) -> io::Result<Vec<u8>> {
+        root_file::read(fs, ROOT_INODE, path, 1 << 20)
     }
 
     fn layered(lower: &Path, upper: &Path) -> LayeredFs {
@@ -197,15 +159,19 @@ mod tests {
         std::fs::write(lower.join("etc/hosts"), "192.168.1.1 router\n").unwrap();
         let fs = layered(&layer, &upper);
 
-        write(&fs, &setup(), "box-1").unwrap();
+        write(&fs, &NetworkSetup::example(), "box-1").unwrap();
         let resolv = read_file(&fs, "etc/resolv.conf").unwrap();
-        assert_eq!(resolv, b"# written by msbvm at boot\nnameserver 10.0.2.3\n");
+        assert_eq!(
+            resolv,
+            b"# written by msbvm at boot\nnameserver 10.0.2.3\nnameserver 1.1.1.1\n"
+        );
         let hosts = String::from_utf8(read_file(&fs, "etc/hosts").unwrap()).unwrap();
         assert_eq!(
             hosts,
             format!(
                 "{HOSTS_BEGIN}\n127.0.0.1\tlocalhost\n10.0.2.15\tbox-1\n10.0.2.2\t\
-                 host.msbvm.internal\n{HOSTS_END}\n192.168.1.1 router\n"
+                 host.msbvm.internal gateway\n10.0.2.9\tx good-name\n{HOSTS_END}\n\
+                 192.168.1.1 router\n"
             )
         );
         let tree = upper.join(msbvm_fs::layered::UPPER_TREE);
@@ -223,7 +189,7 @@ mod tests {
 
         // The same root again (a restarted sandbox): one block, renamed.
         let fs = layered(&layer, &upper);
-        write(&fs, &setup(), "renamed").unwrap();
+        write(&fs, &NetworkSetup::example(), "renamed").unwrap();
         let again = String::from_utf8(read_file(&fs, "etc/hosts").unwrap()).unwrap();
         assert_eq!(again.matches(HOSTS_BEGIN).count(), 1);
         assert!(again.contains("10.0.2.15\trenamed\n"), "{again}");
@@ -234,7 +200,7 @@ mod tests {
     #[test]
     fn an_image_without_etc_gets_one() {
         let fs = MemoryFs::new();
-        write(&fs, &setup(), "box").unwrap();
+        write(&fs, &NetworkSetup::example(), "box").unwrap();
         let hosts = String::from_utf8(read_file(&fs, "etc/hosts").unwrap()).unwrap();
         assert!(hosts.contains("10.0.2.15\tbox\n"), "{hosts}");
         assert!(read_file(&fs, "etc/resolv.conf").is_ok());
@@ -247,13 +213,13 @@ mod tests {
         let fs = MemoryFs::new();
         fs.add_dir("etc", 0o755).unwrap();
         fs.add_symlink("etc/hosts", "/run/hosts").unwrap();
-        write(&fs, &setup(), "box").unwrap();
+        write(&fs, &NetworkSetup::example(), "box").unwrap();
         let hosts = String::from_utf8(read_file(&fs, "etc/hosts").unwrap()).unwrap();
         assert!(hosts.starts_with(HOSTS_BEGIN) && hosts.ends_with(&format!("{HOSTS_END}\n")));
 
         let fs = MemoryFs::new();
         fs.add_symlink("etc", "usr/etc").unwrap();
-        let e = write(&fs, &setup(), "box").unwrap_err();
+        let e = write(&fs, &NetworkSetup::example(), "box").unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::Unsupported);
     }
 }

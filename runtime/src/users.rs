@@ -4,14 +4,14 @@
 //! read through the root filesystem backend before the guest boots (so the
 //! answer is the image's, with no guest round trip).
 
-use std::ffi::CString;
-
-use msbvm_fs::{Context, FileSystem, ROOT_INODE};
+use msbvm_fs::{FileSystem, ROOT_INODE};
 
 use msbvm_sdk::{Error, Result};
 
+use crate::root_file;
+
 /// Largest passwd/group file read.
-const MAX_DB_LEN: u32 = 4 << 20;
+const MAX_DB_LEN: usize = 4 << 20;
 
 /// `(uid, gid)` for `user`; the gid is the user's primary group when only a
 /// user is given and the passwd file names one.
@@ -21,8 +21,7 @@ pub fn resolve(user: &str, root: Option<&dyn FileSystem>) -> Result<(u32, Option
         None => (user, None),
     };
     let passwd = || {
-        root.and_then(|fs| read_file(fs, "etc/passwd").ok())
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
+        root.and_then(|fs| read_db(fs, "etc/passwd"))
             .unwrap_or_default()
     };
     let (uid, primary_gid) = match user_part.parse::<u32>() {
@@ -39,8 +38,7 @@ pub fn resolve(user: &str, root: Option<&dyn FileSystem>) -> Result<(u32, Option
             Ok(gid) => Some(gid),
             Err(_) => {
                 let group = root
-                    .and_then(|fs| read_file(fs, "etc/group").ok())
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .and_then(|fs| read_db(fs, "etc/group"))
                     .unwrap_or_default();
                 Some(lookup_group(&group, g).ok_or_else(|| {
                     Error::InvalidConfig(format!("group {g:?} is not in the image's /etc/group"))
@@ -80,42 +78,13 @@ fn lookup_group(group: &str, name: &str) -> Option<u32> {
     })
 }
 
-/// Reads a file at `path` (relative to the root, no symlinks followed)
-/// through `fs`, giving back every lookup it took.
-pub fn read_file(fs: &dyn FileSystem, path: &str) -> std::io::Result<Vec<u8>> {
-    let ctx = Context::default();
-    let mut inode = ROOT_INODE;
-    let mut looked_up = Vec::new();
-    let result = (|| {
-        for component in path.split('/').filter(|c| !c.is_empty()) {
-            let name = CString::new(component).map_err(std::io::Error::other)?;
-            let entry = fs.lookup(&ctx, inode, &name)?;
-            looked_up.push(entry.inode);
-            inode = entry.inode;
-        }
-        let open = fs.open(&ctx, inode, libc::O_RDONLY as u32)?;
-        let mut out = Vec::new();
-        loop {
-            let chunk = fs.read(&ctx, inode, open.handle, out.len() as u64, 128 * 1024);
-            match chunk {
-                Ok(c) if c.is_empty() => break,
-                Ok(c) => out.extend_from_slice(&c),
-                Err(e) => {
-                    let _ = fs.release(&ctx, inode, 0, open.handle);
-                    return Err(e);
-                }
-            }
-            if out.len() as u64 > u64::from(MAX_DB_LEN) {
-                break;
-            }
-        }
-        let _ = fs.release(&ctx, inode, 0, open.handle);
-        Ok(out)
-    })();
-    for inode in looked_up {
-        fs.forget(inode, 1);
-    }
-    result
+/// The image's `etc/passwd` or `etc/group`; an unreadable one (missing, not a regular
+/// file, over [`MAX_DB_LEN`]) reads as empty, so only numeric ids resolve.
+fn read_db(fs: &dyn FileSystem, path: &str) -> Option<String> {
+    let bytes = root_file::read(fs, ROOT_INODE, path, MAX_DB_LEN)
+        .map_err(|e| tracing::debug!(path, error = %e, "user database not read"))
+        .ok()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 #[cfg(test)]
