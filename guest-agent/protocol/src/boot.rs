@@ -115,6 +115,26 @@ pub struct NetworkSetup {
     pub hosts: Vec<([u8; 4], String)>,
 }
 
+#[cfg(any(test, feature = "test-support"))]
+impl NetworkSetup {
+    /// The set-up tests on both sides share: the netstack's usual addresses, two DNS servers,
+    /// a lowered MTU and a hosts entry whose names need cleaning (`bad#name` dropped, the
+    /// newline and double space collapsed).
+    pub fn example() -> Self {
+        NetworkSetup {
+            address: [10, 0, 2, 15],
+            prefix_len: 24,
+            gateway: [10, 0, 2, 2],
+            dns: vec![[10, 0, 2, 3], [1, 1, 1, 1]],
+            mtu: 1400,
+            hosts: vec![
+                ([10, 0, 2, 2], "host.msbvm.internal gateway".into()),
+                ([10, 0, 2, 9], "bad#name\nx  good-name".into()),
+            ],
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -85,24 +85,10 @@ fn dotted([a, b, c, d]: [u8; 4]) -> String {
 mod tests {
     use super::*;
 
-    fn setup() -> NetworkSetup {
-        NetworkSetup {
-            address: [10, 0, 2, 15],
-            prefix_len: 24,
-            gateway: [10, 0, 2, 2],
-            dns: vec![[10, 0, 2, 3], [1, 1, 1, 1]],
-            mtu: 1400,
-            hosts: vec![
-                ([10, 0, 2, 2], "host.msbvm.internal gateway".into()),
-                ([10, 0, 2, 9], "bad#name\nx  good-name".into()),
-            ],
-        }
-    }
-
     #[test]
     fn resolv_conf_lists_every_server() {
         assert_eq!(
-            resolv_conf(&setup().dns),
+            resolv_conf(&NetworkSetup::example().dns),
             "# written by msbvm at boot\nnameserver 10.0.2.3\nnameserver 1.1.1.1\n"
         );
     }
@@ -110,7 +96,7 @@ mod tests {
     #[test]
     fn hosts_block_comes_first_and_keeps_the_image_lines() {
         let image = "127.0.0.1 localhost\n::1 localhost ip6-localhost\n# image comment\n";
-        let out = hosts(image, &setup(), "sandbox-1");
+        let out = hosts(image, &NetworkSetup::example(), "sandbox-1");
         assert_eq!(
             out,
             format!(
@@ -119,7 +105,7 @@ mod tests {
             )
         );
         // A second boot replaces its block and nothing else.
-        let mut changed = setup();
+        let mut changed = NetworkSetup::example();
         changed.hosts.clear();
         let again = hosts(&out, &changed, "renamed");
         assert_eq!(
@@ -130,10 +116,10 @@ mod tests {
 
     #[test]
     fn hosts_adds_localhost_when_the_image_lacks_it() {
-        let out = hosts("", &setup(), "");
+        let out = hosts("", &NetworkSetup::example(), "");
         assert!(out.starts_with(&format!("{HOSTS_BEGIN}\n127.0.0.1\tlocalhost\n10.0.2.2")));
         // A commented-out localhost line does not count.
-        let out = hosts("# 127.0.0.1 localhost\n", &setup(), "h");
+        let out = hosts("# 127.0.0.1 localhost\n", &NetworkSetup::example(), "h");
         assert!(out.contains("\n127.0.0.1\tlocalhost\n"));
     }
 }

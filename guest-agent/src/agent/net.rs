@@ -257,20 +257,6 @@ pub fn write_resolver_files(
 mod tests {
     use super::*;
 
-    fn setup() -> NetworkSetup {
-        NetworkSetup {
-            address: [10, 0, 2, 15],
-            prefix_len: 24,
-            gateway: [10, 0, 2, 2],
-            dns: vec![[10, 0, 2, 3], [1, 1, 1, 1]],
-            mtu: 1400,
-            hosts: vec![
-                ([10, 0, 2, 2], "host.msbvm.internal gateway".into()),
-                ([10, 0, 2, 9], "bad#name\nx  good-name".into()),
-            ],
-        }
-    }
-
     #[test]
     fn netmask_from_prefix() {
         assert_eq!(netmask(0), Some([0, 0, 0, 0]));
@@ -292,7 +278,7 @@ mod tests {
         )
         .unwrap();
         std::fs::write(dir.join("etc/hosts"), "192.168.1.1 router\n").unwrap();
-        write_resolver_files(&dir, &setup(), "box", Placement::InPlace).unwrap();
+        write_resolver_files(&dir, &NetworkSetup::example(), "box", Placement::InPlace).unwrap();
         let resolv = std::fs::read_to_string(dir.join("etc/resolv.conf")).unwrap();
         assert!(resolv.contains("nameserver 10.0.2.3\n"));
         assert!(!std::fs::symlink_metadata(dir.join("etc/resolv.conf"))
@@ -305,7 +291,7 @@ mod tests {
 
         // A root without /etc gets one.
         let bare = dir.join("bare");
-        write_resolver_files(&bare, &setup(), "box", Placement::InPlace).unwrap();
+        write_resolver_files(&bare, &NetworkSetup::example(), "box", Placement::InPlace).unwrap();
         assert!(bare.join("etc/hosts").is_file());
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -327,14 +313,14 @@ mod tests {
 
     #[test]
     fn bad_prefix_and_name_are_refused_before_any_ioctl() {
-        let mut s = setup();
+        let mut s = NetworkSetup::example();
         s.prefix_len = 40;
         assert!(matches!(
             configure_interface("eth0", &s),
             Err(NetError::BadPrefix(40))
         ));
         assert!(matches!(
-            configure_interface("a-very-long-interface-name", &setup()),
+            configure_interface("a-very-long-interface-name", &NetworkSetup::example()),
             Err(NetError::BadName(_))
         ));
     }
@@ -392,7 +378,8 @@ mod tests {
             if !ok {
                 return Err(format!("skipped: cannot create a veth pair: {why}"));
             }
-            configure_interface("eth0", &setup()).map_err(|e| format!("configure: {e}"))?;
+            configure_interface("eth0", &NetworkSetup::example())
+                .map_err(|e| format!("configure: {e}"))?;
             // A fork's new address, on the interface that is up.
             set_interface_mac("eth0", [0x02, 0x11, 0x22, 0x33, 0x44, 0x55])
                 .map_err(|e| format!("set_mac: {e}"))?;
