@@ -1,6 +1,7 @@
 //! Hostile descriptor chains and frames from the guest into the virtio-net device, through
-//! real guest memory, with the features the input picks (checksum offload, mergeable RX
-//! buffers). Frames that reach the backend socket are read and dropped. See `common.rs`.
+//! real guest memory, with the features the input picks (checksum offload, TSO to the guest,
+//! mergeable RX buffers). Frames for the guest may exceed the MTU, so a TCP one goes as a GSO
+//! frame or is cut. Frames that reach the backend socket are read and dropped. See `common.rs`.
 
 #![no_main]
 
@@ -22,6 +23,7 @@ fuzz_target!(|data: &[u8]| {
         mtu: 1500,
         backend: OwnedFd::from(backend),
         checksum_offload: true,
+        guest_tso: true,
     })
     .expect("net device");
     let mut d = GuestDriver::new(Box::new(net));

@@ -13,15 +13,15 @@ use std::sync::Arc;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::{
-    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
-    VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_MAC,
+    VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
 use vm_memory::{ByteValued, Le16};
 
 use super::defs::{CONFIG_LEN, MIN_MTU, QUEUE_SIZE};
 use super::metrics::NetMetrics;
 use super::socket;
-use super::worker::Worker;
+use super::worker::{Link, Worker};
 use crate::base::{queue_array, Activation, Device, DeviceBackend, DeviceCommon};
 use crate::device::ActivateError;
 use crate::event_loop::{EventLoop, WorkerThread};
@@ -40,6 +40,11 @@ pub struct NetDeviceConfig {
     /// may send partial checksums, which the device completes, and skips
     /// verifying checksums of received frames.
     pub checksum_offload: bool,
+    /// Offer VIRTIO_NET_F_GUEST_TSO4 (with checksum offload only): TCP/IPv4
+    /// frames from the stack larger than the MTU reach the guest whole, as
+    /// GSO frames. Without it (or if the driver declines) they are cut into
+    /// segments on the device.
+    pub guest_tso: bool,
 }
 
 /// `struct virtio_net_config` up to `mtu`: the fields the features we
@@ -71,6 +76,7 @@ pub type Net = Device<NetBackend>;
 /// resets) and the counters.
 pub struct NetBackend {
     mac: [u8; 6],
+    mtu: u16,
     backend: OwnedFd,
     metrics: Arc<NetMetrics>,
 }
@@ -94,6 +100,9 @@ impl Net {
             | (1 << VIRTIO_NET_F_MRG_RXBUF);
         if config.checksum_offload {
             avail_features |= (1 << VIRTIO_NET_F_CSUM) | (1 << VIRTIO_NET_F_GUEST_CSUM);
+            if config.guest_tso {
+                avail_features |= 1 << VIRTIO_NET_F_GUEST_TSO4;
+            }
         }
         let common = DeviceCommon::new(
             "virtio-net",
@@ -109,6 +118,7 @@ impl Net {
         );
         let backend = NetBackend {
             mac: config.mac,
+            mtu: config.mtu,
             backend: config.backend,
             metrics: Arc::default(),
         };
@@ -136,7 +146,10 @@ impl DeviceBackend for NetBackend {
             [rx.queue, tx.queue],
             Arc::clone(event_loop.epoll()),
             self.backend.try_clone()?,
-            a.acked_features,
+            Link {
+                features: a.acked_features,
+                mtu: usize::from(self.mtu),
+            },
             Arc::clone(&self.metrics),
         )?;
         let thread = WorkerThread::spawn(

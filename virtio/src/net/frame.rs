@@ -18,6 +18,8 @@ pub const HDR_F_NEEDS_CSUM: u8 = 1;
 pub const HDR_F_DATA_VALID: u8 = 2;
 /// `gso_type`: not a segmentation-offload frame.
 pub const HDR_GSO_NONE: u8 = 0;
+/// `gso_type`: a TCP/IPv4 frame larger than the MTU, to be taken as `gso_size`-byte segments.
+pub const HDR_GSO_TCPV4: u8 = 1;
 
 /// Why a partial checksum could not be completed.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -41,6 +43,10 @@ pub struct NetHeader {
     pub flags: u8,
     /// `HDR_GSO_*` value.
     pub gso_type: u8,
+    /// Length of the headers before the payload a GSO frame splits.
+    pub hdr_len: u16,
+    /// Payload bytes per segment of a GSO frame.
+    pub gso_size: u16,
     /// Where checksumming starts, from the start of the frame.
     pub csum_start: u16,
     /// Where the checksum goes, from `csum_start`.
@@ -56,17 +62,21 @@ impl NetHeader {
         Self {
             flags: b[0],
             gso_type: b[1],
+            hdr_len: u16_at(2),
+            gso_size: u16_at(4),
             csum_start: u16_at(6),
             csum_offset: u16_at(8),
             num_buffers: u16_at(NUM_BUFFERS_OFFSET),
         }
     }
 
-    /// Encodes the little-endian wire form (`hdr_len` and `gso_size` zero).
+    /// Encodes the little-endian wire form.
     pub fn to_bytes(&self) -> [u8; NET_HDR_LEN] {
         let mut b = [0u8; NET_HDR_LEN];
         b[0] = self.flags;
         b[1] = self.gso_type;
+        b[2..4].copy_from_slice(&self.hdr_len.to_le_bytes());
+        b[4..6].copy_from_slice(&self.gso_size.to_le_bytes());
         b[6..8].copy_from_slice(&self.csum_start.to_le_bytes());
         b[8..10].copy_from_slice(&self.csum_offset.to_le_bytes());
         b[NUM_BUFFERS_OFFSET..].copy_from_slice(&self.num_buffers.to_le_bytes());
@@ -99,7 +109,7 @@ pub fn complete_checksum(frame: &mut [u8], start: u16, offset: u16) -> Result<()
 
 /// The 32-bit one's-complement sum of `data` as big-endian 16-bit words
 /// (an odd last byte padded with zero), carries kept in the upper bits.
-fn ones_complement_sum(data: &[u8]) -> u64 {
+pub(crate) fn ones_complement_sum(data: &[u8]) -> u64 {
     // Eight bytes at a time: the sum of four 16-bit words fits in 64 bits
     // with room for ~2^45 iterations of carries, far beyond 64 KiB frames.
     let mut sum = 0u64;
@@ -118,7 +128,7 @@ fn ones_complement_sum(data: &[u8]) -> u64 {
 }
 
 /// Folds carries back in until the sum fits 16 bits.
-fn fold(mut sum: u64) -> u16 {
+pub(crate) fn fold(mut sum: u64) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -166,13 +176,15 @@ pub(crate) mod tests {
     fn header_round_trips_and_reads_little_endian() {
         let h = NetHeader {
             flags: HDR_F_NEEDS_CSUM,
-            gso_type: HDR_GSO_NONE,
+            gso_type: HDR_GSO_TCPV4,
+            hdr_len: 66,
+            gso_size: 1448,
             csum_start: 34,
             csum_offset: 6,
             num_buffers: 3,
         };
         let b = h.to_bytes();
-        assert_eq!(b, [1, 0, 0, 0, 0, 0, 34, 0, 6, 0, 3, 0]);
+        assert_eq!(b, [1, 1, 66, 0, 0xa8, 0x05, 34, 0, 6, 0, 3, 0]);
         assert_eq!(NetHeader::from_bytes(&b), h);
     }
 

@@ -19,6 +19,10 @@ pub struct NetMetrics {
     pub rx_bytes: AtomicU64,
     /// Backend frames dropped: too big for the guest's buffers or for us.
     pub rx_dropped: AtomicU64,
+    /// Of the delivered frames, TCP frames over the MTU handed over whole (GSO).
+    pub rx_gso: AtomicU64,
+    /// TCP frames over the MTU cut into segments for a driver without GUEST_TSO4.
+    pub rx_split: AtomicU64,
 }
 
 impl NetMetrics {

@@ -11,20 +11,24 @@
 //! frame may span several RX chains), and with
 //! [`NetDeviceConfig::checksum_offload`] CSUM (the device completes partial
 //! checksums before a frame reaches the socket, so the stack only ever sees
-//! whole checksums) and GUEST_CSUM (received frames are marked DATA_VALID).
-//! No TSO/UFO: the stack expects frames of at most the MTU, and segmenting
-//! 64 KiB super-frames on the device side is a job of its own; without
-//! these features the guest segments in its kernel. No control queue, no
-//! multiqueue, no EVENT_IDX (see `worker.rs` for why).
+//! whole checksums) and GUEST_CSUM (received frames are marked DATA_VALID),
+//! and with [`NetDeviceConfig::guest_tso`] GUEST_TSO4: a TCP/IPv4 frame from
+//! the stack larger than the MTU (the stack merged a flow's segments) goes
+//! to the guest whole as a GSO frame, or cut into MTU-sized segments for a
+//! driver that did not accept it ([`gso`]). No HOST_TSO/UFO: the stack
+//! expects frames of at most the MTU from the guest, which segments in its
+//! kernel. No control queue, no multiqueue, no EVENT_IDX (see `worker.rs`
+//! for why).
 //!
 //! Layout, as in every device folder: `device.rs` (the device on
 //! [`crate::base`]), `worker.rs` (its event handler), [`frame`] (the header
-//! and checksum completion), `metrics.rs` (counters), `socket.rs` (backend
+//! and checksum completion), [`gso`] (oversized TCP frames), `metrics.rs` (counters), `socket.rs` (backend
 //! socket checks), [`defs`] (constants), `tests/` (device tests).
 
 pub mod defs;
 mod device;
 pub mod frame;
+pub mod gso;
 mod metrics;
 pub mod seccomp;
 mod socket;

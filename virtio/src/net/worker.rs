@@ -14,7 +14,10 @@
 //! are held, not given back, until the guest posts more; meanwhile the
 //! socket is not read, so frames wait in the socket (back-pressure on the
 //! stack) instead of being dropped. A frame that can never fit (bigger than
-//! every buffer the guest can post) is dropped and counted.
+//! every buffer the guest can post) is dropped and counted. A TCP frame
+//! larger than the MTU (segments the stack merged) goes whole as a GSO frame
+//! to a driver that accepted GUEST_TSO4; for any other driver it is cut into
+//! segments first, delivered one by one the same way ([`super::gso`]).
 //!
 //! Chains are walked descriptor by descriptor with plain guest-memory
 //! copies rather than virtio-queue's `Reader`/`Writer`, which allocate a
@@ -32,7 +35,9 @@ use std::sync::Arc;
 
 use thiserror::Error;
 use tracing::{debug, error, warn};
-use virtio_bindings::virtio_net::{VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MRG_RXBUF};
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_MRG_RXBUF,
+};
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -40,7 +45,9 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use super::defs::{MAX_FRAME_LEN, MIN_FRAME_LEN, NET_HDR_LEN, RXQ_INDEX, TXQ_INDEX};
 use super::frame::{
     complete_checksum, ChecksumError, NetHeader, HDR_F_DATA_VALID, HDR_F_NEEDS_CSUM, HDR_GSO_NONE,
+    HDR_GSO_TCPV4,
 };
+use super::gso;
 use super::metrics::NetMetrics;
 use super::socket::take_socket_error;
 use crate::base::signal_used;
@@ -76,6 +83,15 @@ struct HeldChain {
     cap: usize,
 }
 
+/// The header fields of a frame that goes to the guest as a GSO frame.
+#[derive(Clone, Copy, Debug)]
+struct GsoHeader {
+    hdr_len: u16,
+    gso_size: u16,
+    csum_start: u16,
+    csum_offset: u16,
+}
+
 /// What became of the pending RX frame.
 enum Delivery {
     Done,
@@ -94,6 +110,9 @@ pub struct Worker {
     epoll: Arc<Epoll>,
     mergeable: bool,
     guest_csum: bool,
+    guest_tso: bool,
+    /// The guest's MTU: a larger TCP frame is sent as GSO or cut.
+    mtu: usize,
     metrics: Arc<NetMetrics>,
     /// Header + frame of the TX chain being sent.
     tx_buf: Vec<u8>,
@@ -103,6 +122,10 @@ pub struct Worker {
     rx_buf: Vec<u8>,
     /// Header + frame length in `rx_buf` of a frame not yet delivered.
     rx_pending: Option<usize>,
+    /// Set when the pending frame goes as a GSO frame.
+    rx_gso: Option<GsoHeader>,
+    /// Segments cut from an oversized frame, delivered before the socket is read again.
+    rx_segments: VecDeque<Vec<u8>>,
     held: VecDeque<HeldChain>,
     held_segs: VecDeque<(GuestAddress, u32)>,
     held_cap: usize,
@@ -128,20 +151,29 @@ impl EventHandler for Worker {
     }
 }
 
+/// What the link is: the features the driver accepted and the MTU it was told.
+#[derive(Clone, Copy, Debug)]
+pub struct Link {
+    /// Accepted feature bits.
+    pub features: u64,
+    /// The guest's MTU.
+    pub mtu: usize,
+}
+
 impl Worker {
     /// Prepares the thread's state and adds the socket to `epoll`, the
-    /// event loop's set. `queues` are RX and TX; `features` are the ones
-    /// the driver accepted.
+    /// event loop's set. `queues` are RX and TX.
     pub fn new(
         mem: GuestMemoryMmap,
         interrupt: Arc<Interrupt>,
         queues: [Queue; 2],
         epoll: Arc<Epoll>,
         socket: OwnedFd,
-        features: u64,
+        link: Link,
         metrics: Arc<NetMetrics>,
     ) -> io::Result<Self> {
         let [rxq, txq] = queues;
+        let Link { features, mtu } = link;
         epoll.ctl(
             ControlOperation::Add,
             socket.as_raw_fd(),
@@ -157,11 +189,15 @@ impl Worker {
             epoll,
             mergeable: features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0,
             guest_csum: features & (1 << VIRTIO_NET_F_GUEST_CSUM) != 0,
+            guest_tso: features & (1 << VIRTIO_NET_F_GUEST_TSO4) != 0,
+            mtu,
             metrics,
             tx_buf: vec![0; NET_HDR_LEN + MAX_FRAME_LEN],
             tx_pending: None,
             rx_buf: vec![0; NET_HDR_LEN + MAX_FRAME_LEN],
             rx_pending: None,
+            rx_gso: None,
+            rx_segments: VecDeque::new(),
             held: VecDeque::with_capacity(held_capacity),
             held_segs: VecDeque::with_capacity(held_capacity),
             held_cap: 0,
@@ -287,7 +323,7 @@ impl Worker {
         loop {
             let total = match self.rx_pending {
                 Some(total) => total,
-                None => match self.recv_frame() {
+                None => match self.next_frame() {
                     Some(total) => total,
                     None => break,
                 },
@@ -302,6 +338,41 @@ impl Worker {
             signal_used(&mut self.rxq, &self.mem, &self.interrupt);
         }
         self.update_interest();
+    }
+
+    /// Puts the next frame for the guest after the header space of `rx_buf`
+    /// (a segment left from a cut frame first, else one from the socket) and
+    /// decides how it goes; returns the header + frame length.
+    fn next_frame(&mut self) -> Option<usize> {
+        self.rx_gso = None;
+        if let Some(segment) = self.rx_segments.pop_front() {
+            let total = NET_HDR_LEN + segment.len();
+            self.rx_buf[NET_HDR_LEN..total].copy_from_slice(&segment);
+            return Some(total);
+        }
+        let total = self.recv_frame()?;
+        if total - NET_HDR_LEN <= self.mtu + gso::ETH_LEN {
+            return Some(total);
+        }
+        let frame = &mut self.rx_buf[NET_HDR_LEN..total];
+        let Some(layout) = gso::tcp4(frame) else {
+            return Some(total);
+        };
+        let mss = gso::segment_size(self.mtu, &layout);
+        if self.guest_tso {
+            let (csum_start, csum_offset) = gso::make_partial(frame, &layout);
+            // All fit 16 bits: the frame is at most 64 KiB and its headers 14+60+60 bytes.
+            self.rx_gso = Some(GsoHeader {
+                hdr_len: layout.hdr_len() as u16,
+                gso_size: mss as u16,
+                csum_start,
+                csum_offset,
+            });
+            return Some(total);
+        }
+        gso::split(frame, &layout, mss, !self.guest_csum, &mut self.rx_segments);
+        NetMetrics::add(&self.metrics.rx_split, 1);
+        self.next_frame()
     }
 
     /// Receives one frame after the header space of `rx_buf`; returns the
@@ -412,12 +483,22 @@ impl Worker {
                 break;
             }
         }
-        let header = NetHeader {
-            flags: if self.guest_csum { HDR_F_DATA_VALID } else { 0 },
-            gso_type: HDR_GSO_NONE,
-            csum_start: 0,
-            csum_offset: 0,
-            num_buffers: u16::try_from(chains).unwrap_or(u16::MAX),
+        let num_buffers = u16::try_from(chains).unwrap_or(u16::MAX);
+        let header = match self.rx_gso {
+            Some(gso) => NetHeader {
+                flags: HDR_F_NEEDS_CSUM,
+                gso_type: HDR_GSO_TCPV4,
+                hdr_len: gso.hdr_len,
+                gso_size: gso.gso_size,
+                csum_start: gso.csum_start,
+                csum_offset: gso.csum_offset,
+                num_buffers,
+            },
+            None => NetHeader {
+                flags: if self.guest_csum { HDR_F_DATA_VALID } else { 0 },
+                num_buffers,
+                ..NetHeader::default()
+            },
         };
         self.rx_buf[..NET_HDR_LEN].copy_from_slice(&header.to_bytes());
         let mut off = 0usize;
@@ -444,6 +525,9 @@ impl Worker {
             self.return_rx(chain.head, written as u32);
         }
         NetMetrics::add(&self.metrics.rx_frames, 1);
+        if self.rx_gso.is_some() {
+            NetMetrics::add(&self.metrics.rx_gso, 1);
+        }
         NetMetrics::add(&self.metrics.rx_bytes, (total - NET_HDR_LEN) as u64);
         Delivery::Done
     }

@@ -3,6 +3,7 @@
 //! for the host-side network stack.
 
 mod flow;
+mod gso;
 mod malformed;
 mod offload;
 
@@ -32,6 +33,8 @@ const BASE_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
     | (1 << VIRTIO_NET_F_STATUS)
     | (1 << VIRTIO_NET_F_MRG_RXBUF);
 const CSUM_FEATURES: u64 = (1 << VIRTIO_NET_F_CSUM) | (1 << VIRTIO_NET_F_GUEST_CSUM);
+/// Offered with checksum offload by these tests' devices.
+const TSO_FEATURE: u64 = 1 << VIRTIO_NET_F_GUEST_TSO4;
 
 struct Setup {
     d: NetDriver,
@@ -47,6 +50,7 @@ fn device(checksum_offload: bool) -> (Net, UnixDatagram) {
         mtu: MTU,
         backend: OwnedFd::from(dev),
         checksum_offload,
+        guest_tso: true,
     })
     .expect("net device");
     host.set_read_timeout(Some(TIMEOUT)).unwrap();
@@ -137,7 +141,10 @@ fn offers_the_documented_features_and_config_space() {
 
     let (net, _host) = device(true);
     let mut g = GuestDriver::new(Box::new(net));
-    assert_eq!(g.device_features(), BASE_FEATURES | CSUM_FEATURES);
+    assert_eq!(
+        g.device_features(),
+        BASE_FEATURES | CSUM_FEATURES | TSO_FEATURE
+    );
     assert!(!g.negotiate(BASE_FEATURES | (1 << VIRTIO_NET_F_HOST_TSO4)));
     assert!(g.negotiate(BASE_FEATURES | CSUM_FEATURES));
 }
@@ -150,6 +157,7 @@ fn new_rejects_a_stream_socket_and_a_tiny_mtu() {
         mtu: MTU,
         backend: OwnedFd::from(a),
         checksum_offload: false,
+        guest_tso: false,
     })
     .err()
     .expect("stream socket refused");
@@ -160,6 +168,7 @@ fn new_rejects_a_stream_socket_and_a_tiny_mtu() {
         mtu: 67,
         backend: OwnedFd::from(a),
         checksum_offload: false,
+        guest_tso: false,
     })
     .err()
     .expect("tiny MTU refused");
