@@ -44,6 +44,9 @@ pub enum ConfigError {
     /// The gateway MAC is a multicast address.
     #[error("gateway MAC is not unicast")]
     GatewayMacNotUnicast,
+    /// Segment offload was asked for without checksum offload.
+    #[error("segment offload needs checksum offload")]
+    SegmentOffloadWithoutChecksums,
     /// The byte rate is under 1 KiB per second.
     #[error("a network rate under 1024 bytes per second could not move a frame a second")]
     Rate,
@@ -67,6 +70,11 @@ pub struct NetConfig {
     /// Trust the guest's checksums and compute none towards it (the virtio-net device marks
     /// frames DATA_VALID and accepts partial checksums from the guest).
     pub checksum_offload: bool,
+    /// Send the guest TCP frames of up to 64 KiB: consecutive segments of a flow that one poll
+    /// sends are merged, as GRO would, for a device that hands them to the guest whole (GSO)
+    /// or cuts them again (msbvm's virtio-net with `guest_tso`). Needs `checksum_offload`:
+    /// merged frames carry no TCP checksum.
+    pub segment_offload: bool,
     /// Most TCP flows open at once (guest-initiated and published-port ones together).
     pub max_tcp_flows: usize,
     /// Most UDP flows open at once.
@@ -102,6 +110,7 @@ impl Default for NetConfig {
             host_alias_ip: HOST_ALIAS_IP,
             mtu: DEFAULT_MTU,
             checksum_offload: false,
+            segment_offload: false,
             max_tcp_flows: 256,
             max_udp_flows: 256,
             udp_idle_timeout: Duration::from_secs(60),
@@ -134,6 +143,9 @@ impl NetConfig {
         }
         if self.gateway_mac[0] & 1 != 0 {
             return Err(ConfigError::GatewayMacNotUnicast);
+        }
+        if self.segment_offload && !self.checksum_offload {
+            return Err(ConfigError::SegmentOffloadWithoutChecksums);
         }
         if self.bytes_per_sec.is_some_and(|rate| rate < 1024) {
             return Err(ConfigError::Rate);

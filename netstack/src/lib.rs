@@ -10,6 +10,9 @@
 //! - TCP: a guest SYN is decided before smoltcp sees it; when allowed, the host connect runs
 //!   first and the guest handshake completes only once it succeeded, so refusals and denials
 //!   reach the guest as an immediate RST. Data is spliced in place with window back-pressure.
+//!   With [`NetConfig::segment_offload`] the segments one poll sends a flow towards the guest
+//!   are merged into frames of up to 64 KiB, as GRO would (`state/coalesce.rs`), which the
+//!   virtio-net device hands to the guest as GSO frames.
 //! - UDP: one connected host socket per (guest port, destination), idle-expired; denied
 //!   datagrams get an ICMP port unreachable. Port 53 at the gateway goes to [`dns::DnsServer`].
 //! - HTTP policy: on ports policy wants inspected, every request head of a connection is

@@ -14,6 +14,7 @@ use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use tokio::net::UnixDatagram;
 
+use super::coalesce::Coalescer;
 use super::pace::Pace;
 use crate::stats::StatsCounters;
 
@@ -30,6 +31,8 @@ pub(crate) struct FrameTx {
     backlog: VecDeque<Vec<u8>>,
     scratch: Vec<u8>,
     stats: Arc<StatsCounters>,
+    /// Merges a poll's TCP segments towards the guest, when the device takes large frames.
+    coalesce: Option<Coalescer>,
 }
 
 impl FrameTx {
@@ -40,6 +43,25 @@ impl FrameTx {
             backlog: VecDeque::new(),
             scratch: Vec::new(),
             stats,
+            coalesce: None,
+        }
+    }
+
+    /// Merges consecutive TCP segments of a flow into frames of up to 64 KiB from now on
+    /// (see [`super::coalesce`]); only for a device that takes such frames.
+    pub(crate) fn merge_segments(&mut self) {
+        self.coalesce = Some(Coalescer::default());
+    }
+
+    /// Sends the frame merged so far, if any: at the end of every smoltcp poll, and before any
+    /// frame that does not continue it.
+    pub(crate) fn end_merge(&mut self) {
+        let Some(frame) = self.coalesce.as_mut().and_then(Coalescer::take) else {
+            return;
+        };
+        self.send_frame(&frame);
+        if let Some(c) = self.coalesce.as_mut() {
+            c.recycle(frame);
         }
     }
 
@@ -57,8 +79,22 @@ impl FrameTx {
         result
     }
 
-    /// Sends one frame, keeping order with what is already waiting.
+    /// Sends one frame (or merges it with the frame before), keeping order with what is
+    /// already waiting.
     pub(crate) fn send(&mut self, frame: &[u8]) {
+        if let Some(c) = self.coalesce.as_mut() {
+            if c.absorb(frame) {
+                return;
+            }
+            self.end_merge();
+            if self.coalesce.as_mut().is_some_and(|c| c.start(frame)) {
+                return;
+            }
+        }
+        self.send_frame(frame);
+    }
+
+    fn send_frame(&mut self, frame: &[u8]) {
         if self.backlog.is_empty() {
             match self.send_now(frame) {
                 Ok(_) => {
@@ -83,6 +119,7 @@ impl FrameTx {
 
     /// Sends what waited for room; true when the backlog is empty.
     pub(crate) fn flush(&mut self) -> bool {
+        self.end_merge();
         while let Some(frame) = self.backlog.front() {
             match self.send_now(frame) {
                 Ok(_) => {

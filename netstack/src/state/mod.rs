@@ -6,6 +6,7 @@
 //! published ports (`crate::ports`), which all work on it, so that none of them has to import
 //! another's module for these types.
 
+mod coalesce;
 pub(crate) mod device;
 pub(crate) mod pace;
 
@@ -87,6 +88,9 @@ impl Stack {
     fn new(config: &NetConfig, socket: Rc<UnixDatagram>, stats: Arc<StatsCounters>) -> Stack {
         let mut tx = FrameTx::new(socket, stats);
         tx.pace = config.bytes_per_sec.map(Pace::new);
+        if config.segment_offload {
+            tx.merge_segments();
+        }
         let mut device = FrameDevice::new(tx, config.max_frame_len(), config.checksum_offload);
         let gateway_mac = EthernetAddress(config.gateway_mac);
         let mut iface_config = Config::new(HardwareAddress::Ethernet(gateway_mac));
@@ -120,6 +124,8 @@ impl Stack {
     pub(crate) fn poll(&mut self) {
         self.iface
             .poll(Instant::now(), &mut self.device, &mut self.sockets);
+        // A poll's segments are merged only among themselves: nothing waits for the next.
+        self.device.tx.end_merge();
         self.listener_unpolled = false;
     }
 

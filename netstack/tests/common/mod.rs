@@ -28,6 +28,9 @@ pub const HOST_ALIAS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 254);
 /// Decides per frame whether it is lost (true = drop).
 pub type LossFilter = Box<dyn FnMut(&[u8]) -> bool + Send>;
 
+/// Turns a frame from the stack into the frames the guest's smoltcp gets (a device's work).
+pub type RxMap = Box<dyn FnMut(Vec<u8>, &mut VecDeque<Vec<u8>>) + Send>;
+
 /// The fake guest's end of the frame socketpair: what its smoltcp sends goes there, unless
 /// `loss_out` drops it.
 pub struct GuestLink {
@@ -57,7 +60,12 @@ impl GuestLink {
     }
 
     /// Queues every frame the stack sent that `loss_in` does not drop.
-    fn fill(&self, rx: &mut VecDeque<Vec<u8>>, loss_in: &mut Option<LossFilter>) {
+    fn fill(
+        &self,
+        rx: &mut VecDeque<Vec<u8>>,
+        loss_in: &mut Option<LossFilter>,
+        map: &mut Option<RxMap>,
+    ) {
         let mut buf = vec![0u8; 70000];
         loop {
             match self.socket.recv(&mut buf) {
@@ -65,7 +73,10 @@ impl GuestLink {
                     if loss_in.as_mut().is_some_and(|f| f(&buf[..n])) {
                         continue;
                     }
-                    rx.push_back(buf[..n].to_vec())
+                    match map {
+                        Some(map) => map(buf[..n].to_vec(), rx),
+                        None => rx.push_back(buf[..n].to_vec()),
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => panic!("recv: {e}"),
@@ -91,6 +102,8 @@ pub struct Guest {
     pub sockets: SocketSet<'static>,
     pub dev: GuestDevice,
     pub loss_in: Option<LossFilter>,
+    /// What happens to a frame from the stack after `loss_in` (default: given as it is).
+    pub rx_map: Option<RxMap>,
     /// Raw frames received while `capture` is on (they are not given to smoltcp).
     pub captured: Vec<Vec<u8>>,
     pub capture: bool,
@@ -125,6 +138,7 @@ impl Guest {
             sockets: SocketSet::new(vec![]),
             dev,
             loss_in: None,
+            rx_map: None,
             captured: vec![],
             capture: false,
         }
@@ -132,7 +146,9 @@ impl Guest {
 
     /// Moves frames once both ways.
     pub fn pump(&mut self) {
-        self.dev.sink.fill(&mut self.dev.rx, &mut self.loss_in);
+        self.dev
+            .sink
+            .fill(&mut self.dev.rx, &mut self.loss_in, &mut self.rx_map);
         if self.capture {
             self.captured.extend(self.dev.rx.drain(..));
         }
