@@ -515,6 +515,7 @@ pub(crate) fn network(
         max_tcp_flows: cap(defaults.max_tcp_flows),
         max_udp_flows: cap(defaults.max_udp_flows),
         checksum_offload: true,
+        segment_offload: true,
         published_ports: net
             .ports
             .iter()
@@ -564,6 +565,7 @@ pub(crate) fn network(
             mtu,
             backend,
             checksum_offload: true,
+            guest_tso: true,
         })?;
         Ok(Box::new(device) as Box<dyn msbvm_virtio::VirtioDevice>)
     });
