@@ -1,6 +1,7 @@
 //! Network benchmark: TCP through msbvm's user-mode netstack side by side with slirp4netns
 //! and pasta, without a VM, under identical conditions; and msbvm with an in-process plugin
-//! deciding every flow and told its bytes (`msbvm-plugin`), for what plugins cost.
+//! deciding every flow and told its bytes (`msbvm-plugin`), for what plugins cost; and
+//! msbvm without checksum and segment offload (`msbvm-plain`), for what those change.
 //!
 //! ```text
 //! cargo bench -p msbvm-benches --bench net
@@ -19,7 +20,8 @@
 //! Environment: `MSBVM_BENCH_RUNS` (runs per stack and MTU, default 3), `MSBVM_BENCH_SECS`
 //! (iperf3 seconds, default 5), `MSBVM_BENCH_CONNS` (connections per rate sample, default
 //! 300), `MSBVM_BENCH_MTUS` (comma-separated, default `1500,65520`), `MSBVM_BENCH_STACKS`
-//! (comma-separated subset of msbvm, msbvm-plugin, slirp4netns, pasta; default all);
+//! (comma-separated subset of msbvm, msbvm-plain, msbvm-plugin, slirp4netns, pasta; default
+//! all);
 //! `--quick`: 1 run, 2 s, 50 connections, MTU 1500. Needs root, /dev/net/tun,
 //! iproute2 and iperf3; slirp4netns and pasta (package passt) are peers, each skipped with one
 //! line when missing or failing.
@@ -196,7 +198,8 @@ fn report(results: &[(usize, &str, Samples)], mtus: &[usize], runs: u32, secs: u
         };
         let Some(ours) = find("msbvm") else { continue };
         // msbvm/msbvm-plugin below 1 is what the in-process plugin costs.
-        for peer in ["msbvm-plugin", "slirp4netns", "pasta"] {
+        // msbvm/msbvm-plain above 1 is what the offloads gain.
+        for peer in ["msbvm-plain", "msbvm-plugin", "slirp4netns", "pasta"] {
             if let Some(theirs) = find(peer) {
                 println!(
                     "msbvm/{peer} at mtu {mtu}: up x{}, down x{}, conn/s x{}, CPU/GB up x{}, down x{}",

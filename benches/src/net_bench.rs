@@ -6,6 +6,11 @@
 //! frames from the same TCP implementation and differs only in what it does with them. For
 //! msbvm, two pump threads move frames between the TAP and the device end of
 //! [`msbvm_netstack::frame_socketpair`], as the virtio-net device does with guest buffers.
+//! `msbvm` runs with a sandbox's settings: checksum and segment offload, the TAP carrying a
+//! virtio-net header (`IFF_VNET_HDR`) so that a TCP frame the stack merged reaches the
+//! namespace's kernel whole as a GSO frame, marked the way the device marks it for a guest
+//! ([`msbvm_virtio::net::gso`]); `msbvm-plain` is the stack without offloads over a plain TAP,
+//! for what they change.
 //! The `msbvm-plugin` stack is msbvm with one in-process plugin ([`FlowWatcher`]) deciding
 //! every new flow and told every closed flow's bytes: the cost of an in-process observer.
 
@@ -125,7 +130,15 @@ struct IfReq {
 /// Opens a TAP device `TAP` (Ethernet frames, no packet-info header, nonblocking) inside
 /// `ns`, from a helper thread that enters it; the device lives as long as the returned fd.
 pub fn open_tap(ns: &Netns) -> BenchResult<OwnedFd> {
+    open_tap_with(ns, false)
+}
+
+/// [`open_tap`], with a `struct virtio_net_hdr` (10 bytes) before every frame in both
+/// directions if `vnet_hdr`. No offload is enabled towards us (`TUNSETOFFLOAD`), so the
+/// namespace's frames come whole and checksummed, as the netstack expects from a device.
+pub fn open_tap_with(ns: &Netns, vnet_hdr: bool) -> BenchResult<OwnedFd> {
     let path = ns.path();
+    let vnet = if vnet_hdr { IFF_VNET_HDR } else { 0 };
     std::thread::spawn(move || -> BenchResult<OwnedFd> {
         enter_netns(&path)?;
         let tun = std::fs::OpenOptions::new()
@@ -136,7 +149,7 @@ pub fn open_tap(ns: &Netns) -> BenchResult<OwnedFd> {
             .map_err(|e| format!("opening /dev/net/tun: {e}"))?;
         let mut req = IfReq {
             name: [0; libc::IFNAMSIZ],
-            flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short,
+            flags: (libc::IFF_TAP | libc::IFF_NO_PI | vnet) as libc::c_short,
             _pad: [0; 22],
         };
         req.name[..TAP.len()].copy_from_slice(TAP.as_bytes());
@@ -177,6 +190,11 @@ impl NonblockOpen for std::fs::OpenOptions {
     }
 }
 
+/// `IFF_VNET_HDR` of `linux/if_tun.h`.
+const IFF_VNET_HDR: libc::c_int = 0x4000;
+/// Length of `struct virtio_net_hdr`, the TAP's default header.
+const VNET_HDR_LEN: usize = 10;
+
 /// Thread-name prefix of the pump threads (so their CPU time can be told apart).
 pub const PUMP_THREAD: &str = "bench-pump";
 
@@ -196,29 +214,78 @@ fn wait_fd(fd: RawFd, events: libc::c_short) {
 /// per frame (what a virtio-net device's queue handler costs at best).
 fn pump(from: RawFd, to: RawFd, frame_max: usize, stop: Arc<AtomicBool>) {
     let mut buf = vec![0u8; frame_max + 64];
-    while !stop.load(Ordering::Relaxed) {
-        // SAFETY: reads into our buffer of its length.
-        let n = unsafe { libc::read(from, buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() == std::io::ErrorKind::WouldBlock {
-                wait_fd(from, libc::POLLIN);
-                continue;
+    while let Some(n) = read_frame(from, &mut buf, &stop) {
+        write_frame(to, &buf[..n], &stop);
+    }
+}
+
+/// [`pump`] from a TAP with a virtio-net header to the stack: the header is dropped (no
+/// offload was enabled, so it says nothing).
+fn pump_from_vnet(from: RawFd, to: RawFd, frame_max: usize, stop: Arc<AtomicBool>) {
+    let mut buf = vec![0u8; frame_max + 64];
+    while let Some(n) = read_frame(from, &mut buf, &stop) {
+        if n > VNET_HDR_LEN {
+            write_frame(to, &buf[VNET_HDR_LEN..n], &stop);
+        }
+    }
+}
+
+/// [`pump`] from the stack to a TAP with a virtio-net header, marking frames as the device
+/// marks them for a guest that took checksum offload and GUEST_TSO4: a TCP frame carries a
+/// partial checksum (the stack computed none), and one over the MTU is a GSO frame.
+fn pump_to_vnet(from: RawFd, to: RawFd, mtu: usize, stop: Arc<AtomicBool>) {
+    use msbvm_virtio::net::frame::{HDR_F_NEEDS_CSUM, HDR_GSO_TCPV4};
+    use msbvm_virtio::net::gso;
+    let mut buf = vec![0u8; VNET_HDR_LEN + 65600];
+    while let Some(n) = read_frame(from, &mut buf[VNET_HDR_LEN..], &stop) {
+        let frame = &mut buf[VNET_HDR_LEN..VNET_HDR_LEN + n];
+        let mut hdr = [0u8; VNET_HDR_LEN];
+        if let Some(layout) = gso::tcp4(frame) {
+            let (start, offset) = gso::make_partial(frame, &layout);
+            hdr[0] = HDR_F_NEEDS_CSUM;
+            if n > mtu + gso::ETH_LEN {
+                hdr[1] = HDR_GSO_TCPV4;
+                hdr[2..4].copy_from_slice(&(layout.hdr_len() as u16).to_le_bytes());
+                let size = gso::segment_size(mtu, &layout) as u16;
+                hdr[4..6].copy_from_slice(&size.to_le_bytes());
             }
+            hdr[6..8].copy_from_slice(&start.to_le_bytes());
+            hdr[8..10].copy_from_slice(&offset.to_le_bytes());
+        }
+        buf[..VNET_HDR_LEN].copy_from_slice(&hdr);
+        write_frame(to, &buf[..VNET_HDR_LEN + n], &stop);
+    }
+}
+
+/// Reads one frame, waiting while there is none; None once `stop` is set or on an error.
+fn read_frame(from: RawFd, buf: &mut [u8], stop: &AtomicBool) -> Option<usize> {
+    while !stop.load(Ordering::Relaxed) {
+        // SAFETY: reads into `buf`, of its length.
+        let n = unsafe { libc::read(from, buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Some(n as usize);
+        }
+        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock {
+            return None;
+        }
+        wait_fd(from, libc::POLLIN);
+    }
+    None
+}
+
+/// Writes one frame, waiting for room; a frame the other side refuses is dropped.
+fn write_frame(to: RawFd, frame: &[u8], stop: &AtomicBool) {
+    loop {
+        // SAFETY: writes `frame`, of its length.
+        let w = unsafe { libc::write(to, frame.as_ptr().cast(), frame.len()) };
+        if w >= 0 {
             return;
         }
-        loop {
-            // SAFETY: writes the `n` bytes just read.
-            let w = unsafe { libc::write(to, buf.as_ptr().cast(), n as usize) };
-            if w >= 0 {
-                break;
-            }
-            let err = std::io::Error::last_os_error();
-            if err.kind() != std::io::ErrorKind::WouldBlock || stop.load(Ordering::Relaxed) {
-                break;
-            }
-            wait_fd(to, libc::POLLOUT);
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::WouldBlock || stop.load(Ordering::Relaxed) {
+            return;
         }
+        wait_fd(to, libc::POLLOUT);
     }
 }
 
@@ -251,11 +318,25 @@ impl MsbvmLink {
         MsbvmLink::start_full(&format!("msbvmp{mtu}"), config, policy, chain)
     }
 
+    /// Like [`MsbvmLink::start`] without checksum or segment offload, over a plain TAP.
+    pub fn start_plain(mtu: usize) -> BenchResult<MsbvmLink> {
+        let (config, policy) = MsbvmLink::bench_setup(mtu)?;
+        let config = NetConfig {
+            checksum_offload: false,
+            segment_offload: false,
+            ..config
+        };
+        MsbvmLink::start_with(&format!("msbvmn{mtu}"), config, policy)
+    }
+
+    /// A sandbox's stack settings (the runtime's offloads) at `mtu`, and the bench's policy.
     fn bench_setup(mtu: usize) -> BenchResult<(NetConfig, Policy)> {
         let rule = Rule::parse("host").map_err(|e| format!("rule host: {e}"))?;
         let policy = Policy::new(Action::Allow).allow(rule);
         let config = NetConfig {
             mtu,
+            checksum_offload: true,
+            segment_offload: true,
             ..NetConfig::default()
         };
         Ok((config, policy))
@@ -275,7 +356,10 @@ impl MsbvmLink {
         plugins: Arc<Chain>,
     ) -> BenchResult<MsbvmLink> {
         let ns = Netns::create(tag)?;
-        let tap = open_tap(&ns)?;
+        // With checksum offload the stack's frames need the device's marks.
+        let vnet = config.checksum_offload;
+        let tap = open_tap_with(&ns, vnet)?;
+        let mtu = config.mtu;
         let mtu_text = config.mtu.to_string();
         ns.ip(&["link", "set", TAP, "mtu", &mtu_text, "up"])?;
         ns.ip(&["addr", "add", "10.0.2.15/24", "dev", TAP])?;
@@ -295,7 +379,11 @@ impl MsbvmLink {
             pumps.push(
                 std::thread::Builder::new()
                     .name(format!("{PUMP_THREAD}-{dir}"))
-                    .spawn(move || pump(from, to, frame_max, stop))
+                    .spawn(move || match (vnet, dir) {
+                        (false, _) => pump(from, to, frame_max, stop),
+                        (true, "up") => pump_from_vnet(from, to, frame_max, stop),
+                        (true, _) => pump_to_vnet(from, to, mtu, stop),
+                    })
                     .map_err(|e| format!("spawning a pump: {e}"))?,
             );
         }
@@ -380,7 +468,13 @@ impl PeerLink {
 }
 
 /// The stacks measured.
-pub const STACKS: [&str; 4] = ["msbvm", "msbvm-plugin", "slirp4netns", "pasta"];
+pub const STACKS: [&str; 5] = [
+    "msbvm",
+    "msbvm-plain",
+    "msbvm-plugin",
+    "slirp4netns",
+    "pasta",
+];
 
 /// The in-process plugin of the `msbvm-plugin` stack: decides every new flow (letting it
 /// through) and adds up the bytes of the closed ones.
@@ -423,6 +517,7 @@ impl Link {
     pub fn start(stack: &str, mtu: usize) -> BenchResult<Link> {
         match stack {
             "msbvm" => MsbvmLink::start(mtu).map(Link::Msbvm),
+            "msbvm-plain" => MsbvmLink::start_plain(mtu).map(Link::Msbvm),
             "msbvm-plugin" => MsbvmLink::start_watched(mtu).map(Link::Msbvm),
             "slirp4netns" => PeerLink::slirp4netns(mtu).map(Link::Peer),
             "pasta" => PeerLink::pasta(mtu).map(Link::Peer),
