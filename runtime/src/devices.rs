@@ -566,6 +566,7 @@ pub(crate) fn network(
             backend,
             checksum_offload: true,
             guest_tso: true,
+            host_tso: true,
         })?;
         Ok(Box::new(device) as Box<dyn msbvm_virtio::VirtioDevice>)
     });

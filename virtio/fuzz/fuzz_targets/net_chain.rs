@@ -24,6 +24,7 @@ fuzz_target!(|data: &[u8]| {
         backend: OwnedFd::from(backend),
         checksum_offload: true,
         guest_tso: true,
+        host_tso: true,
     })
     .expect("net device");
     let mut d = GuestDriver::new(Box::new(net));

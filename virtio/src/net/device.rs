@@ -13,8 +13,9 @@ use std::sync::Arc;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::{
-    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_MAC,
-    VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_HOST_TSO4,
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
+    VIRTIO_NET_S_LINK_UP,
 };
 use vm_memory::{ByteValued, Le16};
 
@@ -45,6 +46,10 @@ pub struct NetDeviceConfig {
     /// GSO frames. Without it (or if the driver declines) they are cut into
     /// segments on the device.
     pub guest_tso: bool,
+    /// Offer VIRTIO_NET_F_HOST_TSO4 (with checksum offload only): the guest
+    /// may send TCP/IPv4 frames of up to 64 KiB, passed to the stack whole;
+    /// the stack must take TCP segments larger than the MTU.
+    pub host_tso: bool,
 }
 
 /// `struct virtio_net_config` up to `mtu`: the fields the features we
@@ -102,6 +107,9 @@ impl Net {
             avail_features |= (1 << VIRTIO_NET_F_CSUM) | (1 << VIRTIO_NET_F_GUEST_CSUM);
             if config.guest_tso {
                 avail_features |= 1 << VIRTIO_NET_F_GUEST_TSO4;
+            }
+            if config.host_tso {
+                avail_features |= 1 << VIRTIO_NET_F_HOST_TSO4;
             }
         }
         let common = DeviceCommon::new(

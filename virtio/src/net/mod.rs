@@ -15,10 +15,10 @@
 //! and with [`NetDeviceConfig::guest_tso`] GUEST_TSO4: a TCP/IPv4 frame from
 //! the stack larger than the MTU (the stack merged a flow's segments) goes
 //! to the guest whole as a GSO frame, or cut into MTU-sized segments for a
-//! driver that did not accept it ([`gso`]). No HOST_TSO/UFO: the stack
-//! expects frames of at most the MTU from the guest, which segments in its
-//! kernel. No control queue, no multiqueue, no EVENT_IDX (see `worker.rs`
-//! for why).
+//! driver that did not accept it ([`gso`]); with [`NetDeviceConfig::host_tso`]
+//! HOST_TSO4: the guest's TCP GSO frames (up to 64 KiB, partial checksum)
+//! go to the stack whole, their checksum completed. No UFO, no ECN GSO. No
+//! control queue, no multiqueue, no EVENT_IDX (see `worker.rs` for why).
 //!
 //! Layout, as in every device folder: `device.rs` (the device on
 //! [`crate::base`]), `worker.rs` (its event handler), [`frame`] (the header

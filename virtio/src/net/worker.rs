@@ -2,7 +2,8 @@
 //! queue eventfds, the stop eventfd and the backend socket.
 //!
 //! **TX.** Each chain is copied into one reusable buffer (header + frame),
-//! checked, its partial checksum completed, and sent as one datagram. When
+//! checked, its partial checksum completed, and sent as one datagram; a
+//! TCP GSO frame (HOST_TSO4) goes whole, up to 64 KiB. When
 //! the socket's send queue is full the frame stays pending with its chain
 //! not yet returned, the worker waits for EPOLLOUT and takes no more TX
 //! chains: the guest's TX ring fills and its stack backs off; nothing is
@@ -36,7 +37,8 @@ use std::sync::Arc;
 use thiserror::Error;
 use tracing::{debug, error, warn};
 use virtio_bindings::virtio_net::{
-    VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_HOST_TSO4,
+    VIRTIO_NET_F_MRG_RXBUF,
 };
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
@@ -68,8 +70,10 @@ enum TxError {
     TooLong,
     #[error("chain holds {0} bytes, less than a header and an Ethernet header")]
     TooShort(usize),
-    #[error("segmentation offload (gso_type {0}) was not negotiated")]
+    #[error("segmentation offload gso_type {0} was not negotiated")]
     Gso(u8),
+    #[error("GSO frame {0}")]
+    BadGso(&'static str),
     #[error(transparent)]
     Checksum(#[from] ChecksumError),
 }
@@ -111,6 +115,7 @@ pub struct Worker {
     mergeable: bool,
     guest_csum: bool,
     guest_tso: bool,
+    host_tso: bool,
     /// The guest's MTU: a larger TCP frame is sent as GSO or cut.
     mtu: usize,
     metrics: Arc<NetMetrics>,
@@ -190,6 +195,7 @@ impl Worker {
             mergeable: features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0,
             guest_csum: features & (1 << VIRTIO_NET_F_GUEST_CSUM) != 0,
             guest_tso: features & (1 << VIRTIO_NET_F_GUEST_TSO4) != 0,
+            host_tso: features & (1 << VIRTIO_NET_F_HOST_TSO4) != 0,
             mtu,
             metrics,
             tx_buf: vec![0; NET_HDR_LEN + MAX_FRAME_LEN],
@@ -247,7 +253,7 @@ impl Worker {
                 let _ = self.txq.disable_notification(&self.mem);
                 while let Some(chain) = self.txq.pop_descriptor_chain(&self.mem) {
                     let head = chain.head_index();
-                    match read_tx_frame(&self.mem, chain, &mut self.tx_buf) {
+                    match read_tx_frame(&self.mem, chain, &mut self.tx_buf, self.host_tso) {
                         Ok(len) => {
                             if self.send_tx(len) == Sent::Blocked {
                                 self.tx_pending = Some((head, len));
@@ -574,10 +580,12 @@ enum Sent {
 
 /// Copies a TX chain (header + frame) into `buf`, checks it and completes a
 /// partial checksum. Returns the frame length (after the header).
+/// `host_tso`: the driver accepted HOST_TSO4.
 fn read_tx_frame(
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<&GuestMemoryMmap>,
     buf: &mut [u8],
+    host_tso: bool,
 ) -> Result<usize, TxError> {
     let mut len = 0usize;
     for desc in chain {
@@ -600,10 +608,20 @@ fn read_tx_frame(
     let mut raw = [0u8; NET_HDR_LEN];
     raw.copy_from_slice(&buf[..NET_HDR_LEN]);
     let hdr = NetHeader::from_bytes(&raw);
-    // ECN bit (0x80) aside, any GSO type means a segment larger than the
-    // MTU that we would have to split; none was offered.
-    if hdr.gso_type & 0x7f != HDR_GSO_NONE {
-        return Err(TxError::Gso(hdr.gso_type));
+    match hdr.gso_type {
+        HDR_GSO_NONE => {}
+        // A TCP frame larger than the MTU, passed on whole: the stack takes
+        // segments of any size. The spec has the driver set NEEDS_CSUM with
+        // it; the ECN variant and UDP were not offered.
+        HDR_GSO_TCPV4 if host_tso => {
+            if hdr.flags & HDR_F_NEEDS_CSUM == 0 {
+                return Err(TxError::BadGso("without NEEDS_CSUM"));
+            }
+            if gso::tcp4(&buf[NET_HDR_LEN..len]).is_none() {
+                return Err(TxError::BadGso("not a whole TCP/IPv4 frame"));
+            }
+        }
+        other => return Err(TxError::Gso(other)),
     }
     if hdr.flags & HDR_F_NEEDS_CSUM != 0 {
         complete_checksum(&mut buf[NET_HDR_LEN..len], hdr.csum_start, hdr.csum_offset)?;

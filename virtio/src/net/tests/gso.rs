@@ -1,7 +1,9 @@
-//! TCP frames from the stack larger than the MTU: whole as GSO frames to a
-//! driver with GUEST_TSO4, cut into segments for one without.
+//! TCP frames larger than the MTU. From the stack: whole as GSO frames to a
+//! driver with GUEST_TSO4, cut into segments for one without. From a driver
+//! with HOST_TSO4: whole to the stack, checksum completed.
 
 use super::*;
+use crate::net::frame::tests::pseudo_header_sum;
 use crate::net::frame::tests::transport_checksum_ok;
 use crate::net::frame::{complete_checksum, HDR_F_NEEDS_CSUM, HDR_GSO_NONE, HDR_GSO_TCPV4};
 use crate::net::gso::tests::{tcp_frame, DST, SRC};
@@ -89,4 +91,77 @@ fn segments_wait_for_rx_buffers() {
         joined.extend_from_slice(&s.d.recv().frame[66..]);
     }
     assert_eq!(joined, payload);
+}
+
+/// The guest's TSO frame: the pseudo-header sum in the checksum field, as
+/// Linux leaves a CHECKSUM_PARTIAL GSO skb.
+fn guest_tso_frame(payload: &[u8]) -> (Vec<u8>, NetHeader) {
+    let mut frame = tcp_frame(7, 0x10, payload);
+    let tcp_len = (frame.len() - 34) as u16;
+    frame[50..52].copy_from_slice(&pseudo_header_sum(SRC, DST, 6, tcp_len).to_be_bytes());
+    let hdr = NetHeader {
+        flags: HDR_F_NEEDS_CSUM,
+        gso_type: HDR_GSO_TCPV4,
+        hdr_len: 66,
+        gso_size: 1448,
+        csum_start: 34,
+        csum_offset: 16,
+        ..NetHeader::default()
+    };
+    (frame, hdr)
+}
+
+#[test]
+fn a_guest_tso_frame_reaches_the_stack_whole_and_checksummed() {
+    let mut s = setup(BASE_FEATURES | CSUM_FEATURES | HOST_TSO_FEATURE);
+    let payload: Vec<u8> = (0..60_000u32).map(|i| (i % 251) as u8).collect();
+    let (frame, hdr) = guest_tso_frame(&payload);
+    s.d.send(&hdr, &frame);
+    let got = host_recv(&s.host);
+    assert_eq!(got.len(), frame.len());
+    assert_eq!(got[66..], payload[..]);
+    assert!(transport_checksum_ok(SRC, DST, 6, &got[34..]));
+    assert_eq!(counter(&s.metrics.tx_frames), 1);
+}
+
+#[test]
+fn guest_gso_frames_not_offered_or_malformed_are_dropped() {
+    let (frame, hdr) = guest_tso_frame(&[3; 4000]);
+    let mut udp = frame.clone();
+    udp[23] = 17;
+    let cases = [
+        (
+            "HOST_TSO4 not negotiated",
+            BASE_FEATURES | CSUM_FEATURES,
+            hdr,
+            frame.clone(),
+        ),
+        (
+            "without NEEDS_CSUM",
+            BASE_FEATURES | CSUM_FEATURES | HOST_TSO_FEATURE,
+            NetHeader { flags: 0, ..hdr },
+            frame.clone(),
+        ),
+        (
+            "ECN variant",
+            BASE_FEATURES | CSUM_FEATURES | HOST_TSO_FEATURE,
+            NetHeader {
+                gso_type: HDR_GSO_TCPV4 | 0x80,
+                ..hdr
+            },
+            frame.clone(),
+        ),
+        (
+            "not TCP",
+            BASE_FEATURES | CSUM_FEATURES | HOST_TSO_FEATURE,
+            hdr,
+            udp,
+        ),
+    ];
+    for (what, features, hdr, frame) in cases {
+        let mut s = setup(features);
+        s.d.send(&hdr, &frame);
+        assert_eq!(counter(&s.metrics.tx_dropped), 1, "{what}");
+        assert_host_silent(&s.host);
+    }
 }

@@ -35,6 +35,8 @@ const BASE_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
 const CSUM_FEATURES: u64 = (1 << VIRTIO_NET_F_CSUM) | (1 << VIRTIO_NET_F_GUEST_CSUM);
 /// Offered with checksum offload by these tests' devices.
 const TSO_FEATURE: u64 = 1 << VIRTIO_NET_F_GUEST_TSO4;
+/// Offered with checksum offload by these tests' devices.
+const HOST_TSO_FEATURE: u64 = 1 << VIRTIO_NET_F_HOST_TSO4;
 
 struct Setup {
     d: NetDriver,
@@ -51,6 +53,7 @@ fn device(checksum_offload: bool) -> (Net, UnixDatagram) {
         backend: OwnedFd::from(dev),
         checksum_offload,
         guest_tso: true,
+        host_tso: true,
     })
     .expect("net device");
     host.set_read_timeout(Some(TIMEOUT)).unwrap();
@@ -143,9 +146,9 @@ fn offers_the_documented_features_and_config_space() {
     let mut g = GuestDriver::new(Box::new(net));
     assert_eq!(
         g.device_features(),
-        BASE_FEATURES | CSUM_FEATURES | TSO_FEATURE
+        BASE_FEATURES | CSUM_FEATURES | TSO_FEATURE | HOST_TSO_FEATURE
     );
-    assert!(!g.negotiate(BASE_FEATURES | (1 << VIRTIO_NET_F_HOST_TSO4)));
+    assert!(!g.negotiate(BASE_FEATURES | (1 << VIRTIO_NET_F_HOST_UFO)));
     assert!(g.negotiate(BASE_FEATURES | CSUM_FEATURES));
 }
 
@@ -158,6 +161,7 @@ fn new_rejects_a_stream_socket_and_a_tiny_mtu() {
         backend: OwnedFd::from(a),
         checksum_offload: false,
         guest_tso: false,
+        host_tso: false,
     })
     .err()
     .expect("stream socket refused");
@@ -169,6 +173,7 @@ fn new_rejects_a_stream_socket_and_a_tiny_mtu() {
         backend: OwnedFd::from(a),
         checksum_offload: false,
         guest_tso: false,
+        host_tso: false,
     })
     .err()
     .expect("tiny MTU refused");
