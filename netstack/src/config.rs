@@ -70,9 +70,10 @@ pub struct NetConfig {
     /// Trust the guest's checksums and compute none towards it (the virtio-net device marks
     /// frames DATA_VALID and accepts partial checksums from the guest).
     pub checksum_offload: bool,
-    /// Send the guest TCP frames of up to 64 KiB: consecutive segments of a flow that one poll
-    /// sends are merged, as GRO would, for a device that hands them to the guest whole (GSO)
-    /// or cuts them again (msbvm's virtio-net with `guest_tso`). Needs `checksum_offload`:
+    /// TCP frames of up to 64 KiB both ways. Towards the guest, consecutive segments of a flow
+    /// that one poll sends are merged, as GRO would, for a device that hands them to the guest
+    /// whole (GSO) or cuts them again (msbvm's virtio-net with `guest_tso`); from the guest,
+    /// TCP segments that large are taken (the device's `host_tso`). Needs `checksum_offload`:
     /// merged frames carry no TCP checksum.
     pub segment_offload: bool,
     /// Most TCP flows open at once (guest-initiated and published-port ones together).
@@ -156,6 +157,16 @@ impl NetConfig {
     /// Largest Ethernet frame on the link.
     pub fn max_frame_len(&self) -> usize {
         self.mtu + ETHERNET_HEADER_LEN
+    }
+
+    /// Largest frame taken from the guest: a TCP segment of up to 64 KiB with segment
+    /// offload (the device passes the guest's TSO frames whole), else [`Self::max_frame_len`].
+    pub fn max_guest_frame_len(&self) -> usize {
+        if self.segment_offload {
+            ETHERNET_HEADER_LEN + 65535
+        } else {
+            self.max_frame_len()
+        }
     }
 }
 

@@ -195,7 +195,8 @@ fn bind_error(addr: SocketAddr, e: io::Error) -> io::Error {
 async fn run(shared: Rc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>) {
     tokio::task::spawn_local(report_suppressed(shared.clone()));
     let socket = shared.frame_socket.clone();
-    let mut buf = vec![0u8; shared.config.max_frame_len() + 1];
+    // One byte more than the largest frame, so a longer datagram shows as one.
+    let mut buf = vec![0u8; shared.config.max_guest_frame_len() + 1];
     loop {
         let (delay, backlog, batch_full, up_wait) = {
             let mut st = shared.stack.borrow_mut();

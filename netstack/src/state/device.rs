@@ -22,6 +22,9 @@ use crate::stats::StatsCounters;
 const TX_BACKLOG_FRAMES: usize = 1024;
 /// Received frames queued for smoltcp before new ones are dropped.
 const RX_QUEUE_FRAMES: usize = 4096;
+/// Bytes of received frames queued for smoltcp before new ones are dropped (frames from the
+/// guest may be 64 KiB each with segment offload).
+const RX_QUEUE_BYTES: usize = 16 << 20;
 
 /// The sending half shared by smoltcp and the stack's own hand-made frames.
 pub(crate) struct FrameTx {
@@ -154,6 +157,8 @@ impl FrameTx {
 /// The smoltcp device: a queue of received frames and the sending half.
 pub(crate) struct FrameDevice {
     rx: VecDeque<Vec<u8>>,
+    /// Bytes in `rx`.
+    rx_bytes: usize,
     pool: Vec<Vec<u8>>,
     pub(crate) tx: FrameTx,
     caps: DeviceCapabilities,
@@ -167,6 +172,7 @@ impl FrameDevice {
         caps.checksum = crate::frames::offload_checksums(checksum_offload);
         FrameDevice {
             rx: VecDeque::new(),
+            rx_bytes: 0,
             pool: Vec::new(),
             tx,
             caps,
@@ -175,9 +181,10 @@ impl FrameDevice {
 
     /// Queues a received frame for smoltcp; false when the queue is full and it was dropped.
     pub(crate) fn enqueue_rx(&mut self, frame: &[u8]) -> bool {
-        if self.rx.len() >= RX_QUEUE_FRAMES {
+        if self.rx.len() >= RX_QUEUE_FRAMES || self.rx_bytes + frame.len() > RX_QUEUE_BYTES {
             return false;
         }
+        self.rx_bytes += frame.len();
         let mut buf = self.pool.pop().unwrap_or_default();
         buf.clear();
         buf.extend_from_slice(frame);
@@ -192,6 +199,7 @@ impl phy::Device for FrameDevice {
 
     fn receive(&mut self, _now: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
         let frame = self.rx.pop_front()?;
+        self.rx_bytes -= frame.len();
         Some((
             RxToken {
                 frame,
