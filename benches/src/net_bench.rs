@@ -29,6 +29,7 @@ use msbvm_netstack::policy::{Action, Policy, Rule};
 use msbvm_netstack::{discard_events, frame_socketpair, NetConfig, NetStack, NetStackHandle};
 use msbvm_plugins::data::{Flow, FlowBytes};
 use msbvm_plugins::{Chain, Decision, Hook, Interests, Plugin};
+use msbvm_virtio::net::frame::NetHeader;
 
 pub use crate::image_bench::{on_path, BenchResult};
 
@@ -237,24 +238,33 @@ fn pump(from: RawFd, to: RawFd, frame_max: usize, stop: Arc<AtomicBool>) {
 /// [`pump`] from a TAP with a virtio-net header to the stack, doing the device's part: a
 /// partial checksum is completed, a TCP GSO frame passed on whole, any other GSO dropped.
 fn pump_from_vnet(from: RawFd, to: RawFd, stop: Arc<AtomicBool>) {
-    use msbvm_virtio::net::frame::HDR_GSO_TCPV4;
-    use msbvm_virtio::net::frame::{complete_checksum, HDR_F_NEEDS_CSUM, HDR_GSO_NONE};
+    use msbvm_virtio::net::frame::{complete_checksum, HDR_F_NEEDS_CSUM};
+    use msbvm_virtio::net::frame::{HDR_GSO_NONE, HDR_GSO_TCPV4};
     let mut buf = vec![0u8; VNET_HDR_LEN + 65600];
     while let Some(n) = read_frame(from, &mut buf, &stop) {
-        if n <= VNET_HDR_LEN || ![HDR_GSO_NONE, HDR_GSO_TCPV4].contains(&buf[1]) {
+        if n <= VNET_HDR_LEN {
             continue;
         }
-        let (flags, start, offset) = (
-            buf[0],
-            u16::from_le_bytes([buf[6], buf[7]]),
-            u16::from_le_bytes([buf[8], buf[9]]),
-        );
+        let hdr = vnet_header(&buf[..VNET_HDR_LEN]);
+        if ![HDR_GSO_NONE, HDR_GSO_TCPV4].contains(&hdr.gso_type) {
+            continue;
+        }
         let frame = &mut buf[VNET_HDR_LEN..n];
-        if flags & HDR_F_NEEDS_CSUM != 0 && complete_checksum(frame, start, offset).is_err() {
+        if hdr.flags & HDR_F_NEEDS_CSUM != 0
+            && complete_checksum(frame, hdr.csum_start, hdr.csum_offset).is_err()
+        {
             continue;
         }
         write_frame(to, frame, &stop);
     }
+}
+
+/// The TAP's 10-byte header as the device's [`NetHeader`] (the virtio 1 header adds only
+/// `num_buffers`, read here as zero).
+fn vnet_header(raw: &[u8]) -> NetHeader {
+    let mut v1 = [0u8; msbvm_virtio::net::defs::NET_HDR_LEN];
+    v1[..VNET_HDR_LEN].copy_from_slice(&raw[..VNET_HDR_LEN]);
+    NetHeader::from_bytes(&v1)
 }
 
 /// [`pump`] from the stack to a TAP with a virtio-net header, marking frames as the device
@@ -266,20 +276,17 @@ fn pump_to_vnet(from: RawFd, to: RawFd, mtu: usize, stop: Arc<AtomicBool>) {
     let mut buf = vec![0u8; VNET_HDR_LEN + 65600];
     while let Some(n) = read_frame(from, &mut buf[VNET_HDR_LEN..], &stop) {
         let frame = &mut buf[VNET_HDR_LEN..VNET_HDR_LEN + n];
-        let mut hdr = [0u8; VNET_HDR_LEN];
+        let mut hdr = NetHeader::default();
         if let Some(layout) = gso::tcp4(frame) {
-            let (start, offset) = gso::make_partial(frame, &layout);
-            hdr[0] = HDR_F_NEEDS_CSUM;
+            (hdr.csum_start, hdr.csum_offset) = gso::make_partial(frame, &layout);
+            hdr.flags = HDR_F_NEEDS_CSUM;
             if n > mtu + gso::ETH_LEN {
-                hdr[1] = HDR_GSO_TCPV4;
-                hdr[2..4].copy_from_slice(&(layout.hdr_len() as u16).to_le_bytes());
-                let size = gso::segment_size(mtu, &layout) as u16;
-                hdr[4..6].copy_from_slice(&size.to_le_bytes());
+                hdr.gso_type = HDR_GSO_TCPV4;
+                hdr.hdr_len = layout.hdr_len() as u16;
+                hdr.gso_size = gso::segment_size(mtu, &layout) as u16;
             }
-            hdr[6..8].copy_from_slice(&start.to_le_bytes());
-            hdr[8..10].copy_from_slice(&offset.to_le_bytes());
         }
-        buf[..VNET_HDR_LEN].copy_from_slice(&hdr);
+        buf[..VNET_HDR_LEN].copy_from_slice(&hdr.to_bytes()[..VNET_HDR_LEN]);
         write_frame(to, &buf[..VNET_HDR_LEN + n], &stop);
     }
 }
