@@ -17,13 +17,23 @@
 //! asking for a set-id bit or a device there fails with `EPERM`, and
 //! nothing is created.
 //!
+//! Reading the xattr costs two syscalls per looked-up object on a host
+//! without `user.*` xattrs (each a path walk through `/proc/self/fd`, since
+//! the object is held by an `O_PATH` fd), and almost no share has anything
+//! kept. So the share root carries [`ShareMark::Modes`] from the first kept
+//! mode on (set before that mode is stored, and never removed), and only in
+//! a share that carries it does LOOKUP read what is kept. A share written by
+//! a version without this mark shows its kept set-id bits again once the
+//! guest keeps any mode there (a share that kept a device was marked already,
+//! see below).
+//!
 //! Plain READDIR gives each entry the type of its host object, so a kept
 //! device would list as a regular file while LOOKUP says device. The share
-//! root carries [`DEVICES_XATTR`] from the first kept device on (set before
-//! that device is created, and never removed); only in a share that carries
-//! it does READDIR look for what is kept, and only on its regular files
-//! (see [`KeptMode::device_at`]). Other shares list without a syscall per
-//! entry.
+//! root carries [`ShareMark::Devices`] from the first kept device on (set
+//! before that device is created, and never removed); only in a share that
+//! carries it does READDIR look for what is kept, and only on its regular
+//! files (see [`KeptMode::device_at`]). Other shares list without a syscall
+//! per entry.
 
 use std::ffi::CStr;
 use std::io;
@@ -40,6 +50,10 @@ const TRUSTED_KEPT_XATTR: &CStr = c"trusted.msbvm.mode";
 pub(crate) const DEVICES_XATTR: &CStr = c"user.msbvm.devices";
 /// Where it goes on a host filesystem without `user.*` xattrs.
 const TRUSTED_DEVICES_XATTR: &CStr = c"trusted.msbvm.devices";
+/// Share-root xattr: a mode may be kept somewhere in this share.
+pub(crate) const MODES_XATTR: &CStr = c"user.msbvm.kept";
+/// Where it goes on a host filesystem without `user.*` xattrs.
+const TRUSTED_MODES_XATTR: &CStr = c"trusted.msbvm.kept";
 /// Prefix of the host xattrs this backend owns; hidden from the guest.
 pub(crate) const RESERVED_PREFIX: &[u8] = b"user.msbvm.";
 /// The mode bits a host object never gets from the guest.
@@ -47,6 +61,40 @@ pub(crate) const SETID: u32 = libc::S_ISUID | libc::S_ISGID;
 
 const VERSION: u8 = 1;
 const LEN: usize = 16;
+
+/// What a share root may be marked as holding somewhere below it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ShareMark {
+    /// A kept mode of any kind: LOOKUP reads what is kept.
+    Modes,
+    /// A kept device: READDIR looks for kept device types too.
+    Devices,
+}
+
+impl ShareMark {
+    /// The root xattr that carries the mark, and its `trusted` stand-in.
+    fn names(self) -> (&'static CStr, &'static CStr) {
+        match self {
+            ShareMark::Modes => (MODES_XATTR, TRUSTED_MODES_XATTR),
+            ShareMark::Devices => (DEVICES_XATTR, TRUSTED_DEVICES_XATTR),
+        }
+    }
+
+    /// Whether the share whose root is `root` carries the mark.
+    pub fn on(self, root: RawFd) -> bool {
+        let (user, trusted) = self.names();
+        get(root, user, trusted).is_ok()
+    }
+
+    /// Marks the share whose root is `root`.
+    pub fn set(self, root: RawFd) -> io::Result<()> {
+        let (user, trusted) = self.names();
+        match host::setxattr(root, user, b"1", 0) {
+            Err(e) if no_user_xattrs(&e) => host::setxattr(root, trusted, b"1", 0),
+            other => other,
+        }
+    }
+}
 
 /// Guest-requested mode the host object does not carry.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -128,19 +176,6 @@ impl KeptMode {
         Self::load(fd.as_raw_fd(), kind)
             .map(|k| k.device)
             .filter(|&d| d != 0)
-    }
-
-    /// Whether the share whose root is `root` may hold kept devices.
-    pub fn share_may_hold_devices(root: RawFd) -> bool {
-        get(root, DEVICES_XATTR, TRUSTED_DEVICES_XATTR).is_ok()
-    }
-
-    /// Marks the share whose root is `root` as holding kept devices.
-    pub fn mark_share_holds_devices(root: RawFd) -> io::Result<()> {
-        match host::setxattr(root, DEVICES_XATTR, b"1", 0) {
-            Err(e) if no_user_xattrs(&e) => host::setxattr(root, TRUSTED_DEVICES_XATTR, b"1", 0),
-            other => other,
-        }
     }
 
     /// Stores `kept` on the host object behind `fd`, or removes the xattr

@@ -66,7 +66,7 @@ use crate::path_table::PathTable;
 use crate::saved_state::FsState;
 
 use fd_cache::FdCache;
-use kept_mode::{is_reserved_xattr, KeptMode, SETID};
+use kept_mode::{is_reserved_xattr, KeptMode, ShareMark, SETID};
 
 /// How a [`PassthroughFs`] serves its directory.
 #[derive(Clone, Debug)]
@@ -131,8 +131,10 @@ pub struct PassthroughFs {
     state: Mutex<State>,
     handles: HandleTable<OpenObject>,
     host_is_root: bool,
-    /// The share may hold kept devices, so READDIR looks for them (see
+    /// The share may hold kept modes, so LOOKUP reads them (see
     /// [`kept_mode`]).
+    modes_kept: AtomicBool,
+    /// The share may hold kept devices, so READDIR looks for them.
     devices_kept: AtomicBool,
 }
 
@@ -143,13 +145,18 @@ impl PassthroughFs {
         let st = host::fstat(fd.as_raw_fd())?;
         let mut by_host = HashMap::new();
         by_host.insert((st.st_dev, st.st_ino), ROOT_INODE);
+        let devices_kept = ShareMark::Devices.on(fd.as_raw_fd());
+        // A kept device is a kept mode: a share marked for one before the
+        // mark for modes existed holds modes too.
+        let modes_kept = devices_kept || ShareMark::Modes.on(fd.as_raw_fd());
         let root_id = HostId {
             dev: st.st_dev,
             ino: st.st_ino,
             kind: libc::S_IFDIR,
-            kept: KeptMode::load(fd.as_raw_fd(), libc::S_IFDIR),
+            kept: modes_kept
+                .then(|| KeptMode::load(fd.as_raw_fd(), libc::S_IFDIR))
+                .flatten(),
         };
-        let devices_kept = KeptMode::share_may_hold_devices(fd.as_raw_fd());
         Ok(PassthroughFs {
             root: Arc::new(fd),
             state: Mutex::new(State {
@@ -160,6 +167,7 @@ impl PassthroughFs {
             handles: HandleTable::new(config.max_open_handles),
             // SAFETY: geteuid has no preconditions.
             host_is_root: host::is_root(),
+            modes_kept: AtomicBool::new(modes_kept),
             devices_kept: AtomicBool::new(devices_kept),
             config,
         })
@@ -236,13 +244,32 @@ impl PassthroughFs {
     /// this server and the next) looks for kept devices. A root that takes
     /// no mark still gets them listed right for this server's lifetime.
     fn mark_devices_kept(&self) {
-        if self.devices_kept.load(Ordering::Acquire) {
+        self.mark(ShareMark::Devices, &self.devices_kept);
+    }
+
+    /// Before the first kept mode is stored: marks the share so that LOOKUP
+    /// (of this server and the next) reads what is kept.
+    fn mark_modes_kept(&self) {
+        self.mark(ShareMark::Modes, &self.modes_kept);
+    }
+
+    fn mark(&self, mark: ShareMark, flag: &AtomicBool) {
+        if flag.load(Ordering::Acquire) {
             return;
         }
-        if let Err(e) = KeptMode::mark_share_holds_devices(self.root.as_raw_fd()) {
-            tracing::warn!("cannot mark the share as holding kept devices: {e}");
+        if let Err(e) = mark.set(self.root.as_raw_fd()) {
+            tracing::warn!("cannot mark the share ({mark:?}): {e}");
         }
-        self.devices_kept.store(true, Ordering::Release);
+        flag.store(true, Ordering::Release);
+    }
+
+    /// Stores what is kept for the object behind `fd`, marking the share
+    /// first when something is.
+    fn store_kept(&self, fd: RawFd, kept: Option<KeptMode>) -> io::Result<()> {
+        if kept.is_some() {
+            self.mark_modes_kept();
+        }
+        KeptMode::store(fd, kept)
     }
 
     fn check_writable(&self) -> io::Result<()> {
@@ -258,8 +285,17 @@ impl PassthroughFs {
     fn register(&self, parent: Inode, name: &CStr, fd: OwnedFd) -> io::Result<Entry> {
         let st = host::fstat(fd.as_raw_fd())?;
         let key = (st.st_dev, st.st_ino);
-        let kept = KeptMode::load(fd.as_raw_fd(), st.st_mode & libc::S_IFMT);
+        let kind = st.st_mode & libc::S_IFMT;
+        let marked = self.modes_kept.load(Ordering::Acquire);
+        let mut kept = marked
+            .then(|| KeptMode::load(fd.as_raw_fd(), kind))
+            .flatten();
         let mut state = self.lock();
+        if !marked && self.modes_kept.load(Ordering::Acquire) {
+            // The share's first kept mode was stored meanwhile (maybe on
+            // this very object): read it rather than record none.
+            kept = KeptMode::load(fd.as_raw_fd(), kind);
+        }
         let state = &mut *state;
         let ino = match state.by_host.get(&key).copied() {
             Some(ino) => {
@@ -391,7 +427,7 @@ impl PassthroughFs {
             }
             if kept.is_some() {
                 let fd = host::open_child(pfd.as_raw_fd(), name)?;
-                KeptMode::store(fd.as_raw_fd(), kept)?;
+                self.store_kept(fd.as_raw_fd(), kept)?;
             }
             Ok(())
         };
@@ -413,7 +449,7 @@ impl PassthroughFs {
         };
         let new = (new != KeptMode::default()).then_some(new);
         if new != old {
-            KeptMode::store(fd, new)?;
+            self.store_kept(fd, new)?;
             self.lock().table.get_mut(ino)?.data.kept = new;
         }
         host::chmod_fd(fd, mode & 0o7777 & !SETID)
@@ -713,7 +749,7 @@ impl FileSystem for PassthroughFs {
         };
         self.set_creator(ctx, pfd.as_raw_fd(), name)?;
         if created && kept.is_some() {
-            if let Err(e) = KeptMode::store(file.as_raw_fd(), kept) {
+            if let Err(e) = self.store_kept(file.as_raw_fd(), kept) {
                 let _ = host::unlinkat(pfd.as_raw_fd(), name, 0);
                 return Err(e);
             }

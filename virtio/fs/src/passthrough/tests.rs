@@ -570,7 +570,7 @@ fn plain_readdir_reports_kept_device_types_as_lookup_does() {
 #[test]
 fn only_a_share_that_kept_a_device_is_marked_for_readdir_to_look() {
     let (dir, fs) = fresh_share();
-    let marked = || KeptMode::share_may_hold_devices(fs.root.as_raw_fd());
+    let marked = || ShareMark::Devices.on(fs.root.as_raw_fd());
     mknod(&fs, ROOT_INODE, "suid", libc::S_IFREG | 0o4755, 0);
     mknod(&fs, ROOT_INODE, "fifo", libc::S_IFIFO | 0o644, 0);
     assert!(!marked() && !fs.devices_kept.load(Ordering::Relaxed));
@@ -701,4 +701,60 @@ fn a_fresh_backend_over_the_same_directory_answers_for_saved_inodes_and_handles(
     let new = fresh.lookup(&CTX, ROOT_INODE, &c("new")).unwrap();
     assert!(new.inode >= saved.next_inode);
     fresh.forget(1 << 40, 1);
+}
+
+#[test]
+fn lookups_read_kept_modes_only_in_a_share_marked_for_them() {
+    let (dir, fs) = fresh_share();
+    let modes_marked = || ShareMark::Modes.on(fs.root.as_raw_fd());
+    // A kept mode that is not this backend's doing (copied in with its
+    // xattrs): an unmarked share does not read it.
+    let forged = dir.path().join("forged");
+    std::fs::write(&forged, b"").unwrap();
+    let kept = KeptMode::for_request(libc::S_IFREG | 0o4755, 0);
+    let file = std::fs::File::open(&forged).unwrap();
+    KeptMode::store(file.as_raw_fd(), kept).unwrap();
+    let mode_of =
+        |fs: &PassthroughFs, name| fs.lookup(&CTX, ROOT_INODE, &c(name)).unwrap().attr.mode;
+    assert_eq!(mode_of(&fs, "forged") & SETID, 0);
+    // Plain creates and modes leave the share unmarked.
+    let (plain, open) = fs
+        .create(&CTX, ROOT_INODE, &c("plain"), 0o755, libc::O_RDWR as u32, 0)
+        .unwrap();
+    fs.release(&CTX, plain.inode, 0, open.handle).unwrap();
+    fs.mkdir(&CTX, ROOT_INODE, &c("dir"), 0o755, 0).unwrap();
+    assert!(!modes_marked() && !fs.modes_kept.load(Ordering::Relaxed));
+
+    // The first kept mode marks it, before it is stored.
+    let set = SetAttr {
+        mode: Some(0o2755),
+        ..Default::default()
+    };
+    assert_eq!(
+        fs.setattr(&CTX, plain.inode, set).unwrap().0.mode,
+        libc::S_IFREG | 0o2755
+    );
+    assert!(modes_marked() && fs.modes_kept.load(Ordering::Relaxed));
+    assert!(!ShareMark::Devices.on(fs.root.as_raw_fd()));
+    let fs2 = fs_with(dir.path(), |_| {});
+    assert_eq!(mode_of(&fs2, "plain"), libc::S_IFREG | 0o2755);
+    assert_eq!(mode_of(&fs2, "forged") & SETID, libc::S_ISUID);
+    // The guest never sees the mark.
+    assert_errno(
+        fs2.getxattr(&CTX, ROOT_INODE, kept_mode::MODES_XATTR),
+        libc::ENODATA,
+    );
+    assert!(fs2.listxattr(&CTX, ROOT_INODE).unwrap().is_empty());
+
+    // A share marked only for devices (as before the mark for modes
+    // existed) reads kept modes too.
+    let old = tempfile::tempdir().unwrap();
+    let path = old.path().join("suid");
+    std::fs::write(&path, b"").unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    KeptMode::store(file.as_raw_fd(), kept).unwrap();
+    let root = host::open_root(old.path()).unwrap();
+    ShareMark::Devices.set(root.as_raw_fd()).unwrap();
+    let fs3 = fs_with(old.path(), |_| {});
+    assert_eq!(mode_of(&fs3, "suid") & SETID, libc::S_ISUID);
 }
