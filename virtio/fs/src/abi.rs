@@ -685,6 +685,15 @@ pub fn reply(out: &mut Vec<u8>, unique: u64, error: i32, body: &[u8]) {
     out.extend_from_slice(body);
 }
 
+/// Writes the success header of request `unique` into the first
+/// [`OUT_HEADER_SIZE`] bytes of `framed`, a reply whose body follows them.
+pub fn frame_reply(framed: &mut [u8], unique: u64) {
+    let len = framed.len() as u32;
+    framed[0..4].copy_from_slice(&len.to_le_bytes());
+    framed[4..8].copy_from_slice(&0u32.to_le_bytes());
+    framed[8..16].copy_from_slice(&unique.to_le_bytes());
+}
+
 /// The 16-byte error reply for request `unique`: `errno` is positive.
 pub fn error_reply(unique: u64, errno: i32) -> [u8; OUT_HEADER_SIZE] {
     let mut b = [0u8; OUT_HEADER_SIZE];

@@ -208,7 +208,7 @@ fn not_saveable<T>() -> io::Result<T> {
 /// (a `;` or a block after the return type cannot be told apart in a
 /// single repetition).
 macro_rules! filesystem_trait {
-    (@collect [$($ptr:ty),*] $done:tt) => {
+    (@collect [$($ptr:ty),*] $this:ident $done:tt) => {
         filesystem_trait!(@trait $done);
         $(filesystem_trait!(@forward $ptr $done);)*
     };
@@ -224,35 +224,37 @@ macro_rules! filesystem_trait {
             $($done)*
         }
     };
-    (@collect $ptrs:tt [$($done:tt)*]
+    // `$this` is the caller's `self`, so that default bodies may use it (a
+    // `self` written here would not be the one in a body passed in).
+    (@collect $ptrs:tt $this:ident [$($done:tt)*]
         $(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?; $($rest:tt)*) => {
-        filesystem_trait!(@collect $ptrs
-            [$($done)* $(#[$m])* fn $name(&self, $($arg: $ty),*) $(-> $ret)?;] $($rest)*);
+        filesystem_trait!(@collect $ptrs $this
+            [$($done)* $(#[$m])* fn $name(&$this, $($arg: $ty),*) $(-> $ret)?;] $($rest)*);
     };
-    (@collect $ptrs:tt [$($done:tt)*]
+    (@collect $ptrs:tt $this:ident [$($done:tt)*]
         $(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? $body:block
         $($rest:tt)*) => {
-        filesystem_trait!(@collect $ptrs
-            [$($done)* $(#[$m])* fn $name(&self, $($arg: $ty),*) $(-> $ret)? $body] $($rest)*);
+        filesystem_trait!(@collect $ptrs $this
+            [$($done)* $(#[$m])* fn $name(&$this, $($arg: $ty),*) $(-> $ret)? $body] $($rest)*);
     };
     // `Box<dyn FileSystem>` and `Arc<T>` are backends too (the server takes
     // a backend by value).
     (@forward $ptr:ty [$(
-        $(#[$m:meta])* fn $name:ident(&self, $($arg:ident: $ty:ty),*) $(-> $ret:ty)? $(;)? $($body:block)?
+        $(#[$m:meta])* fn $name:ident(&$this:ident, $($arg:ident: $ty:ty),*) $(-> $ret:ty)? $(;)? $($body:block)?
     )*]) => {
         impl<T: FileSystem + ?Sized> FileSystem for $ptr {
-            $(fn $name(&self, $($arg: $ty),*) $(-> $ret)? {
-                (**self).$name($($arg),*)
+            $(fn $name(&$this, $($arg: $ty),*) $(-> $ret)? {
+                (**$this).$name($($arg),*)
             })*
         }
     };
-    (forwarded by $ptrs:tt; $($methods:tt)*) => {
-        filesystem_trait!(@collect $ptrs [] $($methods)*);
+    (forwarded by $ptrs:tt; $this:ident; $($methods:tt)*) => {
+        filesystem_trait!(@collect $ptrs $this [] $($methods)*);
     };
 }
 
 filesystem_trait! {
-    forwarded by [Box<T>, std::sync::Arc<T>];
+    forwarded by [Box<T>, std::sync::Arc<T>]; self;
 
     /// Called once for FUSE_INIT; returns nothing to negotiate beyond what
     /// the server decides. A backend may prepare its root here.
@@ -338,6 +340,15 @@ filesystem_trait! {
     /// Reads up to `size` bytes at `offset`; fewer means end of file.
     fn read(ctx: &Context, inode: Inode, handle: Handle, offset: u64, size: u32) -> io::Result<Vec<u8>> {
         enosys()
+    }
+
+    /// [`read`](Self::read), the data appended to `out` (which holds the
+    /// reply's header already). A backend that reads into `out` directly
+    /// saves the server a copy of every byte read; one that transforms the
+    /// data (the hooks) keeps this default, which calls its `read`.
+    fn read_into(ctx: &Context, inode: Inode, handle: Handle, offset: u64, size: u32, out: &mut Vec<u8>) -> io::Result<()> {
+        out.extend_from_slice(&self.read(ctx, inode, handle, offset, size)?);
+        Ok(())
     }
 
     /// Writes `data` at `offset`; returns the bytes written.

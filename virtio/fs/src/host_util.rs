@@ -617,30 +617,53 @@ pub(crate) fn is_root() -> bool {
 
 /// Positional read of up to `size` bytes, short only at end of file.
 pub(crate) fn pread_full(fd: RawFd, offset: u64, size: u32) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; size as usize];
+    let mut out = Vec::new();
+    pread_append(fd, offset, size, &mut out)?;
+    Ok(out)
+}
+
+/// [`pread_full`] appending to `out`: the kernel copies into `out`'s spare
+/// room directly, with no zeroing pass first (a READ is up to 1 MiB). On an
+/// error `out` is left as it was.
+pub(crate) fn pread_append(fd: RawFd, offset: u64, size: u32, out: &mut Vec<u8>) -> io::Result<()> {
+    let start = out.len();
+    let size = size as usize;
+    out.reserve(size);
     let mut done = 0usize;
-    while done < buf.len() {
+    while done < size {
         let off = offset
             .checked_add(done as u64)
-            .ok_or_else(|| err(libc::EINVAL))?;
-        let off = i64::try_from(off).map_err(|_| err(libc::EINVAL))?;
-        // SAFETY: the slice is valid for its length.
-        let n =
-            unsafe { libc::pread64(fd, buf[done..].as_mut_ptr().cast(), buf.len() - done, off) };
+            .and_then(|off| i64::try_from(off).ok())
+            .ok_or_else(|| err(libc::EINVAL));
+        let off = match off {
+            Ok(off) => off,
+            Err(e) => {
+                out.truncate(start);
+                return Err(e);
+            }
+        };
+        let spare = out.spare_capacity_mut();
+        debug_assert!(spare.len() >= size - done);
+        // SAFETY: `spare` is writable for at least `size - done` bytes (reserved above, and
+        // only `done` of them used since).
+        let n = unsafe { libc::pread64(fd, spare.as_mut_ptr().cast(), size - done, off) };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::EINTR) {
                 continue;
             }
+            out.truncate(start);
             return Err(e);
         }
         if n == 0 {
             break;
         }
+        // SAFETY: the kernel initialized the `n` bytes after the current length (`n` is at
+        // most the `size - done` asked for).
+        unsafe { out.set_len(out.len() + n as usize) };
         done += n as usize;
     }
-    buf.truncate(done);
-    Ok(buf)
+    Ok(())
 }
 
 /// Positional write; with `append` the file's own end is used (pwrite
@@ -755,6 +778,27 @@ mod tests {
         open_beneath(dirfd, rel)
             .err()
             .and_then(|e| e.raw_os_error())
+    }
+
+    #[test]
+    fn pread_append_keeps_what_was_there_and_stops_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let fd = file.as_raw_fd();
+        let mut out = b"head".to_vec();
+        pread_append(fd, 3, 4, &mut out).unwrap();
+        assert_eq!(out, b"head3456");
+        pread_append(fd, 8, 100, &mut out).unwrap();
+        assert_eq!(out, b"head345689");
+        pread_append(fd, 50, 100, &mut out).unwrap();
+        assert_eq!(out, b"head345689");
+        // A failure leaves `out` as it was.
+        let dir_fd = open_root(dir.path()).unwrap();
+        assert!(pread_append(dir_fd.as_raw_fd(), 0, 10, &mut out).is_err());
+        assert!(pread_append(fd, u64::MAX, 10, &mut out).is_err());
+        assert_eq!(out, b"head345689");
     }
 
     #[test]

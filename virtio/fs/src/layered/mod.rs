@@ -1397,6 +1397,19 @@ impl FileSystem for LayeredFs {
         host::pread_full(fd, offset, size)
     }
 
+    fn read_into(
+        &self,
+        _ctx: &Context,
+        _inode: Inode,
+        handle: Handle,
+        offset: u64,
+        size: u32,
+        out: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        let (_obj, fd) = self.handle_fd(handle)?;
+        host::pread_append(fd, offset, size, out)
+    }
+
     fn write(
         &self,
         _ctx: &Context,

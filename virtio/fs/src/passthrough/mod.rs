@@ -783,6 +783,19 @@ impl FileSystem for PassthroughFs {
         host::pread_full(Self::handle_raw(&obj), offset, size)
     }
 
+    fn read_into(
+        &self,
+        _ctx: &Context,
+        _inode: Inode,
+        handle: Handle,
+        offset: u64,
+        size: u32,
+        out: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        let obj = self.file_fd(handle)?;
+        host::pread_append(Self::handle_raw(&obj), offset, size, out)
+    }
+
     fn write(
         &self,
         _ctx: &Context,

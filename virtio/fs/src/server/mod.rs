@@ -109,6 +109,9 @@ struct Request<'a> {
 /// What an operation answers: a body after the header, or nothing at all.
 enum Reply {
     Body(Vec<u8>),
+    /// The whole reply, its first [`abi::OUT_HEADER_SIZE`] bytes left for
+    /// the header: READ's data is read in place, not copied after a header.
+    Framed(Vec<u8>),
     None,
 }
 
@@ -204,6 +207,10 @@ impl<F: FileSystem> Server<F> {
         };
         match result {
             Ok(Reply::Body(b)) => abi::reply(reply, h.unique, 0, &b),
+            Ok(Reply::Framed(mut framed)) => {
+                abi::frame_reply(&mut framed, h.unique);
+                *reply = framed;
+            }
             Ok(Reply::None) => {}
             Err(e) => reply.extend_from_slice(&abi::error_reply(h.unique, e)),
         }

@@ -226,12 +226,18 @@ impl<F: FileSystem> Server<F> {
         if a.size > MAX_READ {
             return Err(libc::EINVAL);
         }
-        let mut data = self
-            .fs
-            .read(&r.ctx, r.ino, a.fh, a.offset, a.size)
+        let mut framed = Vec::with_capacity(abi::OUT_HEADER_SIZE + a.size as usize);
+        framed.resize(abi::OUT_HEADER_SIZE, 0);
+        self.fs
+            .read_into(&r.ctx, r.ino, a.fh, a.offset, a.size, &mut framed)
             .map_err(errno)?;
-        data.truncate(a.size as usize);
-        Ok(Reply::Body(data))
+        if framed.len() < abi::OUT_HEADER_SIZE {
+            // A backend that took from the header answered nothing sound.
+            return Err(libc::EIO);
+        }
+        // A backend that answers more than asked is cut to the request.
+        framed.truncate(abi::OUT_HEADER_SIZE + a.size as usize);
+        Ok(Reply::Framed(framed))
     }
 
     pub(super) fn do_write(&self, r: &mut Request<'_>) -> OpResult {

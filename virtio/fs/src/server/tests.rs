@@ -741,3 +741,59 @@ fn a_miss_is_a_negative_entry_only_where_the_backend_allows_it() {
     // Other errors stay errors: a file has no names in it.
     assert_eq!(k.lookup(u64_at(&hit, 0), "x"), Err(libc::ENOTDIR));
 }
+
+/// READ's data is read into the reply in place by the host-file backends
+/// (`read_into`) and through the default for the others: both answer the
+/// same bytes, header length included, at every offset and size.
+#[test]
+fn reads_in_place_and_through_the_default_answer_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    let passthrough = crate::PassthroughFs::new(dir.path(), Default::default()).unwrap();
+    let mut host = Kernel::with(passthrough, ServerOptions::default());
+    let mut memory = Kernel::new();
+    let mut files = Vec::new();
+    for k in [&mut host as &mut dyn ReadWrite, &mut memory] {
+        let (ino, fh) = k.create_file("f");
+        assert_eq!(k.write_at(ino, fh, 0, &data), data.len() as u32);
+        files.push((ino, fh));
+    }
+    let cases: &[(u64, u32)] = &[
+        (0, 4096),
+        (0, 1 << 20),
+        (1, 100),
+        (131_072, 131_072),
+        (299_990, 4096),
+        (300_000, 10),
+        (1 << 40, 10),
+        (5, 0),
+    ];
+    for &(off, size) in cases {
+        let start = (off as usize).min(data.len());
+        let end = start.saturating_add(size as usize).min(data.len());
+        let want = &data[start..end];
+        let (ino, fh) = files[0];
+        assert_eq!(
+            host.read(ino, fh, off, size),
+            want,
+            "passthrough {off}+{size}"
+        );
+        let (ino, fh) = files[1];
+        assert_eq!(memory.read(ino, fh, off, size), want, "memory {off}+{size}");
+    }
+}
+
+/// The two kernels of the test above, whatever their backend.
+trait ReadWrite {
+    fn create_file(&mut self, name: &str) -> (u64, u64);
+    fn write_at(&mut self, ino: u64, fh: u64, off: u64, data: &[u8]) -> u32;
+}
+
+impl<F: FileSystem> ReadWrite for Kernel<F> {
+    fn create_file(&mut self, name: &str) -> (u64, u64) {
+        self.create(ROOT_INODE, name)
+    }
+    fn write_at(&mut self, ino: u64, fh: u64, off: u64, data: &[u8]) -> u32 {
+        self.write(ino, fh, off, data)
+    }
+}
