@@ -148,6 +148,13 @@ struct Node {
     kind: u32,
 }
 
+/// What resolving a name read about the entry it found (its host stat and
+/// guest metadata): enough for its attributes without opening it again.
+struct Seen {
+    st: libc::stat64,
+    meta: GuestMeta,
+}
+
 enum OpenObject {
     File(OwnedFd),
     Dir(std::sync::Arc<Snapshot>),
@@ -358,6 +365,19 @@ impl LayeredFs {
 
     /// Resolves `name` in the merged directory `parent` (at `parent_path`).
     fn resolve(&self, parent: &Node, parent_path: &[u8], name: &CStr) -> io::Result<Option<Node>> {
+        Ok(self
+            .resolve_seen(parent, parent_path, name)?
+            .map(|(node, _)| node))
+    }
+
+    /// [`Self::resolve`], with what it read about the entry where that gives
+    /// its attributes (see [`Self::attr_seen`]).
+    fn resolve_seen(
+        &self,
+        parent: &Node,
+        parent_path: &[u8],
+        name: &CStr,
+    ) -> io::Result<Option<(Node, Option<Seen>)>> {
         if parent.kind != libc::S_IFDIR {
             return Err(err(libc::ENOTDIR));
         }
@@ -369,6 +389,7 @@ impl LayeredFs {
             kind: 0,
         };
         let mut search_lowers = true;
+        let mut seen = None;
         if parent.upper {
             let pfd = self.upper_fd(parent_path)?;
             match host::open_child(pfd.as_raw_fd(), name) {
@@ -376,7 +397,12 @@ impl LayeredFs {
                     let st = host::fstat(fd.as_raw_fd())?;
                     node.upper = true;
                     node.kind = match GuestMeta::load(self.xattr_ns, fd.as_raw_fd())? {
-                        Some(m) => m.mode & libc::S_IFMT,
+                        Some(meta) => {
+                            // Without it the attributes come from a lower
+                            // layer (see `attr_of`): not seen here.
+                            seen = Some(Seen { st, meta });
+                            meta.mode & libc::S_IFMT
+                        }
                         None => st.st_mode & libc::S_IFMT,
                     };
                     search_lowers =
@@ -389,30 +415,39 @@ impl LayeredFs {
             }
         }
         if search_lowers {
-            self.search_lowers(parent, parent_path, name, &mut node)?;
+            let first = self.search_lowers(parent, parent_path, name, &mut node)?;
+            if !node.upper {
+                seen = first;
+            }
         }
-        Ok((node.kind != 0).then_some(node))
+        Ok((node.kind != 0).then_some((node, seen)))
     }
 
     /// Adds to `node` the lower layers of `parent` that show `name`
-    /// (the first one's guest type too, where `node` has none yet).
+    /// (the first one's guest type too, where `node` has none yet). Returns
+    /// what it read of the first layer that shows it.
     fn search_lowers(
         &self,
         parent: &Node,
         parent_path: &[u8],
         name: &CStr,
         node: &mut Node,
-    ) -> io::Result<()> {
+    ) -> io::Result<Option<Seen>> {
         let path = join(parent_path, name.to_bytes());
         let wh = whiteout_name(name)?;
         let opaque = host::cstring(OPAQUE_MARKER.as_bytes())?;
+        let mut first = None;
         for &li in &parent.lowers {
             let Ok(pfd) = self.lower_fd(li, parent_path) else {
                 break;
             };
             match host::statat(pfd.as_raw_fd(), name) {
                 Ok(st) => {
-                    let kind = self.lower_guest_meta(li, &path, &st).mode & libc::S_IFMT;
+                    let meta = self.lower_guest_meta(li, &path, &st);
+                    let kind = meta.mode & libc::S_IFMT;
+                    if first.is_none() {
+                        first = Some(Seen { st, meta });
+                    }
                     if node.kind == 0 {
                         node.kind = kind;
                     } else if node.kind != libc::S_IFDIR || kind != libc::S_IFDIR {
@@ -436,7 +471,7 @@ impl LayeredFs {
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        Ok(first)
     }
 
     /// Whether a lower layer of `parent` shows `name`, even where an upper
@@ -450,6 +485,21 @@ impl LayeredFs {
         };
         self.search_lowers(parent, parent_path, name, &mut node)?;
         Ok(!node.lowers.is_empty())
+    }
+
+    /// The attributes of `node` from what resolving it read, where that is
+    /// all [`Self::attr_of`] would read (not for a lower symlink, whose size
+    /// it reads from the link).
+    fn attr_seen(ino: Inode, node: &Node, seen: &Seen) -> Option<Attr> {
+        let kind = seen.meta.mode & libc::S_IFMT;
+        if kind == libc::S_IFLNK && !node.upper {
+            return None;
+        }
+        let mut a = guest_attr(ino, &seen.st, &seen.meta);
+        if kind != libc::S_IFREG && kind != libc::S_IFDIR && kind != libc::S_IFLNK {
+            a.size = 0;
+        }
+        Some(a)
     }
 
     fn attr_of(&self, ino: Inode, node: &Node, path: &[u8]) -> io::Result<Attr> {
@@ -527,6 +577,17 @@ impl LayeredFs {
     }
 
     fn register(&self, parent: Inode, name: &CStr, node: Node) -> io::Result<Entry> {
+        self.register_seen(parent, name, node, None)
+    }
+
+    /// [`Self::register`], the attributes from `seen` where it gives them.
+    fn register_seen(
+        &self,
+        parent: Inode,
+        name: &CStr,
+        node: Node,
+        seen: Option<Seen>,
+    ) -> io::Result<Entry> {
         let path = {
             let t = self.table.lock().expect("layered table lock");
             join(&t.path(parent)?, name.to_bytes())
@@ -542,7 +603,10 @@ impl LayeredFs {
         };
         let generation = t.get(ino)?.generation;
         drop(t);
-        let attr = self.attr_of(ino, &node, &path)?;
+        let attr = match seen.and_then(|seen| Self::attr_seen(ino, &node, &seen)) {
+            Some(attr) => attr,
+            None => self.attr_of(ino, &node, &path)?,
+        };
         Ok(self.entry(ino, generation, attr))
     }
 
@@ -1102,8 +1166,11 @@ impl FileSystem for LayeredFs {
             return Err(err(libc::ENOENT));
         }
         let _r = self.tree.read().expect("tree lock");
-        let (_, _, child) = self.child_of(parent, name)?;
-        self.register(parent, name, child)
+        let (pnode, ppath) = self.node(parent)?;
+        let (child, seen) = self
+            .resolve_seen(&pnode, &ppath, name)?
+            .ok_or_else(|| err(libc::ENOENT))?;
+        self.register_seen(parent, name, child, seen)
     }
 
     fn forget(&self, inode: Inode, count: u64) {

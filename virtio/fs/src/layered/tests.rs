@@ -765,3 +765,49 @@ fn the_guest_may_cache_names_misses_pages_and_listings_and_a_hook_chain_opts_out
         NOFLUSH
     );
 }
+
+/// LOOKUP builds its attributes from what resolving the name read; GETATTR
+/// reads them afresh. Both must agree for every kind of entry: lower files,
+/// devices and symlinks, merged and opaque directories, copied-up and new
+/// upper entries, a kept device in the upper.
+#[test]
+fn lookup_attributes_agree_with_getattr_for_every_kind_of_entry() {
+    let (base, top) = base_and_top();
+    let upper = tempfile::tempdir().unwrap();
+    let fs = fs_over(&[&base, &top], upper.path());
+    write_at(&fs, "keep/k", b"changed", libc::O_WRONLY);
+    let d = walk(&fs, "d").unwrap();
+    let (f, open) = fs
+        .create(&CTX, d.inode, &c("new"), 0o640, libc::O_RDWR as u32, 0)
+        .unwrap();
+    fs.release(&CTX, f.inode, 0, open.handle).unwrap();
+    fs.mkdir(&CTX, ROOT_INODE, &c("newdir"), 0o750, 0).unwrap();
+    mknod(&fs, ROOT_INODE, "blk", libc::S_IFBLK | 0o600, 0x0801);
+    fs.symlink(&CTX, &c("a"), ROOT_INODE, &c("newlink"))
+        .unwrap();
+    let paths = [
+        "a", "bin", "bin/su", "d", "d/z", "d/new", "dev", "dev/null", "etc", "etc/link", "escape",
+        "keep", "keep/k", "newdir", "blk", "newlink",
+    ];
+    // A second backend over the same upper knows it from the disk only.
+    let fresh = fs_over(&[&base, &top], upper.path());
+    for fs in [&fs, &fresh] {
+        for path in paths {
+            // Reading a symlink's target (for its size) touches its atime.
+            let no_atime = |a: Attr| Attr {
+                atime: 0,
+                atime_nsec: 0,
+                ..a
+            };
+            let e = walk(fs, path).unwrap();
+            let (attr, _) = fs.getattr(&CTX, e.inode, None).unwrap();
+            assert_eq!(no_atime(e.attr), no_atime(attr), "{path}");
+        }
+    }
+    let kept = walk(&fs, "blk").unwrap().attr;
+    assert_eq!((kept.mode, kept.rdev), (libc::S_IFBLK | 0o600, 0x0801));
+    let su = walk(&fs, "bin/su").unwrap().attr;
+    assert_eq!(su.mode, libc::S_IFREG | 0o4755);
+    let link = walk(&fs, "etc/link").unwrap().attr;
+    assert_eq!(link.size, "/etc/passwd".len() as u64);
+}
