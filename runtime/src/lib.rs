@@ -408,6 +408,25 @@ impl<'a> Supervisor<'a> {
         spawner::launch(self.args, self.dir)?;
         let plugin_host = plugins::launch(self.args, self.dir)?;
         self.mark("spawn service launched");
+        let agent = image::find_agent()?;
+        // A fork's guest already booted: its initramfs is in the snapshot's memory. The
+        // cache of the part every sandbox shares is out of reach once confined.
+        let shared_initramfs = match self.args.spec.fork_of {
+            Some(_) => None,
+            None => {
+                let busybox = match self.args.spec.root {
+                    msbvm_sdk::spec::RootSpec::Initramfs => Some(image::find_busybox()?),
+                    _ => None,
+                };
+                let cache = self.args.home.join("cache").join("initramfs");
+                Some(image::SharedArchive::open(
+                    &cache,
+                    &agent,
+                    busybox.as_deref(),
+                )?)
+            }
+        };
+        self.mark("initramfs cache opened");
         if let Some(plan) = confine::plan(&self.args.spec, self.dir, &self.args.home)? {
             confine::enable(plan)?;
             log_writer::confine();
@@ -433,7 +452,6 @@ impl<'a> Supervisor<'a> {
                 None => msbvm_plugins::data::Lifecycle::Created,
             },
         );
-        let agent = image::find_agent()?;
         let mut devices = devices::build(
             &self.args.spec,
             &self.args.secrets,
@@ -447,22 +465,14 @@ impl<'a> Supervisor<'a> {
         if self.args.spec.fork_of.is_none() {
             devices.write_resolver_files(&self.args.name);
         }
-        // A fork's guest already booted: its initramfs is in the snapshot's memory.
-        let restore = match &self.args.spec.fork_of {
-            Some(snapshot) => Some(fork::open_vm_snapshot(snapshot)?),
-            None => {
-                let busybox = if devices.initramfs_root {
-                    Some(image::find_busybox()?)
-                } else {
-                    None
-                };
-                let initrd =
-                    image::build(&self.args.name, &agent, busybox.as_deref(), &devices.boot)?;
-                let initrd_path = self.dir.initrd();
-                std::fs::write(&initrd_path, initrd.to_bytes())
-                    .map_err(Error::io(format!("writing {}", initrd_path.display())))?;
+        let restore = match (&self.args.spec.fork_of, &shared_initramfs) {
+            (Some(snapshot), _) => Some(fork::open_vm_snapshot(snapshot)?),
+            (None, Some(shared)) => {
+                let own = image::build_own(&self.args.name, &devices.boot, devices.initramfs_root)?;
+                shared.write_initrd(&self.dir.initrd(), &own)?;
                 None
             }
+            (None, None) => None,
         };
         self.mark("guest prepared");
         self.apply_exec_defaults(&devices)?;
