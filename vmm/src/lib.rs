@@ -32,33 +32,55 @@
 //! The core ([`config`], [`memory`], [`devices`], [`vcpu`], [`halt`], [`vm`])
 //! reaches the hypervisor only through [`hypervisor`], and the architecture only
 //! through the names [`arch`] re-exports. Only [`run`] picks the backend.
+//!
+//! The core and the KVM backend build on Linux only. Elsewhere (macOS) the crate
+//! is [`hypervisor`], [`event`], [`exit`], [`memory`], [`klog`], [`stats`] and
+//! the arm64 platform code in [`arch`]: what the Hypervisor.framework backend
+//! implements and reuses.
 
 pub mod arch;
-pub mod config;
-pub mod devices;
+pub mod event;
 pub mod exit;
-pub mod halt;
 pub mod hypervisor;
 pub mod klog;
-pub mod kvm;
 pub mod memory;
-mod read_at;
-pub mod seccomp;
-pub mod snapshot;
 pub mod stats;
+
+// The core and the KVM backend: Linux only, since the virtio devices (epoll, eventfd), the
+// seccomp filters and KVM are. On other hosts the modules above are what a backend (the
+// macOS `msbvm-hvf`) implements and reuses.
+#[cfg(target_os = "linux")]
+pub mod config;
+#[cfg(target_os = "linux")]
+pub mod devices;
+#[cfg(target_os = "linux")]
+pub mod halt;
+#[cfg(target_os = "linux")]
+pub mod kvm;
+mod read_at;
+#[cfg(target_os = "linux")]
+pub mod seccomp;
+#[cfg(target_os = "linux")]
+pub mod snapshot;
+#[cfg(target_os = "linux")]
 pub mod vcpu;
+#[cfg(target_os = "linux")]
 pub mod vm;
 
+#[cfg(target_os = "linux")]
 pub use arch::{boot, layout};
+#[cfg(target_os = "linux")]
 pub use config::{
     BootSource, ConfigError, ConsoleOutput, DeviceFactory, DeviceSpec, StopHandle, VmConfig,
     VsockConfig, DEFAULT_CMDLINE,
 };
 pub use exit::{FaultKind, FaultRegs, VcpuFault, VmExit};
+#[cfg(target_os = "linux")]
 pub use vm::{Error, VmControl, VmEvent, VmOutcome, WhilePaused};
 
 /// Boots the VM described by `config` on this host's KVM and runs it to the
 /// end (see [`vm::run`]). `on_event` is called on this thread as events happen.
+#[cfg(target_os = "linux")]
 pub fn run(config: &VmConfig, on_event: impl FnMut(&VmEvent)) -> Result<VmOutcome, Error> {
     vm::run(|| kvm::open().map_err(Into::into), config, on_event)
 }

@@ -39,14 +39,18 @@ pub fn create(ranges: &[(GuestAddress, usize)]) -> Result<GuestMemory, FromRange
 /// Asks the host for transparent huge pages behind `region` (a no-op where they are off).
 fn advise_huge_pages(region: &GuestRegionMmap<()>) {
     let (addr, len) = (region.as_ptr(), region.len() as usize);
-    // SAFETY: madvise only changes how the kernel backs this mapping, which we own; it never
-    // changes its contents.
-    let rc = unsafe { libc::madvise(addr.cast(), len, libc::MADV_HUGEPAGE) };
-    if rc != 0 {
-        tracing::debug!(
-            "guest memory: MADV_HUGEPAGE: {}",
-            std::io::Error::last_os_error()
-        );
+    // Transparent huge pages are Linux's; macOS backs anonymous memory its own way.
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: madvise only changes how the kernel backs this mapping, which we own; it
+        // never changes its contents.
+        let rc = unsafe { libc::madvise(addr.cast(), len, libc::MADV_HUGEPAGE) };
+        if rc != 0 {
+            tracing::debug!(
+                "guest memory: MADV_HUGEPAGE: {}",
+                std::io::Error::last_os_error()
+            );
+        }
     }
     tracing::debug!(
         "guest memory: {len} bytes at {addr:p} ({} within 2 MiB)",

@@ -78,11 +78,13 @@ pub struct Shared {
     pub describe_on_stop: AtomicBool,
     /// Per vCPU: where it was when it left its loop (see `describe_on_stop`).
     pub stopped_at: Mutex<Vec<Option<String>>>,
+    /// The backend's own way to end a vCPU's run, for runs a signal does not end.
+    pub kicker: Option<crate::hypervisor::Kicker>,
 }
 
 impl Shared {
-    /// State for `vcpus` vCPUs.
-    pub fn new(vcpus: u8) -> Self {
+    /// State for `vcpus` vCPUs, kicked with the thread signal and `kicker` when there is one.
+    pub fn new(vcpus: u8, kicker: Option<crate::hypervisor::Kicker>) -> Self {
         Shared {
             stop: AtomicBool::new(false),
             in_guest_since: (0..vcpus).map(|_| AtomicU64::new(0)).collect(),
@@ -93,6 +95,7 @@ impl Shared {
             resume: (Mutex::new(0), Condvar::new()),
             describe_on_stop: AtomicBool::new(false),
             stopped_at: Mutex::new(vec![None; usize::from(vcpus)]),
+            kicker,
         }
     }
 

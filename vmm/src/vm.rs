@@ -570,7 +570,7 @@ impl Vcpus {
         let (tx, reports) = mpsc::channel();
         vcpu::install_kick_handler();
         let mut vcpus = Vcpus {
-            shared: Arc::new(Shared::new(config.vcpus)),
+            shared: Arc::new(Shared::new(config.vcpus, machine.vm.vcpu_kicker())),
             threads: Vec::new(),
             reports,
             tx: tx.clone(),
@@ -606,7 +606,7 @@ impl Vcpus {
             // the ones not yet paused are kicked again until they are.
             for (index, handle) in self.threads.iter().enumerate() {
                 if states[index].is_none() {
-                    kick(handle);
+                    kick(&self.shared, index, handle);
                 }
             }
             match self.reports.recv_timeout(KICK_INTERVAL) {
@@ -753,7 +753,7 @@ fn supervise<V: Vm>(
                 if check_for_halt(&vcpus.shared, &mut watch) {
                     for (index, handle) in vcpus.threads.iter().enumerate() {
                         if !halted[index] {
-                            kick(handle);
+                            kick(&vcpus.shared, index, handle);
                         }
                     }
                 }
@@ -837,7 +837,11 @@ fn check_for_halt(shared: &Shared, watch: &mut HaltWatch) -> bool {
     )
 }
 
-fn kick(handle: &JoinHandle<()>) {
+/// Interrupts vCPU `index`'s run: the thread signal, and the backend's kicker if it has one.
+fn kick(shared: &Shared, index: usize, handle: &JoinHandle<()>) {
+    if let Some(kicker) = &shared.kicker {
+        kicker(u8::try_from(index).unwrap_or(u8::MAX));
+    }
     // SAFETY: the thread is alive (not joined) while we hold its handle, and the
     // kick signal has a handler installed, so delivery only interrupts the vCPU's run call.
     unsafe {
@@ -850,11 +854,11 @@ fn stop_vcpus(shared: &Shared, threads: Vec<JoinHandle<()>>) {
     shared.stop.store(true, Ordering::Release);
     shared.wake_for_stop();
     let deadline = Instant::now() + Duration::from_secs(10);
-    for handle in threads {
+    for (index, handle) in threads.into_iter().enumerate() {
         // The kick can land just before the thread re-enters the guest, so keep
         // kicking until it is out.
         while !handle.is_finished() && Instant::now() < deadline {
-            kick(&handle);
+            kick(shared, index, &handle);
             std::thread::sleep(KICK_INTERVAL);
         }
         if handle.is_finished() {

@@ -22,10 +22,10 @@ pub use self::x86_64::{
     regs::{EntryMode, FaultRegs, VcpuRegisters, IP_NAME},
 };
 
+#[cfg(all(target_arch = "aarch64", target_os = "linux"))]
+pub use self::aarch64::{boot, devices::attach_legacy_devices};
 #[cfg(target_arch = "aarch64")]
 pub use self::aarch64::{
-    boot,
-    devices::attach_legacy_devices,
     layout,
     regs::{EntryMode, FaultRegs, VcpuRegisters, IP_NAME},
 };

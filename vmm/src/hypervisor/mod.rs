@@ -8,12 +8,12 @@
 //! [`VcpuExit`]; device accesses are answered during the run through
 //! [`DeviceAccess`], so an exit never borrows the backend's run area.
 //!
-//! KVM implements these in the `kvm` module; the macOS Hypervisor.framework
-//! backend (`msbvm-hvf`) is to implement them next. The register and entry
+//! KVM implements these in the `kvm` module, the macOS Hypervisor.framework
+//! backend in `msbvm-hvf`. The register and entry
 //! types are the architecture's (re-exported by [`crate::arch`]), since what "registers" means
 //! differs between x86_64 and aarch64.
 
-use vmm_sys_util::eventfd::EventFd;
+use crate::event::EventFd;
 
 use crate::arch::{EntryMode, VcpuRegisters};
 use crate::exit::{FaultKind, VmExit};
@@ -103,7 +103,19 @@ pub trait Vm: Send + Sync {
     /// The host CPU in words ("GenuineIntel family 6 model 85"), recorded in
     /// snapshots so a mismatch can be explained.
     fn host_cpu(&self) -> String;
+
+    /// What the core calls, from any thread, to make vCPU `index`'s [`Vcpu::run`] return
+    /// soon with [`VcpuExit::Interrupted`], besides the signal it sends the vCPU's thread.
+    /// `None` (the default) when that signal is enough, as it is for KVM (it interrupts
+    /// `KVM_RUN`); a backend whose run a signal does not end (Hypervisor.framework, or one
+    /// that sleeps a halted vCPU in user space) returns its own.
+    fn vcpu_kicker(&self) -> Option<Kicker> {
+        None
+    }
 }
+
+/// Kicks vCPU `index` out of its run (see [`Vm::vcpu_kicker`]).
+pub type Kicker = std::sync::Arc<dyn Fn(u8) + Send + Sync>;
 
 /// The device accesses a vCPU exits for, answered by the VMM's buses.
 pub trait DeviceAccess {
