@@ -85,6 +85,8 @@ pub enum Stop {
     PowerOff,
     /// PSCI SYSTEM_RESET (`VmExit::Reboot`).
     Reset,
+    /// PSCI SYSTEM_RESET2 as a warm reset: the guest kernel panicked (`VmExit::Panic`).
+    Panic,
 }
 
 /// What the VMM core does after one exit.
@@ -376,6 +378,7 @@ impl ExitHandler {
             }),
             Action::SystemOff => Ok(Exit::Stop(Stop::PowerOff)),
             Action::SystemReset => Ok(Exit::Stop(Stop::Reset)),
+            Action::SystemWarmReset => Ok(Exit::Stop(Stop::Panic)),
         }
     }
 

@@ -61,6 +61,8 @@ pub mod fid {
     pub const SYSTEM_RESET: u32 = 0x8400_0009;
     /// PSCI_FEATURES (PSCI 1.0).
     pub const PSCI_FEATURES: u32 = 0x8400_000a;
+    /// SYSTEM_RESET2 (PSCI 1.1), in both SMC32 and SMC64 forms.
+    pub const SYSTEM_RESET2: u32 = 0x8400_0012;
     /// The SMC64 bit of a function identifier (SMCCC §2.5).
     pub const SMC64: u32 = 0x4000_0000;
     /// SMCCC_VERSION (SMCCC 1.1): an Arm architecture service call.
@@ -80,6 +82,14 @@ pub mod affinity {
     pub const OFF: i64 = 1;
     /// A core of the node is being turned on.
     pub const ON_PENDING: i64 = 2;
+}
+
+/// SYSTEM_RESET2's reset types (PSCI 1.1 §5.12.1), in the low 32 bits of x1.
+pub mod reset2 {
+    /// SYSTEM_WARM_RESET, the one architectural type.
+    pub const WARM: u32 = 0;
+    /// Bit 31: a vendor-specific type (none is implemented).
+    pub const VENDOR: u32 = 1 << 31;
 }
 
 /// MIGRATE_INFO_TYPE's answer: no Trusted OS that needs migrating
@@ -123,6 +133,10 @@ pub enum Action {
     SystemOff,
     /// Reset the VM (msbvm stops a guest that resets, as on x86).
     SystemReset,
+    /// A warm reset (SYSTEM_RESET2's architectural SYSTEM_WARM_RESET): what Linux asks for
+    /// after a panic under msbvm's `reboot=panic_w`, so the VMM reports a panic, as the KVM
+    /// backend does for the same call.
+    SystemWarmReset,
 }
 
 /// The result of one call.
@@ -204,6 +218,11 @@ pub fn handle(x: [u64; 4], cpus: &[PowerState]) -> Outcome {
         fid::SYSTEM_OFF if !smc64 => Outcome::act(ret::SUCCESS, Action::SystemOff),
         fid::SYSTEM_RESET if !smc64 => Outcome::act(ret::SUCCESS, Action::SystemReset),
         fid::PSCI_FEATURES if !smc64 => Outcome::ret(features(arg(1) as u32)),
+        fid::SYSTEM_RESET2 => match arg(1) as u32 {
+            reset2::WARM => Outcome::act(ret::SUCCESS, Action::SystemWarmReset),
+            t if t & reset2::VENDOR != 0 => Outcome::ret(ret::NOT_SUPPORTED),
+            _ => Outcome::ret(ret::INVALID_PARAMETERS),
+        },
         // MIGRATE and MIGRATE_INFO_UP_CPU (no Trusted OS), CPU_FREEZE and the
         // other optional 1.0 functions, SMCCC_VERSION and SMCCC_ARCH_FEATURES
         // (so the guest assumes SMCCC 1.0 and no firmware workarounds), and
@@ -216,7 +235,12 @@ pub fn handle(x: [u64; 4], cpus: &[PowerState]) -> Outcome {
 /// CPU_SUSPEND, 0 also says "original power_state format, no OS-initiated
 /// mode"), NOT_SUPPORTED otherwise.
 fn features(function: u32) -> i64 {
-    let supported_both = [fid::CPU_SUSPEND, fid::CPU_ON, fid::AFFINITY_INFO];
+    let supported_both = [
+        fid::CPU_SUSPEND,
+        fid::CPU_ON,
+        fid::AFFINITY_INFO,
+        fid::SYSTEM_RESET2,
+    ];
     let supported_32 = [
         fid::PSCI_VERSION,
         fid::CPU_OFF,
@@ -338,6 +362,21 @@ mod tests {
     }
 
     #[test]
+    fn system_reset2_serves_the_warm_reset_only() {
+        for f in [fid::SYSTEM_RESET2, fid::SYSTEM_RESET2 | fid::SMC64] {
+            let o = call(f, u64::from(reset2::WARM), 0, 0, &[On]);
+            assert_eq!((x0(o), o.action), (0, Action::SystemWarmReset), "{f:#x}");
+            let o = call(f, u64::from(reset2::VENDOR | 1), 0, 0, &[On]);
+            assert_eq!((x0(o), o.action), (-1, Action::None));
+            let o = call(f, 1, 0, 0, &[On]);
+            assert_eq!((x0(o), o.action), (-2, Action::None));
+        }
+        // An SMC32 caller's upper half of x1 is ignored.
+        let o = call(fid::SYSTEM_RESET2, 0xffff_ffff_0000_0000, 0, 0, &[On]);
+        assert_eq!(o.action, Action::SystemWarmReset);
+    }
+
+    #[test]
     fn migration_is_not_needed() {
         assert_eq!(x0(call(fid::MIGRATE_INFO_TYPE, 0, 0, 0, &[On])), 2);
         assert_eq!(x0(call(fid::MIGRATE | fid::SMC64, 0, 0, 0, &[On])), -1);
@@ -358,6 +397,8 @@ mod tests {
             fid::MIGRATE_INFO_TYPE,
             fid::SYSTEM_OFF,
             fid::SYSTEM_RESET,
+            fid::SYSTEM_RESET2,
+            fid::SYSTEM_RESET2 | fid::SMC64,
             fid::PSCI_FEATURES,
         ] {
             assert_eq!(f(id), 0, "{id:#x}");
@@ -367,7 +408,7 @@ mod tests {
             fid::SYSTEM_OFF | fid::SMC64,
             fid::SMCCC_VERSION,
             fid::SMCCC_ARCH_FEATURES,
-            0x8400_0012, // SYSTEM_RESET2 (PSCI 1.1)
+            0x8400_0013, // MEM_PROTECT (PSCI 1.1)
             0,
         ] {
             assert_eq!(f(id), -1, "{id:#x}");
