@@ -1,10 +1,13 @@
 //! An in-memory stand-in for Hypervisor.framework and for the VMM's bus, so
 //! the exit handling is tested on every OS.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
-use crate::exit::{Mmio, VcpuOps};
+use msbvm_vmm::hypervisor::DeviceAccess;
+
+use crate::exit::{HvExit, Mmio, VcpuOps};
 use crate::regs::{Reg, SysReg};
+use crate::run::Framework;
 
 /// A vCPU whose registers are plain maps (unset registers read as 0).
 #[derive(Debug, Default)]
@@ -19,6 +22,22 @@ pub struct FakeVcpu {
     pub vtimer_irq: bool,
     /// Makes every register read and write fail, as a broken framework would.
     pub fail: bool,
+    /// What each `run_once` returns, in order; an empty script is a framework error.
+    pub exits: VecDeque<HvExit>,
+    /// The guest's virtual counter.
+    pub counter: u64,
+    /// Called inside every `run_once`, as if other threads acted while the guest ran.
+    pub during_run: Option<Hook>,
+}
+
+/// Code a test runs at a chosen point.
+#[derive(Clone)]
+pub struct Hook(pub std::sync::Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hook")
+    }
 }
 
 impl FakeVcpu {
@@ -88,6 +107,29 @@ impl VcpuOps for FakeVcpu {
     }
 }
 
+impl Framework for FakeVcpu {
+    fn run_once(&mut self) -> Result<HvExit, String> {
+        if let Some(hook) = &self.during_run {
+            (hook.0)();
+        }
+        self.exits
+            .pop_front()
+            .ok_or_else(|| "no exit scripted".to_string())
+    }
+
+    fn virtual_counter(&self) -> Result<u64, String> {
+        Ok(self.counter)
+    }
+
+    fn set_sys_reg(&mut self, reg: SysReg, value: u64) -> Result<(), String> {
+        if self.fail {
+            return Err("fake failure".into());
+        }
+        self.sys_regs.insert(reg, value);
+        Ok(())
+    }
+}
+
 /// A bus that answers reads from a map of bytes and records every access.
 #[derive(Debug, Default)]
 pub struct FakeBus {
@@ -128,5 +170,24 @@ impl Mmio for FakeBus {
     fn mmio_write(&mut self, addr: u64, data: &[u8]) -> Option<u32> {
         self.writes.push((addr, data.to_vec()));
         self.event_on_write
+    }
+}
+
+/// The core's side: MMIO as above; arm64 has no port I/O.
+impl DeviceAccess for FakeBus {
+    type Event = u32;
+
+    fn pio_read(&mut self, _port: u16, _data: &mut [u8]) {}
+
+    fn pio_write(&mut self, _port: u16, _data: &[u8]) -> Option<u32> {
+        None
+    }
+
+    fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
+        Mmio::mmio_read(self, addr, data);
+    }
+
+    fn mmio_write(&mut self, addr: u64, data: &[u8]) -> Option<u32> {
+        Mmio::mmio_write(self, addr, data)
     }
 }
