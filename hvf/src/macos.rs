@@ -1,12 +1,15 @@
 //! The thin layer over the `applevisor` crate (Hypervisor.framework): the
-//! VM with the framework's GICv3, guest memory, vCPUs, and
-//! [`VcpuOps`] over them. Everything that is not a framework call lives in the
-//! platform-neutral modules.
+//! VM with the framework's GICv3, vCPUs, [`VcpuOps`] and [`Framework`] over
+//! them, and `msbvm_vmm::hypervisor`'s traits ([`Hvf`], [`HvfMachine`],
+//! [`HvfVcpuSlot`]). Everything that is not a framework call lives in the
+//! platform-neutral modules ([`crate::run`] and [`crate::cpus`] drive a run).
 //!
-//! NOT COMPILED: this project builds on Linux only, where no Darwin standard
-//! library or SDK exists; `scripts/check-macos` type-checks it where the
-//! `aarch64-apple-darwin` target is installed. Written against applevisor
-//! 1.0's documented API.
+//! NEVER RUN: this project builds on Linux only. `scripts/check-macos`
+//! type-checks it for `aarch64-apple-darwin` where that target's standard
+//! library is installed (no Mac or SDK needed, nothing is linked), else for
+//! the host with the `typecheck-macos` feature, where the trait impls (whose
+//! register types are the host architecture's) are left out. Written against
+//! applevisor 1.0's documented API.
 //!
 //! The GIC comes from `hv_gic_create`, which exists from macOS 15: built with
 //! applevisor's `macos-15-0` feature the binary links that symbol strongly and
@@ -15,13 +18,17 @@
 //! vtimer PPI through [`VcpuOps::set_vtimer_irq`]), which does not exist yet.
 //! With the framework's GIC the virtual timer is wired to it directly, so
 //! `VTIMER_ACTIVATED` exits are not expected.
+//!
+//! A framework vCPU belongs to the thread that created it, while the core
+//! creates vCPUs on its main thread and moves each to its own thread: the
+//! [`HvfVcpuSlot`] the core holds creates its framework vCPU on its first
+//! run, on the running thread, and keeps it in that thread's local storage.
 
 use applevisor::prelude as hv;
 
-use crate::exit::Exit;
-use crate::exit::{ExitHandler, Fault, HvExit, Mmio, VcpuOps};
-use crate::psci::PowerState;
-use crate::regs::{self, EntryState, Reg, SysReg};
+use crate::exit::{HvExit, VcpuOps};
+use crate::regs::{self, Reg, SysReg};
+use crate::run::Framework;
 
 // The neutral register numbers must be the framework's.
 const _: () = {
@@ -106,20 +113,40 @@ pub enum Error {
     /// A vtimer exit arrived although the framework's GIC should take the timer.
     #[error("the virtual timer fired into user space, which has no GIC emulation")]
     NoUserspaceGic,
+    /// `hv_vm_map` of the VMM's guest memory failed.
+    #[error("Hypervisor.framework hv_vm_map of {size:#x} bytes at {guest:#x} failed ({code:#x})")]
+    MapMemory {
+        /// The guest-physical address.
+        guest: u64,
+        /// The region's size.
+        size: usize,
+        /// The framework's `hv_return_t`.
+        code: i32,
+    },
+    /// The framework's redistributors do not fit the arm64 layout's window.
+    #[error(
+        "Hypervisor.framework's GIC redistributor region ({size:#x} bytes) does not fit \
+         msbvm's window ({window:#x} bytes)"
+    )]
+    GicTooLarge {
+        /// What the framework needs.
+        size: usize,
+        /// What the layout leaves.
+        window: u64,
+    },
+    /// A vCPU used from a thread other than the one that runs it.
+    #[error("vCPU {0} can only be used on its own thread, after its first run")]
+    WrongThread(u8),
+    /// What this backend does not implement yet.
+    #[error("{0} is not implemented on Hypervisor.framework yet")]
+    NotImplemented(&'static str),
+    /// The host clock is macOS's; elsewhere this layer is only type-checked.
+    #[error("the host counter is read on macOS only")]
+    NotMacos,
 }
 
 fn call(what: &'static str) -> impl FnOnce(hv::HypervisorError) -> Error {
     move |source| Error::Call { what, source }
-}
-
-/// Where the framework's GIC sits in the guest-physical map (the device
-/// tree's `interrupt-controller` node must say the same).
-#[derive(Clone, Copy, Debug)]
-pub struct GicLayout {
-    /// GICD base.
-    pub distributor: u64,
-    /// Base of the redistributor region (one frame pair per vCPU).
-    pub redistributors: u64,
 }
 
 /// The sizes the device tree needs: (distributor, whole redistributor region).
@@ -131,109 +158,73 @@ pub fn gic_sizes() -> Result<(usize, usize), Error> {
     ))
 }
 
-/// The process's VM (the framework allows one per process) with its GIC.
-pub struct HvfVm {
-    vm: hv::VirtualMachineInstance<hv::GicEnabled>,
-}
+/// The host's counter (CNTPCT_EL0, which `mach_absolute_time` reads on Apple Silicon) and
+/// its frequency.
+// Off aarch64 (`typecheck-macos` on an x86 host) the trait impls that read the frequency
+// are left out.
+#[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+mod host_counter {
+    use super::Error;
 
-impl HvfVm {
-    /// Creates the VM and its GICv3 at `gic`.
-    pub fn new(gic: GicLayout) -> Result<HvfVm, Error> {
-        let mut config = hv::GicConfig::new();
-        config
-            .set_distributor_base(gic.distributor)
-            .map_err(call("hv_gic_config_set_distributor_base"))?;
-        config
-            .set_redistributor_base(gic.redistributors)
-            .map_err(call("hv_gic_config_set_redistributor_base"))?;
-        let vm = hv::VirtualMachine::with_gic(hv::VirtualMachineConfig::new(), config)
-            .map_err(Error::CreateVm)?;
-        Ok(HvfVm { vm })
+    /// The counter now.
+    #[cfg(target_os = "macos")]
+    pub fn now() -> Result<u64, Error> {
+        // SAFETY: no arguments, no state; always safe to call.
+        #[allow(unsafe_code)]
+        Ok(unsafe { mach2::mach_time::mach_absolute_time() })
     }
 
-    /// Allocates `size` bytes of guest RAM and maps it at `guest_addr`
-    /// (read, write, execute). The VMM reads and writes it through
-    /// [`hv::Memory::host_addr`] and keeps the value alive as long as the VM.
-    pub fn create_memory(&self, guest_addr: u64, size: usize) -> Result<hv::Memory, Error> {
-        let mut memory = self
-            .vm
-            .memory_create(size)
-            .map_err(call("hv_vm_allocate"))?;
-        memory
-            .map(guest_addr, hv::MemPerms::RWX)
-            .map_err(call("hv_vm_map"))?;
-        Ok(memory)
+    /// Ticks per second, from the timebase (ns per tick = numer / denom).
+    #[cfg(target_os = "macos")]
+    pub fn hz() -> Result<u64, Error> {
+        let mut info = mach2::mach_time::mach_timebase_info { numer: 0, denom: 0 };
+        // SAFETY: `info` is a valid, writable struct of the type the call fills.
+        #[allow(unsafe_code)]
+        let rc = unsafe { mach2::mach_time::mach_timebase_info(&mut info) };
+        if rc != 0 || info.numer == 0 {
+            return Err(Error::NotMacos);
+        }
+        Ok(1_000_000_000 * u64::from(info.denom) / u64::from(info.numer))
     }
 
-    /// Sets the level of shared peripheral interrupt `intid` (32 and up).
-    pub fn set_spi(&self, intid: u32, level: bool) -> Result<(), Error> {
-        self.vm
-            .gic_set_spi(intid, level)
-            .map_err(call("hv_gic_set_spi"))
+    /// Off macOS (`typecheck-macos`): never linked into anything that runs.
+    #[cfg(not(target_os = "macos"))]
+    pub fn now() -> Result<u64, Error> {
+        Err(Error::NotMacos)
     }
 
-    /// Makes the given vCPUs' `hv_vcpu_run` return with a cancelled exit.
-    pub fn kick(&self, vcpus: &[hv::VcpuHandle]) -> Result<(), Error> {
-        self.vm.vcpus_exit(vcpus).map_err(call("hv_vcpus_exit"))
-    }
-
-    /// Creates vCPU `index` on the calling thread, which is the only thread
-    /// that may use it, with its MPIDR from [`regs::mpidr_for`].
-    pub fn create_vcpu(&self, index: u8) -> Result<HvfVcpu, Error> {
-        let vcpu = self.vm.vcpu_create().map_err(call("hv_vcpu_create"))?;
-        let vcpu = HvfVcpu {
-            vcpu,
-            handler: ExitHandler::new(index),
-        };
-        vcpu.vcpu
-            .set_sys_reg(hv::SysReg::MPIDR_EL1, regs::mpidr_for(index))
-            .map_err(call("hv_vcpu_set_sys_reg(MPIDR_EL1)"))?;
-        Ok(vcpu)
+    /// Off macOS (`typecheck-macos`): never linked into anything that runs.
+    #[cfg(not(target_os = "macos"))]
+    pub fn hz() -> Result<u64, Error> {
+        Err(Error::NotMacos)
     }
 }
 
-/// One vCPU, bound to the thread that created it.
+/// One framework vCPU, bound to the thread that created it.
 pub struct HvfVcpu {
     vcpu: hv::Vcpu,
-    handler: ExitHandler,
 }
 
 impl HvfVcpu {
-    /// A handle other threads use to kick this vCPU ([`HvfVm::kick`]).
+    /// Creates vCPU `index` on the calling thread, which is the only thread that may use
+    /// it, with its MPIDR from [`regs::mpidr_for`].
+    pub fn create(
+        vm: &hv::VirtualMachineInstance<hv::GicEnabled>,
+        index: u8,
+    ) -> Result<Self, Error> {
+        let vcpu = vm.vcpu_create().map_err(call("hv_vcpu_create"))?;
+        vcpu.set_sys_reg(hv::SysReg::MPIDR_EL1, regs::mpidr_for(index))
+            .map_err(call("hv_vcpu_set_sys_reg(MPIDR_EL1)"))?;
+        Ok(HvfVcpu { vcpu })
+    }
+
+    /// A handle other threads use to kick this vCPU (`hv_vcpus_exit`).
     pub fn kick_handle(&self) -> hv::VcpuHandle {
         self.vcpu.get_handle()
     }
+}
 
-    /// Sets the registers it starts with ([`regs::linux_entry`], [`regs::cpu_on_entry`]).
-    pub fn set_entry(&mut self, state: &EntryState) -> Result<(), Error> {
-        for &(reg, value) in &state.regs {
-            self.set_reg(reg, value)?;
-        }
-        for &(reg, value) in &state.sys_regs {
-            self.vcpu
-                .set_sys_reg(hv_sys_reg(reg)?, value)
-                .map_err(call("hv_vcpu_set_sys_reg"))?;
-        }
-        Ok(())
-    }
-
-    /// Runs the guest until one exit and handles it (see [`ExitHandler::handle`]).
-    pub fn run<M: Mmio>(&mut self, io: &mut M, power: &[PowerState]) -> Exit<M::Event> {
-        let mut handler = std::mem::replace(&mut self.handler, ExitHandler::new(0));
-        let exit = match handler.before_run(self) {
-            Err(fault) => Exit::Fault(fault),
-            Ok(()) => match self.run_once() {
-                Ok(exit) => handler.handle(self, io, exit, power),
-                Err(e) => Exit::Fault(Fault::Framework {
-                    what: "running the vCPU",
-                    message: e.to_string(),
-                }),
-            },
-        };
-        self.handler = handler;
-        exit
-    }
-
+impl Framework for HvfVcpu {
     fn run_once(&mut self) -> Result<HvExit, Error> {
         self.vcpu.run().map_err(call("hv_vcpu_run"))?;
         let info = self.vcpu.get_exit_info();
@@ -248,7 +239,337 @@ impl HvfVcpu {
             hv::ExitReason::UNKNOWN => HvExit::Unknown(hv::ExitReason::UNKNOWN as u32),
         })
     }
+
+    /// The guest's CNTVCT_EL0: the host counter less the vCPU's timer offset.
+    fn virtual_counter(&self) -> Result<u64, Error> {
+        let offset = self
+            .vcpu
+            .get_vtimer_offset()
+            .map_err(call("hv_vcpu_get_vtimer_offset"))?;
+        Ok(host_counter::now()?.wrapping_sub(offset))
+    }
+
+    fn set_sys_reg(&mut self, reg: SysReg, value: u64) -> Result<(), Error> {
+        self.vcpu
+            .set_sys_reg(hv_sys_reg(reg)?, value)
+            .map_err(call("hv_vcpu_set_sys_reg"))
+    }
 }
+
+/// `msbvm_vmm::hypervisor`'s traits over the layer above (aarch64 only: the core's
+/// register types are the host architecture's).
+#[cfg(target_arch = "aarch64")]
+mod boundary {
+    use std::cell::RefCell;
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    use msbvm_vmm::arch::aarch64::layout::{GIC_DIST_START, GIC_REDIST_END, GIC_REDIST_START};
+    use msbvm_vmm::arch::{EntryMode, FaultRegs, VcpuRegisters};
+    use msbvm_vmm::event::EventFd;
+    use msbvm_vmm::hypervisor::{
+        self, DeviceAccess, Hypervisor, IoEventAddress, Kicker, RunState, Vcpu, VcpuExit, Vm,
+    };
+    use msbvm_vmm::memory::GuestMemory;
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+
+    use super::{call, host_counter, hv, Error, HvfVcpu};
+    use crate::cpus::Cpus;
+    use crate::exit::VcpuOps;
+    use crate::regs::{linux_entry, EntryState, Reg, SysReg};
+    use crate::run::{Framework, IoEvents, IrqForwarders, VcpuRunner};
+
+    fn failed(e: Error) -> hypervisor::Error {
+        hypervisor::Error::Failed(Box::new(e))
+    }
+
+    /// Hypervisor.framework on this Mac.
+    #[derive(Debug, Default)]
+    pub struct Hvf;
+
+    impl Hypervisor for Hvf {
+        type Vm = HvfMachine;
+
+        /// Creates the VM and, at once, its GICv3 at the arm64 layout's addresses: the
+        /// framework takes the GIC's configuration with the VM, so
+        /// [`Vm::create_irqchip`] has nothing left to do.
+        fn create_vm(&self) -> Result<HvfMachine, hypervisor::Error> {
+            let redist = hv::GicConfig::get_redistributor_region_size()
+                .map_err(call("hv_gic_get_redistributor_region_size"))
+                .map_err(failed)?;
+            let window = GIC_REDIST_END - GIC_REDIST_START;
+            if redist as u64 > window {
+                return Err(failed(Error::GicTooLarge {
+                    size: redist,
+                    window,
+                }));
+            }
+            let mut gic = hv::GicConfig::new();
+            gic.set_distributor_base(GIC_DIST_START)
+                .map_err(call("hv_gic_config_set_distributor_base"))
+                .map_err(failed)?;
+            gic.set_redistributor_base(GIC_REDIST_START)
+                .map_err(call("hv_gic_config_set_redistributor_base"))
+                .map_err(failed)?;
+            let vm = hv::VirtualMachine::with_gic(hv::VirtualMachineConfig::new(), gic)
+                .map_err(|e| hypervisor::Error::Unavailable(Box::new(Error::CreateVm(e))))?;
+            let counter_hz = host_counter::hz().map_err(failed)?;
+            Ok(HvfMachine {
+                vm,
+                counter_hz,
+                cpus: OnceLock::new(),
+                ioevents: Arc::new(IoEvents::default()),
+                irqs: Mutex::new(IrqForwarders::default()),
+                kick_handles: Arc::new(Mutex::new(Vec::new())),
+                memory: Mutex::new(None),
+            })
+        }
+    }
+
+    /// One VM (the framework allows one per process).
+    pub struct HvfMachine {
+        vm: hv::VirtualMachineInstance<hv::GicEnabled>,
+        counter_hz: u64,
+        /// Made with the first vCPU, which says how many there are.
+        cpus: OnceLock<Arc<Cpus>>,
+        ioevents: Arc<IoEvents>,
+        irqs: Mutex<IrqForwarders>,
+        /// Each vCPU's handle for `hv_vcpus_exit`, once it ran.
+        kick_handles: Arc<Mutex<Vec<Option<hv::VcpuHandle>>>>,
+        /// The core's guest memory, kept mapped as long as the VM exists.
+        memory: Mutex<Option<GuestMemory>>,
+    }
+
+    impl Vm for HvfMachine {
+        type Vcpu = HvfVcpuSlot;
+
+        fn map_memory(&self, mem: &GuestMemory) -> Result<(), hypervisor::Error> {
+            use applevisor_sys::{hv_vm_map, HV_MEMORY_EXEC, HV_MEMORY_READ, HV_MEMORY_WRITE};
+            for region in mem.iter() {
+                let (host, guest, size) = (
+                    region.as_ptr(),
+                    region.start_addr().0,
+                    region.len() as usize,
+                );
+                // SAFETY: `host..host + size` is one mmap of the core's guest memory, which
+                // `self.memory` keeps alive (a clone holds the regions) for as long as the
+                // VM, whose destruction unmaps it.
+                #[allow(unsafe_code)]
+                let code = unsafe {
+                    hv_vm_map(
+                        host.cast(),
+                        guest,
+                        size,
+                        HV_MEMORY_READ | HV_MEMORY_WRITE | HV_MEMORY_EXEC,
+                    )
+                };
+                if code != 0 {
+                    return Err(failed(Error::MapMemory { guest, size, code }));
+                }
+            }
+            *self.memory.lock().unwrap_or_else(|e| e.into_inner()) = Some(mem.clone());
+            Ok(())
+        }
+
+        /// Done by [`Hvf::create_vm`].
+        fn create_irqchip(&self) -> Result<(), hypervisor::Error> {
+            Ok(())
+        }
+
+        /// SPI `line` is GIC INTID 32 + `line`, as with KVM's in-kernel GIC; each write to
+        /// `event` pulses it (an edge, as the device tree declares virtio's interrupts).
+        fn register_irqfd(&self, event: &EventFd, line: u32) -> Result<(), hypervisor::Error> {
+            let cpus = self.cpus_for(None);
+            let vm = self.vm.clone();
+            self.irqs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .add(event, 32 + line, cpus, move |intid| {
+                    vm.gic_set_spi(intid, true)
+                        .and_then(|()| vm.gic_set_spi(intid, false))
+                        .map_err(|e| e.to_string())
+                })
+                .map_err(|e| hypervisor::Error::Failed(Box::new(e)))
+        }
+
+        fn register_ioevent(
+            &self,
+            event: &EventFd,
+            addr: IoEventAddress,
+            datamatch: u32,
+        ) -> Result<(), hypervisor::Error> {
+            let IoEventAddress::Mmio(addr) = addr else {
+                return Err(failed(Error::NotImplemented(
+                    "port I/O (there is none on arm64)",
+                )));
+            };
+            let event = event
+                .try_clone()
+                .map_err(|e| hypervisor::Error::Failed(Box::new(e)))?;
+            self.ioevents.register(addr, datamatch, event);
+            Ok(())
+        }
+
+        fn create_vcpu(&self, index: u8, count: u8) -> Result<HvfVcpuSlot, hypervisor::Error> {
+            let cpus = self.cpus_for(Some(count));
+            Ok(HvfVcpuSlot {
+                index,
+                vm: self.vm.clone(),
+                runner: VcpuRunner::new(
+                    index,
+                    cpus.clone(),
+                    self.ioevents.clone(),
+                    self.counter_hz,
+                ),
+                cpus,
+                entry: None,
+                kick_handles: self.kick_handles.clone(),
+            })
+        }
+
+        fn save_state(&self) -> Result<Vec<u8>, hypervisor::Error> {
+            Err(failed(Error::NotImplemented("saving a VM (snapshots)")))
+        }
+
+        fn restore_state(&self, _state: &[u8]) -> Result<(), hypervisor::Error> {
+            Err(failed(Error::NotImplemented("restoring a VM (snapshots)")))
+        }
+
+        fn host_cpu(&self) -> String {
+            "Apple Silicon (Hypervisor.framework)".into()
+        }
+
+        /// `hv_vcpus_exit` for a vCPU in the guest, and a wake-up for one sleeping in
+        /// [`Cpus`] (halted or off), which no signal would end.
+        fn vcpu_kicker(&self) -> Option<Kicker> {
+            let vm = self.vm.clone();
+            let handles = self.kick_handles.clone();
+            let cpus = self.cpus.get().cloned();
+            Some(Arc::new(move |index| {
+                if let Some(cpus) = &cpus {
+                    cpus.kick(index);
+                }
+                let handle = handles
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(usize::from(index))
+                    .cloned()
+                    .flatten();
+                if let Some(handle) = handle {
+                    let _ = vm.vcpus_exit(&[handle]);
+                }
+            }))
+        }
+    }
+
+    impl HvfMachine {
+        /// The shared vCPU state, made for `count` vCPUs on first use (an irqfd registered
+        /// before any vCPU exists gets a one-vCPU table the vCPUs then share).
+        fn cpus_for(&self, count: Option<u8>) -> Arc<Cpus> {
+            self.cpus
+                .get_or_init(|| Arc::new(Cpus::new(count.unwrap_or(1))))
+                .clone()
+        }
+    }
+
+    thread_local! {
+        /// The framework vCPU of the slot that runs on this thread, with its index.
+        static FRAMEWORK_VCPU: RefCell<Option<(u8, HvfVcpu)>> = const { RefCell::new(None) };
+    }
+
+    /// What the core holds for a vCPU: everything but the framework vCPU, which is created
+    /// on the first run on the running thread and lives in its local storage.
+    pub struct HvfVcpuSlot {
+        index: u8,
+        vm: hv::VirtualMachineInstance<hv::GicEnabled>,
+        runner: VcpuRunner,
+        cpus: Arc<Cpus>,
+        /// The boot vCPU's entry, applied when its framework vCPU exists.
+        entry: Option<EntryState>,
+        kick_handles: Arc<Mutex<Vec<Option<hv::VcpuHandle>>>>,
+    }
+
+    impl HvfVcpuSlot {
+        /// Runs `f` on this thread's framework vCPU, creating it on first use.
+        fn with_framework<T>(
+            &mut self,
+            f: impl FnOnce(&mut HvfVcpu, &mut VcpuRunner) -> T,
+        ) -> Result<T, Error> {
+            FRAMEWORK_VCPU.with_borrow_mut(|slot| {
+                if slot.is_none() {
+                    let mut vcpu = HvfVcpu::create(&self.vm, self.index)?;
+                    if let Some(entry) = self.entry.take() {
+                        vcpu.set_entry_state(&entry)?;
+                    }
+                    let mut handles = self.kick_handles.lock().unwrap_or_else(|e| e.into_inner());
+                    let i = usize::from(self.index);
+                    if handles.len() <= i {
+                        handles.resize(i + 1, None);
+                    }
+                    handles[i] = Some(vcpu.kick_handle());
+                    *slot = Some((self.index, vcpu));
+                }
+                match slot {
+                    Some((index, vcpu)) if *index == self.index => Ok(f(vcpu, &mut self.runner)),
+                    _ => Err(Error::WrongThread(self.index)),
+                }
+            })
+        }
+    }
+
+    impl Vcpu for HvfVcpuSlot {
+        fn set_entry(&mut self, entry: EntryMode) -> Result<(), hypervisor::Error> {
+            // The Image protocol's entry (x0 the device tree, EL1h with DAIF masked, MMU
+            // off), applied when the framework vCPU is made on its thread.
+            self.entry = Some(linux_entry(entry.x0, entry.pc));
+            Ok(())
+        }
+
+        fn run<A: DeviceAccess>(&mut self, io: &mut A) -> VcpuExit<A::Event> {
+            match self.with_framework(|vcpu, runner| runner.run(vcpu, io)) {
+                Ok(exit) => exit,
+                Err(e) => VcpuExit::Fault(msbvm_vmm::FaultKind::Host(e.to_string())),
+            }
+        }
+
+        fn run_state(&self) -> Result<RunState, hypervisor::Error> {
+            // Halts are slept inside `run`, as KVM sleeps them inside KVM_RUN.
+            Ok(if self.cpus.is_off(self.index) {
+                RunState::WaitingForStartup
+            } else {
+                RunState::Runnable
+            })
+        }
+
+        fn registers(&self) -> Result<VcpuRegisters, hypervisor::Error> {
+            FRAMEWORK_VCPU.with_borrow(|slot| match slot {
+                Some((index, vcpu)) if *index == self.index => {
+                    let read = |r: Reg| vcpu.reg(r).map_err(failed);
+                    Ok(VcpuRegisters {
+                        regs: FaultRegs {
+                            pc: read(Reg::Pc)?,
+                            sp: vcpu.sys_reg(SysReg::SP_EL1).map_err(failed)?,
+                            pstate: read(Reg::Cpsr)?,
+                        },
+                    })
+                }
+                _ => Err(failed(Error::WrongThread(self.index))),
+            })
+        }
+
+        fn save_state(&mut self) -> Result<Vec<u8>, hypervisor::Error> {
+            Err(failed(Error::NotImplemented("saving a vCPU (snapshots)")))
+        }
+
+        fn restore_state(&mut self, _state: &[u8]) -> Result<(), hypervisor::Error> {
+            Err(failed(Error::NotImplemented(
+                "restoring a vCPU (snapshots)",
+            )))
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+pub use boundary::{Hvf, HvfMachine, HvfVcpuSlot};
 
 fn hv_reg(reg: Reg) -> hv::Reg {
     match reg {
