@@ -156,10 +156,22 @@ fn main() {
         .finish()
         .unwrap_or_else(|e| fail(&format!("compressing the default layer: {e}")));
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let config = config(&diff_id);
     write(&out.join("default-layer.tar.gz"), &compressed);
+    write(&out.join("default-config.json"), config.as_bytes());
+    // Their digests, so a start does not hash the embedded megabyte again (a sandbox's
+    // creator and its runtime each check the default image is installed).
     write(
-        &out.join("default-config.json"),
-        config(&diff_id).as_bytes(),
+        &out.join("default-digests.rs"),
+        format!(
+            "/// `sha256:` digest of the embedded layer.\n\
+             const LAYER_DIGEST: &str = \"sha256:{:x}\";\n\
+             /// `sha256:` digest of the embedded configuration.\n\
+             const CONFIG_DIGEST: &str = \"sha256:{:x}\";\n",
+            Sha256::digest(&compressed),
+            Sha256::digest(config.as_bytes())
+        )
+        .as_bytes(),
     );
 }
 

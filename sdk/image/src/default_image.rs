@@ -2,7 +2,6 @@
 //! by `build.rs` from the distribution's static busybox, so a sandbox can start without any
 //! registry.
 
-use crate::digest::sha256_of;
 use crate::error::Result;
 use crate::import::descriptor;
 use crate::progress::NoProgress;
@@ -15,11 +14,12 @@ pub const DEFAULT_IMAGE: &str = "msbvm-default:latest";
 
 static LAYER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-layer.tar.gz"));
 static CONFIG: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-config.json"));
+include!(concat!(env!("OUT_DIR"), "/default-digests.rs"));
 
 /// Imports [`DEFAULT_IMAGE`] into `store` unless it is already there (and current).
 pub fn ensure_default_image(store: &ImageStore) -> Result<ImageInfo> {
-    let layer_digest = sha256_of(LAYER);
-    let config_digest = sha256_of(CONFIG);
+    let layer_digest = LAYER_DIGEST.to_string();
+    let config_digest = CONFIG_DIGEST.to_string();
     let manifest = Manifest::oci_image(
         descriptor(OCI_CONFIG, config_digest.clone(), CONFIG.len() as u64),
         vec![descriptor(
@@ -48,7 +48,14 @@ pub fn ensure_default_image(store: &ImageStore) -> Result<ImageInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::digest::sha256_of;
     use msbvm_layer_meta::LayerMeta;
+
+    #[test]
+    fn the_digests_built_in_are_the_embedded_bytes_digests() {
+        assert_eq!(LAYER_DIGEST, sha256_of(LAYER));
+        assert_eq!(CONFIG_DIGEST, sha256_of(CONFIG));
+    }
 
     #[test]
     fn default_image_has_busybox_a_shell_and_os_release_and_imports_once() {
