@@ -146,9 +146,11 @@ pub(crate) async fn launch(
             Ok(())
         });
     }
+    let t0 = std::time::Instant::now();
     let mut child = cmd
         .spawn()
         .map_err(Error::io(format!("starting {}", bin.display())))?;
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "launch: spawned");
     // Only the runtime may hold these now: end-of-file must mean it is gone.
     drop(ready_w);
     drop(secrets);

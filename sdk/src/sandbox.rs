@@ -302,6 +302,7 @@ impl SandboxBuilder {
             return Err(Error::NameInUse { name: self.name });
         }
         let bin = runtime_binary()?;
+        tracing::debug!(ms = began.elapsed().as_secs_f64() * 1e3, "create: checked");
         // A fork runs on its snapshot's layers (pinned in the store), not on what the
         // reference names now: nothing to pull.
         let fork = self.spec.fork_of.is_some();
@@ -327,7 +328,12 @@ impl SandboxBuilder {
             secrets: std::mem::take(&mut self.secrets),
             secrets_fd: None,
         };
+        tracing::debug!(
+            ms = began.elapsed().as_secs_f64() * 1e3,
+            "create: image ensured"
+        );
         let launched = launch(&bin, args, &dir, self.ready_timeout).await?;
+        tracing::debug!(ms = began.elapsed().as_secs_f64() * 1e3, "create: launched");
         // The runtime resolved the image's defaults (environment, working
         // directory, user) into the record before it reported ready.
         let record = StateRecord::read(&dir).ok().flatten();
