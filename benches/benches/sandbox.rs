@@ -46,6 +46,8 @@ const AGENT_BIN: &str = "msbvm-agent";
 const L1_AGENT: &str = "/bin/msbvm-agent";
 /// Limit on the helper inside L1: only a guard against a hang.
 const HELPER_TIMEOUT_SECS: u64 = 1200;
+/// Limit on one sandbox boot's helper call: only a guard against a hang.
+const BOOT_TIMEOUT_SECS: u64 = 300;
 /// L1 memory: the references, one sandbox at a time and QEMU with its libraries.
 const L1_MEMORY_MIB: u32 = 3072;
 
@@ -75,32 +77,55 @@ fn bench() -> Result<bool, Error> {
         println!("{vmm}: skipped: {why}");
     }
 
-    let helper = shell_command(&[
-        L1_HELPER.to_string(),
+    let helper_args = |more: &[String]| {
+        let mut argv = vec![
+            L1_HELPER.to_string(),
+            "--cpus".into(),
+            CPUS.to_string(),
+            "--memory".into(),
+            MEMORY_MIB.to_string(),
+        ];
+        argv.extend_from_slice(more);
+        shell_command(&argv)
+    };
+    // One sandbox boot per round, after that round's reference boots: create-to-ready and the
+    // peers' boots share the L1's drift run by run. Then the exec and stream measurements.
+    let boot = |run: u32| {
+        let helper = helper_args(&[
+            "--runs".into(),
+            counts.runs.to_string(),
+            "--boot-run".into(),
+            run.to_string(),
+        ]);
+        format!(
+            "timeout {BOOT_TIMEOUT_SECS} {helper}\n\
+             echo \"bench: sandbox boot {run} status=$?\"\n"
+        )
+    };
+    let helper = helper_args(&[
         "--runs".into(),
-        counts.runs.to_string(),
+        "0".into(),
         "--execs".into(),
         execs.to_string(),
         "--mib".into(),
         mib.to_string(),
-        "--cpus".into(),
-        CPUS.to_string(),
-        "--memory".into(),
-        MEMORY_MIB.to_string(),
     ]);
-    // The references first, then the sandboxes; `msbvm` (the SDK's runtime) finds the agent
-    // next to itself and busybox at /bin/busybox (the L1 harness's own static one).
+    // `msbvm` (the SDK's runtime) finds the agent next to itself and busybox at /bin/busybox
+    // (the L1 harness's own static one).
     let script = format!(
-        "{refs}export MSBVM_HOME=/tmp/msbvm MSBVM_KERNEL={L1_KERNEL} HOME=/root\n\
+        "export MSBVM_HOME=/tmp/msbvm MSBVM_KERNEL={L1_KERNEL} HOME=/root\n\
          mkdir -p /root\n\
-         echo 'bench: sandboxes ({L1_MSBVM} via the SDK)'\n\
+         echo 'bench: sandboxes ({L1_MSBVM} via the SDK), one per round of reference boots'\n\
+         {rounds}\
          timeout {HELPER_TIMEOUT_SECS} {helper}\n\
          echo \"bench: sandbox helper status=$?\"\n\
          exit 0\n",
-        refs = plan.script
+        rounds = plan.script_with(counts.runs, boot)
     );
     let timeout = Duration::from_secs(
-        300 + u64::from(plan.total_runs) * RUN_TIMEOUT_SECS + HELPER_TIMEOUT_SECS,
+        300 + u64::from(plan.total_runs) * RUN_TIMEOUT_SECS
+            + u64::from(counts.runs) * BOOT_TIMEOUT_SECS
+            + HELPER_TIMEOUT_SECS,
     );
     eprintln!(
         "sandbox bench: {} reference boots, {} sandbox boots, {execs} execs, 2 x {mib} MiB, in one L1 machine",
@@ -124,7 +149,13 @@ fn bench() -> Result<bool, Error> {
     println!();
     print!(
         "{}",
-        sandbox::table(&setup, &results, &refs, &msbvm_benches::table(&refs))
+        sandbox::table(
+            &setup,
+            &results,
+            &refs,
+            &ref_samples,
+            &msbvm_benches::table(&refs)
+        )
     );
 
     let json_path = target_dir().join("bench-sandbox.json");

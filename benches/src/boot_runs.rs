@@ -88,6 +88,8 @@ impl RunCounts {
 pub struct BootPlan {
     /// L1 script lines that make every run (no `exit`).
     pub script: String,
+    /// The VMMs the script boots, in their turn order.
+    pub vmms: Vec<VmmRuns>,
     /// Runs the script makes in all.
     pub total_runs: u32,
     /// Peers that are not measured, with the reason.
@@ -128,15 +130,48 @@ fn timed_run(vmm: &str, run: u32, runs: u32, command: &[String]) -> String {
 /// each, and so on (a VMM with fewer runs drops out when it has made them), so that the
 /// emulated L1's drift over the minutes of a benchmark falls on every VMM alike.
 pub fn interleaved_runs(vmms: &[VmmRuns]) -> String {
-    let rounds = vmms.iter().map(|v| v.runs).max().unwrap_or(0);
+    interleaved_with(vmms, 0, |_| String::new())
+}
+
+/// [`interleaved_runs`] with one more turn in each of the first `extra_runs` rounds, last in
+/// the round: the script lines `extra(run)` give (another benchmark's run, such as a
+/// sandbox's boot, set beside the references it is compared with).
+pub fn interleaved_with(
+    vmms: &[VmmRuns],
+    extra_runs: u32,
+    extra: impl Fn(u32) -> String,
+) -> String {
+    let rounds = vmms
+        .iter()
+        .map(|v| v.runs)
+        .chain([extra_runs])
+        .max()
+        .unwrap_or(0);
     let mut s = String::new();
     for run in 1..=rounds {
         for v in vmms.iter().filter(|v| v.runs >= run) {
             s.push_str(&timed_run(&v.vmm, run, v.runs, &v.command));
         }
+        if run <= extra_runs {
+            s.push_str(&extra(run));
+        }
     }
     s
 }
+
+impl BootPlan {
+    /// The script with `extra(run)` as the last turn of each of the first `extra_runs`
+    /// rounds (see [`interleaved_with`]).
+    pub fn script_with(&self, extra_runs: u32, extra: impl Fn(u32) -> String) -> String {
+        format!(
+            "{DEBUGFS_MOUNT}{}",
+            interleaved_with(&self.vmms, extra_runs, extra)
+        )
+    }
+}
+
+/// Mounts KVM's debugfs, for the exit counters the timing helper reads at the init marker.
+const DEBUGFS_MOUNT: &str = "mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null\n";
 
 /// Firecracker's `--config-file` for the same guest.
 pub fn firecracker_config(cmdline: &str) -> String {
@@ -295,12 +330,9 @@ pub fn plan(
             format!("set {FIRECRACKER_ENV} to a firecracker binary to include it"),
         )),
     }
-    // KVM's debugfs, for the exit counters the timing helper reads at the init marker.
-    plan.script = format!(
-        "mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null\n{}",
-        interleaved_runs(&vmms)
-    );
+    plan.script = format!("{DEBUGFS_MOUNT}{}", interleaved_runs(&vmms));
     plan.total_runs = vmms.iter().map(|v| v.runs).sum();
+    plan.vmms = vmms;
     (vm, plan)
 }
 
@@ -335,6 +367,33 @@ mod tests {
         assert!(
             s.contains("/bin/msbvm-boot-timing --vmm qemu --run 1 --timeout 240 -- /usr/bin/qemu -append 'a b'"),
             "{s}"
+        );
+    }
+
+    #[test]
+    fn an_extra_turn_ends_each_round_and_may_outlast_the_vmms() {
+        let vmm = |name: &str, runs| VmmRuns {
+            vmm: name.into(),
+            runs,
+            command: argv(&["/bin/x"]),
+        };
+        let s = interleaved_with(&[vmm("msbvm", 2), vmm("qemu", 1)], 3, |run| {
+            format!("echo 'bench: sandbox run {run}'\n")
+        });
+        let order: Vec<&str> = s
+            .lines()
+            .filter_map(|l| l.strip_prefix("echo 'bench: "))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "msbvm run 1/2'",
+                "qemu run 1/1'",
+                "sandbox run 1'",
+                "msbvm run 2/2'",
+                "sandbox run 2'",
+                "sandbox run 3'",
+            ]
         );
     }
 

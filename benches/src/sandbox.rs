@@ -430,11 +430,45 @@ fn ratios(results: &SandboxResults, refs: &[Summary]) -> Vec<(String, Option<f64
         .collect()
 }
 
-/// The report: per-run boots, their medians, exec and throughput, the references and ratios.
+/// Per reference VMM, the ratio of each sandbox boot's create-to-ready to the same round's
+/// boot of that VMM to its init marker (rounds where both succeeded), in run order.
+pub fn paired_ratios(
+    results: &SandboxResults,
+    ref_samples: &[crate::Sample],
+) -> Vec<(String, Vec<f64>)> {
+    let mut vmms: Vec<String> = Vec::new();
+    for s in ref_samples {
+        if !vmms.contains(&s.vmm) {
+            vmms.push(s.vmm.clone());
+        }
+    }
+    vmms.into_iter()
+        .map(|vmm| {
+            let pairs = results
+                .boots
+                .iter()
+                .filter(|b| b.ok)
+                .filter_map(|b| {
+                    let create = b.create_ms?;
+                    let init = ref_samples
+                        .iter()
+                        .find(|s| s.vmm == vmm && s.run == b.run)?
+                        .init_ms?;
+                    (init > 0.0).then(|| create / init)
+                })
+                .collect();
+            (vmm, pairs)
+        })
+        .collect()
+}
+
+/// The report: per-run boots, their medians, exec and throughput, the references and ratios
+/// (of medians, and round by round).
 pub fn table(
     setup: &SandboxSetup,
     results: &SandboxResults,
     refs: &[Summary],
+    ref_samples: &[crate::Sample],
     refs_table: &str,
 ) -> String {
     let mut t = String::new();
@@ -443,6 +477,20 @@ pub fn table(
     exec_lines(&mut t, results);
     t.push('\n');
     reference_lines(&mut t, setup, results, refs, refs_table);
+    for (vmm, pairs) in paired_ratios(results, ref_samples) {
+        if pairs.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            t,
+            "sandbox create->agent-ready / {vmm} start->init, round by round: median x{} \
+             (p10-p90 x{}-x{}, {} pairs)",
+            cell(crate::median(pairs.clone()), 3),
+            cell(percentile(&pairs, 10.0), 3),
+            cell(percentile(&pairs, 90.0), 3),
+            pairs.len()
+        );
+    }
     t
 }
 
@@ -840,7 +888,33 @@ mod tests {
             cmdline: "console=ttyS0".into(),
             skipped: vec![("firecracker".into(), "not set".into())],
         };
-        let t = table(&setup, &r, &refs, "");
+        let sample = |run, init_ms| crate::Sample {
+            vmm: "qemu".into(),
+            run,
+            status: 0,
+            init_ms,
+            exit_ms: 5000.0,
+            boot_timer_ms: None,
+            stats: None,
+        };
+        // Round 1 pairs 1000 ms with 4000, round 2 3000 with 2000; round 3 has no sandbox.
+        let samples = [
+            sample(1, Some(4000.0)),
+            sample(2, Some(2000.0)),
+            sample(3, Some(1.0)),
+        ];
+        let t = table(&setup, &r, &refs, &samples, "");
+        assert!(
+            t.contains(
+                "qemu start->init, round by round: median x0.875 (p10-p90 x0.250-x1.500, 2 pairs)"
+            ),
+            "{t}"
+        );
+        assert_eq!(
+            paired_ratios(&r, &[sample(1, None), sample(2, Some(0.0))]),
+            [("qemu".to_string(), vec![])],
+            "runs without an init marker pair with nothing"
+        );
         assert!(
             t.contains("image     root: 2/2 ok, median 5.00 ms, p90 6.00 ms"),
             "{t}"

@@ -1,12 +1,13 @@
 //! `msbvm-sandbox-bench`: measures sandboxes through the SDK inside the L1 machine.
 //!
 //! ```text
-//! msbvm-sandbox-bench [--runs N] [--execs N] [--mib N] [--cpus N] [--memory MIB]
+//! msbvm-sandbox-bench [--runs N] [--boot-run K] [--execs N] [--mib N] [--cpus N] [--memory MIB]
 //! ```
 //!
 //! 1. Boots `--runs` sandboxes one after another (`Sandbox::builder(..).create()`), records the
 //!    SDK's create duration, the runtime's `ReadyInfo` and the agent's `BootTimes`, then stops
-//!    and removes each.
+//!    and removes each. With `--boot-run K`, boots only run K (of `--runs`) and stops there:
+//!    the benchmark calls it once per round, between the reference boots it is compared with.
 //! 2. In one more sandbox (the default image's root over virtio-fs) and one with the root in
 //!    the runtime's initramfs: `--execs` sequential `exec("true")` round trips in each, taking
 //!    turns (after one warm-up each); then, in the first, `--mib` MiB streamed into `wc -c`'s
@@ -26,8 +27,8 @@ use msbvm_benches::sandbox::{
 use msbvm_sdk::spec::RootSpec;
 use msbvm_sdk::{ExecEvent, ExecOptions, ExitStatus, Sandbox};
 
-const USAGE: &str =
-    "usage: msbvm-sandbox-bench [--runs N] [--execs N] [--mib N] [--cpus N] [--memory MIB]";
+const USAGE: &str = "usage: msbvm-sandbox-bench [--runs N] [--boot-run K] [--execs N] [--mib N] \
+                     [--cpus N] [--memory MIB]";
 /// Limit on any one step (a create, an exec, a transfer): only turns a hang into a failure.
 const STEP_TIMEOUT: Duration = Duration::from_secs(240);
 /// Bytes per stdin write (the SDK splits it into protocol frames).
@@ -37,6 +38,8 @@ const WRITE_CHUNK: usize = 1 << 20;
 #[derive(Debug, Clone, Copy)]
 struct Args {
     runs: u32,
+    /// Only this boot run, nothing else.
+    boot_run: Option<u32>,
     execs: u32,
     mib: u32,
     cpus: u8,
@@ -47,6 +50,7 @@ struct Args {
 fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut a = Args {
         runs: 5,
+        boot_run: None,
         execs: 50,
         mib: 64,
         cpus: 1,
@@ -59,6 +63,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
         let bad = |_| format!("{flag}: {value:?} is not a number");
         match flag.as_str() {
             "--runs" => a.runs = value.parse().map_err(bad)?,
+            "--boot-run" => a.boot_run = Some(value.parse().map_err(bad)?),
             "--execs" => a.execs = value.parse().map_err(bad)?,
             "--mib" => a.mib = value.parse().map_err(bad)?,
             "--cpus" => a.cpus = value.parse().map_err(bad)?,
@@ -280,6 +285,12 @@ async fn guest_to_host(sandbox: &Sandbox, bytes: u64) -> StreamRun {
 
 async fn bench(args: Args) -> bool {
     let mut ok = true;
+    if let Some(run) = args.boot_run {
+        println!("msbvm-sandbox-bench: boot run {run}/{}", args.runs);
+        let r = boot_run(run, args).await;
+        println!("{}", r.to_line());
+        return r.ok;
+    }
     for run in 1..=args.runs {
         println!("msbvm-sandbox-bench: boot run {run}/{}", args.runs);
         let r = boot_run(run, args).await;
