@@ -97,9 +97,13 @@ fn bench() -> Result<bool, Error> {
             "--boot-run".into(),
             run.to_string(),
         ]);
+        // The sandbox's stop returns before L1 has finished tearing it down (its memory, the
+        // nested VM's structures); on L1's one vCPU that work would land in the next
+        // reference boot, so it gets a second to settle.
         format!(
             "timeout {BOOT_TIMEOUT_SECS} {helper}\n\
-             echo \"bench: sandbox boot {run} status=$?\"\n"
+             echo \"bench: sandbox boot {run} status=$?\"\n\
+             sync; sleep 1\n"
         )
     };
     let helper = helper_args(&[
