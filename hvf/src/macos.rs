@@ -316,7 +316,7 @@ mod boundary {
             Ok(HvfMachine {
                 vm,
                 counter_hz,
-                cpus: OnceLock::new(),
+                cpus: Arc::new(OnceLock::new()),
                 ioevents: Arc::new(IoEvents::default()),
                 irqs: Mutex::new(IrqForwarders::default()),
                 kick_handles: Arc::new(Mutex::new(Vec::new())),
@@ -329,8 +329,9 @@ mod boundary {
     pub struct HvfMachine {
         vm: hv::VirtualMachineInstance<hv::GicEnabled>,
         counter_hz: u64,
-        /// Made with the first vCPU, which says how many there are.
-        cpus: OnceLock<Arc<Cpus>>,
+        /// Made with the first vCPU, which says how many there are (after the devices'
+        /// interrupts are wired: those look it up when they fire).
+        cpus: Arc<OnceLock<Arc<Cpus>>>,
         ioevents: Arc<IoEvents>,
         irqs: Mutex<IrqForwarders>,
         /// Each vCPU's handle for `hv_vcpus_exit`, once it ran.
@@ -378,16 +379,25 @@ mod boundary {
         /// SPI `line` is GIC INTID 32 + `line`, as with KVM's in-kernel GIC; each write to
         /// `event` pulses it (an edge, as the device tree declares virtio's interrupts).
         fn register_irqfd(&self, event: &EventFd, line: u32) -> Result<(), hypervisor::Error> {
-            let cpus = self.cpus_for(None);
+            let cpus = self.cpus.clone();
             let vm = self.vm.clone();
             self.irqs
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .add(event, 32 + line, cpus, move |intid| {
-                    vm.gic_set_spi(intid, true)
-                        .and_then(|()| vm.gic_set_spi(intid, false))
-                        .map_err(|e| e.to_string())
-                })
+                .add(
+                    event,
+                    32 + line,
+                    move |intid| {
+                        vm.gic_set_spi(intid, true)
+                            .and_then(|()| vm.gic_set_spi(intid, false))
+                            .map_err(|e| e.to_string())
+                    },
+                    move || {
+                        if let Some(cpus) = cpus.get() {
+                            cpus.interrupt_raised();
+                        }
+                    },
+                )
                 .map_err(|e| hypervisor::Error::Failed(Box::new(e)))
         }
 
@@ -410,7 +420,12 @@ mod boundary {
         }
 
         fn create_vcpu(&self, index: u8, count: u8) -> Result<HvfVcpuSlot, hypervisor::Error> {
-            let cpus = self.cpus_for(Some(count));
+            let cpus = self.cpus.get_or_init(|| Arc::new(Cpus::new(count))).clone();
+            if cpus.count() != usize::from(count.max(1)) {
+                return Err(failed(Error::NotImplemented(
+                    "vCPUs created with differing counts",
+                )));
+            }
             Ok(HvfVcpuSlot {
                 index,
                 vm: self.vm.clone(),
@@ -443,9 +458,9 @@ mod boundary {
         fn vcpu_kicker(&self) -> Option<Kicker> {
             let vm = self.vm.clone();
             let handles = self.kick_handles.clone();
-            let cpus = self.cpus.get().cloned();
+            let cpus = self.cpus.clone();
             Some(Arc::new(move |index| {
-                if let Some(cpus) = &cpus {
+                if let Some(cpus) = cpus.get() {
                     cpus.kick(index);
                 }
                 let handle = handles
@@ -458,16 +473,6 @@ mod boundary {
                     let _ = vm.vcpus_exit(&[handle]);
                 }
             }))
-        }
-    }
-
-    impl HvfMachine {
-        /// The shared vCPU state, made for `count` vCPUs on first use (an irqfd registered
-        /// before any vCPU exists gets a one-vCPU table the vCPUs then share).
-        fn cpus_for(&self, count: Option<u8>) -> Arc<Cpus> {
-            self.cpus
-                .get_or_init(|| Arc::new(Cpus::new(count.unwrap_or(1))))
-                .clone()
         }
     }
 

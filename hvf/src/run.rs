@@ -239,15 +239,17 @@ pub struct IrqForwarders {
 }
 
 impl IrqForwarders {
-    /// Makes a write to `event` call `raise(intid)` and then wake the halted vCPUs of
-    /// `cpus`. `raise` failing is logged and the forwarder goes on: a lost interrupt is
-    /// recovered by the next one, a dead thread would lose them all.
+    /// Makes a write to `event` call `raise(intid)` and then `woken()` (which wakes the
+    /// halted vCPUs: [`Cpus::interrupt_raised`], looked up when called, since devices are
+    /// wired before the vCPUs, and so their table, exist). `raise` failing is logged and the
+    /// forwarder goes on: a lost interrupt is recovered by the next one, a dead thread would
+    /// lose them all.
     pub fn add(
         &mut self,
         event: &EventFd,
         intid: u32,
-        cpus: Arc<Cpus>,
         raise: impl Fn(u32) -> Result<(), String> + Send + 'static,
+        woken: impl Fn() + Send + 'static,
     ) -> std::io::Result<()> {
         let waiter = event.try_clone()?;
         let waker = event.try_clone()?;
@@ -264,7 +266,7 @@ impl IrqForwarders {
                         if let Err(e) = raise(intid) {
                             tracing::warn!("raising interrupt {intid}: {e}");
                         }
-                        cpus.interrupt_raised();
+                        woken();
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => {

@@ -294,11 +294,17 @@ fn irq_forwarders_raise_the_line_and_wake_a_halted_vcpu() {
     let mut forwarders = IrqForwarders::default();
     {
         let raised = raised.clone();
+        let cpus = cpus.clone();
         forwarders
-            .add(&event, 35, cpus.clone(), move |intid| {
-                raised.store(intid, Ordering::SeqCst);
-                Ok(())
-            })
+            .add(
+                &event,
+                35,
+                move |intid| {
+                    raised.store(intid, Ordering::SeqCst);
+                    Ok(())
+                },
+                move || cpus.interrupt_raised(),
+            )
             .unwrap();
     }
     // Take any stale wake-up, then halt while the device signals.
