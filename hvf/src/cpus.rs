@@ -17,7 +17,8 @@ use crate::regs::EntryState;
 /// wakes it at once; one the framework's GIC delivers by itself (an SGI from another vCPU,
 /// which never reaches the VMM) is seen at the latest after this long. Linux sends its
 /// IPIs (reschedule, TLB shootdown, timer broadcast) so; a guest whose vCPUs wait on each
-/// other waits up to this long per IPI until the framework is known to wake the VMM.
+/// other waits up to this long per IPI, if the framework hands WFI to the VMM at all when its
+/// GIC is in use (its documentation suggests it waits at WFI itself then; see `hvf/README.md`).
 pub const MAX_HALT: Duration = Duration::from_millis(10);
 
 /// Why a sleeping vCPU woke.
