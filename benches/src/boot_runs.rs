@@ -340,13 +340,16 @@ pub fn plan(
 mod tests {
     use super::*;
 
-    #[test]
-    fn runs_take_turns_and_a_vmm_with_fewer_drops_out() {
-        let vmm = |name: &str, runs| VmmRuns {
+    fn vmm(name: &str, runs: u32) -> VmmRuns {
+        VmmRuns {
             vmm: name.into(),
             runs,
             command: argv(&["/usr/bin/qemu", "-append", "a b"]),
-        };
+        }
+    }
+
+    #[test]
+    fn runs_take_turns_and_a_vmm_with_fewer_drops_out() {
         let s = interleaved_runs(&[vmm("msbvm", 3), vmm("firecracker", 3), vmm("qemu", 1)]);
         let order: Vec<&str> = s
             .lines()
@@ -372,11 +375,6 @@ mod tests {
 
     #[test]
     fn an_extra_turn_ends_each_round_and_may_outlast_the_vmms() {
-        let vmm = |name: &str, runs| VmmRuns {
-            vmm: name.into(),
-            runs,
-            command: argv(&["/bin/x"]),
-        };
         let s = interleaved_with(&[vmm("msbvm", 2), vmm("qemu", 1)], 3, |run| {
             format!("echo 'bench: sandbox run {run}'\n")
         });
