@@ -22,35 +22,7 @@ pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k,panic_w panic=-1 quiet
 /// The default kernel command line on arm64 (see `arch::aarch64::DEFAULT_CMDLINE`).
 #[cfg(target_arch = "aarch64")]
 pub const DEFAULT_CMDLINE: &str = crate::arch::aarch64::DEFAULT_CMDLINE;
-
-/// Largest kernel command line accepted, with its NUL (the kernel's own
-/// COMMAND_LINE_SIZE on x86).
-pub const CMDLINE_MAX_SIZE: usize = 2048;
-
-/// What the VM starts executing.
-#[derive(Clone, Debug)]
-pub enum BootSource {
-    /// A Linux kernel image: an uncompressed ELF `vmlinux` with a PVH entry note
-    /// (preferred), or a `bzImage` booted through the 64-bit boot protocol.
-    Linux {
-        /// Path of the image.
-        kernel: PathBuf,
-        /// Optional initial ramdisk (cpio archive, possibly compressed).
-        initrd: Option<PathBuf>,
-        /// Kernel command line.
-        cmdline: String,
-    },
-    /// Raw machine code copied to `load_addr` and entered in 64-bit long mode at
-    /// CPL0 with identity-mapped paging (first 4 GiB), flat segments and a stack
-    /// at `arch::layout::BOOT_STACK_POINTER`. Used by tests with hand-made guests.
-    RawLongMode {
-        /// The code.
-        code: Vec<u8>,
-        /// Guest-physical (= virtual) address to load and enter it at.
-        load_addr: u64,
-    },
-}
-
+pub use crate::boot_source::{BootSource, CMDLINE_MAX_SIZE};
 /// Where the guest's serial console goes.
 #[derive(Clone)]
 pub enum ConsoleOutput {

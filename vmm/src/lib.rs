@@ -34,11 +34,13 @@
 //! through the names [`arch`] re-exports. Only [`run`] picks the backend.
 //!
 //! The core and the KVM backend build on Linux only. Elsewhere (macOS) the crate
-//! is [`hypervisor`], [`event`], [`exit`], [`memory`], [`klog`], [`stats`] and
-//! the arm64 platform code in [`arch`]: what the Hypervisor.framework backend
+//! is [`hypervisor`], [`event`], [`exit`], [`memory`], [`klog`], [`stats`],
+//! [`boot_source`] and the arm64 platform code in [`arch`] (address map, `Image`
+//! loading, device tree, entry registers): what the Hypervisor.framework backend
 //! implements and reuses.
 
 pub mod arch;
+pub mod boot_source;
 pub mod event;
 pub mod exit;
 pub mod hypervisor;

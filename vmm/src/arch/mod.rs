@@ -12,6 +12,16 @@
 //! built on x86_64 hosts only.
 
 pub mod aarch64;
+
+/// Where a virtio-mmio device was put: what the guest must be told to find it (the device
+/// tree's nodes on arm64, the command line on x86).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VirtioPlacement {
+    /// Guest-physical base of its MMIO window (one page).
+    pub base: u64,
+    /// Its interrupt line (the irqfd GSI: an IOAPIC pin on x86, an SPI on arm64).
+    pub line: u32,
+}
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 
@@ -23,9 +33,9 @@ pub use self::x86_64::{
 };
 
 #[cfg(all(target_arch = "aarch64", target_os = "linux"))]
-pub use self::aarch64::{boot, devices::attach_legacy_devices};
+pub use self::aarch64::devices::attach_legacy_devices;
 #[cfg(target_arch = "aarch64")]
 pub use self::aarch64::{
-    layout,
+    boot, layout,
     regs::{EntryMode, FaultRegs, VcpuRegisters, IP_NAME},
 };

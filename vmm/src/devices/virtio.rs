@@ -60,14 +60,7 @@ impl BusDevice for VirtioMmio {
     }
 }
 
-/// Where a virtio-mmio device was put: what the guest must be told to find it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct VirtioPlacement {
-    /// Guest-physical base of its [`MMIO_WINDOW`].
-    pub base: u64,
-    /// Its interrupt line (the irqfd GSI: an IOAPIC pin on x86, an SPI on arm64).
-    pub line: u32,
-}
+pub use crate::arch::VirtioPlacement;
 
 /// Hands out MMIO windows and interrupt lines to devices in order.
 pub struct VirtioSlots {

@@ -17,8 +17,8 @@ use super::image::{self, ImageError, ImageHeader, IMAGE_HEADER_SIZE};
 use super::layout::{CMDLINE_MAX_SIZE, FDT_MAX_SIZE, RAM_START};
 pub use super::regs::EntryMode;
 use super::regs::EntryRegisters;
-use crate::config::BootSource;
-use crate::devices::virtio::VirtioPlacement;
+use crate::arch::VirtioPlacement;
+use crate::boot_source::BootSource;
 use crate::memory::GuestMemory;
 
 /// The error a boot step failed with (vm-memory's, the FDT writer's, ...).

@@ -9,7 +9,7 @@
 
 use vm_fdt::{Error as FdtError, FdtWriter};
 
-use crate::devices::virtio::VirtioPlacement;
+use crate::arch::VirtioPlacement;
 
 use super::layout::{
     self, GIC_DIST_SIZE, GIC_DIST_START, PLATFORM_MMIO_SIZE, PLATFORM_MMIO_START, SERIAL_IRQ,

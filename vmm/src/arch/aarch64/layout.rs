@@ -59,8 +59,7 @@ pub const VIRTIO_IRQS: std::ops::Range<u32> = 2..NR_SPIS;
 pub const KERNEL_ALIGN: u64 = 2 << 20;
 /// Largest device tree the boot protocol allows.
 pub const FDT_MAX_SIZE: u64 = 2 << 20;
-#[cfg(target_os = "linux")]
-pub use crate::config::CMDLINE_MAX_SIZE;
+pub use crate::boot_source::CMDLINE_MAX_SIZE;
 
 /// The redistributor region for `vcpus` vCPUs: `(start, size)`.
 pub fn gic_redist_region(vcpus: u64) -> (u64, u64) {

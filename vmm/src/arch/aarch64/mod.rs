@@ -7,12 +7,10 @@
 //! live in `kvm::aarch64`. On an aarch64 host the core uses this module
 //! through the names `arch` re-exports.
 
-// These three place the core's devices (virtio-mmio, the console), which are Linux's.
-#[cfg(target_os = "linux")]
 pub mod boot;
+// Puts the core's console and platform device on its bus, which is Linux's.
 #[cfg(target_os = "linux")]
 pub mod devices;
-#[cfg(target_os = "linux")]
 pub mod fdt;
 pub mod image;
 pub mod layout;
