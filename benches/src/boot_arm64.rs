@@ -249,11 +249,7 @@ mod tests {
         let vm = || msbvm_tests::NestedVm::builder().arch(L1Arch::Aarch64);
         let timing = Path::new("/t");
         let (_, both) = plan(vm(), timing, Some(Path::new("/m")), &qemu, 2, "quiet");
-        let order: Vec<&str> = both
-            .script
-            .lines()
-            .filter_map(|l| l.strip_prefix("echo 'bench: "))
-            .collect();
+        let order = crate::boot_runs::tests::turn_order(&both.script);
         assert_eq!(
             order,
             [

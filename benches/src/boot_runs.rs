@@ -337,8 +337,16 @@ pub fn plan(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The turns a script takes, as its `echo 'bench: ...` lines say them.
+    pub(crate) fn turn_order(script: &str) -> Vec<&str> {
+        script
+            .lines()
+            .filter_map(|l| l.strip_prefix("echo 'bench: "))
+            .collect()
+    }
 
     fn vmm(name: &str, runs: u32) -> VmmRuns {
         VmmRuns {
@@ -351,10 +359,7 @@ mod tests {
     #[test]
     fn runs_take_turns_and_a_vmm_with_fewer_drops_out() {
         let s = interleaved_runs(&[vmm("msbvm", 3), vmm("firecracker", 3), vmm("qemu", 1)]);
-        let order: Vec<&str> = s
-            .lines()
-            .filter_map(|l| l.strip_prefix("echo 'bench: "))
-            .collect();
+        let order = turn_order(&s);
         assert_eq!(
             order,
             [
@@ -378,10 +383,7 @@ mod tests {
         let s = interleaved_with(&[vmm("msbvm", 2), vmm("qemu", 1)], 3, |run| {
             format!("echo 'bench: sandbox run {run}'\n")
         });
-        let order: Vec<&str> = s
-            .lines()
-            .filter_map(|l| l.strip_prefix("echo 'bench: "))
-            .collect();
+        let order = turn_order(&s);
         assert_eq!(
             order,
             [

@@ -44,6 +44,13 @@ struct State {
     kicked: Vec<bool>,
 }
 
+impl State {
+    /// Takes vCPU `i`'s pending kick, if any.
+    fn take_kick(&mut self, i: usize) -> bool {
+        self.kicked.get_mut(i).is_some_and(std::mem::take)
+    }
+}
+
 /// The shared vCPU state of one VM. vCPU 0 starts on, every other one off until CPU_ON.
 #[derive(Debug)]
 pub struct Cpus {
@@ -111,10 +118,7 @@ impl Cpus {
 
     /// Takes vCPU `index`'s pending kick, if any.
     pub fn take_kick(&self, index: u8) -> bool {
-        let mut s = self.lock();
-        s.kicked
-            .get_mut(usize::from(index))
-            .is_some_and(std::mem::take)
+        self.lock().take_kick(usize::from(index))
     }
 
     /// CPU_ON for vCPU `index`: marks it pending with `entry` and wakes it. Fails with
@@ -150,8 +154,7 @@ impl Cpus {
         let i = usize::from(index);
         let mut s = self.lock();
         loop {
-            if s.kicked.get(i).copied().unwrap_or(false) {
-                s.kicked[i] = false;
+            if s.take_kick(i) {
                 return Wake::Kicked;
             }
             match s.power.get(i) {
@@ -175,8 +178,7 @@ impl Cpus {
         let deadline = Instant::now() + timeout.unwrap_or(MAX_HALT).min(MAX_HALT);
         let mut s = self.lock();
         loop {
-            if s.kicked.get(i).copied().unwrap_or(false) {
-                s.kicked[i] = false;
+            if s.take_kick(i) {
                 return Wake::Kicked;
             }
             if s.woken.get(i).copied().unwrap_or(true) {
