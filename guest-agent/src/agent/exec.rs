@@ -351,6 +351,7 @@ unsafe fn child(s: &ChildSetup<'_>) -> ! {
             child_fail(s.report, Step::Stdio, errno());
         }
     }
+    close_inherited(s.report);
     if s.tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
         child_fail(s.report, Step::Terminal, errno());
     }
@@ -387,6 +388,31 @@ unsafe fn child(s: &ChildSetup<'_>) -> ! {
     }
     let e = if denied { libc::EACCES } else { libc::ENOENT };
     child_fail(s.report, Step::Exec, e)
+}
+
+/// Closes every descriptor from 3 up except `keep` (the report pipe, closed by the exec).
+///
+/// They are all close-on-exec, but a child holds them until its exec completes, and an exec
+/// can take long (the binary is read over virtio-fs). Meanwhile the child would keep other
+/// sessions' ends open, their report pipes included, and their starts would wait for its
+/// exec: one slow exec would hold up every exec started beside it. Errors are ignored (a
+/// kernel without close_range only loses this isolation).
+///
+/// # Safety
+/// Only for a forked child, before it execs (it closes descriptors other code may own).
+unsafe fn close_inherited(keep: RawFd) {
+    let close_range = |first: libc::c_uint, last: libc::c_uint| {
+        if first <= last {
+            libc::syscall(libc::SYS_close_range, first, last, 0);
+        }
+    };
+    match libc::c_uint::try_from(keep) {
+        Ok(keep) if keep >= 3 => {
+            close_range(3, keep - 1);
+            close_range(keep.saturating_add(1), libc::c_uint::MAX);
+        }
+        _ => close_range(3, libc::c_uint::MAX),
+    }
 }
 
 fn step_text(step: Step, p: &Prepared) -> String {
@@ -548,6 +574,42 @@ fn read_report(mut report_r: File) -> Option<(Step, i32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_child_keeps_only_stdio_and_the_report_pipe_before_exec() {
+        let (report_r, report_w) = pipe().unwrap();
+        // Descriptors another session would own: below and above the report pipe.
+        let (others_r, others_w) = pipe().unwrap();
+        let keep = report_w.as_raw_fd();
+        let watched: Vec<RawFd> = [&report_r, &others_r, &others_w]
+            .iter()
+            .map(|fd| fd.as_raw_fd())
+            .collect();
+        // SAFETY: the child only makes raw system calls and exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: we are the forked child.
+            unsafe {
+                close_inherited(keep);
+                let open = |fd: RawFd| libc::fcntl(fd, libc::F_GETFD) >= 0;
+                let mut flags = u8::from(open(keep));
+                for (i, &fd) in watched.iter().enumerate() {
+                    flags |= u8::from(open(fd)) << (i + 1);
+                }
+                libc::write(keep, (&flags as *const u8).cast(), 1);
+                libc::_exit(0);
+            }
+        }
+        assert!(pid > 0, "fork: {}", io::Error::last_os_error());
+        drop(report_w);
+        let mut flags = [0u8; 1];
+        let n = (&File::from(report_r)).read(&mut flags).unwrap();
+        let mut status = 0;
+        // SAFETY: waitpid writes one int we own.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(n, 1);
+        assert_eq!(flags[0], 1, "only the report pipe stays open (bit 0)");
+    }
 
     #[test]
     fn path_search_candidates() {
