@@ -35,6 +35,9 @@ const TICK: Duration = Duration::from_millis(100);
 /// How often the supervisor samples the vCPU threads' scheduler state once
 /// every vCPU has stayed inside the guest this long (see [`halt`]).
 const HALT_SAMPLE_EVERY: Duration = Duration::from_millis(500);
+/// How often the supervisor looks for device interrupts the guest never took
+/// ([`crate::devices::bus::BusDevice::recover_lost_interrupt`]).
+const LOST_INTERRUPT_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Interval between kicks while waiting for vCPU threads to stop.
 const KICK_INTERVAL: Duration = Duration::from_millis(5);
 /// How long every vCPU gets to pause for a snapshot.
@@ -709,6 +712,7 @@ fn supervise<V: Vm>(
     let mut halted = vec![false; config.vcpus as usize];
     let mut watch = HaltWatch::new(config.vcpus as usize);
     let mut last_sample = Instant::now();
+    let mut last_interrupt_check = Instant::now();
     let exit = loop {
         if config.stop.is_stopped() {
             break VmExit::Stopped;
@@ -746,6 +750,10 @@ fn supervise<V: Vm>(
             }
             Err(RecvTimeoutError::Timeout) => {
                 console.flush_pending();
+                if last_interrupt_check.elapsed() >= LOST_INTERRUPT_CHECK_EVERY {
+                    last_interrupt_check = Instant::now();
+                    machine.buses.recover_lost_interrupts();
+                }
                 if last_sample.elapsed() < HALT_SAMPLE_EVERY {
                     continue;
                 }

@@ -53,6 +53,13 @@ pub trait BusDevice: Send {
     /// whose saved state was loaded after it, which erased it.
     fn reraise_interrupt(&mut self) {}
 
+    /// Raises the device's interrupt again if one looks lost (pending and unacknowledged for
+    /// a whole check period); returns how many times that happened so far, if it did now.
+    /// Called by the VMM about once a second.
+    fn recover_lost_interrupt(&mut self) -> Option<u64> {
+        None
+    }
+
     /// One line on the device's state for a guest that looks stuck, if it
     /// has something worth saying (see [`crate::StopHandle::stop_and_describe`]).
     fn describe(&self) -> Option<String> {
@@ -224,6 +231,27 @@ impl Buses {
     pub fn reraise_interrupts(&self) {
         for (_, dev) in self.named_devices() {
             lock(&dev).reraise_interrupt();
+        }
+    }
+
+    /// [`BusDevice::recover_lost_interrupt`] on every device; logs each recovery with the
+    /// device's state (a warning the first time and at every power of two, so a device
+    /// whose driver went away does not flood the log).
+    pub fn recover_lost_interrupts(&self) {
+        for (name, dev) in self.named_devices() {
+            let mut dev = lock(&dev);
+            let Some(count) = dev.recover_lost_interrupt() else {
+                continue;
+            };
+            let state = dev.describe().unwrap_or_default();
+            if count.is_power_of_two() {
+                tracing::warn!(
+                    "{name}: an interrupt looked lost (pending and unacknowledged for a second), \
+                     raised again ({count} so far): {state}"
+                );
+            } else {
+                tracing::debug!("{name}: interrupt raised again ({count} so far): {state}");
+            }
         }
     }
 

@@ -47,6 +47,10 @@ impl BusDevice for VirtioMmio {
         self.0.interrupt().reraise();
     }
 
+    fn recover_lost_interrupt(&mut self) -> Option<u64> {
+        self.0.interrupt().recover_lost()
+    }
+
     fn save_state(&mut self) -> Result<Option<Vec<u8>>, String> {
         self.0.save_state().map(Some)
     }
