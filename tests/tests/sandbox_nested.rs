@@ -49,7 +49,12 @@ out=$($M exec box -- sh -c 'echo to-err >&2' 2>&1 >/dev/null); check stderr_out 
 
 i=1; while [ $i -le 20 ]; do ($M exec box -- sh -c "echo out-$i" > /tmp/c$i 2>&1) & i=$((i+1)); done; wait
 n=$(cat /tmp/c* | grep -c '^out-'); check concurrent_20 $n
-[ "$n" = 20 ] || for f in /tmp/c*; do grep -q '^out-' $f || echo "$f: $(head -c 300 $f)"; done
+if [ "$n" != 20 ]; then
+  for f in /tmp/c*; do grep -q '^out-' $f || echo "$f: $(head -c 300 $f)"; done
+  # Where the guest's processes are (state and kernel wait channel), and the runtime's view.
+  $M exec --timeout 30 box -- sh -c 'for p in /proc/[0-9]*; do echo "guest: ${{p#/proc/}} $(cut -d" " -f3 $p/stat) $(cat $p/wchan) $(cat $p/comm)"; done' 2>&1 | grep -v ' S do_wait \| I \| S 0 ' | head -n 60
+  tail -n 40 /tmp/msbvm/sandboxes/box/runtime.log
+fi
 
 start=$(date +%s); $M exec --timeout 2 box -- sleep 100; rc=$?; took=$(( $(date +%s) - start ))
 check timeout_rc $rc; check timeout_fast $([ $took -lt 30 ] && echo yes || echo "no:$took")
@@ -78,6 +83,9 @@ echo "balloon: runtime RSS ${{full}} MiB filled, $(rss) MiB after about $((n / 4
 check balloon_returned $([ $((full - $(rss))) -ge 150 ] && echo yes || echo "no:$full:$(rss)")
 
 check no_sigsys $(grep -c 'forbidden system call' /tmp/msbvm/sandboxes/box/runtime.log)
+# Printed, not asserted: device interrupts the VMM found lost and raised again (see
+# msbvm_virtio::Interrupt::recover_lost); nested emulation is where they go missing.
+grep 'interrupt looked lost' /tmp/msbvm/sandboxes/box/runtime.log | head -n 5
 $M stop box; check stop_rc $?
 $M rm box; check rm_rc $?
 check rm_gone $([ -e /tmp/msbvm/sandboxes/box ] && echo no || echo yes)
