@@ -83,7 +83,7 @@ impl Interrupt {
         if status == 0 || !pending_before || acks != acks_before {
             return None;
         }
-        let _ = self.irq.write(1);
+        self.reraise();
         Some(self.recovered.fetch_add(1, Ordering::SeqCst) + 1)
     }
 
