@@ -51,7 +51,7 @@ use std::sync::Arc;
 
 use tracing::debug;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::ByteValued;
+use vm_memory::{Address, ByteValued, Bytes, GuestAddress};
 
 use crate::device::{ActivateError, GuestMemoryMmap, QueueWithEvent, VirtioDevice};
 use crate::event_loop::WorkerThread;
@@ -276,6 +276,63 @@ pub fn signal_used(queue: &mut Queue, mem: &GuestMemoryMmap, interrupt: &Interru
     }
 }
 
+/// The split used ring's layout (virtio 1.2, 2.7.8): `flags` and `idx` (2 bytes each), then
+/// elements of `id` and `len` (4 bytes each), all little-endian. virtio-queue keeps its own
+/// copies private.
+const USED_RING_HEADER: u64 = 4;
+const USED_ELEMENT: u64 = 8;
+
+/// Adds `used` (head index, bytes written) to the used ring of `queue` and lets the driver
+/// see them all at once: every element is written first, then the used index moves past them
+/// in one store. Nothing is published when one of them cannot be written.
+///
+/// A frame spread over several chains (VIRTIO_NET_F_MRG_RXBUF) must appear whole. A driver
+/// that takes its first buffer reads `num_buffers` from its header and takes that many used
+/// entries right away; with the index moved chain by chain it can find some missing, and
+/// Linux then drops the frame (a length error), which TCP only recovers from by a
+/// retransmission.
+///
+/// For queues without VIRTIO_RING_F_EVENT_IDX: the queue's count of entries added since the
+/// last notification check, which only EVENT_IDX uses, is not kept.
+pub fn add_used_together(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    used: &[(u16, u32)],
+) -> Result<(), virtio_queue::Error> {
+    use std::num::Wrapping;
+    use virtio_queue::Error;
+    let size = queue.size();
+    if used.len() > usize::from(size) {
+        return Err(Error::InvalidSize);
+    }
+    let ring = GuestAddress(queue.used_ring());
+    let start = Wrapping(queue.next_used());
+    for (i, &(head, len)) in used.iter().enumerate() {
+        if head >= size {
+            return Err(Error::InvalidDescriptorIndex);
+        }
+        // `i` is below the queue size, itself a u16.
+        let slot = u64::from((start + Wrapping(i as u16)).0 % size);
+        let addr = ring
+            .checked_add(USED_RING_HEADER + slot * USED_ELEMENT)
+            .ok_or(Error::AddressOverflow)?;
+        let mut elem = [0u8; USED_ELEMENT as usize];
+        elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+        elem[4..].copy_from_slice(&len.to_le_bytes());
+        mem.write_slice(&elem, addr).map_err(Error::GuestMemory)?;
+    }
+    let next = start + Wrapping(used.len() as u16);
+    let idx_addr = ring.checked_add(2).ok_or(Error::AddressOverflow)?;
+    mem.store(
+        u16::to_le(next.0),
+        idx_addr,
+        std::sync::atomic::Ordering::Release,
+    )
+    .map_err(Error::GuestMemory)?;
+    queue.set_next_used(next.0);
+    Ok(())
+}
+
 /// Copies the bytes of `config` at `offset` into `data`; bytes past its end
 /// read as 0.
 fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
@@ -395,5 +452,61 @@ mod tests {
         assert_eq!(data, [3, 4, 0, 0]);
         read_config_bytes(&config, u64::MAX - 1, &mut data);
         assert_eq!(data, [0; 4]);
+    }
+
+    /// A 4-entry queue whose used ring is at 0x2000 of 64 KiB of guest memory, 3 entries
+    /// used already so that a batch wraps.
+    fn used_queue() -> (Queue, GuestMemoryMmap) {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let mut q = Queue::new(4).unwrap();
+        q.set_desc_table_address(Some(0x1000), Some(0));
+        q.set_avail_ring_address(Some(0x1800), Some(0));
+        q.set_used_ring_address(Some(0x2000), Some(0));
+        q.set_ready(true);
+        q.set_next_used(3);
+        mem.write_obj(3u16.to_le(), GuestAddress(0x2002)).unwrap();
+        (q, mem)
+    }
+
+    fn used_idx(mem: &GuestMemoryMmap) -> u16 {
+        u16::from_le(mem.read_obj(GuestAddress(0x2002)).unwrap())
+    }
+
+    fn used_elem(mem: &GuestMemoryMmap, slot: u64) -> (u32, u32) {
+        let at = GuestAddress(0x2004 + slot * 8);
+        let id: u32 = mem.read_obj(at).unwrap();
+        let len: u32 = mem.read_obj(at.unchecked_add(4)).unwrap();
+        (u32::from_le(id), u32::from_le(len))
+    }
+
+    #[test]
+    fn used_elements_added_together_move_the_index_once_and_wrap() {
+        let (mut q, mem) = used_queue();
+        add_used_together(&mut q, &mem, &[(1, 100), (2, 200), (0, 50)]).unwrap();
+        assert_eq!(used_idx(&mem), 6);
+        assert_eq!(q.next_used(), 6);
+        assert_eq!(used_elem(&mem, 3), (1, 100));
+        assert_eq!(used_elem(&mem, 0), (2, 200), "slot 4 wraps to 0");
+        assert_eq!(used_elem(&mem, 1), (0, 50));
+    }
+
+    #[test]
+    fn nothing_is_published_when_one_element_is_bad() {
+        // With the index moved per element, the driver would see the first two of a frame
+        // and drop it; here it sees none of it, and the queue's position is unchanged.
+        let (mut q, mem) = used_queue();
+        let bad = add_used_together(&mut q, &mem, &[(1, 100), (2, 200), (9, 50)]);
+        assert!(matches!(
+            bad,
+            Err(virtio_queue::Error::InvalidDescriptorIndex)
+        ));
+        assert_eq!(used_idx(&mem), 3);
+        assert_eq!(q.next_used(), 3);
+        let too_many = [(0u16, 0u32); 5];
+        assert!(matches!(
+            add_used_together(&mut q, &mem, &too_many),
+            Err(virtio_queue::Error::InvalidSize)
+        ));
+        assert_eq!(used_idx(&mem), 3);
     }
 }

@@ -19,6 +19,9 @@
 //! larger than the MTU (segments the stack merged) goes whole as a GSO frame
 //! to a driver that accepted GUEST_TSO4; for any other driver it is cut into
 //! segments first, delivered one by one the same way ([`super::gso`]).
+//! A frame's chains reach the used ring together, under one move of the used
+//! index ([`add_used_together`]): a driver polling the ring never sees part
+//! of a frame (Linux drops such a frame as a length error).
 //!
 //! Chains are walked descriptor by descriptor with plain guest-memory
 //! copies rather than virtio-queue's `Reader`/`Writer`, which allocate a
@@ -52,7 +55,7 @@ use super::frame::{
 use super::gso;
 use super::metrics::NetMetrics;
 use super::socket::take_socket_error;
-use crate::base::signal_used;
+use crate::base::{add_used_together, signal_used};
 use crate::event_loop::EventHandler;
 use crate::{GuestMemoryMmap, Interrupt};
 
@@ -134,6 +137,8 @@ pub struct Worker {
     held: VecDeque<HeldChain>,
     held_segs: VecDeque<(GuestAddress, u32)>,
     held_cap: usize,
+    /// (head, bytes written) of the chains of the frame being delivered, published together.
+    rx_used: Vec<(u16, u32)>,
     /// Whether RX chains were returned since the last interrupt.
     rx_returned: bool,
     /// Events the socket is registered for.
@@ -207,6 +212,7 @@ impl Worker {
             held: VecDeque::with_capacity(held_capacity),
             held_segs: VecDeque::with_capacity(held_capacity),
             held_cap: 0,
+            rx_used: Vec::with_capacity(held_capacity),
             rx_returned: false,
             interest: EventSet::IN,
             socket_open: true,
@@ -508,6 +514,7 @@ impl Worker {
         };
         self.rx_buf[..NET_HDR_LEN].copy_from_slice(&header.to_bytes());
         let mut off = 0usize;
+        self.rx_used.clear();
         for _ in 0..chains {
             let Some(chain) = self.held.pop_front() else {
                 break;
@@ -528,8 +535,13 @@ impl Worker {
                 off += n;
                 written += n;
             }
-            self.return_rx(chain.head, written as u32);
+            self.rx_used.push((chain.head, written as u32));
         }
+        // All of the frame's chains at once: see `add_used_together`.
+        if let Err(e) = add_used_together(&mut self.rxq, &self.mem, &self.rx_used) {
+            debug!("net: cannot return the RX chains of a frame: {e}");
+        }
+        self.rx_returned = true;
         NetMetrics::add(&self.metrics.rx_frames, 1);
         if self.rx_gso.is_some() {
             NetMetrics::add(&self.metrics.rx_gso, 1);
