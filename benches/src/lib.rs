@@ -26,6 +26,7 @@ pub mod sandbox;
 pub mod tls_bench;
 pub mod tls_l1;
 pub mod virtiofs_bench;
+pub mod vm_net;
 
 pub use msbvm_tests::report::Stats;
 
