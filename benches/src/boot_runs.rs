@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+use msbvm_kernel::Initramfs;
 use msbvm_tests::artifacts::{check_static, L1_INITRD, L1_KERNEL, L1_MSBVM};
 use msbvm_tests::report::shell_command;
 use msbvm_tests::{nested, NestedVmBuilder};
@@ -196,6 +197,47 @@ pub fn host_qemu() -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join(nested::QEMU))
         .find(|p| p.is_file())
+}
+
+/// The start of the `/init` of a QEMU guest booted from [`busybox_initramfs`]: /proc, the
+/// busybox applets, /sys, /dev and a tmpfs /tmp.
+const BUSYBOX_INIT_MOUNTS: &str = "#!/bin/sh
+/bin/busybox mount -t proc proc /proc
+/bin/busybox --install -s
+mount -t sysfs sysfs /sys
+mount -t devtmpfs dev /dev 2>/dev/null
+mount -t tmpfs tmp /tmp
+";
+
+/// The initramfs of a benchmark's QEMU guest, to which the caller adds its own files: the
+/// static `busybox` (also `/bin/sh`), the console and null devices, the directories busybox
+/// and the mounts need plus `extra_dirs`, and an `/init` that mounts /proc, /sys, /dev and a
+/// tmpfs /tmp, installs the applets and goes on with `init_body`.
+pub fn busybox_initramfs(
+    busybox: &Path,
+    extra_dirs: &[&str],
+    init_body: &str,
+) -> Result<Initramfs, String> {
+    let mut cpio = Initramfs::new();
+    let dirs = [
+        "/proc",
+        "/sys",
+        "/dev",
+        "/tmp",
+        "/sbin",
+        "/usr/bin",
+        "/usr/sbin",
+    ];
+    for d in dirs.iter().chain(extra_dirs) {
+        cpio.dir(d, 0o755);
+    }
+    cpio.char_dev("/dev/console", 0o600, 5, 1);
+    cpio.char_dev("/dev/null", 0o666, 1, 3);
+    cpio.host_file("/bin/busybox", busybox)
+        .map_err(|e| format!("cannot add {}: {e}", busybox.display()))?;
+    cpio.symlink("/bin/sh", "busybox");
+    cpio.file("/init", 0o755, format!("{BUSYBOX_INIT_MOUNTS}{init_body}"));
+    Ok(cpio)
 }
 
 /// Adds QEMU, its libraries and its microvm firmware to L1 (at the host's paths).

@@ -12,13 +12,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use msbvm_kernel::Initramfs;
 use msbvm_tests::artifacts::{L1_KERNEL, L1_MSBVM};
 use msbvm_tests::report::field;
 use msbvm_tests::NestedVmBuilder;
 
 pub use crate::boot_runs::host_qemu;
-use crate::boot_runs::{add_qemu, L1_QEMU};
+use crate::boot_runs::{add_qemu, busybox_initramfs, L1_QEMU};
 use crate::{median, spread};
 
 /// Marker of the workload's result line (and, with a suffix, of its other lines).
@@ -98,18 +97,12 @@ echo "VFSBENCH target=$T run=$R create=$t0:$t1 stat=$t1:$t2 unlink=$t2:$t3 write
 [ -z "$bad" ]
 "#;
 
-/// The QEMU guest's `/init`: mounts the share by its tag, runs the workload on it with the
-/// run number and file count from the kernel command line (`BENCH_RUN=`, `BENCH_FILES=`
-/// reach init as environment), and ends with a reboot: the project kernel has no ACPI, so
-/// a power-off would only halt, while a reboot by triple fault (`reboot=t`) makes QEMU exit
-/// under `-no-reboot`.
-const QEMU_INIT: &str = r#"#!/bin/sh
-/bin/busybox mount -t proc proc /proc
-/bin/busybox --install -s
-mount -t sysfs sysfs /sys
-mount -t devtmpfs dev /dev 2>/dev/null
-mount -t tmpfs tmp /tmp
-if mount -t virtiofs @TAG@ /mnt; then
+/// The rest of the QEMU guest's `/init` (after [`busybox_initramfs`]'s mounts): mounts the
+/// share by its tag, runs the workload on it with the run number and file count from the
+/// kernel command line (`BENCH_RUN=`, `BENCH_FILES=` reach init as environment), and ends
+/// with a reboot: the project kernel has no ACPI, so a power-off would only halt, while a
+/// reboot by triple fault (`reboot=t`) makes QEMU exit under `-no-reboot`.
+const QEMU_INIT: &str = r#"if mount -t virtiofs @TAG@ /mnt; then
   sh /work.sh /mnt/bench "$BENCH_FILES" virtiofsd "$BENCH_RUN" /mnt/tree.tar
   umount /mnt
 else
@@ -121,25 +114,7 @@ reboot -f
 /// The QEMU guest's initramfs (uncompressed cpio): the static `busybox`, `/init` and the
 /// workload at `/work.sh`.
 pub fn qemu_initramfs(busybox: &Path) -> Result<Vec<u8>, String> {
-    let mut cpio = Initramfs::new();
-    for d in [
-        "/proc",
-        "/sys",
-        "/dev",
-        "/tmp",
-        "/mnt",
-        "/sbin",
-        "/usr/bin",
-        "/usr/sbin",
-    ] {
-        cpio.dir(d, 0o755);
-    }
-    cpio.char_dev("/dev/console", 0o600, 5, 1);
-    cpio.char_dev("/dev/null", 0o666, 1, 3);
-    cpio.host_file("/bin/busybox", busybox)
-        .map_err(|e| format!("cannot add {}: {e}", busybox.display()))?;
-    cpio.symlink("/bin/sh", "busybox");
-    cpio.file("/init", 0o755, QEMU_INIT.replace("@TAG@", TAG));
+    let mut cpio = busybox_initramfs(busybox, &["/mnt"], &QEMU_INIT.replace("@TAG@", TAG))?;
     cpio.file("/work.sh", 0o644, WORKLOAD);
     Ok(cpio.to_bytes())
 }

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use msbvm_kernel::Initramfs;
 use msbvm_tests::artifacts::L1_KERNEL;
 
-use crate::boot_runs::L1_QEMU;
+use crate::boot_runs::{busybox_initramfs, L1_QEMU};
 use crate::spread;
 
 /// Marker of a result line (and, with a suffix, of a failed run's line).
@@ -54,16 +54,11 @@ const MSBVM_HOST: &str = "10.0.2.254";
 /// Per-run limit in L1: a wedged guest becomes a failed run, not a stuck benchmark.
 const RUN_TIMEOUT_SECS: u32 = 300;
 
-/// The QEMU guest's `/init`. Its settings reach init as environment from the kernel command
-/// line: `VMNET_TARGET`, `VMNET_RUN`, `VMNET_DIR` (`up`: guest to host, `down`: `-R`),
-/// `VMNET_MTU`, `VMNET_SECS`, `VMNET_ADDR` and `VMNET_GW` (the iperf3 server's address).
-const QEMU_INIT: &str = r#"#!/bin/sh
-/bin/busybox mount -t proc proc /proc
-/bin/busybox --install -s
-mount -t sysfs sysfs /sys
-mount -t devtmpfs dev /dev 2>/dev/null
-mount -t tmpfs tmp /tmp
-ip link set lo up
+/// The rest of the QEMU guest's `/init`, after [`busybox_initramfs`]'s mounts. Its settings
+/// reach init as environment from the kernel command line: `VMNET_TARGET`, `VMNET_RUN`,
+/// `VMNET_DIR` (`up`: guest to host, `down`: `-R`), `VMNET_MTU`, `VMNET_SECS`, `VMNET_ADDR`
+/// and `VMNET_GW` (the iperf3 server's address).
+const QEMU_INIT: &str = r#"ip link set lo up
 ip link set eth0 mtu "$VMNET_MTU" && ip link set eth0 up && ip addr add "$VMNET_ADDR" dev eth0 \
   && ip route add default via "$VMNET_GW"
 flag=""; [ "$VMNET_DIR" = down ] && flag="-R"
@@ -93,28 +88,13 @@ pub fn qemu_initramfs(
     iperf: &Path,
     libraries: &[PathBuf],
 ) -> Result<Vec<u8>, String> {
-    let mut cpio = Initramfs::new();
-    for d in [
-        "/proc",
-        "/sys",
-        "/dev",
-        "/tmp",
-        "/sbin",
-        "/usr/bin",
-        "/usr/sbin",
-        GUEST_IPERF_DIR,
-    ] {
-        cpio.dir(d, 0o755);
-    }
-    cpio.char_dev("/dev/console", 0o600, 5, 1);
-    cpio.char_dev("/dev/null", 0o666, 1, 3);
+    let init = QEMU_INIT.replace("@IPERF@", &guest_iperf());
+    let mut cpio = busybox_initramfs(busybox, &[GUEST_IPERF_DIR], &init)?;
     let add = |cpio: &mut Initramfs, host: &Path, guest: &str| {
         cpio.host_file(guest, host)
             .map(|_| ())
             .map_err(|e| format!("cannot add {}: {e}", host.display()))
     };
-    add(&mut cpio, busybox, "/bin/busybox")?;
-    cpio.symlink("/bin/sh", "busybox");
     add(&mut cpio, iperf, &format!("{GUEST_IPERF_DIR}/iperf3"))?;
     for lib in libraries {
         let name = lib
@@ -126,7 +106,6 @@ pub fn qemu_initramfs(
             &format!("{GUEST_IPERF_DIR}/{}", name.to_string_lossy()),
         )?;
     }
-    cpio.file("/init", 0o755, QEMU_INIT.replace("@IPERF@", &guest_iperf()));
     Ok(cpio.to_bytes())
 }
 
