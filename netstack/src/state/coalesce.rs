@@ -113,20 +113,26 @@ impl Coalescer {
 
     /// Starts a new merged frame with `frame` if it could be continued; false if it is not
     /// a segment to merge (send it as it is). Nothing must be pending.
-    pub(crate) fn start(&mut self, frame: &[u8]) -> bool {
+    ///
+    /// The frame's buffer is taken, not copied: `frame` gets the coalescer's spare buffer
+    /// (empty) in exchange, so the first segment of a merge costs no copy.
+    pub(crate) fn start(&mut self, frame: &mut Vec<u8>) -> bool {
         debug_assert!(self.frame.is_empty(), "a merged frame is pending");
         let Some(seg) = segment(frame) else {
             return false;
         };
-        if seg.flags & TCP_PSH != 0 {
+        // Not even a second segment of the same size would fit (e.g. at MTU 65520): nothing
+        // could join it.
+        let size = frame.len() - seg.payload;
+        if seg.flags & TCP_PSH != 0 || frame.len() + size > MAX_MERGED {
             return false;
         }
-        self.frame.clear();
-        self.frame.extend_from_slice(frame);
+        std::mem::swap(&mut self.frame, frame);
+        frame.clear();
         self.tcp = seg.tcp;
         self.payload = seg.payload;
-        self.size = frame.len() - seg.payload;
-        self.next_seq = seg.seq.wrapping_add(self.size as u32);
+        self.size = size;
+        self.next_seq = seg.seq.wrapping_add(size as u32);
         self.open = true;
         self.segments = 1;
         true
@@ -186,8 +192,9 @@ mod tests {
                 continue;
             }
             out.extend(c.take());
-            if !c.start(f) {
-                out.push(f.clone());
+            let mut f = f.clone();
+            if !c.start(&mut f) {
+                out.push(f);
             }
         }
         out.extend(c.take());
@@ -268,6 +275,26 @@ mod tests {
         let mut c = Coalescer::default();
         let out = merge_all(&mut c, &[base.clone(), udp.clone()]);
         assert_eq!(out, vec![base, udp]);
+    }
+
+    #[test]
+    fn a_merge_takes_the_first_buffer_and_skips_what_nothing_could_join() {
+        // The first segment's buffer is taken whole, not copied.
+        let mut c = Coalescer::default();
+        let mut first = seg(100, TCP_ACK, &[1; 1448]);
+        let ptr = first.as_ptr();
+        assert!(c.start(&mut first));
+        assert!(first.is_empty(), "the caller gets the spare buffer");
+        let merged = c.take().unwrap();
+        assert_eq!(merged.as_ptr(), ptr);
+        assert_eq!(merged, seg(100, TCP_ACK, &[1; 1448]));
+        // A segment more than half the largest frame (MTU 65520): no second one of its size
+        // could fit, so it is left with the caller to send as it is.
+        let mut big = seg(100, TCP_ACK, &vec![2; 40_000]);
+        let copy = big.clone();
+        assert!(!c.start(&mut big));
+        assert_eq!(big, copy);
+        assert!(c.take().is_none());
     }
 
     #[test]

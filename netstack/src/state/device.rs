@@ -85,6 +85,16 @@ impl FrameTx {
     /// Sends one frame (or merges it with the frame before), keeping order with what is
     /// already waiting.
     pub(crate) fn send(&mut self, frame: &[u8]) {
+        if self.coalesce.is_some() {
+            self.send_owned(&mut frame.to_vec());
+        } else {
+            self.send_frame(frame);
+        }
+    }
+
+    /// [`send`](Self::send) of a frame in a buffer of the caller's, which a merge that starts
+    /// with it may take (leaving `frame` empty) instead of copying it.
+    fn send_owned(&mut self, frame: &mut Vec<u8>) {
         if let Some(c) = self.coalesce.as_mut() {
             if c.absorb(frame) {
                 return;
@@ -246,11 +256,19 @@ pub(crate) struct TxToken<'a> {
 impl phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let mut scratch = std::mem::take(&mut self.tx.scratch);
-        scratch.clear();
-        scratch.resize(len, 0);
+        // Zeroed only where it grows: smoltcp writes every byte of the frame it asked for
+        // (option padding included), and whatever an older frame left there went to this
+        // same guest anyway.
+        if scratch.len() < len {
+            scratch.resize(len, 0);
+        }
+        scratch.truncate(len);
         let result = f(&mut scratch);
-        self.tx.send(&scratch);
-        self.tx.scratch = scratch;
+        self.tx.send_owned(&mut scratch);
+        // A merge may have taken the buffer and left its spare one; keep the larger.
+        if self.tx.scratch.capacity() <= scratch.capacity() {
+            self.tx.scratch = scratch;
+        }
         result
     }
 }
