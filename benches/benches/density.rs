@@ -26,7 +26,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use msbvm_benches::boot_runs::env_count;
-use msbvm_benches::{bench_mode, error_exit, write_record};
+use msbvm_benches::{l1_bench_main, write_record};
 use msbvm_tests::artifacts::{GuestArtifacts, Progress, StaticBuild, L1_KERNEL};
 use msbvm_tests::report::field;
 use msbvm_tests::{nested, Error, NestedVm, Stream};
@@ -205,15 +205,9 @@ fn bench() -> Result<bool, Error> {
 }
 
 fn main() -> ExitCode {
-    if !bench_mode("density") {
-        return ExitCode::SUCCESS;
-    }
-    match bench() {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => {
-            eprintln!("density bench: some measurements failed (FAILED lines above)");
-            ExitCode::FAILURE
-        }
-        Err(e) => error_exit("density", &e),
-    }
+    l1_bench_main(
+        "density",
+        "some measurements failed (FAILED lines above)",
+        bench,
+    )
 }

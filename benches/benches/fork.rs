@@ -25,7 +25,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use msbvm_benches::boot_runs::{env_count, FIRECRACKER_ENV};
-use msbvm_benches::{bench_mode, error_exit, l1_samples, median, spread, write_record, L1Sample};
+use msbvm_benches::{l1_bench_main, l1_samples, median, spread, write_record, L1Sample};
 use msbvm_tests::artifacts::{GuestArtifacts, Progress, StaticBuild, L1_KERNEL};
 use msbvm_tests::{nested, Error, NestedVm, Stream};
 
@@ -146,15 +146,9 @@ fn bench() -> Result<bool, Error> {
 }
 
 fn main() -> ExitCode {
-    if !bench_mode("fork") {
-        return ExitCode::SUCCESS;
-    }
-    match bench() {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => {
-            eprintln!("fork bench: some measurements failed (FAILED lines above)");
-            ExitCode::FAILURE
-        }
-        Err(e) => error_exit("fork", &e),
-    }
+    l1_bench_main(
+        "fork",
+        "some measurements failed (FAILED lines above)",
+        bench,
+    )
 }

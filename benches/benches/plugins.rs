@@ -25,7 +25,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use msbvm_benches::boot_runs::env_count;
-use msbvm_benches::{bench_mode, error_exit, l1_samples, spread, write_record, L1Sample};
+use msbvm_benches::{l1_bench_main, l1_samples, spread, write_record, L1Sample};
 use msbvm_tests::artifacts::{GuestArtifacts, Progress, StaticBuild, L1_KERNEL};
 use msbvm_tests::{nested, Error, NestedVm, Stream};
 
@@ -173,15 +173,9 @@ fn bench() -> Result<bool, Error> {
 }
 
 fn main() -> ExitCode {
-    if !bench_mode("plugins") {
-        return ExitCode::SUCCESS;
-    }
-    match bench() {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => {
-            eprintln!("plugins bench: some measurements failed (FAILED lines above)");
-            ExitCode::FAILURE
-        }
-        Err(e) => error_exit("plugins", &e),
-    }
+    l1_bench_main(
+        "plugins",
+        "some measurements failed (FAILED lines above)",
+        bench,
+    )
 }

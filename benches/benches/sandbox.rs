@@ -31,7 +31,7 @@ use msbvm_benches::boot_runs::{
     self, env_count, RunCounts, CPUS, MEMORY_MIB, RUN_TIMEOUT_SECS, TIMING_BIN,
 };
 use msbvm_benches::sandbox::{self, SandboxResults, SandboxSetup};
-use msbvm_benches::{bench_mode, by_mode, error_exit, parse_samples, summarize};
+use msbvm_benches::{by_mode, l1_bench_main, parse_samples, summarize};
 use msbvm_tests::artifacts::{
     target_dir, GuestArtifacts, Progress, StaticBuild, L1_KERNEL, L1_MSBVM,
 };
@@ -183,15 +183,9 @@ fn bench() -> Result<bool, Error> {
 }
 
 fn main() -> ExitCode {
-    if !bench_mode("sandbox") {
-        return ExitCode::SUCCESS;
-    }
-    match bench() {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => {
-            eprintln!("sandbox bench: some sandbox measurements failed (FAILED lines above)");
-            ExitCode::FAILURE
-        }
-        Err(e) => error_exit("sandbox", &e),
-    }
+    l1_bench_main(
+        "sandbox",
+        "some sandbox measurements failed (FAILED lines above)",
+        bench,
+    )
 }

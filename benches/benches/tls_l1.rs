@@ -51,7 +51,7 @@ use msbvm_benches::tls_l1::script::{
     MEASURE_TIMEOUT_SECS,
 };
 use msbvm_benches::tls_l1::{parse_console, to_json, L1Mode, L1Plan, RunSamples};
-use msbvm_benches::{bench_mode, error_exit, median};
+use msbvm_benches::{l1_bench_main, median};
 use msbvm_tests::artifacts::{
     build_static_bins, target_dir, GuestArtifacts, Progress, StaticBuild,
 };
@@ -264,15 +264,5 @@ fn report(plan: &L1Plan, results: &[(L1Mode, Vec<RunSamples>)]) {
 }
 
 fn main() -> ExitCode {
-    if !bench_mode("tls_l1") {
-        return ExitCode::SUCCESS;
-    }
-    match bench() {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => {
-            eprintln!("tls_l1 bench: some runs did not complete (lines above)");
-            ExitCode::FAILURE
-        }
-        Err(e) => error_exit("tls_l1", &e),
-    }
+    l1_bench_main("tls_l1", "some runs did not complete (lines above)", bench)
 }

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use msbvm_benches::boot_runs::env_count;
 use msbvm_benches::virtiofs_bench::{self as vb, Span};
-use msbvm_benches::{bench_mode, error_exit, write_record};
+use msbvm_benches::{l1_bench_main, write_record};
 use msbvm_tests::artifacts::{GuestArtifacts, Progress, StaticBuild};
 use msbvm_tests::e2e::{prelude, L1_AGENT};
 use msbvm_tests::nested::HOST_BUSYBOX;
@@ -150,15 +150,9 @@ fn bench() -> Result<bool, Error> {
 }
 
 fn main() -> ExitCode {
-    if !bench_mode("virtiofs") {
-        return ExitCode::SUCCESS;
-    }
-    match bench() {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => {
-            eprintln!("virtiofs bench: some measurements failed (VFSBENCH-FAILED lines above)");
-            ExitCode::FAILURE
-        }
-        Err(e) => error_exit("virtiofs", &e),
-    }
+    l1_bench_main(
+        "virtiofs",
+        "some measurements failed (VFSBENCH-FAILED lines above)",
+        bench,
+    )
 }

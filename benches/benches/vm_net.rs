@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use msbvm_benches::boot_runs::{add_qemu, env_count, host_qemu};
 use msbvm_benches::vm_net::{self as vn, Sample};
-use msbvm_benches::{bench_mode, error_exit, write_record};
+use msbvm_benches::{l1_bench_main, write_record};
 use msbvm_tests::e2e::{prelude, with_msbvm};
 use msbvm_tests::nested::{shared_libraries, HOST_BUSYBOX};
 use msbvm_tests::{nested, Error, NestedVm, Stream};
@@ -101,15 +101,9 @@ fn bench() -> Result<bool, Error> {
 }
 
 fn main() -> ExitCode {
-    if !bench_mode("vm_net") {
-        return ExitCode::SUCCESS;
-    }
-    match bench() {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => {
-            eprintln!("vm_net bench: some measurements failed (VMNET- lines above)");
-            ExitCode::FAILURE
-        }
-        Err(e) => error_exit("vm_net", &e),
-    }
+    l1_bench_main(
+        "vm_net",
+        "some measurements failed (VMNET- lines above)",
+        bench,
+    )
 }

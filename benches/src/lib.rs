@@ -129,6 +129,27 @@ pub fn error_exit(name: &str, error: &msbvm_tests::Error) -> std::process::ExitC
     std::process::ExitCode::FAILURE
 }
 
+/// The `main` of benchmark `name` that runs in L1: nothing in test mode ([`bench_mode`]);
+/// otherwise `bench`, whose `Ok(false)` (some measurement failed) exits with `failed` as the
+/// reason and whose error goes through [`error_exit`].
+pub fn l1_bench_main(
+    name: &str,
+    failed: &str,
+    bench: impl FnOnce() -> Result<bool, msbvm_tests::Error>,
+) -> std::process::ExitCode {
+    if !bench_mode(name) {
+        return std::process::ExitCode::SUCCESS;
+    }
+    match bench() {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("{name} bench: {failed}");
+            std::process::ExitCode::FAILURE
+        }
+        Err(e) => error_exit(name, &e),
+    }
+}
+
 /// Prefix of the helper's result line.
 pub const RESULT_PREFIX: &str = "msbvm-boot-timing: result";
 
