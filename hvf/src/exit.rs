@@ -20,8 +20,11 @@
 //! which is how a level-triggered timer behaves on hardware.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::esr::{self, DataAbort, Exception, SysRegAccess};
+use crate::gic::cpuif::IccReg;
+use crate::gic::Gic;
 use crate::mmio;
 use crate::psci::{self, Action, PowerState};
 use crate::regs::{cntv_ctl, Reg, SysReg};
@@ -183,6 +186,9 @@ pub struct ExitHandler {
     index: u8,
     /// Whether this handler raised the timer PPI and the framework's mask is set.
     vtimer_asserted: bool,
+    /// The GIC in user space, when the framework has none (macOS 11 to 14): its MMIO frames
+    /// and `ICC_*` registers are served here, and the timer PPI is raised in it.
+    gic: Option<Arc<Gic>>,
 }
 
 /// Shorthand for a failed framework call as a [`Fault`].
@@ -222,6 +228,34 @@ impl ExitHandler {
         ExitHandler {
             index,
             vtimer_asserted: false,
+            gic: None,
+        }
+    }
+
+    /// The handler for vCPU `index` of a VM whose GIC is `gic`, in user space.
+    pub fn with_gic(index: u8, gic: Arc<Gic>) -> ExitHandler {
+        ExitHandler {
+            gic: Some(gic),
+            ..ExitHandler::new(index)
+        }
+    }
+
+    /// The GIC in user space, if this VM has one.
+    pub fn gic(&self) -> Option<&Arc<Gic>> {
+        self.gic.as_ref()
+    }
+
+    /// Raises or lowers the timer PPI: in the user-space GIC if there is one, else through
+    /// the framework.
+    fn vtimer_irq<O: VcpuOps>(&self, ops: &mut O, asserted: bool) -> Result<(), Fault> {
+        match &self.gic {
+            Some(gic) => {
+                gic.set_ppi(usize::from(self.index), VTIMER_INTID, asserted);
+                Ok(())
+            }
+            None => ops
+                .set_vtimer_irq(asserted)
+                .map_err(fw("setting the timer interrupt")),
         }
     }
 
@@ -242,8 +276,7 @@ impl ExitHandler {
         let firing = ctl & (cntv_ctl::ENABLE | cntv_ctl::IMASK | cntv_ctl::ISTATUS)
             == cntv_ctl::ENABLE | cntv_ctl::ISTATUS;
         if !firing {
-            ops.set_vtimer_irq(false)
-                .map_err(fw("lowering the timer interrupt"))?;
+            self.vtimer_irq(ops, false)?;
             ops.set_vtimer_mask(false)
                 .map_err(fw("unmasking the virtual timer"))?;
             self.vtimer_asserted = false;
@@ -275,8 +308,7 @@ impl ExitHandler {
         let (syndrome, ipa) = match exit {
             HvExit::Canceled => return Ok(Exit::Interrupted),
             HvExit::VtimerActivated => {
-                ops.set_vtimer_irq(true)
-                    .map_err(fw("raising the timer interrupt"))?;
+                self.vtimer_irq(ops, true)?;
                 self.vtimer_asserted = true;
                 return Ok(Exit::Continue);
             }
@@ -291,6 +323,15 @@ impl ExitHandler {
         let pc = |ops: &O| ops.reg(Reg::Pc).unwrap_or(0);
         match esr::decode(syndrome) {
             Exception::DataAbort(access) => {
+                if let Some(gic) = &self.gic {
+                    if let Some(frame) = GicFrame::at(ipa) {
+                        let cpu = usize::from(self.index);
+                        let mut gic_io = GicMmio { gic, frame, cpu };
+                        mmio_access(ops, &mut gic_io, &access, ipa)?;
+                        advance_pc(ops)?;
+                        return Ok(Exit::Continue);
+                    }
+                }
                 let event = mmio_access(ops, io, &access, ipa)?;
                 advance_pc(ops)?;
                 Ok(event.map_or(Exit::Continue, Exit::Event))
@@ -321,6 +362,17 @@ impl ExitHandler {
                 }
             }
             Exception::SysReg(access) => {
+                if let Some((gic, reg)) = self.icc(&access) {
+                    let cpu = usize::from(self.index);
+                    if access.read {
+                        write_x(ops, access.rt, gic.icc_read(cpu, reg))?;
+                    } else {
+                        let value = read_x(ops, access.rt)?;
+                        gic.icc_write(cpu, reg, value);
+                    }
+                    advance_pc(ops)?;
+                    return Ok(Exit::Continue);
+                }
                 // Debug, trace and OS-lock registers (op0 = 2) read as zero and
                 // ignore writes: the guest gets no hardware debug, which Linux
                 // handles; anything else is not emulated and stops the vCPU.
@@ -342,6 +394,14 @@ impl ExitHandler {
                 pc: pc(ops),
             }),
         }
+    }
+
+    /// The user-space GIC and the CPU interface register a trapped access names, when
+    /// there is such a GIC and the access is to one of its registers.
+    fn icc(&self, access: &SysRegAccess) -> Option<(&Arc<Gic>, IccReg)> {
+        let gic = self.gic.as_ref()?;
+        let reg = IccReg::decode(access.op0, access.op1, access.crn, access.crm, access.op2)?;
+        Some((gic, reg))
     }
 
     /// An HVC or SMC: PSCI when the immediate is 0 (SMCCC), else "unknown function".
@@ -401,6 +461,57 @@ impl ExitHandler {
 }
 
 /// Performs a decoded load or store at `ipa` on the bus.
+/// Which of the user-space GIC's MMIO windows an address falls in (the arm64 layout's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GicFrame {
+    /// The distributor, at this offset.
+    Dist(u64),
+    /// The redistributor region, at this offset.
+    Redist(u64),
+}
+
+impl GicFrame {
+    fn at(ipa: u64) -> Option<GicFrame> {
+        use msbvm_vmm::arch::aarch64::layout::{
+            GIC_DIST_SIZE, GIC_DIST_START, GIC_REDIST_END, GIC_REDIST_START,
+        };
+        if (GIC_DIST_START..GIC_DIST_START + GIC_DIST_SIZE).contains(&ipa) {
+            Some(GicFrame::Dist(ipa - GIC_DIST_START))
+        } else if (GIC_REDIST_START..GIC_REDIST_END).contains(&ipa) {
+            Some(GicFrame::Redist(ipa - GIC_REDIST_START))
+        } else {
+            None
+        }
+    }
+}
+
+/// The user-space GIC as the bus of one access (which [`GicFrame::at`] placed in `frame`).
+struct GicMmio<'a> {
+    gic: &'a Gic,
+    frame: GicFrame,
+    /// The vCPU making the access.
+    cpu: usize,
+}
+
+impl Mmio for GicMmio<'_> {
+    type Event = ();
+
+    fn mmio_read(&mut self, _addr: u64, data: &mut [u8]) {
+        match self.frame {
+            GicFrame::Dist(offset) => self.gic.dist_read(offset, data),
+            GicFrame::Redist(offset) => self.gic.redist_read(offset, data),
+        }
+    }
+
+    fn mmio_write(&mut self, _addr: u64, data: &[u8]) -> Option<()> {
+        match self.frame {
+            GicFrame::Dist(offset) => self.gic.dist_write(self.cpu, offset, data),
+            GicFrame::Redist(offset) => self.gic.redist_write(self.cpu, offset, data),
+        };
+        None
+    }
+}
+
 fn mmio_access<O: VcpuOps, M: Mmio>(
     ops: &mut O,
     io: &mut M,
@@ -701,6 +812,89 @@ mod tests {
         );
         assert!(text.contains("0x300"), "{text}");
         assert_eq!(vcpu.get(Reg::Pc), 0x300);
+    }
+
+    /// MRS (`read`) or MSR of the ICC register (CRn, CRm, op2) with Xrt.
+    fn icc_trap(crn: u64, crm: u64, op2: u64, rt: u64, read: bool) -> HvExit {
+        let iss = (3 << 20) | (op2 << 17) | (crn << 10) | (rt << 5) | (crm << 1) | u64::from(read);
+        exception((0x18 << 26) | iss, 0)
+    }
+
+    #[test]
+    fn a_user_space_gic_serves_its_frames_and_the_cpu_interface() {
+        use msbvm_vmm::arch::aarch64::layout::{GIC_DIST_START, GIC_REDIST_START};
+        let gic = Arc::new(Gic::new(1, 32));
+        let mut h = ExitHandler::with_gic(0, gic.clone());
+        let mut vcpu = FakeVcpu::at(0x1000);
+        let bus = std::cell::RefCell::new(FakeBus::default());
+        let mut run =
+            |vcpu: &mut FakeVcpu, exit| h.handle(vcpu, &mut *bus.borrow_mut(), exit, &[On]);
+        // str w1, [GICD_CTLR]: EnableGrp1.
+        vcpu.set(Reg::X(1), 0x2);
+        let store = |ipa| exception(dabt(2, false, 1, false, true), ipa);
+        assert_eq!(run(&mut vcpu, store(GIC_DIST_START)), Exit::Continue);
+        // GICD_ISENABLER1 bit 1 (SPI 33), GICD_ICFGR2 edge for it, GICD_IGROUPR1 all.
+        vcpu.set(Reg::X(1), 0x2);
+        run(&mut vcpu, store(GIC_DIST_START + 0x104));
+        vcpu.set(Reg::X(1), 0x8);
+        run(&mut vcpu, store(GIC_DIST_START + 0xc08));
+        vcpu.set(Reg::X(1), 0xffff_ffff);
+        run(&mut vcpu, store(GIC_DIST_START + 0x084));
+        // str w1, [GICR_WAKER]: awake.
+        vcpu.set(Reg::X(1), 0);
+        run(&mut vcpu, store(GIC_REDIST_START + 0x14));
+        // msr ICC_PMR_EL1, x2; msr ICC_IGRPEN1_EL1, x2.
+        vcpu.set(Reg::X(2), 0xf0);
+        assert_eq!(run(&mut vcpu, icc_trap(4, 6, 0, 2, false)), Exit::Continue);
+        vcpu.set(Reg::X(2), 1);
+        run(&mut vcpu, icc_trap(12, 12, 7, 2, false));
+        assert!(
+            bus.borrow().writes.is_empty(),
+            "nothing reached the device bus"
+        );
+        assert_eq!(
+            vcpu.get(Reg::Pc),
+            0x1000 + 4 * 7,
+            "seven instructions emulated"
+        );
+
+        gic.set_spi(1, true);
+        assert!(gic.irq_line(0));
+        // ldr w3, [GICD_CTLR]; mrs x5, ICC_IAR1_EL1.
+        run(
+            &mut vcpu,
+            exception(dabt(2, false, 3, false, false), GIC_DIST_START),
+        );
+        assert_eq!(vcpu.get(Reg::X(3)), 0x52, "ARE, DS and EnableGrp1");
+        run(&mut vcpu, icc_trap(12, 12, 0, 5, true));
+        assert_eq!(vcpu.get(Reg::X(5)), 33);
+        assert!(!gic.irq_line(0));
+        // msr ICC_EOIR1_EL1, x5.
+        run(&mut vcpu, icc_trap(12, 12, 1, 5, false));
+        assert!(!gic.lock().irq(0, 33).unwrap().active);
+        assert!(bus.borrow().reads.is_empty());
+    }
+
+    #[test]
+    fn with_a_user_space_gic_the_timer_raises_its_ppi_there() {
+        let gic = Arc::new(Gic::new(1, 32));
+        let mut h = ExitHandler::with_gic(0, gic.clone());
+        let mut vcpu = FakeVcpu::at(0x100);
+        vcpu.vtimer_masked = true;
+        vcpu.set_sys(SysReg::CNTV_CTL_EL0, cntv_ctl::ENABLE | cntv_ctl::ISTATUS);
+        let exit = h.handle(
+            &mut vcpu,
+            &mut FakeBus::default(),
+            HvExit::VtimerActivated,
+            &[On],
+        );
+        assert_eq!(exit, Exit::Continue);
+        assert!(gic.lock().irq(0, VTIMER_INTID).unwrap().level);
+        assert!(!vcpu.vtimer_irq, "not through the framework");
+        vcpu.set_sys(SysReg::CNTV_CTL_EL0, cntv_ctl::ENABLE | cntv_ctl::IMASK);
+        h.before_run(&mut vcpu).unwrap();
+        assert!(!gic.lock().irq(0, VTIMER_INTID).unwrap().level);
+        assert!(!vcpu.vtimer_masked);
     }
 
     #[test]

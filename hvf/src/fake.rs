@@ -20,6 +20,8 @@ pub struct FakeVcpu {
     pub vtimer_masked: bool,
     /// The timer PPI's level in the (fake) interrupt controller.
     pub vtimer_irq: bool,
+    /// Every IRQ line setting (`set_irq_line`), in order.
+    pub irq_lines: Vec<bool>,
     /// Makes every register read and write fail, as a broken framework would.
     pub fail: bool,
     /// What each `run_once` returns, in order; an empty script is a framework error.
@@ -126,6 +128,11 @@ impl Framework for FakeVcpu {
             return Err("fake failure".into());
         }
         self.sys_regs.insert(reg, value);
+        Ok(())
+    }
+
+    fn set_irq_line(&mut self, asserted: bool) -> Result<(), String> {
+        self.irq_lines.push(asserted);
         Ok(())
     }
 }

@@ -14,13 +14,18 @@
 //!   arm64 boot entry state.
 //! - [`exit`]: one exit in, what the VMM core does next out, over the small
 //!   [`exit::VcpuOps`] (framework calls) and [`exit::Mmio`] (device bus) traits.
+//! - [`gic`]: a GICv3 in user space (distributor, redistributors, the `ICC_*`
+//!   system registers), for macOS 11 to 14 where the framework has no GIC: the
+//!   exit handling serves the guest's accesses to it, and the run sets each
+//!   vCPU's IRQ line from it.
 //! - [`cpus`]: what the vCPU threads share: PSCI power states, CPU_ON hand-over,
 //!   and the sleep of a halted or stopped vCPU until an interrupt, its timer or a kick.
 //! - [`run`]: one `msbvm_vmm::hypervisor::Vcpu::run` over [`run::Framework`], and
 //!   the irqfd and ioeventfd equivalents the framework lacks.
 //!
 //! On macOS, `macos` is the thin layer over the `applevisor` crate: the VM
-//! (with the framework's GICv3 on macOS 15 and later), vCPUs, and
+//! (with the framework's GICv3 on macOS 15 and later, the default
+//! `framework-gic` feature; without it, with [`gic`]), vCPUs, and
 //! `msbvm_vmm::hypervisor`'s `Hypervisor`, `Vm` and `Vcpu` over them. It has
 //! been type-checked for `aarch64-apple-darwin` but never built into a binary
 //! or run: this project's machines are Linux only (see `hvf/README.md`), and
@@ -34,6 +39,7 @@
 pub mod cpus;
 pub mod esr;
 pub mod exit;
+pub mod gic;
 pub mod mmio;
 pub mod psci;
 pub mod regs;

@@ -17,6 +17,7 @@ use msbvm_vmm::{FaultKind, VmExit};
 
 use crate::cpus::{ticks_to_duration, Cpus, Wake};
 use crate::exit::{Exit, ExitHandler, Fault, HvExit, Mmio, Stop, VcpuOps};
+use crate::gic::Gic;
 use crate::psci::{ret, PowerState};
 use crate::regs::{cpu_on_entry, EntryState, Reg};
 
@@ -38,6 +39,13 @@ pub trait Framework: VcpuOps {
     }
     /// Writes a system register.
     fn set_sys_reg(&mut self, reg: crate::regs::SysReg, value: u64) -> Result<(), Self::Error>;
+    /// Asserts or clears the vCPU's IRQ line (`hv_vcpu_set_pending_interrupt`): how a GIC in
+    /// user space ([`crate::gic`]) interrupts the guest. With the framework's own GIC there
+    /// is no such line to drive, so by default it does nothing.
+    fn set_irq_line(&mut self, asserted: bool) -> Result<(), Self::Error> {
+        let _ = asserted;
+        Ok(())
+    }
 }
 
 /// Device registers whose guest writes signal an event instead of reaching the bus
@@ -134,6 +142,17 @@ impl VcpuRunner {
         }
     }
 
+    /// The same vCPU in a VM whose GIC is `gic`, in user space: its IRQ line is set from the
+    /// GIC before every run, and a halt with an interrupt signalled does not sleep. The GIC's
+    /// notifier must wake the vCPUs it names ([`Cpus::interrupt_raised`]) and make a running
+    /// one leave the guest (`hv_vcpus_exit`).
+    pub fn with_gic(self, gic: Arc<Gic>) -> Self {
+        VcpuRunner {
+            handler: ExitHandler::with_gic(self.index(), gic),
+            ..self
+        }
+    }
+
     /// This vCPU's index.
     pub fn index(&self) -> u8 {
         self.handler.index()
@@ -163,6 +182,11 @@ impl VcpuRunner {
         if let Err(f) = self.handler.before_run(fw) {
             return fault(f);
         }
+        if let Some(gic) = self.handler.gic() {
+            if let Err(e) = fw.set_irq_line(gic.irq_line(usize::from(index))) {
+                return VcpuExit::Fault(framework_fault("setting the IRQ line", e));
+            }
+        }
         // Stale by the time a PSCI call is answered against it, whenever it is taken: a
         // CPU_ON it allows is checked again when applied ([`Cpus::start`]).
         let power = self.cpus.power();
@@ -180,6 +204,15 @@ impl VcpuRunner {
             Exit::Interrupted => {
                 self.cpus.take_kick(index);
                 VcpuExit::Interrupted
+            }
+            Exit::Halt { .. }
+                if self
+                    .handler
+                    .gic()
+                    .is_some_and(|gic| gic.irq_line(usize::from(index))) =>
+            {
+                // WFI completes at once with an interrupt pending, masked or not.
+                VcpuExit::Io
             }
             Exit::Halt { vtimer_deadline } => {
                 let timeout = match vtimer_deadline {

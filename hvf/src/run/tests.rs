@@ -328,3 +328,42 @@ fn irq_forwarders_raise_the_line_and_wake_a_halted_vcpu() {
     // Dropping stops and joins the thread (a hang here fails the test by timeout).
     drop(forwarders);
 }
+
+#[test]
+fn with_a_user_space_gic_the_irq_line_follows_it_and_a_pending_interrupt_ends_a_wfi() {
+    use crate::gic::cpuif::IccReg;
+    let (cpus, io) = machine(1);
+    let gic = Arc::new(crate::gic::Gic::new(1, 32));
+    // The notifier wakes halted vCPUs, as the framework layer's does (with hv_vcpus_exit).
+    let woken = Arc::new(AtomicU32::new(0));
+    {
+        let (cpus, woken) = (cpus.clone(), woken.clone());
+        gic.set_notifier(Box::new(move |_| {
+            woken.fetch_add(1, Ordering::SeqCst);
+            cpus.interrupt_raised();
+        }));
+    }
+    let mut r = runner(0, &cpus, &io).with_gic(gic.clone());
+    // The guest's set-up, as Linux writes it: SPI 33 enabled, Group 1, edge; everything on.
+    for (offset, value) in [(0x084u64, !0u32), (0x104, 2), (0xc08, 8), (0, 2)] {
+        gic.dist_write(0, offset, &value.to_le_bytes());
+    }
+    gic.redist_write(0, 0x14, &[0; 4]);
+    gic.icc_write(0, IccReg::Pmr, 0xf0);
+    gic.icc_write(0, IccReg::Igrpen1, 1);
+    let mut v = vcpu_with([exception(WFI, 0), exception(WFI, 0)]);
+    let before = woken.load(Ordering::SeqCst);
+    assert_eq!(r.run(&mut v, &mut FakeBus::default()), VcpuExit::Io);
+    assert_eq!(v.irq_lines, [false], "nothing pending yet");
+    gic.set_spi(1, true);
+    assert!(
+        woken.load(Ordering::SeqCst) > before,
+        "the GIC told the vCPU"
+    );
+    assert_eq!(r.run(&mut v, &mut FakeBus::default()), VcpuExit::Io);
+    assert_eq!(
+        v.irq_lines,
+        [false, true],
+        "asserted before entering the guest"
+    );
+}
