@@ -11,13 +11,17 @@
 //! register types are the host architecture's) are left out. Written against
 //! applevisor 1.0's documented API.
 //!
-//! The GIC comes from `hv_gic_create`, which exists from macOS 15: built with
-//! applevisor's `macos-15-0` feature the binary links that symbol strongly and
-//! does not start on macOS 11-14. Those versions would need a userspace
-//! GICv3 (distributor and redistributor MMIO, ICC system register traps, the
-//! vtimer PPI through [`VcpuOps::set_vtimer_irq`]), which does not exist yet.
-//! With the framework's GIC the virtual timer is wired to it directly, so
-//! `VTIMER_ACTIVATED` exits are not expected.
+//! The GIC, by the `framework-gic` feature (on by default):
+//! - on: the framework's own, from `hv_gic_create`, which exists from macOS 15;
+//!   the binary links that symbol strongly and does not start on macOS 11-14.
+//!   The virtual timer is wired to it directly, so `VTIMER_ACTIVATED` exits are
+//!   not expected.
+//! - off: msbvm's GICv3 in user space ([`crate::gic`]): the VM is made without
+//!   a GIC (macOS 11 and later), the guest's GIC registers and `ICC_*` system
+//!   register traps are served by the exit handling, each vCPU's IRQ line is set
+//!   with `hv_vcpu_set_pending_interrupt` before it runs, the timer's PPI is
+//!   raised on `VTIMER_ACTIVATED` exits, and the GIC makes a vCPU whose line it
+//!   raised leave the guest (`hv_vcpus_exit`) or wake from a halt.
 //!
 //! A framework vCPU belongs to the thread that created it, while the core
 //! creates vCPUs on its main thread and moves each to its own thread: the
@@ -110,8 +114,8 @@ pub enum Error {
     /// A system register the neutral code named is not in this layer's table.
     #[error("system register {0:#06x} is not mapped to Hypervisor.framework")]
     UnmappedSysReg(u16),
-    /// A vtimer exit arrived although the framework's GIC should take the timer.
-    #[error("the virtual timer fired into user space, which has no GIC emulation")]
+    /// A vtimer exit reached the framework layer, which has no GIC to raise it in.
+    #[error("the virtual timer fired into user space without a GIC there to take it")]
     NoUserspaceGic,
     /// `hv_vm_map` of the VMM's guest memory failed.
     #[error("Hypervisor.framework hv_vm_map of {size:#x} bytes at {guest:#x} failed ({code:#x})")]
@@ -149,7 +153,15 @@ fn call(what: &'static str) -> impl FnOnce(hv::HypervisorError) -> Error {
     move |source| Error::Call { what, source }
 }
 
+/// The VM instance: with the framework's GIC, or without (the GIC in user space).
+#[cfg(feature = "framework-gic")]
+pub type VmInstance = hv::VirtualMachineInstance<hv::GicEnabled>;
+/// The VM instance: with the framework's GIC, or without (the GIC in user space).
+#[cfg(not(feature = "framework-gic"))]
+pub type VmInstance = hv::VirtualMachineInstance<hv::GicDisabled>;
+
 /// The sizes the device tree needs: (distributor, whole redistributor region).
+#[cfg(feature = "framework-gic")]
 pub fn gic_sizes() -> Result<(usize, usize), Error> {
     Ok((
         hv::GicConfig::get_distributor_size().map_err(call("hv_gic_get_distributor_size"))?,
@@ -208,10 +220,7 @@ pub struct HvfVcpu {
 impl HvfVcpu {
     /// Creates vCPU `index` on the calling thread, which is the only thread that may use
     /// it, with its MPIDR from [`regs::mpidr_for`].
-    pub fn create(
-        vm: &hv::VirtualMachineInstance<hv::GicEnabled>,
-        index: u8,
-    ) -> Result<Self, Error> {
+    pub fn create(vm: &VmInstance, index: u8) -> Result<Self, Error> {
         let vcpu = vm.vcpu_create().map_err(call("hv_vcpu_create"))?;
         vcpu.set_sys_reg(hv::SysReg::MPIDR_EL1, regs::mpidr_for(index))
             .map_err(call("hv_vcpu_set_sys_reg(MPIDR_EL1)"))?;
@@ -254,6 +263,12 @@ impl Framework for HvfVcpu {
             .set_sys_reg(hv_sys_reg(reg)?, value)
             .map_err(call("hv_vcpu_set_sys_reg"))
     }
+
+    fn set_irq_line(&mut self, asserted: bool) -> Result<(), Error> {
+        self.vcpu
+            .set_pending_interrupt(hv::InterruptType::IRQ, asserted)
+            .map_err(call("hv_vcpu_set_pending_interrupt"))
+    }
 }
 
 /// `msbvm_vmm::hypervisor`'s traits over the layer above (aarch64 only: the core's
@@ -263,6 +278,7 @@ mod boundary {
     use std::cell::RefCell;
     use std::sync::{Arc, Mutex, OnceLock};
 
+    #[cfg(feature = "framework-gic")]
     use msbvm_vmm::arch::aarch64::layout::{GIC_DIST_START, GIC_REDIST_END, GIC_REDIST_START};
     use msbvm_vmm::arch::{EntryMode, FaultRegs, VcpuRegisters};
     use msbvm_vmm::event::EventFd;
@@ -272,9 +288,13 @@ mod boundary {
     use msbvm_vmm::memory::GuestMemory;
     use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
-    use super::{call, host_counter, hv, Error, HvfVcpu};
+    #[cfg(feature = "framework-gic")]
+    use super::call;
+    use super::{host_counter, hv, Error, HvfVcpu, VmInstance};
     use crate::cpus::Cpus;
     use crate::exit::VcpuOps;
+    #[cfg(not(feature = "framework-gic"))]
+    use crate::gic::Gic;
     use crate::regs::{linux_entry, EntryState, Reg, SysReg};
     use crate::run::{Framework, IoEvents, IrqForwarders, VcpuRunner};
 
@@ -292,6 +312,7 @@ mod boundary {
         /// Creates the VM and, at once, its GICv3 at the arm64 layout's addresses: the
         /// framework takes the GIC's configuration with the VM, so
         /// [`Vm::create_irqchip`] has nothing left to do.
+        #[cfg(feature = "framework-gic")]
         fn create_vm(&self) -> Result<HvfMachine, hypervisor::Error> {
             let redist = hv::GicConfig::get_redistributor_region_size()
                 .map_err(call("hv_gic_get_redistributor_region_size"))
@@ -312,26 +333,72 @@ mod boundary {
                 .map_err(failed)?;
             let vm = hv::VirtualMachine::with_gic(hv::VirtualMachineConfig::new(), gic)
                 .map_err(|e| hypervisor::Error::Unavailable(Box::new(Error::CreateVm(e))))?;
-            let counter_hz = host_counter::hz().map_err(failed)?;
+            HvfMachine::new(vm)
+        }
+
+        /// Creates the VM without a GIC: msbvm's, in user space, is made with the vCPUs
+        /// (it needs their number), and [`Vm::create_irqchip`] has nothing to do.
+        #[cfg(not(feature = "framework-gic"))]
+        fn create_vm(&self) -> Result<HvfMachine, hypervisor::Error> {
+            let vm = hv::VirtualMachine::new()
+                .map_err(|e| hypervisor::Error::Unavailable(Box::new(Error::CreateVm(e))))?;
+            HvfMachine::new(vm)
+        }
+    }
+
+    impl HvfMachine {
+        fn new(vm: VmInstance) -> Result<HvfMachine, hypervisor::Error> {
             Ok(HvfMachine {
                 vm,
-                counter_hz,
+                counter_hz: host_counter::hz().map_err(failed)?,
                 cpus: Arc::new(OnceLock::new()),
+                #[cfg(not(feature = "framework-gic"))]
+                gic: Arc::new(OnceLock::new()),
                 ioevents: Arc::new(IoEvents::default()),
                 irqs: Mutex::new(IrqForwarders::default()),
                 kick_handles: Arc::new(Mutex::new(Vec::new())),
                 memory: Mutex::new(None),
             })
         }
+
+        /// The user-space GIC, made with the first vCPU for `cpus`: its notifier wakes the
+        /// vCPUs sleeping in `cpus` and makes the named one leave the guest.
+        #[cfg(not(feature = "framework-gic"))]
+        fn user_gic(&self, cpus: &Arc<Cpus>) -> Arc<Gic> {
+            use msbvm_vmm::arch::aarch64::layout::NR_SPIS;
+            self.gic
+                .get_or_init(|| {
+                    let gic = Arc::new(Gic::new(cpus.count(), NR_SPIS));
+                    let (vm, handles, cpus) =
+                        (self.vm.clone(), self.kick_handles.clone(), cpus.clone());
+                    gic.set_notifier(Box::new(move |index| {
+                        cpus.interrupt_raised();
+                        let handle = handles
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get(index)
+                            .cloned()
+                            .flatten();
+                        if let Some(handle) = handle {
+                            let _ = vm.vcpus_exit(&[handle]);
+                        }
+                    }));
+                    gic
+                })
+                .clone()
+        }
     }
 
     /// One VM (the framework allows one per process).
     pub struct HvfMachine {
-        vm: hv::VirtualMachineInstance<hv::GicEnabled>,
+        vm: VmInstance,
         counter_hz: u64,
         /// Made with the first vCPU, which says how many there are (after the devices'
         /// interrupts are wired: those look it up when they fire).
         cpus: Arc<OnceLock<Arc<Cpus>>>,
+        /// The GIC in user space, made with the first vCPU as `cpus` is.
+        #[cfg(not(feature = "framework-gic"))]
+        gic: Arc<OnceLock<Arc<Gic>>>,
         ioevents: Arc<IoEvents>,
         irqs: Mutex<IrqForwarders>,
         /// Each vCPU's handle for `hv_vcpus_exit`, once it ran.
@@ -371,13 +438,39 @@ mod boundary {
             Ok(())
         }
 
-        /// Done by [`Hvf::create_vm`].
+        /// Done by [`Hvf::create_vm`] (the framework's GIC) or with the vCPUs (msbvm's).
         fn create_irqchip(&self) -> Result<(), hypervisor::Error> {
             Ok(())
         }
 
         /// SPI `line` is GIC INTID 32 + `line`, as with KVM's in-kernel GIC; each write to
         /// `event` pulses it (an edge, as the device tree declares virtio's interrupts).
+        /// Before the first vCPU exists there is no GIC to take it, and it is dropped.
+        #[cfg(not(feature = "framework-gic"))]
+        fn register_irqfd(&self, event: &EventFd, line: u32) -> Result<(), hypervisor::Error> {
+            let gic = self.gic.clone();
+            self.irqs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .add(
+                    event,
+                    32 + line,
+                    move |_| {
+                        if let Some(gic) = gic.get() {
+                            gic.set_spi(line, true);
+                            gic.set_spi(line, false);
+                        }
+                        Ok(())
+                    },
+                    // The GIC's notifier wakes the vCPU it routes the SPI to.
+                    || {},
+                )
+                .map_err(|e| hypervisor::Error::Failed(Box::new(e)))
+        }
+
+        /// SPI `line` is GIC INTID 32 + `line`, as with KVM's in-kernel GIC; each write to
+        /// `event` pulses it (an edge, as the device tree declares virtio's interrupts).
+        #[cfg(feature = "framework-gic")]
         fn register_irqfd(&self, event: &EventFd, line: u32) -> Result<(), hypervisor::Error> {
             let cpus = self.cpus.clone();
             let vm = self.vm.clone();
@@ -426,15 +519,14 @@ mod boundary {
                     "vCPUs created with differing counts",
                 )));
             }
+            let runner =
+                VcpuRunner::new(index, cpus.clone(), self.ioevents.clone(), self.counter_hz);
+            #[cfg(not(feature = "framework-gic"))]
+            let runner = runner.with_gic(self.user_gic(&cpus));
             Ok(HvfVcpuSlot {
                 index,
                 vm: self.vm.clone(),
-                runner: VcpuRunner::new(
-                    index,
-                    cpus.clone(),
-                    self.ioevents.clone(),
-                    self.counter_hz,
-                ),
+                runner,
                 cpus,
                 entry: None,
                 kick_handles: self.kick_handles.clone(),
@@ -485,7 +577,7 @@ mod boundary {
     /// on the first run on the running thread and lives in its local storage.
     pub struct HvfVcpuSlot {
         index: u8,
-        vm: hv::VirtualMachineInstance<hv::GicEnabled>,
+        vm: VmInstance,
         runner: VcpuRunner,
         cpus: Arc<Cpus>,
         /// The boot vCPU's entry, applied when its framework vCPU exists.
@@ -621,6 +713,8 @@ impl VcpuOps for HvfVcpu {
             .map_err(call("hv_vcpu_set_vtimer_mask"))
     }
 
+    /// Never called: with the framework's GIC the timer does not exit to user space, and
+    /// with msbvm's the exit handling raises the PPI in it.
     fn set_vtimer_irq(&mut self, _asserted: bool) -> Result<(), Error> {
         Err(Error::NoUserspaceGic)
     }
