@@ -1,6 +1,6 @@
-//! arm64 boot benchmark: msbvm side by side with QEMU (`-M virt -enable-kvm -cpu host`) on the
-//! same arm64 guest kernel, initramfs and command line, in one arm64 L1 machine (QEMU `virt`
-//! with EL2, nested KVM).
+//! arm64 boot benchmark: msbvm side by side with QEMU (`-M virt -enable-kvm -cpu host`) and,
+//! when given, Firecracker on the same arm64 guest kernel, initramfs and command line, in one
+//! arm64 L1 machine (QEMU `virt` with EL2, nested KVM).
 //!
 //! ```text
 //! cargo bench -p msbvm-benches --bench boot_arm64
@@ -13,12 +13,16 @@
 //! run and KVM's counters follow, and everything goes to `target/bench-boot-arm64.json`.
 //!
 //! QEMU is the distribution's arm64 build with only the libraries it needs
-//! (`msbvm_benches::qemu_arm64`). Firecracker is not measured on arm64.
+//! (`msbvm_benches::qemu_arm64`). Firecracker takes part when
+//! `MSBVM_BENCH_ARM64_FIRECRACKER` names a static aarch64 build of it (built for the
+//! measurement only, never kept in the repository; the README says how): right after msbvm in
+//! each round, with msbvm's console and command line (both have a 16550 UART).
 //!
 //! Environment: `MSBVM_BENCH_RUNS` (runs of each VMM, default 5, 2 with `--quick`),
 //! `MSBVM_BENCH_ARM64_QEMU_ONLY=1` (QEMU alone, on `MSBVM_BENCH_ARM64_KERNEL` or the
 //! distribution's arm64 kernel),
 //! `MSBVM_BENCH_ARM64_KERNEL` (a guest kernel instead of the harness's),
+//! `MSBVM_BENCH_ARM64_FIRECRACKER` (a static aarch64 firecracker to include),
 //! `MSBVM_BENCH_ARM64_CMDLINE` (the command line after `console=`, default `panic=-1 quiet`),
 //! `MSBVM_SKIP_NESTED=1` (skip on hosts that cannot run L1).
 //!
@@ -108,6 +112,7 @@ fn bench() -> Result<usize, Error> {
     // The cheap checks first: minutes of cross-building are no use on a host without L1.
     nested::preflight_for(arch)?;
     let qemu = QemuSysroot::prepare()?;
+    let firecracker = boot_arm64::firecracker_from_env();
     println!("{}", qemu.describe());
     let prepared = prepare()?;
     let kind = check_arm64_kernel(&prepared.kernel)?;
@@ -127,6 +132,7 @@ fn bench() -> Result<usize, Error> {
         vm,
         &prepared.timing,
         prepared.msbvm.as_deref(),
+        firecracker.as_deref().map_err(Clone::clone),
         &qemu,
         runs,
         &common,

@@ -1,6 +1,7 @@
-//! The arm64 boot runs: msbvm and QEMU (`-M virt -enable-kvm -cpu host`) on the same arm64
-//! guest kernel, initramfs and command line, in one arm64 L1 (QEMU `virt` with EL2, nested
-//! KVM), timed by the aarch64 build of `msbvm-boot-timing` the same way as on x86.
+//! The arm64 boot runs: msbvm, QEMU (`-M virt -enable-kvm -cpu host`) and optionally
+//! Firecracker ([`FIRECRACKER_ENV`]) on the same arm64 guest kernel, initramfs and command
+//! line, in one arm64 L1 (QEMU `virt` with EL2, nested KVM), timed by the aarch64 build of
+//! `msbvm-boot-timing` the same way as on x86.
 //!
 //! What differs from [`crate::boot_runs`]: QEMU comes from [`crate::qemu_arm64`] (the arm64
 //! package and only the libraries it needs), not from the host; each VMM gets the console of
@@ -29,7 +30,10 @@ pub const KERNEL_ENV: &str = "MSBVM_BENCH_ARM64_KERNEL";
 pub const DEFAULT_CMDLINE: &str = "panic=-1 quiet";
 /// Environment variable replacing [`DEFAULT_CMDLINE`] (the console stays in front).
 pub const CMDLINE_ENV: &str = "MSBVM_BENCH_ARM64_CMDLINE";
-/// msbvm's console on arm64: its 16550 UART.
+/// Environment variable naming an aarch64 Firecracker (a static executable) to include. Not
+/// [`crate::boot_runs::FIRECRACKER_ENV`]: that one names the x86 build.
+pub const FIRECRACKER_ENV: &str = "MSBVM_BENCH_ARM64_FIRECRACKER";
+/// msbvm's console on arm64: its 16550 UART (Firecracker's too).
 pub const MSBVM_CONSOLE: &str = "ttyS0";
 /// QEMU virt's console: its PL011 UART.
 pub const QEMU_CONSOLE: &str = "ttyAMA0";
@@ -111,6 +115,47 @@ pub fn qemu_only_kernel() -> Result<(PathBuf, String), Error> {
     ))
 }
 
+/// The aarch64 Firecracker that [`FIRECRACKER_ENV`] names, or why none is included: unset,
+/// not a file, or not a static AArch64 executable (the arm64 L1 has none of the host's
+/// libraries, and an x86 build would only fail there).
+pub fn firecracker_from_env() -> Result<PathBuf, String> {
+    let Some(fc) = std::env::var_os(FIRECRACKER_ENV).filter(|v| !v.is_empty()) else {
+        return Err(format!(
+            "set {FIRECRACKER_ENV} to a static aarch64 firecracker binary to include it"
+        ));
+    };
+    let fc = PathBuf::from(fc);
+    let bytes =
+        std::fs::read(&fc).map_err(|e| format!("{FIRECRACKER_ENV}={}: {e}", fc.display()))?;
+    firecracker_kind(&bytes).map_err(|why| format!("{FIRECRACKER_ENV}={}: {why}", fc.display()))?;
+    Ok(fc)
+}
+
+/// Whether `elf` is an executable the arm64 L1 can run as it is: AArch64, static.
+fn firecracker_kind(elf: &[u8]) -> Result<(), String> {
+    if !elf.starts_with(b"\x7fELF") {
+        return Err("not an ELF executable".into());
+    }
+    match elf
+        .get(0x12..0x14)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    {
+        Some(183) => {}
+        other => {
+            return Err(format!(
+                "built for ELF machine {other:?}, not AArch64 (183)"
+            ))
+        }
+    }
+    match msbvm_tests::artifacts::elf_interpreter(elf) {
+        Ok(None) => Ok(()),
+        Ok(Some(interp)) => Err(format!(
+            "dynamically linked (interpreter {interp}); build it with RUSTFLAGS=\"-C target-feature=+crt-static\""
+        )),
+        Err(why) => Err(why.into()),
+    }
+}
+
 /// Words to an argument vector.
 fn argv(words: &[&str]) -> Vec<String> {
     words.iter().map(|s| s.to_string()).collect()
@@ -166,13 +211,15 @@ pub fn msbvm_command(cmdline: &str) -> Vec<String> {
     ])
 }
 
-/// Adds the timing helper, QEMU's sysroot and (unless `msbvm` is `None`) msbvm to `vm`, which
-/// must already hold the guest kernel and initramfs at [`L1_KERNEL`] and [`L1_INITRD`], and
-/// returns the script lines of `runs` msbvm and `runs` QEMU boots taking turns.
+/// Adds the timing helper, QEMU's sysroot, msbvm (unless `None`) and Firecracker (unless the
+/// reason it is left out) to `vm`, which must already hold the guest kernel and initramfs at
+/// [`L1_KERNEL`] and [`L1_INITRD`], and returns the script lines of `runs` boots of each,
+/// taking turns (msbvm, Firecracker, QEMU).
 pub fn plan(
     mut vm: NestedVmBuilder,
     timing: &Path,
     msbvm: Option<&Path>,
+    firecracker: Result<&Path, String>,
     qemu: &QemuSysroot,
     runs: u32,
     common: &str,
@@ -194,15 +241,21 @@ pub fn plan(
             .skipped
             .push(("msbvm".into(), format!("{QEMU_ONLY_ENV}=1: QEMU runs only"))),
     }
+    match firecracker {
+        Ok(fc) => {
+            // Firecracker's aarch64 console is a 16550 as msbvm's: the same command line.
+            let cmdline = cmdline_for(MSBVM_CONSOLE, common);
+            let (with_fc, fc_runs) = boot_runs::firecracker_runs(vm, fc, &cmdline, runs, false);
+            vm = with_fc;
+            vmms.push(fc_runs);
+        }
+        Err(why) => plan.skipped.push(("firecracker".into(), why)),
+    }
     vmms.push(VmmRuns {
         vmm: "qemu".into(),
         runs,
         command: qemu_command(&cmdline_for(QEMU_CONSOLE, common)),
     });
-    plan.skipped.push((
-        "firecracker".into(),
-        "not measured on arm64 (its aarch64 build is out of this benchmark's scope)".into(),
-    ));
     // QEMU once, untimed, before any run: a sysroot that lacks a library shows here, by name,
     // rather than as a failed run of every round. KVM's debugfs for the exit counters.
     plan.script = format!(
@@ -248,7 +301,16 @@ mod tests {
         };
         let vm = || msbvm_tests::NestedVm::builder().arch(L1Arch::Aarch64);
         let timing = Path::new("/t");
-        let (_, both) = plan(vm(), timing, Some(Path::new("/m")), &qemu, 2, "quiet");
+        let no_fc = || Err("none".to_string());
+        let (_, both) = plan(
+            vm(),
+            timing,
+            Some(Path::new("/m")),
+            no_fc(),
+            &qemu,
+            2,
+            "quiet",
+        );
         let order = crate::boot_runs::tests::turn_order(&both.script);
         assert_eq!(
             order,
@@ -273,11 +335,52 @@ mod tests {
         let skipped: Vec<&str> = both.skipped.iter().map(|(v, _)| v.as_str()).collect();
         assert_eq!(skipped, ["firecracker"]);
 
-        let (_, alone) = plan(vm(), timing, None, &qemu, 3, "quiet");
+        let (_, alone) = plan(vm(), timing, None, no_fc(), &qemu, 3, "quiet");
         assert_eq!(alone.total_runs, 3);
         assert!(!alone.script.contains("msbvm run"), "{}", alone.script);
         let skipped: Vec<&str> = alone.skipped.iter().map(|(v, _)| v.as_str()).collect();
         assert_eq!(skipped, ["msbvm", "firecracker"]);
+
+        // With Firecracker: right after msbvm in each round, on msbvm's console and command line.
+        let fc = Path::new("/fc");
+        let (_, three) = plan(
+            vm(),
+            timing,
+            Some(Path::new("/m")),
+            Ok(fc),
+            &qemu,
+            2,
+            "quiet",
+        );
+        let order = crate::boot_runs::tests::turn_order(&three.script);
+        assert_eq!(
+            order,
+            [
+                "msbvm run 1/2'",
+                "firecracker run 1/2'",
+                "qemu run 1/2'",
+                "msbvm run 2/2'",
+                "firecracker run 2/2'",
+                "qemu run 2/2'"
+            ]
+        );
+        assert_eq!(three.total_runs, 6);
+        assert!(three.skipped.is_empty(), "{:?}", three.skipped);
+        assert!(three.script.contains("--no-api"), "{}", three.script);
+    }
+
+    #[test]
+    fn only_a_static_aarch64_firecracker_is_taken() {
+        // A 64-bit ELF header with no program headers: static.
+        let mut elf = vec![0u8; 0x40];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 2;
+        elf[5] = 1;
+        elf[0x12] = 183;
+        assert_eq!(firecracker_kind(&elf), Ok(()));
+        elf[0x12] = 62;
+        assert!(firecracker_kind(&elf).unwrap_err().contains("AArch64"));
+        assert!(firecracker_kind(b"#!/bin/sh\n").is_err());
     }
 
     #[test]

@@ -191,6 +191,39 @@ pub fn firecracker_config(cmdline: &str) -> String {
     )
 }
 
+/// Adds the Firecracker binary `fc` (a host path) and its config for `cmdline` to `vm`, and
+/// returns `runs` of it. A static build is copied as it is; a dynamic one brings the host's
+/// libraries, which only works when `dynamic_ok` (the L1 has the host's architecture).
+pub fn firecracker_runs(
+    vm: NestedVmBuilder,
+    fc: &Path,
+    cmdline: &str,
+    runs: u32,
+    dynamic_ok: bool,
+) -> (NestedVmBuilder, VmmRuns) {
+    let vm = if check_static(fc).is_ok() || !dynamic_ok {
+        vm.add_file(fc, L1_FIRECRACKER)
+    } else {
+        vm.add_program(fc, L1_FIRECRACKER)
+    };
+    let vm = vm.add_bytes(L1_FIRECRACKER_CONFIG, firecracker_config(cmdline), 0o644);
+    let command = argv(&[
+        L1_FIRECRACKER,
+        "--no-api",
+        // A Firecracker built for the gnu target has no seccomp filter of its own; say so
+        // rather than rely on what it does with an empty one.
+        "--no-seccomp",
+        "--config-file",
+        L1_FIRECRACKER_CONFIG,
+    ]);
+    let runs = VmmRuns {
+        vmm: "firecracker".into(),
+        runs,
+        command,
+    };
+    (vm, runs)
+}
+
 /// Where QEMU is on the host.
 pub fn host_qemu() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -337,31 +370,10 @@ pub fn plan(
 
     match std::env::var_os(FIRECRACKER_ENV).map(PathBuf::from) {
         Some(fc) if fc.is_file() => {
-            // Release builds of Firecracker are static; a dynamic one brings its libraries.
-            vm = if check_static(&fc).is_ok() {
-                vm.add_file(&fc, L1_FIRECRACKER)
-            } else {
-                vm.add_program(&fc, L1_FIRECRACKER)
-            };
-            vm = vm.add_bytes(L1_FIRECRACKER_CONFIG, firecracker_config(cmdline), 0o644);
-            let fc = argv(&[
-                L1_FIRECRACKER,
-                "--no-api",
-                // A Firecracker built for the gnu target has no seccomp filter of its own;
-                // say so rather than rely on what it does with an empty one.
-                "--no-seccomp",
-                "--config-file",
-                L1_FIRECRACKER_CONFIG,
-            ]);
+            let (with_fc, runs) = firecracker_runs(vm, &fc, cmdline, counts.runs, true);
+            vm = with_fc;
             // Firecracker right after msbvm in every round: the pair the benchmark compares.
-            vmms.insert(
-                1,
-                VmmRuns {
-                    vmm: "firecracker".into(),
-                    runs: counts.runs,
-                    command: fc,
-                },
-            );
+            vmms.insert(1, runs);
         }
         Some(fc) => plan.skipped.push((
             "firecracker".into(),
