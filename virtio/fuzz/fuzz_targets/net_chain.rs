@@ -23,6 +23,7 @@ fuzz_target!(|data: &[u8]| {
         mtu: 1500,
         backend: OwnedFd::from(backend),
         checksum_offload: true,
+        backend_ignores_checksums: false,
         guest_tso: true,
         host_tso: true,
     })

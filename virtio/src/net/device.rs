@@ -38,9 +38,16 @@ pub struct NetDeviceConfig {
     /// stack: one datagram is one Ethernet frame, without virtio header.
     pub backend: OwnedFd,
     /// Offer checksum offload (VIRTIO_NET_F_CSUM and GUEST_CSUM): the guest
-    /// may send partial checksums, which the device completes, and skips
-    /// verifying checksums of received frames.
+    /// may send partial checksums, which the device completes (unless
+    /// `backend_ignores_checksums`), and skips verifying checksums of
+    /// received frames.
     pub checksum_offload: bool,
+    /// The backend never verifies TCP and UDP checksums (msbvm's network stack
+    /// with checksum offload, which ends every flow itself): the guest's
+    /// partial checksums go to it as they are, rather than completed with a
+    /// pass over every byte the guest sends. As Linux leaves a
+    /// CHECKSUM_PARTIAL packet for local delivery.
+    pub backend_ignores_checksums: bool,
     /// Offer VIRTIO_NET_F_GUEST_TSO4 (with checksum offload only): TCP/IPv4
     /// frames from the stack larger than the MTU reach the guest whole, as
     /// GSO frames. Without it (or if the driver declines) they are cut into
@@ -82,6 +89,7 @@ pub type Net = Device<NetBackend>;
 pub struct NetBackend {
     mac: [u8; 6],
     mtu: u16,
+    backend_ignores_checksums: bool,
     backend: OwnedFd,
     metrics: Arc<NetMetrics>,
 }
@@ -127,6 +135,7 @@ impl Net {
         let backend = NetBackend {
             mac: config.mac,
             mtu: config.mtu,
+            backend_ignores_checksums: config.backend_ignores_checksums,
             backend: config.backend,
             metrics: Arc::default(),
         };
@@ -157,6 +166,7 @@ impl DeviceBackend for NetBackend {
             Link {
                 features: a.acked_features,
                 mtu: usize::from(self.mtu),
+                complete_checksums: !self.backend_ignores_checksums,
             },
             Arc::clone(&self.metrics),
         )?;

@@ -2,7 +2,8 @@
 //! queue eventfds, the stop eventfd and the backend socket.
 //!
 //! **TX.** Each chain is copied into one reusable buffer (header + frame),
-//! checked, its partial checksum completed, and sent as one datagram; a
+//! checked, its partial checksum completed (unless the backend ignores
+//! checksums), and sent as one datagram; a
 //! TCP GSO frame (HOST_TSO4) goes whole, up to 64 KiB. When
 //! the socket's send queue is full the frame stays pending with its chain
 //! not yet returned, the worker waits for EPOLLOUT and takes no more TX
@@ -119,6 +120,8 @@ pub struct Worker {
     guest_csum: bool,
     guest_tso: bool,
     host_tso: bool,
+    /// See [`Link::complete_checksums`].
+    complete_checksums: bool,
     /// The guest's MTU: a larger TCP frame is sent as GSO or cut.
     mtu: usize,
     metrics: Arc<NetMetrics>,
@@ -168,6 +171,8 @@ pub struct Link {
     pub features: u64,
     /// The guest's MTU.
     pub mtu: usize,
+    /// Complete the guest's partial checksums before frames go to the backend.
+    pub complete_checksums: bool,
 }
 
 impl Worker {
@@ -183,7 +188,11 @@ impl Worker {
         metrics: Arc<NetMetrics>,
     ) -> io::Result<Self> {
         let [rxq, txq] = queues;
-        let Link { features, mtu } = link;
+        let Link {
+            features,
+            mtu,
+            complete_checksums,
+        } = link;
         epoll.ctl(
             ControlOperation::Add,
             socket.as_raw_fd(),
@@ -201,6 +210,7 @@ impl Worker {
             guest_csum: features & (1 << VIRTIO_NET_F_GUEST_CSUM) != 0,
             guest_tso: features & (1 << VIRTIO_NET_F_GUEST_TSO4) != 0,
             host_tso: features & (1 << VIRTIO_NET_F_HOST_TSO4) != 0,
+            complete_checksums,
             mtu,
             metrics,
             tx_buf: vec![0; NET_HDR_LEN + MAX_FRAME_LEN],
@@ -259,7 +269,13 @@ impl Worker {
                 let _ = self.txq.disable_notification(&self.mem);
                 while let Some(chain) = self.txq.pop_descriptor_chain(&self.mem) {
                     let head = chain.head_index();
-                    match read_tx_frame(&self.mem, chain, &mut self.tx_buf, self.host_tso) {
+                    match read_tx_frame(
+                        &self.mem,
+                        chain,
+                        &mut self.tx_buf,
+                        self.host_tso,
+                        self.complete_checksums,
+                    ) {
                         Ok(len) => {
                             if self.send_tx(len) == Sent::Blocked {
                                 self.tx_pending = Some((head, len));
@@ -590,14 +606,15 @@ enum Sent {
     Blocked,
 }
 
-/// Copies a TX chain (header + frame) into `buf`, checks it and completes a
-/// partial checksum. Returns the frame length (after the header).
-/// `host_tso`: the driver accepted HOST_TSO4.
+/// Copies a TX chain (header + frame) into `buf`, checks it and, if
+/// `complete_checksums`, completes a partial checksum. Returns the frame
+/// length (after the header). `host_tso`: the driver accepted HOST_TSO4.
 fn read_tx_frame(
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<&GuestMemoryMmap>,
     buf: &mut [u8],
     host_tso: bool,
+    complete_checksums: bool,
 ) -> Result<usize, TxError> {
     let mut len = 0usize;
     for desc in chain {
@@ -635,7 +652,7 @@ fn read_tx_frame(
         }
         other => return Err(TxError::Gso(other)),
     }
-    if hdr.flags & HDR_F_NEEDS_CSUM != 0 {
+    if complete_checksums && hdr.flags & HDR_F_NEEDS_CSUM != 0 {
         complete_checksum(&mut buf[NET_HDR_LEN..len], hdr.csum_start, hdr.csum_offset)?;
     }
     Ok(len - NET_HDR_LEN)

@@ -46,12 +46,18 @@ struct Setup {
 }
 
 fn device(checksum_offload: bool) -> (Net, UnixDatagram) {
+    device_for(checksum_offload, false)
+}
+
+/// [`device`] for a backend that says whether it ignores checksums.
+fn device_for(checksum_offload: bool, backend_ignores_checksums: bool) -> (Net, UnixDatagram) {
     let (host, dev) = UnixDatagram::pair().expect("socketpair");
     let net = Net::new(NetDeviceConfig {
         mac: MAC,
         mtu: MTU,
         backend: OwnedFd::from(dev),
         checksum_offload,
+        backend_ignores_checksums,
         guest_tso: true,
         host_tso: true,
     })
@@ -160,6 +166,7 @@ fn new_rejects_a_stream_socket_and_a_tiny_mtu() {
         mtu: MTU,
         backend: OwnedFd::from(a),
         checksum_offload: false,
+        backend_ignores_checksums: false,
         guest_tso: false,
         host_tso: false,
     })
@@ -172,6 +179,7 @@ fn new_rejects_a_stream_socket_and_a_tiny_mtu() {
         mtu: 67,
         backend: OwnedFd::from(a),
         checksum_offload: false,
+        backend_ignores_checksums: false,
         guest_tso: false,
         host_tso: false,
     })
