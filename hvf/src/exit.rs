@@ -747,19 +747,23 @@ mod tests {
         );
     }
 
+    /// A vtimer exit of a firing timer, which the framework masked when it reported it.
+    fn timer_fires(h: &mut ExitHandler, vcpu: &mut FakeVcpu) -> Exit<u32> {
+        vcpu.vtimer_masked = true;
+        vcpu.set_sys(SysReg::CNTV_CTL_EL0, cntv_ctl::ENABLE | cntv_ctl::ISTATUS);
+        h.handle(
+            vcpu,
+            &mut FakeBus::default(),
+            HvExit::VtimerActivated,
+            &[On],
+        )
+    }
+
     #[test]
     fn vtimer_is_raised_then_unmasked_once_the_guest_handles_it() {
         let mut vcpu = FakeVcpu::at(0);
         let mut h = ExitHandler::new(0);
-        // The framework masks the timer itself when it reports it.
-        vcpu.vtimer_masked = true;
-        vcpu.set_sys(SysReg::CNTV_CTL_EL0, cntv_ctl::ENABLE | cntv_ctl::ISTATUS);
-        let exit = h.handle(
-            &mut vcpu,
-            &mut FakeBus::default(),
-            HvExit::VtimerActivated,
-            &[On],
-        );
+        let exit = timer_fires(&mut h, &mut vcpu);
         assert_eq!(exit, Exit::Continue);
         assert!(vcpu.vtimer_irq);
         // Still firing: stays raised and masked.
@@ -880,15 +884,7 @@ mod tests {
         let gic = Arc::new(Gic::new(1, 32));
         let mut h = ExitHandler::with_gic(0, gic.clone());
         let mut vcpu = FakeVcpu::at(0x100);
-        vcpu.vtimer_masked = true;
-        vcpu.set_sys(SysReg::CNTV_CTL_EL0, cntv_ctl::ENABLE | cntv_ctl::ISTATUS);
-        let exit = h.handle(
-            &mut vcpu,
-            &mut FakeBus::default(),
-            HvExit::VtimerActivated,
-            &[On],
-        );
-        assert_eq!(exit, Exit::Continue);
+        assert_eq!(timer_fires(&mut h, &mut vcpu), Exit::Continue);
         assert!(gic.lock().irq(0, VTIMER_INTID).unwrap().level);
         assert!(!vcpu.vtimer_irq, "not through the framework");
         vcpu.set_sys(SysReg::CNTV_CTL_EL0, cntv_ctl::ENABLE | cntv_ctl::IMASK);

@@ -347,6 +347,32 @@ mod boundary {
     }
 
     impl HvfMachine {
+        /// What pulses an SPI (by INTID): the framework's GIC.
+        #[cfg(feature = "framework-gic")]
+        fn spi_pulse(&self) -> impl Fn(u32) -> Result<(), String> + Send + 'static {
+            let vm = self.vm.clone();
+            move |intid| {
+                vm.gic_set_spi(intid, true)
+                    .and_then(|()| vm.gic_set_spi(intid, false))
+                    .map_err(|e| e.to_string())
+            }
+        }
+
+        /// What pulses an SPI (by INTID): msbvm's GIC, whose notifier also makes a running
+        /// vCPU it routes the SPI to leave the guest. Before the first vCPU exists there is
+        /// no GIC to take it, and it is dropped.
+        #[cfg(not(feature = "framework-gic"))]
+        fn spi_pulse(&self) -> impl Fn(u32) -> Result<(), String> + Send + 'static {
+            let gic = self.gic.clone();
+            move |intid| {
+                if let Some(gic) = gic.get() {
+                    gic.set_spi(intid - 32, true);
+                    gic.set_spi(intid - 32, false);
+                }
+                Ok(())
+            }
+        }
+
         fn new(vm: VmInstance) -> Result<HvfMachine, hypervisor::Error> {
             Ok(HvfMachine {
                 vm,
@@ -444,53 +470,18 @@ mod boundary {
         }
 
         /// SPI `line` is GIC INTID 32 + `line`, as with KVM's in-kernel GIC; each write to
-        /// `event` pulses it (an edge, as the device tree declares virtio's interrupts).
-        /// Before the first vCPU exists there is no GIC to take it, and it is dropped.
-        #[cfg(not(feature = "framework-gic"))]
-        fn register_irqfd(&self, event: &EventFd, line: u32) -> Result<(), hypervisor::Error> {
-            let gic = self.gic.clone();
-            self.irqs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .add(
-                    event,
-                    32 + line,
-                    move |_| {
-                        if let Some(gic) = gic.get() {
-                            gic.set_spi(line, true);
-                            gic.set_spi(line, false);
-                        }
-                        Ok(())
-                    },
-                    // The GIC's notifier wakes the vCPU it routes the SPI to.
-                    || {},
-                )
-                .map_err(|e| hypervisor::Error::Failed(Box::new(e)))
-        }
-
-        /// SPI `line` is GIC INTID 32 + `line`, as with KVM's in-kernel GIC; each write to
-        /// `event` pulses it (an edge, as the device tree declares virtio's interrupts).
-        #[cfg(feature = "framework-gic")]
+        /// `event` pulses it (an edge, as the device tree declares virtio's interrupts) and
+        /// wakes the vCPUs sleeping in a halt.
         fn register_irqfd(&self, event: &EventFd, line: u32) -> Result<(), hypervisor::Error> {
             let cpus = self.cpus.clone();
-            let vm = self.vm.clone();
             self.irqs
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .add(
-                    event,
-                    32 + line,
-                    move |intid| {
-                        vm.gic_set_spi(intid, true)
-                            .and_then(|()| vm.gic_set_spi(intid, false))
-                            .map_err(|e| e.to_string())
-                    },
-                    move || {
-                        if let Some(cpus) = cpus.get() {
-                            cpus.interrupt_raised();
-                        }
-                    },
-                )
+                .add(event, 32 + line, self.spi_pulse(), move || {
+                    if let Some(cpus) = cpus.get() {
+                        cpus.interrupt_raised();
+                    }
+                })
                 .map_err(|e| hypervisor::Error::Failed(Box::new(e)))
         }
 
