@@ -26,7 +26,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use msbvm_benches::boot_runs::env_count;
-use msbvm_benches::{l1_bench_main, write_record};
+use msbvm_benches::{failure_lines, l1_bench_main, write_record};
 use msbvm_tests::artifacts::{GuestArtifacts, Progress, StaticBuild, L1_KERNEL};
 use msbvm_tests::report::field;
 use msbvm_tests::{nested, Error, NestedVm, Stream};
@@ -118,14 +118,7 @@ fn bench() -> Result<bool, Error> {
     );
     let out = vm.timeout(Duration::from_secs(3600)).run_script(&script)?;
     eprintln!("density bench: L1 ran {:.1} s", out.elapsed.as_secs_f64());
-    let failed: Vec<&str> = out
-        .console
-        .lines()
-        .filter(|l| l.contains("FAILED"))
-        .collect();
-    for line in &failed {
-        println!("{line}");
-    }
+    let failed = failure_lines(&out.console, "FAILED");
     let lines = || out.console.lines().filter(|l| l.contains(RESULT));
     let idle: Vec<Idle> = lines()
         .filter(|l| field(l, RESULT, "kind") == Some("idle"))

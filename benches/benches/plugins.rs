@@ -25,7 +25,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use msbvm_benches::boot_runs::env_count;
-use msbvm_benches::{l1_bench_main, l1_samples, spread, write_record, L1Sample};
+use msbvm_benches::{failure_lines, l1_bench_main, l1_samples, spread, write_record, L1Sample};
 use msbvm_tests::artifacts::{GuestArtifacts, Progress, StaticBuild, L1_KERNEL};
 use msbvm_tests::{nested, Error, NestedVm, Stream};
 
@@ -125,14 +125,7 @@ fn bench() -> Result<bool, Error> {
     let out = vm.timeout(Duration::from_secs(3600)).run_script(&script)?;
     eprintln!("plugins bench: L1 ran {:.1} s", out.elapsed.as_secs_f64());
     let samples = l1_samples(&out.console, RESULT, "sandbox");
-    let failed: Vec<&str> = out
-        .console
-        .lines()
-        .filter(|l| l.contains("FAILED"))
-        .collect();
-    for line in &failed {
-        println!("{line}");
-    }
+    let failed = failure_lines(&out.console, "FAILED");
 
     println!();
     println!("Plugins' cost ({runs} interleaved runs, nested L1; ratio to no plugin, run by run)");

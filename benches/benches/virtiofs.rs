@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use msbvm_benches::boot_runs::env_count;
 use msbvm_benches::virtiofs_bench::{self as vb, Span};
-use msbvm_benches::{l1_bench_main, write_record};
+use msbvm_benches::{failure_lines, l1_bench_main, write_record};
 use msbvm_tests::artifacts::{GuestArtifacts, Progress, StaticBuild};
 use msbvm_tests::e2e::{prelude, L1_AGENT};
 use msbvm_tests::nested::HOST_BUSYBOX;
@@ -94,14 +94,7 @@ fn bench() -> Result<bool, Error> {
     );
     let out = vm.timeout(Duration::from_secs(5400)).run_script(&script)?;
     eprintln!("virtiofs bench: L1 ran {:.1} s", out.elapsed.as_secs_f64());
-    let failed: Vec<&str> = out
-        .console
-        .lines()
-        .filter(|l| l.contains("VFSBENCH-FAILED"))
-        .collect();
-    for line in &failed {
-        println!("{}", line.trim());
-    }
+    let failed = failure_lines(&out.console, "VFSBENCH-FAILED");
     let spans: Vec<Span> = vb::parse_spans(&out.console);
 
     println!();

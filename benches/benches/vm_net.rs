@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use msbvm_benches::boot_runs::{add_qemu, env_count, host_qemu};
 use msbvm_benches::vm_net::{self as vn, Sample};
-use msbvm_benches::{l1_bench_main, write_record};
+use msbvm_benches::{failure_lines, l1_bench_main, write_record};
 use msbvm_tests::e2e::{prelude, with_msbvm};
 use msbvm_tests::nested::{shared_libraries, HOST_BUSYBOX};
 use msbvm_tests::{nested, Error, NestedVm, Stream};
@@ -69,14 +69,7 @@ fn bench() -> Result<bool, Error> {
     );
     let out = vm.run_script(&vn::l1_script(&prelude(), runs, secs, &files))?;
     eprintln!("vm_net bench: L1 ran {:.1} s", out.elapsed.as_secs_f64());
-    let failed: Vec<&str> = out
-        .console
-        .lines()
-        .filter(|l| l.contains("VMNET-"))
-        .collect();
-    for line in &failed {
-        println!("{}", line.trim());
-    }
+    let failed = failure_lines(&out.console, "VMNET-");
     let samples: Vec<Sample> = vn::parse(&out.console);
     println!(
         "\nTCP throughput from a guest ({} vCPU, {} MiB, same kernel) to iperf3 on L1's loopback, \

@@ -243,9 +243,10 @@ pub fn plan(
     }
     match firecracker {
         Ok(fc) => {
-            // Firecracker's aarch64 console is a 16550 as msbvm's: the same command line.
+            // Static, as firecracker_from_env checked. Its aarch64 console is a 16550 as
+            // msbvm's: the same command line.
             let cmdline = cmdline_for(MSBVM_CONSOLE, common);
-            let (with_fc, fc_runs) = boot_runs::firecracker_runs(vm, fc, &cmdline, runs, false);
+            let (with_fc, fc_runs) = boot_runs::firecracker_runs(vm, fc, &cmdline, runs);
             vm = with_fc;
             vmms.push(fc_runs);
         }

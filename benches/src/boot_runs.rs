@@ -193,15 +193,14 @@ pub fn firecracker_config(cmdline: &str) -> String {
 
 /// Adds the Firecracker binary `fc` (a host path) and its config for `cmdline` to `vm`, and
 /// returns `runs` of it. A static build is copied as it is; a dynamic one brings the host's
-/// libraries, which only works when `dynamic_ok` (the L1 has the host's architecture).
+/// libraries (so only for an L1 of the host's architecture).
 pub fn firecracker_runs(
     vm: NestedVmBuilder,
     fc: &Path,
     cmdline: &str,
     runs: u32,
-    dynamic_ok: bool,
 ) -> (NestedVmBuilder, VmmRuns) {
-    let vm = if check_static(fc).is_ok() || !dynamic_ok {
+    let vm = if check_static(fc).is_ok() {
         vm.add_file(fc, L1_FIRECRACKER)
     } else {
         vm.add_program(fc, L1_FIRECRACKER)
@@ -370,7 +369,7 @@ pub fn plan(
 
     match std::env::var_os(FIRECRACKER_ENV).map(PathBuf::from) {
         Some(fc) if fc.is_file() => {
-            let (with_fc, runs) = firecracker_runs(vm, &fc, cmdline, counts.runs, true);
+            let (with_fc, runs) = firecracker_runs(vm, &fc, cmdline, counts.runs);
             vm = with_fc;
             // Firecracker right after msbvm in every round: the pair the benchmark compares.
             vmms.insert(1, runs);

@@ -129,6 +129,16 @@ pub fn error_exit(name: &str, error: &msbvm_tests::Error) -> std::process::ExitC
     std::process::ExitCode::FAILURE
 }
 
+/// The lines of an L1 run's `console` that contain `marker` (the script's failure lines),
+/// each printed as found, so a failed measurement shows above the tables.
+pub fn failure_lines<'a>(console: &'a str, marker: &str) -> Vec<&'a str> {
+    let failed: Vec<&str> = console.lines().filter(|l| l.contains(marker)).collect();
+    for line in &failed {
+        println!("{}", line.trim());
+    }
+    failed
+}
+
 /// The `main` of benchmark `name` that runs in L1: nothing in test mode ([`bench_mode`]);
 /// otherwise `bench`, whose `Ok(false)` (some measurement failed) exits with `failed` as the
 /// reason and whose error goes through [`error_exit`].
