@@ -180,6 +180,10 @@ fn parse_closure(text: &str) -> Vec<String> {
     let mut names: Vec<String> = text
         .lines()
         .filter(|l| !l.starts_with(' ') && !l.starts_with('<') && !l.trim().is_empty())
+        // On a multiarch host (`scripts/setup-arm64` adds arm64) the closure also lists the
+        // foreign architectures' builds (`openssl:arm64`); unpacked over the native ones they
+        // leave an image whose programs cannot run here.
+        .filter(|l| !l.contains(':'))
         .map(|l| l.trim().to_string())
         .filter(|n| !SKIPPED.contains(&n.as_str()))
         .collect();
@@ -420,5 +424,17 @@ mod tests {
     fn closure_drops_virtual_and_skipped_packages() {
         let text = "curl\n  Depends: libc6\nlibc6\n<debconf-2.0>\ndebconf\nperl-base\ncurl\n";
         assert_eq!(parse_closure(text), ["curl", "libc6"]);
+    }
+
+    #[test]
+    fn closure_keeps_the_native_architecture_only() {
+        let text = "openssl
+  Depends: libssl3
+libssl3
+openssl:arm64
+  Depends: libc6:arm64
+libc6:arm64
+";
+        assert_eq!(parse_closure(text), ["libssl3", "openssl"]);
     }
 }
