@@ -9,6 +9,12 @@
 //! (registered under its own tokens, below [`DEVICE_TOKEN_LIMIT`]) and,
 //! optionally, once per wake-up and before each wait.
 //!
+//! A worker can also run on a thread that already waits on other things: a
+//! [`WorkerHost`] takes it as a [`HostedWorker`] (an epoll set that is readable
+//! while it has work, and a nonblocking [`HostedWorker::run`]). The network
+//! stack hosts the virtio-net worker this way, so frames between the guest and
+//! the stack cross no thread boundary.
+//!
 //! Syscalls: `epoll_create1` and the registrations happen on the caller's
 //! thread ([`EventLoop::new`], [`WorkerThread::spawn`]); the worker itself
 //! only waits (`epoll_wait`/`epoll_pwait`), reads eventfds and calls
@@ -16,7 +22,7 @@
 //! `confine::EVENT_LOOP` allows.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -126,31 +132,202 @@ impl EventLoop {
                     return;
                 }
             };
-            for ev in &events[..n] {
-                let token = ev.data();
-                if token == STOP_TOKEN {
-                    return;
-                }
-                if token == PAUSE_TOKEN {
-                    let _ = gate.request.read();
-                    gate.park();
-                    continue;
-                }
-                if token >= DEVICE_TOKEN_LIMIT {
-                    let index = (STOP_TOKEN - 1 - token) as usize;
-                    if let Some(evt) = queue_events.get(index) {
-                        // Nonblocking; the counter only batches kicks.
-                        let _ = evt.read();
-                        handler.queue_notified(index);
-                    }
-                    continue;
-                }
-                handler.fd_ready(token, ev.event_set());
+            if dispatch(&events[..n], queue_events, gate, handler) == Next::Stop {
+                return;
             }
-            handler.after_events();
         }
     }
 }
+
+/// Whether the loop goes on after a batch of events.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    Continue,
+    Stop,
+}
+
+/// Hands one batch of events to `handler`: a stop ends the loop, a pause request parks it
+/// here, a queue kick is drained and reported.
+fn dispatch(
+    events: &[EpollEvent],
+    queue_events: &[EventFd],
+    gate: &PauseGate,
+    handler: &mut impl EventHandler,
+) -> Next {
+    for ev in events {
+        let token = ev.data();
+        if token == STOP_TOKEN {
+            return Next::Stop;
+        }
+        if token == PAUSE_TOKEN {
+            let _ = gate.request.read();
+            gate.park();
+            continue;
+        }
+        if token >= DEVICE_TOKEN_LIMIT {
+            let index = (STOP_TOKEN - 1 - token) as usize;
+            if let Some(evt) = queue_events.get(index) {
+                // Nonblocking; the counter only batches kicks.
+                let _ = evt.read();
+                handler.queue_notified(index);
+            }
+            continue;
+        }
+        handler.fd_ready(token, ev.event_set());
+    }
+    handler.after_events();
+    Next::Continue
+}
+
+/// Where a device's worker runs instead of a thread of its own: a thread that already waits
+/// on other things. It must run the worker ([`HostedWorker::run`]) whenever
+/// [`HostedWorker::ready_fd`] is readable, and drop it once `run` returns false.
+#[derive(Clone)]
+pub struct WorkerHost(Arc<dyn Fn(HostedWorker) -> io::Result<()> + Send + Sync>);
+
+impl WorkerHost {
+    /// A host that hands each worker to `take` (which passes it to the hosting thread).
+    pub fn new(take: impl Fn(HostedWorker) -> io::Result<()> + Send + Sync + 'static) -> Self {
+        WorkerHost(Arc::new(take))
+    }
+}
+
+impl std::fmt::Debug for WorkerHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WorkerHost")
+    }
+}
+
+/// A device worker that runs on a [`WorkerHost`]'s thread: the loop of a worker thread, one
+/// nonblocking turn at a time.
+pub struct HostedWorker(Box<dyn HostedLoop>);
+
+impl HostedWorker {
+    /// The worker's epoll set: readable while it has work (or a stop or pause request).
+    pub fn ready_fd(&self) -> BorrowedFd<'_> {
+        self.0.ready_fd()
+    }
+
+    /// Handles what is ready without waiting; false once the worker was stopped (or its
+    /// epoll set failed), when the host drops it. A pause request parks the calling thread
+    /// here until the device resumes, as it parks a worker thread.
+    pub fn run(&mut self) -> bool {
+        self.0.run()
+    }
+}
+
+impl std::fmt::Debug for HostedWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HostedWorker")
+    }
+}
+
+/// [`HostedWorker`]'s loop, whatever its handler.
+trait HostedLoop: Send {
+    fn ready_fd(&self) -> BorrowedFd<'_>;
+    fn run(&mut self) -> bool;
+}
+
+/// The loop state a worker thread keeps on its stack, kept here between turns.
+struct Hosted<H: EventHandler> {
+    name: String,
+    event_loop: EventLoop,
+    queue_events: Vec<EventFd>,
+    gate: Arc<PauseGate>,
+    handler: H,
+    started: bool,
+    /// Set when this is dropped: the host let go of the worker.
+    ended: Arc<Ended>,
+}
+
+impl<H: EventHandler> HostedLoop for Hosted<H> {
+    fn ready_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the epoll set lives as long as `self.event_loop`, which the borrow ties
+        // the returned descriptor to.
+        unsafe { BorrowedFd::borrow_raw(self.event_loop.epoll.as_raw_fd()) }
+    }
+
+    fn run(&mut self) -> bool {
+        if !std::mem::replace(&mut self.started, true) {
+            self.handler.started(self.queue_events.len());
+        }
+        let mut events = [EpollEvent::default(); MAX_EVENTS];
+        loop {
+            let n = match self.event_loop.epoll.wait(0, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    error!("{}: epoll_wait failed, device stops: {e}", self.name);
+                    return false;
+                }
+            };
+            if n == 0 {
+                return true;
+            }
+            let next = dispatch(
+                &events[..n],
+                &self.queue_events,
+                &self.gate,
+                &mut self.handler,
+            );
+            if next == Next::Stop {
+                return false;
+            }
+            if n < MAX_EVENTS {
+                return true;
+            }
+        }
+    }
+}
+
+impl<H: EventHandler> Drop for Hosted<H> {
+    fn drop(&mut self) {
+        self.ended.set();
+    }
+}
+
+/// Whether a hosted worker is gone, and a way to wait for it.
+#[derive(Debug, Default)]
+struct Ended {
+    done: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Ended {
+    fn lock(&self) -> std::sync::MutexGuard<'_, bool> {
+        self.done.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self) {
+        *self.lock() = true;
+        self.changed.notify_all();
+    }
+
+    fn is_set(&self) -> bool {
+        *self.lock()
+    }
+
+    /// Waits up to `timeout` for [`set`](Self::set); true if it was.
+    fn wait(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut done = self.lock();
+        while !*done {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            done = self
+                .changed
+                .wait_timeout(done, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+}
+
+/// How long stopping waits for a host to drop its worker.
+const HOSTED_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a worker is asked to park between events (for a snapshot) and let go.
 #[derive(Debug)]
@@ -182,13 +359,30 @@ impl PauseGate {
     }
 }
 
-/// A running device worker and how to stop it.
+/// A running device worker (on a thread of its own or a [`WorkerHost`]'s) and how to stop
+/// it.
 #[derive(Debug)]
 pub struct WorkerThread {
     name: String,
     stop: EventFd,
     gate: Arc<PauseGate>,
-    thread: JoinHandle<()>,
+    runner: Runner,
+}
+
+/// Where a worker runs.
+#[derive(Debug)]
+enum Runner {
+    Thread(JoinHandle<()>),
+    Hosted(Arc<Ended>),
+}
+
+impl Runner {
+    fn is_finished(&self) -> bool {
+        match self {
+            Runner::Thread(thread) => thread.is_finished(),
+            Runner::Hosted(ended) => ended.is_set(),
+        }
+    }
 }
 
 impl WorkerThread {
@@ -203,17 +397,7 @@ impl WorkerThread {
         queue_events: Vec<EventFd>,
         mut handler: impl EventHandler,
     ) -> io::Result<Self> {
-        let stop = EventFd::new(EFD_NONBLOCK)?;
-        event_loop.add(&stop, STOP_TOKEN)?;
-        let gate = Arc::new(PauseGate {
-            request: EventFd::new(EFD_NONBLOCK)?,
-            state: Mutex::new((false, false)),
-            changed: Condvar::new(),
-        });
-        event_loop.add(&gate.request, PAUSE_TOKEN)?;
-        for (index, evt) in queue_events.iter().enumerate() {
-            event_loop.add(evt, queue_token(index))?;
-        }
+        let (stop, gate) = Self::register(&event_loop, &queue_events)?;
         let log_name = name.clone();
         let worker_gate = gate.clone();
         let thread = std::thread::Builder::new()
@@ -226,8 +410,56 @@ impl WorkerThread {
             name,
             stop,
             gate,
-            thread,
+            runner: Runner::Thread(thread),
         })
+    }
+
+    /// Like [`spawn`](Self::spawn), but the worker runs on `host`'s thread (under that
+    /// thread's confinement) instead of one of its own.
+    pub fn host(
+        name: String,
+        host: &WorkerHost,
+        event_loop: EventLoop,
+        queue_events: Vec<EventFd>,
+        handler: impl EventHandler,
+    ) -> io::Result<Self> {
+        let (stop, gate) = Self::register(&event_loop, &queue_events)?;
+        let ended = Arc::new(Ended::default());
+        let hosted = Hosted {
+            name: name.clone(),
+            event_loop,
+            queue_events,
+            gate: gate.clone(),
+            handler,
+            started: false,
+            ended: ended.clone(),
+        };
+        (host.0)(HostedWorker(Box::new(hosted)))?;
+        Ok(Self {
+            name,
+            stop,
+            gate,
+            runner: Runner::Hosted(ended),
+        })
+    }
+
+    /// Registers a new stop eventfd, a pause gate and `queue_events` in `event_loop`.
+    fn register(
+        event_loop: &EventLoop,
+        queue_events: &[EventFd],
+    ) -> io::Result<(EventFd, Arc<PauseGate>)> {
+        let stop = EventFd::new(EFD_NONBLOCK)?;
+        event_loop.add(&stop, STOP_TOKEN)?;
+        let gate = Arc::new(PauseGate {
+            request: EventFd::new(EFD_NONBLOCK)?,
+            state: Mutex::new((false, false)),
+            changed: Condvar::new(),
+        });
+        event_loop.add(&gate.request, PAUSE_TOKEN)?;
+        for (index, evt) in queue_events.iter().enumerate() {
+            event_loop.add(evt, queue_token(index))?;
+        }
+        Ok((stop, gate))
     }
 
     /// Asks every worker to park between events and waits until all have,
@@ -247,7 +479,7 @@ impl WorkerThread {
         for w in workers {
             let mut state = w.gate.lock();
             while !state.1 {
-                if w.thread.is_finished() {
+                if w.runner.is_finished() {
                     drop(state);
                     Self::resume_all(workers);
                     return Err(format!("{}: the worker has ended", w.name));
@@ -291,8 +523,20 @@ impl WorkerThread {
             }
         }
         for w in workers {
-            if w.thread.join().is_err() {
-                error!("{}: worker thread panicked", w.name);
+            match w.runner {
+                Runner::Thread(thread) => {
+                    if thread.join().is_err() {
+                        error!("{}: worker thread panicked", w.name);
+                    }
+                }
+                Runner::Hosted(ended) => {
+                    if !ended.wait(HOSTED_STOP_TIMEOUT) {
+                        error!(
+                            "{}: the hosting thread did not let go of the worker within {HOSTED_STOP_TIMEOUT:?}",
+                            w.name
+                        );
+                    }
+                }
             }
         }
     }

@@ -26,6 +26,7 @@ fuzz_target!(|data: &[u8]| {
         backend_ignores_checksums: false,
         guest_tso: true,
         host_tso: true,
+        host: None,
     })
     .expect("net device");
     let mut d = GuestDriver::new(Box::new(net));

@@ -4,7 +4,9 @@
 //! [`Net::new`] takes the backend socket and keeps it across driver resets:
 //! each DRIVER_OK starts a worker on a duplicate of it, each reset stops
 //! that worker. Frames the backend sends while no worker runs wait in the
-//! socket's receive queue.
+//! socket's receive queue. The worker runs on a thread of its own or, with
+//! [`NetDeviceConfig::host`], on the network stack's thread (as in a sandbox),
+//! where a frame passes between device and stack without a thread wake-up.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -25,7 +27,7 @@ use super::socket;
 use super::worker::{Link, Worker};
 use crate::base::{queue_array, Activation, Device, DeviceBackend, DeviceCommon};
 use crate::device::ActivateError;
-use crate::event_loop::{EventLoop, WorkerThread};
+use crate::event_loop::{EventLoop, WorkerHost, WorkerThread};
 
 /// How to build a [`Net`] device.
 #[derive(Debug)]
@@ -57,6 +59,11 @@ pub struct NetDeviceConfig {
     /// may send TCP/IPv4 frames of up to 64 KiB, passed to the stack whole;
     /// the stack must take TCP segments larger than the MTU.
     pub host_tso: bool,
+    /// Where the worker runs: on a thread of its own (`None`) or on the
+    /// network stack's thread (see [`WorkerHost`]), where frames cross the
+    /// socket with no thread wake-up between the device and the stack. The
+    /// worker then runs under that thread's confinement.
+    pub host: Option<WorkerHost>,
 }
 
 /// `struct virtio_net_config` up to `mtu`: the fields the features we
@@ -91,6 +98,7 @@ pub struct NetBackend {
     mtu: u16,
     backend_ignores_checksums: bool,
     backend: OwnedFd,
+    host: Option<WorkerHost>,
     metrics: Arc<NetMetrics>,
 }
 
@@ -137,6 +145,7 @@ impl Net {
             mtu: config.mtu,
             backend_ignores_checksums: config.backend_ignores_checksums,
             backend: config.backend,
+            host: config.host,
             metrics: Arc::default(),
         };
         Ok(Device::with_backend(common, backend))
@@ -170,13 +179,19 @@ impl DeviceBackend for NetBackend {
             },
             Arc::clone(&self.metrics),
         )?;
-        let thread = WorkerThread::spawn(
-            "virtio-net".into(),
-            "virtio-net",
-            event_loop,
-            vec![rx.event, tx.event],
-            worker,
-        )?;
+        let queue_events = vec![rx.event, tx.event];
+        let thread = match &self.host {
+            Some(host) => {
+                WorkerThread::host("virtio-net".into(), host, event_loop, queue_events, worker)?
+            }
+            None => WorkerThread::spawn(
+                "virtio-net".into(),
+                "virtio-net",
+                event_loop,
+                queue_events,
+                worker,
+            )?,
+        };
         Ok(vec![thread])
     }
 

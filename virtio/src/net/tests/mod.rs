@@ -4,6 +4,7 @@
 
 mod flow;
 mod gso;
+mod hosted;
 mod malformed;
 mod offload;
 
@@ -51,6 +52,15 @@ fn device(checksum_offload: bool) -> (Net, UnixDatagram) {
 
 /// [`device`] for a backend that says whether it ignores checksums.
 fn device_for(checksum_offload: bool, backend_ignores_checksums: bool) -> (Net, UnixDatagram) {
+    device_with(checksum_offload, backend_ignores_checksums, None)
+}
+
+/// [`device_for`] with the worker on `worker_host`'s thread, if given.
+fn device_with(
+    checksum_offload: bool,
+    backend_ignores_checksums: bool,
+    worker_host: Option<crate::event_loop::WorkerHost>,
+) -> (Net, UnixDatagram) {
     let (host, dev) = UnixDatagram::pair().expect("socketpair");
     let net = Net::new(NetDeviceConfig {
         mac: MAC,
@@ -60,6 +70,7 @@ fn device_for(checksum_offload: bool, backend_ignores_checksums: bool) -> (Net, 
         backend_ignores_checksums,
         guest_tso: true,
         host_tso: true,
+        host: worker_host,
     })
     .expect("net device");
     host.set_read_timeout(Some(TIMEOUT)).unwrap();
@@ -169,6 +180,7 @@ fn new_rejects_a_stream_socket_and_a_tiny_mtu() {
         backend_ignores_checksums: false,
         guest_tso: false,
         host_tso: false,
+        host: None,
     })
     .err()
     .expect("stream socket refused");
@@ -182,6 +194,7 @@ fn new_rejects_a_stream_socket_and_a_tiny_mtu() {
         backend_ignores_checksums: false,
         guest_tso: false,
         host_tso: false,
+        host: None,
     })
     .err()
     .expect("tiny MTU refused");
