@@ -1,7 +1,9 @@
 //! The host-side network stack of a sandbox.
 //!
 //! The guest's virtio-net device exchanges raw Ethernet frames with this stack over an
-//! `AF_UNIX` `SOCK_DGRAM` socketpair ([`frame_socketpair`]; one datagram is one frame). The stack
+//! `AF_UNIX` `SOCK_DGRAM` socketpair ([`frame_socketpair`]; one datagram is one frame). In a
+//! sandbox the device's worker runs on the stack's own thread ([`HostedDevice`]), so a frame
+//! crosses the socketpair without waking another thread. The stack
 //! terminates every guest flow in smoltcp or by hand, asks [`policy`] about each new one, and
 //! opens the real host socket itself, so the guest reaches nothing the stack does not open.
 //!
@@ -83,5 +85,5 @@ pub mod tls;
 pub use config::NetConfig;
 pub use events::{discard_events, EventSink, NetEvent, Transport};
 pub use ports::{PortProtocol, PublishedPort};
-pub use stack::{frame_socketpair, NetStack, NetStackHandle};
+pub use stack::{frame_socketpair, DeviceHost, HostedDevice, NetStack, NetStackHandle};
 pub use stats::NetStats;

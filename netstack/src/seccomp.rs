@@ -7,6 +7,13 @@
 //! `AF_INET6`), DNS upstream queries and published-port listeners. It needs no file of its
 //! own (the host's resolvers are read from `/etc/resolv.conf` before the thread starts); the
 //! file calls listed are for the event sink's log.
+//!
+//! In a sandbox the thread also runs the virtio-net device's worker ([`crate::HostedDevice`]):
+//! guest memory is plain memory, and the worker's calls (`epoll_wait` on its set, `read` of
+//! its queue eventfds, `write` of the interrupt eventfd, `recvfrom`/`sendto` on the device end
+//! of the frame socketpair) are all listed here or in the base. The worker thus runs under
+//! this wider list rather than the device's own (`msbvm_virtio::net::seccomp`); the stack
+//! already parses every guest frame under it.
 
 use std::sync::OnceLock;
 

@@ -144,6 +144,27 @@ fn tcp_echo_both_ways_then_fin_closes_and_reports_bytes() {
 }
 
 #[test]
+fn a_hosted_device_carries_a_flow_on_the_stack_thread_until_it_is_done() {
+    let port = echo_server();
+    let (mut h, relay) = Harness::start_hosted(test_config(), host_allowed());
+    let s = h.guest.tcp_established(port, 40011);
+    let data = pattern(200_000);
+    h.guest.tcp_send_all(s, &data);
+    assert!(
+        h.guest.tcp_recv_exact(s, data.len()) == data,
+        "echoed bytes differ"
+    );
+    assert!(relay.runs.load(Ordering::SeqCst) > 0);
+    assert!(!relay.dropped.load(Ordering::SeqCst));
+    // Its run says it is done: the stack drops it.
+    relay.stop.store(true, Ordering::SeqCst);
+    h.guest.dev.sink.send_raw(&[0u8; 60]);
+    h.guest.run_until(5, "the relay dropped", |_| {
+        relay.dropped.load(Ordering::SeqCst).then_some(())
+    });
+}
+
+#[test]
 fn denied_destination_gets_an_immediate_rst() {
     let port = echo_server();
     // The default policy denies the host alias.

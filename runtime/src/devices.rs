@@ -21,6 +21,7 @@ use msbvm_netstack::{
     frame_socketpair, EventSink, NetConfig, NetEvent, NetStack, NetStackHandle, PublishedPort,
 };
 use msbvm_protocol::boot::{BootConfig, GuestMount, MountSource, NetworkSetup};
+use msbvm_virtio::event_loop::{HostedWorker, WorkerHost};
 use msbvm_virtio::fs::{Fs, FsServer};
 use msbvm_virtio::net::{Net, NetDeviceConfig};
 use msbvm_vmm::DeviceSpec;
@@ -558,6 +559,10 @@ pub(crate) fn network(
         })?;
     let mtu = net.mtu;
     let device_fd = Arc::new(device_fd);
+    // The device's worker runs on the stack's thread: see `WorkerHost`.
+    let stack_thread = handle.device_host();
+    let worker_host =
+        WorkerHost::new(move |worker| stack_thread.host(Box::new(StackHosted(worker))));
     let spec = DeviceSpec::new("virtio-net", move || {
         let backend = device_fd.try_clone()?;
         let device = Net::new(NetDeviceConfig {
@@ -569,10 +574,24 @@ pub(crate) fn network(
             backend_ignores_checksums: true,
             guest_tso: true,
             host_tso: true,
+            host: Some(worker_host.clone()),
         })?;
         Ok(Box::new(device) as Box<dyn msbvm_virtio::VirtioDevice>)
     });
     Ok((handle, spec, setup))
+}
+
+/// The virtio-net worker as a device the netstack runs on its thread.
+struct StackHosted(HostedWorker);
+
+impl msbvm_netstack::HostedDevice for StackHosted {
+    fn ready_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.0.ready_fd()
+    }
+
+    fn run(&mut self) -> bool {
+        self.0.run()
+    }
 }
 
 /// The netstack's view of a published port.

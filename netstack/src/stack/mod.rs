@@ -9,6 +9,9 @@
 //! between smoltcp's buffers and host sockets without intermediate copies.
 
 mod enforce;
+mod hosted;
+
+pub use hosted::HostedDevice;
 
 use std::io;
 use std::net::SocketAddr;
@@ -55,6 +58,8 @@ pub fn frame_socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// Control messages from the handle to the stack thread.
 enum Command {
     Publish(std::net::TcpListener, PublishedPort),
+    /// Run this device on the stack's thread ([`NetStackHandle::host`]).
+    Host(Box<dyn HostedDevice>),
     /// The policy was replaced: end the open flows it denies.
     PolicyChanged,
     Shutdown,
@@ -197,7 +202,20 @@ async fn run(shared: Rc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>)
     let socket = shared.frame_socket.clone();
     // One byte more than the largest frame, so a longer datagram shows as one.
     let mut buf = vec![0u8; shared.config.max_guest_frame_len() + 1];
+    let mut hosted: Option<hosted::Hosted> = None;
+    let mut run_device = false;
     loop {
+        if std::mem::take(&mut run_device) {
+            if let Some(device) = &mut hosted {
+                if !device.run() {
+                    hosted = None;
+                }
+            }
+        }
+        let sent_before = shared
+            .stats
+            .tx_frames
+            .load(std::sync::atomic::Ordering::Relaxed);
         let (delay, backlog, batch_full, up_wait) = {
             let mut st = shared.stack.borrow_mut();
             let mut read = 0;
@@ -238,6 +256,18 @@ async fn run(shared: Rc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>)
             shared.sync_flow_stats(st);
             (delay, backlog, read == RX_BATCH, up_wait)
         };
+        let sent = shared
+            .stats
+            .tx_frames
+            .load(std::sync::atomic::Ordering::Relaxed)
+            != sent_before;
+        if hosted.is_some() && sent {
+            // The hosted device takes the frames now, on this thread (and what the guest
+            // answered meanwhile), after the flow tasks had their turn.
+            run_device = true;
+            tokio::task::yield_now().await;
+            continue;
+        }
         if batch_full {
             // More frames are waiting; let the flow tasks drain smoltcp's buffers first.
             tokio::task::yield_now().await;
@@ -248,8 +278,22 @@ async fn run(shared: Rc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>)
             biased;
             command = commands.recv() => match command {
                 Some(Command::Publish(listener, port)) => crate::ports::serve(shared.clone(), listener, port),
+                Some(Command::Host(device)) => match hosted::Hosted::new(device) {
+                    Ok(device) => {
+                        hosted = Some(device);
+                        run_device = true;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "netstack: cannot host the device"),
+                },
                 Some(Command::PolicyChanged) => enforce::end_denied_flows(&shared),
                 Some(Command::Shutdown) | None => return,
+            },
+            ready = hosted::ready(&hosted), if hosted.is_some() => match ready {
+                Ok(()) => run_device = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "netstack: hosted device failed, dropping it");
+                    hosted = None;
+                }
             },
             _ = shared.wake.notified() => {}
             _ = tokio::time::sleep(up_wait.unwrap_or_default()), if up_wait.is_some() => {}
@@ -319,6 +363,21 @@ fn handle_frame(shared: &Rc<Shared>, st: &mut Stack, frame: &[u8]) {
     }
 }
 
+/// Hands devices to a running stack's thread ([`NetStackHandle::device_host`]).
+#[derive(Clone, Debug)]
+pub struct DeviceHost {
+    cmd: mpsc::UnboundedSender<Command>,
+}
+
+impl DeviceHost {
+    /// See [`NetStackHandle::host`].
+    pub fn host(&self, device: Box<dyn HostedDevice>) -> io::Result<()> {
+        self.cmd
+            .send(Command::Host(device))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "network stack stopped"))
+    }
+}
+
 /// Control of a running stack. Dropping it stops the stack (without waiting).
 pub struct NetStackHandle {
     cmd: mpsc::UnboundedSender<Command>,
@@ -349,6 +408,21 @@ impl NetStackHandle {
     pub fn set_policy(&self, policy: Policy) {
         self.policy.store(Arc::new(policy));
         let _ = self.cmd.send(Command::PolicyChanged);
+    }
+
+    /// Runs `device` on the stack's thread from now on, until its
+    /// [`run`](HostedDevice::run) says it is done (see [`HostedDevice`]). One device at a
+    /// time: a second replaces the first.
+    pub fn host(&self, device: Box<dyn HostedDevice>) -> io::Result<()> {
+        self.device_host().host(device)
+    }
+
+    /// A handle that only hosts devices ([`host`](Self::host)), for whoever creates them
+    /// (the VMM creates the virtio-net device when the VM starts).
+    pub fn device_host(&self) -> DeviceHost {
+        DeviceHost {
+            cmd: self.cmd.clone(),
+        }
     }
 
     /// The policy in force.

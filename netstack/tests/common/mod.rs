@@ -9,6 +9,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant as StdInstant};
 
@@ -287,6 +288,122 @@ impl Harness {
 
     pub fn events(&self) -> Vec<NetEvent> {
         self.events.lock().unwrap().clone()
+    }
+
+    /// Like [`Harness::start`], with a [`Relay`] run by the stack on its thread between the
+    /// stack's socketpair and the fake guest's, as the stack runs a sandbox's virtio-net
+    /// device. Also returns the relay's [`RelayControl`].
+    pub fn start_hosted(config: NetConfig, policy: Policy) -> (Harness, RelayControl) {
+        confine_if_requested();
+        let (device, stack) = msbvm_netstack::frame_socketpair().unwrap();
+        let (guest, relay_end) = msbvm_netstack::frame_socketpair().unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink: EventSink = {
+            let events = events.clone();
+            Arc::new(move |e| events.lock().unwrap().push(e))
+        };
+        let mtu = config.mtu;
+        let handle = NetStack::start(config, stack, policy, sink).unwrap();
+        let control = RelayControl::default();
+        let relay = Relay::new(relay_end, device, control.clone());
+        handle.host(Box::new(relay)).unwrap();
+        let harness = Harness {
+            guest: Guest::new(guest, mtu),
+            handle,
+            events,
+        };
+        (harness, control)
+    }
+}
+
+/// What a test sees of and does to its [`Relay`].
+#[derive(Clone, Debug, Default)]
+pub struct RelayControl {
+    /// How many times the stack ran it.
+    pub runs: Arc<AtomicUsize>,
+    /// Makes its next run its last.
+    pub stop: Arc<AtomicBool>,
+    /// Set once the stack dropped it.
+    pub dropped: Arc<AtomicBool>,
+}
+
+/// A device for the stack to host: copies frames between two datagram sockets, nonblocking,
+/// dropping a frame the other side has no room for. Its ready descriptor is an epoll set of
+/// both.
+pub struct Relay {
+    epoll: OwnedFd,
+    guest: UnixDatagram,
+    device: UnixDatagram,
+    control: RelayControl,
+    buf: Vec<u8>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.control.dropped.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Relay {
+    fn new(guest: OwnedFd, device: OwnedFd, control: RelayControl) -> Relay {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: plain syscall; checked below.
+        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        assert!(epoll >= 0, "epoll_create1");
+        // SAFETY: a fresh descriptor owned by nobody else.
+        let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
+        for fd in [&guest, &device] {
+            let mut ev = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: 0,
+            };
+            // SAFETY: valid descriptors and event.
+            let rc = unsafe {
+                libc::epoll_ctl(
+                    epoll.as_raw_fd(),
+                    libc::EPOLL_CTL_ADD,
+                    fd.as_raw_fd(),
+                    &mut ev,
+                )
+            };
+            assert_eq!(rc, 0, "epoll_ctl");
+        }
+        Relay {
+            epoll,
+            guest: UnixDatagram::from(guest),
+            device: UnixDatagram::from(device),
+            control,
+            buf: vec![0; 70_000],
+        }
+    }
+
+    /// Moves what `from` has to `to`.
+    fn relay(from: &UnixDatagram, to: &UnixDatagram, buf: &mut [u8]) {
+        while let Ok(n) = from.recv(buf) {
+            let _ = to.send(&buf[..n]);
+        }
+    }
+}
+
+impl msbvm_netstack::HostedDevice for Relay {
+    fn ready_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.epoll.as_fd()
+    }
+
+    fn run(&mut self) -> bool {
+        use std::os::fd::AsRawFd;
+        self.control.runs.fetch_add(1, Ordering::SeqCst);
+        if self.control.stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 2];
+        // Empties the ready list; both sockets are read whatever it says.
+        // SAFETY: room for two events.
+        unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), 2, 0) };
+        Relay::relay(&self.guest, &self.device, &mut self.buf);
+        Relay::relay(&self.device, &self.guest, &mut self.buf);
+        true
     }
 }
 
