@@ -1,7 +1,9 @@
 //! Network benchmark: TCP through msbvm's user-mode netstack side by side with slirp4netns
 //! and pasta, without a VM, under identical conditions; and msbvm with an in-process plugin
-//! deciding every flow and told its bytes (`msbvm-plugin`), for what plugins cost; and
-//! msbvm without checksum and segment offload (`msbvm-plain`), for what those change.
+//! deciding every flow and told its bytes (`msbvm-plugin`), for what plugins cost;
+//! msbvm without checksum and segment offload (`msbvm-plain`), for what those change; and
+//! msbvm with the device's frame pumps on threads of their own (`msbvm-threaded`, how the
+//! virtio-net device ran before it moved onto the stack's thread), for what that move gains.
 //!
 //! ```text
 //! cargo bench -p msbvm-benches --bench net
@@ -14,13 +16,15 @@
 //! namespace to an `iperf3 -s` on the host's 127.0.0.1 (guest to host), the same with `-R`
 //! (host to guest), and a connection-rate loop (connect, wait for the host's FIN, repeat).
 //! CPU per GB is the stack's CPU time during a transfer over the bytes moved: for msbvm the
-//! netstack thread plus the two frame pumps standing in for virtio-net, and the plugin
+//! netstack thread (which runs the frame pump standing in for virtio-net, as a sandbox's
+//! stack thread runs the device), the pump threads of `msbvm-threaded` and the plugin
 //! decision threads (the stack thread alone in brackets); for a peer its process.
 //!
 //! Environment: `MSBVM_BENCH_RUNS` (runs per stack and MTU, default 3), `MSBVM_BENCH_SECS`
 //! (iperf3 seconds, default 5), `MSBVM_BENCH_CONNS` (connections per rate sample, default
 //! 300), `MSBVM_BENCH_MTUS` (comma-separated, default `1500,65520`), `MSBVM_BENCH_STACKS`
-//! (comma-separated subset of msbvm, msbvm-plain, msbvm-plugin, slirp4netns, pasta; default
+//! (comma-separated subset of msbvm, msbvm-threaded, msbvm-plain, msbvm-plugin, slirp4netns,
+//! pasta; default
 //! all);
 //! `--quick`: 1 run, 2 s, 50 connections, MTU 1500. Needs root, /dev/net/tun,
 //! iproute2 and iperf3; slirp4netns and pasta (package passt) are peers, each skipped with one
@@ -160,10 +164,10 @@ fn bench() -> BenchResult<()> {
 fn report(results: &[(usize, &str, Samples)], mtus: &[usize], runs: u32, secs: u32, conns: u32) {
     println!();
     println!(
-        "net: TCP via a TAP in a fresh netns (no VM) to iperf3 -s on the host's 127.0.0.1; iperf3 -t {secs}; {conns} connections per rate sample; medians of {runs} runs; CPU s/GB = stack CPU / GB moved (msbvm: netstack + frame pumps [netstack alone])"
+        "net: TCP via a TAP in a fresh netns (no VM) to iperf3 -s on the host's 127.0.0.1; iperf3 -t {secs}; {conns} connections per rate sample; medians of {runs} runs; CPU s/GB = stack CPU / GB moved (msbvm: netstack thread, running the frame pump, + pump threads of msbvm-threaded + plugin threads [netstack thread alone])"
     );
     println!(
-        "{:>6} {:<12} {:>11} {:>13} {:>9} {:>18} {:>18}",
+        "{:>6} {:<14} {:>11} {:>13} {:>9} {:>18} {:>18}",
         "mtu", "stack", "up Gbit/s", "down Gbit/s", "conn/s", "CPU s/GB up", "CPU s/GB down"
     );
     let med = |v: &Vec<f64>| median(v.clone());
@@ -179,7 +183,7 @@ fn report(results: &[(usize, &str, Samples)], mtus: &[usize], runs: u32, secs: u
             }
         };
         println!(
-            "{:>6} {:<12} {:>11} {:>13} {:>9} {:>18} {:>18}",
+            "{:>6} {:<14} {:>11} {:>13} {:>9} {:>18} {:>18}",
             mtu,
             stack,
             cell(med(&s.up_gbit), 2),
@@ -199,7 +203,14 @@ fn report(results: &[(usize, &str, Samples)], mtus: &[usize], runs: u32, secs: u
         let Some(ours) = find("msbvm") else { continue };
         // msbvm/msbvm-plugin below 1 is what the in-process plugin costs.
         // msbvm/msbvm-plain above 1 is what the offloads gain.
-        for peer in ["msbvm-plain", "msbvm-plugin", "slirp4netns", "pasta"] {
+        // msbvm/msbvm-threaded above 1 is what running the device on the stack's thread gains.
+        for peer in [
+            "msbvm-threaded",
+            "msbvm-plain",
+            "msbvm-plugin",
+            "slirp4netns",
+            "pasta",
+        ] {
             if let Some(theirs) = find(peer) {
                 println!(
                     "msbvm/{peer} at mtu {mtu}: up x{}, down x{}, conn/s x{}, CPU/GB up x{}, down x{}",

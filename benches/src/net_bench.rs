@@ -4,8 +4,10 @@
 //!
 //! No VM is involved: the namespace's kernel plays the guest, so every stack sees the same
 //! frames from the same TCP implementation and differs only in what it does with them. For
-//! msbvm, two pump threads move frames between the TAP and the device end of
-//! [`msbvm_netstack::frame_socketpair`], as the virtio-net device does with guest buffers.
+//! msbvm, a pump moves frames between the TAP and the device end of
+//! [`msbvm_netstack::frame_socketpair`], as the virtio-net device does with guest buffers,
+//! and like that device it runs on the stack's thread ([`msbvm_netstack::HostedDevice`]);
+//! `msbvm-threaded` runs it on two threads of its own instead.
 //! `msbvm` runs with a sandbox's settings: checksum and segment offload, the TAP carrying a
 //! virtio-net header (`IFF_VNET_HDR`) so that a TCP frame the stack merged reaches the
 //! namespace's kernel whole as a GSO frame, marked the way the device marks it for a guest
@@ -318,6 +320,209 @@ fn write_frame(to: RawFd, frame: &[u8], stop: &AtomicBool) {
     }
 }
 
+/// The pumps above as one device run on the stack's own thread
+/// ([`msbvm_netstack::HostedDevice`]), the way a sandbox's virtio-net device runs: frames
+/// cross the socketpair without a thread wake-up. Nonblocking both ways; a frame the other
+/// side has no room for waits, and its source is not read meanwhile.
+struct HostedPump {
+    epoll: OwnedFd,
+    tap: RawFd,
+    device: RawFd,
+    vnet: bool,
+    mtu: usize,
+    /// A frame read from the TAP (its range in `up_buf`) that the socket had no room for.
+    up_buf: Vec<u8>,
+    up_pending: Option<std::ops::Range<usize>>,
+    /// A frame from the stack (header included, `down_buf[..len]`) the TAP had no room for.
+    down_buf: Vec<u8>,
+    down_pending: Option<usize>,
+    /// The epoll events each descriptor is registered for.
+    tap_events: u32,
+    device_events: u32,
+}
+
+impl HostedPump {
+    const TAP_TOKEN: u64 = 0;
+    const DEVICE_TOKEN: u64 = 1;
+
+    fn new(
+        tap: RawFd,
+        device: RawFd,
+        vnet: bool,
+        mtu: usize,
+        frame_max: usize,
+    ) -> BenchResult<Self> {
+        // SAFETY: plain syscall; the descriptor is checked before use.
+        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if epoll < 0 {
+            return Err(format!(
+                "epoll_create1: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        let epoll = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(epoll) };
+        let mut pump = HostedPump {
+            epoll,
+            tap,
+            device,
+            vnet,
+            mtu,
+            up_buf: vec![0u8; VNET_HDR_LEN + frame_max.max(65600)],
+            up_pending: None,
+            down_buf: vec![0u8; VNET_HDR_LEN + frame_max.max(65600)],
+            down_pending: None,
+            tap_events: 0,
+            device_events: 0,
+        };
+        for (fd, token) in [(tap, Self::TAP_TOKEN), (device, Self::DEVICE_TOKEN)] {
+            let mut ev = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: token,
+            };
+            // SAFETY: valid descriptors and event.
+            if unsafe { libc::epoll_ctl(pump.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) }
+                < 0
+            {
+                return Err(format!("epoll_ctl: {}", std::io::Error::last_os_error()));
+            }
+        }
+        pump.tap_events = libc::EPOLLIN as u32;
+        pump.device_events = libc::EPOLLIN as u32;
+        Ok(pump)
+    }
+
+    /// Nonblocking write of one frame: false when there is no room (the frame waits); a
+    /// frame refused for any other reason is dropped.
+    fn try_write(fd: RawFd, frame: &[u8]) -> bool {
+        // SAFETY: writes `frame`, of its length.
+        let w = unsafe { libc::write(fd, frame.as_ptr().cast(), frame.len()) };
+        w >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock
+    }
+
+    /// Nonblocking read of one frame; None when there is none.
+    fn try_read(fd: RawFd, buf: &mut [u8]) -> Option<usize> {
+        // SAFETY: reads into `buf`, of its length.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        (n >= 0).then_some(n as usize)
+    }
+
+    /// TAP to stack, until one side blocks.
+    fn pump_up(&mut self) {
+        use msbvm_virtio::net::frame::{HDR_GSO_NONE, HDR_GSO_TCPV4};
+        loop {
+            if let Some(range) = self.up_pending.clone() {
+                if !Self::try_write(self.device, &self.up_buf[range]) {
+                    return;
+                }
+                self.up_pending = None;
+            }
+            let Some(n) = Self::try_read(self.tap, &mut self.up_buf) else {
+                return;
+            };
+            if !self.vnet {
+                self.up_pending = Some(0..n);
+                continue;
+            }
+            if n <= VNET_HDR_LEN {
+                continue;
+            }
+            let hdr = vnet_header(&self.up_buf[..VNET_HDR_LEN]);
+            if [HDR_GSO_NONE, HDR_GSO_TCPV4].contains(&hdr.gso_type) {
+                self.up_pending = Some(VNET_HDR_LEN..n);
+            }
+        }
+    }
+
+    /// Stack to TAP, until one side blocks.
+    fn pump_down(&mut self) {
+        use msbvm_virtio::net::frame::{HDR_F_NEEDS_CSUM, HDR_GSO_TCPV4};
+        use msbvm_virtio::net::gso;
+        loop {
+            if let Some(len) = self.down_pending {
+                let start = if self.vnet { 0 } else { VNET_HDR_LEN };
+                if !Self::try_write(self.tap, &self.down_buf[start..len]) {
+                    return;
+                }
+                self.down_pending = None;
+            }
+            let Some(n) = Self::try_read(self.device, &mut self.down_buf[VNET_HDR_LEN..]) else {
+                return;
+            };
+            if n == 0 {
+                continue;
+            }
+            if self.vnet {
+                let frame = &mut self.down_buf[VNET_HDR_LEN..VNET_HDR_LEN + n];
+                let mut hdr = NetHeader::default();
+                if let Some(layout) = gso::tcp4(frame) {
+                    (hdr.csum_start, hdr.csum_offset) = gso::make_partial(frame, &layout);
+                    hdr.flags = HDR_F_NEEDS_CSUM;
+                    if n > self.mtu + gso::ETH_LEN {
+                        hdr.gso_type = HDR_GSO_TCPV4;
+                        hdr.hdr_len = layout.hdr_len() as u16;
+                        hdr.gso_size = gso::segment_size(self.mtu, &layout) as u16;
+                    }
+                }
+                self.down_buf[..VNET_HDR_LEN].copy_from_slice(&hdr.to_bytes()[..VNET_HDR_LEN]);
+            }
+            self.down_pending = Some(VNET_HDR_LEN + n);
+        }
+    }
+
+    /// Registers `fd` for `events` unless it already is.
+    fn watch(epoll: RawFd, fd: RawFd, token: u64, current: &mut u32, events: u32) {
+        if *current == events {
+            return;
+        }
+        let mut ev = libc::epoll_event { events, u64: token };
+        // SAFETY: valid descriptors and event.
+        unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_MOD, fd, &mut ev) };
+        *current = events;
+    }
+}
+
+impl msbvm_netstack::HostedDevice for HostedPump {
+    fn ready_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.epoll.as_fd()
+    }
+
+    fn run(&mut self) -> bool {
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
+        // Empties the set's ready list (the descriptors are read below whatever it says).
+        // SAFETY: `events` has room for 4.
+        unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), 4, 0) };
+        self.pump_up();
+        self.pump_down();
+        // Read a side only while what came from it has gone on; wait for room where it waits.
+        let (in_, out) = (libc::EPOLLIN as u32, libc::EPOLLOUT as u32);
+        let tap = if self.up_pending.is_none() { in_ } else { 0 }
+            | if self.down_pending.is_some() { out } else { 0 };
+        let device = if self.down_pending.is_none() { in_ } else { 0 }
+            | if self.up_pending.is_some() { out } else { 0 };
+        let epoll = self.epoll.as_raw_fd();
+        Self::watch(epoll, self.tap, Self::TAP_TOKEN, &mut self.tap_events, tap);
+        Self::watch(
+            epoll,
+            self.device,
+            Self::DEVICE_TOKEN,
+            &mut self.device_events,
+            device,
+        );
+        true
+    }
+}
+
+/// Where the frame pumps run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pumps {
+    /// On the stack's thread ([`HostedPump`]), as a sandbox's virtio-net device does.
+    Hosted,
+    /// On two threads of their own.
+    Threads,
+}
+
 /// msbvm's netstack serving a TAP in its own namespace.
 pub struct MsbvmLink {
     /// The namespace playing the guest.
@@ -344,7 +549,13 @@ impl MsbvmLink {
             vec![Arc::new(FlowWatcher::default())],
             Arc::new(|_| {}),
         ));
-        MsbvmLink::start_full(&format!("msbvmp{mtu}"), config, policy, chain)
+        MsbvmLink::start_full(
+            &format!("msbvmp{mtu}"),
+            config,
+            policy,
+            chain,
+            Pumps::Hosted,
+        )
     }
 
     /// Like [`MsbvmLink::start`] without checksum or segment offload, over a plain TAP.
@@ -375,7 +586,21 @@ impl MsbvmLink {
     /// `msbvm-bench-<pid>-<tag>`, is configured for `config.mtu`).
     pub fn start_with(tag: &str, config: NetConfig, policy: Policy) -> BenchResult<MsbvmLink> {
         let chain = Arc::new(Chain::empty());
-        MsbvmLink::start_full(tag, config, policy, chain)
+        MsbvmLink::start_full(tag, config, policy, chain, Pumps::Hosted)
+    }
+
+    /// Like [`MsbvmLink::start`] with the pumps on two threads of their own, as the
+    /// virtio-net device ran before it moved onto the stack's thread: what that move changes.
+    pub fn start_threaded(mtu: usize) -> BenchResult<MsbvmLink> {
+        let (config, policy) = MsbvmLink::bench_setup(mtu)?;
+        let chain = Arc::new(Chain::empty());
+        MsbvmLink::start_full(
+            &format!("msbvmt{mtu}"),
+            config,
+            policy,
+            chain,
+            Pumps::Threads,
+        )
     }
 
     fn start_full(
@@ -383,6 +608,7 @@ impl MsbvmLink {
         config: NetConfig,
         policy: Policy,
         plugins: Arc<Chain>,
+        pumps_on: Pumps,
     ) -> BenchResult<MsbvmLink> {
         let ns = Netns::create(tag)?;
         // With checksum offload the stack's frames need the device's marks.
@@ -400,6 +626,19 @@ impl MsbvmLink {
                 .map_err(|e| format!("starting the netstack: {e}"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let mut pumps = Vec::new();
+        if pumps_on == Pumps::Hosted {
+            let pump = HostedPump::new(tap.as_raw_fd(), device.as_raw_fd(), vnet, mtu, frame_max)?;
+            stack
+                .host(Box::new(pump))
+                .map_err(|e| format!("hosting the pump: {e}"))?;
+            return Ok(MsbvmLink {
+                ns,
+                stack: Some(stack),
+                stop,
+                pumps,
+                _fds: (tap, device),
+            });
+        }
         for (dir, from, to) in [
             ("up", tap.as_raw_fd(), device.as_raw_fd()),
             ("down", device.as_raw_fd(), tap.as_raw_fd()),
@@ -497,8 +736,9 @@ impl PeerLink {
 }
 
 /// The stacks measured.
-pub const STACKS: [&str; 5] = [
+pub const STACKS: [&str; 6] = [
     "msbvm",
+    "msbvm-threaded",
     "msbvm-plain",
     "msbvm-plugin",
     "slirp4netns",
@@ -547,6 +787,7 @@ impl Link {
         match stack {
             "msbvm" => MsbvmLink::start(mtu).map(Link::Msbvm),
             "msbvm-plain" => MsbvmLink::start_plain(mtu).map(Link::Msbvm),
+            "msbvm-threaded" => MsbvmLink::start_threaded(mtu).map(Link::Msbvm),
             "msbvm-plugin" => MsbvmLink::start_watched(mtu).map(Link::Msbvm),
             "slirp4netns" => PeerLink::slirp4netns(mtu).map(Link::Peer),
             "pasta" => PeerLink::pasta(mtu).map(Link::Peer),
