@@ -61,7 +61,7 @@ fn connect_guest(
     let Some(local_port) = st.alloc_port(guest, config.gateway_ip) else {
         return;
     };
-    let mut socket = Stack::new_tcp_socket(config.tcp_buffer_size);
+    let mut socket = st.tcp_socket(config.tcp_buffer_size);
     let remote = (IpAddress::Ipv4(config.guest_ip), guest_port);
     let local = (IpAddress::Ipv4(config.gateway_ip), local_port);
     if let Err(e) = socket.connect(st.iface.context(), remote, local) {

@@ -165,6 +165,37 @@ fn a_hosted_device_carries_a_flow_on_the_stack_thread_until_it_is_done() {
 }
 
 #[test]
+fn flows_after_flows_reuse_closed_sockets_and_see_only_their_own_bytes() {
+    let port = echo_server();
+    let mut h = Harness::start(test_config(), host_allowed());
+    // A flow the guest aborts with bytes still in flight both ways: its socket is kept
+    // for the next flows with whatever it held.
+    let s = h.guest.tcp_established(port, 40020);
+    h.guest.tcp_send_all(s, &pattern(150_000));
+    h.guest.tcp(s).abort();
+    h.guest.run_for(Duration::from_millis(200));
+    for (i, local_port) in (40021..40027).enumerate() {
+        let s = h.guest.tcp_established(port, local_port);
+        let data: Vec<u8> = pattern(50_000 + i * 1000)
+            .into_iter()
+            .map(|b| b.wrapping_add(i as u8 + 1))
+            .collect();
+        h.guest.tcp_send_all(s, &data);
+        assert!(
+            h.guest.tcp_recv_exact(s, data.len()) == data,
+            "flow {i} got bytes that are not its own"
+        );
+        h.guest.tcp(s).close();
+        h.guest.run_until(10, "closed", |g| {
+            matches!(g.tcp(s).state(), State::TimeWait | State::Closed).then_some(())
+        });
+    }
+    h.guest.run_until(5, "no flow open", |_| {
+        (h.handle.stats().tcp_flows_open == 0).then_some(())
+    });
+}
+
+#[test]
 fn denied_destination_gets_an_immediate_rst() {
     let port = echo_server();
     // The default policy denies the host alias.

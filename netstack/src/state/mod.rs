@@ -41,6 +41,11 @@ use pace::Pace;
 
 /// Ephemeral ports of published-port connections (gateway side).
 const EPHEMERAL_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
+/// Closed TCP sockets kept for the next flows. Each has two zero-filled buffers of
+/// `tcp_buffer_size` (256 KiB by default); zeroing half a megabyte for every new flow was a
+/// tenth of the stack's time in a connection-rate loop. A few are enough for flows that follow
+/// each other, and bound what an idle stack keeps.
+const SPARE_TCP_SOCKETS: usize = 4;
 
 /// What a TCP flow of the guest is at the moment.
 pub(crate) enum TcpEntry {
@@ -81,6 +86,8 @@ pub(crate) struct Stack {
     /// SYN in the same poll, or smoltcp could pair them the other way round).
     listener_unpolled: bool,
     next_port: u16,
+    /// Closed sockets to reuse ([`SPARE_TCP_SOCKETS`]).
+    spare_tcp: Vec<tcp::Socket<'static>>,
 }
 
 impl Stack {
@@ -117,6 +124,7 @@ impl Stack {
             guest_mac: EthernetAddress::BROADCAST,
             listener_unpolled: false,
             next_port: *EPHEMERAL_PORTS.start(),
+            spare_tcp: Vec::new(),
         }
     }
 
@@ -138,12 +146,25 @@ impl Stack {
         socket
     }
 
+    /// A closed socket with buffers of `buffer` bytes each way: a spare one if there is one
+    /// (`listen` and `connect` reset whatever a flow left in it), else a new one.
+    pub(crate) fn tcp_socket(&mut self, buffer: usize) -> tcp::Socket<'static> {
+        match self.spare_tcp.pop() {
+            Some(socket)
+                if socket.recv_capacity() == buffer && socket.send_capacity() == buffer =>
+            {
+                socket
+            }
+            _ => Self::new_tcp_socket(buffer),
+        }
+    }
+
     /// Accepts the guest's SYN of `key` in a new socket listening on exactly its destination.
     pub(crate) fn accept_syn(&mut self, key: TcpKey, syn: &[u8], buffer: usize) -> SocketHandle {
         if self.listener_unpolled {
             self.poll();
         }
-        let mut socket = Self::new_tcp_socket(buffer);
+        let mut socket = self.tcp_socket(buffer);
         let endpoint = IpListenEndpoint {
             addr: Some(IpAddress::Ipv4(*key.remote.ip())),
             port: key.remote.port(),
@@ -217,11 +238,21 @@ impl Stack {
         None
     }
 
-    /// Forgets a TCP flow and its socket.
+    /// Forgets a TCP flow and its socket (kept closed for a next flow while there is room).
     pub(crate) fn remove_tcp(&mut self, key: &TcpKey, handle: SocketHandle) {
         if matches!(self.tcp.get(key), Some(TcpEntry::Active(h)) if *h == handle) {
             self.tcp.remove(key);
             self.policed.remove(key);
+        }
+        if self.spare_tcp.len() < SPARE_TCP_SOCKETS {
+            // Taken out of the set (an empty socket, which allocates nothing, stands in until
+            // the removal below) it sends nothing more, no RST for an open one; closed, it
+            // can listen or connect again.
+            let slot = self.sockets.get_mut::<tcp::Socket>(handle);
+            let empty = || tcp::SocketBuffer::new(Vec::new());
+            let mut socket = std::mem::replace(slot, tcp::Socket::new(empty(), empty()));
+            socket.abort();
+            self.spare_tcp.push(socket);
         }
         self.sockets.remove(handle);
     }
