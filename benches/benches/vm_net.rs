@@ -17,8 +17,9 @@
 //! `target/bench-vm-net.json`.
 //!
 //! The host-side `net` bench compares the stacks alone (no VM, a TAP in a network
-//! namespace, and the connection rate); this one includes each VMM's device and the hop
-//! between the device and the stack, which every one of them has.
+//! namespace, and the connection rate); this one includes each VMM's device and its way to
+//! the stack (QEMU's slirp runs in QEMU's main loop; msbvm's virtio-net worker runs on the
+//! netstack's thread, the frames crossing a socketpair within it).
 //!
 //! Environment: `MSBVM_BENCH_RUNS` (default 3), `MSBVM_BENCH_SECS` (default 5),
 //! `MSBVM_STATIC_DIR`, `MSBVM_SKIP_NESTED=1`. Needs iperf3 and QEMU on the host. Numbers
