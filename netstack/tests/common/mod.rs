@@ -270,6 +270,17 @@ impl Harness {
         policy: Policy,
         plugins: Arc<msbvm_plugins::Chain>,
     ) -> Harness {
+        Harness::start_on(config, policy, plugins, |device, _| device)
+    }
+
+    /// Starts the stack; `guest_end` turns the socketpair's device end into the fake guest's
+    /// end (itself, or the far end of something put between them).
+    fn start_on(
+        config: NetConfig,
+        policy: Policy,
+        plugins: Arc<msbvm_plugins::Chain>,
+        guest_end: impl FnOnce(OwnedFd, &NetStackHandle) -> OwnedFd,
+    ) -> Harness {
         confine_if_requested();
         let (device, stack) = msbvm_netstack::frame_socketpair().unwrap();
         let events = Arc::new(Mutex::new(Vec::new()));
@@ -279,8 +290,9 @@ impl Harness {
         };
         let mtu = config.mtu;
         let handle = NetStack::start_with_plugins(config, stack, policy, sink, plugins).unwrap();
+        let guest = guest_end(device, &handle);
         Harness {
-            guest: Guest::new(device, mtu),
+            guest: Guest::new(guest, mtu),
             handle,
             events,
         }
@@ -294,24 +306,15 @@ impl Harness {
     /// stack's socketpair and the fake guest's, as the stack runs a sandbox's virtio-net
     /// device. Also returns the relay's [`RelayControl`].
     pub fn start_hosted(config: NetConfig, policy: Policy) -> (Harness, RelayControl) {
-        confine_if_requested();
-        let (device, stack) = msbvm_netstack::frame_socketpair().unwrap();
-        let (guest, relay_end) = msbvm_netstack::frame_socketpair().unwrap();
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let sink: EventSink = {
-            let events = events.clone();
-            Arc::new(move |e| events.lock().unwrap().push(e))
-        };
-        let mtu = config.mtu;
-        let handle = NetStack::start(config, stack, policy, sink).unwrap();
         let control = RelayControl::default();
-        let relay = Relay::new(relay_end, device, control.clone());
-        handle.host(Box::new(relay)).unwrap();
-        let harness = Harness {
-            guest: Guest::new(guest, mtu),
-            handle,
-            events,
-        };
+        let relay_control = control.clone();
+        let plugins = Arc::new(msbvm_plugins::Chain::empty());
+        let harness = Harness::start_on(config, policy, plugins, move |device, handle| {
+            let (guest, relay_end) = msbvm_netstack::frame_socketpair().unwrap();
+            let relay = Relay::new(relay_end, device, relay_control);
+            handle.host(Box::new(relay)).unwrap();
+            guest
+        });
         (harness, control)
     }
 }
